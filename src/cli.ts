@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+// The douane command: one binary, a sub-command per job, --help everywhere, exit codes scripts can use
+// (0 ok, 1 failure or invalid input, 64 usage error).
+
+import { ValidationError } from './validate/source.js';
+import { UsageError } from './cli/args.js';
+import { serve } from './cli/serve.js';
+import { loadConfig } from './config/load.js';
+import { describePipeline } from './pipeline/index.js';
+import { VERSION } from './version.js';
+
+const HELP = `Usage: douane <command> [options]
+
+Commands:
+  serve                 run the gateway (douane serve --help)
+  config check [FILE]   validate a configuration file (or the embedded default) and exit 0/1
+  pipeline              print the checks run at each SMTP phase, in order
+  version               print the version
+
+Run "douane <command> --help" for a command's options.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'config': {
+      if (rest[0] !== 'check' || rest.includes('--help')) {
+        console.log('Usage: douane config check [FILE]\n\nValidates the file (or DOUANE_CONFIG, or the embedded default) with DOUANE_* overrides applied.');
+        return rest.includes('--help') ? 0 : 64;
+      }
+      const loaded = loadConfig({ file: rest[1] });
+      console.log(`${loaded.source}: ok${loaded.overrides.length ? ` (overridden by ${loaded.overrides.join(', ')})` : ''}`);
+      return 0;
+    }
+    case 'pipeline':
+      console.log(describePipeline());
+      return 0;
+    case 'version':
+    case '--version':
+      console.log(VERSION);
+      return 0;
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      console.log(HELP);
+      return command === undefined ? 64 : 0;
+    default:
+      console.error(`douane: unknown command "${command}"\n\n${HELP}`);
+      return 64;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof ValidationError) {
+      console.error(err.message);
+      process.exitCode = 1;
+    } else if (err instanceof UsageError) {
+      console.error(`douane: ${err.message}`);
+      process.exitCode = err.exitCode;
+    } else {
+      console.error(`douane: ${(err as Error)?.stack ?? String(err)}`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,51 @@
+// A minimal argument parser: positional words, --flag, --key value / --key=value, repeatable keys.
+
+export interface ParsedArgs {
+  positional: string[];
+  flags: Map<string, string[]>;
+}
+
+export class UsageError extends Error {
+  readonly exitCode = 64; // EX_USAGE
+}
+
+export function parseArgs(argv: string[], spec: { flags?: string[]; options?: string[] }): ParsedArgs {
+  const flags = new Map<string, string[]>();
+  const positional: string[] = [];
+  const known = new Set([...(spec.flags ?? []), ...(spec.options ?? [])]);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('--')) {
+      positional.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq > 0 ? eq : undefined);
+    if (!known.has(name)) throw new UsageError(`unknown option --${name}`);
+    let value = 'true';
+    if (spec.options?.includes(name)) {
+      if (eq > 0) value = arg.slice(eq + 1);
+      else if (i + 1 < argv.length) value = argv[++i]!;
+      else throw new UsageError(`--${name} needs a value`);
+    } else if (eq > 0) throw new UsageError(`--${name} takes no value`);
+    flags.set(name, [...(flags.get(name) ?? []), value]);
+  }
+  return { positional, flags };
+}
+
+export function option(args: ParsedArgs, name: string): string | undefined {
+  const v = args.flags.get(name);
+  return v ? v[v.length - 1] : undefined;
+}
+
+export function options(args: ParsedArgs, name: string): string[] {
+  return args.flags.get(name) ?? [];
+}
+
+export function flag(args: ParsedArgs, name: string): boolean {
+  return args.flags.has(name);
+}

@@ -1,0 +1,53 @@
+// `douane serve`: load and validate the configuration, start the listeners, drain on SIGTERM/SIGINT.
+
+import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
+import { Gateway } from '../gateway.js';
+import { createLogger } from '../log.js';
+import { Metrics } from '../metrics.js';
+import { VERSION } from '../version.js';
+import { flag, option, parseArgs } from './args.js';
+
+export const SERVE_HELP = `Usage: douane serve [--config FILE]
+
+Runs the gateway. Without --config (or DOUANE_CONFIG), runs on the embedded default: listeners on
+127.0.0.1:2587 (STARTTLS), :2465 (TLS) and :2525 (trusted), in front of an MTA on 127.0.0.1:587/25.
+Any setting can be overridden with DOUANE_<PATH>, e.g. DOUANE_UPSTREAM_HOST=mta.internal.
+
+Options:
+  --config FILE   configuration file (YAML); see douane.example.yaml
+  --help          this text
+
+Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0.`;
+
+export async function serve(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, { flags: ['help'], options: ['config'] });
+  if (flag(args, 'help')) {
+    console.log(SERVE_HELP);
+    return 0;
+  }
+  const loaded = loadConfig({ file: option(args, 'config') });
+  const { config } = loaded;
+  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
+  logger.info({ event: 'start', version: VERSION, config: loaded.source, overrides: loaded.overrides }, `douane ${VERSION} starting (${loaded.source === EMBEDDED_NAME ? 'embedded default configuration' : loaded.source})`);
+  const metrics = new Metrics({ version: VERSION });
+  const gateway = new Gateway(config, { logger, metrics });
+  await gateway.start();
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ event: 'signal', signal }, `${signal}: stopping`);
+      gateway.stop().then(
+        () => resolve(0),
+        (err: Error) => {
+          logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}

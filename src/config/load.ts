@@ -1,0 +1,159 @@
+// Loads the configuration once at start: YAML file (or the embedded default) plus DOUANE_* environment
+// overrides, validated against the schema, then frozen. Every problem names file:line:col and key, or the
+// environment variable it came from.
+
+import { readFileSync } from 'node:fs';
+import { parse as parseYamlScalar } from 'yaml';
+import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
+import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { EMBEDDED_DEFAULT } from './default.js';
+import { configSchema, type Config } from './schema.js';
+
+export const EMBEDDED_NAME = '(embedded default)';
+
+/** Variables that are not settings. */
+const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG']);
+
+export interface LoadedConfig {
+  config: Readonly<Config>;
+  /** the file it came from, or "(embedded default)" */
+  source: string;
+  /** environment variables that overrode a setting */
+  overrides: string[];
+}
+
+export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined> } = {}): LoadedConfig {
+  const env = opts.env ?? process.env;
+  const file = opts.file ?? env.DOUANE_CONFIG;
+  let text: string;
+  let name: string;
+  if (file) {
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).message}` }]);
+    }
+    name = file;
+  } else {
+    text = EMBEDDED_DEFAULT;
+    name = EMBEDDED_NAME;
+  }
+  const { source, value, problems } = YamlSource.parse(name, text);
+  if (problems.length) throw new ValidationError(problems);
+
+  const raw = (value ?? {}) as Record<string, unknown>;
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ValidationError([{ file: name, line: 1, col: 1, key: '(top level)', message: 'must be a mapping of settings' }]);
+  }
+  const { applied, problems: envProblems } = applyEnvOverrides(raw, env);
+  if (envProblems.length) throw new ValidationError(envProblems);
+
+  const issues: Issue[] = [];
+  const config = configSchema.parse(raw, [], issues);
+  if (issues.length || !config) {
+    throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
+  }
+  const fileProblems = crossChecks(config).map((issue) => locate(issue, source, applied));
+  if (fileProblems.length) throw new ValidationError(fileProblems);
+  return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
+}
+
+/** Rules that involve more than one key. */
+function crossChecks(config: Config): Issue[] {
+  const issues: Issue[] = [];
+  const needsCert = Object.values(config.listeners).some((l) => l.mode !== 'trusted');
+  if (needsCert && !config.tls.insecure_dev && (!config.tls.cert || !config.tls.key)) {
+    issues.push({
+      path: ['tls', config.tls.cert ? 'key' : 'cert'],
+      message:
+        'is required: a STARTTLS or TLS listener needs a certificate and key (without one the SMTP library would ' +
+        'fall back to a publicly known key). For a test machine only, set tls.insecure_dev: true to use a throwaway self-signed certificate',
+    });
+  }
+  const seen = new Map<string, string>();
+  for (const [name, l] of Object.entries(config.listeners)) {
+    if (l.port === 0) continue;
+    const key = `${l.address}:${l.port}`;
+    const other = seen.get(key);
+    if (other) issues.push({ path: ['listeners', name, 'port'], message: `is already used by listener "${other}" on ${key}` });
+    seen.set(key, name);
+  }
+  return issues;
+}
+
+function locate(issue: Issue, source: YamlSource, applied: Map<string, string>): Problem {
+  for (let n = issue.path.length; n > 0; n--) {
+    const envName = applied.get(formatPath(issue.path.slice(0, n)));
+    if (envName) return { file: `env ${envName}`, key: formatPath(issue.path), message: issue.message };
+  }
+  return source.problem(issue);
+}
+
+/**
+ * DOUANE_UPSTREAM_HOST=x sets upstream.host; DOUANE_LISTENERS_SUBMISSION_PORT=2587 sets
+ * listeners.submission.port. Values are read as YAML scalars or flow lists ("[10.0.0.0/8, ::1]").
+ */
+export function applyEnvOverrides(
+  raw: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+): { applied: Map<string, string>; problems: Problem[] } {
+  const applied = new Map<string, string>();
+  const problems: Problem[] = [];
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || value === undefined) continue;
+    const tokens = name.slice('DOUANE_'.length).toLowerCase().split('_');
+    const resolved = resolveEnvPath(configSchema as Schema<unknown>, tokens, []);
+    if (!resolved) {
+      problems.push({ file: `env ${name}`, key: '(top level)', message: 'does not name a setting (e.g. DOUANE_UPSTREAM_HOST sets upstream.host)' });
+      continue;
+    }
+    setIn(raw, resolved.path, envValue(value, resolved.schema));
+    applied.set(formatPath(resolved.path), name);
+  }
+  return { applied, problems };
+}
+
+function resolveEnvPath(schema: Schema<unknown>, tokens: string[], path: Path): { path: Path; schema: Schema<unknown> } | undefined {
+  if (tokens.length === 0) return schema.fields || schema.values ? undefined : { path, schema };
+  if (schema.fields) {
+    for (const [key, field] of Object.entries(schema.fields)) {
+      const keyTokens = key.split('_');
+      if (keyTokens.every((t, i) => tokens[i] === t)) {
+        const found = resolveEnvPath(field.schema, tokens.slice(keyTokens.length), [...path, key]);
+        if (found) return found;
+      }
+    }
+    return undefined;
+  }
+  if (schema.values) return resolveEnvPath(schema.values, tokens.slice(1), [...path, tokens[0]!]);
+  return undefined;
+}
+
+function envValue(value: string, schema: Schema<unknown>): unknown {
+  // A value the setting accepts as text stays text ("127.0.0.1", "30s"); otherwise read it as YAML (numbers, lists).
+  if (schema.parse(value, [], []) !== undefined) return value;
+  try {
+    return parseYamlScalar(value);
+  } catch {
+    return value;
+  }
+}
+
+function setIn(target: Record<string, unknown>, path: Path, value: unknown): void {
+  let node = target;
+  for (const part of path.slice(0, -1)) {
+    const key = String(part);
+    const next = node[key];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[String(path[path.length - 1])] = value;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

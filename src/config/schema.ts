@@ -1,0 +1,113 @@
+// The configuration file's schema: every key, its type and its default, in one place.
+// The example file (douane.example.yaml) documents each key; the two must be kept together.
+
+import os from 'node:os';
+import { cidr, ipAddress, type Cidr } from '../validate/net.js';
+import {
+  bool,
+  bytes,
+  duration,
+  int,
+  list,
+  obj,
+  oneOf,
+  optional,
+  record,
+  refine,
+  required,
+  str,
+  section,
+  withDefault,
+  type Issue,
+} from '../validate/schema.js';
+
+const listener = refine(
+  obj({
+    mode: required(oneOf('starttls', 'tls', 'trusted')),
+    address: withDefault(ipAddress(), '127.0.0.1'),
+    port: required(int({ min: 0, max: 65535 })),
+    allow: optional(list(cidr(), { min: 1 })),
+  }),
+  (l, path): Issue[] => {
+    if (l.mode === 'trusted' && !l.allow) {
+      return [{ path: [...path, 'allow'], message: 'is required for a trusted listener: list the networks of the hosts allowed to submit without AUTH' }];
+    }
+    if (l.mode !== 'trusted' && l.allow) {
+      return [{ path: [...path, 'allow'], atKey: true, message: 'only applies to a trusted listener (mode: trusted); clients of this listener authenticate' }];
+    }
+    return [];
+  },
+);
+
+export const configSchema = obj({
+  hostname: withDefault(str(), os.hostname()),
+  listeners: required(
+    refine(record(listener, { key: /^[a-z][a-z0-9]*$/, keyExpected: 'lower-case letters and digits, starting with a letter' }), (ls, path) =>
+      Object.keys(ls).length === 0 ? [{ path, message: 'must define at least one listener' }] : [],
+    ),
+  ),
+  tls: section(
+    obj({
+      cert: optional(str()),
+      key: optional(str()),
+      insecure_dev: withDefault(bool(), false),
+    }),
+  ),
+  upstream: required(
+    obj({
+      host: required(str()),
+      port: withDefault(int({ min: 1, max: 65535 }), 587),
+      trusted_port: withDefault(int({ min: 1, max: 65535 }), 25),
+      tls: withDefault(oneOf('opportunistic', 'starttls', 'implicit', 'none'), 'opportunistic'),
+      verify_certificate: withDefault(bool(), true),
+      ca: optional(str()),
+      servername: optional(str()),
+      xclient: withDefault(bool(), false),
+      helo_name: optional(str()),
+      timeouts: section(
+        obj({
+          connect: withDefault(duration({ min: 1 }), 10_000),
+          command: withDefault(duration({ min: 1 }), 60_000),
+          data: withDefault(duration({ min: 1 }), 600_000),
+        }),
+      ),
+      pool: section(
+        obj({
+          size: withDefault(int({ min: 0, max: 1000 }), 16),
+          idle: withDefault(duration({ min: 1 }), 30_000),
+        }),
+      ),
+    }),
+  ),
+  smtp: section(
+    obj({
+      max_message_size: withDefault(bytes({ min: 1024 }), 26_214_400),
+      max_recipients: withDefault(int({ min: 1, max: 100_000 }), 100),
+      max_connections: withDefault(int({ min: 1 }), 1000),
+      max_connections_per_ip: withDefault(int({ min: 1 }), 20),
+      max_auth_failures: withDefault(int({ min: 1 }), 3),
+      max_line_length: withDefault(bytes({ min: 512 }), 4096),
+      idle_timeout: withDefault(duration({ min: 100 }), 300_000),
+      session_deadline: withDefault(duration({ min: 1000 }), 1_800_000),
+    }),
+  ),
+  spool: section(
+    obj({
+      dir: withDefault(str(), os.tmpdir() + '/douane-spool'),
+      memory_threshold: withDefault(bytes({ min: 0 }), 262_144),
+    }),
+  ),
+  shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  log: section(
+    obj({
+      level: withDefault(oneOf('trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'), 'info'),
+      pretty: withDefault(bool(), false),
+    }),
+  ),
+});
+
+type Parsed<S> = S extends { parse(...args: never[]): infer T | undefined } ? NonNullable<T> : never;
+export type Config = Parsed<typeof configSchema>;
+export type ListenerConfig = Config['listeners'][string];
+export type UpstreamConfig = Config['upstream'];
+export type { Cidr };

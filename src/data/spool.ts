@@ -1,0 +1,82 @@
+// Holds one message between the client's final dot and the upstream's reply: in memory up to a threshold,
+// then in a private temporary file (0600) that dispose() always removes. Memory per message is bounded
+// by the threshold whatever the message size.
+
+import { createReadStream, createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { once } from 'node:events';
+
+export class Spool {
+  private chunks: Buffer[] = [];
+  private inMemory = 0;
+  private file: WriteStream | undefined;
+  private path: string | undefined;
+  private finished = false;
+  size = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly memoryThreshold: number,
+  ) {}
+
+  /** Ensures the spool directory exists with private permissions (called once at start). */
+  static prepare(dir: string): void {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+
+  get onDisk(): boolean {
+    return this.file !== undefined;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    this.size += chunk.length;
+    if (!this.file && this.inMemory + chunk.length <= this.memoryThreshold) {
+      this.chunks.push(chunk);
+      this.inMemory += chunk.length;
+      return;
+    }
+    if (!this.file) await this.spill();
+    if (!this.file!.write(chunk)) await once(this.file!, 'drain');
+  }
+
+  private async spill(): Promise<void> {
+    this.path = join(this.dir, `msg-${Date.now()}-${randomBytes(6).toString('hex')}.eml`);
+    this.file = createWriteStream(this.path, { flags: 'wx', mode: 0o600 });
+    await once(this.file, 'open');
+    for (const c of this.chunks) if (!this.file.write(c)) await once(this.file, 'drain');
+    this.chunks = [];
+    this.inMemory = 0;
+  }
+
+  /** Call once the whole message was written. */
+  async finish(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.file) {
+      this.file.end();
+      await once(this.file, 'close');
+    }
+  }
+
+  /** A fresh reader over the whole message; may be called several times (relay, quarantine, rescan). */
+  reader(): Readable {
+    if (!this.finished) throw new Error('spool read before finish()');
+    if (this.path) return createReadStream(this.path, { highWaterMark: 64 * 1024 });
+    return Readable.from(this.chunks, { objectMode: false });
+  }
+
+  /** The message as one buffer — only for small messages and tests; refuses spooled-to-disk ones. */
+  toBuffer(): Buffer {
+    if (this.path) throw new Error('message is on disk; use reader()');
+    return Buffer.concat(this.chunks);
+  }
+
+  async dispose(): Promise<void> {
+    this.chunks = [];
+    if (this.file && !this.file.closed) this.file.destroy();
+    if (this.path) await rm(this.path, { force: true });
+  }
+}

@@ -1,0 +1,616 @@
+// The gateway: one smtp-server per listener, the session table, and the handlers that take each SMTP
+// command through the pipeline and then to the upstream. A client gets 250 for a message only after the
+// upstream said 250 for it; every other path ends in a refusal with a reference, or a 4xx.
+
+import type { AddressInfo } from 'node:net';
+import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import type { Config, ListenerConfig } from './config/schema.js';
+import { LineEndingWatch } from './data/line-endings.js';
+import { Spool } from './data/spool.js';
+import type { Logger } from './log.js';
+import { replyClass, type Metrics } from './metrics.js';
+import { runPhase, PIPELINE, type PhaseOutcome } from './pipeline/index.js';
+import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
+import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
+import type { ReasonCode } from './reasons.js';
+import type { SessionState, Transaction } from './session/state.js';
+import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
+import { PROTOCOL_ENHANCED, ReplyError, newReference, replyFor, type WireReply } from './smtp/replies.js';
+import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
+import { AddressList } from './validate/net.js';
+import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamProvider } from './upstream/provider.js';
+import { formatReply, replyText, type SmtpReply } from './upstream/reply.js';
+import { UpstreamError, type SmtpClient } from './upstream/smtp-client.js';
+
+export interface GatewayDeps {
+  logger: Logger;
+  metrics: Metrics;
+  upstream?: UpstreamProvider;
+  clock?: Clock;
+  pipeline?: Readonly<Record<Phase, readonly Check[]>>;
+}
+
+interface Listener {
+  name: string;
+  config: ListenerConfig;
+  server: GatewaySmtpServer;
+  address?: AddressInfo;
+}
+
+const systemClock: Clock = { now: () => Date.now() };
+
+export class Gateway {
+  private readonly listeners: Listener[] = [];
+  private readonly sessions = new Map<string, SessionState>();
+  private readonly perIp = new Map<string, number>();
+  private readonly trusted = new Map<string, AddressList>();
+  private readonly upstream: UpstreamProvider;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly metrics: Metrics;
+  private readonly pipeline: Readonly<Record<Phase, readonly Check[]>>;
+  private readonly checkDeps: CheckDeps;
+  private readonly tls: TlsMaterial | undefined;
+  private draining = false;
+
+  constructor(
+    readonly config: Readonly<Config>,
+    deps: GatewayDeps,
+  ) {
+    this.log = deps.logger;
+    this.metrics = deps.metrics;
+    this.clock = deps.clock ?? systemClock;
+    this.pipeline = deps.pipeline ?? PIPELINE;
+    this.upstream =
+      deps.upstream ??
+      new PooledUpstreamProvider(endpointsFrom(config.upstream, config.hostname), {
+        poolSize: config.upstream.pool.size,
+        idleMs: config.upstream.pool.idle,
+        xclient: config.upstream.xclient,
+      });
+    this.checkDeps = {
+      clock: this.clock,
+      connectionsFrom: (ip) => this.perIp.get(ip) ?? 0,
+      trustedNetwork: (listener, ip) => this.trusted.get(listener)?.has(ip) ?? false,
+    };
+    Spool.prepare(config.spool.dir);
+    this.tls = loadTlsMaterial(config);
+    if (this.tls?.selfSigned) {
+      this.log.warn({ event: 'insecure_dev_tls' }, 'TLS listeners use a throwaway self-signed certificate (tls.insecure_dev): for testing only');
+    }
+    for (const [name, l] of Object.entries(config.listeners)) {
+      if (l.allow) this.trusted.set(name, new AddressList(l.allow));
+      this.listeners.push({ name, config: l, server: this.createServer(name, l) });
+    }
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    await Promise.all(
+      this.listeners.map(
+        (l) =>
+          new Promise<void>((resolve, reject) => {
+            l.server.once('error', reject);
+            l.server.listen(l.config.port, l.config.address, () => {
+              l.server.off('error', reject);
+              l.address = l.server.server.address() as AddressInfo;
+              l.server.on('error', (err: Error) => this.log.warn({ event: 'listener_error', listener: l.name, err: err.message }, 'listener error'));
+              resolve();
+            });
+          }),
+      ),
+    );
+    for (const l of this.listeners) {
+      this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
+    }
+  }
+
+  /** Port a listener is bound to (useful with port 0). */
+  port(listener: string): number {
+    const l = this.listeners.find((x) => x.name === listener);
+    if (!l?.address) throw new Error(`listener ${listener} is not listening`);
+    return l.address.port;
+  }
+
+  get activeSessions(): number {
+    return this.sessions.size;
+  }
+
+  /**
+   * Graceful stop: stop accepting, end idle sessions with 421, let open transactions finish until the
+   * drain deadline, then 421 the rest. A message being relayed at the deadline is aborted upstream
+   * before its final dot, so it is neither half-delivered nor acknowledged.
+   */
+  async stop(drainMs = this.config.shutdown.drain_timeout): Promise<void> {
+    this.draining = true;
+    this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
+    await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));
+    const deadline = this.clock.now() + drainMs;
+    for (;;) {
+      for (const conn of this.connections()) {
+        const state = this.sessions.get(conn.session.id);
+        if (!conn.busy && !(state?.tx && !state.tx.done)) conn.refuse('session.shutting_down', 'connect');
+      }
+      if (this.connections().length === 0 || this.clock.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    for (const conn of this.connections()) {
+      this.sessions.get(conn.session.id)?.upstream?.destroy();
+      conn.refuse('session.shutting_down', 'connect');
+    }
+    await this.upstream.close();
+    const closeBy = Date.now() + 2000;
+    while (this.connections().length && Date.now() < closeBy) await new Promise((r) => setTimeout(r, 10));
+    this.log.info({ event: 'stopped' }, 'stopped');
+  }
+
+  private connections(): GatewayConnection[] {
+    return this.listeners.flatMap((l) => [...l.server.connections] as GatewayConnection[]);
+  }
+
+  // ---------------------------------------------------------------- smtp-server wiring
+
+  private createServer(name: string, l: ListenerConfig): GatewaySmtpServer {
+    const smtp = this.config.smtp;
+    const trusted = l.mode === 'trusted';
+    const hooks: ConnectionHooks = {
+      sessionReference: (session) => this.sessionReference(session),
+      takeSuccessText: (session) => {
+        const state = this.sessions.get(session.id);
+        const text = state?.pendingSuccessText;
+        if (state) state.pendingSuccessText = undefined;
+        return text;
+      },
+      draining: () => this.draining,
+      onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
+      sessionDeadline: smtp.session_deadline,
+    };
+    const disabled = trusted ? ['AUTH'] : [];
+    if (!this.tls) disabled.push('STARTTLS');
+    return new GatewaySmtpServer(
+      {
+        name: this.config.hostname,
+        secure: l.mode === 'tls',
+        key: this.tls?.key,
+        cert: this.tls?.cert,
+        authMethods: ['PLAIN', 'LOGIN'],
+        authOptional: trusted,
+        disabledCommands: disabled,
+        size: smtp.max_message_size,
+        hideENHANCEDSTATUSCODES: false,
+        hideDSN: true,
+        hideREQUIRETLS: true,
+        disableReverseLookup: true,
+        maxClients: smtp.max_connections,
+        socketTimeout: smtp.idle_timeout,
+        closeTimeout: this.config.shutdown.drain_timeout,
+        maxCommandLength: smtp.max_line_length,
+        maxAllowedUnauthenticatedCommands: trusted ? false : 10,
+        logger: false,
+        onConnect: (session, cb) => this.guard('connect', session, cb, () => this.onConnect(name, l, session)),
+        onAuth: (auth, session, cb) =>
+          this.guard('auth', session, (err, user) => (err ? cb(err) : cb(null, { user })), () => this.onAuth(auth, session)),
+        onMailFrom: (address, session, cb) => this.guard('mail', session, cb, () => this.onMailFrom(address, session)),
+        onRcptTo: (address, session, cb) => this.guard('rcpt', session, cb, () => this.onRcptTo(address, session)),
+        onData: (stream, session, cb) =>
+          this.guard('data', session, (err, text) => (err ? cb(err) : cb(null, text as string)), () => this.onData(stream, session)),
+        onClose: (session) => this.onClose(session),
+      },
+      hooks,
+    );
+  }
+
+  /**
+   * Runs a handler, times it, and turns anything unexpected into a 451 with a reference — a handler
+   * never throws into smtp-server and never leaves the client without a reply.
+   */
+  private guard<T>(phase: Phase, session: SMTPServerSession, cb: (err: Error | null, value?: T) => void, fn: () => Promise<T>): void {
+    const started = performance.now();
+    fn().then(
+      (value) => {
+        this.metrics.phaseDuration.labels(phase).observe((performance.now() - started) / 1000);
+        this.metrics.replies.labels(phase, '2xx').inc();
+        cb(null, value);
+      },
+      (err: unknown) => {
+        this.metrics.phaseDuration.labels(phase).observe((performance.now() - started) / 1000);
+        if (err instanceof ReplyError || (err instanceof Error && typeof (err as ReplyError).responseCode === 'number')) {
+          this.metrics.replies.labels(phase, replyClass((err as ReplyError).responseCode)).inc();
+          cb(err as Error);
+          return;
+        }
+        const reference = this.sessions.get(session.id)?.tx?.reference ?? this.sessionReference(session);
+        this.log.error({ event: 'internal_error', phase, session: session.id, ref: reference, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
+        const reply = replyFor({ action: 'tempfail', reason: 'internal.error' }, phase, reference);
+        this.metrics.replies.labels(phase, replyClass(reply.code)).inc();
+        cb(new ReplyError(reply));
+      },
+    );
+  }
+
+  private sessionReference(session: SMTPServerSession): string {
+    const state = this.sessions.get(session.id);
+    if (state) return state.reference;
+    const s = session as SMTPServerSession & { douaneRef?: string };
+    return (s.douaneRef ??= newReference());
+  }
+
+  private context(phase: Phase, state: SessionState, extra: Partial<CheckContext> = {}): CheckContext {
+    return { phase, config: this.config, deps: this.checkDeps, session: state, tx: state.tx, ...extra };
+  }
+
+  private async check(phase: Phase, state: SessionState, extra: Partial<CheckContext> = {}): Promise<PhaseOutcome> {
+    const outcome = await runPhase(phase, this.context(phase, state, extra), this.pipeline[phase]);
+    for (const r of outcome.results) this.metrics.checkResults.labels(r.check, r.result).inc();
+    if (state.tx) {
+      state.tx.results.push(...outcome.results);
+      state.tx.tags.push(...outcome.tags);
+    }
+    return outcome;
+  }
+
+  private refusal(verdict: Verdict, phase: Phase, reference: string): ReplyError {
+    const reply = replyFor(verdict, phase, reference);
+    this.metrics.refusals.labels(phase, verdict.reason ?? 'none').inc();
+    return new ReplyError(reply, verdict.reason);
+  }
+
+  // ---------------------------------------------------------------- handlers
+
+  private async onConnect(name: string, l: ListenerConfig, session: SMTPServerSession): Promise<void> {
+    const ip = session.remoteAddress;
+    const state: SessionState = {
+      id: session.id,
+      reference: this.sessionReference(session),
+      listener: { name, mode: l.mode },
+      remoteAddress: ip,
+      startedAt: this.clock.now(),
+      authFailures: 0,
+      transactions: 0,
+      counted: true,
+    };
+    this.sessions.set(session.id, state);
+    this.perIp.set(ip, (this.perIp.get(ip) ?? 0) + 1);
+    this.metrics.sessionsActive.labels(name).inc();
+    const outcome = await this.check('connect', state);
+    if (isRefusal(outcome.verdict)) {
+      state.refused = outcome.verdict.reason;
+      throw this.refusal(outcome.verdict, 'connect', state.reference);
+    }
+  }
+
+  private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<string> {
+    const state = this.requireState(session);
+    const outcome = await this.check('auth', state);
+    if (isRefusal(outcome.verdict)) throw this.refusal(outcome.verdict, 'auth', state.reference);
+
+    const username = auth.username ?? '';
+    let upstream = state.upstream;
+    let reply: SmtpReply;
+    try {
+      if (!upstream || !upstream.usable) {
+        upstream = await this.upstream.forAuth(this.identity(session));
+        state.upstream = upstream;
+      }
+      reply = await upstream.auth(username, auth.password ?? '', auth.authzid ?? '');
+    } catch (err) {
+      this.upstreamFailed(err, 'auth');
+      this.metrics.auth.labels('upstream_error').inc();
+      this.logAuth(state, username, 'upstream_error', (err as Error).message);
+      throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable' }, 'auth', state.reference);
+    }
+    this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
+    if (reply.code === 235) {
+      state.account = username.toLowerCase();
+      this.metrics.auth.labels('success').inc();
+      this.logAuth(state, username, 'success');
+      return username;
+    }
+    if (reply.code === 535 || reply.enhanced === '5.7.8') {
+      state.authFailures++;
+      const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
+      this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();
+      this.logAuth(state, username, tooMany ? 'too_many_failures' : 'failure', formatReply(reply));
+      throw this.refusal(
+        tooMany ? { action: 'tempfail', reason: 'auth.too_many_failures' } : { action: 'reject', reason: 'auth.failed' },
+        'auth',
+        state.reference,
+      );
+    }
+    if (reply.code >= 400 && reply.code < 500) {
+      this.metrics.auth.labels('upstream_tempfail').inc();
+      this.logAuth(state, username, 'upstream_tempfail', formatReply(reply));
+      throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable', evidence: { upstream: formatReply(reply) } }, 'auth', state.reference);
+    }
+    this.metrics.auth.labels('failure').inc();
+    this.logAuth(state, username, 'failure', formatReply(reply));
+    throw passThrough(reply);
+  }
+
+  private async onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
+    const state = this.requireState(session);
+    if (state.tx && !state.tx.done) this.finishTransaction(state, { action: 'abandoned' });
+    const args = address.args || {};
+    const tx: Transaction = {
+      reference: newReference(),
+      startedAt: this.clock.now(),
+      mailFrom: address.address,
+      params: { ...args },
+      recipients: [],
+      results: [],
+      tags: [],
+      timings: {},
+      done: false,
+    };
+    if (typeof args.SIZE === 'string') tx.declaredSize = Number(args.SIZE);
+    state.tx = tx;
+    state.transactions++;
+    if (state.listener.mode === 'trusted') state.account = address.address.toLowerCase() || '<>';
+    const started = performance.now();
+
+    const outcome = await this.check('mail', state);
+    if (isRefusal(outcome.verdict)) {
+      const err = this.refusal(outcome.verdict, 'mail', tx.reference);
+      this.finishTransaction(state, outcomeOf(outcome.verdict, err));
+      throw err;
+    }
+
+    let upstream: SmtpClient;
+    try {
+      upstream = await this.upstreamFor(state, session);
+    } catch (err) {
+      const refusal = err instanceof ReplyError ? err : this.upstreamRefusal(err, 'mail', tx.reference);
+      this.finishTransaction(state, { action: 'tempfail', reason: refusal.reason, reply: refusal.message });
+      throw refusal;
+    }
+    let reply: SmtpReply;
+    try {
+      reply = await upstream.mail(address.address, mailParams(args, upstream));
+    } catch (err) {
+      const refusal = this.upstreamRefusal(err, 'mail', tx.reference);
+      this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
+      throw refusal;
+    }
+    tx.timings.mail = elapsed(started);
+    this.metrics.upstreamReplies.labels('mail', replyClass(reply.code)).inc();
+    if (reply.code !== 250) {
+      const err = passThrough(reply);
+      this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
+      throw err;
+    }
+    state.pendingSuccessText = withEnhanced(reply, '2.1.0');
+  }
+
+  private async onRcptTo(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
+    const state = this.requireState(session);
+    const tx = state.tx;
+    if (!tx || !state.upstream) throw new Error('RCPT without an open transaction');
+    const started = performance.now();
+    const outcome = await this.check('rcpt', state, { recipient: address.address });
+    if (isRefusal(outcome.verdict)) {
+      const err = this.refusal(outcome.verdict, 'rcpt', tx.reference);
+      tx.recipients.push({ address: address.address, accepted: false, reply: err.message });
+      this.metrics.recipients.labels('refused_by_douane').inc();
+      throw err;
+    }
+    let reply: SmtpReply;
+    try {
+      reply = await state.upstream.rcpt(address.address);
+    } catch (err) {
+      const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
+      tx.recipients.push({ address: address.address, accepted: false, reply: refusal.message });
+      throw refusal;
+    }
+    tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
+    this.metrics.upstreamReplies.labels('rcpt', replyClass(reply.code)).inc();
+    const accepted = reply.code === 250 || reply.code === 251;
+    tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
+    this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
+    if (!accepted) throw passThrough(reply);
+    state.pendingSuccessText = withEnhanced(reply, '2.1.5');
+  }
+
+  private async onData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
+    const state = this.requireState(session);
+    const tx = state.tx;
+    if (!tx || !state.upstream) throw new Error('DATA without an open transaction');
+    const started = performance.now();
+    const spool = new Spool(this.config.spool.dir, this.config.spool.memory_threshold);
+    tx.spool = spool;
+    const max = this.config.smtp.max_message_size;
+    const watch = new LineEndingWatch();
+    let size = 0;
+    try {
+      try {
+        for await (const chunk of stream as AsyncIterable<Buffer>) {
+          size += chunk.length;
+          watch.push(chunk);
+          // Past the limit we keep reading (the client must reach its final dot) but stop storing.
+          if (size > max) tx.oversize = true;
+          else await spool.write(chunk);
+        }
+        await spool.finish();
+      } catch (err) {
+        this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
+        throw err;
+      }
+      tx.size = size;
+      tx.lineEndings = watch.end();
+      tx.timings.data = elapsed(started);
+      this.metrics.messageSize.observe(size);
+
+      const checksStarted = performance.now();
+      const outcome = await this.check('data', state);
+      tx.timings.checks = elapsed(checksStarted);
+      if (isRefusal(outcome.verdict)) {
+        const err = this.refusal(outcome.verdict, 'data', tx.reference);
+        this.finishTransaction(state, outcomeOf(outcome.verdict, err));
+        throw err;
+      }
+
+      const relayStarted = performance.now();
+      let reply: SmtpReply;
+      try {
+        reply = await state.upstream.data(spool.reader());
+      } catch (err) {
+        const refusal = this.upstreamRefusal(err, 'data', tx.reference);
+        this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
+        throw refusal;
+      }
+      tx.timings.relay = elapsed(relayStarted);
+      this.metrics.upstreamReplies.labels('data', replyClass(reply.code)).inc();
+      if (reply.code !== 250) {
+        const err = passThrough(reply);
+        this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
+        throw err;
+      }
+      const text = withEnhanced(reply, '2.0.0');
+      this.finishTransaction(state, { action: 'accept', reply: `250 ${text}` });
+      return text;
+    } finally {
+      await spool.dispose();
+    }
+  }
+
+  private onClose(session: SMTPServerSession): void {
+    const state = this.sessions.get(session.id);
+    if (!state) return;
+    if (state.tx && !state.tx.done) this.finishTransaction(state, { action: 'abandoned' });
+    this.sessions.delete(session.id);
+    const left = (this.perIp.get(state.remoteAddress) ?? 1) - 1;
+    if (left <= 0) this.perIp.delete(state.remoteAddress);
+    else this.perIp.set(state.remoteAddress, left);
+    this.metrics.sessionsActive.labels(state.listener.name).dec();
+ this.metrics.sessions.labels(state.listener.name, state.refused ? 'refused' : state.transactions ? 'mail' : 'no_mail').inc();
+    if (state.upstream) {
+      const upstream = state.upstream;
+      state.upstream = undefined;
+      if (state.listener.mode === 'trusted') this.upstream.release(upstream);
+      else void upstream.quit();
+    }
+    this.log.debug({ event: 'session_end', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: state.account, transactions: state.transactions, ms: this.clock.now() - state.startedAt }, 'session closed');
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private requireState(session: SMTPServerSession): SessionState {
+    const state = this.sessions.get(session.id);
+    if (!state) throw new Error(`no state for session ${session.id}`);
+    return state;
+  }
+
+  private identity(session: SMTPServerSession): ClientIdentity {
+    return { address: session.remoteAddress, port: session.remotePort, helo: session.hostNameAppearsAs || undefined, secure: session.secure };
+  }
+
+  /** The upstream connection for this transaction: the session's own (AUTH), or one from the trusted pool. */
+  private async upstreamFor(state: SessionState, session: SMTPServerSession): Promise<SmtpClient> {
+    if (state.listener.mode !== 'trusted') {
+      if (state.upstream?.usable) return state.upstream;
+      // The upstream dropped the authenticated session; without the password we cannot log in again.
+      throw this.refusal({ action: 'tempfail', reason: 'upstream.session_lost' }, 'mail', state.tx?.reference ?? state.reference);
+    }
+    if (state.upstream?.usable) return state.upstream;
+    state.upstream = await this.upstream.forTrusted(this.identity(session));
+    return state.upstream;
+  }
+
+  private upstreamFailed(err: unknown, phase: Phase): void {
+    const kind = err instanceof UpstreamError ? err.kind : 'internal';
+    this.metrics.upstreamErrors.labels(kind).inc();
+    this.log.warn({ event: 'upstream_error', phase, kind, err: (err as Error)?.message }, 'upstream failed');
+  }
+
+  private upstreamRefusal(err: unknown, phase: Phase, reference: string): ReplyError {
+    if (!(err instanceof UpstreamError)) throw err;
+    this.upstreamFailed(err, phase);
+    return this.refusal({ action: 'tempfail', reason: 'upstream.unavailable', evidence: { kind: err.kind } }, phase, reference);
+  }
+
+  private onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void {
+    this.metrics.refusals.labels('protocol', reason).inc();
+    const state = this.sessions.get(session.id);
+    this.log.info(
+      { event: 'refusal', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reason, reply: `${reply.code} ${reply.enhanced}` },
+      reason,
+    );
+  }
+
+  private logAuth(state: SessionState, username: string, result: string, detail?: string): void {
+    this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: username, result, detail }, `auth ${result}`);
+  }
+
+  /** Ends the transaction: one log line, metrics, and the trusted upstream goes back to the pool. */
+  private finishTransaction(state: SessionState, outcome: NonNullable<Transaction['outcome']>): void {
+    const tx = state.tx;
+    if (!tx || tx.done) return;
+    tx.done = true;
+    tx.outcome = outcome;
+    tx.timings.total = this.clock.now() - tx.startedAt;
+    this.metrics.transactions.labels(state.listener.name, outcome.action, outcome.reason ?? 'none').inc();
+    this.metrics.transactionDuration.observe(tx.timings.total / 1000);
+    this.log.info(
+      {
+        event: 'transaction',
+        ref: tx.reference,
+        session: state.id,
+        listener: state.listener.name,
+        client: state.remoteAddress,
+        account: state.account,
+        from: tx.mailFrom,
+        rcpt: tx.recipients.map((r) => ({ to: r.address, ok: r.accepted, reply: r.reply })),
+        size: tx.size,
+        verdict: outcome.action,
+        reason: outcome.reason,
+        rule: outcome.rule?.id,
+        article: outcome.rule?.article,
+        reply: outcome.reply,
+        tags: tx.tags.length ? tx.tags : undefined,
+        checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ms: r.ms })),
+        timings: tx.timings,
+      },
+      `transaction ${outcome.action}`,
+    );
+    if (state.listener.mode === 'trusted' && state.upstream && !state.upstream.inTransaction) {
+      const upstream = state.upstream;
+      state.upstream = undefined;
+      this.upstream.release(upstream);
+    } else if (state.listener.mode === 'trusted' && state.upstream) {
+      // Refused by us or the client went away mid-transaction: reset before the connection is reused.
+      const upstream = state.upstream;
+      state.upstream = undefined;
+      upstream.rset().then(
+        () => this.upstream.release(upstream),
+        () => upstream.destroy(),
+      );
+    }
+  }
+}
+
+/** The upstream's reply, relayed to the client as it is (enhanced code added if the upstream gave none). */
+function passThrough(reply: SmtpReply): ReplyError {
+  const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
+  return new ReplyError({ code: reply.code, enhanced, text: replyText(reply), close: false });
+}
+
+function withEnhanced(reply: SmtpReply, fallback: string): string {
+  return `${reply.enhanced ?? fallback} ${replyText(reply)}`;
+}
+
+/** MAIL FROM parameters worth forwarding, when the upstream supports them. */
+function mailParams(args: Record<string, string | true>, upstream: SmtpClient): string[] {
+  const out: string[] = [];
+  if (typeof args.SIZE === 'string' && upstream.supports('SIZE')) out.push(`SIZE=${args.SIZE}`);
+  if (typeof args.BODY === 'string' && upstream.supports('8BITMIME')) out.push(`BODY=${args.BODY.toUpperCase()}`);
+  if (args.SMTPUTF8 === true) out.push('SMTPUTF8');
+  return out;
+}
+
+function outcomeOf(verdict: Verdict, err: ReplyError): NonNullable<Transaction['outcome']> {
+  return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: `${err.responseCode} ${err.message}` };
+}
+
+function elapsed(since: number): number {
+  return Math.round((performance.now() - since) * 100) / 100;
+}

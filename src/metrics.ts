@@ -1,0 +1,35 @@
+// Every Prometheus metric Douane exports, defined here and nowhere else. Labels never carry an account or
+// an address (those go to the logs): label values come from small fixed sets.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const SIZE_BUCKETS = [1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 26214400, 52428800];
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly buildInfo = new Gauge({ name: 'douane_build_info', help: 'Douane version and Node.js version (always 1)', labelNames: ['version', 'node'], registers: [this.registry] });
+  readonly sessionsActive = new Gauge({ name: 'douane_sessions_active', help: 'Client sessions open now', labelNames: ['listener'], registers: [this.registry] });
+  readonly sessions = new Counter({ name: 'douane_sessions_total', help: 'Client sessions by listener and how they ended', labelNames: ['listener', 'outcome'], registers: [this.registry] });
+  readonly auth = new Counter({ name: 'douane_auth_total', help: 'AUTH attempts by result', labelNames: ['result'], registers: [this.registry] });
+  readonly transactions = new Counter({ name: 'douane_transactions_total', help: 'Mail transactions by final verdict and reason', labelNames: ['listener', 'verdict', 'reason'], registers: [this.registry] });
+  readonly recipients = new Counter({ name: 'douane_recipients_total', help: 'Recipients by result (accepted, refused by Douane, refused by the upstream)', labelNames: ['result'], registers: [this.registry] });
+  readonly replies = new Counter({ name: 'douane_replies_total', help: 'Replies sent to clients by phase and class', labelNames: ['phase', 'class'], registers: [this.registry] });
+  readonly refusals = new Counter({ name: 'douane_refusals_total', help: 'Refusals by Douane by phase and reason', labelNames: ['phase', 'reason'], registers: [this.registry] });
+  readonly checkResults = new Counter({ name: 'douane_check_results_total', help: 'Check outcomes by check and result', labelNames: ['check', 'result'], registers: [this.registry] });
+  readonly messageSize = new Histogram({ name: 'douane_message_size_bytes', help: 'Size of received messages', buckets: SIZE_BUCKETS, registers: [this.registry] });
+  readonly phaseDuration = new Histogram({ name: 'douane_phase_duration_seconds', help: 'Time Douane spent answering each phase (including the upstream)', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly transactionDuration = new Histogram({ name: 'douane_transaction_duration_seconds', help: 'From MAIL FROM to the final reply', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
+  readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused)', labelNames: ['kind'], registers: [this.registry] });
+
+  constructor(opts: { version: string; defaultMetrics?: boolean }) {
+    this.buildInfo.labels(opts.version, process.version).set(1);
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'douane_process_' });
+  }
+}
+
+export function replyClass(code: number): string {
+  return `${Math.floor(code / 100)}xx`;
+}

@@ -1,0 +1,76 @@
+// What Douane knows about one client connection and its current mail transaction. Handlers fill it in;
+// checks read it; the transaction's record becomes its single log line.
+
+import type { SmtpClient } from '../upstream/smtp-client.js';
+import type { LineEndingFacts } from '../data/line-endings.js';
+import type { Spool } from '../data/spool.js';
+import type { Action, Phase, RuleRef } from '../pipeline/verdict.js';
+import type { ReasonCode } from '../reasons.js';
+
+export type ListenerMode = 'starttls' | 'tls' | 'trusted';
+
+export interface ListenerInfo {
+  name: string;
+  mode: ListenerMode;
+}
+
+/** One check's outcome, as it appears in the log line, metrics and audit evidence. */
+export interface CheckResult {
+  check: string;
+  phase: Phase;
+  result: 'pass' | 'fail' | 'skip' | 'error';
+  action: Action;
+  reason?: ReasonCode;
+  rule?: RuleRef;
+  note?: string;
+  evidence?: Record<string, unknown>;
+  ms: number;
+}
+
+export interface RecipientRecord {
+  address: string;
+  /** the reply the client got for this RCPT */
+  reply: string;
+  accepted: boolean;
+}
+
+export interface Transaction {
+  reference: string;
+  startedAt: number;
+  mailFrom: string;
+  /** parameters as the client sent them (SIZE, BODY, SMTPUTF8) */
+  params: Record<string, string | true>;
+  declaredSize?: number;
+  recipients: RecipientRecord[];
+  results: CheckResult[];
+  tags: string[];
+  /** filled during DATA */
+  size?: number;
+  lineEndings?: LineEndingFacts;
+  oversize?: boolean;
+  spool?: Spool;
+  /** how the transaction ended, for the log */
+  outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string };
+  timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'checks' | 'relay' | 'total', number>>;
+  done: boolean;
+}
+
+export interface SessionState {
+  id: string;
+  reference: string;
+  listener: ListenerInfo;
+  remoteAddress: string;
+  startedAt: number;
+  /** the authenticated user; on the trusted listener, set from the envelope sender of each transaction */
+  account?: string;
+  authFailures: number;
+  upstream?: SmtpClient;
+  tx?: Transaction;
+  transactions: number;
+  /** the upstream's success text for the MAIL/RCPT being answered */
+  pendingSuccessText?: string;
+  /** counted against the per-IP cap */
+  counted: boolean;
+  /** set when the session was refused at connect */
+  refused?: ReasonCode;
+}

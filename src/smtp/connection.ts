@@ -1,0 +1,171 @@
+// Adapts smtp-server's connection to a submission proxy. smtp-server is pinned to 3.21.6 and these
+// overrides are covered by test/functional/smtp-connection.test.ts, so an upgrade that changes the
+// internals they rely on fails loudly rather than silently. What changes and why:
+//  - no 100 ms early-talker pause before the greeting: on a submission port it is pure latency and caps a
+//    one-message-per-connection client near 10 messages/s. Talking before the greeting is still refused
+//    (the greeting waits for our connect checks, and smtp-server answers early talkers with 421);
+//  - every reply carries the enhanced status code we chose (ours, or the upstream's), not the library's
+//    guess from the reply code; MAIL and RCPT successes carry the upstream's own text;
+//  - command lines ended by a bare LF, or containing NUL, are refused (smtp-server accepts "\n" alone);
+//  - during a graceful shutdown, new transactions are refused while open ones may finish;
+//  - an overall session deadline bounds how long one client may hold a connection.
+
+import type net from 'node:net';
+import type tls from 'node:tls';
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import type { ReasonCode } from '../reasons.js';
+import type { Phase } from '../pipeline/verdict.js';
+import { LIBRARY_REPLIES, PROTOCOL_ENHANCED, formatWire, naturalAction, replyFor, type WireReply } from './replies.js';
+
+const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
+
+export interface ConnectionHooks {
+  /** incident reference for replies that are not about one transaction */
+  sessionReference(session: SMTPServerSession): string;
+  /** the upstream's success text for the MAIL or RCPT just accepted, taken once */
+  takeSuccessText(session: SMTPServerSession, context: 'MAIL_FROM_OK' | 'RCPT_TO_OK'): string | undefined;
+  /** true while the gateway drains for shutdown */
+  draining(): boolean;
+  /** a session-level refusal that no handler saw (bare LF, deadline, cap) — for the log and metrics */
+  onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void;
+  /** overall per-session deadline in ms */
+  sessionDeadline: number;
+}
+
+/** Records, per command line, whether it ended with a bare LF. */
+class LineEndingTrackingStream extends SMTPStream {
+  readonly bareLf: boolean[] = [];
+  private lastByte = -1;
+
+  override _write(chunk: Buffer, encoding: BufferEncoding, next: (err?: Error | null) => void): void {
+    if (!this._dataMode && chunk && chunk.length) {
+      for (let i = chunk.indexOf(0x0a); i >= 0; i = chunk.indexOf(0x0a, i + 1)) {
+        this.bareLf.push((i > 0 ? chunk[i - 1] : this.lastByte) !== 0x0d);
+      }
+      this.lastByte = chunk[chunk.length - 1]!;
+    } else if (this._dataMode) {
+      // Whatever followed DATA in the same chunk is message content, not command lines.
+      this.bareLf.length = 0;
+      this.lastByte = -1;
+    }
+    super._write(chunk, encoding, next);
+  }
+}
+
+export class GatewayConnection extends SMTPConnection {
+  declare _server: GatewaySmtpServer;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlinePassed = false;
+
+  private get hooks(): ConnectionHooks {
+    return this._server.hooks;
+  }
+
+  override init(): void {
+    this._setListeners(() => {
+      const max = this._server.options.maxClients;
+      if (max && this._server.connections.size > max) {
+        this.refuse('connection.too_many', 'connect');
+        return;
+      }
+      this.deadlineTimer = setTimeout(() => this.onDeadline(), this.hooks.sessionDeadline);
+      this.deadlineTimer.unref();
+      this.connectionReady();
+    });
+  }
+
+  override _createParser(): SMTPStream {
+    const parser = new LineEndingTrackingStream({ maxCommandLength: this._server.options.maxCommandLength });
+    parser.oncommand = (command: Buffer, callback?: () => void) => this._onCommand(command, callback);
+    parser.on('error', (err: Error) => this.send(421, 'Error: ' + err.message));
+    return parser;
+  }
+
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    const parser = this._parser as LineEndingTrackingStream | false;
+    const bareLf = parser && parser.bareLf.length ? parser.bareLf.shift() : false;
+    if (this._ready && !this._upgrading) {
+      const refusal: ReasonCode | undefined = bareLf ? 'smtp.bare_lf_in_command' : command.includes(0) ? 'smtp.nul_in_command' : undefined;
+      if (refusal) {
+        this._nextHandler = false; // a broken line also ends an AUTH exchange in progress
+        this.refuse(refusal, 'connect');
+        callback?.();
+        return;
+      }
+      const verb = command.toString('latin1', 0, 8).split(' ')[0]!.toUpperCase();
+      if (!this.session.envelope.mailFrom && (this.hooks.draining() || this.deadlinePassed) && !['QUIT', 'NOOP'].includes(verb)) {
+        this.refuse(this.deadlinePassed ? 'session.deadline' : 'session.shutting_down', 'connect');
+        return;
+      }
+    }
+    super._onCommand(command, callback);
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
+      return super.send(code, data, false);
+    }
+    if ((context === 'MAIL_FROM_OK' || context === 'RCPT_TO_OK') && code === 250) {
+      const upstreamText = this.hooks.takeSuccessText(this.session, context);
+      if (upstreamText) return super.send(code, upstreamText, false);
+    }
+    const library = (typeof context === 'string' && LIBRARY_REPLIES[context]) || LIBRARY_REPLIES[String(code)];
+    if (library && code >= 400) {
+      const reply = replyFor(
+        { action: code < 500 ? 'tempfail' : 'reject', reason: library.reason, detail: { limit: this._server.options.size ?? 0 } },
+        library.phase,
+        this.hooks.sessionReference(this.session),
+      );
+      this.hooks.onProtocolRefusal(this.session, library.reason, reply);
+      return super.send(reply.code, formatWire(reply), false);
+    }
+    if (code >= 400 && context !== false && PROTOCOL_ENHANCED[code] && typeof data === 'string') {
+      return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data}`, false);
+    }
+    super.send(code, data, context);
+  }
+
+  /** Sends one of our refusals outside a handler; closes the connection if the reply says so. */
+  refuse(reason: ReasonCode, phase: Phase): void {
+    const reply = replyFor({ action: naturalAction(reason), reason }, phase, this.hooks.sessionReference(this.session));
+    this.hooks.onProtocolRefusal(this.session, reason, reply);
+    super.send(reply.code, formatWire(reply), false); // a 421 closes the connection by itself
+    if (reply.close && reply.code !== 421) this.close();
+  }
+
+  /** True while a handler of ours runs (upstream, scan) — the client is waiting for us, not idle. */
+  get busy(): boolean {
+    return this._handlerPending || Boolean(this._dataStream && this._parser && !this._parser._dataMode);
+  }
+
+  private onDeadline(): void {
+    this.deadlinePassed = true;
+    // If we are the ones the client waits for, let that reply go out first; the next command gets the 421.
+    if (!this.busy) this.refuse('session.deadline', 'connect');
+  }
+
+  override close(): void {
+    clearTimeout(this.deadlineTimer);
+    super.close();
+  }
+}
+
+/** smtp-server with our connection class and the gateway's hooks. */
+export class GatewaySmtpServer extends SMTPServer {
+  constructor(
+    options: SMTPServerOptions,
+    readonly hooks: ConnectionHooks,
+  ) {
+    super(options);
+  }
+
+  override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
+    const connection = new GatewayConnection(this, socket, socketOptions);
+    this.connections.add(connection);
+    connection.on('error', (err: Error) => this._onError(err));
+    connection.on('connect', (data) => this._onClientConnect(data));
+    connection.init();
+  }
+}

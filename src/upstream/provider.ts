@@ -1,0 +1,100 @@
+// Opens upstream sessions. Authenticated clients each get their own upstream connection on the
+// submission port (their AUTH is checked there). Trusted-listener sessions go to the upstream's trusted
+// port and reuse idle connections from a small pool, since they carry no per-user state.
+
+import { readFileSync } from 'node:fs';
+import type { UpstreamConfig } from '../config/schema.js';
+import { SmtpClient, type UpstreamEndpoint, type XclientAttributes } from './smtp-client.js';
+
+export interface ClientIdentity {
+  address: string;
+  port: number;
+  helo?: string;
+  secure: boolean;
+}
+
+export interface UpstreamProvider {
+  /** a fresh connection for an authenticating client */
+  forAuth(client: ClientIdentity): Promise<SmtpClient>;
+  /** a connection for a trusted-listener transaction, possibly reused */
+  forTrusted(client: ClientIdentity): Promise<SmtpClient>;
+  /** hands a trusted connection back: pooled if clean, else closed */
+  release(upstream: SmtpClient): void;
+  close(): Promise<void>;
+}
+
+export function endpointsFrom(cfg: UpstreamConfig, heloName: string): { submission: UpstreamEndpoint; trusted: UpstreamEndpoint } {
+  const base = {
+    host: cfg.host,
+    tls: cfg.tls,
+    verifyCertificate: cfg.verify_certificate,
+    ca: cfg.ca ? readFileSync(cfg.ca) : undefined,
+    servername: cfg.servername,
+    heloName: cfg.helo_name ?? heloName,
+    timeouts: { ...cfg.timeouts },
+  };
+  return {
+    submission: { ...base, port: cfg.port },
+    trusted: { ...base, port: cfg.trusted_port },
+  };
+}
+
+export class PooledUpstreamProvider implements UpstreamProvider {
+  private readonly idle: SmtpClient[] = [];
+  private closed = false;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly endpoints: { submission: UpstreamEndpoint; trusted: UpstreamEndpoint },
+    private readonly opts: { poolSize: number; idleMs: number; xclient: boolean },
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), Math.max(1000, Math.min(opts.idleMs, 10_000)));
+    this.sweeper.unref();
+  }
+
+  forAuth(client: ClientIdentity): Promise<SmtpClient> {
+    return SmtpClient.connect(this.endpoints.submission, { xclient: this.xclient(client) });
+  }
+
+  async forTrusted(client: ClientIdentity): Promise<SmtpClient> {
+    // With XCLIENT each connection carries one client's identity, so it cannot be shared.
+    if (!this.opts.xclient) {
+      while (this.idle.length) {
+        const c = this.idle.pop()!;
+        if (c.usable && Date.now() - c.lastUsedAt < this.opts.idleMs) return c;
+        c.destroy();
+      }
+    }
+    return SmtpClient.connect(this.endpoints.trusted, { xclient: this.xclient(client) });
+  }
+
+  release(upstream: SmtpClient): void {
+    if (this.closed || this.opts.xclient || !upstream.usable || upstream.inTransaction || upstream.authenticated || this.idle.length >= this.opts.poolSize) {
+      void upstream.quit();
+      return;
+    }
+    this.idle.push(upstream);
+  }
+
+  private xclient(client: ClientIdentity): XclientAttributes | undefined {
+    if (!this.opts.xclient) return undefined;
+    return { ADDR: client.address.replace(/^::ffff:/, ''), PORT: String(client.port), HELO: client.helo, PROTO: 'ESMTP' };
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (let i = this.idle.length - 1; i >= 0; i--) {
+      const c = this.idle[i]!;
+      if (!c.usable || now - c.lastUsedAt >= this.opts.idleMs) {
+        this.idle.splice(i, 1);
+        void c.quit();
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.sweeper);
+    await Promise.all(this.idle.splice(0).map((c) => c.quit()));
+  }
+}

@@ -1,0 +1,397 @@
+// A small SMTP client that forwards one command at a time and returns the upstream's own reply, the way
+// Postfix's smtpd_proxy_filter talks to its after-queue server. nodemailer's client sends MAIL, RCPT and
+// DATA as one unit, which cannot give a client the upstream's answer to each command as it is sent.
+// Every wait has a deadline; after a timeout, a drop or a protocol error the connection is unusable.
+
+import net from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+import type { Readable } from 'node:stream';
+import { ReplyParser, formatReply, type SmtpReply } from './reply.js';
+
+export type UpstreamTlsMode = 'opportunistic' | 'starttls' | 'implicit' | 'none';
+
+export interface UpstreamEndpoint {
+  host: string;
+  port: number;
+  tls: UpstreamTlsMode;
+  verifyCertificate: boolean;
+  ca?: string | Buffer;
+  servername?: string;
+  heloName: string;
+  timeouts: { connect: number; command: number; data: number };
+}
+
+export type UpstreamErrorKind = 'connect' | 'timeout' | 'closed' | 'protocol' | 'tls' | 'refused';
+
+export class UpstreamError extends Error {
+  constructor(
+    readonly kind: UpstreamErrorKind,
+    message: string,
+    /** the reply that caused it, when the upstream answered (e.g. a 421 greeting) */
+    readonly reply?: SmtpReply,
+  ) {
+    super(message);
+    this.name = 'UpstreamError';
+  }
+}
+
+interface Waiter {
+  resolve(reply: SmtpReply): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export interface XclientAttributes {
+  ADDR?: string;
+  PORT?: string;
+  NAME?: string;
+  HELO?: string;
+  PROTO?: string;
+  LOGIN?: string;
+}
+
+export class SmtpClient {
+  private socket!: net.Socket;
+  private readonly parser = new ReplyParser();
+  private readonly waiters: Waiter[] = [];
+  private failure: UpstreamError | undefined;
+  /** EHLO keywords (upper case) to their parameters */
+  capabilities = new Map<string, string>();
+  secure = false;
+  /** true between an accepted MAIL and the end of DATA or RSET */
+  inTransaction = false;
+  /** set once the client authenticated on this connection */
+  authenticated = false;
+  readonly openedAt = Date.now();
+  lastUsedAt = Date.now();
+
+  private constructor(readonly endpoint: UpstreamEndpoint) {}
+
+  /** Opens a connection: greeting, EHLO, STARTTLS as the endpoint's TLS mode says, optional XCLIENT. */
+  static async connect(endpoint: UpstreamEndpoint, opts: { xclient?: XclientAttributes } = {}): Promise<SmtpClient> {
+    const client = new SmtpClient(endpoint);
+    const deadline = setTimeout(() => client.fail(new UpstreamError('timeout', `no usable SMTP session with ${endpoint.host}:${endpoint.port} within ${endpoint.timeouts.connect} ms`)), endpoint.timeouts.connect);
+    try {
+      await client.open();
+      const greeting = await client.read(endpoint.timeouts.connect);
+      if (greeting.code !== 220) throw new UpstreamError('refused', `upstream greeted with ${formatReply(greeting)}`, greeting);
+      await client.ehlo();
+      if (endpoint.tls === 'starttls' || (endpoint.tls === 'opportunistic' && client.capabilities.has('STARTTLS'))) {
+        await client.starttls();
+        await client.ehlo();
+      }
+      if (opts.xclient && client.capabilities.has('XCLIENT')) {
+        const reply = await client.command(`XCLIENT ${xclientArgs(opts.xclient, client.capabilities.get('XCLIENT') ?? '')}`);
+        if (reply.code !== 220) throw new UpstreamError('refused', `upstream refused XCLIENT: ${formatReply(reply)}`, reply);
+        await client.ehlo();
+      }
+      return client;
+    } catch (err) {
+      client.destroy();
+      throw client.failure ?? asUpstreamError(err);
+    } finally {
+      clearTimeout(deadline);
+    }
+  }
+
+  get usable(): boolean {
+    return !this.failure && !this.socket.destroyed;
+  }
+
+  get maxSize(): number | undefined {
+    const size = Number(this.capabilities.get('SIZE'));
+    return Number.isFinite(size) && size > 0 ? size : undefined;
+  }
+
+  supports(extension: string): boolean {
+    return this.capabilities.has(extension.toUpperCase());
+  }
+
+  private async open(): Promise<void> {
+    const { host, port } = this.endpoint;
+    const socket =
+      this.endpoint.tls === 'implicit'
+        ? tls.connect({ host, port, ...this.tlsOptions() })
+        : net.connect({ host, port });
+    socket.setNoDelay(true);
+    this.attach(socket);
+    try {
+      await once(socket, this.endpoint.tls === 'implicit' ? 'secureConnect' : 'connect');
+    } catch (err) {
+      throw new UpstreamError('connect', `cannot connect to upstream ${host}:${port}: ${(err as Error).message}`);
+    }
+    this.secure = this.endpoint.tls === 'implicit';
+  }
+
+  private tlsOptions(): tls.ConnectionOptions {
+    const e = this.endpoint;
+    return {
+      servername: e.servername ?? (net.isIP(e.host) ? undefined : e.host),
+      rejectUnauthorized: e.verifyCertificate,
+      ca: e.ca,
+      minVersion: 'TLSv1.2',
+    };
+  }
+
+  private attach(socket: net.Socket): void {
+    this.socket = socket;
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('error', (err) => this.fail(new UpstreamError('closed', `upstream connection failed: ${err.message}`)));
+    socket.on('close', () => this.fail(new UpstreamError('closed', 'upstream closed the connection')));
+  }
+
+  private detach(socket: net.Socket): void {
+    socket.removeAllListeners('data');
+    socket.removeAllListeners('error');
+    socket.removeAllListeners('close');
+    socket.on('error', () => {});
+  }
+
+  private onData(chunk: string): void {
+    let replies: SmtpReply[];
+    try {
+      replies = this.parser.push(chunk);
+    } catch (err) {
+      this.fail(new UpstreamError('protocol', (err as Error).message));
+      return;
+    }
+    for (const reply of replies) {
+      const waiter = this.waiters.shift();
+      if (waiter) {
+        clearTimeout(waiter.timer);
+        waiter.resolve(reply);
+      } else {
+        // An unsolicited reply is the upstream ending the session (421 on idle or shutdown).
+        this.fail(new UpstreamError('closed', `upstream sent ${formatReply(reply)} unprompted`, reply));
+      }
+    }
+  }
+
+  private fail(err: UpstreamError): void {
+    if (!this.failure) this.failure = err;
+    while (this.waiters.length) {
+      const w = this.waiters.shift()!;
+      clearTimeout(w.timer);
+      w.reject(this.failure);
+    }
+    if (this.socket && !this.socket.destroyed) this.socket.destroy();
+  }
+
+  private read(timeout: number): Promise<SmtpReply> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<SmtpReply>((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.fail(new UpstreamError('timeout', `upstream did not answer within ${timeout} ms`)),
+        timeout,
+      );
+      this.waiters.push({ resolve, reject, timer });
+    });
+  }
+
+  private write(data: string | Buffer): boolean {
+    if (this.failure) throw this.failure;
+    return this.socket.write(data);
+  }
+
+  /** Sends one command line and waits for its reply. */
+  async command(line: string, timeout = this.endpoint.timeouts.command): Promise<SmtpReply> {
+    if (/[\r\n\0]/.test(line)) throw new UpstreamError('protocol', 'refusing to send a command containing CR, LF or NUL');
+    const reply = this.read(timeout);
+    this.write(line + '\r\n');
+    this.lastUsedAt = Date.now();
+    return reply;
+  }
+
+  private async ehlo(): Promise<void> {
+    let reply = await this.command(`EHLO ${this.endpoint.heloName}`);
+    if (reply.code >= 500) reply = await this.command(`HELO ${this.endpoint.heloName}`);
+    if (reply.code !== 250) throw new UpstreamError('refused', `upstream refused EHLO: ${formatReply(reply)}`, reply);
+    this.capabilities = new Map();
+    for (const line of reply.lines.slice(1)) {
+      const [keyword, ...params] = line.trim().split(/\s+/);
+      if (keyword) this.capabilities.set(keyword.toUpperCase(), params.join(' '));
+    }
+  }
+
+  private async starttls(): Promise<void> {
+    if (!this.capabilities.has('STARTTLS')) {
+      throw new UpstreamError('tls', 'upstream does not offer STARTTLS but the configuration requires it (upstream.tls: starttls)');
+    }
+    const reply = await this.command('STARTTLS');
+    if (reply.code !== 220) throw new UpstreamError('tls', `upstream refused STARTTLS: ${formatReply(reply)}`, reply);
+    const raw = this.socket;
+    this.detach(raw);
+    const secure = tls.connect({ socket: raw, ...this.tlsOptions() });
+    this.attach(secure);
+    try {
+      await once(secure, 'secureConnect');
+    } catch (err) {
+      throw new UpstreamError('tls', `TLS handshake with upstream failed: ${(err as Error).message}`);
+    }
+    this.secure = true;
+  }
+
+  /**
+   * Passes the client's credentials through. PLAIN when the upstream offers it, else LOGIN; the
+   * credentials are the same whichever mechanism the client used with us. Nothing here is logged.
+   */
+  async auth(username: string, password: string, authzid = ''): Promise<SmtpReply> {
+    const mechanisms = (this.capabilities.get('AUTH') ?? '').toUpperCase().split(/\s+/);
+    let reply: SmtpReply;
+    if (mechanisms.includes('PLAIN')) {
+      const token = Buffer.from(`${authzid}\0${username}\0${password}`, 'utf8').toString('base64');
+      reply = await this.command(`AUTH PLAIN ${token}`);
+    } else if (mechanisms.includes('LOGIN')) {
+      reply = await this.command('AUTH LOGIN');
+      if (reply.code === 334) reply = await this.command(Buffer.from(username, 'utf8').toString('base64'));
+      if (reply.code === 334) reply = await this.command(Buffer.from(password, 'utf8').toString('base64'));
+    } else {
+      throw new UpstreamError('refused', 'upstream offers neither AUTH PLAIN nor AUTH LOGIN on this connection');
+    }
+    if (reply.code === 334) {
+      // A challenge we did not expect: abort the exchange rather than guess.
+      reply = await this.command('*');
+    }
+    if (reply.code === 235) this.authenticated = true;
+    return reply;
+  }
+
+  async mail(address: string, params: string[] = []): Promise<SmtpReply> {
+    if (this.inTransaction) await this.rset();
+    const reply = await this.command(`MAIL FROM:<${address}>${params.length ? ' ' + params.join(' ') : ''}`);
+    if (reply.code === 250) this.inTransaction = true;
+    return reply;
+  }
+
+  rcpt(address: string, params: string[] = []): Promise<SmtpReply> {
+    return this.command(`RCPT TO:<${address}>${params.length ? ' ' + params.join(' ') : ''}`);
+  }
+
+  async rset(): Promise<SmtpReply> {
+    const reply = await this.command('RSET');
+    if (reply.code !== 250) throw new UpstreamError('protocol', `upstream refused RSET: ${formatReply(reply)}`, reply);
+    this.inTransaction = false;
+    return reply;
+  }
+
+  /**
+   * Sends DATA, then the message with dot-stuffing, then the final dot. The message must use CRLF line
+   * endings only (the data checks refuse anything else before we get here).
+   */
+  async data(message: Readable | AsyncIterable<Buffer>, prefix?: Buffer): Promise<SmtpReply> {
+    const start = await this.command('DATA');
+    // A refused DATA leaves the transaction open at the upstream; the next mail() sends RSET first.
+    if (start.code !== 354) return start;
+    const final = this.read(this.endpoint.timeouts.data);
+    final.catch(() => {}); // observed below; avoid an unhandled rejection while streaming
+    const stuffer = new DotStuffer();
+    try {
+      if (prefix) await this.writeChunk(stuffer.push(prefix));
+      for await (const chunk of message) {
+        await this.writeChunk(stuffer.push(chunk as Buffer));
+      }
+      await this.writeChunk(stuffer.end());
+    } catch (err) {
+      this.fail(err instanceof UpstreamError ? err : new UpstreamError('closed', `sending the message failed: ${(err as Error).message}`));
+      throw this.failure;
+    }
+    this.lastUsedAt = Date.now();
+    const reply = await final;
+    this.inTransaction = false;
+    return reply;
+  }
+
+  private async writeChunk(chunk: Buffer): Promise<void> {
+    if (chunk.length === 0) return;
+    if (!this.write(chunk)) {
+      await new Promise<void>((resolve, reject) => {
+        const onDrain = () => {
+          cleanup();
+          resolve();
+        };
+        const onClose = () => {
+          cleanup();
+          reject(this.failure ?? new UpstreamError('closed', 'upstream closed the connection during DATA'));
+        };
+        const timer = setTimeout(() => {
+          cleanup();
+          reject(new UpstreamError('timeout', `upstream stopped reading the message for ${this.endpoint.timeouts.data} ms`));
+        }, this.endpoint.timeouts.data);
+        const cleanup = () => {
+          clearTimeout(timer);
+          this.socket.off('drain', onDrain);
+          this.socket.off('close', onClose);
+        };
+        this.socket.on('drain', onDrain);
+        this.socket.on('close', onClose);
+      });
+    }
+  }
+
+  /** Polite close; never throws and never waits longer than the command deadline. */
+  async quit(): Promise<void> {
+    if (!this.usable) return this.destroy();
+    try {
+      await this.command('QUIT', Math.min(this.endpoint.timeouts.command, 5000));
+    } catch {
+      // already closing
+    }
+    this.destroy();
+  }
+
+  destroy(): void {
+    if (!this.failure) this.failure = new UpstreamError('closed', 'connection closed by Douane');
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(this.failure);
+    }
+    if (this.socket && !this.socket.destroyed) this.socket.destroy();
+  }
+}
+
+/** Doubles a leading dot on every line (RFC 5321 4.5.2) and terminates the message. */
+export class DotStuffer {
+  private atLineStart = true;
+  private lastTwo: Buffer = Buffer.from('\r\n');
+
+  push(chunk: Buffer): Buffer {
+    if (chunk.length === 0) return chunk;
+    const parts: Buffer[] = [];
+    let from = 0;
+    if (this.atLineStart && chunk[0] === 0x2e) parts.push(Buffer.from('.'));
+    for (let i = chunk.indexOf(0x0a); i >= 0 && i < chunk.length - 1; i = chunk.indexOf(0x0a, i + 1)) {
+      if (chunk[i + 1] === 0x2e) {
+        parts.push(chunk.subarray(from, i + 1), Buffer.from('.'));
+        from = i + 1;
+      }
+    }
+    parts.push(from === 0 ? chunk : chunk.subarray(from));
+    this.atLineStart = chunk[chunk.length - 1] === 0x0a;
+    this.lastTwo = chunk.length >= 2 ? chunk.subarray(chunk.length - 2) : Buffer.concat([this.lastTwo, chunk]).subarray(-2);
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  end(): Buffer {
+    const endsWithCrlf = this.lastTwo[0] === 0x0d && this.lastTwo[1] === 0x0a;
+    return Buffer.from(endsWithCrlf ? '.\r\n' : '\r\n.\r\n');
+  }
+}
+
+function xtext(value: string): string {
+  return value.replace(/[^\x21-\x7e]|[+=]/g, (c) => '+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'));
+}
+
+function xclientArgs(attrs: XclientAttributes, offered: string): string {
+  const allowed = new Set(offered.toUpperCase().split(/\s+/));
+  return Object.entries(attrs)
+    .filter(([k, v]) => v !== undefined && (allowed.size === 0 || allowed.has(k)))
+    .map(([k, v]) => `${k}=${xtext(String(v))}`)
+    .join(' ');
+}
+
+function asUpstreamError(err: unknown): UpstreamError {
+  if (err instanceof UpstreamError) return err;
+  return new UpstreamError('connect', (err as Error)?.message ?? String(err));
+}

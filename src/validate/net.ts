@@ -1,0 +1,58 @@
+// Network-address schemas and matching (CIDR allowlists), built on node:net's BlockList.
+
+import { BlockList, isIP } from 'node:net';
+import { type Schema } from './schema.js';
+
+export interface Cidr {
+  text: string;
+  address: string;
+  prefix: number;
+  family: 'ipv4' | 'ipv6';
+}
+
+export function parseCidr(text: string): Cidr | undefined {
+  const [address, prefixText] = text.trim().split('/');
+  if (!address) return undefined;
+  const version = isIP(address);
+  if (version === 0) return undefined;
+  const max = version === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : /^\d+$/.test(prefixText) ? Number(prefixText) : NaN;
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > max) return undefined;
+  return { text, address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
+}
+
+export function cidr(): Schema<Cidr> {
+  return {
+    expected: 'an IP address or network such as 10.0.0.0/8 or 2001:db8::/32',
+    parse(value, path, issues) {
+      const parsed = typeof value === 'string' ? parseCidr(value) : undefined;
+      if (!parsed) issues.push({ path, message: `must be an IP address or network such as 10.0.0.0/8 (got ${JSON.stringify(value)})` });
+      return parsed;
+    },
+  };
+}
+
+export function ipAddress(): Schema<string> {
+  return {
+    expected: 'an IP address',
+    parse(value, path, issues) {
+      if (typeof value === 'string' && isIP(value) !== 0) return value;
+      issues.push({ path, message: `must be an IP address such as 127.0.0.1 or :: (got ${JSON.stringify(value)})` });
+      return undefined;
+    },
+  };
+}
+
+/** An allowlist of networks; IPv4-mapped IPv6 client addresses (::ffff:a.b.c.d) match their IPv4 entry. */
+export class AddressList {
+  private readonly list = new BlockList();
+  constructor(readonly entries: readonly Cidr[]) {
+    for (const c of entries) this.list.addSubnet(c.address, c.prefix, c.family);
+  }
+  has(address: string): boolean {
+    const plain = address.startsWith('::ffff:') && isIP(address.slice(7)) === 4 ? address.slice(7) : address;
+    const family = isIP(plain) === 4 ? 'ipv4' : 'ipv6';
+    if (isIP(plain) === 0) return false;
+    return this.list.check(plain, family);
+  }
+}

@@ -1,0 +1,349 @@
+// A small schema language for operator-written YAML: every problem becomes an Issue with the path of the
+// offending key, so the loader can turn it into "file:line:col: path message" (see source.ts).
+// Why not a general validator library: we want our own sentences ("must be a positive integer") and
+// strict unknown-key errors everywhere, and the whole thing is small enough to read in one sitting.
+
+import safeRegex from 'safe-regex2';
+
+export type Path = (string | number)[];
+
+export interface Issue {
+  path: Path;
+  message: string;
+  /** point at the key itself rather than its value (unknown keys) */
+  atKey?: boolean;
+}
+
+export interface Schema<T> {
+  /** Returns the parsed value, or undefined after pushing at least one issue. */
+  parse(value: unknown, path: Path, issues: Issue[]): T | undefined;
+  /** One line for documentation and error messages, e.g. "a positive integer". */
+  readonly expected: string;
+  /** Present on object schemas so tooling (env overrides, docs) can walk the tree. */
+  readonly fields?: Record<string, Field<unknown>>;
+  /** Present on record schemas. */
+  readonly values?: Schema<unknown>;
+}
+
+export interface Field<T> {
+  schema: Schema<T>;
+  optional: boolean;
+  /** already-parsed value used when the key is absent */
+  default?: T;
+  /** raw value fed through the schema when the key is absent (sections: {} gets every nested default) */
+  defaultRaw?: unknown;
+}
+
+export function formatPath(path: Path): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out === '' ? part : `.${part}`;
+  }
+  return out === '' ? '(top level)' : out;
+}
+
+function typeName(value: unknown): string {
+  if (value === null || value === undefined) return 'nothing';
+  if (Array.isArray(value)) return 'a list';
+  if (typeof value === 'object') return 'a mapping';
+  if (typeof value === 'string') return `"${value.length > 40 ? value.slice(0, 40) + '…' : value}"`;
+  return String(value);
+}
+
+function leaf<T>(expected: string, check: (value: unknown) => T | undefined): Schema<T> {
+  return {
+    expected,
+    parse(value, path, issues) {
+      const parsed = check(value);
+      if (parsed === undefined) {
+        issues.push({ path, message: `must be ${expected} (got ${typeName(value)})` });
+      }
+      return parsed;
+    },
+  };
+}
+
+export function str(opts: { nonEmpty?: boolean; pattern?: RegExp; expected?: string } = {}): Schema<string> {
+  const expected = opts.expected ?? (opts.nonEmpty === false ? 'a string' : 'a non-empty string');
+  return leaf(expected, (v) => {
+    if (typeof v !== 'string') return undefined;
+    if (opts.nonEmpty !== false && v.trim() === '') return undefined;
+    if (opts.pattern && !opts.pattern.test(v)) return undefined;
+    return v;
+  });
+}
+
+export function bool(): Schema<boolean> {
+  return leaf('true or false', (v) => (typeof v === 'boolean' ? v : undefined));
+}
+
+export function int(opts: { min?: number; max?: number } = {}): Schema<number> {
+  const { min, max } = opts;
+  let expected = 'an integer';
+  if (min === 1 && max === undefined) expected = 'a positive integer';
+  else if (min === 0 && max === undefined) expected = 'a non-negative integer';
+  else if (min !== undefined && max !== undefined) expected = `an integer between ${min} and ${max}`;
+  else if (min !== undefined) expected = `an integer of at least ${min}`;
+  else if (max !== undefined) expected = `an integer of at most ${max}`;
+  return leaf(expected, (v) => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v)) return undefined;
+    if (min !== undefined && v < min) return undefined;
+    if (max !== undefined && v > max) return undefined;
+    return v;
+  });
+}
+
+export function num(opts: { min?: number; max?: number; exclusiveMin?: boolean } = {}): Schema<number> {
+  const expected =
+    opts.min !== undefined && opts.max !== undefined
+      ? `a number between ${opts.min} and ${opts.max}`
+      : opts.min !== undefined
+        ? `a number ${opts.exclusiveMin ? 'greater than' : 'of at least'} ${opts.min}`
+        : 'a number';
+  return leaf(expected, (v) => {
+    if (typeof v !== 'number' || !Number.isFinite(v)) return undefined;
+    if (opts.min !== undefined && (opts.exclusiveMin ? v <= opts.min : v < opts.min)) return undefined;
+    if (opts.max !== undefined && v > opts.max) return undefined;
+    return v;
+  });
+}
+
+export function oneOf<const T extends string>(...choices: T[]): Schema<T> {
+  return leaf(`one of ${choices.join(', ')}`, (v) =>
+    typeof v === 'string' && (choices as string[]).includes(v) ? (v as T) : undefined,
+  );
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses "500ms", "30s", "5m", "2h", "1d" into milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(text.trim());
+  if (!m) return undefined;
+  return Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!);
+}
+
+/** A duration written with its unit, returned in milliseconds. Bare numbers are refused: "30" is ambiguous. */
+export function duration(opts: { min?: number } = {}): Schema<number> {
+  return leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => {
+    if (typeof v !== 'string') return undefined;
+    const ms = parseDuration(v);
+    if (ms === undefined || ms < (opts.min ?? 0)) return undefined;
+    return ms;
+  });
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, m: 1024 ** 2, mb: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3 };
+
+/** A byte size: an integer, or "512K", "25M", "1G" (binary units). */
+export function bytes(opts: { min?: number } = {}): Schema<number> {
+  return leaf('a size in bytes such as 52428800, 512K, 25M or 1G', (v) => {
+    let n: number | undefined;
+    if (typeof v === 'number' && Number.isSafeInteger(v)) n = v;
+    else if (typeof v === 'string') {
+      const m = /^(\d+)\s*([kmg]?b?)$/i.exec(v.trim());
+      if (m) n = Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!;
+    }
+    if (n === undefined || n < (opts.min ?? 0)) return undefined;
+    return n;
+  });
+}
+
+export interface CompiledPattern {
+  source: string;
+  regex: RegExp;
+}
+
+/**
+ * A regular expression, compiled at load time. Patterns with nested quantifiers ("(a+)+") can take
+ * exponential time on crafted input, which an abusive sender controls, so they are refused here.
+ */
+export function regex(flags = 'iu'): Schema<CompiledPattern> {
+  return {
+    expected: 'a regular expression',
+    parse(value, path, issues) {
+      if (typeof value !== 'string' || value === '') {
+        issues.push({ path, message: `must be a regular expression (got ${typeName(value)})` });
+        return undefined;
+      }
+      let compiled: RegExp;
+      try {
+        compiled = new RegExp(value, flags);
+      } catch (err) {
+        issues.push({ path, message: `is not a valid regular expression: ${(err as Error).message}` });
+        return undefined;
+      }
+      if (!safeRegex(value)) {
+        issues.push({
+          path,
+          message:
+            'may take exponential time on crafted input (nested or overlapping repetition such as "(a+)+"); ' +
+            'rewrite it without a repeated group that itself repeats',
+        });
+        return undefined;
+      }
+      return { source: value, regex: compiled };
+    },
+  };
+}
+
+export function list<T>(item: Schema<T>, opts: { min?: number; max?: number } = {}): Schema<T[]> {
+  return {
+    expected: `a list of ${item.expected}`,
+    parse(value, path, issues) {
+      if (!Array.isArray(value)) {
+        issues.push({ path, message: `must be a list (got ${typeName(value)})` });
+        return undefined;
+      }
+      if (opts.min !== undefined && value.length < opts.min) {
+        issues.push({ path, message: `must have at least ${opts.min} entr${opts.min === 1 ? 'y' : 'ies'}` });
+        return undefined;
+      }
+      if (opts.max !== undefined && value.length > opts.max) {
+        issues.push({ path, message: `must have at most ${opts.max} entries` });
+        return undefined;
+      }
+      const before = issues.length;
+      const out = value.map((v, i) => item.parse(v, [...path, i], issues));
+      return issues.length === before ? (out as T[]) : undefined;
+    },
+  };
+}
+
+type Shape = Record<string, Field<unknown>>;
+type Out<S extends Shape> = { [K in keyof S]: S[K] extends Field<infer T> ? T : never };
+
+export function required<T>(schema: Schema<T>): Field<T> {
+  return { schema, optional: false };
+}
+export function optional<T>(schema: Schema<T>): Field<T | undefined> {
+  return { schema, optional: true } as Field<T | undefined>;
+}
+export function withDefault<T>(schema: Schema<T>, value: T): Field<T> {
+  return { schema, optional: true, default: value };
+}
+/** A nested mapping that may be left out entirely; then every key inside takes its own default. */
+export function section<T>(schema: Schema<T>): Field<T> {
+  return { schema, optional: true, defaultRaw: {} };
+}
+
+/** A mapping with known keys; unknown keys are errors (a typo must not be silently ignored). */
+export function obj<S extends Shape>(shape: S, opts: { expected?: string } = {}): Schema<Out<S>> {
+  return {
+    expected: opts.expected ?? 'a mapping',
+    fields: shape,
+    parse(value, path, issues) {
+      if (value === null || value === undefined) value = {};
+      if (typeof value !== 'object' || Array.isArray(value)) {
+        issues.push({ path, message: `must be a mapping of keys to values (got ${typeName(value)})` });
+        return undefined;
+      }
+      const input = value as Record<string, unknown>;
+      const before = issues.length;
+      const out: Record<string, unknown> = {};
+      for (const key of Object.keys(input)) {
+        if (!(key in shape)) {
+          const known = Object.keys(shape);
+          const hint = closest(key, known);
+          issues.push({
+            path: [...path, key],
+            atKey: true,
+            message: `is not a known key${hint ? ` (did you mean "${hint}"?)` : ''}; known keys: ${known.join(', ')}`,
+          });
+        }
+      }
+      for (const [key, field] of Object.entries(shape)) {
+        const v = input[key];
+        if (v === undefined || v === null) {
+          if (field.defaultRaw !== undefined) {
+            const parsed = field.schema.parse(field.defaultRaw, [...path, key], issues);
+            if (parsed !== undefined) out[key] = parsed;
+          } else if (field.default !== undefined) out[key] = structuredClone(field.default);
+          else if (!field.optional) issues.push({ path: [...path, key], message: `is required (${field.schema.expected})` });
+          continue;
+        }
+        const parsed = field.schema.parse(v, [...path, key], issues);
+        if (parsed !== undefined) out[key] = parsed;
+      }
+      return issues.length === before ? (out as Out<S>) : undefined;
+    },
+  };
+}
+
+/** A mapping of operator-chosen names to values of one schema. */
+export function record<T>(values: Schema<T>, opts: { key?: RegExp; keyExpected?: string } = {}): Schema<Record<string, T>> {
+  return {
+    expected: `a mapping of names to ${values.expected}`,
+    values: values as Schema<unknown>,
+    parse(value, path, issues) {
+      if (value === null || value === undefined) return {};
+      if (typeof value !== 'object' || Array.isArray(value)) {
+        issues.push({ path, message: `must be a mapping of names to values (got ${typeName(value)})` });
+        return undefined;
+      }
+      const before = issues.length;
+      const out: Record<string, T> = {};
+      for (const [key, v] of Object.entries(value as Record<string, unknown>)) {
+        if (opts.key && !opts.key.test(key)) {
+          issues.push({ path: [...path, key], atKey: true, message: `is not a valid name: ${opts.keyExpected ?? opts.key.source}` });
+          continue;
+        }
+        const parsed = values.parse(v, [...path, key], issues);
+        if (parsed !== undefined) out[key] = parsed;
+      }
+      return issues.length === before ? out : undefined;
+    },
+  };
+}
+
+/** Post-validation refinement: runs only when the inner schema parsed cleanly. */
+export function refine<T>(schema: Schema<T>, check: (value: T, path: Path) => Issue[]): Schema<T> {
+  return {
+    ...schema,
+    parse(value, path, issues) {
+      const parsed = schema.parse(value, path, issues);
+      if (parsed === undefined) return undefined;
+      const extra = check(parsed, path);
+      issues.push(...extra);
+      return extra.length ? undefined : parsed;
+    },
+  };
+}
+
+/** Accepts either of two shapes, chosen by a predicate on the raw value (keeps error messages precise). */
+export function either<A, B>(pick: (value: unknown) => 'a' | 'b', a: Schema<A>, b: Schema<B>, expected: string): Schema<A | B> {
+  return {
+    expected,
+    parse(value, path, issues) {
+      return pick(value) === 'a' ? a.parse(value, path, issues) : b.parse(value, path, issues);
+    },
+  };
+}
+
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance) {
+      bestDistance = d;
+      best = c;
+    }
+  }
+  return bestDistance <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return row[b.length]!;
+}

@@ -1,0 +1,105 @@
+// Turns schema issues into "file:line:col: key message" by finding each path in the parsed YAML document.
+
+import { readFile } from 'node:fs/promises';
+import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { formatPath, type Issue, type Path, type Schema } from './schema.js';
+
+export interface Problem {
+  /** file name as given, "env DOUANE_X" for environment overrides, or "(embedded default)" */
+  file: string;
+  line?: number;
+  col?: number;
+  /** dotted key path, e.g. plans.basic.messages_per_hour */
+  key: string;
+  message: string;
+}
+
+export function formatProblem(p: Problem): string {
+  const where = p.line !== undefined ? `${p.file}:${p.line}:${p.col ?? 1}` : p.file;
+  return `${where}: ${p.key === '(top level)' ? '' : p.key + ' '}${p.message}`;
+}
+
+/** Thrown when a file (config or policy) does not validate; carries every problem, not just the first. */
+export class ValidationError extends Error {
+  readonly code = 'DOUANE_INVALID_FILE';
+  constructor(readonly problems: Problem[]) {
+    super(problems.map(formatProblem).join('\n'));
+    this.name = 'ValidationError';
+  }
+}
+
+export class YamlSource {
+  private constructor(
+    readonly file: string,
+    readonly text: string,
+    readonly doc: Document.Parsed,
+    private readonly lines: LineCounter,
+  ) {}
+
+  /** Parses YAML text; syntax errors (including duplicate keys) become problems with their position. */
+  static parse(file: string, text: string): { source: YamlSource; value: unknown; problems: Problem[] } {
+    const lines = new LineCounter();
+    const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, strict: true });
+    const source = new YamlSource(file, text, doc, lines);
+    const problems: Problem[] = [];
+    for (const err of [...doc.errors, ...doc.warnings]) {
+      const pos = lines.linePos(err.pos[0]);
+      problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${firstLine(err.message)}` });
+    }
+    return { source, value: problems.length ? undefined : doc.toJS({ maxAliasCount: 100 }), problems };
+  }
+
+  static async load(file: string): Promise<{ source: YamlSource; value: unknown; problems: Problem[] }> {
+    return YamlSource.parse(file, await readFile(file, 'utf8'));
+  }
+
+  /** Line and column of the node at `path` (or of its key), falling back to the nearest existing ancestor. */
+  position(path: Path, atKey = false): { line: number; col: number } {
+    let node: unknown = this.doc.contents;
+    let offset = rangeStart(node) ?? 0;
+    for (let i = 0; i < path.length; i++) {
+      const part = path[i]!;
+      const last = i === path.length - 1;
+      if (isMap(node)) {
+        const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(part));
+        if (!pair) break;
+        if (last && atKey) {
+          offset = rangeStart(pair.key) ?? offset;
+          break;
+        }
+        node = pair.value;
+        offset = rangeStart(node) ?? rangeStart(pair.key) ?? offset;
+      } else if (isSeq(node) && typeof part === 'number') {
+        const item = node.items[part];
+        if (item === undefined) break;
+        node = item;
+        offset = rangeStart(node) ?? offset;
+      } else break;
+    }
+    return this.lines.linePos(offset);
+  }
+
+  problem(issue: Issue): Problem {
+    const pos = this.position(issue.path, issue.atKey);
+    return { file: this.file, line: pos.line, col: pos.col, key: formatPath(issue.path), message: issue.message };
+  }
+}
+
+function rangeStart(node: unknown): number | undefined {
+  const range = (node as Node | undefined)?.range;
+  return range ? range[0] : undefined;
+}
+
+function firstLine(message: string): string {
+  return message.split('\n')[0]!.trim();
+}
+
+/** Parse + validate one YAML file against a schema; throws ValidationError listing every problem. */
+export function validateYaml<T>(file: string, text: string, schema: Schema<T>): { value: T; source: YamlSource } {
+  const { source, value, problems } = YamlSource.parse(file, text);
+  if (problems.length) throw new ValidationError(problems);
+  const issues: Issue[] = [];
+  const parsed = schema.parse(value, [], issues);
+  if (issues.length || parsed === undefined) throw new ValidationError(issues.map((i) => source.problem(i)));
+  return { value: parsed, source };
+}
