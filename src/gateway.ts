@@ -125,7 +125,8 @@ export class Gateway {
   async stop(drainMs = this.config.shutdown.drain_timeout): Promise<void> {
     this.draining = true;
     this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
-    await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));
+    // net.Server#close stops accepting at once; its callback waits for every connection to end.
+    const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));
     const deadline = this.clock.now() + drainMs;
     for (;;) {
       for (const conn of this.connections()) {
@@ -140,8 +141,12 @@ export class Gateway {
       conn.refuse('session.shutting_down', 'connect');
     }
     await this.upstream.close();
+    // Clients that do not close their side after our 421 are cut off after a short grace period.
     const closeBy = Date.now() + 2000;
     while (this.connections().length && Date.now() < closeBy) await new Promise((r) => setTimeout(r, 10));
+    for (const conn of this.connections()) conn._socket.destroy();
+    for (const l of this.listeners) for (const conn of l.server.connections) l.server.connections.delete(conn);
+    await closed;
     this.log.info({ event: 'stopped' }, 'stopped');
   }
 

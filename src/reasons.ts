@@ -59,6 +59,10 @@ export const REASONS = {
     sentence: 'Command lines must not contain NUL bytes.',
     solution: 'The client sent a NUL byte in a command; a broken or hostile client.',
   },
+  'smtp.line_too_long': {
+    sentence: 'Command line too long; closing the connection.',
+    solution: 'A command line exceeded smtp.max_line_length bytes. A broken or hostile client.',
+  },
   'message.bare_line_ending': {
     sentence: 'Message refused: it contains a bare CR or LF; lines must end with CR LF (protection against SMTP smuggling).',
     solution: 'The message was not relayed. The sending software must use CR LF line endings (RFC 5321 2.3.8).',

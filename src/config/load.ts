@@ -25,19 +25,18 @@ export interface LoadedConfig {
 export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined> } = {}): LoadedConfig {
   const env = opts.env ?? process.env;
   const file = opts.file ?? env.DOUANE_CONFIG;
+  if (!file) return parseConfig(EMBEDDED_NAME, EMBEDDED_DEFAULT, env);
   let text: string;
-  let name: string;
-  if (file) {
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).message}` }]);
-    }
-    name = file;
-  } else {
-    text = EMBEDDED_DEFAULT;
-    name = EMBEDDED_NAME;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).message}` }]);
   }
+  return parseConfig(file, text, env);
+}
+
+/** Validates configuration text (named for error messages) with the environment's overrides applied. */
+export function parseConfig(name: string, text: string, env: Record<string, string | undefined> = {}): LoadedConfig {
   const { source, value, problems } = YamlSource.parse(name, text);
   if (problems.length) throw new ValidationError(problems);
 

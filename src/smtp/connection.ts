@@ -79,7 +79,8 @@ export class GatewayConnection extends SMTPConnection {
   override _createParser(): SMTPStream {
     const parser = new LineEndingTrackingStream({ maxCommandLength: this._server.options.maxCommandLength });
     parser.oncommand = (command: Buffer, callback?: () => void) => this._onCommand(command, callback);
-    parser.on('error', (err: Error) => this.send(421, 'Error: ' + err.message));
+    // The only parser error is an over-long line; after it the byte stream cannot be trusted, so close.
+    parser.on('error', () => this.refuse('smtp.line_too_long', 'connect'));
     return parser;
   }
 

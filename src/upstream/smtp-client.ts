@@ -198,8 +198,14 @@ export class SmtpClient {
   /** Sends one command line and waits for its reply. */
   async command(line: string, timeout = this.endpoint.timeouts.command): Promise<SmtpReply> {
     if (/[\r\n\0]/.test(line)) throw new UpstreamError('protocol', 'refusing to send a command containing CR, LF or NUL');
+    if (this.failure) throw this.failure;
     const reply = this.read(timeout);
-    this.write(line + '\r\n');
+    try {
+      this.write(line + '\r\n');
+    } catch (err) {
+      reply.catch(() => {});
+      throw err;
+    }
     this.lastUsedAt = Date.now();
     return reply;
   }

@@ -1,0 +1,288 @@
+// The transparent relay against an in-process upstream that can be told to fail: per-command forwarding,
+// the upstream's own replies, pipelining, RSET, and never a 250 before the upstream's 250.
+
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
+
+let upstream: FakeUpstream | undefined;
+let gw: TestGateway | undefined;
+
+afterEach(async () => {
+  await gw?.stop();
+  await upstream?.stop();
+  gw = undefined;
+  upstream = undefined;
+});
+
+async function setup(opts: ConstructorParameters<typeof FakeUpstream>[0] = {}, overrides: Record<string, unknown> = {}) {
+  upstream = await FakeUpstream.start(opts);
+  gw = await startGateway(upstream.port, overrides);
+  return { upstream, gw };
+}
+
+/** EHLO, STARTTLS, EHLO, AUTH PLAIN on the submission listener. */
+async function authenticated(port: number, user = 'user1@example.test', pass = 'secret1'): Promise<{ c: RawSmtp; auth: string }> {
+  const c = await RawSmtp.connect(port);
+  expect(await c.reply()).toMatch(/^220 /);
+  expect(await c.command('EHLO client.test')).toMatch(/STARTTLS/);
+  expect(await c.command('STARTTLS')).toMatch(/^220 /);
+  await c.starttls();
+  const ehlo = await c.command('EHLO client.test');
+  expect(ehlo).toMatch(/AUTH PLAIN LOGIN/);
+  expect(ehlo).toMatch(/ENHANCEDSTATUSCODES/);
+  const auth = await c.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${pass}`).toString('base64')}`);
+  return { c, auth };
+}
+
+async function trusted(port: number): Promise<RawSmtp> {
+  const c = await RawSmtp.connect(port);
+  expect(await c.reply()).toMatch(/^220 /);
+  expect(await c.command('EHLO webmail.test')).toMatch(/^250/);
+  return c;
+}
+
+describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () => {
+  it('authenticates at the upstream and relays each command, answering with the upstream replies', async () => {
+    const { upstream, gw } = await setup();
+    const { c, auth } = await authenticated(gw.port('submission'));
+    expect(auth).toMatch(/^235 2\.7\.0/);
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
+    expect(await c.command('RCPT TO:<user2@example.test>')).toBe('250 2.1.5 Ok');
+    expect(await c.command('DATA')).toMatch(/^354 /);
+    c.write(MESSAGE.replace('\r\n.leading', '\r\n..leading') + '.\r\n');
+    expect(await c.reply()).toBe('250 2.0.0 Ok: queued as FAKE1');
+    expect(upstream.messages).toHaveLength(1);
+    expect(upstream.messages[0]!.user).toBe('user1@example.test');
+    expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
+    expect(upstream.commands).toEqual(['EHLO douane.test', 'AUTH ***', 'MAIL FROM:<user1@example.test>', 'RCPT TO:<user2@example.test>', 'DATA']);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ verdict: 'accept', account: 'user1@example.test', listener: 'submission', from: 'user1@example.test', size: MESSAGE.length });
+    expect(line.ref).toMatch(/^D-[0-9A-Z]{6}$/);
+    c.close();
+  });
+
+  it('refuses AUTH before STARTTLS with 538 5.7.11 and a reference', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('submission'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    const r = await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`);
+    expect(r).toMatch(/^538 5\.7\.11 .*STARTTLS.* Ref D-[0-9A-Z]{6}\.$/);
+    c.close();
+  });
+
+  it('requires AUTH before MAIL on the submission listener (530 5.7.0)', async () => {
+    const { gw, upstream } = await setup();
+    const c = await RawSmtp.connect(gw.port('submission'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^530 5\.7\.0 Authentication required.*Ref D-/);
+    expect(upstream.connections).toBe(0);
+    c.close();
+  });
+
+  it('answers a wrong password with 535 5.7.8 and closes with 421 after repeated failures', async () => {
+    const { gw } = await setup({}, { smtp: { max_auth_failures: 3 } });
+    const { c, auth } = await authenticated(gw.port('submission'), 'user1@example.test', 'wrong');
+    expect(auth).toMatch(/^535 5\.7\.8 Authentication failed.*Ref D-/);
+    const token = Buffer.from('\0user1@example.test\0wrong').toString('base64');
+    expect(await c.command(`AUTH PLAIN ${token}`)).toMatch(/^535 5\.7\.8/);
+    expect(await c.command(`AUTH PLAIN ${token}`)).toMatch(/^421 4\.7\.0 Too many failed authentication attempts/);
+    expect(await c.reply()).toBe('(closed)');
+    const logged = gw.logs.filter((l) => l.event === 'auth');
+    expect(logged.map((l) => l.result)).toEqual(['failure', 'failure', 'too_many_failures']);
+    expect(JSON.stringify(gw.logs)).not.toContain('wrong');
+  });
+
+  it('supports AUTH LOGIN from the client', async () => {
+    const { gw, upstream } = await setup();
+    const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+    await c.reply();
+    await c.command('EHLO client.test');
+    expect(await c.command('AUTH LOGIN')).toMatch(/^334 /);
+    expect(await c.command(Buffer.from('user1@example.test').toString('base64'))).toMatch(/^334 /);
+    expect(await c.command(Buffer.from('secret1').toString('base64'))).toMatch(/^235 /);
+    expect(upstream.commands).toContain('AUTH ***');
+    c.close();
+  });
+
+  it('answers 454 4.7.0 when the upstream cannot be reached to check credentials', async () => {
+    const { gw, upstream } = await setup();
+    await upstream.stop();
+    const { c, auth } = await authenticated(gw.port('submission'));
+    expect(auth).toMatch(/^454 4\.7\.0 Authentication is temporarily unavailable.*Ref D-/);
+    c.close();
+  });
+
+  it('answers 421 4.4.1 at MAIL when the upstream dropped the authenticated session', async () => {
+    const { gw, upstream } = await setup();
+    const { c } = await authenticated(gw.port('submission'));
+    await upstream.stop(); // destroys the upstream side of the session
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^421 4\.4\.1 .*reconnect/);
+    expect(await c.reply()).toBe('(closed)');
+  });
+});
+
+describe('relay on the trusted listener', () => {
+  it('relays without AUTH and reports the upstream queue id', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test> SIZE=120 BODY=8BITMIME')).toBe('250 2.1.0 Ok');
+    expect(await c.command('RCPT TO:<a@example.test>')).toBe('250 2.1.5 Ok');
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toBe('250 2.0.0 Ok: queued as FAKE1');
+    expect(upstream.messages[0]!.mailLine).toBe('MAIL FROM:<user1@example.test> SIZE=120 BODY=8BITMIME');
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line.account).toBe('user1@example.test');
+    c.close();
+  });
+
+  it('refuses hosts outside the allow list with 554 5.7.1', async () => {
+    const { gw, upstream } = await setup();
+    const net = await import('node:net');
+    const socket = net.connect({ port: gw.port('trusted'), host: '127.0.0.1', localAddress: '127.0.0.2' });
+    const greeting = await new Promise<string>((resolve) => socket.once('data', (d) => resolve(d.toString())));
+    expect(greeting).toMatch(/^554 5\.7\.1 Your address \(127\.0\.0\.2\) may not submit mail on this port.*Ref D-/);
+    socket.destroy();
+    expect(upstream.connections).toBe(0);
+  });
+
+  it('handles several transactions on one connection, and RSET in the middle', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<first@example.test>');
+    await c.command('RCPT TO:<x@example.test>');
+    expect(await c.command('RSET')).toMatch(/^250/);
+    for (const n of [1, 2]) {
+      expect(await c.command(`MAIL FROM:<sender${n}@example.test>`)).toMatch(/^250/);
+      expect(await c.command(`RCPT TO:<rcpt${n}@example.test>`)).toMatch(/^250/);
+      await c.command('DATA');
+      c.write(`Subject: ${n}\r\n\r\nbody ${n}\r\n.\r\n`);
+      expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE/);
+    }
+    expect(upstream.messages.map((m) => [m.from, m.to])).toEqual([
+      ['sender1@example.test', ['rcpt1@example.test']],
+      ['sender2@example.test', ['rcpt2@example.test']],
+    ]);
+    expect(upstream.commands).toContain('RSET');
+    const verdicts = gw.transactions().map((l) => l.verdict);
+    expect(verdicts).toEqual(['abandoned', 'accept', 'accept']);
+    c.close();
+  });
+
+  it('handles a pipelined client sending two whole transactions in one write', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trusted(gw.port('trusted'));
+    const tx = (n: number) => `MAIL FROM:<s${n}@example.test>\r\nRCPT TO:<r${n}@example.test>\r\nDATA\r\nSubject: ${n}\r\n\r\nmessage ${n}\r\n.\r\n`;
+    c.write(tx(1) + tx(2) + 'QUIT\r\n');
+    const replies = await c.replies_(9);
+    expect(replies.map((r) => r.slice(0, 3))).toEqual(['250', '250', '354', '250', '250', '250', '354', '250', '221']);
+    expect(upstream.messages.map((m) => m.raw.toString())).toEqual(['Subject: 1\r\n\r\nmessage 1\r\n', 'Subject: 2\r\n\r\nmessage 2\r\n']);
+  });
+});
+
+describe('upstream faults reach the client, and never as 250', () => {
+  it('passes an upstream RCPT refusal through unchanged, and relays to the other recipients', async () => {
+    const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('nobody') ? '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' : undefined) });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<nobody@example.test>')).toBe('550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown');
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    expect(upstream.messages[0]!.to).toEqual(['user2@example.test']);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line.rcpt).toEqual([
+      { to: 'nobody@example.test', ok: false, reply: '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' },
+      { to: 'user2@example.test', ok: true, reply: '250 2.1.5 Ok' },
+    ]);
+    c.close();
+  });
+
+  it('passes an upstream MAIL refusal through', async () => {
+    const { gw } = await setup({ mail: () => '553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user' });
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<evil@example.test>')).toBe('553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user');
+    c.close();
+  });
+
+  for (const [name, reply] of [
+    ['a 4xx', '451 4.3.0 Error: queue file write error'],
+    ['a 5xx', '554 5.7.1 Message rejected by content filter'],
+  ] as const) {
+    it(`passes ${name} after the final dot back to the client`, async () => {
+      const { gw } = await setup({ dataEnd: () => reply });
+      const c = await trusted(gw.port('trusted'));
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write(MESSAGE + '.\r\n');
+      expect(await c.reply()).toBe(reply);
+      c.close();
+    });
+  }
+
+  it('answers 451 4.4.1 when the upstream drops the connection after the final dot', async () => {
+    const { gw } = await setup({ dataEnd: () => 'drop' });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^451 4\.4\.1 .*not accepted.*Ref D-/);
+    // The session goes on: the next transaction gets a fresh upstream connection.
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    c.close();
+  });
+
+  it('answers 451 4.4.1 when the upstream hangs after the final dot, after the data deadline', async () => {
+    const { gw, upstream } = await setup({ dataEnd: () => 'hang' }, { upstream: { timeouts: { data: '400ms' } } });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    const sent = Date.now();
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply(5000)).toMatch(/^451 4\.4\.1 /);
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(350);
+    expect(upstream.messages).toHaveLength(0);
+    c.close();
+  });
+
+  it('answers 451 4.4.1 when the upstream hangs on RCPT', async () => {
+    const { gw } = await setup({ rcpt: () => 'hang' }, { upstream: { timeouts: { command: '300ms' } } });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<slow@example.test>')).toMatch(/^451 4\.4\.1 /);
+    c.close();
+  });
+
+  it('answers 451 4.4.1 after the final dot when the upstream drops at its DATA command', async () => {
+    // The upstream's DATA is sent only once the whole message is in and checked, so the client has
+    // already had our 354; the failure reaches it as the reply to its message.
+    const { gw, upstream } = await setup({ data: () => 'drop' });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    expect(await c.command('DATA')).toMatch(/^354 /);
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^451 4\.4\.1 /);
+    expect(upstream.messages).toHaveLength(0);
+    c.close();
+  });
+
+  it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
+    const { gw, upstream } = await setup();
+    await upstream.stop();
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^451 4\.4\.1 The mail server is temporarily unavailable.*Ref D-/);
+    c.close();
+  });
+});

@@ -1,0 +1,221 @@
+// An in-process upstream MTA for functional tests that must make the upstream fail on purpose: each
+// command's reply can be replaced, delayed, or turned into a dropped connection or a hang. It speaks
+// plain SMTP (no TLS); the end-to-end tests use a real Postfix instead.
+
+import net from 'node:net';
+
+export type Fault = 'drop' | 'hang' | { delayMs: number; reply?: string };
+type Scripted = string | Fault | undefined;
+
+export interface FakeUpstreamOptions {
+  users?: Record<string, string>;
+  capabilities?: string[];
+  greeting?: string;
+  mail?: (from: string) => Scripted;
+  rcpt?: (to: string) => Scripted;
+  /** reply to the DATA command itself */
+  data?: () => Scripted;
+  /** reply after the final dot */
+  dataEnd?: (message: ReceivedMessage) => Scripted;
+  auth?: (user: string) => Scripted;
+}
+
+export interface ReceivedMessage {
+  from: string;
+  to: string[];
+  raw: Buffer;
+  user?: string;
+  /** raw MAIL FROM line as received, with its parameters */
+  mailLine: string;
+}
+
+export class FakeUpstream {
+  readonly messages: ReceivedMessage[] = [];
+  readonly commands: string[] = [];
+  connections = 0;
+  private server!: net.Server;
+  private sockets = new Set<net.Socket>();
+  port = 0;
+
+  constructor(private readonly opts: FakeUpstreamOptions = {}) {}
+
+  static async start(opts: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
+    const f = new FakeUpstream(opts);
+    f.server = net.createServer((s) => f.handle(s));
+    await new Promise<void>((resolve) => f.server.listen(0, '127.0.0.1', () => resolve()));
+    f.port = (f.server.address() as net.AddressInfo).port;
+    return f;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Waits until `n` messages were received (or the timeout passes). */
+  async waitForMessages(n: number, timeoutMs = 5000): Promise<ReceivedMessage[]> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.messages.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return this.messages;
+  }
+
+  private handle(socket: net.Socket): void {
+    this.connections++;
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => {});
+    let buffer = Buffer.alloc(0);
+    let dataMode = false;
+    let from = '';
+    let mailLine = '';
+    let to: string[] = [];
+    let user: string | undefined;
+    let authStep: undefined | { mech: 'LOGIN'; user?: string } = undefined;
+    let busy = false;
+    const queue: Buffer[] = [];
+
+    const send = (line: string) => {
+      if (!socket.destroyed) socket.write(line + '\r\n');
+    };
+    const act = async (scripted: Scripted, normal: string): Promise<boolean> => {
+      if (scripted === 'drop') {
+        socket.destroy();
+        return false;
+      }
+      if (scripted === 'hang') return false;
+      if (typeof scripted === 'object') {
+        await new Promise((r) => setTimeout(r, scripted.delayMs));
+        send(scripted.reply ?? normal);
+        return true;
+      }
+      send(scripted ?? normal);
+      return true;
+    };
+
+    const command = async (line: string): Promise<void> => {
+      if (authStep) {
+        const decoded = Buffer.from(line, 'base64').toString();
+        if (!authStep.user) {
+          authStep.user = decoded;
+          send('334 UGFzc3dvcmQ6');
+          return;
+        }
+        const u = authStep.user;
+        authStep = undefined;
+        await this.checkAuth(u, decoded, send, act, (x) => (user = x));
+        return;
+      }
+      const verb = line.split(' ')[0]!.toUpperCase();
+      this.commands.push(verb === 'AUTH' ? 'AUTH ***' : line);
+      if (verb === 'EHLO') {
+        const caps = this.opts.capabilities ?? ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'AUTH PLAIN LOGIN'];
+        const lines = ['fake.upstream', ...caps];
+        send(lines.map((l, i) => `250${i === lines.length - 1 ? ' ' : '-'}${l}`).join('\r\n'));
+      } else if (verb === 'HELO') send('250 fake.upstream');
+      else if (verb === 'AUTH') {
+        const [, mech, initial] = line.split(' ');
+        if (mech?.toUpperCase() === 'PLAIN' && initial) {
+          const [, u = '', p = ''] = Buffer.from(initial, 'base64').toString().split('\0');
+          await this.checkAuth(u, p, send, act, (x) => (user = x));
+        } else if (mech?.toUpperCase() === 'LOGIN') {
+          authStep = { mech: 'LOGIN' };
+          send('334 VXNlcm5hbWU6');
+        } else send('504 5.5.4 Unrecognized authentication type');
+      } else if (verb === 'MAIL') {
+        from = /<([^>]*)>/.exec(line)?.[1] ?? '';
+        mailLine = line;
+        to = [];
+        await act(this.opts.mail?.(from), '250 2.1.0 Ok');
+      } else if (verb === 'RCPT') {
+        const addr = /<([^>]*)>/.exec(line)?.[1] ?? '';
+        const scripted = this.opts.rcpt?.(addr);
+        const reply = typeof scripted === 'string' ? scripted : '250 2.1.5 Ok';
+        if (reply.startsWith('25') && scripted !== 'drop' && scripted !== 'hang') to.push(addr);
+        await act(scripted, '250 2.1.5 Ok');
+      } else if (verb === 'DATA') {
+        const scripted = this.opts.data?.();
+        if (scripted === undefined || (typeof scripted === 'string' && scripted.startsWith('354'))) {
+          send('354 End data with <CR><LF>.<CR><LF>');
+          dataMode = true;
+        } else await act(scripted, '');
+      } else if (verb === 'RSET') {
+        from = '';
+        to = [];
+        send('250 2.0.0 Ok');
+      } else if (verb === 'NOOP') send('250 2.0.0 Ok');
+      else if (verb === 'QUIT') {
+        send('221 2.0.0 Bye');
+        socket.end();
+      } else send('502 5.5.2 Error: command not recognized');
+    };
+
+    const finishData = async (body: Buffer): Promise<void> => {
+      const raw = unstuff(body);
+      const message: ReceivedMessage = { from, to: [...to], raw, user, mailLine };
+      const scripted = this.opts.dataEnd?.(message);
+      const accepted = scripted === undefined || (typeof scripted === 'string' && scripted.startsWith('250')) || (typeof scripted === 'object' && (scripted.reply ?? '250').startsWith('250'));
+      if (accepted) this.messages.push(message);
+      await act(scripted, `250 2.0.0 Ok: queued as FAKE${this.messages.length}`);
+    };
+
+    const pump = async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        while (queue.length) {
+          buffer = Buffer.concat([buffer, queue.shift()!]);
+          for (;;) {
+            if (dataMode) {
+              const endAt = buffer.indexOf('\r\n.\r\n');
+              const startsWithDot = buffer.subarray(0, 3).toString() === '.\r\n';
+              if (startsWithDot) {
+                dataMode = false;
+                buffer = buffer.subarray(3);
+                await finishData(Buffer.alloc(0));
+                continue;
+              }
+              if (endAt < 0) break;
+              const body = buffer.subarray(0, endAt + 2);
+              buffer = buffer.subarray(endAt + 5);
+              dataMode = false;
+              await finishData(body);
+              continue;
+            }
+            const nl = buffer.indexOf('\r\n');
+            if (nl < 0) break;
+            const line = buffer.subarray(0, nl).toString('latin1');
+            buffer = buffer.subarray(nl + 2);
+            await command(line);
+          }
+        }
+      } finally {
+        busy = false;
+      }
+    };
+    socket.on('data', (chunk: Buffer) => {
+      queue.push(chunk);
+      void pump();
+    });
+    const greeting = this.opts.greeting ?? '220 fake.upstream ESMTP';
+    send(greeting);
+  }
+
+  private async checkAuth(u: string, p: string, send: (l: string) => void, act: (s: Scripted, n: string) => Promise<boolean>, setUser: (u: string) => void): Promise<void> {
+    const scripted = this.opts.auth?.(u);
+    if (scripted !== undefined) {
+      await act(scripted, '');
+      return;
+    }
+    const users = this.opts.users ?? { 'user1@example.test': 'secret1' };
+    if (users[u] !== undefined && users[u] === p) {
+      setUser(u);
+      send('235 2.7.0 Authentication successful');
+    } else send('535 5.7.8 Error: authentication failed: bad credentials');
+  }
+}
+
+/** Removes SMTP dot-stuffing from a received body. */
+export function unstuff(body: Buffer): Buffer {
+  const text = body.toString('latin1');
+  return Buffer.from(text.replace(/(^|\r\n)\.\./g, '$1.'), 'latin1');
+}
