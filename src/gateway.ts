@@ -52,6 +52,7 @@ export class Gateway {
   private readonly checkDeps: CheckDeps;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
+  private stopping: Promise<void> | undefined;
 
   constructor(
     readonly config: Readonly<Config>,
@@ -122,7 +123,12 @@ export class Gateway {
    * drain deadline, then 421 the rest. A message being relayed at the deadline is aborted upstream
    * before its final dot, so it is neither half-delivered nor acknowledged.
    */
-  async stop(drainMs = this.config.shutdown.drain_timeout): Promise<void> {
+  stop(drainMs = this.config.shutdown.drain_timeout): Promise<void> {
+    this.stopping ??= this.drainAndClose(drainMs);
+    return this.stopping;
+  }
+
+  private async drainAndClose(drainMs: number): Promise<void> {
     this.draining = true;
     this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
     // net.Server#close stops accepting at once; its callback waits for every connection to end.

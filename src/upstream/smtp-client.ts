@@ -84,7 +84,8 @@ export class SmtpClient {
       if (opts.xclient && client.capabilities.has('XCLIENT')) {
         const reply = await client.command(`XCLIENT ${xclientArgs(opts.xclient, client.capabilities.get('XCLIENT') ?? '')}`);
         if (reply.code !== 220) throw new UpstreamError('refused', `upstream refused XCLIENT: ${formatReply(reply)}`, reply);
-        await client.ehlo();
+        // The EHLO after XCLIENT sets the HELO name the upstream records: the client's, not ours.
+        await client.ehlo(opts.xclient.HELO);
       }
       return client;
     } catch (err) {
@@ -210,9 +211,9 @@ export class SmtpClient {
     return reply;
   }
 
-  private async ehlo(): Promise<void> {
-    let reply = await this.command(`EHLO ${this.endpoint.heloName}`);
-    if (reply.code >= 500) reply = await this.command(`HELO ${this.endpoint.heloName}`);
+  private async ehlo(name = this.endpoint.heloName): Promise<void> {
+    let reply = await this.command(`EHLO ${name}`);
+    if (reply.code >= 500) reply = await this.command(`HELO ${name}`);
     if (reply.code !== 250) throw new UpstreamError('refused', `upstream refused EHLO: ${formatReply(reply)}`, reply);
     this.capabilities = new Map();
     for (const line of reply.lines.slice(1)) {

@@ -1,0 +1,259 @@
+// Hostile and broken clients: SMTP smuggling, oversize messages, too many recipients, broken command
+// lines, slow clients and connection floods. Each gets a clear reply and leaves nothing half-done.
+
+import net from 'node:net';
+import { readdirSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+let upstream: FakeUpstream | undefined;
+let gw: TestGateway | undefined;
+
+afterEach(async () => {
+  await gw?.stop();
+  await upstream?.stop();
+  gw = undefined;
+  upstream = undefined;
+});
+
+async function setup(overrides: Record<string, unknown> = {}) {
+  upstream = await FakeUpstream.start();
+  gw = await startGateway(upstream.port, overrides);
+  return { upstream, gw };
+}
+
+async function trustedSession(port: number, from = 'user1@example.test'): Promise<RawSmtp> {
+  const c = await RawSmtp.connect(port);
+  expect(await c.reply()).toMatch(/^220 /);
+  expect(await c.command('EHLO webmail.test')).toMatch(/^250/);
+  expect(await c.command(`MAIL FROM:<${from}>`)).toMatch(/^250/);
+  expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+  expect(await c.command('DATA')).toMatch(/^354/);
+  return c;
+}
+
+// The end-of-data look-alikes used by public SMTP smuggling scanners (SEC Consult, smtp-smuggling-tools).
+const SMUGGLING_SEQUENCES: Record<string, string> = {
+  '\\n.\\n': '\n.\n',
+  '\\n.\\r\\n': '\n.\r\n',
+  '\\r.\\r\\n': '\r.\r\n',
+  '\\r\\n.\\n': '\r\n.\n',
+  '\\r\\n.\\r': '\r\n.\r',
+  '\\r.\\r': '\r.\r',
+  '\\n.\\r': '\n.\r',
+  '\\r.\\n': '\r.\n',
+  '\\r\\n\\x00.\\r\\n': '\r\n\x00.\r\n',
+  '\\r\\n.\\x00\\r\\n': '\r\n.\x00\r\n',
+};
+
+describe('SMTP smuggling', () => {
+  for (const [name, seq] of Object.entries(SMUGGLING_SEQUENCES)) {
+    it(`refuses a message containing ${name} followed by a smuggled transaction, and relays nothing`, async () => {
+      const { gw, upstream } = await setup();
+      const c = await trustedSession(gw.port('trusted'));
+      c.write(
+        'From: user1@example.test\r\nSubject: innocent\r\n\r\nHello' +
+          seq +
+          'MAIL FROM:<ceo@bank.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nFrom: ceo@bank.test\r\nSubject: smuggled\r\n\r\nPay now.\r\n' +
+          '\r\n.\r\n',
+      );
+      const reply = await c.reply();
+      expect(reply).toMatch(/^550 5\.6\.0 Message refused: .*(bare CR or LF|NUL bytes).* Ref D-[0-9A-Z]{6}\.$/);
+      // Nothing was parsed as a command and nothing reached the upstream.
+      expect(await c.command('NOOP')).toMatch(/^250/);
+      expect(upstream.messages).toHaveLength(0);
+      expect(upstream.commands.filter((l) => l.startsWith('MAIL'))).toEqual(['MAIL FROM:<user1@example.test>']);
+      expect(upstream.commands).not.toContain('DATA');
+      const line = await gw.waitForLog((l) => l.event === 'transaction');
+      expect(line).toMatchObject({ verdict: 'reject' });
+      expect(['message.bare_line_ending', 'message.nul_byte']).toContain(line.reason);
+      c.close();
+    });
+  }
+
+  it('still relays the next, clean transaction of the same session after a refusal', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trustedSession(gw.port('trusted'));
+    c.write('Subject: x\r\n\r\nbad\nline\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^550 5\.6\.0/);
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    await c.command('DATA');
+    c.write('Subject: ok\r\n\r\ngood\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    expect(upstream.messages.map((m) => m.raw.toString())).toEqual(['Subject: ok\r\n\r\ngood\r\n']);
+    expect(upstream.commands).toContain('RSET');
+    c.close();
+  });
+
+  it('refuses command lines ended by a bare LF (500 5.5.2) without acting on them', async () => {
+    const { gw, upstream } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO webmail.test');
+    c.write('MAIL FROM:<user1@example.test>\n');
+    expect(await c.reply()).toMatch(/^500 5\.5\.2 Command lines must end with CR LF.*Ref D-/);
+    expect(upstream.connections).toBe(0);
+    // A CRLF line in the same write after a bare-LF one is judged on its own.
+    c.write('NOOP\nNOOP\r\n');
+    expect(await c.reply()).toMatch(/^500 5\.5\.2/);
+    expect(await c.reply()).toMatch(/^250/);
+    c.close();
+  });
+
+  it('refuses command lines with a NUL byte (500 5.5.2)', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    expect(await c.command('EHLO web\x00mail.test')).toMatch(/^500 5\.5\.2 Command lines must not contain NUL/);
+    c.close();
+  });
+
+  it('closes the connection on an over-long command line, holding at most the limit in memory', async () => {
+    const { gw } = await setup({ smtp: { max_line_length: '1K' } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    c.write('EHLO ' + 'a'.repeat(64 * 1024));
+    expect(await c.reply()).toMatch(/^421 4\.5\.0 Command line too long/);
+    expect(await c.reply()).toBe('(closed)');
+  });
+});
+
+describe('size and recipient limits', () => {
+  it('advertises SIZE and refuses a declared SIZE= over the limit at MAIL with 552 5.3.4', async () => {
+    const { gw, upstream } = await setup({ smtp: { max_message_size: '100K' } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    expect(await c.command('EHLO webmail.test')).toMatch(/SIZE 102400/);
+    expect(await c.command('MAIL FROM:<user1@example.test> SIZE=200000')).toMatch(/^552 5\.3\.4 Message too big: the limit is 102400 bytes\. Ref D-/);
+    expect(upstream.connections).toBe(0);
+    c.close();
+  });
+
+  it('refuses an undeclared oversize message after the final dot with 552 5.3.4, forwarding nothing', async () => {
+    const { gw, upstream } = await setup({ smtp: { max_message_size: '100K' } });
+    const c = await trustedSession(gw.port('trusted'));
+    const line = 'x'.repeat(998) + '\r\n';
+    c.write('Subject: big\r\n\r\n' + line.repeat(200) + '.\r\n');
+    expect(await c.reply()).toMatch(/^552 5\.3\.4 Message too big/);
+    expect(upstream.messages).toHaveLength(0);
+    expect(upstream.commands).not.toContain('DATA');
+    c.close();
+  });
+
+  it('answers 452 4.5.3 past the recipient limit and relays to the recipients before it', async () => {
+    const { gw, upstream } = await setup({ smtp: { max_recipients: 2 } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO webmail.test');
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<a@example.test>')).toMatch(/^250/);
+    expect(await c.command('RCPT TO:<b@example.test>')).toMatch(/^250/);
+    expect(await c.command('RCPT TO:<c@example.test>')).toMatch(/^452 4\.5\.3 Too many recipients for one message \(limit 2\).*Ref D-/);
+    await c.command('DATA');
+    c.write('Subject: x\r\n\r\nhi\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^250/);
+    expect(upstream.messages[0]!.to).toEqual(['a@example.test', 'b@example.test']);
+    c.close();
+  });
+});
+
+describe('slow clients and floods', () => {
+  it('closes an idle session with 421 after the idle timeout', async () => {
+    const { gw } = await setup({ smtp: { idle_timeout: '300ms' } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    expect(await c.reply(3000)).toMatch(/^421 /);
+  });
+
+  it('ends a session that outlives the session deadline even while the client keeps talking', async () => {
+    const { gw } = await setup({ smtp: { session_deadline: '1s' } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    const started = Date.now();
+    let last = '';
+    while (Date.now() - started < 4000) {
+      last = await c.command('NOOP', 1000);
+      if (!last.startsWith('250')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(last).toMatch(/^421 4\.4\.2 Session time limit reached/);
+  });
+
+  it('ends a client that trickles its message past the session deadline, relaying nothing', async () => {
+    const { gw, upstream } = await setup({ smtp: { session_deadline: '1s' } });
+    const c = await trustedSession(gw.port('trusted'));
+    const started = Date.now();
+    let reply = '(none)';
+    const trickle = setInterval(() => c.write('x'), 100);
+    reply = await c.reply(4000);
+    clearInterval(trickle);
+    expect(reply).toMatch(/^421 4\.4\.2/);
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(upstream.messages).toHaveLength(0);
+  });
+
+  it('caps simultaneous connections per client address with 421 4.7.0', async () => {
+    const { gw } = await setup({ smtp: { max_connections_per_ip: 2 } });
+    const a = await RawSmtp.connect(gw.port('trusted'));
+    const b = await RawSmtp.connect(gw.port('trusted'));
+    expect(await a.reply()).toMatch(/^220/);
+    expect(await b.reply()).toMatch(/^220/);
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    expect(await c.reply()).toMatch(/^421 4\.7\.0 Too many simultaneous connections from your address \(127\.0\.0\.1\).*Ref D-/);
+    // Another address is not affected.
+    const socket = net.connect({ port: gw.port('submission'), host: '127.0.0.1', localAddress: '127.0.0.3' });
+    const greeting = await new Promise<string>((resolve) => socket.once('data', (d) => resolve(d.toString())));
+    expect(greeting).toMatch(/^220 /);
+    socket.destroy();
+    a.close();
+    b.close();
+  });
+
+  it('caps the total number of connections with 421 4.3.2', async () => {
+    const { gw } = await setup({ smtp: { max_connections: 2 } });
+    const a = await RawSmtp.connect(gw.port('trusted'));
+    const b = await RawSmtp.connect(gw.port('trusted'));
+    await a.reply();
+    await b.reply();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    expect(await c.reply()).toMatch(/^421 4\.3\.2 Too many connections/);
+    a.close();
+    b.close();
+  });
+});
+
+describe('spool', () => {
+  it('relays a 25 MB message intact and removes its spool file', async () => {
+    const { gw, upstream } = await setup({ smtp: { max_message_size: '30M' }, spool: { memory_threshold: '64K' } });
+    const c = await trustedSession(gw.port('trusted'));
+    const line = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/ABCDEFGHIJKL\r\n');
+    const body = Buffer.concat([Buffer.from('Subject: big\r\n\r\n'), Buffer.alloc(line.length * 340_000).fill(line)]);
+    let seenSpoolFile = false;
+    const watcher = setInterval(() => {
+      if (readdirSync(gw.spoolDir).length > 0) seenSpoolFile = true;
+    }, 5);
+    c.write(body);
+    c.write('.\r\n');
+    expect(await c.reply(30_000)).toMatch(/^250 /);
+    clearInterval(watcher);
+    expect(upstream.messages[0]!.raw.equals(body)).toBe(true);
+    expect(seenSpoolFile).toBe(true);
+    expect(readdirSync(gw.spoolDir)).toEqual([]);
+    c.close();
+  });
+
+  it('removes the spool file when the client disconnects in the middle of DATA', async () => {
+    const { gw, upstream } = await setup({ spool: { memory_threshold: '1K' } });
+    const c = await trustedSession(gw.port('trusted'));
+    c.write('Subject: x\r\n\r\n' + 'y'.repeat(200_000));
+    await new Promise((r) => setTimeout(r, 200));
+    c.close();
+    await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'abandoned');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(readdirSync(gw.spoolDir)).toEqual([]);
+    expect(upstream.messages).toHaveLength(0);
+  });
+});

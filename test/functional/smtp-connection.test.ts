@@ -1,0 +1,134 @@
+// Guards the adaptations of smtp-server's connection (src/smtp/connection.ts) and the graceful shutdown.
+// smtp-server is pinned; if an upgrade changes the internals these rely on, these tests fail.
+
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+let upstream: FakeUpstream | undefined;
+let gw: TestGateway | undefined;
+
+afterEach(async () => {
+  await gw?.stop();
+  await upstream?.stop();
+  gw = undefined;
+  upstream = undefined;
+});
+
+async function setup(opts: ConstructorParameters<typeof FakeUpstream>[0] = {}, overrides: Record<string, unknown> = {}) {
+  upstream = await FakeUpstream.start(opts);
+  gw = await startGateway(upstream.port, overrides);
+  return { upstream, gw };
+}
+
+describe('connection adaptations', () => {
+  it('greets without the library\'s 100 ms early-talker pause', async () => {
+    const { gw } = await setup();
+    const times: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const started = performance.now();
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      expect(await c.reply()).toMatch(/^220 douane\.test ESMTP/);
+      times.push(performance.now() - started);
+      c.close();
+    }
+    // The library's pause alone is 100 ms; any greeting faster than that proves it is gone.
+    expect(Math.min(...times)).toBeLessThan(90);
+  });
+
+  it('still refuses a client that talks before the greeting is done', async () => {
+    const { gw } = await setup();
+    const socket = net.connect({ port: gw.port('trusted'), host: '127.0.0.1' });
+    socket.write('EHLO eager\r\nMAIL FROM:<a@b>\r\n'); // written before connect completes
+    const data = await new Promise<string>((resolve) => {
+      let all = '';
+      socket.on('data', (d) => (all += d.toString()));
+      socket.on('close', () => resolve(all));
+      setTimeout(() => resolve(all), 1000);
+    });
+    socket.destroy();
+    // Either refused as an early talker, or the greeting came first and the commands were answered in order;
+    // never a command answered before the greeting.
+    expect(data.startsWith('220 ') || data.startsWith('421 ')).toBe(true);
+  });
+
+  it('puts one enhanced status code on every reply, including multi-line EHLO', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    const ehlo = await c.command('EHLO client.test');
+    expect(ehlo.split('\r\n')[0]).toMatch(/^250-douane\.test/);
+    expect(ehlo).toMatch(/ENHANCEDSTATUSCODES/);
+    expect(ehlo).toMatch(/PIPELINING/);
+    expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^503 5\.5\.1 /);
+    expect(await c.command('FOO')).toMatch(/^500 5\.5\.2 /);
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
+    expect(await c.command('RSET')).toMatch(/^250 2\.0\.0 /);
+    expect(await c.command('QUIT')).toMatch(/^221 2\.0\.0 /);
+  });
+
+  it('gives the client the upstream\'s text for MAIL and RCPT, and its enhanced code', async () => {
+    const { gw } = await setup({ mail: () => '250 2.1.0 Sender ok, go ahead', rcpt: () => '250 2.1.5 Recipient looks fine' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Sender ok, go ahead');
+    expect(await c.command('RCPT TO:<x@example.test>')).toBe('250 2.1.5 Recipient looks fine');
+    c.close();
+  });
+
+  it('adds a class-default enhanced code to upstream replies that carry none', async () => {
+    const { gw } = await setup({ capabilities: ['PIPELINING', 'SIZE 1000000'], rcpt: () => '550 no such user here' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<x@example.test>')).toBe('550 5.7.1 no such user here');
+    c.close();
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('stops accepting, ends idle sessions with 421, and lets an open transaction finish', async () => {
+    const { gw, upstream } = await setup();
+    const idle = await RawSmtp.connect(gw.port('trusted'));
+    await idle.reply();
+    const busy = await RawSmtp.connect(gw.port('trusted'));
+    await busy.reply();
+    await busy.command('EHLO client.test');
+    await busy.command('MAIL FROM:<user1@example.test>');
+    await busy.command('RCPT TO:<user2@example.test>');
+
+    const stopping = gw.gateway.stop(3000);
+    expect(await idle.reply()).toMatch(/^421 4\.3\.2 This server is restarting/);
+    await new Promise((r) => setTimeout(r, 50));
+    await expect(RawSmtp.connect(gw.port('trusted'))).rejects.toThrow(/ECONNREFUSED/);
+
+    expect(await busy.command('DATA')).toMatch(/^354/);
+    busy.write('Subject: during shutdown\r\n\r\nstill delivered\r\n.\r\n');
+    expect(await busy.reply()).toMatch(/^250 2\.0\.0 Ok: queued/);
+    // No new transaction once the open one is done.
+    const next = await busy.command('MAIL FROM:<user1@example.test>');
+    expect(next === '(closed)' || /^421 4\.3\.2/.test(next)).toBe(true);
+    await stopping;
+    expect(upstream.messages).toHaveLength(1);
+  });
+
+  it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
+    const { gw, upstream } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write('Subject: never finished\r\n\r\npart');
+    const started = Date.now();
+    await gw.gateway.stop(300);
+    expect(Date.now() - started).toBeLessThan(2500);
+    expect(await c.reply()).toMatch(/^421 4\.3\.2|\(closed\)/);
+    expect(upstream.messages).toHaveLength(0);
+  });
+});
