@@ -7,6 +7,7 @@ import { UsageError } from './cli/args.js';
 import { serve } from './cli/serve.js';
 import { loadConfig } from './config/load.js';
 import { describePipeline } from './pipeline/index.js';
+import { reasonsMarkdown } from './cli/reasons.js';
 import { VERSION } from './version.js';
 
 const HELP = `Usage: douane <command> [options]
@@ -15,6 +16,7 @@ Commands:
   serve                 run the gateway (douane serve --help)
   config check [FILE]   validate a configuration file (or the embedded default) and exit 0/1
   pipeline              print the checks run at each SMTP phase, in order
+  reasons               print every refusal reason, its reply and what to do (Markdown)
   version               print the version
 
 Run "douane <command> --help" for a command's options.`;
@@ -35,6 +37,9 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'pipeline':
       console.log(describePipeline());
+      return 0;
+    case 'reasons':
+      console.log(reasonsMarkdown());
       return 0;
     case 'version':
     case '--version':

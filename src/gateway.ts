@@ -3,6 +3,7 @@
 // upstream said 250 for it; every other path ends in a refusal with a reference, or a 4xx.
 
 import type { AddressInfo } from 'node:net';
+import { cachedProbe, type ReadinessProbe } from './admin.js';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
@@ -105,6 +106,22 @@ export class Gateway {
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
+  }
+
+  /** Readiness: every listener accepting, and the upstream answering with a usable SMTP session. */
+  readinessProbes(): Record<string, ReadinessProbe> {
+    return {
+      listeners: async () => {
+        const down = this.listeners.filter((l) => !l.address || !l.server.server.listening).map((l) => l.name);
+        if (this.draining) return { ok: false, detail: 'draining for shutdown' };
+        return down.length ? { ok: false, detail: `not listening: ${down.join(', ')}` } : { ok: true };
+      },
+      upstream: cachedProbe(async () => {
+        const client = await this.upstream.forAuth({ address: '127.0.0.1', port: 0, secure: false });
+        await client.quit();
+        return { ok: true };
+      }, 5000),
+    };
   }
 
   /** Port a listener is bound to (useful with port 0). */

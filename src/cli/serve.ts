@@ -1,6 +1,7 @@
 // `douane serve`: load and validate the configuration, start the listeners, drain on SIGTERM/SIGINT.
 
 import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
+import { AdminServer } from '../admin.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { Metrics } from '../metrics.js';
@@ -31,7 +32,10 @@ export async function serve(argv: string[]): Promise<number> {
   logger.info({ event: 'start', version: VERSION, config: loaded.source, overrides: loaded.overrides }, `douane ${VERSION} starting (${loaded.source === EMBEDDED_NAME ? 'embedded default configuration' : loaded.source})`);
   const metrics = new Metrics({ version: VERSION });
   const gateway = new Gateway(config, { logger, metrics });
+  const admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
+  for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
   await gateway.start();
+  await admin?.start();
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -39,13 +43,16 @@ export async function serve(argv: string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       logger.info({ event: 'signal', signal }, `${signal}: stopping`);
-      gateway.stop().then(
-        () => resolve(0),
-        (err: Error) => {
-          logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
-          resolve(1);
-        },
-      );
+      gateway
+        .stop()
+        .then(() => admin?.stop())
+        .then(
+          () => resolve(0),
+          (err: Error) => {
+            logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
+            resolve(1);
+          },
+        );
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

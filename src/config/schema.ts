@@ -98,6 +98,14 @@ export const configSchema = obj({
     }),
   ),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  admin: section(
+    obj({
+      address: withDefault(ipAddress(), '127.0.0.1'),
+      port: withDefault(int({ min: 0, max: 65535 }), 9725),
+      token: optional(str()),
+      enabled: withDefault(bool(), true),
+    }),
+  ),
   log: section(
     obj({
       level: withDefault(oneOf('trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'), 'info'),

@@ -158,28 +158,48 @@ export class FakeUpstream {
       await act(scripted, `250 2.0.0 Ok: queued as FAKE${this.messages.length}`);
     };
 
+    // In data mode, chunks are kept in a list and only the seam is searched, so a large message costs
+    // linear time (a growing Buffer.concat would be quadratic).
+    let dataChunks: Buffer[] = [];
     const pump = async () => {
       if (busy) return;
       busy = true;
       try {
         while (queue.length) {
-          buffer = Buffer.concat([buffer, queue.shift()!]);
+          let incoming = queue.shift()!;
           for (;;) {
             if (dataMode) {
-              const endAt = buffer.indexOf('\r\n.\r\n');
-              const startsWithDot = buffer.subarray(0, 3).toString() === '.\r\n';
-              if (startsWithDot) {
+              const prefix = buffer;
+              buffer = Buffer.alloc(0);
+              const seam = Buffer.concat([prefix, incoming]);
+              incoming = Buffer.alloc(0);
+              const atStart = dataChunks.length === 0;
+              if (atStart && seam.subarray(0, 3).toString() === '.\r\n') {
                 dataMode = false;
-                buffer = buffer.subarray(3);
+                buffer = seam.subarray(3);
                 await finishData(Buffer.alloc(0));
                 continue;
               }
-              if (endAt < 0) break;
-              const body = buffer.subarray(0, endAt + 2);
-              buffer = buffer.subarray(endAt + 5);
+              // Look for CRLF.CRLF, including one that starts in the last bytes of the previous chunk.
+              const carry = dataChunks.length ? dataChunks[dataChunks.length - 1]!.subarray(-4) : Buffer.alloc(0);
+              const window = Buffer.concat([carry, seam]);
+              const at = window.indexOf('\r\n.\r\n');
+              if (at < 0) {
+                dataChunks.push(seam);
+                break;
+              }
+              const endInSeam = at - carry.length + 2; // bytes of seam that belong to the body (may be < 0)
+              const body = Buffer.concat(dataChunks);
+              const full = endInSeam >= 0 ? Buffer.concat([body, seam.subarray(0, endInSeam)]) : body.subarray(0, body.length + endInSeam);
+              buffer = seam.subarray(at - carry.length + 5);
+              dataChunks = [];
               dataMode = false;
-              await finishData(body);
+              await finishData(full);
               continue;
+            }
+            if (incoming.length) {
+              buffer = Buffer.concat([buffer, incoming]);
+              incoming = Buffer.alloc(0);
             }
             const nl = buffer.indexOf('\r\n');
             if (nl < 0) break;

@@ -1,0 +1,28 @@
+# Douane: build with the dev dependencies, run with production ones only, as a non-root user.
+# Configuration and policies are mounted: /etc/douane/douane.yaml and /etc/douane/policies.
+
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+RUN npm run build
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+COPY --from=build /app/dist ./dist
+COPY douane.example.yaml ./
+COPY policies ./policies
+RUN mkdir -p /var/spool/douane /var/lib/douane /etc/douane \
+ && chown node:node /var/spool/douane /var/lib/douane
+USER node
+# Unprivileged ports inside the container; publish them as 587/465 (see compose.yaml).
+EXPOSE 2587 2465 2525 9725
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:9725/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+ENTRYPOINT ["node", "dist/cli.js"]
+CMD ["serve", "--config", "/etc/douane/douane.yaml"]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine for Douane's demo and tests: the system packages (as root, or through
+# sudo), the npm dependencies (npm ci, skipped when node_modules matches package-lock.json) and the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks curl openssl prometheus ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  # Postfix is only used as a private test instance: do not let the package configure a system MTA.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run --silent build

@@ -1,0 +1,83 @@
+// The admin endpoint: /metrics, /healthz, /readyz telling the truth about the upstream, bearer token.
+
+import { afterEach, describe, expect, it } from 'vitest';
+import { AdminServer } from '../../src/admin.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+let upstream: FakeUpstream | undefined;
+let gw: TestGateway | undefined;
+let admin: AdminServer | undefined;
+
+afterEach(async () => {
+  await admin?.stop();
+  await gw?.stop();
+  await upstream?.stop();
+  admin = undefined;
+  gw = undefined;
+  upstream = undefined;
+});
+
+async function setup(token?: string) {
+  upstream = await FakeUpstream.start();
+  gw = await startGateway(upstream.port);
+  const { createLogger } = await import('../../src/log.js');
+  admin = new AdminServer({ address: '127.0.0.1', port: 0, token }, gw.metrics, createLogger({ level: 'silent' }));
+  for (const [name, probe] of Object.entries(gw.gateway.readinessProbes())) admin.addProbe(name, probe);
+  await admin.start();
+  return `http://127.0.0.1:${admin.port}`;
+}
+
+describe('admin endpoint', () => {
+  it('serves /healthz and Prometheus metrics that move with traffic', async () => {
+    const base = await setup();
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    const c = await RawSmtp.connect(gw!.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write('Subject: m\r\n\r\nx\r\n.\r\n');
+    await c.reply();
+    c.close();
+    const res = await fetch(`${base}/metrics`);
+    expect(res.headers.get('content-type')).toMatch(/text\/plain/);
+    const text = await res.text();
+    expect(text).toMatch(/douane_transactions_total\{listener="trusted",verdict="accept",reason="none"\} 1/);
+    expect(text).toMatch(/douane_build_info\{version="test",node="v\d+/);
+    expect(text).toMatch(/douane_upstream_replies_total\{command="data",class="2xx"\} 1/);
+    expect((await fetch(`${base}/nope`)).status).toBe(404);
+  });
+
+  it('/readyz is 200 with a reachable upstream and 503, naming it, when the upstream is down', async () => {
+    const base = await setup();
+    const ok = await fetch(`${base}/readyz`);
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toEqual({ ready: true, checks: { listeners: { ok: true }, upstream: { ok: true } } });
+    await upstream!.stop();
+    // A new gateway (fresh probe cache) against the stopped upstream.
+    await admin!.stop();
+    await gw!.stop();
+    gw = await startGateway(upstream!.port);
+    const { createLogger } = await import('../../src/log.js');
+    admin = new AdminServer({ address: '127.0.0.1', port: 0 }, gw.metrics, createLogger({ level: 'silent' }));
+    for (const [name, probe] of Object.entries(gw.gateway.readinessProbes())) admin.addProbe(name, probe);
+    await admin.start();
+    const down = await fetch(`http://127.0.0.1:${admin.port}/readyz`);
+    expect(down.status).toBe(503);
+    const body = (await down.json()) as { ready: boolean; checks: Record<string, { ok: boolean; detail?: string }> };
+    expect(body.ready).toBe(false);
+    expect(body.checks.upstream!.ok).toBe(false);
+    expect(body.checks.upstream!.detail).toMatch(/ECONNREFUSED|connect/);
+    upstream = await FakeUpstream.start(); // for afterEach
+  });
+
+  it('requires the bearer token when one is configured', async () => {
+    const base = await setup('s3cret-token');
+    expect((await fetch(`${base}/metrics`)).status).toBe(401);
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
+    expect((await fetch(`${base}/healthz`, { headers: { authorization: 'Bearer s3cret-token' } })).status).toBe(200);
+  });
+});

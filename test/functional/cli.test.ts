@@ -1,0 +1,95 @@
+// The douane command as an operator runs it: exit codes, error messages naming file:line, and `serve`
+// relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
+
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { freePort, waitForPort, RawSmtp } from '../harness/net.js';
+
+const exec = promisify(execFile);
+const CLI = 'dist/cli.js';
+
+function douane(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return exec('node', [CLI, ...args], { env: { PATH: process.env.PATH!, ...env } }).then(
+    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
+}
+
+let upstream: FakeUpstream | undefined;
+afterEach(async () => {
+  await upstream?.stop();
+  upstream = undefined;
+});
+
+describe('douane CLI', () => {
+  it('prints help and exits 0; an unknown command exits 64', async () => {
+    const help = await douane(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/Usage: douane <command>/);
+    expect((await douane(['serve', '--help'])).stdout).toMatch(/Usage: douane serve/);
+    const bad = await douane(['frobnicate']);
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toMatch(/unknown command "frobnicate"/);
+    expect((await douane(['serve', '--bogus'])).code).toBe(64);
+  });
+
+  it('config check: 0 for a valid file, 1 with file:line:col and key for an invalid one', async () => {
+    const ok = await douane(['config', 'check', 'fixtures/config/valid.yaml']);
+    expect(ok).toMatchObject({ code: 0, stdout: 'fixtures/config/valid.yaml: ok\n' });
+    const bad = await douane(['config', 'check', 'fixtures/config/unknown-key.yaml']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/^fixtures\/config\/unknown-key\.yaml:7:3: upstream\.prot is not a known key/);
+  });
+
+  it('serve refuses to start a TLS listener without a certificate, naming the key', async () => {
+    const r = await douane(['serve', '--config', 'fixtures/config/no-cert.yaml']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/no-cert\.yaml:1:1: tls\.cert is required/);
+  });
+
+  it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
+    upstream = await FakeUpstream.start();
+    const [sub, subs, trusted, admin] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    const child = spawn('node', [CLI, 'serve'], {
+      env: {
+        PATH: process.env.PATH!,
+        DOUANE_UPSTREAM_PORT: String(upstream.port),
+        DOUANE_UPSTREAM_TRUSTED_PORT: String(upstream.port),
+        DOUANE_LISTENERS_SUBMISSION_PORT: String(sub),
+        DOUANE_LISTENERS_SUBMISSIONS_PORT: String(subs),
+        DOUANE_LISTENERS_TRUSTED_PORT: String(trusted),
+        DOUANE_ADMIN_PORT: String(admin),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      await waitForPort(trusted, 10_000);
+      const c = await RawSmtp.connect(trusted);
+      expect(await c.reply()).toMatch(/^220 /);
+      await c.command('EHLO cli.test');
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write('Subject: cli\r\n\r\nvia douane serve\r\n.\r\n');
+      expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE1/);
+      c.close();
+      const health = await fetch(`http://127.0.0.1:${admin}/healthz`);
+      expect(health.status).toBe(200);
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines[0]).toMatchObject({ event: 'start', config: '(embedded default)' });
+      expect(lines.some((l) => l.event === 'insecure_dev_tls')).toBe(true);
+      expect(lines.find((l) => l.event === 'transaction')).toMatchObject({ verdict: 'accept', listener: 'trusted' });
+      expect(lines[lines.length - 1]).toMatchObject({ event: 'stopped' });
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});

@@ -1,0 +1,127 @@
+// Configuration: every kind of mistake names the file, line, column and key; env overrides name the variable.
+
+import { describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig } from '../../src/config/load.js';
+import { ValidationError } from '../../src/validate/source.js';
+
+function problems(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ValidationError) return err.message.split('\n');
+    throw err;
+  }
+  throw new Error('expected a ValidationError');
+}
+
+describe('configuration loading', () => {
+  it('starts from the embedded default when no file is given', () => {
+    const { config, source } = loadConfig({ env: {} });
+    expect(source).toBe('(embedded default)');
+    expect(config.listeners.submission).toMatchObject({ mode: 'starttls', address: '127.0.0.1', port: 2587 });
+    expect(config.listeners.trusted!.allow!.map((c) => c.text)).toEqual(['127.0.0.1/32', '::1/128']);
+    expect(config.upstream.timeouts).toEqual({ connect: 10_000, command: 60_000, data: 600_000 });
+    expect(config.smtp.max_message_size).toBe(26_214_400);
+    expect(Object.isFrozen(config.smtp)).toBe(true);
+  });
+
+  it('reads a valid file with units', () => {
+    const { config } = loadConfig({ file: 'fixtures/config/valid.yaml', env: {} });
+    expect(config.upstream.timeouts.command).toBe(45_000);
+    expect(config.smtp.max_message_size).toBe(30 * 1024 * 1024);
+    expect(config.upstream.port).toBe(587);
+  });
+
+  it('names file:line:col and key for an unknown key, with a suggestion', () => {
+    expect(problems(() => loadConfig({ file: 'fixtures/config/unknown-key.yaml', env: {} }))).toEqual([
+      'fixtures/config/unknown-key.yaml:7:3: upstream.prot is not a known key (did you mean "port"?); known keys: host, port, trusted_port, tls, verify_certificate, ca, servername, xclient, helo_name, timeouts, pool',
+    ]);
+  });
+
+  it('reports every bad value at once, each with its position', () => {
+    expect(problems(() => loadConfig({ file: 'fixtures/config/bad-types.yaml', env: {} }))).toEqual([
+      'fixtures/config/bad-types.yaml:4:11: listeners.submission.port must be an integer between 0 and 65535 (got 70000)',
+      'fixtures/config/bad-types.yaml:10:14: upstream.timeouts.command must be a duration such as 500ms, 30s, 5m, 2h or 1d (got 30)',
+      'fixtures/config/bad-types.yaml:13:21: smtp.max_message_size must be a size in bytes such as 52428800, 512K, 25M or 1G (got "25 megabytes")',
+      'fixtures/config/bad-types.yaml:12:19: smtp.max_recipients must be an integer between 1 and 100000 (got -1)',
+    ]);
+  });
+
+  it('refuses a TLS listener without a certificate unless insecure_dev is set', () => {
+    const [p] = problems(() => loadConfig({ file: 'fixtures/config/no-cert.yaml', env: {} }));
+    expect(p).toMatch(/^fixtures\/config\/no-cert\.yaml:1:1: tls\.cert is required: a STARTTLS or TLS listener needs a certificate/);
+    expect(p).toMatch(/publicly known key/);
+  });
+
+  it('requires an allow list on a trusted listener', () => {
+    expect(problems(() => loadConfig({ file: 'fixtures/config/trusted-without-allow.yaml', env: {} }))[0]).toMatch(
+      /trusted-without-allow\.yaml:2:12: listeners\.trusted\.allow is required for a trusted listener/,
+    );
+  });
+
+  it('reports YAML syntax errors and duplicate keys with their position', () => {
+    expect(problems(() => loadConfig({ file: 'fixtures/config/yaml-syntax.yaml', env: {} }))[0]).toMatch(/^fixtures\/config\/yaml-syntax\.yaml:\d+:\d+: YAML: /);
+    expect(problems(() => loadConfig({ file: 'fixtures/config/duplicate-key.yaml', env: {} }))[0]).toMatch(
+      /^fixtures\/config\/duplicate-key\.yaml:5:3: YAML: Map keys must be unique/,
+    );
+  });
+
+  it('says when the file cannot be read', () => {
+    expect(problems(() => loadConfig({ file: 'fixtures/config/missing.yaml', env: {} }))[0]).toMatch(/^fixtures\/config\/missing\.yaml: cannot be read: ENOENT/);
+  });
+
+  it('applies DOUANE_* overrides, typed by the setting', () => {
+    const { config, overrides } = loadConfig({
+      env: {
+        DOUANE_UPSTREAM_HOST: 'mta.internal',
+        DOUANE_UPSTREAM_PORT: '10587',
+        DOUANE_LISTENERS_TRUSTED_ALLOW: '[10.0.0.0/8, 192.168.1.0/24]',
+        DOUANE_SMTP_MAX_MESSAGE_SIZE: '10M',
+        DOUANE_UPSTREAM_TIMEOUTS_COMMAND: '5s',
+        DOUANE_LOG_LEVEL: 'warn',
+        DOUANE_CONFIG: '',
+        PATH: '/usr/bin',
+      },
+    });
+    expect(config.upstream.host).toBe('mta.internal');
+    expect(config.upstream.port).toBe(10587);
+    expect(config.listeners.trusted!.allow!.map((c) => c.text)).toEqual(['10.0.0.0/8', '192.168.1.0/24']);
+    expect(config.smtp.max_message_size).toBe(10 * 1024 * 1024);
+    expect(config.upstream.timeouts.command).toBe(5000);
+    expect(config.log.level).toBe('warn');
+    expect(overrides.sort()).toEqual([
+      'DOUANE_LISTENERS_TRUSTED_ALLOW', 'DOUANE_LOG_LEVEL', 'DOUANE_SMTP_MAX_MESSAGE_SIZE', 'DOUANE_UPSTREAM_HOST', 'DOUANE_UPSTREAM_PORT', 'DOUANE_UPSTREAM_TIMEOUTS_COMMAND',
+    ]);
+  });
+
+  it('names the environment variable when an override is wrong, and refuses unknown DOUANE_ variables', () => {
+    expect(problems(() => loadConfig({ env: { DOUANE_UPSTREAM_PORT: 'smtp' } }))).toEqual([
+      'env DOUANE_UPSTREAM_PORT: upstream.port must be an integer between 1 and 65535 (got "smtp")',
+    ]);
+    expect(problems(() => loadConfig({ env: { DOUANE_UPSTREM_HOST: 'x' } }))[0]).toMatch(/^env DOUANE_UPSTREM_HOST: does not name a setting/);
+  });
+
+  it('refuses two listeners on one address and port', () => {
+    const text = 'listeners:\n  a: { mode: trusted, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, port: 2525, allow: [127.0.0.1] }\nupstream: { host: x }\n';
+    expect(problems(() => parseConfig('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525']);
+  });
+});
+
+describe('the documented example', () => {
+  it('douane.example.yaml is valid and mentions every key of the schema', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { configSchema } = await import('../../src/config/schema.js');
+    loadConfig({ file: 'douane.example.yaml', env: {} });
+    const text = readFileSync('douane.example.yaml', 'utf8');
+    const missing: string[] = [];
+    const walk = (schema: { fields?: Record<string, { schema: unknown }>; values?: unknown }, prefix: string) => {
+      for (const [key, field] of Object.entries(schema.fields ?? {})) {
+        if (!new RegExp(`^\\s*#?\\s*${key}:`, 'm').test(text)) missing.push(prefix + key);
+        walk(field.schema as never, `${prefix}${key}.`);
+      }
+      if (schema.values) walk(schema.values as never, prefix + '<name>.');
+    };
+    walk(configSchema as never, '');
+    expect(missing).toEqual([]);
+  });
+});
