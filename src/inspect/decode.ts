@@ -1,0 +1,137 @@
+// Undoes a part's Content-Transfer-Encoding chunk by chunk, synchronously: the inspector hashes and sniffs
+// the decoded bytes as they come, so it needs them without the overhead (and the whole-part buffering, for
+// libqp's stream) of a Transform stream per part. Each decoder keeps only a few bytes between chunks.
+
+import libbase64 from 'libbase64';
+
+export interface TransferDecoder {
+  /** decoded bytes for this chunk (possibly empty: some input is held until the next chunk) */
+  push(chunk: Buffer): Buffer;
+  /** whatever was held back */
+  end(): Buffer;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+export function transferDecoder(encoding: string | false): TransferDecoder {
+  switch (encoding) {
+    case 'base64':
+      return new Base64Decoder();
+    case 'quoted-printable':
+      return new QuotedPrintableDecoder();
+    default:
+      // 7bit, 8bit, binary, and anything unknown: the bytes as they are, the best guess for a bad label.
+      return { push: (chunk) => chunk, end: () => EMPTY };
+  }
+}
+
+/**
+ * Base64, tolerant the way mail clients are: characters outside the alphabet are skipped, and padding in
+ * the middle (lines padded one by one) restarts the quartets. Node decodes natively; only the 0–3
+ * characters that do not make a full quartet wait for the next chunk.
+ */
+class Base64Decoder implements TransferDecoder {
+  private rest = '';
+
+  push(chunk: Buffer): Buffer {
+    let b64 = this.rest + chunk.toString('latin1');
+    this.rest = '';
+    if (/[^A-Za-z0-9+/=]/.test(b64)) b64 = b64.replace(/[^A-Za-z0-9+/=]+/g, '');
+    // Up to the last padding character everything ends in complete (padded) segments; quartets only
+    // count from there on.
+    let padded = '';
+    const lastPad = b64.lastIndexOf('=');
+    if (lastPad >= 0) {
+      padded = b64.slice(0, lastPad + 1);
+      b64 = b64.slice(lastPad + 1);
+    }
+    const keep = b64.length % 4;
+    if (keep) {
+      this.rest = b64.slice(b64.length - keep);
+      b64 = b64.slice(0, b64.length - keep);
+    }
+    const data = padded + b64;
+    return data ? libbase64.decode(data) : EMPTY;
+  }
+
+  end(): Buffer {
+    const data = this.rest;
+    this.rest = '';
+    // A dangling 2 or 3 characters still carry a byte or two (a missing "=" is a common sloppiness).
+    return data ? libbase64.decode(data) : EMPTY;
+  }
+}
+
+/**
+ * Quoted-printable. Input is decoded up to the last line break of each chunk, so an "=XX" escape or a soft
+ * line break ("=" CR LF) is never cut in two; the unfinished line waits. Copies run between "=" signs
+ * (Buffer.indexOf), not byte by byte.
+ */
+class QuotedPrintableDecoder implements TransferDecoder {
+  private rest: Buffer | undefined;
+
+  push(chunk: Buffer): Buffer {
+    let buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
+    this.rest = undefined;
+    let cut = buf.lastIndexOf(0x0a) + 1;
+    if (cut === 0 && buf.length > 4096) {
+      // A line that never ends (malformed, QP lines are 76 characters): decode all but what could be the
+      // start of an escape.
+      const eq = buf.lastIndexOf(0x3d, buf.length - 1);
+      cut = eq >= buf.length - 2 ? eq : buf.length;
+    }
+    if (cut < buf.length) {
+      // Copied so the held bytes do not pin the caller's chunk.
+      this.rest = Buffer.from(buf.subarray(cut));
+      buf = buf.subarray(0, cut);
+    }
+    return buf.length ? decodeQuotedPrintable(buf, false) : EMPTY;
+  }
+
+  end(): Buffer {
+    const rest = this.rest;
+    this.rest = undefined;
+    return rest ? decodeQuotedPrintable(rest, true) : EMPTY;
+  }
+}
+
+function hex(c: number | undefined): number {
+  if (c === undefined) return -1;
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  if (c >= 0x41 && c <= 0x46) return c - 0x37;
+  if (c >= 0x61 && c <= 0x66) return c - 0x57;
+  return -1;
+}
+
+/** Decodes whole lines of quoted-printable; `final` lets a trailing "=" count as a soft line break. */
+export function decodeQuotedPrintable(buf: Buffer, final: boolean): Buffer {
+  const out = Buffer.allocUnsafe(buf.length);
+  let o = 0;
+  let i = 0;
+  const len = buf.length;
+  while (i < len) {
+    const eq = buf.indexOf(0x3d, i);
+    const end = eq === -1 ? len : eq;
+    if (end > i) o += buf.copy(out, o, i, end);
+    if (eq === -1) break;
+    const hi = hex(buf[eq + 1]);
+    const lo = hex(buf[eq + 2]);
+    if (hi >= 0 && lo >= 0) {
+      out[o++] = hi * 16 + lo;
+      i = eq + 3;
+      continue;
+    }
+    // A soft line break: "=" then optional (illegal but common) trailing whitespace, then the line end.
+    let j = eq + 1;
+    while (j < len && (buf[j] === 0x20 || buf[j] === 0x09)) j++;
+    if (buf[j] === 0x0d && buf[j + 1] === 0x0a) i = j + 2;
+    else if (buf[j] === 0x0a) i = j + 1;
+    else if (j === len && final) i = j;
+    else {
+      // Not an escape: a literal "=", as every decoder in the wild treats it.
+      out[o++] = 0x3d;
+      i = eq + 1;
+    }
+  }
+  return out.subarray(0, o);
+}

@@ -1,0 +1,444 @@
+// Looks inside a message once, as its raw bytes stream by on their way to the spool, and gathers the facts
+// content rules use (MessageFacts): root headers, From/Sender/Subject, the text of the message, its links,
+// and per attachment the name, declared and real type, size, SHA-256 and archive listing. Memory is bounded
+// whatever the message size: attachments are hashed and sniffed on the fly, never kept; text is kept up to
+// maxTextBytes. Malformed input gives partial facts, never an exception. mailsplit does the MIME splitting
+// (the same parser mailparser uses, so parts are where mail clients find them).
+
+import { createHash, type Hash } from 'node:crypto';
+import type { Transform } from 'node:stream';
+import { Splitter, type MimeNode, type SplitterChunk } from '@zone-eu/mailsplit';
+import libmime from 'libmime';
+import { decode as decodeCharset } from 'libmime/lib/charset.js';
+import addressparser from 'nodemailer/lib/addressparser';
+import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
+import { transferDecoder, type TransferDecoder } from './decode.js';
+import { htmlToText, normalizeText } from './html.js';
+import { detectType, MAGIC_BYTES } from './magic.js';
+import { UrlScanner, UrlSet } from './urls.js';
+import { ZipLister } from './zip.js';
+
+export interface InspectLimits {
+  /** MIME parts (every entity, the root and multipart containers included) before mimeLimitExceeded = 'parts' */
+  maxParts: number;
+  /** nesting depth (the root is 0) before mimeLimitExceeded = 'depth' */
+  maxDepth: number;
+  /** bytes in one part's header block before mimeLimitExceeded = 'header_size' */
+  maxHeaderSize: number;
+  /** text kept for `body`, in UTF-8 bytes (default 256 KB) */
+  maxTextBytes?: number;
+  /** URLs kept (default 1000) */
+  maxUrls?: number;
+}
+
+const DEFAULT_MAX_TEXT = 262_144;
+const DEFAULT_MAX_URLS = 1000;
+// An HTML part is kept up to this many times the text budget: markup is most of a newsletter's bytes.
+const HTML_SOURCE_FACTOR = 4;
+const MAX_ARCHIVE_ENTRIES = 1000;
+const EMPTY = Buffer.alloc(0);
+
+type Limit = 'parts' | 'depth' | 'header_size';
+
+interface TextPart {
+  html: boolean;
+  charset: string;
+  /** the kept bytes, in a buffer that grows up to `cap` */
+  kept: Buffer;
+  bytes: number;
+  /** decoded bytes kept for the body; the rest is only scanned for links */
+  cap: number;
+  urls?: UrlScanner;
+}
+
+interface AttachmentPart {
+  facts: AttachmentFacts;
+  hash: Hash;
+  head: Buffer[];
+  headLength: number;
+  zip: ZipLister;
+  urls?: UrlScanner;
+}
+
+interface Leaf {
+  node: MimeNode;
+  decoder: TransferDecoder;
+  text?: TextPart;
+  attachment?: AttachmentPart;
+}
+
+export class MessageInspector {
+  // Typed as the Transform it is: mailsplit's typings only declare its `data` event.
+  private readonly splitter: Transform;
+  private readonly maxText: number;
+  private readonly depths = new WeakMap<object, number>();
+  private size = 0;
+  private parts = 0;
+  private stopped = false;
+  private leaf: Leaf | undefined;
+  private ending: Promise<MessageFacts> | undefined;
+  private headers = new Map<string, string[]>();
+  private from: string[] = [];
+  private sender: string | undefined;
+  private subject = '';
+  private body: string[] = [];
+  private bodyBytes = 0;
+  private readonly urls: UrlSet;
+  private attachments: AttachmentFacts[] = [];
+  private limitExceeded: Limit | undefined;
+
+  constructor(private readonly limits: InspectLimits) {
+    this.maxText = limits.maxTextBytes ?? DEFAULT_MAX_TEXT;
+    this.urls = new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
+    this.splitter = new Splitter({
+      // mailsplit counts every header line as at least 64 bytes; the exact check is ours (on _headerlen),
+      // this only bounds what mailsplit holds before we get to see the part.
+      maxHeadSize: limits.maxHeaderSize * 2 + 65_536,
+      maxChildNodes: limits.maxParts + 2,
+    }) as unknown as Transform;
+    this.splitter.on('data', (chunk: SplitterChunk) => {
+      if (this.stopped) return;
+      try {
+        this.onChunk(chunk);
+      } catch {
+        // A bug or an input nobody foresaw must not take the connection down: keep what was gathered,
+        // except the part being read, whose size and hash would be wrong.
+        this.leaf = undefined;
+        this.stop();
+      }
+    });
+    this.splitter.on('error', (err: Error & { code?: string }) => {
+      // mailsplit gives up on a header block or a part count over its bounds, at a delimiter line (the
+      // part before is complete, end() finishes it). Anything else is input it cannot read further. The
+      // facts so far stand.
+      if (err.code === 'EMAXLEN') this.limit(/header/i.test(err.message) ? 'header_size' : 'parts');
+      else this.stop();
+    });
+  }
+
+  /** Feeds raw message bytes in order; a returned promise asks the caller to wait (backpressure). */
+  write(chunk: Buffer): Promise<void> | void {
+    if (this.ending) return;
+    this.size += chunk.length;
+    // After a limit or a parser failure the rest is only counted (the caller's stream still has to end).
+    if (this.stopped || chunk.length === 0 || this.splitter.destroyed) return;
+    if (!this.splitter.write(chunk)) return this.settled('drain');
+  }
+
+  /** Call once after the last chunk; resolves with the facts (partial if a limit was hit). */
+  end(): Promise<MessageFacts> {
+    this.ending ??= this.finish();
+    return this.ending;
+  }
+
+  private async finish(): Promise<MessageFacts> {
+    if (!this.stopped && !this.splitter.destroyed) {
+      const done = this.settled('end');
+      this.splitter.end();
+      await done;
+    }
+    // The last part ends with the input, closing delimiter or not.
+    this.finishLeafSafely();
+    this.stopped = true;
+    if (!this.splitter.destroyed) this.splitter.destroy();
+    const facts: MessageFacts = {
+      size: this.size,
+      headers: this.headers,
+      from: this.from,
+      subject: this.subject,
+      body: this.body.join('\n'),
+      urls: this.urls.list(),
+      attachments: this.attachments,
+    };
+    if (this.sender !== undefined) facts.sender = this.sender;
+    if (this.limitExceeded) facts.mimeLimitExceeded = this.limitExceeded;
+    return facts;
+  }
+
+  /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */
+  private settled(event: 'drain' | 'end'): Promise<void> {
+    return new Promise((resolve) => {
+      const s = this.splitter;
+      const done = () => {
+        s.off(event, done);
+        s.off('error', done);
+        s.off('close', done);
+        resolve();
+      };
+      s.on(event, done);
+      s.on('error', done);
+      s.on('close', done);
+    });
+  }
+
+  private limit(kind: Limit): void {
+    this.limitExceeded ??= kind;
+    this.stop();
+  }
+
+  /** No more work on this message: input is still counted, and the facts so far are returned. */
+  private stop(): void {
+    this.stopped = true;
+  }
+
+  private finishLeafSafely(): void {
+    try {
+      this.finishLeaf();
+    } catch {
+      this.leaf = undefined;
+    }
+  }
+
+  private onChunk(chunk: SplitterChunk): void {
+    if (chunk.type === 'node') {
+      this.onNode(chunk);
+      return;
+    }
+    // Body bytes of the current leaf; a multipart's preamble, delimiters and epilogue come as `data` of
+    // the multipart itself. A multipart without a boundary has all its content as `data`: a leaf here.
+    const leaf = this.leaf;
+    if (leaf && chunk.node === leaf.node && chunk.value.length) this.feed(leaf, chunk.value);
+  }
+
+  private onNode(node: MimeNode): void {
+    // A new part begins: the previous leaf's body is complete.
+    this.finishLeaf();
+    if (++this.parts > this.limits.maxParts) return this.limit('parts');
+    const parent = node.parentNode;
+    const depth = parent ? (this.depths.get(parent) ?? 0) + 1 : 0;
+    if (depth > this.limits.maxDepth) return this.limit('depth');
+    this.depths.set(node, depth);
+    if (node._headerlen > this.limits.maxHeaderSize) return this.limit('header_size');
+    if (node.root) this.readRootHeaders(node);
+    if ((node.multipart && node._boundary) || node.messageNode === true) return;
+    this.startLeaf(node);
+  }
+
+  private readRootHeaders(node: MimeNode): void {
+    if (!node.headers) return;
+    for (const { key, line } of node.headers.getList()) {
+      if (!key) continue;
+      const raw = headerValue(line);
+      const value = decodeWords(raw);
+      const values = this.headers.get(key);
+      if (values) values.push(value);
+      else this.headers.set(key, [value]);
+      if (key === 'from') this.from.push(...addresses(raw));
+      else if (key === 'sender' && this.sender === undefined) this.sender = addresses(raw)[0];
+      else if (key === 'subject' && values === undefined) this.subject = value;
+    }
+  }
+
+  private startLeaf(node: MimeNode): void {
+    const type = effectiveType(node);
+    const filename = typeof node.filename === 'string' ? node.filename : '';
+    const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
+    const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
+    const charset = typeof node.charset === 'string' ? node.charset : '';
+    if (isText) {
+      const html = type === 'text/html';
+      const room = Math.max(0, this.maxText - this.bodyBytes);
+      leaf.text = { html, charset, kept: EMPTY, bytes: 0, cap: html ? room * HTML_SOURCE_FACTOR : room };
+      if (asciiCompatible(charset)) leaf.text.urls = new UrlScanner(this.urls, html, recoder(charset));
+    }
+    if (!isText || filename !== '') {
+      const extension = extensionOf(filename);
+      leaf.attachment = {
+        facts: {
+          name: filename,
+          extension,
+          declaredType: node.headers && node.headers.hasHeader('content-type') ? node.contentType || '' : '',
+          detectedType: 'unknown',
+          size: 0,
+          encrypted: false,
+          archiveEntries: [],
+        },
+        hash: createHash('sha256'),
+        head: [],
+        headLength: 0,
+        zip: new ZipLister(MAX_ARCHIVE_ENTRIES),
+      };
+      // An HTML file sent as an attachment opens in a browser: its links count like the body's.
+      if (!isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)) && asciiCompatible(charset)) {
+        leaf.attachment.urls = new UrlScanner(this.urls, true, recoder(charset));
+      }
+    }
+    this.leaf = leaf;
+  }
+
+  private feed(leaf: Leaf, raw: Buffer): void {
+    const data = leaf.decoder.push(raw);
+    if (data.length) this.consume(leaf, data);
+  }
+
+  private consume(leaf: Leaf, data: Buffer): void {
+    const { text, attachment } = leaf;
+    if (text) {
+      if (text.bytes < text.cap) keepText(text, data);
+      text.urls?.push(data.toString('latin1'));
+    }
+    if (attachment) {
+      const a = attachment;
+      a.facts.size += data.length;
+      a.hash.update(data);
+      if (a.headLength < MAGIC_BYTES) {
+        const part = data.subarray(0, MAGIC_BYTES - a.headLength);
+        a.head.push(Buffer.from(part));
+        a.headLength += part.length;
+      }
+      a.zip.push(data);
+      a.urls?.push(data.toString('latin1'));
+    }
+  }
+
+  private finishLeaf(): void {
+    const leaf = this.leaf;
+    if (!leaf) return;
+    this.leaf = undefined;
+    const rest = leaf.decoder.end();
+    if (rest.length) this.consume(leaf, rest);
+    if (leaf.text) this.finishText(leaf.text);
+    if (leaf.attachment) this.finishAttachment(leaf.attachment);
+  }
+
+  private finishText(t: TextPart): void {
+    t.urls?.end();
+    if (t.bytes === 0) return;
+    const room = this.maxText - this.bodyBytes;
+    if (room <= 0) return;
+    let text = safeDecode(t.kept.subarray(0, t.bytes), t.charset);
+    t.kept = EMPTY;
+    // A charset that is not ASCII-compatible (UTF-16) was not scanned as it streamed: scan what was kept.
+    if (!t.urls) {
+      const scanner = new UrlScanner(this.urls, t.html);
+      scanner.push(text);
+      scanner.end();
+    }
+    text = t.html ? htmlToText(text, room) : normalizeText(text);
+    text = truncateUtf8(text, room);
+    if (!text) return;
+    this.body.push(text);
+    this.bodyBytes += Buffer.byteLength(text) + 1;
+  }
+
+  private finishAttachment(a: AttachmentPart): void {
+    a.urls?.end();
+    const f = a.facts;
+    const head = Buffer.concat(a.head, a.headLength);
+    const listing = a.zip.listing;
+    f.detectedType = detectType(head, listing.isZip ? listing.entries : undefined);
+    f.sha256 = a.hash.digest('hex');
+    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') {
+      f.encrypted = listing.encrypted;
+      f.archiveEntries = listing.entries;
+    }
+    this.attachments.push(f);
+  }
+}
+
+/**
+ * Appends to the kept text, copying (a view would keep the caller's whole chunk alive) into a buffer that
+ * doubles as needed, up to the cap.
+ */
+function keepText(t: TextPart, data: Buffer): void {
+  const n = Math.min(data.length, t.cap - t.bytes);
+  if (t.bytes + n > t.kept.length) {
+    const grown = Buffer.allocUnsafe(Math.min(t.cap, Math.max(t.bytes + n, t.kept.length * 2)));
+    t.kept.copy(grown, 0, 0, t.bytes);
+    t.kept = grown;
+  }
+  data.copy(t.kept, t.bytes, 0, n);
+  t.bytes += n;
+}
+
+/** Inspects a whole message from a stream of raw chunks (or an array of them). */
+export async function inspectStream(input: AsyncIterable<Buffer> | Iterable<Buffer>, limits: InspectLimits): Promise<MessageFacts> {
+  const inspector = new MessageInspector(limits);
+  for await (const chunk of input) {
+    const wait = inspector.write(chunk);
+    if (wait) await wait;
+  }
+  return inspector.end();
+}
+
+/**
+ * The type a part is read as. RFC 2045 makes a Content-Type that does not parse mean text/plain, and a
+ * multipart without a boundary cannot be split: its content reads as text too (as mail clients show it).
+ */
+function effectiveType(node: MimeNode): string {
+  const type = node.contentType || 'text/plain';
+  if (!/^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/.test(type)) return 'text/plain';
+  if (node.multipart && !node._boundary) return 'text/plain';
+  return type;
+}
+
+/** The raw header line (name, colon, folded value) to its unfolded value, 8-bit UTF-8 read as such. */
+function headerValue(line: string): string {
+  // mailsplit keeps header bytes as a binary string; SMTPUTF8 messages carry raw UTF-8 in them.
+  if (/[\x80-\xff]/.test(line)) {
+    const utf8 = Buffer.from(line, 'latin1').toString('utf8');
+    if (!utf8.includes('\ufffd')) line = utf8;
+  }
+  return libmime.decodeHeader(line).value;
+}
+
+function decodeWords(value: string): string {
+  if (!value.includes('=?')) return value;
+  try {
+    return libmime.decodeWords(value);
+  } catch {
+    return value;
+  }
+}
+
+/**
+ * The addresses of an address header, lower-cased. Parsed before RFC 2047 decoding: an encoded display
+ * name must not be able to smuggle in an address of its own.
+ */
+function addresses(value: string): string[] {
+  try {
+    return addressparser(value, { flatten: true })
+      .map((a) => a.address.trim().toLowerCase())
+      .filter((a) => a !== '');
+  } catch {
+    return [];
+  }
+}
+
+/** Lower-case extension of a file name, as Windows reads it (trailing dots and spaces do not count). */
+function extensionOf(name: string): string {
+  let end = name.length;
+  while (end > 0 && (name[end - 1] === '.' || name[end - 1] === ' ')) end--;
+  const base = name.slice(0, end);
+  const dot = base.lastIndexOf('.');
+  if (dot < 0 || dot < base.lastIndexOf('/') || dot < base.lastIndexOf('\\')) return '';
+  return base.slice(dot + 1).toLowerCase();
+}
+
+/** UTF-16/32 put NULs between ASCII letters: their bytes cannot be scanned as Latin-1 text. */
+function asciiCompatible(charset: string): boolean {
+  return !/^(?:utf-?(?:16|32)|ucs-?[24]|unicode)/i.test(charset.trim());
+}
+
+/** URLs are found in the Latin-1 view of raw bytes; one with 8-bit bytes is decoded in the part's charset. */
+function recoder(charset: string): (s: string) => string {
+  return (s) => (/[\x80-\xff]/.test(s) ? safeDecode(Buffer.from(s, 'latin1'), charset || 'utf-8') : s);
+}
+
+function safeDecode(buf: Buffer, charset: string): string {
+  try {
+    return decodeCharset(buf, charset || 'utf-8');
+  } catch {
+    return buf.toString('utf8');
+  }
+}
+
+/** At most `bytes` bytes of UTF-8, cut on a character boundary. */
+function truncateUtf8(text: string, bytes: number): string {
+  // A JS character is at most 3 bytes of UTF-8 (a surrogate pair is 4 for 2): short strings need no count.
+  if (text.length * 3 <= bytes || Buffer.byteLength(text) <= bytes) return text;
+  const buf = Buffer.from(text);
+  let end = bytes;
+  while (end > 0 && (buf[end]! & 0xc0) === 0x80) end--;
+  return buf.toString('utf8', 0, end);
+}

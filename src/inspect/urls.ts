@@ -1,0 +1,123 @@
+// Finds the links in text and HTML for `urls` rules: http(s):// URLs written out, and the targets of
+// href attributes (where a phishing link hides behind innocent link text). Deduplicated and capped. The
+// scanner takes a part in pieces as it streams; every pattern is bounded in length, so hostile input
+// (a quote that never closes, a megabyte without a space) costs linear time.
+
+import { decodeEntities } from './html.js';
+
+// Longest URL kept; anything longer is cut (and still counts, by its start).
+const MAX_URL = 2048;
+const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
+const HREF = /\bhref[\t\n\f\r ]{0,16}=[\t\n\f\r ]{0,16}(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'<>`]{1,2048}))/gi;
+// A match ending at the end of what was scanned may go on in the next piece: this much is scanned again.
+const OVERLAP = 2200;
+// Pieces are gathered up to this size before scanning, so that tiny chunks do not each pay the overlap.
+const SCAN_BATCH = 32 * 1024;
+
+export class UrlSet {
+  private readonly seen = new Set<string>();
+  // The same link written the same way (a signature on every line) is looked at once; bounded.
+  private readonly raw = new Set<string>();
+
+  constructor(readonly max = 1000) {}
+
+  get full(): boolean {
+    return this.seen.size >= this.max;
+  }
+
+  add(url: string): void {
+    if (this.full || this.raw.has(url)) return;
+    if (this.raw.size < this.max * 4) this.raw.add(url);
+    const u = normalize(url);
+    if (u) this.seen.add(u);
+  }
+
+  list(): string[] {
+    return [...this.seen];
+  }
+}
+
+/**
+ * Scans one part's text as it arrives. `recode` turns a found URL back from the scanned form (Latin-1
+ * strings of the raw bytes, so any ASCII-compatible charset scans the same) into proper characters.
+ */
+export class UrlScanner {
+  private carry = '';
+  private batch: string[] = [];
+  private batchLength = 0;
+
+  constructor(
+    private readonly urls: UrlSet,
+    private readonly html: boolean,
+    private readonly recode: (s: string) => string = (s) => s,
+  ) {}
+
+  push(text: string): void {
+    if (this.urls.full || text.length === 0) return;
+    this.batch.push(text);
+    this.batchLength += text.length;
+    if (this.batchLength >= SCAN_BATCH) this.flush(false);
+  }
+
+  end(): void {
+    if (!this.urls.full) this.flush(true);
+    this.carry = '';
+  }
+
+  private flush(final: boolean): void {
+    const text = this.carry + this.batch.join('');
+    this.batch = [];
+    this.batchLength = 0;
+    // Matches that reach the end may be cut short; the overlap scans them again, whole, next time.
+    const limit = final ? Infinity : text.length;
+    scanText(text, this.html, this.urls, this.recode, limit);
+    this.carry = final ? '' : text.slice(-OVERLAP);
+  }
+}
+
+/** Every URL in a complete text (or HTML) string. */
+export function extractUrls(text: string, html: boolean, max = 1000): string[] {
+  const urls = new UrlSet(max);
+  scanText(text, html, urls, (s) => s, Infinity);
+  return urls.list();
+}
+
+function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string) => string, limit: number): void {
+  TEXT_URL.lastIndex = 0;
+  for (let m = TEXT_URL.exec(text); m && !urls.full; m = TEXT_URL.exec(text)) {
+    if (m.index + m[0].length >= limit) continue;
+    let url = recode(trimTrailing(m[0]));
+    if (html) url = decodeEntities(url);
+    urls.add(url);
+  }
+  if (!html) return;
+  HREF.lastIndex = 0;
+  for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
+    if (m.index + m[0].length >= limit) continue;
+    // Browsers drop tabs and line breaks anywhere in a URL, and spaces around it.
+    const target = decodeEntities(recode(m[1] ?? m[2] ?? m[3] ?? '')).replace(/[\t\n\r]/g, '').trim();
+    if (/^https?:\/\//i.test(target)) urls.add(target);
+    // A scheme-relative link takes the scheme of the page; say http, so the host can be read.
+    else if (target.startsWith('//')) urls.add('http:' + target);
+  }
+}
+
+/** Punctuation that ends a sentence rather than the URL ("see https://x.test/a."). */
+function trimTrailing(url: string): string {
+  // A closing parenthesis belongs to the URL only if it opened one (Wikipedia-style links).
+  const parens = url.includes('(');
+  let end = url.length;
+  while (end > 0) {
+    const c = url[end - 1]!;
+    if ('.,;:!?\'"]}*'.includes(c) || (c === ')' && !parens)) end--;
+    else break;
+  }
+  return url.slice(0, end);
+}
+
+/** Scheme and host in lower case (both are case-insensitive), so the same link counts once. */
+function normalize(url: string): string | undefined {
+  const m = /^(https?):\/\/([^/?#\\]*)/i.exec(url);
+  if (!m || m[2] === '') return undefined;
+  return (m[1]!.toLowerCase() + '://' + m[2]!.toLowerCase() + url.slice(m[0].length)).slice(0, MAX_URL);
+}

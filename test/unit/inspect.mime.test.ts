@@ -1,0 +1,585 @@
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { describe, expect, it } from 'vitest';
+import { transferDecoder } from '../../src/inspect/decode.js';
+import { htmlToText } from '../../src/inspect/html.js';
+import { inspectStream, MessageInspector, type InspectLimits } from '../../src/inspect/mime.js';
+import { extractUrls, UrlScanner, UrlSet } from '../../src/inspect/urls.js';
+import type { MessageFacts } from '../../src/policy/facts.js';
+
+const FIXTURES = new URL('../../fixtures/messages/', import.meta.url);
+const LIMITS: InspectLimits = { maxParts: 500, maxDepth: 20, maxHeaderSize: 262_144 };
+
+const load = (name: string) => readFileSync(new URL(name, FIXTURES));
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const eml = (...lines: string[]) => Buffer.from(lines.join('\r\n') + '\r\n', 'utf8');
+
+async function inspect(raw: Buffer, limits: InspectLimits = LIMITS, chunkSize = raw.length || 1): Promise<MessageFacts> {
+  const inspector = new MessageInspector(limits);
+  for (let i = 0; i < raw.length; i += chunkSize) {
+    const wait = inspector.write(raw.subarray(i, i + chunkSize));
+    if (wait) await wait;
+  }
+  return inspector.end();
+}
+
+/** The bytes of an attachment, decoded from the fixture independently of the inspector. */
+function attachmentBytes(raw: Buffer, filename: string): Buffer {
+  const s = raw.toString('latin1');
+  const start = s.indexOf('\r\n\r\n', s.indexOf(`filename="${filename}"`)) + 4;
+  return Buffer.from(s.slice(start, s.indexOf('\r\n--', start)), 'base64');
+}
+
+const head = (from = 'user1@example.test') => [`From: ${from}`, 'To: user2@example.test', 'Subject: test', 'MIME-Version: 1.0'];
+
+describe('MIME inspector: fixtures', () => {
+  it('clean-text.eml: root headers, From, Subject and the body of a plain personal note', async () => {
+    const raw = load('clean-text.eml');
+    const f = await inspect(raw);
+    expect(f.size).toBe(raw.length);
+    expect(f.from).toEqual(['user1@example.test']);
+    expect(f.sender).toBeUndefined();
+    expect(f.subject).toBe('Dinner on Friday');
+    expect(f.headers.get('from')).toEqual(['Alice Martin <user1@example.test>']);
+    expect(f.headers.get('message-id')).toEqual(['<clean-text@example.test>']);
+    expect([...f.headers.keys()]).toEqual(['from', 'to', 'subject', 'date', 'message-id', 'mime-version', 'content-type', 'content-transfer-encoding']);
+    expect(f.body).toBe(
+      'Hi Bob,\n\nAre we still on for dinner on Friday? I booked a table for seven at the\nlittle place near the station. Tell Claire she is welcome too.\n\nSee you,\nAlice',
+    );
+    expect(f.urls).toEqual([]);
+    expect(f.attachments).toEqual([]);
+    expect(f.mimeLimitExceeded).toBeUndefined();
+  });
+
+  it('clean-attachments.eml: a real PDF and PNG, with decoded size and SHA-256; only the text is body', async () => {
+    const raw = load('clean-attachments.eml');
+    const pdf = attachmentBytes(raw, 'report.pdf');
+    const png = attachmentBytes(raw, 'chart.png');
+    const f = await inspect(raw);
+    expect(f.body).toBe('Hello,\n\nPlease find the quarterly report and the chart attached.\n\nRegards,\nUser One');
+    expect(f.attachments).toEqual([
+      { name: 'report.pdf', extension: 'pdf', declaredType: 'application/pdf', detectedType: 'pdf', size: pdf.length, sha256: sha256(pdf), encrypted: false, archiveEntries: [] },
+      { name: 'chart.png', extension: 'png', declaredType: 'image/png', detectedType: 'png', size: png.length, sha256: sha256(png), encrypted: false, archiveEntries: [] },
+    ]);
+    expect(pdf.subarray(0, 5).toString()).toBe('%PDF-');
+  });
+
+  it('newsletter-html.eml: text and HTML alternatives, HTML as text, links from both, deduplicated', async () => {
+    const f = await inspect(load('newsletter-html.eml'));
+    expect(f.body).toContain('Spring sale: https://shop.example.test/spring-sale');
+    expect(f.body).toContain('Our spring sale is on — shop now.');
+    expect(f.body).toContain('Café corner: read the blog');
+    expect(f.body).toContain('Unsubscribe © 2025 Example News');
+    // Not shown to a reader: tags, the title, style and script content.
+    expect(f.body).not.toMatch(/<|script-content|hidden-style|March newsletter<\/title>|color: #333/);
+    expect(f.urls).toEqual([
+      'https://shop.example.test/spring-sale',
+      'https://blog.example.test/2025/03/hello',
+      'https://news.example.test/unsubscribe?u=42',
+      'https://shop.example.test/spring-sale?utm_source=mail&utm_medium=email',
+      'https://cdn.example.test/logo.png',
+    ]);
+    expect(f.attachments).toEqual([]);
+  });
+
+  it('qp-latin1.eml: quoted-printable ISO-8859-1 body and RFC 2047 headers come out as proper text', async () => {
+    const f = await inspect(load('qp-latin1.eml'));
+    expect(f.subject).toBe('Réunion du comité');
+    expect(f.headers.get('subject')).toEqual(['Réunion du comité']);
+    expect(f.headers.get('from')).toEqual(['Hélène Leclerc <user1@example.test>']);
+    expect(f.from).toEqual(['user1@example.test']);
+    expect(f.body).toBe(
+      "Bonjour à tous,\n\nLa réunion du comité aura lieu jeudi à l'hôtel de ville, dans la salle des fêtes. Apportez vos idées pour le décor de Noël.\n\nTrès cordialement,\nHélène",
+    );
+  });
+
+  it('exe-renamed-pdf.eml: an executable named invoice.pdf and declared application/pdf is detected as executable', async () => {
+    const raw = load('exe-renamed-pdf.eml');
+    const exe = attachmentBytes(raw, 'invoice.pdf');
+    const f = await inspect(raw);
+    expect(f.attachments).toEqual([
+      { name: 'invoice.pdf', extension: 'pdf', declaredType: 'application/pdf', detectedType: 'executable', size: 512, sha256: sha256(exe), encrypted: false, archiveEntries: [] },
+    ]);
+  });
+
+  it('zip-with-exe.eml: the zip is listed (setup.exe inside), not encrypted', async () => {
+    const f = await inspect(load('zip-with-exe.eml'));
+    expect(f.attachments).toHaveLength(1);
+    expect(f.attachments[0]).toMatchObject({ name: 'documents.zip', extension: 'zip', declaredType: 'application/zip', detectedType: 'zip', encrypted: false, archiveEntries: ['readme.txt', 'setup.exe'] });
+  });
+
+  it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
+    const f = await inspect(load('encrypted-zip.eml'));
+    expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });
+  });
+
+  it('phishing-urls.eml: href targets behind innocent text, a soft-broken QP href, an entity-hidden scheme, a scheme-relative link', async () => {
+    const f = await inspect(load('phishing-urls.eml'));
+    expect(f.urls).toEqual([
+      'https://examp1e-bank.test/login?session=8f2a',
+      'https://www.bank.example/login',
+      'https://secure-bank-example.test/verify',
+      'http://bank-example-support.test/help',
+    ]);
+    expect(f.body).toContain('Verify it now at https://www.bank.example/login.');
+    expect(f.body).not.toContain('examp1e');
+  });
+
+  it('spoofed-from.eml: From: a foreign bank address', async () => {
+    const f = await inspect(load('spoofed-from.eml'));
+    expect(f.from).toEqual(['someone-else@bank.example']);
+    expect(f.headers.get('from')).toEqual(['Bank Security <someone-else@bank.example>']);
+  });
+
+  it('multiple-from.eml: every From: address, lower-cased, and the Sender:', async () => {
+    const f = await inspect(load('multiple-from.eml'));
+    expect(f.from).toEqual(['user1@example.test', 'user3@example.test']);
+    expect(f.sender).toBe('user1@example.test');
+  });
+
+  it('deeply-nested.eml: 30 levels of multipart go over maxDepth 20; with room they are read to the bottom', async () => {
+    const raw = load('deeply-nested.eml');
+    const over = await inspect(raw, { ...LIMITS, maxDepth: 20 });
+    expect(over.mimeLimitExceeded).toBe('depth');
+    expect(over.subject).toBe('Nested 30 deep');
+    expect(over.size).toBe(raw.length);
+    expect(over.body).toBe('');
+    // The root is depth 0, the text part at the bottom depth 30.
+    expect((await inspect(raw, { ...LIMITS, maxDepth: 29 })).mimeLimitExceeded).toBe('depth');
+    const fits = await inspect(raw, { ...LIMITS, maxDepth: 30 });
+    expect(fits.mimeLimitExceeded).toBeUndefined();
+    expect(fits.body).toBe('The innermost part.');
+  });
+
+  it('many-parts.eml: 600 parts go over maxParts 500, and the parts before the limit are kept', async () => {
+    const raw = load('many-parts.eml');
+    const over = await inspect(raw, { ...LIMITS, maxParts: 500 }, 4096);
+    expect(over.mimeLimitExceeded).toBe('parts');
+    expect(over.size).toBe(raw.length);
+    // The root multipart is part 1: texts 1 to 499 were read before part 501 went over.
+    expect(over.body.split('\n')).toHaveLength(499);
+    expect(over.body).toMatch(/^part 1\npart 2\n/);
+    const fits = await inspect(raw, { ...LIMITS, maxParts: 601 });
+    expect(fits.mimeLimitExceeded).toBeUndefined();
+    expect(fits.body.split('\n')).toHaveLength(600);
+    expect(fits.body.endsWith('part 600')).toBe(true);
+    expect((await inspect(raw, { ...LIMITS, maxParts: 600 })).mimeLimitExceeded).toBe('parts');
+  });
+
+  it('huge-header.eml: a 340 KB header is over maxHeaderSize; under a larger limit it is unfolded whole', async () => {
+    const raw = load('huge-header.eml');
+    const over = await inspect(raw, { ...LIMITS, maxHeaderSize: 262_144 }, 65_536);
+    expect(over.mimeLimitExceeded).toBe('header_size');
+    expect(over.size).toBe(raw.length);
+    const fits = await inspect(raw, { ...LIMITS, maxHeaderSize: 1_048_576 }, 65_536);
+    expect(fits.mimeLimitExceeded).toBeUndefined();
+    const value = fits.headers.get('x-long-header')![0]!;
+    expect(value.length).toBeGreaterThan(300_000);
+    expect(value.startsWith('start segment-00000-xxx')).toBe(true);
+    expect(value).not.toMatch(/[\r\n\t]/);
+    expect(value.endsWith('segment-04999-' + 'x'.repeat(52))).toBe(true);
+    expect(fits.body).toBe('The body after a huge header.');
+  });
+
+  it('malformed-mime.eml: no closing delimiter, bad base64, garbage Content-Type: best effort, no exception', async () => {
+    const f = await inspect(load('malformed-mime.eml'));
+    expect(f.mimeLimitExceeded).toBeUndefined();
+    // A Content-Type that does not parse reads as text/plain (RFC 2045).
+    expect(f.body).toBe('First part, intact.\nText under a garbage type, see https://malformed.example.test/page');
+    expect(f.urls).toEqual(['https://malformed.example.test/page']);
+    // Characters outside the base64 alphabet are skipped, as mail clients do.
+    expect(f.attachments).toEqual([
+      { name: 'data.bin', extension: 'bin', declaredType: 'application/octet-stream', detectedType: 'text', size: 12, sha256: sha256(Buffer.from('Hello world!')), encrypted: false, archiveEntries: [] },
+    ]);
+  });
+
+  it('gives the same facts however the message is chunked (boundaries, escapes and URLs split across writes)', async () => {
+    const names = readdirSync(FIXTURES).filter((n) => n.endsWith('.eml'));
+    expect(names.length).toBeGreaterThanOrEqual(14);
+    for (const name of names) {
+      const raw = load(name);
+      const whole = await inspect(raw);
+      const sizes = raw.length < 4000 ? [1, 3, 77, 1000] : [1000, 4096, 65_536];
+      for (const size of sizes) expect(await inspect(raw, LIMITS, size), `${name} in ${size}-byte chunks`).toEqual(whole);
+    }
+  });
+});
+
+describe('MIME inspector: behaviour', () => {
+  it('decodes header values: RFC 2047 words, folding, raw UTF-8, and keeps repeated headers in order', async () => {
+    const f = await inspect(
+      eml(
+        'Received: from a.example.test by b.example.test;',
+        '\tMon, 3 Mar 2025 10:00:00 +0100',
+        'Received: from c.example.test by a.example.test',
+        'From: user1@example.test',
+        'Subject: =?UTF-8?B?Q2Fmw6k=?= and =?utf-8?q?cr=C3=A8me?=',
+        'X-Raw: déjà vu',
+        '',
+        'body',
+      ),
+    );
+    expect(f.headers.get('received')).toEqual(['from a.example.test by b.example.test; Mon, 3 Mar 2025 10:00:00 +0100', 'from c.example.test by a.example.test']);
+    expect(f.subject).toBe('Café and crème');
+    expect(f.headers.get('x-raw')).toEqual(['déjà vu']);
+  });
+
+  it('takes addresses before decoding, so an encoded display name cannot add one', async () => {
+    const f = await inspect(eml('From: =?utf-8?q?ceo=40bank=2Eexample_=3Cceo=40bank=2Eexample=3E=2C?= <User1@Example.TEST>', 'Sender: "Ops" <OPS@example.test>, other@example.test', '', 'x'));
+    expect(f.from).toEqual(['user1@example.test']);
+    expect(f.sender).toBe('ops@example.test');
+    expect(f.headers.get('from')).toEqual(['ceo@bank.example <ceo@bank.example>, <User1@Example.TEST>']);
+  });
+
+  it('only reads the root headers into `headers`', async () => {
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=b', '', '--b', 'Content-Type: text/plain', 'X-Inner: yes', '', 'inner', '--b--'));
+    expect(f.headers.has('x-inner')).toBe(false);
+    expect(f.body).toBe('inner');
+  });
+
+  it('classifies parts: attachment disposition is not body; a named inline text part is both; a nameless image is an attachment', async () => {
+    const png = Buffer.from('89504e470d0a1a0a0000000d49484452', 'hex');
+    const f = await inspect(
+      eml(
+        ...head(),
+        'Content-Type: multipart/mixed; boundary=sep',
+        '',
+        '--sep',
+        'Content-Type: text/plain',
+        'Content-Disposition: attachment; filename="notes.txt"',
+        '',
+        'attached text, not body',
+        '--sep',
+        'Content-Type: text/plain; name="inline.txt"',
+        'Content-Disposition: inline',
+        '',
+        'inline named text',
+        '--sep',
+        'Content-Type: image/png',
+        'Content-Transfer-Encoding: base64',
+        '',
+        png.toString('base64'),
+        '--sep--',
+      ),
+    );
+    expect(f.body).toBe('inline named text');
+    expect(f.attachments.map((a) => [a.name, a.extension, a.declaredType, a.detectedType, a.size])).toEqual([
+      ['notes.txt', 'txt', 'text/plain', 'text', 23],
+      ['inline.txt', 'txt', 'text/plain', 'text', 17],
+      ['', '', 'image/png', 'png', 16],
+    ]);
+  });
+
+  it('reads file names (RFC 2231, RFC 2047) and extensions the way Windows does', async () => {
+    const part = (disposition: string) => ['--s', 'Content-Type: application/octet-stream', `Content-Disposition: ${disposition}`, '', 'data'];
+    const f = await inspect(
+      eml(
+        ...head(),
+        'Content-Type: multipart/mixed; boundary=s',
+        '',
+        ...part("attachment; filename*=utf-8''r%C3%A9sum%C3%A9.PDF"),
+        ...part('attachment; filename="=?utf-8?q?facture=5Fmars.Exe?="'),
+        ...part('attachment; filename="payload.exe. . "'),
+        ...part('attachment; filename="README"'),
+        ...part('attachment; filename="dir.d/file"'),
+        '--s',
+        'Content-Disposition: attachment; filename="undeclared.pdf"',
+        '',
+        '%PDF-1.4',
+        '--s--',
+      ),
+    );
+    // No Content-Type at all: nothing declared (the parser's guess from the name is not a declaration).
+    expect(f.attachments[5]).toMatchObject({ name: 'undeclared.pdf', declaredType: '', detectedType: 'pdf' });
+    f.attachments.pop();
+    expect(f.attachments.map((a) => [a.name, a.extension])).toEqual([
+      ['résumé.PDF', 'pdf'],
+      ['facture_mars.Exe', 'exe'],
+      ['payload.exe. . ', 'exe'],
+      ['README', ''],
+      ['dir.d/file', ''],
+    ]);
+  });
+
+  it('lists an Office Open XML attachment as office-openxml with its entries', async () => {
+    const h = Buffer.alloc(30);
+    h.writeUInt32LE(0x04034b50, 0);
+    const entry = (name: string, data: string) => {
+      const e = Buffer.from(h);
+      e.writeUInt32LE(data.length, 18);
+      e.writeUInt32LE(data.length, 22);
+      e.writeUInt16LE(name.length, 26);
+      return Buffer.concat([e, Buffer.from(name), Buffer.from(data)]);
+    };
+    const docx = Buffer.concat([entry('[Content_Types].xml', '<Types/>'), entry('word/document.xml', '<w:document/>'), Buffer.from('PK\x01\x02', 'latin1')]);
+    const f = await inspect(eml(...head(), 'Content-Type: application/vnd.openxmlformats-officedocument.wordprocessingml.document; name="cv.docx"', 'Content-Transfer-Encoding: base64', '', docx.toString('base64')));
+    expect(f.attachments[0]).toMatchObject({ name: 'cv.docx', extension: 'docx', detectedType: 'office-openxml', archiveEntries: ['[Content_Types].xml', 'word/document.xml'] });
+  });
+
+  it('takes links from an HTML file sent as an attachment (it opens in a browser)', async () => {
+    const html = '<html><body><a href="https://evil.example.test/login">Open</a></body></html>';
+    const f = await inspect(eml(...head(), 'Content-Type: text/html; name="statement.html"', 'Content-Disposition: attachment; filename="statement.html"', 'Content-Transfer-Encoding: base64', '', Buffer.from(html).toString('base64')));
+    expect(f.body).toBe('');
+    expect(f.urls).toEqual(['https://evil.example.test/login']);
+    expect(f.attachments[0]).toMatchObject({ name: 'statement.html', detectedType: 'html', size: html.length });
+  });
+
+  it('reports an attached message (message/rfc822) as an attachment', async () => {
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: message/rfc822', 'Content-Disposition: attachment; filename="fwd.eml"', '', 'From: x@example.test', 'Subject: inner', '', 'inner body', '--m--'));
+    expect(f.attachments.map((a) => [a.name, a.declaredType, a.detectedType])).toEqual([['fwd.eml', 'message/rfc822', 'text']]);
+    expect(f.subject).toBe('test');
+  });
+
+  it('reads a multipart without a boundary as text rather than hiding its content', async () => {
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed', '', 'visible text https://hidden.example.test/x'));
+    expect(f.body).toBe('visible text https://hidden.example.test/x');
+    expect(f.urls).toEqual(['https://hidden.example.test/x']);
+  });
+
+  it('decodes the body in its charset (windows-1252, UTF-16) and strips invisible characters', async () => {
+    const cp = await inspect(Buffer.concat([eml(...head(), 'Content-Type: text/plain; charset=windows-1252', ''), Buffer.from('\x93quoted\x94 \u20ac'.replace('\u20ac', '\x80'), 'latin1'), Buffer.from('\r\n')]));
+    expect(cp.body).toBe('“quoted” €');
+    const u16 = Buffer.from('Hi https://u16.example.test/p', 'utf16le');
+    const f = await inspect(eml(...head(), 'Content-Type: text/plain; charset=utf-16le', 'Content-Transfer-Encoding: base64', '', u16.toString('base64')));
+    expect(f.body).toBe('Hi https://u16.example.test/p');
+    expect(f.urls).toEqual(['https://u16.example.test/p']);
+    const zw = await inspect(eml(...head(), 'Content-Type: text/plain; charset=utf-8', '', 'pay\u200bpal ver\u00adify'));
+    expect(zw.body).toBe('paypal verify');
+    const idn = await inspect(eml(...head(), 'Content-Type: text/plain; charset=utf-8', 'Content-Transfer-Encoding: 8bit', '', 'Voir https://bücher.example.test/livre-été.'));
+    expect(idn.urls).toEqual(['https://bücher.example.test/livre-été']);
+  });
+
+  it('caps the body at maxTextBytes but still finds links past the cap', async () => {
+    const filler = ('lorem ipsum dolor sit amet '.repeat(3) + '\r\n').repeat(30_000); // about 2.4 MB
+    const raw = eml(...head(), 'Content-Type: text/plain', '', 'start', filler, 'end https://late.example.test/after-the-cap');
+    const f = await inspect(raw, { ...LIMITS, maxTextBytes: 10_000 }, 65_536);
+    expect(Buffer.byteLength(f.body)).toBeLessThanOrEqual(10_000);
+    expect(f.body.startsWith('start\nlorem ipsum')).toBe(true);
+    expect(f.urls).toEqual(['https://late.example.test/after-the-cap']);
+    const def = await inspect(raw, LIMITS, 65_536);
+    expect(Buffer.byteLength(def.body)).toBeLessThanOrEqual(262_144);
+    expect(Buffer.byteLength(def.body)).toBeGreaterThan(250_000);
+  });
+
+  it('caps the URLs at maxUrls', async () => {
+    const lines = Array.from({ length: 50 }, (_, i) => `https://u${i}.example.test/`);
+    const f = await inspect(eml(...head(), '', ...lines), { ...LIMITS, maxUrls: 10 });
+    expect(f.urls).toEqual(lines.slice(0, 10));
+  });
+
+  it('stops work at a limit but keeps consuming input, and reports the parts read before it', async () => {
+    const parts = Array.from({ length: 10 }, (_, i) => ['--b', 'Content-Type: application/octet-stream', `Content-Disposition: attachment; filename="f${i}.bin"`, '', `data ${i}`]).flat();
+    const raw = eml(...head(), 'Content-Type: multipart/mixed; boundary=b', '', ...parts, '--b--');
+    const f = await inspect(raw, { ...LIMITS, maxParts: 4 }, 50);
+    expect(f.mimeLimitExceeded).toBe('parts');
+    expect(f.size).toBe(raw.length);
+    expect(f.attachments.map((a) => a.name)).toEqual(['f0.bin', 'f1.bin', 'f2.bin']);
+    expect(f.subject).toBe('test');
+  });
+
+  it('reports header_size for an inner part whose header block is over the limit', async () => {
+    const big = 'X-Pad: ' + 'p'.repeat(3000);
+    const raw = eml(...head(), 'Content-Type: multipart/mixed; boundary=b', '', '--b', 'Content-Type: text/plain', '', 'first', '--b', big, 'Content-Type: text/plain', '', 'second', '--b--');
+    const f = await inspect(raw, { ...LIMITS, maxHeaderSize: 2048 });
+    expect(f.mimeLimitExceeded).toBe('header_size');
+    expect(f.body).toBe('first');
+    expect((await inspect(raw, { ...LIMITS, maxHeaderSize: 4096 })).mimeLimitExceeded).toBeUndefined();
+  });
+
+  it('keeps the attachment before a header block so large the parser gives up on it', async () => {
+    const raw = eml(
+      ...head(),
+      'Content-Type: multipart/mixed; boundary=b',
+      '',
+      '--b',
+      'Content-Type: application/pdf; name="a.pdf"',
+      'Content-Transfer-Encoding: base64',
+      '',
+      Buffer.from('%PDF-1.4 tiny').toString('base64'),
+      '--b',
+      ...Array.from({ length: 3000 }, (_, i) => `X-Pad-${i}: ${'p'.repeat(60)}`),
+      '',
+      'never read',
+      '--b--',
+    );
+    const f = await inspect(raw, { ...LIMITS, maxHeaderSize: 4096 }, 8192);
+    expect(f.mimeLimitExceeded).toBe('header_size');
+    expect(f.size).toBe(raw.length);
+    expect(f.attachments).toEqual([
+      { name: 'a.pdf', extension: 'pdf', declaredType: 'application/pdf', detectedType: 'pdf', size: 13, sha256: sha256(Buffer.from('%PDF-1.4 tiny')), encrypted: false, archiveEntries: [] },
+    ]);
+  });
+
+  it('never throws: garbage, empty input, headers only, writes after end, end twice', async () => {
+    let seed = 42;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;
+    for (const n of [1, 100, 10_000, 200_000]) {
+      const junk = Buffer.from(Buffer.alloc(n).map(rnd));
+      await expect(inspect(junk, LIMITS, 997)).resolves.toMatchObject({ size: n });
+      const withCrlf = Buffer.from(junk.toString('latin1').replace(/[\r\n]/g, '').replace(/(.{60})/g, '$1\r\n'), 'latin1');
+      await expect(inspect(Buffer.concat([eml(...head(), 'Content-Type: multipart/mixed; boundary=""', 'Content-Transfer-Encoding: base64'), withCrlf]), LIMITS, 4096)).resolves.toBeTruthy();
+    }
+    const empty = await inspect(Buffer.alloc(0));
+    expect(empty).toMatchObject({ size: 0, from: [], subject: '', body: '', urls: [], attachments: [] });
+    const headersOnly = await inspect(Buffer.from('From: user1@example.test\r\nSubject: only headers'));
+    expect(headersOnly).toMatchObject({ from: ['user1@example.test'], subject: 'only headers', body: '' });
+    const insp = new MessageInspector(LIMITS);
+    insp.write(eml(...head(), '', 'hello'));
+    const first = insp.end();
+    expect(insp.write(Buffer.from('more'))).toBeUndefined();
+    expect(insp.end()).toBe(first);
+    expect(await first).toMatchObject({ body: 'hello', size: eml(...head(), '', 'hello').length });
+  });
+
+  it('handles hostile markup in linear time (unclosed tags, quotes and scripts)', async () => {
+    const hostile = '<a href="'.repeat(40_000) + '<script>'.repeat(20_000) + 'x&#'.repeat(20_000);
+    const started = performance.now();
+    const f = await inspect(eml(...head(), 'Content-Type: text/html', '', hostile), LIMITS, 65_536);
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(f.urls).toEqual([]);
+  });
+
+  it('asks for backpressure with a promise and works from an async iterable', async () => {
+    const raw = load('clean-attachments.eml');
+    const insp = new MessageInspector(LIMITS);
+    const big = Buffer.concat([raw.subarray(0, raw.length - 2), Buffer.alloc(100_000, 0x41), Buffer.from('\r\n')]);
+    const wait = insp.write(big);
+    expect(wait).toBeInstanceOf(Promise);
+    await wait;
+    await insp.end();
+    async function* chunks() {
+      for (let i = 0; i < raw.length; i += 100) yield raw.subarray(i, i + 100);
+    }
+    expect(await inspectStream(chunks(), LIMITS)).toEqual(await inspect(raw));
+    expect(await inspectStream([raw], LIMITS)).toEqual(await inspect(raw));
+  });
+
+  it('streams a 25 MB base64 attachment in 64 KB chunks: right size and SHA-256, bounded memory', async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const BLOCK = 47_616; // a multiple of 3: each block's base64 follows on from the last
+    const BLOCKS = 551; // 26.2 MB
+    const expected = createHash('sha256');
+    function* message(): Generator<Buffer> {
+      yield eml(...head(), 'Content-Type: multipart/mixed; boundary=big', '', '--big', 'Content-Type: text/plain', '', 'see attached', '--big', 'Content-Type: application/octet-stream; name="big.bin"', 'Content-Transfer-Encoding: base64', '');
+      const block = Buffer.alloc(BLOCK);
+      let seed = 1;
+      for (let b = 0; b < BLOCKS; b++) {
+        for (let i = 0; i < BLOCK; i += 4) block.writeUInt32LE((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0), i);
+        expected.update(block);
+        yield Buffer.from(block.toString('base64').replace(/.{64}/g, '$&\r\n'), 'latin1');
+      }
+      yield eml('', '--big--');
+    }
+    // Re-cut into exact 64 KB writes.
+    function* chunks(): Generator<Buffer> {
+      let pending = Buffer.alloc(0);
+      for (const piece of message()) {
+        pending = Buffer.concat([pending, piece]);
+        while (pending.length >= 65_536) {
+          yield pending.subarray(0, 65_536);
+          pending = pending.subarray(65_536);
+        }
+      }
+      if (pending.length) yield pending;
+    }
+    const insp = new MessageInspector(LIMITS);
+    // heapUsed, as asked, plus the memory of Buffers, which lives outside the JS heap: an inspector that
+    // kept the attachment's bytes would show there.
+    const used = () => {
+      const m = process.memoryUsage();
+      return { heap: m.heapUsed, all: m.heapUsed + m.arrayBuffers };
+    };
+    gc();
+    const before = used();
+    let fed = 0;
+    for (const c of chunks()) {
+      fed += c.length;
+      const wait = insp.write(c);
+      if (wait) await wait;
+    }
+    gc();
+    const after = used();
+    const f = await insp.end();
+    expect(f.size).toBe(fed);
+    expect(f.body).toBe('see attached');
+    expect(f.attachments).toHaveLength(1);
+    expect(f.attachments[0]).toMatchObject({ name: 'big.bin', size: BLOCK * BLOCKS, sha256: expected.digest('hex'), detectedType: 'unknown' });
+    expect(after.heap - before.heap).toBeLessThan(15 * 1024 * 1024);
+    expect(after.all - before.all).toBeLessThan(15 * 1024 * 1024);
+  });
+});
+
+describe('HTML to text and URL extraction', () => {
+  it('drops tags, comments and hidden elements, breaks lines at blocks, decodes entities', () => {
+    expect(htmlToText('<p>One&nbsp;&amp;&#32;two</p><!-- hidden --><div>Three<br>four</div><style>x{}</style><SCRIPT>alert(1)</SCRIPT>5 &lt; 6 &#x263A; &unknown;', 1000)).toBe(
+      'One & two\n\nThree\nfour\n5 < 6 ☺ &unknown;',
+    );
+    expect(htmlToText('<table><tr><td>a</td><td>b</td></tr></table>', 100)).toBe('a b');
+    expect(htmlToText('a < b and <notatag', 100)).toBe('a < b and');
+    expect(htmlToText('x'.repeat(1000), 10)).toHaveLength(10);
+  });
+
+  it('finds written-out URLs and href targets, trims sentence punctuation, lower-cases scheme and host', () => {
+    expect(extractUrls('See HTTPS://Example.TEST/Path?Q=1. And (https://b.example.test/x), https://w.example.test/wiki/A_(b).', false)).toEqual([
+      'https://example.test/Path?Q=1',
+      'https://b.example.test/x',
+      'https://w.example.test/wiki/A_(b)',
+    ]);
+    expect(extractUrls('<a href = "\n https://h.example.test/a?x=1&amp;y=2 ">t</a><a href=\'mailto:x@y\'>m</a><a href=https://bare.example.test/u>u</a><a href="#top">', true)).toEqual([
+      'https://h.example.test/a?x=1&y=2',
+      'https://bare.example.test/u',
+    ]);
+    expect(extractUrls('no links here, http:// alone, ftp://x.example.test', false)).toEqual([]);
+  });
+
+  it('finds a URL split across streamed pieces, once, wherever the cut falls', () => {
+    // Pieces of 7919 are scanned in batches of five (39 595 characters): move the link across that cut.
+    for (let at = 39_520; at < 39_600; at += 3) {
+      const urls = new UrlSet();
+      const s = new UrlScanner(urls, true);
+      const text = 'x'.repeat(at) + ' <a href="https://split.example.test/p/q"> ' + 'y'.repeat(at) + ' https://text.example.test/r/s ' + 'z'.repeat(90_000);
+      for (let i = 0; i < text.length; i += 7919) s.push(text.slice(i, i + 7919));
+      s.end();
+      expect(urls.list(), `link at ${at}`).toEqual(['https://split.example.test/p/q', 'https://text.example.test/r/s']);
+    }
+  });
+});
+
+describe('transfer decoders', () => {
+  function decodeInPieces(encoding: string, input: Buffer, size: number): Buffer {
+    const d = transferDecoder(encoding);
+    const out: Buffer[] = [];
+    for (let i = 0; i < input.length; i += size) out.push(d.push(input.subarray(i, i + size)));
+    out.push(d.end());
+    return Buffer.concat(out);
+  }
+
+  it('decodes base64 split anywhere, with odd line lengths, stray characters and padding mid-stream', () => {
+    let seed = 3;
+    const data = Buffer.from(Buffer.alloc(5000).map(() => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24));
+    const odd = data.toString('base64').replace(/.{75}/g, '$&\r\n');
+    const perLine = [data.subarray(0, 10), data.subarray(10, 21), data.subarray(21)].map((b) => b.toString('base64')).join('\r\n');
+    for (const size of [1, 2, 3, 5, 7, 76, 1000, 4096]) {
+      expect(decodeInPieces('base64', Buffer.from(odd), size).equals(data), `odd lines in ${size}`).toBe(true);
+      expect(decodeInPieces('base64', Buffer.from(perLine), size).equals(data), `padded lines in ${size}`).toBe(true);
+    }
+    expect(decodeInPieces('base64', Buffer.from('SGVsbG8g*&^%$ d29y!!bGQh'), 5).toString()).toBe('Hello world!');
+    expect(decodeInPieces('base64', Buffer.from('SGk'), 1).toString()).toBe('Hi'); // missing "="
+  });
+
+  it('decodes quoted-printable split anywhere: escapes, soft breaks, literal "=", over-long lines', () => {
+    const qp = Buffer.from('caf=C3=A9 cr=C3=A8=\r\nme =3D ok=\r\n joined\r\n= not an escape =ZZ\r\ntrailing soft=  \r\nend=');
+    const expected = 'café crème = ok joined\r\n= not an escape =ZZ\r\ntrailing softend';
+    for (const size of [1, 2, 3, 4, 9, 64, 1000]) expect(decodeInPieces('quoted-printable', qp, size).toString(), `in ${size}`).toBe(expected);
+    const long = Buffer.from(('ab=3D' + 'x'.repeat(50)).repeat(400)); // 22 KB without a line break
+    const longExpected = ('ab=' + 'x'.repeat(50)).repeat(400);
+    for (const size of [4097, 5000, 65_536]) expect(decodeInPieces('quoted-printable', long, size).toString(), `long in ${size}`).toBe(longExpected);
+  });
+
+  it('passes 7bit, 8bit, binary and unknown encodings through', () => {
+    for (const enc of ['7bit', '8bit', 'binary', 'x-uuencode', '']) expect(decodeInPieces(enc, Buffer.from('a=3Db'), 2).toString()).toBe('a=3Db');
+  });
+});

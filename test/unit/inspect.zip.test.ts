@@ -1,0 +1,157 @@
+import { deflateRawSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { ZipLister } from '../../src/inspect/zip.js';
+
+interface Entry {
+  name: string | Buffer;
+  data: Buffer;
+  /** general purpose flags on top of what the options imply */
+  flags?: number;
+  deflate?: boolean;
+  /** bit 3: sizes zero in the local header, a data descriptor after the data */
+  descriptor?: 'signed' | 'unsigned';
+  /** sizes as 0xFFFFFFFF in the header, the real ones in a ZIP64 extra field */
+  zip64?: boolean;
+}
+
+/** A zip built the way the writers in the wild do (enough of it for a local-header reader). */
+function zip(entries: Entry[]): Buffer {
+  const out: Buffer[] = [];
+  const central: Buffer[] = [];
+  let offset = 0;
+  for (const e of entries) {
+    const name = typeof e.name === 'string' ? Buffer.from(e.name, 'utf8') : e.name;
+    const data = e.deflate ? deflateRawSync(e.data) : e.data;
+    const flags = (e.flags ?? 0) | (e.descriptor ? 0x0008 : 0) | (typeof e.name === 'string' ? 0x0800 : 0);
+    let extra = Buffer.alloc(0);
+    if (e.zip64) {
+      extra = Buffer.alloc(20);
+      extra.writeUInt16LE(0x0001, 0);
+      extra.writeUInt16LE(16, 2);
+      extra.writeBigUInt64LE(BigInt(e.data.length), 4);
+      extra.writeBigUInt64LE(BigInt(data.length), 12);
+    }
+    const h = Buffer.alloc(30);
+    h.writeUInt32LE(0x04034b50, 0);
+    h.writeUInt16LE(e.zip64 ? 45 : 20, 4);
+    h.writeUInt16LE(flags, 6);
+    h.writeUInt16LE(e.deflate ? 8 : 0, 8);
+    h.writeUInt32LE(e.descriptor ? 0 : 0x12345678, 14);
+    const sizes = e.descriptor ? [0, 0] : e.zip64 ? [0xffffffff, 0xffffffff] : [data.length, e.data.length];
+    h.writeUInt32LE(sizes[0]!, 18);
+    h.writeUInt32LE(sizes[1]!, 22);
+    h.writeUInt16LE(name.length, 26);
+    h.writeUInt16LE(extra.length, 28);
+    const before = out.length;
+    out.push(h, name, extra, data);
+    if (e.descriptor) {
+      const d = Buffer.alloc(e.descriptor === 'signed' ? 16 : 12);
+      let p = 0;
+      if (e.descriptor === 'signed') p = d.writeUInt32LE(0x08074b50, 0);
+      p = d.writeUInt32LE(0x12345678, p);
+      p = d.writeUInt32LE(data.length, p);
+      d.writeUInt32LE(e.data.length, p);
+      out.push(d);
+    }
+    const c = Buffer.alloc(46);
+    c.writeUInt32LE(0x02014b50, 0);
+    c.writeUInt32LE(offset, 42);
+    central.push(c, name);
+    offset += out.slice(before).reduce((n, b) => n + b.length, 0);
+  }
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  return Buffer.concat([...out, ...central, end]);
+}
+
+function list(bytes: Buffer, chunkSize = bytes.length || 1, maxEntries?: number) {
+  const z = new ZipLister(maxEntries);
+  for (let i = 0; i < bytes.length; i += chunkSize) z.push(bytes.subarray(i, i + chunkSize));
+  return z.listing;
+}
+
+const text = (s: string) => Buffer.from(s);
+
+describe('zip listing from local headers', () => {
+  it('lists the entries of a plain zip in order, not encrypted', () => {
+    const l = list(zip([{ name: 'readme.txt', data: text('hello') }, { name: 'bin/setup.exe', data: Buffer.alloc(3000, 1) }]));
+    expect(l).toEqual({ isZip: true, entries: ['readme.txt', 'bin/setup.exe'], entryCount: 2, encrypted: false });
+  });
+
+  it('reports encryption when any entry has general purpose bit 0', () => {
+    const l = list(zip([{ name: 'a.txt', data: text('a') }, { name: 'secret.docx', data: Buffer.alloc(100, 7), flags: 0x0001 }]));
+    expect(l.encrypted).toBe(true);
+    expect(l.entries).toEqual(['a.txt', 'secret.docx']);
+  });
+
+  it('finds the next entry by its signature when sizes follow the data (bit 3), signed descriptor or not', () => {
+    const bytes = zip([
+      { name: 'one.txt', data: text('first entry '.repeat(500)), deflate: true, descriptor: 'signed' },
+      { name: 'two.bin', data: Buffer.alloc(5000, 9), deflate: true, descriptor: 'unsigned' },
+      { name: 'three.exe', data: text('MZ third'), descriptor: 'signed' },
+    ]);
+    expect(list(bytes).entries).toEqual(['one.txt', 'two.bin', 'three.exe']);
+  });
+
+  it('gives the same listing however the bytes are chunked (signatures and headers split across chunks)', () => {
+    const bytes = zip([
+      { name: 'a.txt', data: text('x'.repeat(70)), deflate: true, descriptor: 'signed' },
+      { name: 'b.txt', data: text('y'.repeat(40)) },
+      { name: 'c.txt', data: text('z'), flags: 1, descriptor: 'unsigned' },
+    ]);
+    const whole = list(bytes);
+    expect(whole.entries).toEqual(['a.txt', 'b.txt', 'c.txt']);
+    for (const size of [1, 2, 3, 5, 29, 31, 64]) expect(list(bytes, size)).toEqual(whole);
+  });
+
+  it('skips ZIP64 entries by the sizes in their extra field', () => {
+    const l = list(zip([{ name: 'big.bin', data: Buffer.from('PK\x03\x04 inside stored data') , zip64: true }, { name: 'after.txt', data: text('ok') }]));
+    expect(l.entries).toEqual(['big.bin', 'after.txt']);
+  });
+
+  it('lists a zip inside the zip by name only', () => {
+    const inner = zip([{ name: 'hidden.exe', data: text('MZ') }]);
+    const l = list(zip([{ name: 'inner.zip', data: inner }, { name: 'note.txt', data: text('hi') }]));
+    expect(l.entries).toEqual(['inner.zip', 'note.txt']);
+  });
+
+  it('caps the names kept but still counts entries and sees encryption past the cap', () => {
+    const entries: Entry[] = Array.from({ length: 1500 }, (_, i) => ({ name: `f${i}.txt`, data: text(String(i)) }));
+    entries[1400]!.flags = 0x0001;
+    const l = list(zip(entries), 4096);
+    expect(l.entries).toHaveLength(1000);
+    expect(l.entries[999]).toBe('f999.txt');
+    expect(l.entryCount).toBe(1500);
+    expect(l.encrypted).toBe(true);
+    expect(list(zip(entries.slice(0, 20)), 4096, 5).entries).toEqual(['f0.txt', 'f1.txt', 'f2.txt', 'f3.txt', 'f4.txt']);
+  });
+
+  it('decodes names as UTF-8 when flagged or valid, Latin-1 otherwise', () => {
+    const l = list(zip([{ name: 'résumé.pdf', data: text('a') }, { name: Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x2e, 0x74, 0x78, 0x74]), data: text('b') }]));
+    expect(l.entries).toEqual(['résumé.pdf', 'café.txt']);
+  });
+
+  it('is not a zip when the content does not start with a local header', () => {
+    expect(list(Buffer.from('%PDF-1.4 ... PK\x03\x04'))).toEqual({ isZip: false, entries: [], entryCount: 0, encrypted: false });
+    expect(list(Buffer.alloc(0)).isZip).toBe(false);
+  });
+
+  it('keeps what it listed from a truncated or corrupt archive, without throwing', () => {
+    const bytes = zip([{ name: 'ok.txt', data: text('fine') }, { name: 'cut.txt', data: Buffer.alloc(1000) }]);
+    expect(list(bytes.subarray(0, 60)).entries).toEqual(['ok.txt']);
+    const corrupt = Buffer.from(bytes);
+    corrupt.writeUInt16LE(0xffff, 26); // first name length: 64 KB
+    expect(() => list(corrupt, 7)).not.toThrow();
+    let seed = 1;
+    const noise = Buffer.alloc(20000, 0).map(() => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24);
+    expect(() => list(Buffer.concat([Buffer.from('PK\x03\x04'), noise]), 333)).not.toThrow();
+  });
+
+  it('walks a large stored entry without copying it (known size: skipped, not scanned)', () => {
+    const big = Buffer.alloc(20 * 1024 * 1024, 0x50); // "PPPP…": many half signatures to trip a scan
+    const bytes = zip([{ name: 'big.bin', data: big }, { name: 'tail.txt', data: text('end') }]);
+    const started = performance.now();
+    expect(list(bytes, 65536).entries).toEqual(['big.bin', 'tail.txt']);
+    expect(performance.now() - started).toBeLessThan(1000);
+  });
+});
