@@ -17,6 +17,8 @@ RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY douane.example.yaml ./
 COPY policies ./policies
+# policies/tests refer to these, so that `douane policy test` runs in the image too
+COPY fixtures/messages ./fixtures/messages
 RUN mkdir -p /var/spool/douane /var/lib/douane /etc/douane \
  && chown node:node /var/spool/douane /var/lib/douane
 USER node

@@ -5,6 +5,7 @@
 import { ValidationError } from './validate/source.js';
 import { UsageError } from './cli/args.js';
 import { serve } from './cli/serve.js';
+import { policyCommand } from './cli/policy.js';
 import { loadConfig } from './config/load.js';
 import { describePipeline } from './pipeline/index.js';
 import { reasonsMarkdown } from './cli/reasons.js';
@@ -15,6 +16,7 @@ const HELP = `Usage: douane <command> [options]
 Commands:
   serve                 run the gateway (douane serve --help)
   config check [FILE]   validate a configuration file (or the embedded default) and exit 0/1
+  policy                check, test, explain and diff policies (douane policy --help)
   pipeline              print the checks run at each SMTP phase, in order
   reasons               print every refusal reason, its reply and what to do (Markdown)
   version               print the version
@@ -35,6 +37,8 @@ async function main(argv: string[]): Promise<number> {
       console.log(`${loaded.source}: ok${loaded.overrides.length ? ` (overridden by ${loaded.overrides.join(', ')})` : ''}`);
       return 0;
     }
+    case 'policy':
+      return policyCommand(rest);
     case 'pipeline':
       console.log(describePipeline());
       return 0;

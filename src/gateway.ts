@@ -7,6 +7,7 @@ import { cachedProbe, type ReadinessProbe } from './admin.js';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
+import { MessageInspector } from './inspect/mime.js';
 import { Spool } from './data/spool.js';
 import type { Logger } from './log.js';
 import { replyClass, type Metrics } from './metrics.js';
@@ -14,6 +15,8 @@ import { runPhase, PIPELINE, type PhaseOutcome } from './pipeline/index.js';
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
+import { PolicyStore } from './policy/store.js';
+import { LoggingStrikeSink, type StrikeSink } from './policy/strikes.js';
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, newReference, replyFor, type WireReply } from './smtp/replies.js';
@@ -26,6 +29,9 @@ import { UpstreamError, type SmtpClient } from './upstream/smtp-client.js';
 export interface GatewayDeps {
   logger: Logger;
   metrics: Metrics;
+  /** the policy in force; by default loaded from config.policy.dir */
+  policies?: PolicyStore;
+  strikes?: StrikeSink;
   upstream?: UpstreamProvider;
   clock?: Clock;
   pipeline?: Readonly<Record<Phase, readonly Check[]>>;
@@ -51,6 +57,7 @@ export class Gateway {
   private readonly metrics: Metrics;
   private readonly pipeline: Readonly<Record<Phase, readonly Check[]>>;
   private readonly checkDeps: CheckDeps;
+  readonly policies: PolicyStore;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -70,10 +77,14 @@ export class Gateway {
         idleMs: config.upstream.pool.idle,
         xclient: config.upstream.xclient,
       });
+    this.policies = deps.policies ?? new PolicyStore(config.policy.dir, this.log, this.metrics);
     this.checkDeps = {
       clock: this.clock,
       connectionsFrom: (ip) => this.perIp.get(ip) ?? 0,
       trustedNetwork: (listener, ip) => this.trusted.get(listener)?.has(ip) ?? false,
+      policy: () => this.policies.current,
+      strikes: deps.strikes ?? new LoggingStrikeSink(this.log, this.metrics),
+      metrics: this.metrics,
     };
     Spool.prepare(config.spool.dir);
     this.tls = loadTlsMaterial(config);
@@ -368,8 +379,10 @@ export class Gateway {
       recipients: [],
       results: [],
       tags: [],
+      would: [],
       timings: {},
       done: false,
+      policy: this.policies.current,
     };
     if (typeof args.SIZE === 'string') tx.declaredSize = Number(args.SIZE);
     state.tx = tx;
@@ -448,17 +461,24 @@ export class Gateway {
     tx.spool = spool;
     const max = this.config.smtp.max_message_size;
     const watch = new LineEndingWatch();
+    const limits = tx.policy.doc.inspection;
+    const inspector = new MessageInspector({ maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
     let size = 0;
     try {
       try {
+        // One pass over the stream: line endings, size, spool, MIME inspection.
         for await (const chunk of stream as AsyncIterable<Buffer>) {
           size += chunk.length;
           watch.push(chunk);
           // Past the limit we keep reading (the client must reach its final dot) but stop storing.
           if (size > max) tx.oversize = true;
-          else await spool.write(chunk);
+          else {
+            await spool.write(chunk);
+            await inspector.write(chunk);
+          }
         }
         await spool.finish();
+        if (!tx.oversize) tx.message = await inspector.end();
       } catch (err) {
         this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
         throw err;
@@ -480,7 +500,7 @@ export class Gateway {
       const relayStarted = performance.now();
       let reply: SmtpReply;
       try {
-        reply = await state.upstream.data(spool.reader());
+        reply = await state.upstream.data(spool.reader(), tagHeader(tx.tags));
       } catch (err) {
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
@@ -593,6 +613,9 @@ export class Gateway {
         reason: outcome.reason,
         rule: outcome.rule?.id,
         article: outcome.rule?.article,
+        rule_source: outcome.rule?.source,
+        policy: tx.policy.version,
+        would: tx.would.length ? tx.would : undefined,
         reply: outcome.reply,
         tags: tx.tags.length ? tx.tags : undefined,
         checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ms: r.ms })),
@@ -620,6 +643,12 @@ export class Gateway {
 function passThrough(reply: SmtpReply): ReplyError {
   const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
   return new ReplyError({ code: reply.code, enhanced, text: replyText(reply), close: false });
+}
+
+/** Rules with the action "tag" mark the message for the upstream's own filters. */
+function tagHeader(tags: string[]): Buffer | undefined {
+  if (tags.length === 0) return undefined;
+  return Buffer.from(`X-Douane-Tags: ${[...new Set(tags)].join(', ')}\r\n`);
 }
 
 function withEnhanced(reply: SmtpReply, fallback: string): string {

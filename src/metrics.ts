@@ -24,8 +24,17 @@ export class Metrics {
   readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
   readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused)', labelNames: ['kind'], registers: [this.registry] });
 
+  readonly policyInfo = new Gauge({ name: 'douane_policy_info', help: 'Policy version in force (1) and versions replaced (0)', labelNames: ['version'], registers: [this.registry] });
+  readonly policyReloads = new Counter({ name: 'douane_policy_reloads_total', help: 'Policy reloads by result (a failed reload keeps the last good policy)', labelNames: ['result'], registers: [this.registry] });
+  readonly policyLastReloadSuccess = new Gauge({ name: 'douane_policy_last_reload_success', help: '1 if the last policy reload succeeded (or none was tried), 0 if it failed', registers: [this.registry] });
+  readonly policyRules = new Gauge({ name: 'douane_policy_rules', help: 'Rules in the policy in force, by phase and mode', labelNames: ['phase', 'mode'], registers: [this.registry] });
+  readonly policyMatches = new Counter({ name: 'douane_policy_matches_total', help: 'Enforced rule matches by rule and action', labelNames: ['rule', 'action'], registers: [this.registry] });
+  readonly policyWould = new Counter({ name: 'douane_policy_would_total', help: 'Monitor-mode rule matches: what the rule would have done', labelNames: ['rule', 'action'], registers: [this.registry] });
+  readonly strikes = new Counter({ name: 'douane_strikes_total', help: 'Strike events recorded, by event', labelNames: ['event'], registers: [this.registry] });
+
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     this.buildInfo.labels(opts.version, process.version).set(1);
+    this.policyLastReloadSuccess.set(1);
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'douane_process_' });
   }
 }

@@ -79,6 +79,62 @@ export const REASONS = {
     sentence: 'Too many recipients for one message (limit {limit}); send the rest in another message.',
     solution: 'The client may send the remaining recipients in a new transaction. The limit is smtp.max_recipients.',
   },
+  'policy.rule': {
+    sentence: 'Message refused by the sending policy of your provider.',
+    solution: 'A policy rule refused it; the rule id and contract article follow the reference. See the rule in policies/.',
+  },
+  'limit.rate': {
+    sentence: 'Sending limit reached ({limit}); try again in {retry}.',
+    solution: 'The account went over a limit of its plan (art. 4.6). It lifts by itself; a plan change or an account override in policies/ raises it.',
+  },
+  'message.malware': {
+    sentence: 'Message refused: it contains malware ({signature}).',
+    solution: 'The antivirus found the named signature. The message was kept in quarantine; if it is a false positive the security team can release it.',
+  },
+  'message.unscannable': {
+    sentence: 'Your message could not be checked for viruses right now; it was not accepted, please try again later.',
+    solution: 'clamd was unreachable, timed out or gave no clear answer. Check clamd; scanning.fail_open in the policy lets mail through unscanned (tagged) instead.',
+  },
+  'bulk.campaign': {
+    sentence: 'Message refused: the same content went to too many recipients ({recipients}); bulk mailing is not allowed from this account.',
+    solution: 'Bulk-send detection (art. 4.6). Newsletters with an agreement go in allowlists.bulk_exempt.',
+  },
+  'sender.not_owned': {
+    sentence: 'Sender address {sender} does not belong to your account.',
+    solution: 'The envelope sender is not the account, one of its aliases or (sender.same_domain) its domain. Add the alias to accounts.<account>.aliases if legitimate.',
+  },
+  'from.not_owned': {
+    sentence: 'Message refused: the From address ({from}) does not belong to your account.',
+    solution: 'The From:/Sender: header names an address the account does not own — typical of a stolen account sending phishing (art. 4.1).',
+  },
+  'from.multiple': {
+    sentence: 'Message refused: a message may have only one From address.',
+    solution: 'Several From: addresses are a spoofing technique; the sending software must use one.',
+  },
+  'content.forbidden': {
+    sentence: 'Message refused: its content is not allowed by the terms of service.',
+    solution: 'A content rule (art. 4.3) matched. The rule id follows the reference.',
+  },
+  'attachment.forbidden': {
+    sentence: 'Message refused: it carries a type of attachment that may not be sent by email (executables, scripts).',
+    solution: 'Executable attachments are refused whatever their name (art. 4.6). Share such files another way.',
+  },
+  'mime.limits': {
+    sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',
+    solution: 'The message goes over inspection.max_parts, max_depth or max_header_size; usually a malformed or hostile message.',
+  },
+  'account.suspended': {
+    sentence: 'Sending is suspended for this account ({account}).',
+    solution: 'The account was suspended for abuse (art. 4.6) or locked as compromised (art. 4.1). The security team reinstates it with douane accounts reinstate.',
+  },
+  'account.nonpayment': {
+    sentence: 'Sending is suspended for this account until an unpaid invoice is settled.',
+    solution: 'The lifecycle API reports the account suspended for non-payment (art. 6); it is reactivated after payment.',
+  },
+  'account.closed': {
+    sentence: 'This account is closed and can no longer send mail.',
+    solution: 'The lifecycle API reports the account closed (end of contract, art. 8).',
+  },
   'upstream.unavailable': {
     sentence: 'The mail server is temporarily unavailable; your message was not accepted, please try again later.',
     solution: 'Douane could not reach or lost the upstream MTA. Nothing was accepted; the client retries. Check the MTA.',
@@ -99,8 +155,12 @@ export const REASONS = {
 
 export type ReasonCode = keyof typeof REASONS;
 
-export function reasonSentence(reason: ReasonCode, detail: Record<string, unknown> = {}): string {
-  return REASONS[reason].sentence.replace(/\{(\w+)\}/g, (_, key: string) =>
-    detail[key] === undefined ? `{${key}}` : String(detail[key]),
-  );
+/** Fills {placeholders}; an unknown one is left out rather than shown raw to the client. */
+export function fillSentence(sentence: string, detail: Record<string, unknown> = {}): string {
+  return sentence
+    .replace(/\s*\(?\{(\w+)\}\)?/g, (whole, key: string) => {
+      if (detail[key] === undefined) return '';
+      return whole.replace(`{${key}}`, String(detail[key]));
+    })
+    .replace(/\s+([.;,])/g, '$1');
 }

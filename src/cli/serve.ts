@@ -18,7 +18,8 @@ Options:
   --config FILE   configuration file (YAML); see douane.example.yaml
   --help          this text
 
-Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0.`;
+Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0; SIGHUP reloads
+the policy (a bad policy is refused and the one in force stays).`;
 
 export async function serve(argv: string[]): Promise<number> {
   const args = parseArgs(argv, { flags: ['help'], options: ['config'] });
@@ -36,6 +37,9 @@ export async function serve(argv: string[]): Promise<number> {
   for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
   await gateway.start();
   await admin?.start();
+  logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
+  if (config.policy.watch) gateway.policies.watch();
+  process.on('SIGHUP', () => gateway.policies.reload('SIGHUP'));
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -43,6 +47,7 @@ export async function serve(argv: string[]): Promise<number> {
       if (stopping) return;
       stopping = true;
       logger.info({ event: 'signal', signal }, `${signal}: stopping`);
+      gateway.policies.close();
       gateway
         .stop()
         .then(() => admin?.stop())

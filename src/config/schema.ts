@@ -2,6 +2,7 @@
 // The example file (douane.example.yaml) documents each key; the two must be kept together.
 
 import os from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { cidr, ipAddress, type Cidr } from '../validate/net.js';
 import {
   bool,
@@ -20,6 +21,9 @@ import {
   withDefault,
   type Issue,
 } from '../validate/schema.js';
+
+/** The policies shipped with Douane (policies/ next to src/ and dist/). */
+export const SHIPPED_POLICIES = fileURLToPath(new URL('../../policies', import.meta.url));
 
 const listener = refine(
   obj({
@@ -98,6 +102,13 @@ export const configSchema = obj({
     }),
   ),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  policy: section(
+    obj({
+      dir: withDefault(str(), SHIPPED_POLICIES),
+      /** reload when a file in the directory changes (SIGHUP always reloads) */
+      watch: withDefault(bool(), true),
+    }),
+  ),
   admin: section(
     obj({
       address: withDefault(ipAddress(), '127.0.0.1'),

@@ -8,6 +8,11 @@ import { connectTrustedNetwork } from './checks/connect.trusted-network.js';
 import { dataLineEndings } from './checks/data.line-endings.js';
 import { dataSize } from './checks/data.size.js';
 import { mailDeclaredSize } from './checks/mail.declared-size.js';
+import { mailSenderAlignment } from './checks/mail.sender-alignment.js';
+import { mailPolicy } from './checks/mail.policy.js';
+import { rcptPolicy } from './checks/rcpt.policy.js';
+import { dataPolicy } from './checks/data.policy.js';
+import { dataSenderAlignment } from './checks/data.sender-alignment.js';
 import { rcptMaxRecipients } from './checks/rcpt.max-recipients.js';
 import type { Check, CheckContext } from './types.js';
 import { CONTINUE, isTerminal, type Phase, type Verdict } from './verdict.js';
@@ -15,9 +20,9 @@ import { CONTINUE, isTerminal, type Phase, type Verdict } from './verdict.js';
 export const PIPELINE: Readonly<Record<Phase, readonly Check[]>> = Object.freeze({
   connect: [connectTrustedNetwork, connectPerIpCap],
   auth: [],
-  mail: [mailDeclaredSize],
-  rcpt: [rcptMaxRecipients],
-  data: [dataLineEndings, dataSize],
+  mail: [mailDeclaredSize, mailSenderAlignment, mailPolicy],
+  rcpt: [rcptMaxRecipients, rcptPolicy],
+  data: [dataLineEndings, dataSize, dataSenderAlignment, dataPolicy],
 });
 
 export interface PhaseOutcome {

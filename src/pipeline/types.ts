@@ -2,6 +2,9 @@
 // configuration, session, transaction and dependencies — so a unit test needs no socket.
 
 import type { Config } from '../config/schema.js';
+import type { Metrics } from '../metrics.js';
+import type { Policy } from '../policy/policy.js';
+import type { StrikeSink } from '../policy/strikes.js';
 import type { SessionState, Transaction } from '../session/state.js';
 import type { Phase, Verdict } from './verdict.js';
 
@@ -16,6 +19,10 @@ export interface CheckDeps {
   connectionsFrom(ip: string): number;
   /** is this address allowed on this trusted listener? */
   trustedNetwork(listener: string, ip: string): boolean;
+  /** the policy in force now (a transaction keeps the one it started with: tx.policy) */
+  policy(): Policy;
+  strikes: StrikeSink;
+  metrics: Metrics;
 }
 
 export interface CheckContext {
@@ -26,6 +33,16 @@ export interface CheckContext {
   tx?: Transaction;
   /** rcpt phase: the recipient being checked */
   recipient?: string;
+  /** `douane policy explain`: receives each rule's evaluation steps */
+  trace?: (entries: RuleTrace[]) => void;
+}
+
+export interface RuleTrace {
+  rule: string;
+  source: string;
+  mode: string;
+  matched: boolean;
+  steps: string[];
 }
 
 export interface Check {

@@ -19,6 +19,8 @@ export interface RuleRef {
 export interface Verdict {
   action: Action;
   reason?: ReasonCode;
+  /** replaces the reason's sentence (a policy rule's own message); same {placeholders} */
+  message?: string;
   /** values for the reason's sentence and for the log ({limit}, {ip}, …) */
   detail?: Record<string, string | number>;
   rule?: RuleRef;

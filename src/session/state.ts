@@ -6,6 +6,8 @@ import type { LineEndingFacts } from '../data/line-endings.js';
 import type { Spool } from '../data/spool.js';
 import type { Action, Phase, RuleRef } from '../pipeline/verdict.js';
 import type { ReasonCode } from '../reasons.js';
+import type { BulkFacts, LimitFacts, MessageFacts, ScanFacts } from '../policy/facts.js';
+import type { Policy } from '../policy/policy.js';
 
 export type ListenerMode = 'starttls' | 'tls' | 'trusted';
 
@@ -44,6 +46,23 @@ export interface Transaction {
   recipients: RecipientRecord[];
   results: CheckResult[];
   tags: string[];
+  /** the policy this transaction is evaluated under, fixed at MAIL (a reload does not change it) */
+  policy: Policy;
+  /** facts gathered by the checks, for the policy rules */
+  senderAligned?: boolean;
+  fromAligned?: boolean;
+  accountStatus?: string;
+  limits?: LimitFacts;
+  /** RCPT phase: limits the recipient being checked goes over */
+  recipientLimits?: LimitFacts;
+  baselineRatio?: number;
+  message?: MessageFacts;
+  scan?: ScanFacts;
+  bulk?: BulkFacts;
+  /** monitor-mode rules that matched: what they would have done */
+  would: { rule: string; action: string; phase: string }[];
+  /** quarantine requested by the deciding rule */
+  quarantine?: boolean;
   /** filled during DATA */
   size?: number;
   lineEndings?: LineEndingFacts;

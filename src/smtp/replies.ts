@@ -3,7 +3,7 @@
 // contract article. Checks never choose codes; they choose reasons.
 
 import { randomInt } from 'node:crypto';
-import { reasonSentence, type ReasonCode } from '../reasons.js';
+import { REASONS, fillSentence, type ReasonCode } from '../reasons.js';
 import type { Phase, Verdict } from '../pipeline/verdict.js';
 
 type Wire = readonly [code: number, enhanced: string];
@@ -35,6 +35,20 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'message.nul_byte': { reject: [550, '5.6.0'] },
   'message.too_big': { reject: [552, '5.3.4'] },
   'recipients.too_many': { tempfail: [452, '4.5.3'] },
+  'policy.rule': { reject: [550, '5.7.1'], tempfail: [451, '4.7.1'] },
+  'limit.rate': { tempfail: [450, '4.7.1'] },
+  'message.malware': { reject: [554, '5.7.1'] },
+  'message.unscannable': { tempfail: [451, '4.3.0'] },
+  'bulk.campaign': { reject: [550, '5.7.1'] },
+  'sender.not_owned': { reject: [553, '5.7.1'] },
+  'from.not_owned': { reject: [550, '5.7.1'] },
+  'from.multiple': { reject: [550, '5.7.1'] },
+  'content.forbidden': { reject: [550, '5.7.1'] },
+  'attachment.forbidden': { reject: [550, '5.7.1'] },
+  'mime.limits': { reject: [554, '5.6.0'] },
+  'account.suspended': { reject: [550, '5.7.1'] },
+  'account.nonpayment': { reject: [550, '5.7.1'] },
+  'account.closed': { reject: [550, '5.7.1'] },
   'upstream.unavailable': { tempfail: [451, '4.4.1'] },
   'upstream.session_lost': { tempfail: [421, '4.4.1'], close: true },
   'internal.error': { tempfail: [451, '4.3.0'] },
@@ -71,13 +85,14 @@ export function replyFor(verdict: Verdict, _phase: Phase, reference: string): Wi
   const reason: ReasonCode = verdict.reason ?? 'internal.error';
   const spec = TABLE[reason];
   const kind = verdict.action === 'tempfail' ? 'tempfail' : 'reject';
-  const wire = spec[kind] ?? spec.reject ?? spec.tempfail ?? DEFAULT_WIRE[kind];
+  // A reason without a reply of the verdict's class gets the class default: a tempfail is never a 5xx.
+  const wire = spec[kind] ?? DEFAULT_WIRE[kind];
   let trace = `Ref ${reference}`;
   if (verdict.rule) trace += `, rule ${verdict.rule.id}${verdict.rule.article ? `, art. ${verdict.rule.article}` : ''}`;
   return {
     code: wire[0],
     enhanced: wire[1],
-    text: `${reasonSentence(reason, verdict.detail)} ${trace}.`,
+    text: `${fillSentence(verdict.message ?? REASONS[reason].sentence, verdict.detail)} ${trace}.`,
     close: spec.close === true,
   };
 }

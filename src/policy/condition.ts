@@ -1,0 +1,246 @@
+// The condition language of policy rules: small, declarative, no evaluation of code.
+//
+//   when:
+//     all:                                  # also: any: [...], not: {...}
+//       - subject: { matches: "urgent|verify your account" }
+//       - recipients.count: { gt: 20 }
+//       - attachments.detected_types: { in: [executable, script] }
+//
+// A mapping with several fields means all of them; a bare value means `equals`. On a list field
+// (recipients, urls, …) an operator holds when it holds for at least one element, and `empty: false`
+// means the list has at least one element. Text comparisons ignore case. A field whose fact is absent (not computed) satisfies only `exists: false`.
+// Conditions are checked and compiled once, at load: unknown fields, operators that do not fit the
+// field's type and unsafe regular expressions are errors with their position.
+
+import { regex, type Issue, type Path, type Schema } from '../validate/schema.js';
+import type { Facts } from './facts.js';
+import { lookupField, PHASE_ORDER, type FieldSpec, type FieldType, type RulePhase } from './fields.js';
+
+export interface Condition {
+  test(f: Facts): boolean;
+  /** the same evaluation, recording each leaf's outcome for `douane policy explain` */
+  explain(f: Facts, out: string[]): boolean;
+  /** the earliest phase at which every field it names is known */
+  phase: RulePhase;
+  fields: string[];
+}
+
+type Leaf = (value: unknown) => boolean;
+
+const STRING_OPS = ['equals', 'in', 'matches', 'contains', 'starts_with', 'ends_with', 'exists'] as const;
+const LIST_OPS = [...STRING_OPS, 'empty'] as const;
+const NUMBER_OPS = ['equals', 'in', 'gt', 'gte', 'lt', 'lte', 'exists'] as const;
+const BOOL_OPS = ['equals', 'exists'] as const;
+
+function opsFor(type: FieldType): readonly string[] {
+  return type === 'number' ? NUMBER_OPS : type === 'bool' ? BOOL_OPS : type === 'strings' ? LIST_OPS : STRING_OPS;
+}
+
+const lower = (v: unknown) => String(v).toLowerCase();
+
+/** Builds one operator's test over a single (non-list) value. */
+function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues: Issue[]): Leaf | undefined {
+  const bad = (expected: string) => {
+    issues.push({ path, message: `must be ${expected} for ${op} on a ${spec.type === 'strings' ? 'list of text' : spec.type} field (got ${JSON.stringify(arg)})` });
+    return undefined;
+  };
+  const scalarOk = (v: unknown) => (spec.type === 'number' ? typeof v === 'number' : spec.type === 'bool' ? typeof v === 'boolean' : typeof v === 'string' || typeof v === 'number');
+  switch (op) {
+    case 'equals': {
+      if (!scalarOk(arg)) return bad(spec.type === 'number' ? 'a number' : spec.type === 'bool' ? 'true or false' : 'a text value');
+      if (spec.type === 'number' || spec.type === 'bool') return (v) => v === arg;
+      const want = lower(arg);
+      return (v) => lower(v) === want;
+    }
+    case 'in': {
+      if (!Array.isArray(arg) || arg.length === 0 || !arg.every(scalarOk)) return bad('a non-empty list of values');
+      if (spec.type === 'number') {
+        const set = new Set(arg as number[]);
+        return (v) => set.has(v as number);
+      }
+      const set = new Set(arg.map(lower));
+      return (v) => set.has(lower(v));
+    }
+    case 'contains':
+    case 'starts_with':
+    case 'ends_with': {
+      if (typeof arg !== 'string' || arg === '') return bad('a non-empty text');
+      const want = arg.toLowerCase();
+      if (op === 'contains') return (v) => lower(v).includes(want);
+      if (op === 'starts_with') return (v) => lower(v).startsWith(want);
+      return (v) => lower(v).endsWith(want);
+    }
+    case 'matches': {
+      const compiled = regex('i').parse(arg, path, issues);
+      if (!compiled) return undefined;
+      const re = compiled.regex;
+      return (v) => re.test(String(v));
+    }
+    case 'gt':
+    case 'gte':
+    case 'lt':
+    case 'lte': {
+      if (typeof arg !== 'number' || !Number.isFinite(arg)) return bad('a number');
+      const n = arg;
+      if (op === 'gt') return (v) => typeof v === 'number' && v > n;
+      if (op === 'gte') return (v) => typeof v === 'number' && v >= n;
+      if (op === 'lt') return (v) => typeof v === 'number' && v < n;
+      return (v) => typeof v === 'number' && v <= n;
+    }
+    default:
+      return undefined;
+  }
+}
+
+function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, issues: Issue[]): Condition | undefined {
+  const opMap: Record<string, unknown> =
+    raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { equals: raw };
+  const allowed = opsFor(spec.type);
+  const tests: { op: string; leaf?: Leaf; exists?: boolean; empty?: boolean }[] = [];
+  const before = issues.length;
+  if (Object.keys(opMap).length === 0) issues.push({ path, message: `needs an operator: ${allowed.join(', ')}` });
+  for (const [op, arg] of Object.entries(opMap)) {
+    const opPath = raw === opMap ? [...path, op] : path;
+    if (!allowed.includes(op)) {
+      issues.push({ path: opPath, atKey: raw === opMap, message: `is not an operator for ${name} (a ${spec.type === 'strings' ? 'list of text' : spec.type} field); use one of: ${allowed.join(', ')}` });
+      continue;
+    }
+    if (op === 'exists' || op === 'empty') {
+      if (typeof arg !== 'boolean') issues.push({ path: opPath, message: 'must be true or false' });
+      else tests.push(op === 'exists' ? { op, exists: arg } : { op, empty: arg });
+      continue;
+    }
+    const leaf = compileOp(op, arg, spec, opPath, issues);
+    if (leaf) tests.push({ op, leaf });
+  }
+  if (issues.length > before) return undefined;
+  const isList = spec.type === 'strings';
+  const evaluate = (f: Facts): { ok: boolean; value: unknown } => {
+    const value = spec.get(f);
+    const present = value !== undefined && value !== null;
+    for (const t of tests) {
+      if (t.exists !== undefined) {
+        if (present !== t.exists) return { ok: false, value };
+        continue;
+      }
+      if (!present) return { ok: false, value };
+      if (t.empty !== undefined) {
+        if (((value as unknown[]).length === 0) !== t.empty) return { ok: false, value };
+        continue;
+      }
+      const holds = isList ? (value as unknown[]).some((v) => t.leaf!(v)) : t.leaf!(value);
+      if (!holds) return { ok: false, value };
+    }
+    return { ok: true, value };
+  };
+  return {
+    phase: spec.phase,
+    fields: [name],
+    test: (f) => evaluate(f).ok,
+    explain: (f, out) => {
+      const { ok, value } = evaluate(f);
+      out.push(`${ok ? 'match' : 'no match'}: ${name} ${JSON.stringify(opMap)} (value: ${preview(value)})`);
+      return ok;
+    },
+  };
+}
+
+function preview(value: unknown): string {
+  if (value === undefined) return 'not known';
+  const text = JSON.stringify(value);
+  return text.length > 120 ? text.slice(0, 117) + '…' : text;
+}
+
+function combine(kind: 'all' | 'any', parts: Condition[]): Condition {
+  const phase = parts.reduce<RulePhase>((p, c) => (PHASE_ORDER[c.phase] > PHASE_ORDER[p] ? c.phase : p), 'mail');
+  const fields = [...new Set(parts.flatMap((p) => p.fields))];
+  if (kind === 'all') {
+    return {
+      phase,
+      fields,
+      test: (f) => parts.every((p) => p.test(f)),
+      explain: (f, out) => {
+        for (const p of parts) if (!p.explain(f, out)) return false;
+        return true;
+      },
+    };
+  }
+  return {
+    phase,
+    fields,
+    test: (f) => parts.some((p) => p.test(f)),
+    explain: (f, out) => {
+      for (const p of parts) if (p.explain(f, out)) return true;
+      return false;
+    },
+  };
+}
+
+function compileNode(raw: unknown, path: Path, issues: Issue[], limitNames: readonly string[], depth: number): Condition | undefined {
+  if (depth > 16) {
+    issues.push({ path, message: 'is nested more than 16 levels deep' });
+    return undefined;
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    issues.push({ path, message: 'must be a condition: a mapping of field names to operators, or all/any/not' });
+    return undefined;
+  }
+  const entries = Object.entries(raw as Record<string, unknown>);
+  if (entries.length === 0) {
+    issues.push({ path, message: 'is an empty condition' });
+    return undefined;
+  }
+  const combinators = entries.filter(([k]) => k === 'all' || k === 'any' || k === 'not');
+  if (combinators.length && entries.length > 1) {
+    issues.push({ path, message: 'must hold either one of all/any/not, or field conditions, not both (wrap them in all: [...])' });
+    return undefined;
+  }
+  if (combinators.length) {
+    const [kind, value] = combinators[0]!;
+    if (kind === 'not') {
+      const inner = compileNode(value, [...path, 'not'], issues, limitNames, depth + 1);
+      if (!inner) return undefined;
+      return {
+        phase: inner.phase,
+        fields: inner.fields,
+        test: (f) => !inner.test(f),
+        explain: (f, out) => {
+          const sub: string[] = [];
+          const r = !inner.explain(f, sub);
+          out.push(`not (${sub.join('; ')}) → ${r ? 'match' : 'no match'}`);
+          return r;
+        },
+      };
+    }
+    if (!Array.isArray(value) || value.length === 0) {
+      issues.push({ path: [...path, kind], message: `must be a non-empty list of conditions` });
+      return undefined;
+    }
+    const before = issues.length;
+    const parts = value.map((v, i) => compileNode(v, [...path, kind, i], issues, limitNames, depth + 1));
+    if (issues.length > before) return undefined;
+    return combine(kind as 'all' | 'any', parts as Condition[]);
+  }
+  const before = issues.length;
+  const parts: Condition[] = [];
+  for (const [name, value] of entries) {
+    const spec = lookupField(name, limitNames);
+    if (!spec) {
+      issues.push({ path: [...path, name], atKey: true, message: `is not a known field; see \`douane policy fields\` (e.g. sender, recipients.count, subject, body, urls, attachments.detected_types, scan.result, limits.exceeded, bulk.global_recipients, header.<Name>)` });
+      continue;
+    }
+    const c = compileField(name, spec, value, [...path, name], issues);
+    if (c) parts.push(c);
+  }
+  if (issues.length > before) return undefined;
+  return parts.length === 1 ? parts[0] : combine('all', parts);
+}
+
+export function conditionSchema(limitNames: readonly string[]): Schema<Condition> {
+  return {
+    expected: 'a condition',
+    parse(value: unknown, path: Path, issues: Issue[]) {
+      return compileNode(value, path, issues, limitNames, 0);
+    },
+  };
+}

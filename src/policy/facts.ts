@@ -1,0 +1,106 @@
+// What a policy rule can look at: the facts gathered about a transaction by the checks that ran before
+// the rules. Each capability fills in its part (envelope at MAIL/RCPT, the message's content at DATA, the
+// scanner, the limiters, the bulk detector, the lifecycle API); a part that is absent was not computed
+// (e.g. `douane policy explain` has no scanner), and conditions on it do not match.
+
+export interface AttachmentFacts {
+  /** file name as declared in the message (may be empty) */
+  name: string;
+  /** extension of the name, lower case, without the dot */
+  extension: string;
+  /** the MIME type the message declares */
+  declaredType: string;
+  /** the type found from the content's first bytes (magic), or "unknown" */
+  detectedType: string;
+  size: number;
+  sha256?: string;
+  /** an encrypted archive (its content could not be inspected) */
+  encrypted: boolean;
+  /** names of the files inside, for archives where listing them is cheap */
+  archiveEntries: string[];
+}
+
+export interface MessageFacts {
+  size: number;
+  /** header names lower-cased to their values, in order */
+  headers: Map<string, string[]>;
+  /** addresses in From: (usually one) */
+  from: string[];
+  /** the address in Sender:, when present */
+  sender?: string;
+  subject: string;
+  /** text of the message (text parts, HTML converted), bounded for matching */
+  body: string;
+  urls: string[];
+  attachments: AttachmentFacts[];
+  /** MIME structure beyond the configured limits (parts, depth, header size) */
+  mimeLimitExceeded?: string;
+}
+
+export interface ScanFacts {
+  result: 'clean' | 'infected' | 'error' | 'skipped';
+  signature?: string;
+  detail?: string;
+}
+
+export interface LimitFacts {
+  /** message-level limits this message goes over (messages_per_hour, bytes_per_day, …) */
+  exceeded: string[];
+  /** current use of each limit after this message, by limit name */
+  usage: Record<string, number>;
+  /** seconds until the tightest exceeded limit has room again */
+  retryAfter?: number;
+  /** the limiter decided without Redis (insurance) */
+  degraded?: boolean;
+}
+
+export interface BulkFacts {
+  fingerprint: string;
+  /** distinct recipients this account sent this content to, in the window */
+  accountRecipients: number;
+  /** distinct recipients all accounts sent this content to, in the window */
+  globalRecipients: number;
+  /** distinct accounts that sent this content, in the window */
+  globalAccounts: number;
+}
+
+export interface AccountFacts {
+  name: string;
+  domain: string;
+  plan: string;
+  /** active, locked, suspended, closed, … (lifecycle API), or "unknown" */
+  status: string;
+  allowlisted: { neverSuspend: boolean; bulkExempt: boolean; trustedSubmitter: boolean };
+}
+
+export interface Facts {
+  listener: string;
+  /** starttls, tls or trusted */
+  listenerMode: string;
+  clientIp: string;
+  authenticated: boolean;
+  account: AccountFacts;
+  /** envelope sender (MAIL FROM), "" for the null sender */
+  sender: string;
+  /** recipients accepted so far (all of them at DATA) */
+  recipients: string[];
+  /** RCPT phase: the recipient being checked */
+  recipient?: string;
+  /** the envelope sender belongs to the account (its address, aliases or domain) */
+  senderAligned?: boolean;
+  /** every From:/Sender: address belongs to the account */
+  fromAligned?: boolean;
+  message?: MessageFacts;
+  scan?: ScanFacts;
+  limits?: LimitFacts;
+  /** RCPT phase: recipient-level limits this recipient goes over */
+  recipientLimits?: LimitFacts;
+  bulk?: BulkFacts;
+  /** this hour's volume divided by the account's usual hourly volume */
+  baselineRatio?: number;
+}
+
+export function domainOf(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at >= 0 ? address.slice(at + 1).toLowerCase() : '';
+}

@@ -1,0 +1,152 @@
+// Loads a policy directory: every *.yaml file at its top level (tests/ holds the policy's own tests and is
+// not policy). Each top-level key of a file is a section (plans, rules, strikes, …); a section may live in
+// any file but only in one. The whole directory validates or nothing is loaded: every problem is reported
+// with file:line:col and key, including references between files (a plan or strike event that does not exist).
+
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { isAbsolute, join, relative } from 'node:path';
+import { formatPath, type Issue } from '../validate/schema.js';
+import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { Policy, type PolicyFile, type Rule } from './policy.js';
+import { policySchema, SECTIONS, type PolicyDocument } from './schema.js';
+
+/** Paths as people type them: relative to the working directory when inside it. */
+export function shortPath(path: string): string {
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
+}
+
+export function policyFiles(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    throw new ValidationError([{ file: dir, key: '(top level)', message: `cannot be read: ${(err as Error).message}` }]);
+  }
+  return names.filter((n) => /\.ya?ml$/.test(n) && statSync(join(dir, n)).isFile()).sort().map((n) => join(dir, n));
+}
+
+/** A short, stable version of the policy: the hash of its files' names and contents. */
+export function policyVersion(dir: string, files: { path: string; text: string }[]): string {
+  const h = createHash('sha256');
+  for (const f of files) h.update(relative(dir, f.path)).update('\0').update(f.text).update('\0');
+  return h.digest('hex').slice(0, 12);
+}
+
+export function loadPolicy(dir: string, opts: { display?: (path: string) => string } = {}): Policy {
+  const display = opts.display ?? shortPath;
+  const paths = policyFiles(dir);
+  if (paths.length === 0) throw new ValidationError([{ file: display(dir), key: '(top level)', message: 'holds no policy files (*.yaml)' }]);
+  const texts = paths.map((path) => ({ path, text: readFileSync(path, 'utf8') }));
+
+  const problems: Problem[] = [];
+  const merged: Record<string, unknown> = {};
+  const owner = new Map<string, YamlSource>();
+  const files: PolicyFile[] = [];
+  for (const { path, text } of texts) {
+    const { source, value, problems: syntax } = YamlSource.parse(display(path), text);
+    problems.push(...syntax);
+    if (syntax.length) continue;
+    if (value === null || value === undefined) {
+      files.push({ path: display(path), sections: [] });
+      continue;
+    }
+    if (typeof value !== 'object' || Array.isArray(value)) {
+      problems.push({ file: display(path), line: 1, col: 1, key: '(top level)', message: `must be a mapping of sections (${SECTIONS.join(', ')})` });
+      continue;
+    }
+    const sections: string[] = [];
+    for (const [key, v] of Object.entries(value as Record<string, unknown>)) {
+      if (!SECTIONS.includes(key)) {
+        problems.push(source.problem({ path: [key], atKey: true, message: `is not a policy section; sections are: ${SECTIONS.join(', ')}` }));
+        continue;
+      }
+      const previous = owner.get(key);
+      if (previous) {
+        const pos = previous.position([key], true);
+        problems.push(source.problem({ path: [key], atKey: true, message: `is already defined in ${previous.file}:${pos.line}; a section lives in one file` }));
+        continue;
+      }
+      owner.set(key, source);
+      merged[key] = v;
+      sections.push(key);
+    }
+    files.push({ path: display(path), sections });
+  }
+  if (problems.length) throw new ValidationError(problems);
+
+  const locate = (issue: Issue): Problem => {
+    const src = owner.get(String(issue.path[0]));
+    if (src) return src.problem(issue);
+    // A required section that no file defines.
+    return { file: display(dir), key: formatPath(issue.path), message: `${issue.message}: add it to one of the policy files` };
+  };
+  const issues: Issue[] = [];
+  const doc = policySchema().parse(merged, [], issues);
+  if (issues.length || !doc) throw new ValidationError(issues.map(locate));
+
+  const refIssues = crossReferences(doc);
+  if (refIssues.length) throw new ValidationError(refIssues.map(locate));
+
+  const rulesSource = owner.get('rules');
+  const rules: Rule[] = doc.rules.map((r, i) => {
+    const pos = rulesSource ? rulesSource.position(['rules', i]) : { line: 0 };
+    const weight = r.strike ? (r.strike.weight ?? doc.strikes.events[r.strike.event]!.weight) : undefined;
+    return {
+      id: r.id,
+      description: r.description,
+      article: r.article,
+      phase: r.phase ?? r.when.phase,
+      condition: r.when,
+      action: r.action,
+      reason: r.reason,
+      message: r.message,
+      strike: r.strike && weight !== undefined ? { event: r.strike.event, weight } : undefined,
+      mode: r.mode,
+      source: `${rulesSource?.file ?? display(dir)}:${pos.line}`,
+    };
+  });
+  return new Policy(policyVersion(dir, texts), dir, files, deepFreeze(doc), rules);
+}
+
+function crossReferences(doc: PolicyDocument): Issue[] {
+  const issues: Issue[] = [];
+  const plans = Object.keys(doc.plans);
+  const planRef = (name: string | undefined, path: (string | number)[]) => {
+    if (name !== undefined && !doc.plans[name]) issues.push({ path, message: `names plan "${name}", which is not defined in plans (defined: ${plans.join(', ')})` });
+  };
+  planRef(doc.default_plan, ['default_plan']);
+  for (const [a, o] of Object.entries(doc.accounts)) planRef(o.plan, ['accounts', a, 'plan']);
+  for (const [d, o] of Object.entries(doc.domains)) planRef(o.plan, ['domains', d, 'plan']);
+
+  const events = Object.keys(doc.strikes.events);
+  const eventRef = (name: string | undefined, path: (string | number)[]) => {
+    if (name !== undefined && !doc.strikes.events[name]) issues.push({ path, message: `names strike event "${name}", which is not defined in strikes.events (defined: ${events.join(', ')})` });
+  };
+  eventRef(doc.auth.strike, ['auth', 'strike']);
+  const seen = new Map<string, number>();
+  doc.rules.forEach((r, i) => {
+    if (r.strike) eventRef(r.strike.event, ['rules', i, 'strike']);
+    const first = seen.get(r.id);
+    if (first !== undefined) issues.push({ path: ['rules', i, 'id'], message: `"${r.id}" is already the id of rules[${first}]; rule ids must be unique` });
+    else seen.set(r.id, i);
+  });
+  let previous = 0;
+  doc.strikes.ladder.forEach((step, i) => {
+    if (step.at <= previous) issues.push({ path: ['strikes', 'ladder', i, 'at'], message: `must be greater than the previous step's (${previous}): the ladder goes up` });
+    previous = step.at;
+    if (step.action === 'throttle' && (step.factor === undefined || step.for === undefined)) {
+      issues.push({ path: ['strikes', 'ladder', i], message: 'throttle needs factor (0 to 1, the share of the plan\'s limits left) and for (how long)' });
+    }
+  });
+  return issues;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value) && !(value instanceof RegExp)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

@@ -1,0 +1,178 @@
+// Runs the real pipeline on a message without sending it: the checks of every phase, in order, with the
+// facts that need live services (scanner, limiters, bulk counters, lifecycle API) taken from `given`.
+// Used by `douane policy test`, `explain` and `diff`, so that what they show is what `serve` would do.
+
+import type { Config } from '../config/schema.js';
+import { LineEndingWatch } from '../data/line-endings.js';
+import { inspectStream } from '../inspect/mime.js';
+import { Metrics } from '../metrics.js';
+import { PIPELINE, runPhase } from '../pipeline/index.js';
+import type { CheckDeps, RuleTrace } from '../pipeline/types.js';
+import { isRefusal, type Phase, type RuleRef, type Verdict } from '../pipeline/verdict.js';
+import type { CheckResult, SessionState, Transaction } from '../session/state.js';
+import { formatWire, replyFor } from '../smtp/replies.js';
+import type { BulkFacts, LimitFacts, ScanFacts } from './facts.js';
+import type { Policy } from './policy.js';
+import type { StrikeEvent } from './strikes.js';
+
+/** Facts that need live services, supplied by hand. */
+export interface Given {
+  account_status?: string;
+  scan?: ScanFacts;
+  limits?: { exceeded: string[]; retry_after?: number; usage?: Record<string, number> };
+  /** recipient limits exceeded, for every recipient */
+  recipient_limits?: { exceeded: string[]; retry_after?: number };
+  bulk?: { account_recipients: number; global_recipients: number; global_accounts: number; fingerprint?: string };
+  baseline_ratio?: number;
+}
+
+export interface OfflineInput {
+  /** the raw message; LF line endings are turned into CRLF, as a mail client does when it submits */
+  message?: Buffer;
+  account: string;
+  sender?: string;
+  recipients: string[];
+  listener?: 'starttls' | 'tls' | 'trusted';
+  given?: Given;
+}
+
+export interface PhaseReport {
+  phase: Phase;
+  recipient?: string;
+  results: CheckResult[];
+  rules: RuleTrace[];
+  verdict: Verdict;
+}
+
+export interface OfflineOutcome {
+  /** what would happen to the message: accept (relayed), or the first refusal */
+  action: 'accept' | 'tempfail' | 'reject' | 'quarantine';
+  phase?: Phase;
+  rule?: RuleRef;
+  reason?: string;
+  /** the reply the client would get for the refusal */
+  reply?: string;
+  tags: string[];
+  would: { rule: string; action: string; phase: string }[];
+  strikes: StrikeEvent[];
+  /** recipients refused at RCPT while others went on */
+  refusedRecipients: { address: string; rule?: string; reply: string }[];
+  reports: PhaseReport[];
+  policyVersion: string;
+}
+
+function toCrlf(raw: Buffer): Buffer {
+  return Buffer.from(raw.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
+}
+
+function minimalMessage(sender: string, recipients: string[]): Buffer {
+  return Buffer.from(`From: ${sender}\r\nTo: ${recipients.join(', ')}\r\nSubject: (no message given)\r\nMessage-ID: <offline@douane>\r\n\r\n(no message given)\r\n`);
+}
+
+function limitFacts(g: Given['limits'] | Given['recipient_limits']): LimitFacts | undefined {
+  if (!g) return undefined;
+  return { exceeded: [...g.exceeded], usage: { ...('usage' in g ? g.usage : {}) }, retryAfter: g.retry_after };
+}
+
+export async function evaluateOffline(policy: Policy, config: Readonly<Config>, input: OfflineInput): Promise<OfflineOutcome> {
+  const given = input.given ?? {};
+  const strikes: StrikeEvent[] = [];
+  const deps: CheckDeps = {
+    clock: { now: () => Date.now() },
+    connectionsFrom: () => 1,
+    trustedNetwork: () => true,
+    policy: () => policy,
+    strikes: { record: (e) => strikes.push(e) },
+    metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
+  };
+  const mode = input.listener ?? 'starttls';
+  const account = input.account.toLowerCase();
+  const sender = input.sender ?? account;
+  const session: SessionState = {
+    id: 'offline',
+    reference: 'D-XXXXXX',
+    listener: { name: mode === 'trusted' ? 'trusted' : 'submission', mode },
+    remoteAddress: '127.0.0.1',
+    startedAt: Date.now(),
+    account: mode === 'trusted' ? sender.toLowerCase() : account,
+    authFailures: 0,
+    transactions: 1,
+    counted: true,
+  };
+  const tx: Transaction = {
+    reference: 'D-XXXXXX',
+    startedAt: Date.now(),
+    mailFrom: sender,
+    params: {},
+    recipients: [],
+    results: [],
+    tags: [],
+    would: [],
+    timings: {},
+    done: false,
+    policy,
+    accountStatus: given.account_status,
+    limits: limitFacts(given.limits),
+    baselineRatio: given.baseline_ratio,
+  };
+  session.tx = tx;
+  const outcome: OfflineOutcome = { action: 'accept', tags: tx.tags, would: tx.would, strikes, refusedRecipients: [], reports: [], policyVersion: policy.version };
+  const refuse = (phase: Phase, verdict: Verdict) => {
+    const reply = replyFor(verdict, phase, tx.reference);
+    outcome.action = verdict.action as OfflineOutcome['action'];
+    outcome.phase = phase;
+    outcome.rule = verdict.rule;
+    outcome.reason = verdict.reason;
+    outcome.reply = `${reply.code} ${formatWire(reply)}`;
+    return outcome;
+  };
+  const run = async (phase: Phase, recipient?: string): Promise<Verdict> => {
+    const rules: RuleTrace[] = [];
+    const out = await runPhase(phase, { phase, config, deps, session, tx, recipient, trace: (t) => rules.push(...t) }, PIPELINE[phase]);
+    tx.results.push(...out.results);
+    tx.tags.push(...out.tags);
+    outcome.reports.push({ phase, recipient, results: out.results, rules, verdict: out.verdict });
+    return out.verdict;
+  };
+
+  const mail = await run('mail');
+  if (isRefusal(mail)) return refuse('mail', mail);
+
+  tx.recipientLimits = limitFacts(given.recipient_limits);
+  let firstRefusal: { verdict: Verdict } | undefined;
+  for (const rcpt of input.recipients) {
+    const v = await run('rcpt', rcpt);
+    if (isRefusal(v)) {
+      const reply = replyFor(v, 'rcpt', tx.reference);
+      outcome.refusedRecipients.push({ address: rcpt, rule: v.rule?.id, reply: `${reply.code} ${formatWire(reply)}` });
+      firstRefusal ??= { verdict: v };
+      tx.recipients.push({ address: rcpt, accepted: false, reply: `${reply.code}` });
+    } else tx.recipients.push({ address: rcpt, accepted: true, reply: '250' });
+  }
+  tx.recipientLimits = undefined;
+  if (!tx.recipients.some((r) => r.accepted)) {
+    return firstRefusal ? refuse('rcpt', firstRefusal.verdict) : outcome;
+  }
+
+  const raw = toCrlf(input.message ?? minimalMessage(sender, input.recipients));
+  const watch = new LineEndingWatch();
+  watch.push(raw);
+  tx.lineEndings = watch.end();
+  tx.size = raw.length;
+  tx.oversize = raw.length > config.smtp.max_message_size;
+  const limits = policy.doc.inspection;
+  tx.message = await inspectStream([raw], { maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
+  tx.scan = given.scan;
+  tx.bulk = given.bulk && bulkFacts(given.bulk);
+  const data = await run('data');
+  if (isRefusal(data)) return refuse('data', data);
+  if (firstRefusal) {
+    // Delivered to the other recipients; report the refusal of the ones that were not.
+    outcome.phase = 'rcpt';
+  }
+  return outcome;
+}
+
+function bulkFacts(g: NonNullable<Given['bulk']>): BulkFacts {
+  return { fingerprint: g.fingerprint ?? 'given', accountRecipients: g.account_recipients, globalRecipients: g.global_recipients, globalAccounts: g.global_accounts };
+}

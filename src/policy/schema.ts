@@ -1,0 +1,204 @@
+// The policy format: every section the security team can write in policies/*.yaml, its keys and types.
+// policies/README.md explains each with examples; this file is what the loader checks them against.
+
+import { REASONS } from '../reasons.js';
+import {
+  bool,
+  bytes,
+  duration,
+  int,
+  list,
+  num,
+  obj,
+  oneOf,
+  optional,
+  record,
+  refine,
+  required,
+  section,
+  str,
+  withDefault,
+  type Issue,
+  type Schema,
+} from '../validate/schema.js';
+import { conditionSchema } from './condition.js';
+
+/** Every per-account limit, in the order they are documented. */
+export const LIMIT_NAMES = [
+  'messages_per_minute',
+  'messages_per_hour',
+  'messages_per_day',
+  'recipients_per_message',
+  'recipients_per_hour',
+  'recipients_per_day',
+  'recipient_domains_per_hour',
+  'bytes_per_day',
+  'concurrent_sessions',
+] as const;
+export type LimitName = (typeof LIMIT_NAMES)[number];
+export type Limits = Record<LimitName, number>;
+
+const limitSchema = (name: LimitName) => (name === 'bytes_per_day' ? bytes({ min: 1 }) : int({ min: 1 }));
+
+function limitsShape(requiredAll: boolean) {
+  return Object.fromEntries(LIMIT_NAMES.map((n) => [n, requiredAll ? required(limitSchema(n)) : optional(limitSchema(n))])) as Record<
+    LimitName,
+    ReturnType<typeof required<number>>
+  >;
+}
+
+const ADDRESS = /^[^\s@]+@[^\s@]+$/;
+/** An address, "*@domain" or "@domain" (every address of the domain). */
+const addressPattern = str({ pattern: /^(\*?@[^\s@]+|[^\s@*]+@[^\s@]+)$/, expected: 'an address, or *@domain for a whole domain' });
+
+const plan = obj({ description: optional(str()), ...limitsShape(true) });
+
+const accountOverride = obj({
+  plan: optional(str()),
+  /** other addresses (or "@domain") this account may send as */
+  aliases: optional(list(addressPattern)),
+  ...limitsShape(false),
+});
+
+const domainOverride = obj({ plan: optional(str()), ...limitsShape(false) });
+
+const window = obj({
+  limit: required(int({ min: 1 })),
+  window: required(duration({ min: 1000 })),
+  block: required(duration({ min: 1000 })),
+});
+
+export const ACTIONS = ['accept', 'tag', 'tempfail', 'reject', 'quarantine'] as const;
+export const LADDER_ACTIONS = ['notify', 'throttle', 'suspend_sending', 'suspend_account'] as const;
+
+const REASON_NAMES = Object.keys(REASONS);
+
+const reasonSchema: Schema<keyof typeof REASONS> = {
+  expected: 'a reason code',
+  parse(value, path, issues) {
+    if (typeof value === 'string' && value in REASONS) return value as keyof typeof REASONS;
+    const policyReasons = REASON_NAMES.filter((r) => /^(policy|limit|bulk|message|sender|from|content|attachment|account|mime)\./.test(r));
+    issues.push({ path, message: `must be a reason code from docs/REASONS.md, e.g. ${policyReasons.join(', ')} (got ${JSON.stringify(value)})` });
+    return undefined;
+  },
+};
+
+const strikeRef = {
+  expected: 'an event name, or { event, weight }',
+  parse(value: unknown, path: (string | number)[], issues: Issue[]) {
+    if (typeof value === 'string') return { event: value, weight: undefined as number | undefined };
+    return obj({ event: required(str()), weight: optional(num({ min: 0, exclusiveMin: true })) }).parse(value, path, issues);
+  },
+};
+
+function ruleSchema(limitNames: readonly string[]) {
+  return refine(
+    obj({
+      id: required(str({ pattern: /^[a-z0-9][a-z0-9._-]*$/, expected: 'an id of lower-case letters, digits, ".", "_" or "-"' })),
+      description: required(str()),
+      article: required(str({ pattern: /^\d+(\.\d+)*$/, expected: 'a contract article such as 4.6' })),
+      phase: optional(oneOf('mail', 'rcpt', 'data')),
+      when: required(conditionSchema(limitNames)),
+      action: required(oneOf(...ACTIONS)),
+      reason: optional(reasonSchema),
+      message: optional(str()),
+      strike: optional(strikeRef),
+      mode: withDefault(oneOf('enforce', 'monitor'), 'enforce'),
+    }),
+    (r, path): Issue[] => {
+      const issues: Issue[] = [];
+      const refusal = r.action === 'tempfail' || r.action === 'reject' || r.action === 'quarantine';
+      if (!refusal && r.reason) issues.push({ path: [...path, 'reason'], atKey: true, message: `only applies to tempfail, reject and quarantine (this rule's action is ${r.action})` });
+      if (!refusal && r.message) issues.push({ path: [...path, 'message'], atKey: true, message: `only applies to tempfail, reject and quarantine (this rule's action is ${r.action})` });
+      const order = { mail: 0, rcpt: 1, data: 2 } as const;
+      if (r.phase && order[r.phase] < order[r.when.phase]) {
+        issues.push({ path: [...path, 'phase'], message: `is too early: the condition uses ${r.when.fields.join(', ')}, known only at ${r.when.phase}` });
+      }
+      return issues;
+    },
+  );
+}
+
+export function policySchema(limitNames: readonly string[] = LIMIT_NAMES) {
+  return obj({
+    plans: required(refine(record(plan, { key: /^[a-z][a-z0-9_-]*$/, keyExpected: 'lower-case letters, digits, "_" or "-"' }), (p, path) => (Object.keys(p).length ? [] : [{ path, message: 'must define at least one plan' }]))),
+    default_plan: required(str()),
+    accounts: withDefault(record(accountOverride, { key: ADDRESS, keyExpected: 'a full address' }), {}),
+    domains: withDefault(record(domainOverride, { key: /^[a-z0-9.-]+\.[a-z0-9-]+$/i, keyExpected: 'a domain name' }), {}),
+    allowlists: section(
+      obj({
+        never_suspend: withDefault(list(addressPattern), []),
+        bulk_exempt: withDefault(list(addressPattern), []),
+        trusted_submitters: withDefault(list(addressPattern), []),
+      }),
+    ),
+    auth: section(
+      obj({
+        failures_per_ip: withDefault(window, { limit: 20, window: 900_000, block: 900_000 }),
+        failures_per_account: withDefault(window, { limit: 10, window: 900_000, block: 900_000 }),
+        strike: optional(str()),
+      }),
+    ),
+    sender: section(
+      obj({
+        /** any address of the account's own domain counts as the account's */
+        same_domain: withDefault(bool(), false),
+      }),
+    ),
+    bulk: section(
+      obj({
+        window: withDefault(duration({ min: 60_000 }), 86_400_000),
+        /** messages with less text than this are fingerprinted on attachments only */
+        min_text_length: withDefault(int({ min: 0 }), 80),
+      }),
+    ),
+    baseline: section(
+      obj({
+        /** hours of history that make the account's usual hourly volume */
+        history: withDefault(int({ min: 2, max: 24 * 14 }), 168),
+        /** a baseline needs at least this many messages in the history to count */
+        min_messages: withDefault(int({ min: 1 }), 20),
+      }),
+    ),
+    scanning: section(
+      obj({
+        fail_open: withDefault(bool(), false),
+        max_size: withDefault(bytes({ min: 1024 }), 26_214_400),
+        over_max_size: withDefault(oneOf('skip', 'tempfail', 'reject'), 'reject'),
+      }),
+    ),
+    inspection: section(
+      obj({
+        max_parts: withDefault(int({ min: 1 }), 500),
+        max_depth: withDefault(int({ min: 1 }), 20),
+        max_header_size: withDefault(bytes({ min: 1024 }), 262_144),
+      }),
+    ),
+    rules: withDefault(list(ruleSchema(limitNames)), []),
+    strikes: required(
+      obj({
+        window: required(duration({ min: 60_000 })),
+        events: required(record(obj({ weight: required(num({ min: 0, exclusiveMin: true })), description: optional(str()) }), { key: /^[a-z][a-z0-9_]*$/, keyExpected: 'lower-case letters, digits and "_"' })),
+        ladder: required(
+          list(
+            obj({
+              at: required(num({ min: 0, exclusiveMin: true })),
+              action: required(oneOf(...LADDER_ACTIONS)),
+              for: optional(duration({ min: 60_000 })),
+              factor: optional(num({ min: 0, max: 1 })),
+              description: optional(str()),
+            }),
+            { min: 1 },
+          ),
+        ),
+      }),
+    ),
+  });
+}
+
+type Parsed<S> = S extends { parse(...args: never[]): infer T | undefined } ? NonNullable<T> : never;
+export type PolicyDocument = Parsed<ReturnType<typeof policySchema>>;
+export type RuleDocument = PolicyDocument['rules'][number];
+
+/** The sections a policy file may hold at its top level. */
+export const SECTIONS = Object.keys(policySchema().fields!);

@@ -1,0 +1,83 @@
+// Holds the running policy and replaces it on reload (SIGHUP or a change in the directory): the new one is
+// loaded and validated whole, then swapped in one assignment, or not at all — a bad reload keeps the last
+// good policy, logs every problem and shows in metrics. A transaction keeps the policy it started with.
+
+import { watch, type FSWatcher } from 'node:fs';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import { ValidationError } from '../validate/source.js';
+import { loadPolicy } from './load.js';
+import type { Policy } from './policy.js';
+
+export interface ReloadResult {
+  ok: boolean;
+  version: string;
+  changed: boolean;
+  problems?: string[];
+}
+
+export class PolicyStore {
+  private policy: Policy;
+  private watcher: FSWatcher | undefined;
+  private debounce: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+    initial?: Policy,
+  ) {
+    // The first load is not a reload: a bad policy at start stops Douane (the caller sees the error).
+    this.policy = initial ?? loadPolicy(dir);
+    this.publish(undefined);
+  }
+
+  get current(): Policy {
+    return this.policy;
+  }
+
+  reload(trigger: string): ReloadResult {
+    const previous = this.policy;
+    let next: Policy;
+    try {
+      next = loadPolicy(this.dir);
+    } catch (err) {
+      const problems = err instanceof ValidationError ? err.message.split('\n') : [(err as Error).message];
+      this.metrics.policyReloads.labels('failure').inc();
+      this.metrics.policyLastReloadSuccess.set(0);
+      this.log.error({ event: 'policy_reload_failed', trigger, dir: this.dir, kept: previous.version, problems }, `policy reload failed; keeping version ${previous.version}`);
+      return { ok: false, version: previous.version, changed: false, problems };
+    }
+    this.policy = next;
+    this.metrics.policyReloads.labels('success').inc();
+    this.metrics.policyLastReloadSuccess.set(1);
+    this.publish(previous);
+    const changed = next.version !== previous.version;
+    this.log.info({ event: 'policy_reloaded', trigger, version: next.version, previous: previous.version, changed, rules: next.rules.length }, changed ? `policy ${next.version} in force (was ${previous.version})` : `policy reloaded, unchanged (${next.version})`);
+    return { ok: true, version: next.version, changed };
+  }
+
+  /** Reloads when a file in the directory changes (editors write several events: they are coalesced). */
+  watch(delayMs = 250): void {
+    if (this.watcher) return;
+    this.watcher = watch(this.dir, { persistent: false }, (_event, file) => {
+      if (file && !/\.ya?ml$/.test(String(file))) return;
+      clearTimeout(this.debounce);
+      this.debounce = setTimeout(() => this.reload('file change'), delayMs);
+    });
+    this.watcher.on('error', (err) => this.log.warn({ event: 'policy_watch_error', err: err.message }, 'watching the policy directory failed'));
+  }
+
+  close(): void {
+    clearTimeout(this.debounce);
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  private publish(previous: Policy | undefined): void {
+    if (previous) this.metrics.policyInfo.labels(previous.version).set(0);
+    this.metrics.policyInfo.labels(this.policy.version).set(1);
+    this.metrics.policyRules.reset();
+    for (const r of this.policy.rules) this.metrics.policyRules.labels(r.phase, r.mode).inc();
+  }
+}

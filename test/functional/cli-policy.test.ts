@@ -1,0 +1,116 @@
+// `douane policy check | test | explain | diff | fields` as the security team runs them, against the
+// shipped policy and the fixture directories in fixtures/policies/ (valid and invalid).
+
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const exec = promisify(execFile);
+
+function douane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return exec('node', ['dist/cli.js', 'policy', ...args], { env: { PATH: process.env.PATH! } }).then(
+    (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
+}
+
+describe('douane policy check', () => {
+  it('validates the shipped policy and prints its version and rules by phase', async () => {
+    const r = await douane(['check', 'policies']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^policies: ok — version [0-9a-f]{12}\n/);
+    expect(r.stdout).toMatch(/mail rules: account\.closed, account\.nonpayment/);
+    expect(r.stdout).toMatch(/data rules: malware\.found, .*content\.phishing-lure \(monitor\)/);
+    expect(r.stdout).not.toMatch(/warning/);
+  });
+
+  it('exits 1 with file:line:col and key for each invalid fixture directory', async () => {
+    for (const [dir, expected] of [
+      ['bad-limit', /bad-limit\/limits\.yaml:5:24: plans\.basic\.messages_per_hour must be a positive integer/],
+      ['unknown-key', /unknown-key\/limits\.yaml:13:5: plans\.basic\.mesages_per_week is not a known key/],
+      ['bad-references', /bad-references\/limits\.yaml:13:15: default_plan names plan "premium"/],
+      ['bad-conditions', /bad-conditions\/rules\.yaml:5:30: rules\[0\]\.when\.body\.matches may take exponential time/],
+      ['duplicate-section', /duplicate-section\/b\.yaml:2:1: plans is already defined in/],
+      ['bad-ladder', /bad-ladder\/strikes\.yaml:6:13: strikes\.ladder\[1\]\.at must be greater/],
+      ['yaml-syntax', /yaml-syntax\/policy\.yaml:\d+:\d+: YAML:/],
+    ] as const) {
+      const r = await douane(['check', `fixtures/policies/${dir}`]);
+      expect(r.code, dir).toBe(1);
+      expect(r.stderr, dir).toMatch(expected);
+    }
+  });
+
+  it('warns when no enforced rule rests on an abuse article of the contract', async () => {
+    const r = await douane(['check', 'fixtures/policies/minimal']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/warning: no enforced rule rests on art\. 4\.1, 4\.4, 4\.6, 6, 8 of the contract/);
+  });
+});
+
+describe('douane policy test', () => {
+  it('runs the shipped policy\'s tests: all pass', async () => {
+    const r = await douane(['test', 'policies']);
+    expect(r.stdout).toMatch(/PASS: (\d+)\/\1 /);
+    expect(r.code).toBe(0);
+  });
+
+  it('reports a failing case with its file and line, and exits 1', async () => {
+    const r = await douane(['test', 'fixtures/policies/failing-tests']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/FAIL {2}wrong on purpose {2}\(fixtures\/policies\/failing-tests\/tests\/cases\.yaml:5\)\n\s+action: expected reject, got accept/);
+    expect(r.stdout).toMatch(/PASS: 1\/2 {3}FAIL: 1/);
+  });
+});
+
+describe('douane policy explain', () => {
+  it('prints every check and rule with file:line, the outcome and the reply', async () => {
+    const r = await douane(['explain', 'fixtures/messages/exe-renamed-pdf.eml', '--account', 'user1@example.test', '--rcpt', 'user2@example.test', '--dir', 'policies']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^MAIL$/m);
+    expect(r.stdout).toMatch(/mail\.sender-alignment +pass +\{"aligned":true\}/);
+    expect(r.stdout).toMatch(/● attachments\.executable {2}policies\/rules\.yaml:\d+\n +match: attachments\.detected_types \{"in":\["executable","script"\]\} \(value: \["executable"\]\)/);
+    expect(r.stdout).toMatch(/OUTCOME: quarantine at data by rule attachments\.executable \(art\. 4\.6, policies\/rules\.yaml:\d+\)/);
+    expect(r.stdout).toMatch(/reply: 550 5\.7\.1 Message refused: it carries a type of attachment that may not be sent/);
+    expect(r.stdout).toMatch(/strikes: content_rule \+2/);
+  });
+
+  it('takes live-service facts from --given, and says when the usage is wrong', async () => {
+    const { writeFileSync, mkdtempSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { tmpdir } = await import('node:os');
+    const given = join(mkdtempSync(join(tmpdir(), 'douane-given-')), 'given.yaml');
+    writeFileSync(given, 'limits: { exceeded: [messages_per_hour], retry_after: 1800 }\n');
+    const r = await douane(['explain', 'fixtures/messages/clean-text.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies', '--given', given]);
+    expect(r.stdout).toMatch(/OUTCOME: tempfail at mail by rule limits\.message-rate/);
+    expect(r.stdout).toMatch(/reply: 450 4\.7\.1 Sending limit reached \(messages per hour\); try again in 30 minutes\./);
+    const bad = await douane(['explain', 'fixtures/messages/clean-text.eml']);
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toMatch(/explain needs MESSAGE\.eml, --account and at least one --rcpt/);
+  });
+});
+
+describe('douane policy diff', () => {
+  it('shows which messages of a corpus change outcome, by rule and by change', async () => {
+    const r = await douane(['diff', 'fixtures/policies/minimal', 'fixtures/policies/minimal-strict', '--corpus', 'fixtures/messages']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/: (\d+) of 15 messages change outcome/);
+    expect(r.stdout).toMatch(/attachments\.none +\+\d+ now decided by it/);
+    expect(r.stdout).toMatch(/accept → reject by attachments\.none/);
+    expect(r.stdout).toMatch(/ {2}clean-attachments\.eml: accept → reject by attachments\.none/);
+    expect(r.stdout).not.toMatch(/clean-text\.eml/);
+    expect(r.stderr).toMatch(/diff: 15\/15 messages/);
+  });
+
+  it('reports nothing when the policies are the same', async () => {
+    const r = await douane(['diff', 'fixtures/policies/minimal', 'fixtures/policies/minimal', '--corpus', 'fixtures/messages', '--json']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ total: 15, changed: [], errors: [] });
+  });
+});
+
+describe('douane policy fields', () => {
+  it('lists the fields with type, phase and meaning', async () => {
+    const r = await douane(['fields']);
+    expect(r.stdout).toMatch(/recipients\.count +number +data +number of accepted recipients/);
+    expect(r.stdout).toMatch(/scan\.result +string +data/);
+  });
+});

@@ -1,0 +1,166 @@
+// The policy on live traffic: refusals that name the rule and article, monitor mode, tags, strikes,
+// and reloads that swap the whole policy at once without touching transactions in flight.
+
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+let upstream: FakeUpstream | undefined;
+let gw: TestGateway | undefined;
+
+afterEach(async () => {
+  await gw?.stop();
+  await upstream?.stop();
+  gw = undefined;
+  upstream = undefined;
+});
+
+function policyDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+  cpSync('fixtures/policies/minimal', dir, { recursive: true });
+  return dir;
+}
+
+async function setup(dir: string) {
+  upstream = await FakeUpstream.start();
+  gw = await startGateway(upstream.port, { policy: { dir, watch: false }, smtp: { max_connections_per_ip: 100 } });
+  return { upstream, gw };
+}
+
+async function send(port: number, subject: string, from = 'user1@example.test'): Promise<{ mail: string; data: string }> {
+  const c = await RawSmtp.connect(port);
+  await c.reply();
+  await c.command('EHLO t');
+  const mail = await c.command(`MAIL FROM:<${from}>`);
+  if (!mail.startsWith('250')) return { mail, data: '' };
+  await c.command('RCPT TO:<user2@example.test>');
+  await c.command('DATA');
+  c.write(`From: ${from}\r\nSubject: ${subject}\r\n\r\nbody\r\n.\r\n`);
+  const data = await c.reply();
+  c.close();
+  return { mail, data };
+}
+
+describe('policy on live traffic', () => {
+  it('refuses with the reason\'s reply, naming the rule and the contract article, and logs the policy version', async () => {
+    const { gw, upstream } = await setup(policyDir());
+    const { data } = await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT inside');
+    expect(data).toMatch(/^550 5\.7\.1 Message refused: its content is not allowed by the terms of service\. Ref D-[0-9A-Z]{6}, rule subject\.forbidden, art\. 4\.3\.$/);
+    expect(upstream.messages).toHaveLength(0);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ verdict: 'reject', reason: 'content.forbidden', rule: 'subject.forbidden', article: '4.3', policy: gw.gateway.policies.current.version });
+    expect(line.rule_source).toMatch(/policy\.yaml:15$/);
+    const strike = await gw.waitForLog((l) => l.event === 'strike');
+    expect(strike).toMatchObject({ account: 'user1@example.test', strike: 'content_rule', weight: 2, rule: 'subject.forbidden', reference: line.ref });
+  });
+
+  it('monitor mode lets the message through and counts what the rule would have done', async () => {
+    const { gw, upstream } = await setup(policyDir());
+    const { data } = await send(gw.port('trusted'), 'hello', 'someone@watched.example');
+    expect(data).toMatch(/^250 /);
+    expect(upstream.messages).toHaveLength(1);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line.would).toEqual([{ rule: 'sender.watch', action: 'reject', phase: 'mail' }]);
+    const metrics = await gw.metrics.registry.metrics();
+    expect(metrics).toMatch(/douane_policy_would_total\{rule="sender\.watch",action="reject"\} 1/);
+    expect(gw.logs.some((l) => l.event === 'strike')).toBe(false);
+  });
+
+  it('a tag rule marks the relayed message with X-Douane-Tags', async () => {
+    const dir = policyDir();
+    writeFileSync(
+      join(dir, 'policy.yaml'),
+      readFileSync(join(dir, 'policy.yaml'), 'utf8').replace(
+        'rules:\n',
+        'rules:\n  - id: tag.hello\n    description: tags hello\n    article: "4.3"\n    when: { subject: { contains: hello } }\n    action: tag\n',
+      ),
+    );
+    const { gw, upstream } = await setup(dir);
+    expect((await send(gw.port('trusted'), 'hello world')).data).toMatch(/^250 /);
+    expect(upstream.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: tag\.hello\r\nFrom: user1@example\.test\r\n/);
+  });
+});
+
+describe('policy reload', () => {
+  it('keeps the last good policy when the new one is invalid, and says so in logs and metrics', async () => {
+    const dir = policyDir();
+    const { gw } = await setup(dir);
+    const before = gw.gateway.policies.current.version;
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('messages_per_hour: 20', 'messages_per_hour: -1'));
+    const result = gw.gateway.policies.reload('test');
+    expect(result).toMatchObject({ ok: false, version: before });
+    expect(result.problems![0]).toMatch(/policy\.yaml:5:24: plans\.basic\.messages_per_hour must be a positive integer/);
+    expect(gw.gateway.policies.current.version).toBe(before);
+    const failed = await gw.waitForLog((l) => l.event === 'policy_reload_failed');
+    expect(failed.kept).toBe(before);
+    const metrics = await gw.metrics.registry.metrics();
+    expect(metrics).toMatch(/douane_policy_reloads_total\{result="failure"\} 1/);
+    expect(metrics).toMatch(/douane_policy_last_reload_success 0/);
+    // Still enforcing the old policy.
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^550 /);
+  });
+
+  it('reloads on a file change, and a transaction in flight finishes under the policy it started with', async () => {
+    const dir = policyDir();
+    const { gw } = await setup(dir);
+    gw.gateway.policies.watch(50);
+    const v1 = gw.gateway.policies.current.version;
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    // The new policy no longer forbids the subject.
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('FORBIDDEN-SUBJECT', 'SOMETHING-ELSE'));
+    const reloaded = await gw.waitForLog((l) => l.event === 'policy_reloaded');
+    expect(reloaded.previous).toBe(v1);
+    await c.command('DATA');
+    c.write('From: user1@example.test\r\nSubject: FORBIDDEN-SUBJECT\r\n\r\nx\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^550 .*rule subject\.forbidden/);
+    c.close();
+    const old = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(old.policy).toBe(v1);
+    // A new transaction runs under the new policy.
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^250 /);
+    const lines = gw.transactions();
+    expect(lines[lines.length - 1]!.policy).toBe(reloaded.version);
+  });
+
+  it('under load, every transaction sees exactly one policy version, never a mix', async () => {
+    const dir = policyDir();
+    const { gw } = await setup(dir);
+    const original = readFileSync(join(dir, 'policy.yaml'), 'utf8');
+    // Version A forbids the subject at DATA and watches nothing; version B forbids nothing and
+    // rejects the sender at MAIL. A transaction judged by a mix would show B's MAIL and A's DATA.
+    const versionB = original.replace('FORBIDDEN-SUBJECT', 'NEVER-USED').replace(/(id: sender\.watch[\s\S]*?)mode: monitor\n/, '$1mode: enforce\n');
+    const vA = gw.gateway.policies.current.version;
+    let flips = 0;
+    const flipper = setInterval(() => {
+      writeFileSync(join(dir, 'policy.yaml'), flips++ % 2 === 0 ? versionB : original);
+      gw.gateway.policies.reload('test');
+    }, 15);
+    const results = await Promise.all(Array.from({ length: 40 }, (_, i) => send(gw.port('trusted'), 'FORBIDDEN-SUBJECT', i % 2 ? 'x@watched.example' : 'user1@example.test')));
+    clearInterval(flipper);
+    expect(flips).toBeGreaterThan(3);
+    const lines = gw.transactions();
+    expect(lines).toHaveLength(40);
+    const versions = new Set(lines.map((l) => l.policy));
+    expect(versions.size).toBeGreaterThan(1);
+    for (const l of lines) {
+      if (l.policy === vA) {
+        // A: the watched sender is only monitored, the subject is refused at DATA.
+        expect(l.verdict).toBe('reject');
+        expect(l.rule).toBe('subject.forbidden');
+      } else {
+        // B: the subject passes; the watched sender is refused at MAIL.
+        if (String(l.from).endsWith('@watched.example')) expect(l).toMatchObject({ verdict: 'reject', rule: 'sender.watch' });
+        else expect(l.verdict).toBe('accept');
+      }
+    }
+    expect(results.every((r) => r.mail.startsWith('250') || r.mail.startsWith('550'))).toBe(true);
+  });
+});

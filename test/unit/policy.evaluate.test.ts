@@ -1,0 +1,102 @@
+// Condition language and rule evaluation: operators, list semantics, absent facts, order, monitor mode.
+
+import { describe, expect, it } from 'vitest';
+import { conditionSchema } from '../../src/policy/condition.js';
+import type { Facts } from '../../src/policy/facts.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { Issue } from '../../src/validate/schema.js';
+
+function facts(over: Partial<Facts> = {}): Facts {
+  return {
+    listener: 'submission',
+    listenerMode: 'starttls',
+    clientIp: '192.0.2.7',
+    authenticated: true,
+    account: { name: 'user1@example.test', domain: 'example.test', plan: 'basic', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
+    sender: 'user1@example.test',
+    recipients: ['a@one.example', 'b@two.example', 'c@two.example'],
+    ...over,
+  };
+}
+
+function message(over: Partial<NonNullable<Facts['message']>> = {}): NonNullable<Facts['message']> {
+  return { size: 1000, headers: new Map([['x-mailer', ['Bulk Mailer 3000']]]), from: ['user1@example.test'], subject: 'Quarterly report', body: 'Hello, see attached.', urls: ['https://files.example.com/x'], attachments: [], ...over };
+}
+
+function compile(raw: unknown) {
+  const issues: Issue[] = [];
+  const c = conditionSchema([])!.parse(raw, ['when'], issues);
+  expect(issues).toEqual([]);
+  return c!;
+}
+
+describe('conditions', () => {
+  it('compares text ignoring case, numbers by value, and lists by "any element"', () => {
+    expect(compile({ sender: 'USER1@example.test' }).test(facts())).toBe(true);
+    expect(compile({ 'recipients.count': { gt: 2, lte: 3 } }).test(facts())).toBe(true);
+    expect(compile({ 'recipients.domains': { in: ['two.example'] } }).test(facts())).toBe(true);
+    expect(compile({ 'recipients.domains.count': 2 }).test(facts())).toBe(true);
+    expect(compile({ recipients: { ends_with: '@three.example' } }).test(facts())).toBe(false);
+    expect(compile({ 'header.X-Mailer': { matches: '^bulk mailer' } }).test(facts({ message: message() }))).toBe(true);
+    expect(compile({ 'urls.domains': 'files.example.com' }).test(facts({ message: message() }))).toBe(true);
+  });
+
+  it('combines with all, any and not', () => {
+    const c = compile({ any: [{ subject: { contains: 'invoice' } }, { not: { 'account.plan': { in: ['basic', 'pro'] } } }] });
+    expect(c.test(facts({ message: message() }))).toBe(false);
+    expect(c.test(facts({ message: message({ subject: 'Your INVOICE' }) }))).toBe(true);
+    expect(compile({ all: [{ authenticated: true }, { 'client.ip': { starts_with: '192.0.2.' } }] }).test(facts())).toBe(true);
+  });
+
+  it('never matches on a fact that was not computed, except exists: false', () => {
+    expect(compile({ 'scan.result': 'clean' }).test(facts())).toBe(false);
+    expect(compile({ 'scan.result': { exists: false } }).test(facts())).toBe(true);
+    expect(compile({ 'bulk.account_recipients': { lt: 1000 } }).test(facts())).toBe(false);
+    expect(compile({ not: { 'scan.result': 'infected' } }).test(facts())).toBe(true);
+  });
+
+  it('tells an empty list from a missing one', () => {
+    expect(compile({ 'limits.exceeded': { empty: false } }).test(facts({ limits: { exceeded: [], usage: {} } }))).toBe(false);
+    expect(compile({ 'limits.exceeded': { empty: false } }).test(facts({ limits: { exceeded: ['messages_per_hour'], usage: {} } }))).toBe(true);
+    expect(compile({ 'limits.exceeded': { empty: true } }).test(facts())).toBe(false);
+  });
+
+  it('computes the earliest phase from the fields used', () => {
+    expect(compile({ sender: 'x' }).phase).toBe('mail');
+    expect(compile({ sender: 'x', 'recipient.domain': 'y' }).phase).toBe('rcpt');
+    expect(compile({ any: [{ sender: 'x' }, { subject: 'y' }] }).phase).toBe('data');
+  });
+
+  it('explains each step with the value it saw', () => {
+    const out: string[] = [];
+    compile({ 'recipients.count': { gt: 5 } }).explain(facts(), out);
+    expect(out).toEqual(['no match: recipients.count {"gt":5} (value: 3)']);
+  });
+});
+
+describe('rule evaluation', () => {
+  const policy = loadPolicy('fixtures/policies/minimal');
+
+  it('returns the deciding rule with its article, source, reason and strike', () => {
+    const ev = policy.evaluate('data', facts({ message: message({ subject: 'FORBIDDEN-SUBJECT here' }) }));
+    expect(ev.verdict).toMatchObject({ action: 'reject', reason: 'content.forbidden', rule: { id: 'subject.forbidden', article: '4.3', source: 'fixtures/policies/minimal/policy.yaml:15' } });
+    expect(ev.strikes).toEqual([{ event: 'content_rule', weight: 2, rule: 'subject.forbidden' }]);
+  });
+
+  it('monitor mode never changes the outcome but reports what it would have done', () => {
+    const ev = policy.evaluate('mail', facts({ sender: 'x@watched.example' }));
+    expect(ev.verdict.action).toBe('continue');
+    expect(ev.would.map((w) => [w.rule.id, w.action])).toEqual([['sender.watch', 'reject']]);
+    expect(ev.strikes).toEqual([]);
+  });
+
+  it('resolves an account\'s plan and limits through account, domain and default plan', () => {
+    const shipped = loadPolicy('policies');
+    expect(shipped.account('someone@example.net')).toMatchObject({ plan: 'standard', limits: { messages_per_hour: 100 } });
+    expect(shipped.account('anyone@client-shop.example')).toMatchObject({ plan: 'pro', limits: { messages_per_hour: 300 } });
+    expect(shipped.account('Newsletter@Client-Shop.example')).toMatchObject({ plan: 'entreprise', limits: { recipients_per_hour: 5000, messages_per_hour: 1000 } });
+    expect(shipped.account('newsletter@client-shop.example').allowlisted.bulkExempt).toBe(true);
+    expect(shipped.owns('newsletter@client-shop.example', 'INFOS@client-shop.example')).toBe(true);
+    expect(shipped.owns('newsletter@client-shop.example', 'other@client-shop.example')).toBe(false);
+  });
+});

@@ -1,0 +1,109 @@
+// The policy loader: the shipped policy loads, and every kind of mistake is reported with file:line:col and key.
+
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadPolicy } from '../../src/policy/load.js';
+import { ValidationError } from '../../src/validate/source.js';
+
+function problems(dir: string): string[] {
+  try {
+    loadPolicy(dir);
+  } catch (err) {
+    if (err instanceof ValidationError) return err.message.split('\n');
+    throw err;
+  }
+  throw new Error(`${dir} loaded without error`);
+}
+
+describe('policy loading', () => {
+  it('loads the shipped policy, with a rule for each abuse article of the contract', () => {
+    const p = loadPolicy('policies');
+    expect(p.version).toMatch(/^[0-9a-f]{12}$/);
+    expect(Object.keys(p.doc.plans)).toEqual(['standard', 'pro', 'entreprise']);
+    const articles = new Set(p.rules.filter((r) => r.mode === 'enforce').map((r) => r.article));
+    for (const a of ['4.1', '4.4', '4.6', '6', '8']) expect(articles, `art. ${a}`).toContain(a);
+    expect(p.rules.some((r) => r.article === '4.3')).toBe(true);
+    const malware = p.rules.find((r) => r.id === 'malware.found')!;
+    expect(malware).toMatchObject({ phase: 'data', action: 'quarantine', strike: { event: 'malware', weight: 10 } });
+    expect(malware.source).toMatch(/^policies\/rules\.yaml:\d+$/);
+    expect(p.rules.find((r) => r.id === 'sender.not-owned')!.phase).toBe('mail');
+    expect(p.rules.find((r) => r.id === 'limits.recipient-rate')!.phase).toBe('rcpt');
+  });
+
+  it('changes version when a file changes, and only then', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/minimal', dir, { recursive: true });
+    const a = loadPolicy(dir).version;
+    expect(loadPolicy(dir).version).toBe(a);
+    writeFileSync(join(dir, 'policy.yaml'), `# a comment\n${readFileSync(join(dir, 'policy.yaml'), 'utf8')}`);
+    expect(loadPolicy(dir).version).not.toBe(a);
+  });
+
+  it('names file, line, column and key for a bad limit', () => {
+    expect(problems('fixtures/policies/bad-limit')).toEqual([
+      'fixtures/policies/bad-limit/limits.yaml:5:24: plans.basic.messages_per_hour must be a positive integer (got 0)',
+    ]);
+  });
+
+  it('refuses unknown keys, suggesting the right one', () => {
+    const [p] = problems('fixtures/policies/unknown-key');
+    expect(p).toMatch(/^fixtures\/policies\/unknown-key\/limits\.yaml:13:5: plans\.basic\.mesages_per_week is not a known key/);
+  });
+
+  it('checks references between files: plans and strike events that do not exist, duplicate rule ids', () => {
+    expect(problems('fixtures/policies/bad-references')).toEqual([
+      'fixtures/policies/bad-references/limits.yaml:13:15: default_plan names plan "premium", which is not defined in plans (defined: basic)',
+      'fixtures/policies/bad-references/limits.yaml:15:31: accounts.alice@example.test.plan names plan "gold", which is not defined in plans (defined: basic)',
+      'fixtures/policies/bad-references/rules.yaml:7:13: rules[0].strike names strike event "virus", which is not defined in strikes.events (defined: spam)',
+      'fixtures/policies/bad-references/rules.yaml:8:9: rules[1].id "r1" is already the id of rules[0]; rule ids must be unique',
+    ]);
+  });
+
+  it('compiles conditions at load: unsafe and invalid regexes, unknown fields, wrong operators, misplaced keys', () => {
+    const all = problems('fixtures/policies/bad-conditions').join('\n');
+    expect(all).toMatch(/rules\.yaml:5:30: rules\[0\]\.when\.body\.matches may take exponential time on crafted input/);
+    expect(all).toMatch(/rules\.yaml:10:33: rules\[1\]\.when\.subject\.matches is not a valid regular expression/);
+    expect(all).toMatch(/rules\.yaml:15:13: rules\[2\]\.when\.subjet is not a known field/);
+    expect(all).toMatch(/rules\.yaml:20:24: rules\[3\]\.when\.subject\.gt is not an operator for subject \(a string field\); use one of: equals, in, matches/);
+    expect(all).toMatch(/rules\.yaml:27:5: rules\[4\]\.reason only applies to tempfail, reject and quarantine/);
+    expect(all).toMatch(/rules\.yaml:31:12: rules\[5\]\.phase is too early: the condition uses subject, known only at data/);
+  });
+
+  it('refuses a section defined in two files, naming both', () => {
+    expect(problems('fixtures/policies/duplicate-section')).toEqual([
+      'fixtures/policies/duplicate-section/b.yaml:2:1: plans is already defined in fixtures/policies/duplicate-section/a.yaml:2; a section lives in one file',
+    ]);
+  });
+
+  it('checks the strike ladder goes up and that throttle says by how much and for how long', () => {
+    expect(problems('fixtures/policies/bad-ladder')).toEqual([
+      'fixtures/policies/bad-ladder/strikes.yaml:6:13: strikes.ladder[1].at must be greater than the previous step\'s (10): the ladder goes up',
+      'fixtures/policies/bad-ladder/strikes.yaml:7:7: strikes.ladder[2] throttle needs factor (0 to 1, the share of the plan\'s limits left) and for (how long)',
+    ]);
+  });
+
+  it('reports YAML syntax errors and a missing required section', () => {
+    expect(problems('fixtures/policies/yaml-syntax')[0]).toMatch(/^fixtures\/policies\/yaml-syntax\/policy\.yaml:\d+:\d+: YAML: /);
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    writeFileSync(join(dir, 'p.yaml'), 'default_plan: basic\n');
+    const p = problems(dir);
+    expect(p).toContain(`${dir}: plans is required (a mapping of names to a mapping): add it to one of the policy files`);
+    expect(problems(mkdtempSync(join(tmpdir(), 'douane-empty-')))[0]).toMatch(/holds no policy files/);
+  });
+});
+
+describe('the shipped policy\'s own tests', () => {
+  it('exercise every rule (as the deciding rule, a tag or a monitor-mode match)', async () => {
+    const { parse } = await import('yaml');
+    const { readdirSync } = await import('node:fs');
+    const named = new Set<string>();
+    for (const f of readdirSync('policies/tests').filter((n) => n.endsWith('.yaml'))) {
+      const doc = parse(readFileSync(join('policies/tests', f), 'utf8')) as { cases: { expect: { rule?: string; tags?: string[]; would?: string[] } }[] };
+      for (const c of doc.cases) for (const id of [c.expect.rule, ...(c.expect.tags ?? []), ...(c.expect.would ?? [])]) if (id) named.add(id);
+    }
+    const untested = loadPolicy('policies').rules.map((r) => r.id).filter((id) => !named.has(id));
+    expect(untested).toEqual([]);
+  });
+});
