@@ -17,6 +17,8 @@ import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
 import { PolicyStore } from './policy/store.js';
 import { LoggingStrikeSink, type StrikeSink } from './policy/strikes.js';
+import { Limiter } from './limits/limiter.js';
+import { createRedis, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, newReference, replyFor, type WireReply } from './smtp/replies.js';
@@ -32,6 +34,8 @@ export interface GatewayDeps {
   /** the policy in force; by default loaded from config.policy.dir */
   policies?: PolicyStore;
   strikes?: StrikeSink;
+  /** per-account limits; by default from config.limits (Redis, or in memory) */
+  limiter?: Limiter;
   upstream?: UpstreamProvider;
   clock?: Clock;
   pipeline?: Readonly<Record<Phase, readonly Check[]>>;
@@ -58,6 +62,9 @@ export class Gateway {
   private readonly pipeline: Readonly<Record<Phase, readonly Check[]>>;
   private readonly checkDeps: CheckDeps;
   readonly policies: PolicyStore;
+  readonly limiter: Limiter;
+  private readonly redis: RedisClient | undefined;
+  private readonly strikes: StrikeSink;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -78,13 +85,21 @@ export class Gateway {
         xclient: config.upstream.xclient,
       });
     this.policies = deps.policies ?? new PolicyStore(config.policy.dir, this.log, this.metrics);
+    if (deps.limiter) this.limiter = deps.limiter;
+    else {
+      const { redis, deadline, on_redis_failure } = config.limits;
+      this.redis = redis ? createRedis(redis, deadline, this.log, this.metrics) : undefined;
+      this.limiter = new Limiter({ redis: this.redis, keyPrefix: redis?.key_prefix ?? 'douane', onFailure: on_redis_failure, deadlineMs: deadline, metrics: this.metrics, log: this.log });
+    }
+    this.strikes = deps.strikes ?? new LoggingStrikeSink(this.log, this.metrics);
     this.checkDeps = {
       clock: this.clock,
       connectionsFrom: (ip) => this.perIp.get(ip) ?? 0,
       trustedNetwork: (listener, ip) => this.trusted.get(listener)?.has(ip) ?? false,
       policy: () => this.policies.current,
-      strikes: deps.strikes ?? new LoggingStrikeSink(this.log, this.metrics),
+      strikes: this.strikes,
       metrics: this.metrics,
+      limiter: this.limiter,
     };
     Spool.prepare(config.spool.dir);
     this.tls = loadTlsMaterial(config);
@@ -175,6 +190,7 @@ export class Gateway {
       conn.refuse('session.shutting_down', 'connect');
     }
     await this.upstream.close();
+    this.redis?.disconnect();
     // Clients that do not close their side after our 421 are cut off after a short grace period.
     const closeBy = Date.now() + 2000;
     while (this.connections().length && Date.now() < closeBy) await new Promise((r) => setTimeout(r, 10));
@@ -321,10 +337,14 @@ export class Gateway {
 
   private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<string> {
     const state = this.requireState(session);
-    const outcome = await this.check('auth', state);
-    if (isRefusal(outcome.verdict)) throw this.refusal(outcome.verdict, 'auth', state.reference);
-
     const username = auth.username ?? '';
+    const outcome = await this.check('auth', state, { authUser: username });
+    if (isRefusal(outcome.verdict)) {
+      this.metrics.auth.labels('blocked').inc();
+      this.logAuth(state, username, 'blocked', outcome.verdict.reason);
+      throw this.refusal(outcome.verdict, 'auth', state.reference);
+    }
+
     let upstream = state.upstream;
     let reply: SmtpReply;
     try {
@@ -340,14 +360,20 @@ export class Gateway {
       throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable' }, 'auth', state.reference);
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
+    const authLimits = this.policies.current.doc.auth;
     if (reply.code === 235) {
       state.account = username.toLowerCase();
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
+      await this.limiter.authSucceeded(state.account, authLimits);
+      await this.limiter.sessionOpened(state.account, state.id, this.clock.now() + this.config.smtp.session_deadline + 60_000);
+      state.sessionCounted = true;
       return username;
     }
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;
+      const counted = await this.limiter.authFailed(state.remoteAddress, username, authLimits);
+      if (counted.accountBlockedNow) this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
       this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();
       this.logAuth(state, username, tooMany ? 'too_many_failures' : 'failure', formatReply(reply));
@@ -377,6 +403,7 @@ export class Gateway {
       mailFrom: address.address,
       params: { ...args },
       recipients: [],
+      recipientGrants: [],
       results: [],
       tags: [],
       would: [],
@@ -428,17 +455,23 @@ export class Gateway {
     const tx = state.tx;
     if (!tx || !state.upstream) throw new Error('RCPT without an open transaction');
     const started = performance.now();
+    tx.pendingRecipientGrant = undefined;
     const outcome = await this.check('rcpt', state, { recipient: address.address });
+    const grant = tx.pendingRecipientGrant;
+    tx.pendingRecipientGrant = undefined;
+    tx.recipientLimits = undefined;
     if (isRefusal(outcome.verdict)) {
       const err = this.refusal(outcome.verdict, 'rcpt', tx.reference);
       tx.recipients.push({ address: address.address, accepted: false, reply: err.message });
       this.metrics.recipients.labels('refused_by_douane').inc();
+      if (grant) void this.limiter.refund(grant);
       throw err;
     }
     let reply: SmtpReply;
     try {
       reply = await state.upstream.rcpt(address.address);
     } catch (err) {
+      if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
       tx.recipients.push({ address: address.address, accepted: false, reply: refusal.message });
       throw refusal;
@@ -448,6 +481,10 @@ export class Gateway {
     const accepted = reply.code === 250 || reply.code === 251;
     tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
     this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
+    if (grant) {
+      if (accepted) tx.recipientGrants.push(grant);
+      else void this.limiter.refund(grant);
+    }
     if (!accepted) throw passThrough(reply);
     state.pendingSuccessText = withEnhanced(reply, '2.1.5');
   }
@@ -530,6 +567,7 @@ export class Gateway {
     if (left <= 0) this.perIp.delete(state.remoteAddress);
     else this.perIp.set(state.remoteAddress, left);
     this.metrics.sessionsActive.labels(state.listener.name).dec();
+    if (state.sessionCounted && state.account) void this.limiter.sessionClosed(state.account, state.id);
  this.metrics.sessions.labels(state.listener.name, state.refused ? 'refused' : state.transactions ? 'mail' : 'no_mail').inc();
     if (state.upstream) {
       const upstream = state.upstream;
@@ -589,6 +627,34 @@ export class Gateway {
     this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: username, result, detail }, `auth ${result}`);
   }
 
+  /** Counts stand only for what the upstream accepted: commit an accepted message, give back the rest. */
+  private settleLimits(state: SessionState, tx: Transaction, accepted: boolean): void {
+    const account = state.account ?? tx.mailFrom;
+    if (accepted) {
+      const limits = tx.policy.account(account).limits;
+      void this.limiter.accepted(account, limits, tx.size ?? 0, tx.policy.doc.baseline.history);
+      return;
+    }
+    for (const grant of [tx.limitGrant, ...tx.recipientGrants]) if (grant) void this.limiter.refund(grant);
+    tx.recipientGrants = [];
+  }
+
+  private bruteForceStrike(state: SessionState, username: string, failures: number): void {
+    const policy = this.policies.current;
+    const event = policy.doc.auth.strike;
+    if (!event) return;
+    this.strikes.record({
+      account: username.toLowerCase(),
+      event,
+      weight: policy.doc.strikes.events[event]!.weight,
+      article: '4.1',
+      reference: state.reference,
+      policyVersion: policy.version,
+      evidence: { client: state.remoteAddress, failures, limit: policy.doc.auth.failures_per_account },
+      at: this.clock.now(),
+    });
+  }
+
   /** Ends the transaction: one log line, metrics, and the trusted upstream goes back to the pool. */
   private finishTransaction(state: SessionState, outcome: NonNullable<Transaction['outcome']>): void {
     const tx = state.tx;
@@ -596,6 +662,7 @@ export class Gateway {
     tx.done = true;
     tx.outcome = outcome;
     tx.timings.total = this.clock.now() - tx.startedAt;
+    this.settleLimits(state, tx, outcome.action === 'accept');
     this.metrics.transactions.labels(state.listener.name, outcome.action, outcome.reason ?? 'none').inc();
     this.metrics.transactionDuration.observe(tx.timings.total / 1000);
     this.log.info(

@@ -32,6 +32,11 @@ export class Metrics {
   readonly policyWould = new Counter({ name: 'douane_policy_would_total', help: 'Monitor-mode rule matches: what the rule would have done', labelNames: ['rule', 'action'], registers: [this.registry] });
   readonly strikes = new Counter({ name: 'douane_strikes_total', help: 'Strike events recorded, by event', labelNames: ['event'], registers: [this.registry] });
 
+  readonly limiterDecisions = new Counter({ name: 'douane_limiter_decisions_total', help: 'Limit checks by limit and result (ok, exceeded)', labelNames: ['limit', 'result'], registers: [this.registry] });
+  readonly limiterInsurance = new Counter({ name: 'douane_limiter_insurance_total', help: 'Limiter operations answered by the in-process insurance because Redis failed', labelNames: ['op'], registers: [this.registry] });
+  readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline)', labelNames: ['kind'], registers: [this.registry] });
+  readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [this.registry] });
+
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     this.buildInfo.labels(opts.version, process.version).set(1);
     this.policyLastReloadSuccess.set(1);

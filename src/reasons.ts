@@ -47,6 +47,10 @@ export const REASONS = {
     sentence: 'Authentication is temporarily unavailable; please try again in a few minutes.',
     solution: 'Douane could not reach the upstream MTA to check the credentials. Check upstream.host/port and the MTA.',
   },
+  'auth.blocked': {
+    sentence: 'Too many failed logins from your address or for this account; try again in {retry}.',
+    solution: 'Brute-force protection (art. 4.1): failed AUTH attempts over the policy\'s auth limits block the address or account for a while. The block lifts by itself.',
+  },
   'auth.too_many_failures': {
     sentence: 'Too many failed authentication attempts on this connection.',
     solution: 'The client sent wrong credentials smtp.max_auth_failures times; it must reconnect. Repeated failures are brute force (art. 4.1).',
@@ -78,6 +82,10 @@ export const REASONS = {
   'recipients.too_many': {
     sentence: 'Too many recipients for one message (limit {limit}); send the rest in another message.',
     solution: 'The client may send the remaining recipients in a new transaction. The limit is smtp.max_recipients.',
+  },
+  'limits.unavailable': {
+    sentence: 'Your message could not be checked against your sending limits right now; please try again later.',
+    solution: 'Redis did not answer within limits.deadline and limits.on_redis_failure is tempfail. Check Redis, or switch to insurance.',
   },
   'policy.rule': {
     sentence: 'Message refused by the sending policy of your provider.',

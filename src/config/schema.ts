@@ -102,6 +102,33 @@ export const configSchema = obj({
     }),
   ),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  limits: section(
+    obj({
+      /** absent: counters in memory (one instance only) */
+      redis: optional(
+        refine(
+          obj({
+            url: optional(str({ pattern: /^rediss?:\/\//, expected: 'a redis:// or rediss:// URL' })),
+            sentinels: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
+            sentinel_name: optional(str()),
+            cluster: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
+            username: optional(str()),
+            password: optional(str()),
+            tls: withDefault(bool(), false),
+            key_prefix: withDefault(str({ pattern: /^[A-Za-z0-9_.:-]+$/, expected: 'letters, digits, _ . : -' }), 'douane'),
+          }),
+          (r, path): Issue[] => {
+            const modes = [r.url, r.sentinels, r.cluster].filter((x) => x !== undefined).length;
+            return modes === 1 ? [] : [{ path, message: 'needs exactly one of url, sentinels or cluster' }];
+          },
+        ),
+      ),
+      /** every limiter decision within this time, Redis or not */
+      deadline: withDefault(duration({ min: 10 }), 500),
+      /** when Redis fails: decide with in-process insurance limits (and log, count), or tempfail (451) */
+      on_redis_failure: withDefault(oneOf('insurance', 'tempfail'), 'insurance'),
+    }),
+  ),
   policy: section(
     obj({
       dir: withDefault(str(), SHIPPED_POLICIES),

@@ -9,6 +9,9 @@ import { dataLineEndings } from './checks/data.line-endings.js';
 import { dataSize } from './checks/data.size.js';
 import { mailDeclaredSize } from './checks/mail.declared-size.js';
 import { mailSenderAlignment } from './checks/mail.sender-alignment.js';
+import { mailLimits } from './checks/mail.limits.js';
+import { rcptLimits } from './checks/rcpt.limits.js';
+import { authBruteForce } from './checks/auth.brute-force.js';
 import { mailPolicy } from './checks/mail.policy.js';
 import { rcptPolicy } from './checks/rcpt.policy.js';
 import { dataPolicy } from './checks/data.policy.js';
@@ -19,9 +22,9 @@ import { CONTINUE, isTerminal, type Phase, type Verdict } from './verdict.js';
 
 export const PIPELINE: Readonly<Record<Phase, readonly Check[]>> = Object.freeze({
   connect: [connectTrustedNetwork, connectPerIpCap],
-  auth: [],
-  mail: [mailDeclaredSize, mailSenderAlignment, mailPolicy],
-  rcpt: [rcptMaxRecipients, rcptPolicy],
+  auth: [authBruteForce],
+  mail: [mailDeclaredSize, mailSenderAlignment, mailLimits, mailPolicy],
+  rcpt: [rcptMaxRecipients, rcptLimits, rcptPolicy],
   data: [dataLineEndings, dataSize, dataSenderAlignment, dataPolicy],
 });
 

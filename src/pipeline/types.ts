@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.js';
 import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
 import type { StrikeSink } from '../policy/strikes.js';
+import type { LimiterPort } from '../limits/limiter.js';
 import type { SessionState, Transaction } from '../session/state.js';
 import type { Phase, Verdict } from './verdict.js';
 
@@ -23,6 +24,7 @@ export interface CheckDeps {
   policy(): Policy;
   strikes: StrikeSink;
   metrics: Metrics;
+  limiter: LimiterPort;
 }
 
 export interface CheckContext {
@@ -33,6 +35,8 @@ export interface CheckContext {
   tx?: Transaction;
   /** rcpt phase: the recipient being checked */
   recipient?: string;
+  /** auth phase: the user name the client gave */
+  authUser?: string;
   /** `douane policy explain`: receives each rule's evaluation steps */
   trace?: (entries: RuleTrace[]) => void;
 }

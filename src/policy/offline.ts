@@ -14,6 +14,7 @@ import { formatWire, replyFor } from '../smtp/replies.js';
 import type { BulkFacts, LimitFacts, ScanFacts } from './facts.js';
 import type { Policy } from './policy.js';
 import type { StrikeEvent } from './strikes.js';
+import type { LimiterPort } from '../limits/limiter.js';
 
 /** Facts that need live services, supplied by hand. */
 export interface Given {
@@ -84,6 +85,7 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     policy: () => policy,
     strikes: { record: (e) => strikes.push(e) },
     metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
+    limiter: givenLimiter(given),
   };
   const mode = input.listener ?? 'starttls';
   const account = input.account.toLowerCase();
@@ -111,9 +113,8 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     timings: {},
     done: false,
     policy,
+    recipientGrants: [],
     accountStatus: given.account_status,
-    limits: limitFacts(given.limits),
-    baselineRatio: given.baseline_ratio,
   };
   session.tx = tx;
   const outcome: OfflineOutcome = { action: 'accept', tags: tx.tags, would: tx.would, strikes, refusedRecipients: [], reports: [], policyVersion: policy.version };
@@ -138,7 +139,6 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
   const mail = await run('mail');
   if (isRefusal(mail)) return refuse('mail', mail);
 
-  tx.recipientLimits = limitFacts(given.recipient_limits);
   let firstRefusal: { verdict: Verdict } | undefined;
   for (const rcpt of input.recipients) {
     const v = await run('rcpt', rcpt);
@@ -149,7 +149,6 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
       tx.recipients.push({ address: rcpt, accepted: false, reply: `${reply.code}` });
     } else tx.recipients.push({ address: rcpt, accepted: true, reply: '250' });
   }
-  tx.recipientLimits = undefined;
   if (!tx.recipients.some((r) => r.accepted)) {
     return firstRefusal ? refuse('rcpt', firstRefusal.verdict) : outcome;
   }
@@ -171,6 +170,20 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     outcome.phase = 'rcpt';
   }
   return outcome;
+}
+
+/** The limiters' answers, from `given` (every limit respected when nothing is given). */
+function givenLimiter(given: Given): LimiterPort {
+  const none = { exceeded: [] as string[], usage: {} };
+  return {
+    checkMessage: async () => ({
+      facts: limitFacts(given.limits) ?? { ...none },
+      grant: { consumed: [] },
+      baseline: given.baseline_ratio === undefined ? undefined : { ratio: given.baseline_ratio, current: 0, usual: 0 },
+    }),
+    checkRecipient: async () => ({ facts: limitFacts(given.recipient_limits) ?? { ...none }, grant: { consumed: [] } }),
+    authBlocked: async () => ({ retryAfter: 0 }),
+  };
 }
 
 function bulkFacts(g: NonNullable<Given['bulk']>): BulkFacts {

@@ -8,6 +8,7 @@ import type { Action, Phase, RuleRef } from '../pipeline/verdict.js';
 import type { ReasonCode } from '../reasons.js';
 import type { BulkFacts, LimitFacts, MessageFacts, ScanFacts } from '../policy/facts.js';
 import type { Policy } from '../policy/policy.js';
+import type { Grant } from '../limits/limiter.js';
 
 export type ListenerMode = 'starttls' | 'tls' | 'trusted';
 
@@ -56,6 +57,13 @@ export interface Transaction {
   /** RCPT phase: limits the recipient being checked goes over */
   recipientLimits?: LimitFacts;
   baselineRatio?: number;
+  /** the account's usual hourly volume and this hour's, behind baselineRatio */
+  baseline?: { ratio: number; current: number; usual: number };
+  /** what the limiters counted for this message and its recipients, given back unless accepted */
+  limitGrant?: Grant;
+  recipientGrants: Grant[];
+  /** RCPT phase: what the recipient being checked counted */
+  pendingRecipientGrant?: Grant;
   message?: MessageFacts;
   scan?: ScanFacts;
   bulk?: BulkFacts;
@@ -92,4 +100,6 @@ export interface SessionState {
   counted: boolean;
   /** set when the session was refused at connect */
   refused?: ReasonCode;
+  /** an authenticated session registered with the concurrent-sessions limit */
+  sessionCounted?: boolean;
 }

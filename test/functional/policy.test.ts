@@ -90,7 +90,7 @@ describe('policy reload', () => {
     const dir = policyDir();
     const { gw } = await setup(dir);
     const before = gw.gateway.policies.current.version;
-    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('messages_per_hour: 20', 'messages_per_hour: -1'));
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('messages_per_hour: 10000', 'messages_per_hour: -1'));
     const result = gw.gateway.policies.reload('test');
     expect(result).toMatchObject({ ok: false, version: before });
     expect(result.problems![0]).toMatch(/policy\.yaml:5:24: plans\.basic\.messages_per_hour must be a positive integer/);

@@ -1,0 +1,367 @@
+// Per-account sending limits (art. 4.6) and brute-force limits (art. 4.1), on rate-limiter-flexible:
+// Redis when configured (exact across instances), in memory otherwise. Semantics, documented in
+// policies/README.md ("Limits"):
+//  - fixed windows of 1 minute, 1 hour, 1 day, each starting at the account's first counted event;
+//  - a message is counted at MAIL FROM, a recipient at RCPT TO, both provisionally: they are given back
+//    unless the upstream accepts them (refused by a rule or by the upstream, RSET, client gone);
+//  - bytes are counted after the upstream accepted the message (a message may overshoot by its own size;
+//    MAIL refuses once the day's bytes are used, or when SIZE= says the message will not fit);
+//  - a refused attempt does not count.
+// All the counters of one phase are sent together (ioredis auto-pipelining: one round trip), and every
+// call has a deadline; when Redis fails, an in-process insurance limiter decides (or, by configuration,
+// the message is tempfailed) and the failure is logged and counted.
+
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import type { LimitFacts } from '../policy/facts.js';
+import type { LimitName, Limits } from '../policy/schema.js';
+import { domainOf } from '../policy/facts.js';
+import type { RedisClient } from './redis.js';
+import { InsuredStructures, MemoryStructures, RedisStructures, type Structures } from './structures.js';
+
+const MINUTE = 60;
+const HOUR = 3600;
+const DAY = 86_400;
+
+export interface LimiterOptions {
+  /** absent: in-memory limits (one instance only) */
+  redis?: RedisClient;
+  keyPrefix: string;
+  /** Redis failure: decide with in-process insurance limits, or tempfail the message */
+  onFailure: 'insurance' | 'tempfail';
+  deadlineMs: number;
+  metrics: Metrics;
+  log: Logger;
+  now?: () => number;
+}
+
+interface Consumed {
+  limiter: RateLimiterAbstract;
+  key: string;
+  points: number;
+  /** after this time the window has rolled over: a refund would credit the next window */
+  windowEndsAt: number;
+}
+
+/** What was counted for a message or a recipient, to give back if it is not accepted. */
+export interface Grant {
+  consumed: Consumed[];
+  setMember?: { key: string; member: string };
+}
+
+export interface Checked {
+  facts: LimitFacts;
+  grant: Grant;
+  /** Redis failed and the configuration says tempfail */
+  unavailable?: boolean;
+}
+
+export interface AuthLimits {
+  failures_per_ip: { limit: number; window: number; block: number };
+  failures_per_account: { limit: number; window: number; block: number };
+}
+
+export interface Baseline {
+  ratio: number;
+  current: number;
+  usual: number;
+}
+
+/** Limit counters are per account; the account is in braces so that a Redis Cluster keeps an account's keys together. */
+function accountKey(account: string): string {
+  return `{${account.toLowerCase().replace(/[{}]/g, '_')}}`;
+}
+
+class CountingInsurance extends RateLimiterMemory {
+  constructor(
+    opts: ConstructorParameters<typeof RateLimiterMemory>[0],
+    private readonly used: () => void,
+  ) {
+    super(opts);
+  }
+  override consume(...a: Parameters<RateLimiterMemory['consume']>) {
+    this.used();
+    return super.consume(...a);
+  }
+  override get(...a: Parameters<RateLimiterMemory['get']>) {
+    this.used();
+    return super.get(...a);
+  }
+  override reward(...a: Parameters<RateLimiterMemory['reward']>) {
+    this.used();
+    return super.reward(...a);
+  }
+  override delete(...a: Parameters<RateLimiterMemory['delete']>) {
+    this.used();
+    return super.delete(...a);
+  }
+}
+
+/** What the checks need from a limiter; `douane policy explain` answers it from given facts. */
+export interface LimiterPort {
+  checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }): Promise<Checked & { baseline?: Baseline }>;
+  checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked>;
+  authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }>;
+}
+
+export class Limiter implements LimiterPort {
+  private readonly limiters = new Map<string, RateLimiterAbstract>();
+  private readonly structures: Structures;
+  private readonly now: () => number;
+  private insuranceUses = 0;
+
+  constructor(private readonly opts: LimiterOptions) {
+    this.now = opts.now ?? Date.now;
+    if (!opts.redis) this.structures = new MemoryStructures(this.now);
+    else if (opts.onFailure === 'insurance') {
+      this.structures = new InsuredStructures(new RedisStructures(opts.redis), new MemoryStructures(this.now), (op, err) => this.failed(op, err));
+    } else this.structures = new RedisStructures(opts.redis);
+  }
+
+  get distributed(): boolean {
+    return Boolean(this.opts.redis);
+  }
+
+  private failed(op: string, err: Error): void {
+    this.insuranceUses++;
+    this.opts.metrics.limiterInsurance.labels(op).inc();
+    this.opts.metrics.redisErrors.labels('command').inc();
+    this.opts.log.warn({ event: 'limiter_insurance', op, err: err.message }, 'Redis failed; the in-process insurance decided');
+  }
+
+  private limiter(name: string, points: number, duration: number, blockDuration = 0): RateLimiterAbstract {
+    const id = `${name}:${points}:${duration}:${blockDuration}`;
+    let l = this.limiters.get(id);
+    if (l) return l;
+    const keyPrefix = `${this.opts.keyPrefix}:${name}`;
+    const base = { keyPrefix, points, duration, blockDuration };
+    if (!this.opts.redis) l = new RateLimiterMemory(base);
+    else {
+      const insurance =
+        this.opts.onFailure === 'insurance'
+          ? new CountingInsurance(base, () => {
+              this.insuranceUses++;
+              this.opts.metrics.limiterInsurance.labels(name).inc();
+              this.opts.metrics.redisErrors.labels('command').inc();
+            })
+          : undefined;
+      l = new RateLimiterRedis({ ...base, storeClient: this.opts.redis, insuranceLimiter: insurance });
+    }
+    this.limiters.set(id, l);
+    return l;
+  }
+
+  /** Runs a phase's Redis work within the deadline; reports whether the insurance answered. */
+  private async decide<T>(what: string, work: () => Promise<T>): Promise<{ value?: T; degraded: boolean; failed?: Error }> {
+    const before = this.insuranceUses;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no decision within ${this.opts.deadlineMs} ms`)), this.opts.deadlineMs);
+    });
+    try {
+      const value = await Promise.race([work(), deadline]);
+      const degraded = this.insuranceUses !== before;
+      if (degraded) this.opts.log.info({ event: 'limits_degraded', what }, 'limits decided by the in-process insurance');
+      return { value, degraded };
+    } catch (err) {
+      this.opts.metrics.redisErrors.labels('deadline').inc();
+      this.opts.log.warn({ event: 'limits_failed', what, err: (err as Error).message }, `limits could not be decided (${this.opts.onFailure})`);
+      return { degraded: true, failed: err as Error };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async consume(name: LimitName | string, points: number, duration: number, key: string, amount = 1): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
+    const limiter = this.limiter(name, points, duration);
+    let res: RateLimiterRes;
+    let over = false;
+    try {
+      res = await limiter.consume(key, amount);
+    } catch (err) {
+      if (!(err instanceof RateLimiterRes)) throw err;
+      res = err;
+      over = true;
+    }
+    this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
+    return { res, over, c: { limiter, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext } };
+  }
+
+  /** MAIL FROM: message counters, the day's bytes, open sessions, and the account's usual volume. */
+  async checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }): Promise<Checked & { baseline?: Baseline }> {
+    const key = accountKey(account);
+    const now = this.now();
+    const outcome = await this.decide('message', async () => {
+      const [m, h, d, bytes, sessions, hist] = await Promise.all([
+        this.consume('messages_per_minute', limits.messages_per_minute, MINUTE, key),
+        this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key),
+        this.consume('messages_per_day', limits.messages_per_day, DAY, key),
+        this.limiter('bytes_per_day', limits.bytes_per_day, DAY).get(key),
+        this.structures.sessionCount(`${this.opts.keyPrefix}:sessions:${key}`, now),
+        baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
+      ]);
+      return { m, h, d, bytes, sessions, hist };
+    });
+    if (!outcome.value) return this.undecided();
+    const { m, h, d, bytes, sessions, hist } = outcome.value;
+    const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
+    const waits: number[] = [];
+    for (const [name, r] of [['messages_per_minute', m], ['messages_per_hour', h], ['messages_per_day', d]] as const) {
+      facts.usage[name] = r.res.consumedPoints;
+      if (r.over) {
+        facts.exceeded.push(name);
+        waits.push(r.res.msBeforeNext);
+      }
+    }
+    const usedBytes = bytes?.consumedPoints ?? 0;
+    facts.usage.bytes_per_day = usedBytes;
+    if (usedBytes + (declaredSize ?? 1) > limits.bytes_per_day) {
+      facts.exceeded.push('bytes_per_day');
+      waits.push(bytes?.msBeforeNext ?? DAY * 1000);
+    }
+    this.opts.metrics.limiterDecisions.labels('bytes_per_day', facts.exceeded.includes('bytes_per_day') ? 'exceeded' : 'ok').inc();
+    facts.usage.concurrent_sessions = sessions;
+    if (sessions > limits.concurrent_sessions) {
+      facts.exceeded.push('concurrent_sessions');
+      waits.push(60_000);
+    }
+    this.opts.metrics.limiterDecisions.labels('concurrent_sessions', sessions > limits.concurrent_sessions ? 'exceeded' : 'ok').inc();
+    if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
+    const result: Checked & { baseline?: Baseline } = { facts, grant: { consumed: [m.c, h.c, d.c] } };
+    if (hist && baseline) result.baseline = computeBaseline(hist, baseline.minMessages);
+    return result;
+  }
+
+  /** RCPT TO: recipients in this message, per hour and per day, distinct domains per hour. */
+  async checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked> {
+    const key = accountKey(account);
+    const domain = domainOf(recipient) || recipient.toLowerCase();
+    const domainsKey = `${this.opts.keyPrefix}:domains:${key}`;
+    const outcome = await this.decide('recipient', () =>
+      Promise.all([
+        this.consume('recipients_per_hour', limits.recipients_per_hour, HOUR, key),
+        this.consume('recipients_per_day', limits.recipients_per_day, DAY, key),
+        this.structures.setAdd(domainsKey, domain, limits.recipient_domains_per_hour, HOUR * 1000),
+      ]),
+    );
+    if (!outcome.value) return this.undecided();
+    const [h, d, domains] = outcome.value;
+    const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
+    const waits: number[] = [];
+    if (acceptedSoFar >= limits.recipients_per_message) facts.exceeded.push('recipients_per_message');
+    facts.usage.recipients_per_message = acceptedSoFar + 1;
+    this.opts.metrics.limiterDecisions.labels('recipients_per_message', acceptedSoFar >= limits.recipients_per_message ? 'exceeded' : 'ok').inc();
+    for (const [name, r] of [['recipients_per_hour', h], ['recipients_per_day', d]] as const) {
+      facts.usage[name] = r.res.consumedPoints;
+      if (r.over) {
+        facts.exceeded.push(name);
+        waits.push(r.res.msBeforeNext);
+      }
+    }
+    facts.usage.recipient_domains_per_hour = domains.count;
+    if (domains.exceeded) {
+      facts.exceeded.push('recipient_domains_per_hour');
+      waits.push(domains.ttlMs);
+    }
+    this.opts.metrics.limiterDecisions.labels('recipient_domains_per_hour', domains.exceeded ? 'exceeded' : 'ok').inc();
+    if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
+    const grant: Grant = { consumed: [h.c, d.c] };
+    if (domains.added) grant.setMember = { key: domainsKey, member: domain };
+    return { facts, grant };
+  }
+
+  private undecided(): Checked {
+    // With insurance this only happens past the deadline: fail open, visibly (degraded). Else tempfail.
+    const facts: LimitFacts = { exceeded: [], usage: {}, degraded: true };
+    return { facts, grant: { consumed: [] }, unavailable: this.opts.onFailure === 'tempfail' };
+  }
+
+  /** Gives back what a message or recipient counted, because it was not accepted. */
+  async refund(grant: Grant): Promise<void> {
+    const now = this.now();
+    await this.decide('refund', () =>
+      Promise.all([
+        ...grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points)),
+        grant.setMember ? this.structures.setRemove(grant.setMember.key, grant.setMember.member) : Promise.resolve(),
+      ]),
+    );
+    grant.consumed = [];
+    grant.setMember = undefined;
+  }
+
+  /** The upstream accepted a message: count its bytes and its hour in the account's history. */
+  async accepted(account: string, limits: Limits, size: number, historyHours: number): Promise<void> {
+    const key = accountKey(account);
+    await this.decide('accepted', () =>
+      Promise.all([
+        this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, Math.max(1, size)),
+        this.structures.hourIncr(`${this.opts.keyPrefix}:hourly:${key}`, Math.floor(this.now() / 3_600_000), historyHours + 1),
+      ]),
+    );
+  }
+
+  async sessionOpened(account: string, id: string, expiresAt: number): Promise<void> {
+    await this.decide('session', () => this.structures.sessionOpen(`${this.opts.keyPrefix}:sessions:${accountKey(account)}`, id, expiresAt, this.now()));
+  }
+
+  async sessionClosed(account: string, id: string): Promise<void> {
+    await this.decide('session', () => this.structures.sessionClose(`${this.opts.keyPrefix}:sessions:${accountKey(account)}`, id));
+  }
+
+  /** Before trying credentials: is this client address or this account blocked after failures? */
+  async authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }> {
+    const { failures_per_ip: pi, failures_per_account: pa } = limits;
+    const outcome = await this.decide('auth', () =>
+      Promise.all([
+        this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000).get(ip),
+        this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).get(accountKey(account)),
+      ]),
+    );
+    if (!outcome.value) return { retryAfter: 0 };
+    const [ipRes, acctRes] = outcome.value;
+    if (ipRes && ipRes.consumedPoints > pi.limit) return { blocked: 'ip', retryAfter: Math.ceil(ipRes.msBeforeNext / 1000) };
+    if (acctRes && acctRes.consumedPoints > pa.limit) return { blocked: 'account', retryAfter: Math.ceil(acctRes.msBeforeNext / 1000) };
+    return { retryAfter: 0 };
+  }
+
+  /** A failed AUTH: counts against the address and the account; says if the account just got blocked. */
+  async authFailed(ip: string, account: string, limits: AuthLimits): Promise<{ accountBlockedNow: boolean; failures: number }> {
+    const { failures_per_ip: pi, failures_per_account: pa } = limits;
+    const settle = (p: Promise<RateLimiterRes>) => p.catch((e: unknown) => (e instanceof RateLimiterRes ? e : Promise.reject(e)));
+    const outcome = await this.decide('auth', () =>
+      Promise.all([
+        settle(this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000).consume(ip)),
+        settle(this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).consume(accountKey(account))),
+      ]),
+    );
+    if (!outcome.value) return { accountBlockedNow: false, failures: 0 };
+    const acct = outcome.value[1];
+    return { accountBlockedNow: acct.consumedPoints === pa.limit + 1, failures: acct.consumedPoints };
+  }
+
+  /** A successful AUTH clears the account's failures (not the address's). */
+  async authSucceeded(account: string, limits: AuthLimits): Promise<void> {
+    const pa = limits.failures_per_account;
+    await this.decide('auth', () => this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).delete(accountKey(account)));
+  }
+}
+
+function hoursBack(now: number, history: number): number[] {
+  const current = Math.floor(now / 3_600_000);
+  return Array.from({ length: history + 1 }, (_, i) => current - i);
+}
+
+/**
+ * The account's usual hourly volume is the mean of its active hours (hours with at least one message) in
+ * the history; idle hours do not dilute it, so an account that sends in bursts is compared with its bursts.
+ */
+export function computeBaseline(counts: number[], minMessages: number): Baseline | undefined {
+  const [currentSoFar = 0, ...past] = counts;
+  const active = past.filter((n) => n > 0);
+  const total = active.reduce((a, b) => a + b, 0);
+  if (total < minMessages || active.length === 0) return undefined;
+  const usual = total / active.length;
+  const current = currentSoFar + 1;
+  return { ratio: Math.round((current / usual) * 100) / 100, current, usual: Math.round(usual * 100) / 100 };
+}

@@ -1,0 +1,213 @@
+// The counters that are sets rather than sums — distinct recipient domains per hour, open sessions per
+// account, an account's hourly history — in Redis (atomic Lua, shared by every instance) or in memory
+// (the embedded default, and the insurance when Redis fails). The plain counters use rate-limiter-flexible.
+
+import type { RedisClient } from './redis.js';
+
+export interface SetAddResult {
+  /** the member was not there and the set was full: not added */
+  exceeded: boolean;
+  /** members after the call */
+  count: number;
+  /** the member was added by this call (so a refund may remove it) */
+  added: boolean;
+  /** ms until the window ends */
+  ttlMs: number;
+}
+
+export interface Structures {
+  /** adds `member` to a windowed set unless it is full; an existing member always fits */
+  setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult>;
+  setRemove(key: string, member: string): Promise<void>;
+  /** registers an open session until `expiresAt`; returns the open sessions count */
+  sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
+  sessionClose(key: string, id: string): Promise<void>;
+  sessionCount(key: string, now: number): Promise<number>;
+  /** adds 1 to the count of an hour (epoch hours) */
+  hourIncr(key: string, hour: number, keepHours: number): Promise<void>;
+  /** counts of the given hours (0 when absent) */
+  hours(key: string, hours: number[]): Promise<number[]>;
+}
+
+const SET_ADD = `
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return {0, redis.call('SCARD', KEYS[1]), 0, redis.call('PTTL', KEYS[1])}
+end
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then
+  return {1, n, 0, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {0, n + 1, 1, redis.call('PTTL', KEYS[1])}`;
+
+const SESSION_OPEN = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])`;
+
+const HOUR_INCR = `
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+type Scripted = RedisClient & {
+  douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
+  douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
+  douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
+};
+
+export class RedisStructures implements Structures {
+  private readonly client: Scripted;
+
+  constructor(client: RedisClient) {
+    client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
+    client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
+    client.defineCommand('douaneHourIncr', { numberOfKeys: 1, lua: HOUR_INCR });
+    this.client = client as Scripted;
+  }
+
+  async setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult> {
+    const [exceeded, count, added, ttl] = await this.client.douaneSetAdd(key, member, limit, windowMs);
+    return { exceeded: exceeded === 1, count, added: added === 1, ttlMs: Math.max(0, ttl) };
+  }
+
+  async setRemove(key: string, member: string): Promise<void> {
+    await this.client.srem(key, member);
+  }
+
+  sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
+    return this.client.douaneSessionOpen(key, id, expiresAt, now);
+  }
+
+  async sessionClose(key: string, id: string): Promise<void> {
+    await this.client.zrem(key, id);
+  }
+
+  sessionCount(key: string, now: number): Promise<number> {
+    return this.client.zcount(key, `(${now}`, '+inf');
+  }
+
+  async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
+    await this.client.douaneHourIncr(key, hour, keepHours * 3600);
+  }
+
+  async hours(key: string, hours: number[]): Promise<number[]> {
+    if (hours.length === 0) return [];
+    const values = await this.client.hmget(key, ...hours.map(String));
+    return values.map((v) => Number(v ?? 0));
+  }
+}
+
+/** In-process equivalents: the embedded default (one instance), and the insurance when Redis fails. */
+export class MemoryStructures implements Structures {
+  private readonly sets = new Map<string, { members: Set<string>; expiresAt: number }>();
+  private readonly sessions = new Map<string, Map<string, number>>();
+  private readonly history = new Map<string, Map<number, number>>();
+  private lastSweep = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  private sweep(): void {
+    const now = this.now();
+    if (now - this.lastSweep < 60_000) return;
+    this.lastSweep = now;
+    for (const [k, s] of this.sets) if (s.expiresAt <= now) this.sets.delete(k);
+    for (const [k, m] of this.sessions) {
+      for (const [id, exp] of m) if (exp <= now) m.delete(id);
+      if (m.size === 0) this.sessions.delete(k);
+    }
+  }
+
+  async setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult> {
+    this.sweep();
+    const now = this.now();
+    let s = this.sets.get(key);
+    if (s && s.expiresAt <= now) s = undefined;
+    if (!s) {
+      s = { members: new Set(), expiresAt: now + windowMs };
+      this.sets.set(key, s);
+    }
+    const ttlMs = s.expiresAt - now;
+    if (s.members.has(member)) return { exceeded: false, count: s.members.size, added: false, ttlMs };
+    if (s.members.size >= limit) return { exceeded: true, count: s.members.size, added: false, ttlMs };
+    s.members.add(member);
+    return { exceeded: false, count: s.members.size, added: true, ttlMs };
+  }
+
+  async setRemove(key: string, member: string): Promise<void> {
+    this.sets.get(key)?.members.delete(member);
+  }
+
+  async sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
+    this.sweep();
+    const m = this.sessions.get(key) ?? new Map<string, number>();
+    this.sessions.set(key, m);
+    for (const [k, exp] of m) if (exp <= now) m.delete(k);
+    m.set(id, expiresAt);
+    return m.size;
+  }
+
+  async sessionClose(key: string, id: string): Promise<void> {
+    this.sessions.get(key)?.delete(id);
+  }
+
+  async sessionCount(key: string, now: number): Promise<number> {
+    let n = 0;
+    for (const exp of this.sessions.get(key)?.values() ?? []) if (exp > now) n++;
+    return n;
+  }
+
+  async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
+    const h = this.history.get(key) ?? new Map<number, number>();
+    this.history.set(key, h);
+    h.set(hour, (h.get(hour) ?? 0) + 1);
+    for (const k of h.keys()) if (k <= hour - keepHours) h.delete(k);
+  }
+
+  async hours(key: string, hours: number[]): Promise<number[]> {
+    const h = this.history.get(key);
+    return hours.map((x) => h?.get(x) ?? 0);
+  }
+}
+
+/** Redis first; on any error, the in-memory copy answers and the failure is reported. */
+export class InsuredStructures implements Structures {
+  constructor(
+    private readonly primary: Structures,
+    private readonly insurance: Structures,
+    private readonly onFailure: (op: string, err: Error) => void,
+  ) {}
+
+  private async run<T>(op: keyof Structures, args: unknown[]): Promise<T> {
+    try {
+      return await (this.primary[op] as (...a: unknown[]) => Promise<T>)(...args);
+    } catch (err) {
+      this.onFailure(op, err as Error);
+      return (this.insurance[op] as (...a: unknown[]) => Promise<T>)(...args);
+    }
+  }
+
+  setAdd(...a: Parameters<Structures['setAdd']>) {
+    return this.run<SetAddResult>('setAdd', a);
+  }
+  setRemove(...a: Parameters<Structures['setRemove']>) {
+    return this.run<void>('setRemove', a);
+  }
+  sessionOpen(...a: Parameters<Structures['sessionOpen']>) {
+    return this.run<number>('sessionOpen', a);
+  }
+  sessionClose(...a: Parameters<Structures['sessionClose']>) {
+    return this.run<void>('sessionClose', a);
+  }
+  sessionCount(...a: Parameters<Structures['sessionCount']>) {
+    return this.run<number>('sessionCount', a);
+  }
+  hourIncr(...a: Parameters<Structures['hourIncr']>) {
+    return this.run<void>('hourIncr', a);
+  }
+  hours(...a: Parameters<Structures['hours']>) {
+    return this.run<number[]>('hours', a);
+  }
+}
