@@ -18,7 +18,7 @@ import type { ReasonCode } from './reasons.js';
 import { PolicyStore } from './policy/store.js';
 import { LoggingStrikeSink, type StrikeSink } from './policy/strikes.js';
 import { Limiter } from './limits/limiter.js';
-import { createRedis, type RedisClient } from './limits/redis.js';
+import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, newReference, replyFor, type WireReply } from './smtp/replies.js';
@@ -115,6 +115,9 @@ export class Gateway {
   // ---------------------------------------------------------------- lifecycle
 
   async start(): Promise<void> {
+    if (this.redis && !(await redisReady(this.redis, 3000))) {
+      this.log.warn({ event: 'redis_not_ready' }, 'Redis is not reachable at start; limits use the in-process insurance until it is');
+    }
     await Promise.all(
       this.listeners.map(
         (l) =>
@@ -142,6 +145,7 @@ export class Gateway {
         if (this.draining) return { ok: false, detail: 'draining for shutdown' };
         return down.length ? { ok: false, detail: `not listening: ${down.join(', ')}` } : { ok: true };
       },
+      ...(this.redis ? { redis: cachedProbe(async () => redisPing(this.redis!), 2000) } : {}),
       upstream: cachedProbe(async () => {
         const client = await this.upstream.forAuth({ address: '127.0.0.1', port: 0, secure: false });
         await client.quit();
@@ -683,6 +687,8 @@ export class Gateway {
         rule_source: outcome.rule?.source,
         policy: tx.policy.version,
         would: tx.would.length ? tx.would : undefined,
+        limits: tx.limits && (tx.limits.exceeded.length || tx.limits.degraded) ? { exceeded: tx.limits.exceeded, degraded: tx.limits.degraded, usage: tx.limits.usage } : undefined,
+        baseline: tx.baseline,
         reply: outcome.reply,
         tags: tx.tags.length ? tx.tags : undefined,
         checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ms: r.ms })),

@@ -100,7 +100,7 @@ class CountingInsurance extends RateLimiterMemory {
 
 /** What the checks need from a limiter; `douane policy explain` answers it from given facts. */
 export interface LimiterPort {
-  checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }): Promise<Checked & { baseline?: Baseline }>;
+  checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<Checked & { baseline?: Baseline }>;
   checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked>;
   authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }>;
 }
@@ -189,7 +189,7 @@ export class Limiter implements LimiterPort {
   }
 
   /** MAIL FROM: message counters, the day's bytes, open sessions, and the account's usual volume. */
-  async checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }): Promise<Checked & { baseline?: Baseline }> {
+  async checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<Checked & { baseline?: Baseline }> {
     const key = accountKey(account);
     const now = this.now();
     const outcome = await this.decide('message', async () => {
@@ -198,7 +198,7 @@ export class Limiter implements LimiterPort {
         this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key),
         this.consume('messages_per_day', limits.messages_per_day, DAY, key),
         this.limiter('bytes_per_day', limits.bytes_per_day, DAY).get(key),
-        this.structures.sessionCount(`${this.opts.keyPrefix}:sessions:${key}`, now),
+        sessionId ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, sessionId, now) : Promise.resolve({ count: 0, rank: null }),
         baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
       ]);
       return { m, h, d, bytes, sessions, hist };
@@ -221,12 +221,14 @@ export class Limiter implements LimiterPort {
       waits.push(bytes?.msBeforeNext ?? DAY * 1000);
     }
     this.opts.metrics.limiterDecisions.labels('bytes_per_day', facts.exceeded.includes('bytes_per_day') ? 'exceeded' : 'ok').inc();
-    facts.usage.concurrent_sessions = sessions;
-    if (sessions > limits.concurrent_sessions) {
+    // The oldest sessions keep their place: the ones opened past the limit are refused.
+    facts.usage.concurrent_sessions = sessions.count;
+    const tooMany = sessions.rank !== null && sessions.rank >= limits.concurrent_sessions;
+    if (tooMany) {
       facts.exceeded.push('concurrent_sessions');
       waits.push(60_000);
     }
-    this.opts.metrics.limiterDecisions.labels('concurrent_sessions', sessions > limits.concurrent_sessions ? 'exceeded' : 'ok').inc();
+    this.opts.metrics.limiterDecisions.labels('concurrent_sessions', tooMany ? 'exceeded' : 'ok').inc();
     if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
     const result: Checked & { baseline?: Baseline } = { facts, grant: { consumed: [m.c, h.c, d.c] } };
     if (hist && baseline) result.baseline = computeBaseline(hist, baseline.minMessages);

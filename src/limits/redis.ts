@@ -65,3 +65,28 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
   client.on('close', () => metrics.redisUp.set(0));
   return client;
 }
+
+/** Waits (bounded) for the first connection, so that the first messages are counted in Redis, not the insurance. */
+export async function redisReady(client: RedisClient, timeoutMs: number): Promise<boolean> {
+  if (client.status === 'ready') return true;
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      client.off('ready', onReady);
+      resolve(ok);
+    };
+    const onReady = () => done(true);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    client.on('ready', onReady);
+  });
+}
+
+/** Readiness: Redis answers PING within the deadline. */
+export async function redisPing(client: RedisClient): Promise<{ ok: boolean; detail?: string }> {
+  try {
+    const pong = await client.ping();
+    return pong === 'PONG' ? { ok: true } : { ok: false, detail: `unexpected reply ${pong}` };
+  } catch (err) {
+    return { ok: false, detail: (err as Error).message };
+  }
+}

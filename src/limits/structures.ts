@@ -22,7 +22,8 @@ export interface Structures {
   /** registers an open session until `expiresAt`; returns the open sessions count */
   sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   sessionClose(key: string, id: string): Promise<void>;
-  sessionCount(key: string, now: number): Promise<number>;
+  /** open sessions, and this session's place among them by age (0 = oldest; null = not registered) */
+  sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }>;
   /** adds 1 to the count of an hour (epoch hours) */
   hourIncr(key: string, hour: number, keepHours: number): Promise<void>;
   /** counts of the given hours (0 when absent) */
@@ -47,6 +48,10 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return redis.call('ZCARD', KEYS[1])`;
 
+const SESSION_RANK = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANK', KEYS[1], ARGV[1])}`;
+
 const HOUR_INCR = `
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -55,6 +60,7 @@ return 1`;
 type Scripted = RedisClient & {
   douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
+  douaneSessionRank(key: string, id: string, now: number): Promise<[number, number | null]>;
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
 };
 
@@ -64,6 +70,7 @@ export class RedisStructures implements Structures {
   constructor(client: RedisClient) {
     client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
     client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
+    client.defineCommand('douaneSessionRank', { numberOfKeys: 1, lua: SESSION_RANK });
     client.defineCommand('douaneHourIncr', { numberOfKeys: 1, lua: HOUR_INCR });
     this.client = client as Scripted;
   }
@@ -85,8 +92,9 @@ export class RedisStructures implements Structures {
     await this.client.zrem(key, id);
   }
 
-  sessionCount(key: string, now: number): Promise<number> {
-    return this.client.zcount(key, `(${now}`, '+inf');
+  async sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }> {
+    const [count, rank] = await this.client.douaneSessionRank(key, id, now);
+    return { count, rank: rank ?? null };
   }
 
   async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
@@ -153,10 +161,10 @@ export class MemoryStructures implements Structures {
     this.sessions.get(key)?.delete(id);
   }
 
-  async sessionCount(key: string, now: number): Promise<number> {
-    let n = 0;
-    for (const exp of this.sessions.get(key)?.values() ?? []) if (exp > now) n++;
-    return n;
+  async sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }> {
+    const open = [...(this.sessions.get(key) ?? new Map<string, number>())].filter(([, exp]) => exp > now).sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1));
+    const rank = open.findIndex(([k]) => k === id);
+    return { count: open.length, rank: rank < 0 ? null : rank };
   }
 
   async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
@@ -201,8 +209,8 @@ export class InsuredStructures implements Structures {
   sessionClose(...a: Parameters<Structures['sessionClose']>) {
     return this.run<void>('sessionClose', a);
   }
-  sessionCount(...a: Parameters<Structures['sessionCount']>) {
-    return this.run<number>('sessionCount', a);
+  sessionRank(...a: Parameters<Structures['sessionRank']>) {
+    return this.run<{ count: number; rank: number | null }>('sessionRank', a);
   }
   hourIncr(...a: Parameters<Structures['hourIncr']>) {
     return this.run<void>('hourIncr', a);

@@ -14,7 +14,8 @@ export const mailLimits: Check = {
     const account = session.account ?? tx.mailFrom;
     const acct = tx.policy.account(account);
     const { history, min_messages } = tx.policy.doc.baseline;
-    const checked = await deps.limiter.checkMessage(account, acct.limits, tx.declaredSize, { history, minMessages: min_messages });
+    const sessionId = session.sessionCounted ? session.id : undefined;
+    const checked = await deps.limiter.checkMessage(account, acct.limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
     tx.limitGrant = checked.grant;
     tx.limits = checked.facts;
     if (checked.baseline) {

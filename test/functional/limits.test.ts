@@ -1,0 +1,278 @@
+// Per-account limits against a real redis-server: each limit at its boundary, window roll-over, what
+// gives quota back, two instances sharing one Redis, Redis killed and frozen, a 3-node Redis Cluster,
+// brute-force blocking and the usual-volume baseline.
+
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+import { startRedis, startRedisCluster, type RedisCluster, type RedisInstance } from '../harness/redis.js';
+
+const POLICY = 'fixtures/policies/small-limits';
+let redis: RedisInstance;
+let upstream: FakeUpstream;
+const gateways: TestGateway[] = [];
+
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+});
+beforeEach(async () => {
+  redis.cli('flushall');
+  upstream = await FakeUpstream.start({
+    users: { 'user1@example.test': 'secret1', 'roomy@example.test': 'secret', 'victim@example.test': 'right' },
+    rcpt: (to) => (to.startsWith('unknown') ? '550 5.1.1 <unknown>: Recipient address rejected' : undefined),
+  });
+});
+afterEach(async () => {
+  await Promise.all(gateways.splice(0).map((g) => g.stop()));
+  await upstream.stop();
+});
+
+async function gateway(limits: Record<string, unknown> = { redis: { url: redis.url } }): Promise<TestGateway> {
+  const gw = await startGateway(upstream.port, { policy: { dir: POLICY, watch: false }, limits, smtp: { max_connections_per_ip: 500 } });
+  gateways.push(gw);
+  return gw;
+}
+
+/** One trusted-listener transaction; returns each reply. */
+async function send(port: number, from: string, rcpts: string[] = ['user2@example.test'], body = 'hello', size?: number) {
+  const c = await RawSmtp.connect(port);
+  await c.reply();
+  await c.command('EHLO t');
+  const mail = await c.command(`MAIL FROM:<${from}>${size ? ` SIZE=${size}` : ''}`);
+  const rcpt: string[] = [];
+  let data = '';
+  if (mail.startsWith('250')) {
+    for (const r of rcpts) rcpt.push(await c.command(`RCPT TO:<${r}>`));
+    if (rcpt.some((r) => r.startsWith('250'))) {
+      await c.command('DATA');
+      c.write(`From: ${from}\r\nSubject: t\r\n\r\n${body}\r\n.\r\n`);
+      data = await c.reply();
+    }
+  }
+  c.close();
+  return { mail, rcpt, data };
+}
+
+describe('each limit at its boundary', () => {
+  it('messages per minute: n accepted, n+1 refused at MAIL with 450 4.7.1 and when to retry; a new window starts fresh', async () => {
+    const gw = await gateway();
+    const port = gw.port('trusted');
+    for (let i = 0; i < 3; i++) expect((await send(port, 'perminute@example.test')).data).toMatch(/^250 /);
+    const over = await send(port, 'perminute@example.test');
+    expect(over.mail).toMatch(/^450 4\.7\.1 Sending limit reached \(messages per minute\); try again in \d+ seconds\. Ref D-[0-9A-Z]{6}, rule limits\.message-rate, art\. 4\.6\.$/);
+    expect(upstream.messages).toHaveLength(3);
+    expect(Number(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}'))).toBe(3);
+    const strike = await gw.waitForLog((l) => l.event === 'strike');
+    expect(strike).toMatchObject({ strike: 'limit_reached', account: 'perminute@example.test', rule: 'limits.message-rate' });
+    // The window ends (Redis expires the key): the account may send again.
+    redis.cli('pexpire', 'douane:messages_per_minute:{perminute@example.test}', '1');
+    await new Promise((r) => setTimeout(r, 20));
+    expect((await send(port, 'perminute@example.test')).data).toMatch(/^250 /);
+  });
+
+  it('messages per hour, across transactions of one session', async () => {
+    const gw = await gateway();
+    const results = [];
+    for (let i = 0; i < 52; i++) results.push((await send(gw.port('trusted'), 'hourly@example.test')).mail.slice(0, 3));
+    expect(results.filter((r) => r === '250')).toHaveLength(50);
+    expect(results.slice(50)).toEqual(['450', '450']);
+  });
+
+  it('recipients per message: 452 4.5.3 for the fourth, and the message goes to the first three', async () => {
+    const gw = await gateway();
+    const r = await send(gw.port('trusted'), 'user1@example.test', ['a@x.test', 'b@x.test', 'c@x.test', 'd@x.test']);
+    expect(r.rcpt.slice(0, 3).every((x) => x.startsWith('250'))).toBe(true);
+    expect(r.rcpt[3]).toMatch(/^452 4\.5\.3 Too many recipients for one message/);
+    expect(r.data).toMatch(/^250 /);
+    expect(upstream.messages[0]!.to).toEqual(['a@x.test', 'b@x.test', 'c@x.test']);
+  });
+
+  it('recipients per hour: refused at RCPT, 450 4.7.1; a recipient the upstream refuses gives its count back', async () => {
+    const gw = await gateway();
+    const port = gw.port('trusted');
+    const first = await send(port, 'rcpt@example.test', ['a@x.test', 'unknown@x.test', 'b@x.test']);
+    expect(first.rcpt.map((x) => x.slice(0, 3))).toEqual(['250', '550', '250']);
+    // 2 counted (the refused one was given back): 3 more fit, the 6th does not.
+    const second = await send(port, 'rcpt@example.test', ['c@x.test', 'd@x.test', 'e@x.test', 'f@x.test']);
+    expect(second.rcpt.map((x) => x.slice(0, 3))).toEqual(['250', '250', '250', '450']);
+    expect(second.rcpt[3]).toMatch(/Sending limit reached \(recipients per hour\); try again in/);
+  });
+
+  it('distinct recipient domains per hour', async () => {
+    const gw = await gateway();
+    const r = await send(gw.port('trusted'), 'domains@example.test', ['a@one.test', 'b@two.test', 'c@one.test', 'd@three.test']);
+    expect(r.rcpt.map((x) => x.slice(0, 3))).toEqual(['250', '250', '250', '450']);
+    expect(r.rcpt[3]).toMatch(/recipient domains per hour/);
+  });
+
+  it('bytes per day: counted after acceptance; MAIL refuses once used up, or when SIZE= will not fit', async () => {
+    const gw = await gateway();
+    const port = gw.port('trusted');
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 3000)).mail).toMatch(/^450 4\.7\.1 Sending limit reached \(bytes per day\)/);
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(1500))).data).toMatch(/^250 /);
+    expect(Number(redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}'))).toBeGreaterThan(1500);
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(600))).data).toMatch(/^250 /); // overshoots by its own size
+    expect((await send(port, 'bytes@example.test')).mail).toMatch(/^450 4\.7\.1 .*bytes per day/);
+  });
+
+  it('concurrent sessions per account (authenticated)', async () => {
+    const gw = await gateway();
+    const open = async () => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235/);
+      return c;
+    };
+    const [a, b, c] = [await open(), await open(), await open()];
+    // The two oldest sessions may send; the third, opened past the limit, may not.
+    expect(await a.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await b.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^450 4\.7\.1 Sending limit reached \(concurrent sessions\)/);
+    b.close();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    a.close();
+    c.close();
+  });
+
+  it('a message that is not accepted does not count (RSET, upstream refusal)', async () => {
+    const gw = await gateway();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    for (let i = 0; i < 5; i++) {
+      expect(await c.command('MAIL FROM:<perminute@example.test>')).toMatch(/^250/);
+      expect(await c.command('RSET')).toMatch(/^250/);
+    }
+    c.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(Number(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}'))).toBe(0);
+  });
+});
+
+describe('shared state', () => {
+  it('two instances on one Redis accept exactly the limit between them', async () => {
+    const [a, b] = [await gateway(), await gateway()];
+    const sends = Array.from({ length: 100 }, (_, i) => send((i % 2 ? a : b).port('trusted'), 'hourly@example.test'));
+    const results = await Promise.all(sends);
+    expect(results.filter((r) => r.data.startsWith('250'))).toHaveLength(50);
+    expect(results.filter((r) => r.mail.startsWith('450'))).toHaveLength(50);
+    expect(upstream.messages).toHaveLength(50);
+  });
+
+  it('works on a 3-node Redis Cluster', async () => {
+    const cluster: RedisCluster = await startRedisCluster(3);
+    try {
+      const gw = await gateway({ redis: { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) } });
+      const results = [];
+      for (let i = 0; i < 5; i++) results.push((await send(gw.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+      expect(results).toEqual(['250', '250', '250', '450', '450']);
+      // And the keys live in the cluster (on whichever node owns the account's slot).
+      const found = cluster.nodes.map((n) => n.cli('-c', 'get', 'douane:messages_per_minute:{perminute@example.test}'));
+      expect(found).toContain('3');
+      expect(gw.logs.some((l) => l.event === 'limiter_insurance')).toBe(false);
+    } finally {
+      await cluster.stop();
+    }
+  });
+});
+
+describe('Redis failures are bounded', () => {
+  it('Redis down: decisions come from the insurance within the deadline, logged and counted', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
+    expect((await send(gw.port('trusted'), 'perminute@example.test')).data).toMatch(/^250 /);
+    const lone = await startRedis();
+    await lone.stop(); // a port where nothing listens any more
+    const down = await gateway({ redis: { url: lone.url }, deadline: '300ms' });
+    const started = Date.now();
+    const results = [];
+    for (let i = 0; i < 4; i++) results.push((await send(down.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+    expect(Date.now() - started).toBeLessThan(4 * 1000);
+    // The insurance enforces the same limit, in this process.
+    expect(results).toEqual(['250', '250', '250', '450']);
+    await down.waitForLog((l) => l.event === 'limiter_insurance' || l.event === 'limits_degraded');
+    expect(await down.metrics.registry.metrics()).toMatch(/douane_limiter_insurance_total\{op="messages_per_minute"\} [1-9]/);
+  });
+
+  it('Redis frozen mid-run: each decision within the deadline, and no double count after it thaws', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms' });
+    const port = gw.port('trusted');
+    expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+    redis.pause();
+    try {
+      const started = Date.now();
+      const r = await send(port, 'roomy@example.test');
+      const took = Date.now() - started;
+      expect(r.data).toMatch(/^250 /);
+      expect(took).toBeLessThan(3000); // MAIL, RCPT and the commit each bounded by the 400 ms deadline
+      const line = await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'accept' && gw.transactions().length === 2);
+      expect(line).toBeTruthy();
+    } finally {
+      redis.resume();
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    // Commands sent while frozen ran once Redis thawed (they were in its socket); nothing was sent twice.
+    const counted = Number(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}'));
+    expect(counted).toBeLessThanOrEqual(2);
+    expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+    expect(Number(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}'))).toBe(counted + 1);
+  });
+
+  it('on_redis_failure: tempfail answers 451 4.3.0 while Redis is down', async () => {
+    const lone = await startRedis();
+    await lone.stop();
+    const gw = await gateway({ redis: { url: lone.url }, deadline: '300ms', on_redis_failure: 'tempfail' });
+    const r = await send(gw.port('trusted'), 'roomy@example.test');
+    expect(r.mail).toMatch(/^451 4\.3\.0 Your message could not be checked against your sending limits/);
+    expect(upstream.messages).toHaveLength(0);
+  });
+
+  it('without Redis configured, limits are in memory', async () => {
+    const gw = await gateway({});
+    const results = [];
+    for (let i = 0; i < 4; i++) results.push((await send(gw.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '250', '450']);
+    expect(redis.cli('dbsize')).toBe('0');
+  });
+});
+
+describe('brute force and sudden volume', () => {
+  it('blocks an account after repeated failed logins (454 4.7.0) without asking the upstream, with a strike', async () => {
+    const gw = await gateway();
+    const attempt = async (pass: string) => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0victim@example.test\0${pass}`).toString('base64')}`);
+      c.close();
+      return r;
+    };
+    for (let i = 0; i < 4; i++) expect(await attempt('wrong')).toMatch(/^535 5\.7\.8/);
+    const authsBefore = upstream.commands.filter((c) => c.startsWith('AUTH')).length;
+    expect(await attempt('right')).toMatch(/^454 4\.7\.0 Too many failed logins from your address or for this account; try again in \d+ minutes\./);
+    expect(upstream.commands.filter((c) => c.startsWith('AUTH')).length).toBe(authsBefore);
+    const strike = await gw.waitForLog((l) => l.event === 'strike');
+    expect(strike).toMatchObject({ strike: 'brute_force', account: 'victim@example.test', weight: 3 });
+  });
+
+  it('tags a message sent at ten times the account\'s usual hourly volume, with a strike and the evidence', async () => {
+    const gw = await gateway();
+    const hour = Math.floor(Date.now() / 3_600_000);
+    // History: 2 messages in each of the previous 10 hours (usual: 2 per active hour).
+    for (let i = 1; i <= 10; i++) redis.cli('hset', 'douane:hourly:{roomy@example.test}', String(hour - i), '2');
+    const tags: string[] = [];
+    for (let i = 0; i < 21; i++) {
+      await send(gw.port('trusted'), 'roomy@example.test');
+      tags.push(upstream.messages[upstream.messages.length - 1]!.raw.toString().startsWith('X-Douane-Tags: account.sudden-volume') ? 'tag' : '-');
+    }
+    // The 20th message this hour is 10x the usual 2.
+    expect(tags.indexOf('tag')).toBe(19);
+    const strike = await gw.waitForLog((l) => l.event === 'strike' && l.strike === 'suspected_compromise');
+    expect(strike.evidence).toMatchObject({ baseline_ratio: 10 });
+  });
+});

@@ -1,0 +1,72 @@
+// Private redis-server instances on free loopback ports (single or a 3-node cluster), stopped by PID.
+// They can be paused (SIGSTOP: a frozen Redis that accepts connections but never answers) and resumed.
+
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, waitForPort } from './net.js';
+import { run, stopPid } from './procs.js';
+
+export interface RedisInstance {
+  port: number;
+  pid: number;
+  dir: string;
+  url: string;
+  /** runs redis-cli against this instance */
+  cli(...args: string[]): string;
+  pause(): void;
+  resume(): void;
+  stop(): Promise<void>;
+}
+
+export async function startRedis(extra: string[] = []): Promise<RedisInstance> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'douane-redis-'));
+  run('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
+    '--pidfile', join(dir, 'redis.pid'), '--logfile', join(dir, 'redis.log'), '--dir', dir, ...extra,
+  ]);
+  await waitForPort(port);
+  let pid = 0;
+  for (let i = 0; i < 100 && !pid; i++) {
+    try {
+      pid = Number(readFileSync(join(dir, 'redis.pid'), 'utf8').trim());
+    } catch {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  return {
+    port,
+    pid,
+    dir,
+    url: `redis://127.0.0.1:${port}`,
+    cli: (...args) => run('redis-cli', ['-p', String(port), ...args]).trim(),
+    pause: () => process.kill(pid, 'SIGSTOP'),
+    resume: () => process.kill(pid, 'SIGCONT'),
+    stop: async () => {
+      await stopPid(pid);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RedisCluster {
+  nodes: RedisInstance[];
+  stop(): Promise<void>;
+}
+
+export async function startRedisCluster(size = 3): Promise<RedisCluster> {
+  const nodes: RedisInstance[] = [];
+  for (let i = 0; i < size; i++) {
+    nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000']));
+  }
+  run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const states = nodes.map((n) => n.cli('cluster', 'info').includes('cluster_state:ok'));
+    if (states.every(Boolean)) break;
+    if (Date.now() > deadline) throw new Error('redis cluster did not become ready');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { nodes, stop: async () => void (await Promise.all(nodes.map((n) => n.stop()))) };
+}
