@@ -6,6 +6,7 @@ import { ValidationError } from './validate/source.js';
 import { UsageError } from './cli/args.js';
 import { serve } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
+import { quarantineCommand } from './cli/quarantine.js';
 import { loadConfig } from './config/load.js';
 import { describePipeline } from './pipeline/index.js';
 import { reasonsMarkdown } from './cli/reasons.js';
@@ -17,6 +18,7 @@ Commands:
   serve                 run the gateway (douane serve --help)
   config check [FILE]   validate a configuration file (or the embedded default) and exit 0/1
   policy                check, test, explain and diff policies (douane policy --help)
+  quarantine            list, show, release and delete refused messages (douane quarantine --help)
   pipeline              print the checks run at each SMTP phase, in order
   reasons               print every refusal reason, its reply and what to do (Markdown)
   version               print the version
@@ -39,6 +41,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'policy':
       return policyCommand(rest);
+    case 'quarantine':
+      return quarantineCommand(rest);
     case 'pipeline':
       console.log(describePipeline());
       return 0;

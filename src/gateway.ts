@@ -18,6 +18,10 @@ import type { ReasonCode } from './reasons.js';
 import { PolicyStore } from './policy/store.js';
 import { LoggingStrikeSink, type StrikeSink } from './policy/strikes.js';
 import { Limiter } from './limits/limiter.js';
+import { BulkCounter, type BulkPort } from './bulk/counter.js';
+import { ClamdScanner, type ScannerPort } from './scan/clamd.js';
+import { LocalQuarantine, type QuarantineStore } from './quarantine/store.js';
+import { join } from 'node:path';
 import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
@@ -36,6 +40,10 @@ export interface GatewayDeps {
   strikes?: StrikeSink;
   /** per-account limits; by default from config.limits (Redis, or in memory) */
   limiter?: Limiter;
+  bulk?: BulkPort;
+  /** virus scanner; by default clamd from config.clamd (none without it) */
+  scanner?: ScannerPort;
+  quarantine?: QuarantineStore;
   upstream?: UpstreamProvider;
   clock?: Clock;
   pipeline?: Readonly<Record<Phase, readonly Check[]>>;
@@ -65,6 +73,9 @@ export class Gateway {
   readonly limiter: Limiter;
   private readonly redis: RedisClient | undefined;
   private readonly strikes: StrikeSink;
+  private readonly scanner: ScannerPort | undefined;
+  readonly quarantine: QuarantineStore;
+  private purgeTimer: NodeJS.Timeout | undefined;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -92,6 +103,9 @@ export class Gateway {
       this.limiter = new Limiter({ redis: this.redis, keyPrefix: redis?.key_prefix ?? 'douane', onFailure: on_redis_failure, deadlineMs: deadline, metrics: this.metrics, log: this.log });
     }
     this.strikes = deps.strikes ?? new LoggingStrikeSink(this.log, this.metrics);
+    this.scanner = deps.scanner ?? (config.clamd ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
+    this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));
+    if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'no clamd configured: messages are not scanned for viruses');
     this.checkDeps = {
       clock: this.clock,
       connectionsFrom: (ip) => this.perIp.get(ip) ?? 0,
@@ -100,6 +114,7 @@ export class Gateway {
       strikes: this.strikes,
       metrics: this.metrics,
       limiter: this.limiter,
+      bulk: deps.bulk ?? new BulkCounter({ redis: this.redis, keyPrefix: config.limits.redis?.key_prefix ?? 'douane', deadlineMs: config.limits.deadline, metrics: this.metrics, log: this.log }),
     };
     Spool.prepare(config.spool.dir);
     this.tls = loadTlsMaterial(config);
@@ -132,6 +147,9 @@ export class Gateway {
           }),
       ),
     );
+    await this.purgeQuarantine();
+    this.purgeTimer = setInterval(() => void this.purgeQuarantine(), 3_600_000);
+    this.purgeTimer.unref();
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
@@ -146,6 +164,16 @@ export class Gateway {
         return down.length ? { ok: false, detail: `not listening: ${down.join(', ')}` } : { ok: true };
       },
       ...(this.redis ? { redis: cachedProbe(async () => redisPing(this.redis!), 2000) } : {}),
+      ...(this.scanner instanceof ClamdScanner
+        ? {
+            clamd: cachedProbe(async () => {
+              const r = await (this.scanner as ClamdScanner).ping();
+              // With scanning.fail_open the gateway takes mail even without clamd: ready, but say so.
+              if (!r.ok && this.policies.current.doc.scanning.fail_open) return { ok: true, detail: `fail-open: ${r.detail}` };
+              return r;
+            }, 2000),
+          }
+        : {}),
       upstream: cachedProbe(async () => {
         const client = await this.upstream.forAuth({ address: '127.0.0.1', port: 0, secure: false });
         await client.quit();
@@ -177,6 +205,7 @@ export class Gateway {
 
   private async drainAndClose(drainMs: number): Promise<void> {
     this.draining = true;
+    clearInterval(this.purgeTimer);
     this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
     // net.Server#close stops accepting at once; its callback waits for every connection to end.
     const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));
@@ -502,6 +531,8 @@ export class Gateway {
     tx.spool = spool;
     const max = this.config.smtp.max_message_size;
     const watch = new LineEndingWatch();
+    const scanning = tx.policy.doc.scanning;
+    const scan = this.scanner?.start();
     const limits = tx.policy.doc.inspection;
     const inspector = new MessageInspector({ maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
     let size = 0;
@@ -516,11 +547,24 @@ export class Gateway {
           else {
             await spool.write(chunk);
             await inspector.write(chunk);
+            if (scan && !tx.scanTooBig) {
+              if (size > scanning.max_size) {
+                tx.scanTooBig = true;
+                scan.abort();
+              } else await scan.write(chunk);
+            }
           }
         }
         await spool.finish();
         if (!tx.oversize) tx.message = await inspector.end();
+        if (scan && !tx.scanTooBig && !tx.oversize) {
+          const scanned = await scan.end(() => spool.reader());
+          tx.scan = { result: scanned.result, signature: scanned.signature, detail: scanned.detail };
+          tx.timings.scan = scanned.ms;
+          if (scanned.scanner) tx.scanner = scanned.scanner;
+        } else scan?.abort();
       } catch (err) {
+        scan?.abort();
         this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
         throw err;
       }
@@ -533,8 +577,13 @@ export class Gateway {
       const outcome = await this.check('data', state);
       tx.timings.checks = elapsed(checksStarted);
       if (isRefusal(outcome.verdict)) {
-        const err = this.refusal(outcome.verdict, 'data', tx.reference);
-        this.finishTransaction(state, outcomeOf(outcome.verdict, err));
+        let verdict = outcome.verdict;
+        if (verdict.action === 'quarantine' && !(await this.keepInQuarantine(state, tx, verdict))) {
+          // Refusing for good without keeping a copy would lose a possible false positive: the client retries.
+          verdict = { action: 'tempfail', reason: 'internal.error', evidence: { quarantine: 'failed' } };
+        }
+        const err = this.refusal(verdict, 'data', tx.reference);
+        this.finishTransaction(state, outcomeOf(verdict, err));
         throw err;
       }
 
@@ -631,6 +680,56 @@ export class Gateway {
     this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: username, result, detail }, `auth ${result}`);
   }
 
+  /** Keeps the refused message and its metadata; false if it could not be stored. */
+  private async keepInQuarantine(state: SessionState, tx: Transaction, verdict: Verdict): Promise<boolean> {
+    try {
+      const meta = await this.quarantine.put(
+        {
+          reference: tx.reference,
+          at: new Date(this.clock.now()).toISOString(),
+          account: state.account ?? tx.mailFrom,
+          listener: state.listener.name,
+          client: state.remoteAddress,
+          sender: tx.mailFrom,
+          recipients: tx.recipients.filter((r) => r.accepted).map((r) => r.address),
+          action: verdict.action,
+          reason: verdict.reason,
+          rule: verdict.rule?.id,
+          article: verdict.rule?.article,
+          signature: tx.scan?.signature,
+          policyVersion: tx.policy.version,
+          size: tx.size ?? 0,
+          subject: tx.message?.subject,
+          messageId: tx.message?.headers.get('message-id')?.[0],
+        },
+        tx.spool!.reader(),
+      );
+      tx.quarantineId = meta.id;
+      this.metrics.quarantined.labels(verdict.reason ?? 'none').inc();
+      void this.updateQuarantineGauges();
+      return true;
+    } catch (err) {
+      this.log.error({ event: 'quarantine_failed', ref: tx.reference, err: (err as Error).message }, 'could not keep the message in quarantine; tempfailing it instead');
+      return false;
+    }
+  }
+
+  private async purgeQuarantine(): Promise<void> {
+    try {
+      const removed = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
+      if (removed) this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
+      await this.updateQuarantineGauges();
+    } catch (err) {
+      this.log.warn({ event: 'quarantine_purge_failed', err: (err as Error).message }, 'quarantine purge failed');
+    }
+  }
+
+  private async updateQuarantineGauges(): Promise<void> {
+    const { entries, bytes } = await this.quarantine.count();
+    this.metrics.quarantineSize.set(entries);
+    this.metrics.quarantineBytes.set(bytes);
+  }
+
   /** Counts stand only for what the upstream accepted: commit an accepted message, give back the rest. */
   private settleLimits(state: SessionState, tx: Transaction, accepted: boolean): void {
     const account = state.account ?? tx.mailFrom;
@@ -687,6 +786,8 @@ export class Gateway {
         rule_source: outcome.rule?.source,
         policy: tx.policy.version,
         would: tx.would.length ? tx.would : undefined,
+        scan: tx.scan ? { ...tx.scan, scanner: tx.scanner } : undefined,
+        quarantine: tx.quarantineId,
         limits: tx.limits && (tx.limits.exceeded.length || tx.limits.degraded) ? { exceeded: tx.limits.exceeded, degraded: tx.limits.degraded, usage: tx.limits.usage } : undefined,
         baseline: tx.baseline,
         reply: outcome.reply,

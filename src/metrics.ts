@@ -37,6 +37,18 @@ export class Metrics {
   readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline)', labelNames: ['kind'], registers: [this.registry] });
   readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [this.registry] });
 
+  readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
+  readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'Time from the first byte to clamd\'s verdict', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly scanErrors = new Counter({ name: 'douane_scan_errors_total', help: 'Failed scans by kind (timeout, unreachable, size_limit, other)', labelNames: ['kind'], registers: [this.registry] });
+  readonly scanSignatures = new Counter({ name: 'douane_scan_signatures_total', help: 'Malware found, by signature family (first part of the name)', labelNames: ['family'], registers: [this.registry] });
+  readonly scanFailovers = new Counter({ name: 'douane_scan_failovers_total', help: 'Scans retried on another clamd host', registers: [this.registry] });
+  readonly scanFailOpen = new Counter({ name: 'douane_scan_fail_open_total', help: 'Messages relayed unscanned because scanning failed and the policy says fail-open', registers: [this.registry] });
+  readonly clamdUp = new Gauge({ name: 'douane_clamd_up', help: '1 if clamd answered PING at the last check', labelNames: ['scanner'], registers: [this.registry] });
+
+  readonly quarantined = new Counter({ name: 'douane_quarantined_total', help: 'Messages put in quarantine, by reason', labelNames: ['reason'], registers: [this.registry] });
+  readonly quarantineSize = new Gauge({ name: 'douane_quarantine_messages', help: 'Messages in quarantine now', registers: [this.registry] });
+  readonly quarantineBytes = new Gauge({ name: 'douane_quarantine_bytes', help: 'Bytes of messages in quarantine now', registers: [this.registry] });
+
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     this.buildInfo.labels(opts.version, process.version).set(1);
     this.policyLastReloadSuccess.set(1);

@@ -103,6 +103,10 @@ export const REASONS = {
     sentence: 'Your message could not be checked for viruses right now; it was not accepted, please try again later.',
     solution: 'clamd was unreachable, timed out or gave no clear answer. Check clamd; scanning.fail_open in the policy lets mail through unscanned (tagged) instead.',
   },
+  'scan.too_big': {
+    sentence: 'Message refused: it is too big to be checked for viruses (limit {limit} bytes).',
+    solution: 'The message is over scanning.max_size in the policy (keep it below clamd\'s StreamMaxLength). scanning.over_max_size chooses reject, tempfail or skip.',
+  },
   'bulk.campaign': {
     sentence: 'Message refused: the same content went to too many recipients ({recipients}); bulk mailing is not allowed from this account.',
     solution: 'Bulk-send detection (art. 4.6). Newsletters with an agreement go in allowlists.bulk_exempt.',

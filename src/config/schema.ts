@@ -95,6 +95,14 @@ export const configSchema = obj({
       session_deadline: withDefault(duration({ min: 1000 }), 1_800_000),
     }),
   ),
+  /** Douane's own durable files: quarantine/, audit.log, and the lifecycle outbox */
+  state_dir: withDefault(str(), os.tmpdir() + '/douane-state'),
+  quarantine: section(
+    obj({
+      /** quarantined messages older than this are purged */
+      retention: withDefault(duration({ min: 60_000 }), 30 * 86_400_000),
+    }),
+  ),
   spool: section(
     obj({
       dir: withDefault(str(), os.tmpdir() + '/douane-spool'),
@@ -102,6 +110,22 @@ export const configSchema = obj({
     }),
   ),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  /** absent: no virus scanning (scan.result is unknown to the rules; the log says so at start) */
+  clamd: optional(
+    obj({
+      hosts: required(
+        list(
+          refine(
+            obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
+            (h, path): Issue[] => (Boolean(h.socket) === Boolean(h.host || h.port) ? [{ path, message: 'needs either socket, or host and port' }] : []),
+          ),
+          { min: 1 },
+        ),
+      ),
+      /** the whole scan, from the first byte to the verdict, failover included */
+      timeout: withDefault(duration({ min: 100 }), 60_000),
+    }),
+  ),
   limits: section(
     obj({
       /** absent: counters in memory (one instance only) */

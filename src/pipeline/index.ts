@@ -16,6 +16,8 @@ import { mailPolicy } from './checks/mail.policy.js';
 import { rcptPolicy } from './checks/rcpt.policy.js';
 import { dataPolicy } from './checks/data.policy.js';
 import { dataSenderAlignment } from './checks/data.sender-alignment.js';
+import { dataBulk } from './checks/data.bulk.js';
+import { dataScan } from './checks/data.scan.js';
 import { rcptMaxRecipients } from './checks/rcpt.max-recipients.js';
 import type { Check, CheckContext } from './types.js';
 import { CONTINUE, isTerminal, type Phase, type Verdict } from './verdict.js';
@@ -25,7 +27,7 @@ export const PIPELINE: Readonly<Record<Phase, readonly Check[]>> = Object.freeze
   auth: [authBruteForce],
   mail: [mailDeclaredSize, mailSenderAlignment, mailLimits, mailPolicy],
   rcpt: [rcptMaxRecipients, rcptLimits, rcptPolicy],
-  data: [dataLineEndings, dataSize, dataSenderAlignment, dataPolicy],
+  data: [dataLineEndings, dataSize, dataScan, dataSenderAlignment, dataBulk, dataPolicy],
 });
 
 export interface PhaseOutcome {

@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
 import type { StrikeSink } from '../policy/strikes.js';
 import type { LimiterPort } from '../limits/limiter.js';
+import type { BulkPort } from '../bulk/counter.js';
 import type { SessionState, Transaction } from '../session/state.js';
 import type { Phase, Verdict } from './verdict.js';
 
@@ -25,6 +26,7 @@ export interface CheckDeps {
   strikes: StrikeSink;
   metrics: Metrics;
   limiter: LimiterPort;
+  bulk: BulkPort;
 }
 
 export interface CheckContext {

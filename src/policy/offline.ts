@@ -86,6 +86,7 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     strikes: { record: (e) => strikes.push(e) },
     metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
     limiter: givenLimiter(given),
+    bulk: { count: async () => (given.bulk ? bulkFacts(given.bulk) : undefined) },
   };
   const mode = input.listener ?? 'starttls';
   const account = input.account.toLowerCase();
@@ -162,7 +163,6 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
   const limits = policy.doc.inspection;
   tx.message = await inspectStream([raw], { maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
   tx.scan = given.scan;
-  tx.bulk = given.bulk && bulkFacts(given.bulk);
   const data = await run('data');
   if (isRefusal(data)) return refuse('data', data);
   if (firstRefusal) {

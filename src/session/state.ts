@@ -66,11 +66,17 @@ export interface Transaction {
   pendingRecipientGrant?: Grant;
   message?: MessageFacts;
   scan?: ScanFacts;
+  /** the message went over scanning.max_size: not scanned */
+  scanTooBig?: boolean;
+  /** the clamd that gave the verdict */
+  scanner?: string;
   bulk?: BulkFacts;
   /** monitor-mode rules that matched: what they would have done */
   would: { rule: string; action: string; phase: string }[];
   /** quarantine requested by the deciding rule */
   quarantine?: boolean;
+  /** where the refused message was kept */
+  quarantineId?: string;
   /** filled during DATA */
   size?: number;
   lineEndings?: LineEndingFacts;
@@ -78,7 +84,7 @@ export interface Transaction {
   spool?: Spool;
   /** how the transaction ended, for the log */
   outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string };
-  timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'checks' | 'relay' | 'total', number>>;
+  timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'checks' | 'relay' | 'total', number>>;
   done: boolean;
 }
 

@@ -41,6 +41,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'limit.rate': { tempfail: [450, '4.7.1'] },
   'message.malware': { reject: [554, '5.7.1'] },
   'message.unscannable': { tempfail: [451, '4.3.0'] },
+  'scan.too_big': { reject: [552, '5.3.4'] },
   'bulk.campaign': { reject: [550, '5.7.1'] },
   'sender.not_owned': { reject: [553, '5.7.1'] },
   'from.not_owned': { reject: [550, '5.7.1'] },

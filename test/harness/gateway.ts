@@ -29,6 +29,9 @@ export interface TestGateway {
   waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
   stop(): Promise<void>;
   spoolDir: string;
+  stateDir: string;
+  /** the configuration as YAML, to run the CLI against the same state */
+  configText: string;
 }
 
 export function mergeDeep(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
@@ -69,7 +72,8 @@ export async function startGateway(
   deps: Partial<GatewayDeps> = {},
 ): Promise<TestGateway> {
   const spoolDir = mkdtempSync(join(tmpdir(), 'douane-test-spool-'));
-  const obj = testConfigObject(upstreamPort, mergeDeep({ spool: { dir: spoolDir } }, overrides));
+  const stateDir = mkdtempSync(join(tmpdir(), 'douane-test-state-'));
+  const obj = testConfigObject(upstreamPort, mergeDeep({ spool: { dir: spoolDir }, state_dir: stateDir }, overrides));
   const { config } = parseConfig('test-config.yaml', stringify(obj));
   const logs: LogLine[] = [];
   const destination = new Writable({
@@ -88,6 +92,8 @@ export async function startGateway(
     metrics,
     logs,
     spoolDir,
+    stateDir: String((obj as { state_dir: string }).state_dir),
+    configText: stringify(obj),
     port: (l) => gateway.port(l),
     transactions: () => logs.filter((l) => l.event === 'transaction'),
     async waitForLog(pred, timeoutMs = 5000) {
@@ -102,6 +108,7 @@ export async function startGateway(
     async stop() {
       await gateway.stop(200);
       rmSync(spoolDir, { recursive: true, force: true });
+      rmSync(stateDir, { recursive: true, force: true });
     },
   };
 }

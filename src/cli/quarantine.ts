@@ -1,0 +1,111 @@
+// `douane quarantine list | show | release | delete | purge`: the security team's view of refused
+// messages kept for review. Release re-submits the original bytes to the upstream, once, and is audited.
+
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+import { AuditLog } from '../audit/log.js';
+import { loadConfig } from '../config/load.js';
+import { LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
+import { releaseMessage, ReleaseError } from '../quarantine/release.js';
+import { endpointsFrom } from '../upstream/provider.js';
+import { flag, option, parseArgs, UsageError } from './args.js';
+
+export const QUARANTINE_HELP = `Usage: douane quarantine <command> [options]
+
+Commands:
+  list [--account A] [--json]   quarantined messages, oldest first
+  show ID [--raw]               metadata and headers (--raw: the whole message as kept)
+  release ID [--force]          re-submit the original message to the upstream, once (audited)
+  delete ID                     remove a message from quarantine (audited)
+  purge                         remove messages older than quarantine.retention
+
+Options:
+  --config FILE                 configuration (state_dir, upstream); default: DOUANE_CONFIG or the embedded default
+  --help                        this text
+
+Exit codes: 0 ok, 1 not found or refused by the upstream, 64 usage error.`;
+
+export async function quarantineCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === '--help' || sub === 'help') {
+    console.log(QUARANTINE_HELP);
+    return sub ? 0 : 64;
+  }
+  const args = parseArgs(rest, { flags: ['help', 'json', 'raw', 'force'], options: ['config', 'account'] });
+  if (flag(args, 'help')) {
+    console.log(QUARANTINE_HELP);
+    return 0;
+  }
+  const { config } = loadConfig({ file: option(args, 'config') });
+  const store = new LocalQuarantine(join(config.state_dir, 'quarantine'));
+  const audit = new AuditLog(join(config.state_dir, 'audit.log'));
+  const actor = `cli:${userInfo().username}`;
+  const id = args.positional[0];
+  const needId = () => {
+    if (!id) throw new UsageError(`quarantine ${sub} needs an ID (see douane quarantine list)`);
+    return id;
+  };
+  switch (sub) {
+    case 'list': {
+      const account = option(args, 'account')?.toLowerCase();
+      const entries = (await store.list()).filter((m) => !account || m.account === account);
+      if (flag(args, 'json')) console.log(JSON.stringify(entries, null, 2));
+      else if (entries.length === 0) console.log('quarantine is empty');
+      else for (const m of entries) console.log(line(m));
+      return 0;
+    }
+    case 'show': {
+      const meta = await store.get(needId());
+      if (!meta) return notFound(id!);
+      if (flag(args, 'raw')) {
+        for await (const chunk of store.open(meta.id)) process.stdout.write(chunk as Buffer);
+        return 0;
+      }
+      console.log(JSON.stringify(meta, null, 2));
+      let head = '';
+      for await (const chunk of store.open(meta.id)) {
+        head += (chunk as Buffer).toString('latin1');
+        if (head.includes('\r\n\r\n') || head.length > 65_536) break;
+      }
+      console.log('\n' + head.split('\r\n\r\n')[0]);
+      return 0;
+    }
+    case 'release': {
+      try {
+        const released = await releaseMessage(store, needId(), { endpoint: endpointsFrom(config.upstream, config.hostname).trusted, by: actor, audit, force: flag(args, 'force') });
+        console.log(`${released.id} released to ${released.recipients.join(', ')}: ${released.released!.reply}`);
+        return 0;
+      } catch (err) {
+        if (err instanceof ReleaseError) {
+          console.error(`douane: ${err.message}`);
+          return 1;
+        }
+        throw err;
+      }
+    }
+    case 'delete': {
+      const meta = await store.get(needId());
+      if (!meta || !(await store.delete(meta.id))) return notFound(id!);
+      await audit.append({ action: 'quarantine_delete', actor, account: meta.account, reference: meta.reference, quarantine_id: meta.id });
+      console.log(`${meta.id} deleted`);
+      return 0;
+    }
+    case 'purge': {
+      const n = await store.purge(Date.now() - config.quarantine.retention);
+      console.log(`purged ${n} message(s)`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown quarantine command "${sub}" (list, show, release, delete, purge)`);
+  }
+}
+
+function line(m: QuarantineMeta): string {
+  const why = m.signature ? `${m.rule ?? m.reason} (${m.signature})` : (m.rule ?? m.reason ?? m.action);
+  return `${m.id}  ${m.at}  ${m.account}  → ${m.recipients.length} rcpt  ${why}  ${m.size} B${m.released ? `  released ${m.released.at}` : ''}  ${m.subject ?? ''}`;
+}
+
+function notFound(id: string): number {
+  console.error(`douane: no quarantined message ${id}`);
+  return 1;
+}

@@ -1,0 +1,150 @@
+// Messages refused for malware or content are kept here, so that a false positive is never lost: the
+// original bytes and their metadata (account, envelope, verdict, rule, signature, policy version, time),
+// readable only by the service (files 0600 in a 0700 directory), kept for a retention period.
+// Storage is an interface: the local directory below serves one instance (or several sharing a network
+// file system); another backend (object storage) implements the same five operations.
+
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+
+export interface QuarantineMeta {
+  id: string;
+  reference: string;
+  at: string;
+  account: string;
+  listener: string;
+  client: string;
+  sender: string;
+  recipients: string[];
+  action: string;
+  reason?: string;
+  rule?: string;
+  article?: string;
+  signature?: string;
+  policyVersion: string;
+  size: number;
+  subject?: string;
+  messageId?: string;
+  released?: { at: string; by: string; reply: string };
+}
+
+export interface QuarantineStore {
+  put(meta: Omit<QuarantineMeta, 'id'>, content: Readable): Promise<QuarantineMeta>;
+  list(): Promise<QuarantineMeta[]>;
+  get(id: string): Promise<QuarantineMeta | undefined>;
+  open(id: string): Readable;
+  update(meta: QuarantineMeta): Promise<void>;
+  /** an exclusive claim on one entry (release); resolves to the function that gives it back */
+  lock(id: string): Promise<() => Promise<void>>;
+  delete(id: string): Promise<boolean>;
+  /** removes entries older than `olderThan` (ms since epoch); returns how many */
+  purge(olderThan: number): Promise<number>;
+  count(): Promise<{ entries: number; bytes: number }>;
+}
+
+const ID = /^D-[0-9A-Z]{6}(-\d+)?$/;
+
+export class LocalQuarantine implements QuarantineStore {
+  private ready: Promise<void> | undefined;
+
+  constructor(readonly dir: string) {}
+
+  private init(): Promise<void> {
+    this.ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(() => undefined);
+    return this.ready;
+  }
+
+  private path(id: string, ext: 'eml' | 'json' | 'lock'): string {
+    if (!ID.test(id)) throw new Error(`not a quarantine id: ${JSON.stringify(id)}`);
+    return join(this.dir, `${id}.${ext}`);
+  }
+
+  async put(meta: Omit<QuarantineMeta, 'id'>, content: Readable): Promise<QuarantineMeta> {
+    await this.init();
+    // The reference names the entry; a second entry with the same reference (rare) gets a suffix.
+    let id = meta.reference;
+    for (let n = 2; ; n++) {
+      try {
+        await stat(this.path(id, 'json'));
+        id = `${meta.reference}-${n}`;
+      } catch {
+        break;
+      }
+    }
+    const full: QuarantineMeta = { id, ...meta };
+    const tmp = join(this.dir, `.${id}.eml.part`);
+    await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
+    await rename(tmp, this.path(id, 'eml'));
+    // The metadata is written last: an entry without it is incomplete and is not listed.
+    await writeFile(this.path(id, 'json'), JSON.stringify(full, null, 2) + '\n', { mode: 0o600 });
+    return full;
+  }
+
+  async list(): Promise<QuarantineMeta[]> {
+    await this.init();
+    const names = (await readdir(this.dir)).filter((n) => n.endsWith('.json')).sort();
+    const out: QuarantineMeta[] = [];
+    for (const n of names) {
+      try {
+        out.push(JSON.parse(await readFile(join(this.dir, n), 'utf8')) as QuarantineMeta);
+      } catch {
+        // removed while listing
+      }
+    }
+    return out.sort((a, b) => a.at.localeCompare(b.at));
+  }
+
+  async get(id: string): Promise<QuarantineMeta | undefined> {
+    try {
+      return JSON.parse(await readFile(this.path(id, 'json'), 'utf8')) as QuarantineMeta;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  open(id: string): Readable {
+    return createReadStream(this.path(id, 'eml'));
+  }
+
+  async update(meta: QuarantineMeta): Promise<void> {
+    const tmp = join(this.dir, `.${meta.id}.json.part`);
+    await writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
+    await rename(tmp, this.path(meta.id, 'json'));
+  }
+
+  async lock(id: string): Promise<() => Promise<void>> {
+    const path = this.path(id, 'lock');
+    try {
+      const fh = await open(path, 'wx', 0o600);
+      await fh.close();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${id} is being released by someone else (remove ${path} if that process died)`);
+      throw err;
+    }
+    return () => rm(path, { force: true });
+  }
+
+  async delete(id: string): Promise<boolean> {
+    const existed = (await this.get(id)) !== undefined;
+    await rm(this.path(id, 'json'), { force: true });
+    await rm(this.path(id, 'eml'), { force: true });
+    return existed;
+  }
+
+  async purge(olderThan: number): Promise<number> {
+    let n = 0;
+    for (const m of await this.list()) {
+      if (Date.parse(m.at) < olderThan && (await this.delete(m.id))) n++;
+    }
+    return n;
+  }
+
+  async count(): Promise<{ entries: number; bytes: number }> {
+    const list = await this.list();
+    return { entries: list.length, bytes: list.reduce((a, m) => a + m.size, 0) };
+  }
+}

@@ -1,0 +1,236 @@
+// Virus scanning with a real clamd: EICAR in its usual disguises, Debian's clamav-testfiles, clean mail,
+// clamd killed, frozen, slow, over its stream limit, failover to a second clamd, limits-exceeded
+// heuristics, and quarantine → release delivering the original bytes exactly once.
+
+import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { EICAR, TEST_MARKER, startClamd, type ClamdInstance } from '../harness/clamd.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { mimeMessage, zip } from '../harness/mime.js';
+import { freePort, RawSmtp } from '../harness/net.js';
+
+const exec = promisify(execFile);
+let clamd: ClamdInstance;
+let upstream: FakeUpstream | undefined;
+const gateways: TestGateway[] = [];
+const extra: ClamdInstance[] = [];
+
+beforeAll(async () => {
+  clamd = await startClamd();
+}, 60_000);
+afterAll(async () => {
+  await clamd?.stop();
+});
+afterEach(async () => {
+  await Promise.all(gateways.splice(0).map((g) => g.stop()));
+  await Promise.all(extra.splice(0).map((c) => c.stop()));
+  await upstream?.stop();
+  upstream = undefined;
+});
+
+async function gateway(clamdConfig: Record<string, unknown> = { hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '5s' }, policyDir = 'fixtures/policies/scan') {
+  upstream ??= await FakeUpstream.start();
+  const gw = await startGateway(upstream.port, { clamd: clamdConfig, policy: { dir: policyDir, watch: false } });
+  gateways.push(gw);
+  return gw;
+}
+
+async function send(gw: TestGateway, message: string): Promise<string> {
+  const c = await RawSmtp.connect(gw.port('trusted'));
+  await c.reply();
+  await c.command('EHLO t');
+  await c.command('MAIL FROM:<user1@example.test>');
+  await c.command('RCPT TO:<user2@example.test>');
+  await c.command('DATA');
+  c.write(message + '\r\n.\r\n');
+  const reply = await c.reply(20_000);
+  c.close();
+  return reply;
+}
+
+const INFECTED = /^554 5\.7\.1 Message refused: it contains malware \((Test\.EICAR\.(HDB|NDB)|Test\.ClamAVTestFile\.HDB|Test\.Marker\.NDB)(\.UNOFFICIAL)?\)\. Ref D-[0-9A-Z]{6}, rule malware\.found, art\. 4\.6\.$/;
+
+describe('clamd finds malware however it is wrapped', () => {
+  const cases: [string, () => string][] = [
+    ['EICAR as the message body', () => `From: user1@example.test\r\nSubject: plain\r\n\r\n${EICAR}\r\n`],
+    ['EICAR as a base64 attachment', () => mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'eicar.com', content: Buffer.from(EICAR) }] })],
+    ['EICAR zipped', () => mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'doc.zip', content: zip([{ name: 'eicar.com', content: Buffer.from(EICAR) }]), type: 'application/zip' }] })],
+    [
+      'EICAR zipped in a zip',
+      () => mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'outer.zip', content: zip([{ name: 'inner.zip', content: zip([{ name: 'eicar.com', content: Buffer.from(EICAR) }]) }]), type: 'application/zip' }] }),
+    ],
+    ['a test marker in the text', () => `From: user1@example.test\r\nSubject: marker\r\n\r\nhello ${TEST_MARKER} there\r\n`],
+  ];
+  for (const [name, build] of cases) {
+    it(`${name}: 554 5.7.1 naming the signature, nothing relayed, kept in quarantine`, async () => {
+      const gw = await gateway();
+      expect(await send(gw, build())).toMatch(INFECTED);
+      expect(upstream!.messages).toHaveLength(0);
+      const line = await gw.waitForLog((l) => l.event === 'transaction');
+      expect(line).toMatchObject({ verdict: 'quarantine', reason: 'message.malware', rule: 'malware.found' });
+      expect((line.scan as { result: string }).result).toBe('infected');
+      expect(line.quarantine).toBe(line.ref);
+      expect(await gw.metrics.registry.metrics()).toMatch(/douane_scans_total\{result="infected"\} 1/);
+    });
+  }
+
+  for (const sample of ['clam.exe', 'clam.zip', 'clam.7z', 'clam.tar.gz']) {
+    it(`Debian clamav-testfiles ${sample} as an attachment is refused`, async () => {
+      const gw = await gateway();
+      const content = readFileSync(join('/usr/share/clamav-testfiles', sample));
+      expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: sample, content }] }))).toMatch(INFECTED);
+    });
+  }
+
+  it('a clean message with attachments goes through, scanned', async () => {
+    const gw = await gateway();
+    const message = readFileSync('fixtures/messages/clean-attachments.eml', 'latin1');
+    expect(await send(gw, message.replace(/\r\n$/, ''))).toMatch(/^250 /);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line.scan).toMatchObject({ result: 'clean', scanner: `127.0.0.1:${clamd.port}` });
+  });
+});
+
+describe('when clamd cannot scan, nothing passes unchecked', () => {
+  it('clamd down: 451 4.3.0, nothing relayed', async () => {
+    const dead = await freePort();
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }], timeout: '2s' });
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean text\r\n`)).toMatch(/^451 4\.3\.0 Your message could not be checked for viruses right now.*Ref D-/);
+    expect(upstream!.messages).toHaveLength(0);
+  });
+
+  it('clamd down with scanning.fail_open: relayed, tagged and counted', async () => {
+    const dead = await freePort();
+    const { cpSync, mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/scan', dir, { recursive: true });
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('fail_open: false', 'fail_open: true'));
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }], timeout: '2s' }, dir);
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean text\r\n`)).toMatch(/^250 /);
+    expect(upstream!.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.failed\r\n/);
+    expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_fail_open_total 1/);
+  });
+
+  it('clamd frozen (SIGSTOP): 451 4.3.0 within the scan deadline', async () => {
+    const frozen = await startClamd();
+    extra.push(frozen);
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: frozen.port }], timeout: '1s' });
+    frozen.pause();
+    try {
+      const started = Date.now();
+      const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(3_000_000, 7) }] }));
+      expect(reply).toMatch(/^451 4\.3\.0 /);
+      expect(Date.now() - started).toBeLessThan(6000);
+      expect(upstream!.messages).toHaveLength(0);
+    } finally {
+      frozen.resume();
+    }
+  });
+
+  it('clamd slow (replies after the deadline): 451 4.3.0; the same clamd with a longer deadline passes', async () => {
+    // A proxy that holds clamd's reply for 1.5 s.
+    const proxy = net.createServer((client) => {
+      const upstreamSocket = net.connect({ port: clamd.port, host: '127.0.0.1' });
+      client.pipe(upstreamSocket);
+      upstreamSocket.on('data', (d) => setTimeout(() => client.write(d), 1500));
+      upstreamSocket.on('end', () => setTimeout(() => client.end(), 1600));
+      client.on('error', () => upstreamSocket.destroy());
+      upstreamSocket.on('error', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+    const port = (proxy.address() as net.AddressInfo).port;
+    try {
+      const slow = await gateway({ hosts: [{ host: '127.0.0.1', port }], timeout: '700ms' });
+      expect(await send(slow, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^451 4\.3\.0 /);
+      const patient = await gateway({ hosts: [{ host: '127.0.0.1', port }], timeout: '10s' });
+      expect(await send(patient, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('over clamd\'s stream limit: 451 4.3.0 (clamd refuses the stream)', async () => {
+    const small = await startClamd({ streamMaxLength: '1M' });
+    extra.push(small);
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: small.port }], timeout: '5s' });
+    const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(2_000_000, 1) }] }));
+    expect(reply).toMatch(/^451 4\.3\.0 /);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect((line.scan as { detail: string }).detail).toMatch(/size limit/i);
+  });
+
+  it('over scanning.max_size: refused as the policy says (552 5.3.4), without scanning', async () => {
+    const gw = await gateway();
+    const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] }));
+    expect(reply).toMatch(/^552 5\.3\.4 Message refused: it is too big to be checked for viruses \(limit 5242880 bytes\)/);
+  });
+
+  it('fails over to the next clamd when the first is down, and still finds the malware', async () => {
+    const dead = await freePort();
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }, { socket: clamd.socket }], timeout: '5s' });
+    expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] }))).toMatch(INFECTED);
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+    expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_failovers_total 2/);
+  });
+
+  it('limits-exceeded heuristics (archive nesting) count as malware, not as a scan failure', async () => {
+    const shallow = await startClamd({ maxRecursion: 3, alertExceedsMax: true });
+    extra.push(shallow);
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: shallow.port }], timeout: '5s' });
+    let nested = zip([{ name: 'readme.txt', content: Buffer.from('nothing to see\n') }]);
+    for (let i = 0; i < 6; i++) nested = zip([{ name: `level${i}.zip`, content: nested }]);
+    const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'nested.zip', content: nested, type: 'application/zip' }] }));
+    expect(reply).toMatch(/^554 5\.7\.1 Message refused: it contains malware \(Heuristics\.Limits\.Exceeded/);
+  });
+});
+
+describe('quarantine', () => {
+  it('keeps the refused message (0600) and releases the original bytes to the upstream exactly once, audited', async () => {
+    const gw = await gateway();
+    const message = mimeMessage({ from: 'user1@example.test', subject: 'false positive?', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] });
+    await send(gw, message);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    const id = String(line.quarantine);
+    const { statSync } = await import('node:fs');
+    expect(statSync(join(gw.stateDir, 'quarantine', `${id}.eml`)).mode & 0o777).toBe(0o600);
+    expect(statSync(join(gw.stateDir, 'quarantine')).mode & 0o777).toBe(0o700);
+
+    const configFile = join(gw.stateDir, 'douane.yaml');
+    writeFileSync(configFile, gw.configText);
+    const cli = (...args: string[]) =>
+      exec('node', ['dist/cli.js', 'quarantine', ...args, '--config', configFile]).then(
+        (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
+        (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
+      );
+    const list = await cli('list');
+    expect(list.out).toMatch(new RegExp(`^${id} .* user1@example\\.test .*malware\\.found \\(Test\\.EICAR`, 'm'));
+    const show = await cli('show', id);
+    expect(show.out).toMatch(/"policyVersion": "[0-9a-f]{12}"/);
+    expect(show.out).toMatch(/Subject: false positive\?/);
+
+    const released = await cli('release', id);
+    expect(released.code).toBe(0);
+    expect(released.out).toMatch(new RegExp(`${id} released to user2@example\\.test: 250 2\\.0\\.0 Ok: queued as FAKE1`));
+    expect(upstream!.messages).toHaveLength(1);
+    expect(upstream!.messages[0]!.raw.toString('latin1')).toBe(message + '\r\n');
+    expect(upstream!.messages[0]!.from).toBe('user1@example.test');
+
+    const again = await cli('release', id);
+    expect(again.code).toBe(1);
+    expect(again.err).toMatch(/already released/);
+    expect(upstream!.messages).toHaveLength(1);
+
+    const audit = readFileSync(join(gw.stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(audit.filter((a) => a.action === 'release')).toHaveLength(1);
+    expect(audit[audit.length - 1]).toMatchObject({ action: 'release', quarantine_id: id, account: 'user1@example.test' });
+
+    expect((await cli('delete', id)).code).toBe(0);
+    expect((await cli('show', id)).code).toBe(1);
+  });
+});
