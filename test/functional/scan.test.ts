@@ -234,3 +234,22 @@ describe('quarantine', () => {
     expect((await cli('show', id)).code).toBe(1);
   });
 });
+
+describe('inspection on live traffic, under the shipped policy', () => {
+  const cases: [string, RegExp][] = [
+    ['exe-renamed-pdf.eml', /^550 5\.7\.1 Message refused: it carries a type of attachment that may not be sent by email.*rule attachments\.executable, art\. 4\.6\.$/],
+    ['spoofed-from.eml', /^550 5\.7\.1 Message refused: the From address \(someone-else@bank\.example\) does not belong to your account\..*rule from\.not-owned, art\. 4\.1\.$/],
+    // clamd sees the nesting first (its own recursion limit, reported as a heuristic): the malware rule decides.
+    ['deeply-nested.eml', /^554 5\.7\.1 Message refused: it contains malware \(Heuristics\.Limits\.Exceeded\.MaxRecursion\)\..*rule malware\.found/],
+    ['many-parts.eml', /^554 5\.6\.0 .*\(parts\).*rule mime\.too-complex/],
+    ['malformed-mime.eml', /^250 /],
+    ['clean-attachments.eml', /^250 /],
+  ];
+  for (const [file, expected] of cases) {
+    it(`${file}: ${expected.source.startsWith('^250') ? 'relayed' : 'refused'}`, async () => {
+      const gw = await gateway(undefined, 'policies');
+      const message = readFileSync(join('fixtures/messages', file), 'latin1').replace(/\r\n$/, '');
+      expect(await send(gw, message)).toMatch(expected);
+    });
+  }
+});
