@@ -49,9 +49,22 @@ export class Metrics {
   readonly quarantineSize = new Gauge({ name: 'douane_quarantine_messages', help: 'Messages in quarantine now', registers: [this.registry] });
   readonly quarantineBytes = new Gauge({ name: 'douane_quarantine_bytes', help: 'Bytes of messages in quarantine now', registers: [this.registry] });
 
+  readonly suspensions = new Counter({ name: 'douane_suspensions_total', help: 'Enforcement actions by action (notify, throttle, suspend_sending, suspend_account, reinstate) and result (done, dry_run, pending_approval, skipped_allowlist, blocked_breaker, failed)', labelNames: ['action', 'result'], registers: [this.registry] });
+  readonly suspendedAccounts = new Gauge({ name: 'douane_suspended_accounts', help: 'Accounts suspended in Douane now (known to this instance at the last check)', registers: [this.registry] });
+  readonly lifecycleCalls = new Counter({ name: 'douane_lifecycle_calls_total', help: 'Lifecycle API calls by adapter, operation and result (ok, error kind)', labelNames: ['adapter', 'op', 'result'], registers: [this.registry] });
+  readonly lifecycleDuration = new Histogram({ name: 'douane_lifecycle_call_duration_seconds', help: 'Lifecycle API call duration', labelNames: ['adapter', 'op'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly outboxDepth = new Gauge({ name: 'douane_outbox_jobs', help: 'Jobs waiting in the durable outbox, by kind (lifecycle, notify, webhook)', labelNames: ['kind'], registers: [this.registry] });
+  readonly outboxOldest = new Gauge({ name: 'douane_outbox_oldest_seconds', help: 'Age of the oldest job waiting in the outbox', registers: [this.registry] });
+  readonly outboxAttempts = new Counter({ name: 'douane_outbox_attempts_total', help: 'Outbox job attempts by kind and result (done, retry, failed)', labelNames: ['kind', 'result'], registers: [this.registry] });
+  readonly breakerOpen = new Gauge({ name: 'douane_circuit_breaker_open', help: '1 when automatic suspension is stopped by the circuit breaker until a person resets it', registers: [this.registry] });
+  readonly notifications = new Counter({ name: 'douane_notifications_total', help: 'Notifications by channel (holder, abuse, webhook) and result', labelNames: ['channel', 'result'], registers: [this.registry] });
+
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     this.buildInfo.labels(opts.version, process.version).set(1);
     this.policyLastReloadSuccess.set(1);
+    this.breakerOpen.set(0);
+    for (const kind of ['lifecycle', 'notify', 'webhook']) this.outboxDepth.labels(kind).set(0);
+    this.outboxOldest.set(0);
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'douane_process_' });
   }
 }
