@@ -16,9 +16,28 @@ export interface ReadinessResult {
 /** A named readiness probe; probes are cached by their owners, /readyz runs them all. */
 export type ReadinessProbe = () => Promise<ReadinessResult>;
 
+/** The account actions behind /accounts (the enforcement engine implements it). */
+export interface AccountsAdmin {
+  status(account: string): Promise<unknown>;
+  strikes(account: string): Promise<unknown>;
+  history(account: string): Promise<unknown>;
+  suspend(account: string, action: 'suspend_sending' | 'suspend_account', why: { by: string; reference: string; reason: string; until?: number }): Promise<unknown>;
+  reinstate(account: string, by: string): Promise<void>;
+  approve(account: string, by: string): Promise<unknown>;
+  overview(): Promise<unknown>;
+  breaker(): Promise<unknown>;
+  resetBreaker(by: string): Promise<void>;
+}
+
 export class AdminServer {
   private server: http.Server | undefined;
   private readonly probes = new Map<string, ReadinessProbe>();
+  private accounts: AccountsAdmin | undefined;
+
+  /** Enables /accounts and /breaker (used by `douane accounts`). */
+  setAccounts(accounts: AccountsAdmin): void {
+    this.accounts = accounts;
+  }
 
   constructor(
     private readonly opts: { address: string; port: number; token?: string },
@@ -55,6 +74,43 @@ export class AdminServer {
     await new Promise<void>((resolve) => this.server!.close(() => resolve()));
   }
 
+  private async accountsRoute(req: http.IncomingMessage, res: http.ServerResponse, path: string, accounts: AccountsAdmin): Promise<void> {
+    const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
+    const actor = String(req.headers['x-douane-actor'] ?? 'admin-api').slice(0, 100);
+    const body = req.method === 'POST' ? await readJson(req) : {};
+    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    try {
+      if (parts[0] === 'breaker') {
+        if (parts.length === 1 && req.method === 'GET') return send(200, await accounts.breaker());
+        if (parts[1] === 'reset' && req.method === 'POST') {
+          await accounts.resetBreaker(actor);
+          return send(200, await accounts.breaker());
+        }
+      }
+      if (parts[0] === 'accounts' && parts.length === 1 && req.method === 'GET') return send(200, await accounts.overview());
+      const account = parts[1]?.toLowerCase();
+      if (parts[0] === 'accounts' && account && /^[^\s@]+@[^\s@]+$/.test(account)) {
+        const op = parts[2] ?? '';
+        if (req.method === 'GET' && op === '') return send(200, await accounts.status(account));
+        if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));
+        if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
+        if (req.method === 'POST' && op === 'suspend') {
+          const action = body.action === 'suspend_sending' ? 'suspend_sending' : 'suspend_account';
+          const until = typeof body.for_ms === 'number' ? Date.now() + body.for_ms : undefined;
+          return send(200, await accounts.suspend(account, action, { by: actor, reference: typeof body.reference === 'string' ? body.reference : `manual-${Date.now().toString(36)}`, reason: typeof body.reason === 'string' ? body.reason : 'suspended by hand', until }));
+        }
+        if (req.method === 'POST' && op === 'reinstate') {
+          await accounts.reinstate(account, actor);
+          return send(200, await accounts.status(account));
+        }
+        if (req.method === 'POST' && op === 'approve') return send(200, await accounts.approve(account, actor));
+      }
+      send(404, { error: 'unknown route: GET /accounts, /accounts/<address>[/strikes|/history], POST /accounts/<address>/suspend|reinstate|approve, GET /breaker, POST /breaker/reset' });
+    } catch (err) {
+      send(/waiting for approval|no suspension/.test((err as Error).message) ? 409 : 500, { error: (err as Error).message });
+    }
+  }
+
   private authorized(req: http.IncomingMessage): boolean {
     if (!this.opts.token) return true;
     const given = Buffer.from(req.headers.authorization ?? '');
@@ -63,13 +119,17 @@ export class AdminServer {
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD' }).end();
-      return;
-    }
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (!this.authorized(req)) {
       res.writeHead(401, { 'www-authenticate': 'Bearer', 'content-type': 'text/plain' }).end('bearer token required\n');
+      return;
+    }
+    if (this.accounts && (path.startsWith('/accounts') || path.startsWith('/breaker'))) {
+      await this.accountsRoute(req, res, path, this.accounts);
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
     switch (path) {
@@ -104,4 +164,15 @@ export function cachedProbe(probe: ReadinessProbe, ttlMs: number): ReadinessProb
     if (!last || now - last.at >= ttlMs) last = { at: now, result: probe().catch((e: Error) => ({ ok: false, detail: e.message })) };
     return last.result;
   };
+}
+
+async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  let text = '';
+  for await (const chunk of req) {
+    text += chunk;
+    if (text.length > 65_536) throw new Error('request body too large');
+  }
+  if (!text.trim()) return {};
+  const parsed = JSON.parse(text) as unknown;
+  return parsed && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : {};
 }

@@ -7,6 +7,7 @@ import { UsageError } from './cli/args.js';
 import { serve } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
+import { accountsCommand } from './cli/accounts.js';
 import { loadConfig } from './config/load.js';
 import { describePipeline } from './pipeline/index.js';
 import { reasonsMarkdown } from './cli/reasons.js';
@@ -18,6 +19,7 @@ Commands:
   serve                 run the gateway (douane serve --help)
   config check [FILE]   validate a configuration file (or the embedded default) and exit 0/1
   policy                check, test, explain and diff policies (douane policy --help)
+  accounts              strikes, suspensions, reinstatement, approvals, history (douane accounts --help)
   quarantine            list, show, release and delete refused messages (douane quarantine --help)
   pipeline              print the checks run at each SMTP phase, in order
   reasons               print every refusal reason, its reply and what to do (Markdown)
@@ -41,6 +43,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'policy':
       return policyCommand(rest);
+    case 'accounts':
+      return accountsCommand(rest);
     case 'quarantine':
       return quarantineCommand(rest);
     case 'pipeline':

@@ -16,11 +16,18 @@ import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js'
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
 import { PolicyStore } from './policy/store.js';
-import { LoggingStrikeSink, type StrikeSink } from './policy/strikes.js';
+import type { StrikeSink } from './policy/strikes.js';
 import { Limiter } from './limits/limiter.js';
 import { BulkCounter, type BulkPort } from './bulk/counter.js';
 import { ClamdScanner, type ScannerPort } from './scan/clamd.js';
 import { LocalQuarantine, type QuarantineStore } from './quarantine/store.js';
+import { AuditLog } from './audit/log.js';
+import { Enforcer } from './enforce/enforcer.js';
+import { Outbox } from './enforce/outbox.js';
+import { mailHandler, webhookHandler } from './enforce/notify.js';
+import { MemoryEnforcementState, RedisEnforcementState } from './enforce/state.js';
+import { createLifecycle } from './lifecycle/factory.js';
+import type { LifecycleApi } from './lifecycle/types.js';
 import { join } from 'node:path';
 import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
@@ -44,6 +51,8 @@ export interface GatewayDeps {
   /** virus scanner; by default clamd from config.clamd (none without it) */
   scanner?: ScannerPort;
   quarantine?: QuarantineStore;
+  /** the lifecycle API; by default from config.lifecycle (none when adapter is none) */
+  lifecycle?: LifecycleApi;
   upstream?: UpstreamProvider;
   clock?: Clock;
   pipeline?: Readonly<Record<Phase, readonly Check[]>>;
@@ -75,6 +84,9 @@ export class Gateway {
   private readonly strikes: StrikeSink;
   private readonly scanner: ScannerPort | undefined;
   readonly quarantine: QuarantineStore;
+  readonly enforcer: Enforcer;
+  readonly outbox: Outbox;
+  readonly audit: AuditLog;
   private purgeTimer: NodeJS.Timeout | undefined;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
@@ -102,7 +114,38 @@ export class Gateway {
       this.redis = redis ? createRedis(redis, deadline, this.log, this.metrics) : undefined;
       this.limiter = new Limiter({ redis: this.redis, keyPrefix: redis?.key_prefix ?? 'douane', onFailure: on_redis_failure, deadlineMs: deadline, metrics: this.metrics, log: this.log });
     }
-    this.strikes = deps.strikes ?? new LoggingStrikeSink(this.log, this.metrics);
+    this.audit = new AuditLog(join(config.state_dir, 'audit.log'));
+    const lifecycle = deps.lifecycle ?? createLifecycle(config, this.metrics);
+    const enforcementState = this.redis ? new RedisEnforcementState(this.redis, config.limits.redis?.key_prefix ?? 'douane') : new MemoryEnforcementState();
+    const e = config.enforcement;
+    let enforcer: Enforcer | undefined;
+    const notifySmtp = e.notify.smtp ?? { host: config.upstream.host, port: config.upstream.trusted_port, secure: false, verify_certificate: config.upstream.verify_certificate };
+    this.outbox = new Outbox({
+      dir: join(config.state_dir, 'outbox'),
+      handlers: {
+        lifecycle: (job) => enforcer!.lifecycleHandler()(job),
+        notify: mailHandler({ from: e.notify.from ?? `douane@${config.hostname}`, smtp: notifySmtp }, this.metrics),
+        webhook: e.webhook ? webhookHandler(e.webhook, this.metrics) : async () => undefined,
+      },
+      minDelayMs: e.outbox.retry_min,
+      maxDelayMs: e.outbox.retry_max,
+      metrics: this.metrics,
+      log: this.log,
+      onFailed: (job, err) => void this.audit.append({ action: 'outbox_failed', actor: 'douane', job: job.id, kind: job.kind, attempts: job.attempts, error: err.message, payload: job.kind === 'lifecycle' ? job.payload : undefined }),
+    });
+    enforcer = new Enforcer({
+      state: enforcementState,
+      outbox: this.outbox,
+      audit: this.audit,
+      policy: () => this.policies.current,
+      settings: { dry_run: e.dry_run, approval: e.approval, breaker_max_per_hour: e.breaker_max_per_hour, contact: e.contact, provider: e.provider, notify_holder: e.notify.holder, abuse_team: e.notify.abuse_team, webhook: Boolean(e.webhook) },
+      metrics: this.metrics,
+      log: this.log,
+      lifecycle,
+      deadlineMs: Math.max(config.limits.deadline, 2000),
+    });
+    this.enforcer = enforcer;
+    this.strikes = deps.strikes ?? enforcer;
     this.scanner = deps.scanner ?? (config.clamd ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
     this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));
     if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'no clamd configured: messages are not scanned for viruses');
@@ -114,6 +157,7 @@ export class Gateway {
       strikes: this.strikes,
       metrics: this.metrics,
       limiter: this.limiter,
+      accounts: this.enforcer,
       bulk: deps.bulk ?? new BulkCounter({ redis: this.redis, keyPrefix: config.limits.redis?.key_prefix ?? 'douane', deadlineMs: config.limits.deadline, metrics: this.metrics, log: this.log }),
     };
     Spool.prepare(config.spool.dir);
@@ -147,6 +191,9 @@ export class Gateway {
           }),
       ),
     );
+    await this.outbox.start();
+    await this.enforcer.refreshGauge();
+    await this.enforcer.breaker().catch(() => undefined);
     await this.purgeQuarantine();
     this.purgeTimer = setInterval(() => void this.purgeQuarantine(), 3_600_000);
     this.purgeTimer.unref();
@@ -223,6 +270,7 @@ export class Gateway {
       conn.refuse('session.shutting_down', 'connect');
     }
     await this.upstream.close();
+    await this.outbox.stop();
     this.redis?.disconnect();
     // Clients that do not close their side after our 421 are cut off after a short grace period.
     const closeBy = Date.now() + 2000;
@@ -406,7 +454,7 @@ export class Gateway {
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;
       const counted = await this.limiter.authFailed(state.remoteAddress, username, authLimits);
-      if (counted.accountBlockedNow) this.bruteForceStrike(state, username, counted.failures);
+      if (counted.accountBlockedNow) await this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
       this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();
       this.logAuth(state, username, tooMany ? 'too_many_failures' : 'failure', formatReply(reply));
@@ -742,11 +790,11 @@ export class Gateway {
     tx.recipientGrants = [];
   }
 
-  private bruteForceStrike(state: SessionState, username: string, failures: number): void {
+  private async bruteForceStrike(state: SessionState, username: string, failures: number): Promise<void> {
     const policy = this.policies.current;
     const event = policy.doc.auth.strike;
     if (!event) return;
-    this.strikes.record({
+    await this.strikes.record({
       account: username.toLowerCase(),
       event,
       weight: policy.doc.strikes.events[event]!.weight,

@@ -136,7 +136,7 @@ export const REASONS = {
     solution: 'The message goes over inspection.max_parts, max_depth or max_header_size; usually a malformed or hostile message.',
   },
   'account.suspended': {
-    sentence: 'Sending is suspended for this account ({account}).',
+    sentence: 'Sending is suspended for this account ({account}) since {since} (incident {incident}); contact {contact}.',
     solution: 'The account was suspended for abuse (art. 4.6) or locked as compromised (art. 4.1). The security team reinstates it with douane accounts reinstate.',
   },
   'account.nonpayment': {

@@ -13,8 +13,8 @@ import type { RedisClient } from '../limits/redis.js';
 import type { BulkFingerprint } from './fingerprint.js';
 
 export interface BulkPort {
-  /** undefined: not counted (e.g. `douane policy explain` without given bulk counts) */
-  count(fp: BulkFingerprint, account: string, recipients: string[], windowMs: number): Promise<BulkFacts | undefined>;
+  /** undefined: not counted (no fingerprint, or `douane policy explain` without given bulk counts) */
+  count(fp: BulkFingerprint | undefined, account: string, recipients: string[], windowMs: number): Promise<BulkFacts | undefined>;
 }
 
 const BAND_ADD = `
@@ -65,7 +65,8 @@ export class BulkCounter implements BulkPort {
     return (this.opts.now ?? Date.now)();
   }
 
-  async count(fp: BulkFingerprint, account: string, recipients: string[], windowMs: number): Promise<BulkFacts> {
+  async count(fp: BulkFingerprint | undefined, account: string, recipients: string[], windowMs: number): Promise<BulkFacts | undefined> {
+    if (!fp) return undefined;
     const acct = account.toLowerCase();
     const rcpts = [...new Set(recipients.map((r) => r.toLowerCase()))];
     let counts: [number, number, number][];

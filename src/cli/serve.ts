@@ -35,6 +35,7 @@ export async function serve(argv: string[]): Promise<number> {
   const gateway = new Gateway(config, { logger, metrics });
   const admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
   for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
+  admin?.setAccounts(gateway.enforcer);
   await gateway.start();
   await admin?.start();
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);

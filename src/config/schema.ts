@@ -126,6 +126,88 @@ export const configSchema = obj({
       timeout: withDefault(duration({ min: 100 }), 60_000),
     }),
   ),
+  /** the account lifecycle API: suspend/reinstate accounts for good, read their status */
+  lifecycle: section(
+    refine(obj({
+      adapter: withDefault(oneOf('none', 'zimbra', 'http'), 'none'),
+      timeout: withDefault(duration({ min: 100 }), 10_000),
+      /** how long an account's status is reused before asking again */
+      status_cache: withDefault(duration({ min: 0 }), 60_000),
+      zimbra: optional(
+        obj({
+          url: required(str({ pattern: /^https?:\/\//, expected: 'the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap' })),
+          admin_user: required(str()),
+          admin_password: required(str()),
+          ca: optional(str()),
+          verify_certificate: withDefault(bool(), true),
+        }),
+      ),
+      http: optional(
+        obj({
+          status: required(
+            obj({
+              method: withDefault(oneOf('GET', 'POST'), 'GET'),
+              url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL template with {account}' })),
+              body: optional(str()),
+              status_field: required(str()),
+              status_map: optional(record(oneOf('active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown'), { key: /^.+$/ })),
+              aliases_field: optional(str()),
+              plan_field: optional(str()),
+            }),
+          ),
+          suspend: required(obj({
+          method: withDefault(oneOf('GET', 'POST', 'PUT', 'PATCH', 'DELETE'), 'POST'),
+          url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL template' })),
+          body: optional(str()),
+        })),
+          reinstate: required(obj({
+          method: withDefault(oneOf('GET', 'POST', 'PUT', 'PATCH', 'DELETE'), 'POST'),
+          url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL template' })),
+          body: optional(str()),
+        })),
+          bearer: optional(str()),
+          hmac_secret: optional(str()),
+        }),
+      ),
+    }), (l, path): Issue[] => {
+      if ((l.adapter === 'zimbra' && !l.zimbra) || (l.adapter === 'http' && !l.http)) {
+        return [{ path: [...path, 'adapter'], message: `is ${l.adapter}: add the lifecycle.${l.adapter} section with its settings` }];
+      }
+      // The HMAC signs the body only: a body without the account could be replayed against another account's URL.
+      const issues: Issue[] = [];
+      if (l.http?.hmac_secret) {
+        for (const op of ['suspend', 'reinstate'] as const) {
+          if (!l.http[op].body?.includes('{account}')) issues.push({ path: [...path, 'http', op, 'body'], message: 'must contain {account} when hmac_secret is set (the signature covers the body, not the URL)' });
+        }
+      }
+      return issues;
+    }),
+  ),
+  enforcement: section(
+    obj({
+      /** log and audit what would be done, do nothing */
+      dry_run: withDefault(bool(), false),
+      /** suspensions wait for `douane accounts approve` */
+      approval: withDefault(bool(), false),
+      /** more automatic suspensions than this in an hour stops them until `douane accounts breaker reset` */
+      breaker_max_per_hour: withDefault(int({ min: 1 }), 10),
+      /** whom customers contact about a refusal or a suspension (shown in replies and notices) */
+      contact: withDefault(str(), 'your provider\'s support'),
+      /** the provider's name in notices */
+      provider: withDefault(str(), 'Douane'),
+      notify: section(
+        obj({
+          holder: withDefault(bool(), true),
+          abuse_team: withDefault(list(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })), []),
+          from: optional(str()),
+          /** where notices are sent; default: the upstream's trusted port */
+          smtp: optional(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })), secure: withDefault(bool(), false), verify_certificate: withDefault(bool(), true) })),
+        }),
+      ),
+      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str()), timeout: withDefault(duration({ min: 100 }), 5000) })),
+      outbox: section(obj({ retry_min: withDefault(duration({ min: 10 }), 5000), retry_max: withDefault(duration({ min: 100 }), 600_000) })),
+    }),
+  ),
   limits: section(
     obj({
       /** absent: counters in memory (one instance only) */

@@ -12,6 +12,7 @@ import { mailSenderAlignment } from './checks/mail.sender-alignment.js';
 import { mailLimits } from './checks/mail.limits.js';
 import { rcptLimits } from './checks/rcpt.limits.js';
 import { authBruteForce } from './checks/auth.brute-force.js';
+import { mailAccountStatus } from './checks/mail.account-status.js';
 import { mailPolicy } from './checks/mail.policy.js';
 import { rcptPolicy } from './checks/rcpt.policy.js';
 import { dataPolicy } from './checks/data.policy.js';
@@ -25,7 +26,7 @@ import { CONTINUE, isTerminal, type Phase, type Verdict } from './verdict.js';
 export const PIPELINE: Readonly<Record<Phase, readonly Check[]>> = Object.freeze({
   connect: [connectTrustedNetwork, connectPerIpCap],
   auth: [authBruteForce],
-  mail: [mailDeclaredSize, mailSenderAlignment, mailLimits, mailPolicy],
+  mail: [mailDeclaredSize, mailAccountStatus, mailSenderAlignment, mailLimits, mailPolicy],
   rcpt: [rcptMaxRecipients, rcptLimits, rcptPolicy],
   data: [dataLineEndings, dataSize, dataScan, dataSenderAlignment, dataBulk, dataPolicy],
 });

@@ -7,6 +7,7 @@ import type { Policy } from '../policy/policy.js';
 import type { StrikeSink } from '../policy/strikes.js';
 import type { LimiterPort } from '../limits/limiter.js';
 import type { BulkPort } from '../bulk/counter.js';
+import type { AccountStatusPort } from '../enforce/enforcer.js';
 import type { SessionState, Transaction } from '../session/state.js';
 import type { Phase, Verdict } from './verdict.js';
 
@@ -27,6 +28,7 @@ export interface CheckDeps {
   metrics: Metrics;
   limiter: LimiterPort;
   bulk: BulkPort;
+  accounts: AccountStatusPort;
 }
 
 export interface CheckContext {

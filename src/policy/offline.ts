@@ -15,6 +15,7 @@ import type { BulkFacts, LimitFacts, ScanFacts } from './facts.js';
 import type { Policy } from './policy.js';
 import type { StrikeEvent } from './strikes.js';
 import type { LimiterPort } from '../limits/limiter.js';
+import type { AccountStatus } from '../lifecycle/types.js';
 
 /** Facts that need live services, supplied by hand. */
 export interface Given {
@@ -83,10 +84,11 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     connectionsFrom: () => 1,
     trustedNetwork: () => true,
     policy: () => policy,
-    strikes: { record: (e) => strikes.push(e) },
+    strikes: { record: async (e) => void strikes.push(e) },
     metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
     limiter: givenLimiter(given),
     bulk: { count: async () => (given.bulk ? bulkFacts(given.bulk) : undefined) },
+    accounts: { lookup: async () => ({ state: {}, lifecycle: given.account_status ? { status: given.account_status as AccountStatus } : undefined }) },
   };
   const mode = input.listener ?? 'starttls';
   const account = input.account.toLowerCase();
@@ -115,7 +117,6 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     done: false,
     policy,
     recipientGrants: [],
-    accountStatus: given.account_status,
   };
   session.tx = tx;
   const outcome: OfflineOutcome = { action: 'accept', tags: tx.tags, would: tx.would, strikes, refusedRecipients: [], reports: [], policyVersion: policy.version };

@@ -178,7 +178,17 @@ export function policySchema(limitNames: readonly string[] = LIMIT_NAMES) {
     strikes: required(
       obj({
         window: required(duration({ min: 60_000 })),
-        events: required(record(obj({ weight: required(num({ min: 0, exclusiveMin: true })), description: optional(str()) }), { key: /^[a-z][a-z0-9_]*$/, keyExpected: 'lower-case letters, digits and "_"' })),
+        events: required(
+          record(
+            obj({
+              weight: required(num({ min: 0, exclusiveMin: true })),
+              /** at most one event of this kind per account in this time (a client retrying while over its limit) */
+              cooldown: optional(duration({ min: 1000 })),
+              description: optional(str()),
+            }),
+            { key: /^[a-z][a-z0-9_]*$/, keyExpected: 'lower-case letters, digits and "_"' },
+          ),
+        ),
         ladder: required(
           list(
             obj({

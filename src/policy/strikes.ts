@@ -21,7 +21,9 @@ export interface StrikeEvent {
 }
 
 export interface StrikeSink {
-  record(event: StrikeEvent): void;
+  /** resolves once the strike is counted and its ladder steps taken, so that a suspension it causes
+   *  is in force before the client gets the reply to the message that caused it */
+  record(event: StrikeEvent): Promise<void>;
 }
 
 export class LoggingStrikeSink implements StrikeSink {
@@ -30,7 +32,7 @@ export class LoggingStrikeSink implements StrikeSink {
     private readonly metrics: Metrics,
   ) {}
 
-  record(e: StrikeEvent): void {
+  async record(e: StrikeEvent): Promise<void> {
     this.metrics.strikes.labels(e.event).inc();
     this.log.info({ ...e, event: 'strike', strike: e.event }, `strike ${e.event} (+${e.weight}) for ${e.account}`);
   }

@@ -53,6 +53,10 @@ export interface Transaction {
   senderAligned?: boolean;
   fromAligned?: boolean;
   accountStatus?: string;
+  /** addresses the lifecycle API says the account may send as */
+  aliases?: string[];
+  /** the strike ladder's throttle: the plan's limits times this factor */
+  throttle?: number;
   limits?: LimitFacts;
   /** RCPT phase: limits the recipient being checked goes over */
   recipientLimits?: LimitFacts;

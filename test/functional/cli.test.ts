@@ -93,3 +93,41 @@ describe('douane CLI', () => {
     }
   });
 });
+
+describe('douane accounts', () => {
+  it('suspends, shows, reinstates and lists the history of an account through the admin endpoint', async () => {
+    const { startGateway } = await import('../harness/gateway.js');
+    const { AdminServer } = await import('../../src/admin.js');
+    const { createLogger } = await import('../../src/log.js');
+    upstream = await FakeUpstream.start();
+    const gw = await startGateway(upstream.port);
+    const admin = new AdminServer({ address: '127.0.0.1', port: 0 }, gw.metrics, createLogger({ level: 'silent' }));
+    admin.setAccounts(gw.gateway.enforcer);
+    await admin.start();
+    const url = `http://127.0.0.1:${admin.port}`;
+    const run = (...args: string[]) => douane(['accounts', ...args, '--admin', url]);
+    try {
+      const suspended = await run('suspend', 'user1@example.test', '--sending-only', '--for', '2h', '--reason', 'phishing complaint');
+      expect(suspended.code).toBe(0);
+      expect(JSON.parse(suspended.stdout)).toMatchObject({ action: 'suspend_sending', reason: 'phishing complaint' });
+      const status = JSON.parse((await run('status', 'user1@example.test')).stdout) as { suspension: { by: string; until: number } };
+      expect(status.suspension.by).toMatch(/^cli:/);
+      expect(status.suspension.until - Date.now()).toBeGreaterThan(7_000_000);
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^550 5\.7\.1 Sending is suspended/);
+      c.close();
+      expect((await run('reinstate', 'user1@example.test')).code).toBe(0);
+      const history = JSON.parse((await run('history', 'user1@example.test')).stdout) as { action: string }[];
+      expect(history.map((h) => h.action)).toEqual(['suspend_sending', 'reinstate']);
+      const approve = await run('approve', 'user1@example.test');
+      expect(approve.code).toBe(1);
+      expect(approve.stderr).toMatch(/no suspension of user1@example\.test is waiting for approval/);
+      expect((await run('status', 'not-an-address')).code).toBe(64);
+    } finally {
+      await admin.stop();
+      await gw.stop();
+    }
+  });
+});

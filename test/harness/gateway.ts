@@ -72,7 +72,9 @@ export async function startGateway(
   deps: Partial<GatewayDeps> = {},
 ): Promise<TestGateway> {
   const spoolDir = mkdtempSync(join(tmpdir(), 'douane-test-spool-'));
-  const stateDir = mkdtempSync(join(tmpdir(), 'douane-test-state-'));
+  // A caller that names its own state_dir keeps it (a restart test starts a second gateway on it).
+  const ownState = typeof overrides.state_dir !== 'string';
+  const stateDir = ownState ? mkdtempSync(join(tmpdir(), 'douane-test-state-')) : String(overrides.state_dir);
   const obj = testConfigObject(upstreamPort, mergeDeep({ spool: { dir: spoolDir }, state_dir: stateDir }, overrides));
   const { config } = parseConfig('test-config.yaml', stringify(obj));
   const logs: LogLine[] = [];
@@ -108,7 +110,7 @@ export async function startGateway(
     async stop() {
       await gateway.stop(200);
       rmSync(spoolDir, { recursive: true, force: true });
-      rmSync(stateDir, { recursive: true, force: true });
+      if (ownState) rmSync(stateDir, { recursive: true, force: true });
     },
   };
 }

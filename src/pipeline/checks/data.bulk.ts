@@ -12,10 +12,9 @@ export const dataBulk: Check = {
     if (!tx?.message) return { action: 'continue', skip: 'message not inspected' };
     const { window, min_text_length } = tx.policy.doc.bulk;
     const fp = fingerprint(tx.message, { minTextLength: min_text_length });
-    if (!fp) return { action: 'continue', skip: 'nothing to fingerprint' };
     const recipients = tx.recipients.filter((r) => r.accepted).map((r) => r.address);
     tx.bulk = await deps.bulk.count(fp, session.account ?? tx.mailFrom, recipients, window);
-    if (!tx.bulk) return { action: 'continue', skip: 'bulk counts not available' };
-    return { action: 'continue', evidence: { ...tx.bulk, basis: fp.basis } };
+    if (!tx.bulk) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };
+    return { action: 'continue', evidence: { ...tx.bulk, basis: fp?.basis ?? 'given' } };
   },
 };

@@ -1,6 +1,7 @@
 // Do the From: and Sender: addresses belong to the account? Only a fact (from.aligned, from.count): the
 // policy's rules decide. Phishing from a stolen account usually shows here (art. 4.1).
 
+import { ownedBy } from '../../policy/owns.js';
 import type { Check } from '../types.js';
 
 export const dataSenderAlignment: Check = {
@@ -12,7 +13,7 @@ export const dataSenderAlignment: Check = {
     const account = session.account ?? tx.mailFrom;
     const addresses = [...tx.message.from, ...(tx.message.sender ? [tx.message.sender] : [])];
     // No From: at all names no one else (from.count tells that case apart).
-    tx.fromAligned = addresses.every((a) => tx.policy.owns(account, a));
+    tx.fromAligned = addresses.every((a) => ownedBy(tx, account, a));
     return { action: 'continue', evidence: { aligned: tx.fromAligned, from: tx.message.from } };
   },
 };

@@ -3,6 +3,7 @@
 // (limits.exceeded, baseline.ratio): the policy's rules decide. The counts are given back unless the
 // upstream accepts the message.
 
+import { throttled } from '../../limits/throttle.js';
 import type { Check } from '../types.js';
 
 export const mailLimits: Check = {
@@ -13,9 +14,10 @@ export const mailLimits: Check = {
     if (!tx) return { action: 'continue', skip: 'no transaction' };
     const account = session.account ?? tx.mailFrom;
     const acct = tx.policy.account(account);
+    const limits = throttled(acct.limits, tx.throttle);
     const { history, min_messages } = tx.policy.doc.baseline;
     const sessionId = session.sessionCounted ? session.id : undefined;
-    const checked = await deps.limiter.checkMessage(account, acct.limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
+    const checked = await deps.limiter.checkMessage(account, limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
     tx.limitGrant = checked.grant;
     tx.limits = checked.facts;
     if (checked.baseline) {
@@ -23,6 +25,6 @@ export const mailLimits: Check = {
       tx.baselineRatio = checked.baseline.ratio;
     }
     if (checked.unavailable) return { action: 'tempfail', reason: 'limits.unavailable', evidence: { degraded: true } };
-    return { action: 'continue', evidence: { plan: acct.plan, exceeded: checked.facts.exceeded, usage: checked.facts.usage, ...(checked.facts.degraded ? { degraded: true } : {}), ...(checked.baseline ? { baseline: checked.baseline } : {}) } };
+    return { action: 'continue', evidence: { plan: acct.plan, ...(tx.throttle ? { throttle: tx.throttle } : {}), exceeded: checked.facts.exceeded, usage: checked.facts.usage, ...(checked.facts.degraded ? { degraded: true } : {}), ...(checked.baseline ? { baseline: checked.baseline } : {}) } };
   },
 };

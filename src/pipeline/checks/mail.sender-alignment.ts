@@ -1,6 +1,7 @@
 // Does the envelope sender belong to the authenticated account (its address, an alias, or its domain
 // with sender.same_domain)? Only a fact: the policy's rules decide what a mismatch means.
 
+import { ownedBy } from '../../policy/owns.js';
 import type { Check } from '../types.js';
 
 export const mailSenderAlignment: Check = {
@@ -11,7 +12,7 @@ export const mailSenderAlignment: Check = {
     if (!tx) return { action: 'continue', skip: 'no transaction' };
     if (session.listener.mode === 'trusted') return { action: 'continue', skip: 'trusted listener: the sender is the account' };
     // The null sender is for bounces and auto-replies; it names no one, so it cannot be someone else's.
-    tx.senderAligned = tx.mailFrom === '' || tx.policy.owns(session.account ?? '', tx.mailFrom);
+    tx.senderAligned = tx.mailFrom === '' || ownedBy(tx, session.account ?? '', tx.mailFrom);
     return { action: 'continue', evidence: { aligned: tx.senderAligned } };
   },
 };

@@ -7,7 +7,7 @@ import type { RulePhase } from '../../policy/fields.js';
 import type { CheckContext } from '../types.js';
 import type { Verdict } from '../verdict.js';
 
-export function evaluateRules(phase: RulePhase, ctx: CheckContext): Verdict {
+export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promise<Verdict> {
   const tx = ctx.tx;
   if (!tx) return { action: 'continue', skip: 'no transaction' };
   const policy = tx.policy;
@@ -23,7 +23,7 @@ export function evaluateRules(phase: RulePhase, ctx: CheckContext): Verdict {
   for (const m of ev.matched) metrics.policyMatches.labels(m.rule.id, m.action).inc();
   for (const s of ev.strikes) {
     const rule = ev.matched.find((m) => m.rule.id === s.rule)?.rule;
-    strikes.record({
+    await strikes.record({
       account: facts.account.name,
       event: s.event,
       weight: s.weight,

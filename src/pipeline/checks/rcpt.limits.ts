@@ -2,6 +2,7 @@
 // domains per hour). Only facts (recipient.limits.exceeded): the policy's rules decide. The counts are
 // given back if the recipient or the message is not accepted.
 
+import { throttled } from '../../limits/throttle.js';
 import type { Check } from '../types.js';
 
 export const rcptLimits: Check = {
@@ -11,7 +12,7 @@ export const rcptLimits: Check = {
   async run({ session, tx, deps, recipient }) {
     if (!tx || !recipient) return { action: 'continue', skip: 'no recipient' };
     const account = session.account ?? tx.mailFrom;
-    const limits = tx.policy.account(account).limits;
+    const limits = throttled(tx.policy.account(account).limits, tx.throttle);
     const accepted = tx.recipients.filter((r) => r.accepted).length;
     const checked = await deps.limiter.checkRecipient(account, limits, recipient, accepted);
     tx.pendingRecipientGrant = checked.grant;

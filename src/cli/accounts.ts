@@ -1,0 +1,100 @@
+// `douane accounts status | strikes | suspend | reinstate | approve | history | list | breaker`: the
+// security team's handle on enforcement. It talks to a running Douane's admin endpoint (any instance:
+// with Redis they share the state), so it works the same on the embedded default and in production.
+
+import { userInfo } from 'node:os';
+import { loadConfig } from '../config/load.js';
+import { parseDuration } from '../validate/schema.js';
+import { flag, option, parseArgs, UsageError } from './args.js';
+
+export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
+
+Commands:
+  list                         suspended accounts, suspensions waiting for approval, outbox jobs
+  status ACCOUNT               suspension, throttle, strikes, lifecycle status
+  strikes ACCOUNT              the strike events counted now
+  history ACCOUNT              the audit trail for the account (strikes, suspensions, releases…)
+  suspend ACCOUNT [--sending-only] [--for 24h] [--reason TEXT]
+                               block the account now (and lock it in the lifecycle API unless --sending-only)
+  reinstate ACCOUNT            lift the suspension, reset strikes, set the account active again
+  approve ACCOUNT              carry out a suspension that waits for approval
+  breaker [reset]              the circuit breaker on automatic suspensions
+
+Options:
+  --admin URL                  admin endpoint (default: from the configuration's admin section)
+  --config FILE                configuration (admin address, port, token)
+  --json                       raw JSON
+  --help                       this text
+
+Exit codes: 0 ok, 1 refused or failed, 64 usage error.`;
+
+export async function accountsCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (!sub || sub === '--help' || sub === 'help') {
+    console.log(ACCOUNTS_HELP);
+    return sub ? 0 : 64;
+  }
+  const args = parseArgs(rest, { flags: ['help', 'json', 'sending-only'], options: ['admin', 'config', 'for', 'reason'] });
+  if (flag(args, 'help')) {
+    console.log(ACCOUNTS_HELP);
+    return 0;
+  }
+  const { config } = loadConfig({ file: option(args, 'config') });
+  const base = option(args, 'admin') ?? `http://${config.admin.address.includes(':') ? `[${config.admin.address}]` : config.admin.address}:${config.admin.port}`;
+  const headers: Record<string, string> = { 'x-douane-actor': `cli:${userInfo().username}`, 'content-type': 'application/json' };
+  if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
+  const account = args.positional[0];
+  const needAccount = () => {
+    if (!account || !/^[^\s@]+@[^\s@]+$/.test(account)) throw new UsageError(`accounts ${sub} needs an account address`);
+    return encodeURIComponent(account.toLowerCase());
+  };
+  const call = async (method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ ok: boolean; data: unknown }> => {
+    let res: Response;
+    try {
+      res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(30_000) });
+    } catch (err) {
+      throw new Error(`cannot reach Douane's admin endpoint at ${base} (${(err as Error).message}); is douane serve running? (--admin URL)`);
+    }
+    const data = (await res.json().catch(() => ({ error: `HTTP ${res.status}` }))) as unknown;
+    return { ok: res.ok, data };
+  };
+  let result: { ok: boolean; data: unknown };
+  switch (sub) {
+    case 'list':
+      result = await call('GET', '/accounts');
+      break;
+    case 'status':
+      result = await call('GET', `/accounts/${needAccount()}`);
+      break;
+    case 'strikes':
+      result = await call('GET', `/accounts/${needAccount()}/strikes`);
+      break;
+    case 'history':
+      result = await call('GET', `/accounts/${needAccount()}/history`);
+      break;
+    case 'suspend': {
+      const forText = option(args, 'for');
+      const forMs = forText ? parseDuration(forText) : undefined;
+      if (forText && forMs === undefined) throw new UsageError('--for takes a duration such as 24h or 7d');
+      result = await call('POST', `/accounts/${needAccount()}/suspend`, { action: flag(args, 'sending-only') ? 'suspend_sending' : 'suspend_account', reason: option(args, 'reason') ?? 'suspended by hand', for_ms: forMs });
+      break;
+    }
+    case 'reinstate':
+      result = await call('POST', `/accounts/${needAccount()}/reinstate`);
+      break;
+    case 'approve':
+      result = await call('POST', `/accounts/${needAccount()}/approve`);
+      break;
+    case 'breaker':
+      result = account === 'reset' ? await call('POST', '/breaker/reset') : await call('GET', '/breaker');
+      break;
+    default:
+      throw new UsageError(`unknown accounts command "${sub}"`);
+  }
+  if (!result.ok) {
+    console.error(`douane: ${(result.data as { error?: string }).error ?? 'refused'}`);
+    return 1;
+  }
+  console.log(flag(args, 'json') ? JSON.stringify(result.data) : JSON.stringify(result.data, null, 2));
+  return 0;
+}

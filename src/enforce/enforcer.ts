@@ -1,0 +1,340 @@
+// Turns strike events into action, as the policy's ladder says (art. 4.6): strikes are summed per account
+// over a sliding window, and each step — notify, throttle, suspend sending, suspend the account — is taken
+// once, by one instance, when the total reaches it. A suspension blocks the account at MAIL FROM on every
+// instance at once (shared state), then is carried out in the lifecycle API through the durable outbox.
+// Safeguards: the never-suspend allowlist, dry-run, approval mode, and a circuit breaker that stops
+// automatic suspension after too many in an hour, until a person resets it. Everything is audited.
+
+import type { AuditLog } from '../audit/log.js';
+import type { AccountsAdmin } from '../admin.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+import type { Policy } from '../policy/policy.js';
+import type { StrikeEvent, StrikeSink } from '../policy/strikes.js';
+import type { AccountInfo, LifecycleApi } from '../lifecycle/types.js';
+import { LifecycleError } from '../lifecycle/types.js';
+import type { Job, Outbox } from './outbox.js';
+import { mailJob, type WebhookJob } from './notify.js';
+import { claimKey, type AccountState, type EnforcementState, type Pending, type StrikeRecord, type Suspension } from './state.js';
+import { abuseMail, reinstatedMail, suspensionMail, throttleMail, warningMail, type Notice } from './templates.js';
+
+export interface EnforcementSettings {
+  dry_run: boolean;
+  approval: boolean;
+  breaker_max_per_hour: number;
+  contact: string;
+  provider: string;
+  notify_holder: boolean;
+  abuse_team: string[];
+  webhook: boolean;
+}
+
+export interface LifecycleJob {
+  op: 'suspend' | 'reinstate';
+  account: string;
+  reference: string;
+  rule?: string;
+  article?: string;
+  summary: string;
+  by: string;
+}
+
+/** What the MAIL FROM check needs to know about an account. */
+export interface AccountLookup {
+  state: AccountState;
+  lifecycle?: AccountInfo;
+  /** a dependency failed: the lookup is partial */
+  degraded?: string;
+}
+
+export interface AccountStatusPort {
+  lookup(account: string): Promise<AccountLookup>;
+}
+
+type SuspendAction = Suspension['action'];
+
+export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
+  constructor(
+    private readonly deps: {
+      state: EnforcementState;
+      outbox: Outbox;
+      audit: AuditLog;
+      policy: () => Policy;
+      settings: EnforcementSettings;
+      metrics: Metrics;
+      log: Logger;
+      lifecycle?: LifecycleApi;
+      /** every lookup within this time */
+      deadlineMs: number;
+      now?: () => number;
+    },
+  ) {}
+
+  private now(): number {
+    return (this.deps.now ?? Date.now)();
+  }
+
+  // ------------------------------------------------------------------ strikes and the ladder
+
+  async record(e: StrikeEvent): Promise<void> {
+    this.deps.metrics.strikes.labels(e.event).inc();
+    this.deps.log.info({ ...e, event: 'strike', strike: e.event }, `strike ${e.event} (+${e.weight}) for ${e.account}`);
+    // A failure here must not turn into a reply: the message's own verdict stands; the log says why.
+    await this.process(e).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not process a strike'));
+  }
+
+  /** Exposed for tests and tools: records a strike and takes the ladder steps it reaches. */
+  async process(e: StrikeEvent): Promise<void> {
+    const policy = this.deps.policy();
+    const { window, events, ladder } = policy.doc.strikes;
+    const cooldown = events[e.event]?.cooldown;
+    if (cooldown && !(await this.deps.state.claim(claimKey('cooldown', e.account, e.event), cooldown))) {
+      this.deps.log.debug({ event: 'strike_cooldown', account: e.account, strike: e.event }, 'strike within its cooldown: not counted');
+      return;
+    }
+    const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
+    const total = await this.deps.state.addStrike(e.account, record, window);
+    await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });
+    for (let i = 0; i < ladder.length; i++) {
+      const step = ladder[i]!;
+      if (total < step.at) break;
+      // One instance takes each step once per window, however many strikes cross it at the same time.
+      if (!(await this.deps.state.claim(claimKey('step', e.account, String(i)), window))) continue;
+      await this.takeStep(e, total, step, policy);
+    }
+  }
+
+  private async notice(account: string, reference: string, total: number, article: string, extra: Partial<Notice> = {}): Promise<Notice> {
+    const strikes = await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window);
+    const counts = new Map<string, number>();
+    for (const s of strikes) counts.set(s.event, (counts.get(s.event) ?? 0) + 1);
+    const events = [...counts].map(([ev, n]) => `${ev.replace(/_/g, ' ')} ×${n}`);
+    const s = this.deps.settings;
+    return { account, reference, events: events.length ? events : ['(none recorded)'], total, article, contact: s.contact, provider: s.provider, ...extra };
+  }
+
+  private async takeStep(e: StrikeEvent, total: number, step: Policy['doc']['strikes']['ladder'][number], policy: Policy): Promise<void> {
+    const article = e.article ?? '4.6';
+    const until = step.for ? this.now() + step.for : undefined;
+    if (step.action === 'notify') {
+      const n = await this.notice(e.account, e.reference, total, article);
+      await this.notifyHolder(e.account, warningMail(n));
+      await this.notifyAbuse(abuseMail('warning', n, [`ladder step at ${step.at}: notify`]));
+      await this.webhook({ type: 'notify', account: e.account, reference: e.reference, total, step: step.at });
+      await this.deps.audit.append({ action: 'notify', actor: 'douane', account: e.account, reference: e.reference, total, step: step.at });
+      this.deps.metrics.suspensions.labels('notify', 'done').inc();
+      return;
+    }
+    if (step.action === 'throttle') {
+      await this.deps.state.setThrottle(e.account, { factor: step.factor!, until: until!, reference: e.reference });
+      const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
+      await this.notifyHolder(e.account, throttleMail(n));
+      await this.webhook({ type: 'throttle', account: e.account, reference: e.reference, total, factor: step.factor, until });
+      await this.deps.audit.append({ action: 'throttle', actor: 'douane', account: e.account, reference: e.reference, total, factor: step.factor, until: until && new Date(until).toISOString() });
+      this.deps.metrics.suspensions.labels('throttle', 'done').inc();
+      return;
+    }
+    await this.automaticSuspension(e.account, step.action, { reference: e.reference, total, until, rule: e.rule, article, reason: `strike total ${total} reached ${step.at}` }, policy);
+  }
+
+  private async automaticSuspension(account: string, action: SuspendAction, why: { reference: string; total: number; until?: number; rule?: string; article: string; reason: string }, policy: Policy): Promise<void> {
+    const s = this.deps.settings;
+    const base = { actor: 'douane', account, reference: why.reference, total: why.total, suspend: action };
+    const n = await this.notice(account, why.reference, why.total, why.article, { until: why.until });
+    if (policy.account(account).allowlisted.neverSuspend) {
+      this.deps.metrics.suspensions.labels(action, 'skipped_allowlist').inc();
+      await this.deps.audit.append({ ...base, action: 'suspension_skipped', why: 'allowlists.never_suspend' });
+      await this.notifyAbuse(abuseMail('suspension skipped (never-suspend allowlist)', n, [`would have: ${action}`]));
+      return;
+    }
+    if (s.dry_run) {
+      this.deps.metrics.suspensions.labels(action, 'dry_run').inc();
+      await this.deps.audit.append({ ...base, action: 'suspension_dry_run' });
+      this.deps.log.warn({ event: 'suspension_dry_run', account, action, reference: why.reference }, `dry run: would ${action} ${account}`);
+      return;
+    }
+    const breaker = await this.deps.state.breaker();
+    if (breaker.open) {
+      this.deps.metrics.suspensions.labels(action, 'blocked_breaker').inc();
+      await this.deps.audit.append({ ...base, action: 'suspension_blocked', why: 'circuit breaker open' });
+      await this.notifyAbuse(abuseMail('suspension held by the circuit breaker', n, ['Automatic suspension is stopped. Check the policy, then: douane accounts breaker reset', `would have: ${action}`]));
+      return;
+    }
+    const lastHour = await this.deps.state.countSuspension(this.now());
+    if (lastHour > s.breaker_max_per_hour) {
+      await this.deps.state.setBreaker({ open: true, since: this.now(), reason: `${lastHour} automatic suspensions in an hour (limit ${s.breaker_max_per_hour})` });
+      this.deps.metrics.breakerOpen.set(1);
+      this.deps.metrics.suspensions.labels(action, 'blocked_breaker').inc();
+      this.deps.log.error({ event: 'circuit_breaker_open', suspensions_last_hour: lastHour, limit: s.breaker_max_per_hour }, 'circuit breaker open: automatic suspension stopped until a person resets it');
+      await this.deps.audit.append({ ...base, action: 'circuit_breaker_open', suspensions_last_hour: lastHour });
+      await this.notifyAbuse(abuseMail('CIRCUIT BREAKER OPEN', n, [`${lastHour} automatic suspensions in the last hour (limit ${s.breaker_max_per_hour}).`, 'Automatic suspension is stopped: a policy error could be locking out customers.', 'Check, then: douane accounts breaker reset']));
+      await this.webhook({ type: 'circuit_breaker_open', suspensions_last_hour: lastHour });
+      return;
+    }
+    if (s.approval) {
+      const pending: Pending = { action, at: this.now(), total: why.total, reference: why.reference, reason: why.reason, until: why.until };
+      await this.deps.state.setPending(account, pending);
+      this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
+      await this.deps.audit.append({ ...base, action: 'suspension_pending' });
+      await this.notifyAbuse(abuseMail('suspension waiting for approval', n, [`action: ${action}`, `approve with: douane accounts approve ${account}`]));
+      return;
+    }
+    await this.suspend(account, action, { by: 'douane', reference: why.reference, reason: why.reason, until: why.until, rule: why.rule, article: why.article, total: why.total });
+  }
+
+  // ------------------------------------------------------------------ actions (ladder and people)
+
+  /** Blocks the account on every instance now, then (suspend_account) locks it in the lifecycle API. */
+  async suspend(account: string, action: SuspendAction, why: { by: string; reference: string; reason: string; until?: number; rule?: string; article?: string; total?: number }): Promise<Suspension> {
+    const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
+    await this.deps.state.setSuspension(account, suspension);
+    await this.deps.state.setPending(account, undefined);
+    this.deps.metrics.suspensions.labels(action, 'done').inc();
+    await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total });
+    this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
+    if (action === 'suspend_account' && this.deps.lifecycle) {
+      const job: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
+      await this.deps.outbox.enqueue('lifecycle', job);
+    }
+    const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until });
+    await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
+    await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
+    await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });
+    await this.refreshGauge();
+    return suspension;
+  }
+
+  async reinstate(account: string, by: string): Promise<void> {
+    const before = await this.deps.state.account(account);
+    await this.deps.state.resetAccount(account);
+    const reference = before.suspension?.reference ?? 'manual';
+    await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true });
+    this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
+    if (this.deps.lifecycle) await this.deps.outbox.enqueue('lifecycle', { op: 'reinstate', account, reference, summary: 'reinstated', by } satisfies LifecycleJob);
+    const n = await this.notice(account, reference, 0, '4.6');
+    if (before.suspension) await this.notifyHolder(account, reinstatedMail(n));
+    await this.webhook({ type: 'reinstate', account, reference, by });
+    await this.refreshGauge();
+  }
+
+  async approve(account: string, by: string): Promise<Suspension> {
+    const { pending } = await this.deps.state.account(account);
+    if (!pending) throw new Error(`no suspension of ${account} is waiting for approval`);
+    await this.deps.audit.append({ action: 'approve', actor: by, account, reference: pending.reference, suspend: pending.action });
+    return this.suspend(account, pending.action, { by, reference: pending.reference, reason: `${pending.reason} (approved by ${by})`, until: pending.until, total: pending.total });
+  }
+
+  async resetBreaker(by: string): Promise<void> {
+    const was = await this.deps.state.breaker();
+    await this.deps.state.setBreaker({ open: false });
+    this.deps.metrics.breakerOpen.set(0);
+    await this.deps.audit.append({ action: 'circuit_breaker_reset', actor: by, was });
+  }
+
+  async breaker() {
+    const b = await this.deps.state.breaker();
+    this.deps.metrics.breakerOpen.set(b.open ? 1 : 0);
+    return b;
+  }
+
+  async strikes(account: string): Promise<{ total: number; window: number; strikes: StrikeRecord[] }> {
+    const window = this.deps.policy().doc.strikes.window;
+    const strikes = await this.deps.state.strikes(account, window);
+    return { total: strikes.reduce((a, s) => a + s.weight, 0), window, strikes };
+  }
+
+  /** Everything about one account: local state, strikes, the lifecycle API's view, the breaker. */
+  async status(account: string) {
+    const [found, strikes, breaker] = await Promise.all([this.lookup(account), this.strikes(account), this.deps.state.breaker()]);
+    return {
+      account: account.toLowerCase(),
+      suspension: found.state.suspension ?? null,
+      throttle: found.state.throttle ?? null,
+      pending_approval: found.state.pending ?? null,
+      strikes: { total: strikes.total, window_ms: strikes.window, count: strikes.strikes.length },
+      lifecycle: found.lifecycle ?? null,
+      lifecycle_error: found.degraded ?? null,
+      breaker,
+    };
+  }
+
+  async overview() {
+    const [suspended, pending, breaker] = await Promise.all([this.deps.state.suspendedAccounts(), this.deps.state.pendingAccounts(), this.deps.state.breaker()]);
+    return { suspended, pending_approval: pending, breaker, outbox: this.deps.outbox.jobs().map((j) => ({ id: j.id, kind: j.kind, attempts: j.attempts, last_error: j.lastError })) };
+  }
+
+  async history(account: string) {
+    const a = account.toLowerCase();
+    return this.deps.audit.read((e) => e.account === a);
+  }
+
+  // ------------------------------------------------------------------ MAIL FROM lookups
+
+  async lookup(account: string): Promise<AccountLookup> {
+    const deadline = <T,>(p: Promise<T>, what: string): Promise<T> =>
+      Promise.race([
+        p,
+        new Promise<never>((_, reject) => {
+          setTimeout(() => reject(new Error(`${what}: no answer within ${this.deps.deadlineMs} ms`)), this.deps.deadlineMs).unref();
+        }),
+      ]);
+    const [state, lifecycle] = await Promise.allSettled([
+      deadline(this.deps.state.account(account), 'enforcement state'),
+      this.deps.lifecycle ? deadline(this.deps.lifecycle.status(account), 'lifecycle API') : Promise.resolve(undefined),
+    ]);
+    const out: AccountLookup = { state: state.status === 'fulfilled' ? state.value : {} };
+    if (lifecycle.status === 'fulfilled') out.lifecycle = lifecycle.value;
+    const failures = [state, lifecycle].filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as Error).message);
+    if (failures.length) {
+      out.degraded = failures.join('; ');
+      this.deps.log.warn({ event: 'account_lookup_degraded', account, err: out.degraded }, 'account status partly unknown');
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ outbox handlers and notifications
+
+  lifecycleHandler(): (job: Job) => Promise<void> {
+    return async (job) => {
+      const j = job.payload as LifecycleJob;
+      const api = this.deps.lifecycle;
+      if (!api) return;
+      const started = performance.now();
+      try {
+        if (j.op === 'suspend') await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
+        else await api.reinstate(j.account, { reference: j.reference, by: j.by });
+      } catch (err) {
+        if (err instanceof LifecycleError && !err.retryable) {
+          await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message });
+        }
+        throw err;
+      } finally {
+        this.deps.log.debug({ event: 'lifecycle_call', op: j.op, account: j.account, ms: Math.round(performance.now() - started) }, 'lifecycle call');
+      }
+      await this.deps.audit.append({ action: j.op === 'suspend' ? 'lifecycle_locked' : 'lifecycle_active', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
+    };
+  }
+
+  private async notifyHolder(account: string, mail: { subject: string; text: string }): Promise<void> {
+    if (!this.deps.settings.notify_holder) return;
+    await this.deps.outbox.enqueue('notify', mailJob('holder', [account], mail));
+  }
+
+  private async notifyAbuse(mail: { subject: string; text: string }): Promise<void> {
+    if (this.deps.settings.abuse_team.length === 0) return;
+    await this.deps.outbox.enqueue('notify', mailJob('abuse', this.deps.settings.abuse_team, mail));
+  }
+
+  private async webhook(event: Record<string, unknown>): Promise<void> {
+    if (!this.deps.settings.webhook) return;
+    await this.deps.outbox.enqueue('webhook', { event: { source: 'douane', at: new Date(this.now()).toISOString(), ...event } } satisfies WebhookJob);
+  }
+
+  async refreshGauge(): Promise<void> {
+    try {
+      this.deps.metrics.suspendedAccounts.set((await this.deps.state.suspendedAccounts()).length);
+    } catch {
+      // the gauge waits for the next change
+    }
+  }
+}

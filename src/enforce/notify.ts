@@ -1,0 +1,77 @@
+// Sends notifications through the outbox (a failure never blocks enforcement, and is retried): mails to
+// the account holder and the abuse team with nodemailer, and JSON events to the SIEM's webhook, signed
+// with HMAC-SHA256 over "<timestamp>.<body>" (X-Douane-Timestamp, X-Douane-Signature: sha256=<hex>).
+
+import { createHmac } from 'node:crypto';
+import nodemailer from 'nodemailer';
+import type { Metrics } from '../metrics.js';
+import { PermanentFailure, type Job } from './outbox.js';
+import type { Mail } from './templates.js';
+
+export interface MailJob {
+  channel: 'holder' | 'abuse';
+  to: string[];
+  subject: string;
+  text: string;
+}
+
+export interface WebhookJob {
+  event: Record<string, unknown>;
+}
+
+export interface NotifySettings {
+  from: string;
+  smtp: { host: string; port: number; secure: boolean; verify_certificate: boolean };
+  webhook?: { url: string; secret?: string; timeout: number };
+}
+
+export function mailHandler(settings: NotifySettings, metrics: Metrics): (job: Job) => Promise<void> {
+  const transport = nodemailer.createTransport({
+    host: settings.smtp.host,
+    port: settings.smtp.port,
+    secure: settings.smtp.secure,
+    tls: { rejectUnauthorized: settings.smtp.verify_certificate },
+    connectionTimeout: 10_000,
+    greetingTimeout: 10_000,
+    socketTimeout: 30_000,
+  });
+  return async (job) => {
+    const m = job.payload as MailJob;
+    try {
+      await transport.sendMail({ from: settings.from, to: m.to, subject: m.subject, text: m.text, headers: { 'Auto-Submitted': 'auto-generated', 'X-Douane-Notice': m.channel } });
+      metrics.notifications.labels(m.channel, 'sent').inc();
+    } catch (err) {
+      metrics.notifications.labels(m.channel, 'retry').inc();
+      const code = (err as { responseCode?: number }).responseCode;
+      if (code && code >= 500) throw new PermanentFailure(`${m.channel} notification refused: ${(err as Error).message}`);
+      throw err;
+    }
+  };
+}
+
+export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>, metrics: Metrics): (job: Job) => Promise<void> {
+  return async (job) => {
+    const body = JSON.stringify((job.payload as WebhookJob).event);
+    const timestamp = String(Math.floor(Date.now() / 1000));
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-douane-timestamp': timestamp };
+    if (settings.secret) headers['x-douane-signature'] = 'sha256=' + createHmac('sha256', settings.secret).update(`${timestamp}.${body}`).digest('hex');
+    let res: Response;
+    try {
+      res = await fetch(settings.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(settings.timeout) });
+    } catch (err) {
+      metrics.notifications.labels('webhook', 'retry').inc();
+      throw new Error(`webhook unreachable: ${(err as Error).message}`);
+    }
+    if (res.ok) {
+      metrics.notifications.labels('webhook', 'sent').inc();
+      return;
+    }
+    metrics.notifications.labels('webhook', res.status >= 500 ? 'retry' : 'failed').inc();
+    if (res.status >= 500 || res.status === 429) throw new Error(`webhook answered ${res.status}`);
+    throw new PermanentFailure(`webhook refused the event: ${res.status}`);
+  };
+}
+
+export function mailJob(channel: MailJob['channel'], to: string[], mail: Mail): MailJob {
+  return { channel, to, subject: mail.subject, text: mail.text };
+}

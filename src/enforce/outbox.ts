@@ -1,0 +1,172 @@
+// A durable outbox for what must happen eventually even if the other side is down: lifecycle API calls
+// (suspend, reinstate), notification mails and webhook events. A job is a file written atomically
+// before anyone acts on it, so it survives a restart; it is retried with exponential backoff while its
+// handler reports a retryable failure, and moved to failed/ (audited, alerted) when the failure is
+// permanent. Handlers must be idempotent: a crash between doing a job and deleting its file repeats it.
+
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics.js';
+
+export type JobKind = 'lifecycle' | 'notify' | 'webhook';
+
+export interface Job<P = unknown> {
+  id: string;
+  kind: JobKind;
+  payload: P;
+  attempts: number;
+  createdAt: number;
+  nextAt: number;
+  lastError?: string;
+}
+
+export class PermanentFailure extends Error {}
+
+export type Handler = (job: Job) => Promise<void>;
+
+export interface OutboxOptions {
+  dir: string;
+  handlers: Record<JobKind, Handler>;
+  minDelayMs: number;
+  maxDelayMs: number;
+  metrics: Metrics;
+  log: Logger;
+  /** told when a job fails for good */
+  onFailed?: (job: Job, err: Error) => void;
+  now?: () => number;
+}
+
+export class Outbox {
+  private readonly pending = new Map<string, Job>();
+  private readonly running = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private started = false;
+  private stopped = false;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: OutboxOptions) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  private get pendingDir(): string {
+    return join(this.opts.dir, 'pending');
+  }
+
+  /** Loads the jobs a previous run left, then works through them. */
+  async start(): Promise<void> {
+    await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
+    await mkdir(join(this.opts.dir, 'failed'), { recursive: true, mode: 0o700 });
+    for (const name of await readdir(this.pendingDir)) {
+      if (!name.endsWith('.json')) continue;
+      try {
+        const job = JSON.parse(await readFile(join(this.pendingDir, name), 'utf8')) as Job;
+        this.pending.set(job.id, job);
+      } catch (err) {
+        this.opts.log.error({ event: 'outbox_unreadable', file: name, err: (err as Error).message }, 'unreadable outbox job left aside');
+      }
+    }
+    if (this.pending.size) this.opts.log.info({ event: 'outbox_resumed', jobs: this.pending.size }, `resuming ${this.pending.size} outbox job(s) from before the restart`);
+    this.started = true;
+    this.updateGauges();
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    while (this.running.size) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  async enqueue<P>(kind: JobKind, payload: P): Promise<Job<P>> {
+    await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
+    const now = this.now();
+    const job: Job<P> = { id: `${now.toString(36)}-${randomBytes(4).toString('hex')}`, kind, payload, attempts: 0, createdAt: now, nextAt: now };
+    await this.persist(job);
+    this.pending.set(job.id, job);
+    this.updateGauges();
+    if (this.started) this.schedule(0);
+    return job;
+  }
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  jobs(): Job[] {
+    return [...this.pending.values()];
+  }
+
+  /** Resolves when no job is due before `withinMs` (tests, shutdown). */
+  async idle(timeoutMs = 10_000): Promise<boolean> {
+    const deadline = this.now() + timeoutMs;
+    while (this.now() < deadline) {
+      if (this.pending.size === 0 && this.running.size === 0) return true;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return false;
+  }
+
+  private async persist(job: Job): Promise<void> {
+    const tmp = join(this.pendingDir, `.${job.id}.tmp`);
+    await writeFile(tmp, JSON.stringify(job) + '\n', { mode: 0o600 });
+    await rename(tmp, join(this.pendingDir, `${job.id}.json`));
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.tick(), Math.max(0, delayMs));
+    this.timer.unref();
+  }
+
+  private async tick(): Promise<void> {
+    const now = this.now();
+    const due = [...this.pending.values()].filter((j) => j.nextAt <= now && !this.running.has(j.id));
+    await Promise.all(due.map((j) => this.run(j)));
+    const next = Math.min(...[...this.pending.values()].filter((j) => !this.running.has(j.id)).map((j) => j.nextAt));
+    if (Number.isFinite(next)) this.schedule(next - this.now());
+  }
+
+  private async run(job: Job): Promise<void> {
+    this.running.add(job.id);
+    job.attempts++;
+    try {
+      await this.opts.handlers[job.kind](job);
+      this.pending.delete(job.id);
+      await rm(join(this.pendingDir, `${job.id}.json`), { force: true });
+      this.opts.metrics.outboxAttempts.labels(job.kind, 'done').inc();
+    } catch (err) {
+      job.lastError = (err as Error).message;
+      if (err instanceof PermanentFailure || (err as { retryable?: boolean }).retryable === false) {
+        this.pending.delete(job.id);
+        await rename(join(this.pendingDir, `${job.id}.json`), join(this.opts.dir, 'failed', `${job.id}.json`)).catch(() => undefined);
+        await writeFile(join(this.opts.dir, 'failed', `${job.id}.json`), JSON.stringify(job) + '\n', { mode: 0o600 }).catch(() => undefined);
+        this.opts.metrics.outboxAttempts.labels(job.kind, 'failed').inc();
+        this.opts.log.error({ event: 'outbox_failed', job: job.id, kind: job.kind, attempts: job.attempts, err: job.lastError }, 'outbox job failed for good');
+        this.opts.onFailed?.(job, err as Error);
+      } else {
+        const delay = Math.min(this.opts.maxDelayMs, this.opts.minDelayMs * 2 ** (job.attempts - 1));
+        job.nextAt = this.now() + delay * (0.8 + Math.random() * 0.4);
+        await this.persist(job).catch(() => undefined);
+        this.opts.metrics.outboxAttempts.labels(job.kind, 'retry').inc();
+        this.opts.log.warn({ event: 'outbox_retry', job: job.id, kind: job.kind, attempts: job.attempts, retry_in_ms: Math.round(job.nextAt - this.now()), err: job.lastError }, 'outbox job will be retried');
+      }
+    } finally {
+      this.running.delete(job.id);
+      this.updateGauges();
+    }
+  }
+
+  private updateGauges(): void {
+    const counts: Record<JobKind, number> = { lifecycle: 0, notify: 0, webhook: 0 };
+    let oldest = this.now();
+    for (const j of this.pending.values()) {
+      counts[j.kind]++;
+      oldest = Math.min(oldest, j.createdAt);
+    }
+    for (const [k, n] of Object.entries(counts)) this.opts.metrics.outboxDepth.labels(k).set(n);
+    this.opts.metrics.outboxOldest.set(this.pending.size ? (this.now() - oldest) / 1000 : 0);
+  }
+}

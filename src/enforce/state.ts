@@ -1,0 +1,293 @@
+// Enforcement state shared by every instance (Redis) or held by the one instance of the embedded
+// default (memory): strikes per account in a sliding window, which ladder steps were taken, suspensions,
+// throttles, suspensions waiting for approval, and the circuit breaker.
+
+import type { RedisClient } from '../limits/redis.js';
+
+export interface StrikeRecord {
+  id: string;
+  event: string;
+  weight: number;
+  at: number;
+  rule?: string;
+  reference: string;
+}
+
+export interface Suspension {
+  since: number;
+  /** ms since epoch; absent: until reinstated */
+  until?: number;
+  /** local sending block only, or the account locked in the lifecycle API too */
+  action: 'suspend_sending' | 'suspend_account';
+  reason: string;
+  /** incident reference of the strike that crossed the threshold */
+  reference: string;
+  by: string;
+}
+
+export interface Throttle {
+  factor: number;
+  until: number;
+  reference: string;
+}
+
+export interface Pending {
+  action: 'suspend_sending' | 'suspend_account';
+  at: number;
+  total: number;
+  reference: string;
+  reason: string;
+  until?: number;
+}
+
+export interface Breaker {
+  open: boolean;
+  since?: number;
+  reason?: string;
+}
+
+export interface AccountState {
+  suspension?: Suspension;
+  throttle?: Throttle;
+  pending?: Pending;
+}
+
+export interface EnforcementState {
+  /** adds a strike and returns the total weight in the window (older strikes fall out) */
+  addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number>;
+  strikes(account: string, windowMs: number): Promise<StrikeRecord[]>;
+  /** true the first time within `ttlMs` (one instance takes a ladder step, one strike per cooldown) */
+  claim(key: string, ttlMs: number): Promise<boolean>;
+  resetAccount(account: string): Promise<void>;
+  account(account: string): Promise<AccountState>;
+  setSuspension(account: string, s: Suspension): Promise<void>;
+  setThrottle(account: string, t: Throttle): Promise<void>;
+  setPending(account: string, p: Pending | undefined): Promise<void>;
+  pendingAccounts(): Promise<string[]>;
+  suspendedAccounts(): Promise<string[]>;
+  /** records an automatic suspension; returns how many happened in the last hour */
+  countSuspension(at: number): Promise<number>;
+  breaker(): Promise<Breaker>;
+  setBreaker(b: Breaker): Promise<void>;
+}
+
+const ADD_STRIKE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local total = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  total = total + tonumber(cjson.decode(m).weight)
+end
+return tostring(total)`;
+
+type Scripted = RedisClient & { douaneAddStrike(key: string, cutoff: number, at: number, member: string, ttl: number): Promise<string> };
+
+const acct = (a: string) => `{${a.toLowerCase().replace(/[{}]/g, '_')}}`;
+
+export class RedisEnforcementState implements EnforcementState {
+  private readonly r: Scripted;
+
+  constructor(
+    client: RedisClient,
+    private readonly prefix: string,
+  ) {
+    client.defineCommand('douaneAddStrike', { numberOfKeys: 1, lua: ADD_STRIKE });
+    this.r = client as Scripted;
+  }
+
+  private k(kind: string, account: string): string {
+    return `${this.prefix}:${kind}:${acct(account)}`;
+  }
+
+  async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
+    return Number(await this.r.douaneAddStrike(this.k('strikes', account), s.at - windowMs, s.at, JSON.stringify(s), windowMs));
+  }
+
+  async strikes(account: string, windowMs: number): Promise<StrikeRecord[]> {
+    const members = await this.r.zrangebyscore(this.k('strikes', account), Date.now() - windowMs, '+inf');
+    return members.map((m) => JSON.parse(m) as StrikeRecord);
+  }
+
+  async claim(key: string, ttlMs: number): Promise<boolean> {
+    return (await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)), 'NX')) === 'OK';
+  }
+
+  async resetAccount(account: string): Promise<void> {
+    const a = acct(account);
+    // Claims (ladder steps, cooldowns) are per account and live under their own prefix.
+    const claims = await this.scanKeys(`${this.prefix}:claim:*${a}*`);
+    await this.r.del(this.k('strikes', account), this.k('suspended', account), this.k('throttle', account), this.k('pending', account));
+    if (claims.length) for (const c of claims) await this.r.del(c);
+    await this.r.srem(`${this.prefix}:suspended-set`, account.toLowerCase());
+    await this.r.srem(`${this.prefix}:pending-set`, account.toLowerCase());
+  }
+
+  private async scanKeys(pattern: string): Promise<string[]> {
+    const out: string[] = [];
+    const nodes = 'nodes' in this.r && typeof this.r.nodes === 'function' ? this.r.nodes('master') : [this.r];
+    for (const node of nodes as RedisClient[]) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await (node as import('ioredis').Redis).scan(cursor, 'MATCH', pattern, 'COUNT', 500);
+        cursor = next;
+        out.push(...keys);
+      } while (cursor !== '0');
+    }
+    return out;
+  }
+
+  async account(account: string): Promise<AccountState> {
+    const [s, t, p] = await Promise.all([this.r.get(this.k('suspended', account)), this.r.get(this.k('throttle', account)), this.r.get(this.k('pending', account))]);
+    const out: AccountState = {};
+    if (s) out.suspension = JSON.parse(s) as Suspension;
+    if (t) out.throttle = JSON.parse(t) as Throttle;
+    if (p) out.pending = JSON.parse(p) as Pending;
+    return out;
+  }
+
+  async setSuspension(account: string, s: Suspension): Promise<void> {
+    const key = this.k('suspended', account);
+    if (s.until) await this.r.set(key, JSON.stringify(s), 'PX', Math.max(1, s.until - Date.now()));
+    else await this.r.set(key, JSON.stringify(s));
+    await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
+  }
+
+  async setThrottle(account: string, t: Throttle): Promise<void> {
+    await this.r.set(this.k('throttle', account), JSON.stringify(t), 'PX', Math.max(1, t.until - Date.now()));
+  }
+
+  async setPending(account: string, p: Pending | undefined): Promise<void> {
+    if (p) {
+      await this.r.set(this.k('pending', account), JSON.stringify(p));
+      await this.r.sadd(`${this.prefix}:pending-set`, account.toLowerCase());
+    } else {
+      await this.r.del(this.k('pending', account));
+      await this.r.srem(`${this.prefix}:pending-set`, account.toLowerCase());
+    }
+  }
+
+  pendingAccounts(): Promise<string[]> {
+    return this.r.smembers(`${this.prefix}:pending-set`);
+  }
+
+  async suspendedAccounts(): Promise<string[]> {
+    const all = await this.r.smembers(`${this.prefix}:suspended-set`);
+    const live: string[] = [];
+    for (const a of all) {
+      // A suspension with an end expires by itself: drop it from the set then.
+      if (await this.r.exists(this.k('suspended', a))) live.push(a);
+      else await this.r.srem(`${this.prefix}:suspended-set`, a);
+    }
+    return live;
+  }
+
+  async countSuspension(at: number): Promise<number> {
+    const key = `${this.prefix}:suspensions-hour`;
+    await this.r.zremrangebyscore(key, '-inf', at - 3_600_000);
+    await this.r.zadd(key, at, `${at}-${Math.random()}`);
+    await this.r.pexpire(key, 3_600_000);
+    return this.r.zcard(key);
+  }
+
+  async breaker(): Promise<Breaker> {
+    const b = await this.r.get(`${this.prefix}:breaker`);
+    return b ? (JSON.parse(b) as Breaker) : { open: false };
+  }
+
+  async setBreaker(b: Breaker): Promise<void> {
+    await this.r.set(`${this.prefix}:breaker`, JSON.stringify(b));
+  }
+}
+
+export class MemoryEnforcementState implements EnforcementState {
+  private readonly strikeLists = new Map<string, StrikeRecord[]>();
+  private readonly claims = new Map<string, number>();
+  private readonly accounts = new Map<string, AccountState>();
+  private suspensionTimes: number[] = [];
+  private breakerState: Breaker = { open: false };
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
+    const list = (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > s.at - windowMs);
+    list.push(s);
+    this.strikeLists.set(account.toLowerCase(), list);
+    return list.reduce((a, x) => a + x.weight, 0);
+  }
+
+  async strikes(account: string, windowMs: number): Promise<StrikeRecord[]> {
+    return (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > this.now() - windowMs);
+  }
+
+  async claim(key: string, ttlMs: number): Promise<boolean> {
+    const until = this.claims.get(key);
+    if (until !== undefined && until > this.now()) return false;
+    this.claims.set(key, this.now() + ttlMs);
+    return true;
+  }
+
+  async resetAccount(account: string): Promise<void> {
+    const a = account.toLowerCase();
+    this.strikeLists.delete(a);
+    this.accounts.delete(a);
+    for (const k of this.claims.keys()) if (k.includes(`{${a}}`)) this.claims.delete(k);
+  }
+
+  async account(account: string): Promise<AccountState> {
+    const s = this.accounts.get(account.toLowerCase()) ?? {};
+    const now = this.now();
+    const out: AccountState = {};
+    if (s.suspension && (!s.suspension.until || s.suspension.until > now)) out.suspension = s.suspension;
+    if (s.throttle && s.throttle.until > now) out.throttle = s.throttle;
+    if (s.pending) out.pending = s.pending;
+    return out;
+  }
+
+  private entry(account: string): AccountState {
+    const a = account.toLowerCase();
+    const e = this.accounts.get(a) ?? {};
+    this.accounts.set(a, e);
+    return e;
+  }
+
+  async setSuspension(account: string, s: Suspension): Promise<void> {
+    this.entry(account).suspension = s;
+  }
+
+  async setThrottle(account: string, t: Throttle): Promise<void> {
+    this.entry(account).throttle = t;
+  }
+
+  async setPending(account: string, p: Pending | undefined): Promise<void> {
+    this.entry(account).pending = p;
+  }
+
+  async pendingAccounts(): Promise<string[]> {
+    return [...this.accounts].filter(([, s]) => s.pending).map(([a]) => a);
+  }
+
+  async suspendedAccounts(): Promise<string[]> {
+    const out: string[] = [];
+    for (const a of this.accounts.keys()) if ((await this.account(a)).suspension) out.push(a);
+    return out;
+  }
+
+  async countSuspension(at: number): Promise<number> {
+    this.suspensionTimes = this.suspensionTimes.filter((t) => t > at - 3_600_000);
+    this.suspensionTimes.push(at);
+    return this.suspensionTimes.length;
+  }
+
+  async breaker(): Promise<Breaker> {
+    return this.breakerState;
+  }
+
+  async setBreaker(b: Breaker): Promise<void> {
+    this.breakerState = b;
+  }
+}
+
+export function claimKey(kind: string, account: string, detail: string): string {
+  return `${kind}:${acct(account)}:${detail}`;
+}

@@ -1,0 +1,32 @@
+// Is the account allowed to send? A suspension decided by the strike ladder (or a person) blocks it here,
+// on every instance at once — this is not a rule, so no policy change can lift it by mistake. The
+// lifecycle API's status (locked, suspended for non-payment, closed) becomes the fact account.status for
+// the rules, its aliases count as the account's own addresses, and a throttle lowers its limits.
+
+import type { Check } from '../types.js';
+
+export const mailAccountStatus: Check = {
+  id: 'mail.account-status',
+  phase: 'mail',
+  describe: 'a suspended account is refused; fact account.status from the lifecycle API; throttles and aliases',
+  async run({ session, tx, deps, config }) {
+    if (!tx) return { action: 'continue', skip: 'no transaction' };
+    const account = session.account ?? tx.mailFrom;
+    const found = await deps.accounts.lookup(account);
+    if (found.lifecycle) {
+      tx.accountStatus = found.lifecycle.status;
+      tx.aliases = found.lifecycle.aliases;
+    }
+    if (found.state.throttle) tx.throttle = found.state.throttle.factor;
+    const s = found.state.suspension;
+    if (s) {
+      return {
+        action: 'reject',
+        reason: 'account.suspended',
+        detail: { account, since: new Date(s.since).toISOString().slice(0, 16).replace('T', ' ') + ' UTC', incident: s.reference, contact: config.enforcement.contact },
+        evidence: { suspension: s },
+      };
+    }
+    return { action: 'continue', evidence: { status: tx.accountStatus ?? 'unknown', ...(tx.throttle ? { throttle: tx.throttle } : {}), ...(found.degraded ? { degraded: found.degraded } : {}) } };
+  },
+};

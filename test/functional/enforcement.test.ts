@@ -1,0 +1,254 @@
+// Enforcement end to end, with real clamd and Redis and a fake Zimbra admin API that speaks the real SOAP
+// wire format: malware strikes climb the ladder to a suspension that blocks the account on every instance,
+// is carried out in Zimbra exactly once (also when Zimbra is down for a while and Douane restarts),
+// notifies the holder and the abuse team, and is audited; safeguards hold (allowlist, dry run, approval,
+// circuit breaker); reinstatement undoes it.
+
+import { createHmac } from 'node:crypto';
+import http from 'node:http';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { simpleParser } from 'mailparser';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { AdminServer } from '../../src/admin.js';
+import { createLogger } from '../../src/log.js';
+import { EICAR, startClamd, type ClamdInstance } from '../harness/clamd.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { FakeZimbra } from '../harness/fake-zimbra.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { mimeMessage } from '../harness/mime.js';
+import { RawSmtp } from '../harness/net.js';
+import { startRedis, type RedisInstance } from '../harness/redis.js';
+
+let clamd: ClamdInstance;
+let redis: RedisInstance;
+let upstream: FakeUpstream;
+let zimbra: FakeZimbra;
+const gateways: TestGateway[] = [];
+const admins: AdminServer[] = [];
+
+beforeAll(async () => {
+  [clamd, redis] = await Promise.all([startClamd(), startRedis()]);
+}, 60_000);
+afterAll(async () => {
+  await Promise.all([clamd?.stop(), redis?.stop()]);
+});
+beforeEach(async () => {
+  redis.cli('flushall');
+  upstream = await FakeUpstream.start();
+  zimbra = await FakeZimbra.start();
+  for (const name of ['user1@example.test', 'user2@example.test', 'user3@example.test', 'user4@example.test', 'postmaster@example.test']) zimbra.addAccount({ name });
+});
+afterEach(async () => {
+  await Promise.all(admins.splice(0).map((a) => a.stop()));
+  await Promise.all(gateways.splice(0).map((g) => g.stop()));
+  await Promise.all([upstream.stop(), zimbra.stop()]);
+});
+
+async function gateway(enforcement: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): Promise<TestGateway> {
+  const gw = await startGateway(upstream.port, {
+    clamd: { hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '10s' },
+    limits: { redis: { url: redis.url } },
+    policy: { dir: 'fixtures/policies/enforce', watch: false },
+    lifecycle: { adapter: 'zimbra', timeout: '2s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } },
+    enforcement: {
+      contact: 'abuse@provider.test',
+      provider: 'TestHost',
+      notify: { abuse_team: ['abuse-team@provider.test'], from: 'abuse@provider.test' },
+      outbox: { retry_min: '100ms', retry_max: '500ms' },
+      ...enforcement,
+    },
+    ...extra,
+  });
+  gateways.push(gw);
+  return gw;
+}
+
+async function admin(gw: TestGateway): Promise<string> {
+  const a = new AdminServer({ address: '127.0.0.1', port: 0 }, gw.metrics, createLogger({ level: 'silent' }));
+  a.setAccounts(gw.gateway.enforcer);
+  await a.start();
+  admins.push(a);
+  return `http://127.0.0.1:${a.port}`;
+}
+
+async function send(gw: TestGateway, from: string, message: string): Promise<{ mail: string; data: string }> {
+  const c = await RawSmtp.connect(gw.port('trusted'));
+  await c.reply();
+  await c.command('EHLO t');
+  const mail = await c.command(`MAIL FROM:<${from}>`);
+  let data = '';
+  if (mail.startsWith('250')) {
+    await c.command('RCPT TO:<friend@example.net>');
+    await c.command('DATA');
+    c.write(message + '\r\n.\r\n');
+    data = await c.reply(20_000);
+  }
+  c.close();
+  return { mail, data };
+}
+
+const eicar = (from: string) => mimeMessage({ from, subject: 'invoice', attachments: [{ name: 'invoice.com', content: Buffer.from(EICAR) }] });
+const clean = (from: string) => `From: ${from}\r\nSubject: hello\r\n\r\nJust a note.\r\n`;
+
+function audit(gw: TestGateway): Record<string, unknown>[] {
+  try {
+    return readFileSync(join(gw.stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  } catch {
+    return [];
+  }
+}
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('the strike ladder, end to end', () => {
+  it('EICAR three times: notified, then locked in Zimbra once, refused on another instance, audited, reinstated', async () => {
+    const [a, b] = [await gateway(), await gateway()];
+    for (let i = 0; i < 3; i++) expect((await send(a, 'user1@example.test', eicar('user1@example.test'))).data).toMatch(/^554 5\.7\.1 .*malware/);
+    await until('the account is locked in Zimbra', () => zimbra.account('user1@example.test')!.status === 'locked');
+    expect(zimbra.modifications.filter((m) => m.name === 'user1@example.test')).toHaveLength(1);
+    expect(zimbra.invalid).toEqual([]);
+
+    // Blocked at MAIL FROM on the other instance too, with the reason, the incident and whom to contact.
+    const refused = await send(b, 'user1@example.test', clean('user1@example.test'));
+    expect(refused.mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(user1@example\.test\) since \d{4}-\d\d-\d\d \d\d:\d\d UTC \(incident D-[0-9A-Z]{6}\); contact abuse@provider\.test\. Ref D-[0-9A-Z]{6}\.$/);
+    // Other accounts are not affected.
+    expect((await send(b, 'user2@example.test', clean('user2@example.test'))).data).toMatch(/^250 /);
+
+    // The holder and the abuse team were told (through the upstream), in French and English.
+    await until('notices delivered', () => a.gateway.outbox.size === 0 && upstream.messages.filter((m) => m.from === 'abuse@provider.test').length >= 3);
+    const notices = await Promise.all(upstream.messages.filter((m) => m.from === 'abuse@provider.test').map(async (m) => ({ to: m.to, mail: await simpleParser(m.raw) })));
+    const toHolder = notices.filter((n) => n.to.includes('user1@example.test')).map((n) => n.mail);
+    expect(toHolder.some((m) => m.subject === '[TestHost] Avertissement / Warning — user1@example.test')).toBe(true);
+    const suspension = toHolder.find((m) => m.subject?.startsWith('[TestHost] Envoi suspendu / Sending suspended'))!;
+    expect(suspension.text).toMatch(/article 4\.6 des conditions particulières/);
+    expect(suspension.text).toMatch(/article 4\.6 of the service terms/);
+    expect(suspension.text).toMatch(/écrivez|répondez à abuse@provider\.test en citant la référence D-[0-9A-Z]{6}/);
+    expect(suspension.text).toMatch(/write to abuse@provider\.test quoting reference D-[0-9A-Z]{6}/);
+    expect(notices.some((n) => n.to.includes('abuse-team@provider.test'))).toBe(true);
+
+    const entries = audit(a).filter((e) => e.account === 'user1@example.test');
+    expect(entries.map((e) => e.action)).toEqual(expect.arrayContaining(['strike', 'notify', 'suspend_account', 'lifecycle_locked']));
+    expect(entries.filter((e) => e.action === 'strike')).toHaveLength(3);
+    const strike = entries.find((e) => e.action === 'strike')!;
+    expect(strike).toMatchObject({ strike: 'malware', weight: 10, rule: 'malware.found', article: '4.6' });
+    expect(JSON.stringify(strike.evidence)).toMatch(/Test\.EICAR/);
+
+    // Reinstatement through the admin API (what `douane accounts reinstate` calls).
+    const base = await admin(a);
+    const res = await fetch(`${base}/accounts/user1@example.test/reinstate`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester' } });
+    expect(res.status).toBe(200);
+    await until('Zimbra active again', () => zimbra.account('user1@example.test')!.status === 'active');
+    expect((await send(b, 'user1@example.test', clean('user1@example.test'))).data).toMatch(/^250 /);
+    const status = (await (await fetch(`${base}/accounts/user1@example.test`)).json()) as { strikes: { total: number }; suspension: unknown };
+    expect(status).toMatchObject({ suspension: null, strikes: { total: 0 } });
+    expect(audit(a).some((e) => e.action === 'reinstate' && e.actor === 'cli:tester')).toBe(true);
+  });
+
+  it('Zimbra down: the local block is immediate, and the lock is carried out once Zimbra is back — across a restart', async () => {
+    const state = mkdtempSync(join(tmpdir(), 'douane-enforce-state-'));
+    const a = await gateway({}, { state_dir: state });
+    await zimbra.down();
+    for (let i = 0; i < 3; i++) await send(a, 'user3@example.test', eicar('user3@example.test'));
+    const after = await send(a, 'user3@example.test', clean('user3@example.test'));
+    expect(after.mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
+    await until('a retry was attempted', () => a.logs.some((l) => l.event === 'outbox_retry'));
+    expect(a.gateway.outbox.jobs().some((j) => j.kind === 'lifecycle')).toBe(true);
+    await a.gateway.stop(100);
+    gateways.splice(gateways.indexOf(a), 1);
+
+    await zimbra.up();
+    const restarted = await gateway({}, { state_dir: state });
+    await until('the account is locked after the restart', () => zimbra.account('user3@example.test')!.status === 'locked');
+    await until('the outbox is empty', () => restarted.gateway.outbox.jobs().every((j) => j.kind !== 'lifecycle'));
+    expect(zimbra.modifications.filter((m) => m.name === 'user3@example.test')).toHaveLength(1);
+    expect(restarted.logs.some((l) => l.event === 'outbox_resumed')).toBe(true);
+  });
+
+  it('reads account status from Zimbra: a closed account is refused at MAIL FROM (art. 8)', async () => {
+    zimbra.account('user4@example.test')!.status = 'closed';
+    const a = await gateway();
+    expect((await send(a, 'user4@example.test', clean('user4@example.test'))).mail).toMatch(/^550 5\.7\.1 This account is closed and can no longer send mail\..*rule account\.closed, art\. 8\.$/);
+  });
+});
+
+describe('safeguards', () => {
+  it('never suspends an account on the allowlist, but tells the abuse team', async () => {
+    const a = await gateway();
+    for (let i = 0; i < 3; i++) await send(a, 'postmaster@example.test', eicar('postmaster@example.test'));
+    await until('audited', () => audit(a).some((e) => e.action === 'suspension_skipped'));
+    expect((await send(a, 'postmaster@example.test', clean('postmaster@example.test'))).data).toMatch(/^250 /);
+    expect(zimbra.modifications).toHaveLength(0);
+  });
+
+  it('dry run: audits what it would do and does nothing', async () => {
+    const a = await gateway({ dry_run: true });
+    for (let i = 0; i < 3; i++) await send(a, 'user1@example.test', eicar('user1@example.test'));
+    await until('audited', () => audit(a).some((e) => e.action === 'suspension_dry_run'));
+    expect((await send(a, 'user1@example.test', clean('user1@example.test'))).data).toMatch(/^250 /);
+    expect(zimbra.modifications).toHaveLength(0);
+  });
+
+  it('approval mode: the suspension waits for a person, then is carried out', async () => {
+    const a = await gateway({ approval: true });
+    const base = await admin(a);
+    for (let i = 0; i < 3; i++) await send(a, 'user2@example.test', eicar('user2@example.test'));
+    await until('pending', async () => ((await (await fetch(`${base}/accounts`)).json()) as { pending_approval: string[] }).pending_approval.includes('user2@example.test'));
+    expect((await send(a, 'user2@example.test', clean('user2@example.test'))).data).toMatch(/^250 /);
+    const res = await fetch(`${base}/accounts/user2@example.test/approve`, { method: 'POST', headers: { 'x-douane-actor': 'cli:lead' } });
+    expect(res.status).toBe(200);
+    expect((await send(a, 'user2@example.test', clean('user2@example.test'))).mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
+    await until('locked', () => zimbra.account('user2@example.test')!.status === 'locked');
+    expect(audit(a).find((e) => e.action === 'approve')).toMatchObject({ actor: 'cli:lead', account: 'user2@example.test' });
+  });
+
+  it('the circuit breaker stops automatic suspension after too many in an hour, until a person resets it', async () => {
+    const a = await gateway({ breaker_max_per_hour: 2 });
+    const base = await admin(a);
+    for (const acct of ['user1@example.test', 'user2@example.test', 'user3@example.test']) {
+      for (let i = 0; i < 3; i++) await send(a, acct, eicar(acct));
+    }
+    await until('breaker open', () => audit(a).some((e) => e.action === 'circuit_breaker_open'));
+    await until('two locked', () => zimbra.modifications.length === 2);
+    expect((await send(a, 'user3@example.test', clean('user3@example.test'))).data).toMatch(/^250 /);
+    expect(await a.metrics.registry.metrics()).toMatch(/douane_circuit_breaker_open 1/);
+    expect(((await (await fetch(`${base}/breaker`)).json()) as { open: boolean }).open).toBe(true);
+    await fetch(`${base}/breaker/reset`, { method: 'POST' });
+    expect(await a.metrics.registry.metrics()).toMatch(/douane_circuit_breaker_open 0/);
+    await a.gateway.enforcer.suspend('user3@example.test', 'suspend_account', { by: 'cli:lead', reference: 'manual', reason: 'after review' });
+    await until('third locked', () => zimbra.account('user3@example.test')!.status === 'locked');
+  });
+
+  it('a failing notifier never blocks enforcement; the webhook gets signed events', async () => {
+    const events: { body: string; ts: string; sig: string }[] = [];
+    const hook = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        events.push({ body, ts: String(req.headers['x-douane-timestamp']), sig: String(req.headers['x-douane-signature']) });
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
+    try {
+      const port = (hook.address() as import('node:net').AddressInfo).port;
+      const a = await gateway({ notify: { abuse_team: ['abuse-team@provider.test'], smtp: { host: '127.0.0.1', port: 1, secure: false, verify_certificate: false } }, webhook: { url: `http://127.0.0.1:${port}/hook`, secret: 's3cret' } });
+      for (let i = 0; i < 3; i++) await send(a, 'user1@example.test', eicar('user1@example.test'));
+      await until('locked', () => zimbra.account('user1@example.test')!.status === 'locked');
+      await until('webhook', () => events.some((e) => e.body.includes('"suspend_account"')));
+      const e = events.find((x) => x.body.includes('"suspend_account"'))!;
+      expect(e.sig).toBe('sha256=' + createHmac('sha256', 's3cret').update(`${e.ts}.${e.body}`).digest('hex'));
+      expect(JSON.parse(e.body)).toMatchObject({ source: 'douane', type: 'suspend_account', account: 'user1@example.test' });
+      expect(a.gateway.outbox.jobs().some((j) => j.kind === 'notify')).toBe(true);
+    } finally {
+      hook.close();
+    }
+  });
+});

@@ -1,0 +1,168 @@
+// The status cache in front of a lifecycle API: reuse for ttlMs, one lookup shared by concurrent callers,
+// forgetting on suspend/reinstate (even a lookup already under way), stale answers while the API fails.
+
+import { describe, expect, it } from 'vitest';
+import { CachedLifecycle } from '../../src/lifecycle/cached.js';
+import { LifecycleError, type AccountInfo, type LifecycleApi } from '../../src/lifecycle/types.js';
+
+/** A lifecycle API whose answers the test decides, one call at a time if it wants. */
+class ScriptedApi implements LifecycleApi {
+  readonly kind = 'scripted';
+  statusCalls: string[] = [];
+  suspends: string[] = [];
+  reinstates: string[] = [];
+  answer: (account: string) => Promise<AccountInfo> = async () => ({ status: 'active' });
+  suspendResult: () => Promise<void> = async () => {};
+
+  status(account: string): Promise<AccountInfo> {
+    this.statusCalls.push(account);
+    return this.answer(account);
+  }
+  async suspend(account: string): Promise<void> {
+    this.suspends.push(account);
+    await this.suspendResult();
+  }
+  async reinstate(account: string): Promise<void> {
+    this.reinstates.push(account);
+  }
+}
+
+function deferred<T>() {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function setup(opts: { ttlMs?: number; staleMs?: number; maxEntries?: number } = {}) {
+  const inner = new ScriptedApi();
+  const clock = { t: 1_000_000 };
+  const cache = new CachedLifecycle(inner, { ttlMs: opts.ttlMs ?? 60_000, staleMs: opts.staleMs ?? 600_000, maxEntries: opts.maxEntries, now: () => clock.t });
+  return { inner, clock, cache };
+}
+
+const why = { reference: 'D-1', summary: 'x' };
+
+describe('CachedLifecycle', () => {
+  it('answers from the cache within ttlMs and asks again after', async () => {
+    const { inner, clock, cache } = setup({ ttlMs: 1000 });
+    expect(await cache.status('u@x.test')).toEqual({ status: 'active' });
+    clock.t += 999;
+    await cache.status('u@x.test');
+    expect(inner.statusCalls).toHaveLength(1);
+    clock.t += 1;
+    await cache.status('u@x.test');
+    expect(inner.statusCalls).toHaveLength(2);
+    expect(cache.kind).toBe('scripted');
+  });
+
+  it('keeps one entry per account, whatever the case of the address', async () => {
+    const { inner, cache } = setup();
+    inner.answer = async (a) => ({ status: a.toLowerCase().startsWith('l') ? 'locked' : 'active' });
+    expect((await cache.status('l@x.test')).status).toBe('locked');
+    expect((await cache.status('u@x.test')).status).toBe('active');
+    expect((await cache.status('L@X.TEST')).status).toBe('locked');
+    expect(inner.statusCalls).toEqual(['l@x.test', 'u@x.test']);
+  });
+
+  it('concurrent lookups of one account share a single request', async () => {
+    const { inner, cache } = setup();
+    const d = deferred<AccountInfo>();
+    inner.answer = () => d.promise;
+    const all = Promise.all([cache.status('u@x.test'), cache.status('u@x.test'), cache.status('U@x.test')]);
+    d.resolve({ status: 'suspended' });
+    expect((await all).map((i) => i.status)).toEqual(['suspended', 'suspended', 'suspended']);
+    expect(inner.statusCalls).toHaveLength(1);
+  });
+
+  it('forgets the account after suspend and reinstate', async () => {
+    const { inner, cache } = setup();
+    await cache.status('u@x.test');
+    await cache.suspend('u@x.test', why);
+    inner.answer = async () => ({ status: 'locked' });
+    expect((await cache.status('u@x.test')).status).toBe('locked');
+    await cache.reinstate('U@x.test', { reference: 'D-1', by: 'ops' });
+    inner.answer = async () => ({ status: 'active' });
+    expect((await cache.status('u@x.test')).status).toBe('active');
+    expect(inner.statusCalls).toHaveLength(3);
+    expect([inner.suspends, inner.reinstates]).toEqual([['u@x.test'], ['U@x.test']]);
+  });
+
+  it('forgets the account even when suspend fails, and passes the error on', async () => {
+    const { inner, cache } = setup();
+    await cache.status('u@x.test');
+    inner.suspendResult = async () => {
+      throw new LifecycleError('timeout', 'slow', true);
+    };
+    await expect(cache.suspend('u@x.test', why)).rejects.toMatchObject({ kind: 'timeout' });
+    await cache.status('u@x.test');
+    expect(inner.statusCalls).toHaveLength(2);
+  });
+
+  it('does not keep what a lookup started before a suspension found', async () => {
+    const { inner, cache } = setup();
+    const before = deferred<AccountInfo>();
+    inner.answer = () => before.promise;
+    const early = cache.status('u@x.test');
+    await cache.suspend('u@x.test', why);
+    // a caller after the suspension does not join the earlier lookup
+    inner.answer = async () => ({ status: 'locked' });
+    expect((await cache.status('u@x.test')).status).toBe('locked');
+    before.resolve({ status: 'active' });
+    expect((await early).status).toBe('active');
+    expect((await cache.status('u@x.test')).status).toBe('locked');
+    expect(inner.statusCalls).toHaveLength(2);
+  });
+
+  it('serves the last answer up to staleMs while the API fails, then passes the error on', async () => {
+    const { inner, clock, cache } = setup({ ttlMs: 1000, staleMs: 10_000 });
+    inner.answer = async () => ({ status: 'suspended' });
+    await cache.status('u@x.test');
+    const down = new LifecycleError('unavailable', 'down', true);
+    inner.answer = async () => {
+      throw down;
+    };
+    clock.t += 9_999;
+    expect((await cache.status('u@x.test')).status).toBe('suspended');
+    clock.t += 1;
+    await expect(cache.status('u@x.test')).rejects.toBe(down);
+    expect(inner.statusCalls).toHaveLength(3);
+  });
+
+  it('with nothing cached, a failure is passed on and not remembered', async () => {
+    const { inner, cache } = setup();
+    const down = new LifecycleError('unavailable', 'down', true);
+    inner.answer = async () => {
+      throw down;
+    };
+    await expect(cache.status('u@x.test')).rejects.toBe(down);
+    inner.answer = async () => ({ status: 'active' });
+    expect((await cache.status('u@x.test')).status).toBe('active');
+    expect(inner.statusCalls).toHaveLength(2);
+  });
+
+  it('does not serve a stale answer once the account was suspended', async () => {
+    const { inner, clock, cache } = setup({ ttlMs: 1000, staleMs: 10_000 });
+    await cache.status('u@x.test');
+    await cache.suspend('u@x.test', why);
+    inner.answer = async () => {
+      throw new LifecycleError('unavailable', 'down', true);
+    };
+    clock.t += 2000;
+    await expect(cache.status('u@x.test')).rejects.toMatchObject({ kind: 'unavailable' });
+  });
+
+  it('forgets the least recently read account beyond maxEntries', async () => {
+    const { inner, cache } = setup({ maxEntries: 2 });
+    await cache.status('a@x.test');
+    await cache.status('b@x.test');
+    await cache.status('a@x.test'); // a is now the most recently read
+    await cache.status('c@x.test'); // b goes
+    await cache.status('a@x.test');
+    await cache.status('b@x.test');
+    expect(inner.statusCalls).toEqual(['a@x.test', 'b@x.test', 'c@x.test', 'b@x.test']);
+  });
+});
