@@ -88,6 +88,7 @@ export class Gateway {
   readonly outbox: Outbox;
   readonly audit: AuditLog;
   private purgeTimer: NodeJS.Timeout | undefined;
+  private healthTimer: NodeJS.Timeout | undefined;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -197,6 +198,16 @@ export class Gateway {
     await this.purgeQuarantine();
     this.purgeTimer = setInterval(() => void this.purgeQuarantine(), 3_600_000);
     this.purgeTimer.unref();
+    // Keep the availability gauges (clamd, Redis) and the breaker gauge current between requests.
+    const probes = this.readinessProbes();
+    const health = () => {
+      void probes.clamd?.();
+      void probes.redis?.();
+      void this.enforcer.breaker().catch(() => undefined);
+    };
+    health();
+    this.healthTimer = setInterval(health, 10_000);
+    this.healthTimer.unref();
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
@@ -210,7 +221,7 @@ export class Gateway {
         if (this.draining) return { ok: false, detail: 'draining for shutdown' };
         return down.length ? { ok: false, detail: `not listening: ${down.join(', ')}` } : { ok: true };
       },
-      ...(this.redis ? { redis: cachedProbe(async () => redisPing(this.redis!), 2000) } : {}),
+      ...(this.redis ? { redis: cachedProbe(async () => redisPing(this.redis!, this.metrics), 2000) } : {}),
       ...(this.scanner instanceof ClamdScanner
         ? {
             clamd: cachedProbe(async () => {
@@ -253,6 +264,7 @@ export class Gateway {
   private async drainAndClose(drainMs: number): Promise<void> {
     this.draining = true;
     clearInterval(this.purgeTimer);
+    clearInterval(this.healthTimer);
     this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
     // net.Server#close stops accepting at once; its callback waits for every connection to end.
     const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));

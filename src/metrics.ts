@@ -45,6 +45,7 @@ export class Metrics {
   readonly scanFailOpen = new Counter({ name: 'douane_scan_fail_open_total', help: 'Messages relayed unscanned because scanning failed and the policy says fail-open', registers: [this.registry] });
   readonly clamdUp = new Gauge({ name: 'douane_clamd_up', help: '1 if clamd answered PING at the last check', labelNames: ['scanner'], registers: [this.registry] });
 
+  readonly bulkChecks = new Counter({ name: 'douane_bulk_checks_total', help: 'Messages fingerprinted for bulk detection, by whether their content was already seen in the window (new, seen)', labelNames: ['result'], registers: [this.registry] });
   readonly quarantined = new Counter({ name: 'douane_quarantined_total', help: 'Messages put in quarantine, by reason', labelNames: ['reason'], registers: [this.registry] });
   readonly quarantineSize = new Gauge({ name: 'douane_quarantine_messages', help: 'Messages in quarantine now', registers: [this.registry] });
   readonly quarantineBytes = new Gauge({ name: 'douane_quarantine_bytes', help: 'Bytes of messages in quarantine now', registers: [this.registry] });

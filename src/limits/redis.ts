@@ -82,11 +82,14 @@ export async function redisReady(client: RedisClient, timeoutMs: number): Promis
 }
 
 /** Readiness: Redis answers PING within the deadline. */
-export async function redisPing(client: RedisClient): Promise<{ ok: boolean; detail?: string }> {
+export async function redisPing(client: RedisClient, metrics?: Metrics): Promise<{ ok: boolean; detail?: string }> {
+  let result: { ok: boolean; detail?: string };
   try {
     const pong = await client.ping();
-    return pong === 'PONG' ? { ok: true } : { ok: false, detail: `unexpected reply ${pong}` };
+    result = pong === 'PONG' ? { ok: true } : { ok: false, detail: `unexpected reply ${pong}` };
   } catch (err) {
-    return { ok: false, detail: (err as Error).message };
+    result = { ok: false, detail: (err as Error).message };
   }
+  metrics?.redisUp.set(result.ok ? 1 : 0);
+  return result;
 }

@@ -15,6 +15,8 @@ export const dataBulk: Check = {
     const recipients = tx.recipients.filter((r) => r.accepted).map((r) => r.address);
     tx.bulk = await deps.bulk.count(fp, session.account ?? tx.mailFrom, recipients, window);
     if (!tx.bulk) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };
+    // Seen before: this content already reached more recipients than this message alone carries.
+    deps.metrics.bulkChecks.labels(tx.bulk.globalRecipients > recipients.length ? 'seen' : 'new').inc();
     return { action: 'continue', evidence: { ...tx.bulk, basis: fp?.basis ?? 'given' } };
   },
 };
