@@ -650,7 +650,7 @@ export class Gateway {
       const relayStarted = performance.now();
       let reply: SmtpReply;
       try {
-        reply = await state.upstream.data(spool.reader(), tagHeader(tx.tags));
+        reply = await state.upstream.data(spool.reader(), tagHeader(tx.tags), spool.size);
       } catch (err) {
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });

@@ -31,5 +31,18 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
   if (opts.pretty) {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } } });
   }
-  return opts.destination ? pino(options, opts.destination) : pino(options);
+  if (opts.destination) return pino(options, opts.destination);
+  // Buffered: one write per 8 KB of log lines instead of one per line (a write costs more than the line
+  // on a busy gateway); flushed every second and when the process exits, so lines are late, not lost.
+  const dest = pino.destination({ dest: 1, sync: false, minLength: 8192 });
+  const timer = setInterval(() => dest.flush(), 1000);
+  timer.unref();
+  process.once('exit', () => {
+    try {
+      dest.flushSync();
+    } catch {
+      // nothing more can be done while exiting
+    }
+  });
+  return pino(options, dest);
 }

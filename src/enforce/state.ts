@@ -138,7 +138,8 @@ export class RedisEnforcementState implements EnforcementState {
   }
 
   async account(account: string): Promise<AccountState> {
-    const [s, t, p] = await Promise.all([this.r.get(this.k('suspended', account)), this.r.get(this.k('throttle', account)), this.r.get(this.k('pending', account))]);
+    // One MGET: the three keys share the account's hash tag (one Cluster slot), and this runs at every MAIL FROM.
+    const [s, t, p] = await this.r.mget(this.k('suspended', account), this.k('throttle', account), this.k('pending', account));
     const out: AccountState = {};
     if (s) out.suspension = JSON.parse(s) as Suspension;
     if (t) out.throttle = JSON.parse(t) as Throttle;

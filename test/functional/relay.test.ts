@@ -286,3 +286,19 @@ describe('upstream faults reach the client, and never as 250', () => {
     c.close();
   });
 });
+
+describe('relay with CHUNKING', () => {
+  it('sends the message with one BDAT LAST when the upstream offers CHUNKING, byte for byte', async () => {
+    const { gw, upstream } = await setup({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'CHUNKING'] });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write(MESSAGE.replace('\r\n.leading', '\r\n..leading') + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok/);
+    expect(upstream.commands).toContain(`BDAT ${MESSAGE.length} LAST`);
+    expect(upstream.commands).not.toContain('DATA');
+    expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
+    c.close();
+  });
+});

@@ -138,6 +138,10 @@ export class FakeUpstream {
           send('354 End data with <CR><LF>.<CR><LF>');
           dataMode = true;
         } else await act(scripted, '');
+      } else if (verb === 'BDAT') {
+        const [, n, last] = line.split(' ');
+        if (last?.toUpperCase() !== 'LAST') send('504 5.5.4 only BDAT <size> LAST is supported here');
+        else bdatLeft = Number(n);
       } else if (verb === 'RSET') {
         from = '';
         to = [];
@@ -149,8 +153,8 @@ export class FakeUpstream {
       } else send('502 5.5.2 Error: command not recognized');
     };
 
-    const finishData = async (body: Buffer): Promise<void> => {
-      const raw = unstuff(body);
+    const finishData = async (body: Buffer, stuffed = true): Promise<void> => {
+      const raw = stuffed ? unstuff(body) : body;
       const message: ReceivedMessage = { from, to: [...to], raw, user, mailLine };
       const scripted = this.opts.dataEnd?.(message);
       const accepted = scripted === undefined || (typeof scripted === 'string' && scripted.startsWith('250')) || (typeof scripted === 'object' && (scripted.reply ?? '250').startsWith('250'));
@@ -161,6 +165,9 @@ export class FakeUpstream {
     // In data mode, chunks are kept in a list and only the seam is searched, so a large message costs
     // linear time (a growing Buffer.concat would be quadratic).
     let dataChunks: Buffer[] = [];
+    /** bytes still owed by a BDAT command (RFC 3030) */
+    let bdatLeft = 0;
+    let bdatChunks: Buffer[] = [];
     const pump = async () => {
       if (busy) return;
       busy = true;
@@ -168,6 +175,20 @@ export class FakeUpstream {
         while (queue.length) {
           let incoming = queue.shift()!;
           for (;;) {
+            if (bdatLeft > 0) {
+              const all = Buffer.concat([buffer, incoming]);
+              buffer = Buffer.alloc(0);
+              incoming = Buffer.alloc(0);
+              const take = all.subarray(0, bdatLeft);
+              bdatChunks.push(take);
+              bdatLeft -= take.length;
+              buffer = all.subarray(take.length);
+              if (bdatLeft > 0) break;
+              const body = Buffer.concat(bdatChunks);
+              bdatChunks = [];
+              await finishData(body, false);
+              continue;
+            }
             if (dataMode) {
               const prefix = buffer;
               buffer = Buffer.alloc(0);
