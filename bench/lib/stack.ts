@@ -42,6 +42,8 @@ export interface DouaneOptions {
   /** clamd's unix socket (preferred when clamd is local: no TCP stack per scan) */
   clamdSocket?: string;
   policyDir: string;
+  /** replaces the upstream line (default: the sink, no TLS, a pool of 64) */
+  upstream?: string;
   /** extra configuration, YAML text appended */
   extra?: string;
   /** extra node options, e.g. ['--cpu-prof'] to profile */
@@ -58,7 +60,7 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     `  trusted: { mode: trusted, address: 127.0.0.1, port: ${trusted}, allow: [127.0.0.0/8] }`,
     `  submission: { mode: starttls, address: 127.0.0.1, port: ${submission} }`,
     'tls: { insecure_dev: true }',
-    `upstream: { host: 127.0.0.1, port: ${opts.sinkPort}, trusted_port: ${opts.sinkPort}, tls: none, pool: { size: 64 } }`,
+    opts.upstream ?? `upstream: { host: 127.0.0.1, port: ${opts.sinkPort}, trusted_port: ${opts.sinkPort}, tls: none, pool: { size: 64 } }`,
     `policy: { dir: ${opts.policyDir}, watch: false }`,
     'smtp: { max_connections_per_ip: 10000, max_connections: 10000, max_message_size: 30M }',
     `spool: { dir: ${join(dir, 'spool')} }`,

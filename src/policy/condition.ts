@@ -38,6 +38,33 @@ function opsFor(type: FieldType): readonly string[] {
 
 const lower = (v: unknown) => String(v).toLowerCase();
 
+/**
+ * Field values are computed once per evaluation, not once per rule: facts objects are built afresh for
+ * each evaluation, so a cache keyed by them lives exactly as long as one evaluation. With a few hundred
+ * rules, recomputing (URL parsing, lower-casing a body) per rule would cost more than the rules.
+ */
+const valueCache = new WeakMap<Facts, Map<string, unknown>>();
+
+function fieldValue(f: Facts, key: string, compute: () => unknown): unknown {
+  let m = valueCache.get(f);
+  if (!m) {
+    m = new Map();
+    valueCache.set(f, m);
+  }
+  if (m.has(key)) return m.get(key);
+  const v = compute();
+  m.set(key, v);
+  return v;
+}
+
+function lowered(value: unknown): unknown {
+  if (value === undefined || value === null) return value;
+  return Array.isArray(value) ? value.map(lower) : lower(value);
+}
+
+/** Text operators compare lower-cased values, which the leaf receives already lower-cased. */
+const LOWERED_OPS = new Set(['equals', 'in', 'contains', 'starts_with', 'ends_with']);
+
 /** Builds one operator's test over a single (non-list) value. */
 function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues: Issue[]): Leaf | undefined {
   const bad = (expected: string) => {
@@ -50,7 +77,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
       if (!scalarOk(arg)) return bad(spec.type === 'number' ? 'a number' : spec.type === 'bool' ? 'true or false' : 'a text value');
       if (spec.type === 'number' || spec.type === 'bool') return (v) => v === arg;
       const want = lower(arg);
-      return (v) => lower(v) === want;
+      return (v) => v === want;
     }
     case 'in': {
       if (!Array.isArray(arg) || arg.length === 0 || !arg.every(scalarOk)) return bad('a non-empty list of values');
@@ -59,16 +86,16 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
         return (v) => set.has(v as number);
       }
       const set = new Set(arg.map(lower));
-      return (v) => set.has(lower(v));
+      return (v) => set.has(v as string);
     }
     case 'contains':
     case 'starts_with':
     case 'ends_with': {
       if (typeof arg !== 'string' || arg === '') return bad('a non-empty text');
       const want = arg.toLowerCase();
-      if (op === 'contains') return (v) => lower(v).includes(want);
-      if (op === 'starts_with') return (v) => lower(v).startsWith(want);
-      return (v) => lower(v).endsWith(want);
+      if (op === 'contains') return (v) => (v as string).includes(want);
+      if (op === 'starts_with') return (v) => (v as string).startsWith(want);
+      return (v) => (v as string).endsWith(want);
     }
     case 'matches': {
       const compiled = regex('i').parse(arg, path, issues);
@@ -96,7 +123,7 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
   const opMap: Record<string, unknown> =
     raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { equals: raw };
   const allowed = opsFor(spec.type);
-  const tests: { op: string; leaf?: Leaf; exists?: boolean; empty?: boolean }[] = [];
+  const tests: { op: string; leaf?: Leaf; exists?: boolean; empty?: boolean; lowered?: boolean }[] = [];
   const before = issues.length;
   if (Object.keys(opMap).length === 0) issues.push({ path, message: `needs an operator: ${allowed.join(', ')}` });
   for (const [op, arg] of Object.entries(opMap)) {
@@ -111,12 +138,12 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
       continue;
     }
     const leaf = compileOp(op, arg, spec, opPath, issues);
-    if (leaf) tests.push({ op, leaf });
+    if (leaf) tests.push({ op, leaf, lowered: LOWERED_OPS.has(op) && spec.type !== 'number' && spec.type !== 'bool' });
   }
   if (issues.length > before) return undefined;
   const isList = spec.type === 'strings';
   const evaluate = (f: Facts): { ok: boolean; value: unknown } => {
-    const value = spec.get(f);
+    const value = fieldValue(f, name, () => spec.get(f));
     const present = value !== undefined && value !== null;
     for (const t of tests) {
       if (t.exists !== undefined) {
@@ -128,7 +155,8 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
         if (((value as unknown[]).length === 0) !== t.empty) return { ok: false, value };
         continue;
       }
-      const holds = isList ? (value as unknown[]).some((v) => t.leaf!(v)) : t.leaf!(value);
+      const v = t.lowered ? fieldValue(f, `lower:${name}`, () => lowered(value)) : value;
+      const holds = isList ? (v as unknown[]).some((x) => t.leaf!(x)) : t.leaf!(v);
       if (!holds) return { ok: false, value };
     }
     return { ok: true, value };
