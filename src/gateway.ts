@@ -221,7 +221,16 @@ export class Gateway {
         if (this.draining) return { ok: false, detail: 'draining for shutdown' };
         return down.length ? { ok: false, detail: `not listening: ${down.join(', ')}` } : { ok: true };
       },
-      ...(this.redis ? { redis: cachedProbe(async () => redisPing(this.redis!, this.metrics), 2000) } : {}),
+      ...(this.redis
+        ? {
+            redis: cachedProbe(async () => {
+              const r = await redisPing(this.redis!, this.metrics);
+              // With the insurance (the default) mail still flows while Redis is down: ready, but say so.
+              if (!r.ok && this.config.limits.on_redis_failure === 'insurance') return { ok: true, detail: `insurance: ${r.detail}` };
+              return r;
+            }, 2000),
+          }
+        : {}),
       ...(this.scanner instanceof ClamdScanner
         ? {
             clamd: cachedProbe(async () => {

@@ -1,0 +1,94 @@
+// The strike ladder on its own (memory state, a real outbox and audit log in a temp dir): steps are taken
+// once per window, cooldowns count a burst once, throttles scale limits, the allowlist is honoured.
+
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/audit/log.js';
+import { Enforcer } from '../../src/enforce/enforcer.js';
+import { Outbox } from '../../src/enforce/outbox.js';
+import { MemoryEnforcementState } from '../../src/enforce/state.js';
+import { throttled } from '../../src/limits/throttle.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { StrikeEvent } from '../../src/policy/strikes.js';
+
+function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-'));
+  const metrics = new Metrics({ version: 't', defaultMetrics: false });
+  const log = createLogger({ level: 'silent' });
+  const sent: string[] = [];
+  const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
+  const state = new MemoryEnforcementState();
+  const policy = loadPolicy('policies');
+  const enforcer = new Enforcer({
+    state,
+    outbox,
+    audit: new AuditLog(join(dir, 'audit.log')),
+    policy: () => policy,
+    settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: true, abuse_team: ['abuse@x.test'], webhook: false, ...overrides },
+    metrics,
+    log,
+    deadlineMs: 500,
+  });
+  const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: Date.now() });
+  return { enforcer, state, outbox, dir, strike, sent };
+}
+
+describe('strike ladder', () => {
+  it('takes each step once as the total climbs (shipped ladder: notify 5, throttle 10, suspend sending 20, lock 30)', async () => {
+    const { enforcer, state, strike, dir } = setup();
+    await enforcer.record(strike('a@x.test', 'spoofing', 3, 1));
+    expect(await state.account('a@x.test')).toEqual({});
+    await enforcer.record(strike('a@x.test', 'spoofing', 3, 2)); // 6: notify
+    await enforcer.record(strike('a@x.test', 'spoofing', 3, 3)); // 9
+    await enforcer.record(strike('a@x.test', 'spoofing', 3, 4)); // 12: throttle
+    const throttledState = await state.account('a@x.test');
+    expect(throttledState.throttle?.factor).toBe(0.2);
+    expect(throttledState.suspension).toBeUndefined();
+    await enforcer.record(strike('a@x.test', 'malware', 10, 5)); // 22: suspend sending for 24h
+    const s = (await state.account('a@x.test')).suspension!;
+    expect(s).toMatchObject({ action: 'suspend_sending', reference: 'D-000005' });
+    expect(s.until! - Date.now()).toBeGreaterThan(23 * 3_600_000);
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+    expect(actions.filter((a) => a === 'notify')).toHaveLength(1);
+    expect(actions.filter((a) => a === 'throttle')).toHaveLength(1);
+    expect(actions.filter((a) => a === 'suspend_sending')).toHaveLength(1);
+  });
+
+  it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
+    const { enforcer, strike } = setup();
+    for (let i = 0; i < 20; i++) await enforcer.record(strike('b@x.test', 'limit_reached', 1, i));
+    expect((await enforcer.strikes('b@x.test')).total).toBe(1);
+  });
+
+  it('never suspends an allowlisted account, and notices are queued in the outbox', async () => {
+    const { enforcer, state, strike, outbox } = setup();
+    for (let i = 0; i < 4; i++) await enforcer.record(strike('postmaster@dstorage.example', 'malware', 10, i));
+    expect((await state.account('postmaster@dstorage.example')).suspension).toBeUndefined();
+    expect(outbox.jobs().some((j) => j.kind === 'notify')).toBe(true);
+  });
+
+  it('reinstatement clears the suspension, the throttle and the strikes, so the ladder starts over', async () => {
+    const { enforcer, state, strike } = setup();
+    for (let i = 0; i < 3; i++) await enforcer.record(strike('c@x.test', 'malware', 10, i));
+    expect((await state.account('c@x.test')).suspension?.action).toBe('suspend_account');
+    await enforcer.reinstate('c@x.test', 'cli:test');
+    expect(await state.account('c@x.test')).toEqual({});
+    expect((await enforcer.strikes('c@x.test')).total).toBe(0);
+    await enforcer.record(strike('c@x.test', 'spoofing', 3, 9));
+    expect((await state.account('c@x.test')).suspension).toBeUndefined();
+  });
+});
+
+describe('throttle', () => {
+  it('scales every limit by the factor, never below 1', () => {
+    const limits = loadPolicy('policies').account('x@example.net').limits;
+    const t = throttled(limits, 0.2);
+    expect(t.messages_per_hour).toBe(20);
+    expect(t.concurrent_sessions).toBe(1);
+    expect(throttled(limits, undefined)).toBe(limits);
+  });
+});
