@@ -3,26 +3,12 @@
 
 import net from 'node:net';
 import { readdirSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../harness/fake-upstream.js';
-import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
-let upstream: FakeUpstream | undefined;
-let gw: TestGateway | undefined;
-
-afterEach(async () => {
-  await gw?.stop();
-  await upstream?.stop();
-  gw = undefined;
-  upstream = undefined;
-});
-
-async function setup(overrides: Record<string, unknown> = {}) {
-  upstream = await FakeUpstream.start();
-  gw = await startGateway(upstream.port, overrides);
-  return { upstream, gw };
-}
+const start = gatewayWithUpstream();
+const setup = (overrides: Record<string, unknown> = {}) => start({}, overrides);
 
 async function trustedSession(port: number, from = 'user1@example.test'): Promise<RawSmtp> {
   const c = await RawSmtp.connect(port);

@@ -4,20 +4,9 @@
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../harness/fake-upstream.js';
-import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
-
-let upstream: FakeUpstream | undefined;
-let gw: TestGateway | undefined;
-
-afterEach(async () => {
-  await gw?.stop();
-  await upstream?.stop();
-  gw = undefined;
-  upstream = undefined;
-});
 
 function policyDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
@@ -25,11 +14,8 @@ function policyDir(): string {
   return dir;
 }
 
-async function setup(dir: string) {
-  upstream = await FakeUpstream.start();
-  gw = await startGateway(upstream.port, { policy: { dir, watch: false }, smtp: { max_connections_per_ip: 100 } });
-  return { upstream, gw };
-}
+const start = gatewayWithUpstream();
+const setup = (dir: string) => start({}, { policy: { dir, watch: false }, smtp: { max_connections_per_ip: 100 } });
 
 async function send(port: number, subject: string, from = 'user1@example.test'): Promise<{ mail: string; data: string }> {
   const c = await RawSmtp.connect(port);

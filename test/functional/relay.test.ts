@@ -1,28 +1,13 @@
 // The transparent relay against an in-process upstream that can be told to fail: per-command forwarding,
 // the upstream's own replies, pipelining, RSET, and never a 250 before the upstream's 250.
 
-import { afterEach, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../harness/fake-upstream.js';
-import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
 const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
 
-let upstream: FakeUpstream | undefined;
-let gw: TestGateway | undefined;
-
-afterEach(async () => {
-  await gw?.stop();
-  await upstream?.stop();
-  gw = undefined;
-  upstream = undefined;
-});
-
-async function setup(opts: ConstructorParameters<typeof FakeUpstream>[0] = {}, overrides: Record<string, unknown> = {}) {
-  upstream = await FakeUpstream.start(opts);
-  gw = await startGateway(upstream.port, overrides);
-  return { upstream, gw };
-}
+const setup = gatewayWithUpstream();
 
 /** EHLO, STARTTLS, EHLO, AUTH PLAIN on the submission listener. */
 async function authenticated(port: number, user = 'user1@example.test', pass = 'secret1'): Promise<{ c: RawSmtp; auth: string }> {

@@ -2,26 +2,11 @@
 // smtp-server is pinned; if an upgrade changes the internals these rely on, these tests fail.
 
 import net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { FakeUpstream } from '../harness/fake-upstream.js';
-import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { describe, expect, it } from 'vitest';
+import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
-let upstream: FakeUpstream | undefined;
-let gw: TestGateway | undefined;
-
-afterEach(async () => {
-  await gw?.stop();
-  await upstream?.stop();
-  gw = undefined;
-  upstream = undefined;
-});
-
-async function setup(opts: ConstructorParameters<typeof FakeUpstream>[0] = {}, overrides: Record<string, unknown> = {}) {
-  upstream = await FakeUpstream.start(opts);
-  gw = await startGateway(upstream.port, overrides);
-  return { upstream, gw };
-}
+const setup = gatewayWithUpstream();
 
 describe('connection adaptations', () => {
   it('greets without the library\'s 100 ms early-talker pause', async () => {

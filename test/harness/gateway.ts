@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { stringify } from 'yaml';
+import { afterEach } from 'vitest';
+import { FakeUpstream, type FakeUpstreamOptions } from './fake-upstream.js';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { Gateway, type GatewayDeps } from '../../src/gateway.js';
@@ -32,6 +34,25 @@ export interface TestGateway {
   stateDir: string;
   /** the configuration as YAML, to run the CLI against the same state */
   configText: string;
+}
+
+/**
+ * For a test file: `const setup = gatewayWithUpstream()` gives a function that starts a fake upstream and a
+ * gateway in front of it, and stops both after each test.
+ */
+export function gatewayWithUpstream(): (opts?: FakeUpstreamOptions, overrides?: Record<string, unknown>) => Promise<{ upstream: FakeUpstream; gw: TestGateway }> {
+  let started: { upstream: FakeUpstream; gw: TestGateway } | undefined;
+  afterEach(async () => {
+    await started?.gw.stop();
+    await started?.upstream.stop();
+    started = undefined;
+  });
+  return async (opts = {}, overrides = {}) => {
+    const upstream = await FakeUpstream.start(opts);
+    const gw = await startGateway(upstream.port, overrides);
+    started = { upstream, gw };
+    return started;
+  };
 }
 
 export function mergeDeep(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
