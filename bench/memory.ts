@@ -64,18 +64,20 @@ async function bigMessage(port: number, n: number): Promise<string> {
 
 async function main(): Promise<void> {
   const [sink, redis, clamd] = [await startSink(), await startRedis(), await startClamd({ streamMaxLength: '30M' })];
-  const douane = await startDouane({ sinkPort: sink.port, policyDir: 'fixtures/policies/minimal', redisUrl: redis.url, clamdSocket: clamd.socket });
+  let douane: Awaited<ReturnType<typeof startDouane>> | undefined;
   try {
-    const idle = rss(douane.pid);
+    const d = await startDouane({ sinkPort: sink.port, policyDir: 'fixtures/policies/minimal', redisUrl: redis.url, clamdSocket: clamd.socket });
+    douane = d;
+    const idle = rss(d.pid);
     let peakSampled = idle;
-    const sampler = setInterval(() => (peakSampled = Math.max(peakSampled, rss(douane.pid))), 50);
+    const sampler = setInterval(() => (peakSampled = Math.max(peakSampled, rss(d.pid))), 50);
     const started = performance.now();
-    const replies = await Promise.all(Array.from({ length: SESSIONS }, (_, i) => bigMessage(douane.port, i)));
+    const replies = await Promise.all(Array.from({ length: SESSIONS }, (_, i) => bigMessage(d.port, i)));
     const seconds = (performance.now() - started) / 1000;
     clearInterval(sampler);
     const ok = replies.filter((r) => r.startsWith('250')).length;
     const mb = (b: number) => `${Math.round(b / 2 ** 20)} MB`;
-    const peak = Math.max(peakSampled, peakRss(douane.pid));
+    const peak = Math.max(peakSampled, peakRss(d.pid));
     writeSection(
       'memory',
       'Memory with 20 concurrent 20 MB messages, scanning on',
@@ -98,7 +100,7 @@ async function main(): Promise<void> {
       ].join('\n'),
     );
   } finally {
-    await Promise.all([douane.stop(), sink.stop(), redis.stop(), clamd.stop()]);
+    await Promise.all([douane?.stop(), sink.stop(), redis.stop(), clamd.stop()]);
   }
 }
 

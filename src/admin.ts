@@ -46,7 +46,11 @@ export class AdminServer {
   ) {}
 
   addProbe(name: string, probe: ReadinessProbe): void {
-    this.probes.set(name, probe);
+    this.probes.set(name, async () => {
+      const r = await probe();
+      this.metrics.readiness.labels(name).set(r.ok ? 1 : 0);
+      return r;
+    });
   }
 
   async start(): Promise<void> {

@@ -201,9 +201,14 @@ export class Gateway {
     // Keep the availability gauges (clamd, Redis) and the breaker gauge current between requests.
     const probes = this.readinessProbes();
     const health = () => {
-      void probes.clamd?.();
-      void probes.redis?.();
+      // Not the upstream: probing it opens an SMTP session at the MTA; /readyz does that when asked.
+      for (const [name, probe] of Object.entries(probes)) {
+        if (name === 'upstream') continue;
+        void probe().then((r) => this.metrics.readiness.labels(name).set(r.ok ? 1 : 0), () => this.metrics.readiness.labels(name).set(0));
+      }
       void this.enforcer.breaker().catch(() => undefined);
+      void this.enforcer.refreshGauge();
+      this.outbox.refreshGauges();
     };
     health();
     this.healthTimer = setInterval(health, 10_000);

@@ -9,6 +9,7 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 export class Metrics {
   readonly registry = new Registry();
 
+  readonly readiness = new Gauge({ name: 'douane_readiness', help: 'Result of each readiness check at its last run (1 ready, 0 not): listeners, upstream, clamd, redis', labelNames: ['check'], registers: [this.registry] });
   readonly buildInfo = new Gauge({ name: 'douane_build_info', help: 'Douane version and Node.js version (always 1)', labelNames: ['version', 'node'], registers: [this.registry] });
   readonly sessionsActive = new Gauge({ name: 'douane_sessions_active', help: 'Client sessions open now', labelNames: ['listener'], registers: [this.registry] });
   readonly sessions = new Counter({ name: 'douane_sessions_total', help: 'Client sessions by listener and how they ended', labelNames: ['listener', 'outcome'], registers: [this.registry] });
@@ -66,6 +67,18 @@ export class Metrics {
     this.breakerOpen.set(0);
     for (const kind of ['lifecycle', 'notify', 'webhook']) this.outboxDepth.labels(kind).set(0);
     this.outboxOldest.set(0);
+    // Known label values start at 0, so that a first occurrence shows in rate() and increase().
+    for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused']) this.upstreamErrors.labels(kind).inc(0);
+    for (const kind of ['connection', 'command', 'deadline']) this.redisErrors.labels(kind).inc(0);
+    for (const kind of ['timeout', 'unreachable', 'size_limit', 'other']) this.scanErrors.labels(kind).inc(0);
+    for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
+    for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked']) this.auth.labels(result).inc(0);
+    for (const result of ['success', 'failure']) this.policyReloads.labels(result).inc(0);
+    for (const kind of ['lifecycle', 'notify', 'webhook']) for (const result of ['done', 'retry', 'failed']) this.outboxAttempts.labels(kind, result).inc(0);
+    for (const action of ['notify', 'throttle', 'suspend_sending', 'suspend_account', 'reinstate']) this.suspensions.labels(action, 'done').inc(0);
+    for (const result of ['new', 'seen']) this.bulkChecks.labels(result).inc(0);
+    this.scanFailOpen.inc(0);
+    this.scanFailovers.inc(0);
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'douane_process_' });
   }
 }

@@ -74,7 +74,10 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
   writeFileSync(join(dir, 'douane.yaml'), config);
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), join(process.cwd(), 'dist/cli.js'), 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] });
   const pid = track(child, 'douane');
-  await waitForPort(trusted, 20_000);
+  await waitForPort(trusted, 20_000).catch(async (err: Error) => {
+    await stopPid(pid);
+    throw err;
+  });
   return {
     name: 'douane',
     port: trusted,
@@ -149,7 +152,10 @@ export async function startHaraka(opts: HarakaOptions): Promise<Server> {
   const args = opts.noDelay ? ['-r', join(process.cwd(), 'bench/lib/nodelay.cjs'), bin, '-c', dir] : [bin, '-c', dir];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   const pid = track(child, 'haraka');
-  await waitForPort(port, 30_000);
+  await waitForPort(port, 30_000).catch(async (err: Error) => {
+    await stopPid(pid);
+    throw err;
+  });
   return {
     name: 'haraka',
     port,

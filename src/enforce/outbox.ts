@@ -159,6 +159,11 @@ export class Outbox {
     }
   }
 
+  /** The oldest job's age grows while nothing happens: refreshed from outside too. */
+  refreshGauges(): void {
+    this.updateGauges();
+  }
+
   private updateGauges(): void {
     const counts: Record<JobKind, number> = { lifecycle: 0, notify: 0, webhook: 0 };
     let oldest = this.now();
