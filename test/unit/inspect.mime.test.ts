@@ -433,11 +433,11 @@ describe('MIME inspector: behaviour', () => {
     expect(await first).toMatchObject({ body: 'hello', size: eml(...head(), '', 'hello').length });
   });
 
-  it('handles hostile markup in linear time (unclosed tags, quotes and scripts)', async () => {
+  // A quadratic scan of this markup runs for minutes: the test's timeout is the guard, the speed itself
+  // is measured by `npm run bench:checks`.
+  it('handles hostile markup (unclosed tags, quotes and scripts) without stalling', { timeout: 20_000 }, async () => {
     const hostile = '<a href="'.repeat(40_000) + '<script>'.repeat(20_000) + 'x&#'.repeat(20_000);
-    const started = performance.now();
     const f = await inspect(eml(...head(), 'Content-Type: text/html', '', hostile), LIMITS, 65_536);
-    expect(performance.now() - started).toBeLessThan(3000);
     expect(f.urls).toEqual([]);
   });
 

@@ -147,11 +147,12 @@ describe('zip listing from local headers', () => {
     expect(() => list(Buffer.concat([Buffer.from('PK\x03\x04'), noise]), 333)).not.toThrow();
   });
 
-  it('walks a large stored entry without copying it (known size: skipped, not scanned)', () => {
+  it('walks a large stored entry by its known size (skipped, not scanned for signatures)', () => {
     const big = Buffer.alloc(20 * 1024 * 1024, 0x50); // "PPPP…": many half signatures to trip a scan
+    // A whole local header inside the data: a reader that scanned the data instead of skipping it would
+    // list this name too.
+    zip([{ name: 'inside-the-data.txt', data: text('x') }]).copy(big, 10 * 1024 * 1024);
     const bytes = zip([{ name: 'big.bin', data: big }, { name: 'tail.txt', data: text('end') }]);
-    const started = performance.now();
     expect(list(bytes, 65536).entries).toEqual(['big.bin', 'tail.txt']);
-    expect(performance.now() - started).toBeLessThan(1000);
   });
 });
