@@ -91,6 +91,18 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
   };
 }
 
+/** A byte-copying TCP proxy in Node.js in front of the sink (bench/lib/pipe.cjs): the floor for a Node relay. */
+export async function startPipe(sinkPort: number): Promise<Server> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(process.cwd(), 'bench/lib/pipe.cjs'), String(port), String(sinkPort)], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const pid = track(child, 'pipe');
+  await waitForPort(port).catch(async (err: Error) => {
+    await stopPid(pid);
+    throw err;
+  });
+  return { name: 'pipe', port, pid, stop: () => stopPid(pid) };
+}
+
 const HARAKA_DIR = join(tmpdir(), 'douane-bench-haraka');
 
 /** Installs Haraka 3.x and its clamd, limit and redis plugins from npm, once, outside the project. */
