@@ -8,7 +8,7 @@
 import { startMailStack, stopMailStack } from '../test/harness/mail-stack.js';
 import { authLoad } from './lib/load.js';
 import { cpuSeconds, median } from './lib/proc.js';
-import { table, writeSection } from './lib/report.js';
+import { runBenchmark, table, writeSection } from './lib/report.js';
 import { startDouane } from './lib/stack.js';
 
 const REPS = Number(process.env.REPS ?? 3);
@@ -63,10 +63,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

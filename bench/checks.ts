@@ -10,7 +10,7 @@ import { DEFAULT_MIN_TEXT_LENGTH, fingerprint } from '../src/bulk/fingerprint.js
 import { inspectStream, type InspectLimits } from '../src/inspect/mime.js';
 import type { MessageFacts } from '../src/policy/facts.js';
 import { median } from './lib/proc.js';
-import { table, writeSection } from './lib/report.js';
+import { runBenchmark, table, writeSection } from './lib/report.js';
 
 const LIMITS: InspectLimits = { maxParts: 500, maxDepth: 20, maxHeaderSize: 262_144 };
 const OPTS = { minTextLength: DEFAULT_MIN_TEXT_LENGTH };
@@ -89,10 +89,4 @@ async function main(): Promise<void> {
   );
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

@@ -12,7 +12,7 @@ import { startClamd } from '../test/harness/clamd.js';
 import { startRedis } from '../test/harness/redis.js';
 import { latency, smtpSource } from './lib/load.js';
 import { cpuSeconds, median, peakRss } from './lib/proc.js';
-import { table, writeSection } from './lib/report.js';
+import { runBenchmark, table, writeSection } from './lib/report.js';
 import { installHaraka, startDouane, startHaraka, startPipe, startSink, type Server } from './lib/stack.js';
 
 const REPS = Number(process.env.REPS ?? 3);
@@ -154,10 +154,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { startClamd } from '../test/harness/clamd.js';
 import { startRedis } from '../test/harness/redis.js';
 import { peakRss } from './lib/proc.js';
-import { table, writeSection } from './lib/report.js';
+import { runBenchmark, table, writeSection } from './lib/report.js';
 import { startDouane, startSink } from './lib/stack.js';
 
 const SESSIONS = 20;
@@ -104,10 +104,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

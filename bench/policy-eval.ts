@@ -10,7 +10,7 @@ import { inspectStream } from '../src/inspect/mime.js';
 import type { Facts } from '../src/policy/facts.js';
 import { loadPolicy } from '../src/policy/load.js';
 import { median } from './lib/proc.js';
-import { table, writeSection } from './lib/report.js';
+import { runBenchmark, table, writeSection } from './lib/report.js';
 
 const RULES = 200;
 
@@ -84,10 +84,4 @@ async function main(): Promise<void> {
   );
 }
 
-main().then(
-  () => process.exit(0),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

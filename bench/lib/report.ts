@@ -42,3 +42,14 @@ export function writeSection(name: string, title: string, command: string, body:
   writeFileSync(file, re.test(text) ? text.replace(re, section) : `${text.trimEnd()}\n\n${section}\n`);
   console.log(`\n${section}\n`);
 }
+
+/** Runs a benchmark's main function and exits: non-zero, with the error, when it fails. */
+export function runBenchmark(main: () => Promise<void>): void {
+  main().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+}
