@@ -38,7 +38,10 @@ douane.stdout.on('data', (d: string) => {
 try {
   await waitForPort(2587, 10_000);
   section('douane serve (embedded default): listeners');
-  for (const l of logs.filter((x) => x.event === 'listening' || x.event === 'insecure_dev_tls')) console.log(`  ${String(l.msg)}`);
+  // Douane buffers its log lines (flushed every second): wait for the start-up lines.
+  const listening = () => logs.filter((x) => x.event === 'listening' || x.event === 'insecure_dev_tls');
+  for (const until = Date.now() + 5000; listening().length < 4 && Date.now() < until; ) await new Promise((r) => setTimeout(r, 100));
+  for (const l of listening()) console.log(`  ${String(l.msg)}`);
 
   section('1. swaks → Douane :2587 (STARTTLS + AUTH PLAIN) → Postfix, which checks the password with Dovecot');
   const out = swaks([
@@ -46,7 +49,7 @@ try {
     '--from', 'user1@example.test', '--to', 'user2@example.test', '--header', 'Subject: Hello through Douane', '--body', 'Delivered end to end.',
   ]);
   const transcript = out.split('\n');
-  const from = transcript.findIndex((l) => l.includes('~> STARTTLS'));
+  const from = transcript.findIndex((l) => / -> STARTTLS/.test(l));
   // The conversation from STARTTLS on, without the message body lines.
   console.log(transcript.slice(from).filter((l) => /^(<~|<-)\*?\s+\d{3}[ -]/.test(l) || /~> [A-Z]{4}/.test(l)).map((l) => '  ' + l).join('\n'));
   const box = await waitForMailbox(stack, 'user2', 1);
@@ -70,7 +73,7 @@ try {
   console.log('  ' + (await c.reply()));
   c.close();
 
-  await new Promise((r) => setTimeout(r, 200));
+  await new Promise((r) => setTimeout(r, 1500)); // the log's next flush
   section('Douane\'s log: one JSON line per transaction');
   for (const l of logs.filter((x) => x.event === 'transaction' || x.event === 'auth')) {
     const { event, ref, account, verdict, reason, reply, result } = l as Record<string, unknown>;
