@@ -11,7 +11,7 @@ import { MessageInspector } from './inspect/mime.js';
 import { Spool } from './data/spool.js';
 import type { Logger } from './log.js';
 import { replyClass, type Metrics } from './metrics.js';
-import { runPhase, PIPELINE, type PhaseOutcome } from './pipeline/index.js';
+import { preparePhase, runPhase, PIPELINE, type PhaseOutcome } from './pipeline/index.js';
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
@@ -631,6 +631,8 @@ export class Gateway {
         }
         await spool.finish();
         if (!tx.oversize) tx.message = await inspector.end();
+        // The data checks' slow lookups start now and overlap with clamd's last step.
+        if (tx.message) preparePhase('data', this.context('data', state), this.pipeline.data);
         if (scan && !tx.scanTooBig && !tx.oversize) {
           const scanned = await scan.end(() => spool.reader());
           tx.scan = { result: scanned.result, signature: scanned.signature, detail: scanned.detail };

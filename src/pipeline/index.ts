@@ -68,6 +68,11 @@ export async function runPhase(phase: Phase, ctx: CheckContext, checks: readonly
   return { verdict: CONTINUE, results, tags };
 }
 
+/** Starts the phase's slow lookups at once (Check.prepare); their checks still run in pipeline order. */
+export function preparePhase(phase: Phase, ctx: CheckContext, checks: readonly Check[] = PIPELINE[phase]): void {
+  for (const check of checks) check.prepare?.(ctx);
+}
+
 /** The pipeline as text, one line per check, for people. */
 export function describePipeline(pipeline: Readonly<Record<Phase, readonly Check[]>> = PIPELINE): string {
   const lines: string[] = [];

@@ -60,4 +60,10 @@ export interface Check {
   /** one line, printed by `douane pipeline` */
   describe: string;
   run(ctx: CheckContext): Verdict | Promise<Verdict>;
+  /**
+   * Optional, data phase: starts a slow lookup (a Redis round trip) as soon as the message is complete,
+   * while the virus scan finishes, so that the two waits overlap. It decides nothing and never throws;
+   * run() picks its result up, and run() alone gives the same verdict.
+   */
+  prepare?(ctx: CheckContext): void;
 }

@@ -2,7 +2,7 @@
 // test file by hash and by content, a text marker, and Debian's clamav-testfiles. The EICAR string is
 // built here rather than committed anywhere.
 
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,8 +38,10 @@ export async function startClamd(opts: ClamdOptions = {}): Promise<ClamdInstance
   const db = join(dir, 'db');
   const port = await freePort();
   const socket = join(dir, 'clamd.sock');
-  const { mkdirSync } = await import('node:fs');
   mkdirSync(db);
+  // clamd writes every stream it scans to a file here: on tmpfs (as a production clamd should have it)
+  // a scan costs no file-system journal, and nothing is left behind in /tmp if clamd is killed.
+  const scratch = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : dir, 'douane-clamd-tmp-'));
   writeFileSync(join(db, 'test.hdb'), `${createHash('md5').update(EICAR).digest('hex')}:${EICAR.length}:Test.EICAR.HDB\n${CLAMAV_TESTFILE}\n`);
   writeFileSync(join(db, 'test.ndb'), `Test.EICAR.NDB:0:*:${hex(EICAR)}\nTest.Marker.NDB:0:*:${hex(TEST_MARKER)}\n`);
   writeFileSync(
@@ -49,6 +51,7 @@ export async function startClamd(opts: ClamdOptions = {}): Promise<ClamdInstance
       `LogFile ${join(dir, 'clamd.log')}`,
       'LogSyslog no',
       `DatabaseDirectory ${db}`,
+      `TemporaryDirectory ${scratch}`,
       `LocalSocket ${socket}`,
       'LocalSocketMode 666',
       `TCPSocket ${port}`,
@@ -82,6 +85,7 @@ export async function startClamd(opts: ClamdOptions = {}): Promise<ClamdInstance
     stop: async () => {
       await stopPid(pid);
       rmSync(dir, { recursive: true, force: true });
+      rmSync(scratch, { recursive: true, force: true });
     },
   };
 }

@@ -1,22 +1,58 @@
 // Fingerprints the message's content and counts the distinct recipients that content reached, from this
 // account and from all accounts, in the policy's bulk window. Only facts (bulk.*): the rules decide.
+// The count is a Redis round trip: it starts as soon as the message is complete (prepare), while clamd
+// finishes its scan, and run() takes its result in pipeline order. Counting before the checks ahead of
+// this one have run changes nothing that matters: every recipient a content was sent to counts, refused
+// ones too (src/bulk/counter.ts), and a retried message adds no new distinct recipients.
 
-import { fingerprint } from '../../bulk/fingerprint.js';
-import type { Check } from '../types.js';
+import { fingerprint, type BulkFingerprint } from '../../bulk/fingerprint.js';
+import type { BulkFacts } from '../../policy/facts.js';
+import type { Transaction } from '../../session/state.js';
+import type { Check, CheckContext } from '../types.js';
+
+type Counted = { fp: BulkFingerprint | undefined; recipients: number; facts: BulkFacts | undefined };
+type Settled = { ok: true; counted: Counted } | { ok: false; error: Error };
+
+/** Counts started by prepare(), per transaction; settled, so that one never run cannot reject unhandled. */
+const started = new WeakMap<Transaction, Promise<Settled>>();
+
+async function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promise<Counted> {
+  const { window, min_text_length } = tx.policy.doc.bulk;
+  const fp = fingerprint(tx.message!, { minTextLength: min_text_length });
+  const recipients = tx.recipients.filter((r) => r.accepted).map((r) => r.address);
+  return { fp, recipients: recipients.length, facts: await deps.bulk.count(fp, session.account ?? tx.mailFrom, recipients, window) };
+}
 
 export const dataBulk: Check = {
   id: 'data.bulk',
   phase: 'data',
   describe: 'facts bulk.account_recipients, bulk.global_recipients, bulk.global_accounts: one content to many recipients',
-  async run({ session, tx, deps }) {
+  prepare(ctx) {
+    const { tx } = ctx;
+    if (!tx?.message || started.has(tx)) return;
+    started.set(
+      tx,
+      count({ ...ctx, tx }).then(
+        (counted): Settled => ({ ok: true, counted }),
+        (error: Error): Settled => ({ ok: false, error }),
+      ),
+    );
+  },
+  async run(ctx) {
+    const { tx, deps } = ctx;
     if (!tx?.message) return { action: 'continue', skip: 'message not inspected' };
-    const { window, min_text_length } = tx.policy.doc.bulk;
-    const fp = fingerprint(tx.message, { minTextLength: min_text_length });
-    const recipients = tx.recipients.filter((r) => r.accepted).map((r) => r.address);
-    tx.bulk = await deps.bulk.count(fp, session.account ?? tx.mailFrom, recipients, window);
-    if (!tx.bulk) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };
+    const pending = started.get(tx);
+    let counted: Counted;
+    if (pending) {
+      const settled = await pending;
+      if (!settled.ok) throw settled.error;
+      counted = settled.counted;
+    } else counted = await count({ ...ctx, tx });
+    const { fp, facts } = counted;
+    tx.bulk = facts;
+    if (!facts) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };
     // Seen before: this content already reached more recipients than this message alone carries.
-    deps.metrics.bulkChecks.labels(tx.bulk.globalRecipients > recipients.length ? 'seen' : 'new').inc();
-    return { action: 'continue', evidence: { ...tx.bulk, basis: fp?.basis ?? 'given' } };
+    deps.metrics.bulkChecks.labels(facts.globalRecipients > counted.recipients ? 'seen' : 'new').inc();
+    return { action: 'continue', evidence: { ...facts, basis: fp?.basis ?? 'given' } };
   },
 };
