@@ -271,13 +271,17 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   // ------------------------------------------------------------------ MAIL FROM lookups
 
   async lookup(account: string): Promise<AccountLookup> {
-    const deadline = <T,>(p: Promise<T>, what: string): Promise<T> =>
-      Promise.race([
+    // One per MAIL FROM: the timer is cleared as soon as the answer is in, not left to fire for nothing.
+    const deadline = <T,>(p: Promise<T>, what: string): Promise<T> => {
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([
         p,
         new Promise<never>((_, reject) => {
-          setTimeout(() => reject(new Error(`${what}: no answer within ${this.deps.deadlineMs} ms`)), this.deps.deadlineMs).unref();
+          timer = setTimeout(() => reject(new Error(`${what}: no answer within ${this.deps.deadlineMs} ms`)), this.deps.deadlineMs);
+          timer.unref();
         }),
-      ]);
+      ]).finally(() => clearTimeout(timer));
+    };
     const [state, lifecycle] = await Promise.allSettled([
       deadline(this.deps.state.account(account), 'enforcement state'),
       this.deps.lifecycle ? deadline(this.deps.lifecycle.status(account), 'lifecycle API') : Promise.resolve(undefined),
