@@ -10,7 +10,7 @@ import type { AccountsAdmin } from '../admin.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
-import type { StrikeEvent, StrikeSink } from '../policy/strikes.js';
+import { logStrike, type StrikeEvent, type StrikeSink } from '../policy/strikes.js';
 import type { AccountInfo, LifecycleApi } from '../lifecycle/types.js';
 import { LifecycleError } from '../lifecycle/types.js';
 import type { Job, Outbox } from './outbox.js';
@@ -78,7 +78,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   async record(e: StrikeEvent): Promise<void> {
     this.deps.metrics.strikes.labels(e.event).inc();
-    this.deps.log.info({ ...e, event: 'strike', strike: e.event }, `strike ${e.event} (+${e.weight}) for ${e.account}`);
+    logStrike(this.deps.log, e);
     // A failure here must not turn into a reply: the message's own verdict stands; the log says why.
     await this.process(e).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not process a strike'));
   }

@@ -26,6 +26,17 @@ export interface StrikeSink {
   record(event: StrikeEvent): Promise<void>;
 }
 
+/**
+ * A strike's log line, with the names a transaction's line uses for the same things (`ref`, `policy`):
+ * one search for a reference or a policy version finds both.
+ */
+export function logStrike(log: Logger, e: StrikeEvent): void {
+  log.info(
+    { event: 'strike', ref: e.reference, account: e.account, strike: e.event, weight: e.weight, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence },
+    `strike ${e.event} (+${e.weight}) for ${e.account}`,
+  );
+}
+
 export class LoggingStrikeSink implements StrikeSink {
   constructor(
     private readonly log: Logger,
@@ -34,6 +45,6 @@ export class LoggingStrikeSink implements StrikeSink {
 
   async record(e: StrikeEvent): Promise<void> {
     this.metrics.strikes.labels(e.event).inc();
-    this.log.info({ ...e, event: 'strike', strike: e.event }, `strike ${e.event} (+${e.weight}) for ${e.account}`);
+    logStrike(this.log, e);
   }
 }

@@ -66,12 +66,23 @@ function leaf<T>(expected: string, check: (value: unknown) => T | undefined): Sc
 
 export function str(opts: { nonEmpty?: boolean; pattern?: RegExp; expected?: string } = {}): Schema<string> {
   const expected = opts.expected ?? (opts.nonEmpty === false ? 'a string' : 'a non-empty string');
-  return leaf(expected, (v) => {
+  const inner = leaf(expected, (v) => {
     if (typeof v !== 'string') return undefined;
     if (opts.nonEmpty !== false && v.trim() === '') return undefined;
     if (opts.pattern && !opts.pattern.test(v)) return undefined;
     return v;
   });
+  return {
+    expected,
+    parse(value, path, issues) {
+      // YAML reads an unquoted 4.3 as a number (and 4.10 as 4.1): say so rather than "got a number".
+      if ((typeof value === 'number' || typeof value === 'boolean') && (!opts.pattern || opts.pattern.test(String(value)))) {
+        issues.push({ path, message: `must be ${expected}, in quotes: YAML reads ${String(value)} unquoted as a ${typeof value} (write "${String(value)}")` });
+        return undefined;
+      }
+      return inner.parse(value, path, issues);
+    },
+  };
 }
 
 export function bool(): Schema<boolean> {

@@ -41,7 +41,7 @@ describe('policy on live traffic', () => {
     expect(line).toMatchObject({ verdict: 'reject', reason: 'content.forbidden', rule: 'subject.forbidden', article: '4.3', policy: gw.gateway.policies.current.version });
     expect(line.rule_source).toMatch(/policy\.yaml:15$/);
     const strike = await gw.waitForLog((l) => l.event === 'strike');
-    expect(strike).toMatchObject({ account: 'user1@example.test', strike: 'content_rule', weight: 2, rule: 'subject.forbidden', reference: line.ref });
+    expect(strike).toMatchObject({ account: 'user1@example.test', strike: 'content_rule', weight: 2, rule: 'subject.forbidden', article: '4.3', ref: line.ref, policy: line.policy });
   });
 
   it('monitor mode lets the message through and counts what the rule would have done', async () => {

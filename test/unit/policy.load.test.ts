@@ -47,6 +47,16 @@ describe('policy loading', () => {
     ]);
   });
 
+  it('says to quote an article YAML read as a number', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/minimal', dir, { recursive: true });
+    const file = join(dir, 'policy.yaml');
+    const text = readFileSync(file, 'utf8');
+    writeFileSync(file, text.replace(/article: "?4\.3"?/, 'article: 4.3'));
+    const [p] = problems(dir);
+    expect(p).toMatch(/policy\.yaml:\d+:\d+: rules\[\d+\]\.article must be a contract article such as 4\.6, in quotes: YAML reads 4\.3 unquoted as a number \(write "4\.3"\)$/);
+  });
+
   it('refuses unknown keys, suggesting the right one', () => {
     const [p] = problems('fixtures/policies/unknown-key');
     expect(p).toMatch(/^fixtures\/policies\/unknown-key\/limits\.yaml:13:5: plans\.basic\.mesages_per_week is not a known key/);
