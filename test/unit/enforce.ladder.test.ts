@@ -15,13 +15,13 @@ import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { StrikeEvent } from '../../src/policy/strikes.js';
 
-function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}) {
+function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now) {
   const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-'));
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   const sent: string[] = [];
   const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
-  const state = new MemoryEnforcementState();
+  const state = new MemoryEnforcementState(now);
   const policy = loadPolicy('policies');
   const enforcer = new Enforcer({
     state,
@@ -32,8 +32,9 @@ function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['set
     metrics,
     log,
     deadlineMs: 500,
+    now,
   });
-  const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: Date.now() });
+  const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
   return { enforcer, state, outbox, dir, strike, sent };
 }
 
@@ -56,6 +57,18 @@ describe('strike ladder', () => {
     expect(actions.filter((a) => a === 'notify')).toHaveLength(1);
     expect(actions.filter((a) => a === 'throttle')).toHaveLength(1);
     expect(actions.filter((a) => a === 'suspend_sending')).toHaveLength(1);
+  });
+
+  it('locks the account when abuse resumes after the day of suspended sending (shipped window: a week)', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const { enforcer, state, strike } = setup({}, () => t);
+    await enforcer.record(strike('d@x.test', 'malware', 10, 1));
+    await enforcer.record(strike('d@x.test', 'malware', 10, 2)); // 20: suspend sending for 24 h
+    expect((await state.account('d@x.test')).suspension).toMatchObject({ action: 'suspend_sending' });
+    t += 25 * 3_600_000; // the suspension is over; the account sends again, and again malware
+    expect((await state.account('d@x.test')).suspension).toBeUndefined();
+    await enforcer.record(strike('d@x.test', 'malware', 10, 3)); // 30 within the week: lock
+    expect((await state.account('d@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
