@@ -116,6 +116,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private async takeStep(e: StrikeEvent, total: number, step: Policy['doc']['strikes']['ladder'][number], policy: Policy): Promise<void> {
     const article = e.article ?? '4.6';
     const until = step.for ? this.now() + step.for : undefined;
+    if (this.deps.settings.dry_run && (step.action === 'notify' || step.action === 'throttle')) {
+      // A dry run touches no customer: no lowered limits, no mail to the holder; the log and audit say what would have been.
+      this.deps.metrics.suspensions.labels(step.action, 'dry_run').inc();
+      await this.deps.audit.append({ action: `${step.action}_dry_run`, actor: 'douane', account: e.account, reference: e.reference, total, step: step.at });
+      this.deps.log.warn({ event: `${step.action}_dry_run`, account: e.account, reference: e.reference, total }, `dry run: would ${step.action} ${e.account}`);
+      return;
+    }
     if (step.action === 'notify') {
       const n = await this.notice(e.account, e.reference, total, article);
       await this.notifyHolder(e.account, warningMail(n));

@@ -71,6 +71,15 @@ describe('strike ladder', () => {
     expect((await state.account('d@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
+  it('dry run: no step touches the account or its holder; the audit says what each would have done', async () => {
+    const { enforcer, state, strike, outbox, dir } = setup({ dry_run: true });
+    for (let i = 0; i < 3; i++) await enforcer.record(strike('e@x.test', 'malware', 10, i));
+    expect(await state.account('e@x.test')).toEqual({});
+    expect(outbox.jobs().filter((j) => j.kind === 'notify' && (j.payload as { to: string[] }).to.includes('e@x.test'))).toEqual([]);
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+    expect(actions).toEqual(['strike', 'notify_dry_run', 'throttle_dry_run', 'strike', 'suspension_dry_run', 'strike', 'suspension_dry_run']);
+  });
+
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
     const { enforcer, strike } = setup();
     for (let i = 0; i < 20; i++) await enforcer.record(strike('b@x.test', 'limit_reached', 1, i));
