@@ -1,6 +1,8 @@
 // The admin HTTP endpoint, on its own port (loopback by default): /metrics for Prometheus, /healthz
 // (the process answers) and /readyz (ready to take mail: every dependency reachable, or explicitly
-// allowed to fail open). An optional bearer token protects all three.
+// allowed to fail open). An optional bearer token protects /metrics and the accounts API; /healthz and
+// the status code of /readyz stay open, because container health checks and load balancers often cannot
+// send a token — without it /readyz says only whether Douane is ready, not which dependency failed.
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -124,7 +126,8 @@ export class AdminServer {
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    if (!this.authorized(req)) {
+    const authorized = this.authorized(req);
+    if (!authorized && path !== '/healthz' && path !== '/readyz') {
       res.writeHead(401, { 'www-authenticate': 'Bearer', 'content-type': 'text/plain' }).end('bearer token required\n');
       return;
     }
@@ -150,8 +153,8 @@ export class AdminServer {
           [...this.probes].map(async ([name, probe]) => [name, await probe().catch((e: Error) => ({ ok: false, detail: e.message }))] as const),
         );
         const ready = results.every(([, r]) => r.ok);
-        const body = Object.fromEntries(results.map(([name, r]) => [name, r]));
-        res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ ready, checks: body }) + '\n');
+        const body = authorized ? { ready, checks: Object.fromEntries(results.map(([name, r]) => [name, r])) } : { ready };
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
         return;
       }
       default:

@@ -74,10 +74,18 @@ describe('admin endpoint', () => {
     upstream = await FakeUpstream.start(); // for afterEach
   });
 
-  it('requires the bearer token when one is configured', async () => {
+  it('requires the bearer token for metrics and details when one is configured; health checks need none', async () => {
     const base = await setup('s3cret-token');
     expect((await fetch(`${base}/metrics`)).status).toBe(401);
     expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
-    expect((await fetch(`${base}/healthz`, { headers: { authorization: 'Bearer s3cret-token' } })).status).toBe(200);
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer s3cret-token' } })).status).toBe(200);
+    expect((await fetch(`${base}/accounts`)).status).toBe(401);
+    // A container health check or a load balancer without the token: alive, ready, and nothing more.
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    const open = await fetch(`${base}/readyz`);
+    expect(open.status).toBe(200);
+    expect(await open.json()).toEqual({ ready: true });
+    const detailed = (await (await fetch(`${base}/readyz`, { headers: { authorization: 'Bearer s3cret-token' } })).json()) as { checks: Record<string, unknown> };
+    expect(Object.keys(detailed.checks)).toContain('upstream');
   });
 });
