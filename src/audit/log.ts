@@ -38,10 +38,20 @@ export class AuditLog {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
-    return text
-      .split('\n')
-      .filter((l) => l.trim())
-      .map((l) => JSON.parse(l) as AuditEntry)
-      .filter(filter);
+    const out: AuditEntry[] = [];
+    text.split('\n').forEach((line, i) => {
+      if (!line.trim()) return;
+      let entry: AuditEntry;
+      try {
+        entry = JSON.parse(line) as AuditEntry;
+      } catch {
+        // A line cut short (a crash mid-write, a full disk) or altered: the rest of the trail still reads,
+        // and the damage is shown to whoever reads it, whatever they asked for, rather than skipped.
+        out.push({ at: '', action: 'unreadable_line', actor: 'audit', file: this.path, line: i + 1, text: line.slice(0, 200) });
+        return;
+      }
+      if (filter(entry)) out.push(entry);
+    });
+    return out;
   }
 }
