@@ -792,8 +792,12 @@ export class Gateway {
 
   private async purgeQuarantine(): Promise<void> {
     try {
+      const before = new Date(this.clock.now() - this.config.quarantine.retention).toISOString();
       const removed = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
-      if (removed) this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
+      if (removed) {
+        this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
+        await this.audit.append({ action: 'quarantine_purge', actor: 'douane', removed, older_than: before });
+      }
       await this.updateQuarantineGauges();
     } catch (err) {
       this.log.warn({ event: 'quarantine_purge_failed', err: (err as Error).message }, 'quarantine purge failed');

@@ -5,7 +5,7 @@ import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { AuditLog } from '../audit/log.js';
 import { loadConfig } from '../config/load.js';
-import { LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
+import { isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
 import { endpointsFrom } from '../upstream/provider.js';
 import { flag, option, parseArgs, UsageError } from './args.js';
@@ -43,6 +43,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
   const id = args.positional[0];
   const needId = () => {
     if (!id) throw new UsageError(`quarantine ${sub} needs an ID (see douane quarantine list)`);
+    if (!isQuarantineId(id)) throw new UsageError(`"${id}" is not a quarantine ID: they look like D-7K2M9Q (see douane quarantine list)`);
     return id;
   };
   switch (sub) {
@@ -73,7 +74,9 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
     case 'release': {
       try {
         const released = await releaseMessage(store, needId(), { endpoint: endpointsFrom(config.upstream, config.hostname).trusted, by: actor, audit, force: flag(args, 'force') });
-        console.log(`${released.id} released to ${released.recipients.join(', ')}: ${released.released!.reply}`);
+        const refused = released.released!.refused ?? [];
+        console.log(`${released.id} released to ${released.recipients.filter((r) => !refused.some((x) => x.startsWith(`${r}: `))).join(', ')}: ${released.released!.reply}`);
+        for (const r of refused) console.log(`  not delivered, refused by the upstream: ${r}`);
         return 0;
       } catch (err) {
         if (err instanceof ReleaseError) {
@@ -92,6 +95,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
     }
     case 'purge': {
       const n = await store.purge(Date.now() - config.quarantine.retention);
+      if (n) await audit.append({ action: 'quarantine_purge', actor, removed: n, older_than: new Date(Date.now() - config.quarantine.retention).toISOString() });
       console.log(`purged ${n} message(s)`);
       return 0;
     }

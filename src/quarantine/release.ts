@@ -17,23 +17,30 @@ export async function releaseMessage(
   const meta = await store.get(id);
   if (!meta) throw new ReleaseError(`no quarantined message ${id}`);
   if (meta.released && !opts.force) throw new ReleaseError(`${id} was already released on ${meta.released.at} by ${meta.released.by} (--force to send it again)`);
-  const unlock = await store.lock(id);
+  const unlock = await store.lock(id).catch((err: Error) => {
+    throw new ReleaseError(err.message);
+  });
   let client: SmtpClient | undefined;
   try {
-    client = await SmtpClient.connect(opts.endpoint);
+    const upstream = `${opts.endpoint.host}:${opts.endpoint.port}`;
+    try {
+      client = await SmtpClient.connect(opts.endpoint);
+    } catch (err) {
+      throw new ReleaseError(`could not reach the upstream at ${upstream} (${(err as Error).message}); nothing was released, try again later`);
+    }
     const mail = await client.mail(meta.sender);
     if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
-    let accepted = 0;
+    const refused: string[] = [];
     for (const r of meta.recipients) {
       const reply = await client.rcpt(r);
-      if (reply.code === 250 || reply.code === 251) accepted++;
+      if (reply.code !== 250 && reply.code !== 251) refused.push(`${r}: ${formatReply(reply)}`);
     }
-    if (accepted === 0) throw new ReleaseError('upstream refused every recipient');
+    if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
     const reply = await client.data(store.open(id));
     if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
-    const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply) } };
+    const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
     await store.update(released);
-    await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
+    await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
     return released;
   } finally {
     await client?.quit();

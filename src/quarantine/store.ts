@@ -28,7 +28,7 @@ export interface QuarantineMeta {
   size: number;
   subject?: string;
   messageId?: string;
-  released?: { at: string; by: string; reply: string };
+  released?: { at: string; by: string; reply: string; /** recipients the upstream refused at the release */ refused?: string[] };
 }
 
 export interface QuarantineStore {
@@ -46,6 +46,11 @@ export interface QuarantineStore {
 }
 
 const ID = /^D-[0-9A-Z]{6}(-\d+)?$/;
+
+/** Quarantine IDs are the transaction's reference, with a suffix if one transaction was kept twice. */
+export function isQuarantineId(id: string): boolean {
+  return ID.test(id);
+}
 
 export class LocalQuarantine implements QuarantineStore {
   private ready: Promise<void> | undefined;

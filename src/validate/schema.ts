@@ -137,28 +137,51 @@ export function parseDuration(text: string): number | undefined {
 
 /** A duration written with its unit, returned in milliseconds. Bare numbers are refused: "30" is ambiguous. */
 export function duration(opts: { min?: number } = {}): Schema<number> {
-  return leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => {
-    if (typeof v !== 'string') return undefined;
-    const ms = parseDuration(v);
-    if (ms === undefined || ms < (opts.min ?? 0)) return undefined;
-    return ms;
-  });
+  return atLeast(
+    leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => (typeof v === 'string' ? parseDuration(v) : undefined)),
+    opts.min,
+    formatDuration,
+  );
+}
+
+/** A well-formed value under the minimum says what the minimum is, not which forms are accepted. */
+function atLeast(inner: Schema<number>, min: number | undefined, format: (n: number) => string): Schema<number> {
+  if (!min) return inner;
+  return {
+    expected: inner.expected,
+    parse(value, path, issues) {
+      const parsed = inner.parse(value, path, issues);
+      if (parsed === undefined) return undefined;
+      if (parsed < min) {
+        issues.push({ path, message: `must be at least ${format(min)} (got ${typeName(value)})` });
+        return undefined;
+      }
+      return parsed;
+    },
+  };
+}
+
+function formatDuration(ms: number): string {
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) if (ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
+}
+
+function formatBytes(n: number): string {
+  for (const [unit, size] of [['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]] as const) if (n % size === 0) return `${n / size}${unit}`;
+  return `${n} bytes`;
 }
 
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, m: 1024 ** 2, mb: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3 };
 
 /** A byte size: an integer, or "512K", "25M", "1G" (binary units). */
 export function bytes(opts: { min?: number } = {}): Schema<number> {
-  return leaf('a size in bytes such as 52428800, 512K, 25M or 1G', (v) => {
-    let n: number | undefined;
-    if (typeof v === 'number' && Number.isSafeInteger(v)) n = v;
-    else if (typeof v === 'string') {
-      const m = /^(\d+)\s*([kmg]?b?)$/i.exec(v.trim());
-      if (m) n = Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!;
-    }
-    if (n === undefined || n < (opts.min ?? 0)) return undefined;
-    return n;
+  const form = leaf('a size in bytes such as 52428800, 512K, 25M or 1G', (v) => {
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+    if (typeof v !== 'string') return undefined;
+    const m = /^(\d+)\s*([kmg]?b?)$/i.exec(v.trim());
+    return m ? Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]! : undefined;
   });
+  return atLeast(form, opts.min, formatBytes);
 }
 
 export interface CompiledPattern {

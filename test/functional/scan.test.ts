@@ -214,6 +214,22 @@ describe('quarantine', () => {
     expect(show.out).toMatch(/"policyVersion": "[0-9a-f]{12}"/);
     expect(show.out).toMatch(/Subject: false positive\?/);
 
+    const bogus = await cli('show', 'bogus');
+    expect(bogus.code).toBe(64);
+    expect(bogus.err).toBe('douane: "bogus" is not a quarantine ID: they look like D-7K2M9Q (see douane quarantine list)\n');
+
+    // The upstream is down: a plain error, nothing marked released, and a later release still works.
+    const downConfig = join(gw.stateDir, 'down.yaml');
+    const closed = await freePort();
+    writeFileSync(downConfig, gw.configText.replace(/trusted_port: \d+/, `trusted_port: ${closed}`));
+    const down = await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--config', downConfig]).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(new RegExp(`^douane: could not reach the upstream at 127\\.0\\.0\\.1:${closed} \\(.*\\); nothing was released, try again later\n$`));
+    expect(upstream!.messages).toHaveLength(0);
+
     const released = await cli('release', id);
     expect(released.code).toBe(0);
     expect(released.out).toMatch(new RegExp(`${id} released to user2@example\\.test: 250 2\\.0\\.0 Ok: queued as FAKE1`));

@@ -47,6 +47,15 @@ describe('configuration loading', () => {
     ]);
   });
 
+  it('says what the minimum is when a well-formed value is under it', () => {
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    expect(problems(() => parseConfig('t.yaml', base + 'quarantine: { retention: 5s }\nsmtp: { max_message_size: 100, idle_timeout: 50ms }\n'))).toEqual([
+      't.yaml:4:27: smtp.max_message_size must be at least 1K (got 100)',
+      't.yaml:4:46: smtp.idle_timeout must be at least 100ms (got "50ms")',
+      't.yaml:3:26: quarantine.retention must be at least 1m (got "5s")',
+    ]);
+  });
+
   it('refuses a TLS listener without a certificate unless insecure_dev is set', () => {
     const [p] = problems(() => loadConfig({ file: 'fixtures/config/no-cert.yaml', env: {} }));
     expect(p).toMatch(/^fixtures\/config\/no-cert\.yaml:1:1: tls\.cert is required: a STARTTLS or TLS listener needs a certificate/);
