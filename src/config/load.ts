@@ -85,6 +85,11 @@ function locate(issue: Issue, source: YamlSource, applied: Map<string, string>):
     const envName = applied.get(formatPath(issue.path.slice(0, n)));
     if (envName) return { file: `env ${envName}`, key: formatPath(issue.path), message: issue.message };
   }
+  // A mapping the file does not have was made by an override below it (DOUANE_LISTENERS_NEW_PORT): name it.
+  const parent = formatPath(issue.path.slice(0, -1));
+  if (issue.path.length > 1 && !source.has(issue.path.slice(0, -1))) {
+    for (const [path, envName] of applied) if (path.startsWith(parent + '.')) return { file: `env ${envName}`, key: formatPath(issue.path), message: issue.message };
+  }
   return source.problem(issue);
 }
 
@@ -104,6 +109,12 @@ export function applyEnvOverrides(
     const resolved = resolveEnvPath(configSchema as Schema<unknown>, tokens, []);
     if (!resolved) {
       problems.push({ file: `env ${name}`, key: '(top level)', message: 'does not name a setting (e.g. DOUANE_UPSTREAM_HOST sets upstream.host)' });
+      continue;
+    }
+    // An empty variable is nearly always one meant to be unset: taking it as "no value" would silently
+    // drop the file's setting (an admin token, a limit).
+    if (value.trim() === '') {
+      problems.push({ file: `env ${name}`, key: formatPath(resolved.path), message: 'is empty: unset it to keep the file\'s value, or give one' });
       continue;
     }
     setIn(raw, resolved.path, envValue(value, resolved.schema));

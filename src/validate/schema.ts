@@ -289,6 +289,12 @@ export function obj<S extends Shape>(shape: S, opts: { expected?: string } = {})
       }
       for (const [key, field] of Object.entries(shape)) {
         const v = input[key];
+        // `key:` with nothing after it is a value left out by mistake, not a request for the default:
+        // taking it as absent would silently drop what was meant (a token, a limit). Sections may be empty.
+        if (v === null && key in input && field.defaultRaw === undefined) {
+          issues.push({ path: [...path, key], message: `has no value: give ${field.schema.expected}, or remove the line${field.default !== undefined ? ' to use the default' : field.optional ? ' to leave it unset' : ''}` });
+          continue;
+        }
         if (v === undefined || v === null) {
           if (field.defaultRaw !== undefined) {
             const parsed = field.schema.parse(field.defaultRaw, [...path, key], issues);

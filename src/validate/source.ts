@@ -79,6 +79,22 @@ export class YamlSource {
     return this.lines.linePos(offset);
   }
 
+  /** Is there a node at `path` in the file? */
+  has(path: Path): boolean {
+    let node: unknown = this.doc.contents;
+    for (const part of path) {
+      if (isMap(node)) {
+        const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(part));
+        if (!pair) return false;
+        node = pair.value;
+      } else if (isSeq(node) && typeof part === 'number') {
+        node = node.items[part];
+        if (node === undefined) return false;
+      } else return false;
+    }
+    return true;
+  }
+
   problem(issue: Issue): Problem {
     const pos = this.position(issue.path, issue.atKey);
     return { file: this.file, line: pos.line, col: pos.col, key: formatPath(issue.path), message: issue.message };

@@ -110,6 +110,22 @@ describe('configuration loading', () => {
     expect(problems(() => loadConfig({ env: { DOUANE_UPSTREM_HOST: 'x' } }))[0]).toMatch(/^env DOUANE_UPSTREM_HOST: does not name a setting/);
   });
 
+  it('refuses an empty override rather than dropping the file\'s value (an admin token, a limit)', () => {
+    const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nadmin: { token: s3cret-token-value }\n';
+    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_ADMIN_TOKEN: '' }))).toEqual(["env DOUANE_ADMIN_TOKEN: admin.token is empty: unset it to keep the file's value, or give one"]);
+    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_SMTP_MAX_RECIPIENTS: ' ' }))).toEqual(["env DOUANE_SMTP_MAX_RECIPIENTS: smtp.max_recipients is empty: unset it to keep the file's value, or give one"]);
+  });
+
+  it('refuses a key left without a value instead of quietly using the default; an empty section is fine', () => {
+    const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nsmtp:\n  max_recipients:\nadmin:\n';
+    expect(problems(() => parseConfig('t.yaml', text))).toEqual(['t.yaml:4:18: smtp.max_recipients has no value: give an integer between 1 and 100000, or remove the line to use the default']);
+  });
+
+  it('names the variable when an override makes a listener the file does not have', () => {
+    const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_LISTENERS_SUBMISSION_PORT: '2587' }))).toEqual(['env DOUANE_LISTENERS_SUBMISSION_PORT: listeners.submission.mode is required (one of starttls, tls, trusted)']);
+  });
+
   it('refuses two listeners on one address and port', () => {
     const text = 'listeners:\n  a: { mode: trusted, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, port: 2525, allow: [127.0.0.1] }\nupstream: { host: x }\n';
     expect(problems(() => parseConfig('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525']);
