@@ -70,15 +70,15 @@ export const configSchema = obj({
       helo_name: optional(str()),
       timeouts: section(
         obj({
-          connect: withDefault(duration({ min: 1 }), 10_000),
-          command: withDefault(duration({ min: 1 }), 60_000),
-          data: withDefault(duration({ min: 1 }), 600_000),
+          connect: withDefault(duration({ min: 1, timer: true }), 10_000),
+          command: withDefault(duration({ min: 1, timer: true }), 60_000),
+          data: withDefault(duration({ min: 1, timer: true }), 600_000),
         }),
       ),
       pool: section(
         obj({
           size: withDefault(int({ min: 0, max: 1000 }), 16),
-          idle: withDefault(duration({ min: 1 }), 30_000),
+          idle: withDefault(duration({ min: 1, timer: true }), 30_000),
         }),
       ),
     }),
@@ -91,8 +91,8 @@ export const configSchema = obj({
       max_connections_per_ip: withDefault(int({ min: 1 }), 20),
       max_auth_failures: withDefault(int({ min: 1 }), 3),
       max_line_length: withDefault(bytes({ min: 512 }), 4096),
-      idle_timeout: withDefault(duration({ min: 100 }), 300_000),
-      session_deadline: withDefault(duration({ min: 1000 }), 1_800_000),
+      idle_timeout: withDefault(duration({ min: 100, timer: true }), 300_000),
+      session_deadline: withDefault(duration({ min: 1000, timer: true }), 1_800_000),
     }),
   ),
   /** Douane's own durable files: quarantine/, audit.log, and the lifecycle outbox */
@@ -109,7 +109,7 @@ export const configSchema = obj({
       memory_threshold: withDefault(bytes({ min: 0 }), 262_144),
     }),
   ),
-  shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0 }), 30_000) })),
+  shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0, timer: true }), 30_000) })),
   /** absent: no virus scanning (scan.result is unknown to the rules; the log says so at start) */
   clamd: optional(
     obj({
@@ -123,14 +123,14 @@ export const configSchema = obj({
         ),
       ),
       /** the whole scan, from the first byte to the verdict, failover included */
-      timeout: withDefault(duration({ min: 100 }), 60_000),
+      timeout: withDefault(duration({ min: 100, timer: true }), 60_000),
     }),
   ),
   /** the account lifecycle API: suspend/reinstate accounts for good, read their status */
   lifecycle: section(
     refine(obj({
       adapter: withDefault(oneOf('none', 'zimbra', 'http'), 'none'),
-      timeout: withDefault(duration({ min: 100 }), 10_000),
+      timeout: withDefault(duration({ min: 100, timer: true }), 10_000),
       /** how long an account's status is reused before asking again */
       status_cache: withDefault(duration({ min: 0 }), 60_000),
       zimbra: optional(
@@ -204,8 +204,8 @@ export const configSchema = obj({
           smtp: optional(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })), secure: withDefault(bool(), false), verify_certificate: withDefault(bool(), true) })),
         }),
       ),
-      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str()), timeout: withDefault(duration({ min: 100 }), 5000) })),
-      outbox: section(obj({ retry_min: withDefault(duration({ min: 10 }), 5000), retry_max: withDefault(duration({ min: 100 }), 600_000) })),
+      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str()), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
+      outbox: section(obj({ retry_min: withDefault(duration({ min: 10, timer: true }), 5000), retry_max: withDefault(duration({ min: 100, timer: true }), 600_000) })),
     }),
   ),
   limits: section(
@@ -230,7 +230,7 @@ export const configSchema = obj({
         ),
       ),
       /** every limiter decision within this time, Redis or not */
-      deadline: withDefault(duration({ min: 10 }), 500),
+      deadline: withDefault(duration({ min: 10, timer: true }), 500),
       /** when Redis fails: decide with in-process insurance limits (and log, count), or tempfail (451) */
       on_redis_failure: withDefault(oneOf('insurance', 'tempfail'), 'insurance'),
     }),

@@ -136,24 +136,33 @@ export function parseDuration(text: string): number | undefined {
 }
 
 /** A duration written with its unit, returned in milliseconds. Bare numbers are refused: "30" is ambiguous. */
-export function duration(opts: { min?: number } = {}): Schema<number> {
-  return atLeast(
+/** Under the longest delay a Node.js timer keeps (2^31 - 1 ms, 24.8 days); a longer one fires at once. */
+const TIMER_MAX_MS = 24 * 86_400_000;
+
+/** A duration in ms. `timer`: it is waited for with a timer, so it may not be longer than one keeps. */
+export function duration(opts: { min?: number; timer?: boolean } = {}): Schema<number> {
+  return bounded(
     leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => (typeof v === 'string' ? parseDuration(v) : undefined)),
-    opts.min,
+    { min: opts.min, max: opts.timer ? TIMER_MAX_MS : undefined },
     formatDuration,
   );
 }
 
-/** A well-formed value under the minimum says what the minimum is, not which forms are accepted. */
-function atLeast(inner: Schema<number>, min: number | undefined, format: (n: number) => string): Schema<number> {
-  if (!min) return inner;
+/** A well-formed value out of bounds says what the bound is, not which forms are accepted. */
+function bounded(inner: Schema<number>, bounds: { min?: number; max?: number }, format: (n: number) => string): Schema<number> {
+  const { min, max } = bounds;
+  if (!min && max === undefined) return inner;
   return {
     expected: inner.expected,
     parse(value, path, issues) {
       const parsed = inner.parse(value, path, issues);
       if (parsed === undefined) return undefined;
-      if (parsed < min) {
+      if (min && parsed < min) {
         issues.push({ path, message: `must be at least ${format(min)} (got ${typeName(value)})` });
+        return undefined;
+      }
+      if (max !== undefined && parsed > max) {
+        issues.push({ path, message: `must be at most ${format(max)} (got ${typeName(value)})` });
         return undefined;
       }
       return parsed;
@@ -181,7 +190,7 @@ export function bytes(opts: { min?: number } = {}): Schema<number> {
     const m = /^(\d+)\s*([kmg]?b?)$/i.exec(v.trim());
     return m ? Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]! : undefined;
   });
-  return atLeast(form, opts.min, formatBytes);
+  return bounded(form, { min: opts.min }, formatBytes);
 }
 
 export interface CompiledPattern {

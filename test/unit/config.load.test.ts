@@ -54,6 +54,10 @@ describe('configuration loading', () => {
       't.yaml:4:46: smtp.idle_timeout must be at least 100ms (got "50ms")',
       't.yaml:3:26: quarantine.retention must be at least 1m (got "5s")',
     ]);
+    // A timer longer than Node.js keeps would fire at once: every session would end as it starts.
+    expect(problems(() => parseConfig('t.yaml', base + 'smtp: { session_deadline: 25d }\nquarantine: { retention: 365d }\n'))).toEqual([
+      't.yaml:3:27: smtp.session_deadline must be at most 24d (got "25d")',
+    ]);
   });
 
   it('refuses a TLS listener without a certificate unless insecure_dev is set', () => {
