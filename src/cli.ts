@@ -37,7 +37,7 @@ async function main(argv: string[]): Promise<number> {
         console.log('Usage: douane config check [FILE]\n\nValidates the file (or DOUANE_CONFIG, or the embedded default) with DOUANE_* overrides applied.');
         return rest.includes('--help') ? 0 : 64;
       }
-      const loaded = loadConfig({ file: rest[1] });
+      const loaded = loadConfig({ file: rest[1], files: true });
       console.log(`${loaded.source}: ok${loaded.overrides.length ? ` (overridden by ${loaded.overrides.join(', ')})` : ''}`);
       return 0;
     }

@@ -6,7 +6,7 @@ import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
-import { flag, option, parseArgs } from './args.js';
+import { flag, option, parseArgs, UsageError } from './args.js';
 
 export const SERVE_HELP = `Usage: douane serve [--config FILE]
 
@@ -27,7 +27,9 @@ export async function serve(argv: string[]): Promise<number> {
     console.log(SERVE_HELP);
     return 0;
   }
-  const loaded = loadConfig({ file: option(args, 'config') });
+  // `douane serve my.yaml` would otherwise run on the embedded default and look as if it had worked.
+  if (args.positional.length) throw new UsageError(`serve takes no argument "${args.positional[0]}"${args.positional[0]!.endsWith('.yaml') || args.positional[0]!.endsWith('.yml') ? ` (did you mean --config ${args.positional[0]}?)` : ''}`);
+  const loaded = loadConfig({ file: option(args, 'config'), files: true });
   const { config } = loaded;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
   logger.info({ event: 'start', version: VERSION, config: loaded.source, overrides: loaded.overrides }, `douane ${VERSION} starting (${loaded.source === EMBEDDED_NAME ? 'embedded default configuration' : loaded.source})`);

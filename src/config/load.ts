@@ -3,6 +3,7 @@
 // environment variable it came from.
 
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
 import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
@@ -22,21 +23,25 @@ export interface LoadedConfig {
   overrides: string[];
 }
 
-export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined> } = {}): LoadedConfig {
+/**
+ * `files`: also check the files the configuration names (certificate, key, CA) as `serve` will use them.
+ * Only serve and `config check` ask: the other commands run as people who may not read the TLS key.
+ */
+export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined>; files?: boolean } = {}): LoadedConfig {
   const env = opts.env ?? process.env;
   const file = opts.file ?? env.DOUANE_CONFIG;
-  if (!file) return parseConfig(EMBEDDED_NAME, EMBEDDED_DEFAULT, env);
+  if (!file) return parseConfig(EMBEDDED_NAME, EMBEDDED_DEFAULT, env, opts);
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).message}` }]);
   }
-  return parseConfig(file, text, env);
+  return parseConfig(file, text, env, opts);
 }
 
 /** Validates configuration text (named for error messages) with the environment's overrides applied. */
-export function parseConfig(name: string, text: string, env: Record<string, string | undefined> = {}): LoadedConfig {
+export function parseConfig(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean } = {}): LoadedConfig {
   const { source, value, problems } = YamlSource.parse(name, text);
   if (problems.length) throw new ValidationError(problems);
 
@@ -52,7 +57,7 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   if (issues.length || !config) {
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
   }
-  const fileProblems = crossChecks(config).map((issue) => locate(issue, source, applied));
+  const fileProblems = [...crossChecks(config), ...(opts.files ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
   if (fileProblems.length) throw new ValidationError(fileProblems);
   return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
 }
@@ -60,15 +65,16 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
 /** Rules that involve more than one key. */
 function crossChecks(config: Config): Issue[] {
   const issues: Issue[] = [];
-  const needsCert = Object.values(config.listeners).some((l) => l.mode !== 'trusted');
-  if (needsCert && !config.tls.insecure_dev && (!config.tls.cert || !config.tls.key)) {
-    issues.push({
-      path: ['tls', config.tls.cert ? 'key' : 'cert'],
-      message:
-        'is required: a STARTTLS or TLS listener needs a certificate and key (without one the SMTP library would ' +
-        'fall back to a publicly known key). For a test machine only, set tls.insecure_dev: true to use a throwaway self-signed certificate',
-    });
+  const tlsListener = Object.entries(config.listeners).find(([, l]) => l.mode !== 'trusted');
+  if (tlsListener && !config.tls.insecure_dev && (!config.tls.cert || !config.tls.key)) {
+    const why =
+      'a STARTTLS or TLS listener needs a certificate and key (without one the SMTP library would fall back to a ' +
+      'publicly known key). For a test machine only, set tls.insecure_dev: true to use a throwaway self-signed certificate';
+    // Point at what is missing: the other half of a pair, or the listener that asks for TLS at all.
+    if (config.tls.cert || config.tls.key) issues.push({ path: ['tls', config.tls.cert ? 'key' : 'cert'], message: `is required: ${why}` });
+    else issues.push({ path: ['listeners', tlsListener[0], 'mode'], message: `is ${tlsListener[1].mode}, which needs tls.cert and tls.key: ${why}` });
   }
+
   const seen = new Map<string, string>();
   for (const [name, l] of Object.entries(config.listeners)) {
     if (l.port === 0) continue;
@@ -76,6 +82,51 @@ function crossChecks(config: Config): Issue[] {
     const other = seen.get(key);
     if (other) issues.push({ path: ['listeners', name, 'port'], message: `is already used by listener "${other}" on ${key}` });
     seen.set(key, name);
+  }
+  return issues;
+}
+
+/** The files serve will read: the listeners' certificate and key, the upstream's CA. */
+function namedFileProblems(config: Config): Issue[] {
+  const issues: Issue[] = [];
+  if (config.tls.cert && config.tls.key) issues.push(...certificateProblems(config.tls.cert, config.tls.key));
+  if (config.upstream.ca) {
+    const ca = readable(config.upstream.ca);
+    if (typeof ca === 'string') issues.push({ path: ['upstream', 'ca'], message: ca });
+  }
+  return issues;
+}
+
+/** The file's bytes, or why it cannot be read. */
+function readable(file: string): Buffer | string {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    return `cannot be read: ${(err as Error).message}`;
+  }
+}
+
+/** A certificate and key that serve would fail on: unreadable, not PEM, or not a pair. */
+function certificateProblems(certFile: string, keyFile: string): Issue[] {
+  const cert = readable(certFile);
+  const key = readable(keyFile);
+  const issues: Issue[] = [];
+  if (typeof cert === 'string') issues.push({ path: ['tls', 'cert'], message: cert });
+  if (typeof key === 'string') issues.push({ path: ['tls', 'key'], message: key });
+  if (issues.length) return issues;
+  // Each alone first, so that the error names the file at fault; then the pair.
+  for (const [name, options] of [['cert', { cert }], ['key', { key }]] as const) {
+    try {
+      createSecureContext(options);
+    } catch (err) {
+      issues.push({ path: ['tls', name], message: `is not a PEM ${name === 'cert' ? 'certificate' : 'private key'} (${(err as Error).message})` });
+    }
+  }
+  if (issues.length) return issues;
+  try {
+    createSecureContext({ cert, key });
+  } catch (err) {
+    issues.push({ path: ['tls', 'key'], message: `does not go with the certificate in tls.cert (${(err as Error).message})` });
   }
   return issues;
 }

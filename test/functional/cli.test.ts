@@ -35,6 +35,11 @@ describe('douane CLI', () => {
     expect((await douane(['serve', '--bogus'])).code).toBe(64);
   });
 
+  it('serve refuses a stray argument instead of running on the embedded default', async () => {
+    const r = await douane(['serve', 'douane.yaml']);
+    expect(r).toMatchObject({ code: 64, stderr: 'douane: serve takes no argument "douane.yaml" (did you mean --config douane.yaml?)\n' });
+  });
+
   it('config check: 0 for a valid file, 1 with file:line:col and key for an invalid one', async () => {
     const ok = await douane(['config', 'check', 'fixtures/config/valid.yaml']);
     expect(ok).toMatchObject({ code: 0, stdout: 'fixtures/config/valid.yaml: ok\n' });
@@ -46,7 +51,7 @@ describe('douane CLI', () => {
   it('serve refuses to start a TLS listener without a certificate, naming the key', async () => {
     const r = await douane(['serve', '--config', 'fixtures/config/no-cert.yaml']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/no-cert\.yaml:1:1: tls\.cert is required/);
+    expect(r.stderr).toMatch(/no-cert\.yaml:2:23: listeners\.submission\.mode is starttls, which needs tls\.cert and tls\.key/);
   });
 
   it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {

@@ -1,6 +1,10 @@
 // Configuration: every kind of mistake names the file, line, column and key; env overrides name the variable.
 
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { makeSelfSigned } from '../../src/smtp/tls.js';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { ValidationError } from '../../src/validate/source.js';
 
@@ -62,8 +66,25 @@ describe('configuration loading', () => {
 
   it('refuses a TLS listener without a certificate unless insecure_dev is set', () => {
     const [p] = problems(() => loadConfig({ file: 'fixtures/config/no-cert.yaml', env: {} }));
-    expect(p).toMatch(/^fixtures\/config\/no-cert\.yaml:1:1: tls\.cert is required: a STARTTLS or TLS listener needs a certificate/);
+    expect(p).toMatch(/^fixtures\/config\/no-cert\.yaml:2:23: listeners\.submission\.mode is starttls, which needs tls\.cert and tls\.key: a STARTTLS or TLS listener needs a certificate/);
     expect(p).toMatch(/publicly known key/);
+  });
+
+  it('serve and config check check the certificate and key: readable, PEM, and a pair', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-certs-'));
+    const [a, b] = [makeSelfSigned('a.test'), makeSelfSigned('b.test')];
+    writeFileSync(join(dir, 'a.crt'), a.cert);
+    writeFileSync(join(dir, 'a.key'), a.key);
+    writeFileSync(join(dir, 'b.key'), b.key);
+    writeFileSync(join(dir, 'junk.pem'), 'not a certificate\n');
+    const check = (t: string) => parseConfig('t.yaml', t, {}, { files: true });
+    const text = (cert: string, key: string) => `listeners: { s: { mode: starttls, port: 2587 } }\ntls:\n  cert: ${join(dir, cert)}\n  key: ${join(dir, key)}\nupstream: { host: x }\n`;
+    expect(check(text('a.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'a.crt'));
+    expect(problems(() => check(text('a.crt', 'b.key')))[0]).toMatch(/^t\.yaml:4:8: tls\.key does not go with the certificate in tls\.cert \(.*key values mismatch\)$/);
+    expect(problems(() => check(text('junk.pem', 'a.key')))[0]).toMatch(/^t\.yaml:3:9: tls\.cert is not a PEM certificate \(/);
+    expect(problems(() => check(text('missing.crt', 'a.key')))[0]).toMatch(/^t\.yaml:3:9: tls\.cert cannot be read: ENOENT/);
+    // Only serve and config check look at the files: the other commands may run as people who cannot read the key.
+    expect(parseConfig('t.yaml', text('missing.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'missing.crt'));
   });
 
   it('requires an allow list on a trusted listener', () => {
