@@ -383,6 +383,13 @@ export class Gateway {
           return;
         }
         const reference = this.sessions.get(session.id)?.tx?.reference ?? this.sessionReference(session);
+        if ((err as NodeJS.ErrnoException)?.code === 'ECONNECTION') {
+          // smtp-server ends the DATA stream so when the client disconnects mid-message: the client's
+          // doing, already logged as an abandoned transaction, and nobody is left to answer.
+          this.log.info({ event: 'client_gone', phase, session: session.id, ref: reference }, 'client went away in the middle of the message');
+          cb(err as Error);
+          return;
+        }
         this.log.error({ event: 'internal_error', phase, session: session.id, ref: reference, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
         const reply = replyFor({ action: 'tempfail', reason: 'internal.error' }, phase, reference);
         this.metrics.replies.labels(phase, replyClass(reply.code)).inc();

@@ -241,5 +241,20 @@ describe('spool', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(readdirSync(gw.spoolDir)).toEqual([]);
     expect(upstream.messages).toHaveLength(0);
+    // A client going away is the client's business, not an internal error: no error line for anyone to chase.
+    expect(gw.logs.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);
+  });
+
+  it('a client that goes away after a few lines of DATA leaves an abandoned transaction, not an error', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trustedSession(gw.port('trusted'));
+    c.write('partial body\r\n');
+    await new Promise((r) => setTimeout(r, 100));
+    c.close();
+    const line = await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'abandoned');
+    expect(line.reply).toMatch(/client went away during DATA/);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(gw.logs.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);
+    expect(upstream.messages).toHaveLength(0);
   });
 });
