@@ -7,6 +7,7 @@
 //  - every reply carries the enhanced status code we chose (ours, or the upstream's), not the library's
 //    guess from the reply code; MAIL and RCPT successes carry the upstream's own text;
 //  - command lines ended by a bare LF, or containing NUL, are refused (smtp-server accepts "\n" alone);
+//  - AUTH is not offered before STARTTLS on a listener that refuses it there (538);
 //  - during a graceful shutdown, new transactions are refused while open ones may finish;
 //  - an overall session deadline bounds how long one client may hold a connection.
 
@@ -105,6 +106,11 @@ export class GatewayConnection extends SMTPConnection {
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    if (code === 250 && Array.isArray(data) && this.authNeedsTls()) {
+      // Like Postfix's smtpd_tls_auth_only: no AUTH offered in clear, so that no client sends a password
+      // before STARTTLS only to have it refused (538) after it crossed the wire.
+      data = data.filter((line) => !/^AUTH\b/i.test(line));
+    }
     if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
       return super.send(code, data, false);
     }
@@ -126,6 +132,12 @@ export class GatewayConnection extends SMTPConnection {
       return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data}`, false);
     }
     super.send(code, data, context);
+  }
+
+  /** smtp-server's own rule for answering AUTH with 538 on this connection, as it stands now. */
+  private authNeedsTls(): boolean {
+    const o = this._server.options;
+    return !this.secure && this._isSupported('STARTTLS') && !o.hideSTARTTLS && !o.allowInsecureAuth;
   }
 
   /** Sends one of our refusals outside a handler; closes the connection if the reply says so. */

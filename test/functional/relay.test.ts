@@ -13,7 +13,9 @@ const setup = gatewayWithUpstream();
 async function authenticated(port: number, user = 'user1@example.test', pass = 'secret1'): Promise<{ c: RawSmtp; auth: string }> {
   const c = await RawSmtp.connect(port);
   expect(await c.reply()).toMatch(/^220 /);
-  expect(await c.command('EHLO client.test')).toMatch(/STARTTLS/);
+  const clear = await c.command('EHLO client.test');
+  expect(clear).toMatch(/STARTTLS/);
+  expect(clear).not.toMatch(/AUTH/); // not offered in clear: no password before STARTTLS
   expect(await c.command('STARTTLS')).toMatch(/^220 /);
   await c.starttls();
   const ehlo = await c.command('EHLO client.test');
