@@ -63,6 +63,10 @@ export const REASONS = {
     sentence: 'Command lines must not contain NUL bytes.',
     solution: 'The client sent a NUL byte in a command; a broken or hostile client.',
   },
+  'smtp.too_many_errors': {
+    sentence: 'Too many unrecognized or unauthenticated commands; closing the connection.',
+    solution: 'The client sent commands the server does not know, or too many before authenticating: a broken client, or one probing the server.',
+  },
   'smtp.line_too_long': {
     sentence: 'Command line too long; closing the connection.',
     solution: 'A command line exceeded smtp.max_line_length bytes. A broken or hostile client.',

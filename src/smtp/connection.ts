@@ -128,8 +128,12 @@ export class GatewayConnection extends SMTPConnection {
       this.hooks.onProtocolRefusal(this.session, library.reason, reply);
       return super.send(reply.code, formatWire(reply), false);
     }
+    if (code === 421 && typeof data === 'string' && /too many (unrecognized|unauthenticated) commands/i.test(data)) {
+      return this.refuse('smtp.too_many_errors', 'connect');
+    }
     if (code >= 400 && context !== false && PROTOCOL_ENHANCED[code] && typeof data === 'string') {
-      return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data}`, false);
+      // The library's protocol errors (unknown command, bad syntax, bad sequence) carry a reference too.
+      return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data.replace(/\.?$/, '.')} Ref ${this.hooks.sessionReference(this.session)}.`, false);
     }
     super.send(code, data, context);
   }

@@ -31,6 +31,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'auth.too_many_failures': { tempfail: [421, '4.7.0'], close: true },
   'smtp.bare_lf_in_command': { reject: [500, '5.5.2'] },
   'smtp.nul_in_command': { reject: [500, '5.5.2'] },
+  'smtp.too_many_errors': { tempfail: [421, '4.7.0'], close: true },
   'smtp.line_too_long': { tempfail: [421, '4.5.0'], close: true },
   'message.bare_line_ending': { reject: [550, '5.6.0'] },
   'message.nul_byte': { reject: [550, '5.6.0'] },

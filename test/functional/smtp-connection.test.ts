@@ -48,10 +48,20 @@ describe('connection adaptations', () => {
     expect(ehlo).toMatch(/ENHANCEDSTATUSCODES/);
     expect(ehlo).toMatch(/PIPELINING/);
     expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^503 5\.5\.1 /);
-    expect(await c.command('FOO')).toMatch(/^500 5\.5\.2 /);
+    expect(await c.command('FOO')).toMatch(/^500 5\.5\.2 Error: command not recognized\. Ref D-[0-9A-Z]{6}\.$/);
     expect(await c.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
     expect(await c.command('RSET')).toMatch(/^250 2\.0\.0 /);
     expect(await c.command('QUIT')).toMatch(/^221 2\.0\.0 /);
+  });
+
+  it('closes on too many unknown commands with 421 4.7.0, a reason and a reference', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    let last = '';
+    for (let i = 0; i < 20 && !last.startsWith('421'); i++) last = await c.command(`XYZZY${i}`);
+    expect(last).toMatch(/^421 4\.7\.0 Too many unrecognized or unauthenticated commands; closing the connection\. Ref D-[0-9A-Z]{6}\.$/);
+    c.close();
   });
 
   it('gives the client the upstream\'s text for MAIL and RCPT, and its enhanced code', async () => {
