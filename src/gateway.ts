@@ -25,7 +25,7 @@ import { AuditLog } from './audit/log.js';
 import { Enforcer } from './enforce/enforcer.js';
 import { Outbox } from './enforce/outbox.js';
 import { mailHandler, webhookHandler } from './enforce/notify.js';
-import { MemoryEnforcementState, RedisEnforcementState } from './enforce/state.js';
+import { FileEnforcementState, RedisEnforcementState } from './enforce/state.js';
 import { createLifecycle } from './lifecycle/factory.js';
 import type { LifecycleApi } from './lifecycle/types.js';
 import { join } from 'node:path';
@@ -117,7 +117,9 @@ export class Gateway {
     }
     this.audit = new AuditLog(join(config.state_dir, 'audit.log'));
     const lifecycle = deps.lifecycle ?? createLifecycle(config, this.metrics);
-    const enforcementState = this.redis ? new RedisEnforcementState(this.redis, config.limits.redis?.key_prefix ?? 'douane') : new MemoryEnforcementState();
+    const enforcementState = this.redis
+      ? new RedisEnforcementState(this.redis, config.limits.redis?.key_prefix ?? 'douane')
+      : new FileEnforcementState(join(config.state_dir, 'enforcement.json'), Date.now, (detail) => this.log.error({ event: 'enforcement_state_unreadable', detail }, 'enforcement state could not be read; starting without it (the audit log has every suspension)'));
     const e = config.enforcement;
     let enforcer: Enforcer | undefined;
     const notifySmtp = e.notify.smtp ?? { host: config.upstream.host, port: config.upstream.trusted_port, secure: false, verify_certificate: config.upstream.verify_certificate };

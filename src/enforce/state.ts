@@ -1,7 +1,9 @@
 // Enforcement state shared by every instance (Redis) or held by the one instance of the embedded
-// default (memory): strikes per account in a sliding window, which ladder steps were taken, suspensions,
+// default (memory, and a file in the state directory): strikes per account in a sliding window, which ladder steps were taken, suspensions,
 // throttles, suspensions waiting for approval, and the circuit breaker.
 
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { RedisClient } from '../limits/redis.js';
 
 export interface StrikeRecord {
@@ -202,11 +204,11 @@ export class RedisEnforcementState implements EnforcementState {
 }
 
 export class MemoryEnforcementState implements EnforcementState {
-  private readonly strikeLists = new Map<string, StrikeRecord[]>();
-  private readonly claims = new Map<string, number>();
-  private readonly accounts = new Map<string, AccountState>();
-  private suspensionTimes: number[] = [];
-  private breakerState: Breaker = { open: false };
+  protected readonly strikeLists = new Map<string, StrikeRecord[]>();
+  protected readonly claims = new Map<string, number>();
+  protected readonly accounts = new Map<string, AccountState>();
+  protected suspensionTimes: number[] = [];
+  protected breakerState: Breaker = { open: false };
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -286,6 +288,107 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async setBreaker(b: Breaker): Promise<void> {
     this.breakerState = b;
+  }
+}
+
+interface Snapshot {
+  strikes: [string, StrikeRecord[]][];
+  claims: [string, number][];
+  accounts: [string, AccountState][];
+  suspensionTimes: number[];
+  breaker: Breaker;
+}
+
+/**
+ * The one-instance state (no Redis), kept in a file of the state directory as well as in memory, so that
+ * a restart does not lift a suspension, forget strikes or close the circuit breaker. Each change rewrites
+ * the file (write to a temporary name, then rename: a crash leaves the old file or the new one, whole);
+ * changes are rare — a strike, a step, a suspension — so this costs nothing on the mail path.
+ */
+export class FileEnforcementState extends MemoryEnforcementState {
+  constructor(
+    private readonly file: string,
+    now: () => number = Date.now,
+    onUnreadable: (detail: string) => void = () => undefined,
+  ) {
+    super(now);
+    let text: string | undefined;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    if (text === undefined) return;
+    try {
+      const snap = JSON.parse(text) as Snapshot;
+      for (const [k, v] of snap.strikes) this.strikeLists.set(k, v);
+      for (const [k, v] of snap.claims) this.claims.set(k, v);
+      for (const [k, v] of snap.accounts) this.accounts.set(k, v);
+      this.suspensionTimes = snap.suspensionTimes;
+      this.breakerState = snap.breaker;
+    } catch (err) {
+      // Keep the damaged file for a person (the audit trail has every suspension) and start empty.
+      const aside = `${file}.unreadable-${Date.now()}`;
+      renameSync(file, aside);
+      onUnreadable(`${file} could not be read (${(err as Error).message}); kept as ${aside}`);
+    }
+  }
+
+  private save(): void {
+    const snap: Snapshot = {
+      strikes: [...this.strikeLists],
+      claims: [...this.claims],
+      accounts: [...this.accounts],
+      suspensionTimes: this.suspensionTimes,
+      breaker: this.breakerState,
+    };
+    mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
+    const tmp = `${this.file}.part`;
+    writeFileSync(tmp, JSON.stringify(snap), { mode: 0o600 });
+    renameSync(tmp, this.file);
+  }
+
+  override async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
+    const total = await super.addStrike(account, s, windowMs);
+    this.save();
+    return total;
+  }
+
+  override async claim(key: string, ttlMs: number): Promise<boolean> {
+    const first = await super.claim(key, ttlMs);
+    if (first) this.save();
+    return first;
+  }
+
+  override async resetAccount(account: string): Promise<void> {
+    await super.resetAccount(account);
+    this.save();
+  }
+
+  override async setSuspension(account: string, s: Suspension): Promise<void> {
+    await super.setSuspension(account, s);
+    this.save();
+  }
+
+  override async setThrottle(account: string, t: Throttle): Promise<void> {
+    await super.setThrottle(account, t);
+    this.save();
+  }
+
+  override async setPending(account: string, p: Pending | undefined): Promise<void> {
+    await super.setPending(account, p);
+    this.save();
+  }
+
+  override async countSuspension(at: number): Promise<number> {
+    const n = await super.countSuspension(at);
+    this.save();
+    return n;
+  }
+
+  override async setBreaker(b: Breaker): Promise<void> {
+    await super.setBreaker(b);
+    this.save();
   }
 }
 

@@ -1,0 +1,41 @@
+// Without Redis (one instance), a suspension still holds after Douane restarts.
+
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { RawSmtp } from '../harness/net.js';
+
+let upstream: FakeUpstream | undefined;
+const gateways: TestGateway[] = [];
+afterEach(async () => {
+  for (const g of gateways.splice(0)) await g.stop();
+  await upstream?.stop();
+});
+
+async function mailFrom(gw: TestGateway, from: string): Promise<string> {
+  const c = await RawSmtp.connect(gw.port('trusted'));
+  await c.reply();
+  await c.command('EHLO webmail.test');
+  const reply = await c.command(`MAIL FROM:<${from}>`);
+  c.close();
+  return reply;
+}
+
+describe('enforcement state without Redis', () => {
+  it('a suspended account is still refused at MAIL FROM after a restart', async () => {
+    upstream = await FakeUpstream.start();
+    const state = mkdtempSync(join(tmpdir(), 'douane-restart-state-'));
+    const first = await startGateway(upstream.port, { state_dir: state });
+    await first.gateway.enforcer.suspend('user1@example.test', 'suspend_sending', { by: 'cli:test', reference: 'D-RSTRT1', reason: 'phishing complaint' });
+    expect(await mailFrom(first, 'user1@example.test')).toMatch(/^550 5\.7\.1 Sending is suspended/);
+    await first.stop();
+
+    const second = await startGateway(upstream.port, { state_dir: state });
+    gateways.push(second);
+    expect(await mailFrom(second, 'user1@example.test')).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(user1@example\.test\) .*incident D-RSTRT1/);
+    expect(await mailFrom(second, 'user2@example.test')).toMatch(/^250 /);
+  });
+});

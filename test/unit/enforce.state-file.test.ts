@@ -1,0 +1,47 @@
+// Without Redis, the enforcement state survives a restart: it is kept in a file of the state directory.
+
+import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { FileEnforcementState } from '../../src/enforce/state.js';
+
+const HOUR = 3_600_000;
+
+describe('enforcement state in a file (one instance, no Redis)', () => {
+  it('a suspension, strikes, claims, a pending approval and the breaker outlive the process', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
+    const file = join(dir, 'state', 'enforcement.json');
+    const t = Date.now();
+    const first = new FileEnforcementState(file, () => t);
+    expect(await first.addStrike('Mallory@x.test', { id: 's1', event: 'malware', weight: 10, at: t, reference: 'D-AAAAAA' }, 24 * HOUR)).toBe(10);
+    expect(await first.claim('step:{mallory@x.test}:2', 24 * HOUR)).toBe(true);
+    await first.setSuspension('mallory@x.test', { since: t, action: 'suspend_sending', reason: 'strike total 20 reached 20', reference: 'D-AAAAAA', by: 'douane' });
+    await first.setPending('eve@x.test', { action: 'suspend_account', at: t, total: 30, reference: 'D-BBBBBB', reason: 'r' });
+    await first.setBreaker({ open: true, since: t, reason: 'too many' });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+
+    const again = new FileEnforcementState(file, () => t + 1000);
+    expect((await again.account('mallory@x.test')).suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-AAAAAA' });
+    expect((await again.strikes('mallory@x.test', 24 * HOUR)).map((s) => s.id)).toEqual(['s1']);
+    expect(await again.claim('step:{mallory@x.test}:2', 24 * HOUR)).toBe(false);
+    expect(await again.pendingAccounts()).toEqual(['eve@x.test']);
+    expect(await again.breaker()).toMatchObject({ open: true });
+    await again.resetAccount('mallory@x.test');
+    expect(await new FileEnforcementState(file).account('mallory@x.test')).toEqual({});
+    expect(readdirSync(join(dir, 'state'))).toEqual(['enforcement.json']);
+  });
+
+  it('a damaged file is kept aside and reported, and the state starts empty', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
+    const file = join(dir, 'enforcement.json');
+    writeFileSync(file, '{"strikes": [');
+    const reports: string[] = [];
+    const state = new FileEnforcementState(file, Date.now, (d) => reports.push(d));
+    expect(reports).toHaveLength(1);
+    expect(reports[0]).toMatch(/enforcement\.json could not be read .*; kept as .*enforcement\.json\.unreadable-\d+$/);
+    expect(existsSync(file)).toBe(false);
+    expect(readdirSync(dir).some((f) => f.startsWith('enforcement.json.unreadable-'))).toBe(true);
+    expect(state).toBeDefined();
+  });
+});
