@@ -228,7 +228,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const { pending } = await this.deps.state.account(account);
     if (!pending) throw new Error(`no suspension of ${account} is waiting for approval`);
     await this.deps.audit.append({ action: 'approve', actor: by, account, reference: pending.reference, suspend: pending.action });
-    return this.suspend(account, pending.action, { by, reference: pending.reference, reason: `${pending.reason} (approved by ${by})`, until: pending.until, total: pending.total });
+    // A suspension "for a day" lasts a day from when it takes effect, however long it waited for a person.
+    const until = pending.until === undefined ? undefined : this.now() + (pending.until - pending.at);
+    return this.suspend(account, pending.action, { by, reference: pending.reference, reason: `${pending.reason} (approved by ${by})`, until, total: pending.total });
   }
 
   async resetBreaker(by: string): Promise<void> {

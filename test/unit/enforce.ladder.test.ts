@@ -80,6 +80,19 @@ describe('strike ladder', () => {
     expect(actions).toEqual(['strike', 'notify_dry_run', 'throttle_dry_run', 'strike', 'suspension_dry_run', 'strike', 'suspension_dry_run']);
   });
 
+  it('approval mode: a suspension for a day lasts a day from its approval', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const { enforcer, state, strike } = setup({ approval: true }, () => t);
+    await enforcer.record(strike('f@x.test', 'malware', 10, 1));
+    await enforcer.record(strike('f@x.test', 'malware', 10, 2)); // 20: suspend sending for 24 h, once approved
+    expect((await state.account('f@x.test')).pending).toMatchObject({ action: 'suspend_sending' });
+    expect((await state.account('f@x.test')).suspension).toBeUndefined();
+    t += 5 * 3_600_000; // a person approves five hours later
+    const s = await enforcer.approve('f@x.test', 'cli:lead');
+    expect(s.until! - t).toBe(24 * 3_600_000);
+    expect((await state.account('f@x.test')).pending).toBeUndefined();
+  });
+
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
     const { enforcer, strike } = setup();
     for (let i = 0; i < 20; i++) await enforcer.record(strike('b@x.test', 'limit_reached', 1, i));
