@@ -3,7 +3,7 @@
 // (0 ok, 1 failure or invalid input, 64 usage error).
 
 import { ValidationError } from './validate/source.js';
-import { UsageError } from './cli/args.js';
+import { flag, parseArgs, UsageError } from './cli/args.js';
 import { serve } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
@@ -34,10 +34,16 @@ async function main(argv: string[]): Promise<number> {
       return serve(rest);
     case 'config': {
       if (rest[0] !== 'check' || rest.includes('--help')) {
-        console.log('Usage: douane config check [FILE]\n\nValidates the file (or DOUANE_CONFIG, or the embedded default) with DOUANE_* overrides applied.');
+        console.log(
+          'Usage: douane config check [FILE] [--without-files]\n\nValidates the file (or DOUANE_CONFIG, or the embedded default) with DOUANE_* overrides applied,\n' +
+            'and the certificate, key and CA files it names as serve will read them.\n\n' +
+            '  --without-files   skip those files: for checking a configuration away from the machine it is for',
+        );
         return rest.includes('--help') ? 0 : 64;
       }
-      const loaded = loadConfig({ file: rest[1], files: true });
+      const args = parseArgs(rest.slice(1), { flags: ['without-files'] });
+      if (args.positional.length > 1) throw new UsageError(`config check takes one file, not ${args.positional.length}`);
+      const loaded = loadConfig({ file: args.positional[0], files: !flag(args, 'without-files') });
       console.log(`${loaded.source}: ok${loaded.overrides.length ? ` (overridden by ${loaded.overrides.join(', ')})` : ''}`);
       return 0;
     }
