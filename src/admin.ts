@@ -103,6 +103,7 @@ export class AdminServer {
         if (req.method === 'POST' && op === 'suspend') {
           const action = body.action === 'suspend_sending' ? 'suspend_sending' : 'suspend_account';
           const until = typeof body.for_ms === 'number' ? Date.now() + body.for_ms : undefined;
+          if (action === 'suspend_account' && until !== undefined) return send(400, { error: 'a lock in the lifecycle API lasts until reinstated: give a duration with action suspend_sending (--sending-only)' });
           return send(200, await accounts.suspend(account, action, { by: actor, reference: typeof body.reference === 'string' ? body.reference : `manual-${Date.now().toString(36)}`, reason: typeof body.reason === 'string' ? body.reason : 'suspended by hand', until }));
         }
         if (req.method === 'POST' && op === 'reinstate') {

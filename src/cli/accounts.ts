@@ -14,7 +14,7 @@ Commands:
   status ACCOUNT               suspension, throttle, strikes, lifecycle status
   strikes ACCOUNT              the strike events counted now
   history ACCOUNT              the audit trail for the account (strikes, suspensions, releases…)
-  suspend ACCOUNT [--sending-only] [--for 24h] [--reason TEXT]
+  suspend ACCOUNT [--sending-only [--for 24h]] [--reason TEXT]
                                block the account now (and lock it in the lifecycle API unless --sending-only)
   reinstate ACCOUNT            lift the suspension, reset strikes, set the account active again
   approve ACCOUNT              carry out a suspension that waits for approval
@@ -76,6 +76,7 @@ export async function accountsCommand(argv: string[]): Promise<number> {
       const forText = option(args, 'for');
       const forMs = forText ? parseDuration(forText) : undefined;
       if (forText && forMs === undefined) throw new UsageError('--for takes a duration such as 24h or 7d');
+      if (forText && !flag(args, 'sending-only')) throw new UsageError('--for goes with --sending-only: a lock in the lifecycle API lasts until the account is reinstated');
       result = await call('POST', `/accounts/${needAccount()}/suspend`, { action: flag(args, 'sending-only') ? 'suspend_sending' : 'suspend_account', reason: option(args, 'reason') ?? 'suspended by hand', for_ms: forMs });
       break;
     }

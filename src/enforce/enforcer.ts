@@ -193,6 +193,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /** Blocks the account on every instance now, then (suspend_account) locks it in the lifecycle API. */
   async suspend(account: string, action: SuspendAction, why: { by: string; reference: string; reason: string; until?: number; rule?: string; article?: string; total?: number }): Promise<Suspension> {
+    // Nothing would unlock the account in the lifecycle API when the time ran out.
+    if (action === 'suspend_account' && why.until !== undefined) throw new Error('a lock in the lifecycle API lasts until reinstated: a timed suspension is suspend_sending');
     const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
     await this.deps.state.setSuspension(account, suspension);
     await this.deps.state.setPending(account, undefined);
@@ -201,7 +203,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
     if (action === 'suspend_account' && this.deps.lifecycle) {
       const job: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
-      await this.deps.outbox.enqueue('lifecycle', job);
+      await this.deps.outbox.enqueue('lifecycle', job, lifecycleKey(account));
     }
     const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until });
     await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
@@ -217,7 +219,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const reference = before.suspension?.reference ?? 'manual';
     await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
-    if (this.deps.lifecycle) await this.deps.outbox.enqueue('lifecycle', { op: 'reinstate', account, reference, summary: 'reinstated', by } satisfies LifecycleJob);
+    // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
+    if (this.deps.lifecycle && before.suspension?.action === 'suspend_account') {
+      await this.deps.outbox.enqueue('lifecycle', { op: 'reinstate', account, reference, summary: 'reinstated', by } satisfies LifecycleJob, lifecycleKey(account));
+    }
     const n = await this.notice(account, reference, 0, '4.6');
     if (before.suspension) await this.notifyHolder(account, reinstatedMail(n));
     await this.webhook({ type: 'reinstate', account, reference, by });
@@ -312,6 +317,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       const j = job.payload as LifecycleJob;
       const api = this.deps.lifecycle;
       if (!api) return;
+      // A job may wait in the outbox for hours: carry out what is wanted now, not what was wanted then
+      // (a lock queued while the API was down must not land after the account was reinstated).
+      const wanted = (await this.deps.state.account(j.account)).suspension?.action === 'suspend_account' ? 'suspend' : 'reinstate';
+      if (j.op !== wanted) {
+        await this.deps.audit.append({ action: 'lifecycle_superseded', actor: 'douane', account: j.account, reference: j.reference, op: j.op, now_wanted: wanted });
+        return;
+      }
       const started = performance.now();
       try {
         if (j.op === 'suspend') await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
@@ -350,4 +362,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // the gauge waits for the next change
     }
   }
+}
+
+/** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
+function lifecycleKey(account: string): string {
+  return `lifecycle:${account.toLowerCase()}`;
 }

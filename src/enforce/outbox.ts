@@ -17,6 +17,8 @@ export interface Job<P = unknown> {
   kind: JobKind;
   payload: P;
   attempts: number;
+  /** jobs with one key (one account's lifecycle) run one at a time, and a new one replaces those waiting */
+  key?: string;
   createdAt: number;
   nextAt: number;
   lastError?: string;
@@ -79,11 +81,20 @@ export class Outbox {
     while (this.running.size) await new Promise((r) => setTimeout(r, 10));
   }
 
-  async enqueue<P>(kind: JobKind, payload: P): Promise<Job<P>> {
+  async enqueue<P>(kind: JobKind, payload: P, key?: string): Promise<Job<P>> {
     await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
     const now = this.now();
-    const job: Job<P> = { id: `${now.toString(36)}-${randomBytes(4).toString('hex')}`, kind, payload, attempts: 0, createdAt: now, nextAt: now };
+    const job: Job<P> = { id: `${now.toString(36)}-${randomBytes(4).toString('hex')}`, kind, payload, attempts: 0, ...(key ? { key } : {}), createdAt: now, nextAt: now };
     await this.persist(job);
+    if (key) {
+      // The newest wish for this key is the one that counts: older ones still waiting (in backoff) go.
+      for (const old of [...this.pending.values()]) {
+        if (old.key !== key || this.running.has(old.id)) continue;
+        this.pending.delete(old.id);
+        await rm(join(this.pendingDir, `${old.id}.json`), { force: true });
+        this.opts.log.info({ event: 'outbox_replaced', job: old.id, by: job.id, key }, 'outbox job replaced by a newer one for the same key');
+      }
+    }
     this.pending.set(job.id, job);
     this.updateGauges();
     if (this.started) this.schedule(0);
@@ -123,7 +134,16 @@ export class Outbox {
 
   private async tick(): Promise<void> {
     const now = this.now();
-    const due = [...this.pending.values()].filter((j) => j.nextAt <= now && !this.running.has(j.id));
+    const busyKeys = new Set([...this.pending.values()].filter((j) => j.key && this.running.has(j.id)).map((j) => j.key));
+    const due = [...this.pending.values()]
+      .sort((a, b) => a.createdAt - b.createdAt)
+      .filter((j) => {
+        if (j.nextAt > now || this.running.has(j.id)) return false;
+        if (!j.key) return true;
+        if (busyKeys.has(j.key)) return false;
+        busyKeys.add(j.key); // one per key in this round too, oldest first
+        return true;
+      });
     await Promise.all(due.map((j) => this.run(j)));
     const next = Math.min(...[...this.pending.values()].filter((j) => !this.running.has(j.id)).map((j) => j.nextAt));
     if (Number.isFinite(next)) this.schedule(next - this.now());
@@ -147,8 +167,9 @@ export class Outbox {
         this.opts.log.error({ event: 'outbox_failed', job: job.id, kind: job.kind, attempts: job.attempts, err: job.lastError }, 'outbox job failed for good');
         this.opts.onFailed?.(job, err as Error);
       } else {
-        const delay = Math.min(this.opts.maxDelayMs, this.opts.minDelayMs * 2 ** (job.attempts - 1));
-        job.nextAt = this.now() + delay * (0.8 + Math.random() * 0.4);
+        // Jitter spreads retries out, within retry_max.
+        const delay = Math.min(this.opts.maxDelayMs, this.opts.minDelayMs * 2 ** (job.attempts - 1) * (0.8 + Math.random() * 0.4));
+        job.nextAt = this.now() + delay;
         await this.persist(job).catch(() => undefined);
         this.opts.metrics.outboxAttempts.labels(job.kind, 'retry').inc();
         this.opts.log.warn({ event: 'outbox_retry', job: job.id, kind: job.kind, attempts: job.attempts, retry_in_ms: Math.round(job.nextAt - this.now()), err: job.lastError }, 'outbox job will be retried');

@@ -139,6 +139,9 @@ function crossReferences(doc: PolicyDocument): Issue[] {
     if (step.action === 'throttle' && (step.factor === undefined || step.for === undefined)) {
       issues.push({ path: ['strikes', 'ladder', i], message: 'throttle needs factor (0 to 1, the share of the plan\'s limits left) and for (how long)' });
     }
+    if (step.action === 'suspend_account' && step.for !== undefined) {
+      issues.push({ path: ['strikes', 'ladder', i, 'for'], message: 'is not for suspend_account: the lock in the lifecycle API lasts until a person reinstates the account (for a timed block, use suspend_sending)' });
+    }
   });
   return issues;
 }

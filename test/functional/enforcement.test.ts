@@ -172,6 +172,36 @@ describe('the strike ladder, end to end', () => {
     expect(restarted.logs.some((l) => l.event === 'outbox_resumed')).toBe(true);
   });
 
+  it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {
+    const a = await gateway();
+    const base = await admin(a);
+    await zimbra.down();
+    const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect((await post('/accounts/user2@example.test/suspend', { action: 'suspend_account', reason: 'phishing complaint' })).status).toBe(200);
+    await until('the lock is retrying', () => a.logs.some((l) => l.event === 'outbox_retry'));
+    expect((await post('/accounts/user2@example.test/reinstate')).status).toBe(200);
+    await zimbra.up();
+    await until('the outbox is empty', () => a.gateway.outbox.jobs().every((j) => j.kind !== 'lifecycle'), 10_000);
+    await a.gateway.outbox.idle();
+    expect(zimbra.account('user2@example.test')!.status).toBe('active');
+    expect(zimbra.modifications.filter((m) => m.name === 'user2@example.test' && m.attrs.zimbraAccountStatus?.includes('locked'))).toEqual([]);
+  });
+
+  it('reinstating never unlocks what Douane did not lock; a lock has no end date', async () => {
+    const a = await gateway();
+    const base = await admin(a);
+    zimbra.account('user4@example.test')!.status = 'locked'; // locked by the provider's own staff
+    const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect((await post('/accounts/user4@example.test/suspend', { action: 'suspend_sending', reason: 'complaint', for_ms: 3_600_000 })).status).toBe(200);
+    expect((await post('/accounts/user4@example.test/reinstate')).status).toBe(200);
+    await a.gateway.outbox.idle();
+    expect(zimbra.account('user4@example.test')!.status).toBe('locked');
+    expect(zimbra.modifications.filter((m) => m.name === 'user4@example.test')).toEqual([]);
+    const timed = await post('/accounts/user3@example.test/suspend', { action: 'suspend_account', for_ms: 60_000 });
+    expect(timed.status).toBe(400);
+    expect(((await timed.json()) as { error: string }).error).toMatch(/lasts until reinstated/);
+  });
+
   it('reads account status from Zimbra: a closed account is refused at MAIL FROM (art. 8)', async () => {
     zimbra.account('user4@example.test')!.status = 'closed';
     const a = await gateway();

@@ -14,8 +14,10 @@ import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { StrikeEvent } from '../../src/policy/strikes.js';
+import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import type { Job } from '../../src/enforce/outbox.js';
 
-function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now) {
+function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi) {
   const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-'));
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
@@ -33,6 +35,7 @@ function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['set
     log,
     deadlineMs: 500,
     now,
+    lifecycle,
   });
   const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
   return { enforcer, state, outbox, dir, strike, sent };
@@ -91,6 +94,27 @@ describe('strike ladder', () => {
     const s = await enforcer.approve('f@x.test', 'cli:lead');
     expect(s.until! - t).toBe(24 * 3_600_000);
     expect((await state.account('f@x.test')).pending).toBeUndefined();
+  });
+
+  it('a lifecycle call carries out what is wanted when it runs, not what was wanted when it was queued', async () => {
+    const calls: string[] = [];
+    const api: LifecycleApi = {
+      kind: 'stub',
+      status: async () => ({ status: 'active' }) as never,
+      suspend: async (a) => void calls.push(`lock ${a}`),
+      reinstate: async (a) => void calls.push(`unlock ${a}`),
+    };
+    const { enforcer, dir } = setup({}, Date.now, api);
+    const handler = enforcer.lifecycleHandler();
+    const job = (op: 'suspend' | 'reinstate'): Job => ({ id: 'j', kind: 'lifecycle', payload: { op, account: 'g@x.test', reference: 'D-GGGGGG', summary: 's', by: 'cli:t' }, attempts: 1, createdAt: 0, nextAt: 0 });
+    await handler(job('suspend')); // queued before a reinstatement another instance carried out
+    expect(calls).toEqual([]);
+    await enforcer.suspend('g@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-GGGGGG', reason: 'r' });
+    await handler(job('reinstate')); // queued before the account was suspended again
+    await handler(job('suspend'));
+    expect(calls).toEqual(['lock g@x.test']);
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string; op?: string });
+    expect(actions.filter((a) => a.action === 'lifecycle_superseded').map((a) => a.op)).toEqual(['suspend', 'reinstate']);
   });
 
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {

@@ -57,6 +57,15 @@ describe('policy loading', () => {
     expect(p).toMatch(/policy\.yaml:\d+:\d+: rules\[\d+\]\.article must be a contract article such as 4\.6, in quotes: YAML reads 4\.3 unquoted as a number \(write "4\.3"\)$/);
   });
 
+  it('refuses an end date on suspend_account: nothing would unlock the account when it came', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const file = join(dir, 'strikes.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('action: suspend_account,', 'action: suspend_account, for: 7d,'));
+    const [p] = problems(dir);
+    expect(p).toMatch(/strikes\.yaml:\d+:\d+: strikes\.ladder\[3\]\.for is not for suspend_account: the lock in the lifecycle API lasts until a person reinstates the account/);
+  });
+
   it('refuses unknown keys, suggesting the right one', () => {
     const [p] = problems('fixtures/policies/unknown-key');
     expect(p).toMatch(/^fixtures\/policies\/unknown-key\/limits\.yaml:13:5: plans\.basic\.mesages_per_week is not a known key/);

@@ -1,0 +1,84 @@
+// The outbox: one account's lifecycle calls one at a time, the newest replacing those still waiting,
+// and retries never further apart than retry_max.
+
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { Outbox, type Handler, type Job } from '../../src/enforce/outbox.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+
+function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: number; lines?: Record<string, unknown>[] } = {}) {
+  const noop: Handler = async () => undefined;
+  const destination = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line.trim()) opts.lines?.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+  return new Outbox({
+    dir: mkdtempSync(join(tmpdir(), 'douane-outbox-')),
+    handlers: { lifecycle, notify: noop, webhook: noop },
+    minDelayMs: opts.minDelayMs ?? 10,
+    maxDelayMs: opts.maxDelayMs ?? 50,
+    metrics: new Metrics({ version: 't', defaultMetrics: false }),
+    log: createLogger({ level: 'warn', destination }),
+  });
+}
+
+describe('outbox', () => {
+  it('runs jobs with one key one at a time, and a new job replaces the ones still waiting', async () => {
+    const running = new Map<string, number>();
+    let most = 0;
+    const done: string[] = [];
+    let failFirst = true;
+    let otherStarted!: () => void;
+    const otherRunning = new Promise<void>((r) => (otherStarted = r));
+    const box = outbox(async (job: Job) => {
+      const key = job.key!;
+      if ((job.payload as { op: string }).op === 'other-1') otherStarted();
+      running.set(key, (running.get(key) ?? 0) + 1);
+      most = Math.max(most, running.get(key)!);
+      await new Promise((r) => setTimeout(r, 20));
+      running.set(key, running.get(key)! - 1);
+      const op = (job.payload as { op: string }).op;
+      if (op === 'lock' && failFirst) {
+        failFirst = false;
+        throw Object.assign(new Error('API down'), { retryable: true });
+      }
+      done.push(op);
+    }, { minDelayMs: 400, maxDelayMs: 400 });
+    await box.start();
+    await box.enqueue('lifecycle', { op: 'lock' }, 'lifecycle:a@x.test');
+    await new Promise((r) => setTimeout(r, 100)); // the lock failed once and waits for its retry
+    await box.enqueue('lifecycle', { op: 'unlock' }, 'lifecycle:a@x.test');
+    await box.enqueue('lifecycle', { op: 'other-1' }, 'lifecycle:b@x.test');
+    await otherRunning;
+    await box.enqueue('lifecycle', { op: 'other-2' }, 'lifecycle:b@x.test');
+    expect(await box.idle(5000)).toBe(true);
+    await box.stop();
+    expect(done.filter((d) => d === 'lock' || d === 'unlock')).toEqual(['unlock']);
+    // other-1 was already running when other-2 came: it finishes, then other-2 runs, never both at once.
+    expect(done.filter((d) => d.startsWith('other'))).toEqual(['other-1', 'other-2']);
+    expect(most).toBe(1);
+  });
+
+  it('plans retries with growing delays, never further apart than retry_max, jitter included', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const box = outbox(async (job: Job) => {
+      if (job.attempts < 7) throw Object.assign(new Error('down'), { retryable: true });
+    }, { minDelayMs: 10, maxDelayMs: 60, lines });
+    await box.start();
+    const job = await box.enqueue('lifecycle', {});
+    expect(await box.idle(5000)).toBe(true);
+    await box.stop();
+    expect(job.attempts).toBe(7);
+    const planned = lines.filter((l) => l.event === 'outbox_retry').map((l) => l.retry_in_ms as number);
+    expect(planned).toHaveLength(6);
+    expect(planned[0]).toBeLessThanOrEqual(12); // retry_min with its jitter
+    expect(Math.max(...planned)).toBeLessThanOrEqual(60);
+    expect(planned.slice(-2).every((ms) => ms >= 47)).toBe(true); // capped: within the jitter below retry_max
+  });
+});
