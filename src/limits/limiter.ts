@@ -239,7 +239,7 @@ export class Limiter implements LimiterPort {
   async checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked> {
     const key = accountKey(account);
     const domain = domainOf(recipient) || recipient.toLowerCase();
-    const domainsKey = `${this.opts.keyPrefix}:domains:${key}`;
+    const domainsKey = `${this.opts.keyPrefix}:domain-uses:${key}`;
     const outcome = await this.decide('recipient', () =>
       Promise.all([
         this.consume('recipients_per_hour', limits.recipients_per_hour, HOUR, key),

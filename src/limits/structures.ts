@@ -9,7 +9,7 @@ export interface SetAddResult {
   exceeded: boolean;
   /** members after the call */
   count: number;
-  /** the member was added by this call (so a refund may remove it) */
+  /** this call recorded a use of the member (so a refund gives that use back) */
   added: boolean;
   /** ms until the window ends */
   ttlMs: number;
@@ -30,17 +30,24 @@ export interface Structures {
   hours(key: string, hours: number[]): Promise<number[]>;
 }
 
+// A set whose members count their uses (a hash of member → uses): a member stays while one use of it
+// stands, so giving back one transaction's use never removes a domain another transaction still uses.
 const SET_ADD = `
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  return {0, redis.call('SCARD', KEYS[1]), 0, redis.call('PTTL', KEYS[1])}
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  return {0, redis.call('HLEN', KEYS[1]), 1, redis.call('PTTL', KEYS[1])}
 end
-local n = redis.call('SCARD', KEYS[1])
+local n = redis.call('HLEN', KEYS[1])
 if n >= tonumber(ARGV[2]) then
   return {1, n, 0, redis.call('PTTL', KEYS[1])}
 end
-redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], 1)
 if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {0, n + 1, 1, redis.call('PTTL', KEYS[1])}`;
+
+const SET_REMOVE = `
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0`;
 
 const SESSION_OPEN = `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
@@ -59,6 +66,7 @@ return 1`;
 
 type Scripted = RedisClient & {
   douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
+  douaneSetRemove(key: string, member: string): Promise<number>;
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   douaneSessionRank(key: string, id: string, now: number): Promise<[number, number | null]>;
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
@@ -69,6 +77,7 @@ export class RedisStructures implements Structures {
 
   constructor(client: RedisClient) {
     client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
+    client.defineCommand('douaneSetRemove', { numberOfKeys: 1, lua: SET_REMOVE });
     client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
     client.defineCommand('douaneSessionRank', { numberOfKeys: 1, lua: SESSION_RANK });
     client.defineCommand('douaneHourIncr', { numberOfKeys: 1, lua: HOUR_INCR });
@@ -81,7 +90,7 @@ export class RedisStructures implements Structures {
   }
 
   async setRemove(key: string, member: string): Promise<void> {
-    await this.client.srem(key, member);
+    await this.client.douaneSetRemove(key, member);
   }
 
   sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
@@ -110,7 +119,8 @@ export class RedisStructures implements Structures {
 
 /** In-process equivalents: the embedded default (one instance), and the insurance when Redis fails. */
 export class MemoryStructures implements Structures {
-  private readonly sets = new Map<string, { members: Set<string>; expiresAt: number }>();
+  /** member → uses, as in Redis */
+  private readonly sets = new Map<string, { members: Map<string, number>; expiresAt: number }>();
   private readonly sessions = new Map<string, Map<string, number>>();
   private readonly history = new Map<string, Map<number, number>>();
   private lastSweep = 0;
@@ -134,18 +144,26 @@ export class MemoryStructures implements Structures {
     let s = this.sets.get(key);
     if (s && s.expiresAt <= now) s = undefined;
     if (!s) {
-      s = { members: new Set(), expiresAt: now + windowMs };
+      s = { members: new Map(), expiresAt: now + windowMs };
       this.sets.set(key, s);
     }
     const ttlMs = s.expiresAt - now;
-    if (s.members.has(member)) return { exceeded: false, count: s.members.size, added: false, ttlMs };
+    const uses = s.members.get(member);
+    if (uses !== undefined) {
+      s.members.set(member, uses + 1);
+      return { exceeded: false, count: s.members.size, added: true, ttlMs };
+    }
     if (s.members.size >= limit) return { exceeded: true, count: s.members.size, added: false, ttlMs };
-    s.members.add(member);
+    s.members.set(member, 1);
     return { exceeded: false, count: s.members.size, added: true, ttlMs };
   }
 
   async setRemove(key: string, member: string): Promise<void> {
-    this.sets.get(key)?.members.delete(member);
+    const s = this.sets.get(key);
+    const uses = s?.members.get(member);
+    if (!s || uses === undefined) return;
+    if (uses <= 1) s.members.delete(member);
+    else s.members.set(member, uses - 1);
   }
 
   async sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {

@@ -109,6 +109,26 @@ describe('each limit at its boundary', () => {
     expect(r.rcpt[3]).toMatch(/recipient domains per hour/);
   });
 
+  it.each([
+    ['Redis', () => ({ redis: { url: redis.url } })],
+    ['memory', () => ({})],
+  ])('a domain given back by one transaction still counts for another that used it (limit 2, %s)', async (_name, limits) => {
+    const gw = await gateway(limits());
+    const port = gw.port('trusted');
+    // A takes one.test and then goes away with RSET; B sent to one.test meanwhile and was accepted.
+    const a = await RawSmtp.connect(port);
+    await a.reply();
+    await a.command('EHLO a');
+    expect(await a.command('MAIL FROM:<domains@example.test>')).toMatch(/^250/);
+    expect(await a.command('RCPT TO:<x@one.test>')).toMatch(/^250/);
+    expect((await send(port, 'domains@example.test', ['y@one.test'])).data).toMatch(/^250/);
+    expect(await a.command('RSET')).toMatch(/^250/);
+    a.close();
+    // one.test still counts: one more domain fits, the next does not.
+    const r = await send(port, 'domains@example.test', ['z@two.test', 'w@three.test']);
+    expect(r.rcpt.map((x) => x.slice(0, 3))).toEqual(['250', '450']);
+  });
+
   it('bytes per day: counted after acceptance; MAIL refuses once used up, or when SIZE= will not fit', async () => {
     const gw = await gateway();
     const port = gw.port('trusted');
