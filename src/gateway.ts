@@ -146,6 +146,7 @@ export class Gateway {
       log: this.log,
       lifecycle,
       deadlineMs: Math.max(config.limits.deadline, 2000),
+      stateDeadlineMs: config.limits.deadline,
     });
     this.enforcer = enforcer;
     this.strikes = deps.strikes ?? enforcer;

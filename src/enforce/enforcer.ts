@@ -54,6 +54,9 @@ export interface AccountStatusPort {
 type SuspendAction = Suspension['action'];
 
 export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
+  /** Suspensions seen in the shared state, by account: what MAIL FROM relies on while Redis does not answer. */
+  private readonly knownSuspensions = new Map<string, Suspension>();
+
   constructor(
     private readonly deps: {
       state: EnforcementState;
@@ -66,6 +69,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       lifecycle?: LifecycleApi;
       /** every lookup within this time */
       deadlineMs: number;
+      /** the enforcement state's lookup (Redis), when shorter: limits.deadline */
+      stateDeadlineMs?: number;
       now?: () => number;
     },
   ) {}
@@ -286,21 +291,32 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   async lookup(account: string): Promise<AccountLookup> {
     // One per MAIL FROM: the timer is cleared as soon as the answer is in, not left to fire for nothing.
-    const deadline = <T,>(p: Promise<T>, what: string): Promise<T> => {
+    const deadline = <T,>(p: Promise<T>, what: string, ms: number): Promise<T> => {
       let timer: NodeJS.Timeout | undefined;
       return Promise.race([
         p,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`${what}: no answer within ${this.deps.deadlineMs} ms`)), this.deps.deadlineMs);
+          timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
           timer.unref();
         }),
       ]).finally(() => clearTimeout(timer));
     };
     const [state, lifecycle] = await Promise.allSettled([
-      deadline(this.deps.state.account(account), 'enforcement state'),
-      this.deps.lifecycle ? deadline(this.deps.lifecycle.status(account), 'lifecycle API') : Promise.resolve(undefined),
+      deadline(this.deps.state.account(account), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs),
+      this.deps.lifecycle ? deadline(this.deps.lifecycle.status(account), 'lifecycle API', this.deps.deadlineMs) : Promise.resolve(undefined),
     ]);
-    const out: AccountLookup = { state: state.status === 'fulfilled' ? state.value : {} };
+    const key = account.toLowerCase();
+    let known: AccountState;
+    if (state.status === 'fulfilled') {
+      known = state.value;
+      if (known.suspension) this.knownSuspensions.set(key, known.suspension);
+      else this.knownSuspensions.delete(key);
+    } else {
+      // The shared state does not answer (Redis down or frozen): a suspension seen before still holds.
+      const cached = this.knownSuspensions.get(key);
+      known = cached && (!cached.until || cached.until > this.now()) ? { suspension: cached } : {};
+    }
+    const out: AccountLookup = { state: known };
     if (lifecycle.status === 'fulfilled') out.lifecycle = lifecycle.value;
     const failures = [state, lifecycle].filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as Error).message);
     if (failures.length) {
@@ -355,11 +371,20 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     await this.deps.outbox.enqueue('webhook', { event: { source: 'douane', at: new Date(this.now()).toISOString(), ...event } } satisfies WebhookJob);
   }
 
+  /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   async refreshGauge(): Promise<void> {
     try {
-      this.deps.metrics.suspendedAccounts.set((await this.deps.state.suspendedAccounts()).length);
+      const suspended = await this.deps.state.suspendedAccounts();
+      this.deps.metrics.suspendedAccounts.set(suspended.length);
+      const fresh = new Map<string, Suspension>();
+      for (const a of suspended) {
+        const s = (await this.deps.state.account(a)).suspension;
+        if (s) fresh.set(a.toLowerCase(), s);
+      }
+      this.knownSuspensions.clear();
+      for (const [a, s] of fresh) this.knownSuspensions.set(a, s);
     } catch {
-      // the gauge waits for the next change
+      // the gauge and the known suspensions wait for the next refresh
     }
   }
 }

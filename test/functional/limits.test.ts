@@ -219,6 +219,20 @@ describe('Redis failures are bounded', () => {
     expect(await down.metrics.registry.metrics()).toMatch(/douane_limiter_insurance_total\{op="messages_per_minute"\} [1-9]/);
   });
 
+  it('a suspension still holds while Redis does not answer, on the instance that set it and on one that saw it', async () => {
+    const [a, b] = [await gateway({ redis: { url: redis.url }, deadline: '300ms' }), await gateway({ redis: { url: redis.url }, deadline: '300ms' })];
+    await a.gateway.enforcer.suspend('roomy@example.test', 'suspend_sending', { by: 'cli:test', reference: 'D-FRZN01', reason: 'complaint' });
+    expect((await send(b.port('trusted'), 'roomy@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
+    redis.pause();
+    try {
+      for (const gw of [a, b]) expect((await send(gw.port('trusted'), 'roomy@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(roomy@example\.test\).*incident D-FRZN01/);
+      // Other accounts still send, on the insurance.
+      expect((await send(b.port('trusted'), 'hourly@example.test')).data).toMatch(/^250 /);
+    } finally {
+      redis.resume();
+    }
+  });
+
   it('Redis frozen mid-run: each decision within the deadline, and no double count after it thaws', async () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms' });
     const port = gw.port('trusted');
