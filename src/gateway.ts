@@ -153,6 +153,10 @@ export class Gateway {
     this.scanner = deps.scanner ?? (config.clamd ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
     this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));
     if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'no clamd configured: messages are not scanned for viruses');
+    const zimbraUrl = config.lifecycle.adapter === 'zimbra' ? config.lifecycle.zimbra?.url : undefined;
+    if (zimbraUrl?.startsWith('http://') && !/^http:\/\/(127\.|localhost[:/]|\[::1\])/.test(zimbraUrl)) {
+      this.log.warn({ event: 'lifecycle_plain_http', url: zimbraUrl }, 'the Zimbra admin URL is plain http: the admin password and token cross the network in clear; use https (port 7071)');
+    }
     this.checkDeps = {
       clock: this.clock,
       connectionsFrom: (ip) => this.perIp.get(ip) ?? 0,

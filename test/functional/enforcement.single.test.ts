@@ -1,4 +1,5 @@
-// Without Redis (one instance), a suspension still holds after Douane restarts.
+// Enforcement on one instance without Redis: a suspension outlives a restart; and the start-up warning
+// for a Zimbra admin URL that would carry the admin password in clear.
 
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,5 +38,16 @@ describe('enforcement state without Redis', () => {
     gateways.push(second);
     expect(await mailFrom(second, 'user1@example.test')).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(user1@example\.test\) .*incident D-RSTRT1/);
     expect(await mailFrom(second, 'user2@example.test')).toMatch(/^250 /);
+  });
+
+  it('warns at start when the Zimbra admin URL would send the admin password in clear', async () => {
+    upstream = await FakeUpstream.start();
+    const zimbra = { adapter: 'zimbra', zimbra: { url: 'http://zimbra.internal:7071/service/admin/soap', admin_user: 'admin@x.test', admin_password: 'secret' } };
+    const gw = await startGateway(upstream.port, { lifecycle: zimbra });
+    gateways.push(gw);
+    expect(gw.logs.find((l) => l.event === 'lifecycle_plain_http')).toMatchObject({ level: 'warn', url: 'http://zimbra.internal:7071/service/admin/soap' });
+    const local = await startGateway(upstream.port, { lifecycle: { ...zimbra, zimbra: { ...zimbra.zimbra, url: 'http://127.0.0.1:7071/service/admin/soap' } } });
+    gateways.push(local);
+    expect(local.logs.some((l) => l.event === 'lifecycle_plain_http')).toBe(false);
   });
 });
