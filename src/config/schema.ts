@@ -167,6 +167,8 @@ export const configSchema = obj({
         })),
           bearer: optional(str()),
           hmac_secret: optional(str()),
+          ca: optional(str()),
+          verify_certificate: withDefault(bool(), true),
         }),
       ),
     }), (l, path): Issue[] => {

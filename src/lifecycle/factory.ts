@@ -31,6 +31,7 @@ export function createLifecycle(config: Readonly<Config>, metrics: Metrics): Lif
       suspend: { method: h.suspend.method, url: h.suspend.url, body: h.suspend.body },
       reinstate: { method: h.reinstate.method, url: h.reinstate.url, body: h.reinstate.body },
       auth: h.hmac_secret ? { hmac: { secret: h.hmac_secret } } : h.bearer ? { bearer: h.bearer } : undefined,
+      tls: { ca: h.ca ? readFileSync(h.ca) : undefined, rejectUnauthorized: h.verify_certificate },
       timeoutMs: l.timeout,
       metrics,
     });
