@@ -563,7 +563,7 @@ export class Gateway {
     }
     tx.timings.mail = elapsed(started);
     this.metrics.upstreamReplies.labels('mail', replyClass(reply.code)).inc();
-    if (reply.code !== 250) {
+    if (reply.code < 200 || reply.code >= 300) {
       const err = passThrough(reply);
       this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
       throw err;
@@ -599,7 +599,7 @@ export class Gateway {
     }
     tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
     this.metrics.upstreamReplies.labels('rcpt', replyClass(reply.code)).inc();
-    const accepted = reply.code === 250 || reply.code === 251;
+    const accepted = reply.code >= 200 && reply.code < 300; // 251 forwarded, 252 cannot verify but will try
     tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
     this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
     if (grant) {
@@ -677,24 +677,40 @@ export class Gateway {
         throw err;
       }
 
+      // The client left while the message was being checked: it got no 250 and will send it again.
+      if (tx.done || !state.upstream) throw Object.assign(new Error('the client went away before the message was relayed'), { code: 'ECONNECTION' });
+      const upstream = state.upstream;
       const relayStarted = performance.now();
       let reply: SmtpReply;
+      tx.relaying = true;
       try {
-        reply = await state.upstream.data(spool.reader(), tagHeader(tx.tags), spool.size);
+        reply = await upstream.data(spool.reader(), tagHeader(tx.tags), spool.size);
+        if (reply.code !== 250 && reply.code < 400) {
+          // 251, 354, … after the final dot answer nothing: the message's fate is unknown, so the client
+          // must send it again (a possible duplicate, never a loss), and the connection is not reused.
+          upstream.destroy();
+          throw new UpstreamError('protocol', `the upstream answered the message with ${formatReply(reply)} instead of 250`, reply);
+        }
       } catch (err) {
+        tx.relaying = false;
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
+        if (state.closed) this.disposeUpstream(state);
         throw refusal;
       }
+      tx.relaying = false;
       tx.timings.relay = elapsed(relayStarted);
       this.metrics.upstreamReplies.labels('data', replyClass(reply.code)).inc();
       if (reply.code !== 250) {
         const err = passThrough(reply);
         this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
+        if (state.closed) this.disposeUpstream(state);
         throw err;
       }
       const text = withEnhanced(reply, '2.0.0');
-      this.finishTransaction(state, { action: 'accept', reply: `250 ${text}` });
+      // Accepted upstream: it counts, and is logged as accepted, even if the client left before our 250.
+      this.finishTransaction(state, { action: 'accept', reply: `250 ${text}`, ...(state.closed ? { note: 'the client went away before the reply' } : {}) });
+      if (state.closed) this.disposeUpstream(state);
       return text;
     } finally {
       await spool.dispose();
@@ -704,7 +720,12 @@ export class Gateway {
   private onClose(session: SMTPServerSession): void {
     const state = this.sessions.get(session.id);
     if (!state) return;
-    if (state.tx && !state.tx.done) this.finishTransaction(state, { action: 'abandoned' });
+    state.closed = true;
+    // A message on its way to the upstream is not abandoned: its DATA handler ends it with the upstream's
+    // answer and then lets the upstream connection go. Touching the connection now would write into the
+    // message (RSET, QUIT) or take its reply for another command's.
+    const relaying = Boolean(state.tx?.relaying && !state.tx.done);
+    if (state.tx && !state.tx.done && !relaying) this.finishTransaction(state, { action: 'abandoned' });
     this.sessions.delete(session.id);
     const left = (this.perIp.get(state.remoteAddress) ?? 1) - 1;
     if (left <= 0) this.perIp.delete(state.remoteAddress);
@@ -712,16 +733,20 @@ export class Gateway {
     this.metrics.sessionsActive.labels(state.listener.name).dec();
     if (state.sessionCounted && state.account) void this.limiter.sessionClosed(state.account, state.id);
  this.metrics.sessions.labels(state.listener.name, state.refused ? 'refused' : state.transactions ? 'mail' : 'no_mail').inc();
-    if (state.upstream) {
-      const upstream = state.upstream;
-      state.upstream = undefined;
-      if (state.listener.mode === 'trusted') this.upstream.release(upstream);
-      else void upstream.quit();
-    }
+    if (!relaying) this.disposeUpstream(state);
     this.log.debug({ event: 'session_end', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: state.account, transactions: state.transactions, ms: this.clock.now() - state.startedAt }, 'session closed');
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** The session is over: its upstream connection goes back to the pool (trusted) or says QUIT (AUTH). */
+  private disposeUpstream(state: SessionState): void {
+    if (!state.upstream) return;
+    const upstream = state.upstream;
+    state.upstream = undefined;
+    if (state.listener.mode === 'trusted') this.upstream.release(upstream);
+    else void upstream.quit();
+  }
 
   private requireState(session: SMTPServerSession): SessionState {
     const state = this.sessions.get(session.id);
@@ -885,6 +910,7 @@ export class Gateway {
         limits: tx.limits && (tx.limits.exceeded.length || tx.limits.degraded) ? { exceeded: tx.limits.exceeded, degraded: tx.limits.degraded, usage: tx.limits.usage } : undefined,
         baseline: tx.baseline,
         reply: outcome.reply,
+        note: outcome.note,
         tags: tx.tags.length ? tx.tags : undefined,
         checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ms: r.ms })),
         timings: tx.timings,

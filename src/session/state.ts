@@ -86,8 +86,10 @@ export interface Transaction {
   lineEndings?: LineEndingFacts;
   oversize?: boolean;
   spool?: Spool;
+  /** the message is on its way to the upstream: only the upstream's answer ends the transaction */
+  relaying?: boolean;
   /** how the transaction ended, for the log */
-  outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string };
+  outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string; note?: string };
   timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'checks' | 'relay' | 'total', number>>;
   done: boolean;
 }
@@ -110,6 +112,8 @@ export interface SessionState {
   counted: boolean;
   /** set when the session was refused at connect */
   refused?: ReasonCode;
+  /** the client's connection has closed (a DATA handler may still be relaying its message) */
+  closed?: boolean;
   /** an authenticated session registered with the concurrent-sessions limit */
   sessionCounted?: boolean;
 }

@@ -295,8 +295,15 @@ export class SmtpClient {
     let start: SmtpReply | undefined;
     if (!chunking) {
       start = await this.command('DATA');
-      // A refused DATA leaves the transaction open at the upstream; the next mail() sends RSET first.
-      if (start.code !== 354) return start;
+      if (start.code !== 354) {
+        // A 2xx here is no answer to DATA: passed on, it would tell the client its message was sent.
+        if (start.code < 400) {
+          this.fail(new UpstreamError('protocol', `the upstream answered DATA with ${formatReply(start)} instead of 354`, start));
+          throw this.failure;
+        }
+        // A refused DATA leaves the transaction open at the upstream; the next mail() sends RSET first.
+        return start;
+      }
     }
     const final = this.read(this.endpoint.timeouts.data);
     final.catch(() => {}); // observed below; avoid an unhandled rejection while streaming

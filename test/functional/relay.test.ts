@@ -193,6 +193,19 @@ describe('upstream faults reach the client, and never as 250', () => {
     c.close();
   });
 
+  it('takes any 2xx to RCPT as accepted (252: cannot verify, will try)', async () => {
+    const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('far') ? '252 2.1.5 Cannot VRFY user, but will accept message' : undefined) });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<far@example.net>')).toMatch(/^2\d\d 2\.1\.5 /);
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    expect(upstream.messages[0]!.to).toEqual(['far@example.net']);
+    expect((await gw.waitForLog((l) => l.event === 'transaction')).rcpt).toEqual([{ to: 'far@example.net', ok: true, reply: '252 2.1.5 Cannot VRFY user, but will accept message' }]);
+    c.close();
+  });
+
   it('passes an upstream MAIL refusal through', async () => {
     const { gw } = await setup({ mail: () => '553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user' });
     const c = await trusted(gw.port('trusted'));
@@ -263,6 +276,47 @@ describe('upstream faults reach the client, and never as 250', () => {
     expect(await c.reply()).toMatch(/^451 4\.4\.1 /);
     expect(upstream.messages).toHaveLength(0);
     c.close();
+  });
+
+  it('answers 451 4.4.1, never 2xx, when the upstream answers DATA or the message with a 2xx that is not its answer', async () => {
+    for (const [fault, where] of [[{ data: () => '250 2.0.0 ok whatever' }, 'DATA'], [{ dataEnd: () => '251 2.1.5 odd' }, 'end of data']] as const) {
+      const { gw, upstream } = await setup(fault);
+      const c = await trusted(gw.port('trusted'));
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write(MESSAGE + '.\r\n');
+      expect(await c.reply(), where).toMatch(/^451 4\.4\.1 /);
+      const line = await gw.waitForLog((l) => l.event === 'transaction');
+      expect(line.verdict, where).toBe('tempfail');
+      c.close();
+      await gw.stop();
+      await upstream.stop();
+    }
+  });
+
+  it.each([
+    ['its DATA', { data: () => ({ delayMs: 400 }) }],
+    ['the message', { dataEnd: () => ({ delayMs: 400 }) }],
+  ])('a client that leaves while the upstream is slow to answer %s: the message arrives whole, counts as accepted, and the pooled connection stays in step', async (_what, fault) => {
+    const { gw, upstream } = await setup(fault);
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    await new Promise((r) => setTimeout(r, 150)); // the upstream has not answered DATA yet
+    c.close();
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ verdict: 'accept', note: 'the client went away before the reply' });
+    expect(upstream.messages).toHaveLength(1);
+    expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
+    expect(upstream.commands.filter((x) => x === 'RSET' || x === 'QUIT')).toEqual([]);
+    // The next session, on the same pooled connection, gets its own replies.
+    const next = await trusted(gw.port('trusted'));
+    expect(await next.command('MAIL FROM:<user3@example.test>')).toBe('250 2.1.0 Ok');
+    expect(await next.command('RCPT TO:<user2@example.test>')).toBe('250 2.1.5 Ok');
+    next.close();
   });
 
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {

@@ -137,6 +137,11 @@ export class FakeUpstream {
         if (scripted === undefined || (typeof scripted === 'string' && scripted.startsWith('354'))) {
           send('354 End data with <CR><LF>.<CR><LF>');
           dataMode = true;
+        } else if (typeof scripted === 'object' && !scripted.reply) {
+          // A slow upstream: the 354 comes, late.
+          await new Promise((r) => setTimeout(r, scripted.delayMs));
+          send('354 End data with <CR><LF>.<CR><LF>');
+          dataMode = true;
         } else await act(scripted, '');
       } else if (verb === 'BDAT') {
         const [, n, last] = line.split(' ');
