@@ -695,7 +695,6 @@ export class Gateway {
         tx.relaying = false;
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
-        if (state.closed) this.disposeUpstream(state);
         throw refusal;
       }
       tx.relaying = false;
@@ -704,13 +703,11 @@ export class Gateway {
       if (reply.code !== 250) {
         const err = passThrough(reply);
         this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
-        if (state.closed) this.disposeUpstream(state);
         throw err;
       }
       const text = withEnhanced(reply, '2.0.0');
       // Accepted upstream: it counts, and is logged as accepted, even if the client left before our 250.
       this.finishTransaction(state, { action: 'accept', reply: `250 ${text}`, ...(state.closed ? { note: 'the client went away before the reply' } : {}) });
-      if (state.closed) this.disposeUpstream(state);
       return text;
     } finally {
       await spool.dispose();
@@ -918,9 +915,7 @@ export class Gateway {
       `transaction ${outcome.action}`,
     );
     if (state.listener.mode === 'trusted' && state.upstream && !state.upstream.inTransaction) {
-      const upstream = state.upstream;
-      state.upstream = undefined;
-      this.upstream.release(upstream);
+      this.disposeUpstream(state);
     } else if (state.listener.mode === 'trusted' && state.upstream) {
       // Refused by us or the client went away mid-transaction: reset before the connection is reused.
       const upstream = state.upstream;
@@ -930,6 +925,9 @@ export class Gateway {
         () => upstream.destroy(),
       );
     }
+    // A transaction that ends after its client left (its message was on its way upstream) lets the
+    // session's upstream connection go, as the close would have.
+    if (state.closed) this.disposeUpstream(state);
   }
 }
 
