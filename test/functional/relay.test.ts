@@ -319,6 +319,21 @@ describe('upstream faults reach the client, and never as 250', () => {
     next.close();
   });
 
+  it('an authenticated client that leaves while the upstream is slow to answer its message: the message arrives whole, QUIT comes after it', async () => {
+    const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 400 }) });
+    const { c, auth } = await authenticated(gw.port('submission'));
+    expect(auth).toMatch(/^235/);
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    await new Promise((r) => setTimeout(r, 150));
+    c.close();
+    expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ verdict: 'accept', note: 'the client went away before the reply' });
+    expect(upstream.messages).toHaveLength(1);
+    expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
+  });
+
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
     const { gw, upstream } = await setup();
     await upstream.stop();
