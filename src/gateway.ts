@@ -644,15 +644,20 @@ export class Gateway {
           }
         }
         await spool.finish();
+        // clamd gets the end of the message first, so that its scan runs while the MIME facts are
+        // completed and the data checks' slow lookups (the bulk count) start.
+        const scanned = scan && !tx.scanTooBig && !tx.oversize ? scan.end(() => spool.reader()) : undefined;
+        if (!scanned) scan?.abort();
+        // It never rejects; this only keeps a failure before the await below from going unhandled.
+        scanned?.catch(() => undefined);
         if (!tx.oversize) tx.message = await inspector.end();
-        // The data checks' slow lookups start now and overlap with clamd's last step.
         if (tx.message) preparePhase('data', this.context('data', state), this.pipeline.data);
-        if (scan && !tx.scanTooBig && !tx.oversize) {
-          const scanned = await scan.end(() => spool.reader());
-          tx.scan = { result: scanned.result, signature: scanned.signature, detail: scanned.detail };
-          tx.timings.scan = scanned.ms;
-          if (scanned.scanner) tx.scanner = scanned.scanner;
-        } else scan?.abort();
+        if (scanned) {
+          const { result, signature, detail, ms, scanner } = await scanned;
+          tx.scan = { result, signature, detail };
+          tx.timings.scan = ms;
+          if (scanner) tx.scanner = scanner;
+        }
       } catch (err) {
         scan?.abort();
         this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
