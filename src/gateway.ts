@@ -538,6 +538,8 @@ export class Gateway {
     if (state.listener.mode === 'trusted') state.account = address.address.toLowerCase() || '<>';
     const started = performance.now();
 
+    // The counters start now, in the same Redis round trip as the account's state.
+    preparePhase('mail', this.context('mail', state), this.pipeline.mail);
     const outcome = await this.check('mail', state);
     if (isRefusal(outcome.verdict)) {
       const err = this.refusal(outcome.verdict, 'mail', tx.reference);

@@ -100,9 +100,22 @@ class CountingInsurance extends RateLimiterMemory {
 
 /** What the checks need from a limiter; `douane policy explain` answers it from given facts. */
 export interface LimiterPort {
-  checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<Checked & { baseline?: Baseline }>;
+  /** MAIL FROM: counts the message; judge() gives the facts against the limits, once a throttle is known. */
+  countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<MessageCount>;
   checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked>;
   authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }>;
+  /** Gives back what a message or recipient counted, because it was not accepted. */
+  refund(grant: Grant): Promise<void>;
+}
+
+/**
+ * What MAIL FROM counted. The counting does not wait for the account's state (its round trip runs at the
+ * same time): the counters are the same whatever the limits, and a throttle only lowers the limits they
+ * are judged against.
+ */
+export interface MessageCount {
+  grant: Grant;
+  judge(limits: Limits): Checked & { baseline?: Baseline };
 }
 
 export class Limiter implements LimiterPort {
@@ -173,7 +186,7 @@ export class Limiter implements LimiterPort {
     }
   }
 
-  private async consume(name: LimitName | string, points: number, duration: number, key: string, amount = 1): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
+  private async consume(name: LimitName | string, points: number, duration: number, key: string, amount = 1, record = true): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
     const limiter = this.limiter(name, points, duration);
     let res: RateLimiterRes;
     let over = false;
@@ -184,55 +197,64 @@ export class Limiter implements LimiterPort {
       res = err;
       over = true;
     }
-    this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
+    if (record) this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
     return { res, over, c: { limiter, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext } };
   }
 
   /** MAIL FROM: message counters, the day's bytes, open sessions, and the account's usual volume. */
-  async checkMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<Checked & { baseline?: Baseline }> {
+  async countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<MessageCount> {
     const key = accountKey(account);
     const now = this.now();
     const outcome = await this.decide('message', async () => {
       const [m, h, d, bytes, sessions, hist] = await Promise.all([
-        this.consume('messages_per_minute', limits.messages_per_minute, MINUTE, key),
-        this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key),
-        this.consume('messages_per_day', limits.messages_per_day, DAY, key),
+        this.consume('messages_per_minute', limits.messages_per_minute, MINUTE, key, 1, false),
+        this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key, 1, false),
+        this.consume('messages_per_day', limits.messages_per_day, DAY, key, 1, false),
         this.limiter('bytes_per_day', limits.bytes_per_day, DAY).get(key),
         sessionId ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, sessionId, now) : Promise.resolve({ count: 0, rank: null }),
         baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
       ]);
       return { m, h, d, bytes, sessions, hist };
     });
-    if (!outcome.value) return this.undecided();
+    if (!outcome.value) {
+      const undecided = this.undecided();
+      return { grant: undecided.grant, judge: () => undecided };
+    }
     const { m, h, d, bytes, sessions, hist } = outcome.value;
-    const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
-    const waits: number[] = [];
-    for (const [name, r] of [['messages_per_minute', m], ['messages_per_hour', h], ['messages_per_day', d]] as const) {
-      facts.usage[name] = r.res.consumedPoints;
-      if (r.over) {
-        facts.exceeded.push(name);
-        waits.push(r.res.msBeforeNext);
+    const grant: Grant = { consumed: [m.c, h.c, d.c] };
+    const judge = (lim: Limits): Checked & { baseline?: Baseline } => {
+      const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
+      const waits: number[] = [];
+      for (const [name, r] of [['messages_per_minute', m], ['messages_per_hour', h], ['messages_per_day', d]] as const) {
+        facts.usage[name] = r.res.consumedPoints;
+        const over = r.res.consumedPoints > lim[name];
+        this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
+        if (over) {
+          facts.exceeded.push(name);
+          waits.push(r.res.msBeforeNext);
+        }
       }
-    }
-    const usedBytes = bytes?.consumedPoints ?? 0;
-    facts.usage.bytes_per_day = usedBytes;
-    if (usedBytes + (declaredSize ?? 1) > limits.bytes_per_day) {
-      facts.exceeded.push('bytes_per_day');
-      waits.push(bytes?.msBeforeNext ?? DAY * 1000);
-    }
-    this.opts.metrics.limiterDecisions.labels('bytes_per_day', facts.exceeded.includes('bytes_per_day') ? 'exceeded' : 'ok').inc();
-    // The oldest sessions keep their place: the ones opened past the limit are refused.
-    facts.usage.concurrent_sessions = sessions.count;
-    const tooMany = sessions.rank !== null && sessions.rank >= limits.concurrent_sessions;
-    if (tooMany) {
-      facts.exceeded.push('concurrent_sessions');
-      waits.push(60_000);
-    }
-    this.opts.metrics.limiterDecisions.labels('concurrent_sessions', tooMany ? 'exceeded' : 'ok').inc();
-    if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
-    const result: Checked & { baseline?: Baseline } = { facts, grant: { consumed: [m.c, h.c, d.c] } };
-    if (hist && baseline) result.baseline = computeBaseline(hist, baseline.minMessages);
-    return result;
+      const usedBytes = bytes?.consumedPoints ?? 0;
+      facts.usage.bytes_per_day = usedBytes;
+      if (usedBytes + (declaredSize ?? 1) > lim.bytes_per_day) {
+        facts.exceeded.push('bytes_per_day');
+        waits.push(bytes?.msBeforeNext ?? DAY * 1000);
+      }
+      this.opts.metrics.limiterDecisions.labels('bytes_per_day', facts.exceeded.includes('bytes_per_day') ? 'exceeded' : 'ok').inc();
+      // The oldest sessions keep their place: the ones opened past the limit are refused.
+      facts.usage.concurrent_sessions = sessions.count;
+      const tooMany = sessions.rank !== null && sessions.rank >= lim.concurrent_sessions;
+      if (tooMany) {
+        facts.exceeded.push('concurrent_sessions');
+        waits.push(60_000);
+      }
+      this.opts.metrics.limiterDecisions.labels('concurrent_sessions', tooMany ? 'exceeded' : 'ok').inc();
+      if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
+      const result: Checked & { baseline?: Baseline } = { facts, grant };
+      if (hist && baseline) result.baseline = computeBaseline(hist, baseline.minMessages);
+      return result;
+    };
+    return { grant, judge };
   }
 
   /** RCPT TO: recipients in this message, per hour and per day, distinct domains per hour. */

@@ -61,9 +61,9 @@ export interface Check {
   describe: string;
   run(ctx: CheckContext): Verdict | Promise<Verdict>;
   /**
-   * Optional, data phase: starts a slow lookup (a Redis round trip) as soon as the message is complete,
-   * while the virus scan finishes, so that the two waits overlap. It decides nothing and never throws;
-   * run() picks its result up, and run() alone gives the same verdict.
+   * Optional: starts a slow lookup (a Redis round trip) when the phase begins — at MAIL FROM, with the
+   * account's state; after DATA, while the virus scan finishes — so that the waits overlap. It decides
+   * nothing and never throws; run() picks its result up, and run() alone gives the same verdict.
    */
   prepare?(ctx: CheckContext): void;
 }

@@ -177,13 +177,14 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
 function givenLimiter(given: Given): LimiterPort {
   const none = { exceeded: [] as string[], usage: {} };
   return {
-    checkMessage: async () => ({
-      facts: limitFacts(given.limits) ?? { ...none },
-      grant: { consumed: [] },
-      baseline: given.baseline_ratio === undefined ? undefined : { ratio: given.baseline_ratio, current: 0, usual: 0 },
-    }),
+    countMessage: async () => {
+      const grant = { consumed: [] };
+      const baseline = given.baseline_ratio === undefined ? undefined : { ratio: given.baseline_ratio, current: 0, usual: 0 };
+      return { grant, judge: () => ({ facts: limitFacts(given.limits) ?? { ...none }, grant, baseline }) };
+    },
     checkRecipient: async () => ({ facts: limitFacts(given.recipient_limits) ?? { ...none }, grant: { consumed: [] } }),
     authBlocked: async () => ({ retryAfter: 0 }),
+    refund: async () => undefined,
   };
 }
 

@@ -246,6 +246,10 @@ describe('Redis failures are bounded', () => {
       expect(took).toBeLessThan(3000); // MAIL, RCPT and the commit each bounded by the 400 ms deadline
       const line = await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'accept' && gw.transactions().length === 2);
       expect(line).toBeTruthy();
+      // The counters went out with the account's state: MAIL FROM waited out one deadline, not two.
+      const checks = gw.transactions()[1]!.checks as { check: string; ms: number }[];
+      expect(checks.find((c) => c.check === 'mail.account-status')!.ms).toBeGreaterThanOrEqual(250);
+      expect(checks.find((c) => c.check === 'mail.limits')!.ms).toBeLessThan(150);
     } finally {
       redis.resume();
     }

@@ -2,23 +2,62 @@
 // bytes and the open sessions, and measures the account against its usual hourly volume. Only facts
 // (limits.exceeded, baseline.ratio): the policy's rules decide. The counts are given back unless the
 // upstream accepts the message.
+//
+// The counting starts with the phase (prepare), in the same Redis round trip as the account's state read
+// by mail.account-status, so that MAIL FROM waits for Redis once and not twice; run() judges the counts in
+// pipeline order, against the limits lowered by a throttle that check may have found. When a check before
+// this one refuses the message, what was counted is given back like any refused message's.
 
 import { throttled } from '../../limits/throttle.js';
-import type { Check } from '../types.js';
+import type { MessageCount } from '../../limits/limiter.js';
+import type { Transaction } from '../../session/state.js';
+import type { Check, CheckContext } from '../types.js';
+
+type Settled = { ok: true; count: MessageCount } | { ok: false; error: Error };
+
+/** Counts started by prepare(), per transaction; settled, so that one never run cannot reject unhandled. */
+const started = new WeakMap<Transaction, Promise<Settled>>();
+
+function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promise<MessageCount> {
+  const account = session.account ?? tx.mailFrom;
+  const { history, min_messages } = tx.policy.doc.baseline;
+  const sessionId = session.sessionCounted ? session.id : undefined;
+  return deps.limiter.countMessage(account, tx.policy.account(account).limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
+}
 
 export const mailLimits: Check = {
   id: 'mail.limits',
   phase: 'mail',
   describe: 'facts limits.exceeded and baseline.ratio: counts the message against the account\'s plan',
-  async run({ session, tx, deps }) {
+  prepare(ctx) {
+    const { tx, deps } = ctx;
+    if (!tx || started.has(tx)) return;
+    started.set(
+      tx,
+      count({ ...ctx, tx }).then(
+        (counted): Settled => {
+          // Refused (or the client left) before the count came back: nothing will settle it but this.
+          if (tx.done) void deps.limiter.refund(counted.grant);
+          else tx.limitGrant = counted.grant;
+          return { ok: true, count: counted };
+        },
+        (error: Error): Settled => ({ ok: false, error }),
+      ),
+    );
+  },
+  async run(ctx) {
+    const { session, tx } = ctx;
     if (!tx) return { action: 'continue', skip: 'no transaction' };
-    const account = session.account ?? tx.mailFrom;
-    const acct = tx.policy.account(account);
-    const limits = throttled(acct.limits, tx.throttle);
-    const { history, min_messages } = tx.policy.doc.baseline;
-    const sessionId = session.sessionCounted ? session.id : undefined;
-    const checked = await deps.limiter.checkMessage(account, limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
-    tx.limitGrant = checked.grant;
+    let counted: MessageCount;
+    const pending = started.get(tx);
+    if (pending) {
+      const settled = await pending;
+      if (!settled.ok) throw settled.error;
+      counted = settled.count;
+    } else counted = await count({ ...ctx, tx });
+    tx.limitGrant = counted.grant;
+    const acct = tx.policy.account(session.account ?? tx.mailFrom);
+    const checked = counted.judge(throttled(acct.limits, tx.throttle));
     tx.limits = checked.facts;
     if (checked.baseline) {
       tx.baseline = checked.baseline;
