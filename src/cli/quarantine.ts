@@ -7,6 +7,7 @@ import { AuditLog } from '../audit/log.js';
 import { loadConfig } from '../config/load.js';
 import { isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
+import { formatSummary, printable, summarise } from '../quarantine/summary.js';
 import { endpointsFrom } from '../upstream/provider.js';
 import { flag, option, parseArgs, UsageError } from './args.js';
 
@@ -14,7 +15,8 @@ export const QUARANTINE_HELP = `Usage: douane quarantine <command> [options]
 
 Commands:
   list [--account A] [--json]   quarantined messages, oldest first
-  show ID [--raw]               metadata and headers (--raw: the whole message as kept)
+  show ID [--raw]               metadata, the message decoded (headers, start of the text, attachments)
+                                and its headers as kept (--raw: the whole message as kept)
   release ID [--force]          re-submit the original message to the upstream, once (audited)
   delete ID                     remove a message from quarantine (audited)
   purge                         remove messages older than quarantine.retention
@@ -63,12 +65,14 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
         return 0;
       }
       console.log(JSON.stringify(meta, null, 2));
+      console.log('\n' + formatSummary(await summarise(store.open(meta.id))));
       let head = '';
       for await (const chunk of store.open(meta.id)) {
         head += (chunk as Buffer).toString('latin1');
         if (head.includes('\r\n\r\n') || head.length > 65_536) break;
       }
-      console.log('\n' + head.split('\r\n\r\n')[0]);
+      const lines = head.split('\r\n\r\n')[0]!.split('\r\n').map(printable);
+      console.log('\nHeaders as kept:\n' + lines.join('\n'));
       return 0;
     }
     case 'release': {

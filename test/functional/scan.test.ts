@@ -213,6 +213,9 @@ describe('quarantine', () => {
     const show = await cli('show', id);
     expect(show.out).toMatch(/"policyVersion": "[0-9a-f]{12}"/);
     expect(show.out).toMatch(/Subject: false positive\?/);
+    // Decoded for the reviewer (mailparser), then the header block as it arrived.
+    expect(show.out).toMatch(new RegExp(`Attachments \\(1\\):\n  e\\.com  [a-z]+/[a-z.+-]+  ${EICAR.length} bytes\n`));
+    expect(show.out).toMatch(/\nHeaders as kept:\n[\s\S]*\nSubject: false positive\?\n/);
 
     const bogus = await cli('show', 'bogus');
     expect(bogus.code).toBe(64);
