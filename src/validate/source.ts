@@ -42,8 +42,11 @@ export class YamlSource {
     const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, strict: true });
     const source = new YamlSource(file, text, doc, lines);
     const problems: Problem[] = [];
+    // An error found at the end of the input (an unclosed bracket or quote) is shown on the last line
+    // that has content, not on the empty line after it.
+    const contentEnd = text.trimEnd().length;
     for (const err of [...doc.errors, ...doc.warnings]) {
-      const pos = lines.linePos(err.pos[0]);
+      const pos = lines.linePos(contentEnd > 0 && err.pos[0] >= contentEnd ? contentEnd - 1 : err.pos[0]);
       problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${firstLine(err.message)}` });
     }
     return { source, value: problems.length ? undefined : doc.toJS({ maxAliasCount: 100 }), problems };

@@ -93,6 +93,11 @@ describe('configuration loading', () => {
     );
   });
 
+  it('an unclosed bracket or quote at the end of the file is reported on its last line with content', () => {
+    expect(problems(() => parseConfig('t.yaml', 'hostname: a\nsmtp: { max_message_size: 10M\n\n\n'))[0]).toMatch(/^t\.yaml:2:\d+: YAML: Flow map/);
+    expect(problems(() => parseConfig('t.yaml', 'hostname: "unterminated\n'))[0]).toMatch(/^t\.yaml:1:\d+: YAML: Missing closing "quote/);
+  });
+
   it('reports YAML syntax errors and duplicate keys with their position', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/yaml-syntax.yaml', env: {} }))[0]).toMatch(/^fixtures\/config\/yaml-syntax\.yaml:\d+:\d+: YAML: /);
     expect(problems(() => loadConfig({ file: 'fixtures/config/duplicate-key.yaml', env: {} }))[0]).toMatch(
