@@ -175,14 +175,7 @@ export const configSchema = obj({
       if ((l.adapter === 'zimbra' && !l.zimbra) || (l.adapter === 'http' && !l.http)) {
         return [{ path: [...path, 'adapter'], message: `is ${l.adapter}: add the lifecycle.${l.adapter} section with its settings` }];
       }
-      // The HMAC signs the body only: a body without the account could be replayed against another account's URL.
-      const issues: Issue[] = [];
-      if (l.http?.hmac_secret) {
-        for (const op of ['suspend', 'reinstate'] as const) {
-          if (!l.http[op].body?.includes('{account}')) issues.push({ path: [...path, 'http', op, 'body'], message: 'must contain {account} when hmac_secret is set (the signature covers the body, not the URL)' });
-        }
-      }
-      return issues;
+      return [];
     }),
   ),
   enforcement: section(

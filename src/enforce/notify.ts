@@ -1,9 +1,9 @@
 // Sends notifications through the outbox (a failure never blocks enforcement, and is retried): mails to
 // the account holder and the abuse team with nodemailer, and JSON events to the SIEM's webhook, signed
-// with HMAC-SHA256 over "<timestamp>.<body>" (X-Douane-Timestamp, X-Douane-Signature: sha256=<hex>).
+// with webhook.secret as src/lifecycle/signing.ts describes.
 
-import { createHmac } from 'node:crypto';
 import nodemailer from 'nodemailer';
+import { signingHeaders } from '../lifecycle/signing.js';
 import type { Metrics } from '../metrics.js';
 import { PermanentFailure, type Job } from './outbox.js';
 import type { Mail } from './templates.js';
@@ -52,9 +52,8 @@ export function mailHandler(settings: NotifySettings, metrics: Metrics): (job: J
 export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>, metrics: Metrics): (job: Job) => Promise<void> {
   return async (job) => {
     const body = JSON.stringify((job.payload as WebhookJob).event);
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-douane-timestamp': timestamp };
-    if (settings.secret) headers['x-douane-signature'] = 'sha256=' + createHmac('sha256', settings.secret).update(`${timestamp}.${body}`).digest('hex');
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-douane-timestamp': String(Math.floor(Date.now() / 1000)) };
+    if (settings.secret) Object.assign(headers, signingHeaders(settings.secret, 'POST', new URL(settings.url), body));
     let res: Response;
     try {
       res = await fetch(settings.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(settings.timeout) });

@@ -3,19 +3,13 @@
 // transport and metrics helpers the Zimbra adapter shares (one deadline per operation, bodies bounded,
 // every failure turned into a LifecycleError that says whether to retry).
 //
-// Request signing (auth.hmac), so a provider can check that a request comes from Douane:
-//   X-Douane-Timestamp: <unix time in seconds when the request was made>
-//   X-Douane-Signature: sha256=<hex of HMAC-SHA256(secret, `${timestamp}.${body}`)>
-// where body is the exact request body (UTF-8; the empty string when there is none). A provider should
-// recompute the signature with a constant-time comparison and refuse timestamps more than a few minutes
-// away from its clock. The signature does not cover the method or the URL, which is why, with HMAC,
-// suspend and reinstate must carry {account} in their body (checked when the adapter is built).
+// Requests are signed with auth.hmac as src/lifecycle/signing.ts describes (method, path and body).
 
-import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
+import { signingHeaders } from './signing.js';
 import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi } from './types.js';
 
 // ------------------------------------------------------------------ shared transport
@@ -229,13 +223,6 @@ export class HttpLifecycleApi implements LifecycleApi {
 
   constructor(private readonly opts: HttpLifecycleOptions) {
     for (const op of ['status', 'suspend', 'reinstate'] as const) checkTemplate(op, opts[op], PLACEHOLDERS[op]);
-    if (opts.auth && 'hmac' in opts.auth) {
-      for (const op of ['suspend', 'reinstate'] as const) {
-        if (!opts[op].body?.includes('{account}')) {
-          throw new Error(`lifecycle http: with HMAC signing, the ${op} body must contain {account} (the signature covers the body, not the URL)`);
-        }
-      }
-    }
   }
 
   status(account: string): Promise<AccountInfo> {
@@ -305,11 +292,7 @@ export class HttpLifecycleApi implements LifecycleApi {
     if (body !== undefined) headers['content-type'] = 'application/json; charset=utf-8';
     const auth = this.opts.auth;
     if (auth && 'bearer' in auth) headers.authorization = `Bearer ${auth.bearer}`;
-    if (auth && 'hmac' in auth) {
-      const timestamp = String(Math.floor(Date.now() / 1000));
-      headers['x-douane-timestamp'] = timestamp;
-      headers[(auth.hmac.header ?? 'X-Douane-Signature').toLowerCase()] = `sha256=${signature(auth.hmac.secret, timestamp, body ?? '')}`;
-    }
+    if (auth && 'hmac' in auth) Object.assign(headers, signingHeaders(auth.hmac.secret, t.method, url, body ?? '', auth.hmac.header));
     return sendHttp(url, { method: t.method, headers, body, agent: this.agent(url), deadline, what: `lifecycle http ${op} (${t.method} ${describeUrl(url)})` });
   }
 
@@ -323,10 +306,6 @@ export class HttpLifecycleApi implements LifecycleApi {
   }
 }
 
-/** The documented signing recipe (see the top of this file), exported so tests and providers' tools agree. */
-export function signature(secret: string, timestamp: string, body: string): string {
-  return createHmac('sha256', secret).update(`${timestamp}.${body}`, 'utf8').digest('hex');
-}
 
 function isSuccess(status: number): boolean {
   return status >= 200 && status < 300;

@@ -257,12 +257,12 @@ describe('safeguards', () => {
   });
 
   it('a failing notifier never blocks enforcement; the webhook gets signed events', async () => {
-    const events: { body: string; ts: string; sig: string }[] = [];
+    const events: { body: string; ts: string; sig: string; target: string }[] = [];
     const hook = http.createServer((req, res) => {
       let body = '';
       req.on('data', (d) => (body += d));
       req.on('end', () => {
-        events.push({ body, ts: String(req.headers['x-douane-timestamp']), sig: String(req.headers['x-douane-signature']) });
+        events.push({ body, ts: String(req.headers['x-douane-timestamp']), sig: String(req.headers['x-douane-signature']), target: `${req.method} ${req.url}` });
         res.end('ok');
       });
     });
@@ -274,7 +274,9 @@ describe('safeguards', () => {
       await until('locked', () => zimbra.account('user1@example.test')!.status === 'locked');
       await until('webhook', () => events.some((e) => e.body.includes('"suspend_account"')));
       const e = events.find((x) => x.body.includes('"suspend_account"'))!;
-      expect(e.sig).toBe('sha256=' + createHmac('sha256', 's3cret').update(`${e.ts}.${e.body}`).digest('hex'));
+      // The recipe of README "Signed requests", written out independently.
+      expect(e.target).toBe('POST /hook');
+      expect(e.sig).toBe('sha256=' + createHmac('sha256', 's3cret').update(`${e.ts}\nPOST\n/hook\n${e.body}`).digest('hex'));
       expect(JSON.parse(e.body)).toMatchObject({ source: 'douane', type: 'suspend_account', account: 'user1@example.test' });
       expect(a.gateway.outbox.jobs().some((j) => j.kind === 'notify')).toBe(true);
     } finally {

@@ -248,14 +248,14 @@ describe('HTTP lifecycle adapter: suspend and reinstate', () => {
 
 describe('HTTP lifecycle adapter: HMAC signing', () => {
   const secret = 's3cr3t-key';
-  /** The recipe documented at the top of src/lifecycle/http.ts, written out independently. */
+  /** The recipe of README "Signed requests" (src/lifecycle/signing.ts), written out independently. */
   const verify = (s: Seen, header = 'x-douane-signature') => {
     const ts = s.headers['x-douane-timestamp'] as string;
-    const expected = 'sha256=' + createHmac('sha256', secret).update(`${ts}.${s.body}`).digest('hex');
+    const expected = 'sha256=' + createHmac('sha256', secret).update(`${ts}\n${s.method}\n${s.url}\n${s.body}`).digest('hex');
     return { ts: Number(ts), ok: s.headers[header] === expected };
   };
 
-  it('signs timestamp.body with HMAC-SHA256 in X-Douane-Signature, verifiable by the provider', async () => {
+  it('signs timestamp, method, path and body with HMAC-SHA256 in X-Douane-Signature, verifiable by the provider', async () => {
     route = (req) => (req.url.endsWith('/suspend') ? { status: 200 } : { status: 200, json: { account: { state: 'blocked' } } });
     const api = new HttpLifecycleApi(options({ auth: { hmac: { secret } } }));
     await api.suspend('u@x.test', reason);
@@ -277,8 +277,17 @@ describe('HTTP lifecycle adapter: HMAC signing', () => {
     expect(verify({ ...seen[0]!, body: seen[0]!.body.replace('u@x.test', 'v@x.test') }, 'x-provider-sig').ok).toBe(false);
   });
 
-  it('refuses an HMAC configuration whose suspend body does not name the account (the URL is not signed)', () => {
-    expect(() => new HttpLifecycleApi(options({ auth: { hmac: { secret } }, suspend: { method: 'POST', url: `${base}/accounts/{account}/suspend` } }))).toThrow(/must contain \{account\}/);
+  it('a request replayed to another URL or with another method no longer verifies', async () => {
+    route = (req) => (req.url.endsWith('/lock') ? { status: 200 } : { status: 200, json: { account: { state: 'blocked' } } });
+    const api = new HttpLifecycleApi(options({ auth: { hmac: { secret } }, suspend: { method: 'POST', url: `${base}/accounts/{account}/lock` }, reinstate: { method: 'POST', url: `${base}/accounts/{account}/unlock` } }));
+    await api.suspend('u@x.test', reason);
+    const lock = seen[0]!;
+    expect(lock.url).toBe('/accounts/u%40x.test/lock');
+    expect(lock.body).toBe('');
+    expect(verify(lock).ok).toBe(true);
+    expect(verify({ ...lock, url: '/accounts/u%40x.test/unlock' }).ok).toBe(false);
+    expect(verify({ ...lock, url: '/accounts/v%40x.test/lock' }).ok).toBe(false);
+    expect(verify({ ...lock, method: 'DELETE' }).ok).toBe(false);
   });
 });
 
