@@ -64,8 +64,10 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
         for await (const chunk of store.open(meta.id)) process.stdout.write(chunk as Buffer);
         return 0;
       }
-      console.log(JSON.stringify(meta, null, 2));
-      console.log('\n' + formatSummary(await summarise(store.open(meta.id))));
+      // Strings in the metadata come from the message (subject, addresses): printed for a person, cleaned.
+      console.log(JSON.stringify(meta, (_key, value: unknown) => (typeof value === 'string' ? printable(value) : value), 2));
+      const summary = await summarise(store.open(meta.id)).then(formatSummary, (err: Error) => `(the message could not be decoded: ${printable(err.message)})`);
+      console.log('\n' + summary);
       let head = '';
       for await (const chunk of store.open(meta.id)) {
         head += (chunk as Buffer).toString('latin1');
@@ -110,7 +112,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
 
 function line(m: QuarantineMeta): string {
   const why = m.signature ? `${m.rule ?? m.reason} (${m.signature})` : (m.rule ?? m.reason ?? m.action);
-  return `${m.id}  ${m.at}  ${m.account}  → ${m.recipients.length} rcpt  ${why}  ${m.size} B${m.released ? `  released ${m.released.at}` : ''}  ${m.subject ?? ''}`;
+  return printable(`${m.id}  ${m.at}  ${m.account}  → ${m.recipients.length} rcpt  ${why}  ${m.size} B${m.released ? `  released ${m.released.at}` : ''}  ${m.subject ?? ''}`);
 }
 
 function notFound(id: string): number {

@@ -125,7 +125,8 @@ export class ClamdScanner implements ScannerPort {
       end: async (replay) => {
         if (!input.destroyed) input.end();
         let r = await first;
-        for (let i = 1; r.result === 'error' && i < hosts.length && Date.now() < deadlineAt; i++) {
+        // Not after abort(): the message is no longer wanted, and its spool may be gone.
+        for (let i = 1; r.result === 'error' && !aborted && i < hosts.length && Date.now() < deadlineAt; i++) {
           this.opts.metrics.scanFailovers.inc();
           this.opts.log.warn({ event: 'clamd_failover', from: r.scanner, to: hostName(hosts[i]!), detail: r.detail }, 'clamd failed; scanning again on the next host');
           r = await this.scanOne(hosts[i]!, replay(), deadlineAt).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(hosts[i]!), ms: 0 }));

@@ -1,0 +1,49 @@
+import net from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ClamdScanner } from '../../src/scan/clamd.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+
+// The first clamd is missing; the second accepts and hangs up (it only counts who comes).
+const dirs: string[] = [];
+afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+async function setup() {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-clamd-abort-'));
+  dirs.push(dir);
+  let connections = 0;
+  const second = net.createServer((s) => {
+    connections++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => second.listen(join(dir, 'second.sock'), r));
+  const scanner = new ClamdScanner({ hosts: [{ socket: join(dir, 'missing.sock') }, { socket: join(dir, 'second.sock') }], timeoutMs: 3000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+  return { scanner, connections: () => connections, close: () => new Promise((r) => second.close(r)) };
+}
+
+describe('clamd failover and abort', () => {
+  it('fails over to the next host from the spool when the first cannot be reached', async () => {
+    const { scanner, connections, close } = await setup();
+    const live = scanner.start();
+    await live.write(Buffer.from('hello'));
+    const r = await live.end(() => Readable.from([Buffer.from('hello')]));
+    expect(r.result).toBe('error');
+    expect(connections()).toBe(1);
+    await close();
+  });
+
+  it('a scan aborted after it ended does not fail over to replay a message no longer wanted', async () => {
+    const { scanner, connections, close } = await setup();
+    const live = scanner.start();
+    await live.write(Buffer.from('hello'));
+    const ending = live.end(() => Readable.from([Buffer.from('hello')]));
+    live.abort();
+    expect((await ending).result).toBe('error');
+    expect(connections()).toBe(0);
+    await close();
+  });
+});
