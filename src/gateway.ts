@@ -427,7 +427,8 @@ export class Gateway {
   }
 
   private refusal(verdict: Verdict, phase: Phase, reference: string): ReplyError {
-    const reply = replyFor(verdict, phase, reference);
+    // Whom to write to is the same for every refusal: rules' sentences may name it too.
+    const reply = replyFor({ ...verdict, detail: { contact: this.config.enforcement.contact, ...verdict.detail } }, phase, reference);
     this.metrics.refusals.labels(phase, verdict.reason ?? 'none').inc();
     return new ReplyError(reply, verdict.reason);
   }

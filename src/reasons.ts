@@ -48,7 +48,7 @@ export const REASONS = {
     solution: 'Douane could not reach the upstream MTA to check the credentials. Check upstream.host/port and the MTA.',
   },
   'auth.blocked': {
-    sentence: 'Too many failed logins from your address or for this account; try again in {retry}.',
+    sentence: 'Too many failed logins from your address or for this account; try again[ in {retry}].',
     solution: 'Brute-force protection (art. 4.1): failed AUTH attempts over the policy\'s auth limits block the address or account for a while. The block lifts by itself.',
   },
   'auth.too_many_failures': {
@@ -80,11 +80,11 @@ export const REASONS = {
     solution: 'The message was not relayed. The sending software must encode binary content (base64).',
   },
   'message.too_big': {
-    sentence: 'Message too big: the limit is {limit} bytes.',
+    sentence: 'Message too big[: the limit is {limit} bytes].',
     solution: 'Send large files another way, or raise smtp.max_message_size if the upstream accepts more.',
   },
   'recipients.too_many': {
-    sentence: 'Too many recipients for one message (limit {limit}); send the rest in another message.',
+    sentence: 'Too many recipients for one message[ (limit {limit})]; send the rest in another message.',
     solution: 'The client may send the remaining recipients in a new transaction. The limit is smtp.max_recipients.',
   },
   'limits.unavailable': {
@@ -96,7 +96,7 @@ export const REASONS = {
     solution: 'A policy rule refused it; the rule id and contract article follow the reference. See the rule in policies/.',
   },
   'limit.rate': {
-    sentence: 'Sending limit reached ({limit}); try again in {retry}.',
+    sentence: 'Sending limit reached[ ({limit})]; try again[ in {retry}].',
     solution: 'The account went over a limit of its plan (art. 4.6). It lifts by itself; a plan change or an account override in policies/ raises it.',
   },
   'message.malware': {
@@ -108,7 +108,7 @@ export const REASONS = {
     solution: 'clamd was unreachable, timed out or gave no clear answer. Check clamd; scanning.fail_open in the policy lets mail through unscanned (tagged) instead.',
   },
   'scan.too_big': {
-    sentence: 'Message refused: it is too big to be checked for viruses (limit {limit} bytes).',
+    sentence: 'Message refused: it is too big to be checked for viruses[ (limit {limit} bytes)].',
     solution: 'The message is over scanning.max_size in the policy (keep it below clamd\'s StreamMaxLength). scanning.over_max_size chooses reject, tempfail or skip.',
   },
   'bulk.campaign': {
@@ -116,7 +116,7 @@ export const REASONS = {
     solution: 'Bulk-send detection (art. 4.6). Newsletters with an agreement go in allowlists.bulk_exempt.',
   },
   'sender.not_owned': {
-    sentence: 'Sender address {sender} does not belong to your account.',
+    sentence: 'Sender address[ {sender}] does not belong to your account.',
     solution: 'The envelope sender is not the account, one of its aliases or (sender.same_domain) its domain. Add the alias to accounts.<account>.aliases if legitimate.',
   },
   'from.not_owned': {
@@ -140,8 +140,12 @@ export const REASONS = {
     solution: 'The message goes over inspection.max_parts, max_depth or max_header_size; usually a malformed or hostile message.',
   },
   'account.suspended': {
-    sentence: 'Sending is suspended for this account ({account}) since {since} (incident {incident}); contact {contact}.',
+    sentence: 'Sending is suspended for this account[ ({account})][ since {since}][ (incident {incident})][; contact {contact}].',
     solution: 'The account was suspended for abuse (art. 4.6) or locked as compromised (art. 4.1). The security team reinstates it with douane accounts reinstate.',
+  },
+  'account.locked': {
+    sentence: 'This account[ ({account})] is locked and cannot send mail[; contact {contact}].',
+    solution: 'The lifecycle API reports the account locked (compromised or abusive, art. 4.1 and 4.6). The provider unlocks it once the holder has secured it.',
   },
   'account.nonpayment': {
     sentence: 'Sending is suspended for this account until an unpaid invoice is settled.',
@@ -171,9 +175,13 @@ export const REASONS = {
 
 export type ReasonCode = keyof typeof REASONS;
 
-/** Fills {placeholders}; an unknown one is left out rather than shown raw to the client. */
+/**
+ * Fills {placeholders}. A [segment] is shown only when every placeholder in it is known; a placeholder
+ * outside one that is unknown is left out (with its parentheses) rather than shown raw to the client.
+ */
 export function fillSentence(sentence: string, detail: Record<string, unknown> = {}): string {
   return sentence
+    .replace(/\[([^\]]*)\]/g, (_whole, inner: string) => ([...inner.matchAll(/\{(\w+)\}/g)].every((m) => detail[m[1]!] !== undefined) ? inner : ''))
     .replace(/\s*\(?\{(\w+)\}\)?/g, (whole, key: string) => {
       if (detail[key] === undefined) return '';
       return whole.replace(`{${key}}`, String(detail[key]));

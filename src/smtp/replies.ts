@@ -51,6 +51,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'attachment.forbidden': { reject: [550, '5.7.1'] },
   'mime.limits': { reject: [554, '5.6.0'] },
   'account.suspended': { reject: [550, '5.7.1'] },
+  'account.locked': { reject: [550, '5.7.1'] },
   'account.nonpayment': { reject: [550, '5.7.1'] },
   'account.closed': { reject: [550, '5.7.1'] },
   'upstream.unavailable': { tempfail: [451, '4.4.1'] },

@@ -191,6 +191,8 @@ describe('the strike ladder, end to end', () => {
     const a = await gateway();
     const base = await admin(a);
     zimbra.account('user4@example.test')!.status = 'locked'; // locked by the provider's own staff
+    // The policy's rule refuses it with its own sentence, which names whom to write to.
+    expect((await send(a, 'user4@example.test', clean('user4@example.test'))).mail).toMatch(/^550 5\.7\.1 This account \(user4@example\.test\) is locked and cannot send mail; contact abuse@provider\.test\. Ref D-[0-9A-Z]{6}, rule account\.locked, art\. 4\.6\.$/);
     const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
     expect((await post('/accounts/user4@example.test/suspend', { action: 'suspend_sending', reason: 'complaint', for_ms: 3_600_000 })).status).toBe(200);
     expect((await post('/accounts/user4@example.test/reinstate')).status).toBe(200);

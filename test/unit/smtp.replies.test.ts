@@ -22,6 +22,22 @@ describe('reply table', () => {
     }
   });
 
+  it('reads as a sentence whatever values are missing: nothing dangling, no raw placeholder', () => {
+    const some = { account: 'a@x.test', limit: 'messages per minute' };
+    for (const reason of Object.keys(REASONS) as ReasonCode[]) {
+      for (const detail of [{}, some]) {
+        const text = replyFor({ action: 'reject', reason, detail }, 'mail', 'D-000000').text;
+        expect(text, reason).not.toMatch(/[{}[\]]|\(\s*\)|\s[.;,)]|\b(?:in|since|is|incident|contact|limit)[.;,]/);
+        expect(text.split('(').length, `${reason}: parentheses`).toBe(text.split(')').length);
+      }
+    }
+  });
+
+  it('a locked account reads its own sentence, with whom to write to when known', () => {
+    expect(replyFor({ action: 'reject', reason: 'account.locked', detail: { account: 'a@x.test', contact: 'abuse@p.test' } }, 'mail', 'D-1').text).toBe('This account (a@x.test) is locked and cannot send mail; contact abuse@p.test. Ref D-1.');
+    expect(replyFor({ action: 'reject', reason: 'account.suspended', detail: { account: 'a@x.test' } }, 'mail', 'D-1').text).toBe('Sending is suspended for this account (a@x.test). Ref D-1.');
+  });
+
   it('documents every reason in docs/REASONS.md', () => {
     const doc = readFileSync('docs/REASONS.md', 'utf8');
     for (const reason of Object.keys(REASONS)) expect(doc, reason).toContain(`| \`${reason}\` |`);
