@@ -2,6 +2,9 @@
 // shipped policy and the fixture directories in fixtures/policies/ (valid and invalid).
 
 import { execFile } from 'node:child_process';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
@@ -48,6 +51,22 @@ describe('douane policy check', () => {
 });
 
 describe('douane policy test', () => {
+  it('the example of policies/README.md (Policy tests) passes against the shipped policy', async () => {
+    const readme = readFileSync('policies/README.md', 'utf8');
+    const example = /```yaml\n# policies\/tests\/example\.yaml\n([\s\S]*?)```/.exec(readme)![1]!;
+    const dir = mkdtempSync(join(tmpdir(), 'douane-readme-'));
+    try {
+      cpSync('policies', join(dir, 'policies'), { recursive: true });
+      cpSync('fixtures/messages', join(dir, 'fixtures/messages'), { recursive: true });
+      for (const f of readdirSync(join(dir, 'policies/tests'))) rmSync(join(dir, 'policies/tests', f));
+      writeFileSync(join(dir, 'policies/tests/example.yaml'), example);
+      const r = await exec('node', [join(process.cwd(), 'dist/cli.js'), 'policy', 'test', 'policies'], { cwd: dir });
+      expect(r.stdout).toMatch(/PASS: 3\/3/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('runs the shipped policy\'s tests: all pass', async () => {
     const r = await douane(['test', 'policies']);
     expect(r.stdout).toMatch(/PASS: (\d+)\/\1 /);
