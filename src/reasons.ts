@@ -85,7 +85,7 @@ export const REASONS = {
   },
   'recipients.too_many': {
     sentence: 'Too many recipients for one message[ (limit {limit})]; send the rest in another message.',
-    solution: 'The client may send the remaining recipients in a new transaction. The limit is smtp.max_recipients.',
+    solution: 'The client may send the remaining recipients in a new transaction. The limit is the plan\'s recipients_per_message (policies/limits.yaml), or smtp.max_recipients when that is lower.',
   },
   'limits.unavailable': {
     sentence: 'Your message could not be checked against your sending limits right now; please try again later.',

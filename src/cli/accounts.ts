@@ -16,7 +16,8 @@ Commands:
   history ACCOUNT              the audit trail for the account (strikes, suspensions, releases…)
   suspend ACCOUNT [--sending-only [--for 24h]] [--reason TEXT]
                                block the account now (and lock it in the lifecycle API unless --sending-only)
-  reinstate ACCOUNT            lift the suspension, reset strikes, set the account active again
+  reinstate ACCOUNT            lift the suspension, reset strikes; unlock the account in the lifecycle API
+                               if Douane locked it
   approve ACCOUNT              carry out a suspension that waits for approval
   breaker [reset]              the circuit breaker on automatic suspensions
 

@@ -3,6 +3,7 @@
 
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { templateProblems } from '../lifecycle/templates.js';
 import { cidr, ipAddress, type Cidr } from '../validate/net.js';
 import {
   bool,
@@ -175,7 +176,14 @@ export const configSchema = obj({
       if ((l.adapter === 'zimbra' && !l.zimbra) || (l.adapter === 'http' && !l.http)) {
         return [{ path: [...path, 'adapter'], message: `is ${l.adapter}: add the lifecycle.${l.adapter} section with its settings` }];
       }
-      return [];
+      const issues: Issue[] = [];
+      if (l.http) {
+        for (const op of ['status', 'suspend', 'reinstate'] as const) {
+          for (const p of templateProblems(op, l.http[op])) issues.push({ path: [...path, 'http', op, p.where], message: p.message });
+        }
+        if (l.http.bearer !== undefined && l.http.hmac_secret !== undefined) issues.push({ path: [...path, 'http', 'hmac_secret'], message: 'and bearer are both set: choose one way for Douane to authenticate its requests' });
+      }
+      return issues;
     }),
   ),
   enforcement: section(

@@ -10,6 +10,7 @@ import https from 'node:https';
 import type { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { signingHeaders } from './signing.js';
+import { jsonEscape, PLACEHOLDERS, render, templateProblems, type Values } from './templates.js';
 import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi } from './types.js';
 
 // ------------------------------------------------------------------ shared transport
@@ -209,20 +210,13 @@ export interface HttpLifecycleOptions {
 }
 
 const OUR_STATUSES: ReadonlySet<string> = new Set<AccountStatus>(['active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown']);
-const PLACEHOLDERS = {
-  status: ['account'],
-  suspend: ['account', 'reference', 'rule', 'article', 'summary'],
-  reinstate: ['account', 'reference', 'by'],
-} as const;
-
-type Values = Record<string, string | undefined>;
 
 export class HttpLifecycleApi implements LifecycleApi {
   readonly kind = 'http';
   private readonly agents = new Map<string, http.Agent>();
 
   constructor(private readonly opts: HttpLifecycleOptions) {
-    for (const op of ['status', 'suspend', 'reinstate'] as const) checkTemplate(op, opts[op], PLACEHOLDERS[op]);
+    for (const op of ['status', 'suspend', 'reinstate'] as const) checkTemplate(op, opts[op]);
   }
 
   status(account: string): Promise<AccountInfo> {
@@ -331,35 +325,8 @@ function pick(doc: unknown, path: string): unknown {
   return v;
 }
 
-function jsonEscape(s: string): string {
-  return JSON.stringify(s).slice(1, -1);
-}
-
-function render(template: string, values: Values, encode: (s: string) => string): string {
-  return template.replace(/\{(\w+)\}/g, (whole, name: string) => (Object.prototype.hasOwnProperty.call(values, name) ? encode(values[name] ?? '') : whole));
-}
-
 /** A typo in a placeholder would otherwise be sent as is: refuse it when the adapter is built. */
-function checkTemplate(op: string, t: { url: string; body?: string }, allowed: readonly string[]): void {
-  for (const [where, text] of [['url', t.url], ['body', t.body]] as const) {
-    if (text === undefined) continue;
-    for (const m of text.matchAll(/\{(\w+)\}/g)) {
-      if (!allowed.includes(m[1]!)) throw new Error(`lifecycle http: unknown placeholder {${m[1]}} in the ${op} ${where} (known: ${allowed.map((a) => `{${a}}`).join(' ')})`);
-    }
-  }
-  const sample = Object.fromEntries(allowed.map((a) => [a, 'x']));
-  if (t.body !== undefined) {
-    try {
-      JSON.parse(render(t.body, sample, jsonEscape));
-    } catch {
-      throw new Error(`lifecycle http: the ${op} body template is not JSON`);
-    }
-  }
-  let url: URL;
-  try {
-    url = new URL(render(t.url, sample, encodeURIComponent));
-  } catch {
-    throw new Error(`lifecycle http: the ${op} url is not a URL`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`lifecycle http: the ${op} url must be http: or https:`);
+function checkTemplate(op: keyof typeof PLACEHOLDERS, t: { url: string; body?: string }): void {
+  const [first] = templateProblems(op, t);
+  if (first) throw new Error(`lifecycle http: the ${op} ${first.where} ${first.message}`);
 }

@@ -93,6 +93,27 @@ describe('configuration loading', () => {
     );
   });
 
+  it('checks the lifecycle HTTP request templates and its authentication at load, with file:line:col', () => {
+    const text = [
+      'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }',
+      'upstream: { host: x }',
+      'lifecycle:',
+      '  adapter: http',
+      '  http:',
+      '    status: { method: GET, url: "https://a.test/m/{account}", status_field: state }',
+      '    suspend: { method: POST, url: "https://a.test/m/{account}/lock", body: \'{"reason": "{sumary}"}\' }',
+      '    reinstate: { method: POST, url: "https://a.test/m/{account}/unlock", body: \'{"by": {by}}\' }',
+      '    bearer: token',
+      '    hmac_secret: secret',
+      '',
+    ].join('\n');
+    expect(problems(() => parseConfig('t.yaml', text))).toEqual([
+      't.yaml:7:76: lifecycle.http.suspend.body has an unknown placeholder {sumary} (known for suspend: {account} {reference} {rule} {article} {summary})',
+      't.yaml:8:80: lifecycle.http.reinstate.body is not JSON once its placeholders are filled',
+      't.yaml:10:18: lifecycle.http.hmac_secret and bearer are both set: choose one way for Douane to authenticate its requests',
+    ]);
+  });
+
   it('an unclosed bracket or quote at the end of the file is reported on its last line with content', () => {
     expect(problems(() => parseConfig('t.yaml', 'hostname: a\nsmtp: { max_message_size: 10M\n\n\n'))[0]).toMatch(/^t\.yaml:2:\d+: YAML: Flow map/);
     expect(problems(() => parseConfig('t.yaml', 'hostname: "unterminated\n'))[0]).toMatch(/^t\.yaml:1:\d+: YAML: Missing closing "quote/);
