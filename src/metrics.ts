@@ -23,7 +23,7 @@ export class Metrics {
   readonly phaseDuration = new Histogram({ name: 'douane_phase_duration_seconds', help: 'Time Douane spent answering each phase (including the upstream)', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly transactionDuration = new Histogram({ name: 'douane_transaction_duration_seconds', help: 'From MAIL FROM to the final reply', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
-  readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused)', labelNames: ['kind'], registers: [this.registry] });
+  readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused, internal)', labelNames: ['kind'], registers: [this.registry] });
 
   readonly policyInfo = new Gauge({ name: 'douane_policy_info', help: 'Policy version in force (1) and versions replaced (0)', labelNames: ['version'], registers: [this.registry] });
   readonly policyReloads = new Counter({ name: 'douane_policy_reloads_total', help: 'Policy reloads by result (a failed reload keeps the last good policy)', labelNames: ['result'], registers: [this.registry] });
@@ -51,7 +51,7 @@ export class Metrics {
   readonly quarantineSize = new Gauge({ name: 'douane_quarantine_messages', help: 'Messages in quarantine now', registers: [this.registry] });
   readonly quarantineBytes = new Gauge({ name: 'douane_quarantine_bytes', help: 'Bytes of messages in quarantine now', registers: [this.registry] });
 
-  readonly suspensions = new Counter({ name: 'douane_suspensions_total', help: 'Enforcement actions by action (notify, throttle, suspend_sending, suspend_account, reinstate) and result (done, dry_run, pending_approval, skipped_allowlist, blocked_breaker, failed)', labelNames: ['action', 'result'], registers: [this.registry] });
+  readonly suspensions = new Counter({ name: 'douane_suspensions_total', help: 'Enforcement actions by action (notify, throttle, suspend_sending, suspend_account, reinstate) and result (done, dry_run, pending_approval, skipped_allowlist, blocked_breaker)', labelNames: ['action', 'result'], registers: [this.registry] });
   readonly suspendedAccounts = new Gauge({ name: 'douane_suspended_accounts', help: 'Accounts suspended in Douane now (known to this instance at the last check)', registers: [this.registry] });
   readonly lifecycleCalls = new Counter({ name: 'douane_lifecycle_calls_total', help: 'Lifecycle API calls by adapter, operation and result (ok, error kind)', labelNames: ['adapter', 'op', 'result'], registers: [this.registry] });
   readonly lifecycleDuration = new Histogram({ name: 'douane_lifecycle_call_duration_seconds', help: 'Lifecycle API call duration', labelNames: ['adapter', 'op'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
@@ -68,7 +68,7 @@ export class Metrics {
     for (const kind of ['lifecycle', 'notify', 'webhook']) this.outboxDepth.labels(kind).set(0);
     this.outboxOldest.set(0);
     // Known label values start at 0, so that a first occurrence shows in rate() and increase().
-    for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused']) this.upstreamErrors.labels(kind).inc(0);
+    for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal']) this.upstreamErrors.labels(kind).inc(0);
     for (const kind of ['connection', 'command', 'deadline']) this.redisErrors.labels(kind).inc(0);
     for (const kind of ['timeout', 'unreachable', 'size_limit', 'other']) this.scanErrors.labels(kind).inc(0);
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
