@@ -2,8 +2,9 @@
 // overrides are covered by test/functional/smtp-connection.test.ts, so an upgrade that changes the
 // internals they rely on fails loudly rather than silently. What changes and why:
 //  - no 100 ms early-talker pause before the greeting: on a submission port it is pure latency and caps a
-//    one-message-per-connection client near 10 messages/s. Talking before the greeting is still refused
-//    (the greeting waits for our connect checks, and smtp-server answers early talkers with 421);
+//    one-message-per-connection client near 10 messages/s. A command that arrives while our connect checks
+//    run is still answered 421 by smtp-server; as the checks are local, commands written at once are in
+//    practice read after the greeting and answered in order;
 //  - every reply carries the enhanced status code we chose (ours, or the upstream's), not the library's
 //    guess from the reply code; MAIL and RCPT successes carry the upstream's own text;
 //  - command lines ended by a bare LF, or containing NUL, are refused (smtp-server accepts "\n" alone);

@@ -23,7 +23,7 @@ describe('connection adaptations', () => {
     expect(Math.min(...times)).toBeLessThan(90);
   });
 
-  it('still refuses a client that talks before the greeting is done', async () => {
+  it('a client that talks before the greeting is refused, or answered after the greeting and in order', async () => {
     const { gw } = await setup();
     const socket = net.connect({ port: gw.port('trusted'), host: '127.0.0.1' });
     socket.write('EHLO eager\r\nMAIL FROM:<a@b>\r\n'); // written before connect completes
@@ -34,9 +34,11 @@ describe('connection adaptations', () => {
       setTimeout(() => resolve(all), 1000);
     });
     socket.destroy();
-    // Either refused as an early talker, or the greeting came first and the commands were answered in order;
-    // never a command answered before the greeting.
-    expect(data.startsWith('220 ') || data.startsWith('421 ')).toBe(true);
+    // Either refused as an early talker (the commands arrived while the connect checks ran), or the greeting
+    // came first and each command was answered in order; never a command answered before the greeting.
+    const refused = /^421 4\.\d+\.\d+ [^\r\n]*You talk too soon[^\r\n]*\r\n$/;
+    const inOrder = /^220 douane\.test ESMTP\r\n250-douane\.test [^\r\n]*\r\n(?:250-[^\r\n]*\r\n)*250 [^\r\n]*\r\n250 2\.1\.0 Ok\r\n$/;
+    expect(refused.test(data) || inOrder.test(data), JSON.stringify(data)).toBe(true);
   });
 
   it('puts one enhanced status code on every reply, including multi-line EHLO', async () => {
