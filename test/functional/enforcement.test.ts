@@ -113,6 +113,7 @@ describe('the strike ladder, end to end', () => {
     const [a, b] = [await gateway(), await gateway()];
     for (let i = 0; i < 3; i++) expect((await send(a, 'user1@example.test', eicar('user1@example.test'))).data).toMatch(/^554 5\.7\.1 .*malware/);
     await until('the account is locked in Zimbra', () => zimbra.account('user1@example.test')!.status === 'locked');
+    await a.gateway.outbox.idle(); // a duplicate lock would come from a retry
     expect(zimbra.modifications.filter((m) => m.name === 'user1@example.test')).toHaveLength(1);
     expect(zimbra.invalid).toEqual([]);
 
@@ -217,7 +218,11 @@ describe('safeguards', () => {
     for (let i = 0; i < 3; i++) await send(a, 'postmaster@example.test', eicar('postmaster@example.test'));
     await until('audited', () => audit(a).some((e) => e.action === 'suspension_skipped'));
     expect((await send(a, 'postmaster@example.test', clean('postmaster@example.test'))).data).toMatch(/^250 /);
+    await a.gateway.outbox.idle();
     expect(zimbra.modifications).toHaveLength(0);
+    const told = await Promise.all(upstream.messages.filter((m) => m.to.includes('abuse-team@provider.test')).map((m) => simpleParser(m.raw)));
+    expect(told.map((m) => m.subject)).toContainEqual(expect.stringMatching(/^\[douane\] suspension skipped \(never-suspend allowlist\): postmaster@example\.test \(D-[0-9A-Z]{6}\)$/));
+    expect(told.find((m) => m.subject?.includes('suspension skipped'))!.text).toMatch(/would have: suspend_(sending|account)/);
   });
 
   it('dry run: audits what it would do and does nothing', async () => {
@@ -249,6 +254,8 @@ describe('safeguards', () => {
     }
     await until('breaker open', () => audit(a).some((e) => e.action === 'circuit_breaker_open'));
     await until('two locked', () => zimbra.modifications.length === 2);
+    await a.gateway.outbox.idle();
+    expect(zimbra.modifications).toHaveLength(2);
     expect((await send(a, 'user3@example.test', clean('user3@example.test'))).data).toMatch(/^250 /);
     expect(await a.metrics.registry.metrics()).toMatch(/douane_circuit_breaker_open 1/);
     expect(((await (await fetch(`${base}/breaker`)).json()) as { open: boolean }).open).toBe(true);
