@@ -115,6 +115,10 @@ describe('bulk detection', () => {
   it('an account with a bulk agreement is counted but not refused', async () => {
     const gw = await gateway();
     for (let i = 0; i < 5; i++) expect(await send(gw.port('trusted'), 'newsletter@example.test', rcpts(i * 10, 10), campaign('newsletter@example.test', i))).toMatch(/^250 /);
+    // Counted: the first copy was new, the four after it were recognised as the same content.
+    const counts = (await gw.metrics.bulkChecks.get()).values;
+    expect(counts.find((v) => v.labels.result === 'new')?.value).toBe(1);
+    expect(counts.find((v) => v.labels.result === 'seen')?.value).toBe(4);
   });
 
   it('without Redis, counts are kept in memory for this instance', async () => {
