@@ -238,8 +238,7 @@ describe('spool', () => {
     await new Promise((r) => setTimeout(r, 200));
     c.close();
     await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'abandoned');
-    await new Promise((r) => setTimeout(r, 50));
-    expect(readdirSync(gw.spoolDir)).toEqual([]);
+    await expect.poll(() => readdirSync(gw.spoolDir)).toEqual([]);
     expect(upstream.messages).toHaveLength(0);
     // A client going away is the client's business, not an internal error: no error line for anyone to chase.
     expect(gw.logs.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);

@@ -202,11 +202,12 @@ describe('Zimbra adapter: admin token', () => {
   });
 
   it('renews a short-lived token before Zimbra would call it expired (real clock)', async () => {
-    const z = await fake({ tokenLifetimeMs: 1000 });
+    // Renewed from 80 % of the lifetime (2.4 s), expired at 3 s: a timer late by up to 0.5 s still lands between.
+    const z = await fake({ tokenLifetimeMs: 3000 });
     z.addAccount({ name: 'u@example.test' });
     const api = client(z);
     await api.status('u@example.test');
-    await new Promise((r) => setTimeout(r, 850));
+    await new Promise((r) => setTimeout(r, 2500));
     await api.status('u@example.test');
     expect(z.count('AuthRequest')).toBe(2);
     expect(z.faults['service.AUTH_EXPIRED']).toBeUndefined();

@@ -34,6 +34,20 @@ export interface ClamdInstance {
 const hex = (s: string) => Buffer.from(s).toString('hex');
 
 export async function startClamd(opts: ClamdOptions = {}): Promise<ClamdInstance> {
+  // Its free port can be taken by another test file's server before clamd binds it: clamd then exits,
+  // and it is started again on another port.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await tryStartClamd(opts);
+    } catch (err) {
+      if (!(err instanceof EarlyExit) || attempt === 3) throw err;
+    }
+  }
+}
+
+class EarlyExit extends Error {}
+
+async function tryStartClamd(opts: ClamdOptions): Promise<ClamdInstance> {
   const dir = mkdtempSync(join(tmpdir(), 'douane-clamd-'));
   const db = join(dir, 'db');
   const port = await freePort();
@@ -71,7 +85,10 @@ export async function startClamd(opts: ClamdOptions = {}): Promise<ClamdInstance
   const child = startProcess('clamd', [`--config-file=${join(dir, 'clamd.conf')}`], { stdio: 'ignore' });
   const deadline = Date.now() + 30_000;
   while (!(await pingHost({ host: '127.0.0.1', port }, 500)).ok) {
-    if (child.exitCode !== null) throw new Error(`clamd exited with ${child.exitCode}; see ${dir}/clamd.log`);
+    if (child.exitCode !== null) {
+      rmSync(scratch, { recursive: true, force: true });
+      throw new EarlyExit(`clamd exited with ${child.exitCode}; see ${dir}/clamd.log`);
+    }
     if (Date.now() > deadline) throw new Error('clamd did not answer PING within 30 s');
     await new Promise((r) => setTimeout(r, 50));
   }

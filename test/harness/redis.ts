@@ -4,7 +4,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from './net.js';
+import { freePort } from './net.js';
 import { run, stopPid } from './procs.js';
 
 export interface RedisInstance {
@@ -20,20 +20,43 @@ export interface RedisInstance {
 }
 
 export async function startRedis(extra: string[] = []): Promise<RedisInstance> {
+  // A free port can be taken by another test file's server before redis-server binds it: then this
+  // redis-server exits, and something else answers on the port. Only a Redis that reports our own
+  // process id is ours; otherwise try again on another port.
+  for (let attempt = 1; ; attempt++) {
+    const started = await tryStartRedis(extra);
+    if (started) return started;
+    if (attempt === 5) throw new Error('redis-server did not start on a free port in 5 attempts');
+  }
+}
+
+async function tryStartRedis(extra: string[]): Promise<RedisInstance | undefined> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'douane-redis-'));
   run('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
     '--pidfile', join(dir, 'redis.pid'), '--logfile', join(dir, 'redis.log'), '--dir', dir, ...extra,
   ]);
-  await waitForPort(port);
   let pid = 0;
-  for (let i = 0; i < 100 && !pid; i++) {
+  for (let i = 0; i < 150; i++) {
     try {
       pid = Number(readFileSync(join(dir, 'redis.pid'), 'utf8').trim());
     } catch {
-      await new Promise((r) => setTimeout(r, 20));
+      // not written yet, or redis-server gave up (its log says why)
     }
+    if (pid) {
+      try {
+        if (run('redis-cli', ['-p', String(port), 'info', 'server']).includes(`process_id:${pid}\r`)) break;
+      } catch {
+        // not listening yet
+      }
+    }
+    if (i === 149 || /Address already in use/.test(readLog(dir))) {
+      if (pid) await stopPid(pid);
+      rmSync(dir, { recursive: true, force: true });
+      return undefined;
+    }
+    await new Promise((r) => setTimeout(r, 20));
   }
   return {
     port,
@@ -48,6 +71,14 @@ export async function startRedis(extra: string[] = []): Promise<RedisInstance> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function readLog(dir: string): string {
+  try {
+    return readFileSync(join(dir, 'redis.log'), 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 export interface RedisCluster {

@@ -52,7 +52,7 @@ describe('outbox', () => {
     }, { minDelayMs: 400, maxDelayMs: 400 });
     await box.start();
     await box.enqueue('lifecycle', { op: 'lock' }, 'lifecycle:a@x.test');
-    await new Promise((r) => setTimeout(r, 100)); // the lock failed once and waits for its retry
+    await expect.poll(() => failFirst).toBe(false); // the lock failed once and waits for its retry (400 ms)
     await box.enqueue('lifecycle', { op: 'unlock' }, 'lifecycle:a@x.test');
     await box.enqueue('lifecycle', { op: 'other-1' }, 'lifecycle:b@x.test');
     await otherRunning;
