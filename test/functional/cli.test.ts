@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
-import { freePort, waitForPort, RawSmtp } from '../harness/net.js';
+import { RawSmtp } from '../harness/net.js';
 
 const exec = promisify(execFile);
 const CLI = 'dist/cli.js';
@@ -56,24 +56,33 @@ describe('douane CLI', () => {
 
   it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
     upstream = await FakeUpstream.start();
-    const [sub, subs, trusted, admin] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    // Port 0 everywhere (no port can be taken by another test meanwhile); the log says which were bound.
     const child = spawn('node', [CLI, 'serve'], {
       env: {
         PATH: process.env.PATH!,
         DOUANE_UPSTREAM_PORT: String(upstream.port),
         DOUANE_UPSTREAM_TRUSTED_PORT: String(upstream.port),
-        DOUANE_LISTENERS_SUBMISSION_PORT: String(sub),
-        DOUANE_LISTENERS_SUBMISSIONS_PORT: String(subs),
-        DOUANE_LISTENERS_TRUSTED_PORT: String(trusted),
-        DOUANE_ADMIN_PORT: String(admin),
+        DOUANE_LISTENERS_SUBMISSION_PORT: '0',
+        DOUANE_LISTENERS_SUBMISSIONS_PORT: '0',
+        DOUANE_LISTENERS_TRUSTED_PORT: '0',
+        DOUANE_ADMIN_PORT: '0',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
+    const bound = (event: string, listener?: string) => {
+      for (const l of out.split('\n')) {
+        if (!l.startsWith('{') || !l.endsWith('}')) continue; // a line still being written
+        const j = JSON.parse(l) as { event?: string; listener?: string; port?: number };
+        if (j.event === event && (!listener || j.listener === listener) && j.port) return j.port;
+      }
+      return undefined;
+    };
     try {
-      await waitForPort(trusted, 10_000);
+      await expect.poll(() => bound('listening', 'trusted') !== undefined && bound('admin_listening') !== undefined, { timeout: 10_000 }).toBe(true);
+      const [trusted, admin] = [bound('listening', 'trusted')!, bound('admin_listening')!];
       const c = await RawSmtp.connect(trusted);
       expect(await c.reply()).toMatch(/^220 /);
       await c.command('EHLO cli.test');

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
-import { RawSmtp } from '../harness/net.js';
+import { DEAD_PORT, RawSmtp } from '../harness/net.js';
 import { startRedis, startRedisCluster, type RedisCluster, type RedisInstance } from '../harness/redis.js';
 
 const POLICY = 'fixtures/policies/small-limits';
@@ -216,9 +216,7 @@ describe('Redis failures are bounded', () => {
   it('Redis down: decisions come from the insurance within the deadline, logged and counted', async () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
     expect((await send(gw.port('trusted'), 'perminute@example.test')).data).toMatch(/^250 /);
-    const lone = await startRedis();
-    await lone.stop(); // a port where nothing listens any more
-    const down = await gateway({ redis: { url: lone.url }, deadline: '300ms' });
+    const down = await gateway({ redis: { url: `redis://127.0.0.1:${DEAD_PORT}` }, deadline: '300ms' });
     const started = Date.now();
     const results = [];
     for (let i = 0; i < 4; i++) results.push((await send(down.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
@@ -270,9 +268,7 @@ describe('Redis failures are bounded', () => {
   });
 
   it('on_redis_failure: tempfail answers 451 4.3.0 while Redis is down', async () => {
-    const lone = await startRedis();
-    await lone.stop();
-    const gw = await gateway({ redis: { url: lone.url }, deadline: '300ms', on_redis_failure: 'tempfail' });
+    const gw = await gateway({ redis: { url: `redis://127.0.0.1:${DEAD_PORT}` }, deadline: '300ms', on_redis_failure: 'tempfail' });
     const r = await send(gw.port('trusted'), 'roomy@example.test');
     expect(r.mail).toMatch(/^451 4\.3\.0 Your message could not be checked against your sending limits/);
     expect(upstream.messages).toHaveLength(0);

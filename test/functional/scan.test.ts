@@ -12,7 +12,7 @@ import { EICAR, TEST_MARKER, startClamd, type ClamdInstance } from '../harness/c
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
 import { mimeMessage, zip } from '../harness/mime.js';
-import { freePort, RawSmtp } from '../harness/net.js';
+import { DEAD_PORT, RawSmtp } from '../harness/net.js';
 
 const exec = promisify(execFile);
 let clamd: ClamdInstance;
@@ -98,14 +98,14 @@ describe('clamd finds malware however it is wrapped', () => {
 
 describe('when clamd cannot scan, nothing passes unchecked', () => {
   it('clamd down: 451 4.3.0, nothing relayed', async () => {
-    const dead = await freePort();
+    const dead = DEAD_PORT;
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }], timeout: '2s' });
     expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean text\r\n`)).toMatch(/^451 4\.3\.0 Your message could not be checked for viruses right now.*Ref D-/);
     expect(upstream!.messages).toHaveLength(0);
   });
 
   it('clamd down with scanning.fail_open: relayed, tagged and counted', async () => {
-    const dead = await freePort();
+    const dead = DEAD_PORT;
     const { cpSync, mkdtempSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
@@ -172,7 +172,7 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
   });
 
   it('fails over to the next clamd when the first is down, and still finds the malware', async () => {
-    const dead = await freePort();
+    const dead = DEAD_PORT;
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }, { socket: clamd.socket }], timeout: '5s' });
     expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] }))).toMatch(INFECTED);
     expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
@@ -229,7 +229,7 @@ describe('quarantine', () => {
 
     // The upstream is down: a plain error, nothing marked released, and a later release still works.
     const downConfig = join(gw.stateDir, 'down.yaml');
-    const closed = await freePort();
+    const closed = DEAD_PORT;
     writeFileSync(downConfig, gw.configText.replace(/trusted_port: \d+/, `trusted_port: ${closed}`));
     const down = await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--config', downConfig]).then(
       () => ({ code: 0, stderr: '' }),

@@ -14,6 +14,12 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * A loopback port where nothing listens, for "the service is down" tests. Port 1 (tcpmux) is outside the
+ * range free ports come from, so no server another test starts can take it: connections are refused.
+ */
+export const DEAD_PORT = 1;
+
 export async function waitForPort(port: number, timeoutMs = 10_000, host = '127.0.0.1'): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
