@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 const exec = promisify(execFile);
 
 function douane(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return exec('node', ['dist/cli.js', 'policy', ...args], { env: { PATH: process.env.PATH! } }).then(
+  return exec('node', ['dist/cli.js', 'policy', ...args], { env: { PATH: process.env.PATH!, ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}) } }).then(
     (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
   );

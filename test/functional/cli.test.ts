@@ -11,7 +11,7 @@ const exec = promisify(execFile);
 const CLI = 'dist/cli.js';
 
 function douane(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return exec('node', [CLI, ...args], { env: { PATH: process.env.PATH!, ...env } }).then(
+  return exec('node', [CLI, ...args], { env: { PATH: process.env.PATH!, ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}), ...env } }).then(
     (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
   );
@@ -60,6 +60,7 @@ describe('douane CLI', () => {
     const child = spawn('node', [CLI, 'serve'], {
       env: {
         PATH: process.env.PATH!,
+        ...(process.env.TMPDIR ? { TMPDIR: process.env.TMPDIR } : {}),
         DOUANE_UPSTREAM_PORT: String(upstream.port),
         DOUANE_UPSTREAM_TRUSTED_PORT: String(upstream.port),
         DOUANE_LISTENERS_SUBMISSION_PORT: '0',

@@ -88,16 +88,22 @@ export interface RedisCluster {
 
 export async function startRedisCluster(size = 3): Promise<RedisCluster> {
   const nodes: RedisInstance[] = [];
-  for (let i = 0; i < size; i++) {
-    nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000']));
+  const stop = async () => void (await Promise.all(nodes.map((n) => n.stop())));
+  try {
+    for (let i = 0; i < size; i++) {
+      nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000']));
+    }
+    run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const states = nodes.map((n) => n.cli('cluster', 'info').includes('cluster_state:ok'));
+      if (states.every(Boolean)) break;
+      if (Date.now() > deadline) throw new Error('redis cluster did not become ready');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } catch (err) {
+    await stop(); // the nodes already started must not outlive a failed start
+    throw err;
   }
-  run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const states = nodes.map((n) => n.cli('cluster', 'info').includes('cluster_state:ok'));
-    if (states.every(Boolean)) break;
-    if (Date.now() > deadline) throw new Error('redis cluster did not become ready');
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { nodes, stop: async () => void (await Promise.all(nodes.map((n) => n.stop()))) };
+  return { nodes, stop };
 }
