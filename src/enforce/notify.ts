@@ -52,8 +52,10 @@ export function mailHandler(settings: NotifySettings, metrics: Metrics): (job: J
 export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>, metrics: Metrics): (job: Job) => Promise<void> {
   return async (job) => {
     const body = JSON.stringify((job.payload as WebhookJob).event);
-    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-douane-timestamp': String(Math.floor(Date.now() / 1000)) };
-    if (settings.secret) Object.assign(headers, signingHeaders(settings.secret, 'POST', new URL(settings.url), body));
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      ...(settings.secret ? signingHeaders(settings.secret, 'POST', new URL(settings.url), body) : { 'x-douane-timestamp': String(Math.floor(Date.now() / 1000)) }),
+    };
     let res: Response;
     try {
       res = await fetch(settings.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(settings.timeout) });

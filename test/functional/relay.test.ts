@@ -3,6 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { gatewayWithUpstream } from '../harness/gateway.js';
+import type { FakeUpstream } from '../harness/fake-upstream.js';
 import { RawSmtp } from '../harness/net.js';
 
 const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
@@ -30,6 +31,16 @@ async function trusted(port: number): Promise<RawSmtp> {
   expect(await c.reply()).toMatch(/^220 /);
   expect(await c.command('EHLO webmail.test')).toMatch(/^250/);
   return c;
+}
+
+/** Sends MESSAGE and leaves once it is on its way upstream (an upstream that is slow to answer it). */
+async function sendThenLeave(c: RawSmtp, upstream: FakeUpstream): Promise<void> {
+  await c.command('MAIL FROM:<user1@example.test>');
+  await c.command('RCPT TO:<user2@example.test>');
+  await c.command('DATA');
+  c.write(MESSAGE + '.\r\n');
+  await expect.poll(() => upstream.commands.includes('DATA')).toBe(true);
+  c.close();
 }
 
 describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () => {
@@ -302,14 +313,7 @@ describe('upstream faults reach the client, and never as 250', () => {
     ['the message', { dataEnd: () => ({ delayMs: 400 }) }],
   ])('a client that leaves while the upstream is slow to answer %s: the message arrives whole, counts as accepted, and the pooled connection stays in step', async (_what, fault) => {
     const { gw, upstream } = await setup(fault);
-    const c = await trusted(gw.port('trusted'));
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    await c.command('DATA');
-    c.write(MESSAGE + '.\r\n');
-    // Leave once the message is on its way upstream (the upstream is slow to answer it).
-    await expect.poll(() => upstream.commands.includes('DATA')).toBe(true);
-    c.close();
+    await sendThenLeave(await trusted(gw.port('trusted')), upstream);
     const line = await gw.waitForLog((l) => l.event === 'transaction');
     expect(line).toMatchObject({ verdict: 'accept', note: 'the client went away before the reply' });
     expect(upstream.messages).toHaveLength(1);
@@ -326,12 +330,7 @@ describe('upstream faults reach the client, and never as 250', () => {
     const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 400 }) });
     const { c, auth } = await authenticated(gw.port('submission'));
     expect(auth).toMatch(/^235/);
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    await c.command('DATA');
-    c.write(MESSAGE + '.\r\n');
-    await expect.poll(() => upstream.commands.includes('DATA')).toBe(true);
-    c.close();
+    await sendThenLeave(c, upstream);
     expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ verdict: 'accept', note: 'the client went away before the reply' });
     expect(upstream.messages).toHaveLength(1);
     expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);

@@ -8,13 +8,13 @@
 import { fingerprint, type BulkFingerprint } from '../../bulk/fingerprint.js';
 import type { BulkFacts } from '../../policy/facts.js';
 import type { Transaction } from '../../session/state.js';
+import { PreparedLookups } from '../prepared.js';
 import type { Check, CheckContext } from '../types.js';
 
 type Counted = { fp: BulkFingerprint | undefined; recipients: number; facts: BulkFacts | undefined };
-type Settled = { ok: true; counted: Counted } | { ok: false; error: Error };
 
-/** Counts started by prepare(), per transaction; settled, so that one never run cannot reject unhandled. */
-const started = new WeakMap<Transaction, Promise<Settled>>();
+/** Counts started by prepare(), per transaction. */
+const prepared = new PreparedLookups<Counted>();
 
 async function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promise<Counted> {
   const { window, min_text_length } = tx.policy.doc.bulk;
@@ -29,25 +29,12 @@ export const dataBulk: Check = {
   describe: 'facts bulk.account_recipients, bulk.global_recipients, bulk.global_accounts: one content to many recipients',
   prepare(ctx) {
     const { tx } = ctx;
-    if (!tx?.message || started.has(tx)) return;
-    started.set(
-      tx,
-      count({ ...ctx, tx }).then(
-        (counted): Settled => ({ ok: true, counted }),
-        (error: Error): Settled => ({ ok: false, error }),
-      ),
-    );
+    if (tx?.message) prepared.start(tx, () => count({ ...ctx, tx }));
   },
   async run(ctx) {
     const { tx, deps } = ctx;
     if (!tx?.message) return { action: 'continue', skip: 'message not inspected' };
-    const pending = started.get(tx);
-    let counted: Counted;
-    if (pending) {
-      const settled = await pending;
-      if (!settled.ok) throw settled.error;
-      counted = settled.counted;
-    } else counted = await count({ ...ctx, tx });
+    const counted = await prepared.take(tx, () => count({ ...ctx, tx }));
     const { fp, facts } = counted;
     tx.bulk = facts;
     if (!facts) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };

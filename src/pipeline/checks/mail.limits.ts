@@ -11,12 +11,11 @@
 import { throttled } from '../../limits/throttle.js';
 import type { MessageCount } from '../../limits/limiter.js';
 import type { Transaction } from '../../session/state.js';
+import { PreparedLookups } from '../prepared.js';
 import type { Check, CheckContext } from '../types.js';
 
-type Settled = { ok: true; count: MessageCount } | { ok: false; error: Error };
-
-/** Counts started by prepare(), per transaction; settled, so that one never run cannot reject unhandled. */
-const started = new WeakMap<Transaction, Promise<Settled>>();
+/** Counts started by prepare(), per transaction. */
+const prepared = new PreparedLookups<MessageCount>();
 
 function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promise<MessageCount> {
   const account = session.account ?? tx.mailFrom;
@@ -31,30 +30,20 @@ export const mailLimits: Check = {
   describe: 'facts limits.exceeded and baseline.ratio: counts the message against the account\'s plan',
   prepare(ctx) {
     const { tx, deps } = ctx;
-    if (!tx || started.has(tx)) return;
-    started.set(
-      tx,
-      count({ ...ctx, tx }).then(
-        (counted): Settled => {
-          // Refused (or the client left) before the count came back: nothing will settle it but this.
-          if (tx.done) void deps.limiter.refund(counted.grant);
-          else tx.limitGrant = counted.grant;
-          return { ok: true, count: counted };
-        },
-        (error: Error): Settled => ({ ok: false, error }),
-      ),
+    if (!tx) return;
+    prepared.start(tx, () =>
+      count({ ...ctx, tx }).then((counted) => {
+        // Refused (or the client left) before the count came back: nothing will settle it but this.
+        if (tx.done) void deps.limiter.refund(counted.grant);
+        else tx.limitGrant = counted.grant;
+        return counted;
+      }),
     );
   },
   async run(ctx) {
     const { session, tx } = ctx;
     if (!tx) return { action: 'continue', skip: 'no transaction' };
-    let counted: MessageCount;
-    const pending = started.get(tx);
-    if (pending) {
-      const settled = await pending;
-      if (!settled.ok) throw settled.error;
-      counted = settled.count;
-    } else counted = await count({ ...ctx, tx });
+    const counted = await prepared.take(tx, () => count({ ...ctx, tx }));
     tx.limitGrant = counted.grant;
     const acct = tx.policy.account(session.account ?? tx.mailFrom);
     const checked = counted.judge(throttled(acct.limits, tx.throttle));
