@@ -35,7 +35,7 @@ export class Metrics {
 
   readonly limiterDecisions = new Counter({ name: 'douane_limiter_decisions_total', help: 'Limit checks by limit and result (ok, exceeded)', labelNames: ['limit', 'result'], registers: [this.registry] });
   readonly limiterInsurance = new Counter({ name: 'douane_limiter_insurance_total', help: 'Limiter operations answered by the in-process insurance because Redis failed', labelNames: ['op'], registers: [this.registry] });
-  readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline)', labelNames: ['kind'], registers: [this.registry] });
+  readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline, hang: a command timed out on an open connection, which is then dropped)', labelNames: ['kind'], registers: [this.registry] });
   readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [this.registry] });
 
   readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
@@ -69,7 +69,7 @@ export class Metrics {
     this.outboxOldest.set(0);
     // Known label values start at 0, so that a first occurrence shows in rate() and increase().
     for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal']) this.upstreamErrors.labels(kind).inc(0);
-    for (const kind of ['connection', 'command', 'deadline']) this.redisErrors.labels(kind).inc(0);
+    for (const kind of ['connection', 'command', 'deadline', 'hang']) this.redisErrors.labels(kind).inc(0);
     for (const kind of ['timeout', 'unreachable', 'size_limit', 'other']) this.scanErrors.labels(kind).inc(0);
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
     for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked']) this.auth.labels(result).inc(0);

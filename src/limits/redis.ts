@@ -35,6 +35,8 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
     password: settings.password,
     tls: settings.tls ? {} : undefined,
     retryStrategy: (times) => Math.min(200 * times, 2000),
+    // A frozen Redis never finishes closing a connection; see dropOnHang.
+    disconnectTimeout: 100,
   };
   let client: RedisClient;
   if (settings.cluster?.length) {
@@ -51,7 +53,10 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
   } else {
     client = new Redis(settings.url ?? 'redis://127.0.0.1:6379', common);
   }
+  // down: between a failure and the next 'ready' (logged once each way); hung: the connection was dropped
+  // because a command timed out on it, and its close has not been seen yet.
   let down = false;
+  let hung = false;
   client.on('error', (err: Error) => {
     metrics.redisErrors.labels('connection').inc();
     if (!down) log.warn({ event: 'redis_error', err: err.message }, 'Redis connection problem; limits use the in-process insurance until it is back');
@@ -59,10 +64,32 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
   });
   client.on('ready', () => {
     if (down) log.info({ event: 'redis_ready' }, 'Redis is back');
-    down = false;
+    down = hung = false;
     metrics.redisUp.set(1);
   });
   client.on('close', () => metrics.redisUp.set(0));
+
+  // A Redis that hangs (a frozen process, a black-holed network) keeps its connection open, so ioredis
+  // still counts it as ready and every command waits out its timeout: each phase of each session would
+  // pay the whole deadline for as long as the hang lasts. The first command that times out on a ready
+  // connection therefore drops it (ending it, destroyed after disconnectTimeout since a frozen peer never
+  // closes its side). While ioredis reconnects, commands fail at once (no offline queue) and the insurance
+  // decides without waiting; the reconnect's ready check passes only once Redis answers. ioredis reports a
+  // command timeout to the command's caller only, so every command sent is watched here.
+  const onCommandError = (err: unknown) => {
+    if ((err as Error)?.message !== 'Command timed out' || client.status !== 'ready' || hung) return;
+    hung = down = true;
+    metrics.redisErrors.labels('hang').inc();
+    metrics.redisUp.set(0);
+    log.warn({ event: 'redis_hung', timeout_ms: commandTimeout }, `Redis did not answer within ${commandTimeout} ms; reconnecting, limits use the in-process insurance until it answers`);
+    client.disconnect(true);
+  };
+  const send = client.sendCommand.bind(client) as (...args: unknown[]) => Promise<unknown>;
+  (client as unknown as { sendCommand: typeof send }).sendCommand = (...args: unknown[]) => {
+    const reply = send(...args);
+    reply.catch(onCommandError);
+    return reply;
+  };
   return client;
 }
 

@@ -195,17 +195,36 @@ describe('shared state', () => {
     expect(upstream.messages).toHaveLength(50);
   });
 
-  it('works on a 3-node Redis Cluster', async () => {
+  it('works on a 3-node Redis Cluster, and a frozen node costs one deadline', async () => {
     const cluster: RedisCluster = await startRedisCluster(3);
     try {
-      const gw = await gateway({ redis: { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) } });
+      const gw = await gateway({ redis: { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) }, deadline: '400ms' });
+      const port = gw.port('trusted');
       const results = [];
-      for (let i = 0; i < 5; i++) results.push((await send(gw.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+      for (let i = 0; i < 5; i++) results.push((await send(port, 'perminute@example.test')).mail.slice(0, 3));
       expect(results).toEqual(['250', '250', '250', '450', '450']);
       // And the keys live in the cluster (on whichever node owns the account's slot).
       const found = cluster.nodes.map((n) => n.cli('-c', 'get', 'douane:messages_per_minute:{perminute@example.test}'));
       expect(found).toContain('3');
       expect(gw.logs.some((l) => l.event === 'limiter_insurance')).toBe(false);
+
+      // The node that owns an account's slot freezes (for less than the cluster's node timeout).
+      expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+      const owner = cluster.nodes.find((n) => n.cli('get', 'douane:messages_per_hour:{roomy@example.test}') === '1')!;
+      owner.pause();
+      try {
+        for (let i = 0; i < 3; i++) expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+      } finally {
+        owner.resume();
+      }
+      await expect.poll(() => gw.transactions().length).toBe(9);
+      const accountStatusMs = gw.transactions().slice(6).map((t) => (t.checks as { check: string; ms: number }[]).find((c) => c.check === 'mail.account-status')!.ms);
+      expect(accountStatusMs[0]).toBeGreaterThanOrEqual(250);
+      expect(accountStatusMs.slice(1).every((ms) => ms < 200)).toBe(true);
+      await gw.waitForLog((l) => l.event === 'redis_ready', 5000);
+      expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+      // The first frozen message's count landed when the node thawed; the next two were counted by the insurance.
+      expect(owner.cli('get', 'douane:messages_per_hour:{roomy@example.test}')).toBe('3');
     } finally {
       await cluster.stop();
     }
@@ -263,8 +282,41 @@ describe('Redis failures are bounded', () => {
     }
     // Commands sent while frozen ran once Redis thawed (they were in its socket); nothing was sent twice.
     await expect.poll(() => redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}')).toBe('2');
+    await expect.poll(async () => (await gw.metrics.registry.metrics()).match(/^douane_redis_up (\d)/m)?.[1], { timeout: 5000 }).toBe('1');
     expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
     expect(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}')).toBe('3');
+  });
+
+  it('Redis frozen for long: only the first message waits out the deadline; Redis counts again once it answers', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms' });
+    const port = gw.port('trusted');
+    expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+    const checkMs = (n: number, check: string) => (gw.transactions()[n]!.checks as { check: string; ms: number }[]).find((c) => c.check === check)!.ms;
+    redis.pause();
+    try {
+      for (let i = 0; i < 4; i++) expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+      await expect.poll(() => gw.transactions().length).toBe(5);
+      // The first message found the connection open and waited; the hang dropped it, so the next three
+      // were decided by the insurance at once, every phase of them.
+      expect(checkMs(1, 'mail.account-status')).toBeGreaterThanOrEqual(250);
+      for (const n of [2, 3, 4]) {
+        expect(checkMs(n, 'mail.account-status')).toBeLessThan(200);
+        expect(checkMs(n, 'mail.limits')).toBeLessThan(200);
+        expect(gw.transactions()[n]!.limits).toMatchObject({ degraded: true });
+      }
+      expect(gw.logs.filter((l) => l.event === 'redis_hung')).toHaveLength(1);
+      expect(await gw.metrics.registry.metrics()).toMatch(/douane_redis_errors_total\{kind="hang"\} 1\n/);
+    } finally {
+      redis.resume();
+    }
+    // The reconnect's ready check passes once Redis answers: the counters are in Redis again, counted once.
+    await gw.waitForLog((l) => l.event === 'redis_ready', 5000);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_redis_up 1$/m);
+    const before = Number(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}'));
+    expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+    expect(Number(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}'))).toBe(before + 1);
+    await expect.poll(() => gw.transactions().length).toBe(6);
+    expect(gw.transactions()[5]!.limits).toBeUndefined();
   });
 
   it('on_redis_failure: tempfail answers 451 4.3.0 while Redis is down', async () => {
