@@ -304,6 +304,7 @@ export class Gateway {
     }
     await this.upstream.close();
     await this.outbox.stop();
+    this.scanner?.close?.();
     this.redis?.disconnect();
     // Clients that do not close their side after our 421 are cut off after a short grace period.
     const closeBy = Date.now() + 2000;

@@ -44,7 +44,7 @@ export class Metrics {
   readonly scanSignatures = new Counter({ name: 'douane_scan_signatures_total', help: 'Malware found, by signature family (first part of the name)', labelNames: ['family'], registers: [this.registry] });
   readonly scanFailovers = new Counter({ name: 'douane_scan_failovers_total', help: 'Scans retried on another clamd host', registers: [this.registry] });
   readonly scanFailOpen = new Counter({ name: 'douane_scan_fail_open_total', help: 'Messages relayed unscanned because scanning failed and the policy says fail-open', registers: [this.registry] });
-  readonly clamdUp = new Gauge({ name: 'douane_clamd_up', help: '1 if clamd answered PING at the last check', labelNames: ['scanner'], registers: [this.registry] });
+  readonly clamdUp = new Gauge({ name: 'douane_clamd_up', help: '1 if clamd answered PING at the last check (readiness, or the probe of a host set aside after a failed scan); 0 from that failure on', labelNames: ['scanner'], registers: [this.registry] });
 
   readonly bulkChecks = new Counter({ name: 'douane_bulk_checks_total', help: 'Messages fingerprinted for bulk detection, by whether their content was already seen in the window (new, seen)', labelNames: ['result'], registers: [this.registry] });
   readonly quarantined = new Counter({ name: 'douane_quarantined_total', help: 'Messages put in quarantine, by reason', labelNames: ['reason'], registers: [this.registry] });

@@ -4,6 +4,11 @@
 // hangs it forever) and its local-binary fallback is disabled so that a scan never silently runs
 // somewhere else. Several clamd hosts: when one fails, the message is scanned again, from the spool, on
 // the next one, within the same deadline.
+//
+// A host that timed out or refused a connection is set aside: scans go to the hosts that answer, and a
+// PING every second brings it back as soon as it answers. Without this, a frozen first host (which still
+// accepts connections) would cost every message the whole deadline, leaving none for the failover. When
+// every host is set aside, a scan fails at once rather than waiting on a host known not to answer.
 
 import net from 'node:net';
 import { PassThrough, type Readable } from 'node:stream';
@@ -38,6 +43,8 @@ export interface LiveScan {
 
 export interface ScannerPort {
   start(): LiveScan;
+  /** stops background work (health probes) */
+  close?(): void;
 }
 
 export function hostName(h: ClamdHost): string {
@@ -46,13 +53,52 @@ export function hostName(h: ClamdHost): string {
 
 type Clam = { scanStream(stream: Readable): Promise<{ isInfected: boolean | null; viruses: string[] }> };
 
+/** How often a host set aside is asked for PONG (and how long each PING may take). */
+const PROBE_MS = 1000;
+
 export class ClamdScanner implements ScannerPort {
   private readonly clients = new Map<string, Promise<Clam>>();
+  /** hosts set aside, by name: why, and the probe that will bring them back */
+  private readonly setAside = new Map<string, { detail: string; probe?: NodeJS.Timeout }>();
+  private closed = false;
 
   constructor(
-    private readonly opts: { hosts: ClamdHost[]; timeoutMs: number; metrics: Metrics; log: Logger },
+    private readonly opts: { hosts: ClamdHost[]; timeoutMs: number; metrics: Metrics; log: Logger; probeMs?: number },
   ) {
     if (opts.hosts.length === 0) throw new Error('clamd: at least one host');
+  }
+
+  /** The hosts a scan may use, in the configured order, without those set aside. */
+  private available(): ClamdHost[] {
+    return this.opts.hosts.filter((h) => !this.setAside.has(hostName(h)));
+  }
+
+  private setHostAside(h: ClamdHost, detail: string): void {
+    const name = hostName(h);
+    if (this.closed || this.setAside.has(name)) return;
+    this.opts.metrics.clamdUp.labels(name).set(0);
+    this.opts.log.warn({ event: 'clamd_set_aside', scanner: name, detail }, `clamd ${name} failed (${detail}); scans go to the other hosts until it answers PING`);
+    const every = this.opts.probeMs ?? PROBE_MS;
+    const entry = { detail, probe: undefined as NodeJS.Timeout | undefined };
+    // The first PING goes at once: a host that was only slow on one big message is back straight away.
+    const probe = async () => {
+      const r = await pingHost(h, every);
+      if (this.closed) return;
+      if (!r.ok) {
+        entry.probe = setTimeout(probe, every).unref();
+        return;
+      }
+      this.setAside.delete(name);
+      this.opts.metrics.clamdUp.labels(name).set(1);
+      this.opts.log.info({ event: 'clamd_back', scanner: name }, `clamd ${name} answers again`);
+    };
+    entry.probe = setTimeout(probe, 0).unref();
+    this.setAside.set(name, entry);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const { probe } of this.setAside.values()) clearTimeout(probe);
   }
 
   private client(h: ClamdHost): Promise<Clam> {
@@ -85,14 +131,18 @@ export class ClamdScanner implements ScannerPort {
   start(): LiveScan {
     const started = performance.now();
     const deadlineAt = Date.now() + this.opts.timeoutMs;
-    const hosts = this.opts.hosts;
     const input = new PassThrough({ highWaterMark: 256 * 1024 });
     let failed: string | undefined;
     let aborted = false;
-    const first = this.scanOne(hosts[0]!, input, deadlineAt).then(
-      (r) => r,
-      (err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(hosts[0]!), ms: 0 }),
-    );
+    const tried = new Set<string>();
+    const firstHost = this.available()[0];
+    if (firstHost) tried.add(hostName(firstHost));
+    const first: Promise<ScanResult> = firstHost
+      ? this.scanOne(firstHost, input, deadlineAt).then(
+          (r) => r,
+          (err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(firstHost), ms: 0 }),
+        )
+      : Promise.resolve(this.noHostAnswers());
     void first.then((r) => {
       if (r.result === 'error') failed = r.detail;
     });
@@ -125,11 +175,15 @@ export class ClamdScanner implements ScannerPort {
       end: async (replay) => {
         if (!input.destroyed) input.end();
         let r = await first;
-        // Not after abort(): the message is no longer wanted, and its spool may be gone.
-        for (let i = 1; r.result === 'error' && !aborted && i < hosts.length && Date.now() < deadlineAt; i++) {
+        // Not after abort(): the message is no longer wanted, and its spool may be gone. The next host is
+        // chosen now: one set aside when the message started may answer again.
+        for (;;) {
+          const next = this.available().find((h) => !tried.has(hostName(h)));
+          if (r.result !== 'error' || aborted || !next || Date.now() >= deadlineAt) break;
+          tried.add(hostName(next));
           this.opts.metrics.scanFailovers.inc();
-          this.opts.log.warn({ event: 'clamd_failover', from: r.scanner, to: hostName(hosts[i]!), detail: r.detail }, 'clamd failed; scanning again on the next host');
-          r = await this.scanOne(hosts[i]!, replay(), deadlineAt).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(hosts[i]!), ms: 0 }));
+          this.opts.log.warn({ event: 'clamd_failover', from: r.scanner, to: hostName(next), detail: r.detail }, 'clamd failed; scanning again on the next host');
+          r = await this.scanOne(next, replay(), deadlineAt).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(next), ms: 0 }));
         }
         return finish(r);
       },
@@ -154,13 +208,22 @@ export class ClamdScanner implements ScannerPort {
       if (res.isInfected === false) return { result: 'clean', scanner: name, ms: 0 };
       return { result: 'error', detail: 'clamd gave no clear answer', scanner: name, ms: 0 };
     } catch (err) {
-      this.opts.metrics.scanErrors.labels(errorKind(err as Error)).inc();
+      const kind = errorKind(err as Error);
+      this.opts.metrics.scanErrors.labels(kind).inc();
       // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
       stream.destroy();
+      // A message clamd refuses (over its stream limit) says nothing about the host.
+      if (kind === 'timeout' || kind === 'unreachable') this.setHostAside(h, (err as Error).message);
       return { result: 'error', detail: (err as Error).message, scanner: name, ms: 0 };
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private noHostAnswers(): ScanResult {
+    this.opts.metrics.scanErrors.labels('unreachable').inc();
+    const why = [...this.setAside].map(([name, { detail }]) => `${name}: ${detail}`).join('; ');
+    return { result: 'error', detail: `no clamd answers (${why})`, ms: 0 };
   }
 
   /** PING/PONG with a deadline, for readiness and the clamd-up metric. */

@@ -117,7 +117,7 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_fail_open_total 1/);
   });
 
-  it('clamd frozen (SIGSTOP): 451 4.3.0 within the scan deadline', async () => {
+  it('clamd frozen (SIGSTOP): 451 4.3.0 within the scan deadline, then at once until clamd answers again', async () => {
     const frozen = await startClamd();
     extra.push(frozen);
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: frozen.port }], timeout: '1s' });
@@ -128,9 +128,18 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
       expect(reply).toMatch(/^451 4\.3\.0 /);
       expect(Date.now() - started).toBeLessThan(6000);
       expect(upstream!.messages).toHaveLength(0);
+      // Its only host set aside, the next message is tempfailed without waiting on it.
+      expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^451 4\.3\.0 Your message could not be checked for viruses right now/);
+      await expect.poll(() => gw.transactions().length).toBe(2);
+      const tx = gw.transactions()[1]!;
+      expect((tx.scan as { detail: string }).detail).toMatch(new RegExp(`^no clamd answers \\(127\\.0\\.0\\.1:${frozen.port}: clamd .* did not answer within the deadline\\)$`));
+      expect((tx.timings as { scan: number }).scan).toBeLessThan(500);
     } finally {
       frozen.resume();
     }
+    await gw.waitForLog((l) => l.event === 'clamd_back', 5000);
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+    expect(upstream!.messages).toHaveLength(1);
   });
 
   it('clamd slow (replies after the deadline): 451 4.3.0; the same clamd with a longer deadline passes', async () => {
@@ -171,12 +180,42 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     expect(reply).toMatch(/^552 5\.3\.4 Message refused: it is too big to be checked for viruses \(limit 5242880 bytes\)/);
   });
 
-  it('fails over to the next clamd when the first is down, and still finds the malware', async () => {
+  it('fails over to the next clamd when the first is down, and still finds the malware; the down host is then set aside', async () => {
     const dead = DEAD_PORT;
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }, { socket: clamd.socket }], timeout: '5s' });
     expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] }))).toMatch(INFECTED);
     expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
-    expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_failovers_total 2/);
+    // The first message failed over; the second went straight to the host that answers.
+    expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_failovers_total 1\n/);
+    expect(gw.transactions().map((t) => (t.scan as { scanner: string }).scanner)).toEqual([clamd.socket, clamd.socket]);
+    expect(await gw.waitForLog((l) => l.event === 'clamd_set_aside')).toMatchObject({ scanner: `127.0.0.1:${dead}` });
+    expect(await gw.metrics.registry.metrics()).toMatch(new RegExp(`douane_clamd_up\\{scanner="127.0.0.1:${dead}"\\} 0`));
+  });
+
+  it('a frozen first clamd costs the message in flight its deadline; the next ones go to the second host at once', async () => {
+    const frozen = await startClamd();
+    extra.push(frozen);
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: frozen.port }, { socket: clamd.socket }], timeout: '1s' });
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+    frozen.pause();
+    try {
+      // No time is left for a failover once the deadline is spent waiting on the frozen host.
+      expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^451 4\.3\.0 /);
+      expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] }))).toMatch(INFECTED);
+      expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+      await expect.poll(() => gw.transactions().length).toBe(4);
+      const scans = gw.transactions().map((t) => ({ ...(t.scan as { scanner: string }), ms: (t.timings as { scan: number }).scan }));
+      expect(scans.map((s) => s.scanner)).toEqual([`127.0.0.1:${frozen.port}`, `127.0.0.1:${frozen.port}`, clamd.socket, clamd.socket]);
+      expect(scans[1]!.ms).toBeGreaterThanOrEqual(900);
+      for (const later of scans.slice(2)) expect(later.ms).toBeLessThan(500);
+    } finally {
+      frozen.resume();
+    }
+    // It answers PING again: back in the rotation, first again.
+    await gw.waitForLog((l) => l.event === 'clamd_back', 5000);
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
+    await expect.poll(() => gw.transactions().length).toBe(5);
+    expect((gw.transactions()[4]!.scan as { scanner: string }).scanner).toBe(`127.0.0.1:${frozen.port}`);
   });
 
   it('limits-exceeded heuristics (archive nesting) count as malware, not as a scan failure', async () => {
