@@ -1,8 +1,10 @@
 // The admin HTTP endpoint, on its own port (loopback by default): /metrics for Prometheus, /healthz
 // (the process answers) and /readyz (ready to take mail: every dependency reachable, or explicitly
-// allowed to fail open). An optional bearer token protects /metrics and the accounts API; /healthz and
+// allowed to fail open). Optional bearer tokens protect /metrics and the accounts API; /healthz and
 // the status code of /readyz stay open, because container health checks and load balancers often cannot
 // send a token — without it /readyz says only whether Douane is ready, not which dependency failed.
+// Named tokens let the audit trail say whose token acted (not only what the caller declares), and a
+// `read` token (Prometheus, dashboards) cannot suspend, reinstate or approve anything.
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,6 +16,15 @@ export interface ReadinessResult {
   ok: boolean;
   detail?: string;
 }
+
+export interface NamedToken {
+  name: string;
+  token: string;
+  scope: 'read' | 'act';
+}
+
+/** Who a request comes from: the full-access token (or no token configured), or a named one. */
+type Caller = { scope: 'all' } | { scope: 'read' | 'act'; name: string };
 
 /** A named readiness probe; probes are cached by their owners, /readyz runs them all. */
 export type ReadinessProbe = () => Promise<ReadinessResult>;
@@ -42,7 +53,7 @@ export class AdminServer {
   }
 
   constructor(
-    private readonly opts: { address: string; port: number; token?: string },
+    private readonly opts: { address: string; port: number; token?: string; tokens?: NamedToken[] },
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {}
@@ -80,9 +91,12 @@ export class AdminServer {
     await new Promise<void>((resolve) => this.server!.close(() => resolve()));
   }
 
-  private async accountsRoute(req: http.IncomingMessage, res: http.ServerResponse, path: string, accounts: AccountsAdmin): Promise<void> {
+  private async accountsRoute(req: http.IncomingMessage, res: http.ServerResponse, path: string, accounts: AccountsAdmin, caller: Caller): Promise<void> {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
-    const actor = String(req.headers['x-douane-actor'] ?? 'admin-api').slice(0, 100);
+    if (req.method !== 'GET' && caller.scope === 'read') return send(403, { error: `token "${caller.name}" may only read (scope read); suspending, reinstating, approving and resetting the breaker need a token with scope act` });
+    const declared = req.headers['x-douane-actor'] === undefined ? undefined : String(req.headers['x-douane-actor']).slice(0, 100);
+    // A named token is verified, what the caller declares is not: both are kept, the name first.
+    const actor = caller.scope === 'all' ? (declared ?? 'admin-api') : declared && declared !== caller.name ? `${caller.name} (${declared})` : caller.name;
     const body = req.method === 'POST' ? await readJson(req) : {};
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
     try {
@@ -118,22 +132,30 @@ export class AdminServer {
     }
   }
 
-  private authorized(req: http.IncomingMessage): boolean {
-    if (!this.opts.token) return true;
+  private caller(req: http.IncomingMessage): Caller | undefined {
+    const named = this.opts.tokens ?? [];
+    if (!this.opts.token && named.length === 0) return { scope: 'all' };
     const given = Buffer.from(req.headers.authorization ?? '');
-    const wanted = Buffer.from(`Bearer ${this.opts.token}`);
-    return given.length === wanted.length && timingSafeEqual(given, wanted);
+    const is = (token: string) => {
+      const wanted = Buffer.from(`Bearer ${token}`);
+      return given.length === wanted.length && timingSafeEqual(given, wanted);
+    };
+    // A named token first: should admin.token be the same secret, the narrower scope and the name win.
+    const match = named.find((t) => is(t.token));
+    if (match) return { scope: match.scope, name: match.name };
+    return this.opts.token && is(this.opts.token) ? { scope: 'all' } : undefined;
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const authorized = this.authorized(req);
-    if (!authorized && path !== '/healthz' && path !== '/readyz') {
+    const caller = this.caller(req);
+    const authorized = caller !== undefined;
+    if (!caller && path !== '/healthz' && path !== '/readyz') {
       res.writeHead(401, { 'www-authenticate': 'Bearer', 'content-type': 'text/plain' }).end('bearer token required\n');
       return;
     }
-    if (this.accounts && (path.startsWith('/accounts') || path.startsWith('/breaker'))) {
-      await this.accountsRoute(req, res, path, this.accounts);
+    if (caller && this.accounts && (path.startsWith('/accounts') || path.startsWith('/breaker'))) {
+      await this.accountsRoute(req, res, path, this.accounts, caller);
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {

@@ -23,7 +23,8 @@ Commands:
 
 Options:
   --admin URL                  admin endpoint (default: from the configuration's admin section)
-  --config FILE                configuration (admin address, port, token)
+  --config FILE                configuration (admin address, port, and admin.token unless
+                               DOUANE_ADMIN_TOKEN gives your own token)
   --json                       raw JSON
   --help                       this text
 

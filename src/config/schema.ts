@@ -246,12 +246,40 @@ export const configSchema = obj({
     }),
   ),
   admin: section(
-    obj({
-      address: withDefault(ipAddress(), '127.0.0.1'),
-      port: withDefault(int({ min: 0, max: 65535 }), 9725),
-      token: optional(str()),
-      enabled: withDefault(bool(), true),
-    }),
+    refine(
+      obj({
+        address: withDefault(ipAddress(), '127.0.0.1'),
+        port: withDefault(int({ min: 0, max: 65535 }), 9725),
+        /** full access; the audit trail records the actor the caller declares */
+        token: optional(str()),
+        /** named tokens: the audit trail records the name; `read` cannot change anything */
+        tokens: withDefault(
+          list(
+            obj({
+              name: required(str({ pattern: /^[A-Za-z0-9._-]{1,64}$/, expected: 'a name of letters, digits, ".", "_" or "-"' })),
+              token: required(str({ pattern: /^\S{16,}$/, expected: 'at least 16 characters without spaces' })),
+              scope: required(oneOf('read', 'act')),
+            }),
+          ),
+          [],
+        ),
+        enabled: withDefault(bool(), true),
+      }),
+      (a, path): Issue[] => {
+        const issues: Issue[] = [];
+        const names = new Set<string>();
+        // Not compared with admin.token: `douane accounts` takes its holder's own token from
+        // DOUANE_ADMIN_TOKEN (admin.token) while reading the same file.
+        const secrets = new Set<string>();
+        a.tokens.forEach((t, i) => {
+          if (names.has(t.name)) issues.push({ path: [...path, 'tokens', i, 'name'], message: `"${t.name}" is used by another token` });
+          if (secrets.has(t.token)) issues.push({ path: [...path, 'tokens', i, 'token'], message: 'is the same as another token: each holder needs their own' });
+          names.add(t.name);
+          secrets.add(t.token);
+        });
+        return issues;
+      },
+    ),
   ),
   log: section(
     obj({

@@ -173,6 +173,54 @@ describe('the strike ladder, end to end', () => {
     expect(restarted.logs.some((l) => l.event === 'outbox_resumed')).toBe(true);
   });
 
+  it('named admin tokens: the audit trail records whose token acted, and a read token cannot act', async () => {
+    const a = await gateway();
+    const server = new AdminServer(
+      {
+        address: '127.0.0.1',
+        port: 0,
+        token: 'full-access-token-0001',
+        tokens: [
+          { name: 'prometheus', token: 'read-only-token-000001', scope: 'read' },
+          { name: 'alice', token: 'alice-personal-token-01', scope: 'act' },
+        ],
+      },
+      a.metrics,
+      createLogger({ level: 'silent' }),
+    );
+    server.setAccounts(a.gateway.enforcer);
+    await server.start();
+    admins.push(server);
+    const call = (token: string, method: string, path: string, actor?: string, body?: unknown) =>
+      fetch(`http://127.0.0.1:${server.port}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...(actor ? { 'x-douane-actor': actor } : {}) },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+
+    // The read token scrapes and looks, and is refused anything that changes state.
+    expect((await call('read-only-token-000001', 'GET', '/metrics')).status).toBe(200);
+    expect((await call('read-only-token-000001', 'GET', '/accounts/user1@example.test')).status).toBe(200);
+    const refused = await call('read-only-token-000001', 'POST', '/accounts/user1@example.test/suspend', 'cli:mallory', { action: 'suspend_sending' });
+    expect(refused.status).toBe(403);
+    expect(((await refused.json()) as { error: string }).error).toMatch(/^token "prometheus" may only read \(scope read\)/);
+    expect((await call('read-only-token-000001', 'POST', '/breaker/reset')).status).toBe(403);
+    expect(audit(a).filter((e) => e.action === 'suspend_sending' || e.action === 'circuit_breaker_reset')).toEqual([]);
+    expect((await call('not-a-configured-token', 'GET', '/accounts')).status).toBe(401);
+
+    // A named token's holder acts; the audit trail keeps the verified name before what the caller declares.
+    expect((await call('alice-personal-token-01', 'POST', '/accounts/user1@example.test/suspend', 'cli:alice', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
+    expect((await call('alice-personal-token-01', 'POST', '/accounts/user1@example.test/reinstate')).status).toBe(200);
+    // The full-access token: the declared actor, as before.
+    expect((await call('full-access-token-0001', 'POST', '/accounts/user2@example.test/suspend', 'cli:root', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
+    const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
+    expect(acted).toEqual([
+      ['suspend_sending', 'user1@example.test', 'alice (cli:alice)'],
+      ['reinstate', 'user1@example.test', 'alice'],
+      ['suspend_sending', 'user2@example.test', 'cli:root'],
+    ]);
+  });
+
   it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {
     const a = await gateway();
     const base = await admin(a);

@@ -114,6 +114,31 @@ describe('configuration loading', () => {
     ]);
   });
 
+  it('checks named admin tokens: a name and a secret for each holder, and a scope', () => {
+    const text = [
+      'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }',
+      'upstream: { host: x }',
+      'admin:',
+      '  tokens:',
+      '    - { name: prometheus, token: read-only-token-000001, scope: read }',
+      '    - { name: prometheus, token: alice-personal-token-01, scope: act }',
+      '    - { name: bob, token: read-only-token-000001, scope: write }',
+      '    - { name: carol, token: short, scope: act }',
+      '',
+    ].join('\n');
+    expect(problems(() => parseConfig('t.yaml', text))).toEqual([
+      't.yaml:7:58: admin.tokens[2].scope must be one of read, act (got "write")',
+      't.yaml:8:29: admin.tokens[3].token must be at least 16 characters without spaces (got "short")',
+    ]);
+    const duplicates = text.replace('scope: write', 'scope: read').replace('token: short', 'token: carol-personal-token-1');
+    expect(problems(() => parseConfig('t.yaml', duplicates))).toEqual([
+      't.yaml:6:15: admin.tokens[1].name "prometheus" is used by another token',
+      't.yaml:7:27: admin.tokens[2].token is the same as another token: each holder needs their own',
+    ]);
+    const ok = parseConfig('t.yaml', duplicates.replace('name: prometheus, token: alice', 'name: alice, token: alice').replace('bob, token: read-only-token-000001', 'bob, token: bob-personal-token-0001'));
+    expect(ok.config.admin.tokens.map((t) => [t.name, t.scope])).toEqual([['prometheus', 'read'], ['alice', 'act'], ['bob', 'read'], ['carol', 'act']]);
+  });
+
   it('an unclosed bracket or quote at the end of the file is reported on its last line with content', () => {
     expect(problems(() => parseConfig('t.yaml', 'hostname: a\nsmtp: { max_message_size: 10M\n\n\n'))[0]).toMatch(/^t\.yaml:2:\d+: YAML: Flow map/);
     expect(problems(() => parseConfig('t.yaml', 'hostname: "unterminated\n'))[0]).toMatch(/^t\.yaml:1:\d+: YAML: Missing closing "quote/);
