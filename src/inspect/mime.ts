@@ -4,6 +4,11 @@
 // whatever the message size: attachments are hashed and sniffed on the fly, never kept; text is kept up to
 // maxTextBytes. Malformed input gives partial facts, never an exception. mailsplit does the MIME splitting
 // (the same parser mailparser uses, so parts are where mail clients find them).
+//
+// An attached message (message/rfc822 sent as an attachment, or transfer-encoded, which mailsplit does
+// not open) is read too, by an inspector of its own fed with its decoded bytes: its attachments, links
+// and text count as the message's, so an executable cannot pass by being forwarded inside an .eml. The
+// parts and depth limits hold across the nesting; its own headers are not the message's.
 
 import { createHash, type Hash } from 'node:crypto';
 import type { Transform } from 'node:stream';
@@ -65,7 +70,17 @@ interface Leaf {
   decoder: TransferDecoder;
   text?: TextPart;
   attachment?: AttachmentPart;
+  /** an attached message, read by an inspector of its own */
+  embedded?: MessageInspector;
 }
+
+/** What an attached message's inspector shares with the message's: one parts budget, one set of links. */
+interface Shared {
+  parts: { count: number };
+  urls: UrlSet;
+}
+
+const EMBEDDED_TYPES = new Set(['message/rfc822', 'message/global']);
 
 export class MessageInspector {
   // Typed as the Transform it is: mailsplit's typings only declare its `data` event.
@@ -73,7 +88,7 @@ export class MessageInspector {
   private readonly maxText: number;
   private readonly depths = new WeakMap<object, number>();
   private size = 0;
-  private parts = 0;
+  private readonly parts: { count: number };
   private stopped = false;
   private leaf: Leaf | undefined;
   private ending: Promise<MessageFacts> | undefined;
@@ -86,10 +101,18 @@ export class MessageInspector {
   private readonly urls: UrlSet;
   private attachments: AttachmentFacts[] = [];
   private limitExceeded: Limit | undefined;
+  /** attached messages being read, in order */
+  private readonly embedded: Promise<MessageFacts | undefined>[] = [];
+  /** an attached message's inspector asked to wait: the next write waits for it */
+  private embeddedWait: Promise<void> | undefined;
 
-  constructor(private readonly limits: InspectLimits) {
+  constructor(
+    private readonly limits: InspectLimits,
+    shared?: Shared,
+  ) {
     this.maxText = limits.maxTextBytes ?? DEFAULT_MAX_TEXT;
-    this.urls = new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
+    this.urls = shared?.urls ?? new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
+    this.parts = shared?.parts ?? { count: 0 };
     this.splitter = new Splitter({
       // mailsplit counts every header line as at least 64 bytes; the exact check is ours (on _headerlen),
       // this only bounds what mailsplit holds before we get to see the part.
@@ -122,7 +145,11 @@ export class MessageInspector {
     this.size += chunk.length;
     // After a limit or a parser failure the rest is only counted (the caller's stream still has to end).
     if (this.stopped || chunk.length === 0 || this.splitter.destroyed) return;
-    if (!this.splitter.write(chunk)) return this.settled('drain');
+    const drained = this.splitter.write(chunk) ? undefined : this.settled('drain');
+    const embedded = this.embeddedWait;
+    this.embeddedWait = undefined;
+    if (drained && embedded) return Promise.all([drained, embedded]).then(() => undefined);
+    return drained ?? embedded;
   }
 
   /** Call once after the last chunk; resolves with the facts (partial if a limit was hit). */
@@ -141,6 +168,7 @@ export class MessageInspector {
     this.finishLeafSafely();
     this.stopped = true;
     if (!this.splitter.destroyed) this.splitter.destroy();
+    for (const inner of await Promise.all(this.embedded)) if (inner) this.merge(inner);
     const facts: MessageFacts = {
       size: this.size,
       headers: this.headers,
@@ -153,6 +181,18 @@ export class MessageInspector {
     if (this.sender !== undefined) facts.sender = this.sender;
     if (this.limitExceeded) facts.mimeLimitExceeded = this.limitExceeded;
     return facts;
+  }
+
+  /** An attached message's facts, after the message's own: its headers stay its own. */
+  private merge(inner: MessageFacts): void {
+    this.attachments.push(...inner.attachments);
+    if (inner.mimeLimitExceeded) this.limitExceeded ??= inner.mimeLimitExceeded as Limit;
+    const room = this.maxText - this.bodyBytes;
+    const text = room > 0 ? truncateUtf8(inner.body, room) : '';
+    if (text) {
+      this.body.push(text);
+      this.bodyBytes += Buffer.byteLength(text) + 1;
+    }
   }
 
   /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */
@@ -203,7 +243,7 @@ export class MessageInspector {
   private onNode(node: MimeNode): void {
     // A new part begins: the previous leaf's body is complete.
     this.finishLeaf();
-    if (++this.parts > this.limits.maxParts) return this.limit('parts');
+    if (++this.parts.count > this.limits.maxParts) return this.limit('parts');
     const parent = node.parentNode;
     const depth = parent ? (this.depths.get(parent) ?? 0) + 1 : 0;
     if (depth > this.limits.maxDepth) return this.limit('depth');
@@ -234,6 +274,13 @@ export class MessageInspector {
     const filename = typeof node.filename === 'string' ? node.filename : '';
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
     const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
+    if (EMBEDDED_TYPES.has(type)) {
+      // Its root sits one level below this part; over the depth limit, the nesting is too deep.
+      const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
+      if (depthLeft < 0) return this.limit('depth');
+      const limits = { ...this.limits, maxDepth: depthLeft, maxTextBytes: Math.max(0, this.maxText - this.bodyBytes) };
+      leaf.embedded = new MessageInspector(limits, { parts: this.parts, urls: this.urls });
+    }
     const charset = typeof node.charset === 'string' ? node.charset : '';
     if (isText) {
       const html = type === 'text/html';
@@ -289,6 +336,8 @@ export class MessageInspector {
       a.zip.push(data);
       a.urls?.push(data.toString('latin1'));
     }
+    const wait = leaf.embedded?.write(data);
+    if (wait) this.embeddedWait = this.embeddedWait ? Promise.all([this.embeddedWait, wait]).then(() => undefined) : wait;
   }
 
   private finishLeaf(): void {
@@ -299,6 +348,8 @@ export class MessageInspector {
     if (rest.length) this.consume(leaf, rest);
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
+    // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
+    if (leaf.embedded) this.embedded.push(leaf.embedded.end().catch(() => undefined));
   }
 
   private finishText(t: TextPart): void {

@@ -53,7 +53,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   urls: { type: 'strings', phase: 'data', description: 'URLs found in the text and HTML', get: (f) => f.message?.urls },
   'urls.domains': { type: 'strings', phase: 'data', description: 'host names of those URLs', get: (f) => f.message && uniq(f.message.urls.map(hostOf).filter((h): h is string => Boolean(h))) },
   'urls.count': { type: 'number', phase: 'data', description: 'number of URLs', get: (f) => f.message?.urls.length },
-  'attachments.count': { type: 'number', phase: 'data', description: 'number of attachments', get: (f) => f.message?.attachments.length },
+  'attachments.count': { type: 'number', phase: 'data', description: 'number of attachments (those inside attached messages included, each attachments.* field likewise)', get: (f) => f.message?.attachments.length },
   'attachments.names': { type: 'strings', phase: 'data', description: 'attachment file names', get: (f) => f.message?.attachments.map((a) => a.name) },
   'attachments.extensions': { type: 'strings', phase: 'data', description: 'attachment name extensions, lower case without the dot', get: (f) => f.message?.attachments.map((a) => a.extension) },
   'attachments.declared_types': { type: 'strings', phase: 'data', description: 'MIME types the message declares for its attachments', get: (f) => f.message?.attachments.map((a) => a.declaredType) },

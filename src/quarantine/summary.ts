@@ -1,7 +1,8 @@
 // What a person reviewing a kept message needs before releasing or deleting it (`douane quarantine
 // show`): its headers decoded (=?UTF-8?B?…?= subjects, names), the start of its text — from the HTML
 // part when there is no plain one — and its attachments, read with mailparser. Attachments are streamed
-// and only measured, never held. Everything printed is stripped of control characters: a hostile
+// and only measured, never held; an attached message's own attachments are listed after it (the gateway
+// looks inside attached messages too). Everything printed is stripped of control characters: a hostile
 // message must not be able to drive the reviewer's terminal.
 
 import type { Readable } from 'node:stream';
@@ -22,6 +23,8 @@ export interface MessageSummary {
 }
 
 const MAX_LINE = 200;
+/** attached messages inside attached messages are opened down to this depth */
+const MAX_EMBEDDED_DEPTH = 5;
 
 /** Control characters (C0 but tab, DEL, C1, bidi overrides) become U+FFFD. */
 export function printable(s: string): string {
@@ -34,9 +37,10 @@ function addresses(a: AddressObject | AddressObject[] | undefined): string | und
   return (Array.isArray(a) ? a : [a]).map((x) => x.text).join(', ');
 }
 
-export async function summarise(input: Readable, maxLines = 15): Promise<MessageSummary> {
+export async function summarise(input: Readable, maxLines = 15, depth = 0): Promise<MessageSummary> {
   const parser = new MailParser({ skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true });
   const summary: MessageSummary = { text: [], more: false, attachments: [] };
+  const embedded: Promise<MessageSummary['attachments']>[] = [];
   parser.on('headers', (headers) => {
     summary.from = addresses(headers.get('from') as AddressObject | undefined);
     summary.to = addresses(headers.get('to') as AddressObject | undefined);
@@ -50,6 +54,13 @@ export async function summarise(input: Readable, maxLines = 15): Promise<Message
     if (data.type === 'attachment') {
       const entry = { filename: data.filename ?? '(no name)', contentType: data.contentType, size: 0 };
       summary.attachments.push(entry);
+      if ((data.contentType === 'message/rfc822' || data.contentType === 'message/global') && depth < MAX_EMBEDDED_DEPTH) {
+        const inner = summarise(data.content, 0, depth + 1).then(
+          (s) => s.attachments.map((a) => ({ ...a, filename: `${entry.filename} › ${a.filename}` })),
+          () => [],
+        );
+        embedded.push(inner);
+      }
       data.content.on('data', (chunk: Buffer) => (entry.size += chunk.length));
       data.content.on('end', () => data.release?.());
       return;
@@ -67,6 +78,7 @@ export async function summarise(input: Readable, maxLines = 15): Promise<Message
     input.on('error', reject);
     input.pipe(parser);
   });
+  for (const inner of await Promise.all(embedded)) summary.attachments.push(...inner);
   return summary;
 }
 

@@ -302,6 +302,8 @@ describe('quarantine', () => {
 describe('inspection on live traffic, under the shipped policy', () => {
   const cases: [string, RegExp][] = [
     ['exe-renamed-pdf.eml', /^550 5\.7\.1 Message refused: it carries a type of attachment that may not be sent by email.*rule attachments\.executable, art\. 4\.6\.$/],
+    // The same executable forwarded inside an attached message.
+    ['forwarded-exe.eml', /^550 5\.7\.1 Message refused: it carries a type of attachment that may not be sent by email.*rule attachments\.executable, art\. 4\.6\.$/],
     ['spoofed-from.eml', /^550 5\.7\.1 Message refused: the From address \(someone-else@bank\.example\) does not belong to your account\..*rule from\.not-owned, art\. 4\.1\.$/],
     // clamd sees the nesting first (its own recursion limit, reported as a heuristic): the malware rule decides.
     ['deeply-nested.eml', /^554 5\.7\.1 Message refused: it contains malware \(Heuristics\.Limits\.Exceeded\.MaxRecursion\)\..*rule malware\.found/],

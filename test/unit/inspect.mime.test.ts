@@ -104,6 +104,22 @@ describe('MIME inspector: fixtures', () => {
     ]);
   });
 
+  it('forwarded-exe.eml: the executable inside a base64-encoded attached message is found; the message\'s own headers stay its own', async () => {
+    const raw = load('forwarded-exe.eml');
+    const inner = attachmentBytes(raw, 'invoice.eml');
+    const exe = attachmentBytes(inner, 'invoice.pdf');
+    expect(exe.length).toBe(512);
+    const f = await inspect(raw);
+    expect(f.attachments).toEqual([
+      { name: 'invoice.eml', extension: 'eml', declaredType: 'message/rfc822', detectedType: 'text', size: inner.length, sha256: sha256(inner), encrypted: false, archiveEntries: [] },
+      { name: 'invoice.pdf', extension: 'pdf', declaredType: 'application/pdf', detectedType: 'executable', size: 512, sha256: sha256(exe), encrypted: false, archiveEntries: [] },
+    ]);
+    expect(f.body).toBe('See the message below.\nPlease pay the attached invoice today.');
+    expect(f.subject).toBe('Fwd: Invoice 2025-0312');
+    expect(f.from).toEqual(['user1@example.test']);
+    expect(f.headers.get('message-id')).toEqual(['<forwarded-exe@example.test>']);
+  });
+
   it('zip-with-exe.eml: the zip is listed (setup.exe inside), not encrypted', async () => {
     const f = await inspect(load('zip-with-exe.eml'));
     expect(f.attachments).toHaveLength(1);
@@ -326,10 +342,40 @@ describe('MIME inspector: behaviour', () => {
     expect(f.attachments[0]).toMatchObject({ name: 'statement.html', detectedType: 'html', size: html.length });
   });
 
-  it('reports an attached message (message/rfc822) as an attachment', async () => {
-    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: message/rfc822', 'Content-Disposition: attachment; filename="fwd.eml"', '', 'From: x@example.test', 'Subject: inner', '', 'inner body', '--m--'));
+  it('reports an attached message (message/rfc822) as an attachment, and reads inside it', async () => {
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: message/rfc822', 'Content-Disposition: attachment; filename="fwd.eml"', '', 'From: x@example.test', 'Subject: inner', '', 'inner body https://inner.example.test/x', '--m--'));
     expect(f.attachments.map((a) => [a.name, a.declaredType, a.detectedType])).toEqual([['fwd.eml', 'message/rfc822', 'text']]);
     expect(f.subject).toBe('test');
+    expect(f.from).toEqual(['user1@example.test']);
+    expect(f.body).toBe('inner body https://inner.example.test/x');
+    expect(f.urls).toEqual(['https://inner.example.test/x']);
+  });
+
+  it('attached messages inside attached messages: the parts and depth limits hold across the nesting', async () => {
+    // Each level: a multipart (depth d) holding a text part and the next level as an attached message (d + 1).
+    const level = (n: number): string[] =>
+      n === 0
+        ? ['Content-Type: application/octet-stream; name="deep.exe"', 'Content-Disposition: attachment; filename="deep.exe"', 'Content-Transfer-Encoding: base64', '', Buffer.from('MZ' + '\0'.repeat(62)).toString('base64')]
+        : ['Content-Type: multipart/mixed; boundary=b' + n, '', '--b' + n, 'Content-Type: text/plain', '', `level ${n}`, '--b' + n, 'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', '', ...Buffer.from(['Subject: x', ...level(n - 1)].join('\r\n') + '\r\n').toString('base64').match(/.{1,76}/g)!, '--b' + n + '--'];
+    const raw = eml(...head(), ...level(4));
+    // Root multipart 0, attached message 1, its root 2, ... the executable at the bottom: depth 8. Parts: 3 per level and the executable.
+    const fits = await inspect(raw, { ...LIMITS, maxDepth: 8, maxParts: 13 });
+    expect(fits.mimeLimitExceeded).toBeUndefined();
+    expect(fits.attachments.map((a) => [a.name, a.detectedType])).toEqual([['', 'text'], ['', 'text'], ['', 'text'], ['', 'text'], ['deep.exe', 'executable']]);
+    expect(fits.body).toBe('level 4\nlevel 3\nlevel 2\nlevel 1');
+    expect((await inspect(raw, { ...LIMITS, maxDepth: 7 })).mimeLimitExceeded).toBe('depth');
+    const tooMany = await inspect(raw, { ...LIMITS, maxParts: 12 });
+    expect(tooMany.mimeLimitExceeded).toBe('parts');
+    expect(tooMany.attachments.some((a) => a.name === 'deep.exe')).toBe(false);
+  });
+
+  it('an attachment inside a 6 MB attached message, streamed in 64 KB chunks: right size and SHA-256', async () => {
+    const payload = Buffer.alloc(6_000_000, 0x41);
+    const base64Lines = (b: Buffer) => b.toString('base64').replace(/.{76}/g, '$&\r\n');
+    const inner = ['Subject: big', 'Content-Type: application/octet-stream; name="big.bin"', 'Content-Transfer-Encoding: base64', '', base64Lines(payload)].join('\r\n') + '\r\n';
+    const raw = eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', '', base64Lines(Buffer.from(inner)), '--m--');
+    const f = await inspect(raw, LIMITS, 65_536);
+    expect(f.attachments.find((a) => a.name === 'big.bin')).toMatchObject({ size: payload.length, sha256: sha256(payload) });
   });
 
   it('reads a multipart without a boundary as text rather than hiding its content', async () => {

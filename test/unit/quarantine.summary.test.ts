@@ -65,3 +65,16 @@ describe('quarantine show: the kept message decoded for a person', () => {
     expect(s.text.length).toBeGreaterThan(0);
   });
 });
+
+describe('attached messages', () => {
+  it('lists the attachments inside an attached message (here base64-encoded), after it', async () => {
+    const raw = readFileSync('fixtures/messages/forwarded-exe.eml');
+    const s = await summarise(Readable.from([raw]));
+    expect(s.text).toEqual(['See the message below.']);
+    expect(s.attachments.map((a) => [a.filename, a.contentType, a.size])).toEqual([
+      ['invoice.eml', 'message/rfc822', expect.any(Number)],
+      ['invoice.eml › invoice.pdf', 'application/pdf', 512],
+    ]);
+    expect(formatSummary(s)).toMatch(/^Attachments \(2\):\n {2}invoice\.eml {2}message\/rfc822 {2}\d+ bytes\n {2}invoice\.eml › invoice\.pdf {2}application\/pdf {2}512 bytes$/m);
+  });
+});
