@@ -5,10 +5,12 @@
 // somewhere else. Several clamd hosts: when one fails, the message is scanned again, from the spool, on
 // the next one, within the same deadline.
 //
-// A host that timed out or refused a connection is set aside: scans go to the hosts that answer, and a
-// PING every second brings it back as soon as it answers. Without this, a frozen first host (which still
-// accepts connections) would cost every message the whole deadline, leaving none for the failover. When
-// every host is set aside, a scan fails at once rather than waiting on a host known not to answer.
+// A host that refused a connection, or timed out and then did not answer PING either, is set aside: scans
+// go to the hosts that answer, and a PING every second brings it back as soon as it answers. Without
+// this, a frozen first host (which still accepts connections) would cost every message the whole deadline,
+// leaving none for the failover. When every host is set aside, a scan fails at once rather than waiting on
+// a host known not to answer. A timeout alone is not enough: the deadline runs from the start of DATA,
+// so a slow client can spend it, and a healthy clamd answers PING at once.
 
 import net from 'node:net';
 import { PassThrough, type Readable } from 'node:stream';
@@ -55,11 +57,17 @@ type Clam = { scanStream(stream: Readable): Promise<{ isInfected: boolean | null
 
 /** How often a host set aside is asked for PONG (and how long each PING may take). */
 const PROBE_MS = 1000;
+/** How long a host that timed out has to answer PING before it is set aside. */
+const CONFIRM_MS = 250;
+/** A failover needs at least this much of the deadline left: a scan cannot finish in less. */
+const MIN_FAILOVER_MS = 100;
 
 export class ClamdScanner implements ScannerPort {
   private readonly clients = new Map<string, Promise<Clam>>();
   /** hosts set aside, by name: why, and the probe that will bring them back */
   private readonly setAside = new Map<string, { detail: string; probe?: NodeJS.Timeout }>();
+  /** hosts that timed out, being asked for PONG */
+  private readonly confirming = new Set<string>();
   private closed = false;
 
   constructor(
@@ -82,7 +90,7 @@ export class ClamdScanner implements ScannerPort {
     const entry = { detail, probe: undefined as NodeJS.Timeout | undefined };
     // The first PING goes at once: a host that was only slow on one big message is back straight away.
     const probe = async () => {
-      const r = await pingHost(h, every);
+      const r = await pingHost(h, every).catch((err: Error) => ({ ok: false, detail: err.message }));
       if (this.closed) return;
       if (!r.ok) {
         entry.probe = setTimeout(probe, every).unref();
@@ -94,6 +102,19 @@ export class ClamdScanner implements ScannerPort {
     };
     entry.probe = setTimeout(probe, 0).unref();
     this.setAside.set(name, entry);
+  }
+
+  /** A scan on this host timed out: set it aside unless it answers PING straight away. */
+  private confirmDown(h: ClamdHost, detail: string): void {
+    const name = hostName(h);
+    if (this.closed || this.setAside.has(name) || this.confirming.has(name)) return;
+    this.confirming.add(name);
+    void pingHost(h, CONFIRM_MS)
+      .catch((err: Error) => ({ ok: false, detail: err.message }))
+      .then((r) => {
+        this.confirming.delete(name);
+        if (!r.ok) this.setHostAside(h, `${detail}, nor PING within ${CONFIRM_MS} ms`);
+      });
   }
 
   close(): void {
@@ -134,11 +155,12 @@ export class ClamdScanner implements ScannerPort {
     const input = new PassThrough({ highWaterMark: 256 * 1024 });
     let failed: string | undefined;
     let aborted = false;
+    const abandon = new AbortController();
     const tried = new Set<string>();
     const firstHost = this.available()[0];
     if (firstHost) tried.add(hostName(firstHost));
     const first: Promise<ScanResult> = firstHost
-      ? this.scanOne(firstHost, input, deadlineAt).then(
+      ? this.scanOne(firstHost, input, deadlineAt, abandon.signal).then(
           (r) => r,
           (err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(firstHost), ms: 0 }),
         )
@@ -179,27 +201,33 @@ export class ClamdScanner implements ScannerPort {
         // chosen now: one set aside when the message started may answer again.
         for (;;) {
           const next = this.available().find((h) => !tried.has(hostName(h)));
-          if (r.result !== 'error' || aborted || !next || Date.now() >= deadlineAt) break;
+          if (r.result !== 'error' || aborted || !next || deadlineAt - Date.now() < MIN_FAILOVER_MS) break;
           tried.add(hostName(next));
           this.opts.metrics.scanFailovers.inc();
           this.opts.log.warn({ event: 'clamd_failover', from: r.scanner, to: hostName(next), detail: r.detail }, 'clamd failed; scanning again on the next host');
-          r = await this.scanOne(next, replay(), deadlineAt).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(next), ms: 0 }));
+          r = await this.scanOne(next, replay(), deadlineAt, abandon.signal).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(next), ms: 0 }));
         }
         return finish(r);
       },
       abort: () => {
         aborted = true;
+        abandon.abort();
         input.destroy();
       },
     };
   }
 
-  /** One INSTREAM scan on one host, bounded by the deadline whatever clamd does. */
-  private async scanOne(h: ClamdHost, stream: Readable, deadlineAt: number): Promise<ScanResult> {
+  /** One INSTREAM scan on one host, bounded by the deadline whatever clamd does; settles at once when abandoned. */
+  private async scanOne(h: ClamdHost, stream: Readable, deadlineAt: number, abandoned: AbortSignal): Promise<ScanResult> {
     const name = hostName(h);
     let timer: NodeJS.Timeout | undefined;
+    let onAbandon: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`clamd ${name} did not answer within the deadline`)), Math.max(0, deadlineAt - Date.now()));
+      // clamscan never settles once its input is destroyed: without this the scan would end as a timeout.
+      onAbandon = () => reject(new Error('scan abandoned'));
+      if (abandoned.aborted) onAbandon();
+      else abandoned.addEventListener('abort', onAbandon, { once: true });
     });
     try {
       const clam = await Promise.race([this.client(h), deadline]);
@@ -208,15 +236,18 @@ export class ClamdScanner implements ScannerPort {
       if (res.isInfected === false) return { result: 'clean', scanner: name, ms: 0 };
       return { result: 'error', detail: 'clamd gave no clear answer', scanner: name, ms: 0 };
     } catch (err) {
-      const kind = errorKind(err as Error);
-      this.opts.metrics.scanErrors.labels(kind).inc();
       // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
       stream.destroy();
+      if (abandoned.aborted) return { result: 'error', detail: 'scan abandoned', scanner: name, ms: 0 };
+      const kind = errorKind(err as Error);
+      this.opts.metrics.scanErrors.labels(kind).inc();
       // A message clamd refuses (over its stream limit) says nothing about the host.
-      if (kind === 'timeout' || kind === 'unreachable') this.setHostAside(h, (err as Error).message);
+      if (kind === 'unreachable') this.setHostAside(h, (err as Error).message);
+      if (kind === 'timeout') this.confirmDown(h, (err as Error).message);
       return { result: 'error', detail: (err as Error).message, scanner: name, ms: 0 };
     } finally {
       clearTimeout(timer);
+      if (onAbandon) abandoned.removeEventListener('abort', onAbandon);
     }
   }
 

@@ -128,11 +128,12 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
       expect(reply).toMatch(/^451 4\.3\.0 /);
       expect(Date.now() - started).toBeLessThan(6000);
       expect(upstream!.messages).toHaveLength(0);
-      // Its only host set aside, the next message is tempfailed without waiting on it.
+      // It does not answer PING either: set aside. The next message is tempfailed without waiting on it.
+      expect(await gw.waitForLog((l) => l.event === 'clamd_set_aside')).toMatchObject({ scanner: `127.0.0.1:${frozen.port}` });
       expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^451 4\.3\.0 Your message could not be checked for viruses right now/);
       await expect.poll(() => gw.transactions().length).toBe(2);
       const tx = gw.transactions()[1]!;
-      expect((tx.scan as { detail: string }).detail).toMatch(new RegExp(`^no clamd answers \\(127\\.0\\.0\\.1:${frozen.port}: clamd .* did not answer within the deadline\\)$`));
+      expect((tx.scan as { detail: string }).detail).toMatch(new RegExp(`^no clamd answers \\(127\\.0\\.0\\.1:${frozen.port}: clamd .* did not answer within the deadline, nor PING within 250 ms\\)$`));
       expect((tx.timings as { scan: number }).scan).toBeLessThan(500);
     } finally {
       frozen.resume();
@@ -201,6 +202,7 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     try {
       // No time is left for a failover once the deadline is spent waiting on the frozen host.
       expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^451 4\.3\.0 /);
+      await gw.waitForLog((l) => l.event === 'clamd_set_aside');
       expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] }))).toMatch(INFECTED);
       expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean\r\n`)).toMatch(/^250 /);
       await expect.poll(() => gw.transactions().length).toBe(4);

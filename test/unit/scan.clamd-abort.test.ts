@@ -46,4 +46,45 @@ describe('clamd failover and abort', () => {
     expect(connections()).toBe(0);
     await close();
   });
+
+  it('a scan abandoned while clamd has not answered settles at once, and does not set the host aside', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-clamd-abort-'));
+    dirs.push(dir);
+    // A clamd that takes the stream and never answers, as a busy one does for a while.
+    let connections = 0;
+    const held: net.Socket[] = [];
+    const silent = net.createServer((s) => {
+      connections++;
+      held.push(s);
+      s.resume();
+    });
+    await new Promise<void>((r) => silent.listen(join(dir, 'silent.sock'), r));
+    const hosts = [{ socket: join(dir, 'silent.sock') }];
+    // With a long deadline: the abandoned scan ends with the abort, not with the deadline.
+    const patient = new ClamdScanner({ hosts, timeoutMs: 10_000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+    const waiting = patient.start();
+    await waiting.write(Buffer.from('hello'));
+    const started = Date.now();
+    waiting.abort();
+    expect(await waiting.end(() => Readable.from([Buffer.from('hello')]))).toMatchObject({ result: 'error', detail: 'scan abandoned' });
+    expect(Date.now() - started).toBeLessThan(5000);
+    patient.close();
+
+    // With a short one, waited out: no timeout was counted, and the host still takes the next scan.
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const scanner = new ClamdScanner({ hosts, timeoutMs: 300, metrics, log: createLogger({ level: 'silent' }) });
+    const live = scanner.start();
+    await live.write(Buffer.from('hello'));
+    live.abort();
+    expect(await live.end(() => Readable.from([Buffer.from('hello')]))).toMatchObject({ result: 'error', detail: 'scan abandoned' });
+    await new Promise((resolve) => setTimeout(resolve, 700));
+    expect(await metrics.registry.getSingleMetricAsString('douane_scan_errors_total')).not.toMatch(/\} [1-9]/);
+    const next = scanner.start();
+    await next.write(Buffer.from('hello'));
+    await expect.poll(() => connections).toBe(3);
+    next.abort();
+    scanner.close();
+    held.forEach((s) => s.destroy());
+    await new Promise((resolve) => silent.close(resolve));
+  });
 });
