@@ -46,6 +46,11 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
       enableAutoPipelining: true,
       clusterRetryStrategy: (times) => Math.min(200 * times, 2000),
       slotsRefreshTimeout: Math.max(1000, deadlineMs * 4),
+      // A command for a node that is unreachable (or whose reconnect has not passed its ready check: a
+      // frozen one) fails at once, rather than being retried every 100 ms up to 16 times past the
+      // deadline; the insurance decides, and the slots are refreshed every 5 s (slotsRefreshInterval).
+      retryDelayOnFailover: 0,
+      retryDelayOnClusterDown: 0,
     };
     client = new Cluster(settings.cluster, options);
   } else if (settings.sentinels?.length) {
