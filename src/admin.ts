@@ -8,7 +8,7 @@
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 
@@ -95,8 +95,10 @@ export class AdminServer {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
     if (req.method !== 'GET' && caller.scope === 'read') return send(403, { error: `token "${caller.name}" may only read (scope read); suspending, reinstating, approving and resetting the breaker need a token with scope act` });
     const declared = req.headers['x-douane-actor'] === undefined ? undefined : String(req.headers['x-douane-actor']).slice(0, 100);
-    // A named token is verified, what the caller declares is not: both are kept, the name first.
-    const actor = caller.scope === 'all' ? (declared ?? 'admin-api') : declared && declared !== caller.name ? `${caller.name} (${declared})` : caller.name;
+    // A named token is verified, what the caller declares is not: both are kept, the verified name first,
+    // marked "token:", which no declared actor may start with.
+    if (declared?.startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
+    const actor = caller.scope === 'all' ? (declared ?? 'admin-api') : `token:${caller.name}${declared ? ` (${declared})` : ''}`;
     const body = req.method === 'POST' ? await readJson(req) : {};
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
     try {
@@ -135,15 +137,16 @@ export class AdminServer {
   private caller(req: http.IncomingMessage): Caller | undefined {
     const named = this.opts.tokens ?? [];
     if (!this.opts.token && named.length === 0) return { scope: 'all' };
-    const given = Buffer.from(req.headers.authorization ?? '');
-    const is = (token: string) => {
-      const wanted = Buffer.from(`Bearer ${token}`);
-      return given.length === wanted.length && timingSafeEqual(given, wanted);
-    };
+    // Digests of equal length, every token compared: neither a token's length nor which one matched
+    // shows in the time taken.
+    const given = digest(req.headers.authorization ?? '');
+    const is = (token: string) => timingSafeEqual(given, digest(`Bearer ${token}`));
+    const matches = named.map((t) => is(t.token));
+    const full = this.opts.token !== undefined && is(this.opts.token);
     // A named token first: should admin.token be the same secret, the narrower scope and the name win.
-    const match = named.find((t) => is(t.token));
+    const match = named.find((_, i) => matches[i]);
     if (match) return { scope: match.scope, name: match.name };
-    return this.opts.token && is(this.opts.token) ? { scope: 'all' } : undefined;
+    return full ? { scope: 'all' } : undefined;
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -205,4 +208,8 @@ async function readJson(req: http.IncomingMessage): Promise<Record<string, unkno
   if (!text.trim()) return {};
   const parsed = JSON.parse(text) as unknown;
   return parsed && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : {};
+}
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text, 'latin1').digest();
 }

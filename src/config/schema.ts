@@ -257,7 +257,8 @@ export const configSchema = obj({
           list(
             obj({
               name: required(str({ pattern: /^[A-Za-z0-9._-]{1,64}$/, expected: 'a name of letters, digits, ".", "_" or "-"' })),
-              token: required(str({ pattern: /^\S{16,}$/, expected: 'at least 16 characters without spaces' })),
+              // Printable ASCII: an HTTP header carries bytes, not UTF-8.
+              token: required(str({ pattern: /^[\x21-\x7e]{16,}$/, expected: 'at least 16 printable ASCII characters, no spaces' })),
               scope: required(oneOf('read', 'act')),
             }),
           ),

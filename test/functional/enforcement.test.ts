@@ -211,12 +211,15 @@ describe('the strike ladder, end to end', () => {
     // A named token's holder acts; the audit trail keeps the verified name before what the caller declares.
     expect((await call('alice-personal-token-01', 'POST', '/accounts/user1@example.test/suspend', 'cli:alice', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
     expect((await call('alice-personal-token-01', 'POST', '/accounts/user1@example.test/reinstate')).status).toBe(200);
-    // The full-access token: the declared actor, as before.
+    // The full-access token: the declared actor, as before; it cannot pass itself off as a named token.
     expect((await call('full-access-token-0001', 'POST', '/accounts/user2@example.test/suspend', 'cli:root', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
+    const forged = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'token:alice (cli:alice)', { action: 'suspend_sending', reason: 'complaint' });
+    expect(forged.status).toBe(400);
+    expect(((await forged.json()) as { error: string }).error).toMatch(/^X-Douane-Actor may not start with "token:"/);
     const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
     expect(acted).toEqual([
-      ['suspend_sending', 'user1@example.test', 'alice (cli:alice)'],
-      ['reinstate', 'user1@example.test', 'alice'],
+      ['suspend_sending', 'user1@example.test', 'token:alice (cli:alice)'],
+      ['reinstate', 'user1@example.test', 'token:alice'],
       ['suspend_sending', 'user2@example.test', 'cli:root'],
     ]);
   });

@@ -124,19 +124,22 @@ describe('configuration loading', () => {
       '    - { name: prometheus, token: alice-personal-token-01, scope: act }',
       '    - { name: bob, token: read-only-token-000001, scope: write }',
       '    - { name: carol, token: short, scope: act }',
+      '    - { name: dave, token: "mot-de-passe-très-long", scope: act }',
       '',
     ].join('\n');
     expect(problems(() => parseConfig('t.yaml', text))).toEqual([
       't.yaml:7:58: admin.tokens[2].scope must be one of read, act (got "write")',
-      't.yaml:8:29: admin.tokens[3].token must be at least 16 characters without spaces (got "short")',
+      't.yaml:8:29: admin.tokens[3].token must be at least 16 printable ASCII characters, no spaces (got "short")',
+      // An HTTP header carries bytes: a token with "è" in it could never match.
+      't.yaml:9:28: admin.tokens[4].token must be at least 16 printable ASCII characters, no spaces (got "mot-de-passe-très-long")',
     ]);
-    const duplicates = text.replace('scope: write', 'scope: read').replace('token: short', 'token: carol-personal-token-1');
+    const duplicates = text.replace('scope: write', 'scope: read').replace('token: short', 'token: carol-personal-token-1').replace('très', 'tres');
     expect(problems(() => parseConfig('t.yaml', duplicates))).toEqual([
       't.yaml:6:15: admin.tokens[1].name "prometheus" is used by another token',
       't.yaml:7:27: admin.tokens[2].token is the same as another token: each holder needs their own',
     ]);
     const ok = parseConfig('t.yaml', duplicates.replace('name: prometheus, token: alice', 'name: alice, token: alice').replace('bob, token: read-only-token-000001', 'bob, token: bob-personal-token-0001'));
-    expect(ok.config.admin.tokens.map((t) => [t.name, t.scope])).toEqual([['prometheus', 'read'], ['alice', 'act'], ['bob', 'read'], ['carol', 'act']]);
+    expect(ok.config.admin.tokens.map((t) => [t.name, t.scope])).toEqual([['prometheus', 'read'], ['alice', 'act'], ['bob', 'read'], ['carol', 'act'], ['dave', 'act']]);
   });
 
   it('an unclosed bracket or quote at the end of the file is reported on its last line with content', () => {
