@@ -5,7 +5,7 @@
 //
 //   npm run bench:compare            (REPS=3 MESSAGES_4K=2000 MESSAGES_100K=800 to change the run)
 
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startClamd } from '../test/harness/clamd.js';
@@ -151,6 +151,7 @@ async function main(): Promise<void> {
     );
   } finally {
     await Promise.all([sink.stop(), redis.stop(), clamd.stop()]);
+    rmSync(policy, { recursive: true, force: true });
   }
 }
 

@@ -3,7 +3,7 @@
 //
 //   npm run bench:policy
 
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspectStream } from '../src/inspect/mime.js';
@@ -37,7 +37,9 @@ function policyWith200Rules(): string {
 }
 
 async function main(): Promise<void> {
-  const policy = loadPolicy(policyWith200Rules());
+  const dir = policyWith200Rules();
+  const policy = loadPolicy(dir);
+  rmSync(dir, { recursive: true, force: true });
   const raw = readFileSync('fixtures/messages/newsletter-html.eml');
   const message = await inspectStream([raw], { maxParts: 500, maxDepth: 20, maxHeaderSize: 262_144 });
   const facts: Facts = {
