@@ -32,7 +32,7 @@ import { join } from 'node:path';
 import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
-import { PROTOCOL_ENHANCED, ReplyError, newReference, replyFor, type WireReply } from './smtp/replies.js';
+import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
 import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
 import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamProvider } from './upstream/provider.js';
@@ -943,7 +943,7 @@ export class Gateway {
 /** The upstream's reply, relayed to the client as it is (enhanced code added if the upstream gave none). */
 function passThrough(reply: SmtpReply): ReplyError {
   const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
-  return new ReplyError({ code: reply.code, enhanced, text: replyText(reply), close: false });
+  return new ReplyError({ code: reply.code, enhanced, text: replyText(reply), close: false, ...(reply.lines.length > 1 ? { lines: reply.lines } : {}) });
 }
 
 /** Rules with the action "tag" mark the message for the upstream's own filters. */
@@ -953,7 +953,8 @@ function tagHeader(tags: string[]): Buffer | undefined {
 }
 
 function withEnhanced(reply: SmtpReply, fallback: string): string {
-  return `${reply.enhanced ?? fallback} ${replyText(reply)}`;
+  const enhanced = reply.enhanced ?? fallback;
+  return formatWire({ code: reply.code, enhanced, text: replyText(reply), close: false, lines: reply.lines });
 }
 
 /** MAIL FROM parameters worth forwarding, when the upstream supports them. */

@@ -113,11 +113,11 @@ export class GatewayConnection extends SMTPConnection {
       data = data.filter((line) => !/^AUTH\b/i.test(line));
     }
     if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
-      return super.send(code, data, false);
+      return super.send(code, lines(data), false);
     }
     if ((context === 'MAIL_FROM_OK' || context === 'RCPT_TO_OK') && code === 250) {
       const upstreamText = this.hooks.takeSuccessText(this.session, context);
-      if (upstreamText) return super.send(code, upstreamText, false);
+      if (upstreamText) return super.send(code, lines(upstreamText), false);
     }
     const library = (typeof context === 'string' && LIBRARY_REPLIES[context]) || LIBRARY_REPLIES[String(code)];
     if (library && code >= 400) {
@@ -186,4 +186,9 @@ export class GatewaySmtpServer extends SMTPServer {
     connection.on('connect', (data) => this._onClientConnect(data));
     connection.init();
   }
+}
+
+/** formatWire's text to what smtp-server sends: an array of lines is a multi-line reply (code on each). */
+function lines(text: string): string | string[] {
+  return text.includes('\n') ? text.split('\n') : text;
 }

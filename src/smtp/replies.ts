@@ -69,8 +69,11 @@ const DEFAULT_WIRE: Record<'reject' | 'tempfail', Wire> = {
 export interface WireReply {
   code: number;
   enhanced: string;
+  /** the text on one line (for logs, and for a reply of one line) */
   text: string;
   close: boolean;
+  /** an upstream's multi-line reply, line by line: relayed as several lines */
+  lines?: string[];
 }
 
 /** Incident references: "D-" and six Crockford base32 characters, e.g. D-7K2M9Q. */
@@ -102,7 +105,12 @@ export function replyFor(verdict: Verdict, _phase: Phase, reference: string): Wi
   };
 }
 
+/**
+ * The reply's text after its code: "5.1.1 text", or for several lines "5.1.1 line\n5.1.1 line", which
+ * GatewayConnection.send turns into a multi-line reply with the code and enhanced code on every line.
+ */
 export function formatWire(reply: WireReply): string {
+  if (reply.lines && reply.lines.length > 1) return reply.lines.map((line) => `${reply.enhanced} ${line}`).join('\n');
   return `${reply.enhanced} ${reply.text}`;
 }
 

@@ -188,6 +188,24 @@ describe('relay on the trusted listener', () => {
 });
 
 describe('upstream faults reach the client, and never as 250', () => {
+  it('relays an upstream\'s multi-line replies line by line, with the code and enhanced code on each', async () => {
+    const { gw } = await setup({
+      // Postfix puts the enhanced code on every line; a server may also give it on the first line only.
+      rcpt: (to) => (to.startsWith('nobody') ? '550-5.1.1 <nobody@example.test>: Recipient address rejected:\r\n550-5.1.1 User unknown in virtual mailbox table\r\n550 5.1.1 See https://help.example.test/550' : undefined),
+      dataEnd: () => '250-2.0.0 Ok: queued as FAKEML\r\n250 Thank you',
+    });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<nobody@example.test>')).toBe(
+      '550-5.1.1 <nobody@example.test>: Recipient address rejected:\r\n550-5.1.1 User unknown in virtual mailbox table\r\n550 5.1.1 See https://help.example.test/550',
+    );
+    expect(await c.command('RCPT TO:<user2@example.test>')).toBe('250 2.1.5 Ok');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toBe('250-2.0.0 Ok: queued as FAKEML\r\n250 2.0.0 Thank you');
+    c.close();
+  });
+
   it('passes an upstream RCPT refusal through unchanged, and relays to the other recipients', async () => {
     const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('nobody') ? '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' : undefined) });
     const c = await trusted(gw.port('trusted'));
