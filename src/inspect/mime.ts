@@ -6,9 +6,12 @@
 // (the same parser mailparser uses, so parts are where mail clients find them).
 //
 // An attached message (message/rfc822 sent as an attachment, or transfer-encoded, which mailsplit does
-// not open) is read too, by an inspector of its own fed with its decoded bytes: its attachments, links
-// and text count as the message's, so an executable cannot pass by being forwarded inside an .eml. The
-// parts and depth limits hold across the nesting; its own headers are not the message's.
+// not open; or any part named *.eml, which mail clients open as a message) is read too, by an inspector
+// of its own fed with its decoded bytes: its attachments, links and text count as the message's, so an
+// executable cannot pass by being forwarded inside an .eml. Its own headers are not the message's. The
+// inner inspector runs on its own, asynchronously, so nothing it does may depend on how far the outer one
+// got: it gets fixed budgets when it starts (parts and depth left, a share of the text budget), its facts
+// are merged in document order at the end, and the parts limit is checked again on the sum.
 
 import { createHash, type Hash } from 'node:crypto';
 import type { Transform } from 'node:stream';
@@ -74,13 +77,9 @@ interface Leaf {
   embedded?: MessageInspector;
 }
 
-/** What an attached message's inspector shares with the message's: one parts budget, one set of links. */
-interface Shared {
-  parts: { count: number };
-  urls: UrlSet;
-}
-
 const EMBEDDED_TYPES = new Set(['message/rfc822', 'message/global']);
+/** An attached message's text budget is at most this share of the message's: siblings each get one. */
+const EMBEDDED_TEXT_SHARE = 8;
 
 export class MessageInspector {
   // Typed as the Transform it is: mailsplit's typings only declare its `data` event.
@@ -88,7 +87,8 @@ export class MessageInspector {
   private readonly maxText: number;
   private readonly depths = new WeakMap<object, number>();
   private size = 0;
-  private readonly parts: { count: number };
+  /** parts read, attached messages' included once they end */
+  private parts = 0;
   private stopped = false;
   private leaf: Leaf | undefined;
   private ending: Promise<MessageFacts> | undefined;
@@ -101,18 +101,16 @@ export class MessageInspector {
   private readonly urls: UrlSet;
   private attachments: AttachmentFacts[] = [];
   private limitExceeded: Limit | undefined;
-  /** attached messages being read, in order */
-  private readonly embedded: Promise<MessageFacts | undefined>[] = [];
+  /** attached messages being read, in document order */
+  private readonly embedded: { inspector: MessageInspector; facts: Promise<MessageFacts | undefined> }[] = [];
   /** an attached message's inspector asked to wait: the next write waits for it */
   private embeddedWait: Promise<void> | undefined;
+  /** one pending wait for the splitter's drain, however many writes ask for it */
+  private drain: Promise<void> | undefined;
 
-  constructor(
-    private readonly limits: InspectLimits,
-    shared?: Shared,
-  ) {
+  constructor(private readonly limits: InspectLimits) {
     this.maxText = limits.maxTextBytes ?? DEFAULT_MAX_TEXT;
-    this.urls = shared?.urls ?? new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
-    this.parts = shared?.parts ?? { count: 0 };
+    this.urls = new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
     this.splitter = new Splitter({
       // mailsplit counts every header line as at least 64 bytes; the exact check is ours (on _headerlen),
       // this only bounds what mailsplit holds before we get to see the part.
@@ -145,7 +143,7 @@ export class MessageInspector {
     this.size += chunk.length;
     // After a limit or a parser failure the rest is only counted (the caller's stream still has to end).
     if (this.stopped || chunk.length === 0 || this.splitter.destroyed) return;
-    const drained = this.splitter.write(chunk) ? undefined : this.settled('drain');
+    const drained = this.splitter.write(chunk) ? undefined : (this.drain ??= this.settled('drain').finally(() => (this.drain = undefined)));
     const embedded = this.embeddedWait;
     this.embeddedWait = undefined;
     if (drained && embedded) return Promise.all([drained, embedded]).then(() => undefined);
@@ -168,7 +166,12 @@ export class MessageInspector {
     this.finishLeafSafely();
     this.stopped = true;
     if (!this.splitter.destroyed) this.splitter.destroy();
-    for (const inner of await Promise.all(this.embedded)) if (inner) this.merge(inner);
+    for (const { inspector, facts } of this.embedded) {
+      const inner = await facts;
+      this.parts += inspector.parts;
+      if (inner) this.merge(inner);
+    }
+    if (this.parts > this.limits.maxParts) this.limitExceeded ??= 'parts';
     const facts: MessageFacts = {
       size: this.size,
       headers: this.headers,
@@ -186,6 +189,7 @@ export class MessageInspector {
   /** An attached message's facts, after the message's own: its headers stay its own. */
   private merge(inner: MessageFacts): void {
     this.attachments.push(...inner.attachments);
+    for (const url of inner.urls) this.urls.add(url);
     if (inner.mimeLimitExceeded) this.limitExceeded ??= inner.mimeLimitExceeded as Limit;
     const room = this.maxText - this.bodyBytes;
     const text = room > 0 ? truncateUtf8(inner.body, room) : '';
@@ -243,7 +247,7 @@ export class MessageInspector {
   private onNode(node: MimeNode): void {
     // A new part begins: the previous leaf's body is complete.
     this.finishLeaf();
-    if (++this.parts.count > this.limits.maxParts) return this.limit('parts');
+    if (++this.parts > this.limits.maxParts) return this.limit('parts');
     const parent = node.parentNode;
     const depth = parent ? (this.depths.get(parent) ?? 0) + 1 : 0;
     if (depth > this.limits.maxDepth) return this.limit('depth');
@@ -274,12 +278,14 @@ export class MessageInspector {
     const filename = typeof node.filename === 'string' ? node.filename : '';
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
     const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
-    if (EMBEDDED_TYPES.has(type)) {
+    if (EMBEDDED_TYPES.has(type) || (!isText && extensionOf(filename) === 'eml')) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
       if (depthLeft < 0) return this.limit('depth');
-      const limits = { ...this.limits, maxDepth: depthLeft, maxTextBytes: Math.max(0, this.maxText - this.bodyBytes) };
-      leaf.embedded = new MessageInspector(limits, { parts: this.parts, urls: this.urls });
+      const partsLeft = this.limits.maxParts - this.parts;
+      if (partsLeft < 1) return this.limit('parts');
+      const textLeft = Math.min(Math.max(0, this.maxText - this.bodyBytes), Math.floor(this.maxText / EMBEDDED_TEXT_SHARE));
+      leaf.embedded = new MessageInspector({ ...this.limits, maxDepth: depthLeft, maxParts: partsLeft, maxTextBytes: textLeft });
     }
     const charset = typeof node.charset === 'string' ? node.charset : '';
     if (isText) {
@@ -349,7 +355,7 @@ export class MessageInspector {
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
-    if (leaf.embedded) this.embedded.push(leaf.embedded.end().catch(() => undefined));
+    if (leaf.embedded) this.embedded.push({ inspector: leaf.embedded, facts: leaf.embedded.end().catch(() => undefined) });
   }
 
   private finishText(t: TextPart): void {

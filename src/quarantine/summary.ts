@@ -5,7 +5,7 @@
 // looks inside attached messages too). Everything printed is stripped of control characters: a hostile
 // message must not be able to drive the reviewer's terminal.
 
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { MailParser, type AddressObject, type AttachmentStream, type MessageText } from 'mailparser';
 import { htmlToText } from '../inspect/html.js';
 
@@ -23,8 +23,8 @@ export interface MessageSummary {
 }
 
 const MAX_LINE = 200;
-/** attached messages inside attached messages are opened down to this depth */
-const MAX_EMBEDDED_DEPTH = 5;
+/** attached messages inside attached messages are opened down to this depth (deeper than the gateway's MIME depth allows) */
+const MAX_EMBEDDED_DEPTH = 20;
 
 /** Control characters (C0 but tab, DEL, C1, bidi overrides) become U+FFFD. */
 export function printable(s: string): string {
@@ -54,15 +54,31 @@ export async function summarise(input: Readable, maxLines = 15, depth = 0): Prom
     if (data.type === 'attachment') {
       const entry = { filename: data.filename ?? '(no name)', contentType: data.contentType, size: 0 };
       summary.attachments.push(entry);
-      if ((data.contentType === 'message/rfc822' || data.contentType === 'message/global') && depth < MAX_EMBEDDED_DEPTH) {
-        const inner = summarise(data.content, 0, depth + 1).then(
-          (s) => s.attachments.map((a) => ({ ...a, filename: `${entry.filename} › ${a.filename}` })),
-          () => [],
+      // An attached message is read by a parser of its own, fed from here rather than piped: if that
+      // parser gives up (a malformed message), this attachment's content must still flow to its end.
+      let inner: PassThrough | undefined;
+      if ((data.contentType === 'message/rfc822' || data.contentType === 'message/global' || /\.eml$/i.test(entry.filename)) && depth < MAX_EMBEDDED_DEPTH) {
+        const feed = new PassThrough();
+        inner = feed;
+        embedded.push(
+          summarise(feed, 0, depth + 1).then(
+            (s) => s.attachments.map((a) => ({ ...a, filename: `${entry.filename} › ${a.filename}` })),
+            () => {
+              inner = undefined;
+              feed.destroy();
+              return [{ filename: `${entry.filename} › (could not be read as a message)`, contentType: '', size: 0 }];
+            },
+          ),
         );
-        embedded.push(inner);
       }
-      data.content.on('data', (chunk: Buffer) => (entry.size += chunk.length));
-      data.content.on('end', () => data.release?.());
+      data.content.on('data', (chunk: Buffer) => {
+        entry.size += chunk.length;
+        inner?.write(chunk);
+      });
+      data.content.on('end', () => {
+        inner?.end();
+        data.release?.();
+      });
       return;
     }
     // mailparser converts HTML to text only when it is the message's root or has a plain sibling.

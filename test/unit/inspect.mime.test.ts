@@ -369,6 +369,46 @@ describe('MIME inspector: behaviour', () => {
     expect(tooMany.attachments.some((a) => a.name === 'deep.exe')).toBe(false);
   });
 
+  it('attached messages give the same facts however the input is cut, the shared parts limit included', async () => {
+    const b64 = (text: string) => Buffer.from(text).toString('base64').replace(/.{76}/g, '$&\r\n');
+    const inner = (n: number) =>
+      ['Subject: inner ' + n, 'Content-Type: multipart/mixed; boundary=i' + n, '', '--i' + n, 'Content-Type: text/plain', '', `inner ${n} https://inner${n}.example.test/`, ...[1, 2, 3, 4].flatMap((k) => ['--i' + n, 'Content-Type: application/octet-stream; name="f' + n + k + '.exe"', 'Content-Disposition: attachment; filename="f' + n + k + '.exe"', '', 'MZ' + 'x'.repeat(k)]), '--i' + n + '--', ''].join('\r\n');
+    const raw = eml(...head(), 'Content-Type: multipart/mixed; boundary=o', '', '--o', 'Content-Type: text/plain', '', 'outer text', ...[1, 2, 3].flatMap((n) => ['--o', 'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', '', b64(inner(n))]), '--o', 'Content-Type: text/plain', '', 'after', '--o--');
+    const view = (f: MessageFacts) => JSON.stringify({ a: f.attachments, b: f.body, u: f.urls, l: f.mimeLimitExceeded ?? null });
+    // The root, 2 text parts, 3 attached messages and 6 parts inside each: 24 parts.
+    for (const maxParts of [24, 23, 20, 12]) {
+      const whole = await inspect(raw, { ...LIMITS, maxParts });
+      expect(whole.mimeLimitExceeded).toBe(maxParts >= 24 ? undefined : 'parts');
+      for (const size of [1460, 97, 7]) expect(view(await inspect(raw, { ...LIMITS, maxParts }, size))).toBe(view(whole));
+    }
+    const all = await inspect(raw);
+    expect(all.attachments.filter((a) => a.extension === 'exe')).toHaveLength(12);
+    expect(all.urls).toEqual(['https://inner1.example.test/', 'https://inner2.example.test/', 'https://inner3.example.test/']);
+    expect(all.body).toBe('outer text\nafter\ninner 1 https://inner1.example.test/\ninner 2 https://inner2.example.test/\ninner 3 https://inner3.example.test/');
+  });
+
+  it('opens a part named .eml whatever type it declares, as mail clients do', async () => {
+    const inner = ['Subject: x', 'Content-Type: application/octet-stream; name="run.exe"', 'Content-Disposition: attachment; filename="run.exe"', 'Content-Transfer-Encoding: base64', '', Buffer.from('MZ' + '\0'.repeat(62)).toString('base64'), ''].join('\r\n');
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: application/octet-stream; name="scan.eml"', 'Content-Disposition: attachment; filename="scan.eml"', 'Content-Transfer-Encoding: base64', '', Buffer.from(inner).toString('base64'), '--m--'));
+    expect(f.attachments.map((a) => [a.name, a.detectedType])).toEqual([['scan.eml', 'text'], ['run.exe', 'executable']]);
+  });
+
+  it('waits on an attached message without piling up listeners, in small chunks', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const inner = ['Subject: big', 'Content-Type: application/octet-stream; name="big.bin"', 'Content-Transfer-Encoding: base64', '', Buffer.alloc(2_000_000, 0x42).toString('base64').replace(/.{76}/g, '$&\r\n')].join('\r\n') + '\r\n';
+      const raw = eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', '--m', 'Content-Type: message/rfc822', 'Content-Transfer-Encoding: base64', '', Buffer.from(inner).toString('base64').replace(/.{76}/g, '$&\r\n'), '--m--');
+      const f = await inspect(raw, LIMITS, 1000);
+      expect(f.attachments.find((a) => a.name === 'big.bin')!.size).toBe(2_000_000);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.filter((w) => w === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('an attachment inside a 6 MB attached message, streamed in 64 KB chunks: right size and SHA-256', async () => {
     const payload = Buffer.alloc(6_000_000, 0x41);
     const base64Lines = (b: Buffer) => b.toString('base64').replace(/.{76}/g, '$&\r\n');

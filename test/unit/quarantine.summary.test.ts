@@ -78,3 +78,37 @@ describe('attached messages', () => {
     expect(formatSummary(s)).toMatch(/^Attachments \(2\):\n {2}invoice\.eml {2}message\/rfc822 {2}\d+ bytes\n {2}invoice\.eml › invoice\.pdf {2}application\/pdf {2}512 bytes$/m);
   });
 });
+
+describe('an attached message that cannot be read', () => {
+  it('does not stop the summary: the rest is listed, and the attached message is marked', async () => {
+    // Inside: a header block of 3 MB, more than mailparser takes.
+    const inner = `Subject: x\r\nX-Long: ${'a'.repeat(3_000_000)}\r\n\r\nbody\r\n`;
+    const raw = Buffer.from(
+      [
+        'From: a@example.test',
+        'Subject: outer',
+        'MIME-Version: 1.0',
+        'Content-Type: multipart/mixed; boundary="o"',
+        '',
+        '--o',
+        'Content-Type: application/octet-stream; name="setup.exe"',
+        'Content-Disposition: attachment; filename="setup.exe"',
+        'Content-Transfer-Encoding: base64',
+        '',
+        Buffer.from('MZ').toString('base64'),
+        '--o',
+        'Content-Type: message/rfc822; name="fwd.eml"',
+        'Content-Disposition: attachment; filename="fwd.eml"',
+        'Content-Transfer-Encoding: base64',
+        '',
+        Buffer.from(inner).toString('base64').replace(/.{76}/g, '$&\r\n'),
+        '--o--',
+        '',
+      ].join('\r\n'),
+    );
+    const s = await summarise(Readable.from([raw]));
+    expect(s.subject).toBe('outer');
+    expect(s.attachments.map((a) => a.filename)).toEqual(['setup.exe', 'fwd.eml', 'fwd.eml › (could not be read as a message)']);
+    expect(s.attachments[1]!.size).toBe(Buffer.byteLength(inner));
+  }, 20_000);
+});
