@@ -77,7 +77,13 @@ interface Leaf {
   embedded?: MessageInspector;
 }
 
-const EMBEDDED_TYPES = new Set(['message/rfc822', 'message/global']);
+const MESSAGE_TYPES = new Set(['message/rfc822', 'message/global']);
+
+/** Whether a part that is not read as the message's text is an attached message (mail clients open a .eml as one). */
+export function isAttachedMessage(type: string, filename: string): boolean {
+  return MESSAGE_TYPES.has(type.toLowerCase()) || extensionOf(filename) === 'eml';
+}
+
 /** An attached message's text budget is at most this share of the message's: siblings each get one. */
 const EMBEDDED_TEXT_SHARE = 8;
 
@@ -146,8 +152,7 @@ export class MessageInspector {
     const drained = this.splitter.write(chunk) ? undefined : (this.drain ??= this.settled('drain').finally(() => (this.drain = undefined)));
     const embedded = this.embeddedWait;
     this.embeddedWait = undefined;
-    if (drained && embedded) return Promise.all([drained, embedded]).then(() => undefined);
-    return drained ?? embedded;
+    return both(drained, embedded);
   }
 
   /** Call once after the last chunk; resolves with the facts (partial if a limit was hit). */
@@ -191,12 +196,16 @@ export class MessageInspector {
     this.attachments.push(...inner.attachments);
     for (const url of inner.urls) this.urls.add(url);
     if (inner.mimeLimitExceeded) this.limitExceeded ??= inner.mimeLimitExceeded as Limit;
+    this.keepBody(inner.body);
+  }
+
+  /** Adds a part's text to the body, as much as the text budget has room for. */
+  private keepBody(text: string): void {
     const room = this.maxText - this.bodyBytes;
-    const text = room > 0 ? truncateUtf8(inner.body, room) : '';
-    if (text) {
-      this.body.push(text);
-      this.bodyBytes += Buffer.byteLength(text) + 1;
-    }
+    const kept = room > 0 ? truncateUtf8(text, room) : '';
+    if (!kept) return;
+    this.body.push(kept);
+    this.bodyBytes += Buffer.byteLength(kept) + 1;
   }
 
   /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */
@@ -278,7 +287,7 @@ export class MessageInspector {
     const filename = typeof node.filename === 'string' ? node.filename : '';
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
     const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
-    if (EMBEDDED_TYPES.has(type) || (!isText && extensionOf(filename) === 'eml')) {
+    if (!isText && isAttachedMessage(type, filename)) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
       if (depthLeft < 0) return this.limit('depth');
@@ -342,8 +351,7 @@ export class MessageInspector {
       a.zip.push(data);
       a.urls?.push(data.toString('latin1'));
     }
-    const wait = leaf.embedded?.write(data);
-    if (wait) this.embeddedWait = this.embeddedWait ? Promise.all([this.embeddedWait, wait]).then(() => undefined) : wait;
+    this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
   }
 
   private finishLeaf(): void {
@@ -363,7 +371,7 @@ export class MessageInspector {
     if (t.bytes === 0) return;
     const room = this.maxText - this.bodyBytes;
     if (room <= 0) return;
-    let text = safeDecode(t.kept.subarray(0, t.bytes), t.charset);
+    const text = safeDecode(t.kept.subarray(0, t.bytes), t.charset);
     t.kept = EMPTY;
     // A charset that is not ASCII-compatible (UTF-16) was not scanned as it streamed: scan what was kept.
     if (!t.urls) {
@@ -371,11 +379,7 @@ export class MessageInspector {
       scanner.push(text);
       scanner.end();
     }
-    text = t.html ? htmlToText(text, room) : normalizeText(text);
-    text = truncateUtf8(text, room);
-    if (!text) return;
-    this.body.push(text);
-    this.bodyBytes += Buffer.byteLength(text) + 1;
+    this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text));
   }
 
   private finishAttachment(a: AttachmentPart): void {
@@ -391,6 +395,12 @@ export class MessageInspector {
     }
     this.attachments.push(f);
   }
+}
+
+/** A wait for both (either may be absent). */
+function both(a: Promise<void> | void | undefined, b: Promise<void> | void | undefined): Promise<void> | undefined {
+  if (a && b) return Promise.all([a, b]).then(() => undefined);
+  return a || b || undefined;
 }
 
 /**

@@ -8,6 +8,7 @@
 import { PassThrough, type Readable } from 'node:stream';
 import { MailParser, type AddressObject, type AttachmentStream, type MessageText } from 'mailparser';
 import { htmlToText } from '../inspect/html.js';
+import { isAttachedMessage } from '../inspect/mime.js';
 
 export interface MessageSummary {
   from?: string;
@@ -57,7 +58,7 @@ export async function summarise(input: Readable, maxLines = 15, depth = 0): Prom
       // An attached message is read by a parser of its own, fed from here rather than piped: if that
       // parser gives up (a malformed message), this attachment's content must still flow to its end.
       let inner: PassThrough | undefined;
-      if ((data.contentType === 'message/rfc822' || data.contentType === 'message/global' || /\.eml$/i.test(entry.filename)) && depth < MAX_EMBEDDED_DEPTH) {
+      if (isAttachedMessage(data.contentType, entry.filename) && depth < MAX_EMBEDDED_DEPTH) {
         const feed = new PassThrough();
         inner = feed;
         embedded.push(

@@ -76,9 +76,9 @@ export class ClamdScanner implements ScannerPort {
     if (opts.hosts.length === 0) throw new Error('clamd: at least one host');
   }
 
-  /** The hosts a scan may use, in the configured order, without those set aside. */
-  private available(): ClamdHost[] {
-    return this.opts.hosts.filter((h) => !this.setAside.has(hostName(h)));
+  /** The first host in the configured order that is not set aside and this scan has not tried yet. */
+  private nextHost(tried: Set<string>): ClamdHost | undefined {
+    return this.opts.hosts.find((h) => !this.setAside.has(hostName(h)) && !tried.has(hostName(h)));
   }
 
   private setHostAside(h: ClamdHost, detail: string): void {
@@ -90,7 +90,7 @@ export class ClamdScanner implements ScannerPort {
     const entry = { detail, probe: undefined as NodeJS.Timeout | undefined };
     // The first PING goes at once: a host that was only slow on one big message is back straight away.
     const probe = async () => {
-      const r = await pingHost(h, every).catch((err: Error) => ({ ok: false, detail: err.message }));
+      const r = await pingHost(h, every);
       if (this.closed) return;
       if (!r.ok) {
         entry.probe = setTimeout(probe, every).unref();
@@ -109,12 +109,10 @@ export class ClamdScanner implements ScannerPort {
     const name = hostName(h);
     if (this.closed || this.setAside.has(name) || this.confirming.has(name)) return;
     this.confirming.add(name);
-    void pingHost(h, CONFIRM_MS)
-      .catch((err: Error) => ({ ok: false, detail: err.message }))
-      .then((r) => {
-        this.confirming.delete(name);
-        if (!r.ok) this.setHostAside(h, `${detail}, nor PING within ${CONFIRM_MS} ms`);
-      });
+    void pingHost(h, CONFIRM_MS).then((r) => {
+      this.confirming.delete(name);
+      if (!r.ok) this.setHostAside(h, `${detail}, nor PING within ${CONFIRM_MS} ms`);
+    });
   }
 
   close(): void {
@@ -157,7 +155,7 @@ export class ClamdScanner implements ScannerPort {
     let aborted = false;
     const abandon = new AbortController();
     const tried = new Set<string>();
-    const firstHost = this.available()[0];
+    const firstHost = this.nextHost(tried);
     if (firstHost) tried.add(hostName(firstHost));
     const first: Promise<ScanResult> = firstHost
       ? this.scanOne(firstHost, input, deadlineAt, abandon.signal).then(
@@ -200,7 +198,7 @@ export class ClamdScanner implements ScannerPort {
         // Not after abort(): the message is no longer wanted, and its spool may be gone. The next host is
         // chosen now: one set aside when the message started may answer again.
         for (;;) {
-          const next = this.available().find((h) => !tried.has(hostName(h)));
+          const next = this.nextHost(tried);
           if (r.result !== 'error' || aborted || !next || deadlineAt - Date.now() < MIN_FAILOVER_MS) break;
           tried.add(hostName(next));
           this.opts.metrics.scanFailovers.inc();
@@ -266,9 +264,16 @@ export class ClamdScanner implements ScannerPort {
   }
 }
 
+/** Never rejects: a host that cannot even be dialled is one that does not answer. */
 export function pingHost(h: ClamdHost, timeoutMs: number): Promise<{ ok: boolean; detail?: string }> {
   return new Promise((resolve) => {
-    const socket = h.socket ? net.connect({ path: h.socket }) : net.connect({ host: h.host ?? '127.0.0.1', port: h.port ?? 3310 });
+    let socket: net.Socket;
+    try {
+      socket = h.socket ? net.connect({ path: h.socket }) : net.connect({ host: h.host ?? '127.0.0.1', port: h.port ?? 3310 });
+    } catch (err) {
+      resolve({ ok: false, detail: (err as Error).message });
+      return;
+    }
     let reply = '';
     const done = (r: { ok: boolean; detail?: string }) => {
       clearTimeout(timer);
