@@ -26,6 +26,9 @@ import {
 /** The policies shipped with Douane (policies/ next to src/ and dist/). */
 export const SHIPPED_POLICIES = fileURLToPath(new URL('../../policies', import.meta.url));
 
+/** An admin bearer token. Printable ASCII, because an HTTP header carries bytes: a token with "è" in it could never match. */
+const adminToken = () => str({ pattern: /^[\x21-\x7e]{16,}$/, expected: 'at least 16 printable ASCII characters, no spaces' });
+
 const listener = refine(
   obj({
     mode: required(oneOf('starttls', 'tls', 'trusted')),
@@ -251,14 +254,13 @@ export const configSchema = obj({
         address: withDefault(ipAddress(), '127.0.0.1'),
         port: withDefault(int({ min: 0, max: 65535 }), 9725),
         /** full access; the audit trail records the actor the caller declares */
-        token: optional(str()),
+        token: optional(adminToken()),
         /** named tokens: the audit trail records the name; `read` cannot change anything */
         tokens: withDefault(
           list(
             obj({
               name: required(str({ pattern: /^[A-Za-z0-9._-]{1,64}$/, expected: 'a name of letters, digits, ".", "_" or "-"' })),
-              // Printable ASCII: an HTTP header carries bytes, not UTF-8.
-              token: required(str({ pattern: /^[\x21-\x7e]{16,}$/, expected: 'at least 16 printable ASCII characters, no spaces' })),
+              token: required(adminToken()),
               scope: required(oneOf('read', 'act')),
             }),
           ),

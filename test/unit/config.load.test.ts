@@ -138,6 +138,13 @@ describe('configuration loading', () => {
       't.yaml:6:15: admin.tokens[1].name "prometheus" is used by another token',
       't.yaml:7:27: admin.tokens[2].token is the same as another token: each holder needs their own',
     ]);
+    // The full-access token is held to the same rule.
+    const full = (token: string) => `listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nadmin: { token: ${token} }\n`;
+    expect(problems(() => parseConfig('t.yaml', full('"clé-très-secrète-0001"')))).toEqual([
+      't.yaml:3:17: admin.token must be at least 16 printable ASCII characters, no spaces (got "clé-très-secrète-0001")',
+    ]);
+    expect(problems(() => parseConfig('t.yaml', full('s3cret')))).toEqual(['t.yaml:3:17: admin.token must be at least 16 printable ASCII characters, no spaces (got "s3cret")']);
+    expect(parseConfig('t.yaml', full('s3cret-token-value')).config.admin.token).toBe('s3cret-token-value');
     const ok = parseConfig('t.yaml', duplicates.replace('name: prometheus, token: alice', 'name: alice, token: alice').replace('bob, token: read-only-token-000001', 'bob, token: bob-personal-token-0001'));
     expect(ok.config.admin.tokens.map((t) => [t.name, t.scope])).toEqual([['prometheus', 'read'], ['alice', 'act'], ['bob', 'read'], ['carol', 'act'], ['dave', 'act']]);
   });
