@@ -10,7 +10,10 @@
 //  - command lines ended by a bare LF, or containing NUL, are refused (smtp-server accepts "\n" alone);
 //  - AUTH is not offered before STARTTLS on a listener that refuses it there (538);
 //  - during a graceful shutdown, new transactions are refused while open ones may finish;
-//  - an overall session deadline bounds how long one client may hold a connection.
+//  - an overall session deadline bounds how long one client may hold a connection;
+//  - MAIL FROM and RCPT TO addresses reach the upstream as the client wrote them: smtp-server turns an
+//    IDNA domain (xn--…) into Unicode, which relayed would put 8-bit bytes in a command the client sent in
+//    ASCII, and it splits a quoted local part with a space in it ("john doe"@example.com, RFC 5321 4.1.2).
 
 import type net from 'node:net';
 import type tls from 'node:tls';
@@ -21,7 +24,15 @@ import type { ReasonCode } from '../reasons.js';
 import type { Phase } from '../pipeline/verdict.js';
 import { LIBRARY_REPLIES, PROTOCOL_ENHANCED, formatWire, naturalAction, replyFor, type WireReply } from './replies.js';
 
+type ParsedAddress = ReturnType<SMTPConnection['_parseAddressCommand']>;
+
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
+/** "MAIL FROM:" or "RCPT TO:", then the path in angle brackets */
+const ADDRESS_COMMAND = /^([^:]*:[ \t]*)<([^<>]*)>/;
+/** a quoted local part, escapes included */
+const QUOTED_LOCAL_PART = /^"(?:[^"\\]|\\.)*"(?=@)/;
+/** a source route, which RFC 5321 says to accept and ignore */
+const SOURCE_ROUTE = /^@[^\s,:@]+(?:,@[^\s,:@]+)*:/;
 
 export interface ConnectionHooks {
   /** incident reference for replies that are not about one transaction */
@@ -104,6 +115,18 @@ export class GatewayConnection extends SMTPConnection {
       }
     }
     super._onCommand(command, callback);
+  }
+
+  override _parseAddressCommand(name: string, command: Buffer | string): ParsedAddress {
+    const text = (command || '').toString();
+    const path = ADDRESS_COMMAND.exec(text);
+    if (!path) return super._parseAddressCommand(name, command);
+    const written = path[2]!.replace(SOURCE_ROUTE, '');
+    // smtp-server checks the address with any space in a quoted local part stood in for; we keep what was written.
+    const standIn = written.replace(QUOTED_LOCAL_PART, (quoted) => quoted.replace(/ /g, '_'));
+    const parsed = super._parseAddressCommand(name, `${path[1]}<${standIn}>${text.slice(path[0].length)}`);
+    if (parsed && parsed.address) parsed.address = written;
+    return parsed;
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {

@@ -143,6 +143,29 @@ describe('relay on the trusted listener', () => {
     c.close();
   });
 
+  it('relays addresses as the client wrote them: an IDNA domain stays ASCII, a quoted local part keeps its space', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trusted(gw.port('trusted'));
+    // smtp-server alone would hand on "bücher.example" (8-bit bytes in a command the client wrote in ASCII)
+    // and answer 501 to the space inside the quotes (RFC 5321 4.1.2 allows it).
+    expect(await c.command('MAIL FROM:<"john doe"@xn--bcher-kva.example>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<anna@xn--mller-kva.example>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<"a \\" b"@example.test>')).toMatch(/^250 /);
+    // Still refused: a space outside a closed quoted local part, a tab inside one.
+    expect(await c.command('RCPT TO:<"a b@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
+    expect(await c.command('RCPT TO:<a b@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
+    expect(await c.command('RCPT TO:<"a\tb"@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write(MESSAGE.replace('From: user1@example.test', 'From: "john doe"@xn--bcher-kva.example') + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    expect(upstream.messages[0]!.mailLine).toBe('MAIL FROM:<"john doe"@xn--bcher-kva.example>');
+    expect(upstream.commands).toContain('RCPT TO:<"a \\" b"@example.test>');
+    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', '"a \\" b"@example.test']);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ from: '"john doe"@xn--bcher-kva.example', account: '"john doe"@xn--bcher-kva.example', verdict: 'accept' });
+    c.close();
+  });
+
   it('refuses hosts outside the allow list with 554 5.7.1', async () => {
     const { gw, upstream } = await setup();
     const net = await import('node:net');
