@@ -13,7 +13,7 @@
 // field's type and unsafe regular expressions are errors with their position.
 
 import { regex, type Issue, type Path, type Schema } from '../validate/schema.js';
-import type { Facts } from './facts.js';
+import { asciiDomain, type Facts } from './facts.js';
 import { lookupField, PHASE_ORDER, type FieldSpec, type FieldType, type RulePhase } from './fields.js';
 
 export interface Condition {
@@ -76,7 +76,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
     case 'equals': {
       if (!scalarOk(arg)) return bad(spec.type === 'number' ? 'a number' : spec.type === 'bool' ? 'true or false' : 'a text value');
       if (spec.type === 'number' || spec.type === 'bool') return (v) => v === arg;
-      const want = lower(arg);
+      const want = spec.domain ? asciiDomain(String(arg)) : lower(arg);
       return (v) => v === want;
     }
     case 'in': {
@@ -85,7 +85,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
         const set = new Set(arg as number[]);
         return (v) => set.has(v as number);
       }
-      const set = new Set(arg.map(lower));
+      const set = new Set(spec.domain ? arg.map((a) => asciiDomain(String(a))) : arg.map(lower));
       return (v) => set.has(v as string);
     }
     case 'contains':

@@ -3,6 +3,8 @@
 // scanner, the limiters, the bulk detector, the lifecycle API); a part that is absent was not computed
 // (e.g. `douane policy explain` has no scanner), and conditions on it do not match.
 
+import { domainToASCII } from 'node:url';
+
 export interface AttachmentFacts {
   /** file name as declared in the message (may be empty) */
   name: string;
@@ -100,7 +102,25 @@ export interface Facts {
   baselineRatio?: number;
 }
 
+/** The domain of an address in its one comparable form (see asciiDomain). */
 export function domainOf(address: string): string {
   const at = address.lastIndexOf('@');
-  return at >= 0 ? address.slice(at + 1).toLowerCase() : '';
+  return at >= 0 ? asciiDomain(address.slice(at + 1)) : '';
+}
+
+/** An address in its one comparable form: lower case, the domain as asciiDomain gives it. */
+export function comparableAddress(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? address.toLowerCase() : `${address.slice(0, at).toLowerCase()}@${asciiDomain(address.slice(at + 1))}`;
+}
+
+/**
+ * A domain in lower case, and an international one in its IDNA form (xn--…), the form URL host names
+ * already take: "bücher.example" and "xn--bcher-kva.example" are one domain whichever way a client, a
+ * message header or a policy file wrote it. A name that is not a valid domain is only lower-cased.
+ */
+export function asciiDomain(domain: string): string {
+  const d = domain.toLowerCase();
+  // eslint-disable-next-line no-control-regex
+  return /^[\x00-\x7f]*$/.test(d) ? d : domainToASCII(d) || d;
 }

@@ -12,6 +12,8 @@ export interface FieldSpec {
   type: FieldType;
   phase: RulePhase;
   description: string;
+  /** the values are domains, in the form asciiDomain gives: a rule's values are put in that form too */
+  domain?: true;
   get(f: Facts): string | string[] | number | boolean | undefined;
 }
 
@@ -23,35 +25,35 @@ export const FIELDS: Record<string, FieldSpec> = {
   'client.ip': { type: 'string', phase: 'mail', description: 'client IP address', get: (f) => f.clientIp },
   authenticated: { type: 'bool', phase: 'mail', description: 'the client authenticated (false on a trusted listener)', get: (f) => f.authenticated },
   account: { type: 'string', phase: 'mail', description: 'the account: AUTH user, or envelope sender on a trusted listener', get: (f) => f.account.name },
-  'account.domain': { type: 'string', phase: 'mail', description: "the account's domain", get: (f) => f.account.domain },
+  'account.domain': { type: 'string', phase: 'mail', domain: true, description: "the account's domain", get: (f) => f.account.domain },
   'account.plan': { type: 'string', phase: 'mail', description: "the account's plan (art. 3.1)", get: (f) => f.account.plan },
   'account.status': { type: 'string', phase: 'mail', description: 'status from the lifecycle API: active, locked, suspended, closed, unknown', get: (f) => f.account.status },
   'account.never_suspend': { type: 'bool', phase: 'mail', description: 'in allowlists.never_suspend', get: (f) => f.account.allowlisted.neverSuspend },
   'account.bulk_exempt': { type: 'bool', phase: 'mail', description: 'in allowlists.bulk_exempt', get: (f) => f.account.allowlisted.bulkExempt },
   'account.trusted_submitter': { type: 'bool', phase: 'mail', description: 'in allowlists.trusted_submitters', get: (f) => f.account.allowlisted.trustedSubmitter },
   sender: { type: 'string', phase: 'mail', description: 'envelope sender (MAIL FROM); empty for the null sender', get: (f) => f.sender },
-  'sender.domain': { type: 'string', phase: 'mail', description: 'domain of the envelope sender', get: (f) => domainOf(f.sender) },
+  'sender.domain': { type: 'string', phase: 'mail', domain: true, description: 'domain of the envelope sender', get: (f) => domainOf(f.sender) },
   'sender.aligned': { type: 'bool', phase: 'mail', description: 'the envelope sender belongs to the account (address, alias or domain)', get: (f) => f.senderAligned },
   'limits.exceeded': { type: 'strings', phase: 'mail', description: 'message limits this message goes over (messages_per_minute, messages_per_hour, messages_per_day, bytes_per_day, concurrent_sessions)', get: (f) => f.limits?.exceeded },
   'limits.degraded': { type: 'bool', phase: 'mail', description: 'limits were decided without Redis (in-process insurance)', get: (f) => f.limits?.degraded },
   'baseline.ratio': { type: 'number', phase: 'mail', description: "this hour's messages divided by the account's usual hourly volume", get: (f) => f.baselineRatio },
   recipient: { type: 'string', phase: 'rcpt', description: 'the recipient being checked (RCPT phase)', get: (f) => f.recipient },
-  'recipient.domain': { type: 'string', phase: 'rcpt', description: 'domain of the recipient being checked', get: (f) => (f.recipient === undefined ? undefined : domainOf(f.recipient)) },
+  'recipient.domain': { type: 'string', phase: 'rcpt', domain: true, description: 'domain of the recipient being checked', get: (f) => (f.recipient === undefined ? undefined : domainOf(f.recipient)) },
   'recipient.limits.exceeded': { type: 'strings', phase: 'rcpt', description: 'recipient limits this recipient goes over (recipients_per_message, recipients_per_hour, recipients_per_day, recipient_domains_per_hour)', get: (f) => f.recipientLimits?.exceeded },
   recipients: { type: 'strings', phase: 'data', description: 'all accepted recipients', get: (f) => f.recipients },
   'recipients.count': { type: 'number', phase: 'data', description: 'number of accepted recipients', get: (f) => f.recipients.length },
-  'recipients.domains': { type: 'strings', phase: 'data', description: 'distinct recipient domains', get: (f) => uniq(f.recipients.map(domainOf)) },
+  'recipients.domains': { type: 'strings', phase: 'data', domain: true, description: 'distinct recipient domains', get: (f) => uniq(f.recipients.map(domainOf)) },
   'recipients.domains.count': { type: 'number', phase: 'data', description: 'number of distinct recipient domains', get: (f) => uniq(f.recipients.map(domainOf)).length },
   'message.size': { type: 'number', phase: 'data', description: 'size of the message in bytes', get: (f) => f.message?.size },
   from: { type: 'strings', phase: 'data', description: 'addresses in the From: header', get: (f) => f.message?.from },
-  'from.domain': { type: 'strings', phase: 'data', description: 'domains of the From: addresses', get: (f) => f.message?.from.map(domainOf) },
+  'from.domain': { type: 'strings', phase: 'data', domain: true, description: 'domains of the From: addresses', get: (f) => f.message?.from.map(domainOf) },
   'from.count': { type: 'number', phase: 'data', description: 'number of From: addresses', get: (f) => f.message?.from.length },
   'from.aligned': { type: 'bool', phase: 'data', description: 'every From:/Sender: address belongs to the account (true when there is none: see from.count)', get: (f) => f.fromAligned },
   'sender_header': { type: 'string', phase: 'data', description: 'the address in the Sender: header', get: (f) => f.message?.sender },
   subject: { type: 'string', phase: 'data', description: 'the Subject: header, decoded', get: (f) => f.message?.subject },
   body: { type: 'string', phase: 'data', description: 'the text of the message (text parts; HTML as text), first 256 KB', get: (f) => f.message?.body },
   urls: { type: 'strings', phase: 'data', description: 'URLs found in the text and HTML', get: (f) => f.message?.urls },
-  'urls.domains': { type: 'strings', phase: 'data', description: 'host names of those URLs', get: (f) => f.message && uniq(f.message.urls.map(hostOf).filter((h): h is string => Boolean(h))) },
+  'urls.domains': { type: 'strings', phase: 'data', domain: true, description: 'host names of those URLs', get: (f) => f.message && uniq(f.message.urls.map(hostOf).filter((h): h is string => Boolean(h))) },
   'urls.count': { type: 'number', phase: 'data', description: 'number of URLs', get: (f) => f.message?.urls.length },
   'attachments.count': { type: 'number', phase: 'data', description: 'number of attachments (those inside attached messages included, each attachments.* field likewise)', get: (f) => f.message?.attachments.length },
   'attachments.names': { type: 'strings', phase: 'data', description: 'attachment file names', get: (f) => f.message?.attachments.map((a) => a.name) },

@@ -5,7 +5,7 @@ import type { ReasonCode } from '../reasons.js';
 import type { Action, RuleRef, Verdict } from '../pipeline/verdict.js';
 import type { Condition } from './condition.js';
 import type { AccountFacts, Facts } from './facts.js';
-import { domainOf } from './facts.js';
+import { comparableAddress, domainOf } from './facts.js';
 import type { RulePhase } from './fields.js';
 import { LIMIT_NAMES, type Limits, type PolicyDocument } from './schema.js';
 
@@ -97,9 +97,9 @@ export class Policy {
 
   /** Does `address` belong to the account: its own address, an alias, or (sender.same_domain) its domain? */
   owns(account: string, address: string): boolean {
-    const a = address.toLowerCase();
+    const a = comparableAddress(address);
     const acct = account.toLowerCase();
-    if (a === acct) return true;
+    if (a === comparableAddress(acct)) return true;
     if (this.doc.sender.same_domain && domainOf(a) === domainOf(acct)) return true;
     return matchesAny(a, this.account(acct).aliases);
   }
@@ -169,10 +169,10 @@ export function humanDuration(seconds: number): string {
 
 /** Address patterns: "user@domain", "*@domain" or "@domain". */
 export function matchesAny(address: string, patterns: readonly string[]): boolean {
-  const a = address.toLowerCase();
+  const a = comparableAddress(address);
   const domain = domainOf(a);
   for (const p of patterns) {
-    const pl = p.toLowerCase();
+    const pl = comparableAddress(p);
     if (pl === a) return true;
     if ((pl.startsWith('*@') || pl.startsWith('@')) && pl.slice(pl.indexOf('@') + 1) === domain) return true;
   }

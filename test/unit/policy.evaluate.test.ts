@@ -1,5 +1,8 @@
 // Condition language and rule evaluation: operators, list semantics, absent facts, order, monitor mode.
 
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { conditionSchema } from '../../src/policy/condition.js';
 import type { Facts } from '../../src/policy/facts.js';
@@ -39,6 +42,19 @@ describe('conditions', () => {
     expect(compile({ recipients: { ends_with: '@three.example' } }).test(facts())).toBe(false);
     expect(compile({ 'header.X-Mailer': { matches: '^bulk mailer' } }).test(facts({ message: message() }))).toBe(true);
     expect(compile({ 'urls.domains': 'files.example.com' }).test(facts({ message: message() }))).toBe(true);
+  });
+
+  it('takes an international domain written either way as one domain (IDNA form, as URL host names have)', () => {
+    const idn = facts({ sender: 'anna@XN--Bcher-kva.example', recipients: ['a@bücher.example', 'b@xn--bcher-kva.example'], message: message({ from: ['anna@bücher.example'] }) });
+    expect(compile({ 'sender.domain': 'bücher.example' }).test(idn)).toBe(true);
+    expect(compile({ 'sender.domain': { in: ['xn--bcher-kva.example'] } }).test(idn)).toBe(true);
+    expect(compile({ 'from.domain': 'xn--bcher-kva.example' }).test(idn)).toBe(true);
+    expect(compile({ 'recipients.domains.count': 1 }).test(idn)).toBe(true);
+    expect(compile({ 'recipients.domains': { in: ['BÜCHER.example'] } }).test(idn)).toBe(true);
+    expect(compile({ 'sender.domain': 'buecher.example' }).test(idn)).toBe(false);
+    // Other text fields are compared as written.
+    expect(compile({ sender: 'anna@xn--bcher-kva.example' }).test(idn)).toBe(true);
+    expect(compile({ subject: 'bücher' }).test(facts({ message: message({ subject: 'BÜCHER' }) }))).toBe(true);
   });
 
   it('combines with all, any and not', () => {
@@ -98,5 +114,18 @@ describe('rule evaluation', () => {
     expect(shipped.account('newsletter@client-shop.example').allowlisted.bulkExempt).toBe(true);
     expect(shipped.owns('newsletter@client-shop.example', 'INFOS@client-shop.example')).toBe(true);
     expect(shipped.owns('newsletter@client-shop.example', 'other@client-shop.example')).toBe(false);
+  });
+
+  it('matches allowlists, aliases and the account itself whichever way an international domain is written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-idn-'));
+    cpSync('policies', dir, { recursive: true });
+    const allow = join(dir, 'allowlists.yaml');
+    writeFileSync(allow, readFileSync(allow, 'utf8').replace('  bulk_exempt:\n', '  bulk_exempt:\n    - "*@bücher.example"\n'));
+    const policy = loadPolicy(dir);
+    rmSync(dir, { recursive: true });
+    expect(policy.account('anna@xn--bcher-kva.example').allowlisted.bulkExempt).toBe(true);
+    expect(policy.account('anna@BÜCHER.example').allowlisted.bulkExempt).toBe(true);
+    expect(policy.account('anna@buecher.example').allowlisted.bulkExempt).toBe(false);
+    expect(policy.owns('anna@bücher.example', 'Anna@xn--bcher-kva.example')).toBe(true);
   });
 });
