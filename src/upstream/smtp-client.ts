@@ -56,6 +56,8 @@ export class SmtpClient {
   private readonly parser = new ReplyParser();
   private readonly waiters: Waiter[] = [];
   private failure: UpstreamError | undefined;
+  /** aborted by the first failure: ends the waits for a connect or a TLS handshake, which the socket alone may never end */
+  private readonly failed = new AbortController();
   /** EHLO keywords (upper case) to their parameters */
   capabilities = new Map<string, string>();
   secure = false;
@@ -118,7 +120,8 @@ export class SmtpClient {
     socket.setNoDelay(true);
     this.attach(socket);
     try {
-      await once(socket, this.endpoint.tls === 'implicit' ? 'secureConnect' : 'connect');
+      // A destroyed socket emits only 'close', which once() does not watch: the connect deadline ends the wait.
+      await once(socket, this.endpoint.tls === 'implicit' ? 'secureConnect' : 'connect', { signal: this.failed.signal });
     } catch (err) {
       throw new UpstreamError('connect', `cannot connect to upstream ${host}:${port}: ${(err as Error).message}`);
     }
@@ -171,7 +174,10 @@ export class SmtpClient {
   }
 
   private fail(err: UpstreamError): void {
-    if (!this.failure) this.failure = err;
+    if (!this.failure) {
+      this.failure = err;
+      this.failed.abort(err);
+    }
     while (this.waiters.length) {
       const w = this.waiters.shift()!;
       clearTimeout(w.timer);
@@ -233,7 +239,7 @@ export class SmtpClient {
     const secure = tls.connect({ socket: raw, ...this.tlsOptions() });
     this.attach(secure);
     try {
-      await once(secure, 'secureConnect');
+      await once(secure, 'secureConnect', { signal: this.failed.signal });
     } catch (err) {
       throw new UpstreamError('tls', `TLS handshake with upstream failed: ${(err as Error).message}`);
     }

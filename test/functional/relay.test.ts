@@ -1,8 +1,9 @@
 // The transparent relay against an in-process upstream that can be told to fail: per-command forwarding,
 // the upstream's own replies, pipelining, RSET, and never a 250 before the upstream's 250.
 
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { gatewayWithUpstream } from '../harness/gateway.js';
+import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
 import type { FakeUpstream } from '../harness/fake-upstream.js';
 import { RawSmtp } from '../harness/net.js';
 
@@ -376,6 +377,40 @@ describe('upstream faults reach the client, and never as 250', () => {
     expect(upstream.messages).toHaveLength(1);
     expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
   });
+
+  for (const [tlsMode, stall] of [
+    ['implicit', 'accepts the connection and never starts TLS'],
+    ['starttls', 'answers STARTTLS with 220 and never finishes the handshake'],
+  ] as const) {
+    it(`answers 451 4.4.1 at MAIL, within the connect timeout, when the upstream ${stall}`, async () => {
+      // Not a fake of the relay's upstream but of a broken one: the socket opens, the TLS session never does.
+      const stalled = net.createServer((s) => {
+        s.on('error', () => {});
+        if (tlsMode === 'implicit') return;
+        s.write('220 stalled.test ESMTP\r\n');
+        let tlsStarted = false;
+        s.on('data', (d) => {
+          if (tlsStarted) return; // the client's TLS hello, never answered
+          if (/^STARTTLS/i.test(d.toString())) tlsStarted = true;
+          s.write(tlsStarted ? '220 2.0.0 Ready to start TLS\r\n' : '250-stalled.test\r\n250 STARTTLS\r\n');
+        });
+      });
+      await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve));
+      const port = (stalled.address() as net.AddressInfo).port;
+      const gw = await startGateway(port, { upstream: { port, trusted_port: port, tls: tlsMode, verify_certificate: false, timeouts: { connect: '500ms' } } });
+      try {
+        const c = await trusted(gw.port('trusted'));
+        const started = Date.now();
+        expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^451 4\.4\.1 .*Ref D-/);
+        expect(Date.now() - started).toBeLessThan(2000);
+        expect(await gw.waitForLog((l) => l.event === 'upstream_error')).toMatchObject({ kind: 'timeout' });
+        c.close();
+      } finally {
+        await gw.stop();
+        stalled.close();
+      }
+    });
+  }
 
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
     const { gw, upstream } = await setup();
