@@ -26,6 +26,9 @@ import { LIBRARY_REPLIES, PROTOCOL_ENHANCED, formatWire, naturalAction, replyFor
 
 type ParsedAddress = ReturnType<SMTPConnection['_parseAddressCommand']>;
 
+/** How often a session past its deadline looks again for a moment when none of our replies is pending. */
+const DEADLINE_RECHECK_MS = 100;
+
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
 /** "MAIL FROM:" or "RCPT TO:", then the path in angle brackets */
 const ADDRESS_COMMAND = /^([^:]*:[ \t]*)<([^<>]*)>/;
@@ -183,13 +186,25 @@ export class GatewayConnection extends SMTPConnection {
 
   private onDeadline(): void {
     this.deadlinePassed = true;
-    // If we are the ones the client waits for, let that reply go out first; the next command gets the 421.
-    if (!this.busy) this.refuse('session.deadline', 'connect');
+    // If we are the ones the client waits for, let that reply go out first, then end the session as soon
+    // as nothing of ours is pending (commands in the meantime, NOOP or RCPT included, do not keep it open).
+    if (this.busy) {
+      this.deadlineTimer = setTimeout(() => this.onDeadline(), DEADLINE_RECHECK_MS);
+      this.deadlineTimer.unref();
+      return;
+    }
+    this.refuse('session.deadline', 'connect');
   }
 
   override close(): void {
     clearTimeout(this.deadlineTimer);
     super.close();
+  }
+
+  /** However the socket closed (QUIT, the client dropping, an error): the deadline timer goes with it. */
+  override _onClose(): void {
+    clearTimeout(this.deadlineTimer);
+    super._onClose();
   }
 }
 

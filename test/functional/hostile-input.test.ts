@@ -168,6 +168,32 @@ describe('slow clients and floods', () => {
     expect(last).toMatch(/^421 4\.4\.2 Session time limit reached/);
   });
 
+  it('ends a session whose deadline passed while the upstream was answering, even if the client then only sends NOOP or RCPT', async () => {
+    const { gw } = await start({ mail: () => ({ delayMs: 1200 }) }, { smtp: { session_deadline: '1s' } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    const started = Date.now();
+    // The deadline passes while the upstream is still answering MAIL: that reply goes out first.
+    expect(await c.command('MAIL FROM:<user1@example.test>', 3000)).toMatch(/^250 /);
+    let last = await c.command('RCPT TO:<user2@example.test>', 1000).catch(() => '(none)');
+    while (last.startsWith('250') && Date.now() - started < 4000) last = await c.command('NOOP', 1000).catch(() => '(none)');
+    expect(last).toMatch(/^421 4\.4\.2 Session time limit reached/);
+    expect(Date.now() - started).toBeLessThan(2500);
+  });
+
+  it('a client that drops without QUIT leaves no session deadline behind (no refusal logged for it later)', async () => {
+    const { gw } = await setup({ smtp: { session_deadline: '1s' } });
+    for (let i = 0; i < 3; i++) {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      c.close(); // destroys the socket: no QUIT
+    }
+    await gw.waitForLog((l) => l.event === 'session_end' && gw.logs.filter((x) => x.event === 'session_end').length === 3);
+    await new Promise((r) => setTimeout(r, 1300));
+    expect(gw.logs.filter((l) => l.reason === 'session.deadline')).toEqual([]);
+  });
+
   it('ends a client that trickles its message past the session deadline, relaying nothing', async () => {
     const { gw, upstream } = await setup({ smtp: { session_deadline: '1s' } });
     const c = await trustedSession(gw.port('trusted'));
