@@ -473,10 +473,15 @@ export class Gateway {
     try {
       if (!upstream || !upstream.usable) {
         upstream = await this.upstream.forAuth(this.identity(session));
+        if (state.closed) {
+          void upstream.quit();
+          throw clientGone('before its credentials were checked');
+        }
         state.upstream = upstream;
       }
       reply = await upstream.auth(username, auth.password ?? '', auth.authzid ?? '');
     } catch (err) {
+      if (state.closed) throw clientGone('before its credentials were checked');
       this.upstreamFailed(err, 'auth');
       this.metrics.auth.labels('upstream_error').inc();
       this.logAuth(state, username, 'upstream_error', (err as Error).message);
@@ -484,6 +489,8 @@ export class Gateway {
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
     const authLimits = this.policies.current.doc.auth;
+    // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
+    if (state.closed) throw clientGone('while its credentials were checked');
     if (reply.code === 235) {
       state.account = username.toLowerCase();
       this.metrics.auth.labels('success').inc();
@@ -592,9 +599,14 @@ export class Gateway {
       if (grant) void this.limiter.refund(grant);
       throw err;
     }
+    if (tx.done || !state.upstream) {
+      if (grant) void this.limiter.refund(grant);
+      throw clientGone('before its RCPT TO was relayed');
+    }
+    const upstream = state.upstream;
     let reply: SmtpReply;
     try {
-      reply = await state.upstream.rcpt(address.address);
+      reply = await upstream.rcpt(address.address);
     } catch (err) {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
@@ -607,7 +619,8 @@ export class Gateway {
     tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
     this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
     if (grant) {
-      if (accepted) tx.recipientGrants.push(grant);
+      // A transaction that ended while the upstream answered (the client left) has settled its grants already.
+      if (accepted && !tx.done) tx.recipientGrants.push(grant);
       else void this.limiter.refund(grant);
     }
     if (!accepted) throw passThrough(reply);
@@ -687,7 +700,7 @@ export class Gateway {
       }
 
       // The client left while the message was being checked: it got no 250 and will send it again.
-      if (tx.done || !state.upstream) throw Object.assign(new Error('the client went away before the message was relayed'), { code: 'ECONNECTION' });
+      if (tx.done || !state.upstream) throw clientGone('before the message was relayed');
       const upstream = state.upstream;
       const relayStarted = performance.now();
       let reply: SmtpReply;
@@ -766,14 +779,20 @@ export class Gateway {
 
   /** The upstream connection for this transaction: the session's own (AUTH), or one from the trusted pool. */
   private async upstreamFor(state: SessionState, session: SMTPServerSession): Promise<SmtpClient> {
+    if (state.closed) throw clientGone('before its MAIL FROM was relayed');
     if (state.listener.mode !== 'trusted') {
       if (state.upstream?.usable) return state.upstream;
       // The upstream dropped the authenticated session; without the password we cannot log in again.
       throw this.refusal({ action: 'tempfail', reason: 'upstream.session_lost' }, 'mail', state.tx?.reference ?? state.reference);
     }
     if (state.upstream?.usable) return state.upstream;
-    state.upstream = await this.upstream.forTrusted(this.identity(session));
-    return state.upstream;
+    const upstream = await this.upstream.forTrusted(this.identity(session));
+    if (state.closed) {
+      this.upstream.release(upstream);
+      throw clientGone('before its MAIL FROM was relayed');
+    }
+    state.upstream = upstream;
+    return upstream;
   }
 
   private upstreamFailed(err: unknown, phase: Phase): void {
@@ -938,6 +957,15 @@ export class Gateway {
     // session's upstream connection go, as the close would have.
     if (state.closed) this.disposeUpstream(state);
   }
+}
+
+/**
+ * The client left while a handler waited (upstream, Redis, scanner). What the handler acquired since is
+ * given back by the handler itself: the session's cleanup has already run. The guard logs it, nobody is
+ * left to answer.
+ */
+function clientGone(what: string): Error {
+  return Object.assign(new Error(`the client went away ${what}`), { code: 'ECONNECTION' });
 }
 
 /** The upstream's reply, relayed to the client as it is (enhanced code added if the upstream gave none). */

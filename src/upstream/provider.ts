@@ -69,7 +69,8 @@ export class PooledUpstreamProvider implements UpstreamProvider {
   }
 
   release(upstream: SmtpClient): void {
-    if (this.closed || this.opts.xclient || !upstream.usable || upstream.inTransaction || upstream.authenticated || this.idle.length >= this.opts.poolSize) {
+    // A reply still due (a MAIL sent for a client that left) would answer the next session's first command.
+    if (this.closed || this.opts.xclient || !upstream.usable || upstream.inTransaction || upstream.awaitingReply || upstream.authenticated || this.idle.length >= this.opts.poolSize) {
       void upstream.quit();
       return;
     }

@@ -102,6 +102,11 @@ export class SmtpClient {
     return !this.failure && !this.socket.destroyed;
   }
 
+  /** a command is waiting for its reply: the connection is in use whatever the transaction state says */
+  get awaitingReply(): boolean {
+    return this.waiters.length > 0;
+  }
+
   get maxSize(): number | undefined {
     const size = Number(this.capabilities.get('SIZE'));
     return Number.isFinite(size) && size > 0 ? size : undefined;

@@ -183,6 +183,45 @@ describe('each limit at its boundary', () => {
     for (let i = 0; i < 3; i++) expect((await send(gw.port('trusted'), 'perminute@example.test')).data).toMatch(/^250 /);
     await expect.poll(() => redis.cli('get', key)).toBe('3');
   });
+
+  it('a client that leaves while the upstream answers holds nothing: no session left open, no recipient counted', async () => {
+    await upstream.stop();
+    upstream = await FakeUpstream.start({
+      auth: () => ({ delayMs: 300, reply: '235 2.7.0 Authentication successful' }),
+      rcpt: (to) => (to.startsWith('slow') ? { delayMs: 300 } : undefined),
+    });
+    const gw = await gateway();
+    const plain = `AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`;
+    // Two clients leave while the upstream checks their password; the account allows two sessions at once.
+    for (let i = 0; i < 2; i++) {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      c.write(plain + '\r\n');
+      await new Promise((r) => setTimeout(r, 50));
+      c.close();
+    }
+    await expect.poll(() => upstream.commands.filter((c) => c === 'AUTH ***').length).toBe(2);
+    await new Promise((r) => setTimeout(r, 400)); // the upstream's answers have come
+    const open = async () => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command(plain)).toMatch(/^235/);
+      return c;
+    };
+    const [a, b] = [await open(), await open()];
+    expect(await a.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await b.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    // A client that leaves while the upstream answers its RCPT TO: the recipient it counted is given back.
+    a.write('RCPT TO:<slow@example.test>\r\n');
+    await expect.poll(() => upstream.commands.includes('RCPT TO:<slow@example.test>')).toBe(true);
+    a.close();
+    await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'abandoned');
+    await new Promise((r) => setTimeout(r, 400));
+    await expect.poll(() => redis.cli('get', 'douane:recipients_per_hour:{user1@example.test}')).toBe('0');
+    b.close();
+  });
 });
 
 describe('shared state', () => {

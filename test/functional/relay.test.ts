@@ -412,6 +412,39 @@ describe('upstream faults reach the client, and never as 250', () => {
     });
   }
 
+  it('a client that leaves while its MAIL FROM waits for the upstream: the pooled connection is not handed on with that reply still due', async () => {
+    const { gw, upstream } = await setup({ mail: (from) => (from === 'leaver@example.test' ? { delayMs: 300 } : undefined) });
+    const a = await trusted(gw.port('trusted'));
+    a.write('MAIL FROM:<leaver@example.test>\r\n');
+    await expect.poll(() => upstream.commands.includes('MAIL FROM:<leaver@example.test>')).toBe(true);
+    a.close();
+    await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'abandoned');
+    // The next session would otherwise get the pooled connection with an open transaction: 503 nested MAIL.
+    const b = await trusted(gw.port('trusted'));
+    expect(await b.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
+    expect(await b.command('RCPT TO:<user2@example.test>')).toBe('250 2.1.5 Ok');
+    expect(await b.command('DATA')).toMatch(/^354/);
+    b.write(MESSAGE + '.\r\n');
+    expect(await b.reply()).toMatch(/^250 2\.0\.0 Ok: queued/);
+    expect(upstream.messages.map((m) => m.from)).toEqual(['user1@example.test']);
+    b.close();
+  });
+
+  it('a client that leaves while the upstream connection is being opened: its MAIL FROM is never sent, the connection goes back to the pool', async () => {
+    const { gw, upstream } = await setup({ greetingDelayMs: 300 });
+    const a = await trusted(gw.port('trusted'));
+    a.write('MAIL FROM:<leaver@example.test>\r\n');
+    await expect.poll(() => upstream.connections).toBe(1);
+    a.close();
+    await gw.waitForLog((l) => l.event === 'client_gone');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(upstream.commands.filter((c) => c.startsWith('MAIL'))).toEqual([]);
+    const b = await trusted(gw.port('trusted'));
+    expect(await b.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
+    expect(upstream.connections).toBe(1); // the pooled one
+    b.close();
+  });
+
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
     const { gw, upstream } = await setup();
     await upstream.stop();

@@ -11,6 +11,8 @@ export interface FakeUpstreamOptions {
   users?: Record<string, string>;
   capabilities?: string[];
   greeting?: string;
+  /** a slow upstream: the greeting comes this late */
+  greetingDelayMs?: number;
   mail?: (from: string) => Scripted;
   rcpt?: (to: string) => Scripted;
   /** reply to the DATA command itself */
@@ -72,6 +74,7 @@ export class FakeUpstream {
     let user: string | undefined;
     let authStep: undefined | { mech: 'LOGIN'; user?: string } = undefined;
     let busy = false;
+    let inTransaction = false;
     const queue: Buffer[] = [];
 
     const send = (line: string) => {
@@ -122,10 +125,15 @@ export class FakeUpstream {
           send('334 VXNlcm5hbWU6');
         } else send('504 5.5.4 Unrecognized authentication type');
       } else if (verb === 'MAIL') {
+        // As Postfix: a second MAIL in one transaction is a client error, not a new transaction.
+        if (inTransaction) return send('503 5.5.1 Error: nested MAIL command');
         from = /<([^>]*)>/.exec(line)?.[1] ?? '';
         mailLine = line;
         to = [];
-        await act(this.opts.mail?.(from), '250 2.1.0 Ok');
+        const scripted = this.opts.mail?.(from);
+        const reply = typeof scripted === 'string' ? scripted : typeof scripted === 'object' ? (scripted.reply ?? '250') : '250';
+        if (reply.startsWith('250')) inTransaction = true;
+        await act(scripted, '250 2.1.0 Ok');
       } else if (verb === 'RCPT') {
         const addr = /<([^>]*)>/.exec(line)?.[1] ?? '';
         const scripted = this.opts.rcpt?.(addr);
@@ -150,6 +158,7 @@ export class FakeUpstream {
       } else if (verb === 'RSET') {
         from = '';
         to = [];
+        inTransaction = false;
         send('250 2.0.0 Ok');
       } else if (verb === 'NOOP') send('250 2.0.0 Ok');
       else if (verb === 'QUIT') {
@@ -159,6 +168,7 @@ export class FakeUpstream {
     };
 
     const finishData = async (body: Buffer, stuffed = true): Promise<void> => {
+      inTransaction = false;
       const raw = stuffed ? unstuff(body) : body;
       const message: ReceivedMessage = { from, to: [...to], raw, user, mailLine };
       const scripted = this.opts.dataEnd?.(message);
@@ -243,7 +253,8 @@ export class FakeUpstream {
       void pump();
     });
     const greeting = this.opts.greeting ?? '220 fake.upstream ESMTP';
-    send(greeting);
+    if (this.opts.greetingDelayMs) setTimeout(() => send(greeting), this.opts.greetingDelayMs);
+    else send(greeting);
   }
 
   private async checkAuth(u: string, p: string, send: (l: string) => void, act: (s: Scripted, n: string) => Promise<boolean>, setUser: (u: string) => void): Promise<void> {
