@@ -677,8 +677,16 @@ export class Gateway {
         }
       } catch (err) {
         scan?.abort();
-        this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
-        throw err;
+        if ((err as NodeJS.ErrnoException)?.code === 'ECONNECTION') {
+          this.finishTransaction(state, { action: 'abandoned', reply: `client went away during DATA: ${(err as Error).message}` });
+          throw err;
+        }
+        // Our side failed while taking the message in (the spool's disk is full or gone): the client,
+        // still connected, gets its 451 once smtp-server has read the rest of the message.
+        this.log.error({ event: 'internal_error', phase: 'data', session: state.id, ref: tx.reference, err: (err as Error)?.message }, 'the message could not be received');
+        const refusal = this.refusal({ action: 'tempfail', reason: 'internal.error' }, 'data', tx.reference);
+        this.finishTransaction(state, { action: 'tempfail', reason: 'internal.error', reply: refusal.message, note: `receiving the message failed: ${(err as Error)?.message}` });
+        throw refusal;
       }
       tx.size = size;
       tx.lineEndings = watch.end();

@@ -15,6 +15,9 @@ export class Spool {
   private file: WriteStream | undefined;
   private path: string | undefined;
   private finished = false;
+  /** the file's first error (disk full, I/O): kept, and thrown by the next write or finish */
+  private failure: Error | undefined;
+  private readonly failed = new AbortController();
   size = 0;
 
   constructor(
@@ -39,16 +42,37 @@ export class Spool {
       return;
     }
     if (!this.file) await this.spill();
-    if (!this.file!.write(chunk)) await once(this.file!, 'drain');
+    await this.toFile(chunk);
   }
 
   private async spill(): Promise<void> {
     this.path = join(this.dir, `msg-${Date.now()}-${randomBytes(6).toString('hex')}.eml`);
-    this.file = createWriteStream(this.path, { flags: 'wx', mode: 0o600 });
-    await once(this.file, 'open');
-    for (const c of this.chunks) if (!this.file.write(c)) await once(this.file, 'drain');
+    const file = createWriteStream(this.path, { flags: 'wx', mode: 0o600 });
+    this.file = file;
+    // Always listened to: an error on a write that did not wait (disk full after write() returned true)
+    // would otherwise be an unhandled 'error' event, and take the whole process down.
+    file.on('error', (err) => {
+      this.failure ??= err;
+      this.failed.abort(err);
+    });
+    await this.fileEvent('open');
+    for (const c of this.chunks) await this.toFile(c);
     this.chunks = [];
     this.inMemory = 0;
+  }
+
+  private async toFile(chunk: Buffer): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (!this.file!.write(chunk)) await this.fileEvent('drain');
+  }
+
+  /** Waits for the file's event, or fails with its error: a failed stream emits neither 'drain' nor 'open' again. */
+  private async fileEvent(event: 'open' | 'drain' | 'close'): Promise<void> {
+    try {
+      await once(this.file!, event, { signal: this.failed.signal });
+    } catch (err) {
+      throw this.failure ?? err;
+    }
   }
 
   /** Call once the whole message was written. */
@@ -56,8 +80,9 @@ export class Spool {
     if (this.finished) return;
     this.finished = true;
     if (this.file) {
+      if (this.failure) throw this.failure;
       this.file.end();
-      await once(this.file, 'close');
+      await this.fileEvent('close');
     }
   }
 

@@ -2,7 +2,7 @@
 // lines, slow clients and connection floods. Each gets a clear reply and leaves nothing half-done.
 
 import net from 'node:net';
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
@@ -238,6 +238,25 @@ describe('slow clients and floods', () => {
 });
 
 describe('spool', () => {
+  it('a spool that cannot be written (its directory gone, a full disk) tempfails the message with a reference, relaying nothing', async () => {
+    const { gw, upstream } = await setup({ spool: { memory_threshold: '1K' } });
+    rmSync(gw.spoolDir, { recursive: true });
+    try {
+      const c = await trustedSession(gw.port('trusted'));
+      c.write(`From: user1@example.test\r\nSubject: big\r\n\r\n${'x'.repeat(70)}\r\n`.repeat(100) + '.\r\n');
+      expect(await c.reply()).toMatch(/^451 4\.3\.0 Temporary local problem.*Ref D-/);
+      const line = await gw.waitForLog((l) => l.event === 'transaction');
+      expect(line).toMatchObject({ verdict: 'tempfail', reason: 'internal.error' });
+      expect(String(line.note)).toMatch(/receiving the message failed: .*ENOENT/);
+      expect(upstream.messages).toHaveLength(0);
+      // The session goes on: the next message fits in memory.
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+      c.close();
+    } finally {
+      mkdirSync(gw.spoolDir);
+    }
+  });
+
   it('relays a 25 MB message intact and removes its spool file', async () => {
     const { gw, upstream } = await setup({ smtp: { max_message_size: '30M' }, spool: { memory_threshold: '64K' } });
     const c = await trustedSession(gw.port('trusted'));
