@@ -13,8 +13,10 @@
 //  - an overall session deadline bounds how long one client may hold a connection;
 //  - MAIL FROM and RCPT TO addresses reach the upstream as the client wrote them: smtp-server turns an
 //    IDNA domain (xn--…) into Unicode, which relayed would put 8-bit bytes in a command the client sent in
-//    ASCII, and it splits a quoted local part with a space in it ("john doe"@example.com, RFC 5321 4.1.2).
+//    ASCII, and it splits a quoted local part with a space in it ("john doe"@example.com, RFC 5321 4.1.2);
+//    an address that is not UTF-8 is refused rather than relayed with its bytes replaced.
 
+import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
@@ -121,6 +123,9 @@ export class GatewayConnection extends SMTPConnection {
   }
 
   override _parseAddressCommand(name: string, command: Buffer | string): ParsedAddress {
+    // Bytes that are not UTF-8 (Latin-1 from an old client) would be read as U+FFFD and relayed so: the
+    // upstream and the checks would see another address than the client's. 501, as for a syntax error.
+    if (Buffer.isBuffer(command) && !isUtf8(command)) return false;
     const text = (command || '').toString();
     const path = ADDRESS_COMMAND.exec(text);
     if (!path) return super._parseAddressCommand(name, command);

@@ -156,12 +156,18 @@ describe('relay on the trusted listener', () => {
     expect(await c.command('RCPT TO:<"a b@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
     expect(await c.command('RCPT TO:<a b@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
     expect(await c.command('RCPT TO:<"a\tb"@example.test>')).toMatch(/^501 5\.5\.4 .*Ref /);
+    // Bytes that are not UTF-8 are refused, not relayed as U+FFFD; UTF-8 goes up byte for byte.
+    c.write(Buffer.from('RCPT TO:<\xe9\xff@example.test>\r\n', 'latin1'));
+    expect(await c.reply()).toMatch(/^501 5\.\d\.\d .*Ref /);
+    expect(await c.command('RCPT TO:<josé@example.test>')).toMatch(/^250 /);
     expect(await c.command('DATA')).toMatch(/^354/);
     c.write(MESSAGE.replace('From: user1@example.test', 'From: "john doe"@xn--bcher-kva.example') + '.\r\n');
     expect(await c.reply()).toMatch(/^250 /);
     expect(upstream.messages[0]!.mailLine).toBe('MAIL FROM:<"john doe"@xn--bcher-kva.example>');
     expect(upstream.commands).toContain('RCPT TO:<"a \\" b"@example.test>');
-    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', '"a \\" b"@example.test']);
+    expect(upstream.commands).toContain(Buffer.from('RCPT TO:<josé@example.test>').toString('latin1'));
+    expect(upstream.commands.filter((l) => l.includes('\ufffd') || l.includes('\xef\xbf\xbd'))).toEqual([]);
+    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', '"a \\" b"@example.test', Buffer.from('josé@example.test').toString('latin1')]);
     const line = await gw.waitForLog((l) => l.event === 'transaction');
     expect(line).toMatchObject({ from: '"john doe"@xn--bcher-kva.example', account: '"john doe"@xn--bcher-kva.example', verdict: 'accept' });
     c.close();
