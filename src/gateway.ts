@@ -520,7 +520,7 @@ export class Gateway {
     }
     this.metrics.auth.labels('failure').inc();
     this.logAuth(state, username, 'failure', formatReply(reply));
-    throw passThrough(reply);
+    throw passThrough(reply, state.reference);
   }
 
   private async onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
@@ -561,7 +561,7 @@ export class Gateway {
       upstream = await this.upstreamFor(state, session);
     } catch (err) {
       const refusal = err instanceof ReplyError ? err : this.upstreamRefusal(err, 'mail', tx.reference);
-      this.finishTransaction(state, { action: 'tempfail', reason: refusal.reason, reply: refusal.message });
+      this.finishTransaction(state, { action: 'tempfail', reason: refusal.reason, reply: refusal.wire });
       throw refusal;
     }
     let reply: SmtpReply;
@@ -569,14 +569,14 @@ export class Gateway {
       reply = await upstream.mail(address.address, mailParams(args, upstream));
     } catch (err) {
       const refusal = this.upstreamRefusal(err, 'mail', tx.reference);
-      this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
+      this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
       throw refusal;
     }
     tx.timings.mail = elapsed(started);
     this.metrics.upstreamReplies.labels('mail', replyClass(reply.code)).inc();
     if (reply.code < 200 || reply.code >= 300) {
-      const err = passThrough(reply);
-      this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
+      const err = passThrough(reply, tx.reference);
+      this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.wire });
       throw err;
     }
     state.pendingSuccessText = withEnhanced(reply, '2.1.0');
@@ -594,7 +594,7 @@ export class Gateway {
     tx.recipientLimits = undefined;
     if (isRefusal(outcome.verdict)) {
       const err = this.refusal(outcome.verdict, 'rcpt', tx.reference);
-      tx.recipients.push({ address: address.address, accepted: false, reply: err.message });
+      tx.recipients.push({ address: address.address, accepted: false, reply: err.wire });
       this.metrics.recipients.labels('refused_by_douane').inc();
       if (grant) void this.limiter.refund(grant);
       throw err;
@@ -610,7 +610,7 @@ export class Gateway {
     } catch (err) {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
-      tx.recipients.push({ address: address.address, accepted: false, reply: refusal.message });
+      tx.recipients.push({ address: address.address, accepted: false, reply: refusal.wire });
       throw refusal;
     }
     tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
@@ -623,7 +623,7 @@ export class Gateway {
       if (accepted && !tx.done) tx.recipientGrants.push(grant);
       else void this.limiter.refund(grant);
     }
-    if (!accepted) throw passThrough(reply);
+    if (!accepted) throw passThrough(reply, tx.reference);
     state.pendingSuccessText = withEnhanced(reply, '2.1.5');
   }
 
@@ -685,7 +685,7 @@ export class Gateway {
         // still connected, gets its 451 once smtp-server has read the rest of the message.
         this.log.error({ event: 'internal_error', phase: 'data', session: state.id, ref: tx.reference, err: (err as Error)?.message }, 'the message could not be received');
         const refusal = this.refusal({ action: 'tempfail', reason: 'internal.error' }, 'data', tx.reference);
-        this.finishTransaction(state, { action: 'tempfail', reason: 'internal.error', reply: refusal.message, note: `receiving the message failed: ${(err as Error)?.message}` });
+        this.finishTransaction(state, { action: 'tempfail', reason: 'internal.error', reply: refusal.wire, note: `receiving the message failed: ${(err as Error)?.message}` });
         throw refusal;
       }
       tx.size = size;
@@ -724,15 +724,15 @@ export class Gateway {
       } catch (err) {
         tx.relaying = false;
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
-        this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.message });
+        this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
         throw refusal;
       }
       tx.relaying = false;
       tx.timings.relay = elapsed(relayStarted);
       this.metrics.upstreamReplies.labels('data', replyClass(reply.code)).inc();
       if (reply.code !== 250) {
-        const err = passThrough(reply);
-        this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.message });
+        const err = passThrough(reply, tx.reference);
+        this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.wire });
         throw err;
       }
       const text = withEnhanced(reply, '2.0.0');
@@ -976,10 +976,15 @@ function clientGone(what: string): Error {
   return Object.assign(new Error(`the client went away ${what}`), { code: 'ECONNECTION' });
 }
 
-/** The upstream's reply, relayed to the client as it is (enhanced code added if the upstream gave none). */
-function passThrough(reply: SmtpReply): ReplyError {
+/**
+ * The upstream's refusal, relayed to the client as it is (enhanced code added if the upstream gave none),
+ * with the incident reference at the end: like every refusal, it finds the transaction's log line.
+ */
+function passThrough(reply: SmtpReply, reference: string): ReplyError {
   const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
-  return new ReplyError({ code: reply.code, enhanced, text: replyText(reply), close: false, ...(reply.lines.length > 1 ? { lines: reply.lines } : {}) });
+  const referenced = (text: string) => `${text.replace(/\.?\s*$/, '.')} Ref ${reference}.`;
+  const lines = reply.lines.length > 1 ? [...reply.lines.slice(0, -1), referenced(reply.lines[reply.lines.length - 1]!)] : undefined;
+  return new ReplyError({ code: reply.code, enhanced, text: referenced(replyText(reply)), close: false, ...(lines ? { lines } : {}) });
 }
 
 /** Rules with the action "tag" mark the message for the upstream's own filters. */
@@ -1003,7 +1008,7 @@ function mailParams(args: Record<string, string | true>, upstream: SmtpClient): 
 }
 
 function outcomeOf(verdict: Verdict, err: ReplyError): NonNullable<Transaction['outcome']> {
-  return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: `${err.responseCode} ${err.message}` };
+  return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: err.wire };
 }
 
 function elapsed(since: number): number {

@@ -125,6 +125,11 @@ export class ReplyError extends Error {
     super(formatWire(reply));
     this.responseCode = reply.code;
   }
+
+  /** the reply with its code, as the log records it */
+  get wire(): string {
+    return `${this.responseCode} ${this.message}`;
+  }
 }
 
 /** Replies that smtp-server produces by itself, mapped to our reasons so they read like ours. */

@@ -11,6 +11,11 @@ const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: 
 
 const setup = gatewayWithUpstream();
 
+/** The upstream's reply as it was, then the transaction's incident reference (captured: group 1). */
+function upstreamReply(reply: string): RegExp {
+  return new RegExp(`^${reply.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\. Ref (D-[0-9A-Z]{6})\\.$`);
+}
+
 /** EHLO, STARTTLS, EHLO, AUTH PLAIN on the submission listener. */
 async function authenticated(port: number, user = 'user1@example.test', pass = 'secret1'): Promise<{ c: RawSmtp; auth: string }> {
   const c = await RawSmtp.connect(port);
@@ -226,8 +231,9 @@ describe('upstream faults reach the client, and never as 250', () => {
     });
     const c = await trusted(gw.port('trusted'));
     await c.command('MAIL FROM:<user1@example.test>');
-    expect(await c.command('RCPT TO:<nobody@example.test>')).toBe(
-      '550-5.1.1 <nobody@example.test>: Recipient address rejected:\r\n550-5.1.1 User unknown in virtual mailbox table\r\n550 5.1.1 See https://help.example.test/550',
+    // Each line as the upstream wrote it; the reference goes at the end of the last.
+    expect(await c.command('RCPT TO:<nobody@example.test>')).toMatch(
+      upstreamReply('550-5.1.1 <nobody@example.test>: Recipient address rejected:\r\n550-5.1.1 User unknown in virtual mailbox table\r\n550 5.1.1 See https://help.example.test/550'),
     );
     expect(await c.command('RCPT TO:<user2@example.test>')).toBe('250 2.1.5 Ok');
     await c.command('DATA');
@@ -240,13 +246,16 @@ describe('upstream faults reach the client, and never as 250', () => {
     const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('nobody') ? '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' : undefined) });
     const c = await trusted(gw.port('trusted'));
     await c.command('MAIL FROM:<user1@example.test>');
-    expect(await c.command('RCPT TO:<nobody@example.test>')).toBe('550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown');
+    const refused = await c.command('RCPT TO:<nobody@example.test>');
+    const ref = upstreamReply('550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown').exec(refused)?.[1];
+    expect(ref, refused).toBeDefined();
     expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
     await c.command('DATA');
     c.write(MESSAGE + '.\r\n');
     expect(await c.reply()).toMatch(/^250 /);
     expect(upstream.messages[0]!.to).toEqual(['user2@example.test']);
     const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line.ref).toBe(ref);
     expect(line.rcpt).toEqual([
       { to: 'nobody@example.test', ok: false, reply: '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' },
       { to: 'user2@example.test', ok: true, reply: '250 2.1.5 Ok' },
@@ -270,7 +279,7 @@ describe('upstream faults reach the client, and never as 250', () => {
   it('passes an upstream MAIL refusal through', async () => {
     const { gw } = await setup({ mail: () => '553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user' });
     const c = await trusted(gw.port('trusted'));
-    expect(await c.command('MAIL FROM:<evil@example.test>')).toBe('553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user');
+    expect(await c.command('MAIL FROM:<evil@example.test>')).toMatch(upstreamReply('553 5.7.1 <evil@example.test>: Sender address rejected: not owned by user'));
     c.close();
   });
 
@@ -285,7 +294,10 @@ describe('upstream faults reach the client, and never as 250', () => {
       await c.command('RCPT TO:<user2@example.test>');
       await c.command('DATA');
       c.write(MESSAGE + '.\r\n');
-      expect(await c.reply()).toBe(reply);
+      const got = await c.reply();
+      expect(got).toMatch(upstreamReply(reply));
+      // The reference finds the transaction's log line.
+      expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ ref: upstreamReply(reply).exec(got)![1], reply: got });
       c.close();
     });
   }
