@@ -640,6 +640,9 @@ export class Gateway {
     const scan = this.scanner?.start();
     const limits = tx.policy.doc.inspection;
     const inspector = new MessageInspector({ maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
+    // The upstream session waits, idle, while the message comes in and is checked: a slow client with a
+    // large message must not outlast the upstream's own timeout.
+    const stopKeepalive = state.upstream.keepAlive();
     let size = 0;
     try {
       try {
@@ -710,6 +713,7 @@ export class Gateway {
       // The client left while the message was being checked: it got no 250 and will send it again.
       if (tx.done || !state.upstream) throw clientGone('before the message was relayed');
       const upstream = state.upstream;
+      await stopKeepalive();
       const relayStarted = performance.now();
       let reply: SmtpReply;
       tx.relaying = true;
@@ -740,6 +744,7 @@ export class Gateway {
       this.finishTransaction(state, { action: 'accept', reply: `250 ${text}`, ...(state.closed ? { note: 'the client went away before the reply' } : {}) });
       return text;
     } finally {
+      void stopKeepalive();
       await spool.dispose();
     }
   }

@@ -77,6 +77,8 @@ export const configSchema = obj({
           connect: withDefault(duration({ min: 1, timer: true }), 10_000),
           command: withDefault(duration({ min: 1, timer: true }), 60_000),
           data: withDefault(duration({ min: 1, timer: true }), 600_000),
+          /** while the client sends its message and it is checked, a NOOP this often keeps the upstream session open */
+          keepalive: withDefault(duration({ min: 1, timer: true }), 60_000),
         }),
       ),
       pool: section(

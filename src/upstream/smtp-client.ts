@@ -19,7 +19,7 @@ export interface UpstreamEndpoint {
   ca?: string | Buffer;
   servername?: string;
   heloName: string;
-  timeouts: { connect: number; command: number; data: number };
+  timeouts: { connect: number; command: number; data: number; keepalive: number };
 }
 
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'closed' | 'protocol' | 'tls' | 'refused';
@@ -220,6 +220,25 @@ export class SmtpClient {
     }
     this.lastUsedAt = Date.now();
     return reply;
+  }
+
+  /**
+   * Sends NOOP every `timeouts.keepalive` while nothing else is said, for as long as the client is still
+   * sending its message or it is being checked: the upstream's idle timeout (Postfix: smtpd_timeout) runs
+   * meanwhile, and an AUTH session cannot be opened again without the password. Returns the stop function,
+   * which waits for a NOOP in flight (NOOP ends a pipelined group: nothing may follow it unanswered).
+   */
+  keepAlive(): () => Promise<void> {
+    let inFlight: Promise<unknown> | undefined;
+    const timer = setInterval(() => {
+      if (this.failure || this.awaitingReply) return;
+      inFlight = this.command('NOOP').catch(() => undefined);
+    }, this.endpoint.timeouts.keepalive);
+    timer.unref();
+    return async () => {
+      clearInterval(timer);
+      await inFlight;
+    };
   }
 
   private async ehlo(name = this.endpoint.heloName): Promise<void> {

@@ -463,6 +463,25 @@ describe('upstream faults reach the client, and never as 250', () => {
     b.close();
   });
 
+  it('keeps the upstream session open with NOOP while a slow client sends its message (the upstream\'s idle timeout is shorter)', async () => {
+    const { gw, upstream } = await setup({ idleTimeoutMs: 600 }, { upstream: { timeouts: { keepalive: '200ms' } } });
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    // 1.5 s of message, a line every 100 ms: two and a half of the upstream's idle timeouts.
+    const lines = MESSAGE.split(/(?<=\r\n)/);
+    for (let i = 0; i < 15; i++) {
+      c.write(lines[i] ?? `line ${i}\r\n`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    c.write('.\r\n');
+    expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued/);
+    expect(upstream.commands.filter((x) => x === 'NOOP').length).toBeGreaterThanOrEqual(2);
+    expect(upstream.commands.slice(-1)).toEqual(['DATA']);
+    c.close();
+  });
+
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
     const { gw, upstream } = await setup();
     await upstream.stop();

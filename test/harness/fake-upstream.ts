@@ -13,6 +13,8 @@ export interface FakeUpstreamOptions {
   greeting?: string;
   /** a slow upstream: the greeting comes this late */
   greetingDelayMs?: number;
+  /** as Postfix's smtpd_timeout: a session silent this long gets 421 and is closed */
+  idleTimeoutMs?: number;
   mail?: (from: string) => Scripted;
   rcpt?: (to: string) => Scripted;
   /** reply to the DATA command itself */
@@ -248,7 +250,19 @@ export class FakeUpstream {
         busy = false;
       }
     };
+    let idleTimer: NodeJS.Timeout | undefined;
+    const idle = () => {
+      if (!this.opts.idleTimeoutMs) return;
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => {
+        send('421 4.4.2 fake.upstream Error: timeout exceeded');
+        socket.end();
+      }, this.opts.idleTimeoutMs);
+    };
+    idle();
+    socket.on('close', () => clearTimeout(idleTimer));
     socket.on('data', (chunk: Buffer) => {
+      idle();
       queue.push(chunk);
       void pump();
     });

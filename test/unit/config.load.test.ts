@@ -24,7 +24,7 @@ describe('configuration loading', () => {
     expect(source).toBe('(embedded default)');
     expect(config.listeners.submission).toMatchObject({ mode: 'starttls', address: '127.0.0.1', port: 2587 });
     expect(config.listeners.trusted!.allow!.map((c) => c.text)).toEqual(['127.0.0.1/32', '::1/128']);
-    expect(config.upstream.timeouts).toEqual({ connect: 10_000, command: 60_000, data: 600_000 });
+    expect(config.upstream.timeouts).toEqual({ connect: 10_000, command: 60_000, data: 600_000, keepalive: 60_000 });
     expect(config.smtp.max_message_size).toBe(26_214_400);
     expect(Object.isFrozen(config.smtp)).toBe(true);
   });
