@@ -859,7 +859,7 @@ export class Gateway {
       );
       tx.quarantineId = meta.id;
       this.metrics.quarantined.labels(verdict.reason ?? 'none').inc();
-      void this.updateQuarantineGauges();
+      this.updateQuarantineGauges().catch((err: Error) => this.log.warn({ event: 'quarantine_count_failed', err: err.message }, 'could not count the quarantine for its metrics'));
       return true;
     } catch (err) {
       this.log.error({ event: 'quarantine_failed', ref: tx.reference, err: (err as Error).message }, 'could not keep the message in quarantine; tempfailing it instead');

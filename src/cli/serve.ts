@@ -32,6 +32,15 @@ export async function serve(argv: string[]): Promise<number> {
   const loaded = loadConfig({ file: option(args, 'config'), files: true });
   const { config } = loaded;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
+  // A fault no handler caught leaves the process in a state nobody knows: say what it was, in the log
+  // where everything else is, and exit for the supervisor to restart it (open sessions get no 250 they
+  // should not: a 250 is only ever sent after the upstream's).
+  const crash = (kind: string) => (err: unknown) => {
+    logger.fatal({ event: 'crash', kind, err: (err as Error)?.stack ?? String(err) }, `${kind}: exiting`);
+    process.exit(70);
+  };
+  process.on('uncaughtException', crash('uncaught exception'));
+  process.on('unhandledRejection', crash('unhandled rejection'));
   logger.info({ event: 'start', version: VERSION, config: loaded.source, overrides: loaded.overrides }, `douane ${VERSION} starting (${loaded.source === EMBEDDED_NAME ? 'embedded default configuration' : loaded.source})`);
   const metrics = new Metrics({ version: VERSION });
   const gateway = new Gateway(config, { logger, metrics });

@@ -2,6 +2,9 @@
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
 import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
@@ -52,6 +55,28 @@ describe('douane CLI', () => {
     const r = await douane(['serve', '--config', 'fixtures/config/no-cert.yaml']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/no-cert\.yaml:2:23: listeners\.submission\.mode is starttls, which needs tls\.cert and tls\.key/);
+  });
+
+  it('serve logs a fault that nothing caught as one JSON line, then exits 70 for its supervisor to restart it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    try {
+      // A stand-in for a bug: a promise rejected with nobody to catch it, once the gateway runs.
+      writeFileSync(join(dir, 'fault.mjs'), "setTimeout(() => { void Promise.reject(new Error('injected fault')); }, 500);\n");
+      writeFileSync(
+        join(dir, 'douane.yaml'),
+        ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'admin: { enabled: false }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
+      );
+      const r = await exec('node', ['--import', join(dir, 'fault.mjs'), CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
+        () => ({ code: 0, stdout: '' }),
+        (e: { code: number; stdout: string }) => e,
+      );
+      expect(r.code).toBe(70);
+      const crash = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.event === 'crash');
+      expect(crash).toMatchObject({ level: 'fatal', kind: 'unhandled rejection' });
+      expect(String(crash!.err)).toMatch(/^Error: injected fault\n\s+at /);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
