@@ -28,7 +28,7 @@ describe('quarantine release', () => {
       { reference: 'D-REL001', at: new Date().toISOString(), account: 'user1@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'user1@example.test', recipients: ['bob@example.net', 'gone@example.net'], action: 'quarantine', reason: 'content.forbidden', rule: 'content.phishing-domains', policyVersion: 'abc', size: raw.length },
       Readable.from([Buffer.from(raw)]),
     );
-    const endpoint = { host: '127.0.0.1', port: upstream.port, tls: 'none' as const, verifyCertificate: false, heloName: 'douane.test', timeouts: { connect: 2000, command: 2000, data: 5000 } };
+    const endpoint = { host: '127.0.0.1', port: upstream.port, tls: 'none' as const, verifyCertificate: false, heloName: 'douane.test', timeouts: { connect: 2000, command: 2000, data: 5000, keepalive: 60_000 } };
     const released = await releaseMessage(store, meta.id, { endpoint, by: 'cli:test', audit });
     expect(upstream.messages).toHaveLength(1);
     expect(upstream.messages[0]!.to).toEqual(['bob@example.net']);
