@@ -15,6 +15,7 @@ import { preparePhase, runPhase, PIPELINE, type PhaseOutcome } from './pipeline/
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
+import { comparableAddress } from './policy/facts.js';
 import { PolicyStore } from './policy/store.js';
 import type { StrikeSink } from './policy/strikes.js';
 import { Limiter } from './limits/limiter.js';
@@ -489,14 +490,20 @@ export class Gateway {
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
     const authLimits = this.policies.current.doc.auth;
-    // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
-    if (state.closed) throw clientGone('while its credentials were checked');
     if (reply.code === 235) {
-      state.account = username.toLowerCase();
+      // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
+      // A failure, below, still counts: a client that leaves at once must not escape the brute-force limits.
+      if (state.closed) throw clientGone('while its credentials were checked');
+      state.account = comparableAddress(username);
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
       await this.limiter.authSucceeded(state.account, authLimits);
       await this.limiter.sessionOpened(state.account, state.id, this.clock.now() + this.config.smtp.session_deadline + 60_000);
+      if (state.closed) {
+        // It left while the session was being counted, after its cleanup looked: give the count back here.
+        void this.limiter.sessionClosed(state.account, state.id);
+        throw clientGone('while its session was being counted');
+      }
       state.sessionCounted = true;
       return username;
     }
@@ -544,7 +551,8 @@ export class Gateway {
     if (typeof args.SIZE === 'string') tx.declaredSize = Number(args.SIZE);
     state.tx = tx;
     state.transactions++;
-    if (state.listener.mode === 'trusted') state.account = address.address.toLowerCase() || '<>';
+    // One account however its domain is written (xn-- or Unicode): limits, strikes and suspensions are its own.
+    if (state.listener.mode === 'trusted') state.account = comparableAddress(address.address) || '<>';
     const started = performance.now();
 
     // The counters start now, in the same Redis round trip as the account's state.
@@ -647,22 +655,30 @@ export class Gateway {
     try {
       try {
         // One pass over the stream: line endings, size, spool, MIME inspection.
+        let failed: unknown;
         for await (const chunk of stream as AsyncIterable<Buffer>) {
           size += chunk.length;
           watch.push(chunk);
-          // Past the limit we keep reading (the client must reach its final dot) but stop storing.
+          // Past the limit, or once storing failed, we keep reading (the client must reach its final dot
+          // before it is answered) but stop storing.
           if (size > max) tx.oversize = true;
-          else {
-            await spool.write(chunk);
-            await inspector.write(chunk);
-            if (scan && !tx.scanTooBig) {
-              if (size > scanning.max_size) {
-                tx.scanTooBig = true;
-                scan.abort();
-              } else await scan.write(chunk);
+          else if (failed === undefined) {
+            try {
+              await spool.write(chunk);
+              await inspector.write(chunk);
+              if (scan && !tx.scanTooBig) {
+                if (size > scanning.max_size) {
+                  tx.scanTooBig = true;
+                  scan.abort();
+                } else await scan.write(chunk);
+              }
+            } catch (err) {
+              failed = err ?? new Error('storing the message failed');
+              scan?.abort();
             }
           }
         }
+        if (failed !== undefined) throw failed;
         await spool.finish();
         // clamd gets the end of the message first, so that its scan runs while the MIME facts are
         // completed and the data checks' slow lookups (the bulk count) start.
@@ -685,7 +701,7 @@ export class Gateway {
           throw err;
         }
         // Our side failed while taking the message in (the spool's disk is full or gone): the client,
-        // still connected, gets its 451 once smtp-server has read the rest of the message.
+        // still connected, has sent its final dot and gets a 451.
         this.log.error({ event: 'internal_error', phase: 'data', session: state.id, ref: tx.reference, err: (err as Error)?.message }, 'the message could not be received');
         const refusal = this.refusal({ action: 'tempfail', reason: 'internal.error' }, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'internal.error', reply: refusal.wire, note: `receiving the message failed: ${(err as Error)?.message}` });
@@ -710,10 +726,11 @@ export class Gateway {
         throw err;
       }
 
+      // A NOOP still in flight is answered before DATA goes out (and the client may leave meanwhile).
+      await stopKeepalive();
       // The client left while the message was being checked: it got no 250 and will send it again.
       if (tx.done || !state.upstream) throw clientGone('before the message was relayed');
       const upstream = state.upstream;
-      await stopKeepalive();
       const relayStarted = performance.now();
       let reply: SmtpReply;
       tx.relaying = true;
@@ -987,7 +1004,7 @@ function clientGone(what: string): Error {
  */
 function passThrough(reply: SmtpReply, reference: string): ReplyError {
   const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
-  const referenced = (text: string) => `${text.replace(/\.?\s*$/, '.')} Ref ${reference}.`;
+  const referenced = (text: string) => `${text} (Ref ${reference})`;
   const lines = reply.lines.length > 1 ? [...reply.lines.slice(0, -1), referenced(reply.lines[reply.lines.length - 1]!)] : undefined;
   return new ReplyError({ code: reply.code, enhanced, text: referenced(replyText(reply)), close: false, ...(lines ? { lines } : {}) });
 }

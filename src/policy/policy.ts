@@ -58,6 +58,8 @@ export interface PolicyFile {
 
 export class Policy {
   readonly rulesByPhase: Readonly<Record<RulePhase, readonly Rule[]>>;
+  /** `accounts` by address in its comparable form, however the file wrote it */
+  private readonly accountEntries: ReadonlyMap<string, PolicyDocument['accounts'][string]>;
 
   constructor(
     readonly version: string,
@@ -71,13 +73,14 @@ export class Policy {
       rcpt: rules.filter((r) => r.phase === 'rcpt'),
       data: rules.filter((r) => r.phase === 'data'),
     };
+    this.accountEntries = new Map(Object.entries(doc.accounts).map(([address, entry]) => [comparableAddress(address), entry]));
   }
 
   /** The account's plan and limits: account override, then its domain's, then the plan's. */
   account(name: string): AccountPolicy {
-    const key = name.toLowerCase();
+    const key = comparableAddress(name);
     const domain = domainOf(key);
-    const acct = this.doc.accounts[key] ?? this.doc.accounts[name];
+    const acct = this.accountEntries.get(key);
     const dom = this.doc.domains[domain];
     const planName = acct?.plan ?? dom?.plan ?? this.doc.default_plan;
     const base = this.doc.plans[planName]!;

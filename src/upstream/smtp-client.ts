@@ -232,7 +232,13 @@ export class SmtpClient {
     let inFlight: Promise<unknown> | undefined;
     const timer = setInterval(() => {
       if (this.failure || this.awaitingReply) return;
-      inFlight = this.command('NOOP').catch(() => undefined);
+      inFlight = this.command('NOOP').then(
+        (reply) => {
+          // 421: the upstream is closing the session (Postfix under stress shortens its timeouts).
+          if (reply.code === 421) this.fail(new UpstreamError('closed', `upstream answered NOOP with ${formatReply(reply)}`, reply));
+        },
+        () => undefined,
+      );
     }, this.endpoint.timeouts.keepalive);
     timer.unref();
     return async () => {

@@ -61,7 +61,11 @@ describe('douane CLI', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
     try {
       // A stand-in for a bug: a promise rejected with nobody to catch it, once the gateway runs.
-      writeFileSync(join(dir, 'fault.mjs'), "setTimeout(() => { void Promise.reject(new Error('injected fault')); }, 500);\n");
+      // It waits for serve's own handlers, however slowly the machine starts the gateway.
+      writeFileSync(
+        join(dir, 'fault.mjs'),
+        "const t = setInterval(() => { if (process.listenerCount('unhandledRejection') > 0) { clearInterval(t); void Promise.reject(new Error('injected fault')); } }, 50);\n",
+      );
       writeFileSync(
         join(dir, 'douane.yaml'),
         ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'admin: { enabled: false }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),

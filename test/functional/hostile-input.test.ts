@@ -243,7 +243,11 @@ describe('spool', () => {
     rmSync(gw.spoolDir, { recursive: true });
     try {
       const c = await trustedSession(gw.port('trusted'));
-      c.write(`From: user1@example.test\r\nSubject: big\r\n\r\n${'x'.repeat(70)}\r\n`.repeat(100) + '.\r\n');
+      c.write(`From: user1@example.test\r\nSubject: big\r\n\r\n${'x'.repeat(70)}\r\n`.repeat(100));
+      // The failure is known now, but the client is answered only after its final dot: a reply in the
+      // middle of the message would have the rest of it read as commands.
+      expect(await c.reply(500)).toBe('(timeout)');
+      c.write(`${'y'.repeat(70)}\r\n`.repeat(10) + '.\r\n');
       expect(await c.reply()).toMatch(/^451 4\.3\.0 Temporary local problem.*Ref D-/);
       const line = await gw.waitForLog((l) => l.event === 'transaction');
       expect(line).toMatchObject({ verdict: 'tempfail', reason: 'internal.error' });

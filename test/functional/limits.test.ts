@@ -184,6 +184,16 @@ describe('each limit at its boundary', () => {
     await expect.poll(() => redis.cli('get', key)).toBe('3');
   });
 
+  it('an account is one account however its domain is written (xn-- or Unicode)', async () => {
+    const gw = await gateway();
+    expect((await send(gw.port('trusted'), 'idn@xn--bcher-kva.example')).data).toMatch(/^250 /);
+    expect((await send(gw.port('trusted'), 'idn@bücher.example')).data).toMatch(/^250 /);
+    expect((await send(gw.port('trusted'), 'IDN@XN--BCHER-KVA.example')).data).toMatch(/^250 /);
+    // Three a minute, whichever spelling.
+    expect((await send(gw.port('trusted'), 'idn@bücher.example')).mail).toMatch(/^450 4\.7\.1 Sending limit reached/);
+    expect(redis.cli('get', 'douane:messages_per_minute:{idn@xn--bcher-kva.example}')).toBe('3');
+  });
+
   it('a client that leaves while the upstream answers holds nothing: no session left open, no recipient counted', async () => {
     await upstream.stop();
     upstream = await FakeUpstream.start({
@@ -394,6 +404,28 @@ describe('Redis failures are bounded', () => {
 });
 
 describe('brute force and sudden volume', () => {
+  it('counts a failed login whose client left before the upstream answered', async () => {
+    await upstream.stop();
+    upstream = await FakeUpstream.start({ auth: () => ({ delayMs: 200, reply: '535 5.7.8 Error: authentication failed: bad credentials' }) });
+    const gw = await gateway();
+    const plain = (pass: string) => `AUTH PLAIN ${Buffer.from(`\0victim@example.test\0${pass}`).toString('base64')}`;
+    for (let i = 0; i < 4; i++) {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      c.write(plain('wrong') + '\r\n');
+      await expect.poll(() => upstream.commands.filter((x) => x.startsWith('AUTH')).length).toBe(i + 1);
+      c.close();
+    }
+    await new Promise((r) => setTimeout(r, 400)); // the upstream's answers have come
+    const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+    await c.reply();
+    await c.command('EHLO t');
+    expect(await c.command(plain('right'))).toMatch(/^454 4\.7\.0 Too many failed logins/);
+    expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toHaveLength(4);
+    c.close();
+  });
+
   it('blocks an account after repeated failed logins (454 4.7.0) without asking the upstream, with a strike', async () => {
     const gw = await gateway();
     const attempt = async (pass: string) => {

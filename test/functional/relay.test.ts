@@ -13,7 +13,7 @@ const setup = gatewayWithUpstream();
 
 /** The upstream's reply as it was, then the transaction's incident reference (captured: group 1). */
 function upstreamReply(reply: string): RegExp {
-  return new RegExp(`^${reply.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\. Ref (D-[0-9A-Z]{6})\\.$`);
+  return new RegExp(`^${reply.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(Ref (D-[0-9A-Z]{6})\\)$`);
 }
 
 /** EHLO, STARTTLS, EHLO, AUTH PLAIN on the submission listener. */

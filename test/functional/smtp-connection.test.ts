@@ -82,7 +82,7 @@ describe('connection adaptations', () => {
     await c.reply();
     await c.command('EHLO client.test');
     await c.command('MAIL FROM:<user1@example.test>');
-    expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^550 5\.7\.1 no such user here\. Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^550 5\.7\.1 no such user here \(Ref D-[0-9A-Z]{6}\)$/);
     c.close();
   });
 });

@@ -121,11 +121,15 @@ describe('rule evaluation', () => {
     cpSync('policies', dir, { recursive: true });
     const allow = join(dir, 'allowlists.yaml');
     writeFileSync(allow, readFileSync(allow, 'utf8').replace('  bulk_exempt:\n', '  bulk_exempt:\n    - "*@bücher.example"\n'));
+    const limits = join(dir, 'limits.yaml');
+    writeFileSync(limits, readFileSync(limits, 'utf8').replace('accounts:\n', 'accounts:\n  Chef@Bücher.example: { plan: entreprise }\n'));
     const policy = loadPolicy(dir);
     rmSync(dir, { recursive: true });
     expect(policy.account('anna@xn--bcher-kva.example').allowlisted.bulkExempt).toBe(true);
     expect(policy.account('anna@BÜCHER.example').allowlisted.bulkExempt).toBe(true);
     expect(policy.account('anna@buecher.example').allowlisted.bulkExempt).toBe(false);
     expect(policy.owns('anna@bücher.example', 'Anna@xn--bcher-kva.example')).toBe(true);
+    expect(policy.account('chef@xn--bcher-kva.example').plan).toBe('entreprise');
+    expect(policy.account('anna@xn--bcher-kva.example').plan).not.toBe('entreprise');
   });
 });
