@@ -169,7 +169,8 @@ export class Gateway {
       accounts: this.enforcer,
       bulk: deps.bulk ?? new BulkCounter({ redis: this.redis, keyPrefix: config.limits.redis?.key_prefix ?? 'douane', deadlineMs: config.limits.deadline, metrics: this.metrics, log: this.log }),
     };
-    Spool.prepare(config.spool.dir);
+    const stale = Spool.prepare(config.spool.dir, config.smtp.session_deadline);
+    if (stale) this.log.warn({ event: 'spool_cleaned', removed: stale, dir: config.spool.dir }, `removed ${stale} spool files left by a previous run`);
     this.tls = loadTlsMaterial(config);
     if (this.tls?.selfSigned) {
       this.log.warn({ event: 'insecure_dev_tls' }, 'TLS listeners use a throwaway self-signed certificate (tls.insecure_dev): for testing only');

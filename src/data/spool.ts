@@ -2,7 +2,7 @@
 // then in a private temporary file (0600) that dispose() always removes. Memory per message is bounded
 // by the threshold whatever the message size.
 
-import { createReadStream, createWriteStream, mkdirSync, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, mkdirSync, readdirSync, rmSync, statSync, type WriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -25,9 +25,28 @@ export class Spool {
     private readonly memoryThreshold: number,
   ) {}
 
-  /** Ensures the spool directory exists with private permissions (called once at start). */
-  static prepare(dir: string): void {
+  /**
+   * Ensures the spool directory exists with private permissions (called once at start), and removes the
+   * files a process that ended without cleaning up (a crash, SIGKILL) left there: any file older than
+   * `staleAfterMs` (the session deadline) belongs to no transaction that can still be running. Returns
+   * how many were removed.
+   */
+  static prepare(dir: string, staleAfterMs: number): number {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    let removed = 0;
+    for (const name of readdirSync(dir)) {
+      if (!/^msg-\d+-[0-9a-f]+\.eml$/.test(name)) continue;
+      const path = join(dir, name);
+      try {
+        if (Date.now() - statSync(path).mtimeMs > staleAfterMs) {
+          rmSync(path, { force: true });
+          removed++;
+        }
+      } catch {
+        // removed meanwhile
+      }
+    }
+    return removed;
   }
 
   get onDisk(): boolean {

@@ -1,6 +1,6 @@
 // The spool: memory up to the threshold, then a private file; a file error is reported, never thrown at the process.
 
-import { mkdtempSync, readdirSync, rmSync, statSync, type WriteStream } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, type WriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -42,6 +42,19 @@ describe('spool', () => {
     expect(await readAll(large)).toBe('0123456789abcdef');
     await large.dispose();
     expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('at start, removes the files a crashed run left, older than the session deadline, and nothing else', () => {
+    const dir = spoolDir();
+    const old = join(dir, 'msg-1700000000000-0123456789ab.eml');
+    const fresh = join(dir, 'msg-1700000000001-ba9876543210.eml');
+    const other = join(dir, 'notes.txt');
+    for (const f of [old, fresh, other]) writeFileSync(f, 'x');
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    utimesSync(old, hourAgo, hourAgo);
+    utimesSync(other, hourAgo, hourAgo);
+    expect(Spool.prepare(dir, 1_800_000)).toBe(1);
+    expect(readdirSync(dir).sort()).toEqual(['msg-1700000000001-ba9876543210.eml', 'notes.txt']);
   });
 
   it('a file error while nobody waits on the file (disk full after a write that did not block) fails the next write and finish', async () => {
