@@ -463,6 +463,19 @@ describe('upstream faults reach the client, and never as 250', () => {
     b.close();
   });
 
+  it('a client that leaves while the upstream connection for its AUTH is being opened: its credentials never go up, the connection is closed', async () => {
+    const { gw, upstream } = await setup({ greetingDelayMs: 300 });
+    const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+    expect(await c.reply()).toMatch(/^220 /);
+    await c.command('EHLO client.test');
+    c.write(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}\r\n`);
+    await expect.poll(() => upstream.connections).toBe(1);
+    c.close();
+    await gw.waitForLog((l) => l.event === 'client_gone' && l.phase === 'auth');
+    await expect.poll(() => upstream.commands).toContain('QUIT');
+    expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toEqual([]);
+  });
+
   it('keeps the upstream session open with NOOP while a slow client sends its message (the upstream\'s idle timeout is shorter)', async () => {
     const { gw, upstream } = await setup({ idleTimeoutMs: 600 }, { upstream: { timeouts: { keepalive: '200ms' } } });
     const c = await trusted(gw.port('trusted'));
