@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
+import { comparableAddress } from './policy/facts.js';
 
 export interface ReadinessResult {
   ok: boolean;
@@ -110,7 +111,7 @@ export class AdminServer {
         }
       }
       if (parts[0] === 'accounts' && parts.length === 1 && req.method === 'GET') return send(200, await accounts.overview());
-      const account = parts[1]?.toLowerCase();
+      const account = parts[1] === undefined ? undefined : comparableAddress(parts[1]);
       if (parts[0] === 'accounts' && account && /^[^\s@]+@[^\s@]+$/.test(account)) {
         const op = parts[2] ?? '';
         if (req.method === 'GET' && op === '') return send(200, await accounts.status(account));

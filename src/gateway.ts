@@ -922,7 +922,7 @@ export class Gateway {
     const event = policy.doc.auth.strike;
     if (!event) return;
     await this.strikes.record({
-      account: username.toLowerCase(),
+      account: comparableAddress(username),
       event,
       weight: policy.doc.strikes.events[event]!.weight,
       article: '4.1',

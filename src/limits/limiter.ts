@@ -16,7 +16,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { LimitFacts } from '../policy/facts.js';
 import type { LimitName, Limits } from '../policy/schema.js';
-import { domainOf } from '../policy/facts.js';
+import { comparableAddress, domainOf } from '../policy/facts.js';
 import type { RedisClient } from './redis.js';
 import { InsuredStructures, MemoryStructures, RedisStructures, type Structures } from './structures.js';
 
@@ -70,7 +70,7 @@ export interface Baseline {
 
 /** Limit counters are per account; the account is in braces so that a Redis Cluster keeps an account's keys together. */
 function accountKey(account: string): string {
-  return `{${account.toLowerCase().replace(/[{}]/g, '_')}}`;
+  return `{${comparableAddress(account).replace(/[{}]/g, '_')}}`;
 }
 
 class CountingInsurance extends RateLimiterMemory {

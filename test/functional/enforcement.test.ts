@@ -222,6 +222,11 @@ describe('the strike ladder, end to end', () => {
       ['reinstate', 'user1@example.test', 'token:alice'],
       ['suspend_sending', 'user2@example.test', 'cli:root'],
     ]);
+    // An account is one account however its domain is written: suspended in Unicode, found in xn--.
+    const idn = `/accounts/${encodeURIComponent('Anna@Bücher.example')}/suspend`;
+    expect((await call('full-access-token-0001', 'POST', idn, 'cli:root', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
+    const status = (await (await call('read-only-token-000001', 'GET', '/accounts/anna@xn--bcher-kva.example')).json()) as { suspension: { action: string } | null };
+    expect(status.suspension).toMatchObject({ action: 'suspend_sending' });
   });
 
   it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {
