@@ -80,6 +80,10 @@ export class AdminServer {
       this.server!.listen(this.opts.port, this.opts.address, () => resolve());
     });
     this.log.info({ event: 'admin_listening', address: this.opts.address, port: this.port }, `admin endpoint on ${this.opts.address}:${this.port}`);
+    if (!this.opts.token && !this.opts.tokens?.length && !/^(127\.|::1$|::ffff:127\.)/.test(this.opts.address)) {
+      // In a container this is the norm (published on the host's loopback only), so a warning, not a refusal.
+      this.log.warn({ event: 'admin_open', address: this.opts.address }, 'the admin endpoint listens beyond loopback without a token: whoever reaches it can suspend and reinstate accounts');
+    }
   }
 
   get port(): number {

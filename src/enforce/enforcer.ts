@@ -18,6 +18,9 @@ import { mailJob, type WebhookJob } from './notify.js';
 import { claimKey, type AccountState, type EnforcementState, type Pending, type StrikeRecord, type Suspension } from './state.js';
 import { abuseMail, reinstatedMail, suspensionMail, throttleMail, warningMail, type Notice } from './templates.js';
 
+/** One address, dot-atom local part and an ASCII domain: what a notice to an account holder may go to. */
+const PLAIN_ADDRESS = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$/;
+
 export interface EnforcementSettings {
   dry_run: boolean;
   approval: boolean;
@@ -200,6 +203,14 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   async suspend(account: string, action: SuspendAction, why: { by: string; reference: string; reason: string; until?: number; rule?: string; article?: string; total?: number }): Promise<Suspension> {
     // Nothing would unlock the account in the lifecycle API when the time ran out.
     if (action === 'suspend_account' && why.until !== undefined) throw new Error('a lock in the lifecycle API lasts until reinstated: a timed suspension is suspend_sending');
+    // A lock stays a lock: a weaker suspension (a later ladder step, a strike landing late from another
+    // instance, a person) would otherwise hide it, and reinstating would then leave the account locked.
+    const current = (await this.deps.state.account(account)).suspension;
+    if (current?.action === 'suspend_account' && action !== 'suspend_account') {
+      await this.deps.audit.append({ action: 'suspension_kept', actor: why.by, account, reference: why.reference, kept: current.action, asked: action, reason: why.reason });
+      this.deps.log.info({ event: 'suspension_kept', account, kept: current.action, asked: action, by: why.by }, `${account} stays locked (${action} asked)`);
+      return current;
+    }
     const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
     await this.deps.state.setSuspension(account, suspension);
     await this.deps.state.setPending(account, undefined);
@@ -358,6 +369,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   private async notifyHolder(account: string, mail: { subject: string; text: string }): Promise<void> {
     if (!this.deps.settings.notify_holder) return;
+    // The account name may come from a client (a login that failed): mail goes to one plain address or
+    // to nobody, never to a list or to anything a mail library would read as several recipients.
+    if (!PLAIN_ADDRESS.test(account)) {
+      this.deps.log.warn({ event: 'notify_skipped', account }, 'the account name is not a plain address: no notice to the holder');
+      return;
+    }
     await this.deps.outbox.enqueue('notify', mailJob('holder', [account], mail));
   }
 

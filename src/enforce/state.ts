@@ -2,7 +2,7 @@
 // default (memory, and a file in the state directory): strikes per account in a sliding window, which ladder steps were taken, suspensions,
 // throttles, suspensions waiting for approval, and the circuit breaker.
 
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { RedisClient } from '../limits/redis.js';
 
@@ -118,7 +118,8 @@ export class RedisEnforcementState implements EnforcementState {
   async resetAccount(account: string): Promise<void> {
     const a = acct(account);
     // Claims (ladder steps, cooldowns) are per account and live under their own prefix.
-    const claims = await this.scanKeys(`${this.prefix}:claim:*${a}*`);
+    // The account name is matched literally: "*", "?" and "[" in it must not reach other accounts' claims.
+    const claims = await this.scanKeys(`${this.prefix}:claim:*${a.replace(/[*?[\]\\]/g, '\\$&')}*`);
     await this.r.del(this.k('strikes', account), this.k('suspended', account), this.k('throttle', account), this.k('pending', account));
     if (claims.length) for (const c of claims) await this.r.del(c);
     await this.r.srem(`${this.prefix}:suspended-set`, account.toLowerCase());
@@ -344,7 +345,15 @@ export class FileEnforcementState extends MemoryEnforcementState {
     };
     mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.part`;
-    writeFileSync(tmp, JSON.stringify(snap), { mode: 0o600 });
+    // Flushed to the disk before it replaces the old file: after a power cut the file is the old one or
+    // the new one, never empty (an empty file would be set aside and every suspension forgotten).
+    const fd = openSync(tmp, 'w', 0o600);
+    try {
+      writeSync(fd, JSON.stringify(snap));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, this.file);
   }
 

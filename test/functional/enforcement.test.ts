@@ -9,9 +9,11 @@ import http from 'node:http';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import { simpleParser } from 'mailparser';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AdminServer } from '../../src/admin.js';
+import { claimKey, RedisEnforcementState } from '../../src/enforce/state.js';
 import { createLogger } from '../../src/log.js';
 import { EICAR, startClamd, type ClamdInstance } from '../harness/clamd.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
@@ -227,6 +229,21 @@ describe('the strike ladder, end to end', () => {
     expect((await call('full-access-token-0001', 'POST', idn, 'cli:root', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
     const status = (await (await call('read-only-token-000001', 'GET', '/accounts/anna@xn--bcher-kva.example')).json()) as { suspension: { action: string } | null };
     expect(status.suspension).toMatchObject({ action: 'suspend_sending' });
+  });
+
+  it('reinstating an account whose name holds "*" or "?" clears its own claims only (Redis patterns are escaped)', async () => {
+    const client = new Redis(redis.url);
+    try {
+      const state = new RedisEnforcementState(client, 'douane');
+      for (const account of ['a@x.test', 'b@y.test', '*@*']) expect(await state.claim(claimKey('step', account, '20'), 60_000)).toBe(true);
+      await state.resetAccount('*@*');
+      // The others' ladder steps are still taken; the odd account's is free again.
+      expect(await state.claim(claimKey('step', 'a@x.test', '20'), 60_000)).toBe(false);
+      expect(await state.claim(claimKey('step', 'b@y.test', '20'), 60_000)).toBe(false);
+      expect(await state.claim(claimKey('step', '*@*', '20'), 60_000)).toBe(true);
+    } finally {
+      client.disconnect();
+    }
   });
 
   it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {

@@ -117,6 +117,31 @@ describe('strike ladder', () => {
     expect(actions.filter((a) => a.action === 'lifecycle_superseded').map((a) => a.op)).toEqual(['suspend', 'reinstate']);
   });
 
+  it('a lock stays a lock: a weaker suspension after it changes nothing, and reinstating still unlocks', async () => {
+    const api: LifecycleApi = { kind: 'stub', status: async () => ({ status: 'active' }) as never, suspend: async () => undefined, reinstate: async () => undefined };
+    const { enforcer, state, outbox, dir } = setup({}, Date.now, api);
+    await enforcer.suspend('h@x.test', 'suspend_account', { by: 'douane', reference: 'D-HHHHH1', reason: 'malware' });
+    // A strike of another instance landing late, or a person asking for a day's suspension.
+    const kept = await enforcer.suspend('h@x.test', 'suspend_sending', { by: 'cli:t', reference: 'D-HHHHH2', reason: 'complaint', until: Date.now() + 86_400_000 });
+    expect(kept).toMatchObject({ action: 'suspend_account', reference: 'D-HHHHH1' });
+    expect((await state.account('h@x.test')).suspension).toMatchObject({ action: 'suspend_account' });
+    await enforcer.reinstate('h@x.test', 'cli:t');
+    // The unlock is queued (the lock itself may have been carried out by the outbox already).
+    expect(outbox.jobs().filter((j) => j.kind === 'lifecycle').map((j) => (j.payload as { op: string }).op)).toContain('reinstate');
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string });
+    expect(actions.map((a) => a.action)).toContain('suspension_kept');
+  });
+
+  it('sends a notice to the holder only at one plain address: an account name from a client may be anything', async () => {
+    const { enforcer, outbox } = setup();
+    for (const name of ['a@x.test,other@elsewhere.example', 'x@v\r\nBcc: spam@t.example', '"q q"@x.test', 'nobody']) {
+      await enforcer.suspend(name, 'suspend_sending', { by: 'cli:t', reference: 'D-IIIIII', reason: 'r' });
+    }
+    await enforcer.suspend('plain.name+tag@x.test', 'suspend_sending', { by: 'cli:t', reference: 'D-JJJJJJ', reason: 'r' });
+    const holders = outbox.jobs().filter((j) => j.kind === 'notify' && (j.payload as { channel?: string }).channel === 'holder').map((j) => (j.payload as { to: string[] }).to);
+    expect(holders).toEqual([['plain.name+tag@x.test']]);
+  });
+
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
     const { enforcer, strike } = setup();
     for (let i = 0; i < 20; i++) await enforcer.record(strike('b@x.test', 'limit_reached', 1, i));
