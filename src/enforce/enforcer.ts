@@ -168,16 +168,21 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       this.deps.log.warn({ event: 'suspension_dry_run', account, action, reference: why.reference }, `dry run: would ${action} ${account}`);
       return;
     }
+    // Held by the circuit breaker, a suspension waits for a person like one in approval mode: the ladder
+    // step is taken, so nothing else would bring it back once the breaker is reset.
+    const pending: Pending = { action, at: this.now(), total: why.total, reference: why.reference, reason: why.reason, until: why.until };
     const breaker = await this.deps.state.breaker();
     if (breaker.open) {
+      await this.deps.state.setPending(account, pending);
       this.deps.metrics.suspensions.labels(action, 'blocked_breaker').inc();
       await this.deps.audit.append({ ...base, action: 'suspension_blocked', why: 'circuit breaker open' });
-      await this.notifyAbuse(abuseMail('suspension held by the circuit breaker', n, ['Automatic suspension is stopped. Check the policy, then: douane accounts breaker reset', `would have: ${action}`]));
+      await this.notifyAbuse(abuseMail('suspension held by the circuit breaker', n, ['Automatic suspension is stopped. Check the policy, then: douane accounts breaker reset', `would have: ${action}`, `then, if it is right: douane accounts approve ${account}`]));
       return;
     }
     const lastHour = await this.deps.state.countSuspension(this.now());
     if (lastHour > s.breaker_max_per_hour) {
       await this.deps.state.setBreaker({ open: true, since: this.now(), reason: `${lastHour} automatic suspensions in an hour (limit ${s.breaker_max_per_hour})` });
+      await this.deps.state.setPending(account, pending);
       this.deps.metrics.breakerOpen.set(1);
       this.deps.metrics.suspensions.labels(action, 'blocked_breaker').inc();
       this.deps.log.error({ event: 'circuit_breaker_open', suspensions_last_hour: lastHour, limit: s.breaker_max_per_hour }, 'circuit breaker open: automatic suspension stopped until a person resets it');
@@ -187,7 +192,6 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       return;
     }
     if (s.approval) {
-      const pending: Pending = { action, at: this.now(), total: why.total, reference: why.reference, reason: why.reason, until: why.until };
       await this.deps.state.setPending(account, pending);
       this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
       await this.deps.audit.append({ ...base, action: 'suspension_pending' });

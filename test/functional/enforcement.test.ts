@@ -334,7 +334,10 @@ describe('safeguards', () => {
     expect(((await (await fetch(`${base}/breaker`)).json()) as { open: boolean }).open).toBe(true);
     await fetch(`${base}/breaker/reset`, { method: 'POST' });
     expect(await a.metrics.registry.metrics()).toMatch(/douane_circuit_breaker_open 0/);
-    await a.gateway.enforcer.suspend('user3@example.test', 'suspend_account', { by: 'cli:lead', reference: 'manual', reason: 'after review' });
+    // The suspension the breaker held waits for a person, like one in approval mode: approving it locks.
+    const held = (await (await fetch(`${base}/accounts/user3@example.test`)).json()) as { pending_approval: { action: string } | null };
+    expect(held.pending_approval).toMatchObject({ action: 'suspend_account' });
+    expect((await fetch(`${base}/accounts/user3@example.test/approve`, { method: 'POST', headers: { 'x-douane-actor': 'cli:lead' } })).status).toBe(200);
     await until('third locked', () => zimbra.account('user3@example.test')!.status === 'locked');
   });
 
