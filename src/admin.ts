@@ -103,6 +103,8 @@ export class AdminServer {
     // A named token is verified, what the caller declares is not: both are kept, the verified name first,
     // marked "token:", which no declared actor may start with.
     if (declared?.startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
+    // "douane" is the actor of the automatic ladder: a person's action must not pass for one.
+    if (declared?.trim().toLowerCase() === 'douane') return send(400, { error: 'X-Douane-Actor may not be "douane": the audit trail keeps that for automatic actions' });
     const actor = caller.scope === 'all' ? (declared ?? 'admin-api') : `token:${caller.name}${declared ? ` (${declared})` : ''}`;
     const body = req.method === 'POST' ? await readJson(req) : {};
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);

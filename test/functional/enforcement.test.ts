@@ -218,6 +218,9 @@ describe('the strike ladder, end to end', () => {
     const forged = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'token:alice (cli:alice)', { action: 'suspend_sending', reason: 'complaint' });
     expect(forged.status).toBe(400);
     expect(((await forged.json()) as { error: string }).error).toMatch(/^X-Douane-Actor may not start with "token:"/);
+    const automatic = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'Douane', { action: 'suspend_sending', reason: 'complaint' });
+    expect(automatic.status).toBe(400);
+    expect(((await automatic.json()) as { error: string }).error).toMatch(/^X-Douane-Actor may not be "douane"/);
     const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
     expect(acted).toEqual([
       ['suspend_sending', 'user1@example.test', 'token:alice (cli:alice)'],
