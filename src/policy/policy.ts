@@ -101,8 +101,8 @@ export class Policy {
   /** Does `address` belong to the account: its own address, an alias, or (sender.same_domain) its domain? */
   owns(account: string, address: string): boolean {
     const a = comparableAddress(address);
-    const acct = account.toLowerCase();
-    if (a === comparableAddress(acct)) return true;
+    const acct = comparableAddress(account);
+    if (a === acct) return true;
     if (this.doc.sender.same_domain && domainOf(a) === domainOf(acct)) return true;
     return matchesAny(a, this.account(acct).aliases);
   }
