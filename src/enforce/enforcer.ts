@@ -56,6 +56,9 @@ export interface AccountStatusPort {
 
 type SuspendAction = Suspension['action'];
 
+/** How long a ladder step being taken keeps others from taking it: far longer than a step takes. */
+const STEP_IN_PROGRESS_MS = 5 * 60_000;
+
 export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   /** Suspensions seen in the shared state, by account: what MAIL FROM relies on while Redis does not answer. */
   private readonly knownSuspensions = new Map<string, Suspension>();
@@ -107,8 +110,18 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       const step = ladder[i]!;
       if (total < step.at) break;
       // One instance takes each step once per window, however many strikes cross it at the same time.
-      if (!(await this.deps.state.claim(claimKey('step', e.account, String(i)), window))) continue;
-      await this.takeStep(e, total, step, policy);
+      // The claim lasts the window only once the step is taken: while it is being taken it lasts a few
+      // minutes, so that a step cut short by a crash is taken at the next strike after that, and a step
+      // that failed gives its claim back at once.
+      const key = claimKey('step', e.account, String(i));
+      if (!(await this.deps.state.claim(key, STEP_IN_PROGRESS_MS))) continue;
+      try {
+        await this.takeStep(e, total, step, policy);
+      } catch (err) {
+        await this.deps.state.dropClaim(key).catch(() => undefined);
+        throw err;
+      }
+      await this.deps.state.holdClaim(key, window);
     }
   }
 
@@ -216,15 +229,16 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       return current;
     }
     const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
-    await this.deps.state.setSuspension(account, suspension);
-    await this.deps.state.setPending(account, undefined);
+    // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash
+    // in between must not leave the account blocked here and open in Zimbra.
+    const lock: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
+    await this.changeThen(action === 'suspend_account' ? lock : undefined, async () => {
+      await this.deps.state.setSuspension(account, suspension);
+      await this.deps.state.setPending(account, undefined);
+    });
     this.deps.metrics.suspensions.labels(action, 'done').inc();
     await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total });
     this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
-    if (action === 'suspend_account' && this.deps.lifecycle) {
-      const job: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
-      await this.deps.outbox.enqueue('lifecycle', job, lifecycleKey(account));
-    }
     const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until });
     await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
     await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
@@ -235,18 +249,30 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   async reinstate(account: string, by: string): Promise<void> {
     const before = await this.deps.state.account(account);
-    await this.deps.state.resetAccount(account);
     const reference = before.suspension?.reference ?? 'manual';
+    // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
+    const unlock: LifecycleJob = { op: 'reinstate', account, reference, summary: 'reinstated', by };
+    await this.changeThen(before.suspension?.action === 'suspend_account' ? unlock : undefined, () => this.deps.state.resetAccount(account));
     await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
-    // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
-    if (this.deps.lifecycle && before.suspension?.action === 'suspend_account') {
-      await this.deps.outbox.enqueue('lifecycle', { op: 'reinstate', account, reference, summary: 'reinstated', by } satisfies LifecycleJob, lifecycleKey(account));
-    }
     const n = await this.notice(account, reference, 0, '4.6');
     if (before.suspension) await this.notifyHolder(account, reinstatedMail(n));
     await this.webhook({ type: 'reinstate', account, reference, by });
     await this.refreshGauge();
+  }
+
+  /**
+   * Makes a change to the local state that the lifecycle API must follow: the lifecycle job is written
+   * first and held until the change is made. After a crash in between, the job runs at the restart and
+   * its handler carries out what the state then says (the lock, or nothing: `lifecycle_superseded`).
+   */
+  private async changeThen(job: LifecycleJob | undefined, change: () => Promise<void>): Promise<void> {
+    const queued = job && this.deps.lifecycle ? await this.deps.outbox.enqueue('lifecycle', job, lifecycleKey(job.account), { held: true }) : undefined;
+    try {
+      await change();
+    } finally {
+      if (queued) this.deps.outbox.release(queued);
+    }
   }
 
   async approve(account: string, by: string): Promise<Suspension> {

@@ -43,6 +43,8 @@ export interface OutboxOptions {
 export class Outbox {
   private readonly pending = new Map<string, Job>();
   private readonly running = new Set<string>();
+  /** written but not to run yet: the change it carries out is still being made (see `enqueue`) */
+  private readonly held = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private started = false;
   private stopped = false;
@@ -81,7 +83,13 @@ export class Outbox {
     while (this.running.size) await new Promise((r) => setTimeout(r, 10));
   }
 
-  async enqueue<P>(kind: JobKind, payload: P, key?: string): Promise<Job<P>> {
+  /**
+   * Writes a job to disk and queues it. A `held` job is on disk but does not run until `release`: it is
+   * written before the change it carries out (a lock in the local state), so that a crash between the two
+   * leaves the job behind rather than a change nobody will carry out; after a restart it runs, and its
+   * handler finds out from the state whether the change was made.
+   */
+  async enqueue<P>(kind: JobKind, payload: P, key?: string, opts: { held?: boolean } = {}): Promise<Job<P>> {
     await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
     const now = this.now();
     const job: Job<P> = { id: `${now.toString(36)}-${randomBytes(4).toString('hex')}`, kind, payload, attempts: 0, ...(key ? { key } : {}), createdAt: now, nextAt: now };
@@ -91,14 +99,22 @@ export class Outbox {
       for (const old of [...this.pending.values()]) {
         if (old.key !== key || this.running.has(old.id)) continue;
         this.pending.delete(old.id);
+        this.held.delete(old.id);
         await rm(join(this.pendingDir, `${old.id}.json`), { force: true });
         this.opts.log.info({ event: 'outbox_replaced', job: old.id, by: job.id, key }, 'outbox job replaced by a newer one for the same key');
       }
     }
     this.pending.set(job.id, job);
+    if (opts.held) this.held.add(job.id);
     this.updateGauges();
-    if (this.started) this.schedule(0);
+    if (this.started && !opts.held) this.schedule(0);
     return job;
+  }
+
+  /** Lets a held job run. */
+  release(job: Job): void {
+    if (!this.held.delete(job.id)) return;
+    if (this.started && this.pending.has(job.id)) this.schedule(0);
   }
 
   get size(): number {
@@ -138,14 +154,14 @@ export class Outbox {
     const due = [...this.pending.values()]
       .sort((a, b) => a.createdAt - b.createdAt)
       .filter((j) => {
-        if (j.nextAt > now || this.running.has(j.id)) return false;
+        if (j.nextAt > now || this.running.has(j.id) || this.held.has(j.id)) return false;
         if (!j.key) return true;
         if (busyKeys.has(j.key)) return false;
         busyKeys.add(j.key); // one per key in this round too, oldest first
         return true;
       });
     await Promise.all(due.map((j) => this.run(j)));
-    const next = Math.min(...[...this.pending.values()].filter((j) => !this.running.has(j.id)).map((j) => j.nextAt));
+    const next = Math.min(...[...this.pending.values()].filter((j) => !this.running.has(j.id) && !this.held.has(j.id)).map((j) => j.nextAt));
     if (Number.isFinite(next)) this.schedule(next - this.now());
   }
 

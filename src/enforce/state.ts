@@ -60,6 +60,10 @@ export interface EnforcementState {
   strikes(account: string, windowMs: number): Promise<StrikeRecord[]>;
   /** true the first time within `ttlMs` (one instance takes a ladder step, one strike per cooldown) */
   claim(key: string, ttlMs: number): Promise<boolean>;
+  /** keeps a claim for `ttlMs` from now, taken or not */
+  holdClaim(key: string, ttlMs: number): Promise<void>;
+  /** gives a claim back: the next one to ask gets it */
+  dropClaim(key: string): Promise<void>;
   resetAccount(account: string): Promise<void>;
   account(account: string): Promise<AccountState>;
   setSuspension(account: string, s: Suspension): Promise<void>;
@@ -113,6 +117,14 @@ export class RedisEnforcementState implements EnforcementState {
 
   async claim(key: string, ttlMs: number): Promise<boolean> {
     return (await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)), 'NX')) === 'OK';
+  }
+
+  async holdClaim(key: string, ttlMs: number): Promise<void> {
+    await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)));
+  }
+
+  async dropClaim(key: string): Promise<void> {
+    await this.r.del(`${this.prefix}:claim:${key}`);
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -229,6 +241,14 @@ export class MemoryEnforcementState implements EnforcementState {
     if (until !== undefined && until > this.now()) return false;
     this.claims.set(key, this.now() + ttlMs);
     return true;
+  }
+
+  async holdClaim(key: string, ttlMs: number): Promise<void> {
+    this.claims.set(key, this.now() + ttlMs);
+  }
+
+  async dropClaim(key: string): Promise<void> {
+    this.claims.delete(key);
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -367,6 +387,16 @@ export class FileEnforcementState extends MemoryEnforcementState {
     const first = await super.claim(key, ttlMs);
     if (first) this.save();
     return first;
+  }
+
+  override async holdClaim(key: string, ttlMs: number): Promise<void> {
+    await super.holdClaim(key, ttlMs);
+    this.save();
+  }
+
+  override async dropClaim(key: string): Promise<void> {
+    await super.dropClaim(key);
+    this.save();
   }
 
   override async resetAccount(account: string): Promise<void> {

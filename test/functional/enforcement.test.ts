@@ -249,6 +249,24 @@ describe('the strike ladder, end to end', () => {
     }
   });
 
+  it('a ladder step claim is held for the window once taken, and given back when its step failed', async () => {
+    const client = new Redis(redis.url);
+    try {
+      const state = new RedisEnforcementState(client, 'douane');
+      const taken = claimKey('step', 'held@x.test', '1');
+      const failed = claimKey('step', 'failed@x.test', '1');
+      expect(await state.claim(taken, 50)).toBe(true);
+      await state.holdClaim(taken, 60_000);
+      expect(await state.claim(failed, 60_000)).toBe(true);
+      await state.dropClaim(failed);
+      await new Promise((r) => setTimeout(r, 100)); // the first claim's own 50 ms are over
+      expect(await state.claim(taken, 60_000)).toBe(false);
+      expect(await state.claim(failed, 60_000)).toBe(true);
+    } finally {
+      client.disconnect();
+    }
+  });
+
   it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {
     const a = await gateway();
     const base = await admin(a);

@@ -1,0 +1,183 @@
+// Enforcement across a crash: the process may die between any two of a step's writes. A "crash" here is
+// a state write that lands and then never returns (the process stopped right after it); the restart is a
+// new state read back from the same file, a new outbox on the same directory and a new enforcer.
+
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/audit/log.js';
+import { Enforcer } from '../../src/enforce/enforcer.js';
+import { Outbox } from '../../src/enforce/outbox.js';
+import { FileEnforcementState, type Suspension, type Throttle } from '../../src/enforce/state.js';
+import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { StrikeEvent } from '../../src/policy/strikes.js';
+
+const never = new Promise<never>(() => undefined);
+
+/** The file state, with writes that can be made to land and then hang, or to fail, once. */
+class FaultyState extends FileEnforcementState {
+  hangAfter?: 'setSuspension' | 'resetAccount' | 'setThrottle';
+  failOnce?: 'setThrottle';
+  /** applied only after this promise: a slow Redis */
+  slow?: Promise<void>;
+
+  override async setSuspension(account: string, s: Suspension): Promise<void> {
+    await this.slow;
+    await super.setSuspension(account, s);
+    if (this.hangAfter === 'setSuspension') return never;
+  }
+
+  override async resetAccount(account: string): Promise<void> {
+    await super.resetAccount(account);
+    if (this.hangAfter === 'resetAccount') return never;
+  }
+
+  override async setThrottle(account: string, t: Throttle): Promise<void> {
+    if (this.failOnce === 'setThrottle') {
+      this.failOnce = undefined;
+      throw new Error('Connection is closed.');
+    }
+    if (this.hangAfter === 'setThrottle') return never;
+    await super.setThrottle(account, t);
+  }
+}
+
+function instance(dir: string, now: () => number) {
+  const metrics = new Metrics({ version: 't', defaultMetrics: false });
+  const log = createLogger({ level: 'silent' });
+  const calls: string[] = [];
+  const lifecycle: LifecycleApi = {
+    kind: 'stub',
+    status: async () => ({ status: 'active' }) as never,
+    suspend: async (a) => void calls.push(`lock ${a}`),
+    reinstate: async (a) => void calls.push(`unlock ${a}`),
+  };
+  const state = new FaultyState(join(dir, 'enforcement.json'), now);
+  const policy = loadPolicy('policies');
+  let enforcer: Enforcer | undefined;
+  const outbox = new Outbox({
+    dir: join(dir, 'outbox'),
+    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined },
+    minDelayMs: 10,
+    maxDelayMs: 50,
+    metrics,
+    log,
+    now,
+  });
+  enforcer = new Enforcer({
+    state,
+    outbox,
+    audit: new AuditLog(join(dir, 'audit.log')),
+    policy: () => policy,
+    settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
+    metrics,
+    log,
+    deadlineMs: 500,
+    now,
+    lifecycle,
+  });
+  const strike = (account: string, event: string, weight: number, n: number): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
+  return { enforcer, state, outbox, calls, strike };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 20));
+const actions = (dir: string) =>
+  readFileSync(join(dir, 'audit.log'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => (JSON.parse(l) as { action: string }).action);
+
+describe('enforcement across a crash', () => {
+  it('a lock made in the local state before a crash is carried out in the lifecycle API after the restart', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const first = instance(dir, Date.now);
+    first.state.hangAfter = 'setSuspension';
+    void first.enforcer.suspend('a@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-AAAAAA', reason: 'malware' });
+    await tick();
+    expect((await first.state.account('a@x.test')).suspension?.action).toBe('suspend_account');
+
+    const restarted = instance(dir, Date.now);
+    await restarted.outbox.start();
+    expect(await restarted.outbox.idle(2000)).toBe(true);
+    expect(restarted.calls).toEqual(['lock a@x.test']);
+    await restarted.outbox.stop();
+  });
+
+  it('an unlock made in the local state before a crash is carried out after the restart', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const first = instance(dir, Date.now);
+    await first.outbox.start();
+    await first.enforcer.suspend('b@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-BBBBBB', reason: 'malware' });
+    expect(await first.outbox.idle(2000)).toBe(true);
+    expect(first.calls).toEqual(['lock b@x.test']);
+    first.state.hangAfter = 'resetAccount';
+    void first.enforcer.reinstate('b@x.test', 'cli:t');
+    await tick();
+    await first.outbox.stop(); // the process is gone: its outbox runs nothing more
+    expect(await first.state.account('b@x.test')).toEqual({});
+
+    const restarted = instance(dir, Date.now);
+    await restarted.outbox.start();
+    expect(await restarted.outbox.idle(2000)).toBe(true);
+    expect(restarted.calls).toEqual(['unlock b@x.test']);
+    await restarted.outbox.stop();
+  });
+
+  it('a crash before the local change leaves both sides as they were: the queued lock is superseded', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const first = instance(dir, Date.now);
+    first.state.slow = never; // the process dies while the state write is still on its way
+    void first.enforcer.suspend('c@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-CCCCCC', reason: 'malware' });
+    await tick();
+
+    const restarted = instance(dir, Date.now);
+    expect(await restarted.state.account('c@x.test')).toEqual({});
+    await restarted.outbox.start();
+    expect(await restarted.outbox.idle(2000)).toBe(true);
+    expect(restarted.calls).toEqual([]);
+    expect(actions(dir)).toContain('lifecycle_superseded');
+    await restarted.outbox.stop();
+  });
+
+  it('a lock waits for a slow state write: the outbox does not run it before the local lock is made', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const one = instance(dir, Date.now);
+    await one.outbox.start();
+    one.state.slow = new Promise((r) => setTimeout(r, 100));
+    await one.enforcer.suspend('d@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-DDDDDD', reason: 'malware' });
+    expect(await one.outbox.idle(2000)).toBe(true);
+    expect(one.calls).toEqual(['lock d@x.test']);
+    expect(actions(dir)).not.toContain('lifecycle_superseded');
+    await one.outbox.stop();
+  });
+
+  it('a ladder step cut short by a crash is taken at the next strike once its claim has run out', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const one = instance(dir, () => t);
+    one.state.hangAfter = 'setThrottle';
+    void one.enforcer.record(one.strike('e@x.test', 'malware', 10, 1)); // 10: notify (5), then the throttle (10)
+    await tick();
+    expect((await one.state.account('e@x.test')).throttle).toBeUndefined();
+
+    t += 10 * 60_000;
+    const restarted = instance(dir, () => t);
+    await restarted.enforcer.record(restarted.strike('e@x.test', 'spoofing', 1, 2));
+    expect((await restarted.state.account('e@x.test')).throttle).toMatchObject({ factor: 0.2 });
+  });
+
+  it('a ladder step that failed gives its claim back: the next strike takes it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const one = instance(dir, Date.now);
+    one.state.failOnce = 'setThrottle';
+    await one.enforcer.record(one.strike('f@x.test', 'malware', 10, 1)); // the error is logged, not thrown
+    expect((await one.state.account('f@x.test')).throttle).toBeUndefined();
+    await one.enforcer.record(one.strike('f@x.test', 'spoofing', 1, 2));
+    expect((await one.state.account('f@x.test')).throttle).toMatchObject({ factor: 0.2 });
+    expect(actions(dir).filter((a) => a === 'throttle')).toHaveLength(1);
+  });
+});
