@@ -125,8 +125,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     }
   }
 
-  private async notice(account: string, reference: string, total: number, article: string, extra: Partial<Notice> = {}): Promise<Notice> {
-    const strikes = await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window);
+  private async notice(account: string, reference: string, total: number, article: string, extra: Partial<Notice> = {}, known?: StrikeRecord[]): Promise<Notice> {
+    const strikes = known ?? (await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window));
     const counts = new Map<string, number>();
     for (const s of strikes) counts.set(s.event, (counts.get(s.event) ?? 0) + 1);
     const events = [...counts].map(([ev, n]) => `${ev.replace(/_/g, ' ')} ×${n}`);
@@ -237,9 +237,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.deps.state.setPending(account, undefined);
     });
     this.deps.metrics.suspensions.labels(action, 'done').inc();
-    await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total });
+    // The evidence the contract asks for: every strike behind the suspension, each with its incident
+    // reference (the message's own log line and, for malware, its quarantine entry).
+    const strikes = await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window);
+    const evidence = strikes.map((x) => ({ reference: x.reference, event: x.event, weight: x.weight, rule: x.rule, at: new Date(x.at).toISOString() }));
+    await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total, strikes: evidence });
     this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
-    const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until });
+    const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until }, strikes);
     await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
     await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
     await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });

@@ -60,6 +60,9 @@ describe('strike ladder', () => {
     expect(actions.filter((a) => a === 'notify')).toHaveLength(1);
     expect(actions.filter((a) => a === 'throttle')).toHaveLength(1);
     expect(actions.filter((a) => a === 'suspend_sending')).toHaveLength(1);
+    // The evidence: every strike behind the suspension, not only the last one.
+    const entry = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string; strikes?: { reference: string; event: string }[] }).find((e) => e.action === 'suspend_sending')!;
+    expect(entry.strikes?.map((x) => `${x.reference} ${x.event}`)).toEqual(['D-000001 spoofing', 'D-000002 spoofing', 'D-000003 spoofing', 'D-000004 spoofing', 'D-000005 malware']);
   });
 
   it('locks the account when abuse resumes after the day of suspended sending (shipped window: a week)', async () => {
