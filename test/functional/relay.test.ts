@@ -495,6 +495,23 @@ describe('upstream faults reach the client, and never as 250', () => {
     c.close();
   });
 
+  it('gives up at once on an upstream that answered a keepalive NOOP with 421: the message is tempfailed, not sent into a closing session', async () => {
+    // Postfix under stress counts NOOP as a junk command and ends the session with 421; this one leaves it
+    // open, so that only Douane's own handling of the 421 stands between the message and a 250.
+    const { gw, upstream } = await setup({ noop: () => '421 4.7.0 mx.test Error: too many errors' }, { upstream: { timeouts: { keepalive: '100ms' } } });
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write(MESSAGE.split(/(?<=\r\n)/)[0]!);
+    await expect.poll(() => upstream.commands).toContain('NOOP');
+    c.write(MESSAGE.split(/(?<=\r\n)/).slice(1).join('') + '.\r\n');
+    expect(await c.reply()).toMatch(/^451 4\.4\.\d .*Ref D-[A-Z0-9]{6}/);
+    expect(upstream.commands).not.toContain('DATA');
+    expect(upstream.messages).toEqual([]);
+    c.close();
+  });
+
   it('answers 451 4.4.1 at MAIL when the upstream is down (trusted listener)', async () => {
     const { gw, upstream } = await setup();
     await upstream.stop();

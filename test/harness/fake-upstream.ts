@@ -22,6 +22,7 @@ export interface FakeUpstreamOptions {
   /** reply after the final dot */
   dataEnd?: (message: ReceivedMessage) => Scripted;
   auth?: (user: string) => Scripted;
+  noop?: () => Scripted;
 }
 
 export interface ReceivedMessage {
@@ -162,7 +163,7 @@ export class FakeUpstream {
         to = [];
         inTransaction = false;
         send('250 2.0.0 Ok');
-      } else if (verb === 'NOOP') send('250 2.0.0 Ok');
+      } else if (verb === 'NOOP') await act(this.opts.noop?.(), '250 2.0.0 Ok');
       else if (verb === 'QUIT') {
         send('221 2.0.0 Bye');
         socket.end();
