@@ -595,6 +595,13 @@ export class Gateway {
     const state = this.requireState(session);
     const tx = state.tx;
     if (!tx || !state.upstream) throw new Error('RCPT without an open transaction');
+    // A recipient already accepted, in any spelling ("xn--" or Unicode domain, another case): relayed once,
+    // counted once. The upstream would deliver a second spelling twice; smtp-server only merges identical ones.
+    const key = comparableAddress(address.address);
+    if (tx.recipients.some((r) => r.accepted && comparableAddress(r.address) === key)) {
+      state.pendingSuccessText = `2.1.5 <${address.address}> is already a recipient of this message`;
+      return;
+    }
     const started = performance.now();
     tx.pendingRecipientGrant = undefined;
     const outcome = await this.check('rcpt', state, { recipient: address.address });
