@@ -4,7 +4,8 @@
 // the status code of /readyz stay open, because container health checks and load balancers often cannot
 // send a token — without it /readyz says only whether Douane is ready, not which dependency failed.
 // Named tokens let the audit trail say whose token acted (not only what the caller declares), and a
-// `read` token (Prometheus, dashboards) cannot suspend, reinstate or approve anything.
+// `read` token (Prometheus, dashboards) cannot suspend, reinstate or approve anything. With no token at
+// all, the accounts API answers only the networks of admin.without_token_from (this host by default).
 
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { comparableAddress } from './policy/facts.js';
+import { AddressList, type Cidr } from './validate/net.js';
 
 export interface ReadinessResult {
   ok: boolean;
@@ -47,6 +49,7 @@ export class AdminServer {
   private server: http.Server | undefined;
   private readonly probes = new Map<string, ReadinessProbe>();
   private accounts: AccountsAdmin | undefined;
+  private readonly withoutTokenFrom: AddressList;
 
   /** Enables /accounts and /breaker (used by `douane accounts`). */
   setAccounts(accounts: AccountsAdmin): void {
@@ -54,10 +57,16 @@ export class AdminServer {
   }
 
   constructor(
-    private readonly opts: { address: string; port: number; token?: string; tokens?: NamedToken[] },
+    private readonly opts: { address: string; port: number; token?: string; tokens?: NamedToken[]; without_token_from?: readonly Cidr[] },
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.withoutTokenFrom = new AddressList(opts.without_token_from ?? []);
+  }
+
+  private get tokenless(): boolean {
+    return !this.opts.token && !this.opts.tokens?.length;
+  }
 
   addProbe(name: string, probe: ReadinessProbe): void {
     this.probes.set(name, async () => {
@@ -80,9 +89,10 @@ export class AdminServer {
       this.server!.listen(this.opts.port, this.opts.address, () => resolve());
     });
     this.log.info({ event: 'admin_listening', address: this.opts.address, port: this.port }, `admin endpoint on ${this.opts.address}:${this.port}`);
-    if (!this.opts.token && !this.opts.tokens?.length && !/^(127\.|::1$|::ffff:127\.)/.test(this.opts.address)) {
-      // In a container this is the norm (published on the host's loopback only), so a warning, not a refusal.
-      this.log.warn({ event: 'admin_open', address: this.opts.address }, 'the admin endpoint listens beyond loopback without a token: whoever reaches it can suspend and reinstate accounts');
+    if (this.tokenless && !/^(127\.|::1$|::ffff:127\.)/.test(this.opts.address)) {
+      // In a container this is the norm (Prometheus scrapes it from another one), so a warning, not a refusal.
+      const from = (this.opts.without_token_from ?? []).map((c) => c.text).join(', ') || 'nowhere';
+      this.log.warn({ event: 'admin_open', address: this.opts.address, accounts_api_from: from }, `the admin endpoint listens beyond loopback without a token: /metrics is open to whoever reaches it, the accounts API to ${from} only (admin.without_token_from)`);
     }
   }
 
@@ -143,7 +153,7 @@ export class AdminServer {
 
   private caller(req: http.IncomingMessage): Caller | undefined {
     const named = this.opts.tokens ?? [];
-    if (!this.opts.token && named.length === 0) return { scope: 'all' };
+    if (this.tokenless) return { scope: 'all' };
     // Digests of equal length, every token compared: neither a token's length nor which one matched
     // shows in the time taken.
     const given = digest(req.headers.authorization ?? '');
@@ -165,6 +175,13 @@ export class AdminServer {
       return;
     }
     if (caller && this.accounts && (path.startsWith('/accounts') || path.startsWith('/breaker'))) {
+      // Without a token, whoever reaches the endpoint could suspend any customer: only the networks
+      // listed (this host, by default: `douane accounts` runs here) may.
+      const peer = req.socket.remoteAddress ?? '';
+      if (this.tokenless && !this.withoutTokenFrom.has(peer)) {
+        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `without a token the accounts API answers ${(this.opts.without_token_from ?? []).map((c) => c.text).join(', ') || 'no network'} only, not ${peer}: set admin.token or admin.tokens, or list the network in admin.without_token_from` }, null, 2) + '\n');
+        return;
+      }
       await this.accountsRoute(req, res, path, this.accounts, caller);
       return;
     }

@@ -1,7 +1,9 @@
 // The admin endpoint: /metrics, /healthz, /readyz telling the truth about the upstream, bearer token.
 
+import http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AdminServer } from '../../src/admin.js';
+import { AdminServer, type AccountsAdmin } from '../../src/admin.js';
+import { parseCidr } from '../../src/validate/net.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
@@ -87,5 +89,39 @@ describe('admin endpoint', () => {
     expect(await open.json()).toEqual({ ready: true });
     const detailed = (await (await fetch(`${base}/readyz`, { headers: { authorization: 'Bearer s3cret-token' } })).json()) as { checks: Record<string, unknown> };
     expect(Object.keys(detailed.checks)).toContain('upstream');
+  });
+
+  it('without a token, answers the accounts API from admin.without_token_from only; /metrics stays open', async () => {
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    const acted: string[] = [];
+    const accounts = {
+      overview: async () => ({ suspended: [] }),
+      suspend: async (a: string) => void acted.push(`suspend ${a}`),
+    } as unknown as AccountsAdmin;
+    admin = new AdminServer({ address: '127.0.0.1', port: 0, without_token_from: [parseCidr('127.0.0.1')!] }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+    admin.setAccounts(accounts);
+    await admin.start();
+    // 127.0.0.2 stands for a host of the management network that is not in the list.
+    const request = (method: string, path: string, localAddress: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: admin!.port, method, path, localAddress }, (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on('error', reject);
+        req.end(method === 'POST' ? '{}' : undefined);
+      });
+    const far = await request('POST', '/accounts/victim@example.test/suspend', '127.0.0.2');
+    expect(far.status).toBe(403);
+    expect(far.body).toMatch(/without a token the accounts API answers 127\.0\.0\.1 only, not 127\.0\.0\.2: set admin\.token/);
+    expect((await request('GET', '/accounts', '127.0.0.2')).status).toBe(403);
+    expect((await request('POST', '/breaker/reset', '127.0.0.2')).status).toBe(403);
+    expect(acted).toEqual([]);
+    expect((await request('GET', '/metrics', '127.0.0.2')).status).toBe(200);
+    expect((await request('GET', '/accounts', '127.0.0.1')).status).toBe(200);
+    expect((await request('POST', '/accounts/victim@example.test/suspend', '127.0.0.1')).status).toBe(200);
+    expect(acted).toEqual(['suspend victim@example.test']);
   });
 });
