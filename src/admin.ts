@@ -13,7 +13,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { comparableAddress } from './policy/facts.js';
-import { AddressList, type Cidr } from './validate/net.js';
+import { AddressList, LOOPBACK, type Cidr } from './validate/net.js';
 
 export interface ReadinessResult {
   ok: boolean;
@@ -61,7 +61,11 @@ export class AdminServer {
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
-    this.withoutTokenFrom = new AddressList(opts.without_token_from ?? []);
+    this.withoutTokenFrom = new AddressList(this.tokenlessFrom);
+  }
+
+  private get tokenlessFrom(): readonly Cidr[] {
+    return this.opts.without_token_from ?? LOOPBACK;
   }
 
   private get tokenless(): boolean {
@@ -91,7 +95,7 @@ export class AdminServer {
     this.log.info({ event: 'admin_listening', address: this.opts.address, port: this.port }, `admin endpoint on ${this.opts.address}:${this.port}`);
     if (this.tokenless && !/^(127\.|::1$|::ffff:127\.)/.test(this.opts.address)) {
       // In a container this is the norm (Prometheus scrapes it from another one), so a warning, not a refusal.
-      const from = (this.opts.without_token_from ?? []).map((c) => c.text).join(', ') || 'nowhere';
+      const from = this.tokenlessFrom.map((c) => c.text).join(', ');
       this.log.warn({ event: 'admin_open', address: this.opts.address, accounts_api_from: from }, `the admin endpoint listens beyond loopback without a token: /metrics is open to whoever reaches it, the accounts API to ${from} only (admin.without_token_from)`);
     }
   }
@@ -179,7 +183,7 @@ export class AdminServer {
       // listed (this host, by default: `douane accounts` runs here) may.
       const peer = req.socket.remoteAddress ?? '';
       if (this.tokenless && !this.withoutTokenFrom.has(peer)) {
-        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `without a token the accounts API answers ${(this.opts.without_token_from ?? []).map((c) => c.text).join(', ') || 'no network'} only, not ${peer}: set admin.token or admin.tokens, or list the network in admin.without_token_from` }, null, 2) + '\n');
+        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `without a token the accounts API answers ${this.tokenlessFrom.map((c) => c.text).join(', ')} only, not ${peer}: set admin.token or admin.tokens, or list the network in admin.without_token_from` }, null, 2) + '\n');
         return;
       }
       await this.accountsRoute(req, res, path, this.accounts, caller);

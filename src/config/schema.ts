@@ -4,7 +4,7 @@
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { templateProblems } from '../lifecycle/templates.js';
-import { cidr, ipAddress, parseCidr, type Cidr } from '../validate/net.js';
+import { cidr, ipAddress, LOOPBACK, type Cidr } from '../validate/net.js';
 import {
   bool,
   bytes,
@@ -269,7 +269,7 @@ export const configSchema = obj({
           [],
         ),
         /** without any token, the accounts API answers these networks only (/metrics and /readyz stay open) */
-        without_token_from: withDefault(list(cidr(), { min: 1 }), [parseCidr('127.0.0.0/8')!, parseCidr('::1')!]),
+        without_token_from: withDefault(list(cidr(), { min: 1 }), [...LOOPBACK]),
         enabled: withDefault(bool(), true),
       }),
       (a, path): Issue[] => {

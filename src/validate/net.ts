@@ -43,6 +43,9 @@ export function ipAddress(): Schema<string> {
   };
 }
 
+/** This host's own addresses: the default of lists that mean "only from here". */
+export const LOOPBACK: readonly Cidr[] = [parseCidr('127.0.0.0/8')!, parseCidr('::1')!];
+
 /** An allowlist of networks; IPv4-mapped IPv6 client addresses (::ffff:a.b.c.d) match their IPv4 entry. */
 export class AddressList {
   private readonly list = new BlockList();
