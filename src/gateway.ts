@@ -499,7 +499,8 @@ export class Gateway {
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
       await this.limiter.authSucceeded(state.account, authLimits);
-      await this.limiter.sessionOpened(state.account, state.id, this.clock.now() + this.config.smtp.session_deadline + 60_000);
+      state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
+      await this.limiter.sessionOpened(state.account, state.id, state.sessionExpiresAt);
       if (state.closed) {
         // It left while the session was being counted, after its cleanup looked: give the count back here.
         void this.limiter.sessionClosed(state.account, state.id);
@@ -917,7 +918,7 @@ export class Gateway {
     const account = state.account ?? tx.mailFrom;
     if (accepted) {
       const limits = tx.policy.account(account).limits;
-      void this.limiter.accepted(account, limits, tx.size ?? 0, tx.policy.doc.baseline.history);
+      void this.limiter.accepted(account, limits, tx.size ?? 0, tx.policy.doc.baseline.history, tx.limitGrant);
       return;
     }
     for (const grant of [tx.limitGrant, ...tx.recipientGrants]) if (grant) void this.limiter.refund(grant);

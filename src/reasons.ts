@@ -51,6 +51,10 @@ export const REASONS = {
     sentence: 'Too many failed logins from your address or for this account; try again[ in {retry}].',
     solution: 'Brute-force protection (art. 4.1): failed AUTH attempts over the policy\'s auth limits block the address or account for a while. The block lifts by itself.',
   },
+  'auth.limits_unavailable': {
+    sentence: 'Logins cannot be checked right now; please try again in a few minutes.',
+    solution: 'Redis did not answer within limits.deadline and limits.on_redis_failure is tempfail: the brute-force limits cannot be read, so no login is tried. Check Redis, or switch to insurance.',
+  },
   'auth.too_many_failures': {
     sentence: 'Too many failed authentication attempts on this connection.',
     solution: 'The client sent wrong credentials smtp.max_auth_failures times; it must reconnect. Repeated failures are brute force (art. 4.1).',

@@ -4,12 +4,16 @@
 //  - fixed windows of 1 minute, 1 hour, 1 day, each starting at the account's first counted event;
 //  - a message is counted at MAIL FROM, a recipient at RCPT TO, both provisionally: they are given back
 //    unless the upstream accepts them (refused by a rule or by the upstream, RSET, client gone);
-//  - bytes are counted after the upstream accepted the message (a message may overshoot by its own size;
-//    MAIL refuses once the day's bytes are used, or when SIZE= says the message will not fit);
+//  - bytes are reserved at MAIL FROM as SIZE= declares them (concurrent messages cannot all fit in the
+//    same remainder), settled to the real size once the upstream accepted the message, given back if not;
+//    a message without SIZE= may overshoot by its own size;
 //  - a refused attempt does not count.
 // All the counters of one phase are sent together (ioredis auto-pipelining: one round trip), and every
 // call has a deadline; when Redis fails, an in-process insurance limiter decides (or, by configuration,
-// the message is tempfailed) and the failure is logged and counted.
+// the message is tempfailed) and the failure is logged and counted. A count is given back to the store
+// that made it: a count the insurance made during an outage is not taken off Redis once it is back.
+// The counters are kept per name and window, not per limit: a reload that changes a limit, or a
+// throttle, judges the same counts against the new limit.
 
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Logger } from '../log.js';
@@ -48,7 +52,18 @@ interface Consumed {
 export interface Grant {
   consumed: Consumed[];
   setMember?: { key: string; member: string };
+  /** the day's bytes reserved at MAIL FROM (also in `consumed`), settled to the real size on acceptance */
+  bytes?: Consumed;
 }
+
+/** A windowed counter: in Redis with the insurance beside it, or in memory. */
+interface Counter {
+  primary: RateLimiterAbstract;
+  insurance?: RateLimiterAbstract;
+}
+
+/** The counters never refuse by themselves: the limit is compared here, so one counter serves every limit. */
+const UNBOUNDED = Number.MAX_SAFE_INTEGER;
 
 export interface Checked {
   facts: LimitFacts;
@@ -98,12 +113,18 @@ class CountingInsurance extends RateLimiterMemory {
   }
 }
 
+/** An authenticated session, as registered with the concurrent-sessions limit. */
+export interface OpenSession {
+  id: string;
+  expiresAt: number;
+}
+
 /** What the checks need from a limiter; `douane policy explain` answers it from given facts. */
 export interface LimiterPort {
   /** MAIL FROM: counts the message; judge() gives the facts against the limits, once a throttle is known. */
-  countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<MessageCount>;
+  countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, session?: OpenSession): Promise<MessageCount>;
   checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked>;
-  authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }>;
+  authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number; unavailable?: boolean }>;
   /** Gives back what a message or recipient counted, because it was not accepted. */
   refund(grant: Grant): Promise<void>;
 }
@@ -120,6 +141,7 @@ export interface MessageCount {
 
 export class Limiter implements LimiterPort {
   private readonly limiters = new Map<string, RateLimiterAbstract>();
+  private readonly counters = new Map<string, Counter>();
   private readonly structures: Structures;
   private readonly now: () => number;
   private insuranceUses = 0;
@@ -143,6 +165,29 @@ export class Limiter implements LimiterPort {
     this.opts.log.warn({ event: 'limiter_insurance', op, err: err.message }, 'Redis failed; the in-process insurance decided');
   }
 
+  private counter(name: string, duration: number): Counter {
+    const id = `${name}:${duration}`;
+    let c = this.counters.get(id);
+    if (c) return c;
+    const base = { keyPrefix: `${this.opts.keyPrefix}:${name}`, points: UNBOUNDED, duration };
+    if (!this.opts.redis) c = { primary: new RateLimiterMemory(base) };
+    else c = { primary: new RateLimiterRedis({ ...base, storeClient: this.opts.redis }), insurance: this.opts.onFailure === 'insurance' ? new RateLimiterMemory(base) : undefined };
+    this.counters.set(id, c);
+    return c;
+  }
+
+  /** Runs `call` on Redis, or on the insurance when Redis fails; says which store answered. */
+  private async onStore<T>(counter: Counter, name: string, call: (l: RateLimiterAbstract) => Promise<T>): Promise<{ value: T; store: RateLimiterAbstract }> {
+    try {
+      return { value: await call(counter.primary), store: counter.primary };
+    } catch (err) {
+      if (!counter.insurance || err instanceof RateLimiterRes) throw err;
+      this.failed(name, err as Error);
+      return { value: await call(counter.insurance), store: counter.insurance };
+    }
+  }
+
+  /** The brute-force limiters block for a while once over their limit: rate-limiter-flexible's own rule. */
   private limiter(name: string, points: number, duration: number, blockDuration = 0): RateLimiterAbstract {
     const id = `${name}:${points}:${duration}:${blockDuration}`;
     let l = this.limiters.get(id);
@@ -186,23 +231,15 @@ export class Limiter implements LimiterPort {
     }
   }
 
-  private async consume(name: LimitName | string, points: number, duration: number, key: string, amount = 1, record = true): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
-    const limiter = this.limiter(name, points, duration);
-    let res: RateLimiterRes;
-    let over = false;
-    try {
-      res = await limiter.consume(key, amount);
-    } catch (err) {
-      if (!(err instanceof RateLimiterRes)) throw err;
-      res = err;
-      over = true;
-    }
+  private async consume(name: LimitName | string, limit: number, duration: number, key: string, amount = 1, record = true): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
+    const { value: res, store } = await this.onStore(this.counter(name, duration), name, (l) => l.consume(key, amount));
+    const over = res.consumedPoints > limit;
     if (record) this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
-    return { res, over, c: { limiter, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext } };
+    return { res, over, c: { limiter: store, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext } };
   }
 
   /** MAIL FROM: message counters, the day's bytes, open sessions, and the account's usual volume. */
-  async countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, sessionId?: string): Promise<MessageCount> {
+  async countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, session?: OpenSession): Promise<MessageCount> {
     const key = accountKey(account);
     const now = this.now();
     const outcome = await this.decide('message', async () => {
@@ -210,8 +247,8 @@ export class Limiter implements LimiterPort {
         this.consume('messages_per_minute', limits.messages_per_minute, MINUTE, key, 1, false),
         this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key, 1, false),
         this.consume('messages_per_day', limits.messages_per_day, DAY, key, 1, false),
-        this.limiter('bytes_per_day', limits.bytes_per_day, DAY).get(key),
-        sessionId ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, sessionId, now) : Promise.resolve({ count: 0, rank: null }),
+        this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, Math.max(1, declaredSize ?? 1), false),
+        session ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, session.id, session.expiresAt, now) : Promise.resolve({ count: 0, rank: null }),
         baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
       ]);
       return { m, h, d, bytes, sessions, hist };
@@ -221,7 +258,7 @@ export class Limiter implements LimiterPort {
       return { grant: undecided.grant, judge: () => undecided };
     }
     const { m, h, d, bytes, sessions, hist } = outcome.value;
-    const grant: Grant = { consumed: [m.c, h.c, d.c] };
+    const grant: Grant = { consumed: [m.c, h.c, d.c, bytes.c], bytes: bytes.c };
     const judge = (lim: Limits): Checked & { baseline?: Baseline } => {
       const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
       const waits: number[] = [];
@@ -234,11 +271,11 @@ export class Limiter implements LimiterPort {
           waits.push(r.res.msBeforeNext);
         }
       }
-      const usedBytes = bytes?.consumedPoints ?? 0;
-      facts.usage.bytes_per_day = usedBytes;
-      if (usedBytes + (declaredSize ?? 1) > lim.bytes_per_day) {
+      // With this message's reservation (its SIZE=, or 1 byte when it declared none).
+      facts.usage.bytes_per_day = bytes.res.consumedPoints;
+      if (bytes.res.consumedPoints > lim.bytes_per_day) {
         facts.exceeded.push('bytes_per_day');
-        waits.push(bytes?.msBeforeNext ?? DAY * 1000);
+        waits.push(bytes.res.msBeforeNext);
       }
       this.opts.metrics.limiterDecisions.labels('bytes_per_day', facts.exceeded.includes('bytes_per_day') ? 'exceeded' : 'ok').inc();
       // The oldest sessions keep their place: the ones opened past the limit are refused.
@@ -304,22 +341,27 @@ export class Limiter implements LimiterPort {
   /** Gives back what a message or recipient counted, because it was not accepted. */
   async refund(grant: Grant): Promise<void> {
     const now = this.now();
-    await this.decide('refund', () =>
-      Promise.all([
-        ...grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points)),
-        grant.setMember ? this.structures.setRemove(grant.setMember.key, grant.setMember.member) : Promise.resolve(),
-      ]),
-    );
+    // Each count goes back to the store that made it. One that Redis made and cannot take back now (it
+    // is down) stays counted: the account loses that much of its allowance, it never gains any.
+    const rewards = grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points));
+    await this.decide('refund', async () => {
+      const settled = await Promise.allSettled([...rewards, grant.setMember ? this.structures.setRemove(grant.setMember.key, grant.setMember.member) : Promise.resolve()]);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+    });
     grant.consumed = [];
     grant.setMember = undefined;
+    grant.bytes = undefined;
   }
 
-  /** The upstream accepted a message: count its bytes and its hour in the account's history. */
-  async accepted(account: string, limits: Limits, size: number, historyHours: number): Promise<void> {
+  /** The upstream accepted a message: settle its bytes to its real size, count its hour in the history. */
+  async accepted(account: string, limits: Limits, size: number, historyHours: number, grant?: Grant): Promise<void> {
     const key = accountKey(account);
+    const reserved = grant?.bytes;
+    const more = Math.max(1, size) - (reserved?.points ?? 0);
     await this.decide('accepted', () =>
       Promise.all([
-        this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, Math.max(1, size)),
+        more > 0 ? this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, more) : reserved && more < 0 && this.now() < reserved.windowEndsAt ? reserved.limiter.reward(key, -more) : Promise.resolve(),
         this.structures.hourIncr(`${this.opts.keyPrefix}:hourly:${key}`, Math.floor(this.now() / 3_600_000), historyHours + 1),
       ]),
     );
@@ -334,7 +376,7 @@ export class Limiter implements LimiterPort {
   }
 
   /** Before trying credentials: is this client address or this account blocked after failures? */
-  async authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number }> {
+  async authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number; unavailable?: boolean }> {
     const { failures_per_ip: pi, failures_per_account: pa } = limits;
     const outcome = await this.decide('auth', () =>
       Promise.all([
@@ -342,7 +384,9 @@ export class Limiter implements LimiterPort {
         this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).get(accountKey(account)),
       ]),
     );
-    if (!outcome.value) return { retryAfter: 0 };
+    // Not known: with insurance this only happens past the deadline (fail open, logged); in tempfail
+    // mode, a login is not tried unchecked any more than a message is sent unchecked.
+    if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail' };
     const [ipRes, acctRes] = outcome.value;
     if (ipRes && ipRes.consumedPoints > pi.limit) return { blocked: 'ip', retryAfter: Math.ceil(ipRes.msBeforeNext / 1000) };
     if (acctRes && acctRes.consumedPoints > pa.limit) return { blocked: 'account', retryAfter: Math.ceil(acctRes.msBeforeNext / 1000) };

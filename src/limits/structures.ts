@@ -22,8 +22,11 @@ export interface Structures {
   /** registers an open session until `expiresAt`; returns the open sessions count */
   sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   sessionClose(key: string, id: string): Promise<void>;
-  /** open sessions, and this session's place among them by age (0 = oldest; null = not registered) */
-  sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }>;
+  /**
+   * Open sessions, and this session's place among them by age (0 = oldest). A session missing from the
+   * store (opened while it was down, or counted by the insurance) is registered now, so that it counts.
+   */
+  sessionRank(key: string, id: string, expiresAt: number, now: number): Promise<{ count: number; rank: number | null }>;
   /** adds 1 to the count of an hour (epoch hours) */
   hourIncr(key: string, hour: number, keepHours: number): Promise<void>;
   /** counts of the given hours (0 when absent) */
@@ -56,7 +59,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return redis.call('ZCARD', KEYS[1])`;
 
 const SESSION_RANK = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 1 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) - tonumber(ARGV[3]) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
 return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANK', KEYS[1], ARGV[1])}`;
 
 const HOUR_INCR = `
@@ -68,7 +74,7 @@ type Scripted = RedisClient & {
   douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
   douaneSetRemove(key: string, member: string): Promise<number>;
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
-  douaneSessionRank(key: string, id: string, now: number): Promise<[number, number | null]>;
+  douaneSessionRank(key: string, id: string, expiresAt: number, now: number): Promise<[number, number | null]>;
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
 };
 
@@ -101,8 +107,8 @@ export class RedisStructures implements Structures {
     await this.client.zrem(key, id);
   }
 
-  async sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }> {
-    const [count, rank] = await this.client.douaneSessionRank(key, id, now);
+  async sessionRank(key: string, id: string, expiresAt: number, now: number): Promise<{ count: number; rank: number | null }> {
+    const [count, rank] = await this.client.douaneSessionRank(key, id, expiresAt, now);
     return { count, rank: rank ?? null };
   }
 
@@ -179,7 +185,9 @@ export class MemoryStructures implements Structures {
     this.sessions.get(key)?.delete(id);
   }
 
-  async sessionRank(key: string, id: string, now: number): Promise<{ count: number; rank: number | null }> {
+  async sessionRank(key: string, id: string, expiresAt: number, now: number): Promise<{ count: number; rank: number | null }> {
+    const registered = this.sessions.get(key);
+    if (!registered?.has(id)) await this.sessionOpen(key, id, expiresAt, now);
     const open = [...(this.sessions.get(key) ?? new Map<string, number>())].filter(([, exp]) => exp > now).sort((a, b) => a[1] - b[1] || (a[0] < b[0] ? -1 : 1));
     const rank = open.findIndex(([k]) => k === id);
     return { count: open.length, rank: rank < 0 ? null : rank };

@@ -108,10 +108,22 @@ export function domainOf(address: string): string {
   return at >= 0 ? asciiDomain(address.slice(at + 1)) : '';
 }
 
-/** An address in its one comparable form: lower case, the domain as asciiDomain gives it. */
+/**
+ * An address in its one comparable form: lower case, the domain as asciiDomain gives it, and a quoted
+ * local part without its quotes when it needs none ("joe"@x and "j\oe"@x are joe@x to an MTA too).
+ */
 export function comparableAddress(address: string): string {
   const at = address.lastIndexOf('@');
-  return at < 0 ? address.toLowerCase() : `${address.slice(0, at).toLowerCase()}@${asciiDomain(address.slice(at + 1))}`;
+  return at < 0 ? address.toLowerCase() : `${comparableLocal(address.slice(0, at))}@${asciiDomain(address.slice(at + 1))}`;
+}
+
+const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+)*$/;
+
+function comparableLocal(local: string): string {
+  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local.toLowerCase();
+  const content = local.slice(1, -1).replace(/\\(.)/g, '$1');
+  // Quoted because it must be (a space, a second @…): kept quoted, with only the escapes it needs.
+  return (DOT_ATOM.test(content) ? content : `"${content.replace(/["\\]/g, '\\$&')}"`).toLowerCase();
 }
 
 /**

@@ -116,4 +116,6 @@ export interface SessionState {
   closed?: boolean;
   /** an authenticated session registered with the concurrent-sessions limit */
   sessionCounted?: boolean;
+  /** when its registration lapses (a process that died cannot close it) */
+  sessionExpiresAt?: number;
 }

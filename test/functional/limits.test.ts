@@ -139,6 +139,30 @@ describe('each limit at its boundary', () => {
     expect((await send(port, 'bytes@example.test')).mail).toMatch(/^450 4\.7\.1 .*bytes per day/);
   });
 
+  it('bytes per day: SIZE= is reserved at MAIL, so concurrent messages cannot all fit in one remainder; settled to the real size', async () => {
+    const gw = await gateway();
+    const open = async () => {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO t');
+      return c;
+    };
+    const clients = await Promise.all(Array.from({ length: 5 }, open));
+    const replies = await Promise.all(clients.map((c) => c.command('MAIL FROM:<bytes@example.test> SIZE=1500')));
+    // 2K a day: one message of 1500 fits, a second does not, whichever sessions come first.
+    expect(replies.filter((r) => r.startsWith('250'))).toHaveLength(1);
+    expect(replies.filter((r) => /^450 4\.7\.1 .*bytes per day/.test(r))).toHaveLength(4);
+    const sender = clients[replies.findIndex((r) => r.startsWith('250'))]!;
+    expect(await sender.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    expect(await sender.command('DATA')).toMatch(/^354/);
+    sender.write('From: bytes@example.test\r\nSubject: t\r\n\r\nshorter than it said\r\n.\r\n');
+    expect(await sender.reply()).toMatch(/^250 /);
+    for (const c of clients) c.close();
+    // The day holds what was sent, not what was declared.
+    await expect.poll(() => Number(redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}'))).toBeLessThan(200);
+    expect(Number(redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}'))).toBeGreaterThan(40);
+  });
+
   it('concurrent sessions per account (authenticated)', async () => {
     const gw = await gateway();
     const open = async () => {
@@ -176,12 +200,20 @@ describe('each limit at its boundary', () => {
     c.close();
     expect((await send(gw.port('trusted'), 'perminute@example.test', ['user2@example.test'], 'refuse-me 5xx')).data).toMatch(/^554 5\.7\.1 Rejected by policy/);
     expect((await send(gw.port('trusted'), 'perminute@example.test', ['user2@example.test'], 'refuse-me 4xx')).data).toMatch(/^451 4\.3\.0 Try later/);
-    // Four counted and given back: the counter exists and is back at zero, and no bytes were counted.
+    // Four counted and given back: the counter exists and is back at zero, and so are the bytes reserved.
     await expect.poll(() => redis.cli('get', key)).toBe('0');
-    expect(redis.cli('exists', 'douane:bytes_per_day:{perminute@example.test}')).toBe('0');
+    await expect.poll(() => redis.cli('get', 'douane:bytes_per_day:{perminute@example.test}')).toBe('0');
     // The limit (3 a minute) is whole: three messages still go through.
     for (let i = 0; i < 3; i++) expect((await send(gw.port('trusted'), 'perminute@example.test')).data).toMatch(/^250 /);
     await expect.poll(() => redis.cli('get', key)).toBe('3');
+  });
+
+  it('an account is one account however its local part is quoted ("perminute"@ is perminute@)', async () => {
+    const gw = await gateway();
+    const results = [];
+    for (const from of ['perminute@example.test', '"perminute"@example.test', '"per\\minute"@example.test', 'PerMinute@example.test']) results.push((await send(gw.port('trusted'), from)).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '250', '450']);
+    expect(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}')).toBe('3');
   });
 
   it('an account is one account however its domain is written (xn-- or Unicode)', async () => {
@@ -385,6 +417,65 @@ describe('Redis failures are bounded', () => {
     expect(Number(redis.cli('get', 'douane:messages_per_hour:{roomy@example.test}'))).toBe(before + 1);
     await expect.poll(() => gw.transactions().length).toBe(2 + frozen);
     expect(gw.transactions()[1 + frozen]!.limits).toBeUndefined();
+  });
+
+  it('a count the insurance made while Redis was down is given back to the insurance, not taken off Redis once it is back', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await redis.crash();
+    try {
+      expect(await c.command('MAIL FROM:<perminute@example.test>')).toMatch(/^250/); // counted by the insurance
+      expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    } finally {
+      await redis.revive();
+    }
+    await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    expect(await c.command('RSET')).toMatch(/^250/);
+    c.close();
+    await new Promise((r) => setTimeout(r, 200)); // the refund has run
+    expect(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}')).toBe('');
+    expect(redis.cli('get', 'douane:recipients_per_hour:{perminute@example.test}')).toBe('');
+    // The limit in Redis is whole, and no more than whole: three a minute.
+    const results = [];
+    for (let i = 0; i < 4; i++) results.push((await send(gw.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '250', '450']);
+  });
+
+  it('sessions opened while Redis was down count against concurrent_sessions once it is back', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
+    const open = async () => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235/);
+      return c;
+    };
+    await redis.crash();
+    let sessions: RawSmtp[];
+    try {
+      sessions = [await open(), await open(), await open()];
+    } finally {
+      await redis.revive();
+    }
+    await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    const [a, b, c] = sessions;
+    // user1: two sessions at once. The two oldest may send; the third may not.
+    expect(await a!.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await b!.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await c!.command('MAIL FROM:<user1@example.test>')).toMatch(/^450 4\.7\.1 Sending limit reached \(concurrent sessions\)/);
+    for (const x of sessions) x.close();
+  });
+
+  it('on_redis_failure: tempfail refuses logins for a while (454 4.7.0) rather than try them unchecked', async () => {
+    const gw = await gateway({ redis: { url: `redis://127.0.0.1:${DEAD_PORT}` }, deadline: '300ms', on_redis_failure: 'tempfail' });
+    const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+    await c.reply();
+    await c.command('EHLO t');
+    expect(await c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0wrong').toString('base64')}`)).toMatch(/^454 4\.7\.0 Logins cannot be checked right now.*Ref D-/);
+    expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toEqual([]);
+    c.close();
   });
 
   it('on_redis_failure: tempfail answers 451 4.3.0 while Redis is down', async () => {

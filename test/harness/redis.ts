@@ -16,6 +16,10 @@ export interface RedisInstance {
   cli(...args: string[]): string;
   pause(): void;
   resume(): void;
+  /** kills it at once (SIGKILL): Redis gone, its data with it */
+  crash(): Promise<void>;
+  /** starts it again, empty, on the same port */
+  revive(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -33,6 +37,37 @@ export async function startRedis(extra: string[] = []): Promise<RedisInstance> {
 async function tryStartRedis(extra: string[]): Promise<RedisInstance | undefined> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'douane-redis-'));
+  let pid = await launch(port, dir, extra);
+  if (!pid) {
+    rmSync(dir, { recursive: true, force: true });
+    return undefined;
+  }
+  return {
+    port,
+    get pid() {
+      return pid!;
+    },
+    dir,
+    url: `redis://127.0.0.1:${port}`,
+    cli: (...args) => run('redis-cli', ['-p', String(port), ...args]).trim(),
+    pause: () => process.kill(pid!, 'SIGSTOP'),
+    resume: () => process.kill(pid!, 'SIGCONT'),
+    crash: () => stopPid(pid!, 'SIGKILL'),
+    revive: async () => {
+      pid = await launch(port, dir, extra);
+      if (!pid) throw new Error(`redis-server could not start again on port ${port}: ${readLog(dir).slice(-500)}`);
+    },
+    stop: async () => {
+      await stopPid(pid!);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Starts redis-server on `port`; its pid once it answers as itself, undefined if it could not. */
+async function launch(port: number, dir: string, extra: string[]): Promise<number | undefined> {
+  rmSync(join(dir, 'redis.pid'), { force: true });
+  rmSync(join(dir, 'redis.log'), { force: true });
   run('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'yes',
     '--pidfile', join(dir, 'redis.pid'), '--logfile', join(dir, 'redis.log'), '--dir', dir, ...extra,
@@ -46,31 +81,16 @@ async function tryStartRedis(extra: string[]): Promise<RedisInstance | undefined
     }
     if (pid) {
       try {
-        if (run('redis-cli', ['-p', String(port), 'info', 'server']).includes(`process_id:${pid}\r`)) break;
+        if (run('redis-cli', ['-p', String(port), 'info', 'server']).includes(`process_id:${pid}\r`)) return pid;
       } catch {
         // not listening yet
       }
     }
-    if (i === 149 || /Address already in use/.test(readLog(dir))) {
-      if (pid) await stopPid(pid);
-      rmSync(dir, { recursive: true, force: true });
-      return undefined;
-    }
+    if (/Address already in use/.test(readLog(dir))) break;
     await new Promise((r) => setTimeout(r, 20));
   }
-  return {
-    port,
-    pid,
-    dir,
-    url: `redis://127.0.0.1:${port}`,
-    cli: (...args) => run('redis-cli', ['-p', String(port), ...args]).trim(),
-    pause: () => process.kill(pid, 'SIGSTOP'),
-    resume: () => process.kill(pid, 'SIGCONT'),
-    stop: async () => {
-      await stopPid(pid);
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  if (pid) await stopPid(pid);
+  return undefined;
 }
 
 function readLog(dir: string): string {

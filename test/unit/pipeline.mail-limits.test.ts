@@ -63,7 +63,7 @@ describe('mail.limits: counted with the account state, judged in pipeline order'
     const ctx = context();
     preparePhase('mail', ctx, [mailLimits]);
     await settle();
-    expect(ctx.tx.limitGrant?.consumed).toHaveLength(3);
+    expect(ctx.tx.limitGrant?.consumed).toHaveLength(4); // three message counters and the bytes reserved
     await limiter.refund(ctx.tx.limitGrant!);
     expect((await mail()).limits?.usage.messages_per_minute).toBe(1);
   });

@@ -10,7 +10,8 @@ export const authBruteForce: Check = {
   describe: 'no AUTH from an address or for an account blocked after repeated failures (policy: auth)',
   async run({ session, deps, authUser }) {
     const limits = deps.policy().doc.auth;
-    const { blocked, retryAfter } = await deps.limiter.authBlocked(session.remoteAddress, authUser ?? '', limits);
+    const { blocked, retryAfter, unavailable } = await deps.limiter.authBlocked(session.remoteAddress, authUser ?? '', limits);
+    if (unavailable) return { action: 'tempfail', reason: 'auth.limits_unavailable', evidence: { degraded: true } };
     if (!blocked) return { action: 'continue' };
     return { action: 'tempfail', reason: 'auth.blocked', detail: { retry: humanDuration(retryAfter) }, evidence: { blocked, retry_after: retryAfter } };
   },

@@ -20,8 +20,8 @@ const prepared = new PreparedLookups<MessageCount>();
 function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promise<MessageCount> {
   const account = session.account ?? tx.mailFrom;
   const { history, min_messages } = tx.policy.doc.baseline;
-  const sessionId = session.sessionCounted ? session.id : undefined;
-  return deps.limiter.countMessage(account, tx.policy.account(account).limits, tx.declaredSize, { history, minMessages: min_messages }, sessionId);
+  const open = session.sessionCounted && session.sessionExpiresAt ? { id: session.id, expiresAt: session.sessionExpiresAt } : undefined;
+  return deps.limiter.countMessage(account, tx.policy.account(account).limits, tx.declaredSize, { history, minMessages: min_messages }, open);
 }
 
 export const mailLimits: Check = {

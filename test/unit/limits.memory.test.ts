@@ -1,0 +1,35 @@
+// The in-memory limiter (no Redis: one instance): counts are kept per account and window, whatever the
+// limit they are judged against, so a reload that changes a limit, or a throttle, does not reset them.
+
+import { describe, expect, it } from 'vitest';
+import { Limiter } from '../../src/limits/limiter.js';
+import { throttled } from '../../src/limits/throttle.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { loadPolicy } from '../../src/policy/load.js';
+
+const base = loadPolicy('fixtures/policies/small-limits').account('roomy@example.test').limits;
+
+function limiter() {
+  return new Limiter({ keyPrefix: 'douane', onFailure: 'insurance', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+}
+
+describe('in-memory limits', () => {
+  it('a lowered limit judges the counts made under the old one (a policy reload)', async () => {
+    const l = limiter();
+    const five = { ...base, messages_per_hour: 5 };
+    for (let i = 0; i < 5; i++) expect((await l.countMessage('a@x.test', five, undefined)).judge(five).facts.exceeded).toEqual([]);
+    const three = { ...base, messages_per_hour: 3 };
+    const sixth = (await l.countMessage('a@x.test', three, undefined)).judge(three);
+    expect(sixth.facts.exceeded).toEqual(['messages_per_hour']);
+    expect(sixth.facts.usage.messages_per_hour).toBe(6);
+  });
+
+  it('a throttle lowers the recipient limits against the same counts', async () => {
+    const l = limiter();
+    const ten = { ...base, recipients_per_hour: 10 };
+    for (let i = 0; i < 10; i++) expect((await l.checkRecipient('b@x.test', ten, `r${i}@y.test`, 0)).facts.exceeded).toEqual([]);
+    const halved = throttled(ten, 0.5);
+    expect((await l.checkRecipient('b@x.test', halved, 'r10@y.test', 0)).facts.exceeded).toEqual(['recipients_per_hour']);
+  });
+});
