@@ -46,7 +46,7 @@ const HTML_SOURCE_FACTOR = 4;
 const MAX_ARCHIVE_ENTRIES = 1000;
 const EMPTY = Buffer.alloc(0);
 
-type Limit = 'parts' | 'depth' | 'header_size';
+type Limit = 'parts' | 'depth' | 'header_size' | 'archive_entries';
 
 interface TextPart {
   html: boolean;
@@ -389,10 +389,12 @@ export class MessageInspector {
     const listing = a.zip.listing;
     f.detectedType = detectType(head, listing.isZip ? listing.entries : undefined);
     f.sha256 = a.hash.digest('hex');
-    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') {
-      f.encrypted = listing.encrypted;
-      f.archiveEntries = listing.entries;
-    }
+    // Names found after other data count too (a zip behind a stub or appended to an image still
+    // extracts); whether it is encrypted is only trusted of a file that is a zip from its first byte.
+    if (listing.entries.length) f.archiveEntries = listing.entries;
+    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = listing.encrypted;
+    // Names were left out of the listing: the archive cannot be judged by its names.
+    if (!listing.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

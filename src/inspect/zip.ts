@@ -1,7 +1,9 @@
-// Lists a zip attachment's entries from its local file headers as the decoded bytes stream by, without the
-// central directory (at the very end, so it would mean holding the archive) and without decompressing
-// anything: names for `archive.entries`, and whether any entry is encrypted (its content can then be
-// neither scanned nor trusted). Only the first level: a zip inside the zip is one more name.
+// Lists a zip attachment's entries as the decoded bytes stream by, without decompressing anything: names
+// for `archive.entries`, and whether any entry is encrypted (its content can then be neither scanned nor
+// trusted). Both the local file headers and the central directory (at the end) are read, because unzip
+// tools extract under the central directory's names and the two may disagree. Data before the archive
+// (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
+// anywhere. Only the first level: a zip inside the zip is one more name.
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -9,23 +11,30 @@ const SIG_END = 0x06054b50; // PK\x05\x06: end of central directory (alone: an e
 const PK = Buffer.from('PK', 'latin1');
 
 const LOCAL_HEADER_SIZE = 30;
+const CENTRAL_HEADER_SIZE = 46;
 // Entry names longer than this are not real names (and the 16-bit length could ask for 64 KB).
 const MAX_NAME_LENGTH = 4096;
 
 export interface ZipListing {
   /** the content starts like a zip */
   isZip: boolean;
-  /** entry names, in archive order, up to the cap */
+  /**
+   * Entry names, in archive order, each once: the first `maxEntries`, then each name whose extension was
+   * not seen yet (up to `maxEntries` more), so that a thousand harmless names cannot push one out.
+   */
   entries: string[];
   /** how many local headers were seen (may exceed entries.length) */
   entryCount: number;
   /** some entry has the encryption flag (general purpose bit 0) */
   encrypted: boolean;
+  /** false when names were left out: more kinds of names than the listing holds */
+  complete: boolean;
 }
 
 type State =
   | { kind: 'start' } // waiting for the first 4 bytes
   | { kind: 'header'; need: number } // collecting a local header (fixed part, then name and extra field)
+  | { kind: 'central'; need: number } // collecting a central directory header (fixed part, name, extra, comment)
   | { kind: 'skip'; left: number } // inside an entry's data of known size
   | { kind: 'scan' } // looking for the next signature (after the data, or when its size is unknown)
   | { kind: 'done' };
@@ -36,7 +45,10 @@ export class ZipLister {
   private pendingLength = 0;
   // The last bytes of a chunk scanned without a match: a signature may straddle two chunks.
   private tail: Buffer | undefined;
-  readonly listing: ZipListing = { isZip: false, entries: [], entryCount: 0, encrypted: false };
+  readonly listing: ZipListing = { isZip: false, entries: [], entryCount: 0, encrypted: false, complete: true };
+  private readonly names = new Set<string>();
+  private readonly extensions = new Set<string>();
+  private extra = 0;
 
   constructor(private readonly maxEntries = 1000) {}
 
@@ -59,15 +71,20 @@ export class ZipLister {
         case 'start': {
           pos = this.collect(chunk, pos, 4);
           if (this.pendingLength < 4) return;
-          const sig = this.takePending().readUInt32LE(0);
+          const first = this.takePending();
+          const sig = first.readUInt32LE(0);
           if (sig === SIG_LOCAL) {
             this.listing.isZip = true;
             this.pending = [PK_LOCAL];
             this.pendingLength = 4;
             this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
-          } else {
-            if (sig === SIG_END) this.listing.isZip = true;
+          } else if (sig === SIG_END) {
+            this.listing.isZip = true;
             this.state = { kind: 'done' };
+          } else {
+            // Not a zip at its start: one may still follow whatever comes first.
+            this.tail = Buffer.from(first.subarray(1));
+            this.state = { kind: 'scan' };
           }
           break;
         }
@@ -93,6 +110,29 @@ export class ZipLister {
           this.state = this.entry(head);
           break;
         }
+        case 'central': {
+          pos = this.collect(chunk, pos, s.need);
+          if (this.pendingLength < s.need) return;
+          const head = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength);
+          const nameLen = head.readUInt16LE(28);
+          if (nameLen > MAX_NAME_LENGTH) {
+            this.takePending();
+            this.state = { kind: 'scan' };
+            break;
+          }
+          const full = CENTRAL_HEADER_SIZE + nameLen + head.readUInt16LE(30) + head.readUInt16LE(32);
+          if (s.need < full) {
+            this.pending = [head];
+            this.state = { kind: 'central', need: full };
+            break;
+          }
+          this.takePending();
+          const flags = head.readUInt16LE(8);
+          if (flags & 0x0001) this.listing.encrypted = true;
+          this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
+          this.state = { kind: 'scan' };
+          break;
+        }
         case 'skip': {
           const n = Math.min(s.left, chunk.length - pos);
           pos += n;
@@ -115,9 +155,7 @@ export class ZipLister {
     let compressed = head.readUInt32LE(18);
     if (flags & 0x0001) this.listing.encrypted = true;
     this.listing.entryCount++;
-    if (this.listing.entries.length < this.maxEntries) {
-      this.listing.entries.push(decodeName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), (flags & 0x0800) !== 0));
-    }
+    this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags);
     if (compressed === 0xffffffff) {
       const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
       compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
@@ -125,6 +163,25 @@ export class ZipLister {
     // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero. Either way the
     // scan after the data finds the next header (and steps over a descriptor).
     return compressed > 0 ? { kind: 'skip', left: compressed } : { kind: 'scan' };
+  }
+
+  private addName(raw: Buffer, flags: number): void {
+    // As Windows names files: trailing dots and spaces go ("evil.exe. " is evil.exe).
+    const name = decodeName(raw, (flags & 0x0800) !== 0).replace(/[. ]+$/, '');
+    if (this.names.has(name)) return;
+    const dot = name.lastIndexOf('.');
+    const extension = dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '';
+    if (this.listing.entries.length >= this.maxEntries) {
+      if (this.extensions.has(extension)) return;
+      if (this.extra >= this.maxEntries) {
+        this.listing.complete = false;
+        return;
+      }
+      this.extra++;
+    }
+    this.names.add(name);
+    this.extensions.add(extension);
+    this.listing.entries.push(name);
   }
 
   /** Looks for the next local header or the central directory; returns where to continue in `chunk`. */
@@ -139,14 +196,14 @@ export class ZipLister {
     for (let i = buf.indexOf(PK); i !== -1; i = buf.indexOf(PK, i + 1)) {
       if (i + 4 > buf.length) break;
       const sig = buf.readUInt32LE(i);
-      if (sig === SIG_CENTRAL || sig === SIG_END) {
+      if (sig === SIG_END) {
         this.state = { kind: 'done' };
         return chunk.length;
       }
-      if (sig === SIG_LOCAL) {
+      if (sig === SIG_LOCAL || sig === SIG_CENTRAL) {
         this.pending = [Buffer.from(buf.subarray(i, i + 4))];
         this.pendingLength = 4;
-        this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
+        this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
         // i counts from the start of buf, which begins `carried` bytes before chunk[pos].
         return pos + (i + 4 - carried);
       }

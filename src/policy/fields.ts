@@ -63,7 +63,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'attachments.encrypted': { type: 'bool', phase: 'data', description: 'some attachment is an encrypted archive', get: (f) => f.message?.attachments.some((a) => a.encrypted) },
   'attachments.sha256': { type: 'strings', phase: 'data', description: 'SHA-256 of each attachment\'s content', get: (f) => f.message?.attachments.map((a) => a.sha256 ?? '') },
   'archive.entries': { type: 'strings', phase: 'data', description: 'names of files inside archive attachments', get: (f) => f.message?.attachments.flatMap((a) => a.archiveEntries) },
-  'mime.limit_exceeded': { type: 'string', phase: 'data', description: 'which MIME limit the message goes over (parts, depth, header_size), if any', get: (f) => f.message?.mimeLimitExceeded },
+  'mime.limit_exceeded': { type: 'string', phase: 'data', description: 'which inspection limit the message goes over (parts, depth, header_size, archive_entries), if any', get: (f) => f.message?.mimeLimitExceeded },
   'scan.result': { type: 'string', phase: 'data', description: 'clamd verdict: clean, infected, error (fail-open only) or skipped', get: (f) => f.scan?.result },
   'scan.signature': { type: 'string', phase: 'data', description: 'the signature clamd found', get: (f) => f.scan?.signature },
   'bulk.fingerprint': { type: 'string', phase: 'data', description: "the message content's fingerprint", get: (f) => f.bulk?.fingerprint },

@@ -126,6 +126,23 @@ describe('MIME inspector: fixtures', () => {
     expect(f.attachments[0]).toMatchObject({ name: 'documents.zip', extension: 'zip', declaredType: 'application/zip', detectedType: 'zip', encrypted: false, archiveEntries: ['readme.txt', 'setup.exe'] });
   });
 
+  it('an archive behind junk is listed; one with more kinds of names than can be listed goes over a limit', async () => {
+    const entry = (name: string) => {
+      const h = Buffer.alloc(30);
+      h.writeUInt32LE(0x04034b50, 0);
+      h.writeUInt32LE(2, 18);
+      h.writeUInt16LE(name.length, 26);
+      return Buffer.concat([h, Buffer.from(name), Buffer.from('MZ')]);
+    };
+    const message = (data: Buffer) =>
+      eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see attached', '--b', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="photos.bin"', 'Content-Transfer-Encoding: base64', '', ...(data.toString('base64').match(/.{1,76}/g) ?? []), '--b--');
+    const hidden = await inspect(message(Buffer.concat([Buffer.alloc(64, 0x41), entry('evil.exe')])));
+    expect(hidden.attachments[0]).toMatchObject({ detectedType: 'unknown', archiveEntries: ['evil.exe'] });
+    expect(hidden.mimeLimitExceeded).toBeUndefined();
+    const flooded = await inspect(message(Buffer.concat(Array.from({ length: 2100 }, (_, i) => entry(`f.x${i}`)))));
+    expect(flooded.mimeLimitExceeded).toBe('archive_entries');
+  });
+
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
     const f = await inspect(load('encrypted-zip.eml'));
     expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });

@@ -12,9 +12,11 @@ interface Entry {
   descriptor?: 'signed' | 'unsigned';
   /** sizes as 0xFFFFFFFF in the header, the real ones in a ZIP64 extra field */
   zip64?: boolean;
+  /** the name in the central directory, when it is not the local header's */
+  centralName?: string;
 }
 
-/** A zip built the way the writers in the wild do (enough of it for a local-header reader). */
+/** A zip built the way the writers in the wild do (local headers, central directory, end record). */
 function zip(entries: Entry[]): Buffer {
   const out: Buffer[] = [];
   const central: Buffer[] = [];
@@ -53,10 +55,13 @@ function zip(entries: Entry[]): Buffer {
       d.writeUInt32LE(e.data.length, p);
       out.push(d);
     }
+    const centralName = e.centralName === undefined ? name : Buffer.from(e.centralName, 'utf8');
     const c = Buffer.alloc(46);
     c.writeUInt32LE(0x02014b50, 0);
+    c.writeUInt16LE(flags, 8);
+    c.writeUInt16LE(centralName.length, 28);
     c.writeUInt32LE(offset, 42);
-    central.push(c, name);
+    central.push(c, centralName);
     offset += out.slice(before).reduce((n, b) => n + b.length, 0);
   }
   const end = Buffer.alloc(22);
@@ -72,10 +77,10 @@ function list(bytes: Buffer, chunkSize = bytes.length || 1, maxEntries?: number)
 
 const text = (s: string) => Buffer.from(s);
 
-describe('zip listing from local headers', () => {
+describe('zip listing from local headers and the central directory', () => {
   it('lists the entries of a plain zip in order, not encrypted', () => {
     const l = list(zip([{ name: 'readme.txt', data: text('hello') }, { name: 'bin/setup.exe', data: Buffer.alloc(3000, 1) }]));
-    expect(l).toEqual({ isZip: true, entries: ['readme.txt', 'bin/setup.exe'], entryCount: 2, encrypted: false });
+    expect(l).toEqual({ isZip: true, entries: ['readme.txt', 'bin/setup.exe'], entryCount: 2, encrypted: false, complete: true });
   });
 
   it('reports encryption when any entry has general purpose bit 0', () => {
@@ -132,8 +137,38 @@ describe('zip listing from local headers', () => {
   });
 
   it('is not a zip when the content does not start with a local header', () => {
-    expect(list(Buffer.from('%PDF-1.4 ... PK\x03\x04'))).toEqual({ isZip: false, entries: [], entryCount: 0, encrypted: false });
+    expect(list(Buffer.from('%PDF-1.4 ... PK\x03\x04'))).toEqual({ isZip: false, entries: [], entryCount: 0, encrypted: false, complete: true });
     expect(list(Buffer.alloc(0)).isZip).toBe(false);
+  });
+
+  it('lists an archive behind other data (a stub, junk, an image) though the file is not a zip at its start', () => {
+    const bytes = Buffer.concat([Buffer.alloc(64, 0x41), zip([{ name: 'evil.exe', data: text('MZ') }])]);
+    for (const size of [bytes.length, 1, 3, 7, 64]) {
+      const l = list(bytes, size);
+      expect(l.isZip).toBe(false);
+      expect(l.entries).toEqual(['evil.exe']);
+    }
+  });
+
+  it('lists the central directory\'s names too: unzip extracts under them when they disagree with the local headers', () => {
+    const l = list(zip([{ name: 'readme.txt', data: text('MZ'), centralName: 'evil.exe' }, { name: 'b.txt', data: text('b') }]));
+    expect(l.entries).toEqual(['readme.txt', 'b.txt', 'evil.exe']);
+  });
+
+  it('names a file as Windows does: trailing dots and spaces go', () => {
+    expect(list(zip([{ name: 'evil.exe.', data: text('a') }, { name: 'other.scr . ', data: text('b') }])).entries).toEqual(['evil.exe', 'other.scr']);
+  });
+
+  it('past the cap, still lists each name of a kind not seen yet; reports the listing incomplete past twice the cap', () => {
+    const filler: Entry[] = Array.from({ length: 1000 }, (_, i) => ({ name: `f${i}.txt`, data: text(String(i)) }));
+    const hidden = list(zip([...filler, { name: 'more.txt', data: text('m') }, { name: 'evil.exe', data: text('MZ') }]), 4096);
+    expect(hidden.entries).toHaveLength(1001);
+    expect(hidden.entries.at(-1)).toBe('evil.exe');
+    expect(hidden.complete).toBe(true);
+    const kinds: Entry[] = Array.from({ length: 2001 }, (_, i) => ({ name: `f.x${i}`, data: text('k') }));
+    const flooded = list(zip([...filler, ...kinds]), 4096);
+    expect(flooded.entries).toHaveLength(2000);
+    expect(flooded.complete).toBe(false);
   });
 
   it('keeps what it listed from a truncated or corrupt archive, without throwing', () => {
