@@ -46,7 +46,9 @@ const HTML_SOURCE_FACTOR = 4;
 const MAX_ARCHIVE_ENTRIES = 1000;
 const EMPTY = Buffer.alloc(0);
 
-type Limit = 'parts' | 'depth' | 'header_size' | 'archive_entries';
+/** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
+export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries'] as const;
+type Limit = (typeof INSPECTION_LIMITS)[number];
 
 interface TextPart {
   html: boolean;

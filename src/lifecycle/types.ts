@@ -3,6 +3,8 @@
 // art. 8). Adapters implement this; Douane's enforcement only talks to this interface.
 
 /** Normalised account status. Zimbra's own values map onto these (see each adapter). */
+export const ACCOUNT_STATUSES = ['active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown'] as const satisfies readonly AccountStatus[];
+
 export type AccountStatus =
   | 'active'
   /** no login, mail still delivered: Zimbra's status for a compromised or abusive account */

@@ -23,6 +23,8 @@ export interface Condition {
   /** the earliest phase at which every field it names is known */
   phase: RulePhase;
   fields: string[];
+  /** values compared with equals or in, by field: checked against the policy's own names (plans) once loaded */
+  compared: { field: string; path: Path; values: string[] }[];
 }
 
 type Leaf = (value: unknown) => boolean;
@@ -72,6 +74,12 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
     return undefined;
   };
   const scalarOk = (v: unknown) => (spec.type === 'number' ? typeof v === 'number' : spec.type === 'bool' ? typeof v === 'boolean' : typeof v === 'string' || typeof v === 'number');
+  // A field with a fixed set of values: anything else can never match, so it is a typo ("infectd").
+  const unknown = spec.values && (op === 'equals' || op === 'in') ? (Array.isArray(arg) ? arg : [arg]).find((v) => !spec.values!.includes(String(v).toLowerCase())) : undefined;
+  if (unknown !== undefined) {
+    issues.push({ path, message: `${JSON.stringify(unknown)} is not a value this field takes; it takes: ${spec.values!.join(', ')}` });
+    return undefined;
+  }
   switch (op) {
     case 'equals': {
       if (!scalarOk(arg)) return bad(spec.type === 'number' ? 'a number' : spec.type === 'bool' ? 'true or false' : 'a text value');
@@ -124,6 +132,7 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
     raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { equals: raw };
   const allowed = opsFor(spec.type);
   const tests: { op: string; leaf?: Leaf; exists?: boolean; empty?: boolean; lowered?: boolean }[] = [];
+  const compared: Condition['compared'] = [];
   const before = issues.length;
   if (Object.keys(opMap).length === 0) issues.push({ path, message: `needs an operator: ${allowed.join(', ')}` });
   for (const [op, arg] of Object.entries(opMap)) {
@@ -139,6 +148,7 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
     }
     const leaf = compileOp(op, arg, spec, opPath, issues);
     if (leaf) tests.push({ op, leaf, lowered: LOWERED_OPS.has(op) && spec.type !== 'number' && spec.type !== 'bool' });
+    if (leaf && (op === 'equals' || op === 'in')) compared.push({ field: name, path: opPath, values: (Array.isArray(arg) ? arg : [arg]).map(String) });
   }
   if (issues.length > before) return undefined;
   const isList = spec.type === 'strings';
@@ -164,6 +174,7 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
   return {
     phase: spec.phase,
     fields: [name],
+    compared,
     test: (f) => evaluate(f).ok,
     explain: (f, out) => {
       const { ok, value } = evaluate(f);
@@ -182,10 +193,12 @@ function preview(value: unknown): string {
 function combine(kind: 'all' | 'any', parts: Condition[]): Condition {
   const phase = parts.reduce<RulePhase>((p, c) => (PHASE_ORDER[c.phase] > PHASE_ORDER[p] ? c.phase : p), 'mail');
   const fields = [...new Set(parts.flatMap((p) => p.fields))];
+  const compared = parts.flatMap((p) => p.compared);
   if (kind === 'all') {
     return {
       phase,
       fields,
+      compared,
       test: (f) => parts.every((p) => p.test(f)),
       explain: (f, out) => {
         for (const p of parts) if (!p.explain(f, out)) return false;
@@ -196,6 +209,7 @@ function combine(kind: 'all' | 'any', parts: Condition[]): Condition {
   return {
     phase,
     fields,
+    compared,
     test: (f) => parts.some((p) => p.test(f)),
     explain: (f, out) => {
       for (const p of parts) if (p.explain(f, out)) return true;
@@ -231,6 +245,7 @@ function compileNode(raw: unknown, path: Path, issues: Issue[], limitNames: read
       return {
         phase: inner.phase,
         fields: inner.fields,
+        compared: inner.compared,
         test: (f) => !inner.test(f),
         explain: (f, out) => {
           const sub: string[] = [];

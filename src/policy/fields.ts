@@ -1,7 +1,11 @@
 // The catalog of fields a rule condition may name: type, the earliest SMTP phase at which it is known,
 // what it means, and how to read it from the facts. `douane policy fields` prints this table.
 
+import { DETECTED_TYPES } from '../inspect/magic.js';
+import { INSPECTION_LIMITS } from '../inspect/mime.js';
+import { ACCOUNT_STATUSES } from '../lifecycle/types.js';
 import { domainOf, type Facts } from './facts.js';
+import type { LimitName } from './schema.js';
 
 export type FieldType = 'string' | 'strings' | 'number' | 'bool';
 export type RulePhase = 'mail' | 'rcpt' | 'data';
@@ -14,32 +18,38 @@ export interface FieldSpec {
   description: string;
   /** the values are domains, in the form asciiDomain gives: a rule's values are put in that form too */
   domain?: true;
+  /** every value the field can take: a rule comparing it with anything else is a typo, refused at load */
+  values?: readonly string[];
   get(f: Facts): string | string[] | number | boolean | undefined;
 }
 
 const uniq = (xs: string[]) => [...new Set(xs)];
 
+const MESSAGE_LIMITS: readonly LimitName[] = ['messages_per_minute', 'messages_per_hour', 'messages_per_day', 'bytes_per_day', 'concurrent_sessions'];
+const RECIPIENT_LIMITS: readonly LimitName[] = ['recipients_per_message', 'recipients_per_hour', 'recipients_per_day', 'recipient_domains_per_hour'];
+const SCAN_RESULTS = ['clean', 'infected', 'error', 'skipped'] as const;
+
 export const FIELDS: Record<string, FieldSpec> = {
   listener: { type: 'string', phase: 'mail', description: 'name of the listener the client used', get: (f) => f.listener },
-  'listener.mode': { type: 'string', phase: 'mail', description: 'starttls, tls or trusted', get: (f) => f.listenerMode },
+  'listener.mode': { type: 'string', phase: 'mail', description: 'starttls, tls or trusted', values: ['starttls', 'tls', 'trusted'], get: (f) => f.listenerMode },
   'client.ip': { type: 'string', phase: 'mail', description: 'client IP address', get: (f) => f.clientIp },
   authenticated: { type: 'bool', phase: 'mail', description: 'the client authenticated (false on a trusted listener)', get: (f) => f.authenticated },
   account: { type: 'string', phase: 'mail', description: 'the account: AUTH user, or envelope sender on a trusted listener', get: (f) => f.account.name },
   'account.domain': { type: 'string', phase: 'mail', domain: true, description: "the account's domain", get: (f) => f.account.domain },
   'account.plan': { type: 'string', phase: 'mail', description: "the account's plan (art. 3.1)", get: (f) => f.account.plan },
-  'account.status': { type: 'string', phase: 'mail', description: 'status from the lifecycle API: active, locked, suspended, closed, unknown', get: (f) => f.account.status },
+  'account.status': { type: 'string', phase: 'mail', description: `status from the lifecycle API: ${ACCOUNT_STATUSES.join(', ')}`, values: ACCOUNT_STATUSES, get: (f) => f.account.status },
   'account.never_suspend': { type: 'bool', phase: 'mail', description: 'in allowlists.never_suspend', get: (f) => f.account.allowlisted.neverSuspend },
   'account.bulk_exempt': { type: 'bool', phase: 'mail', description: 'in allowlists.bulk_exempt', get: (f) => f.account.allowlisted.bulkExempt },
   'account.trusted_submitter': { type: 'bool', phase: 'mail', description: 'in allowlists.trusted_submitters', get: (f) => f.account.allowlisted.trustedSubmitter },
   sender: { type: 'string', phase: 'mail', description: 'envelope sender (MAIL FROM); empty for the null sender', get: (f) => f.sender },
   'sender.domain': { type: 'string', phase: 'mail', domain: true, description: 'domain of the envelope sender', get: (f) => domainOf(f.sender) },
   'sender.aligned': { type: 'bool', phase: 'mail', description: 'the envelope sender belongs to the account (address, alias or domain)', get: (f) => f.senderAligned },
-  'limits.exceeded': { type: 'strings', phase: 'mail', description: 'message limits this message goes over (messages_per_minute, messages_per_hour, messages_per_day, bytes_per_day, concurrent_sessions)', get: (f) => f.limits?.exceeded },
+  'limits.exceeded': { type: 'strings', phase: 'mail', description: `message limits this message goes over (${MESSAGE_LIMITS.join(', ')})`, values: MESSAGE_LIMITS, get: (f) => f.limits?.exceeded },
   'limits.degraded': { type: 'bool', phase: 'mail', description: 'limits were decided without Redis (in-process insurance)', get: (f) => f.limits?.degraded },
   'baseline.ratio': { type: 'number', phase: 'mail', description: "this hour's messages divided by the account's usual hourly volume", get: (f) => f.baselineRatio },
   recipient: { type: 'string', phase: 'rcpt', description: 'the recipient being checked (RCPT phase)', get: (f) => f.recipient },
   'recipient.domain': { type: 'string', phase: 'rcpt', domain: true, description: 'domain of the recipient being checked', get: (f) => (f.recipient === undefined ? undefined : domainOf(f.recipient)) },
-  'recipient.limits.exceeded': { type: 'strings', phase: 'rcpt', description: 'recipient limits this recipient goes over (recipients_per_message, recipients_per_hour, recipients_per_day, recipient_domains_per_hour)', get: (f) => f.recipientLimits?.exceeded },
+  'recipient.limits.exceeded': { type: 'strings', phase: 'rcpt', description: `recipient limits this recipient goes over (${RECIPIENT_LIMITS.join(', ')})`, values: RECIPIENT_LIMITS, get: (f) => f.recipientLimits?.exceeded },
   recipients: { type: 'strings', phase: 'data', description: 'all accepted recipients', get: (f) => f.recipients },
   'recipients.count': { type: 'number', phase: 'data', description: 'number of accepted recipients', get: (f) => f.recipients.length },
   'recipients.domains': { type: 'strings', phase: 'data', domain: true, description: 'distinct recipient domains', get: (f) => uniq(f.recipients.map(domainOf)) },
@@ -59,12 +69,12 @@ export const FIELDS: Record<string, FieldSpec> = {
   'attachments.names': { type: 'strings', phase: 'data', description: 'attachment file names', get: (f) => f.message?.attachments.map((a) => a.name) },
   'attachments.extensions': { type: 'strings', phase: 'data', description: 'attachment name extensions, lower case without the dot', get: (f) => f.message?.attachments.map((a) => a.extension) },
   'attachments.declared_types': { type: 'strings', phase: 'data', description: 'MIME types the message declares for its attachments', get: (f) => f.message?.attachments.map((a) => a.declaredType) },
-  'attachments.detected_types': { type: 'strings', phase: 'data', description: 'types found from the attachments\' content (magic bytes): executable, zip, pdf, …', get: (f) => f.message?.attachments.map((a) => a.detectedType) },
+  'attachments.detected_types': { type: 'strings', phase: 'data', description: `types found from the attachments' content (magic bytes): ${DETECTED_TYPES.join(', ')}`, values: DETECTED_TYPES, get: (f) => f.message?.attachments.map((a) => a.detectedType) },
   'attachments.encrypted': { type: 'bool', phase: 'data', description: 'some attachment is an encrypted archive', get: (f) => f.message?.attachments.some((a) => a.encrypted) },
   'attachments.sha256': { type: 'strings', phase: 'data', description: 'SHA-256 of each attachment\'s content', get: (f) => f.message?.attachments.map((a) => a.sha256 ?? '') },
   'archive.entries': { type: 'strings', phase: 'data', description: 'names of files inside archive attachments', get: (f) => f.message?.attachments.flatMap((a) => a.archiveEntries) },
-  'mime.limit_exceeded': { type: 'string', phase: 'data', description: 'which inspection limit the message goes over (parts, depth, header_size, archive_entries), if any', get: (f) => f.message?.mimeLimitExceeded },
-  'scan.result': { type: 'string', phase: 'data', description: 'clamd verdict: clean, infected, error (fail-open only) or skipped', get: (f) => f.scan?.result },
+  'mime.limit_exceeded': { type: 'string', phase: 'data', description: `which inspection limit the message goes over (${INSPECTION_LIMITS.join(', ')}), if any`, values: INSPECTION_LIMITS, get: (f) => f.message?.mimeLimitExceeded },
+  'scan.result': { type: 'string', phase: 'data', description: 'clamd verdict: clean, infected, error (fail-open only) or skipped', values: SCAN_RESULTS, get: (f) => f.scan?.result },
   'scan.signature': { type: 'string', phase: 'data', description: 'the signature clamd found', get: (f) => f.scan?.signature },
   'bulk.fingerprint': { type: 'string', phase: 'data', description: "the message content's fingerprint", get: (f) => f.bulk?.fingerprint },
   'bulk.account_recipients': { type: 'number', phase: 'data', description: 'distinct recipients of this content from this account in the bulk window', get: (f) => f.bulk?.accountRecipients },

@@ -128,6 +128,12 @@ function crossReferences(doc: PolicyDocument): Issue[] {
   const seen = new Map<string, number>();
   doc.rules.forEach((r, i) => {
     if (r.strike) eventRef(r.strike.event, ['rules', i, 'strike']);
+    // A plan compared in a rule must exist: "entreprize" would never match, silently.
+    for (const c of r.when.compared) {
+      if (c.field !== 'account.plan') continue;
+      const missing = c.values.find((v) => !doc.plans[v.toLowerCase()]);
+      if (missing !== undefined) issues.push({ path: c.path, message: `names plan "${missing}", which is not defined in plans (defined: ${plans.join(', ')})` });
+    }
     const first = seen.get(r.id);
     if (first !== undefined) issues.push({ path: ['rules', i, 'id'], message: `"${r.id}" is already the id of rules[${first}]; rule ids must be unique` });
     else seen.set(r.id, i);

@@ -77,6 +77,7 @@ describe('policy loading', () => {
       'fixtures/policies/bad-references/limits.yaml:15:31: accounts.alice@example.test.plan names plan "gold", which is not defined in plans (defined: basic)',
       'fixtures/policies/bad-references/rules.yaml:7:13: rules[0].strike names strike event "virus", which is not defined in strikes.events (defined: spam)',
       'fixtures/policies/bad-references/rules.yaml:8:9: rules[1].id "r1" is already the id of rules[0]; rule ids must be unique',
+      'fixtures/policies/bad-references/rules.yaml:16:33: rules[2].when.account.plan.in names plan "premiun", which is not defined in plans (defined: basic)',
     ]);
   });
 
@@ -88,6 +89,9 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:20:24: rules\[3\]\.when\.subject\.gt is not an operator for subject \(a string field\); use one of: equals, in, matches/);
     expect(all).toMatch(/rules\.yaml:27:5: rules\[4\]\.reason only applies to tempfail, reject and quarantine/);
     expect(all).toMatch(/rules\.yaml:31:12: rules\[5\]\.phase is too early: the condition uses subject, known only at data/);
+    // A value a field never takes is a typo that would never match (infected mail relayed).
+    expect(all).toMatch(/rules\.yaml:37:26: rules\[6\]\.when\.scan\.result "infectd" is not a value this field takes; it takes: clean, infected, error, skipped/);
+    expect(all).toMatch(/rules\.yaml:42:46: rules\[7\]\.when\.recipient\.limits\.exceeded\.in "recipients_per_mesage" is not a value this field takes/);
   });
 
   it('refuses a section defined in two files, naming both', () => {
