@@ -75,6 +75,12 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// Output piped into a command that stopped reading ("| head") is not an error of ours: stop quietly.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

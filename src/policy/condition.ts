@@ -106,7 +106,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
       return (v) => (v as string).endsWith(want);
     }
     case 'matches': {
-      const compiled = regex('i').parse(arg, path, issues);
+      const compiled = regex('iu').parse(arg, path, issues);
       if (!compiled) return undefined;
       const re = compiled.regex;
       return (v) => re.test(String(v));

@@ -3,6 +3,7 @@
 // Why not a general validator library: we want our own sentences ("must be a positive integer") and
 // strict unknown-key errors everywhere, and the whole thing is small enough to read in one sitting.
 
+import { checkSync } from 'recheck';
 import safeRegex from 'safe-regex2';
 
 export type Path = (string | number)[];
@@ -198,9 +199,27 @@ export interface CompiledPattern {
   regex: RegExp;
 }
 
+/** What the backtracking analysis found for each pattern and flags, so that a reload checks only new ones. */
+const backtracking = new Map<string, { summary: string; attack?: string } | null>();
+
 /**
- * A regular expression, compiled at load time. Patterns with nested quantifiers ("(a+)+") can take
- * exponential time on crafted input, which an abusive sender controls, so they are refused here.
+ * Whether a pattern can take super-linear time on some input: recheck's automaton analysis finds the
+ * exponential cases a star-height check misses ("(\w|\d)+$", overlapping alternatives) and the
+ * polynomial ones ("a.*b.*c", "\s*x\s*$": seconds on 50 KB of crafted text). A pattern it cannot
+ * analyse (back-references, look-arounds; over 1 s) is left to the star-height check.
+ */
+function superLinear(source: string, flags: string): { summary: string; attack?: string } | undefined {
+  const key = `${flags}/${source}`;
+  if (!backtracking.has(key)) {
+    const r = checkSync(source, flags, { checker: 'automaton', timeout: 1000 });
+    backtracking.set(key, r.status === 'vulnerable' ? { summary: r.complexity.summary, attack: r.attack.pattern } : null);
+  }
+  return backtracking.get(key) ?? undefined;
+}
+
+/**
+ * A regular expression, compiled at load time. Patterns that can take more than linear time on crafted
+ * input, which an abusive sender controls, are refused here: one message could stall every session.
  */
 export function regex(flags = 'iu'): Schema<CompiledPattern> {
   return {
@@ -223,6 +242,16 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
           message:
             'may take exponential time on crafted input (nested or overlapping repetition such as "(a+)+"); ' +
             'rewrite it without a repeated group that itself repeats',
+        });
+        return undefined;
+      }
+      const slow = superLinear(value, flags);
+      if (slow) {
+        issues.push({
+          path,
+          message:
+            `may take ${slow.summary} time on crafted input (for example ${slow.attack ?? 'a long run of matching characters'}), and one message would stall every session; ` +
+            'bound the repetitions ("[^\\n]{0,80}" rather than ".*") or anchor the pattern',
         });
         return undefined;
       }

@@ -44,6 +44,11 @@ describe('conditions', () => {
     expect(compile({ 'urls.domains': 'files.example.com' }).test(facts({ message: message() }))).toBe(true);
   });
 
+  it('reads patterns as Unicode: \\p{L} is a letter, not the text "p{L}"', () => {
+    expect(compile({ subject: { matches: '^\\p{L}+$' } }).test(facts({ message: message({ subject: 'Élodie' }) }))).toBe(true);
+    expect(compile({ subject: { matches: '^\\p{L}+$' } }).test(facts({ message: message({ subject: 'p{L}' }) }))).toBe(false);
+  });
+
   it('takes an international domain written either way as one domain (IDNA form, as URL host names have)', () => {
     const idn = facts({ sender: 'anna@XN--Bcher-kva.example', recipients: ['a@bücher.example', 'b@xn--bcher-kva.example'], message: message({ from: ['anna@bücher.example'] }) });
     expect(compile({ 'sender.domain': 'bücher.example' }).test(idn)).toBe(true);

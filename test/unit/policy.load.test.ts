@@ -92,6 +92,9 @@ describe('policy loading', () => {
     // A value a field never takes is a typo that would never match (infected mail relayed).
     expect(all).toMatch(/rules\.yaml:37:26: rules\[6\]\.when\.scan\.result "infectd" is not a value this field takes; it takes: clean, infected, error, skipped/);
     expect(all).toMatch(/rules\.yaml:42:46: rules\[7\]\.when\.recipient\.limits\.exceeded\.in "recipients_per_mesage" is not a value this field takes/);
+    // Super-linear patterns a star-height check misses: overlapping alternatives, unbounded runs in a row.
+    expect(all).toMatch(/rules\.yaml:47:33: rules\[8\]\.when\.subject\.matches may take exponential time on crafted input \(for example .*\), and one message would stall every session/);
+    expect(all).toMatch(/rules\.yaml:52:30: rules\[9\]\.when\.body\.matches may take 3rd degree polynomial time on crafted input/);
   });
 
   it('refuses a section defined in two files, naming both', () => {
