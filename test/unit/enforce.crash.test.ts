@@ -24,16 +24,32 @@ class FaultyState extends FileEnforcementState {
   failOnce?: 'setThrottle';
   /** applied only after this promise: a slow Redis */
   slow?: Promise<void>;
+  /** resolves when the process "dies": a hang begins, or a write waits on `slow` */
+  readonly died: Promise<void>;
+  private die!: () => void;
+
+  constructor(file: string, now: () => number) {
+    super(file, now);
+    this.died = new Promise((r) => (this.die = r));
+  }
+
+  private hang(): Promise<never> {
+    this.die();
+    return never;
+  }
 
   override async setSuspension(account: string, s: Suspension): Promise<void> {
-    await this.slow;
+    if (this.slow) {
+      if (this.slow === never) this.die();
+      await this.slow;
+    }
     await super.setSuspension(account, s);
-    if (this.hangAfter === 'setSuspension') return never;
+    if (this.hangAfter === 'setSuspension') return this.hang();
   }
 
   override async resetAccount(account: string): Promise<void> {
     await super.resetAccount(account);
-    if (this.hangAfter === 'resetAccount') return never;
+    if (this.hangAfter === 'resetAccount') return this.hang();
   }
 
   override async setThrottle(account: string, t: Throttle): Promise<void> {
@@ -41,7 +57,7 @@ class FaultyState extends FileEnforcementState {
       this.failOnce = undefined;
       throw new Error('Connection is closed.');
     }
-    if (this.hangAfter === 'setThrottle') return never;
+    if (this.hangAfter === 'setThrottle') return this.hang();
     await super.setThrottle(account, t);
   }
 }
@@ -84,7 +100,6 @@ function instance(dir: string, now: () => number) {
   return { enforcer, state, outbox, calls, strike };
 }
 
-const tick = () => new Promise((r) => setTimeout(r, 20));
 const actions = (dir: string) =>
   readFileSync(join(dir, 'audit.log'), 'utf8')
     .trim()
@@ -97,7 +112,7 @@ describe('enforcement across a crash', () => {
     const first = instance(dir, Date.now);
     first.state.hangAfter = 'setSuspension';
     void first.enforcer.suspend('a@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-AAAAAA', reason: 'malware' });
-    await tick();
+    await first.state.died;
     expect((await first.state.account('a@x.test')).suspension?.action).toBe('suspend_account');
 
     const restarted = instance(dir, Date.now);
@@ -116,7 +131,7 @@ describe('enforcement across a crash', () => {
     expect(first.calls).toEqual(['lock b@x.test']);
     first.state.hangAfter = 'resetAccount';
     void first.enforcer.reinstate('b@x.test', 'cli:t');
-    await tick();
+    await first.state.died;
     await first.outbox.stop(); // the process is gone: its outbox runs nothing more
     expect(await first.state.account('b@x.test')).toEqual({});
 
@@ -132,7 +147,7 @@ describe('enforcement across a crash', () => {
     const first = instance(dir, Date.now);
     first.state.slow = never; // the process dies while the state write is still on its way
     void first.enforcer.suspend('c@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-CCCCCC', reason: 'malware' });
-    await tick();
+    await first.state.died;
 
     const restarted = instance(dir, Date.now);
     expect(await restarted.state.account('c@x.test')).toEqual({});
@@ -161,7 +176,7 @@ describe('enforcement across a crash', () => {
     const one = instance(dir, () => t);
     one.state.hangAfter = 'setThrottle';
     void one.enforcer.record(one.strike('e@x.test', 'malware', 10, 1)); // 10: notify (5), then the throttle (10)
-    await tick();
+    await one.state.died;
     expect((await one.state.account('e@x.test')).throttle).toBeUndefined();
 
     t += 10 * 60_000;
