@@ -89,7 +89,7 @@ export class AdminServer {
       });
     });
     await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
+      this.server!.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`admin: cannot listen on ${this.opts.address}:${this.opts.port}: ${err.code === 'EADDRINUSE' ? 'the address is already in use' : err.message}`)));
       this.server!.listen(this.opts.port, this.opts.address, () => resolve());
     });
     this.log.info({ event: 'admin_listening', address: this.opts.address, port: this.port }, `admin endpoint on ${this.opts.address}:${this.port}`);

@@ -4,7 +4,7 @@
 
 import { ValidationError } from './validate/source.js';
 import { flag, parseArgs, UsageError } from './cli/args.js';
-import { serve } from './cli/serve.js';
+import { serve, StartError } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
 import { accountsCommand } from './cli/accounts.js';
@@ -92,6 +92,10 @@ main(process.argv.slice(2)).then(
     } else if (err instanceof UsageError) {
       console.error(`douane: ${err.message}`);
       process.exitCode = err.exitCode;
+    } else if (err instanceof StartError) {
+      // Whatever the failed start left behind (a Redis connection, a timer) must not keep it running.
+      console.error(`douane: ${err.message}`);
+      process.exit(1);
     } else {
       console.error(`douane: ${(err as Error)?.stack ?? String(err)}`);
       process.exitCode = 1;

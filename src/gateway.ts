@@ -191,7 +191,8 @@ export class Gateway {
       this.listeners.map(
         (l) =>
           new Promise<void>((resolve, reject) => {
-            l.server.once('error', reject);
+            // The key to change, with the system's reason ("listeners.submission: 0.0.0.0:587 is in use").
+            l.server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`listeners.${l.name}: cannot listen on ${l.config.address}:${l.config.port}: ${err.code === 'EADDRINUSE' ? 'the address is already in use' : err.message}`)));
             l.server.listen(l.config.port, l.config.address, () => {
               l.server.off('error', reject);
               l.address = l.server.server.address() as AddressInfo;

@@ -21,6 +21,9 @@ Options:
 Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0; SIGHUP reloads
 the policy (a bad policy is refused and the one in force stays).`;
 
+/** The gateway could not start (a port in use, a file it needs): the message says which key. */
+export class StartError extends Error {}
+
 export async function serve(argv: string[]): Promise<number> {
   const args = parseArgs(argv, { flags: ['help'], options: ['config'] });
   if (flag(args, 'help')) {
@@ -47,8 +50,16 @@ export async function serve(argv: string[]): Promise<number> {
   const admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
   for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
   admin?.setAccounts(gateway.enforcer);
-  await gateway.start();
-  await admin?.start();
+  try {
+    await gateway.start();
+    await admin?.start();
+  } catch (err) {
+    // Half started (some listeners up, the admin endpoint or the watcher not) is worse than not at all:
+    // say why, stop what started and exit, for the supervisor or the operator to see.
+    logger.fatal({ event: 'start_failed', err: (err as Error).message }, `could not start: ${(err as Error).message}`);
+    await Promise.race([Promise.allSettled([gateway.stop(), admin?.stop()]), new Promise((r) => setTimeout(r, 2000))]);
+    throw new StartError((err as Error).message);
+  }
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
   process.on('SIGHUP', () => gateway.policies.reload('SIGHUP'));

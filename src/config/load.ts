@@ -75,14 +75,17 @@ function crossChecks(config: Config): Issue[] {
     else issues.push({ path: ['listeners', tlsListener[0], 'mode'], message: `is ${tlsListener[1].mode}, which needs tls.cert and tls.key: ${why}` });
   }
 
-  const seen = new Map<string, string>();
-  for (const [name, l] of Object.entries(config.listeners)) {
-    if (l.port === 0) continue;
-    const key = `${l.address}:${l.port}`;
-    const other = seen.get(key);
-    if (other) issues.push({ path: ['listeners', name, 'port'], message: `is already used by listener "${other}" on ${key}` });
-    seen.set(key, name);
-  }
+  // Two sockets on one port collide when their addresses overlap: the same address, or a wildcard
+  // (0.0.0.0, ::) and any address of its family (:: takes IPv4 too, on Linux by default).
+  const sockets: { what: string; path: (string | number)[]; address: string; port: number }[] = Object.entries(config.listeners).map(([name, l]) => ({ what: `listener "${name}"`, path: ['listeners', name, 'port'], address: l.address, port: l.port }));
+  if (config.admin.enabled) sockets.push({ what: 'the admin endpoint', path: ['admin', 'port'], address: config.admin.address, port: config.admin.port });
+  const v6 = (a: string) => a.includes(':');
+  const overlap = (a: string, b: string) => a === b || a === '::' || b === '::' || (a === '0.0.0.0' && !v6(b)) || (b === '0.0.0.0' && !v6(a));
+  sockets.forEach((s, i) => {
+    if (s.port === 0) return;
+    const other = sockets.slice(0, i).find((o) => o.port === s.port && overlap(o.address, s.address));
+    if (other) issues.push({ path: s.path, message: `is already used by ${other.what} on ${other.address}:${other.port} (${s.address}:${s.port} overlaps it)` });
+  });
   return issues;
 }
 

@@ -57,6 +57,30 @@ describe('douane CLI', () => {
     expect(r.stderr).toMatch(/no-cert\.yaml:2:23: listeners\.submission\.mode is starttls, which needs tls\.cert and tls\.key/);
   });
 
+  it('serve exits 1 naming the listener when its port is taken, rather than run half started', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-port-'));
+    const { createServer } = await import('node:net');
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      writeFileSync(
+        join(dir, 'douane.yaml'),
+        [`listeners: { first: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] }, second: { mode: trusted, address: 127.0.0.1, port: ${port}, allow: [127.0.0.1] } }`, 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'admin: { port: 0 }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
+      );
+      const r = await exec('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
+        () => ({ code: 0, stdout: '', stderr: '' }),
+        (e: { code: number; stdout: string; stderr: string }) => e,
+      );
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`douane: listeners.second: cannot listen on 127.0.0.1:${port}: the address is already in use\n`);
+      expect(r.stdout).toMatch(/"event":"start_failed"/);
+    } finally {
+      taken.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve logs a fault that nothing caught as one JSON line, then exits 70 for its supervisor to restart it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
     try {

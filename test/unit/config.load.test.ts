@@ -214,7 +214,17 @@ describe('configuration loading', () => {
 
   it('refuses two listeners on one address and port', () => {
     const text = 'listeners:\n  a: { mode: trusted, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, port: 2525, allow: [127.0.0.1] }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525']);
+    expect(problems(() => parseConfig('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525 (127.0.0.1:2525 overlaps it)']);
+  });
+
+  it('refuses a port taken by a wildcard address, and the admin endpoint on a listener\'s port', () => {
+    const text = 'listeners:\n  a: { mode: trusted, address: 0.0.0.0, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] }\n  c: { mode: trusted, address: "::1", port: 2526, allow: [127.0.0.1] }\nupstream: { host: x }\nadmin: { port: 2526 }\n';
+    expect(problems(() => parseConfig('dup.yaml', text))).toEqual([
+      'dup.yaml:3:49: listeners.b.port is already used by listener "a" on 0.0.0.0:2525 (127.0.0.1:2525 overlaps it)',
+      // IPv4 127.0.0.1 and IPv6 ::1 are different sockets: no collision there.
+    ]);
+    const admin = 'listeners:\n  a: { mode: trusted, address: "::", port: 2526, allow: [127.0.0.1] }\nupstream: { host: x }\nadmin: { port: 2526 }\n';
+    expect(problems(() => parseConfig('dup.yaml', admin))).toEqual(['dup.yaml:4:16: admin.port is already used by listener "a" on :::2526 (127.0.0.1:2526 overlaps it)']);
   });
 });
 
