@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
-import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { EMBEDDED_DEFAULT } from './default.js';
 import { configSchema, type Config } from './schema.js';
 
@@ -31,13 +31,7 @@ export function loadConfig(opts: { file?: string; env?: Record<string, string | 
   const env = opts.env ?? process.env;
   const file = opts.file ?? env.DOUANE_CONFIG;
   if (!file) return parseConfig(EMBEDDED_NAME, EMBEDDED_DEFAULT, env, opts);
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).message}` }]);
-  }
-  return parseConfig(file, text, env, opts);
+  return parseConfig(file, readYamlFile(file), env, opts);
 }
 
 /** Validates configuration text (named for error messages) with the environment's overrides applied. */

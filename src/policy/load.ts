@@ -4,10 +4,10 @@
 // with file:line:col and key, including references between files (a plan or strike event that does not exist).
 
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
 import { formatPath, type Issue } from '../validate/schema.js';
-import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { Policy, type PolicyFile, type Rule } from './policy.js';
 import { policySchema, SECTIONS, type PolicyDocument } from './schema.js';
 
@@ -24,7 +24,19 @@ export function policyFiles(dir: string): string[] {
   } catch (err) {
     throw new ValidationError([{ file: dir, key: '(top level)', message: `cannot be read: ${(err as Error).message}` }]);
   }
-  return names.filter((n) => /\.ya?ml$/.test(n) && statSync(join(dir, n)).isFile()).sort().map((n) => join(dir, n));
+  // Dot files are editors' locks and backups (".#rules.yaml", often a dangling link), never policy.
+  const yaml = names.filter((n) => /\.ya?ml$/.test(n) && !n.startsWith('.')).sort();
+  const problems: Problem[] = [];
+  const files = yaml.filter((n) => {
+    try {
+      return statSync(join(dir, n)).isFile();
+    } catch (err) {
+      problems.push({ file: join(dir, n), key: '(top level)', message: `cannot be read: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'a link to a file that does not exist' : (err as Error).message}` });
+      return false;
+    }
+  });
+  if (problems.length) throw new ValidationError(problems);
+  return files.map((n) => join(dir, n));
 }
 
 /** A short, stable version of the policy: the hash of its files' names and contents. */
@@ -38,7 +50,7 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
   const display = opts.display ?? shortPath;
   const paths = policyFiles(dir);
   if (paths.length === 0) throw new ValidationError([{ file: display(dir), key: '(top level)', message: 'holds no policy files (*.yaml)' }]);
-  const texts = paths.map((path) => ({ path, text: readFileSync(path, 'utf8') }));
+  const texts = paths.map((path) => ({ path, text: readYamlFile(path, display(path)) }));
 
   const problems: Problem[] = [];
   const merged: Record<string, unknown> = {};

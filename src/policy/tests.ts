@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { int, list, num, obj, oneOf, optional, record, required, str, withDefault, type Issue } from '../validate/schema.js';
-import { ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { policyFiles } from './load.js';
 import { evaluateOffline, type OfflineOutcome } from './offline.js';
 import type { Policy } from './policy.js';
@@ -89,7 +89,7 @@ export async function runPolicyTests(policy: Policy, config: Readonly<Config>, f
   const problems: Problem[] = [];
   const loaded: { file: string; source: YamlSource; cases: TestCase[] }[] = [];
   for (const file of files) {
-    const { source, value, problems: syntax } = YamlSource.parse(file, readFileSync(file, 'utf8'));
+    const { source, value, problems: syntax } = YamlSource.parse(file, readYamlFile(file));
     if (syntax.length) {
       problems.push(...syntax);
       continue;

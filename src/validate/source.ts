@@ -1,7 +1,8 @@
 // Turns schema issues into "file:line:col: key message" by finding each path in the parsed YAML document.
 
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, visit, type Document, type Node } from 'yaml';
 import { formatPath, type Issue, type Path, type Schema } from './schema.js';
 
 export interface Problem {
@@ -49,11 +50,30 @@ export class YamlSource {
       const pos = lines.linePos(contentEnd > 0 && err.pos[0] >= contentEnd ? contentEnd - 1 : err.pos[0]);
       problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${firstLine(err.message)}` });
     }
-    return { source, value: problems.length ? undefined : doc.toJS({ maxAliasCount: 100 }), problems };
+    // "- *@example.com" is an alias to an anchor that does not exist, not an address: say so where it is.
+    if (!problems.length) {
+      visit(doc, {
+        Alias(_, node) {
+          if (node.resolve(doc)) return;
+          const pos = lines.linePos(node.range?.[0] ?? 0);
+          problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: "*${node.source}" is read as an alias (a reference to "&${node.source}", which is not defined); put the value in quotes` });
+        },
+      });
+    }
+    if (problems.length) return { source, value: undefined, problems };
+    try {
+      // Aliases multiply what they point at: a file of a few lines could otherwise expand to gigabytes.
+      return { source, value: doc.toJS({ maxAliasCount: 1000 }), problems };
+    } catch (err) {
+      const firstAlias = findFirstAlias(doc);
+      const pos = lines.linePos(firstAlias ?? 0);
+      problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${firstLine((err as Error).message)}; use fewer aliases` });
+      return { source, value: undefined, problems };
+    }
   }
 
   static async load(file: string): Promise<{ source: YamlSource; value: unknown; problems: Problem[] }> {
-    return YamlSource.parse(file, await readFile(file, 'utf8'));
+    return YamlSource.parse(file, decodeUtf8(file, await readFile(file).catch((err: NodeJS.ErrnoException) => unreadable(file, err))));
   }
 
   /** Line and column of the node at `path` (or of its key), falling back to the nearest existing ancestor. */
@@ -101,6 +121,46 @@ export class YamlSource {
   problem(issue: Issue): Problem {
     const pos = this.position(issue.path, issue.atKey);
     return { file: this.file, line: pos.line, col: pos.col, key: formatPath(issue.path), message: issue.message };
+  }
+}
+
+function findFirstAlias(doc: Document): number | undefined {
+  let at: number | undefined;
+  visit(doc, {
+    Alias(_, node) {
+      at = node.range?.[0];
+      return visit.BREAK;
+    },
+  });
+  return at;
+}
+
+function unreadable(file: string, err: NodeJS.ErrnoException): never {
+  const why = err.code === 'EACCES' ? 'permission denied' : err.code === 'ENOENT' ? 'no such file' : err.code === 'EISDIR' ? 'it is a directory' : err.message;
+  throw new ValidationError([{ file, key: '(top level)', message: `cannot be read: ${why}` }]);
+}
+
+/** Reads a YAML file as UTF-8; a byte that is not UTF-8 is reported where it is, not silently replaced. */
+export function readYamlFile(file: string, display = file): string {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
+  } catch (err) {
+    unreadable(display, err as NodeJS.ErrnoException);
+  }
+  return decodeUtf8(display, bytes);
+}
+
+function decodeUtf8(file: string, bytes: Buffer): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    const lossy = bytes.toString('utf8');
+    const at = lossy.indexOf('\ufffd');
+    const before = lossy.slice(0, at);
+    const line = before.split('\n').length;
+    const col = at - before.lastIndexOf('\n');
+    throw new ValidationError([{ file, line, col, key: '(top level)', message: 'is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8' }]);
   }
 }
 

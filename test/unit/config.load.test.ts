@@ -162,7 +162,7 @@ describe('configuration loading', () => {
   });
 
   it('says when the file cannot be read', () => {
-    expect(problems(() => loadConfig({ file: 'fixtures/config/missing.yaml', env: {} }))[0]).toMatch(/^fixtures\/config\/missing\.yaml: cannot be read: ENOENT/);
+    expect(problems(() => loadConfig({ file: 'fixtures/config/missing.yaml', env: {} }))[0]).toBe('fixtures/config/missing.yaml: cannot be read: no such file');
   });
 
   it('applies DOUANE_* overrides, typed by the setting', () => {

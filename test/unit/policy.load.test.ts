@@ -1,6 +1,6 @@
 // The policy loader: the shipped policy loads, and every kind of mistake is reported with file:line:col and key.
 
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -117,6 +117,33 @@ describe('policy loading', () => {
     const p = problems(dir);
     expect(p).toContain(`${dir}: plans is required (a mapping of names to a mapping): add it to one of the policy files`);
     expect(problems(mkdtempSync(join(tmpdir(), 'douane-empty-')))[0]).toMatch(/holds no policy files/);
+  });
+
+  it('names file and line for an unquoted "*@domain" (a YAML alias), an alias bomb and a byte that is not UTF-8', () => {
+    const copy = () => {
+      const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+      cpSync('policies', dir, { recursive: true });
+      return dir;
+    };
+    const alias = copy();
+    writeFileSync(join(alias, 'allowlists.yaml'), 'allowlists:\n  never_suspend:\n    - postmaster@dstorage.example\n    - *@dstorage.example\n');
+    expect(problems(alias)).toEqual([`${alias}/allowlists.yaml:4:7: YAML: "*@dstorage.example" is read as an alias (a reference to "&@dstorage.example", which is not defined); put the value in quotes`]);
+    const bomb = copy();
+    const levels = ['a: &a [x, x, x, x, x, x, x, x, x, x]', ...'bcdefghij'.split('').map((k, i) => `${k}: &${k} [${Array(10).fill(`*${'abcdefghij'[i]}`).join(', ')}]`)];
+    writeFileSync(join(bomb, 'bomb.yaml'), levels.join('\n') + '\n');
+    expect(problems(bomb)).toEqual([`${bomb}/bomb.yaml:2:8: YAML: Excessive alias count indicates a resource exhaustion attack; use fewer aliases`]);
+    const latin1 = copy();
+    writeFileSync(join(latin1, 'allowlists.yaml'), Buffer.concat([Buffer.from('allowlists:\n  never_suspend:\n    - postmaster@d'), Buffer.from([0xe9]), Buffer.from('storage.example\n')]));
+    expect(problems(latin1)).toEqual([`${latin1}/allowlists.yaml:3:19: is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8`]);
+  });
+
+  it('leaves editors\' dot files aside, and names a policy file that is a dangling link', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    symlinkSync('/nonexistent/lock', join(dir, '.#rules.yaml'));
+    expect(loadPolicy(dir).version).toMatch(/^[0-9a-f]{12}$/);
+    symlinkSync('/nonexistent/file', join(dir, 'extra.yaml'));
+    expect(problems(dir)).toEqual([`${dir}/extra.yaml: cannot be read: a link to a file that does not exist`]);
   });
 });
 
