@@ -46,7 +46,7 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   const { applied, problems: envProblems } = applyEnvOverrides(raw, env);
   if (envProblems.length) throw new ValidationError(envProblems);
 
-  const issues: Issue[] = [];
+  const issues: Issue[] = shellVariables(raw, []);
   const config = configSchema.parse(raw, [], issues);
   if (issues.length || !config) {
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
@@ -54,6 +54,21 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   const fileProblems = [...crossChecks(config), ...(opts.files ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
   if (fileProblems.length) throw new ValidationError(fileProblems);
   return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
+}
+
+/**
+ * "${ZIMBRA_PASSWORD}" in the file would be taken literally (a password, a token that never matches):
+ * Douane does not expand variables in the file; the environment sets any key as DOUANE_<PATH>.
+ */
+function shellVariables(value: unknown, path: (string | number)[]): Issue[] {
+  if (typeof value === 'string') {
+    if (!/\$\{[A-Za-z_][A-Za-z0-9_]*\}|^\$[A-Za-z_][A-Za-z0-9_]*$/.test(value)) return [];
+    const name = `DOUANE_${path.map((p) => String(p).toUpperCase()).join('_')}`;
+    return [{ path, message: `holds a shell variable, which is not expanded here: set ${name} in the environment instead, and remove the key or leave any value in the file` }];
+  }
+  if (Array.isArray(value)) return value.flatMap((v, i) => shellVariables(v, [...path, i]));
+  if (value !== null && typeof value === 'object') return Object.entries(value).flatMap(([k, v]) => shellVariables(v, [...path, k]));
+  return [];
 }
 
 /** Rules that involve more than one key. */

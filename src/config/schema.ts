@@ -27,7 +27,7 @@ import {
 export const SHIPPED_POLICIES = fileURLToPath(new URL('../../policies', import.meta.url));
 
 /** An admin bearer token. Printable ASCII, because an HTTP header carries bytes: a token with "è" in it could never match. */
-const adminToken = () => str({ pattern: /^[\x21-\x7e]{16,}$/, expected: 'at least 16 printable ASCII characters, no spaces' });
+const adminToken = () => str({ pattern: /^[\x21-\x7e]{16,}$/, expected: 'at least 16 printable ASCII characters, no spaces', secret: true });
 
 const listener = refine(
   obj({
@@ -143,7 +143,7 @@ export const configSchema = obj({
         obj({
           url: required(str({ pattern: /^https?:\/\//, expected: 'the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap' })),
           admin_user: required(str()),
-          admin_password: required(str()),
+          admin_password: required(str({ secret: true })),
           ca: optional(str()),
           verify_certificate: withDefault(bool(), true),
         }),
@@ -227,7 +227,7 @@ export const configSchema = obj({
             sentinel_name: optional(str()),
             cluster: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
             username: optional(str()),
-            password: optional(str()),
+            password: optional(str({ secret: true })),
             tls: withDefault(bool(), false),
             key_prefix: withDefault(str({ pattern: /^[A-Za-z0-9_.:-]+$/, expected: 'letters, digits, _ . : -' }), 'douane'),
           }),

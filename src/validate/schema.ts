@@ -52,27 +52,29 @@ function typeName(value: unknown): string {
   return String(value);
 }
 
-function leaf<T>(expected: string, check: (value: unknown) => T | undefined): Schema<T> {
+function leaf<T>(expected: string, check: (value: unknown) => T | undefined, secret = false): Schema<T> {
   return {
     expected,
     parse(value, path, issues) {
       const parsed = check(value);
       if (parsed === undefined) {
-        issues.push({ path, message: `must be ${expected} (got ${typeName(value)})` });
+        // A secret is not written back into a terminal or a log, even a wrong one (it may be nearly right).
+        const got = secret && typeof value === 'string' ? `a text of ${value.length} characters` : typeName(value);
+        issues.push({ path, message: `must be ${expected} (got ${got})` });
       }
       return parsed;
     },
   };
 }
 
-export function str(opts: { nonEmpty?: boolean; pattern?: RegExp; expected?: string } = {}): Schema<string> {
+export function str(opts: { nonEmpty?: boolean; pattern?: RegExp; expected?: string; secret?: boolean } = {}): Schema<string> {
   const expected = opts.expected ?? (opts.nonEmpty === false ? 'a string' : 'a non-empty string');
   const inner = leaf(expected, (v) => {
     if (typeof v !== 'string') return undefined;
     if (opts.nonEmpty !== false && v.trim() === '') return undefined;
     if (opts.pattern && !opts.pattern.test(v)) return undefined;
     return v;
-  });
+  }, opts.secret);
   return {
     expected,
     parse(value, path, issues) {
