@@ -2,7 +2,7 @@
 // overrides, validated against the schema, then frozen. Every problem names file:line:col and key, or the
 // environment variable it came from.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
@@ -102,9 +102,30 @@ function crossChecks(config: Config): Issue[] {
 function namedFileProblems(config: Config): Issue[] {
   const issues: Issue[] = [];
   if (config.tls.cert && config.tls.key) issues.push(...certificateProblems(config.tls.cert, config.tls.key));
-  if (config.upstream.ca) {
-    const ca = readable(config.upstream.ca);
-    if (typeof ca === 'string') issues.push({ path: ['upstream', 'ca'], message: ca });
+  const cas: [string | undefined, (string | number)[]][] = [
+    [config.upstream.ca, ['upstream', 'ca']],
+    [config.lifecycle.zimbra?.ca, ['lifecycle', 'zimbra', 'ca']],
+    [config.lifecycle.http?.ca, ['lifecycle', 'http', 'ca']],
+  ];
+  for (const [file, path] of cas) {
+    if (!file) continue;
+    const ca = readable(file);
+    if (typeof ca === 'string') issues.push({ path, message: ca });
+    // A key or a YAML file given by mistake is accepted by TLS as "no CA": every peer would then fail.
+    else if (!ca.toString('latin1').includes('-----BEGIN CERTIFICATE-----')) issues.push({ path, message: `${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)` });
+  }
+  // Directories serve creates if missing: a file in the way would stop it.
+  for (const [dir, path] of [[config.state_dir, ['state_dir']], [config.spool.dir, ['spool', 'dir']]] as const) {
+    try {
+      if (!statSync(dir).isDirectory()) issues.push({ path: [...path], message: `${dir} is a file, not a directory` });
+    } catch {
+      // absent: created at start
+    }
+  }
+  try {
+    if (!statSync(config.policy.dir).isDirectory()) issues.push({ path: ['policy', 'dir'], message: `${config.policy.dir} is a file, not a directory of policy files` });
+  } catch (err) {
+    issues.push({ path: ['policy', 'dir'], message: `${config.policy.dir} cannot be read: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (err as Error).message}` });
   }
   return issues;
 }

@@ -87,6 +87,30 @@ describe('configuration loading', () => {
     expect(parseConfig('t.yaml', text('missing.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'missing.crt'));
   });
 
+  it('serve and config check check the other files and directories named: CAs, the state and spool directories, the policy directory', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-named-'));
+    writeFileSync(join(dir, 'a-file'), 'x');
+    writeFileSync(join(dir, 'key.pem'), makeSelfSigned('k.test').key);
+    const check = (t: string) => parseConfig('t.yaml', t, {}, { files: true });
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\n';
+    const text = [
+      base,
+      `upstream: { host: x, ca: ${join(dir, 'key.pem')} }`,
+      `lifecycle: { adapter: zimbra, zimbra: { url: "https://z:7071/service/admin/soap", admin_user: a, admin_password: p, ca: ${join(dir, 'nope.pem')} } }`,
+      `state_dir: ${join(dir, 'a-file')}`,
+      `spool: { dir: ${join(dir, 'a-file')} }`,
+      `policy: { dir: ${join(dir, 'no-policies')} }`,
+      '',
+    ].join('\n');
+    expect(problems(() => check(text))).toEqual([
+      `t.yaml:3:26: upstream.ca ${join(dir, 'key.pem')} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
+      expect.stringMatching(/^t\.yaml:4:\d+: lifecycle\.zimbra\.ca cannot be read: ENOENT/),
+      `t.yaml:5:12: state_dir ${join(dir, 'a-file')} is a file, not a directory`,
+      `t.yaml:6:15: spool.dir ${join(dir, 'a-file')} is a file, not a directory`,
+      `t.yaml:7:16: policy.dir ${join(dir, 'no-policies')} cannot be read: no such directory`,
+    ]);
+  });
+
   it('requires an allow list on a trusted listener', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/trusted-without-allow.yaml', env: {} }))[0]).toMatch(
       /trusted-without-allow\.yaml:2:12: listeners\.trusted\.allow is required for a trusted listener/,
