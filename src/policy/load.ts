@@ -10,6 +10,7 @@ import { formatPath, type Issue } from '../validate/schema.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { Policy, type PolicyFile, type Rule } from './policy.js';
 import { policySchema, SECTIONS, type PolicyDocument } from './schema.js';
+import { asciiDomain, comparableAddress } from './facts.js';
 
 /** Paths as people type them: relative to the working directory when inside it. */
 export function shortPath(path: string): string {
@@ -131,6 +132,18 @@ function crossReferences(doc: PolicyDocument): Issue[] {
   planRef(doc.default_plan, ['default_plan']);
   for (const [a, o] of Object.entries(doc.accounts)) planRef(o.plan, ['accounts', a, 'plan']);
   for (const [d, o] of Object.entries(doc.domains)) planRef(o.plan, ['domains', d, 'plan']);
+  // Two spellings of one account or domain (case, quotes, xn-- or Unicode): one would silently win.
+  const sameAs = (kind: 'accounts' | 'domains', canonical: (k: string) => string) => {
+    const first = new Map<string, string>();
+    for (const k of Object.keys(doc[kind])) {
+      const c = canonical(k);
+      const earlier = first.get(c);
+      if (earlier !== undefined) issues.push({ path: [kind, k], atKey: true, message: `is the same ${kind === 'accounts' ? 'account' : 'domain'} as ${kind}.${earlier} (compared as ${c}): merge the two entries` });
+      else first.set(c, k);
+    }
+  };
+  sameAs('accounts', comparableAddress);
+  sameAs('domains', asciiDomain);
 
   const events = Object.keys(doc.strikes.events);
   const eventRef = (name: string | undefined, path: (string | number)[]) => {

@@ -5,7 +5,7 @@ import type { ReasonCode } from '../reasons.js';
 import type { Action, RuleRef, Verdict } from '../pipeline/verdict.js';
 import type { Condition } from './condition.js';
 import type { AccountFacts, Facts } from './facts.js';
-import { comparableAddress, domainOf } from './facts.js';
+import { asciiDomain, comparableAddress, domainOf } from './facts.js';
 import type { RulePhase } from './fields.js';
 import { LIMIT_NAMES, type Limits, type PolicyDocument } from './schema.js';
 
@@ -60,6 +60,7 @@ export class Policy {
   readonly rulesByPhase: Readonly<Record<RulePhase, readonly Rule[]>>;
   /** `accounts` by address in its comparable form, however the file wrote it */
   private readonly accountEntries: ReadonlyMap<string, PolicyDocument['accounts'][string]>;
+  private readonly domainEntries: ReadonlyMap<string, PolicyDocument['domains'][string]>;
 
   constructor(
     readonly version: string,
@@ -74,6 +75,7 @@ export class Policy {
       data: rules.filter((r) => r.phase === 'data'),
     };
     this.accountEntries = new Map(Object.entries(doc.accounts).map(([address, entry]) => [comparableAddress(address), entry]));
+    this.domainEntries = new Map(Object.entries(doc.domains).map(([domain, entry]) => [asciiDomain(domain), entry]));
   }
 
   /** The account's plan and limits: account override, then its domain's, then the plan's. */
@@ -81,7 +83,7 @@ export class Policy {
     const key = comparableAddress(name);
     const domain = domainOf(key);
     const acct = this.accountEntries.get(key);
-    const dom = this.doc.domains[domain];
+    const dom = this.domainEntries.get(domain);
     const planName = acct?.plan ?? dom?.plan ?? this.doc.default_plan;
     const base = this.doc.plans[planName]!;
     const limits = {} as Limits;

@@ -137,6 +137,20 @@ describe('policy loading', () => {
     expect(problems(latin1)).toEqual([`${latin1}/allowlists.yaml:3:19: is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8`]);
   });
 
+  it('refuses two spellings of one account or domain, and applies a domain however its key is written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const limits = join(dir, 'limits.yaml');
+    const original = readFileSync(limits, 'utf8');
+    writeFileSync(limits, original.replace('accounts:\n', 'accounts:\n  Newsletter@Client-Shop.example: { plan: pro }\n').replace('domains:\n', 'domains:\n  CLIENT-SHOP.example: { plan: standard }\n'));
+    expect(problems(dir)).toEqual([
+      `${dir}/limits.yaml:65:3: accounts.newsletter@client-shop.example is the same account as accounts.Newsletter@Client-Shop.example (compared as newsletter@client-shop.example): merge the two entries`,
+      `${dir}/limits.yaml:72:3: domains.client-shop.example is the same domain as domains.CLIENT-SHOP.example (compared as client-shop.example): merge the two entries`,
+    ]);
+    writeFileSync(limits, original.replace('  client-shop.example:\n', '  Client-Shop.EXAMPLE:\n'));
+    expect(loadPolicy(dir).account('someone@client-shop.example').plan).toBe('pro');
+  });
+
   it('leaves editors\' dot files aside, and names a policy file that is a dangling link', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('policies', dir, { recursive: true });
