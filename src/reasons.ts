@@ -139,6 +139,10 @@ export const REASONS = {
     sentence: 'Message refused: it carries a type of attachment that may not be sent by email (executables, scripts).',
     solution: 'Executable attachments are refused whatever their name (art. 4.6). Share such files another way.',
   },
+  'mime.ambiguous': {
+    sentence: 'Message refused: one of its parts has two {header} headers, which mail programs read differently.',
+    solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) can show the filter one thing and the recipient another; usually a hostile message. The sender\'s program must write each header once.',
+  },
   'mime.limits': {
     sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',
     solution: 'The message goes over inspection.max_parts, max_depth or max_header_size, or holds an archive with more kinds of file names than can be listed (archive_entries); usually a malformed or hostile message.',

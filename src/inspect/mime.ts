@@ -46,6 +46,13 @@ const HTML_SOURCE_FACTOR = 4;
 const MAX_ARCHIVE_ENTRIES = 1000;
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Headers a part may have once: with two, the inspector reads one and a mail program may read the other
+ * (a text part for Douane, a multipart with an executable for the recipient). The values of `mime.ambiguous`.
+ */
+export const SINGLE_HEADERS = ['content-type', 'content-transfer-encoding', 'content-disposition', 'boundary'] as const;
+type SingleHeader = (typeof SINGLE_HEADERS)[number];
+
 /** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
 export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries'] as const;
 type Limit = (typeof INSPECTION_LIMITS)[number];
@@ -109,6 +116,7 @@ export class MessageInspector {
   private readonly urls: UrlSet;
   private attachments: AttachmentFacts[] = [];
   private limitExceeded: Limit | undefined;
+  private ambiguous: SingleHeader | undefined;
   /** attached messages being read, in document order */
   private readonly embedded: { inspector: MessageInspector; facts: Promise<MessageFacts | undefined> }[] = [];
   /** an attached message's inspector asked to wait: the next write waits for it */
@@ -190,6 +198,7 @@ export class MessageInspector {
     };
     if (this.sender !== undefined) facts.sender = this.sender;
     if (this.limitExceeded) facts.mimeLimitExceeded = this.limitExceeded;
+    if (this.ambiguous) facts.mimeAmbiguous = this.ambiguous;
     return facts;
   }
 
@@ -198,6 +207,7 @@ export class MessageInspector {
     this.attachments.push(...inner.attachments);
     for (const url of inner.urls) this.urls.add(url);
     if (inner.mimeLimitExceeded) this.limitExceeded ??= inner.mimeLimitExceeded as Limit;
+    if (inner.mimeAmbiguous) this.ambiguous ??= inner.mimeAmbiguous as SingleHeader;
     this.keepBody(inner.body);
   }
 
@@ -264,6 +274,7 @@ export class MessageInspector {
     if (depth > this.limits.maxDepth) return this.limit('depth');
     this.depths.set(node, depth);
     if (node._headerlen > this.limits.maxHeaderSize) return this.limit('header_size');
+    this.ambiguous ??= twice(node);
     if (node.root) this.readRootHeaders(node);
     if ((node.multipart && node._boundary) || node.messageNode === true) return;
     this.startLeaf(node);
@@ -477,6 +488,19 @@ function addresses(value: string): string[] {
 }
 
 /** Lower-case extension of a file name, as Windows reads it (trailing dots and spaces do not count). */
+/** The first header (or boundary parameter) a part has more than once. */
+function twice(node: MimeNode): SingleHeader | undefined {
+  if (!node.headers) return undefined;
+  const seen = new Set<string>();
+  for (const { key, line } of node.headers.getList()) {
+    if (key !== 'content-type' && key !== 'content-transfer-encoding' && key !== 'content-disposition') continue;
+    if (seen.has(key)) return key;
+    seen.add(key);
+    if (key === 'content-type' && (headerValue(line).match(/;\s*boundary\s*\*?\s*=/gi)?.length ?? 0) > 1) return 'boundary';
+  }
+  return undefined;
+}
+
 function extensionOf(name: string): string {
   let end = name.length;
   while (end > 0 && (name[end - 1] === '.' || name[end - 1] === ' ')) end--;

@@ -37,6 +37,8 @@ export interface MessageFacts {
   attachments: AttachmentFacts[];
   /** MIME structure beyond the configured limits (parts, depth, header size) */
   mimeLimitExceeded?: string;
+  /** a header a part may have once, found twice in one part */
+  mimeAmbiguous?: string;
 }
 
 export interface ScanFacts {

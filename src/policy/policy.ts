@@ -159,6 +159,7 @@ function detailFrom(f: Facts, rule: Rule): Record<string, string | number> {
   if (limits?.retryAfter !== undefined) d.retry = humanDuration(limits.retryAfter);
   if (f.bulk) d.recipients = Math.max(f.bulk.accountRecipients, f.bulk.globalRecipients);
   if (f.message?.mimeLimitExceeded) d.mime = f.message.mimeLimitExceeded;
+  if (f.message?.mimeAmbiguous) d.header = f.message.mimeAmbiguous;
   if (f.sender) d.sender = f.sender;
   if (f.message?.from.length) d.from = f.message.from.join(', ');
   return d;

@@ -143,6 +143,15 @@ describe('MIME inspector: fixtures', () => {
     expect(flooded.mimeLimitExceeded).toBe('archive_entries');
   });
 
+  it('two-content-types.eml and its kind: a header a part may have once, found twice, is reported', async () => {
+    expect((await inspect(load('two-content-types.eml'))).mimeAmbiguous).toBe('content-type');
+    const nested = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/octet-stream', 'Content-Transfer-Encoding: base64', 'Content-Transfer-Encoding: 7bit', '', 'TVo=', '--b--');
+    expect((await inspect(nested)).mimeAmbiguous).toBe('content-transfer-encoding');
+    const boundaries = eml(...head(), 'Content-Type: multipart/mixed; boundary="a"; boundary="b"', '', '--a', 'Content-Type: text/plain', '', 'x', '--a--');
+    expect((await inspect(boundaries)).mimeAmbiguous).toBe('boundary');
+    expect((await inspect(load('clean-attachments.eml'))).mimeAmbiguous).toBeUndefined();
+  });
+
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
     const f = await inspect(load('encrypted-zip.eml'));
     expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });
