@@ -8,6 +8,8 @@ import { decodeEntities } from './html.js';
 // Longest URL kept; anything longer is cut (and still counts, by its start).
 const MAX_URL = 2048;
 const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
+// Mail programs make a link of "www.example.com/login" written without a scheme.
+const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,2000})?/gi;
 const HREF = /\bhref[\t\n\f\r ]{0,16}=[\t\n\f\r ]{0,16}(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'<>`]{1,2048}))/gi;
 // A match ending at the end of what was scanned may go on in the next piece: this much is scanned again.
 const OVERLAP = 2200;
@@ -90,6 +92,13 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
     if (html) url = decodeEntities(url);
     urls.add(url);
   }
+  TEXT_WWW.lastIndex = 0;
+  for (let m = TEXT_WWW.exec(text); m && !urls.full; m = TEXT_WWW.exec(text)) {
+    if (m.index + m[0].length >= limit) continue;
+    let url = recode(trimTrailing(m[0]));
+    if (html) url = decodeEntities(url);
+    urls.add('http://' + url);
+  }
   if (!html) return;
   HREF.lastIndex = 0;
   for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
@@ -99,6 +108,11 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
     if (/^https?:\/\//i.test(target)) urls.add(target);
     // A scheme-relative link takes the scheme of the page; say http, so the host can be read.
     else if (target.startsWith('//')) urls.add('http:' + target);
+    // "https:/x", "https:x", "http:\\x": a browser reads each as https://x/ (WHATWG URL); so do we.
+    else if (/^https?:/i.test(target)) {
+      const href = whatwg(target);
+      if (href) urls.add(href);
+    }
   }
 }
 
@@ -115,9 +129,22 @@ function trimTrailing(url: string): string {
   return url.slice(0, end);
 }
 
-/** Scheme and host in lower case (both are case-insensitive), so the same link counts once. */
+function whatwg(target: string): string | undefined {
+  try {
+    return new URL(target).href;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Scheme and host in lower case (both are case-insensitive), and the host without the trailing dot of a
+ * fully qualified name (examp1e-bank.test. is examp1e-bank.test), so the same link counts once.
+ */
 function normalize(url: string): string | undefined {
   const m = /^(https?):\/\/([^/?#\\]*)/i.exec(url);
   if (!m || m[2] === '') return undefined;
-  return (m[1]!.toLowerCase() + '://' + m[2]!.toLowerCase() + url.slice(m[0].length)).slice(0, MAX_URL);
+  const host = m[2]!.toLowerCase().replace(/\.+(?=:\d*$|$)/, '');
+  if (host === '') return undefined;
+  return (m[1]!.toLowerCase() + '://' + host + url.slice(m[0].length)).slice(0, MAX_URL);
 }

@@ -647,6 +647,17 @@ describe('HTML to text and URL extraction', () => {
     expect(extractUrls('no links here, http:// alone, ftp://x.example.test', false)).toEqual([]);
   });
 
+  it('finds the links a browser or a mail program would follow: "https:/x", "http:\\\\x", a trailing dot, "www." without a scheme', () => {
+    expect(extractUrls('<a href="https:/one.example.test/login">a</a><a href="https:two.example.test/x">b</a><a href="http:\\\\three.example.test\\p">c</a>', true)).toEqual([
+      'https://one.example.test/login',
+      'https://two.example.test/x',
+      'http://three.example.test/p',
+    ]);
+    expect(extractUrls('Log in at https://Four.Example.Test./x or at www.five.example.test/login today.', false)).toEqual(['https://four.example.test/x', 'http://www.five.example.test/login']);
+    // Not links: an address, a path, a word that starts like one.
+    expect(extractUrls('mail me at bob@www.example.test, see /srv/www.example.test/, or wwwexample.test', false)).toEqual([]);
+  });
+
   it('finds a URL split across streamed pieces, once, wherever the cut falls', () => {
     // Pieces of 7919 are scanned in batches of five (39 595 characters): move the link across that cut.
     for (let at = 39_520; at < 39_600; at += 3) {
