@@ -123,7 +123,7 @@ export const configSchema = obj({
         list(
           refine(
             obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
-            (h, path): Issue[] => (Boolean(h.socket) === Boolean(h.host || h.port) ? [{ path, message: 'needs either socket, or host and port' }] : []),
+            (h, path): Issue[] => (Boolean(h.socket) === Boolean(h.host && h.port) || (!h.socket && Boolean(h.host) !== Boolean(h.port)) ? [{ path, message: 'needs either socket, or host and port' }] : []),
           ),
           { min: 1 },
         ),
@@ -213,7 +213,12 @@ export const configSchema = obj({
         }),
       ),
       webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str()), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
-      outbox: section(obj({ retry_min: withDefault(duration({ min: 10, timer: true }), 5000), retry_max: withDefault(duration({ min: 100, timer: true }), 600_000) })),
+      outbox: section(
+        refine(
+          obj({ retry_min: withDefault(duration({ min: 10, timer: true }), 5000), retry_max: withDefault(duration({ min: 100, timer: true }), 600_000) }),
+          (o, path): Issue[] => (o.retry_max < o.retry_min ? [{ path: [...path, 'retry_max'], message: `must not be shorter than retry_min (${o.retry_min} ms)` }] : []),
+        ),
+      ),
     }),
   ),
   limits: section(

@@ -191,7 +191,9 @@ export function bytes(opts: { min?: number } = {}): Schema<number> {
     if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
     if (typeof v !== 'string') return undefined;
     const m = /^(\d+)\s*([kmg]?b?)$/i.exec(v.trim());
-    return m ? Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]! : undefined;
+    const n = m ? Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]! : undefined;
+    // "99999999999999999999G" is not a size anyone means, and would reach EHLO as 1e+29.
+    return n !== undefined && Number.isSafeInteger(n) ? n : undefined;
   });
   return bounded(form, { min: opts.min }, formatBytes);
 }

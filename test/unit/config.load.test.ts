@@ -193,6 +193,13 @@ describe('configuration loading', () => {
     expect(echoed).toBe('v.yaml:4:10: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 25 characters)');
   });
 
+  it('refuses a clamd host with a port and no host, an outbox that retries faster at most than at least, a size no one means', () => {
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ port: 3310 }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
+    expect(problems(() => parseConfig('c.yaml', `${base}enforcement: { outbox: { retry_min: 10m, retry_max: 5s } }\n`))[0]).toMatch(/^c\.yaml:3:\d+: enforcement\.outbox\.retry_max must not be shorter than retry_min/);
+    expect(problems(() => parseConfig('c.yaml', `${base}smtp: { max_message_size: 99999999999999999999G }\n`))[0]).toMatch(/^c\.yaml:3:\d+: smtp\.max_message_size must be a size in bytes/);
+  });
+
   it('says when the file cannot be read', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/missing.yaml', env: {} }))[0]).toBe('fixtures/config/missing.yaml: cannot be read: no such file');
   });
