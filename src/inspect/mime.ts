@@ -117,6 +117,8 @@ export class MessageInspector {
   private attachments: AttachmentFacts[] = [];
   private limitExceeded: Limit | undefined;
   private ambiguous: SingleHeader | undefined;
+  /** the message's first bytes, held until its first line is known */
+  private start: Buffer | undefined = Buffer.alloc(0);
   /** attached messages being read, in document order */
   private readonly embedded: { inspector: MessageInspector; facts: Promise<MessageFacts | undefined> }[] = [];
   /** an attached message's inspector asked to wait: the next write waits for it */
@@ -159,6 +161,13 @@ export class MessageInspector {
     this.size += chunk.length;
     // After a limit or a parser failure the rest is only counted (the caller's stream still has to end).
     if (this.stopped || chunk.length === 0 || this.splitter.destroyed) return;
+    if (this.start) {
+      // Until the first line is whole (or long enough to tell), see unhideFirstFrom.
+      this.start = Buffer.concat([this.start, chunk]);
+      if (this.start.length < 64 && !this.start.includes(0x0a)) return;
+      chunk = unhideFirstFrom(this.start);
+      this.start = undefined;
+    }
     const drained = this.splitter.write(chunk) ? undefined : (this.drain ??= this.settled('drain').finally(() => (this.drain = undefined)));
     const embedded = this.embeddedWait;
     this.embeddedWait = undefined;
@@ -172,6 +181,8 @@ export class MessageInspector {
   }
 
   private async finish(): Promise<MessageFacts> {
+    if (this.start?.length && !this.stopped && !this.splitter.destroyed) this.splitter.write(unhideFirstFrom(this.start));
+    this.start = undefined;
     if (!this.stopped && !this.splitter.destroyed) {
       const done = this.settled('end');
       this.splitter.end();
@@ -488,6 +499,16 @@ function addresses(value: string): string[] {
 }
 
 /** Lower-case extension of a file name, as Windows reads it (trailing dots and spaces do not count). */
+/**
+ * mailsplit drops a first line that starts "From " as an mbox envelope line; but "From : ceo@bank.example"
+ * is a From: header to Postfix and mail programs (RFC 5322 obsolete syntax allows space before the
+ * colon), and it would be hidden from the From: rules. The inspector reads it as "From:".
+ */
+function unhideFirstFrom(chunk: Buffer): Buffer {
+  const m = /^From[ \t]+:/i.exec(chunk.toString('latin1', 0, Math.min(chunk.length, 64)));
+  return m ? Buffer.concat([Buffer.from('From:'), chunk.subarray(m[0].length)]) : chunk;
+}
+
 /** The first header (or boundary parameter) a part has more than once. */
 function twice(node: MimeNode): SingleHeader | undefined {
   if (!node.headers) return undefined;

@@ -152,6 +152,12 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(load('clean-attachments.eml'))).mimeAmbiguous).toBeUndefined();
   });
 
+  it('reads "From : x" on the first line as the From: header it is, not as an mbox envelope line to drop', async () => {
+    const raw = eml('From : ceo@bank.example', 'To: user2@example.test', 'Subject: wire', '', 'Please wire the money.');
+    expect((await inspect(raw)).from).toEqual(['ceo@bank.example']);
+    expect((await inspect(raw, LIMITS, 3)).from).toEqual(['ceo@bank.example']);
+  });
+
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
     const f = await inspect(load('encrypted-zip.eml'));
     expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });
