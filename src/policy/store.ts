@@ -2,7 +2,7 @@
 // loaded and validated whole, then swapped in one assignment, or not at all — a bad reload keeps the last
 // good policy, logs every problem and shows in metrics. A transaction keeps the policy it started with.
 
-import { watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { ValidationError } from '../validate/source.js';
@@ -20,6 +20,9 @@ export class PolicyStore {
   private policy: Policy;
   private watcher: FSWatcher | undefined;
   private debounce: NodeJS.Timeout | undefined;
+  private recheck: NodeJS.Timeout | undefined;
+  /** the directory being watched, as its device and inode: another one may be put in its place */
+  private watched: string | undefined;
 
   constructor(
     readonly dir: string,
@@ -57,19 +60,50 @@ export class PolicyStore {
     return { ok: true, version: next.version, changed };
   }
 
-  /** Reloads when a file in the directory changes (editors write several events: they are coalesced). */
-  watch(delayMs = 250): void {
-    if (this.watcher) return;
+  /**
+   * Reloads when a file in the directory changes (editors write several events: they are coalesced).
+   * A watch follows the directory it was opened on; when another directory is put in its place (a
+   * deployment that swaps it whole), a check every `recheckMs` notices, watches the new one and reloads.
+   * Kubernetes' atomic writer swaps a "..data" link inside the directory: that counts as a change too.
+   */
+  watch(delayMs = 250, recheckMs = 5000): void {
+    if (this.recheck) return;
+    this.follow(delayMs);
+    this.recheck = setInterval(() => {
+      if (this.identity() === this.watched) return;
+      this.log.info({ event: 'policy_dir_replaced', dir: this.dir }, 'the policy directory was replaced: watching the new one');
+      this.follow(delayMs);
+      this.reload('directory replaced');
+    }, recheckMs);
+    this.recheck.unref();
+  }
+
+  private follow(delayMs: number): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.watched = this.identity();
+    if (this.watched === undefined) return; // gone for now: the next check looks again
     this.watcher = watch(this.dir, { persistent: false }, (_event, file) => {
-      if (file && !/\.ya?ml$/.test(String(file))) return;
+      if (file && !/\.ya?ml$/.test(String(file)) && !String(file).startsWith('..')) return;
       clearTimeout(this.debounce);
       this.debounce = setTimeout(() => this.reload('file change'), delayMs);
     });
     this.watcher.on('error', (err) => this.log.warn({ event: 'policy_watch_error', err: err.message }, 'watching the policy directory failed'));
   }
 
+  private identity(): string | undefined {
+    try {
+      const s = statSync(this.dir);
+      return `${s.dev}:${s.ino}`;
+    } catch {
+      return undefined;
+    }
+  }
+
   close(): void {
     clearTimeout(this.debounce);
+    clearInterval(this.recheck);
+    this.recheck = undefined;
     this.watcher?.close();
     this.watcher = undefined;
   }

@@ -1,7 +1,7 @@
 // The policy on live traffic: refusals that name the rule and article, monitor mode, tags, strikes,
 // and reloads that swap the whole policy at once without touching transactions in flight.
 
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -114,6 +114,24 @@ describe('policy reload', () => {
     expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^250 /);
     const lines = gw.transactions();
     expect(lines[lines.length - 1]!.policy).toBe(reloaded.version);
+  });
+
+  it('keeps reloading after the directory is replaced whole, as deployments do (mv, or a swapped link)', async () => {
+    const dir = policyDir();
+    const { gw } = await setup(dir);
+    gw.gateway.policies.watch(50, 200);
+    const v1 = gw.gateway.policies.current.version;
+    const next = policyDir();
+    writeFileSync(join(next, 'policy.yaml'), readFileSync(join(next, 'policy.yaml'), 'utf8').replace('FORBIDDEN-SUBJECT', 'OTHER-SUBJECT'));
+    renameSync(dir, `${dir}.old`);
+    renameSync(next, dir);
+    const replaced = await gw.waitForLog((l) => l.event === 'policy_reloaded' && l.trigger === 'directory replaced', 5000);
+    expect(replaced.previous).toBe(v1);
+    // The new directory is watched: an edit in it is a reload too.
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('OTHER-SUBJECT', 'THIRD-SUBJECT'));
+    const edited = await gw.waitForLog((l) => l.event === 'policy_reloaded' && l.trigger === 'file change', 5000);
+    expect(edited.previous).toBe(replaced.version);
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^250 /);
   });
 
   it('under load, every transaction sees exactly one policy version, never a mix', async () => {
