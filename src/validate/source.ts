@@ -40,7 +40,8 @@ export class YamlSource {
   /** Parses YAML text; syntax errors (including duplicate keys) become problems with their position. */
   static parse(file: string, text: string): { source: YamlSource; value: unknown; problems: Problem[] } {
     const lines = new LineCounter();
-    const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, strict: true });
+    // merge: "<<: *standard" copies a mapping, as YAML 1.1 tools (and people) expect.
+    const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, strict: true, merge: true });
     const source = new YamlSource(file, text, doc, lines);
     const problems: Problem[] = [];
     // An error found at the end of the input (an unclosed bracket or quote) is shown on the last line
@@ -48,7 +49,7 @@ export class YamlSource {
     const contentEnd = text.trimEnd().length;
     for (const err of [...doc.errors, ...doc.warnings]) {
       const pos = lines.linePos(contentEnd > 0 && err.pos[0] >= contentEnd ? contentEnd - 1 : err.pos[0]);
-      problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${firstLine(err.message)}` });
+      problems.push({ file, line: pos.line, col: pos.col, key: '(top level)', message: `YAML: ${yamlMessage(err, text)}` });
     }
     // "- *@example.com" is an alias to an anchor that does not exist, not an address: say so where it is.
     if (!problems.length) {
@@ -167,6 +168,16 @@ function decodeUtf8(file: string, bytes: Buffer): string {
 function rangeStart(node: unknown): number | undefined {
   const range = (node as Node | undefined)?.range;
   return range ? range[0] : undefined;
+}
+
+/** The parser's message, with what a person needs to act on it: the key that is there twice, … */
+function yamlMessage(err: { code: string; message: string; pos: [number, number] }, text: string): string {
+  if (err.code === 'DUPLICATE_KEY') {
+    const key = /^\s*(?:-\s+)?("[^"]*"|'[^']*'|[^:#\n]+?)\s*:/.exec(text.slice(err.pos[0], err.pos[0] + 300))?.[1];
+    if (key) return `the key ${key.startsWith('"') || key.startsWith("'") ? key : `"${key}"`} appears twice in this mapping: keep one`;
+  }
+  if (err.code === 'MULTIPLE_DOCS') return 'the file holds more than one YAML document (a "---" line after content): one document per file';
+  return firstLine(err.message);
 }
 
 function firstLine(message: string): string {

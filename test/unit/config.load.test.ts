@@ -181,7 +181,7 @@ describe('configuration loading', () => {
   it('reports YAML syntax errors and duplicate keys with their position', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/yaml-syntax.yaml', env: {} }))[0]).toMatch(/^fixtures\/config\/yaml-syntax\.yaml:\d+:\d+: YAML: /);
     expect(problems(() => loadConfig({ file: 'fixtures/config/duplicate-key.yaml', env: {} }))[0]).toMatch(
-      /^fixtures\/config\/duplicate-key\.yaml:5:3: YAML: Map keys must be unique/,
+      /^fixtures\/config\/duplicate-key\.yaml:5:3: YAML: the key "host" appears twice in this mapping: keep one$/,
     );
   });
 
@@ -198,6 +198,12 @@ describe('configuration loading', () => {
     expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ port: 3310 }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
     expect(problems(() => parseConfig('c.yaml', `${base}enforcement: { outbox: { retry_min: 10m, retry_max: 5s } }\n`))[0]).toMatch(/^c\.yaml:3:\d+: enforcement\.outbox\.retry_max must not be shorter than retry_min/);
     expect(problems(() => parseConfig('c.yaml', `${base}smtp: { max_message_size: 99999999999999999999G }\n`))[0]).toMatch(/^c\.yaml:3:\d+: smtp\.max_message_size must be a size in bytes/);
+  });
+
+  it('names the key given twice, and says a file holds one document', () => {
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\n';
+    expect(problems(() => parseConfig('k.yaml', `${base}upstream:\n  host: x\n  port: 25\n  host: y\n`))).toEqual(['k.yaml:5:3: YAML: the key "host" appears twice in this mapping: keep one']);
+    expect(problems(() => parseConfig('k.yaml', `${base}upstream: { host: x }\n---\nadmin: {}\n`))).toEqual(['k.yaml:3:1: YAML: the file holds more than one YAML document (a "---" line after content): one document per file']);
   });
 
   it('says when the file cannot be read', () => {

@@ -151,6 +151,16 @@ describe('policy loading', () => {
     expect(loadPolicy(dir).account('someone@client-shop.example').plan).toBe('pro');
   });
 
+  it('lets a plan copy another with a YAML merge key (<<: *standard)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const limits = join(dir, 'limits.yaml');
+    const text = readFileSync(limits, 'utf8').replace('  standard:\n', '  standard: &standard\n');
+    writeFileSync(limits, text.replace(/  pro:\n[\s\S]*?(?=\n  entreprise:)/, '  pro:\n    <<: *standard\n    description: Pro\n    messages_per_hour: 300'));
+    const p = loadPolicy(dir);
+    expect(p.doc.plans.pro).toMatchObject({ messages_per_hour: 300, messages_per_day: p.doc.plans.standard!.messages_per_day });
+  });
+
   it('leaves editors\' dot files aside, and names a policy file that is a dangling link', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('policies', dir, { recursive: true });
