@@ -403,6 +403,7 @@ export class MessageInspector {
       scanner.push(text);
       scanner.end();
     }
+    if (!t.html) for (const file of uuencodedFiles(text)) this.attachments.push(file);
     this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text));
   }
 
@@ -507,6 +508,38 @@ function addresses(value: string): string[] {
 function unhideFirstFrom(chunk: Buffer): Buffer {
   const m = /^From[ \t]+:/i.exec(chunk.toString('latin1', 0, Math.min(chunk.length, 64)));
   return m ? Buffer.concat([Buffer.from('From:'), chunk.subarray(m[0].length)]) : chunk;
+}
+
+// A file written into the text with uuencode ("begin 644 setup.exe" … "end"): Outlook and Thunderbird
+// show it as an attachment, so the attachment rules see it as one. Its first lines give its type.
+const UUENCODE_BEGIN = /^begin[ \t]+[0-7]{3,4}[ \t]+([^\r\n]{1,255})\r?\n((?:[!-`][!-`]{0,84}\r?\n){0,3})/gm;
+const MAX_UUENCODED = 100;
+
+function uuencodedFiles(text: string): AttachmentFacts[] {
+  const files: AttachmentFacts[] = [];
+  UUENCODE_BEGIN.lastIndex = 0;
+  for (let m = UUENCODE_BEGIN.exec(text); m && files.length < MAX_UUENCODED; m = UUENCODE_BEGIN.exec(text)) {
+    const name = m[1]!.trim();
+    const head = uudecode(m[2]!.split(/\r?\n/));
+    files.push({ name, extension: extensionOf(name), declaredType: '', detectedType: detectType(head), size: head.length, encrypted: false, archiveEntries: [] });
+  }
+  return files;
+}
+
+/** Decodes uuencoded lines (each: a length character, then four characters for three bytes). */
+function uudecode(lines: string[]): Buffer {
+  const out: number[] = [];
+  for (const line of lines) {
+    if (line === '') continue;
+    const length = (line.charCodeAt(0) - 32) & 63;
+    const bytes: number[] = [];
+    for (let i = 1; i + 3 < line.length + 3 && bytes.length < length; i += 4) {
+      const c = [0, 1, 2, 3].map((k) => ((line.charCodeAt(i + k) || 32) - 32) & 63);
+      bytes.push(((c[0]! << 2) | (c[1]! >> 4)) & 255, ((c[1]! << 4) | (c[2]! >> 2)) & 255, ((c[2]! << 6) | c[3]!) & 255);
+    }
+    out.push(...bytes.slice(0, length));
+  }
+  return Buffer.from(out);
 }
 
 /** The first header (or boundary parameter) a part has more than once. */

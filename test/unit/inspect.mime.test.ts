@@ -158,6 +158,27 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(raw, LIMITS, 3)).from).toEqual(['ceo@bank.example']);
   });
 
+  it('a file uuencoded into the text ("begin 644 setup.exe") is an attachment, typed by its first bytes', async () => {
+    const uu = (data: Buffer) => {
+      const lines: string[] = [];
+      for (let i = 0; i < data.length; i += 45) {
+        const chunk = data.subarray(i, i + 45);
+        let line = String.fromCharCode(32 + chunk.length);
+        for (let j = 0; j < chunk.length; j += 3) {
+          const [a = 0, b = 0, c = 0] = [chunk[j], chunk[j + 1], chunk[j + 2]];
+          line += [a >> 2, ((a & 3) << 4) | (b >> 4), ((b & 15) << 2) | (c >> 6), c & 63].map((v) => String.fromCharCode(v === 0 ? 96 : 32 + v)).join('');
+        }
+        lines.push(line);
+      }
+      return lines;
+    };
+    const pe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);
+    const raw = eml(...head(), 'Content-Type: text/plain', '', 'Here is the tool:', '', 'begin 644 setup.exe', ...uu(pe), '`', 'end', '', 'Run it.');
+    const f = await inspect(raw);
+    expect(f.attachments).toMatchObject([{ name: 'setup.exe', extension: 'exe', detectedType: 'executable' }]);
+    expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', 'We begin 644 tasks at 9.'))).attachments).toEqual([]);
+  });
+
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
     const f = await inspect(load('encrypted-zip.eml'));
     expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });
