@@ -66,6 +66,8 @@ interface TextPart {
   /** decoded bytes kept for the body; the rest is only scanned for links */
   cap: number;
   urls?: UrlScanner;
+  /** a UTF-16 part, decoded as it streams for the link scanner (which reads ASCII-compatible bytes) */
+  wide?: Utf16Decoder;
 }
 
 interface AttachmentPart {
@@ -75,6 +77,9 @@ interface AttachmentPart {
   headLength: number;
   zip: ZipLister;
   urls?: UrlScanner;
+  wide?: Utf16Decoder;
+  /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
+  html: boolean;
 }
 
 interface Leaf {
@@ -326,6 +331,11 @@ export class MessageInspector {
       const room = Math.max(0, this.maxText - this.bodyBytes);
       leaf.text = { html, charset, kept: EMPTY, bytes: 0, cap: html ? room * HTML_SOURCE_FACTOR : room };
       if (asciiCompatible(charset)) leaf.text.urls = new UrlScanner(this.urls, html, recoder(charset));
+      else if (wideDecoder(charset)) {
+        // Every link, not only those in the kept bytes: a megabyte of padding must not hide one.
+        leaf.text.wide = wideDecoder(charset);
+        leaf.text.urls = new UrlScanner(this.urls, html);
+      }
     }
     if (!isText || filename !== '') {
       const extension = extensionOf(filename);
@@ -343,10 +353,15 @@ export class MessageInspector {
         head: [],
         headLength: 0,
         zip: new ZipLister(MAX_ARCHIVE_ENTRIES),
+        html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
-      // An HTML file sent as an attachment opens in a browser: its links count like the body's.
-      if (!isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)) && asciiCompatible(charset)) {
+      // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
+      // UTF-16 is found by its charset, or by its byte-order mark when it declares none (see consume).
+      if (leaf.attachment.html && asciiCompatible(charset) && !/^utf-?16|^unicode/i.test(charset)) {
         leaf.attachment.urls = new UrlScanner(this.urls, true, recoder(charset));
+      } else if (leaf.attachment.html && wideDecoder(charset)) {
+        leaf.attachment.wide = wideDecoder(charset);
+        leaf.attachment.urls = new UrlScanner(this.urls, true);
       }
     }
     this.leaf = leaf;
@@ -361,10 +376,15 @@ export class MessageInspector {
     const { text, attachment } = leaf;
     if (text) {
       if (text.bytes < text.cap) keepText(text, data);
-      text.urls?.push(data.toString('latin1'));
+      text.urls?.push(text.wide ? text.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     if (attachment) {
       const a = attachment;
+      // A browser reads a byte-order mark before any declared charset.
+      if (a.html && a.facts.size === 0 && data.length >= 2 && ((data[0] === 0xff && data[1] === 0xfe) || (data[0] === 0xfe && data[1] === 0xff))) {
+        a.wide = new TextDecoder(data[0] === 0xff ? 'utf-16le' : 'utf-16be');
+        a.urls = new UrlScanner(this.urls, true);
+      }
       a.facts.size += data.length;
       a.hash.update(data);
       if (a.headLength < MAGIC_BYTES) {
@@ -373,7 +393,7 @@ export class MessageInspector {
         a.headLength += part.length;
       }
       a.zip.push(data);
-      a.urls?.push(data.toString('latin1'));
+      a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
   }
@@ -391,6 +411,7 @@ export class MessageInspector {
   }
 
   private finishText(t: TextPart): void {
+    if (t.wide) t.urls?.push(t.wide.decode());
     t.urls?.end();
     if (t.bytes === 0) return;
     const room = this.maxText - this.bodyBytes;
@@ -408,6 +429,7 @@ export class MessageInspector {
   }
 
   private finishAttachment(a: AttachmentPart): void {
+    if (a.wide) a.urls?.push(a.wide.decode());
     a.urls?.end();
     const f = a.facts;
     const head = Buffer.concat(a.head, a.headLength);
@@ -565,6 +587,16 @@ function extensionOf(name: string): string {
 }
 
 /** UTF-16/32 put NULs between ASCII letters: their bytes cannot be scanned as Latin-1 text. */
+type Utf16Decoder = InstanceType<typeof TextDecoder>;
+
+/** A streaming decoder for a UTF-16 charset; undefined for others (UTF-32 has no TextDecoder). */
+function wideDecoder(charset: string): Utf16Decoder | undefined {
+  const c = charset.trim().toLowerCase();
+  if (/^utf-?16-?be$|^unicodefffe$/.test(c)) return new TextDecoder('utf-16be');
+  if (/^utf-?16(-?le)?$|^unicode$|^ucs-?2$/.test(c)) return new TextDecoder('utf-16le');
+  return undefined;
+}
+
 function asciiCompatible(charset: string): boolean {
   return !/^(?:utf-?(?:16|32)|ucs-?[24]|unicode)/i.test(charset.trim());
 }

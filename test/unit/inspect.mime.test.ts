@@ -179,6 +179,17 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', 'We begin 644 tasks at 9.'))).attachments).toEqual([]);
   });
 
+  it('finds the links of UTF-16 HTML wherever they are: past the kept text, and in an attachment known by its byte-order mark', async () => {
+    const utf16 = (s: string) => Buffer.from(s, 'utf16le');
+    const b64 = (b: Buffer) => b.toString('base64').match(/.{1,76}/g)!;
+    const padded = utf16(`<html><body>${'<p>padding</p>'.repeat(90_000)}<a href="https://far.example.test/login">x</a></body></html>`);
+    const part = eml(...head(), 'Content-Type: text/html; charset=utf-16le', 'Content-Transfer-Encoding: base64', '', ...b64(padded));
+    expect((await inspect(part, LIMITS, 65_536)).urls).toEqual(['https://far.example.test/login']);
+    const page = Buffer.concat([Buffer.from([0xff, 0xfe]), utf16('<html><a href="https://bom.example.test/login">sign in</a></html>')]);
+    const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see the page', '--b', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="login.htm"', 'Content-Transfer-Encoding: base64', '', ...b64(page), '--b--');
+    expect((await inspect(attached)).urls).toEqual(['https://bom.example.test/login']);
+  });
+
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
     const f = await inspect(load('encrypted-zip.eml'));
     expect(f.attachments[0]).toMatchObject({ name: 'contract.zip', detectedType: 'zip', encrypted: true, archiveEntries: ['contract.txt'] });
