@@ -267,16 +267,19 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /**
    * Makes a change to the local state that the lifecycle API must follow: the lifecycle job is written
-   * first and held until the change is made. After a crash in between, the job runs at the restart and
-   * its handler carries out what the state then says (the lock, or nothing: `lifecycle_superseded`).
+   * first and held until the change is made, then released (replacing older jobs of the account); if the
+   * change fails, it is dropped and older jobs stand. After a crash in between, the jobs on disk run at
+   * the restart, oldest first, and each carries out what the state then says (or nothing: superseded).
    */
   private async changeThen(job: LifecycleJob | undefined, change: () => Promise<void>): Promise<void> {
     const queued = job && this.deps.lifecycle ? await this.deps.outbox.enqueue('lifecycle', job, lifecycleKey(job.account), { held: true }) : undefined;
     try {
       await change();
-    } finally {
-      if (queued) this.deps.outbox.release(queued);
+    } catch (err) {
+      if (queued) await this.deps.outbox.discard(queued);
+      throw err;
     }
+    if (queued) await this.deps.outbox.release(queued);
   }
 
   async approve(account: string, by: string): Promise<Suspension> {

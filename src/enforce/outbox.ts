@@ -87,23 +87,15 @@ export class Outbox {
    * Writes a job to disk and queues it. A `held` job is on disk but does not run until `release`: it is
    * written before the change it carries out (a lock in the local state), so that a crash between the two
    * leaves the job behind rather than a change nobody will carry out; after a restart it runs, and its
-   * handler finds out from the state whether the change was made.
+   * handler finds out from the state whether the change was made. A held job replaces the older jobs of
+   * its key only when released: until the change is made, the older wish still stands.
    */
   async enqueue<P>(kind: JobKind, payload: P, key?: string, opts: { held?: boolean } = {}): Promise<Job<P>> {
     await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
     const now = this.now();
     const job: Job<P> = { id: `${now.toString(36)}-${randomBytes(4).toString('hex')}`, kind, payload, attempts: 0, ...(key ? { key } : {}), createdAt: now, nextAt: now };
     await this.persist(job);
-    if (key) {
-      // The newest wish for this key is the one that counts: older ones still waiting (in backoff) go.
-      for (const old of [...this.pending.values()]) {
-        if (old.key !== key || this.running.has(old.id)) continue;
-        this.pending.delete(old.id);
-        this.held.delete(old.id);
-        await rm(join(this.pendingDir, `${old.id}.json`), { force: true });
-        this.opts.log.info({ event: 'outbox_replaced', job: old.id, by: job.id, key }, 'outbox job replaced by a newer one for the same key');
-      }
-    }
+    if (!opts.held) await this.replaceOlder(job);
     this.pending.set(job.id, job);
     if (opts.held) this.held.add(job.id);
     this.updateGauges();
@@ -111,10 +103,31 @@ export class Outbox {
     return job;
   }
 
-  /** Lets a held job run. */
-  release(job: Job): void {
-    if (!this.held.delete(job.id)) return;
+  /** The newest wish for a key is the one that counts: older ones still waiting (in backoff) go. */
+  private async replaceOlder(job: Job): Promise<void> {
+    if (!job.key) return;
+    for (const old of [...this.pending.values()]) {
+      if (old.id === job.id || old.key !== job.key || this.running.has(old.id) || this.held.has(old.id)) continue;
+      this.pending.delete(old.id);
+      await rm(join(this.pendingDir, `${old.id}.json`), { force: true });
+      this.opts.log.info({ event: 'outbox_replaced', job: old.id, by: job.id, key: job.key }, 'outbox job replaced by a newer one for the same key');
+    }
+  }
+
+  /** Lets a held job run: the change it carries out was made. */
+  async release(job: Job): Promise<void> {
+    if (!this.held.has(job.id)) return;
+    await this.replaceOlder(job);
+    this.held.delete(job.id);
     if (this.started && this.pending.has(job.id)) this.schedule(0);
+  }
+
+  /** Drops a held job: the change it was to carry out was not made. */
+  async discard(job: Job): Promise<void> {
+    if (!this.held.delete(job.id)) return;
+    this.pending.delete(job.id);
+    await rm(join(this.pendingDir, `${job.id}.json`), { force: true });
+    this.updateGauges();
   }
 
   get size(): number {

@@ -51,7 +51,8 @@ interface Consumed {
 /** What was counted for a message or a recipient, to give back if it is not accepted. */
 export interface Grant {
   consumed: Consumed[];
-  setMember?: { key: string; member: string };
+  /** a recipient domain counted for the hour, until that hour's set ends */
+  setMember?: { key: string; member: string; windowEndsAt: number };
   /** the day's bytes reserved at MAIL FROM (also in `consumed`), settled to the real size on acceptance */
   bytes?: Consumed;
 }
@@ -328,7 +329,7 @@ export class Limiter implements LimiterPort {
     this.opts.metrics.limiterDecisions.labels('recipient_domains_per_hour', domains.exceeded ? 'exceeded' : 'ok').inc();
     if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
     const grant: Grant = { consumed: [h.c, d.c] };
-    if (domains.added) grant.setMember = { key: domainsKey, member: domain };
+    if (domains.added) grant.setMember = { key: domainsKey, member: domain, windowEndsAt: this.now() + domains.ttlMs };
     return { facts, grant };
   }
 
@@ -345,7 +346,9 @@ export class Limiter implements LimiterPort {
     // is down) stays counted: the account loses that much of its allowance, it never gains any.
     const rewards = grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points));
     await this.decide('refund', async () => {
-      const settled = await Promise.allSettled([...rewards, grant.setMember ? this.structures.setRemove(grant.setMember.key, grant.setMember.member) : Promise.resolve()]);
+      // A domain given back after its hour ended would come off the next hour's set, where another message may use it.
+      const member = grant.setMember && now < grant.setMember.windowEndsAt ? grant.setMember : undefined;
+      const settled = await Promise.allSettled([...rewards, member ? this.structures.setRemove(member.key, member.member) : Promise.resolve()]);
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
     });

@@ -10,7 +10,7 @@ import { AuditLog } from '../../src/audit/log.js';
 import { Enforcer } from '../../src/enforce/enforcer.js';
 import { Outbox } from '../../src/enforce/outbox.js';
 import { FileEnforcementState, type Suspension, type Throttle } from '../../src/enforce/state.js';
-import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import { LifecycleError, type LifecycleApi } from '../../src/lifecycle/types.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
@@ -21,7 +21,7 @@ const never = new Promise<never>(() => undefined);
 /** The file state, with writes that can be made to land and then hang, or to fail, once. */
 class FaultyState extends FileEnforcementState {
   hangAfter?: 'setSuspension' | 'resetAccount' | 'setThrottle';
-  failOnce?: 'setThrottle';
+  failOnce?: 'setThrottle' | 'resetAccount';
   /** applied only after this promise: a slow Redis */
   slow?: Promise<void>;
   /** resolves when the process "dies": a hang begins, or a write waits on `slow` */
@@ -48,6 +48,10 @@ class FaultyState extends FileEnforcementState {
   }
 
   override async resetAccount(account: string): Promise<void> {
+    if (this.failOnce === 'resetAccount') {
+      this.failOnce = undefined;
+      throw new Error('Connection is closed.');
+    }
     await super.resetAccount(account);
     if (this.hangAfter === 'resetAccount') return this.hang();
   }
@@ -66,11 +70,21 @@ function instance(dir: string, now: () => number) {
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   const calls: string[] = [];
+  const api = { down: false };
+  const outage = () => {
+    if (api.down) throw new LifecycleError('unavailable', 'Zimbra does not answer', true);
+  };
   const lifecycle: LifecycleApi = {
     kind: 'stub',
     status: async () => ({ status: 'active' }) as never,
-    suspend: async (a) => void calls.push(`lock ${a}`),
-    reinstate: async (a) => void calls.push(`unlock ${a}`),
+    suspend: async (a) => {
+      outage();
+      calls.push(`lock ${a}`);
+    },
+    reinstate: async (a) => {
+      outage();
+      calls.push(`unlock ${a}`);
+    },
   };
   const state = new FaultyState(join(dir, 'enforcement.json'), now);
   const policy = loadPolicy('policies');
@@ -97,7 +111,7 @@ function instance(dir: string, now: () => number) {
     lifecycle,
   });
   const strike = (account: string, event: string, weight: number, n: number): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
-  return { enforcer, state, outbox, calls, strike };
+  return { enforcer, state, outbox, calls, strike, api };
 }
 
 const actions = (dir: string) =>
@@ -166,6 +180,23 @@ describe('enforcement across a crash', () => {
     await one.enforcer.suspend('d@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-DDDDDD', reason: 'malware' });
     expect(await one.outbox.idle(2000)).toBe(true);
     expect(one.calls).toEqual(['lock d@x.test']);
+    expect(actions(dir)).not.toContain('lifecycle_superseded');
+    await one.outbox.stop();
+  });
+
+  it('a lock waiting for the API still stands when a reinstatement fails before its change is made', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
+    const one = instance(dir, Date.now);
+    await one.outbox.start();
+    one.api.down = true;
+    await one.enforcer.suspend('g@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-GGGGGG', reason: 'malware' });
+    await expect.poll(() => one.outbox.jobs().find((j) => j.kind === 'lifecycle')?.attempts ?? 0).toBeGreaterThan(0);
+    one.state.failOnce = 'resetAccount';
+    await expect(one.enforcer.reinstate('g@x.test', 'cli:t')).rejects.toThrow(/Connection is closed/);
+    expect((await one.state.account('g@x.test')).suspension?.action).toBe('suspend_account');
+    one.api.down = false;
+    await expect.poll(() => one.calls, { timeout: 3000 }).toEqual(['lock g@x.test']);
+    expect(await one.outbox.idle(2000)).toBe(true);
     expect(actions(dir)).not.toContain('lifecycle_superseded');
     await one.outbox.stop();
   });
