@@ -10,8 +10,8 @@ import { loadPolicy } from '../../src/policy/load.js';
 
 const base = loadPolicy('fixtures/policies/small-limits').account('roomy@example.test').limits;
 
-function limiter() {
-  return new Limiter({ keyPrefix: 'douane', onFailure: 'insurance', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+function limiter(now: () => number = Date.now) {
+  return new Limiter({ keyPrefix: 'douane', onFailure: 'insurance', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }), now });
 }
 
 describe('in-memory limits', () => {
@@ -23,6 +23,18 @@ describe('in-memory limits', () => {
     const sixth = (await l.countMessage('a@x.test', three, undefined)).judge(three);
     expect(sixth.facts.exceeded).toEqual(['messages_per_hour']);
     expect(sixth.facts.usage.messages_per_hour).toBe(6);
+  });
+
+  it('a recipient domain given back after its hour ended stays counted in the next hour', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const l = limiter(() => t);
+    const two = { ...base, recipient_domains_per_hour: 2 };
+    const a = await l.checkRecipient('c@x.test', two, 'a@one.test', 0); // a transaction left open
+    t += 3_601_000;
+    expect((await l.checkRecipient('c@x.test', two, 'b@one.test', 0)).facts.exceeded).toEqual([]); // the next hour's
+    await l.refund(a.grant); // the first transaction is abandoned, late
+    expect((await l.checkRecipient('c@x.test', two, 'c@two.test', 0)).facts.exceeded).toEqual([]);
+    expect((await l.checkRecipient('c@x.test', two, 'd@three.test', 0)).facts.exceeded).toEqual(['recipient_domains_per_hour']);
   });
 
   it('a throttle lowers the recipient limits against the same counts', async () => {
