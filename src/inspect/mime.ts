@@ -169,7 +169,7 @@ export class MessageInspector {
     if (this.start) {
       // Until the first line is whole (or long enough to tell), see unhideFirstFrom.
       this.start = Buffer.concat([this.start, chunk]);
-      if (this.start.length < 64 && !this.start.includes(0x0a)) return;
+      if (this.start.length < FIRST_LINE && !this.start.includes(0x0a)) return;
       chunk = unhideFirstFrom(this.start);
       this.start = undefined;
     }
@@ -527,8 +527,10 @@ function addresses(value: string): string[] {
  * is a From: header to Postfix and mail programs (RFC 5322 obsolete syntax allows space before the
  * colon), and it would be hidden from the From: rules. The inspector reads it as "From:".
  */
+const FIRST_LINE = 1000; // SMTP's longest line, its end included
+
 function unhideFirstFrom(chunk: Buffer): Buffer {
-  const m = /^From[ \t]+:/i.exec(chunk.toString('latin1', 0, Math.min(chunk.length, 64)));
+  const m = /^From[ \t]+:/i.exec(chunk.toString('latin1', 0, Math.min(chunk.length, FIRST_LINE)));
   return m ? Buffer.concat([Buffer.from('From:'), chunk.subarray(m[0].length)]) : chunk;
 }
 

@@ -9,7 +9,8 @@ import { decodeEntities } from './html.js';
 const MAX_URL = 2048;
 const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
 // Mail programs make a link of "www.example.com/login" written without a scheme.
-const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,2000})?/gi;
+// Bounded below OVERLAP (at most about 2 080 characters), so that a match cut by a scan batch is seen whole.
+const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,1500})?/gi;
 const HREF = /\bhref[\t\n\f\r ]{0,16}=[\t\n\f\r ]{0,16}(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'<>`]{1,2048}))/gi;
 // A match ending at the end of what was scanned may go on in the next piece: this much is scanned again.
 const OVERLAP = 2200;

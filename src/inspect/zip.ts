@@ -197,6 +197,8 @@ export class ZipLister {
       if (i + 4 > buf.length) break;
       const sig = buf.readUInt32LE(i);
       if (sig === SIG_END) {
+        // The end of an archive only once one began: in the data before it, "PK\x05\x06" is a decoy.
+        if (!this.listing.isZip && this.listing.entries.length === 0) continue;
         this.state = { kind: 'done' };
         return chunk.length;
       }

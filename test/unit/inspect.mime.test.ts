@@ -156,6 +156,8 @@ describe('MIME inspector: fixtures', () => {
     const raw = eml('From : ceo@bank.example', 'To: user2@example.test', 'Subject: wire', '', 'Please wire the money.');
     expect((await inspect(raw)).from).toEqual(['ceo@bank.example']);
     expect((await inspect(raw, LIMITS, 3)).from).toEqual(['ceo@bank.example']);
+    const spaced = eml(`From${' '.repeat(70)}\t:ceo@bank.example`, 'To: user2@example.test', 'Subject: wire', '', 'Please wire the money.');
+    expect((await inspect(spaced, LIMITS, 5)).from).toEqual(['ceo@bank.example']);
   });
 
   it('a file uuencoded into the text ("begin 644 setup.exe") is an attachment, typed by its first bytes', async () => {
@@ -694,6 +696,19 @@ describe('HTML to text and URL extraction', () => {
     expect(extractUrls('Log in at https://Four.Example.Test./x or at www.five.example.test/login today.', false)).toEqual(['https://four.example.test/x', 'http://www.five.example.test/login']);
     // Not links: an address, a path, a word that starts like one.
     expect(extractUrls('mail me at bob@www.example.test, see /srv/www.example.test/, or wwwexample.test', false)).toEqual([]);
+  });
+
+  it('finds a long www. link however a batch of streamed pieces cuts it', () => {
+    const host = 'www.' + Array.from({ length: 9 }, (_, i) => `l${i}`.padEnd(63, 'x')).join('.');
+    const link = `${host}/${'p'.repeat(1990)}`;
+    for (const at of [32_768 - 2300, 32_768 - 1200, 32_768 - 10]) {
+      const urls = new UrlSet();
+      const s = new UrlScanner(urls, false);
+      const text = 'x '.repeat(at / 2) + link + ' ' + 'y '.repeat(20_000);
+      for (let i = 0; i < text.length; i += 4096) s.push(text.slice(i, i + 4096));
+      s.end();
+      expect(urls.list().map((u) => u.slice(0, 40)), `link at ${at}`).toEqual([`http://${host}`.slice(0, 40)]);
+    }
   });
 
   it('finds a URL split across streamed pieces, once, wherever the cut falls', () => {

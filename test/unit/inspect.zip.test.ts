@@ -142,7 +142,7 @@ describe('zip listing from local headers and the central directory', () => {
   });
 
   it('lists an archive behind other data (a stub, junk, an image) though the file is not a zip at its start', () => {
-    const bytes = Buffer.concat([Buffer.alloc(64, 0x41), zip([{ name: 'evil.exe', data: text('MZ') }])]);
+    const bytes = Buffer.concat([Buffer.from('GIF89a PK\x05\x06 decoy end record '), Buffer.alloc(64, 0x41), zip([{ name: 'evil.exe', data: text('MZ') }])]);
     for (const size of [bytes.length, 1, 3, 7, 64]) {
       const l = list(bytes, size);
       expect(l.isZip).toBe(false);
