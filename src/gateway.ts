@@ -600,7 +600,8 @@ export class Gateway {
     // A recipient already accepted, in any spelling ("xn--" or Unicode domain, another case): relayed once,
     // counted once. The upstream would deliver a second spelling twice; smtp-server only merges identical ones.
     const key = comparableAddress(address.address);
-    if (tx.recipients.some((r) => r.accepted && comparableAddress(r.address) === key)) {
+    tx.acceptedRecipients ??= new Set();
+    if (tx.acceptedRecipients.has(key)) {
       state.pendingSuccessText = `2.1.5 <${address.address}> is already a recipient of this message`;
       return;
     }
@@ -635,6 +636,7 @@ export class Gateway {
     this.metrics.upstreamReplies.labels('rcpt', replyClass(reply.code)).inc();
     const accepted = reply.code >= 200 && reply.code < 300; // 251 forwarded, 252 cannot verify but will try
     tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
+    if (accepted) tx.acceptedRecipients.add(key);
     this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
     if (grant) {
       // A transaction that ended while the upstream answered (the client left) has settled its grants already.

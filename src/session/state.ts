@@ -45,6 +45,8 @@ export interface Transaction {
   params: Record<string, string | true>;
   declaredSize?: number;
   recipients: RecipientRecord[];
+  /** the accepted recipients in comparable form, to relay and count each once */
+  acceptedRecipients?: Set<string>;
   results: CheckResult[];
   tags: string[];
   /** the policy this transaction is evaluated under, fixed at MAIL (a reload does not change it) */
