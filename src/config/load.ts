@@ -43,10 +43,12 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   if (typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ValidationError([{ file: name, line: 1, col: 1, key: '(top level)', message: 'must be a mapping of settings' }]);
   }
+  // In the file only: a value from the environment is what it is, "$" and all.
+  const fromFile = shellVariables(raw, []);
   const { applied, problems: envProblems } = applyEnvOverrides(raw, env);
   if (envProblems.length) throw new ValidationError(envProblems);
 
-  const issues: Issue[] = shellVariables(raw, []);
+  const issues: Issue[] = fromFile.filter((i) => !applied.has(formatPath(i.path)));
   const config = configSchema.parse(raw, [], issues);
   if (issues.length || !config) {
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
@@ -62,7 +64,7 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
  */
 function shellVariables(value: unknown, path: (string | number)[]): Issue[] {
   if (typeof value === 'string') {
-    if (!/\$\{[A-Za-z_][A-Za-z0-9_]*\}|^\$[A-Za-z_][A-Za-z0-9_]*$/.test(value)) return [];
+    if (!/\$\{[A-Za-z_][A-Za-z0-9_]*\}/.test(value)) return [];
     const name = `DOUANE_${path.map((p) => String(p).toUpperCase()).join('_')}`;
     return [{ path, message: `holds a shell variable, which is not expanded here: set ${name} in the environment instead, and remove the key or leave any value in the file` }];
   }

@@ -123,7 +123,7 @@ export const configSchema = obj({
         list(
           refine(
             obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
-            (h, path): Issue[] => (Boolean(h.socket) === Boolean(h.host && h.port) || (!h.socket && Boolean(h.host) !== Boolean(h.port)) ? [{ path, message: 'needs either socket, or host and port' }] : []),
+            (h, path): Issue[] => ((h.socket ? !h.host && !h.port : Boolean(h.host && h.port)) ? [] : [{ path, message: 'needs either socket, or host and port' }]),
           ),
           { min: 1 },
         ),

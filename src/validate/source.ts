@@ -156,11 +156,24 @@ function decodeUtf8(file: string, bytes: Buffer): string {
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    const lossy = bytes.toString('utf8');
-    const at = lossy.indexOf('\ufffd');
-    const before = lossy.slice(0, at);
+    // The longest prefix that is UTF-8 (an unfinished character at its end allowed): the bad byte follows.
+    const valid = (n: number) => {
+      try {
+        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(0, n), { stream: true });
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    let [lo, hi] = [0, bytes.length];
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (valid(mid)) lo = mid;
+      else hi = mid - 1;
+    }
+    const before = bytes.subarray(0, lo).toString('utf8').replace(/\ufffd$/, '');
     const line = before.split('\n').length;
-    const col = at - before.lastIndexOf('\n');
+    const col = before.length - before.lastIndexOf('\n');
     throw new ValidationError([{ file, line, col, key: '(top level)', message: 'is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8' }]);
   }
 }

@@ -189,6 +189,8 @@ describe('configuration loading', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
     expect(problems(() => parseConfig('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`))).toEqual(['v.yaml:4:10: admin.token holds a shell variable, which is not expanded here: set DOUANE_ADMIN_TOKEN in the environment instead, and remove the key or leave any value in the file']);
     expect(parseConfig('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`, { DOUANE_ADMIN_TOKEN: 'a-real-token-0123456789' }).config.admin.token).toBe('a-real-token-0123456789');
+    // A secret from the environment may start with "$": it is not a variable of the file.
+    expect(parseConfig('v.yaml', base, { DOUANE_ADMIN_TOKEN: '$Zq7TxWk2LmNp9RbVc' }).config.admin.token).toBe('$Zq7TxWk2LmNp9RbVc');
     const echoed = problems(() => parseConfig('v.yaml', `${base}admin:\n  token: "my token has spaces in it"\n`)).join('\n');
     expect(echoed).toBe('v.yaml:4:10: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 25 characters)');
   });
@@ -196,6 +198,7 @@ describe('configuration loading', () => {
   it('refuses a clamd host with a port and no host, an outbox that retries faster at most than at least, a size no one means', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
     expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ port: 3310 }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
+    expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ socket: /run/clamd.sock, host: x }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
     expect(problems(() => parseConfig('c.yaml', `${base}enforcement: { outbox: { retry_min: 10m, retry_max: 5s } }\n`))[0]).toMatch(/^c\.yaml:3:\d+: enforcement\.outbox\.retry_max must not be shorter than retry_min/);
     expect(problems(() => parseConfig('c.yaml', `${base}smtp: { max_message_size: 99999999999999999999G }\n`))[0]).toMatch(/^c\.yaml:3:\d+: smtp\.max_message_size must be a size in bytes/);
   });

@@ -135,6 +135,9 @@ describe('policy loading', () => {
     const latin1 = copy();
     writeFileSync(join(latin1, 'allowlists.yaml'), Buffer.concat([Buffer.from('allowlists:\n  never_suspend:\n    - postmaster@d'), Buffer.from([0xe9]), Buffer.from('storage.example\n')]));
     expect(problems(latin1)).toEqual([`${latin1}/allowlists.yaml:3:19: is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8`]);
+    // A replacement character written in the file is valid UTF-8: the position is the bad byte's.
+    writeFileSync(join(latin1, 'allowlists.yaml'), Buffer.concat([Buffer.from('# \ufffd is fine\nallowlists:\n  never_suspend:\n    - postmaster@d'), Buffer.from([0xe9]), Buffer.from('storage.example\n')]));
+    expect(problems(latin1)).toEqual([`${latin1}/allowlists.yaml:4:19: is not valid UTF-8 here (a byte from another encoding, such as Latin-1): save the file as UTF-8`]);
   });
 
   it('refuses two spellings of one account or domain, and applies a domain however its key is written', () => {
