@@ -182,7 +182,10 @@ export class AdminServer {
       // Without a token, whoever reaches the endpoint could suspend any customer: only the networks
       // listed (this host, by default: `douane accounts` runs here) may.
       const peer = req.socket.remoteAddress ?? '';
-      if (this.tokenless && !this.withoutTokenFrom.has(peer)) {
+      // A request from this host to an address of its own (`douane accounts` with admin.address set to
+      // the host's LAN address) comes from that same address.
+      const thisHost = peer !== '' && peer === req.socket.localAddress;
+      if (this.tokenless && !thisHost && !this.withoutTokenFrom.has(peer)) {
         res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `without a token the accounts API answers ${this.tokenlessFrom.map((c) => c.text).join(', ')} only, not ${peer}: set admin.token or admin.tokens, or list the network in admin.without_token_from` }, null, 2) + '\n');
         return;
       }

@@ -124,4 +124,23 @@ describe('admin endpoint', () => {
     expect((await request('POST', '/accounts/victim@example.test/suspend', '127.0.0.1')).status).toBe(200);
     expect(acted).toEqual(['suspend victim@example.test']);
   });
+
+  it('without a token, answers the accounts API from this host whatever the list says (the CLI on the address it listens on)', async () => {
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    admin = new AdminServer({ address: '127.0.0.1', port: 0, without_token_from: [parseCidr('10.0.0.0/8')!] }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+    admin.setAccounts({ overview: async () => ({ suspended: [] }) } as unknown as AccountsAdmin);
+    await admin.start();
+    const status = (localAddress: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port: admin!.port, path: '/accounts', localAddress }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    expect(await status('127.0.0.1')).toBe(200);
+    expect(await status('127.0.0.2')).toBe(403);
+  });
 });
