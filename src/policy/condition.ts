@@ -29,6 +29,9 @@ export interface Condition {
 
 type Leaf = (value: unknown) => boolean;
 
+/** Rule patterns match regardless of case, and read as Unicode (\p{L} is a letter). */
+export const PATTERN_FLAGS = 'iu';
+
 const STRING_OPS = ['equals', 'in', 'matches', 'contains', 'starts_with', 'ends_with', 'exists'] as const;
 const LIST_OPS = [...STRING_OPS, 'empty'] as const;
 const NUMBER_OPS = ['equals', 'in', 'gt', 'gte', 'lt', 'lte', 'exists'] as const;
@@ -106,7 +109,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
       return (v) => (v as string).endsWith(want);
     }
     case 'matches': {
-      const compiled = regex('iu').parse(arg, path, issues);
+      const compiled = regex(PATTERN_FLAGS).parse(arg, path, issues);
       if (!compiled) return undefined;
       const re = compiled.regex;
       return (v) => re.test(String(v));

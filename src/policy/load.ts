@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
-import { formatPath, type Issue } from '../validate/schema.js';
+import { analysePatterns, formatPath, type Issue } from '../validate/schema.js';
+import { PATTERN_FLAGS } from './condition.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { Policy, type PolicyFile, type Rule } from './policy.js';
 import { policySchema, SECTIONS, type PolicyDocument } from './schema.js';
@@ -95,6 +96,8 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
     // A required section that no file defines.
     return { file: display(dir), key: formatPath(issue.path), message: `${issue.message}: add it to one of the policy files` };
   };
+  // Every rule pattern analysed at once, in one child process, before the rules are compiled one by one.
+  analysePatterns(patternsIn(merged), PATTERN_FLAGS);
   const issues: Issue[] = [];
   const doc = policySchema().parse(merged, [], issues);
   if (issues.length || !doc) throw new ValidationError(issues.map(locate));
@@ -121,6 +124,18 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
     };
   });
   return new Policy(policyVersion(dir, texts), dir, files, deepFreeze(doc), rules);
+}
+
+/** The `matches` values anywhere in the policy (rule conditions nest: all, any, not). */
+function patternsIn(value: unknown, out: string[] = []): string[] {
+  if (Array.isArray(value)) for (const v of value) patternsIn(v, out);
+  else if (value !== null && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'matches' && typeof v === 'string') out.push(v);
+      else patternsIn(v, out);
+    }
+  }
+  return out;
 }
 
 function crossReferences(doc: PolicyDocument): Issue[] {

@@ -3,7 +3,8 @@
 // Why not a general validator library: we want our own sentences ("must be a positive integer") and
 // strict unknown-key errors everywhere, and the whole thing is small enough to read in one sitting.
 
-import { checkSync } from 'recheck';
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import safeRegex from 'safe-regex2';
 
 export type Path = (string | number)[];
@@ -203,22 +204,57 @@ export interface CompiledPattern {
   regex: RegExp;
 }
 
+type Backtracking = { summary: string; attack?: string } | null;
+
 /** What the backtracking analysis found for each pattern and flags, so that a reload checks only new ones. */
-const backtracking = new Map<string, { summary: string; attack?: string } | null>();
+const backtracking = new Map<string, Backtracking>();
+
+// The analysis runs in a child process that exits when done: recheck is large (about 85 MB resident,
+// with a worker thread), and a gateway that kept it would carry it for its whole life.
+const RECHECK = createRequire(import.meta.url).resolve('recheck');
+const ANALYSE = `
+const { check } = require(${JSON.stringify(RECHECK)});
+let input = '';
+process.stdin.on('data', (d) => (input += d));
+process.stdin.on('end', async () => {
+  const out = [];
+  for (const { source, flags } of JSON.parse(input)) {
+    try {
+      const r = await check(source, flags, { checker: 'automaton', timeout: 1000 });
+      out.push(r.status === 'vulnerable' ? { summary: r.complexity.summary, attack: r.attack.pattern } : null);
+    } catch {
+      out.push(null);
+    }
+  }
+  process.stdout.write(JSON.stringify(out), () => process.exit(0));
+});`;
+
+/**
+ * Analyses patterns not seen yet, all in one child process (a policy's patterns are known before its
+ * rules are compiled). A pattern it cannot analyse (back-references, look-arounds; over 1 s), or an
+ * analysis that fails, is left to the star-height check.
+ */
+export function analysePatterns(sources: readonly string[], flags: string): void {
+  const todo = [...new Set(sources)].filter((s) => !backtracking.has(`${flags}/${s}`));
+  if (todo.length === 0) return;
+  const run = spawnSync(process.execPath, ['-e', ANALYSE], { input: JSON.stringify(todo.map((source) => ({ source, flags }))), encoding: 'utf8', timeout: 30_000 + 1500 * todo.length });
+  let verdicts: Backtracking[] = [];
+  try {
+    verdicts = JSON.parse(run.stdout) as Backtracking[];
+  } catch {
+    // no verdicts: the star-height check alone
+  }
+  todo.forEach((s, i) => backtracking.set(`${flags}/${s}`, verdicts[i] ?? null));
+}
 
 /**
  * Whether a pattern can take super-linear time on some input: recheck's automaton analysis finds the
  * exponential cases a star-height check misses ("(\w|\d)+$", overlapping alternatives) and the
- * polynomial ones ("a.*b.*c", "\s*x\s*$": seconds on 50 KB of crafted text). A pattern it cannot
- * analyse (back-references, look-arounds; over 1 s) is left to the star-height check.
+ * polynomial ones ("a.*b.*c", "\s*x\s*$": seconds on 50 KB of crafted text).
  */
 function superLinear(source: string, flags: string): { summary: string; attack?: string } | undefined {
-  const key = `${flags}/${source}`;
-  if (!backtracking.has(key)) {
-    const r = checkSync(source, flags, { checker: 'automaton', timeout: 1000 });
-    backtracking.set(key, r.status === 'vulnerable' ? { summary: r.complexity.summary, attack: r.attack.pattern } : null);
-  }
-  return backtracking.get(key) ?? undefined;
+  analysePatterns([source], flags);
+  return backtracking.get(`${flags}/${source}`) ?? undefined;
 }
 
 /**
