@@ -9,7 +9,8 @@ import { loadPolicy } from '../policy/load.js';
 import { diffPolicies } from '../policy/diff.js';
 import { evaluateOffline, type Given, type OfflineOutcome } from '../policy/offline.js';
 import type { Policy } from '../policy/policy.js';
-import { runPolicyTests, testFiles } from '../policy/tests.js';
+import { givenSchema, runPolicyTests, testFiles } from '../policy/tests.js';
+import { readYamlFile, validateYaml } from '../validate/source.js';
 import { LIMIT_NAMES } from '../policy/schema.js';
 import { flag, option, options, parseArgs, UsageError } from './args.js';
 
@@ -118,7 +119,8 @@ async function explain(argv: string[]): Promise<number> {
   if (!['starttls', 'tls', 'trusted'].includes(listener)) throw new UsageError('--listener is starttls, tls or trusted');
   const policy = loadPolicy(policyDir(option(args, 'dir'), option(args, 'config')));
   const givenFile = option(args, 'given');
-  const given = givenFile ? (await import('yaml')).parse(readFileSync(givenFile, 'utf8')) as Given : undefined;
+  // Checked like a policy file: a misspelled fact would otherwise be ignored and the explanation wrong.
+  const given = givenFile ? (validateYaml(givenFile, readYamlFile(givenFile), givenSchema).value as Given) : undefined;
   const outcome = await evaluateOffline(policy, config(option(args, 'config')), {
     message: readFileSync(file),
     account,

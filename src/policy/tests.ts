@@ -16,6 +16,16 @@ const limitsGiven = obj({
   usage: optional(record(int({ min: 0 }))),
 });
 
+/** Facts a test case or `policy explain --given` sets instead of computing them. */
+export const givenSchema = obj({
+  account_status: optional(str()),
+  scan: optional(obj({ result: required(oneOf('clean', 'infected', 'error', 'skipped')), signature: optional(str()), detail: optional(str()) })),
+  limits: optional(limitsGiven),
+  recipient_limits: optional(limitsGiven),
+  bulk: optional(obj({ account_recipients: required(int({ min: 0 })), global_recipients: required(int({ min: 0 })), global_accounts: required(int({ min: 0 })), fingerprint: optional(str()) })),
+  baseline_ratio: optional(num({ min: 0 })),
+});
+
 const caseSchema = obj({
   name: required(str()),
   message: optional(str()),
@@ -23,16 +33,7 @@ const caseSchema = obj({
   sender: optional(str({ nonEmpty: false })),
   recipients: withDefault(list(str(), { min: 1 }), ['someone@example.net']),
   listener: withDefault(oneOf('starttls', 'tls', 'trusted'), 'starttls'),
-  given: optional(
-    obj({
-      account_status: optional(str()),
-      scan: optional(obj({ result: required(oneOf('clean', 'infected', 'error', 'skipped')), signature: optional(str()), detail: optional(str()) })),
-      limits: optional(limitsGiven),
-      recipient_limits: optional(limitsGiven),
-      bulk: optional(obj({ account_recipients: required(int({ min: 0 })), global_recipients: required(int({ min: 0 })), global_accounts: required(int({ min: 0 })), fingerprint: optional(str()) })),
-      baseline_ratio: optional(num({ min: 0 })),
-    }),
-  ),
+  given: optional(givenSchema),
   expect: required(
     obj({
       action: required(oneOf('accept', 'tempfail', 'reject', 'quarantine')),

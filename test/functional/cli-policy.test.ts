@@ -105,6 +105,11 @@ describe('douane policy explain', () => {
     const bad = await douane(['explain', 'fixtures/messages/clean-text.eml']);
     expect(bad.code).toBe(64);
     expect(bad.stderr).toMatch(/explain needs MESSAGE\.eml, --account and at least one --rcpt/);
+    // A misspelled fact would be ignored and the explanation wrong: it is refused, where it is.
+    writeFileSync(given, 'scan: { resut: infected }\n');
+    const typo = await douane(['explain', 'fixtures/messages/clean-text.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies', '--given', given]);
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain(`${given}:1:9: scan.resut is not a known key (did you mean "result"?)`);
   });
 });
 
