@@ -330,12 +330,8 @@ export class MessageInspector {
       const html = type === 'text/html';
       const room = Math.max(0, this.maxText - this.bodyBytes);
       leaf.text = { html, charset, kept: EMPTY, bytes: 0, cap: html ? room * HTML_SOURCE_FACTOR : room };
-      if (asciiCompatible(charset)) leaf.text.urls = new UrlScanner(this.urls, html, recoder(charset));
-      else if (wideDecoder(charset)) {
-        // Every link, not only those in the kept bytes: a megabyte of padding must not hide one.
-        leaf.text.wide = wideDecoder(charset);
-        leaf.text.urls = new UrlScanner(this.urls, html);
-      }
+      // Every link as it streams, not only those in the kept bytes: a megabyte of padding must not hide one.
+      Object.assign(leaf.text, this.linkScanner(html, charset));
     }
     if (!isText || filename !== '') {
       const extension = extensionOf(filename);
@@ -357,14 +353,16 @@ export class MessageInspector {
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
       // UTF-16 is found by its charset, or by its byte-order mark when it declares none (see consume).
-      if (leaf.attachment.html && asciiCompatible(charset) && !/^utf-?16|^unicode/i.test(charset)) {
-        leaf.attachment.urls = new UrlScanner(this.urls, true, recoder(charset));
-      } else if (leaf.attachment.html && wideDecoder(charset)) {
-        leaf.attachment.wide = wideDecoder(charset);
-        leaf.attachment.urls = new UrlScanner(this.urls, true);
-      }
+      if (leaf.attachment.html) Object.assign(leaf.attachment, this.linkScanner(true, charset));
     }
     this.leaf = leaf;
+  }
+
+  /** The link scanner for a part in `charset`: on its raw bytes, or on UTF-16 decoded as it streams. */
+  private linkScanner(html: boolean, charset: string): { urls?: UrlScanner; wide?: Utf16Decoder } {
+    if (asciiCompatible(charset)) return { urls: new UrlScanner(this.urls, html, recoder(charset)) };
+    const wide = wideDecoder(charset);
+    return wide ? { urls: new UrlScanner(this.urls, html), wide } : {};
   }
 
   private feed(leaf: Leaf, raw: Buffer): void {

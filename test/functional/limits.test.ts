@@ -57,6 +57,15 @@ async function send(port: number, from: string, rcpts: string[] = ['user2@exampl
   return { mail, rcpt, data };
 }
 
+/** A session of user1 (two sessions at once), authenticated on the submissions port. */
+async function authenticated(gw: TestGateway): Promise<RawSmtp> {
+  const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+  await c.reply();
+  await c.command('EHLO t');
+  expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235/);
+  return c;
+}
+
 describe('each limit at its boundary', () => {
   it('messages per minute: n accepted, n+1 refused at MAIL with 450 4.7.1 and when to retry; a new window starts fresh', async () => {
     const gw = await gateway();
@@ -165,13 +174,7 @@ describe('each limit at its boundary', () => {
 
   it('concurrent sessions per account (authenticated)', async () => {
     const gw = await gateway();
-    const open = async () => {
-      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-      await c.reply();
-      await c.command('EHLO t');
-      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235/);
-      return c;
-    };
+    const open = () => authenticated(gw);
     const [a, b, c] = [await open(), await open(), await open()];
     // The two oldest sessions may send; the third, opened past the limit, may not.
     expect(await a.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
@@ -445,13 +448,7 @@ describe('Redis failures are bounded', () => {
 
   it('sessions opened while Redis was down count against concurrent_sessions once it is back', async () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
-    const open = async () => {
-      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-      await c.reply();
-      await c.command('EHLO t');
-      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235/);
-      return c;
-    };
+    const open = () => authenticated(gw);
     await redis.crash();
     let sessions: RawSmtp[];
     try {

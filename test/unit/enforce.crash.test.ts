@@ -114,6 +114,15 @@ function instance(dir: string, now: () => number) {
   return { enforcer, state, outbox, calls, strike, api };
 }
 
+/** The lifecycle calls the outbox of a restarted instance makes, once it has nothing left to do. */
+async function callsAfterRestart(dir: string): Promise<string[]> {
+  const restarted = instance(dir, Date.now);
+  await restarted.outbox.start();
+  expect(await restarted.outbox.idle(2000)).toBe(true);
+  await restarted.outbox.stop();
+  return restarted.calls;
+}
+
 const actions = (dir: string) =>
   readFileSync(join(dir, 'audit.log'), 'utf8')
     .trim()
@@ -129,11 +138,7 @@ describe('enforcement across a crash', () => {
     await first.state.died;
     expect((await first.state.account('a@x.test')).suspension?.action).toBe('suspend_account');
 
-    const restarted = instance(dir, Date.now);
-    await restarted.outbox.start();
-    expect(await restarted.outbox.idle(2000)).toBe(true);
-    expect(restarted.calls).toEqual(['lock a@x.test']);
-    await restarted.outbox.stop();
+    expect(await callsAfterRestart(dir)).toEqual(['lock a@x.test']);
   });
 
   it('an unlock made in the local state before a crash is carried out after the restart', async () => {
@@ -149,11 +154,7 @@ describe('enforcement across a crash', () => {
     await first.outbox.stop(); // the process is gone: its outbox runs nothing more
     expect(await first.state.account('b@x.test')).toEqual({});
 
-    const restarted = instance(dir, Date.now);
-    await restarted.outbox.start();
-    expect(await restarted.outbox.idle(2000)).toBe(true);
-    expect(restarted.calls).toEqual(['unlock b@x.test']);
-    await restarted.outbox.stop();
+    expect(await callsAfterRestart(dir)).toEqual(['unlock b@x.test']);
   });
 
   it('a crash before the local change leaves both sides as they were: the queued lock is superseded', async () => {
