@@ -49,7 +49,7 @@ export interface GatewayDeps {
   /** per-account limits; by default from config.limits (Redis, or in memory) */
   limiter?: Limiter;
   bulk?: BulkPort;
-  /** virus scanner; by default clamd from config.clamd (none without it) */
+  /** virus scanner; by default clamd from config.clamd (none with `clamd: none`) */
   scanner?: ScannerPort;
   quarantine?: QuarantineStore;
   /** the lifecycle API; by default from config.lifecycle (none when adapter is none) */
@@ -151,9 +151,9 @@ export class Gateway {
     });
     this.enforcer = enforcer;
     this.strikes = deps.strikes ?? enforcer;
-    this.scanner = deps.scanner ?? (config.clamd ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
+    this.scanner = deps.scanner ?? (config.clamd !== 'none' ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
     this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));
-    if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'no clamd configured: messages are not scanned for viruses');
+    if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'clamd: none in the configuration: messages are not scanned for viruses');
     const zimbraUrl = config.lifecycle.adapter === 'zimbra' ? config.lifecycle.zimbra?.url : undefined;
     if (zimbraUrl?.startsWith('http://') && !/^http:\/\/(127\.|localhost[:/]|\[::1\])/.test(zimbraUrl)) {
       this.log.warn({ event: 'lifecycle_plain_http', url: zimbraUrl }, 'the Zimbra admin URL is plain http: the admin password and token cross the network in clear; use https (port 7071)');

@@ -68,7 +68,7 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     'admin: { enabled: false }',
     `log: { level: ${opts.logLevel ?? 'info'} }`,
     opts.redisUrl ? `limits: { redis: { url: "${opts.redisUrl}" } }` : '',
-    opts.clamdSocket ? `clamd: { hosts: [{ socket: ${opts.clamdSocket} }], timeout: 30s }` : opts.clamdPort ? `clamd: { hosts: [{ host: 127.0.0.1, port: ${opts.clamdPort} }], timeout: 30s }` : '',
+    opts.clamdSocket ? `clamd: { hosts: [{ socket: ${opts.clamdSocket} }], timeout: 30s }` : opts.clamdPort ? `clamd: { hosts: [{ host: 127.0.0.1, port: ${opts.clamdPort} }], timeout: 30s }` : 'clamd: none',
     opts.extra ?? '',
   ].join('\n');
   writeFileSync(join(dir, 'douane.yaml'), config);

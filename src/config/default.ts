@@ -15,4 +15,7 @@ upstream:
   trusted_port: 25
   tls: opportunistic
   verify_certificate: false
+# No virus scanning here: point this at a clamd (clamd: { hosts: [{ socket: /run/clamav/clamd.ctl }] })
+# to try it; a configuration must say one or the other.
+clamd: none
 `;

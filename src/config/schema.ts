@@ -9,6 +9,7 @@ import {
   bool,
   bytes,
   duration,
+  either,
   int,
   list,
   obj,
@@ -116,21 +117,29 @@ export const configSchema = obj({
     }),
   ),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0, timer: true }), 30_000) })),
-  /** absent: no virus scanning (scan.result is unknown to the rules; the log says so at start) */
-  clamd: optional(
-    obj({
-      hosts: required(
-        list(
-          refine(
-            obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
-            (h, path): Issue[] => ((h.socket ? !h.host && !h.port : Boolean(h.host && h.port)) ? [] : [{ path, message: 'needs either socket, or host and port' }]),
+  /**
+   * Where to scan, or `none`: no virus scanning. Required and written out, so that a configuration that
+   * lost its clamd section cannot relay unscanned mail by omission (scan.result is then unknown to the rules).
+   */
+  clamd: required(
+    either(
+      (v) => (typeof v === 'string' ? 'a' : 'b'),
+      oneOf('none'),
+      obj({
+        hosts: required(
+          list(
+            refine(
+              obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
+              (h, path): Issue[] => ((h.socket ? !h.host && !h.port : Boolean(h.host && h.port)) ? [] : [{ path, message: 'needs either socket, or host and port' }]),
+            ),
+            { min: 1 },
           ),
-          { min: 1 },
         ),
-      ),
-      /** the whole scan, from the first byte to the verdict, failover included */
-      timeout: withDefault(duration({ min: 100, timer: true }), 60_000),
-    }),
+        /** the whole scan, from the first byte to the verdict, failover included */
+        timeout: withDefault(duration({ min: 100, timer: true }), 60_000),
+      }),
+      'clamd hosts (hosts: [...]), or none to run without virus scanning',
+    ),
   ),
   /** the account lifecycle API: suspend/reinstate accounts for good, read their status */
   lifecycle: section(

@@ -66,7 +66,7 @@ describe('douane CLI', () => {
     try {
       writeFileSync(
         join(dir, 'douane.yaml'),
-        [`listeners: { first: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] }, second: { mode: trusted, address: 127.0.0.1, port: ${port}, allow: [127.0.0.1] } }`, 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'admin: { port: 0 }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
+        [`listeners: { first: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] }, second: { mode: trusted, address: 127.0.0.1, port: ${port}, allow: [127.0.0.1] } }`, 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'clamd: none', 'admin: { port: 0 }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
       );
       const r = await exec('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
         () => ({ code: 0, stdout: '', stderr: '' }),
@@ -92,7 +92,7 @@ describe('douane CLI', () => {
       );
       writeFileSync(
         join(dir, 'douane.yaml'),
-        ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'admin: { enabled: false }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
+        ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'clamd: none', 'admin: { enabled: false }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'),
       );
       const r = await exec('node', ['--import', join(dir, 'fault.mjs'), CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
         () => ({ code: 0, stdout: '' }),

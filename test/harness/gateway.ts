@@ -83,6 +83,7 @@ export function testConfigObject(upstreamPort: number, overrides: Record<string,
       timeouts: { connect: '2s', command: '2s', data: '5s' },
     },
     log: { level: 'debug' },
+    clamd: 'none',
   };
   return mergeDeep(base, overrides);
 }

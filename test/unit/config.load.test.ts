@@ -8,6 +8,14 @@ import { makeSelfSigned } from '../../src/smtp/tls.js';
 import { loadConfig, parseConfig } from '../../src/config/load.js';
 import { ValidationError } from '../../src/validate/source.js';
 
+/**
+ * Most texts below are about other keys. Every configuration must say where clamd is or that there is none,
+ * so this appends `clamd: none` to a text that does not name it; at the end, where it moves no line.
+ */
+function parse(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean } = {}) {
+  return parseConfig(name, /^clamd:/m.test(text) ? text : `${text.replace(/\n?$/, '\n')}clamd: none\n`, env, opts);
+}
+
 function problems(fn: () => unknown): string[] {
   try {
     fn();
@@ -53,13 +61,13 @@ describe('configuration loading', () => {
 
   it('says what the minimum is when a well-formed value is under it', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('t.yaml', base + 'quarantine: { retention: 5s }\nsmtp: { max_message_size: 100, idle_timeout: 50ms }\n'))).toEqual([
+    expect(problems(() => parse('t.yaml', base + 'quarantine: { retention: 5s }\nsmtp: { max_message_size: 100, idle_timeout: 50ms }\n'))).toEqual([
       't.yaml:4:27: smtp.max_message_size must be at least 1K (got 100)',
       't.yaml:4:46: smtp.idle_timeout must be at least 100ms (got "50ms")',
       't.yaml:3:26: quarantine.retention must be at least 1m (got "5s")',
     ]);
     // A timer longer than Node.js keeps would fire at once: every session would end as it starts.
-    expect(problems(() => parseConfig('t.yaml', base + 'smtp: { session_deadline: 25d }\nquarantine: { retention: 365d }\n'))).toEqual([
+    expect(problems(() => parse('t.yaml', base + 'smtp: { session_deadline: 25d }\nquarantine: { retention: 365d }\n'))).toEqual([
       't.yaml:3:27: smtp.session_deadline must be at most 24d (got "25d")',
     ]);
   });
@@ -77,21 +85,21 @@ describe('configuration loading', () => {
     writeFileSync(join(dir, 'a.key'), a.key);
     writeFileSync(join(dir, 'b.key'), b.key);
     writeFileSync(join(dir, 'junk.pem'), 'not a certificate\n');
-    const check = (t: string) => parseConfig('t.yaml', t, {}, { files: true });
+    const check = (t: string) => parse('t.yaml', t, {}, { files: true });
     const text = (cert: string, key: string) => `listeners: { s: { mode: starttls, port: 2587 } }\ntls:\n  cert: ${join(dir, cert)}\n  key: ${join(dir, key)}\nupstream: { host: x }\n`;
     expect(check(text('a.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'a.crt'));
     expect(problems(() => check(text('a.crt', 'b.key')))[0]).toMatch(/^t\.yaml:4:8: tls\.key does not go with the certificate in tls\.cert \(.*key values mismatch\)$/);
     expect(problems(() => check(text('junk.pem', 'a.key')))[0]).toMatch(/^t\.yaml:3:9: tls\.cert is not a PEM certificate \(/);
     expect(problems(() => check(text('missing.crt', 'a.key')))[0]).toMatch(/^t\.yaml:3:9: tls\.cert cannot be read: ENOENT/);
     // Only serve and config check look at the files: the other commands may run as people who cannot read the key.
-    expect(parseConfig('t.yaml', text('missing.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'missing.crt'));
+    expect(parse('t.yaml', text('missing.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'missing.crt'));
   });
 
   it('serve and config check check the other files and directories named: CAs, the state and spool directories, the policy directory', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-named-'));
     writeFileSync(join(dir, 'a-file'), 'x');
     writeFileSync(join(dir, 'key.pem'), makeSelfSigned('k.test').key);
-    const check = (t: string) => parseConfig('t.yaml', t, {}, { files: true });
+    const check = (t: string) => parse('t.yaml', t, {}, { files: true });
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\n';
     const text = [
       base,
@@ -131,7 +139,7 @@ describe('configuration loading', () => {
       '    hmac_secret: secret',
       '',
     ].join('\n');
-    expect(problems(() => parseConfig('t.yaml', text))).toEqual([
+    expect(problems(() => parse('t.yaml', text))).toEqual([
       't.yaml:7:76: lifecycle.http.suspend.body has an unknown placeholder {sumary} (known for suspend: {account} {reference} {rule} {article} {summary})',
       't.yaml:8:80: lifecycle.http.reinstate.body is not JSON once its placeholders are filled',
       't.yaml:10:18: lifecycle.http.hmac_secret and bearer are both set: choose one way for Douane to authenticate its requests',
@@ -151,25 +159,25 @@ describe('configuration loading', () => {
       '    - { name: dave, token: "mot-de-passe-très-long", scope: act }',
       '',
     ].join('\n');
-    expect(problems(() => parseConfig('t.yaml', text))).toEqual([
+    expect(problems(() => parse('t.yaml', text))).toEqual([
       't.yaml:7:58: admin.tokens[2].scope must be one of read, act (got "write")',
       't.yaml:8:29: admin.tokens[3].token must be at least 16 printable ASCII characters, no spaces (got a text of 5 characters)',
       // An HTTP header carries bytes: a token with "è" in it could never match.
       't.yaml:9:28: admin.tokens[4].token must be at least 16 printable ASCII characters, no spaces (got a text of 22 characters)',
     ]);
     const duplicates = text.replace('scope: write', 'scope: read').replace('token: short', 'token: carol-personal-token-1').replace('très', 'tres');
-    expect(problems(() => parseConfig('t.yaml', duplicates))).toEqual([
+    expect(problems(() => parse('t.yaml', duplicates))).toEqual([
       't.yaml:6:15: admin.tokens[1].name "prometheus" is used by another token',
       't.yaml:7:27: admin.tokens[2].token is the same as another token: each holder needs their own',
     ]);
     // The full-access token is held to the same rule.
     const full = (token: string) => `listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nadmin: { token: ${token} }\n`;
-    expect(problems(() => parseConfig('t.yaml', full('"clé-très-secrète-0001"')))).toEqual([
+    expect(problems(() => parse('t.yaml', full('"clé-très-secrète-0001"')))).toEqual([
       't.yaml:3:17: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 21 characters)',
     ]);
-    expect(problems(() => parseConfig('t.yaml', full('s3cret')))).toEqual(['t.yaml:3:17: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 6 characters)']);
-    expect(parseConfig('t.yaml', full('s3cret-token-value')).config.admin.token).toBe('s3cret-token-value');
-    const ok = parseConfig('t.yaml', duplicates.replace('name: prometheus, token: alice', 'name: alice, token: alice').replace('bob, token: read-only-token-000001', 'bob, token: bob-personal-token-0001'));
+    expect(problems(() => parse('t.yaml', full('s3cret')))).toEqual(['t.yaml:3:17: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 6 characters)']);
+    expect(parse('t.yaml', full('s3cret-token-value')).config.admin.token).toBe('s3cret-token-value');
+    const ok = parse('t.yaml', duplicates.replace('name: prometheus, token: alice', 'name: alice, token: alice').replace('bob, token: read-only-token-000001', 'bob, token: bob-personal-token-0001'));
     expect(ok.config.admin.tokens.map((t) => [t.name, t.scope])).toEqual([['prometheus', 'read'], ['alice', 'act'], ['bob', 'read'], ['carol', 'act'], ['dave', 'act']]);
   });
 
@@ -187,26 +195,35 @@ describe('configuration loading', () => {
 
   it('refuses a shell variable in the file, which would be taken literally, and never echoes a secret', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`))).toEqual(['v.yaml:4:10: admin.token holds a shell variable, which is not expanded here: set DOUANE_ADMIN_TOKEN in the environment instead, and remove the key or leave any value in the file']);
-    expect(parseConfig('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`, { DOUANE_ADMIN_TOKEN: 'a-real-token-0123456789' }).config.admin.token).toBe('a-real-token-0123456789');
+    expect(problems(() => parse('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`))).toEqual(['v.yaml:4:10: admin.token holds a shell variable, which is not expanded here: set DOUANE_ADMIN_TOKEN in the environment instead, and remove the key or leave any value in the file']);
+    expect(parse('v.yaml', `${base}admin:\n  token: \${DOUANE_ADMIN_SECRET}\n`, { DOUANE_ADMIN_TOKEN: 'a-real-token-0123456789' }).config.admin.token).toBe('a-real-token-0123456789');
     // A secret from the environment may start with "$": it is not a variable of the file.
-    expect(parseConfig('v.yaml', base, { DOUANE_ADMIN_TOKEN: '$Zq7TxWk2LmNp9RbVc' }).config.admin.token).toBe('$Zq7TxWk2LmNp9RbVc');
-    const echoed = problems(() => parseConfig('v.yaml', `${base}admin:\n  token: "my token has spaces in it"\n`)).join('\n');
+    expect(parse('v.yaml', base, { DOUANE_ADMIN_TOKEN: '$Zq7TxWk2LmNp9RbVc' }).config.admin.token).toBe('$Zq7TxWk2LmNp9RbVc');
+    const echoed = problems(() => parse('v.yaml', `${base}admin:\n  token: "my token has spaces in it"\n`)).join('\n');
     expect(echoed).toBe('v.yaml:4:10: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 25 characters)');
   });
 
   it('refuses a clamd host with a port and no host, an outbox that retries faster at most than at least, a size no one means', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ port: 3310 }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
-    expect(problems(() => parseConfig('c.yaml', `${base}clamd: { hosts: [{ socket: /run/clamd.sock, host: x }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
-    expect(problems(() => parseConfig('c.yaml', `${base}enforcement: { outbox: { retry_min: 10m, retry_max: 5s } }\n`))[0]).toMatch(/^c\.yaml:3:\d+: enforcement\.outbox\.retry_max must not be shorter than retry_min/);
-    expect(problems(() => parseConfig('c.yaml', `${base}smtp: { max_message_size: 99999999999999999999G }\n`))[0]).toMatch(/^c\.yaml:3:\d+: smtp\.max_message_size must be a size in bytes/);
+    expect(problems(() => parse('c.yaml', `${base}clamd: { hosts: [{ port: 3310 }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
+    expect(problems(() => parse('c.yaml', `${base}clamd: { hosts: [{ socket: /run/clamd.sock, host: x }] }\n`))).toEqual(['c.yaml:3:18: clamd.hosts[0] needs either socket, or host and port']);
+    expect(problems(() => parse('c.yaml', `${base}enforcement: { outbox: { retry_min: 10m, retry_max: 5s } }\n`))[0]).toMatch(/^c\.yaml:3:\d+: enforcement\.outbox\.retry_max must not be shorter than retry_min/);
+    expect(problems(() => parse('c.yaml', `${base}smtp: { max_message_size: 99999999999999999999G }\n`))[0]).toMatch(/^c\.yaml:3:\d+: smtp\.max_message_size must be a size in bytes/);
+  });
+
+  it('needs the clamd section or an explicit `clamd: none`: leaving it out does not turn scanning off', () => {
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    expect(problems(() => parseConfig('s.yaml', base))).toEqual(['s.yaml:1:1: clamd is required (clamd hosts (hosts: [...]), or none to run without virus scanning)']);
+    expect(problems(() => parseConfig('s.yaml', `${base}clamd: off\n`))).toEqual(['s.yaml:3:8: clamd must be one of none (got "off")']);
+    expect(problems(() => parseConfig('s.yaml', `${base}clamd:\n`))[0]).toMatch(/^s\.yaml:3:\d+: clamd has no value: give clamd hosts/);
+    expect(parseConfig('s.yaml', `${base}clamd: none\n`).config.clamd).toBe('none');
+    expect(parseConfig('s.yaml', `${base}clamd: { hosts: [{ socket: /run/clamd.sock }] }\n`).config.clamd).toEqual({ hosts: [{ socket: '/run/clamd.sock' }], timeout: 60_000 });
   });
 
   it('names the key given twice, and says a file holds one document', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\n';
-    expect(problems(() => parseConfig('k.yaml', `${base}upstream:\n  host: x\n  port: 25\n  host: y\n`))).toEqual(['k.yaml:5:3: YAML: the key "host" appears twice in this mapping: keep one']);
-    expect(problems(() => parseConfig('k.yaml', `${base}upstream: { host: x }\n---\nadmin: {}\n`))).toEqual(['k.yaml:3:1: YAML: the file holds more than one YAML document (a "---" line after content): one document per file']);
+    expect(problems(() => parse('k.yaml', `${base}upstream:\n  host: x\n  port: 25\n  host: y\n`))).toEqual(['k.yaml:5:3: YAML: the key "host" appears twice in this mapping: keep one']);
+    expect(problems(() => parse('k.yaml', `${base}upstream: { host: x }\n---\nadmin: {}\n`))).toEqual(['k.yaml:3:1: YAML: the file holds more than one YAML document (a "---" line after content): one document per file']);
   });
 
   it('says when the file cannot be read', () => {
@@ -246,33 +263,33 @@ describe('configuration loading', () => {
 
   it('refuses an empty override rather than dropping the file\'s value (an admin token, a limit)', () => {
     const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nadmin: { token: s3cret-token-value }\n';
-    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_ADMIN_TOKEN: '' }))).toEqual(["env DOUANE_ADMIN_TOKEN: admin.token is empty: unset it to keep the file's value, or give one"]);
-    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_SMTP_MAX_RECIPIENTS: ' ' }))).toEqual(["env DOUANE_SMTP_MAX_RECIPIENTS: smtp.max_recipients is empty: unset it to keep the file's value, or give one"]);
+    expect(problems(() => parse('t.yaml', text, { DOUANE_ADMIN_TOKEN: '' }))).toEqual(["env DOUANE_ADMIN_TOKEN: admin.token is empty: unset it to keep the file's value, or give one"]);
+    expect(problems(() => parse('t.yaml', text, { DOUANE_SMTP_MAX_RECIPIENTS: ' ' }))).toEqual(["env DOUANE_SMTP_MAX_RECIPIENTS: smtp.max_recipients is empty: unset it to keep the file's value, or give one"]);
   });
 
   it('refuses a key left without a value instead of quietly using the default; an empty section is fine', () => {
     const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nsmtp:\n  max_recipients:\nadmin:\n';
-    expect(problems(() => parseConfig('t.yaml', text))).toEqual(['t.yaml:4:18: smtp.max_recipients has no value: give an integer between 1 and 100000, or remove the line to use the default']);
+    expect(problems(() => parse('t.yaml', text))).toEqual(['t.yaml:4:18: smtp.max_recipients has no value: give an integer between 1 and 100000, or remove the line to use the default']);
   });
 
   it('names the variable when an override makes a listener the file does not have', () => {
     const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('t.yaml', text, { DOUANE_LISTENERS_SUBMISSION_PORT: '2587' }))).toEqual(['env DOUANE_LISTENERS_SUBMISSION_PORT: listeners.submission.mode is required (one of starttls, tls, trusted)']);
+    expect(problems(() => parse('t.yaml', text, { DOUANE_LISTENERS_SUBMISSION_PORT: '2587' }))).toEqual(['env DOUANE_LISTENERS_SUBMISSION_PORT: listeners.submission.mode is required (one of starttls, tls, trusted)']);
   });
 
   it('refuses two listeners on one address and port', () => {
     const text = 'listeners:\n  a: { mode: trusted, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, port: 2525, allow: [127.0.0.1] }\nupstream: { host: x }\n';
-    expect(problems(() => parseConfig('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525 (127.0.0.1:2525 overlaps it)']);
+    expect(problems(() => parse('dup.yaml', text))).toEqual(['dup.yaml:3:29: listeners.b.port is already used by listener "a" on 127.0.0.1:2525 (127.0.0.1:2525 overlaps it)']);
   });
 
   it('refuses a port taken by a wildcard address, and the admin endpoint on a listener\'s port', () => {
     const text = 'listeners:\n  a: { mode: trusted, address: 0.0.0.0, port: 2525, allow: [127.0.0.1] }\n  b: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] }\n  c: { mode: trusted, address: "::1", port: 2526, allow: [127.0.0.1] }\nupstream: { host: x }\nadmin: { port: 2526 }\n';
-    expect(problems(() => parseConfig('dup.yaml', text))).toEqual([
+    expect(problems(() => parse('dup.yaml', text))).toEqual([
       'dup.yaml:3:49: listeners.b.port is already used by listener "a" on 0.0.0.0:2525 (127.0.0.1:2525 overlaps it)',
       // IPv4 127.0.0.1 and IPv6 ::1 are different sockets: no collision there.
     ]);
     const admin = 'listeners:\n  a: { mode: trusted, address: "::", port: 2526, allow: [127.0.0.1] }\nupstream: { host: x }\nadmin: { port: 2526 }\n';
-    expect(problems(() => parseConfig('dup.yaml', admin))).toEqual(['dup.yaml:4:16: admin.port is already used by listener "a" on :::2526 (127.0.0.1:2526 overlaps it)']);
+    expect(problems(() => parse('dup.yaml', admin))).toEqual(['dup.yaml:4:16: admin.port is already used by listener "a" on :::2526 (127.0.0.1:2526 overlaps it)']);
   });
 });
 

@@ -28,6 +28,7 @@ function api(extra: string) {
   const text = [
     'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }',
     'upstream: { host: x }',
+    'clamd: none',
     'lifecycle:',
     '  adapter: http',
     '  timeout: 2s',

@@ -12,7 +12,7 @@ import type { SessionState, Transaction } from '../../src/session/state.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import { Metrics } from '../../src/metrics.js';
 
-const { config } = parseConfig('t.yaml', 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n');
+const { config } = parseConfig('t.yaml', 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nclamd: none\n');
 const policy = loadPolicy('fixtures/policies/minimal');
 const raw = readFileSync('fixtures/messages/newsletter-html.eml');
 const facts: BulkFacts = { fingerprint: 'f00d', accountRecipients: 3, globalRecipients: 7, globalAccounts: 2 };

@@ -10,7 +10,7 @@ import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 
 // The small-limits fixture's default plan allows 3 messages a minute.
-const { config } = parseConfig('t.yaml', 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n');
+const { config } = parseConfig('t.yaml', 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nclamd: none\n');
 const policy = loadPolicy('fixtures/policies/small-limits');
 const metrics = new Metrics({ version: 't', defaultMetrics: false });
 

@@ -19,7 +19,7 @@ export const dataScan: Check = {
       tx.tags.push('scan.skipped');
       return { action: 'continue', evidence: { ...tx.scan } };
     }
-    if (!tx.scan) return { action: 'continue', skip: 'no scanner configured' };
+    if (!tx.scan) return { action: 'continue', skip: 'clamd: none in the configuration' };
     if (tx.scan.result !== 'error') return { action: 'continue', evidence: { ...tx.scan } };
     if (scanning.fail_open) {
       deps.metrics.scanFailOpen.inc();
