@@ -87,6 +87,10 @@ export const REASONS = {
     sentence: 'Message too big[: the limit is {limit} bytes].',
     solution: 'Send large files another way, or raise smtp.max_message_size if the upstream accepts more.',
   },
+  'message.over_daily_volume': {
+    sentence: 'Message refused: at {size} bytes it is larger than this account may send in a whole day ({limit} bytes).',
+    solution: 'The message alone is over the plan\'s bytes_per_day (policies/limits.yaml), so no retry could ever pass: it is refused for good rather than delayed. Send large files another way, or give the account a larger bytes_per_day.',
+  },
   'recipients.too_many': {
     sentence: 'Too many recipients for one message[ (limit {limit})]; send the rest in another message.',
     solution: 'The client may send the remaining recipients in a new transaction. The limit is the plan\'s recipients_per_message (policies/limits.yaml), or smtp.max_recipients when that is lower.',

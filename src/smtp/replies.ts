@@ -37,6 +37,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'message.bare_line_ending': { reject: [550, '5.6.0'] },
   'message.nul_byte': { reject: [550, '5.6.0'] },
   'message.too_big': { reject: [552, '5.3.4'] },
+  'message.over_daily_volume': { reject: [552, '5.2.3'] },
   'recipients.too_many': { tempfail: [452, '4.5.3'] },
   'limits.unavailable': { tempfail: [451, '4.3.0'] },
   'policy.rule': { reject: [550, '5.7.1'], tempfail: [451, '4.7.1'] },

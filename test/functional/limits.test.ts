@@ -141,11 +141,27 @@ describe('each limit at its boundary', () => {
   it('bytes per day: counted after acceptance; MAIL refuses once used up, or when SIZE= will not fit', async () => {
     const gw = await gateway();
     const port = gw.port('trusted');
-    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 3000)).mail).toMatch(/^450 4\.7\.1 Sending limit reached \(bytes per day\)/);
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(1500))).data).toMatch(/^250 /);
     expect(Number(redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}'))).toBeGreaterThan(1500);
+    // 1000 bytes fit in a day of 2K, not in what is left of this one: later.
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 1000)).mail).toMatch(/^450 4\.7\.1 Sending limit reached \(bytes per day\)/);
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(600))).data).toMatch(/^250 /); // overshoots by its own size
     expect((await send(port, 'bytes@example.test')).mail).toMatch(/^450 4\.7\.1 .*bytes per day/);
+  });
+
+  it('bytes per day: a message larger than the whole day is refused for good (552 5.2.3), by its SIZE= at MAIL or after its data, and counts nothing', async () => {
+    const gw = await gateway();
+    const port = gw.port('trusted');
+    // 450 here would have the client retry for days a message that can never pass.
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 3000)).mail).toMatch(
+      /^552 5\.2\.3 Message refused: at 3000 bytes it is larger than this account may send in a whole day \(2048 bytes\)\. Ref D-/,
+    );
+    const undeclared = await send(port, 'bytes@example.test', undefined, 'x'.repeat(2100));
+    expect(undeclared.mail).toMatch(/^250 /);
+    expect(undeclared.data).toMatch(/^552 5\.2\.3 Message refused: at \d+ bytes it is larger than this account may send in a whole day \(2048 bytes\)/);
+    expect(upstream.messages).toHaveLength(0);
+    await expect.poll(() => redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}')).toBe('0');
+    expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(1500))).data).toMatch(/^250 /);
   });
 
   it('bytes per day: SIZE= is reserved at MAIL, so concurrent messages cannot all fit in one remainder; settled to the real size', async () => {
