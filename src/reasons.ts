@@ -88,7 +88,7 @@ export const REASONS = {
     solution: 'Send large files another way, or raise smtp.max_message_size if the upstream accepts more.',
   },
   'message.over_daily_volume': {
-    sentence: 'Message refused: at {size} bytes it is larger than this account may send in a whole day ({limit} bytes).',
+    sentence: 'Message refused: it is larger[ ({size} bytes)] than this account may send in a whole day[ ({limit} bytes)].',
     solution: 'The message alone is over the plan\'s bytes_per_day (policies/limits.yaml), so no retry could ever pass: it is refused for good rather than delayed. Send large files another way, or give the account a larger bytes_per_day.',
   },
   'recipients.too_many': {

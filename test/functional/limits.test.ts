@@ -154,11 +154,11 @@ describe('each limit at its boundary', () => {
     const port = gw.port('trusted');
     // 450 here would have the client retry for days a message that can never pass.
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 3000)).mail).toMatch(
-      /^552 5\.2\.3 Message refused: at 3000 bytes it is larger than this account may send in a whole day \(2048 bytes\)\. Ref D-/,
+      /^552 5\.2\.3 Message refused: it is larger \(3000 bytes\) than this account may send in a whole day \(2048 bytes\)\. Ref D-/,
     );
     const undeclared = await send(port, 'bytes@example.test', undefined, 'x'.repeat(2100));
     expect(undeclared.mail).toMatch(/^250 /);
-    expect(undeclared.data).toMatch(/^552 5\.2\.3 Message refused: at \d+ bytes it is larger than this account may send in a whole day \(2048 bytes\)/);
+    expect(undeclared.data).toMatch(/^552 5\.2\.3 Message refused: it is larger \(\d+ bytes\) than this account may send in a whole day \(2048 bytes\)/);
     expect(upstream.messages).toHaveLength(0);
     await expect.poll(() => redis.cli('get', 'douane:bytes_per_day:{bytes@example.test}')).toBe('0');
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(1500))).data).toMatch(/^250 /);
