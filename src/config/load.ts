@@ -3,6 +3,7 @@
 // environment variable it came from.
 
 import { readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
@@ -53,9 +54,32 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   if (issues.length || !config) {
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
   }
+  resolvePaths(config, name === EMBEDDED_NAME ? process.cwd() : dirname(resolve(name)), applied);
   const fileProblems = [...crossChecks(config), ...(opts.files ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
   if (fileProblems.length) throw new ValidationError(fileProblems);
   return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
+}
+
+/**
+ * A relative path in the file is relative to the file, as in Prometheus' configuration: the same file then
+ * means the same thing whatever directory serve was started in (a service manager starts it in /). One
+ * from the environment is relative to the working directory, like any command-line path.
+ */
+function resolvePaths(config: Config, fileDir: string, applied: Map<string, string>): void {
+  const at = (path: Path, value: string | undefined, set: (v: string) => void) => {
+    if (value === undefined || value === '' || isAbsolute(value)) return;
+    set(resolve(applied.has(formatPath(path)) ? process.cwd() : fileDir, value));
+  };
+  at(['tls', 'cert'], config.tls.cert, (v) => (config.tls.cert = v));
+  at(['tls', 'key'], config.tls.key, (v) => (config.tls.key = v));
+  at(['upstream', 'ca'], config.upstream.ca, (v) => (config.upstream.ca = v));
+  const { zimbra, http } = config.lifecycle;
+  if (zimbra) at(['lifecycle', 'zimbra', 'ca'], zimbra.ca, (v) => (zimbra.ca = v));
+  if (http) at(['lifecycle', 'http', 'ca'], http.ca, (v) => (http.ca = v));
+  at(['state_dir'], config.state_dir, (v) => (config.state_dir = v));
+  at(['spool', 'dir'], config.spool.dir, (v) => (config.spool.dir = v));
+  at(['policy', 'dir'], config.policy.dir, (v) => (config.policy.dir = v));
+  if (config.clamd !== 'none') config.clamd.hosts.forEach((h, i) => at(['clamd', 'hosts', i, 'socket'], h.socket, (v) => (h.socket = v)));
 }
 
 /**

@@ -1,6 +1,6 @@
 // Configuration: every kind of mistake names the file, line, column and key; env overrides name the variable.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -93,6 +93,25 @@ describe('configuration loading', () => {
     expect(problems(() => check(text('missing.crt', 'a.key')))[0]).toMatch(/^t\.yaml:3:9: tls\.cert cannot be read: ENOENT/);
     // Only serve and config check look at the files: the other commands may run as people who cannot read the key.
     expect(parse('t.yaml', text('missing.crt', 'a.key')).config.tls.cert).toBe(join(dir, 'missing.crt'));
+  });
+
+  it('reads a relative path in the file against the file\'s directory, one from the environment against the working directory', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-relative-'));
+    mkdirSync(join(dir, 'tls'));
+    mkdirSync(join(dir, 'policies'));
+    const a = makeSelfSigned('douane.test');
+    writeFileSync(join(dir, 'tls/a.crt'), a.cert);
+    writeFileSync(join(dir, 'tls/a.key'), a.key);
+    writeFileSync(
+      join(dir, 'douane.yaml'),
+      'listeners: { s: { mode: starttls, port: 2587 } }\ntls: { cert: tls/a.crt, key: ./tls/a.key }\nupstream: { host: x }\n' +
+        'clamd: { hosts: [{ socket: run/clamd.sock }] }\npolicy: { dir: policies }\nstate_dir: state\nspool: { dir: /var/spool/douane }\n',
+    );
+    // Loaded from elsewhere (the tests run in the project's directory), with the files checked as serve does.
+    const { config } = loadConfig({ file: join(dir, 'douane.yaml'), env: {}, files: true });
+    expect([config.tls.cert, config.tls.key, config.policy.dir, config.state_dir, config.spool.dir]).toEqual([join(dir, 'tls/a.crt'), join(dir, 'tls/a.key'), join(dir, 'policies'), join(dir, 'state'), '/var/spool/douane']);
+    expect(config.clamd).toMatchObject({ hosts: [{ socket: join(dir, 'run/clamd.sock') }] });
+    expect(loadConfig({ file: join(dir, 'douane.yaml'), env: { DOUANE_STATE_DIR: 'here' } }).config.state_dir).toBe(join(process.cwd(), 'here'));
   });
 
   it('serve and config check check the other files and directories named: CAs, the state and spool directories, the policy directory', () => {
