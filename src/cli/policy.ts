@@ -201,6 +201,7 @@ function fields(): number {
   console.log(`  ${'limits.usage.<limit>'.padEnd(28)} ${'number'.padEnd(7)} ${'mail'.padEnd(5)} current use of a limit (${LIMIT_NAMES.join(', ')})`);
   console.log('\nOperators: text and lists — equals, in, matches, contains, starts_with, ends_with, exists (lists also: empty);');
   console.log('numbers — equals, in, gt, gte, lt, lte, exists; true/false — equals, exists. On a list, an operator holds if it holds for one element.');
+  console.log(`Domains (${Object.entries(FIELDS).filter(([, f]) => f.domain).map(([n]) => n).join(', ')}) — also in_domains: a listed domain or any subdomain of it.`);
   return 0;
 }
 

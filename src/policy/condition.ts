@@ -37,8 +37,13 @@ const LIST_OPS = [...STRING_OPS, 'empty'] as const;
 const NUMBER_OPS = ['equals', 'in', 'gt', 'gte', 'lt', 'lte', 'exists'] as const;
 const BOOL_OPS = ['equals', 'exists'] as const;
 
-function opsFor(type: FieldType): readonly string[] {
-  return type === 'number' ? NUMBER_OPS : type === 'bool' ? BOOL_OPS : type === 'strings' ? LIST_OPS : STRING_OPS;
+/** For domain fields: the domain or any of its subdomains (a phishing list names the site, not each host of it). */
+const DOMAIN_OPS = ['in_domains'] as const;
+
+function opsFor(spec: FieldSpec): readonly string[] {
+  const { type } = spec;
+  const ops = type === 'number' ? NUMBER_OPS : type === 'bool' ? BOOL_OPS : type === 'strings' ? LIST_OPS : STRING_OPS;
+  return spec.domain ? [...ops, ...DOMAIN_OPS] : ops;
 }
 
 const lower = (v: unknown) => String(v).toLowerCase();
@@ -68,7 +73,7 @@ function lowered(value: unknown): unknown {
 }
 
 /** Text operators compare lower-cased values, which the leaf receives already lower-cased. */
-const LOWERED_OPS = new Set(['equals', 'in', 'contains', 'starts_with', 'ends_with']);
+const LOWERED_OPS = new Set(['equals', 'in', 'in_domains', 'contains', 'starts_with', 'ends_with']);
 
 /** Builds one operator's test over a single (non-list) value. */
 function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues: Issue[]): Leaf | undefined {
@@ -98,6 +103,20 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
       }
       const set = new Set(spec.domain ? arg.map((a) => asciiDomain(String(a))) : arg.map(lower));
       return (v) => set.has(v as string);
+    }
+    case 'in_domains': {
+      // A plain domain already covers its subdomains: "*.x" or ".x" would read as "subdomains only", which this is not.
+      if (!Array.isArray(arg) || arg.length === 0 || !arg.every((a) => typeof a === 'string' && /^[^\s*.@/:]+(\.[^\s*.@/:]+)*$/u.test(a))) return bad('a non-empty list of domains, each written plainly (bank.example covers login.bank.example)');
+      const set = new Set(arg.map((a) => asciiDomain(String(a))));
+      // The value and each parent of it, label by label: login.bank.test is under bank.test, evilbank.test is not.
+      return (v) => {
+        for (let d = (v as string).replace(/\.$/, ''); ; ) {
+          if (set.has(d)) return true;
+          const dot = d.indexOf('.');
+          if (dot < 0) return false;
+          d = d.slice(dot + 1);
+        }
+      };
     }
     case 'contains':
     case 'starts_with':
@@ -133,7 +152,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
 function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, issues: Issue[]): Condition | undefined {
   const opMap: Record<string, unknown> =
     raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { equals: raw };
-  const allowed = opsFor(spec.type);
+  const allowed = opsFor(spec);
   const tests: { op: string; leaf?: Leaf; exists?: boolean; empty?: boolean; lowered?: boolean }[] = [];
   const compared: Condition['compared'] = [];
   const before = issues.length;

@@ -62,6 +62,28 @@ describe('conditions', () => {
     expect(compile({ subject: 'bücher' }).test(facts({ message: message({ subject: 'BÜCHER' }) }))).toBe(true);
   });
 
+  it('in_domains: a listed domain covers its subdomains, label by label, on domain fields only', () => {
+    const linked = (...urls: string[]) => facts({ message: message({ urls }) });
+    const phishing = compile({ 'urls.domains': { in_domains: ['Examp1e-Bank.test', 'bücher.example'] } });
+    expect(phishing.test(linked('https://examp1e-bank.test/login'))).toBe(true);
+    expect(phishing.test(linked('https://secure.login.EXAMP1E-BANK.test./x'))).toBe(true);
+    expect(phishing.test(linked('https://shop.xn--bcher-kva.example/'))).toBe(true);
+    // Not a suffix of the text: another site whose name ends the same way, or the domain inside a longer label.
+    expect(phishing.test(linked('https://myexamp1e-bank.test/', 'https://examp1e-bank.test.evil.example/'))).toBe(false);
+    expect(compile({ 'urls.domains': { in: ['examp1e-bank.test'] } }).test(linked('https://secure.examp1e-bank.test/'))).toBe(false);
+    expect(compile({ 'sender.domain': { in_domains: ['example.test'] } }).test(facts({ sender: 'a@mail.example.test' }))).toBe(true);
+
+    const issues: Issue[] = [];
+    conditionSchema([])!.parse({ subject: { in_domains: ['x.test'] } }, ['when'], issues);
+    conditionSchema([])!.parse({ 'urls.domains': { in_domains: ['*.bank.test', 'ok.test'] } }, ['when'], issues);
+    conditionSchema([])!.parse({ 'urls.domains': { in_domains: [] } }, ['when'], issues);
+    expect(issues.map((i) => i.message)).toEqual([
+      expect.stringMatching(/^is not an operator for subject \(a string field\); use one of: equals, in, matches, contains, starts_with, ends_with, exists$/),
+      expect.stringMatching(/^must be a non-empty list of domains, each written plainly \(bank\.example covers login\.bank\.example\) for in_domains/),
+      expect.stringMatching(/^must be a non-empty list of domains/),
+    ]);
+  });
+
   it('combines with all, any and not', () => {
     const c = compile({ any: [{ subject: { contains: 'invoice' } }, { not: { 'account.plan': { in: ['basic', 'pro'] } } }] });
     expect(c.test(facts({ message: message() }))).toBe(false);
