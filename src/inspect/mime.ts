@@ -17,9 +17,9 @@ import { createHash, type Hash } from 'node:crypto';
 import type { Transform } from 'node:stream';
 import { Splitter, type MimeNode, type SplitterChunk } from '@zone-eu/mailsplit';
 import libmime from 'libmime';
-import { decode as decodeCharset } from 'libmime/lib/charset.js';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
+import { asciiCompatible, decodeText, recoder, streamDecoder, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
@@ -67,7 +67,7 @@ interface TextPart {
   cap: number;
   urls?: UrlScanner;
   /** a UTF-16 part, decoded as it streams for the link scanner (which reads ASCII-compatible bytes) */
-  wide?: Utf16Decoder;
+  wide?: StreamDecoder;
 }
 
 interface AttachmentPart {
@@ -77,7 +77,7 @@ interface AttachmentPart {
   headLength: number;
   zip: ZipLister;
   urls?: UrlScanner;
-  wide?: Utf16Decoder;
+  wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
   html: boolean;
 }
@@ -358,10 +358,10 @@ export class MessageInspector {
     this.leaf = leaf;
   }
 
-  /** The link scanner for a part in `charset`: on its raw bytes, or on UTF-16 decoded as it streams. */
-  private linkScanner(html: boolean, charset: string): { urls?: UrlScanner; wide?: Utf16Decoder } {
+  /** The link scanner for a part in `charset`: on its raw bytes, or on UTF-16 or UTF-7 decoded as it streams. */
+  private linkScanner(html: boolean, charset: string): { urls?: UrlScanner; wide?: StreamDecoder } {
     if (asciiCompatible(charset)) return { urls: new UrlScanner(this.urls, html, recoder(charset)) };
-    const wide = wideDecoder(charset);
+    const wide = streamDecoder(charset);
     return wide ? { urls: new UrlScanner(this.urls, html), wide } : {};
   }
 
@@ -414,9 +414,9 @@ export class MessageInspector {
     if (t.bytes === 0) return;
     const room = this.maxText - this.bodyBytes;
     if (room <= 0) return;
-    const text = safeDecode(t.kept.subarray(0, t.bytes), t.charset);
+    const text = decodeText(t.kept.subarray(0, t.bytes), t.charset);
     t.kept = EMPTY;
-    // A charset that is not ASCII-compatible (UTF-16) was not scanned as it streamed: scan what was kept.
+    // A charset with no streaming decoder (UTF-32) was not scanned as it streamed: scan what was kept.
     if (!t.urls) {
       const scanner = new UrlScanner(this.urls, t.html);
       scanner.push(text);
@@ -499,7 +499,7 @@ function headerValue(line: string): string {
 function decodeWords(value: string): string {
   if (!value.includes('=?')) return value;
   try {
-    return libmime.decodeWords(value);
+    return libmime.decodeWords(utf7WordsAsUtf8(value));
   } catch {
     return value;
   }
@@ -584,34 +584,6 @@ function extensionOf(name: string): string {
   const dot = base.lastIndexOf('.');
   if (dot < 0 || dot < base.lastIndexOf('/') || dot < base.lastIndexOf('\\')) return '';
   return base.slice(dot + 1).toLowerCase();
-}
-
-/** UTF-16/32 put NULs between ASCII letters: their bytes cannot be scanned as Latin-1 text. */
-type Utf16Decoder = InstanceType<typeof TextDecoder>;
-
-/** A streaming decoder for a UTF-16 charset; undefined for others (UTF-32 has no TextDecoder). */
-function wideDecoder(charset: string): Utf16Decoder | undefined {
-  const c = charset.trim().toLowerCase();
-  if (/^utf-?16-?be$|^unicodefffe$/.test(c)) return new TextDecoder('utf-16be');
-  if (/^utf-?16(-?le)?$|^unicode$|^ucs-?2$/.test(c)) return new TextDecoder('utf-16le');
-  return undefined;
-}
-
-function asciiCompatible(charset: string): boolean {
-  return !/^(?:utf-?(?:16|32)|ucs-?[24]|unicode)/i.test(charset.trim());
-}
-
-/** URLs are found in the Latin-1 view of raw bytes; one with 8-bit bytes is decoded in the part's charset. */
-function recoder(charset: string): (s: string) => string {
-  return (s) => (/[\x80-\xff]/.test(s) ? safeDecode(Buffer.from(s, 'latin1'), charset || 'utf-8') : s);
-}
-
-function safeDecode(buf: Buffer, charset: string): string {
-  try {
-    return decodeCharset(buf, charset || 'utf-8');
-  } catch {
-    return buf.toString('utf8');
-  }
 }
 
 /** At most `bytes` bytes of UTF-8, cut on a character boundary. */

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import iconv from 'iconv-lite';
 import { describe, expect, it } from 'vitest';
 import { transferDecoder } from '../../src/inspect/decode.js';
 import { htmlToText } from '../../src/inspect/html.js';
@@ -190,6 +191,20 @@ describe('MIME inspector: fixtures', () => {
     const page = Buffer.concat([Buffer.from([0xff, 0xfe]), utf16('<html><a href="https://bom.example.test/login">sign in</a></html>')]);
     const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see the page', '--b', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="login.htm"', 'Content-Transfer-Encoding: base64', '', ...b64(page), '--b--');
     expect((await inspect(attached)).urls).toEqual(['https://bom.example.test/login']);
+  });
+
+  it('decodes UTF-7, which mail programs still show: the links, the body and the subject it would hide', async () => {
+    // "Verify" and "https" written entirely in UTF-7's base64: the raw bytes show neither.
+    const utf7 = (s: string) => iconv.encode(s, 'utf7');
+    const hidden = '+AFYAZQByAGkAZgB5- your account: +AGgAdAB0AHAAcw-://login.evil.example.test/x'.replace('+AFYAZQByAGkAZgB5-', utf7('Vérify').toString());
+    const plain = await inspect(eml(...head(), 'Content-Type: text/plain; charset=UTF-7', '', hidden));
+    expect(plain.urls).toEqual(['https://login.evil.example.test/x']);
+    expect(plain.body).toBe('Vérify your account: https://login.evil.example.test/x');
+    // Cut anywhere by the chunks it arrives in, and in HTML.
+    const html = eml(...head(), 'Content-Type: text/html; charset=unicode-1-1-utf-7', '', '<a href=+ACI-+AGgAdAB0AHAAcw-://html.evil.example.test/+ACI->here</a>');
+    expect((await inspect(html, LIMITS, 7)).urls).toEqual(['https://html.evil.example.test/']);
+    const subject = `=?utf-7?B?${utf7('Vérifiez votre compte').toString('base64')}?= =?UTF-7?Q?+AKA-maintenant?=`;
+    expect((await inspect(eml(`Subject: ${subject}`, 'From: a@example.test', 'Content-Type: text/plain', '', 'x'))).subject).toBe('Vérifiez votre compte\u00a0maintenant');
   });
 
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
