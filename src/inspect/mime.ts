@@ -22,6 +22,7 @@ import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, recoder, streamDecoder, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
+import { gzipMemberName } from './gzip.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
 import { ZipLister } from './zip.js';
@@ -437,6 +438,10 @@ export class MessageInspector {
     // Names found after other data count too (a zip behind a stub or appended to an image still
     // extracts); whether it is encrypted is only trusted of a file that is a zip from its first byte.
     if (listing.entries.length) f.archiveEntries = listing.entries;
+    else if (f.detectedType === 'gzip') {
+      const inside = gzipMemberName(head, f.name);
+      if (inside) f.archiveEntries = [inside];
+    }
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = listing.encrypted;
     // Names were left out of the listing: the archive cannot be judged by its names.
     if (!listing.complete) this.limitExceeded ??= 'archive_entries';

@@ -72,7 +72,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'attachments.detected_types': { type: 'strings', phase: 'data', description: `types found from the attachments' content (magic bytes): ${DETECTED_TYPES.join(', ')}`, values: DETECTED_TYPES, get: (f) => f.message?.attachments.map((a) => a.detectedType) },
   'attachments.encrypted': { type: 'bool', phase: 'data', description: 'some attachment is an encrypted archive', get: (f) => f.message?.attachments.some((a) => a.encrypted) },
   'attachments.sha256': { type: 'strings', phase: 'data', description: 'SHA-256 of each attachment\'s content', get: (f) => f.message?.attachments.map((a) => a.sha256 ?? '') },
-  'archive.entries': { type: 'strings', phase: 'data', description: 'names of files inside archive attachments', get: (f) => f.message?.attachments.flatMap((a) => a.archiveEntries) },
+  'archive.entries': { type: 'strings', phase: 'data', description: 'names of files inside archive attachments (a zip\'s listing; the one file of a gzip)', get: (f) => f.message?.attachments.flatMap((a) => a.archiveEntries) },
   'mime.limit_exceeded': { type: 'string', phase: 'data', description: `which inspection limit the message goes over (${INSPECTION_LIMITS.join(', ')}), if any`, values: INSPECTION_LIMITS, get: (f) => f.message?.mimeLimitExceeded },
   'mime.ambiguous': { type: 'string', phase: 'data', description: `a header a MIME part may have once, found twice in one part (${SINGLE_HEADERS.join(', ')}), if any`, values: SINGLE_HEADERS, get: (f) => f.message?.mimeAmbiguous },
   'scan.result': { type: 'string', phase: 'data', description: 'clamd verdict: clean, infected, error (fail-open only) or skipped', values: SCAN_RESULTS, get: (f) => f.scan?.result },

@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import iconv from 'iconv-lite';
@@ -205,6 +208,20 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(html, LIMITS, 7)).urls).toEqual(['https://html.evil.example.test/']);
     const subject = `=?utf-7?B?${utf7('Vérifiez votre compte').toString('base64')}?= =?UTF-7?Q?+AKA-maintenant?=`;
     expect((await inspect(eml(`Subject: ${subject}`, 'From: a@example.test', 'Content-Type: text/plain', '', 'x'))).subject).toBe('Vérifiez votre compte\u00a0maintenant');
+  });
+
+  it('names the file inside a gzip attachment: the name gzip stored, or the attachment\'s without .gz as gunzip would', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-gz-'));
+    writeFileSync(join(dir, 'facture-2025.exe'), Buffer.concat([Buffer.from('MZ'), Buffer.alloc(500, 1)]));
+    const named = execFileSync('gzip', ['-c', join(dir, 'facture-2025.exe')]);
+    const bare = execFileSync('gzip', ['-c', '-n', join(dir, 'facture-2025.exe')]);
+    const attached = (gz: Buffer, name: string) =>
+      eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'la facture', '--b', 'Content-Type: application/gzip', `Content-Disposition: attachment; filename="${name}"`, 'Content-Transfer-Encoding: base64', '', ...gz.toString('base64').match(/.{1,76}/g)!, '--b--');
+    // The name inside wins over an innocent outside.
+    expect((await inspect(attached(named, 'facture.pdf.gz'))).attachments).toMatchObject([{ name: 'facture.pdf.gz', detectedType: 'gzip', archiveEntries: ['facture-2025.exe'] }]);
+    expect((await inspect(attached(bare, 'facture.exe.gz'))).attachments[0]!.archiveEntries).toEqual(['facture.exe']);
+    expect((await inspect(attached(bare, 'sources.tgz'))).attachments[0]!.archiveEntries).toEqual(['sources.tar']);
+    expect((await inspect(attached(bare, 'blob.bin'))).attachments[0]!.archiveEntries).toEqual([]);
   });
 
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {
