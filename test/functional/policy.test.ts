@@ -1,7 +1,7 @@
 // The policy on live traffic: refusals that name the rule and article, monitor mode, tags, strikes,
 // and reloads that swap the whole policy at once without touching transactions in flight.
 
-import { cpSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -131,6 +131,32 @@ describe('policy reload', () => {
     writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('OTHER-SUBJECT', 'THIRD-SUBJECT'));
     const edited = await gw.waitForLog((l) => l.event === 'policy_reloaded' && l.trigger === 'file change', 5000);
     expect(edited.previous).toBe(replaced.version);
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^250 /);
+  });
+
+  it('follows a Kubernetes ConfigMap volume: files linked through "..data", which is swapped to a new version at once', async () => {
+    // What kubelet's atomic writer does: each version in a "..<timestamp>" directory, "..data" linking to
+    // the current one, each file a link through "..data"; an update links "..data_tmp" and renames it over "..data".
+    const dir = mkdtempSync(join(tmpdir(), 'douane-configmap-'));
+    const original = readFileSync('fixtures/policies/minimal/policy.yaml', 'utf8');
+    const version = (name: string, text: string) => {
+      mkdirSync(join(dir, name));
+      writeFileSync(join(dir, name, 'policy.yaml'), text);
+    };
+    version('..2026_11_27_10_00_00.1', original);
+    symlinkSync('..2026_11_27_10_00_00.1', join(dir, '..data'));
+    symlinkSync('..data/policy.yaml', join(dir, 'policy.yaml'));
+    const { gw } = await setup(dir);
+    gw.gateway.policies.watch(50);
+    const v1 = gw.gateway.policies.current.version;
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^550 /);
+
+    version('..2026_11_27_10_05_00.2', original.replace('FORBIDDEN-SUBJECT', 'SOMETHING-ELSE'));
+    symlinkSync('..2026_11_27_10_05_00.2', join(dir, '..data_tmp'));
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    rmSync(join(dir, '..2026_11_27_10_00_00.1'), { recursive: true });
+    const reloaded = await gw.waitForLog((l) => l.event === 'policy_reloaded', 5000);
+    expect(reloaded).toMatchObject({ previous: v1, changed: true });
     expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^250 /);
   });
 
