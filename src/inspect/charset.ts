@@ -54,18 +54,28 @@ export function recoder(charset: string): (s: string) => string {
   return (s) => (/[\x80-\xff]/.test(s) ? decodeText(Buffer.from(s, 'latin1'), charset || 'utf-8') : s);
 }
 
-const UTF7_WORD = /=\?((?:unicode-1-1-)?utf-?7|csunicode11utf7)(?:\*[^?]*)?\?([qb])\?([^?]*)\?=/gi;
+const UTF7_CHARSET = '(?:unicode-1-1-utf-7|utf-?7|csunicode11utf7)';
+const UTF7_WORD = `=\\?${UTF7_CHARSET}(?:\\*[^?]*)?\\?([qb])\\?([^?]*)\\?=`;
+/** Neighbouring words (only white space between them) are one text, as RFC 2047 6.2 joins them. */
+const UTF7_RUN = new RegExp(`${UTF7_WORD}(?:\\s+${UTF7_WORD})*`, 'gi');
+const ONE_UTF7_WORD = new RegExp(UTF7_WORD, 'gi');
 
 /**
  * RFC 2047 encoded words in UTF-7 (=?utf-7?B?…?=), which libmime leaves as they are, rewritten as the
- * same text in UTF-8 words for libmime to decode with the rest: a subject must not hide from the rules.
+ * same text in a UTF-8 word for libmime to decode with the rest: a subject must not hide from the rules.
+ * A run of them is decoded as one text, since a base64 stretch of UTF-7 may go on from one word to the next.
  */
 export function utf7WordsAsUtf8(value: string): string {
-  if (!/\?utf-?7|unicode11utf7/i.test(value)) return value;
-  return value.replace(UTF7_WORD, (_word, _charset: string, encoding: string, text: string) => {
-    const bytes = encoding.toLowerCase() === 'b' ? Buffer.from(text, 'base64') : qBytes(text);
-    return `=?UTF-8?B?${Buffer.from(iconv.decode(bytes, 'utf7'), 'utf8').toString('base64')}?=`;
+  if (!/utf-?7|unicode11utf7/i.test(value)) return value;
+  return value.replace(UTF7_RUN, (run) => {
+    const bytes = [...run.matchAll(ONE_UTF7_WORD)].map(([, encoding, text]) => (encoding!.toLowerCase() === 'b' ? Buffer.from(text!, 'base64') : qBytes(text!)));
+    return `=?UTF-8?B?${Buffer.from(iconv.decode(Buffer.concat(bytes), 'utf7'), 'utf8').toString('base64')}?=`;
   });
+}
+
+/** A text written in UTF-7 (an RFC 2231 parameter in that charset, as libmime hands it back undecoded). */
+export function fromUtf7(text: string): string {
+  return iconv.decode(Buffer.from(text, 'latin1'), 'utf7');
 }
 
 /** The "Q" encoding of RFC 2047: "_" is a space, =XX a byte. */

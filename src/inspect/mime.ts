@@ -19,7 +19,7 @@ import { Splitter, type MimeNode, type SplitterChunk } from '@zone-eu/mailsplit'
 import libmime from 'libmime';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
-import { asciiCompatible, decodeText, recoder, streamDecoder, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
+import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { gzipMemberName } from './gzip.js';
@@ -314,7 +314,7 @@ export class MessageInspector {
 
   private startLeaf(node: MimeNode): void {
     const type = effectiveType(node);
-    const filename = typeof node.filename === 'string' ? node.filename : '';
+    const filename = fileName(node);
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
     const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
     if (!isText && isAttachedMessage(type, filename)) {
@@ -567,6 +567,26 @@ function uudecode(lines: string[]): Buffer {
     out.push(...bytes.slice(0, length));
   }
   return Buffer.from(out);
+}
+
+/**
+ * The part's file name as mailsplit read it, except in UTF-7, which libmime hands back undecoded
+ * ("invoice+AC4-vbs"): that one is read again from its header, as a UTF-7 aware mail program shows it.
+ */
+function fileName(node: MimeNode): string {
+  const name = typeof node.filename === 'string' ? node.filename : '';
+  if (!name || !node.headers) return name;
+  // The header mailsplit took the name from: Content-Disposition's filename first, else Content-Type's name.
+  for (const [header, param] of [['content-disposition', 'filename'], ['content-type', 'name']] as const) {
+    const raw = node.headers.getFirst(header);
+    const value = raw ? libmime.parseHeaderValue(raw, { stripComments: true }).params[param] : undefined;
+    if (!value) continue;
+    if (!/utf-?7|unicode11utf7/i.test(raw)) return name;
+    if (value.includes('=?')) return decodeWords(value);
+    // RFC 2231 (name*=utf-7''…): libmime joined and unescaped it, and left the charset undone.
+    return new RegExp(`${param}\\*(?:0\\*)?\\s*=\\s*"?(?:unicode-1-1-utf-7|utf-?7|csunicode11utf7)'`, 'i').test(raw) ? fromUtf7(value) : name;
+  }
+  return name;
 }
 
 /** The first header (or boundary parameter) a part has more than once. */

@@ -208,6 +208,18 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(html, LIMITS, 7)).urls).toEqual(['https://html.evil.example.test/']);
     const subject = `=?utf-7?B?${utf7('Vérifiez votre compte').toString('base64')}?= =?UTF-7?Q?+AKA-maintenant?=`;
     expect((await inspect(eml(`Subject: ${subject}`, 'From: a@example.test', 'Content-Type: text/plain', '', 'x'))).subject).toBe('Vérifiez votre compte\u00a0maintenant');
+    // A base64 stretch that goes on from one word to the next, and the charset's long name.
+    const split = '=?utf-7?Q?+AGgAdA?= =?utf-7?B?QjBBSEFBY3ctOi8v?= =?unicode-1-1-utf-7?Q?split.example.test?=';
+    expect((await inspect(eml(`Subject: ${split}`, 'From: a@example.test', 'Content-Type: text/plain', '', 'x'))).subject).toBe('https://split.example.test');
+    // File names: an encoded word, and RFC 2231 (continued); a script's extension must show.
+    const named = (disposition: string) =>
+      eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see', '--b', 'Content-Type: application/octet-stream', disposition, '', 'WScript.Echo 1', '--b--');
+    const names = await Promise.all(
+      ['Content-Disposition: attachment; filename="=?utf-7?Q?facture+AC4-vbs?="', "Content-Disposition: attachment; filename*=utf-7''facture+AC4-vbs", "Content-Disposition: attachment; filename*0*=UTF-7''factur; filename*1*=e+AC4-vbs"].map(async (d) => (await inspect(named(d))).attachments[0]),
+    );
+    expect(names.map((a) => [a!.name, a!.extension])).toEqual(Array(3).fill(['facture.vbs', 'vbs']));
+    // Other charsets are left as mailsplit read them.
+    expect((await inspect(named("Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9+AC4-pdf"))).attachments[0]!.name).toBe('résumé+AC4-pdf');
   });
 
   it('names the file inside a gzip attachment: the name gzip stored, or the attachment\'s without .gz as gunzip would', async () => {
