@@ -6,7 +6,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { freePort, waitForPort } from '../../test/harness/net.js';
 import { stopPid } from '../../test/harness/procs.js';
 
@@ -61,7 +61,7 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     `  submission: { mode: starttls, address: 127.0.0.1, port: ${submission} }`,
     'tls: { insecure_dev: true }',
     opts.upstream ?? `upstream: { host: 127.0.0.1, port: ${opts.sinkPort}, trusted_port: ${opts.sinkPort}, tls: none, pool: { size: 64 } }`,
-    `policy: { dir: ${opts.policyDir}, watch: false }`,
+    `policy: { dir: ${resolve(opts.policyDir)}, watch: false }`,
     'smtp: { max_connections_per_ip: 10000, max_connections: 10000, max_message_size: 30M }',
     `spool: { dir: ${join(dir, 'spool')} }`,
     `state_dir: ${join(dir, 'state')}`,

@@ -54,8 +54,8 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
   if (issues.length || !config) {
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
   }
-  resolvePaths(config, name === EMBEDDED_NAME ? process.cwd() : dirname(resolve(name)), applied);
-  const fileProblems = [...crossChecks(config), ...(opts.files ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
+  const pathIssues = resolvePaths(config, name === EMBEDDED_NAME ? process.cwd() : dirname(resolve(name)), applied);
+  const fileProblems = [...pathIssues, ...crossChecks(config), ...(opts.files && !pathIssues.length ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
   if (fileProblems.length) throw new ValidationError(fileProblems);
   return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
 }
@@ -65,10 +65,15 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
  * means the same thing whatever directory serve was started in (a service manager starts it in /). One
  * from the environment is relative to the working directory, like any command-line path.
  */
-function resolvePaths(config: Config, fileDir: string, applied: Map<string, string>): void {
+function resolvePaths(config: Config, fileDir: string, applied: Map<string, string>): Issue[] {
+  const issues: Issue[] = [];
+  // Set by the environment: the key itself or a mapping around it (DOUANE_CLAMD='{hosts: [{socket: s}]}').
+  const fromEnv = (path: Path) => path.some((_, i) => applied.has(formatPath(path.slice(0, i + 1))));
   const at = (path: Path, value: string | undefined, set: (v: string) => void) => {
     if (value === undefined || value === '' || isAbsolute(value)) return;
-    set(resolve(applied.has(formatPath(path)) ? process.cwd() : fileDir, value));
+    // A shell expands "~"; nothing here does, and a directory literally named "~" would be made instead.
+    if (value.startsWith('~')) issues.push({ path, message: `starts with "~", which is not expanded here: write the whole path (${value})` });
+    else set(resolve(fromEnv(path) ? process.cwd() : fileDir, value));
   };
   at(['tls', 'cert'], config.tls.cert, (v) => (config.tls.cert = v));
   at(['tls', 'key'], config.tls.key, (v) => (config.tls.key = v));
@@ -80,6 +85,7 @@ function resolvePaths(config: Config, fileDir: string, applied: Map<string, stri
   at(['spool', 'dir'], config.spool.dir, (v) => (config.spool.dir = v));
   at(['policy', 'dir'], config.policy.dir, (v) => (config.policy.dir = v));
   if (config.clamd !== 'none') config.clamd.hosts.forEach((h, i) => at(['clamd', 'hosts', i, 'socket'], h.socket, (v) => (h.socket = v)));
+  return issues;
 }
 
 /**
@@ -234,7 +240,7 @@ export function applyEnvOverrides(
 }
 
 function resolveEnvPath(schema: Schema<unknown>, tokens: string[], path: Path): { path: Path; schema: Schema<unknown> } | undefined {
-  if (tokens.length === 0) return schema.fields || schema.values ? undefined : { path, schema };
+  if (tokens.length === 0) return (schema.fields || schema.values) && !schema.whole ? undefined : { path, schema };
   if (schema.fields) {
     for (const [key, field] of Object.entries(schema.fields)) {
       const keyTokens = key.split('_');

@@ -25,6 +25,8 @@ export interface Schema<T> {
   readonly fields?: Record<string, Field<unknown>>;
   /** Present on record schemas. */
   readonly values?: Schema<unknown>;
+  /** A mapping that may also be given whole as one value (`clamd: none`): its keys and itself can be set. */
+  readonly whole?: boolean;
 }
 
 export interface Field<T> {
@@ -431,8 +433,10 @@ export function refine<T>(schema: Schema<T>, check: (value: T, path: Path) => Is
 
 /** Accepts either of two shapes, chosen by a predicate on the raw value (keeps error messages precise). */
 export function either<A, B>(pick: (value: unknown) => 'a' | 'b', a: Schema<A>, b: Schema<B>, expected: string): Schema<A | B> {
+  const fields = a.fields ?? b.fields;
   return {
     expected,
+    ...(fields ? { fields, whole: true } : {}),
     parse(value, path, issues) {
       return pick(value) === 'a' ? a.parse(value, path, issues) : b.parse(value, path, issues);
     },

@@ -496,6 +496,8 @@ describe('Redis failures are bounded', () => {
     const r = await send(gw.port('trusted'), 'roomy@example.test');
     expect(r.mail).toMatch(/^451 4\.3\.0 Your message could not be checked against your sending limits/);
     expect(upstream.messages).toHaveLength(0);
+    // A SIZE= over the plan's whole day needs no counter to be refused for good: a 451 would come back on every retry.
+    expect((await send(gw.port('trusted'), 'bytes@example.test', undefined, 'x', 3000)).mail).toMatch(/^552 5\.2\.3 /);
   });
 
   it('without Redis configured, limits are in memory', async () => {

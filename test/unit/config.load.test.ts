@@ -112,6 +112,8 @@ describe('configuration loading', () => {
     expect([config.tls.cert, config.tls.key, config.policy.dir, config.state_dir, config.spool.dir]).toEqual([join(dir, 'tls/a.crt'), join(dir, 'tls/a.key'), join(dir, 'policies'), join(dir, 'state'), '/var/spool/douane']);
     expect(config.clamd).toMatchObject({ hosts: [{ socket: join(dir, 'run/clamd.sock') }] });
     expect(loadConfig({ file: join(dir, 'douane.yaml'), env: { DOUANE_STATE_DIR: 'here' } }).config.state_dir).toBe(join(process.cwd(), 'here'));
+    // "~" is the shell's: taken as a path it would make a directory named "~" next to the file.
+    expect(problems(() => loadConfig({ file: join(dir, 'douane.yaml'), env: { DOUANE_STATE_DIR: '~/state' } }))).toEqual(['env DOUANE_STATE_DIR: state_dir starts with "~", which is not expanded here: write the whole path (~/state)']);
   });
 
   it('serve and config check check the other files and directories named: CAs, the state and spool directories, the policy directory', () => {
@@ -237,6 +239,12 @@ describe('configuration loading', () => {
     expect(problems(() => parseConfig('s.yaml', `${base}clamd:\n`))[0]).toMatch(/^s\.yaml:3:\d+: clamd has no value: give clamd hosts/);
     expect(parseConfig('s.yaml', `${base}clamd: none\n`).config.clamd).toBe('none');
     expect(parseConfig('s.yaml', `${base}clamd: { hosts: [{ socket: /run/clamd.sock }] }\n`).config.clamd).toEqual({ hosts: [{ socket: '/run/clamd.sock' }], timeout: 60_000 });
+    // From the environment: its keys over `none` (the embedded default says none), or `none` over hosts.
+    const hosts = loadConfig({ env: { DOUANE_CLAMD_HOSTS: '[{host: 127.0.0.1, port: 3310}]', DOUANE_CLAMD_TIMEOUT: '30s' } });
+    expect(hosts.config.clamd).toEqual({ hosts: [{ host: '127.0.0.1', port: 3310 }], timeout: 30_000 });
+    expect(loadConfig({ file: 'fixtures/config/valid.yaml', env: { DOUANE_CLAMD: 'none' } }).config.clamd).toBe('none');
+    // A relative socket given whole in the environment is the working directory's, not the file's.
+    expect(loadConfig({ file: 'fixtures/config/valid.yaml', env: { DOUANE_CLAMD: '{hosts: [{socket: run/clamd.sock}]}' } }).config.clamd).toMatchObject({ hosts: [{ socket: join(process.cwd(), 'run/clamd.sock') }] });
   });
 
   it('names the key given twice, and says a file holds one document', () => {

@@ -52,13 +52,13 @@ export const mailLimits: Check = {
       tx.baseline = checked.baseline;
       tx.baselineRatio = checked.baseline.ratio;
     }
-    if (checked.unavailable) return { action: 'tempfail', reason: 'limits.unavailable', evidence: { degraded: true } };
     // A SIZE= over the plan's whole day (not the throttled one, which lifts) would be delayed on every
-    // retry until the client gives up days later: it is refused for good instead.
+    // retry until the client gives up days later: it is refused for good instead, Redis or not.
     const day = acct.limits.bytes_per_day;
     if (tx.declaredSize !== undefined && tx.declaredSize > day) {
       return { action: 'reject', reason: 'message.over_daily_volume', detail: { size: tx.declaredSize, limit: day }, evidence: { plan: acct.plan, declared: tx.declaredSize, bytes_per_day: day } };
     }
+    if (checked.unavailable) return { action: 'tempfail', reason: 'limits.unavailable', evidence: { degraded: true } };
     return { action: 'continue', evidence: { plan: acct.plan, ...(tx.throttle ? { throttle: tx.throttle } : {}), exceeded: checked.facts.exceeded, usage: checked.facts.usage, ...(checked.facts.degraded ? { degraded: true } : {}), ...(checked.baseline ? { baseline: checked.baseline } : {}) } };
   },
 };
