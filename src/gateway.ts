@@ -496,10 +496,13 @@ export class Gateway {
       // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
       // A failure, below, still counts: a client that leaves at once must not escape the brute-force limits.
       if (state.closed) throw clientGone('while its credentials were checked');
-      state.account = comparableAddress(username);
+      const login = comparableAddress(username);
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
-      await this.limiter.authSucceeded(state.account, authLimits);
+      // Failed logins were counted under the login as typed: that is the counter a success clears.
+      await this.limiter.authSucceeded(login, authLimits);
+      state.account = await this.enforcer.canonical(login);
+      if (state.closed) throw clientGone('while its account was looked up');
       state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
       await this.limiter.sessionOpened(state.account, state.id, state.sessionExpiresAt);
       if (state.closed) {

@@ -168,6 +168,7 @@ export const configSchema = obj({
               status_map: optional(record(oneOf('active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown'), { key: /^.+$/ })),
               aliases_field: optional(str()),
               plan_field: optional(str()),
+              name_field: optional(str()),
             }),
           ),
           suspend: required(obj({

@@ -10,6 +10,7 @@ import type { AccountsAdmin } from '../admin.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
+import { comparableAddress } from '../policy/facts.js';
 import { logStrike, type StrikeEvent, type StrikeSink } from '../policy/strikes.js';
 import type { AccountInfo, LifecycleApi } from '../lifecycle/types.js';
 import { LifecycleError } from '../lifecycle/types.js';
@@ -337,18 +338,28 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   // ------------------------------------------------------------------ MAIL FROM lookups
 
+  /**
+   * The account a login belongs to, as the lifecycle API names it: Zimbra takes an alias, or a bare name
+   * in its default domain, as a login for the account. Each spelling must not get limits, strikes and a
+   * suspension of its own. Without an API, or when it does not answer in time, the login as typed. A login
+   * that is the account's own name costs nothing more: MAIL FROM reads the same status from the cache.
+   */
+  async canonical(login: string): Promise<string> {
+    if (!this.deps.lifecycle) return login;
+    try {
+      const info = await deadline(this.deps.lifecycle.status(login), 'lifecycle API', this.deps.deadlineMs);
+      const name = info.status !== 'unknown' && info.name ? comparableAddress(info.name) : '';
+      if (name && name !== login) {
+        this.deps.log.info({ event: 'account_resolved', login, account: name }, `login ${login} is account ${name}`);
+        return name;
+      }
+    } catch (err) {
+      this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose login this is: counted under the login as typed');
+    }
+    return login;
+  }
+
   async lookup(account: string): Promise<AccountLookup> {
-    // One per MAIL FROM: the timer is cleared as soon as the answer is in, not left to fire for nothing.
-    const deadline = <T,>(p: Promise<T>, what: string, ms: number): Promise<T> => {
-      let timer: NodeJS.Timeout | undefined;
-      return Promise.race([
-        p,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
-          timer.unref();
-        }),
-      ]).finally(() => clearTimeout(timer));
-    };
     const [state, lifecycle] = await Promise.allSettled([
       deadline(this.deps.state.account(account), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs),
       this.deps.lifecycle ? deadline(this.deps.lifecycle.status(account), 'lifecycle API', this.deps.deadlineMs) : Promise.resolve(undefined),
@@ -446,4 +457,16 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 /** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
 function lifecycleKey(account: string): string {
   return `lifecycle:${account.toLowerCase()}`;
+}
+
+/** Rejects after `ms` (the timer is cleared as soon as the answer is in, not left to fire for nothing). */
+function deadline<T>(p: Promise<T>, what: string, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+      timer.unref();
+    }),
+  ]).finally(() => clearTimeout(timer));
 }

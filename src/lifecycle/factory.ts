@@ -27,7 +27,7 @@ export function createLifecycle(config: Readonly<Config>, metrics: Metrics): Lif
     const h = l.http;
     if (!h) throw new Error('lifecycle.adapter is http but lifecycle.http is missing');
     api = new HttpLifecycleApi({
-      status: { method: h.status.method, url: h.status.url, body: h.status.body, statusField: h.status.status_field, statusMap: h.status.status_map, aliasesField: h.status.aliases_field, planField: h.status.plan_field },
+      status: { method: h.status.method, url: h.status.url, body: h.status.body, statusField: h.status.status_field, statusMap: h.status.status_map, aliasesField: h.status.aliases_field, planField: h.status.plan_field, nameField: h.status.name_field },
       suspend: { method: h.suspend.method, url: h.suspend.url, body: h.suspend.body },
       reinstate: { method: h.reinstate.method, url: h.reinstate.url, body: h.reinstate.body },
       auth: h.hmac_secret ? { hmac: { secret: h.hmac_secret } } : h.bearer ? { bearer: h.bearer } : undefined,

@@ -197,6 +197,8 @@ export interface HttpLifecycleOptions {
     aliasesField?: string;
     /** dotted path of the plan name */
     planField?: string;
+    /** dotted path of the account's own name, when the API also finds accounts by alias */
+    nameField?: string;
   };
   /** templates with {account} {reference} {rule} {article} {summary} */
   suspend: HttpRequestTemplate;
@@ -271,6 +273,10 @@ export class HttpLifecycleApi implements LifecycleApi {
       const aliases = pick(doc, s.aliasesField);
       if (typeof aliases === 'string') info.aliases = [aliases];
       else if (Array.isArray(aliases)) info.aliases = aliases.filter((a): a is string => typeof a === 'string');
+    }
+    if (s.nameField) {
+      const name = pick(doc, s.nameField);
+      if (typeof name === 'string' && name) info.name = name;
     }
     if (s.planField) {
       const plan = pick(doc, s.planField);

@@ -28,6 +28,11 @@ export interface AccountInfo {
   aliases?: string[];
   /** the plan (art. 3.1), when the API knows it */
   plan?: string;
+  /**
+   * The account's own name, when the API found it by another one: an alias, or a bare login completed
+   * with the default domain. Limits, strikes and suspensions are kept under this name.
+   */
+  name?: string;
 }
 
 export type LifecycleErrorKind = 'unavailable' | 'timeout' | 'auth' | 'not_found' | 'refused' | 'protocol';

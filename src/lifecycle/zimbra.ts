@@ -173,7 +173,7 @@ export class ZimbraAdminApi implements LifecycleApi {
   }
 
   private info(acct: ZimbraAccount): AccountInfo {
-    const info: AccountInfo = { status: acct.status, id: acct.id, aliases: acct.aliases };
+    const info: AccountInfo = { status: acct.status, id: acct.id, aliases: acct.aliases, name: acct.name };
     if (acct.cosId) info.plan = this.opts.cosPlans?.[acct.cosId] ?? acct.cosId;
     return info;
   }

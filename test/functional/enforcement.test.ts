@@ -306,6 +306,32 @@ describe('the strike ladder, end to end', () => {
   });
 });
 
+describe('one account, however its owner logs in', () => {
+  it('a login by alias or bare name is the Zimbra account it belongs to: its suspension holds, whichever spelling', async () => {
+    // Zimbra takes any address of an account as its login, and a bare name in its default domain.
+    await Promise.all([zimbra.stop(), upstream.stop()]);
+    zimbra = await FakeZimbra.start({ defaultDomain: 'example.test' });
+    zimbra.addAccount({ name: 'joe@example.test', aliases: ['jo@example.test'] });
+    upstream = await FakeUpstream.start({ users: { 'joe@example.test': 'pw', 'jo@example.test': 'pw', joe: 'pw' } });
+    const a = await gateway();
+    await a.gateway.enforcer.suspend('joe@example.test', 'suspend_sending', { by: 'cli:tester', reference: 'D-ALIAS1', reason: 'test' });
+    for (const login of ['joe@example.test', 'jo@example.test', 'joe']) {
+      const c = await RawSmtp.connect(a.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command(`AUTH PLAIN ${Buffer.from(`\0${login}\0pw`).toString('base64')}`)).toMatch(/^235/);
+      expect(await c.command('MAIL FROM:<jo@example.test>'), login).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(joe@example\.test\)/);
+      c.close();
+    }
+    expect(a.logs.filter((l) => l.event === 'account_resolved').map((l) => [l.login, l.account])).toEqual([
+      ['jo@example.test', 'joe@example.test'],
+      ['joe', 'joe@example.test'],
+    ]);
+    // Only the suspension's notices went out, none of joe's mail.
+    expect(upstream.messages.filter((m) => m.user !== undefined)).toEqual([]);
+  });
+});
+
 describe('safeguards', () => {
   it('never suspends an account on the allowlist, but tells the abuse team', async () => {
     const a = await gateway();

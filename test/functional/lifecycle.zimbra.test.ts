@@ -49,10 +49,10 @@ describe('Zimbra adapter: status', () => {
     const z = await fake();
     const a = z.addAccount({ name: 'alice@example.test', aliases: ['al@example.test', 'a.l@example.test'], cosId: 'cos-0001' });
     const api = client(z, { cosPlans: { 'cos-0001': 'business' } });
-    expect(await api.status('alice@example.test')).toEqual({ status: 'active', id: a.id, aliases: ['al@example.test', 'a.l@example.test'], plan: 'business' });
+    expect(await api.status('alice@example.test')).toEqual({ status: 'active', id: a.id, aliases: ['al@example.test', 'a.l@example.test'], plan: 'business', name: 'alice@example.test' });
     expect(await client(z).status('alice@example.test')).toMatchObject({ plan: 'cos-0001' });
-    // Zimbra finds an account by any of its addresses
-    expect(await api.status('al@example.test')).toMatchObject({ id: a.id, status: 'active' });
+    // Zimbra finds an account by any of its addresses, and names it
+    expect(await api.status('al@example.test')).toMatchObject({ id: a.id, status: 'active', name: 'alice@example.test' });
   });
 
   it('keeps Zimbra\'s status names and reads a status it does not know as unknown', async () => {

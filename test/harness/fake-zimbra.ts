@@ -40,6 +40,8 @@ export interface FakeZimbraOptions {
   tokenLifetimeMs?: number;
   /** serve HTTPS with a throwaway self-signed certificate (its PEM is `cert`) */
   tls?: boolean;
+  /** zimbraDefaultDomainName: a name without "@" is looked up in this domain, as Zimbra does */
+  defaultDomain?: string;
 }
 
 interface El {
@@ -92,7 +94,7 @@ export class FakeZimbra {
   private failures: Exclude<FailKind, 'down'>[] = [];
   private listening = false;
 
-  private constructor(opts: FakeZimbraOptions) {
+  private constructor(private readonly opts: FakeZimbraOptions) {
     this.adminUser = opts.adminUser ?? 'admin@zimbra.test';
     this.adminPassword = opts.adminPassword ?? 'admin-secret';
     this.tokenLifetimeMs = opts.tokenLifetimeMs ?? 12 * 3600 * 1000;
@@ -130,8 +132,9 @@ export class FakeZimbra {
     return acct;
   }
 
+  /** By its name or any of its aliases; a bare name in the default domain (Zimbra's account lookup by name). */
   account(name: string): FakeAccount | undefined {
-    const n = name.toLowerCase();
+    const n = (!name.includes('@') && this.opts.defaultDomain ? `${name}@${this.opts.defaultDomain}` : name).toLowerCase();
     return this.accounts.find((a) => a.name.toLowerCase() === n || a.aliases.some((x) => x.toLowerCase() === n));
   }
 

@@ -60,7 +60,7 @@ afterEach(async () => {
 
 function options(over: Partial<HttpLifecycleOptions> = {}): HttpLifecycleOptions {
   return {
-    status: { method: 'GET', url: `${base}/accounts/{account}`, statusField: 'account.state', statusMap: { ok: 'active', unpaid: 'suspended', blocked: 'locked' }, aliasesField: 'account.aliases', planField: 'account.plan' },
+    status: { method: 'GET', url: `${base}/accounts/{account}`, statusField: 'account.state', statusMap: { ok: 'active', unpaid: 'suspended', blocked: 'locked' }, aliasesField: 'account.aliases', planField: 'account.plan', nameField: 'account.name' },
     suspend: { method: 'POST', url: `${base}/accounts/{account}/suspend`, body: '{"account":"{account}","ref":"{reference}","rule":"{rule}","article":"{article}","summary":"{summary}"}' },
     reinstate: { method: 'POST', url: `${base}/accounts/{account}/reinstate`, body: '{"account":"{account}","ref":"{reference}","by":"{by}"}' },
     auth: { bearer: 'tok-123' },
@@ -94,6 +94,9 @@ describe('HTTP lifecycle adapter: status', () => {
     const api = new HttpLifecycleApi(options());
     const info = await api.status('a b+c/d@x.test');
     expect(info).toEqual({ status: 'suspended', aliases: ['b@x.test', 'c@x.test'], plan: 'pro' });
+    // Asked by an alias, the API may say whose it is.
+    route = () => ({ status: 200, json: { account: { state: 'ok', name: 'a@x.test' } } });
+    expect(await api.status('b@x.test')).toEqual({ status: 'active', name: 'a@x.test' });
     expect(seen[0]!.method).toBe('GET');
     expect(seen[0]!.url).toBe('/accounts/a%20b%2Bc%2Fd%40x.test');
     expect(seen[0]!.headers.authorization).toBe('Bearer tok-123');
