@@ -5,6 +5,8 @@
 // (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
 // anywhere. Only the first level: a zip inside the zip is one more name.
 
+import { ArchiveNames } from './archive-names.js';
+
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
 const SIG_END = 0x06054b50; // PK\x05\x06: end of central directory (alone: an empty zip)
@@ -45,12 +47,13 @@ export class ZipLister {
   private pendingLength = 0;
   // The last bytes of a chunk scanned without a match: a signature may straddle two chunks.
   private tail: Buffer | undefined;
-  readonly listing: ZipListing = { isZip: false, entries: [], entryCount: 0, encrypted: false, complete: true };
-  private readonly names = new Set<string>();
-  private readonly extensions = new Set<string>();
-  private extra = 0;
+  private readonly names: ArchiveNames;
+  readonly listing: ZipListing;
 
-  constructor(private readonly maxEntries = 1000) {}
+  constructor(maxEntries = 1000) {
+    this.names = new ArchiveNames(maxEntries);
+    this.listing = { isZip: false, entries: this.names.entries, entryCount: 0, encrypted: false, complete: true };
+  }
 
   push(chunk: Buffer): void {
     try {
@@ -166,22 +169,8 @@ export class ZipLister {
   }
 
   private addName(raw: Buffer, flags: number): void {
-    // As Windows names files: trailing dots and spaces go ("evil.exe. " is evil.exe).
-    const name = decodeName(raw, (flags & 0x0800) !== 0).replace(/[. ]+$/, '');
-    if (this.names.has(name)) return;
-    const dot = name.lastIndexOf('.');
-    const extension = dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '';
-    if (this.listing.entries.length >= this.maxEntries) {
-      if (this.extensions.has(extension)) return;
-      if (this.extra >= this.maxEntries) {
-        this.listing.complete = false;
-        return;
-      }
-      this.extra++;
-    }
-    this.names.add(name);
-    this.extensions.add(extension);
-    this.listing.entries.push(name);
+    this.names.add(decodeName(raw, (flags & 0x0800) !== 0));
+    if (!this.names.complete) this.listing.complete = false;
   }
 
   /** Looks for the next local header or the central directory; returns where to continue in `chunk`. */
