@@ -23,6 +23,7 @@ import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, utf7Word
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { gzipMemberName } from './gzip.js';
+import { IsoLister } from './iso.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
 import { ZipLister } from './zip.js';
@@ -77,6 +78,7 @@ interface AttachmentPart {
   head: Buffer[];
   headLength: number;
   zip: ZipLister;
+  iso: IsoLister;
   urls?: UrlScanner;
   wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
@@ -350,6 +352,7 @@ export class MessageInspector {
         head: [],
         headLength: 0,
         zip: new ZipLister(MAX_ARCHIVE_ENTRIES),
+        iso: new IsoLister(MAX_ARCHIVE_ENTRIES),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
@@ -392,6 +395,7 @@ export class MessageInspector {
         a.headLength += part.length;
       }
       a.zip.push(data);
+      a.iso.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
@@ -432,19 +436,24 @@ export class MessageInspector {
     a.urls?.end();
     const f = a.facts;
     const head = Buffer.concat(a.head, a.headLength);
-    const listing = a.zip.listing;
-    f.detectedType = detectType(head, listing.isZip ? listing.entries : undefined);
+    const zip = a.zip.listing;
+    const iso = a.iso.listing;
+    f.detectedType = detectType(head, zip.isZip ? zip.entries : undefined);
+    // An image's mark is 32 KB in, past the bytes kept for detectType; what its start says comes first.
+    if (iso.isIso && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'iso';
     f.sha256 = a.hash.digest('hex');
     // Names found after other data count too (a zip behind a stub or appended to an image still
-    // extracts); whether it is encrypted is only trusted of a file that is a zip from its first byte.
-    if (listing.entries.length) f.archiveEntries = listing.entries;
+    // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
+    // a file that is a zip from its first byte.
+    const entries = [...new Set([...zip.entries, ...iso.entries])];
+    if (entries.length) f.archiveEntries = entries;
     else if (f.detectedType === 'gzip') {
       const inside = gzipMemberName(head, f.name);
       if (inside) f.archiveEntries = [inside];
     }
-    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = listing.encrypted;
+    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;
     // Names were left out of the listing: the archive cannot be judged by its names.
-    if (!listing.complete) this.limitExceeded ??= 'archive_entries';
+    if (!zip.complete || !iso.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

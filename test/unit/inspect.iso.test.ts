@@ -1,0 +1,110 @@
+// ISO 9660 images listed as they stream, from images made by genisoimage: Rock Ridge, Joliet and plain
+// ISO names, nested directories, any chunking; and the shipped policy judging what is inside.
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { IsoLister } from '../../src/inspect/iso.js';
+import { MessageInspector } from '../../src/inspect/mime.js';
+import type { Facts } from '../../src/policy/facts.js';
+import { loadPolicy } from '../../src/policy/load.js';
+
+/** An image of these files (path → content), made by genisoimage with its options. */
+function image(files: Record<string, string>, options: string[]): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-iso-'));
+  for (const [path, content] of Object.entries(files)) {
+    mkdirSync(join(dir, 'tree', path, '..'), { recursive: true });
+    writeFileSync(join(dir, 'tree', path), content);
+  }
+  execFileSync('genisoimage', ['-quiet', ...options, '-o', join(dir, 'image.iso'), join(dir, 'tree')]);
+  return readFileSync(join(dir, 'image.iso'));
+}
+
+function list(bytes: Buffer, chunk: number) {
+  const lister = new IsoLister(1000);
+  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
+  return lister.listing;
+}
+
+const FILES = { 'LISEZ-MOI.txt': 'bonjour', 'Documents/Factures/facture-2025.pdf.lnk': 'L\0\0\0', 'Documents/photo.jpg': 'x' };
+
+describe('ISO 9660 listing', () => {
+  it('lists every tree a reader may show (Rock Ridge, Joliet, the 8.3 names), nested, however the image is cut', () => {
+    const iso = image(FILES, ['-J', '-R']);
+    for (const chunk of [iso.length, 7, 1000, 2048, 65_536]) {
+      const l = list(iso, chunk);
+      expect(l.isIso).toBe(true);
+      expect(l.complete).toBe(true);
+      expect(l.entries).toEqual(expect.arrayContaining(['LISEZ-MOI.txt', 'Documents/Factures/facture-2025.pdf.lnk', 'Documents/photo.jpg']));
+      // the plain ISO 9660 names too: a reader without Joliet or Rock Ridge shows those
+      expect(l.entries.some((e) => /^Documents\/Factures\/FACTURE_?\w*\.LNK$/.test(e))).toBe(true);
+    }
+    // Without extensions, the 8.3 names are all there is.
+    expect(list(image(FILES, []), 4096).entries).toEqual(expect.arrayContaining(['LISEZ_MO.TXT', 'DOCUMENT/PHOTO.JPG']));
+  });
+
+  it('is not fooled by other content, and says when names are left out', () => {
+    expect(list(Buffer.alloc(100_000, 0x41), 4096)).toMatchObject({ isIso: false, entries: [], complete: true });
+    // Past 10 names, only new extensions are kept (10 more): 30 kinds of names are too many.
+    const many = Object.fromEntries(Array.from({ length: 30 }, (_, i) => [`f${i}.e${i}`, 'x']));
+    const lister = new IsoLister(10);
+    lister.push(image(many, ['-J']));
+    expect(lister.listing.complete).toBe(false);
+
+    // A directory placed before its parent cannot be reached once streamed past: moved to sector 17 here.
+    const moved = image(FILES, []);
+    const root = moved.readUInt32LE(16 * 2048 + 156 + 2) * 2048;
+    const at = moved.indexOf('DOCUMENT', root, 'latin1') - 33;
+    expect(moved[at + 32]).toBe(8);
+    moved.writeUInt32LE(17, at + 2);
+    moved.writeUInt32BE(17, at + 6);
+    expect(list(moved, 2048)).toMatchObject({ isIso: true, complete: false });
+    expect(list(moved, 2048).entries).toContain('LISEZ_MO.TXT');
+  });
+
+  it('as an attachment: detected as an image whatever its name, its shortcut quarantined by the shipped policy', async () => {
+    const iso = image(FILES, ['-J', '-R']);
+    const raw = Buffer.from(
+      [
+        'From: user1@example.test',
+        'To: user2@example.test',
+        'Subject: facture',
+        'MIME-Version: 1.0',
+        'Content-Type: multipart/mixed; boundary="b"',
+        '',
+        '--b',
+        'Content-Type: text/plain',
+        '',
+        'Ci-joint.',
+        '--b',
+        'Content-Type: application/octet-stream',
+        'Content-Disposition: attachment; filename="facture.pdf"',
+        'Content-Transfer-Encoding: base64',
+        '',
+        ...iso.toString('base64').match(/.{1,76}/g)!,
+        '--b--',
+        '',
+      ].join('\r\n'),
+    );
+    const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
+    for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
+    const message = await inspector.end();
+    expect(message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'iso' });
+    expect(message.attachments[0]!.archiveEntries).toContain('Documents/Factures/facture-2025.pdf.lnk');
+    expect(message.mimeLimitExceeded).toBeUndefined();
+
+    const facts: Facts = {
+      listener: 'submission',
+      listenerMode: 'starttls',
+      clientIp: '192.0.2.7',
+      authenticated: true,
+      account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
+      sender: 'user1@example.test',
+      recipients: ['user2@example.test'],
+      message,
+    };
+    expect(loadPolicy('policies').evaluate('data', facts).verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
+});
