@@ -557,8 +557,12 @@ export class Gateway {
     if (typeof args.SIZE === 'string') tx.declaredSize = Number(args.SIZE);
     state.tx = tx;
     state.transactions++;
-    // One account however its domain is written (xn-- or Unicode): limits, strikes and suspensions are its own.
-    if (state.listener.mode === 'trusted') state.account = comparableAddress(address.address) || '<>';
+    // One account however its domain is written (xn-- or Unicode), or whichever of its addresses a webmail
+    // sends as (an alias is the account the lifecycle API names): limits, strikes and suspensions are its own.
+    if (state.listener.mode === 'trusted') {
+      const sender = comparableAddress(address.address);
+      state.account = sender ? await this.enforcer.canonical(sender) : '<>';
+    }
     const started = performance.now();
 
     // The counters start now, in the same Redis round trip as the account's state.

@@ -339,8 +339,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   // ------------------------------------------------------------------ MAIL FROM lookups
 
   /**
-   * The account a login belongs to, as the lifecycle API names it: Zimbra takes an alias, or a bare name
-   * in its default domain, as a login for the account. Each spelling must not get limits, strikes and a
+   * The account a login (or a trusted sender's address) belongs to, as the lifecycle API names it: Zimbra
+   * takes an alias, or a bare name in its default domain, as a login for the account. Each spelling must not get limits, strikes and a
    * suspension of its own. Without an API, or when it does not answer in time, the login as typed. A login
    * that is the account's own name costs nothing more: MAIL FROM reads the same status from the cache.
    */
@@ -350,7 +350,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       const info = await deadline(this.deps.lifecycle.status(login), 'lifecycle API', this.deps.deadlineMs);
       const name = info.status !== 'unknown' && info.name ? comparableAddress(info.name) : '';
       if (name && name !== login) {
-        this.deps.log.info({ event: 'account_resolved', login, account: name }, `login ${login} is account ${name}`);
+        this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);
         return name;
       }
     } catch (err) {

@@ -307,7 +307,7 @@ describe('the strike ladder, end to end', () => {
 });
 
 describe('one account, however its owner logs in', () => {
-  it('a login by alias or bare name is the Zimbra account it belongs to: its suspension holds, whichever spelling', async () => {
+  it('a login by alias or bare name, or a webmail sending as an alias, is the Zimbra account it belongs to: its suspension holds', async () => {
     // Zimbra takes any address of an account as its login, and a bare name in its default domain.
     await Promise.all([zimbra.stop(), upstream.stop()]);
     zimbra = await FakeZimbra.start({ defaultDomain: 'example.test' });
@@ -323,9 +323,12 @@ describe('one account, however its owner logs in', () => {
       expect(await c.command('MAIL FROM:<jo@example.test>'), login).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(joe@example\.test\)/);
       c.close();
     }
+    // A webmail on the trusted listener sending as the alias: the same account.
+    expect((await send(a, 'jo@example.test', clean('jo@example.test'))).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(joe@example\.test\)/);
     expect(a.logs.filter((l) => l.event === 'account_resolved').map((l) => [l.login, l.account])).toEqual([
       ['jo@example.test', 'joe@example.test'],
       ['joe', 'joe@example.test'],
+      ['jo@example.test', 'joe@example.test'],
     ]);
     // Only the suspension's notices went out, none of joe's mail.
     expect(upstream.messages.filter((m) => m.user !== undefined)).toEqual([]);
