@@ -1,6 +1,10 @@
 // The names an archive listing keeps: each once, the first `max`, then each name whose extension was not
 // seen yet (up to `max` more), so that a thousand harmless names cannot push one out. Trailing dots and
-// spaces go, as Windows names files ("evil.exe. " is evil.exe).
+// spaces go, as Windows names files ("evil.exe. " is evil.exe). Names are bounded in length, one by one
+// and together: comparing long strings over and over would otherwise cost quadratic time.
+
+const MAX_NAME = 4096;
+const MAX_CHARACTERS = 1 << 20;
 
 export class ArchiveNames {
   readonly entries: string[] = [];
@@ -9,10 +13,15 @@ export class ArchiveNames {
   private readonly names = new Set<string>();
   private readonly extensions = new Set<string>();
   private extra = 0;
+  private characters = 0;
 
   constructor(private readonly max: number) {}
 
   add(raw: string): void {
+    if (raw.length > MAX_NAME || this.characters + raw.length > MAX_CHARACTERS) {
+      this.complete = false;
+      return;
+    }
     const name = raw.replace(/[. ]+$/, '');
     if (this.names.has(name)) return;
     const dot = name.lastIndexOf('.');
@@ -26,6 +35,7 @@ export class ArchiveNames {
       this.extra++;
     }
     this.names.add(name);
+    this.characters += name.length;
     this.extensions.add(extension);
     this.entries.push(name);
   }

@@ -1,41 +1,48 @@
 // Lists the files of an ISO 9660 disk image attachment (.iso, .img) as its bytes stream by: mounted with a
 // double click, it shows them like a folder, and shortcuts and programs travel in them past filters that
-// only open zips. Every tree a reader may show is read: the ISO 9660 names, their Rock Ridge long names,
-// and the Joliet tree Windows shows (an image may name one file differently in each). A UDF tree, which
-// Windows prefers when there is one, is not read: its files are named from the other trees when an image
-// has both, and are left to clamd otherwise.
+// only open zips. Every tree a reader may show is read: the ISO 9660 names, their Rock Ridge long names
+// (continuation areas included), and the Joliet tree Windows shows; an image may name one file differently
+// in each. An image that also holds a UDF tree, which Windows shows instead, is reported incomplete:
+// that tree is not read, and its names are the image maker's choice.
 //
 // The image is not kept: directories are read as the stream reaches them. Tools write them before the
-// files; a directory placed before its parent was read cannot be reached again, and the listing then
-// says it is incomplete.
+// files; one placed before the directory that names it cannot be reached again, and the listing then
+// says it is incomplete, as it does past any bound below.
 
 import { ArchiveNames } from './archive-names.js';
 
 const SECTOR = 2048;
 const FIRST_DESCRIPTOR = 16 * SECTOR;
-const MAX_DESCRIPTORS = 64;
-// Directory bytes read at most, over the whole image; directories read at most.
+// Volume descriptors and recognition sectors read at most (boot records and padding included).
+const MAX_DESCRIPTOR_SECTORS = 128;
+// Directory and continuation bytes read at most over the whole image; directories; nesting; path length.
 const MAX_DIRECTORY_BYTES = 1 << 20;
 const MAX_DIRECTORIES = 4096;
+const MAX_DEPTH = 32;
+const MAX_PATH = 1024;
 
 export interface IsoListing {
   /** "CD001" where the first volume descriptor belongs */
   isIso: boolean;
   entries: string[];
-  /** false when names may be missing: too many, or a directory out of reach */
+  /** false when names may be missing: too many, a directory out of reach, a tree not read */
   complete: boolean;
 }
 
-/** A range of the image to read whole before it can be parsed. */
-interface Extent {
-  start: number;
-  size: number;
-  kind: 'descriptor' | 'directory';
-  /** directory: its path inside the image ("" for the root), and whether its names are Joliet's */
-  path?: string;
-  joliet?: boolean;
-  data?: Buffer;
-  filled: number;
+/** A range of the image to read whole before it can be parsed, and what it is. */
+type Wanted = { start: number; size: number } & (
+  | { kind: 'descriptor' }
+  | { kind: 'directory'; path: string; depth: number; joliet: boolean }
+  /** a Rock Ridge continuation area: the rest of a name begun in a directory record */
+  | { kind: 'continuation'; parent: string; name: string; file: boolean }
+);
+
+type Extent = Wanted & { filled: number; data?: Buffer };
+
+/** What a record's Rock Ridge entries say: the name so far, and where it goes on, if it does. */
+interface RockRidge {
+  name?: string;
+  more?: { start: number; size: number };
 }
 
 export class IsoLister {
@@ -43,10 +50,12 @@ export class IsoLister {
   readonly listing: IsoListing;
   private offset = 0;
   private chunkStart = 0;
-  private pending: Extent[] = [{ start: FIRST_DESCRIPTOR, size: SECTOR, kind: 'descriptor', filled: 0 }];
+  private pending: Extent[] = [{ kind: 'descriptor', start: FIRST_DESCRIPTOR, size: SECTOR, filled: 0 }];
   private readonly seen = new Set<string>();
-  private descriptors = 0;
-  private directoryBytes = 0;
+  private descriptorSectors = 0;
+  /** the descriptors' terminator was read: what follows is UDF's recognition sequence, if anything */
+  private terminated = false;
+  private budget = MAX_DIRECTORY_BYTES;
   private directories = 0;
 
   constructor(maxEntries = 1000) {
@@ -72,7 +81,8 @@ export class IsoLister {
           if (e.filled < e.size) continue;
           this.pending.splice(this.pending.indexOf(e), 1);
           if (e.kind === 'descriptor') this.descriptor(e.data, e.start);
-          else this.directory(e);
+          else if (e.kind === 'directory') this.directory(e, e.data);
+          else this.continuation(e, e.data);
           progressed = true;
         }
       }
@@ -85,40 +95,55 @@ export class IsoLister {
   }
 
   private descriptor(sector: Buffer, at: number): void {
-    if (sector.toString('latin1', 1, 6) !== 'CD001') return; // not an image, or the end of its descriptors
-    this.listing.isIso = true;
-    const type = sector[0];
-    if (type === 255 || ++this.descriptors > MAX_DESCRIPTORS) return;
-    // The primary tree, and a supplementary one with Joliet's escape sequence (UCS-2 names).
-    const joliet = type === 2 && /^%\/[@CE]/.test(sector.toString('latin1', 88, 91));
-    if (type === 1 || joliet) {
-      const root = sector.subarray(156, 156 + 34);
-      this.want({ start: root.readUInt32LE(2) * SECTOR, size: root.readUInt32LE(10), kind: 'directory', path: '', joliet, filled: 0 });
+    const id = sector.toString('latin1', 1, 6);
+    if (at === FIRST_DESCRIPTOR) {
+      if (id !== 'CD001') return; // not an image
+      this.listing.isIso = true;
     }
-    this.want({ start: at + SECTOR, size: SECTOR, kind: 'descriptor', filled: 0 });
+    if (++this.descriptorSectors > MAX_DESCRIPTOR_SECTORS) {
+      this.listing.complete = false;
+      return;
+    }
+    if (this.terminated) {
+      // UDF's volume recognition sequence: BEA01, then NSR02 or NSR03 for a UDF tree, then TEA01.
+      if (id === 'NSR02' || id === 'NSR03') this.listing.complete = false;
+      if (id === 'TEA01' || !/^(?:BEA01|NSR0[23]|BOOT2|CDW02)$/.test(id)) return;
+    } else if (id === 'CD001') {
+      const type = sector[0];
+      if (type === 255) this.terminated = true;
+      // The primary tree, and a supplementary one with Joliet's escape sequence (UCS-2 names).
+      const joliet = type === 2 && /^%\/[@CE]/.test(sector.toString('latin1', 88, 91));
+      if (type === 1 || joliet) {
+        const root = sector.subarray(156, 156 + 34);
+        this.want({ kind: 'directory', start: root.readUInt32LE(2) * SECTOR, size: root.readUInt32LE(10), path: '', depth: 0, joliet });
+      }
+    }
+    // A sector that is not a descriptor between two that are is stepped over: a reader looks further.
+    this.want({ kind: 'descriptor', start: at + SECTOR, size: SECTOR });
   }
 
-  private want(e: Extent): void {
-    if (e.kind === 'directory') {
-      const key = `${e.joliet ? 'j' : 'p'}:${e.start}`;
-      if (e.size === 0 || this.seen.has(key)) return; // malformed, a loop, or reached twice
-      this.seen.add(key);
-      this.directoryBytes += e.size;
-      if (++this.directories > MAX_DIRECTORIES || this.directoryBytes > MAX_DIRECTORY_BYTES) {
+  private want(w: Wanted): void {
+    if (w.kind !== 'descriptor') {
+      if (w.kind === 'directory') {
+        const key = `${w.joliet ? 'j' : 'p'}:${w.start}`;
+        if (w.size === 0 || this.seen.has(key)) return; // malformed, a loop, or reached twice
+        this.seen.add(key);
+      }
+      this.budget -= w.size;
+      if (this.budget < 0 || (w.kind === 'directory' && (++this.directories > MAX_DIRECTORIES || w.depth > MAX_DEPTH))) {
         this.listing.complete = false;
         return;
       }
     }
     // Its start was streamed past (the current chunk is still at hand): it cannot be read any more.
-    if (e.start < this.chunkStart) {
+    if (w.start < this.chunkStart) {
       this.listing.complete = false;
       return;
     }
-    this.pending.push(e);
+    this.pending.push({ ...w, filled: 0 });
   }
 
-  private directory(e: Extent): void {
-    const data = e.data!;
+  private directory(e: Extent & { kind: 'directory' }, data: Buffer): void {
     for (let at = 0; at < data.length; ) {
       const length = data[at]!;
       // A zero length pads to the end of the sector: records do not cross sectors.
@@ -126,21 +151,49 @@ export class IsoLister {
         at = (Math.floor(at / SECTOR) + 1) * SECTOR;
         continue;
       }
-      if (length < 34 || at + length > data.length) break;
+      if (length < 34 || at + length > data.length) {
+        this.listing.complete = false;
+        return;
+      }
       const rec = data.subarray(at, at + length);
       at += length;
       const idLength = rec[32]!;
       const id = rec.subarray(33, 33 + idLength);
       if (idLength === 1 && (id[0] === 0 || id[0] === 1)) continue; // the directory itself, its parent
       const isDirectory = (rec[25]! & 0x02) !== 0;
-      // The Rock Ridge name first: a directory is walked under the first of its names.
-      const names = e.joliet ? [jolietName(id)] : [rockRidgeName(rec.subarray(33 + idLength + (idLength % 2 === 0 ? 1 : 0))), isoName(id)];
+      let names: (string | undefined)[];
+      if (e.joliet) names = [jolietName(id)];
+      else {
+        const rr = rockRidge(rec.subarray(33 + idLength + (idLength % 2 === 0 ? 1 : 0)));
+        // A long name goes on elsewhere: read there, and named when it is whole.
+        if (rr.more) this.want({ kind: 'continuation', ...rr.more, parent: e.path, name: rr.name ?? '', file: !isDirectory });
+        // The Rock Ridge name first: a directory is walked under the first of its names.
+        names = [rr.more ? undefined : rr.name, isoName(id)];
+      }
       for (const name of new Set(names.filter((n): n is string => Boolean(n)))) {
-        const path = e.path ? `${e.path}/${name}` : name;
-        if (isDirectory) this.want({ start: rec.readUInt32LE(2) * SECTOR, size: rec.readUInt32LE(10), kind: 'directory', path, joliet: e.joliet, filled: 0 });
+        const path = this.path(e.path, name);
+        if (path === undefined) continue;
+        if (isDirectory) this.want({ kind: 'directory', start: rec.readUInt32LE(2) * SECTOR, size: rec.readUInt32LE(10), path, depth: e.depth + 1, joliet: e.joliet });
         else this.names.add(path);
       }
     }
+  }
+
+  private continuation(e: Extent & { kind: 'continuation' }, data: Buffer): void {
+    const rr = rockRidge(data);
+    const name = e.name + (rr.name ?? '');
+    if (rr.more) this.want({ kind: 'continuation', ...rr.more, parent: e.parent, name, file: e.file });
+    else if (e.file && name) {
+      const path = this.path(e.parent, name);
+      if (path !== undefined) this.names.add(path);
+    }
+  }
+
+  private path(parent: string, name: string): string | undefined {
+    const path = parent ? `${parent}/${name}` : name;
+    if (path.length <= MAX_PATH) return path;
+    this.listing.complete = false;
+    return undefined;
   }
 }
 
@@ -154,22 +207,18 @@ function jolietName(id: Buffer): string {
   return Buffer.from(id.subarray(0, even)).swap16().toString('utf16le').replace(/;\d*$/, '');
 }
 
-/** The Rock Ridge "NM" entries of a record's system use area: the POSIX name, in pieces. */
-function rockRidgeName(area: Buffer): string | undefined {
-  let name = '';
-  let found = false;
+/** The Rock Ridge entries of a system use area: "NM" pieces of the POSIX name, "CE" where they go on. */
+function rockRidge(area: Buffer): RockRidge {
+  const out: RockRidge = {};
   for (let at = 0; at + 4 <= area.length; ) {
     const length = area[at + 2]!;
     if (length < 4 || at + length > area.length) break;
-    if (area.toString('latin1', at, at + 2) === 'NM' && length >= 5) {
-      const flags = area[at + 4]!;
-      // CURRENT (".") and PARENT ("..") are not names of files.
-      if (!(flags & 0x06)) {
-        name += area.toString('utf8', at + 5, at + length);
-        found = true;
-      }
-    }
+    const sig = area.toString('latin1', at, at + 2);
+    // CURRENT (".") and PARENT ("..") are not names of files.
+    if (sig === 'NM' && length >= 5 && !(area[at + 4]! & 0x06)) out.name = (out.name ?? '') + area.toString('utf8', at + 5, at + length);
+    if (sig === 'CE' && length >= 28) out.more = { start: area.readUInt32LE(at + 4) * SECTOR + area.readUInt32LE(at + 12), size: area.readUInt32LE(at + 20) };
+    if (sig === 'ST') break;
     at += length;
   }
-  return found ? name : undefined;
+  return out;
 }

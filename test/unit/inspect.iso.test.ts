@@ -64,6 +64,38 @@ describe('ISO 9660 listing', () => {
     expect(list(moved, 2048).entries).toContain('LISEZ_MO.TXT');
   });
 
+  it('reads past a sector that is not a descriptor, follows Rock Ridge continuations, and reports a UDF tree it does not read', () => {
+    // Sectors 16, 17, 18: primary, Joliet, terminator (sector 19 is unused). A junk sector before Joliet
+    // does not stop a reader from showing the Joliet names.
+    const iso = image({ 'LISEZ-MOI.txt': 'x' }, ['-J']);
+    expect(iso.toString('latin1', 17 * 2048 + 1, 17 * 2048 + 6)).toBe('CD001');
+    const moved = Buffer.from(iso);
+    iso.copy(moved, 19 * 2048, 18 * 2048, 19 * 2048); // the terminator, one sector on
+    iso.copy(moved, 18 * 2048, 17 * 2048, 18 * 2048); // Joliet, one sector on
+    moved.fill(0x5a, 17 * 2048, 18 * 2048); // junk where Joliet was
+    expect(list(moved, 2048)).toMatchObject({ isIso: true, complete: true, entries: expect.arrayContaining(['LISEZ-MOI.txt', 'LISEZ_MO.TXT']) });
+
+    const long = `${'x'.repeat(240)}.lnk`;
+    expect(list(image({ [long]: 'L' }, ['-R']), 1000).entries).toContain(long);
+
+    const udf = list(image({ 'a.txt': 'x' }, ['-udf']), 4096);
+    expect(udf).toMatchObject({ isIso: true, complete: false, entries: ['A.TXT'] });
+  });
+
+  it('stays bounded on hostile images: nesting too deep, paths too long, a record of a broken length', () => {
+    const deep = Array.from({ length: 40 }, () => 'd').join('/');
+    expect(list(image({ [`${deep}/x.lnk`]: 'L' }, ['-R', '-D']), 4096)).toMatchObject({ isIso: true, complete: false });
+    // Joliet's long names, eleven levels of a hundred characters: past the longest path listed.
+    const longPath = Array.from({ length: 11 }, (_, i) => `${String(i)}${'p'.repeat(99)}`).join('/');
+    const tooLong = list(image({ [`${longPath}/x.lnk`]: 'L' }, ['-J', '-joliet-long', '-D']), 4096);
+    expect(tooLong).toMatchObject({ isIso: true, complete: false });
+    expect(tooLong.entries.every((e) => e.length <= 1024)).toBe(true);
+    // The root's first record claims a length past its directory.
+    const broken = image({ 'a.txt': 'x' }, []);
+    broken[broken.readUInt32LE(16 * 2048 + 156 + 2) * 2048] = 33;
+    expect(list(broken, 4096)).toMatchObject({ isIso: true, complete: false });
+  });
+
   it('as an attachment: detected as an image whatever its name, its shortcut quarantined by the shipped policy', async () => {
     const iso = image(FILES, ['-J', '-R']);
     const raw = Buffer.from(
