@@ -34,6 +34,8 @@ export type ReadinessProbe = () => Promise<ReadinessResult>;
 
 /** The account actions behind /accounts (the enforcement engine implements it). */
 export interface AccountsAdmin {
+  /** the account an address belongs to (an alias is its account's) */
+  canonical(address: string): Promise<string>;
   status(account: string): Promise<unknown>;
   strikes(account: string): Promise<unknown>;
   history(account: string): Promise<unknown>;
@@ -131,8 +133,10 @@ export class AdminServer {
         }
       }
       if (parts[0] === 'accounts' && parts.length === 1 && req.method === 'GET') return send(200, await accounts.overview());
-      const account = parts[1] === undefined ? undefined : comparableAddress(parts[1]);
-      if (parts[0] === 'accounts' && account && /^[^\s@]+@[^\s@]+$/.test(account)) {
+      const given = parts[1] === undefined ? undefined : comparableAddress(parts[1]);
+      if (parts[0] === 'accounts' && given && /^[^\s@]+@[^\s@]+$/.test(given)) {
+        // An alias from an abuse report's From: is its account, whose state is kept under the account's name.
+        const account = await accounts.canonical(given);
         const op = parts[2] ?? '';
         if (req.method === 'GET' && op === '') return send(200, await accounts.status(account));
         if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));

@@ -539,6 +539,14 @@ export class Gateway {
   private async onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
     const state = this.requireState(session);
     if (state.tx && !state.tx.done) this.finishTransaction(state, { action: 'abandoned' });
+    // One account however its domain is written (xn-- or Unicode), or whichever of its addresses a webmail
+    // sends as (an alias is the account the lifecycle API names): limits, strikes and suspensions are its
+    // own. Known before the transaction begins, so that a client gone meanwhile leaves nothing open.
+    if (state.listener.mode === 'trusted') {
+      const sender = comparableAddress(address.address);
+      state.account = sender ? await this.enforcer.canonical(sender) : '<>';
+      if (state.closed) throw clientGone('while its sender was looked up');
+    }
     const args = address.args || {};
     const tx: Transaction = {
       reference: newReference(),
@@ -557,12 +565,6 @@ export class Gateway {
     if (typeof args.SIZE === 'string') tx.declaredSize = Number(args.SIZE);
     state.tx = tx;
     state.transactions++;
-    // One account however its domain is written (xn-- or Unicode), or whichever of its addresses a webmail
-    // sends as (an alias is the account the lifecycle API names): limits, strikes and suspensions are its own.
-    if (state.listener.mode === 'trusted') {
-      const sender = comparableAddress(address.address);
-      state.account = sender ? await this.enforcer.canonical(sender) : '<>';
-    }
     const started = performance.now();
 
     // The counters start now, in the same Redis round trip as the account's state.
@@ -940,7 +942,7 @@ export class Gateway {
     const event = policy.doc.auth.strike;
     if (!event) return;
     await this.strikes.record({
-      account: comparableAddress(username),
+      account: await this.enforcer.canonical(comparableAddress(username)),
       event,
       weight: policy.doc.strikes.events[event]!.weight,
       article: '4.1',

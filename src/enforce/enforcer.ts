@@ -63,6 +63,8 @@ const STEP_IN_PROGRESS_MS = 5 * 60_000;
 export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   /** Suspensions seen in the shared state, by account: what MAIL FROM relies on while Redis does not answer. */
   private readonly knownSuspensions = new Map<string, Suspension>();
+  /** address → the account it belongs to, as the lifecycle API last said */
+  private readonly owners = new Map<string, string>();
 
   constructor(
     private readonly deps: {
@@ -346,17 +348,32 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
    */
   async canonical(login: string): Promise<string> {
     if (!this.deps.lifecycle) return login;
-    try {
-      const info = await deadline(this.deps.lifecycle.status(login), 'lifecycle API', this.deps.deadlineMs);
-      const name = info.status !== 'unknown' && info.name ? comparableAddress(info.name) : '';
-      if (name && name !== login) {
-        this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);
-        return name;
-      }
-    } catch (err) {
-      this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose login this is: counted under the login as typed');
+    // Whose an address is hardly ever changes: once known, it is not waited for again, and a slow or
+    // failing API cannot give an alias back its own counters. It is asked again in the background.
+    const known = this.owners.get(login);
+    if (known !== undefined) {
+      void this.resolve(login).catch(() => undefined);
+      return known;
     }
-    return login;
+    try {
+      return await this.resolve(login);
+    } catch (err) {
+      this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose address this is: counted under it as typed');
+      return login;
+    }
+  }
+
+  /** Asks the lifecycle API whose address this is, and remembers the answer. */
+  private async resolve(login: string): Promise<string> {
+    const info = await deadline(this.deps.lifecycle!.status(login), 'lifecycle API', this.deps.deadlineMs);
+    if (info.status === 'unknown') return login; // not (or no longer) an account's: asked again next time
+    const name = info.name ? comparableAddress(info.name) : login;
+    // Bounded: the oldest answers are forgotten first.
+    this.owners.delete(login);
+    this.owners.set(login, name);
+    if (this.owners.size > MAX_OWNERS) this.owners.delete(this.owners.keys().next().value!);
+    if (name !== login) this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);
+    return name;
   }
 
   async lookup(account: string): Promise<AccountLookup> {
@@ -455,6 +472,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 }
 
 /** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
+/** Addresses whose account is remembered (see canonical). */
+const MAX_OWNERS = 100_000;
+
 function lifecycleKey(account: string): string {
   return `lifecycle:${account.toLowerCase()}`;
 }

@@ -11,7 +11,9 @@ export interface StreamDecoder {
   decode(input?: Uint8Array, options?: { stream?: boolean }): string;
 }
 
-const UTF7 = /^(?:unicode-1-1-)?utf-?7$|^csunicode11utf7$/;
+/** UTF-7's names: its own, RFC 1642's, the IANA alias, and the one Windows components write. */
+export const UTF7_CHARSET = '(?:utf-?7|unicode-1-1-utf-7|csunicode11utf7|(?:x-)?unicode-2-0-utf-7)';
+const UTF7 = new RegExp(`^${UTF7_CHARSET}$`);
 
 function name(charset: string): string {
   return charset.trim().toLowerCase();
@@ -54,7 +56,6 @@ export function recoder(charset: string): (s: string) => string {
   return (s) => (/[\x80-\xff]/.test(s) ? decodeText(Buffer.from(s, 'latin1'), charset || 'utf-8') : s);
 }
 
-const UTF7_CHARSET = '(?:unicode-1-1-utf-7|utf-?7|csunicode11utf7)';
 const UTF7_WORD = `=\\?${UTF7_CHARSET}(?:\\*[^?]*)?\\?([qb])\\?([^?]*)\\?=`;
 /** Neighbouring words (only white space between them) are one text, as RFC 2047 6.2 joins them. */
 const UTF7_RUN = new RegExp(`${UTF7_WORD}(?:\\s+${UTF7_WORD})*`, 'gi');

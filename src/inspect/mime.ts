@@ -19,7 +19,7 @@ import { Splitter, type MimeNode, type SplitterChunk } from '@zone-eu/mailsplit'
 import libmime from 'libmime';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
-import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
+import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { gzipMemberName } from './gzip.js';
@@ -593,7 +593,7 @@ function fileName(node: MimeNode): string {
     if (!/utf-?7|unicode11utf7/i.test(raw)) return name;
     if (value.includes('=?')) return decodeWords(value);
     // RFC 2231 (name*=utf-7''…): libmime joined and unescaped it, and left the charset undone.
-    return new RegExp(`${param}\\*(?:0\\*)?\\s*=\\s*"?(?:unicode-1-1-utf-7|utf-?7|csunicode11utf7)'`, 'i').test(raw) ? fromUtf7(value) : name;
+    return new RegExp(`${param}\\*(?:0\\*)?\\s*=\\s*"?${UTF7_CHARSET}'`, 'i').test(raw) ? fromUtf7(value) : name;
   }
   return name;
 }

@@ -96,6 +96,7 @@ describe('admin endpoint', () => {
     const { createLogger } = await import('../../src/log.js');
     const acted: string[] = [];
     const accounts = {
+      canonical: async (a: string) => a,
       overview: async () => ({ suspended: [] }),
       suspend: async (a: string) => void acted.push(`suspend ${a}`),
     } as unknown as AccountsAdmin;

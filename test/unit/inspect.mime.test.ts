@@ -204,7 +204,7 @@ describe('MIME inspector: fixtures', () => {
     expect(plain.urls).toEqual(['https://login.evil.example.test/x']);
     expect(plain.body).toBe('Vérify your account: https://login.evil.example.test/x');
     // Cut anywhere by the chunks it arrives in, and in HTML.
-    const html = eml(...head(), 'Content-Type: text/html; charset=unicode-1-1-utf-7', '', '<a href=+ACI-+AGgAdAB0AHAAcw-://html.evil.example.test/+ACI->here</a>');
+    const html = eml(...head(), 'Content-Type: text/html; charset=x-unicode-2-0-utf-7', '', '<a href=+ACI-+AGgAdAB0AHAAcw-://html.evil.example.test/+ACI->here</a>');
     expect((await inspect(html, LIMITS, 7)).urls).toEqual(['https://html.evil.example.test/']);
     const subject = `=?utf-7?B?${utf7('Vérifiez votre compte').toString('base64')}?= =?UTF-7?Q?+AKA-maintenant?=`;
     expect((await inspect(eml(`Subject: ${subject}`, 'From: a@example.test', 'Content-Type: text/plain', '', 'x'))).subject).toBe('Vérifiez votre compte\u00a0maintenant');
