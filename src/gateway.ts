@@ -499,8 +499,8 @@ export class Gateway {
       const login = comparableAddress(username);
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
-      // Failed logins were counted under the login as typed: that is the counter a success clears.
-      await this.limiter.authSucceeded(login, authLimits);
+      // Failed logins were counted under the account the login was known to be: that counter is cleared.
+      await this.limiter.authSucceeded(this.enforcer.known(login), authLimits);
       state.account = await this.enforcer.canonical(login);
       if (state.closed) throw clientGone('while its account was looked up');
       state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
@@ -515,7 +515,7 @@ export class Gateway {
     }
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;
-      const counted = await this.limiter.authFailed(state.remoteAddress, username, authLimits);
+      const counted = await this.limiter.authFailed(state.remoteAddress, this.enforcer.known(comparableAddress(username)), authLimits);
       if (counted.accountBlockedNow) await this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
       this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();

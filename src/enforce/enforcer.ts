@@ -53,6 +53,8 @@ export interface AccountLookup {
 
 export interface AccountStatusPort {
   lookup(account: string): Promise<AccountLookup>;
+  /** the account an address is already known to belong to (see canonical), without asking: else the address */
+  known(address: string): string;
 }
 
 type SuspendAction = Suspension['action'];
@@ -361,6 +363,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose address this is: counted under it as typed');
       return login;
     }
+  }
+
+  known(address: string): string {
+    return this.owners.get(address) ?? address;
   }
 
   /** Asks the lifecycle API whose address this is, and remembers the answer. */

@@ -88,7 +88,7 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
     limiter: givenLimiter(given),
     bulk: { count: async () => (given.bulk ? bulkFacts(given.bulk) : undefined) },
-    accounts: { lookup: async () => ({ state: {}, lifecycle: given.account_status ? { status: given.account_status as AccountStatus } : undefined }) },
+    accounts: { lookup: async () => ({ state: {}, lifecycle: given.account_status ? { status: given.account_status as AccountStatus } : undefined }), known: (address) => address },
   };
   const mode = input.listener ?? 'starttls';
   const account = input.account.toLowerCase();

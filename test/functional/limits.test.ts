@@ -4,6 +4,7 @@
 
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
+import { FakeZimbra } from '../harness/fake-zimbra.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
 import { DEAD_PORT, RawSmtp } from '../harness/net.js';
 import { startRedis, startRedisCluster, type RedisCluster, type RedisInstance } from '../harness/redis.js';
@@ -548,6 +549,37 @@ describe('brute force and sudden volume', () => {
     expect(upstream.commands.filter((c) => c.startsWith('AUTH')).length).toBe(authsBefore);
     const strike = await gw.waitForLog((l) => l.event === 'strike');
     expect(strike).toMatchObject({ strike: 'brute_force', account: 'victim@example.test', weight: 3 });
+  });
+
+  it('failed logins count against the account each login is known to be, not against each spelling of it', async () => {
+    const zimbra = await FakeZimbra.start({ defaultDomain: 'example.test' });
+    try {
+      zimbra.addAccount({ name: 'roomy@example.test', aliases: ['roomy.alias@example.test'] });
+      await upstream.stop();
+      upstream = await FakeUpstream.start({ users: { 'roomy@example.test': 'secret', 'roomy.alias@example.test': 'secret', roomy: 'secret' } });
+      const gw = await startGateway(upstream.port, {
+        policy: { dir: POLICY, watch: false },
+        limits: { redis: { url: redis.url } },
+        smtp: { max_connections_per_ip: 500 },
+        lifecycle: { adapter: 'zimbra', timeout: '2s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } },
+      });
+      gateways.push(gw);
+      const attempt = async (login: string, pass: string) => {
+        const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+        await c.reply();
+        await c.command('EHLO t');
+        const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0${login}\0${pass}`).toString('base64')}`);
+        c.close();
+        return r;
+      };
+      // Once each spelling has logged in, it is known to be roomy@example.test.
+      for (const login of ['roomy.alias@example.test', 'roomy']) expect(await attempt(login, 'secret')).toMatch(/^235/);
+      // Four failures, one account (the limit is 3): blocked under any spelling.
+      for (const login of ['roomy@example.test', 'roomy.alias@example.test', 'roomy', 'ROOMY.alias@example.test']) expect(await attempt(login, 'wrong')).toMatch(/^535 5\.7\.8/);
+      expect(await attempt('roomy', 'secret')).toMatch(/^454 4\.7\.0 Too many failed logins/);
+    } finally {
+      await zimbra.stop();
+    }
   });
 
   it('tags a message sent at ten times the account\'s usual hourly volume, with a strike and the evidence', async () => {

@@ -16,7 +16,7 @@ const metrics = new Metrics({ version: 't', defaultMetrics: false });
 
 function setup() {
   const limiter = new Limiter({ keyPrefix: 't', onFailure: 'insurance', deadlineMs: 1000, metrics, log: createLogger({ level: 'silent' }) });
-  const deps = { clock: { now: () => 0 }, connectionsFrom: () => 1, trustedNetwork: () => true, policy: () => policy, strikes: { record: async () => {} }, metrics, limiter, bulk: { count: async () => undefined }, accounts: { lookup: async () => ({ state: {} }) } };
+  const deps = { clock: { now: () => 0 }, connectionsFrom: () => 1, trustedNetwork: () => true, policy: () => policy, strikes: { record: async () => {} }, metrics, limiter, bulk: { count: async () => undefined }, accounts: { lookup: async () => ({ state: {} }), known: (a: string) => a } };
   const context = (): CheckContext & { tx: Transaction } => {
     const session: SessionState = { id: 's', reference: 'D-1', listener: { name: 't', mode: 'trusted' }, remoteAddress: '127.0.0.1', startedAt: 0, authFailures: 0, transactions: 0, counted: true, account: 'alice@example.com' };
     const tx: Transaction = { reference: 'D-2', startedAt: 0, mailFrom: 'alice@example.com', params: {}, recipients: [], results: [], tags: [], policy, recipientGrants: [], would: [], timings: {}, done: false };
