@@ -6,6 +6,14 @@
 const MAX_NAME = 4096;
 const MAX_CHARACTERS = 1 << 20;
 
+/** What an archive lister reports: the names kept (see ArchiveNames), and whether any were left out. */
+export interface ArchiveListing {
+  /** in archive order, each once */
+  entries: string[];
+  /** false when names may be missing */
+  complete: boolean;
+}
+
 export class ArchiveNames {
   readonly entries: string[] = [];
   /** false once a name was left out: more kinds of names than the listing holds */

@@ -9,7 +9,7 @@
 // files; one placed before the directory that names it cannot be reached again, and the listing then
 // says it is incomplete, as it does past any bound below.
 
-import { ArchiveNames } from './archive-names.js';
+import { ArchiveNames, type ArchiveListing } from './archive-names.js';
 
 const SECTOR = 2048;
 const FIRST_DESCRIPTOR = 16 * SECTOR;
@@ -21,12 +21,10 @@ const MAX_DIRECTORIES = 4096;
 const MAX_DEPTH = 32;
 const MAX_PATH = 1024;
 
-export interface IsoListing {
+/** Incomplete also when a directory was out of reach or a tree was not read. */
+export interface IsoListing extends ArchiveListing {
   /** "CD001" where the first volume descriptor belongs */
   isIso: boolean;
-  entries: string[];
-  /** false when names may be missing: too many, a directory out of reach, a tree not read */
-  complete: boolean;
 }
 
 /** A range of the image to read whole before it can be parsed, and what it is. */

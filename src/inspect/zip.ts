@@ -5,7 +5,7 @@
 // (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
 // anywhere. Only the first level: a zip inside the zip is one more name.
 
-import { ArchiveNames } from './archive-names.js';
+import { ArchiveNames, type ArchiveListing } from './archive-names.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -17,20 +17,13 @@ const CENTRAL_HEADER_SIZE = 46;
 // Entry names longer than this are not real names (and the 16-bit length could ask for 64 KB).
 const MAX_NAME_LENGTH = 4096;
 
-export interface ZipListing {
+export interface ZipListing extends ArchiveListing {
   /** the content starts like a zip */
   isZip: boolean;
-  /**
-   * Entry names, in archive order, each once: the first `maxEntries`, then each name whose extension was
-   * not seen yet (up to `maxEntries` more), so that a thousand harmless names cannot push one out.
-   */
-  entries: string[];
   /** how many local headers were seen (may exceed entries.length) */
   entryCount: number;
   /** some entry has the encryption flag (general purpose bit 0) */
   encrypted: boolean;
-  /** false when names were left out: more kinds of names than the listing holds */
-  complete: boolean;
 }
 
 type State =
