@@ -58,6 +58,15 @@ async function send(port: number, from: string, rcpts: string[] = ['user2@exampl
   return { mail, rcpt, data };
 }
 
+/**
+ * Messages of the account whose acceptance Redis has recorded (its hourly history). That write goes out
+ * after the client has its 250: a test that freezes Redis waits for it first, or the freeze may catch it
+ * and the hang be found by it rather than by the next message.
+ */
+function acceptedInRedis(cli: (...args: string[]) => string, account: string): number {
+  return cli('hvals', `douane:hourly:{${account}}`).split('\n').reduce((sum, v) => sum + Number(v || 0), 0);
+}
+
 /** A session of user1 (two sessions at once), authenticated on the submissions port. */
 async function authenticated(gw: TestGateway): Promise<RawSmtp> {
   const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
@@ -316,6 +325,7 @@ describe('shared state', () => {
       // past the reconnect, when the Cluster is ready again without it.
       expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
       const owner = cluster.nodes.find((n) => n.cli('get', 'douane:messages_per_hour:{roomy@example.test}') === '1')!;
+      await expect.poll(() => acceptedInRedis(owner.cli, 'roomy@example.test')).toBe(1);
       owner.pause();
       let frozen = 0;
       try {
@@ -376,6 +386,7 @@ describe('Redis failures are bounded', () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms' });
     const port = gw.port('trusted');
     expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
+    await expect.poll(() => acceptedInRedis(redis.cli, 'roomy@example.test')).toBe(1);
     redis.pause();
     try {
       const started = Date.now();
@@ -404,6 +415,7 @@ describe('Redis failures are bounded', () => {
     const port = gw.port('trusted');
     expect((await send(port, 'roomy@example.test')).data).toMatch(/^250 /);
     const checkMs = (n: number, check: string) => (gw.transactions()[n]!.checks as { check: string; ms: number }[]).find((c) => c.check === check)!.ms;
+    await expect.poll(() => acceptedInRedis(redis.cli, 'roomy@example.test')).toBe(1);
     redis.pause();
     let frozen = 0;
     let resumedAt = 0;
