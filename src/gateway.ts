@@ -32,7 +32,7 @@ import type { LifecycleApi } from './lifecycle/types.js';
 import { join } from 'node:path';
 import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
-import { GatewayConnection, GatewaySmtpServer, type ConnectionHooks } from './smtp/connection.js';
+import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, type ConnectionHooks } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
 import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
@@ -338,6 +338,7 @@ export class Gateway {
       draining: () => this.draining,
       onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
       sessionDeadline: smtp.session_deadline,
+      offersDsn: () => this.upstream.offers(trusted ? 'trusted' : 'submission', 'DSN'),
     };
     const disabled = trusted ? ['AUTH'] : [];
     if (!this.tls) disabled.push('STARTTLS');
@@ -352,7 +353,8 @@ export class Gateway {
         disabledCommands: disabled,
         size: smtp.max_message_size,
         hideENHANCEDSTATUSCODES: false,
-        hideDSN: true,
+        // Offered (and its parameters checked by smtp-server) while the upstream offers it: see offersDsn.
+        hideDSN: false,
         hideREQUIRETLS: true,
         disableReverseLookup: true,
         maxClients: smtp.max_connections,
@@ -586,7 +588,7 @@ export class Gateway {
     }
     let reply: SmtpReply;
     try {
-      reply = await upstream.mail(address.address, mailParams(args, upstream));
+      reply = await upstream.mail(address.address, this.relayedParams(tx, 'mail', args, paramsAsWritten(address), upstream));
     } catch (err) {
       const refusal = this.upstreamRefusal(err, 'mail', tx.reference);
       this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
@@ -634,7 +636,7 @@ export class Gateway {
     const upstream = state.upstream;
     let reply: SmtpReply;
     try {
-      reply = await upstream.rcpt(address.address);
+      reply = await upstream.rcpt(address.address, this.relayedParams(tx, 'rcpt', address.args || {}, paramsAsWritten(address), upstream));
     } catch (err) {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
@@ -826,6 +828,25 @@ export class Gateway {
 
   private identity(session: SMTPServerSession): ClientIdentity {
     return { address: session.remoteAddress, port: session.remotePort, helo: session.hostNameAppearsAs || undefined, secure: session.secure };
+  }
+
+  /**
+   * The parameters relayed with MAIL FROM or RCPT TO, each only when the upstream offers its extension:
+   * SIZE, BODY (8BITMIME), SMTPUTF8 always (the upstream decides), and DSN's as the client wrote them. DSN
+   * parameters an upstream without DSN cannot take (it stopped offering it after this client's EHLO, or
+   * the client sent them unasked) are left out and logged: the message goes, without the notices asked for.
+   */
+  private relayedParams(tx: Transaction, command: 'mail' | 'rcpt', args: Record<string, string | true>, written: Record<string, string>, upstream: SmtpClient): string[] {
+    const out: string[] = [];
+    if (command === 'mail') {
+      if (typeof args.SIZE === 'string' && upstream.supports('SIZE')) out.push(`SIZE=${args.SIZE}`);
+      if (typeof args.BODY === 'string' && upstream.supports('8BITMIME')) out.push(`BODY=${args.BODY.toUpperCase()}`);
+      if (args.SMTPUTF8 === true) out.push('SMTPUTF8');
+    }
+    const dsn = DSN_PARAMS[command].filter((key) => written[key] !== undefined);
+    if (dsn.length && upstream.supports('DSN')) out.push(...dsn.map((key) => `${key}=${written[key]}`));
+    else if (dsn.length) this.log.warn({ event: 'dsn_not_relayed', ref: tx.reference, params: dsn }, `the upstream does not offer DSN: ${dsn.join(' and ')} left out; the delivery notices asked for may not come`);
+    return out;
   }
 
   /** The upstream connection for this transaction: the session's own (AUTH), or one from the trusted pool. */
@@ -1042,13 +1063,8 @@ function withEnhanced(reply: SmtpReply, fallback: string): string {
 }
 
 /** MAIL FROM parameters worth forwarding, when the upstream supports them. */
-function mailParams(args: Record<string, string | true>, upstream: SmtpClient): string[] {
-  const out: string[] = [];
-  if (typeof args.SIZE === 'string' && upstream.supports('SIZE')) out.push(`SIZE=${args.SIZE}`);
-  if (typeof args.BODY === 'string' && upstream.supports('8BITMIME')) out.push(`BODY=${args.BODY.toUpperCase()}`);
-  if (args.SMTPUTF8 === true) out.push('SMTPUTF8');
-  return out;
-}
+/** DSN's parameters (RFC 3461), on MAIL FROM and on RCPT TO. */
+const DSN_PARAMS = { mail: ['RET', 'ENVID'], rcpt: ['NOTIFY', 'ORCPT'] } as const;
 
 function outcomeOf(verdict: Verdict, err: ReplyError): NonNullable<Transaction['outcome']> {
   return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: err.wire };

@@ -14,7 +14,10 @@
 //  - MAIL FROM and RCPT TO addresses reach the upstream as the client wrote them: smtp-server turns an
 //    IDNA domain (xn--…) into Unicode, which relayed would put 8-bit bytes in a command the client sent in
 //    ASCII, and it splits a quoted local part with a space in it ("john doe"@example.com, RFC 5321 4.1.2);
-//    an address that is not UTF-8 is refused rather than relayed with its bytes replaced.
+//    an address that is not UTF-8 is refused rather than relayed with its bytes replaced. Their parameters
+//    are kept as written too (paramsAsWritten): smtp-server decodes xtext (ENVID, ORCPT), which relayed
+//    would no longer be xtext;
+//  - DSN is offered only while the upstream offers it (ConnectionHooks.offersDsn).
 
 import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
@@ -50,6 +53,16 @@ export interface ConnectionHooks {
   onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void;
   /** overall per-session deadline in ms */
   sessionDeadline: number;
+  /** whether EHLO offers DSN: its parameters can only be relayed to an upstream that offers it */
+  offersDsn(): boolean;
+}
+
+/** MAIL FROM and RCPT TO parameters as the client wrote them (KEY upper case), by parsed command. */
+const writtenParams = new WeakMap<object, Record<string, string>>();
+
+/** A MAIL FROM or RCPT TO command's parameters as written (values not xtext-decoded), for relaying. */
+export function paramsAsWritten(address: object): Record<string, string> {
+  return writtenParams.get(address) ?? {};
 }
 
 /** Records, per command line, whether it ended with a bare LF. */
@@ -132,8 +145,17 @@ export class GatewayConnection extends SMTPConnection {
     const written = path[2]!.replace(SOURCE_ROUTE, '');
     // smtp-server checks the address with any space in a quoted local part stood in for; we keep what was written.
     const standIn = written.replace(QUOTED_LOCAL_PART, (quoted) => quoted.replace(/ /g, '_'));
-    const parsed = super._parseAddressCommand(name, `${path[1]}<${standIn}>${text.slice(path[0].length)}`);
+    const params = text.slice(path[0].length);
+    const parsed = super._parseAddressCommand(name, `${path[1]}<${standIn}>${params}`);
     if (parsed && parsed.address) parsed.address = written;
+    if (parsed) {
+      const asWritten: Record<string, string> = {};
+      for (const param of params.trim().split(/\s+/)) {
+        const eq = param.indexOf('=');
+        if (eq > 0) asWritten[param.slice(0, eq).toUpperCase()] = param.slice(eq + 1);
+      }
+      writtenParams.set(parsed, asWritten);
+    }
     return parsed;
   }
 
@@ -143,6 +165,7 @@ export class GatewayConnection extends SMTPConnection {
       // before STARTTLS only to have it refused (538) after it crossed the wire.
       data = data.filter((line) => !/^AUTH\b/i.test(line));
     }
+    if (code === 250 && Array.isArray(data) && !this.hooks.offersDsn()) data = data.filter((line) => line !== 'DSN');
     if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
       return super.send(code, lines(data), false);
     }

@@ -20,8 +20,16 @@ export interface UpstreamProvider {
   forTrusted(client: ClientIdentity): Promise<SmtpClient>;
   /** hands a trusted connection back: pooled if clean, else closed */
   release(upstream: SmtpClient): void;
+  /**
+   * Whether the upstream offered an extension in its latest EHLO on that port: what a client is offered
+   * before its own upstream session exists. False until a first session there has said.
+   */
+  offers(port: UpstreamPort, extension: string): boolean;
   close(): Promise<void>;
 }
+
+/** the upstream's submission port (authenticated clients) or its trusted port */
+export type UpstreamPort = 'submission' | 'trusted';
 
 export function endpointsFrom(cfg: UpstreamConfig, heloName: string): { submission: UpstreamEndpoint; trusted: UpstreamEndpoint } {
   const base = {
@@ -41,6 +49,7 @@ export function endpointsFrom(cfg: UpstreamConfig, heloName: string): { submissi
 
 export class PooledUpstreamProvider implements UpstreamProvider {
   private readonly idle: SmtpClient[] = [];
+  private readonly offered: Record<UpstreamPort, ReadonlySet<string>> = { submission: new Set(), trusted: new Set() };
   private closed = false;
   private readonly sweeper: NodeJS.Timeout;
 
@@ -53,7 +62,7 @@ export class PooledUpstreamProvider implements UpstreamProvider {
   }
 
   forAuth(client: ClientIdentity): Promise<SmtpClient> {
-    return SmtpClient.connect(this.endpoints.submission, { xclient: this.xclient(client) });
+    return this.connect('submission', client);
   }
 
   async forTrusted(client: ClientIdentity): Promise<SmtpClient> {
@@ -65,7 +74,17 @@ export class PooledUpstreamProvider implements UpstreamProvider {
         c.destroy();
       }
     }
-    return SmtpClient.connect(this.endpoints.trusted, { xclient: this.xclient(client) });
+    return this.connect('trusted', client);
+  }
+
+  offers(port: UpstreamPort, extension: string): boolean {
+    return this.offered[port].has(extension.toUpperCase());
+  }
+
+  private async connect(port: UpstreamPort, client: ClientIdentity): Promise<SmtpClient> {
+    const upstream = await SmtpClient.connect(this.endpoints[port], { xclient: this.xclient(client) });
+    this.offered[port] = new Set(upstream.capabilities.keys());
+    return upstream;
   }
 
   release(upstream: SmtpClient): void {

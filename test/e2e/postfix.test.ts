@@ -139,6 +139,38 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
     expect(box3[box3.length - 1]!.toString()).toContain('Subject: nodemailer through douane');
   });
 
+  it('nodemailer: a delivery receipt asked for (DSN NOTIFY=SUCCESS) comes back from Postfix with the envelope id', async () => {
+    const before2 = (await waitForMailbox(stack, 'user2', 0)).length;
+    const before1 = (await waitForMailbox(stack, 'user1', 0)).length;
+    const transport = nodemailer.createTransport({
+      host: '127.0.0.1',
+      port: gw.port('submission'),
+      requireTLS: true,
+      auth: { user: 'user1@example.test', pass: 'secret1' },
+      tls: { ca: readFileSync(join(certDir, 'cert.pem')), servername: 'douane.test' },
+    });
+    // Douane offers DSN once it has seen the upstream offer it: the first session teaches it.
+    await transport.sendMail({ from: 'user1@example.test', to: 'user2@example.test', subject: 'first', text: 'first' });
+    const info = await transport.sendMail({
+      from: 'user1@example.test',
+      to: 'user2@example.test',
+      subject: 'with a receipt',
+      text: 'Accusé de réception demandé.',
+      dsn: { id: 'receipt+42', return: 'headers', notify: ['success', 'failure'], recipient: 'user2@example.test' },
+    });
+    transport.close();
+    expect(info.accepted).toEqual(['user2@example.test']);
+    await waitForMailbox(stack, 'user2', before2 + 2);
+    // The sender's receipt: Postfix's own delivery report, for the id and recipient the client gave.
+    const receipts = (await waitForMailbox(stack, 'user1', before1 + 1)).slice(before1).map((m) => m.toString());
+    expect(receipts).toHaveLength(1);
+    expect(receipts[0]).toMatch(/^Original-Envelope-Id: receipt\+42$/m);
+    expect(receipts[0]).toMatch(/^Action: delivered/m);
+    expect(receipts[0]).toMatch(/^Original-Recipient: rfc822; ?user2@example\.test$/m);
+    expect(receipts[0]).toContain('Subject: with a receipt');
+    expect(receipts[0]).not.toContain('Accusé'); // RET=HDRS: the headers only
+  });
+
   it('trusted listener: webmail-style submission without AUTH; XCLIENT passes the real client address', async () => {
     const before = (await waitForMailbox(stack, 'user3', 0)).length;
     const gw2 = await startGateway(stack.openPort, {

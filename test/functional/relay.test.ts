@@ -554,3 +554,83 @@ describe('relay with CHUNKING', () => {
     c.close();
   });
 });
+
+describe('delivery status notifications (DSN, RFC 3461)', () => {
+  const WITH_DSN = ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'DSN', 'AUTH PLAIN LOGIN'];
+
+  /** One message on the trusted listener with DSN parameters; returns the EHLO reply and the replies. */
+  async function withDsn(port: number) {
+    const c = await RawSmtp.connect(port);
+    await c.reply();
+    const ehlo = await c.command('EHLO webmail.test');
+    const mail = await c.command('MAIL FROM:<user1@example.test> RET=HDRS ENVID=QQ314159+2Bx');
+    const rcpt = await c.command('RCPT TO:<user2@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user2+2Bold@example.test');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    const data = await c.reply();
+    c.close();
+    return { ehlo, mail, rcpt, data };
+  }
+
+  it('offered once the upstream is known to offer it, and its parameters relayed as the client wrote them (xtext intact)', async () => {
+    const { gw, upstream } = await setup({ capabilities: WITH_DSN });
+    // Before any upstream session Douane cannot know; after one, it does.
+    const first = await withDsn(gw.port('trusted'));
+    expect(first.ehlo).not.toMatch(/^250[- ]DSN$/m);
+    const second = await withDsn(gw.port('trusted'));
+    expect(second.ehlo).toMatch(/^250[- ]DSN$/m);
+    expect(second.data).toMatch(/^250 2\.0\.0 Ok/);
+    expect(upstream.commands.filter((l) => l.startsWith('MAIL') || l.startsWith('RCPT')).slice(-2)).toEqual([
+      'MAIL FROM:<user1@example.test> RET=HDRS ENVID=QQ314159+2Bx',
+      'RCPT TO:<user2@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user2+2Bold@example.test',
+    ]);
+    // The first message's parameters went up too: the upstream offered DSN on its own connection.
+    expect(upstream.commands.filter((l) => l.includes('ENVID=QQ314159+2Bx'))).toHaveLength(2);
+  });
+
+  it('on the submission listener too, once an authenticated session has met the upstream', async () => {
+    const { gw, upstream } = await setup({ capabilities: WITH_DSN, users: { 'user1@example.test': 'secret1' } });
+    const before = await authenticated(gw.port('submission'));
+    expect(before.auth).toMatch(/^235 /);
+    before.c.close();
+    const { c } = await authenticated(gw.port('submission'));
+    expect(await c.command('EHLO client.test')).toMatch(/^250[- ]DSN$/m);
+    expect(await c.command('MAIL FROM:<user1@example.test> RET=FULL')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test> NOTIFY=NEVER')).toMatch(/^250 /);
+    expect(upstream.commands).toContain('MAIL FROM:<user1@example.test> RET=FULL');
+    expect(upstream.commands).toContain('RCPT TO:<user2@example.test> NOTIFY=NEVER');
+    c.close();
+  });
+
+  it('not offered when the upstream does not offer it; parameters sent anyway are left out, logged, and the message still goes', async () => {
+    const { gw, upstream } = await setup();
+    await withDsn(gw.port('trusted'));
+    const r = await withDsn(gw.port('trusted'));
+    expect(r.ehlo).not.toMatch(/DSN/);
+    expect(r.mail).toMatch(/^250 /);
+    expect(r.rcpt).toMatch(/^250 /);
+    expect(r.data).toMatch(/^250 2\.0\.0 Ok/);
+    expect(upstream.commands.filter((l) => l.startsWith('MAIL') || l.startsWith('RCPT'))).toEqual([
+      'MAIL FROM:<user1@example.test>',
+      'RCPT TO:<user2@example.test>',
+      'MAIL FROM:<user1@example.test>',
+      'RCPT TO:<user2@example.test>',
+    ]);
+    const logged = gw.logs.filter((l) => l.event === 'dsn_not_relayed');
+    expect(logged.map((l) => l.params)).toEqual([['RET', 'ENVID'], ['NOTIFY', 'ORCPT'], ['RET', 'ENVID'], ['NOTIFY', 'ORCPT']]);
+    expect(logged[0]!.ref).toMatch(/^D-[0-9A-Z]{6}$/);
+  });
+
+  it('refuses malformed DSN parameters with 501 5.5.4 and a reference, before anything goes upstream', async () => {
+    const { gw, upstream } = await setup({ capabilities: WITH_DSN });
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test> RET=EVERYTHING')).toMatch(/^501 5\.5\.4 .*Ref D-/);
+    expect(await c.command('MAIL FROM:<user1@example.test> RET=HDRS RET=FULL')).toMatch(/^501 5\.5\.4 .*Ref D-/);
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test> NOTIFY=SOMETIMES')).toMatch(/^501 5\.5\.4 .*Ref D-/);
+    expect(await c.command('RCPT TO:<user2@example.test> NOTIFY=NEVER,SUCCESS')).toMatch(/^501 5\.5\.4 .*Ref D-/);
+    expect(await c.command('RCPT TO:<user2@example.test> ORCPT=user2@example.test')).toMatch(/^501 5\.5\.4 .*Ref D-/);
+    expect(upstream.commands.filter((l) => l.startsWith('RCPT'))).toEqual([]);
+    c.close();
+  });
+});
