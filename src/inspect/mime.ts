@@ -24,6 +24,7 @@ import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { gzipMemberName } from './gzip.js';
 import { IsoLister } from './iso.js';
+import { RarLister } from './rar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
 import { ZipLister } from './zip.js';
@@ -79,6 +80,7 @@ interface AttachmentPart {
   headLength: number;
   zip: ZipLister;
   iso: IsoLister;
+  rar: RarLister;
   urls?: UrlScanner;
   wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
@@ -353,6 +355,7 @@ export class MessageInspector {
         headLength: 0,
         zip: new ZipLister(MAX_ARCHIVE_ENTRIES),
         iso: new IsoLister(MAX_ARCHIVE_ENTRIES),
+        rar: new RarLister(MAX_ARCHIVE_ENTRIES),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
@@ -396,6 +399,7 @@ export class MessageInspector {
       }
       a.zip.push(data);
       a.iso.push(data);
+      a.rar.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
@@ -438,6 +442,7 @@ export class MessageInspector {
     const head = Buffer.concat(a.head, a.headLength);
     const zip = a.zip.listing;
     const iso = a.iso.listing;
+    const rar = a.rar.listing;
     f.detectedType = detectType(head, zip.isZip ? zip.entries : undefined);
     // An image's mark is 32 KB in, past the bytes kept for detectType; what its start says comes first.
     if (iso.isIso && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'iso';
@@ -445,15 +450,16 @@ export class MessageInspector {
     // Names found after other data count too (a zip behind a stub or appended to an image still
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
-    const entries = [...new Set([...zip.entries, ...iso.entries])];
+    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries])];
     if (entries.length) f.archiveEntries = entries;
     else if (f.detectedType === 'gzip') {
       const inside = gzipMemberName(head, f.name);
       if (inside) f.archiveEntries = [inside];
     }
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;
+    else if (rar.isRar) f.encrypted = rar.encrypted;
     // Names were left out of the listing: the archive cannot be judged by its names.
-    if (!zip.complete || !iso.complete) this.limitExceeded ??= 'archive_entries';
+    if (!zip.complete || !iso.complete || !rar.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

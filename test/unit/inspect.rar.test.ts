@@ -1,0 +1,160 @@
+// RAR archives (RAR 5 and RAR 1.5–4) listed as they stream. The archives are written by test/harness/rar.ts
+// and each is first listed by two independent readers, libarchive's bsdtar and The Unarchiver's lsar: what
+// they show is what Douane must find. Then the shipped policy judging what is inside.
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { MessageInspector } from '../../src/inspect/mime.js';
+import { RarLister } from '../../src/inspect/rar.js';
+import type { Facts } from '../../src/policy/facts.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import { rar4, rar5, type RarFile } from '../harness/rar.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'douane-rar-'));
+const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
+
+/** The names bsdtar and lsar list in the archive (each must list them all, in the same order). */
+function namesByReaders(archive: Buffer): { bsdtar: string[]; lsar: string[] } {
+  const file = join(dir, `a${Math.random().toString(36).slice(2)}.rar`);
+  writeFileSync(file, archive);
+  const bsdtar = execFileSync('bsdtar', ['-tf', file], { env: UTF8 }).toString('utf8').split('\n').filter(Boolean).map((n) => n.replace(/\/$/, ''));
+  const lsar = execFileSync('lsar', [file], { env: UTF8 }).toString('utf8').split('\n').slice(1).filter(Boolean).map((n) => n.replace(/\/$/, ''));
+  return { bsdtar, lsar };
+}
+
+function list(bytes: Buffer, chunk: number) {
+  const lister = new RarLister(1000);
+  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
+  return lister.listing;
+}
+
+const FILES: RarFile[] = [
+  { name: 'Factures', directory: true },
+  { name: 'Factures/facture-2025.pdf', data: Buffer.from('%PDF-1.4 not really') },
+  { name: 'Factures/facture-2025.pdf.scr', data: Buffer.from('MZ\x90\x00stand-in program') },
+  { name: 'LISEZ-MOI.txt', data: Buffer.alloc(70_000, 'bonjour ') },
+];
+const NAMES = FILES.map((f) => f.name);
+
+describe('RAR listing', () => {
+  for (const [version, write] of [['RAR 5', rar5], ['RAR 4', rar4]] as const) {
+    it(`${version}: lists what bsdtar and lsar list, however the archive is cut`, () => {
+      const archive = write(FILES);
+      const readers = namesByReaders(archive);
+      expect(readers.bsdtar).toEqual(NAMES);
+      expect(readers.lsar).toEqual(NAMES);
+      for (const chunk of [archive.length, 1, 7, 1000, 65_536]) {
+        expect(list(archive, chunk)).toEqual({ isRar: true, entries: NAMES, complete: true, encrypted: false });
+      }
+    });
+
+    it(`${version}: Unicode names`, () => {
+      // RAR 4 packs a Unicode name against its DOS name: this mix uses each of its ways of doing so
+      // (one byte, one under the common high byte, two bytes, runs copied from the DOS name as they are
+      // or corrected by a constant).
+      const files: RarFile[] = [
+        { name: 'Überweisung für Müller.exe', data: Buffer.from('MZ') },
+        { name: 'счёт-фактура.pdf.js', data: Buffer.from('x') },
+        { name: 'ЖЖЖЖ.txt', dosName: '\x86\x86\x86\x86.txt', data: Buffer.from('x') },
+        { name: 'facture €2025 — 日本.lnk', data: Buffer.from('L') },
+      ];
+      const archive = write(files);
+      const names = files.map((f) => f.name);
+      const readers = namesByReaders(archive);
+      expect(readers.bsdtar).toEqual(names);
+      expect(readers.lsar).toEqual(names);
+      for (const chunk of [archive.length, 3]) expect(list(archive, chunk).entries).toEqual(names);
+    });
+
+    it(`${version}: an encrypted file is listed and the archive said encrypted; encrypted headers hide every name: incomplete`, () => {
+      const archive = write([{ name: 'readme.txt', data: Buffer.from('hello') }, { name: 'setup.exe', data: Buffer.alloc(64, 0x33), encrypted: true }]);
+      expect(namesByReaders(archive).bsdtar).toEqual(['readme.txt', 'setup.exe']);
+      expect(list(archive, 100)).toEqual({ isRar: true, entries: ['readme.txt', 'setup.exe'], complete: true, encrypted: true });
+
+      expect(list(write(FILES, { encryptedHeaders: true }), 100)).toEqual({ isRar: true, entries: [], complete: false, encrypted: true });
+    });
+
+    it(`${version}: a header that does not check is not trusted (incomplete); a cut archive lists what is before the cut`, () => {
+      const archive = write(FILES);
+      const name = archive.indexOf('facture-2025.pdf.scr', 0, 'latin1');
+      const broken = Buffer.from(archive);
+      broken[name] = 0x46; // "Factures/Facture-…": the header's checksum no longer matches
+      expect(list(broken, 512)).toMatchObject({ isRar: true, entries: ['Factures', 'Factures/facture-2025.pdf'], complete: false });
+
+      const cut = archive.subarray(0, archive.indexOf('LISEZ-MOI', 0, 'latin1') - 4);
+      expect(list(cut, 512)).toEqual({ isRar: true, entries: NAMES.slice(0, 3), complete: true, encrypted: false });
+    });
+  }
+
+  it('RAR 4: the sizes of a large file (high 32 bits) are read', () => {
+    const archive = rar4(FILES, { large: true });
+    expect(namesByReaders(archive).bsdtar).toEqual(NAMES);
+    expect(list(archive, 4096).entries).toEqual(NAMES);
+  });
+
+  it('is not fooled by other content, and stops at a header larger than any real one', () => {
+    expect(list(Buffer.from('Rar! is how this text file starts'), 10)).toMatchObject({ isRar: false, entries: [], complete: true });
+    expect(list(Buffer.alloc(100_000, 0x41), 4096)).toMatchObject({ isRar: false, entries: [] });
+    // A RAR 5 header claiming 2 MB: not buffered.
+    const huge = Buffer.concat([Buffer.from('Rar!\x1a\x07\x01\x00', 'latin1'), Buffer.from([0, 0, 0, 0, 0x80, 0x80, 0x80, 0x01])]);
+    expect(list(huge, 4096)).toMatchObject({ isRar: true, complete: false });
+    // Past 10 names, only new extensions are kept (10 more): 30 kinds of names are too many.
+    const lister = new RarLister(10);
+    lister.push(rar5(Array.from({ length: 30 }, (_, i) => ({ name: `f${i}.e${i}`, data: Buffer.from('x') }))));
+    expect(lister.listing.complete).toBe(false);
+  });
+
+  it('as an attachment: listed whatever its name, its program quarantined by the shipped policy; encrypted headers are refused as too complex', async () => {
+    const attach = async (archive: Buffer) => {
+      const raw = Buffer.from(
+        [
+          'From: user1@example.test',
+          'To: user2@example.test',
+          'Subject: facture',
+          'MIME-Version: 1.0',
+          'Content-Type: multipart/mixed; boundary="b"',
+          '',
+          '--b',
+          'Content-Type: text/plain',
+          '',
+          'Ci-joint.',
+          '--b',
+          'Content-Type: application/octet-stream',
+          'Content-Disposition: attachment; filename="facture.pdf"',
+          'Content-Transfer-Encoding: base64',
+          '',
+          ...archive.toString('base64').match(/.{1,76}/g)!,
+          '--b--',
+          '',
+        ].join('\r\n'),
+      );
+      const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
+      for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
+      const message = await inspector.end();
+      const facts: Facts = {
+        listener: 'submission',
+        listenerMode: 'starttls',
+        clientIp: '192.0.2.7',
+        authenticated: true,
+        account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
+        sender: 'user1@example.test',
+        recipients: ['user2@example.test'],
+        message,
+      };
+      return { message, verdict: loadPolicy('policies').evaluate('data', facts).verdict };
+    };
+
+    const plain = await attach(rar5(FILES));
+    expect(plain.message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'rar', encrypted: false, archiveEntries: NAMES });
+    expect(plain.message.mimeLimitExceeded).toBeUndefined();
+    expect(plain.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const hidden = await attach(rar4(FILES, { encryptedHeaders: true }));
+    expect(hidden.message.attachments[0]).toMatchObject({ detectedType: 'rar', encrypted: true, archiveEntries: [] });
+    expect(hidden.message.mimeLimitExceeded).toBe('archive_entries');
+    expect(hidden.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+  });
+});
