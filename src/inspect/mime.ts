@@ -440,6 +440,7 @@ export class MessageInspector {
     a.urls?.end();
     const f = a.facts;
     const head = Buffer.concat(a.head, a.headLength);
+    a.zip.end();
     const zip = a.zip.listing;
     const iso = a.iso.listing;
     const rar = a.rar.listing;

@@ -3,9 +3,18 @@
 // trusted). Both the local file headers and the central directory (at the end) are read, because unzip
 // tools extract under the central directory's names and the two may disagree. Data before the archive
 // (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
-// anywhere. Only the first level: a zip inside the zip is one more name.
+// anywhere.
+//
+// An archive inside the zip that a double click opens (zip, RAR, disk image) is listed too, as its entry
+// streams by, inflated when deflated: a zip holding a disk image holding a shortcut is a known way past
+// filters that only look one level in. Its names come as "outer.zip/inner.iso/name". Three levels at
+// most, and a bounded number of bytes inflated for all of them together: past that (a zip bomb), the
+// listing is incomplete. An inner archive stored with another method, or encrypted, is one more name.
 
+import { Inflate } from 'fflate';
 import { ArchiveNames, type ArchiveListing } from './archive-names.js';
+import { IsoLister } from './iso.js';
+import { RarLister, type RarListing } from './rar.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -16,6 +25,15 @@ const LOCAL_HEADER_SIZE = 30;
 const CENTRAL_HEADER_SIZE = 46;
 // Entry names longer than this are not real names (and the 16-bit length could ask for 64 KB).
 const MAX_NAME_LENGTH = 4096;
+
+const STORED = 0;
+const DEFLATED = 8;
+/** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
+const NESTED_ARCHIVE = /\.(zip|rar|iso|img)$/i;
+/** Levels of archives opened below the attachment itself. */
+const MAX_NESTING = 3;
+/** Bytes inflated to list inner archives, all levels of one attachment together. */
+const MAX_INFLATED = 64 * 1024 * 1024;
 
 export interface ZipListing extends ArchiveListing {
   /** the content starts like a zip */
@@ -36,6 +54,8 @@ type State =
 
 export class ZipLister {
   private state: State = { kind: 'start' };
+  /** the archive inside the entry whose data is streaming by, if it is one */
+  private nested: NestedArchive | undefined;
   private pending: Buffer[] = [];
   private pendingLength = 0;
   // The last bytes of a chunk scanned without a match: a signature may straddle two chunks.
@@ -43,7 +63,12 @@ export class ZipLister {
   private readonly names: ArchiveNames;
   readonly listing: ZipListing;
 
-  constructor(maxEntries = 1000) {
+  constructor(
+    private readonly maxEntries = 1000,
+    private readonly depth = 0,
+    /** bytes left to inflate, shared by every level below one attachment */
+    private readonly inflateBudget = { left: MAX_INFLATED },
+  ) {
     this.names = new ArchiveNames(maxEntries);
     this.listing = { isZip: false, entries: this.names.entries, entryCount: 0, encrypted: false, complete: true };
   }
@@ -54,7 +79,13 @@ export class ZipLister {
     } catch {
       // A malformed archive must not break inspection; what was listed so far stands.
       this.state = { kind: 'done' };
+      this.endNested();
     }
+  }
+
+  /** The attachment ended: an inner archive still open (the zip was cut short) gives its last names. */
+  end(): void {
+    this.endNested();
   }
 
   private consume(chunk: Buffer): void {
@@ -131,9 +162,13 @@ export class ZipLister {
         }
         case 'skip': {
           const n = Math.min(s.left, chunk.length - pos);
+          if (this.nested) this.feedNested(chunk.subarray(pos, pos + n));
           pos += n;
           s.left -= n;
-          if (s.left === 0) this.state = { kind: 'scan' };
+          if (s.left === 0) {
+            this.endNested();
+            this.state = { kind: 'scan' };
+          }
           break;
         }
         case 'scan':
@@ -151,7 +186,12 @@ export class ZipLister {
     let compressed = head.readUInt32LE(18);
     if (flags & 0x0001) this.listing.encrypted = true;
     this.listing.entryCount++;
-    this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags);
+    this.endNested();
+    const name = this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags);
+    const method = head.readUInt16LE(8);
+    if (!(flags & 0x0001) && this.depth < MAX_NESTING && NESTED_ARCHIVE.test(name) && (method === STORED || method === DEFLATED)) {
+      this.nested = new NestedArchive(name, method === DEFLATED, new ZipLister(this.maxEntries, this.depth + 1, this.inflateBudget), this.maxEntries, this.inflateBudget);
+    }
     if (compressed === 0xffffffff) {
       const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
       compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
@@ -161,9 +201,33 @@ export class ZipLister {
     return compressed > 0 ? { kind: 'skip', left: compressed } : { kind: 'scan' };
   }
 
-  private addName(raw: Buffer, flags: number): void {
-    this.names.add(decodeName(raw, (flags & 0x0800) !== 0));
+  private addName(raw: Buffer, flags: number): string {
+    const name = decodeName(raw, (flags & 0x0800) !== 0);
+    this.names.add(name);
     if (!this.names.complete) this.listing.complete = false;
+    return name;
+  }
+
+  /** Gives an inner archive its entry's next bytes, and takes the names it found in them. */
+  private feedNested(data: Buffer): void {
+    const nested = this.nested!;
+    nested.push(data);
+    this.takeNested(nested);
+  }
+
+  /** The entry's data ended: the inner archive's last names. */
+  private endNested(): void {
+    const nested = this.nested;
+    if (!nested) return;
+    this.nested = undefined;
+    nested.end();
+    this.takeNested(nested);
+  }
+
+  private takeNested(nested: NestedArchive): void {
+    for (const name of nested.newNames()) this.names.add(`${nested.name}/${name}`);
+    if (!this.names.complete || !nested.complete) this.listing.complete = false;
+    if (nested.encrypted) this.listing.encrypted = true;
   }
 
   /** Looks for the next local header or the central directory; returns where to continue in `chunk`. */
@@ -181,10 +245,16 @@ export class ZipLister {
       if (sig === SIG_END) {
         // The end of an archive only once one began: in the data before it, "PK\x05\x06" is a decoy.
         if (!this.listing.isZip && this.listing.entries.length === 0) continue;
+        if (this.nested) this.feedNested(buf.subarray(0, i));
+        this.endNested();
         this.state = { kind: 'done' };
         return chunk.length;
       }
       if (sig === SIG_LOCAL || sig === SIG_CENTRAL) {
+        // An entry of unknown size (bit 3) ends where the next header begins (its data descriptor, a
+        // few bytes after its deflated stream, is ignored by the inflater).
+        if (this.nested) this.feedNested(buf.subarray(0, i));
+        this.endNested();
         this.pending = [Buffer.from(buf.subarray(i, i + 4))];
         this.pendingLength = 4;
         this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
@@ -193,8 +263,10 @@ export class ZipLister {
       }
     }
     // Keep up to 3 bytes: the start of a signature the next chunk completes (copied, not a view that
-    // would pin the whole chunk).
-    this.tail = Buffer.from(buf.subarray(Math.max(0, buf.length - 3)));
+    // would pin the whole chunk). An inner archive gets the rest now, and those bytes with the next chunk.
+    const keep = Math.max(0, buf.length - 3);
+    if (this.nested) this.feedNested(buf.subarray(0, keep));
+    this.tail = Buffer.from(buf.subarray(keep));
     return chunk.length;
   }
 
@@ -217,6 +289,88 @@ export class ZipLister {
 }
 
 const PK_LOCAL = Buffer.from([0x50, 0x4b, 0x03, 0x04]);
+
+/**
+ * The archive inside one zip entry, whatever kind it turns out to be (each lister recognises its own),
+ * fed the entry's bytes as they stream by, inflated first when deflated.
+ */
+class NestedArchive {
+  private readonly listers: ArchiveListing[];
+  private readonly taken: number[];
+  private readonly inflater: Inflate | undefined;
+  private readonly sinks: { push(data: Buffer): void }[];
+  /** false once names may be missing: an inner listing was, or the inflate budget ran out */
+  complete = true;
+  encrypted = false;
+  private stopped = false;
+
+  constructor(
+    readonly name: string,
+    deflated: boolean,
+    private readonly zip: ZipLister,
+    maxEntries: number,
+    private readonly budget: { left: number },
+  ) {
+    const rar = new RarLister(maxEntries);
+    const iso = new IsoLister(maxEntries);
+    this.sinks = [zip, rar, iso];
+    this.listers = [zip.listing, rar.listing, iso.listing];
+    this.taken = this.listers.map(() => 0);
+    if (deflated) {
+      this.inflater = new Inflate();
+      this.inflater.ondata = (data) => this.give(Buffer.from(data.buffer, data.byteOffset, data.length));
+    }
+  }
+
+  push(data: Buffer): void {
+    if (this.stopped || !data.length) return;
+    if (!this.inflater) return this.give(data);
+    try {
+      this.inflater.push(data);
+    } catch {
+      // Not a deflate stream after all: an extractor fails on it too; what was listed stands.
+      this.stopped = true;
+    }
+  }
+
+  end(): void {
+    if (!this.stopped && this.inflater) {
+      try {
+        this.inflater.push(new Uint8Array(0), true);
+      } catch {
+        // cut short: what was listed stands
+      }
+    }
+    this.stopped = true;
+    this.zip.end();
+  }
+
+  /** Names found since the last call, from whichever lister recognised the archive. */
+  newNames(): string[] {
+    const names: string[] = [];
+    this.listers.forEach((listing, i) => {
+      names.push(...listing.entries.slice(this.taken[i]));
+      this.taken[i] = listing.entries.length;
+      if (!listing.complete) this.complete = false;
+    });
+    const [zip, rar] = this.listers as [ZipListing, RarListing];
+    if ((zip.isZip && zip.encrypted) || (rar.isRar && rar.encrypted)) this.encrypted = true;
+    return names;
+  }
+
+  private give(data: Buffer): void {
+    if (this.inflater) {
+      this.budget.left -= data.length;
+      if (this.budget.left < 0) {
+        // A zip bomb, or more than any real mail carries: the rest is not looked at.
+        this.stopped = true;
+        this.complete = false;
+        return;
+      }
+    }
+    for (const sink of this.sinks) sink.push(data);
+  }
+}
 
 /** Bit 11 says UTF-8; otherwise CP437 in theory, but many tools write UTF-8 anyway. */
 function decodeName(raw: Buffer, utf8Flag: boolean): string {

@@ -1,6 +1,11 @@
-// Builds test messages: MIME with base64 attachments, and stored (uncompressed) zip archives.
+// Builds test messages: MIME with base64 attachments, and stored (uncompressed) zip archives; and inspects
+// a message with one attachment as the gateway does, with the shipped policy's verdict on it.
 
 import { crc32 } from 'node:zlib';
+import { MessageInspector } from '../../src/inspect/mime.js';
+import type { Facts, MessageFacts } from '../../src/policy/facts.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { Verdict } from '../../src/pipeline/verdict.js';
 
 export interface Attachment {
   name: string;
@@ -77,4 +82,23 @@ export function zip(entries: { name: string; content: Buffer }[], opts: { encryp
   end.writeUInt32LE(cdBuf.length, 12);
   end.writeUInt32LE(offset, 16);
   return Buffer.concat([...locals, cdBuf, end]);
+}
+
+/** The facts of a message carrying this attachment (inspected in 16 KB pieces), and the shipped policy's verdict. */
+export async function inspectAttachment(content: Buffer, name: string): Promise<{ message: MessageFacts; verdict: Verdict }> {
+  const raw = Buffer.from(mimeMessage({ from: 'user1@example.test', subject: 'facture', text: 'Ci-joint.', attachments: [{ name, content }] }));
+  const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
+  for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
+  const message = await inspector.end();
+  const facts: Facts = {
+    listener: 'submission',
+    listenerMode: 'starttls',
+    clientIp: '192.0.2.7',
+    authenticated: true,
+    account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
+    sender: 'user1@example.test',
+    recipients: ['user2@example.test'],
+    message,
+  };
+  return { message, verdict: loadPolicy('policies').evaluate('data', facts).verdict };
 }

@@ -7,9 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { IsoLister } from '../../src/inspect/iso.js';
-import { MessageInspector } from '../../src/inspect/mime.js';
-import type { Facts } from '../../src/policy/facts.js';
-import { loadPolicy } from '../../src/policy/load.js';
+import { inspectAttachment } from '../harness/mime.js';
 
 /** An image of these files (path → content), made by genisoimage with its options. */
 function image(files: Record<string, string>, options: string[]): Buffer {
@@ -97,46 +95,32 @@ describe('ISO 9660 listing', () => {
   });
 
   it('as an attachment: detected as an image whatever its name, its shortcut quarantined by the shipped policy', async () => {
-    const iso = image(FILES, ['-J', '-R']);
-    const raw = Buffer.from(
-      [
-        'From: user1@example.test',
-        'To: user2@example.test',
-        'Subject: facture',
-        'MIME-Version: 1.0',
-        'Content-Type: multipart/mixed; boundary="b"',
-        '',
-        '--b',
-        'Content-Type: text/plain',
-        '',
-        'Ci-joint.',
-        '--b',
-        'Content-Type: application/octet-stream',
-        'Content-Disposition: attachment; filename="facture.pdf"',
-        'Content-Transfer-Encoding: base64',
-        '',
-        ...iso.toString('base64').match(/.{1,76}/g)!,
-        '--b--',
-        '',
-      ].join('\r\n'),
-    );
-    const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
-    for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
-    const message = await inspector.end();
+    const { message, verdict } = await inspectAttachment(image(FILES, ['-J', '-R']), 'facture.pdf');
     expect(message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'iso' });
     expect(message.attachments[0]!.archiveEntries).toContain('Documents/Factures/facture-2025.pdf.lnk');
     expect(message.mimeLimitExceeded).toBeUndefined();
+    expect(verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
 
-    const facts: Facts = {
-      listener: 'submission',
-      listenerMode: 'starttls',
-      clientIp: '192.0.2.7',
-      authenticated: true,
-      account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
-      sender: 'user1@example.test',
-      recipients: ['user2@example.test'],
-      message,
-    };
-    expect(loadPolicy('policies').evaluate('data', facts).verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  it('inside a zip, made by zip or by bsdtar (sizes after the data): the shortcut in the image is found and quarantined', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-iso-zip-'));
+    writeFileSync(join(dir, 'facture.iso'), image(FILES, ['-J', '-R']));
+    writeFileSync(join(dir, 'lisez-moi.txt'), 'Ouvrez la facture.');
+    execFileSync('zip', ['-q', '-X', 'infozip.zip', 'facture.iso', 'lisez-moi.txt'], { cwd: dir });
+    execFileSync('bsdtar', ['-a', '-cf', 'libarchive.zip', 'facture.iso', 'lisez-moi.txt'], { cwd: dir });
+    const infozip = readFileSync(join(dir, 'infozip.zip'));
+    const libarchive = readFileSync(join(dir, 'libarchive.zip'));
+    // Both deflate the image; libarchive writes its sizes in a descriptor after the data (bit 3).
+    for (const z of [infozip, libarchive]) expect(z.readUInt16LE(8)).toBe(8);
+    expect(libarchive.readUInt16LE(6) & 0x0008).toBe(0x0008);
+    expect(infozip.readUInt16LE(6) & 0x0008).toBe(0);
+    for (const z of [infozip, libarchive]) {
+      const { message, verdict } = await inspectAttachment(z, 'factures.zip');
+      expect(message.attachments[0]).toMatchObject({ detectedType: 'zip', encrypted: false });
+      expect(message.attachments[0]!.archiveEntries).toEqual(expect.arrayContaining(['facture.iso', 'lisez-moi.txt', 'facture.iso/Documents/Factures/facture-2025.pdf.lnk']));
+      expect(message.mimeLimitExceeded).toBeUndefined();
+      expect(verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    }
   });
 });
+

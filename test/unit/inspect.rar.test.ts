@@ -7,10 +7,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MessageInspector } from '../../src/inspect/mime.js';
 import { RarLister } from '../../src/inspect/rar.js';
-import type { Facts } from '../../src/policy/facts.js';
-import { loadPolicy } from '../../src/policy/load.js';
+import { inspectAttachment, zip } from '../harness/mime.js';
 import { rar4, rar5, type RarFile } from '../harness/rar.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'douane-rar-'));
@@ -108,51 +106,17 @@ describe('RAR listing', () => {
   });
 
   it('as an attachment: listed whatever its name, its program quarantined by the shipped policy; encrypted headers are refused as too complex', async () => {
-    const attach = async (archive: Buffer) => {
-      const raw = Buffer.from(
-        [
-          'From: user1@example.test',
-          'To: user2@example.test',
-          'Subject: facture',
-          'MIME-Version: 1.0',
-          'Content-Type: multipart/mixed; boundary="b"',
-          '',
-          '--b',
-          'Content-Type: text/plain',
-          '',
-          'Ci-joint.',
-          '--b',
-          'Content-Type: application/octet-stream',
-          'Content-Disposition: attachment; filename="facture.pdf"',
-          'Content-Transfer-Encoding: base64',
-          '',
-          ...archive.toString('base64').match(/.{1,76}/g)!,
-          '--b--',
-          '',
-        ].join('\r\n'),
-      );
-      const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
-      for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
-      const message = await inspector.end();
-      const facts: Facts = {
-        listener: 'submission',
-        listenerMode: 'starttls',
-        clientIp: '192.0.2.7',
-        authenticated: true,
-        account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
-        sender: 'user1@example.test',
-        recipients: ['user2@example.test'],
-        message,
-      };
-      return { message, verdict: loadPolicy('policies').evaluate('data', facts).verdict };
-    };
-
-    const plain = await attach(rar5(FILES));
+    const plain = await inspectAttachment(rar5(FILES), 'facture.pdf');
     expect(plain.message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'rar', encrypted: false, archiveEntries: NAMES });
     expect(plain.message.mimeLimitExceeded).toBeUndefined();
     expect(plain.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
 
-    const hidden = await attach(rar4(FILES, { encryptedHeaders: true }));
+    // Inside a zip, the same.
+    const zipped = await inspectAttachment(zip([{ name: 'docs.rar', content: rar4(FILES) }]), 'docs.zip');
+    expect(zipped.message.attachments[0]!.archiveEntries).toEqual(['docs.rar', ...NAMES.map((n) => `docs.rar/${n}`)]);
+    expect(zipped.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const hidden = await inspectAttachment(rar4(FILES, { encryptedHeaders: true }), 'facture.pdf');
     expect(hidden.message.attachments[0]).toMatchObject({ detectedType: 'rar', encrypted: true, archiveEntries: [] });
     expect(hidden.message.mimeLimitExceeded).toBe('archive_entries');
     expect(hidden.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });

@@ -72,6 +72,7 @@ function zip(entries: Entry[]): Buffer {
 function list(bytes: Buffer, chunkSize = bytes.length || 1, maxEntries?: number) {
   const z = new ZipLister(maxEntries);
   for (let i = 0; i < bytes.length; i += chunkSize) z.push(bytes.subarray(i, i + chunkSize));
+  z.end();
   return z.listing;
 }
 
@@ -114,10 +115,35 @@ describe('zip listing from local headers and the central directory', () => {
     expect(l.entries).toEqual(['big.bin', 'after.txt']);
   });
 
-  it('lists a zip inside the zip by name only', () => {
-    const inner = zip([{ name: 'hidden.exe', data: text('MZ') }]);
-    const l = list(zip([{ name: 'inner.zip', data: inner }, { name: 'note.txt', data: text('hi') }]));
-    expect(l.entries).toEqual(['inner.zip', 'note.txt']);
+  it('lists an archive inside the zip, stored or deflated, sizes known or not, however the bytes are chunked', () => {
+    const inner = zip([{ name: 'hidden.exe', data: text('MZ') }, { name: 'lisez-moi.txt', data: text('bonjour '.repeat(300)), deflate: true }]);
+    for (const how of [{}, { deflate: true }, { deflate: true, descriptor: 'signed' }, { deflate: true, descriptor: 'unsigned' }] as Partial<Entry>[]) {
+      const bytes = zip([{ name: 'docs/inner.zip', data: inner, ...how }, { name: 'note.txt', data: text('hi') }]);
+      for (const size of [bytes.length, 1, 7, 100]) {
+        expect(list(bytes, size)).toMatchObject({ entries: ['docs/inner.zip', 'docs/inner.zip/hidden.exe', 'docs/inner.zip/lisez-moi.txt', 'note.txt'], complete: true, encrypted: false });
+      }
+    }
+    // An encrypted inner archive is one more name, and the zip says encrypted (as one with an encrypted file inside it does).
+    expect(list(zip([{ name: 'inner.zip', data: inner, flags: 0x0001 }]))).toMatchObject({ entries: ['inner.zip'], encrypted: true });
+    expect(list(zip([{ name: 'inner.zip', data: zip([{ name: 'secret.pdf', data: text('x'), flags: 0x0001 }]) }]))).toMatchObject({ entries: ['inner.zip', 'inner.zip/secret.pdf'], encrypted: true });
+    // Only archives a double click opens: a .bin holding a zip is one name.
+    expect(list(zip([{ name: 'data.bin', data: inner }])).entries).toEqual(['data.bin']);
+    // Deflated data that does not inflate (its first block has the reserved type): the name stands, nothing breaks.
+    const broken = zip([{ name: 'broken.zip', data: Buffer.alloc(500, 7), deflate: true }, { name: 'after.txt', data: text('x') }]);
+    broken[30 + 'broken.zip'.length] = 0xff;
+    expect(list(broken, 100)).toMatchObject({ entries: ['broken.zip', 'after.txt'], complete: true });
+  });
+
+  it('opens three levels of archives below the attachment, and inflates a bounded amount (a zip bomb is incomplete)', () => {
+    let nested = zip([{ name: 'x.exe', data: text('MZ') }]);
+    for (const name of ['d.zip', 'c.zip', 'b.zip']) nested = zip([{ name, data: nested, deflate: true }]);
+    const l = list(zip([{ name: 'a.zip', data: nested, deflate: true }]), 1000);
+    expect(l.entries).toEqual(['a.zip', 'a.zip/b.zip', 'a.zip/b.zip/c.zip', 'a.zip/b.zip/c.zip/d.zip']);
+    expect(l.complete).toBe(true);
+
+    // 80 MB of zeros deflate to 80 KB; named like a disk image, the entry is inflated until the budget ends.
+    const bomb = list(zip([{ name: 'image.iso', data: Buffer.alloc(80 * 1024 * 1024), deflate: true }, { name: 'after.txt', data: text('x') }]), 65_536);
+    expect(bomb).toMatchObject({ entries: ['image.iso', 'after.txt'], complete: false });
   });
 
   it('caps the names kept but still counts entries and sees encryption past the cap', () => {
