@@ -1,5 +1,6 @@
 // The names an archive listing keeps: each once, the first `max`, then each name whose extension was not
-// seen yet (up to `max` more), so that a thousand harmless names cannot push one out. Trailing dots and
+// seen yet (up to `max` more), so that a thousand harmless names cannot push one out. A name ends at its
+// first NUL, as it does for the extractors (C strings: "evil.exe\0.txt" is evil.exe); trailing dots and
 // spaces go, as Windows names files ("evil.exe. " is evil.exe). Names are bounded in length, one by one
 // and together: comparing long strings over and over would otherwise cost quadratic time.
 
@@ -30,7 +31,8 @@ export class ArchiveNames {
       this.complete = false;
       return;
     }
-    const name = raw.replace(/[. ]+$/, '');
+    const nul = raw.indexOf('\0');
+    const name = (nul < 0 ? raw : raw.slice(0, nul)).replace(/[. ]+$/, '');
     if (this.names.has(name)) return;
     const dot = name.lastIndexOf('.');
     const extension = dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '';

@@ -13,6 +13,13 @@ export interface RarFile {
   directory?: boolean;
   /** RAR 4: the name in the DOS code page next to the packed Unicode one (default: "_" for each non-ASCII character) */
   dosName?: string;
+  /** the name field's bytes exactly (RAR 4: the whole field, with the Unicode flag when `unicodeFlag`) */
+  rawName?: Buffer;
+  unicodeFlag?: boolean;
+  /** RAR 4: header flags to clear (0x8000: no "data follows" flag, which a file header does not need) */
+  clearFlags?: number;
+  /** RAR 4, with the large option: the high 32 bits of the packed size */
+  highPackSize?: number;
 }
 
 // ------------------------------------------------------------------------------------------- RAR 5
@@ -40,8 +47,8 @@ function block5(fields: Buffer[]): Buffer {
   return Buffer.concat([u32(crc32(sized)), sized]);
 }
 
-export function rar5(files: RarFile[], opts: { encryptedHeaders?: boolean } = {}): Buffer {
-  const parts: Buffer[] = [Buffer.from('Rar!\x1a\x07\x01\x00', 'latin1')];
+export function rar5(files: RarFile[], opts: { encryptedHeaders?: boolean; prefix?: Buffer } = {}): Buffer {
+  const parts: Buffer[] = [opts.prefix ?? Buffer.alloc(0), Buffer.from('Rar!\x1a\x07\x01\x00', 'latin1')];
   if (opts.encryptedHeaders) {
     // Archive encryption header: version 0 (AES-256), no password check value, KDF count, salt; then
     // every header is encrypted (an IV, then AES blocks): stand-in bytes here.
@@ -52,7 +59,7 @@ export function rar5(files: RarFile[], opts: { encryptedHeaders?: boolean } = {}
   parts.push(block5([vint(1), vint(0), vint(0)])); // main header, no archive flags
   for (const f of files) {
     const data = f.data ?? Buffer.alloc(0);
-    const name = Buffer.from(f.name, 'utf8');
+    const name = f.rawName ?? Buffer.from(f.name, 'utf8');
     // Encryption record: version 0, flags 0, KDF count, salt, IV.
     const record = f.encrypted ? Buffer.concat([vint(1), vint(0), vint(0), Buffer.from([15]), Buffer.alloc(16, 1), Buffer.alloc(16, 2)]) : Buffer.alloc(0);
     const extra = f.encrypted ? Buffer.concat([vint(record.length), record]) : Buffer.alloc(0);
@@ -131,8 +138,8 @@ export function packUnicodeName(name: string, dos: Buffer): Buffer {
   return Buffer.from(out);
 }
 
-export function rar4(files: RarFile[], opts: { encryptedHeaders?: boolean; large?: boolean } = {}): Buffer {
-  const parts: Buffer[] = [Buffer.from('Rar!\x1a\x07\x00', 'latin1')];
+export function rar4(files: RarFile[], opts: { encryptedHeaders?: boolean; large?: boolean; prefix?: Buffer } = {}): Buffer {
+  const parts: Buffer[] = [opts.prefix ?? Buffer.alloc(0), Buffer.from('Rar!\x1a\x07\x00', 'latin1')];
   parts.push(block4(0x73, opts.encryptedHeaders ? 0x80 : 0, Buffer.alloc(6)));
   if (opts.encryptedHeaders) {
     parts.push(Buffer.alloc(96, 0x5a)); // encrypted headers: a salt, then AES blocks
@@ -143,7 +150,8 @@ export function rar4(files: RarFile[], opts: { encryptedHeaders?: boolean; large
     const win = f.name.replace(/\//g, '\\'); // RAR 4 keeps Windows' separator
     const ascii = /^[\x20-\x7e]*$/.test(win);
     const dos = Buffer.from(f.dosName ?? [...win].map((c) => (c.charCodeAt(0) < 0x80 ? c : '_')).join(''), 'latin1');
-    const name = ascii ? Buffer.from(win, 'latin1') : Buffer.concat([dos, Buffer.from([0]), packUnicodeName(win, dos)]);
+    const unicode = f.rawName ? f.unicodeFlag === true : !ascii;
+    const name = f.rawName ?? (ascii ? Buffer.from(win, 'latin1') : Buffer.concat([dos, Buffer.from([0]), packUnicodeName(win, dos)]));
     const fixed = Buffer.alloc(25 + (opts.large ? 8 : 0));
     fixed.writeUInt32LE(data.length, 0); // packed size
     fixed.writeUInt32LE(data.length, 4); // unpacked size
@@ -155,7 +163,8 @@ export function rar4(files: RarFile[], opts: { encryptedHeaders?: boolean; large
     fixed.writeUInt16LE(name.length, 19);
     fixed.writeUInt32LE(f.directory ? 0x10 : 0x20, 21);
     // With the large flag, the high 32 bits of both sizes (zero) follow.
-    const flags = 0x8000 | (ascii ? 0 : 0x200) | (f.encrypted ? 0x4 : 0) | (f.directory ? 0xe0 : 0) | (opts.large ? 0x100 : 0);
+    if (opts.large) fixed.writeUInt32LE(f.highPackSize ?? 0, 25);
+    const flags = (0x8000 | (unicode ? 0x200 : 0) | (f.encrypted ? 0x4 : 0) | (f.directory ? 0xe0 : 0) | (opts.large ? 0x100 : 0)) & ~(f.clearFlags ?? 0);
     parts.push(block4(0x74, flags, Buffer.concat([fixed, name])), data);
   }
   parts.push(block4(0x7b, 0x4000, Buffer.alloc(0)));

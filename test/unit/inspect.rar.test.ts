@@ -5,6 +5,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { crc32 } from 'node:zlib';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RarLister } from '../../src/inspect/rar.js';
@@ -14,13 +15,17 @@ import { rar4, rar5, type RarFile } from '../harness/rar.js';
 const dir = mkdtempSync(join(tmpdir(), 'douane-rar-'));
 const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
 
-/** The names bsdtar and lsar list in the archive (each must list them all, in the same order). */
-function namesByReaders(archive: Buffer): { bsdtar: string[]; lsar: string[] } {
+/** The names one reader lists in the archive (a directory's without its trailing "/"). */
+function listedBy(reader: 'bsdtar' | 'lsar', archive: Buffer): string[] {
   const file = join(dir, `a${Math.random().toString(36).slice(2)}.rar`);
   writeFileSync(file, archive);
-  const bsdtar = execFileSync('bsdtar', ['-tf', file], { env: UTF8 }).toString('utf8').split('\n').filter(Boolean).map((n) => n.replace(/\/$/, ''));
-  const lsar = execFileSync('lsar', [file], { env: UTF8 }).toString('utf8').split('\n').slice(1).filter(Boolean).map((n) => n.replace(/\/$/, ''));
-  return { bsdtar, lsar };
+  const out = execFileSync(reader, reader === 'bsdtar' ? ['-tf', file] : [file], { env: UTF8 }).toString('utf8').split('\n');
+  return (reader === 'lsar' ? out.slice(1) : out).filter(Boolean).map((n) => n.replace(/\/$/, ''));
+}
+
+/** The names bsdtar and lsar list in the archive (each must list them all, in the same order). */
+function namesByReaders(archive: Buffer): { bsdtar: string[]; lsar: string[] } {
+  return { bsdtar: listedBy('bsdtar', archive), lsar: listedBy('lsar', archive) };
 }
 
 function list(bytes: Buffer, chunk: number) {
@@ -35,7 +40,10 @@ const FILES: RarFile[] = [
   { name: 'Factures/facture-2025.pdf.scr', data: Buffer.from('MZ\x90\x00stand-in program') },
   { name: 'LISEZ-MOI.txt', data: Buffer.alloc(70_000, 'bonjour ') },
 ];
+/** what the readers print (without a directory's trailing "/") */
 const NAMES = FILES.map((f) => f.name);
+/** what Douane lists: a directory ends with "/" (a folder named "x.exe" is no program) */
+const LISTED = FILES.map((f) => (f.directory ? `${f.name}/` : f.name));
 
 describe('RAR listing', () => {
   for (const [version, write] of [['RAR 5', rar5], ['RAR 4', rar4]] as const) {
@@ -45,7 +53,7 @@ describe('RAR listing', () => {
       expect(readers.bsdtar).toEqual(NAMES);
       expect(readers.lsar).toEqual(NAMES);
       for (const chunk of [archive.length, 1, 7, 1000, 65_536]) {
-        expect(list(archive, chunk)).toEqual({ isRar: true, entries: NAMES, complete: true, encrypted: false });
+        expect(list(archive, chunk)).toEqual({ isRar: true, entries: LISTED, complete: true, encrypted: false });
       }
     });
 
@@ -80,25 +88,82 @@ describe('RAR listing', () => {
       const name = archive.indexOf('facture-2025.pdf.scr', 0, 'latin1');
       const broken = Buffer.from(archive);
       broken[name] = 0x46; // "Factures/Facture-…": the header's checksum no longer matches
-      expect(list(broken, 512)).toMatchObject({ isRar: true, entries: ['Factures', 'Factures/facture-2025.pdf'], complete: false });
+      expect(list(broken, 512)).toMatchObject({ isRar: true, entries: ['Factures/', 'Factures/facture-2025.pdf'], complete: false });
 
       const cut = archive.subarray(0, archive.indexOf('LISEZ-MOI', 0, 'latin1') - 4);
-      expect(list(cut, 512)).toEqual({ isRar: true, entries: NAMES.slice(0, 3), complete: true, encrypted: false });
+      expect(list(cut, 512)).toEqual({ isRar: true, entries: LISTED.slice(0, 3), complete: true, encrypted: false });
     });
   }
 
   it('RAR 4: the sizes of a large file (high 32 bits) are read', () => {
     const archive = rar4(FILES, { large: true });
-    expect(namesByReaders(archive).bsdtar).toEqual(NAMES);
-    expect(list(archive, 4096).entries).toEqual(NAMES);
+    const readers = namesByReaders(archive);
+    expect(readers.bsdtar).toEqual(NAMES);
+    expect(readers.lsar).toEqual(NAMES);
+    expect(list(archive, 4096).entries).toEqual(LISTED);
+    // A first file of 4 GB and more: what follows it is past this attachment's end.
+    const files = [{ ...FILES[1]!, highPackSize: 1 }, FILES[2]!];
+    expect(list(rar4(files, { large: true }), 4096).entries).toEqual(['Factures/facture-2025.pdf']);
+  });
+
+  it('reads names as unrar does: up to a NUL, up to a byte that is not UTF-8, packed names as it unpacks them', () => {
+    // unrar (non-free, not installed here) is the reference: WinRAR extracts under its names. Where bsdtar
+    // or lsar read a name the same way, they confirm it; where neither does, the name is what unrar's
+    // EncodeFileName::Decode and C strings make of it.
+    const exe = Buffer.from('evil.exe', 'latin1');
+    const packed = (bytes: number[]) => Buffer.concat([exe, Buffer.from([0, ...bytes])]);
+    const cases: { archive: Buffer; confirmedBy?: 'bsdtar' | 'lsar' }[] = [
+      { archive: rar5([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
+      { archive: rar4([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
+      { archive: rar5([{ name: '', rawName: Buffer.concat([exe, Buffer.from([0xff]), Buffer.from('.txt')]), data: Buffer.from('MZ') }]) },
+      // Packed: nothing packed at all (the byte name stands); a flags byte and nothing after it; a copied
+      // run longer than the byte name (it reads on into the field: its zero, then the high byte, ends the name).
+      { archive: rar4([{ name: '', rawName: packed([]), unicodeFlag: true, data: Buffer.from('MZ') }]), confirmedBy: 'lsar' },
+      { archive: rar4([{ name: '', rawName: packed([0x00, 0x00]), unicodeFlag: true, data: Buffer.from('MZ') }]) },
+      { archive: rar4([{ name: '', rawName: packed([0x00, 0xc0, 0x08, 0x2e, 0x74, 0x78, 0x00, 0x74]), unicodeFlag: true, data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
+    ];
+    for (const { archive, confirmedBy } of cases) {
+      if (confirmedBy) expect(listedBy(confirmedBy, archive)).toEqual(['evil.exe']);
+      for (const chunk of [archive.length, 5]) expect(list(archive, chunk).entries).toEqual(['evil.exe']);
+    }
+  });
+
+  it('RAR 4: a file header without the "data follows" flag still has its data skipped (data that looks like an end block hides nothing)', () => {
+    const end = Buffer.from([0xc4, 0x3d, 0x7b, 0x00, 0x40, 0x07, 0x00]);
+    const archive = rar4([{ name: 'readme.txt', data: end, clearFlags: 0x8000 }, { name: 'payload.exe', data: Buffer.from('MZ') }]);
+    expect(end.readUInt16LE(0)).toBe(crc32(end.subarray(2)) & 0xffff); // a valid end block
+    const readers = namesByReaders(archive);
+    expect(readers.bsdtar).toEqual(['readme.txt', 'payload.exe']);
+    expect(readers.lsar).toEqual(['readme.txt', 'payload.exe']);
+    expect(list(archive, 64)).toEqual({ isRar: true, entries: ['readme.txt', 'payload.exe'], complete: true, encrypted: false });
+  });
+
+  it('finds an archive behind other bytes, as unrar does (a self-extractor\'s stub, or anything)', () => {
+    const prefix = Buffer.from('MZ\x90\x00 stub or junk\r\nRar!\x1a\x07\x02 not quite');
+    // lsar finds the RAR 4 one ("Embedded RAR"); unrar looks for either in the first 2 MB.
+    expect(listedBy('lsar', rar4([{ name: 'payload.exe', data: Buffer.from('MZ') }], { prefix }))).toEqual(['payload.exe']);
+    for (const write of [rar4, rar5]) {
+      const archive = write([{ name: 'payload.exe', data: Buffer.from('MZ') }], { prefix });
+      for (const chunk of [archive.length, 1, 3, 9]) expect(list(archive, chunk)).toMatchObject({ isRar: true, entries: ['payload.exe'], complete: true });
+    }
+    // Not past where unrar looks (2 MB).
+    expect(list(rar5([{ name: 'payload.exe', data: Buffer.from('MZ') }], { prefix: Buffer.alloc(3 * 1024 * 1024, 0x41) }), 65_536)).toMatchObject({ isRar: false, entries: [] });
   });
 
   it('is not fooled by other content, and stops at a header larger than any real one', () => {
     expect(list(Buffer.from('Rar! is how this text file starts'), 10)).toMatchObject({ isRar: false, entries: [], complete: true });
     expect(list(Buffer.alloc(100_000, 0x41), 4096)).toMatchObject({ isRar: false, entries: [] });
-    // A RAR 5 header claiming 2 MB: not buffered.
-    const huge = Buffer.concat([Buffer.from('Rar!\x1a\x07\x01\x00', 'latin1'), Buffer.from([0, 0, 0, 0, 0x80, 0x80, 0x80, 0x01])]);
+    // A RAR 5 header claiming 512 KB (a 3-byte size, as real ones are written): not waited for.
+    const huge = Buffer.concat([Buffer.from('Rar!\x1a\x07\x01\x00', 'latin1'), Buffer.from([0, 0, 0, 0, 0x80, 0x80, 0x20]), Buffer.alloc(300_000)]);
     expect(list(huge, 4096)).toMatchObject({ isRar: true, complete: false });
+    // A hundred thousand empty blocks (valid, of a type extractors skip): past the headers read.
+    const empty = Buffer.from([0x77, 0, 0, 7, 0]);
+    const block = Buffer.concat([Buffer.alloc(2), empty]);
+    block.writeUInt16LE(crc32(empty) & 0xffff, 0);
+    const late = rar4([{ name: 'late.exe', data: Buffer.from('MZ') }]).subarray(7);
+    const blocks = (n: number) => Buffer.concat([Buffer.from('Rar!\x1a\x07\x00', 'latin1'), ...Array.from({ length: n }, () => block), late]);
+    expect(list(blocks(1000), 65_536)).toMatchObject({ entries: ['late.exe'], complete: true });
+    expect(list(blocks(100_001), 65_536)).toMatchObject({ isRar: true, complete: false });
     // Past 10 names, only new extensions are kept (10 more): 30 kinds of names are too many.
     const lister = new RarLister(10);
     lister.push(rar5(Array.from({ length: 30 }, (_, i) => ({ name: `f${i}.e${i}`, data: Buffer.from('x') }))));
@@ -107,13 +172,13 @@ describe('RAR listing', () => {
 
   it('as an attachment: listed whatever its name, its program quarantined by the shipped policy; encrypted headers are refused as too complex', async () => {
     const plain = await inspectAttachment(rar5(FILES), 'facture.pdf');
-    expect(plain.message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'rar', encrypted: false, archiveEntries: NAMES });
+    expect(plain.message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'rar', encrypted: false, archiveEntries: LISTED });
     expect(plain.message.mimeLimitExceeded).toBeUndefined();
     expect(plain.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
 
     // Inside a zip, the same.
     const zipped = await inspectAttachment(zip([{ name: 'docs.rar', content: rar4(FILES) }]), 'docs.zip');
-    expect(zipped.message.attachments[0]!.archiveEntries).toEqual(['docs.rar', ...NAMES.map((n) => `docs.rar/${n}`)]);
+    expect(zipped.message.attachments[0]!.archiveEntries).toEqual(expect.arrayContaining(['docs.rar', ...LISTED.map((n) => `docs.rar/${n}`)]));
     expect(zipped.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
 
     const hidden = await inspectAttachment(rar4(FILES, { encryptedHeaders: true }), 'facture.pdf');
