@@ -36,6 +36,7 @@ import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, type ConnectionH
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
 import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
+import { envelopeParams, type WrittenParams } from './upstream/params.js';
 import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamProvider } from './upstream/provider.js';
 import { formatReply, replyText, type SmtpReply } from './upstream/reply.js';
 import { UpstreamError, type SmtpClient } from './upstream/smtp-client.js';
@@ -554,7 +555,7 @@ export class Gateway {
       reference: newReference(),
       startedAt: this.clock.now(),
       mailFrom: address.address,
-      params: { ...args },
+      params: paramsAsWritten(address),
       recipients: [],
       recipientGrants: [],
       results: [],
@@ -588,7 +589,7 @@ export class Gateway {
     }
     let reply: SmtpReply;
     try {
-      reply = await upstream.mail(address.address, this.relayedParams(tx, 'mail', args, paramsAsWritten(address), upstream));
+      reply = await upstream.mail(address.address, this.relayedParams(tx, 'mail', tx.params, upstream));
     } catch (err) {
       const refusal = this.upstreamRefusal(err, 'mail', tx.reference);
       this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
@@ -636,7 +637,7 @@ export class Gateway {
     const upstream = state.upstream;
     let reply: SmtpReply;
     try {
-      reply = await upstream.rcpt(address.address, this.relayedParams(tx, 'rcpt', address.args || {}, paramsAsWritten(address), upstream));
+      reply = await upstream.rcpt(address.address, this.relayedParams(tx, 'rcpt', paramsAsWritten(address), upstream));
     } catch (err) {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
@@ -646,7 +647,7 @@ export class Gateway {
     tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
     this.metrics.upstreamReplies.labels('rcpt', replyClass(reply.code)).inc();
     const accepted = reply.code >= 200 && reply.code < 300; // 251 forwarded, 252 cannot verify but will try
-    tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply) });
+    tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply), params: paramsAsWritten(address) });
     if (accepted) tx.acceptedRecipients.add(key);
     this.metrics.recipients.labels(accepted ? 'accepted' : 'refused_by_upstream').inc();
     if (grant) {
@@ -831,22 +832,14 @@ export class Gateway {
   }
 
   /**
-   * The parameters relayed with MAIL FROM or RCPT TO, each only when the upstream offers its extension:
-   * SIZE, BODY (8BITMIME), SMTPUTF8 always (the upstream decides), and DSN's as the client wrote them. DSN
-   * parameters an upstream without DSN cannot take (it stopped offering it after this client's EHLO, or
-   * the client sent them unasked) are left out and logged: the message goes, without the notices asked for.
+   * The parameters relayed with MAIL FROM or RCPT TO (envelopeParams). DSN parameters an upstream without
+   * DSN cannot take (it stopped offering it after this client's EHLO, or the client sent them unasked)
+   * are left out and logged: the message goes, without the notices asked for.
    */
-  private relayedParams(tx: Transaction, command: 'mail' | 'rcpt', args: Record<string, string | true>, written: Record<string, string>, upstream: SmtpClient): string[] {
-    const out: string[] = [];
-    if (command === 'mail') {
-      if (typeof args.SIZE === 'string' && upstream.supports('SIZE')) out.push(`SIZE=${args.SIZE}`);
-      if (typeof args.BODY === 'string' && upstream.supports('8BITMIME')) out.push(`BODY=${args.BODY.toUpperCase()}`);
-      if (args.SMTPUTF8 === true) out.push('SMTPUTF8');
-    }
-    const dsn = DSN_PARAMS[command].filter((key) => written[key] !== undefined);
-    if (dsn.length && upstream.supports('DSN')) out.push(...dsn.map((key) => `${key}=${written[key]}`));
-    else if (dsn.length) this.log.warn({ event: 'dsn_not_relayed', ref: tx.reference, params: dsn }, `the upstream does not offer DSN: ${dsn.join(' and ')} left out; the delivery notices asked for may not come`);
-    return out;
+  private relayedParams(tx: Transaction, command: 'mail' | 'rcpt', written: WrittenParams, upstream: SmtpClient): string[] {
+    const { params, dsnLeftOut } = envelopeParams(command, written, (extension) => upstream.supports(extension));
+    if (dsnLeftOut.length) this.log.warn({ event: 'dsn_not_relayed', ref: tx.reference, params: dsnLeftOut }, `the upstream does not offer DSN: ${dsnLeftOut.join(' and ')} left out; the delivery notices asked for may not come`);
+    return params;
   }
 
   /** The upstream connection for this transaction: the session's own (AUTH), or one from the trusted pool. */
@@ -904,6 +897,8 @@ export class Gateway {
           client: state.remoteAddress,
           sender: tx.mailFrom,
           recipients: tx.recipients.filter((r) => r.accepted).map((r) => r.address),
+          mailParams: tx.params,
+          recipientParams: Object.fromEntries(tx.recipients.filter((r) => r.accepted && r.params && Object.keys(r.params).length).map((r) => [r.address, r.params!])),
           action: verdict.action,
           reason: verdict.reason,
           rule: verdict.rule?.id,
@@ -1063,8 +1058,6 @@ function withEnhanced(reply: SmtpReply, fallback: string): string {
 }
 
 /** MAIL FROM parameters worth forwarding, when the upstream supports them. */
-/** DSN's parameters (RFC 3461), on MAIL FROM and on RCPT TO. */
-const DSN_PARAMS = { mail: ['RET', 'ENVID'], rcpt: ['NOTIFY', 'ORCPT'] } as const;
 
 function outcomeOf(verdict: Verdict, err: ReplyError): NonNullable<Transaction['outcome']> {
   return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: err.wire };

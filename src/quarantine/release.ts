@@ -1,8 +1,9 @@
 // Releases a quarantined message: re-submits its original bytes, unchanged, to the upstream's trusted
-// port with the original envelope, once. The entry is claimed first (two people releasing at once do not
+// port with the original envelope (its parameters too: SMTPUTF8, BODY, delivery receipts), once. The entry is claimed first (two people releasing at once do not
 // deliver it twice), marked released after the upstream's 250, and the release is audited.
 
 import type { AuditLog } from '../audit/log.js';
+import { envelopeParams } from '../upstream/params.js';
 import { formatReply } from '../upstream/reply.js';
 import { SmtpClient, type UpstreamEndpoint } from '../upstream/smtp-client.js';
 import type { QuarantineMeta, QuarantineStore } from './store.js';
@@ -28,11 +29,12 @@ export async function releaseMessage(
     } catch (err) {
       throw new ReleaseError(`could not reach the upstream at ${upstream} (${(err as Error).message}); nothing was released, try again later`);
     }
-    const mail = await client.mail(meta.sender);
+    const offers = (extension: string) => client!.supports(extension);
+    const mail = await client.mail(meta.sender, envelopeParams('mail', meta.mailParams ?? {}, offers).params);
     if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
     const refused: string[] = [];
     for (const r of meta.recipients) {
-      const reply = await client.rcpt(r);
+      const reply = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
       if (reply.code !== 250 && reply.code !== 251) refused.push(`${r}: ${formatReply(reply)}`);
     }
     if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);

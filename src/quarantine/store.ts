@@ -9,6 +9,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'nod
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import type { WrittenParams } from '../upstream/params.js';
 
 export interface QuarantineMeta {
   id: string;
@@ -19,6 +20,10 @@ export interface QuarantineMeta {
   client: string;
   sender: string;
   recipients: string[];
+  /** MAIL FROM parameters as the client wrote them, sent again at a release (entries from older versions have none) */
+  mailParams?: WrittenParams;
+  /** RCPT TO parameters as written, by recipient */
+  recipientParams?: Record<string, WrittenParams>;
   action: string;
   reason?: string;
   rule?: string;

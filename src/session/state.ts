@@ -9,6 +9,7 @@ import type { ReasonCode } from '../reasons.js';
 import type { BulkFacts, LimitFacts, MessageFacts, ScanFacts } from '../policy/facts.js';
 import type { Policy } from '../policy/policy.js';
 import type { Grant } from '../limits/limiter.js';
+import type { WrittenParams } from '../upstream/params.js';
 
 export type ListenerMode = 'starttls' | 'tls' | 'trusted';
 
@@ -35,14 +36,16 @@ export interface RecipientRecord {
   /** the reply the client got for this RCPT */
   reply: string;
   accepted: boolean;
+  /** its RCPT TO parameters as written (NOTIFY, ORCPT), kept for a release from quarantine */
+  params?: WrittenParams;
 }
 
 export interface Transaction {
   reference: string;
   startedAt: number;
   mailFrom: string;
-  /** parameters as the client sent them (SIZE, BODY, SMTPUTF8) */
-  params: Record<string, string | true>;
+  /** MAIL FROM parameters as the client wrote them (values not xtext-decoded) */
+  params: WrittenParams;
   declaredSize?: number;
   recipients: RecipientRecord[];
   /** the accepted recipients in comparable form, to relay and count each once */

@@ -26,6 +26,7 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import type { ReasonCode } from '../reasons.js';
+import type { WrittenParams } from '../upstream/params.js';
 import type { Phase } from '../pipeline/verdict.js';
 import { LIBRARY_REPLIES, PROTOCOL_ENHANCED, formatWire, naturalAction, replyFor, type WireReply } from './replies.js';
 
@@ -57,11 +58,11 @@ export interface ConnectionHooks {
   offersDsn(): boolean;
 }
 
-/** MAIL FROM and RCPT TO parameters as the client wrote them (KEY upper case), by parsed command. */
-const writtenParams = new WeakMap<object, Record<string, string>>();
+/** MAIL FROM and RCPT TO parameters as the client wrote them, by parsed command. */
+const writtenParams = new WeakMap<object, WrittenParams>();
 
 /** A MAIL FROM or RCPT TO command's parameters as written (values not xtext-decoded), for relaying. */
-export function paramsAsWritten(address: object): Record<string, string> {
+export function paramsAsWritten(address: object): WrittenParams {
   return writtenParams.get(address) ?? {};
 }
 
@@ -149,10 +150,11 @@ export class GatewayConnection extends SMTPConnection {
     const parsed = super._parseAddressCommand(name, `${path[1]}<${standIn}>${params}`);
     if (parsed && parsed.address) parsed.address = written;
     if (parsed) {
-      const asWritten: Record<string, string> = {};
+      const asWritten: WrittenParams = {};
       for (const param of params.trim().split(/\s+/)) {
         const eq = param.indexOf('=');
         if (eq > 0) asWritten[param.slice(0, eq).toUpperCase()] = param.slice(eq + 1);
+        else if (param) asWritten[param.toUpperCase()] = true;
       }
       writtenParams.set(parsed, asWritten);
     }

@@ -232,6 +232,34 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
 });
 
 describe('quarantine', () => {
+  it('a released message keeps its envelope parameters: SMTPUTF8, BODY, and the delivery receipt asked for', async () => {
+    upstream = await FakeUpstream.start({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'DSN', 'SMTPUTF8'] });
+    const gw = await gateway();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO webmail.test');
+    const message = mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'e.com', content: Buffer.from(EICAR) }] });
+    expect(await c.command(`MAIL FROM:<user1@example.test> SIZE=${message.length} BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B7`)).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;user2+2Bold@example.test')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user3@example.test>')).toMatch(/^250 /);
+    await c.command('DATA');
+    c.write(message + '\r\n.\r\n');
+    expect(await c.reply(20_000)).toMatch(INFECTED);
+    c.close();
+    const id = String((await gw.waitForLog((l) => l.event === 'transaction')).quarantine);
+    const relayed = upstream.commands.length;
+
+    const configFile = join(gw.stateDir, 'douane.yaml');
+    writeFileSync(configFile, gw.configText);
+    await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--config', configFile]);
+    expect(upstream.messages).toHaveLength(1);
+    expect(upstream.commands.slice(relayed).filter((l) => /^(MAIL|RCPT)/.test(l))).toEqual([
+      `MAIL FROM:<user1@example.test> SIZE=${message.length} BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B7`,
+      'RCPT TO:<user2@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;user2+2Bold@example.test',
+      'RCPT TO:<user3@example.test>',
+    ]);
+  });
+
   it('keeps the refused message (0600) and releases the original bytes to the upstream exactly once, audited', async () => {
     const gw = await gateway();
     // The subject decodes to terminal control sequences (CSI as ESC [ and as the C1 character U+009B).
