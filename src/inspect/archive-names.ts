@@ -26,13 +26,31 @@ export class ArchiveNames {
 
   constructor(private readonly max: number) {}
 
+  /**
+   * Adds a name as the extractors may show it: up to its first NUL (unrar, Windows' C strings), and, when
+   * it has one, whole with each NUL as "_" (The Unarchiver): "readme.txt\0.exe" is both.
+   */
   add(raw: string): void {
+    this.addOne(raw);
+    if (raw.includes('\0')) this.addOne(raw.replace(/\0/g, '_'));
+  }
+
+  /** Forgets every name: they were not an archive's after all. */
+  clear(): void {
+    this.entries.length = 0;
+    this.names.clear();
+    this.extensions.clear();
+    this.extra = 0;
+    this.characters = 0;
+    this.complete = true;
+  }
+
+  private addOne(raw: string): void {
     if (raw.length > MAX_NAME || this.characters + raw.length > MAX_CHARACTERS) {
       this.complete = false;
       return;
     }
-    const nul = raw.indexOf('\0');
-    const name = (nul < 0 ? raw : raw.slice(0, nul)).replace(/[. ]+$/, '');
+    const name = normalizeName(raw);
     if (this.names.has(name)) return;
     const dot = name.lastIndexOf('.');
     const extension = dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '';
@@ -49,4 +67,10 @@ export class ArchiveNames {
     this.extensions.add(extension);
     this.entries.push(name);
   }
+}
+
+/** A name as Windows shows it: up to its first NUL, without trailing dots and spaces. */
+export function normalizeName(raw: string): string {
+  const nul = raw.indexOf('\0');
+  return (nul < 0 ? raw : raw.slice(0, nul)).replace(/[. ]+$/, '');
 }

@@ -27,7 +27,7 @@ import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
-import { ZipLister } from './zip.js';
+import { inflateBudget, ZipLister } from './zip.js';
 
 export interface InspectLimits {
   /** MIME parts (every entity, the root and multipart containers included) before mimeLimitExceeded = 'parts' */
@@ -111,6 +111,8 @@ export class MessageInspector {
   private readonly splitter: Transform;
   private readonly maxText: number;
   private readonly depths = new WeakMap<object, number>();
+  /** what opening archives inside zips may cost, for the whole message */
+  private readonly inflateBudget = inflateBudget();
   private size = 0;
   /** parts read, attached messages' included once they end */
   private parts = 0;
@@ -353,7 +355,7 @@ export class MessageInspector {
         hash: createHash('sha256'),
         head: [],
         headLength: 0,
-        zip: new ZipLister(MAX_ARCHIVE_ENTRIES),
+        zip: new ZipLister(MAX_ARCHIVE_ENTRIES, 0, this.inflateBudget),
         iso: new IsoLister(MAX_ARCHIVE_ENTRIES),
         rar: new RarLister(MAX_ARCHIVE_ENTRIES),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),

@@ -10,6 +10,7 @@
 // reported encrypted and incomplete, as is one whose headers cannot be read (a bad checksum, a header
 // past the bounds below). An archive cut short lists the files before the cut: an extractor sees no others.
 
+import { isUtf8 } from 'node:buffer';
 import { crc32 } from 'node:zlib';
 import { ArchiveNames, type ArchiveListing } from './archive-names.js';
 
@@ -78,6 +79,8 @@ export class RarLister {
   /** the last bytes searched: a signature may straddle two chunks */
   private tail = NOTHING;
   private headers = 0;
+  /** the signature was found behind other bytes */
+  private embedded = false;
 
   constructor(maxEntries = 1000) {
     this.names = new ArchiveNames(maxEntries);
@@ -89,9 +92,15 @@ export class RarLister {
     try {
       this.consume(chunk);
     } catch (err) {
-      // A header that cannot be read hides whatever follows it.
       if (!(err instanceof Malformed)) throw err;
-      this.listing.complete = false;
+      // A header that cannot be read hides whatever follows it. Behind other bytes, though, the signature
+      // was likely not a RAR's at all (a RAR deflated inside a zip shows its first bytes): the zip lister
+      // opens such a one.
+      if (this.embedded) {
+        this.listing.isRar = false;
+        this.listing.encrypted = false;
+        this.names.clear();
+      } else this.listing.complete = false;
       this.finish();
     }
     if (!this.names.complete) {
@@ -136,9 +145,12 @@ export class RarLister {
 
   /** Looks for the signature within unrar's reach; returns the bytes after it (none while not found). */
   private search(s: { searched: number }, data: Buffer): Buffer {
-    const buf = this.tail.length ? Buffer.concat([this.tail, data]) : data;
+    // Only as far as unrar looks, whatever the chunks.
+    const within = data.subarray(0, Math.max(0, MAX_SIGNATURE_OFFSET + SIGNATURE_PREFIX.length - s.searched));
+    const buf = this.tail.length ? Buffer.concat([this.tail, within]) : within;
+    const startsAt = s.searched - this.tail.length;
     this.tail = NOTHING;
-    s.searched += data.length;
+    s.searched += within.length;
     for (let at = buf.indexOf(SIGNATURE_PREFIX); at >= 0; at = buf.indexOf(SIGNATURE_PREFIX, at + 1)) {
       const mark = buf[at + 6];
       if (mark === undefined || (mark === 0x01 && buf.length < at + 8)) {
@@ -150,10 +162,12 @@ export class RarLister {
       if (!version) continue;
       this.version = version;
       this.listing.isRar = true;
+      this.embedded = startsAt + at > 0;
       this.nextHeader();
-      return buf.subarray(at + (version === 5 ? 8 : 7));
+      // The bytes after the signature, in this chunk (buf begins with the tail kept from the last one).
+      return data.subarray(at + (version === 5 ? 8 : 7) - (buf.length - within.length));
     }
-    if (s.searched > MAX_SIGNATURE_OFFSET) this.finish();
+    if (s.searched >= MAX_SIGNATURE_OFFSET + SIGNATURE_PREFIX.length || within.length < data.length) this.finish();
     else this.tail = Buffer.from(buf.subarray(Math.max(0, buf.length - 7)));
     return NOTHING;
   }
@@ -197,10 +211,14 @@ export class RarLister {
       if (fileFlags & R5_FILE_CRC) h.skip(4);
       h.vint(); // compression
       h.vint(); // host OS
-      // unrar's UTF-8 conversion stops at a byte that is not UTF-8: what follows is not part of the name.
-      const name = h.bytes(h.vint()).toString('utf8').split('\ufffd')[0]!;
+      const raw = h.bytes(h.vint());
       if (extraSize > total || this.rar5Encrypted(bytes.subarray(total - extraSize, total))) this.listing.encrypted = true;
-      this.names.add(fileFlags & R5_FILE_DIRECTORY ? `${name}/` : name);
+      const slash = fileFlags & R5_FILE_DIRECTORY ? '/' : '';
+      // A byte that is not UTF-8: unrar's conversion stops there, other extractors show it replaced.
+      // Both names are listed.
+      const name = raw.toString('utf8');
+      if (!isUtf8(raw)) this.names.add(name.slice(0, name.indexOf('\ufffd')) + slash);
+      this.names.add(name + slash);
     } else if (type === R5_ENCRYPTION) {
       this.listing.encrypted = true;
       this.listing.complete = false;
@@ -286,15 +304,17 @@ export class RarLister {
  */
 export function rar4Name(raw: Buffer, unicode: boolean): string {
   const zero = raw.indexOf(0);
-  const bytes = zero < 0 ? raw : raw.subarray(0, zero);
   let name = '';
-  if (unicode && zero < 0) name = raw.toString('utf8').split('\ufffd')[0]!;
+  if (unicode && zero < 0) name = raw.toString('utf8');
   else if (unicode) name = unpackName(raw, raw.subarray(zero + 1));
-  if (!name) name = bytes.toString('latin1');
+  // unrar falls back to the byte name when the Unicode one is empty (up to its first NUL); without the
+  // Unicode flag, the bytes are the name (a NUL in them is read both ways by ArchiveNames).
+  if (!unicode) name = raw.toString('latin1');
+  else if (!name || name.startsWith('\0')) name = (zero < 0 ? raw : raw.subarray(0, zero)).toString('latin1');
   return name.replace(/\\/g, '/');
 }
 
-/** unrar's packed Unicode names (EncodeFileName::Decode), up to the first zero character. */
+/** unrar's packed Unicode names (EncodeFileName::Decode); zero characters kept (ArchiveNames reads them). */
 function unpackName(field: Buffer, packed: Buffer): string {
   const out: number[] = [];
   let at = 0;
@@ -336,8 +356,7 @@ function unpackName(field: Buffer, packed: Buffer): string {
     flags = (flags << 2) & 0xff;
     flagBits -= 2;
   }
-  const end = out.indexOf(0);
-  return String.fromCharCode(...(end < 0 ? out : out.slice(0, end)));
+  return String.fromCharCode(...out);
 }
 
 /** Reads RAR 5's variable-length integers and fixed fields, bounds checked. */

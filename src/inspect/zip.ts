@@ -1,18 +1,20 @@
-// Lists a zip attachment's entries as the decoded bytes stream by, without decompressing anything: names
+// Lists a zip attachment's entries as the decoded bytes stream by, decompressing only inner archives: names
 // for `archive.entries`, and whether any entry is encrypted (its content can then be neither scanned nor
 // trusted). Both the local file headers and the central directory (at the end) are read, because unzip
 // tools extract under the central directory's names and the two may disagree. Data before the archive
 // (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
-// anywhere.
+// anywhere; an end record does not end the listing (one inside an entry's data would hide what follows),
+// and the size in a header found by a scan, which may sit inside another entry's data, is not trusted.
 //
 // An archive inside the zip that a double click opens (zip, RAR, disk image) is listed too, as its entry
 // streams by, inflated when deflated: a zip holding a disk image holding a shortcut is a known way past
 // filters that only look one level in. Its names come as "outer.zip/inner.iso/name". Three levels at
-// most, and a bounded number of bytes inflated for all of them together: past that (a zip bomb), the
-// listing is incomplete. An inner archive stored with another method, or encrypted, is one more name.
+// most, and a bounded number of bytes inflated (and of inner archives) for the whole message: one that
+// cannot be opened (deeper, another method, past the budget: a zip bomb) leaves the listing incomplete.
+// An encrypted one is one more name, and the zip is said encrypted.
 
 import { Inflate } from 'fflate';
-import { ArchiveNames, type ArchiveListing } from './archive-names.js';
+import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-names.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 
@@ -32,8 +34,21 @@ const DEFLATED = 8;
 const NESTED_ARCHIVE = /\.(zip|rar|iso|img)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
-/** Bytes inflated to list inner archives, all levels of one attachment together. */
-const MAX_INFLATED = 64 * 1024 * 1024;
+/** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
+const MAX_INFLATED = 128 * 1024 * 1024;
+const MAX_NESTED_ARCHIVES = 1000;
+/** Compressed bytes given to the inflater at a time: its output per step stays near 1 MB, checked against the budget. */
+const INFLATE_STEP = 1024;
+
+/** What inner archives may still cost, shared by every zip of one message. */
+export interface InflateBudget {
+  bytes: number;
+  archives: number;
+}
+
+export function inflateBudget(): InflateBudget {
+  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES };
+}
 
 export interface ZipListing extends ArchiveListing {
   /** the content starts like a zip */
@@ -46,7 +61,9 @@ export interface ZipListing extends ArchiveListing {
 
 type State =
   | { kind: 'start' } // waiting for the first 4 bytes
-  | { kind: 'header'; need: number } // collecting a local header (fixed part, then name and extra field)
+  // collecting a local header (fixed part, then name and extra field); positioned: reached where the
+  // previous entry's data ended by its size (or at the start), not found by a scan
+  | { kind: 'header'; need: number; positioned: boolean }
   | { kind: 'central'; need: number } // collecting a central directory header (fixed part, name, extra, comment)
   | { kind: 'skip'; left: number } // inside an entry's data of known size
   | { kind: 'scan' } // looking for the next signature (after the data, or when its size is unknown)
@@ -63,11 +80,13 @@ export class ZipLister {
   private readonly names: ArchiveNames;
   readonly listing: ZipListing;
 
+  /** the archive names of the local headers seen (to tell whether the central directory names another) */
+  private readonly localArchives = new Set<string>();
+
   constructor(
     private readonly maxEntries = 1000,
     private readonly depth = 0,
-    /** bytes left to inflate, shared by every level below one attachment */
-    private readonly inflateBudget = { left: MAX_INFLATED },
+    private readonly budget: InflateBudget = inflateBudget(),
   ) {
     this.names = new ArchiveNames(maxEntries);
     this.listing = { isZip: false, entries: this.names.entries, entryCount: 0, encrypted: false, complete: true };
@@ -77,7 +96,9 @@ export class ZipLister {
     try {
       this.consume(chunk);
     } catch {
-      // A malformed archive must not break inspection; what was listed so far stands.
+      // A malformed archive must not break inspection; what was listed so far stands, but names past the
+      // fault may be missing.
+      if (this.listing.isZip) this.listing.complete = false;
       this.state = { kind: 'done' };
       this.endNested();
     }
@@ -104,7 +125,7 @@ export class ZipLister {
             this.listing.isZip = true;
             this.pending = [PK_LOCAL];
             this.pendingLength = 4;
-            this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
+            this.state = { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: true };
           } else if (sig === SIG_END) {
             this.listing.isZip = true;
             this.state = { kind: 'done' };
@@ -130,11 +151,11 @@ export class ZipLister {
           const full = LOCAL_HEADER_SIZE + nameLen + extraLen;
           if (s.need < full) {
             this.pending = [head];
-            this.state = { kind: 'header', need: full };
+            this.state = { kind: 'header', need: full, positioned: s.positioned };
             break;
           }
           this.takePending();
-          this.state = this.entry(head);
+          this.state = this.entry(head, s.positioned);
           break;
         }
         case 'central': {
@@ -156,7 +177,9 @@ export class ZipLister {
           this.takePending();
           const flags = head.readUInt16LE(8);
           if (flags & 0x0001) this.listing.encrypted = true;
-          this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
+          const name = this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
+          // Extractors go by the central directory: an archive it names that no local header did was not opened.
+          if (NESTED_ARCHIVE.test(normalizeName(name)) && !this.localArchives.has(normalizeName(name))) this.listing.complete = false;
           this.state = { kind: 'scan' };
           break;
         }
@@ -179,7 +202,7 @@ export class ZipLister {
   }
 
   /** Records one entry from its complete local header, and says how to get past its data. */
-  private entry(head: Buffer): State {
+  private entry(head: Buffer, positioned: boolean): State {
     const flags = head.readUInt16LE(6);
     const nameLen = head.readUInt16LE(26);
     const extraLen = head.readUInt16LE(28);
@@ -187,18 +210,29 @@ export class ZipLister {
     if (flags & 0x0001) this.listing.encrypted = true;
     this.listing.entryCount++;
     this.endNested();
-    const name = this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags);
-    const method = head.readUInt16LE(8);
-    if (!(flags & 0x0001) && this.depth < MAX_NESTING && NESTED_ARCHIVE.test(name) && (method === STORED || method === DEFLATED)) {
-      this.nested = new NestedArchive(name, method === DEFLATED, new ZipLister(this.maxEntries, this.depth + 1, this.inflateBudget), this.maxEntries, this.inflateBudget);
-    }
+    const name = normalizeName(this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags));
+    if (NESTED_ARCHIVE.test(name)) this.openNested(name, head.readUInt16LE(8), (flags & 0x0001) !== 0);
     if (compressed === 0xffffffff) {
       const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
       compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
     }
     // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero. Either way the
-    // scan after the data finds the next header (and steps over a descriptor).
-    return compressed > 0 ? { kind: 'skip', left: compressed } : { kind: 'scan' };
+    // scan after the data finds the next header (and steps over a descriptor). A header found by a scan
+    // may be one written inside another entry's data to hide what follows: its size is not trusted.
+    return positioned && compressed > 0 ? { kind: 'skip', left: compressed } : { kind: 'scan' };
+  }
+
+  /** An archive inside this one: listed as its data streams by, or the listing says it could not be. */
+  private openNested(name: string, method: number, encrypted: boolean): void {
+    this.localArchives.add(name);
+    // Encrypted, it is one more name (the zip is said encrypted, which the policy judges).
+    if (encrypted) return;
+    if (this.depth >= MAX_NESTING || (method !== STORED && method !== DEFLATED) || this.budget.archives <= 0) {
+      this.listing.complete = false;
+      return;
+    }
+    this.budget.archives--;
+    this.nested = new NestedArchive(name, method === DEFLATED, new ZipLister(this.maxEntries, this.depth + 1, this.budget), this.maxEntries, this.budget);
   }
 
   private addName(raw: Buffer, flags: number): string {
@@ -239,25 +273,28 @@ export class ZipLister {
       buf = Buffer.concat([this.tail, buf]);
       this.tail = undefined;
     }
+    // Inside an inner archive's deflate stream, whatever looks like a header is its data: the scan
+    // resumes in the chunk where the stream ends.
+    let fed = false;
+    if (this.nested?.streaming) {
+      this.feedNested(buf);
+      fed = true;
+      if (this.nested?.streaming) return chunk.length;
+    }
     for (let i = buf.indexOf(PK); i !== -1; i = buf.indexOf(PK, i + 1)) {
       if (i + 4 > buf.length) break;
       const sig = buf.readUInt32LE(i);
-      if (sig === SIG_END) {
-        // The end of an archive only once one began: in the data before it, "PK\x05\x06" is a decoy.
-        if (!this.listing.isZip && this.listing.entries.length === 0) continue;
-        if (this.nested) this.feedNested(buf.subarray(0, i));
-        this.endNested();
-        this.state = { kind: 'done' };
-        return chunk.length;
-      }
+      // An end record does not end the scan: one inside an entry's data (an archive stored in it, or a
+      // decoy) would hide the entries after it, which extractors find by the last one.
+      if (sig === SIG_END) continue;
       if (sig === SIG_LOCAL || sig === SIG_CENTRAL) {
         // An entry of unknown size (bit 3) ends where the next header begins (its data descriptor, a
         // few bytes after its deflated stream, is ignored by the inflater).
-        if (this.nested) this.feedNested(buf.subarray(0, i));
+        if (this.nested && !fed) this.feedNested(buf.subarray(0, i));
         this.endNested();
         this.pending = [Buffer.from(buf.subarray(i, i + 4))];
         this.pendingLength = 4;
-        this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
+        this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: false } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
         // i counts from the start of buf, which begins `carried` bytes before chunk[pos].
         return pos + (i + 4 - carried);
       }
@@ -265,7 +302,7 @@ export class ZipLister {
     // Keep up to 3 bytes: the start of a signature the next chunk completes (copied, not a view that
     // would pin the whole chunk). An inner archive gets the rest now, and those bytes with the next chunk.
     const keep = Math.max(0, buf.length - 3);
-    if (this.nested) this.feedNested(buf.subarray(0, keep));
+    if (this.nested && !fed) this.feedNested(buf.subarray(0, keep));
     this.tail = Buffer.from(buf.subarray(keep));
     return chunk.length;
   }
@@ -309,7 +346,7 @@ class NestedArchive {
     deflated: boolean,
     private readonly zip: ZipLister,
     maxEntries: number,
-    private readonly budget: { left: number },
+    private readonly budget: InflateBudget,
   ) {
     const rar = new RarLister(maxEntries);
     const iso = new IsoLister(maxEntries);
@@ -323,26 +360,47 @@ class NestedArchive {
   }
 
   push(data: Buffer): void {
-    if (this.stopped || !data.length) return;
-    if (!this.inflater) return this.give(data);
-    try {
-      this.inflater.push(data);
-    } catch {
-      // Not a deflate stream after all: an extractor fails on it too; what was listed stands.
-      this.stopped = true;
+    if (!this.inflater) {
+      if (!this.stopped) this.give(data);
+      return;
+    }
+    // A step at a time, so that a bomb is stopped within a step's output, and not past the stream's end
+    // (bytes after it would only pile up in the inflater).
+    for (let at = 0; at < data.length && !this.stopped; at += INFLATE_STEP) {
+      if (this.inflaterDone()) {
+        this.stopped = true;
+        break;
+      }
+      this.inflate(data.subarray(at, at + INFLATE_STEP), false);
     }
   }
 
   end(): void {
-    if (!this.stopped && this.inflater) {
-      try {
-        this.inflater.push(new Uint8Array(0), true);
-      } catch {
-        // cut short: what was listed stands
-      }
-    }
+    if (!this.stopped && this.inflater && !this.inflaterDone()) this.inflate(new Uint8Array(0), true);
     this.stopped = true;
     this.zip.end();
+  }
+
+  private inflate(data: Uint8Array, final: boolean): void {
+    try {
+      this.inflater!.push(data, final);
+    } catch (err) {
+      // Not a deflate stream after all (fflate's format errors carry a code): an extractor fails on it
+      // too, and what was listed stands. Anything else (memory) leaves names unread.
+      this.stopped = true;
+      if (typeof (err as { code?: unknown }).code !== 'number') this.complete = false;
+    }
+  }
+
+  /** Inflating a stream that has not ended yet. */
+  get streaming(): boolean {
+    return this.inflater !== undefined && !this.stopped && !this.inflaterDone();
+  }
+
+  /** The deflate stream's last block is done (fflate's state, as of the pinned version). */
+  private inflaterDone(): boolean {
+    const state = (this.inflater as unknown as { s?: { f?: number; l?: unknown } }).s;
+    return Boolean(state?.f && !state.l);
   }
 
   /** Names found since the last call, from whichever lister recognised the archive. */
@@ -359,9 +417,10 @@ class NestedArchive {
   }
 
   private give(data: Buffer): void {
+    if (this.stopped) return;
     if (this.inflater) {
-      this.budget.left -= data.length;
-      if (this.budget.left < 0) {
+      this.budget.bytes -= data.length;
+      if (this.budget.bytes < 0) {
         // A zip bomb, or more than any real mail carries: the rest is not looked at.
         this.stopped = true;
         this.complete = false;

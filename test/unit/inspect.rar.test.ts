@@ -3,7 +3,8 @@
 // they show is what Douane must find. Then the shipped policy judging what is inside.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { crc32 } from 'node:zlib';
 import { join } from 'node:path';
@@ -106,25 +107,30 @@ describe('RAR listing', () => {
     expect(list(rar4(files, { large: true }), 4096).entries).toEqual(['Factures/facture-2025.pdf']);
   });
 
-  it('reads names as unrar does: up to a NUL, up to a byte that is not UTF-8, packed names as it unpacks them', () => {
-    // unrar (non-free, not installed here) is the reference: WinRAR extracts under its names. Where bsdtar
-    // or lsar read a name the same way, they confirm it; where neither does, the name is what unrar's
-    // EncodeFileName::Decode and C strings make of it.
+  it('reads names as the extractors do: up to a NUL or a byte that is not UTF-8 (unrar), and with it replaced (others)', () => {
+    // unrar (non-free, not installed here) cuts a name at a NUL or at a byte that is not UTF-8; The
+    // Unarchiver shows the rest with the byte replaced; both names are listed, so that neither
+    // "evil.exe\0.txt" nor "readme.txt\0.exe" passes for harmless. Where bsdtar or lsar show one of
+    // the names, they confirm it; packed RAR 4 names are unpacked as unrar's EncodeFileName::Decode does.
     const exe = Buffer.from('evil.exe', 'latin1');
     const packed = (bytes: number[]) => Buffer.concat([exe, Buffer.from([0, ...bytes])]);
-    const cases: { archive: Buffer; confirmedBy?: 'bsdtar' | 'lsar' }[] = [
-      { archive: rar5([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
-      { archive: rar4([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
-      { archive: rar5([{ name: '', rawName: Buffer.concat([exe, Buffer.from([0xff]), Buffer.from('.txt')]), data: Buffer.from('MZ') }]) },
+    const MZ = Buffer.from('MZ');
+    const cases: { archive: Buffer; listed: string[]; shown?: ['bsdtar' | 'lsar', string] }[] = [
+      { archive: rar5([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: MZ }]), listed: ['evil.exe', 'evil.exe_.txt'], shown: ['bsdtar', 'evil.exe'] },
+      { archive: rar4([{ name: '', rawName: Buffer.from('evil.exe\0.txt', 'latin1'), data: MZ }]), listed: ['evil.exe', 'evil.exe_.txt'], shown: ['bsdtar', 'evil.exe'] },
+      { archive: rar4([{ name: '', rawName: Buffer.from('readme.txt\0.exe', 'latin1'), data: MZ }]), listed: ['readme.txt', 'readme.txt_.exe'] },
+      { archive: rar5([{ name: '', rawName: Buffer.concat([exe, Buffer.from([0xff]), Buffer.from('.txt')]), data: MZ }]), listed: ['evil.exe', 'evil.exe\ufffd.txt'], shown: ['lsar', 'evil.exe%ff.txt'] },
+      // U+FFFD written in UTF-8 is a character like any other.
+      { archive: rar5([{ name: 'readme.txt\ufffd.exe', data: MZ }]), listed: ['readme.txt\ufffd.exe'], shown: ['bsdtar', 'readme.txt\ufffd.exe'] },
       // Packed: nothing packed at all (the byte name stands); a flags byte and nothing after it; a copied
-      // run longer than the byte name (it reads on into the field: its zero, then the high byte, ends the name).
-      { archive: rar4([{ name: '', rawName: packed([]), unicodeFlag: true, data: Buffer.from('MZ') }]), confirmedBy: 'lsar' },
-      { archive: rar4([{ name: '', rawName: packed([0x00, 0x00]), unicodeFlag: true, data: Buffer.from('MZ') }]) },
-      { archive: rar4([{ name: '', rawName: packed([0x00, 0xc0, 0x08, 0x2e, 0x74, 0x78, 0x00, 0x74]), unicodeFlag: true, data: Buffer.from('MZ') }]), confirmedBy: 'bsdtar' },
+      // run longer than the byte name (it reads on into the field: its zero, then the high byte).
+      { archive: rar4([{ name: '', rawName: packed([]), unicodeFlag: true, data: MZ }]), listed: ['evil.exe'], shown: ['lsar', 'evil.exe'] },
+      { archive: rar4([{ name: '', rawName: packed([0x00, 0x00]), unicodeFlag: true, data: MZ }]), listed: ['evil.exe'] },
+      { archive: rar4([{ name: '', rawName: packed([0x00, 0xc0, 0x08, 0x2e, 0x74, 0x78, 0x00, 0x74]), unicodeFlag: true, data: MZ }]), listed: ['evil.exe', 'evil.exe__.txt'], shown: ['bsdtar', 'evil.exe'] },
     ];
-    for (const { archive, confirmedBy } of cases) {
-      if (confirmedBy) expect(listedBy(confirmedBy, archive)).toEqual(['evil.exe']);
-      for (const chunk of [archive.length, 5]) expect(list(archive, chunk).entries).toEqual(['evil.exe']);
+    for (const { archive, listed, shown } of cases) {
+      if (shown) expect(listedBy(shown[0], archive)).toEqual([shown[1]]);
+      for (const chunk of [archive.length, 5]) expect(list(archive, chunk).entries).toEqual(listed);
     }
   });
 
@@ -180,6 +186,22 @@ describe('RAR listing', () => {
     const zipped = await inspectAttachment(zip([{ name: 'docs.rar', content: rar4(FILES) }]), 'docs.zip');
     expect(zipped.message.attachments[0]!.archiveEntries).toEqual(expect.arrayContaining(['docs.rar', ...LISTED.map((n) => `docs.rar/${n}`)]));
     expect(zipped.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    // Zipped by zip and by bsdtar: the RAR, incompressible, is deflated in stored blocks, so its first bytes
+    // show in the zip; the zip lister opens it, and nothing is taken for a broken archive.
+    const photos: RarFile[] = [{ name: 'a.jpg', data: randomBytes(200_000) }, { name: 'b.jpg', data: randomBytes(200_000) }];
+    for (const write of [rar4, rar5]) {
+      const zipDir = mkdtempSync(join(tmpdir(), 'douane-rar-zip-'));
+      writeFileSync(join(zipDir, 'photos.rar'), write(photos));
+      execFileSync('zip', ['-q', '-X', 'infozip.zip', 'photos.rar'], { cwd: zipDir });
+      execFileSync('bsdtar', ['-a', '-cf', 'libarchive.zip', 'photos.rar'], { cwd: zipDir });
+      for (const made of ['infozip.zip', 'libarchive.zip']) {
+        const { message, verdict } = await inspectAttachment(readFileSync(join(zipDir, made)), 'photos.zip');
+        expect(message.attachments[0]!.archiveEntries).toEqual(['photos.rar', 'photos.rar/a.jpg', 'photos.rar/b.jpg']);
+        expect(message.mimeLimitExceeded).toBeUndefined();
+        expect(verdict.action).toBe('continue');
+      }
+    }
 
     const hidden = await inspectAttachment(rar4(FILES, { encryptedHeaders: true }), 'facture.pdf');
     expect(hidden.message.attachments[0]).toMatchObject({ detectedType: 'rar', encrypted: true, archiveEntries: [] });

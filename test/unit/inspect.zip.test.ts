@@ -8,6 +8,8 @@ interface Entry {
   /** general purpose flags on top of what the options imply */
   flags?: number;
   deflate?: boolean;
+  /** zlib's level for deflate (0: stored blocks, the data verbatim inside the deflate stream) */
+  level?: number;
   /** bit 3: sizes zero in the local header, a data descriptor after the data */
   descriptor?: 'signed' | 'unsigned';
   /** sizes as 0xFFFFFFFF in the header, the real ones in a ZIP64 extra field */
@@ -23,7 +25,7 @@ function zip(entries: Entry[]): Buffer {
   let offset = 0;
   for (const e of entries) {
     const name = typeof e.name === 'string' ? Buffer.from(e.name, 'utf8') : e.name;
-    const data = e.deflate ? deflateRawSync(e.data) : e.data;
+    const data = e.deflate ? deflateRawSync(e.data, { level: e.level ?? 6 }) : e.data;
     const flags = (e.flags ?? 0) | (e.descriptor ? 0x0008 : 0) | (typeof e.name === 'string' ? 0x0800 : 0);
     let extra = Buffer.alloc(0);
     if (e.zip64) {
@@ -134,16 +136,53 @@ describe('zip listing from local headers and the central directory', () => {
     expect(list(broken, 100)).toMatchObject({ entries: ['broken.zip', 'after.txt'], complete: true });
   });
 
-  it('opens three levels of archives below the attachment, and inflates a bounded amount (a zip bomb is incomplete)', () => {
+  it('opens three levels of archives below the attachment; one it cannot open (deeper, another method) leaves the listing incomplete', () => {
     let nested = zip([{ name: 'x.exe', data: text('MZ') }]);
-    for (const name of ['d.zip', 'c.zip', 'b.zip']) nested = zip([{ name, data: nested, deflate: true }]);
-    const l = list(zip([{ name: 'a.zip', data: nested, deflate: true }]), 1000);
-    expect(l.entries).toEqual(['a.zip', 'a.zip/b.zip', 'a.zip/b.zip/c.zip', 'a.zip/b.zip/c.zip/d.zip']);
-    expect(l.complete).toBe(true);
+    for (const name of ['c.zip', 'b.zip']) nested = zip([{ name, data: nested, deflate: true }]);
+    expect(list(zip([{ name: 'a.zip', data: nested, deflate: true }]), 1000)).toMatchObject({ entries: ['a.zip', 'a.zip/b.zip', 'a.zip/b.zip/c.zip', 'a.zip/b.zip/c.zip/x.exe'], complete: true });
+    const deeper = list(zip([{ name: 'a.zip', data: zip([{ name: 'd.zip', data: nested, deflate: true }]), deflate: true }]), 1000);
+    expect(deeper.entries).toEqual(['a.zip', 'a.zip/d.zip', 'a.zip/d.zip/b.zip', 'a.zip/d.zip/b.zip/c.zip']);
+    expect(deeper.complete).toBe(false);
+    // bzip2 (method 12), which 7-Zip writes and opens.
+    const bzip2 = zip([{ name: 'inner.zip', data: zip([{ name: 'x.exe', data: text('MZ') }]) }]);
+    bzip2.writeUInt16LE(12, 8);
+    expect(list(bzip2)).toMatchObject({ entries: ['inner.zip'], complete: false });
+  });
 
-    // 80 MB of zeros deflate to 80 KB; named like a disk image, the entry is inflated until the budget ends.
-    const bomb = list(zip([{ name: 'image.iso', data: Buffer.alloc(80 * 1024 * 1024), deflate: true }, { name: 'after.txt', data: text('x') }]), 65_536);
+  it('opens an inner archive by the name an extractor gives it, and notices one the central directory names differently', () => {
+    const inner = zip([{ name: 'x.exe', data: text('MZ') }]);
+    expect(list(zip([{ name: 'inner.zip. ', data: inner, deflate: true }])).entries).toEqual(['inner.zip', 'inner.zip/x.exe']);
+    expect(list(zip([{ name: 'data.bin', centralName: 'data.zip', data: inner, deflate: true }]))).toMatchObject({ entries: ['data.bin', 'data.zip'], complete: false });
+  });
+
+  it('is not stopped by what looks like a header inside an entry of unknown size', () => {
+    const endRecord = Buffer.alloc(22);
+    endRecord.writeUInt32LE(0x06054b50, 0);
+    // A local header claiming 2 GB of data, found by the scan inside the first entry's data.
+    const fakeHeader = Buffer.alloc(31);
+    fakeHeader.writeUInt32LE(0x04034b50, 0);
+    fakeHeader.writeUInt32LE(0x7fffffff, 18);
+    fakeHeader.writeUInt16LE(1, 26);
+    for (const decoy of [endRecord, fakeHeader]) {
+      const bytes = zip([{ name: 'a.txt', data: Buffer.concat([text('before '), decoy, text(' after')]), descriptor: 'signed' }, { name: 'evil.exe', data: text('MZ') }]);
+      expect(list(bytes, 50).entries).toContain('evil.exe');
+    }
+    // An inner zip deflated in stored blocks, its size after the data: its own headers show verbatim in
+    // the outer zip, and are its data, not the outer zip's entries.
+    const inner = zip([{ name: 'hidden.exe', data: text('MZ') }, { name: 'note.txt', data: text('n') }]);
+    const l = list(zip([{ name: 'inner.zip', data: inner, deflate: true, level: 0, descriptor: 'signed' }, { name: 'after.txt', data: text('x') }]), 64);
+    expect(l.entries).toEqual(expect.arrayContaining(['inner.zip', 'inner.zip/hidden.exe', 'inner.zip/note.txt', 'after.txt']));
+    expect(l.complete).toBe(true);
+  });
+
+  it('inflates a bounded amount, however deep the bomb (the listing is incomplete)', () => {
+    // 150 MB of zeros deflate to 150 KB; named like a disk image, the entry is inflated until the budget ends.
+    const zeros = Buffer.alloc(150 * 1024 * 1024);
+    const bomb = list(zip([{ name: 'image.iso', data: zeros, deflate: true }, { name: 'after.txt', data: text('x') }]), 65_536);
     expect(bomb).toMatchObject({ entries: ['image.iso', 'after.txt'], complete: false });
+    // Two levels down: the inner zip's whole output reaches the next inflater at once, which must not inflate it all.
+    const deep = list(zip([{ name: 'inner.zip', data: zip([{ name: 'x.iso', data: zeros, deflate: true }, { name: 'evil.exe', data: text('MZ') }]), deflate: true }]), 65_536);
+    expect(deep.complete).toBe(false);
   });
 
   it('caps the names kept but still counts entries and sees encryption past the cap', () => {
