@@ -37,8 +37,8 @@ const MAX_NESTING = 3;
 /** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
 const MAX_INFLATED = 128 * 1024 * 1024;
 const MAX_NESTED_ARCHIVES = 1000;
-/** Compressed bytes given to the inflater at a time: its output per step stays near 1 MB, checked against the budget. */
-const INFLATE_STEP = 1024;
+/** Compressed bytes given to the inflater at a time: its output per step stays under about 8 MB (deflate expands 1032 times at most), checked against the budget. */
+const INFLATE_STEP = 8 * 1024;
 
 /** What inner archives may still cost, shared by every zip of one message. */
 export interface InflateBudget {
