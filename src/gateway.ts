@@ -1057,8 +1057,6 @@ function withEnhanced(reply: SmtpReply, fallback: string): string {
   return formatWire({ code: reply.code, enhanced, text: replyText(reply), close: false, lines: reply.lines });
 }
 
-/** MAIL FROM parameters worth forwarding, when the upstream supports them. */
-
 function outcomeOf(verdict: Verdict, err: ReplyError): NonNullable<Transaction['outcome']> {
   return { action: verdict.action, reason: verdict.reason, rule: verdict.rule, reply: err.wire };
 }

@@ -1,6 +1,7 @@
 // Releases a quarantined message: re-submits its original bytes, unchanged, to the upstream's trusted
-// port with the original envelope (its parameters too: SMTPUTF8, BODY, delivery receipts), once. The entry is claimed first (two people releasing at once do not
-// deliver it twice), marked released after the upstream's 250, and the release is audited.
+// port with the original envelope (its parameters too: SMTPUTF8, BODY, delivery receipts), once. The
+// entry is claimed first (two people releasing at once do not deliver it twice), marked released after
+// the upstream's 250, and the release is audited.
 
 import type { AuditLog } from '../audit/log.js';
 import { envelopeParams } from '../upstream/params.js';
