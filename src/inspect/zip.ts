@@ -66,6 +66,7 @@ type State =
   | { kind: 'header'; need: number; positioned: boolean }
   | { kind: 'central'; need: number } // collecting a central directory header (fixed part, name, extra, comment)
   | { kind: 'skip'; left: number } // inside an entry's data of known size
+  | { kind: 'next' } // where the next header must begin, the data before it having been walked by its size
   | { kind: 'scan' } // looking for the next signature (after the data, or when its size is unknown)
   | { kind: 'done' };
 
@@ -190,6 +191,19 @@ export class ZipLister {
           s.left -= n;
           if (s.left === 0) {
             this.endNested();
+            this.state = { kind: 'next' };
+          }
+          break;
+        }
+        case 'next': {
+          pos = this.collect(chunk, pos, 4);
+          if (this.pendingLength < 4) return;
+          const sig = (this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength)).readUInt32LE(0);
+          if (sig === SIG_LOCAL) this.state = { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: true };
+          else if (sig === SIG_CENTRAL) this.state = { kind: 'central', need: CENTRAL_HEADER_SIZE };
+          else {
+            // A data descriptor, or not a header at all: the scan finds what follows, these bytes included.
+            this.tail = this.takePending();
             this.state = { kind: 'scan' };
           }
           break;
@@ -216,10 +230,13 @@ export class ZipLister {
       const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
       compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
     }
-    // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero. Either way the
-    // scan after the data finds the next header (and steps over a descriptor). A header found by a scan
-    // may be one written inside another entry's data to hide what follows: its size is not trusted.
-    return positioned && compressed > 0 ? { kind: 'skip', left: compressed } : { kind: 'scan' };
+    // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero: the scan after the
+    // data finds the next header (and steps over a descriptor). A header found by a scan may be one
+    // written inside another entry's data to hide what follows: its size is not trusted. Otherwise the
+    // data is walked by its size, and the next header is expected right after it.
+    if (!positioned) return { kind: 'scan' };
+    if (compressed > 0) return { kind: 'skip', left: compressed };
+    return flags & 0x0008 ? { kind: 'scan' } : { kind: 'next' };
   }
 
   /** An archive inside this one: listed as its data streams by, or the listing says it could not be. */

@@ -1,3 +1,7 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { ZipLister } from '../../src/inspect/zip.js';
@@ -149,6 +153,22 @@ describe('zip listing from local headers and the central directory', () => {
     expect(list(bzip2)).toMatchObject({ entries: ['inner.zip'], complete: false });
   });
 
+  it('lists a zip Info-ZIP stored inside another (it does not compress .zip files), after directories, under its name', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-zip-in-zip-'));
+    mkdirSync(join(dir, 'proj', 'emptydir'), { recursive: true });
+    writeFileSync(join(dir, 'setup.exe'), 'MZ stand-in');
+    writeFileSync(join(dir, 'proj', 'readme.txt'), 'lisez-moi '.repeat(100));
+    execFileSync('zip', ['-q', '-X', join(dir, 'proj', 'inner.zip'), 'setup.exe'], { cwd: dir });
+    execFileSync('zip', ['-q', '-X', '-r', 'outer.zip', 'proj'], { cwd: dir });
+    const outer = readFileSync(join(dir, 'outer.zip'));
+    for (const size of [outer.length, 1000]) {
+      const l = list(outer, size);
+      expect(l.entries).toEqual(expect.arrayContaining(['proj/', 'proj/emptydir/', 'proj/readme.txt', 'proj/inner.zip', 'proj/inner.zip/setup.exe']));
+      expect(l.entries).not.toContain('setup.exe');
+      expect(l.complete).toBe(true);
+    }
+  });
+
   it('opens an inner archive by the name an extractor gives it, and notices one the central directory names differently', () => {
     const inner = zip([{ name: 'x.exe', data: text('MZ') }]);
     expect(list(zip([{ name: 'inner.zip. ', data: inner, deflate: true }])).entries).toEqual(['inner.zip', 'inner.zip/x.exe']);
@@ -254,5 +274,8 @@ describe('zip listing from local headers and the central directory', () => {
     zip([{ name: 'inside-the-data.txt', data: text('x') }]).copy(big, 10 * 1024 * 1024);
     const bytes = zip([{ name: 'big.bin', data: big }, { name: 'tail.txt', data: text('end') }]);
     expect(list(bytes, 65536).entries).toEqual(['big.bin', 'tail.txt']);
+    // Not only the first entry: after a directory (no data) and another entry, each walked by its size.
+    const later = zip([{ name: 'dir/', data: Buffer.alloc(0) }, { name: 'dir/a.txt', data: text('a') }, { name: 'dir/big.bin', data: big }, { name: 'tail.txt', data: text('end') }]);
+    expect(list(later, 65536).entries).toEqual(['dir/', 'dir/a.txt', 'dir/big.bin', 'tail.txt']);
   });
 });
