@@ -3,8 +3,7 @@
 // trusted). Both the local file headers and the central directory (at the end) are read, because unzip
 // tools extract under the central directory's names and the two may disagree. Data before the archive
 // (a self-extractor's stub, or junk put there to hide it) does not hide it: the headers are looked for
-// anywhere; an end record does not end the listing (one inside an entry's data would hide what follows),
-// and the size in a header found by a scan, which may sit inside another entry's data, is not trusted.
+// anywhere; an end record does not end the listing (one inside an entry's data would hide what follows).
 //
 // An archive inside the zip that a double click opens (zip, RAR, disk image) is listed too, as its entry
 // streams by, inflated when deflated: a zip holding a disk image holding a shortcut is a known way past
@@ -61,9 +60,7 @@ export interface ZipListing extends ArchiveListing {
 
 type State =
   | { kind: 'start' } // waiting for the first 4 bytes
-  // collecting a local header (fixed part, then name and extra field); positioned: reached where the
-  // previous entry's data ended by its size (or at the start), not found by a scan
-  | { kind: 'header'; need: number; positioned: boolean }
+  | { kind: 'header'; need: number } // collecting a local header (fixed part, then name and extra field)
   | { kind: 'central'; need: number } // collecting a central directory header (fixed part, name, extra, comment)
   | { kind: 'skip'; left: number } // inside an entry's data of known size
   | { kind: 'next' } // where the next header must begin, the data before it having been walked by its size
@@ -126,7 +123,7 @@ export class ZipLister {
             this.listing.isZip = true;
             this.pending = [PK_LOCAL];
             this.pendingLength = 4;
-            this.state = { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: true };
+            this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
           } else if (sig === SIG_END) {
             this.listing.isZip = true;
             this.state = { kind: 'done' };
@@ -152,11 +149,11 @@ export class ZipLister {
           const full = LOCAL_HEADER_SIZE + nameLen + extraLen;
           if (s.need < full) {
             this.pending = [head];
-            this.state = { kind: 'header', need: full, positioned: s.positioned };
+            this.state = { kind: 'header', need: full };
             break;
           }
           this.takePending();
-          this.state = this.entry(head, s.positioned);
+          this.state = this.entry(head);
           break;
         }
         case 'central': {
@@ -199,7 +196,7 @@ export class ZipLister {
           pos = this.collect(chunk, pos, 4);
           if (this.pendingLength < 4) return;
           const sig = (this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength)).readUInt32LE(0);
-          if (sig === SIG_LOCAL) this.state = { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: true };
+          if (sig === SIG_LOCAL) this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
           else if (sig === SIG_CENTRAL) this.state = { kind: 'central', need: CENTRAL_HEADER_SIZE };
           else {
             // A data descriptor, or not a header at all: the scan finds what follows, these bytes included.
@@ -216,7 +213,7 @@ export class ZipLister {
   }
 
   /** Records one entry from its complete local header, and says how to get past its data. */
-  private entry(head: Buffer, positioned: boolean): State {
+  private entry(head: Buffer): State {
     const flags = head.readUInt16LE(6);
     const nameLen = head.readUInt16LE(26);
     const extraLen = head.readUInt16LE(28);
@@ -231,10 +228,8 @@ export class ZipLister {
       compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
     }
     // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero: the scan after the
-    // data finds the next header (and steps over a descriptor). A header found by a scan may be one
-    // written inside another entry's data to hide what follows: its size is not trusted. Otherwise the
-    // data is walked by its size, and the next header is expected right after it.
-    if (!positioned) return { kind: 'scan' };
+    // data finds the next header (and steps over a descriptor). Otherwise the data is walked by its size
+    // (an archive inside is data, not entries), and the next header is expected right after it.
     if (compressed > 0) return { kind: 'skip', left: compressed };
     return flags & 0x0008 ? { kind: 'scan' } : { kind: 'next' };
   }
@@ -311,7 +306,7 @@ export class ZipLister {
         this.endNested();
         this.pending = [Buffer.from(buf.subarray(i, i + 4))];
         this.pendingLength = 4;
-        this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE, positioned: false } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
+        this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
         // i counts from the start of buf, which begins `carried` bytes before chunk[pos].
         return pos + (i + 4 - carried);
       }
