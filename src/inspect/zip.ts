@@ -16,6 +16,7 @@ import { Inflate } from 'fflate';
 import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-names.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
+import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -30,7 +31,7 @@ const MAX_NAME_LENGTH = 4096;
 const STORED = 0;
 const DEFLATED = 8;
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-const NESTED_ARCHIVE = /\.(zip|rar|iso|img)$/i;
+const NESTED_ARCHIVE = /\.(zip|rar|7z|iso|img)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
 /** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
@@ -39,14 +40,22 @@ const MAX_NESTED_ARCHIVES = 1000;
 /** Compressed bytes given to the inflater at a time: its output per step stays under about 8 MB (deflate expands 1032 times at most), checked against the budget. */
 const INFLATE_STEP = 8 * 1024;
 
-/** What inner archives may still cost, shared by every zip of one message. */
+/**
+ * 7z headers decoded, all of one message together: LZMA decodes about 6 MB a second in the worst case
+ * here, and a real header is a few kilobytes (about 200 KB for ten thousand files).
+ */
+const MAX_LZMA_DECODED = 16 * 1024 * 1024;
+
+/** What inner archives and 7z headers may still cost, shared by every archive of one message. */
 export interface InflateBudget {
   bytes: number;
   archives: number;
+  /** bytes of 7z headers still to decode */
+  lzma: number;
 }
 
 export function inflateBudget(): InflateBudget {
-  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES };
+  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
 }
 
 export interface ZipListing extends ArchiveListing {
@@ -348,10 +357,12 @@ class NestedArchive {
   private readonly taken: number[];
   private readonly inflater: Inflate | undefined;
   private readonly sinks: { push(data: Buffer): void }[];
+  private readonly sevenZip: SevenZipLister;
   /** false once names may be missing: an inner listing was, or the inflate budget ran out */
   complete = true;
   encrypted = false;
   private stopped = false;
+  private unnamedTaken = false;
 
   constructor(
     readonly name: string,
@@ -362,8 +373,9 @@ class NestedArchive {
   ) {
     const rar = new RarLister(maxEntries);
     const iso = new IsoLister(maxEntries);
-    this.sinks = [zip, rar, iso];
-    this.listers = [zip.listing, rar.listing, iso.listing];
+    this.sevenZip = new SevenZipLister(maxEntries, budget);
+    this.sinks = [zip, rar, iso, this.sevenZip];
+    this.listers = [zip.listing, rar.listing, iso.listing, this.sevenZip.listing];
     this.taken = this.listers.map(() => 0);
     if (deflated) {
       this.inflater = new Inflate();
@@ -391,6 +403,7 @@ class NestedArchive {
     if (!this.stopped && this.inflater && !this.inflaterDone()) this.inflate(new Uint8Array(0), true);
     this.stopped = true;
     this.zip.end();
+    this.sevenZip.end();
   }
 
   private inflate(data: Uint8Array, final: boolean): void {
@@ -423,8 +436,13 @@ class NestedArchive {
       this.taken[i] = listing.entries.length;
       if (!listing.complete) this.complete = false;
     });
-    const [zip, rar] = this.listers as [ZipListing, RarListing];
-    if ((zip.isZip && zip.encrypted) || (rar.isRar && rar.encrypted)) this.encrypted = true;
+    const [zip, rar, , sevenZip] = this.listers as [ZipListing, RarListing, unknown, SevenZipListing];
+    if ((zip.isZip && zip.encrypted) || (rar.isRar && rar.encrypted) || (sevenZip.is7z && sevenZip.encrypted)) this.encrypted = true;
+    // A file 7-Zip stores without a name is extracted under the inner archive's name less ".7z".
+    if (sevenZip.unnamed && !this.unnamedTaken) {
+      this.unnamedTaken = true;
+      names.push(defaultName(this.name));
+    }
     return names;
   }
 
