@@ -37,7 +37,7 @@ import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type
 import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
 import { envelopeParams, type WrittenParams } from './upstream/params.js';
-import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamProvider } from './upstream/provider.js';
+import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamPort, type UpstreamProvider } from './upstream/provider.js';
 import { formatReply, replyText, type SmtpReply } from './upstream/reply.js';
 import { UpstreamError, type SmtpClient } from './upstream/smtp-client.js';
 
@@ -188,6 +188,7 @@ export class Gateway {
     if (this.redis && !(await redisReady(this.redis, 3000))) {
       this.log.warn({ event: 'redis_not_ready' }, 'Redis is not reachable at start; limits use the in-process insurance until it is');
     }
+    await this.learnUpstream();
     await Promise.all(
       this.listeners.map(
         (l) =>
@@ -227,6 +228,23 @@ export class Gateway {
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
+  }
+
+  /**
+   * What the upstream offers on each port the listeners use, learned before the first client asks (a
+   * client is offered DSN only while the upstream offers it). Waited for a few seconds at most: an
+   * upstream that is down or slow is learned from the first session that reaches it.
+   */
+  private async learnUpstream(): Promise<void> {
+    const ports = [...new Set(this.listeners.map((l): UpstreamPort => (l.config.mode === 'trusted' ? 'trusted' : 'submission')))];
+    const learned = Promise.all(
+      ports.map((port) =>
+        this.upstream.learn(port).catch((err: Error) => {
+          this.log.warn({ event: 'upstream_not_ready', port, err: err.message }, 'the upstream did not answer at start; what it offers is learned from the first session that reaches it');
+        }),
+      ),
+    );
+    await Promise.race([learned, new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
   }
 
   /** Readiness: every listener accepting, and the upstream answering with a usable SMTP session. */

@@ -22,9 +22,11 @@ export interface UpstreamProvider {
   release(upstream: SmtpClient): void;
   /**
    * Whether the upstream offered an extension in its latest EHLO on that port: what a client is offered
-   * before its own upstream session exists. False until a first session there has said.
+   * before its own upstream session exists. False until a first session there (or learn) has said.
    */
   offers(port: UpstreamPort, extension: string): boolean;
+  /** Opens one session on that port to learn what the upstream offers (EHLO, then QUIT). */
+  learn(port: UpstreamPort): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -79,6 +81,12 @@ export class PooledUpstreamProvider implements UpstreamProvider {
 
   offers(port: UpstreamPort, extension: string): boolean {
     return this.offered[port].has(extension.toUpperCase());
+  }
+
+  async learn(port: UpstreamPort): Promise<void> {
+    const upstream = await SmtpClient.connect(this.endpoints[port]);
+    this.offered[port] = new Set(upstream.capabilities.keys());
+    await upstream.quit();
   }
 
   private async connect(port: UpstreamPort, client: ClientIdentity): Promise<SmtpClient> {

@@ -4,8 +4,8 @@
 import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
-import type { FakeUpstream } from '../harness/fake-upstream.js';
-import { RawSmtp } from '../harness/net.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { freePort, RawSmtp } from '../harness/net.js';
 
 const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
 
@@ -572,11 +572,14 @@ describe('delivery status notifications (DSN, RFC 3461)', () => {
     return { ehlo, mail, rcpt, data };
   }
 
-  it('offered once the upstream is known to offer it, and its parameters relayed as the client wrote them (xtext intact)', async () => {
+  it('offered from the first session, Douane having asked the upstream at start; its parameters relayed as the client wrote them (xtext intact)', async () => {
     const { gw, upstream } = await setup({ capabilities: WITH_DSN });
-    // Before any upstream session Douane cannot know; after one, it does.
+    // At start, one session on each upstream port a listener uses (the submission and trusted ports,
+    // here one fake): EHLO, then QUIT.
+    expect(upstream.startup.connections).toBe(2);
+    expect(upstream.startup.commands.sort()).toEqual(['EHLO douane.test', 'EHLO douane.test', 'QUIT', 'QUIT']);
     const first = await withDsn(gw.port('trusted'));
-    expect(first.ehlo).not.toMatch(/^250[- ]DSN$/m);
+    expect(first.ehlo).toMatch(/^250[- ]DSN$/m);
     const second = await withDsn(gw.port('trusted'));
     expect(second.ehlo).toMatch(/^250[- ]DSN$/m);
     expect(second.data).toMatch(/^250 2\.0\.0 Ok/);
@@ -584,15 +587,11 @@ describe('delivery status notifications (DSN, RFC 3461)', () => {
       'MAIL FROM:<user1@example.test> RET=HDRS ENVID=QQ314159+2Bx',
       'RCPT TO:<user2@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;user2+2Bold@example.test',
     ]);
-    // The first message's parameters went up too: the upstream offered DSN on its own connection.
     expect(upstream.commands.filter((l) => l.includes('ENVID=QQ314159+2Bx'))).toHaveLength(2);
   });
 
-  it('on the submission listener too, once an authenticated session has met the upstream', async () => {
+  it('on the submission listener too, from the first session', async () => {
     const { gw, upstream } = await setup({ capabilities: WITH_DSN, users: { 'user1@example.test': 'secret1' } });
-    const before = await authenticated(gw.port('submission'));
-    expect(before.auth).toMatch(/^235 /);
-    before.c.close();
     const { c } = await authenticated(gw.port('submission'));
     expect(await c.command('EHLO client.test')).toMatch(/^250[- ]DSN$/m);
     expect(await c.command('MAIL FROM:<user1@example.test> RET=FULL')).toMatch(/^250 /);
@@ -600,6 +599,26 @@ describe('delivery status notifications (DSN, RFC 3461)', () => {
     expect(upstream.commands).toContain('MAIL FROM:<user1@example.test> RET=FULL');
     expect(upstream.commands).toContain('RCPT TO:<user2@example.test> NOTIFY=NEVER');
     c.close();
+  });
+
+  it('an upstream down at start: the gateway starts all the same, says so, and learns what it offers from the first session that reaches it', async () => {
+    const port = await freePort();
+    const gw = await startGateway(port, { upstream: { port, trusted_port: port } });
+    try {
+      expect(gw.logs.filter((l) => l.event === 'upstream_not_ready').map((l) => l.port).sort()).toEqual(['submission', 'trusted']);
+      const upstream = await FakeUpstream.start({ capabilities: WITH_DSN, port });
+      try {
+        const c = await trusted(gw.port('trusted'));
+        expect(await c.command('EHLO webmail.test')).not.toMatch(/DSN/);
+        expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+        c.close();
+        expect((await withDsn(gw.port('trusted'))).ehlo).toMatch(/^250[- ]DSN$/m);
+      } finally {
+        await upstream.stop();
+      }
+    } finally {
+      await gw.stop();
+    }
   });
 
   it('not offered when the upstream does not offer it; parameters sent anyway are left out, logged, and the message still goes', async () => {

@@ -8,6 +8,8 @@ export type Fault = 'drop' | 'hang' | { delayMs: number; reply?: string };
 type Scripted = string | Fault | undefined;
 
 export interface FakeUpstreamOptions {
+  /** the port to listen on (default: any free one) */
+  port?: number;
   users?: Record<string, string>;
   capabilities?: string[];
   greeting?: string;
@@ -47,7 +49,7 @@ export class FakeUpstream {
   static async start(opts: FakeUpstreamOptions = {}): Promise<FakeUpstream> {
     const f = new FakeUpstream(opts);
     f.server = net.createServer((s) => f.handle(s));
-    await new Promise<void>((resolve) => f.server.listen(0, '127.0.0.1', () => resolve()));
+    await new Promise<void>((resolve) => f.server.listen(opts.port ?? 0, '127.0.0.1', () => resolve()));
     f.port = (f.server.address() as net.AddressInfo).port;
     return f;
   }
@@ -55,6 +57,16 @@ export class FakeUpstream {
   async stop(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** What Douane's start did here (it learns what the upstream offers), set aside by forgetStartup. */
+  startup: { connections: number; commands: string[] } = { connections: 0, commands: [] };
+
+  /** Sets aside what came so far (Douane's start), so that tests see only what their clients cause. */
+  forgetStartup(): void {
+    this.startup = { connections: this.connections, commands: this.commands.splice(0) };
+    this.messages.length = 0;
+    this.connections = 0;
   }
 
   /** Waits until `n` messages were received (or the timeout passes). */
