@@ -2,7 +2,7 @@
 // declared type say: an .exe renamed invoice.pdf is still an executable. The words below are the vocabulary
 // of `attachments.detected_types` in policy rules; keep them stable.
 
-export const DETECTED_TYPES = ['executable', 'script', 'zip', 'office-openxml', 'ms-office', 'rar', '7z', 'gzip', 'iso', 'pdf', 'png', 'jpeg', 'gif', 'html', 'text', 'unknown'] as const;
+export const DETECTED_TYPES = ['executable', 'script', 'zip', 'office-openxml', 'ms-office', 'rar', '7z', 'gzip', 'tar', 'iso', 'pdf', 'png', 'jpeg', 'gif', 'html', 'text', 'unknown'] as const;
 export type DetectedType = (typeof DETECTED_TYPES)[number];
 
 /** How many leading bytes detectType() looks at; the inspector keeps this much of each attachment. */

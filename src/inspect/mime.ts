@@ -26,6 +26,7 @@ import { gzipMemberName } from './gzip.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
+import { TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
 import { inflateBudget, ZipLister } from './zip.js';
@@ -83,6 +84,7 @@ interface AttachmentPart {
   iso: IsoLister;
   rar: RarLister;
   sevenZip: SevenZipLister;
+  tar: TarLister;
   urls?: UrlScanner;
   wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
@@ -361,6 +363,7 @@ export class MessageInspector {
         iso: new IsoLister(MAX_ARCHIVE_ENTRIES),
         rar: new RarLister(MAX_ARCHIVE_ENTRIES),
         sevenZip: new SevenZipLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
+        tar: new TarLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
@@ -406,6 +409,7 @@ export class MessageInspector {
       a.iso.push(data);
       a.rar.push(data);
       a.sevenZip.push(data);
+      a.tar.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
@@ -448,19 +452,23 @@ export class MessageInspector {
     const head = Buffer.concat(a.head, a.headLength);
     a.zip.end();
     a.sevenZip.end();
+    a.tar.end();
     const zip = a.zip.listing;
     const iso = a.iso.listing;
     const rar = a.rar.listing;
     const sevenZip = a.sevenZip.listing;
+    const tar = a.tar.listing;
     f.detectedType = detectType(head, zip.isZip ? zip.entries : undefined);
     // An image's mark is 32 KB in, past the bytes kept for detectType; what its start says comes first.
     if (iso.isIso && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'iso';
+    // A tar has no mark at its start (a gzipped one is a gzip): its first header's checksum says.
+    else if (tar.isTar && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'tar';
     f.sha256 = a.hash.digest('hex');
     // Names found after other data count too (a zip behind a stub or appended to an image still
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
     const unnamed = sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : [];
-    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...unnamed])];
+    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...unnamed])];
     if (entries.length) f.archiveEntries = entries;
     else if (f.detectedType === 'gzip') {
       const inside = gzipMemberName(head, f.name);
@@ -470,7 +478,7 @@ export class MessageInspector {
     else if (rar.isRar) f.encrypted = rar.encrypted;
     else if (sevenZip.is7z) f.encrypted = sevenZip.encrypted;
     // Names were left out of the listing: the archive cannot be judged by its names.
-    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete) this.limitExceeded ??= 'archive_entries';
+    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

@@ -17,6 +17,7 @@ import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-name
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
+import { TarLister } from './tar.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -31,7 +32,7 @@ const MAX_NAME_LENGTH = 4096;
 const STORED = 0;
 const DEFLATED = 8;
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-const NESTED_ARCHIVE = /\.(zip|rar|7z|iso|img)$/i;
+const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|iso|img)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
 /** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
@@ -358,6 +359,7 @@ class NestedArchive {
   private readonly inflater: Inflate | undefined;
   private readonly sinks: { push(data: Buffer): void }[];
   private readonly sevenZip: SevenZipLister;
+  private readonly tar: TarLister;
   /** false once names may be missing: an inner listing was, or the inflate budget ran out */
   complete = true;
   encrypted = false;
@@ -374,8 +376,9 @@ class NestedArchive {
     const rar = new RarLister(maxEntries);
     const iso = new IsoLister(maxEntries);
     this.sevenZip = new SevenZipLister(maxEntries, budget);
-    this.sinks = [zip, rar, iso, this.sevenZip];
-    this.listers = [zip.listing, rar.listing, iso.listing, this.sevenZip.listing];
+    this.tar = new TarLister(maxEntries, budget);
+    this.sinks = [zip, rar, iso, this.sevenZip, this.tar];
+    this.listers = [zip.listing, rar.listing, iso.listing, this.sevenZip.listing, this.tar.listing];
     this.taken = this.listers.map(() => 0);
     if (deflated) {
       this.inflater = new Inflate();
@@ -404,6 +407,7 @@ class NestedArchive {
     this.stopped = true;
     this.zip.end();
     this.sevenZip.end();
+    this.tar.end();
   }
 
   private inflate(data: Uint8Array, final: boolean): void {

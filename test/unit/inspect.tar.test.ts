@@ -1,0 +1,182 @@
+// Tar archives, plain and gzipped, listed as they stream. The archives are made by GNU tar in each of its
+// formats and by libarchive (bsdtar), and what GNU tar lists in each is what Douane must find. Then the
+// shipped policy judging what is inside.
+
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { linkSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { TarLister } from '../../src/inspect/tar.js';
+import { inspectAttachment } from '../harness/mime.js';
+
+const root = mkdtempSync(join(tmpdir(), 'douane-tar-'));
+const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
+const LONG = `${'Dossier-comptable-2025/'.repeat(6)}facture-du-mois-de-novembre.pdf.exe`;
+
+/** A folder with a directory, files (one with a path over 100 bytes, one not in ASCII), a symlink and a hard link. */
+function folder(long = true): string {
+  const dir = mkdtempSync(join(root, 'in-'));
+  const files: Record<string, Buffer> = {
+    'Factures/facture-2025.pdf': Buffer.from('%PDF-1.4 not really'),
+    'Factures/facture-2025.pdf.scr': Buffer.from('MZ\x90\x00stand-in program'),
+    'LISEZ-MOI.txt': Buffer.alloc(70_000, 'bonjour '),
+    'vide.txt': Buffer.alloc(0),
+  };
+  if (long) {
+    files[LONG] = Buffer.from('MZ');
+    files['Reçus/été.js'] = Buffer.from('WScript.Echo(1)');
+  }
+  for (const [name, data] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), data);
+  }
+  symlinkSync('LISEZ-MOI.txt', join(dir, 'lien.lnk'));
+  linkSync(join(dir, 'vide.txt'), join(dir, 'dur.bat'));
+  return dir;
+}
+
+function gnuTar(format: string, gzip = false, long = true): Buffer {
+  const dir = folder(long);
+  execFileSync('tar', [`--format=${format}`, gzip ? '-czf' : '-cf', join(dir, 'out'), '-C', dir, 'Factures', 'LISEZ-MOI.txt', 'vide.txt', 'lien.lnk', 'dur.bat', ...(long ? ['Dossier-comptable-2025', 'Reçus'] : [])], { env: UTF8 });
+  return readFileSync(join(dir, 'out'));
+}
+
+function libarchiveTar(gzip = false): Buffer {
+  const dir = folder();
+  execFileSync('bsdtar', [gzip ? '-czf' : '-cf', join(dir, 'out'), '-C', dir, 'Factures', 'LISEZ-MOI.txt', 'vide.txt', 'lien.lnk', 'dur.bat', 'Dossier-comptable-2025', 'Reçus'], { env: UTF8 });
+  return readFileSync(join(dir, 'out'));
+}
+
+/** What GNU tar lists (a directory's name ends with "/", as Douane's do). */
+function listedByTar(archive: Buffer): string[] {
+  const file = join(mkdtempSync(join(root, 'l-')), 'a');
+  writeFileSync(file, archive);
+  return execFileSync('tar', ['-tf', file], { env: UTF8 }).toString('utf8').split('\n').filter(Boolean);
+}
+
+/** A copy of a header with fields written over (offset: text), its checksum made to hold again. */
+function rewritten(header: Buffer, fields: Record<number, string>): Buffer {
+  const copy = Buffer.from(header);
+  for (const [offset, value] of Object.entries(fields)) copy.write(value, Number(offset), 'latin1');
+  copy.write('        ', 148, 'latin1');
+  let sum = 0;
+  for (const b of copy) sum += b;
+  copy.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return copy;
+}
+
+function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
+  const lister = new TarLister(1000, budget);
+  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
+  lister.end();
+  return lister.listing;
+}
+
+function expectListing(archive: Buffer, expected: object): void {
+  for (const chunk of [archive.length, 1, 7, 511, 513, 65_536]) expect(list(archive, chunk), `chunks of ${chunk}`).toEqual(expected);
+}
+
+describe('tar listing', () => {
+  for (const format of ['gnu', 'oldgnu', 'ustar', 'posix', 'v7']) {
+    it(`lists what GNU tar lists, in its ${format} format, plain and gzipped, however the stream is cut`, () => {
+      // v7 holds no path over 100 bytes (ustar splits one between its prefix and name fields).
+      const long = format !== 'v7';
+      for (const gzip of [false, true]) {
+        const archive = gnuTar(format, gzip, long);
+        const names = listedByTar(archive);
+        expect(names).toContain('Factures/facture-2025.pdf.scr');
+        if (long) expect(names).toEqual(expect.arrayContaining([LONG, 'Reçus/été.js', 'lien.lnk', 'dur.bat']));
+        expectListing(archive, { isTar: true, entries: names, complete: true });
+      }
+    });
+  }
+
+  it('lists what GNU tar lists in archives by libarchive (pax headers for names not in ASCII), plain and gzipped', () => {
+    for (const gzip of [false, true]) {
+      const archive = libarchiveTar(gzip);
+      const names = listedByTar(archive);
+      expect(names).toEqual(expect.arrayContaining([LONG, 'Reçus/été.js']));
+      expectListing(archive, { isTar: true, entries: names, complete: true });
+    }
+  });
+
+  it('is not fooled into listing other files: a gzipped text, random bytes, an empty file', () => {
+    for (const other of [gzipSync(Buffer.alloc(100_000, 'texte ')), randomBytes(5000), Buffer.alloc(0), Buffer.alloc(2048)]) {
+      expect(list(other, 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    }
+  });
+
+  it('says the listing is incomplete when a later header is damaged, a directory claims data, or the inflate budget runs out', () => {
+    const archive = gnuTar('gnu');
+    // The second header's checksum, broken: GNU tar skips to the next header it finds, bsdtar stops.
+    const damaged = Buffer.from(archive);
+    const second = 512; // "Factures/" is a header with no data; its first file's header follows
+    expect(listedByTar(archive.subarray(0, 512))[0]).toBe('Factures/');
+    damaged[second + 1]! ^= 0x20;
+    expect(list(damaged, 1000)).toMatchObject({ isTar: true, entries: ['Factures/'], complete: false });
+    // The first header damaged: not a tar at all.
+    const first = Buffer.from(archive);
+    first[1]! ^= 0x20;
+    expect(list(first, 1000)).toEqual({ isTar: false, entries: [], complete: true });
+
+    // A directory with a size: readers disagree on where the next header is.
+    const sized = rewritten(archive.subarray(0, 512), { 124: '00000001000\0' });
+    expect(list(Buffer.concat([sized, archive.subarray(512)]), 1000)).toMatchObject({ isTar: true, complete: false });
+
+    // 20 MB of zeros, then a program: inflated within the budget, or not at all past it.
+    const bomb = mkdtempSync(join(root, 'bomb-'));
+    writeFileSync(join(bomb, 'zeros.bin'), Buffer.alloc(20 * 1024 * 1024));
+    writeFileSync(join(bomb, 'setup.exe'), Buffer.from('MZ'));
+    execFileSync('tar', ['-czf', 'out.tgz', 'zeros.bin', 'setup.exe'], { cwd: bomb });
+    const gz = readFileSync(join(bomb, 'out.tgz'));
+    expect(list(gz, 1000)).toEqual({ isTar: true, entries: ['zeros.bin', 'setup.exe'], complete: true });
+    const budget = { bytes: 12 * 1024 * 1024 };
+    expect(list(gz, 1000, budget)).toEqual({ isTar: true, entries: ['zeros.bin'], complete: false });
+    expect(budget.bytes).toBeLessThan(0);
+    // A gzipped file that is no tar costs nothing.
+    const text = { bytes: 1000 };
+    expect(list(gzipSync(Buffer.alloc(5_000_000, 'texte ')), 1000, text)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(text.bytes).toBe(1000);
+  });
+
+  it('ends the name of a directory with "/" even when the archive does not (a folder called x.exe is no program)', () => {
+    const archive = gnuTar('gnu', false, false);
+    expect(archive.toString('latin1', 0, 10)).toBe('Factures/\0');
+    const bare = rewritten(archive.subarray(0, 512), { 0: 'Factures.exe\0' });
+    expect(list(Buffer.concat([bare, archive.subarray(512)]), 1000).entries[0]).toBe('Factures.exe/');
+  });
+
+  it('lists the files before the cut of an archive cut short, as extractors do', () => {
+    const archive = gnuTar('gnu');
+    const cut = archive.subarray(0, 3 * 512);
+    expect(list(cut, 100)).toMatchObject({ isTar: true, complete: true });
+    expect(list(cut, 100).entries).toEqual(listedByTar(archive).slice(0, 2));
+  });
+
+  it('as an attachment: a .tar.gz holding a program is quarantined by the shipped policy, a tar inside a zip too', async () => {
+    const tgz = await inspectAttachment(gnuTar('posix', true), 'factures.tar.gz');
+    expect(tgz.message.attachments[0]).toMatchObject({ name: 'factures.tar.gz', detectedType: 'gzip' });
+    expect(tgz.message.attachments[0]!.archiveEntries).toContain('Factures/facture-2025.pdf.scr');
+    expect(tgz.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const plain = await inspectAttachment(gnuTar('gnu', false, false), 'factures.dat');
+    expect(plain.message.attachments[0]).toMatchObject({ detectedType: 'tar' });
+    expect(plain.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const dir = mkdtempSync(join(root, 'zip-'));
+    writeFileSync(join(dir, 'docs.tar'), gnuTar('gnu', false, false));
+    execFileSync('zip', ['-q', '-X', 'docs.zip', 'docs.tar'], { cwd: dir });
+    const zipped = readFileSync(join(dir, 'docs.zip'));
+    expect(zipped.readUInt16LE(8), 'deflated').toBe(8);
+    const inZip = await inspectAttachment(zipped, 'docs.zip');
+    expect(inZip.message.attachments[0]!.archiveEntries).toContain('docs.tar/Factures/facture-2025.pdf.scr');
+    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const clean = await inspectAttachment(gzipSync(Buffer.alloc(10_000, 'bonjour ')), 'notes.txt.gz');
+    expect(clean.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
+    expect(clean.verdict.action).toBe('continue');
+  });
+});
