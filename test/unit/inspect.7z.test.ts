@@ -2,7 +2,7 @@
 // 7-Zip itself (7zz) and by libarchive (bsdtar), and what 7-Zip lists in each is what Douane must find;
 // the LZMA streams are made by xz. Then the shipped policy judging what is inside.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { LzmaError, lzmaDecode } from '../../src/inspect/lzma.js';
 import { SevenZipLister } from '../../src/inspect/sevenzip.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
+import { num, sevenZip, type SevenZipOptions } from '../harness/sevenzip.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-7z-'));
 const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
@@ -64,7 +65,10 @@ function byLibarchive(files: Entry[]): Buffer {
 function listedBy7zip(archive: Buffer, name = 'a.7z'): string[] {
   const file = join(mkdtempSync(join(root, 'l-')), name);
   writeFileSync(file, archive);
-  const out = execFileSync('7zz', ['l', '-slt', file], { env: UTF8 }).toString('utf8');
+  // Listed with warnings (an unknown property skipped), 7-Zip exits non-zero: what it listed counts.
+  const run = spawnSync('7zz', ['l', '-slt', file], { env: UTF8 });
+  const out = run.stdout.toString('utf8');
+  if (!out.includes('\n----------\n')) throw new Error(`7-Zip cannot open it: ${out}${run.stderr.toString()}`);
   const items = out.slice(out.indexOf('\n----------\n')).split('\n\n').filter((b) => b.includes('Path = '));
   return items.map((b) => {
     const path = /^Path = (.*)$/m.exec(b)![1]!;
@@ -189,10 +193,16 @@ describe('7z listing', () => {
     const start = archive.subarray(0, 32);
     const chance = Buffer.concat([randomBytes(100), start, randomBytes(5000)]);
     expect(list(chance, 1000)).toEqual({ is7z: false, entries: [], complete: true, encrypted: false, unnamed: false });
-    // A checksum that does not hold: not a signature header at all.
+    // A signature header whose checksum does not hold: behind other bytes, not one at all; at the start,
+    // an archive that cannot be read (7-Zip repairs one whose signature header is zeroed).
     const wrong = Buffer.from(archive);
     wrong[12]! ^= 1;
-    expect(list(wrong, 1000)).toEqual({ is7z: false, entries: [], complete: true, encrypted: false, unnamed: false });
+    expect(list(Buffer.concat([Buffer.from('MZ'), wrong]), 1000)).toEqual({ is7z: false, entries: [], complete: true, encrypted: false, unnamed: false });
+    expect(list(wrong, 1000)).toEqual({ is7z: true, entries: [], complete: false, encrypted: false, unnamed: false });
+    const zeroed = Buffer.from(archive);
+    zeroed.fill(0, 8, 32);
+    expect(listedBy7zip(zeroed)).toEqual(listedBy7zip(archive));
+    expect(list(zeroed, 1000)).toEqual({ is7z: true, entries: [], complete: false, encrypted: false, unnamed: false });
     // At the start: cut short (the first volume of a split archive), or its header damaged.
     expectListing(archive.subarray(0, archive.length - 10), { is7z: true, entries: [], complete: false, encrypted: false, unnamed: false });
     const damaged = Buffer.from(archive);
@@ -207,17 +217,19 @@ describe('7z listing', () => {
     archive.writeUInt32LE(crc32(archive.subarray(12, 32)), 8);
     expect(list(archive, 1000)).toEqual({ is7z: true, entries: [], complete: false, encrypted: false, unnamed: false });
     // Headers decoded are counted against the caller's budget (one message's): past it, none is read.
-    const packed = by7zip(FILES);
-    const budget = { lzma: 1000 };
-    const within = new SevenZipLister(1000, budget);
-    within.push(packed);
-    within.end();
-    expect(within.listing.complete).toBe(true);
-    expect(budget.lzma).toBeLessThan(1000);
-    const past = new SevenZipLister(1000, budget);
-    past.push(by7zip([...FILES, ...Array.from({ length: 50 }, (_, i) => ({ name: `more/${i}.txt`, data: Buffer.from('x') }))]));
-    past.end();
-    expect(past.listing).toMatchObject({ is7z: true, entries: [], complete: false });
+    // Plain headers too: reading one costs as much.
+    for (const packed of [by7zip(FILES), by7zip(FILES, ['-mhc=off'])]) {
+      const budget = { lzma: 50_000 };
+      const listings = Array.from({ length: 200 }, () => {
+        const lister = new SevenZipLister(1000, budget);
+        lister.push(packed);
+        lister.end();
+        return lister.listing;
+      });
+      expect(listings[0]!.complete).toBe(true);
+      expect(listings[199]).toMatchObject({ is7z: true, entries: [], complete: false });
+      expect(budget.lzma).toBeGreaterThanOrEqual(0);
+    }
     // Behind other bytes too: the header is not read, so nothing says these are chance bytes.
     expect(list(Buffer.concat([Buffer.alloc(100), archive]), 1000)).toEqual({ is7z: true, entries: [], complete: false, encrypted: false, unnamed: false });
   });
@@ -263,5 +275,75 @@ describe('7z listing', () => {
     expect(hidden.message.attachments[0]).toMatchObject({ detectedType: '7z', encrypted: true, archiveEntries: [] });
     expect(hidden.message.mimeLimitExceeded).toBe('archive_entries');
     expect(hidden.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+  });
+
+  describe('written otherwise than 7-Zip writes them', () => {
+    const FILES7 = [{ name: 'Factures' }, { name: 'Factures/facture.pdf.exe', data: Buffer.from('MZ') }, { name: 'lisez-moi.txt', data: Buffer.from('bonjour') }];
+    const LISTED7 = ['Factures/', 'Factures/facture.pdf.exe', 'lisez-moi.txt'];
+    /** without a directory's "/" (these archives carry no attributes, so 7-Zip shows none) */
+    const bare = (names: string[]) => names.map((n) => n.replace(/\/$/, ''));
+
+    it('reads what 7-Zip reads, at the start and behind other bytes: ids written long, unknown properties skipped, a stored header with bytes after it', () => {
+      const variants: Record<string, SevenZipOptions> = {
+        'the header id written on two bytes (80 01)': { headerId: Buffer.from([0x80, 0x01]) },
+        'an unknown property before the folders': { beforeFolder: Buffer.from([0x25, 0x02, 0xaa, 0xbb]) },
+        'a property id past 2^53 among the files': { fileProperties: Buffer.concat([Buffer.from([0xff, 0, 0, 0, 0, 0, 0, 0, 0x80]), num(2), Buffer.from([1, 2])]) },
+        'a stored header with bytes after it': { header: 'copy', copyExtra: 16 },
+        'a header packed by LZMA': { header: 'lzma' },
+      };
+      for (const [what, options] of Object.entries(variants)) {
+        const archive = sevenZip(FILES7, options);
+        for (const before of [0, 100]) {
+          const bytes = Buffer.concat([Buffer.alloc(before, 'x'), archive]);
+          expect(bare(listedBy7zip(bytes, 'a.bin')), what).toEqual(bare(LISTED7));
+          expect(list(bytes, 1000), `${what}, ${before} bytes before`).toEqual({ is7z: true, entries: LISTED7, complete: true, encrypted: false, unnamed: false });
+        }
+      }
+    });
+
+    it('refuses what 7-Zip does not open at the start; behind other bytes, looks past a signature 7-Zip passes over, or refuses', () => {
+      const real = sevenZip(FILES7);
+      // A major version 7-Zip does not know: passed over.
+      const newer = sevenZip([{ name: 'harmless.txt', data: Buffer.from('x') }], { version: 1 });
+      expect(() => listedBy7zip(newer)).toThrow();
+      expect(list(newer, 1000)).toMatchObject({ is7z: true, complete: false });
+      const behind = Buffer.concat([Buffer.from('MZ'), newer, real]);
+      expect(bare(listedBy7zip(behind, 'a.bin'))).toEqual(bare(LISTED7));
+      expect(list(behind, 1000)).toEqual({ is7z: true, entries: LISTED7, complete: true, encrypted: false, unnamed: false });
+      // A header packed twice (7-Zip unpacks one level): its checksum holds, so it is an archive Douane
+      // cannot read, wherever it is.
+      const twice = sevenZip([{ name: 'harmless.txt', data: Buffer.from('x') }], { header: 'lzma', packTwice: true });
+      expect(() => listedBy7zip(twice)).toThrow();
+      expect(list(twice, 1000)).toMatchObject({ is7z: true, complete: false });
+      expect(list(Buffer.concat([Buffer.from('MZ'), twice, real]), 1000)).toMatchObject({ is7z: true, entries: [], complete: false });
+    });
+
+    it('lists the first archive 7-Zip would open, even when a later one is read first', () => {
+      // A small archive stored inside the first one's data: its header comes long before the first's.
+      const inner = sevenZip([{ name: 'harmless.txt', data: Buffer.from('x') }]);
+      const outer = sevenZip([{ name: 'inner.bin', data: inner }, ...FILES7]);
+      const behind = Buffer.concat([Buffer.from('MZ'), outer]);
+      expect(bare(listedBy7zip(behind, 'a.bin'))).toEqual(['inner.bin', ...bare(LISTED7)]);
+      expectListing(behind, { is7z: true, entries: ['inner.bin', ...LISTED7], complete: true, encrypted: false, unnamed: false });
+    });
+
+    it('says an archive is encrypted however the AES coder id is written (with a zero byte before it)', () => {
+      const aes = sevenZip(FILES7, { coderId: Buffer.from([0x00, 0x06, 0xf1, 0x07, 0x01]) });
+      const file = join(mkdtempSync(join(root, 'aes-')), 'a.7z');
+      writeFileSync(file, aes);
+      expect(spawnSync('7zz', ['l', '-slt', file]).stdout.toString()).toMatch(/^Encrypted = \+$/m);
+      expect(list(aes, 1000)).toMatchObject({ is7z: true, encrypted: true, complete: true });
+    });
+
+    it('reads a crafted header in time proportional to its size: a million empty properties', () => {
+      const many = Array.from({ length: 50_000 }, (_, i) => ({ name: `${i}.txt`, data: Buffer.from('x') }));
+      // A vector of empty streams (none is), then properties of "empty files" among them, two bytes each:
+      // read one by one against every file, they would take hours, far past the suite's timeout.
+      const emptyStreams = Buffer.concat([Buffer.from([0x0e]), num(6_250), Buffer.alloc(6_250)]);
+      const archive = sevenZip(many, { fileProperties: Buffer.concat([emptyStreams, Buffer.alloc(2_000_000, Buffer.from([0x0f, 0x00]))]) });
+      const listing = list(archive, 65_536);
+      expect(listing).toMatchObject({ is7z: true, complete: true });
+      expect(listing.entries).toHaveLength(1000);
+    });
   });
 });
