@@ -44,6 +44,8 @@ export class TarLister {
   /** what the next header's name is, from a GNU long name or a pax header */
   private longName: string | undefined;
   private paxPath: string | undefined;
+  /** a pax header's `size`, which extractors take over the header's own */
+  private paxSize: number | undefined;
   private headers = 0;
   private zeroBlocks = 0;
   /** undefined until the first bytes say whether the content is gzipped */
@@ -172,15 +174,19 @@ export class TarLister {
     }
     this.listing.isTar = true;
     this.headers++;
-    const size = octal(block.subarray(124, 136));
+    const type = String.fromCharCode(block[156]!);
+    const meta = type === 'L' || type === 'x';
+    // A pax size stands for the next file's header's own (which may say 0, or be too small for the file).
+    const forFile = !meta && type !== 'K' && type !== 'g';
+    const size = forFile && this.paxSize !== undefined ? this.paxSize : octal(block.subarray(124, 136));
+    if (forFile) this.paxSize = undefined;
     if (size === undefined) {
       this.listing.complete = false;
       this.finish();
       return;
     }
     const padded = Math.ceil(size / BLOCK) * BLOCK;
-    const type = String.fromCharCode(block[156]!);
-    if (type === 'L' || type === 'x') {
+    if (meta) {
       if (size > MAX_META) {
         this.listing.complete = false;
         this.finish();
@@ -207,8 +213,18 @@ export class TarLister {
     this.meta = [];
     if (s.type === 'longname') this.longName = text(bytes.subarray(0, nul(bytes)));
     else {
-      const path = paxPath(bytes);
-      if (path !== undefined) this.paxPath = path;
+      const pax = paxRecords(bytes);
+      if (pax.path !== undefined) this.paxPath = pax.path;
+      if (pax.size !== undefined) {
+        const size = /^[0-9]{1,15}$/.test(pax.size) ? Number(pax.size) : undefined;
+        if (size === undefined) {
+          // A size extractors may read otherwise: where the next header is cannot be told.
+          this.listing.complete = false;
+          this.finish();
+          return;
+        }
+        this.paxSize = size;
+      }
     }
     this.state = s.pad > 0 ? { kind: 'skip', left: s.pad } : { kind: 'header' };
   }
@@ -264,9 +280,9 @@ function octal(field: Buffer): number | undefined {
   return parseInt(digits, 8);
 }
 
-/** The path in pax records ("<length> path=<value>\n"), the last one winning as in extractors. */
-function paxPath(bytes: Buffer): string | undefined {
-  let path: string | undefined;
+/** The path and size in pax records ("<length> path=<value>\n"), the last one winning as in extractors. */
+function paxRecords(bytes: Buffer): { path?: string; size?: string } {
+  const found: { path?: string; size?: string } = {};
   for (let at = 0; at < bytes.length; ) {
     const space = bytes.indexOf(0x20, at);
     if (space < 0) break;
@@ -274,10 +290,11 @@ function paxPath(bytes: Buffer): string | undefined {
     if (!Number.isInteger(length) || length <= space - at + 1 || at + length > bytes.length) break;
     const record = bytes.subarray(space + 1, at + length - 1);
     const eq = record.indexOf(0x3d);
-    if (eq > 0 && record.toString('latin1', 0, eq) === 'path') path = record.toString('utf8', eq + 1);
+    const key = eq > 0 ? record.toString('latin1', 0, eq) : '';
+    if (key === 'path' || key === 'size') found[key] = record.toString('utf8', eq + 1);
     at += length;
   }
-  return path;
+  return found;
 }
 
 function nul(bytes: Buffer): number {

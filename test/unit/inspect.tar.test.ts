@@ -149,6 +149,36 @@ describe('tar listing', () => {
     expect(list(Buffer.concat([bare, archive.subarray(512)]), 1000).entries[0]).toBe('Factures.exe/');
   });
 
+  it('takes a pax size over the size in the header, as extractors do: the next header is where they find it', () => {
+    /** A ustar header (no checksum yet), its data, padded. */
+    const block = (name: string, size: number, type: string, data = Buffer.alloc(0)) => {
+      const h = Buffer.alloc(512);
+      h.write(name, 0, 'utf8');
+      h.write('0000644\0', 100, 'latin1');
+      h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+      h.write(type, 156, 'latin1');
+      h.write('ustar\x0000', 257, 'latin1');
+      return Buffer.concat([rewritten(h, {}), data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+    };
+    const record = (key: string, value: string) => {
+      const body = ` ${key}=${value}\n`;
+      let length = body.length + 1;
+      if (String(length).length + body.length !== length) length = String(length + 1).length + body.length;
+      return `${length}${body}`;
+    };
+    for (const [paxSize, headerSize, data] of [['0', 1024, Buffer.alloc(0)], ['1500', 0, Buffer.alloc(1500, 'a')]] as const) {
+      const pax = Buffer.from(record('size', paxSize));
+      const archive = Buffer.concat([
+        block('PaxHeader/a.txt', pax.length, 'x', pax),
+        block('a.txt', headerSize, '0', data),
+        block('facture.pdf.exe', 0, '0'),
+        Buffer.alloc(1024),
+      ]);
+      expect(listedByTar(archive), `pax size ${paxSize}`).toEqual(['a.txt', 'facture.pdf.exe']);
+      expectListing(archive, { isTar: true, entries: ['a.txt', 'facture.pdf.exe'], complete: true });
+    }
+  });
+
   it('lists the files before the cut of an archive cut short, as extractors do', () => {
     const archive = gnuTar('gnu');
     const cut = archive.subarray(0, 3 * 512);
