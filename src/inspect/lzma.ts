@@ -1,9 +1,10 @@
-// An LZMA decoder, for the one place Douane needs it: a 7z archive's header, which 7-Zip and libarchive
-// compress with LZMA, so a 7z's file names are only seen once it is decoded. It decodes a whole stream
-// of known (and bounded) size into one buffer, which is also the dictionary; nothing is streamed. It
-// follows the format as Igor Pavlov's specification describes it (the LZMA SDK's lzma-specification.txt).
-// Input that is not LZMA throws LzmaError: reading past the input, a distance before the output's start,
-// a first byte other than 0, more output than announced.
+// An LZMA and LZMA2 decoder, for the one place Douane needs it: a 7z archive's header, which 7-Zip and
+// libarchive compress with LZMA (libarchive with LZMA2 when asked), so a 7z's file names are only seen
+// once it is decoded. It decodes a whole stream of known (and bounded) size into one buffer, which is
+// also the dictionary; nothing is streamed. It follows the formats as Igor Pavlov's specification
+// describes LZMA (the LZMA SDK's lzma-specification.txt) and the xz format describes LZMA2's chunks.
+// Input that is not LZMA throws LzmaError: reading past the input, a distance before the output's start
+// (or the last dictionary reset), a first byte other than 0, more output than announced.
 
 export class LzmaError extends Error {}
 
@@ -106,10 +107,14 @@ class RangeDecoder {
 
 /** A match length: 2–273, in three trees by size. */
 class LengthDecoder {
-  private readonly choice = new Uint16Array(2).fill(PROBABILITY_INIT);
-  private readonly low = new Uint16Array(POS_STATES_MAX << 3).fill(PROBABILITY_INIT);
-  private readonly mid = new Uint16Array(POS_STATES_MAX << 3).fill(PROBABILITY_INIT);
-  private readonly high = new Uint16Array(256).fill(PROBABILITY_INIT);
+  private readonly choice = new Uint16Array(2);
+  private readonly low = new Uint16Array(POS_STATES_MAX << 3);
+  private readonly mid = new Uint16Array(POS_STATES_MAX << 3);
+  private readonly high = new Uint16Array(256);
+
+  reset(): void {
+    for (const probs of [this.choice, this.low, this.mid, this.high]) probs.fill(PROBABILITY_INIT);
+  }
 
   /** The length less MATCH_MIN_LEN. */
   decode(rc: RangeDecoder, posState: number): number {
@@ -128,7 +133,11 @@ export interface LzmaProperties {
 
 export function lzmaProperties(props: Buffer): LzmaProperties {
   if (props.length < 5) throw new LzmaError('LZMA properties are five bytes');
-  let d = props[0]!;
+  return packedProperties(props[0]!);
+}
+
+function packedProperties(byte: number): LzmaProperties {
+  let d = byte;
   if (d >= 9 * 5 * 5) throw new LzmaError('bad LZMA properties');
   const lc = d % 9;
   d = (d - lc) / 9;
@@ -138,112 +147,205 @@ export function lzmaProperties(props: Buffer): LzmaProperties {
 }
 
 /**
+ * The decoder's state, kept from one LZMA2 chunk to the next: the output so far (the dictionary), the
+ * probabilities, the state machine and the last four distances.
+ */
+class Decoder {
+  private literals = new Uint16Array(0);
+  private readonly isMatch = new Uint16Array(STATES << 4);
+  private readonly isRep = new Uint16Array(STATES);
+  private readonly isRepG0 = new Uint16Array(STATES);
+  private readonly isRepG1 = new Uint16Array(STATES);
+  private readonly isRepG2 = new Uint16Array(STATES);
+  private readonly isRep0Long = new Uint16Array(STATES << 4);
+  private readonly posSlots = new Uint16Array(LEN_TO_POS_STATES << 6);
+  private readonly posDecoders = new Uint16Array(1 + FULL_DISTANCES - END_POS_MODEL_INDEX);
+  private readonly align = new Uint16Array(1 << ALIGN_BITS);
+  private readonly lengths = new LengthDecoder();
+  private readonly repLengths = new LengthDecoder();
+  private props: LzmaProperties = { lc: 0, lp: 0, pb: 0 };
+  pos = 0;
+  /** where the dictionary was last reset: no match reaches before it, and positions count from it */
+  private dictionaryStart = 0;
+  private state = 0;
+  private rep0 = 0;
+  private rep1 = 0;
+  private rep2 = 0;
+  private rep3 = 0;
+
+  constructor(readonly out: Buffer) {}
+
+  setProperties(props: LzmaProperties): void {
+    this.props = props;
+    this.literals = new Uint16Array(0x300 << (props.lc + props.lp));
+  }
+
+  resetState(): void {
+    for (const probs of [this.literals, this.isMatch, this.isRep, this.isRepG0, this.isRepG1, this.isRepG2, this.isRep0Long, this.posSlots, this.posDecoders, this.align]) {
+      probs.fill(PROBABILITY_INIT);
+    }
+    this.lengths.reset();
+    this.repLengths.reset();
+    this.state = 0;
+    this.rep0 = this.rep1 = this.rep2 = this.rep3 = 0;
+  }
+
+  resetDictionary(): void {
+    this.dictionaryStart = this.pos;
+  }
+
+  /** Stored bytes (an LZMA2 chunk not compressed): part of the dictionary like any output. */
+  copy(data: Buffer): void {
+    if (data.length > this.out.length - this.pos) throw new LzmaError('more output than announced');
+    data.copy(this.out, this.pos);
+    this.pos += data.length;
+  }
+
+  /** Decodes until the output reaches `end`, with a range coder of its own over `input` from `start`. */
+  decode(input: Buffer, start: number, end: number): void {
+    const { lc, lp, pb } = this.props;
+    const { out, literals, isMatch, isRep, isRepG0, isRepG1, isRepG2, isRep0Long, posSlots, posDecoders, align, lengths, repLengths } = this;
+    const rc = new RangeDecoder(input, start);
+    const pbMask = (1 << pb) - 1;
+    const lpMask = (1 << lp) - 1;
+    const origin = this.dictionaryStart;
+    let { pos, state, rep0, rep1, rep2, rep3 } = this;
+
+    const distance = (len: number): number => {
+      const lenState = Math.min(len, LEN_TO_POS_STATES - 1);
+      const slot = rc.tree(posSlots, lenState << 6, 6);
+      if (slot < 4) return slot;
+      const directBits = (slot >>> 1) - 1;
+      let dist = (2 | (slot & 1)) * 2 ** directBits;
+      if (slot < END_POS_MODEL_INDEX) return dist + rc.reverseTree(posDecoders, dist - slot, directBits);
+      dist += rc.direct(directBits - ALIGN_BITS) * (1 << ALIGN_BITS);
+      return dist + rc.reverseTree(align, 0, ALIGN_BITS);
+    };
+
+    while (pos < end) {
+      const posState = (pos - origin) & pbMask;
+      if (rc.bit(isMatch, (state << 4) + posState) === 0) {
+        const prev = pos > origin ? out[pos - 1]! : 0;
+        const base = 0x300 * ((((pos - origin) & lpMask) << lc) + (prev >>> (8 - lc)));
+        let symbol = 1;
+        if (state >= 7) {
+          if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+          let matchByte = out[pos - rep0 - 1]!;
+          do {
+            const matchBit = (matchByte >>> 7) & 1;
+            matchByte <<= 1;
+            const bit = rc.bit(literals, base + ((1 + matchBit) << 8) + symbol);
+            symbol = (symbol << 1) | bit;
+            if (matchBit !== bit) break;
+          } while (symbol < 0x100);
+        }
+        while (symbol < 0x100) symbol = (symbol << 1) | rc.bit(literals, base + symbol);
+        out[pos++] = symbol - 0x100;
+        state = state < 4 ? 0 : state < 10 ? state - 3 : state - 6;
+        continue;
+      }
+      let len: number;
+      if (rc.bit(isRep, state) === 0) {
+        rep3 = rep2;
+        rep2 = rep1;
+        rep1 = rep0;
+        len = lengths.decode(rc, posState);
+        state = state < 7 ? 7 : 10;
+        rep0 = distance(len);
+        if (rep0 === 0xffffffff) {
+          // The end marker: only where the announced size says the stream ends.
+          throw new LzmaError('the stream ends before its size');
+        }
+      } else {
+        if (pos === origin) throw new LzmaError('a repeated match at the start');
+        if (rc.bit(isRepG0, state) === 0) {
+          if (rc.bit(isRep0Long, (state << 4) + posState) === 0) {
+            if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+            state = state < 7 ? 9 : 11;
+            out[pos] = out[pos - rep0 - 1]!;
+            pos++;
+            continue;
+          }
+        } else {
+          let dist: number;
+          if (rc.bit(isRepG1, state) === 0) dist = rep1;
+          else {
+            if (rc.bit(isRepG2, state) === 0) dist = rep2;
+            else {
+              dist = rep3;
+              rep3 = rep2;
+            }
+            rep2 = rep1;
+          }
+          rep1 = rep0;
+          rep0 = dist;
+        }
+        len = repLengths.decode(rc, posState);
+        state = state < 7 ? 8 : 11;
+      }
+      len += MATCH_MIN_LEN;
+      if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+      if (len > end - pos) throw new LzmaError('more output than announced');
+      for (let from = pos - rep0 - 1, stop = pos + len; pos < stop; ) out[pos++] = out[from++]!;
+    }
+    Object.assign(this, { pos, state, rep0, rep1, rep2, rep3 });
+  }
+}
+
+/**
  * Decodes `size` bytes of LZMA from `input` (from `start`), with the properties given apart (as 7z gives
  * them). An end marker before `size` bytes is an error; one right at `size` is allowed.
  */
 export function lzmaDecode(input: Buffer, start: number, props: Buffer, size: number): Buffer {
-  const { lc, lp, pb } = lzmaProperties(props);
-  const out = Buffer.alloc(size);
-  const rc = new RangeDecoder(input, start);
+  const decoder = new Decoder(Buffer.alloc(size));
+  decoder.setProperties(lzmaProperties(props));
+  decoder.resetState();
+  decoder.decode(input, start, size);
+  return decoder.out;
+}
 
-  const literals = new Uint16Array(0x300 << (lc + lp)).fill(PROBABILITY_INIT);
-  const isMatch = new Uint16Array(STATES << 4).fill(PROBABILITY_INIT);
-  const isRep = new Uint16Array(STATES).fill(PROBABILITY_INIT);
-  const isRepG0 = new Uint16Array(STATES).fill(PROBABILITY_INIT);
-  const isRepG1 = new Uint16Array(STATES).fill(PROBABILITY_INIT);
-  const isRepG2 = new Uint16Array(STATES).fill(PROBABILITY_INIT);
-  const isRep0Long = new Uint16Array(STATES << 4).fill(PROBABILITY_INIT);
-  const posSlots = new Uint16Array(LEN_TO_POS_STATES << 6).fill(PROBABILITY_INIT);
-  const posDecoders = new Uint16Array(1 + FULL_DISTANCES - END_POS_MODEL_INDEX).fill(PROBABILITY_INIT);
-  const align = new Uint16Array(1 << ALIGN_BITS).fill(PROBABILITY_INIT);
-  const lengths = new LengthDecoder();
-  const repLengths = new LengthDecoder();
-
-  const pbMask = (1 << pb) - 1;
-  const lpMask = (1 << lp) - 1;
-  let pos = 0;
-  let state = 0;
-  let rep0 = 0;
-  let rep1 = 0;
-  let rep2 = 0;
-  let rep3 = 0;
-
-  const distance = (len: number): number => {
-    const lenState = Math.min(len, LEN_TO_POS_STATES - 1);
-    const slot = rc.tree(posSlots, lenState << 6, 6);
-    if (slot < 4) return slot;
-    const directBits = (slot >>> 1) - 1;
-    let dist = (2 | (slot & 1)) * 2 ** directBits;
-    if (slot < END_POS_MODEL_INDEX) return dist + rc.reverseTree(posDecoders, dist - slot, directBits);
-    dist += rc.direct(directBits - ALIGN_BITS) * (1 << ALIGN_BITS);
-    return dist + rc.reverseTree(align, 0, ALIGN_BITS);
-  };
-
-  while (pos < size) {
-    const posState = pos & pbMask;
-    if (rc.bit(isMatch, (state << 4) + posState) === 0) {
-      const prev = pos > 0 ? out[pos - 1]! : 0;
-      const base = 0x300 * (((pos & lpMask) << lc) + (prev >>> (8 - lc)));
-      let symbol = 1;
-      if (state >= 7) {
-        if (rep0 >= pos) throw new LzmaError('a distance before the start');
-        let matchByte = out[pos - rep0 - 1]!;
-        do {
-          const matchBit = (matchByte >>> 7) & 1;
-          matchByte <<= 1;
-          const bit = rc.bit(literals, base + ((1 + matchBit) << 8) + symbol);
-          symbol = (symbol << 1) | bit;
-          if (matchBit !== bit) break;
-        } while (symbol < 0x100);
-      }
-      while (symbol < 0x100) symbol = (symbol << 1) | rc.bit(literals, base + symbol);
-      out[pos++] = symbol - 0x100;
-      state = state < 4 ? 0 : state < 10 ? state - 3 : state - 6;
+/**
+ * Decodes `size` bytes of LZMA2 from `input`: chunks, each stored or LZMA with its own range coder,
+ * which may reset the state, set new properties, reset the dictionary; then an end byte.
+ */
+export function lzma2Decode(input: Buffer, size: number): Buffer {
+  const decoder = new Decoder(Buffer.alloc(size));
+  let at = 0;
+  let hasProperties = false;
+  for (;;) {
+    if (at >= input.length) throw new LzmaError('the stream ends early');
+    const control = input[at++]!;
+    if (control === 0x00) break;
+    if (control === 0x01 || control === 0x02) {
+      if (at + 2 > input.length) throw new LzmaError('the stream ends early');
+      const length = input.readUInt16BE(at) + 1;
+      at += 2;
+      if (control === 0x01) decoder.resetDictionary();
+      if (at + length > input.length) throw new LzmaError('the stream ends early');
+      decoder.copy(input.subarray(at, at + length));
+      at += length;
       continue;
     }
-    let len: number;
-    if (rc.bit(isRep, state) === 0) {
-      rep3 = rep2;
-      rep2 = rep1;
-      rep1 = rep0;
-      len = lengths.decode(rc, posState);
-      state = state < 7 ? 7 : 10;
-      rep0 = distance(len);
-      if (rep0 === 0xffffffff) {
-        // The end marker: only where the announced size says the stream ends.
-        throw new LzmaError('the stream ends before its size');
-      }
-    } else {
-      if (pos === 0) throw new LzmaError('a repeated match at the start');
-      if (rc.bit(isRepG0, state) === 0) {
-        if (rc.bit(isRep0Long, (state << 4) + posState) === 0) {
-          if (rep0 >= pos) throw new LzmaError('a distance before the start');
-          state = state < 7 ? 9 : 11;
-          out[pos] = out[pos - rep0 - 1]!;
-          pos++;
-          continue;
-        }
-      } else {
-        let dist: number;
-        if (rc.bit(isRepG1, state) === 0) dist = rep1;
-        else {
-          if (rc.bit(isRepG2, state) === 0) dist = rep2;
-          else {
-            dist = rep3;
-            rep3 = rep2;
-          }
-          rep2 = rep1;
-        }
-        rep1 = rep0;
-        rep0 = dist;
-      }
-      len = repLengths.decode(rc, posState);
-      state = state < 7 ? 8 : 11;
-    }
-    len += MATCH_MIN_LEN;
-    if (rep0 >= pos) throw new LzmaError('a distance before the start');
-    if (len > size - pos) throw new LzmaError('more output than announced');
-    for (let from = pos - rep0 - 1, end = pos + len; pos < end; ) out[pos++] = out[from++]!;
+    if (control < 0x80) throw new LzmaError('bad LZMA2 chunk');
+    if (at + 4 > input.length) throw new LzmaError('the stream ends early');
+    const unpacked = (control & 0x1f) * 65536 + input.readUInt16BE(at) + 1;
+    const packed = input.readUInt16BE(at + 2) + 1;
+    at += 4;
+    const reset = (control >>> 5) & 3;
+    if (reset === 3) decoder.resetDictionary();
+    if (reset >= 2) {
+      if (at >= input.length) throw new LzmaError('the stream ends early');
+      const props = packedProperties(input[at++]!);
+      if (props.lc + props.lp > 4) throw new LzmaError('bad LZMA2 properties');
+      decoder.setProperties(props);
+      hasProperties = true;
+    } else if (!hasProperties) throw new LzmaError('an LZMA2 chunk without properties');
+    if (reset >= 1) decoder.resetState();
+    if (unpacked > size - decoder.pos) throw new LzmaError('more output than announced');
+    if (at + packed > input.length) throw new LzmaError('the stream ends early');
+    decoder.decode(input.subarray(at, at + packed), 0, decoder.pos + unpacked);
+    at += packed;
   }
-  return out;
+  if (decoder.pos !== size) throw new LzmaError('the stream ends before its size');
+  return decoder.out;
 }

@@ -1,13 +1,13 @@
 // Lists a 7z attachment's files as its bytes stream by: names for `archive.entries`, and whether the
 // content is encrypted. A 7z archive is a signature header (32 bytes) that gives where the archive's
 // header is, the packed data, then that header, last; 7-Zip and libarchive compress the header with
-// LZMA and put its packed bytes just before it. So the lister keeps the bytes from a bounded distance
+// LZMA (libarchive with LZMA2 when told to) and put its packed bytes just before it. So the lister keeps the bytes from a bounded distance
 // before the header to its end, and reads them when the stream reaches the end; nothing else is kept.
 // Every checksum is verified: the signature header's, the header's, the decoded header's.
 //
 // Names are what 7-Zip shows: the header's UTF-16 names, Windows' separator read as "/", a directory's
 // ending with "/". At the start of the attachment a 7z signature is an archive: one Douane cannot read
-// whole is reported incomplete (its header encrypted with `7z -mhe`, packed by a method other than LZMA,
+// whole is reported incomplete (its header encrypted with `7z -mhe`, packed otherwise than by LZMA(2),
 // past the bounds below, cut off before its end as the first volume of a split archive is, a signature
 // header zeroed, which 7-Zip repairs, or anything 7-Zip would not accept). Behind other bytes, 7-Zip
 // looks for a signature as far as 8 MiB in (a self-extractor's stub comes first) and opens the first
@@ -18,7 +18,7 @@
 
 import { crc32 } from 'node:zlib';
 import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-names.js';
-import { LzmaError, lzmaDecode, lzmaProperties } from './lzma.js';
+import { LzmaError, lzma2Decode, lzmaDecode, lzmaProperties } from './lzma.js';
 
 export interface SevenZipListing extends ArchiveListing {
   /** a 7z signature header was found (at the start, or behind other bytes with a valid checksum) */
@@ -72,6 +72,7 @@ const K_UNKNOWN = -1;
 // change nothing).
 const CODER_COPY = '0';
 const CODER_LZMA = '30101';
+const CODER_LZMA2 = '21';
 const CODER_AES = '6f10701';
 
 /** Bytes that are not a 7z header: chance bytes behind other data, or a corrupt archive. */
@@ -270,7 +271,7 @@ export class SevenZipLister {
     this.budget.lzma -= cost;
   }
 
-  /** The packed header, decoded: one folder of LZMA (or stored), its bytes among those kept. */
+  /** The packed header, decoded: one folder of LZMA, LZMA2 or stored, its bytes among those kept. */
   private unpackHeader(streams: StreamsInfo, kept: Buffer, c: Candidate, contents: Contents): Buffer {
     const folder = streams.folders[0];
     if (streams.folders.length !== 1 || !folder || folder.packedStreams !== 1 || streams.packSizes.length < 1) throw new Malformed();
@@ -279,7 +280,7 @@ export class SevenZipLister {
       throw new Unreadable();
     }
     const coder = folder.coders[0]!;
-    if (folder.coders.length !== 1 || (coder.id !== CODER_LZMA && coder.id !== CODER_COPY)) throw new Unreadable();
+    if (folder.coders.length !== 1 || ![CODER_LZMA, CODER_LZMA2, CODER_COPY].includes(coder.id)) throw new Unreadable();
     const size = folder.unpackSizes[0]!;
     if (size > MAX_HEADER) throw new Unreadable();
     const packedAt = c.base + START_HEADER + streams.packPos - c.keepFrom;
@@ -291,6 +292,10 @@ export class SevenZipLister {
     if (coder.id === CODER_COPY) {
       if (packedSize < size) throw new Malformed();
       header = packed.subarray(0, size);
+    } else if (coder.id === CODER_LZMA2) {
+      // LZMA2 allows literal settings up to 4 bits in all (see below).
+      this.charge(size + (0x300 << 4));
+      header = lzma2Decode(packed, size);
     } else {
       // The decoder's tables cost as much as the output, for the largest literal settings.
       const { lc, lp } = lzmaProperties(coder.properties);

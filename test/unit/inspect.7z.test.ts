@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { LzmaError, lzmaDecode } from '../../src/inspect/lzma.js';
+import { LzmaError, lzma2Decode, lzmaDecode } from '../../src/inspect/lzma.js';
 import { SevenZipLister } from '../../src/inspect/sevenzip.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 import { num, sevenZip, type SevenZipOptions } from '../harness/sevenzip.js';
@@ -51,10 +51,11 @@ function by7zip(files: Entry[], options: string[] = []): Buffer {
   return readFileSync(join(dir, 'out.7z'));
 }
 
-/** The archive libarchive makes of `files`. */
-function byLibarchive(files: Entry[]): Buffer {
+/** The archive libarchive makes of `files` (its header packed as the files are: LZMA unless told otherwise). */
+function byLibarchive(files: Entry[], compression?: string): Buffer {
   const dir = folderOf(files);
-  execFileSync('bsdtar', ['--format', '7zip', '-n', '-cf', 'out.7z', ...files.map((f) => f.name)], { cwd: dir, env: UTF8 });
+  const options = compression ? ['--options', `7zip:compression=${compression}`] : [];
+  execFileSync('bsdtar', ['--format', '7zip', ...options, '-n', '-cf', 'out.7z', ...files.map((f) => f.name)], { cwd: dir, env: UTF8 });
   return readFileSync(join(dir, 'out.7z'));
 }
 
@@ -113,6 +114,21 @@ describe('LZMA decoding', () => {
     });
   }
 
+  it('decodes what xz encodes as raw LZMA2 (chunks of 2 MB, stored chunks for what does not compress), each input', () => {
+    const big = Buffer.concat([Buffer.from(words), randomBytes(100_000), Buffer.from(words), Buffer.alloc(3_000_000, 'a')]);
+    for (const [what, data] of [...inputs, ['over several chunks', big] as [string, Buffer]]) {
+      for (const options of ['preset=6', 'preset=1,lc=0,lp=2,pb=0', 'preset=6,lc=4,lp=0,pb=4,dict=4KiB']) {
+        const stream = execFileSync('xz', ['--format=raw', `--lzma2=${options}`, '-c'], { input: data, maxBuffer: 1 << 26 });
+        expect(lzma2Decode(stream, data.length).equals(data), `${what}, ${options}`).toBe(true);
+      }
+    }
+    const stream = execFileSync('xz', ['--format=raw', '--lzma2=preset=6', '-c'], { input: big, maxBuffer: 1 << 26 });
+    expect(() => lzma2Decode(stream, big.length + 1)).toThrow(LzmaError);
+    expect(() => lzma2Decode(stream, big.length - 1)).toThrow(LzmaError);
+    expect(() => lzma2Decode(stream.subarray(0, stream.length >> 1), big.length)).toThrow(LzmaError);
+    expect(() => lzma2Decode(Buffer.from([0x80, 0, 0, 0, 0, 0]), 1)).toThrow(LzmaError); // no properties yet
+  });
+
   it('refuses a stream that ends before its announced size, one cut short, and one that is not LZMA', () => {
     const data = Buffer.from(words);
     const { props, stream } = xzLzma(data, 'preset=6');
@@ -135,7 +151,7 @@ describe('LZMA decoding', () => {
 
 describe('7z listing', () => {
   it('lists what 7-Zip lists, in archives by 7-Zip (header packed or not) and by libarchive, however the stream is cut', () => {
-    for (const archive of [by7zip(FILES), by7zip(FILES, ['-mhc=off']), by7zip(FILES, ['-m0=lzma2', '-mx=9']), byLibarchive(FILES)]) {
+    for (const archive of [by7zip(FILES), by7zip(FILES, ['-mhc=off']), by7zip(FILES, ['-m0=lzma2', '-mx=9']), byLibarchive(FILES), byLibarchive(FILES, 'lzma2')]) {
       const names = listedBy7zip(archive);
       expect(names.sort()).toEqual(['Factures/', 'Factures/facture-2025.pdf', 'Factures/facture-2025.pdf.scr', 'LISEZ-MOI.txt', 'vide.txt']);
       expectListing(archive, { is7z: true, entries: listedBy7zip(archive), complete: true, encrypted: false, unnamed: false });
