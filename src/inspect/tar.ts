@@ -1,27 +1,38 @@
 // Lists a tar attachment's files as its bytes stream by, and a gzipped tar's (.tar.gz, .tgz) as it is
 // inflated: Windows opens both with a double click, like a zip. A tar is a sequence of 512-byte headers,
-// each followed by its file's data, which is skipped. Names are what an extractor writes: a pax header's
-// `path`, else a GNU long name, else the ustar prefix and name; a directory's ends with "/"; links are
-// listed under their own names. Every header's checksum is verified: a first block without a valid one
-// is not a tar (nothing is listed); a later one means the rest cannot be found, and the listing is
-// incomplete. An archive cut short lists the files before the cut.
+// each followed by its file's data, which is skipped. Every name an extractor may write is listed: a pax
+// header's `path` (or GNU's sparse name), a GNU long name, else the ustar prefix and name; where GNU tar
+// and bsdtar would pick different ones, both. A directory's ends with "/"; links are listed under their
+// own names. Every header's checksum is verified: a first block without a valid one is not a tar
+// (nothing is listed); a later one means the rest cannot be found, and the listing is incomplete, as it
+// is wherever extractors disagree on where the next header is (a symlink or device with data, a pax
+// record they would reject). An archive cut short lists the files before the cut.
 //
-// Inflating a gzip costs the message's inflate budget (shared with archives inside zips); past it the
-// listing is incomplete. Only as long as the content reads as a tar: a gzipped file of another kind
-// stops being inflated at its first block.
+// A file that starts like a gzip is read both ways, as a tar and inflated, since a tar whose first name
+// begins with those bytes is still a tar to the extractors. Only the first gzip member is inflated
+// (tar, bsdtar and 7-Zip write one); a tar that goes on past it, or whose gzip is cut short, is
+// incomplete. Inflating costs the message's inflate budget (shared with archives inside zips) once the
+// content reads as a tar; past it the listing is incomplete. A gzipped file of another kind stops being
+// inflated at its first block.
 
-import { Gunzip } from 'fflate';
+import { Inflate } from 'fflate';
 import { ArchiveNames, type ArchiveListing } from './archive-names.js';
+import { deflateEnded } from './deflate.js';
 import type { InflateBudget } from './zip.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
 const MAX_META = 64 * 1024;
+// A gzip header's name and comment, together: longer ones are not a real tar.gz.
+const MAX_GZIP_HEADER = 64 * 1024;
 // Compressed bytes given to the inflater at a time: its output per step stays bounded (see zip.ts).
 const INFLATE_STEP = 8 * 1024;
+// Old GNU sparse headers: the flag saying extension blocks follow, in the header and in each extension.
+const SPARSE_EXTENDED = 482;
+const SPARSE_EXTENSION_EXTENDED = 504;
 
 export interface TarListing extends ArchiveListing {
-  /** the content (inflated, for a gzip) begins with a tar header whose checksum holds */
+  /** the content (as it is, or inflated) begins with a tar header whose checksum holds */
   isTar: boolean;
 }
 
@@ -30,101 +41,46 @@ type State =
   /** file data skipped */
   | { kind: 'skip'; left: number }
   /** a GNU long name or a pax header, kept for the next header; `pad` bytes follow it */
-  | { kind: 'meta'; type: 'longname' | 'pax'; size: number; pad: number }
+  | { kind: 'meta'; type: 'longname' | 'pax' | 'global'; size: number; pad: number }
+  /** old GNU sparse extension blocks, then the file's data */
+  | { kind: 'sparse'; data: number }
   | { kind: 'done' };
 
-export class TarLister {
-  readonly listing: TarListing;
-  private readonly names: ArchiveNames;
+/** What pax headers say of the next file. */
+interface Pax {
+  path?: string;
+  sparseName?: string;
+  size?: number;
+}
+
+/** One reading of the bytes as a tar: the raw ones, or the inflated ones. */
+class TarParser {
+  isTar = false;
+  complete = true;
+  /** the end-of-archive blocks were read */
+  ended = false;
   private state: State = { kind: 'header' };
-  private block = Buffer.alloc(BLOCK);
+  private readonly block = Buffer.alloc(BLOCK);
   private filled = 0;
   private meta: Buffer[] = [];
   private metaFilled = 0;
-  /** what the next header's name is, from a GNU long name or a pax header */
   private longName: string | undefined;
-  private paxPath: string | undefined;
-  /** a pax header's `size`, which extractors take over the header's own */
-  private paxSize: number | undefined;
-  private headers = 0;
+  private pax: Pax = {};
   private zeroBlocks = 0;
-  /** undefined until the first bytes say whether the content is gzipped */
-  private gunzip: Gunzip | null | undefined;
-  private inflateStopped = false;
-  /** the first bytes, until there are three */
-  private first = Buffer.alloc(0);
 
-  constructor(
-    maxEntries = 1000,
-    private readonly budget: Pick<InflateBudget, 'bytes'> = { bytes: 128 * 1024 * 1024 },
-  ) {
-    this.names = new ArchiveNames(maxEntries);
-    this.listing = { isTar: false, entries: this.names.entries, complete: true };
-  }
+  constructor(private readonly names: ArchiveNames) {}
 
-  push(data: Buffer): void {
-    if (this.state.kind === 'done' || data.length === 0) return;
-    let chunk = data;
-    if (this.gunzip === undefined) {
-      // The gzip signature and deflate method say whether to inflate: the first three bytes, whatever the chunks.
-      chunk = this.first.length ? Buffer.concat([this.first, data]) : data;
-      if (chunk.length < 3) {
-        this.first = Buffer.from(chunk);
-        return;
-      }
-      this.first = Buffer.alloc(0);
-      this.gunzip = chunk[0] === 0x1f && chunk[1] === 0x8b && chunk[2] === 8 ? new Gunzip((out) => this.inflated(out)) : null;
-    }
-    if (!this.gunzip) {
-      this.parse(chunk);
-      return;
-    }
-    // A step at a time, so that a gzip bomb is stopped within a step's output.
-    for (let at = 0; at < chunk.length && !this.inflateStopped && !this.done; at += INFLATE_STEP) {
-      this.inflate(chunk.subarray(at, at + INFLATE_STEP), false);
-    }
-  }
-
-  private get done(): boolean {
+  get done(): boolean {
     return this.state.kind === 'done';
   }
 
-  end(): void {
-    if (this.first.length) {
-      // Fewer than three bytes in all: read as they are.
-      this.gunzip = null;
-      this.parse(this.first);
-    }
-    if (this.gunzip && !this.inflateStopped && !this.done) this.inflate(new Uint8Array(0), true);
+  /** Gives up: names may be missing. */
+  fail(): void {
+    this.complete = false;
     this.finish();
   }
 
-  private inflate(data: Uint8Array, final: boolean): void {
-    try {
-      this.gunzip!.push(data, final);
-    } catch (err) {
-      // Not a gzip stream after all, or damaged (fflate's format errors carry a code): an extractor fails
-      // there too, and what was listed stands. Anything else (memory) leaves names unread.
-      this.inflateStopped = true;
-      if (typeof (err as { code?: unknown }).code !== 'number') this.listing.complete = false;
-      this.finish();
-    }
-  }
-
-  private inflated(data: Uint8Array): void {
-    if (this.state.kind === 'done') return;
-    this.parse(Buffer.from(data.buffer, data.byteOffset, data.length));
-    // Charged once the content reads as a tar: a gzipped file of another kind costs only its first step.
-    if (!this.listing.isTar) return;
-    this.budget.bytes -= data.length;
-    if (this.budget.bytes < 0 && !this.done) {
-      // A gzip bomb, or more than any real mail carries: the rest is not looked at.
-      this.listing.complete = false;
-      this.finish();
-    }
-  }
-
-  private parse(data: Buffer): void {
+  push(data: Buffer): void {
     let at = 0;
     while (at < data.length && this.state.kind !== 'done') {
       const s = this.state;
@@ -143,112 +99,248 @@ export class TarLister {
         if (this.metaFilled === s.size) this.endMeta(s);
         continue;
       }
-      if (s.kind !== 'header') return;
       const n = Math.min(BLOCK - this.filled, data.length - at);
       data.copy(this.block, this.filled, at, at + n);
       this.filled += n;
       at += n;
-      if (this.filled === BLOCK) {
-        this.filled = 0;
-        this.header(this.block);
-      }
+      if (this.filled < BLOCK) continue;
+      this.filled = 0;
+      if (s.kind === 'sparse') this.sparseExtension(s, this.block);
+      else this.header(this.block);
     }
-    if (!this.names.complete) {
-      this.listing.complete = false;
-      this.finish();
-    }
+    if (!this.names.complete) this.fail();
   }
 
   private header(block: Buffer): void {
     if (block.every((b) => b === 0)) {
       // The end: two zero blocks (one is enough for some readers; nothing real follows one).
-      if (++this.zeroBlocks >= 2 || !this.listing.isTar) this.finish();
+      if (++this.zeroBlocks >= 2 || !this.isTar) {
+        this.ended = this.isTar;
+        this.finish();
+      }
       return;
     }
     this.zeroBlocks = 0;
     if (!checksumHolds(block)) {
       // Before the first header: not a tar. After: the next header cannot be found.
-      if (this.listing.isTar) this.listing.complete = false;
+      if (this.isTar) this.complete = false;
       this.finish();
       return;
     }
-    this.listing.isTar = true;
-    this.headers++;
+    this.isTar = true;
     const type = String.fromCharCode(block[156]!);
-    const meta = type === 'L' || type === 'x';
+    const meta = type === 'L' || type === 'x' || type === 'X' || type === 'g';
     // A pax size stands for the next file's header's own (which may say 0, or be too small for the file).
-    const forFile = !meta && type !== 'K' && type !== 'g';
-    const size = forFile && this.paxSize !== undefined ? this.paxSize : octal(block.subarray(124, 136));
-    if (forFile) this.paxSize = undefined;
-    if (size === undefined) {
-      this.listing.complete = false;
-      this.finish();
-      return;
-    }
+    const forFile = !meta && type !== 'K';
+    const size = forFile && this.pax.size !== undefined ? this.pax.size : octal(block.subarray(124, 136));
+    if (size === undefined) return this.fail();
     const padded = Math.ceil(size / BLOCK) * BLOCK;
     if (meta) {
-      if (size > MAX_META) {
-        this.listing.complete = false;
-        this.finish();
-        return;
-      }
+      if (size > MAX_META) return this.fail();
+      // Only the last pax header before a file counts, as extractors read them.
+      if (type === 'x' || type === 'X') this.pax = {};
       this.meta = [];
       this.metaFilled = 0;
-      this.state = size > 0 ? { kind: 'meta', type: type === 'L' ? 'longname' : 'pax', size, pad: padded - size } : { kind: 'header' };
+      const kind = type === 'L' ? 'longname' : type === 'g' ? 'global' : 'pax';
+      this.state = size > 0 ? { kind: 'meta', type: kind, size, pad: padded - size } : { kind: 'header' };
       return;
     }
-    if ((type === '1' || type === '2' || type === '5') && size > 0) {
-      // Links and directories carry no data, but readers differ on whether to skip a size given anyway:
-      // where the next header is depends on the reader.
-      this.listing.complete = false;
-      this.finish();
+    if (type === 'K') {
+      this.state = padded > 0 ? { kind: 'skip', left: padded } : { kind: 'header' };
       return;
     }
-    if (type !== 'g' && type !== 'K' && type !== 'V') this.entry(block, type);
-    this.state = padded > 0 ? { kind: 'skip', left: padded } : { kind: 'header' };
+    // Symlinks, devices, fifos and volume labels carry no data, but readers differ on whether to skip
+    // a size given anyway: where the next header is depends on the reader. Hard links and directories
+    // they all read as having none.
+    if ('2346V'.includes(type) && size > 0) return this.fail();
+    const data = '15'.includes(type) ? 0 : padded;
+    if (type !== 'V') this.entry(block, type);
+    if (type === 'S' && block[SPARSE_EXTENDED]) this.state = { kind: 'sparse', data };
+    else this.state = data > 0 ? { kind: 'skip', left: data } : { kind: 'header' };
+  }
+
+  /** An old GNU sparse extension block: more of the map, and whether another block follows. */
+  private sparseExtension(s: State & { kind: 'sparse' }, block: Buffer): void {
+    if (block[SPARSE_EXTENSION_EXTENDED]) return;
+    this.state = s.data > 0 ? { kind: 'skip', left: s.data } : { kind: 'header' };
   }
 
   private endMeta(s: State & { kind: 'meta' }): void {
     const bytes = Buffer.concat(this.meta);
     this.meta = [];
-    if (s.type === 'longname') this.longName = text(bytes.subarray(0, nul(bytes)));
-    else {
-      const pax = paxRecords(bytes);
-      if (pax.path !== undefined) this.paxPath = pax.path;
-      if (pax.size !== undefined) {
-        const size = /^[0-9]{1,15}$/.test(pax.size) ? Number(pax.size) : undefined;
-        if (size === undefined) {
-          // A size extractors may read otherwise: where the next header is cannot be told.
-          this.listing.complete = false;
-          this.finish();
-          return;
-        }
-        this.paxSize = size;
-      }
-    }
     this.state = s.pad > 0 ? { kind: 'skip', left: s.pad } : { kind: 'header' };
+    if (s.type === 'longname') {
+      this.longName = text(bytes.subarray(0, nul(bytes)));
+      return;
+    }
+    const records = paxRecords(bytes);
+    if (!records) return this.fail(); // extractors reject it, or read it otherwise
+    if (s.type === 'global') {
+      // GNU tar names the next file after a global path too.
+      if (records.path) this.names.add(records.path);
+      return;
+    }
+    if (records.path) this.pax.path = records.path;
+    if (records['GNU.sparse.name']) this.pax.sparseName = records['GNU.sparse.name'];
+    if (records.size !== undefined) {
+      if (!/^[0-9]{1,15}$/.test(records.size)) return this.fail();
+      this.pax.size = Number(records.size);
+    }
   }
 
   private entry(block: Buffer, type: string): void {
-    let name = this.paxPath ?? this.longName;
-    this.paxPath = undefined;
+    const names = [this.pax.path, this.pax.sparseName, this.longName].filter((n): n is string => Boolean(n));
+    this.pax = {};
     this.longName = undefined;
-    if (name === undefined) {
-      name = text(block.subarray(0, nul(block.subarray(0, 100))));
+    if (!names.length) {
+      let name = text(block.subarray(0, nul(block.subarray(0, 100))));
       // POSIX ustar keeps a path's start in the prefix field; GNU's "ustar  " uses those bytes otherwise.
       if (block.subarray(257, 263).toString('latin1') === 'ustar\0') {
         const prefix = block.subarray(345, 500);
         const p = text(prefix.subarray(0, nul(prefix)));
         if (p) name = `${p}/${name}`;
       }
+      names.push(name);
     }
-    if (type === '5' && !name.endsWith('/')) name += '/';
-    if (name !== '') this.names.add(name);
+    for (let name of names) {
+      // "evil.exe/." is written as the file evil.exe.
+      name = name.replace(/(\/+\.)+$/, '');
+      if (type === '5' && !name.endsWith('/')) name += '/';
+      if (name !== '') this.names.add(name);
+    }
   }
 
   private finish(): void {
     this.state = { kind: 'done' };
     this.meta = [];
+  }
+}
+
+/** A gzip member's header, read as its bytes come (its name and comment may be long). */
+class GzipHeader {
+  private bytes: Buffer = Buffer.alloc(0);
+
+  /** The header's length once whole, undefined while more bytes are needed, false when it is no gzip. */
+  push(data: Buffer): number | undefined | false {
+    this.bytes = this.bytes.length ? Buffer.concat([this.bytes, data]) : data;
+    const b = this.bytes;
+    if (b.length < 10) return undefined;
+    const flags = b[3]!;
+    if (b[0] !== 0x1f || b[1] !== 0x8b || b[2] !== 8 || flags & 0xe0) return false;
+    let at = 10;
+    if (flags & 0x04) {
+      if (b.length < 12) return undefined;
+      at = 12 + b.readUInt16LE(10);
+    }
+    for (const flag of [0x08, 0x10]) {
+      if (!(flags & flag)) continue;
+      const end = b.indexOf(0, at);
+      if (end < 0) return b.length > MAX_GZIP_HEADER ? false : undefined;
+      at = end + 1;
+    }
+    if (flags & 0x02) at += 2;
+    if (at > MAX_GZIP_HEADER) return false;
+    return b.length >= at ? at : undefined;
+  }
+
+  /** The bytes received so far. */
+  get received(): Buffer {
+    return this.bytes;
+  }
+}
+
+export class TarLister {
+  readonly listing: TarListing;
+  private readonly names: ArchiveNames;
+  private readonly raw: TarParser;
+  /** the inflated reading, for a file that starts like a gzip */
+  private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean } | undefined;
+  private first = true;
+
+  constructor(
+    maxEntries = 1000,
+    private readonly budget: Pick<InflateBudget, 'bytes'> = { bytes: 128 * 1024 * 1024 },
+  ) {
+    this.names = new ArchiveNames(maxEntries);
+    this.raw = new TarParser(this.names);
+    this.listing = { isTar: false, entries: this.names.entries, complete: true };
+  }
+
+  push(data: Buffer): void {
+    if (data.length === 0) return;
+    if (this.first) {
+      this.first = false;
+      // The gzip signature, at least its first byte: the header reader says the rest.
+      if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: new TarParser(this.names), stopped: false };
+    }
+    if (!this.raw.done) this.raw.push(data);
+    if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
+    this.update();
+  }
+
+  end(): void {
+    const gz = this.gz;
+    if (gz && !gz.stopped && gz.inflater) this.inflate(gz, new Uint8Array(0), true);
+    // The gzip ended before the tar in it did: cut short, or more members follow.
+    if (gz && gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
+    this.update();
+  }
+
+  private gunzip(gz: NonNullable<TarLister['gz']>, data: Buffer): void {
+    let body = data;
+    if (gz.header) {
+      const length = gz.header.push(data);
+      if (length === undefined) return;
+      if (length === false) {
+        gz.stopped = true;
+        return;
+      }
+      body = gz.header.received.subarray(length);
+      gz.header = undefined;
+      gz.inflater = new Inflate((out) => this.inflated(gz, out));
+    }
+    // A step at a time, so that a gzip bomb is stopped within a step's output.
+    for (let at = 0; at < body.length && !gz.stopped; at += INFLATE_STEP) {
+      if (deflateEnded(gz.inflater!)) {
+        // The first member ended; a tar that did not is incomplete (see end).
+        gz.stopped = true;
+        if (gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
+        break;
+      }
+      this.inflate(gz, body.subarray(at, at + INFLATE_STEP), false);
+    }
+  }
+
+  private inflate(gz: NonNullable<TarLister['gz']>, data: Uint8Array, final: boolean): void {
+    try {
+      gz.inflater!.push(data, final);
+    } catch (err) {
+      gz.stopped = true;
+      // Damaged or cut short (fflate's format errors carry a code): names past the damage cannot be read.
+      // Anything else (memory) leaves names unread too.
+      if (gz.parser.isTar && !gz.parser.ended) gz.parser.fail();
+      else if (typeof (err as { code?: unknown }).code !== 'number') gz.parser.fail();
+    }
+  }
+
+  private inflated(gz: NonNullable<TarLister['gz']>, data: Uint8Array): void {
+    const parser = gz.parser;
+    if (parser.done) {
+      gz.stopped = true;
+      return;
+    }
+    parser.push(Buffer.from(data.buffer, data.byteOffset, data.length));
+    // Charged once the content reads as a tar: a gzipped file of another kind costs only its first step.
+    if (!parser.isTar) return;
+    this.budget.bytes -= data.length;
+    // A gzip bomb, or more than any real mail carries: the rest is not looked at.
+    if (this.budget.bytes < 0 && !parser.done) parser.fail();
+  }
+
+  private update(): void {
+    const parsers = this.gz ? [this.raw, this.gz.parser] : [this.raw];
+    this.listing.isTar = parsers.some((p) => p.isTar);
+    this.listing.complete = parsers.every((p) => p.complete) && this.names.complete;
   }
 }
 
@@ -276,23 +368,34 @@ function octal(field: Buffer): number | undefined {
     return value;
   }
   const digits = field.toString('latin1').replace(/^ +/, '').replace(/[ \0].*$/s, '');
+  // All NULs: extractors read 0.
+  if (digits === '') return field.every((b) => b === 0) ? 0 : undefined;
   if (!/^[0-7]+$/.test(digits)) return undefined;
   return parseInt(digits, 8);
 }
 
-/** The path and size in pax records ("<length> path=<value>\n"), the last one winning as in extractors. */
-function paxRecords(bytes: Buffer): { path?: string; size?: string } {
-  const found: { path?: string; size?: string } = {};
+/**
+ * Pax records ("<length> <key>=<value>\n", the length counting the whole record), the last one of a key
+ * winning as in extractors; undefined when one is malformed (extractors reject or skip it: what they
+ * would read cannot be told).
+ */
+function paxRecords(bytes: Buffer): Record<string, string> | undefined {
+  const found: Record<string, string> = {};
   for (let at = 0; at < bytes.length; ) {
+    // Padding after the last record.
+    if (bytes[at] === 0) break;
     const space = bytes.indexOf(0x20, at);
-    if (space < 0) break;
-    const length = Number(bytes.toString('latin1', at, space));
-    if (!Number.isInteger(length) || length <= space - at + 1 || at + length > bytes.length) break;
-    const record = bytes.subarray(space + 1, at + length - 1);
+    if (space < 0) return undefined;
+    const digits = bytes.toString('latin1', at, space);
+    if (!/^[0-9]{1,9}$/.test(digits)) return undefined;
+    const length = Number(digits);
+    const end = at + length;
+    if (length <= space - at + 1 || end > bytes.length || bytes[end - 1] !== 0x0a) return undefined;
+    const record = bytes.subarray(space + 1, end - 1);
     const eq = record.indexOf(0x3d);
-    const key = eq > 0 ? record.toString('latin1', 0, eq) : '';
-    if (key === 'path' || key === 'size') found[key] = record.toString('utf8', eq + 1);
-    at += length;
+    if (eq <= 0) return undefined;
+    found[record.toString('utf8', 0, eq)] = record.toString('utf8', eq + 1);
+    at = end;
   }
   return found;
 }

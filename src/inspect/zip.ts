@@ -13,6 +13,7 @@
 // An encrypted one is one more name, and the zip is said encrypted.
 
 import { Inflate } from 'fflate';
+import { deflateEnded } from './deflate.js';
 import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-names.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
@@ -426,10 +427,8 @@ class NestedArchive {
     return this.inflater !== undefined && !this.stopped && !this.inflaterDone();
   }
 
-  /** The deflate stream's last block is done (fflate's state, as of the pinned version). */
   private inflaterDone(): boolean {
-    const state = (this.inflater as unknown as { s?: { f?: number; l?: unknown } }).s;
-    return Boolean(state?.f && !state.l);
+    return this.inflater !== undefined && deflateEnded(this.inflater);
   }
 
   /** Names found since the last call, from whichever lister recognised the archive. */

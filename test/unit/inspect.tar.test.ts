@@ -2,7 +2,7 @@
 // formats and by libarchive (bsdtar), and what GNU tar lists in each is what Douane must find. Then the
 // shipped policy judging what is inside.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { linkSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -68,6 +68,47 @@ function rewritten(header: Buffer, fields: Record<number, string>): Buffer {
   return copy;
 }
 
+/** A ustar header of that type, its checksum made to hold, then its data, padded to blocks. */
+function block(name: string | Buffer, size: number, type: string, data = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(512);
+  (typeof name === 'string' ? Buffer.from(name) : name).copy(h, 0, 0, 100);
+  h.write('0000644\0', 100, 'latin1');
+  h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+  h.write(type, 156, 'latin1');
+  h.write('ustar\x0000', 257, 'latin1');
+  return Buffer.concat([rewritten(h, {}), data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
+}
+
+/** One pax record, its length counting itself. */
+function record(key: string, value: string): string {
+  const body = ` ${key}=${value}\n`;
+  let length = body.length + 1;
+  while (String(length).length + body.length !== length) length = String(length).length + body.length;
+  return `${length}${body}`;
+}
+
+/** A pax header (type x, X or g) holding `records`. */
+function paxHeader(type: string, records: string): Buffer {
+  const data = Buffer.from(records);
+  return block(`PaxHeader/${type}`, data.length, type, data);
+}
+
+const EOF_BLOCKS = Buffer.alloc(1024);
+
+/** What GNU tar lists, warnings or not. */
+function listedByTarAnyway(archive: Buffer): string[] {
+  const file = join(mkdtempSync(join(root, 'g-')), 'a.tar');
+  writeFileSync(file, archive);
+  return spawnSync('tar', ['-tf', file], { env: UTF8 }).stdout.toString('utf8').split('\n').filter(Boolean);
+}
+
+function listedByBsdtar(archive: Buffer): string[] {
+  const file = join(mkdtempSync(join(root, 'b-')), 'a.tar');
+  writeFileSync(file, archive);
+  // With a warning (a pax record ignored) bsdtar exits non-zero: what it listed counts.
+  return spawnSync('bsdtar', ['-tf', file], { env: UTF8 }).stdout.toString('utf8').split('\n').filter(Boolean);
+}
+
 function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
   const lister = new TarLister(1000, budget);
   for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
@@ -109,7 +150,7 @@ describe('tar listing', () => {
     }
   });
 
-  it('says the listing is incomplete when a later header is damaged, a directory claims data, or the inflate budget runs out', () => {
+  it('says the listing is incomplete when a later header is damaged, a symbolic link claims data, or the inflate budget runs out', () => {
     const archive = gnuTar('gnu');
     // The second header's checksum, broken: GNU tar skips to the next header it finds, bsdtar stops.
     const damaged = Buffer.from(archive);
@@ -122,9 +163,12 @@ describe('tar listing', () => {
     first[1]! ^= 0x20;
     expect(list(first, 1000)).toEqual({ isTar: false, entries: [], complete: true });
 
-    // A directory with a size: readers disagree on where the next header is.
-    const sized = rewritten(archive.subarray(0, 512), { 124: '00000001000\0' });
-    expect(list(Buffer.concat([sized, archive.subarray(512)]), 1000)).toMatchObject({ isTar: true, complete: false });
+    // A directory with a size: every extractor reads the next header right after it. A symbolic link
+    // with one: bsdtar does, GNU tar skips the size, so where the next header is cannot be told.
+    const sized = Buffer.concat([rewritten(archive.subarray(0, 512), { 124: '00000001000\0' }), archive.subarray(512)]);
+    expect(list(sized, 1000)).toEqual({ isTar: true, entries: listedByTar(sized), complete: true });
+    const link = Buffer.concat([rewritten(archive.subarray(0, 512), { 124: '00000001000\0', 156: '2' }), archive.subarray(512)]);
+    expect(list(link, 1000)).toMatchObject({ isTar: true, complete: false });
 
     // 20 MB of zeros, then a program: inflated within the budget, or not at all past it.
     const bomb = mkdtempSync(join(root, 'bomb-'));
@@ -150,22 +194,6 @@ describe('tar listing', () => {
   });
 
   it('takes a pax size over the size in the header, as extractors do: the next header is where they find it', () => {
-    /** A ustar header (no checksum yet), its data, padded. */
-    const block = (name: string, size: number, type: string, data = Buffer.alloc(0)) => {
-      const h = Buffer.alloc(512);
-      h.write(name, 0, 'utf8');
-      h.write('0000644\0', 100, 'latin1');
-      h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-      h.write(type, 156, 'latin1');
-      h.write('ustar\x0000', 257, 'latin1');
-      return Buffer.concat([rewritten(h, {}), data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
-    };
-    const record = (key: string, value: string) => {
-      const body = ` ${key}=${value}\n`;
-      let length = body.length + 1;
-      if (String(length).length + body.length !== length) length = String(length + 1).length + body.length;
-      return `${length}${body}`;
-    };
     for (const [paxSize, headerSize, data] of [['0', 1024, Buffer.alloc(0)], ['1500', 0, Buffer.alloc(1500, 'a')]] as const) {
       const pax = Buffer.from(record('size', paxSize));
       const archive = Buffer.concat([
@@ -177,6 +205,65 @@ describe('tar listing', () => {
       expect(listedByTar(archive), `pax size ${paxSize}`).toEqual(['a.txt', 'facture.pdf.exe']);
       expectListing(archive, { isTar: true, entries: ['a.txt', 'facture.pdf.exe'], complete: true });
     }
+  });
+
+  it('reads what extractors read: old GNU sparse maps, pax headers one after another, X and global headers, sparse names, empty paths', () => {
+    // tar -S with more than four data regions: extension blocks follow the header.
+    const dir = mkdtempSync(join(root, 'sparse-'));
+    const image = Buffer.alloc(40 * 65_536 + 1000);
+    for (let i = 0; i < 40; i++) image.fill('X', i * 65_536, i * 65_536 + 100);
+    writeFileSync(join(dir, 'pic.img'), image);
+    writeFileSync(join(dir, 'evil.exe'), 'MZ');
+    for (const flags of ['-Scf', '-Sczf']) {
+      execFileSync('tar', ['--format=gnu', flags, 'out', 'pic.img', 'evil.exe'], { cwd: dir });
+      const archive = readFileSync(join(dir, 'out'));
+      expect(listedByTar(archive)).toEqual(['pic.img', 'evil.exe']);
+      expectListing(archive, { isTar: true, entries: ['pic.img', 'evil.exe'], complete: true });
+    }
+    const cases: [string, Buffer, string[]][] = [
+      // Only the last pax header before a file counts.
+      ['two pax headers', Buffer.concat([paxHeader('x', record('path', 'a.txt')), paxHeader('x', record('comment', 'hello')), block('evil.exe', 2, '0', Buffer.from('MZ'))]), ['evil.exe']],
+      ['a Solaris pax header (X)', Buffer.concat([paxHeader('X', record('path', 'evil.exe')), block('a.txt', 0, '0')]), ['evil.exe']],
+      ['a sparse name', Buffer.concat([paxHeader('x', record('GNU.sparse.name', 'evil.exe')), block('a.txt', 0, '0')]), ['evil.exe']],
+      ['an empty path', Buffer.concat([paxHeader('x', record('path', '')), block('evil.exe', 0, '0')]), ['evil.exe']],
+      ['a global path', Buffer.concat([paxHeader('g', record('path', 'evil.exe')), block('a.txt', 0, '0')]), ['evil.exe', 'a.txt']],
+      ['a long name, then a pax path (bsdtar takes the one, GNU tar the other)', Buffer.concat([block('././@LongLink', 9, 'L', Buffer.from('evil.exe\0')), paxHeader('x', record('path', 'a.txt')), block('b.txt', 0, '0')]), ['a.txt', 'evil.exe']],
+      ['a first name that starts like a gzip', Buffer.concat([block(Buffer.from('\x1f\x8b\x08Photo.jpg', 'latin1'), 1, '0', Buffer.from('x')), block('evil.exe', 0, '0')]), ['\x1f\x8b\x08Photo.jpg', 'evil.exe']],
+      ['a file written as evil.exe/.', block('evil.exe/.', 2, '0', Buffer.from('MZ')), ['evil.exe']],
+    ];
+    for (const [what, body, expected] of cases) {
+      const archive = Buffer.concat([body, EOF_BLOCKS]);
+      const seen = [...new Set([...listedByTarAnyway(archive), ...listedByBsdtar(archive)])].map((n) => n.replace(/\/\.$/, ''));
+      expect(seen.filter((n) => n.endsWith('.exe')), `${what}: what the extractors show`).toContain('evil.exe');
+      const listing = list(archive, 100);
+      expect(listing, what).toMatchObject({ isTar: true, complete: true });
+      expect([...listing.entries].sort(), what).toEqual(expect.arrayContaining([...expected].sort()));
+    }
+  });
+
+  it('says the listing is incomplete where extractors would read a header otherwise: a malformed pax record, a device with data, a gzip cut short', () => {
+    const after = Buffer.concat([block('evil.exe', 0, '0'), EOF_BLOCKS]);
+    for (const [what, body] of [
+      ['a record without its newline', paxHeader('x', '19 path=a.txtX')],
+      ['a length with a sign', paxHeader('x', '+14 path=a.txt\n')],
+      ['a device with data', block('a.dev', 512, '3', Buffer.alloc(512))],
+    ] as const) {
+      expect(list(Buffer.concat([body, block('a.txt', 0, '0'), after]), 100), what).toMatchObject({ isTar: true, complete: false });
+    }
+    // Random content is deflated in stored blocks, which the inflater gives out whole: cut inside one,
+    // the names after it are never seen.
+    const dir = mkdtempSync(join(root, 'cut-'));
+    writeFileSync(join(dir, 'a.txt'), randomBytes(100_000));
+    writeFileSync(join(dir, 'evil.exe'), 'MZ');
+    execFileSync('tar', ['-czf', 'out.tgz', 'a.txt', 'evil.exe'], { cwd: dir });
+    const tgz = readFileSync(join(dir, 'out.tgz'));
+    const cut = tgz.subarray(0, tgz.length - 200);
+    expect(list(cut, 1000)).toMatchObject({ isTar: true, complete: false });
+  });
+
+  it('reads a crafted gzip header in time proportional to its size: a name that never ends', () => {
+    const endless = Buffer.concat([Buffer.from([0x1f, 0x8b, 0x08, 0x08, 0, 0, 0, 0, 0, 3]), Buffer.alloc(16 * 1024 * 1024, 'A')]);
+    expect(list(endless, 65_536)).toEqual({ isTar: false, entries: [], complete: true });
   });
 
   it('lists the files before the cut of an archive cut short, as extractors do', () => {
