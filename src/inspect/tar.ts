@@ -17,14 +17,17 @@
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, type ArchiveListing } from './archive-names.js';
-import { deflateEnded } from './deflate.js';
+import { bytesAfterEnd, deflateEnded } from './deflate.js';
 import type { InflateBudget } from './zip.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
 const MAX_META = 64 * 1024;
-// A gzip header's name and comment, together: longer ones are not a real tar.gz.
-const MAX_GZIP_HEADER = 64 * 1024;
+// A gzip header's name and comment, together, read at most (its extra field is up to 64 KB by format):
+// past that the listing is incomplete.
+const MAX_GZIP_NAMES = 64 * 1024;
+// What follows a gzip member's deflate stream: its CRC and size.
+const GZIP_TRAILER = 8;
 // Compressed bytes given to the inflater at a time: its output per step stays bounded (see zip.ts).
 const INFLATE_STEP = 8 * 1024;
 // Old GNU sparse headers: the flag saying extension blocks follow, in the header and in each extension.
@@ -220,8 +223,11 @@ class TarParser {
 class GzipHeader {
   private bytes: Buffer = Buffer.alloc(0);
 
-  /** The header's length once whole, undefined while more bytes are needed, false when it is no gzip. */
-  push(data: Buffer): number | undefined | false {
+  /**
+   * The header's length once whole, undefined while more bytes are needed, false when it is no gzip,
+   * 'too long' past the bound on its name and comment.
+   */
+  push(data: Buffer): number | undefined | false | 'too long' {
     this.bytes = this.bytes.length ? Buffer.concat([this.bytes, data]) : data;
     const b = this.bytes;
     if (b.length < 10) return undefined;
@@ -232,14 +238,15 @@ class GzipHeader {
       if (b.length < 12) return undefined;
       at = 12 + b.readUInt16LE(10);
     }
+    const names = at;
     for (const flag of [0x08, 0x10]) {
       if (!(flags & flag)) continue;
       const end = b.indexOf(0, at);
-      if (end < 0) return b.length > MAX_GZIP_HEADER ? false : undefined;
+      if (end < 0) return b.length - names > MAX_GZIP_NAMES ? 'too long' : undefined;
       at = end + 1;
     }
+    if (at - names > MAX_GZIP_NAMES) return 'too long';
     if (flags & 0x02) at += 2;
-    if (at > MAX_GZIP_HEADER) return false;
     return b.length >= at ? at : undefined;
   }
 
@@ -254,7 +261,7 @@ export class TarLister {
   private readonly names: ArchiveNames;
   private readonly raw: TarParser;
   /** the inflated reading, for a file that starts like a gzip */
-  private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean } | undefined;
+  private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean; after?: number } | undefined;
   private first = true;
 
   constructor(
@@ -274,16 +281,24 @@ export class TarLister {
       if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: new TarParser(this.names), stopped: false };
     }
     if (!this.raw.done) this.raw.push(data);
-    if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
+    if (this.gz?.after !== undefined) this.afterMember(this.gz, data.length);
+    else if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
     this.update();
   }
 
   end(): void {
     const gz = this.gz;
     if (gz && !gz.stopped && gz.inflater) this.inflate(gz, new Uint8Array(0), true);
-    // The gzip ended before the tar in it did: cut short, or more members follow.
+    // The gzip ended before the tar in it did: cut short.
     if (gz && gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
     this.update();
+  }
+
+  /** Bytes after the first member's deflate stream: past its trailer, another member (read by extractors). */
+  private afterMember(gz: NonNullable<TarLister['gz']>, bytes: number): void {
+    gz.after = (gz.after ?? 0) + bytes;
+    // Unless the content was shown not to be a tar, or its end was read, what follows may hold names.
+    if (gz.after > GZIP_TRAILER && !gz.parser.ended && !(gz.parser.done && !gz.parser.isTar)) gz.parser.fail();
   }
 
   private gunzip(gz: NonNullable<TarLister['gz']>, data: Buffer): void {
@@ -291,8 +306,9 @@ export class TarLister {
     if (gz.header) {
       const length = gz.header.push(data);
       if (length === undefined) return;
-      if (length === false) {
+      if (length === false || length === 'too long') {
         gz.stopped = true;
+        if (length === 'too long') gz.parser.fail();
         return;
       }
       body = gz.header.received.subarray(length);
@@ -301,25 +317,24 @@ export class TarLister {
     }
     // A step at a time, so that a gzip bomb is stopped within a step's output.
     for (let at = 0; at < body.length && !gz.stopped; at += INFLATE_STEP) {
-      if (deflateEnded(gz.inflater!)) {
-        // The first member ended; a tar that did not is incomplete (see end).
-        gz.stopped = true;
-        if (gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
-        break;
-      }
       this.inflate(gz, body.subarray(at, at + INFLATE_STEP), false);
+      if (!gz.stopped && deflateEnded(gz.inflater!)) {
+        // The first member ended: what follows its trailer is another member, or junk.
+        gz.stopped = true;
+        this.afterMember(gz, bytesAfterEnd(gz.inflater!) + Math.max(0, body.length - at - INFLATE_STEP));
+      }
     }
   }
 
   private inflate(gz: NonNullable<TarLister['gz']>, data: Uint8Array, final: boolean): void {
     try {
       gz.inflater!.push(data, final);
-    } catch (err) {
+    } catch {
       gz.stopped = true;
-      // Damaged or cut short (fflate's format errors carry a code): names past the damage cannot be read.
-      // Anything else (memory) leaves names unread too.
-      if (gz.parser.isTar && !gz.parser.ended) gz.parser.fail();
-      else if (typeof (err as { code?: unknown }).code !== 'number') gz.parser.fail();
+      // Damaged or cut short: names past the damage cannot be read, unless the content was shown not to
+      // be a tar, or the tar's end was read (the inflater holds a stored block back until it is whole,
+      // so a tar's first header may never have come out).
+      if (!gz.parser.ended && !(gz.parser.done && !gz.parser.isTar)) gz.parser.fail();
     }
   }
 

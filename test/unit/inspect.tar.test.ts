@@ -261,9 +261,29 @@ describe('tar listing', () => {
     expect(list(cut, 1000)).toMatchObject({ isTar: true, complete: false });
   });
 
-  it('reads a crafted gzip header in time proportional to its size: a name that never ends', () => {
+  it('reads a crafted gzip header in time proportional to its size: a name that never ends is not read past 64 KB', () => {
     const endless = Buffer.concat([Buffer.from([0x1f, 0x8b, 0x08, 0x08, 0, 0, 0, 0, 0, 3]), Buffer.alloc(16 * 1024 * 1024, 'A')]);
-    expect(list(endless, 65_536)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(list(endless, 65_536)).toEqual({ isTar: false, entries: [], complete: false });
+  });
+
+  it('reads the gzip as extractors do: an extra field of 64 KB, a second member (incomplete), a stored block cut short (incomplete)', () => {
+    const tar = Buffer.concat([block('a.txt', 1, '0', Buffer.from('x')), block('evil.exe', 2, '0', Buffer.from('MZ')), EOF_BLOCKS]);
+    const gz = gzipSync(tar);
+    // The extra field at its largest (FEXTRA set in the flags, 65 535 bytes).
+    const extra = Buffer.concat([gz.subarray(0, 3), Buffer.from([gz[3]! | 0x04]), gz.subarray(4, 10), Buffer.from([0xff, 0xff]), Buffer.alloc(65_535), gz.subarray(10)]);
+    expect(listedByTarAnyway(extra)).toEqual(['a.txt', 'evil.exe']);
+    expect(list(extra, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
+    // An empty member first: the tar is in the second one, which extractors read.
+    const second = Buffer.concat([gzipSync(Buffer.alloc(0)), gz]);
+    expect(listedByTarAnyway(second)).toEqual(['a.txt', 'evil.exe']);
+    expect(list(second, 1000)).toMatchObject({ complete: false });
+    // Stored (level 0) and cut short: the inflater gives nothing of a stored block until it is whole.
+    const stored = gzipSync(tar, { level: 0 });
+    expect(listedByTarAnyway(stored.subarray(0, stored.length - 20))).toContain('evil.exe');
+    expect(list(stored.subarray(0, stored.length - 20), 1000)).toMatchObject({ complete: false });
+    // Whole, the same file is read whole; a lone member with its trailer is no cause for doubt.
+    expect(list(stored, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
+    expect(list(gzipSync(Buffer.from('a short note')), 1000)).toEqual({ isTar: false, entries: [], complete: true });
   });
 
   it('lists the files before the cut of an archive cut short, as extractors do', () => {
