@@ -49,11 +49,6 @@ class RangeDecoder {
     }
   }
 
-  /** The stream is whole when the code is 0 (the encoder flushed it). */
-  get finishedOk(): boolean {
-    return this.code === 0;
-  }
-
   bit(probs: Uint16Array, index: number): number {
     const p = probs[index]!;
     const bound = (this.range >>> PROBABILITY_BITS) * p;
