@@ -74,3 +74,9 @@ export function normalizeName(raw: string): string {
   const nul = raw.indexOf('\0');
   return (nul < 0 ? raw : raw.slice(0, nul)).replace(/[. ]+$/, '');
 }
+
+/** A name stored as bytes: UTF-8 on today's systems, else read one byte a character. */
+export function nameFromBytes(bytes: Buffer): string {
+  const utf8 = bytes.toString('utf8');
+  return utf8.includes('\ufffd') ? bytes.toString('latin1') : utf8;
+}

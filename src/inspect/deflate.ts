@@ -1,6 +1,31 @@
-// fflate's streaming inflater, as Douane uses it (fflate is pinned: this reads its internal state).
+// Inflating inside archives: the budget one message's archives share, the step the inflater is fed
+// at, and fflate's streaming inflater as Douane uses it (fflate is pinned: this reads its internal state).
 
 import type { Inflate } from 'fflate';
+
+/** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
+const MAX_INFLATED = 128 * 1024 * 1024;
+const MAX_NESTED_ARCHIVES = 1000;
+/** Compressed bytes given to the inflater at a time: its output per step stays under about 8 MB (deflate expands 1032 times at most), checked against the budget. */
+export const INFLATE_STEP = 8 * 1024;
+
+/**
+ * 7z headers decoded, all of one message together: LZMA decodes about 6 MB a second in the worst case
+ * here, and a real header is a few kilobytes (about 200 KB for ten thousand files).
+ */
+const MAX_LZMA_DECODED = 16 * 1024 * 1024;
+
+/** What inner archives and 7z headers may still cost, shared by every archive of one message. */
+export interface InflateBudget {
+  bytes: number;
+  archives: number;
+  /** bytes of 7z headers still to decode */
+  lzma: number;
+}
+
+export function inflateBudget(): InflateBudget {
+  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
+}
 
 /** The deflate stream's last block is done, so bytes after it are not deflate data. */
 export function deflateEnded(inflater: Inflate): boolean {

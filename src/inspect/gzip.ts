@@ -3,6 +3,8 @@
 // within the first bytes the inspector keeps; without it, gunzip names the file after the attachment
 // minus ".gz", and so does this.
 
+import { nameFromBytes } from './archive-names.js';
+
 const FEXTRA = 0x04;
 const FNAME = 0x08;
 
@@ -13,16 +15,11 @@ export function gzipMemberName(head: Buffer, attachmentName: string): string | u
   if (flags & FEXTRA) at = head.length >= 12 ? 12 + head.readUInt16LE(10) : head.length;
   if (flags & FNAME) {
     const end = head.indexOf(0, at);
-    if (end > at) return text(head.subarray(at, end));
+    if (end > at) // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
+    return nameFromBytes(head.subarray(at, end));
   }
   const base = attachmentName.replace(/^.*[/\\]/, '');
   // The suffixes gunzip knows: .gz, .z, and .tgz or .taz for a tar.
   if (/.\.t[ag]z$/i.test(base)) return base.slice(0, -4) + '.tar';
   return /.\.g?z$/i.test(base) ? base.replace(/\.g?z$/i, '') : undefined;
-}
-
-/** RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8. */
-function text(bytes: Buffer): string {
-  const utf8 = bytes.toString('utf8');
-  return utf8.includes('\ufffd') ? bytes.toString('latin1') : utf8;
 }

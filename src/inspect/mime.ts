@@ -29,7 +29,8 @@ import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.j
 import { TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
-import { inflateBudget, ZipLister } from './zip.js';
+import { inflateBudget } from './deflate.js';
+import { ZipLister } from './zip.js';
 
 export interface InspectLimits {
   /** MIME parts (every entity, the root and multipart containers included) before mimeLimitExceeded = 'parts' */

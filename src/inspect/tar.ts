@@ -16,9 +16,8 @@
 // inflated at its first block.
 
 import { Inflate } from 'fflate';
-import { ArchiveNames, type ArchiveListing } from './archive-names.js';
-import { bytesAfterEnd, deflateEnded } from './deflate.js';
-import type { InflateBudget } from './zip.js';
+import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
+import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -28,8 +27,6 @@ const MAX_META = 64 * 1024;
 const MAX_GZIP_NAMES = 64 * 1024;
 // What follows a gzip member's deflate stream: its CRC and size.
 const GZIP_TRAILER = 8;
-// Compressed bytes given to the inflater at a time: its output per step stays bounded (see zip.ts).
-const INFLATE_STEP = 8 * 1024;
 // Old GNU sparse headers: the flag saying extension blocks follow, in the header and in each extension.
 const SPARSE_EXTENDED = 482;
 const SPARSE_EXTENSION_EXTENDED = 504;
@@ -173,7 +170,7 @@ class TarParser {
     this.meta = [];
     this.state = s.pad > 0 ? { kind: 'skip', left: s.pad } : { kind: 'header' };
     if (s.type === 'longname') {
-      this.longName = text(bytes.subarray(0, nul(bytes)));
+      this.longName = nameFromBytes(bytes.subarray(0, nul(bytes)));
       return;
     }
     const records = paxRecords(bytes);
@@ -196,11 +193,11 @@ class TarParser {
     this.pax = {};
     this.longName = undefined;
     if (!names.length) {
-      let name = text(block.subarray(0, nul(block.subarray(0, 100))));
+      let name = nameFromBytes(block.subarray(0, nul(block.subarray(0, 100))));
       // POSIX ustar keeps a path's start in the prefix field; GNU's "ustar  " uses those bytes otherwise.
       if (block.subarray(257, 263).toString('latin1') === 'ustar\0') {
         const prefix = block.subarray(345, 500);
-        const p = text(prefix.subarray(0, nul(prefix)));
+        const p = nameFromBytes(prefix.subarray(0, nul(prefix)));
         if (p) name = `${p}/${name}`;
       }
       names.push(name);
@@ -266,7 +263,7 @@ export class TarLister {
 
   constructor(
     maxEntries = 1000,
-    private readonly budget: Pick<InflateBudget, 'bytes'> = { bytes: 128 * 1024 * 1024 },
+    private readonly budget: Pick<InflateBudget, 'bytes'> = inflateBudget(),
   ) {
     this.names = new ArchiveNames(maxEntries);
     this.raw = new TarParser(this.names);
@@ -418,10 +415,4 @@ function paxRecords(bytes: Buffer): Record<string, string> | undefined {
 function nul(bytes: Buffer): number {
   const i = bytes.indexOf(0);
   return i < 0 ? bytes.length : i;
-}
-
-/** Names are bytes: UTF-8 on today's systems, else read one byte a character. */
-function text(bytes: Buffer): string {
-  const utf8 = bytes.toString('utf8');
-  return utf8.includes('\ufffd') ? bytes.toString('latin1') : utf8;
 }

@@ -13,8 +13,8 @@
 // An encrypted one is one more name, and the zip is said encrypted.
 
 import { Inflate } from 'fflate';
-import { deflateEnded } from './deflate.js';
-import { ArchiveNames, normalizeName, type ArchiveListing } from './archive-names.js';
+import { deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
+import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
@@ -36,30 +36,6 @@ const DEFLATED = 8;
 const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|iso|img)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
-/** Bytes inflated to list inner archives, and inner archives opened, all of one message together. */
-const MAX_INFLATED = 128 * 1024 * 1024;
-const MAX_NESTED_ARCHIVES = 1000;
-/** Compressed bytes given to the inflater at a time: its output per step stays under about 8 MB (deflate expands 1032 times at most), checked against the budget. */
-const INFLATE_STEP = 8 * 1024;
-
-/**
- * 7z headers decoded, all of one message together: LZMA decodes about 6 MB a second in the worst case
- * here, and a real header is a few kilobytes (about 200 KB for ten thousand files).
- */
-const MAX_LZMA_DECODED = 16 * 1024 * 1024;
-
-/** What inner archives and 7z headers may still cost, shared by every archive of one message. */
-export interface InflateBudget {
-  bytes: number;
-  archives: number;
-  /** bytes of 7z headers still to decode */
-  lzma: number;
-}
-
-export function inflateBudget(): InflateBudget {
-  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
-}
-
 export interface ZipListing extends ArchiveListing {
   /** the content starts like a zip */
   isZip: boolean;
@@ -466,9 +442,7 @@ class NestedArchive {
 
 /** Bit 11 says UTF-8; otherwise CP437 in theory, but many tools write UTF-8 anyway. */
 function decodeName(raw: Buffer, utf8Flag: boolean): string {
-  const utf8 = raw.toString('utf8');
-  if (utf8Flag || !utf8.includes('\ufffd')) return utf8;
-  return raw.toString('latin1');
+  return utf8Flag ? raw.toString('utf8') : nameFromBytes(raw);
 }
 
 /** The compressed size from a ZIP64 extended information extra field (id 0x0001), if present. */
