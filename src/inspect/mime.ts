@@ -23,6 +23,7 @@ import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHA
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { gzipMemberName } from './gzip.js';
+import { CabLister } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
@@ -86,6 +87,7 @@ interface AttachmentPart {
   rar: RarLister;
   sevenZip: SevenZipLister;
   tar: TarLister;
+  cab: CabLister;
   urls?: UrlScanner;
   wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
@@ -365,6 +367,7 @@ export class MessageInspector {
         rar: new RarLister(MAX_ARCHIVE_ENTRIES),
         sevenZip: new SevenZipLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
         tar: new TarLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
+        cab: new CabLister(MAX_ARCHIVE_ENTRIES),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
@@ -411,6 +414,7 @@ export class MessageInspector {
       a.rar.push(data);
       a.sevenZip.push(data);
       a.tar.push(data);
+      a.cab.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
@@ -454,11 +458,13 @@ export class MessageInspector {
     a.zip.end();
     a.sevenZip.end();
     a.tar.end();
+    a.cab.end();
     const zip = a.zip.listing;
     const iso = a.iso.listing;
     const rar = a.rar.listing;
     const sevenZip = a.sevenZip.listing;
     const tar = a.tar.listing;
+    const cab = a.cab.listing;
     f.detectedType = detectType(head, zip.isZip ? zip.entries : undefined);
     // An image's mark is 32 KB in, past the bytes kept for detectType; what its start says comes first.
     if (iso.isIso && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'iso';
@@ -469,7 +475,7 @@ export class MessageInspector {
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
     const unnamed = sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : [];
-    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...unnamed])];
+    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed])];
     if (entries.length) f.archiveEntries = entries;
     else if (f.detectedType === 'gzip') {
       const inside = gzipMemberName(head, f.name);
@@ -479,7 +485,7 @@ export class MessageInspector {
     else if (rar.isRar) f.encrypted = rar.encrypted;
     else if (sevenZip.is7z) f.encrypted = sevenZip.encrypted;
     // Names were left out of the listing: the archive cannot be judged by its names.
-    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete) this.limitExceeded ??= 'archive_entries';
+    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete || !cab.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

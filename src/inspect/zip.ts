@@ -15,6 +15,7 @@
 import { Inflate } from 'fflate';
 import { deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
 import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
+import { CabLister } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
@@ -33,7 +34,7 @@ const MAX_NAME_LENGTH = 4096;
 const STORED = 0;
 const DEFLATED = 8;
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|iso|img)$/i;
+const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|iso|img|cab)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
 export interface ZipListing extends ArchiveListing {
@@ -337,6 +338,7 @@ class NestedArchive {
   private readonly sinks: { push(data: Buffer): void }[];
   private readonly sevenZip: SevenZipLister;
   private readonly tar: TarLister;
+  private readonly cab: CabLister;
   /** false once names may be missing: an inner listing was, or the inflate budget ran out */
   complete = true;
   encrypted = false;
@@ -354,8 +356,9 @@ class NestedArchive {
     const iso = new IsoLister(maxEntries);
     this.sevenZip = new SevenZipLister(maxEntries, budget);
     this.tar = new TarLister(maxEntries, budget);
-    this.sinks = [zip, rar, iso, this.sevenZip, this.tar];
-    this.listers = [zip.listing, rar.listing, iso.listing, this.sevenZip.listing, this.tar.listing];
+    this.cab = new CabLister(maxEntries);
+    this.sinks = [zip, rar, iso, this.sevenZip, this.tar, this.cab];
+    this.listers = [zip.listing, rar.listing, iso.listing, this.sevenZip.listing, this.tar.listing, this.cab.listing];
     this.taken = this.listers.map(() => 0);
     if (deflated) {
       this.inflater = new Inflate();
@@ -385,6 +388,7 @@ class NestedArchive {
     this.zip.end();
     this.sevenZip.end();
     this.tar.end();
+    this.cab.end();
   }
 
   private inflate(data: Uint8Array, final: boolean): void {
