@@ -1,7 +1,8 @@
-// The file a gzip attachment holds, by name, for the archive rules: "invoice.pdf.gz" may well hold
-// invoice.exe. gzip keeps one file and may store its original name in the header (FNAME, RFC 1952 2.3.1),
-// within the first bytes the inspector keeps; without it, gunzip names the file after the attachment
-// minus ".gz", and so does this.
+// The file a gzip, xz, bzip2 or zstd attachment holds, by name, for the archive rules: "invoice.pdf.gz"
+// may well hold invoice.exe. Each keeps one file. gzip may store its original name in the header (FNAME,
+// RFC 1952 2.3.1), within the first bytes the inspector keeps; without it, gunzip names the file after
+// the attachment minus its suffix, and so does this; xz, bzip2 and zstd store no name, and their tools
+// name the file the same way.
 
 import { nameFromBytes } from './archive-names.js';
 
@@ -18,8 +19,25 @@ export function gzipMemberName(head: Buffer, attachmentName: string): string | u
     if (end > at) // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
     return nameFromBytes(head.subarray(at, end));
   }
+  return compressedFileName('gzip', attachmentName);
+}
+
+/** The suffixes each tool takes off when it decompresses, and those that stand for a tar. */
+const SUFFIXES = {
+  gzip: { file: ['.gz', '.z'], tar: ['.tgz', '.taz'] },
+  xz: { file: ['.xz'], tar: ['.txz'] },
+  bzip2: { file: ['.bz2', '.bz'], tar: ['.tbz2', '.tbz'] },
+  zstd: { file: ['.zst'], tar: ['.tzst'] },
+} as const;
+
+/** The name the tool gives the file it decompresses from this attachment; none for a suffix it does not know. */
+export function compressedFileName(kind: keyof typeof SUFFIXES, attachmentName: string): string | undefined {
   const base = attachmentName.replace(/^.*[/\\]/, '');
-  // The suffixes gunzip knows: .gz, .z, and .tgz or .taz for a tar.
-  if (/.\.t[ag]z$/i.test(base)) return base.slice(0, -4) + '.tar';
-  return /.\.g?z$/i.test(base) ? base.replace(/\.g?z$/i, '') : undefined;
+  const lower = base.toLowerCase();
+  const { file, tar } = SUFFIXES[kind];
+  const ends = (suffix: string) => lower.endsWith(suffix) && lower.length > suffix.length;
+  const asTar = tar.find(ends);
+  if (asTar) return base.slice(0, -asTar.length) + '.tar';
+  const plain = file.find(ends);
+  return plain ? base.slice(0, -plain.length) : undefined;
 }

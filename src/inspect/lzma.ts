@@ -1,10 +1,12 @@
-// An LZMA and LZMA2 decoder, for the one place Douane needs it: a 7z archive's header, which 7-Zip and
+// An LZMA and LZMA2 decoder, for the places Douane needs one: a 7z archive's header, which 7-Zip and
 // libarchive compress with LZMA (libarchive with LZMA2 when asked), so a 7z's file names are only seen
-// once it is decoded. It decodes a whole stream of known (and bounded) size into one buffer, which is
-// also the dictionary; nothing is streamed. It follows the formats as Igor Pavlov's specification
-// describes LZMA (the LZMA SDK's lzma-specification.txt) and the xz format describes LZMA2's chunks.
-// Input that is not LZMA throws LzmaError: reading past the input, a distance before the output's start
-// (or the last dictionary reset), a first byte other than 0, more output than announced.
+// once it is decoded; and the LZMA2 inside an xz file (`.tar.xz`), decoded as it streams. A 7z header is
+// decoded whole into one buffer of known (and bounded) size, which is also the dictionary. A stream keeps
+// a window of its last output, at most as large as its dictionary, and slides it as output comes. It
+// follows the formats as Igor Pavlov's specification describes LZMA (the LZMA SDK's
+// lzma-specification.txt) and the xz format describes LZMA2's chunks. Input that is not LZMA throws
+// LzmaError: reading past the input, a distance before the output's start (or the last dictionary reset,
+// or the window), a first byte other than 0, more output than announced.
 
 export class LzmaError extends Error {}
 
@@ -160,7 +162,10 @@ class Decoder {
   private readonly repLengths = new LengthDecoder();
   private props: LzmaProperties = { lc: 0, lp: 0, pb: 0 };
   pos = 0;
-  /** where the dictionary was last reset: no match reaches before it, and positions count from it */
+  /**
+   * where the dictionary was last reset: no match reaches before it, and positions count from it. Below 0
+   * once the window slid past it.
+   */
   private dictionaryStart = 0;
   private state = 0;
   private rep0 = 0;
@@ -168,7 +173,31 @@ class Decoder {
   private rep2 = 0;
   private rep3 = 0;
 
-  constructor(readonly out: Buffer) {}
+  /** @param reach how far back a match may reach: the window a stream keeps (no bound for a whole buffer) */
+  constructor(
+    public out: Buffer,
+    private readonly reach = Infinity,
+  ) {}
+
+  /**
+   * Makes room for `size` more bytes of output: the buffer grows up to `window` bytes and a chunk beyond,
+   * then the last `window` bytes move to its start. Matches reach no further back than the window.
+   */
+  makeRoom(size: number, window: number): void {
+    if (this.pos + size <= this.out.length) return;
+    const most = window + MAX_CHUNK;
+    if (this.out.length < most) {
+      const grown = Buffer.alloc(Math.min(most, Math.max(this.out.length * 2, this.pos + size)));
+      this.out.copy(grown, 0, 0, this.pos);
+      this.out = grown;
+      if (this.pos + size <= this.out.length) return;
+    }
+    const keep = Math.min(window, this.pos - Math.max(this.dictionaryStart, 0));
+    const from = this.pos - keep;
+    this.out.copyWithin(0, from, this.pos);
+    this.pos = keep;
+    this.dictionaryStart -= from;
+  }
 
   setProperties(props: LzmaProperties): void {
     this.props = props;
@@ -204,6 +233,9 @@ class Decoder {
     const pbMask = (1 << pb) - 1;
     const lpMask = (1 << lp) - 1;
     const origin = this.dictionaryStart;
+    // The oldest byte still held: the dictionary's start, or the window's once it slid past it.
+    const floor = Math.max(origin, 0);
+    const reach = this.reach;
     let { pos, state, rep0, rep1, rep2, rep3 } = this;
 
     const distance = (len: number): number => {
@@ -224,7 +256,7 @@ class Decoder {
         const base = 0x300 * ((((pos - origin) & lpMask) << lc) + (prev >>> (8 - lc)));
         let symbol = 1;
         if (state >= 7) {
-          if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+          if (rep0 >= pos - floor || rep0 >= reach) throw new LzmaError('a distance before the start');
           let matchByte = out[pos - rep0 - 1]!;
           do {
             const matchBit = (matchByte >>> 7) & 1;
@@ -255,7 +287,7 @@ class Decoder {
         if (pos === origin) throw new LzmaError('a repeated match at the start');
         if (rc.bit(isRepG0, state) === 0) {
           if (rc.bit(isRep0Long, (state << 4) + posState) === 0) {
-            if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+            if (rep0 >= pos - floor || rep0 >= reach) throw new LzmaError('a distance before the start');
             state = state < 7 ? 9 : 11;
             out[pos] = out[pos - rep0 - 1]!;
             pos++;
@@ -279,7 +311,7 @@ class Decoder {
         state = state < 7 ? 8 : 11;
       }
       len += MATCH_MIN_LEN;
-      if (rep0 >= pos - origin) throw new LzmaError('a distance before the start');
+      if (rep0 >= pos - floor || rep0 >= reach) throw new LzmaError('a distance before the start');
       if (len > end - pos) throw new LzmaError('more output than announced');
       for (let from = pos - rep0 - 1, stop = pos + len; pos < stop; ) out[pos++] = out[from++]!;
     }
@@ -299,6 +331,55 @@ export function lzmaDecode(input: Buffer, start: number, props: Buffer, size: nu
   return decoder.out;
 }
 
+/** An LZMA2 chunk's header: the end byte, stored bytes, or LZMA with what it resets. */
+type Lzma2Chunk =
+  | { kind: 'end'; headerLength: 1 }
+  | { kind: 'stored'; headerLength: number; resetDictionary: boolean; unpacked: number; packed: number }
+  | { kind: 'lzma'; headerLength: number; resetDictionary: boolean; resetState: boolean; props?: LzmaProperties; unpacked: number; packed: number };
+
+/** The header of the chunk at `at`, or undefined when its bytes are still to come. */
+function chunkHeader(input: Buffer, at: number): Lzma2Chunk | undefined {
+  if (at >= input.length) return undefined;
+  const control = input[at]!;
+  if (control === 0x00) return { kind: 'end', headerLength: 1 };
+  if (control === 0x01 || control === 0x02) {
+    if (at + 3 > input.length) return undefined;
+    const length = input.readUInt16BE(at + 1) + 1;
+    return { kind: 'stored', headerLength: 3, resetDictionary: control === 0x01, unpacked: length, packed: length };
+  }
+  if (control < 0x80) throw new LzmaError('bad LZMA2 chunk');
+  const reset = (control >>> 5) & 3;
+  const headerLength = reset >= 2 ? 6 : 5;
+  if (at + headerLength > input.length) return undefined;
+  const unpacked = (control & 0x1f) * 65536 + input.readUInt16BE(at + 1) + 1;
+  const packed = input.readUInt16BE(at + 3) + 1;
+  let props: LzmaProperties | undefined;
+  if (reset >= 2) {
+    props = packedProperties(input[at + 5]!);
+    if (props.lc + props.lp > 4) throw new LzmaError('bad LZMA2 properties');
+  }
+  return { kind: 'lzma', headerLength, resetDictionary: reset === 3, resetState: reset >= 1, props, unpacked, packed };
+}
+
+/** The largest output of one chunk (21 bits of size, plus one), and the largest chunk with its header. */
+const MAX_CHUNK = 1 << 21;
+const MAX_PACKED_CHUNK = 6 + (1 << 16);
+
+/** Applies one whole chunk (its header at `at`, its data after) to the decoder. */
+function decodeChunk(decoder: Decoder, chunk: Exclude<Lzma2Chunk, { kind: 'end' }>, input: Buffer, at: number, hasProperties: boolean): void {
+  const data = input.subarray(at + chunk.headerLength, at + chunk.headerLength + chunk.packed);
+  if (chunk.resetDictionary) decoder.resetDictionary();
+  if (chunk.kind === 'stored') {
+    decoder.copy(data);
+    return;
+  }
+  if (chunk.props) decoder.setProperties(chunk.props);
+  else if (!hasProperties) throw new LzmaError('an LZMA2 chunk without properties');
+  if (chunk.resetState) decoder.resetState();
+  if (chunk.unpacked > decoder.out.length - decoder.pos) throw new LzmaError('more output than announced');
+  decoder.decode(data, 0, decoder.pos + chunk.unpacked);
+}
+
 /**
  * Decodes `size` bytes of LZMA2 from `input`: chunks, each stored or LZMA with its own range coder,
  * which may reset the state, set new properties, reset the dictionary; then an end byte.
@@ -308,39 +389,72 @@ export function lzma2Decode(input: Buffer, size: number): Buffer {
   let at = 0;
   let hasProperties = false;
   for (;;) {
-    if (at >= input.length) throw new LzmaError('the stream ends early');
-    const control = input[at++]!;
-    if (control === 0x00) break;
-    if (control === 0x01 || control === 0x02) {
-      if (at + 2 > input.length) throw new LzmaError('the stream ends early');
-      const length = input.readUInt16BE(at) + 1;
-      at += 2;
-      if (control === 0x01) decoder.resetDictionary();
-      if (at + length > input.length) throw new LzmaError('the stream ends early');
-      decoder.copy(input.subarray(at, at + length));
-      at += length;
-      continue;
-    }
-    if (control < 0x80) throw new LzmaError('bad LZMA2 chunk');
-    if (at + 4 > input.length) throw new LzmaError('the stream ends early');
-    const unpacked = (control & 0x1f) * 65536 + input.readUInt16BE(at) + 1;
-    const packed = input.readUInt16BE(at + 2) + 1;
-    at += 4;
-    const reset = (control >>> 5) & 3;
-    if (reset === 3) decoder.resetDictionary();
-    if (reset >= 2) {
-      if (at >= input.length) throw new LzmaError('the stream ends early');
-      const props = packedProperties(input[at++]!);
-      if (props.lc + props.lp > 4) throw new LzmaError('bad LZMA2 properties');
-      decoder.setProperties(props);
-      hasProperties = true;
-    } else if (!hasProperties) throw new LzmaError('an LZMA2 chunk without properties');
-    if (reset >= 1) decoder.resetState();
-    if (unpacked > size - decoder.pos) throw new LzmaError('more output than announced');
-    if (at + packed > input.length) throw new LzmaError('the stream ends early');
-    decoder.decode(input.subarray(at, at + packed), 0, decoder.pos + unpacked);
-    at += packed;
+    const chunk = chunkHeader(input, at);
+    if (!chunk || at + chunk.headerLength + (chunk.kind === 'end' ? 0 : chunk.packed) > input.length) throw new LzmaError('the stream ends early');
+    if (chunk.kind === 'end') break;
+    decodeChunk(decoder, chunk, input, at, hasProperties);
+    hasProperties ||= chunk.kind === 'lzma';
+    at += chunk.headerLength + chunk.packed;
   }
   if (decoder.pos !== size) throw new LzmaError('the stream ends before its size');
   return decoder.out;
+}
+
+/**
+ * LZMA2 decoded as it streams: each chunk once all its bytes came (a chunk packs at most 64 KB), its
+ * output handed on at once. The decoder keeps the last `window` bytes (the dictionary's size, or less
+ * when the caller bounds it: a match reaching further back is then an error). push() returns how many of
+ * the bytes given it took: after the end byte it takes no more.
+ */
+export class Lzma2Stream {
+  private readonly decoder: Decoder;
+  /** bytes of the chunk not whole yet (at most a chunk: 64 KB and its header) */
+  private pending = Buffer.alloc(MAX_PACKED_CHUNK);
+  private filled = 0;
+  private hasProperties = false;
+  ended = false;
+
+  constructor(
+    private readonly window: number,
+    private readonly output: (data: Buffer) => void,
+  ) {
+    this.decoder = new Decoder(Buffer.alloc(0), window);
+  }
+
+  push(data: Buffer): number {
+    let taken = 0;
+    while (taken < data.length && !this.ended) {
+      const room = Math.min(data.length - taken, this.pending.length - this.filled);
+      data.copy(this.pending, this.filled, taken, taken + room);
+      this.filled += room;
+      taken += room;
+      const used = this.chunks();
+      if (this.ended) return taken - (this.filled - used);
+      this.pending.copyWithin(0, used, this.filled);
+      this.filled -= used;
+    }
+    return taken;
+  }
+
+  /** Decodes the whole chunks pending; returns how many bytes they took. */
+  private chunks(): number {
+    const input = this.pending.subarray(0, this.filled);
+    let at = 0;
+    for (;;) {
+      const chunk = chunkHeader(input, at);
+      if (!chunk) return at;
+      if (chunk.kind === 'end') {
+        this.ended = true;
+        return at + 1;
+      }
+      if (at + chunk.headerLength + chunk.packed > input.length) return at;
+      this.decoder.makeRoom(chunk.unpacked, this.window);
+      const from = this.decoder.pos;
+      decodeChunk(this.decoder, chunk, input, at, this.hasProperties);
+      this.hasProperties ||= chunk.kind === 'lzma';
+      at += chunk.headerLength + chunk.packed;
+      // A copy: the window slides over these bytes later.
+      this.output(Buffer.from(this.decoder.out.subarray(from, this.decoder.pos)));
+    }
+  }
 }

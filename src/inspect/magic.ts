@@ -2,7 +2,7 @@
 // declared type say: an .exe renamed invoice.pdf is still an executable. The words below are the vocabulary
 // of `attachments.detected_types` in policy rules; keep them stable.
 
-export const DETECTED_TYPES = ['executable', 'script', 'zip', 'office-openxml', 'ms-office', 'rar', '7z', 'gzip', 'tar', 'cab', 'iso', 'pdf', 'png', 'jpeg', 'gif', 'html', 'text', 'unknown'] as const;
+export const DETECTED_TYPES = ['executable', 'script', 'zip', 'office-openxml', 'ms-office', 'rar', '7z', 'gzip', 'xz', 'bzip2', 'zstd', 'tar', 'cab', 'iso', 'pdf', 'png', 'jpeg', 'gif', 'html', 'text', 'unknown'] as const;
 export type DetectedType = (typeof DETECTED_TYPES)[number];
 
 /** How many leading bytes detectType() looks at; the inspector keeps this much of each attachment. */
@@ -32,6 +32,11 @@ const OLE2 = [0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1];
 const RAR = [0x52, 0x61, 0x72, 0x21, 0x1a, 0x07]; // "Rar!\x1a\x07" (v1.5 and v5 share this prefix)
 const SEVEN_Z = [0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c];
 const CAB = [0x4d, 0x53, 0x43, 0x46]; // "MSCF", a Microsoft Cabinet
+const XZ = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+const ZSTD = [0x28, 0xb5, 0x2f, 0xfd];
+// "BZh", the block size (1–9), then a block's magic (the digits of pi) or the end of an empty stream's.
+const BZIP2_BLOCK = [0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+const BZIP2_END = [0x17, 0x72, 0x45, 0x38, 0x50, 0x90];
 const PNG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 // Local file header, end of central directory (an empty zip) and the spanned-archive marker.
 const ZIP = [
@@ -62,6 +67,9 @@ export function detectType(head: Buffer, zipEntries?: readonly string[]): Detect
   if (startsWith(head, SEVEN_Z)) return '7z';
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (startsWith(head, CAB)) return 'cab';
+  if (startsWith(head, XZ)) return 'xz';
+  if (startsWith(head, ZSTD)) return 'zstd';
+  if (head[0] === 0x42 && head[1] === 0x5a && head[2] === 0x68 && head[3]! >= 0x31 && head[3]! <= 0x39 && (startsWith(head, BZIP2_BLOCK, 4) || startsWith(head, BZIP2_END, 4))) return 'bzip2';
   if (startsWith(head, PNG)) return 'png';
   if (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) return 'jpeg';
   const start = head.toString('latin1', 0, Math.min(head.length, 1024));

@@ -22,7 +22,7 @@ import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
-import { gzipMemberName } from './gzip.js';
+import { compressedFileName, gzipMemberName } from './gzip.js';
 import { CabLister } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
@@ -477,8 +477,10 @@ export class MessageInspector {
     const unnamed = sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : [];
     const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed])];
     if (entries.length) f.archiveEntries = entries;
-    else if (f.detectedType === 'gzip') {
-      const inside = gzipMemberName(head, f.name);
+    else {
+      // One file compressed: its name, as the tool that decompresses it writes it.
+      const type = f.detectedType;
+      const inside = type === 'gzip' ? gzipMemberName(head, f.name) : type === 'xz' || type === 'bzip2' || type === 'zstd' ? compressedFileName(type, f.name) : undefined;
       if (inside) f.archiveEntries = [inside];
     }
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;

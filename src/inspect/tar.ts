@@ -14,10 +14,16 @@
 // incomplete. Inflating costs the message's inflate budget (shared with archives inside zips) once the
 // content reads as a tar; past it the listing is incomplete. A gzipped file of another kind stops being
 // inflated at its first block.
+//
+// A file that starts like an xz (.tar.xz, .txz) is read as an xz too, its LZMA2 decoded as it streams
+// (src/inspect/xz.ts), at the same cost to the budget. A tar going on past the xz's blocks, or an xz that
+// cannot be read whole (another filter than LZMA2, damaged, cut short) before the tar in it ended, is
+// incomplete, as a gzipped one is.
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
 import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
+import { XzReader } from './xz.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -259,6 +265,8 @@ export class TarLister {
   private readonly raw: TarParser;
   /** the inflated reading, for a file that starts like a gzip */
   private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean; after?: number } | undefined;
+  /** the decompressed reading, for a file that starts like an xz */
+  private xz: { reader: XzReader; parser: TarParser } | undefined;
   private first = true;
 
   constructor(
@@ -276,8 +284,16 @@ export class TarLister {
       this.first = false;
       // The gzip signature, at least its first byte: the header reader says the rest.
       if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: new TarParser(this.names), stopped: false };
+      if (data[0] === 0xfd) {
+        const parser = new TarParser(this.names);
+        this.xz = { reader: new XzReader((out) => this.decompressed(parser, out)), parser };
+      }
     }
     if (!this.raw.done) this.raw.push(data);
+    if (this.xz && !this.xz.reader.done && !this.xz.parser.done) {
+      this.xz.reader.push(data);
+      this.xzStopped(this.xz);
+    }
     if (this.gz?.after !== undefined) this.afterMember(this.gz, data.length);
     else if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
     this.update();
@@ -288,7 +304,21 @@ export class TarLister {
     if (gz && !gz.stopped && gz.inflater) this.inflate(gz, new Uint8Array(0), true);
     // The gzip ended before the tar in it did: cut short.
     if (gz && gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
+    if (this.xz && !this.xz.reader.done && !this.xz.parser.done) {
+      this.xz.reader.end();
+      this.xzStopped(this.xz);
+    }
     this.update();
+  }
+
+  /**
+   * The xz reading stopped (its blocks ended, or it failed): names past that point cannot be read, unless
+   * the content was shown not to be a tar, or the tar's end was read. A file that is no xz says nothing.
+   */
+  private xzStopped(xz: NonNullable<TarLister['xz']>): void {
+    const { reader, parser } = xz;
+    if (!reader.done || !reader.isXz) return;
+    if (!parser.ended && !(parser.done && !parser.isTar)) parser.fail();
   }
 
   /** Bytes after the first member's deflate stream: past its trailer, another member (read by extractors). */
@@ -336,21 +366,26 @@ export class TarLister {
   }
 
   private inflated(gz: NonNullable<TarLister['gz']>, data: Uint8Array): void {
-    const parser = gz.parser;
-    if (parser.done) {
+    if (gz.parser.done) {
       gz.stopped = true;
       return;
     }
-    parser.push(Buffer.from(data.buffer, data.byteOffset, data.length));
-    // Charged once the content reads as a tar: a gzipped file of another kind costs only its first step.
+    this.decompressed(gz.parser, Buffer.from(data.buffer, data.byteOffset, data.length));
+  }
+
+  /** Decompressed bytes for a tar parser. */
+  private decompressed(parser: TarParser, data: Buffer): void {
+    if (parser.done) return;
+    parser.push(data);
+    // Charged once the content reads as a tar: a compressed file of another kind costs only its first step.
     if (!parser.isTar) return;
     this.budget.bytes -= data.length;
-    // A gzip bomb, or more than any real mail carries: the rest is not looked at.
+    // A bomb, or more than any real mail carries: the rest is not looked at.
     if (this.budget.bytes < 0 && !parser.done) parser.fail();
   }
 
   private update(): void {
-    const parsers = this.gz ? [this.raw, this.gz.parser] : [this.raw];
+    const parsers = [this.raw, this.gz?.parser, this.xz?.parser].filter((p) => p !== undefined);
     this.listing.isTar = parsers.some((p) => p.isTar);
     this.listing.complete = parsers.every((p) => p.complete) && this.names.complete;
   }

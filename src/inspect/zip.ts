@@ -34,7 +34,7 @@ const MAX_NAME_LENGTH = 4096;
 const STORED = 0;
 const DEFLATED = 8;
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|iso|img|cab)$/i;
+const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|iso|img|cab)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
 export interface ZipListing extends ArchiveListing {

@@ -1,0 +1,199 @@
+// xz-compressed tars (.tar.xz, .txz), listed as they stream, their LZMA2 decoded as it comes; and the one
+// file an xz, bzip2 or zstd attachment holds, named as its tool names it. The archives are made by GNU
+// tar, bsdtar and xz, and what `tar -tJf` lists in each is what Douane must find. Then the shipped policy
+// judging what is inside.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { Lzma2Stream, LzmaError } from '../../src/inspect/lzma.js';
+import { detectType } from '../../src/inspect/magic.js';
+import { TarLister } from '../../src/inspect/tar.js';
+import { inspectAttachment, zip } from '../harness/mime.js';
+
+const root = mkdtempSync(join(tmpdir(), 'douane-xz-'));
+const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
+const words = Array.from({ length: 200_000 }, (_, i) => ['facture', 'été', 'Zürich', 'mot', String(i % 977)][i % 5]).join(' ');
+
+/** A folder with a program two levels down, a name not in ASCII, and `bulk` bytes of text and random data. */
+function folder(bulk = 70_000): string {
+  const dir = mkdtempSync(join(root, 'in-'));
+  const files: Record<string, Buffer> = {
+    'Factures/2025/facture.pdf.exe': Buffer.from('MZ\x90\x00stand-in program'),
+    'Reçus/été.txt': Buffer.from('bonjour'),
+    'LISEZ-MOI.txt': Buffer.from(words.slice(0, bulk)),
+    'données.bin': randomBytes(bulk),
+  };
+  for (const [name, data] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), data);
+  }
+  return dir;
+}
+
+/** A tar of the folder, then compressed by xz with these options. */
+function tarXz(xzOptions: string[], opts: { bulk?: number; tool?: 'tar' | 'bsdtar' } = {}): Buffer {
+  const dir = folder(opts.bulk);
+  const tar = execFileSync(opts.tool ?? 'tar', ['-cf', '-', '-C', dir, 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8, maxBuffer: 1 << 28 });
+  return execFileSync('xz', ['-c', ...xzOptions], { input: tar, maxBuffer: 1 << 28 });
+}
+
+/** What GNU tar lists, and whether it read the whole archive without an error. */
+function listedByTar(archive: Buffer): { names: string[]; ok: boolean } {
+  const file = join(mkdtempSync(join(root, 'l-')), 'a.tar.xz');
+  writeFileSync(file, archive);
+  const run = spawnSync('tar', ['-tJf', file], { env: UTF8, maxBuffer: 1 << 26 });
+  return { names: run.stdout.toString('utf8').split('\n').filter(Boolean), ok: run.status === 0 };
+}
+
+function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
+  const lister = new TarLister(1000, budget);
+  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
+  lister.end();
+  return lister.listing;
+}
+
+const NAMES = ['Factures/', 'Factures/2025/', 'Factures/2025/facture.pdf.exe', 'Reçus/', 'Reçus/été.txt', 'LISEZ-MOI.txt', 'données.bin'];
+
+describe('LZMA2 decoded as it streams', () => {
+  it('gives back what xz encoded, however the input is cut, with a window smaller than the output', () => {
+    const data = Buffer.concat([Buffer.from(words), randomBytes(300_000), Buffer.from(words), Buffer.alloc(3_000_000, 'a')]);
+    for (const [options, window] of [
+      ['preset=6', 8 << 20],
+      ['preset=6,dict=64KiB', 64 << 10],
+      ['preset=1,lc=0,lp=2,pb=0,dict=4KiB', 4 << 10],
+    ] as const) {
+      const stream = execFileSync('xz', ['--format=raw', `--lzma2=${options}`, '-c'], { input: data, maxBuffer: 1 << 26 });
+      for (const chunk of [stream.length, 1, 777, 65_536]) {
+        const out: Buffer[] = [];
+        const decoder = new Lzma2Stream(window, (b) => out.push(b));
+        let taken = 0;
+        for (let i = 0; i < stream.length; i += chunk) taken += decoder.push(stream.subarray(i, i + chunk));
+        expect(decoder.ended, `${options}, chunks of ${chunk}`).toBe(true);
+        expect(taken).toBe(stream.length);
+        expect(Buffer.concat(out).equals(data), `${options}, chunks of ${chunk}`).toBe(true);
+      }
+      // Bytes after the end byte are not taken.
+      expect(new Lzma2Stream(window, () => {}).push(Buffer.concat([stream, Buffer.from('after')]))).toBe(stream.length);
+    }
+  });
+
+  it('refuses a match reaching further back than the window it was given', () => {
+    const again = randomBytes(100_000);
+    const data = Buffer.concat([again, randomBytes(200_000), again]);
+    const stream = execFileSync('xz', ['--format=raw', '--lzma2=preset=6,dict=1MiB', '-c'], { input: data });
+    expect(() => new Lzma2Stream(64 << 10, () => {}).push(stream)).toThrow(LzmaError);
+    const out: Buffer[] = [];
+    new Lzma2Stream(1 << 20, (b) => out.push(b)).push(stream);
+    expect(Buffer.concat(out).equals(data)).toBe(true);
+  });
+});
+
+describe('xz-compressed tar listing', () => {
+  it('lists what GNU tar lists in a .tar.xz by GNU tar and by bsdtar, with each check, in several blocks, however the stream is cut', () => {
+    for (const [tool, options] of [
+      ['tar', []],
+      ['bsdtar', []],
+      ['tar', ['--check=none']],
+      ['tar', ['--check=crc32']],
+      ['tar', ['--check=sha256']],
+      ['tar', ['-T2', '--block-size=20KiB']],
+      ['tar', ['-0e']],
+    ] as const) {
+      const archive = tarXz([...options], { tool });
+      const listed = listedByTar(archive);
+      expect(listed).toEqual({ names: NAMES, ok: true });
+      expect(detectType(archive)).toBe('xz');
+      for (const chunk of [archive.length, 1, 511, 65_536]) expect(list(archive, chunk), `${tool} ${options.join(' ')}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
+    }
+  });
+
+  it('lists a .tar.xz made with a dictionary over the window Douane keeps when its content fits in the window', () => {
+    const archive = tarXz(['-9']);
+    // The block header's only filter: LZMA2 (0x21), one property byte, the dictionary size (28: 64 MiB).
+    expect([archive[14], archive[15], archive[16]]).toEqual([0x21, 1, 28]);
+    expect(list(archive, 65_536)).toEqual({ isTar: true, entries: NAMES, complete: true });
+  });
+
+  it('says the listing is incomplete when the xz cannot be read whole: another filter, a damaged block header, cut short, a far match, a tar going on in a second stream, past the budget', () => {
+    const incomplete = (archive: Buffer, why: string, budget?: { bytes: number }) => expect(list(archive, 4096, budget).complete, why).toBe(false);
+
+    const bcj = tarXz(['--x86', '--lzma2=preset=6']);
+    expect(listedByTar(bcj)).toEqual({ names: NAMES, ok: true });
+    incomplete(bcj, 'a BCJ filter before LZMA2');
+
+    const damaged = tarXz([]);
+    damaged[13] ^= 0x01; // the block header's flags
+    expect(listedByTar(damaged).ok).toBe(false);
+    incomplete(damaged, 'a damaged block header');
+
+    const whole = tarXz([], { bulk: 400_000 });
+    const cut = whole.subarray(0, whole.length >> 1);
+    expect(listedByTar(cut).ok).toBe(false);
+    expect(list(cut, 4096)).toMatchObject({ isTar: true, complete: false });
+
+    // The same megabyte 9 MiB apart, with a 64 MiB dictionary: the second is a match past the 8 MiB kept.
+    const again = randomBytes(1 << 20);
+    const farDir = mkdtempSync(join(root, 'far-'));
+    writeFileSync(join(farDir, 'a.bin'), Buffer.concat([again, randomBytes(9 << 20), again]));
+    writeFileSync(join(farDir, 'b.exe'), 'MZ');
+    const far = execFileSync('xz', ['-c', '--lzma2=preset=0,dict=64MiB'], { input: execFileSync('tar', ['-cf', '-', '-C', farDir, 'a.bin', 'b.exe'], { maxBuffer: 1 << 26 }), maxBuffer: 1 << 26 });
+    expect(listedByTar(far)).toEqual({ names: ['a.bin', 'b.exe'], ok: true });
+    expect(list(far, 65_536, { bytes: 1 << 30 })).toEqual({ isTar: true, entries: ['a.bin'], complete: false });
+
+    const dir = folder();
+    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8 });
+    const twoStreams = Buffer.concat([execFileSync('xz', ['-c'], { input: tar.subarray(0, 1024) }), execFileSync('xz', ['-c'], { input: tar.subarray(1024) })]);
+    expect(listedByTar(twoStreams)).toEqual({ names: NAMES, ok: true });
+    incomplete(twoStreams, 'a tar going on in a second stream');
+
+    incomplete(tarXz([]), 'past the budget', { bytes: 10_000 });
+  });
+
+  it('is not fooled into listing other files: an xz of a text, random bytes after the xz signature', () => {
+    expect(list(execFileSync('xz', ['-c'], { input: Buffer.from(words) }), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(list(Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+  });
+});
+
+describe('compressed files as attachments', () => {
+  it('a .tar.xz holding a program is quarantined by the shipped policy, one inside a zip too; an xz of a program is named as xz names it', async () => {
+    const txz = await inspectAttachment(tarXz([]), 'factures.tar.xz');
+    expect(txz.message.attachments[0]).toMatchObject({ detectedType: 'xz', archiveEntries: NAMES });
+    expect(txz.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const inZip = await inspectAttachment(zip([{ name: 'docs.txz', content: tarXz([]) }]), 'docs.zip');
+    expect(inZip.message.attachments[0]!.archiveEntries).toContain('docs.txz/Factures/2025/facture.pdf.exe');
+    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const program = Buffer.from('MZ\x90\x00stand-in program');
+    const xz = await inspectAttachment(execFileSync('xz', ['-c'], { input: program }), 'facture.pdf.exe.xz');
+    expect(xz.message.attachments[0]).toMatchObject({ detectedType: 'xz', archiveEntries: ['facture.pdf.exe'] });
+    expect(xz.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const text = await inspectAttachment(execFileSync('xz', ['-c'], { input: Buffer.from(words.slice(0, 5000)) }), 'notes.txt.xz');
+    expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
+    expect(text.verdict.action).toBe('continue');
+  });
+
+  it('the file in a bzip2 or a zstd attachment is named as bzip2 and zstd name it (their tars are not listed)', async () => {
+    const program = Buffer.from('MZ\x90\x00stand-in program');
+    for (const [tool, suffix, type] of [
+      ['bzip2', 'bz2', 'bzip2'],
+      ['zstd', 'zst', 'zstd'],
+    ] as const) {
+      const compressed = execFileSync(tool, ['-c'], { input: program });
+      const found = await inspectAttachment(compressed, `facture.pdf.exe.${suffix}`);
+      expect(found.message.attachments[0]).toMatchObject({ detectedType: type, archiveEntries: ['facture.pdf.exe'] });
+      expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+      const tarball = await inspectAttachment(execFileSync(tool, ['-c'], { input: Buffer.from(words.slice(0, 5000)) }), `sauvegarde.t${suffix === 'bz2' ? 'bz2' : 'zst'}`);
+      expect(tarball.message.attachments[0]!.archiveEntries).toEqual(['sauvegarde.tar']);
+      expect(tarball.verdict.action).toBe('continue');
+    }
+    expect(detectType(execFileSync('bzip2', ['-c'], { input: Buffer.alloc(0) }))).toBe('bzip2');
+    expect(detectType(Buffer.from('BZh9 is how this note starts'))).not.toBe('bzip2');
+  });
+});
