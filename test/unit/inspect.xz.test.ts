@@ -126,7 +126,7 @@ describe('xz-compressed tar listing', () => {
     incomplete(bcj, 'a BCJ filter before LZMA2');
 
     const damaged = tarXz([]);
-    damaged[13] ^= 0x01; // the block header's flags
+    damaged[13] = damaged[13]! ^ 0x01; // the block header's flags
     expect(listedByTar(damaged).ok).toBe(false);
     incomplete(damaged, 'a damaged block header');
 
