@@ -2,21 +2,58 @@
 // anything: Windows Explorer opens a cabinet with a double click and copies its files out, so a program in
 // one is a program in the mail. A cabinet's file table is not compressed: the header gives its offset and
 // the number of files, and each entry is a few fixed fields and a name. Only a file that starts with the
-// signature is a cabinet: Windows opens no other (cabextract also looks further, for cabinets inside
-// self-extractors, which are programs already).
+// signature is a cabinet: Windows opens no other. cabextract looks further: past the first cabinet's
+// end (as its header gives it), or from its fifth byte when libmspack rejects the first, it lists every
+// other cabinet it finds in the file; a file where it would find one is incomplete. A file without a name
+// is listed as 7-Zip extracts it, under the cabinet's name less its extension. A cabinet of a set names
+// the next and previous ones, whose files 7-Zip and cabextract list with its own: inside a zip, where
+// they need not be files Douane opens, such a cabinet is incomplete (an attachment of its own is listed
+// by its content whatever its name).
 //
 // A name is UTF-8 when its entry says so, else in the sender's code page (read as UTF-8 when it is valid,
-// byte by byte otherwise, as other archives' names). Backslashes separate folders, as in Windows; they are
+// byte by byte otherwise, as other archives' names); a UTF-8 one is also read as cabextract reads it,
+// which decodes overlong sequences ("E0 80 AE" is a dot there). Backslashes separate folders, as in Windows; they are
 // listed as "/", as cabextract lists them. A table that cannot be read whole — cut short, a name without
 // its terminator within the 256 bytes extractors allow, a table past the bounds below, a header that
 // places it elsewhere than after the folders — leaves the listing incomplete: the cabinet cannot be
 // judged by its names.
 
-import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
+import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
 
 export interface CabListing extends ArchiveListing {
   /** the content starts with a cabinet's signature */
   isCab: boolean;
+  /** some file has an empty name: 7-Zip names it after the cabinet (see defaultName) */
+  unnamed: boolean;
+  /** the cabinet names a previous or next cabinet of a set, whose files 7-Zip and cabextract list with its own */
+  inSet: boolean;
+}
+
+/** The name 7-Zip gives a file without one in the cabinet named `archiveName`: its name less its extension. */
+export function defaultName(archiveName: string): string {
+  const base = archiveName.replace(/^.*[/\\]/, '');
+  const dot = base.lastIndexOf('.');
+  return normalizeName(dot > 0 ? base.slice(0, dot) : `${base}~`);
+}
+
+/**
+ * A name as cabextract reads one marked UTF-8: it also decodes overlong 3- and 4-byte sequences
+ * (E0 80 AE is "."), where Node (and Windows, 7-Zip) see U+FFFD.
+ */
+function cabextractUtf8(raw: Buffer): string {
+  let out = '';
+  for (let i = 0; i < raw.length; ) {
+    const c = raw[i++]!;
+    const cont = (n: number) => i + n <= raw.length && raw.subarray(i, i + n).every((b) => (b & 0xc0) === 0x80);
+    let x = 0xfffd;
+    if (c < 0x80) x = c;
+    else if (c >= 0xc2 && c < 0xe0 && cont(1)) x = ((c & 0x1f) << 6) | (raw[i++]! & 0x3f);
+    else if (c >= 0xe0 && c < 0xf0 && cont(2)) x = ((c & 0x0f) << 12) | ((raw[i++]! & 0x3f) << 6) | (raw[i++]! & 0x3f);
+    else if (c >= 0xf0 && c < 0xf5 && cont(3)) x = ((c & 0x07) << 18) | ((raw[i++]! & 0x3f) << 12) | ((raw[i++]! & 0x3f) << 6) | (raw[i++]! & 0x3f);
+    if (x <= 0 || x > 0x10ffff || (x >= 0xd800 && x <= 0xdfff) || x === 0xfffe || x === 0xffff) x = 0xfffd;
+    out += String.fromCodePoint(x);
+  }
+  return out;
 }
 
 const SIGNATURE = Buffer.from('MSCF', 'latin1');
@@ -48,14 +85,28 @@ export class CabLister {
   private next = -1;
   private left = 0;
   private done = false;
+  /** every byte seen, past the table too (cabextract's search looks at the whole file) */
+  private total = 0;
+  /** the last bytes scanned, at `tailAt`: a signature and its fields may straddle two chunks */
+  private tail = Buffer.alloc(0);
+  private tailAt = 0;
+  /** "MSCF" further in that libmspack's search would try: offset, cabinet size, file table offset */
+  private readonly others: [number, number, number][] = [];
+  /** the first cabinet as libmspack reads it: rejected (no folders or files, an empty string or name) */
+  private rejected = false;
+  private size = 0;
+  private filesAt = 0;
 
   constructor(maxEntries = 1000) {
     this.names = new ArchiveNames(maxEntries);
-    this.listing = { isCab: false, entries: this.names.entries, complete: true };
+    this.listing = { isCab: false, entries: this.names.entries, complete: true, unnamed: false, inSet: false };
   }
 
   push(data: Buffer): void {
-    if (this.done || data.length === 0) return;
+    if (data.length === 0) return;
+    if (!this.done || this.listing.isCab) this.search(data);
+    this.total += data.length;
+    if (this.done) return;
     const room = MAX_TABLE_END - this.received;
     const kept = data.subarray(0, room);
     if (this.received + kept.length > this.bytes.length) {
@@ -74,6 +125,28 @@ export class CabLister {
   end(): void {
     if (!this.done && this.listing.isCab) this.fail();
     this.done = true;
+    if (!this.listing.isCab) return;
+    // cabextract lists every cabinet its search finds: past the first when libmspack read it, else from
+    // its 5th byte on (libmspack's cabd_find).
+    const fits = (at: number, size: number, table: number) => table < size && at + table < this.total + 32 && at + size < this.total + 32;
+    const from = !this.rejected && fits(0, this.size, this.filesAt) ? this.size : 4;
+    if (this.others.some(([at, size, table]) => at >= from && fits(at, size, table))) this.listing.complete = false;
+  }
+
+  /** Looks for more signatures (bounded: past a few thousand, the file cannot be judged). */
+  private search(data: Buffer): void {
+    const window = this.tail.length ? Buffer.concat([this.tail, data]) : data;
+    const at = this.tail.length ? this.tailAt : this.total;
+    for (let i = window.indexOf(SIGNATURE, at === 0 ? 1 : 0); i >= 0 && i + 20 <= window.length; i = window.indexOf(SIGNATURE, i + 1)) {
+      if (this.others.length >= 4096) {
+        this.listing.complete = false;
+        break;
+      }
+      this.others.push([at + i, window.readUInt32LE(i + 8), window.readUInt32LE(i + 16)]);
+    }
+    const keep = Math.min(window.length, 19);
+    this.tail = Buffer.from(window.subarray(window.length - keep));
+    this.tailAt = at + window.length - keep;
   }
 
   private read(): void {
@@ -86,6 +159,10 @@ export class CabLister {
       if (this.received < HEADER) return;
       this.listing.isCab = true;
       const tableAt = this.tableStart();
+      this.size = this.bytes.readUInt32LE(8);
+      this.filesAt = this.bytes.readUInt32LE(16);
+      if (this.bytes.readUInt16LE(26) === 0 || this.bytes.readUInt16LE(28) === 0) this.rejected = true;
+      if (this.bytes.readUInt16LE(30) & (PREVIOUS_CABINET | NEXT_CABINET)) this.listing.inSet = true;
       if (tableAt === undefined) return;
       this.left = this.bytes.readUInt16LE(28);
       // cabextract and bsdtar refuse a table anywhere but right after the folders; 7-Zip reads it where
@@ -107,6 +184,14 @@ export class CabLister {
       const utf = (this.bytes.readUInt16LE(this.next + 14) & NAME_IS_UTF) !== 0;
       const name = (utf ? raw.toString('utf8') : nameFromBytes(raw)).replace(/\\/g, '/');
       if (name) this.names.add(name);
+      else {
+        this.listing.unnamed = true;
+        this.rejected = true;
+      }
+      if (utf) {
+        const lenient = cabextractUtf8(raw).replace(/\\/g, '/');
+        if (lenient !== name) this.names.add(lenient);
+      }
       this.next = end + 1;
       this.left--;
     }
@@ -132,6 +217,7 @@ export class CabLister {
       const end = this.stringEnd(at);
       if (end === undefined) return this.received >= MAX_TABLE_END ? MAX_TABLE_END : undefined;
       if (end === false) return MAX_TABLE_END;
+      if (end === at) this.rejected = true;
       at = end + 1;
     }
     return at + this.bytes.readUInt16LE(26) * (8 + folderReserve);

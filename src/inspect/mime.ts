@@ -23,7 +23,7 @@ import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHA
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { compressedFileName, gzipMemberName } from './gzip.js';
-import { CabLister } from './cab.js';
+import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
@@ -474,7 +474,7 @@ export class MessageInspector {
     // Names found after other data count too (a zip behind a stub or appended to an image still
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
-    const unnamed = sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : [];
+    const unnamed = [...(sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : []), ...(cab.unnamed ? [cabDefaultName(f.name)] : [])];
     const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed])];
     if (entries.length) f.archiveEntries = entries;
     else {

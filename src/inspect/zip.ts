@@ -15,7 +15,7 @@
 import { Inflate } from 'fflate';
 import { deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
 import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
-import { CabLister } from './cab.js';
+import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
@@ -344,6 +344,7 @@ class NestedArchive {
   encrypted = false;
   private stopped = false;
   private unnamedTaken = false;
+  private cabUnnamedTaken = false;
 
   constructor(
     readonly name: string,
@@ -426,6 +427,14 @@ class NestedArchive {
       this.unnamedTaken = true;
       names.push(defaultName(this.name));
     }
+    const cab = this.cab.listing;
+    if (cab.unnamed && !this.cabUnnamedTaken) {
+      this.cabUnnamedTaken = true;
+      names.push(cabDefaultName(this.name));
+    }
+    // A cabinet of a set: 7-Zip and cabextract list the other cabinets' files, found by the names this
+    // one gives them, which need not be names opened here.
+    if (cab.isCab && cab.inSet) this.complete = false;
     return names;
   }
 

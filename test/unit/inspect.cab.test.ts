@@ -113,7 +113,16 @@ function list(bytes: Buffer, chunk: number) {
   const lister = new CabLister(1000);
   for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
   lister.end();
-  return lister.listing;
+  const { isCab, entries, complete } = lister.listing;
+  return { isCab, entries, complete };
+}
+
+/** What 7-Zip lists (the paths of `7zz l -slt`, past the archive's own). */
+function listedBy7zip(cabinet: Buffer, name = 'a.cab'): string[] {
+  const file = join(mkdtempSync(join(root, 's-')), name);
+  writeFileSync(file, cabinet);
+  const out = spawnSync('7zz', ['l', '-slt', file]).stdout.toString('utf8');
+  return out.split('----------')[1]?.split('\n').filter((l) => l.startsWith('Path = ')).map((l) => l.slice(7)) ?? [];
 }
 
 function expectListing(bytes: Buffer, expected: object): void {
@@ -174,6 +183,43 @@ describe('cabinet listing', () => {
     expectListing(decoy, { isCab: true, entries: [], complete: false });
   });
 
+  it('lists a file without a name under the name 7-Zip gives it: the cabinet name less its extension', async () => {
+    const archive = cabinet([{ name: 'lisez-moi.txt' }, { name: '' }]);
+    expect(listedBy7zip(archive, 'facture.exe.cab')).toEqual(['lisez-moi.txt', 'facture.exe']);
+    const found = await inspectAttachment(archive, 'facture.exe.cab');
+    expect(found.message.attachments[0]!.archiveEntries).toEqual(['lisez-moi.txt', 'facture.exe']);
+    expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
+
+  it('reads a name marked UTF-8 as cabextract also does: overlong sequences decoded', () => {
+    const overlong = Buffer.concat([Buffer.from('evil'), Buffer.from([0xe0, 0x80, 0xae]), Buffer.from('exe')]);
+    const archive = cabinet([{ name: overlong, utf8: true }]);
+    expect(listedByCabextract(archive).names).toEqual(['evil.exe']);
+    expect(list(archive, 3).entries).toContain('evil.exe');
+  });
+
+  it('says the listing is incomplete when cabextract would find another cabinet in the file: after the first, or after one it rejects', () => {
+    const decoy = cabinet([{ name: 'lisez-moi.txt' }]);
+    const evil = cabinet([{ name: 'evil.exe' }]);
+    const backToBack = Buffer.concat([decoy, evil]);
+    expect(listedByCabextract(backToBack).names).toEqual(['lisez-moi.txt', 'evil.exe']);
+    expectListing(backToBack, { isCab: true, entries: ['lisez-moi.txt'], complete: false });
+
+    const empty = cabinet([]);
+    const afterEmpty = Buffer.concat([empty, evil]);
+    expect(listedByCabextract(afterEmpty).names).toEqual(['evil.exe']);
+    expectListing(afterEmpty, { isCab: true, entries: [], complete: false });
+
+    // A cabinet stored in another one is the outer's file: cabextract does not look inside it.
+    const dir = mkdtempSync(join(root, 'nested-'));
+    writeFileSync(join(dir, 'inner.cab'), gcab(false));
+    writeFileSync(join(dir, 'lisez-moi.txt'), 'bonjour');
+    execFileSync('gcab', ['-c', 'outer.cab', 'inner.cab', 'lisez-moi.txt'], { cwd: dir });
+    const outer = readFileSync(join(dir, 'outer.cab'));
+    expect(listedByCabextract(outer)).toEqual({ names: ['inner.cab', 'lisez-moi.txt'], ok: true });
+    expectListing(outer, { isCab: true, entries: ['inner.cab', 'lisez-moi.txt'], complete: true });
+  });
+
   it('is not fooled into listing other files: random bytes, a text, a signature further in, an empty file', () => {
     expectListing(randomBytes(10_000), { isCab: false, entries: [], complete: true });
     expectListing(Buffer.from('MSC is not MSCF, and this is a note.'), { isCab: false, entries: [], complete: true });
@@ -199,5 +245,10 @@ describe('cabinet listing', () => {
     const archive = gcab(true);
     const cut = await inspectAttachment(archive.subarray(0, 60), 'factures.cab');
     expect(cut.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+
+    // A cabinet of a set inside a zip: 7-Zip lists the next cabinet's files with its own, whatever the
+    // next one is called in the zip.
+    const inSet = await inspectAttachment(zip([{ name: 'a.cab', content: cabinet([{ name: 'lisez-moi.txt' }], { next: true }) }]), 'docs.zip');
+    expect(inSet.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
   });
 });
