@@ -33,6 +33,11 @@ export class ArchiveNames {
   add(raw: string): void {
     this.addOne(raw);
     if (raw.includes('\0')) this.addOne(raw.replace(/\0/g, '_'));
+    // "evil.exe/." (or "evil.exe//./."): libarchive (bsdtar, Windows' tar.exe) writes the file evil.exe,
+    // where 7-Zip and unzip make a folder of that name.
+    const upToNul = raw.split('\0', 1)[0]!;
+    const folded = upToNul.replace(/(\/+\.)+$/, '');
+    if (folded !== upToNul && folded) this.addOne(folded);
   }
 
   /** Forgets every name: they were not an archive's after all. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { ZipLister } from '../../src/inspect/zip.js';
+import { zip as realZip } from '../harness/mime.js';
 
 interface Entry {
   name: string | Buffer;
@@ -240,6 +241,22 @@ describe('zip listing from local headers and the central directory', () => {
 
   it('names a file as Windows does: trailing dots and spaces go', () => {
     expect(list(zip([{ name: 'evil.exe.', data: text('a') }, { name: 'other.scr . ', data: text('b') }])).entries).toEqual(['evil.exe', 'other.scr']);
+  });
+
+  it('lists a name ending in "/." also as the file bsdtar writes for it ("evil.exe/." is evil.exe)', () => {
+    // With real checksums, which bsdtar verifies as it extracts.
+    const archive = realZip([
+      { name: 'evil.exe/.', content: text('MZ') },
+      { name: 'f.exe//./.', content: text('MZ') },
+      { name: 'dossier/', content: text('') },
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'douane-zip-dot-'));
+    writeFileSync(join(dir, 'a.zip'), archive);
+    mkdirSync(join(dir, 'out'));
+    execFileSync('bsdtar', ['-xf', join(dir, 'a.zip'), '-C', join(dir, 'out')]);
+    expect(readFileSync(join(dir, 'out', 'evil.exe'), 'latin1')).toBe('MZ');
+    expect(readFileSync(join(dir, 'out', 'f.exe'), 'latin1')).toBe('MZ');
+    expect(list(archive).entries).toEqual(['evil.exe/', 'evil.exe', 'f.exe//./', 'f.exe', 'dossier/']);
   });
 
   it('past the cap, still lists each name of a kind not seen yet; reports the listing incomplete past twice the cap', () => {
