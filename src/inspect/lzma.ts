@@ -176,8 +176,15 @@ class Decoder {
   /** @param reach how far back a match may reach: the window a stream keeps (no bound for a whole buffer) */
   constructor(
     public out: Buffer,
-    private readonly reach = Infinity,
+    private reach = Infinity,
   ) {}
+
+  /** Starts another stream (an xz's next block) in the same buffer: nothing before it can be reached. */
+  restart(reach: number): void {
+    this.pos = 0;
+    this.dictionaryStart = 0;
+    this.reach = reach;
+  }
 
   /**
    * Makes room for `size` more bytes of output: the buffer grows up to `window` bytes and a chunk beyond,
@@ -201,7 +208,9 @@ class Decoder {
 
   setProperties(props: LzmaProperties): void {
     this.props = props;
-    this.literals = new Uint16Array(0x300 << (props.lc + props.lp));
+    // resetState() follows, which sets every probability: an array of the right size is reused.
+    const size = 0x300 << (props.lc + props.lp);
+    if (this.literals.length !== size) this.literals = new Uint16Array(size);
   }
 
   resetState(): void {
@@ -413,17 +422,36 @@ export class Lzma2Stream {
   private filled = 0;
   private hasProperties = false;
   ended = false;
+  /** the reader wants no more output: nothing more is decoded */
+  private stopped = false;
 
   constructor(
-    private readonly window: number,
+    private window: number,
     private readonly output: (data: Buffer) => void,
   ) {
     this.decoder = new Decoder(Buffer.alloc(0), window);
   }
 
+  /**
+   * Starts another LZMA2 stream (an xz's next block, which the first chunk must reset), keeping the
+   * buffers: a crafted xz of many tiny blocks costs no allocations per block.
+   */
+  reset(window: number): void {
+    this.window = window;
+    this.decoder.restart(window);
+    this.filled = 0;
+    this.hasProperties = false;
+    this.ended = false;
+  }
+
+  /** Decodes nothing more, from the next chunk on (called from the output callback). */
+  stop(): void {
+    this.stopped = true;
+  }
+
   push(data: Buffer): number {
     let taken = 0;
-    while (taken < data.length && !this.ended) {
+    while (taken < data.length && !this.ended && !this.stopped) {
       const room = Math.min(data.length - taken, this.pending.length - this.filled);
       data.copy(this.pending, this.filled, taken, taken + room);
       this.filled += room;
@@ -441,6 +469,7 @@ export class Lzma2Stream {
     const input = this.pending.subarray(0, this.filled);
     let at = 0;
     for (;;) {
+      if (this.stopped) return at;
       const chunk = chunkHeader(input, at);
       if (!chunk) return at;
       if (chunk.kind === 'end') {

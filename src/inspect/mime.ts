@@ -27,7 +27,7 @@ import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
-import { TarLister } from './tar.js';
+import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
 import { inflateBudget } from './deflate.js';
@@ -475,17 +475,20 @@ export class MessageInspector {
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
     const unnamed = [...(sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : []), ...(cab.unnamed ? [cabDefaultName(f.name)] : [])];
-    const entries = [...new Set([...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed])];
+    // One file compressed: its name, as the tool that decompresses it writes it. It counts even when the
+    // content lists as a tar (invoice.exe.xz holding a tar that is also a program), unless it is named a tar.
+    const type = f.detectedType;
+    const inside = type === 'gzip' ? gzipMemberName(head, f.name) : type === 'xz' || type === 'bzip2' || type === 'zstd' ? compressedFileName(type, f.name) : undefined;
+    const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed];
+    const entries = [...new Set([...listed, ...(inside && (!listed.length || !/\.tar$/i.test(inside)) ? [inside] : [])])];
     if (entries.length) f.archiveEntries = entries;
-    else {
-      // One file compressed: its name, as the tool that decompresses it writes it.
-      const type = f.detectedType;
-      const inside = type === 'gzip' ? gzipMemberName(head, f.name) : type === 'xz' || type === 'bzip2' || type === 'zstd' ? compressedFileName(type, f.name) : undefined;
-      if (inside) f.archiveEntries = [inside];
-    }
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;
     else if (rar.isRar) f.encrypted = rar.encrypted;
     else if (sevenZip.is7z) f.encrypted = sevenZip.encrypted;
+    // An .lzma (xz --format=lzma, tar --lzma), which xz, bsdtar and 7-Zip open by its content whatever
+    // its suffix says, is not decoded here. Its 13-byte header is too loose to be told from other files'
+    // first bytes: only one named like a compressed file is taken for one.
+    if (/\.(lzma|tlz|txz|xz)$/i.test(f.name) && lzmaAlone(head)) this.limitExceeded ??= 'archive_entries';
     // Names were left out of the listing: the archive cannot be judged by its names.
     if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete || !cab.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);

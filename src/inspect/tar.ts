@@ -18,12 +18,17 @@
 // A file that starts like an xz (.tar.xz, .txz) is read as an xz too, its LZMA2 decoded as it streams
 // (src/inspect/xz.ts), at the same cost to the budget. A tar going on past the xz's blocks, or an xz that
 // cannot be read whole (another filter than LZMA2, damaged, cut short) before the tar in it ended, is
-// incomplete, as a gzipped one is.
+// incomplete, as a gzipped one is; an xz too short to hold a tar block is not a tar, unless another
+// stream follows it. A gzip or an xz whose content is no tar but another archive, or compressed again
+// (a zip, a cpio, a gzip in a gzip...), is incomplete: bsdtar extracts what is in it, and 7-Zip opens it
+// by its content. A first header whose checksum only GNU tar reads (blanks or a NUL around the digits) is
+// incomplete too.
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
 import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
-import { XzReader } from './xz.js';
+import { detectType } from './magic.js';
+import { XZ_MAGIC, XzReader } from './xz.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -65,6 +70,8 @@ class TarParser {
   complete = true;
   /** the end-of-archive blocks were read */
   ended = false;
+  /** the first block, when it showed the content is no tar */
+  private notTar: Buffer | undefined;
   private state: State = { kind: 'header' };
   private readonly block = Buffer.alloc(BLOCK);
   private filled = 0;
@@ -78,6 +85,12 @@ class TarParser {
 
   get done(): boolean {
     return this.state.kind === 'done';
+  }
+
+  /** The content's first bytes (its first block, or what came of it), once it is known to be no tar. */
+  notTarStart(ended: boolean): Buffer | undefined {
+    if (this.isTar) return undefined;
+    return this.notTar ?? (ended && this.filled > 0 ? this.block.subarray(0, this.filled) : undefined);
   }
 
   /** Gives up: names may be missing. */
@@ -128,8 +141,10 @@ class TarParser {
     }
     this.zeroBlocks = 0;
     if (!checksumHolds(block)) {
-      // Before the first header: not a tar. After: the next header cannot be found.
-      if (this.isTar) this.complete = false;
+      // Before the first header: not a tar. After: the next header cannot be found. A first header whose
+      // checksum GNU tar reads (blanks around it, a NUL before it) is a tar to GNU tar: not listed here.
+      if (this.isTar || checksumHolds(block, true)) this.complete = false;
+      else this.notTar = Buffer.from(block);
       this.finish();
       return;
     }
@@ -266,8 +281,10 @@ export class TarLister {
   /** the inflated reading, for a file that starts like a gzip */
   private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean; after?: number } | undefined;
   /** the decompressed reading, for a file that starts like an xz */
-  private xz: { reader: XzReader; parser: TarParser } | undefined;
+  private xz: { reader: XzReader; parser: TarParser; tail: Buffer; anotherStream: boolean } | undefined;
   private first = true;
+  /** the attachment ended */
+  private ended = false;
 
   constructor(
     maxEntries = 1000,
@@ -286,27 +303,36 @@ export class TarLister {
       if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: new TarParser(this.names), stopped: false };
       if (data[0] === 0xfd) {
         const parser = new TarParser(this.names);
-        this.xz = { reader: new XzReader((out) => this.decompressed(parser, out)), parser };
+        const reader = new XzReader((out) => {
+          this.decompressed(parser, out);
+          // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next chunks).
+          if (parser.done) reader.stop();
+        });
+        this.xz = { reader, parser, tail: Buffer.alloc(0), anotherStream: false };
       }
     }
     if (!this.raw.done) this.raw.push(data);
-    if (this.xz && !this.xz.reader.done && !this.xz.parser.done) {
-      this.xz.reader.push(data);
-      this.xzStopped(this.xz);
-    }
+    const xz = this.xz;
+    if (xz && !xz.reader.done && !xz.parser.done) {
+      const before = xz.reader.position;
+      xz.reader.push(data);
+      if (xz.reader.ended) this.afterIndex(xz, data.subarray(xz.reader.position - before));
+      this.xzStopped(xz, false);
+    } else if (xz?.reader.ended) this.afterIndex(xz, data);
     if (this.gz?.after !== undefined) this.afterMember(this.gz, data.length);
     else if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
     this.update();
   }
 
   end(): void {
+    this.ended = true;
     const gz = this.gz;
     if (gz && !gz.stopped && gz.inflater) this.inflate(gz, new Uint8Array(0), true);
     // The gzip ended before the tar in it did: cut short.
     if (gz && gz.parser.isTar && !gz.parser.ended && !gz.parser.done) gz.parser.fail();
-    if (this.xz && !this.xz.reader.done && !this.xz.parser.done) {
-      this.xz.reader.end();
-      this.xzStopped(this.xz);
+    if (this.xz) {
+      if (!this.xz.reader.done && !this.xz.parser.done) this.xz.reader.end();
+      this.xzStopped(this.xz, true);
     }
     this.update();
   }
@@ -315,10 +341,21 @@ export class TarLister {
    * The xz reading stopped (its blocks ended, or it failed): names past that point cannot be read, unless
    * the content was shown not to be a tar, or the tar's end was read. A file that is no xz says nothing.
    */
-  private xzStopped(xz: NonNullable<TarLister['xz']>): void {
+  private xzStopped(xz: NonNullable<TarLister['xz']>, atEnd: boolean): void {
     const { reader, parser } = xz;
     if (!reader.done || !reader.isXz) return;
+    // The stream ended before a whole tar block came out (notes.txt.xz): no tar, unless another stream
+    // follows, which xz and tar read on from where this one stopped. Known once the file ended.
+    if (reader.ended && !parser.isTar && !parser.done && (!atEnd || !xz.anotherStream)) return;
     if (!parser.ended && !(parser.done && !parser.isTar)) parser.fail();
+  }
+
+  /** Bytes after the xz's index (its footer, padding): another stream starts with the xz signature. */
+  private afterIndex(xz: NonNullable<TarLister['xz']>, data: Buffer): void {
+    if (xz.anotherStream || data.length === 0) return;
+    const bytes = Buffer.concat([xz.tail, data]);
+    if (bytes.includes(XZ_MAGIC)) xz.anotherStream = true;
+    xz.tail = Buffer.from(bytes.subarray(Math.max(0, bytes.length - (XZ_MAGIC.length - 1))));
   }
 
   /** Bytes after the first member's deflate stream: past its trailer, another member (read by extractors). */
@@ -385,15 +422,53 @@ export class TarLister {
   }
 
   private update(): void {
+    // Decompressed content that is no tar but another archive, or compressed again: bsdtar extracts it
+    // (zip, cpio, ar..., one compression after another), 7-Zip opens it by its content.
+    for (const p of [this.gz?.parser, this.xz?.parser]) {
+      const start = p?.notTarStart(this.ended);
+      if (start && p!.complete && isArchive(start)) p!.fail();
+    }
     const parsers = [this.raw, this.gz?.parser, this.xz?.parser].filter((p) => p !== undefined);
     this.listing.isTar = parsers.some((p) => p.isTar);
     this.listing.complete = parsers.every((p) => p.complete) && this.names.complete;
   }
 }
 
-/** The checksum field holds the sum of the header's bytes, the field itself counted as spaces. */
-function checksumHolds(block: Buffer): boolean {
-  const stored = octal(block.subarray(148, 156));
+/** Content an extractor opens as an archive, or decompresses again, from its first bytes. */
+function isArchive(head: Buffer): boolean {
+  if (head.length < 4) return false;
+  const type = detectType(head);
+  if (['zip', 'office-openxml', 'rar', '7z', 'gzip', 'xz', 'bzip2', 'zstd', 'cab'].includes(type)) return true;
+  const start = head.toString('latin1', 0, 8);
+  // cpio (odc, newc, crc; binary either way), ar, xar, LHA, lzip, LZ4, LZMA alone
+  if (/^07070[127]/.test(start) || head.readUInt16LE(0) === 0x71c7 || head.readUInt16BE(0) === 0x71c7) return true;
+  if (start.startsWith('!<arch>\n') || start.startsWith('xar!') || /^..-l[hz][0-9a-z ]-/s.test(start) || start.startsWith('LZIP')) return true;
+  if (head.readUInt32LE(0) === 0x184d2204) return true;
+  return lzmaAlone(head);
+}
+
+/** The 13-byte header of an .lzma file (xz --format=lzma, tar --lzma), as xz and libarchive take it. */
+export function lzmaAlone(head: Buffer): boolean {
+  if (head.length < 13 || head[0]! >= 9 * 5 * 5) return false;
+  const dict = head.readUInt32LE(1);
+  // 2^n or 2^n + 2^(n-1) as xz takes it (from 4 KiB, what encoders write: fewer false alarms on other
+  // files), or "unknown"; then the size unknown, or below 256 GiB.
+  let pow = 4096;
+  while (pow * 2 <= dict) pow *= 2;
+  if (dict !== 0xffffffff && dict !== pow && dict !== pow + pow / 2) return false;
+  const high = head.readUInt32LE(9);
+  return high === 0xffffffff ? head.readUInt32LE(5) === 0xffffffff : high < 0x40;
+}
+
+/**
+ * The checksum field holds the sum of the header's bytes, the field itself counted as spaces. `asGnuTar`
+ * reads the field as GNU tar does: one NUL, then any blanks (tab, newline...) before the digits, any blank
+ * or NUL after them.
+ */
+function checksumHolds(block: Buffer, asGnuTar = false): boolean {
+  const field = block.subarray(148, 156);
+  const gnu = /^\0?[\t\n\v\f\r ]*([0-7]+)(?:[\t\n\v\f\r \0][^]*)?$/.exec(field.toString('latin1'));
+  const stored = asGnuTar ? (gnu ? parseInt(gnu[1]!, 8) : undefined) : octal(field);
   if (stored === undefined) return false;
   let unsigned = 0;
   let signed = 0;

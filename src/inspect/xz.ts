@@ -33,13 +33,23 @@ export class XzReader {
   ended = false;
   /** why the reading stopped before the end: not an xz, damaged, a filter or window not read here */
   failure: string | undefined;
+  /** bytes taken: where the index starts once the blocks ended */
+  position = 0;
   private state: State = { kind: 'stream-header' };
   private checkSize = 0;
   /** the header being read (stream or block header: at most 1 KB) */
   private head = Buffer.alloc(1024);
   private filled = 0;
+  /** the LZMA2 decoder, made at the first block and reset for each next one */
+  private lzma2: Lzma2Stream | undefined;
 
   constructor(private readonly output: (data: Buffer) => void) {}
+
+  /** Reads no more (whoever reads the output has what it needs, or gave up): neither ended nor failed. */
+  stop(): void {
+    this.lzma2?.stop();
+    this.state = { kind: 'done' };
+  }
 
   get done(): boolean {
     return this.state.kind === 'done';
@@ -48,7 +58,11 @@ export class XzReader {
   push(data: Buffer): void {
     try {
       let at = 0;
-      while (at < data.length && this.state.kind !== 'done') at += this.step(data.subarray(at));
+      while (at < data.length && this.state.kind !== 'done') {
+        const taken = this.step(data.subarray(at));
+        at += taken;
+        this.position += taken;
+      }
     } catch (err) {
       this.fail(err instanceof LzmaError ? `LZMA2: ${err.message}` : (err as Error).message);
     }
@@ -155,7 +169,10 @@ export class XzReader {
     const dictionary = bits === 40 ? 0xffffffff : (2 | (bits & 1)) * 2 ** (Math.floor(bits / 2) + 11);
     for (; at < end; at++) if (header[at] !== 0) return this.fail('a damaged block header');
     this.blockHeaderSize = header.length;
-    this.state = { kind: 'lzma2', stream: new Lzma2Stream(Math.min(dictionary, MAX_XZ_WINDOW), this.output), length: 0 };
+    const window = Math.min(dictionary, MAX_XZ_WINDOW);
+    if (this.lzma2) this.lzma2.reset(window);
+    else this.lzma2 = new Lzma2Stream(window, this.output);
+    this.state = { kind: 'lzma2', stream: this.lzma2, length: 0 };
   }
 
   /** Copies into the header buffer up to `size` bytes in all; returns how many it took. */

@@ -20,6 +20,8 @@ import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
 import { TarLister } from './tar.js';
+import { compressedFileName, gzipMemberName } from './gzip.js';
+import { MAGIC_BYTES } from './magic.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -326,6 +328,7 @@ export class ZipLister {
 }
 
 const PK_LOCAL = Buffer.from([0x50, 0x4b, 0x03, 0x04]);
+const XZ_START = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 
 /**
  * The archive inside one zip entry, whatever kind it turns out to be (each lister recognises its own),
@@ -345,6 +348,9 @@ class NestedArchive {
   private stopped = false;
   private unnamedTaken = false;
   private cabUnnamedTaken = false;
+  /** the entry's first bytes: a gzip or an xz holds one file, named as gunzip, xz and 7-Zip name it */
+  private head = Buffer.alloc(0);
+  private compressedTaken = false;
 
   constructor(
     readonly name: string,
@@ -435,11 +441,20 @@ class NestedArchive {
     // A cabinet of a set: 7-Zip and cabextract list the other cabinets' files, found by the names this
     // one gives them, which need not be names opened here.
     if (cab.isCab && cab.inSet) this.complete = false;
+    // invoice.exe.xz inside a zip holds invoice.exe, whatever its content lists as.
+    const head = this.head;
+    const kind = head[0] === 0x1f && head[1] === 0x8b ? 'gzip' : head.length >= 6 && head.subarray(0, 6).equals(XZ_START) ? 'xz' : undefined;
+    if (kind && !this.compressedTaken && (head.length >= MAGIC_BYTES || this.stopped)) {
+      this.compressedTaken = true;
+      const inside = kind === 'gzip' ? gzipMemberName(head, this.name) : compressedFileName(kind, this.name);
+      if (inside && !/\.tar$/i.test(inside)) names.push(inside);
+    }
     return names;
   }
 
   private give(data: Buffer): void {
     if (this.stopped) return;
+    if (this.head.length < MAGIC_BYTES) this.head = Buffer.concat([this.head, data.subarray(0, MAGIC_BYTES - this.head.length)]);
     if (this.inflater) {
       this.budget.bytes -= data.length;
       if (this.budget.bytes < 0) {

@@ -12,6 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { Lzma2Stream, LzmaError } from '../../src/inspect/lzma.js';
 import { detectType } from '../../src/inspect/magic.js';
 import { TarLister } from '../../src/inspect/tar.js';
+import { XzReader } from '../../src/inspect/xz.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-xz-'));
@@ -195,5 +196,79 @@ describe('compressed files as attachments', () => {
     }
     expect(detectType(execFileSync('bzip2', ['-c'], { input: Buffer.alloc(0) }))).toBe('bzip2');
     expect(detectType(Buffer.from('BZh9 is how this note starts'))).not.toBe('bzip2');
+  });
+});
+
+/** A ustar header for `name`, its checksum field written by `field` from the sum (by default as tar writes it). */
+function header(name: string, size: number, field?: (sum: number) => string): Buffer {
+  const b = Buffer.alloc(512);
+  b.write(name, 0, 'latin1');
+  b.write('0000644\0', 100);
+  b.write(size.toString(8).padStart(11, '0') + '\0', 124);
+  b.write('00000000000\0', 136);
+  b.write('0', 156);
+  b.write('ustar\u000000', 257, 'latin1');
+  b.fill(0x20, 148, 156);
+  const sum = b.reduce((a, x) => a + x, 0);
+  b.write(field ? field(sum) : sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+  return b;
+}
+const program = Buffer.concat([Buffer.from('MZ\x90\x00'), Buffer.alloc(600, 1)]);
+const tarOf = (h: Buffer) => Buffer.concat([h, program, Buffer.alloc(512 - (program.length % 512)), Buffer.alloc(1024)]);
+const xz = (data: Buffer, ...opts: string[]) => execFileSync('xz', ['-c', ...opts], { input: data, maxBuffer: 1 << 26 });
+
+describe('what extractors make of an xz beyond a plain tar', () => {
+  it('a small file compressed by xz is no tar (no tar block came out of it); a tar going on in a second stream is incomplete', () => {
+    expect(list(xz(Buffer.from('notes de la réunion\n')), 1)).toEqual({ isTar: false, entries: [], complete: true });
+    const tar = tarOf(header('evil.exe', program.length));
+    const twoStreams = Buffer.concat([xz(tar.subarray(0, 100)), xz(tar.subarray(100))]);
+    expect(listedByTar(twoStreams)).toEqual({ names: ['evil.exe'], ok: true });
+    expect(list(twoStreams, 7).complete).toBe(false);
+  });
+
+  it('another archive inside an xz or a gzip, which bsdtar extracts, is incomplete; so is a first checksum only GNU tar reads', () => {
+    const inner = zip([{ name: 'evil.exe', content: program }]);
+    const dir = mkdtempSync(join(root, 'inner-'));
+    writeFileSync(join(dir, 'docs.txz'), xz(inner));
+    expect(spawnSync('bsdtar', ['-tf', join(dir, 'docs.txz')]).stdout.toString()).toBe('evil.exe\n');
+    expect(list(xz(inner), 4096).complete).toBe(false);
+    expect(list(execFileSync('gzip', ['-c'], { input: inner }), 4096).complete).toBe(false);
+    expect(list(xz(execFileSync('gzip', ['-c'], { input: tarOf(header('evil.exe', program.length)) })), 4096).complete).toBe(false);
+    const tabbed = tarOf(header('evil.exe', program.length, (sum) => '\t' + sum.toString(8).padStart(6, '0') + '\0'));
+    expect(execFileSync('tar', ['-tf', '-'], { input: tabbed }).toString()).toBe('evil.exe\n');
+    expect(list(xz(tabbed), 4096).complete).toBe(false);
+    expect(list(tabbed, 4096).complete).toBe(false);
+  });
+
+  it('an .lzma (tar --lzma) named like a compressed file, which xz and bsdtar read, is refused; other files starting alike are not', async () => {
+    const lzma = xz(tarOf(header('evil.exe', program.length)), '--format=lzma');
+    expect(listedByTar(lzma)).toEqual({ names: ['evil.exe'], ok: true });
+    for (const name of ['docs.txz', 'docs.tar.lzma', 'docs.tar.xz']) {
+      const found = await inspectAttachment(lzma, name);
+      expect(found.verdict, name).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    }
+    expect((await inspectAttachment(lzma, 'mesures.dat')).verdict.action).toBe('continue');
+  });
+
+  it('the file an xz holds is named even when its content lists as a tar, and inside a zip', async () => {
+    const hta = await inspectAttachment(xz(tarOf(header('page.html', program.length))), 'invoice.hta.xz');
+    expect(hta.message.attachments[0]!.archiveEntries).toEqual(['page.html', 'invoice.hta']);
+    expect(hta.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    const inZip = await inspectAttachment(zip([{ name: 'invoice.exe.xz', content: xz(program) }]), 'docs.zip');
+    expect(inZip.message.attachments[0]!.archiveEntries).toContain('invoice.exe.xz/invoice.exe');
+    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
+
+  it('decodes nothing more once its reader stops it: a bomb is not decoded to its end', () => {
+    const bomb = xz(Buffer.alloc(64 << 20), '-0');
+    let decoded = 0;
+    const reader: XzReader = new XzReader((out) => {
+      decoded += out.length;
+      reader.stop();
+    });
+    reader.push(bomb);
+    expect(decoded).toBeGreaterThan(0);
+    expect(decoded).toBeLessThanOrEqual(2 << 20);
+    expect(reader).toMatchObject({ done: true, ended: false, failure: undefined });
   });
 });
