@@ -441,10 +441,23 @@ function isArchive(head: Buffer): boolean {
   if (['zip', 'office-openxml', 'rar', '7z', 'gzip', 'xz', 'bzip2', 'zstd', 'cab'].includes(type)) return true;
   const start = head.toString('latin1', 0, 8);
   // cpio (odc, newc, crc; binary either way), ar, xar, LHA, lzip, LZ4, LZMA alone
-  if (/^07070[127]/.test(start) || head.readUInt16LE(0) === 0x71c7 || head.readUInt16BE(0) === 0x71c7) return true;
+  if (/^07070[127]/.test(start) || binaryCpio(head, 'LE') || binaryCpio(head, 'BE')) return true;
   if (start.startsWith('!<arch>\n') || start.startsWith('xar!') || /^..-l[hz][0-9a-z ]-/s.test(start) || start.startsWith('LZIP')) return true;
   if (head.readUInt32LE(0) === 0x184d2204) return true;
   return lzmaAlone(head);
+}
+
+/**
+ * Old binary cpio, in either byte order: its two-byte magic, then a name ending where the header says.
+ * The magic alone would be one binary file in 32 768.
+ */
+function binaryCpio(head: Buffer, order: 'LE' | 'BE'): boolean {
+  if (head.length < 26) return false;
+  const read = (at: number) => (order === 'LE' ? head.readUInt16LE(at) : head.readUInt16BE(at));
+  if (read(0) !== 0o70707) return false;
+  const nameSize = read(20);
+  // A name longer than the bytes at hand cannot be checked: taken for cpio.
+  return nameSize >= 2 && (26 + nameSize > head.length || (head[26 + nameSize - 1] === 0 && head.indexOf(0, 26) === 26 + nameSize - 1));
 }
 
 /** The 13-byte header of an .lzma file (xz --format=lzma, tar --lzma), as xz and libarchive take it. */

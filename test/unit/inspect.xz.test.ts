@@ -234,6 +234,18 @@ describe('what extractors make of an xz beyond a plain tar', () => {
     expect(list(xz(inner), 4096).complete).toBe(false);
     expect(list(execFileSync('gzip', ['-c'], { input: inner }), 4096).complete).toBe(false);
     expect(list(xz(execFileSync('gzip', ['-c'], { input: tarOf(header('evil.exe', program.length)) })), 4096).complete).toBe(false);
+    // An old binary cpio (its magic, then a name ending where the header says), but not any file
+    // that starts with the same two bytes.
+    writeFileSync(join(dir, 'evil.exe'), program);
+    const cpioWithProgram = execFileSync('cpio', ['-o', '-H', 'bin', '--quiet'], { cwd: dir, input: 'evil.exe\n' });
+    expect(cpioWithProgram.readUInt16LE(0)).toBe(0o70707);
+    writeFileSync(join(dir, 'a.cpio.gz'), execFileSync('gzip', ['-c'], { input: cpioWithProgram }));
+    expect(spawnSync('bsdtar', ['-tf', join(dir, 'a.cpio.gz')]).stdout.toString()).toBe('evil.exe\n');
+    expect(list(execFileSync('gzip', ['-c'], { input: cpioWithProgram }), 4096).complete).toBe(false);
+    const alike = Buffer.concat([Buffer.from([0xc7, 0x71]), randomBytes(2000)]);
+    alike.writeUInt16LE(20, 20);
+    alike[26 + 19] = 0x41; // where the name's NUL would be
+    expect(list(execFileSync('gzip', ['-c'], { input: alike }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
     const tabbed = tarOf(header('evil.exe', program.length, (sum) => '\t' + sum.toString(8).padStart(6, '0') + '\0'));
     expect(execFileSync('tar', ['-tf', '-'], { input: tabbed }).toString()).toBe('evil.exe\n');
     expect(list(xz(tabbed), 4096).complete).toBe(false);
