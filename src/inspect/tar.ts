@@ -470,7 +470,11 @@ export function lzmaAlone(head: Buffer): boolean {
   while (pow * 2 <= dict) pow *= 2;
   if (dict !== 0xffffffff && dict !== pow && dict !== pow + pow / 2) return false;
   const high = head.readUInt32LE(9);
-  return high === 0xffffffff ? head.readUInt32LE(5) === 0xffffffff : high < 0x40;
+  const low = head.readUInt32LE(5);
+  if (high === 0xffffffff ? low !== 0xffffffff : high >= 0x40) return false;
+  // Nothing in it (a size of 0, no stream) hides nothing; and the range coder's first byte is always 0.
+  // Both spare files that start with zeros and a power of two (an H.264 stream's 00 00 00 01...).
+  return (high !== 0 || low !== 0) && head.length > 13 && head[13] === 0;
 }
 
 /**

@@ -246,6 +246,11 @@ describe('what extractors make of an xz beyond a plain tar', () => {
     alike.writeUInt16LE(20, 20);
     alike[26 + 19] = 0x41; // where the name's NUL would be
     expect(list(execFileSync('gzip', ['-c'], { input: alike }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    // An .lzma gzipped (bsdtar reads one compression after another), but not a file of zeros and a power of two.
+    const lzmaTar = execFileSync('xz', ['-c', '--format=lzma'], { input: tarOf(header('evil.exe', program.length)) });
+    expect(list(execFileSync('gzip', ['-c'], { input: lzmaTar }), 4096).complete).toBe(false);
+    const zeros = Buffer.concat([Buffer.from([0, 0, 0, 1]), Buffer.alloc(2000)]);
+    expect(list(execFileSync('gzip', ['-c'], { input: zeros }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
     const tabbed = tarOf(header('evil.exe', program.length, (sum) => '\t' + sum.toString(8).padStart(6, '0') + '\0'));
     expect(execFileSync('tar', ['-tf', '-'], { input: tabbed }).toString()).toBe('evil.exe\n');
     expect(list(xz(tabbed), 4096).complete).toBe(false);
