@@ -28,6 +28,7 @@ import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
 import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
 import { detectType } from './magic.js';
+import { LzmaError, lzmaDecode } from './lzma.js';
 import { XZ_MAGIC, XzReader } from './xz.js';
 
 const BLOCK = 512;
@@ -447,6 +448,26 @@ function isArchive(head: Buffer): boolean {
   return lzmaAlone(head);
 }
 
+const GARBAGE = ['a distance before the start', 'a repeated match at the start', 'corrupted range coder', 'the range coder must start with 0'];
+
+/**
+ * Whether the bytes after an .lzma header decode as LZMA, as far as they go: some data files start with
+ * numbers that read as a plausible header (a MATLAB v4 matrix), and garbage soon asks for a match before
+ * the start. Bytes running out first prove nothing: taken for LZMA.
+ */
+function decodesAsLzma(head: Buffer): boolean {
+  const high = head.readUInt32LE(9);
+  const size = high === 0xffffffff ? 1024 : Math.min(1024, high * 2 ** 32 + head.readUInt32LE(5));
+  try {
+    lzmaDecode(head, 13, head.subarray(0, 5), size);
+    return true;
+  } catch (err) {
+    // Only what LZMA never writes is a sign of garbage; running out of bytes, an end marker (a small
+    // file) or a match across the 1 KB decoded here are not.
+    return !(err instanceof LzmaError) || !GARBAGE.includes(err.message);
+  }
+}
+
 /**
  * Old binary cpio, in either byte order: its two-byte magic, then a name ending where the header says.
  * The magic alone would be one binary file in 32 768.
@@ -463,6 +484,8 @@ function binaryCpio(head: Buffer, order: 'LE' | 'BE'): boolean {
 /** The 13-byte header of an .lzma file (xz --format=lzma, tar --lzma), as xz and libarchive take it. */
 export function lzmaAlone(head: Buffer): boolean {
   if (head.length < 13 || head[0]! >= 9 * 5 * 5) return false;
+  // liblzma (xz, bsdtar) reads no more than four literal context and position bits together.
+  if ((head[0]! % 9) + (Math.floor(head[0]! / 9) % 5) > 4) return false;
   const dict = head.readUInt32LE(1);
   // 2^n or 2^n + 2^(n-1) as xz takes it (from 4 KiB, what encoders write: fewer false alarms on other
   // files), or "unknown"; then the size unknown, or below 256 GiB.
@@ -474,7 +497,7 @@ export function lzmaAlone(head: Buffer): boolean {
   if (high === 0xffffffff ? low !== 0xffffffff : high >= 0x40) return false;
   // Nothing in it (a size of 0, no stream) hides nothing; and the range coder's first byte is always 0.
   // Both spare files that start with zeros and a power of two (an H.264 stream's 00 00 00 01...).
-  return (high !== 0 || low !== 0) && head.length > 13 && head[13] === 0;
+  return (high !== 0 || low !== 0) && head.length > 13 && head[13] === 0 && decodesAsLzma(head);
 }
 
 /**

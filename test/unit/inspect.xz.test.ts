@@ -251,6 +251,14 @@ describe('what extractors make of an xz beyond a plain tar', () => {
     expect(list(execFileSync('gzip', ['-c'], { input: lzmaTar }), 4096).complete).toBe(false);
     const zeros = Buffer.concat([Buffer.from([0, 0, 0, 1]), Buffer.alloc(2000)]);
     expect(list(execFileSync('gzip', ['-c'], { input: zeros }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    // A MATLAB v4 matrix (type 0, 1 row, 500 columns, real, its name) starts with numbers that read as an
+    // .lzma header; what follows does not decode as LZMA.
+    const matrixHeader = Buffer.alloc(20);
+    [0, 1, 500, 0, 7].forEach((n, i) => matrixHeader.writeUInt32LE(n, i * 4));
+    const matrix = Buffer.concat([matrixHeader, Buffer.from('signal\0'), randomBytes(4000)]);
+    expect(list(execFileSync('gzip', ['-c'], { input: matrix }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    const smallZipLzma = execFileSync('xz', ['-c', '--format=lzma'], { input: zip([{ name: 'evil.exe', content: Buffer.from('MZ') }]) });
+    expect(list(execFileSync('gzip', ['-c'], { input: smallZipLzma }), 4096).complete).toBe(false);
     const tabbed = tarOf(header('evil.exe', program.length, (sum) => '\t' + sum.toString(8).padStart(6, '0') + '\0'));
     expect(execFileSync('tar', ['-tf', '-'], { input: tabbed }).toString()).toBe('evil.exe\n');
     expect(list(xz(tabbed), 4096).complete).toBe(false);
