@@ -85,6 +85,9 @@ export class CabLister {
   private next = -1;
   private left = 0;
   private done = false;
+  /** where the header says the file table is, and where reading in order finds it (once known) */
+  private declaredTable: number | undefined;
+  private sequentialTable: number | undefined;
   /** every byte seen, past the table too (cabextract's search looks at the whole file) */
   private total = 0;
   /** the last bytes scanned, at `tailAt`: a signature and its fields may straddle two chunks */
@@ -126,11 +129,24 @@ export class CabLister {
     if (!this.done && this.listing.isCab) this.fail();
     this.done = true;
     if (!this.listing.isCab) return;
+    // Wherever a tool looks for the table (after the folders, or where the header says), it is past the
+    // end of the file: no tool lists a file in it. A file that only starts like a cabinet (a text
+    // beginning "MSCF", a cabinet cut before its table) hides nothing, but what follows its start still
+    // may, for cabextract's search.
+    const places = [this.sequentialTable, this.declaredTable];
+    if (this.names.entries.length === 0 && places.every((at) => at === undefined || at >= this.total)) {
+      this.listing.isCab = false;
+      this.listing.complete = true;
+      this.rejected = true;
+    }
     // cabextract lists every cabinet its search finds: past the first when libmspack read it, else from
     // its 5th byte on (libmspack's cabd_find).
     const fits = (at: number, size: number, table: number) => table < size && at + table < this.total + 32 && at + size < this.total + 32;
     const from = !this.rejected && fits(0, this.size, this.filesAt) ? this.size : 4;
-    if (this.others.some(([at, size, table]) => at >= from && fits(at, size, table))) this.listing.complete = false;
+    if (this.others.some(([at, size, table]) => at >= from && fits(at, size, table))) {
+      this.listing.isCab = true;
+      this.listing.complete = false;
+    }
   }
 
   /** Looks for more signatures (bounded: past a few thousand, the file cannot be judged). */
@@ -158,7 +174,9 @@ export class CabLister {
       }
       if (this.received < HEADER) return;
       this.listing.isCab = true;
+      this.declaredTable = this.bytes.readUInt32LE(16);
       const tableAt = this.tableStart();
+      this.sequentialTable = tableAt;
       this.size = this.bytes.readUInt32LE(8);
       this.filesAt = this.bytes.readUInt32LE(16);
       if (this.bytes.readUInt16LE(26) === 0 || this.bytes.readUInt16LE(28) === 0) this.rejected = true;
