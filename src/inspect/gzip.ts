@@ -1,30 +1,34 @@
 // The file a gzip, xz, bzip2 or zstd attachment holds, by name, for the archive rules: "invoice.pdf.gz"
 // may well hold invoice.exe. Each keeps one file. gzip may store its original name in the header (FNAME,
-// RFC 1952 2.3.1), within the first bytes the inspector keeps; without it, gunzip names the file after
-// the attachment minus its suffix, and so does this; xz, bzip2 and zstd store no name, and their tools
-// name the file the same way.
+// RFC 1952 2.3.1), within the first bytes the inspector keeps: 7-Zip extracts the file under it, while
+// gunzip, by default, names the file after the attachment minus its suffix; both names are listed. xz,
+// bzip2 and zstd store no name, and their tools name the file after the attachment the same way.
 
 import { nameFromBytes } from './archive-names.js';
 
 const FEXTRA = 0x04;
 const FNAME = 0x08;
 
-export function gzipMemberName(head: Buffer, attachmentName: string): string | undefined {
-  if (head.length < 10 || head[0] !== 0x1f || head[1] !== 0x8b) return undefined;
+/** The names the file in a gzip is extracted under: the stored one (7-Zip), and gunzip's. */
+export function gzipMemberNames(head: Buffer, attachmentName: string): string[] {
+  if (head.length < 10 || head[0] !== 0x1f || head[1] !== 0x8b) return [];
+  const names: string[] = [];
   const flags = head[3]!;
   let at = 10;
   if (flags & FEXTRA) at = head.length >= 12 ? 12 + head.readUInt16LE(10) : head.length;
   if (flags & FNAME) {
     const end = head.indexOf(0, at);
-    if (end > at) // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
-    return nameFromBytes(head.subarray(at, end));
+    // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
+    if (end > at) names.push(nameFromBytes(head.subarray(at, end)));
   }
-  return compressedFileName('gzip', attachmentName);
+  const gunzip = compressedFileName('gzip', attachmentName);
+  if (gunzip !== undefined && !names.includes(gunzip)) names.push(gunzip);
+  return names;
 }
 
 /** The suffixes each tool takes off when it decompresses, and those that stand for a tar. */
 const SUFFIXES = {
-  gzip: { file: ['.gz', '.z'], tar: ['.tgz', '.taz'] },
+  gzip: { file: ['.gz', '.z', '-gz', '-z', '_z'], tar: ['.tgz', '.taz'] },
   xz: { file: ['.xz'], tar: ['.txz'] },
   bzip2: { file: ['.bz2', '.bz'], tar: ['.tbz2', '.tbz'] },
   zstd: { file: ['.zst'], tar: ['.tzst'] },

@@ -20,7 +20,7 @@ import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
 import { TarLister } from './tar.js';
-import { compressedFileName, gzipMemberName } from './gzip.js';
+import { compressedFileName, gzipMemberNames } from './gzip.js';
 import { MAGIC_BYTES } from './magic.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
@@ -446,8 +446,8 @@ class NestedArchive {
     const kind = head[0] === 0x1f && head[1] === 0x8b ? 'gzip' : head.length >= 6 && head.subarray(0, 6).equals(XZ_START) ? 'xz' : undefined;
     if (kind && !this.compressedTaken && (head.length >= MAGIC_BYTES || this.stopped)) {
       this.compressedTaken = true;
-      const inside = kind === 'gzip' ? gzipMemberName(head, this.name) : compressedFileName(kind, this.name);
-      if (inside && !/\.tar$/i.test(inside)) names.push(inside);
+      const inside = kind === 'gzip' ? gzipMemberNames(head, this.name) : [compressedFileName(kind, this.name)];
+      for (const name of inside) if (name && !/\.tar$/i.test(name)) names.push(name);
     }
     return names;
   }

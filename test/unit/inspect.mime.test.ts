@@ -222,15 +222,15 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(named("Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9+AC4-pdf"))).attachments[0]!.name).toBe('résumé+AC4-pdf');
   });
 
-  it('names the file inside a gzip attachment: the name gzip stored, or the attachment\'s without .gz as gunzip would', async () => {
+  it('names the file inside a gzip attachment: the name gzip stored (7-Zip extracts under it) and the attachment\'s without .gz (gunzip\'s)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-gz-'));
     writeFileSync(join(dir, 'facture-2025.exe'), Buffer.concat([Buffer.from('MZ'), Buffer.alloc(500, 1)]));
     const named = execFileSync('gzip', ['-c', join(dir, 'facture-2025.exe')]);
     const bare = execFileSync('gzip', ['-c', '-n', join(dir, 'facture-2025.exe')]);
     const attached = (gz: Buffer, name: string) =>
       eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'la facture', '--b', 'Content-Type: application/gzip', `Content-Disposition: attachment; filename="${name}"`, 'Content-Transfer-Encoding: base64', '', ...gz.toString('base64').match(/.{1,76}/g)!, '--b--');
-    // The name inside wins over an innocent outside.
-    expect((await inspect(attached(named, 'facture.pdf.gz'))).attachments).toMatchObject([{ name: 'facture.pdf.gz', detectedType: 'gzip', archiveEntries: ['facture-2025.exe'] }]);
+    // The name inside counts whatever the outside says, and so does the outside.
+    expect((await inspect(attached(named, 'facture.pdf.gz'))).attachments).toMatchObject([{ name: 'facture.pdf.gz', detectedType: 'gzip', archiveEntries: ['facture-2025.exe', 'facture.pdf'] }]);
     expect((await inspect(attached(bare, 'facture.exe.gz'))).attachments[0]!.archiveEntries).toEqual(['facture.exe']);
     expect((await inspect(attached(bare, 'sources.tgz'))).attachments[0]!.archiveEntries).toEqual(['sources.tar']);
     expect((await inspect(attached(bare, 'blob.bin'))).attachments[0]!.archiveEntries).toEqual([]);

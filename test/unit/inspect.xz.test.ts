@@ -180,6 +180,22 @@ describe('compressed files as attachments', () => {
     expect(text.verdict.action).toBe('continue');
   });
 
+  it('the file in a gzip is listed under its stored name (7-Zip) and the name gunzip gives it, with each suffix gunzip knows', async () => {
+    const dir = mkdtempSync(join(root, 'gz-'));
+    writeFileSync(join(dir, 'readme.txt'), Buffer.from('MZ\x90\x00stand-in program'));
+    const stored = execFileSync('gzip', ['-c', '-N', 'readme.txt'], { cwd: dir });
+    writeFileSync(join(dir, 'evil.exe.gz'), stored);
+    execFileSync('gzip', ['-d', 'evil.exe.gz'], { cwd: dir });
+    expect(readFileSync(join(dir, 'evil.exe'), 'latin1')).toMatch(/^MZ/);
+    const found = await inspectAttachment(stored, 'evil.exe.gz');
+    expect(found.message.attachments[0]!.archiveEntries).toEqual(['readme.txt', 'evil.exe']);
+    expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    for (const suffix of ['-gz', '_z', '-z']) {
+      const other = await inspectAttachment(execFileSync('gzip', ['-c'], { input: 'MZ' }), `evil.exe${suffix}`);
+      expect(other.message.attachments[0]!.archiveEntries, suffix).toEqual(['evil.exe']);
+    }
+  });
+
   it('the file in a bzip2 or a zstd attachment is named as bzip2 and zstd name it (their tars are not listed)', async () => {
     const program = Buffer.from('MZ\x90\x00stand-in program');
     for (const [tool, suffix, type] of [
