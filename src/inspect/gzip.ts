@@ -26,6 +26,14 @@ export function gzipMemberNames(head: Buffer, attachmentName: string): string[] 
   return names;
 }
 
+/** The names the one file of a compressed attachment (gzip, xz, bzip2, zstd) is extracted under; none for another type. */
+export function compressedFileNames(type: string, head: Buffer, attachmentName: string): string[] {
+  if (type === 'gzip') return gzipMemberNames(head, attachmentName);
+  if (type !== 'xz' && type !== 'bzip2' && type !== 'zstd') return [];
+  const name = compressedFileName(type, attachmentName);
+  return name === undefined ? [] : [name];
+}
+
 /** The suffixes each tool takes off when it decompresses, and those that stand for a tar. */
 const SUFFIXES = {
   gzip: { file: ['.gz', '.z', '-gz', '-z', '_z'], tar: ['.tgz', '.taz'] },

@@ -22,7 +22,7 @@ import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
-import { compressedFileName, gzipMemberNames } from './gzip.js';
+import { compressedFileNames } from './gzip.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
@@ -477,10 +477,8 @@ export class MessageInspector {
     const unnamed = [...(sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : []), ...(cab.unnamed ? [cabDefaultName(f.name)] : [])];
     // One file compressed: its name, as the tool that decompresses it writes it. It counts even when the
     // content lists as a tar (invoice.exe.xz holding a tar that is also a program), unless it is named a tar.
-    const type = f.detectedType;
-    const inside = type === 'gzip' ? gzipMemberNames(head, f.name) : type === 'xz' || type === 'bzip2' || type === 'zstd' ? [compressedFileName(type, f.name)] : [];
     const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed];
-    const named = inside.filter((name): name is string => name !== undefined && (!listed.length || !/\.tar$/i.test(name)));
+    const named = compressedFileNames(f.detectedType, head, f.name).filter((name) => !listed.length || !/\.tar$/i.test(name));
     const entries = [...new Set([...listed, ...named])];
     if (entries.length) f.archiveEntries = entries;
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;

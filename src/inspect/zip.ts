@@ -20,8 +20,8 @@ import { IsoLister } from './iso.js';
 import { RarLister, type RarListing } from './rar.js';
 import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js';
 import { TarLister } from './tar.js';
-import { compressedFileName, gzipMemberNames } from './gzip.js';
-import { MAGIC_BYTES } from './magic.js';
+import { compressedFileNames } from './gzip.js';
+import { detectType, MAGIC_BYTES } from './magic.js';
 
 const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
@@ -328,7 +328,6 @@ export class ZipLister {
 }
 
 const PK_LOCAL = Buffer.from([0x50, 0x4b, 0x03, 0x04]);
-const XZ_START = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
 
 /**
  * The archive inside one zip entry, whatever kind it turns out to be (each lister recognises its own),
@@ -442,12 +441,11 @@ class NestedArchive {
     // one gives them, which need not be names opened here.
     if (cab.isCab && cab.inSet) this.complete = false;
     // invoice.exe.xz inside a zip holds invoice.exe, whatever its content lists as.
-    const head = this.head;
-    const kind = head[0] === 0x1f && head[1] === 0x8b ? 'gzip' : head.length >= 6 && head.subarray(0, 6).equals(XZ_START) ? 'xz' : undefined;
-    if (kind && !this.compressedTaken && (head.length >= MAGIC_BYTES || this.stopped)) {
+    // Its first bytes say once they are all in (or no more will come).
+    if (!this.compressedTaken && (this.head.length >= MAGIC_BYTES || this.stopped)) {
       this.compressedTaken = true;
-      const inside = kind === 'gzip' ? gzipMemberNames(head, this.name) : [compressedFileName(kind, this.name)];
-      for (const name of inside) if (name && !/\.tar$/i.test(name)) names.push(name);
+      const type = detectType(this.head);
+      if (type === 'gzip' || type === 'xz') for (const name of compressedFileNames(type, this.head, this.name)) if (!/\.tar$/i.test(name)) names.push(name);
     }
     return names;
   }
