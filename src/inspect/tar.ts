@@ -23,6 +23,10 @@
 // (a zip, a cpio, a gzip in a gzip...), is incomplete: bsdtar extracts what is in it, and 7-Zip opens it
 // by its content. A first header whose checksum only GNU tar reads (blanks or a NUL around the digits) is
 // incomplete too.
+//
+// A file that starts like a bzip2 (.tar.bz2, .tbz2) is read as a bzip2 too (src/inspect/bzip2.ts), every
+// stream in it, at the same cost to the budget; a bzip2 that cannot be read whole (damaged, cut short)
+// before the tar in it ended is incomplete, and one whose content is under a tar block is no tar.
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
@@ -30,6 +34,7 @@ import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateB
 import { detectType } from './magic.js';
 import { LzmaError, lzmaDecode } from './lzma.js';
 import { XZ_MAGIC, XzReader } from './xz.js';
+import { Bzip2Reader } from './bzip2.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -283,6 +288,8 @@ export class TarLister {
   private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean; after?: number } | undefined;
   /** the decompressed reading, for a file that starts like an xz */
   private xz: { reader: XzReader; parser: TarParser; tail: Buffer; anotherStream: boolean } | undefined;
+  /** the decompressed reading, for a file that starts like a bzip2 */
+  private bz: { reader: Bzip2Reader; parser: TarParser } | undefined;
   private first = true;
   /** the attachment ended */
   private ended = false;
@@ -311,6 +318,14 @@ export class TarLister {
         });
         this.xz = { reader, parser, tail: Buffer.alloc(0), anotherStream: false };
       }
+      if (data[0] === 0x42) {
+        const parser = new TarParser(this.names);
+        const reader = new Bzip2Reader((out) => {
+          this.decompressed(parser, out);
+          if (parser.done) reader.stop();
+        });
+        this.bz = { reader, parser };
+      }
     }
     if (!this.raw.done) this.raw.push(data);
     const xz = this.xz;
@@ -320,6 +335,11 @@ export class TarLister {
       if (xz.reader.ended) this.afterIndex(xz, data.subarray(xz.reader.position - before));
       this.xzStopped(xz, false);
     } else if (xz?.reader.ended) this.afterIndex(xz, data);
+    const bz = this.bz;
+    if (bz && !bz.reader.done && !bz.parser.done) {
+      bz.reader.push(data);
+      this.bzStopped(bz);
+    }
     if (this.gz?.after !== undefined) this.afterMember(this.gz, data.length);
     else if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
     this.update();
@@ -335,7 +355,23 @@ export class TarLister {
       if (!this.xz.reader.done && !this.xz.parser.done) this.xz.reader.end();
       this.xzStopped(this.xz, true);
     }
+    if (this.bz) {
+      if (!this.bz.reader.done && !this.bz.parser.done) this.bz.reader.end();
+      this.bzStopped(this.bz);
+    }
     this.update();
+  }
+
+  /**
+   * The bzip2 reading stopped: as for an xz, names past that point cannot be read, unless the content was
+   * shown not to be a tar, or the tar's end was read. Its streams ended before a whole tar block came
+   * out: no tar. A file that is no bzip2, or whose first block failed (a block comes out whole or not at
+   * all, in every tool), says nothing.
+   */
+  private bzStopped({ reader, parser }: NonNullable<TarLister['bz']>): void {
+    if (!reader.done || !reader.isBzip2 || reader.produced === 0) return;
+    if (reader.ended && !parser.isTar && !parser.done) return;
+    if (!parser.ended && !(parser.done && !parser.isTar)) parser.fail();
   }
 
   /**
@@ -425,11 +461,11 @@ export class TarLister {
   private update(): void {
     // Decompressed content that is no tar but another archive, or compressed again: bsdtar extracts it
     // (zip, cpio, ar..., one compression after another), 7-Zip opens it by its content.
-    for (const p of [this.gz?.parser, this.xz?.parser]) {
+    for (const p of [this.gz?.parser, this.xz?.parser, this.bz?.parser]) {
       const start = p?.notTarStart(this.ended);
       if (start && p!.complete && isArchive(start)) p!.fail();
     }
-    const parsers = [this.raw, this.gz?.parser, this.xz?.parser].filter((p) => p !== undefined);
+    const parsers = [this.raw, this.gz?.parser, this.xz?.parser, this.bz?.parser].filter((p) => p !== undefined);
     this.listing.isTar = parsers.some((p) => p.isTar);
     this.listing.complete = parsers.every((p) => p.complete) && this.names.complete;
   }

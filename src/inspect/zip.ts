@@ -36,7 +36,7 @@ const MAX_NAME_LENGTH = 4096;
 const STORED = 0;
 const DEFLATED = 8;
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|iso|img|cab)$/i;
+const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|tbz2?|bz2?|tzst|zst|iso|img|cab)$/i;
 /** Levels of archives opened below the attachment itself. */
 const MAX_NESTING = 3;
 export interface ZipListing extends ArchiveListing {
@@ -347,7 +347,7 @@ class NestedArchive {
   private stopped = false;
   private unnamedTaken = false;
   private cabUnnamedTaken = false;
-  /** the entry's first bytes: a gzip or an xz holds one file, named as gunzip, xz and 7-Zip name it */
+  /** the entry's first bytes: a gzip, xz, bzip2 or zstd holds one file, named as its tool and 7-Zip name it */
   private head = Buffer.alloc(0);
   private compressedTaken = false;
 
@@ -445,7 +445,7 @@ class NestedArchive {
     if (!this.compressedTaken && (this.head.length >= MAGIC_BYTES || this.stopped)) {
       this.compressedTaken = true;
       const type = detectType(this.head);
-      if (type === 'gzip' || type === 'xz') for (const name of compressedFileNames(type, this.head, this.name)) if (!/\.tar$/i.test(name)) names.push(name);
+      if (type === 'gzip' || type === 'xz' || type === 'bzip2' || type === 'zstd') for (const name of compressedFileNames(type, this.head, this.name)) if (!/\.tar$/i.test(name)) names.push(name);
     }
     return names;
   }
