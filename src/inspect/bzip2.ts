@@ -98,6 +98,11 @@ export class Bzip2Reader {
     return this.phase === 'done';
   }
 
+  /** The content is of this kind, for whoever reads several kinds alike. */
+  get recognised(): boolean {
+    return this.isBzip2;
+  }
+
   push(data: Buffer): void {
     if (this.phase === 'done' || data.length === 0) return;
     this.append(data);

@@ -24,9 +24,10 @@
 // by its content. A first header whose checksum only GNU tar reads (blanks or a NUL around the digits) is
 // incomplete too.
 //
-// A file that starts like a bzip2 (.tar.bz2, .tbz2) is read as a bzip2 too (src/inspect/bzip2.ts), every
-// stream in it, at the same cost to the budget; a bzip2 that cannot be read whole (damaged, cut short)
-// before the tar in it ended is incomplete, and one whose content is under a tar block is no tar.
+// A file that starts like a bzip2 (.tar.bz2, .tbz2) or a Zstandard file (.tar.zst, .tzst) is read as one
+// too (src/inspect/bzip2.ts, src/inspect/zstd.ts), every stream or frame in it, at the same cost to the
+// budget; one that cannot be read whole (damaged, cut short, a zstd window past the one kept) before the
+// tar in it ended is incomplete, and one whose content is under a tar block is no tar.
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
@@ -35,6 +36,7 @@ import { detectType } from './magic.js';
 import { LzmaError, lzmaDecode } from './lzma.js';
 import { XZ_MAGIC, XzReader } from './xz.js';
 import { Bzip2Reader } from './bzip2.js';
+import { ZstdReader } from './zstd.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -288,8 +290,8 @@ export class TarLister {
   private gz: { header?: GzipHeader; inflater?: Inflate; parser: TarParser; stopped: boolean; after?: number } | undefined;
   /** the decompressed reading, for a file that starts like an xz */
   private xz: { reader: XzReader; parser: TarParser; tail: Buffer; anotherStream: boolean } | undefined;
-  /** the decompressed reading, for a file that starts like a bzip2 */
-  private bz: { reader: Bzip2Reader; parser: TarParser } | undefined;
+  /** the decompressed readings, for a file that starts like a bzip2 or a Zstandard file */
+  private readonly decoded: { reader: Bzip2Reader | ZstdReader; parser: TarParser }[] = [];
   private first = true;
   /** the attachment ended */
   private ended = false;
@@ -318,14 +320,9 @@ export class TarLister {
         });
         this.xz = { reader, parser, tail: Buffer.alloc(0), anotherStream: false };
       }
-      if (data[0] === 0x42) {
-        const parser = new TarParser(this.names);
-        const reader = new Bzip2Reader((out) => {
-          this.decompressed(parser, out);
-          if (parser.done) reader.stop();
-        });
-        this.bz = { reader, parser };
-      }
+      // "BZh"; a zstd frame (28 B5 2F FD) or a skippable one (5x 2A 4D 18), which zstd reads past.
+      if (data[0] === 0x42) this.decodeWith((output) => new Bzip2Reader(output));
+      if (data[0] === 0x28 || (data[0]! & 0xf0) === 0x50) this.decodeWith((output) => new ZstdReader(output));
     }
     if (!this.raw.done) this.raw.push(data);
     const xz = this.xz;
@@ -335,10 +332,10 @@ export class TarLister {
       if (xz.reader.ended) this.afterIndex(xz, data.subarray(xz.reader.position - before));
       this.xzStopped(xz, false);
     } else if (xz?.reader.ended) this.afterIndex(xz, data);
-    const bz = this.bz;
-    if (bz && !bz.reader.done && !bz.parser.done) {
-      bz.reader.push(data);
-      this.bzStopped(bz);
+    for (const d of this.decoded) {
+      if (d.reader.done || d.parser.done) continue;
+      d.reader.push(data);
+      this.decodingStopped(d);
     }
     if (this.gz?.after !== undefined) this.afterMember(this.gz, data.length);
     else if (this.gz && !this.gz.stopped) this.gunzip(this.gz, data);
@@ -355,21 +352,21 @@ export class TarLister {
       if (!this.xz.reader.done && !this.xz.parser.done) this.xz.reader.end();
       this.xzStopped(this.xz, true);
     }
-    if (this.bz) {
-      if (!this.bz.reader.done && !this.bz.parser.done) this.bz.reader.end();
-      this.bzStopped(this.bz);
+    for (const d of this.decoded) {
+      if (!d.reader.done && !d.parser.done) d.reader.end();
+      this.decodingStopped(d);
     }
     this.update();
   }
 
   /**
-   * The bzip2 reading stopped: as for an xz, names past that point cannot be read, unless the content was
-   * shown not to be a tar, or the tar's end was read. Its streams ended before a whole tar block came
-   * out: no tar. A file that is no bzip2, or whose first block failed (a block comes out whole or not at
-   * all, in every tool), says nothing.
+   * A bzip2 or zstd reading stopped: as for an xz, names past that point cannot be read, unless the
+   * content was shown not to be a tar, or the tar's end was read. Its streams ended before a whole tar
+   * block came out: no tar. A file that is not of its kind, or whose first block failed (a block comes
+   * out whole or not at all, in every tool), says nothing.
    */
-  private bzStopped({ reader, parser }: NonNullable<TarLister['bz']>): void {
-    if (!reader.done || !reader.isBzip2 || reader.produced === 0) return;
+  private decodingStopped({ reader, parser }: TarLister['decoded'][number]): void {
+    if (!reader.done || !reader.recognised || reader.produced === 0) return;
     if (reader.ended && !parser.isTar && !parser.done) return;
     if (!parser.ended && !(parser.done && !parser.isTar)) parser.fail();
   }
@@ -447,6 +444,16 @@ export class TarLister {
     this.decompressed(gz.parser, Buffer.from(data.buffer, data.byteOffset, data.length));
   }
 
+  private decodeWith(make: (output: (data: Buffer) => void) => Bzip2Reader | ZstdReader): void {
+    const parser = new TarParser(this.names);
+    const reader = make((out) => {
+      this.decompressed(parser, out);
+      // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next blocks).
+      if (parser.done) reader.stop();
+    });
+    this.decoded.push({ reader, parser });
+  }
+
   /** Decompressed bytes for a tar parser. */
   private decompressed(parser: TarParser, data: Buffer): void {
     if (parser.done) return;
@@ -461,11 +468,11 @@ export class TarLister {
   private update(): void {
     // Decompressed content that is no tar but another archive, or compressed again: bsdtar extracts it
     // (zip, cpio, ar..., one compression after another), 7-Zip opens it by its content.
-    for (const p of [this.gz?.parser, this.xz?.parser, this.bz?.parser]) {
+    for (const p of [this.gz?.parser, this.xz?.parser, ...this.decoded.map((d) => d.parser)]) {
       const start = p?.notTarStart(this.ended);
       if (start && p!.complete && isArchive(start)) p!.fail();
     }
-    const parsers = [this.raw, this.gz?.parser, this.xz?.parser, this.bz?.parser].filter((p) => p !== undefined);
+    const parsers = [this.raw, this.gz?.parser, this.xz?.parser, ...this.decoded.map((d) => d.parser)].filter((p) => p !== undefined);
     this.listing.isTar = parsers.some((p) => p.isTar);
     this.listing.complete = parsers.every((p) => p.complete) && this.names.complete;
   }

@@ -1,0 +1,269 @@
+// Zstandard-compressed tars (.tar.zst, .tzst), listed as they stream, their blocks decoded as they come.
+// The files are made by zstd, GNU tar and bsdtar; what `zstd -dc` gives back and what `tar --zstd -tf`
+// lists is what Douane must find. Then the shipped policy judging what is inside.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { TarLister } from '../../src/inspect/tar.js';
+import { ZstdReader } from '../../src/inspect/zstd.js';
+import { inspectAttachment, zip } from '../harness/mime.js';
+
+const root = mkdtempSync(join(tmpdir(), 'douane-zstd-'));
+const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
+const words = Array.from({ length: 200_000 }, (_, i) => ['facture', 'été', 'Zürich', 'mot', String(i % 977)][i % 5]).join(' ');
+const zstd = (data: Buffer | string, ...opts: string[]) => execFileSync('zstd', ['-c', '-q', ...opts], { input: data, maxBuffer: 1 << 28 });
+
+/** What `zstd -dc` gives back, and whether it read the file without an error. */
+function unzstd(compressed: Buffer): { data: Buffer; ok: boolean } {
+  const run = spawnSync('zstd', ['-dc', '-q', '--long=27'], { input: compressed, maxBuffer: 1 << 28 });
+  return { data: run.stdout, ok: run.status === 0 };
+}
+
+/** What Douane decodes, the input cut in chunks of `chunk` bytes. */
+function decode(compressed: Buffer, chunk: number) {
+  const out: Buffer[] = [];
+  const reader = new ZstdReader((data) => out.push(Buffer.from(data)));
+  for (let i = 0; i < compressed.length; i += chunk) reader.push(compressed.subarray(i, i + chunk));
+  reader.end();
+  return { data: Buffer.concat(out), ended: reader.ended, failure: reader.failure, isZstd: reader.isZstd };
+}
+
+/** Whether Douane decodes what zstd gives back (compared here: the matcher walks buffers a byte at a time). */
+function decodesAsZstd(compressed: Buffer, chunk: number) {
+  const { data, ...rest } = decode(compressed, chunk);
+  const expected = unzstd(compressed);
+  return { same: expected.ok && data.equals(expected.data), ...rest };
+}
+
+/** A folder with a program two levels down, a name not in ASCII, and `bulk` bytes of text and random data. */
+function folder(bulk = 70_000): string {
+  const dir = mkdtempSync(join(root, 'in-'));
+  const files: Record<string, Buffer> = {
+    'Factures/2025/facture.pdf.exe': Buffer.from('MZ\x90\x00stand-in program'),
+    'Reçus/été.txt': Buffer.from('bonjour'),
+    'LISEZ-MOI.txt': Buffer.from(words.slice(0, bulk)),
+    'données.bin': randomBytes(bulk),
+  };
+  for (const [name, data] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), data);
+  }
+  return dir;
+}
+
+const NAMES = ['Factures/', 'Factures/2025/', 'Factures/2025/facture.pdf.exe', 'Reçus/', 'Reçus/été.txt', 'LISEZ-MOI.txt', 'données.bin'];
+const MEMBERS = ['Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'];
+
+function tarOfFolder(bulk?: number): Buffer {
+  return execFileSync('tar', ['-cf', '-', '-C', folder(bulk), ...MEMBERS], { env: UTF8, maxBuffer: 1 << 28 });
+}
+
+/** A .tar.zst by bsdtar, written to a file: to a pipe, bsdtar pads it with zeros to 10 KB blocks, which zstd refuses. */
+function bsdtarZstd(): Buffer {
+  const file = join(mkdtempSync(join(root, 'b-')), 'a.tar.zst');
+  execFileSync('bsdtar', ['--zstd', '-cf', file, '-C', folder(), ...MEMBERS], { env: UTF8 });
+  return readFileSync(file);
+}
+
+/** What GNU tar lists in a .tar.zst, and whether it read the whole archive without an error. */
+function listedByTar(archive: Buffer): { names: string[]; ok: boolean } {
+  const file = join(mkdtempSync(join(root, 'l-')), 'a.tar.zst');
+  writeFileSync(file, archive);
+  const run = spawnSync('tar', ['--zstd', '-tf', file], { env: UTF8, maxBuffer: 1 << 26 });
+  return { names: run.stdout.toString('utf8').split('\n').filter(Boolean), ok: run.status === 0 };
+}
+
+function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
+  const lister = new TarLister(1000, budget);
+  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
+  lister.end();
+  return lister.listing;
+}
+
+/** Where each block header of a zstd frame starts. */
+function blockHeaders(frame: Buffer): number[] {
+  const descriptor = frame[4]!;
+  const single = (descriptor >> 5) & 1;
+  const sizeFlag = descriptor >> 6;
+  let at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][descriptor & 3]! + (sizeFlag === 0 ? single : 1 << sizeFlag);
+  const found: number[] = [];
+  for (;;) {
+    const header = frame.readUIntLE(at, 3);
+    found.push(at);
+    at += 3 + (((header >> 1) & 3) === 1 ? 1 : header >>> 3);
+    if (header & 1) return found;
+  }
+}
+
+/** The frame with its `index`th block's type made the reserved one, which zstd rejects. */
+function damageBlock(frame: Buffer, index: number): Buffer {
+  const damaged = Buffer.from(frame);
+  const at = blockHeaders(frame)[index]!;
+  damaged[at] = damaged[at]! | 0x06;
+  return damaged;
+}
+
+/** A skippable frame (magic 0x184D2A5?, its length, its bytes), which zstd reads past. */
+function skippable(content: Buffer): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32LE(0x184d2a53, 0);
+  head.writeUInt32LE(content.length, 4);
+  return Buffer.concat([head, content]);
+}
+
+describe('Zstandard decoded as it streams', () => {
+  it('gives back what zstd encoded, at each level, however the input is cut', () => {
+    const samples: Record<string, Buffer> = {
+      text: Buffer.from(words),
+      random: randomBytes(300_000),
+      runs: Buffer.concat(Array.from({ length: 600 }, (_, i) => Buffer.alloc(1 + (i % 300), i % 7))),
+      zeros: Buffer.alloc(2_500_000),
+      'one byte': Buffer.from('x'),
+      empty: Buffer.alloc(0),
+    };
+    for (const [name, data] of Object.entries(samples)) {
+      // --ultra -22 (a 128 MiB window) takes zstd seconds per sample: one sample is enough.
+      for (const level of [['-1'], ['-3'], ['-19'], ['--fast=5'], ...(name === 'text' ? [['--ultra', '-22']] : [])]) {
+        const compressed = zstd(data, ...level);
+        const zstdOutput = unzstd(compressed);
+        expect(zstdOutput.ok && zstdOutput.data.equals(data)).toBe(true);
+        for (const chunk of [compressed.length || 1, 4096, ...(compressed.length < 50_000 ? [7] : [])]) {
+          const { data: decoded, ...rest } = decode(compressed, chunk);
+          expect({ same: decoded.equals(data), ...rest }, `${name} ${level.join(' ')}, chunks of ${chunk}`).toEqual({ same: true, ended: true, failure: undefined, isZstd: true });
+        }
+      }
+    }
+  });
+
+  it('reads every frame of a file made of several, and past skippable frames, as zstd does', () => {
+    const parts = [Buffer.from(words.slice(0, 300_000)), randomBytes(1000), Buffer.from('fin')];
+    const joined = Buffer.concat([zstd(parts[0]!), skippable(Buffer.from('metadata')), zstd(parts[1]!, '--no-check'), zstd(parts[2]!, '-19'), skippable(Buffer.alloc(0))]);
+    expect(unzstd(joined).data.equals(Buffer.concat(parts))).toBe(true);
+    expect(decodesAsZstd(joined, 1000)).toEqual({ same: true, ended: true, failure: undefined, isZstd: true });
+  });
+
+  it('fails where zstd fails: cut short, a damaged block, bytes after the last frame, a dictionary; a file that is no zstd is said so', () => {
+    const data = Buffer.from(words);
+    const whole = zstd(data);
+
+    const cut = whole.subarray(0, whole.length - 20);
+    expect(unzstd(cut).ok).toBe(false);
+    expect(decode(cut, 4096)).toMatchObject({ ended: false, failure: 'cut short' });
+
+    // A byte changed inside a block's content is caught by the content checksum only, which Douane
+    // does not verify (what comes out is what zstd wrote out before failing at the end); a damaged
+    // block header or entropy table fails where it is.
+    const damaged = damageBlock(whole, 5);
+    expect(unzstd(damaged).ok).toBe(false);
+    expect(decode(damaged, 4096)).toMatchObject({ ended: false, failure: 'damaged block' });
+
+    const trailing = Buffer.concat([whole, Buffer.from('trailing bytes\n')]);
+    expect(unzstd(trailing).ok).toBe(false);
+    expect(decode(trailing, 4096)).toMatchObject({ ended: false, failure: 'unknown frame' });
+
+    // The header's dictionary flag set, and a dictionary number after the window byte.
+    const small = zstd('bonjour', '--no-check');
+    const descriptor = small[4]!;
+    expect(descriptor & 3).toBe(0);
+    const withDictionary = Buffer.concat([small.subarray(0, 4), Buffer.from([descriptor | 1]), small.subarray(5, 6), Buffer.from([7]), small.subarray(6)]);
+    expect(unzstd(withDictionary).ok).toBe(false);
+    expect(decode(withDictionary, 100)).toMatchObject({ isZstd: true, failure: 'dictionary' });
+
+    expect(decode(Buffer.from('Pas un zstd'), 100)).toMatchObject({ isZstd: false, ended: false, failure: 'not zstd' });
+  });
+
+  it('fails on a match reaching further back than it keeps (8 MiB, a quarter more as it slides), and decodes what fits', () => {
+    const again = randomBytes(1 << 20);
+    const near = Buffer.concat([again, randomBytes(17 << 20), again]);
+    const far = zstd(near, '--long=27', '-1');
+    expect(unzstd(far).ok).toBe(true);
+    // The long-distance match found: the second copy is not stored again.
+    expect(far.length).toBeLessThan(near.length - (1 << 19));
+    const decoded = decode(far, 65_536);
+    expect(decoded).toMatchObject({ ended: false, failure: 'window past the one kept' });
+    expect(decoded.data.equals(near.subarray(0, decoded.data.length))).toBe(true);
+    // The same bytes without long matches (zstd -19's window is 8 MiB) decode whole.
+    expect(decodesAsZstd(zstd(near, '-19'), 65_536)).toMatchObject({ same: true, failure: undefined });
+  });
+
+  it('decodes nothing more once its reader stops it: a bomb is not decoded to its end', () => {
+    const bomb = zstd(Buffer.alloc(64 << 20), '-19');
+    let decoded = 0;
+    const reader: ZstdReader = new ZstdReader((out) => {
+      decoded += out.length;
+      reader.stop();
+    });
+    reader.push(bomb);
+    reader.end();
+    expect(decoded).toBeGreaterThan(0);
+    expect(decoded).toBeLessThanOrEqual(128 * 1024);
+    expect(reader).toMatchObject({ done: true, ended: false, failure: undefined });
+  });
+});
+
+describe('zstd-compressed tar listing', () => {
+  it('lists what GNU tar lists in a .tar.zst by GNU tar and by bsdtar, at several levels, in several frames, however it is cut', () => {
+    const archives: [string, Buffer][] = [
+      ['tar --zstd', execFileSync('tar', ['--zstd', '-cf', '-', '-C', folder(), ...MEMBERS], { env: UTF8 })],
+      ['bsdtar --zstd', bsdtarZstd()],
+      ['zstd -19 of a larger tar', zstd(tarOfFolder(400_000), '-19')],
+    ];
+    const tar = tarOfFolder();
+    archives.push(['two frames, cut inside a header', Buffer.concat([zstd(tar.subarray(0, 700)), zstd(tar.subarray(700))])]);
+    for (const [how, archive] of archives) {
+      expect(listedByTar(archive), how).toEqual({ names: NAMES, ok: true });
+      for (const chunk of [archive.length, 511, 65_536]) expect(list(archive, chunk), `${how}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
+    }
+  });
+
+  it('says the listing is incomplete when the zstd cannot be read whole before the tar in it ended: damaged, cut short, past the budget', () => {
+    const whole = zstd(tarOfFolder(400_000));
+    const cut = whole.subarray(0, whole.length >> 1);
+    expect(listedByTar(cut).ok).toBe(false);
+    expect(list(cut, 4096)).toMatchObject({ isTar: true, complete: false });
+
+    const damaged = damageBlock(whole, blockHeaders(whole).length >> 1);
+    expect(listedByTar(damaged).ok).toBe(false);
+    expect(list(damaged, 4096)).toMatchObject({ isTar: true, complete: false });
+
+    expect(list(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
+  });
+
+  it('is not fooled: a zstd of a text, or of a few bytes, is no tar; another archive inside a zstd, which bsdtar extracts, is incomplete', () => {
+    expect(list(zstd(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(list(zstd('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(list(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(list(Buffer.from('Pièce jointe: '.repeat(100)), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+
+    const zipped = zip([{ name: 'facture.exe', content: Buffer.from('MZ') }]);
+    const file = join(mkdtempSync(join(root, 'z-')), 'a.zst');
+    writeFileSync(file, zstd(zipped));
+    expect(execFileSync('bsdtar', ['-tf', file]).toString()).toBe('facture.exe\n');
+    expect(list(zstd(zipped), 1000)).toMatchObject({ isTar: false, complete: false });
+  });
+});
+
+describe('zstd-compressed tars as attachments', () => {
+  it('a .tar.zst holding a program is quarantined by the shipped policy, one inside a zip too, and the file in a .zst inside a zip is named', async () => {
+    const archive = zstd(tarOfFolder());
+    const tzst = await inspectAttachment(archive, 'factures.tar.zst');
+    expect(tzst.message.attachments[0]).toMatchObject({ detectedType: 'zstd', archiveEntries: NAMES });
+    expect(tzst.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const inZip = await inspectAttachment(zip([{ name: 'docs.tzst', content: archive }]), 'docs.zip');
+    expect(inZip.message.attachments[0]!.archiveEntries).toContain('docs.tzst/Factures/2025/facture.pdf.exe');
+    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const single = await inspectAttachment(zip([{ name: 'docs/invoice.exe.zst', content: zstd('MZ\x90\x00') }]), 'docs.zip');
+    expect(single.message.attachments[0]!.archiveEntries).toContain('docs/invoice.exe.zst/invoice.exe');
+    expect(single.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const text = await inspectAttachment(zstd(words.slice(0, 5000)), 'notes.txt.zst');
+    expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
+    expect(text.verdict.action).toBe('continue');
+  });
+});
