@@ -484,6 +484,7 @@ export class MessageInspector {
     if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;
     else if (rar.isRar) f.encrypted = rar.encrypted;
     else if (sevenZip.is7z) f.encrypted = sevenZip.encrypted;
+    else if (tar.isTar) f.encrypted = a.tar.encrypted;
     // An .lzma (xz --format=lzma, tar --lzma), which xz, bsdtar and 7-Zip open by its content whatever
     // its suffix says, is not decoded here. Its 13-byte header is too loose to be told from other files'
     // first bytes: only one named like a compressed file is taken for one.

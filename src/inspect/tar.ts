@@ -24,6 +24,9 @@
 // by its content. A first header whose checksum only GNU tar reads (blanks or a NUL around the digits) is
 // incomplete too.
 //
+// An archive in the tar (a zip, a disk image, another tar...) is listed too, as its data streams by,
+// with the same bounds as one inside a zip (src/inspect/nested.ts): "backup.tar.gz/docs.zip/evil.exe".
+//
 // A file that starts like a bzip2 (.tar.bz2, .tbz2) or a Zstandard file (.tar.zst, .tzst) is read as one
 // too (src/inspect/bzip2.ts, src/inspect/zstd.ts), every stream or frame in it, at the same cost to the
 // budget; one that cannot be read whole (damaged, cut short, a zstd window past the one kept) before the
@@ -37,6 +40,7 @@ import { LzmaError, lzmaDecode } from './lzma.js';
 import { XZ_MAGIC, XzReader } from './xz.js';
 import { Bzip2Reader } from './bzip2.js';
 import { ZstdReader } from './zstd.js';
+import { MAX_NESTING, NESTED_ARCHIVE, NestedArchive } from './nested.js';
 
 const BLOCK = 512;
 // A GNU long name, or a pax header, is read whole; real ones are a path or a few. Longer ones are not read.
@@ -54,6 +58,9 @@ export interface TarListing extends ArchiveListing {
   /** the content (as it is, or inflated) begins with a tar header whose checksum holds */
   isTar: boolean;
 }
+
+/** Opens the archive in a file of the tar, by its name: none when it is no archive's, false when it cannot be opened. */
+type OpenInner = (name: string) => NestedArchive | false | undefined;
 
 type State =
   | { kind: 'header' }
@@ -88,8 +95,15 @@ class TarParser {
   private longName: string | undefined;
   private pax: Pax = {};
   private zeroBlocks = 0;
+  /** the archive in the file whose data is streaming by, and how much of its data is still to come */
+  private inner: { archive: NestedArchive; left: number } | undefined;
+  /** an archive in the tar is encrypted */
+  encrypted = false;
 
-  constructor(private readonly names: ArchiveNames) {}
+  constructor(
+    private readonly names: ArchiveNames,
+    private readonly openInner: OpenInner = () => undefined,
+  ) {}
 
   get done(): boolean {
     return this.state.kind === 'done';
@@ -113,9 +127,13 @@ class TarParser {
       const s = this.state;
       if (s.kind === 'skip') {
         const n = Math.min(s.left, data.length - at);
+        if (this.inner) this.feedInner(data.subarray(at, at + n));
         s.left -= n;
         at += n;
-        if (s.left === 0) this.state = { kind: 'header' };
+        if (s.left === 0) {
+          this.endInner();
+          this.state = { kind: 'header' };
+        }
         continue;
       }
       if (s.kind === 'meta') {
@@ -183,7 +201,7 @@ class TarParser {
     // they all read as having none.
     if ('2346V'.includes(type) && size > 0) return this.fail();
     const data = '15'.includes(type) ? 0 : padded;
-    if (type !== 'V') this.entry(block, type);
+    if (type !== 'V') this.entry(block, type, data > 0 ? size : 0);
     if (type === 'S' && block[SPARSE_EXTENDED]) this.state = { kind: 'sparse', data };
     else this.state = data > 0 ? { kind: 'skip', left: data } : { kind: 'header' };
   }
@@ -217,7 +235,7 @@ class TarParser {
     }
   }
 
-  private entry(block: Buffer, type: string): void {
+  private entry(block: Buffer, type: string, size: number): void {
     const names = [this.pax.path, this.pax.sparseName, this.longName].filter((n): n is string => Boolean(n));
     this.pax = {};
     this.longName = undefined;
@@ -237,9 +255,41 @@ class TarParser {
       if (type === '5' && !name.endsWith('/')) name += '/';
       if (name !== '') this.names.add(name);
     }
+    // A regular file's data is the file (a sparse one's is not laid out as the file is).
+    const archiveName = names.map((n) => n.replace(/(\/+\.)+$/, '')).find((n) => NESTED_ARCHIVE.test(n));
+    if (archiveName === undefined || size === 0 || !'07\0'.includes(type)) return;
+    const archive = this.openInner(archiveName);
+    if (archive === false) this.complete = false;
+    else if (archive) this.inner = { archive, left: size };
+  }
+
+  /** Gives the archive in the file its next bytes (not the padding after the file), and takes its names. */
+  private feedInner(data: Buffer): void {
+    const inner = this.inner!;
+    const n = Math.min(inner.left, data.length);
+    if (n === 0) return;
+    inner.archive.push(data.subarray(0, n));
+    inner.left -= n;
+    this.takeInner(inner.archive);
+  }
+
+  /** The file's data ended (or the tar did): the inner archive's last names. */
+  private endInner(): void {
+    const inner = this.inner;
+    if (!inner) return;
+    this.inner = undefined;
+    inner.archive.end();
+    this.takeInner(inner.archive);
+  }
+
+  private takeInner(archive: NestedArchive): void {
+    for (const name of archive.newNames()) this.names.add(`${archive.name}/${name}`);
+    if (!archive.complete) this.complete = false;
+    if (archive.encrypted) this.encrypted = true;
   }
 
   private finish(): void {
+    this.endInner();
     this.state = { kind: 'done' };
     this.meta = [];
   }
@@ -296,13 +346,29 @@ export class TarLister {
   /** the attachment ended */
   private ended = false;
 
+  /** `depth`: 0 for the attachment, and one more for each archive this tar is in. */
   constructor(
-    maxEntries = 1000,
-    private readonly budget: Pick<InflateBudget, 'bytes'> = inflateBudget(),
+    private readonly maxEntries = 1000,
+    private readonly budget: InflateBudget = inflateBudget(),
+    private readonly depth = 0,
   ) {
     this.names = new ArchiveNames(maxEntries);
-    this.raw = new TarParser(this.names);
+    this.raw = this.parser();
     this.listing = { isTar: false, entries: this.names.entries, complete: true };
+  }
+
+  /** An archive in the tar is encrypted (its content can then be neither scanned nor trusted). */
+  get encrypted(): boolean {
+    return [this.raw, this.gz?.parser, this.xz?.parser, ...this.decoded.map((d) => d.parser)].some((p) => p?.encrypted);
+  }
+
+  /** One reading of the tar, opening the archives in it (at most three levels down, within the budget). */
+  private parser(): TarParser {
+    return new TarParser(this.names, (name) => {
+      if (this.depth >= MAX_NESTING || this.budget.archives <= 0) return false;
+      this.budget.archives--;
+      return new NestedArchive(name, false, this.depth + 1, this.maxEntries, this.budget);
+    });
   }
 
   push(data: Buffer): void {
@@ -310,9 +376,9 @@ export class TarLister {
     if (this.first) {
       this.first = false;
       // The gzip signature, at least its first byte: the header reader says the rest.
-      if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: new TarParser(this.names), stopped: false };
+      if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: this.parser(), stopped: false };
       if (data[0] === 0xfd) {
-        const parser = new TarParser(this.names);
+        const parser = this.parser();
         const reader = new XzReader((out) => {
           this.decompressed(parser, out);
           // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next chunks).
@@ -445,7 +511,7 @@ export class TarLister {
   }
 
   private decodeWith(make: (output: (data: Buffer) => void) => Bzip2Reader | ZstdReader): void {
-    const parser = new TarParser(this.names);
+    const parser = this.parser();
     const reader = make((out) => {
       this.decompressed(parser, out);
       // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next blocks).

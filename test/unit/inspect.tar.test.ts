@@ -9,8 +9,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { inflateBudget, type InflateBudget } from '../../src/inspect/deflate.js';
 import { TarLister } from '../../src/inspect/tar.js';
-import { inspectAttachment } from '../harness/mime.js';
+import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-tar-'));
 const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
@@ -109,11 +110,16 @@ function listedByBsdtar(archive: Buffer): string[] {
   return spawnSync('bsdtar', ['-tf', file], { env: UTF8 }).stdout.toString('utf8').split('\n').filter(Boolean);
 }
 
-function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
-  const lister = new TarLister(1000, budget);
+function list(bytes: Buffer, chunk: number, budget: Partial<InflateBudget> = {}) {
+  return lister(bytes, chunk, budget).listing;
+}
+
+function lister(bytes: Buffer, chunk: number, budget: Partial<InflateBudget> = {}): TarLister {
+  // The caller's object itself, filled in: what the listing spent shows in it.
+  const lister = new TarLister(1000, Object.assign(budget, { ...inflateBudget(), ...budget }));
   for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
   lister.end();
-  return lister.listing;
+  return lister;
 }
 
 function expectListing(archive: Buffer, expected: object): void {
@@ -315,5 +321,71 @@ describe('tar listing', () => {
     const clean = await inspectAttachment(gzipSync(Buffer.alloc(10_000, 'bonjour ')), 'notes.txt.gz');
     expect(clean.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
     expect(clean.verdict.action).toBe('continue');
+  });
+});
+
+/** A tar (GNU tar) of these files, gzipped when asked. */
+function tarOf(files: Record<string, Buffer>, gzip = false): Buffer {
+  const dir = mkdtempSync(join(root, 'of-'));
+  for (const [name, data] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, 'in', name)), { recursive: true });
+    writeFileSync(join(dir, 'in', name), data);
+  }
+  execFileSync('tar', [gzip ? '-czf' : '-cf', join(dir, 'out'), '-C', join(dir, 'in'), ...Object.keys(files)], { env: UTF8 });
+  return readFileSync(join(dir, 'out'));
+}
+
+const program = Buffer.from('MZ\x90\x00stand-in program');
+
+describe('archives inside a tar', () => {
+  it('lists the archives in a tar as they stream by: a zip, a 7z, a gzipped tar, each under the name of its file', () => {
+    const dir = mkdtempSync(join(root, 'inner-'));
+    writeFileSync(join(dir, 'outil.exe'), program);
+    execFileSync('7zz', ['a', '-bd', '-y', join(dir, 'outils.7z'), join(dir, 'outil.exe')], { stdio: 'ignore' });
+    const outer = tarOf({
+      'LISEZ-MOI.txt': Buffer.alloc(3000, 'bonjour '),
+      'annexes/docs.zip': zip([{ name: 'facture.exe', content: program }]),
+      'outils.7z': readFileSync(join(dir, 'outils.7z')),
+      'sauvegarde.tgz': tarOf({ 'script.js': Buffer.from('WScript.Echo(1)') }, true),
+    }, true);
+    // What bsdtar extracts from the zip in the tar.
+    const file = join(dir, 'outer.tar.gz');
+    writeFileSync(file, outer);
+    const inner = execFileSync('bsdtar', ['-xOf', file, 'annexes/docs.zip']);
+    expect(execFileSync('bsdtar', ['-tf', '-'], { input: inner }).toString()).toBe('facture.exe\n');
+
+    const expected = ['LISEZ-MOI.txt', 'annexes/docs.zip', 'annexes/docs.zip/facture.exe', 'outils.7z', 'outils.7z/outil.exe', 'sauvegarde.tgz', 'sauvegarde.tgz/script.js'];
+    for (const chunk of [outer.length, 1000, 65_536]) {
+      const listing = list(outer, chunk);
+      expect([...listing.entries].sort(), `chunks of ${chunk}`).toEqual(expected);
+      expect(listing).toMatchObject({ isTar: true, complete: true });
+    }
+  });
+
+  it('opens three levels below the attachment and no more, within the message budget of inner archives; an encrypted zip in a tar is said so', () => {
+    const level3 = zip([{ name: 'evil.exe', content: program }]);
+    const level2 = tarOf({ 'l3.zip': level3 });
+    const level1 = zip([{ name: 'l2.tar', content: level2 }]);
+    const three = tarOf({ 'l1.zip': level1 });
+    expect(list(three, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['l1.zip/l2.tar/l3.zip/evil.exe']) });
+    const four = tarOf({ 'l0.tar': three });
+    expect(list(four, 4096)).toMatchObject({ complete: false, entries: expect.arrayContaining(['l0.tar/l1.zip/l2.tar/l3.zip']) });
+
+    const withZip = tarOf({ 'docs.zip': level3 });
+    expect(list(withZip, 4096, { archives: 0 })).toMatchObject({ complete: false, entries: ['docs.zip'] });
+
+    const encrypted = lister(tarOf({ 'docs.zip': zip([{ name: 'facture.exe', content: program }], { encrypted: true }) }), 4096);
+    expect(encrypted.listing).toMatchObject({ complete: true, entries: ['docs.zip', 'docs.zip/facture.exe'] });
+    expect(encrypted.encrypted).toBe(true);
+    expect(lister(withZip, 4096).encrypted).toBe(false);
+  });
+
+  it('as an attachment: a .tar.gz holding a zip holding a program is quarantined by the shipped policy', async () => {
+    const found = await inspectAttachment(tarOf({ 'docs.zip': zip([{ name: 'facture.pdf.exe', content: program }]), 'notes.txt': Buffer.from('bonjour') }, true), 'archives.tar.gz');
+    expect(found.message.attachments[0]!.archiveEntries).toContain('docs.zip/facture.pdf.exe');
+    expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const encrypted = await inspectAttachment(tarOf({ 'docs.zip': zip([{ name: 'facture.pdf', content: program }], { encrypted: true }) }), 'archives.tar');
+    expect(encrypted.message.attachments[0]).toMatchObject({ detectedType: 'tar', encrypted: true });
   });
 });
