@@ -2,7 +2,9 @@
 // may well hold invoice.exe. Each keeps one file. gzip may store its original name in the header (FNAME,
 // RFC 1952 2.3.1), within the first bytes the inspector keeps: 7-Zip extracts the file under it, while
 // gunzip, by default, names the file after the attachment minus its suffix; both names are listed. xz,
-// bzip2 and zstd store no name, and their tools name the file after the attachment the same way.
+// bzip2 and zstd store no name, and their tools name the file after the attachment the same way. Under a
+// suffix the tool does not know ("invoice.exe.bin"), 7-Zip, which opens the file by its content, still
+// names what is inside after the attachment less its last extension ("invoice.exe").
 
 import { nameFromBytes } from './archive-names.js';
 
@@ -21,7 +23,8 @@ export function gzipMemberNames(head: Buffer, attachmentName: string): string[] 
     // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
     if (end > at) names.push(nameFromBytes(head.subarray(at, end)));
   }
-  const gunzip = compressedFileName('gzip', attachmentName);
+  // 7-Zip takes the stored name over the attachment's.
+  const gunzip = compressedFileName('gzip', attachmentName, names.length === 0);
   if (gunzip !== undefined && !names.includes(gunzip)) names.push(gunzip);
   return names;
 }
@@ -42,8 +45,11 @@ const SUFFIXES = {
   zstd: { file: ['.zst'], tar: ['.tzst'] },
 } as const;
 
-/** The name the tool gives the file it decompresses from this attachment; none for a suffix it does not know. */
-export function compressedFileName(kind: keyof typeof SUFFIXES, attachmentName: string): string | undefined {
+/**
+ * The name the tool gives the file it decompresses from this attachment; for a suffix it does not know,
+ * the name 7-Zip gives it (unless `as7Zip` is false), the attachment's less its last extension.
+ */
+export function compressedFileName(kind: keyof typeof SUFFIXES, attachmentName: string, as7Zip = true): string | undefined {
   const base = attachmentName.replace(/^.*[/\\]/, '');
   const lower = base.toLowerCase();
   const { file, tar } = SUFFIXES[kind];
@@ -51,5 +57,7 @@ export function compressedFileName(kind: keyof typeof SUFFIXES, attachmentName: 
   const asTar = tar.find(ends);
   if (asTar) return base.slice(0, -asTar.length) + '.tar';
   const plain = file.find(ends);
-  return plain ? base.slice(0, -plain.length) : undefined;
+  if (plain) return base.slice(0, -plain.length);
+  const dot = base.lastIndexOf('.');
+  return as7Zip && dot > 0 ? base.slice(0, dot) : undefined;
 }

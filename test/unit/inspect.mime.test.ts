@@ -233,7 +233,8 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(attached(named, 'facture.pdf.gz'))).attachments).toMatchObject([{ name: 'facture.pdf.gz', detectedType: 'gzip', archiveEntries: ['facture-2025.exe', 'facture.pdf'] }]);
     expect((await inspect(attached(bare, 'facture.exe.gz'))).attachments[0]!.archiveEntries).toEqual(['facture.exe']);
     expect((await inspect(attached(bare, 'sources.tgz'))).attachments[0]!.archiveEntries).toEqual(['sources.tar']);
-    expect((await inspect(attached(bare, 'blob.bin'))).attachments[0]!.archiveEntries).toEqual([]);
+    // A suffix gunzip does not know: 7-Zip, opening it by its content, names the file without the last extension.
+    expect((await inspect(attached(bare, 'blob.bin'))).attachments[0]!.archiveEntries).toEqual(['blob']);
   });
 
   it('encrypted-zip.eml: a zip with the encryption flag is reported encrypted, its names still listed', async () => {

@@ -5,7 +5,7 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -213,6 +213,30 @@ describe('compressed files as attachments', () => {
       expect(tarball.verdict.action).toBe('continue');
     }
     expect(detectType(execFileSync('bzip2', ['-c'], { input: Buffer.alloc(0) }))).toBe('bzip2');
+  });
+
+  it('the file in a compressed attachment under a suffix its tool does not know is named as 7-Zip extracts it, the attachment less its last extension', async () => {
+    const program = Buffer.from('MZ\x90\x00stand-in program');
+    const dir = mkdtempSync(join(root, 'seven-'));
+    for (const [tool, args] of [
+      ['gzip', ['-n', '-c']],
+      ['xz', ['-c']],
+      ['bzip2', ['-c']],
+      ['zstd', ['-q', '-c']],
+    ] as const) {
+      const compressed = execFileSync(tool, args, { input: program });
+      const out = mkdtempSync(join(dir, `${tool}-`));
+      writeFileSync(join(out, 'facture.pdf.exe.bin'), compressed);
+      execFileSync('7zz', ['x', '-y', '-bd', `-o${join(out, 'x')}`, join(out, 'facture.pdf.exe.bin')], { stdio: 'ignore' });
+      expect(readdirSync(join(out, 'x')), tool).toEqual(['facture.pdf.exe']);
+      const found = await inspectAttachment(compressed, 'facture.pdf.exe.bin');
+      expect(found.message.attachments[0]!.archiveEntries, tool).toEqual(['facture.pdf.exe']);
+      expect(found.verdict, tool).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    }
+    // A gzip that stores a name is extracted under it by 7-Zip, whatever the attachment is called.
+    writeFileSync(join(dir, 'rapport.txt'), 'bonjour');
+    const stored = execFileSync('gzip', ['-c', '-N', 'rapport.txt'], { cwd: dir });
+    expect((await inspectAttachment(stored, 'rapport.exe.bin')).message.attachments[0]!.archiveEntries).toEqual(['rapport.txt']);
     expect(detectType(Buffer.from('BZh9 is how this note starts'))).not.toBe('bzip2');
   });
 });
