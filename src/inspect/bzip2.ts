@@ -62,8 +62,6 @@ export class Bzip2Reader {
   ended = false;
   /** why the reading stopped before the end: not bzip2, damaged, cut short, a randomised block */
   failure: string | undefined;
-  /** bytes handed on: none when the first block failed, and then no tool gets anything out of the file */
-  produced = 0;
   private phase: Phase = 'stream-header';
   /** a stream ended: what follows is another stream, or ignored */
   private streams = 0;
@@ -333,7 +331,6 @@ export class Bzip2Reader {
       piece[used++] = byte;
       crc = (crc << 8) ^ CRC_TABLE[((crc >>> 24) ^ byte) & 0xff]!;
       if (used < PIECE) return true;
-      this.produced += PIECE;
       this.output(piece);
       piece = Buffer.allocUnsafe(PIECE);
       used = 0;
@@ -358,10 +355,7 @@ export class Bzip2Reader {
       }
       if (!put(byte)) return 0;
     }
-    if (used > 0) {
-      this.produced += used;
-      this.output(piece.subarray(0, used));
-    }
+    if (used > 0) this.output(piece.subarray(0, used));
     return ~crc >>> 0;
   }
 

@@ -68,7 +68,7 @@ export function detectType(head: Buffer, zipEntries?: readonly string[]): Detect
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (startsWith(head, CAB)) return 'cab';
   if (startsWith(head, XZ)) return 'xz';
-  if (startsWith(head, ZSTD)) return 'zstd';
+  if (startsWith(head, ZSTD) || zstdOtherFrame(head)) return 'zstd';
   if (head[0] === 0x42 && head[1] === 0x5a && head[2] === 0x68 && head[3]! >= 0x31 && head[3]! <= 0x39 && (startsWith(head, BZIP2_BLOCK, 4) || startsWith(head, BZIP2_END, 4))) return 'bzip2';
   if (startsWith(head, PNG)) return 'png';
   if (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) return 'jpeg';
@@ -112,4 +112,14 @@ export function looksLikeText(head: Buffer): boolean {
     if ((b < 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0c && b !== 0x0d && b !== 0x1b) || b === 0x7f) control++;
   }
   return control * 100 <= n;
+}
+
+/**
+ * A file zstd decompresses that does not start with a zstd frame: a skippable frame first (its magic
+ * 0x184D2A5?, its length), or a frame of zstd before 1.0 (v0.1 to v0.7), which zstd still reads.
+ */
+function zstdOtherFrame(head: Buffer): boolean {
+  if (head.length < 8) return false;
+  const magic = head.readUInt32LE(0);
+  return (magic & 0xfffffff0) >>> 0 === 0x184d2a50 || (magic >= 0xfd2fb51e && magic <= 0xfd2fb527);
 }

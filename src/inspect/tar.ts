@@ -386,9 +386,10 @@ export class TarLister {
         });
         this.xz = { reader, parser, tail: Buffer.alloc(0), anotherStream: false };
       }
-      // "BZh"; a zstd frame (28 B5 2F FD) or a skippable one (5x 2A 4D 18), which zstd reads past.
+      // "BZh"; a zstd frame (28 B5 2F FD), a skippable one (5x 2A 4D 18), which zstd reads past, or one
+      // of zstd before 1.0 (1E..27 B5 2F FD), which zstd still reads and Douane does not.
       if (data[0] === 0x42) this.decodeWith((output) => new Bzip2Reader(output));
-      if (data[0] === 0x28 || (data[0]! & 0xf0) === 0x50) this.decodeWith((output) => new ZstdReader(output));
+      if (data[0] === 0x28 || (data[0]! & 0xf0) === 0x50 || (data[0]! >= 0x1e && data[0]! <= 0x27)) this.decodeWith((output) => new ZstdReader(output));
     }
     if (!this.raw.done) this.raw.push(data);
     const xz = this.xz;
@@ -428,11 +429,12 @@ export class TarLister {
   /**
    * A bzip2 or zstd reading stopped: as for an xz, names past that point cannot be read, unless the
    * content was shown not to be a tar, or the tar's end was read. Its streams ended before a whole tar
-   * block came out: no tar. A file that is not of its kind, or whose first block failed (a block comes
-   * out whole or not at all, in every tool), says nothing.
+   * block came out: no tar. A file that is not of its kind says nothing; one that is, and fails before
+   * anything came out, hides what the tools that read it further (an old or unusual encoder's blocks,
+   * other formats after an empty frame) would extract.
    */
   private decodingStopped({ reader, parser }: TarLister['decoded'][number]): void {
-    if (!reader.done || !reader.recognised || reader.produced === 0) return;
+    if (!reader.done || !reader.recognised) return;
     if (reader.ended && !parser.isTar && !parser.done) return;
     if (!parser.ended && !(parser.done && !parser.isTar)) parser.fail();
   }
@@ -544,16 +546,21 @@ export class TarLister {
   }
 }
 
-/** Content an extractor opens as an archive, or decompresses again, from its first bytes. */
+/** Content an extractor (bsdtar, 7-Zip) opens as an archive, or decompresses again, from its first bytes. */
 function isArchive(head: Buffer): boolean {
   if (head.length < 4) return false;
   const type = detectType(head);
   if (['zip', 'office-openxml', 'rar', '7z', 'gzip', 'xz', 'bzip2', 'zstd', 'cab'].includes(type)) return true;
   const start = head.toString('latin1', 0, 8);
-  // cpio (odc, newc, crc; binary either way), ar, xar, LHA, lzip, LZ4, LZMA alone
+  // cpio (odc, newc, crc; binary either way), ar, xar, LHA, lzip
   if (/^07070[127]/.test(start) || binaryCpio(head, 'LE') || binaryCpio(head, 'BE')) return true;
   if (start.startsWith('!<arch>\n') || start.startsWith('xar!') || /^..-l[hz][0-9a-z ]-/s.test(start) || start.startsWith('LZIP')) return true;
-  if (head.readUInt32LE(0) === 0x184d2204) return true;
+  // LZ4 (and its legacy frames), lrzip, lzop, grzip, RPM, WARC, mtree: libarchive reads each.
+  if ([0x184d2204, 0x184c2102].includes(head.readUInt32LE(0))) return true;
+  if (/^(LRZI|\x89LZO|GRZipII|\xed\xab\xee\xdb|WARC\/|#mtree)/.test(start)) return true;
+  // A uuencoded file, whose "begin" line libarchive finds after other lines too (within the bytes here).
+  if (/(^|\n)begin(-base64)? [0-7]{3,4} \S/.test(head.toString('latin1'))) return true;
+  // LZMA alone
   return lzmaAlone(head);
 }
 

@@ -18,8 +18,12 @@
 export const MAX_ZSTD_WINDOW = 8 * 1024 * 1024;
 /** A block's content, compressed or not, is at most this (RFC 8878, Block_Maximum_Size). */
 const MAX_BLOCK = 128 * 1024;
+/** The longest Huffman code libzstd reads (RFC 8878 says 11; zstd, bsdtar and 7-Zip read 12). */
+const MAX_HUFFMAN_LOG = 12;
 
 const FRAME_MAGIC = 0xfd2fb528;
+/** Frames of zstd before 1.0 (v0.1 to v0.7): zstd and GNU tar still read them, Douane does not. */
+const LEGACY_MAGIC = [0xfd2fb51e, 0xfd2fb527];
 /** Skippable frames: 0x184D2A50 to 0x184D2A5F. */
 const SKIPPABLE_MASK = 0xfffffff0;
 const SKIPPABLE_MAGIC = 0x184d2a50;
@@ -90,8 +94,6 @@ export class ZstdReader {
   ended = false;
   /** why the reading stopped before the end: not zstd, damaged, a dictionary, a window past the one kept, cut short */
   failure: string | undefined;
-  /** bytes handed on */
-  produced = 0;
   private state: State = { kind: 'magic' };
   private frame: FrameState | undefined;
   /** bytes gathered for the unit being read (a magic number, a header, a block) */
@@ -103,6 +105,7 @@ export class ZstdReader {
   /** output of the current frame so far: matches cannot reach before its start */
   private frameOutput = 0;
   private frames = 0;
+  private blockOutput: Buffer | undefined;
 
   constructor(private readonly output: (data: Buffer) => void) {}
 
@@ -187,6 +190,10 @@ export class ZstdReader {
         this.state = { kind: 'skippable-size' };
         return;
       }
+      if (magic >= LEGACY_MAGIC[0]! && magic <= LEGACY_MAGIC[1]!) {
+        this.isZstd = true;
+        throw new ZstdError('legacy frame');
+      }
       throw new ZstdError(this.frames > 0 ? 'unknown frame' : 'not zstd');
     }
     if (s.kind === 'skippable-size') {
@@ -265,7 +272,6 @@ export class ZstdReader {
     if (content.length > 0) {
       this.remember(content);
       this.frameOutput += content.length;
-      this.produced += content.length;
       this.output(content);
       if (this.state.kind === 'done') return;
     }
@@ -305,15 +311,16 @@ export class ZstdReader {
   private compressedBlock(block: Buffer): Buffer {
     const frame = this.frame!;
     const { literals, at } = this.readLiterals(block, frame);
-    const out = Buffer.allocUnsafe(MAX_BLOCK);
+    // One buffer for every block: what is handed on is read (and copied where kept) before the next.
+    const out = (this.blockOutput ??= Buffer.allocUnsafe(MAX_BLOCK));
     let written = 0;
     let literal = 0;
     const sequences = readSequenceCount(block, at);
     let position = sequences.at;
     if (sequences.count > 0) {
       if (position >= block.length) corrupt();
+      // Its two low bits are reserved: libzstd ignores them, and so does Douane.
       const modes = block[position++]!;
-      if (modes & 3) corrupt();
       const ll = this.sequenceTable(block, position, modes >> 6, PREDEFINED.literals, frame.literals, 35, 9);
       frame.literals = ll.table;
       const of = this.sequenceTable(block, ll.at, (modes >> 4) & 3, PREDEFINED.offsets, frame.offsets, 31, 8);
@@ -366,7 +373,8 @@ export class ZstdReader {
         written += literalLength;
         written = this.copyMatch(out, written, offset, matchLength);
       }
-      if (!bits.consumed) corrupt();
+      // Bits left over are damage; reading past the start (zeros) is accepted, as libzstd does.
+      if (!bits.consumed && !bits.overflowed) corrupt();
     }
     if (written + literals.length - literal > MAX_BLOCK) corrupt();
     literals.copy(out, written, literal);
@@ -449,7 +457,7 @@ export class ZstdReader {
     } else if (!frame.huffman) corrupt();
     const table = frame.huffman!;
     const literals = Buffer.allocUnsafe(regenerated);
-    if (streams === 1) decodeHuffman(table, block, at, end, literals, 0, regenerated);
+    if (streams === 1) decodeHuffman(table, block, at, end, literals, 0, regenerated, true);
     else {
       if (at + 6 > end) corrupt();
       const sizes = [block.readUInt16LE(at), block.readUInt16LE(at + 2), block.readUInt16LE(at + 4)];
@@ -460,7 +468,7 @@ export class ZstdReader {
         const to = i < 3 ? from + sizes[i]! : end;
         if (to > end || to < from) corrupt();
         const start = Math.min(i * part, regenerated);
-        decodeHuffman(table, block, from, to, literals, start, i < 3 ? Math.min(start + part, regenerated) : regenerated);
+        decodeHuffman(table, block, from, to, literals, start, i < 3 ? Math.min(start + part, regenerated) : regenerated, false);
         from = to;
       }
     }
@@ -671,12 +679,12 @@ function readHuffman(data: Buffer, at: number, end: number): { table: HuffmanTab
   if (weights.length > 255) corrupt();
   let total = 0;
   for (const w of weights) {
-    if (w > 11) corrupt();
+    if (w > MAX_HUFFMAN_LOG) corrupt();
     if (w > 0) total += 1 << (w - 1);
   }
   if (total === 0) corrupt();
   const log = 32 - Math.clz32(total);
-  if (log > 11) corrupt();
+  if (log > MAX_HUFFMAN_LOG) corrupt();
   const rest = (1 << log) - total;
   // The last symbol's weight fills the tree to a power of two.
   if (rest & (rest - 1)) corrupt();
@@ -685,10 +693,12 @@ function readHuffman(data: Buffer, at: number, end: number): { table: HuffmanTab
   const symbol = new Uint8Array(size);
   const lengths = new Uint8Array(size);
   // Lowest weights (longest codes) first, each symbol taking 2^(weight-1) entries, in symbol order.
+  const perWeight = new Array<number>(log + 1).fill(0);
+  for (const w of weights) perWeight[w]!++;
   const start: number[] = [];
   for (let w = 1, next = 0; w <= log; w++) {
     start[w] = next;
-    next += weights.filter((x) => x === w).length << (w - 1);
+    next += perWeight[w]! << (w - 1);
   }
   weights.forEach((w, s) => {
     if (w === 0) return;
@@ -701,13 +711,17 @@ function readHuffman(data: Buffer, at: number, end: number): { table: HuffmanTab
   return { table: { log, symbol, bits: lengths }, at: after };
 }
 
-/** One Huffman stream, decoded into `out` from `from` to `to`; it must end exactly where its bits do. */
-function decodeHuffman(table: HuffmanTable, data: Buffer, start: number, end: number, out: Buffer, from: number, to: number): void {
+/**
+ * One Huffman stream, decoded into `out` from `from` to `to`. A single stream must end exactly where its
+ * bits do, as libzstd checks; of four streams, libzstd's fast path checks only the output's length, so
+ * bits left over or read past the start are not taken for damage.
+ */
+function decodeHuffman(table: HuffmanTable, data: Buffer, start: number, end: number, out: Buffer, from: number, to: number, exact: boolean): void {
   const bits = new BackwardBits(data, start, end);
   for (let i = from; i < to; i++) {
     const index = bits.peek(table.log);
     out[i] = table.symbol[index]!;
     bits.skip(table.bits[index]!);
   }
-  if (!bits.consumed) corrupt();
+  if (exact && !bits.consumed) corrupt();
 }

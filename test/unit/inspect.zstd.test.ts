@@ -6,9 +6,11 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { gzipSync } from 'node:zlib';
 import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { inflateBudget } from '../../src/inspect/deflate.js';
+import { detectType } from '../../src/inspect/magic.js';
 import { TarLister } from '../../src/inspect/tar.js';
 import { ZstdReader } from '../../src/inspect/zstd.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
@@ -235,10 +237,11 @@ describe('zstd-compressed tar listing', () => {
     expect(list(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
   });
 
-  it('is not fooled: a zstd of a text, or of a few bytes, is no tar; another archive inside a zstd, which bsdtar extracts, is incomplete', () => {
+  it('is not fooled: a zstd of a text, or of a few bytes, is no tar; a damaged first block, or another archive inside, which bsdtar extracts, is incomplete', () => {
     expect(list(zstd(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
     expect(list(zstd('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
-    expect(list(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    // A frame header, then a block of the reserved type: zstd fails on it, and what it hides cannot be known.
+    expect(list(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00]), Buffer.alloc(5000, 0xff)]), 1000)).toEqual({ isTar: false, entries: [], complete: false });
     expect(list(Buffer.from('Pièce jointe: '.repeat(100)), 1000)).toEqual({ isTar: false, entries: [], complete: true });
 
     const zipped = zip([{ name: 'facture.exe', content: Buffer.from('MZ') }]);
@@ -267,5 +270,59 @@ describe('zstd-compressed tars as attachments', () => {
     const text = await inspectAttachment(zstd(words.slice(0, 5000)), 'notes.txt.zst');
     expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
     expect(text.verdict.action).toBe('continue');
+  });
+});
+
+describe('what zstd and bsdtar read beyond what zstd writes', () => {
+  // Crafted by a hand-written encoder (fixtures/archives/README.md): each holds a tar of evil.exe.
+  const fixture = (name: string) => readFileSync(join('fixtures/archives', name));
+
+  it('lists the tar in frames libzstd reads though the format says otherwise: 12-bit Huffman codes, sequences read past their start, four literal streams with bits left, reserved mode bits', () => {
+    for (const name of ['zstd-huffman-12-bits.tar.zst', 'zstd-sequences-read-past.tar.zst', 'zstd-four-streams-bits-left.tar.zst', 'zstd-modes-reserved-bits.tar.zst']) {
+      const archive = fixture(name);
+      expect(listedByTar(archive), name).toEqual({ names: ['evil.exe'], ok: true });
+      expect(list(archive, 4096), name).toEqual({ isTar: true, entries: ['evil.exe'], complete: true });
+    }
+  });
+
+  it('says the listing is incomplete when a zstd file fails before anything came out: zstd before 1.0, another format after an empty frame', () => {
+    const dir = mkdtempSync(join(root, 'one-'));
+    writeFileSync(join(dir, 'evil.exe'), 'MZ');
+    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, 'evil.exe']);
+    // An empty frame, then a gzip: zstd decompresses one after the other, and GNU tar lists what came out.
+    const mixed = Buffer.concat([zstd(Buffer.alloc(0)), gzipSync(tar)]);
+    expect(listedByTar(mixed)).toEqual({ names: ['evil.exe'], ok: true });
+    expect(list(mixed, 4096)).toMatchObject({ complete: false });
+    // A frame of zstd 0.7 (its magic, then what Douane does not decode).
+    const legacy = Buffer.concat([Buffer.from([0x27, 0xb5, 0x2f, 0xfd]), randomBytes(200)]);
+    expect(detectType(legacy)).toBe('zstd');
+    expect(list(legacy, 4096)).toMatchObject({ complete: false });
+  });
+
+  it('a file starting with a skippable frame is zstd: compressed again inside, it is incomplete; one program in it is named', async () => {
+    const program = Buffer.from('MZ\x90\x00stand-in program');
+    const skippableFirst = Buffer.concat([skippable(Buffer.from('meta')), zstd(program)]);
+    expect(unzstd(skippableFirst)).toMatchObject({ ok: true });
+    expect(detectType(skippableFirst)).toBe('zstd');
+    const found = await inspectAttachment(skippableFirst, 'invoice.exe.zst');
+    expect(found.message.attachments[0]).toMatchObject({ detectedType: 'zstd', archiveEntries: ['invoice.exe'] });
+    expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+
+    const twice = zstd(Buffer.concat([skippable(Buffer.from('meta')), zstd(tarOfFolder())]));
+    expect(list(twice, 4096)).toMatchObject({ isTar: false, complete: false });
+  });
+
+  it('content bsdtar opens as an archive after decompressing is incomplete: WARC, uuencoded, LZ4 legacy', () => {
+    const warc = Buffer.from('WARC/1.0\r\nWARC-Type: resource\r\nWARC-Target-URI: file:///evil.exe\r\nWARC-Date: 2026-11-28T00:00:00Z\r\nContent-Length: 2\r\n\r\nMZ\r\n\r\n');
+    const file = join(mkdtempSync(join(root, 'warc-')), 'a.warc.zst');
+    writeFileSync(file, zstd(warc));
+    expect(execFileSync('bsdtar', ['-tf', file]).toString()).toContain('evil.exe');
+    // As uuencode writes it: the begin line, a line of 2 bytes ("MZ"), the empty line, end.
+    const uuencoded = Buffer.from('Pièce jointe :\nbegin 644 evil.exe\n"35H\n`\nend\n');
+    const lz4Legacy = Buffer.concat([Buffer.from([0x02, 0x21, 0x4c, 0x18]), randomBytes(100)]);
+    for (const [name, content] of [['WARC', warc], ['uuencoded', uuencoded], ['LZ4 legacy', lz4Legacy]] as const) {
+      expect(list(zstd(content), 4096), name).toMatchObject({ isTar: false, complete: false });
+      expect(list(gzipSync(content), 4096), `${name}, gzipped`).toMatchObject({ isTar: false, complete: false });
+    }
   });
 });
