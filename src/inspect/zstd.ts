@@ -9,10 +9,12 @@
 //
 // The window kept for matches is the frame's, bounded like xz's: at least the last 8 MiB of output are
 // kept (a quarter more as the buffer slides), and a frame reaching further back fails (zstd -19 uses
-// 8 MiB; --ultra and --long may reach further). A frame that needs a
-// dictionary, a damaged block, bytes that are no frame after one, or a file cut short fail too: what was
-// handed on stands, and whoever reads it decides what a failure means. Content checksums are skipped, not
-// verified, as in the xz reader: a damaged block is caught by the decoding itself.
+// 8 MiB; --ultra and --long may reach further). A frame that needs a dictionary, one of zstd before 1.0,
+// a damaged block, bytes that are no frame after one, or a file cut short fail too: what was handed on
+// stands, and whoever reads it decides what a failure means. Where libzstd reads more than RFC 8878
+// allows (12-bit Huffman codes, a bit stream read past its start, reserved bits), so does this reader.
+// Content checksums are skipped, not verified, as in the xz reader: a damaged block is caught by the
+// decoding itself, and a checksum fails only once the tools have written out the content.
 
 /** The window kept at most, whatever the frame says. */
 export const MAX_ZSTD_WINDOW = 8 * 1024 * 1024;
@@ -92,7 +94,7 @@ export class ZstdReader {
   isZstd = false;
   /** the last frame ended with the file */
   ended = false;
-  /** why the reading stopped before the end: not zstd, damaged, a dictionary, a window past the one kept, cut short */
+  /** why the reading stopped before the end: not zstd, damaged, a dictionary, a legacy frame, a window past the one kept, cut short */
   failure: string | undefined;
   private state: State = { kind: 'magic' };
   private frame: FrameState | undefined;
@@ -105,6 +107,7 @@ export class ZstdReader {
   /** output of the current frame so far: matches cannot reach before its start */
   private frameOutput = 0;
   private frames = 0;
+  /** a compressed block's output, decoded into the same buffer each time */
   private blockOutput: Buffer | undefined;
 
   constructor(private readonly output: (data: Buffer) => void) {}
