@@ -11,8 +11,12 @@ import { nameFromBytes } from './archive-names.js';
 const FEXTRA = 0x04;
 const FNAME = 0x08;
 
-/** The names the file in a gzip is extracted under: the stored one (7-Zip), and gunzip's. */
-export function gzipMemberNames(head: Buffer, attachmentName: string): string[] {
+/**
+ * The names the file in a gzip is extracted under: the stored one (7-Zip), and gunzip's. Undefined when
+ * the stored name goes past the bytes at hand (`head`, of `headSize` bytes when the file is longer):
+ * behind a long extra field, 7-Zip still reads it.
+ */
+export function gzipMemberNames(head: Buffer, attachmentName: string, headSize: number): string[] | undefined {
   if (head.length < 10 || head[0] !== 0x1f || head[1] !== 0x8b) return [];
   const names: string[] = [];
   const flags = head[3]!;
@@ -20,6 +24,7 @@ export function gzipMemberNames(head: Buffer, attachmentName: string): string[] 
   if (flags & FEXTRA) at = head.length >= 12 ? 12 + head.readUInt16LE(10) : head.length;
   if (flags & FNAME) {
     const end = head.indexOf(0, at);
+    if (end < 0 && head.length >= headSize) return undefined;
     // RFC 1952 says ISO 8859-1; gzip on today's systems writes the name's bytes as they are, mostly UTF-8.
     if (end > at) names.push(nameFromBytes(head.subarray(at, end)));
   }
@@ -29,9 +34,12 @@ export function gzipMemberNames(head: Buffer, attachmentName: string): string[] 
   return names;
 }
 
-/** The names the one file of a compressed attachment (gzip, xz, bzip2, zstd) is extracted under; none for another type. */
-export function compressedFileNames(type: string, head: Buffer, attachmentName: string): string[] {
-  if (type === 'gzip') return gzipMemberNames(head, attachmentName);
+/**
+ * The names the one file of a compressed attachment (gzip, xz, bzip2, zstd) is extracted under; none for
+ * another type; undefined when a name is stored past the first `headSize` bytes, which `head` holds.
+ */
+export function compressedFileNames(type: string, head: Buffer, attachmentName: string, headSize: number): string[] | undefined {
+  if (type === 'gzip') return gzipMemberNames(head, attachmentName, headSize);
   if (type !== 'xz' && type !== 'bzip2' && type !== 'zstd') return [];
   const name = compressedFileName(type, attachmentName);
   return name === undefined ? [] : [name];

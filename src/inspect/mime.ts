@@ -478,13 +478,14 @@ export class MessageInspector {
     // One file compressed: its name, as the tool that decompresses it writes it. It counts even when the
     // content lists as a tar (invoice.exe.xz holding a tar that is also a program), unless it is named a tar.
     const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed];
-    const named = compressedFileNames(f.detectedType, head, f.name).filter((name) => !listed.length || !/\.tar$/i.test(name));
+    const compressed = compressedFileNames(f.detectedType, head, f.name, MAGIC_BYTES);
+    // A gzip's stored name past the bytes kept (behind a long extra field): 7-Zip reads it, Douane does not.
+    if (compressed === undefined) this.limitExceeded ??= 'archive_entries';
+    const named = (compressed ?? []).filter((name) => !listed.length || !/\.tar$/i.test(name));
     const entries = [...new Set([...listed, ...named])];
     if (entries.length) f.archiveEntries = entries;
-    if (f.detectedType === 'zip' || f.detectedType === 'office-openxml') f.encrypted = zip.encrypted;
-    else if (rar.isRar) f.encrypted = rar.encrypted;
-    else if (sevenZip.is7z) f.encrypted = sevenZip.encrypted;
-    else if (tar.isTar) f.encrypted = a.tar.encrypted;
+    const isZip = f.detectedType === 'zip' || f.detectedType === 'office-openxml';
+    f.encrypted = (isZip && zip.encrypted) || (rar.isRar && rar.encrypted) || (sevenZip.is7z && sevenZip.encrypted) || (tar.isTar && a.tar.encrypted);
     // An .lzma (xz --format=lzma, tar --lzma), which xz, bsdtar and 7-Zip open by its content whatever
     // its suffix says, is not decoded here. Its 13-byte header is too loose to be told from other files'
     // first bytes: only one named like a compressed file is taken for one.

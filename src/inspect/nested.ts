@@ -142,7 +142,9 @@ export class NestedArchive {
     if (!this.compressedTaken && (this.head.length >= MAGIC_BYTES || this.stopped)) {
       this.compressedTaken = true;
       const type = detectType(this.head);
-      if (type === 'gzip' || type === 'xz' || type === 'bzip2' || type === 'zstd') for (const name of compressedFileNames(type, this.head, this.name)) if (!/\.tar$/i.test(name)) names.push(name);
+      const compressed = compressedFileNames(type, this.head, this.name, MAGIC_BYTES);
+      if (compressed === undefined) this.complete = false;
+      for (const name of compressed ?? []) if (!/\.tar$/i.test(name)) names.push(name);
     }
     return names;
   }

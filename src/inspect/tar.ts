@@ -33,7 +33,7 @@
 // tar in it ended is incomplete, and one whose content is under a tar block is no tar.
 
 import { Inflate } from 'fflate';
-import { ArchiveNames, nameFromBytes, type ArchiveListing } from './archive-names.js';
+import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
 import { bytesAfterEnd, deflateEnded, INFLATE_STEP, inflateBudget, type InflateBudget } from './deflate.js';
 import { detectType } from './magic.js';
 import { LzmaError, lzmaDecode } from './lzma.js';
@@ -77,6 +77,9 @@ interface Pax {
   path?: string;
   sparseName?: string;
   size?: number;
+  /** the file is stored sparse (GNU's pax sparse formats): its data is not the file as it is laid out */
+  sparse?: boolean;
+  linkPath?: string;
 }
 
 /** One reading of the bytes as a tar: the raw ones, or the inflated ones. */
@@ -99,6 +102,10 @@ class TarParser {
   private inner: { archive: NestedArchive; left: number } | undefined;
   /** an archive in the tar is encrypted */
   encrypted = false;
+  /** a global pax header's path, which GNU tar gives the next file */
+  private globalPath: string | undefined;
+  /** the names of the files opened as archives (a hard link to one of them is one too) */
+  private readonly opened = new Set<string>();
 
   constructor(
     private readonly names: ArchiveNames,
@@ -196,12 +203,16 @@ class TarParser {
       this.state = padded > 0 ? { kind: 'skip', left: padded } : { kind: 'header' };
       return;
     }
-    // Symlinks, devices, fifos and volume labels carry no data, but readers differ on whether to skip
-    // a size given anyway: where the next header is depends on the reader. Hard links and directories
-    // they all read as having none.
-    if ('2346V'.includes(type) && size > 0) return this.fail();
-    const data = '15'.includes(type) ? 0 : padded;
-    if (type !== 'V') this.entry(block, type, data > 0 ? size : 0);
+    // Links, devices, fifos and volume labels carry no data, but readers differ on whether to skip a size
+    // given anyway (bsdtar reads a hard link's as its data): where the next header is depends on the
+    // reader. Directories they all read as having none.
+    if ('12346V'.includes(type) && size > 0) return this.fail();
+    const data = type === '5' ? 0 : padded;
+    const pax = this.pax;
+    const names = type === 'V' ? [] : this.entry(block, type);
+    // A file whose name ends with "/" is a directory to extractors, which read the next header in its data.
+    if (data > 0 && names.some((n) => n.endsWith('/'))) return this.fail();
+    this.openArchive(names, type, pax, block, size);
     if (type === 'S' && block[SPARSE_EXTENDED]) this.state = { kind: 'sparse', data };
     else this.state = data > 0 ? { kind: 'skip', left: data } : { kind: 'header' };
   }
@@ -224,18 +235,24 @@ class TarParser {
     if (!records) return this.fail(); // extractors reject it, or read it otherwise
     if (s.type === 'global') {
       // GNU tar names the next file after a global path too.
-      if (records.path) this.names.add(records.path);
+      if (records.path) {
+        this.names.add(records.path);
+        this.globalPath = records.path;
+      }
       return;
     }
     if (records.path) this.pax.path = records.path;
     if (records['GNU.sparse.name']) this.pax.sparseName = records['GNU.sparse.name'];
+    if (Object.keys(records).some((key) => key.startsWith('GNU.sparse.'))) this.pax.sparse = true;
+    if (records.linkpath) this.pax.linkPath = records.linkpath;
     if (records.size !== undefined) {
       if (!/^[0-9]{1,15}$/.test(records.size)) return this.fail();
       this.pax.size = Number(records.size);
     }
   }
 
-  private entry(block: Buffer, type: string, size: number): void {
+  /** Lists the file's names; returns them. */
+  private entry(block: Buffer, type: string): string[] {
     const names = [this.pax.path, this.pax.sparseName, this.longName].filter((n): n is string => Boolean(n));
     this.pax = {};
     this.longName = undefined;
@@ -249,18 +266,56 @@ class TarParser {
       }
       names.push(name);
     }
+    const listed: string[] = [];
     for (let name of names) {
       // "evil.exe/." is written as the file evil.exe.
       name = name.replace(/(\/+\.)+$/, '');
       if (type === '5' && !name.endsWith('/')) name += '/';
-      if (name !== '') this.names.add(name);
+      if (name === '') continue;
+      this.names.add(name);
+      listed.push(name);
     }
-    // A regular file's data is the file (a sparse one's is not laid out as the file is).
-    const archiveName = names.map((n) => n.replace(/(\/+\.)+$/, '')).find((n) => NESTED_ARCHIVE.test(n));
-    if (archiveName === undefined || size === 0 || !'07\0'.includes(type)) return;
+    return listed;
+  }
+
+  /**
+   * The file is an archive by its name (as extractors write it: up to a NUL, without trailing dots):
+   * its data is fed to an inner lister as it streams by. Extractors write a file of a type they do not
+   * know as a regular one. A sparse file's data is not the file as it is laid out, a multi-volume
+   * continuation is not the whole of it, and a link's target is another file (unless a hard link's
+   * target was opened here): those leave the listing incomplete.
+   */
+  private openArchive(names: string[], type: string, pax: Pax, block: Buffer, size: number): void {
+    const global = this.globalPath;
+    this.globalPath = undefined;
+    const archiveName = [...names, ...(global ? [global] : [])].map(normalizeName).find((n) => NESTED_ARCHIVE.test(n));
+    if (archiveName === undefined) return;
+    if (type === '1') {
+      const target = normalizeName(pax.linkPath ?? nameFromBytes(block.subarray(157, 157 + nul(block.subarray(157, 257)))));
+      if (!this.opened.has(target)) this.complete = false;
+      return;
+    }
+    if ('2346V5'.includes(type)) {
+      if (type === '2') this.complete = false;
+      return;
+    }
+    if (type === 'S' || type === 'M' || pax.sparse) {
+      this.complete = false;
+      return;
+    }
+    if (size === 0) return;
     const archive = this.openInner(archiveName);
     if (archive === false) this.complete = false;
-    else if (archive) this.inner = { archive, left: size };
+    else if (archive) {
+      this.inner = { archive, left: size };
+      this.opened.add(archiveName);
+      for (const n of names) this.opened.add(normalizeName(n));
+    }
+  }
+
+  /** The tar's bytes ended (it may have been cut short): the archive being listed in it gives its last names. */
+  close(): void {
+    this.endInner();
   }
 
   /** Gives the archive in the file its next bytes (not the padding after the file), and takes its names. */
@@ -423,6 +478,7 @@ export class TarLister {
       if (!d.reader.done && !d.parser.done) d.reader.end();
       this.decodingStopped(d);
     }
+    for (const p of [this.raw, gz?.parser, this.xz?.parser, ...this.decoded.map((d) => d.parser)]) p?.close();
     this.update();
   }
 

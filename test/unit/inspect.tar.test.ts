@@ -4,10 +4,10 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { linkSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, linkSync, mkdirSync, mkdtempSync, openSync, readFileSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { crc32, deflateRawSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { inflateBudget, type InflateBudget } from '../../src/inspect/deflate.js';
 import { TarLister } from '../../src/inspect/tar.js';
@@ -70,7 +70,7 @@ function rewritten(header: Buffer, fields: Record<number, string>): Buffer {
 }
 
 /** A ustar header of that type, its checksum made to hold, then its data, padded to blocks. */
-function block(name: string | Buffer, size: number, type: string, data = Buffer.alloc(0)): Buffer {
+function block(name: string | Buffer, size: number, type: string, data: Buffer = Buffer.alloc(0)): Buffer {
   const h = Buffer.alloc(512);
   (typeof name === 'string' ? Buffer.from(name) : name).copy(h, 0, 0, 100);
   h.write('0000644\0', 100, 'latin1');
@@ -387,5 +387,112 @@ describe('archives inside a tar', () => {
 
     const encrypted = await inspectAttachment(tarOf({ 'docs.zip': zip([{ name: 'facture.pdf', content: program }], { encrypted: true }) }), 'archives.tar');
     expect(encrypted.message.attachments[0]).toMatchObject({ detectedType: 'tar', encrypted: true });
+  });
+});
+
+describe('archives inside a tar, as extractors reach them', () => {
+  const innerZip = zip([{ name: 'evil.exe', content: program }]);
+
+  it('opens a file of a type extractors do not know (they write it as a regular file), one named by a pax path up to a NUL, and one named by a global path', () => {
+    for (const type of ['Q', '8']) {
+      const archive = Buffer.concat([block('inner.zip', innerZip.length, type, innerZip), EOF_BLOCKS]);
+      expect(listedByBsdtar(archive), type).toEqual(['inner.zip']);
+      expect(list(archive, 1000), type).toMatchObject({ complete: true, entries: ['inner.zip', 'inner.zip/evil.exe'] });
+    }
+    const nul = Buffer.concat([paxHeader('x', record('path', 'inner.zip\0.txt')), block('other', innerZip.length, '0', innerZip), EOF_BLOCKS]);
+    expect(listedByBsdtar(nul)).toEqual(['inner.zip']);
+    expect(list(nul, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
+    const global = Buffer.concat([paxHeader('g', record('path', 'inner.zip')), block('other', innerZip.length, '0', innerZip), EOF_BLOCKS]);
+    expect(listedByTarAnyway(global)).toContain('inner.zip');
+    expect(list(global, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
+  });
+
+  it('a sparse file, a link or a multi-volume part named like an archive leaves the listing incomplete; a hard link to an archive opened here does not', () => {
+    const dir = mkdtempSync(join(root, 'sparse-'));
+    // A zip after a hole of a megabyte: extractors open it whole, its data in the tar is not laid out so.
+    const fd = openSync(join(dir, 'inner.zip'), 'w');
+    writeSync(fd, innerZip, 0, innerZip.length, 1 << 20);
+    closeSync(fd);
+    for (const format of [['--format=gnu'], ['--format=pax', '--sparse-version=1.0'], ['--format=pax', '--sparse-version=0.1']]) {
+      const archive = execFileSync('tar', ['--sparse', ...format, '-cf', '-', '-C', dir, 'inner.zip']);
+      expect(listedByTar(archive), format.join(' ')).toEqual(['inner.zip']);
+      expect(list(archive, 4096), format.join(' ')).toMatchObject({ complete: false });
+    }
+
+    const links = mkdtempSync(join(root, 'links-'));
+    writeFileSync(join(links, 'notes.txt'), innerZip);
+    linkSync(join(links, 'notes.txt'), join(links, 'inner.zip'));
+    symlinkSync('notes.txt', join(links, 'lien.zip'));
+    writeFileSync(join(links, 'a.zip'), innerZip);
+    linkSync(join(links, 'a.zip'), join(links, 'b.zip'));
+    const tarOfLinks = (...names: string[]) => execFileSync('tar', ['-cf', '-', '-C', links, ...names]);
+    expect(list(tarOfLinks('notes.txt', 'inner.zip'), 4096), 'a hard link named .zip to a text').toMatchObject({ complete: false });
+    expect(list(tarOfLinks('notes.txt', 'lien.zip'), 4096), 'a symbolic link named .zip').toMatchObject({ complete: false });
+    expect(list(tarOfLinks('a.zip', 'b.zip'), 4096), 'a hard link to a zip listed here').toMatchObject({ complete: true, entries: ['a.zip', 'a.zip/evil.exe', 'b.zip'] });
+
+    expect(list(Buffer.concat([block('inner.zip', innerZip.length, 'M', innerZip), EOF_BLOCKS]), 1000), 'a multi-volume part').toMatchObject({ complete: false });
+  });
+
+  it('opens each of the 1500 gzipped logs of a tar (a year and more of rotated logs), and lists it whole', () => {
+    const dir = mkdtempSync(join(root, 'logs-'));
+    const names: string[] = [];
+    for (let day = 0; day < 1500; day++) {
+      const name = `app.log-${String(20230101 + day)}.gz`;
+      writeFileSync(join(dir, name), gzipSync(`ligne ${day}\n`));
+      names.push(name);
+    }
+    writeFileSync(join(dir, 'files'), names.join('\n'));
+    const archive = execFileSync('tar', ['-czf', '-', '-T', 'files'], { cwd: dir, maxBuffer: 1 << 26 });
+    const listing = list(archive, 65_536);
+    expect(listing.complete).toBe(true);
+    expect(listing.entries).toEqual(expect.arrayContaining(['app.log-20230101.gz', 'app.log-20230101.gz/app.log-20230101']));
+  });
+
+  it('a tar cut short inside an archive still lists what it showed, and the one file of a small gzip in it', () => {
+    const gz = gzipSync(Buffer.from('@echo off'));
+    const full = tarOf({ 'run.bat.gz': gz });
+    // Cut right after the file's bytes: before its padding and the end blocks.
+    const cut = full.subarray(0, 512 + gz.length);
+    expect(listedByBsdtar(cut)).toEqual(['run.bat.gz']);
+    expect(list(cut, 4096)).toMatchObject({ isTar: true, entries: ['run.bat.gz', 'run.bat.gz/run.bat'] });
+  });
+
+  it('says the listing is incomplete where extractors read a hard link size, or a file named like a directory, as data of their own', () => {
+    const hidden = block('evil.exe', program.length, '0', program);
+    const linkWithData = Buffer.concat([block('lien.txt', hidden.length, '1', hidden), EOF_BLOCKS]);
+    expect(listedByBsdtar(linkWithData)).toContain('lien.txt');
+    expect(list(linkWithData, 1000)).toMatchObject({ complete: false });
+    const directoryWithData = Buffer.concat([block('docs/', hidden.length, '0', hidden), EOF_BLOCKS]);
+    expect(listedByBsdtar(directoryWithData)).toEqual(['docs/', 'evil.exe']);
+    expect(list(directoryWithData, 1000)).toMatchObject({ complete: false });
+  });
+});
+
+describe('gzip names and encryption as 7-Zip and the policy see them', () => {
+  it('a gzip whose stored name lies past the bytes kept, behind a long extra field, is refused: 7-Zip extracts it under that name', async () => {
+    const head = Buffer.from([0x1f, 0x8b, 0x08, 0x0c, 0, 0, 0, 0, 0, 3]);
+    const extra = Buffer.concat([Buffer.from('XY'), Buffer.alloc(2), Buffer.alloc(4996)]);
+    extra.writeUInt16LE(4996, 2);
+    const length = Buffer.alloc(2);
+    length.writeUInt16LE(extra.length);
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(crc32(program), 0);
+    trailer.writeUInt32LE(program.length, 4);
+    const gz = Buffer.concat([head, length, extra, Buffer.from('evil.exe\0'), deflateRawSync(program), trailer]);
+    const dir = mkdtempSync(join(root, 'fname-'));
+    writeFileSync(join(dir, 'notes.txt.gz'), gz);
+    expect(execFileSync('7zz', ['l', '-slt', join(dir, 'notes.txt.gz')]).toString()).toMatch(/^Path = evil\.exe$/m);
+    const found = await inspectAttachment(gz, 'notes.txt.gz');
+    expect(found.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    expect(list(tarOf({ 'notes.txt.gz': gz }), 4096)).toMatchObject({ complete: false });
+  });
+
+  it('a tar holding an encrypted zip is encrypted, also when it holds a 7z as well', async () => {
+    const dir = mkdtempSync(join(root, 'enc-'));
+    writeFileSync(join(dir, 'notes.txt'), 'bonjour');
+    execFileSync('7zz', ['a', '-bd', '-y', join(dir, 'in.7z'), join(dir, 'notes.txt')], { stdio: 'ignore' });
+    const archive = tarOf({ 'in.7z': readFileSync(join(dir, 'in.7z')), 'enc.zip': zip([{ name: 'facture.pdf', content: Buffer.from('%PDF') }], { encrypted: true }) });
+    const found = await inspectAttachment(archive, 'archives.tar');
+    expect(found.message.attachments[0]).toMatchObject({ encrypted: true });
   });
 });
