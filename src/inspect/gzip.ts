@@ -69,3 +69,12 @@ export function compressedFileName(kind: keyof typeof SUFFIXES, attachmentName: 
   const dot = base.lastIndexOf('.');
   return as7Zip && dot > 0 ? base.slice(0, dot) : undefined;
 }
+
+/**
+ * The file a compressed attachment holds is a disk image by its name (`facture.iso.gz`): Windows mounts
+ * it once decompressed, and its files cannot be listed without decompressing it whole (its mark lies
+ * 32 KB in, past the first block the content is looked at for).
+ */
+export function namesDiskImage(names: readonly string[]): boolean {
+  return names.some((name) => /\.(iso|img|udf)$/i.test(name));
+}

@@ -22,7 +22,7 @@ import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
-import { compressedFileNames } from './gzip.js';
+import { compressedFileNames, namesDiskImage } from './gzip.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
@@ -481,6 +481,7 @@ export class MessageInspector {
     const compressed = compressedFileNames(f.detectedType, head, f.name, MAGIC_BYTES);
     // A gzip's stored name past the bytes kept (behind a long extra field): 7-Zip reads it, Douane does not.
     if (compressed === undefined) this.limitExceeded ??= 'archive_entries';
+    if (!tar.isTar && namesDiskImage(compressed ?? [])) this.limitExceeded ??= 'archive_entries';
     const named = (compressed ?? []).filter((name) => !listed.length || !/\.tar$/i.test(name));
     const entries = [...new Set([...listed, ...named])];
     if (entries.length) f.archiveEntries = entries;

@@ -8,7 +8,7 @@ import { Inflate } from 'fflate';
 import type { ArchiveListing } from './archive-names.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { deflateEnded, INFLATE_STEP, type InflateBudget } from './deflate.js';
-import { compressedFileNames } from './gzip.js';
+import { compressedFileNames, namesDiskImage } from './gzip.js';
 import { IsoLister } from './iso.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { RarLister, type RarListing } from './rar.js';
@@ -143,7 +143,7 @@ export class NestedArchive {
       this.compressedTaken = true;
       const type = detectType(this.head);
       const compressed = compressedFileNames(type, this.head, this.name, MAGIC_BYTES);
-      if (compressed === undefined) this.complete = false;
+      if (compressed === undefined || (!this.tar.listing.isTar && namesDiskImage(compressed))) this.complete = false;
       for (const name of compressed ?? []) if (!/\.tar$/i.test(name)) names.push(name);
     }
     return names;

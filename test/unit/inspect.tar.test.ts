@@ -487,6 +487,23 @@ describe('gzip names and encryption as 7-Zip and the policy see them', () => {
     expect(list(tarOf({ 'notes.txt.gz': gz }), 4096)).toMatchObject({ complete: false });
   });
 
+  it('a disk image compressed (facture.iso.gz), whose files cannot be listed without decompressing it whole, is refused, as an attachment and inside a zip', async () => {
+    const dir = mkdtempSync(join(root, 'image-'));
+    mkdirSync(join(dir, 'in'));
+    writeFileSync(join(dir, 'in', 'facture.exe'), program);
+    execFileSync('genisoimage', ['-quiet', '-o', join(dir, 'facture.iso'), join(dir, 'in')]);
+    const gz = gzipSync(readFileSync(join(dir, 'facture.iso')));
+    writeFileSync(join(dir, 'facture.iso.gz'), gz);
+    expect(execFileSync('7zz', ['l', '-slt', join(dir, 'facture.iso.gz')]).toString()).toMatch(/^Path = facture\.iso$/m);
+    const attached = await inspectAttachment(gz, 'facture.iso.gz');
+    expect(attached.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    const zipped = await inspectAttachment(zip([{ name: 'docs/facture.iso.gz', content: gz }]), 'docs.zip');
+    expect(zipped.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    // A tar named so is listed, and judged by what it holds.
+    const tarred = await inspectAttachment(gzipSync(tarOf({ 'notes.txt': Buffer.from('bonjour') })), 'sauvegarde.img.gz');
+    expect(tarred.verdict.action).toBe('continue');
+  });
+
   it('a tar holding an encrypted zip is encrypted, also when it holds a 7z as well', async () => {
     const dir = mkdtempSync(join(root, 'enc-'));
     writeFileSync(join(dir, 'notes.txt'), 'bonjour');
