@@ -104,8 +104,12 @@ class TarParser {
   encrypted = false;
   /** a global pax header's path, which GNU tar gives the next file */
   private globalPath: string | undefined;
-  /** the names of the files opened as archives (a hard link to one of them is one too) */
+  /** the names of the files opened as archives (a link to one of them is one too) */
   private readonly opened = new Set<string>();
+  /** the names of the files with data of their own, whatever they are named */
+  private readonly files = new Set<string>();
+  /** links named like an archive, by where they lead: judged once the tar is read */
+  private links: string[] = [];
 
   constructor(
     private readonly names: ArchiveNames,
@@ -281,24 +285,24 @@ class TarParser {
   /**
    * The file is an archive by its name (as extractors write it: up to a NUL, without trailing dots):
    * its data is fed to an inner lister as it streams by. Extractors write a file of a type they do not
-   * know as a regular one. A sparse file's data is not the file as it is laid out, a multi-volume
-   * continuation is not the whole of it, and a link's target is another file (unless a hard link's
-   * target was opened here): those leave the listing incomplete.
+   * know as a regular one. A sparse file's data is not the file as it is laid out, and a multi-volume
+   * continuation is not the whole of it: those leave the listing incomplete. A link named like an
+   * archive opens its target: one in the tar that was not opened leaves the listing incomplete too.
    */
   private openArchive(names: string[], type: string, pax: Pax, block: Buffer, size: number): void {
     const global = this.globalPath;
     this.globalPath = undefined;
-    const archiveName = [...names, ...(global ? [global] : [])].map(normalizeName).find((n) => NESTED_ARCHIVE.test(n));
+    const all = [...names, ...(global ? [global] : [])].map(normalizeName);
+    if (!'123456V'.includes(type)) for (const n of all) this.files.add(resolvePath('', n));
+    const archiveName = all.find((n) => NESTED_ARCHIVE.test(n));
     if (archiveName === undefined) return;
-    if (type === '1') {
+    if (type === '1' || type === '2') {
       const target = normalizeName(pax.linkPath ?? nameFromBytes(block.subarray(157, 157 + nul(block.subarray(157, 257)))));
-      if (!this.opened.has(target)) this.complete = false;
+      // A hard link names a file of the tar; a symbolic link's target is relative to its own folder.
+      this.links.push(resolvePath(type === '1' ? '' : archiveName, target));
       return;
     }
-    if ('2346V5'.includes(type)) {
-      if (type === '2') this.complete = false;
-      return;
-    }
+    if ('346V5'.includes(type)) return;
     if (type === 'S' || type === 'M' || pax.sparse) {
       this.complete = false;
       return;
@@ -308,14 +312,24 @@ class TarParser {
     if (archive === false) this.complete = false;
     else if (archive) {
       this.inner = { archive, left: size };
-      this.opened.add(archiveName);
-      for (const n of names) this.opened.add(normalizeName(n));
+      for (const n of all) this.opened.add(resolvePath('', n));
     }
   }
 
   /** The tar's bytes ended (it may have been cut short): the archive being listed in it gives its last names. */
   close(): void {
     this.endInner();
+    this.judgeLinks();
+  }
+
+  /**
+   * A link named like an archive leads to a file of the tar that was not opened (its own name is no
+   * archive's): extractors write the link, and opening it opens that file. One leading out of the tar
+   * brings nothing of its own.
+   */
+  private judgeLinks(): void {
+    for (const target of this.links) if (this.files.has(target) && !this.opened.has(target)) this.complete = false;
+    this.links = [];
   }
 
   /** Gives the archive in the file its next bytes (not the padding after the file), and takes its names. */
@@ -345,9 +359,24 @@ class TarParser {
 
   private finish(): void {
     this.endInner();
+    this.judgeLinks();
     this.state = { kind: 'done' };
     this.meta = [];
   }
+}
+
+/**
+ * Where `target` leads from the folder of `from`, as one path inside the archive ("./", "." and ".."
+ * resolved), so that names written differently compare: `resolvePath('', name)` is the name's own.
+ */
+function resolvePath(from: string, target: string): string {
+  if (target.startsWith('/')) return target;
+  const parts = from.split('/').slice(0, -1);
+  for (const part of target.split('/')) {
+    if (part === '..') parts.pop();
+    else if (part !== '.' && part !== '') parts.push(part);
+  }
+  return parts.join('/');
 }
 
 /** A gzip member's header, read as its bytes come (its name and comment may be long). */

@@ -407,7 +407,7 @@ describe('archives inside a tar, as extractors reach them', () => {
     expect(list(global, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
   });
 
-  it('a sparse file, a link or a multi-volume part named like an archive leaves the listing incomplete; a hard link to an archive opened here does not', () => {
+  it('a sparse file, a multi-volume part, or a link named like an archive leading to a file of the tar not opened, leaves the listing incomplete; a link to an archive listed here, or out of the tar, does not', () => {
     const dir = mkdtempSync(join(root, 'sparse-'));
     // A zip after a hole of a megabyte: extractors open it whole, its data in the tar is not laid out so.
     const fd = openSync(join(dir, 'inner.zip'), 'w');
@@ -429,6 +429,19 @@ describe('archives inside a tar, as extractors reach them', () => {
     expect(list(tarOfLinks('notes.txt', 'inner.zip'), 4096), 'a hard link named .zip to a text').toMatchObject({ complete: false });
     expect(list(tarOfLinks('notes.txt', 'lien.zip'), 4096), 'a symbolic link named .zip').toMatchObject({ complete: false });
     expect(list(tarOfLinks('a.zip', 'b.zip'), 4096), 'a hard link to a zip listed here').toMatchObject({ complete: true, entries: ['a.zip', 'a.zip/evil.exe', 'b.zip'] });
+    // Written as "./notes.txt" and "./inner.zip" (tar -C dir .): the same files.
+    const dotted = execFileSync('tar', ['-cf', '-', '-C', links, './notes.txt', './inner.zip']);
+    expect(list(dotted, 4096), 'names starting with ./').toMatchObject({ complete: false });
+    // A symbolic link to an archive of the tar, written before it (latest.tar.gz next to the versions),
+    // or leading out of the tar, brings nothing unlisted.
+    const releases = mkdtempSync(join(root, 'releases-'));
+    mkdirSync(join(releases, 'versions'));
+    writeFileSync(join(releases, 'versions', 'app-1.2.tar.gz'), gzipSync(tarOf({ 'app.js': Buffer.from('1') })));
+    symlinkSync('versions/app-1.2.tar.gz', join(releases, 'latest.tar.gz'));
+    symlinkSync('../../ailleurs.zip', join(releases, 'versions', 'dehors.zip'));
+    const linkFirst = execFileSync('tar', ['-cf', '-', '-C', releases, 'latest.tar.gz', 'versions']);
+    expect(listedByTar(linkFirst)[0]).toBe('latest.tar.gz');
+    expect(list(linkFirst, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['versions/app-1.2.tar.gz/app.js']) });
 
     expect(list(Buffer.concat([block('inner.zip', innerZip.length, 'M', innerZip), EOF_BLOCKS]), 1000), 'a multi-volume part').toMatchObject({ complete: false });
   });
