@@ -214,8 +214,9 @@ class TarParser {
     const data = type === '5' ? 0 : padded;
     const pax = this.pax;
     const names = type === 'V' ? [] : this.entry(block, type);
-    // A file whose name ends with "/" is a directory to extractors, which read the next header in its data.
-    if (data > 0 && names.some((n) => n.endsWith('/'))) return this.fail();
+    // A file whose name ends with "/" is a directory to extractors, which read the next header in its data
+    // (a GNU incremental dump's directory, type D, carries its list of names as data, which they skip).
+    if (data > 0 && type !== 'D' && names.some((n) => n.endsWith('/'))) return this.fail();
     this.openArchive(names, type, pax, block, size);
     if (type === 'S' && block[SPARSE_EXTENDED]) this.state = { kind: 'sparse', data };
     else this.state = data > 0 ? { kind: 'skip', left: data } : { kind: 'header' };
@@ -293,7 +294,7 @@ class TarParser {
     const global = this.globalPath;
     this.globalPath = undefined;
     const all = [...names, ...(global ? [global] : [])].map(normalizeName);
-    if (!'123456V'.includes(type)) for (const n of all) this.files.add(resolvePath('', n));
+    if (!'123456VD'.includes(type)) for (const n of all) this.files.add(resolvePath('', n));
     const archiveName = all.find((n) => NESTED_ARCHIVE.test(n));
     if (archiveName === undefined) return;
     if (type === '1' || type === '2') {
@@ -371,8 +372,8 @@ class TarParser {
  */
 function resolvePath(from: string, target: string): string {
   if (target.startsWith('/')) return target;
-  const parts = from.split('/').slice(0, -1);
-  for (const part of target.split('/')) {
+  const parts: string[] = [];
+  for (const part of [...from.split('/').slice(0, -1), ...target.split('/')]) {
     if (part === '..') parts.pop();
     else if (part !== '.' && part !== '') parts.push(part);
   }

@@ -429,9 +429,11 @@ describe('archives inside a tar, as extractors reach them', () => {
     expect(list(tarOfLinks('notes.txt', 'inner.zip'), 4096), 'a hard link named .zip to a text').toMatchObject({ complete: false });
     expect(list(tarOfLinks('notes.txt', 'lien.zip'), 4096), 'a symbolic link named .zip').toMatchObject({ complete: false });
     expect(list(tarOfLinks('a.zip', 'b.zip'), 4096), 'a hard link to a zip listed here').toMatchObject({ complete: true, entries: ['a.zip', 'a.zip/evil.exe', 'b.zip'] });
-    // Written as "./notes.txt" and "./inner.zip" (tar -C dir .): the same files.
+    // Written as "./notes.txt" and "./lien.zip" (tar -C dir .): the same files, the link's folder read as the tar's top.
     const dotted = execFileSync('tar', ['-cf', '-', '-C', links, './notes.txt', './inner.zip']);
     expect(list(dotted, 4096), 'names starting with ./').toMatchObject({ complete: false });
+    const dottedSymlink = execFileSync('tar', ['-cf', '-', '-C', links, './notes.txt', './lien.zip']);
+    expect(list(dottedSymlink, 4096), 'a symbolic link written ./lien.zip').toMatchObject({ complete: false });
     // A symbolic link to an archive of the tar, written before it (latest.tar.gz next to the versions),
     // or leading out of the tar, brings nothing unlisted.
     const releases = mkdtempSync(join(root, 'releases-'));
@@ -459,6 +461,16 @@ describe('archives inside a tar, as extractors reach them', () => {
     const listing = list(archive, 65_536);
     expect(listing.complete).toBe(true);
     expect(listing.entries).toEqual(expect.arrayContaining(['app.log-20230101.gz', 'app.log-20230101.gz/app.log-20230101']));
+  });
+
+  it('lists a GNU incremental backup whole: its directories (type D) carry their list of names as data, which extractors skip', () => {
+    const dir = mkdtempSync(join(root, 'incremental-'));
+    mkdirSync(join(dir, 'docs'));
+    writeFileSync(join(dir, 'docs', 'facture.pdf'), '%PDF');
+    const archive = execFileSync('tar', ['-g', join(dir, 'snapshot'), '-cf', '-', '-C', dir, 'docs']);
+    expect(archive[156]).toBe('D'.charCodeAt(0));
+    expect(listedByTar(archive)).toEqual(['docs/', 'docs/facture.pdf']);
+    expect(list(archive, 4096)).toEqual({ isTar: true, entries: ['docs/', 'docs/facture.pdf'], complete: true });
   });
 
   it('a tar cut short inside an archive still lists what it showed, and the one file of a small gzip in it', () => {
