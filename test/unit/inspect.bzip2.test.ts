@@ -4,18 +4,15 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Bzip2Reader } from '../../src/inspect/bzip2.js';
-import { inflateBudget } from '../../src/inspect/deflate.js';
-import { TarLister } from '../../src/inspect/tar.js';
-import { inspectAttachment, zip } from '../harness/mime.js';
+import { expectCompressedTarJudged, listedByGnuTar, listTar, MEMBERS, NAMES, sampleFolder, tarOfSample, UTF8, words } from '../harness/archives.js';
+import { zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-bzip2-'));
-const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
-const words = Array.from({ length: 200_000 }, (_, i) => ['facture', 'été', 'Zürich', 'mot', String(i % 977)][i % 5]).join(' ');
 const bzip2 = (data: Buffer | string, ...opts: string[]) => execFileSync('bzip2', ['-c', ...opts], { input: data, maxBuffer: 1 << 28 });
 
 /** What `bzip2 -dc` gives back, and whether it read the file without an error. */
@@ -39,43 +36,8 @@ function decodesAsBzip2(compressed: Buffer, chunk: number) {
   return { same: data.equals(bunzip2(compressed).data), ...rest };
 }
 
-/** A folder with a program two levels down, a name not in ASCII, and `bulk` bytes of text and random data. */
-function folder(bulk = 70_000): string {
-  const dir = mkdtempSync(join(root, 'in-'));
-  const files: Record<string, Buffer> = {
-    'Factures/2025/facture.pdf.exe': Buffer.from('MZ\x90\x00stand-in program'),
-    'Reçus/été.txt': Buffer.from('bonjour'),
-    'LISEZ-MOI.txt': Buffer.from(words.slice(0, bulk)),
-    'données.bin': randomBytes(bulk),
-  };
-  for (const [name, data] of Object.entries(files)) {
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), data);
-  }
-  return dir;
-}
-
-const NAMES = ['Factures/', 'Factures/2025/', 'Factures/2025/facture.pdf.exe', 'Reçus/', 'Reçus/été.txt', 'LISEZ-MOI.txt', 'données.bin'];
-
-function tarOfFolder(tool: 'tar' | 'bsdtar' = 'tar', bulk?: number): Buffer {
-  return execFileSync(tool, ['-cf', '-', '-C', folder(bulk), 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8, maxBuffer: 1 << 28 });
-}
-
 /** What GNU tar lists in a .tar.bz2, and whether it read the whole archive without an error. */
-function listedByTar(archive: Buffer): { names: string[]; ok: boolean } {
-  const file = join(mkdtempSync(join(root, 'l-')), 'a.tar.bz2');
-  writeFileSync(file, archive);
-  const run = spawnSync('tar', ['-tjf', file], { env: UTF8, maxBuffer: 1 << 26 });
-  return { names: run.stdout.toString('utf8').split('\n').filter(Boolean), ok: run.status === 0 };
-}
-
-function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
-  // The caller's object itself, filled in: what the listing spent shows in it.
-  const lister = new TarLister(1000, Object.assign(budget, { ...inflateBudget(), ...budget }));
-  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
-  lister.end();
-  return lister.listing;
-}
+const listedByTar = (archive: Buffer) => listedByGnuTar(root, archive, '-j');
 
 describe('bzip2 decoded as it streams', () => {
   it('gives back what bzip2 encoded, at each block size, however the input is cut', () => {
@@ -160,71 +122,56 @@ describe('bzip2 decoded as it streams', () => {
 describe('bzip2-compressed tar listing', () => {
   it('lists what GNU tar lists in a .tar.bz2 by GNU tar and by bsdtar, at each block size, in several streams, however it is cut', () => {
     const archives: [string, Buffer][] = [
-      ['tar -j', execFileSync('tar', ['-cjf', '-', '-C', folder(), 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8 })],
-      ['bsdtar -j', execFileSync('bsdtar', ['-cjf', '-', '-C', folder(), 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8 })],
-      ['bzip2 -1 of a larger tar', bzip2(tarOfFolder('tar', 400_000), '-1')],
+      ['tar -j', execFileSync('tar', ['-cjf', '-', '-C', sampleFolder(root), ...MEMBERS], { env: UTF8 })],
+      ['bsdtar -j', execFileSync('bsdtar', ['-cjf', '-', '-C', sampleFolder(root), ...MEMBERS], { env: UTF8 })],
+      ['bzip2 -1 of a larger tar', bzip2(tarOfSample(root, { bulk: 400_000 }), '-1')],
     ];
-    const tar = tarOfFolder();
+    const tar = tarOfSample(root);
     archives.push(['two streams, cut inside a header', Buffer.concat([bzip2(tar.subarray(0, 700)), bzip2(tar.subarray(700))])]);
     for (const [how, archive] of archives) {
       expect(listedByTar(archive), how).toEqual({ names: NAMES, ok: true });
-      for (const chunk of [archive.length, 511, 65_536]) expect(list(archive, chunk), `${how}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
+      for (const chunk of [archive.length, 511, 65_536]) expect(listTar(archive, chunk), `${how}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
     }
   });
 
   it('says the listing is incomplete when the bzip2 cannot be read whole before the tar in it ended: damaged, cut short, past the budget', () => {
     // Blocks of 100 KB, so that the cut and the damage come after the first blocks came out.
-    const whole = bzip2(tarOfFolder('tar', 400_000), '-1');
+    const whole = bzip2(tarOfSample(root, { bulk: 400_000 }), '-1');
     const cut = whole.subarray(0, whole.length >> 1);
     expect(listedByTar(cut).ok).toBe(false);
-    expect(list(cut, 4096)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(cut, 4096)).toMatchObject({ isTar: true, complete: false });
 
     const damaged = Buffer.from(whole);
     damaged[whole.length >> 1] = damaged[whole.length >> 1]! ^ 0x10;
     expect(listedByTar(damaged).ok).toBe(false);
-    expect(list(damaged, 4096)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(damaged, 4096)).toMatchObject({ isTar: true, complete: false });
 
-    expect(list(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
 
     // Cut in its first block: no tool extracts anything, but what the file hides cannot be known.
     const firstBlock = whole.subarray(0, 2000);
     expect(listedByTar(firstBlock).names).toEqual([]);
-    expect(list(firstBlock, 4096)).toEqual({ isTar: false, entries: [], complete: false });
+    expect(listTar(firstBlock, 4096)).toEqual({ isTar: false, entries: [], complete: false });
   });
 
   it('is not fooled: a bzip2 of a text, or of a few bytes, is no tar; a damaged first block, or another archive inside, which bsdtar extracts, is incomplete', () => {
-    expect(list(bzip2(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
-    expect(list(bzip2('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(bzip2(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(bzip2('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
     // A bzip2 header and block magic, then bytes that decode as no block: what they hide cannot be known.
-    expect(list(Buffer.concat([Buffer.from('BZh91AY&SY'), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: false });
-    expect(list(Buffer.from('BZh9 is how this note starts, and nothing more'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(Buffer.concat([Buffer.from('BZh91AY&SY'), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: false });
+    expect(listTar(Buffer.from('BZh9 is how this note starts, and nothing more'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
 
     const zipped = zip([{ name: 'facture.exe', content: Buffer.from('MZ') }]);
     const file = join(mkdtempSync(join(root, 'z-')), 'a.bz2');
     writeFileSync(file, bzip2(zipped));
     expect(execFileSync('bsdtar', ['-tf', file]).toString()).toBe('facture.exe\n');
-    expect(list(bzip2(zipped), 1000)).toMatchObject({ isTar: false, complete: false });
+    expect(listTar(bzip2(zipped), 1000)).toMatchObject({ isTar: false, complete: false });
   });
 });
 
 describe('bzip2-compressed tars as attachments', () => {
   it('a .tar.bz2 holding a program is quarantined by the shipped policy, one inside a zip too, and the file in a .bz2 inside a zip is named', async () => {
-    const archive = bzip2(tarOfFolder());
-    const tbz = await inspectAttachment(archive, 'factures.tar.bz2');
-    expect(tbz.message.attachments[0]).toMatchObject({ detectedType: 'bzip2', archiveEntries: NAMES });
-    expect(tbz.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const inZip = await inspectAttachment(zip([{ name: 'docs.tbz2', content: archive }]), 'docs.zip');
-    expect(inZip.message.attachments[0]!.archiveEntries).toContain('docs.tbz2/Factures/2025/facture.pdf.exe');
-    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const single = await inspectAttachment(zip([{ name: 'docs/invoice.exe.bz2', content: bzip2('MZ\x90\x00') }]), 'docs.zip');
-    expect(single.message.attachments[0]!.archiveEntries).toContain('docs/invoice.exe.bz2/invoice.exe');
-    expect(single.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const text = await inspectAttachment(bzip2(words.slice(0, 5000)), 'notes.txt.bz2');
-    expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
-    expect(text.verdict.action).toBe('continue');
+    await expectCompressedTarJudged({ archive: bzip2(tarOfSample(root)), type: 'bzip2', suffix: 'bz2', tarSuffix: 'tbz2', compress: (data) => bzip2(data) });
   });
 });
 
@@ -233,6 +180,6 @@ describe('what bzip2 and bsdtar read beyond what bzip2 writes', () => {
     const archive = readFileSync(join('fixtures/archives', 'bzip2-randomised.tar.bz2'));
     expect(listedByTar(archive)).toEqual({ names: ['notes.txt', 'evil.exe'], ok: true });
     expect(decode(archive, 4096)).toMatchObject({ isBzip2: true, failure: 'randomised block' });
-    expect(list(archive, 4096)).toEqual({ isTar: false, entries: [], complete: false });
+    expect(listTar(archive, 4096)).toEqual({ isTar: false, entries: [], complete: false });
   });
 });

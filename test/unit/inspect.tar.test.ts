@@ -9,8 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32, deflateRawSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { inflateBudget, type InflateBudget } from '../../src/inspect/deflate.js';
-import { TarLister } from '../../src/inspect/tar.js';
+import { listTar, tarLister } from '../harness/archives.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-tar-'));
@@ -110,20 +109,8 @@ function listedByBsdtar(archive: Buffer): string[] {
   return spawnSync('bsdtar', ['-tf', file], { env: UTF8 }).stdout.toString('utf8').split('\n').filter(Boolean);
 }
 
-function list(bytes: Buffer, chunk: number, budget: Partial<InflateBudget> = {}) {
-  return lister(bytes, chunk, budget).listing;
-}
-
-function lister(bytes: Buffer, chunk: number, budget: Partial<InflateBudget> = {}): TarLister {
-  // The caller's object itself, filled in: what the listing spent shows in it.
-  const lister = new TarLister(1000, Object.assign(budget, { ...inflateBudget(), ...budget }));
-  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
-  lister.end();
-  return lister;
-}
-
 function expectListing(archive: Buffer, expected: object): void {
-  for (const chunk of [archive.length, 1, 7, 511, 513, 65_536]) expect(list(archive, chunk), `chunks of ${chunk}`).toEqual(expected);
+  for (const chunk of [archive.length, 1, 7, 511, 513, 65_536]) expect(listTar(archive, chunk), `chunks of ${chunk}`).toEqual(expected);
 }
 
 describe('tar listing', () => {
@@ -152,7 +139,7 @@ describe('tar listing', () => {
 
   it('is not fooled into listing other files: a gzipped text, random bytes, an empty file', () => {
     for (const other of [gzipSync(Buffer.alloc(100_000, 'texte ')), randomBytes(5000), Buffer.alloc(0), Buffer.alloc(2048)]) {
-      expect(list(other, 1000)).toEqual({ isTar: false, entries: [], complete: true });
+      expect(listTar(other, 1000)).toEqual({ isTar: false, entries: [], complete: true });
     }
   });
 
@@ -163,18 +150,18 @@ describe('tar listing', () => {
     const second = 512; // "Factures/" is a header with no data; its first file's header follows
     expect(listedByTar(archive.subarray(0, 512))[0]).toBe('Factures/');
     damaged[second + 1]! ^= 0x20;
-    expect(list(damaged, 1000)).toMatchObject({ isTar: true, entries: ['Factures/'], complete: false });
+    expect(listTar(damaged, 1000)).toMatchObject({ isTar: true, entries: ['Factures/'], complete: false });
     // The first header damaged: not a tar at all.
     const first = Buffer.from(archive);
     first[1]! ^= 0x20;
-    expect(list(first, 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(first, 1000)).toEqual({ isTar: false, entries: [], complete: true });
 
     // A directory with a size: every extractor reads the next header right after it. A symbolic link
     // with one: bsdtar does, GNU tar skips the size, so where the next header is cannot be told.
     const sized = Buffer.concat([rewritten(archive.subarray(0, 512), { 124: '00000001000\0' }), archive.subarray(512)]);
-    expect(list(sized, 1000)).toEqual({ isTar: true, entries: listedByTar(sized), complete: true });
+    expect(listTar(sized, 1000)).toEqual({ isTar: true, entries: listedByTar(sized), complete: true });
     const link = Buffer.concat([rewritten(archive.subarray(0, 512), { 124: '00000001000\0', 156: '2' }), archive.subarray(512)]);
-    expect(list(link, 1000)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(link, 1000)).toMatchObject({ isTar: true, complete: false });
 
     // 20 MB of zeros, then a program: inflated within the budget, or not at all past it.
     const bomb = mkdtempSync(join(root, 'bomb-'));
@@ -182,13 +169,13 @@ describe('tar listing', () => {
     writeFileSync(join(bomb, 'setup.exe'), Buffer.from('MZ'));
     execFileSync('tar', ['-czf', 'out.tgz', 'zeros.bin', 'setup.exe'], { cwd: bomb });
     const gz = readFileSync(join(bomb, 'out.tgz'));
-    expect(list(gz, 1000)).toEqual({ isTar: true, entries: ['zeros.bin', 'setup.exe'], complete: true });
+    expect(listTar(gz, 1000)).toEqual({ isTar: true, entries: ['zeros.bin', 'setup.exe'], complete: true });
     const budget = { bytes: 12 * 1024 * 1024 };
-    expect(list(gz, 1000, budget)).toEqual({ isTar: true, entries: ['zeros.bin'], complete: false });
+    expect(listTar(gz, 1000, budget)).toEqual({ isTar: true, entries: ['zeros.bin'], complete: false });
     expect(budget.bytes).toBeLessThan(0);
     // A gzipped file that is no tar costs nothing.
     const text = { bytes: 1000 };
-    expect(list(gzipSync(Buffer.alloc(5_000_000, 'texte ')), 1000, text)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(gzipSync(Buffer.alloc(5_000_000, 'texte ')), 1000, text)).toEqual({ isTar: false, entries: [], complete: true });
     expect(text.bytes).toBe(1000);
   });
 
@@ -196,7 +183,7 @@ describe('tar listing', () => {
     const archive = gnuTar('gnu', false, false);
     expect(archive.toString('latin1', 0, 10)).toBe('Factures/\0');
     const bare = rewritten(archive.subarray(0, 512), { 0: 'Factures.exe\0' });
-    expect(list(Buffer.concat([bare, archive.subarray(512)]), 1000).entries[0]).toBe('Factures.exe/');
+    expect(listTar(Buffer.concat([bare, archive.subarray(512)]), 1000).entries[0]).toBe('Factures.exe/');
   });
 
   it('takes a pax size over the size in the header, as extractors do: the next header is where they find it', () => {
@@ -241,7 +228,7 @@ describe('tar listing', () => {
       const archive = Buffer.concat([body, EOF_BLOCKS]);
       const seen = [...new Set([...listedByTarAnyway(archive), ...listedByBsdtar(archive)])].map((n) => n.replace(/\/\.$/, ''));
       expect(seen.filter((n) => n.endsWith('.exe')), `${what}: what the extractors show`).toContain('evil.exe');
-      const listing = list(archive, 100);
+      const listing = listTar(archive, 100);
       expect(listing, what).toMatchObject({ isTar: true, complete: true });
       expect([...listing.entries].sort(), what).toEqual(expect.arrayContaining([...expected].sort()));
     }
@@ -254,7 +241,7 @@ describe('tar listing', () => {
       ['a length with a sign', paxHeader('x', '+14 path=a.txt\n')],
       ['a device with data', block('a.dev', 512, '3', Buffer.alloc(512))],
     ] as const) {
-      expect(list(Buffer.concat([body, block('a.txt', 0, '0'), after]), 100), what).toMatchObject({ isTar: true, complete: false });
+      expect(listTar(Buffer.concat([body, block('a.txt', 0, '0'), after]), 100), what).toMatchObject({ isTar: true, complete: false });
     }
     // Random content is deflated in stored blocks, which the inflater gives out whole: cut inside one,
     // the names after it are never seen.
@@ -264,12 +251,12 @@ describe('tar listing', () => {
     execFileSync('tar', ['-czf', 'out.tgz', 'a.txt', 'evil.exe'], { cwd: dir });
     const tgz = readFileSync(join(dir, 'out.tgz'));
     const cut = tgz.subarray(0, tgz.length - 200);
-    expect(list(cut, 1000)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(cut, 1000)).toMatchObject({ isTar: true, complete: false });
   });
 
   it('reads a crafted gzip header in time proportional to its size: a name that never ends is not read past 64 KB', () => {
     const endless = Buffer.concat([Buffer.from([0x1f, 0x8b, 0x08, 0x08, 0, 0, 0, 0, 0, 3]), Buffer.alloc(16 * 1024 * 1024, 'A')]);
-    expect(list(endless, 65_536)).toEqual({ isTar: false, entries: [], complete: false });
+    expect(listTar(endless, 65_536)).toEqual({ isTar: false, entries: [], complete: false });
   });
 
   it('reads the gzip as extractors do: an extra field of 64 KB, a second member (incomplete), a stored block cut short (incomplete)', () => {
@@ -278,25 +265,25 @@ describe('tar listing', () => {
     // The extra field at its largest (FEXTRA set in the flags, 65 535 bytes).
     const extra = Buffer.concat([gz.subarray(0, 3), Buffer.from([gz[3]! | 0x04]), gz.subarray(4, 10), Buffer.from([0xff, 0xff]), Buffer.alloc(65_535), gz.subarray(10)]);
     expect(listedByTarAnyway(extra)).toEqual(['a.txt', 'evil.exe']);
-    expect(list(extra, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
+    expect(listTar(extra, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
     // An empty member first: the tar is in the second one, which extractors read.
     const second = Buffer.concat([gzipSync(Buffer.alloc(0)), gz]);
     expect(listedByTarAnyway(second)).toEqual(['a.txt', 'evil.exe']);
-    expect(list(second, 1000)).toMatchObject({ complete: false });
+    expect(listTar(second, 1000)).toMatchObject({ complete: false });
     // Stored (level 0) and cut short: the inflater gives nothing of a stored block until it is whole.
     const stored = gzipSync(tar, { level: 0 });
     expect(listedByTarAnyway(stored.subarray(0, stored.length - 20))).toContain('evil.exe');
-    expect(list(stored.subarray(0, stored.length - 20), 1000)).toMatchObject({ complete: false });
+    expect(listTar(stored.subarray(0, stored.length - 20), 1000)).toMatchObject({ complete: false });
     // Whole, the same file is read whole; a lone member with its trailer is no cause for doubt.
-    expect(list(stored, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
-    expect(list(gzipSync(Buffer.from('a short note')), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(stored, 1000)).toEqual({ isTar: true, entries: ['a.txt', 'evil.exe'], complete: true });
+    expect(listTar(gzipSync(Buffer.from('a short note')), 1000)).toEqual({ isTar: false, entries: [], complete: true });
   });
 
   it('lists the files before the cut of an archive cut short, as extractors do', () => {
     const archive = gnuTar('gnu');
     const cut = archive.subarray(0, 3 * 512);
-    expect(list(cut, 100)).toMatchObject({ isTar: true, complete: true });
-    expect(list(cut, 100).entries).toEqual(listedByTar(archive).slice(0, 2));
+    expect(listTar(cut, 100)).toMatchObject({ isTar: true, complete: true });
+    expect(listTar(cut, 100).entries).toEqual(listedByTar(archive).slice(0, 2));
   });
 
   it('as an attachment: a .tar.gz holding a program is quarantined by the shipped policy, a tar inside a zip too', async () => {
@@ -356,7 +343,7 @@ describe('archives inside a tar', () => {
 
     const expected = ['LISEZ-MOI.txt', 'annexes/docs.zip', 'annexes/docs.zip/facture.exe', 'outils.7z', 'outils.7z/outil.exe', 'sauvegarde.tgz', 'sauvegarde.tgz/script.js'];
     for (const chunk of [outer.length, 1000, 65_536]) {
-      const listing = list(outer, chunk);
+      const listing = listTar(outer, chunk);
       expect([...listing.entries].sort(), `chunks of ${chunk}`).toEqual(expected);
       expect(listing).toMatchObject({ isTar: true, complete: true });
     }
@@ -367,17 +354,17 @@ describe('archives inside a tar', () => {
     const level2 = tarOf({ 'l3.zip': level3 });
     const level1 = zip([{ name: 'l2.tar', content: level2 }]);
     const three = tarOf({ 'l1.zip': level1 });
-    expect(list(three, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['l1.zip/l2.tar/l3.zip/evil.exe']) });
+    expect(listTar(three, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['l1.zip/l2.tar/l3.zip/evil.exe']) });
     const four = tarOf({ 'l0.tar': three });
-    expect(list(four, 4096)).toMatchObject({ complete: false, entries: expect.arrayContaining(['l0.tar/l1.zip/l2.tar/l3.zip']) });
+    expect(listTar(four, 4096)).toMatchObject({ complete: false, entries: expect.arrayContaining(['l0.tar/l1.zip/l2.tar/l3.zip']) });
 
     const withZip = tarOf({ 'docs.zip': level3 });
-    expect(list(withZip, 4096, { archives: 0 })).toMatchObject({ complete: false, entries: ['docs.zip'] });
+    expect(listTar(withZip, 4096, { archives: 0 })).toMatchObject({ complete: false, entries: ['docs.zip'] });
 
-    const encrypted = lister(tarOf({ 'docs.zip': zip([{ name: 'facture.exe', content: program }], { encrypted: true }) }), 4096);
+    const encrypted = tarLister(tarOf({ 'docs.zip': zip([{ name: 'facture.exe', content: program }], { encrypted: true }) }), 4096);
     expect(encrypted.listing).toMatchObject({ complete: true, entries: ['docs.zip', 'docs.zip/facture.exe'] });
     expect(encrypted.encrypted).toBe(true);
-    expect(lister(withZip, 4096).encrypted).toBe(false);
+    expect(tarLister(withZip, 4096).encrypted).toBe(false);
   });
 
   it('as an attachment: a .tar.gz holding a zip holding a program is quarantined by the shipped policy', async () => {
@@ -397,14 +384,14 @@ describe('archives inside a tar, as extractors reach them', () => {
     for (const type of ['Q', '8']) {
       const archive = Buffer.concat([block('inner.zip', innerZip.length, type, innerZip), EOF_BLOCKS]);
       expect(listedByBsdtar(archive), type).toEqual(['inner.zip']);
-      expect(list(archive, 1000), type).toMatchObject({ complete: true, entries: ['inner.zip', 'inner.zip/evil.exe'] });
+      expect(listTar(archive, 1000), type).toMatchObject({ complete: true, entries: ['inner.zip', 'inner.zip/evil.exe'] });
     }
     const nul = Buffer.concat([paxHeader('x', record('path', 'inner.zip\0.txt')), block('other', innerZip.length, '0', innerZip), EOF_BLOCKS]);
     expect(listedByBsdtar(nul)).toEqual(['inner.zip']);
-    expect(list(nul, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
+    expect(listTar(nul, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
     const global = Buffer.concat([paxHeader('g', record('path', 'inner.zip')), block('other', innerZip.length, '0', innerZip), EOF_BLOCKS]);
     expect(listedByTarAnyway(global)).toContain('inner.zip');
-    expect(list(global, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
+    expect(listTar(global, 1000)).toMatchObject({ complete: true, entries: expect.arrayContaining(['inner.zip/evil.exe']) });
   });
 
   it('a sparse file, a multi-volume part, or a link named like an archive leading to a file of the tar not opened, leaves the listing incomplete; a link to an archive listed here, or out of the tar, does not', () => {
@@ -416,7 +403,7 @@ describe('archives inside a tar, as extractors reach them', () => {
     for (const format of [['--format=gnu'], ['--format=pax', '--sparse-version=1.0'], ['--format=pax', '--sparse-version=0.1']]) {
       const archive = execFileSync('tar', ['--sparse', ...format, '-cf', '-', '-C', dir, 'inner.zip']);
       expect(listedByTar(archive), format.join(' ')).toEqual(['inner.zip']);
-      expect(list(archive, 4096), format.join(' ')).toMatchObject({ complete: false });
+      expect(listTar(archive, 4096), format.join(' ')).toMatchObject({ complete: false });
     }
 
     const links = mkdtempSync(join(root, 'links-'));
@@ -426,14 +413,14 @@ describe('archives inside a tar, as extractors reach them', () => {
     writeFileSync(join(links, 'a.zip'), innerZip);
     linkSync(join(links, 'a.zip'), join(links, 'b.zip'));
     const tarOfLinks = (...names: string[]) => execFileSync('tar', ['-cf', '-', '-C', links, ...names]);
-    expect(list(tarOfLinks('notes.txt', 'inner.zip'), 4096), 'a hard link named .zip to a text').toMatchObject({ complete: false });
-    expect(list(tarOfLinks('notes.txt', 'lien.zip'), 4096), 'a symbolic link named .zip').toMatchObject({ complete: false });
-    expect(list(tarOfLinks('a.zip', 'b.zip'), 4096), 'a hard link to a zip listed here').toMatchObject({ complete: true, entries: ['a.zip', 'a.zip/evil.exe', 'b.zip'] });
+    expect(listTar(tarOfLinks('notes.txt', 'inner.zip'), 4096), 'a hard link named .zip to a text').toMatchObject({ complete: false });
+    expect(listTar(tarOfLinks('notes.txt', 'lien.zip'), 4096), 'a symbolic link named .zip').toMatchObject({ complete: false });
+    expect(listTar(tarOfLinks('a.zip', 'b.zip'), 4096), 'a hard link to a zip listed here').toMatchObject({ complete: true, entries: ['a.zip', 'a.zip/evil.exe', 'b.zip'] });
     // Written as "./notes.txt" and "./lien.zip" (tar -C dir .): the same files, the link's folder read as the tar's top.
     const dotted = execFileSync('tar', ['-cf', '-', '-C', links, './notes.txt', './inner.zip']);
-    expect(list(dotted, 4096), 'names starting with ./').toMatchObject({ complete: false });
+    expect(listTar(dotted, 4096), 'names starting with ./').toMatchObject({ complete: false });
     const dottedSymlink = execFileSync('tar', ['-cf', '-', '-C', links, './notes.txt', './lien.zip']);
-    expect(list(dottedSymlink, 4096), 'a symbolic link written ./lien.zip').toMatchObject({ complete: false });
+    expect(listTar(dottedSymlink, 4096), 'a symbolic link written ./lien.zip').toMatchObject({ complete: false });
     // A symbolic link to an archive of the tar, written before it (latest.tar.gz next to the versions),
     // or leading out of the tar, brings nothing unlisted.
     const releases = mkdtempSync(join(root, 'releases-'));
@@ -443,9 +430,9 @@ describe('archives inside a tar, as extractors reach them', () => {
     symlinkSync('../../ailleurs.zip', join(releases, 'versions', 'dehors.zip'));
     const linkFirst = execFileSync('tar', ['-cf', '-', '-C', releases, 'latest.tar.gz', 'versions']);
     expect(listedByTar(linkFirst)[0]).toBe('latest.tar.gz');
-    expect(list(linkFirst, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['versions/app-1.2.tar.gz/app.js']) });
+    expect(listTar(linkFirst, 4096)).toMatchObject({ complete: true, entries: expect.arrayContaining(['versions/app-1.2.tar.gz/app.js']) });
 
-    expect(list(Buffer.concat([block('inner.zip', innerZip.length, 'M', innerZip), EOF_BLOCKS]), 1000), 'a multi-volume part').toMatchObject({ complete: false });
+    expect(listTar(Buffer.concat([block('inner.zip', innerZip.length, 'M', innerZip), EOF_BLOCKS]), 1000), 'a multi-volume part').toMatchObject({ complete: false });
   });
 
   it('opens each of the 1500 gzipped logs of a tar (a year and more of rotated logs), and lists it whole', () => {
@@ -458,7 +445,7 @@ describe('archives inside a tar, as extractors reach them', () => {
     }
     writeFileSync(join(dir, 'files'), names.join('\n'));
     const archive = execFileSync('tar', ['-czf', '-', '-T', 'files'], { cwd: dir, maxBuffer: 1 << 26 });
-    const listing = list(archive, 65_536);
+    const listing = listTar(archive, 65_536);
     expect(listing.complete).toBe(true);
     expect(listing.entries).toEqual(expect.arrayContaining(['app.log-20230101.gz', 'app.log-20230101.gz/app.log-20230101']));
   });
@@ -470,7 +457,7 @@ describe('archives inside a tar, as extractors reach them', () => {
     const archive = execFileSync('tar', ['-g', join(dir, 'snapshot'), '-cf', '-', '-C', dir, 'docs']);
     expect(archive[156]).toBe('D'.charCodeAt(0));
     expect(listedByTar(archive)).toEqual(['docs/', 'docs/facture.pdf']);
-    expect(list(archive, 4096)).toEqual({ isTar: true, entries: ['docs/', 'docs/facture.pdf'], complete: true });
+    expect(listTar(archive, 4096)).toEqual({ isTar: true, entries: ['docs/', 'docs/facture.pdf'], complete: true });
   });
 
   it('a tar cut short inside an archive still lists what it showed, and the one file of a small gzip in it', () => {
@@ -479,17 +466,17 @@ describe('archives inside a tar, as extractors reach them', () => {
     // Cut right after the file's bytes: before its padding and the end blocks.
     const cut = full.subarray(0, 512 + gz.length);
     expect(listedByBsdtar(cut)).toEqual(['run.bat.gz']);
-    expect(list(cut, 4096)).toMatchObject({ isTar: true, entries: ['run.bat.gz', 'run.bat.gz/run.bat'] });
+    expect(listTar(cut, 4096)).toMatchObject({ isTar: true, entries: ['run.bat.gz', 'run.bat.gz/run.bat'] });
   });
 
   it('says the listing is incomplete where extractors read a hard link size, or a file named like a directory, as data of their own', () => {
     const hidden = block('evil.exe', program.length, '0', program);
     const linkWithData = Buffer.concat([block('lien.txt', hidden.length, '1', hidden), EOF_BLOCKS]);
     expect(listedByBsdtar(linkWithData)).toContain('lien.txt');
-    expect(list(linkWithData, 1000)).toMatchObject({ complete: false });
+    expect(listTar(linkWithData, 1000)).toMatchObject({ complete: false });
     const directoryWithData = Buffer.concat([block('docs/', hidden.length, '0', hidden), EOF_BLOCKS]);
     expect(listedByBsdtar(directoryWithData)).toEqual(['docs/', 'evil.exe']);
-    expect(list(directoryWithData, 1000)).toMatchObject({ complete: false });
+    expect(listTar(directoryWithData, 1000)).toMatchObject({ complete: false });
   });
 });
 
@@ -509,7 +496,7 @@ describe('gzip names and encryption as 7-Zip and the policy see them', () => {
     expect(execFileSync('7zz', ['l', '-slt', join(dir, 'notes.txt.gz')]).toString()).toMatch(/^Path = evil\.exe$/m);
     const found = await inspectAttachment(gz, 'notes.txt.gz');
     expect(found.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
-    expect(list(tarOf({ 'notes.txt.gz': gz }), 4096)).toMatchObject({ complete: false });
+    expect(listTar(tarOf({ 'notes.txt.gz': gz }), 4096)).toMatchObject({ complete: false });
   });
 
   it('a disk image compressed (facture.iso.gz), whose files cannot be listed without decompressing it whole, is refused, as an attachment and inside a zip', async () => {

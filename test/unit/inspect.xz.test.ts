@@ -5,61 +5,24 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Lzma2Stream, LzmaError } from '../../src/inspect/lzma.js';
 import { detectType } from '../../src/inspect/magic.js';
-import { inflateBudget } from '../../src/inspect/deflate.js';
-import { TarLister } from '../../src/inspect/tar.js';
 import { XzReader } from '../../src/inspect/xz.js';
+import { listedByGnuTar, listTar, MEMBERS, NAMES, sampleFolder, tarOfSample, UTF8, words } from '../harness/archives.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-xz-'));
-const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
-const words = Array.from({ length: 200_000 }, (_, i) => ['facture', 'été', 'Zürich', 'mot', String(i % 977)][i % 5]).join(' ');
-
-/** A folder with a program two levels down, a name not in ASCII, and `bulk` bytes of text and random data. */
-function folder(bulk = 70_000): string {
-  const dir = mkdtempSync(join(root, 'in-'));
-  const files: Record<string, Buffer> = {
-    'Factures/2025/facture.pdf.exe': Buffer.from('MZ\x90\x00stand-in program'),
-    'Reçus/été.txt': Buffer.from('bonjour'),
-    'LISEZ-MOI.txt': Buffer.from(words.slice(0, bulk)),
-    'données.bin': randomBytes(bulk),
-  };
-  for (const [name, data] of Object.entries(files)) {
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), data);
-  }
-  return dir;
-}
-
-/** A tar of the folder, then compressed by xz with these options. */
+/** A tar of the sample folder, then compressed by xz with these options. */
 function tarXz(xzOptions: string[], opts: { bulk?: number; tool?: 'tar' | 'bsdtar' } = {}): Buffer {
-  const dir = folder(opts.bulk);
-  const tar = execFileSync(opts.tool ?? 'tar', ['-cf', '-', '-C', dir, 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8, maxBuffer: 1 << 28 });
-  return execFileSync('xz', ['-c', ...xzOptions], { input: tar, maxBuffer: 1 << 28 });
+  return execFileSync('xz', ['-c', ...xzOptions], { input: tarOfSample(root, opts), maxBuffer: 1 << 28 });
 }
 
-/** What GNU tar lists, and whether it read the whole archive without an error. */
-function listedByTar(archive: Buffer): { names: string[]; ok: boolean } {
-  const file = join(mkdtempSync(join(root, 'l-')), 'a.tar.xz');
-  writeFileSync(file, archive);
-  const run = spawnSync('tar', ['-tJf', file], { env: UTF8, maxBuffer: 1 << 26 });
-  return { names: run.stdout.toString('utf8').split('\n').filter(Boolean), ok: run.status === 0 };
-}
-
-function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
-  // The caller's object itself, filled in: what the listing spent shows in it.
-  const lister = new TarLister(1000, Object.assign(budget, { ...inflateBudget(), ...budget }));
-  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
-  lister.end();
-  return lister.listing;
-}
-
-const NAMES = ['Factures/', 'Factures/2025/', 'Factures/2025/facture.pdf.exe', 'Reçus/', 'Reçus/été.txt', 'LISEZ-MOI.txt', 'données.bin'];
+/** What GNU tar lists in a .tar.xz, and whether it read the whole archive without an error. */
+const listedByTar = (archive: Buffer) => listedByGnuTar(root, archive, '-J');
 
 describe('LZMA2 decoded as it streams', () => {
   it('gives back what xz encoded, however the input is cut, with a window smaller than the output', () => {
@@ -110,7 +73,7 @@ describe('xz-compressed tar listing', () => {
       const listed = listedByTar(archive);
       expect(listed).toEqual({ names: NAMES, ok: true });
       expect(detectType(archive)).toBe('xz');
-      for (const chunk of [archive.length, 1, 511, 65_536]) expect(list(archive, chunk), `${tool} ${options.join(' ')}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
+      for (const chunk of [archive.length, 1, 511, 65_536]) expect(listTar(archive, chunk), `${tool} ${options.join(' ')}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
     }
   });
 
@@ -118,11 +81,11 @@ describe('xz-compressed tar listing', () => {
     const archive = tarXz(['-9']);
     // The block header's only filter: LZMA2 (0x21), one property byte, the dictionary size (28: 64 MiB).
     expect([archive[14], archive[15], archive[16]]).toEqual([0x21, 1, 28]);
-    expect(list(archive, 65_536)).toEqual({ isTar: true, entries: NAMES, complete: true });
+    expect(listTar(archive, 65_536)).toEqual({ isTar: true, entries: NAMES, complete: true });
   });
 
   it('says the listing is incomplete when the xz cannot be read whole: another filter, a damaged block header, cut short, a far match, a tar going on in a second stream, past the budget', () => {
-    const incomplete = (archive: Buffer, why: string, budget?: { bytes: number }) => expect(list(archive, 4096, budget).complete, why).toBe(false);
+    const incomplete = (archive: Buffer, why: string, budget?: { bytes: number }) => expect(listTar(archive, 4096, budget).complete, why).toBe(false);
 
     const bcj = tarXz(['--x86', '--lzma2=preset=6']);
     expect(listedByTar(bcj)).toEqual({ names: NAMES, ok: true });
@@ -136,7 +99,7 @@ describe('xz-compressed tar listing', () => {
     const whole = tarXz([], { bulk: 400_000 });
     const cut = whole.subarray(0, whole.length >> 1);
     expect(listedByTar(cut).ok).toBe(false);
-    expect(list(cut, 4096)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(cut, 4096)).toMatchObject({ isTar: true, complete: false });
 
     // The same megabyte 9 MiB apart, with a 64 MiB dictionary: the second is a match past the 8 MiB kept.
     const again = randomBytes(1 << 20);
@@ -145,10 +108,10 @@ describe('xz-compressed tar listing', () => {
     writeFileSync(join(farDir, 'b.exe'), 'MZ');
     const far = execFileSync('xz', ['-c', '--lzma2=preset=0,dict=64MiB'], { input: execFileSync('tar', ['-cf', '-', '-C', farDir, 'a.bin', 'b.exe'], { maxBuffer: 1 << 26 }), maxBuffer: 1 << 26 });
     expect(listedByTar(far)).toEqual({ names: ['a.bin', 'b.exe'], ok: true });
-    expect(list(far, 65_536, { bytes: 1 << 30 })).toEqual({ isTar: true, entries: ['a.bin'], complete: false });
+    expect(listTar(far, 65_536, { bytes: 1 << 30 })).toEqual({ isTar: true, entries: ['a.bin'], complete: false });
 
-    const dir = folder();
-    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, 'Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'], { env: UTF8 });
+    const dir = sampleFolder(root);
+    const tar = execFileSync('tar', ['-cf', '-', '-C', dir, ...MEMBERS], { env: UTF8 });
     const twoStreams = Buffer.concat([execFileSync('xz', ['-c'], { input: tar.subarray(0, 1024) }), execFileSync('xz', ['-c'], { input: tar.subarray(1024) })]);
     expect(listedByTar(twoStreams)).toEqual({ names: NAMES, ok: true });
     incomplete(twoStreams, 'a tar going on in a second stream');
@@ -157,8 +120,8 @@ describe('xz-compressed tar listing', () => {
   });
 
   it('is not fooled into listing other files: an xz of a text, random bytes after the xz signature', () => {
-    expect(list(execFileSync('xz', ['-c'], { input: Buffer.from(words) }), 1000)).toEqual({ isTar: false, entries: [], complete: true });
-    expect(list(Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(execFileSync('xz', ['-c'], { input: Buffer.from(words) }), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), randomBytes(5000)]), 1000)).toEqual({ isTar: false, entries: [], complete: true });
   });
 });
 
@@ -261,11 +224,11 @@ const xz = (data: Buffer, ...opts: string[]) => execFileSync('xz', ['-c', ...opt
 
 describe('what extractors make of an xz beyond a plain tar', () => {
   it('a small file compressed by xz is no tar (no tar block came out of it); a tar going on in a second stream is incomplete', () => {
-    expect(list(xz(Buffer.from('notes de la réunion\n')), 1)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(xz(Buffer.from('notes de la réunion\n')), 1)).toEqual({ isTar: false, entries: [], complete: true });
     const tar = tarOf(header('evil.exe', program.length));
     const twoStreams = Buffer.concat([xz(tar.subarray(0, 100)), xz(tar.subarray(100))]);
     expect(listedByTar(twoStreams)).toEqual({ names: ['evil.exe'], ok: true });
-    expect(list(twoStreams, 7).complete).toBe(false);
+    expect(listTar(twoStreams, 7).complete).toBe(false);
   });
 
   it('another archive inside an xz or a gzip, which bsdtar extracts, is incomplete; so is a first checksum only GNU tar reads', () => {
@@ -273,9 +236,9 @@ describe('what extractors make of an xz beyond a plain tar', () => {
     const dir = mkdtempSync(join(root, 'inner-'));
     writeFileSync(join(dir, 'docs.txz'), xz(inner));
     expect(spawnSync('bsdtar', ['-tf', join(dir, 'docs.txz')]).stdout.toString()).toBe('evil.exe\n');
-    expect(list(xz(inner), 4096).complete).toBe(false);
-    expect(list(execFileSync('gzip', ['-c'], { input: inner }), 4096).complete).toBe(false);
-    expect(list(xz(execFileSync('gzip', ['-c'], { input: tarOf(header('evil.exe', program.length)) })), 4096).complete).toBe(false);
+    expect(listTar(xz(inner), 4096).complete).toBe(false);
+    expect(listTar(execFileSync('gzip', ['-c'], { input: inner }), 4096).complete).toBe(false);
+    expect(listTar(xz(execFileSync('gzip', ['-c'], { input: tarOf(header('evil.exe', program.length)) })), 4096).complete).toBe(false);
     // An old binary cpio (its magic, then a name ending where the header says), but not any file
     // that starts with the same two bytes.
     writeFileSync(join(dir, 'evil.exe'), program);
@@ -283,28 +246,28 @@ describe('what extractors make of an xz beyond a plain tar', () => {
     expect(cpioWithProgram.readUInt16LE(0)).toBe(0o70707);
     writeFileSync(join(dir, 'a.cpio.gz'), execFileSync('gzip', ['-c'], { input: cpioWithProgram }));
     expect(spawnSync('bsdtar', ['-tf', join(dir, 'a.cpio.gz')]).stdout.toString()).toBe('evil.exe\n');
-    expect(list(execFileSync('gzip', ['-c'], { input: cpioWithProgram }), 4096).complete).toBe(false);
+    expect(listTar(execFileSync('gzip', ['-c'], { input: cpioWithProgram }), 4096).complete).toBe(false);
     const alike = Buffer.concat([Buffer.from([0xc7, 0x71]), randomBytes(2000)]);
     alike.writeUInt16LE(20, 20);
     alike[26 + 19] = 0x41; // where the name's NUL would be
-    expect(list(execFileSync('gzip', ['-c'], { input: alike }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(execFileSync('gzip', ['-c'], { input: alike }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
     // An .lzma gzipped (bsdtar reads one compression after another), but not a file of zeros and a power of two.
     const lzmaTar = execFileSync('xz', ['-c', '--format=lzma'], { input: tarOf(header('evil.exe', program.length)) });
-    expect(list(execFileSync('gzip', ['-c'], { input: lzmaTar }), 4096).complete).toBe(false);
+    expect(listTar(execFileSync('gzip', ['-c'], { input: lzmaTar }), 4096).complete).toBe(false);
     const zeros = Buffer.concat([Buffer.from([0, 0, 0, 1]), Buffer.alloc(2000)]);
-    expect(list(execFileSync('gzip', ['-c'], { input: zeros }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(execFileSync('gzip', ['-c'], { input: zeros }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
     // A MATLAB v4 matrix (type 0, 1 row, 500 columns, real, its name) starts with numbers that read as an
     // .lzma header; what follows does not decode as LZMA.
     const matrixHeader = Buffer.alloc(20);
     [0, 1, 500, 0, 7].forEach((n, i) => matrixHeader.writeUInt32LE(n, i * 4));
     const matrix = Buffer.concat([matrixHeader, Buffer.from('signal\0'), randomBytes(4000)]);
-    expect(list(execFileSync('gzip', ['-c'], { input: matrix }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(execFileSync('gzip', ['-c'], { input: matrix }), 4096)).toEqual({ isTar: false, entries: [], complete: true });
     const smallZipLzma = execFileSync('xz', ['-c', '--format=lzma'], { input: zip([{ name: 'evil.exe', content: Buffer.from('MZ') }]) });
-    expect(list(execFileSync('gzip', ['-c'], { input: smallZipLzma }), 4096).complete).toBe(false);
+    expect(listTar(execFileSync('gzip', ['-c'], { input: smallZipLzma }), 4096).complete).toBe(false);
     const tabbed = tarOf(header('evil.exe', program.length, (sum) => '\t' + sum.toString(8).padStart(6, '0') + '\0'));
     expect(execFileSync('tar', ['-tf', '-'], { input: tabbed }).toString()).toBe('evil.exe\n');
-    expect(list(xz(tabbed), 4096).complete).toBe(false);
-    expect(list(tabbed, 4096).complete).toBe(false);
+    expect(listTar(xz(tabbed), 4096).complete).toBe(false);
+    expect(listTar(tabbed, 4096).complete).toBe(false);
   });
 
   it('an .lzma (tar --lzma) named like a compressed file, which xz and bsdtar read, is refused; other files starting alike are not', async () => {

@@ -4,20 +4,17 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { gzipSync } from 'node:zlib';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { inflateBudget } from '../../src/inspect/deflate.js';
 import { detectType } from '../../src/inspect/magic.js';
-import { TarLister } from '../../src/inspect/tar.js';
 import { ZstdReader } from '../../src/inspect/zstd.js';
+import { expectCompressedTarJudged, listedByGnuTar, listTar, MEMBERS, NAMES, sampleFolder, tarOfSample, UTF8, words } from '../harness/archives.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-zstd-'));
-const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
-const words = Array.from({ length: 200_000 }, (_, i) => ['facture', 'été', 'Zürich', 'mot', String(i % 977)][i % 5]).join(' ');
 const zstd = (data: Buffer | string, ...opts: string[]) => execFileSync('zstd', ['-c', '-q', ...opts], { input: data, maxBuffer: 1 << 28 });
 
 /** What `zstd -dc` gives back, and whether it read the file without an error. */
@@ -42,51 +39,15 @@ function decodesAsZstd(compressed: Buffer, chunk: number) {
   return { same: expected.ok && data.equals(expected.data), ...rest };
 }
 
-/** A folder with a program two levels down, a name not in ASCII, and `bulk` bytes of text and random data. */
-function folder(bulk = 70_000): string {
-  const dir = mkdtempSync(join(root, 'in-'));
-  const files: Record<string, Buffer> = {
-    'Factures/2025/facture.pdf.exe': Buffer.from('MZ\x90\x00stand-in program'),
-    'Reçus/été.txt': Buffer.from('bonjour'),
-    'LISEZ-MOI.txt': Buffer.from(words.slice(0, bulk)),
-    'données.bin': randomBytes(bulk),
-  };
-  for (const [name, data] of Object.entries(files)) {
-    mkdirSync(dirname(join(dir, name)), { recursive: true });
-    writeFileSync(join(dir, name), data);
-  }
-  return dir;
-}
-
-const NAMES = ['Factures/', 'Factures/2025/', 'Factures/2025/facture.pdf.exe', 'Reçus/', 'Reçus/été.txt', 'LISEZ-MOI.txt', 'données.bin'];
-const MEMBERS = ['Factures', 'Reçus', 'LISEZ-MOI.txt', 'données.bin'];
-
-function tarOfFolder(bulk?: number): Buffer {
-  return execFileSync('tar', ['-cf', '-', '-C', folder(bulk), ...MEMBERS], { env: UTF8, maxBuffer: 1 << 28 });
-}
-
 /** A .tar.zst by bsdtar, written to a file: to a pipe, bsdtar pads it with zeros to 10 KB blocks, which zstd refuses. */
 function bsdtarZstd(): Buffer {
   const file = join(mkdtempSync(join(root, 'b-')), 'a.tar.zst');
-  execFileSync('bsdtar', ['--zstd', '-cf', file, '-C', folder(), ...MEMBERS], { env: UTF8 });
+  execFileSync('bsdtar', ['--zstd', '-cf', file, '-C', sampleFolder(root), ...MEMBERS], { env: UTF8 });
   return readFileSync(file);
 }
 
 /** What GNU tar lists in a .tar.zst, and whether it read the whole archive without an error. */
-function listedByTar(archive: Buffer): { names: string[]; ok: boolean } {
-  const file = join(mkdtempSync(join(root, 'l-')), 'a.tar.zst');
-  writeFileSync(file, archive);
-  const run = spawnSync('tar', ['--zstd', '-tf', file], { env: UTF8, maxBuffer: 1 << 26 });
-  return { names: run.stdout.toString('utf8').split('\n').filter(Boolean), ok: run.status === 0 };
-}
-
-function list(bytes: Buffer, chunk: number, budget = { bytes: 128 * 1024 * 1024 }) {
-  // The caller's object itself, filled in: what the listing spent shows in it.
-  const lister = new TarLister(1000, Object.assign(budget, { ...inflateBudget(), ...budget }));
-  for (let i = 0; i < bytes.length; i += chunk) lister.push(bytes.subarray(i, i + chunk));
-  lister.end();
-  return lister.listing;
-}
+const listedByTar = (archive: Buffer) => listedByGnuTar(root, archive, '--zstd');
 
 /** Where each block header of a zstd frame starts. */
 function blockHeaders(frame: Buffer): number[] {
@@ -212,64 +173,49 @@ describe('Zstandard decoded as it streams', () => {
 describe('zstd-compressed tar listing', () => {
   it('lists what GNU tar lists in a .tar.zst by GNU tar and by bsdtar, at several levels, in several frames, however it is cut', () => {
     const archives: [string, Buffer][] = [
-      ['tar --zstd', execFileSync('tar', ['--zstd', '-cf', '-', '-C', folder(), ...MEMBERS], { env: UTF8 })],
+      ['tar --zstd', execFileSync('tar', ['--zstd', '-cf', '-', '-C', sampleFolder(root), ...MEMBERS], { env: UTF8 })],
       ['bsdtar --zstd', bsdtarZstd()],
-      ['zstd -19 of a larger tar', zstd(tarOfFolder(400_000), '-19')],
+      ['zstd -19 of a larger tar', zstd(tarOfSample(root, { bulk: 400_000 }), '-19')],
     ];
-    const tar = tarOfFolder();
+    const tar = tarOfSample(root);
     archives.push(['two frames, cut inside a header', Buffer.concat([zstd(tar.subarray(0, 700)), zstd(tar.subarray(700))])]);
     for (const [how, archive] of archives) {
       expect(listedByTar(archive), how).toEqual({ names: NAMES, ok: true });
-      for (const chunk of [archive.length, 511, 65_536]) expect(list(archive, chunk), `${how}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
+      for (const chunk of [archive.length, 511, 65_536]) expect(listTar(archive, chunk), `${how}, chunks of ${chunk}`).toEqual({ isTar: true, entries: NAMES, complete: true });
     }
   });
 
   it('says the listing is incomplete when the zstd cannot be read whole before the tar in it ended: damaged, cut short, past the budget', () => {
-    const whole = zstd(tarOfFolder(400_000));
+    const whole = zstd(tarOfSample(root, { bulk: 400_000 }));
     const cut = whole.subarray(0, whole.length >> 1);
     expect(listedByTar(cut).ok).toBe(false);
-    expect(list(cut, 4096)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(cut, 4096)).toMatchObject({ isTar: true, complete: false });
 
     const damaged = damageBlock(whole, blockHeaders(whole).length >> 1);
     expect(listedByTar(damaged).ok).toBe(false);
-    expect(list(damaged, 4096)).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(damaged, 4096)).toMatchObject({ isTar: true, complete: false });
 
-    expect(list(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
+    expect(listTar(whole, 4096, { bytes: 10_000 })).toMatchObject({ isTar: true, complete: false });
   });
 
   it('is not fooled: a zstd of a text, or of a few bytes, is no tar; a damaged first block, or another archive inside, which bsdtar extracts, is incomplete', () => {
-    expect(list(zstd(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
-    expect(list(zstd('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(zstd(words), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(zstd('bonjour'), 1000)).toEqual({ isTar: false, entries: [], complete: true });
     // A frame header, then a block of the reserved type: zstd fails on it, and what it hides cannot be known.
-    expect(list(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00]), Buffer.alloc(5000, 0xff)]), 1000)).toEqual({ isTar: false, entries: [], complete: false });
-    expect(list(Buffer.from('Pièce jointe: '.repeat(100)), 1000)).toEqual({ isTar: false, entries: [], complete: true });
+    expect(listTar(Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00]), Buffer.alloc(5000, 0xff)]), 1000)).toEqual({ isTar: false, entries: [], complete: false });
+    expect(listTar(Buffer.from('Pièce jointe: '.repeat(100)), 1000)).toEqual({ isTar: false, entries: [], complete: true });
 
     const zipped = zip([{ name: 'facture.exe', content: Buffer.from('MZ') }]);
     const file = join(mkdtempSync(join(root, 'z-')), 'a.zst');
     writeFileSync(file, zstd(zipped));
     expect(execFileSync('bsdtar', ['-tf', file]).toString()).toBe('facture.exe\n');
-    expect(list(zstd(zipped), 1000)).toMatchObject({ isTar: false, complete: false });
+    expect(listTar(zstd(zipped), 1000)).toMatchObject({ isTar: false, complete: false });
   });
 });
 
 describe('zstd-compressed tars as attachments', () => {
   it('a .tar.zst holding a program is quarantined by the shipped policy, one inside a zip too, and the file in a .zst inside a zip is named', async () => {
-    const archive = zstd(tarOfFolder());
-    const tzst = await inspectAttachment(archive, 'factures.tar.zst');
-    expect(tzst.message.attachments[0]).toMatchObject({ detectedType: 'zstd', archiveEntries: NAMES });
-    expect(tzst.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const inZip = await inspectAttachment(zip([{ name: 'docs.tzst', content: archive }]), 'docs.zip');
-    expect(inZip.message.attachments[0]!.archiveEntries).toContain('docs.tzst/Factures/2025/facture.pdf.exe');
-    expect(inZip.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const single = await inspectAttachment(zip([{ name: 'docs/invoice.exe.zst', content: zstd('MZ\x90\x00') }]), 'docs.zip');
-    expect(single.message.attachments[0]!.archiveEntries).toContain('docs/invoice.exe.zst/invoice.exe');
-    expect(single.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
-
-    const text = await inspectAttachment(zstd(words.slice(0, 5000)), 'notes.txt.zst');
-    expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
-    expect(text.verdict.action).toBe('continue');
+    await expectCompressedTarJudged({ archive: zstd(tarOfSample(root)), type: 'zstd', suffix: 'zst', tarSuffix: 'tzst', compress: (data) => zstd(data) });
   });
 });
 
@@ -281,7 +227,7 @@ describe('what zstd and bsdtar read beyond what zstd writes', () => {
     for (const name of ['zstd-huffman-12-bits.tar.zst', 'zstd-sequences-read-past.tar.zst', 'zstd-four-streams-bits-left.tar.zst', 'zstd-modes-reserved-bits.tar.zst']) {
       const archive = fixture(name);
       expect(listedByTar(archive), name).toEqual({ names: ['evil.exe'], ok: true });
-      expect(list(archive, 4096), name).toEqual({ isTar: true, entries: ['evil.exe'], complete: true });
+      expect(listTar(archive, 4096), name).toEqual({ isTar: true, entries: ['evil.exe'], complete: true });
     }
   });
 
@@ -292,11 +238,11 @@ describe('what zstd and bsdtar read beyond what zstd writes', () => {
     // An empty frame, then a gzip: zstd decompresses one after the other, and GNU tar lists what came out.
     const mixed = Buffer.concat([zstd(Buffer.alloc(0)), gzipSync(tar)]);
     expect(listedByTar(mixed)).toEqual({ names: ['evil.exe'], ok: true });
-    expect(list(mixed, 4096)).toMatchObject({ complete: false });
+    expect(listTar(mixed, 4096)).toMatchObject({ complete: false });
     // A frame of zstd 0.7 (its magic, then what Douane does not decode).
     const legacy = Buffer.concat([Buffer.from([0x27, 0xb5, 0x2f, 0xfd]), randomBytes(200)]);
     expect(detectType(legacy)).toBe('zstd');
-    expect(list(legacy, 4096)).toMatchObject({ complete: false });
+    expect(listTar(legacy, 4096)).toMatchObject({ complete: false });
   });
 
   it('a file starting with a skippable frame is zstd: compressed again inside, it is incomplete; one program in it is named', async () => {
@@ -308,8 +254,8 @@ describe('what zstd and bsdtar read beyond what zstd writes', () => {
     expect(found.message.attachments[0]).toMatchObject({ detectedType: 'zstd', archiveEntries: ['invoice.exe'] });
     expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
 
-    const twice = zstd(Buffer.concat([skippable(Buffer.from('meta')), zstd(tarOfFolder())]));
-    expect(list(twice, 4096)).toMatchObject({ isTar: false, complete: false });
+    const twice = zstd(Buffer.concat([skippable(Buffer.from('meta')), zstd(tarOfSample(root))]));
+    expect(listTar(twice, 4096)).toMatchObject({ isTar: false, complete: false });
   });
 
   it('content bsdtar opens as an archive after decompressing is incomplete: WARC, uuencoded, LZ4 legacy', () => {
@@ -321,8 +267,8 @@ describe('what zstd and bsdtar read beyond what zstd writes', () => {
     const uuencoded = Buffer.from('Pièce jointe :\nbegin 644 evil.exe\n"35H\n`\nend\n');
     const lz4Legacy = Buffer.concat([Buffer.from([0x02, 0x21, 0x4c, 0x18]), randomBytes(100)]);
     for (const [name, content] of [['WARC', warc], ['uuencoded', uuencoded], ['LZ4 legacy', lz4Legacy]] as const) {
-      expect(list(zstd(content), 4096), name).toMatchObject({ isTar: false, complete: false });
-      expect(list(gzipSync(content), 4096), `${name}, gzipped`).toMatchObject({ isTar: false, complete: false });
+      expect(listTar(zstd(content), 4096), name).toMatchObject({ isTar: false, complete: false });
+      expect(listTar(gzipSync(content), 4096), `${name}, gzipped`).toMatchObject({ isTar: false, complete: false });
     }
   });
 });
