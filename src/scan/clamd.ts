@@ -233,23 +233,16 @@ export class ClamdScanner implements ScannerPort {
       if (res.isInfected === true) return { result: 'infected', signature: res.viruses[0] ?? 'unknown', scanner: name, ms: 0 };
       if (res.isInfected === false) return { result: 'clean', scanner: name, ms: 0 };
       return { result: 'error', detail: 'clamd gave no clear answer', scanner: name, ms: 0 };
-    } catch (caught) {
+    } catch (err) {
       // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
       stream.destroy();
       if (abandoned.aborted) return { result: 'error', detail: 'scan abandoned', scanner: name, ms: 0 };
-      let err = caught as Error;
-      // clamd says a stream is over its StreamMaxLength, then closes it: a write racing the close sees only
-      // the close (EPIPE, ECONNRESET). A clamd that still answers PING refused this stream, not every scan.
-      if (/EPIPE|ECONNRESET/.test(err.message)) {
-        const alive = await pingHost(h, Math.min(2000, Math.max(0, deadlineAt - Date.now())));
-        if (alive.ok) err = new Error(`clamd ${name} closed the stream before its end (over its stream size limit) and answers PING: ${err.message}`);
-      }
-      const kind = errorKind(err);
+      const kind = errorKind(err as Error);
       this.opts.metrics.scanErrors.labels(kind).inc();
       // A message clamd refuses (over its stream limit) says nothing about the host.
-      if (kind === 'unreachable') this.setHostAside(h, err.message);
-      if (kind === 'timeout') this.confirmDown(h, err.message);
-      return { result: 'error', detail: err.message, scanner: name, ms: 0 };
+      if (kind === 'unreachable') this.setHostAside(h, (err as Error).message);
+      if (kind === 'timeout') this.confirmDown(h, (err as Error).message);
+      return { result: 'error', detail: (err as Error).message, scanner: name, ms: 0 };
     } finally {
       clearTimeout(timer);
       if (onAbandon) abandoned.removeEventListener('abort', onAbandon);
