@@ -40,7 +40,7 @@ export class Metrics {
 
   readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
   readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'Time from the first byte to clamd\'s verdict', buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly scanErrors = new Counter({ name: 'douane_scan_errors_total', help: 'Failed scans by kind (timeout, unreachable, size_limit, other)', labelNames: ['kind'], registers: [this.registry] });
+  readonly scanErrors = new Counter({ name: 'douane_scan_errors_total', help: 'Failed scans by kind (timeout, unreachable, size_limit, closed, other)', labelNames: ['kind'], registers: [this.registry] });
   readonly scanSignatures = new Counter({ name: 'douane_scan_signatures_total', help: 'Malware found, by signature family (first part of the name)', labelNames: ['family'], registers: [this.registry] });
   readonly scanFailovers = new Counter({ name: 'douane_scan_failovers_total', help: 'Scans retried on another clamd host', registers: [this.registry] });
   readonly scanFailOpen = new Counter({ name: 'douane_scan_fail_open_total', help: 'Messages relayed unscanned because scanning failed and the policy says fail-open', registers: [this.registry] });
@@ -70,7 +70,7 @@ export class Metrics {
     // Known label values start at 0, so that a first occurrence shows in rate() and increase().
     for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal']) this.upstreamErrors.labels(kind).inc(0);
     for (const kind of ['connection', 'command', 'deadline', 'hang']) this.redisErrors.labels(kind).inc(0);
-    for (const kind of ['timeout', 'unreachable', 'size_limit', 'other']) this.scanErrors.labels(kind).inc(0);
+    for (const kind of ['timeout', 'unreachable', 'size_limit', 'closed', 'other']) this.scanErrors.labels(kind).inc(0);
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
     for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked']) this.auth.labels(result).inc(0);
     for (const result of ['success', 'failure']) this.policyReloads.labels(result).inc(0);

@@ -237,12 +237,12 @@ export class ClamdScanner implements ScannerPort {
       // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
       stream.destroy();
       if (abandoned.aborted) return { result: 'error', detail: 'scan abandoned', scanner: name, ms: 0 };
-      const kind = errorKind(err as Error);
+      const { kind, detail } = describeFailure(err as Error);
       this.opts.metrics.scanErrors.labels(kind).inc();
       // A message clamd refuses (over its stream limit) says nothing about the host.
-      if (kind === 'unreachable') this.setHostAside(h, (err as Error).message);
-      if (kind === 'timeout') this.confirmDown(h, (err as Error).message);
-      return { result: 'error', detail: (err as Error).message, scanner: name, ms: 0 };
+      if (kind === 'unreachable') this.setHostAside(h, detail);
+      if (kind === 'timeout') this.confirmDown(h, detail);
+      return { result: 'error', detail, scanner: name, ms: 0 };
     } finally {
       clearTimeout(timer);
       if (onAbandon) abandoned.removeEventListener('abort', onAbandon);
@@ -291,12 +291,24 @@ export function pingHost(h: ClamdHost, timeoutMs: number): Promise<{ ok: boolean
   });
 }
 
-function errorKind(err: Error): string {
+/** What a failed scan is counted as, and what the log says about it. */
+function describeFailure(err: Error): { kind: string; detail: string } {
   const m = err.message;
-  if (/deadline|timed out|timeout/i.test(m)) return 'timeout';
-  if (/ECONNREFUSED|ENOENT|connect/i.test(m)) return 'unreachable';
-  if (/size limit/i.test(m)) return 'size_limit';
-  return 'other';
+  const code = (err as NodeJS.ErrnoException).code;
+  if (/deadline|timed out|timeout/i.test(m)) return { kind: 'timeout', detail: m };
+  // A connection reset mid-stream is read before the words connect/ECONN* below would call it unreachable.
+  if (code === 'EPIPE' || code === 'ECONNRESET') {
+    // clamd answers "INSTREAM size limit exceeded" and closes at once, with the rest of the stream unread:
+    // the kernel then resets the connection, and the reset can reach Douane before its reply is read
+    // (clamscan drops a reply that came with an error). Otherwise clamd ends a stream still being sent
+    // only when it stops, which the next scan finds, or after its ReadTimeout (120 s by default, past the
+    // default scan deadline of 60 s).
+    return { kind: 'closed', detail: `clamd closed the connection while the message was being sent (${m}): the message is most likely over clamd's stream size limit (StreamMaxLength), which clamd's lost reply would have said, or clamd stopped` };
+  }
+  if (/ECONNREFUSED|ENOENT|connect/i.test(m)) return { kind: 'unreachable', detail: m };
+  if (/size limit/i.test(m)) return { kind: 'size_limit', detail: m };
+  if (/^Scan aborted\. Reply from server:\s*$/.test(m)) return { kind: 'closed', detail: 'clamd closed the connection before the end of the message, without a reply' };
+  return { kind: 'other', detail: m };
 }
 
 /** A bounded label for metrics: "Heuristics.Limits.Exceeded.MaxRecursion" → "Heuristics", "Win.Trojan.X" → "Win". */

@@ -88,3 +88,45 @@ describe('clamd failover and abort', () => {
     await new Promise((resolve) => silent.close(resolve));
   });
 });
+
+describe('clamd closing a stream mid-message', () => {
+  // clamd over its StreamMaxLength answers and closes with the rest of the stream unread, so the kernel
+  // resets the connection; the reset can beat the reply. This clamd resets without replying, every time.
+  async function resetting() {
+    const sockets: net.Socket[] = [];
+    const server = net.createServer((s) => {
+      sockets.push(s);
+      s.on('error', () => {});
+      let seen = 0;
+      s.on('data', (d) => {
+        seen += d.length;
+        if (seen > 64 * 1024) s.resetAndDestroy();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    return { port, connections: () => sockets.length, close: () => new Promise((r) => { sockets.forEach((s) => s.destroy()); server.close(r); }) };
+  }
+
+  it('is named as clamd closing the stream (most likely its size limit), counted as closed, and the host is not set aside', async () => {
+    const clamd = await resetting();
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const scanner = new ClamdScanner({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeoutMs: 5000, metrics, log: createLogger({ level: 'silent' }) });
+    const live = scanner.start();
+    const chunk = Buffer.alloc(16 * 1024, 1);
+    for (let i = 0; i < 64; i++) await live.write(chunk);
+    const r = await live.end(() => Readable.from([chunk]));
+    expect(r.result).toBe('error');
+    expect(r.detail).toMatch(/^clamd closed the connection while the message was being sent \((write EPIPE|read ECONNRESET|write ECONNRESET)\): the message is most likely over clamd's stream size limit \(StreamMaxLength\)/);
+    const counted = await metrics.registry.getSingleMetricAsString('douane_scan_errors_total');
+    expect(counted).toMatch(/kind="closed"\} 1/);
+    expect(counted).toMatch(/kind="unreachable"\} 0/);
+    // Still the host scans go to.
+    const next = scanner.start();
+    await next.write(chunk);
+    await expect.poll(() => clamd.connections()).toBe(2);
+    next.abort();
+    scanner.close();
+    await clamd.close();
+  });
+});
