@@ -1,5 +1,6 @@
 // pino JSON logs. Secrets are removed by configuration (redact), not by remembering not to log them.
 
+import { format } from 'node:util';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
@@ -45,4 +46,22 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
     }
   });
   return pino(options, dest);
+}
+
+/**
+ * Sends what libraries print with console (clamscan prints every socket error to stderr, on several lines)
+ * to the JSON log, one line each, so that a log collector reading the gateway's output sees nothing but
+ * JSON. Returns the function that puts console back.
+ */
+export function routeConsoleToLog(logger: Logger): () => void {
+  const methods = ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const;
+  const saved = methods.map((m) => console[m]);
+  for (const m of methods) {
+    console[m] = (...args: unknown[]) => {
+      const text = format(...args);
+      const level = m === 'error' || m === 'warn' ? 'warn' : 'debug';
+      logger[level]({ event: 'library_output', console: m }, text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
+    };
+  }
+  return () => methods.forEach((m, i) => (console[m] = saved[i]!));
 }

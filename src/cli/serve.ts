@@ -3,7 +3,7 @@
 import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
 import { AdminServer } from '../admin.js';
 import { Gateway } from '../gateway.js';
-import { createLogger } from '../log.js';
+import { createLogger, routeConsoleToLog } from '../log.js';
 import { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { flag, option, parseArgs, UsageError } from './args.js';
@@ -63,6 +63,7 @@ export async function serve(argv: string[]): Promise<number> {
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
   process.on('SIGHUP', () => gateway.policies.reload('SIGHUP'));
+  const restoreConsole = routeConsoleToLog(logger);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -74,6 +75,7 @@ export async function serve(argv: string[]): Promise<number> {
       gateway
         .stop()
         .then(() => admin?.stop())
+        .finally(restoreConsole)
         .then(
           () => resolve(0),
           (err: Error) => {

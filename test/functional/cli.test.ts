@@ -4,6 +4,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import net from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -103,6 +104,61 @@ describe('douane CLI', () => {
       expect(crash).toMatchObject({ level: 'fatal', kind: 'unhandled rejection' });
       expect(String(crash!.err)).toMatch(/^Error: injected fault\n\s+at /);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('serve writes nothing but JSON lines: what a library prints (clamscan on a clamd that hung up) goes to the log', async () => {
+    upstream = await FakeUpstream.start();
+    // A clamd that resets the connection mid-stream, as one over its StreamMaxLength does.
+    const clamd = net.createServer((s) => {
+      s.on('error', () => {});
+      let seen = 0;
+      s.on('data', (d) => {
+        seen += d.length;
+        if (seen > 64 * 1024) s.resetAndDestroy();
+      });
+    });
+    await new Promise<void>((r) => clamd.listen(0, '127.0.0.1', r));
+    const dir = mkdtempSync(join(tmpdir(), 'douane-console-'));
+    writeFileSync(
+      join(dir, 'douane.yaml'),
+      [
+        'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }',
+        `upstream: { host: 127.0.0.1, port: ${upstream.port}, trusted_port: ${upstream.port}, tls: none }`,
+        `clamd: { hosts: [{ host: 127.0.0.1, port: ${(clamd.address() as net.AddressInfo).port} }], timeout: 5s }`,
+        'admin: { enabled: false }',
+        `spool: { dir: ${dir}/spool }`,
+        `state_dir: ${dir}/state`,
+        '',
+      ].join('\n'),
+    );
+    const child = spawn('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const port = () => out.split('\n').filter((l) => l.endsWith('}')).map((l) => JSON.parse(l) as { event?: string; port?: number }).find((l) => l.event === 'listening')?.port;
+    try {
+      await expect.poll(port, { timeout: 10_000 }).toBeDefined();
+      const c = await RawSmtp.connect(port()!);
+      expect(await c.reply()).toMatch(/^220 /);
+      await c.command('EHLO cli.test');
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write(`Subject: big\r\n\r\n${'x'.repeat(76).concat('\r\n').repeat(4000)}.\r\n`);
+      expect(await c.reply()).toMatch(/^451 4\.3\.0 /);
+      c.close();
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(err).toBe('');
+      const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.find((l) => l.event === 'library_output')).toMatchObject({ level: 'warn', console: 'error', msg: expect.stringMatching(/^node-clam: Error emitted from ClamAV socket: /) });
+    } finally {
+      child.kill('SIGKILL');
+      clamd.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
