@@ -1,5 +1,8 @@
 // The names an archive listing keeps: each once, the first `max`, then each name whose extension was not
-// seen yet (up to `max` more), so that a thousand harmless names cannot push one out. A name ends at its
+// seen yet (up to `max` more), so that a thousand harmless names cannot push one out. An extension with
+// a date or serial number in it (4 digits or more: "log-20230101", as logrotate's dateext writes) counts
+// with its digits left out: no file type has such an extension, and a year of rotated logs is otherwise
+// a thousand extensions, each new. A name ends at its
 // first NUL, as it does for the extractors (C strings: "evil.exe\0.txt" is evil.exe); trailing dots and
 // spaces go, as Windows names files ("evil.exe. " is evil.exe). Names are bounded in length, one by one
 // and together: comparing long strings over and over would otherwise cost quadratic time.
@@ -58,7 +61,7 @@ export class ArchiveNames {
     const name = normalizeName(raw);
     if (this.names.has(name)) return;
     const dot = name.lastIndexOf('.');
-    const extension = dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '';
+    const extension = extensionKind(dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '');
     if (this.entries.length >= this.max) {
       if (this.extensions.has(extension)) return;
       if (this.extra >= this.max) {
@@ -72,6 +75,11 @@ export class ArchiveNames {
     this.extensions.add(extension);
     this.entries.push(name);
   }
+}
+
+/** "log-20230101" and "log-20230102" are one kind of extension; "exe", "ps1" and "001" are their own. */
+function extensionKind(extension: string): string {
+  return /\d{4}/.test(extension) ? extension.replace(/\d+/g, '#') : extension;
 }
 
 /** A name as Windows shows it: up to its first NUL, without trailing dots and spaces. */

@@ -79,3 +79,8 @@ export async function expectCompressedTarJudged(c: { archive: Buffer; type: stri
   expect(text.message.attachments[0]!.archiveEntries).toEqual(['notes.txt']);
   expect(text.verdict.action).toBe('continue');
 }
+
+/** A word of letters only, a different one for each n: an extension of a kind of its own (no digits). */
+export function letterWord(n: number): string {
+  return n.toString(26).replace(/\d/g, (d) => 'qrstuvwxyz'[Number(d)]!);
+}

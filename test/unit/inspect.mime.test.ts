@@ -12,6 +12,7 @@ import { htmlToText } from '../../src/inspect/html.js';
 import { inspectStream, MessageInspector, type InspectLimits } from '../../src/inspect/mime.js';
 import { extractUrls, UrlScanner, UrlSet } from '../../src/inspect/urls.js';
 import type { MessageFacts } from '../../src/policy/facts.js';
+import { letterWord } from '../harness/archives.js';
 
 const FIXTURES = new URL('../../fixtures/messages/', import.meta.url);
 const LIMITS: InspectLimits = { maxParts: 500, maxDepth: 20, maxHeaderSize: 262_144 };
@@ -143,7 +144,7 @@ describe('MIME inspector: fixtures', () => {
     const hidden = await inspect(message(Buffer.concat([Buffer.alloc(64, 0x41), entry('evil.exe')])));
     expect(hidden.attachments[0]).toMatchObject({ detectedType: 'unknown', archiveEntries: ['evil.exe'] });
     expect(hidden.mimeLimitExceeded).toBeUndefined();
-    const flooded = await inspect(message(Buffer.concat(Array.from({ length: 2100 }, (_, i) => entry(`f.x${i}`)))));
+    const flooded = await inspect(message(Buffer.concat(Array.from({ length: 2100 }, (_, i) => entry(`f.x${letterWord(i)}`)))));
     expect(flooded.mimeLimitExceeded).toBe('archive_entries');
   });
 

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32, deflateRawSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { listTar, tarLister } from '../harness/archives.js';
+import { letterWord, listTar, tarLister } from '../harness/archives.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-tar-'));
@@ -448,6 +448,34 @@ describe('archives inside a tar, as extractors reach them', () => {
     const listing = listTar(archive, 65_536);
     expect(listing.complete).toBe(true);
     expect(listing.entries).toEqual(expect.arrayContaining(['app.log-20230101.gz', 'app.log-20230101.gz/app.log-20230101']));
+  });
+
+  it('at the gateway limit of 1000 names, a tar of 2000 logs rotated by date (app.log-20230101.gz) is listed: dated extensions are one kind', () => {
+    const dir = mkdtempSync(join(root, 'dated-'));
+    const names: string[] = [];
+    for (let day = 0; day < 2000; day++) {
+      const name = `app.log-${String(20230101 + day)}.gz`;
+      writeFileSync(join(dir, name), gzipSync(`ligne ${day}\n`));
+      names.push(name);
+    }
+    // Past the first 1000 names, a program still shows, and so does each new kind of extension.
+    writeFileSync(join(dir, 'facture.pdf.exe'), 'MZ');
+    writeFileSync(join(dir, 'setup.ps1'), 'Write-Host');
+    writeFileSync(join(dir, 'notes.log-v2'), 'v2');
+    names.push('facture.pdf.exe', 'setup.ps1', 'notes.log-v2');
+    writeFileSync(join(dir, 'files'), names.join('\n'));
+    const archive = execFileSync('tar', ['-cf', '-', '-T', 'files'], { cwd: dir, maxBuffer: 1 << 26 });
+    const listing = listTar(archive, 1000);
+    expect(listing.complete).toBe(true);
+    expect(listing.entries).toEqual(expect.arrayContaining(['app.log-20230101.gz', 'app.log-20230101.gz/app.log-20230101', 'facture.pdf.exe', 'setup.ps1', 'notes.log-v2']));
+
+    // 1001 new kinds of extension past the limit are still more than can be listed.
+    const many = mkdtempSync(join(root, 'kinds-'));
+    const kinds: string[] = [];
+    for (let i = 0; i < 2100; i++) kinds.push(i < 1000 ? `f${i}.txt` : `f.${letterWord(i)}`);
+    kinds.forEach((n) => writeFileSync(join(many, n), ''));
+    writeFileSync(join(many, 'files'), kinds.join('\n'));
+    expect(listTar(execFileSync('tar', ['-cf', '-', '-T', 'files'], { cwd: many, maxBuffer: 1 << 26 }), 1000).complete).toBe(false);
   });
 
   it('lists a GNU incremental backup whole: its directories (type D) carry their list of names as data, which extractors skip', () => {
