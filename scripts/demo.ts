@@ -16,7 +16,9 @@ function swaks(args: string[]): string {
   try {
     return execFileSync('swaks', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
-    return (e as { stdout: string }).stdout;
+    // swaks exits non-zero on a refusal, which the demo shows; its own errors (a Perl module missing) are on stderr.
+    const { stdout, stderr } = e as { stdout: string; stderr: string };
+    return stdout + stderr;
   }
 }
 
@@ -53,14 +55,18 @@ try {
   // The conversation from STARTTLS on, without the message body lines.
   console.log(transcript.slice(from).filter((l) => /^(<~|<-)\*?\s+\d{3}[ -]/.test(l) || /~> [A-Z]{4}/.test(l)).map((l) => '  ' + l).join('\n'));
   const box = await waitForMailbox(stack, 'user2', 1);
+  if (box.length === 0) throw new Error(`the message was not delivered; swaks said:\n${out}`);
   section('   delivered by Postfix into user2\'s mailbox');
   console.log(box[box.length - 1]!.toString().split('\n').slice(0, 6).map((l) => '  ' + l).join('\n'));
 
   section('2. the same client with a wrong password');
-  console.log(swaks([
+  const wrong = swaks([
     '--server', '127.0.0.1:2587', '--tls', '--auth', 'PLAIN', '--auth-user', 'user1@example.test', '--auth-password', 'wrong',
     '--from', 'user1@example.test', '--to', 'user2@example.test',
-  ]).split('\n').filter((l) => / 535 /.test(l)).join('\n'));
+  ]);
+  const refused = wrong.split('\n').filter((l) => / 535 /.test(l));
+  if (refused.length === 0) throw new Error(`the wrong password was not refused with 535; swaks said:\n${wrong}`);
+  console.log(refused.join('\n'));
 
   section('3. an SMTP smuggling attempt on the trusted port (:2525): refused, nothing relayed');
   const c = await RawSmtp.connect(2525);

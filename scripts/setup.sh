@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks curl openssl prometheus ca-certificates genisoimage libarchive-tools unar zip 7zip xz-utils bzip2 zstd cpio gcab cabextract)
+PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks libnet-ssleay-perl curl openssl prometheus ca-certificates genisoimage libarchive-tools unar zip 7zip xz-utils bzip2 zstd cpio gcab cabextract)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
