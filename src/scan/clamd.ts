@@ -232,6 +232,7 @@ export class ClamdScanner implements ScannerPort {
       const res = await Promise.race([clam.scanStream(stream), deadline]);
       if (res.isInfected === true) return { result: 'infected', signature: res.viruses[0] ?? 'unknown', scanner: name, ms: 0 };
       if (res.isInfected === false) return { result: 'clean', scanner: name, ms: 0 };
+      this.opts.metrics.scanErrors.labels('other').inc();
       return { result: 'error', detail: 'clamd gave no clear answer', scanner: name, ms: 0 };
     } catch (err) {
       // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
@@ -294,19 +295,20 @@ export function pingHost(h: ClamdHost, timeoutMs: number): Promise<{ ok: boolean
 /** What a failed scan is counted as, and what the log says about it. */
 function describeFailure(err: Error): { kind: string; detail: string } {
   const m = err.message;
-  const code = (err as NodeJS.ErrnoException).code;
+  const { code, syscall } = err as NodeJS.ErrnoException;
   if (/deadline|timed out|timeout/i.test(m)) return { kind: 'timeout', detail: m };
-  // A connection reset mid-stream is read before the words connect/ECONN* below would call it unreachable.
+  // Refused, missing, or reset as it was being opened (a port forwarded to a clamd that is gone): the
+  // host is set aside.
+  if (syscall === 'connect' || /ECONNREFUSED|ENOENT|connect/i.test(m)) return { kind: 'unreachable', detail: m };
+  if (/size limit/i.test(m)) return { kind: 'size_limit', detail: m };
   if (code === 'EPIPE' || code === 'ECONNRESET') {
     // clamd answers "INSTREAM size limit exceeded" and closes at once, with the rest of the stream unread:
     // the kernel then resets the connection, and the reset can reach Douane before its reply is read
-    // (clamscan drops a reply that came with an error). Otherwise clamd ends a stream still being sent
-    // only when it stops, which the next scan finds, or after its ReadTimeout (120 s by default, past the
-    // default scan deadline of 60 s).
-    return { kind: 'closed', detail: `clamd closed the connection while the message was being sent (${m}): the message is most likely over clamd's stream size limit (StreamMaxLength), which clamd's lost reply would have said, or clamd stopped` };
+    // (clamscan drops a reply that came with an error). Otherwise clamd ends a connection without a
+    // verdict when it stops (a crash on the file, the OOM killer), which the next scan finds, or after
+    // its ReadTimeout (120 s by default, past the default scan deadline of 60 s).
+    return { kind: 'closed', detail: `clamd closed the connection without a verdict (${m}): the message is most likely over clamd's stream size limit (StreamMaxLength), which the reset can hide clamd's reply about, or clamd stopped while reading or scanning it` };
   }
-  if (/ECONNREFUSED|ENOENT|connect/i.test(m)) return { kind: 'unreachable', detail: m };
-  if (/size limit/i.test(m)) return { kind: 'size_limit', detail: m };
   if (/^Scan aborted\. Reply from server:\s*$/.test(m)) return { kind: 'closed', detail: 'clamd closed the connection before the end of the message, without a reply' };
   return { kind: 'other', detail: m };
 }

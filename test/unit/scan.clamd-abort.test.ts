@@ -117,7 +117,7 @@ describe('clamd closing a stream mid-message', () => {
     for (let i = 0; i < 64; i++) await live.write(chunk);
     const r = await live.end(() => Readable.from([chunk]));
     expect(r.result).toBe('error');
-    expect(r.detail).toMatch(/^clamd closed the connection while the message was being sent \((write EPIPE|read ECONNRESET|write ECONNRESET)\): the message is most likely over clamd's stream size limit \(StreamMaxLength\)/);
+    expect(r.detail).toMatch(/^clamd closed the connection without a verdict \((write EPIPE|read ECONNRESET|write ECONNRESET)\): the message is most likely over clamd's stream size limit \(StreamMaxLength\)/);
     const counted = await metrics.registry.getSingleMetricAsString('douane_scan_errors_total');
     expect(counted).toMatch(/kind="closed"\} 1/);
     expect(counted).toMatch(/kind="unreachable"\} 0/);
@@ -128,5 +128,65 @@ describe('clamd closing a stream mid-message', () => {
     next.abort();
     scanner.close();
     await clamd.close();
+  });
+
+  // One clamd per case, each doing one thing to the first connection it gets.
+  async function clamdThat(onConnection: (s: net.Socket) => void) {
+    let closed = 0;
+    const server = net.createServer((s) => {
+      s.on('error', () => {});
+      s.on('close', () => closed++);
+      onConnection(s);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const name = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const scanner = new ClamdScanner({ hosts: [{ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port }], timeoutMs: 3000, metrics, log: createLogger({ level: 'silent' }) });
+    const errors = async () => (await metrics.registry.getSingleMetricAsString('douane_scan_errors_total')).split('\n').filter((l) => / [1-9]\d*$/.test(l));
+    const up = async () => (await metrics.registry.getSingleMetricAsString('douane_clamd_up')).includes(`scanner="${name}"} 0`) ? 0 : 1;
+    return { scanner, errors, up, closed: () => closed, close: () => new Promise((r) => server.close(r)) };
+  }
+
+  it('reset as it is opened, the host counts as unreachable and is set aside, not as a stream clamd closed', async () => {
+    const c = await clamdThat((s) => s.resetAndDestroy());
+    const live = c.scanner.start();
+    await live.write(Buffer.from('hello'));
+    const r = await live.end(() => Readable.from([Buffer.from('hello')]));
+    expect(r.detail).toMatch(/^connect ECONNRESET /);
+    expect(await c.errors()).toEqual(['douane_scan_errors_total{kind="unreachable"} 1']);
+    expect(await c.up()).toBe(0);
+    c.scanner.close();
+    await c.close();
+  });
+
+  it('closed before the message ended, without a word: said so, and counted as closed', async () => {
+    const c = await clamdThat((s) => s.once('data', () => s.end()));
+    const live = c.scanner.start();
+    await live.write(Buffer.from('hello'));
+    // clamd hangs up while the client is still sending.
+    await expect.poll(c.closed).toBe(1);
+    const r = await live.end(() => Readable.from([Buffer.from('hello')]));
+    expect(r).toMatchObject({ result: 'error', detail: 'clamd closed the connection before the end of the message, without a reply' });
+    expect(await c.errors()).toEqual(['douane_scan_errors_total{kind="closed"} 1']);
+    expect(await c.up()).toBe(1);
+    c.scanner.close();
+    await c.close();
+  });
+
+  it('a stream read whole and no verdict: an error counted as other', async () => {
+    const c = await clamdThat((s) => {
+      let seen = Buffer.alloc(0);
+      s.on('data', (d) => {
+        seen = Buffer.concat([seen, d]);
+        if (seen.subarray(-4).equals(Buffer.alloc(4))) s.end();
+      });
+    });
+    const live = c.scanner.start();
+    await live.write(Buffer.from('hello'));
+    const r = await live.end(() => Readable.from([Buffer.from('hello')]));
+    expect(r).toMatchObject({ result: 'error', detail: 'clamd gave no clear answer' });
+    expect(await c.errors()).toEqual(['douane_scan_errors_total{kind="other"} 1']);
+    c.scanner.close();
+    await c.close();
   });
 });
