@@ -17,8 +17,8 @@ function swaks(args: string[]): string {
     return execFileSync('swaks', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (e) {
     // swaks exits non-zero on a refusal, which the demo shows; its own errors (a Perl module missing) are on stderr.
-    const { stdout, stderr } = e as { stdout: string; stderr: string };
-    return stdout + stderr;
+    const { stdout, stderr, message } = e as { stdout: string | null; stderr: string | null; message: string };
+    return (stdout ?? '') + (stderr ?? '') || message;
   }
 }
 
@@ -52,6 +52,7 @@ try {
   ]);
   const transcript = out.split('\n');
   const from = transcript.findIndex((l) => / -> STARTTLS/.test(l));
+  if (from < 0) throw new Error(`swaks did not get as far as STARTTLS; it said:\n${out}`);
   // The conversation from STARTTLS on, without the message body lines.
   console.log(transcript.slice(from).filter((l) => /^(<~|<-)\*?\s+\d{3}[ -]/.test(l) || /~> [A-Z]{4}/.test(l)).map((l) => '  ' + l).join('\n'));
   const box = await waitForMailbox(stack, 'user2', 1);

@@ -56,12 +56,20 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
 export function routeConsoleToLog(logger: Logger): () => void {
   const methods = ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const;
   const saved = methods.map((m) => console[m]);
-  for (const m of methods) {
+  let writing = false;
+  methods.forEach((m, i) => {
     console[m] = (...args: unknown[]) => {
-      const text = format(...args);
-      const level = m === 'error' || m === 'warn' ? 'warn' : 'debug';
-      logger[level]({ event: 'library_output', console: m }, text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
+      // Should the logger itself ever print, that goes out as it was, not round again.
+      if (writing) return saved[i]!(...args);
+      writing = true;
+      try {
+        const text = format(...args);
+        const level = m === 'error' || m === 'warn' ? 'warn' : 'debug';
+        logger[level]({ event: 'library_output', console: m }, text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
+      } finally {
+        writing = false;
+      }
     };
-  }
+  });
   return () => methods.forEach((m, i) => (console[m] = saved[i]!));
 }

@@ -3,7 +3,7 @@
 import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
 import { AdminServer } from '../admin.js';
 import { Gateway } from '../gateway.js';
-import { createLogger, routeConsoleToLog } from '../log.js';
+import { createLogger, routeConsoleToLog, type Logger } from '../log.js';
 import { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { flag, option, parseArgs, UsageError } from './args.js';
@@ -35,6 +35,19 @@ export async function serve(argv: string[]): Promise<number> {
   const loaded = loadConfig({ file: option(args, 'config'), files: true });
   const { config } = loaded;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
+  // Until serve returns, what libraries print goes to the log; the CLI's own messages after that (why
+  // the gateway could not start) go to stderr as usual.
+  const restoreConsole = routeConsoleToLog(logger);
+  try {
+    return await run(loaded, logger);
+  } finally {
+    restoreConsole();
+  }
+}
+
+/** Starts the gateway and its admin endpoint; resolves with the exit code once stopped by a signal. */
+async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promise<number> {
+  const { config } = loaded;
   // A fault no handler caught leaves the process in a state nobody knows: say what it was, in the log
   // where everything else is, and exit for the supervisor to restart it (open sessions get no 250 they
   // should not: a 250 is only ever sent after the upstream's).
@@ -63,7 +76,6 @@ export async function serve(argv: string[]): Promise<number> {
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
   process.on('SIGHUP', () => gateway.policies.reload('SIGHUP'));
-  const restoreConsole = routeConsoleToLog(logger);
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -75,7 +87,6 @@ export async function serve(argv: string[]): Promise<number> {
       gateway
         .stop()
         .then(() => admin?.stop())
-        .finally(restoreConsole)
         .then(
           () => resolve(0),
           (err: Error) => {
