@@ -7,6 +7,9 @@
 // spaces go, as Windows names files ("evil.exe. " is evil.exe). Names are bounded in length, one by one
 // and together: comparing long strings over and over would otherwise cost quadratic time.
 
+/** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
+export const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|tbz2?|bz2?|tzst|zst|iso|img|cab)$/i;
+
 const MAX_NAME = 4096;
 const MAX_CHARACTERS = 1 << 20;
 
@@ -27,7 +30,14 @@ export class ArchiveNames {
   private extra = 0;
   private characters = 0;
 
-  constructor(private readonly max: number) {}
+  /**
+   * `opensArchives: false` for a lister that does not open the archives inside (7z, RAR, cabinet, disk
+   * image): one named like an archive is a listing with names missing, what it holds.
+   */
+  constructor(
+    private readonly max: number,
+    private readonly options: { opensArchives: boolean } = { opensArchives: true },
+  ) {}
 
   /**
    * Adds a name as the extractors may show it: up to its first NUL (unrar, Windows' C strings), and, when
@@ -60,6 +70,7 @@ export class ArchiveNames {
     }
     const name = normalizeName(raw);
     if (this.names.has(name)) return;
+    if (!this.options.opensArchives && NESTED_ARCHIVE.test(name)) this.complete = false;
     const dot = name.lastIndexOf('.');
     const extension = extensionKind(dot > name.lastIndexOf('/') ? name.slice(dot + 1).toLowerCase() : '');
     if (this.entries.length >= this.max) {

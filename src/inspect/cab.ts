@@ -101,7 +101,7 @@ export class CabLister {
   private filesAt = 0;
 
   constructor(maxEntries = 1000) {
-    this.names = new ArchiveNames(maxEntries);
+    this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { isCab: false, entries: this.names.entries, complete: true, unnamed: false, inSet: false };
   }
 

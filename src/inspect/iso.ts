@@ -57,7 +57,7 @@ export class IsoLister {
   private directories = 0;
 
   constructor(maxEntries = 1000) {
-    this.names = new ArchiveNames(maxEntries);
+    this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { isIso: false, entries: this.names.entries, complete: true };
   }
 

@@ -16,8 +16,7 @@ import { defaultName, SevenZipLister, type SevenZipListing } from './sevenzip.js
 import { TarLister } from './tar.js';
 import { ZipLister, type ZipListing } from './zip.js';
 
-/** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
-export const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|tbz2?|bz2?|tzst|zst|iso|img|cab)$/i;
+export { NESTED_ARCHIVE } from './archive-names.js';
 /** Levels of archives opened below the attachment itself. */
 export const MAX_NESTING = 3;
 

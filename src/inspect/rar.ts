@@ -83,7 +83,7 @@ export class RarLister {
   private embedded = false;
 
   constructor(maxEntries = 1000) {
-    this.names = new ArchiveNames(maxEntries);
+    this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { isRar: false, entries: this.names.entries, complete: true, encrypted: false };
   }
 

@@ -141,7 +141,7 @@ export class SevenZipLister {
     maxEntries = 1000,
     private readonly budget: { lzma: number } = { lzma: MAX_HEADER },
   ) {
-    this.names = new ArchiveNames(maxEntries);
+    this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { is7z: false, entries: this.names.entries, complete: true, encrypted: false, unnamed: false };
   }
 

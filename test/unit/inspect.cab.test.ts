@@ -212,14 +212,19 @@ describe('cabinet listing', () => {
     expect(listedByCabextract(afterEmpty).names).toEqual(['evil.exe']);
     expectListing(afterEmpty, { isCab: true, entries: [], complete: false });
 
-    // A cabinet stored in another one is the outer's file: cabextract does not look inside it.
+    // A cabinet stored in another one is the outer's file: cabextract does not look inside it, and
+    // neither does the search for a further cabinet here.
     const dir = mkdtempSync(join(root, 'nested-'));
-    writeFileSync(join(dir, 'inner.cab'), gcab(false));
+    writeFileSync(join(dir, 'inner.bin'), gcab(false));
     writeFileSync(join(dir, 'lisez-moi.txt'), 'bonjour');
-    execFileSync('gcab', ['-c', 'outer.cab', 'inner.cab', 'lisez-moi.txt'], { cwd: dir });
+    execFileSync('gcab', ['-c', 'outer.cab', 'inner.bin', 'lisez-moi.txt'], { cwd: dir });
     const outer = readFileSync(join(dir, 'outer.cab'));
-    expect(listedByCabextract(outer)).toEqual({ names: ['inner.cab', 'lisez-moi.txt'], ok: true });
-    expectListing(outer, { isCab: true, entries: ['inner.cab', 'lisez-moi.txt'], complete: true });
+    expect(listedByCabextract(outer)).toEqual({ names: ['inner.bin', 'lisez-moi.txt'], ok: true });
+    expectListing(outer, { isCab: true, entries: ['inner.bin', 'lisez-moi.txt'], complete: true });
+    // Named as a cabinet, Windows opens it with a double click, and its files are not listed here.
+    writeFileSync(join(dir, 'inner.cab'), gcab(false));
+    execFileSync('gcab', ['-c', 'named.cab', 'inner.cab', 'lisez-moi.txt'], { cwd: dir });
+    expectListing(readFileSync(join(dir, 'named.cab')), { isCab: true, entries: ['inner.cab', 'lisez-moi.txt'], complete: false });
   });
 
   it('is not fooled into listing other files: random bytes, a text, a signature further in, an empty file', () => {
