@@ -88,6 +88,14 @@ export class ArchiveNames {
   }
 }
 
+/**
+ * A name 7-Zip gives a 7z or cabinet file stored without one (the archive's name less its extension:
+ * `docs.zip.7z` holds `docs.zip`) is an archive that the 7z and cabinet listers do not open either.
+ */
+export function namesArchive(name: string): boolean {
+  return NESTED_ARCHIVE.test(normalizeName(name));
+}
+
 /** "log-20230101" and "log-20230102" are one kind of extension; "exe", "ps1" and "001" are their own. */
 function extensionKind(extension: string): string {
   return /\d{4}/.test(extension) ? extension.replace(/\d+/g, '#') : extension;

@@ -23,6 +23,7 @@ import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHA
 import { transferDecoder, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { compressedFileNames, namesDiskImage } from './gzip.js';
+import { namesArchive } from './archive-names.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
@@ -475,6 +476,7 @@ export class MessageInspector {
     // extracts, and one file may be both an image and a zip); whether it is encrypted is only trusted of
     // a file that is a zip from its first byte.
     const unnamed = [...(sevenZip.unnamed ? [sevenZipDefaultName(f.name)] : []), ...(cab.unnamed ? [cabDefaultName(f.name)] : [])];
+    if (unnamed.some(namesArchive)) this.limitExceeded ??= 'archive_entries';
     // One file compressed: its name, as the tool that decompresses it writes it. It counts even when the
     // content lists as a tar (invoice.exe.xz holding a tar that is also a program), unless it is named a tar.
     const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed];

@@ -5,7 +5,7 @@
 // archives and of bytes inflated for the whole message (the budget in deflate.ts).
 
 import { Inflate } from 'fflate';
-import type { ArchiveListing } from './archive-names.js';
+import { namesArchive, type ArchiveListing } from './archive-names.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { deflateEnded, INFLATE_STEP, type InflateBudget } from './deflate.js';
 import { compressedFileNames, namesDiskImage } from './gzip.js';
@@ -127,11 +127,13 @@ export class NestedArchive {
     if (sevenZip.unnamed && !this.unnamedTaken) {
       this.unnamedTaken = true;
       names.push(defaultName(this.name));
+      if (namesArchive(defaultName(this.name))) this.complete = false;
     }
     const cab = this.cab.listing;
     if (cab.unnamed && !this.cabUnnamedTaken) {
       this.cabUnnamedTaken = true;
       names.push(cabDefaultName(this.name));
+      if (namesArchive(cabDefaultName(this.name))) this.complete = false;
     }
     // A cabinet of a set: 7-Zip and cabextract list the other cabinets' files, found by the names this
     // one gives them, which need not be names opened here.

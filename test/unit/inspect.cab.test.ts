@@ -193,6 +193,17 @@ describe('cabinet listing', () => {
     expect(found.verdict).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
   });
 
+  it('a file without a name in a cabinet named like an archive inside (docs.zip.cab) is an archive not opened: refused', async () => {
+    const archive = cabinet([{ name: '' }]);
+    expect(listedBy7zip(archive, 'docs.zip.cab')).toEqual(['docs.zip']);
+    const found = await inspectAttachment(archive, 'docs.zip.cab');
+    expect(found.message.attachments[0]!.archiveEntries).toEqual(['docs.zip']);
+    expect(found.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    const zipped = await inspectAttachment(zip([{ name: 'envoi/docs.zip.cab', content: archive }]), 'envoi.zip');
+    expect(zipped.message.attachments[0]!.archiveEntries).toContain('envoi/docs.zip.cab/docs.zip');
+    expect(zipped.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+  });
+
   it('reads a name marked UTF-8 as cabextract also does: overlong sequences decoded', () => {
     const overlong = Buffer.concat([Buffer.from('evil'), Buffer.from([0xe0, 0x80, 0xae]), Buffer.from('exe')]);
     const archive = cabinet([{ name: overlong, utf8: true }]);

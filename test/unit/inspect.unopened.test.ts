@@ -60,6 +60,20 @@ describe('an archive inside an archive Douane does not open', () => {
     expect(zipped.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
   });
 
+  it('is refused when 7-Zip names it after the 7z it is stored in without a name (docs.zip.7z holds docs.zip)', async () => {
+    const dir = mkdtempSync(join(root, 'unnamed-'));
+    execFileSync('7zz', ['a', '-bd', '-bso0', '-si', 'docs.zip.7z'], { cwd: dir, input: INNER });
+    execFileSync('7zz', ['x', '-bd', '-bso0', '-ox', 'docs.zip.7z'], { cwd: dir });
+    expect(readFileSync(join(dir, 'x', 'docs.zip'))).toEqual(INNER);
+    const archive = readFileSync(join(dir, 'docs.zip.7z'));
+    const attached = await inspectAttachment(archive, 'docs.zip.7z');
+    expect(attached.message.attachments[0]!.archiveEntries).toEqual(['docs.zip']);
+    expect(attached.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    const zipped = await inspectAttachment(zip([{ name: 'docs.zip.7z', content: archive }]), 'envoi.zip');
+    expect(zipped.message.attachments[0]!.archiveEntries).toContain('docs.zip.7z/docs.zip');
+    expect(zipped.verdict).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+  });
+
   it('holding no archive, each is listed and let through', async () => {
     for (const { kind, file, archive } of archives('facture.pdf', PDF)) {
       const { message, verdict } = await inspectAttachment(archive, file);
