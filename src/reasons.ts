@@ -143,6 +143,10 @@ export const REASONS = {
     sentence: 'Message refused: it carries a type of attachment that may not be sent by email (executables, scripts).',
     solution: 'Executable attachments are refused whatever their name (art. 4.6). Share such files another way.',
   },
+  'attachment.unreadable_archive': {
+    sentence: 'Message refused: it carries an archive in a format whose files cannot be checked (ARJ, LZH, split archives...); send them in a zip instead.',
+    solution: 'Douane lists the files of zip, 7z, RAR, tar, cabinet and disk image attachments to refuse programs inside them (art. 4.6). Other archive formats, which 7-Zip and WinRAR open with a double click, cannot be listed, so they are refused by name, as attachments and inside archives. The sender can send the files in a zip.',
+  },
   'mime.ambiguous': {
     sentence: 'Message refused: one of its parts has two {header} headers, which mail programs read differently.',
     solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) can show the filter one thing and the recipient another; usually a hostile message. The sender\'s program must write each header once.',

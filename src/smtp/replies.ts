@@ -51,6 +51,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'from.multiple': { reject: [550, '5.7.1'] },
   'content.forbidden': { reject: [550, '5.7.1'] },
   'attachment.forbidden': { reject: [550, '5.7.1'] },
+  'attachment.unreadable_archive': { reject: [550, '5.7.1'] },
   'mime.limits': { reject: [554, '5.6.0'] },
   'mime.ambiguous': { reject: [554, '5.6.0'] },
   'account.suspended': { reject: [550, '5.7.1'] },
