@@ -33,19 +33,33 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } } });
   }
   if (opts.destination) return pino(options, opts.destination);
+  // Nothing to write: no buffer to flush.
+  if (opts.level === 'silent') return pino(options);
   // Buffered: one write per 8 KB of log lines instead of one per line (a write costs more than the line
   // on a busy gateway); flushed every second and when the process exits, so lines are late, not lost.
   const dest = pino.destination({ dest: 1, sync: false, minLength: 8192 });
   const timer = setInterval(() => dest.flush(), 1000);
   timer.unref();
-  process.once('exit', () => {
-    try {
-      dest.flushSync();
-    } catch {
-      // nothing more can be done while exiting
-    }
-  });
+  flushedAtExit(dest);
   return pino(options, dest);
+}
+
+/** Buffers flushed when the process exits: one exit listener for all of them. */
+const buffers = new Set<{ flushSync(): void }>();
+
+function flushedAtExit(dest: { flushSync(): void }): void {
+  if (buffers.size === 0) {
+    process.once('exit', () => {
+      for (const b of buffers) {
+        try {
+          b.flushSync();
+        } catch {
+          // nothing more can be done while exiting
+        }
+      }
+    });
+  }
+  buffers.add(dest);
 }
 
 /**
