@@ -2,10 +2,10 @@
 // seen yet (up to `max` more), so that a thousand harmless names cannot push one out. An extension with
 // a date or serial number in it (4 digits or more: "log-20230101", as logrotate's dateext writes) counts
 // with its digits left out: no file type has such an extension, and a year of rotated logs is otherwise
-// a thousand extensions, each new. A name ends at its
-// first NUL, as it does for the extractors (C strings: "evil.exe\0.txt" is evil.exe); trailing dots and
-// spaces go, as Windows names files ("evil.exe. " is evil.exe). Names are bounded in length, one by one
-// and together: comparing long strings over and over would otherwise cost quadratic time.
+// a thousand extensions, each new. A name ends at its first NUL, as it does for the extractors (C
+// strings: "evil.exe\0.txt" is evil.exe); trailing dots and spaces go, as Windows names files
+// ("evil.exe. " is evil.exe). Names are bounded in length, one by one and together: comparing long
+// strings over and over would otherwise cost quadratic time.
 
 /** Entries opened as archives of their own: what Windows, or WinRAR and 7-Zip, open with a double click. */
 export const NESTED_ARCHIVE = /\.(zip|rar|7z|tar|tgz|gz|txz|xz|tbz2?|bz2?|tzst|zst|iso|img|cab)$/i;

@@ -126,14 +126,16 @@ export class NestedArchive {
     // A file 7-Zip stores without a name is extracted under the inner archive's name less ".7z".
     if (sevenZip.unnamed && !this.unnamedTaken) {
       this.unnamedTaken = true;
-      names.push(defaultName(this.name));
-      if (namesArchive(defaultName(this.name))) this.complete = false;
+      const named = defaultName(this.name);
+      names.push(named);
+      if (namesArchive(named)) this.complete = false;
     }
     const cab = this.cab.listing;
     if (cab.unnamed && !this.cabUnnamedTaken) {
       this.cabUnnamedTaken = true;
-      names.push(cabDefaultName(this.name));
-      if (namesArchive(cabDefaultName(this.name))) this.complete = false;
+      const named = cabDefaultName(this.name);
+      names.push(named);
+      if (namesArchive(named)) this.complete = false;
     }
     // A cabinet of a set: 7-Zip and cabextract list the other cabinets' files, found by the names this
     // one gives them, which need not be names opened here.

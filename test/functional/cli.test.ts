@@ -4,10 +4,10 @@
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import net from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
+import { misbehavingClamd, resetAfter } from '../harness/clamd.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { RawSmtp } from '../harness/net.js';
 
@@ -111,22 +111,14 @@ describe('douane CLI', () => {
   it('serve writes nothing but JSON lines: what a library prints (clamscan on a clamd that hung up) goes to the log', async () => {
     upstream = await FakeUpstream.start();
     // A clamd that resets the connection mid-stream, as one over its StreamMaxLength does.
-    const clamd = net.createServer((s) => {
-      s.on('error', () => {});
-      let seen = 0;
-      s.on('data', (d) => {
-        seen += d.length;
-        if (seen > 64 * 1024) s.resetAndDestroy();
-      });
-    });
-    await new Promise<void>((r) => clamd.listen(0, '127.0.0.1', r));
+    const clamd = await misbehavingClamd(resetAfter(64 * 1024));
     const dir = mkdtempSync(join(tmpdir(), 'douane-console-'));
     writeFileSync(
       join(dir, 'douane.yaml'),
       [
         'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }',
         `upstream: { host: 127.0.0.1, port: ${upstream.port}, trusted_port: ${upstream.port}, tls: none }`,
-        `clamd: { hosts: [{ host: 127.0.0.1, port: ${(clamd.address() as net.AddressInfo).port} }], timeout: 5s }`,
+        `clamd: { hosts: [{ host: 127.0.0.1, port: ${clamd.port} }], timeout: 5s }`,
         'admin: { enabled: false }',
         `spool: { dir: ${dir}/spool }`,
         `state_dir: ${dir}/state`,
@@ -158,7 +150,7 @@ describe('douane CLI', () => {
       expect(lines.find((l) => l.event === 'library_output')).toMatchObject({ level: 'warn', console: 'error', msg: expect.stringMatching(/^node-clam: Error emitted from ClamAV socket: /) });
     } finally {
       child.kill('SIGKILL');
-      clamd.close();
+      await clamd.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

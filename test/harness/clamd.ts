@@ -3,6 +3,7 @@
 // built here rather than committed anywhere.
 
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -104,5 +105,45 @@ async function tryStartClamd(opts: ClamdOptions): Promise<ClamdInstance> {
       rmSync(dir, { recursive: true, force: true });
       rmSync(scratch, { recursive: true, force: true });
     },
+  };
+}
+
+/**
+ * A stand-in for a clamd that misbehaves in one way, on loopback: `onConnection` does to each connection
+ * what the case needs (reset it, close it, say nothing). Counts the connections and their closes.
+ */
+export async function misbehavingClamd(onConnection: (s: net.Socket) => void): Promise<{ port: number; connections(): number; closed(): number; close(): Promise<void> }> {
+  const sockets: net.Socket[] = [];
+  let closed = 0;
+  const server = net.createServer((s) => {
+    sockets.push(s);
+    s.on('error', () => {});
+    s.on('close', () => closed++);
+    onConnection(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    connections: () => sockets.length,
+    closed: () => closed,
+    close: () =>
+      new Promise((r) => {
+        sockets.forEach((s) => s.destroy());
+        server.close(() => r());
+      }),
+  };
+}
+
+/**
+ * clamd over its StreamMaxLength answers and closes with the rest of the stream unread, so the kernel
+ * resets the connection, and the reset can beat the reply: this one resets without replying, every time.
+ */
+export function resetAfter(bytes: number): (s: net.Socket) => void {
+  return (s) => {
+    let seen = 0;
+    s.on('data', (d: Buffer) => {
+      seen += d.length;
+      if (seen > bytes) s.resetAndDestroy();
+    });
   };
 }

@@ -13,6 +13,16 @@ import { letterWord, listTar, tarLister } from '../harness/archives.js';
 import { inspectAttachment, zip } from '../harness/mime.js';
 
 const root = mkdtempSync(join(tmpdir(), 'douane-tar-'));
+
+/** `days` gzipped logs rotated by date in `dir` (app.log-20230101.gz, …); their names, in order. */
+function datedLogs(dir: string, days: number): string[] {
+  return Array.from({ length: days }, (_, day) => {
+    const name = `app.log-${String(20230101 + day)}.gz`;
+    writeFileSync(join(dir, name), gzipSync(`ligne ${day}\n`));
+    return name;
+  });
+}
+
 const UTF8 = { ...process.env, LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' };
 const LONG = `${'Dossier-comptable-2025/'.repeat(6)}facture-du-mois-de-novembre.pdf.exe`;
 
@@ -437,12 +447,7 @@ describe('archives inside a tar, as extractors reach them', () => {
 
   it('opens each of the 1500 gzipped logs of a tar (a year and more of rotated logs), and lists it whole', () => {
     const dir = mkdtempSync(join(root, 'logs-'));
-    const names: string[] = [];
-    for (let day = 0; day < 1500; day++) {
-      const name = `app.log-${String(20230101 + day)}.gz`;
-      writeFileSync(join(dir, name), gzipSync(`ligne ${day}\n`));
-      names.push(name);
-    }
+    const names = datedLogs(dir, 1500);
     writeFileSync(join(dir, 'files'), names.join('\n'));
     const archive = execFileSync('tar', ['-czf', '-', '-T', 'files'], { cwd: dir, maxBuffer: 1 << 26 });
     const listing = listTar(archive, 65_536);
@@ -452,12 +457,7 @@ describe('archives inside a tar, as extractors reach them', () => {
 
   it('at the gateway limit of 1000 names, a tar of 2000 logs rotated by date (app.log-20230101.gz) is listed: dated extensions are one kind', () => {
     const dir = mkdtempSync(join(root, 'dated-'));
-    const names: string[] = [];
-    for (let day = 0; day < 2000; day++) {
-      const name = `app.log-${String(20230101 + day)}.gz`;
-      writeFileSync(join(dir, name), gzipSync(`ligne ${day}\n`));
-      names.push(name);
-    }
+    const names = datedLogs(dir, 2000);
     // Past the first 1000 names, a program still shows, and so does each new kind of extension.
     writeFileSync(join(dir, 'facture.pdf.exe'), 'MZ');
     writeFileSync(join(dir, 'setup.ps1'), 'Write-Host');

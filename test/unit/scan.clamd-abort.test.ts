@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ClamdScanner } from '../../src/scan/clamd.js';
+import { misbehavingClamd, resetAfter } from '../harness/clamd.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 
@@ -90,26 +91,8 @@ describe('clamd failover and abort', () => {
 });
 
 describe('clamd closing a stream mid-message', () => {
-  // clamd over its StreamMaxLength answers and closes with the rest of the stream unread, so the kernel
-  // resets the connection; the reset can beat the reply. This clamd resets without replying, every time.
-  async function resetting() {
-    const sockets: net.Socket[] = [];
-    const server = net.createServer((s) => {
-      sockets.push(s);
-      s.on('error', () => {});
-      let seen = 0;
-      s.on('data', (d) => {
-        seen += d.length;
-        if (seen > 64 * 1024) s.resetAndDestroy();
-      });
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    const port = (server.address() as net.AddressInfo).port;
-    return { port, connections: () => sockets.length, close: () => new Promise((r) => { sockets.forEach((s) => s.destroy()); server.close(r); }) };
-  }
-
   it('is named as clamd closing the stream (most likely its size limit), counted as closed, and the host is not set aside', async () => {
-    const clamd = await resetting();
+    const clamd = await misbehavingClamd(resetAfter(64 * 1024));
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
     const scanner = new ClamdScanner({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeoutMs: 5000, metrics, log: createLogger({ level: 'silent' }) });
     const live = scanner.start();
@@ -132,19 +115,13 @@ describe('clamd closing a stream mid-message', () => {
 
   // One clamd per case, each doing one thing to the first connection it gets.
   async function clamdThat(onConnection: (s: net.Socket) => void) {
-    let closed = 0;
-    const server = net.createServer((s) => {
-      s.on('error', () => {});
-      s.on('close', () => closed++);
-      onConnection(s);
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const clamd = await misbehavingClamd(onConnection);
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
-    const name = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-    const scanner = new ClamdScanner({ hosts: [{ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port }], timeoutMs: 3000, metrics, log: createLogger({ level: 'silent' }) });
+    const name = `127.0.0.1:${clamd.port}`;
+    const scanner = new ClamdScanner({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeoutMs: 3000, metrics, log: createLogger({ level: 'silent' }) });
     const errors = async () => (await metrics.registry.getSingleMetricAsString('douane_scan_errors_total')).split('\n').filter((l) => / [1-9]\d*$/.test(l));
     const up = async () => (await metrics.registry.getSingleMetricAsString('douane_clamd_up')).includes(`scanner="${name}"} 0`) ? 0 : 1;
-    return { scanner, errors, up, closed: () => closed, close: () => new Promise((r) => server.close(r)) };
+    return { scanner, errors, up, closed: clamd.closed, close: clamd.close };
   }
 
   it('reset as it is opened, the host counts as unreachable and is set aside, not as a stream clamd closed', async () => {
