@@ -1,6 +1,6 @@
 // pino JSON logs. Secrets are removed by configuration (redact), not by remembering not to log them.
 
-import { format } from 'node:util';
+import { format, inspect, type InspectOptions } from 'node:util';
 import pino, { type Logger } from 'pino';
 
 export type { Logger };
@@ -64,20 +64,21 @@ function flushedAtExit(dest: { flushSync(): void }): void {
 
 /**
  * Sends what libraries print with console (clamscan prints every socket error to stderr, on several lines)
- * to the JSON log, one line each, so that a log collector reading the gateway's output sees nothing but
- * JSON. Returns the function that puts console back.
+ * and Node's own warnings (a deprecation in a dependency, too many listeners) to the JSON log, one line
+ * each, so that a log collector reading the gateway's output sees nothing but JSON. Returns the function
+ * that puts both back.
  */
 export function routeConsoleToLog(logger: Logger): () => void {
-  const methods = ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const;
+  const methods = ['log', 'info', 'warn', 'error', 'debug', 'trace', 'dir'] as const;
   const saved = methods.map((m) => console[m]);
   let writing = false;
   methods.forEach((m, i) => {
     console[m] = (...args: unknown[]) => {
       // Should the logger itself ever print, that goes out as it was, not round again.
-      if (writing) return saved[i]!(...args);
+      if (writing) return (saved[i] as (...a: unknown[]) => void)(...args);
       writing = true;
       try {
-        const text = format(...args);
+        const text = m === 'dir' ? inspect(args[0], args[1] as InspectOptions) : format(...args);
         const level = m === 'error' || m === 'warn' ? 'warn' : 'debug';
         logger[level]({ event: 'library_output', console: m }, text.length > 4096 ? `${text.slice(0, 4096)}…` : text);
       } finally {
@@ -85,5 +86,14 @@ export function routeConsoleToLog(logger: Logger): () => void {
       }
     };
   });
-  return () => methods.forEach((m, i) => (console[m] = saved[i]!));
+  // Node prints a warning to stderr through its own 'warning' listener: that one is set aside meanwhile.
+  const printers = process.listeners('warning');
+  for (const p of printers) process.off('warning', p);
+  const onWarning = (w: Error & { code?: string }) => logger.warn({ event: 'runtime_warning', warning: w.name, ...(w.code ? { code: w.code } : {}) }, w.message);
+  process.on('warning', onWarning);
+  return () => {
+    methods.forEach((m, i) => ((console as unknown as Record<string, unknown>)[m] = saved[i]));
+    process.off('warning', onWarning);
+    for (const p of printers) process.on('warning', p);
+  };
 }

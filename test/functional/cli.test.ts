@@ -155,6 +155,50 @@ describe('douane CLI', () => {
     }
   });
 
+  it('serve sends Node warnings and console.dir output of a library to the log, not to stderr', async () => {
+    upstream = await FakeUpstream.start();
+    const dir = mkdtempSync(join(tmpdir(), 'douane-warning-'));
+    writeFileSync(
+      join(dir, 'douane.yaml'),
+      [
+        'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }',
+        `upstream: { host: 127.0.0.1, port: ${upstream.port}, trusted_port: ${upstream.port}, tls: none }`,
+        'admin: { enabled: false }',
+        `spool: { dir: ${dir}/spool }`,
+        `state_dir: ${dir}/state`,
+        'clamd: none',
+        'log: { level: debug }',
+        '',
+      ].join('\n'),
+    );
+    // Stands in for a dependency that warns (a deprecation) and dumps an object, once the gateway runs.
+    writeFileSync(
+      join(dir, 'noisy-library.cjs'),
+      "process.on('SIGUSR2', () => { process.emitWarning('old API used', { type: 'DeprecationWarning', code: 'DEP0999' }); console.dir({ pool: { size: 3 } }); });\n",
+    );
+    const child = spawn('node', ['--require', join(dir, 'noisy-library.cjs'), CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const lines = () => out.split('\n').filter((l) => l.endsWith('}')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    try {
+      await expect.poll(() => lines().some((l) => l.event === 'listening'), { timeout: 10_000 }).toBe(true);
+      child.kill('SIGUSR2');
+      // The log is buffered for up to a second.
+      await expect.poll(() => lines().filter((l) => l.event === 'runtime_warning' || l.console === 'dir').length, { timeout: 5_000 }).toBe(2);
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(err).toBe('');
+      expect(lines().find((l) => l.event === 'runtime_warning')).toMatchObject({ level: 'warn', warning: 'DeprecationWarning', code: 'DEP0999', msg: 'old API used' });
+      expect(lines().find((l) => l.console === 'dir')).toMatchObject({ event: 'library_output', level: 'debug', msg: '{ pool: { size: 3 } }' });
+    } finally {
+      child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
     upstream = await FakeUpstream.start();
     // Port 0 everywhere (no port can be taken by another test meanwhile); the log says which were bound.
