@@ -159,6 +159,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       return;
     }
     if (step.action === 'throttle') {
+      // An allowlisted account (the provider's postmaster, a critical service) is not restricted by the
+      // ladder at all: a fifth of its limits could stop its mail as surely as a suspension.
+      if (policy.account(e.account).allowlisted.neverSuspend) {
+        const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
+        this.deps.metrics.suspensions.labels('throttle', 'skipped_allowlist').inc();
+        await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why: 'allowlists.never_suspend' });
+        await this.notifyAbuse(abuseMail('throttle skipped (never-suspend allowlist)', n, [`would have: throttle to ${step.factor} of the limits`]));
+        return;
+      }
       await this.deps.state.setThrottle(e.account, { factor: step.factor!, until: until!, reference: e.reference });
       const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
       await this.notifyHolder(e.account, throttleMail(n));

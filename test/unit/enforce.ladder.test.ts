@@ -151,11 +151,15 @@ describe('strike ladder', () => {
     expect((await enforcer.strikes('b@x.test')).total).toBe(1);
   });
 
-  it('never suspends an allowlisted account, and notices are queued in the outbox', async () => {
-    const { enforcer, state, strike, outbox } = setup();
+  it('never suspends or throttles an allowlisted account, and notices are queued in the outbox', async () => {
+    const { enforcer, state, strike, outbox, dir } = setup();
     for (let i = 0; i < 4; i++) await enforcer.record(strike('postmaster@dstorage.example', 'malware', 10, i));
-    expect((await state.account('postmaster@dstorage.example')).suspension).toBeUndefined();
+    expect(await state.account('postmaster@dstorage.example')).toEqual({});
     expect(outbox.jobs().some((j) => j.kind === 'notify')).toBe(true);
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+    expect(actions.filter((a) => a !== 'strike')).toEqual(['notify', 'throttle_skipped', 'suspension_skipped', 'suspension_skipped']);
+    const subjects = outbox.jobs().filter((j) => j.kind === 'notify').map((j) => (j.payload as { subject: string }).subject);
+    expect(subjects).toContainEqual(expect.stringMatching(/throttle skipped \(never-suspend allowlist\): postmaster@dstorage\.example/));
   });
 
   it('reinstatement clears the suspension, the throttle and the strikes, so the ladder starts over', async () => {
