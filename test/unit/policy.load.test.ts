@@ -32,6 +32,11 @@ describe('policy loading', () => {
     expect(p.rules.find((r) => r.id === 'limits.recipient-rate')!.phase).toBe('rcpt');
   });
 
+  it('records the shipped version in the policy CHANGELOG (art. 7: customers are told of changes)', () => {
+    const latest = [...readFileSync('policies/CHANGELOG.md', 'utf8').matchAll(/\(policy ([0-9a-f]{12})\)/g)].map((m) => m[1]).at(-1);
+    expect(latest).toBe(loadPolicy('policies').version);
+  });
+
   it('changes version when a file changes, and only then', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('fixtures/policies/minimal', dir, { recursive: true });
