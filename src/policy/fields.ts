@@ -95,7 +95,7 @@ export function usageField(limit: string): FieldSpec {
 }
 
 export function lookupField(name: string, limitNames: readonly string[]): FieldSpec | undefined {
-  if (FIELDS[name]) return FIELDS[name];
+  if (Object.hasOwn(FIELDS, name)) return FIELDS[name];
   if (name.startsWith('header.') && /^header\.[A-Za-z0-9-]+$/.test(name)) return headerField(name.slice('header.'.length));
   if (name.startsWith('limits.usage.') && limitNames.includes(name.slice('limits.usage.'.length))) return usageField(name.slice('limits.usage.'.length));
   return undefined;

@@ -142,7 +142,7 @@ function crossReferences(doc: PolicyDocument): Issue[] {
   const issues: Issue[] = [];
   const plans = Object.keys(doc.plans);
   const planRef = (name: string | undefined, path: (string | number)[]) => {
-    if (name !== undefined && !doc.plans[name]) issues.push({ path, message: `names plan "${name}", which is not defined in plans (defined: ${plans.join(', ')})` });
+    if (name !== undefined && !Object.hasOwn(doc.plans, name)) issues.push({ path, message: `names plan "${name}", which is not defined in plans (defined: ${plans.join(', ')})` });
   };
   planRef(doc.default_plan, ['default_plan']);
   for (const [a, o] of Object.entries(doc.accounts)) planRef(o.plan, ['accounts', a, 'plan']);
@@ -162,7 +162,7 @@ function crossReferences(doc: PolicyDocument): Issue[] {
 
   const events = Object.keys(doc.strikes.events);
   const eventRef = (name: string | undefined, path: (string | number)[]) => {
-    if (name !== undefined && !doc.strikes.events[name]) issues.push({ path, message: `names strike event "${name}", which is not defined in strikes.events (defined: ${events.join(', ')})` });
+    if (name !== undefined && !Object.hasOwn(doc.strikes.events, name)) issues.push({ path, message: `names strike event "${name}", which is not defined in strikes.events (defined: ${events.join(', ')})` });
   };
   eventRef(doc.auth.strike, ['auth', 'strike']);
   const seen = new Map<string, number>();
@@ -171,7 +171,7 @@ function crossReferences(doc: PolicyDocument): Issue[] {
     // A plan compared in a rule must exist: "entreprize" would never match, silently.
     for (const c of r.when.compared) {
       if (c.field !== 'account.plan') continue;
-      const missing = c.values.find((v) => !doc.plans[v.toLowerCase()]);
+      const missing = c.values.find((v) => !Object.hasOwn(doc.plans, v.toLowerCase()));
       if (missing !== undefined) issues.push({ path: c.path, message: `names plan "${missing}", which is not defined in plans (defined: ${plans.join(', ')})` });
     }
     const first = seen.get(r.id);

@@ -357,7 +357,8 @@ export function obj<S extends Shape>(shape: S, opts: { expected?: string } = {})
       const before = issues.length;
       const out: Record<string, unknown> = {};
       for (const key of Object.keys(input)) {
-        if (!(key in shape)) {
+        // Own keys only: "constructor" or "__proto__" must not pass for a known key.
+        if (!Object.hasOwn(shape, key)) {
           const known = Object.keys(shape);
           const hint = closest(key, known);
           issues.push({
@@ -371,7 +372,7 @@ export function obj<S extends Shape>(shape: S, opts: { expected?: string } = {})
         const v = input[key];
         // `key:` with nothing after it is a value left out by mistake, not a request for the default:
         // taking it as absent would silently drop what was meant (a token, a limit). Sections may be empty.
-        if (v === null && key in input && field.defaultRaw === undefined) {
+        if (v === null && Object.hasOwn(input, key) && field.defaultRaw === undefined) {
           issues.push({ path: [...path, key], message: `has no value: give ${field.schema.expected}, or remove the line${field.default !== undefined ? ' to use the default' : field.optional ? ' to leave it unset' : ''}` });
           continue;
         }
@@ -410,7 +411,8 @@ export function record<T>(values: Schema<T>, opts: { key?: RegExp; keyExpected?:
           continue;
         }
         const parsed = values.parse(v, [...path, key], issues);
-        if (parsed !== undefined) out[key] = parsed;
+        // Defined, not assigned: a name "__proto__" is an entry like any other, not the object's prototype.
+        if (parsed !== undefined) Object.defineProperty(out, key, { value: parsed, enumerable: true, writable: true, configurable: true });
       }
       return issues.length === before ? out : undefined;
     },

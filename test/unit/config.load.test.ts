@@ -1,6 +1,6 @@
 // Configuration: every kind of mistake names the file, line, column and key; env overrides name the variable.
 
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -48,6 +48,16 @@ describe('configuration loading', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/unknown-key.yaml', env: {} }))).toEqual([
       'fixtures/config/unknown-key.yaml:7:3: upstream.prot is not a known key (did you mean "port"?); known keys: host, port, trusted_port, tls, verify_certificate, ca, servername, xclient, helo_name, timeouts, pool',
     ]);
+  });
+
+  it('takes no name of a built-in object property for a known key', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-config-'));
+    const file = join(dir, 'douane.yaml');
+    writeFileSync(file, readFileSync('fixtures/config/valid.yaml', 'utf8').replace('  max_message_size: 30M\n', '  max_message_size: 30M\n  constructor: 12\n  toString: yes\n  __proto__: { bogus: 1 }\n'));
+    const all = problems(() => loadConfig({ file, env: {} })).join('\n');
+    expect(all).toMatch(/douane\.yaml:\d+:\d+: smtp\.constructor is not a known key/);
+    expect(all).toMatch(/douane\.yaml:\d+:\d+: smtp\.toString is not a known key/);
+    expect(all).toMatch(/douane\.yaml:\d+:\d+: smtp\.__proto__ is not a known key/);
   });
 
   it('reports every bad value at once, each with its position', () => {

@@ -76,6 +76,22 @@ describe('policy loading', () => {
     expect(p).toMatch(/^fixtures\/policies\/unknown-key\/limits\.yaml:13:5: plans\.basic\.mesages_per_week is not a known key/);
   });
 
+  it('takes no name of a built-in object property for a key, field, plan or strike event', () => {
+    const minimal = readFileSync('fixtures/policies/minimal/policy.yaml', 'utf8');
+    const policy = (text: string) => {
+      const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+      writeFileSync(join(dir, 'policy.yaml'), text);
+      return problems(dir).join('\n');
+    };
+    const keys = policy(minimal.replace('    when: { sender: { ends_with: "@watched.example" } }', '    when: { toString: { exists: true } }').replace('strikes:\n  window: 1h', 'strikes:\n  window: 1h\n  constructor: oops\n  __proto__: { bogus: 1 }'));
+    expect(keys).toMatch(/policy\.yaml:\d+:\d+: rules\[1\]\.when\.toString is not a known field/);
+    expect(keys).toMatch(/policy\.yaml:\d+:\d+: strikes\.constructor is not a known key/);
+    expect(keys).toMatch(/policy\.yaml:\d+:\d+: strikes\.__proto__ is not a known key/);
+    const references = policy(minimal.replace('default_plan: basic', 'default_plan: constructor').replace('    strike: content_rule', '    strike: hasOwnProperty'));
+    expect(references).toMatch(/policy\.yaml:\d+:\d+: default_plan names plan "constructor", which is not defined in plans \(defined: basic\)/);
+    expect(references).toMatch(/policy\.yaml:\d+:\d+: rules\[0\]\.strike names strike event "hasOwnProperty", which is not defined in strikes\.events/);
+  });
+
   it('checks references between files: plans and strike events that do not exist, duplicate rule ids', () => {
     expect(problems('fixtures/policies/bad-references')).toEqual([
       'fixtures/policies/bad-references/limits.yaml:13:15: default_plan names plan "premium", which is not defined in plans (defined: basic)',
