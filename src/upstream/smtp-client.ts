@@ -145,7 +145,9 @@ export class SmtpClient {
 
   private attach(socket: net.Socket): void {
     this.socket = socket;
-    socket.setEncoding('latin1');
+    // UTF-8: a reply may quote an international address (SMTPUTF8), and goes to the client as it was
+    // written. A character split between two reads is joined first.
+    socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
     socket.on('error', (err) => this.fail(new UpstreamError('closed', `upstream connection failed: ${err.message}`)));
     socket.on('close', () => this.fail(new UpstreamError('closed', 'upstream closed the connection')));

@@ -260,6 +260,23 @@ describe('upstream faults reach the client, and never as 250', () => {
     c.close();
   });
 
+  it('passes an upstream reply in UTF-8 through byte for byte (an international address quoted)', async () => {
+    const refusal = '550 5.1.1 <josé@exemple.fr>: Recipient address rejected: User unknown';
+    const { gw, upstream } = await setup({ capabilities: ['PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES', 'SMTPUTF8'], rcpt: (to) => (to.startsWith('jos') ? refusal : undefined), dataEnd: () => '250 2.0.0 Reçu, merci' });
+    const c = await trusted(gw.port('trusted'));
+    await c.command('MAIL FROM:<user1@example.test> SMTPUTF8');
+    // Both ends read bytes (latin1 here): the reply's UTF-8 bytes must be the upstream's, not encoded twice.
+    const asBytes = (text: string) => Buffer.from(text, 'utf8').toString('latin1');
+    c.write(Buffer.from('RCPT TO:<josé@exemple.fr>\r\n', 'utf8'));
+    expect(await c.reply()).toMatch(upstreamReply(asBytes(refusal)));
+    expect(upstream.commands).toContain(asBytes('RCPT TO:<josé@exemple.fr>'));
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toBe(asBytes('250 2.0.0 Reçu, merci'));
+    c.close();
+  });
+
   it('passes an upstream RCPT refusal through unchanged, and relays to the other recipients', async () => {
     const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('nobody') ? '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' : undefined) });
     const c = await trusted(gw.port('trusted'));
