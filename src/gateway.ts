@@ -320,6 +320,11 @@ export class Gateway {
       if (this.connections().length === 0 || this.clock.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 25));
     }
+    // A message whose final dot is with the upstream may be queued there already: cutting the connection
+    // would tell its client to send it again (a duplicate). Its answer is awaited, for the upstream's data
+    // timeout at most (the relay's own deadline for it), and goes to the client.
+    const sent = () => this.connections().filter((conn) => this.sessions.get(conn.session.id)?.upstream?.messageSent);
+    while (sent().length) await new Promise((r) => setTimeout(r, 25));
     for (const conn of this.connections()) {
       this.sessions.get(conn.session.id)?.upstream?.destroy();
       conn.refuse('session.shutting_down', 'connect');

@@ -63,6 +63,11 @@ export class SmtpClient {
   secure = false;
   /** true between an accepted MAIL and the end of DATA or RSET */
   inTransaction = false;
+  /**
+   * The whole message, final dot (or BDAT LAST) included, is with the upstream and its answer is awaited:
+   * the upstream may already have queued it, so the connection must not be cut now.
+   */
+  messageSent = false;
   /** set once the client authenticated on this connection */
   authenticated = false;
   readonly openedAt = Date.now();
@@ -366,9 +371,14 @@ export class SmtpClient {
       if (cork) this.socket.uncork();
     }
     this.lastUsedAt = Date.now();
-    const reply = await final;
-    this.inTransaction = false;
-    return reply;
+    this.messageSent = true;
+    try {
+      const reply = await final;
+      this.inTransaction = false;
+      return reply;
+    } finally {
+      this.messageSent = false;
+    }
   }
 
   private async writeChunk(chunk: Buffer): Promise<void> {

@@ -113,6 +113,26 @@ describe('graceful shutdown', () => {
     expect(upstream.messages).toHaveLength(1);
   });
 
+  it('at the drain deadline, a message whose final dot the upstream has gets the upstream answer, not 421', async () => {
+    // The upstream queues the message at its final dot and answers late: cutting the connection then
+    // would have the client send it again, a duplicate.
+    const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 1500 }) });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO client.test');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    await c.command('DATA');
+    c.write('Subject: queued at the dot\r\n\r\nanswered late\r\n.\r\n');
+    await upstream.waitForMessages(1);
+    expect(upstream.messages).toHaveLength(1);
+    const stopping = gw.gateway.stop(200);
+    expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE1/);
+    expect(await c.reply()).toMatch(/^421 4\.3\.2|\(closed\)/);
+    await stopping;
+    expect(gw.transactions().map((t) => t.verdict)).toEqual(['accept']);
+  });
+
   it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
     const { gw, upstream } = await setup();
     const c = await RawSmtp.connect(gw.port('trusted'));
