@@ -75,7 +75,7 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
   }
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
-  process.on('SIGHUP', () => gateway.policies.reload('SIGHUP'));
+  process.on('SIGHUP', () => void gateway.policies.reload('SIGHUP'));
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
-import { analysePatterns, formatPath, type Issue } from '../validate/schema.js';
+import { analysePatterns, analysePatternsInBackground, formatPath, type Issue } from '../validate/schema.js';
 import { PATTERN_FLAGS } from './condition.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { Policy, type PolicyFile, type Rule } from './policy.js';
@@ -124,6 +124,21 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
     };
   });
   return new Policy(policyVersion(dir, texts), dir, files, deepFreeze(doc), rules);
+}
+
+/**
+ * Analyses the new patterns of a policy directory without blocking (a running gateway reloading its policy
+ * keeps serving meanwhile), so that the loadPolicy that follows finds them done. Whatever is wrong with
+ * the files is left to loadPolicy to report.
+ */
+export async function analysePolicyPatterns(dir: string): Promise<void> {
+  const patterns: string[] = [];
+  try {
+    for (const path of policyFiles(dir)) patternsIn(YamlSource.parse(path, readYamlFile(path, path)).value, patterns);
+  } catch {
+    return;
+  }
+  await analysePatternsInBackground(patterns, PATTERN_FLAGS);
 }
 
 /** The `matches` values anywhere in the policy (rule conditions nest: all, any, not). */

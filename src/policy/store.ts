@@ -6,7 +6,7 @@ import { statSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { ValidationError } from '../validate/source.js';
-import { loadPolicy } from './load.js';
+import { analysePolicyPatterns, loadPolicy } from './load.js';
 import type { Policy } from './policy.js';
 
 export interface ReloadResult {
@@ -23,6 +23,7 @@ export class PolicyStore {
   private recheck: NodeJS.Timeout | undefined;
   /** the directory being watched, as its device and inode: another one may be put in its place */
   private watched: string | undefined;
+  private reloads: Promise<ReloadResult> = Promise.resolve({ ok: true, version: '', changed: false });
 
   constructor(
     readonly dir: string,
@@ -39,7 +40,20 @@ export class PolicyStore {
     return this.policy;
   }
 
-  reload(trigger: string): ReloadResult {
+  /**
+   * Loads the directory again and puts the new policy in force if it is valid. Its new patterns are
+   * analysed first in a child process, while sessions go on; reloads run one after another.
+   */
+  reload(trigger: string): Promise<ReloadResult> {
+    const run = async () => {
+      await analysePolicyPatterns(this.dir);
+      return this.swap(trigger);
+    };
+    this.reloads = this.reloads.then(run, run);
+    return this.reloads;
+  }
+
+  private swap(trigger: string): ReloadResult {
     const previous = this.policy;
     let next: Policy;
     try {
@@ -73,7 +87,7 @@ export class PolicyStore {
       if (this.identity() === this.watched) return;
       this.log.info({ event: 'policy_dir_replaced', dir: this.dir }, 'the policy directory was replaced: watching the new one');
       this.follow(delayMs);
-      this.reload('directory replaced');
+      void this.reload('directory replaced');
     }, recheckMs);
     this.recheck.unref();
   }
@@ -86,7 +100,7 @@ export class PolicyStore {
     this.watcher = watch(this.dir, { persistent: false }, (_event, file) => {
       if (file && !/\.ya?ml$/.test(String(file)) && !String(file).startsWith('..')) return;
       clearTimeout(this.debounce);
-      this.debounce = setTimeout(() => this.reload('file change'), delayMs);
+      this.debounce = setTimeout(() => void this.reload('file change'), delayMs);
     });
     this.watcher.on('error', (err) => this.log.warn({ event: 'policy_watch_error', err: err.message }, 'watching the policy directory failed'));
   }

@@ -3,7 +3,7 @@
 // Why not a general validator library: we want our own sentences ("must be a positive integer") and
 // strict unknown-key errors everywhere, and the whole thing is small enough to read in one sitting.
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import safeRegex from 'safe-regex2';
 
@@ -206,16 +206,24 @@ export interface CompiledPattern {
   regex: RegExp;
 }
 
-type Backtracking = { summary: string; attack?: string } | null;
+/**
+ * What the backtracking analysis says of a pattern: it can take more than linear time (with an input that
+ * shows it), it cannot, or nothing could be shown either way (a look-around the crafted inputs found no
+ * answer for in time).
+ */
+type Backtracking = { verdict: 'slow'; summary: string; attack?: string } | { verdict: 'linear' } | { verdict: 'unknown'; why: string };
 
 /** What the backtracking analysis found for each pattern and flags, so that a reload checks only new ones. */
 const backtracking = new Map<string, Backtracking>();
 
 // The analysis runs in a child process that exits when done: recheck is large (about 85 MB resident,
-// with a worker thread), and a gateway that kept it would carry it for its whole life.
+// with a worker thread), and a gateway that kept it would carry it for its whole life. Its automaton
+// analysis is a proof; what it cannot take (look-arounds) or finish within a second goes to its fuzzer,
+// which tries crafted inputs and finds the exponential cases.
 const RECHECK = createRequire(import.meta.url).resolve('recheck');
 const ANALYSE = `
 const { check } = require(${JSON.stringify(RECHECK)});
+const slow = (r) => ({ verdict: 'slow', summary: r.complexity.summary.replace(' (fuzz)', ''), attack: r.attack.pattern });
 let input = '';
 process.stdin.on('data', (d) => (input += d));
 process.stdin.on('end', async () => {
@@ -223,7 +231,13 @@ process.stdin.on('end', async () => {
   for (const { source, flags } of JSON.parse(input)) {
     try {
       const r = await check(source, flags, { checker: 'automaton', timeout: 1000 });
-      out.push(r.status === 'vulnerable' ? { summary: r.complexity.summary, attack: r.attack.pattern } : null);
+      if (r.status === 'vulnerable') out.push(slow(r));
+      else if (r.status === 'safe') out.push({ verdict: 'linear' });
+      else {
+        const f = await check(source, flags, { checker: 'fuzz', timeout: 1000, randomSeed: 1 });
+        const why = r.error && r.error.kind === 'timeout' ? 'timeout' : 'unsupported';
+        out.push(f.status === 'vulnerable' ? slow(f) : f.status === 'safe' || why === 'timeout' ? { verdict: 'linear' } : { verdict: 'unknown', why });
+      }
     } catch {
       out.push(null);
     }
@@ -231,22 +245,58 @@ process.stdin.on('end', async () => {
   process.stdout.write(JSON.stringify(out), () => process.exit(0));
 });`;
 
-/**
- * Analyses patterns not seen yet, all in one child process (a policy's patterns are known before its
- * rules are compiled). A pattern it cannot analyse (back-references, look-arounds; over 1 s), or an
- * analysis that fails, is left to the star-height check.
- */
-export function analysePatterns(sources: readonly string[], flags: string): void {
-  const todo = [...new Set(sources)].filter((s) => !backtracking.has(`${flags}/${s}`));
-  if (todo.length === 0) return;
-  const run = spawnSync(process.execPath, ['-e', ANALYSE], { input: JSON.stringify(todo.map((source) => ({ source, flags }))), encoding: 'utf8', timeout: 30_000 + 1500 * todo.length });
-  let verdicts: Backtracking[] = [];
+function analysisTimeoutMs(patterns: number): number {
+  return 30_000 + 2500 * patterns;
+}
+
+function notAnalysed(sources: readonly string[], flags: string): string[] {
+  return [...new Set(sources)].filter((s) => !backtracking.has(`${flags}/${s}`));
+}
+
+function remember(todo: string[], flags: string, stdout: string): void {
+  let verdicts: (Backtracking | null)[] = [];
   try {
-    verdicts = JSON.parse(run.stdout) as Backtracking[];
+    verdicts = JSON.parse(stdout) as (Backtracking | null)[];
   } catch {
     // no verdicts: the star-height check alone
   }
-  todo.forEach((s, i) => backtracking.set(`${flags}/${s}`, verdicts[i] ?? null));
+  todo.forEach((s, i) => backtracking.set(`${flags}/${s}`, verdicts[i] ?? { verdict: 'linear' }));
+}
+
+/**
+ * Analyses patterns not seen yet, all in one child process (a policy's patterns are known before its
+ * rules are compiled). An analysis that fails is left to the star-height check.
+ */
+export function analysePatterns(sources: readonly string[], flags: string): void {
+  const todo = notAnalysed(sources, flags);
+  if (todo.length === 0) return;
+  const run = spawnSync(process.execPath, ['-e', ANALYSE], { input: JSON.stringify(todo.map((source) => ({ source, flags }))), encoding: 'utf8', timeout: analysisTimeoutMs(todo.length) });
+  remember(todo, flags, run.stdout ?? '');
+}
+
+/**
+ * The same analysis without blocking: a running gateway reloading its policy keeps serving meanwhile
+ * (a policy's new patterns take seconds). The verdicts are kept, so the load that follows finds them.
+ * Should the child fail, nothing is kept and the load analyses again.
+ */
+export async function analysePatternsInBackground(sources: readonly string[], flags: string): Promise<void> {
+  const todo = notAnalysed(sources, flags);
+  if (todo.length === 0) return;
+  const stdout = await new Promise<string>((resolve) => {
+    const child = spawn(process.execPath, ['-e', ANALYSE], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (d: string) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), analysisTimeoutMs(todo.length));
+    child.on('error', () => resolve(''));
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve(code === 0 ? out : '');
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(JSON.stringify(todo.map((source) => ({ source, flags }))));
+  });
+  if (stdout) remember(todo, flags, stdout);
 }
 
 /**
@@ -254,9 +304,20 @@ export function analysePatterns(sources: readonly string[], flags: string): void
  * exponential cases a star-height check misses ("(\w|\d)+$", overlapping alternatives) and the
  * polynomial ones ("a.*b.*c", "\s*x\s*$": seconds on 50 KB of crafted text).
  */
-function superLinear(source: string, flags: string): { summary: string; attack?: string } | undefined {
+function analysed(source: string, flags: string): Backtracking {
   analysePatterns([source], flags);
-  return backtracking.get(`${flags}/${source}`) ?? undefined;
+  return backtracking.get(`${flags}/${source}`) ?? { verdict: 'linear' };
+}
+
+/** A back-reference (\1 … \9, \k<name>) outside a character class, where it would be an error anyway. */
+function backReference(source: string): string | undefined {
+  for (let i = 0; i < source.length; i++) {
+    if (source[i] !== '\\') continue;
+    const m = /^\\(?:[1-9]\d*|k<[^>]*>)/.exec(source.slice(i));
+    if (m) return m[0];
+    i++;
+  }
+  return undefined;
 }
 
 /**
@@ -287,14 +348,24 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
         });
         return undefined;
       }
-      const slow = superLinear(value, flags);
-      if (slow) {
+      // What a back-reference costs depends on what its group matched: no analysis bounds it.
+      const ref = backReference(value);
+      if (ref) {
+        issues.push({ path, message: `uses a back-reference (${ref}), whose matching time cannot be shown to stay linear; one message could stall every session: write the pattern without it` });
+        return undefined;
+      }
+      const found = analysed(value, flags);
+      if (found.verdict === 'slow') {
         issues.push({
           path,
           message:
-            `may take ${slow.summary} time on crafted input (for example ${slow.attack ?? 'a long run of matching characters'}), and one message would stall every session; ` +
+            `may take ${found.summary} time on crafted input (for example ${found.attack ?? 'a long run of matching characters'}), and one message would stall every session; ` +
             'bound the repetitions ("[^\\n]{0,80}" rather than ".*") or anchor the pattern',
         });
+        return undefined;
+      }
+      if (found.verdict === 'unknown') {
+        issues.push({ path, message: 'could not be shown to match in linear time (a look-around, which the analysis cannot prove safe, and crafted inputs found no answer within a second); one message could stall every session: write the pattern without the look-around, or split it into several conditions (all, any, not)' });
         return undefined;
       }
       return { source: value, regex: compiled };

@@ -72,12 +72,35 @@ describe('policy on live traffic', () => {
 });
 
 describe('policy reload', () => {
+  it('analyses the new patterns of a reload while sessions go on, then refuses a pattern it cannot bound', async () => {
+    const dir = policyDir();
+    const { gw, upstream } = await setup(dir);
+    const before = gw.gateway.policies.current.version;
+    // A back-reference is refused at load; it is analysed first, with the other new patterns, and the
+    // analysis gives it at least a second of crafted inputs: sessions must go on meanwhile.
+    writeFileSync(
+      join(dir, 'policy.yaml'),
+      readFileSync(join(dir, 'policy.yaml'), 'utf8').replace(
+        'rules:\n',
+        "rules:\n  - id: tag.repeated-word\n    description: a word twice\n    article: \"4.3\"\n    when: { subject: { matches: '(\\w+)\\s\\1' } }\n    action: tag\n",
+      ),
+    );
+    let reloaded = false;
+    const reloading = gw.gateway.policies.reload('test').finally(() => (reloaded = true));
+    expect((await send(gw.port('trusted'), 'during the reload')).data).toMatch(/^250 /);
+    expect(reloaded).toBe(false);
+    const result = await reloading;
+    expect(result).toMatchObject({ ok: false, version: before });
+    expect(result.problems![0]).toMatch(/policy\.yaml:\d+:\d+: rules\[0\]\.when\.subject\.matches uses a back-reference \(\\1\)/);
+    expect(upstream.messages).toHaveLength(1);
+  });
+
   it('keeps the last good policy when the new one is invalid, and says so in logs and metrics', async () => {
     const dir = policyDir();
     const { gw } = await setup(dir);
     const before = gw.gateway.policies.current.version;
     writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('messages_per_hour: 10000', 'messages_per_hour: -1'));
-    const result = gw.gateway.policies.reload('test');
+    const result = await gw.gateway.policies.reload('test');
     expect(result).toMatchObject({ ok: false, version: before });
     expect(result.problems![0]).toMatch(/policy\.yaml:5:24: plans\.basic\.messages_per_hour must be a positive integer/);
     expect(gw.gateway.policies.current.version).toBe(before);
@@ -171,7 +194,7 @@ describe('policy reload', () => {
     let flips = 0;
     const flipper = setInterval(() => {
       writeFileSync(join(dir, 'policy.yaml'), flips++ % 2 === 0 ? versionB : original);
-      gw.gateway.policies.reload('test');
+      void gw.gateway.policies.reload('test');
     }, 15);
     // Waves of 20 concurrent transactions until the policy has changed under them several times and
     // both versions judged some: however fast the machine, the flips land among transactions in flight.

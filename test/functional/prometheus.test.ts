@@ -661,7 +661,7 @@ describe('against a real Prometheus scraping a real Douane', () => {
 
     // A policy change, reloaded.
     writeFileSync(join(policyDir, 'policy.yaml'), POLICY + '# changed\n');
-    expect(gw.gateway.policies.reload('test')).toMatchObject({ ok: true, changed: true });
+    expect(await gw.gateway.policies.reload('test')).toMatchObject({ ok: true, changed: true });
 
     const metrics = await gw.metrics.registry.metrics();
     expect(metrics).toMatch(/douane_scan_failovers_total [1-9]/);
@@ -762,7 +762,7 @@ describe('against a real Prometheus scraping a real Douane', () => {
     await clamd.stop();
     clamdStopped = true;
     writeFileSync(join(policyDir, 'broken.yaml'), 'rules: [ {id: "unterminated\n');
-    expect(gw.gateway.policies.reload('test').ok).toBe(false);
+    expect((await gw.gateway.policies.reload('test')).ok).toBe(false);
 
     // Douane pings clamd every 10 s; Prometheus scrapes and evaluates every second; for: 2s.
     const down = await prom.waitForAlert((a) => a.labels.alertname === 'DouaneClamdDown' && a.labels.scanner === scanner && a.state === 'firing', 30_000);

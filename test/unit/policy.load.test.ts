@@ -116,6 +116,10 @@ describe('policy loading', () => {
     // Super-linear patterns a star-height check misses: overlapping alternatives, unbounded runs in a row.
     expect(all).toMatch(/rules\.yaml:47:33: rules\[8\]\.when\.subject\.matches may take exponential time on crafted input \(for example .*\), and one message would stall every session/);
     expect(all).toMatch(/rules\.yaml:52:30: rules\[9\]\.when\.body\.matches may take 3rd degree polynomial time on crafted input/);
+    // Look-arounds go to crafted inputs; a back-reference is refused as such.
+    expect(all).toMatch(/rules\.yaml:57:33: rules\[10\]\.when\.subject\.matches may take exponential time on crafted input/);
+    expect(all).toMatch(/rules\.yaml:62:33: rules\[11\]\.when\.subject\.matches uses a back-reference \(\\1\), whose matching time cannot be shown to stay linear/);
+    expect(all).not.toMatch(/rules\[12\]/);
   });
 
   it('refuses a section defined in two files, naming both', () => {
