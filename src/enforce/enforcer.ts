@@ -12,7 +12,7 @@ import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
 import { comparableAddress } from '../policy/facts.js';
 import { logStrike, type StrikeEvent, type StrikeSink } from '../policy/strikes.js';
-import type { AccountInfo, LifecycleApi } from '../lifecycle/types.js';
+import type { AccountInfo, LifecycleApi, SuspendOutcome } from '../lifecycle/types.js';
 import { LifecycleError } from '../lifecycle/types.js';
 import type { Job, Outbox } from './outbox.js';
 import { mailJob, type WebhookJob } from './notify.js';
@@ -270,8 +270,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const reference = before.suspension?.reference ?? 'manual';
     // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
     const unlock: LifecycleJob = { op: 'reinstate', account, reference, summary: 'reinstated', by };
-    await this.changeThen(before.suspension?.action === 'suspend_account' ? unlock : undefined, () => this.deps.state.resetAccount(account));
-    await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true });
+    const douaneLocked = before.suspension?.action === 'suspend_account' && !before.suspension.lockedBefore;
+    await this.changeThen(douaneLocked ? unlock : undefined, () => this.deps.state.resetAccount(account));
+    await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true, unlock: douaneLocked && Boolean(this.deps.lifecycle) });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
     const n = await this.notice(account, reference, 0, '4.6');
     if (before.suspension) await this.notifyHolder(account, reinstatedMail(n));
@@ -432,8 +433,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         return;
       }
       const started = performance.now();
+      let outcome: SuspendOutcome | void = undefined;
       try {
-        if (j.op === 'suspend') await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
+        if (j.op === 'suspend') outcome = await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
         else await api.reinstate(j.account, { reference: j.reference, by: j.by });
       } catch (err) {
         if (err instanceof LifecycleError && !err.retryable) {
@@ -442,6 +444,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         throw err;
       } finally {
         this.deps.log.debug({ event: 'lifecycle_call', op: j.op, account: j.account, ms: Math.round(performance.now() - started) }, 'lifecycle call');
+      }
+      if (outcome === 'already_locked') {
+        // Someone else's lock: the suspension remembers it, so that reinstating the account here leaves it.
+        const { suspension } = await this.deps.state.account(j.account);
+        if (suspension?.action === 'suspend_account') await this.deps.state.setSuspension(j.account, { ...suspension, lockedBefore: true });
+        await this.deps.audit.append({ action: 'lifecycle_already_locked', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
+        return;
       }
       await this.deps.audit.append({ action: j.op === 'suspend' ? 'lifecycle_locked' : 'lifecycle_active', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
     };

@@ -25,6 +25,8 @@ export interface Suspension {
   /** incident reference of the strike that crossed the threshold */
   reference: string;
   by: string;
+  /** the lifecycle API said the account was locked (or closed) already, by someone else: never unlocked here */
+  lockedBefore?: boolean;
 }
 
 export interface Throttle {

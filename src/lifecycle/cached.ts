@@ -3,7 +3,7 @@
 // while the API is failing the last answer is served for up to staleMs rather than refusing all mail.
 // suspend and reinstate go straight through and forget the account, so its next status is read afresh.
 
-import type { AccountInfo, LifecycleApi } from './types.js';
+import type { AccountInfo, LifecycleApi, SuspendOutcome } from './types.js';
 
 export interface CachedLifecycleOptions {
   /** how long an answer is reused without asking again */
@@ -76,10 +76,10 @@ export class CachedLifecycle implements LifecycleApi {
     }
   }
 
-  async suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<void> {
+  async suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<SuspendOutcome | void> {
     this.forget(account);
     try {
-      await this.inner.suspend(account, reason);
+      return await this.inner.suspend(account, reason);
     } finally {
       // also after a failure: the status may have changed before the failure was noticed
       this.forget(account);

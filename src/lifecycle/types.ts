@@ -49,12 +49,17 @@ export class LifecycleError extends Error {
   }
 }
 
+export type SuspendOutcome = 'locked' | 'already_locked';
+
 export interface LifecycleApi {
   /** short name for logs and metrics: "zimbra", "http" */
   readonly kind: string;
   status(account: string): Promise<AccountInfo>;
-  /** locks the account (idempotent: locking a locked account succeeds) */
-  suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<void>;
+  /**
+   * locks the account (idempotent: locking a locked account succeeds). "already_locked": it was locked
+   * (or closed) before, by someone else, and a reinstatement must not unlock it; nothing said: locked.
+   */
+  suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<SuspendOutcome | void>;
   /** back to active (idempotent) */
   reinstate(account: string, reason: { reference: string; by: string }): Promise<void>;
 }

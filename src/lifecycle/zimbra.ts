@@ -8,7 +8,7 @@ import type http from 'node:http';
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import type { Metrics } from '../metrics.js';
 import { Deadline, describeUrl, instrument, makeAgent, sendHttp, type TlsOptions } from './http.js';
-import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi } from './types.js';
+import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi, type SuspendOutcome } from './types.js';
 
 export interface ZimbraAdminOptions {
   /** the admin SOAP endpoint, e.g. https://zimbra.example:7071/service/admin/soap */
@@ -101,18 +101,18 @@ export class ZimbraAdminApi implements LifecycleApi {
    * never touched). In maintenance (a mailbox move, which restores the status it saw at its start):
    * refused for now, retryable.
    */
-  suspend(account: string, _reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<void> {
-    return this.operation('suspend', async (deadline) => {
+  suspend(account: string, _reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<SuspendOutcome> {
+    return this.operation('suspend', async (deadline): Promise<SuspendOutcome> => {
       const acct = await this.existingAccount(account, deadline);
       switch (acct.status) {
         case 'locked':
         case 'closed':
-          return;
+          return 'already_locked';
         case 'active':
         case 'lockout':
         case 'pending':
           await this.setStatus(acct, 'locked', deadline);
-          return;
+          return 'locked';
         case 'maintenance':
           throw new LifecycleError('refused', `Zimbra account ${account} is in maintenance; lock it afterwards`, true);
         default:

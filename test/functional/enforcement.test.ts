@@ -299,6 +299,21 @@ describe('the strike ladder, end to end', () => {
     expect(((await timed.json()) as { error: string }).error).toMatch(/lasts until reinstated/);
   });
 
+  it('a lock Douane finds already set (by the provider staff) is left locked when the account is reinstated here', async () => {
+    const a = await gateway();
+    const base = await admin(a);
+    zimbra.account('user4@example.test')!.status = 'locked';
+    const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect((await post('/accounts/user4@example.test/suspend', { action: 'suspend_account', reason: 'phishing complaint' })).status).toBe(200);
+    await until('the lock was carried out', () => audit(a).some((e) => e.action === 'lifecycle_already_locked' && e.account === 'user4@example.test'));
+    expect((await post('/accounts/user4@example.test/reinstate')).status).toBe(200);
+    await a.gateway.outbox.idle();
+    expect(zimbra.account('user4@example.test')!.status).toBe('locked');
+    expect(zimbra.modifications.filter((m) => m.name === 'user4@example.test')).toEqual([]);
+    expect(audit(a).some((e) => e.action === 'lifecycle_locked' && e.account === 'user4@example.test')).toBe(false);
+    expect(audit(a).find((e) => e.action === 'reinstate' && e.account === 'user4@example.test')).toMatchObject({ unlock: false });
+  });
+
   it('reads account status from Zimbra: a closed account is refused at MAIL FROM (art. 8)', async () => {
     zimbra.account('user4@example.test')!.status = 'closed';
     const a = await gateway();
