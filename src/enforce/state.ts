@@ -4,7 +4,7 @@
 
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { RedisClient } from '../limits/redis.js';
+import { accountTag, type RedisClient } from '../limits/redis.js';
 
 export interface StrikeRecord {
   id: string;
@@ -91,7 +91,7 @@ return tostring(total)`;
 
 type Scripted = RedisClient & { douaneAddStrike(key: string, cutoff: number, at: number, member: string, ttl: number): Promise<string> };
 
-const acct = (a: string) => `{${a.toLowerCase().replace(/[{}]/g, '_')}}`;
+const acct = (a: string) => accountTag(a.toLowerCase());
 
 export class RedisEnforcementState implements EnforcementState {
   private readonly r: Scripted;
@@ -133,7 +133,8 @@ export class RedisEnforcementState implements EnforcementState {
     const a = acct(account);
     // Claims (ladder steps, cooldowns) are per account and live under their own prefix.
     // The account name is matched literally: "*", "?" and "[" in it must not reach other accounts' claims.
-    const claims = await this.scanKeys(`${this.prefix}:claim:*${a.replace(/[*?[\]\\]/g, '\\$&')}*`);
+    // The account's part ends with ":" in a claim key: a_b_@x must not take a{b}@x's ("{a_b_@x}~…:").
+    const claims = await this.scanKeys(`${this.prefix}:claim:*${a.replace(/[*?[\]\\]/g, '\\$&')}:*`);
     await this.r.del(this.k('strikes', account), this.k('suspended', account), this.k('throttle', account), this.k('pending', account));
     if (claims.length) for (const c of claims) await this.r.del(c);
     await this.r.srem(`${this.prefix}:suspended-set`, account.toLowerCase());
@@ -257,7 +258,8 @@ export class MemoryEnforcementState implements EnforcementState {
     const a = account.toLowerCase();
     this.strikeLists.delete(a);
     this.accounts.delete(a);
-    for (const k of this.claims.keys()) if (k.includes(`{${a}}`)) this.claims.delete(k);
+    const tag = `${acct(account)}:`;
+    for (const k of this.claims.keys()) if (k.includes(tag)) this.claims.delete(k);
   }
 
   async account(account: string): Promise<AccountState> {

@@ -21,7 +21,7 @@ import type { Metrics } from '../metrics.js';
 import type { LimitFacts } from '../policy/facts.js';
 import type { LimitName, Limits } from '../policy/schema.js';
 import { comparableAddress, domainOf } from '../policy/facts.js';
-import type { RedisClient } from './redis.js';
+import { accountTag, type RedisClient } from './redis.js';
 import { InsuredStructures, MemoryStructures, RedisStructures, type Structures } from './structures.js';
 
 const MINUTE = 60;
@@ -86,7 +86,7 @@ export interface Baseline {
 
 /** Limit counters are per account; the account is in braces so that a Redis Cluster keeps an account's keys together. */
 function accountKey(account: string): string {
-  return `{${comparableAddress(account).replace(/[{}]/g, '_')}}`;
+  return accountTag(comparableAddress(account));
 }
 
 class CountingInsurance extends RateLimiterMemory {

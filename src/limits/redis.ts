@@ -20,6 +20,17 @@ export interface RedisSettings {
 
 export type RedisClient = Redis | Cluster;
 
+/**
+ * An account's part of a Redis key: its hash tag, so that all of an account's keys are in one Cluster
+ * slot. A brace would end the tag early, so braces become "_" inside it; a name that had any is then
+ * followed by the whole name in hex, so that "a{b}@x" and "a_b_@x" stay two accounts (and a name without
+ * braces keeps the key it always had).
+ */
+export function accountTag(name: string): string {
+  const tag = `{${name.replace(/[{}]/g, '_')}}`;
+  return /[{}]/.test(name) ? `${tag}~${Buffer.from(name, 'utf8').toString('hex')}` : tag;
+}
+
 export function createRedis(settings: RedisSettings, deadlineMs: number, log: Logger, metrics: Metrics): RedisClient {
   // Slightly under the deadline: the command fails first, the insurance still answers in time.
   const commandTimeout = Math.max(50, Math.floor(deadlineMs * 0.8));

@@ -245,6 +245,20 @@ describe('each limit at its boundary', () => {
     expect(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}')).toBe('3');
   });
 
+  it('two accounts whose names differ by braces (a{b}@ and a_b_@) have counters and suspensions of their own', async () => {
+    const gw = await gateway();
+    const port = gw.port('trusted');
+    const results = [];
+    for (let i = 0; i < 4; i++) results.push((await send(port, 'a{b}@example.test')).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '250', '450']);
+    expect((await send(port, 'a_b_@example.test')).mail).toMatch(/^250 /);
+    // The enforcement state too: a suspension of one is not the other's, nor is reinstating one.
+    await gw.gateway.enforcer.suspend('a{b}@example.test', 'suspend_sending', { by: 'test', reference: 'D-BRACE1', reason: 'test' });
+    expect((await send(port, 'a_b_@example.test')).mail).toMatch(/^250 /);
+    await gw.gateway.enforcer.reinstate('a_b_@example.test', 'test');
+    expect((await send(port, 'a{b}@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account/);
+  });
+
   it('an account is one account however its domain is written (xn-- or Unicode)', async () => {
     const gw = await gateway();
     expect((await send(gw.port('trusted'), 'idn@xn--bcher-kva.example')).data).toMatch(/^250 /);
