@@ -146,10 +146,16 @@ export function parseDuration(text: string): number | undefined {
 const TIMER_MAX_MS = 24 * 86_400_000;
 
 /** A duration in ms. `timer`: it is waited for with a timer, so it may not be longer than one keeps. */
+/**
+ * Ten years: longer than any window, retention or suspension anyone means, and far inside what Redis
+ * (PEXPIRE) and dates can hold; "200000000000d" would be accepted here and refused by Redis at run time.
+ */
+const DURATION_MAX_MS = 3650 * 86_400_000;
+
 export function duration(opts: { min?: number; timer?: boolean } = {}): Schema<number> {
   return bounded(
     leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => (typeof v === 'string' ? parseDuration(v) : undefined)),
-    { min: opts.min, max: opts.timer ? TIMER_MAX_MS : undefined },
+    { min: opts.min, max: opts.timer ? TIMER_MAX_MS : DURATION_MAX_MS },
     formatDuration,
   );
 }

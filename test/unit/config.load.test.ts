@@ -80,6 +80,10 @@ describe('configuration loading', () => {
     expect(problems(() => parse('t.yaml', base + 'smtp: { session_deadline: 25d }\nquarantine: { retention: 365d }\n'))).toEqual([
       't.yaml:3:27: smtp.session_deadline must be at most 24d (got "25d")',
     ]);
+    // Past ten years, no duration is meant, and Redis would refuse it as an expiry at run time.
+    expect(problems(() => parse('t.yaml', base + 'quarantine: { retention: 200000000000d }\n'))).toEqual([
+      't.yaml:3:26: quarantine.retention must be at most 3650d (got "200000000000d")',
+    ]);
   });
 
   it('refuses a TLS listener without a certificate unless insecure_dev is set', () => {
