@@ -286,6 +286,10 @@ export class HttpLifecycleApi implements LifecycleApi {
   }
 
   private send(op: keyof typeof PLACEHOLDERS, t: HttpRequestTemplate, values: Values, deadline: Deadline): Promise<HttpAnswer> {
+    // "." and ".." stay as they are once URL-encoded, and a URL takes them as steps in its path
+    // (".../mailboxes/../lock" is ".../lock", another endpoint): no account is named so, none is asked for.
+    const inUrl = [...t.url.matchAll(/\{(\w+)\}/g)].map((m) => values[m[1]!]);
+    if (inUrl.some((v) => v === '.' || v === '..')) return Promise.resolve({ status: 404, headers: {}, body: '' });
     const url = new URL(render(t.url, values, encodeURIComponent));
     const body = t.body === undefined ? undefined : render(t.body, values, jsonEscape);
     const headers: Record<string, string> = { accept: 'application/json' };

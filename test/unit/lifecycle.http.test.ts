@@ -120,6 +120,19 @@ describe('HTTP lifecycle adapter: status', () => {
     expect(JSON.parse(seen[0]!.body)).toEqual({ q: tricky });
   });
 
+  it('asks for no account named "." or "..": the URL would take them as steps to another endpoint', async () => {
+    route = () => ({ status: 200, json: { account: { state: 'ok' } } });
+    const api = new HttpLifecycleApi(options());
+    expect(await api.status('..')).toEqual({ status: 'unknown' });
+    expect(await api.status('.')).toEqual({ status: 'unknown' });
+    expect((await failure(api.suspend('..', reason))).kind).toBe('not_found');
+    expect((await failure(api.reinstate('..', { reference: 'D-1', by: 'cli:t' }))).kind).toBe('not_found');
+    expect(seen).toEqual([]);
+    // A name that only holds dots among other characters is an ordinary one.
+    expect((await api.status('..a@x.test')).status).toBe('active');
+    expect(seen.map((r) => r.url)).toEqual(['/accounts/..a%40x.test']);
+  });
+
   it('reads 404 as an unknown account, not an error', async () => {
     route = () => ({ status: 404, json: { error: 'no such account' } });
     expect(await new HttpLifecycleApi(options()).status('ghost@x.test')).toEqual({ status: 'unknown' });
