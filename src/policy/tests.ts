@@ -67,12 +67,10 @@ export interface TestRun {
 }
 
 /** Test files of a policy directory: tests/*.yaml. */
+/** The policy's test files; none without a tests/ directory. A file that cannot be read is named (ValidationError). */
 export function testFiles(policyDir: string): string[] {
-  try {
-    return policyFiles(join(policyDir, 'tests'));
-  } catch {
-    return [];
-  }
+  const dir = join(policyDir, 'tests');
+  return existsSync(dir) ? policyFiles(dir) : [];
 }
 
 /**

@@ -2,7 +2,7 @@
 // shipped policy and the fixture directories in fixtures/policies/ (valid and invalid).
 
 import { execFile } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -71,6 +71,19 @@ describe('douane policy test', () => {
     const r = await douane(['test', 'policies']);
     expect(r.stdout).toMatch(/PASS: (\d+)\/\1 /);
     expect(r.code).toBe(0);
+  });
+
+  it('names a test file it cannot read (a dangling link), rather than finding no tests', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-tests-'));
+    try {
+      cpSync('fixtures/policies/failing-tests', dir, { recursive: true });
+      symlinkSync(join(dir, 'gone.yaml'), join(dir, 'tests/moved.yaml'));
+      const r = await douane(['test', dir]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/tests\/moved\.yaml: cannot be read: a link to a file that does not exist/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('reports a failing case with its file and line, and exits 1', async () => {
