@@ -111,8 +111,10 @@ export function domainOf(address: string): string {
 }
 
 /**
- * An address in its one comparable form: lower case, the domain as asciiDomain gives it, and a quoted
- * local part without its quotes when it needs none ("joe"@x and "j\oe"@x are joe@x to an MTA too).
+ * An address in its one comparable form: lower case, the domain as asciiDomain gives it, a quoted local
+ * part without its quotes when it needs none ("joe"@x and "j\oe"@x are joe@x to an MTA too), and an
+ * international local part in Unicode's composed form (NFC, as RFC 6532 asks): "josé" typed as "e" and a
+ * combining accent is the same account, with the same limits and the same suspension.
  */
 export function comparableAddress(address: string): string {
   const at = address.lastIndexOf('@');
@@ -121,7 +123,8 @@ export function comparableAddress(address: string): string {
 
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+)*$/;
 
-function comparableLocal(local: string): string {
+function comparableLocal(written: string): string {
+  const local = written.normalize('NFC');
   if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local.toLowerCase();
   const content = local.slice(1, -1).replace(/\\(.)/g, '$1');
   // Quoted because it must be (a space, a second @…): kept quoted, with only the escapes it needs.

@@ -259,6 +259,27 @@ describe('each limit at its boundary', () => {
     expect((await send(port, 'a{b}@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account/);
   });
 
+  it('an account is one account however its accented local part is composed (NFC or NFD)', async () => {
+    const gw = await gateway();
+    const results = [];
+    for (const from of ['jos\u00e9@example.test', 'jose\u0301@example.test', 'JOSE\u0301@example.test', 'jos\u00e9@example.test']) {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO t');
+      c.write(Buffer.from(`MAIL FROM:<${from}> SMTPUTF8\r\n`, 'utf8'));
+      const mail = await c.reply();
+      results.push(mail.slice(0, 3));
+      if (mail.startsWith('250')) {
+        await c.command('RCPT TO:<user2@example.test>');
+        await c.command('DATA');
+        c.write('Subject: t\r\n\r\nhello\r\n.\r\n');
+        expect(await c.reply()).toMatch(/^250 /);
+      }
+      c.close();
+    }
+    expect(results).toEqual(['250', '250', '250', '450']);
+  });
+
   it('an account is one account however its domain is written (xn-- or Unicode)', async () => {
     const gw = await gateway();
     expect((await send(gw.port('trusted'), 'idn@xn--bcher-kva.example')).data).toMatch(/^250 /);
