@@ -22,8 +22,8 @@ export interface BulkPort {
 // with 48 bands) would make a day's window of ordinary mail cost tens of gigabytes. So a band seen for the
 // first time is one small string, "account\nrecipient\n…" (about 10 KB per message), and becomes its three
 // counters only when another message shares it: this account's recipients, all recipients, the accounts.
-// The band's own key is then "*", kept for the window after the band was last seen, so that it outlives
-// each of its counters (they expire a window after they were made): a band whose key is gone has no
+// The band's own key is then "*", kept for a window after the last of its counters was made, so that it
+// outlives each of them (they expire a window after they were made): a band whose key is gone has no
 // counter left, and its next sighting is a first one again.
 // KEYS: each band's key. ARGV: window (ms), account, most recipients kept in a first sighting, recipient
 // count, recipients. The counters' keys are the band's key with a suffix: same hash tag, same slot.
@@ -40,8 +40,10 @@ end
 local function created(key)
   return redis.call('EXISTS', key) == 0
 end
+local madeCounter = false
 local function addAll(key, values, from, to)
   local new = created(key)
+  if new then madeCounter = true end
   -- PFADD in slices: unpack() of thousands of values would overflow Lua's stack.
   for i = from, to, 500 do
     local j = math.min(i + 499, to)
@@ -69,10 +71,12 @@ for b = 1, #KEYS do
       addAll(band .. ':g', parts, 2, #parts)
       addAll(band .. ':n', parts, 1, 1)
     end
+    madeCounter = false
     a = addAll(band .. ':a:' .. account, ARGV, 5, 4 + n)
     g = addAll(band .. ':g', ARGV, 5, 4 + n)
     c = addAll(band .. ':n', ARGV, 2, 2)
-    redis.call('SET', band, '*', 'PX', window)
+    -- A counter made now lives a window: so does the band's key from now on.
+    if madeCounter or seen ~= '*' then redis.call('SET', band, '*', 'PX', window) end
   end
   if a > best[1] then best[1] = a end
   if g > best[2] then best[2] = g end
