@@ -321,10 +321,16 @@ export class Gateway {
       await new Promise((r) => setTimeout(r, 25));
     }
     // A message whose final dot is with the upstream may be queued there already: cutting the connection
-    // would tell its client to send it again (a duplicate). Its answer is awaited, for the upstream's data
-    // timeout at most (the relay's own deadline for it), and goes to the client.
-    const sent = () => this.connections().filter((conn) => this.sessions.get(conn.session.id)?.upstream?.messageSent);
-    while (sent().length) await new Promise((r) => setTimeout(r, 25));
+    // would tell its client to send it again (a duplicate). Its answer is awaited and written to the client
+    // (its handler is done); the relay gives up on the upstream after its data timeout, and so does this.
+    const answering = new Set<GatewayConnection>();
+    const answerBy = this.clock.now() + this.config.upstream.timeouts.data;
+    for (;;) {
+      for (const conn of this.connections()) if (this.sessions.get(conn.session.id)?.upstream?.messageSent) answering.add(conn);
+      const waiting = [...answering].filter((conn) => this.connections().includes(conn) && (conn.busy || this.sessions.get(conn.session.id)?.upstream?.messageSent));
+      if (waiting.length === 0 || this.clock.now() >= answerBy) break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
     for (const conn of this.connections()) {
       this.sessions.get(conn.session.id)?.upstream?.destroy();
       conn.refuse('session.shutting_down', 'connect');

@@ -2,7 +2,8 @@
 // smtp-server is pinned; if an upgrade changes the internals these rely on, these tests fail.
 
 import net from 'node:net';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { Spool } from '../../src/data/spool.js';
 import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
@@ -131,6 +132,33 @@ describe('graceful shutdown', () => {
     expect(await c.reply()).toMatch(/^421 4\.3\.2|\(closed\)/);
     await stopping;
     expect(gw.transactions().map((t) => t.verdict)).toEqual(['accept']);
+  });
+
+  it('at the drain deadline, the upstream answer reaches the client even when removing the spooled copy takes a while', async () => {
+    // The relay is done once its answer is written, not once the upstream answered: between the two, the
+    // spool is removed (a file on a slow disk here).
+    const dispose = Spool.prototype.dispose;
+    const slow = vi.spyOn(Spool.prototype, 'dispose').mockImplementation(async function (this: Spool) {
+      await new Promise((r) => setTimeout(r, 100));
+      return dispose.call(this);
+    });
+    try {
+      const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 500 }) });
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO client.test');
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write('Subject: queued at the dot\r\n\r\nanswered late\r\n.\r\n');
+      await upstream.waitForMessages(1);
+      const stopping = gw.gateway.stop(100);
+      expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE1/);
+      await stopping;
+      expect(gw.transactions().map((t) => t.verdict)).toEqual(['accept']);
+    } finally {
+      slow.mockRestore();
+    }
   });
 
   it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
