@@ -32,17 +32,21 @@ const BANDS_ADD = `
 local window = ARGV[1]
 local account = ARGV[2]
 local n = tonumber(ARGV[4])
+-- A first sighting is kept only when it can be read back: names without a line break.
 local firstSighting = nil
-if n <= tonumber(ARGV[3]) then
+if n <= tonumber(ARGV[3]) and not string.find(account, '\\n', 1, true) then
   firstSighting = account
-  for i = 5, 4 + n do firstSighting = firstSighting .. '\\n' .. ARGV[i] end
-end
-local function created(key)
-  return redis.call('EXISTS', key) == 0
+  for i = 5, 4 + n do
+    if string.find(ARGV[i], '\\n', 1, true) then
+      firstSighting = nil
+      break
+    end
+    firstSighting = firstSighting .. '\\n' .. ARGV[i]
+  end
 end
 local madeCounter = false
-local function addAll(key, values, from, to)
-  local new = created(key)
+local function addAll(key, values, from, to, ttl)
+  local new = redis.call('EXISTS', key) == 0
   if new then madeCounter = true end
   -- PFADD in slices: unpack() of thousands of values would overflow Lua's stack.
   for i = from, to, 500 do
@@ -52,24 +56,28 @@ local function addAll(key, values, from, to)
     redis.call('PFADD', key, unpack(slice))
   end
   if from > to then redis.call('PFADD', key) end
-  if new then redis.call('PEXPIRE', key, window) end
+  if new then redis.call('PEXPIRE', key, ttl or window) end
   return redis.call('PFCOUNT', key)
 end
 local best = {0, 0, 0}
 for b = 1, #KEYS do
   local band = KEYS[b]
   local a, g, c
-  if firstSighting and redis.call('SET', band, firstSighting, 'PX', window, 'NX') then
+  -- Counters without the band's key: made by an earlier version, which kept no first sightings.
+  if firstSighting and redis.call('EXISTS', band .. ':g') == 0 and redis.call('SET', band, firstSighting, 'PX', window, 'NX') then
     a, g, c = n, n, 1
   else
     local seen = redis.call('GET', band)
     if seen and seen ~= '*' then
-      -- The first sighting becomes counters, before this message is added to them.
+      -- The first sighting becomes counters, before this message is added to them. They expire when the
+      -- first sighting would have, a window after it, as counters made then would have.
+      local left = redis.call('PTTL', band)
+      if left <= 0 then left = window end
       local parts = {}
       for part in string.gmatch(seen, '[^\\n]+') do parts[#parts + 1] = part end
-      addAll(band .. ':a:' .. parts[1], parts, 2, #parts)
-      addAll(band .. ':g', parts, 2, #parts)
-      addAll(band .. ':n', parts, 1, 1)
+      addAll(band .. ':a:' .. parts[1], parts, 2, #parts, left)
+      addAll(band .. ':g', parts, 2, #parts, left)
+      addAll(band .. ':n', parts, 1, 1, left)
     end
     madeCounter = false
     a = addAll(band .. ':a:' .. account, ARGV, 5, 4 + n)
@@ -124,7 +132,8 @@ export class BulkCounter implements BulkPort {
 
   async count(fp: BulkFingerprint | undefined, account: string, recipients: string[], windowMs: number): Promise<BulkFacts | undefined> {
     if (!fp) return undefined;
-    const acct = account.toLowerCase();
+    // No sender at all (a bounce on a listener without AUTH) is counted as the null sender.
+    const acct = account.toLowerCase() || '<>';
     const rcpts = [...new Set(recipients.map((r) => r.toLowerCase()))];
     let counts: [number, number, number][];
     if (this.opts.redis) {

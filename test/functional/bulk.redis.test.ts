@@ -97,6 +97,29 @@ describe('bulk counter on Redis', () => {
     expect(ttl(`${band}:g`)).toBeGreaterThan(0);
   });
 
+  it('gives the counters made from a first sighting what was left of its window, not a new one', async () => {
+    const c = counter(client);
+    await c.count(uniqueMessage(2), 'alice@example.test', ['bob@example.net'], WINDOW);
+    await new Promise((r) => setTimeout(r, 300));
+    await c.count(uniqueMessage(2), 'carol@example.test', ['dave@example.net'], WINDOW);
+    const band = 'douane:bulk:{douane-bulk}:t0:0000000000000060';
+    const ttl = (key: string) => Number(redis.cli('pttl', key));
+    // Made now, but counting since the first sighting: they expire when it would have.
+    for (const key of [`${band}:g`, `${band}:n`, `${band}:a:alice@example.test`]) expect(ttl(key), key).toBeLessThanOrEqual(WINDOW - 250);
+    // This message's own counter starts its window now, and the band's key outlives them all.
+    expect(ttl(`${band}:a:carol@example.test`)).toBeGreaterThan(WINDOW - 250);
+    expect(ttl(band)).toBeGreaterThanOrEqual(ttl(`${band}:a:carol@example.test`));
+  });
+
+  it('goes on with counters an earlier version made without the band key', async () => {
+    const band = 'douane:bulk:{douane-bulk}:t0:0000000000000090';
+    redis.cli('pfadd', `${band}:g`, 'r1@example.net', 'r2@example.net', 'r3@example.net');
+    redis.cli('pfadd', `${band}:n`, 'alice@example.test', 'bob@example.test');
+    redis.cli('pfadd', `${band}:a:alice@example.test`, 'r1@example.net', 'r2@example.net');
+    for (const key of [`${band}:g`, `${band}:n`, `${band}:a:alice@example.test`]) redis.cli('pexpire', key, String(WINDOW));
+    expect(await counter(client).count(uniqueMessage(3), 'alice@example.test', ['r4@example.net'], WINDOW)).toMatchObject({ accountRecipients: 3, globalRecipients: 4, globalAccounts: 2 });
+  });
+
   it('counts a message to more recipients than a first sighting keeps at once, with its counters', async () => {
     const c = counter(client);
     const rcpts = Array.from({ length: 17 }, (_, i) => `r${i}@example.net`);
