@@ -243,6 +243,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       return current;
     }
     const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
+    // Locked again: who locked it first is still who did (Zimbra will answer that it is locked already).
+    if (current?.action === 'suspend_account' && current.lockedBy) suspension.lockedBy = current.lockedBy;
     // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash
     // in between must not leave the account blocked here and open in Zimbra.
     const lock: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
@@ -270,7 +272,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const reference = before.suspension?.reference ?? 'manual';
     // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
     const unlock: LifecycleJob = { op: 'reinstate', account, reference, summary: 'reinstated', by };
-    const douaneLocked = before.suspension?.action === 'suspend_account' && !before.suspension.lockedBefore;
+    const douaneLocked = before.suspension?.action === 'suspend_account' && before.suspension.lockedBy !== 'someone_else';
     await this.changeThen(douaneLocked ? unlock : undefined, () => this.deps.state.resetAccount(account));
     await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true, unlock: douaneLocked && Boolean(this.deps.lifecycle) });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
@@ -445,12 +447,17 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       } finally {
         this.deps.log.debug({ event: 'lifecycle_call', op: j.op, account: j.account, ms: Math.round(performance.now() - started) }, 'lifecycle call');
       }
-      if (outcome === 'already_locked') {
-        // Someone else's lock: the suspension remembers it, so that reinstating the account here leaves it.
+      if (j.op === 'suspend') {
+        // Found locked at the first attempt, and not by an earlier lock of ours: someone else's lock, which
+        // reinstating the account here leaves. Found locked on a retry, it may be ours (the attempt that
+        // timed out may have been carried out): Douane's, as every lock before this distinction.
         const { suspension } = await this.deps.state.account(j.account);
-        if (suspension?.action === 'suspend_account') await this.deps.state.setSuspension(j.account, { ...suspension, lockedBefore: true });
-        await this.deps.audit.append({ action: 'lifecycle_already_locked', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
-        return;
+        const theirs = outcome === 'already_locked' && job.attempts === 1 && suspension?.lockedBy !== 'douane';
+        if (suspension?.action === 'suspend_account' && !suspension.lockedBy) await this.deps.state.setSuspension(j.account, { ...suspension, lockedBy: theirs ? 'someone_else' : 'douane' });
+        if (theirs) {
+          await this.deps.audit.append({ action: 'lifecycle_already_locked', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
+          return;
+        }
       }
       await this.deps.audit.append({ action: j.op === 'suspend' ? 'lifecycle_locked' : 'lifecycle_active', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
     };

@@ -25,8 +25,11 @@ export interface Suspension {
   /** incident reference of the strike that crossed the threshold */
   reference: string;
   by: string;
-  /** the lifecycle API said the account was locked (or closed) already, by someone else: never unlocked here */
-  lockedBefore?: boolean;
+  /**
+   * Who locked the account in the lifecycle API, once the lock was carried out: Douane, or someone before
+   * it (the API found it locked or closed already), whose lock a reinstatement here leaves as it is.
+   */
+  lockedBy?: 'douane' | 'someone_else';
 }
 
 export interface Throttle {

@@ -314,6 +314,22 @@ describe('the strike ladder, end to end', () => {
     expect(audit(a).find((e) => e.action === 'reinstate' && e.account === 'user4@example.test')).toMatchObject({ unlock: false });
   });
 
+  it('an account Douane locked and is asked to lock again is still unlocked when reinstated', async () => {
+    const a = await gateway();
+    const base = await admin(a);
+    const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect((await post('/accounts/user3@example.test/suspend', { action: 'suspend_account', reason: 'phishing complaint' })).status).toBe(200);
+    await a.gateway.outbox.idle();
+    expect(zimbra.account('user3@example.test')!.status).toBe('locked');
+    // A second complaint: Zimbra answers that the account is locked already, by Douane itself.
+    expect((await post('/accounts/user3@example.test/suspend', { action: 'suspend_account', reason: 'second complaint' })).status).toBe(200);
+    await a.gateway.outbox.idle();
+    expect((await post('/accounts/user3@example.test/reinstate')).status).toBe(200);
+    await a.gateway.outbox.idle();
+    expect(zimbra.account('user3@example.test')!.status).toBe('active');
+    expect(audit(a).some((e) => e.action === 'lifecycle_already_locked' && e.account === 'user3@example.test')).toBe(false);
+  });
+
   it('reads account status from Zimbra: a closed account is refused at MAIL FROM (art. 8)', async () => {
     zimbra.account('user4@example.test')!.status = 'closed';
     const a = await gateway();

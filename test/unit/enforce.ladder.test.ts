@@ -120,6 +120,25 @@ describe('strike ladder', () => {
     expect(actions.filter((a) => a.action === 'lifecycle_superseded').map((a) => a.op)).toEqual(['suspend', 'reinstate']);
   });
 
+  it('an account found locked when the lock is retried may be locked by the first try: it is unlocked when reinstated', async () => {
+    // The first try timed out after Zimbra carried it out; the retry finds the account locked.
+    const api: LifecycleApi = { kind: 'stub', status: async () => ({ status: 'active' }) as never, suspend: async () => 'already_locked', reinstate: async () => undefined };
+    const { enforcer, state, outbox } = setup({}, Date.now, api);
+    const handler = enforcer.lifecycleHandler();
+    const job = (attempts: number): Job => ({ id: 'j', kind: 'lifecycle', payload: { op: 'suspend', account: 'k@x.test', reference: 'D-KKKKKK', summary: 's', by: 'cli:t' }, attempts, createdAt: 0, nextAt: 0 });
+    await enforcer.suspend('k@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-KKKKKK', reason: 'r' });
+    await handler(job(2));
+    expect((await state.account('k@x.test')).suspension?.lockedBy).toBe('douane');
+    await enforcer.reinstate('k@x.test', 'cli:t');
+    expect(outbox.jobs().filter((j) => j.kind === 'lifecycle').map((j) => (j.payload as { op: string }).op)).toContain('reinstate');
+    // Found locked at the first try: someone else's lock, left as it is.
+    await enforcer.suspend('m@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-MMMMMM', reason: 'r' });
+    await handler({ ...job(1), payload: { op: 'suspend', account: 'm@x.test', reference: 'D-MMMMMM', summary: 's', by: 'cli:t' } });
+    expect((await state.account('m@x.test')).suspension?.lockedBy).toBe('someone_else');
+    await enforcer.reinstate('m@x.test', 'cli:t');
+    expect(outbox.jobs().filter((j) => j.kind === 'lifecycle' && (j.payload as { account: string }).account === 'm@x.test').map((j) => (j.payload as { op: string }).op)).not.toContain('reinstate');
+  });
+
   it('a lock stays a lock: a weaker suspension after it changes nothing, and reinstating still unlocks', async () => {
     const api: LifecycleApi = { kind: 'stub', status: async () => ({ status: 'active' }) as never, suspend: async () => undefined, reinstate: async () => undefined };
     const { enforcer, state, outbox, dir } = setup({}, Date.now, api);
