@@ -320,7 +320,7 @@ function isSuccess(status: number): boolean {
  * guess what an unfamiliar state allows.
  */
 function mapStatus(value: string, map: Record<string, AccountStatus> | undefined): AccountStatus {
-  const mapped = map?.[value];
+  const mapped = map && Object.hasOwn(map, value) ? map[value] : undefined;
   if (mapped) return mapped;
   const lower = value.toLowerCase();
   return OUR_STATUSES.has(lower) ? (lower as AccountStatus) : 'unknown';

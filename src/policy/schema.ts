@@ -76,7 +76,7 @@ const REASON_NAMES = Object.keys(REASONS);
 const reasonSchema: Schema<keyof typeof REASONS> = {
   expected: 'a reason code',
   parse(value, path, issues) {
-    if (typeof value === 'string' && value in REASONS) return value as keyof typeof REASONS;
+    if (typeof value === 'string' && Object.hasOwn(REASONS, value)) return value as keyof typeof REASONS;
     const policyReasons = REASON_NAMES.filter((r) => /^(policy|limit|bulk|message|sender|from|content|attachment|account|mime)\./.test(r));
     issues.push({ path, message: `must be a reason code from docs/REASONS.md, e.g. ${policyReasons.join(', ')} (got ${JSON.stringify(value)})` });
     return undefined;

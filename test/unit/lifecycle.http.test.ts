@@ -105,7 +105,7 @@ describe('HTTP lifecycle adapter: status', () => {
 
   it('maps our own names to themselves and anything else it does not know to unknown', async () => {
     const api = new HttpLifecycleApi(options());
-    for (const [theirs, ours] of [['ok', 'active'], ['blocked', 'locked'], ['closed', 'closed'], ['CLOSED', 'closed'], ['lockout', 'lockout'], ['frozen', 'unknown']] as const) {
+    for (const [theirs, ours] of [['ok', 'active'], ['blocked', 'locked'], ['closed', 'closed'], ['CLOSED', 'closed'], ['lockout', 'lockout'], ['frozen', 'unknown'], ['constructor', 'unknown'], ['toString', 'unknown']] as const) {
       route = () => ({ status: 200, json: { account: { state: theirs } } });
       expect((await api.status('u@x.test')).status, theirs).toBe(ours);
     }

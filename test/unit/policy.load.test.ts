@@ -87,6 +87,7 @@ describe('policy loading', () => {
     expect(keys).toMatch(/policy\.yaml:\d+:\d+: rules\[1\]\.when\.toString is not a known field/);
     expect(keys).toMatch(/policy\.yaml:\d+:\d+: strikes\.constructor is not a known key/);
     expect(keys).toMatch(/policy\.yaml:\d+:\d+: strikes\.__proto__ is not a known key/);
+    expect(policy(minimal.replace('    reason: content.forbidden', '    reason: constructor'))).toMatch(/policy\.yaml:\d+:\d+: rules\[0\]\.reason /);
     const references = policy(minimal.replace('default_plan: basic', 'default_plan: constructor').replace('    strike: content_rule', '    strike: hasOwnProperty'));
     expect(references).toMatch(/policy\.yaml:\d+:\d+: default_plan names plan "constructor", which is not defined in plans \(defined: basic\)/);
     expect(references).toMatch(/policy\.yaml:\d+:\d+: rules\[0\]\.strike names strike event "hasOwnProperty", which is not defined in strikes\.events/);
