@@ -118,7 +118,7 @@ export function domainOf(address: string): string {
  */
 export function comparableAddress(address: string): string {
   const at = address.lastIndexOf('@');
-  return at < 0 ? address.toLowerCase() : `${comparableLocal(address.slice(0, at))}@${asciiDomain(address.slice(at + 1))}`;
+  return at < 0 ? address.normalize('NFC').toLowerCase() : `${comparableLocal(address.slice(0, at))}@${asciiDomain(address.slice(at + 1))}`;
 }
 
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+)*$/;

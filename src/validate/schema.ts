@@ -283,17 +283,20 @@ export function analysePatterns(sources: readonly string[], flags: string): void
 /**
  * The same analysis without blocking: a running gateway reloading its policy keeps serving meanwhile
  * (a policy's new patterns take seconds). The verdicts are kept, so the load that follows finds them.
- * Should the child fail, nothing is kept and the load analyses again.
  */
 export async function analysePatternsInBackground(sources: readonly string[], flags: string): Promise<void> {
   const todo = notAnalysed(sources, flags);
   if (todo.length === 0) return;
   const stdout = await new Promise<string>((resolve) => {
     const child = spawn(process.execPath, ['-e', ANALYSE], { stdio: ['pipe', 'pipe', 'ignore'] });
+    // A gateway stopping does not wait for it: its reload has no policy to put in force any more.
+    child.unref();
+    (child.stdout as unknown as { unref(): void }).unref();
     let out = '';
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d: string) => (out += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), analysisTimeoutMs(todo.length));
+    timer.unref();
     child.on('error', () => resolve(''));
     child.on('close', (code) => {
       clearTimeout(timer);
@@ -302,7 +305,9 @@ export async function analysePatternsInBackground(sources: readonly string[], fl
     child.stdin.on('error', () => undefined);
     child.stdin.end(JSON.stringify(todo.map((source) => ({ source, flags }))));
   });
-  if (stdout) remember(todo, flags, stdout);
+  // A failed analysis counts as one that found nothing, as in analysePatterns: the load that follows
+  // must not run it again, blocking, when it is slowest.
+  remember(todo, flags, stdout);
 }
 
 /**
