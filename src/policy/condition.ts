@@ -46,7 +46,8 @@ function opsFor(spec: FieldSpec): readonly string[] {
   return spec.domain ? [...ops, ...DOMAIN_OPS] : ops;
 }
 
-const lower = (v: unknown) => String(v).toLowerCase();
+// Composed (NFC) as addresses are in the facts: "josé" written with a combining accent in a file matches.
+const lower = (v: unknown) => String(v).normalize('NFC').toLowerCase();
 
 /**
  * Field values are computed once per evaluation, not once per rule: facts objects are built afresh for
@@ -122,7 +123,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
     case 'starts_with':
     case 'ends_with': {
       if (typeof arg !== 'string' || arg === '') return bad('a non-empty text');
-      const want = arg.toLowerCase();
+      const want = lower(arg);
       if (op === 'contains') return (v) => (v as string).includes(want);
       if (op === 'starts_with') return (v) => (v as string).startsWith(want);
       return (v) => (v as string).endsWith(want);

@@ -42,6 +42,10 @@ describe('conditions', () => {
     expect(compile({ recipients: { ends_with: '@three.example' } }).test(facts())).toBe(false);
     expect(compile({ 'header.X-Mailer': { matches: '^bulk mailer' } }).test(facts({ message: message() }))).toBe(true);
     expect(compile({ 'urls.domains': 'files.example.com' }).test(facts({ message: message() }))).toBe(true);
+    // An address in the file with a combining accent (NFD) is the composed one of the facts (NFC).
+    expect(compile({ sender: 'jose\u0301@example.test' }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
+    expect(compile({ sender: { in: ['JOSE\u0301@example.test'] } }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
+    expect(compile({ sender: { starts_with: 'jose\u0301' } }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
   });
 
   it('reads patterns as Unicode: \\p{L} is a letter, not the text "p{L}"', () => {
