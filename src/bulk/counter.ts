@@ -67,22 +67,27 @@ for b = 1, #KEYS do
   if firstSighting and redis.call('EXISTS', band .. ':g') == 0 and redis.call('SET', band, firstSighting, 'PX', window, 'NX') then
     a, g, c = n, n, 1
   else
+    -- All of a band's counters end together, a window after its first sighting (as in memory): a counter
+    -- made later (another account's) gets what is left of it.
     local seen = redis.call('GET', band)
+    local left = window
     if seen and seen ~= '*' then
-      -- The first sighting becomes counters, before this message is added to them. They expire when the
-      -- first sighting would have, a window after it, as counters made then would have.
-      local left = redis.call('PTTL', band)
+      -- The first sighting becomes counters, before this message is added to them.
+      left = redis.call('PTTL', band)
       if left <= 0 then left = window end
       local parts = {}
       for part in string.gmatch(seen, '[^\\n]+') do parts[#parts + 1] = part end
       addAll(band .. ':a:' .. parts[1], parts, 2, #parts, left)
       addAll(band .. ':g', parts, 2, #parts, left)
       addAll(band .. ':n', parts, 1, 1, left)
+    else
+      local counting = redis.call('PTTL', band .. ':g')
+      if counting > 0 then left = counting end
     end
     madeCounter = false
-    a = addAll(band .. ':a:' .. account, ARGV, 5, 4 + n)
-    g = addAll(band .. ':g', ARGV, 5, 4 + n)
-    c = addAll(band .. ':n', ARGV, 2, 2)
+    a = addAll(band .. ':a:' .. account, ARGV, 5, 4 + n, left)
+    g = addAll(band .. ':g', ARGV, 5, 4 + n, left)
+    c = addAll(band .. ':n', ARGV, 2, 2, left)
     -- A counter made now lives a window: so does the band's key from now on.
     if madeCounter or seen ~= '*' then redis.call('SET', band, '*', 'PX', window) end
   end
