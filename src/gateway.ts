@@ -323,14 +323,9 @@ export class Gateway {
     // A message whose final dot is with the upstream may be queued there already: cutting the connection
     // would tell its client to send it again (a duplicate). Its answer is awaited and written to the client
     // (its handler is done); the relay gives up on the upstream after its data timeout, and so does this.
-    const answering = new Set<GatewayConnection>();
     const answerBy = this.clock.now() + this.config.upstream.timeouts.data;
-    for (;;) {
-      for (const conn of this.connections()) if (this.sessions.get(conn.session.id)?.upstream?.messageSent) answering.add(conn);
-      const waiting = [...answering].filter((conn) => this.connections().includes(conn) && (conn.busy || this.sessions.get(conn.session.id)?.upstream?.messageSent));
-      if (waiting.length === 0 || this.clock.now() >= answerBy) break;
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const answering = (conn: GatewayConnection) => conn.busy && Boolean(this.sessions.get(conn.session.id)?.tx?.lastBytesSent);
+    while (this.connections().some(answering) && this.clock.now() < answerBy) await new Promise((r) => setTimeout(r, 25));
     for (const conn of this.connections()) {
       this.sessions.get(conn.session.id)?.upstream?.destroy();
       conn.refuse('session.shutting_down', 'connect');
@@ -788,7 +783,7 @@ export class Gateway {
       let reply: SmtpReply;
       tx.relaying = true;
       try {
-        reply = await upstream.data(spool.reader(), tagHeader(tx.tags), spool.size);
+        reply = await upstream.data(spool.reader(), tagHeader(tx.tags), spool.size, () => (tx.lastBytesSent = true));
         if (reply.code !== 250 && reply.code < 400) {
           // 251, 354, … after the final dot answer nothing: the message's fate is unknown, so the client
           // must send it again (a possible duplicate, never a loss), and the connection is not reused.

@@ -93,6 +93,8 @@ export interface Transaction {
   spool?: Spool;
   /** the message is on its way to the upstream: only the upstream's answer ends the transaction */
   relaying?: boolean;
+  /** the message's last bytes went to the upstream, which may have queued it: its answer must reach the client */
+  lastBytesSent?: boolean;
   /** how the transaction ended, for the log */
   outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string; note?: string };
   timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'checks' | 'relay' | 'total', number>>;

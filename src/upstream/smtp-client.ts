@@ -63,11 +63,6 @@ export class SmtpClient {
   secure = false;
   /** true between an accepted MAIL and the end of DATA or RSET */
   inTransaction = false;
-  /**
-   * The whole message, final dot (or BDAT LAST) included, is with the upstream and its answer is awaited:
-   * the upstream may already have queued it, so the connection must not be cut now.
-   */
-  messageSent = false;
   /** set once the client authenticated on this connection */
   authenticated = false;
   readonly openedAt = Date.now();
@@ -332,7 +327,11 @@ export class SmtpClient {
    * message dot-stuffed, and the final dot. The message must use CRLF line endings only (the data checks
    * refuse anything else before we get here).
    */
-  async data(message: Readable | AsyncIterable<Buffer>, prefix?: Buffer, size?: number): Promise<SmtpReply> {
+  /**
+   * `lastBytes` is called as the message's last bytes (the final dot, or the end of BDAT LAST's chunk)
+   * are handed to the socket: from then on the upstream may queue the message at any moment.
+   */
+  async data(message: Readable | AsyncIterable<Buffer>, prefix?: Buffer, size?: number, lastBytes?: () => void): Promise<SmtpReply> {
     const total = size === undefined ? undefined : size + (prefix?.length ?? 0);
     const chunking = total !== undefined && this.supports('CHUNKING');
     let start: SmtpReply | undefined;
@@ -356,12 +355,18 @@ export class SmtpClient {
     try {
       if (chunking) {
         await this.writeChunk(Buffer.from(`BDAT ${total} LAST\r\n`));
+        let written = prefix?.length ?? 0;
         if (prefix) await this.writeChunk(prefix);
-        for await (const chunk of message) await this.writeChunk(chunk as Buffer);
+        for await (const chunk of message) {
+          written += (chunk as Buffer).length;
+          if (written >= total) lastBytes?.();
+          await this.writeChunk(chunk as Buffer);
+        }
       } else {
         const stuffer = new DotStuffer();
         if (prefix) await this.writeChunk(stuffer.push(prefix));
         for await (const chunk of message) await this.writeChunk(stuffer.push(chunk as Buffer));
+        lastBytes?.();
         await this.writeChunk(stuffer.end());
       }
     } catch (err) {
@@ -371,14 +376,9 @@ export class SmtpClient {
       if (cork) this.socket.uncork();
     }
     this.lastUsedAt = Date.now();
-    this.messageSent = true;
-    try {
-      const reply = await final;
-      this.inTransaction = false;
-      return reply;
-    } finally {
-      this.messageSent = false;
-    }
+    const reply = await final;
+    this.inTransaction = false;
+    return reply;
   }
 
   private async writeChunk(chunk: Buffer): Promise<void> {

@@ -161,6 +161,31 @@ describe('graceful shutdown', () => {
     }
   });
 
+  it('at the drain deadline, a message the upstream accepted before it, whose answer is not written yet, still gets it', async () => {
+    // The upstream answered early; removing the spooled copy (a slow disk) is still under way at the deadline.
+    const dispose = Spool.prototype.dispose;
+    const slow = vi.spyOn(Spool.prototype, 'dispose').mockImplementation(async function (this: Spool) {
+      await new Promise((r) => setTimeout(r, 400));
+      return dispose.call(this);
+    });
+    try {
+      const { gw } = await setup({ dataEnd: () => ({ delayMs: 20 }) });
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO client.test');
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write('Subject: accepted early\r\n\r\nanswered early\r\n.\r\n');
+      await expect.poll(() => gw.transactions().length).toBe(1);
+      const stopping = gw.gateway.stop(100);
+      expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE1/);
+      await stopping;
+    } finally {
+      slow.mockRestore();
+    }
+  });
+
   it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
     const { gw, upstream } = await setup();
     const c = await RawSmtp.connect(gw.port('trusted'));
