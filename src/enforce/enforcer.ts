@@ -436,9 +436,18 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       }
       const started = performance.now();
       let outcome: SuspendOutcome | void = undefined;
+      // Whether a lock of Douane's may already be there, from an earlier call whose answer was lost (a
+      // timeout, a crash) or an unlock not carried out yet: then a lock found in place is not someone else's.
+      let heldBefore = false;
       try {
-        if (j.op === 'suspend') outcome = await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
-        else await api.reinstate(j.account, { reference: j.reference, by: j.by });
+        if (j.op === 'suspend') {
+          heldBefore = await this.deps.state.lockHeld(j.account);
+          await this.deps.state.setLockHeld(j.account, true);
+          outcome = await api.suspend(j.account, { reference: j.reference, rule: j.rule, article: j.article, summary: j.summary });
+        } else {
+          await api.reinstate(j.account, { reference: j.reference, by: j.by });
+          await this.deps.state.setLockHeld(j.account, false);
+        }
       } catch (err) {
         if (err instanceof LifecycleError && !err.retryable) {
           await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message });
@@ -448,11 +457,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         this.deps.log.debug({ event: 'lifecycle_call', op: j.op, account: j.account, ms: Math.round(performance.now() - started) }, 'lifecycle call');
       }
       if (j.op === 'suspend') {
-        // Found locked at the first attempt, and not by an earlier lock of ours: someone else's lock, which
-        // reinstating the account here leaves. Found locked on a retry, it may be ours (the attempt that
-        // timed out may have been carried out): Douane's, as every lock before this distinction.
+        // Found locked when no lock of Douane's could be there: someone else's lock, which reinstating the
+        // account here leaves. (A first call that failed before reaching the API, followed by a person's
+        // lock, is taken for Douane's: the one case read the wrong way, and it errs on unlocking.)
         const { suspension } = await this.deps.state.account(j.account);
-        const theirs = outcome === 'already_locked' && job.attempts === 1 && suspension?.lockedBy !== 'douane';
+        const theirs = outcome === 'already_locked' && !heldBefore && suspension?.lockedBy !== 'douane';
+        if (theirs) await this.deps.state.setLockHeld(j.account, false);
         if (suspension?.action === 'suspend_account' && !suspension.lockedBy) await this.deps.state.setSuspension(j.account, { ...suspension, lockedBy: theirs ? 'someone_else' : 'douane' });
         if (theirs) {
           await this.deps.audit.append({ action: 'lifecycle_already_locked', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });

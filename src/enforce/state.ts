@@ -80,6 +80,13 @@ export interface EnforcementState {
   countSuspension(at: number): Promise<number>;
   breaker(): Promise<Breaker>;
   setBreaker(b: Breaker): Promise<void>;
+  /**
+   * Whether Douane may hold a lock on the account in the lifecycle API: set before each lock call, cleared
+   * once an unlock went through. Kept apart from the account's state, which a reinstatement clears before
+   * the unlock is carried out.
+   */
+  lockHeld(account: string): Promise<boolean>;
+  setLockHeld(account: string, held: boolean): Promise<void>;
 }
 
 const ADD_STRIKE = `
@@ -130,6 +137,15 @@ export class RedisEnforcementState implements EnforcementState {
 
   async dropClaim(key: string): Promise<void> {
     await this.r.del(`${this.prefix}:claim:${key}`);
+  }
+
+  async lockHeld(account: string): Promise<boolean> {
+    return (await this.r.exists(this.k('lock-held', account))) === 1;
+  }
+
+  async setLockHeld(account: string, held: boolean): Promise<void> {
+    if (held) await this.r.set(this.k('lock-held', account), '1');
+    else await this.r.del(this.k('lock-held', account));
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -228,8 +244,18 @@ export class MemoryEnforcementState implements EnforcementState {
   protected readonly accounts = new Map<string, AccountState>();
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
+  protected readonly locksHeld = new Set<string>();
 
   constructor(private readonly now: () => number = Date.now) {}
+
+  async lockHeld(account: string): Promise<boolean> {
+    return this.locksHeld.has(account.toLowerCase());
+  }
+
+  async setLockHeld(account: string, held: boolean): Promise<void> {
+    if (held) this.locksHeld.add(account.toLowerCase());
+    else this.locksHeld.delete(account.toLowerCase());
+  }
 
   async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
     const list = (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > s.at - windowMs);
@@ -325,6 +351,8 @@ interface Snapshot {
   accounts: [string, AccountState][];
   suspensionTimes: number[];
   breaker: Breaker;
+  /** absent in files written before it was kept */
+  locksHeld?: string[];
 }
 
 /**
@@ -354,6 +382,7 @@ export class FileEnforcementState extends MemoryEnforcementState {
       for (const [k, v] of snap.accounts) this.accounts.set(k, v);
       this.suspensionTimes = snap.suspensionTimes;
       this.breakerState = snap.breaker;
+      for (const a of snap.locksHeld ?? []) this.locksHeld.add(a);
     } catch (err) {
       // Keep the damaged file for a person (the audit trail has every suspension) and start empty.
       const aside = `${file}.unreadable-${Date.now()}`;
@@ -369,6 +398,7 @@ export class FileEnforcementState extends MemoryEnforcementState {
       accounts: [...this.accounts],
       suspensionTimes: this.suspensionTimes,
       breaker: this.breakerState,
+      locksHeld: [...this.locksHeld],
     };
     mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.part`;
@@ -408,6 +438,11 @@ export class FileEnforcementState extends MemoryEnforcementState {
 
   override async resetAccount(account: string): Promise<void> {
     await super.resetAccount(account);
+    this.save();
+  }
+
+  override async setLockHeld(account: string, held: boolean): Promise<void> {
+    await super.setLockHeld(account, held);
     this.save();
   }
 

@@ -15,6 +15,7 @@ import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { StrikeEvent } from '../../src/policy/strikes.js';
 import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import { LifecycleError } from '../../src/lifecycle/types.js';
 import type { Job } from '../../src/enforce/outbox.js';
 
 function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi) {
@@ -120,23 +121,49 @@ describe('strike ladder', () => {
     expect(actions.filter((a) => a.action === 'lifecycle_superseded').map((a) => a.op)).toEqual(['suspend', 'reinstate']);
   });
 
-  it('an account found locked when the lock is retried may be locked by the first try: it is unlocked when reinstated', async () => {
-    // The first try timed out after Zimbra carried it out; the retry finds the account locked.
-    const api: LifecycleApi = { kind: 'stub', status: async () => ({ status: 'active' }) as never, suspend: async () => 'already_locked', reinstate: async () => undefined };
+  it('a lock found in place is Douane own when an earlier call of its may have made it: a timeout, an unlock not carried out', async () => {
+    // Zimbra as the stub: the first lock call times out after the lock was made; every later one finds it.
+    let calls = 0;
+    let down = false;
+    const api: LifecycleApi = {
+      kind: 'stub',
+      status: async () => ({ status: 'active' }) as never,
+      suspend: async () => {
+        calls++;
+        if (calls === 1) throw new LifecycleError('timeout', 'no answer within 2000 ms', true);
+        return 'already_locked';
+      },
+      reinstate: async () => {
+        if (down) throw new LifecycleError('unavailable', 'connection refused', true);
+      },
+    };
     const { enforcer, state, outbox } = setup({}, Date.now, api);
     const handler = enforcer.lifecycleHandler();
-    const job = (attempts: number): Job => ({ id: 'j', kind: 'lifecycle', payload: { op: 'suspend', account: 'k@x.test', reference: 'D-KKKKKK', summary: 's', by: 'cli:t' }, attempts, createdAt: 0, nextAt: 0 });
+    const job = (account: string, op: 'suspend' | 'reinstate', attempts = 1): Job => ({ id: 'j', kind: 'lifecycle', payload: { op, account, reference: 'D-KKKKKK', summary: 's', by: 'cli:t' }, attempts, createdAt: 0, nextAt: 0 });
+    const unlockQueued = (account: string) => outbox.jobs().some((j) => j.kind === 'lifecycle' && (j.payload as { account: string; op: string }).account === account && (j.payload as { op: string }).op === 'reinstate');
+
     await enforcer.suspend('k@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-KKKKKK', reason: 'r' });
-    await handler(job(2));
+    await expect(handler(job('k@x.test', 'suspend'))).rejects.toThrow(/no answer/);
+    // The retry, or a second complaint's new lock job (attempt 1 of its own): the lock found is Douane's.
+    await enforcer.suspend('k@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-KKKKK2', reason: 'second complaint' });
+    await handler(job('k@x.test', 'suspend'));
+    expect((await state.account('k@x.test')).suspension?.lockedBy).toBe('douane');
+    // Reinstated while the API is down: the unlock waits; locked again meanwhile, the lock found is still Douane's.
+    down = true;
+    await enforcer.reinstate('k@x.test', 'cli:t');
+    await expect(handler(job('k@x.test', 'reinstate'))).rejects.toThrow(/connection refused/);
+    await enforcer.suspend('k@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-KKKKK3', reason: 'third complaint' });
+    await handler(job('k@x.test', 'suspend'));
     expect((await state.account('k@x.test')).suspension?.lockedBy).toBe('douane');
     await enforcer.reinstate('k@x.test', 'cli:t');
-    expect(outbox.jobs().filter((j) => j.kind === 'lifecycle').map((j) => (j.payload as { op: string }).op)).toContain('reinstate');
-    // Found locked at the first try: someone else's lock, left as it is.
+    expect(unlockQueued('k@x.test')).toBe(true);
+
+    // Found locked with no call of Douane's before: someone else's lock, left as it is.
     await enforcer.suspend('m@x.test', 'suspend_account', { by: 'cli:t', reference: 'D-MMMMMM', reason: 'r' });
-    await handler({ ...job(1), payload: { op: 'suspend', account: 'm@x.test', reference: 'D-MMMMMM', summary: 's', by: 'cli:t' } });
+    await handler(job('m@x.test', 'suspend'));
     expect((await state.account('m@x.test')).suspension?.lockedBy).toBe('someone_else');
     await enforcer.reinstate('m@x.test', 'cli:t');
-    expect(outbox.jobs().filter((j) => j.kind === 'lifecycle' && (j.payload as { account: string }).account === 'm@x.test').map((j) => (j.payload as { op: string }).op)).not.toContain('reinstate');
+    expect(unlockQueued('m@x.test')).toBe(false);
   });
 
   it('a lock stays a lock: a weaker suspension after it changes nothing, and reinstating still unlocks', async () => {

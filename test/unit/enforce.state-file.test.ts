@@ -19,6 +19,9 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     await first.setSuspension('mallory@x.test', { since: t, action: 'suspend_sending', reason: 'strike total 20 reached 20', reference: 'D-AAAAAA', by: 'douane' });
     await first.setPending('eve@x.test', { action: 'suspend_account', at: t, total: 30, reference: 'D-BBBBBB', reason: 'r' });
     await first.setBreaker({ open: true, since: t, reason: 'too many' });
+    // A reinstatement clears the account's state, not the mark of a lock Douane may hold.
+    await first.setLockHeld('Trent@x.test', true);
+    await first.resetAccount('trent@x.test');
     expect(statSync(file).mode & 0o777).toBe(0o600);
 
     const again = new FileEnforcementState(file, () => t + 1000);
@@ -26,6 +29,7 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     expect((await again.strikes('mallory@x.test', 24 * HOUR)).map((s) => s.id)).toEqual(['s1']);
     expect(await again.claim('step:{mallory@x.test}:2', 24 * HOUR)).toBe(false);
     expect(await again.pendingAccounts()).toEqual(['eve@x.test']);
+    expect(await again.lockHeld('trent@x.test')).toBe(true);
     expect(await again.breaker()).toMatchObject({ open: true });
     await again.resetAccount('mallory@x.test');
     expect(await new FileEnforcementState(file).account('mallory@x.test')).toEqual({});
