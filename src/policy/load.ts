@@ -131,14 +131,14 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
  * keeps serving meanwhile), so that the loadPolicy that follows finds them done. Whatever is wrong with
  * the files is left to loadPolicy to report.
  */
-export async function analysePolicyPatterns(dir: string): Promise<void> {
+export async function analysePolicyPatterns(dir: string): Promise<{ failed: number }> {
   const patterns: string[] = [];
   try {
     for (const path of policyFiles(dir)) patternsIn(YamlSource.parse(path, readYamlFile(path, path)).value, patterns);
   } catch {
-    return;
+    return { failed: 0 };
   }
-  await analysePatternsInBackground(patterns, PATTERN_FLAGS);
+  return analysePatternsInBackground(patterns, PATTERN_FLAGS);
 }
 
 /** The `matches` values anywhere in the policy (rule conditions nest: all, any, not). */

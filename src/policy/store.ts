@@ -46,7 +46,8 @@ export class PolicyStore {
    */
   reload(trigger: string): Promise<ReloadResult> {
     const run = async () => {
-      await analysePolicyPatterns(this.dir);
+      const { failed } = await analysePolicyPatterns(this.dir);
+      if (failed) this.log.warn({ event: 'pattern_analysis_failed', trigger, patterns: failed }, `the backtracking analysis of ${failed} new pattern(s) failed: they are checked for nested repetition only`);
       return this.swap(trigger);
     };
     this.reloads = this.reloads.then(run, run);

@@ -283,10 +283,11 @@ export function analysePatterns(sources: readonly string[], flags: string): void
 /**
  * The same analysis without blocking: a running gateway reloading its policy keeps serving meanwhile
  * (a policy's new patterns take seconds). The verdicts are kept, so the load that follows finds them.
+ * Says how many patterns went unanalysed because the analysis failed (the caller logs it).
  */
-export async function analysePatternsInBackground(sources: readonly string[], flags: string): Promise<void> {
+export async function analysePatternsInBackground(sources: readonly string[], flags: string): Promise<{ failed: number }> {
   const todo = notAnalysed(sources, flags);
-  if (todo.length === 0) return;
+  if (todo.length === 0) return { failed: 0 };
   const stdout = await new Promise<string>((resolve) => {
     const child = spawn(process.execPath, ['-e', ANALYSE], { stdio: ['pipe', 'pipe', 'ignore'] });
     // A gateway stopping does not wait for it: its reload has no policy to put in force any more.
@@ -308,6 +309,7 @@ export async function analysePatternsInBackground(sources: readonly string[], fl
   // A failed analysis counts as one that found nothing, as in analysePatterns: the load that follows
   // must not run it again, blocking, when it is slowest.
   remember(todo, flags, stdout);
+  return { failed: stdout ? 0 : todo.length };
 }
 
 /**
