@@ -88,6 +88,26 @@ describe('connection adaptations', () => {
   });
 });
 
+/** A trusted-listener session that has sent EHLO, MAIL, RCPT and DATA: the message comes next. */
+async function atData(port: number): Promise<RawSmtp> {
+  const c = await RawSmtp.connect(port);
+  await c.reply();
+  await c.command('EHLO client.test');
+  await c.command('MAIL FROM:<user1@example.test>');
+  await c.command('RCPT TO:<user2@example.test>');
+  await c.command('DATA');
+  return c;
+}
+
+/** Removing a spooled message takes `ms` (a slow disk); mockRestore() puts it back. */
+function slowSpoolRemoval(ms: number) {
+  const dispose = Spool.prototype.dispose;
+  return vi.spyOn(Spool.prototype, 'dispose').mockImplementation(async function (this: Spool) {
+    await new Promise((r) => setTimeout(r, ms));
+    return dispose.call(this);
+  });
+}
+
 describe('graceful shutdown', () => {
   it('stops accepting, ends idle sessions with 421, and lets an open transaction finish', async () => {
     const { gw, upstream } = await setup();
@@ -118,12 +138,7 @@ describe('graceful shutdown', () => {
     // The upstream queues the message at its final dot and answers late: cutting the connection then
     // would have the client send it again, a duplicate.
     const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 1500 }) });
-    const c = await RawSmtp.connect(gw.port('trusted'));
-    await c.reply();
-    await c.command('EHLO client.test');
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    await c.command('DATA');
+    const c = await atData(gw.port('trusted'));
     c.write('Subject: queued at the dot\r\n\r\nanswered late\r\n.\r\n');
     await upstream.waitForMessages(1);
     expect(upstream.messages).toHaveLength(1);
@@ -137,19 +152,10 @@ describe('graceful shutdown', () => {
   it('at the drain deadline, the upstream answer reaches the client even when removing the spooled copy takes a while', async () => {
     // The relay is done once its answer is written, not once the upstream answered: between the two, the
     // spool is removed (a file on a slow disk here).
-    const dispose = Spool.prototype.dispose;
-    const slow = vi.spyOn(Spool.prototype, 'dispose').mockImplementation(async function (this: Spool) {
-      await new Promise((r) => setTimeout(r, 100));
-      return dispose.call(this);
-    });
+    const slow = slowSpoolRemoval(100);
     try {
       const { gw, upstream } = await setup({ dataEnd: () => ({ delayMs: 500 }) });
-      const c = await RawSmtp.connect(gw.port('trusted'));
-      await c.reply();
-      await c.command('EHLO client.test');
-      await c.command('MAIL FROM:<user1@example.test>');
-      await c.command('RCPT TO:<user2@example.test>');
-      await c.command('DATA');
+      const c = await atData(gw.port('trusted'));
       c.write('Subject: queued at the dot\r\n\r\nanswered late\r\n.\r\n');
       await upstream.waitForMessages(1);
       const stopping = gw.gateway.stop(100);
@@ -163,19 +169,10 @@ describe('graceful shutdown', () => {
 
   it('at the drain deadline, a message the upstream accepted before it, whose answer is not written yet, still gets it', async () => {
     // The upstream answered early; removing the spooled copy (a slow disk) is still under way at the deadline.
-    const dispose = Spool.prototype.dispose;
-    const slow = vi.spyOn(Spool.prototype, 'dispose').mockImplementation(async function (this: Spool) {
-      await new Promise((r) => setTimeout(r, 400));
-      return dispose.call(this);
-    });
+    const slow = slowSpoolRemoval(400);
     try {
       const { gw } = await setup({ dataEnd: () => ({ delayMs: 20 }) });
-      const c = await RawSmtp.connect(gw.port('trusted'));
-      await c.reply();
-      await c.command('EHLO client.test');
-      await c.command('MAIL FROM:<user1@example.test>');
-      await c.command('RCPT TO:<user2@example.test>');
-      await c.command('DATA');
+      const c = await atData(gw.port('trusted'));
       c.write('Subject: accepted early\r\n\r\nanswered early\r\n.\r\n');
       await expect.poll(() => gw.transactions().length).toBe(1);
       const stopping = gw.gateway.stop(100);
@@ -188,12 +185,7 @@ describe('graceful shutdown', () => {
 
   it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
     const { gw, upstream } = await setup();
-    const c = await RawSmtp.connect(gw.port('trusted'));
-    await c.reply();
-    await c.command('EHLO client.test');
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    await c.command('DATA');
+    const c = await atData(gw.port('trusted'));
     c.write('Subject: never finished\r\n\r\npart');
     const started = Date.now();
     await gw.gateway.stop(300);
