@@ -325,11 +325,9 @@ export class SmtpClient {
    * Sends the message and returns the upstream's reply for it. With CHUNKING (RFC 3030) and a known size,
    * one `BDAT <size> LAST` carries it in one round trip and without dot-stuffing; otherwise DATA, the
    * message dot-stuffed, and the final dot. The message must use CRLF line endings only (the data checks
-   * refuse anything else before we get here).
-   */
-  /**
-   * `lastBytes` is called as the message's last bytes (the final dot, or the end of BDAT LAST's chunk)
-   * are handed to the socket: from then on the upstream may queue the message at any moment.
+   * refuse anything else before we get here). `lastBytes` is called as the message's last bytes (the
+   * final dot, or the end of BDAT LAST's chunk) are handed to the socket: from then on the upstream may
+   * queue the message at any moment.
    */
   async data(message: Readable | AsyncIterable<Buffer>, prefix?: Buffer, size?: number, lastBytes?: () => void): Promise<SmtpReply> {
     const total = size === undefined ? undefined : size + (prefix?.length ?? 0);
