@@ -48,6 +48,28 @@ describe('conditions', () => {
     expect(compile({ sender: { starts_with: 'jose\u0301' } }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
   });
 
+  it('compares a message text written with combining accents as the composed text the rule names', () => {
+    const decomposed = facts({
+      message: message({
+        subject: 'Ve\u0301rifiez votre compte \u2014 urgent',
+        body: 'Votre boi\u0302te est pleine, cliquez ici.',
+        from: ['jose\u0301@example.test'],
+        attachments: [{ name: 'Facture\u0301.pdf', extension: 'pdf', declaredType: 'application/pdf', detectedType: 'pdf', encrypted: false, archiveEntries: [], size: 10 }],
+      }),
+    });
+    expect(compile({ subject: { contains: 'vérifiez votre compte' } }).test(decomposed)).toBe(true);
+    expect(compile({ subject: { matches: '^vérifiez\\b' } }).test(decomposed)).toBe(true);
+    expect(compile({ subject: { starts_with: 'v\u00e9rifiez' } }).test(decomposed)).toBe(true);
+    expect(compile({ body: { contains: 'boîte est pleine' } }).test(decomposed)).toBe(true);
+    expect(compile({ body: { matches: 'bo\u00eete' } }).test(decomposed)).toBe(true);
+    expect(compile({ from: { in: ['jos\u00e9@example.test'] } }).test(decomposed)).toBe(true);
+    expect(compile({ 'attachments.names': { in: ['factur\u00e9.pdf'] } }).test(decomposed)).toBe(true);
+    // Composed text and text without accents are read as they are.
+    expect(compile({ subject: { contains: 'vérifiez' } }).test(facts({ message: message({ subject: 'V\u00e9rifiez' }) }))).toBe(true);
+    expect(compile({ subject: { contains: 'verifiez' } }).test(decomposed)).toBe(false);
+    expect(compile({ subject: { contains: 'quarterly' } }).test(facts({ message: message() }))).toBe(true);
+  });
+
   it('reads patterns as Unicode: \\p{L} is a letter, not the text "p{L}"', () => {
     expect(compile({ subject: { matches: '^\\p{L}+$' } }).test(facts({ message: message({ subject: 'Élodie' }) }))).toBe(true);
     expect(compile({ subject: { matches: '^\\p{L}+$' } }).test(facts({ message: message({ subject: 'p{L}' }) }))).toBe(false);
