@@ -25,6 +25,11 @@ export class ReplyParser {
 
   constructor(private readonly maxLineLength = 4096, private readonly maxLines = 512) {}
 
+  /** nothing held back: no part of a line, no lines of an unfinished multi-line reply */
+  get idle(): boolean {
+    return this.buffer === '' && this.lines.length === 0;
+  }
+
   /** Feeds raw bytes; returns the replies completed by this chunk. Throws on a protocol violation. */
   push(chunk: string): SmtpReply[] {
     this.buffer += chunk;

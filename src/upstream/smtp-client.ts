@@ -91,8 +91,10 @@ export class SmtpClient {
       }
       return client;
     } catch (err) {
+      // The reason, before destroy() records its own ("closed by Douane") for a refusal thrown here.
+      const reason = client.failure ?? asUpstreamError(err);
       client.destroy();
-      throw client.failure ?? asUpstreamError(err);
+      throw reason;
     } finally {
       clearTimeout(deadline);
     }
@@ -266,6 +268,10 @@ export class SmtpClient {
     }
     const reply = await this.command('STARTTLS');
     if (reply.code !== 220) throw new UpstreamError('tls', `upstream refused STARTTLS: ${formatReply(reply)}`, reply);
+    // Anything after the 220 was sent in clear before the handshake, where anyone on the path can add it:
+    // carried into the TLS session it would be read as the start of the encrypted EHLO reply (a CHUNKING
+    // the upstream never offered). RFC 3207 §4.2: it is not to be trusted; a connection that has it is refused.
+    if (!this.parser.idle) throw new UpstreamError('tls', 'upstream sent more after its 220 to STARTTLS, in clear, before the TLS handshake (an injection on the path?)');
     const raw = this.socket;
     this.detach(raw);
     const secure = tls.connect({ socket: raw, ...this.tlsOptions() });

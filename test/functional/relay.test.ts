@@ -2,10 +2,12 @@
 // the upstream's own replies, pipelining, RSET, and never a 250 before the upstream's 250.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { describe, expect, it } from 'vitest';
 import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { freePort, RawSmtp } from '../harness/net.js';
+import { makeSelfSigned } from '../../src/smtp/tls.js';
 
 const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
 
@@ -464,6 +466,58 @@ describe('upstream faults reach the client, and never as 250', () => {
       }
     });
   }
+
+  it('refuses an upstream connection whose 220 to STARTTLS came with more text in clear (an injection on the path), and relays nothing on it', async () => {
+    // An upstream with a real TLS session after STARTTLS and no CHUNKING. Whoever is on the path adds two
+    // lines to its 220, in the same segment: read as the start of the encrypted EHLO reply, they would make
+    // the gateway believe in a CHUNKING the upstream does not have, and send the body as BDAT to it.
+    const { key, cert } = makeSelfSigned('upstream.test');
+    const received: string[] = [];
+    const injecting = net.createServer((raw) => {
+      raw.on('error', () => {});
+      let session: net.Socket = raw;
+      let buffer = '';
+      const onLine = (line: string) => {
+        received.push(session === raw ? line : `(in TLS) ${line}`);
+        const verb = line.split(' ')[0]!.toUpperCase();
+        if (verb === 'EHLO') session.write(session === raw ? '250-upstream.test\r\n250 STARTTLS\r\n' : '250-upstream.test\r\n250 ENHANCEDSTATUSCODES\r\n');
+        else if (verb === 'STARTTLS') {
+          raw.removeAllListeners('data');
+          raw.write('220 2.0.0 Ready to start TLS\r\n250-injected\r\n250-CHUNKING\r\n');
+          session = new tls.TLSSocket(raw, { isServer: true, key, cert });
+          session.on('error', () => {});
+          session.on('data', onData);
+          buffer = '';
+        } else if (verb === 'QUIT') session.end('221 2.0.0 Bye\r\n');
+        else session.write(verb === 'MAIL' || verb === 'RCPT' || verb === 'RSET' || verb === 'NOOP' ? '250 2.0.0 Ok\r\n' : '502 5.5.2 Error: command not recognized\r\n');
+      };
+      const onData = (d: Buffer) => {
+        buffer += d.toString('latin1');
+        for (let nl = buffer.indexOf('\r\n'); nl >= 0 && session.listenerCount('data'); nl = buffer.indexOf('\r\n')) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + 2);
+          onLine(line);
+        }
+      };
+      raw.on('data', onData);
+      raw.write('220 upstream.test ESMTP\r\n');
+    });
+    await new Promise<void>((resolve) => injecting.listen(0, '127.0.0.1', resolve));
+    const port = (injecting.address() as net.AddressInfo).port;
+    const gw = await startGateway(port, { upstream: { port, trusted_port: port, tls: 'starttls', verify_certificate: false } });
+    try {
+      const c = await trusted(gw.port('trusted'));
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^451 4\.4\.1 .*Ref D-/);
+      expect(await gw.waitForLog((l) => l.event === 'upstream_error')).toMatchObject({ kind: 'tls', err: expect.stringMatching(/more after its 220 to STARTTLS/) });
+      // Each attempt ends at the 220: nothing is sent in a TLS session built on it.
+      expect(received.length).toBeGreaterThan(0);
+      expect(received.filter((l) => l !== 'EHLO douane.test' && l !== 'STARTTLS')).toEqual([]);
+      c.close();
+    } finally {
+      await gw.stop();
+      injecting.close();
+    }
+  });
 
   it('a client that leaves while its MAIL FROM waits for the upstream: the pooled connection is not handed on with that reply still due', async () => {
     const { gw, upstream } = await setup({ mail: (from) => (from === 'leaver@example.test' ? { delayMs: 300 } : undefined) });
