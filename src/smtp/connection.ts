@@ -36,8 +36,8 @@ type ParsedAddress = ReturnType<SMTPConnection['_parseAddressCommand']>;
 const DEADLINE_RECHECK_MS = 100;
 
 const ENHANCED_PREFIX = /^[245]\.\d{1,3}\.\d{1,3} /;
-/** "MAIL FROM:" or "RCPT TO:", then the path in angle brackets */
-const ADDRESS_COMMAND = /^([^:]*:[ \t]*)<([^<>]*)>/;
+/** "MAIL FROM:" or "RCPT TO:", then the path in angle brackets: after any blank smtp-server's own parse trims */
+const ADDRESS_COMMAND = /^([^:]*:\s*)<([^<>]*)>/;
 /** a quoted local part, escapes included */
 const QUOTED_LOCAL_PART = /^"(?:[^"\\]|\\.)*"(?=@)/;
 /** a source route, which RFC 5321 says to accept and ignore */
@@ -142,7 +142,9 @@ export class GatewayConnection extends SMTPConnection {
     if (Buffer.isBuffer(command) && !isUtf8(command)) return false;
     const text = (command || '').toString();
     const path = ADDRESS_COMMAND.exec(text);
-    if (!path) return super._parseAddressCommand(name, command);
+    // No path in angle brackets: a syntax error (501). smtp-server's own parse is not a fallback, since what it
+    // accepted would go upstream without the parameters and spelling the client wrote.
+    if (!path) return false;
     const written = path[2]!.replace(SOURCE_ROUTE, '');
     // smtp-server checks the address with any space in a quoted local part stood in for; we keep what was written.
     const standIn = written.replace(QUOTED_LOCAL_PART, (quoted) => quoted.replace(/ /g, '_'));

@@ -180,6 +180,21 @@ describe('relay on the trusted listener', () => {
     c.close();
   });
 
+  it('relays an address and its parameters as written whatever blank precedes the path (form feed, vertical tab, no-break space)', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:\f<user1@example.test> SIZE=120 BODY=8BITMIME')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:\v<anna@xn--mller-kva.example>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:\u00a0<user2@example.test>')).toMatch(/^250 /);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    // Not the Unicode domain smtp-server makes of the IDNA one, and not without the parameters.
+    expect(upstream.messages[0]!.mailLine).toBe('MAIL FROM:<user1@example.test> SIZE=120 BODY=8BITMIME');
+    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', 'user2@example.test']);
+    c.close();
+  });
+
   it('relays a recipient once however the client spells it again (case, IDNA or Unicode domain)', async () => {
     const { gw, upstream } = await setup();
     const c = await trusted(gw.port('trusted'));
