@@ -190,8 +190,9 @@ export class GatewayConnection extends SMTPConnection {
     if (code === 421 && typeof data === 'string' && /too many (unrecognized|unauthenticated) commands/i.test(data)) {
       return this.refuse('smtp.too_many_errors', 'connect');
     }
-    if (code >= 400 && context !== false && PROTOCOL_ENHANCED[code] && typeof data === 'string') {
-      // The library's protocol errors (unknown command, bad syntax, bad sequence) carry a reference too.
+    if (code >= 400 && PROTOCOL_ENHANCED[code] && typeof data === 'string') {
+      // The library's protocol errors (unknown command, bad syntax, bad sequence, a malformed EHLO, which it
+      // sends without a context) carry a reference too.
       return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data.replace(/\.?$/, '.')} Ref ${this.hooks.sessionReference(this.session)}.`, false);
     }
     super.send(code, data, context);

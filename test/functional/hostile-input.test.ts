@@ -97,6 +97,17 @@ describe('SMTP smuggling', () => {
     c.close();
   });
 
+  it('answers a malformed EHLO or HELO with 501 5.5.4 and a reference, and still takes a good one', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    expect(await c.command('EHLO')).toMatch(/^501 5\.5\.4 .*EHLO hostname.* Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.command('HELO a b')).toMatch(/^501 5\.5\.4 .*HELO hostname.* Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.command(`EHLO ${'a'.repeat(300)}.test`)).toMatch(/^501 5\.5\.4 .*hostname syntax.* Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.command('EHLO webmail.test')).toMatch(/^250/);
+    c.close();
+  });
+
   it('closes the connection on an over-long command line, holding at most the limit in memory', async () => {
     const { gw } = await setup({ smtp: { max_line_length: '1K' } });
     const c = await RawSmtp.connect(gw.port('trusted'));
