@@ -24,6 +24,11 @@ const PK = Buffer.from('PK', 'latin1');
 
 const LOCAL_HEADER_SIZE = 30;
 const CENTRAL_HEADER_SIZE = 46;
+const END_RECORD_SIZE = 22;
+/** an end record and the longest comment it may carry */
+const END_WINDOW = END_RECORD_SIZE + 0xffff;
+/** Info-ZIP's Unicode Path extra field: the name unzip and 7-Zip extract under, in place of the header's */
+const UNICODE_PATH = 0x7075;
 // Entry names longer than this are not real names (and the 16-bit length could ask for 64 KB).
 const MAX_NAME_LENGTH = 4096;
 
@@ -60,6 +65,9 @@ export class ZipLister {
 
   /** the archive names of the local headers seen (to tell whether the central directory names another) */
   private readonly localArchives = new Set<string>();
+  /** the attachment's last bytes (views of its last chunks), where an end record would be */
+  private last: Buffer[] = [];
+  private lastLength = 0;
 
   constructor(
     private readonly maxEntries = 1000,
@@ -71,6 +79,7 @@ export class ZipLister {
   }
 
   push(chunk: Buffer): void {
+    this.keepLast(chunk);
     try {
       this.consume(chunk);
     } catch {
@@ -85,6 +94,27 @@ export class ZipLister {
   /** The attachment ended: an inner archive still open (the zip was cut short) gives its last names. */
   end(): void {
     this.endNested();
+    // Still inside an entry's data, by the size its local header gave, though the file ends with a zip's
+    // end record: the size lied, and the entries after it and the central directory, which extractors go
+    // by, were walked over unread. (A zip cut short has no end record; nor, but by a 1 in 2^48 chance, has
+    // data where a signature was found by chance.)
+    if (this.state.kind === 'skip' && this.endsWithEndRecord()) this.listing.complete = false;
+    this.last = [];
+  }
+
+  private keepLast(chunk: Buffer): void {
+    this.last.push(chunk);
+    this.lastLength += chunk.length;
+    while (this.last.length > 1 && this.lastLength - this.last[0]!.length >= END_WINDOW) this.lastLength -= this.last.shift()!.length;
+  }
+
+  /** An end of central directory record whose comment runs exactly to the end of the file. */
+  private endsWithEndRecord(): boolean {
+    const tail = Buffer.concat(this.last, this.lastLength);
+    for (let i = tail.length - END_RECORD_SIZE; i >= 0 && i >= tail.length - END_WINDOW; i--) {
+      if (tail.readUInt32LE(i) === SIG_END && tail.readUInt16LE(i + 20) === tail.length - i - END_RECORD_SIZE) return true;
+    }
+    return false;
   }
 
   private consume(chunk: Buffer): void {
@@ -158,6 +188,7 @@ export class ZipLister {
           const name = this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
           // Extractors go by the central directory: an archive it names that no local header did was not opened.
           if (NESTED_ARCHIVE.test(normalizeName(name)) && !this.localArchives.has(normalizeName(name))) this.listing.complete = false;
+          this.addUnicodePath(head.subarray(CENTRAL_HEADER_SIZE + nameLen, CENTRAL_HEADER_SIZE + nameLen + head.readUInt16LE(30)));
           this.state = { kind: 'scan' };
           break;
         }
@@ -202,11 +233,10 @@ export class ZipLister {
     this.listing.entryCount++;
     this.endNested();
     const name = normalizeName(this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags));
+    const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
     if (NESTED_ARCHIVE.test(name)) this.openNested(name, head.readUInt16LE(8), (flags & 0x0001) !== 0);
-    if (compressed === 0xffffffff) {
-      const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
-      compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
-    }
+    this.addUnicodePath(extra);
+    if (compressed === 0xffffffff) compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
     // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero: the scan after the
     // data finds the next header (and steps over a descriptor). Otherwise the data is walked by its size
     // (an archive inside is data, not entries), and the next header is expected right after it.
@@ -225,6 +255,20 @@ export class ZipLister {
     }
     this.budget.archives--;
     this.nested = new NestedArchive(name, method === DEFLATED, this.depth + 1, this.maxEntries, this.budget);
+  }
+
+  /**
+   * The name in a Unicode Path extra field, which unzip and 7-Zip extract under instead of the header's
+   * (when its checksum of the header's name holds; listed whether or not it does: one more name is safe).
+   * An archive named only there was not opened.
+   */
+  private addUnicodePath(extra: Buffer): void {
+    for (let p = 0; p + 4 <= extra.length; p += 4 + extra.readUInt16LE(p + 2)) {
+      const len = extra.readUInt16LE(p + 2);
+      if (extra.readUInt16LE(p) !== UNICODE_PATH || len < 5 || p + 4 + len > extra.length || extra[p + 4] !== 1) continue;
+      const name = normalizeName(this.addName(extra.subarray(p + 9, p + 4 + len), 0x0800));
+      if (NESTED_ARCHIVE.test(name) && !this.localArchives.has(name)) this.listing.complete = false;
+    }
   }
 
   private addName(raw: Buffer, flags: number): string {

@@ -21,6 +21,8 @@ interface Entry {
   zip64?: boolean;
   /** the name in the central directory, when it is not the local header's */
   centralName?: string;
+  /** extra fields, in the local header and the central directory */
+  extra?: Buffer;
 }
 
 /** A zip built the way the writers in the wild do (local headers, central directory, end record). */
@@ -32,7 +34,7 @@ function zip(entries: Entry[]): Buffer {
     const name = typeof e.name === 'string' ? Buffer.from(e.name, 'utf8') : e.name;
     const data = e.deflate ? deflateRawSync(e.data, { level: e.level ?? 6 }) : e.data;
     const flags = (e.flags ?? 0) | (e.descriptor ? 0x0008 : 0) | (typeof e.name === 'string' ? 0x0800 : 0);
-    let extra = Buffer.alloc(0);
+    let extra = e.extra ?? Buffer.alloc(0);
     if (e.zip64) {
       extra = Buffer.alloc(20);
       extra.writeUInt16LE(0x0001, 0);
@@ -67,8 +69,9 @@ function zip(entries: Entry[]): Buffer {
     c.writeUInt32LE(0x02014b50, 0);
     c.writeUInt16LE(flags, 8);
     c.writeUInt16LE(centralName.length, 28);
+    c.writeUInt16LE(e.extra?.length ?? 0, 30);
     c.writeUInt32LE(offset, 42);
-    central.push(c, centralName);
+    central.push(c, centralName, e.extra ?? Buffer.alloc(0));
     offset += out.slice(before).reduce((n, b) => n + b.length, 0);
   }
   const end = Buffer.alloc(22);
@@ -269,6 +272,38 @@ describe('zip listing from local headers and the central directory', () => {
     const flooded = list(zip([...filler, ...kinds]), 4096);
     expect(flooded.entries).toHaveLength(2000);
     expect(flooded.complete).toBe(false);
+  });
+
+  it('says the listing is incomplete when a local header claims more data than there is before the end record (what follows went unread)', () => {
+    const honest = zip([{ name: 'readme.txt', data: text('hello world\n'.repeat(50)), deflate: true }, { name: 'evil.exe', data: text('MZ program') }]);
+    const lying = Buffer.from(honest);
+    lying.writeUInt32LE(0x7fffffff, 18); // the first entry's compressed size
+    const bit3 = Buffer.from(lying);
+    bit3.writeUInt16LE(bit3.readUInt16LE(6) | 0x0008, 6);
+    const commented = Buffer.concat([lying, Buffer.alloc(1000, 0x20)]);
+    commented.writeUInt16LE(1000, lying.length - 2); // the end record's comment length
+    for (const bytes of [lying, bit3, commented, Buffer.concat([Buffer.alloc(4096, 0x4d), lying])]) {
+      for (const size of [bytes.length, 7, 64, 1000]) expect(list(bytes, size)).toMatchObject({ entries: ['readme.txt'], complete: false });
+    }
+    expect(list(honest, 64)).toMatchObject({ entries: ['readme.txt', 'evil.exe'], complete: true });
+    // Cut short, there is nothing more to read: what was listed is the listing.
+    expect(list(lying.subarray(0, 200), 7).complete).toBe(true);
+  });
+
+  it('lists the name of a Unicode Path extra field, which unzip and 7-Zip extract under instead of the header name', () => {
+    const shown = Buffer.from('évil.exe', 'utf8');
+    const field = Buffer.alloc(9);
+    field.writeUInt16LE(0x7075, 0);
+    field.writeUInt16LE(5 + shown.length, 2);
+    field[4] = 1; // version
+    field.writeUInt32LE(0x12345678, 5); // the header name's CRC-32, checked by extractors, not here
+    const l = list(zip([{ name: 'readme.txt', data: text('MZ program'), extra: Buffer.concat([field, shown]) }]), 5);
+    expect(l.entries).toEqual(['readme.txt', 'évil.exe']);
+    expect(l.complete).toBe(true);
+    // An archive named only there was not opened.
+    const inner = Buffer.from('docs.zip');
+    field.writeUInt16LE(5 + inner.length, 2);
+    expect(list(zip([{ name: 'readme.txt', data: text('x'), extra: Buffer.concat([field, inner]) }])).complete).toBe(false);
   });
 
   it('keeps what it listed from a truncated or corrupt archive, without throwing', () => {
