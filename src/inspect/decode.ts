@@ -14,11 +14,19 @@ export interface TransferDecoder {
 const EMPTY = Buffer.alloc(0);
 
 export function transferDecoder(encoding: string | false): TransferDecoder {
-  switch (encoding) {
+  // The token, without anything written after it ("base64; x=y"): decoded as a reader that reads the
+  // token would, rather than inspected as the encoded text.
+  switch ((encoding || '').split(/[\s;]/, 1)[0]) {
     case 'base64':
       return new Base64Decoder();
     case 'quoted-printable':
       return new QuotedPrintableDecoder();
+    // Not a MIME encoding, but mail libraries (Python's email, Perl's MIME::Tools, KMime) decode it.
+    case 'x-uuencode':
+    case 'uuencode':
+    case 'x-uue':
+    case 'uue':
+      return new UudecodeDecoder();
     default:
       // 7bit, 8bit, binary, and anything unknown: the bytes as they are, the best guess for a bad label.
       return { push: (chunk) => chunk, end: () => EMPTY };
@@ -134,4 +142,59 @@ export function decodeQuotedPrintable(buf: Buffer, final: boolean): Buffer {
     }
   }
   return out.subarray(0, o);
+}
+
+/**
+ * A part whose transfer encoding is uuencode: the lines between "begin <mode> <name>" and "end" (or the
+ * "`" line before it), each a length character and then four characters for every three bytes. Whole lines
+ * only: the unfinished one waits for the next chunk.
+ */
+class UudecodeDecoder implements TransferDecoder {
+  private rest = '';
+  private state: 'before' | 'body' | 'after' = 'before';
+
+  push(chunk: Buffer): Buffer {
+    const text = this.rest + chunk.toString('latin1');
+    const cut = text.lastIndexOf('\n') + 1;
+    // A line that never ends is no uuencoded line: only its last few characters wait.
+    this.rest = cut === 0 && text.length > 4096 ? text.slice(-100) : text.slice(cut);
+    return this.lines(text.slice(0, cut));
+  }
+
+  end(): Buffer {
+    const rest = this.rest;
+    this.rest = '';
+    return this.lines(rest);
+  }
+
+  private lines(text: string): Buffer {
+    const out: Buffer[] = [];
+    for (const raw of text.split('\n')) {
+      const line = raw.replace(/\r$/, '');
+      if (this.state === 'before') {
+        if (/^begin[ \t]+[0-7]{1,4}[ \t]/.test(line)) this.state = 'body';
+      } else if (this.state === 'body') {
+        if (line === 'end' || line === '`') this.state = 'after';
+        else if (line !== '') out.push(uudecodeLine(line));
+      }
+    }
+    return out.length ? Buffer.concat(out) : EMPTY;
+  }
+}
+
+/** One uuencoded line: its length character says how many bytes its groups of four characters hold. */
+export function uudecodeLine(line: string): Buffer {
+  const length = (line.charCodeAt(0) - 32) & 63;
+  const out = Buffer.alloc(length);
+  let o = 0;
+  for (let i = 1; o < length; i += 4) {
+    const c0 = ((line.charCodeAt(i) || 32) - 32) & 63;
+    const c1 = ((line.charCodeAt(i + 1) || 32) - 32) & 63;
+    const c2 = ((line.charCodeAt(i + 2) || 32) - 32) & 63;
+    const c3 = ((line.charCodeAt(i + 3) || 32) - 32) & 63;
+    out[o++] = (c0 << 2) | (c1 >> 4);
+    if (o < length) out[o++] = ((c1 << 4) | (c2 >> 2)) & 255;
+    if (o < length) out[o++] = ((c2 << 6) | c3) & 255;
+  }
+  return out;
 }

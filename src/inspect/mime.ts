@@ -20,7 +20,7 @@ import libmime from 'libmime';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
-import { transferDecoder, type TransferDecoder } from './decode.js';
+import { transferDecoder, uudecodeLine, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { compressedFileNames, namesDiskImage } from './gzip.js';
 import { namesArchive } from './archive-names.js';
@@ -76,6 +76,8 @@ interface TextPart {
   urls?: UrlScanner;
   /** a UTF-16 part, decoded as it streams for the link scanner (which reads ASCII-compatible bytes) */
   wide?: StreamDecoder;
+  /** uuencoded files in a plain text part, all of it (not only the kept bytes), when its charset is ASCII's */
+  uu?: UuencodeWatch;
 }
 
 interface AttachmentPart {
@@ -345,6 +347,7 @@ export class MessageInspector {
       const html = type === 'text/html';
       const room = Math.max(0, this.maxText - this.bodyBytes);
       leaf.text = { html, charset, kept: EMPTY, bytes: 0, cap: html ? room * HTML_SOURCE_FACTOR : room };
+      if (!html && asciiCompatible(charset)) leaf.text.uu = new UuencodeWatch();
       // Every link as it streams, not only those in the kept bytes: a megabyte of padding must not hide one.
       Object.assign(leaf.text, this.linkScanner(html, charset));
     }
@@ -394,7 +397,9 @@ export class MessageInspector {
     const { text, attachment } = leaf;
     if (text) {
       if (text.bytes < text.cap) keepText(text, data);
-      text.urls?.push(text.wide ? text.wide.decode(data, { stream: true }) : data.toString('latin1'));
+      const latin1 = text.wide ? undefined : data.toString('latin1');
+      text.urls?.push(text.wide ? text.wide.decode(data, { stream: true }) : latin1!);
+      if (latin1 !== undefined) text.uu?.push(latin1);
     }
     if (attachment) {
       const a = attachment;
@@ -436,6 +441,7 @@ export class MessageInspector {
   private finishText(t: TextPart): void {
     if (t.wide) t.urls?.push(t.wide.decode());
     t.urls?.end();
+    if (t.uu) this.attachments.push(...t.uu.end(t.charset));
     if (t.bytes === 0) return;
     const room = this.maxText - this.bodyBytes;
     if (room <= 0) return;
@@ -447,7 +453,7 @@ export class MessageInspector {
       scanner.push(text);
       scanner.end();
     }
-    if (!t.html) for (const file of uuencodedFiles(text)) this.attachments.push(file);
+    if (!t.html && !t.uu) for (const file of uuencodedFiles(text)) this.attachments.push(file);
     this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text));
   }
 
@@ -598,25 +604,88 @@ function uuencodedFiles(text: string): AttachmentFacts[] {
   for (let m = UUENCODE_BEGIN.exec(text); m && files.length < MAX_UUENCODED; m = UUENCODE_BEGIN.exec(text)) {
     const name = m[1]!.trim();
     const head = uudecode(m[2]!.split(/\r?\n/));
-    files.push({ name, extension: extensionOf(name), declaredType: '', detectedType: detectType(head), size: head.length, encrypted: false, archiveEntries: [] });
+    files.push(uuencodedFile(name, head));
   }
   return files;
 }
 
 /** Decodes uuencoded lines (each: a length character, then four characters for three bytes). */
 function uudecode(lines: string[]): Buffer {
-  const out: number[] = [];
-  for (const line of lines) {
-    if (line === '') continue;
-    const length = (line.charCodeAt(0) - 32) & 63;
-    const bytes: number[] = [];
-    for (let i = 1; i + 3 < line.length + 3 && bytes.length < length; i += 4) {
-      const c = [0, 1, 2, 3].map((k) => ((line.charCodeAt(i + k) || 32) - 32) & 63);
-      bytes.push(((c[0]! << 2) | (c[1]! >> 4)) & 255, ((c[1]! << 4) | (c[2]! >> 2)) & 255, ((c[2]! << 6) | c[3]!) & 255);
+  return Buffer.concat(lines.filter((line) => line !== '').map(uudecodeLine));
+}
+
+function uuencodedFile(name: string, head: Buffer): AttachmentFacts {
+  return { name, extension: extensionOf(name), declaredType: '', detectedType: detectType(head), size: head.length, encrypted: false, archiveEntries: [] };
+}
+
+const UU_BEGIN_LINE = /^begin[ \t]+[0-7]{3,4}[ \t]+([^\r\n]{1,255})$/;
+const UU_LINE = /^[!-`][!-`]{0,84}$/;
+/** longer than any begin line or uuencoded line: the rest of such a line is not looked at */
+const UU_MAX_LINE = 1024;
+
+/**
+ * The uuencoded files of a text part as it streams, past the bytes kept for the body too: a megabyte of
+ * text before one must not hide it. Line by line, as uuencodedFiles() reads the kept text: a begin line,
+ * then up to three lines of data for the file's type. A chunk with no "begin" in it is only cut at its last
+ * line break.
+ */
+class UuencodeWatch {
+  private carry = '';
+  /** the carried text is the end of a line too long to be one of interest */
+  private skipping = false;
+  private file: { name: string; lines: string[] } | undefined;
+  private readonly found: { name: string; lines: string[] }[] = [];
+
+  push(text: string): void {
+    const buf = this.carry + text;
+    const cut = buf.lastIndexOf('\n');
+    if (cut < 0) {
+      this.carry = buf;
+      if (buf.length > UU_MAX_LINE) this.skipLine();
+      return;
     }
-    out.push(...bytes.slice(0, length));
+    if (this.file || buf.includes('begin')) for (const line of buf.slice(0, cut).split('\n')) this.line(line);
+    else if (this.skipping) this.skipping = false;
+    this.carry = buf.slice(cut + 1);
+    if (this.carry.length > UU_MAX_LINE) this.skipLine();
   }
-  return Buffer.from(out);
+
+  /** The files found, named in the part's charset. */
+  end(charset: string): AttachmentFacts[] {
+    if (this.carry) this.line(this.carry);
+    this.carry = '';
+    this.close();
+    return this.found.map((f) => uuencodedFile(decodeText(Buffer.from(f.name, 'latin1'), charset).trim(), uudecode(f.lines)));
+  }
+
+  private skipLine(): void {
+    this.close();
+    this.carry = '';
+    this.skipping = true;
+  }
+
+  private line(raw: string): void {
+    if (this.skipping) {
+      this.skipping = false;
+      return;
+    }
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (this.file) {
+      if (UU_LINE.test(line) && this.file.lines.length < 3) {
+        this.file.lines.push(line);
+        if (this.file.lines.length === 3) this.close();
+        return;
+      }
+      this.close();
+    }
+    const m = this.found.length < MAX_UUENCODED ? UU_BEGIN_LINE.exec(line) : null;
+    if (m) this.file = { name: m[1]!, lines: [] };
+  }
+
+  private close(): void {
+    if (this.file) this.found.push(this.file);
+    this.file = undefined;
+  }
 }
 
 /**

@@ -39,6 +39,21 @@ function attachmentBytes(raw: Buffer, filename: string): Buffer {
 
 const head = (from = 'user1@example.test') => [`From: ${from}`, 'To: user2@example.test', 'Subject: test', 'MIME-Version: 1.0'];
 
+/** uuencode's lines for `data`, as the uuencode program writes them (a zero is "`"). */
+function uu(data: Buffer): string[] {
+  const lines: string[] = [];
+  for (let i = 0; i < data.length; i += 45) {
+    const chunk = data.subarray(i, i + 45);
+    let line = String.fromCharCode(32 + chunk.length);
+    for (let j = 0; j < chunk.length; j += 3) {
+      const [a = 0, b = 0, c = 0] = [chunk[j], chunk[j + 1], chunk[j + 2]];
+      line += [a >> 2, ((a & 3) << 4) | (b >> 4), ((b & 15) << 2) | (c >> 6), c & 63].map((v) => String.fromCharCode(v === 0 ? 96 : 32 + v)).join('');
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
 describe('MIME inspector: fixtures', () => {
   it('clean-text.eml: root headers, From, Subject and the body of a plain personal note', async () => {
     const raw = load('clean-text.eml');
@@ -166,24 +181,26 @@ describe('MIME inspector: fixtures', () => {
   });
 
   it('a file uuencoded into the text ("begin 644 setup.exe") is an attachment, typed by its first bytes', async () => {
-    const uu = (data: Buffer) => {
-      const lines: string[] = [];
-      for (let i = 0; i < data.length; i += 45) {
-        const chunk = data.subarray(i, i + 45);
-        let line = String.fromCharCode(32 + chunk.length);
-        for (let j = 0; j < chunk.length; j += 3) {
-          const [a = 0, b = 0, c = 0] = [chunk[j], chunk[j + 1], chunk[j + 2]];
-          line += [a >> 2, ((a & 3) << 4) | (b >> 4), ((b & 15) << 2) | (c >> 6), c & 63].map((v) => String.fromCharCode(v === 0 ? 96 : 32 + v)).join('');
-        }
-        lines.push(line);
-      }
-      return lines;
-    };
     const pe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);
     const raw = eml(...head(), 'Content-Type: text/plain', '', 'Here is the tool:', '', 'begin 644 setup.exe', ...uu(pe), '`', 'end', '', 'Run it.');
     const f = await inspect(raw);
     expect(f.attachments).toMatchObject([{ name: 'setup.exe', extension: 'exe', detectedType: 'executable' }]);
     expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', 'We begin 644 tasks at 9.'))).attachments).toEqual([]);
+  });
+
+  it('finds a file uuencoded into the text past the bytes kept for the body, however the text is cut, and in a later text part', async () => {
+    const pe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);
+    const padding = Array.from({ length: 5000 }, (_, i) => `line ${i} of the report, nothing to see here at all, just text`);
+    const raw = eml(...head(), 'Content-Type: text/plain', '', ...padding, 'begin 644 invoice.exe', ...uu(pe), '`', 'end', '', 'Run it.');
+    expect(raw.length).toBeGreaterThan(256 * 1024);
+    for (const chunk of [raw.length, 65_536, 1000, 7]) {
+      expect((await inspect(raw, LIMITS, chunk)).attachments).toMatchObject([{ name: 'invoice.exe', extension: 'exe', detectedType: 'executable' }]);
+    }
+    // The body's room used up by a first part, the file in the second.
+    const two = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', ...padding, '--b', 'Content-Type: text/plain', '', 'begin 600 tool.scr', ...uu(pe), 'end', '--b--');
+    expect((await inspect(two, LIMITS, 4096)).attachments).toMatchObject([{ name: 'tool.scr', detectedType: 'executable' }]);
+    // A "begin" inside a line, or on a line too long to be a begin line, is no file.
+    expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', `${'x'.repeat(5000)} begin 644 a.exe`, ...uu(pe)), LIMITS, 100)).attachments).toEqual([]);
   });
 
   it('finds the links of UTF-16 HTML wherever they are: past the kept text, and in an attachment known by its byte-order mark', async () => {
@@ -802,6 +819,20 @@ describe('transfer decoders', () => {
   });
 
   it('passes 7bit, 8bit, binary and unknown encodings through', () => {
-    for (const enc of ['7bit', '8bit', 'binary', 'x-uuencode', '']) expect(decodeInPieces(enc, Buffer.from('a=3Db'), 2).toString()).toBe('a=3Db');
+    for (const enc of ['7bit', '8bit', 'binary', 'x-unknown', '']) expect(decodeInPieces(enc, Buffer.from('a=3Db'), 2).toString()).toBe('a=3Db');
+  });
+
+  it('decodes a part sent as x-uuencode (which mail libraries decode) between its begin and end lines, however cut', () => {
+    let seed = 5;
+    const data = Buffer.from(Buffer.alloc(3000).map(() => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24));
+    const encoded = Buffer.from(['preamble', 'begin 644 docs.zip', ...uu(data), '`', 'end', 'trailer', ''].join('\r\n'));
+    for (const enc of ['x-uuencode', 'uuencode', 'x-uue']) {
+      for (const size of [encoded.length, 61, 7, 1]) expect(decodeInPieces(enc, encoded, size).equals(data)).toBe(true);
+    }
+  });
+
+  it('reads the encoding as its token, without what is written after it ("base64; x=y")', () => {
+    expect(decodeInPieces('base64; x=y', Buffer.from('TVogcHJvZ3JhbQ=='), 3).toString()).toBe('MZ program');
+    expect(decodeInPieces('quoted-printable (comment)', Buffer.from('a=3Db'), 2).toString()).toBe('a=b');
   });
 });
