@@ -18,6 +18,8 @@ const MAX_DESCRIPTOR_SECTORS = 128;
 // Directory and continuation bytes read at most over the whole image; directories; nesting; path length.
 const MAX_DIRECTORY_BYTES = 1 << 20;
 const MAX_DIRECTORIES = 4096;
+// Rock Ridge continuation areas (the rest of a long name): real images have a few.
+const MAX_CONTINUATIONS = 4096;
 const MAX_DEPTH = 32;
 const MAX_PATH = 1024;
 
@@ -48,13 +50,17 @@ export class IsoLister {
   readonly listing: IsoListing;
   private offset = 0;
   private chunkStart = 0;
+  /** by start, ascending */
   private pending: Extent[] = [{ kind: 'descriptor', start: FIRST_DESCRIPTOR, size: SECTOR, filled: 0 }];
+  /** where the walk over `pending` goes on after a parse: before any extent the parse added */
+  private rewind = 0;
   private readonly seen = new Set<string>();
   private descriptorSectors = 0;
   /** the descriptors' terminator was read: what follows is UDF's recognition sequence, if anything */
   private terminated = false;
   private budget = MAX_DIRECTORY_BYTES;
   private directories = 0;
+  private continuations = 0;
 
   constructor(maxEntries = 1000) {
     this.names = new ArchiveNames(maxEntries, { opensArchives: false });
@@ -66,23 +72,28 @@ export class IsoLister {
     this.chunkStart = start;
     this.offset += chunk.length;
     try {
-      // Parsing an extent may ask for more, possibly in this same chunk: go on until nothing is left to fill.
-      for (let progressed = true; progressed && this.pending.length; ) {
-        progressed = false;
-        for (const e of [...this.pending]) {
-          const from = Math.max(e.start + e.filled, start);
-          const to = Math.min(e.start + e.size, this.offset);
-          if (to <= from) continue;
+      // The extents are kept in the order of their start: only those begun by the end of this chunk are
+      // looked at, however many wait further on. Parsing one may ask for more, possibly in this same chunk
+      // and before it: the walk then goes back to where the new one was put.
+      for (let i = 0; i < this.pending.length && this.pending[i]!.start < this.offset; ) {
+        const e = this.pending[i]!;
+        const from = Math.max(e.start + e.filled, start);
+        const to = Math.min(e.start + e.size, this.offset);
+        if (to > from) {
           e.data ??= Buffer.alloc(e.size);
           chunk.copy(e.data, from - e.start, from - start, to - start);
           e.filled = to - e.start;
-          if (e.filled < e.size) continue;
-          this.pending.splice(this.pending.indexOf(e), 1);
-          if (e.kind === 'descriptor') this.descriptor(e.data, e.start);
-          else if (e.kind === 'directory') this.directory(e, e.data);
-          else this.continuation(e, e.data);
-          progressed = true;
         }
+        if (e.filled < e.size) {
+          i++;
+          continue;
+        }
+        this.pending.splice(i, 1);
+        this.rewind = i;
+        if (e.kind === 'descriptor') this.descriptor(e.data!, e.start);
+        else if (e.kind === 'directory') this.directory(e, e.data!);
+        else this.continuation(e, e.data!);
+        i = this.rewind;
       }
     } catch {
       // A malformed image must not break inspection; what was listed so far stands, marked incomplete.
@@ -128,7 +139,8 @@ export class IsoLister {
         this.seen.add(key);
       }
       this.budget -= w.size;
-      if (this.budget < 0 || (w.kind === 'directory' && (++this.directories > MAX_DIRECTORIES || w.depth > MAX_DEPTH))) {
+      const many = w.kind === 'directory' ? ++this.directories > MAX_DIRECTORIES || w.depth > MAX_DEPTH : ++this.continuations > MAX_CONTINUATIONS;
+      if (this.budget < 0 || many) {
         this.listing.complete = false;
         return;
       }
@@ -138,7 +150,10 @@ export class IsoLister {
       this.listing.complete = false;
       return;
     }
-    this.pending.push({ ...w, filled: 0 });
+    let at = this.pending.length;
+    while (at > 0 && this.pending[at - 1]!.start > w.start) at--;
+    this.pending.splice(at, 0, { ...w, filled: 0 });
+    this.rewind = Math.min(this.rewind, at);
   }
 
   private directory(e: Extent & { kind: 'directory' }, data: Buffer): void {
@@ -163,10 +178,12 @@ export class IsoLister {
       if (e.joliet) names = [jolietName(id)];
       else {
         const rr = rockRidge(rec.subarray(33 + idLength + (idLength % 2 === 0 ? 1 : 0)));
-        // A long name goes on elsewhere: read there, and named when it is whole.
-        if (rr.more) this.want({ kind: 'continuation', ...rr.more, parent: e.path, name: rr.name ?? '', file: !isDirectory });
+        // A long name goes on elsewhere: read there, and named when it is whole. (An empty continuation area
+        // adds nothing: the name is whole.)
+        const more = rr.more && rr.more.size > 0 ? rr.more : undefined;
+        if (more) this.want({ kind: 'continuation', ...more, parent: e.path, name: rr.name ?? '', file: !isDirectory });
         // The Rock Ridge name first: a directory is walked under the first of its names.
-        names = [rr.more ? undefined : rr.name, isoName(id)];
+        names = [more ? undefined : rr.name, isoName(id)];
       }
       for (const name of new Set(names.filter((n): n is string => Boolean(n)))) {
         const path = this.path(e.path, name);
@@ -180,7 +197,7 @@ export class IsoLister {
   private continuation(e: Extent & { kind: 'continuation' }, data: Buffer): void {
     const rr = rockRidge(data);
     const name = e.name + (rr.name ?? '');
-    if (rr.more) this.want({ kind: 'continuation', ...rr.more, parent: e.parent, name, file: e.file });
+    if (rr.more && rr.more.size > 0) this.want({ kind: 'continuation', ...rr.more, parent: e.parent, name, file: e.file });
     else if (e.file && name) {
       const path = this.path(e.parent, name);
       if (path !== undefined) this.names.add(path);

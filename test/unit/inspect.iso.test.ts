@@ -94,6 +94,62 @@ describe('ISO 9660 listing', () => {
     expect(list(broken, 4096)).toMatchObject({ isIso: true, complete: false });
   });
 
+  it('names a file whose Rock Ridge name points to an empty continuation area, and stops waiting for thousands of areas', () => {
+    // A root directory of `count` file records, each with a Rock Ridge name and a continuation area (CE) of
+    // `areaSize` bytes far past the end of the image, then `padding` bytes.
+    const handMade = (count: number, areaSize: number, padding: number): Buffer => {
+      const both32 = (v: number) => {
+        const b = Buffer.alloc(8);
+        b.writeUInt32LE(v, 0);
+        b.writeUInt32BE(v, 4);
+        return b;
+      };
+      const record = (lba: number, size: number, flags: number, id: Buffer, su = Buffer.alloc(0)) => {
+        const body = Buffer.concat([both32(lba), both32(size), Buffer.alloc(7), Buffer.from([flags, 0, 0, 0, 1, 0, 1, id.length]), id, id.length % 2 === 0 ? Buffer.alloc(1) : Buffer.alloc(0), su]);
+        return Buffer.concat([Buffer.from([2 + body.length, 0]), body]);
+      };
+      const records: Buffer[] = [];
+      for (let i = 0; i < count; i++) {
+        const name = Buffer.from(`file-${i}.lnk`);
+        const nm = Buffer.concat([Buffer.from(['N'.charCodeAt(0), 'M'.charCodeAt(0), 5 + name.length, 1, 0]), name]);
+        const ce = Buffer.concat([Buffer.from('CE'), Buffer.from([28, 1]), both32(0x7fffff), both32(0), both32(areaSize)]);
+        records.push(record(0, 0, 0, Buffer.from(`F${i};1`), Buffer.concat([nm, ce])));
+      }
+      // Records do not cross sectors: each sector holds what fits, the rest is zero.
+      const sectors: Buffer[] = [];
+      let sector: Buffer[] = [record(20, 0, 2, Buffer.from([0])), record(20, 0, 2, Buffer.from([1]))];
+      for (const r of records) {
+        if (sector.reduce((n, b) => n + b.length, 0) + r.length > 2048) {
+          sectors.push(Buffer.concat(sector));
+          sector = [];
+        }
+        sector.push(r);
+      }
+      sectors.push(Buffer.concat(sector));
+      const dir = Buffer.alloc(sectors.length * 2048);
+      sectors.forEach((b, i) => b.copy(dir, i * 2048));
+      const img = Buffer.alloc(20 * 2048 + dir.length + padding);
+      const pvd = img.subarray(16 * 2048);
+      pvd[0] = 1;
+      pvd.write('CD001', 1, 'latin1');
+      pvd[6] = 1;
+      record(20, dir.length, 2, Buffer.from([0])).copy(pvd, 156);
+      const end = img.subarray(17 * 2048);
+      end[0] = 255;
+      end.write('CD001', 1, 'latin1');
+      end[6] = 1;
+      dir.copy(img, 20 * 2048);
+      return img;
+    };
+    // An empty area adds nothing to the name: it is whole, and the file is named.
+    const empty = list(handMade(50, 0, 4096), 1000);
+    expect(empty).toMatchObject({ isIso: true, complete: true });
+    expect(empty.entries).toEqual(expect.arrayContaining(['file-0.lnk', 'file-49.lnk']));
+    // Past 4096 areas (real images have a few), the listing is incomplete.
+    expect(list(handMade(5000, 1, 65_536), 16_384)).toMatchObject({ isIso: true, complete: false });
+    expect(list(handMade(100, 1, 4096), 16_384)).toMatchObject({ isIso: true, complete: true });
+  });
+
   it('as an attachment: detected as an image whatever its name, its shortcut quarantined by the shipped policy', async () => {
     const { message, verdict } = await inspectAttachment(image(FILES, ['-J', '-R']), 'facture.pdf');
     expect(message.attachments[0]).toMatchObject({ name: 'facture.pdf', detectedType: 'iso' });
