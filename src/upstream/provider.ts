@@ -49,6 +49,15 @@ export function endpointsFrom(cfg: UpstreamConfig, heloName: string): { submissi
   };
 }
 
+/**
+ * A pooled connection that saw this many refusals, or RSET and NOOP commands, since its last accepted
+ * message is closed rather than handed to the next session: Postfix counts them per connection (half its
+ * defaults, smtpd_soft_error_limit 10 and smtpd_junk_command_limit 100), and past its limits slows every
+ * reply down or hangs up — on whichever session holds the connection then.
+ */
+const POOLED_ERRORS = 5;
+const POOLED_JUNK = 50;
+
 export class PooledUpstreamProvider implements UpstreamProvider {
   private readonly idle: SmtpClient[] = [];
   private readonly offered: Record<UpstreamPort, ReadonlySet<string>> = { submission: new Set(), trusted: new Set() };
@@ -97,7 +106,8 @@ export class PooledUpstreamProvider implements UpstreamProvider {
 
   release(upstream: SmtpClient): void {
     // A reply still due (a MAIL sent for a client that left) would answer the next session's first command.
-    if (this.closed || this.opts.xclient || !upstream.usable || upstream.inTransaction || upstream.awaitingReply || upstream.authenticated || this.idle.length >= this.opts.poolSize) {
+    const worn = upstream.errorsSinceDelivery >= POOLED_ERRORS || upstream.junkSinceDelivery >= POOLED_JUNK;
+    if (this.closed || this.opts.xclient || worn || !upstream.usable || upstream.inTransaction || upstream.awaitingReply || upstream.authenticated || this.idle.length >= this.opts.poolSize) {
       void upstream.quit();
       return;
     }

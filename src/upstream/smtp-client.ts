@@ -65,6 +65,13 @@ export class SmtpClient {
   inTransaction = false;
   /** set once the client authenticated on this connection */
   authenticated = false;
+  /**
+   * Refusals (4xx, 5xx) and RSET or NOOP commands since the last message the upstream accepted here: what
+   * Postfix counts, per connection, against smtpd_soft_error_limit and smtpd_junk_command_limit before it
+   * slows its replies down or hangs up.
+   */
+  errorsSinceDelivery = 0;
+  junkSinceDelivery = 0;
   readonly openedAt = Date.now();
   lastUsedAt = Date.now();
 
@@ -174,6 +181,7 @@ export class SmtpClient {
       const waiter = this.waiters.shift();
       if (waiter) {
         clearTimeout(waiter.timer);
+        if (reply.code >= 400) this.errorsSinceDelivery++;
         waiter.resolve(reply);
       } else {
         // An unsolicited reply is the upstream ending the session (421 on idle or shutdown).
@@ -216,6 +224,7 @@ export class SmtpClient {
     if (/[\r\n\0]/.test(line)) throw new UpstreamError('protocol', 'refusing to send a command containing CR, LF or NUL');
     if (this.failure) throw this.failure;
     const reply = this.read(timeout);
+    if (/^(?:RSET|NOOP)\b/i.test(line)) this.junkSinceDelivery++;
     try {
       this.write(line + '\r\n');
     } catch (err) {
@@ -382,6 +391,7 @@ export class SmtpClient {
     this.lastUsedAt = Date.now();
     const reply = await final;
     this.inTransaction = false;
+    if (reply.code === 250) this.errorsSinceDelivery = this.junkSinceDelivery = 0;
     return reply;
   }
 

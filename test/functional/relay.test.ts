@@ -552,6 +552,35 @@ describe('upstream faults reach the client, and never as 250', () => {
     b.close();
   });
 
+  it('does not hand on a pooled connection that collected refusals since its last message (Postfix slows such a connection down)', async () => {
+    const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('unknown') ? '550 5.1.1 <unknown>: Recipient address rejected' : undefined) });
+    const session = async (unknown: number, deliver: boolean) => {
+      const c = await trusted(gw.port('trusted'));
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+      for (let i = 0; i < unknown; i++) expect(await c.command(`RCPT TO:<unknown${i}@example.test>`)).toMatch(/^550 5\.1\.1 /);
+      if (deliver) {
+        expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
+        expect(await c.command('DATA')).toMatch(/^354/);
+        c.write(MESSAGE + '.\r\n');
+        expect(await c.reply()).toMatch(/^250 /);
+        // Refusals after the message count from it.
+        expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+        for (let i = 0; i < 3; i++) expect(await c.command(`RCPT TO:<unknown-after${i}@example.test>`)).toMatch(/^550 /);
+      }
+      const ended = gw.logs.filter((l) => l.event === 'session_end').length;
+      expect(await c.command('QUIT')).toMatch(/^221 /);
+      // Its upstream connection is released (pooled or closed) as the session ends.
+      await expect.poll(() => gw.logs.filter((l) => l.event === 'session_end').length).toBe(ended + 1);
+    };
+    await session(6, true); // six refusals, then a message: what came before it is forgotten
+    await session(0, false);
+    expect(upstream.connections).toBe(1);
+    await session(5, false); // five refusals and no message: closed, not pooled
+    await expect.poll(() => upstream.commands.filter((c) => c === 'QUIT').length).toBe(1);
+    await session(0, false);
+    expect(upstream.connections).toBe(2);
+  });
+
   it('a client that leaves while the upstream connection is being opened: its MAIL FROM is never sent, the connection goes back to the pool', async () => {
     const { gw, upstream } = await setup({ greetingDelayMs: 300 });
     const a = await trusted(gw.port('trusted'));
