@@ -65,9 +65,10 @@ export class ZipLister {
 
   /** the archive names of the local headers seen (to tell whether the central directory names another) */
   private readonly localArchives = new Set<string>();
-  /** the attachment's last bytes (views of its last chunks), where an end record would be */
-  private last: Buffer[] = [];
-  private lastLength = 0;
+  /** the attachment's last bytes, where an end record would be: a ring, written at `ringAt` */
+  private ring: Buffer | undefined;
+  private ringAt = 0;
+  private total = 0;
 
   constructor(
     private readonly maxEntries = 1000,
@@ -99,18 +100,24 @@ export class ZipLister {
     // by, were walked over unread. (A zip cut short has no end record; nor, but by a 1 in 2^48 chance, has
     // data where a signature was found by chance.)
     if (this.state.kind === 'skip' && this.endsWithEndRecord()) this.listing.complete = false;
-    this.last = [];
+    this.ring = undefined;
   }
 
+  /** Copies the chunk's last bytes into the ring: each byte once, however small the chunks. */
   private keepLast(chunk: Buffer): void {
-    this.last.push(chunk);
-    this.lastLength += chunk.length;
-    while (this.last.length > 1 && this.lastLength - this.last[0]!.length >= END_WINDOW) this.lastLength -= this.last.shift()!.length;
+    this.ring ??= Buffer.allocUnsafe(END_WINDOW);
+    this.total += chunk.length;
+    const part = chunk.length > END_WINDOW ? chunk.subarray(chunk.length - END_WINDOW) : chunk;
+    const first = Math.min(part.length, END_WINDOW - this.ringAt);
+    part.copy(this.ring, this.ringAt, 0, first);
+    part.copy(this.ring, 0, first);
+    this.ringAt = (this.ringAt + part.length) % END_WINDOW;
   }
 
   /** An end of central directory record whose comment runs exactly to the end of the file. */
   private endsWithEndRecord(): boolean {
-    const tail = Buffer.concat(this.last, this.lastLength);
+    const ring = this.ring ?? Buffer.alloc(0);
+    const tail = this.total < END_WINDOW ? ring.subarray(0, this.total) : Buffer.concat([ring.subarray(this.ringAt), ring.subarray(0, this.ringAt)]);
     for (let i = tail.length - END_RECORD_SIZE; i >= 0 && i >= tail.length - END_WINDOW; i--) {
       if (tail.readUInt32LE(i) === SIG_END && tail.readUInt16LE(i + 20) === tail.length - i - END_RECORD_SIZE) return true;
     }
