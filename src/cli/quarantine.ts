@@ -94,7 +94,13 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
     }
     case 'delete': {
       const meta = await store.get(needId());
-      if (!meta || !(await store.delete(meta.id))) return notFound(id!);
+      if (!meta) return notFound(id!);
+      const deleted = await store.delete(meta.id).catch((err: Error) => {
+        console.error(`douane: ${printable(err.message)}`);
+        return undefined;
+      });
+      if (deleted === undefined) return 1;
+      if (!deleted) return notFound(id!);
       await audit.append({ action: 'quarantine_delete', actor, account: meta.account, reference: meta.reference, quarantine_id: meta.id });
       console.log(`${meta.id} deleted`);
       return 0;
@@ -112,7 +118,8 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
 
 function line(m: QuarantineMeta): string {
   const why = m.signature ? `${m.rule ?? m.reason} (${m.signature})` : (m.rule ?? m.reason ?? m.action);
-  return printable(`${m.id}  ${m.at}  ${m.account}  → ${m.recipients.length} rcpt  ${why}  ${m.size} B${m.released ? `  released ${m.released.at}` : ''}  ${m.subject ?? ''}`);
+  const state = m.released ? `  released ${m.released.at}` : m.releaseInDoubt ? `  release in doubt ${m.releaseInDoubt.at}` : '';
+  return printable(`${m.id}  ${m.at}  ${m.account}  → ${m.recipients.length} rcpt  ${why}  ${m.size} B${state}  ${m.subject ?? ''}`);
 }
 
 function notFound(id: string): number {

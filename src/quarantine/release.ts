@@ -1,7 +1,9 @@
 // Releases a quarantined message: re-submits its original bytes, unchanged, to the upstream's trusted
 // port with the original envelope (its parameters too: SMTPUTF8, BODY, delivery receipts), once. The
-// entry is claimed first (two people releasing at once do not deliver it twice), marked released after
-// the upstream's 250, and the release is audited.
+// entry is claimed first and read again under the claim (two people releasing at once do not deliver it
+// twice), marked released after the upstream's 250, and the release is audited. When the message went out
+// whole and no answer came (a timeout, a dropped connection), the upstream may have queued it: the entry
+// is marked in doubt and audited so, and is not sent again without --force.
 
 import type { AuditLog } from '../audit/log.js';
 import { envelopeParams } from '../upstream/params.js';
@@ -16,14 +18,21 @@ export async function releaseMessage(
   id: string,
   opts: { endpoint: UpstreamEndpoint; by: string; audit: AuditLog; force?: boolean },
 ): Promise<QuarantineMeta> {
-  const meta = await store.get(id);
-  if (!meta) throw new ReleaseError(`no quarantined message ${id}`);
-  if (meta.released && !opts.force) throw new ReleaseError(`${id} was already released on ${meta.released.at} by ${meta.released.by} (--force to send it again)`);
+  if (!(await store.get(id))) throw new ReleaseError(`no quarantined message ${id}`);
   const unlock = await store.lock(id).catch((err: Error) => {
     throw new ReleaseError(err.message);
   });
   let client: SmtpClient | undefined;
+  let sent = false;
   try {
+    // Read under the claim: a release that finished just before it took the claim is seen.
+    const meta = await store.get(id);
+    if (!meta) throw new ReleaseError(`no quarantined message ${id}`);
+    if (meta.released && !opts.force) throw new ReleaseError(`${id} was already released on ${meta.released.at} by ${meta.released.by} (--force to send it again)`);
+    if (meta.releaseInDoubt && !opts.force) {
+      const d = meta.releaseInDoubt;
+      throw new ReleaseError(`${id} may already have been delivered: a release on ${d.at} by ${d.by} sent it whole and got no answer (${d.error}). Look for it in the upstream's log before sending it again with --force`);
+    }
     const upstream = `${opts.endpoint.host}:${opts.endpoint.port}`;
     try {
       client = await SmtpClient.connect(opts.endpoint);
@@ -31,20 +40,31 @@ export async function releaseMessage(
       throw new ReleaseError(`could not reach the upstream at ${upstream} (${(err as Error).message}); nothing was released, try again later`);
     }
     const offers = (extension: string) => client!.supports(extension);
-    const mail = await client.mail(meta.sender, envelopeParams('mail', meta.mailParams ?? {}, offers).params);
-    if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
-    const refused: string[] = [];
-    for (const r of meta.recipients) {
-      const reply = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
-      if (reply.code !== 250 && reply.code !== 251) refused.push(`${r}: ${formatReply(reply)}`);
+    try {
+      const mail = await client.mail(meta.sender, envelopeParams('mail', meta.mailParams ?? {}, offers).params);
+      if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
+      const refused: string[] = [];
+      for (const r of meta.recipients) {
+        const reply = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
+        if (reply.code !== 250 && reply.code !== 251) refused.push(`${r}: ${formatReply(reply)}`);
+      }
+      if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
+      const reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));
+      if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+      const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
+      delete released.releaseInDoubt;
+      await store.update(released);
+      await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
+      return released;
+    } catch (err) {
+      if (err instanceof ReleaseError) throw err;
+      const error = (err as Error).message;
+      if (!sent) throw new ReleaseError(`the upstream at ${upstream} failed before the message went out (${error}); nothing was released, try again later`);
+      const releaseInDoubt = { at: new Date().toISOString(), by: opts.by, error };
+      await store.update({ ...meta, releaseInDoubt });
+      await opts.audit.append({ action: 'release_in_doubt', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, error });
+      throw new ReleaseError(`${id} went to the upstream whole, but no answer came (${error}): it may have been delivered. Look for it in the upstream's log before sending it again with --force`);
     }
-    if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
-    const reply = await client.data(store.open(id));
-    if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
-    const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
-    await store.update(released);
-    await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
-    return released;
   } finally {
     await client?.quit();
     await unlock();

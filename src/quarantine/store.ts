@@ -34,6 +34,8 @@ export interface QuarantineMeta {
   subject?: string;
   messageId?: string;
   released?: { at: string; by: string; reply: string; /** recipients the upstream refused at the release */ refused?: string[] };
+  /** a release sent the message whole and got no answer: the upstream may have it */
+  releaseInDoubt?: { at: string; by: string; error: string };
 }
 
 export interface QuarantineStore {
@@ -44,8 +46,9 @@ export interface QuarantineStore {
   update(meta: QuarantineMeta): Promise<void>;
   /** an exclusive claim on one entry (release); resolves to the function that gives it back */
   lock(id: string): Promise<() => Promise<void>>;
+  /** false when there was no such entry; refuses (throws) while the entry is claimed by a release */
   delete(id: string): Promise<boolean>;
-  /** removes entries older than `olderThan` (ms since epoch); returns how many */
+  /** removes entries older than `olderThan` (ms since epoch), except those being released; returns how many */
   purge(olderThan: number): Promise<number>;
   count(): Promise<{ entries: number; bytes: number }>;
 }
@@ -132,23 +135,31 @@ export class LocalQuarantine implements QuarantineStore {
       const fh = await open(path, 'wx', 0o600);
       await fh.close();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${id} is being released by someone else (remove ${path} if that process died)`);
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${id} is being released or deleted by someone else (remove ${path} if that process died)`);
       throw err;
     }
     return () => rm(path, { force: true });
   }
 
   async delete(id: string): Promise<boolean> {
-    const existed = (await this.get(id)) !== undefined;
-    await rm(this.path(id, 'json'), { force: true });
-    await rm(this.path(id, 'eml'), { force: true });
-    return existed;
+    // Under the release's claim: a release in progress would write the entry back once done.
+    const unlock = await this.lock(id);
+    try {
+      const existed = (await this.get(id)) !== undefined;
+      await rm(this.path(id, 'json'), { force: true });
+      await rm(this.path(id, 'eml'), { force: true });
+      return existed;
+    } finally {
+      await unlock();
+    }
   }
 
   async purge(olderThan: number): Promise<number> {
     let n = 0;
     for (const m of await this.list()) {
-      if (Date.parse(m.at) < olderThan && (await this.delete(m.id))) n++;
+      if (Date.parse(m.at) >= olderThan) continue;
+      // One being released is left for the next purge.
+      if (await this.delete(m.id).catch(() => false)) n++;
     }
     return n;
   }

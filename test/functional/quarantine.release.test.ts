@@ -17,7 +17,74 @@ afterEach(async () => {
   upstream = undefined;
 });
 
+const RAW = 'From: user1@example.test\r\nSubject: kept\r\n\r\nhello\r\n';
+
+/** A store with one kept message, its audit log, and an endpoint for the fake upstream. */
+async function kept(up: FakeUpstream, reference: string, dataTimeout = 5000) {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-release-'));
+  const store = new LocalQuarantine(join(dir, 'quarantine'));
+  const audit = new AuditLog(join(dir, 'audit.log'));
+  const meta = await store.put(
+    { reference, at: new Date().toISOString(), account: 'user1@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'user1@example.test', recipients: ['bob@example.net'], action: 'quarantine', reason: 'content.forbidden', rule: 'content.phishing-domains', policyVersion: 'abc', size: RAW.length },
+    Readable.from([Buffer.from(RAW)]),
+  );
+  const endpoint = { host: '127.0.0.1', port: up.port, tls: 'none' as const, verifyCertificate: false, heloName: 'douane.test', timeouts: { connect: 2000, command: 2000, data: dataTimeout, keepalive: 60_000 } };
+  const auditLines = () => readFileSync(audit.path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { store, audit, meta, endpoint, auditLines };
+}
+
 describe('quarantine release', () => {
+  it('a release whose message went out but got no answer is marked in doubt, audited, and not sent again without --force', async () => {
+    let slow = true;
+    upstream = await FakeUpstream.start({ dataEnd: () => (slow ? { delayMs: 1500 } : undefined) });
+    const { store, audit, meta, endpoint, auditLines } = await kept(upstream, 'D-REL002', 300);
+    await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/went to the upstream whole, but no answer came .*may have been delivered/);
+    expect((await store.get(meta.id))!.releaseInDoubt).toMatchObject({ by: 'cli:alice', error: expect.stringMatching(/did not answer/) });
+    expect(auditLines()).toEqual([expect.objectContaining({ action: 'release_in_doubt', actor: 'cli:alice', quarantine_id: meta.id })]);
+    await expect.poll(() => upstream!.messages.length).toBe(1);
+    slow = false;
+    await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:bob', audit })).rejects.toThrow(/may already have been delivered.*--force/);
+    expect(upstream.messages).toHaveLength(1);
+    const forced = await releaseMessage(store, meta.id, { endpoint, by: 'cli:bob', audit, force: true });
+    expect(forced.released).toMatchObject({ by: 'cli:bob' });
+    expect(forced.releaseInDoubt).toBeUndefined();
+    expect(upstream.messages).toHaveLength(2);
+  });
+
+  it('two releases at once deliver once: the second reads the entry again under its claim', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, audit, meta, endpoint, auditLines } = await kept(upstream, 'D-REL003');
+    // The second release takes its claim only once the first one is over (as a slow disk or a network file
+    // system may have it): it must still see the message released.
+    let first: Promise<unknown> | undefined;
+    const lock = store.lock.bind(store);
+    let calls = 0;
+    store.lock = async (id) => {
+      if (++calls === 2) await first!.catch(() => undefined);
+      return lock(id);
+    };
+    first = releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
+    const second = releaseMessage(store, meta.id, { endpoint, by: 'cli:bob', audit });
+    const [a, b] = await Promise.allSettled([first, second]);
+    expect(a.status).toBe('fulfilled');
+    expect(b).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: expect.stringMatching(/already released .* by cli:alice/) }) });
+    expect(upstream.messages).toHaveLength(1);
+    expect(auditLines().filter((l) => l.action === 'release')).toHaveLength(1);
+  });
+
+  it('a message being released cannot be deleted meanwhile, and is not brought back half by the release', async () => {
+    upstream = await FakeUpstream.start({ dataEnd: () => ({ delayMs: 300 }) });
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL004');
+    const release = releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
+    await expect.poll(() => upstream!.commands.includes('DATA')).toBe(true);
+    await expect(store.delete(meta.id)).rejects.toThrow(/being released or deleted by someone else/);
+    await release;
+    expect((await store.get(meta.id))!.released).toMatchObject({ by: 'cli:alice' });
+    expect(await store.delete(meta.id)).toBe(true);
+    expect(await store.list()).toEqual([]);
+  });
+
+
   it('delivers to the recipients the upstream accepts and records the ones it refused', async () => {
     upstream = await FakeUpstream.start({ rcpt: (to) => (to === 'gone@example.net' ? '550 5.1.1 No such user' : undefined) });
     const dir = mkdtempSync(join(tmpdir(), 'douane-release-'));
