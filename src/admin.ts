@@ -14,6 +14,7 @@ import type { Logger } from './log.js';
 import type { Metrics } from './metrics.js';
 import { comparableAddress } from './policy/facts.js';
 import { AddressList, LOOPBACK, type Cidr } from './validate/net.js';
+import { DURATION_MAX_MS } from './validate/schema.js';
 
 export interface ReadinessResult {
   ok: boolean;
@@ -115,14 +116,20 @@ export class AdminServer {
   private async accountsRoute(req: http.IncomingMessage, res: http.ServerResponse, path: string, accounts: AccountsAdmin, caller: Caller): Promise<void> {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
     if (req.method !== 'GET' && caller.scope === 'read') return send(403, { error: `token "${caller.name}" may only read (scope read); suspending, reinstating, approving and resetting the breaker need a token with scope act` });
-    const declared = req.headers['x-douane-actor'] === undefined ? undefined : String(req.headers['x-douane-actor']).slice(0, 100);
+    // Blank is as good as not declared: the audit trail names no one "".
+    const declared = String(req.headers['x-douane-actor'] ?? '').trim().slice(0, 100) || undefined;
     // A named token is verified, what the caller declares is not: both are kept, the verified name first,
-    // marked "token:", which no declared actor may start with.
-    if (declared?.startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
+    // marked "token:", which no declared actor may start with, in any case.
+    if (declared?.toLowerCase().startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
     // "douane" is the actor of the automatic ladder: a person's action must not pass for one.
     if (declared?.trim().toLowerCase() === 'douane') return send(400, { error: 'X-Douane-Actor may not be "douane": the audit trail keeps that for automatic actions' });
     const actor = caller.scope === 'all' ? (declared ?? 'admin-api') : `token:${caller.name}${declared ? ` (${declared})` : ''}`;
-    const body = req.method === 'POST' ? await readJson(req) : {};
+    let body: Record<string, unknown>;
+    try {
+      body = req.method === 'POST' ? await readJson(req) : {};
+    } catch (err) {
+      return send(400, { error: `the request body must be a JSON object of at most 64 KB: ${(err as Error).message}` });
+    }
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
     try {
       if (parts[0] === 'breaker') {
@@ -143,7 +150,11 @@ export class AdminServer {
         if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
         if (req.method === 'POST' && op === 'suspend') {
           const action = body.action === 'suspend_sending' ? 'suspend_sending' : 'suspend_account';
-          const until = typeof body.for_ms === 'number' ? Date.now() + body.for_ms : undefined;
+          const forMs = body.for_ms;
+          if (forMs !== undefined && !(typeof forMs === 'number' && Number.isInteger(forMs) && forMs > 0 && forMs <= DURATION_MAX_MS)) {
+            return send(400, { error: `for_ms must be a whole number of milliseconds, from 1 to ${DURATION_MAX_MS} (ten years)` });
+          }
+          const until = forMs === undefined ? undefined : Date.now() + forMs;
           if (action === 'suspend_account' && until !== undefined) return send(400, { error: 'a lock in the lifecycle API lasts until reinstated: give a duration with action suspend_sending (--sending-only)' });
           return send(200, await accounts.suspend(account, action, { by: actor, reference: typeof body.reference === 'string' ? body.reference : `manual-${Date.now().toString(36)}`, reason: typeof body.reason === 'string' ? body.reason : 'suspended by hand', until }));
         }

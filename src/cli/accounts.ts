@@ -4,7 +4,7 @@
 
 import { userInfo } from 'node:os';
 import { loadConfig } from '../config/load.js';
-import { parseDuration } from '../validate/schema.js';
+import { DURATION_MAX_MS, parseDuration } from '../validate/schema.js';
 import { flag, option, parseArgs, UsageError } from './args.js';
 
 export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
@@ -77,7 +77,7 @@ export async function accountsCommand(argv: string[]): Promise<number> {
     case 'suspend': {
       const forText = option(args, 'for');
       const forMs = forText ? parseDuration(forText) : undefined;
-      if (forText && forMs === undefined) throw new UsageError('--for takes a duration such as 24h or 7d');
+      if (forText && (forMs === undefined || forMs <= 0 || forMs > DURATION_MAX_MS)) throw new UsageError('--for takes a duration such as 24h or 7d, at most 3650d');
       if (forText && !flag(args, 'sending-only')) throw new UsageError('--for goes with --sending-only: a lock in the lifecycle API lasts until the account is reinstated');
       result = await call('POST', `/accounts/${needAccount()}/suspend`, { action: flag(args, 'sending-only') ? 'suspend_sending' : 'suspend_account', reason: option(args, 'reason') ?? 'suspended by hand', for_ms: forMs });
       break;

@@ -141,17 +141,19 @@ export function parseDuration(text: string): number | undefined {
   return Math.round(Number(m[1]) * DURATION_UNITS[m[2]!]!);
 }
 
-/** A duration written with its unit, returned in milliseconds. Bare numbers are refused: "30" is ambiguous. */
 /** Under the longest delay a Node.js timer keeps (2^31 - 1 ms, 24.8 days); a longer one fires at once. */
 const TIMER_MAX_MS = 24 * 86_400_000;
 
-/** A duration in ms. `timer`: it is waited for with a timer, so it may not be longer than one keeps. */
 /**
  * Ten years: longer than any window, retention or suspension anyone means, and far inside what Redis
  * (PEXPIRE) and dates can hold; "200000000000d" would be accepted here and refused by Redis at run time.
  */
-const DURATION_MAX_MS = 3650 * 86_400_000;
+export const DURATION_MAX_MS = 3650 * 86_400_000;
 
+/**
+ * A duration written with its unit, returned in milliseconds; bare numbers are refused ("30" is ambiguous).
+ * `timer`: it is waited for with a timer, so it may not be longer than one keeps.
+ */
 export function duration(opts: { min?: number; timer?: boolean } = {}): Schema<number> {
   return bounded(
     leaf('a duration such as 500ms, 30s, 5m, 2h or 1d', (v) => (typeof v === 'string' ? parseDuration(v) : undefined)),

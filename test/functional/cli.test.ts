@@ -285,6 +285,13 @@ describe('douane accounts', () => {
       expect(approve.code).toBe(1);
       expect(approve.stderr).toMatch(/no suspension of user1@example\.test is waiting for approval/);
       expect((await run('status', 'not-an-address')).code).toBe(64);
+      // Past ten years, or nothing: a usage error, and nothing suspended.
+      for (const length of ['99999999d', '0s']) {
+        const tooLong = await run('suspend', 'user2@example.test', '--sending-only', '--for', length);
+        expect(tooLong.code).toBe(64);
+        expect(tooLong.stderr).toMatch(/--for takes a duration such as 24h or 7d, at most 3650d/);
+      }
+      expect((JSON.parse((await run('status', 'user2@example.test')).stdout) as { suspension: unknown }).suspension).toBeNull();
     } finally {
       await admin.stop();
       await gw.stop();

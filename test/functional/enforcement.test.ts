@@ -221,11 +221,32 @@ describe('the strike ladder, end to end', () => {
     const automatic = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'Douane', { action: 'suspend_sending', reason: 'complaint' });
     expect(automatic.status).toBe(400);
     expect(((await automatic.json()) as { error: string }).error).toMatch(/^X-Douane-Actor may not be "douane"/);
+    for (const spelling of ['Token:alice', ' token:alice', 'TOKEN:bob']) {
+      expect((await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', spelling, { action: 'suspend_sending', reason: 'complaint' })).status).toBe(400);
+    }
+    // A blank actor is no actor: the audit trail does not name someone "".
+    const blank = await fetch(`http://127.0.0.1:${server.port}/accounts/user4@example.test/suspend`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer full-access-token-0001', 'content-type': 'application/json', 'x-douane-actor': '  ' },
+      body: JSON.stringify({ action: 'suspend_sending', reason: 'complaint' }),
+    });
+    expect(blank.status).toBe(200);
+    // A body that is not JSON, and a duration past ten years (it would be stored, then fail to be audited): 400.
+    const garbled = await fetch(`http://127.0.0.1:${server.port}/accounts/user3@example.test/suspend`, { method: 'POST', headers: { authorization: 'Bearer full-access-token-0001' }, body: '{bad' });
+    expect(garbled.status).toBe(400);
+    expect(((await garbled.json()) as { error: string }).error).toMatch(/^the request body must be a JSON object/);
+    for (const forMs of [1e16, -5, 1.5, '7d']) {
+      const res = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'cli:root', { action: 'suspend_sending', reason: 'complaint', for_ms: forMs });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toMatch(/^for_ms must be a whole number of milliseconds/);
+    }
+    expect(((await (await call('read-only-token-000001', 'GET', '/accounts/user3@example.test')).json()) as { suspension: unknown }).suspension).toBeNull();
     const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
     expect(acted).toEqual([
       ['suspend_sending', 'user1@example.test', 'token:alice (cli:alice)'],
       ['reinstate', 'user1@example.test', 'token:alice'],
       ['suspend_sending', 'user2@example.test', 'cli:root'],
+      ['suspend_sending', 'user4@example.test', 'admin-api'],
     ]);
     // An account is one account however its domain is written: suspended in Unicode, found in xn--.
     const idn = `/accounts/${encodeURIComponent('Anna@Bücher.example')}/suspend`;
