@@ -21,6 +21,7 @@ const SIG_LOCAL = 0x04034b50; // PK\x03\x04
 const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the last entry
 const SIG_END = 0x06054b50; // PK\x05\x06: end of central directory (alone: an empty zip)
 const PK = Buffer.from('PK', 'latin1');
+const END_SIGNATURE = Buffer.from([0x50, 0x4b, 0x05, 0x06]);
 
 const LOCAL_HEADER_SIZE = 30;
 const CENTRAL_HEADER_SIZE = 46;
@@ -69,6 +70,8 @@ export class ZipLister {
   private ring: Buffer | undefined;
   private ringAt = 0;
   private total = 0;
+  /** central directory headers read */
+  private centralHeaders = 0;
 
   constructor(
     private readonly maxEntries = 1000,
@@ -95,11 +98,14 @@ export class ZipLister {
   /** The attachment ended: an inner archive still open (the zip was cut short) gives its last names. */
   end(): void {
     this.endNested();
-    // Still inside an entry's data, by the size its local header gave, though the file ends with a zip's
-    // end record: the size lied, and the entries after it and the central directory, which extractors go
-    // by, were walked over unread. (A zip cut short has no end record; nor, but by a 1 in 2^48 chance, has
-    // data where a signature was found by chance.)
-    if (this.state.kind === 'skip' && this.endsWithEndRecord()) this.listing.complete = false;
+    // Extractors go by the central directory that the end record counts. Local headers were read, yet
+    // fewer central headers than that count (or none, past 65535 entries where the count is elsewhere): a
+    // local header's size lied, and what the walk stepped over unread, entries and central headers, is
+    // what extractors extract. (A zip cut short has no end record.)
+    if (this.listing.entryCount > 0) {
+      const counted = this.endRecordCount();
+      if (counted !== undefined && (this.centralHeaders === 0 || (counted !== 0xffff && this.centralHeaders < counted))) this.listing.complete = false;
+    }
     this.ring = undefined;
   }
 
@@ -114,14 +120,17 @@ export class ZipLister {
     this.ringAt = (this.ringAt + part.length) % END_WINDOW;
   }
 
-  /** An end of central directory record whose comment runs exactly to the end of the file. */
-  private endsWithEndRecord(): boolean {
+  /**
+   * The entry count of the last end of central directory record in the attachment's last bytes, whose
+   * comment fits before the end (what follows it is tolerated, as extractors do).
+   */
+  private endRecordCount(): number | undefined {
     const ring = this.ring ?? Buffer.alloc(0);
     const tail = this.total < END_WINDOW ? ring.subarray(0, this.total) : Buffer.concat([ring.subarray(this.ringAt), ring.subarray(0, this.ringAt)]);
-    for (let i = tail.length - END_RECORD_SIZE; i >= 0 && i >= tail.length - END_WINDOW; i--) {
-      if (tail.readUInt32LE(i) === SIG_END && tail.readUInt16LE(i + 20) === tail.length - i - END_RECORD_SIZE) return true;
+    for (let i = tail.lastIndexOf(END_SIGNATURE); i >= 0; i = i > 0 ? tail.lastIndexOf(END_SIGNATURE, i - 1) : -1) {
+      if (i + END_RECORD_SIZE + (i + END_RECORD_SIZE <= tail.length ? tail.readUInt16LE(i + 20) : 0) <= tail.length) return tail.readUInt16LE(i + 10);
     }
-    return false;
+    return undefined;
   }
 
   private consume(chunk: Buffer): void {
@@ -190,12 +199,14 @@ export class ZipLister {
             break;
           }
           this.takePending();
+          this.centralHeaders++;
           const flags = head.readUInt16LE(8);
           if (flags & 0x0001) this.listing.encrypted = true;
           const name = this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
           // Extractors go by the central directory: an archive it names that no local header did was not opened.
           if (NESTED_ARCHIVE.test(normalizeName(name)) && !this.localArchives.has(normalizeName(name))) this.listing.complete = false;
-          this.addUnicodePath(head.subarray(CENTRAL_HEADER_SIZE + nameLen, CENTRAL_HEADER_SIZE + nameLen + head.readUInt16LE(30)));
+          const unicode = this.addUnicodePath(head.subarray(CENTRAL_HEADER_SIZE + nameLen, CENTRAL_HEADER_SIZE + nameLen + head.readUInt16LE(30)));
+          if (unicode !== undefined && NESTED_ARCHIVE.test(unicode) && !this.localArchives.has(unicode)) this.listing.complete = false;
           this.state = { kind: 'scan' };
           break;
         }
@@ -241,8 +252,11 @@ export class ZipLister {
     this.endNested();
     const name = normalizeName(this.addName(head.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + nameLen), flags));
     const extra = head.subarray(LOCAL_HEADER_SIZE + nameLen, LOCAL_HEADER_SIZE + nameLen + extraLen);
-    if (NESTED_ARCHIVE.test(name)) this.openNested(name, head.readUInt16LE(8), (flags & 0x0001) !== 0);
-    this.addUnicodePath(extra);
+    // The same data under either of its names (a Unicode Path name is the header's in another encoding,
+    // or another name altogether): opened if either says archive, and known under both.
+    const names = [name, this.addUnicodePath(extra)].filter((n): n is string => n !== undefined && NESTED_ARCHIVE.test(n));
+    if (names.length) this.openNested(names[0]!, head.readUInt16LE(8), (flags & 0x0001) !== 0);
+    for (const n of names) this.localArchives.add(n);
     if (compressed === 0xffffffff) compressed = zip64CompressedSize(extra, head.readUInt32LE(22) === 0xffffffff) ?? 0;
     // Bit 3: sizes follow the data in a descriptor, and the header's are usually zero: the scan after the
     // data finds the next header (and steps over a descriptor). Otherwise the data is walked by its size
@@ -265,17 +279,17 @@ export class ZipLister {
   }
 
   /**
-   * The name in a Unicode Path extra field, which unzip and 7-Zip extract under instead of the header's
-   * (when its checksum of the header's name holds; listed whether or not it does: one more name is safe).
-   * An archive named only there was not opened.
+   * Lists the name in a Unicode Path extra field, which unzip and 7-Zip extract under instead of the
+   * header's (when its checksum of the header's name holds; listed whether or not it does: one more name
+   * is safe), and returns it.
    */
-  private addUnicodePath(extra: Buffer): void {
+  private addUnicodePath(extra: Buffer): string | undefined {
     for (let p = 0; p + 4 <= extra.length; p += 4 + extra.readUInt16LE(p + 2)) {
       const len = extra.readUInt16LE(p + 2);
       if (extra.readUInt16LE(p) !== UNICODE_PATH || len < 5 || p + 4 + len > extra.length || extra[p + 4] !== 1) continue;
-      const name = normalizeName(this.addName(extra.subarray(p + 9, p + 4 + len), 0x0800));
-      if (NESTED_ARCHIVE.test(name) && !this.localArchives.has(name)) this.listing.complete = false;
+      return normalizeName(this.addName(extra.subarray(p + 9, p + 4 + len), 0x0800));
     }
+    return undefined;
   }
 
   private addName(raw: Buffer, flags: number): string {

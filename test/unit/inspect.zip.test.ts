@@ -76,6 +76,10 @@ function zip(entries: Entry[]): Buffer {
   }
   const end = Buffer.alloc(22);
   end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(entries.length, 8);
+  end.writeUInt16LE(entries.length, 10);
+  end.writeUInt32LE(central.reduce((n, b) => n + b.length, 0), 12);
+  end.writeUInt32LE(offset, 16);
   return Buffer.concat([...out, ...central, end]);
 }
 
@@ -282,9 +286,23 @@ describe('zip listing from local headers and the central directory', () => {
     bit3.writeUInt16LE(bit3.readUInt16LE(6) | 0x0008, 6);
     const commented = Buffer.concat([lying, Buffer.alloc(1000, 0x20)]);
     commented.writeUInt16LE(1000, lying.length - 2); // the end record's comment length
-    for (const bytes of [lying, bit3, commented, Buffer.concat([Buffer.alloc(4096, 0x4d), lying])]) {
-      for (const size of [bytes.length, 7, 64, 1000]) expect(list(bytes, size)).toMatchObject({ entries: ['readme.txt'], complete: false });
+    // Sizes that end the first entry exactly at the end of the file, at the end record, inside it, or before
+    // it in the central directory; and junk after the end record, which extractors tolerate.
+    const endRecord = honest.length - 22;
+    const centralStart = honest.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02]));
+    const firstData = 30 + 'readme.txt'.length;
+    const endingAt = (offset: number) => {
+      const b = Buffer.from(honest);
+      b.writeUInt32LE(offset - firstData, 18);
+      return b;
+    };
+    const variants = [lying, bit3, commented, Buffer.concat([Buffer.alloc(4096, 0x4d), lying]), Buffer.concat([lying, Buffer.from('x')]), endingAt(honest.length), endingAt(endRecord), endingAt(endRecord + 10)];
+    for (const bytes of variants) {
+      for (const size of [bytes.length, 1, 7, 64, 1000]) expect(list(bytes, size)).toMatchObject({ entries: ['readme.txt'], complete: false });
     }
+    // Over the second entry and the first central header only: the second central header names the
+    // program, and the end record counts one central header more than was read.
+    expect(list(endingAt(centralStart + 46 + 'readme.txt'.length), 7)).toMatchObject({ entries: ['readme.txt', 'evil.exe'], complete: false });
     expect(list(honest, 64)).toMatchObject({ entries: ['readme.txt', 'evil.exe'], complete: true });
     // Cut short, there is nothing more to read: what was listed is the listing.
     expect(list(lying.subarray(0, 200), 7).complete).toBe(true);
@@ -300,10 +318,19 @@ describe('zip listing from local headers and the central directory', () => {
     const l = list(zip([{ name: 'readme.txt', data: text('MZ program'), extra: Buffer.concat([field, shown]) }]), 5);
     expect(l.entries).toEqual(['readme.txt', 'évil.exe']);
     expect(l.complete).toBe(true);
-    // An archive named only there was not opened.
+    // An archive named there is opened as the entry streams by, as one named in the header is.
     const inner = Buffer.from('docs.zip');
     field.writeUInt16LE(5 + inner.length, 2);
-    expect(list(zip([{ name: 'readme.txt', data: text('x'), extra: Buffer.concat([field, inner]) }])).complete).toBe(false);
+    const hidden = list(zip([{ name: 'readme.txt', data: zip([{ name: 'evil.exe', data: text('MZ') }]), extra: Buffer.concat([field, inner]) }]), 7);
+    expect(hidden.entries).toEqual(expect.arrayContaining(['docs.zip', 'docs.zip/evil.exe']));
+    expect(hidden.complete).toBe(true);
+    // A name Windows zip tools write in the DOS code page (bit 11 clear) with its Unicode Path: one archive,
+    // opened, under both names.
+    const unicodeName = Buffer.from('Données.zip', 'utf8');
+    field.writeUInt16LE(5 + unicodeName.length, 2);
+    const dos = list(zip([{ name: Buffer.from('Donn\x82es.zip', 'latin1'), data: zip([{ name: 'a.txt', data: text('a') }]), extra: Buffer.concat([field, unicodeName]) }]), 64);
+    expect(dos.entries).toEqual(expect.arrayContaining(['Données.zip', 'Donn\x82es.zip/a.txt']));
+    expect(dos.complete).toBe(true);
   });
 
   it('keeps what it listed from a truncated or corrupt archive, without throwing', () => {
