@@ -13,20 +13,23 @@ export interface TransferDecoder {
 
 const EMPTY = Buffer.alloc(0);
 
+/** The encoding's token, without anything written after it ("base64; x=y"), as a reader that reads the token would take it. */
+function token(encoding: string | false): string {
+  return (encoding || '').split(/[\s;]/, 1)[0]!;
+}
+
+/** uuencode: not a MIME encoding, but mail libraries (Python's email, Perl's MIME::Tools, KMime) decode it. */
+export function isUuencode(encoding: string | false): boolean {
+  return ['x-uuencode', 'uuencode', 'x-uue', 'uue'].includes(token(encoding));
+}
+
 export function transferDecoder(encoding: string | false): TransferDecoder {
-  // The token, without anything written after it ("base64; x=y"): decoded as a reader that reads the
-  // token would, rather than inspected as the encoded text.
-  switch ((encoding || '').split(/[\s;]/, 1)[0]) {
+  if (isUuencode(encoding)) return new UudecodeDecoder();
+  switch (token(encoding)) {
     case 'base64':
       return new Base64Decoder();
     case 'quoted-printable':
       return new QuotedPrintableDecoder();
-    // Not a MIME encoding, but mail libraries (Python's email, Perl's MIME::Tools, KMime) decode it.
-    case 'x-uuencode':
-    case 'uuencode':
-    case 'x-uue':
-    case 'uue':
-      return new UudecodeDecoder();
     default:
       // 7bit, 8bit, binary, and anything unknown: the bytes as they are, the best guess for a bad label.
       return { push: (chunk) => chunk, end: () => EMPTY };

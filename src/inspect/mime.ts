@@ -20,7 +20,7 @@ import libmime from 'libmime';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
-import { transferDecoder, uudecodeLine, type TransferDecoder } from './decode.js';
+import { isUuencode, transferDecoder, uudecodeLine, type TransferDecoder } from './decode.js';
 import { htmlToText, normalizeText } from './html.js';
 import { compressedFileNames, namesDiskImage } from './gzip.js';
 import { namesArchive } from './archive-names.js';
@@ -332,7 +332,9 @@ export class MessageInspector {
     const type = effectiveType(node);
     const filename = fileName(node);
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
-    const leaf: Leaf = { node, decoder: transferDecoder(node.encoding) };
+    // A text part labelled uuencode is read as the text it is: its "begin" lines are the uuencoded files a
+    // mail program shows (uuencodedFiles), which decoding it would hide in the body as binary.
+    const leaf: Leaf = { node, decoder: transferDecoder(isText && isUuencode(node.encoding) ? false : node.encoding) };
     if (!isText && isAttachedMessage(type, filename)) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;

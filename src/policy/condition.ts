@@ -142,7 +142,8 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
       return (v) => (v as string).endsWith(want);
     }
     case 'matches': {
-      const compiled = regex(PATTERN_FLAGS).parse(arg, path, issues);
+      // Composed like the text it is matched against: "e" and a combining accent written in a pattern is "é".
+      const compiled = regex(PATTERN_FLAGS).parse(typeof arg === 'string' ? arg.normalize('NFC') : arg, path, issues);
       if (!compiled) return undefined;
       const re = compiled.regex;
       return (v) => re.test(String(v));

@@ -146,7 +146,8 @@ function patternsIn(value: unknown, out: string[] = []): string[] {
   if (Array.isArray(value)) for (const v of value) patternsIn(v, out);
   else if (value !== null && typeof value === 'object') {
     for (const [k, v] of Object.entries(value)) {
-      if (k === 'matches' && typeof v === 'string') out.push(v);
+      // Composed, as the condition compiles it (src/policy/condition.ts).
+      if (k === 'matches' && typeof v === 'string') out.push(v.normalize('NFC'));
       else patternsIn(v, out);
     }
   }

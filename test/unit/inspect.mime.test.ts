@@ -13,6 +13,7 @@ import { inspectStream, MessageInspector, type InspectLimits } from '../../src/i
 import { extractUrls, UrlScanner, UrlSet } from '../../src/inspect/urls.js';
 import type { MessageFacts } from '../../src/policy/facts.js';
 import { letterWord } from '../harness/archives.js';
+import { zip } from '../harness/mime.js';
 
 const FIXTURES = new URL('../../fixtures/messages/', import.meta.url);
 const LIMITS: InspectLimits = { maxParts: 500, maxDepth: 20, maxHeaderSize: 262_144 };
@@ -196,6 +197,13 @@ describe('MIME inspector: fixtures', () => {
     for (const chunk of [raw.length, 65_536, 1000, 7]) {
       expect((await inspect(raw, LIMITS, chunk)).attachments).toMatchObject([{ name: 'invoice.exe', extension: 'exe', detectedType: 'executable' }]);
     }
+    // An attachment sent as x-uuencode is decoded: the zip it is, and the program in it.
+    const zipped = zip([{ name: 'facture.pdf.exe', content: pe }]);
+    const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'the invoice', '--b', 'Content-Type: application/zip; name="docs.zip"', 'Content-Disposition: attachment; filename="docs.zip"', 'Content-Transfer-Encoding: x-uuencode', '', 'begin 644 docs.zip', ...uu(zipped), '`', 'end', '--b--');
+    expect((await inspect(attached, LIMITS, 64)).attachments).toMatchObject([{ name: 'docs.zip', detectedType: 'zip', archiveEntries: ['facture.pdf.exe'] }]);
+    // A text part labelled x-uuencode is read as text: its begin line names the file.
+    const labelled = eml(...head(), 'Content-Type: text/plain', 'Content-Transfer-Encoding: x-uuencode', '', 'begin 644 facture.exe', ...uu(pe), '`', 'end');
+    expect((await inspect(labelled, LIMITS, 7)).attachments).toMatchObject([{ name: 'facture.exe', detectedType: 'executable' }]);
     // The body's room used up by a first part, the file in the second.
     const two = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', ...padding, '--b', 'Content-Type: text/plain', '', 'begin 600 tool.scr', ...uu(pe), 'end', '--b--');
     expect((await inspect(two, LIMITS, 4096)).attachments).toMatchObject([{ name: 'tool.scr', detectedType: 'executable' }]);

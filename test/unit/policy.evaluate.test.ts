@@ -64,6 +64,9 @@ describe('conditions', () => {
     expect(compile({ body: { matches: 'bo\u00eete' } }).test(decomposed)).toBe(true);
     expect(compile({ from: { in: ['jos\u00e9@example.test'] } }).test(decomposed)).toBe(true);
     expect(compile({ 'attachments.names': { in: ['factur\u00e9.pdf'] } }).test(decomposed)).toBe(true);
+    // A pattern written with a combining accent is composed as the text is.
+    expect(compile({ subject: { matches: '^ve\u0301rifiez' } }).test(decomposed)).toBe(true);
+    expect(compile({ subject: { matches: '^ve\u0301rifiez' } }).test(facts({ message: message({ subject: 'V\u00e9rifiez' }) }))).toBe(true);
     // Composed text and text without accents are read as they are.
     expect(compile({ subject: { contains: 'vérifiez' } }).test(facts({ message: message({ subject: 'V\u00e9rifiez' }) }))).toBe(true);
     expect(compile({ subject: { contains: 'verifiez' } }).test(decomposed)).toBe(false);
