@@ -22,6 +22,9 @@ const SIG_CENTRAL = 0x02014b50; // PK\x01\x02: the central directory, after the 
 const SIG_END = 0x06054b50; // PK\x05\x06: end of central directory (alone: an empty zip)
 const PK = Buffer.from('PK', 'latin1');
 const END_SIGNATURE = Buffer.from([0x50, 0x4b, 0x05, 0x06]);
+const SIG_ZIP64_LOCATOR = 0x07064b50; // PK\x06\x07
+const ZIP64_LOCATOR_SIZE = 20;
+const ZIP64_END_SIGNATURE = Buffer.from([0x50, 0x4b, 0x06, 0x06]);
 
 const LOCAL_HEADER_SIZE = 30;
 const CENTRAL_HEADER_SIZE = 46;
@@ -70,8 +73,12 @@ export class ZipLister {
   private ring: Buffer | undefined;
   private ringAt = 0;
   private total = 0;
-  /** central directory headers read */
-  private centralHeaders = 0;
+  /** where the current chunk starts in the attachment */
+  private chunkStart = 0;
+  /** where each central directory header read starts in the attachment */
+  private readonly centralStarts: number[] = [];
+  /** where the central directory header being collected starts */
+  private centralAt = 0;
 
   constructor(
     private readonly maxEntries = 1000,
@@ -83,6 +90,7 @@ export class ZipLister {
   }
 
   push(chunk: Buffer): void {
+    this.chunkStart = this.total;
     this.keepLast(chunk);
     try {
       this.consume(chunk);
@@ -98,13 +106,19 @@ export class ZipLister {
   /** The attachment ended: an inner archive still open (the zip was cut short) gives its last names. */
   end(): void {
     this.endNested();
-    // Extractors go by the central directory that the end record counts. Local headers were read, yet
-    // fewer central headers than that count (or none, past 65535 entries where the count is elsewhere): a
-    // local header's size lied, and what the walk stepped over unread, entries and central headers, is
-    // what extractors extract. (A zip cut short has no end record.)
+    // Extractors go by the central directory the end record describes: the `size` bytes just before it (the
+    // ZIP64 records between them aside). Local headers were read, yet fewer central headers in that range
+    // than the end record counts (or none, past 65535 entries where the count is elsewhere): a local
+    // header's size lied, and what the walk stepped over unread, entries and central headers, is what
+    // extractors extract. Headers found elsewhere (in a comment after a lying size) do not count. (A zip cut
+    // short has no end record.)
     if (this.listing.entryCount > 0) {
-      const counted = this.endRecordCount();
-      if (counted !== undefined && (this.centralHeaders === 0 || (counted !== 0xffff && this.centralHeaders < counted))) this.listing.complete = false;
+      const end = this.endRecord();
+      if (end) {
+        const from = end.exact ? end.at - end.size : 0;
+        const read = this.centralStarts.filter((at) => at >= from && at < end.at).length;
+        if (read === 0 || (end.exact && read < end.count)) this.listing.complete = false;
+      }
     }
     this.ring = undefined;
   }
@@ -121,14 +135,28 @@ export class ZipLister {
   }
 
   /**
-   * The entry count of the last end of central directory record in the attachment's last bytes, whose
-   * comment fits before the end (what follows it is tolerated, as extractors do).
+   * The last end of central directory record in the attachment's last bytes whose comment fits before the
+   * end (what follows it is tolerated, as extractors do): where the central directory it closes ends, its
+   * entry count and size — from the ZIP64 end record when there is one (`zip -fz`, over 65535 entries).
+   * Not `exact` when those are not known: then only "some" central header is expected before it.
    */
-  private endRecordCount(): number | undefined {
+  private endRecord(): { at: number; count: number; size: number; exact: boolean } | undefined {
     const ring = this.ring ?? Buffer.alloc(0);
     const tail = this.total < END_WINDOW ? ring.subarray(0, this.total) : Buffer.concat([ring.subarray(this.ringAt), ring.subarray(0, this.ringAt)]);
+    const base = this.total - tail.length;
     for (let i = tail.lastIndexOf(END_SIGNATURE); i >= 0; i = i > 0 ? tail.lastIndexOf(END_SIGNATURE, i - 1) : -1) {
-      if (i + END_RECORD_SIZE + (i + END_RECORD_SIZE <= tail.length ? tail.readUInt16LE(i + 20) : 0) <= tail.length) return tail.readUInt16LE(i + 10);
+      if (i + END_RECORD_SIZE > tail.length || i + END_RECORD_SIZE + tail.readUInt16LE(i + 20) > tail.length) continue;
+      const count = tail.readUInt16LE(i + 10);
+      const size = tail.readUInt32LE(i + 12);
+      // A ZIP64 locator just before it points to the ZIP64 end record, which just precedes the locator.
+      const locator = i - ZIP64_LOCATOR_SIZE;
+      if (locator >= 0 && tail.readUInt32LE(locator) === SIG_ZIP64_LOCATOR) {
+        const record = tail.lastIndexOf(ZIP64_END_SIGNATURE, locator - 1);
+        const whole = record >= 0 && record + 56 <= locator && record + 12 + Number(tail.readBigUInt64LE(record + 4)) === locator;
+        if (!whole) return { at: base + i, count, size, exact: false };
+        return { at: base + record, count: Number(tail.readBigUInt64LE(record + 32)), size: Number(tail.readBigUInt64LE(record + 40)), exact: true };
+      }
+      return { at: base + i, count, size, exact: count !== 0xffff && size !== 0xffffffff };
     }
     return undefined;
   }
@@ -199,7 +227,7 @@ export class ZipLister {
             break;
           }
           this.takePending();
-          this.centralHeaders++;
+          this.centralStarts.push(this.centralAt);
           const flags = head.readUInt16LE(8);
           if (flags & 0x0001) this.listing.encrypted = true;
           const name = this.addName(head.subarray(CENTRAL_HEADER_SIZE, CENTRAL_HEADER_SIZE + nameLen), flags);
@@ -226,7 +254,10 @@ export class ZipLister {
           if (this.pendingLength < 4) return;
           const sig = (this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLength)).readUInt32LE(0);
           if (sig === SIG_LOCAL) this.state = { kind: 'header', need: LOCAL_HEADER_SIZE };
-          else if (sig === SIG_CENTRAL) this.state = { kind: 'central', need: CENTRAL_HEADER_SIZE };
+          else if (sig === SIG_CENTRAL) {
+            this.centralAt = this.chunkStart + pos - 4;
+            this.state = { kind: 'central', need: CENTRAL_HEADER_SIZE };
+          }
           else {
             // A data descriptor, or not a header at all: the scan finds what follows, these bytes included.
             this.tail = this.takePending();
@@ -352,6 +383,7 @@ export class ZipLister {
         this.pending = [Buffer.from(buf.subarray(i, i + 4))];
         this.pendingLength = 4;
         this.state = sig === SIG_LOCAL ? { kind: 'header', need: LOCAL_HEADER_SIZE } : { kind: 'central', need: CENTRAL_HEADER_SIZE };
+        if (sig === SIG_CENTRAL) this.centralAt = this.chunkStart + pos - carried + i;
         // i counts from the start of buf, which begins `carried` bytes before chunk[pos].
         return pos + (i + 4 - carried);
       }

@@ -300,12 +300,36 @@ describe('zip listing from local headers and the central directory', () => {
     for (const bytes of variants) {
       for (const size of [bytes.length, 1, 7, 64, 1000]) expect(list(bytes, size)).toMatchObject({ entries: ['readme.txt'], complete: false });
     }
+    // Central headers put in the end record's comment, where a lying size lands: they are not the central
+    // directory the end record describes, and do not count for it.
+    const decoy = zip([{ name: 'readme.txt', data: text('a') }, { name: 'notes.txt', data: text('b') }]);
+    const decoyCentral = decoy.subarray(decoy.indexOf(Buffer.from([0x50, 0x4b, 0x01, 0x02])), decoy.length - 22);
+    const withComment = Buffer.concat([honest, decoyCentral]);
+    withComment.writeUInt16LE(decoyCentral.length, honest.length - 2);
+    withComment.writeUInt32LE(honest.length - firstData, 18);
+    for (const size of [withComment.length, 1, 64]) expect(list(withComment, size)).toMatchObject({ entries: ['readme.txt', 'notes.txt'], complete: false });
     // Over the second entry and the first central header only: the second central header names the
     // program, and the end record counts one central header more than was read.
     expect(list(endingAt(centralStart + 46 + 'readme.txt'.length), 7)).toMatchObject({ entries: ['readme.txt', 'evil.exe'], complete: false });
     expect(list(honest, 64)).toMatchObject({ entries: ['readme.txt', 'evil.exe'], complete: true });
     // Cut short, there is nothing more to read: what was listed is the listing.
     expect(list(lying.subarray(0, 200), 7).complete).toBe(true);
+  });
+
+  it('finds every central header of zips as the tools write them, ZIP64 included, however cut: complete', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-zip-tools-'));
+    writeFileSync(join(dir, 'a.txt'), 'hello '.repeat(1000));
+    writeFileSync(join(dir, 'b.bin'), Buffer.alloc(5000, 7));
+    const made: Buffer[] = [];
+    for (const [name, flags] of [['plain.zip', []], ['zip64.zip', ['-fz']], ['descriptors.zip', ['-fd']], ['comment.zip', ['-z']]] as const) {
+      execFileSync('zip', ['-q', '-X', ...flags, name, 'a.txt', 'b.bin'], { cwd: dir, input: 'a comment with PK\x05\x06 in it\n.\n' });
+      made.push(readFileSync(join(dir, name)));
+    }
+    // Written to a pipe: sizes after the data.
+    made.push(execFileSync('zip', ['-q', '-X', '-', 'a.txt', 'b.bin'], { cwd: dir }));
+    for (const bytes of made) {
+      for (const size of [bytes.length, 1, 7, 4096]) expect(list(bytes, size)).toMatchObject({ entries: ['a.txt', 'b.bin'], complete: true });
+    }
   });
 
   it('lists the name of a Unicode Path extra field, which unzip and 7-Zip extract under instead of the header name', () => {
