@@ -332,9 +332,10 @@ export class MessageInspector {
     const type = effectiveType(node);
     const filename = fileName(node);
     const isText = (type === 'text/plain' || type === 'text/html') && node.disposition !== 'attachment';
-    // A text part labelled uuencode is read as the text it is: its "begin" lines are the uuencoded files a
-    // mail program shows (uuencodedFiles), which decoding it would hide in the body as binary.
-    const leaf: Leaf = { node, decoder: transferDecoder(isText && isUuencode(node.encoding) ? false : node.encoding) };
+    // A text part without a file name labelled uuencode is read as the text it is: its "begin" lines are the
+    // uuencoded files a mail program shows (uuencodedFiles), which decoding it would hide in the body as
+    // binary. One with a file name is an attachment, decoded.
+    const leaf: Leaf = { node, decoder: transferDecoder(isText && filename === '' && isUuencode(node.encoding) ? false : node.encoding) };
     if (!isText && isAttachedMessage(type, filename)) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
