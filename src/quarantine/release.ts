@@ -7,7 +7,7 @@
 
 import type { AuditLog } from '../audit/log.js';
 import { envelopeParams } from '../upstream/params.js';
-import { formatReply } from '../upstream/reply.js';
+import { formatReply, type SmtpReply } from '../upstream/reply.js';
 import { SmtpClient, type UpstreamEndpoint } from '../upstream/smtp-client.js';
 import type { QuarantineMeta, QuarantineStore } from './store.js';
 
@@ -40,22 +40,17 @@ export async function releaseMessage(
       throw new ReleaseError(`could not reach the upstream at ${upstream} (${(err as Error).message}); nothing was released, try again later`);
     }
     const offers = (extension: string) => client!.supports(extension);
+    const refused: string[] = [];
+    let reply: SmtpReply;
     try {
       const mail = await client.mail(meta.sender, envelopeParams('mail', meta.mailParams ?? {}, offers).params);
       if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
-      const refused: string[] = [];
       for (const r of meta.recipients) {
-        const reply = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
-        if (reply.code !== 250 && reply.code !== 251) refused.push(`${r}: ${formatReply(reply)}`);
+        const answer = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
+        if (answer.code !== 250 && answer.code !== 251) refused.push(`${r}: ${formatReply(answer)}`);
       }
       if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
-      const reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));
-      if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
-      const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
-      delete released.releaseInDoubt;
-      await store.update(released);
-      await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
-      return released;
+      reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));
     } catch (err) {
       if (err instanceof ReleaseError) throw err;
       const error = (err as Error).message;
@@ -65,6 +60,13 @@ export async function releaseMessage(
       await opts.audit.append({ action: 'release_in_doubt', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, error });
       throw new ReleaseError(`${id} went to the upstream whole, but no answer came (${error}): it may have been delivered. Look for it in the upstream's log before sending it again with --force`);
     }
+    if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+    // Accepted: from here on a failure (writing the entry, the audit) is no doubt about the delivery.
+    const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
+    delete released.releaseInDoubt;
+    await store.update(released);
+    await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
+    return released;
   } finally {
     await client?.quit();
     await unlock();

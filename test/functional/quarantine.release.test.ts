@@ -72,6 +72,16 @@ describe('quarantine release', () => {
     expect(auditLines().filter((l) => l.action === 'release')).toHaveLength(1);
   });
 
+  it('an audit trail that cannot be written after the upstream accepted does not make the release look in doubt', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL005');
+    audit.append = () => Promise.reject(new Error('disk full'));
+    await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/disk full/);
+    const after = (await store.get(meta.id))!;
+    expect(after.released).toMatchObject({ by: 'cli:alice' });
+    expect(after.releaseInDoubt).toBeUndefined();
+  });
+
   it('a message being released cannot be deleted meanwhile, and is not brought back half by the release', async () => {
     upstream = await FakeUpstream.start({ dataEnd: () => ({ delayMs: 300 }) });
     const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL004');
