@@ -106,12 +106,12 @@ export class ZipLister {
   /** The attachment ended: an inner archive still open (the zip was cut short) gives its last names. */
   end(): void {
     this.endNested();
-    // Extractors go by the central directory the end record describes: the `size` bytes just before it (the
-    // ZIP64 records between them aside). Local headers were read, yet fewer central headers in that range
-    // than the end record counts (or none, past 65535 entries where the count is elsewhere): a local
-    // header's size lied, and what the walk stepped over unread, entries and central headers, is what
-    // extractors extract. Headers found elsewhere (in a comment after a lying size) do not count. (A zip cut
-    // short has no end record.)
+    // Extractors go by the central directory the end record describes: the `size` bytes just before it (or
+    // before the ZIP64 end record). Local headers were read, yet fewer central headers in that range than
+    // the end record counts (or none at all, when its count and size are not known): a local header's size
+    // lied, and what the walk stepped over unread, entries and central headers, is what extractors extract.
+    // Headers found elsewhere (in a comment after a lying size) do not count. (A zip cut short has no end
+    // record.)
     if (this.listing.entryCount > 0) {
       const end = this.endRecord();
       if (end) {
