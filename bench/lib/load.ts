@@ -32,6 +32,8 @@ export function smtpSource(port: number, opts: { sessions: number; messages: num
 class Conversation {
   private buffer = '';
   private waiting: ((line: string) => void) | undefined;
+  /** the server closed the connection: every reply still awaited is "(closed)", and the run stops with it */
+  private closed = false;
   constructor(public socket: net.Socket) {
     this.listen();
   }
@@ -41,10 +43,20 @@ class Conversation {
       this.buffer += d;
       this.drain();
     });
+    const close = () => {
+      this.closed = true;
+      this.drain();
+    };
+    this.socket.on('close', close);
+    this.socket.on('error', close);
   }
   private drain(): void {
     const m = /^(?:\d{3}-[^\n]*\n)*\d{3} [^\n]*\n/.exec(this.buffer);
-    if (m && this.waiting) {
+    if (!m && this.closed && this.waiting) {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w('(closed)');
+    } else if (m && this.waiting) {
       this.buffer = this.buffer.slice(m[0].length);
       const w = this.waiting;
       this.waiting = undefined;

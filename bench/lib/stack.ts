@@ -4,7 +4,7 @@
 // 127.0.0.1 and is stopped by PID.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort, waitForPort } from '../../test/harness/net.js';
@@ -72,8 +72,13 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     opts.extra ?? '',
   ].join('\n');
   writeFileSync(join(dir, 'douane.yaml'), config);
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), join(process.cwd(), 'dist/cli.js'), 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  // Its JSON log is kept while it runs: should it stop on a fault (exit 70), the run says which.
+  const log = join(dir, 'douane.log');
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), join(process.cwd(), 'dist/cli.js'), 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', openSync(log, 'w'), 'inherit'] });
   const pid = track(child, 'douane');
+  child.on('exit', (code) => {
+    if (code === 70 && existsSync(log)) for (const line of readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('"event":"crash"'))) console.error(line);
+  });
   await waitForPort(trusted, 20_000).catch(async (err: Error) => {
     await stopPid(pid);
     throw err;
