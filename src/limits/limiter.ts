@@ -153,6 +153,11 @@ export class Limiter implements LimiterPort {
     else if (opts.onFailure === 'insurance') {
       this.structures = new InsuredStructures(new RedisStructures(opts.redis), new MemoryStructures(this.now), (op, err) => this.failed(op, err));
     } else this.structures = new RedisStructures(opts.redis);
+    // rate-limiter-flexible defines its Lua command on the client when a RateLimiterRedis is made. Made
+    // lazily, at a first count, it can come while an auto-pipeline opened by another command waits: that
+    // pipeline lacks the command, and ioredis then answers its commands out of step and throws where
+    // nothing can catch it (the process exits). So one is made now, before any command is sent.
+    if (opts.redis) new RateLimiterRedis({ storeClient: opts.redis, keyPrefix: `${opts.keyPrefix}:define`, points: 1, duration: 1 });
   }
 
   get distributed(): boolean {
