@@ -60,6 +60,9 @@ export function isQuarantineId(id: string): boolean {
   return ID.test(id);
 }
 
+/** The entry is claimed by a release or a deletion in progress. */
+export class EntryClaimed extends Error {}
+
 export class LocalQuarantine implements QuarantineStore {
   private ready: Promise<void> | undefined;
 
@@ -135,7 +138,7 @@ export class LocalQuarantine implements QuarantineStore {
       const fh = await open(path, 'wx', 0o600);
       await fh.close();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${id} is being released or deleted by someone else (remove ${path} if that process died)`);
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new EntryClaimed(`${id} is being released or deleted by someone else (remove ${path} if that process died)`);
       throw err;
     }
     return () => rm(path, { force: true });
@@ -158,8 +161,12 @@ export class LocalQuarantine implements QuarantineStore {
     let n = 0;
     for (const m of await this.list()) {
       if (Date.parse(m.at) >= olderThan) continue;
-      // One being released is left for the next purge.
-      if (await this.delete(m.id).catch(() => false)) n++;
+      // One being released is left for the next purge; any other failure is the purge's.
+      const deleted = await this.delete(m.id).catch((err: unknown) => {
+        if (err instanceof EntryClaimed) return false;
+        throw err;
+      });
+      if (deleted) n++;
     }
     return n;
   }
