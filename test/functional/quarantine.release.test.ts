@@ -56,15 +56,16 @@ describe('quarantine release', () => {
     const { store, audit, meta, endpoint, auditLines } = await kept(upstream, 'D-REL003');
     // The second release takes its claim only once the first one is over (as a slow disk or a network file
     // system may have it): it must still see the message released.
+    // Bob works through his own view of the same directory, as a second CLI process would.
     let first: Promise<unknown> | undefined;
-    const lock = store.lock.bind(store);
-    let calls = 0;
-    store.lock = async (id) => {
-      if (++calls === 2) await first!.catch(() => undefined);
+    const bobs = new LocalQuarantine(store.dir);
+    const lock = bobs.lock.bind(bobs);
+    bobs.lock = async (id) => {
+      await first!.catch(() => undefined);
       return lock(id);
     };
     first = releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
-    const second = releaseMessage(store, meta.id, { endpoint, by: 'cli:bob', audit });
+    const second = releaseMessage(bobs, meta.id, { endpoint, by: 'cli:bob', audit });
     const [a, b] = await Promise.allSettled([first, second]);
     expect(a.status).toBe('fulfilled');
     expect(b).toMatchObject({ status: 'rejected', reason: expect.objectContaining({ message: expect.stringMatching(/already released .* by cli:alice/) }) });
