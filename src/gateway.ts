@@ -948,7 +948,8 @@ export class Gateway {
   private async purgeQuarantine(): Promise<void> {
     try {
       const before = new Date(this.clock.now() - this.config.quarantine.retention).toISOString();
-      const removed = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
+      const { removed, claimed } = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
+      for (const c of claimed) this.log.warn({ event: 'quarantine_purge_skipped', quarantine_id: c.id, err: c.why }, 'a quarantined message past retention was left in place: a release or deletion holds it');
       if (removed) {
         this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
         await this.audit.append({ action: 'quarantine_purge', actor: 'douane', removed, older_than: before });

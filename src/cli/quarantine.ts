@@ -106,9 +106,10 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       return 0;
     }
     case 'purge': {
-      const n = await store.purge(Date.now() - config.quarantine.retention);
-      if (n) await audit.append({ action: 'quarantine_purge', actor, removed: n, older_than: new Date(Date.now() - config.quarantine.retention).toISOString() });
-      console.log(`purged ${n} message(s)`);
+      const { removed, claimed } = await store.purge(Date.now() - config.quarantine.retention);
+      if (removed) await audit.append({ action: 'quarantine_purge', actor, removed, older_than: new Date(Date.now() - config.quarantine.retention).toISOString() });
+      console.log(`purged ${removed} message(s)`);
+      for (const c of claimed) console.error(`douane: ${c.id} left in place: ${printable(c.why)}`);
       return 0;
     }
     default:

@@ -47,7 +47,8 @@ export async function releaseMessage(
       if (mail.code !== 250) throw new ReleaseError(`upstream refused the sender: ${formatReply(mail)}`);
       for (const r of meta.recipients) {
         const answer = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
-        if (answer.code !== 250 && answer.code !== 251) refused.push(`${r}: ${formatReply(answer)}`);
+        // 251 forwarded, 252 cannot verify but will try: accepted, as in a client's own transaction.
+        if (answer.code < 200 || answer.code >= 300) refused.push(`${r}: ${formatReply(answer)}`);
       }
       if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
       reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));

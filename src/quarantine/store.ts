@@ -5,7 +5,8 @@
 // file system); another backend (object storage) implements the same five operations.
 
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -48,8 +49,8 @@ export interface QuarantineStore {
   lock(id: string): Promise<() => Promise<void>>;
   /** false when there was no such entry; refuses (throws) while the entry is claimed by a release */
   delete(id: string): Promise<boolean>;
-  /** removes entries older than `olderThan` (ms since epoch), except those being released; returns how many */
-  purge(olderThan: number): Promise<number>;
+  /** removes entries older than `olderThan` (ms since epoch), except those being released */
+  purge(olderThan: number): Promise<PurgeResult>;
   count(): Promise<{ entries: number; bytes: number }>;
 }
 
@@ -62,6 +63,38 @@ export function isQuarantineId(id: string): boolean {
 
 /** The entry is claimed by a release or a deletion in progress. */
 export class EntryClaimed extends Error {}
+
+export interface PurgeResult {
+  removed: number;
+  /** entries past retention left in place because a release or deletion holds them, and why */
+  claimed: { id: string; why: string }[];
+}
+
+/** Who holds a claim: written into the lock file, so that a claim whose process died can be recognised. */
+interface ClaimOwner {
+  pid: number;
+  host: string;
+  at: string;
+}
+
+function readOwner(text: string): ClaimOwner | undefined {
+  try {
+    const o = JSON.parse(text) as Partial<ClaimOwner>;
+    return typeof o.pid === 'number' && typeof o.host === 'string' && typeof o.at === 'string' ? (o as ClaimOwner) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists, as another user's process.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 export class LocalQuarantine implements QuarantineStore {
   private ready: Promise<void> | undefined;
@@ -134,14 +167,46 @@ export class LocalQuarantine implements QuarantineStore {
 
   async lock(id: string): Promise<() => Promise<void>> {
     const path = this.path(id, 'lock');
-    try {
-      const fh = await open(path, 'wx', 0o600);
-      await fh.close();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new EntryClaimed(`${id} is being released or deleted by someone else (remove ${path} if that process died)`);
-      throw err;
+    const mine = JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const held = await readFile(path, 'utf8').catch(() => '');
+        // A release killed mid-way (^C, a crash) leaves its claim behind: on this host its process is
+        // known to be gone, and the claim is taken over once. Elsewhere nobody can tell, and a person decides.
+        if (attempt === 0 && (await this.takeOverDeadClaim(path, held))) continue;
+        const owner = readOwner(held);
+        const by = owner ? ` by process ${owner.pid} on ${owner.host} since ${owner.at}` : '';
+        throw new EntryClaimed(`${id} is being released or deleted by someone else${by} (remove ${path} if that process died)`);
+      }
     }
-    return () => rm(path, { force: true });
+    // Only our own claim is given back: one taken over meanwhile is its new owner's.
+    return async () => {
+      if ((await readFile(path, 'utf8').catch(() => undefined)) === mine) await rm(path, { force: true });
+    };
+  }
+
+  /** Removes a claim held by a process of this host that no longer runs; true if it did. */
+  private async takeOverDeadClaim(path: string, held: string): Promise<boolean> {
+    const owner = readOwner(held);
+    if (!owner || owner.host !== hostname() || owner.pid === process.pid || processAlive(owner.pid)) return false;
+    // Moved aside first and checked: two takers at once must not remove the claim one of them just made.
+    const aside = `${path}.${process.pid}.${Date.now()}`;
+    try {
+      await rename(path, aside);
+    } catch {
+      return false;
+    }
+    if ((await readFile(aside, 'utf8').catch(() => '')) === held) {
+      await rm(aside, { force: true });
+      return true;
+    }
+    await link(aside, path).catch(() => undefined);
+    await rm(aside, { force: true });
+    return false;
   }
 
   async delete(id: string): Promise<boolean> {
@@ -157,18 +222,19 @@ export class LocalQuarantine implements QuarantineStore {
     }
   }
 
-  async purge(olderThan: number): Promise<number> {
-    let n = 0;
+  async purge(olderThan: number): Promise<PurgeResult> {
+    const result: PurgeResult = { removed: 0, claimed: [] };
     for (const m of await this.list()) {
       if (Date.parse(m.at) >= olderThan) continue;
-      // One being released is left for the next purge; any other failure is the purge's.
+      // One being released is left for the next purge, and reported; any other failure is the purge's.
       const deleted = await this.delete(m.id).catch((err: unknown) => {
-        if (err instanceof EntryClaimed) return false;
-        throw err;
+        if (!(err instanceof EntryClaimed)) throw err;
+        result.claimed.push({ id: m.id, why: err.message });
+        return false;
       });
-      if (deleted) n++;
+      if (deleted) result.removed++;
     }
-    return n;
+    return result;
   }
 
   async count(): Promise<{ entries: number; bytes: number }> {

@@ -1,8 +1,9 @@
 // Releasing a quarantined message when the upstream refuses some of its recipients: the others get it,
 // and the output, the entry and the audit trail say who did not.
 
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -95,6 +96,61 @@ describe('quarantine release', () => {
     expect(await store.list()).toEqual([]);
   });
 
+
+  it('counts a recipient the upstream cannot verify but will try (252) as accepted', async () => {
+    upstream = await FakeUpstream.start({ rcpt: () => '252 2.1.5 Cannot VRFY user, but will accept message' });
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL006');
+    const released = await releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
+    expect(upstream.messages).toHaveLength(1);
+    expect(released.released).toMatchObject({ by: 'cli:alice' });
+    expect(released.released!.refused).toBeUndefined();
+  });
+
+  it('a claim left by a release whose process died on this host is taken over; a live one is not', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL007');
+    const lockPath = join(store.dir, `${meta.id}.lock`);
+    // A process that has exited: its PID is free (until reused, which would only keep the claim).
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    writeFileSync(lockPath, JSON.stringify({ pid: dead, host: hostname(), at: '2026-01-01T00:00:00.000Z' }));
+    await releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
+    expect(upstream.messages).toHaveLength(1);
+    expect(existsSync(lockPath)).toBe(false);
+
+    // The same dead process on another host, or a live process here: nobody can tell, a person decides.
+    writeFileSync(lockPath, JSON.stringify({ pid: dead, host: `${hostname()}-other`, at: '2026-01-01T00:00:00.000Z' }));
+    await expect(store.delete(meta.id)).rejects.toThrow(new RegExp(`being released or deleted by someone else by process ${dead} on ${hostname()}-other .*remove ${lockPath}`));
+    writeFileSync(lockPath, JSON.stringify({ pid: process.ppid, host: hostname(), at: '2026-01-01T00:00:00.000Z' }));
+    await expect(store.delete(meta.id)).rejects.toThrow(/being released or deleted by someone else/);
+    expect(readFileSync(lockPath, 'utf8')).toContain(`"pid":${process.ppid}`);
+  });
+
+  it('a purge removes what is past retention, keeps the rest, and reports what a release holds', async () => {
+    upstream = await FakeUpstream.start();
+    const { store } = await kept(upstream, 'D-REL008');
+    const old = async (reference: string) =>
+      store.put({ reference, at: '2026-01-01T00:00:00.000Z', account: 'user1@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'user1@example.test', recipients: ['bob@example.net'], action: 'quarantine', policyVersion: 'abc', size: RAW.length }, Readable.from([Buffer.from(RAW)]));
+    const [gone, held] = [await old('D-REL009'), await old('D-REL010')];
+    const unlock = await store.lock(held.id);
+    const result = await store.purge(Date.parse('2026-06-01T00:00:00.000Z'));
+    expect(result.removed).toBe(1);
+    expect(result.claimed).toEqual([{ id: held.id, why: expect.stringMatching(new RegExp(`by process ${process.pid} on `)) }]);
+    expect(await store.get(gone.id)).toBeUndefined();
+    expect((await store.list()).map((m) => m.id).sort()).toEqual(['D-REL008', held.id]);
+    await unlock();
+    expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, claimed: [] });
+  });
+
+  it('gives back only its own claim: one taken over meanwhile stays with its new owner', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, meta } = await kept(upstream, 'D-REL011');
+    const lockPath = join(store.dir, `${meta.id}.lock`);
+    const unlock = await store.lock(meta.id);
+    const theirs = JSON.stringify({ pid: process.ppid, host: hostname(), at: '2026-01-01T00:00:00.000Z' });
+    writeFileSync(lockPath, theirs);
+    await unlock();
+    expect(readFileSync(lockPath, 'utf8')).toBe(theirs);
+  });
 
   it('delivers to the recipients the upstream accepts and records the ones it refused', async () => {
     upstream = await FakeUpstream.start({ rcpt: (to) => (to === 'gone@example.net' ? '550 5.1.1 No such user' : undefined) });
