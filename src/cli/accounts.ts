@@ -2,10 +2,9 @@
 // security team's handle on enforcement. It talks to a running Douane's admin endpoint (any instance:
 // with Redis they share the state), so it works the same on the embedded default and in production.
 
-import { userInfo } from 'node:os';
 import { loadConfig } from '../config/load.js';
 import { DURATION_MAX_MS, parseDuration } from '../validate/schema.js';
-import { flag, option, parseArgs, UsageError } from './args.js';
+import { cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
 
@@ -43,7 +42,7 @@ export async function accountsCommand(argv: string[]): Promise<number> {
   }
   const { config } = loadConfig({ file: option(args, 'config') });
   const base = option(args, 'admin') ?? `http://${config.admin.address.includes(':') ? `[${config.admin.address}]` : config.admin.address}:${config.admin.port}`;
-  const headers: Record<string, string> = { 'x-douane-actor': `cli:${userInfo().username}`, 'content-type': 'application/json' };
+  const headers: Record<string, string> = { 'x-douane-actor': cliActor(), 'content-type': 'application/json' };
   if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
   const account = args.positional[0];
   const needAccount = () => {

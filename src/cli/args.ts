@@ -1,5 +1,7 @@
 // A minimal argument parser: positional words, --flag, --key value / --key=value, repeatable keys.
 
+import { userInfo } from 'node:os';
+
 export interface ParsedArgs {
   positional: string[];
   flags: Map<string, string[]>;
@@ -48,4 +50,13 @@ export function options(args: ParsedArgs, name: string): string[] {
 
 export function flag(args: ParsedArgs, name: string): boolean {
   return args.flags.has(name);
+}
+
+/**
+ * Who runs the command, for the audit trail: the person behind sudo when it is run as the service user
+ * (`sudo -u douane douane quarantine release …`), else the login.
+ */
+export function cliActor(env: NodeJS.ProcessEnv = process.env): string {
+  const sudoer = env.SUDO_USER?.trim();
+  return `cli:${sudoer || userInfo().username}`;
 }

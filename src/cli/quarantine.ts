@@ -1,7 +1,6 @@
 // `douane quarantine list | show | release | delete | purge`: the security team's view of refused
 // messages kept for review. Release re-submits the original bytes to the upstream, once, and is audited.
 
-import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { AuditLog } from '../audit/log.js';
 import { loadConfig } from '../config/load.js';
@@ -9,7 +8,7 @@ import { isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarant
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
 import { formatSummary, printable, summarise } from '../quarantine/summary.js';
 import { endpointsFrom } from '../upstream/provider.js';
-import { flag, option, parseArgs, UsageError } from './args.js';
+import { cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const QUARANTINE_HELP = `Usage: douane quarantine <command> [options]
 
@@ -41,7 +40,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
   const { config } = loadConfig({ file: option(args, 'config') });
   const store = new LocalQuarantine(join(config.state_dir, 'quarantine'));
   const audit = new AuditLog(join(config.state_dir, 'audit.log'));
-  const actor = `cli:${userInfo().username}`;
+  const actor = cliActor();
   const id = args.positional[0];
   const needId = () => {
     if (!id) throw new UsageError(`quarantine ${sub} needs an ID (see douane quarantine list)`);

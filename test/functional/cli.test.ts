@@ -265,13 +265,14 @@ describe('douane accounts', () => {
     admin.setAccounts(gw.gateway.enforcer);
     await admin.start();
     const url = `http://127.0.0.1:${admin.port}`;
-    const run = (...args: string[]) => douane(['accounts', ...args, '--admin', url]);
+    // Run through sudo as the service user, as staff would: the person behind sudo is the actor.
+    const run = (...args: string[]) => douane(['accounts', ...args, '--admin', url], { SUDO_USER: 'alice' });
     try {
       const suspended = await run('suspend', 'user1@example.test', '--sending-only', '--for', '2h', '--reason', 'phishing complaint');
       expect(suspended.code).toBe(0);
       expect(JSON.parse(suspended.stdout)).toMatchObject({ action: 'suspend_sending', reason: 'phishing complaint' });
       const status = JSON.parse((await run('status', 'user1@example.test')).stdout) as { suspension: { by: string; until: number } };
-      expect(status.suspension.by).toMatch(/^cli:/);
+      expect(status.suspension.by).toBe('cli:alice');
       expect(status.suspension.until - Date.now()).toBeGreaterThan(7_000_000);
       const c = await RawSmtp.connect(gw.port('trusted'));
       await c.reply();
@@ -295,6 +296,45 @@ describe('douane accounts', () => {
     } finally {
       await admin.stop();
       await gw.stop();
+    }
+  });
+});
+
+describe('douane quarantine', () => {
+  it('lists, deletes and purges, auditing the person behind sudo, and says what a purge left', async () => {
+    const { LocalQuarantine } = await import('../../src/quarantine/store.js');
+    const { Readable } = await import('node:stream');
+    const { readFileSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-cli-q-'));
+    const config = join(dir, 'douane.yaml');
+    writeFileSync(config, `hostname: douane.example.test\nlisteners:\n  trusted: { mode: trusted, port: 2525, allow: [127.0.0.1] }\nupstream: { host: 127.0.0.1 }\nclamd: none\nstate_dir: ${dir}/state\n`);
+    const store = new LocalQuarantine(join(dir, 'state', 'quarantine'));
+    const raw = 'From: user1@example.test\r\nSubject: kept\r\n\r\nhello\r\n';
+    const keep = (reference: string, at: string) =>
+      store.put({ reference, at, account: 'user1@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'user1@example.test', recipients: ['bob@example.net'], action: 'quarantine', reason: 'malware', signature: 'Eicar-Test-Signature', policyVersion: 'abc', size: raw.length }, Readable.from([Buffer.from(raw)]));
+    await keep('D-CLIQ01', new Date().toISOString());
+    await keep('D-CLIQ02', '2020-01-01T00:00:00.000Z');
+    await keep('D-CLIQ03', '2020-01-01T00:00:00.000Z');
+    await keep('D-CLIQ04', '2020-01-01T00:00:00.000Z');
+    const q = (...args: string[]) => douane(['quarantine', ...args, '--config', config], { SUDO_USER: 'alice' });
+    try {
+      const list = await q('list');
+      expect(list.code).toBe(0);
+      expect(list.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(['D-CLIQ02', 'D-CLIQ03', 'D-CLIQ04', 'D-CLIQ01']);
+      expect(await q('delete', 'D-CLIQ02')).toMatchObject({ code: 0, stdout: 'D-CLIQ02 deleted\n' });
+      const unlock = await store.lock('D-CLIQ03');
+      const purge = await q('purge');
+      expect(purge).toMatchObject({ code: 0, stdout: 'purged 1 message(s)\n' });
+      expect(purge.stderr).toMatch(new RegExp(`^douane: D-CLIQ03 left in place: D-CLIQ03 is being released or deleted by someone else by process ${process.pid} on `));
+      await unlock();
+      const audit = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(audit).toEqual([
+        expect.objectContaining({ action: 'quarantine_delete', actor: 'cli:alice', quarantine_id: 'D-CLIQ02' }),
+        expect.objectContaining({ action: 'quarantine_purge', actor: 'cli:alice', removed: 1 }),
+      ]);
+      expect((await store.list()).map((m) => m.id)).toEqual(['D-CLIQ03', 'D-CLIQ01']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
