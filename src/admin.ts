@@ -149,7 +149,11 @@ export class AdminServer {
         if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));
         if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
         if (req.method === 'POST' && op === 'suspend') {
-          const action = body.action === 'suspend_sending' ? 'suspend_sending' : 'suspend_account';
+          // A misspelt action must not fall back to the heavier one: it would lock the account in Zimbra.
+          if (body.action !== undefined && body.action !== 'suspend_sending' && body.action !== 'suspend_account') {
+            return send(400, { error: `action must be suspend_account (the default) or suspend_sending, not ${JSON.stringify(body.action)}` });
+          }
+          const action: 'suspend_sending' | 'suspend_account' = body.action ?? 'suspend_account';
           const forMs = body.for_ms;
           if (forMs !== undefined && !(typeof forMs === 'number' && Number.isInteger(forMs) && forMs > 0 && forMs <= DURATION_MAX_MS)) {
             return send(400, { error: `for_ms must be a whole number of milliseconds, from 1 to ${DURATION_MAX_MS} (ten years)` });

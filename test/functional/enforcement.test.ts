@@ -240,6 +240,12 @@ describe('the strike ladder, end to end', () => {
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: string }).error).toMatch(/^for_ms must be a whole number of milliseconds/);
     }
+    // A misspelt action is refused, not read as the heavier one (a lock in Zimbra).
+    for (const action of ['suspend-sending', 'SUSPEND_SENDING', 7]) {
+      const res = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'cli:root', { action, reason: 'complaint' });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toMatch(/^action must be suspend_account \(the default\) or suspend_sending/);
+    }
     expect(((await (await call('read-only-token-000001', 'GET', '/accounts/user3@example.test')).json()) as { suspension: unknown }).suspension).toBeNull();
     const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
     expect(acted).toEqual([
