@@ -621,6 +621,13 @@ export class Gateway {
     }
     tx.timings.mail = elapsed(started);
     this.metrics.upstreamReplies.labels('mail', replyClass(reply.code)).inc();
+    if (reply.code >= 300 && reply.code < 400) {
+      // No answer MAIL FROM can have: what the upstream does next is unknown, so the connection goes.
+      upstream.destroy();
+      const refusal = this.upstreamRefusal(new UpstreamError('protocol', `the upstream answered MAIL FROM with ${formatReply(reply)}`, reply), 'mail', tx.reference);
+      this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
+      throw refusal;
+    }
     if (reply.code < 200 || reply.code >= 300) {
       const err = passThrough(reply, tx.reference);
       this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.wire });
@@ -670,6 +677,14 @@ export class Gateway {
     }
     tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
     this.metrics.upstreamReplies.labels('rcpt', replyClass(reply.code)).inc();
+    if (reply.code >= 300 && reply.code < 400) {
+      // As for MAIL FROM: the recipient's fate is unknown, the client is told to try again.
+      upstream.destroy();
+      if (grant) void this.limiter.refund(grant);
+      const refusal = this.upstreamRefusal(new UpstreamError('protocol', `the upstream answered RCPT TO with ${formatReply(reply)}`, reply), 'rcpt', tx.reference);
+      tx.recipients.push({ address: address.address, accepted: false, reply: refusal.wire });
+      throw refusal;
+    }
     const accepted = reply.code >= 200 && reply.code < 300; // 251 forwarded, 252 cannot verify but will try
     tx.recipients.push({ address: address.address, accepted, reply: formatReply(reply), params: paramsAsWritten(address) });
     if (accepted) tx.acceptedRecipients.add(key);

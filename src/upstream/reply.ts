@@ -46,7 +46,10 @@ export class ReplyParser {
   }
 
   private line(line: string): SmtpReply | undefined {
-    const m = /^(\d{3})([ -]?)(.*)$/.exec(line);
+    // RFC 5321 §4.2: a code of class 2 to 5, then a space, a hyphen or the end of the line. Anything else
+    // ("600", "000", "2500") is not an answer to act on: passed on, it would reach the client as a code it
+    // cannot read, or as a permanent refusal.
+    const m = /^([2-5][0-5]\d)(?:([ -])(.*))?$/.exec(line);
     if (!m) throw new Error(`malformed upstream reply line: ${JSON.stringify(line.slice(0, 80))}`);
     const code = Number(m[1]);
     if (this.lines.length && code !== this.code) throw new Error('upstream multi-line reply changed its code midway');

@@ -420,6 +420,34 @@ describe('upstream faults reach the client, and never as 250', () => {
     }
   });
 
+  it('answers 451 4.4.1 when the upstream answers with a code no SMTP reply has, or a 3xx to MAIL or RCPT', async () => {
+    const faults = [
+      ['600 what', { rcpt: () => '600 what' }, 'rcpt'],
+      ['000 what', { rcpt: () => '000 what' }, 'rcpt'],
+      ['2500 ok', { rcpt: () => '2500 ok' }, 'rcpt'],
+      ['354 go on', { rcpt: () => '354 go on' }, 'rcpt'],
+      ['354 go on', { mail: () => '354 go on' }, 'mail'],
+      ['999 what', { dataEnd: () => '999 what' }, 'data'],
+    ] as const;
+    for (const [garbage, fault, where] of faults) {
+      const { gw, upstream } = await setup(fault);
+      const c = await trusted(gw.port('trusted'));
+      const mail = await c.command('MAIL FROM:<user1@example.test>');
+      const rcpt = where === 'mail' ? '' : await c.command('RCPT TO:<user2@example.test>');
+      let data = '';
+      if (where === 'data') {
+        await c.command('DATA');
+        c.write(MESSAGE + '.\r\n');
+        data = await c.reply();
+      }
+      const answer = where === 'mail' ? mail : where === 'rcpt' ? rcpt : data;
+      expect(answer, `${garbage} to ${where}`).toMatch(/^451 4\.4\.1 .*Ref D-[0-9A-Z]{6}/);
+      c.close();
+      await gw.stop();
+      await upstream.stop();
+    }
+  });
+
   it.each([
     ['its DATA', { data: () => ({ delayMs: 400 }) }],
     ['the message', { dataEnd: () => ({ delayMs: 400 }) }],

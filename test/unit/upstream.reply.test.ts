@@ -21,5 +21,9 @@ describe('upstream reply parsing', () => {
     expect(() => new ReplyParser().push('hello\r\n')).toThrow(/malformed/);
     expect(() => new ReplyParser().push('250-a\r\n550 b\r\n')).toThrow(/changed its code/);
     expect(() => new ReplyParser(100).push('2'.repeat(200))).toThrow(/longer than 100/);
+    for (const line of ['600 what', '999 what', '000 what', '199 what', '260 what', '2500 ok', '250x', '25 ok']) {
+      expect(() => new ReplyParser().push(`${line}\r\n`), line).toThrow(/malformed/);
+    }
+    expect(new ReplyParser().push('250\r\n')).toEqual([{ code: 250, lines: [''] }]);
   });
 });
