@@ -75,11 +75,15 @@ export class SmtpClient {
   readonly openedAt = Date.now();
   lastUsedAt = Date.now();
 
-  private constructor(readonly endpoint: UpstreamEndpoint) {}
+  private constructor(
+    readonly endpoint: UpstreamEndpoint,
+    /** whether traffic to this peer address stays on this machine (credentials may then go in clear) */
+    private readonly peerIsLocal: (address: string) => boolean = isLoopbackAddress,
+  ) {}
 
   /** Opens a connection: greeting, EHLO, STARTTLS as the endpoint's TLS mode says, optional XCLIENT. */
-  static async connect(endpoint: UpstreamEndpoint, opts: { xclient?: XclientAttributes } = {}): Promise<SmtpClient> {
-    const client = new SmtpClient(endpoint);
+  static async connect(endpoint: UpstreamEndpoint, opts: { xclient?: XclientAttributes; peerIsLocal?: (address: string) => boolean } = {}): Promise<SmtpClient> {
+    const client = new SmtpClient(endpoint, opts.peerIsLocal);
     const deadline = setTimeout(() => client.fail(new UpstreamError('timeout', `no usable SMTP session with ${endpoint.host}:${endpoint.port} within ${endpoint.timeouts.connect} ms`)), endpoint.timeouts.connect);
     try {
       await client.open();
@@ -298,6 +302,12 @@ export class SmtpClient {
    * credentials are the same whichever mechanism the client used with us. Nothing here is logged.
    */
   async auth(username: string, password: string, authzid = ''): Promise<SmtpReply> {
+    // Opportunistic TLS gives way to whoever strips STARTTLS from the EHLO reply on the path: a client's
+    // password then goes in clear only to an upstream on this machine. tls: none says in so many words
+    // that the network is trusted.
+    if (!this.secure && this.endpoint.tls === 'opportunistic' && !this.peerIsLocal(this.socket.remoteAddress ?? '')) {
+      throw new UpstreamError('tls', `the upstream at ${this.endpoint.host} offered no STARTTLS: the client's credentials are not sent in clear (set upstream.tls to starttls, or to none on a network you trust)`);
+    }
     const mechanisms = (this.capabilities.get('AUTH') ?? '').toUpperCase().split(/\s+/);
     let reply: SmtpReply;
     if (mechanisms.includes('PLAIN')) {
@@ -487,4 +497,10 @@ function xclientArgs(attrs: XclientAttributes, offered: string): string {
 function asUpstreamError(err: unknown): UpstreamError {
   if (err instanceof UpstreamError) return err;
   return new UpstreamError('connect', (err as Error)?.message ?? String(err));
+}
+
+/** 127.0.0.0/8 and ::1 (IPv4-mapped too): the peer of a connection that never leaves the machine. */
+export function isLoopbackAddress(address: string): boolean {
+  const a = address.toLowerCase().replace(/^::ffff:(?=\d)/, '');
+  return a === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a);
 }
