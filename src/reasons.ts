@@ -127,6 +127,10 @@ export const REASONS = {
     sentence: 'Sender address[ {sender}] does not belong to your account.',
     solution: 'The envelope sender is not the account, one of its aliases or (sender.same_domain) its domain. Add the alias to accounts.<account>.aliases if legitimate.',
   },
+  'sender.unverifiable': {
+    sentence: 'The addresses of your account cannot be checked right now[ ({address})]; your message was not accepted, please try again later.',
+    solution: 'The lifecycle API did not answer, so the account\'s aliases are unknown, and the envelope sender or the From: is not the account\'s own address. Rather than refuse what may be a legitimate alias (and count a strike for it), Douane asks the client to retry. Check the lifecycle API.',
+  },
   'from.not_owned': {
     sentence: 'Message refused: the From address ({from}) does not belong to your account.',
     solution: 'The From:/Sender: header names an address the account does not own — typical of a stolen account sending phishing (art. 4.1).',

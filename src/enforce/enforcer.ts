@@ -49,6 +49,8 @@ export interface AccountLookup {
   lifecycle?: AccountInfo;
   /** a dependency failed: the lookup is partial */
   degraded?: string;
+  /** the lifecycle API is configured and did not answer: the account's status and aliases are unknown */
+  lifecycleUnknown?: boolean;
 }
 
 export interface AccountStatusPort {
@@ -412,6 +414,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     }
     const out: AccountLookup = { state: known };
     if (lifecycle.status === 'fulfilled') out.lifecycle = lifecycle.value;
+    else out.lifecycleUnknown = true;
     const failures = [state, lifecycle].filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as Error).message);
     if (failures.length) {
       out.degraded = failures.join('; ');

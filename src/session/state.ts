@@ -60,6 +60,8 @@ export interface Transaction {
   accountStatus?: string;
   /** addresses the lifecycle API says the account may send as */
   aliases?: string[];
+  /** the lifecycle API did not answer: an address that is not the account's own may be an alias */
+  aliasesUnknown?: boolean;
   /** the strike ladder's throttle: the plan's limits times this factor */
   throttle?: number;
   limits?: LimitFacts;

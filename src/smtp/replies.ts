@@ -47,6 +47,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'scan.too_big': { reject: [552, '5.3.4'] },
   'bulk.campaign': { reject: [550, '5.7.1'] },
   'sender.not_owned': { reject: [553, '5.7.1'] },
+  'sender.unverifiable': { tempfail: [451, '4.4.3'] },
   'from.not_owned': { reject: [550, '5.7.1'] },
   'from.multiple': { reject: [550, '5.7.1'] },
   'content.forbidden': { reject: [550, '5.7.1'] },

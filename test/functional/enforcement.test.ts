@@ -370,6 +370,7 @@ describe('one account, however its owner logs in', () => {
     await Promise.all([zimbra.stop(), upstream.stop()]);
     zimbra = await FakeZimbra.start({ defaultDomain: 'example.test' });
     zimbra.addAccount({ name: 'joe@example.test', aliases: ['jo@example.test'] });
+    await upstream.stop();
     upstream = await FakeUpstream.start({ users: { 'joe@example.test': 'pw', 'jo@example.test': 'pw', joe: 'pw' } });
     // Zimbra's own timeout past Douane's deadline (2 s), so that a hanging Zimbra is not answered from the cache.
     const a = await gateway({}, { lifecycle: { adapter: 'zimbra', timeout: '6s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } } });
@@ -400,6 +401,30 @@ describe('one account, however its owner logs in', () => {
     await c.command('EHLO t');
     expect(await c.command(`AUTH PLAIN ${Buffer.from('\0jo@example.test\0pw').toString('base64')}`)).toMatch(/^235/);
     expect(await c.command('MAIL FROM:<jo@example.test>')).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(joe@example\.test\)/);
+    c.close();
+  });
+
+  it('while Zimbra is down, a sender that may be an alias is asked to retry, not refused as a spoofer nor struck', async () => {
+    zimbra.addAccount({ name: 'joe@example.test', aliases: ['sales@example.test'] });
+    await upstream.stop();
+    upstream = await FakeUpstream.start({ users: { 'joe@example.test': 'pw' } });
+    const a = await gateway({}, { policy: { dir: 'policies', watch: false }, lifecycle: { adapter: 'zimbra', timeout: '1s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } } });
+    await zimbra.down();
+    const c = await RawSmtp.connect(a.port('submissions'), { tls: true });
+    await c.reply();
+    await c.command('EHLO t');
+    expect(await c.command(`AUTH PLAIN ${Buffer.from('\0joe@example.test\0pw').toString('base64')}`)).toMatch(/^235/);
+    for (let i = 0; i < 8; i++) {
+      expect(await c.command('MAIL FROM:<sales@example.test>')).toMatch(/^451 4\.4\.3 The addresses of your account cannot be checked right now \(sales@example\.test\); .*Ref D-[0-9A-Z]{6}/);
+    }
+    // Its own address needs no alias: it goes.
+    expect(await c.command('MAIL FROM:<joe@example.test>')).toMatch(/^250 /);
+    await c.command('RSET');
+    expect((await a.gateway.enforcer.strikes('joe@example.test')).strikes).toEqual([]);
+    expect((await a.gateway.enforcer.status('joe@example.test')).suspension).toBeNull();
+    // Back: the alias is known again and the sender goes.
+    await zimbra.up();
+    expect(await c.command('MAIL FROM:<sales@example.test>')).toMatch(/^250 /);
     c.close();
   });
 

@@ -16,7 +16,7 @@ export const mailAccountStatus: Check = {
     if (found.lifecycle) {
       tx.accountStatus = found.lifecycle.status;
       tx.aliases = found.lifecycle.aliases;
-    }
+    } else if (found.lifecycleUnknown) tx.aliasesUnknown = true;
     if (found.state.throttle) tx.throttle = found.state.throttle.factor;
     const s = found.state.suspension;
     if (s) {

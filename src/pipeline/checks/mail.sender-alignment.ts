@@ -12,7 +12,13 @@ export const mailSenderAlignment: Check = {
     if (!tx) return { action: 'continue', skip: 'no transaction' };
     if (session.listener.mode === 'trusted') return { action: 'continue', skip: 'trusted listener: the sender is the account' };
     // The null sender is for bounces and auto-replies; it names no one, so it cannot be someone else's.
-    tx.senderAligned = tx.mailFrom === '' || ownedBy(tx, session.account ?? '', tx.mailFrom);
-    return { action: 'continue', evidence: { aligned: tx.senderAligned } };
+    const aligned = tx.mailFrom === '' || ownedBy(tx, session.account ?? '', tx.mailFrom);
+    // Not the account's own, and its aliases unknown (the lifecycle API is down): a rule would refuse, and
+    // strike, what may be a legitimate alias. Not known is not checked: the client retries.
+    if (!aligned && tx.aliasesUnknown && tx.policy.uses('sender.aligned')) {
+      return { action: 'tempfail', reason: 'sender.unverifiable', detail: { address: tx.mailFrom }, evidence: { aligned: 'unknown' } };
+    }
+    tx.senderAligned = aligned;
+    return { action: 'continue', evidence: { aligned } };
   },
 };
