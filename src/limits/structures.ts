@@ -78,8 +78,20 @@ type Scripted = RedisClient & {
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
 };
 
+/** Session removals kept for a later try, at most: past it the oldest are left to their expiry. */
+const MAX_UNCLOSED = 100_000;
+
 export class RedisStructures implements Structures {
   private readonly client: Scripted;
+  /**
+   * Sessions that closed while Redis did not answer: left in Redis, they would count as open until their
+   * expiry (the session deadline) and, being the oldest, take the account's places, so that its next
+   * sessions are refused and struck. Removed before the account's sessions are counted again, and as
+   * soon as Redis answers.
+   */
+  private readonly unclosed = new Map<string, Set<string>>();
+  private unclosedCount = 0;
+  private replaying = false;
 
   constructor(client: RedisClient) {
     client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
@@ -99,17 +111,69 @@ export class RedisStructures implements Structures {
     await this.client.douaneSetRemove(key, member);
   }
 
-  sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
-    return this.client.douaneSessionOpen(key, id, expiresAt, now);
+  async sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
+    // Sent together, in this order on the one connection: the leftovers are gone before the count.
+    const [, count] = await Promise.all([this.removeUnclosed(key), this.client.douaneSessionOpen(key, id, expiresAt, now)]);
+    this.replayUnclosed();
+    return count;
   }
 
   async sessionClose(key: string, id: string): Promise<void> {
-    await this.client.zrem(key, id);
+    try {
+      await this.client.zrem(key, id);
+    } catch (err) {
+      this.keepUnclosed(key, [id]);
+      throw err;
+    }
+    this.replayUnclosed();
   }
 
   async sessionRank(key: string, id: string, expiresAt: number, now: number): Promise<{ count: number; rank: number | null }> {
-    const [count, rank] = await this.client.douaneSessionRank(key, id, expiresAt, now);
+    const [, [count, rank]] = await Promise.all([this.removeUnclosed(key), this.client.douaneSessionRank(key, id, expiresAt, now)]);
+    this.replayUnclosed();
     return { count, rank: rank ?? null };
+  }
+
+  private keepUnclosed(key: string, ids: Iterable<string>): void {
+    let set = this.unclosed.get(key);
+    if (!set) this.unclosed.set(key, (set = new Set()));
+    for (const id of ids) {
+      if (set.has(id)) continue;
+      set.add(id);
+      this.unclosedCount++;
+    }
+    while (this.unclosedCount > MAX_UNCLOSED) {
+      const [oldest, ids] = this.unclosed.entries().next().value!;
+      this.unclosed.delete(oldest);
+      this.unclosedCount -= ids.size;
+    }
+  }
+
+  private async removeUnclosed(key: string): Promise<void> {
+    const ids = this.unclosed.get(key);
+    if (!ids) return;
+    this.unclosed.delete(key);
+    this.unclosedCount -= ids.size;
+    try {
+      await this.client.zrem(key, ...ids);
+    } catch (err) {
+      this.keepUnclosed(key, ids);
+      throw err;
+    }
+  }
+
+  /** Redis answered: the removals that failed before are tried again, in the background. */
+  private replayUnclosed(): void {
+    if (this.replaying || this.unclosed.size === 0) return;
+    this.replaying = true;
+    void Promise.allSettled([...this.unclosed.keys()].map((k) => this.removeUnclosed(k))).finally(() => {
+      this.replaying = false;
+    });
+  }
+
+  /** session removals waiting for Redis (for tests and metrics) */
+  get unclosedSessions(): number {
+    return this.unclosedCount;
   }
 
   async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {

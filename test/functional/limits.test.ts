@@ -529,6 +529,30 @@ describe('Redis failures are bounded', () => {
     for (const x of sessions) x.close();
   });
 
+  it('sessions that close while Redis does not answer are removed from it once it answers: they take no place', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
+    const [a, b, c] = [await authenticated(gw), await authenticated(gw), await authenticated(gw)];
+    redis.pause();
+    try {
+      a.close();
+      // The hang drops the connection: the removals after it fail at once, while it reconnects.
+      await gw.waitForLog((l) => l.event === 'redis_hung', 5000);
+      b.close();
+      c.close();
+      await expect.poll(() => gw.gateway.activeSessions, { timeout: 5000 }).toBe(0);
+    } finally {
+      redis.resume();
+    }
+    await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    // user1 may have two sessions at once, and has none open: both new ones send.
+    const [d, e] = [await authenticated(gw), await authenticated(gw)];
+    expect(await d.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await e.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(redis.cli('zcard', 'douane:sessions:{user1@example.test}')).toBe('2');
+    d.close();
+    e.close();
+  });
+
   it('on_redis_failure: tempfail refuses logins for a while (454 4.7.0) rather than try them unchecked', async () => {
     const gw = await gateway({ redis: { url: `redis://127.0.0.1:${DEAD_PORT}` }, deadline: '300ms', on_redis_failure: 'tempfail' });
     const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
