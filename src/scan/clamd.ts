@@ -9,8 +9,11 @@
 // go to the hosts that answer, and a PING every second brings it back as soon as it answers. Without
 // this, a frozen first host (which still accepts connections) would cost every message the whole deadline,
 // leaving none for the failover. When every host is set aside, a scan fails at once rather than waiting on
-// a host known not to answer. A timeout alone is not enough: the deadline runs from the start of DATA,
-// so a slow client can spend it, and a healthy clamd answers PING at once.
+// a host known not to answer. A timeout alone is not enough: a healthy clamd answers PING at once.
+//
+// The deadline (clamd.timeout) bounds clamd, not the client: while the message comes in it runs from
+// the last time clamd took more of it, and from the final dot it is the time clamd has to answer. A
+// client slower than the deadline is bounded by the session's own timeouts, and its clean message goes.
 
 import net from 'node:net';
 import { PassThrough, type Readable } from 'node:stream';
@@ -149,7 +152,8 @@ export class ClamdScanner implements ScannerPort {
 
   start(): LiveScan {
     const started = performance.now();
-    const deadlineAt = Date.now() + this.opts.timeoutMs;
+    const deadline = { at: Date.now() + this.opts.timeoutMs };
+    const progress = () => (deadline.at = Date.now() + this.opts.timeoutMs);
     const input = new PassThrough({ highWaterMark: 256 * 1024 });
     let failed: string | undefined;
     let aborted = false;
@@ -158,7 +162,7 @@ export class ClamdScanner implements ScannerPort {
     const firstHost = this.nextHost(tried);
     if (firstHost) tried.add(hostName(firstHost));
     const first: Promise<ScanResult> = firstHost
-      ? this.scanOne(firstHost, input, deadlineAt, abandon.signal).then(
+      ? this.scanOne(firstHost, input, deadline, abandon.signal).then(
           (r) => r,
           (err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(firstHost), ms: 0 }),
         )
@@ -176,34 +180,41 @@ export class ClamdScanner implements ScannerPort {
     return {
       write: async (chunk) => {
         if (failed || aborted || input.destroyed) return;
-        if (input.write(chunk)) return;
+        if (input.write(chunk)) {
+          progress();
+          return;
+        }
         // clamd reads slower than the client sends: wait for it, but never past the deadline.
         await new Promise<void>((resolve) => {
-          const wait = Math.max(0, deadlineAt - Date.now());
+          const wait = Math.max(0, deadline.at - Date.now());
           const timer = setTimeout(done, wait);
-          function done() {
+          function done(drained?: unknown) {
             clearTimeout(timer);
-            input.off('drain', done);
+            input.off('drain', onDrain);
             input.off('close', done);
+            if (drained === true) progress();
             resolve();
           }
-          input.on('drain', done);
+          const onDrain = () => done(true);
+          input.on('drain', onDrain);
           input.on('close', done);
-          void first.then(done);
+          void first.then(() => done());
         });
       },
       end: async (replay) => {
+        // From the final dot, clamd has the whole deadline to answer, however long the client took.
+        progress();
         if (!input.destroyed) input.end();
         let r = await first;
         // Not after abort(): the message is no longer wanted, and its spool may be gone. The next host is
         // chosen now: one set aside when the message started may answer again.
         for (;;) {
           const next = this.nextHost(tried);
-          if (r.result !== 'error' || aborted || !next || deadlineAt - Date.now() < MIN_FAILOVER_MS) break;
+          if (r.result !== 'error' || aborted || !next || deadline.at - Date.now() < MIN_FAILOVER_MS) break;
           tried.add(hostName(next));
           this.opts.metrics.scanFailovers.inc();
           this.opts.log.warn({ event: 'clamd_failover', from: r.scanner, to: hostName(next), detail: r.detail }, 'clamd failed; scanning again on the next host');
-          r = await this.scanOne(next, replay(), deadlineAt, abandon.signal).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(next), ms: 0 }));
+          r = await this.scanOne(next, replay(), deadline, abandon.signal).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(next), ms: 0 }));
         }
         return finish(r);
       },
@@ -216,12 +227,18 @@ export class ClamdScanner implements ScannerPort {
   }
 
   /** One INSTREAM scan on one host, bounded by the deadline whatever clamd does; settles at once when abandoned. */
-  private async scanOne(h: ClamdHost, stream: Readable, deadlineAt: number, abandoned: AbortSignal): Promise<ScanResult> {
+  private async scanOne(h: ClamdHost, stream: Readable, at: { readonly at: number }, abandoned: AbortSignal): Promise<ScanResult> {
     const name = hostName(h);
     let timer: NodeJS.Timeout | undefined;
     let onAbandon: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`clamd ${name} did not answer within the deadline`)), Math.max(0, deadlineAt - Date.now()));
+      // The deadline moves on while clamd takes the message: checked again when the timer fires.
+      const arm = () => {
+        const left = at.at - Date.now();
+        if (left <= 0) reject(new Error(`clamd ${name} did not answer within the deadline`));
+        else timer = setTimeout(arm, left);
+      };
+      arm();
       // clamscan never settles once its input is destroyed: without this the scan would end as a timeout.
       onAbandon = () => reject(new Error('scan abandoned'));
       if (abandoned.aborted) onAbandon();

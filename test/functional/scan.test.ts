@@ -165,6 +165,28 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     }
   });
 
+  it('a client slower than the scan deadline: its clean message is scanned and goes; the deadline is clamd\'s, not the client\'s', async () => {
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '1s' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write('From: user1@example.test\r\nSubject: slow\r\n\r\n');
+    // 2.4 s of message against a 1 s deadline.
+    for (let i = 0; i < 6; i++) {
+      c.write(`line ${i} of a clean message\r\n`);
+      await new Promise((r) => setTimeout(r, 400));
+    }
+    c.write('.\r\n');
+    expect(await c.reply(10_000)).toMatch(/^250 /);
+    c.close();
+    const tx = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(tx.scan).toMatchObject({ result: 'clean' });
+    expect(upstream!.messages).toHaveLength(1);
+  });
+
   it('over clamd\'s stream limit: 451 4.3.0 (clamd refuses the stream)', async () => {
     const small = await startClamd({ streamMaxLength: '1M' });
     extra.push(small);
