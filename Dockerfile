@@ -10,7 +10,9 @@ COPY src ./src
 RUN npm run build
 
 FROM node:20-bookworm-slim
-ENV NODE_ENV=production
+# Every douane command run in the container (quarantine, policy, accounts) reads the mounted configuration,
+# not the embedded default.
+ENV NODE_ENV=production DOUANE_CONFIG=/etc/douane/douane.yaml
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
@@ -24,6 +26,7 @@ RUN mkdir -p /var/spool/douane /var/lib/douane /etc/douane \
 USER node
 # Unprivileged ports inside the container; publish them as 587/465 (see compose.yaml).
 EXPOSE 2587 2465 2525 9725
+# The admin endpoint's default port: change it here with admin.port (with admin.enabled: false, remove this).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9725/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "dist/cli.js"]
