@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { loadConfig } from '../config/load.js';
 import { SHIPPED_POLICIES } from '../config/schema.js';
-import { FIELDS } from '../policy/fields.js';
+import { FIELDS, lookupField } from '../policy/fields.js';
 import { loadPolicy } from '../policy/load.js';
 import { diffPolicies } from '../policy/diff.js';
 import { evaluateOffline, type Given, type OfflineOutcome } from '../policy/offline.js';
@@ -117,12 +117,19 @@ async function explain(argv: string[]): Promise<number> {
   if (!file || !account || recipients.length === 0) throw new UsageError('explain needs MESSAGE.eml, --account and at least one --rcpt');
   const listener = option(args, 'listener') ?? 'starttls';
   if (!['starttls', 'tls', 'trusted'].includes(listener)) throw new UsageError('--listener is starttls, tls or trusted');
+  let message: Buffer;
+  try {
+    message = readFileSync(file);
+  } catch (err) {
+    console.error(`douane: cannot read the message ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+    return 1;
+  }
   const policy = loadPolicy(policyDir(option(args, 'dir'), option(args, 'config')));
   const givenFile = option(args, 'given');
   // Checked like a policy file: a misspelled fact would otherwise be ignored and the explanation wrong.
   const given = givenFile ? (validateYaml(givenFile, readYamlFile(givenFile), givenSchema).value as Given) : undefined;
   const outcome = await evaluateOffline(policy, config(option(args, 'config')), {
-    message: readFileSync(file),
+    message,
     account,
     recipients,
     sender: option(args, 'sender'),
@@ -198,7 +205,9 @@ function fields(): number {
   console.log('Fields a rule condition may name (douane policy fields):\n');
   for (const [name, f] of Object.entries(FIELDS)) console.log(`  ${name.padEnd(28)} ${(f.type === 'strings' ? 'list' : f.type).padEnd(7)} ${f.phase.padEnd(5)} ${f.description}`);
   console.log(`  ${'header.<Name>'.padEnd(28)} ${'list'.padEnd(7)} ${'data'.padEnd(5)} every value of that header`);
-  console.log(`  ${'limits.usage.<limit>'.padEnd(28)} ${'number'.padEnd(7)} ${'mail'.padEnd(5)} current use of a limit (${LIMIT_NAMES.join(', ')})`);
+  const recipientLimits = LIMIT_NAMES.filter((n) => lookupField(`limits.usage.${n}`, LIMIT_NAMES)?.phase === 'rcpt');
+  console.log(`  ${'limits.usage.<limit>'.padEnd(28)} ${'number'.padEnd(7)} ${'mail'.padEnd(5)} current use of a message limit (${LIMIT_NAMES.filter((n) => !recipientLimits.includes(n)).join(', ')})`);
+  console.log(`  ${'limits.usage.<limit>'.padEnd(28)} ${'number'.padEnd(7)} ${'rcpt'.padEnd(5)} current use of a recipient limit (${recipientLimits.join(', ')})`);
   console.log('\nOperators: text and lists — equals, in, matches, contains, starts_with, ends_with, exists (lists also: empty);');
   console.log('numbers — equals, in, gt, gte, lt, lte, exists; true/false — equals, exists. On a list, an operator holds if it holds for one element.');
   console.log(`Domains (${Object.entries(FIELDS).filter(([, f]) => f.domain).map(([n]) => n).join(', ')}) — also in_domains: a listed domain or any subdomain of it.`);

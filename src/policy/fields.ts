@@ -91,7 +91,9 @@ export function headerField(name: string): FieldSpec {
 
 /** `limits.usage.<limit>`: current use of that limit. */
 export function usageField(limit: string): FieldSpec {
-  return { type: 'number', phase: 'mail', description: `current use of ${limit}`, get: (f) => f.limits?.usage[limit] ?? f.recipientLimits?.usage[limit] };
+  // Recipient limits are counted at each RCPT TO: a rule at MAIL FROM would never see them.
+  const recipient = (RECIPIENT_LIMITS as readonly string[]).includes(limit);
+  return { type: 'number', phase: recipient ? 'rcpt' : 'mail', description: `current use of ${limit}`, get: (f) => (recipient ? f.recipientLimits?.usage[limit] : f.limits?.usage[limit]) };
 }
 
 export function lookupField(name: string, limitNames: readonly string[]): FieldSpec | undefined {

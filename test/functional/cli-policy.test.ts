@@ -115,6 +115,8 @@ describe('douane policy explain', () => {
     const r = await douane(['explain', 'fixtures/messages/clean-text.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies', '--given', given]);
     expect(r.stdout).toMatch(/OUTCOME: tempfail at mail by rule limits\.message-rate/);
     expect(r.stdout).toMatch(/reply: 450 4\.7\.1 Sending limit reached \(messages per hour\); try again in 30 minutes\./);
+    const missing = await douane(['explain', 'fixtures/messages/no-such.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies']);
+    expect(missing).toMatchObject({ code: 1, stderr: 'douane: cannot read the message fixtures/messages/no-such.eml: no such file\n' });
     const bad = await douane(['explain', 'fixtures/messages/clean-text.eml']);
     expect(bad.code).toBe(64);
     expect(bad.stderr).toMatch(/explain needs MESSAGE\.eml, --account and at least one --rcpt/);

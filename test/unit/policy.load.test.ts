@@ -121,6 +121,8 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:57:33: rules\[10\]\.when\.subject\.matches may take exponential time on crafted input/);
     expect(all).toMatch(/rules\.yaml:62:33: rules\[11\]\.when\.subject\.matches uses a back-reference \(\\1\), whose matching time cannot be shown to stay linear/);
     expect(all).not.toMatch(/rules\[12\]/);
+    // A recipient count is known at RCPT TO: at MAIL FROM the rule would never match.
+    expect(all).toMatch(/rules\.yaml:72:12: rules\[13\]\.phase is too early: the condition uses limits\.usage\.recipients_per_hour, known only at rcpt/);
   });
 
   it('refuses a section defined in two files, naming both', () => {
