@@ -244,7 +244,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       this.deps.log.info({ event: 'suspension_kept', account, kept: current.action, asked: action, by: why.by }, `${account} stays locked (${action} asked)`);
       return current;
     }
-    const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by };
+    const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by, ...(why.rule ? { rule: why.rule } : {}), ...(why.article ? { article: why.article } : {}) };
     // Locked again: who locked it first is still who did (Zimbra will answer that it is locked already).
     if (current?.action === 'suspend_account' && current.lockedBy) suspension.lockedBy = current.lockedBy;
     // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash

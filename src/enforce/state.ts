@@ -25,6 +25,9 @@ export interface Suspension {
   /** incident reference of the strike that crossed the threshold */
   reference: string;
   by: string;
+  /** the rule whose strike crossed the threshold, and the contract article it rests on (the refusal names them) */
+  rule?: string;
+  article?: string;
   /**
    * Who locked the account in the lifecycle API, once the lock was carried out: Douane, or someone before
    * it (the API found it locked or closed already), whose lock a reinstatement here leaves as it is.

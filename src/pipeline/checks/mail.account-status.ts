@@ -23,6 +23,9 @@ export const mailAccountStatus: Check = {
       return {
         action: 'reject',
         reason: 'account.suspended',
+        // Art. 4.6 is where the contract lets the provider suspend the service; a suspension made by hand,
+        // or before suspensions kept their rule, names it.
+        rule: { id: s.rule ?? 'enforcement.suspension', article: s.article ?? '4.6' },
         detail: { account, since: new Date(s.since).toISOString().slice(0, 16).replace('T', ' ') + ' UTC', incident: s.reference, contact: config.enforcement.contact },
         evidence: { suspension: s },
       };
