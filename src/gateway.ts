@@ -18,7 +18,7 @@ import type { ReasonCode } from './reasons.js';
 import { comparableAddress } from './policy/facts.js';
 import { PolicyStore } from './policy/store.js';
 import type { StrikeSink } from './policy/strikes.js';
-import { Limiter } from './limits/limiter.js';
+import { Limiter, type AuthAttempt } from './limits/limiter.js';
 import { BulkCounter, type BulkPort } from './bulk/counter.js';
 import { ClamdScanner, type ScannerPort } from './scan/clamd.js';
 import { LocalQuarantine, type QuarantineStore } from './quarantine/store.js';
@@ -491,8 +491,13 @@ export class Gateway {
   private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<string> {
     const state = this.requireState(session);
     const username = auth.username ?? '';
+    state.authAttempt = undefined;
     const outcome = await this.check('auth', state, { authUser: username });
+    // Counted as a failure by the brute-force check until the upstream's answer says otherwise.
+    const attempt = state.authAttempt as AuthAttempt | undefined;
+    state.authAttempt = undefined;
     if (isRefusal(outcome.verdict)) {
+      void attempt?.settle('not_tried');
       this.metrics.auth.labels('blocked').inc();
       this.logAuth(state, username, 'blocked', outcome.verdict.reason);
       throw this.refusal(outcome.verdict, 'auth', state.reference);
@@ -511,6 +516,7 @@ export class Gateway {
       }
       reply = await upstream.auth(username, auth.password ?? '', auth.authzid ?? '');
     } catch (err) {
+      void attempt?.settle('not_tried');
       if (state.closed) throw clientGone('before its credentials were checked');
       this.upstreamFailed(err, 'auth');
       this.metrics.auth.labels('upstream_error').inc();
@@ -518,16 +524,15 @@ export class Gateway {
       throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable' }, 'auth', state.reference);
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
-    const authLimits = this.policies.current.doc.auth;
     if (reply.code === 235) {
+      // Failed logins were counted under the account the login was known to be: that counter is cleared.
+      await attempt?.settle('succeeded');
       // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
       // A failure, below, still counts: a client that leaves at once must not escape the brute-force limits.
       if (state.closed) throw clientGone('while its credentials were checked');
       const login = comparableAddress(username);
       this.metrics.auth.labels('success').inc();
       this.logAuth(state, username, 'success');
-      // Failed logins were counted under the account the login was known to be: that counter is cleared.
-      await this.limiter.authSucceeded(this.enforcer.known(login), authLimits);
       state.account = await this.enforcer.canonical(login);
       if (state.closed) throw clientGone('while its account was looked up');
       state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
@@ -542,7 +547,7 @@ export class Gateway {
     }
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;
-      const counted = await this.limiter.authFailed(state.remoteAddress, this.enforcer.known(comparableAddress(username)), authLimits);
+      const counted = (await attempt?.settle('failed')) ?? { accountBlockedNow: false, failures: 0 };
       if (counted.accountBlockedNow) await this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
       this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();
@@ -553,6 +558,8 @@ export class Gateway {
         state.reference,
       );
     }
+    // Neither a success nor a refusal of the credentials: the attempt does not count.
+    void attempt?.settle('not_tried');
     if (reply.code >= 400 && reply.code < 500) {
       this.metrics.auth.labels('upstream_tempfail').inc();
       this.logAuth(state, username, 'upstream_tempfail', formatReply(reply));

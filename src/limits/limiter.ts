@@ -125,9 +125,23 @@ export interface LimiterPort {
   /** MAIL FROM: counts the message; judge() gives the facts against the limits, once a throttle is known. */
   countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, session?: OpenSession): Promise<MessageCount>;
   checkRecipient(account: string, limits: Limits, recipient: string, acceptedSoFar: number): Promise<Checked>;
-  authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number; unavailable?: boolean }>;
+  authAttempt(ip: string, account: string, limits: AuthLimits): Promise<AuthAttempt>;
   /** Gives back what a message or recipient counted, because it was not accepted. */
   refund(grant: Grant): Promise<void>;
+}
+
+/**
+ * A login attempt, counted as a failure before its credentials go upstream: attempts in flight count, on
+ * every instance, so that many at once cannot each find the account below its limit. settle() says how it
+ * ended; an attempt that succeeded or was never tried gives its count back.
+ */
+export interface AuthAttempt {
+  blocked?: 'ip' | 'account';
+  retryAfter: number;
+  /** the limits could not be read and the policy says not to try logins unchecked */
+  unavailable?: boolean;
+  /** 'failed': the upstream refused the credentials; returns whether this failure blocked the account */
+  settle(outcome: 'succeeded' | 'failed' | 'not_tried'): Promise<{ accountBlockedNow: boolean; failures: number }>;
 }
 
 /**
@@ -383,43 +397,50 @@ export class Limiter implements LimiterPort {
     await this.decide('session', () => this.structures.sessionClose(`${this.opts.keyPrefix}:sessions:${accountKey(account)}`, id));
   }
 
-  /** Before trying credentials: is this client address or this account blocked after failures? */
-  async authBlocked(ip: string, account: string, limits: AuthLimits): Promise<{ blocked?: 'ip' | 'account'; retryAfter: number; unavailable?: boolean }> {
+  /**
+   * Before trying credentials: takes the attempt's point from the address and from the account, and says
+   * whether either is blocked. A limit of N lets N + 1 failures through before the block, as a check of
+   * earlier failures alone would; but the attempts in flight are among them.
+   */
+  async authAttempt(ip: string, account: string, limits: AuthLimits): Promise<AuthAttempt> {
     const { failures_per_ip: pi, failures_per_account: pa } = limits;
-    const outcome = await this.decide('auth', () =>
-      Promise.all([
-        this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000).get(ip),
-        this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).get(accountKey(account)),
-      ]),
-    );
+    const ipLimiter = this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000);
+    const accountLimiter = this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000);
+    const key = accountKey(account);
+    const settleRes = (p: Promise<RateLimiterRes>) => p.catch((e: unknown) => (e instanceof RateLimiterRes ? e : Promise.reject(e)));
+    const outcome = await this.decide('auth', () => Promise.all([settleRes(ipLimiter.consume(ip)), settleRes(accountLimiter.consume(key))]));
+    const none = { accountBlockedNow: false, failures: 0 };
     // Not known: with insurance this only happens past the deadline (fail open, logged); in tempfail
     // mode, a login is not tried unchecked any more than a message is sent unchecked.
-    if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail' };
+    if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail', settle: async () => none };
     const [ipRes, acctRes] = outcome.value;
-    if (ipRes && ipRes.consumedPoints > pi.limit) return { blocked: 'ip', retryAfter: Math.ceil(ipRes.msBeforeNext / 1000) };
-    if (acctRes && acctRes.consumedPoints > pa.limit) return { blocked: 'account', retryAfter: Math.ceil(acctRes.msBeforeNext / 1000) };
-    return { retryAfter: 0 };
-  }
-
-  /** A failed AUTH: counts against the address and the account; says if the account just got blocked. */
-  async authFailed(ip: string, account: string, limits: AuthLimits): Promise<{ accountBlockedNow: boolean; failures: number }> {
-    const { failures_per_ip: pi, failures_per_account: pa } = limits;
-    const settle = (p: Promise<RateLimiterRes>) => p.catch((e: unknown) => (e instanceof RateLimiterRes ? e : Promise.reject(e)));
-    const outcome = await this.decide('auth', () =>
-      Promise.all([
-        settle(this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000).consume(ip)),
-        settle(this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).consume(accountKey(account))),
-      ]),
-    );
-    if (!outcome.value) return { accountBlockedNow: false, failures: 0 };
-    const acct = outcome.value[1];
-    return { accountBlockedNow: acct.consumedPoints === pa.limit + 1, failures: acct.consumedPoints };
-  }
-
-  /** A successful AUTH clears the account's failures (not the address's). */
-  async authSucceeded(account: string, limits: AuthLimits): Promise<void> {
-    const pa = limits.failures_per_account;
-    await this.decide('auth', () => this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000).delete(accountKey(account)));
+    let given = false;
+    const giveBack = async (which: { ip: boolean; account: boolean }) => {
+      if (given) return;
+      given = true;
+      await this.decide('auth', () => Promise.all([which.ip ? ipLimiter.reward(ip, 1) : undefined, which.account ? accountLimiter.reward(key, 1) : undefined]));
+    };
+    // Earlier attempts, this one left out: over the limit, this one is not tried.
+    const ipBlocked = ipRes.consumedPoints - 1 > pi.limit;
+    const accountBlocked = acctRes.consumedPoints - 1 > pa.limit;
+    if (ipBlocked || accountBlocked) {
+      // Never tried: it does not count, so that refused retries neither block the address nor lengthen the block.
+      await giveBack({ ip: true, account: true });
+      const res = ipBlocked ? ipRes : acctRes;
+      return { blocked: ipBlocked ? 'ip' : 'account', retryAfter: Math.ceil(res.msBeforeNext / 1000), settle: async () => none };
+    }
+    return {
+      retryAfter: 0,
+      settle: async (how) => {
+        if (how === 'failed') return { accountBlockedNow: acctRes.consumedPoints === pa.limit + 1, failures: acctRes.consumedPoints };
+        // A login that worked clears the account's failures (not the address's); this attempt was none.
+        if (how === 'succeeded') {
+          given = true;
+          await this.decide('auth', () => Promise.all([ipLimiter.reward(ip, 1), accountLimiter.delete(key)]));
+        } else await giveBack({ ip: true, account: true });
+        return none;
+      },
+    };
   }
 }
 

@@ -183,7 +183,7 @@ function givenLimiter(given: Given): LimiterPort {
       return { grant, judge: () => ({ facts: limitFacts(given.limits) ?? { ...none }, grant, baseline }) };
     },
     checkRecipient: async () => ({ facts: limitFacts(given.recipient_limits) ?? { ...none }, grant: { consumed: [] } }),
-    authBlocked: async () => ({ retryAfter: 0 }),
+    authAttempt: async () => ({ retryAfter: 0, settle: async () => ({ accountBlockedNow: false, failures: 0 }) }),
     refund: async () => undefined,
   };
 }

@@ -8,7 +8,7 @@ import type { Action, Phase, RuleRef } from '../pipeline/verdict.js';
 import type { ReasonCode } from '../reasons.js';
 import type { BulkFacts, LimitFacts, MessageFacts, ScanFacts } from '../policy/facts.js';
 import type { Policy } from '../policy/policy.js';
-import type { Grant } from '../limits/limiter.js';
+import type { AuthAttempt, Grant } from '../limits/limiter.js';
 import type { WrittenParams } from '../upstream/params.js';
 
 export type ListenerMode = 'starttls' | 'tls' | 'trusted';
@@ -112,6 +112,8 @@ export interface SessionState {
   /** the authenticated user; on the trusted listener, set from the envelope sender of each transaction */
   account?: string;
   authFailures: number;
+  /** the login attempt under way, counted by the brute-force check until the upstream's answer settles it */
+  authAttempt?: AuthAttempt;
   upstream?: SmtpClient;
   tx?: Transaction;
   transactions: number;

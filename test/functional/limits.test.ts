@@ -622,6 +622,51 @@ describe('brute force and sudden volume', () => {
     expect(strike).toMatchObject({ strike: 'brute_force', account: 'victim@example.test', weight: 3 });
   });
 
+  it('many failed logins at once get no more tries than one after another: attempts in flight count', async () => {
+    await upstream.stop();
+    // Dovecot answers a failure after a delay (auth_failure_delay): every attempt is in flight at once.
+    upstream = await FakeUpstream.start({ auth: () => ({ delayMs: 300, reply: '535 5.7.8 Error: authentication failed' }) });
+    const gw = await gateway();
+    const clients = await Promise.all(Array.from({ length: 20 }, () => RawSmtp.connect(gw.port('submissions'), { tls: true })));
+    await Promise.all(clients.map((c) => c.reply()));
+    await Promise.all(clients.map((c) => c.command('EHLO t')));
+    const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0guess').toString('base64')}`)));
+    for (const c of clients) c.close();
+    // The limit is 3: four failures, as one after another, and the others refused without asking the upstream.
+    expect(replies.filter((r) => r.startsWith('535 5.7.8'))).toHaveLength(4);
+    expect(replies.filter((r) => /^454 4\.7\.0 Too many failed logins/.test(r))).toHaveLength(16);
+    expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toHaveLength(4);
+    // One strike, from the failure that blocked the account.
+    await gw.waitForLog((l) => l.event === 'strike');
+    expect(gw.logs.filter((l) => l.event === 'strike')).toHaveLength(1);
+  });
+
+  it('a login that works, or that the upstream could not check, counts as no failure; refused ones neither', async () => {
+    let down = false;
+    await upstream.stop();
+    upstream = await FakeUpstream.start({ users: { 'victim@example.test': 'right' }, auth: () => (down ? '454 4.7.0 Temporary authentication failure' : undefined) });
+    const gw = await gateway();
+    const attempt = async (pass: string) => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0victim@example.test\0${pass}`).toString('base64')}`);
+      c.close();
+      return r;
+    };
+    down = true;
+    for (let i = 0; i < 6; i++) expect(await attempt('right')).toMatch(/^454 4\.7\.0 /);
+    down = false;
+    for (let i = 0; i < 6; i++) expect(await attempt('right')).toMatch(/^235/);
+    for (let i = 0; i < 4; i++) expect(await attempt('wrong')).toMatch(/^535 5\.7\.8/);
+    await expect.poll(() => redis.cli('get', 'douane:auth_account:{victim@example.test}')).toBe('4');
+    expect(await attempt('right')).toMatch(/^454 4\.7\.0 Too many failed logins/);
+    expect(await attempt('right')).toMatch(/^454 4\.7\.0 Too many failed logins/);
+    // The refused tries did not count: four failures, and the address's count is the failures only.
+    expect(redis.cli('get', 'douane:auth_account:{victim@example.test}')).toBe('4');
+    expect(redis.cli('get', 'douane:auth_ip:127.0.0.1')).toBe('4');
+  });
+
   it('failed logins count against the account each login is known to be, not against each spelling of it', async () => {
     const zimbra = await FakeZimbra.start({ defaultDomain: 'example.test' });
     try {

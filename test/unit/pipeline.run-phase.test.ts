@@ -9,7 +9,7 @@ import { Metrics } from '../../src/metrics.js';
 const { config } = parseConfig('t.yaml', 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nclamd: none\n');
 const session: SessionState = { id: 's', reference: 'D-1', listener: { name: 't', mode: 'trusted' }, remoteAddress: '127.0.0.1', startedAt: 0, authFailures: 0, transactions: 0, counted: true };
 const policy = loadPolicy('fixtures/policies/minimal');
-const deps = { clock: { now: () => 0 }, connectionsFrom: () => 1, trustedNetwork: () => true, policy: () => policy, strikes: { record: async () => {} }, metrics: new Metrics({ version: 't', defaultMetrics: false }), limiter: { countMessage: () => Promise.reject(new Error('unused')), checkRecipient: () => Promise.reject(new Error('unused')), authBlocked: async () => ({ retryAfter: 0 }), refund: async () => undefined }, bulk: { count: async () => undefined }, accounts: { lookup: async () => ({ state: {} }), known: (a: string) => a } };
+const deps = { clock: { now: () => 0 }, connectionsFrom: () => 1, trustedNetwork: () => true, policy: () => policy, strikes: { record: async () => {} }, metrics: new Metrics({ version: 't', defaultMetrics: false }), limiter: { countMessage: () => Promise.reject(new Error('unused')), checkRecipient: () => Promise.reject(new Error('unused')), authAttempt: async () => ({ retryAfter: 0, settle: async () => ({ accountBlockedNow: false, failures: 0 }) }), refund: async () => undefined }, bulk: { count: async () => undefined }, accounts: { lookup: async () => ({ state: {} }), known: (a: string) => a } };
 const ctx: CheckContext = { phase: 'mail', config, session, deps };
 
 const check = (id: string, run: Check['run']): Check => ({ id, phase: 'mail', describe: id, run });

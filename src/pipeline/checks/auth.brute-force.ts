@@ -1,5 +1,6 @@
 // Refuses AUTH for a while after too many failures from one address or for one account (art. 4.1),
-// before the credentials reach the upstream. The limits are the policy's `auth` section. Failures count
+// before the credentials reach the upstream. Each attempt counts as a failure until it is known not to be
+// one, so that many attempts at once do not all get through. The limits are the policy's `auth` section. Failures count
 // against the account a login is known to belong to, so that its aliases do not each get their own tries.
 
 import { comparableAddress } from '../../policy/facts.js';
@@ -12,9 +13,14 @@ export const authBruteForce: Check = {
   describe: 'no AUTH from an address or for an account blocked after repeated failures (policy: auth)',
   async run({ session, deps, authUser }) {
     const limits = deps.policy().doc.auth;
-    const { blocked, retryAfter, unavailable } = await deps.limiter.authBlocked(session.remoteAddress, deps.accounts.known(comparableAddress(authUser ?? '')), limits);
+    const attempt = await deps.limiter.authAttempt(session.remoteAddress, deps.accounts.known(comparableAddress(authUser ?? '')), limits);
+    const { blocked, retryAfter, unavailable } = attempt;
     if (unavailable) return { action: 'tempfail', reason: 'auth.limits_unavailable', evidence: { degraded: true } };
-    if (!blocked) return { action: 'continue' };
+    // Counted already: the AUTH handler says how it ended.
+    if (!blocked) {
+      session.authAttempt = attempt;
+      return { action: 'continue' };
+    }
     return { action: 'tempfail', reason: 'auth.blocked', detail: { retry: humanDuration(retryAfter) }, evidence: { blocked, retry_after: retryAfter } };
   },
 };
