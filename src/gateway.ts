@@ -364,6 +364,11 @@ export class Gateway {
       onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
       sessionDeadline: smtp.session_deadline,
       offersDsn: () => this.upstream.offers(trusted ? 'trusted' : 'submission', 'DSN'),
+      maxSocketsPerIp: smtp.max_connections_per_ip,
+      onSocketRefused: (ip) => {
+        this.metrics.refusals.labels('connect', 'connection.too_many_from_ip').inc();
+        this.log.info({ event: 'refusal', listener: name, client: ip, reason: 'connection.too_many_from_ip', phase: 'tls' }, 'connection.too_many_from_ip');
+      },
     };
     const disabled = trusted ? ['AUTH'] : [];
     if (!this.tls) disabled.push('STARTTLS');

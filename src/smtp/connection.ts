@@ -56,6 +56,14 @@ export interface ConnectionHooks {
   sessionDeadline: number;
   /** whether EHLO offers DSN: its parameters can only be relayed to an upstream that offers it */
   offersDsn(): boolean;
+  /**
+   * Implicit TLS: connections one address may hold before their handshake is done (its sessions
+   * included). Before the handshake nothing can be written, and smtp-server refuses every new connection
+   * once max_connections wait for theirs: without this cap one address could lock everyone out.
+   */
+  maxSocketsPerIp?: number;
+  /** a connection closed at once for the cap above */
+  onSocketRefused?(ip: string): void;
 }
 
 /** MAIL FROM and RCPT TO parameters as the client wrote them, by parsed command. */
@@ -248,6 +256,33 @@ export class GatewaySmtpServer extends SMTPServer {
     readonly hooks: ConnectionHooks,
   ) {
     super(options);
+    if (options.secure && hooks.maxSocketsPerIp) this.capSocketsPerIp(hooks.maxSocketsPerIp);
+  }
+
+  /** Wraps smtp-server's own handler of new connections: it runs only for those within the cap. */
+  private capSocketsPerIp(max: number): void {
+    const listener = this.server;
+    const accept = listener.listeners('connection') as ((socket: net.Socket) => void)[];
+    if (accept.length !== 1) throw new Error(`smtp-server has ${accept.length} connection handlers where one was expected`);
+    const perIp = new Map<string, number>();
+    listener.removeAllListeners('connection');
+    listener.on('connection', (socket: net.Socket) => {
+      const ip = socket.remoteAddress ?? '';
+      const held = perIp.get(ip) ?? 0;
+      if (held >= max) {
+        socket.on('error', () => undefined);
+        socket.destroy();
+        this.hooks.onSocketRefused?.(ip);
+        return;
+      }
+      perIp.set(ip, held + 1);
+      socket.once('close', () => {
+        const left = (perIp.get(ip) ?? 1) - 1;
+        if (left <= 0) perIp.delete(ip);
+        else perIp.set(ip, left);
+      });
+      accept[0]!.call(listener, socket);
+    });
   }
 
   override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {

@@ -235,6 +235,27 @@ describe('slow clients and floods', () => {
     b.close();
   });
 
+  it('on the implicit TLS port, one address holding connections before their handshake cannot lock the others out', async () => {
+    const { gw } = await setup({ smtp: { max_connections: 5, max_connections_per_ip: 2 } });
+    const port = gw.port('submissions');
+    // Plain TCP connections that never start TLS, as many as the whole server takes.
+    const idle = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        const s = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.66' });
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('connect', r));
+        return s;
+      }),
+    );
+    // Beyond the two an address may hold, they are closed at once.
+    await expect.poll(() => idle.filter((s) => s.destroyed || s.readableEnded).length).toBe(3);
+    const c = await RawSmtp.connect(port, { tls: true, localAddress: '127.0.0.77' });
+    expect(await c.reply()).toMatch(/^220 /);
+    c.close();
+    await expect.poll(async () => (await gw.metrics.registry.metrics()).match(/douane_refusals_total\{phase="connect",reason="connection\.too_many_from_ip"\} (\d+)/)?.[1]).toBe('3');
+    for (const s of idle) s.destroy();
+  });
+
   it('caps the total number of connections with 421 4.3.2', async () => {
     const { gw } = await setup({ smtp: { max_connections: 2 } });
     const a = await RawSmtp.connect(gw.port('trusted'));
