@@ -73,7 +73,7 @@ export class RawSmtp {
 
   static async connect(port: number, opts: { tls?: boolean; localAddress?: string } = {}): Promise<RawSmtp> {
     const socket = opts.tls
-      ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, localAddress: opts.localAddress })
+      ? tls.connect({ socket: net.connect({ port, host: '127.0.0.1', localAddress: opts.localAddress }), rejectUnauthorized: false })
       : net.connect({ port, host: '127.0.0.1', localAddress: opts.localAddress });
     await new Promise<void>((resolve, reject) => {
       socket.once(opts.tls ? 'secureConnect' : 'connect', () => resolve());
