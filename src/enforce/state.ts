@@ -248,8 +248,38 @@ export class MemoryEnforcementState implements EnforcementState {
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
   protected readonly locksHeld = new Set<string>();
+  /** the strike window last asked for: strikes older than it no longer count anywhere */
+  private strikeWindowMs = 0;
+  private prunedAt = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
+
+  /**
+   * Drops what no longer counts: expired claims, strikes out of the window, accounts with nothing in
+   * force. Without it, every made-up login a password sprayer tries would stay for good.
+   */
+  protected prune(): void {
+    const now = this.now();
+    this.prunedAt = now;
+    for (const [k, until] of this.claims) if (until <= now) this.claims.delete(k);
+    // Until a strike was recorded since the start, the window is not known: strikes read from the file stay.
+    if (this.strikeWindowMs > 0) {
+      for (const [a, list] of this.strikeLists) {
+        const kept = list.filter((x) => x.at > now - this.strikeWindowMs);
+        if (kept.length === 0) this.strikeLists.delete(a);
+        else if (kept.length !== list.length) this.strikeLists.set(a, kept);
+      }
+    }
+    for (const [a, s] of this.accounts) {
+      const inForce = (s.suspension && (!s.suspension.until || s.suspension.until > now)) || (s.throttle && s.throttle.until > now) || s.pending;
+      if (!inForce) this.accounts.delete(a);
+    }
+  }
+
+  /** In memory, a prune a minute is enough. */
+  private pruneNow(): void {
+    if (this.now() - this.prunedAt >= 60_000) this.prune();
+  }
 
   async lockHeld(account: string): Promise<boolean> {
     return this.locksHeld.has(account.toLowerCase());
@@ -261,6 +291,8 @@ export class MemoryEnforcementState implements EnforcementState {
   }
 
   async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
+    this.strikeWindowMs = windowMs;
+    this.pruneNow();
     const list = (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > s.at - windowMs);
     list.push(s);
     this.strikeLists.set(account.toLowerCase(), list);
@@ -272,6 +304,7 @@ export class MemoryEnforcementState implements EnforcementState {
   }
 
   async claim(key: string, ttlMs: number): Promise<boolean> {
+    this.pruneNow();
     const until = this.claims.get(key);
     if (until !== undefined && until > this.now()) return false;
     this.claims.set(key, this.now() + ttlMs);
@@ -395,6 +428,8 @@ export class FileEnforcementState extends MemoryEnforcementState {
   }
 
   private save(): void {
+    // The file holds what is in force, not its history (the audit trail has that): it stays small.
+    this.prune();
     const snap: Snapshot = {
       strikes: [...this.strikeLists],
       claims: [...this.claims],

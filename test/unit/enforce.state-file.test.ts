@@ -1,6 +1,6 @@
 // Without Redis, the enforcement state survives a restart: it is kept in a file of the state directory.
 
-import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -34,6 +34,31 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     await again.resetAccount('mallory@x.test');
     expect(await new FileEnforcementState(file).account('mallory@x.test')).toEqual({});
     expect(readdirSync(join(dir, 'state'))).toEqual(['enforcement.json']);
+  });
+
+  it('keeps what is in force, not what has expired: a password sprayer\'s made-up logins do not stay for good', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
+    const file = join(dir, 'enforcement.json');
+    let t = Date.parse('2026-01-01T00:00:00Z');
+    const state = new FileEnforcementState(file, () => t);
+    const week = 7 * 24 * HOUR;
+    for (let i = 0; i < 300; i++) {
+      const a = `u${i}@spray.test`;
+      await state.claim(`cooldown:{${a}}:brute_force`, 15 * 60_000);
+      await state.addStrike(a, { id: `r${i}`, event: 'brute_force', weight: 3, at: t, reference: `D-${i}` }, week);
+    }
+    await state.setSuspension('timed@x.test', { since: t, until: t + HOUR, action: 'suspend_sending', reason: 'r', reference: 'D-T', by: 'douane' });
+    await state.setSuspension('locked@x.test', { since: t, action: 'suspend_account', reason: 'r', reference: 'D-L', by: 'douane' });
+    const full = statSync(file).size;
+    t += 30 * 24 * HOUR;
+    await state.addStrike('other@x.test', { id: 'o', event: 'malware', weight: 10, at: t, reference: 'D-O' }, week);
+    const snap = JSON.parse(readFileSync(file, 'utf8')) as { strikes: unknown[]; claims: unknown[]; accounts: [string, unknown][] };
+    expect(snap.strikes).toHaveLength(1);
+    expect(snap.claims).toEqual([]);
+    // A lock in force stays; a suspension whose time ran out goes.
+    expect(snap.accounts.map(([a]) => a)).toEqual(['locked@x.test']);
+    expect(statSync(file).size).toBeLessThan(full / 20);
+    expect((await new FileEnforcementState(file, () => t).account('locked@x.test')).suspension).toMatchObject({ action: 'suspend_account' });
   });
 
   it('a damaged file is kept aside and reported, and the state starts empty', () => {
