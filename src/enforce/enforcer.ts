@@ -250,10 +250,18 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash
     // in between must not leave the account blocked here and open in Zimbra.
     const lock: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
+    let inForce: Suspension | undefined = suspension;
     await this.changeThen(action === 'suspend_account' ? lock : undefined, async () => {
-      await this.deps.state.setSuspension(account, suspension);
-      await this.deps.state.setPending(account, undefined);
+      // Checked again in the same step as the write: a lock made meanwhile (another instance, another
+      // session's strike) stays.
+      inForce = await this.deps.state.setSuspension(account, suspension);
+      if (inForce === suspension || inForce?.reference === suspension.reference) await this.deps.state.setPending(account, undefined);
     });
+    if (inForce && inForce.action !== action) {
+      await this.deps.audit.append({ action: 'suspension_kept', actor: why.by, account, reference: why.reference, kept: inForce.action, asked: action, reason: why.reason });
+      this.deps.log.info({ event: 'suspension_kept', account, kept: inForce.action, asked: action, by: why.by }, `${account} stays locked (${action} asked)`);
+      return inForce;
+    }
     this.deps.metrics.suspensions.labels(action, 'done').inc();
     // The evidence the contract asks for: every strike behind the suspension, each with its incident
     // reference (the message's own log line and, for malware, its quarantine entry).
@@ -274,7 +282,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const reference = before.suspension?.reference ?? 'manual';
     // Only a lock Douane set is undone: an account locked by someone else, or only blocked here, stays as it is.
     const unlock: LifecycleJob = { op: 'reinstate', account, reference, summary: 'reinstated', by };
-    const douaneLocked = before.suspension?.action === 'suspend_account' && before.suspension.lockedBy !== 'someone_else';
+    // A lock call of Douane's may be under way (on another instance) or done before the suspension said so:
+    // the mark it sets before each call counts too.
+    const douaneLocked = (before.suspension?.action === 'suspend_account' && before.suspension.lockedBy !== 'someone_else') || (await this.deps.state.lockHeld(account));
     await this.changeThen(douaneLocked ? unlock : undefined, () => this.deps.state.resetAccount(account));
     await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true, unlock: douaneLocked && Boolean(this.deps.lifecycle) });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
@@ -465,8 +475,17 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         // lock, is taken for Douane's: the one case read the wrong way, and it errs on unlocking.)
         const { suspension } = await this.deps.state.account(j.account);
         const theirs = outcome === 'already_locked' && !heldBefore && suspension?.lockedBy !== 'douane';
+        if (!theirs && suspension?.action !== 'suspend_account') {
+          // Reinstated while the call was under way (here or on another instance, whose unlock may have
+          // found nothing to undo yet): the lock just made is undone now.
+          await api.reinstate(j.account, { reference: j.reference, by: 'douane' });
+          await this.deps.state.setLockHeld(j.account, false);
+          await this.deps.audit.append({ action: 'lifecycle_lock_undone', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, reason: 'reinstated while the lock was being made' });
+          return;
+        }
         if (theirs) await this.deps.state.setLockHeld(j.account, false);
-        if (suspension?.action === 'suspend_account' && !suspension.lockedBy) await this.deps.state.setSuspension(j.account, { ...suspension, lockedBy: theirs ? 'someone_else' : 'douane' });
+        // Only the same suspension is marked: a reinstatement that came meanwhile is not undone.
+        if (suspension?.action === 'suspend_account' && !suspension.lockedBy) await this.deps.state.setSuspension(j.account, { ...suspension, lockedBy: theirs ? 'someone_else' : 'douane' }, { update: true });
         if (theirs) {
           await this.deps.audit.append({ action: 'lifecycle_already_locked', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, attempts: job.attempts });
           return;

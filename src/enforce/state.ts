@@ -74,7 +74,13 @@ export interface EnforcementState {
   dropClaim(key: string): Promise<void>;
   resetAccount(account: string): Promise<void>;
   account(account: string): Promise<AccountState>;
-  setSuspension(account: string, s: Suspension): Promise<void>;
+  /**
+   * Sets the account's suspension, in one step that nothing can come between: a lock (suspend_account)
+   * is never replaced by a weaker suspension, from this instance or another. With `update`, the
+   * suspension in force is replaced only if it is still the same one (same incident and action): a
+   * reinstatement that came meanwhile is not undone. Returns the suspension in force afterwards.
+   */
+  setSuspension(account: string, s: Suspension, opts?: { update?: boolean }): Promise<Suspension | undefined>;
   setThrottle(account: string, t: Throttle): Promise<void>;
   setPending(account: string, p: Pending | undefined): Promise<void>;
   pendingAccounts(): Promise<string[]>;
@@ -102,7 +108,29 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return tostring(total)`;
 
-type Scripted = RedisClient & { douaneAddStrike(key: string, cutoff: number, at: number, member: string, ttl: number): Promise<string> };
+// KEYS: the suspension. ARGV: the new one (JSON), its action, its reference, its time to live in ms ('' for
+// none), '1' to update only the same suspension. Returns the one in force afterwards (JSON), or false.
+const SET_SUSPENSION = `
+local cur = redis.call('GET', KEYS[1])
+local current = cur and cjson.decode(cur)
+if ARGV[5] == '1' then
+  if not current or current.reference ~= ARGV[3] or current.action ~= ARGV[2] then return cur end
+elseif current and current.action == 'suspend_account' and ARGV[2] ~= 'suspend_account' then
+  return cur
+end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) else redis.call('SET', KEYS[1], ARGV[1]) end
+return ARGV[1]`;
+
+type Scripted = RedisClient & {
+  douaneAddStrike(key: string, cutoff: number, at: number, member: string, ttl: number): Promise<string>;
+  douaneSetSuspension(key: string, json: string, action: string, reference: string, ttl: string, update: string): Promise<string | null>;
+};
+
+/** What setSuspension does, for the states that keep it in this process. */
+function nextSuspension(current: Suspension | undefined, s: Suspension, update: boolean): Suspension | undefined {
+  if (update) return current && current.reference === s.reference && current.action === s.action ? s : current;
+  return current?.action === 'suspend_account' && s.action !== 'suspend_account' ? current : s;
+}
 
 const acct = (a: string) => accountTag(a.toLowerCase());
 
@@ -114,6 +142,7 @@ export class RedisEnforcementState implements EnforcementState {
     private readonly prefix: string,
   ) {
     client.defineCommand('douaneAddStrike', { numberOfKeys: 1, lua: ADD_STRIKE });
+    client.defineCommand('douaneSetSuspension', { numberOfKeys: 1, lua: SET_SUSPENSION });
     this.r = client as Scripted;
   }
 
@@ -187,11 +216,11 @@ export class RedisEnforcementState implements EnforcementState {
     return out;
   }
 
-  async setSuspension(account: string, s: Suspension): Promise<void> {
-    const key = this.k('suspended', account);
-    if (s.until) await this.r.set(key, JSON.stringify(s), 'PX', Math.max(1, s.until - Date.now()));
-    else await this.r.set(key, JSON.stringify(s));
-    await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
+  async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {
+    const ttl = s.until ? String(Math.max(1, s.until - Date.now())) : '';
+    const inForce = await this.r.douaneSetSuspension(this.k('suspended', account), JSON.stringify(s), s.action, s.reference, ttl, opts.update ? '1' : '');
+    if (inForce) await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
+    return inForce ? (JSON.parse(inForce) as Suspension) : undefined;
   }
 
   async setThrottle(account: string, t: Throttle): Promise<void> {
@@ -328,6 +357,11 @@ export class MemoryEnforcementState implements EnforcementState {
   }
 
   async account(account: string): Promise<AccountState> {
+    return this.accountNow(account);
+  }
+
+  /** Read with no await in between, for changes that depend on it. */
+  private accountNow(account: string): AccountState {
     const s = this.accounts.get(account.toLowerCase()) ?? {};
     const now = this.now();
     const out: AccountState = {};
@@ -344,8 +378,11 @@ export class MemoryEnforcementState implements EnforcementState {
     return e;
   }
 
-  async setSuspension(account: string, s: Suspension): Promise<void> {
-    this.entry(account).suspension = s;
+  async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {
+    const current = this.accountNow(account).suspension;
+    const next = nextSuspension(current, s, Boolean(opts.update));
+    if (next === s) this.entry(account).suspension = s;
+    return next;
   }
 
   async setThrottle(account: string, t: Throttle): Promise<void> {
@@ -484,9 +521,10 @@ export class FileEnforcementState extends MemoryEnforcementState {
     this.save();
   }
 
-  override async setSuspension(account: string, s: Suspension): Promise<void> {
-    await super.setSuspension(account, s);
+  override async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {
+    const inForce = await super.setSuspension(account, s, opts);
     this.save();
+    return inForce;
   }
 
   override async setThrottle(account: string, t: Throttle): Promise<void> {

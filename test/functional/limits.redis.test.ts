@@ -2,6 +2,7 @@
 // sent while other commands already wait in the same pipeline, as on a gateway's first busy seconds.
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RedisEnforcementState } from '../../src/enforce/state.js';
 import { Limiter } from '../../src/limits/limiter.js';
 import { createRedis, type RedisClient } from '../../src/limits/redis.js';
 import { createLogger } from '../../src/log.js';
@@ -44,6 +45,33 @@ describe('limits on Redis', () => {
       expect((await limiter.countMessage('a@example.test', limits, 1000)).judge(limits).facts.usage.messages_per_hour).toBe(2);
     } finally {
       process.off('uncaughtException', onFault);
+    }
+  });
+
+  it('a suspension is set in one step on Redis: a lock is not replaced by a weaker one, and an update does not bring back a reinstated one', async () => {
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, metrics);
+    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    try {
+      const state = new RedisEnforcementState(own, 'douane-race');
+      const lock = { since: 1, action: 'suspend_account' as const, reason: 'r', reference: 'D-LOCK01', by: 'douane' };
+      const sending = { since: 2, until: Date.now() + 60_000, action: 'suspend_sending' as const, reason: 'r', reference: 'D-SEND01', by: 'douane' };
+      expect(await state.setSuspension('a@x.test', lock)).toEqual(lock);
+      expect(await state.setSuspension('a@x.test', sending)).toEqual(lock);
+      expect((await state.account('a@x.test')).suspension).toEqual(lock);
+      // An update of another suspension changes nothing; of the same one, it is made.
+      expect(await state.setSuspension('a@x.test', { ...lock, reference: 'D-OTHER1', lockedBy: 'douane' }, { update: true })).toEqual(lock);
+      expect(await state.setSuspension('a@x.test', { ...lock, lockedBy: 'douane' }, { update: true })).toEqual({ ...lock, lockedBy: 'douane' });
+      await state.resetAccount('a@x.test');
+      expect(await state.setSuspension('a@x.test', { ...lock, lockedBy: 'douane' }, { update: true })).toBeUndefined();
+      expect((await state.account('a@x.test')).suspension).toBeUndefined();
+      // A timed one keeps its time to live; a lock replaces it.
+      expect(await state.setSuspension('b@x.test', sending)).toEqual(sending);
+      expect(Number(await own.pttl('douane-race:suspended:{b@x.test}'))).toBeGreaterThan(50_000);
+      expect(await state.setSuspension('b@x.test', lock)).toEqual(lock);
+      expect(Number(await own.pttl('douane-race:suspended:{b@x.test}'))).toBe(-1);
+    } finally {
+      own.disconnect();
     }
   });
 });

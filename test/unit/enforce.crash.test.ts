@@ -38,13 +38,14 @@ class FaultyState extends FileEnforcementState {
     return never;
   }
 
-  override async setSuspension(account: string, s: Suspension): Promise<void> {
+  override async setSuspension(account: string, s: Suspension, opts?: { update?: boolean }): Promise<Suspension | undefined> {
     if (this.slow) {
       if (this.slow === never) this.die();
       await this.slow;
     }
-    await super.setSuspension(account, s);
+    const inForce = await super.setSuspension(account, s, opts);
     if (this.hangAfter === 'setSuspension') return this.hang();
+    return inForce;
   }
 
   override async resetAccount(account: string): Promise<void> {

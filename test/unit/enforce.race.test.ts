@@ -1,0 +1,119 @@
+// Two instances (or two sessions) acting on one account at once, sharing one enforcement state: a lock is
+// never replaced by a weaker suspension, and a reinstatement while a lock call is under way leaves the
+// account unlocked in the lifecycle API.
+
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/audit/log.js';
+import { Enforcer } from '../../src/enforce/enforcer.js';
+import { Outbox } from '../../src/enforce/outbox.js';
+import { MemoryEnforcementState, type Suspension } from '../../src/enforce/state.js';
+import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { StrikeEvent } from '../../src/policy/strikes.js';
+
+const policy = loadPolicy('policies');
+const outboxes: Outbox[] = [];
+afterEach(async () => {
+  await Promise.all(outboxes.splice(0).map((o) => o.stop()));
+});
+
+/** A lifecycle API that reads the status and then writes it, as the Zimbra adapter does, `delayMs` apart. */
+function zimbraLike(delayMs = 0) {
+  const account = { status: 'active' as 'active' | 'locked' };
+  const api: LifecycleApi = {
+    kind: 'stub',
+    status: async () => ({ status: account.status }) as never,
+    suspend: async () => {
+      if (account.status === 'locked') return 'already_locked';
+      await new Promise((r) => setTimeout(r, delayMs));
+      account.status = 'locked';
+      return 'locked';
+    },
+    reinstate: async () => {
+      if (account.status !== 'locked') return;
+      await new Promise((r) => setTimeout(r, delayMs));
+      account.status = 'active';
+    },
+  };
+  return { api, account };
+}
+
+function instance(state: MemoryEnforcementState, lifecycle: LifecycleApi) {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-race-'));
+  const metrics = new Metrics({ version: 't', defaultMetrics: false });
+  const log = createLogger({ level: 'silent' });
+  let enforcer: Enforcer | undefined;
+  const outbox = new Outbox({
+    dir: join(dir, 'outbox'),
+    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined },
+    minDelayMs: 10,
+    maxDelayMs: 50,
+    metrics,
+    log,
+  });
+  outboxes.push(outbox);
+  enforcer = new Enforcer({
+    state,
+    outbox,
+    audit: new AuditLog(join(dir, 'audit.log')),
+    policy: () => policy,
+    settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
+    metrics,
+    log,
+    deadlineMs: 2000,
+    lifecycle,
+  });
+  return { enforcer, outbox };
+}
+
+const strike = (n: number, weight: number): StrikeEvent => ({ account: 'victim@x.test', event: 'bulk', weight, rule: 'bulk.campaign', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: Date.now() });
+
+describe('enforcement races', () => {
+  it('two strikes at once, one reaching the suspension and one the lock: the lock stays, and reinstating unlocks', async () => {
+    // The weaker suspension's write lands last, as a slower instance's would.
+    class SlowerSuspensions extends MemoryEnforcementState {
+      override async setSuspension(account: string, s: Suspension, opts?: { update?: boolean }) {
+        if (s.action === 'suspend_sending') await new Promise((r) => setTimeout(r, 50));
+        return super.setSuspension(account, s, opts);
+      }
+    }
+    const state = new SlowerSuspensions();
+    const zimbra = zimbraLike();
+    const [a, b] = [instance(state, zimbra.api), instance(state, zimbra.api)];
+    await a.outbox.start();
+    await b.outbox.start();
+    await a.enforcer.process(strike(1, 8));
+    await a.enforcer.process(strike(2, 8));
+    // 24 (suspend sending, step 20) and 32 (lock, step 30) at once.
+    await Promise.all([a.enforcer.process(strike(3, 8)), b.enforcer.process(strike(4, 8))]);
+    expect(await a.outbox.idle(3000)).toBe(true);
+    expect(await b.outbox.idle(3000)).toBe(true);
+    expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_account' });
+    expect(zimbra.account.status).toBe('locked');
+    await a.enforcer.reinstate('victim@x.test', 'cli:lead');
+    expect(await a.outbox.idle(3000)).toBe(true);
+    expect(zimbra.account.status).toBe('active');
+  });
+
+  it('reinstated on one instance while the other is locking: the account ends unlocked', async () => {
+    const state = new MemoryEnforcementState();
+    const zimbra = zimbraLike(300);
+    const [a, b] = [instance(state, zimbra.api), instance(state, zimbra.api)];
+    await a.outbox.start();
+    await b.outbox.start();
+    await a.enforcer.suspend('victim@x.test', 'suspend_account', { by: 'cli:a', reference: 'D-1', reason: 'abuse' });
+    // A's lock call has read "active" and is writing "locked" when B reinstates.
+    await new Promise((r) => setTimeout(r, 100));
+    await b.enforcer.reinstate('victim@x.test', 'cli:b');
+    expect(await a.outbox.idle(5000)).toBe(true);
+    expect(await b.outbox.idle(5000)).toBe(true);
+    expect((await state.account('victim@x.test')).suspension).toBeUndefined();
+    expect(zimbra.account.status).toBe('active');
+    expect(await state.lockHeld('victim@x.test')).toBe(false);
+  });
+});
