@@ -63,6 +63,8 @@ export class SmtpClient {
   secure = false;
   /** true between an accepted MAIL and the end of DATA or RSET */
   inTransaction = false;
+  /** counts transactions begun and ended here: a keepalive belongs to one of them */
+  private transactionSerial = 0;
   /** set once the client authenticated on this connection */
   authenticated = false;
   /**
@@ -247,8 +249,11 @@ export class SmtpClient {
    */
   keepAlive(): () => Promise<void> {
     let inFlight: Promise<unknown> | undefined;
+    // Only for the transaction open now: once it is reset (its client left) the connection may serve
+    // another session, whose upstream must not count NOOPs of ours.
+    const serial = this.transactionSerial;
     const timer = setInterval(() => {
-      if (this.failure || this.awaitingReply) return;
+      if (this.failure || this.awaitingReply || !this.inTransaction || this.transactionSerial !== serial) return;
       inFlight = this.command('NOOP').then(
         (reply) => {
           // 421: the upstream is closing the session (Postfix under stress shortens its timeouts).
@@ -331,7 +336,11 @@ export class SmtpClient {
   async mail(address: string, params: string[] = []): Promise<SmtpReply> {
     if (this.inTransaction) await this.rset();
     const reply = await this.command(`MAIL FROM:<${address}>${params.length ? ' ' + params.join(' ') : ''}`);
-    if (reply.code === 250) this.inTransaction = true;
+    // Any 2xx opens the transaction, as the client is told it did.
+    if (reply.code >= 200 && reply.code < 300) {
+      this.inTransaction = true;
+      this.transactionSerial++;
+    }
     return reply;
   }
 
@@ -343,6 +352,7 @@ export class SmtpClient {
     const reply = await this.command('RSET');
     if (reply.code !== 250) throw new UpstreamError('protocol', `upstream refused RSET: ${formatReply(reply)}`, reply);
     this.inTransaction = false;
+    this.transactionSerial++;
     return reply;
   }
 

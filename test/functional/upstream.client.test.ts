@@ -1,5 +1,6 @@
-// The client's credentials cross to the upstream only encrypted, or to an upstream on this machine, or
-// where the configuration says in so many words that the network is trusted (tls: none).
+// The upstream client on its own: the client's credentials cross to the upstream only encrypted, or to an
+// upstream on this machine, or where the configuration says in so many words that the network is trusted
+// (tls: none); a keepalive belongs to one transaction.
 
 import { afterEach, describe, expect, it } from 'vitest';
 import { isLoopbackAddress, SmtpClient, UpstreamError, type UpstreamEndpoint } from '../../src/upstream/smtp-client.js';
@@ -43,5 +44,34 @@ describe('credentials towards the upstream', () => {
   it('knows a loopback peer address', () => {
     for (const a of ['127.0.0.1', '127.1.2.3', '::1', '::ffff:127.0.0.1']) expect(isLoopbackAddress(a), a).toBe(true);
     for (const a of ['10.0.0.1', '::ffff:10.0.0.1', '128.0.0.1', 'fe80::1', '', '::']) expect(isLoopbackAddress(a), a).toBe(false);
+  });
+});
+
+describe('keepalive', () => {
+  it('sends NOOP while its transaction is open, and none once it was reset, even when the connection serves another', async () => {
+    upstream = await FakeUpstream.start();
+    const client = await SmtpClient.connect({ ...endpoint(upstream.port, 'none'), timeouts: { connect: 2000, command: 2000, data: 2000, keepalive: 50 } });
+    const noops = () => upstream!.commands.filter((c) => c === 'NOOP').length;
+    await client.mail('a@example.test');
+    const stop = client.keepAlive();
+    await expect.poll(noops).toBeGreaterThanOrEqual(2);
+    // Its client left: reset, and the connection goes to the next session, which opens its own transaction.
+    await client.rset();
+    await client.mail('b@example.test');
+    const after = noops();
+    await new Promise((r) => setTimeout(r, 250));
+    expect(noops()).toBe(after);
+    await stop();
+    await client.quit();
+  });
+
+  it('takes any 2xx to MAIL FROM as an open transaction: the next one resets it first', async () => {
+    upstream = await FakeUpstream.start({ mail: () => '251 2.1.0 Ok, odd but fine' });
+    const client = await SmtpClient.connect(endpoint(upstream.port, 'none'));
+    await client.mail('a@example.test');
+    expect(client.inTransaction).toBe(true);
+    await client.mail('b@example.test');
+    expect(upstream.commands.filter((c) => /^(MAIL|RSET)/.test(c)).map((c) => c.split(':')[0])).toEqual(['MAIL FROM', 'RSET', 'MAIL FROM']);
+    await client.quit();
   });
 });
