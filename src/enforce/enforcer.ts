@@ -384,6 +384,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     try {
       return await this.resolve(login);
     } catch (err) {
+      // Known before, by this instance before a restart or by another one: still that account's.
+      const stored = await deadline(this.deps.state.owner(login), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => undefined);
+      if (stored) {
+        this.remember(login, stored);
+        this.deps.log.info({ event: 'account_resolved_from_state', login, account: stored, err: (err as Error).message }, `the lifecycle API did not answer; ${login} was last known to be ${stored}`);
+        return stored;
+      }
       this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose address this is: counted under it as typed');
       return login;
     }
@@ -398,12 +405,20 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const info = await deadline(this.deps.lifecycle!.status(login), 'lifecycle API', this.deps.deadlineMs);
     if (info.status === 'unknown') return login; // not (or no longer) an account's: asked again next time
     const name = info.name ? comparableAddress(info.name) : login;
-    // Bounded: the oldest answers are forgotten first.
+    this.remember(login, name);
+    if (name !== login) {
+      this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);
+      // For when the API does not answer: a restart, and the other instances, know it too.
+      void this.deps.state.setOwner(login, name).catch((e: Error) => this.deps.log.warn({ event: 'owner_not_kept', login, err: e.message }, 'could not keep whose address this is'));
+    }
+    return name;
+  }
+
+  /** Bounded: the oldest answers are forgotten first. */
+  private remember(login: string, name: string): void {
     this.owners.delete(login);
     this.owners.set(login, name);
     if (this.owners.size > MAX_OWNERS) this.owners.delete(this.owners.keys().next().value!);
-    if (name !== login) this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);
-    return name;
   }
 
   async lookup(account: string): Promise<AccountLookup> {

@@ -96,7 +96,17 @@ export interface EnforcementState {
    */
   lockHeld(account: string): Promise<boolean>;
   setLockHeld(account: string, held: boolean): Promise<void>;
+  /**
+   * The account an address (an alias, a bare login) was last known to belong to: kept where every
+   * instance and a restart find it, so that while the lifecycle API does not answer, an alias is still
+   * its account (and that account's suspension holds).
+   */
+  owner(address: string): Promise<string | undefined>;
+  setOwner(address: string, account: string): Promise<void>;
 }
+
+/** How long an address's owner is remembered without being confirmed by the lifecycle API. */
+export const OWNER_TTL_MS = 30 * 24 * 3_600_000;
 
 const ADD_STRIKE = `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -178,6 +188,14 @@ export class RedisEnforcementState implements EnforcementState {
   async setLockHeld(account: string, held: boolean): Promise<void> {
     if (held) await this.r.set(this.k('lock-held', account), '1');
     else await this.r.del(this.k('lock-held', account));
+  }
+
+  async owner(address: string): Promise<string | undefined> {
+    return (await this.r.get(this.k('owner', address))) ?? undefined;
+  }
+
+  async setOwner(address: string, account: string): Promise<void> {
+    await this.r.set(this.k('owner', address), account.toLowerCase(), 'PX', OWNER_TTL_MS);
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -277,11 +295,12 @@ export class MemoryEnforcementState implements EnforcementState {
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
   protected readonly locksHeld = new Set<string>();
+  protected readonly owners = new Map<string, { account: string; until: number }>();
   /** the strike window last asked for: strikes older than it no longer count anywhere */
   private strikeWindowMs = 0;
   private prunedAt = 0;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(protected readonly now: () => number = Date.now) {}
 
   /**
    * Drops what no longer counts: expired claims, strikes out of the window, accounts with nothing in
@@ -291,6 +310,7 @@ export class MemoryEnforcementState implements EnforcementState {
     const now = this.now();
     this.prunedAt = now;
     for (const [k, until] of this.claims) if (until <= now) this.claims.delete(k);
+    for (const [k, o] of this.owners) if (o.until <= now) this.owners.delete(k);
     // Until a strike was recorded since the start, the window is not known: strikes read from the file stay.
     if (this.strikeWindowMs > 0) {
       for (const [a, list] of this.strikeLists) {
@@ -312,6 +332,15 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async lockHeld(account: string): Promise<boolean> {
     return this.locksHeld.has(account.toLowerCase());
+  }
+
+  async owner(address: string): Promise<string | undefined> {
+    const o = this.owners.get(address.toLowerCase());
+    return o && o.until > this.now() ? o.account : undefined;
+  }
+
+  async setOwner(address: string, account: string): Promise<void> {
+    this.owners.set(address.toLowerCase(), { account: account.toLowerCase(), until: this.now() + OWNER_TTL_MS });
   }
 
   async setLockHeld(account: string, held: boolean): Promise<void> {
@@ -426,6 +455,8 @@ interface Snapshot {
   breaker: Breaker;
   /** absent in files written before it was kept */
   locksHeld?: string[];
+  /** absent in files written before it was kept */
+  owners?: [string, { account: string; until: number }][];
 }
 
 /**
@@ -456,6 +487,7 @@ export class FileEnforcementState extends MemoryEnforcementState {
       this.suspensionTimes = snap.suspensionTimes;
       this.breakerState = snap.breaker;
       for (const a of snap.locksHeld ?? []) this.locksHeld.add(a);
+      for (const [k, v] of snap.owners ?? []) this.owners.set(k, v);
     } catch (err) {
       // Keep the damaged file for a person (the audit trail has every suspension) and start empty.
       const aside = `${file}.unreadable-${Date.now()}`;
@@ -474,6 +506,7 @@ export class FileEnforcementState extends MemoryEnforcementState {
       suspensionTimes: this.suspensionTimes,
       breaker: this.breakerState,
       locksHeld: [...this.locksHeld],
+      owners: [...this.owners],
     };
     mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.part`;
@@ -519,6 +552,13 @@ export class FileEnforcementState extends MemoryEnforcementState {
   override async setLockHeld(account: string, held: boolean): Promise<void> {
     await super.setLockHeld(account, held);
     this.save();
+  }
+
+  override async setOwner(address: string, account: string): Promise<void> {
+    // Written when it changes or a day before it would lapse: confirming it at every login costs nothing then.
+    const before = this.owners.get(address.toLowerCase());
+    await super.setOwner(address, account);
+    if (!before || before.account !== account.toLowerCase() || before.until - this.now() < OWNER_TTL_MS - 86_400_000) this.save();
   }
 
   override async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {

@@ -405,6 +405,30 @@ describe('one account, however its owner logs in', () => {
     c.close();
   });
 
+  it('an alias one instance resolved is its account on another while Zimbra does not answer: the suspension holds', async () => {
+    zimbra.addAccount({ name: 'joe@example.test', aliases: ['jo@example.test'] });
+    await upstream.stop();
+    upstream = await FakeUpstream.start({ users: { 'jo@example.test': 'pw' } });
+    const lifecycle = { adapter: 'zimbra', timeout: '1s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } };
+    const login = async (gw: TestGateway) => {
+      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0jo@example.test\0pw').toString('base64')}`)).toMatch(/^235/);
+      const mail = await c.command('MAIL FROM:<jo@example.test>');
+      c.close();
+      return mail;
+    };
+    const a = await gateway({}, { lifecycle });
+    expect(await login(a)).toMatch(/^250 /);
+    await a.gateway.enforcer.suspend('joe@example.test', 'suspend_sending', { by: 'cli:tester', reference: 'D-ALIAS2', reason: 'test' });
+    // Another instance (or this one restarted) that never asked Zimbra about jo, while Zimbra is down.
+    const b = await gateway({}, { lifecycle });
+    await zimbra.down();
+    expect(await login(b)).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(joe@example\.test\)/);
+    expect(b.logs.some((l) => l.event === 'account_resolved_from_state' && l.login === 'jo@example.test' && l.account === 'joe@example.test')).toBe(true);
+  });
+
   it('while Zimbra is down, a sender that may be an alias is asked to retry, not refused as a spoofer nor struck', async () => {
     zimbra.addAccount({ name: 'joe@example.test', aliases: ['sales@example.test'] });
     await upstream.stop();

@@ -19,6 +19,7 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     await first.setSuspension('mallory@x.test', { since: t, action: 'suspend_sending', reason: 'strike total 20 reached 20', reference: 'D-AAAAAA', by: 'douane' });
     await first.setPending('eve@x.test', { action: 'suspend_account', at: t, total: 30, reference: 'D-BBBBBB', reason: 'r' });
     await first.setBreaker({ open: true, since: t, reason: 'too many' });
+    await first.setOwner('Jo@x.test', 'Joe@x.test');
     // A reinstatement clears the account's state, not the mark of a lock Douane may hold.
     await first.setLockHeld('Trent@x.test', true);
     await first.resetAccount('trent@x.test');
@@ -31,6 +32,8 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     expect(await again.pendingAccounts()).toEqual(['eve@x.test']);
     expect(await again.lockHeld('trent@x.test')).toBe(true);
     expect(await again.breaker()).toMatchObject({ open: true });
+    expect(await again.owner('jo@x.test')).toBe('joe@x.test');
+    expect(await new FileEnforcementState(file, () => t + 31 * 24 * HOUR).owner('jo@x.test')).toBeUndefined();
     await again.resetAccount('mallory@x.test');
     expect(await new FileEnforcementState(file).account('mallory@x.test')).toEqual({});
     expect(readdirSync(join(dir, 'state'))).toEqual(['enforcement.json']);
