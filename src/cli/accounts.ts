@@ -12,7 +12,7 @@ Commands:
   list                         suspended accounts, suspensions waiting for approval, outbox jobs
   status ACCOUNT               suspension, throttle, strikes, lifecycle status
   strikes ACCOUNT              the strike events counted now
-  history ACCOUNT              the audit trail for the account (strikes, suspensions, releases…)
+  history ACCOUNT              the audit trail of the instance asked, for the account (strikes, suspensions, releases…)
   suspend ACCOUNT [--sending-only [--for 24h]] [--reason TEXT]
                                block the account now (and lock it in the lifecycle API unless --sending-only)
   reinstate ACCOUNT            lift the suspension, reset strikes; unlock the account in the lifecycle API
