@@ -160,7 +160,9 @@ export class AdminServer {
           }
           const until = forMs === undefined ? undefined : Date.now() + forMs;
           if (action === 'suspend_account' && until !== undefined) return send(400, { error: 'a lock in the lifecycle API lasts until reinstated: give a duration with action suspend_sending (--sending-only)' });
-          return send(200, await accounts.suspend(account, action, { by: actor, reference: typeof body.reference === 'string' ? body.reference : `manual-${Date.now().toString(36)}`, reason: typeof body.reason === 'string' ? body.reason : 'suspended by hand', until }));
+          // Well-formed text only (no half of an emoji cut by a form): it goes to mail, logs and the state.
+          const text = (v: unknown) => (typeof v === 'string' ? v.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD') : undefined);
+          return send(200, await accounts.suspend(account, action, { by: actor, reference: text(body.reference) ?? `manual-${Date.now().toString(36)}`, reason: text(body.reason) ?? 'suspended by hand', until }));
         }
         if (req.method === 'POST' && op === 'reinstate') {
           await accounts.reinstate(account, actor);

@@ -118,14 +118,17 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return tostring(total)`;
 
-// KEYS: the suspension. ARGV: the new one (JSON), its action, its reference, its time to live in ms ('' for
-// none), '1' to update only the same suspension. Returns the one in force afterwards (JSON), or false.
+// KEYS: the suspension. ARGV: the new one (JSON), its "action":… and "reference":… members as JSON.stringify
+// writes them, its time to live in ms ('' for none), '1' to update only the same suspension. Returns the
+// one in force afterwards (JSON), or false. The stored JSON is searched, not decoded: a string member
+// cannot hold an unescaped quote, so a member is found only where it is one, and cjson (which refuses
+// some strings JSON.stringify writes, a lone surrogate) is not in the way.
 const SET_SUSPENSION = `
 local cur = redis.call('GET', KEYS[1])
-local current = cur and cjson.decode(cur)
+local function has(member) return cur and string.find(cur, member, 1, true) ~= nil end
 if ARGV[5] == '1' then
-  if not current or current.reference ~= ARGV[3] or current.action ~= ARGV[2] then return cur end
-elseif current and current.action == 'suspend_account' and ARGV[2] ~= 'suspend_account' then
+  if not (has(ARGV[2]) and has(ARGV[3])) then return cur end
+elseif has('"action":"suspend_account"') and ARGV[2] ~= '"action":"suspend_account"' then
   return cur
 end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) else redis.call('SET', KEYS[1], ARGV[1]) end
@@ -236,7 +239,8 @@ export class RedisEnforcementState implements EnforcementState {
 
   async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {
     const ttl = s.until ? String(Math.max(1, s.until - Date.now())) : '';
-    const inForce = await this.r.douaneSetSuspension(this.k('suspended', account), JSON.stringify(s), s.action, s.reference, ttl, opts.update ? '1' : '');
+    const member = (name: string, value: string) => `${JSON.stringify(name)}:${JSON.stringify(value)}`;
+    const inForce = await this.r.douaneSetSuspension(this.k('suspended', account), JSON.stringify(s), member('action', s.action), member('reference', s.reference), ttl, opts.update ? '1' : '');
     if (inForce) await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
     return inForce ? (JSON.parse(inForce) as Suspension) : undefined;
   }

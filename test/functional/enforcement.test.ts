@@ -259,6 +259,12 @@ describe('the strike ladder, end to end', () => {
     expect((await call('full-access-token-0001', 'POST', idn, 'cli:root', { action: 'suspend_sending', reason: 'complaint' })).status).toBe(200);
     const status = (await (await call('read-only-token-000001', 'GET', '/accounts/anna@xn--bcher-kva.example')).json()) as { suspension: { action: string } | null };
     expect(status.suspension).toMatchObject({ action: 'suspend_sending' });
+    // Half an emoji (a form that cut it) is kept as a replacement character: the text stays well formed,
+    // and the account can still be locked on top of it.
+    expect((await call('full-access-token-0001', 'POST', '/accounts/user5@example.test/suspend', 'cli:root', { action: 'suspend_sending', reason: 'complaint \ud83d', reference: 'case \udc00 7' })).status).toBe(200);
+    const odd = (await (await call('read-only-token-000001', 'GET', '/accounts/user5@example.test')).json()) as { suspension: { reason: string; reference: string } };
+    expect(odd.suspension).toMatchObject({ reason: 'complaint \ufffd', reference: 'case \ufffd 7' });
+    expect((await call('full-access-token-0001', 'POST', '/accounts/user5@example.test/suspend', 'cli:root', { reason: 'phishing' })).status).toBe(200);
   });
 
   it('reinstating an account whose name holds "*" or "?" clears its own claims only (Redis patterns are escaped)', async () => {

@@ -65,6 +65,13 @@ describe('limits on Redis', () => {
       await state.resetAccount('a@x.test');
       expect(await state.setSuspension('a@x.test', { ...lock, lockedBy: 'douane' }, { update: true })).toBeUndefined();
       expect((await state.account('a@x.test')).suspension).toBeUndefined();
+      // A stored one Redis's own JSON decoder would refuse (a lone surrogate, as JSON.stringify writes it)
+      // does not stop the next change; nor does a reason that spells out another suspension's members.
+      const odd = { ...sending, reason: 'complaint \ud83d "action":"suspend_account"', reference: 'D-ODD001' };
+      expect(await state.setSuspension('c@x.test', odd)).toEqual(odd);
+      expect(await state.setSuspension('c@x.test', lock)).toEqual(lock);
+      expect(await state.setSuspension('d@x.test', odd)).toEqual(odd);
+      expect(await state.setSuspension('d@x.test', { ...sending, reference: 'D-SEND02' })).toEqual({ ...sending, reference: 'D-SEND02' });
       // A timed one keeps its time to live; a lock replaces it.
       expect(await state.setSuspension('b@x.test', sending)).toEqual(sending);
       expect(Number(await own.pttl('douane-race:suspended:{b@x.test}'))).toBeGreaterThan(50_000);
