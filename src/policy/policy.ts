@@ -58,15 +58,9 @@ export interface PolicyFile {
 
 export class Policy {
   readonly rulesByPhase: Readonly<Record<RulePhase, readonly Rule[]>>;
-  private readonly fieldsUsed: ReadonlySet<string>;
   /** `accounts` by address in its comparable form, however the file wrote it */
   private readonly accountEntries: ReadonlyMap<string, PolicyDocument['accounts'][string]>;
   private readonly domainEntries: ReadonlyMap<string, PolicyDocument['domains'][string]>;
-
-  /** whether a rule (in any mode) looks at this fact */
-  uses(field: string): boolean {
-    return this.fieldsUsed.has(field);
-  }
 
   constructor(
     readonly version: string,
@@ -80,7 +74,6 @@ export class Policy {
       rcpt: rules.filter((r) => r.phase === 'rcpt'),
       data: rules.filter((r) => r.phase === 'data'),
     };
-    this.fieldsUsed = new Set(rules.flatMap((r) => r.condition.fields));
     this.accountEntries = new Map(Object.entries(doc.accounts).map(([address, entry]) => [comparableAddress(address), entry]));
     this.domainEntries = new Map(Object.entries(doc.domains).map(([domain, entry]) => [asciiDomain(domain), entry]));
   }

@@ -62,6 +62,11 @@ export interface Transaction {
   aliases?: string[];
   /** the lifecycle API did not answer: an address that is not the account's own may be an alias */
   aliasesUnknown?: boolean;
+  /**
+   * Facts set to false only for want of the aliases (sender.aligned, from.aligned), and the address in
+   * question: a rule that would refuse on them gets a tempfail instead, and no strike.
+   */
+  unverified?: { fields: Set<string>; address: string };
   /** the strike ladder's throttle: the plan's limits times this factor */
   throttle?: number;
   limits?: LimitFacts;

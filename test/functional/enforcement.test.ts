@@ -448,14 +448,42 @@ describe('one account, however its owner logs in', () => {
     for (let i = 0; i < 8; i++) {
       expect(await c.command('MAIL FROM:<sales@example.test>')).toMatch(/^451 4\.4\.3 The addresses of your account cannot be checked right now \(sales@example\.test\); .*Ref D-[0-9A-Z]{6}/);
     }
-    // Its own address needs no alias: it goes.
+    // Its own address needs no alias: it goes. A From: with the alias is asked to retry the same way.
     expect(await c.command('MAIL FROM:<joe@example.test>')).toMatch(/^250 /);
-    await c.command('RSET');
+    expect(await c.command('RCPT TO:<someone@example.net>')).toMatch(/^250 /);
+    await c.command('DATA');
+    c.write('From: sales@example.test\r\nSubject: offer\r\n\r\nhello\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^451 4\.4\.3 The addresses of your account cannot be checked right now \(sales@example\.test\);.*Ref D-[0-9A-Z]{6}/);
     expect((await a.gateway.enforcer.strikes('joe@example.test')).strikes).toEqual([]);
     expect((await a.gateway.enforcer.status('joe@example.test')).suspension).toBeNull();
     // Back: the alias is known again and the sender goes.
     await zimbra.up();
     expect(await c.command('MAIL FROM:<sales@example.test>')).toMatch(/^250 /);
+    c.close();
+  });
+
+  it('while Zimbra is down, an account no rule would refuse for its sender (a trusted submitter) still sends as others', async () => {
+    const { cpSync, mkdtempSync, readFileSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const allow = join(dir, 'allowlists.yaml');
+    writeFileSync(allow, readFileSync(allow, 'utf8').replace('    - support-desk@dstorage.example', '    - support-desk@dstorage.example\n    - desk@example.test'));
+    zimbra.addAccount({ name: 'desk@example.test' });
+    await upstream.stop();
+    upstream = await FakeUpstream.start({ users: { 'desk@example.test': 'pw' } });
+    const a = await gateway({}, { policy: { dir, watch: false }, lifecycle: { adapter: 'zimbra', timeout: '1s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } } });
+    await zimbra.down();
+    const c = await RawSmtp.connect(a.port('submissions'), { tls: true });
+    await c.reply();
+    await c.command('EHLO t');
+    expect(await c.command(`AUTH PLAIN ${Buffer.from('\0desk@example.test\0pw').toString('base64')}`)).toMatch(/^235/);
+    expect(await c.command('MAIL FROM:<customer-42@client.example>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<someone@example.net>')).toMatch(/^250 /);
+    await c.command('DATA');
+    c.write('From: customer-42@client.example\r\nSubject: your ticket\r\n\r\nanswered\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
     c.close();
   });
 

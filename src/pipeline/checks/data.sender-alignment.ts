@@ -14,11 +14,12 @@ export const dataSenderAlignment: Check = {
     const addresses = [...tx.message.from, ...(tx.message.sender ? [tx.message.sender] : [])];
     // No From: at all names no one else (from.count tells that case apart).
     const unowned = addresses.find((a) => !ownedBy(tx, account, a));
-    // As for the envelope sender: an address that may be an alias the lifecycle API would have named.
-    if (unowned !== undefined && tx.aliasesUnknown && tx.policy.uses('from.aligned')) {
-      return { action: 'tempfail', reason: 'sender.unverifiable', detail: { address: unowned }, evidence: { aligned: 'unknown', from: tx.message.from } };
-    }
     tx.fromAligned = unowned === undefined;
+    // As for the envelope sender: an address that may be an alias the lifecycle API would have named.
+    if (unowned !== undefined && tx.aliasesUnknown) {
+      tx.unverified = { fields: new Set([...(tx.unverified?.fields ?? []), 'from.aligned']), address: unowned };
+      return { action: 'continue', evidence: { aligned: 'unknown', from: tx.message.from } };
+    }
     return { action: 'continue', evidence: { aligned: tx.fromAligned, from: tx.message.from } };
   },
 };

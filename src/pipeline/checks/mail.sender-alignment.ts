@@ -13,12 +13,13 @@ export const mailSenderAlignment: Check = {
     if (session.listener.mode === 'trusted') return { action: 'continue', skip: 'trusted listener: the sender is the account' };
     // The null sender is for bounces and auto-replies; it names no one, so it cannot be someone else's.
     const aligned = tx.mailFrom === '' || ownedBy(tx, session.account ?? '', tx.mailFrom);
-    // Not the account's own, and its aliases unknown (the lifecycle API is down): a rule would refuse, and
-    // strike, what may be a legitimate alias. Not known is not checked: the client retries.
-    if (!aligned && tx.aliasesUnknown && tx.policy.uses('sender.aligned')) {
-      return { action: 'tempfail', reason: 'sender.unverifiable', detail: { address: tx.mailFrom }, evidence: { aligned: 'unknown' } };
-    }
     tx.senderAligned = aligned;
+    // Not the account's own, and its aliases unknown (the lifecycle API is down): a rule that refuses on it
+    // would refuse, and strike, what may be a legitimate alias. It gets a tempfail instead (evaluateRules).
+    if (!aligned && tx.aliasesUnknown) {
+      tx.unverified = { fields: new Set([...(tx.unverified?.fields ?? []), 'sender.aligned']), address: tx.mailFrom };
+      return { action: 'continue', evidence: { aligned: 'unknown' } };
+    }
     return { action: 'continue', evidence: { aligned } };
   },
 };

@@ -5,7 +5,7 @@
 import { factsFor } from '../../policy/build-facts.js';
 import type { RulePhase } from '../../policy/fields.js';
 import type { CheckContext } from '../types.js';
-import type { Verdict } from '../verdict.js';
+import { isRefusal, type Verdict } from '../verdict.js';
 
 export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promise<Verdict> {
   const tx = ctx.tx;
@@ -15,6 +15,14 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
   const facts = factsFor(ctx);
   const ev = policy.evaluate(phase, facts, { trace: Boolean(ctx.trace) });
   if (ev.trace) ctx.trace!(ev.trace);
+  // A rule resting on a fact that is false only for want of the lifecycle API (sender.aligned while the
+  // aliases are unknown) neither refuses nor strikes: its refusal becomes a tempfail, the client retries.
+  const unverified = tx.unverified;
+  const restsOnUnverified = (ruleId: string | undefined) => {
+    if (!unverified || ruleId === undefined) return false;
+    const rule = policy.rules.find((r) => r.id === ruleId);
+    return Boolean(rule?.condition.fields.some((f) => unverified.fields.has(f)));
+  };
   const { metrics, strikes, clock } = ctx.deps;
   for (const m of ev.would) {
     metrics.policyWould.labels(m.rule.id, m.action).inc();
@@ -22,6 +30,7 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
   }
   for (const m of ev.matched) metrics.policyMatches.labels(m.rule.id, m.action).inc();
   for (const s of ev.strikes) {
+    if (restsOnUnverified(s.rule)) continue;
     const rule = ev.matched.find((m) => m.rule.id === s.rule)?.rule;
     await strikes.record({
       account: facts.account.name,
@@ -34,6 +43,9 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
       evidence: strikeEvidence(ctx, ev.verdict.detail),
       at: clock.now(),
     });
+  }
+  if (isRefusal(ev.verdict) && restsOnUnverified(ev.verdict.rule?.id)) {
+    return { action: 'tempfail', reason: 'sender.unverifiable', detail: { address: unverified!.address }, evidence: { rule: ev.verdict.rule?.id, unverified: [...unverified!.fields] } };
   }
   tx.tags.push(...ev.tags);
   if (ev.verdict.action === 'quarantine') tx.quarantine = true;
