@@ -5,7 +5,7 @@
 // file system); another backend (object storage) implements the same five operations.
 
 import { createReadStream, createWriteStream } from 'node:fs';
-import { link, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -189,24 +189,28 @@ export class LocalQuarantine implements QuarantineStore {
     };
   }
 
-  /** Removes a claim held by a process of this host that no longer runs; true if it did. */
+  /**
+   * Removes a claim held by a process of this host that no longer runs; true when the claim should be
+   * tried again. The claim file itself is never moved: the removal is made under a second exclusive file,
+   * and only if the claim is still the dead one, so that two takers cannot remove a live claim.
+   */
   private async takeOverDeadClaim(path: string, held: string): Promise<boolean> {
     const owner = readOwner(held);
     if (!owner || owner.host !== hostname() || owner.pid === process.pid || processAlive(owner.pid)) return false;
-    // Moved aside first and checked: two takers at once must not remove the claim one of them just made.
-    const aside = `${path}.${process.pid}.${Date.now()}`;
+    const takeover = `${path}.takeover`;
     try {
-      await rename(path, aside);
+      await writeFile(takeover, String(process.pid), { flag: 'wx', mode: 0o600 });
     } catch {
-      return false;
+      return false; // someone else is taking it over: theirs
     }
-    if ((await readFile(aside, 'utf8').catch(() => '')) === held) {
-      await rm(aside, { force: true });
-      return true;
+    try {
+      const now = await readFile(path, 'utf8').catch(() => undefined);
+      if (now === held) await rm(path, { force: true });
+      // Gone meanwhile (its owner was done): free to try; anything else is a live claim.
+      return now === held || now === undefined;
+    } finally {
+      await rm(takeover, { force: true });
     }
-    await link(aside, path).catch(() => undefined);
-    await rm(aside, { force: true });
-    return false;
   }
 
   async delete(id: string): Promise<boolean> {

@@ -141,6 +141,31 @@ describe('quarantine release', () => {
     expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, claimed: [] });
   });
 
+  it('several taking over one dead claim at once: one of them holds it, never two', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-claims-'));
+    await new LocalQuarantine(dir).list();
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    let doubles = 0;
+    let nobody = 0;
+    for (let i = 0; i < 300; i++) {
+      const id = `D-${String(100000 + i)}`;
+      writeFileSync(join(dir, `${id}.lock`), JSON.stringify({ pid: dead, host: hostname(), at: new Date().toISOString() }));
+      // Three processes' worth of stores, each arriving a few turns of the event loop after the other.
+      const got = await Promise.allSettled(
+        [0, 1, 2].map(async (k) => {
+          for (let n = 0; n < k * (i % 7); n++) await new Promise((r) => setImmediate(r));
+          return new LocalQuarantine(dir).lock(id);
+        }),
+      );
+      const holders = got.filter((g) => g.status === 'fulfilled');
+      if (holders.length > 1) doubles++;
+      if (holders.length === 0) nobody++;
+      for (const g of holders) await (g as PromiseFulfilledResult<() => Promise<void>>).value();
+    }
+    expect(doubles).toBe(0);
+    expect(nobody).toBe(0);
+  });
+
   it('gives back only its own claim: one taken over meanwhile stays with its new owner', async () => {
     upstream = await FakeUpstream.start();
     const { store, meta } = await kept(upstream, 'D-REL011');
