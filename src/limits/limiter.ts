@@ -414,11 +414,18 @@ export class Limiter implements LimiterPort {
     // mode, a login is not tried unchecked any more than a message is sent unchecked.
     if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail', settle: async () => none };
     const [ipRes, acctRes] = outcome.value;
+    // A point is given back only within the window it was counted in: after it, it would credit the next.
+    const countedAt = this.now();
+    const ipWindowEnds = countedAt + ipRes.msBeforeNext;
+    const accountWindowEnds = countedAt + acctRes.msBeforeNext;
     let given = false;
     const giveBack = async (which: { ip: boolean; account: boolean }) => {
       if (given) return;
       given = true;
-      await this.decide('auth', () => Promise.all([which.ip ? ipLimiter.reward(ip, 1) : undefined, which.account ? accountLimiter.reward(key, 1) : undefined]));
+      const now = this.now();
+      await this.decide('auth', () =>
+        Promise.all([which.ip && now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, which.account && now < accountWindowEnds ? accountLimiter.reward(key, 1) : undefined]),
+      );
     };
     // Earlier attempts, this one left out: over the limit, this one is not tried.
     const ipBlocked = ipRes.consumedPoints - 1 > pi.limit;
@@ -432,11 +439,22 @@ export class Limiter implements LimiterPort {
     return {
       retryAfter: 0,
       settle: async (how) => {
-        if (how === 'failed') return { accountBlockedNow: acctRes.consumedPoints === pa.limit + 1, failures: acctRes.consumedPoints };
+        if (how === 'failed') {
+          // A login that worked meanwhile cleared the account's count, this attempt's point with it: the
+          // failure is counted again, in the new count, and only that count says whether it blocks.
+          const now = await this.decide('auth', () => accountLimiter.get(key));
+          if (now.value !== undefined && (now.value?.consumedPoints ?? 0) < acctRes.consumedPoints) {
+            const again = await this.decide('auth', () => settleRes(accountLimiter.consume(key)));
+            const n = again.value?.consumedPoints ?? 0;
+            return { accountBlockedNow: n === pa.limit + 1, failures: n };
+          }
+          return { accountBlockedNow: acctRes.consumedPoints === pa.limit + 1, failures: acctRes.consumedPoints };
+        }
         // A login that worked clears the account's failures (not the address's); this attempt was none.
         if (how === 'succeeded') {
           given = true;
-          await this.decide('auth', () => Promise.all([ipLimiter.reward(ip, 1), accountLimiter.delete(key)]));
+          const now = this.now();
+          await this.decide('auth', () => Promise.all([now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, accountLimiter.delete(key)]));
         } else await giveBack({ ip: true, account: true });
         return none;
       },

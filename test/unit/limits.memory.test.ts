@@ -44,4 +44,35 @@ describe('in-memory limits', () => {
     const halved = throttled(ten, 0.5);
     expect((await l.checkRecipient('b@x.test', halved, 'r10@y.test', 0)).facts.exceeded).toEqual(['recipients_per_hour']);
   });
+
+  it('a login attempt given back after its window ended credits nothing to the next window', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 1000, block: 0 }, failures_per_account: { limit: 2, window: 1000, block: 0 } };
+    const late = await l.authAttempt('192.0.2.1', 'victim@x.test', limits);
+    await new Promise((r) => setTimeout(r, 1100));
+    await late.settle('not_tried');
+    // A limit of 2 lets three failures through, then blocks: not four.
+    let tried = 0;
+    for (let i = 0; i < 10; i++) {
+      const a = await l.authAttempt('192.0.2.1', 'victim@x.test', limits);
+      if (a.blocked) break;
+      tried++;
+      await a.settle('failed');
+    }
+    expect(tried).toBe(3);
+  });
+
+  it('a failed login that was in flight while another one worked is counted again, and blocks only when the new count says so', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 60_000, block: 60_000 } };
+    for (let i = 0; i < 2; i++) await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed');
+    const owner = await l.authAttempt('203.0.113.5', 'v@x.test', limits);
+    const attacker = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+    await owner.settle('succeeded');
+    expect(await attacker.settle('failed')).toEqual({ accountBlockedNow: false, failures: 1 });
+    // Three more failures, one at a time: the fourth of the new count blocks.
+    for (let i = 0; i < 2; i++) expect((await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed')).accountBlockedNow).toBe(false);
+    expect(await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed')).toEqual({ accountBlockedNow: true, failures: 4 });
+    expect((await l.authAttempt('198.51.100.1', 'v@x.test', limits)).blocked).toBe('account');
+  });
 });
