@@ -431,8 +431,11 @@ export class Limiter implements LimiterPort {
     const ipBlocked = ipRes.consumedPoints - 1 > pi.limit;
     const accountBlocked = acctRes.consumedPoints - 1 > pa.limit;
     if (ipBlocked || accountBlocked) {
-      // Never tried: it does not count, so that refused retries neither block the address nor lengthen the block.
-      await giveBack({ ip: true, account: true });
+      // Never tried: it does not count against the other one, so that retries refused for a blocked account
+      // do not block an address (an office behind one address) for the other accounts. Its point stays on
+      // the one that is blocked: rate-limiter-flexible sets a count when it starts a block, so points
+      // given back there would take away failures counted meanwhile.
+      await giveBack({ ip: !ipBlocked, account: !accountBlocked });
       const res = ipBlocked ? ipRes : acctRes;
       return { blocked: ipBlocked ? 'ip' : 'account', retryAfter: Math.ceil(res.msBeforeNext / 1000), settle: async () => none };
     }
@@ -443,7 +446,7 @@ export class Limiter implements LimiterPort {
           // A login that worked meanwhile cleared the account's count, this attempt's point with it: the
           // failure is counted again, in the new count, and only that count says whether it blocks.
           const now = await this.decide('auth', () => accountLimiter.get(key));
-          if (now.value !== undefined && (now.value?.consumedPoints ?? 0) < acctRes.consumedPoints) {
+          if (now.value === null) {
             const again = await this.decide('auth', () => settleRes(accountLimiter.consume(key)));
             const n = again.value?.consumedPoints ?? 0;
             return { accountBlockedNow: n === pa.limit + 1, failures: n };
