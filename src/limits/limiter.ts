@@ -443,22 +443,20 @@ export class Limiter implements LimiterPort {
       retryAfter: 0,
       settle: async (how) => {
         if (how === 'failed') {
-          // A login that worked meanwhile cleared the account's count, this attempt's point with it: the
-          // failure is counted again, in the new count, and only that count says whether it blocks.
+          // Blocked now if the count, read after this failure, is past the limit; other attempts settle
+          // around it (and some give their point back), so of the failures that see it, the first to claim
+          // the block says so, once per block.
           const now = await this.decide('auth', () => accountLimiter.get(key));
-          if (now.value === null) {
-            const again = await this.decide('auth', () => settleRes(accountLimiter.consume(key)));
-            const n = again.value?.consumedPoints ?? 0;
-            return { accountBlockedNow: n === pa.limit + 1, failures: n };
-          }
-          return { accountBlockedNow: acctRes.consumedPoints === pa.limit + 1, failures: acctRes.consumedPoints };
+          const failures = now.value?.consumedPoints ?? acctRes.consumedPoints;
+          if (failures <= pa.limit) return { accountBlockedNow: false, failures };
+          const blockSeconds = (pa.block || pa.window) / 1000;
+          const first = await this.decide('auth', () => settleRes(this.limiter('auth_blocked', 1, blockSeconds).consume(key)));
+          return { accountBlockedNow: first.value?.consumedPoints === 1, failures };
         }
-        // A login that worked clears the account's failures (not the address's); this attempt was none.
-        if (how === 'succeeded') {
-          given = true;
-          const now = this.now();
-          await this.decide('auth', () => Promise.all([now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, accountLimiter.delete(key)]));
-        } else await giveBack({ ip: true, account: true });
+        // A login that worked, or was never tried, was no failure: its own point is given back, and only
+        // that. The failures counted around it stand: clearing them would hand whoever is guessing the
+        // password a fresh set of tries at each of the holder's logins.
+        await giveBack({ ip: true, account: true });
         return none;
       },
     };

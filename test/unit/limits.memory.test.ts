@@ -62,17 +62,41 @@ describe('in-memory limits', () => {
     expect(tried).toBe(3);
   });
 
-  it('a failed login that was in flight while another one worked is counted again, and blocks only when the new count says so', async () => {
+  it('a login that works while failures are in flight clears nothing: they count, and the block comes at the limit, once', async () => {
     const l = limiter();
     const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 60_000, block: 60_000 } };
-    for (let i = 0; i < 2; i++) await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed');
+    const a1 = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+    const a2 = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
     const owner = await l.authAttempt('203.0.113.5', 'v@x.test', limits);
-    const attacker = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+    const a3 = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
     await owner.settle('succeeded');
-    expect(await attacker.settle('failed')).toEqual({ accountBlockedNow: false, failures: 1 });
-    // Three more failures, one at a time: the fourth of the new count blocks.
-    for (let i = 0; i < 2; i++) expect((await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed')).accountBlockedNow).toBe(false);
-    expect(await (await l.authAttempt('198.51.100.1', 'v@x.test', limits)).settle('failed')).toEqual({ accountBlockedNow: true, failures: 4 });
-    expect((await l.authAttempt('198.51.100.1', 'v@x.test', limits)).blocked).toBe('account');
+    for (const a of [a1, a2, a3]) expect((await a.settle('failed')).accountBlockedNow).toBe(false);
+    // Three failures stand (limit 3): one more try, whose failure blocks the account, and says so once.
+    let tried = 0;
+    const blockedNow: boolean[] = [];
+    for (let i = 0; i < 10; i++) {
+      const a = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+      if (a.blocked) break;
+      tried++;
+      blockedNow.push((await a.settle('failed')).accountBlockedNow);
+    }
+    expect(tried).toBe(1);
+    expect(blockedNow).toEqual([true]);
+  });
+
+  it('an attempt the upstream could not check, settled after a login worked, gives back its own point only', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 60_000, block: 60_000 } };
+    const unchecked = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+    await (await l.authAttempt('203.0.113.5', 'v@x.test', limits)).settle('succeeded');
+    await unchecked.settle('not_tried');
+    let tried = 0;
+    for (let i = 0; i < 10; i++) {
+      const a = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+      if (a.blocked) break;
+      tried++;
+      await a.settle('failed');
+    }
+    expect(tried).toBe(4);
   });
 });
