@@ -69,6 +69,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private readonly knownSuspensions = new Map<string, Suspension>();
   /** address → the account it belongs to, as the lifecycle API last said */
   private readonly owners = new Map<string, string>();
+  /** addresses whose kept owner this process removed (asked once, not at every lookup) */
+  private readonly ownerForgotten = new Set<string>();
 
   constructor(
     private readonly deps: {
@@ -403,8 +405,20 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   /** Asks the lifecycle API whose address this is, and remembers the answer. */
   private async resolve(login: string): Promise<string> {
     const info = await deadline(this.deps.lifecycle!.status(login), 'lifecycle API', this.deps.deadlineMs);
-    if (info.status === 'unknown') return login; // not (or no longer) an account's: asked again next time
-    const name = info.name ? comparableAddress(info.name) : login;
+    const before = this.owners.get(login);
+    const name = info.status === 'unknown' ? login : info.name ? comparableAddress(info.name) : login;
+    // No longer (or not known here to be) someone else's: an owner kept for it goes, so that an outage
+    // does not bring back an alias it ceased to be.
+    if (name === login && before !== login && !this.ownerForgotten.has(login)) {
+      this.ownerForgotten.add(login);
+      if (this.ownerForgotten.size > MAX_OWNERS) this.ownerForgotten.delete(this.ownerForgotten.values().next().value!);
+      void this.deps.state.forgetOwner(login).catch(() => undefined);
+    }
+    if (name !== login) this.ownerForgotten.delete(login);
+    if (info.status === 'unknown') {
+      this.owners.delete(login);
+      return login; // not (or no longer) an account's: asked again next time
+    }
     this.remember(login, name);
     if (name !== login) {
       this.deps.log.debug({ event: 'account_resolved', login, account: name }, `${login} is account ${name}`);

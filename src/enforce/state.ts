@@ -103,6 +103,8 @@ export interface EnforcementState {
    */
   owner(address: string): Promise<string | undefined>;
   setOwner(address: string, account: string): Promise<void>;
+  /** the address is its own account now, or no account's: it is nobody's alias any more */
+  forgetOwner(address: string): Promise<void>;
 }
 
 /** How long an address's owner is remembered without being confirmed by the lifecycle API. */
@@ -199,6 +201,10 @@ export class RedisEnforcementState implements EnforcementState {
 
   async setOwner(address: string, account: string): Promise<void> {
     await this.r.set(this.k('owner', address), account.toLowerCase(), 'PX', OWNER_TTL_MS);
+  }
+
+  async forgetOwner(address: string): Promise<void> {
+    await this.r.del(this.k('owner', address));
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -345,6 +351,10 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async setOwner(address: string, account: string): Promise<void> {
     this.owners.set(address.toLowerCase(), { account: account.toLowerCase(), until: this.now() + OWNER_TTL_MS });
+  }
+
+  async forgetOwner(address: string): Promise<void> {
+    this.owners.delete(address.toLowerCase());
   }
 
   async setLockHeld(account: string, held: boolean): Promise<void> {
@@ -556,6 +566,12 @@ export class FileEnforcementState extends MemoryEnforcementState {
   override async setLockHeld(account: string, held: boolean): Promise<void> {
     await super.setLockHeld(account, held);
     this.save();
+  }
+
+  override async forgetOwner(address: string): Promise<void> {
+    const had = this.owners.has(address.toLowerCase());
+    await super.forgetOwner(address);
+    if (had) this.save();
   }
 
   override async setOwner(address: string, account: string): Promise<void> {

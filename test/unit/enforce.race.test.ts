@@ -10,7 +10,7 @@ import { AuditLog } from '../../src/audit/log.js';
 import { Enforcer } from '../../src/enforce/enforcer.js';
 import { Outbox } from '../../src/enforce/outbox.js';
 import { MemoryEnforcementState, type Suspension } from '../../src/enforce/state.js';
-import type { LifecycleApi } from '../../src/lifecycle/types.js';
+import { LifecycleError, type AccountInfo, type LifecycleApi } from '../../src/lifecycle/types.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
@@ -115,5 +115,31 @@ describe('enforcement races', () => {
     expect((await state.account('victim@x.test')).suspension).toBeUndefined();
     expect(zimbra.account.status).toBe('active');
     expect(await state.lockHeld('victim@x.test')).toBe(false);
+  });
+});
+
+describe('whose an address is, kept for an outage', () => {
+  it('an alias that became an account of its own is not its old account during a later outage', async () => {
+    const directory: Record<string, AccountInfo> = {};
+    let down = false;
+    const api: LifecycleApi = {
+      kind: 'stub',
+      status: async (a) => {
+        if (down) throw new LifecycleError('unavailable', 'down', true);
+        return directory[a] ?? ({ status: 'unknown' } as AccountInfo);
+      },
+      suspend: async () => 'locked' as never,
+      reinstate: async () => undefined,
+    };
+    const state = new MemoryEnforcementState();
+    directory['sales@x.test'] = { status: 'active', name: 'old@x.test' } as AccountInfo;
+    expect(await instance(state, api).enforcer.canonical('sales@x.test')).toBe('old@x.test');
+    await expect.poll(() => state.owner('sales@x.test')).toBe('old@x.test');
+    // Another instance learns that it is an account of its own now.
+    directory['sales@x.test'] = { status: 'active' } as AccountInfo;
+    expect(await instance(state, api).enforcer.canonical('sales@x.test')).toBe('sales@x.test');
+    await expect.poll(() => state.owner('sales@x.test')).toBeUndefined();
+    down = true;
+    expect(await instance(state, api).enforcer.canonical('sales@x.test')).toBe('sales@x.test');
   });
 });
