@@ -8,6 +8,7 @@ import tls from 'node:tls';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { ReplyParser, formatReply, type SmtpReply } from './reply.js';
+import { AddressList, LOOPBACK } from '../validate/net.js';
 
 export type UpstreamTlsMode = 'opportunistic' | 'starttls' | 'implicit' | 'none';
 
@@ -509,8 +510,9 @@ function asUpstreamError(err: unknown): UpstreamError {
   return new UpstreamError('connect', (err as Error)?.message ?? String(err));
 }
 
+const loopback = new AddressList(LOOPBACK);
+
 /** 127.0.0.0/8 and ::1 (IPv4-mapped too): the peer of a connection that never leaves the machine. */
 export function isLoopbackAddress(address: string): boolean {
-  const a = address.toLowerCase().replace(/^::ffff:(?=\d)/, '');
-  return a === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(a);
+  return loopback.has(address);
 }
