@@ -76,6 +76,16 @@ async function authenticated(gw: TestGateway): Promise<RawSmtp> {
   return c;
 }
 
+/** One AUTH PLAIN on a connection of its own: the reply. */
+async function loginOnce(gw: TestGateway, login: string, pass: string): Promise<string> {
+  const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+  await c.reply();
+  await c.command('EHLO t');
+  const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0${login}\0${pass}`).toString('base64')}`);
+  c.close();
+  return r;
+}
+
 describe('each limit at its boundary', () => {
   it('messages per minute: n accepted, n+1 refused at MAIL with 450 4.7.1 and when to retry; a new window starts fresh', async () => {
     const gw = await gateway();
@@ -606,14 +616,7 @@ describe('brute force and sudden volume', () => {
 
   it('blocks an account after repeated failed logins (454 4.7.0) without asking the upstream, with a strike', async () => {
     const gw = await gateway();
-    const attempt = async (pass: string) => {
-      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-      await c.reply();
-      await c.command('EHLO t');
-      const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0victim@example.test\0${pass}`).toString('base64')}`);
-      c.close();
-      return r;
-    };
+    const attempt = (pass: string) => loginOnce(gw, 'victim@example.test', pass);
     for (let i = 0; i < 4; i++) expect(await attempt('wrong')).toMatch(/^535 5\.7\.8/);
     const authsBefore = upstream.commands.filter((c) => c.startsWith('AUTH')).length;
     expect(await attempt('right')).toMatch(/^454 4\.7\.0 Too many failed logins from your address or for this account; try again in \d+ minutes\./);
@@ -640,13 +643,7 @@ describe('brute force and sudden volume', () => {
     await gw.waitForLog((l) => l.event === 'strike');
     expect(gw.logs.filter((l) => l.event === 'strike')).toHaveLength(1);
     // And it stays blocked: the refused ones did not give it tries back.
-    for (let i = 0; i < 5; i++) {
-      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-      await c.reply();
-      await c.command('EHLO t');
-      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0guess').toString('base64')}`)).toMatch(/^454 4\.7\.0 Too many failed logins/);
-      c.close();
-    }
+    for (let i = 0; i < 5; i++) expect(await loginOnce(gw, 'victim@example.test', 'guess')).toMatch(/^454 4\.7\.0 Too many failed logins/);
     expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toHaveLength(4);
   });
 
@@ -655,14 +652,7 @@ describe('brute force and sudden volume', () => {
     await upstream.stop();
     upstream = await FakeUpstream.start({ users: { 'victim@example.test': 'right' }, auth: () => (down ? '454 4.7.0 Temporary authentication failure' : undefined) });
     const gw = await gateway();
-    const attempt = async (pass: string) => {
-      const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-      await c.reply();
-      await c.command('EHLO t');
-      const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0victim@example.test\0${pass}`).toString('base64')}`);
-      c.close();
-      return r;
-    };
+    const attempt = (pass: string) => loginOnce(gw, 'victim@example.test', pass);
     down = true;
     for (let i = 0; i < 6; i++) expect(await attempt('right')).toMatch(/^454 4\.7\.0 /);
     down = false;
@@ -689,14 +679,7 @@ describe('brute force and sudden volume', () => {
         lifecycle: { adapter: 'zimbra', timeout: '2s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } },
       });
       gateways.push(gw);
-      const attempt = async (login: string, pass: string) => {
-        const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
-        await c.reply();
-        await c.command('EHLO t');
-        const r = await c.command(`AUTH PLAIN ${Buffer.from(`\0${login}\0${pass}`).toString('base64')}`);
-        c.close();
-        return r;
-      };
+      const attempt = (login: string, pass: string) => loginOnce(gw, login, pass);
       // Once each spelling has logged in, it is known to be roomy@example.test.
       for (const login of ['roomy.alias@example.test', 'roomy']) expect(await attempt(login, 'secret')).toMatch(/^235/);
       // Four failures, one account (the limit is 3): blocked under any spelling.

@@ -2,7 +2,7 @@
 // limit they are judged against, so a reload that changes a limit, or a throttle, does not reset them.
 
 import { describe, expect, it } from 'vitest';
-import { Limiter } from '../../src/limits/limiter.js';
+import { Limiter, type AuthLimits } from '../../src/limits/limiter.js';
 import { throttled } from '../../src/limits/throttle.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
@@ -12,6 +12,17 @@ const base = loadPolicy('fixtures/policies/small-limits').account('roomy@example
 
 function limiter(now: () => number = Date.now) {
   return new Limiter({ keyPrefix: 'douane', onFailure: 'insurance', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }), now });
+}
+
+/** Failed logins one after another until the account is blocked: how many were tried, and which said so. */
+async function failUntilBlocked(l: Limiter, ip: string, account: string, limits: AuthLimits): Promise<{ tried: number; blockedNow: boolean[] }> {
+  const blockedNow: boolean[] = [];
+  for (let i = 0; i < 10; i++) {
+    const a = await l.authAttempt(ip, account, limits);
+    if (a.blocked) break;
+    blockedNow.push((await a.settle('failed')).accountBlockedNow);
+  }
+  return { tried: blockedNow.length, blockedNow };
 }
 
 describe('in-memory limits', () => {
@@ -52,14 +63,7 @@ describe('in-memory limits', () => {
     await new Promise((r) => setTimeout(r, 1100));
     await late.settle('not_tried');
     // A limit of 2 lets three failures through, then blocks: not four.
-    let tried = 0;
-    for (let i = 0; i < 10; i++) {
-      const a = await l.authAttempt('192.0.2.1', 'victim@x.test', limits);
-      if (a.blocked) break;
-      tried++;
-      await a.settle('failed');
-    }
-    expect(tried).toBe(3);
+    expect((await failUntilBlocked(l, '192.0.2.1', 'victim@x.test', limits)).tried).toBe(3);
   });
 
   it('a login that works while failures are in flight clears nothing: they count, and the block comes at the limit, once', async () => {
@@ -72,14 +76,7 @@ describe('in-memory limits', () => {
     await owner.settle('succeeded');
     for (const a of [a1, a2, a3]) expect((await a.settle('failed')).accountBlockedNow).toBe(false);
     // Three failures stand (limit 3): one more try, whose failure blocks the account, and says so once.
-    let tried = 0;
-    const blockedNow: boolean[] = [];
-    for (let i = 0; i < 10; i++) {
-      const a = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
-      if (a.blocked) break;
-      tried++;
-      blockedNow.push((await a.settle('failed')).accountBlockedNow);
-    }
+    const { tried, blockedNow } = await failUntilBlocked(l, '198.51.100.1', 'v@x.test', limits);
     expect(tried).toBe(1);
     expect(blockedNow).toEqual([true]);
   });
@@ -90,13 +87,6 @@ describe('in-memory limits', () => {
     const unchecked = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
     await (await l.authAttempt('203.0.113.5', 'v@x.test', limits)).settle('succeeded');
     await unchecked.settle('not_tried');
-    let tried = 0;
-    for (let i = 0; i < 10; i++) {
-      const a = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
-      if (a.blocked) break;
-      tried++;
-      await a.settle('failed');
-    }
-    expect(tried).toBe(4);
+    expect((await failUntilBlocked(l, '198.51.100.1', 'v@x.test', limits)).tried).toBe(4);
   });
 });
