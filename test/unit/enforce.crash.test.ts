@@ -6,15 +6,11 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { AuditLog } from '../../src/audit/log.js';
-import { Enforcer } from '../../src/enforce/enforcer.js';
-import { Outbox } from '../../src/enforce/outbox.js';
 import { FileEnforcementState, type Suspension, type Throttle } from '../../src/enforce/state.js';
 import { LifecycleError, type LifecycleApi } from '../../src/lifecycle/types.js';
-import { createLogger } from '../../src/log.js';
-import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { StrikeEvent } from '../../src/policy/strikes.js';
+import { enforcement } from '../harness/enforcement.js';
 
 const never = new Promise<never>(() => undefined);
 
@@ -68,8 +64,6 @@ class FaultyState extends FileEnforcementState {
 }
 
 function instance(dir: string, now: () => number) {
-  const metrics = new Metrics({ version: 't', defaultMetrics: false });
-  const log = createLogger({ level: 'silent' });
   const calls: string[] = [];
   const api = { down: false };
   const outage = () => {
@@ -89,28 +83,7 @@ function instance(dir: string, now: () => number) {
   };
   const state = new FaultyState(join(dir, 'enforcement.json'), now);
   const policy = loadPolicy('policies');
-  let enforcer: Enforcer | undefined;
-  const outbox = new Outbox({
-    dir: join(dir, 'outbox'),
-    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined },
-    minDelayMs: 10,
-    maxDelayMs: 50,
-    metrics,
-    log,
-    now,
-  });
-  enforcer = new Enforcer({
-    state,
-    outbox,
-    audit: new AuditLog(join(dir, 'audit.log')),
-    policy: () => policy,
-    settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
-    metrics,
-    log,
-    deadlineMs: 500,
-    now,
-    lifecycle,
-  });
+  const { enforcer, outbox } = enforcement({ dir, state, lifecycle, policy, deadlineMs: 500, now });
   const strike = (account: string, event: string, weight: number, n: number): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
   return { enforcer, state, outbox, calls, strike, api };
 }

@@ -6,15 +6,12 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AuditLog } from '../../src/audit/log.js';
-import { Enforcer } from '../../src/enforce/enforcer.js';
-import { Outbox } from '../../src/enforce/outbox.js';
+import type { Outbox } from '../../src/enforce/outbox.js';
 import { MemoryEnforcementState, type Suspension } from '../../src/enforce/state.js';
 import { LifecycleError, type AccountInfo, type LifecycleApi } from '../../src/lifecycle/types.js';
-import { createLogger } from '../../src/log.js';
-import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { StrikeEvent } from '../../src/policy/strikes.js';
+import { enforcement } from '../harness/enforcement.js';
 
 const policy = loadPolicy('policies');
 const outboxes: Outbox[] = [];
@@ -44,31 +41,9 @@ function zimbraLike(delayMs = 0) {
 }
 
 function instance(state: MemoryEnforcementState, lifecycle: LifecycleApi) {
-  const dir = mkdtempSync(join(tmpdir(), 'douane-race-'));
-  const metrics = new Metrics({ version: 't', defaultMetrics: false });
-  const log = createLogger({ level: 'silent' });
-  let enforcer: Enforcer | undefined;
-  const outbox = new Outbox({
-    dir: join(dir, 'outbox'),
-    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined },
-    minDelayMs: 10,
-    maxDelayMs: 50,
-    metrics,
-    log,
-  });
-  outboxes.push(outbox);
-  enforcer = new Enforcer({
-    state,
-    outbox,
-    audit: new AuditLog(join(dir, 'audit.log')),
-    policy: () => policy,
-    settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
-    metrics,
-    log,
-    deadlineMs: 2000,
-    lifecycle,
-  });
-  return { enforcer, outbox };
+  const made = enforcement({ dir: mkdtempSync(join(tmpdir(), 'douane-race-')), state, lifecycle, policy, deadlineMs: 2000 });
+  outboxes.push(made.outbox);
+  return made;
 }
 
 const strike = (n: number, weight: number): StrikeEvent => ({ account: 'victim@x.test', event: 'bulk', weight, rule: 'bulk.campaign', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: Date.now() });
