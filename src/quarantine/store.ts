@@ -177,9 +177,13 @@ export class LocalQuarantine implements QuarantineStore {
         const held = await readFile(path, 'utf8').catch(() => '');
         // A release killed mid-way (^C, a crash) leaves its claim behind: on this host its process is
         // known to be gone, and the claim is taken over once. Elsewhere nobody can tell, and a person decides.
-        if (attempt === 0 && (await this.takeOverDeadClaim(path, held))) continue;
+        const takeover = attempt === 0 ? await this.takeOverDeadClaim(path, held) : 'held';
+        if (takeover === 'taken') continue;
         const owner = readOwner(held);
         const by = owner ? ` by process ${owner.pid} on ${owner.host} since ${owner.at}` : '';
+        if (takeover === 'interrupted') {
+          throw new EntryClaimed(`${id} was claimed${by}, which is gone, and taking over its claim was interrupted (remove ${path}.takeover and ${path})`);
+        }
         throw new EntryClaimed(`${id} is being released or deleted by someone else${by} (remove ${path} if that process died)`);
       }
     }
@@ -190,24 +194,29 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   /**
-   * Removes a claim held by a process of this host that no longer runs; true when the claim should be
-   * tried again. The claim file itself is never moved: the removal is made under a second exclusive file,
-   * and only if the claim is still the dead one, so that two takers cannot remove a live claim.
+   * Removes a claim held by a process of this host that no longer runs. The claim file itself is never
+   * moved: the removal is made under a second exclusive file, and only if the claim is still the dead one,
+   * so that two takers cannot remove a live claim. 'taken': try the claim again; 'interrupted': a taker
+   * that is itself gone left its file, which only a person can tell from one still at work.
    */
-  private async takeOverDeadClaim(path: string, held: string): Promise<boolean> {
+  private async takeOverDeadClaim(path: string, held: string): Promise<'taken' | 'held' | 'interrupted'> {
     const owner = readOwner(held);
-    if (!owner || owner.host !== hostname() || owner.pid === process.pid || processAlive(owner.pid)) return false;
+    if (!owner || owner.host !== hostname() || owner.pid === process.pid || processAlive(owner.pid)) return 'held';
     const takeover = `${path}.takeover`;
+    const mine = JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
     try {
-      await writeFile(takeover, String(process.pid), { flag: 'wx', mode: 0o600 });
-    } catch {
-      return false; // someone else is taking it over: theirs
+      await writeFile(takeover, mine, { flag: 'wx', mode: 0o600 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const taker = readOwner(await readFile(takeover, 'utf8').catch(() => ''));
+      const gone = taker !== undefined && taker.host === hostname() && !processAlive(taker.pid);
+      return gone ? 'interrupted' : 'held'; // someone else is taking it over: theirs
     }
     try {
       const now = await readFile(path, 'utf8').catch(() => undefined);
       if (now === held) await rm(path, { force: true });
       // Gone meanwhile (its owner was done): free to try; anything else is a live claim.
-      return now === held || now === undefined;
+      return now === held || now === undefined ? 'taken' : 'held';
     } finally {
       await rm(takeover, { force: true });
     }

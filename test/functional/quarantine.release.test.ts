@@ -125,6 +125,20 @@ describe('quarantine release', () => {
     expect(readFileSync(lockPath, 'utf8')).toContain(`"pid":${process.ppid}`);
   });
 
+  it('a takeover interrupted by its own death is named, with both files to remove', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, meta } = await kept(upstream, 'D-REL012');
+    const lockPath = join(store.dir, `${meta.id}.lock`);
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    writeFileSync(lockPath, JSON.stringify({ pid: dead, host: hostname(), at: '2026-01-01T00:00:00.000Z' }));
+    writeFileSync(`${lockPath}.takeover`, JSON.stringify({ pid: dead, host: hostname(), at: '2026-01-01T00:00:01.000Z' }));
+    await expect(store.delete(meta.id)).rejects.toThrow(`taking over its claim was interrupted (remove ${lockPath}.takeover and ${lockPath})`);
+    // A taker still at work: its claim is left alone, as any live claim.
+    writeFileSync(`${lockPath}.takeover`, JSON.stringify({ pid: process.ppid, host: hostname(), at: '2026-01-01T00:00:01.000Z' }));
+    await expect(store.delete(meta.id)).rejects.toThrow(`being released or deleted by someone else by process ${dead} on ${hostname()}`);
+    expect(existsSync(`${lockPath}.takeover`)).toBe(true);
+  });
+
   it('a purge removes what is past retention, keeps the rest, and reports what a release holds', async () => {
     upstream = await FakeUpstream.start();
     const { store } = await kept(upstream, 'D-REL008');
