@@ -32,7 +32,7 @@ import type { LifecycleApi } from './lifecycle/types.js';
 import { join } from 'node:path';
 import { createRedis, redisPing, redisReady, type RedisClient } from './limits/redis.js';
 import type { SessionState, Transaction } from './session/state.js';
-import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, type ConnectionHooks } from './smtp/connection.js';
+import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, takeCredentialsAsSent, type ConnectionHooks, type CredentialsAsSent } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
 import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
@@ -519,7 +519,8 @@ export class Gateway {
         }
         state.upstream = upstream;
       }
-      reply = await upstream.auth(username, auth.password ?? '', auth.authzid ?? '');
+      const credentials = asSent(auth, session);
+      reply = await upstream.auth(credentials.username, credentials.password, credentials.authzid);
     } catch (err) {
       void attempt?.settle('not_tried');
       if (state.closed) throw clientGone('before its credentials were checked');
@@ -1083,6 +1084,17 @@ export class Gateway {
  * given back by the handler itself: the session's cleanup has already run. The guard logs it, nobody is
  * left to answer.
  */
+/**
+ * The credentials to pass upstream: the client's bytes when they are what smtp-server decoded (they differ
+ * only where the bytes are not UTF-8), else smtp-server's own reading.
+ */
+function asSent(auth: SMTPServerAuthentication, session: SMTPServerSession): CredentialsAsSent {
+  const raw = takeCredentialsAsSent(session);
+  const same = raw !== undefined && raw.username.toString() === (auth.username ?? '') && raw.password.toString() === (auth.password ?? '');
+  if (same) return raw;
+  return { username: Buffer.from(auth.username ?? ''), password: Buffer.from(auth.password ?? ''), authzid: Buffer.from(auth.authzid ?? '') };
+}
+
 function clientGone(what: string): Error {
   return Object.assign(new Error(`the client went away ${what}`), { code: 'ECONNECTION' });
 }

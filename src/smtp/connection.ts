@@ -17,7 +17,10 @@
 //    an address that is not UTF-8 is refused rather than relayed with its bytes replaced. Their parameters
 //    are kept as written too (paramsAsWritten): smtp-server decodes xtext (ENVID, ORCPT), which relayed
 //    would no longer be xtext;
-//  - DSN is offered only while the upstream offers it (ConnectionHooks.offersDsn).
+//  - DSN is offered only while the upstream offers it (ConnectionHooks.offersDsn);
+//  - AUTH credentials are kept as the client's bytes (takeCredentialsAsSent): smtp-server decodes them as
+//    UTF-8, replacing what is not, and a password typed on an old client in its code page would reach the
+//    upstream changed, and fail there.
 
 import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
@@ -74,6 +77,55 @@ export function paramsAsWritten(address: object): WrittenParams {
   return writtenParams.get(address) ?? {};
 }
 
+/** The credentials of an AUTH exchange as the client's bytes. */
+export interface CredentialsAsSent {
+  username: Buffer;
+  password: Buffer;
+  authzid: Buffer;
+}
+
+/** By session: those of the AUTH exchange whose last line is being handled. */
+const credentialsBySession = new WeakMap<object, CredentialsAsSent>();
+
+/** The credentials of the AUTH exchange the session's onAuth is called for, as sent; taken once. */
+export function takeCredentialsAsSent(session: object): CredentialsAsSent | undefined {
+  const credentials = credentialsBySession.get(session);
+  credentialsBySession.delete(session);
+  return credentials;
+}
+
+/**
+ * The credentials carried by an AUTH exchange (its command, then its continuation lines), read as
+ * smtp-server reads them but into bytes; undefined while it is incomplete or when it is not PLAIN or LOGIN.
+ */
+export function decodeAuthExchange(exchange: readonly string[]): CredentialsAsSent | undefined {
+  const [, mechanism = '', ...args] = exchange[0]!.trim().split(/\s+/);
+  const given = [...args, ...exchange.slice(1).map((line) => line.trim())];
+  if (given.includes('*')) return undefined;
+  if (mechanism.toUpperCase() === 'PLAIN' && given.length >= 1) {
+    const fields = splitNul(Buffer.from(given[0]!, 'base64'));
+    if (fields.length !== 3) return undefined;
+    const [authzid, authcid, password] = fields as [Buffer, Buffer, Buffer];
+    // smtp-server's reading: an empty authentication identity falls back to the authorisation identity.
+    return { username: authcid.length ? authcid : authzid, password, authzid };
+  }
+  if (mechanism.toUpperCase() === 'LOGIN' && given.length >= 2) {
+    return { username: Buffer.from(given[0]!, 'base64'), password: Buffer.from(given[1]!, 'base64'), authzid: Buffer.alloc(0) };
+  }
+  return undefined;
+}
+
+function splitNul(blob: Buffer): Buffer[] {
+  const fields: Buffer[] = [];
+  let start = 0;
+  for (let nul = blob.indexOf(0); nul >= 0; nul = blob.indexOf(0, start)) {
+    fields.push(blob.subarray(start, nul));
+    start = nul + 1;
+  }
+  fields.push(blob.subarray(start));
+  return fields;
+}
+
 /** Records, per command line, whether it ended with a bare LF. */
 class LineEndingTrackingStream extends SMTPStream {
   readonly bareLf: boolean[] = [];
@@ -98,6 +150,8 @@ export class GatewayConnection extends SMTPConnection {
   declare _server: GatewaySmtpServer;
   private deadlineTimer: NodeJS.Timeout | undefined;
   private deadlinePassed = false;
+  /** the lines of the AUTH exchange in progress, AUTH command first */
+  private authExchange: string[] | undefined;
 
   private get hooks(): ConnectionHooks {
     return this._server.hooks;
@@ -140,8 +194,18 @@ export class GatewayConnection extends SMTPConnection {
         this.refuse(this.deadlinePassed ? 'session.deadline' : 'session.shutting_down', 'connect');
         return;
       }
+      this.keepAuthExchange(command, verb);
     }
     super._onCommand(command, callback);
+  }
+
+  /** Before smtp-server handles the line: a continuation of AUTH is read as such while its handler waits. */
+  private keepAuthExchange(command: Buffer, verb: string): void {
+    if (this._nextHandler && this.authExchange) this.authExchange.push(command.toString('latin1'));
+    else this.authExchange = verb === 'AUTH' ? [command.toString('latin1')] : undefined;
+    const credentials = this.authExchange && decodeAuthExchange(this.authExchange);
+    if (credentials) credentialsBySession.set(this.session, credentials);
+    else credentialsBySession.delete(this.session);
   }
 
   override _parseAddressCommand(name: string, command: Buffer | string): ParsedAddress {

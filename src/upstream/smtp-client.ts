@@ -307,7 +307,7 @@ export class SmtpClient {
    * Passes the client's credentials through. PLAIN when the upstream offers it, else LOGIN; the
    * credentials are the same whichever mechanism the client used with us. Nothing here is logged.
    */
-  async auth(username: string, password: string, authzid = ''): Promise<SmtpReply> {
+  async auth(username: string | Buffer, password: string | Buffer, authzid: string | Buffer = ''): Promise<SmtpReply> {
     // Opportunistic TLS gives way to whoever strips STARTTLS from the EHLO reply on the path: a client's
     // password then goes in clear only to an upstream on this machine. tls: none says in so many words
     // that the network is trusted.
@@ -317,12 +317,12 @@ export class SmtpClient {
     const mechanisms = (this.capabilities.get('AUTH') ?? '').toUpperCase().split(/\s+/);
     let reply: SmtpReply;
     if (mechanisms.includes('PLAIN')) {
-      const token = Buffer.from(`${authzid}\0${username}\0${password}`, 'utf8').toString('base64');
+      const token = Buffer.concat([bytes(authzid), NUL, bytes(username), NUL, bytes(password)]).toString('base64');
       reply = await this.command(`AUTH PLAIN ${token}`);
     } else if (mechanisms.includes('LOGIN')) {
       reply = await this.command('AUTH LOGIN');
-      if (reply.code === 334) reply = await this.command(Buffer.from(username, 'utf8').toString('base64'));
-      if (reply.code === 334) reply = await this.command(Buffer.from(password, 'utf8').toString('base64'));
+      if (reply.code === 334) reply = await this.command(bytes(username).toString('base64'));
+      if (reply.code === 334) reply = await this.command(bytes(password).toString('base64'));
     } else {
       throw new UpstreamError('refused', 'upstream offers neither AUTH PLAIN nor AUTH LOGIN on this connection');
     }
@@ -491,6 +491,13 @@ export class DotStuffer {
     const endsWithCrlf = this.lastTwo[0] === 0x0d && this.lastTwo[1] === 0x0a;
     return Buffer.from(endsWithCrlf ? '.\r\n' : '\r\n.\r\n');
   }
+}
+
+const NUL = Buffer.from([0]);
+
+/** A credential as bytes: a string is its UTF-8, a Buffer the client's own bytes. */
+function bytes(credential: string | Buffer): Buffer {
+  return Buffer.isBuffer(credential) ? credential : Buffer.from(credential, 'utf8');
 }
 
 function xtext(value: string): string {

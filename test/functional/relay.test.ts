@@ -118,6 +118,41 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     c.close();
   });
 
+  it('passes a password that is not UTF-8 upstream byte for byte, by PLAIN and by LOGIN', async () => {
+    // "sécret" typed on an old client in Latin-1: the é is one byte, 0xE9, which is not UTF-8.
+    const latin1 = Buffer.from('s\u00e9cret', 'latin1');
+    const b64 = (b: Buffer | string) => Buffer.from(b).toString('base64');
+    for (const upstreamMechanism of ['AUTH PLAIN LOGIN', 'AUTH LOGIN']) {
+      const { gw, upstream } = await setup({
+        users: { 'user1@example.test': latin1 },
+        capabilities: ['PIPELINING', 'ENHANCEDSTATUSCODES', upstreamMechanism],
+      });
+      const plain = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await plain.reply();
+      await plain.command('EHLO client.test');
+      const blob = Buffer.concat([Buffer.from('\0user1@example.test\0'), latin1]);
+      expect(await plain.command(`AUTH PLAIN ${b64(blob)}`)).toMatch(/^235 /);
+      plain.close();
+
+      const login = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await login.reply();
+      await login.command('EHLO client.test');
+      expect(await login.command(`AUTH LOGIN ${b64('user1@example.test')}`)).toMatch(/^334 /);
+      expect(await login.command(b64(latin1))).toMatch(/^235 /);
+      // Another byte where the é was (0xE8): smtp-server reads both as U+FFFD, the upstream tells them apart.
+      const other = await RawSmtp.connect(gw.port('submissions'), { tls: true });
+      await other.reply();
+      await other.command('EHLO client.test');
+      expect(await other.command('AUTH LOGIN')).toMatch(/^334 /);
+      expect(await other.command(b64('user1@example.test'))).toMatch(/^334 /);
+      expect(await other.command(b64(Buffer.from('s\u00e8cret', 'latin1')))).toMatch(/^535 5\.7\.8 /);
+      login.close();
+      other.close();
+      await gw.stop();
+      await upstream.stop();
+    }
+  });
+
   it('answers 454 4.7.0 when the upstream cannot be reached to check credentials', async () => {
     const { gw, upstream } = await setup();
     await upstream.stop();

@@ -10,7 +10,8 @@ type Scripted = string | Fault | undefined;
 export interface FakeUpstreamOptions {
   /** the port to listen on (default: any free one) */
   port?: number;
-  users?: Record<string, string>;
+  /** passwords by user: a string is compared as its UTF-8 bytes, a Buffer byte for byte */
+  users?: Record<string, string | Buffer>;
   capabilities?: string[];
   greeting?: string;
   /** a slow upstream: the greeting comes this late */
@@ -112,9 +113,9 @@ export class FakeUpstream {
 
     const command = async (line: string): Promise<void> => {
       if (authStep) {
-        const decoded = Buffer.from(line, 'base64').toString();
+        const decoded = Buffer.from(line, 'base64');
         if (!authStep.user) {
-          authStep.user = decoded;
+          authStep.user = decoded.toString();
           send('334 UGFzc3dvcmQ6');
           return;
         }
@@ -133,8 +134,10 @@ export class FakeUpstream {
       else if (verb === 'AUTH') {
         const [, mech, initial] = line.split(' ');
         if (mech?.toUpperCase() === 'PLAIN' && initial) {
-          const [, u = '', p = ''] = Buffer.from(initial, 'base64').toString().split('\0');
-          await this.checkAuth(u, p, send, act, (x) => (user = x));
+          const blob = Buffer.from(initial, 'base64');
+          const first = blob.indexOf(0);
+          const second = blob.indexOf(0, first + 1);
+          await this.checkAuth(blob.subarray(first + 1, second).toString(), second < 0 ? Buffer.alloc(0) : blob.subarray(second + 1), send, act, (x) => (user = x));
         } else if (mech?.toUpperCase() === 'LOGIN') {
           authStep = { mech: 'LOGIN' };
           send('334 VXNlcm5hbWU6');
@@ -284,14 +287,15 @@ export class FakeUpstream {
     else send(greeting);
   }
 
-  private async checkAuth(u: string, p: string, send: (l: string) => void, act: (s: Scripted, n: string) => Promise<boolean>, setUser: (u: string) => void): Promise<void> {
+  private async checkAuth(u: string, p: Buffer, send: (l: string) => void, act: (s: Scripted, n: string) => Promise<boolean>, setUser: (u: string) => void): Promise<void> {
     const scripted = this.opts.auth?.(u);
     if (scripted !== undefined) {
       await act(scripted, '');
       return;
     }
     const users = this.opts.users ?? { 'user1@example.test': 'secret1' };
-    if (users[u] !== undefined && users[u] === p) {
+    const known = users[u];
+    if (known !== undefined && Buffer.from(known).equals(p)) {
       setUser(u);
       send('235 2.7.0 Authentication successful');
     } else send('535 5.7.8 Error: authentication failed: bad credentials');
