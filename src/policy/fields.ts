@@ -20,6 +20,8 @@ export interface FieldSpec {
   domain?: true;
   /** every value the field can take: a rule comparing it with anything else is a typo, refused at load */
   values?: readonly string[];
+  /** known at its phase only, not after: the recipient being checked exists only while RCPT is */
+  only?: true;
   get(f: Facts): string | string[] | number | boolean | undefined;
 }
 
@@ -47,9 +49,9 @@ export const FIELDS: Record<string, FieldSpec> = {
   'limits.exceeded': { type: 'strings', phase: 'mail', description: `message limits this message goes over (${MESSAGE_LIMITS.join(', ')})`, values: MESSAGE_LIMITS, get: (f) => f.limits?.exceeded },
   'limits.degraded': { type: 'bool', phase: 'mail', description: 'limits were decided without Redis (in-process insurance)', get: (f) => f.limits?.degraded },
   'baseline.ratio': { type: 'number', phase: 'mail', description: "this hour's messages divided by the account's usual hourly volume", get: (f) => f.baselineRatio },
-  recipient: { type: 'string', phase: 'rcpt', description: 'the recipient being checked (RCPT phase)', get: (f) => f.recipient },
-  'recipient.domain': { type: 'string', phase: 'rcpt', domain: true, description: 'domain of the recipient being checked', get: (f) => (f.recipient === undefined ? undefined : domainOf(f.recipient)) },
-  'recipient.limits.exceeded': { type: 'strings', phase: 'rcpt', description: `recipient limits this recipient goes over (${RECIPIENT_LIMITS.join(', ')})`, values: RECIPIENT_LIMITS, get: (f) => f.recipientLimits?.exceeded },
+  recipient: { type: 'string', phase: 'rcpt', only: true, description: 'the recipient being checked (RCPT phase)', get: (f) => f.recipient },
+  'recipient.domain': { type: 'string', phase: 'rcpt', only: true, domain: true, description: 'domain of the recipient being checked', get: (f) => (f.recipient === undefined ? undefined : domainOf(f.recipient)) },
+  'recipient.limits.exceeded': { type: 'strings', phase: 'rcpt', only: true, description: `recipient limits this recipient goes over (${RECIPIENT_LIMITS.join(', ')})`, values: RECIPIENT_LIMITS, get: (f) => f.recipientLimits?.exceeded },
   recipients: { type: 'strings', phase: 'data', description: 'all accepted recipients', get: (f) => f.recipients },
   'recipients.count': { type: 'number', phase: 'data', description: 'number of accepted recipients', get: (f) => f.recipients.length },
   'recipients.domains': { type: 'strings', phase: 'data', domain: true, description: 'distinct recipient domains', get: (f) => uniq(f.recipients.map(domainOf)) },
@@ -93,7 +95,7 @@ export function headerField(name: string): FieldSpec {
 export function usageField(limit: string): FieldSpec {
   // Recipient limits are counted at each RCPT TO: a rule at MAIL FROM would never see them.
   const recipient = (RECIPIENT_LIMITS as readonly string[]).includes(limit);
-  return { type: 'number', phase: recipient ? 'rcpt' : 'mail', description: `current use of ${limit}`, get: (f) => (recipient ? f.recipientLimits?.usage[limit] : f.limits?.usage[limit]) };
+  return { type: 'number', phase: recipient ? 'rcpt' : 'mail', ...(recipient ? { only: true as const } : {}), description: `current use of ${limit}`, get: (f) => (recipient ? f.recipientLimits?.usage[limit] : f.limits?.usage[limit]) };
 }
 
 export function lookupField(name: string, limitNames: readonly string[]): FieldSpec | undefined {

@@ -22,6 +22,7 @@ import {
   type Schema,
 } from '../validate/schema.js';
 import { conditionSchema } from './condition.js';
+import { lookupField } from './fields.js';
 
 /** Every per-account limit, in the order they are documented. */
 export const LIMIT_NAMES = [
@@ -113,6 +114,21 @@ function ruleSchema(limitNames: readonly string[]) {
       const order = { mail: 0, rcpt: 1, data: 2 } as const;
       if (r.phase && order[r.phase] < order[r.when.phase]) {
         issues.push({ path: [...path, 'phase'], message: `is too early: the condition uses ${r.when.fields.join(', ')}, known only at ${r.when.phase}` });
+      }
+      // The recipient being checked exists only while RCPT is: a rule run later would never see it (or, under
+      // not:, always see it missing).
+      const runsAt = r.phase ?? r.when.phase;
+      const onlyAtRcpt = r.when.fields.filter((name) => lookupField(name, limitNames)?.only);
+      if (onlyAtRcpt.length && runsAt !== 'rcpt') {
+        const later = r.when.fields.filter((name) => lookupField(name, limitNames)?.phase === 'data');
+        const known = `uses ${onlyAtRcpt.join(', ')}, known only while each recipient is checked (rcpt)`;
+        issues.push({
+          path: [...path, r.phase ? 'phase' : 'when'],
+          atKey: true,
+          message: r.phase
+            ? `is ${r.phase}, but the condition ${known}: the rule would never see it`
+            : `${known}, with ${later.join(', ')}, known only at data: the rule would never see it; make it two rules, one at rcpt and one at data (where recipients and recipients.domains hold every recipient)`,
+        });
       }
       return issues;
     },

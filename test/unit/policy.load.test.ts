@@ -123,6 +123,9 @@ describe('policy loading', () => {
     expect(all).not.toMatch(/rules\[12\]/);
     // A recipient count is known at RCPT TO: at MAIL FROM the rule would never match.
     expect(all).toMatch(/rules\.yaml:72:12: rules\[13\]\.phase is too early: the condition uses limits\.usage\.recipients_per_hour, known only at rcpt/);
+    // The recipient being checked exists only at RCPT TO: with a message field, or at data, it never would be.
+    expect(all).toMatch(/rules\.yaml:78:5: rules\[14\]\.when uses recipient\.domain, known only while each recipient is checked \(rcpt\), with subject, known only at data: the rule would never see it; make it two rules/);
+    expect(all).toMatch(/rules\.yaml:83:5: rules\[15\]\.phase is data, but the condition uses recipient\.limits\.exceeded, known only while each recipient is checked \(rcpt\)/);
   });
 
   it('refuses a section defined in two files, naming both', () => {
