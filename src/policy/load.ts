@@ -63,7 +63,9 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
     problems.push(...syntax);
     if (syntax.length) continue;
     if (value === null || value === undefined) {
-      files.push({ path: display(path), sections: [] });
+      // Most likely a file caught while being written (emptied first, as cp and editors do): in force, it
+      // would take its sections' rules away. A file meant to hold nothing has no place in the directory.
+      problems.push({ file: display(path), line: 1, col: 1, key: '(top level)', message: `defines no section (${SECTIONS.join(', ')}): an empty file is refused, in case it is one being written; remove it if it is meant to be empty` });
       continue;
     }
     if (typeof value !== 'object' || Array.isArray(value)) {

@@ -128,6 +128,19 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:83:5: rules\[15\]\.phase is data, but the condition uses recipient\.limits\.exceeded, known only while each recipient is checked \(rcpt\)/);
   });
 
+  it('refuses an empty policy file: one caught while being written would take its rules away', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    for (const empty of ['', '# rules are being rewritten\n']) {
+      writeFileSync(join(dir, 'rules.yaml'), empty);
+      expect(problems(dir).map((p) => p.replace(dir, '<dir>'))).toEqual([
+        expect.stringMatching(/^<dir>\/rules\.yaml:1:1: defines no section \(plans, .*\): an empty file is refused, in case it is one being written/),
+      ]);
+    }
+    writeFileSync(join(dir, 'rules.yaml'), 'rules: []\n');
+    expect(loadPolicy(dir).rules).toEqual([]);
+  });
+
   it('refuses a section defined in two files, naming both', () => {
     expect(problems('fixtures/policies/duplicate-section')).toEqual([
       'fixtures/policies/duplicate-section/b.yaml:2:1: plans is already defined in fixtures/policies/duplicate-section/a.yaml:2; a section lives in one file',
