@@ -12,6 +12,7 @@ import { Spool } from './data/spool.js';
 import type { Logger } from './log.js';
 import { replyClass, type Metrics } from './metrics.js';
 import { preparePhase, runPhase, PIPELINE, type PhaseOutcome } from './pipeline/index.js';
+import { settlesMessage } from './pipeline/checks/policy-rules.js';
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
@@ -797,6 +798,8 @@ export class Gateway {
           // Refusing for good without keeping a copy would lose a possible false positive: the client retries.
           verdict = { action: 'tempfail', reason: 'internal.error', evidence: { quarantine: 'failed' } };
         }
+        // A rule's own refusal is the message's fate; a tempfail of ours (or of a check) brings it back.
+        await this.settleStrikes(tx, settlesMessage(verdict));
         const err = this.refusal(verdict, 'data', tx.reference);
         this.finishTransaction(state, outcomeOf(verdict, err));
         throw err;
@@ -820,6 +823,7 @@ export class Gateway {
         }
       } catch (err) {
         tx.relaying = false;
+        void this.settleStrikes(tx, false);
         const refusal = this.upstreamRefusal(err, 'data', tx.reference);
         this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
         throw refusal;
@@ -827,6 +831,8 @@ export class Gateway {
       tx.relaying = false;
       tx.timings.relay = elapsed(relayStarted);
       this.metrics.upstreamReplies.labels('data', replyClass(reply.code)).inc();
+      // Relayed, or refused for good by the upstream: the message will not come back.
+      await this.settleStrikes(tx, reply.code === 250 || reply.code >= 500);
       if (reply.code !== 250) {
         const err = passThrough(reply, tx.reference);
         this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.wire });
@@ -1023,6 +1029,16 @@ export class Gateway {
   }
 
   /** Ends the transaction: one log line, metrics, and the trusted upstream goes back to the pool. */
+  /**
+   * Records the data phase's strikes once the message's fate is known (final), or drops them when it will
+   * come back: each try of one message would otherwise strike the account again.
+   */
+  private async settleStrikes(tx: Transaction, final: boolean): Promise<void> {
+    const pending = tx.pendingStrikes ?? [];
+    tx.pendingStrikes = undefined;
+    if (final) for (const strike of pending) await this.strikes.record(strike);
+  }
+
   private finishTransaction(state: SessionState, outcome: NonNullable<Transaction['outcome']>): void {
     const tx = state.tx;
     if (!tx || tx.done) return;

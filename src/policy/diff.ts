@@ -77,7 +77,20 @@ export function envelopeOf(file: string, raw: Buffer): OfflineInput {
 }
 
 export function summarize(o: OfflineOutcome): string {
-  return o.action === 'accept' ? 'accept' : `${o.action} by ${o.rule?.id ?? o.reason ?? '(built-in check)'}`;
+  const message = o.action === 'accept' ? 'accept' : `${o.action} by ${o.rule?.id ?? o.reason ?? '(built-in check)'}`;
+  // Recipients refused while the others went on change the outcome as much as the message's fate does.
+  if (o.action !== 'accept' || o.refusedRecipients.length === 0) return message;
+  const by = [...new Set(o.refusedRecipients.map((r) => r.rule ?? '(built-in check)'))].join(', ');
+  const n = o.refusedRecipients.length;
+  return `${message}, ${n} recipient${n === 1 ? '' : 's'} refused by ${by}`;
+}
+
+/** The rules that decided something in an outcome: the message's, and those that refused a recipient. */
+function decidingRules(o: OfflineOutcome): Set<string> {
+  const rules = new Set<string>();
+  if (o.rule) rules.add(o.rule.id);
+  for (const r of o.refusedRecipients) if (r.rule) rules.add(r.rule);
+  return rules;
 }
 
 export async function diffPolicies(
@@ -107,8 +120,9 @@ export async function diffPolicies(
         report.changed.push({ file: relative(corpusDir, file), before: sa, after: sb });
         const key = `${sa} → ${sb}`;
         report.transitions.set(key, (report.transitions.get(key) ?? 0) + 1);
-        bump(b.rule?.id, 'gained');
-        bump(a.rule?.id, 'lost');
+        const [ra, rb] = [decidingRules(a), decidingRules(b)];
+        for (const rule of rb) if (!ra.has(rule)) bump(rule, 'gained');
+        for (const rule of ra) if (!rb.has(rule)) bump(rule, 'lost');
       }
     } catch (err) {
       report.errors.push({ file: relative(corpusDir, file), error: (err as Error).message });

@@ -7,11 +7,12 @@ import { LineEndingWatch } from '../data/line-endings.js';
 import { inspectStream } from '../inspect/mime.js';
 import { Metrics } from '../metrics.js';
 import { PIPELINE, runPhase } from '../pipeline/index.js';
+import { settlesMessage } from '../pipeline/checks/policy-rules.js';
 import type { CheckDeps, RuleTrace } from '../pipeline/types.js';
 import { isRefusal, type Phase, type RuleRef, type Verdict } from '../pipeline/verdict.js';
 import type { CheckResult, SessionState, Transaction } from '../session/state.js';
 import { formatWire, replyFor } from '../smtp/replies.js';
-import type { BulkFacts, LimitFacts, ScanFacts } from './facts.js';
+import { comparableAddress, type BulkFacts, type LimitFacts, type ScanFacts } from './facts.js';
 import type { Policy } from './policy.js';
 import type { StrikeEvent } from './strikes.js';
 import type { LimiterPort } from '../limits/limiter.js';
@@ -91,7 +92,9 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     accounts: { lookup: async () => ({ state: {}, lifecycle: given.account_status ? { status: given.account_status as AccountStatus } : undefined }), known: (address) => address },
   };
   const mode = input.listener ?? 'starttls';
-  const account = input.account.toLowerCase();
+  // The account as the gateway names it (comparableAddress: quotes, case, NFC, IDNA), so that a rule on it
+  // decides here as it does live.
+  const account = comparableAddress(input.account);
   const sender = input.sender ?? account;
   const session: SessionState = {
     id: 'offline',
@@ -99,7 +102,7 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     listener: { name: mode === 'trusted' ? 'trusted' : 'submission', mode },
     remoteAddress: '127.0.0.1',
     startedAt: Date.now(),
-    account: mode === 'trusted' ? sender.toLowerCase() : account,
+    account: mode === 'trusted' ? comparableAddress(sender) : account,
     authFailures: 0,
     transactions: 1,
     counted: true,
@@ -164,12 +167,14 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
   const limits = policy.doc.inspection;
   tx.message = await inspectStream([raw], { maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
   tx.scan = given.scan;
+  // As live: a message over scanning.max_size is not scanned, and scanning.over_max_size decides.
+  if (given.scan !== undefined || config.clamd !== 'none') tx.scanTooBig = raw.length > policy.doc.scanning.max_size;
   const data = await run('data');
+  // The message's fate is known here: the data phase's strikes count unless it would come back.
+  if (settlesMessage(data)) strikes.push(...(tx.pendingStrikes ?? []));
+  tx.pendingStrikes = undefined;
   if (isRefusal(data)) return refuse('data', data);
-  if (firstRefusal) {
-    // Delivered to the other recipients; report the refusal of the ones that were not.
-    outcome.phase = 'rcpt';
-  }
+  // Delivered to the other recipients: the refused ones are in refusedRecipients.
   return outcome;
 }
 

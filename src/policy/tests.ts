@@ -43,6 +43,8 @@ const caseSchema = obj({
       tags: optional(list(str())),
       would: optional(list(str())),
       strikes: optional(list(str())),
+      /** recipients refused at RCPT while the others went on (the outcome is then the message's) */
+      refused_recipients: optional(list(str())),
     }),
   ),
 });
@@ -147,5 +149,7 @@ function compare(c: TestCase, o: OfflineOutcome): string[] {
   if (e.would && !same(e.would, would)) f.push(`would: expected [${e.would.join(', ')}], got [${would.join(', ')}]`);
   const strikes = o.strikes.map((s) => s.event);
   if (e.strikes && !same(e.strikes, strikes)) f.push(`strikes: expected [${e.strikes.join(', ')}], got [${strikes.join(', ')}]`);
+  const refused = o.refusedRecipients.map((r) => r.address);
+  if (e.refused_recipients && !same(e.refused_recipients, refused)) f.push(`refused_recipients: expected [${e.refused_recipients.join(', ')}], got [${refused.join(', ')}]`);
   return f;
 }

@@ -8,6 +8,7 @@ import type { Action, Phase, RuleRef } from '../pipeline/verdict.js';
 import type { ReasonCode } from '../reasons.js';
 import type { BulkFacts, LimitFacts, MessageFacts, ScanFacts } from '../policy/facts.js';
 import type { Policy } from '../policy/policy.js';
+import type { StrikeEvent } from '../policy/strikes.js';
 import type { AuthAttempt, Grant } from '../limits/limiter.js';
 import type { WrittenParams } from '../upstream/params.js';
 
@@ -89,6 +90,11 @@ export interface Transaction {
   bulk?: BulkFacts;
   /** monitor-mode rules that matched: what they would have done */
   would: { rule: string; action: string; phase: string }[];
+  /**
+   * Strikes of the data phase, recorded once the message's fate is known: a message that is tempfailed for
+   * a failure of ours or the upstream's comes back, and would strike the account once per try.
+   */
+  pendingStrikes?: StrikeEvent[];
   /** quarantine requested by the deciding rule */
   quarantine?: boolean;
   /** where the refused message was kept */

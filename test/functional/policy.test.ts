@@ -44,6 +44,27 @@ describe('policy on live traffic', () => {
     expect(strike).toMatchObject({ account: 'user1@example.test', strike: 'content_rule', weight: 2, rule: 'subject.forbidden', article: '4.3', ref: line.ref, policy: line.policy });
   });
 
+  it('a quarantine that cannot be kept tempfails without a strike; the try that is kept strikes once', async () => {
+    const dir = policyDir();
+    const file = join(dir, 'policy.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('    action: reject\n    reason: content.forbidden', '    action: quarantine\n    reason: content.forbidden'));
+    const { gw, upstream } = await setup(dir);
+    // The quarantine's disk is unusable (full, read-only; here a file in the directory's place).
+    const quarantine = join(gw.stateDir, 'quarantine');
+    rmSync(quarantine, { recursive: true, force: true });
+    writeFileSync(quarantine, 'not a directory');
+    for (let i = 0; i < 3; i++) expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^451 4\.3\.0 /);
+    await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'tempfail');
+    expect(gw.logs.filter((l) => l.event === 'strike')).toEqual([]);
+    // The disk is back: the next try is refused, kept, and strikes once.
+    rmSync(quarantine);
+    mkdirSync(quarantine, { mode: 0o700 });
+    expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^550 5\.7\.1 .*rule subject\.forbidden/);
+    const kept = await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'quarantine');
+    expect(gw.logs.filter((l) => l.event === 'strike')).toEqual([expect.objectContaining({ strike: 'content_rule', ref: kept.ref })]);
+    expect(upstream.messages).toHaveLength(0);
+  });
+
   it('monitor mode lets the message through and counts what the rule would have done', async () => {
     const { gw, upstream } = await setup(policyDir());
     const { data } = await send(gw.port('trusted'), 'hello', 'someone@watched.example');

@@ -1,8 +1,9 @@
 // Shared by mail.policy, rcpt.policy and data.policy: evaluates the rules of one phase under the
-// transaction's policy, counts enforced and monitor-mode matches, records strike events, and returns the
-// deciding rule's verdict.
+// transaction's policy, counts enforced and monitor-mode matches, records strike events (those of the data
+// phase once the gateway knows the message's fate), and returns the deciding rule's verdict.
 
 import { factsFor } from '../../policy/build-facts.js';
+import type { StrikeEvent } from '../../policy/strikes.js';
 import type { RulePhase } from '../../policy/fields.js';
 import type { CheckContext } from '../types.js';
 import { isRefusal, type Verdict } from '../verdict.js';
@@ -32,7 +33,7 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
   for (const s of ev.strikes) {
     if (restsOnUnverified(s.rule)) continue;
     const rule = ev.matched.find((m) => m.rule.id === s.rule)?.rule;
-    await strikes.record({
+    const strike: StrikeEvent = {
       account: facts.account.name,
       event: s.event,
       weight: s.weight,
@@ -42,7 +43,10 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
       policyVersion: policy.version,
       evidence: strikeEvidence(ctx, ev.verdict.detail),
       at: clock.now(),
-    });
+    };
+    // At data, the gateway records them once the message is refused, kept or relayed (Transaction.pendingStrikes).
+    if (phase === 'data') (tx.pendingStrikes ??= []).push(strike);
+    else await strikes.record(strike);
   }
   if (isRefusal(ev.verdict) && restsOnUnverified(ev.verdict.rule?.id)) {
     return { action: 'tempfail', reason: 'sender.unverifiable', detail: { address: unverified!.address }, evidence: { rule: ev.verdict.rule?.id, unverified: [...unverified!.fields] } };
@@ -50,6 +54,14 @@ export async function evaluateRules(phase: RulePhase, ctx: CheckContext): Promis
   tx.tags.push(...ev.tags);
   if (ev.verdict.action === 'quarantine') tx.quarantine = true;
   return ev.verdict.action === 'continue' ? { action: 'continue', evidence: ev.would.length ? { would: ev.would.map((w) => w.rule.id) } : undefined } : ev.verdict;
+}
+
+/**
+ * Whether a data-phase verdict is the message's fate, so that its pending strikes count: any verdict but a
+ * tempfail that no rule decided (a failure of Douane's or a check's, after which the message comes back).
+ */
+export function settlesMessage(verdict: Verdict): boolean {
+  return verdict.action !== 'tempfail' || verdict.rule !== undefined;
 }
 
 function strikeEvidence(ctx: CheckContext, detail: Record<string, string | number> | undefined): Record<string, unknown> {
