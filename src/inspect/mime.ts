@@ -31,7 +31,7 @@ import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.j
 import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
 import { UrlScanner, UrlSet } from './urls.js';
-import { inflateBudget } from './deflate.js';
+import { inflateBudget, type InflateBudget } from './deflate.js';
 import { ZipLister } from './zip.js';
 
 export interface InspectLimits {
@@ -121,8 +121,8 @@ export class MessageInspector {
   private readonly splitter: Transform;
   private readonly maxText: number;
   private readonly depths = new WeakMap<object, number>();
-  /** what opening archives inside zips may cost, for the whole message */
-  private readonly inflateBudget = inflateBudget();
+  /** what opening archives inside zips may cost, for the whole message: its attached messages share it */
+  private readonly inflateBudget: InflateBudget;
   private size = 0;
   /** parts read, attached messages' included once they end */
   private parts = 0;
@@ -148,7 +148,11 @@ export class MessageInspector {
   /** one pending wait for the splitter's drain, however many writes ask for it */
   private drain: Promise<void> | undefined;
 
-  constructor(private readonly limits: InspectLimits) {
+  constructor(
+    private readonly limits: InspectLimits,
+    budget: InflateBudget = inflateBudget(),
+  ) {
+    this.inflateBudget = budget;
     this.maxText = limits.maxTextBytes ?? DEFAULT_MAX_TEXT;
     this.urls = new UrlSet(limits.maxUrls ?? DEFAULT_MAX_URLS);
     this.splitter = new Splitter({
@@ -343,7 +347,7 @@ export class MessageInspector {
       const partsLeft = this.limits.maxParts - this.parts;
       if (partsLeft < 1) return this.limit('parts');
       const textLeft = Math.min(Math.max(0, this.maxText - this.bodyBytes), Math.floor(this.maxText / EMBEDDED_TEXT_SHARE));
-      leaf.embedded = new MessageInspector({ ...this.limits, maxDepth: depthLeft, maxParts: partsLeft, maxTextBytes: textLeft });
+      leaf.embedded = new MessageInspector({ ...this.limits, maxDepth: depthLeft, maxParts: partsLeft, maxTextBytes: textLeft }, this.inflateBudget);
     }
     const charset = typeof node.charset === 'string' ? node.charset : '';
     if (isText) {

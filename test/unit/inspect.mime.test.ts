@@ -493,6 +493,21 @@ describe('MIME inspector: behaviour', () => {
     expect(f.urls).toEqual(['https://inner.example.test/x']);
   });
 
+  it('attached messages share the message\'s inflate budget: a bomb in each does not get a fresh one', async () => {
+    // 40 MB of zeros, then a program, in a .tar.gz of about 40 KB: listing it inflates the 40 MB.
+    const dir = mkdtempSync(join(tmpdir(), 'douane-budget-'));
+    writeFileSync(join(dir, 'zeros.bin'), Buffer.alloc(40 * 1024 * 1024));
+    writeFileSync(join(dir, 'setup.exe'), Buffer.from('MZ'));
+    execFileSync('tar', ['-czf', 'logs.tar.gz', 'zeros.bin', 'setup.exe'], { cwd: dir });
+    const tgz = readFileSync(join(dir, 'logs.tar.gz')).toString('base64');
+    const inner = ['From: x@example.test', 'Subject: logs', 'Content-Type: application/gzip; name="logs.tar.gz"', 'Content-Disposition: attachment; filename="logs.tar.gz"', 'Content-Transfer-Encoding: base64', '', tgz];
+    const parts = Array.from({ length: 5 }, (_, i) => ['--m', 'Content-Type: message/rfc822', `Content-Disposition: attachment; filename="fwd${i}.eml"`, '', ...inner]).flat();
+    const f = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=m', '', ...parts, '--m--'));
+    // 128 MB in all: three listings whole, the fourth cut short, the fifth not inflated.
+    expect(f.attachments.flatMap((a) => a.archiveEntries).filter((e) => e === 'setup.exe')).toHaveLength(3);
+    expect(f.mimeLimitExceeded).toBe('archive_entries');
+  });
+
   it('attached messages inside attached messages: the parts and depth limits hold across the nesting', async () => {
     // Each level: a multipart (depth d) holding a text part and the next level as an attached message (d + 1).
     const level = (n: number): string[] =>
