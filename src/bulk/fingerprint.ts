@@ -138,13 +138,17 @@ function textToSign(message: Content, minTextLength: number): { prefix: string; 
     if (words.count === 0 || words.length < minTextLength) return undefined;
     prefix = 'q';
   }
-  const subject = scan(prepare(message.subject.replace(REPLY_PREFIX, '').replace(SUBJECT_ADDRESSEE, '#name ')), MAX_SUBJECT_WORDS);
+  // A subject is a line (RFC 5322: 998 characters); one unfolded over a header's whole room is cut there.
+  const subject = scan(prepare(message.subject.slice(0, MAX_SUBJECT_CHARS).replace(REPLY_PREFIX, '').replace(SUBJECT_ADDRESSEE, '#name ')), MAX_SUBJECT_WORDS);
   return { prefix, sig: signature(subject, words) };
 }
 
 // "Re:", "Fwd:", "TR:", "AW:", "WG:", "SV:", "Antw:", possibly repeated or counted ("Re[2]:"): a reply's
 // subject is its thread's, and a campaign's copies do not carry them.
-const REPLY_PREFIX = /^(?:\s*(?:re|fwd?|tr|aw|wg|sv|antw)\s*(?:\[\d+\])?\s*:)+/i;
+// One blank run between the word and the colon: two in a row around the optional count ("\s*(\[\d+\])?\s*")
+// share the blanks of a long run of them in every way, quadratic when no colon follows.
+const REPLY_PREFIX = /^(?:\s*(?:re|fwd?|tr|aw|wg|sv|antw)(?:\s*\[\d+\])?\s*:)+/i;
+const MAX_SUBJECT_CHARS = 998;
 // A subject that starts by addressing the reader ("Marie, -30 % for you", "John, action required"): the
 // name is personalisation, like a greeting's. (The scan reads "#name" as the word "name", which is fine: it
 // is the same in every copy.)
@@ -539,3 +543,6 @@ function countsAsContent(a: AttachmentFacts): boolean {
   const image = IMAGE_TYPES.has(a.detectedType) || a.declaredType.toLowerCase().startsWith('image/');
   return !image || a.size >= SMALL_IMAGE_BYTES;
 }
+
+/** The patterns run on every message's text, for the test that shows each matches in linear time. */
+export const TEXT_PATTERNS: readonly RegExp[] = [REPLY_PREFIX, SUBJECT_ADDRESSEE, ATTRIBUTION, ORIGINAL, OUTLOOK_RULE, HEADER_FROM, HEADER_SENT, MAY_QUOTE, GREETING_PREFIX];

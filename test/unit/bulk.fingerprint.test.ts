@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_MIN_TEXT_LENGTH, fingerprint, normalise, similarity, type BulkFingerprint } from '../../src/bulk/fingerprint.js';
+import { DEFAULT_MIN_TEXT_LENGTH, fingerprint, normalise, similarity, TEXT_PATTERNS, type BulkFingerprint } from '../../src/bulk/fingerprint.js';
 import { inspectStream, type InspectLimits } from '../../src/inspect/mime.js';
 import type { AttachmentFacts, MessageFacts } from '../../src/policy/facts.js';
 
@@ -289,5 +289,27 @@ describe('bulk fingerprint: accuracy on the corpus (fixtures/bulk)', () => {
       expect(s.fp?.bands.some((k) => k.startsWith('t')) ?? false, s.file).toBe(false);
     }
     for (const s of corpus.filter((x) => x.group === 'ham-logo')) expect(s.fp!.basis, s.file).toBe('text');
+  });
+});
+
+describe('the fingerprint on hostile text', () => {
+  it('runs only patterns that match in linear time: a sender controls the subject and the body', async () => {
+    const { check } = await import('recheck');
+    for (const pattern of TEXT_PATTERNS) {
+      // A sticky pattern is tried at one place, as if anchored there.
+      const source = pattern.sticky ? `^(?:${pattern.source})` : pattern.source;
+      const flags = pattern.flags.replace('y', '');
+      // The automaton proves it; a look-around (which it cannot take) goes to crafted inputs, as a rule's does.
+      let r = await check(source, flags, { checker: 'automaton', timeout: 10_000 });
+      if (r.status === 'unknown') r = await check(source, flags, { checker: 'fuzz', timeout: 5_000, randomSeed: 1 });
+      expect([pattern.source, r.status]).toEqual([pattern.source, 'safe']);
+    }
+  });
+
+  it('reads a subject as far as a line goes: past it, the rest does not change the fingerprint', () => {
+    const body = 'Bonjour, voici le compte rendu de la reunion de mardi avec les points a suivre pour la semaine prochaine.';
+    const long = `Re: ${'a'.repeat(995)}`;
+    expect(fingerprint(msg(`${long} more words here`, body), OPTS)).toEqual(fingerprint(msg(long, body), OPTS));
+    expect(fingerprint(msg(`Re [2]: Fwd: ${'point '.repeat(3)}`, body), OPTS)).toEqual(fingerprint(msg('point point point', body), OPTS));
   });
 });
