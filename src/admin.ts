@@ -130,7 +130,12 @@ export class AdminServer {
     } catch (err) {
       return send(400, { error: `the request body must be a JSON object of at most 64 KB: ${(err as Error).message}` });
     }
-    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    let parts: string[];
+    try {
+      parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    } catch {
+      return send(400, { error: `the path is not well percent-encoded: ${path}` });
+    }
     try {
       if (parts[0] === 'breaker') {
         if (parts.length === 1 && req.method === 'GET') return send(200, await accounts.breaker());
@@ -141,7 +146,7 @@ export class AdminServer {
       }
       if (parts[0] === 'accounts' && parts.length === 1 && req.method === 'GET') return send(200, await accounts.overview());
       const given = parts[1] === undefined ? undefined : comparableAddress(parts[1]);
-      if (parts[0] === 'accounts' && given && /^[^\s@]+@[^\s@]+$/.test(given)) {
+      if (parts[0] === 'accounts' && parts.length <= 3 && given && /^[^\s@]+@[^\s@]+$/.test(given)) {
         // An alias from an abuse report's From: is its account, whose state is kept under the account's name.
         const account = await accounts.canonical(given);
         const op = parts[2] ?? '';
@@ -149,6 +154,9 @@ export class AdminServer {
         if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));
         if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
         if (req.method === 'POST' && op === 'suspend') {
+          // A misspelt key must not be dropped for a default: {"Action": "suspend_sending"} would lock the account.
+          const unknown = Object.keys(body).filter((k) => !SUSPEND_KEYS.includes(k));
+          if (unknown.length) return send(400, { error: `unknown field ${unknown.map((k) => JSON.stringify(k)).join(', ')}; a suspension takes ${SUSPEND_KEYS.join(', ')}` });
           // A misspelt action must not fall back to the heavier one: it would lock the account in Zimbra.
           if (body.action !== undefined && body.action !== 'suspend_sending' && body.action !== 'suspend_account') {
             return send(400, { error: `action must be suspend_account (the default) or suspend_sending, not ${JSON.stringify(body.action)}` });
@@ -251,6 +259,8 @@ export function cachedProbe(probe: ReadinessProbe, ttlMs: number): ReadinessProb
   };
 }
 
+const SUSPEND_KEYS = ['action', 'for_ms', 'reason', 'reference'];
+
 async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   let text = '';
   for await (const chunk of req) {
@@ -259,7 +269,9 @@ async function readJson(req: http.IncomingMessage): Promise<Record<string, unkno
   }
   if (!text.trim()) return {};
   const parsed = JSON.parse(text) as unknown;
-  return parsed && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : {};
+  // Anything but an object ("suspend_sending", [..], null) would read as a body that asks for nothing.
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error(`got ${Array.isArray(parsed) ? 'an array' : JSON.stringify(parsed)}`);
+  return parsed as Record<string, unknown>;
 }
 
 function digest(text: string): Buffer {

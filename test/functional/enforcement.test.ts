@@ -246,6 +246,21 @@ describe('the strike ladder, end to end', () => {
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: string }).error).toMatch(/^action must be suspend_account \(the default\) or suspend_sending/);
     }
+    // Neither a body that is no object nor a misspelt key is read as asking for nothing (the default, a lock).
+    const post = (body: string) => fetch(`http://127.0.0.1:${server.port}/accounts/user3@example.test/suspend`, { method: 'POST', headers: { authorization: 'Bearer full-access-token-0001' }, body });
+    for (const body of ['"suspend_sending"', '["suspend_sending"]', 'null', '42']) {
+      const res = await post(body);
+      expect([body, res.status]).toEqual([body, 400]);
+      expect(((await res.json()) as { error: string }).error).toMatch(/^the request body must be a JSON object of at most 64 KB: got /);
+    }
+    for (const body of [{ Action: 'suspend_sending' }, { sending_only: true }]) {
+      const res = await post(JSON.stringify(body));
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: string }).error).toBe(`unknown field ${JSON.stringify(Object.keys(body)[0])}; a suspension takes action, for_ms, reason, reference`);
+    }
+    // A path that is not well percent-encoded, or has more to it than a route: 400 and 404, nothing done.
+    expect((await call('full-access-token-0001', 'GET', '/accounts/%ZZ')).status).toBe(400);
+    expect((await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend/now', 'cli:root', { action: 'suspend_sending' })).status).toBe(404);
     expect(((await (await call('read-only-token-000001', 'GET', '/accounts/user3@example.test')).json()) as { suspension: unknown }).suspension).toBeNull();
     const acted = audit(a).filter((e) => ['suspend_sending', 'reinstate'].includes(String(e.action))).map((e) => [e.action, e.account, e.actor]);
     expect(acted).toEqual([
