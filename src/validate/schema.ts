@@ -336,6 +336,34 @@ function backReference(source: string): string | undefined {
 }
 
 /**
+ * Bounded repetitions in a row multiply the ways a pattern is tried at each place of the text:
+ * "a[^\n]{0,80}b[^\n]{0,80}c" tries 81 × 81 at each "a", a second and more on a crafted 256 KB body, which
+ * an analysis of how the cost grows with the text's length calls linear. The product of their ranges
+ * ({m,M}: M − m + 1 ways) is bounded instead; nested ones are refused as nested repetition.
+ */
+export const MAX_COUNTED_CHOICES = 256;
+
+export function countedChoices(source: string): number {
+  let product = 1;
+  for (let i = 0; i < source.length; i++) {
+    const ch = source[i];
+    if (ch === '\\') i++;
+    else if (ch === '[') {
+      // A class: up to its closing bracket, escapes included (a "]" first is a member).
+      for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
+    } else if (ch === '{') {
+      const m = /^\{(\d+)(?:(,)(\d*))?\}/.exec(source.slice(i));
+      if (!m) continue;
+      const min = Number(m[1]);
+      // {m} is one way; {m,} is unbounded, which the backtracking analysis weighs.
+      if (m[2] && m[3]) product *= Number(m[3]) - min + 1;
+      i += m[0].length - 1;
+    }
+  }
+  return product;
+}
+
+/**
  * A regular expression, compiled at load time. Patterns that can take more than linear time on crafted
  * input, which an abusive sender controls, are refused here: one message could stall every session.
  */
@@ -367,6 +395,16 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
       const ref = backReference(value);
       if (ref) {
         issues.push({ path, message: `uses a back-reference (${ref}), whose matching time cannot be shown to stay linear; one message could stall every session: write the pattern without it` });
+        return undefined;
+      }
+      const choices = countedChoices(value);
+      if (choices > MAX_COUNTED_CHOICES) {
+        issues.push({
+          path,
+          message:
+            `has bounded repetitions that together try ${choices} ways at each place of the text (more than ${MAX_COUNTED_CHOICES}), and one crafted message would stall every session; ` +
+            'narrow their ranges, or split the pattern into several conditions (all: [...])',
+        });
         return undefined;
       }
       const found = analysed(value, flags);

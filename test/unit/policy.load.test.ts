@@ -125,6 +125,8 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:72:12: rules\[13\]\.phase is too early: the condition uses limits\.usage\.recipients_per_hour, known only at rcpt/);
     // The recipient being checked exists only at RCPT TO: with a message field, or at data, it never would be.
     expect(all).toMatch(/rules\.yaml:78:5: rules\[14\]\.when uses recipient\.domain, known only while each recipient is checked \(rcpt\), with subject, known only at data: the rule would never see it; make it two rules/);
+    // Bounded runs are linear in the text's length, but in a row their ranges multiply.
+    expect(all).toMatch(/rules\.yaml:89:30: rules\[16\]\.when\.body\.matches has bounded repetitions that together try 6561 ways at each place of the text \(more than 256\)/);
     expect(all).toMatch(/rules\.yaml:83:5: rules\[15\]\.phase is data, but the condition uses recipient\.limits\.exceeded, known only while each recipient is checked \(rcpt\)/);
   });
 
