@@ -364,7 +364,7 @@ export class Gateway {
       draining: () => this.draining,
       onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
       sessionDeadline: smtp.session_deadline,
-      offersDsn: () => this.upstream.offers(trusted ? 'trusted' : 'submission', 'DSN'),
+      upstreamOffers: (extension) => this.upstream.offers(trusted ? 'trusted' : 'submission', extension),
       maxSocketsPerIp: smtp.max_connections_per_ip,
       onSocketRefused: (ip) => {
         this.metrics.refusals.labels('connect', 'connection.too_many_from_ip').inc();
@@ -384,7 +384,7 @@ export class Gateway {
         disabledCommands: disabled,
         size: smtp.max_message_size,
         hideENHANCEDSTATUSCODES: false,
-        // Offered (and its parameters checked by smtp-server) while the upstream offers it: see offersDsn.
+        // Offered (and its parameters checked by smtp-server) while the upstream offers it: see upstreamOffers.
         hideDSN: false,
         hideREQUIRETLS: true,
         disableReverseLookup: true,

@@ -71,6 +71,10 @@ export const REASONS = {
     sentence: 'Too many unrecognized or unauthenticated commands; closing the connection.',
     solution: 'The client sent commands the server does not know, or too many before authenticating: a broken client, or one probing the server.',
   },
+  'smtp.param_not_offered': {
+    sentence: 'The parameter {param} is not supported here; send the command without it.',
+    solution: 'The client used a MAIL FROM or RCPT TO parameter that Douane does not offer (it would be lost on the way, or the upstream does not offer its extension, as SMTPUTF8 with smtputf8_enable = no). Clients that follow EHLO fall back on their own (an international address written in ASCII, xn--).',
+  },
   'smtp.line_too_long': {
     sentence: 'Command line too long; closing the connection.',
     solution: 'A command line exceeded smtp.max_line_length bytes. A broken or hostile client.',

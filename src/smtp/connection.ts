@@ -17,7 +17,8 @@
 //    an address that is not UTF-8 is refused rather than relayed with its bytes replaced. Their parameters
 //    are kept as written too (paramsAsWritten): smtp-server decodes xtext (ENVID, ORCPT), which relayed
 //    would no longer be xtext;
-//  - DSN is offered only while the upstream offers it (ConnectionHooks.offersDsn);
+//  - DSN and SMTPUTF8 are offered only while the upstream offers them (ConnectionHooks.upstreamOffers), and a
+//    MAIL or RCPT parameter that would not reach the upstream for what it asks is refused (555);
 //  - AUTH credentials are kept as the client's bytes (takeCredentialsAsSent): smtp-server decodes them as
 //    UTF-8, replacing what is not, and a password typed on an old client in its code page would reach the
 //    upstream changed, and fail there.
@@ -29,11 +30,14 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import type { ReasonCode } from '../reasons.js';
-import type { WrittenParams } from '../upstream/params.js';
+import { paramNotTaken, type WrittenParams } from '../upstream/params.js';
 import type { Phase } from '../pipeline/verdict.js';
 import { LIBRARY_REPLIES, PROTOCOL_ENHANCED, formatWire, naturalAction, replyFor, type WireReply } from './replies.js';
 
 type ParsedAddress = ReturnType<SMTPConnection['_parseAddressCommand']>;
+
+/** Extensions EHLO offers only while the upstream does. */
+const UPSTREAM_EXTENSIONS = ['DSN', 'SMTPUTF8'];
 
 /** How often a session past its deadline looks again for a moment when none of our replies is pending. */
 const DEADLINE_RECHECK_MS = 100;
@@ -57,8 +61,8 @@ export interface ConnectionHooks {
   onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void;
   /** overall per-session deadline in ms */
   sessionDeadline: number;
-  /** whether EHLO offers DSN: its parameters can only be relayed to an upstream that offers it */
-  offersDsn(): boolean;
+  /** whether the upstream offers an extension: EHLO offers DSN and SMTPUTF8 only while it does */
+  upstreamOffers(extension: string): boolean;
   /**
    * Implicit TLS: connections one address may hold before their handshake is done (its sessions
    * included). Before the handshake nothing can be written, and smtp-server refuses every new connection
@@ -76,6 +80,9 @@ const writtenParams = new WeakMap<object, WrittenParams>();
 export function paramsAsWritten(address: object): WrittenParams {
   return writtenParams.get(address) ?? {};
 }
+
+/** Which command a parsed address came with. */
+const commandOf = new WeakMap<object, 'mail' | 'rcpt'>();
 
 /** The credentials of an AUTH exchange as the client's bytes. */
 export interface CredentialsAsSent {
@@ -231,8 +238,26 @@ export class GatewayConnection extends SMTPConnection {
         else if (param) asWritten[param.toUpperCase()] = true;
       }
       writtenParams.set(parsed, asWritten);
+      commandOf.set(parsed, /^mail/i.test(name) ? 'mail' : 'rcpt');
     }
     return parsed;
+  }
+
+  /**
+   * After smtp-server's own checks of MAIL and RCPT parameters: one that would not reach the upstream for
+   * what it asks is refused (555) before anything goes upstream, rather than taken and dropped
+   * (paramNotTaken), and before smtp-server answers REQUIRETLS in its own words.
+   */
+  override _rejectInvalidParams(parsed: Exclude<ParsedAddress, false>, keys: string[], callback: () => void): boolean {
+    if (super._rejectInvalidParams(parsed, keys, callback)) return true;
+    const command = commandOf.get(parsed);
+    const param = command && paramNotTaken(command, paramsAsWritten(parsed), (extension) => this.hooks.upstreamOffers(extension));
+    if (param === undefined || command === undefined) return false;
+    const reply = replyFor({ action: 'reject', reason: 'smtp.param_not_offered', detail: { param } }, command, this.hooks.sessionReference(this.session));
+    this.hooks.onProtocolRefusal(this.session, 'smtp.param_not_offered', reply);
+    super.send(reply.code, formatWire(reply), false);
+    callback();
+    return true;
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
@@ -241,7 +266,8 @@ export class GatewayConnection extends SMTPConnection {
       // before STARTTLS only to have it refused (538) after it crossed the wire.
       data = data.filter((line) => !/^AUTH\b/i.test(line));
     }
-    if (code === 250 && Array.isArray(data) && !this.hooks.offersDsn()) data = data.filter((line) => line !== 'DSN');
+    // Their parameters can only be relayed to an upstream that offers them.
+    if (code === 250 && Array.isArray(data)) data = data.filter((line) => !UPSTREAM_EXTENSIONS.includes(line) || this.hooks.upstreamOffers(line));
     if (typeof data === 'string' && ENHANCED_PREFIX.test(data)) {
       return super.send(code, lines(data), false);
     }

@@ -34,6 +34,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'smtp.nul_in_command': { reject: [500, '5.5.2'] },
   'smtp.too_many_errors': { tempfail: [421, '4.7.0'], close: true },
   'smtp.line_too_long': { tempfail: [421, '4.5.0'], close: true },
+  'smtp.param_not_offered': { reject: [555, '5.5.4'] },
   'message.bare_line_ending': { reject: [550, '5.6.0'] },
   'message.nul_byte': { reject: [550, '5.6.0'] },
   'message.too_big': { reject: [552, '5.3.4'] },

@@ -25,6 +25,8 @@ beforeEach(async () => {
   upstream = await FakeUpstream.start({
     users: { 'user1@example.test': 'secret1', 'roomy@example.test': 'secret', 'victim@example.test': 'right' },
     rcpt: (to) => (to.startsWith('unknown') ? '550 5.1.1 <unknown>: Recipient address rejected' : undefined),
+    // SMTPUTF8 for the accented accounts: Douane offers it, and takes it, only while the upstream does.
+    capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'AUTH PLAIN LOGIN', 'SMTPUTF8'],
   });
 });
 afterEach(async () => {

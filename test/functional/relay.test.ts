@@ -329,6 +329,38 @@ describe('upstream faults reach the client, and never as 250', () => {
     c.close();
   });
 
+  it('offers and takes SMTPUTF8 only while the upstream does; a parameter it would lose is refused (555)', async () => {
+    const { gw, upstream } = await setup(); // an upstream without SMTPUTF8, as Zimbra's Postfix (smtputf8_enable = no)
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('EHLO webmail.test')).not.toMatch(/SMTPUTF8/);
+    const ref = /Ref D-[0-9A-Z]{6}\.$/;
+    for (const [command, param] of [
+      ['MAIL FROM:<user1@example.test> SMTPUTF8', 'SMTPUTF8'],
+      ['MAIL FROM:<user1@example.test> REQUIRETLS', 'REQUIRETLS'],
+      ['MAIL FROM:<user1@example.test> MT-PRIORITY=4', 'MT-PRIORITY'],
+    ]) {
+      const reply = await c.command(command!);
+      expect(reply).toMatch(new RegExp(`^555 5\\.5\\.4 The parameter ${param} is not supported here; send the command without it\\. `));
+      expect(reply).toMatch(ref);
+    }
+    // AUTH= names who submitted, for an MTA that trusts its client: taken, not relayed.
+    expect(await c.command('MAIL FROM:<user1@example.test> AUTH=<>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test> FOO=bar')).toMatch(/^555 5\.5\.4 The parameter FOO is not supported here/);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
+    expect(upstream.commands.filter((l) => /^(MAIL|RCPT)/.test(l))).toEqual(['MAIL FROM:<user1@example.test>', 'RCPT TO:<user2@example.test>']);
+    c.close();
+
+    // The same upstream offering SMTPUTF8: offered, and relayed.
+    await gw.stop();
+    await upstream.stop();
+    const utf8 = await setup({ capabilities: ['PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES', 'SMTPUTF8'] });
+    const d = await trusted(utf8.gw.port('trusted'));
+    expect(await d.command('EHLO webmail.test')).toMatch(/250-SMTPUTF8/);
+    expect(await d.command('MAIL FROM:<user1@example.test> SMTPUTF8')).toMatch(/^250 /);
+    expect(utf8.upstream.commands).toContain('MAIL FROM:<user1@example.test> SMTPUTF8');
+    d.close();
+  });
+
   it('passes an upstream RCPT refusal through unchanged, and relays to the other recipients', async () => {
     const { gw, upstream } = await setup({ rcpt: (to) => (to.startsWith('nobody') ? '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown' : undefined) });
     const c = await trusted(gw.port('trusted'));
