@@ -16,7 +16,7 @@ import { settlesMessage } from './pipeline/checks/policy-rules.js';
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
-import { comparableAddress } from './policy/facts.js';
+import { comparableAddress, mailboxKey } from './policy/facts.js';
 import { PolicyStore } from './policy/store.js';
 import type { StrikeSink } from './policy/strikes.js';
 import { Limiter, type AuthAttempt } from './limits/limiter.js';
@@ -654,9 +654,10 @@ export class Gateway {
     const state = this.requireState(session);
     const tx = state.tx;
     if (!tx || !state.upstream) throw new Error('RCPT without an open transaction');
-    // A recipient already accepted, in any spelling ("xn--" or Unicode domain, another case): relayed once,
-    // counted once. The upstream would deliver a second spelling twice; smtp-server only merges identical ones.
-    const key = comparableAddress(address.address);
+    // A recipient already accepted, in another spelling of its domain ("xn--" or Unicode, its case): relayed
+    // once, counted once. The upstream would deliver it twice. A local part in another case is another
+    // mailbox, as far as anyone but its host can tell (mailboxKey).
+    const key = mailboxKey(address.address);
     tx.acceptedRecipients ??= new Set();
     if (tx.acceptedRecipients.has(key)) {
       state.pendingSuccessText = `2.1.5 <${address.address}> is already a recipient of this message`;

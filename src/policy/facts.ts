@@ -124,11 +124,26 @@ export function comparableAddress(address: string): string {
 const DOT_ATOM = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-]+)*$/;
 
 function comparableLocal(written: string): string {
+  return plainLocal(written).toLowerCase();
+}
+
+/** A local part in NFC, without quotes it does not need; its case is kept. */
+function plainLocal(written: string): string {
   const local = written.normalize('NFC');
-  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local.toLowerCase();
+  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
   const content = local.slice(1, -1).replace(/\\(.)/g, '$1');
   // Quoted because it must be (a space, a second @…): kept quoted, with only the escapes it needs.
-  return (DOT_ATOM.test(content) ? content : `"${content.replace(/["\\]/g, '\\$&')}"`).toLowerCase();
+  return DOT_ATOM.test(content) ? content : `"${content.replace(/["\\]/g, '\\$&')}"`;
+}
+
+/**
+ * One mailbox however its domain is written, for recipients: as comparableAddress, but a local part's case
+ * is kept. RFC 5321 (2.4) leaves it to the receiving host, and John.Smith and john.smith may be two people
+ * there: merged, one would get a 250 and nothing.
+ */
+export function mailboxKey(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? address.normalize('NFC') : `${plainLocal(address.slice(0, at))}@${asciiDomain(address.slice(at + 1))}`;
 }
 
 /**

@@ -230,21 +230,23 @@ describe('relay on the trusted listener', () => {
     c.close();
   });
 
-  it('relays a recipient once however the client spells it again (case, IDNA or Unicode domain)', async () => {
+  it('relays a recipient once however the client spells its domain again (case, IDNA or Unicode); a local part in another case is another mailbox', async () => {
     const { gw, upstream } = await setup();
     const c = await trusted(gw.port('trusted'));
     expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
     expect(await c.command('RCPT TO:<anna@xn--mller-kva.example>')).toMatch(/^250 2\.1\.5 /);
-    expect(await c.command('RCPT TO:<Anna@MÜLLER.example>')).toMatch(/^250 2\.1\.5 .*already a recipient/);
+    expect(await c.command('RCPT TO:<anna@MÜLLER.example>')).toMatch(/^250 2\.1\.5 .*already a recipient/);
     expect(await c.command('RCPT TO:<anna@xn--mller-kva.example>')).toMatch(/^250 2\.1\.5 .*already a recipient/);
+    // RFC 5321 2.4: only the receiving host may read a local part's case; Anna and anna may be two people.
+    expect(await c.command('RCPT TO:<Anna@xn--mller-kva.example>')).toMatch(/^250 2\.1\.5 Ok/);
     expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 2\.1\.5 /);
     expect(await c.command('DATA')).toMatch(/^354/);
     c.write(MESSAGE + '.\r\n');
     expect(await c.reply()).toMatch(/^250 /);
-    expect(upstream.commands.filter((l) => l.startsWith('RCPT'))).toEqual(['RCPT TO:<anna@xn--mller-kva.example>', 'RCPT TO:<user2@example.test>']);
-    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', 'user2@example.test']);
+    expect(upstream.commands.filter((l) => l.startsWith('RCPT'))).toEqual(['RCPT TO:<anna@xn--mller-kva.example>', 'RCPT TO:<Anna@xn--mller-kva.example>', 'RCPT TO:<user2@example.test>']);
+    expect(upstream.messages[0]!.to).toEqual(['anna@xn--mller-kva.example', 'Anna@xn--mller-kva.example', 'user2@example.test']);
     const line = await gw.waitForLog((l) => l.event === 'transaction');
-    expect((line.rcpt as unknown[]).length).toBe(2);
+    expect((line.rcpt as unknown[]).length).toBe(3);
     c.close();
   });
 
