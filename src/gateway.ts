@@ -1121,7 +1121,9 @@ function clientGone(what: string): Error {
  * with the incident reference at the end: like every refusal, it finds the transaction's log line.
  */
 function passThrough(reply: SmtpReply, reference: string): ReplyError {
-  const enhanced = reply.enhanced ?? PROTOCOL_ENHANCED[reply.code] ?? `${String(reply.code)[0]}.0.0`;
+  // Without one of its own: the class default (RFC 3463), as README says; only a syntax or sequence error
+  // (500–504) is one whatever else it means. 550 may be an unknown user as well as a policy refusal: not 5.7.1.
+  const enhanced = reply.enhanced ?? (reply.code >= 500 && reply.code <= 504 ? PROTOCOL_ENHANCED[reply.code] : undefined) ?? `${String(reply.code)[0]}.0.0`;
   const referenced = (text: string) => `${text} (Ref ${reference})`;
   const lines = reply.lines.length > 1 ? [...reply.lines.slice(0, -1), referenced(reply.lines[reply.lines.length - 1]!)] : undefined;
   return new ReplyError({ code: reply.code, enhanced, text: referenced(replyText(reply)), close: false, ...(lines ? { lines } : {}) });

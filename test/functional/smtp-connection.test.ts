@@ -78,12 +78,15 @@ describe('connection adaptations', () => {
   });
 
   it('adds a class-default enhanced code to upstream replies that carry none', async () => {
-    const { gw } = await setup({ capabilities: ['PIPELINING', 'SIZE 1000000'], rcpt: () => '550 no such user here' });
+    const { gw } = await setup({ capabilities: ['PIPELINING', 'SIZE 1000000'], rcpt: (to) => (to.startsWith('x') ? '550 no such user here' : to.startsWith('y') ? '552 mailbox full' : '503 bad sequence') });
     const c = await RawSmtp.connect(gw.port('trusted'));
     await c.reply();
     await c.command('EHLO client.test');
     await c.command('MAIL FROM:<user1@example.test>');
-    expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^550 5\.7\.1 no such user here \(Ref D-[0-9A-Z]{6}\)$/);
+    // Not 5.7.1 (delivery not authorised) for an unknown user, nor 5.3.4 (message too big) for a full mailbox.
+    expect(await c.command('RCPT TO:<x@example.test>')).toMatch(/^550 5\.0\.0 no such user here \(Ref D-[0-9A-Z]{6}\)$/);
+    expect(await c.command('RCPT TO:<y@example.test>')).toMatch(/^552 5\.0\.0 mailbox full \(Ref D-[0-9A-Z]{6}\)$/);
+    expect(await c.command('RCPT TO:<z@example.test>')).toMatch(/^503 5\.5\.1 bad sequence \(Ref D-[0-9A-Z]{6}\)$/);
     c.close();
   });
 });
