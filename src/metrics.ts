@@ -36,7 +36,8 @@ export class Metrics {
   readonly limiterDecisions = new Counter({ name: 'douane_limiter_decisions_total', help: 'Limit checks by limit and result (ok, exceeded)', labelNames: ['limit', 'result'], registers: [this.registry] });
   readonly limiterInsurance = new Counter({ name: 'douane_limiter_insurance_total', help: 'Limiter operations answered by the in-process insurance because Redis failed', labelNames: ['op'], registers: [this.registry] });
   readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline, hang: a command timed out on an open connection, which is then dropped)', labelNames: ['kind'], registers: [this.registry] });
-  readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [this.registry] });
+  /** Registered by the Redis client when there is one (usesRedis): a gauge at 0 without Redis would say it is down. */
+  readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [] });
 
   readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
   readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'Time from the first byte to clamd\'s verdict', buckets: LATENCY_BUCKETS, registers: [this.registry] });
@@ -60,6 +61,13 @@ export class Metrics {
   readonly outboxAttempts = new Counter({ name: 'douane_outbox_attempts_total', help: 'Outbox job attempts by kind and result (done, retry, failed)', labelNames: ['kind', 'result'], registers: [this.registry] });
   readonly breakerOpen = new Gauge({ name: 'douane_circuit_breaker_open', help: '1 when automatic suspension is stopped by the circuit breaker until a person resets it', registers: [this.registry] });
   readonly notifications = new Counter({ name: 'douane_notifications_total', help: 'Notifications by channel (holder, abuse, webhook) and result', labelNames: ['channel', 'result'], registers: [this.registry] });
+
+  /** Douane has a Redis client: its connection's state is exported from now on, down (0) until it is ready. */
+  usesRedis(): void {
+    if (this.registry.getSingleMetric('douane_redis_up')) return;
+    this.redisUp.set(0);
+    this.registry.registerMetric(this.redisUp);
+  }
 
   constructor(opts: { version: string; defaultMetrics?: boolean }) {
     this.buildInfo.labels(opts.version, process.version).set(1);

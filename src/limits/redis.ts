@@ -69,6 +69,7 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
   } else {
     client = new Redis(settings.url ?? 'redis://127.0.0.1:6379', common);
   }
+  metrics.usesRedis();
   // down: between a failure and the next 'ready' (logged once each way); hung: the connection was dropped
   // because a command timed out on it, and its close has not been seen yet.
   let down = false;

@@ -352,6 +352,13 @@ describe('shared state', () => {
     expect(upstream.messages).toHaveLength(50);
   });
 
+  it('exports douane_redis_up only with a Redis: without one, a 0 would say a Redis is down', async () => {
+    const memory = await gateway({});
+    expect(await memory.metrics.registry.metrics()).not.toMatch(/douane_redis_up/);
+    const shared = await gateway();
+    await expect.poll(async () => (await shared.metrics.registry.metrics()).match(/^douane_redis_up (\d)$/m)?.[1], { timeout: 5000 }).toBe('1');
+  });
+
   it('works on a 3-node Redis Cluster, and a frozen node costs one deadline per reconnect, not one per message', async () => {
     const cluster: RedisCluster = await startRedisCluster(3);
     try {
