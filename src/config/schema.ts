@@ -181,8 +181,8 @@ export const configSchema = obj({
           url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL template' })),
           body: optional(str()),
         })),
-          bearer: optional(str()),
-          hmac_secret: optional(str()),
+          bearer: optional(str({ secret: true })),
+          hmac_secret: optional(str({ secret: true })),
           ca: optional(str()),
           verify_certificate: withDefault(bool(), true),
         }),
@@ -222,7 +222,7 @@ export const configSchema = obj({
           smtp: optional(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })), secure: withDefault(bool(), false), verify_certificate: withDefault(bool(), true) })),
         }),
       ),
-      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str()), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
+      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str({ secret: true })), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
       outbox: section(
         refine(
           obj({ retry_min: withDefault(duration({ min: 10, timer: true }), 5000), retry_max: withDefault(duration({ min: 100, timer: true }), 600_000) }),
@@ -237,7 +237,8 @@ export const configSchema = obj({
       redis: optional(
         refine(
           obj({
-            url: optional(str({ pattern: /^rediss?:\/\//, expected: 'a redis:// or rediss:// URL' })),
+            // secret: the URL may carry the password (redis://:password@host)
+            url: optional(str({ pattern: /^rediss?:\/\//, expected: 'a redis:// or rediss:// URL', secret: true })),
             sentinels: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
             sentinel_name: optional(str()),
             cluster: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),

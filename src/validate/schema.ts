@@ -83,7 +83,11 @@ export function str(opts: { nonEmpty?: boolean; pattern?: RegExp; expected?: str
     parse(value, path, issues) {
       // YAML reads an unquoted 4.3 as a number (and 4.10 as 4.1): say so rather than "got a number".
       if ((typeof value === 'number' || typeof value === 'boolean') && (!opts.pattern || opts.pattern.test(String(value)))) {
-        issues.push({ path, message: `must be ${expected}, in quotes: YAML reads ${String(value)} unquoted as a ${typeof value} (write "${String(value)}")` });
+        // A secret is not written back; nor is what YAML made of a number it could not keep as written
+        // (4.10 is 4.1, 1234567890123456789 is 1234567890123456800): only the writer knows what was meant.
+        const kept = typeof value === 'boolean' || (Number.isSafeInteger(value) && !opts.secret);
+        const read = opts.secret ? `this value unquoted as a ${typeof value}` : `${String(value)} unquoted as a ${typeof value}`;
+        issues.push({ path, message: `must be ${expected}, in quotes: YAML reads ${read} (${kept ? `write "${String(value)}"` : 'write it in quotes, as you meant it'})` });
         return undefined;
       }
       return inner.parse(value, path, issues);

@@ -236,6 +236,18 @@ describe('configuration loading', () => {
     expect(parse('v.yaml', base, { DOUANE_ADMIN_TOKEN: '$Zq7TxWk2LmNp9RbVc' }).config.admin.token).toBe('$Zq7TxWk2LmNp9RbVc');
     const echoed = problems(() => parse('v.yaml', `${base}admin:\n  token: "my token has spaces in it"\n`)).join('\n');
     expect(echoed).toBe('v.yaml:4:10: admin.token must be at least 16 printable ASCII characters, no spaces (got a text of 25 characters)');
+    // Nor a secret YAML read as a number, nor one inside a Redis URL, nor any of the lifecycle and webhook secrets.
+    const secrets = problems(() =>
+      parse(
+        's.yaml',
+        `${base}admin:\n  token: 1234567890123456789\nlimits: { redis: { url: "redis//:Hunter2Secret@redis:6379", password: 20240101 } }\n` +
+          'lifecycle: { adapter: http, http: { suspend: { url: "https://l.test/s" }, reinstate: { url: "https://l.test/r" }, status: { url: "https://l.test/st" }, bearer: 99887766 } }\n' +
+          'enforcement: { webhook: { url: "https://w.test/", secret: 55443322 } }\n',
+      ),
+    ).join('\n');
+    for (const secret of ['1234567890123456789', '1234567890123456800', 'Hunter2Secret', '20240101', '99887766', '55443322']) expect(secrets).not.toContain(secret);
+    expect(secrets).toContain('s.yaml:4:10: admin.token must be at least 16 printable ASCII characters, no spaces, in quotes: YAML reads this value unquoted as a number (write it in quotes, as you meant it)');
+    expect(secrets).toMatch(/limits\.redis\.url must be a redis:\/\/ or rediss:\/\/ URL \(got a text of 32 characters\)/);
   });
 
   it('refuses a clamd host with a port and no host, an outbox that retries faster at most than at least, a size no one means', () => {

@@ -59,7 +59,7 @@ describe('policy loading', () => {
     const text = readFileSync(file, 'utf8');
     writeFileSync(file, text.replace(/article: "?4\.3"?/, 'article: 4.3'));
     const [p] = problems(dir);
-    expect(p).toMatch(/policy\.yaml:\d+:\d+: rules\[\d+\]\.article must be a contract article such as 4\.6, in quotes: YAML reads 4\.3 unquoted as a number \(write "4\.3"\)$/);
+    expect(p).toMatch(/policy\.yaml:\d+:\d+: rules\[\d+\]\.article must be a contract article such as 4\.6, in quotes: YAML reads 4\.3 unquoted as a number \(write it in quotes, as you meant it\)$/);
   });
 
   it('refuses an end date on suspend_account: nothing would unlock the account when it came', () => {
