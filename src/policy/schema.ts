@@ -50,7 +50,36 @@ function limitsShape(requiredAll: boolean) {
 
 const ADDRESS = /^[^\s@]+@[^\s@]+$/;
 /** An address, "*@domain" or "@domain" (every address of the domain). */
-const addressPattern = str({ pattern: /^(\*?@[^\s@]+|[^\s@*]+@[^\s@]+)$/, expected: 'an address, or *@domain for a whole domain' });
+// No "*" in a domain: matching compares domains whole, so "*@*.example.com" would protect nobody.
+const addressPattern = str({ pattern: /^(\*?@[^\s@*]+|[^\s@*]+@[^\s@*]+)$/, expected: 'an address, or *@domain for a whole domain (no wildcard in the domain: name each one)' });
+
+/** What a rule's message may name: the values detailFrom (policy.ts) and the gateway give a refusal. */
+export const MESSAGE_PLACEHOLDERS = ['rule', 'article', 'account', 'signature', 'limit', 'retry', 'recipients', 'mime', 'header', 'sender', 'from', 'contact'] as const;
+
+/**
+ * A rule's message: one line as the client reads it. A YAML block (">", "|") or a wrapped line is joined
+ * with single spaces (a line break would end the reply there); a control character or a placeholder
+ * that is not one of MESSAGE_PLACEHOLDERS (a typo would vanish from the reply) is refused.
+ */
+const ruleMessage: Schema<string> = {
+  expected: 'a sentence for the client',
+  parse(value, path, issues) {
+    const text = str().parse(value, path, issues);
+    if (text === undefined) return undefined;
+    const line = text.replace(/[\t\n\r ]+/g, ' ').trim();
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x1f\x7f]/.test(line)) {
+      issues.push({ path, message: 'holds a control character, which has no place in an SMTP reply' });
+      return undefined;
+    }
+    const unknown = [...line.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!).filter((name) => !(MESSAGE_PLACEHOLDERS as readonly string[]).includes(name));
+    if (unknown.length) {
+      issues.push({ path, message: `names ${unknown.map((n) => `{${n}}`).join(', ')}, which is not a value a refusal has; it may use ${MESSAGE_PLACEHOLDERS.map((n) => `{${n}}`).join(', ')}` });
+      return undefined;
+    }
+    return line;
+  },
+};
 
 const plan = obj({ description: optional(str()), ...limitsShape(true) });
 
@@ -102,7 +131,7 @@ function ruleSchema(limitNames: readonly string[]) {
       when: required(conditionSchema(limitNames)),
       action: required(oneOf(...ACTIONS)),
       reason: optional(reasonSchema),
-      message: optional(str()),
+      message: optional(ruleMessage),
       strike: optional(strikeRef),
       mode: withDefault(oneOf('enforce', 'monitor'), 'enforce'),
     }),

@@ -127,6 +127,9 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:78:5: rules\[14\]\.when uses recipient\.domain, known only while each recipient is checked \(rcpt\), with subject, known only at data: the rule would never see it; make it two rules/);
     // Bounded runs are linear in the text's length, but in a row their ranges multiply.
     expect(all).toMatch(/rules\.yaml:89:30: rules\[16\]\.when\.body\.matches has bounded repetitions that together try 6561 ways at each place of the text \(more than 256\)/);
+    // A rule's message: a misspelt placeholder is refused; a folded YAML block is one line, not refused.
+    expect(all).toMatch(/rules\.yaml:96:14: rules\[17\]\.message names \{retyr\}, \{acount\}, which is not a value a refusal has; it may use \{rule\}, /);
+    expect(all).not.toMatch(/rules\[18\]/);
     expect(all).toMatch(/rules\.yaml:83:5: rules\[15\]\.phase is data, but the condition uses recipient\.limits\.exceeded, known only while each recipient is checked \(rcpt\)/);
   });
 
@@ -141,6 +144,20 @@ describe('policy loading', () => {
     }
     writeFileSync(join(dir, 'rules.yaml'), 'rules: []\n');
     expect(loadPolicy(dir).rules).toEqual([]);
+  });
+
+  it('reads a folded rule message as one line, and refuses a wildcard in an allowlist domain', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const rules = join(dir, 'rules.yaml');
+    writeFileSync(rules, readFileSync(rules, 'utf8').replace(/^rules:\n/m, 'rules:\n  - id: test.folded\n    description: d\n    article: "4.3"\n    when: { subject: { contains: hello } }\n    action: reject\n    message: >\n      Greetings are not\n      allowed here.\n'));
+    expect(loadPolicy(dir).rules.find((r) => r.id === 'test.folded')!.message).toBe('Greetings are not allowed here.');
+    const allow = join(dir, 'allowlists.yaml');
+    writeFileSync(allow, readFileSync(allow, 'utf8').replace('    - postmaster@dstorage.example\n', '    - "*@*.example.com"\n    - "ceo@*"\n'));
+    expect(problems(dir).map((p) => p.replace(dir, '<dir>'))).toEqual([
+      expect.stringMatching(/^<dir>\/allowlists\.yaml:\d+:\d+: allowlists\.never_suspend\[0\] must be an address, or \*@domain for a whole domain \(no wildcard in the domain: name each one\)/),
+      expect.stringMatching(/^<dir>\/allowlists\.yaml:\d+:\d+: allowlists\.never_suspend\[1\] must be an address/),
+    ]);
   });
 
   it('refuses a section defined in two files, naming both', () => {
