@@ -85,10 +85,13 @@ export const FIELDS: Record<string, FieldSpec> = {
   'bulk.global_accounts': { type: 'number', phase: 'data', description: 'distinct accounts that sent this content in the bulk window', get: (f) => f.bulk?.globalAccounts },
 };
 
-/** `header.<name>`: every value of that header (names are case-insensitive). */
+/**
+ * `header.<name>`: every value of that header (names are case-insensitive). A header the message does not
+ * have is not there: `exists: false` holds for it, as a reader of the rule means.
+ */
 export function headerField(name: string): FieldSpec {
   const key = name.toLowerCase();
-  return { type: 'strings', phase: 'data', description: `values of the ${name} header`, get: (f) => f.message?.headers.get(key) ?? (f.message ? [] : undefined) };
+  return { type: 'strings', phase: 'data', description: `values of the ${name} header (exists: whether the message has it)`, get: (f) => f.message?.headers.get(key) };
 }
 
 /** `limits.usage.<limit>`: current use of that limit. */

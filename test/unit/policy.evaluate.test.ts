@@ -48,6 +48,16 @@ describe('conditions', () => {
     expect(compile({ sender: { starts_with: 'jose\u0301' } }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
   });
 
+  it('a header exists when the message has it: exists false holds for one without it', () => {
+    const without = facts({ message: message({ headers: new Map() }) });
+    const withIt = facts({ message: message() });
+    expect(compile({ 'header.X-Mailer': { exists: true } }).test(withIt)).toBe(true);
+    expect(compile({ 'header.X-Mailer': { exists: true } }).test(without)).toBe(false);
+    expect(compile({ 'header.X-Mailer': { exists: false } }).test(without)).toBe(true);
+    expect(compile({ 'header.X-Mailer': { exists: false } }).test(withIt)).toBe(false);
+    expect(compile({ not: { 'header.X-Mailer': { matches: '^bulk' } } }).test(without)).toBe(true);
+  });
+
   it('compares a message text written with combining accents as the composed text the rule names', () => {
     const decomposed = facts({
       message: message({
