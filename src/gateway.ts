@@ -490,7 +490,10 @@ export class Gateway {
     const outcome = await this.check('connect', state);
     if (isRefusal(outcome.verdict)) {
       state.refused = outcome.verdict.reason;
-      throw this.refusal(outcome.verdict, 'connect', state.reference);
+      const refusal = this.refusal(outcome.verdict, 'connect', state.reference);
+      // The reference the client reads, where support looks for it: no transaction line will carry it.
+      this.log.info({ event: 'refusal', phase: 'connect', session: state.id, ref: state.reference, listener: name, client: ip, reason: outcome.verdict.reason, reply: `${refusal.reply.code} ${refusal.reply.enhanced}` }, outcome.verdict.reason ?? 'refused');
+      throw refusal;
     }
   }
 

@@ -258,6 +258,9 @@ describe('relay on the trusted listener', () => {
     expect(greeting).toMatch(/^554 5\.7\.1 Your address \(127\.0\.0\.2\) may not submit mail on this port.*Ref D-/);
     socket.destroy();
     expect(upstream.connections).toBe(0);
+    // The reference the client read is in the log, at the default level.
+    const ref = /Ref (D-[0-9A-Z]{6})/.exec(greeting)![1];
+    expect(await gw.waitForLog((l) => l.event === 'refusal' && l.ref === ref)).toMatchObject({ level: 'info', phase: 'connect', client: '127.0.0.2', reason: 'connection.not_allowed', reply: '554 5.7.1' });
   });
 
   it('handles several transactions on one connection, and RSET in the middle', async () => {
