@@ -528,7 +528,7 @@ export class Gateway {
     } catch (err) {
       void attempt?.settle('not_tried');
       if (state.closed) throw clientGone('before its credentials were checked');
-      this.upstreamFailed(err, 'auth');
+      this.upstreamFailed(err, 'auth', state.reference);
       this.metrics.auth.labels('upstream_error').inc();
       this.logAuth(state, username, 'upstream_error', (err as Error).message);
       throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable' }, 'auth', state.reference);
@@ -922,15 +922,16 @@ export class Gateway {
     return upstream;
   }
 
-  private upstreamFailed(err: unknown, phase: Phase): void {
+  /** Counted and logged with the reference the client reads: its transaction line says only upstream.unavailable. */
+  private upstreamFailed(err: unknown, phase: Phase, reference: string): void {
     const kind = err instanceof UpstreamError ? err.kind : 'internal';
     this.metrics.upstreamErrors.labels(kind).inc();
-    this.log.warn({ event: 'upstream_error', phase, kind, err: (err as Error)?.message }, 'upstream failed');
+    this.log.warn({ event: 'upstream_error', ref: reference, phase, kind, err: (err as Error)?.message }, 'upstream failed');
   }
 
   private upstreamRefusal(err: unknown, phase: Phase, reference: string): ReplyError {
     if (!(err instanceof UpstreamError)) throw err;
-    this.upstreamFailed(err, phase);
+    this.upstreamFailed(err, phase, reference);
     return this.refusal({ action: 'tempfail', reason: 'upstream.unavailable', evidence: { kind: err.kind } }, phase, reference);
   }
 

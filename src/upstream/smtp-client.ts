@@ -62,6 +62,8 @@ export class SmtpClient {
   /** EHLO keywords (upper case) to their parameters */
   capabilities = new Map<string, string>();
   secure = false;
+  /** the TCP (or TLS) connection was made: a socket error after it is the connection's closing, not its opening */
+  private connected = false;
   /** true between an accepted MAIL and the end of DATA or RSET */
   inTransaction = false;
   /** counts transactions begun and ended here: a keepalive belongs to one of them */
@@ -146,6 +148,7 @@ export class SmtpClient {
     } catch (err) {
       throw new UpstreamError('connect', `cannot connect to upstream ${host}:${port}: ${(err as Error).message}`);
     }
+    this.connected = true;
     this.secure = this.endpoint.tls === 'implicit';
   }
 
@@ -165,7 +168,9 @@ export class SmtpClient {
     // written. A character split between two reads is joined first.
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
-    socket.on('error', (err) => this.fail(new UpstreamError('closed', `upstream connection failed: ${err.message}`)));
+    // Before the connection is made, an error is the connection's (refused, unreachable): "connect", which the
+    // alert reads as the MTA down, not "closed", an MTA dropping sessions.
+    socket.on('error', (err) => this.fail(new UpstreamError(this.connected ? 'closed' : 'connect', `${this.connected ? 'upstream connection failed' : `cannot connect to upstream ${this.endpoint.host}:${this.endpoint.port}`}: ${err.message}`)));
     socket.on('close', () => this.fail(new UpstreamError('closed', 'upstream closed the connection')));
   }
 

@@ -571,9 +571,11 @@ describe('upstream faults reach the client, and never as 250', () => {
       try {
         const c = await trusted(gw.port('trusted'));
         const started = Date.now();
-        expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^451 4\.4\.1 .*Ref D-/);
+        const reply = await c.command('MAIL FROM:<user1@example.test>');
+        expect(reply).toMatch(/^451 4\.4\.1 .*Ref D-/);
         expect(Date.now() - started).toBeLessThan(2000);
-        expect(await gw.waitForLog((l) => l.event === 'upstream_error')).toMatchObject({ kind: 'timeout' });
+        // The cause, under the reference the client read.
+        expect(await gw.waitForLog((l) => l.event === 'upstream_error')).toMatchObject({ kind: 'timeout', ref: /Ref (D-[0-9A-Z]{6})/.exec(reply)![1] });
         c.close();
       } finally {
         await gw.stop();

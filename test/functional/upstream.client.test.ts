@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { isLoopbackAddress, SmtpClient, UpstreamError, type UpstreamEndpoint } from '../../src/upstream/smtp-client.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
+import { DEAD_PORT } from '../harness/net.js';
 
 let upstream: FakeUpstream | undefined;
 afterEach(async () => {
@@ -19,6 +20,17 @@ const endpoint = (port: number, tls: UpstreamEndpoint['tls']): UpstreamEndpoint 
   verifyCertificate: false,
   heloName: 'douane.test',
   timeouts: { connect: 2000, command: 2000, data: 2000, keepalive: 60_000 },
+});
+
+describe('failures', () => {
+  it('a connection refused is a connect failure (the MTA down), one dropped after it is closed', async () => {
+    const refused = await SmtpClient.connect(endpoint(DEAD_PORT, 'none')).catch((err: unknown) => err);
+    expect(refused).toMatchObject({ kind: 'connect', message: expect.stringMatching(new RegExp(`^cannot connect to upstream 127\\.0\\.0\\.1:${DEAD_PORT}: .*ECONNREFUSED`)) });
+    upstream = await FakeUpstream.start({ mail: () => 'drop' });
+    const client = await SmtpClient.connect(endpoint(upstream.port, 'none'));
+    const dropped = await client.mail('user1@example.test').catch((err: unknown) => err);
+    expect(dropped).toMatchObject({ kind: 'closed' });
+  });
 });
 
 describe('credentials towards the upstream', () => {
