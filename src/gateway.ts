@@ -92,6 +92,9 @@ export class Gateway {
   readonly audit: AuditLog;
   private purgeTimer: NodeJS.Timeout | undefined;
   private healthTimer: NodeJS.Timeout | undefined;
+  /** the last upstream readiness probe failed: the health timer probes it until it answers */
+  private upstreamUnready = false;
+  private healthProbes: Record<string, ReadinessProbe> | undefined;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -211,24 +214,27 @@ export class Gateway {
     await this.purgeQuarantine();
     this.purgeTimer = setInterval(() => void this.purgeQuarantine(), 3_600_000);
     this.purgeTimer.unref();
-    // Keep the availability gauges (clamd, Redis) and the breaker gauge current between requests.
-    const probes = this.readinessProbes();
-    const health = () => {
-      // Not the upstream: probing it opens an SMTP session at the MTA; /readyz does that when asked.
-      for (const [name, probe] of Object.entries(probes)) {
-        if (name === 'upstream') continue;
-        void probe().then((r) => this.metrics.readiness.labels(name).set(r.ok ? 1 : 0), () => this.metrics.readiness.labels(name).set(0));
-      }
-      void this.enforcer.breaker().catch(() => undefined);
-      void this.enforcer.refreshGauge();
-      this.outbox.refreshGauges();
-    };
-    health();
-    this.healthTimer = setInterval(health, 10_000);
+    this.healthProbes = this.readinessProbes();
+    this.refreshHealth();
+    this.healthTimer = setInterval(() => this.refreshHealth(), 10_000);
     this.healthTimer.unref();
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
+  }
+
+  /** Keeps the availability gauges (clamd, Redis, the upstream once found down) and the breaker's current between requests. */
+  refreshHealth(): void {
+    // Not the upstream while it was last seen answering: probing it opens an SMTP session at the MTA, and
+    // /readyz does that when asked. Once a probe found it down, it is probed here until it answers, so
+    // that its gauge (and the critical alert on it) does not wait for the next /readyz to clear.
+    for (const [name, probe] of Object.entries(this.healthProbes ?? {})) {
+      if (name === 'upstream' && !this.upstreamUnready) continue;
+      void probe().then((r) => this.metrics.readiness.labels(name).set(r.ok ? 1 : 0), () => this.metrics.readiness.labels(name).set(0));
+    }
+    void this.enforcer.breaker().catch(() => undefined);
+    void this.enforcer.refreshGauge();
+    this.outbox.refreshGauges();
   }
 
   /**
@@ -277,8 +283,14 @@ export class Gateway {
           }
         : {}),
       upstream: cachedProbe(async () => {
-        const client = await this.upstream.forAuth({ address: '127.0.0.1', port: 0, secure: false });
-        await client.quit();
+        try {
+          const client = await this.upstream.forAuth({ address: '127.0.0.1', port: 0, secure: false });
+          await client.quit();
+        } catch (err) {
+          this.upstreamUnready = true;
+          throw err;
+        }
+        this.upstreamUnready = false;
         return { ok: true };
       }, 5000),
     };

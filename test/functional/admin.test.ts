@@ -73,7 +73,12 @@ describe('admin endpoint', () => {
     expect(body.ready).toBe(false);
     expect(body.checks.upstream!.ok).toBe(false);
     expect(body.checks.upstream!.detail).toMatch(/ECONNREFUSED|connect/);
-    upstream = await FakeUpstream.start(); // for afterEach
+    const readiness = async () => /^douane_readiness\{check="upstream"\} (\d)$/m.exec(await gw!.metrics.registry.metrics())?.[1];
+    expect(await readiness()).toBe('0');
+    // The upstream is back: the health timer, not the next /readyz, clears its gauge (and the alert on it).
+    upstream = await FakeUpstream.start({ port: upstream!.port });
+    gw.gateway.refreshHealth();
+    await expect.poll(readiness, { timeout: 5000 }).toBe('1');
   });
 
   it('requires the bearer token for metrics and details when one is configured; health checks need none', async () => {
