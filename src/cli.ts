@@ -3,7 +3,7 @@
 // (0 ok, 1 failure or invalid input, 64 usage error).
 
 import { ValidationError } from './validate/source.js';
-import { flag, parseArgs, UsageError } from './cli/args.js';
+import { CliError, flag, parseArgs, UsageError } from './cli/args.js';
 import { serve, StartError } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
@@ -81,6 +81,9 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
+/** Errors of the file system whose message says all: permission, missing, read-only, full. */
+const FILE_ERRORS = new Set(['EACCES', 'EPERM', 'ENOENT', 'EROFS', 'ENOSPC', 'ENOTDIR', 'EISDIR']);
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
@@ -92,6 +95,10 @@ main(process.argv.slice(2)).then(
     } else if (err instanceof UsageError) {
       console.error(`douane: ${err.message}`);
       process.exitCode = err.exitCode;
+    } else if (err instanceof CliError || FILE_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? '')) {
+      // Explained by its message (node's names the file and the operation): no stack for the operator.
+      console.error(`douane: ${(err as Error).message}`);
+      process.exitCode = 1;
     } else if (err instanceof StartError) {
       // Whatever the failed start left behind (a Redis connection, a timer) must not keep it running.
       console.error(`douane: ${err.message}`);

@@ -4,7 +4,7 @@
 
 import { loadConfig } from '../config/load.js';
 import { DURATION_MAX_MS, parseDuration } from '../validate/schema.js';
-import { cliActor, flag, option, parseArgs, UsageError } from './args.js';
+import { CliError, cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
 
@@ -41,7 +41,8 @@ export async function accountsCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const { config } = loadConfig({ file: option(args, 'config') });
-  const base = option(args, 'admin') ?? `http://${config.admin.address.includes(':') ? `[${config.admin.address}]` : config.admin.address}:${config.admin.port}`;
+  const base = (option(args, 'admin') ?? `http://${config.admin.address.includes(':') ? `[${config.admin.address}]` : config.admin.address}:${config.admin.port}`).replace(/\/+$/, '');
+  if (!/^https?:\/\/[^/]/.test(base) || !URL.canParse(base)) throw new UsageError(`--admin takes the admin endpoint's URL, such as http://127.0.0.1:9725 (got ${base})`);
   const headers: Record<string, string> = { 'x-douane-actor': cliActor(), 'content-type': 'application/json' };
   if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
   const account = args.positional[0];
@@ -54,9 +55,13 @@ export async function accountsCommand(argv: string[]): Promise<number> {
     try {
       res = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(30_000) });
     } catch (err) {
-      throw new Error(`cannot reach Douane's admin endpoint at ${base} (${(err as Error).message}); is douane serve running? (--admin URL)`);
+      throw new CliError(`cannot reach Douane's admin endpoint at ${base} (${(err as Error).message}); is douane serve running? (--admin URL)`);
     }
-    const data = (await res.json().catch(() => ({ error: `HTTP ${res.status}` }))) as unknown;
+    if (res.status === 401) {
+      const why = headers.authorization ? 'the admin token was refused' : 'the admin endpoint wants a token';
+      return { ok: false, data: { error: `${why} (HTTP 401): set DOUANE_ADMIN_TOKEN to a token of admin.token or admin.tokens` } };
+    }
+    const data = (await res.json().catch(() => ({ error: `HTTP ${res.status} from ${base}${path}` }))) as unknown;
     return { ok: res.ok, data };
   };
   let result: { ok: boolean; data: unknown };

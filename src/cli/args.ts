@@ -11,6 +11,9 @@ export class UsageError extends Error {
   readonly exitCode = 64; // EX_USAGE
 }
 
+/** A failure the command explains in its message (a service it cannot reach): printed without a stack, exit 1. */
+export class CliError extends Error {}
+
 export function parseArgs(argv: string[], spec: { flags?: string[]; options?: string[] }): ParsedArgs {
   const flags = new Map<string, string[]>();
   const positional: string[] = [];

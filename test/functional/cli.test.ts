@@ -293,9 +293,29 @@ describe('douane accounts', () => {
         expect(tooLong.stderr).toMatch(/--for takes a duration such as 24h or 7d, at most 3650d/);
       }
       expect((JSON.parse((await run('status', 'user2@example.test')).stdout) as { suspension: unknown }).suspension).toBeNull();
+      // A trailing slash is the same endpoint.
+      expect((await douane(['accounts', 'status', 'user2@example.test', '--admin', `${url}/`])).code).toBe(0);
     } finally {
       await admin.stop();
       await gw.stop();
+    }
+  });
+
+  it('says what is wrong in one line, without a stack: an endpoint not running, a URL that is none, a token it wants', async () => {
+    const down = await douane(['accounts', 'list', '--admin', 'http://127.0.0.1:1']);
+    expect(down).toMatchObject({ code: 1, stderr: expect.stringMatching(/^douane: cannot reach Douane's admin endpoint at http:\/\/127\.0\.0\.1:1 .*is douane serve running\? \(--admin URL\)\n$/) });
+    const notUrl = await douane(['accounts', 'list', '--admin', 'notaurl']);
+    expect(notUrl).toMatchObject({ code: 64, stderr: "douane: --admin takes the admin endpoint's URL, such as http://127.0.0.1:9725 (got notaurl)\n" });
+    const { AdminServer } = await import('../../src/admin.js');
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    const admin = new AdminServer({ address: '127.0.0.1', port: 0, token: 'a-token-of-twenty-chars' }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+    await admin.start();
+    try {
+      const refused = await douane(['accounts', 'list', '--admin', `http://127.0.0.1:${admin.port}`]);
+      expect(refused).toMatchObject({ code: 1, stderr: 'douane: the admin endpoint wants a token (HTTP 401): set DOUANE_ADMIN_TOKEN to a token of admin.token or admin.tokens\n' });
+    } finally {
+      await admin.stop();
     }
   });
 });
