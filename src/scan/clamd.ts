@@ -11,6 +11,10 @@
 // leaving none for the failover. When every host is set aside, a scan fails at once rather than waiting on
 // a host known not to answer. A timeout alone is not enough: a healthy clamd answers PING at once.
 //
+// clamscan writes to clamd as fast as it reads its input, and keeps its connection when the input goes:
+// each scan's connection is taken from it, so that the client's next chunk waits while clamd is behind
+// (memory stays bounded whatever clamd's pace), and so that the connection closes with the scan.
+//
 // The deadline (clamd.timeout) bounds clamd, not the client: while the message comes in it runs from
 // the last time clamd took more of it, and from the final dot it is the time clamd has to answer. A
 // client slower than the deadline is bounded by the session's own timeouts, and its clean message goes.
@@ -56,7 +60,16 @@ export function hostName(h: ClamdHost): string {
   return h.socket ?? `${h.host ?? '127.0.0.1'}:${h.port ?? 3310}`;
 }
 
-type Clam = { scanStream(stream: Readable): Promise<{ isInfected: boolean | null; viruses: string[] }> };
+type Clam = {
+  scanStream(stream: Readable): Promise<{ isInfected: boolean | null; viruses: string[] }>;
+  _initSocket(label?: string): Promise<net.Socket>;
+};
+
+/**
+ * Bytes waiting in the socket to clamd before the client's next chunk waits for it: clamscan writes
+ * what it reads from its input at once, with no regard for how fast clamd reads.
+ */
+const SOCKET_HIGH_WATER = 1024 * 1024;
 
 /** How often a host set aside is asked for PONG (and how long each PING may take). */
 const PROBE_MS = 1000;
@@ -155,6 +168,8 @@ export class ClamdScanner implements ScannerPort {
     const deadline = { at: Date.now() + this.opts.timeoutMs };
     const progress = () => (deadline.at = Date.now() + this.opts.timeoutMs);
     const input = new PassThrough({ highWaterMark: 256 * 1024 });
+    /** the first host's connection, once clamscan opened it */
+    let socket: net.Socket | undefined;
     let failed: string | undefined;
     let aborted = false;
     const abandon = new AbortController();
@@ -162,7 +177,7 @@ export class ClamdScanner implements ScannerPort {
     const firstHost = this.nextHost(tried);
     if (firstHost) tried.add(hostName(firstHost));
     const first: Promise<ScanResult> = firstHost
-      ? this.scanOne(firstHost, input, deadline, abandon.signal).then(
+      ? this.scanOne(firstHost, input, deadline, abandon.signal, (opened) => (socket = opened)).then(
           (r) => r,
           (err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(firstHost), ms: 0 }),
         )
@@ -180,23 +195,38 @@ export class ClamdScanner implements ScannerPort {
     return {
       write: async (chunk) => {
         if (failed || aborted || input.destroyed) return;
-        if (input.write(chunk)) {
+        // Before clamd's connection is open the input holds the message; after, clamscan moves it on to the
+        // socket at once, where it waits for clamd: either one full means clamd reads slower than the client.
+        const full = () => input.writableNeedDrain || (socket !== undefined && socket.writableLength > SOCKET_HIGH_WATER);
+        input.write(chunk);
+        if (!full()) {
           progress();
           return;
         }
-        // clamd reads slower than the client sends: wait for it, but never past the deadline.
+        // Wait for clamd, but never past the deadline.
         await new Promise<void>((resolve) => {
           const wait = Math.max(0, deadline.at - Date.now());
           const timer = setTimeout(done, wait);
+          const watched = new Set<NodeJS.EventEmitter>();
           function done(drained?: unknown) {
             clearTimeout(timer);
-            input.off('drain', onDrain);
+            for (const e of watched) e.off('drain', onDrain);
             input.off('close', done);
             if (drained === true) progress();
             resolve();
           }
-          const onDrain = () => done(true);
-          input.on('drain', onDrain);
+          const watch = (e: NodeJS.EventEmitter | undefined) => {
+            if (!e || watched.has(e)) return;
+            watched.add(e);
+            e.on('drain', onDrain);
+          };
+          // The socket may open while the input waits: it is watched from then on.
+          const onDrain = () => {
+            watch(socket);
+            if (!full()) done(true);
+          };
+          watch(input);
+          watch(socket);
           input.on('close', done);
           void first.then(() => done());
         });
@@ -222,13 +252,17 @@ export class ClamdScanner implements ScannerPort {
         aborted = true;
         abandon.abort();
         input.destroy();
+        // clamscan keeps its connection, and whatever waits in it, when its input goes: it goes here.
+        socket?.destroy();
       },
     };
   }
 
   /** One INSTREAM scan on one host, bounded by the deadline whatever clamd does; settles at once when abandoned. */
-  private async scanOne(h: ClamdHost, stream: Readable, at: { readonly at: number }, abandoned: AbortSignal): Promise<ScanResult> {
+  private async scanOne(h: ClamdHost, stream: Readable, at: { readonly at: number }, abandoned: AbortSignal, onSocket?: (socket: net.Socket) => void): Promise<ScanResult> {
     const name = hostName(h);
+    let socket: net.Socket | undefined;
+    let settled = false;
     let timer: NodeJS.Timeout | undefined;
     let onAbandon: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
@@ -246,14 +280,25 @@ export class ClamdScanner implements ScannerPort {
     });
     try {
       const clam = await Promise.race([this.client(h), deadline]);
-      const res = await Promise.race([clam.scanStream(stream), deadline]);
+      // This scan's own view of the shared client, which hands over the connection clamscan opens for it:
+      // its writes are watched for clamd's pace, and it is closed with the scan, as clamscan does not.
+      const own = Object.create(clam) as Clam;
+      own._initSocket = async (label) => {
+        socket = await clam._initSocket.call(own, label);
+        // Opened after the scan ended (abandoned, or past the deadline, while it connected): nothing uses it.
+        if (settled) socket.destroy();
+        else onSocket?.(socket);
+        return socket;
+      };
+      const res = await Promise.race([own.scanStream(stream), deadline]);
       if (res.isInfected === true) return { result: 'infected', signature: res.viruses[0] ?? 'unknown', scanner: name, ms: 0 };
       if (res.isInfected === false) return { result: 'clean', scanner: name, ms: 0 };
       this.opts.metrics.scanErrors.labels('other').inc();
       return { result: 'error', detail: 'clamd gave no clear answer', scanner: name, ms: 0 };
     } catch (err) {
-      // A hung scan keeps its socket: destroying the input ends clamscan's side of it.
+      // A hung scan keeps its socket, and what was written to it: both go.
       stream.destroy();
+      socket?.destroy();
       if (abandoned.aborted) return { result: 'error', detail: 'scan abandoned', scanner: name, ms: 0 };
       const { kind, detail } = describeFailure(err as Error);
       this.opts.metrics.scanErrors.labels(kind).inc();
@@ -262,6 +307,7 @@ export class ClamdScanner implements ScannerPort {
       if (kind === 'timeout') this.confirmDown(h, detail);
       return { result: 'error', detail, scanner: name, ms: 0 };
     } finally {
+      settled = true;
       clearTimeout(timer);
       if (onAbandon) abandoned.removeEventListener('abort', onAbandon);
     }

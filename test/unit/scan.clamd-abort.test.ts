@@ -90,6 +90,60 @@ describe('clamd failover and abort', () => {
   });
 });
 
+describe('a clamd slower than the client', () => {
+  it('the client\'s writes wait while clamd reads nothing and go on once it reads; an aborted scan\'s connection is closed', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-clamd-slow-'));
+    dirs.push(dir);
+    // A clamd that reads nothing until told to, then takes the stream and finds it clean.
+    const held: net.Socket[] = [];
+    const closed: net.Socket[] = [];
+    const slow = net.createServer((s) => {
+      held.push(s);
+      s.pause();
+      let total = 0;
+      s.on('data', (d) => {
+        total += d.length;
+        // The INSTREAM terminator: a zero-length chunk at the very end.
+        if (d.length >= 4 && d.readUInt32BE(d.length - 4) === 0 && total > 1024) s.end('stream: OK\0');
+      });
+      s.on('close', () => closed.push(s));
+    });
+    await new Promise<void>((r) => slow.listen(join(dir, 'slow.sock'), r));
+    const scanner = new ClamdScanner({ hosts: [{ socket: join(dir, 'slow.sock') }], timeoutMs: 60_000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+
+    const live = scanner.start();
+    const chunk = Buffer.alloc(256 * 1024, 'a');
+    let written = 0;
+    const writing = (async () => {
+      for (let i = 0; i < 80; i++) {
+        await live.write(chunk);
+        written++;
+      }
+    })();
+    // 20 MB offered: clamd holds what its socket and ours take, and the writes stop there, in memory too.
+    await expect.poll(() => held.length).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(written).toBeLessThan(40);
+    held[0]!.resume();
+    await writing;
+    expect(written).toBe(80);
+    expect(await live.end(() => Readable.from([]))).toMatchObject({ result: 'clean' });
+
+    // Aborted while clamd reads nothing: the connection goes with the scan, not at clamd's own timeout.
+    const dropped = scanner.start();
+    void dropped.write(chunk);
+    await expect.poll(() => held.length).toBe(2);
+    for (let i = 0; i < 10; i++) void dropped.write(chunk);
+    dropped.abort();
+    // clamd reads again: it finds the end of a connection Douane closed, not one held open.
+    held[1]!.resume();
+    await expect.poll(() => closed.includes(held[1]!)).toBe(true);
+    scanner.close();
+    held.forEach((s) => s.destroy());
+    await new Promise((resolve) => slow.close(resolve));
+  });
+});
+
 describe('clamd closing a stream mid-message', () => {
   it('is named as clamd closing the stream (most likely its size limit), counted as closed, and the host is not set aside', async () => {
     const clamd = await misbehavingClamd(resetAfter(64 * 1024));
