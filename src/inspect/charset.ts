@@ -32,7 +32,8 @@ export function asciiCompatible(charset: string): boolean {
 export function streamDecoder(charset: string): StreamDecoder | undefined {
   const c = name(charset);
   if (/^utf-?16-?be$|^unicodefffe$/.test(c)) return new TextDecoder('utf-16be');
-  if (/^utf-?16(-?le)?$|^unicode$|^ucs-?2$/.test(c)) return new TextDecoder('utf-16le');
+  if (/^utf-?16-?le$/.test(c)) return new TextDecoder('utf-16le');
+  if (/^utf-?16$|^unicode$|^ucs-?2$/.test(c)) return byteOrderFromMark();
   if (isUtf7(c)) {
     const d = iconv.getDecoder('utf7');
     return {
@@ -40,6 +41,29 @@ export function streamDecoder(charset: string): StreamDecoder | undefined {
     };
   }
   return undefined;
+}
+
+/**
+ * UTF-16 without a byte order in its name: the text's byte-order mark says (FE FF big-endian), as the body's
+ * own decoding reads it; little-endian without one, as Windows writes it.
+ */
+function byteOrderFromMark(): StreamDecoder {
+  let inner: StreamDecoder | undefined;
+  let first = new Uint8Array(0);
+  return {
+    decode(input, options) {
+      if (inner) return inner.decode(input, options);
+      const bytes = new Uint8Array(first.length + (input?.length ?? 0));
+      bytes.set(first);
+      if (input) bytes.set(input, first.length);
+      if (bytes.length < 2 && options?.stream) {
+        first = bytes;
+        return '';
+      }
+      inner = new TextDecoder(bytes[0] === 0xfe && bytes[1] === 0xff ? 'utf-16be' : 'utf-16le');
+      return inner.decode(bytes, options);
+    },
+  };
 }
 
 /** A whole text in its charset; an unknown or broken charset is read as UTF-8. */

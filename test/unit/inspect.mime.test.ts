@@ -225,6 +225,15 @@ describe('MIME inspector: fixtures', () => {
     const page = Buffer.concat([Buffer.from([0xff, 0xfe]), utf16('<html><a href="https://bom.example.test/login">sign in</a></html>')]);
     const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see the page', '--b', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="login.htm"', 'Content-Transfer-Encoding: base64', '', ...b64(page), '--b--');
     expect((await inspect(attached)).urls).toEqual(['https://bom.example.test/login']);
+    // "utf-16" names no byte order: a big-endian mark says it, for the links as for the body; little-endian
+    // without one. Cut after the mark's first byte by the chunks it arrives in.
+    const be = Buffer.concat([Buffer.from([0xfe, 0xff]), Buffer.from(utf16('Votre compte: <a href="https://be.example.test/login">connexion</a>')).swap16()]);
+    for (const chunk of [be.length + 200, 1]) {
+      const f = await inspect(eml(...head(), 'Content-Type: text/html; charset="utf-16"', 'Content-Transfer-Encoding: base64', '', ...b64(be)), LIMITS, chunk);
+      expect([chunk, f.body, f.urls]).toEqual([chunk, 'Votre compte: connexion', ['https://be.example.test/login']]);
+    }
+    const le = await inspect(eml(...head(), 'Content-Type: text/html; charset=utf-16', 'Content-Transfer-Encoding: base64', '', ...b64(utf16('<a href="https://le.example.test/">x</a>'))));
+    expect(le.urls).toEqual(['https://le.example.test/']);
   });
 
   it('decodes UTF-7, which mail programs still show: the links, the body and the subject it would hide', async () => {
