@@ -148,8 +148,8 @@ export function decodeQuotedPrintable(buf: Buffer, final: boolean): Buffer {
 }
 
 /**
- * A part whose transfer encoding is uuencode: the lines between "begin <mode> <name>" and "end" (or the
- * "`" line before it), each a length character and then four characters for every three bytes. Whole lines
+ * A part whose transfer encoding is uuencode: the lines between "begin <mode> <name>" and "end", each a
+ * length character and then four characters for every three bytes. Whole lines
  * only: the unfinished one waits for the next chunk.
  */
 class UudecodeDecoder implements TransferDecoder {
@@ -174,10 +174,12 @@ class UudecodeDecoder implements TransferDecoder {
     const out: Buffer[] = [];
     for (const raw of text.split('\n')) {
       const line = raw.replace(/\r$/, '');
+      // As Thunderbird reads a part so labelled: any "begin " line opens the file (whatever its mode), and
+      // only "end" closes it; a "`" line holds no byte, and lines after it are still the file's.
       if (this.state === 'before') {
-        if (/^begin[ \t]+[0-7]{1,4}[ \t]/.test(line)) this.state = 'body';
+        if (/^begin[ \t]/.test(line)) this.state = 'body';
       } else if (this.state === 'body') {
-        if (line === 'end' || line === '`') this.state = 'after';
+        if (line === 'end') this.state = 'after';
         else if (line !== '') out.push(uudecodeLine(line));
       }
     }

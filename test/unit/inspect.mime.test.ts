@@ -201,6 +201,11 @@ describe('MIME inspector: fixtures', () => {
     const zipped = zip([{ name: 'facture.pdf.exe', content: pe }]);
     const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'the invoice', '--b', 'Content-Type: application/zip; name="docs.zip"', 'Content-Disposition: attachment; filename="docs.zip"', 'Content-Transfer-Encoding: x-uuencode', '', 'begin 644 docs.zip', ...uu(zipped), '`', 'end', '--b--');
     expect((await inspect(attached, LIMITS, 64)).attachments).toMatchObject([{ name: 'docs.zip', detectedType: 'zip', archiveEntries: ['facture.pdf.exe'] }]);
+    // As Thunderbird reads it: a begin line with any mode, and lines after an empty one ("`") up to "end".
+    for (const [begin, before] of [['begin 999 docs.zip', []], ['begin 644 docs.zip', ['`']]] as const) {
+      const odd = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/zip; name="docs.zip"', 'Content-Disposition: attachment; filename="docs.zip"', 'Content-Transfer-Encoding: x-uuencode', '', begin, ...before, ...uu(zipped), '`', 'end', '--b--');
+      expect((await inspect(odd, LIMITS, 64)).attachments).toMatchObject([{ name: 'docs.zip', detectedType: 'zip', archiveEntries: ['facture.pdf.exe'] }]);
+    }
     // So is a text part with a file name, inline or not: an attachment.
     for (const disposition of ['Content-Disposition: inline; filename="docs.zip"', 'X-Nothing: here']) {
       const named = eml(...head(), 'Content-Type: text/plain; name="docs.zip"', disposition, 'Content-Transfer-Encoding: x-uuencode', '', 'begin 644 docs.zip', ...uu(zipped), '`', 'end');
