@@ -2,6 +2,8 @@
 // dropped, block elements as line breaks, entities decoded. One linear pass with indexOf — no regular
 // expression that could backtrack on hostile markup (an unclosed <script> or attribute quote).
 
+import { decodeHTML, decodeHTMLAttribute } from 'entities';
+
 // Elements whose content is never shown as text.
 const HIDDEN = new Set(['script', 'style', 'title', 'template']);
 const HIDDEN_CLOSE: Record<string, RegExp> = {
@@ -125,34 +127,16 @@ function collapse(run: string): string {
 const WHITESPACE_RUN =
   / ?[\t\f\v\u00a0\r\n\u00ad\u200b-\u200d\u2060\ufeff][ \t\f\v\u00a0\r\n\u00ad\u200b-\u200d\u2060\ufeff]*| {2,}[ \t\f\v\u00a0\r\n\u00ad\u200b-\u200d\u2060\ufeff]*/g;
 
-// Latin-1 names, U+00A0 to U+00FF in order.
-const LATIN1 =
-  'nbsp iexcl cent pound curren yen brvbar sect uml copy ordf laquo not shy reg macr deg plusmn sup2 sup3 acute micro para middot cedil sup1 ordm raquo frac14 frac12 frac34 iquest ' +
-  'Agrave Aacute Acirc Atilde Auml Aring AElig Ccedil Egrave Eacute Ecirc Euml Igrave Iacute Icirc Iuml ETH Ntilde Ograve Oacute Ocirc Otilde Ouml times Oslash Ugrave Uacute Ucirc Uuml Yacute THORN szlig ' +
-  'agrave aacute acirc atilde auml aring aelig ccedil egrave eacute ecirc euml igrave iacute icirc iuml eth ntilde ograve oacute ocirc otilde ouml divide oslash ugrave uacute ucirc uuml yacute thorn yuml';
-
-const ENTITIES: Map<string, string> = new Map([
-  ['amp', '&'], ['lt', '<'], ['gt', '>'], ['quot', '"'], ['apos', "'"],
-  ['OElig', '\u0152'], ['oelig', '\u0153'], ['Scaron', '\u0160'], ['scaron', '\u0161'], ['Yuml', '\u0178'],
-  ['fnof', '\u0192'], ['circ', '\u02c6'], ['tilde', '\u02dc'], ['ensp', '\u2002'], ['emsp', '\u2003'],
-  ['thinsp', '\u2009'], ['zwnj', '\u200c'], ['zwj', '\u200d'], ['lrm', '\u200e'], ['rlm', '\u200f'],
-  ['ndash', '\u2013'], ['mdash', '\u2014'], ['lsquo', '\u2018'], ['rsquo', '\u2019'], ['sbquo', '\u201a'],
-  ['ldquo', '\u201c'], ['rdquo', '\u201d'], ['bdquo', '\u201e'], ['dagger', '\u2020'], ['Dagger', '\u2021'],
-  ['bull', '\u2022'], ['hellip', '\u2026'], ['permil', '\u2030'], ['prime', '\u2032'], ['lsaquo', '\u2039'],
-  ['rsaquo', '\u203a'], ['euro', '\u20ac'], ['trade', '\u2122'], ['larr', '\u2190'], ['rarr', '\u2192'],
-  ['colon', ':'], ['sol', '/'], ['period', '.'], ['num', '#'], ['quest', '?'], ['equals', '='], ['commat', '@'],
-  ...LATIN1.split(' ').map((name, i): [string, string] => [name, String.fromCharCode(0xa0 + i)]),
-]);
-
-const ENTITY = /&(?:#(\d{1,7})|#[xX]([0-9A-Fa-f]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));?/g;
-
-/** Decodes numeric character references and the common named entities; unknown names stay as written. */
+/**
+ * Character references as a browser reads them in text: every HTML5 name ("&Tab;", "&NewLine;" in a link
+ * hide it as well as "&amp;"), numeric ones, and the legacy names written without ";". A name no browser
+ * knows stays as written.
+ */
 export function decodeEntities(text: string): string {
-  if (!text.includes('&')) return text;
-  return text.replace(ENTITY, (whole, dec: string | undefined, hexa: string | undefined, name: string | undefined) => {
-    if (name !== undefined) return ENTITIES.get(name) ?? ENTITIES.get(name.toLowerCase()) ?? whole;
-    const code = dec !== undefined ? parseInt(dec, 10) : parseInt(hexa!, 16);
-    if (code === 0 || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return '\ufffd';
-    return String.fromCodePoint(code);
-  });
+  return text.includes('&') ? decodeHTML(text) : text;
+}
+
+/** The same in an attribute's value (an href), where a legacy name followed by "=" or a letter is text. */
+export function decodeAttribute(text: string): string {
+  return text.includes('&') ? decodeHTMLAttribute(text) : text;
 }

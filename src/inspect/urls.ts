@@ -3,7 +3,7 @@
 // scanner takes a part in pieces as it streams; every pattern is bounded in length, so hostile input
 // (a quote that never closes, a megabyte without a space) costs linear time.
 
-import { decodeEntities } from './html.js';
+import { decodeAttribute, decodeEntities } from './html.js';
 
 // Longest URL kept; anything longer is cut (and still counts, by its start).
 const MAX_URL = 2048;
@@ -11,9 +11,11 @@ const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
 // Mail programs make a link of "www.example.com/login" written without a scheme.
 // Bounded below OVERLAP (at most about 2 080 characters), so that a match cut by a scan batch is seen whole.
 const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,1500})?/gi;
-const HREF = /\bhref[\t\n\f\r ]{0,16}=[\t\n\f\r ]{0,16}(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'<>`]{1,2048}))/gi;
+// A quoted value is taken up to 8 KB: a browser follows a link whatever padding (spaces, a long query) it
+// carries, and the URL kept is cut at MAX_URL afterwards.
+const HREF = /\bhref[\t\n\f\r ]{0,16}=[\t\n\f\r ]{0,16}(?:"([^"]{0,8192})"|'([^']{0,8192})'|([^\s"'<>`]{1,2048}))/gi;
 // A match ending at the end of what was scanned may go on in the next piece: this much is scanned again.
-const OVERLAP = 2200;
+const OVERLAP = 8400;
 // Pieces are gathered up to this size before scanning, so that tiny chunks do not each pay the overlap.
 const SCAN_BATCH = 32 * 1024;
 
@@ -104,8 +106,10 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
   HREF.lastIndex = 0;
   for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
-    // Browsers drop tabs and line breaks anywhere in a URL, and spaces around it.
-    const target = decodeEntities(recode(m[1] ?? m[2] ?? m[3] ?? '')).replace(/[\t\n\r]/g, '').trim();
+    // Browsers (WHATWG URL) drop tabs and line breaks anywhere in a URL, and control characters and spaces
+    // around it ("&#1;https://…" is a link).
+    // eslint-disable-next-line no-control-regex
+    const target = decodeAttribute(recode(m[1] ?? m[2] ?? m[3] ?? '')).replace(/[\t\n\r]/g, '').replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, '').slice(0, MAX_URL);
     if (/^https?:\/\//i.test(target)) urls.add(target);
     // A scheme-relative link takes the scheme of the page; say http, so the host can be read.
     else if (target.startsWith('//')) urls.add('http:' + target);

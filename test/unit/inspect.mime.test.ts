@@ -803,6 +803,19 @@ describe('HTML to text and URL extraction', () => {
     expect(extractUrls('mail me at bob@www.example.test, see /srv/www.example.test/, or wwwexample.test', false)).toEqual([]);
   });
 
+  it('reads an href as a browser does: every HTML5 entity, control characters around it, padding of any length', () => {
+    expect(extractUrls('<a href="ht&Tab;tps://tab.example.test/x">a</a><a href="&#1;&#104;ttps://ctl.example.test/">b</a><a href="https&colon;&sol;&sol;named.example.test&NewLine;/y">c</a>', true)).toEqual([
+      'https://tab.example.test/x',
+      'https://ctl.example.test/',
+      'https://named.example.test/y',
+    ]);
+    // Past 2 KB of leading spaces, or with a long query, the link is still one (kept to its first 2 KB).
+    const padded = extractUrls(`<a href="${' '.repeat(2100)}https://padded.example.test/login">x</a><a href="https://query.example.test/?${'q'.repeat(3000)}">y</a>`, true);
+    expect(padded.map((u) => new URL(u).host)).toEqual(['padded.example.test', 'query.example.test']);
+    // In an attribute, a legacy name written without ";" before "=" is text: the link the browser follows.
+    expect(extractUrls('<a href="https://amp.example.test/?a=1&copy=2">x</a>', true)).toContain('https://amp.example.test/?a=1&copy=2');
+  });
+
   it('finds a long www. link however a batch of streamed pieces cuts it', () => {
     const host = 'www.' + Array.from({ length: 9 }, (_, i) => `l${i}`.padEnd(63, 'x')).join('.');
     const link = `${host}/${'p'.repeat(1990)}`;
