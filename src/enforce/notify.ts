@@ -41,9 +41,11 @@ export function mailHandler(settings: NotifySettings, metrics: Metrics): (job: J
       await transport.sendMail({ from: settings.from, to: m.to, subject: m.subject, text: m.text, headers: { 'Auto-Submitted': 'auto-generated', 'X-Douane-Notice': m.channel } });
       metrics.notifications.labels(m.channel, 'sent').inc();
     } catch (err) {
-      metrics.notifications.labels(m.channel, 'retry').inc();
+      // Counted as what happens next: a 5xx is never tried again.
       const code = (err as { responseCode?: number }).responseCode;
-      if (code && code >= 500) throw new PermanentFailure(`${m.channel} notification refused: ${(err as Error).message}`);
+      const permanent = code !== undefined && code >= 500;
+      metrics.notifications.labels(m.channel, permanent ? 'failed' : 'retry').inc();
+      if (permanent) throw new PermanentFailure(`${m.channel} notification refused: ${(err as Error).message}`);
       throw err;
     }
   };
@@ -67,8 +69,9 @@ export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>,
       metrics.notifications.labels('webhook', 'sent').inc();
       return;
     }
-    metrics.notifications.labels('webhook', res.status >= 500 ? 'retry' : 'failed').inc();
-    if (res.status >= 500 || res.status === 429) throw new Error(`webhook answered ${res.status}`);
+    const retried = res.status >= 500 || res.status === 429;
+    metrics.notifications.labels('webhook', retried ? 'retry' : 'failed').inc();
+    if (retried) throw new Error(`webhook answered ${res.status}`);
     throw new PermanentFailure(`webhook refused the event: ${res.status}`);
   };
 }

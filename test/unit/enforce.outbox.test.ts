@@ -82,3 +82,32 @@ describe('outbox', () => {
     expect(planned.slice(-2).every((ms) => ms >= 47)).toBe(true); // capped: within the jitter below retry_max
   });
 });
+
+describe('notification results', () => {
+  const counted = async (metrics: Metrics) =>
+    (await metrics.registry.getSingleMetricAsString('douane_notifications_total')).split('\n').filter((l) => / [1-9]\d*$/.test(l)).map((l) => l.replace(/^douane_notifications_total/, ''));
+
+  it('are counted as what happens next: a relay\'s 5xx fails for good, a webhook\'s 429 is tried again', async () => {
+    const { SMTPServer } = await import('smtp-server');
+    const http = await import('node:http');
+    const { mailHandler, webhookHandler } = await import('../../src/enforce/notify.js');
+    const { PermanentFailure } = await import('../../src/enforce/outbox.js');
+    const relay = new SMTPServer({ authOptional: true, disabledCommands: ['STARTTLS'], logger: false, onMailFrom: (_a, _s, cb) => cb(Object.assign(new Error('no such sender'), { responseCode: 550 })) });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+    const web = http.createServer((_q, res) => res.writeHead(429).end());
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    try {
+      const metrics = new Metrics({ version: 't', defaultMetrics: false });
+      const mail = mailHandler({ from: 'douane@example.test', smtp: { host: '127.0.0.1', port: (relay.server.address() as { port: number }).port, secure: false, verify_certificate: false } }, metrics);
+      const refused = await mail({ id: 'j1', kind: 'notify', payload: { channel: 'abuse', to: ['abuse@example.test'], subject: 's', text: 't' } } as unknown as Job).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(PermanentFailure);
+      const webhook = webhookHandler({ url: `http://127.0.0.1:${(web.address() as { port: number }).port}/`, timeout: 2000 }, metrics);
+      const later = await webhook({ id: 'j2', kind: 'webhook', payload: { event: {} } } as unknown as Job).catch((e: unknown) => e);
+      expect(later).not.toBeInstanceOf(PermanentFailure);
+      expect(await counted(metrics)).toEqual(['{channel="abuse",result="failed"} 1', '{channel="webhook",result="retry"} 1']);
+    } finally {
+      relay.close();
+      web.close();
+    }
+  });
+});
