@@ -95,6 +95,7 @@ export class Gateway {
   /** the last upstream readiness probe failed: the health timer probes it until it answers */
   private upstreamUnready = false;
   private healthProbes: Record<string, ReadinessProbe> | undefined;
+  private healthTicks = 0;
   private readonly tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
@@ -235,6 +236,8 @@ export class Gateway {
     void this.enforcer.breaker().catch(() => undefined);
     void this.enforcer.refreshGauge();
     this.outbox.refreshGauges();
+    // The quarantine changes under other processes too (douane quarantine release, delete): once a minute.
+    if (++this.healthTicks % 6 === 0) void this.updateQuarantineGauges().catch(() => undefined);
   }
 
   /**

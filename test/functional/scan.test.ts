@@ -346,8 +346,14 @@ describe('quarantine', () => {
     expect(audit.filter((a) => a.action === 'release')).toHaveLength(1);
     expect(audit[audit.length - 1]).toMatchObject({ action: 'release', quarantine_id: id, account: 'user1@example.test' });
 
+    const gauge = async () => /^douane_quarantine_messages (\d+)$/m.exec(await gw.metrics.registry.metrics())?.[1];
+    for (let i = 0; i < 6; i++) gw.gateway.refreshHealth();
+    await expect.poll(gauge).toBe('1');
     expect((await cli('delete', id)).code).toBe(0);
     expect((await cli('show', id)).code).toBe(1);
+    // Deleted by another process: the gauge follows within a minute (six health ticks), not at the hourly purge.
+    for (let i = 0; i < 6; i++) gw.gateway.refreshHealth();
+    await expect.poll(gauge).toBe('0');
   });
 });
 
