@@ -343,28 +343,59 @@ function backReference(source: string): string | undefined {
  * Bounded repetitions in a row multiply the ways a pattern is tried at each place of the text:
  * "a[^\n]{0,80}b[^\n]{0,80}c" tries 81 × 81 at each "a", a second and more on a crafted 256 KB body, which
  * an analysis of how the cost grows with the text's length calls linear. The product of their ranges
- * ({m,M}: M − m + 1 ways) is bounded instead; nested ones are refused as nested repetition.
+ * ({m,M}: M − m + 1 ways; alternatives add up, a sequence multiplies) is bounded instead; nested ones are
+ * refused as nested repetition.
  */
 export const MAX_COUNTED_CHOICES = 256;
 
 export function countedChoices(source: string): number {
-  let product = 1;
-  for (let i = 0; i < source.length; i++) {
-    const ch = source[i];
-    if (ch === '\\') i++;
-    else if (ch === '[') {
-      // A class: up to its closing bracket, escapes included (a "]" first is a member).
-      for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
-    } else if (ch === '{') {
-      const m = /^\{(\d+)(?:(,)(\d*))?\}/.exec(source.slice(i));
-      if (!m) continue;
-      const min = Number(m[1]);
-      // {m} is one way; {m,} is unbounded, which the backtracking analysis weighs.
-      if (m[2] && m[3]) product *= Number(m[3]) - min + 1;
-      i += m[0].length - 1;
+  let i = 0;
+  // Alternatives are tried one or the other: their ways add up. In a row, they multiply.
+  const alternation = (): number => {
+    let total = sequence();
+    while (source[i] === '|') {
+      i++;
+      total += sequence();
     }
+    return total;
+  };
+  const sequence = (): number => {
+    let product = 1;
+    while (i < source.length && source[i] !== '|' && source[i] !== ')') {
+      let ways = 1;
+      const ch = source[i]!;
+      if (ch === '\\') {
+        // \p{L}, \u{1F600}, \k<name>: their braces are no quantifier.
+        const braced = /^\\(?:[pPu]\{[^}]*\}|k<[^>]*>)/.exec(source.slice(i));
+        i += braced ? braced[0].length : 2;
+      } else if (ch === '[') {
+        // A class: up to its closing bracket, escapes included (a "]" first is a member).
+        for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
+        i++;
+      } else if (ch === '(') {
+        i++;
+        const prefix = /^\?(?::|=|!|<=|<!|<[A-Za-z_$][\w$]*>)/.exec(source.slice(i));
+        if (prefix) i += prefix[0].length;
+        ways = alternation();
+        i++; // ")"
+      } else i++;
+      // {m} is one way; {m,} is unbounded, which the backtracking analysis weighs.
+      const counted = /^\{(\d+)(?:(,)(\d*))?\}\??/.exec(source.slice(i));
+      if (counted) {
+        if (counted[2] && counted[3]) ways *= Number(counted[3]) - Number(counted[1]) + 1;
+        i += counted[0].length;
+      }
+      product *= ways;
+    }
+    return product;
+  };
+  let total = alternation();
+  // A stray ")" (refused by the compiler first) ends the walk: what follows is read as another sequence.
+  while (i < source.length) {
+    i++;
+    total *= alternation();
   }
-  return product;
+  return total;
 }
 
 /**

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPolicy } from '../../src/policy/load.js';
+import { countedChoices } from '../../src/validate/schema.js';
 import { ValidationError } from '../../src/validate/source.js';
 
 function problems(dir: string): string[] {
@@ -158,6 +159,15 @@ describe('policy loading', () => {
       expect.stringMatching(/^<dir>\/allowlists\.yaml:\d+:\d+: allowlists\.never_suspend\[0\] must be an address, or \*@domain for a whole domain \(no wildcard in the domain: name each one\)/),
       expect.stringMatching(/^<dir>\/allowlists\.yaml:\d+:\d+: allowlists\.never_suspend\[1\] must be an address/),
     ]);
+  });
+
+  it('counts the ways bounded repetitions try a place of the text: a sequence multiplies, alternatives add up', () => {
+    expect(countedChoices('verify[^\\n]{0,80}account')).toBe(81);
+    expect(countedChoices('a[^\\n]{0,80}b[^\\n]{0,80}c')).toBe(81 * 81);
+    expect(countedChoices('(?:wire[^\\n]{0,20}transfer|bank[^\\n]{0,20}details)')).toBe(42);
+    expect(countedChoices('(?<lead>a{0,9})b{0,9}|c')).toBe(101);
+    // Braces that are no quantifier: a class, an escape, a Unicode property or code point.
+    expect(countedChoices('[{0,999}]x\\{0,999}\\p{L}{2,3}\\u{1F600}')).toBe(2);
   });
 
   it('refuses a section defined in two files, naming both', () => {
