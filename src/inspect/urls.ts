@@ -59,6 +59,7 @@ export class UrlScanner {
 
   push(text: string): void {
     if (this.urls.full || text.length === 0) return;
+    text = collapsePadding(text);
     this.batch.push(text);
     this.batchLength += text.length;
     if (this.batchLength >= SCAN_BATCH) this.flush(false);
@@ -80,10 +81,18 @@ export class UrlScanner {
   }
 }
 
+/**
+ * Runs of white space as one space: no link has a run of them in it, and a browser drops them around one, so
+ * an href padded with any number of spaces (which would go past the patterns' bounds) is still read.
+ */
+function collapsePadding(text: string): string {
+  return text.length > 16 && /[\t\n\f\r ]{17}/.test(text) ? text.replace(/[\t\n\f\r ]{17,}/g, ' ') : text;
+}
+
 /** Every URL in a complete text (or HTML) string. */
 export function extractUrls(text: string, html: boolean, max = 1000): string[] {
   const urls = new UrlSet(max);
-  scanText(text, html, urls, (s) => s, Infinity);
+  scanText(collapsePadding(text), html, urls, (s) => s, Infinity);
   return urls.list();
 }
 

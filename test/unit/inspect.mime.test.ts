@@ -812,6 +812,15 @@ describe('HTML to text and URL extraction', () => {
     // Past 2 KB of leading spaces, or with a long query, the link is still one (kept to its first 2 KB).
     const padded = extractUrls(`<a href="${' '.repeat(2100)}https://padded.example.test/login">x</a><a href="https://query.example.test/?${'q'.repeat(3000)}">y</a>`, true);
     expect(padded.map((u) => new URL(u).host)).toEqual(['padded.example.test', 'query.example.test']);
+    // However long the padding, and wherever the pieces it streams in are cut.
+    for (const spaces of [8200, 100_000]) {
+      const urls = new UrlSet();
+      const s = new UrlScanner(urls, true);
+      const text = `<p>hello</p><a href="${' '.repeat(spaces)}&#104;ttps://far.example.test/x">x</a>${' y'.repeat(30_000)}`;
+      for (let i = 0; i < text.length; i += 7919) s.push(text.slice(i, i + 7919));
+      s.end();
+      expect([spaces, urls.list()]).toEqual([spaces, ['https://far.example.test/x']]);
+    }
     // In an attribute, a legacy name written without ";" before "=" is text: the link the browser follows.
     expect(extractUrls('<a href="https://amp.example.test/?a=1&copy=2">x</a>', true)).toContain('https://amp.example.test/?a=1&copy=2');
   });
