@@ -850,8 +850,11 @@ export class Gateway {
       tx.relaying = false;
       tx.timings.relay = elapsed(relayStarted);
       this.metrics.upstreamReplies.labels('data', replyClass(reply.code)).inc();
-      // Relayed, or refused for good by the upstream: the message will not come back.
-      await this.settleStrikes(tx, reply.code === 250 || reply.code >= 500);
+      // Relayed, or refused for good by the upstream: the message will not come back. Recorded without
+      // holding the client's reply: a message already delivered must not wait on the ladder's steps (a
+      // client giving up on a slow reply would send it again).
+      const settled = this.settleStrikes(tx, reply.code === 250 || reply.code >= 500);
+      void settled.catch((err: unknown) => this.log.error({ event: 'strike_failed', ref: tx.reference, err: (err as Error)?.message }, 'the strikes of a relayed message could not be recorded'));
       if (reply.code !== 250) {
         const err = passThrough(reply, tx.reference);
         this.finishTransaction(state, { action: reply.code < 500 ? 'tempfail' : 'reject', reply: err.wire });
