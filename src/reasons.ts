@@ -156,8 +156,8 @@ export const REASONS = {
     solution: 'Douane lists the files of zip, 7z, RAR, tar, cabinet and disk image attachments to refuse programs inside them (art. 4.6). Other archive formats, which 7-Zip and WinRAR open with a double click, cannot be listed, so they are refused by name, as attachments and inside archives. The sender can send the files in a zip.',
   },
   'mime.ambiguous': {
-    sentence: 'Message refused: one of its parts has two {header} headers, which mail programs read differently.',
-    solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) can show the filter one thing and the recipient another; usually a hostile message. The sender\'s program must write each header once.',
+    sentence: 'Message refused: one of its parts can be read in more than one way[ ({header})], and mail programs read it differently.',
+    solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) headers, or base64 with "=" inside a group of four (base64-padding), can show the filter one thing and the recipient another; usually a hostile message, since no mail program writes either. The sender\'s program must write each header once, and base64 as RFC 2045 says.',
   },
   'mime.limits': {
     sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',

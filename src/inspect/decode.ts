@@ -9,6 +9,8 @@ export interface TransferDecoder {
   push(chunk: Buffer): Buffer;
   /** whatever was held back */
   end(): Buffer;
+  /** the encoding can be read in more than one way by mail programs (base64 padding inside a group) */
+  readonly ambiguous?: boolean;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -43,11 +45,20 @@ export function transferDecoder(encoding: string | false): TransferDecoder {
  */
 class Base64Decoder implements TransferDecoder {
   private rest = '';
+  ambiguous = false;
+  /** characters of the current group of four seen so far, "=" included */
+  private phase = 0;
+  /** "xx=" was read: the group's last character must be "=" too */
+  private awaitingPad = false;
+  /** a "=" stood where no padding can (first or second of a group) */
+  private strayPad = false;
 
   push(chunk: Buffer): Buffer {
     let b64 = this.rest + chunk.toString('latin1');
+    const seen = this.rest.length;
     this.rest = '';
     if (/[^A-Za-z0-9+/=]/.test(b64)) b64 = b64.replace(/[^A-Za-z0-9+/=]+/g, '');
+    if (!this.ambiguous) this.watchPadding(b64, seen);
     // Up to the last padding character everything ends in complete (padded) segments; quartets only
     // count from there on.
     let padded = '';
@@ -63,6 +74,34 @@ class Base64Decoder implements TransferDecoder {
     }
     const data = padded + b64;
     return data ? libbase64.decode(data) : EMPTY;
+  }
+
+  /**
+   * Padding where a group of four cannot have it, with data after it: this decoder starts its groups again
+   * after it, Thunderbird counts the "=" in its group, and the two read different bytes (a zip one sees and
+   * the other does not). No encoder writes it. Only the "=" signs are visited; the rest moves the phase on.
+   */
+  private watchPadding(b64: string, alreadySeen: number): void {
+    // The characters held back from the last chunk were counted then.
+    let from = alreadySeen;
+    for (let eq = b64.indexOf('=', from); ; eq = b64.indexOf('=', from)) {
+      const data = (eq < 0 ? b64.length : eq) - from;
+      if (data > 0) {
+        // Data after a stray "=", or where the group's last "=" was due: read two ways.
+        if (this.strayPad || this.awaitingPad) {
+          this.ambiguous = true;
+          return;
+        }
+        this.phase = (this.phase + data) % 4;
+      }
+      if (eq < 0) return;
+      if (this.awaitingPad || this.phase === 3) {
+        this.awaitingPad = false;
+        this.phase = 0;
+      } else if (this.phase === 2) this.awaitingPad = true; // "xx=": one more "=" closes the group
+      else this.strayPad = true;
+      from = eq + 1;
+    }
   }
 
   end(): Buffer {

@@ -59,7 +59,9 @@ const EMPTY = Buffer.alloc(0);
  * (a text part for Douane, a multipart with an executable for the recipient). The values of `mime.ambiguous`.
  */
 export const SINGLE_HEADERS = ['content-type', 'content-transfer-encoding', 'content-disposition', 'boundary'] as const;
-type SingleHeader = (typeof SINGLE_HEADERS)[number];
+/** The values of `mime.ambiguous`: a header found twice, or base64 padding inside a group (decode.ts). */
+export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding'] as const;
+type SingleHeader = (typeof AMBIGUITIES)[number];
 
 /** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
 export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries'] as const;
@@ -439,6 +441,7 @@ export class MessageInspector {
     this.leaf = undefined;
     const rest = leaf.decoder.end();
     if (rest.length) this.consume(leaf, rest);
+    if (leaf.decoder.ambiguous) this.ambiguous ??= 'base64-padding';
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.

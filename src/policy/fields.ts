@@ -2,7 +2,7 @@
 // what it means, and how to read it from the facts. `douane policy fields` prints this table.
 
 import { DETECTED_TYPES } from '../inspect/magic.js';
-import { INSPECTION_LIMITS, SINGLE_HEADERS } from '../inspect/mime.js';
+import { AMBIGUITIES, INSPECTION_LIMITS, SINGLE_HEADERS } from '../inspect/mime.js';
 import { ACCOUNT_STATUSES } from '../lifecycle/types.js';
 import { domainOf, type Facts } from './facts.js';
 import type { LimitName } from './schema.js';
@@ -76,7 +76,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'attachments.sha256': { type: 'strings', phase: 'data', description: 'SHA-256 of each attachment\'s content', get: (f) => f.message?.attachments.map((a) => a.sha256 ?? '') },
   'archive.entries': { type: 'strings', phase: 'data', description: 'names of files inside archive attachments (a zip\'s or a disk image\'s listing; the one file of a gzip)', get: (f) => f.message?.attachments.flatMap((a) => a.archiveEntries) },
   'mime.limit_exceeded': { type: 'string', phase: 'data', description: `which inspection limit the message goes over (${INSPECTION_LIMITS.join(', ')}), if any`, values: INSPECTION_LIMITS, get: (f) => f.message?.mimeLimitExceeded },
-  'mime.ambiguous': { type: 'string', phase: 'data', description: `a header a MIME part may have once, found twice in one part (${SINGLE_HEADERS.join(', ')}), if any`, values: SINGLE_HEADERS, get: (f) => f.message?.mimeAmbiguous },
+  'mime.ambiguous': { type: 'string', phase: 'data', description: `a part mail programs read in different ways: a header it may have once, found twice (${SINGLE_HEADERS.join(', ')}), or base64-padding (a "=" inside a group of four), if any`, values: AMBIGUITIES, get: (f) => f.message?.mimeAmbiguous },
   'scan.result': { type: 'string', phase: 'data', description: 'clamd verdict: clean, infected, error (fail-open only) or skipped', values: SCAN_RESULTS, get: (f) => f.scan?.result },
   'scan.signature': { type: 'string', phase: 'data', description: 'the signature clamd found', get: (f) => f.scan?.signature },
   'bulk.fingerprint': { type: 'string', phase: 'data', description: "the message content's fingerprint", get: (f) => f.bulk?.fingerprint },

@@ -173,6 +173,17 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(load('clean-attachments.eml'))).mimeAmbiguous).toBeUndefined();
   });
 
+  it('base64 with a "=" inside a group of four, which Thunderbird reads otherwise, is ambiguous; padding mail programs write is not', async () => {
+    const zipped = zip([{ name: 'facture.pdf.exe', content: Buffer.from('MZ' + '\0'.repeat(62)) }]).toString('base64');
+    const part = (body: string) => eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/octet-stream; name="docs.bin"', 'Content-Disposition: attachment; filename="docs.bin"', 'Content-Transfer-Encoding: base64', '', ...body.match(/.{1,76}/g)!, '--b--');
+    // "Q=QQ": this decoder starts again after the "=", Thunderbird decodes two bytes and then the zip.
+    for (const chunk of [1, 7, 100_000]) expect([chunk, (await inspect(part(`Q=QQ${zipped}`), LIMITS, chunk)).mimeAmbiguous]).toEqual([chunk, 'base64-padding']);
+    expect((await inspect(part(`QUJD=${zipped}`))).mimeAmbiguous).toBe('base64-padding');
+    // Lines padded one by one, and padding at the end: every program reads them alike.
+    const padded = ['QQ==', 'QkM=', 'REVG'].join('');
+    for (const body of [padded, zipped, `${zipped}\n=\n`]) expect((await inspect(part(body))).mimeAmbiguous).toBeUndefined();
+  });
+
   it('reads "From : x" on the first line as the From: header it is, not as an mbox envelope line to drop', async () => {
     const raw = eml('From : ceo@bank.example', 'To: user2@example.test', 'Subject: wire', '', 'Please wire the money.');
     expect((await inspect(raw)).from).toEqual(['ceo@bank.example']);
