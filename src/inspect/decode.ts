@@ -25,8 +25,14 @@ export function isUuencode(encoding: string | false): boolean {
   return ['x-uuencode', 'uuencode', 'x-uue', 'uue'].includes(token(encoding));
 }
 
+/** yEnc, which Thunderbird decodes in a part so labelled. */
+export function isYencode(encoding: string | false): boolean {
+  return ['x-yencode', 'yencode', 'x-yenc', 'yenc'].includes(token(encoding));
+}
+
 export function transferDecoder(encoding: string | false): TransferDecoder {
   if (isUuencode(encoding)) return new UudecodeDecoder();
+  if (isYencode(encoding)) return new YencDecoder();
   switch (token(encoding)) {
     case 'base64':
       return new Base64Decoder();
@@ -241,4 +247,56 @@ export function uudecodeLine(line: string): Buffer {
     if (o < length) out[o++] = ((c2 << 6) | c3) & 255;
   }
   return out;
+}
+
+/**
+ * A part whose transfer encoding is yEnc: the lines between "=ybegin …" and "=yend …" ("=ypart" lines
+ * skipped), each byte written as itself plus 42, and "=" with the next byte plus 64 for those that would
+ * be special. Whole lines only: the unfinished one waits for the next chunk.
+ */
+class YencDecoder implements TransferDecoder {
+  private rest: Buffer = EMPTY;
+  private state: 'before' | 'body' | 'after' = 'before';
+
+  push(chunk: Buffer): Buffer {
+    const buf = this.rest.length ? Buffer.concat([this.rest, chunk]) : chunk;
+    const cut = buf.lastIndexOf(0x0a) + 1;
+    // A line that never ends is decoded as it comes, but for a last "=" whose byte may follow.
+    const upTo = cut === 0 && buf.length > 4096 ? buf.length - (buf[buf.length - 1] === 0x3d ? 1 : 0) : cut;
+    this.rest = Buffer.from(buf.subarray(upTo));
+    return this.lines(buf.subarray(0, upTo));
+  }
+
+  end(): Buffer {
+    const rest = this.rest;
+    this.rest = EMPTY;
+    return this.lines(rest);
+  }
+
+  private lines(buf: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(buf.length);
+    let o = 0;
+    let start = 0;
+    while (start < buf.length) {
+      let end = buf.indexOf(0x0a, start);
+      if (end < 0) end = buf.length;
+      let last = end;
+      if (last > start && buf[last - 1] === 0x0d) last--;
+      const keyword = buf.toString('latin1', start, Math.min(last, start + 7));
+      if (this.state === 'before') {
+        if (keyword.startsWith('=ybegin')) this.state = 'body';
+      } else if (this.state === 'body') {
+        if (keyword.startsWith('=yend')) this.state = 'after';
+        else if (!keyword.startsWith('=ypart')) {
+          for (let i = start; i < last; i++) {
+            let c = buf[i]!;
+            if (c === 0x3d && i + 1 < last) c = (buf[++i]! - 64) & 255;
+            out[o++] = (c - 42) & 255;
+          }
+        }
+      }
+      start = end + 1;
+    }
+    return o ? Buffer.from(out.subarray(0, o)) : EMPTY;
+  }
 }

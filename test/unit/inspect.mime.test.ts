@@ -217,6 +217,30 @@ describe('MIME inspector: fixtures', () => {
       const odd = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/zip; name="docs.zip"', 'Content-Disposition: attachment; filename="docs.zip"', 'Content-Transfer-Encoding: x-uuencode', '', begin, ...before, ...uu(zipped), '`', 'end', '--b--');
       expect((await inspect(odd, LIMITS, 64)).attachments).toMatchObject([{ name: 'docs.zip', detectedType: 'zip', archiveEntries: ['facture.pdf.exe'] }]);
     }
+    // yEnc, which Thunderbird decodes in a part labelled x-yencode: the zip, and the program in it.
+    const yenc = (data: Buffer): string[] => {
+      const out: number[] = [];
+      for (const b of data) {
+        const v = (b + 42) & 255;
+        if (v === 0 || v === 10 || v === 13 || v === 61) out.push(61, (v + 64) & 255);
+        else out.push(v);
+      }
+      const text = Buffer.from(out).toString('latin1');
+      const lines: string[] = [];
+      // Lines of 128, an escape never cut in two.
+      for (let i = 0; i < text.length; ) {
+        const end = text[i + 127] === '=' ? i + 129 : i + 128;
+        lines.push(text.slice(i, end));
+        i = end;
+      }
+      return lines;
+    };
+    // Bytes yEnc must escape ("=", NUL, LF, CR once shifted) in the stored content.
+    const yzipped = zip([{ name: 'facture.pdf.exe', content: Buffer.concat([pe, Buffer.from([0x13, 0xd6, 0xe0, 0xe3])]) }]);
+    const ydata = yenc(yzipped);
+    expect(ydata.join('').includes('=')).toBe(true); // escapes are exercised
+    const yencoded = Buffer.from(['From: user1@example.test', 'Subject: test', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/octet-stream; name="docs.zip"', 'Content-Disposition: attachment; filename="docs.zip"', 'Content-Transfer-Encoding: x-yencode', '', `=ybegin line=128 size=${yzipped.length} name=docs.zip`, ...ydata, `=yend size=${yzipped.length}`, '--b--', ''].join('\r\n'), 'latin1');
+    for (const chunk of [64, 100_000]) expect((await inspect(yencoded, LIMITS, chunk)).attachments).toMatchObject([{ name: 'docs.zip', detectedType: 'zip', archiveEntries: ['facture.pdf.exe'] }]);
     // So is a text part with a file name, inline or not: an attachment.
     for (const disposition of ['Content-Disposition: inline; filename="docs.zip"', 'X-Nothing: here']) {
       const named = eml(...head(), 'Content-Type: text/plain; name="docs.zip"', disposition, 'Content-Transfer-Encoding: x-uuencode', '', 'begin 644 docs.zip', ...uu(zipped), '`', 'end');
