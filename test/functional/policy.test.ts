@@ -5,7 +5,8 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symli
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gatewayWithUpstream } from '../harness/gateway.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
 function policyDir(): string {
@@ -63,6 +64,25 @@ describe('policy on live traffic', () => {
     const kept = await gw.waitForLog((l) => l.event === 'transaction' && l.verdict === 'quarantine');
     expect(gw.logs.filter((l) => l.event === 'strike')).toEqual([expect.objectContaining({ strike: 'content_rule', ref: kept.ref })]);
     expect(upstream.messages).toHaveLength(0);
+  });
+
+  it('a relayed message gets its 250 without waiting for its strikes to be recorded', async () => {
+    const dir = policyDir();
+    const file = join(dir, 'policy.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('    action: reject\n    reason: content.forbidden\n', '    action: tag\n'));
+    // A ladder that never answers (a Redis or a disk that hangs): the message is delivered already.
+    const recorded: string[] = [];
+    const upstream = await FakeUpstream.start();
+    const gw = await startGateway(upstream.port, { policy: { dir, watch: false } }, { strikes: { record: (e) => (recorded.push(e.event), new Promise(() => undefined)) } });
+    try {
+      const reply = await Promise.race([send(gw.port('trusted'), 'FORBIDDEN-SUBJECT'), new Promise((resolve) => setTimeout(() => resolve('no reply within 5 s'), 5000))]);
+      expect(reply).toMatchObject({ data: expect.stringMatching(/^250 /) });
+      expect(upstream.messages).toHaveLength(1);
+      expect(recorded).toEqual(['content_rule']);
+    } finally {
+      await gw.stop();
+      await upstream.stop();
+    }
   });
 
   it('monitor mode lets the message through and counts what the rule would have done', async () => {
