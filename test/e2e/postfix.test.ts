@@ -197,6 +197,22 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
     }
   });
 
+  it('a Postfix without SMTPUTF8 (as Zimbra\'s): not offered to the client, and refused with 555 5.5.4 before anything goes up', async () => {
+    const total = allDelivered(stack);
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    expect(await c.command('EHLO webmail.test')).not.toMatch(/SMTPUTF8/);
+    expect(await c.command('MAIL FROM:<user1@example.test> SMTPUTF8')).toMatch(/^555 5\.5\.4 The parameter SMTPUTF8 is not supported here.* Ref D-[0-9A-Z]{6}\.$/);
+    // The same message without it goes through.
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250 /);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
+    await c.command('DATA');
+    c.write('Subject: ascii\r\n\r\nhello\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    c.close();
+    await expect.poll(() => allDelivered(stack), { timeout: 10_000 }).toBe(total + 1);
+  });
+
   it('SMTP smuggling through to Postfix: refused, and Postfix receives nothing', async () => {
     const total = allDelivered(stack);
     const c = await RawSmtp.connect(gw.port('trusted'));
