@@ -86,6 +86,11 @@ function readOwner(text: string): ClaimOwner | undefined {
   }
 }
 
+/** This process's claim, as a claim file holds it. */
+function ownClaim(): string {
+  return JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
+}
+
 function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -167,7 +172,7 @@ export class LocalQuarantine implements QuarantineStore {
 
   async lock(id: string): Promise<() => Promise<void>> {
     const path = this.path(id, 'lock');
-    const mine = JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
+    const mine = ownClaim();
     for (let attempt = 0; ; attempt++) {
       try {
         await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
@@ -203,7 +208,7 @@ export class LocalQuarantine implements QuarantineStore {
     const owner = readOwner(held);
     if (!owner || owner.host !== hostname() || owner.pid === process.pid || processAlive(owner.pid)) return 'held';
     const takeover = `${path}.takeover`;
-    const mine = JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
+    const mine = ownClaim();
     try {
       await writeFile(takeover, mine, { flag: 'wx', mode: 0o600 });
     } catch (err) {

@@ -74,15 +74,12 @@ export interface ConnectionHooks {
 }
 
 /** MAIL FROM and RCPT TO parameters as the client wrote them, by parsed command. */
-const writtenParams = new WeakMap<object, WrittenParams>();
+const writtenParams = new WeakMap<object, { command: 'mail' | 'rcpt'; params: WrittenParams }>();
 
 /** A MAIL FROM or RCPT TO command's parameters as written (values not xtext-decoded), for relaying. */
 export function paramsAsWritten(address: object): WrittenParams {
-  return writtenParams.get(address) ?? {};
+  return writtenParams.get(address)?.params ?? {};
 }
-
-/** Which command a parsed address came with. */
-const commandOf = new WeakMap<object, 'mail' | 'rcpt'>();
 
 /** The credentials of an AUTH exchange as the client's bytes. */
 export interface CredentialsAsSent {
@@ -237,8 +234,7 @@ export class GatewayConnection extends SMTPConnection {
         if (eq > 0) asWritten[param.slice(0, eq).toUpperCase()] = param.slice(eq + 1);
         else if (param) asWritten[param.toUpperCase()] = true;
       }
-      writtenParams.set(parsed, asWritten);
-      commandOf.set(parsed, /^mail/i.test(name) ? 'mail' : 'rcpt');
+      writtenParams.set(parsed, { command: /^mail/i.test(name) ? 'mail' : 'rcpt', params: asWritten });
     }
     return parsed;
   }
@@ -250,10 +246,10 @@ export class GatewayConnection extends SMTPConnection {
    */
   override _rejectInvalidParams(parsed: Exclude<ParsedAddress, false>, keys: string[], callback: () => void): boolean {
     if (super._rejectInvalidParams(parsed, keys, callback)) return true;
-    const command = commandOf.get(parsed);
-    const param = command && paramNotTaken(command, paramsAsWritten(parsed), (extension) => this.hooks.upstreamOffers(extension));
-    if (param === undefined || command === undefined) return false;
-    const reply = replyFor({ action: 'reject', reason: 'smtp.param_not_offered', detail: { param } }, command, this.hooks.sessionReference(this.session));
+    const written = writtenParams.get(parsed);
+    const param = written && paramNotTaken(written.command, written.params, (extension) => this.hooks.upstreamOffers(extension));
+    if (!written || param === undefined) return false;
+    const reply = replyFor({ action: 'reject', reason: 'smtp.param_not_offered', detail: { param } }, written.command, this.hooks.sessionReference(this.session));
     this.hooks.onProtocolRefusal(this.session, 'smtp.param_not_offered', reply);
     super.send(reply.code, formatWire(reply), false);
     callback();
