@@ -189,7 +189,8 @@ export class AdminServer {
     if (this.tokenless) return { scope: 'all' };
     // Digests of equal length, every token compared: neither a token's length nor which one matched
     // shows in the time taken.
-    const given = digest(req.headers.authorization ?? '');
+    // The scheme is case-insensitive (RFC 9110 11.1): `bearer x` and `Bearer x` are the same token.
+    const given = digest((req.headers.authorization ?? '').replace(/^bearer +/i, 'Bearer '));
     const is = (token: string) => timingSafeEqual(given, digest(`Bearer ${token}`));
     const matches = named.map((t) => is(t.token));
     const full = this.opts.token !== undefined && is(this.opts.token);

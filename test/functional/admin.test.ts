@@ -86,6 +86,10 @@ describe('admin endpoint', () => {
     expect((await fetch(`${base}/metrics`)).status).toBe(401);
     expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
     expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer s3cret-token' } })).status).toBe(200);
+    // The scheme is case-insensitive; the token is not.
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: 'bearer s3cret-token' } })).status).toBe(200);
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: 'BEARER  s3cret-token' } })).status).toBe(200);
+    expect((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer S3CRET-TOKEN' } })).status).toBe(401);
     expect((await fetch(`${base}/accounts`)).status).toBe(401);
     // A container health check or a load balancer without the token: alive, ready, and nothing more.
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
