@@ -138,8 +138,16 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async list(): Promise<QuarantineMeta[]> {
-    await this.init();
-    const names = (await readdir(this.dir)).filter((n) => n.endsWith('.json')).sort();
+    // Reading never creates the directory: `douane quarantine list` run as root before the first
+    // entry would leave a root-owned directory the gateway's own user cannot write to.
+    let entries: string[];
+    try {
+      entries = await readdir(this.dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const names = entries.filter((n) => n.endsWith('.json')).sort();
     const out: QuarantineMeta[] = [];
     for (const n of names) {
       try {

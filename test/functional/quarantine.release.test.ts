@@ -155,6 +155,16 @@ describe('quarantine release', () => {
     expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, claimed: [] });
   });
 
+  it('reading a quarantine that does not exist yet lists nothing and creates no directory', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'douane-unmade-')), 'quarantine');
+    const store = new LocalQuarantine(dir);
+    expect(await store.list()).toEqual([]);
+    expect(await store.count()).toEqual({ entries: 0, bytes: 0 });
+    expect(await store.purge(Date.now())).toEqual({ removed: 0, claimed: [] });
+    // Left to the gateway's own user, who writes the first entry.
+    expect(existsSync(dir)).toBe(false);
+  });
+
   it('several taking over one dead claim at once: one of them holds it, never two', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-claims-'));
     await new LocalQuarantine(dir).list();
