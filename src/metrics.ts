@@ -44,6 +44,7 @@ export class Metrics {
   readonly scanErrors = new Counter({ name: 'douane_scan_errors_total', help: 'Failed scans by kind (timeout, unreachable, size_limit, closed, other)', labelNames: ['kind'], registers: [this.registry] });
   readonly scanSignatures = new Counter({ name: 'douane_scan_signatures_total', help: 'Malware found, by signature family (first part of the name)', labelNames: ['family'], registers: [this.registry] });
   readonly scanFailovers = new Counter({ name: 'douane_scan_failovers_total', help: 'Scans retried on another clamd host', registers: [this.registry] });
+  readonly scanSkipped = new Counter({ name: 'douane_scan_skipped_total', help: 'Messages let past the virus scan unscanned because they exceed scanning.max_size and the policy says over_max_size: skip', registers: [this.registry] });
   readonly scanFailOpen = new Counter({ name: 'douane_scan_fail_open_total', help: 'Messages relayed unscanned because scanning failed and the policy says fail-open', registers: [this.registry] });
   readonly clamdUp = new Gauge({ name: 'douane_clamd_up', help: '1 if clamd answered PING at the last check (readiness, or the probe of a host set aside after a failed scan); 0 from that failure on', labelNames: ['scanner'], registers: [this.registry] });
 

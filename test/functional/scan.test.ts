@@ -203,6 +203,21 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     expect(reply).toMatch(/^552 5\.3\.4 Message refused: it is too big to be checked for viruses \(limit 5242880 bytes\)/);
   });
 
+  it('over scanning.max_size with over_max_size: skip: relayed unscanned, tagged and counted', async () => {
+    const { cpSync, mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/scan', dir, { recursive: true });
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('over_max_size: reject', 'over_max_size: skip'));
+    const gw = await gateway(undefined, dir);
+    const big = mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] });
+    expect(await send(gw, big)).toMatch(/^250 /);
+    expect(upstream!.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.skipped\r\n/);
+    const metrics = await gw.metrics.registry.metrics();
+    expect(metrics).toMatch(/^douane_scan_skipped_total 1$/m);
+    expect(metrics).not.toMatch(/^douane_scans_total\{result="clean"\} [1-9]/m);
+  });
+
   it('fails over to the next clamd when the first is down, and still finds the malware; the down host is then set aside', async () => {
     const dead = DEAD_PORT;
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }, { socket: clamd.socket }], timeout: '5s' });

@@ -15,6 +15,7 @@ export const dataScan: Check = {
     if (tx.scanTooBig) {
       if (scanning.over_max_size === 'reject') return { action: 'reject', reason: 'scan.too_big', detail: { limit: scanning.max_size }, evidence: { size: tx.size } };
       if (scanning.over_max_size === 'tempfail') return { action: 'tempfail', reason: 'message.unscannable', evidence: { size: tx.size, max_size: scanning.max_size } };
+      deps.metrics.scanSkipped.inc();
       tx.scan = { result: 'skipped', detail: `over scanning.max_size (${scanning.max_size} bytes)` };
       tx.tags.push('scan.skipped');
       return { action: 'continue', evidence: { ...tx.scan } };
