@@ -247,6 +247,8 @@ export class GatewayConnection extends SMTPConnection {
   override _rejectInvalidParams(parsed: Exclude<ParsedAddress, false>, keys: string[], callback: () => void): boolean {
     if (super._rejectInvalidParams(parsed, keys, callback)) return true;
     const written = writtenParams.get(parsed);
+    // A command out of sequence is answered 503 by smtp-server, which looks at the sequence after this.
+    if (written && (written.command === 'rcpt') !== Boolean(this.session.envelope.mailFrom)) return false;
     const param = written && paramNotTaken(written.command, written.params, (extension) => this.hooks.upstreamOffers(extension));
     if (!written || param === undefined) return false;
     const reply = replyFor({ action: 'reject', reason: 'smtp.param_not_offered', detail: { param } }, written.command, this.hooks.sessionReference(this.session));

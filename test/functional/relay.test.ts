@@ -339,6 +339,8 @@ describe('upstream faults reach the client, and never as 250', () => {
     const c = await trusted(gw.port('trusted'));
     expect(await c.command('EHLO webmail.test')).not.toMatch(/SMTPUTF8/);
     const ref = /Ref D-[0-9A-Z]{6}\.$/;
+    // Out of sequence first: that is what the client has to mend.
+    expect(await c.command('RCPT TO:<user2@example.test> FOO=bar')).toMatch(/^503 5\.5\.1 /);
     for (const [command, param] of [
       ['MAIL FROM:<user1@example.test> SMTPUTF8', 'SMTPUTF8'],
       ['MAIL FROM:<user1@example.test> REQUIRETLS', 'REQUIRETLS'],
@@ -350,6 +352,7 @@ describe('upstream faults reach the client, and never as 250', () => {
     }
     // AUTH= names who submitted, for an MTA that trusts its client: taken, not relayed.
     expect(await c.command('MAIL FROM:<user1@example.test> AUTH=<>')).toMatch(/^250 /);
+    expect(await c.command('MAIL FROM:<user1@example.test> REQUIRETLS')).toMatch(/^503 5\.5\.1 /);
     expect(await c.command('RCPT TO:<user2@example.test> FOO=bar')).toMatch(/^555 5\.5\.4 The parameter FOO is not supported here/);
     expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250 /);
     expect(upstream.commands.filter((l) => /^(MAIL|RCPT)/.test(l))).toEqual(['MAIL FROM:<user1@example.test>', 'RCPT TO:<user2@example.test>']);
