@@ -7,8 +7,20 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { Config } from '../config/schema.js';
+import { list, obj, oneOf, optional, required, str } from '../validate/schema.js';
+import { readYamlFile, validateYaml } from '../validate/source.js';
 import { evaluateOffline, type OfflineInput, type OfflineOutcome } from './offline.js';
 import type { Policy } from './policy.js';
+import { givenSchema } from './tests.js';
+
+/** A sidecar is checked as a test case is: a misspelt fact would otherwise be computed, not given. */
+const sidecarSchema = obj({
+  account: required(str()),
+  sender: optional(str({ nonEmpty: false })),
+  recipients: required(list(str(), { min: 1 })),
+  listener: optional(oneOf('starttls', 'tls', 'trusted')),
+  given: optional(givenSchema),
+});
 
 export interface DiffEntry {
   file: string;
@@ -57,9 +69,9 @@ function addresses(value: string | undefined): string[] {
 export function envelopeOf(file: string, raw: Buffer): OfflineInput {
   const sidecar = file.replace(/\.eml$/, '.json');
   if (existsSync(sidecar)) {
-    const s = JSON.parse(readFileSync(sidecar, 'utf8')) as Partial<OfflineInput>;
-    if (!s.account || !s.recipients?.length) throw new Error(`${sidecar}: needs account and recipients`);
-    return { ...s, account: s.account, recipients: s.recipients, message: raw };
+    // JSON is YAML: read this way, a mistake is reported with its line and key.
+    const { value } = validateYaml(sidecar, readYamlFile(sidecar), sidecarSchema);
+    return { ...(value as Omit<OfflineInput, 'message'>), message: raw };
   }
   const headerEnd = raw.indexOf('\r\n\r\n') >= 0 ? raw.indexOf('\r\n\r\n') : raw.indexOf('\n\n');
   const head = raw.subarray(0, headerEnd < 0 ? raw.length : headerEnd).toString('utf8').replace(/\r?\n[ \t]+/g, ' ');

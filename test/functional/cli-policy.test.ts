@@ -142,6 +142,23 @@ describe('douane policy diff', () => {
     expect(r.stderr).toMatch(`diff: ${corpusSize}/${corpusSize} messages`);
   });
 
+  it('takes a message\'s envelope and given facts from its sidecar, and names the line of a mistake in it', async () => {
+    const corpus = mkdtempSync(join(tmpdir(), 'douane-corpus-'));
+    cpSync('fixtures/messages/clean-text.eml', join(corpus, 'infected.eml'));
+    writeFileSync(join(corpus, 'infected.json'), JSON.stringify({ account: 'user1@example.test', recipients: ['x@example.net'], given: { scan: { result: 'infected', signature: 'Test.Sig' } } }, null, 2));
+    const r = await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus, '--json']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ changed: [{ file: 'infected.eml', before: 'accept', after: 'quarantine by malware.found' }], errors: [] });
+
+    // A misspelt fact would be computed rather than given, and the diff would say nothing of it.
+    writeFileSync(join(corpus, 'infected.json'), JSON.stringify({ account: 'user1@example.test', recipients: ['x@example.net'], given: { scan: { resut: 'infected' } } }, null, 2));
+    const typo = await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus]);
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain(`could not evaluate infected.eml: ${join(corpus, 'infected.json')}:8:7: given.scan.resut is not a known key (did you mean "result"?)`);
+    writeFileSync(join(corpus, 'infected.json'), JSON.stringify({ account: 'user1@example.test', recipients: 'x@example.net' }));
+    expect((await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus])).stderr).toMatch(/infected\.json:1:\d+: recipients /);
+    rmSync(corpus, { recursive: true, force: true });
+  });
+
   it('reports nothing when the policies are the same', async () => {
     const r = await douane(['diff', 'fixtures/policies/minimal', 'fixtures/policies/minimal', '--corpus', 'fixtures/messages', '--json']);
     expect(JSON.parse(r.stdout)).toMatchObject({ total: corpusSize, changed: [], errors: [] });
