@@ -115,14 +115,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
     const total = await this.deps.state.addStrike(e.account, record, window);
     await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });
-    for (let i = 0; i < ladder.length; i++) {
-      const step = ladder[i]!;
+    for (const step of ladder) {
       if (total < step.at) break;
       // One instance takes each step once per window, however many strikes cross it at the same time.
       // The claim lasts the window only once the step is taken: while it is being taken it lasts a few
       // minutes, so that a step cut short by a crash is taken at the next strike after that, and a step
       // that failed gives its claim back at once.
-      const key = claimKey('step', e.account, String(i));
+      // Named by what the step is, not where it stands: after a reload that adds or removes a step, a
+      // step already taken stays taken and a new one is not mistaken for it.
+      const key = claimKey('step', e.account, `${step.at}:${step.action}`);
       if (!(await this.deps.state.claim(key, STEP_IN_PROGRESS_MS))) continue;
       try {
         await this.takeStep(e, total, step, policy);

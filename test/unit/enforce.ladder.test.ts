@@ -1,7 +1,7 @@
 // The strike ladder on its own (memory state, a real outbox and audit log in a temp dir): steps are taken
 // once per window, cooldowns count a burst once, throttles scale limits, the allowlist is honoured.
 
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -18,14 +18,14 @@ import type { LifecycleApi } from '../../src/lifecycle/types.js';
 import { LifecycleError } from '../../src/lifecycle/types.js';
 import type { Job } from '../../src/enforce/outbox.js';
 
-function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi) {
+function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi, policyDir = 'policies') {
   const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-'));
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   const sent: string[] = [];
   const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
   const state = new MemoryEnforcementState(now);
-  const policy = loadPolicy('policies');
+  let policy = loadPolicy(policyDir);
   const enforcer = new Enforcer({
     state,
     outbox,
@@ -39,7 +39,8 @@ function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['set
     lifecycle,
   });
   const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
-  return { enforcer, state, outbox, dir, strike, sent };
+  const reload = (from: string) => void (policy = loadPolicy(from));
+  return { enforcer, state, outbox, dir, strike, sent, reload };
 }
 
 describe('strike ladder', () => {
@@ -76,6 +77,25 @@ describe('strike ladder', () => {
     expect((await state.account('d@x.test')).suspension).toBeUndefined();
     await enforcer.record(strike('d@x.test', 'malware', 10, 3)); // 30 within the week: lock
     expect((await state.account('d@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
+  });
+
+  it('a reload that removes a step leaves the steps already taken as they were: the lock is still reached', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const { enforcer, state, strike, reload } = setup({}, () => t);
+    await enforcer.record(strike('r@x.test', 'malware', 10, 1));
+    await enforcer.record(strike('r@x.test', 'malware', 10, 2)); // 20: notify, throttle, suspend sending for 24 h
+    expect((await state.account('r@x.test')).suspension).toMatchObject({ action: 'suspend_sending' });
+    // The security team drops the notify step.
+    const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const strikes = join(dir, 'strikes.yaml');
+    const without = readFileSync(strikes, 'utf8').replace(/^ *- \{ at: 5, action: notify.*\n/m, '');
+    expect(without).not.toMatch(/action: notify/);
+    writeFileSync(strikes, without);
+    reload(dir);
+    t += 25 * 3_600_000; // the day of suspended sending is over, and malware comes again within the week
+    await enforcer.record(strike('r@x.test', 'malware', 10, 3));
+    expect((await state.account('r@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
   it('dry run: no step touches the account or its holder; the audit says what each would have done', async () => {
