@@ -294,7 +294,10 @@ export class RedisEnforcementState implements EnforcementState {
   }
 
   async setBreaker(b: Breaker): Promise<void> {
+    // Closed by a person: the suspensions counted before (the one held back among them) would open it
+    // again at the next one.
     await this.r.set(`${this.prefix}:breaker`, JSON.stringify(b));
+    if (!b.open) await this.r.del(`${this.prefix}:suspensions-hour`);
   }
 }
 
@@ -458,6 +461,7 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async setBreaker(b: Breaker): Promise<void> {
     this.breakerState = b;
+    if (!b.open) this.suspensionTimes = [];
   }
 }
 

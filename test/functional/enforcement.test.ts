@@ -569,6 +569,10 @@ describe('safeguards', () => {
     expect(held.pending_approval).toMatchObject({ action: 'suspend_account' });
     expect((await fetch(`${base}/accounts/user3@example.test/approve`, { method: 'POST', headers: { 'x-douane-actor': 'cli:lead' } })).status).toBe(200);
     await until('third locked', () => zimbra.account('user3@example.test')!.status === 'locked');
+    // Reset, it counts afresh: the next abuser is locked, not held again by the suspensions counted before.
+    for (let i = 0; i < 3; i++) await send(a, 'user4@example.test', eicar('user4@example.test'));
+    await until('fourth locked', () => zimbra.account('user4@example.test')!.status === 'locked');
+    expect(audit(a).filter((e) => e.action === 'circuit_breaker_open')).toHaveLength(1);
   });
 
   it('a failing notifier never blocks enforcement; the webhook gets signed events', async () => {
