@@ -60,11 +60,16 @@ export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>,
     };
     let res: Response;
     try {
-      res = await fetch(settings.url, { method: 'POST', headers, body, signal: AbortSignal.timeout(settings.timeout) });
+      // Not followed: a 301/302/303 would turn the event into a bodiless GET that answers 200, and a
+      // 307/308 would send the signed event wherever the redirect points. A moved endpoint is a
+      // configuration error.
+      res = await fetch(settings.url, { method: 'POST', headers, body, redirect: 'manual', signal: AbortSignal.timeout(settings.timeout) });
     } catch (err) {
       metrics.notifications.labels('webhook', 'retry').inc();
       throw new Error(`webhook unreachable: ${(err as Error).message}`);
     }
+    // Only the status matters; the body is let go so that the connection is freed.
+    await res.body?.cancel().catch(() => undefined);
     if (res.ok) {
       metrics.notifications.labels('webhook', 'sent').inc();
       return;
@@ -72,6 +77,7 @@ export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>,
     const retried = res.status >= 500 || res.status === 429;
     metrics.notifications.labels('webhook', retried ? 'retry' : 'failed').inc();
     if (retried) throw new Error(`webhook answered ${res.status}`);
+    if (res.status >= 300 && res.status < 400) throw new PermanentFailure(`webhook answered ${res.status}, a redirect to ${res.headers.get('location') ?? '(no location)'}: set webhook.url to where the endpoint is now`);
     throw new PermanentFailure(`webhook refused the event: ${res.status}`);
   };
 }

@@ -110,4 +110,32 @@ describe('notification results', () => {
       web.close();
     }
   });
+
+  it('a webhook that redirects fails for good, and nothing follows the redirect', async () => {
+    const http = await import('node:http');
+    const { webhookHandler } = await import('../../src/enforce/notify.js');
+    const { PermanentFailure } = await import('../../src/enforce/outbox.js');
+    const seen: string[] = [];
+    const web = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.url}`);
+      if (req.url === '/moved') res.writeHead(302, { location: '/login' }).end();
+      else if (req.url === '/kept') res.writeHead(308, { location: '/elsewhere' }).end();
+      else res.writeHead(200).end('login page');
+    });
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    try {
+      const metrics = new Metrics({ version: 't', defaultMetrics: false });
+      const base = `http://127.0.0.1:${(web.address() as { port: number }).port}`;
+      for (const path of ['/moved', '/kept']) {
+        const webhook = webhookHandler({ url: base + path, timeout: 2000, secret: 's3cret' }, metrics);
+        const failed = await webhook({ id: 'j', kind: 'webhook', payload: { event: { type: 'suspend_account' } } } as unknown as Job).catch((e: unknown) => e);
+        expect(failed).toBeInstanceOf(PermanentFailure);
+        expect((failed as Error).message).toMatch(/redirect .*set webhook\.url/);
+      }
+      expect(seen).toEqual(['POST /moved', 'POST /kept']);
+      expect(await counted(metrics)).toEqual(['{channel="webhook",result="failed"} 2']);
+    } finally {
+      web.close();
+    }
+  });
 });
