@@ -11,7 +11,7 @@ import type { Metrics } from '../metrics.js';
 import { VERSION } from '../version.js';
 import { signingHeaders } from './signing.js';
 import { jsonEscape, PLACEHOLDERS, render, templateProblems, type Values } from './templates.js';
-import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi } from './types.js';
+import { LifecycleError, type AccountInfo, type AccountStatus, type LifecycleApi, type SuspendOutcome } from './types.js';
 
 // ------------------------------------------------------------------ shared transport
 
@@ -211,6 +211,8 @@ export interface HttpLifecycleOptions {
   metrics: Metrics;
 }
 
+/** Statuses in which the account cannot send already: not Douane's to lock, nor later to unlock. */
+const ALREADY_LOCKED: ReadonlySet<AccountStatus> = new Set<AccountStatus>(['locked', 'suspended', 'closed', 'pending']);
 const OUR_STATUSES: ReadonlySet<string> = new Set<AccountStatus>(['active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown']);
 
 export class HttpLifecycleApi implements LifecycleApi {
@@ -225,9 +227,13 @@ export class HttpLifecycleApi implements LifecycleApi {
     return instrument(this.opts.metrics, this.kind, 'status', () => this.readStatus(account, new Deadline(this.opts.timeoutMs)));
   }
 
-  suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<void> {
-    return instrument(this.opts.metrics, this.kind, 'suspend', async () => {
+  suspend(account: string, reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<SuspendOutcome> {
+    return instrument(this.opts.metrics, this.kind, 'suspend', async (): Promise<SuspendOutcome> => {
       const deadline = new Deadline(this.opts.timeoutMs);
+      // An account the provider has already suspended (non-payment), locked or closed is left as it is and
+      // said to be: otherwise its lock would be taken for Douane's, and reinstating here would lift it.
+      const before = await this.readStatus(account, deadline);
+      if (ALREADY_LOCKED.has(before.status)) return 'already_locked';
       const values = { account, reference: reason.reference, rule: reason.rule, article: reason.article, summary: reason.summary };
       const res = await this.send('suspend', this.opts.suspend, values, deadline);
       if (res.status === 404) throw new LifecycleError('not_found', `lifecycle http suspend: no such account ${account}`, false);
@@ -238,6 +244,7 @@ export class HttpLifecycleApi implements LifecycleApi {
       if (after.status !== 'locked' && after.status !== 'suspended') {
         throw new LifecycleError('refused', `lifecycle http suspend: ${res.status === 409 ? 'HTTP 409 and ' : ''}the account's status is ${after.status} afterwards`, false);
       }
+      return 'locked';
     });
   }
 

@@ -221,15 +221,16 @@ describe('HTTP lifecycle adapter: suspend and reinstate', () => {
       return { status: 200, json: { account: { state } } };
     };
     const api = new HttpLifecycleApi(options());
-    await api.suspend('u"1@x.test', reason);
-    expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual(['POST /accounts/u%221%40x.test/suspend', 'GET /accounts/u%221%40x.test']);
-    expect(JSON.parse(seen[0]!.body)).toEqual({ account: 'u"1@x.test', ref: 'D-ABC123', rule: 'spam.burst', article: '4.2', summary: reason.summary });
+    expect(await api.suspend('u"1@x.test', reason)).toBe('locked');
+    expect(seen.map((s) => `${s.method} ${s.url}`)).toEqual(['GET /accounts/u%221%40x.test', 'POST /accounts/u%221%40x.test/suspend', 'GET /accounts/u%221%40x.test']);
+    expect(JSON.parse(seen[1]!.body)).toEqual({ account: 'u"1@x.test', ref: 'D-ABC123', rule: 'spam.burst', article: '4.2', summary: reason.summary });
   });
 
   it('sends absent optional values as empty strings', async () => {
-    route = (req) => (req.url.endsWith('/suspend') ? { status: 200 } : { status: 200, json: { account: { state: 'suspended' } } });
+    let state = 'ok';
+    route = (req) => (req.url.endsWith('/suspend') ? ((state = 'suspended'), { status: 200 }) : { status: 200, json: { account: { state } } });
     await new HttpLifecycleApi(options()).suspend('u@x.test', { reference: 'D-2', summary: 'x' });
-    expect(JSON.parse(seen[0]!.body)).toMatchObject({ rule: '', article: '' });
+    expect(JSON.parse(seen[1]!.body)).toMatchObject({ rule: '', article: '' });
   });
 
   it('refuses (not retryable) a suspension the provider accepted but did not carry out', async () => {
@@ -239,19 +240,29 @@ describe('HTTP lifecycle adapter: suspend and reinstate', () => {
     expect(e.message).toMatch(/active/);
   });
 
-  it('takes 409 on suspend as success when the account is already suspended', async () => {
-    route = (req) => (req.url.endsWith('/suspend') ? { status: 409, json: { error: 'already suspended' } } : { status: 200, json: { account: { state: 'blocked' } } });
-    await new HttpLifecycleApi(options()).suspend('u@x.test', reason);
+  it('leaves an account the provider suspended, locked or closed as it is, and says so', async () => {
+    for (const state of ['unpaid', 'blocked', 'closed']) {
+      seen = [];
+      route = () => ({ status: 200, json: { account: { state } } });
+      expect(await new HttpLifecycleApi(options()).suspend('u@x.test', reason)).toBe('already_locked');
+      expect(seen.map((s) => s.method)).toEqual(['GET']);
+    }
+  });
+
+  it('takes 409 on suspend as success when the account is suspended by then', async () => {
+    let state = 'ok';
+    route = (req) => (req.url.endsWith('/suspend') ? ((state = 'blocked'), { status: 409, json: { error: 'already suspended' } }) : { status: 200, json: { account: { state } } });
+    expect(await new HttpLifecycleApi(options()).suspend('u@x.test', reason)).toBe('locked');
     route = (req) => (req.url.endsWith('/suspend') ? { status: 409 } : { status: 200, json: { account: { state: 'ok' } } });
     const e = await failure(new HttpLifecycleApi(options()).suspend('u@x.test', reason));
     expect(e.kind).toBe('refused');
   });
 
-  it('a 4xx on suspend is refused and not retryable, without reading the status', async () => {
-    route = () => ({ status: 400, json: { error: 'bad' } });
+  it('a 4xx on suspend is refused and not retryable, without reading the status back', async () => {
+    route = (req) => (req.url.endsWith('/suspend') ? { status: 400, json: { error: 'bad' } } : { status: 200, json: { account: { state: 'ok' } } });
     const e = await failure(new HttpLifecycleApi(options()).suspend('u@x.test', reason));
     expect([e.kind, e.retryable]).toEqual(['refused', false]);
-    expect(seen).toHaveLength(1);
+    expect(seen.map((s) => s.method)).toEqual(['GET', 'POST']);
   });
 
   it('sends the reinstate template with {by}', async () => {
@@ -272,10 +283,11 @@ describe('HTTP lifecycle adapter: HMAC signing', () => {
   };
 
   it('signs timestamp, method, path and body with HMAC-SHA256 in X-Douane-Signature, verifiable by the provider', async () => {
-    route = (req) => (req.url.endsWith('/suspend') ? { status: 200 } : { status: 200, json: { account: { state: 'blocked' } } });
+    let state = 'ok';
+    route = (req) => (req.url.endsWith('/suspend') ? ((state = 'blocked'), { status: 200 }) : { status: 200, json: { account: { state } } });
     const api = new HttpLifecycleApi(options({ auth: { hmac: { secret } } }));
     await api.suspend('u@x.test', reason);
-    const [post, get] = seen;
+    const [get, post] = seen;
     expect(post!.headers.authorization).toBeUndefined();
     const v = verify(post!);
     expect(v.ok).toBe(true);
@@ -294,16 +306,68 @@ describe('HTTP lifecycle adapter: HMAC signing', () => {
   });
 
   it('a request replayed to another URL or with another method no longer verifies', async () => {
-    route = (req) => (req.url.endsWith('/lock') ? { status: 200 } : { status: 200, json: { account: { state: 'blocked' } } });
+    let state = 'ok';
+    route = (req) => (req.url.endsWith('/lock') ? ((state = 'blocked'), { status: 200 }) : { status: 200, json: { account: { state } } });
     const api = new HttpLifecycleApi(options({ auth: { hmac: { secret } }, suspend: { method: 'POST', url: `${base}/accounts/{account}/lock` }, reinstate: { method: 'POST', url: `${base}/accounts/{account}/unlock` } }));
     await api.suspend('u@x.test', reason);
-    const lock = seen[0]!;
+    const lock = seen[1]!;
     expect(lock.url).toBe('/accounts/u%40x.test/lock');
     expect(lock.body).toBe('');
     expect(verify(lock).ok).toBe(true);
     expect(verify({ ...lock, url: '/accounts/u%40x.test/unlock' }).ok).toBe(false);
     expect(verify({ ...lock, url: '/accounts/v%40x.test/lock' }).ok).toBe(false);
     expect(verify({ ...lock, method: 'DELETE' }).ok).toBe(false);
+  });
+});
+
+describe('HTTP lifecycle adapter under the enforcer', () => {
+  it('a lock of an account the provider had suspended (non-payment) is not Douane\'s: reinstating leaves it suspended', async () => {
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { AuditLog } = await import('../../src/audit/log.js');
+    const { Enforcer } = await import('../../src/enforce/enforcer.js');
+    const { Outbox } = await import('../../src/enforce/outbox.js');
+    const { MemoryEnforcementState } = await import('../../src/enforce/state.js');
+    const { createLogger } = await import('../../src/log.js');
+    const { loadPolicy } = await import('../../src/policy/load.js');
+    let state = 'unpaid';
+    route = (req) => {
+      if (req.url.endsWith('/suspend')) state = 'blocked';
+      if (req.url.endsWith('/reinstate')) state = 'ok';
+      return { status: 200, json: { account: { state } } };
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'douane-http-lock-'));
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const log = createLogger({ level: 'silent' });
+    const api = new HttpLifecycleApi(options({ metrics }));
+    const handlers = { lifecycle: (j: Parameters<ReturnType<InstanceType<typeof Enforcer>['lifecycleHandler']>>[0]) => enforcer.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined };
+    const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers, minDelayMs: 10, maxDelayMs: 50, metrics, log });
+    const enforcementState = new MemoryEnforcementState();
+    const policy = loadPolicy('policies');
+    const enforcer: InstanceType<typeof Enforcer> = new Enforcer({
+      state: enforcementState,
+      outbox,
+      audit: new AuditLog(join(dir, 'audit.log')),
+      policy: () => policy,
+      settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'a@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
+      metrics,
+      log,
+      deadlineMs: 2000,
+      lifecycle: api,
+    });
+    await outbox.start();
+    try {
+      await enforcer.suspend('u@x.test', 'suspend_account', { by: 'cli:ops', reference: 'D-1', reason: 'r' });
+      await outbox.idle();
+      expect((await enforcementState.account('u@x.test')).suspension?.lockedBy).toBe('someone_else');
+      await enforcer.reinstate('u@x.test', 'cli:ops');
+      await outbox.idle();
+      expect(state).toBe('unpaid');
+      expect(seen.map((x) => `${x.method} ${x.url}`)).toEqual(['GET /accounts/u%40x.test']);
+    } finally {
+      await outbox.stop();
+    }
   });
 });
 
