@@ -97,8 +97,9 @@ export class ZimbraAdminApi implements LifecycleApi {
   }
 
   /**
-   * Locks the account. Already locked or closed: nothing to do (neither can log in; a closed account is
-   * never touched). In maintenance (a mailbox move, which restores the status it saw at its start):
+   * Locks the account. Already locked, closed or pending: nothing to do (none can log in; a closed account
+   * is never touched, and a pending one belongs to provisioning: locked here, a reinstatement would make
+   * it active before its time). In maintenance (a mailbox move, which restores the status it saw at its start):
    * refused for now, retryable.
    */
   suspend(account: string, _reason: { reference: string; rule?: string; article?: string; summary: string }): Promise<SuspendOutcome> {
@@ -107,10 +108,10 @@ export class ZimbraAdminApi implements LifecycleApi {
       switch (acct.status) {
         case 'locked':
         case 'closed':
+        case 'pending':
           return 'already_locked';
         case 'active':
         case 'lockout':
-        case 'pending':
           await this.setStatus(acct, 'locked', deadline);
           return 'locked';
         case 'maintenance':

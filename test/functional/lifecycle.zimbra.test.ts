@@ -102,14 +102,17 @@ describe('Zimbra adapter: suspend and reinstate', () => {
     expect(z.count('ModifyAccountRequest')).toBe(1);
   });
 
-  it('locks an account in lockout (which would otherwise expire) and leaves a closed one alone', async () => {
+  it('locks an account in lockout (which would otherwise expire) and leaves a closed or pending one alone', async () => {
     const z = await fake();
     const lockout = z.addAccount({ name: 'lo@example.test', status: 'lockout' });
     const closed = z.addAccount({ name: 'gone@example.test', status: 'closed' });
+    const pending = z.addAccount({ name: 'new@example.test', status: 'pending' });
     const api = client(z);
-    await api.suspend('lo@example.test', why);
-    await api.suspend('gone@example.test', why);
-    expect([lockout.status, closed.status]).toEqual(['locked', 'closed']);
+    expect(await api.suspend('lo@example.test', why)).toBe('locked');
+    expect(await api.suspend('gone@example.test', why)).toBe('already_locked');
+    // Locked, it would be made active by a reinstatement, before provisioning is done with it.
+    expect(await api.suspend('new@example.test', why)).toBe('already_locked');
+    expect([lockout.status, closed.status, pending.status]).toEqual(['locked', 'closed', 'pending']);
     expect(z.modifications.map((m) => m.name)).toEqual(['lo@example.test']);
   });
 
