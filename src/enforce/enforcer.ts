@@ -16,7 +16,7 @@ import type { AccountInfo, LifecycleApi, SuspendOutcome } from '../lifecycle/typ
 import { LifecycleError } from '../lifecycle/types.js';
 import type { Job, Outbox } from './outbox.js';
 import { mailJob, type WebhookJob } from './notify.js';
-import { claimKey, type AccountState, type EnforcementState, type Pending, type StrikeRecord, type Suspension } from './state.js';
+import { claimKey, keepsSuspension, type AccountState, type EnforcementState, type Pending, type StrikeRecord, type Suspension } from './state.js';
 import { abuseMail, reinstatedMail, suspensionMail, throttleMail, warningMail, type Notice } from './templates.js';
 
 /** One address, dot-atom local part and an ASCII domain: what a notice to an account holder may go to. */
@@ -241,13 +241,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (action === 'suspend_account' && why.until !== undefined) throw new Error('a lock in the lifecycle API lasts until reinstated: a timed suspension is suspend_sending');
     // A lock stays a lock: a weaker suspension (a later ladder step, a strike landing late from another
     // instance, a person) would otherwise hide it, and reinstating would then leave the account locked.
+    // Sending suspended for longer is not shortened either.
     const current = (await this.deps.state.account(account)).suspension;
-    if (current?.action === 'suspend_account' && action !== 'suspend_account') {
-      await this.deps.audit.append({ action: 'suspension_kept', actor: why.by, account, reference: why.reference, kept: current.action, asked: action, reason: why.reason });
-      this.deps.log.info({ event: 'suspension_kept', account, kept: current.action, asked: action, by: why.by }, `${account} stays locked (${action} asked)`);
-      return current;
-    }
     const suspension: Suspension = { since: this.now(), until: why.until, action, reason: why.reason, reference: why.reference, by: why.by, ...(why.rule ? { rule: why.rule } : {}), ...(why.article ? { article: why.article } : {}) };
+    if (current && keepsSuspension(current, suspension)) return this.kept(account, current, suspension);
     // Locked again: who locked it first is still who did (Zimbra will answer that it is locked already).
     if (current?.action === 'suspend_account' && current.lockedBy) suspension.lockedBy = current.lockedBy;
     // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash
@@ -260,11 +257,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       inForce = await this.deps.state.setSuspension(account, suspension);
       if (inForce === suspension || inForce?.reference === suspension.reference) await this.deps.state.setPending(account, undefined);
     });
-    if (inForce && inForce.action !== action) {
-      await this.deps.audit.append({ action: 'suspension_kept', actor: why.by, account, reference: why.reference, kept: inForce.action, asked: action, reason: why.reason });
-      this.deps.log.info({ event: 'suspension_kept', account, kept: inForce.action, asked: action, by: why.by }, `${account} stays locked (${action} asked)`);
-      return inForce;
-    }
+    if (inForce && (inForce.action !== action || inForce.since !== suspension.since || inForce.reference !== suspension.reference)) return this.kept(account, inForce, suspension);
     this.deps.metrics.suspensions.labels(action, 'done').inc();
     // The evidence the contract asks for: every strike behind the suspension, each with its incident
     // reference (the message's own log line and, for malware, its quarantine entry).
@@ -278,6 +271,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });
     await this.refreshGauge();
     return suspension;
+  }
+
+  private async kept(account: string, kept: Suspension, asked: Suspension): Promise<Suspension> {
+    const until = (s: Suspension) => (s.until === undefined ? 'until reinstated' : `until ${new Date(s.until).toISOString()}`);
+    await this.deps.audit.append({ action: 'suspension_kept', actor: asked.by, account, reference: asked.reference, kept: kept.action, kept_until: kept.until && new Date(kept.until).toISOString(), asked: asked.action, reason: asked.reason });
+    this.deps.log.info({ event: 'suspension_kept', account, kept: kept.action, asked: asked.action, by: asked.by }, `${account} stays as it is (${kept.action} ${until(kept)}; ${asked.action} ${until(asked)} asked)`);
+    return kept;
   }
 
   async reinstate(account: string, by: string): Promise<void> {

@@ -132,6 +132,10 @@ if ARGV[5] == '1' then
   if not (has(ARGV[2]) and has(ARGV[3])) then return cur end
 elseif has('"action":"suspend_account"') and ARGV[2] ~= '"action":"suspend_account"' then
   return cur
+elseif cur and ARGV[2] == '"action":"suspend_sending"' and has('"action":"suspend_sending"') and ARGV[4] ~= '' then
+  -- Sending suspended for longer (or with no end: no time to live) stays as it is.
+  local left = redis.call('PTTL', KEYS[1])
+  if left == -1 or left > tonumber(ARGV[4]) then return cur end
 end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) else redis.call('SET', KEYS[1], ARGV[1]) end
 return ARGV[1]`;
@@ -141,10 +145,22 @@ type Scripted = RedisClient & {
   douaneSetSuspension(key: string, json: string, action: string, reference: string, ttl: string, update: string): Promise<string | null>;
 };
 
+/**
+ * Whether the suspension in force stays when another is asked for: a lock stays a lock, and sending
+ * suspended for longer (or until further notice) is not cut short by a later, shorter one (a ladder step
+ * reached by strikes landing late). SET_SUSPENSION does the same in Redis.
+ */
+export function keepsSuspension(current: Suspension | undefined, asked: Suspension): boolean {
+  if (!current) return false;
+  if (current.action === 'suspend_account') return asked.action !== 'suspend_account';
+  if (asked.action === 'suspend_account' || asked.until === undefined) return false;
+  return current.until === undefined || current.until > asked.until;
+}
+
 /** What setSuspension does, for the states that keep it in this process. */
 function nextSuspension(current: Suspension | undefined, s: Suspension, update: boolean): Suspension | undefined {
   if (update) return current && current.reference === s.reference && current.action === s.action ? s : current;
-  return current?.action === 'suspend_account' && s.action !== 'suspend_account' ? current : s;
+  return keepsSuspension(current, s) ? current : s;
 }
 
 const acct = (a: string) => accountTag(a.toLowerCase());

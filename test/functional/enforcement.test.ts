@@ -315,6 +315,28 @@ describe('the strike ladder, end to end', () => {
     }
   });
 
+  it('sending suspended for longer is not cut short by a shorter suspension, in Redis as in memory', async () => {
+    const client = new Redis(redis.url);
+    try {
+      const { MemoryEnforcementState } = await import('../../src/enforce/state.js');
+      const now = Date.now();
+      const sending = (reference: string, until?: number) => ({ action: 'suspend_sending' as const, since: now, until, reason: 'r', reference, by: 'douane' });
+      for (const state of [new RedisEnforcementState(client, 'douane'), new MemoryEnforcementState()]) {
+        expect(await state.setSuspension('long@x.test', sending('D-NOEND'))).toMatchObject({ reference: 'D-NOEND' });
+        expect(await state.setSuspension('long@x.test', sending('D-DAY', now + 86_400_000))).toMatchObject({ reference: 'D-NOEND' });
+        expect(await state.setSuspension('week@x.test', sending('D-WEEK', now + 7 * 86_400_000))).toMatchObject({ reference: 'D-WEEK' });
+        expect(await state.setSuspension('week@x.test', sending('D-DAY', now + 86_400_000))).toMatchObject({ reference: 'D-WEEK' });
+        // A longer one, or one with no end, replaces a shorter one; a lock replaces any.
+        expect(await state.setSuspension('week@x.test', sending('D-MONTH', now + 30 * 86_400_000))).toMatchObject({ reference: 'D-MONTH' });
+        expect(await state.setSuspension('week@x.test', sending('D-NOEND2'))).toMatchObject({ reference: 'D-NOEND2' });
+        expect(await state.setSuspension('long@x.test', { ...sending('D-LOCK'), action: 'suspend_account' })).toMatchObject({ reference: 'D-LOCK' });
+        expect((await state.account('week@x.test')).suspension).toMatchObject({ reference: 'D-NOEND2' });
+      }
+    } finally {
+      client.disconnect();
+    }
+  });
+
   it('a lock still waiting in the outbox does not land after the account was reinstated', async () => {
     const a = await gateway();
     const base = await admin(a);

@@ -98,6 +98,18 @@ describe('strike ladder', () => {
     expect((await state.account('r@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
+  it('sending suspended by a person until further notice is not shortened by the ladder\'s day', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const { enforcer, state, strike, dir } = setup({}, () => t);
+    await enforcer.suspend('p@x.test', 'suspend_sending', { by: 'cli:ops', reference: 'D-PERSON', reason: 'abuse report' });
+    await enforcer.record(strike('p@x.test', 'malware', 10, 1));
+    await enforcer.record(strike('p@x.test', 'malware', 10, 2)); // 20: the ladder's suspend sending for 24 h
+    t += 25 * 3_600_000;
+    expect((await state.account('p@x.test')).suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-PERSON', until: undefined });
+    const kept = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).filter((e) => e.action === 'suspension_kept');
+    expect(kept).toMatchObject([{ kept: 'suspend_sending', asked: 'suspend_sending', reference: 'D-000002' }]);
+  });
+
   it('dry run: no step touches the account or its holder; the audit says what each would have done', async () => {
     const { enforcer, state, strike, outbox, dir } = setup({ dry_run: true });
     for (let i = 0; i < 3; i++) await enforcer.record(strike('e@x.test', 'malware', 10, i));
