@@ -325,8 +325,8 @@ export class Gateway {
     clearInterval(this.purgeTimer);
     clearInterval(this.healthTimer);
     this.log.info({ event: 'draining', sessions: this.sessions.size, drain_ms: drainMs }, 'stopping: draining open transactions');
-    // net.Server#close stops accepting at once; its callback waits for every connection to end.
-    const closed = Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.server.close(() => resolve()))));
+    // Accepting stops at once; `closed` waits for every connection to end.
+    const closed = Promise.all(this.listeners.map((l) => l.server.stopAccepting()));
     const deadline = this.clock.now() + drainMs;
     for (;;) {
       for (const conn of this.connections()) {

@@ -347,6 +347,22 @@ export class GatewaySmtpServer extends SMTPServer {
     if (options.secure && hooks.maxSocketsPerIp) this.capSocketsPerIp(hooks.maxSocketsPerIp);
   }
 
+  /**
+   * Stops accepting, and ends the connections still in their TLS handshake, which have no session to
+   * drain and would otherwise hold the stop until the handshake timeout (smtp.idle_timeout). As
+   * smtp-server's close() does, the topmost socket is destroyed: tearing a TLS wrap down from below
+   * mid-handshake crashes Node. Not before the next turn of the event loop: a connection accepted just
+   * now is wrapped in TLS then (smtp-server defers it with setImmediate), and wrapping a socket already
+   * destroyed crashes Node too (a segmentation fault on Node 20).
+   */
+  async stopAccepting(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await new Promise((resolve) => setImmediate(resolve));
+    const pending = (this as unknown as { _pendingSockets?: Map<net.Socket, net.Socket> })._pendingSockets;
+    for (const socket of pending?.values() ?? []) socket.destroy();
+    return closed;
+  }
+
   /** Wraps smtp-server's own handler of new connections: it runs only for those within the cap. */
   private capSocketsPerIp(max: number): void {
     const listener = this.server;

@@ -186,6 +186,17 @@ describe('graceful shutdown', () => {
     }
   });
 
+  it('does not wait on a connection to the TLS port that never starts its handshake', async () => {
+    const { gw } = await setup();
+    const net = await import('node:net');
+    const silent = net.connect(gw.port('submissions'), '127.0.0.1');
+    await new Promise((r) => silent.once('connect', r));
+    const closed = new Promise((r) => silent.once('close', r));
+    // Without it, stopping waits for the handshake timeout (smtp.idle_timeout, 5 minutes).
+    await gw.gateway.stop(100);
+    await closed;
+  });
+
   it('421s a transaction still open at the drain deadline, relaying nothing of it', async () => {
     const { gw, upstream } = await setup();
     const c = await atData(gw.port('trusted'));
