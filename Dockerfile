@@ -10,6 +10,8 @@ COPY src ./src
 RUN npm run build
 
 FROM node:20-bookworm-slim
+# openssl makes the throwaway certificate of tls.insecure_dev (a trial without a certificate of its own).
+RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/*
 # Every douane command run in the container (quarantine, policy, accounts) reads the mounted configuration,
 # not the embedded default.
 ENV NODE_ENV=production DOUANE_CONFIG=/etc/douane/douane.yaml
@@ -26,8 +28,9 @@ RUN mkdir -p /var/spool/douane /var/lib/douane /etc/douane \
 USER node
 # Unprivileged ports inside the container; publish them as 587/465 (see compose.yaml).
 EXPOSE 2587 2465 2525 9725
-# The admin endpoint's default port: change it here with admin.port (with admin.enabled: false, remove this).
+# The admin endpoint at its default address and port; with another admin.address or admin.port, set
+# DOUANE_HEALTHCHECK_URL (e.g. http://10.0.0.5:9725/healthz). With admin.enabled: false, remove this.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:9725/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "-e", "fetch(process.env.DOUANE_HEALTHCHECK_URL || 'http://127.0.0.1:9725/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["node", "dist/cli.js"]
 CMD ["serve", "--config", "/etc/douane/douane.yaml"]

@@ -14,7 +14,7 @@ import { configSchema, type Config } from './schema.js';
 export const EMBEDDED_NAME = '(embedded default)';
 
 /** Variables that are not settings. */
-const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG']);
+const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG', 'DOUANE_HEALTHCHECK_URL']);
 
 export interface LoadedConfig {
   config: Readonly<Config>;
@@ -201,9 +201,10 @@ function locate(issue: Issue, source: YamlSource, applied: Map<string, string>):
     const envName = applied.get(formatPath(issue.path.slice(0, n)));
     if (envName) return { file: `env ${envName}`, key: formatPath(issue.path), message: issue.message };
   }
-  // A mapping the file does not have was made by an override below it (DOUANE_LISTENERS_NEW_PORT): name it.
+  // A mapping the file does not have was made by an override below it (DOUANE_LISTENERS_NEW_PORT), or
+  // made of the file's scalar (DOUANE_CLAMD_TIMEOUT over `clamd: none`): name it.
   const parent = formatPath(issue.path.slice(0, -1));
-  if (issue.path.length > 1 && !source.has(issue.path.slice(0, -1))) {
+  if (issue.path.length > 1 && !source.holdsMapping(issue.path.slice(0, -1))) {
     for (const [path, envName] of applied) if (path.startsWith(parent + '.')) return { file: `env ${envName}`, key: formatPath(issue.path), message: issue.message };
   }
   return source.problem(issue);

@@ -105,18 +105,27 @@ export class YamlSource {
 
   /** Is there a node at `path` in the file? */
   has(path: Path): boolean {
+    return this.nodeAt(path) !== undefined;
+  }
+
+  /** Is the node at `path` in the file a mapping (not a scalar an override may have turned into one)? */
+  holdsMapping(path: Path): boolean {
+    return isMap(this.nodeAt(path));
+  }
+
+  private nodeAt(path: Path): unknown {
     let node: unknown = this.doc.contents;
     for (const part of path) {
       if (isMap(node)) {
         const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(part));
-        if (!pair) return false;
-        node = pair.value;
+        if (!pair) return undefined;
+        node = pair.value ?? null;
       } else if (isSeq(node) && typeof part === 'number') {
         node = node.items[part];
-        if (node === undefined) return false;
-      } else return false;
+        if (node === undefined) return undefined;
+      } else return undefined;
     }
-    return true;
+    return node;
   }
 
   problem(issue: Issue): Problem {

@@ -293,6 +293,8 @@ describe('configuration loading', () => {
         DOUANE_UPSTREAM_TIMEOUTS_COMMAND: '5s',
         DOUANE_LOG_LEVEL: 'warn',
         DOUANE_CONFIG: '',
+        // read by the container's health check, not a setting
+        DOUANE_HEALTHCHECK_URL: 'http://10.0.0.5:9725/healthz',
         PATH: '/usr/bin',
       },
     });
@@ -328,6 +330,9 @@ describe('configuration loading', () => {
   it('names the variable when an override makes a listener the file does not have', () => {
     const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
     expect(problems(() => parse('t.yaml', text, { DOUANE_LISTENERS_SUBMISSION_PORT: '2587' }))).toEqual(['env DOUANE_LISTENERS_SUBMISSION_PORT: listeners.submission.mode is required (one of starttls, tls, trusted)']);
+    // Made of a scalar the file has: the variable is named, not the file's line.
+    const none = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\nclamd: none\n';
+    expect(problems(() => parse('t.yaml', none, { DOUANE_CLAMD_TIMEOUT: '5s' }))).toEqual([expect.stringMatching(/^env DOUANE_CLAMD_TIMEOUT: clamd\.hosts is required/)]);
   });
 
   it('refuses two listeners on one address and port', () => {
