@@ -3,7 +3,9 @@
 // certificate, or (tls.insecure_dev only) a throwaway self-signed one made at start and never reused.
 
 import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
@@ -24,6 +26,23 @@ export function loadTlsMaterial(config: Readonly<Config>): TlsMaterial | undefin
   return makeSelfSigned(config.hostname);
 }
 
+/**
+ * The configured certificate and key read again (a renewal replaced the files), checked to belong
+ * together before any listener takes them. Throws with the reason; the caller keeps the pair in use.
+ */
+export function reloadTlsMaterial(config: Readonly<Config>): { material: TlsMaterial; subject: string; validTo: string } {
+  const { cert, key } = config.tls;
+  if (!cert || !key) throw new Error('no tls.cert and tls.key in the configuration');
+  const material = { cert: readFileSync(cert), key: readFileSync(key), selfSigned: false };
+  try {
+    createSecureContext({ cert: material.cert, key: material.key });
+  } catch (err) {
+    throw new Error(`${cert} and ${key} do not make a certificate and its key: ${(err as Error).message}`);
+  }
+  const x509 = new X509Certificate(material.cert);
+  return { material, subject: x509.subject.replace(/\n/g, ', '), validTo: new Date(x509.validTo).toISOString() };
+}
+
 export function makeSelfSigned(hostname: string): TlsMaterial {
   const dir = mkdtempSync(join(tmpdir(), 'douane-devcert-'));
   try {
@@ -31,7 +50,8 @@ export function makeSelfSigned(hostname: string): TlsMaterial {
       'openssl',
       [
         'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '30',
-        '-subj', `/CN=${hostname}`,
+        // A common name holds 64 characters at most; the name clients check is in the SAN anyway.
+        '-subj', `/CN=${hostname.length <= 64 ? hostname : 'douane-insecure-dev'}`,
         '-addext', `subjectAltName=DNS:${hostname},DNS:localhost,IP:127.0.0.1`,
         '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
       ],
@@ -39,7 +59,9 @@ export function makeSelfSigned(hostname: string): TlsMaterial {
     );
     return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')), selfSigned: true };
   } catch (err) {
-    throw new Error(`tls.insecure_dev: could not create a self-signed certificate with openssl: ${(err as Error).message}`);
+    const e = err as NodeJS.ErrnoException & { stderr?: Buffer };
+    const why = e.code === 'ENOENT' ? 'openssl is not installed (apt-get install openssl)' : (e.stderr?.toString().trim().split('\n').pop() ?? e.message);
+    throw new Error(`tls.insecure_dev: could not create a self-signed certificate: ${why}; or set tls.cert and tls.key`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
