@@ -35,7 +35,7 @@ import { createRedis, redisPing, redisReady, type RedisClient } from './limits/r
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, takeCredentialsAsSent, type ConnectionHooks, type CredentialsAsSent } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
-import { loadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
+import { loadTlsMaterial, reloadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
 import { envelopeParams, type WrittenParams } from './upstream/params.js';
 import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamPort, type UpstreamProvider } from './upstream/provider.js';
@@ -96,7 +96,7 @@ export class Gateway {
   private upstreamUnready = false;
   private healthProbes: Record<string, ReadinessProbe> | undefined;
   private healthTicks = 0;
-  private readonly tls: TlsMaterial | undefined;
+  private tls: TlsMaterial | undefined;
   private draining = false;
   private stopping: Promise<void> | undefined;
 
@@ -184,6 +184,25 @@ export class Gateway {
     for (const [name, l] of Object.entries(config.listeners)) {
       if (l.allow) this.trusted.set(name, new AddressList(l.allow));
       this.listeners.push({ name, config: l, server: this.createServer(name, l) });
+    }
+  }
+
+  /**
+   * Reads tls.cert and tls.key again (SIGHUP, after a renewal): new sessions get the new certificate,
+   * sessions already in TLS keep theirs. A pair that cannot be read or does not match is refused, and
+   * the one in use stays. Nothing to do without configured files (insecure_dev, or no TLS).
+   */
+  reloadTls(): boolean {
+    if (!this.tls || this.tls.selfSigned) return false;
+    try {
+      const { material, subject, validTo } = reloadTlsMaterial(this.config);
+      for (const l of this.listeners) l.server.updateSecureContext({ key: material.key, cert: material.cert });
+      this.tls = material;
+      this.log.info({ event: 'tls_reloaded', subject, valid_to: validTo }, `TLS certificate reloaded (${subject}, valid to ${validTo})`);
+      return true;
+    } catch (err) {
+      this.log.error({ event: 'tls_reload_failed', err: (err as Error).message }, `TLS certificate not reloaded, the one in use stays: ${(err as Error).message}`);
+      return false;
     }
   }
 

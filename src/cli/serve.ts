@@ -19,7 +19,8 @@ Options:
   --help          this text
 
 Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0; SIGHUP reloads
-the policy (a bad policy is refused and the one in force stays).`;
+the policy and the TLS certificate (tls.cert, tls.key: new sessions get it); a bad policy or
+certificate is refused and the one in force stays.`;
 
 /** The gateway could not start (a port in use, a file it needs): the message says which key. */
 export class StartError extends Error {}
@@ -59,43 +60,64 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
   process.on('unhandledRejection', crash('unhandled rejection'));
   logger.info({ event: 'start', version: VERSION, config: loaded.source, overrides: loaded.overrides }, `douane ${VERSION} starting (${loaded.source === EMBEDDED_NAME ? 'embedded default configuration' : loaded.source})`);
   const metrics = new Metrics({ version: VERSION });
-  const gateway = new Gateway(config, { logger, metrics });
-  const admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
-  for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
-  admin?.setAccounts(gateway.enforcer);
+  // Signals are taken from the start: SIGHUP's default action would kill a process still starting (a
+  // reload sent during a restart), and a SIGTERM then is carried out once it has started.
+  let gateway: Gateway | undefined;
+  let admin: AdminServer | undefined;
+  let started = false;
+  let stopAsked: string | undefined;
+  let exited: (code: number) => void = () => undefined;
+  const stopped = new Promise<number>((resolve) => (exited = resolve));
+  const stop = (signal: string) => {
+    if (stopAsked) return;
+    stopAsked = signal;
+    logger.info({ event: 'signal', signal }, started ? `${signal}: stopping` : `${signal}: stopping once started`);
+    if (started) shutDown(gateway!, admin, logger).then(exited);
+  };
+  const reload = () => {
+    if (!started || stopAsked) {
+      logger.warn({ event: 'signal', signal: 'SIGHUP' }, 'SIGHUP before the gateway has started, or while it stops: nothing reloaded');
+      return;
+    }
+    gateway!.reloadTls();
+    void gateway!.policies.reload('SIGHUP');
+  };
+  process.on('SIGHUP', reload);
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
   try {
+    gateway = new Gateway(config, { logger, metrics });
+    admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
+    for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
+    admin?.setAccounts(gateway.enforcer);
     await gateway.start();
     await admin?.start();
   } catch (err) {
     // Half started (some listeners up, the admin endpoint or the watcher not) is worse than not at all:
     // say why, stop what started and exit, for the supervisor or the operator to see.
+    process.removeListener('SIGHUP', reload);
     logger.fatal({ event: 'start_failed', err: (err as Error).message }, `could not start: ${(err as Error).message}`);
-    await Promise.race([Promise.allSettled([gateway.stop(), admin?.stop()]), new Promise((r) => setTimeout(r, 2000))]);
+    await Promise.race([Promise.allSettled([gateway?.stop(), admin?.stop()]), new Promise((r) => setTimeout(r, 2000))]);
     throw new StartError((err as Error).message);
   }
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
-  process.on('SIGHUP', () => void gateway.policies.reload('SIGHUP'));
+  started = true;
+  if (stopAsked) void shutDown(gateway, admin, logger).then(exited);
+  return stopped;
+}
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ event: 'signal', signal }, `${signal}: stopping`);
-      gateway.policies.close();
-      gateway
-        .stop()
-        .then(() => admin?.stop())
-        .then(
-          () => resolve(0),
-          (err: Error) => {
-            logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
-            resolve(1);
-          },
-        );
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+/** Drains and stops; resolves with the exit code. */
+function shutDown(gateway: Gateway, admin: AdminServer | undefined, logger: Logger): Promise<number> {
+  gateway.policies.close();
+  return gateway
+    .stop()
+    .then(() => admin?.stop())
+    .then(
+      () => 0,
+      (err: Error) => {
+        logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
+        return 1;
+      },
+    );
 }

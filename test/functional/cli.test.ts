@@ -199,6 +199,75 @@ describe('douane CLI', () => {
     }
   });
 
+  it('serve takes a renewed TLS certificate on SIGHUP, keeps the one in use when the new pair is bad, and survives a SIGHUP while starting', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { copyFileSync } = await import('node:fs');
+    const tls = await import('node:tls');
+    const net = await import('node:net');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-tls-reload-'));
+    for (const name of ['first', 'second']) {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}.douane.test`, '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)], { stdio: 'pipe' });
+    }
+    copyFileSync(join(dir, 'first.crt'), join(dir, 'cert.pem'));
+    copyFileSync(join(dir, 'first.key'), join(dir, 'key.pem'));
+    // An upstream that never greets holds the start for a few seconds (learning its extensions).
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const silentPort = (silent.address() as { port: number }).port;
+    writeFileSync(
+      join(dir, 'douane.yaml'),
+      [
+        'listeners: { submissions: { mode: tls, address: 127.0.0.1, port: 0 } }',
+        `tls: { cert: ${dir}/cert.pem, key: ${dir}/key.pem }`,
+        `upstream: { host: 127.0.0.1, port: ${silentPort}, trusted_port: ${silentPort}, tls: none }`,
+        'clamd: none',
+        'admin: { enabled: false }',
+        `spool: { dir: ${dir}/spool }`,
+        `state_dir: ${dir}/state`,
+        '',
+      ].join('\n'),
+    );
+    const child = spawn('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const lines = () => out.split('\n').filter((l) => l.endsWith('}')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const served = async (port: number) => {
+      const socket = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false });
+      await new Promise((r) => socket.once('secureConnect', r));
+      const cn = socket.getPeerCertificate().subject.CN;
+      socket.destroy();
+      return cn;
+    };
+    try {
+      await expect.poll(() => lines().some((l) => l.event === 'start'), { timeout: 10_000 }).toBe(true);
+      child.kill('SIGHUP');
+      await expect.poll(() => lines().find((l) => l.event === 'listening')?.port, { timeout: 15_000 }).toBeDefined();
+      expect(child.exitCode).toBeNull();
+      const port = lines().find((l) => l.event === 'listening')!.port as number;
+      expect(await served(port)).toBe('first.douane.test');
+
+      copyFileSync(join(dir, 'second.crt'), join(dir, 'cert.pem'));
+      copyFileSync(join(dir, 'second.key'), join(dir, 'key.pem'));
+      child.kill('SIGHUP');
+      await expect.poll(() => lines().find((l) => l.event === 'tls_reloaded'), { timeout: 5000 }).toMatchObject({ subject: 'CN=second.douane.test' });
+      expect(await served(port)).toBe('second.douane.test');
+
+      // Half copied: the first certificate with the second key. Refused; the pair in use stays.
+      copyFileSync(join(dir, 'first.crt'), join(dir, 'cert.pem'));
+      child.kill('SIGHUP');
+      await expect.poll(() => lines().find((l) => l.event === 'tls_reload_failed'), { timeout: 5000 }).toMatchObject({ err: expect.stringMatching(/do not make a certificate and its key/) });
+      expect(await served(port)).toBe('second.douane.test');
+
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+      silent.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
     upstream = await FakeUpstream.start();
     // Port 0 everywhere (no port can be taken by another test meanwhile); the log says which were bound.
