@@ -2,7 +2,8 @@
 // overrides, validated against the schema, then frozen. Every problem names file:line:col and key, or the
 // environment variable it came from.
 
-import { readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
@@ -146,13 +147,11 @@ function namedFileProblems(config: Config): Issue[] {
     // A key or a YAML file given by mistake is accepted by TLS as "no CA": every peer would then fail.
     else if (!ca.toString('latin1').includes('-----BEGIN CERTIFICATE-----')) issues.push({ path, message: `${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)` });
   }
-  // Directories serve creates if missing: a file in the way would stop it.
+  // Directories serve writes to, and creates if missing: a file in the way, or a directory this user
+  // cannot write to (a volume owned by root, a service user's missing rights), would stop it.
   for (const [dir, path] of [[config.state_dir, ['state_dir']], [config.spool.dir, ['spool', 'dir']]] as const) {
-    try {
-      if (!statSync(dir).isDirectory()) issues.push({ path: [...path], message: `${dir} is a file, not a directory` });
-    } catch {
-      // absent: created at start
-    }
+    const problem = writableDirectoryProblem(dir);
+    if (problem) issues.push({ path: [...path], message: problem });
   }
   try {
     if (!statSync(config.policy.dir).isDirectory()) issues.push({ path: ['policy', 'dir'], message: `${config.policy.dir} is a file, not a directory of policy files` });
@@ -160,6 +159,40 @@ function namedFileProblems(config: Config): Issue[] {
     issues.push({ path: ['policy', 'dir'], message: `${config.policy.dir} cannot be read: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (err as Error).message}` });
   }
   return issues;
+}
+
+/** Why `dir` could not be written to, or created, by this user; undefined when it can. */
+function writableDirectoryProblem(dir: string): string | undefined {
+  const wanted = resolve(dir);
+  const user = (() => {
+    try {
+      return userInfo().username;
+    } catch {
+      return `uid ${process.getuid?.() ?? '?'}`;
+    }
+  })();
+  for (let at = wanted; ; ) {
+    let isDirectory: boolean;
+    try {
+      isDirectory = statSync(at).isDirectory();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Absent (or under a file): the nearest thing that exists above it decides.
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && dirname(at) !== at) {
+        at = dirname(at);
+        continue;
+      }
+      return `${dir} cannot be reached: ${(err as Error).message}`;
+    }
+    const made = at === wanted ? '' : `cannot be created: `;
+    if (!isDirectory) return at === wanted ? `${dir} is a file, not a directory` : `${dir} ${made}${at} is a file`;
+    try {
+      accessSync(at, constants.W_OK | constants.X_OK);
+    } catch {
+      return `${dir} ${made}${at === wanted ? 'it' : at} is not writable by ${user}, who runs this check (serve needs to write there)`;
+    }
+    return undefined;
+  }
 }
 
 /** The file's bytes, or why it cannot be read. */

@@ -1,7 +1,7 @@
 // The douane command as an operator runs it: exit codes, error messages naming file:line, and `serve`
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +50,31 @@ describe('douane CLI', () => {
     const bad = await douane(['config', 'check', 'fixtures/config/unknown-key.yaml']);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/^fixtures\/config\/unknown-key\.yaml:7:3: upstream\.prot is not a known key/);
+  });
+
+  // Run as root, which may write anywhere, the check cannot see what a service user could not do: it runs as
+  // nobody (where this checkout is one nobody can read).
+  const nobodyCanRun = process.getuid?.() === 0 && spawnSync('runuser', ['-u', 'nobody', '--', 'test', '-r', join(process.cwd(), CLI)]).status === 0;
+  it.skipIf(!nobodyCanRun)('config check, run as the user serve runs as, says which directory it could not write', async () => {
+    const { chmodSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-dirs-'));
+    chmodSync(dir, 0o755);
+    const text = (state: string) =>
+      ['listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: x }', 'clamd: none', `state_dir: ${state}`, `spool: { dir: ${dir}/spool-${state.length} }`, `policy: { dir: ${process.cwd()}/policies }`, ''].join('\n');
+    try {
+      writeFileSync(join(dir, 'douane.yaml'), text(`${dir}/state`));
+      chmodSync(join(dir, 'douane.yaml'), 0o644);
+      const asNobody = () => exec('runuser', ['-u', 'nobody', '--', process.execPath, join(process.cwd(), CLI), 'config', 'check', join(dir, 'douane.yaml')], { cwd: '/' }).then(
+        (r) => ({ code: 0, stderr: r.stderr }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      const r = await asNobody();
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`douane.yaml:4:12: state_dir ${dir}/state cannot be created: ${dir} is not writable by nobody, who runs this check (serve needs to write there)`);
+      expect(r.stderr).toMatch(/douane\.yaml:5:\d+: spool\.dir .* cannot be created/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('serve refuses to start a TLS listener without a certificate, naming the key', async () => {

@@ -141,7 +141,7 @@ describe('configuration loading', () => {
       `upstream: { host: x, ca: ${join(dir, 'key.pem')} }`,
       `lifecycle: { adapter: zimbra, zimbra: { url: "https://z:7071/service/admin/soap", admin_user: a, admin_password: p, ca: ${join(dir, 'nope.pem')} } }`,
       `state_dir: ${join(dir, 'a-file')}`,
-      `spool: { dir: ${join(dir, 'a-file')} }`,
+      `spool: { dir: ${join(dir, 'a-file', 'spool')} }`,
       `policy: { dir: ${join(dir, 'no-policies')} }`,
       '',
     ].join('\n');
@@ -149,7 +149,7 @@ describe('configuration loading', () => {
       `t.yaml:3:26: upstream.ca ${join(dir, 'key.pem')} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`,
       expect.stringMatching(/^t\.yaml:4:\d+: lifecycle\.zimbra\.ca cannot be read: ENOENT/),
       `t.yaml:5:12: state_dir ${join(dir, 'a-file')} is a file, not a directory`,
-      `t.yaml:6:15: spool.dir ${join(dir, 'a-file')} is a file, not a directory`,
+      `t.yaml:6:15: spool.dir ${join(dir, 'a-file', 'spool')} cannot be created: ${join(dir, 'a-file')} is a file`,
       `t.yaml:7:16: policy.dir ${join(dir, 'no-policies')} cannot be read: no such directory`,
     ]);
   });
