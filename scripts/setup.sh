@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian 12's own nodejs package is 18: Douane (and vitest 4) need Node.js 20.19 or later, with npm.
+need="20.19.0"
+have="$(node --version 2>/dev/null | sed 's/^v//' || true)"
+if [ -z "$have" ] || ! command -v npm >/dev/null || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+  echo "setup: Node.js >= $need with npm is needed (found: ${have:-none}); install Node.js 20 LTS, e.g. from https://nodejs.org or NodeSource's Debian packages" >&2
+  exit 1
+fi
+
 PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks libnet-ssleay-perl curl openssl prometheus ca-certificates genisoimage libarchive-tools unar zip 7zip xz-utils bzip2 zstd cpio gcab cabextract)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
