@@ -173,7 +173,7 @@ export class Gateway {
       metrics: this.metrics,
       limiter: this.limiter,
       accounts: this.enforcer,
-      bulk: deps.bulk ?? new BulkCounter({ redis: this.redis, keyPrefix: config.limits.redis?.key_prefix ?? 'douane', deadlineMs: config.limits.deadline, metrics: this.metrics, log: this.log }),
+      bulk: deps.bulk ?? new BulkCounter({ redis: this.redis, keyPrefix: config.limits.redis?.key_prefix ?? 'douane', deadlineMs: config.limits.deadline, metrics: this.metrics, log: this.log, onFailure: config.limits.on_redis_failure }),
     };
     const stale = Spool.prepare(config.spool.dir, config.smtp.session_deadline);
     if (stale) this.log.warn({ event: 'spool_cleaned', removed: stale, dir: config.spool.dir }, `removed ${stale} spool files left by a previous run`);

@@ -12,6 +12,11 @@ import type { BulkFacts } from '../policy/facts.js';
 import type { RedisClient } from '../limits/redis.js';
 import type { BulkFingerprint } from './fingerprint.js';
 
+class DeadlinePassed extends Error {}
+
+/** Redis failed and limits.on_redis_failure is tempfail: no count stands in for the shared one. */
+export class BulkCountsUnavailable extends Error {}
+
 export interface BulkPort {
   /** undefined: not counted (no fingerprint, or `douane policy explain` without given bulk counts) */
   count(fp: BulkFingerprint | undefined, account: string, recipients: string[], windowMs: number): Promise<BulkFacts | undefined>;
@@ -126,7 +131,7 @@ export class BulkCounter implements BulkPort {
   private lastSweep = 0;
 
   constructor(
-    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number },
+    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail' },
   ) {
     opts.redis?.defineCommand('douaneBulkAdd', { lua: BANDS_ADD });
   }
@@ -141,17 +146,24 @@ export class BulkCounter implements BulkPort {
     const acct = account.toLowerCase() || '<>';
     const rcpts = [...new Set(recipients.map((r) => r.toLowerCase()))];
     let counts: [number, number, number][];
+    let degraded = false;
     if (this.opts.redis) {
       try {
         counts = [await this.withDeadline(this.redisBands(fp.bands, acct, rcpts, windowMs))];
       } catch (err) {
-        this.opts.metrics.redisErrors.labels('command').inc();
+        const timedOut = err instanceof DeadlinePassed;
+        this.opts.metrics.redisErrors.labels(timedOut ? 'deadline' : 'command').inc();
+        if (this.opts.onFailure === 'tempfail') {
+          this.opts.log.warn({ event: 'bulk_unavailable', err: (err as Error).message }, 'Redis failed; no bulk counts (limits.on_redis_failure: tempfail)');
+          throw new BulkCountsUnavailable(`bulk counts unavailable: ${(err as Error).message}`);
+        }
         this.opts.metrics.limiterInsurance.labels('bulk').inc();
         this.opts.log.warn({ event: 'bulk_insurance', err: (err as Error).message }, 'Redis failed; bulk counts from this instance only');
         counts = fp.bands.map((band) => this.memoryBand(band, acct, rcpts, windowMs));
+        degraded = true;
       }
     } else counts = fp.bands.map((band) => this.memoryBand(band, acct, rcpts, windowMs));
-    const facts: BulkFacts = { fingerprint: fp.id, accountRecipients: 0, globalRecipients: 0, globalAccounts: 0 };
+    const facts: BulkFacts = { fingerprint: fp.id, accountRecipients: 0, globalRecipients: 0, globalAccounts: 0, ...(degraded ? { degraded } : {}) };
     for (const [a, g, n] of counts) {
       facts.accountRecipients = Math.max(facts.accountRecipients, a);
       facts.globalRecipients = Math.max(facts.globalRecipients, g);
@@ -193,7 +205,7 @@ export class BulkCounter implements BulkPort {
       return await Promise.race([
         p,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`no answer within ${this.opts.deadlineMs} ms`)), this.opts.deadlineMs);
+          timer = setTimeout(() => reject(new DeadlinePassed(`no answer within ${this.opts.deadlineMs} ms`)), this.opts.deadlineMs);
         }),
       ]);
     } finally {

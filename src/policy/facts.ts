@@ -66,6 +66,8 @@ export interface BulkFacts {
   globalRecipients: number;
   /** distinct accounts that sent this content, in the window */
   globalAccounts: number;
+  /** Redis failed: counted on this instance only (limits.on_redis_failure: insurance) */
+  degraded?: boolean;
 }
 
 export interface AccountFacts {

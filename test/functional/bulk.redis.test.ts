@@ -27,8 +27,8 @@ beforeEach(() => {
   redis.cli('flushall');
 });
 
-function counter(on?: Redis | Cluster): BulkCounter {
-  return new BulkCounter({ redis: on, keyPrefix: 'douane', deadlineMs: 5000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) });
+function counter(on?: Redis | Cluster, onFailure?: 'insurance' | 'tempfail'): BulkCounter {
+  return new BulkCounter({ redis: on, keyPrefix: 'douane', deadlineMs: 5000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }), onFailure });
 }
 
 /** A deterministic sequence of messages: contents of their own and bands shared, 1 to 20 recipients. */
@@ -60,6 +60,23 @@ async function replay(c: BulkCounter, messages: ReturnType<typeof traffic>): Pro
 function uniqueMessage(i: number): BulkFingerprint {
   return { id: `u${i}`, bands: Array.from({ length: 48 }, (_, b) => `t${b}:${(i * 48 + b).toString(16).padStart(16, '0')}`), basis: 'text' } as BulkFingerprint;
 }
+
+describe('bulk counter when Redis fails', () => {
+  it('tempfails with limits.on_redis_failure: tempfail; with insurance, counts here and says so', async () => {
+    const { BulkCountsUnavailable } = await import('../../src/bulk/counter.js');
+    const { DEAD_PORT } = await import('../harness/net.js');
+    const dead = new Redis({ port: DEAD_PORT, host: '127.0.0.1', lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    dead.on('error', () => undefined);
+    try {
+      const fp = uniqueMessage(1);
+      await expect(counter(dead, 'tempfail').count(fp, 'a@example.test', ['r@example.net'], WINDOW)).rejects.toBeInstanceOf(BulkCountsUnavailable);
+      expect(await counter(dead, 'insurance').count(fp, 'a@example.test', ['r@example.net'], WINDOW)).toMatchObject({ accountRecipients: 1, degraded: true });
+      expect(await counter(client).count(fp, 'a@example.test', ['r@example.net'], WINDOW)).not.toHaveProperty('degraded');
+    } finally {
+      dead.disconnect();
+    }
+  });
+});
 
 describe('bulk counter on Redis', () => {
   it('counts as the exact in-memory counter does: first sightings, shared bands, several accounts, more recipients than a first sighting keeps', async () => {

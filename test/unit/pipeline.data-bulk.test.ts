@@ -75,6 +75,15 @@ describe('data.bulk: counted while the scan finishes', () => {
     }
   });
 
+  it('counts unavailable without insurance (limits.on_redis_failure: tempfail): 451 as for the other limits', async () => {
+    const { BulkCountsUnavailable } = await import('../../src/bulk/counter.js');
+    const ctx = await context({ count: () => Promise.reject(new BulkCountsUnavailable('bulk counts unavailable: Connection is closed.')) });
+    preparePhase('data', ctx, [dataBulk]);
+    const out = await runPhase('data', ctx, [dataBulk]);
+    expect(out.verdict).toMatchObject({ action: 'tempfail', reason: 'limits.unavailable' });
+    expect(out.results[0]).toMatchObject({ result: 'fail', evidence: { degraded: true } });
+  });
+
   it('nothing to prepare without an inspected message', async () => {
     let counted = 0;
     const ctx = await context({ count: async () => (counted++, facts) });

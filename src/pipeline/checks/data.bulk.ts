@@ -5,6 +5,7 @@
 // this one have run changes nothing that matters: every recipient a content was sent to counts, refused
 // ones too (src/bulk/counter.ts), and a retried message adds no new distinct recipients.
 
+import { BulkCountsUnavailable } from '../../bulk/counter.js';
 import { fingerprint, type BulkFingerprint } from '../../bulk/fingerprint.js';
 import type { BulkFacts } from '../../policy/facts.js';
 import type { Transaction } from '../../session/state.js';
@@ -34,7 +35,14 @@ export const dataBulk: Check = {
   async run(ctx) {
     const { tx, deps } = ctx;
     if (!tx?.message) return { action: 'continue', skip: 'message not inspected' };
-    const counted = await prepared.take(tx, () => count({ ...ctx, tx }));
+    let counted: Counted;
+    try {
+      counted = await prepared.take(tx, () => count({ ...ctx, tx }));
+    } catch (err) {
+      // Nothing unchecked: without the shared counts, and without insurance, the message waits.
+      if (err instanceof BulkCountsUnavailable) return { action: 'tempfail', reason: 'limits.unavailable', evidence: { degraded: true, bulk: err.message } };
+      throw err;
+    }
     const { fp, facts } = counted;
     tx.bulk = facts;
     if (!facts) return { action: 'continue', skip: fp ? 'bulk counts not available' : 'nothing to fingerprint' };
