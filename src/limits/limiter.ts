@@ -234,8 +234,9 @@ export class Limiter implements LimiterPort {
   private async decide<T>(what: string, work: () => Promise<T>): Promise<{ value?: T; degraded: boolean; failed?: Error }> {
     const before = this.insuranceUses;
     let timer: NodeJS.Timeout | undefined;
+    const passed = new Error(`no decision within ${this.opts.deadlineMs} ms`);
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no decision within ${this.opts.deadlineMs} ms`)), this.opts.deadlineMs);
+      timer = setTimeout(() => reject(passed), this.opts.deadlineMs);
     });
     try {
       const value = await Promise.race([work(), deadline]);
@@ -243,7 +244,8 @@ export class Limiter implements LimiterPort {
       if (degraded) this.opts.log.info({ event: 'limits_degraded', what }, 'limits decided by the in-process insurance');
       return { value, degraded };
     } catch (err) {
-      this.opts.metrics.redisErrors.labels('deadline').inc();
+      // A slow Redis is not a refusing one (closed, READONLY, out of memory): the alert reads the kind.
+      this.opts.metrics.redisErrors.labels(err === passed ? 'deadline' : 'command').inc();
       this.opts.log.warn({ event: 'limits_failed', what, err: (err as Error).message }, `limits could not be decided (${this.opts.onFailure})`);
       return { degraded: true, failed: err as Error };
     } finally {
@@ -383,7 +385,8 @@ export class Limiter implements LimiterPort {
     const more = Math.max(1, size) - (reserved?.points ?? 0);
     await this.decide('accepted', () =>
       Promise.all([
-        more > 0 ? this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, more) : reserved && more < 0 && this.now() < reserved.windowEndsAt ? reserved.limiter.reward(key, -more) : Promise.resolve(),
+        // Settling, not deciding: the decision was counted at MAIL FROM.
+        more > 0 ? this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, more, false) : reserved && more < 0 && this.now() < reserved.windowEndsAt ? reserved.limiter.reward(key, -more) : Promise.resolve(),
         this.structures.hourIncr(`${this.opts.keyPrefix}:hourly:${key}`, Math.floor(this.now() / 3_600_000), historyHours + 1),
       ]),
     );

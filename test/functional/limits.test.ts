@@ -169,6 +169,8 @@ describe('each limit at its boundary', () => {
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(500), 1000)).mail).toMatch(/^450 4\.7\.1 Sending limit reached \(bytes per day\)/);
     expect((await send(port, 'bytes@example.test', undefined, 'x'.repeat(600))).data).toMatch(/^250 /); // overshoots by its own size
     expect((await send(port, 'bytes@example.test')).mail).toMatch(/^450 4\.7\.1 .*bytes per day/);
+    // Two refusals, as the clients saw: the message that overshot was settled, not refused.
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_limiter_decisions_total\{limit="bytes_per_day",result="exceeded"\} 2$/m);
   });
 
   it('bytes per day: a message larger than the whole day is refused for good (552 5.2.3), by its SIZE= at MAIL or after its data, and counts nothing', async () => {
@@ -587,6 +589,10 @@ describe('Redis failures are bounded', () => {
     const r = await send(gw.port('trusted'), 'roomy@example.test');
     expect(r.mail).toMatch(/^451 4\.3\.0 Your message could not be checked against your sending limits/);
     expect(upstream.messages).toHaveLength(0);
+    // Refused by a Redis that is not there, not timed out by a slow one: the alert says which.
+    const metrics = await gw.metrics.registry.metrics();
+    expect(metrics).toMatch(/^douane_redis_errors_total\{kind="command"\} [1-9]/m);
+    expect(metrics).not.toMatch(/^douane_redis_errors_total\{kind="deadline"\} [1-9]/m);
     // A SIZE= over the plan's whole day needs no counter to be refused for good: a 451 would come back on every retry.
     expect((await send(gw.port('trusted'), 'bytes@example.test', undefined, 'x', 3000)).mail).toMatch(/^552 5\.2\.3 /);
   });
