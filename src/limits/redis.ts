@@ -48,6 +48,10 @@ export function createRedis(settings: RedisSettings, deadlineMs: number, log: Lo
     retryStrategy: (times) => Math.min(200 * times, 2000),
     // A frozen Redis never finishes closing a connection; see dropOnHang.
     disconnectTimeout: 100,
+    // A master demoted to replica (a failover behind a DNS name or a managed endpoint) keeps the
+    // connection and answers READONLY to every write: reconnect, to whatever the name points at now.
+    // The command itself is not sent again (1, not 2): a count must never be made twice.
+    reconnectOnError: (err) => /^READONLY\b/.test(err.message) ? 1 : false,
   };
   let client: RedisClient;
   if (settings.cluster?.length) {
@@ -125,12 +129,18 @@ export async function redisReady(client: RedisClient, timeoutMs: number): Promis
   });
 }
 
-/** Readiness: Redis answers PING within the deadline. */
+/** Readiness: Redis answers PING within the deadline, and (a single server) takes writes. */
 export async function redisPing(client: RedisClient, metrics?: Metrics): Promise<{ ok: boolean; detail?: string }> {
   let result: { ok: boolean; detail?: string };
   try {
     const pong = await client.ping();
     result = pong === 'PONG' ? { ok: true } : { ok: false, detail: `unexpected reply ${pong}` };
+    // A replica answers PING and refuses every count. A Cluster routes each key to its master itself;
+    // a user not allowed ROLE leaves the PING to speak.
+    if (result.ok && !(client instanceof Cluster)) {
+      const role = (await client.call('ROLE').catch(() => undefined)) as unknown[] | undefined;
+      if (Array.isArray(role) && role[0] !== 'master') result = { ok: false, detail: `Redis is a ${String(role[0])} (read-only): every count fails; point limits.redis at the master` };
+    }
   } catch (err) {
     result = { ok: false, detail: (err as Error).message };
   }

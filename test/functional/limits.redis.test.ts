@@ -48,6 +48,32 @@ describe('limits on Redis', () => {
     }
   });
 
+  it('a master demoted to replica: not ready, each refused write reconnects, and counts resume once it is a master again', async () => {
+    const { redisPing } = await import('../../src/limits/redis.js');
+    const { DEAD_PORT } = await import('../harness/net.js');
+    const demoted = await startRedis();
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const own = createRedis({ url: demoted.url, key_prefix: 'douane' }, 2000, log, metrics);
+    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    try {
+      const limiter = new Limiter({ redis: own, keyPrefix: 'douane', onFailure: 'tempfail', deadlineMs: 2000, metrics, log });
+      expect((await limiter.countMessage('a@example.test', limits, 1000)).judge(limits).facts.degraded).toBe(false);
+      expect(await redisPing(own)).toEqual({ ok: true });
+      demoted.cli('replicaof', '127.0.0.1', String(DEAD_PORT));
+      expect(await redisPing(own)).toEqual({ ok: false, detail: expect.stringMatching(/^Redis is a slave \(read-only\)/) });
+      let reconnects = 0;
+      own.on('reconnecting', () => reconnects++);
+      expect((await limiter.countMessage('a@example.test', limits, 1000)).judge(limits).unavailable).toBe(true);
+      await expect.poll(() => reconnects).toBeGreaterThan(0);
+      demoted.cli('replicaof', 'no', 'one');
+      await expect.poll(async () => (await limiter.countMessage('a@example.test', limits, 1000)).judge(limits).facts.usage.messages_per_hour, { timeout: 10_000 }).toBeGreaterThan(1);
+      expect(await redisPing(own)).toEqual({ ok: true });
+    } finally {
+      own.disconnect();
+      await demoted.stop();
+    }
+  });
+
   it('a suspension is set in one step on Redis: a lock is not replaced by a weaker one, and an update does not bring back a reinstated one', async () => {
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
     const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, metrics);
