@@ -68,7 +68,7 @@ export interface EnforcementState {
   strikes(account: string, windowMs: number): Promise<StrikeRecord[]>;
   /** true the first time within `ttlMs` (one instance takes a ladder step, one strike per cooldown) */
   claim(key: string, ttlMs: number): Promise<boolean>;
-  /** keeps a claim for `ttlMs` from now, taken or not */
+  /** keeps a claim still held for `ttlMs` from now; one removed meanwhile (a reinstatement) stays removed */
   holdClaim(key: string, ttlMs: number): Promise<void>;
   /** gives a claim back: the next one to ask gets it */
   dropClaim(key: string): Promise<void>;
@@ -195,7 +195,9 @@ export class RedisEnforcementState implements EnforcementState {
   }
 
   async holdClaim(key: string, ttlMs: number): Promise<void> {
-    await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)));
+    // XX: a claim a reinstatement removed meanwhile stays removed, or the step would stay taken for the
+    // whole window of an account starting over.
+    await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)), 'XX');
   }
 
   async dropClaim(key: string): Promise<void> {
@@ -403,7 +405,8 @@ export class MemoryEnforcementState implements EnforcementState {
   }
 
   async holdClaim(key: string, ttlMs: number): Promise<void> {
-    this.claims.set(key, this.now() + ttlMs);
+    const until = this.claims.get(key);
+    if (until !== undefined && until > this.now()) this.claims.set(key, this.now() + ttlMs);
   }
 
   async dropClaim(key: string): Promise<void> {

@@ -310,6 +310,12 @@ describe('the strike ladder, end to end', () => {
       await new Promise((r) => setTimeout(r, 100)); // the first claim's own 50 ms are over
       expect(await state.claim(taken, 60_000)).toBe(false);
       expect(await state.claim(failed, 60_000)).toBe(true);
+      // Removed by a reinstatement while its step was taken: holding it does not bring it back.
+      const lifted = claimKey('step', 'lifted@x.test', '1');
+      expect(await state.claim(lifted, 60_000)).toBe(true);
+      await state.resetAccount('lifted@x.test');
+      await state.holdClaim(lifted, 60_000);
+      expect(await state.claim(lifted, 60_000)).toBe(true);
     } finally {
       client.disconnect();
     }

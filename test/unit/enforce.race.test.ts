@@ -75,6 +75,28 @@ describe('enforcement races', () => {
     expect(zimbra.account.status).toBe('active');
   });
 
+  it('reinstated while a ladder step is being taken: the step is not kept as taken, and the ladder starts over', async () => {
+    let reinstateNow: (() => Promise<void>) | undefined;
+    class ReinstatedMidStep extends MemoryEnforcementState {
+      override async holdClaim(key: string, ttlMs: number) {
+        if (key.endsWith(':suspend_account') && reinstateNow) {
+          const reinstate = reinstateNow;
+          reinstateNow = undefined;
+          await reinstate();
+        }
+        return super.holdClaim(key, ttlMs);
+      }
+    }
+    const state = new ReinstatedMidStep();
+    const { enforcer } = instance(state, zimbraLike().api);
+    reinstateNow = () => enforcer.reinstate('victim@x.test', 'cli:lead');
+    for (let n = 1; n <= 3; n++) await enforcer.record(strike(n, 10)); // 30: the lock, lifted (a false positive) as it is taken
+    expect((await state.account('victim@x.test')).suspension).toBeUndefined();
+    // The account abuses again: it climbs the ladder again, to the lock.
+    for (let n = 4; n <= 6; n++) await enforcer.record(strike(n, 10));
+    expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000006' });
+  });
+
   it('reinstated on one instance while the other is locking: the account ends unlocked', async () => {
     const state = new MemoryEnforcementState();
     const zimbra = zimbraLike(300);
