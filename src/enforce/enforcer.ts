@@ -247,6 +247,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (current && keepsSuspension(current, suspension)) return this.kept(account, current, suspension);
     // Locked again: who locked it first is still who did (Zimbra will answer that it is locked already).
     if (current?.action === 'suspend_account' && current.lockedBy) suspension.lockedBy = current.lockedBy;
+    // The evidence the contract asks for: every strike behind the suspension, each with its incident
+    // reference (the message's own log line and, for malware, its quarantine entry). Read before the
+    // change, so that a state that fails afterwards cannot leave a suspension in force without it.
+    const strikes = await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window);
     // The lock in the lifecycle API is on disk before the local one is made (see Outbox.enqueue): a crash
     // in between must not leave the account blocked here and open in Zimbra.
     const lock: LifecycleJob = { op: 'suspend', account, reference: why.reference, rule: why.rule, article: why.article, summary: why.reason, by: why.by };
@@ -259,16 +263,19 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     });
     if (inForce && (inForce.action !== action || inForce.since !== suspension.since || inForce.reference !== suspension.reference)) return this.kept(account, inForce, suspension);
     this.deps.metrics.suspensions.labels(action, 'done').inc();
-    // The evidence the contract asks for: every strike behind the suspension, each with its incident
-    // reference (the message's own log line and, for malware, its quarantine entry).
-    const strikes = await this.deps.state.strikes(account, this.deps.policy().doc.strikes.window);
     const evidence = strikes.map((x) => ({ reference: x.reference, event: x.event, weight: x.weight, rule: x.rule, at: new Date(x.at).toISOString() }));
     await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total, strikes: evidence });
     this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
-    const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until }, strikes);
-    await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
-    await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
-    await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });
+    // In force and audited: what is left tells people about it. Its failure is logged, and the
+    // suspension is not reported as failed (a person would try it again; the ladder would give the step back).
+    try {
+      const n = await this.notice(account, why.reference, why.total ?? 0, why.article ?? '4.6', { until: why.until }, strikes);
+      await this.notifyHolder(account, suspensionMail(n, action === 'suspend_account'));
+      await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
+      await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });
+    } catch (err) {
+      this.deps.log.error({ event: 'notice_failed', account, action, reference: why.reference, err: (err as Error).message }, `${account} is suspended (${action}), but its notices could not be queued`);
+    }
     await this.refreshGauge();
     return suspension;
   }

@@ -264,8 +264,10 @@ export class RedisEnforcementState implements EnforcementState {
   async setSuspension(account: string, s: Suspension, opts: { update?: boolean } = {}): Promise<Suspension | undefined> {
     const ttl = s.until ? String(Math.max(1, s.until - Date.now())) : '';
     const member = (name: string, value: string) => `${JSON.stringify(name)}:${JSON.stringify(value)}`;
+    // Listed first: a failure between the two must not leave a suspension in force that no list shows.
+    // One listed without a suspension is dropped from the list when it is next read (suspendedAccounts).
+    await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
     const inForce = await this.r.douaneSetSuspension(this.k('suspended', account), JSON.stringify(s), member('action', s.action), member('reference', s.reference), ttl, opts.update ? '1' : '');
-    if (inForce) await this.r.sadd(`${this.prefix}:suspended-set`, account.toLowerCase());
     return inForce ? (JSON.parse(inForce) as Suspension) : undefined;
   }
 

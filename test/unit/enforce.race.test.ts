@@ -97,6 +97,33 @@ describe('enforcement races', () => {
     expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000006' });
   });
 
+  it('a state or an outbox that fails once the suspension is made: it stays in force, audited with its evidence', async () => {
+    const { readFileSync } = await import('node:fs');
+    let changed = false;
+    class FailsAfterTheChange extends MemoryEnforcementState {
+      override async setSuspension(account: string, s: Suspension, opts?: { update?: boolean }) {
+        const inForce = await super.setSuspension(account, s, opts);
+        changed = true;
+        return inForce;
+      }
+      override async strikes(account: string, windowMs: number) {
+        if (changed) throw new Error('Command timed out'); // a Redis blip, right after the write
+        return super.strikes(account, windowMs);
+      }
+    }
+    const state = new FailsAfterTheChange();
+    const dir = mkdtempSync(join(tmpdir(), 'douane-race-'));
+    const made = enforcement({ dir, state, lifecycle: zimbraLike().api, policy, deadlineMs: 2000 });
+    outboxes.push(made.outbox);
+    const enqueue = made.outbox.enqueue.bind(made.outbox);
+    made.outbox.enqueue = ((kind: Parameters<typeof enqueue>[0], ...rest: unknown[]) => (kind === 'lifecycle' ? enqueue(kind, ...(rest as [never])) : Promise.reject(new Error('ENOSPC: no space left on device')))) as typeof enqueue;
+    await made.enforcer.record(strike(1, 3));
+    await made.enforcer.suspend('victim@x.test', 'suspend_sending', { by: 'cli:ops', reference: 'D-000009', reason: 'phishing complaint' });
+    expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-000009' });
+    const audited = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(audited.find((e) => e.action === 'suspend_sending')).toMatchObject({ reference: 'D-000009', strikes: [{ reference: 'D-000001', event: 'bulk' }] });
+  });
+
   it('reinstated on one instance while the other is locking: the account ends unlocked', async () => {
     const state = new MemoryEnforcementState();
     const zimbra = zimbraLike(300);
