@@ -486,6 +486,8 @@ export class MemoryEnforcementState implements EnforcementState {
   }
 }
 
+const EMPTY_SNAPSHOT: Snapshot = { strikes: [], claims: [], accounts: [], suspensionTimes: [], breaker: { open: false } };
+
 interface Snapshot {
   strikes: [string, StrikeRecord[]][];
   claims: [string, number][];
@@ -517,28 +519,28 @@ export class FileEnforcementState extends MemoryEnforcementState {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    if (text === undefined) return;
+    if (text === undefined) {
+      this.saved = JSON.stringify(this.snapshot());
+      return;
+    }
     try {
-      const snap = JSON.parse(text) as Snapshot;
-      for (const [k, v] of snap.strikes) this.strikeLists.set(k, v);
-      for (const [k, v] of snap.claims) this.claims.set(k, v);
-      for (const [k, v] of snap.accounts) this.accounts.set(k, v);
-      this.suspensionTimes = snap.suspensionTimes;
-      this.breakerState = snap.breaker;
-      for (const a of snap.locksHeld ?? []) this.locksHeld.add(a);
-      for (const [k, v] of snap.owners ?? []) this.owners.set(k, v);
+      this.restore(JSON.parse(text) as Snapshot);
+      this.saved = text;
     } catch (err) {
       // Keep the damaged file for a person (the audit trail has every suspension) and start empty.
       const aside = `${file}.unreadable-${Date.now()}`;
       renameSync(file, aside);
       onUnreadable(`${file} could not be read (${(err as Error).message}); kept as ${aside}`);
+      this.restore(EMPTY_SNAPSHOT);
+      this.saved = JSON.stringify(this.snapshot());
     }
   }
 
-  private save(): void {
-    // The file holds what is in force, not its history (the audit trail has that): it stays small.
-    this.prune();
-    const snap: Snapshot = {
+  /** What the file holds now: a change that could not be written is taken back to it. */
+  private saved = '';
+
+  private snapshot(): Snapshot {
+    return {
       strikes: [...this.strikeLists],
       claims: [...this.claims],
       accounts: [...this.accounts],
@@ -547,18 +549,50 @@ export class FileEnforcementState extends MemoryEnforcementState {
       locksHeld: [...this.locksHeld],
       owners: [...this.owners],
     };
-    mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
-    const tmp = `${this.file}.part`;
-    // Flushed to the disk before it replaces the old file: after a power cut the file is the old one or
-    // the new one, never empty (an empty file would be set aside and every suspension forgotten).
-    const fd = openSync(tmp, 'w', 0o600);
+  }
+
+  private restore(snap: Snapshot): void {
+    this.strikeLists.clear();
+    this.claims.clear();
+    this.accounts.clear();
+    this.locksHeld.clear();
+    this.owners.clear();
+    for (const [k, v] of snap.strikes) this.strikeLists.set(k, v);
+    for (const [k, v] of snap.claims) this.claims.set(k, v);
+    for (const [k, v] of snap.accounts) this.accounts.set(k, v);
+    this.suspensionTimes = snap.suspensionTimes;
+    this.breakerState = snap.breaker;
+    for (const a of snap.locksHeld ?? []) this.locksHeld.add(a);
+    for (const [k, v] of snap.owners ?? []) this.owners.set(k, v);
+  }
+
+  /**
+   * Writes the change just made in memory. If it cannot be written (a full disk), memory is taken back
+   * to what the file holds and the error thrown: a suspension in force in this process only would be
+   * gone at the next start, and its lifecycle job is dropped with it (see Enforcer.changeThen).
+   */
+  private save(): void {
+    // The file holds what is in force, not its history (the audit trail has that): it stays small.
+    this.prune();
+    const text = JSON.stringify(this.snapshot());
     try {
-      writeSync(fd, JSON.stringify(snap));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+      mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
+      const tmp = `${this.file}.part`;
+      // Flushed to the disk before it replaces the old file: after a power cut the file is the old one or
+      // the new one, never empty (an empty file would be set aside and every suspension forgotten).
+      const fd = openSync(tmp, 'w', 0o600);
+      try {
+        writeSync(fd, text);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(tmp, this.file);
+    } catch (err) {
+      this.restore(JSON.parse(this.saved) as Snapshot);
+      throw err;
     }
-    renameSync(tmp, this.file);
+    this.saved = text;
   }
 
   override async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {

@@ -9,6 +9,27 @@ import { FileEnforcementState } from '../../src/enforce/state.js';
 const HOUR = 3_600_000;
 
 describe('enforcement state in a file (one instance, no Redis)', () => {
+  it('a change that cannot be written is not kept in memory either: what is in force is what the file says', async () => {
+    const { rmSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
+    const file = join(dir, 'state', 'enforcement.json');
+    const state = new FileEnforcementState(file);
+    await state.addStrike('a@x.test', { id: 's1', event: 'malware', weight: 10, at: Date.now(), reference: 'D-AAAAAA' }, HOUR);
+    // The directory is gone and a file stands in its place: no write can succeed (as with a full disk).
+    rmSync(join(dir, 'state'), { recursive: true });
+    writeFileSync(join(dir, 'state'), 'in the way');
+    await expect(state.setSuspension('a@x.test', { since: Date.now(), action: 'suspend_account', reason: 'r', reference: 'D-BBBBBB', by: 'douane' })).rejects.toThrow(/EEXIST|ENOTDIR/);
+    expect(await state.account('a@x.test')).toEqual({});
+    await expect(state.addStrike('a@x.test', { id: 's2', event: 'malware', weight: 10, at: Date.now(), reference: 'D-CCCCCC' }, HOUR)).rejects.toThrow();
+    expect((await state.strikes('a@x.test', HOUR)).map((s) => s.id)).toEqual(['s1']);
+    // The disk is back: the next change is written, with what was in force before it.
+    rmSync(join(dir, 'state'));
+    await state.setBreaker({ open: true, since: Date.now(), reason: 'r' });
+    const again = new FileEnforcementState(file);
+    expect((await again.strikes('a@x.test', HOUR)).map((s) => s.id)).toEqual(['s1']);
+    expect(await again.account('a@x.test')).toEqual({});
+  });
+
   it('a suspension, strikes, claims, a pending approval and the breaker outlive the process', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
     const file = join(dir, 'state', 'enforcement.json');
