@@ -55,7 +55,7 @@ export interface AccountLookup {
 
 export interface AccountStatusPort {
   lookup(account: string): Promise<AccountLookup>;
-  /** the account an address is already known to belong to (see canonical), without asking: else the address */
+  /** the account an address is already known to belong to (see canonical), without waiting: else the address, found out for the next time */
   known(address: string): string;
 }
 
@@ -71,6 +71,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private readonly owners = new Map<string, string>();
   /** addresses whose kept owner this process removed (asked once, not at every lookup) */
   private readonly ownerForgotten = new Set<string>();
+  /** addresses whose account is being found out in the background (see known) */
+  private readonly learning = new Set<string>();
 
   constructor(
     private readonly deps: {
@@ -407,7 +409,18 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   }
 
   known(address: string): string {
-    return this.owners.get(address) ?? address;
+    const owner = this.owners.get(address);
+    if (owner !== undefined) return owner;
+    // Not known here (after a restart, on another instance, an alias its holder never logs in with):
+    // found out in the background (the API, or the owner kept in the shared state), so that the next
+    // attempt counts against the account. One lookup at a time per address, and a bounded number at once.
+    if (this.deps.lifecycle && !this.learning.has(address) && this.learning.size < MAX_LEARNING) {
+      this.learning.add(address);
+      void this.canonical(address)
+        .catch(() => undefined)
+        .finally(() => this.learning.delete(address));
+    }
+    return address;
   }
 
   /** Asks the lifecycle API whose address this is, and remembers the answer. */
@@ -572,6 +585,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 }
 
 /** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
+/** Background lookups of whose an address is (see known) at once, at most. */
+const MAX_LEARNING = 100;
 /** Addresses whose account is remembered (see canonical). */
 const MAX_OWNERS = 100_000;
 

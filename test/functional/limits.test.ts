@@ -700,6 +700,21 @@ describe('brute force and sudden volume', () => {
       // Four failures, one account (the limit is 3): blocked under any spelling.
       for (const login of ['roomy@example.test', 'roomy.alias@example.test', 'roomy', 'ROOMY.alias@example.test']) expect(await attempt(login, 'wrong')).toMatch(/^535 5\.7\.8/);
       expect(await attempt('roomy', 'secret')).toMatch(/^454 4\.7\.0 Too many failed logins/);
+
+      // Spellings nobody has logged in with: the first failure of each teaches whose it is, and the
+      // account's budget is spent once, not once per spelling.
+      zimbra.addAccount({ name: 'quiet@example.test', aliases: ['quiet.alias@example.test', 'q2@example.test'] });
+      const replies: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        for (const login of ['quiet.alias@example.test', 'q2@example.test', 'quiet']) {
+          replies.push(await attempt(login, 'wrong'));
+          // The lookup in the background, before the next round relies on it.
+          if (round === 0) await gw.waitForLog((l) => l.event === 'account_resolved' && l.login === login);
+        }
+      }
+      // One failure per spelling before it is known, then the account's four: the rest are refused.
+      expect(replies.filter((r) => r.startsWith('535'))).toHaveLength(3 + 4);
+      expect(replies.slice(7).every((r) => /^454 4\.7\.0 Too many failed logins/.test(r))).toBe(true);
     } finally {
       await zimbra.stop();
     }
