@@ -591,6 +591,7 @@ export class Gateway {
     }
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;
+      this.enforcer.learn(comparableAddress(username));
       const counted = (await attempt?.settle('failed')) ?? { accountBlockedNow: false, failures: 0 };
       if (counted.accountBlockedNow) await this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;

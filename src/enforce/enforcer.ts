@@ -55,7 +55,7 @@ export interface AccountLookup {
 
 export interface AccountStatusPort {
   lookup(account: string): Promise<AccountLookup>;
-  /** the account an address is already known to belong to (see canonical), without waiting: else the address, found out for the next time */
+  /** the account an address is already known to belong to (see canonical), without asking: else the address */
   known(address: string): string;
 }
 
@@ -409,18 +409,21 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   }
 
   known(address: string): string {
-    const owner = this.owners.get(address);
-    if (owner !== undefined) return owner;
-    // Not known here (after a restart, on another instance, an alias its holder never logs in with):
-    // found out in the background (the API, or the owner kept in the shared state), so that the next
-    // attempt counts against the account. One lookup at a time per address, and a bounded number at once.
-    if (this.deps.lifecycle && !this.learning.has(address) && this.learning.size < MAX_LEARNING) {
-      this.learning.add(address);
-      void this.canonical(address)
-        .catch(() => undefined)
-        .finally(() => this.learning.delete(address));
-    }
-    return address;
+    return this.owners.get(address) ?? address;
+  }
+
+  /**
+   * A login failed under an address not known here (after a restart, on another instance, an alias its
+   * holder never logs in with): whose it is is found out in the background (the API, or the owner kept
+   * in the shared state), so that the next attempt counts against the account, not the spelling. One
+   * lookup at a time per address, and a bounded number at once.
+   */
+  learn(address: string): void {
+    if (!this.deps.lifecycle || this.owners.has(address) || this.learning.has(address) || this.learning.size >= MAX_LEARNING) return;
+    this.learning.add(address);
+    void this.canonical(address)
+      .catch(() => undefined)
+      .finally(() => this.learning.delete(address));
   }
 
   /** Asks the lifecycle API whose address this is, and remembers the answer. */
