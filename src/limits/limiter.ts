@@ -157,6 +157,8 @@ export interface MessageCount {
 export class Limiter implements LimiterPort {
   private readonly limiters = new Map<string, RateLimiterAbstract>();
   private readonly counters = new Map<string, Counter>();
+  /** the in-memory storage of each brute-force limiter, by key prefix (see sharingMemory) */
+  private readonly memoryStores = new Map<string, unknown>();
   private readonly structures: Structures;
   private readonly now: () => number;
   private insuranceUses = 0;
@@ -196,6 +198,20 @@ export class Limiter implements LimiterPort {
     return c;
   }
 
+  /**
+   * A reload that changes a brute-force limit makes a new limiter: in memory, it takes over the counts
+   * and blocks of the one before (Redis keeps them under the same keys), or tightening the limits during
+   * an attack would unblock the attacker. rate-limiter-flexible keeps a memory limiter's counts in its
+   * _memoryStorage; the test of this behaviour fails should that change.
+   */
+  private sharingMemory<T extends RateLimiterMemory>(keyPrefix: string, limiter: T): T {
+    const own = limiter as unknown as { _memoryStorage?: unknown };
+    const shared = this.memoryStores.get(keyPrefix);
+    if (shared !== undefined && own._memoryStorage !== undefined) own._memoryStorage = shared;
+    else this.memoryStores.set(keyPrefix, own._memoryStorage);
+    return limiter;
+  }
+
   /** Runs `call` on Redis, or on the insurance when Redis fails; says which store answered. */
   private async onStore<T>(counter: Counter, name: string, call: (l: RateLimiterAbstract) => Promise<T>): Promise<{ value: T; store: RateLimiterAbstract }> {
     try {
@@ -214,15 +230,18 @@ export class Limiter implements LimiterPort {
     if (l) return l;
     const keyPrefix = `${this.opts.keyPrefix}:${name}`;
     const base = { keyPrefix, points, duration, blockDuration };
-    if (!this.opts.redis) l = new RateLimiterMemory(base);
+    if (!this.opts.redis) l = this.sharingMemory(keyPrefix, new RateLimiterMemory(base));
     else {
       const insurance =
         this.opts.onFailure === 'insurance'
-          ? new CountingInsurance(base, () => {
-              this.insuranceUses++;
-              this.opts.metrics.limiterInsurance.labels(name).inc();
-              this.opts.metrics.redisErrors.labels('command').inc();
-            })
+          ? this.sharingMemory(
+              keyPrefix,
+              new CountingInsurance(base, () => {
+                this.insuranceUses++;
+                this.opts.metrics.limiterInsurance.labels(name).inc();
+                this.opts.metrics.redisErrors.labels('command').inc();
+              }),
+            )
           : undefined;
       l = new RateLimiterRedis({ ...base, storeClient: this.opts.redis, insuranceLimiter: insurance });
     }

@@ -56,6 +56,17 @@ describe('in-memory limits', () => {
     expect((await l.checkRecipient('b@x.test', halved, 'r10@y.test', 0)).facts.exceeded).toEqual(['recipients_per_hour']);
   });
 
+  it('a reload that changes the login limits keeps the failures counted and the blocks made', async () => {
+    const l = limiter();
+    const limits = (limit: number) => ({ failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit, window: 60_000, block: 600_000 } });
+    expect((await failUntilBlocked(l, '192.0.2.1', 'victim@x.test', limits(3))).tried).toBe(4);
+    // Tightened during the attack: still blocked, and another account's failures still count.
+    expect((await l.authAttempt('192.0.2.1', 'victim@x.test', limits(2))).blocked).toBe('account');
+    await (await l.authAttempt('192.0.2.1', 'other@x.test', limits(3))).settle('failed');
+    await (await l.authAttempt('192.0.2.1', 'other@x.test', limits(3))).settle('failed');
+    expect((await failUntilBlocked(l, '192.0.2.1', 'other@x.test', limits(2))).tried).toBe(1);
+  });
+
   it('a login attempt given back after its window ended credits nothing to the next window', async () => {
     const l = limiter();
     const limits = { failures_per_ip: { limit: 100, window: 1000, block: 0 }, failures_per_account: { limit: 2, window: 1000, block: 0 } };
