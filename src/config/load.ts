@@ -128,6 +128,15 @@ function crossChecks(config: Config): Issue[] {
     const other = sockets.slice(0, i).find((o) => o.port === s.port && overlap(o.address, s.address));
     if (other) issues.push({ path: s.path, message: `is already used by ${other.what} on ${other.address}:${other.port} (${s.address}:${s.port} overlaps it)` });
   });
+
+  // The upstream being one of Douane's own listeners: every message would go round until a hop limit.
+  const loopback = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
+  const reaches = (host: string, listenerAddress: string) => host === listenerAddress || (loopback(host) && (loopback(listenerAddress) || listenerAddress === '0.0.0.0' || listenerAddress === '::'));
+  for (const key of ['port', 'trusted_port'] as const) {
+    const port = config.upstream[key];
+    const own = Object.entries(config.listeners).find(([, l]) => l.port === port && port !== 0 && reaches(config.upstream.host, l.address));
+    if (own) issues.push({ path: ['upstream', key], message: `is ${port}, where listener "${own[0]}" listens: Douane would relay to itself (the upstream is the MTA behind it)` });
+  }
   return issues;
 }
 

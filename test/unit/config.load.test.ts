@@ -154,6 +154,13 @@ describe('configuration loading', () => {
     ]);
   });
 
+  it('refuses an upstream that is one of its own listeners', () => {
+    const text = 'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] } }\nupstream: { host: localhost, port: 587, trusted_port: 2525 }\n';
+    expect(problems(() => parse('t.yaml', text))).toEqual(['t.yaml:2:55: upstream.trusted_port is 2525, where listener "t" listens: Douane would relay to itself (the upstream is the MTA behind it)']);
+    // The same port on another host is another server.
+    expect(() => parse('t.yaml', text.replace('localhost', 'mta.internal'))).not.toThrow();
+  });
+
   it('requires an allow list on a trusted listener', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/trusted-without-allow.yaml', env: {} }))[0]).toMatch(
       /trusted-without-allow\.yaml:2:12: listeners\.trusted\.allow is required for a trusted listener/,
