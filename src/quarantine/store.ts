@@ -107,7 +107,14 @@ export class LocalQuarantine implements QuarantineStore {
   constructor(readonly dir: string) {}
 
   private init(): Promise<void> {
-    this.ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(() => undefined);
+    // A failure is not kept: the directory made (or the disk mended) later is used.
+    this.ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(
+      () => undefined,
+      (err: unknown) => {
+        this.ready = undefined;
+        throw err;
+      },
+    );
     return this.ready;
   }
 
