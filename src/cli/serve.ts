@@ -33,7 +33,7 @@ export async function serve(argv: string[]): Promise<number> {
   }
   // `douane serve my.yaml` would otherwise run on the embedded default and look as if it had worked.
   if (args.positional.length) throw new UsageError(`serve takes no argument "${args.positional[0]}"${args.positional[0]!.endsWith('.yaml') || args.positional[0]!.endsWith('.yml') ? ` (did you mean --config ${args.positional[0]}?)` : ''}`);
-  const loaded = loadConfig({ file: option(args, 'config'), files: true });
+  const loaded = loadConfig({ file: option(args, 'config'), files: true, writable: true });
   const { config } = loaded;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
   // Until serve returns, what libraries print goes to the log; the CLI's own messages after that (why

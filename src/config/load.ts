@@ -29,7 +29,11 @@ export interface LoadedConfig {
  * `files`: also check the files the configuration names (certificate, key, CA) as `serve` will use them.
  * Only serve and `config check` ask: the other commands run as people who may not read the TLS key.
  */
-export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined>; files?: boolean } = {}): LoadedConfig {
+/**
+ * files: check the files and directories named (serve, config check); writable: also that this user may
+ * write to its directories — only where this user is the one that will, serve itself.
+ */
+export function loadConfig(opts: { file?: string; env?: Record<string, string | undefined>; files?: boolean; writable?: boolean } = {}): LoadedConfig {
   const env = opts.env ?? process.env;
   const file = opts.file ?? env.DOUANE_CONFIG;
   if (!file) return parseConfig(EMBEDDED_NAME, EMBEDDED_DEFAULT, env, opts);
@@ -37,7 +41,7 @@ export function loadConfig(opts: { file?: string; env?: Record<string, string | 
 }
 
 /** Validates configuration text (named for error messages) with the environment's overrides applied. */
-export function parseConfig(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean } = {}): LoadedConfig {
+export function parseConfig(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean; writable?: boolean } = {}): LoadedConfig {
   const { source, value, problems } = YamlSource.parse(name, text);
   if (problems.length) throw new ValidationError(problems);
 
@@ -56,7 +60,7 @@ export function parseConfig(name: string, text: string, env: Record<string, stri
     throw new ValidationError(issues.map((issue) => locate(issue, source, applied)));
   }
   const pathIssues = resolvePaths(config, name === EMBEDDED_NAME ? process.cwd() : dirname(resolve(name)), applied);
-  const fileProblems = [...pathIssues, ...crossChecks(config), ...(opts.files && !pathIssues.length ? namedFileProblems(config) : [])].map((issue) => locate(issue, source, applied));
+  const fileProblems = [...pathIssues, ...crossChecks(config), ...(opts.files && !pathIssues.length ? namedFileProblems(config, Boolean(opts.writable)) : [])].map((issue) => locate(issue, source, applied));
   if (fileProblems.length) throw new ValidationError(fileProblems);
   return { config: deepFreeze(config), source: name, overrides: [...applied.values()] };
 }
@@ -141,7 +145,7 @@ function crossChecks(config: Config): Issue[] {
 }
 
 /** The files serve will read: the listeners' certificate and key, the upstream's CA. */
-function namedFileProblems(config: Config): Issue[] {
+function namedFileProblems(config: Config, writable: boolean): Issue[] {
   const issues: Issue[] = [];
   if (config.tls.cert && config.tls.key) issues.push(...certificateProblems(config.tls.cert, config.tls.key));
   const cas: [string | undefined, (string | number)[]][] = [
@@ -156,10 +160,10 @@ function namedFileProblems(config: Config): Issue[] {
     // A key or a YAML file given by mistake is accepted by TLS as "no CA": every peer would then fail.
     else if (!ca.toString('latin1').includes('-----BEGIN CERTIFICATE-----')) issues.push({ path, message: `${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)` });
   }
-  // Directories serve writes to, and creates if missing: a file in the way, or a directory this user
-  // cannot write to (a volume owned by root, a service user's missing rights), would stop it.
+  // Directories serve writes to, and creates if missing: a file in the way, or (checked by serve, the
+  // user that writes there) a directory it cannot write to: a volume owned by root, a service user's rights.
   for (const [dir, path] of [[config.state_dir, ['state_dir']], [config.spool.dir, ['spool', 'dir']]] as const) {
-    const problem = writableDirectoryProblem(dir);
+    const problem = directoryProblem(dir, writable);
     if (problem) issues.push({ path: [...path], message: problem });
   }
   try {
@@ -170,8 +174,8 @@ function namedFileProblems(config: Config): Issue[] {
   return issues;
 }
 
-/** Why `dir` could not be written to, or created, by this user; undefined when it can. */
-function writableDirectoryProblem(dir: string): string | undefined {
+/** Why `dir` could not be a directory (or, `writable`, be written to or created by this user); undefined when it can. */
+function directoryProblem(dir: string, writable: boolean): string | undefined {
   const wanted = resolve(dir);
   const user = (() => {
     try {
@@ -195,10 +199,11 @@ function writableDirectoryProblem(dir: string): string | undefined {
     }
     const made = at === wanted ? '' : `cannot be created: `;
     if (!isDirectory) return at === wanted ? `${dir} is a file, not a directory` : `${dir} ${made}${at} is a file`;
+    if (!writable) return undefined;
     try {
       accessSync(at, constants.W_OK | constants.X_OK);
     } catch {
-      return `${dir} ${made}${at === wanted ? 'it' : at} is not writable by ${user}, who runs this check (serve needs to write there)`;
+      return at === wanted ? `${dir} is not writable by ${user}, the user douane runs as` : `${dir} ${made}${at} is not writable by ${user}, the user douane runs as`;
     }
     return undefined;
   }
