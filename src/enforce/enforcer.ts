@@ -117,15 +117,19 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
     const total = await this.deps.state.addStrike(e.account, record, window);
     await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });
+    const seen = new Map<string, number>();
     for (const step of ladder) {
       if (total < step.at) break;
+      // Named by its action and how many steps of that action come before it, not by its place or its
+      // threshold: after a reload that adds or removes another step, or moves this one's threshold, a
+      // step already taken stays taken and a new one is not mistaken for it.
+      const nth = seen.get(step.action) ?? 0;
+      seen.set(step.action, nth + 1);
       // One instance takes each step once per window, however many strikes cross it at the same time.
       // The claim lasts the window only once the step is taken: while it is being taken it lasts a few
       // minutes, so that a step cut short by a crash is taken at the next strike after that, and a step
       // that failed gives its claim back at once.
-      // Named by what the step is, not where it stands: after a reload that adds or removes a step, a
-      // step already taken stays taken and a new one is not mistaken for it.
-      const key = claimKey('step', e.account, `${step.at}:${step.action}`);
+      const key = claimKey('step', e.account, `${step.action}#${nth}`);
       if (!(await this.deps.state.claim(key, STEP_IN_PROGRESS_MS))) continue;
       try {
         await this.takeStep(e, total, step, policy);

@@ -98,6 +98,20 @@ describe('strike ladder', () => {
     expect((await state.account('r@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
+  it('a reload that moves a step\'s threshold does not take the step again', async () => {
+    const { enforcer, strike, dir: stateDir, reload } = setup();
+    await enforcer.record(strike('m@x.test', 'spoofing', 3, 1));
+    await enforcer.record(strike('m@x.test', 'spoofing', 3, 2)); // 6: notify
+    const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const strikes = join(dir, 'strikes.yaml');
+    writeFileSync(strikes, readFileSync(strikes, 'utf8').replace('{ at: 5, action: notify', '{ at: 4, action: notify'));
+    reload(dir);
+    await enforcer.record(strike('m@x.test', 'spoofing', 3, 3)); // 9
+    const actions = readFileSync(join(stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+    expect(actions.filter((a) => a === 'notify')).toHaveLength(1);
+  });
+
   it('sending suspended by a person until further notice is not shortened by the ladder\'s day', async () => {
     let t = Date.parse('2026-11-02T08:00:00Z');
     const { enforcer, state, strike, dir } = setup({}, () => t);

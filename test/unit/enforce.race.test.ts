@@ -79,7 +79,7 @@ describe('enforcement races', () => {
     let reinstateNow: (() => Promise<void>) | undefined;
     class ReinstatedMidStep extends MemoryEnforcementState {
       override async holdClaim(key: string, ttlMs: number) {
-        if (key.endsWith(':suspend_account') && reinstateNow) {
+        if (key.endsWith(':suspend_account#0') && reinstateNow) {
           const reinstate = reinstateNow;
           reinstateNow = undefined;
           await reinstate();
