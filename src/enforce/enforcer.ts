@@ -333,7 +333,14 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     await this.deps.audit.append({ action: 'approve', actor: by, account, reference: pending.reference, suspend: pending.action });
     // A suspension "for a day" lasts a day from when it takes effect, however long it waited for a person.
     const until = pending.until === undefined ? undefined : this.now() + (pending.until - pending.at);
-    return this.suspend(account, pending.action, { by, reference: pending.reference, reason: `${pending.reason} (approved by ${by})`, until, total: pending.total });
+    const inForce = await this.suspend(account, pending.action, { by, reference: pending.reference, reason: `${pending.reason} (approved by ${by})`, until, total: pending.total });
+    // A stronger or longer suspension in force was kept: the approval is done all the same, and the
+    // account no longer waits for one.
+    if ((await this.deps.state.account(account)).pending?.reference === pending.reference) {
+      await this.deps.state.setPending(account, undefined);
+      await this.deps.audit.append({ action: 'pending_superseded', actor: by, account, reference: pending.reference, kept: inForce.action });
+    }
+    return inForce;
   }
 
   async resetBreaker(by: string): Promise<void> {

@@ -98,6 +98,15 @@ describe('strike ladder', () => {
     expect((await state.account('r@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-000003' });
   });
 
+  it('approving a suspension weaker than the one in force keeps that one, and the account no longer waits', async () => {
+    const { enforcer, state } = setup({ approval: true });
+    await enforcer.suspend('w@x.test', 'suspend_account', { by: 'cli:ops', reference: 'D-LOCKED', reason: 'compromised' });
+    await state.setPending('w@x.test', { action: 'suspend_sending', at: Date.now(), until: Date.now() + 86_400_000, total: 20, reference: 'D-PENDNG', reason: 'strike total 20 reached 20' });
+    expect(await enforcer.approve('w@x.test', 'cli:lead')).toMatchObject({ action: 'suspend_account', reference: 'D-LOCKED' });
+    expect(await state.pendingAccounts()).toEqual([]);
+    expect((await state.account('w@x.test')).suspension).toMatchObject({ action: 'suspend_account' });
+  });
+
   it('a reload that moves a step\'s threshold does not take the step again', async () => {
     const { enforcer, strike, dir: stateDir, reload } = setup();
     await enforcer.record(strike('m@x.test', 'spoofing', 3, 1));
