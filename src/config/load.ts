@@ -3,7 +3,8 @@
 // environment variable it came from.
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
-import { userInfo } from 'node:os';
+import { networkInterfaces, userInfo } from 'node:os';
+import { isIPv4 } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
@@ -134,8 +135,13 @@ function crossChecks(config: Config): Issue[] {
   });
 
   // The upstream being one of Douane's own listeners: every message would go round until a hop limit.
-  const loopback = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
-  const reaches = (host: string, listenerAddress: string) => host === listenerAddress || (loopback(host) && (loopback(listenerAddress) || listenerAddress === '0.0.0.0' || listenerAddress === '::'));
+  // The address itself, or a wildcard listener that takes it: 0.0.0.0 any IPv4 address of this machine,
+  // :: any address of it (IPv4 too, on Linux by default). localhost is either loopback address; another
+  // host name is not looked up here.
+  const local = (address: string) => /^127\./.test(address) || address === '::1' || Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === address));
+  const takes = (listenerAddress: string, address: string) =>
+    listenerAddress === address || (local(address) && (listenerAddress === '::' || (listenerAddress === '0.0.0.0' && isIPv4(address))));
+  const reaches = (host: string, listenerAddress: string) => (host === 'localhost' ? ['127.0.0.1', '::1'] : [host]).some((a) => takes(listenerAddress, a));
   for (const key of ['port', 'trusted_port'] as const) {
     const port = config.upstream[key];
     const own = Object.entries(config.listeners).find(([, l]) => l.port === port && port !== 0 && reaches(config.upstream.host, l.address));

@@ -159,6 +159,12 @@ describe('configuration loading', () => {
     expect(problems(() => parse('t.yaml', text))).toEqual(['t.yaml:2:55: upstream.trusted_port is 2525, where listener "t" listens: Douane would relay to itself (the upstream is the MTA behind it)']);
     // The same port on another host is another server.
     expect(() => parse('t.yaml', text.replace('localhost', 'mta.internal'))).not.toThrow();
+    // Another loopback address, or the other family, is another socket; a wildcard takes its own family.
+    expect(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: 127.0.0.2').replace('localhost', '127.0.0.1'))).not.toThrow();
+    expect(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: "::1"').replace('localhost', '127.0.0.1'))).not.toThrow();
+    expect(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: 0.0.0.0').replace('localhost', '"::1"'))).not.toThrow();
+    expect(problems(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: 0.0.0.0').replace('localhost', '127.0.0.1')))[0]).toMatch(/relay to itself/);
+    expect(problems(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: "::"').replace('localhost', '127.0.0.1')))[0]).toMatch(/relay to itself/);
   });
 
   it('requires an allow list on a trusted listener', () => {
