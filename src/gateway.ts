@@ -141,7 +141,10 @@ export class Gateway {
       maxDelayMs: e.outbox.retry_max,
       metrics: this.metrics,
       log: this.log,
-      onFailed: (job, err) => void this.audit.append({ action: 'outbox_failed', actor: 'douane', job: job.id, kind: job.kind, attempts: job.attempts, error: err.message, payload: job.kind === 'lifecycle' ? job.payload : undefined }),
+      onFailed: (job, err) =>
+        void this.audit
+          .append({ action: 'outbox_failed', actor: 'douane', job: job.id, kind: job.kind, attempts: job.attempts, error: err.message, payload: job.kind === 'lifecycle' ? job.payload : undefined })
+          .catch((e: Error) => this.log.error({ event: 'audit_failed', action: 'outbox_failed', job: job.id, err: e.message }, 'could not write to the audit trail')),
     });
     enforcer = new Enforcer({
       state: enforcementState,

@@ -4,8 +4,10 @@
 // messages, counters, signatures and rules behind it. Each instance writes its own file; ship them to
 // the SIEM (or use the webhook) to see every instance's together.
 
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { appendFile, mkdir, open } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { createInterface } from 'node:readline';
 
 export interface AuditEntry {
   at: string;
@@ -19,39 +21,76 @@ export interface AuditEntry {
 
 export class AuditLog {
   private ready: Promise<void> | undefined;
+  /** whether the file is known to end with a complete line: unknown at first, and after a failed write */
+  private endsWithLine = false;
 
   constructor(readonly path: string) {}
 
   async append(entry: Omit<AuditEntry, 'at'> & { at?: string }): Promise<void> {
-    this.ready ??= mkdir(dirname(this.path), { recursive: true, mode: 0o700 }).then(() => undefined);
+    // A failure is not kept: the directory made (or the disk mended) later is used.
+    this.ready ??= mkdir(dirname(this.path), { recursive: true, mode: 0o700 }).then(
+      () => undefined,
+      (err: unknown) => {
+        this.ready = undefined;
+        throw err;
+      },
+    );
     await this.ready;
-    const line = JSON.stringify({ at: entry.at ?? new Date().toISOString(), ...entry }) + '\n';
+    let line = JSON.stringify({ at: entry.at ?? new Date().toISOString(), ...entry }) + '\n';
+    // A line cut short before (a crash mid-write, a full disk) would swallow this entry: it starts afresh.
+    if (!this.endsWithLine && !(await this.endsWithNewline())) line = '\n' + line;
+    this.endsWithLine = false;
     // One write call per entry with O_APPEND: concurrent writers never interleave within a line.
     await appendFile(this.path, line, { mode: 0o600, flag: 'a' });
+    this.endsWithLine = true;
   }
 
-  async read(filter: (e: AuditEntry) => boolean = () => true): Promise<AuditEntry[]> {
-    let text: string;
+  private async endsWithNewline(): Promise<boolean> {
+    let file;
     try {
-      text = await readFile(this.path, 'utf8');
+      file = await open(this.path, 'r');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
       throw err;
     }
+    try {
+      const { size } = await file.stat();
+      if (size === 0) return true;
+      const last = Buffer.alloc(1);
+      await file.read(last, 0, 1, size - 1);
+      return last[0] === 0x0a;
+    } finally {
+      await file.close();
+    }
+  }
+
+  /**
+   * The entries `filter` keeps, read line by line: the trail only grows, and read whole it would hold
+   * the process (the admin endpoint serves this) and its memory for as long as it takes.
+   */
+  async read(filter: (e: AuditEntry) => boolean = () => true): Promise<AuditEntry[]> {
+    const input = createReadStream(this.path, { encoding: 'utf8' });
+    const opened = new Promise<boolean>((resolve, reject) => {
+      input.once('open', () => resolve(true));
+      input.once('error', (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? resolve(false) : reject(err)));
+    });
+    if (!(await opened)) return [];
     const out: AuditEntry[] = [];
-    text.split('\n').forEach((line, i) => {
-      if (!line.trim()) return;
+    let n = 0;
+    for await (const line of createInterface({ input, crlfDelay: Infinity })) {
+      n++;
+      if (!line.trim()) continue;
       let entry: AuditEntry;
       try {
         entry = JSON.parse(line) as AuditEntry;
       } catch {
         // A line cut short (a crash mid-write, a full disk) or altered: the rest of the trail still reads,
         // and the damage is shown to whoever reads it, whatever they asked for, rather than skipped.
-        out.push({ at: '', action: 'unreadable_line', actor: 'audit', file: this.path, line: i + 1, text: line.slice(0, 200) });
-        return;
+        out.push({ at: '', action: 'unreadable_line', actor: 'audit', file: this.path, line: n, text: line.slice(0, 200) });
+        continue;
       }
       if (filter(entry)) out.push(entry);
-    });
+    }
     return out;
   }
 }

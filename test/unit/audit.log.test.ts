@@ -25,4 +25,24 @@ describe('audit log', () => {
     expect(entries.map((e) => e.action)).toEqual(['strike', 'unreadable_line', 'reinstate']);
     expect(entries[1]).toMatchObject({ line: 2, file: log.path, text: '{"at":"2026-11-27T10:00:00.000Z","action":"suspend_sen' });
   });
+
+  it('an entry written after a line cut short (a crash mid-write) starts a line of its own', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'douane-audit-')), 'audit.log');
+    await new AuditLog(path).append({ action: 'strike', actor: 'douane', account: 'a@x.test' });
+    appendFileSync(path, '{"at":"2026-11-27T10:00:00.000Z","action":"suspend_sen');
+    // The next process to write: its entry must not be glued to the damaged line.
+    await new AuditLog(path).append({ action: 'release', actor: 'cli:lead', account: 'a@x.test' });
+    expect((await new AuditLog(path).read()).map((e) => e.action)).toEqual(['strike', 'unreadable_line', 'release']);
+  });
+
+  it('a directory that could not be made is tried again at the next entry', async () => {
+    const { rmSync, writeFileSync } = await import('node:fs');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-audit-'));
+    writeFileSync(join(dir, 'audit'), 'in the way');
+    const log = new AuditLog(join(dir, 'audit', 'audit.log'));
+    await expect(log.append({ action: 'strike', actor: 'douane' })).rejects.toThrow();
+    rmSync(join(dir, 'audit'));
+    await log.append({ action: 'strike', actor: 'douane' });
+    expect(await log.read()).toHaveLength(1);
+  });
 });
