@@ -3,7 +3,9 @@
 // entry is claimed first and read again under the claim (two people releasing at once do not deliver it
 // twice), marked released after the upstream's 250, and the release is audited. When the message went out
 // whole and no answer came (a timeout, a dropped connection), the upstream may have queued it: the entry
-// is marked in doubt and audited so, and is not sent again without --force.
+// is marked in doubt and audited so, and is not sent again without --force. The entry is marked in doubt
+// before the message goes out, so that a release killed mid-way, or whose outcome cannot be written,
+// leaves it so too. A recipient the upstream defers stops the release: nothing is sent, it is tried later.
 
 import type { AuditLog } from '../audit/log.js';
 import { envelopeParams } from '../upstream/params.js';
@@ -41,6 +43,8 @@ export async function releaseMessage(
     }
     const offers = (extension: string) => client!.supports(extension);
     const refused: string[] = [];
+    const deferred: string[] = [];
+    let marked = false;
     let reply: SmtpReply;
     try {
       const mail = await client.mail(meta.sender, envelopeParams('mail', meta.mailParams ?? {}, offers).params);
@@ -48,25 +52,49 @@ export async function releaseMessage(
       for (const r of meta.recipients) {
         const answer = await client.rcpt(r, envelopeParams('rcpt', meta.recipientParams?.[r] ?? {}, offers).params);
         // 251 forwarded, 252 cannot verify but will try: accepted, as in a client's own transaction.
-        if (answer.code < 200 || answer.code >= 300) refused.push(`${r}: ${formatReply(answer)}`);
+        if (answer.code >= 400 && answer.code < 500) deferred.push(`${r}: ${formatReply(answer)}`);
+        else if (answer.code < 200 || answer.code >= 300) refused.push(`${r}: ${formatReply(answer)}`);
       }
+      // A recipient the upstream defers (greylisting, a full queue) would be dropped for good with the
+      // entry marked released: nothing is sent, and the release is tried again later, whole.
+      if (deferred.length) throw new ReleaseError(`upstream deferred ${deferred.join('; ')}; nothing was released, try again later`);
       if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
+      // In doubt until the upstream's answer is recorded: a release killed from here on (^C, a crash, a
+      // reboot), or whose record cannot be written, may have delivered the message, and the entry says so.
+      try {
+        await store.update({ ...meta, releaseInDoubt: { at: new Date().toISOString(), by: opts.by, error: 'the release was interrupted before the upstream answer was recorded' } });
+      } catch (err) {
+        throw new ReleaseError(`could not mark ${id} as being released (${(err as Error).message}); nothing was released`);
+      }
+      marked = true;
       reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));
     } catch (err) {
+      // Nothing went out: the entry is as it was.
+      if (!sent && marked) await store.update(meta).catch(() => undefined);
       if (err instanceof ReleaseError) throw err;
       const error = (err as Error).message;
       if (!sent) throw new ReleaseError(`the upstream at ${upstream} failed before the message went out (${error}); nothing was released, try again later`);
       const releaseInDoubt = { at: new Date().toISOString(), by: opts.by, error };
-      await store.update({ ...meta, releaseInDoubt });
+      await store.update({ ...meta, releaseInDoubt }).catch(() => undefined);
       await opts.audit.append({ action: 'release_in_doubt', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, error });
       throw new ReleaseError(`${id} went to the upstream whole, but no answer came (${error}): it may have been delivered. Look for it in the upstream's log before sending it again with --force`);
     }
-    if (reply.code !== 250) throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+    if (reply.code !== 250) {
+      await store.update(meta).catch(() => undefined);
+      throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+    }
     // Accepted: from here on a failure (writing the entry, the audit) is no doubt about the delivery.
     const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };
     delete released.releaseInDoubt;
-    await store.update(released);
-    await opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
+    const audit = () => opts.audit.append({ action: 'release', actor: opts.by, account: meta.account, reference: meta.reference, quarantine_id: id, recipients: meta.recipients, ...(refused.length ? { refused } : {}), upstream: formatReply(reply), rule: meta.rule, signature: meta.signature });
+    try {
+      await store.update(released);
+    } catch (err) {
+      // The entry still says "in doubt", so it is not sent again without --force; the person is told why.
+      await audit().catch(() => undefined);
+      throw new ReleaseError(`${id} was delivered (${formatReply(reply)}), but that could not be recorded in the entry (${(err as Error).message}): do not release it again`);
+    }
+    await audit();
     return released;
   } finally {
     await client?.quit();

@@ -52,6 +52,40 @@ describe('quarantine release', () => {
     expect(upstream.messages).toHaveLength(2);
   });
 
+  it('a release whose outcome cannot be recorded, or that is cut short, leaves the entry in doubt: not sent again without --force', async () => {
+    upstream = await FakeUpstream.start();
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL012');
+    // The disk fills once the message is out: the first write (the mark) works, the second (the outcome) fails.
+    let writes = 0;
+    const full = Object.assign(Object.create(store) as LocalQuarantine, {
+      update: async (m: typeof meta) => {
+        if (++writes === 2) throw new Error('ENOSPC: no space left on device');
+        return store.update(m);
+      },
+    });
+    await expect(releaseMessage(full, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/was delivered \(250 .*\), but that could not be recorded .*do not release it again/);
+    expect(upstream.messages).toHaveLength(1);
+    // As after a release killed before the upstream's answer was recorded: in doubt.
+    expect((await store.get(meta.id))!.releaseInDoubt).toMatchObject({ by: 'cli:alice', error: expect.stringMatching(/interrupted/) });
+    await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:bob', audit })).rejects.toThrow(/may already have been delivered/);
+    expect(upstream.messages).toHaveLength(1);
+    expect((await audit.read()).map((e) => e.action)).toEqual(['release']);
+  });
+
+  it('a recipient the upstream defers stops the release: nothing is sent, and a later release delivers to everyone', async () => {
+    let greylisting = true;
+    upstream = await FakeUpstream.start({ rcpt: (to) => (greylisting && to === 'carol@example.net' ? '451 4.7.1 Greylisted, try again later' : undefined) });
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL013');
+    const entry = { ...meta, recipients: ['bob@example.net', 'carol@example.net'] };
+    await store.update(entry);
+    await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/upstream deferred carol@example\.net: 451 4\.7\.1 Greylisted.*nothing was released, try again later/);
+    expect(upstream.messages).toHaveLength(0);
+    expect(await store.get(meta.id)).toEqual(entry);
+    greylisting = false;
+    await releaseMessage(store, meta.id, { endpoint, by: 'cli:alice', audit });
+    expect(upstream.messages.map((m) => m.to)).toEqual([['bob@example.net', 'carol@example.net']]);
+  });
+
   it('two releases at once deliver once: the second reads the entry again under its claim', async () => {
     upstream = await FakeUpstream.start();
     const { store, audit, meta, endpoint, auditLines } = await kept(upstream, 'D-REL003');
