@@ -5,7 +5,7 @@
 // file system); another backend (object storage) implements the same five operations.
 
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -101,6 +101,16 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/** fsync of a file, or of a directory (its entries: a rename made durable). */
+async function syncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 export class LocalQuarantine implements QuarantineStore {
   private ready: Promise<void> | undefined;
 
@@ -136,12 +146,34 @@ export class LocalQuarantine implements QuarantineStore {
       }
     }
     const full: QuarantineMeta = { id, ...meta };
+    // On the disk before the client is told "refused" (for good: it will not send it again), and nothing
+    // left behind when it cannot be (a full disk): the client is then asked to retry.
     const tmp = join(this.dir, `.${id}.eml.part`);
-    await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
-    await rename(tmp, this.path(id, 'eml'));
-    // The metadata is written last: an entry without it is incomplete and is not listed.
-    await writeFile(this.path(id, 'json'), JSON.stringify(full, null, 2) + '\n', { mode: 0o600 });
+    try {
+      await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
+      await syncFile(tmp);
+      await rename(tmp, this.path(id, 'eml'));
+      // The metadata is written last: an entry without it is incomplete and is not listed.
+      await this.writeMeta(full);
+    } catch (err) {
+      for (const path of [tmp, this.path(id, 'eml'), this.path(id, 'json')]) await rm(path, { force: true }).catch(() => undefined);
+      throw err;
+    }
     return full;
+  }
+
+  /** Written whole or not at all (a temporary file renamed), and flushed to the disk with its directory. */
+  private async writeMeta(meta: QuarantineMeta): Promise<void> {
+    const tmp = join(this.dir, `.${meta.id}.json.part`);
+    try {
+      await writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
+      await syncFile(tmp);
+      await rename(tmp, this.path(meta.id, 'json'));
+    } catch (err) {
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    }
+    await syncFile(this.dir);
   }
 
   async list(): Promise<QuarantineMeta[]> {
@@ -167,11 +199,17 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async get(id: string): Promise<QuarantineMeta | undefined> {
+    let text: string;
     try {
-      return JSON.parse(await readFile(this.path(id, 'json'), 'utf8')) as QuarantineMeta;
+      text = await readFile(this.path(id, 'json'), 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
+    }
+    try {
+      return JSON.parse(text) as QuarantineMeta;
+    } catch (err) {
+      throw new Error(`quarantine entry ${id}: ${this.path(id, 'json')} cannot be read (${(err as Error).message}); its message is ${this.path(id, 'eml')}`);
     }
   }
 
@@ -180,9 +218,7 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async update(meta: QuarantineMeta): Promise<void> {
-    const tmp = join(this.dir, `.${meta.id}.json.part`);
-    await writeFile(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
-    await rename(tmp, this.path(meta.id, 'json'));
+    await this.writeMeta(meta);
   }
 
   async lock(id: string): Promise<() => Promise<void>> {

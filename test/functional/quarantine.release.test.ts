@@ -2,7 +2,7 @@
 // and the output, the entry and the audit trail say who did not.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -187,6 +187,24 @@ describe('quarantine release', () => {
     expect((await store.list()).map((m) => m.id).sort()).toEqual(['D-REL008', held.id]);
     await unlock();
     expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, claimed: [] });
+  });
+
+  it('an entry that cannot be written whole leaves nothing behind; one whose metadata is damaged is named, with its message', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'douane-put-')), 'quarantine');
+    const store = new LocalQuarantine(dir);
+    const meta = { reference: 'D-PUT001', at: new Date().toISOString(), account: 'a@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'a@example.test', recipients: ['b@example.net'], action: 'quarantine', policyVersion: 'v', size: 10 };
+    // The disk fills half way through the message.
+    const failing = new Readable({
+      read() {
+        this.push(Buffer.alloc(64 * 1024, 'x'));
+        this.destroy(new Error('ENOSPC: no space left on device, write'));
+      },
+    });
+    await expect(store.put(meta, failing)).rejects.toThrow(/ENOSPC/);
+    expect(readdirSync(dir)).toEqual([]);
+    const kept = await store.put(meta, Readable.from([Buffer.from('Subject: x\r\n\r\nx\r\n')]));
+    writeFileSync(join(dir, `${kept.id}.json`), '{"id": "D-PUT0');
+    await expect(store.get(kept.id)).rejects.toThrow(`quarantine entry D-PUT001: ${join(dir, 'D-PUT001.json')} cannot be read (`);
   });
 
   it('reading a quarantine that does not exist yet lists nothing and creates no directory', async () => {
