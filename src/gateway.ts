@@ -22,6 +22,7 @@ import type { StrikeSink } from './policy/strikes.js';
 import { Limiter, type AuthAttempt } from './limits/limiter.js';
 import { BulkCounter, type BulkPort } from './bulk/counter.js';
 import { ClamdScanner, type ScannerPort } from './scan/clamd.js';
+import { auditPurge } from './quarantine/audit.js';
 import { LocalQuarantine, type QuarantineStore } from './quarantine/store.js';
 import { AuditLog } from './audit/log.js';
 import { Enforcer } from './enforce/enforcer.js';
@@ -1028,12 +1029,10 @@ export class Gateway {
   private async purgeQuarantine(): Promise<void> {
     try {
       const before = new Date(this.clock.now() - this.config.quarantine.retention).toISOString();
-      const { removed, claimed } = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
+      const { removed, entries, claimed } = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
       for (const c of claimed) this.log.warn({ event: 'quarantine_purge_skipped', quarantine_id: c.id, err: c.why }, 'a quarantined message past retention was left in place: a release or deletion holds it');
-      if (removed) {
-        this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
-        await this.audit.append({ action: 'quarantine_purge', actor: 'douane', removed, older_than: before });
-      }
+      if (removed) this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
+      await auditPurge(this.audit, 'douane', entries, before);
       await this.updateQuarantineGauges();
     } catch (err) {
       this.log.warn({ event: 'quarantine_purge_failed', err: (err as Error).message }, 'quarantine purge failed');

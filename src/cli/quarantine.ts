@@ -6,6 +6,7 @@ import { AuditLog } from '../audit/log.js';
 import { loadConfig } from '../config/load.js';
 import { isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
+import { auditPurge } from '../quarantine/audit.js';
 import { formatSummary, printable, summarise } from '../quarantine/summary.js';
 import { endpointsFrom } from '../upstream/provider.js';
 import { cliActor, flag, option, parseArgs, UsageError } from './args.js';
@@ -105,8 +106,8 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       return 0;
     }
     case 'purge': {
-      const { removed, claimed } = await store.purge(Date.now() - config.quarantine.retention);
-      if (removed) await audit.append({ action: 'quarantine_purge', actor, removed, older_than: new Date(Date.now() - config.quarantine.retention).toISOString() });
+      const { removed, entries, claimed } = await store.purge(Date.now() - config.quarantine.retention);
+      await auditPurge(audit, actor, entries, new Date(Date.now() - config.quarantine.retention).toISOString());
       console.log(`purged ${removed} message(s)`);
       for (const c of claimed) console.error(`douane: ${c.id} left in place: ${printable(c.why)}`);
       return 0;

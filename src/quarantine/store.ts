@@ -66,6 +66,8 @@ export class EntryClaimed extends Error {}
 
 export interface PurgeResult {
   removed: number;
+  /** what was removed: each entry's evidence is gone, and the audit trail says so by account */
+  entries: { id: string; account: string; reference: string }[];
   /** entries past retention left in place because a release or deletion holds them, and why */
   claimed: { id: string; why: string }[];
 }
@@ -292,7 +294,7 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async purge(olderThan: number): Promise<PurgeResult> {
-    const result: PurgeResult = { removed: 0, claimed: [] };
+    const result: PurgeResult = { removed: 0, entries: [], claimed: [] };
     for (const m of await this.list()) {
       if (Date.parse(m.at) >= olderThan) continue;
       // One being released is left for the next purge, and reported; any other failure is the purge's.
@@ -301,7 +303,10 @@ export class LocalQuarantine implements QuarantineStore {
         result.claimed.push({ id: m.id, why: err.message });
         return false;
       });
-      if (deleted) result.removed++;
+      if (deleted) {
+        result.removed++;
+        result.entries.push({ id: m.id, account: m.account, reference: m.reference });
+      }
     }
     return result;
   }

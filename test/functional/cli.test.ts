@@ -445,6 +445,8 @@ describe('douane quarantine', () => {
       const audit = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
       expect(audit).toEqual([
         expect.objectContaining({ action: 'quarantine_delete', actor: 'cli:alice', quarantine_id: 'D-CLIQ02' }),
+        // Under its account: its history shows that the evidence is gone.
+        expect.objectContaining({ action: 'quarantine_expired', actor: 'cli:alice', quarantine_id: 'D-CLIQ04', account: expect.any(String) }),
         expect.objectContaining({ action: 'quarantine_purge', actor: 'cli:alice', removed: 1 }),
       ]);
       expect((await store.list()).map((m) => m.id)).toEqual(['D-CLIQ03', 'D-CLIQ01']);

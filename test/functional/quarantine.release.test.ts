@@ -186,7 +186,7 @@ describe('quarantine release', () => {
     expect(await store.get(gone.id)).toBeUndefined();
     expect((await store.list()).map((m) => m.id).sort()).toEqual(['D-REL008', held.id]);
     await unlock();
-    expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, claimed: [] });
+    expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, entries: [{ id: held.id, account: 'user1@example.test', reference: 'D-REL010' }], claimed: [] });
   });
 
   it('an entry that cannot be written whole leaves nothing behind; one whose metadata is damaged is named, with its message', async () => {
@@ -212,7 +212,7 @@ describe('quarantine release', () => {
     const store = new LocalQuarantine(dir);
     expect(await store.list()).toEqual([]);
     expect(await store.count()).toEqual({ entries: 0, bytes: 0 });
-    expect(await store.purge(Date.now())).toEqual({ removed: 0, claimed: [] });
+    expect(await store.purge(Date.now())).toEqual({ removed: 0, entries: [], claimed: [] });
     // Left to the gateway's own user, who writes the first entry.
     expect(existsSync(dir)).toBe(false);
   });
