@@ -322,7 +322,9 @@ describe('zip listing from local headers and the central directory', () => {
     writeFileSync(join(dir, 'b.bin'), Buffer.alloc(5000, 7));
     const made: Buffer[] = [];
     for (const [name, flags] of [['plain.zip', []], ['zip64.zip', ['-fz']], ['descriptors.zip', ['-fd']], ['comment.zip', ['-z']]] as const) {
-      execFileSync('zip', ['-q', '-X', ...flags, name, 'a.txt', 'b.bin'], { cwd: dir, input: 'a comment with PK\x05\x06 in it\n.\n' });
+      // Only -z reads its standard input: given to the others, which exit without reading it, writing it
+      // could fail with EPIPE.
+      execFileSync('zip', ['-q', '-X', ...flags, name, 'a.txt', 'b.bin'], { cwd: dir, ...(name === 'comment.zip' ? { input: 'a comment with PK\x05\x06 in it\n.\n' } : { stdio: ['ignore', 'pipe', 'pipe'] }) });
       made.push(readFileSync(join(dir, name)));
     }
     // Written to a pipe: sizes after the data.
