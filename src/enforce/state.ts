@@ -133,9 +133,11 @@ if ARGV[5] == '1' then
 elseif has('"action":"suspend_account"') and ARGV[2] ~= '"action":"suspend_account"' then
   return cur
 elseif cur and ARGV[2] == '"action":"suspend_sending"' and has('"action":"suspend_sending"') and ARGV[4] ~= '' then
-  -- Sending suspended for longer (or with no end: no time to live) stays as it is.
+  -- Sending suspended for longer (or with no end: no time to live) stays as it is. Times to live are
+  -- reckoned from when each was sent, so one that ends at the same time may look a few ms longer: a second
+  -- of margin.
   local left = redis.call('PTTL', KEYS[1])
-  if left == -1 or left > tonumber(ARGV[4]) then return cur end
+  if left == -1 or left > tonumber(ARGV[4]) + 1000 then return cur end
 end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4]) else redis.call('SET', KEYS[1], ARGV[1]) end
 return ARGV[1]`;
