@@ -4,6 +4,7 @@
 
 import { ValidationError } from './validate/source.js';
 import { CliError, flag, parseArgs, UsageError } from './cli/args.js';
+import { DamagedEntry } from './quarantine/store.js';
 import { serve, StartError } from './cli/serve.js';
 import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
@@ -95,7 +96,7 @@ main(process.argv.slice(2)).then(
     } else if (err instanceof UsageError) {
       console.error(`douane: ${err.message}`);
       process.exitCode = err.exitCode;
-    } else if (err instanceof CliError || FILE_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? '')) {
+    } else if (err instanceof CliError || err instanceof DamagedEntry || FILE_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? '')) {
       // Explained by its message (node's names the file and the operation): no stack for the operator.
       console.error(`douane: ${(err as Error).message}`);
       process.exitCode = 1;

@@ -7,7 +7,6 @@
 import { createReadStream } from 'node:fs';
 import { appendFile, mkdir, open } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { createInterface } from 'node:readline';
 
 export interface AuditEntry {
   at: string;
@@ -77,7 +76,9 @@ export class AuditLog {
     if (!(await opened)) return [];
     const out: AuditEntry[] = [];
     let n = 0;
-    for await (const line of createInterface({ input, crlfDelay: Infinity })) {
+    // Split on line feeds only, as the lines were written: a damaged line holding a carriage return stays
+    // one line, and line numbers stay those of `sed -n Np`.
+    for await (const line of linesOf(input)) {
       n++;
       if (!line.trim()) continue;
       let entry: AuditEntry;
@@ -93,4 +94,14 @@ export class AuditLog {
     }
     return out;
   }
+}
+
+async function* linesOf(input: AsyncIterable<string>): AsyncGenerator<string> {
+  let rest = '';
+  for await (const chunk of input) {
+    const parts = (rest + chunk).split('\n');
+    rest = parts.pop()!;
+    yield* parts;
+  }
+  if (rest) yield rest;
 }

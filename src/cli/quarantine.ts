@@ -4,7 +4,7 @@
 import { join } from 'node:path';
 import { AuditLog } from '../audit/log.js';
 import { loadConfig } from '../config/load.js';
-import { isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
+import { DamagedEntry, isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
 import { auditPurge } from '../quarantine/audit.js';
 import { formatSummary, printable, summarise } from '../quarantine/summary.js';
@@ -93,16 +93,21 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       }
     }
     case 'delete': {
-      const meta = await store.get(needId());
-      if (!meta) return notFound(id!);
-      const deleted = await store.delete(meta.id).catch((err: Error) => {
+      // A damaged entry (its metadata cut short) can be deleted too: audited without its account.
+      const meta = await store.get(needId()).catch((err: unknown) => {
+        if (!(err instanceof DamagedEntry)) throw err;
+        console.error(`douane: ${printable(err.message)}`);
+        return null;
+      });
+      if (meta === undefined) return notFound(id!);
+      const deleted = await store.delete(id!).catch((err: Error) => {
         console.error(`douane: ${printable(err.message)}`);
         return undefined;
       });
       if (deleted === undefined) return 1;
       if (!deleted) return notFound(id!);
-      await audit.append({ action: 'quarantine_delete', actor, account: meta.account, reference: meta.reference, quarantine_id: meta.id });
-      console.log(`${meta.id} deleted`);
+      await audit.append({ action: 'quarantine_delete', actor, account: meta?.account, reference: meta?.reference ?? id!, quarantine_id: id!, ...(meta ? {} : { damaged: true }) });
+      console.log(`${id!} deleted`);
       return 0;
     }
     case 'purge': {

@@ -4,7 +4,7 @@
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { networkInterfaces, userInfo } from 'node:os';
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
@@ -138,16 +138,27 @@ function crossChecks(config: Config): Issue[] {
   // The address itself, or a wildcard listener that takes it: 0.0.0.0 any IPv4 address of this machine,
   // :: any address of it (IPv4 too, on Linux by default). localhost is either loopback address; another
   // host name is not looked up here.
-  const local = (address: string) => /^127\./.test(address) || address === '::1' || Object.values(networkInterfaces()).some((list) => list?.some((i) => i.address === address));
+  const local = (address: string) => /^127\./.test(address) || address === '::1' || Object.values(networkInterfaces()).some((list) => list?.some((i) => canonicalIp(i.address) === address));
   const takes = (listenerAddress: string, address: string) =>
     listenerAddress === address || (local(address) && (listenerAddress === '::' || (listenerAddress === '0.0.0.0' && isIPv4(address))));
-  const reaches = (host: string, listenerAddress: string) => (host === 'localhost' ? ['127.0.0.1', '::1'] : [host]).some((a) => takes(listenerAddress, a));
+  const reaches = (host: string, listenerAddress: string) =>
+    (host === 'localhost' ? ['127.0.0.1', '::1'] : [canonicalIp(host)]).some((a) => takes(canonicalIp(listenerAddress), a));
   for (const key of ['port', 'trusted_port'] as const) {
     const port = config.upstream[key];
     const own = Object.entries(config.listeners).find(([, l]) => l.port === port && port !== 0 && reaches(config.upstream.host, l.address));
     if (own) issues.push({ path: ['upstream', key], message: `is ${port}, where listener "${own[0]}" listens: Douane would relay to itself (the upstream is the MTA behind it)` });
   }
   return issues;
+}
+
+/** One spelling per address: IPv6 in its short form, an IPv4-mapped one as IPv4; a host name as it is. */
+function canonicalIp(address: string): string {
+  if (!isIPv6(address)) return address;
+  const short = new URL(`http://[${address}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(short);
+  if (!mapped) return short;
+  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** The files serve will read: the listeners' certificate and key, the upstream's CA. */

@@ -33,9 +33,19 @@ export async function releaseMessage(
     if (meta.released && !opts.force) throw new ReleaseError(`${id} was already released on ${meta.released.at} by ${meta.released.by} (--force to send it again)`);
     if (meta.releaseInDoubt && !opts.force) {
       const d = meta.releaseInDoubt;
-      throw new ReleaseError(`${id} may already have been delivered: a release on ${d.at} by ${d.by} sent it whole and got no answer (${d.error}). Look for it in the upstream's log before sending it again with --force`);
+      throw new ReleaseError(`${id} may already have been delivered: a release on ${d.at} by ${d.by} did not record the upstream's answer (${d.error}). Look for it in the upstream's log before sending it again with --force`);
     }
     const upstream = `${opts.endpoint.host}:${opts.endpoint.port}`;
+    // Puts the entry back as it was before the mark; if it cannot, the error says that nothing was
+    // delivered and that the mark left behind is wrong.
+    const restore = async (cause: unknown) => {
+      try {
+        await store.update(meta);
+      } catch (err) {
+        const why = cause instanceof Error ? cause.message : String(cause);
+        throw new ReleaseError(`${why}; nothing was delivered, but ${id} could not be put back as it was (${(err as Error).message}): it stays marked in doubt, release it with --force`);
+      }
+    };
     try {
       client = await SmtpClient.connect(opts.endpoint);
     } catch (err) {
@@ -61,16 +71,17 @@ export async function releaseMessage(
       if (refused.length === meta.recipients.length) throw new ReleaseError(`upstream refused every recipient (${refused.join('; ')})`);
       // In doubt until the upstream's answer is recorded: a release killed from here on (^C, a crash, a
       // reboot), or whose record cannot be written, may have delivered the message, and the entry says so.
+      // Marked before the write: one that fails half way (written, not flushed) is put back as well.
+      marked = true;
       try {
         await store.update({ ...meta, releaseInDoubt: { at: new Date().toISOString(), by: opts.by, error: 'the release was interrupted before the upstream answer was recorded' } });
       } catch (err) {
         throw new ReleaseError(`could not mark ${id} as being released (${(err as Error).message}); nothing was released`);
       }
-      marked = true;
       reply = await client.data(store.open(id), undefined, undefined, () => (sent = true));
     } catch (err) {
       // Nothing went out: the entry is as it was.
-      if (!sent && marked) await store.update(meta).catch(() => undefined);
+      if (!sent && marked) await restore(err);
       if (err instanceof ReleaseError) throw err;
       const error = (err as Error).message;
       if (!sent) throw new ReleaseError(`the upstream at ${upstream} failed before the message went out (${error}); nothing was released, try again later`);
@@ -80,8 +91,9 @@ export async function releaseMessage(
       throw new ReleaseError(`${id} went to the upstream whole, but no answer came (${error}): it may have been delivered. Look for it in the upstream's log before sending it again with --force`);
     }
     if (reply.code !== 250) {
-      await store.update(meta).catch(() => undefined);
-      throw new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+      const refusal = new ReleaseError(`upstream refused the message: ${formatReply(reply)}`);
+      await restore(refusal);
+      throw refusal;
     }
     // Accepted: from here on a failure (writing the entry, the audit) is no doubt about the delivery.
     const released = { ...meta, released: { at: new Date().toISOString(), by: opts.by, reply: formatReply(reply), ...(refused.length ? { refused } : {}) } };

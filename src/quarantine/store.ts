@@ -103,15 +103,23 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** fsync of a file, or of a directory (its entries: a rename made durable). */
-async function syncFile(path: string): Promise<void> {
+/**
+ * fsync of a file, or of a directory (its entries: a rename made durable). Some file systems cannot
+ * flush a directory (EINVAL, ENOTSUP): the rename is then as durable as they make it.
+ */
+async function syncFile(path: string, directory = false): Promise<void> {
   const handle = await open(path, 'r');
   try {
     await handle.sync();
+  } catch (err) {
+    if (!directory || !['EINVAL', 'ENOTSUP', 'EISDIR', 'EBADF'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
   } finally {
     await handle.close();
   }
 }
+
+/** An entry whose metadata cannot be read: named, with its message file, for a person to look at. */
+export class DamagedEntry extends Error {}
 
 export class LocalQuarantine implements QuarantineStore {
   private ready: Promise<void> | undefined;
@@ -151,14 +159,22 @@ export class LocalQuarantine implements QuarantineStore {
     // On the disk before the client is told "refused" (for good: it will not send it again), and nothing
     // left behind when it cannot be (a full disk): the client is then asked to retry.
     const tmp = join(this.dir, `.${id}.eml.part`);
+    // Only what this call made is removed on failure: another entry of the same reference, being written
+    // at the same moment, keeps its files.
+    const made: string[] = [tmp];
     try {
-      await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
+      await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' })).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'EEXIST') made.length = 0; // another's, being written
+        throw err;
+      });
       await syncFile(tmp);
       await rename(tmp, this.path(id, 'eml'));
+      made.push(this.path(id, 'eml'));
       // The metadata is written last: an entry without it is incomplete and is not listed.
+      made.push(this.path(id, 'json'));
       await this.writeMeta(full);
     } catch (err) {
-      for (const path of [tmp, this.path(id, 'eml'), this.path(id, 'json')]) await rm(path, { force: true }).catch(() => undefined);
+      for (const path of made) await rm(path, { force: true }).catch(() => undefined);
       throw err;
     }
     return full;
@@ -175,7 +191,7 @@ export class LocalQuarantine implements QuarantineStore {
       await rm(tmp, { force: true }).catch(() => undefined);
       throw err;
     }
-    await syncFile(this.dir);
+    await syncFile(this.dir, true);
   }
 
   async list(): Promise<QuarantineMeta[]> {
@@ -211,7 +227,7 @@ export class LocalQuarantine implements QuarantineStore {
     try {
       return JSON.parse(text) as QuarantineMeta;
     } catch (err) {
-      throw new Error(`quarantine entry ${id}: ${this.path(id, 'json')} cannot be read (${(err as Error).message}); its message is ${this.path(id, 'eml')}`);
+      throw new DamagedEntry(`quarantine entry ${id}: ${this.path(id, 'json')} cannot be read (${(err as Error).message}); its message is ${this.path(id, 'eml')}`);
     }
   }
 
@@ -284,7 +300,8 @@ export class LocalQuarantine implements QuarantineStore {
     // Under the release's claim: a release in progress would write the entry back once done.
     const unlock = await this.lock(id);
     try {
-      const existed = (await this.get(id)) !== undefined;
+      // Its files, whether or not its metadata can be read: a damaged entry can be deleted too.
+      const existed = (await Promise.all([this.path(id, 'json'), this.path(id, 'eml')].map((p) => stat(p).then(() => true, () => false)))).some(Boolean);
       await rm(this.path(id, 'json'), { force: true });
       await rm(this.path(id, 'eml'), { force: true });
       return existed;

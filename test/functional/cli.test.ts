@@ -2,7 +2,7 @@
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -450,6 +450,13 @@ describe('douane quarantine', () => {
         expect.objectContaining({ action: 'quarantine_purge', actor: 'cli:alice', removed: 1 }),
       ]);
       expect((await store.list()).map((m) => m.id)).toEqual(['D-CLIQ03', 'D-CLIQ01']);
+      // An entry whose metadata was cut short (a crash): named in one line, and it can be deleted.
+      writeFileSync(join(dir, 'state', 'quarantine', 'D-CLIQ01.json'), '{"id": "D-CL');
+      const shown = await q('show', 'D-CLIQ01');
+      expect(shown.code).toBe(1);
+      expect(shown.stderr).toBe(`douane: quarantine entry D-CLIQ01: ${join(dir, 'state', 'quarantine', 'D-CLIQ01.json')} cannot be read (${shown.stderr.match(/cannot be read \((.*)\); its message/)?.[1]}); its message is ${join(dir, 'state', 'quarantine', 'D-CLIQ01.eml')}\n`);
+      expect(await q('delete', 'D-CLIQ01')).toMatchObject({ code: 0, stdout: 'D-CLIQ01 deleted\n' });
+      expect(existsSync(join(dir, 'state', 'quarantine', 'D-CLIQ01.eml'))).toBe(false);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -72,6 +72,51 @@ describe('quarantine release', () => {
     expect((await audit.read()).map((e) => e.action)).toEqual(['release']);
   });
 
+  it('a release refused by the upstream whose entry cannot be put back says that nothing was delivered', async () => {
+    upstream = await FakeUpstream.start({ dataEnd: () => '554 5.7.1 No thanks' });
+    const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL014');
+    let writes = 0;
+    const failing = Object.assign(Object.create(store) as LocalQuarantine, {
+      update: async (m: typeof meta) => {
+        if (++writes === 2) throw new Error('EIO: i/o error');
+        return store.update(m);
+      },
+    });
+    await expect(releaseMessage(failing, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/^upstream refused the message: 554 5\.7\.1 No thanks; nothing was delivered, but D-REL014 could not be put back as it was \(EIO: i\/o error\): it stays marked in doubt, release it with --force$/);
+    // A mark that fails half way (written, not flushed) is put back too.
+    let marks = 0;
+    const halfWritten = Object.assign(Object.create(store) as LocalQuarantine, {
+      update: async (m: typeof meta) => {
+        await store.update(m);
+        if (++marks === 1) throw new Error('EIO: flush failed');
+      },
+    });
+    await store.update(meta);
+    await expect(releaseMessage(halfWritten, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/could not mark D-REL014 as being released .*nothing was released/);
+    expect((await store.get(meta.id))!.releaseInDoubt).toBeUndefined();
+  });
+
+  it('two entries of the same reference written at once: a failing one removes only its own files', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'douane-put-')), 'quarantine');
+    const store = new LocalQuarantine(dir);
+    const meta = { reference: 'D-PUT002', at: new Date().toISOString(), account: 'a@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'a@example.test', recipients: ['b@example.net'], action: 'quarantine', policyVersion: 'v', size: 10 };
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const slow = new Readable({ read() {} });
+    slow.push('Subject: first\r\n\r\n');
+    const first = store.put(meta, slow);
+    await expect.poll(() => readdirSync(dir)).toContain('.D-PUT002.eml.part');
+    // The second finds the first's temporary file (same id): it fails, and leaves the first's alone.
+    await expect(store.put(meta, Readable.from([Buffer.from('Subject: second\r\n\r\n')]))).rejects.toThrow(/EEXIST/);
+    held.then(() => {
+      slow.push('x\r\n');
+      slow.push(null);
+    });
+    release();
+    expect((await first).id).toBe('D-PUT002');
+    expect(readFileSync(join(dir, 'D-PUT002.eml'), 'utf8')).toBe('Subject: first\r\n\r\nx\r\n');
+  });
+
   it('a recipient the upstream defers stops the release: nothing is sent, and a later release delivers to everyone', async () => {
     let greylisting = true;
     upstream = await FakeUpstream.start({ rcpt: (to) => (greylisting && to === 'carol@example.net' ? '451 4.7.1 Greylisted, try again later' : undefined) });

@@ -35,6 +35,17 @@ describe('audit log', () => {
     expect((await new AuditLog(path).read()).map((e) => e.action)).toEqual(['strike', 'unreadable_line', 'release']);
   });
 
+  it('numbers lines as they were written: a carriage return in a damaged line does not split it', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'douane-audit-')), 'audit.log');
+    const log = new AuditLog(path);
+    await log.append({ action: 'strike', actor: 'douane' });
+    appendFileSync(path, 'damaged\rline\n');
+    await log.append({ action: 'release', actor: 'cli:lead' });
+    appendFileSync(path, 'also damaged\n');
+    const entries = await log.read();
+    expect(entries.map((e) => [e.action, e.line])).toEqual([['strike', undefined], ['unreadable_line', 2], ['release', undefined], ['unreadable_line', 4]]);
+  });
+
   it('a directory that could not be made is tried again at the next entry', async () => {
     const { rmSync, writeFileSync } = await import('node:fs');
     const dir = mkdtempSync(join(tmpdir(), 'douane-audit-'));

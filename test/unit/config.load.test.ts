@@ -165,6 +165,9 @@ describe('configuration loading', () => {
     expect(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: 0.0.0.0').replace('localhost', '"::1"'))).not.toThrow();
     expect(problems(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: 0.0.0.0').replace('localhost', '127.0.0.1')))[0]).toMatch(/relay to itself/);
     expect(problems(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: "::"').replace('localhost', '127.0.0.1')))[0]).toMatch(/relay to itself/);
+    // Other spellings of the same addresses.
+    expect(problems(() => parse('t.yaml', text.replace('address: 127.0.0.1', 'address: "0:0:0:0:0:0:0:0"').replace('localhost', '127.0.0.1')))[0]).toMatch(/relay to itself/);
+    expect(problems(() => parse('t.yaml', text.replace('localhost', '"::ffff:127.0.0.1"')))[0]).toMatch(/relay to itself/);
   });
 
   it('requires an allow list on a trusted listener', () => {
