@@ -4,7 +4,7 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -41,6 +41,11 @@ function folderOf(files: Entry[]): string {
       writeFileSync(join(dir, f.name), f.data ?? Buffer.alloc(0));
     }
   }
+  // One time for every entry, directories last (adding a file changes its directory's): the archives
+  // made of it are the same at every run, so that what 7-Zip makes of a damaged one does not depend on
+  // the clock (the header holds the times).
+  const when = new Date('2025-03-03T10:15:00Z');
+  for (const f of [...files].sort((a, b) => Number(Boolean(a.directory)) - Number(Boolean(b.directory)) || b.name.length - a.name.length)) utimesSync(join(dir, f.name), when, when);
   return dir;
 }
 
