@@ -21,6 +21,12 @@ function douane(args: string[], env: Record<string, string> = {}): Promise<{ cod
   );
 }
 
+/** `douane serve` on a configuration of `settings`, without the admin endpoint, its spool and state in `dir`. */
+function serveOn(dir: string, settings: string[]) {
+  writeFileSync(join(dir, 'douane.yaml'), [...settings, 'admin: { enabled: false }', `spool: { dir: ${dir}/spool }`, `state_dir: ${dir}/state`, ''].join('\n'));
+  return spawn('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
 let upstream: FakeUpstream | undefined;
 afterEach(async () => {
   await upstream?.stop();
@@ -139,19 +145,11 @@ describe('douane CLI', () => {
     // A clamd that resets the connection mid-stream, as one over its StreamMaxLength does.
     const clamd = await misbehavingClamd(resetAfter(64 * 1024));
     const dir = mkdtempSync(join(tmpdir(), 'douane-console-'));
-    writeFileSync(
-      join(dir, 'douane.yaml'),
-      [
-        'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }',
-        `upstream: { host: 127.0.0.1, port: ${upstream.port}, trusted_port: ${upstream.port}, tls: none }`,
-        `clamd: { hosts: [{ host: 127.0.0.1, port: ${clamd.port} }], timeout: 5s }`,
-        'admin: { enabled: false }',
-        `spool: { dir: ${dir}/spool }`,
-        `state_dir: ${dir}/state`,
-        '',
-      ].join('\n'),
-    );
-    const child = spawn('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = serveOn(dir, [
+      'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }',
+      `upstream: { host: 127.0.0.1, port: ${upstream.port}, trusted_port: ${upstream.port}, tls: none }`,
+      `clamd: { hosts: [{ host: 127.0.0.1, port: ${clamd.port} }], timeout: 5s }`,
+    ]);
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -240,20 +238,12 @@ describe('douane CLI', () => {
     const silent = net.createServer(() => undefined);
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
     const silentPort = (silent.address() as { port: number }).port;
-    writeFileSync(
-      join(dir, 'douane.yaml'),
-      [
-        'listeners: { submissions: { mode: tls, address: 127.0.0.1, port: 0 } }',
-        `tls: { cert: ${dir}/cert.pem, key: ${dir}/key.pem }`,
-        `upstream: { host: 127.0.0.1, port: ${silentPort}, trusted_port: ${silentPort}, tls: none }`,
-        'clamd: none',
-        'admin: { enabled: false }',
-        `spool: { dir: ${dir}/spool }`,
-        `state_dir: ${dir}/state`,
-        '',
-      ].join('\n'),
-    );
-    const child = spawn('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = serveOn(dir, [
+      'listeners: { submissions: { mode: tls, address: 127.0.0.1, port: 0 } }',
+      `tls: { cert: ${dir}/cert.pem, key: ${dir}/key.pem }`,
+      `upstream: { host: 127.0.0.1, port: ${silentPort}, trusted_port: ${silentPort}, tls: none }`,
+      'clamd: none',
+    ]);
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     const lines = () => out.split('\n').filter((l) => l.endsWith('}')).map((l) => JSON.parse(l) as Record<string, unknown>);

@@ -34,6 +34,17 @@ async function kept(up: FakeUpstream, reference: string, dataTimeout = 5000) {
   return { store, audit, meta, endpoint, auditLines };
 }
 
+/** A view of `store` whose second write of an entry fails with `error` (the first, a release's mark, works). */
+function secondWriteFails(store: LocalQuarantine, error: string): LocalQuarantine {
+  let writes = 0;
+  return Object.assign(Object.create(store) as LocalQuarantine, {
+    update: async (m: Parameters<LocalQuarantine['update']>[0]) => {
+      if (++writes === 2) throw new Error(error);
+      return store.update(m);
+    },
+  });
+}
+
 describe('quarantine release', () => {
   it('a release whose message went out but got no answer is marked in doubt, audited, and not sent again without --force', async () => {
     let slow = true;
@@ -56,13 +67,7 @@ describe('quarantine release', () => {
     upstream = await FakeUpstream.start();
     const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL012');
     // The disk fills once the message is out: the first write (the mark) works, the second (the outcome) fails.
-    let writes = 0;
-    const full = Object.assign(Object.create(store) as LocalQuarantine, {
-      update: async (m: typeof meta) => {
-        if (++writes === 2) throw new Error('ENOSPC: no space left on device');
-        return store.update(m);
-      },
-    });
+    const full = secondWriteFails(store, 'ENOSPC: no space left on device');
     await expect(releaseMessage(full, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/was delivered \(250 .*\), but that could not be recorded .*do not release it again/);
     expect(upstream.messages).toHaveLength(1);
     // As after a release killed before the upstream's answer was recorded: in doubt.
@@ -75,13 +80,7 @@ describe('quarantine release', () => {
   it('a release refused by the upstream whose entry cannot be put back says that nothing was delivered', async () => {
     upstream = await FakeUpstream.start({ dataEnd: () => '554 5.7.1 No thanks' });
     const { store, audit, meta, endpoint } = await kept(upstream, 'D-REL014');
-    let writes = 0;
-    const failing = Object.assign(Object.create(store) as LocalQuarantine, {
-      update: async (m: typeof meta) => {
-        if (++writes === 2) throw new Error('EIO: i/o error');
-        return store.update(m);
-      },
-    });
+    const failing = secondWriteFails(store, 'EIO: i/o error');
     await expect(releaseMessage(failing, meta.id, { endpoint, by: 'cli:alice', audit })).rejects.toThrow(/^upstream refused the message: 554 5\.7\.1 No thanks; nothing was delivered, but D-REL014 could not be put back as it was \(EIO: i\/o error\): it stays marked in doubt, release it with --force$/);
     // A mark that fails half way (written, not flushed) is put back too.
     let marks = 0;
