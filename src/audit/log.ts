@@ -5,8 +5,9 @@
 // the SIEM (or use the webhook) to see every instance's together.
 
 import { createReadStream } from 'node:fs';
-import { appendFile, mkdir, open } from 'node:fs/promises';
+import { appendFile, open } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { PrivateDirectory } from '../data/private-dir.js';
 
 export interface AuditEntry {
   at: string;
@@ -19,22 +20,16 @@ export interface AuditEntry {
 }
 
 export class AuditLog {
-  private ready: Promise<void> | undefined;
+  private readonly directory: PrivateDirectory;
   /** whether the file is known to end with a complete line: unknown at first, and after a failed write */
   private endsWithLine = false;
 
-  constructor(readonly path: string) {}
+  constructor(readonly path: string) {
+    this.directory = new PrivateDirectory(dirname(path));
+  }
 
   async append(entry: Omit<AuditEntry, 'at'> & { at?: string }): Promise<void> {
-    // A failure is not kept: the directory made (or the disk mended) later is used.
-    this.ready ??= mkdir(dirname(this.path), { recursive: true, mode: 0o700 }).then(
-      () => undefined,
-      (err: unknown) => {
-        this.ready = undefined;
-        throw err;
-      },
-    );
-    await this.ready;
+    await this.directory.made();
     let line = JSON.stringify({ at: entry.at ?? new Date().toISOString(), ...entry }) + '\n';
     // A line cut short before (a crash mid-write, a full disk) would swallow this entry: it starts afresh.
     if (!this.endsWithLine && !(await this.endsWithNewline())) line = '\n' + line;

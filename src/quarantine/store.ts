@@ -5,11 +5,12 @@
 // file system); another backend (object storage) implements the same five operations.
 
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { PrivateDirectory } from '../data/private-dir.js';
 import type { WrittenParams } from '../upstream/params.js';
 
 export interface QuarantineMeta {
@@ -122,20 +123,14 @@ async function syncFile(path: string, directory = false): Promise<void> {
 export class DamagedEntry extends Error {}
 
 export class LocalQuarantine implements QuarantineStore {
-  private ready: Promise<void> | undefined;
+  private readonly directory: PrivateDirectory;
 
-  constructor(readonly dir: string) {}
+  constructor(readonly dir: string) {
+    this.directory = new PrivateDirectory(dir);
+  }
 
   private init(): Promise<void> {
-    // A failure is not kept: the directory made (or the disk mended) later is used.
-    this.ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(
-      () => undefined,
-      (err: unknown) => {
-        this.ready = undefined;
-        throw err;
-      },
-    );
-    return this.ready;
+    return this.directory.made();
   }
 
   private path(id: string, ext: 'eml' | 'json' | 'lock'): string {
