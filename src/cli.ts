@@ -2,6 +2,7 @@
 // The douane command: one binary, a sub-command per job, --help everywhere, exit codes scripts can use
 // (0 ok, 1 failure or invalid input, 64 usage error).
 
+import { readFileSync } from 'node:fs';
 import { ValidationError } from './validate/source.js';
 import { CliError, flag, parseArgs, UsageError } from './cli/args.js';
 import { DamagedEntry } from './quarantine/store.js';
@@ -10,6 +11,7 @@ import { policyCommand } from './cli/policy.js';
 import { quarantineCommand } from './cli/quarantine.js';
 import { accountsCommand } from './cli/accounts.js';
 import { loadConfig } from './config/load.js';
+import { certificateDates, certificateWarning } from './smtp/tls.js';
 import { describePipeline } from './pipeline/index.js';
 import { reasonsMarkdown } from './cli/reasons.js';
 import { VERSION } from './version.js';
@@ -46,6 +48,10 @@ async function main(argv: string[]): Promise<number> {
       if (args.positional.length > 1) throw new UsageError(`config check takes one file, not ${args.positional.length}`);
       const loaded = loadConfig({ file: args.positional[0], files: !flag(args, 'without-files') });
       console.log(`${loaded.source}: ok${loaded.overrides.length ? ` (overridden by ${loaded.overrides.join(', ')})` : ''}`);
+      const { cert } = loaded.config.tls;
+      // Valid, but worth saying: serve starts with it and warns the same way.
+      const warning = cert && !flag(args, 'without-files') ? certificateWarning(certificateDates(readFileSync(cert)), Date.now()) : undefined;
+      if (warning) console.log(`  warning: tls.cert ${cert}: ${warning.message}`);
       return 0;
     }
     case 'policy':

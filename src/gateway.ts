@@ -36,7 +36,7 @@ import { createRedis, redisPing, redisReady, type RedisClient } from './limits/r
 import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, takeCredentialsAsSent, type ConnectionHooks, type CredentialsAsSent } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
-import { loadTlsMaterial, reloadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
+import { certificateDates, certificateWarning, loadTlsMaterial, reloadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
 import { AddressList } from './validate/net.js';
 import { envelopeParams, type WrittenParams } from './upstream/params.js';
 import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamPort, type UpstreamProvider } from './upstream/provider.js';
@@ -185,6 +185,7 @@ export class Gateway {
     if (this.tls?.selfSigned) {
       this.log.warn({ event: 'insecure_dev_tls' }, 'TLS listeners use a throwaway self-signed certificate (tls.insecure_dev): for testing only');
     }
+    if (this.tls) this.noteCertificate(this.tls);
     for (const [name, l] of Object.entries(config.listeners)) {
       if (l.allow) this.trusted.set(name, new AddressList(l.allow));
       this.listeners.push({ name, config: l, server: this.createServer(name, l) });
@@ -199,15 +200,25 @@ export class Gateway {
   reloadTls(): boolean {
     if (!this.tls || this.tls.selfSigned) return false;
     try {
-      const { material, subject, validTo } = reloadTlsMaterial(this.config);
+      const material = reloadTlsMaterial(this.config);
       for (const l of this.listeners) l.server.updateSecureContext({ key: material.key, cert: material.cert });
       this.tls = material;
-      this.log.info({ event: 'tls_reloaded', subject, valid_to: validTo }, `TLS certificate reloaded (${subject}, valid to ${validTo})`);
+      const { subject, validTo } = this.noteCertificate(material);
+      this.log.info({ event: 'tls_reloaded', subject, valid_to: validTo.toISOString() }, `TLS certificate reloaded (${subject}, valid to ${validTo.toISOString()})`);
       return true;
     } catch (err) {
       this.log.error({ event: 'tls_reload_failed', err: (err as Error).message }, `TLS certificate not reloaded, the one in use stays: ${(err as Error).message}`);
       return false;
     }
+  }
+
+  /** The certificate in use, for the expiry alert, and said in the log when it has expired or soon will. */
+  private noteCertificate(material: TlsMaterial) {
+    const dates = certificateDates(material.cert);
+    this.metrics.tlsCertificateExpiry(dates.validTo);
+    const warning = material.selfSigned ? undefined : certificateWarning(dates, this.clock.now());
+    if (warning) this.log.warn({ event: warning.event, subject: dates.subject, valid_to: dates.validTo.toISOString() }, warning.message);
+    return dates;
   }
 
   // ---------------------------------------------------------------- lifecycle

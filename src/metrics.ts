@@ -38,6 +38,8 @@ export class Metrics {
   readonly redisErrors = new Counter({ name: 'douane_redis_errors_total', help: 'Redis failures by kind (connection, command, deadline, hang: a command timed out on an open connection, which is then dropped)', labelNames: ['kind'], registers: [this.registry] });
   /** Registered by the Redis client when there is one (usesRedis): a gauge at 0 without Redis would say it is down. */
   readonly redisUp = new Gauge({ name: 'douane_redis_up', help: '1 when the Redis connection is ready (absent without Redis)', registers: [] });
+  /** Registered once a certificate is in use (tlsCertificateExpiry): at 0 without TLS it would read as long expired. */
+  readonly tlsExpiry = new Gauge({ name: 'douane_tls_certificate_expiry_timestamp_seconds', help: 'When the TLS listeners\' certificate stops being valid, in seconds since the epoch (absent without TLS)', registers: [] });
 
   readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
   readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'Time from the first byte to clamd\'s verdict', buckets: LATENCY_BUCKETS, registers: [this.registry] });
@@ -64,6 +66,11 @@ export class Metrics {
   readonly notifications = new Counter({ name: 'douane_notifications_total', help: 'Notifications by channel (holder, abuse, webhook) and result', labelNames: ['channel', 'result'], registers: [this.registry] });
 
   /** Douane has a Redis client: its connection's state is exported from now on, down (0) until it is ready. */
+  tlsCertificateExpiry(validTo: Date): void {
+    this.tlsExpiry.set(Math.floor(validTo.getTime() / 1000));
+    if (!this.registry.getSingleMetric('douane_tls_certificate_expiry_timestamp_seconds')) this.registry.registerMetric(this.tlsExpiry);
+  }
+
   usesRedis(): void {
     if (this.registry.getSingleMetric('douane_redis_up')) return;
     this.redisUp.set(0);

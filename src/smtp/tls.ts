@@ -30,7 +30,7 @@ export function loadTlsMaterial(config: Readonly<Config>): TlsMaterial | undefin
  * The configured certificate and key read again (a renewal replaced the files), checked to belong
  * together before any listener takes them. Throws with the reason; the caller keeps the pair in use.
  */
-export function reloadTlsMaterial(config: Readonly<Config>): { material: TlsMaterial; subject: string; validTo: string } {
+export function reloadTlsMaterial(config: Readonly<Config>): TlsMaterial {
   const { cert, key } = config.tls;
   if (!cert || !key) throw new Error('no tls.cert and tls.key in the configuration');
   const material = { cert: readFileSync(cert), key: readFileSync(key), selfSigned: false };
@@ -39,8 +39,43 @@ export function reloadTlsMaterial(config: Readonly<Config>): { material: TlsMate
   } catch (err) {
     throw new Error(`${cert} and ${key} do not make a certificate and its key: ${(err as Error).message}`);
   }
-  const x509 = new X509Certificate(material.cert);
-  return { material, subject: x509.subject.replace(/\n/g, ', '), validTo: new Date(x509.validTo).toISOString() };
+  return material;
+}
+
+export interface CertificateDates {
+  subject: string;
+  validFrom: Date;
+  validTo: Date;
+}
+
+/** The dates of the certificate clients are shown: the first of the file, the leaf of a chain by convention. */
+export function certificateDates(cert: Buffer): CertificateDates {
+  const x509 = new X509Certificate(cert);
+  return { subject: x509.subject.replace(/\n/g, ', '), validFrom: new Date(x509.validFrom), validTo: new Date(x509.validTo) };
+}
+
+/** How long before its end a certificate is worth a warning: a renewal that failed once still has time to be fixed. */
+export const CERTIFICATE_WARN_BEFORE_MS = 14 * 86_400_000;
+
+/**
+ * What an operator must hear about a certificate's dates at `now`: expired, not valid yet, or ending within
+ * CERTIFICATE_WARN_BEFORE_MS. Undefined when nothing is wrong. An expired certificate does not stop Douane:
+ * clients that check it refuse the session, but refusing to start would stop every client instead.
+ */
+export function certificateWarning(dates: CertificateDates, now: number): { event: string; message: string } | undefined {
+  const day = (d: Date) => d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  if (dates.validTo.getTime() <= now) {
+    return { event: 'tls_certificate_expired', message: `the TLS certificate (${dates.subject}) expired on ${day(dates.validTo)}: clients that check certificates refuse it; renew it and send SIGHUP` };
+  }
+  if (dates.validFrom.getTime() > now) {
+    return { event: 'tls_certificate_not_yet_valid', message: `the TLS certificate (${dates.subject}) is not valid before ${day(dates.validFrom)}: clients that check certificates refuse it; check this machine's clock` };
+  }
+  const left = dates.validTo.getTime() - now;
+  if (left <= CERTIFICATE_WARN_BEFORE_MS) {
+    const days = Math.floor(left / 86_400_000);
+    return { event: 'tls_certificate_expiring', message: `the TLS certificate (${dates.subject}) expires on ${day(dates.validTo)}, in ${days === 0 ? 'less than a day' : `${days} day${days === 1 ? '' : 's'}`}: renew it and send SIGHUP` };
+  }
+  return undefined;
 }
 
 export function makeSelfSigned(hostname: string): TlsMaterial {

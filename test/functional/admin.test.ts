@@ -53,6 +53,33 @@ describe('admin endpoint', () => {
     expect((await fetch(`${base}/nope`)).status).toBe(404);
   });
 
+  it('exports when the TLS certificate expires, and warns in the log of one that ends within 14 days', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, readFileSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { X509Certificate } = await import('node:crypto');
+    const expiry = async (g: TestGateway) => Number(/^douane_tls_certificate_expiry_timestamp_seconds (\d+)$/m.exec(await g.metrics.registry.metrics())?.[1]);
+    upstream = await FakeUpstream.start();
+
+    // The throwaway certificate of the test configuration (tls.insecure_dev): 30 days, no warning.
+    gw = await startGateway(upstream.port);
+    expect((await expiry(gw)) * 1000 - Date.now()).toBeGreaterThan(29 * 86_400_000);
+    expect(gw.logs.filter((l) => String(l.event).startsWith('tls_certificate_'))).toEqual([]);
+    await gw.stop();
+
+    const dir = mkdtempSync(join(tmpdir(), 'douane-cert-'));
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '3', '-subj', '/CN=mail.douane.test', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'pipe' });
+      const validTo = Date.parse(new X509Certificate(readFileSync(join(dir, 'cert.pem'))).validTo);
+      gw = await startGateway(upstream.port, { tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') } });
+      expect(await expiry(gw)).toBe(validTo / 1000);
+      expect(gw.logs.find((l) => l.event === 'tls_certificate_expiring')).toMatchObject({ level: 'warn', subject: 'CN=mail.douane.test', msg: expect.stringMatching(/expires on .*, in 2 days: renew it and send SIGHUP$/) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('/readyz is 200 with a reachable upstream and 503, naming it, when the upstream is down', async () => {
     const base = await setup();
     const ok = await fetch(`${base}/readyz`);

@@ -229,8 +229,9 @@ describe('douane CLI', () => {
     const tls = await import('node:tls');
     const net = await import('node:net');
     const dir = mkdtempSync(join(tmpdir(), 'douane-tls-reload-'));
-    for (const name of ['first', 'second']) {
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}.douane.test`, '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)], { stdio: 'pipe' });
+    // The first ends within the 14 days that are worth a warning; its renewal does not.
+    for (const [name, days] of [['first', '2'], ['second', '60']]) {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', days!, '-subj', `/CN=${name}.douane.test`, '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.crt`)], { stdio: 'pipe' });
     }
     copyFileSync(join(dir, 'first.crt'), join(dir, 'cert.pem'));
     copyFileSync(join(dir, 'first.key'), join(dir, 'key.pem'));
@@ -261,12 +262,19 @@ describe('douane CLI', () => {
       expect(child.exitCode).toBeNull();
       const port = lines().find((l) => l.event === 'listening')!.port as number;
       expect(await served(port)).toBe('first.douane.test');
+      const expiring = () => lines().filter((l) => l.event === 'tls_certificate_expiring');
+      expect(expiring()).toEqual([expect.objectContaining({ level: 'warn', subject: 'CN=first.douane.test', msg: expect.stringMatching(/, in 1 day: renew it and send SIGHUP$/) })]);
+      const check = await douane(['config', 'check', join(dir, 'douane.yaml')]);
+      expect(check.code).toBe(0);
+      expect(check.stdout).toMatch(new RegExp(`^  warning: tls\\.cert ${dir}/cert\\.pem: the TLS certificate \\(CN=first\\.douane\\.test\\) expires on \\S+, in 1 day: `, 'm'));
 
       copyFileSync(join(dir, 'second.crt'), join(dir, 'cert.pem'));
       copyFileSync(join(dir, 'second.key'), join(dir, 'key.pem'));
       child.kill('SIGHUP');
       await expect.poll(() => lines().find((l) => l.event === 'tls_reloaded'), { timeout: 5000 }).toMatchObject({ subject: 'CN=second.douane.test' });
       expect(await served(port)).toBe('second.douane.test');
+      expect(expiring()).toHaveLength(1);
+      expect((await douane(['config', 'check', join(dir, 'douane.yaml')])).stdout).not.toMatch(/warning/);
 
       // Half copied: the first certificate with the second key. Refused; the pair in use stays.
       copyFileSync(join(dir, 'first.crt'), join(dir, 'cert.pem'));

@@ -132,10 +132,11 @@ function alertSignals(expr: string): string[] {
 }
 
 /** Label names of every Douane metric family (src/metrics.ts), plus what Prometheus adds. */
-/** Every family Douane may export: douane_redis_up only with a Redis, so here with one. */
+/** Every family Douane may export: douane_redis_up only with a Redis, the certificate's expiry only with TLS, so here with both. */
 function everyMetric(): Metrics {
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   metrics.usesRedis();
+  metrics.tlsCertificateExpiry(new Date());
   return metrics;
 }
 
