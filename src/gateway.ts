@@ -283,11 +283,19 @@ export class Gateway {
     const ports = [...new Set(this.listeners.map((l): UpstreamPort => (l.config.mode === 'trusted' ? 'trusted' : 'submission')))];
     const learned = Promise.all(
       ports.map((port) =>
-        this.upstream.learn(port).catch((err: Error) => {
-          this.log.warn({ event: 'upstream_not_ready', port, err: err.message }, 'the upstream did not answer at start; what it offers is learned from the first session that reaches it');
-        }),
+        this.upstream.learn(port).then(
+          () => true,
+          (err: Error) => {
+            this.log.warn({ event: 'upstream_not_ready', port, err: err.message }, 'the upstream did not answer at start; what it offers is learned from the first session that reaches it');
+            return false;
+          },
+        ),
       ),
-    );
+    ).then((answered) => {
+      // The upstream's readiness gauge from the start: nothing else sets it while no one asks /readyz.
+      this.metrics.readiness.labels('upstream').set(answered.every(Boolean) ? 1 : 0);
+      if (!answered.every(Boolean)) this.upstreamUnready = true;
+    });
     await Promise.race([learned, new Promise((resolve) => setTimeout(resolve, 3000).unref())]);
   }
 
@@ -979,6 +987,9 @@ export class Gateway {
   private upstreamFailed(err: unknown, phase: Phase, reference: string): void {
     const kind = err instanceof UpstreamError ? err.kind : 'internal';
     this.metrics.upstreamErrors.labels(kind).inc();
+    // Unreachable, not merely refusing: the health timer probes it from now on, so that its readiness
+    // gauge (and the alert on it) follows without waiting for someone to ask /readyz.
+    if (kind === 'connect' || kind === 'timeout' || kind === 'closed' || kind === 'tls') this.upstreamUnready = true;
     this.log.warn({ event: 'upstream_error', ref: reference, phase, kind, err: (err as Error)?.message }, 'upstream failed');
   }
 

@@ -104,8 +104,36 @@ describe('admin endpoint', () => {
     expect(await readiness()).toBe('0');
     // The upstream is back: the health timer, not the next /readyz, clears its gauge (and the alert on it).
     upstream = await FakeUpstream.start({ port: upstream!.port });
-    gw.gateway.refreshHealth();
+    // A failed probe's answer is kept for 5 s (cachedProbe); health ticks come every 10 s.
+    await expect.poll(async () => (gw!.gateway.refreshHealth(), readiness()), { timeout: 10_000, interval: 500 }).toBe('1');
+  });
+
+  it('the upstream\'s readiness gauge follows the upstream with no one asking /readyz: from the start, and after failures in traffic', async () => {
+    const readiness = async () => /^douane_readiness\{check="upstream"\} (\d)$/m.exec(await gw!.metrics.registry.metrics())?.[1];
+    upstream = await FakeUpstream.start();
+    const port = upstream.port;
+    gw = await startGateway(port);
     await expect.poll(readiness, { timeout: 5000 }).toBe('1');
+
+    // Down while mail comes in: a client is tempfailed, and the next health tick probes the upstream.
+    await upstream.stop();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    expect(await c.command('MAIL FROM:<a@example.test>')).toMatch(/^451 4\.4\.1 /);
+    c.close();
+    gw.gateway.refreshHealth();
+    await expect.poll(readiness, { timeout: 5000 }).toBe('0');
+    upstream = await FakeUpstream.start({ port });
+    await expect.poll(async () => (gw!.gateway.refreshHealth(), readiness()), { timeout: 10_000, interval: 500 }).toBe('1');
+    await gw.stop();
+
+    // Down at start: the gauge says so at once.
+    await upstream.stop();
+    gw = await startGateway(port);
+    await expect.poll(readiness, { timeout: 5000 }).toBe('0');
+    upstream = await FakeUpstream.start({ port });
+    await expect.poll(async () => (gw!.gateway.refreshHealth(), readiness()), { timeout: 10_000, interval: 500 }).toBe('1');
   });
 
   it('requires the bearer token for metrics and details when one is configured; health checks need none', async () => {
