@@ -720,6 +720,13 @@ export class Gateway {
     // mailbox, as far as anyone but its host can tell (mailboxKey).
     const key = mailboxKey(address.address);
     tx.acceptedRecipients ??= new Set();
+    // Every recipient is kept for the transaction's log line, the refused ones too: without a bound, a
+    // client sending RCPTs for ever would grow the process's memory and that line without limit.
+    if (tx.recipients.length - tx.acceptedRecipients.size >= this.config.smtp.max_refused_recipients) {
+      const refusal = this.refusal({ action: 'tempfail', reason: 'recipients.too_many_refused', detail: { limit: this.config.smtp.max_refused_recipients } }, 'rcpt', tx.reference);
+      this.finishTransaction(state, { action: 'tempfail', reason: 'recipients.too_many_refused', reply: refusal.wire });
+      throw refusal;
+    }
     if (tx.acceptedRecipients.has(key)) {
       state.pendingSuccessText = `2.1.5 <${address.address}> is already a recipient of this message`;
       return;

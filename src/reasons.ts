@@ -99,6 +99,10 @@ export const REASONS = {
     sentence: 'Too many recipients for one message[ (limit {limit})]; send the rest in another message.',
     solution: 'The client may send the remaining recipients in a new transaction. The limit is the plan\'s recipients_per_message (policies/limits.yaml), or smtp.max_recipients when that is lower.',
   },
+  'recipients.too_many_refused': {
+    sentence: 'Too many recipients of this message were refused; closing the connection.',
+    solution: 'The client went on giving recipients after smtp.max_refused_recipients of them had been refused in one message (over its limits, unknown to the upstream): a broken client, or one harvesting addresses. Nothing of that message was accepted; the client may reconnect and send it to the recipients that exist.',
+  },
   'limits.unavailable': {
     sentence: 'Your message could not be checked against your sending limits right now; please try again later.',
     solution: 'Redis did not answer within limits.deadline and limits.on_redis_failure is tempfail. Check Redis, or switch to insurance.',

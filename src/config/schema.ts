@@ -94,6 +94,8 @@ export const configSchema = obj({
     obj({
       max_message_size: withDefault(bytes({ min: 1024 }), 26_214_400),
       max_recipients: withDefault(int({ min: 1, max: 100_000 }), 100),
+      // Postfix's smtpd_recipient_overshoot_limit: a client may go on past its refusals for a while, not for ever.
+      max_refused_recipients: withDefault(int({ min: 1, max: 100_000 }), 1000),
       max_connections: withDefault(int({ min: 1 }), 1000),
       max_connections_per_ip: withDefault(int({ min: 1 }), 20),
       max_auth_failures: withDefault(int({ min: 1 }), 3),

@@ -40,6 +40,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'message.too_big': { reject: [552, '5.3.4'] },
   'message.over_daily_volume': { reject: [552, '5.2.3'] },
   'recipients.too_many': { tempfail: [452, '4.5.3'] },
+  'recipients.too_many_refused': { tempfail: [421, '4.7.0'], close: true },
   'limits.unavailable': { tempfail: [451, '4.3.0'] },
   'policy.rule': { reject: [550, '5.7.1'], tempfail: [451, '4.7.1'] },
   'limit.rate': { tempfail: [450, '4.7.1'] },

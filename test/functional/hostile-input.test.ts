@@ -155,6 +155,22 @@ describe('size and recipient limits', () => {
     expect(upstream.messages[0]!.to).toEqual(['a@example.test', 'b@example.test']);
     c.close();
   });
+
+  it('closes with 421 4.7.0 a client that goes on giving recipients past smtp.max_refused_recipients refused ones, keeping no more of them', async () => {
+    const { gw, upstream } = await setup({ smtp: { max_recipients: 1, max_refused_recipients: 5 } });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO webmail.test');
+    await c.command('MAIL FROM:<user1@example.test>');
+    expect(await c.command('RCPT TO:<a@example.test>')).toMatch(/^250/);
+    for (let i = 0; i < 5; i++) expect(await c.command(`RCPT TO:<flood${i}@example.test>`)).toMatch(/^452 4\.5\.3 /);
+    expect(await c.command('RCPT TO:<flood5@example.test>')).toMatch(/^421 4\.7\.0 Too many recipients of this message were refused; closing the connection\. .*Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.reply()).toBe('(closed)');
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ verdict: 'tempfail', reason: 'recipients.too_many_refused' });
+    expect((line.rcpt as unknown[]).length).toBe(6);
+    expect(upstream.messages).toHaveLength(0);
+  });
 });
 
 describe('slow clients and floods', () => {
