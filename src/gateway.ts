@@ -492,9 +492,13 @@ export class Gateway {
           return;
         }
         this.log.error({ event: 'internal_error', phase, session: session.id, ref: reference, err: (err as Error)?.stack ?? String(err) }, 'handler failed');
-        const reply = replyFor({ action: 'tempfail', reason: 'internal.error' }, phase, reference);
-        this.metrics.replies.labels(phase, replyClass(reply.code)).inc();
-        cb(new ReplyError(reply));
+        const refusal = this.refusal({ action: 'tempfail', reason: 'internal.error' }, phase, reference);
+        this.metrics.replies.labels(phase, replyClass(refusal.responseCode)).inc();
+        // A failed MAIL or DATA ends the transaction: counted and logged as what the client was told, not
+        // later as abandoned. A failed RCPT ends only that recipient; the transaction goes on.
+        const state = this.sessions.get(session.id);
+        if (state && (phase === 'mail' || phase === 'data')) this.finishTransaction(state, { action: 'tempfail', reason: 'internal.error', reply: refusal.wire, note: `handler failed: ${(err as Error)?.message ?? String(err)}` });
+        cb(refusal);
       },
     );
   }

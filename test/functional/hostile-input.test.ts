@@ -309,6 +309,35 @@ describe('spool', () => {
     }
   });
 
+  it('a handler that fails unexpectedly tempfails with 451 4.3.0 and a reference, counted and logged as that refusal, not as abandoned', async () => {
+    const { FakeUpstream } = await import('../harness/fake-upstream.js');
+    const { startGateway } = await import('../harness/gateway.js');
+    const upstream = await FakeUpstream.start();
+    // An upstream provider with a bug: what a handler never expects to throw.
+    const broken = { forAuth: () => Promise.reject(new TypeError('boom')), forTrusted: () => Promise.reject(new TypeError('boom')), release: () => undefined, offers: () => false, learn: async () => undefined, close: async () => undefined };
+    const gw = await startGateway(upstream.port, {}, { upstream: broken });
+    try {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO webmail.test');
+      const reply = await c.command('MAIL FROM:<user1@example.test>');
+      expect(reply).toMatch(/^451 4\.3\.0 Temporary local problem.* Ref (D-[0-9A-Z]{6})\.$/);
+      const ref = /Ref (D-[0-9A-Z]{6})\.$/.exec(reply)![1];
+      c.write('QUIT\r\n');
+      const line = await gw.waitForLog((l) => l.event === 'transaction');
+      expect(line).toMatchObject({ ref, verdict: 'tempfail', reason: 'internal.error', reply: expect.stringMatching(/^451 4\.3\.0 /) });
+      expect(gw.logs.find((l) => l.event === 'internal_error')).toMatchObject({ ref, phase: 'mail' });
+      const metrics = await gw.metrics.registry.metrics();
+      expect(metrics).toMatch(/^douane_refusals_total\{phase="mail",reason="internal\.error"\} 1$/m);
+      expect(metrics).toMatch(/^douane_transactions_total\{listener="trusted",verdict="tempfail",reason="internal\.error"\} 1$/m);
+      expect(metrics).not.toMatch(/verdict="abandoned"/);
+      c.close();
+    } finally {
+      await gw.stop();
+      await upstream.stop();
+    }
+  });
+
   it('relays a 25 MB message intact and removes its spool file', async () => {
     const { gw, upstream } = await setup({ smtp: { max_message_size: '30M' }, spool: { memory_threshold: '64K' } });
     const c = await trustedSession(gw.port('trusted'));
