@@ -40,7 +40,10 @@ export class UpstreamError extends Error {
 interface Waiter {
   resolve(reply: SmtpReply): void;
   reject(err: Error): void;
-  timer: NodeJS.Timeout;
+  /** the reply's deadline; none yet while the command it answers is still being sent (DATA's body) */
+  timer?: NodeJS.Timeout;
+  /** the reply has come, or the connection failed */
+  settled?: boolean;
 }
 
 export interface XclientAttributes {
@@ -193,6 +196,7 @@ export class SmtpClient {
       const waiter = this.waiters.shift();
       if (waiter) {
         clearTimeout(waiter.timer);
+        waiter.settled = true;
         if (reply.code >= 400) this.errorsSinceDelivery++;
         waiter.resolve(reply);
       } else {
@@ -210,20 +214,35 @@ export class SmtpClient {
     while (this.waiters.length) {
       const w = this.waiters.shift()!;
       clearTimeout(w.timer);
+      w.settled = true;
       w.reject(this.failure);
     }
     if (this.socket && !this.socket.destroyed) this.socket.destroy();
   }
 
   private read(timeout: number): Promise<SmtpReply> {
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise<SmtpReply>((resolve, reject) => {
-      const timer = setTimeout(
-        () => this.fail(new UpstreamError('timeout', `upstream did not answer within ${timeout} ms`)),
-        timeout,
-      );
-      this.waiters.push({ resolve, reject, timer });
+    const next = this.readLater(timeout);
+    next.arm();
+    return next.reply;
+  }
+
+  /**
+   * Takes the next reply, with its deadline started by arm(): a reply to a command still being sent (the
+   * message after DATA) is waited for from the last byte on. The time to send is another deadline's
+   * (writeChunk: the upstream must keep reading).
+   */
+  private readLater(timeout: number): { reply: Promise<SmtpReply>; arm: () => void } {
+    if (this.failure) return { reply: Promise.reject(this.failure), arm: () => undefined };
+    let waiter!: Waiter;
+    const reply = new Promise<SmtpReply>((resolve, reject) => {
+      waiter = { resolve, reject };
+      this.waiters.push(waiter);
     });
+    const arm = () => {
+      if (waiter.settled || waiter.timer) return;
+      waiter.timer = setTimeout(() => this.fail(new UpstreamError('timeout', `upstream did not answer within ${timeout} ms`)), timeout);
+    };
+    return { reply, arm };
   }
 
   private write(data: string | Buffer): boolean {
@@ -386,7 +405,9 @@ export class SmtpClient {
         return start;
       }
     }
-    const final = this.read(this.endpoint.timeouts.data);
+    // Waited for from the end of the message on: a big message to a slow upstream takes longer to send
+    // than timeouts.data, which bounds each stall while sending (writeChunk) and the final answer.
+    const { reply: final, arm: armFinal } = this.readLater(this.endpoint.timeouts.data);
     final.catch(() => {}); // observed below; avoid an unhandled rejection while streaming
     // Small messages go out in one write (a syscall costs more than the copy); big ones stream.
     const cork = total !== undefined && total <= 256 * 1024;
@@ -414,6 +435,7 @@ export class SmtpClient {
     } finally {
       if (cork) this.socket.uncork();
     }
+    armFinal();
     this.lastUsedAt = Date.now();
     const reply = await final;
     this.inTransaction = false;
@@ -464,6 +486,7 @@ export class SmtpClient {
     if (!this.failure) this.failure = new UpstreamError('closed', 'connection closed by Douane');
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
+      w.settled = true;
       w.reject(this.failure);
     }
     if (this.socket && !this.socket.destroyed) this.socket.destroy();

@@ -2,6 +2,8 @@
 // upstream on this machine, or where the configuration says in so many words that the network is trusted
 // (tls: none); a keepalive belongs to one transaction.
 
+import net from 'node:net';
+import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isLoopbackAddress, SmtpClient, UpstreamError, type UpstreamEndpoint } from '../../src/upstream/smtp-client.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
@@ -31,6 +33,97 @@ describe('failures', () => {
     const dropped = await client.mail('user1@example.test').catch((err: unknown) => err);
     expect(dropped).toMatchObject({ kind: 'closed' });
   });
+});
+
+/**
+ * An upstream that reads the message slowly but steadily, `rate` bytes every 100 ms, and then answers
+ * the final dot, or never does (`answer: false`).
+ */
+async function slowReader(rate: number, answer: boolean): Promise<{ port: number; read: () => number; close: () => void }> {
+  let read = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => undefined);
+    let lines = '';
+    let inData = false;
+    let tail = '';
+    s.write('220 slow ESMTP\r\n');
+    s.on('data', (d: Buffer) => {
+      if (inData) return;
+      lines += d.toString('latin1');
+      for (let nl = lines.indexOf('\r\n'); nl >= 0 && !inData; nl = lines.indexOf('\r\n')) {
+        const verb = lines.slice(0, nl).split(' ')[0]!.toUpperCase();
+        lines = lines.slice(nl + 2);
+        if (verb === 'EHLO') s.write('250-slow\r\n250 ENHANCEDSTATUSCODES\r\n');
+        else if (verb === 'DATA') {
+          s.write('354 go\r\n');
+          inData = true;
+          s.removeAllListeners('data');
+          s.pause();
+          const timer = setInterval(() => {
+            let n = 0;
+            let chunk: Buffer | null;
+            while (n < rate && s.readableLength > 0 && (chunk = s.read(Math.min(rate - n, s.readableLength)) as Buffer | null)) {
+              n += chunk.length;
+              read += chunk.length;
+              tail = (tail + chunk.toString('latin1')).slice(-5);
+              if (tail === '\r\n.\r\n') {
+                clearInterval(timer);
+                if (answer) s.write('250 2.0.0 Ok: queued\r\n');
+                return;
+              }
+            }
+          }, 100);
+          s.on('close', () => clearInterval(timer));
+        } else s.write('250 2.0.0 Ok\r\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    read: () => read,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+describe('sending the message', () => {
+  it('a message the upstream takes longer than timeouts.data to read, reading all along, is sent; its answer is then waited for timeouts.data', async () => {
+    // 10 MB read at 2.5 MB/s at most: four seconds of sending at least, against a timeouts.data of 2.5 s.
+    // (TCP's window makes the reads come in bursts, with pauses of about half a second between them.)
+    const message = () => Readable.from((function* () {
+      yield Buffer.from('Subject: big\r\n\r\n');
+      const line = Buffer.from('x'.repeat(998) + '\r\n');
+      for (let i = 0; i < 100; i++) yield Buffer.concat(Array.from({ length: 100 }, () => line));
+    })());
+    const slow = { ...endpoint(0, 'none'), timeouts: { connect: 2000, command: 2000, data: 2500, keepalive: 60_000 } };
+    const reader = await slowReader(256 * 1024, true);
+    try {
+      const client = await SmtpClient.connect({ ...slow, port: reader.port });
+      await client.mail('user1@example.test');
+      await client.rcpt('user2@example.test');
+      expect(await client.data(message())).toMatchObject({ code: 250 });
+      expect(reader.read()).toBeGreaterThan(10_000_000);
+      client.destroy();
+    } finally {
+      reader.close();
+    }
+
+    // Read whole, never answered: the answer's own deadline still holds.
+    const mute = await slowReader(4 * 1024 * 1024, false);
+    try {
+      const client = await SmtpClient.connect({ ...slow, port: mute.port });
+      await client.mail('user1@example.test');
+      await client.rcpt('user2@example.test');
+      await expect(client.data(message())).rejects.toMatchObject({ kind: 'timeout', message: 'upstream did not answer within 2500 ms' });
+    } finally {
+      mute.close();
+    }
+  }, 30_000);
 });
 
 describe('credentials towards the upstream', () => {
