@@ -760,6 +760,7 @@ export class Gateway {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(err, 'rcpt', tx.reference);
       tx.recipients.push({ address: address.address, accepted: false, reply: refusal.wire });
+      this.metrics.recipients.labels('upstream_unavailable').inc();
       throw refusal;
     }
     tx.timings.rcpt = (tx.timings.rcpt ?? 0) + elapsed(started);
@@ -770,6 +771,7 @@ export class Gateway {
       if (grant) void this.limiter.refund(grant);
       const refusal = this.upstreamRefusal(new UpstreamError('protocol', `the upstream answered RCPT TO with ${formatReply(reply)}`, reply), 'rcpt', tx.reference);
       tx.recipients.push({ address: address.address, accepted: false, reply: refusal.wire });
+      this.metrics.recipients.labels('upstream_unavailable').inc();
       throw refusal;
     }
     const accepted = reply.code >= 200 && reply.code < 300; // 251 forwarded, 252 cannot verify but will try

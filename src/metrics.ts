@@ -15,7 +15,7 @@ export class Metrics {
   readonly sessions = new Counter({ name: 'douane_sessions_total', help: 'Client sessions by listener and how they ended', labelNames: ['listener', 'outcome'], registers: [this.registry] });
   readonly auth = new Counter({ name: 'douane_auth_total', help: 'AUTH attempts by result', labelNames: ['result'], registers: [this.registry] });
   readonly transactions = new Counter({ name: 'douane_transactions_total', help: 'Mail transactions by final verdict and reason', labelNames: ['listener', 'verdict', 'reason'], registers: [this.registry] });
-  readonly recipients = new Counter({ name: 'douane_recipients_total', help: 'Recipients by result (accepted, refused by Douane, refused by the upstream)', labelNames: ['result'], registers: [this.registry] });
+  readonly recipients = new Counter({ name: 'douane_recipients_total', help: 'Recipients by result: accepted, refused_by_douane, refused_by_upstream (its own answer), upstream_unavailable (tempfailed by Douane because the upstream failed)', labelNames: ['result'], registers: [this.registry] });
   readonly replies = new Counter({ name: 'douane_replies_total', help: 'Replies sent to clients by phase and class', labelNames: ['phase', 'class'], registers: [this.registry] });
   readonly refusals = new Counter({ name: 'douane_refusals_total', help: 'Refusals by Douane by phase and reason', labelNames: ['phase', 'reason'], registers: [this.registry] });
   readonly checkResults = new Counter({ name: 'douane_check_results_total', help: 'Check outcomes by check and result', labelNames: ['check', 'result'], registers: [this.registry] });

@@ -461,6 +461,8 @@ describe('upstream faults reach the client, and never as 250', () => {
     const c = await trusted(gw.port('trusted'));
     await c.command('MAIL FROM:<user1@example.test>');
     expect(await c.command('RCPT TO:<slow@example.test>')).toMatch(/^451 4\.4\.1 /);
+    // Counted among the recipients, as tempfailed for the upstream's failure.
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_recipients_total\{result="upstream_unavailable"\} 1$/m);
     c.close();
   });
 
