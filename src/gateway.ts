@@ -1127,6 +1127,9 @@ export class Gateway {
     tx.timings.total = this.clock.now() - tx.startedAt;
     this.settleLimits(state, tx, outcome.action === 'accept');
     this.metrics.transactions.labels(state.listener.name, outcome.action, outcome.reason ?? 'none').inc();
+    // What went through unscanned, once it did: not the messages refused later or retried.
+    if (outcome.action === 'accept' && tx.tags.includes('scan.failed')) this.metrics.scanFailOpen.inc();
+    if (outcome.action === 'accept' && tx.tags.includes('scan.skipped')) this.metrics.scanSkipped.inc();
     this.metrics.transactionDuration.observe(tx.timings.total / 1000);
     this.log.info(
       {

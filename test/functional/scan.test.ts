@@ -111,10 +111,14 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('fixtures/policies/scan', dir, { recursive: true });
     writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('fail_open: false', 'fail_open: true'));
+    // Counted once relayed: not for a message the upstream then refuses.
+    upstream = await FakeUpstream.start({ dataEnd: (m) => (m.raw.includes('refuse me') ? '554 5.7.1 Refused' : undefined) });
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }], timeout: '2s' }, dir);
+    expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nrefuse me\r\n`)).toMatch(/^554 5\.7\.1 Refused/);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_scan_fail_open_total 0$/m);
     expect(await send(gw, `From: user1@example.test\r\nSubject: x\r\n\r\nclean text\r\n`)).toMatch(/^250 /);
-    expect(upstream!.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.failed\r\n/);
-    expect(await gw.metrics.registry.metrics()).toMatch(/douane_scan_fail_open_total 1/);
+    expect(upstream.messages.at(-1)!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.failed\r\n/);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_scan_fail_open_total 1$/m);
   });
 
   it('clamd frozen (SIGSTOP): 451 4.3.0 within the scan deadline, then at once until clamd answers again', async () => {
@@ -209,10 +213,13 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('fixtures/policies/scan', dir, { recursive: true });
     writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('over_max_size: reject', 'over_max_size: skip'));
+    upstream = await FakeUpstream.start({ dataEnd: (m) => (m.raw.includes('refuse me') ? '554 5.7.1 Refused' : undefined) });
     const gw = await gateway(undefined, dir);
-    const big = mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] });
-    expect(await send(gw, big)).toMatch(/^250 /);
-    expect(upstream!.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.skipped\r\n/);
+    const big = (text: string) => mimeMessage({ from: 'user1@example.test', text, attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] });
+    expect(await send(gw, big('refuse me'))).toMatch(/^554 5\.7\.1 Refused/);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_scan_skipped_total 0$/m);
+    expect(await send(gw, big('hello'))).toMatch(/^250 /);
+    expect(upstream.messages.at(-1)!.raw.toString()).toMatch(/^X-Douane-Tags: scan\.skipped\r\n/);
     const metrics = await gw.metrics.registry.metrics();
     expect(metrics).toMatch(/^douane_scan_skipped_total 1$/m);
     expect(metrics).not.toMatch(/^douane_scans_total\{result="clean"\} [1-9]/m);
