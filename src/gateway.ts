@@ -420,6 +420,7 @@ export class Gateway {
       },
       draining: () => this.draining,
       onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
+      onProtocolError: (session, reply) => this.onProtocolError(session, reply),
       sessionDeadline: smtp.session_deadline,
       upstreamOffers: (extension) => this.upstream.offers(trusted ? 'trusted' : 'submission', extension),
       maxSocketsPerIp: smtp.max_connections_per_ip,
@@ -1014,11 +1015,22 @@ export class Gateway {
 
   private onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void {
     this.metrics.refusals.labels('protocol', reason).inc();
+    this.metrics.replies.labels('protocol', replyClass(reply.code)).inc();
     const state = this.sessions.get(session.id);
     this.log.info(
       { event: 'refusal', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reason, reply: `${reply.code} ${reply.enhanced}` },
       reason,
     );
+  }
+
+  /**
+   * smtp-server's own error replies (a command it does not know, bad syntax, a command out of sequence):
+   * the client's mistakes rather than refusals, but their reference must lead to a line of the log.
+   */
+  private onProtocolError(session: SMTPServerSession, reply: string): void {
+    this.metrics.replies.labels('protocol', replyClass(Number(reply.slice(0, 3)))).inc();
+    const state = this.sessions.get(session.id);
+    this.log.info({ event: 'protocol_error', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reply }, 'protocol error');
   }
 
   private logAuth(state: SessionState, username: string, result: string, detail?: string): void {

@@ -59,6 +59,8 @@ export interface ConnectionHooks {
   draining(): boolean;
   /** a session-level refusal that no handler saw (bare LF, deadline, cap) — for the log and metrics */
   onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void;
+  /** the library's own error reply (unknown command, bad syntax, bad sequence), as sent */
+  onProtocolError(session: SMTPServerSession, reply: string): void;
   /** overall per-session deadline in ms */
   sessionDeadline: number;
   /** whether the upstream offers an extension: EHLO offers DSN and SMTPUTF8 only while it does */
@@ -289,7 +291,9 @@ export class GatewayConnection extends SMTPConnection {
     if (code >= 400 && PROTOCOL_ENHANCED[code] && typeof data === 'string') {
       // The library's protocol errors (unknown command, bad syntax, bad sequence, a malformed EHLO, which it
       // sends without a context) carry a reference too.
-      return super.send(code, `${PROTOCOL_ENHANCED[code]} ${data.replace(/\.?$/, '.')} Ref ${this.hooks.sessionReference(this.session)}.`, false);
+      const text = `${PROTOCOL_ENHANCED[code]} ${data.replace(/\.?$/, '.')} Ref ${this.hooks.sessionReference(this.session)}.`;
+      this.hooks.onProtocolError(this.session, `${code} ${text}`);
+      return super.send(code, text, false);
     }
     super.send(code, data, context);
   }

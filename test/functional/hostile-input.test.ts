@@ -86,6 +86,7 @@ describe('SMTP smuggling', () => {
     c.write('NOOP\nNOOP\r\n');
     expect(await c.reply()).toMatch(/^500 5\.5\.2/);
     expect(await c.reply()).toMatch(/^250/);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_replies_total\{phase="protocol",class="5xx"\} 2$/m);
     c.close();
   });
 
@@ -105,6 +106,17 @@ describe('SMTP smuggling', () => {
     expect(await c.command('HELO a b')).toMatch(/^501 5\.5\.4 .*HELO hostname.* Ref D-[0-9A-Z]{6}\.$/);
     expect(await c.command(`EHLO ${'a'.repeat(300)}.test`)).toMatch(/^501 5\.5\.4 .*hostname syntax.* Ref D-[0-9A-Z]{6}\.$/);
     expect(await c.command('EHLO webmail.test')).toMatch(/^250/);
+    // The client's mistakes, with references that lead to the log at its default level, and counted.
+    const bad = await c.command('MAIL FROM:no-brackets');
+    expect(bad).toMatch(/^501 5\.5\.4 .* Ref (D-[0-9A-Z]{6})\.$/);
+    const ref = /Ref (D-[0-9A-Z]{6})\.$/.exec(bad)![1];
+    expect(gw.logs.filter((l) => l.event === 'protocol_error').map((l) => [l.level, l.ref, String(l.reply).slice(0, 9)])).toEqual([
+      ['info', ref, '501 5.5.4'],
+      ['info', ref, '501 5.5.4'],
+      ['info', ref, '501 5.5.4'],
+      ['info', ref, '501 5.5.4'],
+    ]);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_replies_total\{phase="protocol",class="5xx"\} 4$/m);
     c.close();
   });
 
