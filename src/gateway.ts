@@ -471,14 +471,16 @@ export class Gateway {
    */
   private guard<T>(phase: Phase, session: SMTPServerSession, cb: (err: Error | null, value?: T) => void, fn: () => Promise<T>): void {
     const started = performance.now();
+    // DATA's answer is timed from the final dot: before it, the time is the client's, sending its message.
+    const since = () => (phase === 'data' ? (this.sessions.get(session.id)?.tx?.receivedAt ?? started) : started);
     fn().then(
       (value) => {
-        this.metrics.phaseDuration.labels(phase).observe((performance.now() - started) / 1000);
+        this.metrics.phaseDuration.labels(phase).observe((performance.now() - since()) / 1000);
         this.metrics.replies.labels(phase, '2xx').inc();
         cb(null, value);
       },
       (err: unknown) => {
-        this.metrics.phaseDuration.labels(phase).observe((performance.now() - started) / 1000);
+        this.metrics.phaseDuration.labels(phase).observe((performance.now() - since()) / 1000);
         if (err instanceof ReplyError || (err instanceof Error && typeof (err as ReplyError).responseCode === 'number')) {
           this.metrics.replies.labels(phase, replyClass((err as ReplyError).responseCode)).inc();
           cb(err as Error);
@@ -863,6 +865,7 @@ export class Gateway {
       tx.size = size;
       tx.lineEndings = watch.end();
       tx.timings.data = elapsed(started);
+      tx.receivedAt = performance.now();
       this.metrics.messageSize.observe(size);
 
       const checksStarted = performance.now();

@@ -20,7 +20,7 @@ export class Metrics {
   readonly refusals = new Counter({ name: 'douane_refusals_total', help: 'Refusals by Douane by phase and reason', labelNames: ['phase', 'reason'], registers: [this.registry] });
   readonly checkResults = new Counter({ name: 'douane_check_results_total', help: 'Check outcomes by check and result', labelNames: ['check', 'result'], registers: [this.registry] });
   readonly messageSize = new Histogram({ name: 'douane_message_size_bytes', help: 'Size of received messages', buckets: SIZE_BUCKETS, registers: [this.registry] });
-  readonly phaseDuration = new Histogram({ name: 'douane_phase_duration_seconds', help: 'Time Douane spent answering each phase (including the upstream)', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly phaseDuration = new Histogram({ name: 'douane_phase_duration_seconds', help: 'Time Douane spent answering each phase, the upstream included; for data, from the final dot on (not the time the client takes to send its message)', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly transactionDuration = new Histogram({ name: 'douane_transaction_duration_seconds', help: 'From MAIL FROM to the final reply', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
   readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused, internal)', labelNames: ['kind'], registers: [this.registry] });

@@ -110,6 +110,8 @@ export interface Transaction {
   lastBytesSent?: boolean;
   /** how the transaction ended, for the log */
   outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string; note?: string };
+  /** performance.now() when the client's final dot came: the data phase's answer is timed from there */
+  receivedAt?: number;
   timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'checks' | 'relay' | 'total', number>>;
   done: boolean;
 }
