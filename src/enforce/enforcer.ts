@@ -157,7 +157,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // A dry run touches no customer: no lowered limits, no mail to the holder; the log and audit say what would have been.
       this.deps.metrics.suspensions.labels(step.action, 'dry_run').inc();
       await this.deps.audit.append({ action: `${step.action}_dry_run`, actor: 'douane', account: e.account, reference: e.reference, total, step: step.at });
-      this.deps.log.warn({ event: `${step.action}_dry_run`, account: e.account, reference: e.reference, total }, `dry run: would ${step.action} ${e.account}`);
+      this.deps.log.warn({ event: `${step.action}_dry_run`, account: e.account, ref: e.reference, total }, `dry run: would ${step.action} ${e.account}`);
       return;
     }
     if (step.action === 'notify') {
@@ -167,6 +167,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.webhook({ type: 'notify', account: e.account, reference: e.reference, total, step: step.at });
       await this.deps.audit.append({ action: 'notify', actor: 'douane', account: e.account, reference: e.reference, total, step: step.at });
       this.deps.metrics.suspensions.labels('notify', 'done').inc();
+      this.deps.log.info({ event: 'notified', account: e.account, ref: e.reference, total, step: step.at }, `${e.account} warned (strike total ${total})`);
       return;
     }
     if (step.action === 'throttle') {
@@ -175,6 +176,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       if (policy.account(e.account).allowlisted.neverSuspend) {
         const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
         this.deps.metrics.suspensions.labels('throttle', 'skipped_allowlist').inc();
+        this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why: 'allowlists.never_suspend' }, `${e.account} not throttled: on the never-suspend allowlist`);
         await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why: 'allowlists.never_suspend' });
         await this.notifyAbuse(abuseMail('throttle skipped (never-suspend allowlist)', n, [`would have: throttle to ${step.factor} of the limits`]));
         return;
@@ -185,6 +187,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.webhook({ type: 'throttle', account: e.account, reference: e.reference, total, factor: step.factor, until });
       await this.deps.audit.append({ action: 'throttle', actor: 'douane', account: e.account, reference: e.reference, total, factor: step.factor, until: until && new Date(until).toISOString() });
       this.deps.metrics.suspensions.labels('throttle', 'done').inc();
+      this.deps.log.warn({ event: 'throttled', account: e.account, ref: e.reference, total, factor: step.factor, until: until && new Date(until).toISOString() }, `${e.account} throttled to ${step.factor} of its limits`);
       return;
     }
     await this.automaticSuspension(e.account, step.action, { reference: e.reference, total, until, rule: e.rule, article, reason: `strike total ${total} reached ${step.at}` }, policy);
@@ -196,6 +199,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const n = await this.notice(account, why.reference, why.total, why.article, { until: why.until });
     if (policy.account(account).allowlisted.neverSuspend) {
       this.deps.metrics.suspensions.labels(action, 'skipped_allowlist').inc();
+      this.deps.log.info({ event: 'suspension_skipped', account, action, ref: why.reference, total: why.total, why: 'allowlists.never_suspend' }, `${account} not suspended: on the never-suspend allowlist`);
       await this.deps.audit.append({ ...base, action: 'suspension_skipped', why: 'allowlists.never_suspend' });
       await this.notifyAbuse(abuseMail('suspension skipped (never-suspend allowlist)', n, [`would have: ${action}`]));
       return;
@@ -203,7 +207,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (s.dry_run) {
       this.deps.metrics.suspensions.labels(action, 'dry_run').inc();
       await this.deps.audit.append({ ...base, action: 'suspension_dry_run' });
-      this.deps.log.warn({ event: 'suspension_dry_run', account, action, reference: why.reference }, `dry run: would ${action} ${account}`);
+      this.deps.log.warn({ event: 'suspension_dry_run', account, action, ref: why.reference }, `dry run: would ${action} ${account}`);
       return;
     }
     // Held by the circuit breaker, a suspension waits for a person like one in approval mode: the ladder
@@ -213,6 +217,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (breaker.open) {
       await this.deps.state.setPending(account, pending);
       this.deps.metrics.suspensions.labels(action, 'blocked_breaker').inc();
+      this.deps.log.warn({ event: 'suspension_blocked', account, action, ref: why.reference, total: why.total, why: 'circuit breaker open' }, `${account} not suspended (${action}): the circuit breaker is open; it waits for approval`);
       await this.deps.audit.append({ ...base, action: 'suspension_blocked', why: 'circuit breaker open' });
       await this.notifyAbuse(abuseMail('suspension held by the circuit breaker', n, ['Automatic suspension is stopped. Check the policy, then: douane accounts breaker reset', `would have: ${action}`, `then, if it is right: douane accounts approve ${account}`]));
       return;
@@ -232,6 +237,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (s.approval) {
       await this.deps.state.setPending(account, pending);
       this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
+      this.deps.log.warn({ event: 'suspension_pending', account, action, ref: why.reference, total: why.total }, `${account}: ${action} waits for approval (douane accounts approve ${account})`);
       await this.deps.audit.append({ ...base, action: 'suspension_pending' });
       await this.notifyAbuse(abuseMail('suspension waiting for approval', n, [`action: ${action}`, `approve with: douane accounts approve ${account}`]));
       return;
@@ -271,7 +277,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     this.deps.metrics.suspensions.labels(action, 'done').inc();
     const evidence = strikes.map((x) => ({ reference: x.reference, event: x.event, weight: x.weight, rule: x.rule, at: new Date(x.at).toISOString() }));
     await this.deps.audit.append({ action: action, actor: why.by, account, reference: why.reference, reason: why.reason, until: why.until && new Date(why.until).toISOString(), rule: why.rule, article: why.article, total: why.total, strikes: evidence });
-    this.deps.log.warn({ event: 'suspended', account, action, reference: why.reference, by: why.by }, `${account} suspended (${action})`);
+    this.deps.log.warn({ event: 'suspended', account, action, ref: why.reference, by: why.by, reason: why.reason, rule: why.rule, until: why.until && new Date(why.until).toISOString() }, `${account} suspended (${action})`);
     // In force and audited: what is left tells people about it. Its failure is logged, and the
     // suspension is not reported as failed (a person would try it again; the ladder would give the step back).
     try {
@@ -280,7 +286,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.notifyAbuse(abuseMail(`${action} carried out`, n, [`by: ${why.by}`, `reason: ${why.reason}`]));
       await this.webhook({ type: action, account, reference: why.reference, by: why.by, reason: why.reason, until: why.until });
     } catch (err) {
-      this.deps.log.error({ event: 'notice_failed', account, action, reference: why.reference, err: (err as Error).message }, `${account} is suspended (${action}), but its notices could not be queued`);
+      this.deps.log.error({ event: 'notice_failed', account, action, ref: why.reference, err: (err as Error).message }, `${account} is suspended (${action}), but its notices could not be queued`);
     }
     await this.refreshGauge();
     return suspension;

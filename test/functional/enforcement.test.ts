@@ -143,6 +143,12 @@ describe('the strike ladder, end to end', () => {
     const strike = entries.find((e) => e.action === 'strike')!;
     expect(strike).toMatchObject({ strike: 'malware', weight: 10, rule: 'malware.found', article: '4.6' });
     expect(JSON.stringify(strike.evidence)).toMatch(/Test\.EICAR/);
+    // The log says each step under the reference of the message that took it, as the transaction line does.
+    const refs = a.logs.filter((l) => l.event === 'transaction' && l.account === 'user1@example.test').map((l) => l.ref);
+    const steps = a.logs.filter((l) => l.event === 'notified' || l.event === 'suspended');
+    expect(steps.map((l) => l.event)).toEqual(['notified', 'suspended']);
+    for (const l of steps) expect(refs).toContain(l.ref);
+    expect(steps[1]).toMatchObject({ level: 'warn', account: 'user1@example.test', action: 'suspend_account', by: 'douane', rule: 'malware.found', reason: expect.stringMatching(/^strike total \d+ reached \d+$/) });
 
     // Reinstatement through the admin API (what `douane accounts reinstate` calls).
     const base = await admin(a);
@@ -554,6 +560,7 @@ describe('safeguards', () => {
     const told = await Promise.all(upstream.messages.filter((m) => m.to.includes('abuse-team@provider.test')).map((m) => simpleParser(m.raw)));
     expect(told.map((m) => m.subject)).toContainEqual(expect.stringMatching(/^\[douane\] suspension skipped \(never-suspend allowlist\): postmaster@example\.test \(D-[0-9A-Z]{6}\)$/));
     expect(told.find((m) => m.subject?.includes('suspension skipped'))!.text).toMatch(/would have: suspend_(sending|account)/);
+    expect(a.logs.find((l) => l.event === 'suspension_skipped')).toMatchObject({ level: 'info', account: 'postmaster@example.test', ref: expect.stringMatching(/^D-/), why: 'allowlists.never_suspend' });
   });
 
   it('dry run: audits what it would do and does nothing', async () => {
@@ -570,6 +577,7 @@ describe('safeguards', () => {
     for (let i = 0; i < 3; i++) await send(a, 'user2@example.test', eicar('user2@example.test'));
     await until('pending', async () => ((await (await fetch(`${base}/accounts`)).json()) as { pending_approval: string[] }).pending_approval.includes('user2@example.test'));
     expect((await send(a, 'user2@example.test', clean('user2@example.test'))).data).toMatch(/^250 /);
+    expect(a.logs.find((l) => l.event === 'suspension_pending')).toMatchObject({ level: 'warn', account: 'user2@example.test', ref: expect.stringMatching(/^D-/) });
     const res = await fetch(`${base}/accounts/user2@example.test/approve`, { method: 'POST', headers: { 'x-douane-actor': 'cli:lead' } });
     expect(res.status).toBe(200);
     expect((await send(a, 'user2@example.test', clean('user2@example.test'))).mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
@@ -584,6 +592,7 @@ describe('safeguards', () => {
       for (let i = 0; i < 3; i++) await send(a, acct, eicar(acct));
     }
     await until('breaker open', () => audit(a).some((e) => e.action === 'circuit_breaker_open'));
+    expect(a.logs.find((l) => l.event === 'circuit_breaker_open')).toMatchObject({ level: 'error' });
     await until('two locked', () => zimbra.modifications.length === 2);
     await a.gateway.outbox.idle();
     expect(zimbra.modifications).toHaveLength(2);
