@@ -572,7 +572,7 @@ export class Gateway {
     if (isRefusal(outcome.verdict)) {
       void attempt?.settle('not_tried');
       this.metrics.auth.labels('blocked').inc();
-      this.logAuth(state, username, 'blocked', outcome.verdict.reason);
+      this.logAuth(state, username, 'blocked', { reason: outcome.verdict.reason });
       throw this.refusal(outcome.verdict, 'auth', state.reference);
     }
 
@@ -594,7 +594,7 @@ export class Gateway {
       if (state.closed) throw clientGone('before its credentials were checked');
       this.upstreamFailed(err, 'auth', state.reference);
       this.metrics.auth.labels('upstream_error').inc();
-      this.logAuth(state, username, 'upstream_error', (err as Error).message);
+      this.logAuth(state, username, 'upstream_error', { reason: 'auth.upstream_unavailable', detail: (err as Error).message });
       throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable' }, 'auth', state.reference);
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
@@ -606,8 +606,8 @@ export class Gateway {
       if (state.closed) throw clientGone('while its credentials were checked');
       const login = comparableAddress(username);
       this.metrics.auth.labels('success').inc();
-      this.logAuth(state, username, 'success');
       state.account = await this.enforcer.canonical(login);
+      this.logAuth(state, username, 'success');
       if (state.closed) throw clientGone('while its account was looked up');
       state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
       await this.limiter.sessionOpened(state.account, state.id, state.sessionExpiresAt);
@@ -626,7 +626,7 @@ export class Gateway {
       if (counted.accountBlockedNow) await this.bruteForceStrike(state, username, counted.failures);
       const tooMany = state.authFailures >= this.config.smtp.max_auth_failures;
       this.metrics.auth.labels(tooMany ? 'too_many_failures' : 'failure').inc();
-      this.logAuth(state, username, tooMany ? 'too_many_failures' : 'failure', formatReply(reply));
+      this.logAuth(state, username, tooMany ? 'too_many_failures' : 'failure', { reason: tooMany ? 'auth.too_many_failures' : 'auth.failed', detail: formatReply(reply) });
       throw this.refusal(
         tooMany ? { action: 'tempfail', reason: 'auth.too_many_failures' } : { action: 'reject', reason: 'auth.failed' },
         'auth',
@@ -637,11 +637,11 @@ export class Gateway {
     void attempt?.settle('not_tried');
     if (reply.code >= 400 && reply.code < 500) {
       this.metrics.auth.labels('upstream_tempfail').inc();
-      this.logAuth(state, username, 'upstream_tempfail', formatReply(reply));
+      this.logAuth(state, username, 'upstream_tempfail', { reason: 'auth.upstream_unavailable', detail: formatReply(reply) });
       throw this.refusal({ action: 'tempfail', reason: 'auth.upstream_unavailable', evidence: { upstream: formatReply(reply) } }, 'auth', state.reference);
     }
     this.metrics.auth.labels('failure').inc();
-    this.logAuth(state, username, 'failure', formatReply(reply));
+    this.logAuth(state, username, 'failure', { detail: formatReply(reply) });
     throw passThrough(reply, state.reference);
   }
 
@@ -1036,8 +1036,12 @@ export class Gateway {
     this.log.info({ event: 'protocol_error', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reply }, 'protocol error');
   }
 
-  private logAuth(state: SessionState, username: string, result: string, detail?: string): void {
-    this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: username, result, detail }, `auth ${result}`);
+  /**
+   * One line per AUTH attempt: the login as typed, the account it is once known (after a success), our
+   * reason when the refusal is ours (as the refusal counters have it), the upstream's reply or error.
+   */
+  private logAuth(state: SessionState, username: string, result: string, why: { reason?: ReasonCode; detail?: string } = {}): void {
+    this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, login: username, account: state.account ?? username, result, reason: why.reason, detail: why.detail }, `auth ${result}`);
   }
 
   /** Keeps the refused message and its metadata; false if it could not be stored. */

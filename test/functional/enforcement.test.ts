@@ -446,6 +446,12 @@ describe('one account, however its owner logs in', () => {
       ['joe', 'joe@example.test'],
       ['jo@example.test', 'joe@example.test'],
     ]);
+    // The AUTH lines name the account each login was, next to the login as typed.
+    expect(a.logs.filter((l) => l.event === 'auth').map((l) => [l.result, l.login, l.account])).toEqual([
+      ['success', 'joe@example.test', 'joe@example.test'],
+      ['success', 'jo@example.test', 'joe@example.test'],
+      ['success', 'joe', 'joe@example.test'],
+    ]);
     // Only the suspension's notices went out, none of joe's mail.
     expect(upstream.messages.filter((m) => m.user !== undefined)).toEqual([]);
 

@@ -100,7 +100,11 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     expect(await c.command(`AUTH PLAIN ${token}`)).toMatch(/^421 4\.7\.0 Too many failed authentication attempts/);
     expect(await c.reply()).toBe('(closed)');
     const logged = gw.logs.filter((l) => l.event === 'auth');
-    expect(logged.map((l) => l.result)).toEqual(['failure', 'failure', 'too_many_failures']);
+    expect(logged.map((l) => [l.result, l.reason, l.login])).toEqual([
+      ['failure', 'auth.failed', 'user1@example.test'],
+      ['failure', 'auth.failed', 'user1@example.test'],
+      ['too_many_failures', 'auth.too_many_failures', 'user1@example.test'],
+    ]);
     // Neither the password nor the AUTH token that carries it (nor its base64 pieces) reaches the logs.
     const logs = JSON.stringify(gw.logs);
     for (const secret of ['wrong', token, Buffer.from('wrong').toString('base64')]) expect(logs).not.toContain(secret);
