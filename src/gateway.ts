@@ -37,7 +37,7 @@ import type { SessionState, Transaction } from './session/state.js';
 import { GatewayConnection, GatewaySmtpServer, paramsAsWritten, takeCredentialsAsSent, type ConnectionHooks, type CredentialsAsSent } from './smtp/connection.js';
 import { PROTOCOL_ENHANCED, ReplyError, formatWire, newReference, replyFor, type WireReply } from './smtp/replies.js';
 import { certificateDates, certificateWarning, loadTlsMaterial, reloadTlsMaterial, type TlsMaterial } from './smtp/tls.js';
-import { AddressList } from './validate/net.js';
+import { AddressList, canonicalIp } from './validate/net.js';
 import { envelopeParams, type WrittenParams } from './upstream/params.js';
 import { endpointsFrom, PooledUpstreamProvider, type ClientIdentity, type UpstreamPort, type UpstreamProvider } from './upstream/provider.js';
 import { formatReply, replyText, type SmtpReply } from './upstream/reply.js';
@@ -410,6 +410,7 @@ export class Gateway {
   private createServer(name: string, l: ListenerConfig): GatewaySmtpServer {
     const smtp = this.config.smtp;
     const trusted = l.mode === 'trusted';
+    const proxies = new Set((l.proxy_protocol_from ?? []).map(canonicalIp));
     const hooks: ConnectionHooks = {
       sessionReference: (session) => this.sessionReference(session),
       takeSuccessText: (session) => {
@@ -424,6 +425,8 @@ export class Gateway {
       sessionDeadline: smtp.session_deadline,
       upstreamOffers: (extension) => this.upstream.offers(trusted ? 'trusted' : 'submission', extension),
       maxSocketsPerIp: smtp.max_connections_per_ip,
+      isProxy: (ip) => proxies.has(canonicalIp(ip)),
+      onProxyRefused: (ip, why) => this.log.warn({ event: 'proxy_header_refused', listener: name, proxy: ip, err: why }, `connection from the load balancer ${ip} closed: ${why} (Douane reads PROXY protocol version 1: HAProxy's send-proxy, not send-proxy-v2)`),
       onSocketRefused: (ip) => {
         this.metrics.refusals.labels('connect', 'connection.too_many_from_ip').inc();
         this.log.info({ event: 'refusal', listener: name, client: ip, reason: 'connection.too_many_from_ip', phase: 'tls' }, 'connection.too_many_from_ip');
@@ -446,6 +449,8 @@ export class Gateway {
         hideDSN: false,
         hideREQUIRETLS: true,
         disableReverseLookup: true,
+        // smtp-server reads the header (v1) from these addresses only, and takes the client's address from it.
+        useProxy: proxies.size ? [...proxies] : false,
         maxClients: smtp.max_connections,
         socketTimeout: smtp.idle_timeout,
         closeTimeout: this.config.shutdown.drain_timeout,

@@ -4,10 +4,11 @@
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { networkInterfaces, userInfo } from 'node:os';
-import { isIPv4, isIPv6 } from 'node:net';
+import { isIPv4 } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
+import { canonicalIp } from '../validate/net.js';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { EMBEDDED_DEFAULT } from './default.js';
@@ -149,16 +150,6 @@ function crossChecks(config: Config): Issue[] {
     if (own) issues.push({ path: ['upstream', key], message: `is ${port}, where listener "${own[0]}" listens: Douane would relay to itself (the upstream is the MTA behind it)` });
   }
   return issues;
-}
-
-/** One spelling per address: IPv6 in its short form, an IPv4-mapped one as IPv4; a host name as it is. */
-function canonicalIp(address: string): string {
-  if (!isIPv6(address)) return address;
-  const short = new URL(`http://[${address}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(short);
-  if (!mapped) return short;
-  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
-  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** The files serve will read: the listeners' certificate and key, the upstream's CA. */

@@ -36,6 +36,9 @@ const listener = refine(
     address: withDefault(ipAddress(), '127.0.0.1'),
     port: required(int({ min: 0, max: 65535 })),
     allow: optional(list(cidr(), { min: 1 })),
+    // Load balancers in front of this listener that open each connection with a PROXY protocol (v1) line
+    // naming the client: connections from them are taken as from that client, the others as they are.
+    proxy_protocol_from: optional(list(ipAddress(), { min: 1 })),
   }),
   (l, path): Issue[] => {
     if (l.mode === 'trusted' && !l.allow) {

@@ -73,6 +73,13 @@ export interface ConnectionHooks {
   maxSocketsPerIp?: number;
   /** a connection closed at once for the cap above */
   onSocketRefused?(ip: string): void;
+  /**
+   * A load balancer sending the PROXY protocol: its connections are many clients', named only by the
+   * header that follows, so the cap above does not count them (the balancer's own limits do).
+   */
+  isProxy?(ip: string): boolean;
+  /** a balancer's connection closed because its PROXY line was missing or malformed (v2, garbage) */
+  onProxyRefused?(ip: string, why: string): void;
 }
 
 /** MAIL FROM and RCPT TO parameters as the client wrote them, by parsed command. */
@@ -376,6 +383,7 @@ export class GatewaySmtpServer extends SMTPServer {
     listener.removeAllListeners('connection');
     listener.on('connection', (socket: net.Socket) => {
       const ip = socket.remoteAddress ?? '';
+      if (this.hooks.isProxy?.(ip)) return accept[0]!.call(listener, socket);
       const held = perIp.get(ip) ?? 0;
       if (held >= max) {
         socket.on('error', () => undefined);
@@ -390,6 +398,14 @@ export class GatewaySmtpServer extends SMTPServer {
         else perIp.set(ip, left);
       });
       accept[0]!.call(listener, socket);
+    });
+  }
+
+  /** smtp-server drops a connection whose PROXY line is bad without a word: the log says which and why. */
+  override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer['_handleProxy']>[1]): void {
+    super._handleProxy(socket, (err, socketOptions) => {
+      if (err) this.hooks.onProxyRefused?.(socket.remoteAddress ?? '', err.message);
+      callback(err, socketOptions);
     });
   }
 

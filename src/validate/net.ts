@@ -1,6 +1,6 @@
 // Network-address schemas and matching (CIDR allowlists), built on node:net's BlockList.
 
-import { BlockList, isIP } from 'node:net';
+import { BlockList, isIP, isIPv6 } from 'node:net';
 import { type Schema } from './schema.js';
 
 export interface Cidr {
@@ -58,4 +58,14 @@ export class AddressList {
     if (isIP(plain) === 0) return false;
     return this.list.check(plain, family);
   }
+}
+
+/** One spelling per address: IPv6 in its short form, an IPv4-mapped one as IPv4; a host name as it is. */
+export function canonicalIp(address: string): string {
+  if (!isIPv6(address)) return address;
+  const short = new URL(`http://[${address}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(short);
+  if (!mapped) return short;
+  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
+import { startHaproxy } from '../harness/haproxy.js';
 import { allDelivered, waitForMailbox } from '../harness/mail-stack.js';
 import { RawSmtp } from '../harness/net.js';
 import { run } from '../harness/procs.js';
@@ -193,6 +194,33 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
       expect(msg).toContain('via the trusted port');
       expect(msg).toMatch(/from webmail\.example\.test \(.*\[127\.0\.0\.5\]\)/);
     } finally {
+      await gw2.stop();
+    }
+  });
+
+  it('behind HAProxy (send-proxy): the client\'s own address is the one the trusted network, the log and Postfix see', async () => {
+    const before = (await waitForMailbox(stack, 'user3', 0)).length;
+    // Only the client's address is trusted: without the PROXY line, Douane would see HAProxy's (127.0.0.1) and refuse.
+    const gw2 = await startGateway(stack.openPort, {
+      listeners: { trusted: { mode: 'trusted', port: 0, allow: ['127.0.0.6/32'], proxy_protocol_from: ['127.0.0.1'] } },
+      upstream: { port: stack.authPort, trusted_port: stack.openPort, tls: 'opportunistic', verify_certificate: false, xclient: true, timeouts: { connect: '5s', command: '10s', data: '20s' } },
+    });
+    const haproxy = await startHaproxy(gw2.port('trusted'));
+    try {
+      const r = await swaks([
+        '--server', `127.0.0.1:${haproxy.port}`, '--local-interface', '127.0.0.6',
+        '--ehlo', 'webmail.example.test', '--from', 'user1@example.test', '--to', 'user3@example.test',
+        '--header', 'Subject: through the balancer', '--body', 'via HAProxy and Douane',
+      ]);
+      expect(r.code, `${r.out}\n${haproxy.logTail()}`).toBe(0);
+      expect(r.out).toMatch(/<- {2}250 2\.0\.0 Ok: (\d+ bytes )?queued as/);
+      expect((await gw2.waitForLog((l) => l.event === 'transaction')).client).toBe('127.0.0.6');
+      const box = await waitForMailbox(stack, 'user3', before + 1);
+      const msg = box[box.length - 1]!.toString();
+      expect(msg).toContain('via HAProxy and Douane');
+      expect(msg).toMatch(/from webmail\.example\.test \(.*\[127\.0\.0\.6\]\)/);
+    } finally {
+      await haproxy.stop();
       await gw2.stop();
     }
   });

@@ -2,6 +2,7 @@
 // smtp-server is pinned; if an upgrade changes the internals these rely on, these tests fail.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { describe, expect, it, vi } from 'vitest';
 import { Spool } from '../../src/data/spool.js';
 import { gatewayWithUpstream } from '../harness/gateway.js';
@@ -110,6 +111,93 @@ function slowSpoolRemoval(ms: number) {
     return dispose.call(this);
   });
 }
+
+describe('behind a load balancer (PROXY protocol v1)', () => {
+  /** A connection from the balancer's address (127.0.0.1), opened with its PROXY line for `client`. */
+  async function proxied(port: number, client: string, opts: { tls?: boolean } = {}): Promise<RawSmtp> {
+    const socket = net.connect({ port, host: '127.0.0.1' });
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    socket.write(`PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
+    if (!opts.tls) return RawSmtp.over(socket);
+    const secure = tls.connect({ socket, rejectUnauthorized: false });
+    await new Promise<void>((resolve, reject) => secure.once('secureConnect', resolve).once('error', reject));
+    return RawSmtp.over(secure);
+  }
+
+  const behindBalancer = (extra: Record<string, unknown> = {}) =>
+    setup({}, {
+      listeners: {
+        submissions: { mode: 'tls', port: 0, proxy_protocol_from: ['127.0.0.1'] },
+        trusted: { mode: 'trusted', port: 0, allow: ['203.0.113.0/24'], proxy_protocol_from: ['127.0.0.1'] },
+      },
+      ...extra,
+    });
+
+  it('takes each connection as from the client its PROXY line names: for the trusted network and the log', async () => {
+    const { gw } = await behindBalancer();
+    const c = await proxied(gw.port('trusted'), '203.0.113.7');
+    expect(await c.reply()).toMatch(/^220 /);
+    await c.command('EHLO webmail.test');
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write('Subject: x\r\n\r\nhi\r\n.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    c.close();
+    expect((await gw.waitForLog((l) => l.event === 'transaction')).client).toBe('203.0.113.7');
+
+    // A client outside the trusted network, through the same balancer: refused, and named.
+    const outside = await proxied(gw.port('trusted'), '198.51.100.9');
+    expect(await outside.reply()).toMatch(/^554 5\.7\.1 Your address \(198\.51\.100\.9\) may not submit mail on this port/);
+    outside.close();
+  });
+
+  it('caps connections per client, not per balancer; a connection from elsewhere is taken as it is', async () => {
+    const { gw } = await behindBalancer({ smtp: { max_connections_per_ip: 2 } });
+    const port = gw.port('trusted');
+    const held = [await proxied(port, '203.0.113.1'), await proxied(port, '203.0.113.1'), await proxied(port, '203.0.113.2'), await proxied(port, '203.0.113.3')];
+    for (const c of held) expect(await c.reply()).toMatch(/^220 /);
+    const third = await proxied(port, '203.0.113.1');
+    expect(await third.reply()).toMatch(/^421 4\.7\.0 Too many simultaneous connections from your address \(203\.0\.113\.1\)/);
+    // Not the balancer (another loopback address): no PROXY line expected, and its own address counts.
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.3' });
+    const greeting = await new Promise<string>((resolve) => socket.once('data', (d) => resolve(d.toString())));
+    expect(greeting).toMatch(/^554 5\.7\.1 Your address \(127\.0\.0\.3\) may not submit mail/);
+    socket.destroy();
+    for (const c of held) c.close();
+  });
+
+  it('a connection from the balancer without a version 1 PROXY line is closed, and the log says why', async () => {
+    const { gw } = await behindBalancer();
+    const socket = net.connect({ port: gw.port('trusted'), host: '127.0.0.1' });
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    // The version 2 signature (HAProxy's send-proxy-v2), then a binary header.
+    socket.write(Buffer.concat([Buffer.from('0d0a0d0a000d0a515549540a', 'hex'), Buffer.from([0x21, 0x11, 0x00, 0x0c]), Buffer.alloc(12)]));
+    const answer = await new Promise<string>((resolve) => {
+      let all = '';
+      socket.on('data', (d) => (all += d.toString('latin1')));
+      socket.on('close', () => resolve(all));
+    });
+    expect(answer).not.toMatch(/^220/);
+    expect(await gw.waitForLog((l) => l.event === 'proxy_header_refused')).toMatchObject({ level: 'warn', listener: 'trusted', proxy: '127.0.0.1', msg: expect.stringMatching(/PROXY protocol version 1/) });
+  });
+
+  it('on the implicit TLS port, connections waiting for their handshake through the balancer are not capped as one address', async () => {
+    const { gw } = await behindBalancer({ smtp: { max_connections_per_ip: 2 } });
+    const port = gw.port('submissions');
+    // Three clients that sent nothing past the PROXY line yet: they hold sockets before any handshake.
+    const waiting = await Promise.all(['203.0.113.4', '203.0.113.5', '203.0.113.6'].map(async (client) => {
+      const socket = net.connect({ port, host: '127.0.0.1' });
+      await new Promise<void>((resolve) => socket.once('connect', resolve));
+      socket.write(`PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
+      return socket;
+    }));
+    const c = await proxied(port, '203.0.113.7', { tls: true });
+    expect(await c.reply()).toMatch(/^220 /);
+    c.close();
+    for (const s of waiting) s.destroy();
+  });
+});
 
 describe('graceful shutdown', () => {
   it('stops accepting, ends idle sessions with 421, and lets an open transaction finish', async () => {

@@ -82,6 +82,11 @@ export class RawSmtp {
     return new RawSmtp(socket);
   }
 
+  /** A conversation on a socket already connected (after a PROXY line, say). */
+  static over(socket: net.Socket | tls.TLSSocket): RawSmtp {
+    return new RawSmtp(socket);
+  }
+
   /** Upgrades the connection after a 220 to STARTTLS. */
   async starttls(): Promise<void> {
     this.socket.removeAllListeners('data');
