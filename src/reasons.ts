@@ -161,7 +161,7 @@ export const REASONS = {
   },
   'mime.ambiguous': {
     sentence: 'Message refused: one of its parts can be read in more than one way[ ({header})], and mail programs read it differently.',
-    solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) headers, or base64 with "=" inside a group of four (base64-padding), can show the filter one thing and the recipient another; usually a hostile message, since no mail program writes either. The sender\'s program must write each header once, and base64 as RFC 2045 says.',
+    solution: 'A MIME part with two Content-Type (or transfer encoding, disposition, boundary) headers, base64 with "=" inside a group of four (base64-padding), or a file name given twice, with a NUL in it, or whose Content-Type name and Content-Disposition filename end differently (filename), can show the filter one thing and the recipient another; usually a hostile message, since no mail program writes these. The sender\'s program must write each header and name once, and base64 as RFC 2045 says.',
   },
   'mime.limits': {
     sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',

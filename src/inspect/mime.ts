@@ -59,8 +59,12 @@ const EMPTY = Buffer.alloc(0);
  * (a text part for Douane, a multipart with an executable for the recipient). The values of `mime.ambiguous`.
  */
 export const SINGLE_HEADERS = ['content-type', 'content-transfer-encoding', 'content-disposition', 'boundary'] as const;
-/** The values of `mime.ambiguous`: a header found twice, or base64 padding inside a group (decode.ts). */
-export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding'] as const;
+/**
+ * The values of `mime.ambiguous`: a header found twice, base64 padding inside a group (decode.ts), or a
+ * file name a mail program may read otherwise (filename: given twice, Content-Type's name and
+ * Content-Disposition's filename on different extensions, or a control character such as NUL in it).
+ */
+export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding', 'filename'] as const;
 type SingleHeader = (typeof AMBIGUITIES)[number];
 
 /** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
@@ -342,7 +346,9 @@ export class MessageInspector {
     // uuencoded files a mail program shows (uuencodedFiles), which decoding it would hide in the body as
     // binary. One with a file name is an attachment, decoded.
     const leaf: Leaf = { node, decoder: transferDecoder(isText && filename === '' && isUuencode(node.encoding) ? false : node.encoding) };
-    if (!isText && isAttachedMessage(type, filename)) {
+    // A text part named .eml is the message's text to Douane and a message to the mail program that opens it:
+    // read as both.
+    if ((!isText || extensionOf(filename) === 'eml') && isAttachedMessage(type, filename)) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
       if (depthLeft < 0) return this.limit('depth');
@@ -551,6 +557,8 @@ export async function inspectStream(input: AsyncIterable<Buffer> | Iterable<Buff
  * multipart without a boundary cannot be split: its content reads as text too (as mail clients show it).
  */
 function effectiveType(node: MimeNode): string {
+  // RFC 2046 5.1.5: in a digest, a part without a Content-Type is a message (and mail programs show it so).
+  if (node.parentNode && node.parentNode.contentType === 'multipart/digest' && !(node.headers && node.headers.hasHeader('content-type'))) return 'message/rfc822';
   const type = node.contentType || 'text/plain';
   if (!/^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/.test(type)) return 'text/plain';
   if (node.multipart && !node._boundary) return 'text/plain';
@@ -718,17 +726,100 @@ function fileName(node: MimeNode): string {
   return name;
 }
 
-/** The first header (or boundary parameter) a part has more than once. */
+/**
+ * The first header a part has more than once, or a boundary or file name that mail programs may read in
+ * another way than mailsplit did: see AMBIGUITIES.
+ */
 function twice(node: MimeNode): SingleHeader | undefined {
   if (!node.headers) return undefined;
   const seen = new Set<string>();
+  const names: ParameterForms[] = [];
   for (const { key, line } of node.headers.getList()) {
     if (key !== 'content-type' && key !== 'content-transfer-encoding' && key !== 'content-disposition') continue;
     if (seen.has(key)) return key;
     seen.add(key);
-    if (key === 'content-type' && (headerValue(line).match(/;\s*boundary\s*\*?\s*=/gi)?.length ?? 0) > 1) return 'boundary';
+    if (key === 'content-type') {
+      const boundary = parameterForms(headerValue(line), 'boundary');
+      if (boundary.repeated || new Set(boundary.values).size > 1) return 'boundary';
+    }
+    if (key === 'content-type' || key === 'content-disposition') names.push(parameterForms(headerValue(line), key === 'content-type' ? 'name' : 'filename'));
   }
+  if (names.some((n) => n.repeated)) return 'filename';
+  const shown = names.flatMap((n) => n.values).map(decodeWords);
+  if (shown.some((name) => /[\x00-\x1f\x7f]/.test(name))) return 'filename';
+  if (new Set(shown.map(extensionOf)).size > 1) return 'filename';
   return undefined;
+}
+
+interface ParameterForms {
+  /** its value in each form it was given in: plain (name=), RFC 2231 extended (name*=), continued (name*0=…) */
+  values: string[];
+  /** the same form given twice: which one counts is up to the program reading it */
+  repeated: boolean;
+}
+
+/**
+ * One parameter of a header value, in every form it was written: mailsplit keeps one of them (RFC 2231's,
+ * the first), a mail program may keep another. Values are unquoted; RFC 2231 ones are percent-decoded as
+ * bytes (their charset is not needed to tell an extension or a boundary apart).
+ */
+function parameterForms(value: string, name: string): ParameterForms {
+  const plain: string[] = [];
+  const extended: string[] = [];
+  const pieces = new Map<number, string>();
+  let repeated = false;
+  for (const param of splitParameters(value)) {
+    const m = /^\s*([^=\s*]+)(?:\*(\d+))?(\*)?\s*=\s*(.*?)\s*$/s.exec(param);
+    if (!m || m[1]!.toLowerCase() !== name) continue;
+    const text = unquote(m[4]!);
+    if (m[2] !== undefined) {
+      const index = Number(m[2]);
+      if (pieces.has(index)) repeated = true;
+      pieces.set(index, m[3] ? percentDecode(index === 0 ? withoutCharset(text) : text) : text);
+    } else if (m[3]) extended.push(percentDecode(withoutCharset(text)));
+    else plain.push(text);
+  }
+  if (plain.length > 1 || extended.length > 1) repeated = true;
+  const continued = pieces.size ? [[...pieces.entries()].sort((a, b) => a[0] - b[0]).map(([, v]) => v).join('')] : [];
+  return { values: [...plain, ...extended, ...continued], repeated };
+}
+
+/** A header value's parameters, split on the semicolons outside quoted strings; the value itself left out. */
+function splitParameters(value: string): string[] {
+  const out: string[] = [];
+  let current = '';
+  let quoted = false;
+  let started = false;
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (quoted && c === '\\') {
+      current += c + (value[i + 1] ?? '');
+      i++;
+    } else if (c === '"') {
+      quoted = !quoted;
+      current += c;
+    } else if (c === ';' && !quoted) {
+      if (started) out.push(current);
+      started = true;
+      current = '';
+    } else current += c;
+  }
+  if (started) out.push(current);
+  return out;
+}
+
+function unquote(text: string): string {
+  return text.startsWith('"') && text.endsWith('"') && text.length >= 2 ? text.slice(1, -1).replace(/\\(.)/g, '$1') : text;
+}
+
+/** RFC 2231's charset'language' prefix taken off. */
+function withoutCharset(text: string): string {
+  const m = /^[^']*'[^']*'/.exec(text);
+  return m ? text.slice(m[0].length) : text;
+}
+
+function percentDecode(text: string): string {
+  return Buffer.from(text.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16))), 'latin1').toString('latin1');
 }
 
 function extensionOf(name: string): string {

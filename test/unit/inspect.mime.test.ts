@@ -173,6 +173,48 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(load('clean-attachments.eml'))).mimeAmbiguous).toBeUndefined();
   });
 
+  it('a boundary given twice in two RFC 2231 forms, which programs choose between, is ambiguous; one continued boundary is not', async () => {
+    const split = (ct: string, boundary: string) => eml(...head(), `Content-Type: ${ct}`, '', `--${boundary}`, 'Content-Type: text/plain', '', 'hi', `--${boundary}`, 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js"', '', 'x', `--${boundary}--`);
+    expect((await inspect(split('multipart/mixed; boundary*0="Z"; boundary="Q"', 'Q'))).mimeAmbiguous).toBe('boundary');
+    expect((await inspect(split('multipart/mixed; boundary*="Z"; boundary="Q"', 'Q'))).mimeAmbiguous).toBe('boundary');
+    expect((await inspect(split('multipart/mixed; boundary*0="Q"; boundary*0="Z"', 'Q'))).mimeAmbiguous).toBe('boundary');
+    const continued = await inspect(split('multipart/mixed; boundary*0="ab"; boundary*1="cd"', 'abcd'));
+    expect(continued.mimeAmbiguous).toBeUndefined();
+    expect(continued.attachments.map((a) => a.name)).toEqual(['evil.js']);
+  });
+
+  it('a file name a mail program may read otherwise is ambiguous: given twice, name and filename on other extensions, a NUL in it', async () => {
+    const attached = (...headers: string[]) => eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'hi', '--b', ...headers, 'Content-Transfer-Encoding: base64', '', 'dmFyIHM7', '--b--');
+    const ambiguous = async (...headers: string[]) => (await inspect(attached(...headers))).mimeAmbiguous;
+    expect(await ambiguous('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil.txt"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.txt"; filename="evil.js"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', "Content-Disposition: attachment; filename*=utf-8''evil.js%00.txt")).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js\x00.txt"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', "Content-Disposition: attachment; filename*0*=utf-8''evil.j; filename*1*=s%00.txt")).toBe('filename');
+    // What mail programs write: the same name twice, in plain and RFC 2231 forms, or encoded; continued names.
+    expect(await ambiguous('Content-Type: application/pdf; name="Facture mars.pdf"', 'Content-Disposition: attachment; filename="Facture mars.pdf"')).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf; name="=?UTF-8?Q?r=C3=A9sum=C3=A9.pdf?="', "Content-Disposition: attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf; filename=\"resume.pdf\"")).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf', "Content-Disposition: attachment; filename*0*=UTF-8''tr%C3%A8s%20long%20nom; filename*1*=%20de%20fichier.pdf")).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf; name="x.pdf"', 'Content-Disposition: attachment; filename="x.PDF"')).toBeUndefined();
+  });
+
+  it('a part without Content-Type in a multipart/digest is an attached message (RFC 2046), read as one', async () => {
+    const inner = ['From: c@z.test', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary=I', '', '--I', 'Content-Type: text/plain', '', 'inner text', '--I', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js"', 'Content-Transfer-Encoding: base64', '', 'dmFyIHM7', '--I--'];
+    const digest = await inspect(eml(...head(), 'Content-Type: multipart/digest; boundary=D', '', '--D', '', ...inner, '--D--'));
+    expect(digest.attachments.map((a) => a.name)).toContain('evil.js');
+    // A typed part of a digest is what its type says.
+    const typed = await inspect(eml(...head(), 'Content-Type: multipart/digest; boundary=D', '', '--D', 'Content-Type: text/plain', '', 'just text', '--D--'));
+    expect(typed.attachments).toEqual([]);
+    expect(typed.body).toContain('just text');
+  });
+
+  it('a text part named .eml is read as the text it is and as the message a mail program opens', async () => {
+    const inner = ['From: c@z.test', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary=I', '', '--I', 'Content-Type: text/plain', '', 'x', '--I', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js"', 'Content-Transfer-Encoding: base64', '', 'dmFyIHM7', '--I--'];
+    const facts = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary=D', '', '--D', 'Content-Type: text/plain; name="fwd.eml"', '', ...inner, '--D--'));
+    expect(facts.attachments.map((a) => a.name)).toEqual(['fwd.eml', 'evil.js']);
+  });
+
   it('base64 with a "=" inside a group of four, which Thunderbird reads otherwise, is ambiguous; padding mail programs write is not', async () => {
     const zipped = zip([{ name: 'facture.pdf.exe', content: Buffer.from('MZ' + '\0'.repeat(62)) }]).toString('base64');
     const part = (body: string) => eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: application/octet-stream; name="docs.bin"', 'Content-Disposition: attachment; filename="docs.bin"', 'Content-Transfer-Encoding: base64', '', ...body.match(/.{1,76}/g)!, '--b--');
