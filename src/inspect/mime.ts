@@ -632,11 +632,27 @@ function uudecode(lines: string[]): Buffer {
   return Buffer.concat(lines.filter((line) => line !== '').map(uudecodeLine));
 }
 
+/** Decodes yEnc lines (each byte 42 more, "=" escaping the next one 64 more again), read as latin1. */
+function ydecode(lines: string[]): Buffer {
+  const out: number[] = [];
+  for (const line of lines) {
+    for (let i = 0; i < line.length; i++) {
+      let c = line.charCodeAt(i);
+      if (c === 0x3d && i + 1 < line.length) c = line.charCodeAt(++i) - 64;
+      out.push((c - 42) & 255);
+    }
+  }
+  return Buffer.from(out);
+}
+
 function uuencodedFile(name: string, head: Buffer): AttachmentFacts {
   return { name, extension: extensionOf(name), declaredType: '', detectedType: detectType(head), size: head.length, encrypted: false, archiveEntries: [] };
 }
 
 const UU_BEGIN_LINE = /^begin[ \t]+[0-7]{3,4}[ \t]+([^\r\n]{1,255})$/;
+// yEnc ("=ybegin line=128 size=… name=setup.exe", its data, "=yend"): Thunderbird shows it as an attachment
+// too. The name is the rest of the line.
+const YENC_BEGIN_LINE = /^=ybegin[ \t](?:.*?[ \t])?name=([^\r\n]{1,255})$/;
 const UU_LINE = /^[!-`][!-`]{0,84}$/;
 /** longer than any begin line or uuencoded line: the rest of such a line is not looked at */
 const UU_MAX_LINE = 1024;
@@ -651,8 +667,8 @@ class UuencodeWatch {
   private carry = '';
   /** the carried text is the end of a line too long to be one of interest */
   private skipping = false;
-  private file: { name: string; lines: string[] } | undefined;
-  private readonly found: { name: string; lines: string[] }[] = [];
+  private file: { name: string; lines: string[]; yenc?: boolean } | undefined;
+  private readonly found: { name: string; lines: string[]; yenc?: boolean }[] = [];
 
   push(text: string): void {
     const buf = this.carry + text;
@@ -673,7 +689,7 @@ class UuencodeWatch {
     if (this.carry) this.line(this.carry);
     this.carry = '';
     this.close();
-    return this.found.map((f) => uuencodedFile(decodeText(Buffer.from(f.name, 'latin1'), charset).trim(), uudecode(f.lines)));
+    return this.found.map((f) => uuencodedFile(decodeText(Buffer.from(f.name, 'latin1'), charset).trim(), f.yenc ? ydecode(f.lines) : uudecode(f.lines)));
   }
 
   private skipLine(): void {
@@ -688,6 +704,13 @@ class UuencodeWatch {
       return;
     }
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (this.file?.yenc) {
+      if (line.startsWith('=ypart')) return;
+      if (line.startsWith('=yend')) return this.close();
+      this.file.lines.push(line);
+      if (this.file.lines.length === 3) this.close();
+      return;
+    }
     if (this.file) {
       if (UU_LINE.test(line) && this.file.lines.length < 3) {
         this.file.lines.push(line);
@@ -696,8 +719,11 @@ class UuencodeWatch {
       }
       this.close();
     }
-    const m = this.found.length < MAX_UUENCODED ? UU_BEGIN_LINE.exec(line) : null;
+    if (this.found.length >= MAX_UUENCODED) return;
+    const m = UU_BEGIN_LINE.exec(line);
     if (m) this.file = { name: m[1]!, lines: [] };
+    const y = m ? null : YENC_BEGIN_LINE.exec(line);
+    if (y) this.file = { name: y[1]!, lines: [], yenc: true };
   }
 
   private close(): void {

@@ -242,6 +242,34 @@ describe('MIME inspector: fixtures', () => {
     expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', 'We begin 644 tasks at 9.'))).attachments).toEqual([]);
   });
 
+  it('a file yEnc-encoded into the text ("=ybegin … name=setup.exe") is an attachment, typed by its first bytes, read in chunks', async () => {
+    // yEnc as its writers do it: each byte 42 more, NUL, LF, CR and "=" escaped, lines of 128.
+    const yenc = (data: Buffer) => {
+      let line = '';
+      const lines: string[] = [];
+      for (const b of data) {
+        const o = (b + 42) & 255;
+        line += o === 0 || o === 10 || o === 13 || o === 61 ? `=${String.fromCharCode((o + 64) & 255)}` : String.fromCharCode(o);
+        if (line.length >= 128) lines.push(line), (line = '');
+      }
+      if (line) lines.push(line);
+      return lines.join('\r\n');
+    };
+    const pe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(300, 0x90), Buffer.from([0, 10, 13, 61 - 42, 214])]);
+    const raw = Buffer.concat([
+      eml(...head(), 'Content-Type: text/plain; charset=iso-8859-1', '', 'Here is the tool:', '', `=ybegin line=128 size=${pe.length} name=setup.exe`),
+      Buffer.from(yenc(pe), 'latin1'),
+      Buffer.from(`\r\n=yend size=${pe.length}\r\n\r\nRun it.\r\n`),
+    ]);
+    for (const chunk of [raw.length, 100, 7]) {
+      expect((await inspect(raw, LIMITS, chunk)).attachments).toMatchObject([{ name: 'setup.exe', extension: 'exe', detectedType: 'executable' }]);
+    }
+    // A multi-part yEnc file: its =ypart line is not data.
+    const part = Buffer.concat([eml(...head(), 'Content-Type: text/plain', '', '=ybegin part=1 line=128 size=5000 name=tool.js', '=ypart begin=1 end=301'), Buffer.from(yenc(pe), 'latin1'), Buffer.from('\r\n=yend size=301 part=1\r\n')]);
+    expect((await inspect(part)).attachments).toMatchObject([{ name: 'tool.js', extension: 'js', detectedType: 'executable' }]);
+    expect((await inspect(eml(...head(), 'Content-Type: text/plain', '', '=ybegin is how yEnc starts'))).attachments).toEqual([]);
+  });
+
   it('finds a file uuencoded into the text past the bytes kept for the body, however the text is cut, and in a later text part', async () => {
     const pe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(200, 0x90)]);
     const padding = Array.from({ length: 5000 }, (_, i) => `line ${i} of the report, nothing to see here at all, just text`);
