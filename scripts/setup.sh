@@ -12,7 +12,7 @@ if [ -z "$have" ] || ! command -v npm >/dev/null || [ "$(printf '%s\n%s\n' "$nee
   exit 1
 fi
 
-PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks libnet-ssleay-perl curl openssl prometheus haproxy ca-certificates genisoimage libarchive-tools unar zip 7zip xz-utils bzip2 zstd cpio gcab cabextract)
+PACKAGES=(postfix dovecot-core clamav-daemon clamav-testfiles redis-server swaks libnet-ssleay-perl curl openssl prometheus haproxy tnef ca-certificates genisoimage libarchive-tools unar zip 7zip xz-utils bzip2 zstd cpio gcab cabextract)
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

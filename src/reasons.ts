@@ -157,7 +157,7 @@ export const REASONS = {
   },
   'attachment.unreadable_archive': {
     sentence: 'Message refused: it carries an archive in a format whose files cannot be checked (ARJ, LZH, split archives...); send them in a zip instead.',
-    solution: 'Douane lists the files of zip, 7z, RAR, tar, cabinet and disk image attachments to refuse programs inside them (art. 4.6). Other archive formats, which 7-Zip and WinRAR open with a double click, cannot be listed, so they are refused by name, as attachments and inside archives. The sender can send the files in a zip.',
+    solution: 'Douane lists the files of zip, 7z, RAR, tar, cabinet, disk image and TNEF (winmail.dat) attachments to refuse programs inside them (art. 4.6). Other archive formats, which 7-Zip and WinRAR open with a double click, cannot be listed, so they are refused by name, as attachments and inside archives. The sender can send the files in a zip.',
   },
   'mime.ambiguous': {
     sentence: 'Message refused: one of its parts can be read in more than one way[ ({header})], and mail programs read it differently.',

@@ -27,6 +27,7 @@ import { namesArchive } from './archive-names.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
+import { TnefLister } from './tnef.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
 import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
@@ -97,6 +98,7 @@ interface AttachmentPart {
   sevenZip: SevenZipLister;
   tar: TarLister;
   cab: CabLister;
+  tnef: TnefLister;
   urls?: UrlScanner;
   wide?: StreamDecoder;
   /** an HTML file by its type or name: its links count, whatever its charset turns out to be */
@@ -387,6 +389,7 @@ export class MessageInspector {
         sevenZip: new SevenZipLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
         tar: new TarLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
         cab: new CabLister(MAX_ARCHIVE_ENTRIES),
+        tnef: new TnefLister(MAX_ARCHIVE_ENTRIES),
         html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
@@ -436,6 +439,7 @@ export class MessageInspector {
       a.sevenZip.push(data);
       a.tar.push(data);
       a.cab.push(data);
+      a.tnef.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
     this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
@@ -482,12 +486,14 @@ export class MessageInspector {
     a.sevenZip.end();
     a.tar.end();
     a.cab.end();
+    a.tnef.end();
     const zip = a.zip.listing;
     const iso = a.iso.listing;
     const rar = a.rar.listing;
     const sevenZip = a.sevenZip.listing;
     const tar = a.tar.listing;
     const cab = a.cab.listing;
+    const tnef = a.tnef.listing;
     f.detectedType = detectType(head, zip.isZip ? zip.entries : undefined);
     // An image's mark is 32 KB in, past the bytes kept for detectType; what its start says comes first.
     if (iso.isIso && (f.detectedType === 'unknown' || f.detectedType === 'text')) f.detectedType = 'iso';
@@ -501,7 +507,7 @@ export class MessageInspector {
     if (unnamed.some(namesArchive)) this.limitExceeded ??= 'archive_entries';
     // One file compressed: its name, as the tool that decompresses it writes it. It counts even when the
     // content lists as a tar (invoice.exe.xz holding a tar that is also a program), unless it is named a tar.
-    const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...unnamed];
+    const listed = [...zip.entries, ...iso.entries, ...rar.entries, ...sevenZip.entries, ...tar.entries, ...cab.entries, ...tnef.entries, ...unnamed];
     const compressed = compressedFileNames(f.detectedType, head, f.name, MAGIC_BYTES);
     // A gzip's stored name past the bytes kept (behind a long extra field): 7-Zip reads it, Douane does not.
     if (compressed === undefined) this.limitExceeded ??= 'archive_entries';
@@ -516,7 +522,7 @@ export class MessageInspector {
     // first bytes: only one named like a compressed file is taken for one.
     if (/\.(lzma|tlz|txz|xz)$/i.test(f.name) && lzmaAlone(head)) this.limitExceeded ??= 'archive_entries';
     // Names were left out of the listing: the archive cannot be judged by its names.
-    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete || !cab.complete) this.limitExceeded ??= 'archive_entries';
+    if (!zip.complete || !iso.complete || !rar.complete || !sevenZip.complete || !tar.complete || !cab.complete || !tnef.complete) this.limitExceeded ??= 'archive_entries';
     this.attachments.push(f);
   }
 }

@@ -102,3 +102,40 @@ export async function inspectAttachment(content: Buffer, name: string): Promise<
   };
   return { message, verdict: loadPolicy('policies').evaluate('data', facts).verdict };
 }
+
+/**
+ * A TNEF stream (winmail.dat) as Outlook writes one, after MS-OXTNEF: the message's version, code page
+ * and class, then per file its rendering, short name (attAttachTitle), data and, when `long` is given, the
+ * MAPI properties with its long name (PR_ATTACH_LONG_FILENAME) and attach method (5: an embedded message).
+ */
+export function tnef(files: { title: string; long?: string; data: Buffer; method?: number }[]): Buffer {
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n >>> 0, 0);
+    return b;
+  };
+  const padded = (b: Buffer) => Buffer.concat([b, Buffer.alloc(((b.length + 3) & ~3) - b.length)]);
+  const attribute = (level: number, id: number, data: Buffer) => {
+    const head = Buffer.alloc(9);
+    head.writeUInt8(level, 0);
+    head.writeUInt32LE(id, 1);
+    head.writeUInt32LE(data.length, 5);
+    const checksum = Buffer.alloc(2);
+    checksum.writeUInt16LE(data.reduce((sum, b) => (sum + b) & 0xffff, 0), 0);
+    return Buffer.concat([head, data, checksum]);
+  };
+  const parts = [u32(0x223e9f78), Buffer.from([0x01, 0x00])];
+  parts.push(attribute(1, 0x00089006, u32(0x00010000)), attribute(1, 0x00069007, Buffer.concat([u32(1252), u32(0)])), attribute(1, 0x00078008, Buffer.from('IPM.Microsoft Mail.Note\0')));
+  for (const f of files) {
+    const rendering = Buffer.alloc(14);
+    rendering.writeUInt16LE(1, 0);
+    rendering.writeUInt32LE(0xffffffff, 2);
+    parts.push(attribute(2, 0x00069002, rendering), attribute(2, 0x00018010, Buffer.from(`${f.title}\0`, 'latin1')), attribute(2, 0x0006800f, f.data));
+    if (f.long !== undefined) {
+      const name = Buffer.from(`${f.long}\0`, 'latin1');
+      const properties = [u32(0x3707001e), u32(1), u32(name.length), padded(name), u32(0x37050003), u32(f.method ?? 1)];
+      parts.push(attribute(2, 0x00069005, Buffer.concat([u32(2), ...properties])));
+    }
+  }
+  return Buffer.concat(parts);
+}
