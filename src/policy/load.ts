@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative } from 'node:path';
-import { analysePatterns, analysePatternsInBackground, formatPath, type Issue } from '../validate/schema.js';
+import { analysePatterns, analysePatternsInBackground, formatPath, patternsNotAnalysed, type Issue } from '../validate/schema.js';
 import { PATTERN_FLAGS } from './condition.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { Policy, type PolicyFile, type Rule } from './policy.js';
@@ -134,13 +134,24 @@ export function loadPolicy(dir: string, opts: { display?: (path: string) => stri
  * the files is left to loadPolicy to report.
  */
 export async function analysePolicyPatterns(dir: string): Promise<{ failed: number }> {
-  const patterns: string[] = [];
-  try {
-    for (const path of policyFiles(dir)) patternsIn(YamlSource.parse(path, readYamlFile(path, path)).value, patterns);
-  } catch {
-    return { failed: 0 };
+  const read = (): string[] | undefined => {
+    const patterns: string[] = [];
+    try {
+      for (const path of policyFiles(dir)) patternsIn(YamlSource.parse(path, readYamlFile(path, path)).value, patterns);
+    } catch {
+      return undefined;
+    }
+    return patterns;
+  };
+  // A file written again meanwhile (an editor saving twice, a checkout) brings patterns the first round
+  // did not see: a few rounds, so that the load that follows, which never blocks, finds them analysed.
+  for (let round = 1; ; round++) {
+    const patterns = read();
+    if (!patterns) return { failed: 0 };
+    const { failed } = await analysePatternsInBackground(patterns, PATTERN_FLAGS);
+    const after = read();
+    if (failed || round === 3 || !after || patternsNotAnalysed(after, PATTERN_FLAGS) === 0) return { failed };
   }
-  return analysePatternsInBackground(patterns, PATTERN_FLAGS);
 }
 
 /** The `matches` values anywhere in the policy (rule conditions nest: all, any, not). */

@@ -5,6 +5,7 @@
 import { statSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
+import { withoutBlockingAnalysis } from '../validate/schema.js';
 import { ValidationError } from '../validate/source.js';
 import { analysePolicyPatterns, loadPolicy } from './load.js';
 import type { Policy } from './policy.js';
@@ -47,7 +48,7 @@ export class PolicyStore {
   reload(trigger: string): Promise<ReloadResult> {
     const run = async () => {
       const { failed } = await analysePolicyPatterns(this.dir);
-      if (failed) this.log.warn({ event: 'pattern_analysis_failed', trigger, patterns: failed }, `the backtracking analysis of ${failed} new pattern(s) failed: they are checked for nested repetition only`);
+      if (failed) this.log.warn({ event: 'pattern_analysis_failed', trigger, patterns: failed }, `the backtracking analysis of ${failed} new pattern(s) failed: the policy that has them is refused until it succeeds`);
       return this.swap(trigger);
     };
     this.reloads = this.reloads.then(run, run);
@@ -58,7 +59,8 @@ export class PolicyStore {
     const previous = this.policy;
     let next: Policy;
     try {
-      next = loadPolicy(this.dir);
+      // Never blocking: what the analysis above did not see is refused, and the policy in force stays.
+      next = withoutBlockingAnalysis(() => loadPolicy(this.dir));
     } catch (err) {
       const problems = err instanceof ValidationError ? err.message.split('\n') : [(err as Error).message];
       this.metrics.policyReloads.labels('failure').inc();

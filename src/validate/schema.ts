@@ -223,15 +223,18 @@ export interface CompiledPattern {
  * shows it), it cannot, or nothing could be shown either way (a look-around the crafted inputs found no
  * answer for in time).
  */
-type Backtracking = { verdict: 'slow'; summary: string; attack?: string } | { verdict: 'linear' } | { verdict: 'unknown'; why: string };
+type Backtracking = { verdict: 'slow'; summary: string; attack?: string } | { verdict: 'linear' } | { verdict: 'unknown'; why: 'unsupported' | 'timeout' | 'failed' | 'not analysed' };
 
 /** What the backtracking analysis found for each pattern and flags, so that a reload checks only new ones. */
 const backtracking = new Map<string, Backtracking>();
 
 // The analysis runs in a child process that exits when done: recheck is large (about 85 MB resident,
 // with a worker thread), and a gateway that kept it would carry it for its whole life. Its automaton
-// analysis is a proof; what it cannot take (look-arounds) or finish within a second goes to its fuzzer,
-// which tries crafted inputs and finds the exponential cases.
+// analysis is a proof. Large counts ("[a-f0-9]{400}") make it run out of time: the pattern is then
+// analysed again with its counts made small ("[a-f0-9]{1}"), which keeps what makes matching
+// super-linear (repetitions that overlap) while the counts' own cost is bounded by MAX_COUNTED_LENGTH.
+// What it still cannot take (look-arounds) goes to its fuzzer, which tries crafted inputs and finds the
+// exponential cases; what neither shows to be linear is refused.
 const RECHECK = createRequire(import.meta.url).resolve('recheck');
 const ANALYSE = `
 const { check } = require(${JSON.stringify(RECHECK)});
@@ -240,15 +243,19 @@ let input = '';
 process.stdin.on('data', (d) => (input += d));
 process.stdin.on('end', async () => {
   const out = [];
-  for (const { source, flags } of JSON.parse(input)) {
+  for (const { source, flags, small } of JSON.parse(input)) {
     try {
-      const r = await check(source, flags, { checker: 'automaton', timeout: 1000 });
+      let r = await check(source, flags, { checker: 'automaton', timeout: 1000 });
+      if (r.status === 'unknown' && r.error && r.error.kind === 'timeout' && small !== source) {
+        const s = await check(small, flags, { checker: 'automaton', timeout: 1000 });
+        if (s.status !== 'unknown') r = s;
+      }
       if (r.status === 'vulnerable') out.push(slow(r));
       else if (r.status === 'safe') out.push({ verdict: 'linear' });
       else {
         const f = await check(source, flags, { checker: 'fuzz', timeout: 1000, randomSeed: 1 });
         const why = r.error && r.error.kind === 'timeout' ? 'timeout' : 'unsupported';
-        out.push(f.status === 'vulnerable' ? slow(f) : f.status === 'safe' || why === 'timeout' ? { verdict: 'linear' } : { verdict: 'unknown', why });
+        out.push(f.status === 'vulnerable' ? slow(f) : f.status === 'safe' ? { verdict: 'linear' } : { verdict: 'unknown', why });
       }
     } catch {
       out.push(null);
@@ -265,25 +272,95 @@ function notAnalysed(sources: readonly string[], flags: string): string[] {
   return [...new Set(sources)].filter((s) => !backtracking.has(`${flags}/${s}`));
 }
 
-function remember(todo: string[], flags: string, stdout: string): void {
+/**
+ * Keeps the verdicts the analysis gave; returns how many patterns it gave none for (it failed, was killed
+ * or could not start). Those are not remembered: they are analysed again at the next load, and refused
+ * meanwhile (see analysed).
+ */
+function remember(todo: string[], flags: string, stdout: string): number {
   let verdicts: (Backtracking | null)[] = [];
   try {
     verdicts = JSON.parse(stdout) as (Backtracking | null)[];
   } catch {
-    // no verdicts: the star-height check alone
+    // no verdicts
   }
-  todo.forEach((s, i) => backtracking.set(`${flags}/${s}`, verdicts[i] ?? { verdict: 'linear' }));
+  let missing = 0;
+  todo.forEach((s, i) => {
+    const verdict = Array.isArray(verdicts) ? verdicts[i] : undefined;
+    if (verdict) backtracking.set(`${flags}/${s}`, verdict);
+    else missing++;
+  });
+  return missing;
 }
+
+const analysisInput = (todo: string[], flags: string) => JSON.stringify(todo.map((source) => ({ source, flags, small: withSmallCounts(source) })));
 
 /**
  * Analyses patterns not seen yet, all in one child process (a policy's patterns are known before its
- * rules are compiled). An analysis that fails is left to the star-height check.
+ * rules are compiled). Those it gives no verdict for are refused by the load that follows.
  */
 export function analysePatterns(sources: readonly string[], flags: string): void {
+  if (!blockingAllowed) return;
   const todo = notAnalysed(sources, flags);
   if (todo.length === 0) return;
-  const run = spawnSync(process.execPath, ['-e', ANALYSE], { input: JSON.stringify(todo.map((source) => ({ source, flags }))), encoding: 'utf8', timeout: analysisTimeoutMs(todo.length) });
+  const run = spawnSync(process.execPath, ['-e', ANALYSE], { input: analysisInput(todo, flags), encoding: 'utf8', timeout: analysisTimeoutMs(todo.length) });
   remember(todo, flags, run.stdout ?? '');
+}
+
+let blockingAllowed = true;
+
+/**
+ * Runs `load` without any analysis that blocks (a running gateway's reload): a pattern not analysed in
+ * the background beforehand (a file changed meanwhile) is refused as not analysed, and the reload fails.
+ */
+export function withoutBlockingAnalysis<T>(load: () => T): T {
+  blockingAllowed = false;
+  try {
+    return load();
+  } finally {
+    blockingAllowed = true;
+  }
+}
+
+/** The patterns among `sources` that have no verdict yet. */
+export function patternsNotAnalysed(sources: readonly string[], flags: string): number {
+  return notAnalysed(sources, flags).length;
+}
+
+/**
+ * The pattern with every count made small: {m} as {1}, {m,} as {1,} (or {0,}), {m,M} as {1,2} (or
+ * {0,2}), so that whether a repetition is fixed, optional or variable stays as it was. Classes and escapes
+ * are left as they are.
+ */
+export function withSmallCounts(source: string): string {
+  let out = '';
+  for (let i = 0; i < source.length; ) {
+    const ch = source[i]!;
+    if (ch === '\\') {
+      const braced = /^\\(?:[pPu]\{[^}]*\}|k<[^>]*>)/.exec(source.slice(i));
+      const n = braced ? braced[0].length : 2;
+      out += source.slice(i, i + n);
+      i += n;
+      continue;
+    }
+    if (ch === '[') {
+      let j = i + 1;
+      for (; j < source.length && source[j] !== ']'; j++) if (source[j] === '\\') j++;
+      out += source.slice(i, j + 1);
+      i = j + 1;
+      continue;
+    }
+    const counted = /^\{(\d+)(?:(,)(\d*))?\}/.exec(source.slice(i));
+    if (counted) {
+      const low = Math.min(Number(counted[1]), 1);
+      out += !counted[2] ? `{${Math.max(low, 1)}}` : counted[3] === '' ? `{${low},}` : `{${low},${Math.max(low + 1, Math.min(Number(counted[3]), 2))}}`;
+      i += counted[0].length;
+      continue;
+    }
+    out += ch;
+    i++;
+  }
+  return out;
 }
 
 /**
@@ -295,7 +372,15 @@ export async function analysePatternsInBackground(sources: readonly string[], fl
   const todo = notAnalysed(sources, flags);
   if (todo.length === 0) return { failed: 0 };
   const stdout = await new Promise<string>((resolve) => {
-    const child = spawn(process.execPath, ['-e', ANALYSE], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(process.execPath, ['-e', ANALYSE], { stdio: ['pipe', 'pipe', 'ignore'] });
+    } catch {
+      return resolve('');
+    }
+    // First: a spawn that fails (EMFILE, ENOMEM) says so by this event, and its pipes may be missing.
+    child.on('error', () => resolve(''));
+    if (!child.stdout || !child.stdin) return resolve('');
     // A gateway stopping does not wait for it: its reload has no policy to put in force any more.
     child.unref();
     (child.stdout as unknown as { unref(): void }).unref();
@@ -304,18 +389,16 @@ export async function analysePatternsInBackground(sources: readonly string[], fl
     child.stdout.on('data', (d: string) => (out += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), analysisTimeoutMs(todo.length));
     timer.unref();
-    child.on('error', () => resolve(''));
     child.on('close', (code) => {
       clearTimeout(timer);
       resolve(code === 0 ? out : '');
     });
     child.stdin.on('error', () => undefined);
-    child.stdin.end(JSON.stringify(todo.map((source) => ({ source, flags }))));
+    child.stdin.end(analysisInput(todo, flags));
   });
-  // A failed analysis counts as one that found nothing, as in analysePatterns: the load that follows
-  // must not run it again, blocking, when it is slowest.
-  remember(todo, flags, stdout);
-  return { failed: stdout ? 0 : todo.length };
+  // Patterns left without a verdict are refused by the load that follows (the reload fails, the policy
+  // in force stays), and analysed again at the next one.
+  return { failed: remember(todo, flags, stdout) };
 }
 
 /**
@@ -325,7 +408,7 @@ export async function analysePatternsInBackground(sources: readonly string[], fl
  */
 function analysed(source: string, flags: string): Backtracking {
   analysePatterns([source], flags);
-  return backtracking.get(`${flags}/${source}`) ?? { verdict: 'linear' };
+  return backtracking.get(`${flags}/${source}`) ?? { verdict: 'unknown', why: blockingAllowed ? 'failed' : 'not analysed' };
 }
 
 /** A back-reference (\1 … \9, \k<name>) outside a character class, where it would be an error anyway. */
@@ -348,21 +431,40 @@ function backReference(source: string): string | undefined {
  */
 export const MAX_COUNTED_CHOICES = 256;
 
+/**
+ * A counted repetition is also tried in full at each place of the text: "\w{20000}!" takes 20 000 steps at
+ * each of them, linear in the text's length but seconds on a crafted 256 KB body (170 ms at 256 here). The
+ * characters counted in a row (their largest count, nested ones multiplied; of alternatives, the longest)
+ * are bounded too.
+ */
+export const MAX_COUNTED_LENGTH = 256;
+
 export function countedChoices(source: string): number {
+  return countedRepetitions(source).choices;
+}
+
+export function countedRepetitions(source: string): { choices: number; length: number } {
   let i = 0;
-  // Alternatives are tried one or the other: their ways add up. In a row, they multiply.
-  const alternation = (): number => {
-    let total = sequence();
+  // Alternatives are tried one or the other: their ways add up, and the longest counts. In a row, ways
+  // multiply and lengths add up.
+  const alternation = (): { ways: number; length: number } => {
+    const first = sequence();
+    let total = first.ways;
+    let length = first.length;
     while (source[i] === '|') {
       i++;
-      total += sequence();
+      const next = sequence();
+      total += next.ways;
+      length = Math.max(length, next.length);
     }
-    return total;
+    return { ways: total, length };
   };
-  const sequence = (): number => {
+  const sequence = (): { ways: number; length: number } => {
     let product = 1;
+    let length = 0;
     while (i < source.length && source[i] !== '|' && source[i] !== ')') {
       let ways = 1;
+      let inner = 0;
       const ch = source[i]!;
       if (ch === '\\') {
         // \p{L}, \u{1F600}, \k<name>: their braces are no quantifier.
@@ -376,26 +478,31 @@ export function countedChoices(source: string): number {
         i++;
         const prefix = /^\?(?::|=|!|<=|<!|<[A-Za-z_$][\w$]*>)/.exec(source.slice(i));
         if (prefix) i += prefix[0].length;
-        ways = alternation();
+        const group = alternation();
+        ways = group.ways;
+        inner = group.length;
         i++; // ")"
       } else i++;
       // {m} is one way; {m,} is unbounded, which the backtracking analysis weighs.
       const counted = /^\{(\d+)(?:(,)(\d*))?\}\??/.exec(source.slice(i));
       if (counted) {
         if (counted[2] && counted[3]) ways *= Number(counted[3]) - Number(counted[1]) + 1;
+        length += Number(counted[3] || counted[1]) * Math.max(1, inner);
         i += counted[0].length;
-      }
+      } else length += inner;
       product *= ways;
     }
-    return product;
+    return { ways: product, length };
   };
-  let total = alternation();
+  const total = alternation();
   // A stray ")" (refused by the compiler first) ends the walk: what follows is read as another sequence.
   while (i < source.length) {
     i++;
-    total *= alternation();
+    const next = alternation();
+    total.ways *= next.ways;
+    total.length += next.length;
   }
-  return total;
+  return { choices: total.ways, length: total.length };
 }
 
 /**
@@ -432,7 +539,16 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
         issues.push({ path, message: `uses a back-reference (${ref}), whose matching time cannot be shown to stay linear; one message could stall every session: write the pattern without it` });
         return undefined;
       }
-      const choices = countedChoices(value);
+      const { choices, length } = countedRepetitions(value);
+      if (length > MAX_COUNTED_LENGTH) {
+        issues.push({
+          path,
+          message:
+            `counts ${length} characters in a row (more than ${MAX_COUNTED_LENGTH}), which are tried at each place of the text: one crafted message would stall every session; ` +
+            'count fewer (a hash or a token is recognised by its first 32 or 64 characters), or match it otherwise',
+        });
+        return undefined;
+      }
       if (choices > MAX_COUNTED_CHOICES) {
         issues.push({
           path,
@@ -453,7 +569,13 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
         return undefined;
       }
       if (found.verdict === 'unknown') {
-        issues.push({ path, message: 'could not be shown to match in linear time (a look-around, which the analysis cannot prove safe, and crafted inputs found no answer within a second); one message could stall every session: write the pattern without the look-around, or split it into several conditions (all, any, not)' });
+        const why = {
+          unsupported: 'a look-around, which the analysis cannot prove safe, and crafted inputs found no answer within a second',
+          timeout: 'the analysis did not finish within a second, and crafted inputs found no answer either',
+          failed: 'the analysis could not run; see the log, and try again',
+          'not analysed': 'the file changed while the policy was being reloaded; the next reload analyses it',
+        }[found.why];
+        issues.push({ path, message: `could not be shown to match in linear time (${why}); one message could stall every session: write the pattern without the look-around or the long repetition, or split it into several conditions (all, any, not)` });
         return undefined;
       }
       return { source: value, regex: compiled };

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPolicy } from '../../src/policy/load.js';
-import { countedChoices } from '../../src/validate/schema.js';
+import { countedChoices, countedRepetitions, withoutBlockingAnalysis, withSmallCounts } from '../../src/validate/schema.js';
 import { ValidationError } from '../../src/validate/source.js';
 
 function problems(dir: string): string[] {
@@ -168,6 +168,36 @@ describe('policy loading', () => {
     expect(countedChoices('(?<lead>a{0,9})b{0,9}|c')).toBe(101);
     // Braces that are no quantifier: a class, an escape, a Unicode property or code point.
     expect(countedChoices('[{0,999}]x\\{0,999}\\p{L}{2,3}\\u{1F600}')).toBe(2);
+  });
+
+  it('bounds what counted repetitions try at each place of the text; a pattern too big for the analysis is analysed with small counts', () => {
+    expect(countedRepetitions('\\w{20000}!').length).toBe(20000);
+    expect(countedRepetitions('(?:ab{10}){5}c{3}|x{70}').length).toBe(70);
+    expect(countedRepetitions('[{999}]\\{999}[a-f0-9]{32}').length).toBe(32);
+    expect(withSmallCounts('[a-f0-9]{400}\\w{3,}\\s{0,80}[{5}]\\p{L}{2,9}x{1,1}')).toBe('[a-f0-9]{1}\\w{1,}\\s{0,2}[{5}]\\p{L}{1,2}x{1,2}');
+    const withRule = (pattern: string) => {
+      const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+      cpSync('fixtures/policies/minimal', dir, { recursive: true });
+      const file = join(dir, 'policy.yaml');
+      writeFileSync(file, readFileSync(file, 'utf8').replace('when: { subject: { contains: "FORBIDDEN-SUBJECT" } }', `when: { body: { matches: '${pattern}' } }`));
+      return dir;
+    };
+    // Linear in the text, but 20 000 steps at each place of it: seconds on a crafted body.
+    expect(problems(withRule('\\w{20000}!')).join('\n')).toMatch(/body\.matches counts 20000 characters in a row \(more than 256\)/);
+    // Cubic once its counts are made small, which the analysis of the whole pattern ran out of time to show.
+    expect(problems(withRule('[a-f0-9]{100}\\w*\\w*;')).join('\n')).toMatch(/body\.matches may take .*polynomial time on crafted input/);
+    // Linear, though the analysis of the whole pattern runs out of time: it loads.
+    expect(loadPolicy(withRule('[a-f0-9]{64}\\s*x')).rules[0]!.id).toBe('subject.forbidden');
+  }, 30_000);
+
+  it('a reload never analyses a pattern in the gateway: one no analysis has seen yet is refused, and the policy in force stays', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/minimal', dir, { recursive: true });
+    const file = join(dir, 'policy.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replace('when: { subject: { contains: "FORBIDDEN-SUBJECT" } }', `when: { body: { matches: 'never-seen-${process.pid}-[a-z]{3}' } }`));
+    expect(() => withoutBlockingAnalysis(() => loadPolicy(dir))).toThrow(/body\.matches could not be shown to match in linear time \(the file changed while the policy was being reloaded; the next reload analyses it\)/);
+    // Outside a reload, it is analysed, and loads.
+    expect(loadPolicy(dir).rules.length).toBeGreaterThan(0);
   });
 
   it('refuses a section defined in two files, naming both', () => {
