@@ -187,7 +187,13 @@ function givenLimiter(given: Given): LimiterPort {
       const baseline = given.baseline_ratio === undefined ? undefined : { ratio: given.baseline_ratio, current: 0, usual: 0 };
       return { grant, judge: () => ({ facts: limitFacts(given.limits) ?? { ...none }, grant, baseline }) };
     },
-    checkRecipient: async () => ({ facts: limitFacts(given.recipient_limits) ?? { ...none }, grant: { consumed: [] } }),
+    checkRecipient: async (_account, limits, _recipient, acceptedSoFar) => {
+      const facts = limitFacts(given.recipient_limits) ?? { exceeded: [], usage: {} };
+      // Counted within the message, as the live limiter does: nothing needs to be given for it.
+      if (acceptedSoFar >= limits.recipients_per_message && !facts.exceeded.includes('recipients_per_message')) facts.exceeded.push('recipients_per_message');
+      facts.usage.recipients_per_message ??= acceptedSoFar + 1;
+      return { facts, grant: { consumed: [] } };
+    },
     authAttempt: async () => ({ retryAfter: 0, settle: async () => ({ accountBlockedNow: false, failures: 0 }) }),
     refund: async () => undefined,
   };

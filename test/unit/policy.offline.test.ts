@@ -61,6 +61,16 @@ describe('offline evaluation', () => {
     ]);
   });
 
+  it('applies the plan\'s recipients_per_message, counted within the message as live, with nothing given', async () => {
+    const dir = policyWith('', (d) => {
+      const limits = join(d, 'limits.yaml');
+      writeFileSync(limits, readFileSync(limits, 'utf8').replace(/(standard:[\s\S]*?recipients_per_message: )\d+/, '$12'));
+    });
+    const o = await evaluateOffline(loadPolicy(dir), config, { account: 'user1@example.test', recipients: ['a@x.example', 'b@x.example', 'c@x.example'] });
+    expect(o.action).toBe('accept');
+    expect(o.refusedRecipients).toEqual([{ address: 'c@x.example', rule: 'limits.recipients-per-message', reply: expect.stringMatching(/^452 4\.5\.3 /) }]);
+  });
+
   it('a message over scanning.max_size is decided by scanning.over_max_size, as live', async () => {
     const dir = policyWith('', (d) => {
       const file = join(d, 'inspection.yaml');
