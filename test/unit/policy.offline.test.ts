@@ -71,6 +71,31 @@ describe('offline evaluation', () => {
     expect(o.refusedRecipients).toEqual([{ address: 'c@x.example', rule: 'limits.recipients-per-message', reply: expect.stringMatching(/^452 4\.5\.3 /) }]);
   });
 
+  it('names the rule that accepted a message, and gives refusals the contact the gateway gives them', async () => {
+    const dir = policyWith(`  - id: test.newsletter-allowed
+    description: the newsletter account is let through
+    article: "4.3"
+    when: { account: { equals: "newsletter@example.test" } }
+    phase: data
+    action: accept
+  - id: test.no-greetings
+    description: a subject refused with a message naming the contact
+    article: "4.3"
+    when: { subject: { contains: "GREETINGS" } }
+    action: reject
+    message: Greetings are not allowed; write to {contact} if this is a mistake.
+`);
+    const policy = loadPolicy(dir);
+    const accepted = await evaluateOffline(policy, config, { account: 'newsletter@example.test', recipients: ['a@x.example'] });
+    expect(accepted).toMatchObject({ action: 'accept', phase: 'data', rule: { id: 'test.newsletter-allowed' } });
+    const cases = join(dir, 'cases.yaml');
+    writeFileSync(cases, 'cases:\n  - name: newsletter\n    account: newsletter@example.test\n    recipients: [a@x.example]\n    expect: { action: accept, rule: test.newsletter-allowed, phase: data }\n');
+    expect((await runPolicyTests(policy, config, [cases])).results.map((r) => r.failures)).toEqual([[]]);
+
+    const refused = await evaluateOffline(policy, config, { account: 'user1@example.test', recipients: ['a@x.example'], message: Buffer.from('From: user1@example.test\r\nSubject: GREETINGS\r\n\r\nhi\r\n') });
+    expect(refused.reply).toContain(`write to ${config.enforcement.contact} if this is a mistake`);
+  });
+
   it('a message over scanning.max_size is decided by scanning.over_max_size, as live', async () => {
     const dir = policyWith('', (d) => {
       const file = join(d, 'inspection.yaml');
