@@ -132,6 +132,8 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:96:14: rules\[17\]\.message names \{retyr\}, \{acount\}, which is not a value a refusal has; it may use \{rule\}, /);
     expect(all).not.toMatch(/rules\[18\]/);
     expect(all).toMatch(/rules\.yaml:83:5: rules\[15\]\.phase is data, but the condition uses recipient\.limits\.exceeded, known only while each recipient is checked \(rcpt\)/);
+    // YAML reads 0123 as 123 and 1.10 as 1.1: a header compared with them would never see the text as written.
+    expect(all).toMatch(/rules\.yaml:108:\d+: rules\[19\]\.when\.header\.X-Campaign\.in must be text, in quotes: YAML reads 123 unquoted as a number \(write "123" if that is what you meant\)/);
   });
 
   it('refuses an empty policy file: one caught while being written would take its rules away', () => {
