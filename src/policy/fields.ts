@@ -27,8 +27,8 @@ export interface FieldSpec {
 
 const uniq = (xs: string[]) => [...new Set(xs)];
 
-const MESSAGE_LIMITS: readonly LimitName[] = ['messages_per_minute', 'messages_per_hour', 'messages_per_day', 'bytes_per_day', 'concurrent_sessions'];
-const RECIPIENT_LIMITS: readonly LimitName[] = ['recipients_per_message', 'recipients_per_hour', 'recipients_per_day', 'recipient_domains_per_hour'];
+export const MESSAGE_LIMITS: readonly LimitName[] = ['messages_per_minute', 'messages_per_hour', 'messages_per_day', 'bytes_per_day', 'concurrent_sessions'];
+export const RECIPIENT_LIMITS: readonly LimitName[] = ['recipients_per_message', 'recipients_per_hour', 'recipients_per_day', 'recipient_domains_per_hour'];
 const SCAN_RESULTS = ['clean', 'infected', 'error', 'skipped'] as const;
 
 export const FIELDS: Record<string, FieldSpec> = {

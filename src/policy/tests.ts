@@ -6,22 +6,26 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { int, list, num, obj, oneOf, optional, record, required, str, withDefault, type Issue } from '../validate/schema.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
+import { ACCOUNT_STATUSES } from '../lifecycle/types.js';
+import { MESSAGE_LIMITS, RECIPIENT_LIMITS } from './fields.js';
 import { policyFiles } from './load.js';
 import { evaluateOffline, type OfflineOutcome } from './offline.js';
 import type { Policy } from './policy.js';
 
-const limitsGiven = obj({
-  exceeded: required(list(str())),
-  retry_after: optional(int({ min: 0 })),
-  usage: optional(record(int({ min: 0 }))),
-});
+/** The limits of one kind, named as the limiter names them: a misspelt one would make a test pass for nothing. */
+const limitsGiven = (names: readonly string[]) =>
+  obj({
+    exceeded: required(list(oneOf(...names))),
+    retry_after: optional(int({ min: 0 })),
+    usage: optional(record(int({ min: 0 }), { key: new RegExp(`^(?:${names.join('|')})$`), keyExpected: `one of ${names.join(', ')}` })),
+  });
 
 /** Facts a test case or `policy explain --given` sets instead of computing them. */
 export const givenSchema = obj({
-  account_status: optional(str()),
+  account_status: optional(oneOf(...ACCOUNT_STATUSES)),
   scan: optional(obj({ result: required(oneOf('clean', 'infected', 'error', 'skipped')), signature: optional(str()), detail: optional(str()) })),
-  limits: optional(limitsGiven),
-  recipient_limits: optional(limitsGiven),
+  limits: optional(limitsGiven(MESSAGE_LIMITS)),
+  recipient_limits: optional(limitsGiven(RECIPIENT_LIMITS)),
   bulk: optional(obj({ account_recipients: required(int({ min: 0 })), global_recipients: required(int({ min: 0 })), global_accounts: required(int({ min: 0 })), fingerprint: optional(str()) })),
   baseline_ratio: optional(num({ min: 0 })),
 });

@@ -96,6 +96,26 @@ describe('offline evaluation', () => {
     expect(refused.reply).toContain(`write to ${config.enforcement.contact} if this is a mistake`);
   });
 
+  it('a test case\'s given facts name limits and statuses as the gateway does: a misspelt one is refused with file, line and key', async () => {
+    const cases = join(mkdtempSync(join(tmpdir(), 'douane-cases-')), 'typos.yaml');
+    writeFileSync(
+      cases,
+      `cases:
+  - name: typos
+    account: user1@example.test
+    given: { limits: { exceeded: [mesages_per_hour], usage: { mesages_per_hour: 99 } }, recipient_limits: { exceeded: [messages_per_day] }, account_status: suspnded }
+    expect: { action: accept }
+`,
+    );
+    const err = await runPolicyTests(loadPolicy('policies'), config, [cases]).then(() => undefined, (e: Error) => e);
+    expect(err?.message.split('\n')).toEqual([
+      expect.stringMatching(/typos\.yaml:4:\d+: cases\[0\]\.given\.account_status must be one of active, locked, .* \(got "suspnded"\)/),
+      expect.stringMatching(/typos\.yaml:4:\d+: cases\[0\]\.given\.limits\.exceeded\[0\] must be one of messages_per_minute, messages_per_hour, .* \(got "mesages_per_hour"\)/),
+      expect.stringMatching(/typos\.yaml:4:\d+: cases\[0\]\.given\.limits\.usage.*mesages_per_hour/),
+      expect.stringMatching(/typos\.yaml:4:\d+: cases\[0\]\.given\.recipient_limits\.exceeded\[0\] must be one of recipients_per_message, .* \(got "messages_per_day"\)/),
+    ]);
+  });
+
   it('a message over scanning.max_size is decided by scanning.over_max_size, as live', async () => {
     const dir = policyWith('', (d) => {
       const file = join(d, 'inspection.yaml');
