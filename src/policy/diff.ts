@@ -3,7 +3,7 @@
 // sender: the From: address; recipients: To, Cc and Bcc), or from a sidecar FILE.json holding
 // { account, sender, recipients, listener, given } when the headers are not what was sent.
 
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { Config } from '../config/schema.js';
@@ -41,10 +41,21 @@ export interface DiffReport {
 
 export function corpusFiles(dir: string): string[] {
   const out: string[] = [];
+  // A folder linked from inside itself ("archive -> .") is walked once: each real folder is visited once.
+  const seen = new Set<string>();
   const walk = (d: string) => {
+    const real = realpathSync(d);
+    if (seen.has(real)) return;
+    seen.add(real);
     for (const name of readdirSync(d).sort()) {
       const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
+      let folder = false;
+      try {
+        folder = statSync(p).isDirectory();
+      } catch {
+        // a link to nothing: a message that cannot be read, reported as such if it is named like one
+      }
+      if (folder) walk(p);
       else if (name.endsWith('.eml')) out.push(p);
     }
   };

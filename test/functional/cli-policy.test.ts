@@ -159,6 +159,19 @@ describe('douane policy diff', () => {
     rmSync(corpus, { recursive: true, force: true });
   });
 
+  it('walks a corpus with a folder linked into itself once, and reports a message linked to nothing as one it could not read', async () => {
+    const { symlinkSync } = await import('node:fs');
+    const corpus = mkdtempSync(join(tmpdir(), 'douane-corpus-'));
+    cpSync('fixtures/messages/clean-text.eml', join(corpus, 'a.eml'));
+    symlinkSync('.', join(corpus, 'archive'));
+    symlinkSync(join(corpus, 'gone.txt'), join(corpus, 'gone.eml'));
+    const r = await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus, '--json']);
+    const report = JSON.parse(r.stdout) as { total: number; errors: { file: string; error: string }[] };
+    expect(report.total).toBe(2);
+    expect(report.errors).toEqual([{ file: 'gone.eml', error: expect.stringMatching(/ENOENT/) }]);
+    rmSync(corpus, { recursive: true, force: true });
+  });
+
   it('reports nothing when the policies are the same', async () => {
     const r = await douane(['diff', 'fixtures/policies/minimal', 'fixtures/policies/minimal', '--corpus', 'fixtures/messages', '--json']);
     expect(JSON.parse(r.stdout)).toMatchObject({ total: corpusSize, changed: [], errors: [] });
