@@ -201,6 +201,8 @@ export class Gateway {
     if (!this.tls || this.tls.selfSigned) return false;
     try {
       const material = reloadTlsMaterial(this.config);
+      // Read before it is put in use: a certificate whose dates cannot be read is refused with the rest.
+      certificateDates(material.cert);
       for (const l of this.listeners) l.server.updateSecureContext({ key: material.key, cert: material.cert });
       this.tls = material;
       const { subject, validTo } = this.noteCertificate(material);

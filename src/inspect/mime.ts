@@ -743,6 +743,19 @@ class UuencodeWatch {
  * ("invoice+AC4-vbs"): that one is read again from its header, as a UTF-7 aware mail program shows it.
  */
 function fileName(node: MimeNode): string {
+  const name = nameAsRead(node);
+  if (extensionOf(name) !== '' || !node.headers) return name;
+  // Without an extension, where the other header gives one: the program that shows that one runs the file
+  // by it (name="invoice.js", filename="invoice").
+  for (const [header, param] of [['content-disposition', 'filename'], ['content-type', 'name']] as const) {
+    const raw = node.headers.getFirst(header);
+    const other = raw ? parameterForms(headerValue(`${header}: ${raw}`), param).values.map(decodeWords).find((v) => extensionOf(v) !== '') : undefined;
+    if (other) return other;
+  }
+  return name;
+}
+
+function nameAsRead(node: MimeNode): string {
   const name = typeof node.filename === 'string' ? node.filename : '';
   if (!name || !node.headers) return name;
   // The header mailsplit took the name from: Content-Disposition's filename first, else Content-Type's name.
@@ -779,7 +792,10 @@ function twice(node: MimeNode): SingleHeader | undefined {
   if (names.some((n) => n.repeated)) return 'filename';
   const shown = names.flatMap((n) => n.values).map(decodeWords);
   if (shown.some((name) => /[\x00-\x1f\x7f]/.test(name))) return 'filename';
-  if (new Set(shown.map(extensionOf)).size > 1) return 'filename';
+  // Two extensions: which one the recipient's program shows is up to it. A name without one next to a
+  // name with one (Thunderbird's signature: name="OpenPGP_signature.asc", filename="OpenPGP_signature")
+  // is not ambiguous: the part is taken under the name with the extension (fileName).
+  if (new Set(shown.map(extensionOf).filter(Boolean)).size > 1) return 'filename';
   return undefined;
 }
 

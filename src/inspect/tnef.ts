@@ -35,8 +35,9 @@ const NAME_PROPERTIES = new Set([PR_DISPLAY_NAME, PR_ATTACH_FILENAME, PR_ATTACH_
 export class TnefLister {
   readonly listing: TnefListing;
   private readonly names: ArchiveNames;
-  /** bytes not yet consumed: a header, or the data of an attribute being kept */
-  private pending = Buffer.alloc(0);
+  /** bytes not yet consumed (a header, or the data of an attribute being kept), joined once all are in */
+  private pending: Buffer[] = [];
+  private pendingLength = 0;
   private state: 'signature' | 'header' | 'data' | 'skip' | 'done' = 'signature';
   private id = 0;
   /** bytes of the current attribute still to come (data and its two-byte checksum) */
@@ -58,12 +59,14 @@ export class TnefLister {
         continue;
       }
       const want = this.state === 'signature' ? 6 : this.state === 'header' ? 9 : this.left;
-      const take = Math.min(want - this.pending.length, data.length);
-      this.pending = Buffer.concat([this.pending, data.subarray(0, take)]);
+      const take = Math.min(want - this.pendingLength, data.length);
+      this.pending.push(Buffer.from(data.subarray(0, take)));
+      this.pendingLength += take;
       data = data.subarray(take);
-      if (this.pending.length < want) return;
-      const chunk = this.pending;
-      this.pending = Buffer.alloc(0);
+      if (this.pendingLength < want) return;
+      const chunk = Buffer.concat(this.pending, this.pendingLength);
+      this.pending = [];
+      this.pendingLength = 0;
       this.step(chunk);
     }
   }
@@ -71,7 +74,7 @@ export class TnefLister {
   /** The stream ended: one cut short inside an attribute is incomplete. */
   end(): void {
     if (!this.listing.isTnef) return;
-    if (this.state !== 'header' || this.pending.length) this.listing.complete = false;
+    if (this.state !== 'header' || this.pendingLength) this.listing.complete = false;
     // Names left out, or an archive named inside, which is not opened here.
     if (!this.names.complete) this.listing.complete = false;
     this.state = 'done';

@@ -264,8 +264,9 @@ process.stdin.on('end', async () => {
   process.stdout.write(JSON.stringify(out), () => process.exit(0));
 });`;
 
+/** Each pattern may take three analyses of a second each (automaton, with small counts, crafted inputs). */
 function analysisTimeoutMs(patterns: number): number {
-  return 30_000 + 2500 * patterns;
+  return 30_000 + 3500 * patterns;
 }
 
 function notAnalysed(sources: readonly string[], flags: string): string[] {

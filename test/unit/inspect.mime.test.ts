@@ -187,7 +187,13 @@ describe('MIME inspector: fixtures', () => {
     const attached = (...headers: string[]) => eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'hi', '--b', ...headers, 'Content-Transfer-Encoding: base64', '', 'dmFyIHM7', '--b--');
     const ambiguous = async (...headers: string[]) => (await inspect(attached(...headers))).mimeAmbiguous;
     expect(await ambiguous('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil.txt"')).toBe('filename');
-    expect(await ambiguous('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil"')).toBe('filename');
+    // A name without an extension next to one with: taken under the one with it, not ambiguous (Thunderbird
+    // writes its OpenPGP signature so).
+    const named = async (...headers: string[]) => (await inspect(attached(...headers))).attachments.map((a) => [a.name, a.extension]);
+    expect(await named('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil"')).toEqual([['evil.js', 'js']]);
+    expect(await ambiguous('Content-Type: application/octet-stream; name="evil.js"', 'Content-Disposition: attachment; filename="evil"')).toBeUndefined();
+    expect(await named('Content-Type: application/pgp-signature; name="OpenPGP_signature.asc"', 'Content-Description: OpenPGP digital signature', 'Content-Disposition: attachment; filename="OpenPGP_signature"')).toEqual([['OpenPGP_signature.asc', 'asc']]);
+    expect(await ambiguous('Content-Type: application/pgp-signature; name="OpenPGP_signature.asc"', 'Content-Disposition: attachment; filename="OpenPGP_signature"')).toBeUndefined();
     expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.txt"; filename="evil.js"')).toBe('filename');
     expect(await ambiguous('Content-Type: application/octet-stream', "Content-Disposition: attachment; filename*=utf-8''evil.js%00.txt")).toBe('filename');
     expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js\x00.txt"')).toBe('filename');
