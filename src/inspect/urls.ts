@@ -8,6 +8,10 @@ import { decodeAttribute, decodeEntities } from './html.js';
 // Longest URL kept; anything longer is cut (and still counts, by its start).
 const MAX_URL = 2048;
 const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
+// In HTML, a URL written out with character references in its scheme ("https&#58;//", "&#104;ttps://") is
+// shown decoded, and mail programs that make links of URLs in text make one of it. Bounded as TEXT_URL.
+const e = (c: string) => `(?:${c === '/' ? '\\/' : c}|&#0{0,8}${c.charCodeAt(0)};?|&#x0{0,8}${c.charCodeAt(0).toString(16)};?${c === ':' ? '|&colon;' : c === '/' ? '|&sol;' : ''})`;
+const HTML_TEXT_URL = new RegExp(`${e('h')}${e('t')}${e('t')}${e('p')}${e('s')}?${e(':')}${e('/')}${e('/')}[^\\s<>"'\`\\x00-\\x1f\\x7f]{1,2048}`, 'gi');
 // Mail programs make a link of "www.example.com/login" written without a scheme.
 // Bounded below OVERLAP (at most about 2 080 characters), so that a match cut by a scan batch is seen whole.
 const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,1500})?/gi;
@@ -112,6 +116,13 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
     urls.add('http://' + url);
   }
   if (!html) return;
+  HTML_TEXT_URL.lastIndex = 0;
+  for (let m = HTML_TEXT_URL.exec(text); m && !urls.full; m = HTML_TEXT_URL.exec(text)) {
+    if (m.index + m[0].length >= limit) continue;
+    // Those written plainly were taken above (the same URL is kept once).
+    if (!m[0].includes('&')) continue;
+    urls.add(decodeEntities(recode(trimTrailing(m[0]))));
+  }
   HREF.lastIndex = 0;
   for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
     if (m.index + m[0].length >= limit) continue;

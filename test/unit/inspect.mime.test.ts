@@ -890,6 +890,13 @@ describe('HTML to text and URL extraction', () => {
     expect(htmlToText('x'.repeat(1000), 10)).toHaveLength(10);
   });
 
+  it('finds a URL written out in HTML with character references in its scheme, which is shown (and linked) decoded', () => {
+    const html = '<p>https&#58;//examp1e-bank.test/x and &#104;ttps&#x3a;&#x2f;&#x2F;evil.test/a, HTTP&colon;&sol;&sol;third.test/b</p>';
+    expect(extractUrls(html, true)).toEqual(['https://examp1e-bank.test/x', 'https://evil.test/a', 'http://third.test/b']);
+    // In plain text the references are text, as mail programs show them.
+    expect(extractUrls('https&#58;//examp1e-bank.test/x', false)).toEqual([]);
+  });
+
   it('finds written-out URLs and href targets, trims sentence punctuation, lower-cases scheme and host', () => {
     expect(extractUrls('See HTTPS://Example.TEST/Path?Q=1. And (https://b.example.test/x), https://w.example.test/wiki/A_(b).', false)).toEqual([
       'https://example.test/Path?Q=1',
