@@ -11,7 +11,8 @@ const TEXT_URL = /\bhttps?:\/\/[^\s<>"'`\x00-\x1f\x7f]{1,2048}/gi;
 // In HTML, a URL written out with character references in its scheme ("https&#58;//", "&#104;ttps://") is
 // shown decoded, and mail programs that make links of URLs in text make one of it. Bounded as TEXT_URL.
 const e = (c: string) => `(?:${c === '/' ? '\\/' : c}|&#0{0,8}${c.charCodeAt(0)};?|&#x0{0,8}${c.charCodeAt(0).toString(16)};?${c === ':' ? '|&colon;' : c === '/' ? '|&sol;' : ''})`;
-const HTML_TEXT_URL = new RegExp(`${e('h')}${e('t')}${e('t')}${e('p')}${e('s')}?${e(':')}${e('/')}${e('/')}[^\\s<>"'\`\\x00-\\x1f\\x7f]{1,2048}`, 'gi');
+// Not an attribute's value (an href's is read as a browser reads it, below).
+const HTML_TEXT_URL = new RegExp(`(?<![="'])${e('h')}${e('t')}${e('t')}${e('p')}${e('s')}?${e(':')}${e('/')}${e('/')}[^\\s<>"'\`\\x00-\\x1f\\x7f]{1,2048}`, 'gi');
 // Mail programs make a link of "www.example.com/login" written without a scheme.
 // Bounded below OVERLAP (at most about 2 080 characters), so that a match cut by a scan batch is seen whole.
 const TEXT_WWW = /(?<![\w.@/-])www\.[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63}){1,8}(?:[/?#][^\s<>"'`\x00-\x1f\x7f]{0,1500})?/gi;
@@ -116,13 +117,6 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
     urls.add('http://' + url);
   }
   if (!html) return;
-  HTML_TEXT_URL.lastIndex = 0;
-  for (let m = HTML_TEXT_URL.exec(text); m && !urls.full; m = HTML_TEXT_URL.exec(text)) {
-    if (m.index + m[0].length >= limit) continue;
-    // Those written plainly were taken above (the same URL is kept once).
-    if (!m[0].includes('&')) continue;
-    urls.add(decodeEntities(recode(trimTrailing(m[0]))));
-  }
   HREF.lastIndex = 0;
   for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
@@ -138,6 +132,15 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
       const href = whatwg(target);
       if (href) urls.add(href);
     }
+  }
+  HTML_TEXT_URL.lastIndex = 0;
+  for (let m = HTML_TEXT_URL.exec(text); m && !urls.full; m = HTML_TEXT_URL.exec(text)) {
+    if (m.index + m[0].length >= limit) continue;
+    // Those written plainly were taken above, and hrefs as browsers read them (a URL is kept once).
+    if (!m[0].includes('&')) continue;
+    // A reference may stand for a space or a line break, which ends the URL as shown.
+    const shown = decodeEntities(recode(trimTrailing(m[0]))).split(/[\s\x00-\x1f\x7f]/, 1)[0]!;
+    urls.add(shown);
   }
 }
 
