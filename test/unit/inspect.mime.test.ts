@@ -893,6 +893,8 @@ describe('HTML to text and URL extraction', () => {
   it('finds a URL written out in HTML with character references in its scheme, which is shown (and linked) decoded', () => {
     const html = '<p>https&#58;//examp1e-bank.test/x and &#104;ttps&#x3a;&#x2f;&#x2F;evil.test/a, HTTP&colon;&sol;&sol;third.test/b</p>';
     expect(extractUrls(html, true)).toEqual(['https://examp1e-bank.test/x', 'https://evil.test/a', 'http://third.test/b']);
+    // A reference for a space ends it, as shown; an attribute's value is read as hrefs are.
+    expect(extractUrls('<p>https&#58;//cut.test/a&#32;b</p><img alt="https&#58;//alt.test/">', true)).toEqual(['https://cut.test/a']);
     // In plain text the references are text, as mail programs show them.
     expect(extractUrls('https&#58;//examp1e-bank.test/x', false)).toEqual([]);
   });
