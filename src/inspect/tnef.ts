@@ -8,8 +8,10 @@
 // attAttachment, whose PR_ATTACH_LONG_FILENAME (or PR_DISPLAY_NAME) is the name shown. Both are listed.
 // Only the data of these two attributes is kept, each up to MAX_KEPT; the rest is skipped as it streams.
 // A stream cut short, an attribute past its bounds, or attAttachment properties that cannot be read whole
-// leave the listing incomplete: the attachment cannot be judged by its names. Files kept in an embedded
-// message (an Outlook item attached inside) are not listed either: such an attachment is incomplete too.
+// leave the listing incomplete: the attachment cannot be judged by its names. An Outlook item attached
+// inside (attach method 5) is kept in PR_ATTACH_DATA_OBJ as the GUID IID_IMessage followed by a TNEF stream
+// of its own, whose files are listed too, two levels down at most; one that cannot be read so leaves the
+// listing incomplete.
 
 import { ArchiveNames, type ArchiveListing } from './archive-names.js';
 
@@ -29,7 +31,10 @@ const PR_DISPLAY_NAME = 0x3001;
 const PR_ATTACH_FILENAME = 0x3704;
 const PR_ATTACH_LONG_FILENAME = 0x3707;
 const PR_ATTACH_METHOD = 0x3705;
+const PR_ATTACH_DATA_OBJ = 0x3701;
 const ATTACH_EMBEDDED_MSG = 5;
+const IID_IMESSAGE = Buffer.from('0703020000000000c000000000000046', 'hex');
+const MAX_EMBEDDED_DEPTH = 2;
 const NAME_PROPERTIES = new Set([PR_DISPLAY_NAME, PR_ATTACH_FILENAME, PR_ATTACH_LONG_FILENAME]);
 
 export class TnefLister {
@@ -44,7 +49,10 @@ export class TnefLister {
   private left = 0;
   private attributes = 0;
 
-  constructor(maxEntries = 1000) {
+  constructor(
+    private readonly maxEntries = 1000,
+    private readonly depth = 0,
+  ) {
     this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { isTnef: false, entries: this.names.entries, complete: true };
   }
@@ -112,6 +120,8 @@ export class TnefLister {
     const r = new Reader(data);
     const count = r.u32();
     if (count === undefined || count > 10_000) return false;
+    let embedded = false;
+    let opened = false;
     for (let i = 0; i < count; i++) {
       const type = r.u16();
       const id = r.u16();
@@ -130,8 +140,22 @@ export class TnefLister {
       const values = readValues(r, type);
       if (values === undefined) return false;
       if (NAME_PROPERTIES.has(id)) for (const v of values) if (Buffer.isBuffer(v)) this.names.add(type === 0x001f ? utf16(v) : cString(v));
-      if (id === PR_ATTACH_METHOD && values[0] === ATTACH_EMBEDDED_MSG) this.listing.complete = false;
+      if (id === PR_ATTACH_METHOD && values[0] === ATTACH_EMBEDDED_MSG) embedded = true;
+      if (id === PR_ATTACH_DATA_OBJ && (type & 0x0fff) === 0x000d && Buffer.isBuffer(values[0])) opened = this.embeddedMessage(values[0]);
     }
+    if (embedded && !opened) this.listing.complete = false;
+    return true;
+  }
+
+  /** The files of an Outlook item attached inside; false if it cannot be read as one. */
+  private embeddedMessage(object: Buffer): boolean {
+    if (this.depth >= MAX_EMBEDDED_DEPTH || object.length < IID_IMESSAGE.length || !object.subarray(0, IID_IMESSAGE.length).equals(IID_IMESSAGE)) return false;
+    const inner = new TnefLister(this.maxEntries, this.depth + 1);
+    inner.push(object.subarray(IID_IMESSAGE.length));
+    inner.end();
+    if (!inner.listing.isTnef) return false;
+    for (const name of inner.listing.entries) this.names.add(name);
+    if (!inner.listing.complete) this.listing.complete = false;
     return true;
   }
 

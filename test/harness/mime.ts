@@ -107,8 +107,10 @@ export async function inspectAttachment(content: Buffer, name: string): Promise<
  * A TNEF stream (winmail.dat) as Outlook writes one, after MS-OXTNEF: the message's version, code page
  * and class, then per file its rendering, short name (attAttachTitle), data and, when `long` is given, the
  * MAPI properties with its long name (PR_ATTACH_LONG_FILENAME) and attach method (5: an embedded message).
+ * `embedded` is an Outlook item attached inside: a TNEF stream of its own, kept in PR_ATTACH_DATA_OBJ
+ * after the GUID IID_IMessage.
  */
-export function tnef(files: { title: string; long?: string; data: Buffer; method?: number }[]): Buffer {
+export function tnef(files: { title: string; long?: string; data: Buffer; method?: number; embedded?: Buffer }[]): Buffer {
   const u32 = (n: number) => {
     const b = Buffer.alloc(4);
     b.writeUInt32LE(n >>> 0, 0);
@@ -133,8 +135,12 @@ export function tnef(files: { title: string; long?: string; data: Buffer; method
     parts.push(attribute(2, 0x00069002, rendering), attribute(2, 0x00018010, Buffer.from(`${f.title}\0`, 'latin1')), attribute(2, 0x0006800f, f.data));
     if (f.long !== undefined) {
       const name = Buffer.from(`${f.long}\0`, 'latin1');
-      const properties = [u32(0x3707001e), u32(1), u32(name.length), padded(name), u32(0x37050003), u32(f.method ?? 1)];
-      parts.push(attribute(2, 0x00069005, Buffer.concat([u32(2), ...properties])));
+      const properties = [u32(0x3707001e), u32(1), u32(name.length), padded(name), u32(0x37050003), u32(f.embedded ? 5 : (f.method ?? 1))];
+      if (f.embedded) {
+        const object = Buffer.concat([Buffer.from('0703020000000000c000000000000046', 'hex'), f.embedded]);
+        properties.push(u32(0x3701000d), u32(1), u32(object.length), padded(object));
+      }
+      parts.push(attribute(2, 0x00069005, Buffer.concat([u32(f.embedded ? 3 : 2), ...properties])));
     }
   }
   return Buffer.concat(parts);

@@ -48,7 +48,23 @@ describe('TNEF listing', () => {
     expect(list(short).listing.entries).toEqual(['setup.exe']);
   });
 
-  it('a stream cut short, or holding an embedded message, is incomplete; another file is not TNEF', () => {
+  it('lists the files of an Outlook item attached inside, two levels down; deeper, or unreadable, it is incomplete', () => {
+    const inner = tnef([{ title: 'EVIL~1.SCR', long: 'evil screensaver.scr', data: Buffer.from('MZ') }]);
+    const outer = tnef([FILES[0]!, { title: 'FWD', long: 'Fwd: invoice', data: Buffer.alloc(0), embedded: inner }]);
+    for (const chunk of [outer.length, 13]) {
+      const { listing } = list(outer, chunk);
+      expect(listing.complete).toBe(true);
+      expect(listing.entries).toEqual(['FACTUR~1.PDF', 'facture mars.pdf', 'FWD', 'Fwd: invoice', 'EVIL~1.SCR', 'evil screensaver.scr']);
+    }
+    const twice = tnef([{ title: 'FWD', long: 'Fwd', data: Buffer.alloc(0), embedded: outer }]);
+    expect(list(twice).listing).toMatchObject({ complete: true, entries: expect.arrayContaining(['evil screensaver.scr']) });
+    const thrice = tnef([{ title: 'FWD', long: 'Fwd', data: Buffer.alloc(0), embedded: twice }]);
+    expect(list(thrice).listing.complete).toBe(false);
+    // An embedded item whose object is not a TNEF stream after IID_IMessage.
+    expect(list(tnef([{ title: 'FWD', long: 'Fwd', data: Buffer.alloc(0), embedded: Buffer.from('not TNEF') }])).listing.complete).toBe(false);
+  });
+
+  it('a stream cut short, or holding an embedded message it does not carry, is incomplete; another file is not TNEF', () => {
     const data = tnef(FILES);
     expect(list(data.subarray(0, data.length - 20)).listing).toMatchObject({ isTnef: true, complete: false });
     expect(list(tnef([{ title: 'MESSAGE', long: 'forwarded', data: Buffer.alloc(0), method: 5 }])).listing.complete).toBe(false);
