@@ -490,6 +490,8 @@ export class Gateway {
         this.metrics.phaseDuration.labels(phase).observe((performance.now() - since()) / 1000);
         if (err instanceof ReplyError || (err instanceof Error && typeof (err as ReplyError).responseCode === 'number')) {
           this.metrics.replies.labels(phase, replyClass((err as ReplyError).responseCode)).inc();
+          const ending = this.sessions.get(session.id);
+          if (ending && err instanceof ReplyError && err.reply.close && err.reason) ending.endedBy ??= err.reason;
           cb(err as Error);
           return;
         }
@@ -952,7 +954,7 @@ export class Gateway {
     else this.perIp.set(state.remoteAddress, left);
     this.metrics.sessionsActive.labels(state.listener.name).dec();
     if (state.sessionCounted && state.account) void this.limiter.sessionClosed(state.account, state.id);
- this.metrics.sessions.labels(state.listener.name, state.refused ? 'refused' : state.transactions ? 'mail' : 'no_mail').inc();
+    this.metrics.sessions.labels(state.listener.name, state.refused ? 'refused' : state.endedBy ? 'ended_by_douane' : state.transactions ? 'mail' : 'no_mail').inc();
     if (!relaying) this.disposeUpstream(state);
     this.log.debug({ event: 'session_end', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, account: state.account, transactions: state.transactions, ms: this.clock.now() - state.startedAt }, 'session closed');
   }
@@ -1027,6 +1029,7 @@ export class Gateway {
     this.metrics.refusals.labels('protocol', reason).inc();
     this.metrics.replies.labels('protocol', replyClass(reply.code)).inc();
     const state = this.sessions.get(session.id);
+    if (state && reply.close) state.endedBy ??= reason;
     this.log.info(
       { event: 'refusal', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reason, reply: `${reply.code} ${reply.enhanced}` },
       reason,

@@ -136,6 +136,8 @@ export interface SessionState {
   counted: boolean;
   /** set when the session was refused at connect */
   refused?: ReasonCode;
+  /** set when Douane ended the session with a closing reply (421): the session deadline, too many errors… */
+  endedBy?: ReasonCode;
   /** the client's connection has closed (a DATA handler may still be relaying its message) */
   closed?: boolean;
   /** an authenticated session registered with the concurrent-sessions limit */

@@ -182,6 +182,8 @@ describe('size and recipient limits', () => {
     expect(line).toMatchObject({ verdict: 'tempfail', reason: 'recipients.too_many_refused' });
     expect((line.rcpt as unknown[]).length).toBe(6);
     expect(upstream.messages).toHaveLength(0);
+    // Counted as a session Douane ended, not as one that sent mail.
+    await expect.poll(async () => /^douane_sessions_total\{listener="trusted",outcome="(\w+)"\} 1$/m.exec(await gw.metrics.registry.metrics())?.[1]).toBe('ended_by_douane');
   });
 });
 

@@ -66,6 +66,7 @@ describe('connection adaptations', () => {
     for (let i = 0; i < 20 && !last.startsWith('421'); i++) last = await c.command(`XYZZY${i}`);
     expect(last).toMatch(/^421 4\.7\.0 Too many unrecognized or unauthenticated commands; closing the connection\. Ref D-[0-9A-Z]{6}\.$/);
     c.close();
+    await expect.poll(async () => (await gw.metrics.registry.metrics()).match(/^douane_sessions_total\{listener="trusted",outcome="(\w+)"\} 1$/m)?.[1]).toBe('ended_by_douane');
   });
 
   it('gives the client the upstream\'s text for MAIL and RCPT, and its enhanced code', async () => {
