@@ -202,10 +202,10 @@ export class Gateway {
     try {
       const material = reloadTlsMaterial(this.config);
       // Read before it is put in use: a certificate whose dates cannot be read is refused with the rest.
-      certificateDates(material.cert);
+      const dates = certificateDates(material.cert);
       for (const l of this.listeners) l.server.updateSecureContext({ key: material.key, cert: material.cert });
       this.tls = material;
-      const { subject, validTo } = this.noteCertificate(material);
+      const { subject, validTo } = this.noteCertificate(material, dates);
       this.log.info({ event: 'tls_reloaded', subject, valid_to: validTo.toISOString() }, `TLS certificate reloaded (${subject}, valid to ${validTo.toISOString()})`);
       return true;
     } catch (err) {
@@ -215,8 +215,7 @@ export class Gateway {
   }
 
   /** The certificate in use, for the expiry alert, and said in the log when it has expired or soon will. */
-  private noteCertificate(material: TlsMaterial) {
-    const dates = certificateDates(material.cert);
+  private noteCertificate(material: TlsMaterial, dates = certificateDates(material.cert)) {
     this.metrics.tlsCertificateExpiry(dates.validTo);
     const warning = material.selfSigned ? undefined : certificateWarning(dates, this.clock.now());
     if (warning) this.log.warn({ event: warning.event, subject: dates.subject, valid_to: dates.validTo.toISOString() }, warning.message);

@@ -165,18 +165,19 @@ export class TnefLister {
   }
 }
 
+/** The MAPI property types of a fixed size, and that size as TNEF writes it (short and boolean padded to four). */
+const FIXED_SIZES: Record<number, number> = { 0x0002: 4, 0x0003: 4, 0x0004: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8, 0x000a: 4, 0x000b: 4, 0x0014: 8, 0x0040: 8, 0x0048: 16 };
+
 /** A property's values: numbers for the fixed-size types read here, buffers for strings and binaries. */
 function readValues(r: Reader, type: number): (number | Buffer)[] | undefined {
   const multi = (type & 0x1000) !== 0;
   const base = type & 0x0fff;
-  const fixed: Record<number, number> = { 0x0002: 4, 0x0003: 4, 0x0004: 4, 0x0005: 8, 0x0006: 8, 0x0007: 8, 0x000a: 4, 0x000b: 4, 0x0014: 8, 0x0040: 8, 0x0048: 16 };
-  const size = fixed[base];
+  const size = FIXED_SIZES[base];
   const count = multi || size === undefined ? r.u32() : 1;
   if (count === undefined || count > 100_000) return undefined;
   const out: (number | Buffer)[] = [];
   for (let i = 0; i < count; i++) {
     if (size !== undefined) {
-      // Short and boolean values take 4 bytes in TNEF, as every value is padded to four.
       const v = size === 4 ? r.u32() : r.skip(size) ? 0 : undefined;
       if (v === undefined) return undefined;
       out.push(v);

@@ -336,19 +336,10 @@ export function patternsNotAnalysed(sources: readonly string[], flags: string): 
 export function withSmallCounts(source: string): string {
   let out = '';
   for (let i = 0; i < source.length; ) {
-    const ch = source[i]!;
-    if (ch === '\\') {
-      const braced = /^\\(?:[pPu]\{[^}]*\}|k<[^>]*>)/.exec(source.slice(i));
-      const n = braced ? braced[0].length : 2;
-      out += source.slice(i, i + n);
-      i += n;
-      continue;
-    }
-    if (ch === '[') {
-      let j = i + 1;
-      for (; j < source.length && source[j] !== ']'; j++) if (source[j] === '\\') j++;
-      out += source.slice(i, j + 1);
-      i = j + 1;
+    const end = atomEnd(source, i);
+    if (end !== undefined) {
+      out += source.slice(i, end);
+      i = end;
       continue;
     }
     const counted = /^\{(\d+)(?:(,)(\d*))?\}/.exec(source.slice(i));
@@ -358,7 +349,7 @@ export function withSmallCounts(source: string): string {
       i += counted[0].length;
       continue;
     }
-    out += ch;
+    out += source[i];
     i++;
   }
   return out;
@@ -433,6 +424,22 @@ function backReference(source: string): string | undefined {
 export const MAX_COUNTED_CHOICES = 256;
 
 /**
+ * Where an escape or a character class that starts at `i` ends, for the walks over a pattern's text:
+ * the braces of \p{L}, \u{1F600} and \k<name>, and whatever a class holds, are no quantifier. A class
+ * goes up to its closing bracket, escapes included. Undefined when neither starts there.
+ */
+function atomEnd(source: string, i: number): number | undefined {
+  if (source[i] === '\\') {
+    const braced = /^\\(?:[pPu]\{[^}]*\}|k<[^>]*>)/.exec(source.slice(i));
+    return i + (braced ? braced[0].length : 2);
+  }
+  if (source[i] !== '[') return undefined;
+  let j = i + 1;
+  for (; j < source.length && source[j] !== ']'; j++) if (source[j] === '\\') j++;
+  return j + 1;
+}
+
+/**
  * A counted repetition is also tried in full at each place of the text: "\w{20000}!" takes 20 000 steps at
  * each of them, linear in the text's length but seconds on a crafted 256 KB body (170 ms at 256 here). The
  * characters counted in a row (their largest count, nested ones multiplied; of alternatives, the longest)
@@ -467,15 +474,9 @@ export function countedRepetitions(source: string): { choices: number; length: n
       let ways = 1;
       let inner = 0;
       const ch = source[i]!;
-      if (ch === '\\') {
-        // \p{L}, \u{1F600}, \k<name>: their braces are no quantifier.
-        const braced = /^\\(?:[pPu]\{[^}]*\}|k<[^>]*>)/.exec(source.slice(i));
-        i += braced ? braced[0].length : 2;
-      } else if (ch === '[') {
-        // A class: up to its closing bracket, escapes included (a "]" first is a member).
-        for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
-        i++;
-      } else if (ch === '(') {
+      const end = atomEnd(source, i);
+      if (end !== undefined) i = end;
+      else if (ch === '(') {
         i++;
         const prefix = /^\?(?::|=|!|<=|<!|<[A-Za-z_$][\w$]*>)/.exec(source.slice(i));
         if (prefix) i += prefix[0].length;

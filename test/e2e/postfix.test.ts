@@ -45,6 +45,20 @@ afterAll(async () => {
   await gw?.stop();
 });
 
+/** A gateway whose trusted listener (as given) relays to Postfix's open port, passing the client on by XCLIENT. */
+function trustedGateway(trusted: Record<string, unknown>): Promise<TestGateway> {
+  return startGateway(stack.openPort, {
+    listeners: { trusted: { mode: 'trusted', port: 0, ...trusted } },
+    upstream: { port: stack.authPort, trusted_port: stack.openPort, tls: 'opportunistic', verify_certificate: false, xclient: true, timeouts: { connect: '5s', command: '10s', data: '20s' } },
+  });
+}
+
+/** The newest message in a mailbox, once it holds more than `before`. */
+async function newestIn(user: string, before: number): Promise<string> {
+  const box = await waitForMailbox(stack, user, before + 1);
+  return box[box.length - 1]!.toString();
+}
+
 function swaks(args: string[]): Promise<{ code: number; out: string }> {
   return exec('swaks', [...args, '--timeout', '20'], { timeout: 30_000 }).then(
     (r) => ({ code: 0, out: r.stdout + r.stderr }),
@@ -174,10 +188,7 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
 
   it('trusted listener: webmail-style submission without AUTH; XCLIENT passes the real client address', async () => {
     const before = (await waitForMailbox(stack, 'user3', 0)).length;
-    const gw2 = await startGateway(stack.openPort, {
-      listeners: { trusted: { mode: 'trusted', port: 0, allow: ['127.0.0.0/8'] } },
-      upstream: { port: stack.authPort, trusted_port: stack.openPort, tls: 'opportunistic', verify_certificate: false, xclient: true, timeouts: { connect: '5s', command: '10s', data: '20s' } },
-    });
+    const gw2 = await trustedGateway({ allow: ['127.0.0.0/8'] });
     try {
       // Connect from 127.0.0.5 so the address Postfix records differs from Douane's own.
       const c = await RawSmtp.connect(gw2.port('trusted'), { localAddress: '127.0.0.5' });
@@ -189,8 +200,7 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
       c.write('From: user1@example.test\r\nSubject: from webmail\r\n\r\nvia the trusted port\r\n.\r\n');
       expect(await c.reply()).toMatch(/^250 2\.0\.0 Ok: (\d+ bytes )?queued as/);
       c.close();
-      const box = await waitForMailbox(stack, 'user3', before + 1);
-      const msg = box[box.length - 1]!.toString();
+      const msg = await newestIn('user3', before);
       expect(msg).toContain('via the trusted port');
       expect(msg).toMatch(/from webmail\.example\.test \(.*\[127\.0\.0\.5\]\)/);
     } finally {
@@ -201,10 +211,7 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
   it('behind HAProxy (send-proxy): the client\'s own address is the one the trusted network, the log and Postfix see', async () => {
     const before = (await waitForMailbox(stack, 'user3', 0)).length;
     // Only the client's address is trusted: without the PROXY line, Douane would see HAProxy's (127.0.0.1) and refuse.
-    const gw2 = await startGateway(stack.openPort, {
-      listeners: { trusted: { mode: 'trusted', port: 0, allow: ['127.0.0.6/32'], proxy_protocol_from: ['127.0.0.1'] } },
-      upstream: { port: stack.authPort, trusted_port: stack.openPort, tls: 'opportunistic', verify_certificate: false, xclient: true, timeouts: { connect: '5s', command: '10s', data: '20s' } },
-    });
+    const gw2 = await trustedGateway({ allow: ['127.0.0.6/32'], proxy_protocol_from: ['127.0.0.1'] });
     const haproxy = await startHaproxy(gw2.port('trusted'));
     try {
       const r = await swaks([
@@ -215,8 +222,7 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
       expect(r.code, `${r.out}\n${haproxy.logTail()}`).toBe(0);
       expect(r.out).toMatch(/<- {2}250 2\.0\.0 Ok: (\d+ bytes )?queued as/);
       expect((await gw2.waitForLog((l) => l.event === 'transaction')).client).toBe('127.0.0.6');
-      const box = await waitForMailbox(stack, 'user3', before + 1);
-      const msg = box[box.length - 1]!.toString();
+      const msg = await newestIn('user3', before);
       expect(msg).toContain('via HAProxy and Douane');
       expect(msg).toMatch(/from webmail\.example\.test \(.*\[127\.0\.0\.6\]\)/);
     } finally {
