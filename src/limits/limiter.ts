@@ -11,10 +11,13 @@
 // All the counters of one phase are sent together (ioredis auto-pipelining: one round trip), and every
 // call has a deadline; when Redis fails, an in-process insurance limiter decides (or, by configuration,
 // the message is tempfailed) and the failure is logged and counted. A count is given back to the store
-// that made it: a count the insurance made during an outage is not taken off Redis once it is back.
+// that made it: a count the insurance made during an outage is not taken off Redis once it is back. A
+// count Redis makes after the phase stopped waiting for it (a frozen Redis runs what it was sent once it
+// thaws) is taken back with the message's other counts when the message is not accepted (late-counts.ts).
 // The counters are kept per name and window, not per limit: a reload that changes a limit, or a
 // throttle, judges the same counts against the new limit.
 
+import { randomBytes } from 'node:crypto';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
@@ -22,6 +25,7 @@ import type { LimitFacts } from '../policy/facts.js';
 import type { LimitName, Limits } from '../policy/schema.js';
 import { comparableAddress, domainOf } from '../policy/facts.js';
 import { accountTag, type RedisClient } from './redis.js';
+import { LateCounts, mayRunLate, type Unanswered } from './late-counts.js';
 import { InsuredStructures, MemoryStructures, RedisStructures, type Structures } from './structures.js';
 
 const MINUTE = 60;
@@ -52,9 +56,11 @@ interface Consumed {
 export interface Grant {
   consumed: Consumed[];
   /** a recipient domain counted for the hour, until that hour's set ends */
-  setMember?: { key: string; member: string; windowEndsAt: number };
+  setMember?: { key: string; member: string; windowEndsAt: number; insured?: boolean };
   /** the day's bytes reserved at MAIL FROM (also in `consumed`), settled to the real size on acceptance */
   bytes?: Consumed;
+  /** counts sent to Redis without an answer, which it may still make: taken back with the rest */
+  late?: Unanswered;
 }
 
 /** A windowed counter: in Redis with the insurance beside it, or in memory. */
@@ -160,6 +166,9 @@ export class Limiter implements LimiterPort {
   /** the in-memory storage of each brute-force limiter, by key prefix (see sharingMemory) */
   private readonly memoryStores = new Map<string, unknown>();
   private readonly structures: Structures;
+  /** the insurance's own sets, for giving back what it counted (not Redis, which did not) */
+  private readonly insuranceStructures?: MemoryStructures;
+  private readonly late?: LateCounts;
   private readonly now: () => number;
   private insuranceUses = 0;
 
@@ -167,8 +176,10 @@ export class Limiter implements LimiterPort {
     this.now = opts.now ?? Date.now;
     if (!opts.redis) this.structures = new MemoryStructures(this.now);
     else if (opts.onFailure === 'insurance') {
-      this.structures = new InsuredStructures(new RedisStructures(opts.redis), new MemoryStructures(this.now), (op, err) => this.failed(op, err));
+      this.insuranceStructures = new MemoryStructures(this.now);
+      this.structures = new InsuredStructures(new RedisStructures(opts.redis), this.insuranceStructures, (op, err) => this.failed(op, err));
     } else this.structures = new RedisStructures(opts.redis);
+    if (opts.redis) this.late = new LateCounts(opts.redis, opts.log, this.now);
     // rate-limiter-flexible defines its Lua command on the client when a RateLimiterRedis is made. Made
     // lazily, at a first count, it can come while an auto-pipeline opened by another command waits: that
     // pipeline lacks the command, and ioredis then answers its commands out of step and throws where
@@ -212,15 +223,35 @@ export class Limiter implements LimiterPort {
     return limiter;
   }
 
-  /** Runs `call` on Redis, or on the insurance when Redis fails; says which store answered. */
-  private async onStore<T>(counter: Counter, name: string, call: (l: RateLimiterAbstract) => Promise<T>): Promise<{ value: T; store: RateLimiterAbstract }> {
+  /**
+   * Runs `call` on Redis, or on the insurance when Redis fails; says which store answered, and whether
+   * Redis may still run the call it did not answer.
+   */
+  private async onStore<T>(counter: Counter, name: string, call: (l: RateLimiterAbstract) => Promise<T>): Promise<{ value: T; store: RateLimiterAbstract; mayRunLate?: boolean }> {
     try {
       return { value: await call(counter.primary), store: counter.primary };
     } catch (err) {
       if (!counter.insurance || err instanceof RateLimiterRes) throw err;
       this.failed(name, err as Error);
-      return { value: await call(counter.insurance), store: counter.insurance };
+      return { value: await call(counter.insurance), store: counter.insurance, mayRunLate: mayRunLate(err) };
     }
+  }
+
+  /** The Redis key a counter keeps an account's count under. */
+  private counterKey(name: string, duration: number, key: string): string {
+    return this.counter(name, duration).primary.getKey(key);
+  }
+
+  /** A phase's mark (late-counts.ts), in the account's hash slot. */
+  private markerFor(key: string): string {
+    return `${this.opts.keyPrefix}:late:${key}:${randomBytes(9).toString('base64url')}`;
+  }
+
+  /** What Redis may still count of a phase it did not answer: all of it, or the counters the insurance answered. */
+  private unanswered(marker: string, all: string[], answered?: { late?: string }[]): Unanswered | undefined {
+    if (!this.late) return undefined;
+    const keys = answered ? answered.flatMap((r) => (r.late ? [r.late] : [])) : all;
+    return keys.length ? { marker, keys } : undefined;
   }
 
   /** The brute-force limiters block for a while once over their limit: rate-limiter-flexible's own rule. */
@@ -272,34 +303,48 @@ export class Limiter implements LimiterPort {
     }
   }
 
-  private async consume(name: LimitName | string, limit: number, duration: number, key: string, amount = 1, record = true): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed }> {
-    const { value: res, store } = await this.onStore(this.counter(name, duration), name, (l) => l.consume(key, amount));
+  /** Counts `amount`; `late` names the Redis key when the insurance answered and Redis may still count it. */
+  private async consume(name: LimitName | string, limit: number, duration: number, key: string, amount = 1, record = true): Promise<{ res: RateLimiterRes; over: boolean; c: Consumed; late?: string }> {
+    const counter = this.counter(name, duration);
+    const { value: res, store, mayRunLate } = await this.onStore(counter, name, (l) => l.consume(key, amount));
     const over = res.consumedPoints > limit;
     if (record) this.opts.metrics.limiterDecisions.labels(name, over ? 'exceeded' : 'ok').inc();
-    return { res, over, c: { limiter: store, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext } };
+    return { res, over, c: { limiter: store, key, points: amount, windowEndsAt: this.now() + res.msBeforeNext }, late: mayRunLate ? counter.primary.getKey(key) : undefined };
   }
 
   /** MAIL FROM: message counters, the day's bytes, open sessions, and the account's usual volume. */
   async countMessage(account: string, limits: Limits, declaredSize: number | undefined, baseline?: { history: number; minMessages: number }, session?: OpenSession): Promise<MessageCount> {
     const key = accountKey(account);
     const now = this.now();
+    const reserved = Math.max(1, declaredSize ?? 1);
+    const counted = [
+      { key: this.counterKey('messages_per_minute', MINUTE, key), points: 1 },
+      { key: this.counterKey('messages_per_hour', HOUR, key), points: 1 },
+      { key: this.counterKey('messages_per_day', DAY, key), points: 1 },
+      { key: this.counterKey('bytes_per_day', DAY, key), points: reserved },
+    ];
+    const marker = this.markerFor(key);
     const outcome = await this.decide('message', async () => {
-      const [m, h, d, bytes, sessions, hist] = await Promise.all([
+      const counts = Promise.all([
         this.consume('messages_per_minute', limits.messages_per_minute, MINUTE, key, 1, false),
         this.consume('messages_per_hour', limits.messages_per_hour, HOUR, key, 1, false),
         this.consume('messages_per_day', limits.messages_per_day, DAY, key, 1, false),
-        this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, Math.max(1, declaredSize ?? 1), false),
+        this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, reserved, false),
+      ]);
+      this.late?.mark(marker, counted);
+      const [[m, h, d, bytes], sessions, hist] = await Promise.all([
+        counts,
         session ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, session.id, session.expiresAt, now) : Promise.resolve({ count: 0, rank: null }),
         baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
       ]);
       return { m, h, d, bytes, sessions, hist };
     });
     if (!outcome.value) {
-      const undecided = this.undecided();
+      const undecided = this.undecided(this.unanswered(marker, counted.map((c) => c.key)));
       return { grant: undecided.grant, judge: () => undecided };
     }
     const { m, h, d, bytes, sessions, hist } = outcome.value;
-    const grant: Grant = { consumed: [m.c, h.c, d.c, bytes.c], bytes: bytes.c };
+    const grant: Grant = { consumed: [m.c, h.c, d.c, bytes.c], bytes: bytes.c, late: this.unanswered(marker, [], [m, h, d, bytes]) };
     const judge = (lim: Limits): Checked & { baseline?: Baseline } => {
       const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
       const waits: number[] = [];
@@ -340,14 +385,21 @@ export class Limiter implements LimiterPort {
     const key = accountKey(account);
     const domain = domainOf(recipient) || recipient.toLowerCase();
     const domainsKey = `${this.opts.keyPrefix}:domain-uses:${key}`;
-    const outcome = await this.decide('recipient', () =>
-      Promise.all([
+    const counted = [
+      { key: this.counterKey('recipients_per_hour', HOUR, key), points: 1 },
+      { key: this.counterKey('recipients_per_day', DAY, key), points: 1 },
+    ];
+    const marker = this.markerFor(key);
+    const outcome = await this.decide('recipient', () => {
+      const all = Promise.all([
         this.consume('recipients_per_hour', limits.recipients_per_hour, HOUR, key),
         this.consume('recipients_per_day', limits.recipients_per_day, DAY, key),
-        this.structures.setAdd(domainsKey, domain, limits.recipient_domains_per_hour, HOUR * 1000),
-      ]),
-    );
-    if (!outcome.value) return this.undecided();
+        this.structures.setAdd(domainsKey, domain, limits.recipient_domains_per_hour, HOUR * 1000, this.late ? marker : undefined),
+      ]);
+      this.late?.mark(marker, counted);
+      return all;
+    });
+    if (!outcome.value) return this.undecided(this.unanswered(marker, [...counted.map((c) => c.key), domainsKey]));
     const [h, d, domains] = outcome.value;
     const facts: LimitFacts = { exceeded: [], usage: {}, degraded: outcome.degraded };
     const waits: number[] = [];
@@ -368,15 +420,15 @@ export class Limiter implements LimiterPort {
     }
     this.opts.metrics.limiterDecisions.labels('recipient_domains_per_hour', domains.exceeded ? 'exceeded' : 'ok').inc();
     if (waits.length) facts.retryAfter = Math.ceil(Math.max(...waits) / 1000);
-    const grant: Grant = { consumed: [h.c, d.c] };
-    if (domains.added) grant.setMember = { key: domainsKey, member: domain, windowEndsAt: this.now() + domains.ttlMs };
+    const grant: Grant = { consumed: [h.c, d.c], late: this.unanswered(marker, [], [h, d, { late: domains.mayRunLate ? domainsKey : undefined }]) };
+    if (domains.added) grant.setMember = { key: domainsKey, member: domain, windowEndsAt: this.now() + domains.ttlMs, insured: domains.insured };
     return { facts, grant };
   }
 
-  private undecided(): Checked {
+  private undecided(late?: Unanswered): Checked {
     // With insurance this only happens past the deadline: fail open, visibly (degraded). Else tempfail.
     const facts: LimitFacts = { exceeded: [], usage: {}, degraded: true };
-    return { facts, grant: { consumed: [] }, unavailable: this.opts.onFailure === 'tempfail' };
+    return { facts, grant: { consumed: [], late }, unavailable: this.opts.onFailure === 'tempfail' };
   }
 
   /** Gives back what a message or recipient counted, because it was not accepted. */
@@ -385,16 +437,20 @@ export class Limiter implements LimiterPort {
     // Each count goes back to the store that made it. One that Redis made and cannot take back now (it
     // is down) stays counted: the account loses that much of its allowance, it never gains any.
     const rewards = grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points));
+    // What Redis counted without answering is taken back there once it answers, in its own window.
+    if (grant.late) this.late?.cancel(grant.late);
     await this.decide('refund', async () => {
       // A domain given back after its hour ended would come off the next hour's set, where another message may use it.
       const member = grant.setMember && now < grant.setMember.windowEndsAt ? grant.setMember : undefined;
-      const settled = await Promise.allSettled([...rewards, member ? this.structures.setRemove(member.key, member.member) : Promise.resolve()]);
+      const sets = member?.insured ? this.insuranceStructures! : this.structures;
+      const settled = await Promise.allSettled([...rewards, member ? sets.setRemove(member.key, member.member) : Promise.resolve()]);
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
     });
     grant.consumed = [];
     grant.setMember = undefined;
     grant.bytes = undefined;
+    grant.late = undefined;
   }
 
   /** The upstream accepted a message: settle its bytes to its real size, count its hour in the history. */

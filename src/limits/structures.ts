@@ -2,6 +2,7 @@
 // account, an account's hourly history — in Redis (atomic Lua, shared by every instance) or in memory
 // (the embedded default, and the insurance when Redis fails). The plain counters use rate-limiter-flexible.
 
+import { MARK_TTL_MS, RECORD_SET_USE, mayRunLate } from './late-counts.js';
 import type { RedisClient } from './redis.js';
 
 export interface SetAddResult {
@@ -13,11 +14,18 @@ export interface SetAddResult {
   added: boolean;
   /** ms until the window ends */
   ttlMs: number;
+  /** the in-process insurance answered, Redis did not */
+  insured?: boolean;
+  /** ...for a call that Redis may still run (it was sent, and not answered) */
+  mayRunLate?: boolean;
 }
 
 export interface Structures {
-  /** adds `member` to a windowed set unless it is full; an existing member always fits */
-  setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult>;
+  /**
+   * Adds `member` to a windowed set unless it is full; an existing member always fits. With `marker`, a
+   * use it adds is recorded there, to be taken back should the caller stop waiting (late-counts.ts).
+   */
+  setAdd(key: string, member: string, limit: number, windowMs: number, marker?: string): Promise<SetAddResult>;
   setRemove(key: string, member: string): Promise<void>;
   /** registers an open session until `expiresAt`; returns the open sessions count */
   sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
@@ -47,6 +55,12 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {0, n + 1, 1, redis.call('PTTL', KEYS[1])}`;
+const SET_ADD_MARKED = `${RECORD_SET_USE}
+local function add()${SET_ADD}
+end
+local result = add()
+if result[3] == 1 then recordSetUse(KEYS[1], KEYS[2], ARGV[1], ARGV[4]) end
+return result`;
 
 const SET_REMOVE = `
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -72,6 +86,7 @@ return 1`;
 
 type Scripted = RedisClient & {
   douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
+  douaneSetAddMarked(key: string, marker: string, member: string, limit: number, windowMs: number, markTtlMs: number): Promise<[number, number, number, number]>;
   douaneSetRemove(key: string, member: string): Promise<number>;
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   douaneSessionRank(key: string, id: string, expiresAt: number, now: number): Promise<[number, number | null]>;
@@ -95,6 +110,7 @@ export class RedisStructures implements Structures {
 
   constructor(client: RedisClient) {
     client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
+    client.defineCommand('douaneSetAddMarked', { numberOfKeys: 2, lua: SET_ADD_MARKED });
     client.defineCommand('douaneSetRemove', { numberOfKeys: 1, lua: SET_REMOVE });
     client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
     client.defineCommand('douaneSessionRank', { numberOfKeys: 1, lua: SESSION_RANK });
@@ -102,8 +118,8 @@ export class RedisStructures implements Structures {
     this.client = client as Scripted;
   }
 
-  async setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult> {
-    const [exceeded, count, added, ttl] = await this.client.douaneSetAdd(key, member, limit, windowMs);
+  async setAdd(key: string, member: string, limit: number, windowMs: number, marker?: string): Promise<SetAddResult> {
+    const [exceeded, count, added, ttl] = marker ? await this.client.douaneSetAddMarked(key, marker, member, limit, windowMs, MARK_TTL_MS) : await this.client.douaneSetAdd(key, member, limit, windowMs);
     return { exceeded: exceeded === 1, count, added: added === 1, ttlMs: Math.max(0, ttl) };
   }
 
@@ -287,8 +303,13 @@ export class InsuredStructures implements Structures {
     }
   }
 
-  setAdd(...a: Parameters<Structures['setAdd']>) {
-    return this.run<SetAddResult>('setAdd', a);
+  async setAdd(...a: Parameters<Structures['setAdd']>): Promise<SetAddResult> {
+    try {
+      return await this.primary.setAdd(...a);
+    } catch (err) {
+      this.onFailure('setAdd', err as Error);
+      return { ...(await this.insurance.setAdd(...a)), insured: true, mayRunLate: mayRunLate(err) };
+    }
   }
   setRemove(...a: Parameters<Structures['setRemove']>) {
     return this.run<void>('setRemove', a);

@@ -3,8 +3,10 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RedisEnforcementState } from '../../src/enforce/state.js';
+import { LateCounts } from '../../src/limits/late-counts.js';
 import { Limiter } from '../../src/limits/limiter.js';
 import { createRedis, type RedisClient } from '../../src/limits/redis.js';
+import { RedisStructures } from '../../src/limits/structures.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import { loadPolicy } from '../../src/policy/load.js';
@@ -103,6 +105,126 @@ describe('limits on Redis', () => {
       expect(Number(await own.pttl('douane-race:suspended:{b@x.test}'))).toBeGreaterThan(50_000);
       expect(await state.setSuspension('b@x.test', lock)).toEqual(lock);
       expect(Number(await own.pttl('douane-race:suspended:{b@x.test}'))).toBe(-1);
+    } finally {
+      own.disconnect();
+    }
+  });
+});
+
+describe('counts Redis makes after Douane stopped waiting for them', () => {
+  const fresh = async () => {
+    const own = createRedis({ url: redis.url, key_prefix: 'late' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
+    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    return own;
+  };
+
+  it('are taken back whichever comes first, the mark or the cancel, and once', async () => {
+    const own = await fresh();
+    try {
+      const late = new LateCounts(own, log);
+      // Counted, then marked, then cancelled: taken back.
+      await own.set('late:a', 0, 'EX', 60, 'NX');
+      await own.incrby('late:a', 3);
+      late.mark('late:m1', [{ key: 'late:a', points: 3 }]);
+      late.cancel({ marker: 'late:m1', keys: ['late:a'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.get('late:a')).toBe('0');
+      // Cancelled twice (a refund and a retry): taken back once.
+      await own.incrby('late:a', 2);
+      late.cancel({ marker: 'late:m1', keys: ['late:a'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.get('late:a')).toBe('2');
+      // The cancel first (Redis ran the counts after the cancel reached it): the mark takes them back when it runs.
+      late.cancel({ marker: 'late:m2', keys: ['late:b'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      await own.set('late:b', 0, 'EX', 60, 'NX');
+      await own.incrby('late:b', 1);
+      late.mark('late:m2', [{ key: 'late:b', points: 1 }]);
+      await expect.poll(() => own.get('late:b')).toBe('0');
+      // Only the keys named are taken back: a count Redis answered was given back the usual way.
+      await own.set('late:c', 0, 'EX', 60, 'NX');
+      await own.set('late:d', 0, 'EX', 60, 'NX');
+      await Promise.all([own.incrby('late:c', 1), own.incrby('late:d', 1)]);
+      late.mark('late:m3', [{ key: 'late:c', points: 1 }, { key: 'late:d', points: 1 }]);
+      late.cancel({ marker: 'late:m3', keys: ['late:d'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect([await own.get('late:c'), await own.get('late:d')]).toEqual(['1', '0']);
+      // Marks expire: nothing is left behind for long.
+      expect(Number(await own.pttl('late:m3'))).toBeGreaterThan(0);
+      late.close();
+    } finally {
+      own.disconnect();
+    }
+  });
+
+  it('are taken back only within the window they were made in, never from the next one', async () => {
+    const own = await fresh();
+    try {
+      const late = new LateCounts(own, log);
+      await own.set('late:w', 4, 'PX', 300);
+      late.mark('late:mw', [{ key: 'late:w', points: 1 }]);
+      await new Promise((r) => setTimeout(r, 400));
+      // The window rolled over; the next one has its own count.
+      await own.set('late:w', 1, 'EX', 60);
+      late.cancel({ marker: 'late:mw', keys: ['late:w'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.get('late:w')).toBe('1');
+      late.close();
+    } finally {
+      own.disconnect();
+    }
+  });
+
+  it('a recipient domain: the use that call added is taken back, and none when the set was full', async () => {
+    const own = await fresh();
+    try {
+      const late = new LateCounts(own, log);
+      const sets = new RedisStructures(own);
+      expect(await sets.setAdd('late:{acct}:domains', 'a.test', 2, 60_000)).toMatchObject({ added: true, count: 1 });
+      expect(await sets.setAdd('late:{acct}:domains', 'a.test', 2, 60_000, 'late:{acct}:m1')).toMatchObject({ added: true, count: 1 });
+      late.cancel({ marker: 'late:{acct}:m1', keys: ['late:{acct}:domains'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      // The other transaction's use stays.
+      expect(await own.hgetall('late:{acct}:domains')).toEqual({ 'a.test': '1' });
+      expect(await sets.setAdd('late:{acct}:domains', 'b.test', 2, 60_000)).toMatchObject({ added: true, count: 2 });
+      expect(await sets.setAdd('late:{acct}:domains', 'c.test', 2, 60_000, 'late:{acct}:m2')).toMatchObject({ added: false, exceeded: true });
+      late.cancel({ marker: 'late:{acct}:m2', keys: ['late:{acct}:domains'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.hgetall('late:{acct}:domains')).toEqual({ 'a.test': '1', 'b.test': '1' });
+      // A member whose name has the separator in it.
+      expect(await sets.setAdd('late:{acct}:odd', 'x|1|2', 2, 60_000, 'late:{acct}:m3')).toMatchObject({ added: true });
+      late.cancel({ marker: 'late:{acct}:m3', keys: ['late:{acct}:odd'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.hgetall('late:{acct}:odd')).toEqual({});
+      late.close();
+    } finally {
+      own.disconnect();
+    }
+  });
+});
+
+describe('what the insurance counted is given back to it', () => {
+  it('a recipient domain the insurance counted is given back to the insurance, not taken off a use Redis holds for an accepted message', async () => {
+    const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
+    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    const roomy = { ...limits, recipient_domains_per_hour: 2 };
+    try {
+      const limiter = new Limiter({ redis: own, keyPrefix: 'dom', onFailure: 'insurance', deadlineMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log });
+      expect((await limiter.checkRecipient('joe@example.test', roomy, 'x@a.test', 0)).facts.degraded).toBe(false); // accepted: its use stands
+      // Redis refuses writes for a moment: the next recipient's domain is counted by the insurance.
+      redis.cli('config', 'set', 'maxmemory-policy', 'noeviction');
+      redis.cli('config', 'set', 'maxmemory', '1');
+      let refused;
+      try {
+        refused = await limiter.checkRecipient('joe@example.test', roomy, 'y@a.test', 0);
+      } finally {
+        redis.cli('config', 'set', 'maxmemory', '0');
+      }
+      expect(refused.facts.degraded).toBe(true);
+      await limiter.refund(refused.grant);
+      expect(await own.hgetall('dom:domain-uses:{joe@example.test}')).toEqual({ 'a.test': '1' });
+      expect((await limiter.checkRecipient('joe@example.test', roomy, 'z@b.test', 0)).facts.exceeded).toEqual([]);
+      expect((await limiter.checkRecipient('joe@example.test', roomy, 'z@c.test', 0)).facts.exceeded).toEqual(['recipient_domains_per_hour']);
     } finally {
       own.disconnect();
     }

@@ -531,6 +531,52 @@ describe('Redis failures are bounded', () => {
     expect(results).toEqual(['250', '250', '250', '450']);
   });
 
+  it('a count a frozen Redis makes once it thaws, after the insurance answered, is taken back there when the message is not sent', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    redis.pause();
+    try {
+      // The counts went out, Redis kept them in its socket, and the insurance answered past the command timeout.
+      expect(await c.command('MAIL FROM:<perminute@example.test>')).toMatch(/^250/);
+      expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+    } finally {
+      redis.resume();
+    }
+    await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    expect(await c.command('RSET')).toMatch(/^250/);
+    c.close();
+    await expect.poll(() => Number(redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}')), { timeout: 5000 }).toBe(0);
+    expect(Number(redis.cli('get', 'douane:bytes_per_day:{perminute@example.test}'))).toBe(0);
+    expect(gw.logs.some((l) => l.event === 'late_counts_undone')).toBe(true);
+    const results = [];
+    for (let i = 0; i < 4; i++) results.push((await send(gw.port('trusted'), 'perminute@example.test')).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '250', '450']);
+  });
+
+  it('on_redis_failure: tempfail: what a frozen Redis counts once it thaws is taken back, so that retries do not use up the allowance', async () => {
+    const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms', on_redis_failure: 'tempfail' });
+    const port = gw.port('trusted');
+    expect((await send(port, 'perminute@example.test')).data).toMatch(/^250 /);
+    await expect.poll(() => acceptedInRedis(redis.cli, 'perminute@example.test')).toBe(1);
+    redis.pause();
+    try {
+      expect((await send(port, 'perminute@example.test')).mail).toMatch(/^451 4\.3\.0 /);
+    } finally {
+      redis.resume();
+    }
+    // The ready check passes once Redis answers, after it ran what it was sent before the freeze.
+    await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    await expect.poll(() => redis.cli('get', 'douane:messages_per_minute:{perminute@example.test}'), { timeout: 5000 }).toBe('1');
+    expect(redis.cli('get', 'douane:messages_per_day:{perminute@example.test}')).toBe('1');
+    expect(gw.logs.some((l) => l.event === 'late_counts_undone')).toBe(true);
+    // Three a minute: the retry and one more are sent, as if the tempfailed attempt had never been.
+    const results = [];
+    for (let i = 0; i < 3; i++) results.push((await send(port, 'perminute@example.test')).mail.slice(0, 3));
+    expect(results).toEqual(['250', '250', '450']);
+  });
+
   it('sessions opened while Redis was down count against concurrent_sessions once it is back', async () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '300ms' });
     const open = () => authenticated(gw);
