@@ -31,6 +31,12 @@ import { InsuredStructures, MemoryStructures, RedisStructures, type Structures }
 const MINUTE = 60;
 const HOUR = 3600;
 const DAY = 86_400;
+/**
+ * How much longer than the counted window had left, by this process's clock, a Redis key may have left
+ * and still be that window: the round trips and clock steps in between. A key for the next window has a
+ * whole window left (a minute at least).
+ */
+const WINDOW_MARGIN_MS = 1000;
 
 export interface LimiterOptions {
   /** absent: in-memory limits (one instance only) */
@@ -168,17 +174,19 @@ export class Limiter implements LimiterPort {
   private readonly structures: Structures;
   /** the insurance's own sets, for giving back what it counted (not Redis, which did not) */
   private readonly insuranceStructures?: MemoryStructures;
+  private readonly redisStructures?: RedisStructures;
   private readonly late?: LateCounts;
   private readonly now: () => number;
   private insuranceUses = 0;
 
   constructor(private readonly opts: LimiterOptions) {
     this.now = opts.now ?? Date.now;
-    if (!opts.redis) this.structures = new MemoryStructures(this.now);
+    if (opts.redis) this.redisStructures = new RedisStructures(opts.redis);
+    if (!this.redisStructures) this.structures = new MemoryStructures(this.now);
     else if (opts.onFailure === 'insurance') {
       this.insuranceStructures = new MemoryStructures(this.now);
-      this.structures = new InsuredStructures(new RedisStructures(opts.redis), this.insuranceStructures, (op, err) => this.failed(op, err));
-    } else this.structures = new RedisStructures(opts.redis);
+      this.structures = new InsuredStructures(this.redisStructures, this.insuranceStructures, (op, err) => this.failed(op, err));
+    } else this.structures = this.redisStructures;
     if (opts.redis) this.late = new LateCounts(opts.redis, opts.log, this.now);
     // rate-limiter-flexible defines its Lua command on the client when a RateLimiterRedis is made. Made
     // lazily, at a first count, it can come while an auto-pipeline opened by another command waits: that
@@ -235,6 +243,12 @@ export class Limiter implements LimiterPort {
       this.failed(name, err as Error);
       return { value: await call(counter.insurance), store: counter.insurance, mayRunLate: mayRunLate(err) };
     }
+  }
+
+  /** Gives points back to the store that counted them, and in Redis only to the window they were counted in. */
+  private giveBack(c: Consumed, points: number, now: number): Promise<unknown> {
+    if (this.redisStructures && c.limiter instanceof RateLimiterRedis) return this.redisStructures.takeBack(c.limiter.getKey(c.key), points, c.windowEndsAt - now + WINDOW_MARGIN_MS);
+    return c.limiter.reward(c.key, points);
   }
 
   /** The Redis key a counter keeps an account's count under. */
@@ -436,7 +450,7 @@ export class Limiter implements LimiterPort {
     const now = this.now();
     // Each count goes back to the store that made it. One that Redis made and cannot take back now (it
     // is down) stays counted: the account loses that much of its allowance, it never gains any.
-    const rewards = grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => c.limiter.reward(c.key, c.points));
+    const rewards = grant.consumed.filter((c) => now < c.windowEndsAt).map((c) => this.giveBack(c, c.points, now));
     // What Redis counted without answering is taken back there once it answers, in its own window.
     if (grant.late) this.late?.cancel(grant.late);
     await this.decide('refund', async () => {
@@ -461,7 +475,7 @@ export class Limiter implements LimiterPort {
     await this.decide('accepted', () =>
       Promise.all([
         // Settling, not deciding: the decision was counted at MAIL FROM.
-        more > 0 ? this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, more, false) : reserved && more < 0 && this.now() < reserved.windowEndsAt ? reserved.limiter.reward(key, -more) : Promise.resolve(),
+        more > 0 ? this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, more, false) : reserved && more < 0 && this.now() < reserved.windowEndsAt ? this.giveBack(reserved, -more, this.now()) : Promise.resolve(),
         this.structures.hourIncr(`${this.opts.keyPrefix}:hourly:${key}`, Math.floor(this.now() / 3_600_000), historyHours + 1),
       ]),
     );

@@ -79,6 +79,18 @@ if redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1]) == 1 and redis.call('PTTL
 end
 return {redis.call('ZCARD', KEYS[1]), redis.call('ZRANK', KEYS[1], ARGV[1])}`;
 
+// A count given back to the window it was made in only: a key that expired, or was made again for the
+// next window (its time to live longer than the counted window has left), is left alone. Given back with
+// rate-limiter-flexible's own script, a give-back that reaches Redis just after the window ended would
+// make a new key at minus the points, a credit for the whole next window.
+const TAKE_BACK = `
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 and ttl <= tonumber(ARGV[2]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  return 1
+end
+return 0`;
+
 const HOUR_INCR = `
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -91,6 +103,7 @@ type Scripted = RedisClient & {
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   douaneSessionRank(key: string, id: string, expiresAt: number, now: number): Promise<[number, number | null]>;
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
+  douaneTakeBack(key: string, points: number, maxTtlMs: number): Promise<number>;
 };
 
 /** Session removals kept for a later try, at most: past it the oldest are left to their expiry. */
@@ -115,6 +128,7 @@ export class RedisStructures implements Structures {
     client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
     client.defineCommand('douaneSessionRank', { numberOfKeys: 1, lua: SESSION_RANK });
     client.defineCommand('douaneHourIncr', { numberOfKeys: 1, lua: HOUR_INCR });
+    client.defineCommand('douaneTakeBack', { numberOfKeys: 1, lua: TAKE_BACK });
     this.client = client as Scripted;
   }
 
@@ -194,6 +208,15 @@ export class RedisStructures implements Structures {
 
   async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
     await this.client.douaneHourIncr(key, hour, keepHours * 3600);
+  }
+
+  /**
+   * Takes `points` off a counter, if it is still in the window they were counted in: one with at most
+   * `maxTtlMs` left (the time the counted window had left, by this process's clock, with a margin).
+   * Returns whether it did.
+   */
+  async takeBack(key: string, points: number, maxTtlMs: number): Promise<boolean> {
+    return (await this.client.douaneTakeBack(key, points, Math.floor(maxTtlMs))) === 1;
   }
 
   async hours(key: string, hours: number[]): Promise<number[]> {

@@ -203,6 +203,43 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
   });
 });
 
+describe('counts given back', () => {
+  it('a give-back that reaches Redis after the window ended is not credited to the next window', async () => {
+    const own = createRedis({ url: redis.url, key_prefix: 'edge' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
+    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    let shift = 0;
+    try {
+      const limiter = new Limiter({ redis: own, keyPrefix: 'edge', onFailure: 'tempfail', deadlineMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log, now: () => Date.now() + shift });
+      const key = 'edge:messages_per_minute:{joe@example.test}';
+      const counted = await limiter.countMessage('joe@example.test', limits, 1000);
+      // Half a second before the minute ends, by the gateway's clock and by Redis's, the message is refused
+      // and its count given back; Redis stalls for 400 ms, and runs the give-back after the minute ended.
+      shift = counted.grant.consumed[0]!.windowEndsAt - Date.now() - 500;
+      redis.cli('pexpire', key, '300');
+      redis.pause();
+      let refunding;
+      try {
+        refunding = limiter.refund(counted.grant);
+        await new Promise((r) => setTimeout(r, 400));
+      } finally {
+        redis.resume();
+      }
+      await refunding;
+      expect(redis.cli('get', key)).toBe('');
+      shift = 0;
+      expect((await limiter.countMessage('joe@example.test', limits, 1000)).judge(limits).facts.usage.messages_per_minute).toBe(1);
+      // Within the window, a give-back is made: the day's bytes reserved, settled down to the real size.
+      const next = await limiter.countMessage('joe@example.test', limits, 5000);
+      await limiter.accepted('joe@example.test', limits, 100, 24, next.grant);
+      expect(redis.cli('get', 'edge:bytes_per_day:{joe@example.test}')).toBe(String(1000 + 1000 + 100));
+      await limiter.refund((await limiter.countMessage('joe@example.test', limits, 1)).grant);
+      expect(redis.cli('get', key)).toBe('2');
+    } finally {
+      own.disconnect();
+    }
+  });
+});
+
 describe('what the insurance counted is given back to it', () => {
   it('a recipient domain the insurance counted is given back to the insurance, not taken off a use Redis holds for an accepted message', async () => {
     const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
