@@ -222,6 +222,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.notifyAbuse(abuseMail('suspension held by the circuit breaker', n, ['Automatic suspension is stopped. Check the policy, then: douane accounts breaker reset', `would have: ${action}`, `then, if it is right: douane accounts approve ${account}`]));
       return;
     }
+    // Waiting for a person, it is not an automatic suspension: the breaker does not count it.
+    if (s.approval) {
+      await this.deps.state.setPending(account, pending);
+      this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
+      this.deps.log.warn({ event: 'suspension_pending', account, action, ref: why.reference, total: why.total }, `${account}: ${action} waits for approval (douane accounts approve ${account})`);
+      await this.deps.audit.append({ ...base, action: 'suspension_pending' });
+      await this.notifyAbuse(abuseMail('suspension waiting for approval', n, [`action: ${action}`, `approve with: douane accounts approve ${account}`]));
+      return;
+    }
     const lastHour = await this.deps.state.countSuspension(this.now());
     if (lastHour > s.breaker_max_per_hour) {
       await this.deps.state.setBreaker({ open: true, since: this.now(), reason: `${lastHour} automatic suspensions in an hour (limit ${s.breaker_max_per_hour})` });
@@ -232,14 +241,6 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.deps.audit.append({ ...base, action: 'circuit_breaker_open', suspensions_last_hour: lastHour });
       await this.notifyAbuse(abuseMail('CIRCUIT BREAKER OPEN', n, [`${lastHour} automatic suspensions in the last hour (limit ${s.breaker_max_per_hour}).`, 'Automatic suspension is stopped: a policy error could be locking out customers.', 'Check, then: douane accounts breaker reset']));
       await this.webhook({ type: 'circuit_breaker_open', suspensions_last_hour: lastHour });
-      return;
-    }
-    if (s.approval) {
-      await this.deps.state.setPending(account, pending);
-      this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
-      this.deps.log.warn({ event: 'suspension_pending', account, action, ref: why.reference, total: why.total }, `${account}: ${action} waits for approval (douane accounts approve ${account})`);
-      await this.deps.audit.append({ ...base, action: 'suspension_pending' });
-      await this.notifyAbuse(abuseMail('suspension waiting for approval', n, [`action: ${action}`, `approve with: douane accounts approve ${account}`]));
       return;
     }
     await this.suspend(account, action, { by: 'douane', reference: why.reference, reason: why.reason, until: why.until, rule: why.rule, article: why.article, total: why.total });

@@ -142,6 +142,20 @@ describe('strike ladder', () => {
     expect(actions).toEqual(['strike', 'notify_dry_run', 'throttle_dry_run', 'strike', 'suspension_dry_run', 'strike', 'suspension_dry_run']);
   });
 
+  it('approval mode: suspensions waiting for a person do not count towards the circuit breaker', async () => {
+    const { enforcer, state, strike } = setup({ approval: true, breaker_max_per_hour: 2 });
+    for (const a of ['a', 'b', 'c', 'd']) {
+      await enforcer.record(strike(`${a}@x.test`, 'malware', 10, 1));
+      await enforcer.record(strike(`${a}@x.test`, 'malware', 10, 2));
+    }
+    expect((await state.breaker()).open).toBe(false);
+    expect(await state.pendingAccounts()).toHaveLength(4);
+    // Approved by a person, they are not automatic either.
+    for (const a of ['a', 'b', 'c', 'd']) await enforcer.approve(`${a}@x.test`, 'cli:lead');
+    expect((await state.breaker()).open).toBe(false);
+    expect((await state.account('d@x.test')).suspension).toMatchObject({ action: 'suspend_sending' });
+  });
+
   it('approval mode: a suspension for a day lasts a day from its approval', async () => {
     let t = Date.parse('2026-11-02T08:00:00Z');
     const { enforcer, state, strike } = setup({ approval: true }, () => t);
