@@ -4,7 +4,7 @@
 
 import { loadConfig } from '../config/load.js';
 import { DURATION_MAX_MS, parseDuration } from '../validate/schema.js';
-import { CliError, cliActor, flag, option, parseArgs, UsageError } from './args.js';
+import { atMost, CliError, cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
 
@@ -46,6 +46,8 @@ export async function accountsCommand(argv: string[]): Promise<number> {
   const headers: Record<string, string> = { 'x-douane-actor': cliActor(), 'content-type': 'application/json' };
   if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
   const account = args.positional[0];
+  atMost(args, sub === 'list' ? 0 : 1, `accounts ${sub}`);
+  if (sub === 'breaker' && account !== undefined && account !== 'reset') throw new UsageError(`accounts breaker takes "reset" or nothing (got ${JSON.stringify(account)})`);
   const needAccount = () => {
     if (!account || !/^[^\s@]+@[^\s@]+$/.test(account)) throw new UsageError(`accounts ${sub} needs an account address`);
     return encodeURIComponent(account.toLowerCase());

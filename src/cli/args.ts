@@ -42,6 +42,17 @@ export function parseArgs(argv: string[], spec: { flags?: string[]; options?: st
   return { positional, flags };
 }
 
+/**
+ * Refuses words past the `most` a command takes: a second account or ID would otherwise be dropped
+ * without a word, and the command report success for the first alone.
+ */
+export function atMost(args: ParsedArgs, most: number, command: string): void {
+  const extra = args.positional.slice(most);
+  if (extra.length === 0) return;
+  const takes = most === 0 ? 'takes no argument' : most === 1 ? 'takes one argument' : `takes ${most} arguments`;
+  throw new UsageError(`${command} ${takes}; unexpected: ${extra.map((w) => JSON.stringify(w)).join(' ')}`);
+}
+
 export function option(args: ParsedArgs, name: string): string | undefined {
   const v = args.flags.get(name);
   return v ? v[v.length - 1] : undefined;

@@ -9,7 +9,8 @@ import { releaseMessage, ReleaseError } from '../quarantine/release.js';
 import { auditPurge } from '../quarantine/audit.js';
 import { formatSummary, printable, summarise } from '../quarantine/summary.js';
 import { endpointsFrom } from '../upstream/provider.js';
-import { cliActor, flag, option, parseArgs, UsageError } from './args.js';
+import { comparableAddress } from '../policy/facts.js';
+import { atMost, cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const QUARANTINE_HELP = `Usage: douane quarantine <command> [options]
 
@@ -43,6 +44,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
   const audit = new AuditLog(join(config.state_dir, 'audit.log'));
   const actor = cliActor();
   const id = args.positional[0];
+  atMost(args, sub === 'list' || sub === 'purge' ? 0 : 1, `quarantine ${sub}`);
   const needId = () => {
     if (!id) throw new UsageError(`quarantine ${sub} needs an ID (see douane quarantine list)`);
     if (!isQuarantineId(id)) throw new UsageError(`"${id}" is not a quarantine ID: they look like D-7K2M9Q (see douane quarantine list)`);
@@ -50,8 +52,11 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
   };
   switch (sub) {
     case 'list': {
-      const account = option(args, 'account')?.toLowerCase();
-      const entries = (await store.list()).filter((m) => !account || m.account === account);
+      // One account however it is written (case, an internationalised domain in either form): the entry
+      // has the account as authenticated, or the envelope sender as the client wrote it.
+      const given = option(args, 'account');
+      const account = given === undefined ? undefined : comparableAddress(given);
+      const entries = (await store.list()).filter((m) => !account || comparableAddress(m.account) === account);
       if (flag(args, 'json')) console.log(JSON.stringify(entries, null, 2));
       else if (entries.length === 0) console.log('quarantine is empty');
       else for (const m of entries) console.log(line(m));

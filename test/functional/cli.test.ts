@@ -379,6 +379,11 @@ describe('douane accounts', () => {
       expect(approve.code).toBe(1);
       expect(approve.stderr).toMatch(/no suspension of user1@example\.test is waiting for approval/);
       expect((await run('status', 'not-an-address')).code).toBe(64);
+      // A second account, or a word breaker does not know, is a usage error, not dropped: nothing is done.
+      const two = await run('suspend', 'user2@example.test', 'user3@example.test');
+      expect(two).toMatchObject({ code: 64, stderr: 'douane: accounts suspend takes one argument; unexpected: "user3@example.test"\n' });
+      expect(await run('breaker', 'rest')).toMatchObject({ code: 64, stderr: 'douane: accounts breaker takes "reset" or nothing (got "rest")\n' });
+      expect((await run('list', 'user2@example.test')).code).toBe(64);
       // Past ten years, or nothing: a usage error, and nothing suspended.
       for (const length of ['99999999d', '0s']) {
         const tooLong = await run('suspend', 'user2@example.test', '--sending-only', '--for', length);
@@ -434,6 +439,15 @@ describe('douane quarantine', () => {
       const list = await q('list');
       expect(list.code).toBe(0);
       expect(list.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(['D-CLIQ02', 'D-CLIQ03', 'D-CLIQ04', 'D-CLIQ01']);
+      // One account however it is written: case, an internationalised domain in either form.
+      expect((await q('list', '--account', 'User1@Example.TEST')).stdout.trim().split('\n')).toHaveLength(4);
+      const idn = await store.put({ reference: 'D-CLIQ05', at: new Date().toISOString(), account: 'joe@xn--bcher-kva.test', listener: 'trusted', client: '127.0.0.1', sender: 'joe@bücher.test', recipients: ['bob@example.net'], action: 'quarantine', reason: 'malware', policyVersion: 'abc', size: raw.length }, Readable.from([Buffer.from(raw)]));
+      expect((await q('list', '--account', 'Joe@Bücher.test')).stdout).toMatch(/^D-CLIQ05 /);
+      await store.delete(idn.id);
+      // A second ID, or an ID given to purge (which takes none), is a usage error, and nothing is deleted.
+      expect(await q('delete', 'D-CLIQ02', 'D-CLIQ01')).toMatchObject({ code: 64, stderr: 'douane: quarantine delete takes one argument; unexpected: "D-CLIQ01"\n' });
+      expect(await q('purge', 'D-CLIQ02')).toMatchObject({ code: 64, stderr: 'douane: quarantine purge takes no argument; unexpected: "D-CLIQ02"\n' });
+      expect((await store.list()).map((m) => m.id)).toEqual(['D-CLIQ02', 'D-CLIQ03', 'D-CLIQ04', 'D-CLIQ01']);
       expect(await q('delete', 'D-CLIQ02')).toMatchObject({ code: 0, stdout: 'D-CLIQ02 deleted\n' });
       const unlock = await store.lock('D-CLIQ03');
       const purge = await q('purge');
