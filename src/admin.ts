@@ -263,11 +263,15 @@ export function cachedProbe(probe: ReadinessProbe, ttlMs: number): ReadinessProb
 const SUSPEND_KEYS = ['action', 'for_ms', 'reason', 'reference'];
 
 async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
-  let text = '';
-  for await (const chunk of req) {
-    text += chunk;
-    if (text.length > 65_536) throw new Error('request body too large');
+  // Decoded whole: a character whose bytes come in two TCP segments would be lost decoding each apart.
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > 65_536) throw new Error('request body too large');
+    chunks.push(chunk);
   }
+  const text = Buffer.concat(chunks).toString('utf8');
   if (!text.trim()) return {};
   const parsed = JSON.parse(text) as unknown;
   // Anything but an object ("suspend_sending", [..], null) would read as a body that asks for nothing.

@@ -196,6 +196,32 @@ describe('admin endpoint', () => {
     expect(acted).toEqual(['suspend victim@example.test']);
   });
 
+  it('reads a body whose characters come split across TCP segments whole', async () => {
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    const net = await import('node:net');
+    const reasons: string[] = [];
+    const accounts = {
+      canonical: async (a: string) => a,
+      suspend: async (_a: string, _action: string, why: { reason: string }) => (reasons.push(why.reason), { action: 'suspend_sending' }),
+    } as unknown as AccountsAdmin;
+    admin = new AdminServer({ address: '127.0.0.1', port: 0 }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+    admin.setAccounts(accounts);
+    await admin.start();
+    const body = Buffer.from(JSON.stringify({ action: 'suspend_sending', for_ms: 60_000, reason: 'fraude signalée' }));
+    const cut = body.indexOf(Buffer.from('é')) + 1; // between the two bytes of é
+    const s = net.connect(admin.port, '127.0.0.1');
+    let answer = '';
+    s.on('data', (d: Buffer) => (answer += d.toString()));
+    s.write(`POST /accounts/v@x.test/suspend HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+    s.write(body.subarray(0, cut));
+    await new Promise((r) => setTimeout(r, 100));
+    s.write(body.subarray(cut));
+    await new Promise((r) => s.on('close', r));
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reasons).toEqual(['fraude signalée']);
+  });
+
   it('without a token, answers the accounts API from this host whatever the list says (the CLI on the address it listens on)', async () => {
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
