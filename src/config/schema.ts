@@ -51,8 +51,17 @@ const listener = refine(
   },
 );
 
+// A name this host or the upstream answers to: what is sent in the greeting and in EHLO, where a space,
+// a CR (a CRLF env file) or an "@" would make every session fail. Underscores are tolerated, as resolvers do.
+const LABEL = '[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?';
+const DOMAIN = `(?=[^\\s]{1,253}$)${LABEL}(?:\\.${LABEL})*\\.?`;
+const HOST_NAME = new RegExp(`^(?:${DOMAIN}|\\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\\])$`);
+const HOST_NAME_EXPECTED = 'a host name such as mail.example.com (letters, digits, hyphens and dots), or an address literal such as [192.0.2.1]';
+const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$`);
+const HOST_EXPECTED = 'a host name such as mta.example.com, or an IP address such as 192.0.2.10 or 2001:db8::10';
+
 export const configSchema = obj({
-  hostname: withDefault(str(), os.hostname()),
+  hostname: withDefault(str({ pattern: HOST_NAME, expected: HOST_NAME_EXPECTED }), os.hostname()),
   listeners: required(
     refine(record(listener, { key: /^[a-z][a-z0-9]*$/, keyExpected: 'lower-case letters and digits, starting with a letter' }), (ls, path) =>
       Object.keys(ls).length === 0 ? [{ path, message: 'must define at least one listener' }] : [],
@@ -67,15 +76,15 @@ export const configSchema = obj({
   ),
   upstream: required(
     obj({
-      host: required(str()),
+      host: required(str({ pattern: HOST, expected: HOST_EXPECTED })),
       port: withDefault(int({ min: 1, max: 65535 }), 587),
       trusted_port: withDefault(int({ min: 1, max: 65535 }), 25),
       tls: withDefault(oneOf('opportunistic', 'starttls', 'implicit', 'none'), 'opportunistic'),
       verify_certificate: withDefault(bool(), true),
       ca: optional(str()),
-      servername: optional(str()),
+      servername: optional(str({ pattern: HOST, expected: HOST_EXPECTED })),
       xclient: withDefault(bool(), false),
-      helo_name: optional(str()),
+      helo_name: optional(str({ pattern: HOST_NAME, expected: HOST_NAME_EXPECTED })),
       timeouts: section(
         obj({
           connect: withDefault(duration({ min: 1, timer: true }), 10_000),
