@@ -231,7 +231,7 @@ export class MemoryStructures implements Structures {
   /** member → uses, as in Redis */
   private readonly sets = new Map<string, { members: Map<string, number>; expiresAt: number }>();
   private readonly sessions = new Map<string, Map<string, number>>();
-  private readonly history = new Map<string, Map<number, number>>();
+  private readonly history = new Map<string, { hours: Map<number, number>; keepHours: number }>();
   private lastSweep = 0;
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -245,6 +245,9 @@ export class MemoryStructures implements Structures {
       for (const [id, exp] of m) if (exp <= now) m.delete(id);
       if (m.size === 0) this.sessions.delete(k);
     }
+    // An account idle for its whole history has none left: as in Redis, where the key expires.
+    const hour = Math.floor(now / 3_600_000);
+    for (const [k, h] of this.history) if (Math.max(...h.hours.keys()) <= hour - h.keepHours) this.history.delete(k);
   }
 
   async setAdd(key: string, member: string, limit: number, windowMs: number): Promise<SetAddResult> {
@@ -297,15 +300,22 @@ export class MemoryStructures implements Structures {
   }
 
   async hourIncr(key: string, hour: number, keepHours: number): Promise<void> {
-    const h = this.history.get(key) ?? new Map<number, number>();
+    this.sweep();
+    const h = this.history.get(key) ?? { hours: new Map<number, number>(), keepHours };
+    h.keepHours = keepHours;
     this.history.set(key, h);
-    h.set(hour, (h.get(hour) ?? 0) + 1);
-    for (const k of h.keys()) if (k <= hour - keepHours) h.delete(k);
+    h.hours.set(hour, (h.hours.get(hour) ?? 0) + 1);
+    for (const k of h.hours.keys()) if (k <= hour - keepHours) h.hours.delete(k);
   }
 
   async hours(key: string, hours: number[]): Promise<number[]> {
-    const h = this.history.get(key);
+    const h = this.history.get(key)?.hours;
     return hours.map((x) => h?.get(x) ?? 0);
+  }
+
+  /** accounts with a history kept (for tests and metrics) */
+  get historyKept(): number {
+    return this.history.size;
   }
 }
 

@@ -36,6 +36,23 @@ describe('in-memory limits', () => {
     expect(sixth.facts.usage.messages_per_hour).toBe(6);
   });
 
+  it('the usual-volume history of an account idle for its whole history is dropped, as Redis lets it expire', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const { MemoryStructures } = await import('../../src/limits/structures.js');
+    const sets = new MemoryStructures(() => t);
+    const hour = () => Math.floor(t / 3_600_000);
+    for (let i = 0; i < 1000; i++) await sets.hourIncr(`sender${i}@x.test`, hour(), 24);
+    expect(sets.historyKept).toBe(1000);
+    t += 23 * 3_600_000; // within the history: kept
+    await sets.hourIncr('other@x.test', hour(), 24);
+    expect(sets.historyKept).toBe(1001);
+    expect(await sets.hours('sender1@x.test', [hour() - 23])).toEqual([1]);
+    t += 2 * 3_600_000; // past it
+    await sets.hourIncr('other@x.test', hour(), 24);
+    expect(sets.historyKept).toBe(1);
+    expect(await sets.hours('other@x.test', [hour() - 2, hour()])).toEqual([1, 1]);
+  });
+
   it('a recipient domain given back after its hour ended stays counted in the next hour', async () => {
     let t = Date.parse('2026-11-02T08:00:00Z');
     const l = limiter(() => t);
