@@ -173,7 +173,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (step.action === 'throttle') {
       // An allowlisted account (the provider's postmaster, a critical service) is not restricted by the
       // ladder at all: a fifth of its limits could stop its mail as surely as a suspension.
-      if (policy.account(e.account).allowlisted.neverSuspend) {
+      if (await this.neverSuspend(e.account, policy)) {
         const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
         this.deps.metrics.suspensions.labels('throttle', 'skipped_allowlist').inc();
         this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why: 'allowlists.never_suspend' }, `${e.account} not throttled: on the never-suspend allowlist`);
@@ -193,11 +193,25 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     await this.automaticSuspension(e.account, step.action, { reference: e.reference, total, until, rule: e.rule, article, reason: `strike total ${total} reached ${step.at}` }, policy);
   }
 
+  /**
+   * On the never-suspend allowlist by its own name, or by an address listed there that is one of its
+   * aliases: strikes are counted under the account's name, and the address people know and list is often
+   * an alias (Zimbra makes postmaster@ an alias of admin@). Each listed address is resolved as a login is.
+   */
+  private async neverSuspend(account: string, policy: Policy): Promise<boolean> {
+    if (policy.account(account).allowlisted.neverSuspend) return true;
+    if (!this.deps.lifecycle) return false;
+    const name = comparableAddress(account);
+    const listed = policy.doc.allowlists.never_suspend.filter((entry) => !entry.startsWith('*@') && !entry.startsWith('@') && comparableAddress(entry) !== name);
+    const owners = await Promise.all(listed.map((entry) => this.canonical(comparableAddress(entry))));
+    return owners.some((owner) => comparableAddress(owner) === name);
+  }
+
   private async automaticSuspension(account: string, action: SuspendAction, why: { reference: string; total: number; until?: number; rule?: string; article: string; reason: string }, policy: Policy): Promise<void> {
     const s = this.deps.settings;
     const base = { actor: 'douane', account, reference: why.reference, total: why.total, suspend: action };
     const n = await this.notice(account, why.reference, why.total, why.article, { until: why.until });
-    if (policy.account(account).allowlisted.neverSuspend) {
+    if (await this.neverSuspend(account, policy)) {
       this.deps.metrics.suspensions.labels(action, 'skipped_allowlist').inc();
       this.deps.log.info({ event: 'suspension_skipped', account, action, ref: why.reference, total: why.total, why: 'allowlists.never_suspend' }, `${account} not suspended: on the never-suspend allowlist`);
       await this.deps.audit.append({ ...base, action: 'suspension_skipped', why: 'allowlists.never_suspend' });

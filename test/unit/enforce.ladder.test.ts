@@ -142,6 +142,30 @@ describe('strike ladder', () => {
     expect(actions).toEqual(['strike', 'notify_dry_run', 'throttle_dry_run', 'strike', 'suspension_dry_run', 'strike', 'suspension_dry_run']);
   });
 
+  it('never_suspend listing an alias (Zimbra makes postmaster@ an alias of admin@) protects the account it belongs to', async () => {
+    const { FakeZimbra } = await import('../harness/fake-zimbra.js');
+    const { ZimbraAdminApi } = await import('../../src/lifecycle/zimbra.js');
+    const z = await FakeZimbra.start();
+    try {
+      z.addAccount({ name: 'admin@dstorage.example', aliases: ['postmaster@dstorage.example'] });
+      z.addAccount({ name: 'other@dstorage.example' });
+      const api = new ZimbraAdminApi({ url: z.url, adminUser: z.adminUser, adminPassword: z.adminPassword, timeoutMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
+      const { enforcer, state, strike, dir } = setup({}, Date.now, api);
+      // Strikes are counted under the account's own name, as after a login as postmaster@.
+      const account = await enforcer.canonical('postmaster@dstorage.example');
+      expect(account).toBe('admin@dstorage.example');
+      for (let n = 1; n <= 4; n++) await enforcer.record(strike(account, 'malware', 10, n));
+      expect(await state.account(account)).toEqual({});
+      const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+      expect(actions.filter((a) => a === 'suspension_skipped')).toHaveLength(2);
+      // An account that is no alias of a listed address is suspended as before.
+      for (let n = 5; n <= 6; n++) await enforcer.record(strike('other@dstorage.example', 'malware', 10, n));
+      expect((await state.account('other@dstorage.example')).suspension).toMatchObject({ action: 'suspend_sending' });
+    } finally {
+      await z.stop();
+    }
+  });
+
   it('approval mode: suspensions waiting for a person do not count towards the circuit breaker', async () => {
     const { enforcer, state, strike } = setup({ approval: true, breaker_max_per_hour: 2 });
     for (const a of ['a', 'b', 'c', 'd']) {
