@@ -1092,8 +1092,10 @@ export class Gateway {
   private async purgeQuarantine(): Promise<void> {
     try {
       const before = new Date(this.clock.now() - this.config.quarantine.retention).toISOString();
-      const { removed, entries, claimed } = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
+      const { removed, entries, claimed, failed } = await this.quarantine.purge(this.clock.now() - this.config.quarantine.retention);
       for (const c of claimed) this.log.warn({ event: 'quarantine_purge_skipped', quarantine_id: c.id, err: c.why }, 'a quarantined message past retention was left in place: a release or deletion holds it');
+      for (const f of failed) this.log.error({ event: 'quarantine_purge_failed', quarantine_id: f.id, err: f.why }, 'a quarantined message past retention could not be removed');
+      for (const e of entries) if (e.damaged) this.log.warn({ event: 'quarantine_damaged_purged', quarantine_id: e.id, why: e.damaged }, 'a damaged quarantine entry past retention was removed');
       if (removed) this.log.info({ event: 'quarantine_purged', removed }, `purged ${removed} quarantined messages past retention`);
       await auditPurge(this.audit, 'douane', entries, before);
       await this.updateQuarantineGauges();

@@ -56,10 +56,14 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       // has the account as authenticated, or the envelope sender as the client wrote it.
       const given = option(args, 'account');
       const account = given === undefined ? undefined : comparableAddress(given);
-      const entries = (await store.list()).filter((m) => !account || comparableAddress(m.account) === account);
+      const scanned = await store.scan();
+      const entries = scanned.entries.filter((m) => !account || comparableAddress(m.account) === account);
       if (flag(args, 'json')) console.log(JSON.stringify(entries, null, 2));
-      else if (entries.length === 0) console.log('quarantine is empty');
+      else if (entries.length === 0 && scanned.damaged.length === 0) console.log('quarantine is empty');
       else for (const m of entries) console.log(line(m));
+      // Not an account's for all one can tell: named for a person to look at (show, delete), and purged
+      // once its files are past retention.
+      for (const d of scanned.damaged) console.error(`douane: ${d.id} is damaged: ${printable(d.why)} (douane quarantine delete ${d.id})`);
       return 0;
     }
     case 'show': {
@@ -116,11 +120,12 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       return 0;
     }
     case 'purge': {
-      const { removed, entries, claimed } = await store.purge(Date.now() - config.quarantine.retention);
+      const { removed, entries, claimed, failed } = await store.purge(Date.now() - config.quarantine.retention);
       await auditPurge(audit, actor, entries, new Date(Date.now() - config.quarantine.retention).toISOString());
       console.log(`purged ${removed} message(s)`);
       for (const c of claimed) console.error(`douane: ${c.id} left in place: ${printable(c.why)}`);
-      return 0;
+      for (const f of failed) console.error(`douane: ${f.id} could not be removed: ${printable(f.why)}`);
+      return failed.length ? 1 : 0;
     }
     default:
       throw new UsageError(`unknown quarantine command "${sub}" (list, show, release, delete, purge)`);

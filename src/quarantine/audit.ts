@@ -6,6 +6,6 @@ import type { PurgeResult } from './store.js';
 
 export async function auditPurge(audit: AuditLog, actor: string, entries: PurgeResult['entries'], olderThan: string): Promise<void> {
   if (!entries.length) return;
-  for (const e of entries) await audit.append({ action: 'quarantine_expired', actor, account: e.account, reference: e.reference, quarantine_id: e.id, older_than: olderThan });
+  for (const e of entries) await audit.append({ action: 'quarantine_expired', actor, account: e.account, reference: e.reference, quarantine_id: e.id, older_than: olderThan, ...(e.damaged ? { damaged: e.damaged } : {}) });
   await audit.append({ action: 'quarantine_purge', actor, removed: entries.length, older_than: olderThan });
 }

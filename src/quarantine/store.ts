@@ -43,6 +43,8 @@ export interface QuarantineMeta {
 export interface QuarantineStore {
   put(meta: Omit<QuarantineMeta, 'id'>, content: Readable): Promise<QuarantineMeta>;
   list(): Promise<QuarantineMeta[]>;
+  /** the entries, and those whose metadata cannot be read (kept for a person, purged past retention all the same) */
+  scan(): Promise<Scan>;
   get(id: string): Promise<QuarantineMeta | undefined>;
   open(id: string): Readable;
   update(meta: QuarantineMeta): Promise<void>;
@@ -50,7 +52,10 @@ export interface QuarantineStore {
   lock(id: string): Promise<() => Promise<void>>;
   /** false when there was no such entry; refuses (throws) while the entry is claimed by a release */
   delete(id: string): Promise<boolean>;
-  /** removes entries older than `olderThan` (ms since epoch), except those being released */
+  /**
+   * Removes entries older than `olderThan` (ms since epoch), except those being released; damaged entries
+   * and leftovers by their files' age. One that cannot be removed is reported, and the others still are.
+   */
   purge(olderThan: number): Promise<PurgeResult>;
   count(): Promise<{ entries: number; bytes: number }>;
 }
@@ -67,10 +72,39 @@ export class EntryClaimed extends Error {}
 
 export interface PurgeResult {
   removed: number;
-  /** what was removed: each entry's evidence is gone, and the audit trail says so by account */
-  entries: { id: string; account: string; reference: string }[];
+  /**
+   * What was removed: each entry's evidence is gone, and the audit trail says so by account. A damaged
+   * entry has no account to name: `damaged` says why.
+   */
+  entries: { id: string; account?: string; reference: string; damaged?: string }[];
   /** entries past retention left in place because a release or deletion holds them, and why */
   claimed: { id: string; why: string }[];
+  /** entries past retention that could not be removed, and why */
+  failed: { id: string; why: string }[];
+}
+
+/** An entry whose metadata cannot be read or is not an entry's, or a message file without metadata. */
+export interface DamagedFile {
+  id: string;
+  why: string;
+  /** when its newest file was last written (ms since epoch): its age, for retention */
+  modified: number;
+  bytes: number;
+}
+
+export interface Scan {
+  entries: QuarantineMeta[];
+  damaged: DamagedFile[];
+}
+
+/** The fields everything else reads: a file without them is damaged, not an entry. */
+function entryProblem(meta: unknown, id: string): string | undefined {
+  if (!meta || typeof meta !== 'object' || Array.isArray(meta)) return 'its metadata is not a JSON object';
+  const m = meta as Partial<QuarantineMeta>;
+  if (m.id !== id) return `its metadata names another entry (${JSON.stringify(m.id)})`;
+  if (typeof m.at !== 'string' || Number.isNaN(Date.parse(m.at))) return 'its metadata has no valid time ("at")';
+  if (typeof m.account !== 'string' || typeof m.reference !== 'string' || !Array.isArray(m.recipients) || typeof m.size !== 'number') return 'its metadata lacks the account, reference, recipients or size';
+  return undefined;
 }
 
 /** Who holds a claim: written into the lock file, so that a claim whose process died can be recognised. */
@@ -190,25 +224,58 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async list(): Promise<QuarantineMeta[]> {
+    return (await this.scan()).entries;
+  }
+
+  async scan(): Promise<Scan> {
     // Reading never creates the directory: `douane quarantine list` run as root before the first
     // entry would leave a root-owned directory the gateway's own user cannot write to.
-    let entries: string[];
+    let names: string[];
     try {
-      entries = await readdir(this.dir);
+      names = await readdir(this.dir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { entries: [], damaged: [] };
       throw err;
     }
-    const names = entries.filter((n) => n.endsWith('.json')).sort();
-    const out: QuarantineMeta[] = [];
-    for (const n of names) {
-      try {
-        out.push(JSON.parse(await readFile(join(this.dir, n), 'utf8')) as QuarantineMeta);
-      } catch {
-        // removed while listing
+    const present = new Set(names);
+    const entries: QuarantineMeta[] = [];
+    const damaged: DamagedFile[] = [];
+    for (const n of names.sort()) {
+      const [, id, ext] = /^(.+)\.(json|eml)$/.exec(n) ?? [];
+      if (!id || !ID.test(id)) continue;
+      // A message without metadata: a put still writing it (young), or one a crash or a failed deletion left.
+      if (ext === 'eml') {
+        if (!present.has(`${id}.json`)) await this.damagedFile(id, 'its message has no metadata', damaged);
+        continue;
       }
+      let text: string;
+      try {
+        text = await readFile(join(this.dir, n), 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // removed while listing
+        await this.damagedFile(id, `its metadata cannot be read (${(err as Error).message})`, damaged);
+        continue;
+      }
+      let meta: unknown;
+      try {
+        meta = JSON.parse(text);
+      } catch (err) {
+        await this.damagedFile(id, `its metadata is not JSON (${(err as Error).message})`, damaged);
+        continue;
+      }
+      const problem = entryProblem(meta, id);
+      if (problem) await this.damagedFile(id, problem, damaged);
+      else entries.push(meta as QuarantineMeta);
     }
-    return out.sort((a, b) => a.at.localeCompare(b.at));
+    return { entries: entries.sort((a, b) => a.at.localeCompare(b.at)), damaged };
+  }
+
+  /** Notes a damaged entry with the age and size of its files (gone meanwhile: not noted). */
+  private async damagedFile(id: string, why: string, into: DamagedFile[]): Promise<void> {
+    const stats = await Promise.all([this.path(id, 'json'), this.path(id, 'eml')].map((p) => stat(p).catch(() => undefined)));
+    const found = stats.filter((x) => x !== undefined);
+    if (found.length === 0) return;
+    into.push({ id, why, modified: Math.max(...found.map((x) => x.mtimeMs)), bytes: stats[1]?.size ?? 0 });
   }
 
   async get(id: string): Promise<QuarantineMeta | undefined> {
@@ -297,8 +364,9 @@ export class LocalQuarantine implements QuarantineStore {
     try {
       // Its files, whether or not its metadata can be read: a damaged entry can be deleted too.
       const existed = (await Promise.all([this.path(id, 'json'), this.path(id, 'eml')].map((p) => stat(p).then(() => true, () => false)))).some(Boolean);
-      await rm(this.path(id, 'json'), { force: true });
+      // The message first: stopped in between, what is left is metadata that lists it, not a message nothing names.
       await rm(this.path(id, 'eml'), { force: true });
+      await rm(this.path(id, 'json'), { force: true });
       return existed;
     } finally {
       await unlock();
@@ -306,25 +374,41 @@ export class LocalQuarantine implements QuarantineStore {
   }
 
   async purge(olderThan: number): Promise<PurgeResult> {
-    const result: PurgeResult = { removed: 0, entries: [], claimed: [] };
-    for (const m of await this.list()) {
-      if (Date.parse(m.at) >= olderThan) continue;
-      // One being released is left for the next purge, and reported; any other failure is the purge's.
-      const deleted = await this.delete(m.id).catch((err: unknown) => {
-        if (!(err instanceof EntryClaimed)) throw err;
-        result.claimed.push({ id: m.id, why: err.message });
-        return false;
-      });
-      if (deleted) {
+    const result: PurgeResult = { removed: 0, entries: [], claimed: [], failed: [] };
+    const { entries, damaged } = await this.scan();
+    const due = [
+      ...entries.filter((m) => Date.parse(m.at) < olderThan).map((m) => ({ id: m.id, account: m.account, reference: m.reference })),
+      // No time of its own to go by: the age of its files. Its reference is its name, less any suffix.
+      ...damaged.filter((d) => d.modified < olderThan).map((d) => ({ id: d.id, reference: d.id.replace(/-\d+$/, ''), damaged: d.why })),
+    ];
+    for (const entry of due) {
+      // One being released is left for the next purge; one that cannot be removed is reported. Either way
+      // the others are purged, and what was removed is returned to be audited.
+      try {
+        if (!(await this.delete(entry.id))) continue;
         result.removed++;
-        result.entries.push({ id: m.id, account: m.account, reference: m.reference });
+        result.entries.push(entry);
+      } catch (err) {
+        if (err instanceof EntryClaimed) result.claimed.push({ id: entry.id, why: err.message });
+        else result.failed.push({ id: entry.id, why: (err as Error).message });
       }
     }
+    await this.removeLeftovers(olderThan);
     return result;
   }
 
+  /** Temporary files a crash left while writing an entry, once older than the retention. */
+  private async removeLeftovers(olderThan: number): Promise<void> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    for (const n of names) {
+      if (!/^\.D-[0-9A-Z]{6}(-\d+)?\.(eml|json)\.part$/.test(n)) continue;
+      const at = await stat(join(this.dir, n)).then((x) => x.mtimeMs, () => undefined);
+      if (at !== undefined && at < olderThan) await rm(join(this.dir, n), { force: true }).catch(() => undefined);
+    }
+  }
+
   async count(): Promise<{ entries: number; bytes: number }> {
-    const list = await this.list();
-    return { entries: list.length, bytes: list.reduce((a, m) => a + m.size, 0) };
+    const { entries, damaged } = await this.scan();
+    return { entries: entries.length + damaged.length, bytes: entries.reduce((a, m) => a + m.size, 0) + damaged.reduce((a, d) => a + d.bytes, 0) };
   }
 }

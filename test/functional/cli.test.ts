@@ -2,7 +2,7 @@
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -467,8 +467,19 @@ describe('douane quarantine', () => {
       const shown = await q('show', 'D-CLIQ01');
       expect(shown.code).toBe(1);
       expect(shown.stderr).toBe(`douane: quarantine entry D-CLIQ01: ${join(dir, 'state', 'quarantine', 'D-CLIQ01.json')} cannot be read (${shown.stderr.match(/cannot be read \((.*)\); its message/)?.[1]}); its message is ${join(dir, 'state', 'quarantine', 'D-CLIQ01.eml')}\n`);
+      const listed = await q('list');
+      expect(listed.code).toBe(0);
+      expect(listed.stderr).toMatch(/^douane: D-CLIQ01 is damaged: its metadata is not JSON \(.*\) \(douane quarantine delete D-CLIQ01\)\n$/);
       expect(await q('delete', 'D-CLIQ01')).toMatchObject({ code: 0, stdout: 'D-CLIQ01 deleted\n' });
       expect(existsSync(join(dir, 'state', 'quarantine', 'D-CLIQ01.eml'))).toBe(false);
+      // An entry that cannot be removed: reported, exit 1, and what was removed beside it is audited.
+      rmSync(join(dir, 'state', 'quarantine', 'D-CLIQ03.eml'));
+      mkdirSync(join(dir, 'state', 'quarantine', 'D-CLIQ03.eml', 'x'), { recursive: true });
+      await keep('D-CLIQ06', '2020-01-01T00:00:00.000Z');
+      const failing = await q('purge');
+      expect(failing).toMatchObject({ code: 1, stdout: 'purged 1 message(s)\n', stderr: expect.stringMatching(/^douane: D-CLIQ03 could not be removed: /) });
+      const after = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(after.at(-2)).toMatchObject({ action: 'quarantine_expired', quarantine_id: 'D-CLIQ06' });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

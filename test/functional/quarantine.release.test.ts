@@ -2,7 +2,7 @@
 // and the output, the entry and the audit trail say who did not.
 
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -230,7 +230,7 @@ describe('quarantine release', () => {
     expect(await store.get(gone.id)).toBeUndefined();
     expect((await store.list()).map((m) => m.id).sort()).toEqual(['D-REL008', held.id]);
     await unlock();
-    expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, entries: [{ id: held.id, account: 'user1@example.test', reference: 'D-REL010' }], claimed: [] });
+    expect(await store.purge(Date.parse('2026-06-01T00:00:00.000Z'))).toEqual({ removed: 1, entries: [{ id: held.id, account: 'user1@example.test', reference: 'D-REL010' }], claimed: [], failed: [] });
   });
 
   it('an entry that cannot be written whole leaves nothing behind; one whose metadata is damaged is named, with its message', async () => {
@@ -251,12 +251,50 @@ describe('quarantine release', () => {
     await expect(store.get(kept.id)).rejects.toThrow(`quarantine entry D-PUT001: ${join(dir, 'D-PUT001.json')} cannot be read (`);
   });
 
+  it('damaged entries are named and purged past retention by their files\' age; one that cannot be removed stops no other', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'douane-damaged-')), 'quarantine');
+    const store = new LocalQuarantine(dir);
+    const put = (reference: string, at: string) =>
+      store.put({ reference, at, account: 'a@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'a@example.test', recipients: ['b@example.net'], action: 'quarantine', policyVersion: 'v', size: 10 }, Readable.from([Buffer.from('Subject: x\r\n\r\nx\r\n')]));
+    const old = '2020-01-01T00:00:00.000Z';
+    for (const ref of ['D-DMG001', 'D-DMG002', 'D-DMG003', 'D-DMG004', 'D-DMG005', 'D-DMG006']) await put(ref, old);
+    await put('D-DMG007', new Date().toISOString());
+    const aged = (id: string) => {
+      for (const ext of ['json', 'eml']) if (existsSync(join(dir, `${id}.${ext}`))) utimesSync(join(dir, `${id}.${ext}`), new Date(old), new Date(old));
+    };
+    writeFileSync(join(dir, 'D-DMG001.json'), '{"id": "D-DM'); // cut short
+    writeFileSync(join(dir, 'D-DMG002.json'), 'null\n'); // JSON, but no entry
+    writeFileSync(join(dir, 'D-DMG003.json'), JSON.stringify({ id: 'D-DMG004', at: old, account: 'a@example.test', reference: 'D-DMG004', recipients: [], size: 1 })); // another entry's
+    rmSync(join(dir, 'D-DMG004.json')); // a message without metadata
+    for (const id of ['D-DMG001', 'D-DMG002', 'D-DMG003', 'D-DMG004']) aged(id);
+    // A damaged entry written just now is kept: it is within retention (or a message still being written).
+    writeFileSync(join(dir, 'D-DMG007.json'), '{');
+    // One whose message cannot be removed (a directory stands for EACCES, EIO).
+    rmSync(join(dir, 'D-DMG005.eml'));
+    mkdirSync(join(dir, 'D-DMG005.eml', 'sub'), { recursive: true });
+    const scanned = await store.scan();
+    expect(scanned.entries.map((m) => m.id)).toEqual(['D-DMG005', 'D-DMG006']);
+    expect(scanned.damaged.map((d) => `${d.id}: ${d.why}`)).toEqual([
+      expect.stringMatching(/^D-DMG001: its metadata is not JSON \(/),
+      'D-DMG002: its metadata is not a JSON object',
+      'D-DMG003: its metadata names another entry ("D-DMG004")',
+      'D-DMG004: its message has no metadata',
+      expect.stringMatching(/^D-DMG007: its metadata is not JSON/),
+    ]);
+    expect(await store.count()).toMatchObject({ entries: 7 });
+    const result = await store.purge(Date.parse('2026-01-01T00:00:00.000Z'));
+    expect(result.entries.map((e) => e.id).sort()).toEqual(['D-DMG001', 'D-DMG002', 'D-DMG003', 'D-DMG004', 'D-DMG006']);
+    expect(result.entries.find((e) => e.id === 'D-DMG002')).toEqual({ id: 'D-DMG002', reference: 'D-DMG002', damaged: 'its metadata is not a JSON object' });
+    expect(result.failed).toEqual([{ id: 'D-DMG005', why: expect.stringMatching(/EISDIR|ERR_FS_EISDIR|directory/) }]);
+    expect(readdirSync(dir).sort()).toEqual(['D-DMG005.eml', 'D-DMG005.json', 'D-DMG007.eml', 'D-DMG007.json']);
+  });
+
   it('reading a quarantine that does not exist yet lists nothing and creates no directory', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'douane-unmade-')), 'quarantine');
     const store = new LocalQuarantine(dir);
     expect(await store.list()).toEqual([]);
     expect(await store.count()).toEqual({ entries: 0, bytes: 0 });
-    expect(await store.purge(Date.now())).toEqual({ removed: 0, entries: [], claimed: [] });
+    expect(await store.purge(Date.now())).toEqual({ removed: 0, entries: [], claimed: [], failed: [] });
     // Left to the gateway's own user, who writes the first entry.
     expect(existsSync(dir)).toBe(false);
   });
