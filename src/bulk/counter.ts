@@ -123,17 +123,42 @@ interface BandSets {
   expiresAt: number;
 }
 
+/**
+ * In memory as in Redis, most contents are seen once: all the bands of a message seen for the first time
+ * point to one record of it, which becomes a band's sets only when another message shares that band
+ * (sets for every band cost about 40 KB a message; this, about 6 KB).
+ */
+interface FirstSighting {
+  account: string;
+  rcpts: string[];
+  expiresAt: number;
+}
+
+type Band = BandSets | FirstSighting;
+
 /** Sets larger than this stop growing: the count is already far past any sane threshold. */
 const MEMORY_CAP = 100_000;
+/**
+ * Bands kept in memory, at most (about 20 000 messages seen once, some 120 MB): past it the oldest are
+ * forgotten first, and their content counts afresh. Redis keeps a whole window, in any number.
+ */
+const MAX_BANDS = 1_000_000;
 
 export class BulkCounter implements BulkPort {
-  private readonly memory = new Map<string, BandSets>();
-  private lastSweep = 0;
+  /** by band; in the order they were first seen, which is the order their window ends in */
+  private readonly memory = new Map<string, Band>();
+  private readonly maxBands: number;
 
   constructor(
-    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail' },
+    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail'; maxBands?: number },
   ) {
     opts.redis?.defineCommand('douaneBulkAdd', { lua: BANDS_ADD });
+    this.maxBands = opts.maxBands ?? MAX_BANDS;
+  }
+
+  /** bands counted in memory (for tests and metrics) */
+  get bandsKept(): number {
+    return this.memory.size;
   }
 
   private get now(): number {
@@ -150,6 +175,8 @@ export class BulkCounter implements BulkPort {
     if (this.opts.redis) {
       try {
         counts = [await this.withDeadline(this.redisBands(fp.bands, acct, rcpts, windowMs))];
+        // Redis answers again: what the insurance counted meanwhile is its own view, no longer needed.
+        if (this.memory.size) this.memory.clear();
       } catch (err) {
         const timedOut = err instanceof DeadlinePassed;
         this.opts.metrics.redisErrors.labels(timedOut ? 'deadline' : 'command').inc();
@@ -159,10 +186,10 @@ export class BulkCounter implements BulkPort {
         }
         this.opts.metrics.limiterInsurance.labels('bulk').inc();
         this.opts.log.warn({ event: 'bulk_insurance', err: (err as Error).message }, 'Redis failed; bulk counts from this instance only');
-        counts = fp.bands.map((band) => this.memoryBand(band, acct, rcpts, windowMs));
+        counts = this.memoryBands(fp.bands, acct, rcpts, windowMs);
         degraded = true;
       }
-    } else counts = fp.bands.map((band) => this.memoryBand(band, acct, rcpts, windowMs));
+    } else counts = this.memoryBands(fp.bands, acct, rcpts, windowMs);
     const facts: BulkFacts = { fingerprint: fp.id, accountRecipients: 0, globalRecipients: 0, globalAccounts: 0, ...(degraded ? { degraded } : {}) };
     for (const [a, g, n] of counts) {
       facts.accountRecipients = Math.max(facts.accountRecipients, a);
@@ -178,25 +205,44 @@ export class BulkCounter implements BulkPort {
     return (this.opts.redis as Scripted).douaneBulkAdd(keys.length, ...keys, windowMs, account, FIRST_SIGHTING_MAX_RECIPIENTS, rcpts.length, ...rcpts);
   }
 
-  private memoryBand(band: string, account: string, rcpts: string[], windowMs: number): [number, number, number] {
+  private memoryBands(bands: string[], account: string, rcpts: string[], windowMs: number): [number, number, number][] {
     const now = this.now;
-    if (now - this.lastSweep > 60_000) {
-      this.lastSweep = now;
-      for (const [k, v] of this.memory) if (v.expiresAt <= now) this.memory.delete(k);
+    // The oldest first: those whose window ended are at the front.
+    for (const [band, b] of this.memory) {
+      if (b.expiresAt > now) break;
+      this.memory.delete(band);
     }
-    let b = this.memory.get(band);
-    if (!b || b.expiresAt <= now) {
-      b = { byAccount: new Map(), all: new Set(), accounts: new Set(), expiresAt: now + windowMs };
-      this.memory.set(band, b);
+    let sighting: FirstSighting | undefined;
+    const counts = bands.map((band): [number, number, number] => {
+      let b = this.memory.get(band);
+      if (b && b.expiresAt <= now) {
+        this.memory.delete(band);
+        b = undefined;
+      }
+      if (!b) {
+        sighting ??= { account, rcpts: rcpts.slice(0, MEMORY_CAP), expiresAt: now + windowMs };
+        this.memory.set(band, sighting);
+        return [sighting.rcpts.length, sighting.rcpts.length, 1];
+      }
+      if (!('all' in b)) {
+        // Shared with an earlier message: its first sighting becomes the band's sets, then this one is added.
+        b = { byAccount: new Map([[b.account, new Set(b.rcpts)]]), all: new Set(b.rcpts), accounts: new Set([b.account]), expiresAt: b.expiresAt };
+        this.memory.set(band, b);
+      }
+      const mine = b.byAccount.get(account) ?? new Set<string>();
+      b.byAccount.set(account, mine);
+      for (const r of rcpts) {
+        if (mine.size < MEMORY_CAP) mine.add(r);
+        if (b.all.size < MEMORY_CAP) b.all.add(r);
+      }
+      b.accounts.add(account);
+      return [mine.size, b.all.size, b.accounts.size];
+    });
+    for (const band of this.memory.keys()) {
+      if (this.memory.size <= this.maxBands) break;
+      this.memory.delete(band);
     }
-    const mine = b.byAccount.get(account) ?? new Set<string>();
-    b.byAccount.set(account, mine);
-    for (const r of rcpts) {
-      if (mine.size < MEMORY_CAP) mine.add(r);
-      if (b.all.size < MEMORY_CAP) b.all.add(r);
-    }
-    b.accounts.add(account);
-    return [mine.size, b.all.size, b.accounts.size];
+    return counts;
   }
 
   private async withDeadline<T>(p: Promise<T>): Promise<T> {

@@ -72,6 +72,17 @@ describe('bulk counter when Redis fails', () => {
       await expect(counter(dead, 'tempfail').count(fp, 'a@example.test', ['r@example.net'], WINDOW)).rejects.toBeInstanceOf(BulkCountsUnavailable);
       expect(await counter(dead, 'insurance').count(fp, 'a@example.test', ['r@example.net'], WINDOW)).toMatchObject({ accountRecipients: 1, degraded: true });
       expect(await counter(client).count(fp, 'a@example.test', ['r@example.net'], WINDOW)).not.toHaveProperty('degraded');
+      // Once Redis answers again, the insurance's own counts are dropped: Redis keeps the window.
+      let down = true;
+      const flapping = counter(
+        new Proxy(client, { get: (target, key, receiver) => (key === 'douaneBulkAdd' && down ? () => Promise.reject(new Error('Connection is closed.')) : Reflect.get(target, key, receiver)) }),
+        'insurance',
+      );
+      expect(await flapping.count(uniqueMessage(2), 'a@example.test', ['r@example.net'], WINDOW)).toMatchObject({ degraded: true });
+      expect(flapping.bandsKept).toBe(48);
+      down = false;
+      expect(await flapping.count(uniqueMessage(3), 'a@example.test', ['r@example.net'], WINDOW)).not.toHaveProperty('degraded');
+      expect(flapping.bandsKept).toBe(0);
     } finally {
       dead.disconnect();
     }
