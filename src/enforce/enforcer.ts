@@ -131,6 +131,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // that failed gives its claim back at once.
       const key = claimKey('step', e.account, `${step.action}#${nth}`);
       if (!(await this.deps.state.claim(key, STEP_IN_PROGRESS_MS))) continue;
+      // A reinstatement between the count and the claim wiped the strikes and the steps' claims: the
+      // total read before is no longer the account's, and the step would be taken on strikes it erased.
+      const still = (await this.deps.state.strikes(e.account, window)).reduce((sum, r) => sum + r.weight, 0);
+      if (still < step.at) {
+        await this.deps.state.dropClaim(key).catch(() => undefined);
+        break;
+      }
       try {
         await this.takeStep(e, total, step, policy);
       } catch (err) {
@@ -545,6 +552,14 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         } else {
           await api.reinstate(j.account, { reference: j.reference, by: j.by });
           await this.deps.state.setLockHeld(j.account, false);
+          // Locked again while the unlock was under way (on another instance, whose lock call found the
+          // account still locked, and took that lock for its own): the unlock just undid it. A job of its
+          // own locks it again.
+          const again = (await this.deps.state.account(j.account)).suspension;
+          if (again?.action === 'suspend_account') {
+            await this.deps.outbox.enqueue('lifecycle', { op: 'suspend', account: j.account, reference: again.reference, rule: again.rule, article: again.article, summary: 'suspended again while it was being unlocked', by: 'douane' } satisfies LifecycleJob, lifecycleKey(j.account));
+            await this.deps.audit.append({ action: 'lifecycle_relock_queued', actor: 'douane', account: j.account, reference: again.reference, adapter: api.kind });
+          }
         }
       } catch (err) {
         if (err instanceof LifecycleError && !err.retryable) {
@@ -562,8 +577,17 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         const theirs = outcome === 'already_locked' && !heldBefore && suspension?.lockedBy !== 'douane';
         if (!theirs && suspension?.action !== 'suspend_account') {
           // Reinstated while the call was under way (here or on another instance, whose unlock may have
-          // found nothing to undo yet): the lock just made is undone now.
-          await api.reinstate(j.account, { reference: j.reference, by: 'douane' });
+          // found nothing to undo yet): the lock just made is undone now. It is marked as Douane's again
+          // (that unlock cleared the mark), and if the API fails now, a job of its own undoes it: a retry
+          // of this one would find the reinstatement and do nothing, leaving the account locked.
+          await this.deps.state.setLockHeld(j.account, true);
+          try {
+            await api.reinstate(j.account, { reference: j.reference, by: 'douane' });
+          } catch (err) {
+            await this.deps.outbox.enqueue('lifecycle', { op: 'reinstate', account: j.account, reference: j.reference, summary: 'reinstated while it was being locked', by: 'douane' } satisfies LifecycleJob, lifecycleKey(j.account));
+            await this.deps.audit.append({ action: 'lifecycle_lock_undo_queued', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, error: (err as Error).message });
+            return;
+          }
           await this.deps.state.setLockHeld(j.account, false);
           await this.deps.audit.append({ action: 'lifecycle_lock_undone', actor: 'douane', account: j.account, reference: j.reference, adapter: api.kind, reason: 'reinstated while the lock was being made' });
           return;

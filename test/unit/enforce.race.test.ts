@@ -142,6 +142,75 @@ describe('enforcement races', () => {
   });
 });
 
+describe('reinstatements racing the ladder and the lifecycle calls', () => {
+  it('reinstated between a strike being counted and its step: the step is not taken on strikes the reinstatement erased', async () => {
+    let reinstateNow: (() => Promise<void>) | undefined;
+    class ReinstatedBeforeTheClaim extends MemoryEnforcementState {
+      override async claim(key: string, ttlMs: number) {
+        if (key.startsWith('step:') && reinstateNow) {
+          const reinstate = reinstateNow;
+          reinstateNow = undefined;
+          await reinstate();
+        }
+        return super.claim(key, ttlMs);
+      }
+    }
+    const state = new ReinstatedBeforeTheClaim();
+    const { enforcer } = instance(state, zimbraLike().api);
+    await enforcer.record(strike(1, 8));
+    await enforcer.record(strike(2, 8)); // 16: notified, throttled
+    reinstateNow = () => enforcer.reinstate('victim@x.test', 'cli:lead');
+    await enforcer.record(strike(3, 8)); // counted as 24, then the reinstatement wipes it all
+    expect(await state.account('victim@x.test')).toEqual({});
+    // The ladder starts over: the steps were not kept as taken.
+    for (let n = 4; n <= 6; n++) await enforcer.record(strike(n, 8));
+    expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-000006' });
+  });
+
+  it('a lock that landed after a reinstatement, whose undoing fails once, is undone by a job of its own', async () => {
+    const zimbra = zimbraLike(300);
+    let failNextUnlock = true;
+    const reinstate = zimbra.api.reinstate.bind(zimbra.api);
+    zimbra.api.reinstate = async (account, why) => {
+      if (zimbra.account.status === 'locked' && failNextUnlock) {
+        failNextUnlock = false;
+        throw new LifecycleError('timeout', 'ModifyAccountRequest: no answer within 2000 ms', true);
+      }
+      return reinstate(account, why);
+    };
+    const state = new MemoryEnforcementState();
+    const [a, b] = [instance(state, zimbra.api), instance(state, zimbra.api)];
+    await a.outbox.start();
+    await b.outbox.start();
+    await a.enforcer.suspend('victim@x.test', 'suspend_account', { by: 'cli:a', reference: 'D-1', reason: 'abuse' });
+    await new Promise((r) => setTimeout(r, 100)); // A's lock call is under way
+    await b.enforcer.reinstate('victim@x.test', 'cli:b'); // B's unlock finds the account still active
+    await expect.poll(async () => (await a.outbox.idle(100)) && (await b.outbox.idle(100)) && zimbra.account.status, { timeout: 5000 }).toBe('active');
+    expect(failNextUnlock).toBe(false);
+    expect((await state.account('victim@x.test')).suspension).toBeUndefined();
+    expect(await state.lockHeld('victim@x.test')).toBe(false);
+  });
+
+  it('locked again while another instance unlocks: the unlock does not leave the account active while it is suspended', async () => {
+    const zimbra = zimbraLike(300);
+    const state = new MemoryEnforcementState();
+    const [a, b] = [instance(state, zimbra.api), instance(state, zimbra.api)];
+    await a.outbox.start();
+    await b.outbox.start();
+    await a.enforcer.suspend('victim@x.test', 'suspend_account', { by: 'cli:a', reference: 'D-1', reason: 'abuse' });
+    expect(await a.outbox.idle(3000)).toBe(true);
+    expect(zimbra.account.status).toBe('locked');
+    await b.enforcer.reinstate('victim@x.test', 'cli:b'); // B's unlock reads "locked", and writes "active" 300 ms later
+    await new Promise((r) => setTimeout(r, 100));
+    await a.enforcer.suspend('victim@x.test', 'suspend_account', { by: 'cli:a', reference: 'D-2', reason: 'confirmed phishing' });
+    await expect.poll(async () => (await a.outbox.idle(100)) && (await b.outbox.idle(100)) && zimbra.account.status, { timeout: 5000 }).toBe('locked');
+    expect((await state.account('victim@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-2' });
+    // And reinstating it unlocks it.
+    await a.enforcer.reinstate('victim@x.test', 'cli:a');
+    await expect.poll(async () => (await a.outbox.idle(100)) && (await b.outbox.idle(100)) && zimbra.account.status, { timeout: 5000 }).toBe('active');
+  });
+});
+
 describe('whose an address is, kept for an outage', () => {
   it('an alias that became an account of its own is not its old account during a later outage', async () => {
     const directory: Record<string, AccountInfo> = {};
