@@ -74,7 +74,8 @@ export function webhookHandler(settings: NonNullable<NotifySettings['webhook']>,
       metrics.notifications.labels('webhook', 'sent').inc();
       return;
     }
-    const retried = res.status >= 500 || res.status === 429;
+    // As the lifecycle API's answers are read: the endpoint is busy or slow (408, 425, 429) or down (5xx).
+    const retried = res.status >= 500 || res.status === 408 || res.status === 425 || res.status === 429;
     metrics.notifications.labels('webhook', retried ? 'retry' : 'failed').inc();
     if (retried) throw new Error(`webhook answered ${res.status}`);
     if (res.status >= 300 && res.status < 400) throw new PermanentFailure(`webhook answered ${res.status}, a redirect to ${res.headers.get('location') ?? '(no location)'}: set webhook.url to where the endpoint is now`);

@@ -87,14 +87,15 @@ describe('notification results', () => {
   const counted = async (metrics: Metrics) =>
     (await metrics.registry.getSingleMetricAsString('douane_notifications_total')).split('\n').filter((l) => / [1-9]\d*$/.test(l)).map((l) => l.replace(/^douane_notifications_total/, ''));
 
-  it('are counted as what happens next: a relay\'s 5xx fails for good, a webhook\'s 429 is tried again', async () => {
+  it('are counted as what happens next: a relay\'s 5xx fails for good, a webhook\'s 429 or 408 is tried again', async () => {
     const { SMTPServer } = await import('smtp-server');
     const http = await import('node:http');
     const { mailHandler, webhookHandler } = await import('../../src/enforce/notify.js');
     const { PermanentFailure } = await import('../../src/enforce/outbox.js');
     const relay = new SMTPServer({ authOptional: true, disabledCommands: ['STARTTLS'], logger: false, onMailFrom: (_a, _s, cb) => cb(Object.assign(new Error('no such sender'), { responseCode: 550 })) });
     await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
-    const web = http.createServer((_q, res) => res.writeHead(429).end());
+    const statuses = [429, 408, 400];
+    const web = http.createServer((_q, res) => res.writeHead(statuses.shift()!).end());
     await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
     try {
       const metrics = new Metrics({ version: 't', defaultMetrics: false });
@@ -104,7 +105,10 @@ describe('notification results', () => {
       const webhook = webhookHandler({ url: `http://127.0.0.1:${(web.address() as { port: number }).port}/`, timeout: 2000 }, metrics);
       const later = await webhook({ id: 'j2', kind: 'webhook', payload: { event: {} } } as unknown as Job).catch((e: unknown) => e);
       expect(later).not.toBeInstanceOf(PermanentFailure);
-      expect(await counted(metrics)).toEqual(['{channel="abuse",result="failed"} 1', '{channel="webhook",result="retry"} 1']);
+      // A request timeout is the endpoint's slowness, not a refusal: tried again too; a 400 is not.
+      expect(await webhook({ id: 'j3', kind: 'webhook', payload: { event: {} } } as unknown as Job).catch((e: unknown) => e)).not.toBeInstanceOf(PermanentFailure);
+      expect(await webhook({ id: 'j4', kind: 'webhook', payload: { event: {} } } as unknown as Job).catch((e: unknown) => e)).toBeInstanceOf(PermanentFailure);
+      expect(await counted(metrics)).toEqual(['{channel="abuse",result="failed"} 1', '{channel="webhook",result="retry"} 2', '{channel="webhook",result="failed"} 1']);
     } finally {
       relay.close();
       web.close();
