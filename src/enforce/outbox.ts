@@ -77,10 +77,16 @@ export class Outbox {
     this.schedule(0);
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops taking jobs, and waits for those running, up to `waitMs`: one still running then (a stalled
+   * relay or API) is left on disk, and runs again at the next start (handlers are idempotent).
+   */
+  async stop(waitMs = 10_000): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    while (this.running.size) await new Promise((r) => setTimeout(r, 10));
+    const until = Date.now() + waitMs;
+    while (this.running.size && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    if (this.running.size) this.opts.log.warn({ event: 'outbox_stopped_running', jobs: this.running.size }, `${this.running.size} outbox job(s) still running at shutdown: they run again at the next start`);
   }
 
   /**
@@ -173,8 +179,21 @@ export class Outbox {
         busyKeys.add(j.key); // one per key in this round too, oldest first
         return true;
       });
-    await Promise.all(due.map((j) => this.run(j)));
-    const next = Math.min(...[...this.pending.values()].filter((j) => !this.running.has(j.id) && !this.held.has(j.id)).map((j) => j.nextAt));
+    // Each job schedules what comes next when it ends: a slow one (a stalled relay) holds up no other
+    // job's retry, and a job waiting for its key's running one is looked at when that one ends.
+    for (const j of due) {
+      void this.run(j)
+        .catch((err: Error) => this.opts.log.error({ event: 'outbox_error', job: j.id, err: err.message }, 'outbox job could not be settled'))
+        .finally(() => this.scheduleNext());
+    }
+    this.scheduleNext();
+  }
+
+  /** The next tick, when the first job that can run is due. */
+  private scheduleNext(): void {
+    const busyKeys = new Set([...this.pending.values()].filter((j) => j.key && this.running.has(j.id)).map((j) => j.key));
+    const waiting = [...this.pending.values()].filter((j) => !this.running.has(j.id) && !this.held.has(j.id) && !(j.key && busyKeys.has(j.key)));
+    const next = Math.min(...waiting.map((j) => j.nextAt));
     if (Number.isFinite(next)) this.schedule(next - this.now());
   }
 

@@ -10,7 +10,7 @@ import { Outbox, type Handler, type Job } from '../../src/enforce/outbox.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 
-function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: number; lines?: Record<string, unknown>[] } = {}) {
+function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: number; lines?: Record<string, unknown>[]; notify?: Handler } = {}) {
   const noop: Handler = async () => undefined;
   const destination = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -20,7 +20,7 @@ function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: nu
   });
   return new Outbox({
     dir: mkdtempSync(join(tmpdir(), 'douane-outbox-')),
-    handlers: { lifecycle, notify: noop, webhook: noop },
+    handlers: { lifecycle, notify: opts.notify ?? noop, webhook: noop },
     minDelayMs: opts.minDelayMs ?? 10,
     maxDelayMs: opts.maxDelayMs ?? 50,
     metrics: new Metrics({ version: 't', defaultMetrics: false }),
@@ -63,6 +63,29 @@ describe('outbox', () => {
     // other-1 was already running when other-2 came: it finishes, then other-2 runs, never both at once.
     expect(done.filter((d) => d.startsWith('other'))).toEqual(['other-1', 'other-2']);
     expect(most).toBe(1);
+  });
+
+  it('a job that stalls (a notice to a relay that does not answer) holds up no other job\'s retry, and a stop waits for it only so long', async () => {
+    let release!: () => void;
+    const stalled = new Promise<void>((r) => (release = r));
+    let tries = 0;
+    const lines: Record<string, unknown>[] = [];
+    const box = outbox(
+      async () => {
+        if (++tries === 1) throw new Error('lifecycle API unavailable');
+      },
+      { notify: () => stalled, lines },
+    );
+    await box.start();
+    await box.enqueue('notify', { to: ['abuse@x.test'] });
+    await box.enqueue('lifecycle', { op: 'suspend' }, 'lifecycle:a@x.test');
+    await expect.poll(() => tries, { timeout: 3000 }).toBe(2);
+    expect(box.size).toBe(1); // the notice, still running
+    const stopped = Date.now();
+    await box.stop(300);
+    expect(Date.now() - stopped).toBeLessThan(3000);
+    expect(lines.filter((l) => l.event === 'outbox_stopped_running')).toHaveLength(1);
+    release();
   });
 
   it('plans retries with growing delays, never further apart than retry_max, jitter included', async () => {
