@@ -18,7 +18,8 @@ Options:
   --config FILE   configuration file (YAML); see douane.example.yaml
   --help          this text
 
-Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0; SIGHUP reloads
+Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0 (another SIGTERM
+meanwhile does not cut the drain short; a second SIGINT exits at once, with 130); SIGHUP reloads
 the policy and the TLS certificate (tls.cert, tls.key: new sessions get it); a bad policy or
 certificate is refused and the one in force stays.`;
 
@@ -69,7 +70,16 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
   let exited: (code: number) => void = () => undefined;
   const stopped = new Promise<number>((resolve) => (exited = resolve));
   const stop = (signal: string) => {
-    if (stopAsked) return;
+    if (stopAsked) {
+      // A second SIGTERM (a supervisor, an operator) does not cut the drain short: a message the upstream
+      // has taken, whose client is not told yet, would be sent again. Ctrl-C twice at a terminal does.
+      if (signal === 'SIGINT' && stopAsked === 'SIGINT') {
+        logger.warn({ event: 'signal', signal }, 'SIGINT again: exiting without waiting for open transactions');
+        process.exit(130);
+      }
+      logger.warn({ event: 'signal', signal }, `${signal}: already stopping; open transactions are drained first (SIGKILL stops at once)`);
+      return;
+    }
     stopAsked = signal;
     logger.info({ event: 'signal', signal }, started ? `${signal}: stopping` : `${signal}: stopping once started`);
     if (started) shutDown(gateway!, admin, logger).then(exited);
@@ -83,8 +93,8 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
     void gateway!.policies.reload('SIGHUP');
   };
   process.on('SIGHUP', reload);
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
   try {
     gateway = new Gateway(config, { logger, metrics });
     admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
@@ -110,14 +120,18 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
 /** Drains and stops; resolves with the exit code. */
 function shutDown(gateway: Gateway, admin: AdminServer | undefined, logger: Logger): Promise<number> {
   gateway.policies.close();
+  // The admin endpoint stops after the gateway (readiness answers during the drain), whatever happened to it.
   return gateway
     .stop()
-    .then(() => admin?.stop())
     .then(
       () => 0,
       (err: Error) => {
         logger.error({ event: 'stop_failed', err: err.message }, 'stop failed');
         return 1;
       },
-    );
+    )
+    .then(async (code) => {
+      await admin?.stop().catch((err: Error) => logger.error({ event: 'stop_failed', err: err.message }, 'admin endpoint stop failed'));
+      return code;
+    });
 }

@@ -292,7 +292,7 @@ describe('douane CLI', () => {
     }
   });
 
-  it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM', async () => {
+  it('serve on the embedded default relays a message, then drains and exits 0 on SIGTERM, a second one notwithstanding', async () => {
     upstream = await FakeUpstream.start();
     // Port 0 everywhere (no port can be taken by another test meanwhile); the log says which were bound.
     const child = spawn('node', [CLI, 'serve'], {
@@ -333,8 +333,22 @@ describe('douane CLI', () => {
       c.close();
       const health = await fetch(`http://127.0.0.1:${admin}/healthz`);
       expect(health.status).toBe(200);
+      // A transaction open at the signal is drained: a second SIGTERM does not cut it short.
+      const open = await RawSmtp.connect(trusted);
+      await open.reply();
+      await open.command('EHLO cli.test');
+      await open.command('MAIL FROM:<user1@example.test>');
+      await open.command('RCPT TO:<user2@example.test>');
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
       child.kill('SIGTERM');
+      await expect.poll(() => out.includes('"signal":"SIGTERM"')).toBe(true);
+      child.kill('SIGTERM');
+      await expect.poll(() => out.includes('already stopping')).toBe(true);
+      expect(child.exitCode).toBeNull();
+      await open.command('DATA');
+      open.write('Subject: drained\r\n\r\nsent while stopping\r\n.\r\n');
+      expect(await open.reply()).toMatch(/^250 2\.0\.0 Ok: queued as FAKE2/);
+      open.close();
       expect(await exited).toBe(0);
       const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
       expect(lines[0]).toMatchObject({ event: 'start', config: '(embedded default)' });
