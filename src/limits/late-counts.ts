@@ -7,15 +7,26 @@
 // A phase that was not answered is cancelled: the cancel takes back what the mark recorded, or, if the
 // mark has not run yet, leaves word for it to take the counts back as soon as it runs. Both are atomic
 // scripts, so whichever runs first, a count is taken back once, and only within the window it was made in.
+// The mark rides on a script the phase runs anyway, after its counts (the recipient's domain, the account's
+// hourly history: structures.ts), so that it costs no command of its own; a phase without one sends it alone.
 
 import type { Logger } from '../log.js';
 import type { RedisClient } from './redis.js';
 
-/** How long a mark, or a cancel waiting for its mark, is kept: far longer than Redis takes to come back in practice. */
-export const MARK_TTL_MS = 10 * 60_000;
-/** Cancels kept for Redis to come back, at most: past it the oldest are dropped, and their counts stand. */
+/**
+ * How long a mark, or a cancel waiting for its mark, is kept in Redis. Every phase leaves one (most are
+ * never needed, and deleting each would cost a command a phase), so it is short: its time runs from when
+ * Redis runs it, which for a frozen Redis is when it thaws, and the cancel comes as soon as Douane's
+ * connection is back, within seconds. At 100 messages a second with five recipients, some 10 MB.
+ */
+export const MARK_TTL_MS = 60_000;
+/** Cancels kept for Redis to come back, at most, and for how long: past either, their counts stand. */
 const MAX_PENDING = 100_000;
+const PENDING_MAX_AGE_MS = 3_600_000;
+/** Cancels sent in one go, and how long to wait before the next try while Redis refuses them (doubling up to the most). */
+const BATCH = 1000;
 const RETRY_MS = 1000;
+const RETRY_MAX_MS = 30_000;
 
 // A record is "c|points|expiry" for a counter, "s|member|expiry" for a use of a set member; expiry is when
 // the key's window ends (ms), which a later window of the same key never shares.
@@ -50,12 +61,22 @@ local function record(marker, key, rec, now)
 end
 `;
 
+/**
+ * Records the counts of KEYS[first..], whose points are ARGV[points..] in the same order, under `marker`,
+ * and marks the phase as recorded: a cancel that comes later finds them there.
+ */
+export const MARK_COUNTS = `${UNDO}
+local function markCounts(marker, first, points, ttl)
+  local now = now_ms()
+  for i = first, #KEYS do record(marker, KEYS[i], 'c|' .. ARGV[points + i - first] .. '|' .. expiry(KEYS[i], now), now) end
+  redis.call('HSET', marker, '_', '1')
+  redis.call('PEXPIRE', marker, ttl)
+end
+`;
+
 /** KEYS[1] the mark, KEYS[2..] the counters just counted; ARGV[1] ttl, ARGV[2..] their points. */
-const MARK = `${UNDO}
-local now = now_ms()
-for i = 2, #KEYS do record(KEYS[1], KEYS[i], 'c|' .. ARGV[i] .. '|' .. expiry(KEYS[i], now), now) end
-redis.call('HSET', KEYS[1], '_', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+const MARK = `${MARK_COUNTS}
+markCounts(KEYS[1], 2, 2, ARGV[1])
 return 1`;
 
 /** KEYS[1] the mark, KEYS[2..] the keys whose counts are taken back; ARGV[1] ttl. Returns how many were. */
@@ -76,9 +97,9 @@ return undone`;
 
 /**
  * A set's use, recorded by the script that adds it (structures.ts): only that script knows whether it
- * added the member. Appended to it, with the mark as KEYS[2] and its ttl as ARGV[4].
+ * added the member.
  */
-export const RECORD_SET_USE = `${UNDO}
+export const RECORD_SET_USE = `
 local function recordSetUse(set, marker, member, ttl)
   local now = now_ms()
   record(marker, set, 's|' .. member .. '|' .. expiry(set, now), now)
@@ -86,8 +107,12 @@ local function recordSetUse(set, marker, member, ttl)
 end
 `;
 
-/** Whether a command that failed with `err` may still be run by Redis: only those refused before sending cannot. */
+/**
+ * Whether a command that failed with `err` may still be run by Redis: not one refused before it was sent,
+ * nor one Redis answered with an error (out of memory, READONLY, BUSY: it did not run, and will not).
+ */
 export function mayRunLate(err: unknown): boolean {
+  if ((err as Error)?.name === 'ReplyError') return false;
   const message = (err as Error)?.message ?? '';
   return !/enableOfflineQueue options is false|^Redis connection is not ready/.test(message);
 }
@@ -97,6 +122,12 @@ type Scripted = RedisClient & {
   douaneCancelCounts(numberOfKeys: number, ...args: (string | number)[]): Promise<number>;
 };
 
+/** A phase's counts, to be recorded under its mark by a script the phase runs after them. */
+export interface PhaseMark {
+  marker: string;
+  counted: { key: string; points: number }[];
+}
+
 /** What a phase counted in Redis without an answer: the keys to take back, under the phase's mark. */
 export interface Unanswered {
   marker: string;
@@ -105,10 +136,11 @@ export interface Unanswered {
 
 export class LateCounts {
   private readonly client: Scripted;
-  /** mark → keys to take back, and when the cancel was asked (past the mark's ttl it is pointless) */
+  /** mark → keys to take back, and when the cancel was asked */
   private readonly pending = new Map<string, { keys: Set<string>; since: number }>();
   private timer?: NodeJS.Timeout;
   private flushing = false;
+  private retryMs = RETRY_MS;
 
   constructor(
     client: RedisClient,
@@ -118,7 +150,10 @@ export class LateCounts {
     client.defineCommand('douaneMarkCounts', { lua: MARK });
     client.defineCommand('douaneCancelCounts', { lua: CANCEL });
     this.client = client as Scripted;
-    client.on('ready', () => this.flush());
+    client.on('ready', () => {
+      this.retryMs = RETRY_MS;
+      this.flush();
+    });
   }
 
   /**
@@ -149,15 +184,17 @@ export class LateCounts {
     if (this.flushing || this.pending.size === 0) return;
     this.flushing = true;
     const now = this.now();
-    const batch = [...this.pending].filter(([marker, e]) => {
-      if (now - e.since < MARK_TTL_MS) return true;
-      this.pending.delete(marker);
-      return false;
-    });
+    const batch: [string, { keys: Set<string>; since: number }][] = [];
+    for (const [marker, e] of this.pending) {
+      if (now - e.since >= PENDING_MAX_AGE_MS) this.pending.delete(marker);
+      else if (batch.push([marker, e]) === BATCH) break;
+    }
+    let answered = false;
     void Promise.allSettled(
       batch.map(async ([marker, e]) => {
         const keys = [...e.keys];
         const undone = await this.client.douaneCancelCounts(1 + keys.length, marker, ...keys, MARK_TTL_MS);
+        answered = true;
         for (const k of keys) e.keys.delete(k);
         if (e.keys.size === 0 && this.pending.get(marker) === e) this.pending.delete(marker);
         if (undone > 0) this.log.info({ event: 'late_counts_undone', counts: undone }, 'counts Redis made after the phase was decided without them were taken back');
@@ -167,7 +204,9 @@ export class LateCounts {
       clearTimeout(this.timer);
       this.timer = undefined;
       if (this.pending.size > 0) {
-        this.timer = setTimeout(() => this.flush(), RETRY_MS);
+        // The next batch at once while Redis takes them; while it refuses them all, less and less often.
+        this.retryMs = answered ? RETRY_MS : Math.min(RETRY_MAX_MS, this.retryMs * 2);
+        this.timer = setTimeout(() => this.flush(), answered ? 0 : this.retryMs);
         this.timer.unref();
       }
     });

@@ -345,11 +345,13 @@ export class Limiter implements LimiterPort {
         this.consume('messages_per_day', limits.messages_per_day, DAY, key, 1, false),
         this.consume('bytes_per_day', limits.bytes_per_day, DAY, key, reserved, false),
       ]);
-      this.late?.mark(marker, counted);
+      // The mark goes with the history's read, sent after the counts; without one, on its own.
+      const mark = this.late ? { marker, counted } : undefined;
+      if (mark && !baseline) this.late!.mark(marker, counted);
       const [[m, h, d, bytes], sessions, hist] = await Promise.all([
         counts,
         session ? this.structures.sessionRank(`${this.opts.keyPrefix}:sessions:${key}`, session.id, session.expiresAt, now) : Promise.resolve({ count: 0, rank: null }),
-        baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history)) : Promise.resolve(undefined),
+        baseline ? this.structures.hours(`${this.opts.keyPrefix}:hourly:${key}`, hoursBack(now, baseline.history), mark) : Promise.resolve(undefined),
       ]);
       return { m, h, d, bytes, sessions, hist };
     });
@@ -408,9 +410,9 @@ export class Limiter implements LimiterPort {
       const all = Promise.all([
         this.consume('recipients_per_hour', limits.recipients_per_hour, HOUR, key),
         this.consume('recipients_per_day', limits.recipients_per_day, DAY, key),
-        this.structures.setAdd(domainsKey, domain, limits.recipient_domains_per_hour, HOUR * 1000, this.late ? marker : undefined),
+        // The mark goes with the domain's script, sent after the counts.
+        this.structures.setAdd(domainsKey, domain, limits.recipient_domains_per_hour, HOUR * 1000, this.late ? { marker, counted } : undefined),
       ]);
-      this.late?.mark(marker, counted);
       return all;
     });
     if (!outcome.value) return this.undecided(this.unanswered(marker, [...counted.map((c) => c.key), domainsKey]));
@@ -457,7 +459,7 @@ export class Limiter implements LimiterPort {
       // A domain given back after its hour ended would come off the next hour's set, where another message may use it.
       const member = grant.setMember && now < grant.setMember.windowEndsAt ? grant.setMember : undefined;
       const sets = member?.insured ? this.insuranceStructures! : this.structures;
-      const settled = await Promise.allSettled([...rewards, member ? sets.setRemove(member.key, member.member) : Promise.resolve()]);
+      const settled = await Promise.allSettled([...rewards, member ? sets.setRemove(member.key, member.member, member.windowEndsAt - now + WINDOW_MARGIN_MS) : Promise.resolve()]);
       const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed) throw failed.reason;
     });

@@ -2,7 +2,7 @@
 // account, an account's hourly history — in Redis (atomic Lua, shared by every instance) or in memory
 // (the embedded default, and the insurance when Redis fails). The plain counters use rate-limiter-flexible.
 
-import { MARK_TTL_MS, RECORD_SET_USE, mayRunLate } from './late-counts.js';
+import { MARK_COUNTS, MARK_TTL_MS, RECORD_SET_USE, mayRunLate, type PhaseMark } from './late-counts.js';
 import type { RedisClient } from './redis.js';
 
 export interface SetAddResult {
@@ -22,11 +22,13 @@ export interface SetAddResult {
 
 export interface Structures {
   /**
-   * Adds `member` to a windowed set unless it is full; an existing member always fits. With `marker`, a
-   * use it adds is recorded there, to be taken back should the caller stop waiting (late-counts.ts).
+   * Adds `member` to a windowed set unless it is full; an existing member always fits. With `mark`, a use
+   * it adds, and the phase's counts made before it, are recorded under the mark, to be taken back should
+   * the caller stop waiting (late-counts.ts).
    */
-  setAdd(key: string, member: string, limit: number, windowMs: number, marker?: string): Promise<SetAddResult>;
-  setRemove(key: string, member: string): Promise<void>;
+  setAdd(key: string, member: string, limit: number, windowMs: number, mark?: PhaseMark): Promise<SetAddResult>;
+  /** gives back a use of `member`, if the set is still the window it was counted in (at most `maxTtlMs` left) */
+  setRemove(key: string, member: string, maxTtlMs: number): Promise<void>;
   /** registers an open session until `expiresAt`; returns the open sessions count */
   sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   sessionClose(key: string, id: string): Promise<void>;
@@ -37,8 +39,8 @@ export interface Structures {
   sessionRank(key: string, id: string, expiresAt: number, now: number): Promise<{ count: number; rank: number | null }>;
   /** adds 1 to the count of an hour (epoch hours) */
   hourIncr(key: string, hour: number, keepHours: number): Promise<void>;
-  /** counts of the given hours (0 when absent) */
-  hours(key: string, hours: number[]): Promise<number[]>;
+  /** counts of the given hours (0 when absent); with `mark`, records the phase's counts made before it */
+  hours(key: string, hours: number[], mark?: PhaseMark): Promise<number[]>;
 }
 
 // A set whose members count their uses (a hash of member → uses): a member stays while one use of it
@@ -55,16 +57,32 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {0, n + 1, 1, redis.call('PTTL', KEYS[1])}`;
-const SET_ADD_MARKED = `${RECORD_SET_USE}
+// KEYS[1] the set, KEYS[2] the mark, KEYS[3..] the phase's counters; ARGV[1..3] as SET_ADD's, ARGV[4] the
+// mark's ttl, ARGV[5..] the counters' points.
+const SET_ADD_MARKED = `${MARK_COUNTS}${RECORD_SET_USE}
 local function add()${SET_ADD}
 end
 local result = add()
 if result[3] == 1 then recordSetUse(KEYS[1], KEYS[2], ARGV[1], ARGV[4]) end
+markCounts(KEYS[2], 3, 5, ARGV[4])
 return result`;
 
+// KEYS[1] the hourly history, KEYS[2] the mark, KEYS[3..] the phase's counters; ARGV[1] the mark's ttl,
+// ARGV[2] how many hours, then the hours, then the counters' points.
+const HOURS_MARKED = `${MARK_COUNTS}
+local n = tonumber(ARGV[2])
+local hours = {}
+for i = 1, n do hours[i] = ARGV[2 + i] end
+local values = redis.call('HMGET', KEYS[1], unpack(hours))
+markCounts(KEYS[2], 3, 3 + n, ARGV[1])
+return values`;
+
+// Only from the window the use was counted in (see TAKE_BACK): ARGV[2] is the most it may have left.
 const SET_REMOVE = `
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 or ttl > tonumber(ARGV[2]) then return 0 end
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0`;
+return 1`;
 
 const SESSION_OPEN = `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
@@ -98,8 +116,9 @@ return 1`;
 
 type Scripted = RedisClient & {
   douaneSetAdd(key: string, member: string, limit: number, windowMs: number): Promise<[number, number, number, number]>;
-  douaneSetAddMarked(key: string, marker: string, member: string, limit: number, windowMs: number, markTtlMs: number): Promise<[number, number, number, number]>;
-  douaneSetRemove(key: string, member: string): Promise<number>;
+  douaneSetAddMarked(numberOfKeys: number, ...args: (string | number)[]): Promise<[number, number, number, number]>;
+  douaneHoursMarked(numberOfKeys: number, ...args: (string | number)[]): Promise<(string | null)[]>;
+  douaneSetRemove(key: string, member: string, maxTtlMs: number): Promise<number>;
   douaneSessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number>;
   douaneSessionRank(key: string, id: string, expiresAt: number, now: number): Promise<[number, number | null]>;
   douaneHourIncr(key: string, hour: number, ttlSeconds: number): Promise<number>;
@@ -123,7 +142,8 @@ export class RedisStructures implements Structures {
 
   constructor(client: RedisClient) {
     client.defineCommand('douaneSetAdd', { numberOfKeys: 1, lua: SET_ADD });
-    client.defineCommand('douaneSetAddMarked', { numberOfKeys: 2, lua: SET_ADD_MARKED });
+    client.defineCommand('douaneSetAddMarked', { lua: SET_ADD_MARKED });
+    client.defineCommand('douaneHoursMarked', { lua: HOURS_MARKED });
     client.defineCommand('douaneSetRemove', { numberOfKeys: 1, lua: SET_REMOVE });
     client.defineCommand('douaneSessionOpen', { numberOfKeys: 1, lua: SESSION_OPEN });
     client.defineCommand('douaneSessionRank', { numberOfKeys: 1, lua: SESSION_RANK });
@@ -132,13 +152,15 @@ export class RedisStructures implements Structures {
     this.client = client as Scripted;
   }
 
-  async setAdd(key: string, member: string, limit: number, windowMs: number, marker?: string): Promise<SetAddResult> {
-    const [exceeded, count, added, ttl] = marker ? await this.client.douaneSetAddMarked(key, marker, member, limit, windowMs, MARK_TTL_MS) : await this.client.douaneSetAdd(key, member, limit, windowMs);
+  async setAdd(key: string, member: string, limit: number, windowMs: number, mark?: PhaseMark): Promise<SetAddResult> {
+    const [exceeded, count, added, ttl] = mark
+      ? await this.client.douaneSetAddMarked(2 + mark.counted.length, key, mark.marker, ...mark.counted.map((c) => c.key), member, limit, windowMs, MARK_TTL_MS, ...mark.counted.map((c) => c.points))
+      : await this.client.douaneSetAdd(key, member, limit, windowMs);
     return { exceeded: exceeded === 1, count, added: added === 1, ttlMs: Math.max(0, ttl) };
   }
 
-  async setRemove(key: string, member: string): Promise<void> {
-    await this.client.douaneSetRemove(key, member);
+  async setRemove(key: string, member: string, maxTtlMs: number): Promise<void> {
+    await this.client.douaneSetRemove(key, member, Math.floor(maxTtlMs));
   }
 
   async sessionOpen(key: string, id: string, expiresAt: number, now: number): Promise<number> {
@@ -219,9 +241,11 @@ export class RedisStructures implements Structures {
     return (await this.client.douaneTakeBack(key, points, Math.floor(maxTtlMs))) === 1;
   }
 
-  async hours(key: string, hours: number[]): Promise<number[]> {
+  async hours(key: string, hours: number[], mark?: PhaseMark): Promise<number[]> {
     if (hours.length === 0) return [];
-    const values = await this.client.hmget(key, ...hours.map(String));
+    const values = mark
+      ? await this.client.douaneHoursMarked(2 + mark.counted.length, key, mark.marker, ...mark.counted.map((c) => c.key), MARK_TTL_MS, hours.length, ...hours, ...mark.counted.map((c) => c.points))
+      : await this.client.hmget(key, ...hours.map(String));
     return values.map((v) => Number(v ?? 0));
   }
 }

@@ -157,6 +157,37 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
     }
   });
 
+  it('a phase Redis answered leaves its mark a minute at most; one Redis refused (out of memory) waits for no cancel', async () => {
+    const own = await fresh();
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    try {
+      const limiter = new Limiter({ redis: own, keyPrefix: 'marks', onFailure: 'insurance', deadlineMs: 2000, metrics, log });
+      const counted = await limiter.countMessage('joe@example.test', limits, 10, { history: 24, minMessages: 1000 });
+      await limiter.checkRecipient('joe@example.test', limits, 'r@example.net', 0);
+      expect(counted.grant.late).toBeUndefined();
+      const marks = redis.cli('--scan', '--pattern', 'marks:late:*').split('\n').filter(Boolean);
+      expect(marks).toHaveLength(2); // one per phase, sent with the phase's own script
+      for (const m of marks) expect(Number(redis.cli('pttl', m))).toBeGreaterThan(50_000);
+      for (const m of marks) expect(Number(redis.cli('pttl', m))).toBeLessThanOrEqual(60_000);
+      // Refused outright: it did not run, and will not; nothing to take back later.
+      redis.cli('config', 'set', 'maxmemory-policy', 'noeviction');
+      redis.cli('config', 'set', 'maxmemory', '1');
+      try {
+        for (let i = 0; i < 5; i++) {
+          const refused = await limiter.countMessage(`u${i}@example.test`, limits, 10);
+          expect(refused.judge(limits).facts.degraded).toBe(true);
+          expect(refused.grant.late).toBeUndefined();
+          await limiter.refund(refused.grant);
+        }
+        expect((limiter as unknown as { late: LateCounts }).late.waiting).toBe(0);
+      } finally {
+        redis.cli('config', 'set', 'maxmemory', '0');
+      }
+    } finally {
+      own.disconnect();
+    }
+  });
+
   it('are taken back only within the window they were made in, never from the next one', async () => {
     const own = await fresh();
     try {
@@ -181,18 +212,34 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
       const late = new LateCounts(own, log);
       const sets = new RedisStructures(own);
       expect(await sets.setAdd('late:{acct}:domains', 'a.test', 2, 60_000)).toMatchObject({ added: true, count: 1 });
-      expect(await sets.setAdd('late:{acct}:domains', 'a.test', 2, 60_000, 'late:{acct}:m1')).toMatchObject({ added: true, count: 1 });
+      expect(await sets.setAdd('late:{acct}:domains', 'a.test', 2, 60_000, { marker: 'late:{acct}:m1', counted: [] })).toMatchObject({ added: true, count: 1 });
       late.cancel({ marker: 'late:{acct}:m1', keys: ['late:{acct}:domains'] });
       await expect.poll(() => late.waiting).toBe(0);
       // The other transaction's use stays.
       expect(await own.hgetall('late:{acct}:domains')).toEqual({ 'a.test': '1' });
       expect(await sets.setAdd('late:{acct}:domains', 'b.test', 2, 60_000)).toMatchObject({ added: true, count: 2 });
-      expect(await sets.setAdd('late:{acct}:domains', 'c.test', 2, 60_000, 'late:{acct}:m2')).toMatchObject({ added: false, exceeded: true });
+      expect(await sets.setAdd('late:{acct}:domains', 'c.test', 2, 60_000, { marker: 'late:{acct}:m2', counted: [] })).toMatchObject({ added: false, exceeded: true });
       late.cancel({ marker: 'late:{acct}:m2', keys: ['late:{acct}:domains'] });
       await expect.poll(() => late.waiting).toBe(0);
       expect(await own.hgetall('late:{acct}:domains')).toEqual({ 'a.test': '1', 'b.test': '1' });
+      // With the phase's counts before it, recorded by the same script: taken back with the use.
+      await own.set('late:{acct}:hour', 0, 'EX', 60, 'NX');
+      await own.incrby('late:{acct}:hour', 1);
+      expect(await sets.setAdd('late:{acct}:domains', 'b.test', 2, 60_000, { marker: 'late:{acct}:m4', counted: [{ key: 'late:{acct}:hour', points: 1 }] })).toMatchObject({ added: true });
+      expect(await sets.hours('late:{acct}:hourly', [1, 2], { marker: 'late:{acct}:m5', counted: [{ key: 'late:{acct}:hour', points: 1 }] })).toEqual([0, 0]);
+      late.cancel({ marker: 'late:{acct}:m4', keys: ['late:{acct}:domains', 'late:{acct}:hour'] });
+      await expect.poll(() => late.waiting).toBe(0);
+      expect(await own.hgetall('late:{acct}:domains')).toEqual({ 'a.test': '1', 'b.test': '1' });
+      expect(await own.get('late:{acct}:hour')).toBe('0');
+      // A use given back after its hour's set was made again (a new hour) is not taken from it.
+      await own.hset('late:{acct}:next', 'a.test', '1');
+      await own.pexpire('late:{acct}:next', 3_600_000);
+      await sets.setRemove('late:{acct}:next', 'a.test', 500);
+      expect(await own.hgetall('late:{acct}:next')).toEqual({ 'a.test': '1' });
+      await sets.setRemove('late:{acct}:next', 'a.test', 3_601_000);
+      expect(await own.hgetall('late:{acct}:next')).toEqual({});
       // A member whose name has the separator in it.
-      expect(await sets.setAdd('late:{acct}:odd', 'x|1|2', 2, 60_000, 'late:{acct}:m3')).toMatchObject({ added: true });
+      expect(await sets.setAdd('late:{acct}:odd', 'x|1|2', 2, 60_000, { marker: 'late:{acct}:m3', counted: [] })).toMatchObject({ added: true });
       late.cancel({ marker: 'late:{acct}:m3', keys: ['late:{acct}:odd'] });
       await expect.poll(() => late.waiting).toBe(0);
       expect(await own.hgetall('late:{acct}:odd')).toEqual({});
