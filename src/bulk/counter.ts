@@ -145,9 +145,13 @@ const MEMORY_CAP = 100_000;
 const MAX_BANDS = 1_000_000;
 
 export class BulkCounter implements BulkPort {
-  /** by band; in the order they were first seen, which is the order their window ends in */
+  /**
+   * By band, in the order they were first seen: the order their window ends in, as long as the window
+   * stays the same (a reload that shortens it puts bands that end sooner behind ones that end later).
+   */
   private readonly memory = new Map<string, Band>();
   private readonly maxBands: number;
+  private lastFullSweep = 0;
 
   constructor(
     private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail'; maxBands?: number },
@@ -238,6 +242,11 @@ export class BulkCounter implements BulkPort {
       b.accounts.add(account);
       return [mine.size, b.all.size, b.accounts.size];
     });
+    if (this.memory.size > this.maxBands && now - this.lastFullSweep >= 60_000) {
+      // Ended bands behind live ones (the window was shortened) go before any live one is forgotten.
+      this.lastFullSweep = now;
+      for (const [band, b] of this.memory) if (b.expiresAt <= now) this.memory.delete(band);
+    }
     for (const band of this.memory.keys()) {
       if (this.memory.size <= this.maxBands) break;
       this.memory.delete(band);

@@ -48,4 +48,16 @@ describe('bulk counter in memory', () => {
     await c.count(message('m4', ['only']), 'a@example.test', ['r1@example.net'], WINDOW);
     expect(c.bandsKept).toBe(1);
   });
+
+  it('a window shortened by a reload: bands that ended go before live ones when the bound is reached', async () => {
+    let t = Date.parse('2026-11-02T08:00:00Z');
+    const c = counter(() => t, 4);
+    const [day, minute] = [86_400_000, 60_000];
+    await c.count(message('campaign', ['c1', 'c2']), 'a@example.test', ['r1@example.net'], day);
+    await c.count(message('m1', ['x1', 'x2']), 'b@example.test', ['r2@example.net'], minute);
+    t += 2 * minute;
+    await c.count(message('m2', ['y1', 'y2']), 'b@example.test', ['r3@example.net'], minute);
+    expect(c.bandsKept).toBe(4);
+    expect(await c.count(message('campaign', ['c1', 'c2']), 'z@example.test', ['r9@example.net'], day)).toMatchObject({ globalAccounts: 2, globalRecipients: 2 });
+  });
 });
