@@ -131,14 +131,14 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // that failed gives its claim back at once.
       const key = claimKey('step', e.account, `${step.action}#${nth}`);
       if (!(await this.deps.state.claim(key, STEP_IN_PROGRESS_MS))) continue;
-      // A reinstatement between the count and the claim wiped the strikes and the steps' claims: the
-      // total read before is no longer the account's, and the step would be taken on strikes it erased.
-      const still = (await this.deps.state.strikes(e.account, window)).reduce((sum, r) => sum + r.weight, 0);
-      if (still < step.at) {
-        await this.deps.state.dropClaim(key).catch(() => undefined);
-        break;
-      }
       try {
+        // A reinstatement between the count and the claim wiped the strikes and the steps' claims: the
+        // total read before is no longer the account's, and the step would be taken on strikes it erased.
+        const still = (await this.deps.state.strikes(e.account, window)).reduce((sum, r) => sum + r.weight, 0);
+        if (still < step.at) {
+          await this.deps.state.dropClaim(key).catch(() => undefined);
+          break;
+        }
         await this.takeStep(e, total, step, policy);
       } catch (err) {
         await this.deps.state.dropClaim(key).catch(() => undefined);
