@@ -379,7 +379,7 @@ export class LocalQuarantine implements QuarantineStore {
     const due = [
       ...entries.filter((m) => Date.parse(m.at) < olderThan).map((m) => ({ id: m.id, account: m.account, reference: m.reference })),
       // No time of its own to go by: the age of its files. Its reference is its name, less any suffix.
-      ...damaged.filter((d) => d.modified < olderThan).map((d) => ({ id: d.id, reference: d.id.replace(/-\d+$/, ''), damaged: d.why })),
+      ...damaged.filter((d) => d.modified < olderThan).map((d) => ({ id: d.id, reference: d.id.replace(/^(D-[0-9A-Z]{6})-\d+$/, '$1'), damaged: d.why })),
     ];
     for (const entry of due) {
       // One being released is left for the next purge; one that cannot be removed is reported. Either way

@@ -287,6 +287,12 @@ describe('quarantine release', () => {
     expect(result.entries.find((e) => e.id === 'D-DMG002')).toEqual({ id: 'D-DMG002', reference: 'D-DMG002', damaged: 'its metadata is not a JSON object' });
     expect(result.failed).toEqual([{ id: 'D-DMG005', why: expect.stringMatching(/EISDIR|ERR_FS_EISDIR|directory/) }]);
     expect(readdirSync(dir).sort()).toEqual(['D-DMG005.eml', 'D-DMG005.json', 'D-DMG007.eml', 'D-DMG007.json']);
+    // A reference of digits only, and one kept twice: the audit names each by its reference.
+    for (const id of ['D-482913', 'D-482913-2']) {
+      writeFileSync(join(dir, `${id}.json`), '{"id": "D-4');
+      aged(id);
+    }
+    expect((await store.purge(Date.parse('2026-01-01T00:00:00.000Z'))).entries.map((e) => `${e.id} ${e.reference}`).sort()).toEqual(['D-482913 D-482913', 'D-482913-2 D-482913']);
   });
 
   it('reading a quarantine that does not exist yet lists nothing and creates no directory', async () => {
