@@ -56,9 +56,10 @@ const listener = refine(
 const LABEL = '[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?';
 const DOMAIN = `(?=[^\\s]{1,253}$)${LABEL}(?:\\.${LABEL})*\\.?`;
 const HOST_NAME = new RegExp(`^(?:${DOMAIN}|\\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\\])$`);
-const HOST_NAME_EXPECTED = 'a host name such as mail.example.com (letters, digits, hyphens and dots), or an address literal such as [192.0.2.1]';
-const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$`);
-const HOST_EXPECTED = 'a host name such as mta.example.com, or an IP address such as 192.0.2.10 or 2001:db8::10';
+const HOST_NAME_EXPECTED = 'a host name such as mail.example.com (letters, digits, hyphens and dots; an internationalised one in its xn-- form), or an address literal such as [192.0.2.1]';
+// An IPv6 address may name its interface (fe80::1%eth0), as net.connect takes it.
+const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[\\w.-]+)?)$`);
+const HOST_EXPECTED = 'a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10';
 
 export const configSchema = obj({
   hostname: withDefault(str({ pattern: HOST_NAME, expected: HOST_NAME_EXPECTED }), os.hostname()),

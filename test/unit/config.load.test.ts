@@ -335,13 +335,13 @@ describe('configuration loading', () => {
   it('refuses a host name that would break the greeting or EHLO: a CR from a CRLF env file, a space, an @', () => {
     const text = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: mta.example.test }\n';
     expect(problems(() => parse('t.yaml', text, { DOUANE_HOSTNAME: 'mail.example.test\r' }))).toEqual([
-      'env DOUANE_HOSTNAME: hostname must be a host name such as mail.example.com (letters, digits, hyphens and dots), or an address literal such as [192.0.2.1] (got "mail.example.test\\r")',
+      'env DOUANE_HOSTNAME: hostname must be a host name such as mail.example.com (letters, digits, hyphens and dots; an internationalised one in its xn-- form), or an address literal such as [192.0.2.1] (got "mail.example.test\\r")',
     ]);
     expect(problems(() => parse('t.yaml', `hostname: mail example\n${text}`))[0]).toMatch(/^t\.yaml:1:11: hostname must be a host name such as mail\.example\.com/);
-    expect(problems(() => parse('t.yaml', text.replace('mta.example.test', '"mta@example.test"')))[0]).toMatch(/^t\.yaml:2:19: upstream\.host must be a host name such as mta\.example\.com, or an IP address such as 192\.0\.2\.10 or 2001:db8::10 \(got "mta@example\.test"\)/);
+    expect(problems(() => parse('t.yaml', text.replace('mta.example.test', '"mta@example.test"')))[0]).toMatch(/^t\.yaml:2:19: upstream\.host must be a host name such as mta\.example\.com \(an internationalised one in its xn-- form\), or an IP address such as 192\.0\.2\.10 or 2001:db8::10 \(got "mta@example\.test"\)/);
     expect(problems(() => parse('t.yaml', `${text}upstream_x: 1\n`.replace('upstream_x: 1\n', ''), { DOUANE_UPSTREAM_HELO_NAME: 'a:b c' }))[0]).toMatch(/^env DOUANE_UPSTREAM_HELO_NAME: upstream\.helo_name must be a host name/);
     // What hosts are called: names, trailing dots, underscores, IPv4 and IPv6 addresses, address literals.
-    for (const [hostname, host] of [['mail.example.test', 'zimbra-mta'], ['mail.example.test.', '192.0.2.10'], ['[192.0.2.1]', '2001:db8::10'], ['[IPv6:2001:db8::1]', 'mta_1.internal'], ['localhost', '::1']]) {
+    for (const [hostname, host] of [['mail.example.test', 'zimbra-mta'], ['mail.example.test.', '192.0.2.10'], ['[192.0.2.1]', '2001:db8::10'], ['[IPv6:2001:db8::1]', 'mta_1.internal'], ['localhost', '::1'], ['xn--bcher-kva.example', 'fe80::1%eth0']]) {
       expect(parse('t.yaml', `hostname: "${hostname}"\n${text.replace('mta.example.test', `"${host}"`)}`).config).toMatchObject({ hostname, upstream: { host } });
     }
   });
