@@ -3,6 +3,7 @@
 // port and reuse idle connections from a small pool, since they carry no per-user state.
 
 import { readFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import type { UpstreamConfig } from '../config/schema.js';
 import { SmtpClient, type UpstreamEndpoint, type XclientAttributes } from './smtp-client.js';
 
@@ -116,7 +117,9 @@ export class PooledUpstreamProvider implements UpstreamProvider {
 
   private xclient(client: ClientIdentity): XclientAttributes | undefined {
     if (!this.opts.xclient) return undefined;
-    return { ADDR: client.address.replace(/^::ffff:/, ''), PORT: String(client.port), HELO: client.helo, PROTO: 'ESMTP' };
+    // An IPv6 address goes with the IPV6: prefix, as Postfix's XCLIENT wants it (its address literal form).
+    const address = client.address.replace(/^::ffff:/, '');
+    return { ADDR: isIPv6(address) ? `IPV6:${address}` : address, PORT: String(client.port), HELO: client.helo, PROTO: 'ESMTP' };
   }
 
   private sweep(): void {

@@ -104,7 +104,11 @@ export class SmtpClient {
       }
       if (opts.xclient && client.capabilities.has('XCLIENT')) {
         const reply = await client.command(`XCLIENT ${xclientArgs(opts.xclient, client.capabilities.get('XCLIENT') ?? '')}`);
-        if (reply.code !== 220) throw new UpstreamError('refused', `upstream refused XCLIENT: ${formatReply(reply)}`, reply);
+        if (reply.code !== 220) {
+          // Postfix without IPv6 (inet_protocols = ipv4) refuses every IPv6 address, whatever its form.
+          const why = opts.xclient.ADDR?.startsWith('IPV6:') ? ' (the client has an IPv6 address: the upstream must take them, with inet_protocols = all for Postfix)' : '';
+          throw new UpstreamError('refused', `upstream refused XCLIENT: ${formatReply(reply)}${why}`, reply);
+        }
         // The EHLO after XCLIENT sets the HELO name the upstream records: the client's, not ours.
         await client.ehlo(opts.xclient.HELO);
       }

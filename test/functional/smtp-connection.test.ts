@@ -118,7 +118,7 @@ describe('behind a load balancer (PROXY protocol v1)', () => {
   async function proxied(port: number, client: string, opts: { tls?: boolean } = {}): Promise<RawSmtp> {
     const socket = net.connect({ port, host: '127.0.0.1' });
     await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    socket.write(`PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
+    socket.write(client.includes(':') ? `PROXY TCP6 ${client} 2001:db8::1 40000 ${port}\r\n` : `PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
     if (!opts.tls) return RawSmtp.over(socket);
     const secure = tls.connect({ socket, rejectUnauthorized: false });
     await new Promise<void>((resolve, reject) => secure.once('secureConnect', resolve).once('error', reject));
@@ -151,6 +151,31 @@ describe('behind a load balancer (PROXY protocol v1)', () => {
     const outside = await proxied(gw.port('trusted'), '198.51.100.9');
     expect(await outside.reply()).toMatch(/^554 5\.7\.1 Your address \(198\.51\.100\.9\) may not submit mail on this port/);
     outside.close();
+  });
+
+  it('passes an IPv6 client on by XCLIENT in the form Postfix takes (IPV6:), and says why when the upstream refuses it', async () => {
+    const xclient = async (ipv6: boolean) => {
+      const { gw, upstream } = await setup(
+        { capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'XCLIENT ADDR PORT HELO PROTO'], xclientIpv6: ipv6 },
+        { listeners: { trusted: { mode: 'trusted', port: 0, allow: ['2001:db8::/32', '203.0.113.0/24'], proxy_protocol_from: ['127.0.0.1'] } }, upstream: { xclient: true } },
+      );
+      const c = await proxied(gw.port('trusted'), '2001:db8::25');
+      expect(await c.reply()).toMatch(/^220 /);
+      await c.command('EHLO webmail.test');
+      const mail = await c.command('MAIL FROM:<user1@example.test>');
+      c.close();
+      return { gw, upstream, mail };
+    };
+    const taken = await xclient(true);
+    expect(taken.mail).toMatch(/^250/);
+    expect(taken.upstream.commands).toContainEqual(expect.stringMatching(/^XCLIENT ADDR=IPV6:2001:db8::25 PORT=40000 HELO=webmail\.test PROTO=ESMTP$/));
+    await taken.gw.stop();
+    await taken.upstream.stop();
+    // An upstream without IPv6 (Postfix with inet_protocols = ipv4): tempfailed, and the log says what to change.
+    const refused = await xclient(false);
+    expect(refused.mail).toMatch(/^451 4\.4\.1 /);
+    const why = await refused.gw.waitForLog((l) => /refused XCLIENT/.test(String(l.err ?? l.detail ?? '')));
+    expect(String(why.err ?? why.detail)).toMatch(/501 5\.5\.4 Bad ADDR syntax: IPV6:2001:db8::25 \(the client has an IPv6 address: the upstream must take them, with inet_protocols = all for Postfix\)/);
   });
 
   it('caps connections per client, not per balancer; a connection from elsewhere is taken as it is', async () => {
@@ -190,7 +215,7 @@ describe('behind a load balancer (PROXY protocol v1)', () => {
     const waiting = await Promise.all(['203.0.113.4', '203.0.113.5', '203.0.113.6'].map(async (client) => {
       const socket = net.connect({ port, host: '127.0.0.1' });
       await new Promise<void>((resolve) => socket.once('connect', resolve));
-      socket.write(`PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
+      socket.write(client.includes(':') ? `PROXY TCP6 ${client} 2001:db8::1 40000 ${port}\r\n` : `PROXY TCP4 ${client} 127.0.0.1 40000 ${port}\r\n`);
       return socket;
     }));
     const c = await proxied(port, '203.0.113.7', { tls: true });

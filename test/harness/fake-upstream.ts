@@ -26,6 +26,8 @@ export interface FakeUpstreamOptions {
   dataEnd?: (message: ReceivedMessage) => Scripted;
   auth?: (user: string) => Scripted;
   noop?: () => Scripted;
+  /** with XCLIENT among the capabilities: whether IPv6 addresses are taken (as Postfix with inet_protocols = all) */
+  xclientIpv6?: boolean;
 }
 
 export interface ReceivedMessage {
@@ -131,6 +133,13 @@ export class FakeUpstream {
         const lines = ['fake.upstream', ...caps];
         send(lines.map((l, i) => `250${i === lines.length - 1 ? ' ' : '-'}${l}`).join('\r\n'));
       } else if (verb === 'HELO') send('250 fake.upstream');
+      else if (verb === 'XCLIENT' && this.opts.capabilities?.some((c) => c.startsWith('XCLIENT'))) {
+        // As Postfix checks ADDR: an IPv4 address, or an IPv6 one after IPV6: (refused without IPv6).
+        const addr = /\bADDR=(\S+)/i.exec(line)?.[1];
+        const v6 = addr?.toUpperCase().startsWith('IPV6:') ? addr.slice(5) : undefined;
+        const ok = addr === undefined || net.isIPv4(addr) || (v6 !== undefined && net.isIPv6(v6) && this.opts.xclientIpv6 !== false);
+        send(ok ? '220 fake.upstream ESMTP' : `501 5.5.4 Bad ADDR syntax: ${addr}`);
+      }
       else if (verb === 'AUTH') {
         const [, mech, initial] = line.split(' ');
         if (mech?.toUpperCase() === 'PLAIN' && initial) {
