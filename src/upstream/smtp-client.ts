@@ -346,7 +346,13 @@ export class SmtpClient {
     let reply: SmtpReply;
     if (mechanisms.includes('PLAIN')) {
       const token = Buffer.concat([bytes(authzid), NUL, bytes(username), NUL, bytes(password)]).toString('base64');
-      reply = await this.command(`AUTH PLAIN ${token}`);
+      // RFC 4954: an initial response that would make the command longer than a command line may be (512
+      // octets) goes on a line of its own, after the server's 334; Postfix cuts command lines at 2048.
+      if (`AUTH PLAIN ${token}\r\n`.length <= 512) reply = await this.command(`AUTH PLAIN ${token}`);
+      else {
+        reply = await this.command('AUTH PLAIN');
+        if (reply.code === 334) reply = await this.command(token);
+      }
     } else if (mechanisms.includes('LOGIN')) {
       reply = await this.command('AUTH LOGIN');
       if (reply.code === 334) reply = await this.command(bytes(username).toString('base64'));

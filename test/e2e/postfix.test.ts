@@ -89,6 +89,20 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
     expect(msg).not.toMatch(/Received: from douane\.test/);
   });
 
+  it('swaks: a password longer than an SMTP command line (an application token) logs in, with LOGIN and with PLAIN', async () => {
+    const before = (await waitForMailbox(stack, 'user2', 0)).length;
+    for (const mechanism of ['LOGIN', 'PLAIN']) {
+      const r = await swaks([
+        '--server', `127.0.0.1:${gw.port('submission')}`, '--tls', '--auth', mechanism,
+        '--auth-user', 'token@example.test', '--auth-password', stack.users['token@example.test']!,
+        '--from', 'token@example.test', '--to', 'user2@example.test', '--header', `Subject: token via ${mechanism}`,
+      ]);
+      expect(r.out, r.out.slice(-2000)).toMatch(/<~ {2}235 2\.7\.0/);
+      expect(r.code).toBe(0);
+    }
+    expect(await waitForMailbox(stack, 'user2', before + 2)).toHaveLength(before + 2);
+  });
+
   it('swaks: a wrong password is refused with 535 5.7.8 and nothing is sent', async () => {
     const total = allDelivered(stack);
     const r = await swaks([

@@ -20,6 +20,8 @@ export const TEST_USERS: Record<string, string> = {
   'user1@example.test': 'secret1',
   'user2@example.test': 'secret2',
   'user3@example.test': 'secret3',
+  // An application token for a password: longer than an SMTP command line may be.
+  'token@example.test': 't'.repeat(1600),
 };
 
 function uid(name: string): { uid: number; gid: number } {
