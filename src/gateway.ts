@@ -441,6 +441,7 @@ export class Gateway {
         secure: l.mode === 'tls',
         key: this.tls?.key,
         cert: this.tls?.cert,
+        minVersion: this.config.tls.min_version,
         authMethods: ['PLAIN', 'LOGIN'],
         authOptional: trusted,
         disabledCommands: disabled,

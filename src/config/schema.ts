@@ -73,6 +73,8 @@ export const configSchema = obj({
       cert: optional(str()),
       key: optional(str()),
       insecure_dev: withDefault(bool(), false),
+      // TLS 1.0 and 1.1 are not offered (RFC 8996; smtp-server would take TLS 1.0): 1.2 or 1.3 at least.
+      min_version: withDefault(oneOf('TLSv1.2', 'TLSv1.3'), 'TLSv1.2'),
     }),
   ),
   upstream: required(

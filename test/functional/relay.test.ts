@@ -81,6 +81,26 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     c.close();
   });
 
+  it('offers TLS 1.2 at least (1.0 and 1.1 never), and 1.3 only when tls.min_version says so', async () => {
+    const handshake = (port: number, v: { minVersion: tls.SecureVersion; maxVersion: tls.SecureVersion }) =>
+      new Promise<string>((resolve) => {
+        // The client's own floor lowered, so that only the server can refuse.
+        const socket = tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false, ciphers: 'DEFAULT@SECLEVEL=0', ...v });
+        socket.once('secureConnect', () => {
+          resolve(socket.getProtocol() ?? 'none');
+          socket.destroy();
+        });
+        socket.once('error', () => resolve('refused'));
+      });
+    const { gw } = await setup();
+    expect(await handshake(gw.port('submissions'), { minVersion: 'TLSv1', maxVersion: 'TLSv1.1' })).toBe('refused');
+    expect(await handshake(gw.port('submissions'), { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' })).toBe('TLSv1.2');
+    await gw.stop();
+    const strict = await setup({}, { tls: { min_version: 'TLSv1.3' } });
+    expect(await handshake(strict.gw.port('submissions'), { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' })).toBe('refused');
+    expect(await handshake(strict.gw.port('submissions'), { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3' })).toBe('TLSv1.3');
+  });
+
   it('requires AUTH before MAIL on the submission listener (530 5.7.0)', async () => {
     const { gw, upstream } = await setup();
     const c = await RawSmtp.connect(gw.port('submission'));
