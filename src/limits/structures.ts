@@ -57,6 +57,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {0, n + 1, 1, redis.call('PTTL', KEYS[1])}`;
+
 // KEYS[1] the set, KEYS[2] the mark, KEYS[3..] the phase's counters; ARGV[1..3] as SET_ADD's, ARGV[4] the
 // mark's ttl, ARGV[5..] the counters' points.
 const SET_ADD_MARKED = `${MARK_COUNTS}${RECORD_SET_USE}
