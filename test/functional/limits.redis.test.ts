@@ -25,6 +25,13 @@ afterAll(async () => {
   await redis.stop();
 });
 
+/** A client of its own, as the gateway makes it, once connected. */
+async function connected(): Promise<RedisClient> {
+  const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
+  await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+  return own;
+}
+
 describe('limits on Redis', () => {
   it('counts the first messages while other commands already wait in the pipeline, and the process goes on', async () => {
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
@@ -112,14 +119,8 @@ describe('limits on Redis', () => {
 });
 
 describe('counts Redis makes after Douane stopped waiting for them', () => {
-  const fresh = async () => {
-    const own = createRedis({ url: redis.url, key_prefix: 'late' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
-    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
-    return own;
-  };
-
   it('are taken back whichever comes first, the mark or the cancel, and once', async () => {
-    const own = await fresh();
+    const own = await connected();
     try {
       const late = new LateCounts(own, log);
       // Counted, then marked, then cancelled: taken back.
@@ -158,7 +159,7 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
   });
 
   it('a phase Redis answered leaves its mark a minute at most; one Redis refused (out of memory) waits for no cancel', async () => {
-    const own = await fresh();
+    const own = await connected();
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
     try {
       const limiter = new Limiter({ redis: own, keyPrefix: 'marks', onFailure: 'insurance', deadlineMs: 2000, metrics, log });
@@ -189,7 +190,7 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
   });
 
   it('are taken back only within the window they were made in, never from the next one', async () => {
-    const own = await fresh();
+    const own = await connected();
     try {
       const late = new LateCounts(own, log);
       await own.set('late:w', 4, 'PX', 300);
@@ -207,7 +208,7 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
   });
 
   it('a recipient domain: the use that call added is taken back, and none when the set was full', async () => {
-    const own = await fresh();
+    const own = await connected();
     try {
       const late = new LateCounts(own, log);
       const sets = new RedisStructures(own);
@@ -252,8 +253,7 @@ describe('counts Redis makes after Douane stopped waiting for them', () => {
 
 describe('counts given back', () => {
   it('a give-back that reaches Redis after the window ended is not credited to the next window', async () => {
-    const own = createRedis({ url: redis.url, key_prefix: 'edge' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
-    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    const own = await connected();
     let shift = 0;
     try {
       const limiter = new Limiter({ redis: own, keyPrefix: 'edge', onFailure: 'tempfail', deadlineMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log, now: () => Date.now() + shift });
@@ -289,8 +289,7 @@ describe('counts given back', () => {
 
 describe('what the insurance counted is given back to it', () => {
   it('a recipient domain the insurance counted is given back to the insurance, not taken off a use Redis holds for an accepted message', async () => {
-    const own = createRedis({ url: redis.url, key_prefix: 'douane' }, 2000, log, new Metrics({ version: 't', defaultMetrics: false }));
-    await new Promise<void>((resolve) => own.once('ready', () => resolve()));
+    const own = await connected();
     const roomy = { ...limits, recipient_domains_per_hour: 2 };
     try {
       const limiter = new Limiter({ redis: own, keyPrefix: 'dom', onFailure: 'insurance', deadlineMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log });
