@@ -93,21 +93,23 @@ async function slowReader(rate: number, answer: boolean): Promise<{ port: number
 
 describe('sending the message', () => {
   it('a message the upstream takes longer than timeouts.data to read, reading all along, is sent; its answer is then waited for timeouts.data', async () => {
-    // 10 MB read at 2.5 MB/s at most: four seconds of sending at least, against a timeouts.data of 2.5 s.
-    // (TCP's window makes the reads come in bursts, with pauses of about half a second between them.)
+    // 20 MB read at 5 MB/s at most: four seconds of sending at least, against a timeouts.data of 3 s.
+    // (TCP's window makes the reads come in bursts, with pauses of about half a second between them.) The
+    // answer's deadline starts at the last byte written: what the socket buffers then hold (loopback's
+    // grow to several MB) is read within it, at this rate, with room to spare on a loaded machine.
     const message = () => Readable.from((function* () {
       yield Buffer.from('Subject: big\r\n\r\n');
       const line = Buffer.from('x'.repeat(998) + '\r\n');
-      for (let i = 0; i < 100; i++) yield Buffer.concat(Array.from({ length: 100 }, () => line));
+      for (let i = 0; i < 200; i++) yield Buffer.concat(Array.from({ length: 100 }, () => line));
     })());
-    const slow = { ...endpoint(0, 'none'), timeouts: { connect: 2000, command: 2000, data: 2500, keepalive: 60_000 } };
-    const reader = await slowReader(256 * 1024, true);
+    const slow = { ...endpoint(0, 'none'), timeouts: { connect: 2000, command: 2000, data: 3000, keepalive: 60_000 } };
+    const reader = await slowReader(512 * 1024, true);
     try {
       const client = await SmtpClient.connect({ ...slow, port: reader.port });
       await client.mail('user1@example.test');
       await client.rcpt('user2@example.test');
       expect(await client.data(message())).toMatchObject({ code: 250 });
-      expect(reader.read()).toBeGreaterThan(10_000_000);
+      expect(reader.read()).toBeGreaterThan(20_000_000);
       client.destroy();
     } finally {
       reader.close();
@@ -119,7 +121,7 @@ describe('sending the message', () => {
       const client = await SmtpClient.connect({ ...slow, port: mute.port });
       await client.mail('user1@example.test');
       await client.rcpt('user2@example.test');
-      await expect(client.data(message())).rejects.toMatchObject({ kind: 'timeout', message: 'upstream did not answer within 2500 ms' });
+      await expect(client.data(message())).rejects.toMatchObject({ kind: 'timeout', message: 'upstream did not answer within 3000 ms' });
     } finally {
       mute.close();
     }
