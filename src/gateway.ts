@@ -8,6 +8,7 @@ import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream,
 import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
 import { MessageInspector } from './inspect/mime.js';
+import { securePrivateDir } from './data/private-dir.js';
 import { Spool } from './data/spool.js';
 import type { Logger } from './log.js';
 import { replyClass, type Metrics } from './metrics.js';
@@ -123,6 +124,7 @@ export class Gateway {
       this.redis = redis ? createRedis(redis, deadline, this.log, this.metrics) : undefined;
       this.limiter = new Limiter({ redis: this.redis, keyPrefix: redis?.key_prefix ?? 'douane', onFailure: on_redis_failure, deadlineMs: deadline, metrics: this.metrics, log: this.log });
     }
+    this.securePrivateDirs();
     this.audit = new AuditLog(join(config.state_dir, 'audit.log'));
     const lifecycle = deps.lifecycle ?? createLifecycle(config, this.metrics);
     const enforcementState = this.redis
@@ -189,6 +191,19 @@ export class Gateway {
     for (const [name, l] of Object.entries(config.listeners)) {
       if (l.allow) this.trusted.set(name, new AddressList(l.allow));
       this.listeners.push({ name, config: l, server: this.createServer(name, l) });
+    }
+  }
+
+  /**
+   * The quarantine and the outbox (evidence, pending suspensions), private or no start. The state and
+   * spool directories themselves are checked with the configuration, where their key can be named.
+   */
+  private securePrivateDirs(): void {
+    for (const dir of [join(this.config.state_dir, 'quarantine'), join(this.config.state_dir, 'outbox')]) {
+      const { was } = securePrivateDir(dir);
+      if (was !== undefined) {
+        this.log.warn({ event: 'private_dir_tightened', dir, mode: was.toString(8).padStart(4, '0') }, `${dir} was open to other users: made 0700`);
+      }
     }
   }
 

@@ -213,8 +213,22 @@ function directoryProblem(dir: string, writable: boolean): string | undefined {
     } catch {
       return at === wanted ? `${dir} is not writable by ${user}, the user douane runs as` : `${dir} ${made}${at} is not writable by ${user}, the user douane runs as`;
     }
+    if (at === wanted) return strangersProblem(dir, user);
     return undefined;
   }
+}
+
+/**
+ * Messages, evidence and suspensions lie in these directories: another local user who owns one, or may
+ * write in it, could read them or put their own in their place (a state file, a spool file between its
+ * scan and its relay). Root may own one, as long as others cannot write there.
+ */
+function strangersProblem(dir: string, user: string, uid = process.getuid?.() ?? 0): string | undefined {
+  const st = statSync(dir);
+  const mode = st.mode & 0o7777;
+  if (st.uid !== uid && st.uid !== 0) return `${dir} belongs to uid ${st.uid}, not to ${user}, the user douane runs as: that user could read or replace what douane keeps there`;
+  if (mode & 0o022) return `${dir} can be written by other users (mode ${mode.toString(8).padStart(4, '0')}): they could replace what douane keeps there; make it 0700 or 0750`;
+  return undefined;
 }
 
 /** The file's bytes, or why it cannot be read. */

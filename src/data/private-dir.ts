@@ -1,6 +1,7 @@
 // A directory only the service reads (0700), made at its first use. A failure is not kept: the
 // directory made (or the disk mended) later is used at the next one.
 
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 
 export class PrivateDirectory {
@@ -18,4 +19,29 @@ export class PrivateDirectory {
     );
     return this.ready;
   }
+}
+
+/**
+ * A directory of Douane's own inside the state directory (quarantine, outbox): made 0700 when missing. One
+ * left open to others by an earlier install is closed (0700), since a local user who could write in it
+ * could swap a quarantined message before its release, or a pending suspension before it runs; the mode
+ * it had is returned, for the log. One another user owns is refused. `uid` is the process's own, passed
+ * in for the tests.
+ */
+export function securePrivateDir(path: string, uid = process.getuid?.() ?? 0): { was?: number } {
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  const st = statSync(path);
+  if (!st.isDirectory()) throw new Error(`${path} is not a directory`);
+  const mode = st.mode & 0o7777;
+  if (st.uid !== uid && st.uid !== 0) {
+    throw new Error(`${path} belongs to uid ${st.uid}, not to the user Douane runs as (uid ${uid}): that user could read or replace what Douane keeps there; remove it`);
+  }
+  if (!(mode & 0o077)) return {};
+  if (st.uid !== uid) {
+    // Root's, and Douane may not change it: only others' writing is a danger then.
+    if (mode & 0o022) throw new Error(`${path} can be written by other users (mode ${mode.toString(8).padStart(4, '0')}) and only root may change that: make it 0700`);
+    return {};
+  }
+  chmodSync(path, 0o700);
+  return { was: mode };
 }

@@ -1,7 +1,7 @@
-// Enforcement on one instance without Redis: a suspension outlives a restart; and the start-up warning
-// for a Zimbra admin URL that would carry the admin password in clear.
+// Enforcement on one instance without Redis: a suspension outlives a restart; its directories are
+// private; and the start-up warning for a Zimbra admin URL that would carry the admin password in clear.
 
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -38,6 +38,18 @@ describe('enforcement state without Redis', () => {
     gateways.push(second);
     expect(await mailFrom(second, 'user1@example.test')).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(user1@example\.test\) .*incident D-RSTRT1/);
     expect(await mailFrom(second, 'user2@example.test')).toMatch(/^250 /);
+  });
+
+  it('closes a quarantine or outbox directory an earlier install left open to other users, and says so', async () => {
+    upstream = await FakeUpstream.start();
+    const state = mkdtempSync(join(tmpdir(), 'douane-open-state-'));
+    mkdirSync(join(state, 'quarantine'), { mode: 0o777 });
+    chmodSync(join(state, 'quarantine'), 0o777);
+    const gw = await startGateway(upstream.port, { state_dir: state });
+    gateways.push(gw);
+    expect(statSync(join(state, 'quarantine')).mode & 0o777).toBe(0o700);
+    expect(statSync(join(state, 'outbox')).mode & 0o777).toBe(0o700);
+    expect(gw.logs.filter((l) => l.event === 'private_dir_tightened')).toEqual([expect.objectContaining({ level: 'warn', dir: join(state, 'quarantine'), mode: '0777' })]);
   });
 
   it('warns at start when the Zimbra admin URL would send the admin password in clear', async () => {

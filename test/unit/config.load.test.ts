@@ -1,6 +1,6 @@
 // Configuration: every kind of mistake names the file, line, column and key; env overrides name the variable.
 
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -12,7 +12,7 @@ import { ValidationError } from '../../src/validate/source.js';
  * Most texts below are about other keys. Every configuration must say where clamd is or that there is none,
  * so this appends `clamd: none` to a text that does not name it; at the end, where it moves no line.
  */
-function parse(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean } = {}) {
+function parse(name: string, text: string, env: Record<string, string | undefined> = {}, opts: { files?: boolean; writable?: boolean } = {}) {
   return parseConfig(name, /^clamd:/m.test(text) ? text : `${text.replace(/\n?$/, '\n')}clamd: none\n`, env, opts);
 }
 
@@ -152,6 +152,27 @@ describe('configuration loading', () => {
       `t.yaml:6:15: spool.dir ${join(dir, 'a-file', 'spool')} cannot be created: ${join(dir, 'a-file')} is a file`,
       `t.yaml:7:16: policy.dir ${join(dir, 'no-policies')} cannot be read: no such directory`,
     ]);
+  });
+
+  it('serve refuses a state or spool directory that other users may write in, or that another user owns, naming the key', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-strangers-'));
+    const open = join(dir, 'open');
+    mkdirSync(open);
+    chmodSync(open, 0o1777);
+    const theirs = join(dir, 'theirs');
+    mkdirSync(theirs, { mode: 0o700 });
+    // Another user's directory takes root to make; a user that is not root sees only the mode refused.
+    const root = process.getuid?.() === 0;
+    if (root) chownSync(theirs, 65534, 65534);
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    const serve = (t: string) => parse('t.yaml', t, {}, { files: true, writable: true });
+    const found = problems(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${root ? theirs : open} }\n`));
+    expect(found[0]).toBe(`t.yaml:3:12: state_dir ${open} can be written by other users (mode 1777): they could replace what douane keeps there; make it 0700 or 0750`);
+    if (root) expect(found[1]).toBe(`t.yaml:4:15: spool.dir ${theirs} belongs to uid 65534, not to root, the user douane runs as: that user could read or replace what douane keeps there`);
+    expect(found).toHaveLength(2);
+    // Readable by a group (the operators') is not a danger: the files are the service's alone.
+    chmodSync(open, 0o750);
+    expect(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${join(open, 'spool')} }\n`)).not.toThrow();
   });
 
   it('refuses an upstream that is one of its own listeners', () => {
