@@ -585,6 +585,29 @@ export class Gateway {
     }
   }
 
+  /** After the upstream's 235: the session's account, its count of open sessions. */
+  private async loggedIn(state: SessionState, username: string, attempt: AuthAttempt | undefined): Promise<string> {
+    // Failed logins were counted under the account the login was known to be: that counter is cleared.
+    await attempt?.settle('succeeded');
+    // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
+    // A failure, below, still counts: a client that leaves at once must not escape the brute-force limits.
+    if (state.closed) throw clientGone('while its credentials were checked');
+    const login = comparableAddress(username);
+    this.metrics.auth.labels('success').inc();
+    state.account = await this.enforcer.canonical(login);
+    this.logAuth(state, username, 'success');
+    if (state.closed) throw clientGone('while its account was looked up');
+    state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
+    await this.limiter.sessionOpened(state.account, state.id, state.sessionExpiresAt);
+    if (state.closed) {
+      // It left while the session was being counted, after its cleanup looked: give the count back here.
+      void this.limiter.sessionClosed(state.account, state.id);
+      throw clientGone('while its session was being counted');
+    }
+    state.sessionCounted = true;
+    return username;
+  }
+
   private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<string> {
     const state = this.requireState(session);
     const username = auth.username ?? '';
@@ -623,25 +646,16 @@ export class Gateway {
     }
     this.metrics.upstreamReplies.labels('auth', replyClass(reply.code)).inc();
     if (reply.code === 235) {
-      // Failed logins were counted under the account the login was known to be: that counter is cleared.
-      await attempt?.settle('succeeded');
-      // The session's cleanup has run (its upstream connection says QUIT): nothing may be opened for it now.
-      // A failure, below, still counts: a client that leaves at once must not escape the brute-force limits.
-      if (state.closed) throw clientGone('while its credentials were checked');
-      const login = comparableAddress(username);
-      this.metrics.auth.labels('success').inc();
-      state.account = await this.enforcer.canonical(login);
-      this.logAuth(state, username, 'success');
-      if (state.closed) throw clientGone('while its account was looked up');
-      state.sessionExpiresAt = this.clock.now() + this.config.smtp.session_deadline + 60_000;
-      await this.limiter.sessionOpened(state.account, state.id, state.sessionExpiresAt);
-      if (state.closed) {
-        // It left while the session was being counted, after its cleanup looked: give the count back here.
-        void this.limiter.sessionClosed(state.account, state.id);
-        throw clientGone('while its session was being counted');
+      try {
+        return await this.loggedIn(state, username, attempt);
+      } catch (err) {
+        // The upstream connection is logged in, for a client told it is not: its next AUTH would get the
+        // upstream's 503 "already authenticated". It starts again on a new connection.
+        if (state.upstream === upstream) state.upstream = undefined;
+        if (!state.sessionCounted) state.account = undefined;
+        void upstream.quit();
+        throw err;
       }
-      state.sessionCounted = true;
-      return username;
     }
     if (reply.code === 535 || reply.enhanced === '5.7.8') {
       state.authFailures++;

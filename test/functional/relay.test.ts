@@ -3,11 +3,12 @@
 
 import net from 'node:net';
 import tls from 'node:tls';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { freePort, RawSmtp } from '../harness/net.js';
 import { makeSelfSigned } from '../../src/smtp/tls.js';
+import { Limiter } from '../../src/limits/limiter.js';
 
 const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
 
@@ -69,6 +70,22 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     expect(line).toMatchObject({ verdict: 'accept', account: 'user1@example.test', listener: 'submission', from: 'user1@example.test', size: MESSAGE.length });
     expect(line.ref).toMatch(/^D-[0-9A-Z]{6}$/);
     c.close();
+  });
+
+  it('a login the upstream took but Douane could not finish gets 451, and the client\'s next AUTH is checked afresh', async () => {
+    const { upstream, gw } = await setup();
+    const failing = vi.spyOn(Limiter.prototype, 'sessionOpened').mockRejectedValueOnce(new Error('session count failed'));
+    try {
+      const { c, auth } = await authenticated(gw.port('submission'));
+      expect(auth).toMatch(/^451 4\.3\.0 .*Ref D-[0-9A-Z]{6}/);
+      // The connection the upstream logged in is not the session's any more: a retry logs in on a new one.
+      expect(await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`)).toMatch(/^235 2\.7\.0/);
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toBe('250 2.1.0 Ok');
+      c.close();
+      await expect.poll(() => upstream.commands.filter((x) => x === 'QUIT').length).toBe(1);
+    } finally {
+      failing.mockRestore();
+    }
   });
 
   it('refuses AUTH before STARTTLS with 538 5.7.11 and a reference', async () => {

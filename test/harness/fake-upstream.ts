@@ -142,6 +142,8 @@ export class FakeUpstream {
       }
       else if (verb === 'AUTH') {
         const [, mech, initial] = line.split(' ');
+        // As Postfix: one login per session.
+        if (user) return send('503 5.5.1 Error: already authenticated');
         if (mech?.toUpperCase() === 'PLAIN' && initial) {
           const blob = Buffer.from(initial, 'base64');
           const first = blob.indexOf(0);
