@@ -184,6 +184,12 @@ describe('alert rules, Prometheus config and dashboard files', () => {
     expect(r.stdout).toMatch(/SUCCESS: \d+ rules found/);
   });
 
+  it('the alerts fire and stay quiet as their unit tests say (promtool test rules)', () => {
+    const r = spawnSync('promtool', ['test', 'rules', 'grafana/alerts.test.yaml'], { encoding: 'utf8' });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/SUCCESS/);
+  });
+
   it('every alert has a severity, a summary and a description, and a condition the dynamic test can take apart', () => {
     const rules = readAlertRules();
     expect(rules.length).toBeGreaterThanOrEqual(10);
@@ -527,7 +533,8 @@ describe('against a real Prometheus scraping a real Douane', () => {
     [clamd, redis] = await Promise.all([startClamd(), startRedis()]);
     upstream = await FakeUpstream.start({
       users: { 'user1@example.test': 'secret1' },
-      mail: (from) => (from === 'drop@example.test' ? 'drop' : undefined),
+      mail: (from) => (from === 'drop@example.test' ? 'drop' : from === 'full@example.test' ? '452 4.3.1 Insufficient system storage' : undefined),
+      auth: (user) => (user === 'sasl-down@example.test' ? '454 4.7.0 Temporary authentication failure' : undefined),
     });
     zimbra = await FakeZimbra.start();
     for (const name of ['user1@example.test', 'user2@example.test', 'malware@example.test']) zimbra.addAccount({ name });
@@ -647,6 +654,10 @@ describe('against a real Prometheus scraping a real Douane', () => {
     await until('the account is locked in Zimbra', () => zimbra.account('malware@example.test')!.status === 'locked');
     expect((await send('malware@example.test', clean('malware@example.test'))).mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
     await until('notices sent and the outbox empty', () => gw.gateway.outbox.jobs().length === 0 && upstream.messages.some((m) => m.from === 'abuse@provider.test'));
+
+    // The MTA tempfails a message (a full queue) and a login (its SASL backend down).
+    expect((await send('full@example.test', clean('full@example.test'))).mail).toMatch(/^452 4\.3\.1 Insufficient system storage/);
+    expect((await sendAuthenticated('submissions', 'sasl-down@example.test', 'x')).auth).toMatch(/^454 4\.7\.0 /);
 
     // The upstream drops a session; the lifecycle API fails once.
     expect((await send('drop@example.test', clean('drop@example.test'))).mail).toMatch(/^4\d\d /);
