@@ -2,7 +2,7 @@
 //
 //   when:
 //     all:                                  # also: any: [...], not: {...}
-//       - subject: { matches: "urgent|verify your account" }
+//       - subject: { matches: 'urgent|verify your account' }
 //       - recipients.count: { gt: 20 }
 //       - attachments.detected_types: { in: [executable, script] }
 //
@@ -172,6 +172,24 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
   }
 }
 
+// In double quotes YAML reads "\b" as a backspace, "\0" as NUL, "\e" as ESC: a pattern written
+// "\bfree money\b" loads and never matches. No header or body text holds these characters (tab, CR and
+// LF aside), so a value holding one is that mistake.
+const CONTROL = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f\u0085\u2028\u2029]/;
+const CONTROL_NAMES: Record<string, string> = { '\u0000': 'NUL, "\\0"', '\u0007': 'bell, "\\a"', '\u0008': 'backspace, "\\b"', '\u000b': 'vertical tab, "\\v"', '\u000c': 'form feed, "\\f"', '\u001b': 'escape, "\\e"', '\u0085': 'next line, "\\N"', '\u2028': 'line separator, "\\L"', '\u2029': 'paragraph separator, "\\P"' };
+
+function controlIn(arg: unknown): string | undefined {
+  for (const value of Array.isArray(arg) ? arg : [arg]) {
+    if (typeof value !== 'string') continue;
+    const found = CONTROL.exec(value)?.[0];
+    if (found === undefined) continue;
+    const code = `U+${found.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+    const name = CONTROL_NAMES[found];
+    return `holds the control character ${code}${name ? ` (${name} in double quotes)` : ''}, which no mail text holds: write patterns and texts with backslashes in single quotes ('\\bword\\b'), where YAML keeps them as written`;
+  }
+  return undefined;
+}
+
 function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, issues: Issue[]): Condition | undefined {
   const opMap: Record<string, unknown> =
     raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { equals: raw };
@@ -189,6 +207,11 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
     if (op === 'exists' || op === 'empty') {
       if (typeof arg !== 'boolean') issues.push({ path: opPath, message: 'must be true or false' });
       else tests.push(op === 'exists' ? { op, exists: arg } : { op, empty: arg });
+      continue;
+    }
+    const control = controlIn(arg);
+    if (control) {
+      issues.push({ path: opPath, message: control });
       continue;
     }
     const leaf = compileOp(op, arg, spec, opPath, issues);

@@ -48,7 +48,8 @@ function limitsShape(requiredAll: boolean) {
   >;
 }
 
-const ADDRESS = /^[^\s@]+@[^\s@]+$/;
+// Not "*@domain": as an account's key it would match no account (domains: names a whole domain).
+const ADDRESS = /^(?!\*@)[^\s@]+@[^\s@*]+$/;
 /** An address, "*@domain" or "@domain" (every address of the domain). */
 // No "*" in a domain: matching compares domains whole, so "*@*.example.com" would protect nobody.
 const addressPattern = str({ pattern: /^(\*?@[^\s@*]+|[^\s@*]+@[^\s@*]+)$/, expected: 'an address, or *@domain for a whole domain (no wildcard in the domain: name each one)' });
@@ -147,6 +148,10 @@ function ruleSchema(limitNames: readonly string[]) {
       // The recipient being checked exists only while RCPT is: a rule run later would never see it (or, under
       // not:, always see it missing).
       const runsAt = r.phase ?? r.when.phase;
+      // Before DATA there is no message to keep: the client would be refused and nothing kept as evidence.
+      if (r.action === 'quarantine' && runsAt !== 'data') {
+        issues.push({ path: [...path, 'action'], message: `is quarantine, but the rule runs at ${runsAt}, before there is a message to keep: use reject, or add phase: data` });
+      }
       const onlyAtRcpt = r.when.fields.filter((name) => lookupField(name, limitNames)?.only);
       if (onlyAtRcpt.length && runsAt !== 'rcpt') {
         const later = r.when.fields.filter((name) => lookupField(name, limitNames)?.phase === 'data');
@@ -168,7 +173,7 @@ export function policySchema(limitNames: readonly string[] = LIMIT_NAMES) {
   return obj({
     plans: required(refine(record(plan, { key: /^[a-z][a-z0-9_-]*$/, keyExpected: 'lower-case letters, digits, "_" or "-"' }), (p, path) => (Object.keys(p).length ? [] : [{ path, message: 'must define at least one plan' }]))),
     default_plan: required(str()),
-    accounts: withDefault(record(accountOverride, { key: ADDRESS, keyExpected: 'a full address' }), {}),
+    accounts: withDefault(record(accountOverride, { key: ADDRESS, keyExpected: 'a full address (for a whole domain, use domains:)' }), {}),
     domains: withDefault(record(domainOverride, { key: /^[a-z0-9.-]+\.[a-z0-9-]+$/i, keyExpected: 'a domain name' }), {}),
     allowlists: section(
       obj({

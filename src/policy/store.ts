@@ -6,7 +6,7 @@ import { statSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import { withoutBlockingAnalysis } from '../validate/schema.js';
-import { ValidationError } from '../validate/source.js';
+import { ValidationError, type Problem } from '../validate/source.js';
 import { analysePolicyPatterns, loadPolicy } from './load.js';
 import type { Policy } from './policy.js';
 
@@ -61,6 +61,8 @@ export class PolicyStore {
     try {
       // Never blocking: what the analysis above did not see is refused, and the policy in force stays.
       next = withoutBlockingAnalysis(() => loadPolicy(this.dir));
+      const dropped = droppedSections(previous, next);
+      if (dropped.length) throw new ValidationError(dropped);
     } catch (err) {
       const problems = err instanceof ValidationError ? err.message.split('\n') : [(err as Error).message];
       this.metrics.policyReloads.labels('failure').inc();
@@ -131,4 +133,18 @@ export class PolicyStore {
     this.metrics.policyRules.reset();
     for (const r of this.policy.rules) this.metrics.policyRules.labels(r.phase, r.mode).inc();
   }
+}
+
+/**
+ * A section the policy in force defines and the new one does not: a file removed or renamed by mistake
+ * (rules.yaml moved aside) would otherwise put the defaults in force, no rules and no allowlist. Taking a
+ * section out is said in its file (`rules: []`).
+ */
+function droppedSections(previous: Policy, next: Policy): Problem[] {
+  const kept = new Set(next.files.flatMap((f) => f.sections));
+  return previous.files.flatMap((f) =>
+    f.sections
+      .filter((section) => !kept.has(section))
+      .map((section) => ({ file: f.path, key: section, message: `is defined by no policy file now (a file removed or renamed?): the policy in force, which defines it here, stays; to take the section out, say so in a file (${section === 'rules' ? 'rules: []' : `${section}: {}`})` })),
+  );
 }

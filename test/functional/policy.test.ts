@@ -154,6 +154,21 @@ describe('policy reload', () => {
     expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^550 /);
   });
 
+  it('refuses a reload that would drop a section (its file removed or renamed), until a file says so', async () => {
+    const dir = policyDir();
+    writeFileSync(join(dir, 'allowlists.yaml'), 'allowlists:\n  never_suspend: [boss@example.test]\n');
+    const { gw } = await setup(dir);
+    const before = gw.gateway.policies.current.version;
+    rmSync(join(dir, 'allowlists.yaml'));
+    const result = await gw.gateway.policies.reload('test');
+    expect(result).toMatchObject({ ok: false, version: before });
+    expect(result.problems).toEqual([expect.stringMatching(/allowlists\.yaml: allowlists is defined by no policy file now \(a file removed or renamed\?\): the policy in force, which defines it here, stays; to take the section out, say so in a file \(allowlists: \{\}\)$/)]);
+    expect(gw.gateway.policies.current.doc.allowlists.never_suspend).toEqual(['boss@example.test']);
+    writeFileSync(join(dir, 'allowlists.yaml'), 'allowlists: {}\n');
+    expect(await gw.gateway.policies.reload('test')).toMatchObject({ ok: true, changed: true });
+    expect(gw.gateway.policies.current.doc.allowlists.never_suspend).toEqual([]);
+  });
+
   it('reloads on a file change, and a transaction in flight finishes under the policy it started with', async () => {
     const dir = policyDir();
     const { gw } = await setup(dir);

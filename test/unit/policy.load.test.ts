@@ -136,6 +136,43 @@ describe('policy loading', () => {
     expect(all).toMatch(/rules\.yaml:108:\d+: rules\[19\]\.when\.header\.X-Campaign\.in must be text, in quotes: YAML reads 123 unquoted as a number \(write "123" if that is what you meant\)/);
   });
 
+  it('refuses what would load and never act: a backspace a double-quoted "\\b" made, "*@domain" as an account, quarantine before DATA', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const rules = join(dir, 'rules.yaml');
+    const added = [
+      '  - id: test.double-quoted',
+      '    description: d',
+      '    article: "4.3"',
+      '    when: { subject: { matches: "\\bfree money\\b" } }',
+      '    action: reject',
+      '  - id: test.nul',
+      '    description: d',
+      '    article: "4.3"',
+      '    when: { header.X-Mailer: { in: [ok, "bad\\0"] } }',
+      '    action: reject',
+      '  - id: test.early-quarantine',
+      '    description: d',
+      '    article: "4.3"',
+      '    when: { recipient.domain: { in_domains: [competitor.test] } }',
+      '    action: quarantine',
+      '',
+    ].join('\n');
+    writeFileSync(rules, readFileSync(rules, 'utf8').replace(/^rules:\n/m, `rules:\n${added}`));
+    const limits = join(dir, 'limits.yaml');
+    writeFileSync(limits, readFileSync(limits, 'utf8').replace(/^accounts:\n/m, 'accounts:\n  "*@bigcorp.example": { plan: entreprise }\n'));
+    expect(problems(dir).map((p) => p.replace(dir, '<dir>'))).toEqual([
+      '<dir>/limits.yaml:64:3: accounts.*@bigcorp.example is not a valid name: a full address (for a whole domain, use domains:)',
+      expect.stringMatching(/^<dir>\/rules\.yaml:\d+:\d+: rules\[0\]\.when\.subject\.matches holds the control character U\+0008 \(backspace, "\\b" in double quotes\), which no mail text holds: write patterns and texts with backslashes in single quotes \('\\bword\\b'\)/),
+      expect.stringMatching(/^<dir>\/rules\.yaml:\d+:\d+: rules\[1\]\.when\.header\.X-Mailer\.in holds the control character U\+0000 \(NUL, "\\0" in double quotes\)/),
+      expect.stringMatching(/^<dir>\/rules\.yaml:\d+:\d+: rules\[2\]\.action is quarantine, but the rule runs at rcpt, before there is a message to keep: use reject, or add phase: data$/),
+    ]);
+    // In single quotes the same pattern is the regular expression meant.
+    writeFileSync(rules, readFileSync(rules, 'utf8').replace('"\\bfree money\\b"', "'\\bfree money\\b'").replace('"bad\\0"', 'bad').replace('in_domains: [competitor.test] } }\n    action: quarantine', 'in_domains: [competitor.test] } }\n    action: reject'));
+    writeFileSync(limits, readFileSync(limits, 'utf8').replace('"*@bigcorp.example"', 'boss@bigcorp.example'));
+    expect(loadPolicy(dir).rules[0]!.condition.test({ message: { subject: 'get free money now' } } as never)).toBe(true);
+  });
+
   it('refuses an empty policy file: one caught while being written would take its rules away', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('policies', dir, { recursive: true });
