@@ -175,6 +175,10 @@ export const REASONS = {
     sentence: 'This account[ ({account})] is locked and cannot send mail[; contact {contact}].',
     solution: 'The lifecycle API reports the account locked (compromised or abusive, art. 4.1 and 4.6). The provider unlocks it once the holder has secured it.',
   },
+  'account.lockout': {
+    sentence: 'This account[ ({account})] is locked for a while after too many failed logins; try again later[ or contact {contact}].',
+    solution: 'The lifecycle API reports a lockout (Zimbra: zimbraPasswordLockoutMaxFailures reached). It ends by itself after the lockout duration, or when an administrator unlocks it; the holder should check that nobody else is trying their password (art. 4.1).',
+  },
   'account.nonpayment': {
     sentence: 'Sending is suspended for this account until an unpaid invoice is settled.',
     solution: 'The lifecycle API reports the account suspended for non-payment (art. 6); it is reactivated after payment.',

@@ -59,6 +59,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'mime.ambiguous': { reject: [554, '5.6.0'] },
   'account.suspended': { reject: [550, '5.7.1'] },
   'account.locked': { reject: [550, '5.7.1'] },
+  'account.lockout': { tempfail: [451, '4.7.1'] },
   'account.nonpayment': { reject: [550, '5.7.1'] },
   'account.closed': { reject: [550, '5.7.1'] },
   'upstream.unavailable': { tempfail: [451, '4.4.1'] },
