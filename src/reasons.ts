@@ -211,12 +211,21 @@ export type ReasonCode = keyof typeof REASONS;
  * Fills {placeholders}. A [segment] is shown only when every placeholder in it is known; a placeholder
  * outside one that is unknown is left out (with its parentheses) rather than shown raw to the client.
  */
+// A reply line is at most 512 octets (RFC 5321 4.5.3.1.5): a value the client chose (a From address of
+// 3000 characters) is shortened, leaving room for the sentence, the reference and the rule.
+const MAX_VALUE = 160;
+const shown = (value: unknown): string => {
+  const text = String(value);
+  return text.length > MAX_VALUE ? `${text.slice(0, MAX_VALUE - 3)}...` : text;
+};
+
 export function fillSentence(sentence: string, detail: Record<string, unknown> = {}): string {
   return sentence
     .replace(/\[([^\]]*)\]/g, (_whole, inner: string) => ([...inner.matchAll(/\{(\w+)\}/g)].every((m) => detail[m[1]!] !== undefined) ? inner : ''))
     .replace(/\s*\(?\{(\w+)\}\)?/g, (whole, key: string) => {
       if (detail[key] === undefined) return '';
-      return whole.replace(`{${key}}`, String(detail[key]));
+      // A function: a value is text, where "$&" or "$`" (in an address) would otherwise be read as patterns.
+      return whole.replace(`{${key}}`, () => shown(detail[key]));
     })
     .replace(/\s+([.;,])/g, '$1');
 }

@@ -38,6 +38,18 @@ describe('reply table', () => {
     expect(replyFor({ action: 'reject', reason: 'account.suspended', detail: { account: 'a@x.test' } }, 'mail', 'D-1').text).toBe('Sending is suspended for this account (a@x.test). Ref D-1.');
   });
 
+  it('shows a value as written, "$&" and "$`" in an address included', () => {
+    expect(replyFor({ action: 'reject', reason: 'from.not_owned', detail: { from: 'x$&y@evil.example' } }, 'data', 'D-1').text).toContain('x$&y@evil.example');
+    expect(replyFor({ action: 'reject', reason: 'sender.not_owned', detail: { sender: 'a$`b$\'c@evil.example' } }, 'mail', 'D-1').text).toContain('a$`b$\'c@evil.example');
+  });
+
+  it('keeps a reply line within 512 octets when the client chose a very long value', () => {
+    const from = `${'a'.repeat(3000)}@evil.example`;
+    const reply = replyFor({ action: 'reject', reason: 'from.not_owned', rule: { id: 'from.not-owned', article: '4.1', source: 'policies/rules.yaml:120' }, detail: { from } }, 'data', 'D-ABCDEF');
+    expect(Buffer.byteLength(`${reply.code} ${reply.enhanced} ${reply.text}`)).toBeLessThanOrEqual(512);
+    expect(reply.text).toContain(`(${'a'.repeat(157)}...)`);
+  });
+
   it('documents every reason in docs/REASONS.md', () => {
     const doc = readFileSync('docs/REASONS.md', 'utf8');
     for (const reason of Object.keys(REASONS)) expect(doc, reason).toContain(`| \`${reason}\` |`);
