@@ -14,7 +14,12 @@ export class UsageError extends Error {
 /** A failure the command explains in its message (a service it cannot reach): printed without a stack, exit 1. */
 export class CliError extends Error {}
 
-export function parseArgs(argv: string[], spec: { flags?: string[]; options?: string[] }): ParsedArgs {
+/**
+ * An empty word (`""`, `--config=`) is refused: it is most often a variable that is not set, and read as
+ * "none given" it would act on something else (the shipped policies, the embedded default). `allowEmpty`
+ * names options for which empty means something (the null sender).
+ */
+export function parseArgs(argv: string[], spec: { flags?: string[]; options?: string[]; allowEmpty?: string[] }): ParsedArgs {
   const flags = new Map<string, string[]>();
   const positional: string[] = [];
   const known = new Set([...(spec.flags ?? []), ...(spec.options ?? [])]);
@@ -25,6 +30,7 @@ export function parseArgs(argv: string[], spec: { flags?: string[]; options?: st
       break;
     }
     if (!arg.startsWith('--')) {
+      if (arg === '') throw new UsageError('an empty argument (""): a variable that is not set?');
       positional.push(arg);
       continue;
     }
@@ -36,6 +42,7 @@ export function parseArgs(argv: string[], spec: { flags?: string[]; options?: st
       if (eq > 0) value = arg.slice(eq + 1);
       else if (i + 1 < argv.length) value = argv[++i]!;
       else throw new UsageError(`--${name} needs a value`);
+      if (value === '' && !spec.allowEmpty?.includes(name)) throw new UsageError(`--${name} is empty: a variable that is not set?`);
     } else if (eq > 0) throw new UsageError(`--${name} takes no value`);
     flags.set(name, [...(flags.get(name) ?? []), value]);
   }

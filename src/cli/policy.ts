@@ -12,7 +12,7 @@ import type { Policy } from '../policy/policy.js';
 import { givenSchema, runPolicyTests, testFiles } from '../policy/tests.js';
 import { readYamlFile, validateYaml } from '../validate/source.js';
 import { LIMIT_NAMES } from '../policy/schema.js';
-import { flag, option, options, parseArgs, UsageError } from './args.js';
+import { atMost, flag, option, options, parseArgs, UsageError } from './args.js';
 
 export const POLICY_HELP = `Usage: douane policy <command> [options]
 
@@ -67,6 +67,7 @@ export async function policyCommand(argv: string[]): Promise<number> {
 function check(argv: string[]): number {
   const args = parseArgs(argv, { flags: ['help'], options: ['config'] });
   if (flag(args, 'help')) return help('check [DIR]: validate every file of the policy; prints its version and a summary.');
+  atMost(args, 1, 'policy check');
   const dir = policyDir(args.positional[0], option(args, 'config'));
   const policy = loadPolicy(dir);
   console.log(`${dir}: ok — version ${policy.version}`);
@@ -85,6 +86,7 @@ function check(argv: string[]): number {
 async function test(argv: string[]): Promise<number> {
   const args = parseArgs(argv, { flags: ['help', 'verbose'], options: ['config'] });
   if (flag(args, 'help')) return help('test [DIR] [--verbose]: run DIR/tests/*.yaml (see policies/README.md, "Policy tests").');
+  atMost(args, 1, 'policy test');
   const dir = policyDir(args.positional[0], option(args, 'config'));
   const policy = loadPolicy(dir);
   const files = testFiles(dir);
@@ -109,8 +111,9 @@ async function test(argv: string[]): Promise<number> {
 }
 
 async function explain(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, { flags: ['help', 'json'], options: ['config', 'account', 'rcpt', 'sender', 'listener', 'given', 'dir'] });
+  const args = parseArgs(argv, { flags: ['help', 'json'], options: ['config', 'account', 'rcpt', 'sender', 'listener', 'given', 'dir'], allowEmpty: ['sender'] });
   if (flag(args, 'help')) return help('explain MESSAGE.eml --account A --rcpt R …: every check and rule, in order, and the reply the client would get.');
+  atMost(args, 1, 'policy explain');
   const file = args.positional[0];
   const account = option(args, 'account');
   const recipients = options(args, 'rcpt');
@@ -168,6 +171,7 @@ function printExplanation(file: string, policy: Policy, o: OfflineOutcome): void
 async function diff(argv: string[]): Promise<number> {
   const args = parseArgs(argv, { flags: ['help', 'json'], options: ['config', 'corpus'] });
   if (flag(args, 'help')) return help('diff OLD_DIR NEW_DIR --corpus DIR: which messages of the corpus change outcome under the new policy.');
+  atMost(args, 2, 'policy diff');
   const [oldDir, newDir] = args.positional;
   const corpus = option(args, 'corpus');
   if (!oldDir || !newDir || !corpus) throw new UsageError('diff needs OLD_DIR NEW_DIR --corpus DIR');
@@ -182,6 +186,11 @@ async function diff(argv: string[]): Promise<number> {
     }
   });
   if (process.stderr.isTTY) process.stderr.write('\n');
+  // A corpus path mistyped, or one holding no message: nothing compared is not "nothing changes".
+  if (report.total === 0) {
+    console.error(`douane: ${corpus} holds no message (*.eml): nothing to compare`);
+    return 1;
+  }
   if (flag(args, 'json')) {
     console.log(JSON.stringify({ before: before.version, after: after.version, total: report.total, changed: report.changed, transitions: Object.fromEntries(report.transitions), rules: Object.fromEntries(report.rules), errors: report.errors }, null, 2));
     return report.errors.length ? 1 : 0;

@@ -56,7 +56,7 @@ export function corpusFiles(dir: string): string[] {
         // a link to nothing: a message that cannot be read, reported as such if it is named like one
       }
       if (folder) walk(p);
-      else if (name.endsWith('.eml')) out.push(p);
+      else if (name.toLowerCase().endsWith('.eml')) out.push(p);
     }
   };
   walk(dir);
@@ -78,7 +78,7 @@ function addresses(value: string | undefined): string[] {
 
 /** The envelope of a corpus message: sidecar JSON, else its headers. */
 export function envelopeOf(file: string, raw: Buffer): OfflineInput {
-  const sidecar = file.replace(/\.eml$/, '.json');
+  const sidecar = file.replace(/\.eml$/i, '.json');
   if (existsSync(sidecar)) {
     // JSON is YAML: read this way, a mistake is reported with its line and key.
     const { value } = validateYaml(sidecar, readYamlFile(sidecar), sidecarSchema);

@@ -27,6 +27,15 @@ describe('douane policy check', () => {
     expect(r.stdout).not.toMatch(/warning/);
   });
 
+  it('refuses an empty directory argument and a second one (64), rather than check something else', async () => {
+    // An unset variable: "" would otherwise mean the shipped policies, and say ok.
+    expect(await douane(['check', ''])).toMatchObject({ code: 64, stderr: 'douane: an empty argument (""): a variable that is not set?\n' });
+    expect(await douane(['check', '--config='])).toMatchObject({ code: 64, stderr: 'douane: --config is empty: a variable that is not set?\n' });
+    expect(await douane(['check', 'policies', 'fixtures/policies/bad-limit'])).toMatchObject({ code: 64, stderr: 'douane: policy check takes one argument; unexpected: "fixtures/policies/bad-limit"\n' });
+    expect((await douane(['test', 'policies', 'fixtures/policies/bad-limit'])).code).toBe(64);
+    expect((await douane(['diff', 'a', 'b', 'c', '--corpus', 'd'])).code).toBe(64);
+  });
+
   it('exits 1 with file:line:col and key for each invalid fixture directory', async () => {
     for (const [dir, expected] of [
       ['bad-limit', /bad-limit\/limits\.yaml:5:24: plans\.basic\.messages_per_hour must be a positive integer/],
@@ -156,6 +165,17 @@ describe('douane policy diff', () => {
     expect(typo.stderr).toContain(`could not evaluate infected.eml: ${join(corpus, 'infected.json')}:8:7: given.scan.resut is not a known key (did you mean "result"?)`);
     writeFileSync(join(corpus, 'infected.json'), JSON.stringify({ account: 'user1@example.test', recipients: 'x@example.net' }));
     expect((await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus])).stderr).toMatch(/infected\.json:1:\d+: recipients /);
+    rmSync(corpus, { recursive: true, force: true });
+  });
+
+  it('reads messages named .EML with their sidecars; a corpus with no message is an error, not "nothing changes"', async () => {
+    const corpus = mkdtempSync(join(tmpdir(), 'douane-corpus-'));
+    const empty = await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus]);
+    expect(empty).toMatchObject({ code: 1, stderr: `douane: ${corpus} holds no message (*.eml): nothing to compare\n` });
+    cpSync('fixtures/messages/clean-text.eml', join(corpus, 'M1.EML'));
+    writeFileSync(join(corpus, 'M1.json'), JSON.stringify({ account: 'user1@example.test', recipients: ['x@example.net'], given: { scan: { result: 'infected', signature: 'Test.Sig' } } }));
+    const r = await douane(['diff', 'fixtures/policies/minimal', 'policies', '--corpus', corpus, '--json']);
+    expect(JSON.parse(r.stdout)).toMatchObject({ total: 1, changed: [{ file: 'M1.EML', after: 'quarantine by malware.found' }] });
     rmSync(corpus, { recursive: true, force: true });
   });
 
