@@ -1144,7 +1144,7 @@ export class Gateway {
   private settleLimits(state: SessionState, tx: Transaction, accepted: boolean): void {
     const account = state.account ?? tx.mailFrom;
     if (accepted) {
-      const limits = tx.policy.account(account).limits;
+      const limits = tx.policy.account(account, tx.reportedPlan).limits;
       void this.limiter.accepted(account, limits, tx.size ?? 0, tx.policy.doc.baseline.history, tx.limitGrant);
       return;
     }
@@ -1199,6 +1199,9 @@ export class Gateway {
         listener: state.listener.name,
         client: state.remoteAddress,
         account: state.account,
+        // A plan the lifecycle API reports that the policy does not define (a class of service missing
+        // from lifecycle.zimbra.cos_plans): default_plan applied.
+        plan_not_in_policy: tx.reportedPlan !== undefined && !tx.policy.definesPlan(tx.reportedPlan) ? tx.reportedPlan : undefined,
         from: tx.mailFrom,
         rcpt: tx.recipients.map((r) => ({ to: r.address, ok: r.accepted, reply: r.reply })),
         size: tx.size,

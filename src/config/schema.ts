@@ -170,6 +170,8 @@ export const configSchema = obj({
           url: required(str({ pattern: /^https?:\/\//, expected: 'the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap' })),
           admin_user: required(str()),
           admin_password: required(str({ secret: true })),
+          /** the policy's plan for each class of service (its zimbraId: zmprov gc NAME zimbraId) */
+          cos_plans: optional(record(str(), { key: /^.+$/ })),
           ca: optional(str()),
           verify_certificate: withDefault(bool(), true),
         }),

@@ -19,6 +19,7 @@ export function createLifecycle(config: Readonly<Config>, metrics: Metrics): Lif
       url: z.url,
       adminUser: z.admin_user,
       adminPassword: z.admin_password,
+      ...(z.cos_plans ? { cosPlans: z.cos_plans } : {}),
       timeoutMs: l.timeout,
       tls: { ca: z.ca ? readFileSync(z.ca) : undefined, rejectUnauthorized: z.verify_certificate },
       metrics,

@@ -8,7 +8,7 @@ export function factsFor(ctx: CheckContext): Facts {
   const { session, tx } = ctx;
   if (!tx) throw new Error('policy facts need a transaction');
   const name = session.account ?? tx.mailFrom.toLowerCase();
-  const acct = tx.policy.account(name);
+  const acct = tx.policy.account(name, tx.reportedPlan);
   return {
     listener: session.listener.name,
     listenerMode: session.listener.mode,

@@ -21,6 +21,7 @@ import type { AccountStatus } from '../lifecycle/types.js';
 /** Facts that need live services, supplied by hand. */
 export interface Given {
   account_status?: string;
+  account_plan?: string;
   scan?: ScanFacts;
   limits?: { exceeded: string[]; retry_after?: number; usage?: Record<string, number> };
   /** recipient limits exceeded, for every recipient */
@@ -89,7 +90,13 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
     metrics: new Metrics({ version: 'offline', defaultMetrics: false }),
     limiter: givenLimiter(given),
     bulk: { count: async () => (given.bulk ? bulkFacts(given.bulk) : undefined) },
-    accounts: { lookup: async () => ({ state: {}, lifecycle: given.account_status ? { status: given.account_status as AccountStatus } : undefined }), known: (address) => address },
+    accounts: {
+      lookup: async () => ({
+        state: {},
+        lifecycle: given.account_status || given.account_plan ? { status: (given.account_status ?? 'unknown') as AccountStatus, ...(given.account_plan ? { plan: given.account_plan } : {}) } : undefined,
+      }),
+      known: (address) => address,
+    },
   };
   const mode = input.listener ?? 'starttls';
   // The account as the gateway names it (comparableAddress: quotes, case, NFC, IDNA), so that a rule on it

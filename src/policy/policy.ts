@@ -78,13 +78,23 @@ export class Policy {
     this.domainEntries = new Map(Object.entries(doc.domains).map(([domain, entry]) => [asciiDomain(domain), entry]));
   }
 
-  /** The account's plan and limits: account override, then its domain's, then the plan's. */
-  account(name: string): AccountPolicy {
+  /** Whether `plan` names one of this policy's plans. */
+  definesPlan(plan: string): boolean {
+    return Object.prototype.hasOwnProperty.call(this.doc.plans, plan);
+  }
+
+  /**
+   * The account's plan and limits. The plan: the account's entry, then its domain's, then the one the
+   * lifecycle API reports (`reportedPlan`, when the policy defines it), then default_plan; each limit:
+   * the account's entry, then its domain's, then the plan's.
+   */
+  account(name: string, reportedPlan?: string): AccountPolicy {
     const key = comparableAddress(name);
     const domain = domainOf(key);
     const acct = this.accountEntries.get(key);
     const dom = this.domainEntries.get(domain);
-    const planName = acct?.plan ?? dom?.plan ?? this.doc.default_plan;
+    const reported = reportedPlan !== undefined && this.definesPlan(reportedPlan) ? reportedPlan : undefined;
+    const planName = acct?.plan ?? dom?.plan ?? reported ?? this.doc.default_plan;
     const base = this.doc.plans[planName]!;
     const limits = {} as Limits;
     for (const n of LIMIT_NAMES) limits[n] = acct?.[n] ?? dom?.[n] ?? base[n];

@@ -23,6 +23,8 @@ const limitsGiven = (names: readonly string[]) =>
 /** Facts a test case or `policy explain --given` sets instead of computing them. */
 export const givenSchema = obj({
   account_status: optional(oneOf(...ACCOUNT_STATUSES)),
+  /** the plan the lifecycle API reports */
+  account_plan: optional(str()),
   scan: optional(obj({ result: required(oneOf('clean', 'infected', 'error', 'skipped')), signature: optional(str()), detail: optional(str()) })),
   limits: optional(limitsGiven(MESSAGE_LIMITS)),
   recipient_limits: optional(limitsGiven(RECIPIENT_LIMITS)),

@@ -59,6 +59,8 @@ export interface Transaction {
   senderAligned?: boolean;
   fromAligned?: boolean;
   accountStatus?: string;
+  /** the plan the lifecycle API reports for the account (art. 3.1): used when the policy defines it */
+  reportedPlan?: string;
   /** addresses the lifecycle API says the account may send as */
   aliases?: string[];
   /** the lifecycle API did not answer: an address that is not the account's own may be an alias */

@@ -1,11 +1,13 @@
 // Enforcement on one instance without Redis: a suspension outlives a restart; its directories are
-// private; and the start-up warning for a Zimbra admin URL that would carry the admin password in clear.
+// private; the plan Zimbra's class of service names; and the start-up warning for a Zimbra admin URL
+// that would carry the admin password in clear.
 
-import { chmodSync, mkdirSync, mkdtempSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
+import { FakeZimbra } from '../harness/fake-zimbra.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
 
@@ -21,6 +23,22 @@ async function mailFrom(gw: TestGateway, from: string): Promise<string> {
   await c.reply();
   await c.command('EHLO webmail.test');
   const reply = await c.command(`MAIL FROM:<${from}>`);
+  c.close();
+  return reply;
+}
+
+/** A whole message on the trusted listener; the MAIL FROM reply, and the final one when MAIL FROM was taken. */
+async function message(gw: TestGateway, from: string): Promise<string> {
+  const c = await RawSmtp.connect(gw.port('trusted'));
+  await c.reply();
+  await c.command('EHLO webmail.test');
+  let reply = await c.command(`MAIL FROM:<${from}>`);
+  if (reply.startsWith('250')) {
+    await c.command('RCPT TO:<friend@example.net>');
+    await c.command('DATA');
+    c.write(`From: ${from}\r\nSubject: hi\r\n\r\nHello.\r\n.\r\n`);
+    reply = await c.reply();
+  }
   c.close();
   return reply;
 }
@@ -50,6 +68,40 @@ describe('enforcement state without Redis', () => {
     expect(statSync(join(state, 'quarantine')).mode & 0o777).toBe(0o700);
     expect(statSync(join(state, 'outbox')).mode & 0o777).toBe(0o700);
     expect(gw.logs.filter((l) => l.event === 'private_dir_tightened')).toEqual([expect.objectContaining({ level: 'warn', dir: join(state, 'quarantine'), mode: '0777' })]);
+  });
+
+  it('an account\'s plan is the one its Zimbra class of service names, after the policy\'s own entries', async () => {
+    upstream = await FakeUpstream.start();
+    const zimbra = await FakeZimbra.start();
+    try {
+      zimbra.addAccount({ name: 'small@example.test', cosId: 'cos-small' });
+      zimbra.addAccount({ name: 'listed@example.test', cosId: 'cos-small' });
+      zimbra.addAccount({ name: 'other@example.test', cosId: 'cos-unmapped' });
+      const dir = mkdtempSync(join(tmpdir(), 'douane-cos-policy-'));
+      cpSync('fixtures/policies/minimal', dir, { recursive: true });
+      const text = readFileSync(join(dir, 'policy.yaml'), 'utf8')
+        .replace('default_plan: basic\n', 'default_plan: basic\naccounts:\n  listed@example.test: { plan: basic }\n')
+        .replace('plans:\n', 'plans:\n  small: { messages_per_minute: 1, messages_per_hour: 10, messages_per_day: 10, recipients_per_message: 5, recipients_per_hour: 10, recipients_per_day: 10, recipient_domains_per_hour: 5, bytes_per_day: 1M, concurrent_sessions: 2 }\n')
+        .replace('rules:\n', 'rules:\n  - { id: limits.rate, description: d, article: "4.6", when: { limits.exceeded: { empty: false } }, action: tempfail, reason: limit.rate }\n');
+      writeFileSync(join(dir, 'policy.yaml'), text);
+      const gw = await startGateway(upstream.port, {
+        policy: { dir, watch: false },
+        lifecycle: { adapter: 'zimbra', timeout: '2s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword, cos_plans: { 'cos-small': 'small', 'cos-unmapped': 'gold' } } },
+      });
+      gateways.push(gw);
+      // One message a minute on the small plan: the second waits.
+      expect(await message(gw, 'small@example.test')).toMatch(/^250 /);
+      expect(await message(gw, 'small@example.test')).toMatch(/^450 4\.7\.1 Sending limit reached/);
+      // The policy's own entry for the account comes first; a plan the policy does not define is left aside.
+      for (const account of ['listed@example.test', 'other@example.test']) {
+        expect(await message(gw, account)).toMatch(/^250 /);
+        expect(await message(gw, account)).toMatch(/^250 /);
+      }
+      const line = await gw.waitForLog((l) => l.event === 'transaction' && l.account === 'other@example.test');
+      expect(JSON.stringify(line)).toContain('"plan_not_in_policy":"gold"');
+    } finally {
+      await zimbra.stop();
+    }
   });
 
   it('warns at start when the Zimbra admin URL would send the admin password in clear', async () => {

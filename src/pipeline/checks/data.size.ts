@@ -11,7 +11,7 @@ export const dataSize: Check = {
   run({ session, tx, config }) {
     if (!tx) return CONTINUE;
     if (tx.oversize) return { action: 'reject', reason: 'message.too_big', detail: { limit: config.smtp.max_message_size }, evidence: { size: tx.size } };
-    const acct = tx.policy.account(session.account ?? tx.mailFrom);
+    const acct = tx.policy.account(session.account ?? tx.mailFrom, tx.reportedPlan);
     const day = acct.limits.bytes_per_day;
     if (tx.size !== undefined && tx.size > day) return { action: 'reject', reason: 'message.over_daily_volume', detail: { size: tx.size, limit: day }, evidence: { plan: acct.plan, size: tx.size, bytes_per_day: day } };
     return CONTINUE;

@@ -16,6 +16,7 @@ export const mailAccountStatus: Check = {
     if (found.lifecycle) {
       tx.accountStatus = found.lifecycle.status;
       tx.aliases = found.lifecycle.aliases;
+      tx.reportedPlan = found.lifecycle.plan;
     } else if (found.lifecycleUnknown) tx.aliasesUnknown = true;
     if (found.state.throttle) tx.throttle = found.state.throttle.factor;
     const s = found.state.suspension;
@@ -30,6 +31,9 @@ export const mailAccountStatus: Check = {
         evidence: { suspension: s },
       };
     }
-    return { action: 'continue', evidence: { status: tx.accountStatus ?? 'unknown', ...(tx.throttle ? { throttle: tx.throttle } : {}), ...(found.degraded ? { degraded: found.degraded } : {}) } };
+    // A plan the policy does not define is left aside (the account's domain or default_plan decides): said
+    // in the transaction's evidence, where a mapping that is missing (lifecycle.zimbra.cos_plans) shows.
+    const plan = tx.reportedPlan === undefined ? {} : tx.policy.definesPlan(tx.reportedPlan) ? { plan: tx.reportedPlan } : { plan_not_in_policy: tx.reportedPlan };
+    return { action: 'continue', evidence: { status: tx.accountStatus ?? 'unknown', ...plan, ...(tx.throttle ? { throttle: tx.throttle } : {}), ...(found.degraded ? { degraded: found.degraded } : {}) } };
   },
 };

@@ -21,7 +21,7 @@ function count({ session, tx, deps }: CheckContext & { tx: Transaction }): Promi
   const account = session.account ?? tx.mailFrom;
   const { history, min_messages } = tx.policy.doc.baseline;
   const open = session.sessionCounted && session.sessionExpiresAt ? { id: session.id, expiresAt: session.sessionExpiresAt } : undefined;
-  return deps.limiter.countMessage(account, tx.policy.account(account).limits, tx.declaredSize, { history, minMessages: min_messages }, open);
+  return deps.limiter.countMessage(account, tx.policy.account(account, tx.reportedPlan).limits, tx.declaredSize, { history, minMessages: min_messages }, open);
 }
 
 export const mailLimits: Check = {
@@ -45,7 +45,7 @@ export const mailLimits: Check = {
     if (!tx) return { action: 'continue', skip: 'no transaction' };
     const counted = await prepared.take(tx, () => count({ ...ctx, tx }));
     tx.limitGrant = counted.grant;
-    const acct = tx.policy.account(session.account ?? tx.mailFrom);
+    const acct = tx.policy.account(session.account ?? tx.mailFrom, tx.reportedPlan);
     const checked = counted.judge(throttled(acct.limits, tx.throttle));
     tx.limits = checked.facts;
     if (checked.baseline) {

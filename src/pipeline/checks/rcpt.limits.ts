@@ -12,7 +12,7 @@ export const rcptLimits: Check = {
   async run({ session, tx, deps, recipient }) {
     if (!tx || !recipient) return { action: 'continue', skip: 'no recipient' };
     const account = session.account ?? tx.mailFrom;
-    const limits = throttled(tx.policy.account(account).limits, tx.throttle);
+    const limits = throttled(tx.policy.account(account, tx.reportedPlan).limits, tx.throttle);
     const accepted = tx.recipients.filter((r) => r.accepted).length;
     const checked = await deps.limiter.checkRecipient(account, limits, recipient, accepted);
     tx.pendingRecipientGrant = checked.grant;
