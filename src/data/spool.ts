@@ -11,6 +11,8 @@ import { once } from 'node:events';
 
 export class Spool {
   private chunks: Buffer[] = [];
+  /** readers of the file handed out and not closed yet: dispose() closes them */
+  private readonly readers = new Set<Readable>();
   private inMemory = 0;
   private file: WriteStream | undefined;
   private path: string | undefined;
@@ -108,8 +110,11 @@ export class Spool {
   /** A fresh reader over the whole message; may be called several times (relay, quarantine, rescan). */
   reader(): Readable {
     if (!this.finished) throw new Error('spool read before finish()');
-    if (this.path) return createReadStream(this.path, { highWaterMark: 64 * 1024 });
-    return Readable.from(this.chunks, { objectMode: false });
+    if (!this.path) return Readable.from(this.chunks, { objectMode: false });
+    const reader = createReadStream(this.path, { highWaterMark: 64 * 1024 });
+    this.readers.add(reader);
+    reader.once('close', () => this.readers.delete(reader));
+    return reader;
   }
 
   /** The message as one buffer — only for small messages and tests; refuses spooled-to-disk ones. */
@@ -120,6 +125,14 @@ export class Spool {
 
   async dispose(): Promise<void> {
     this.chunks = [];
+    // A reader its taker never read to the end (an upstream that refused DATA before the body) holds the
+    // file open: its descriptor, and the deleted file's blocks, would stay until the process ends. Closed
+    // here, and any error it would still report (opening a file removed meanwhile) heard.
+    for (const reader of this.readers) {
+      reader.on('error', () => undefined);
+      reader.destroy();
+    }
+    this.readers.clear();
     if (this.file && !this.file.closed) this.file.destroy();
     if (this.path) await rm(this.path, { force: true });
   }

@@ -1,6 +1,7 @@
 // The spool: memory up to the threshold, then a private file; a file error is reported, never thrown at the process.
 
-import { mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, type WriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, utimesSync, writeFileSync, type WriteStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -41,6 +42,30 @@ describe('spool', () => {
     expect(statSync(join(dir, file!)).mode & 0o777).toBe(0o600);
     expect(await readAll(large)).toBe('0123456789abcdef');
     await large.dispose();
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('closes the readers it handed out that nobody read to the end: no descriptor, no deleted file kept', async () => {
+    const dir = spoolDir();
+    const spool = new Spool(dir, 10);
+    await spool.write(Buffer.alloc(100_000, 'x'));
+    await spool.finish();
+    const [name] = readdirSync(dir);
+    const openOnIt = () => readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).includes(name!);
+      } catch {
+        return false;
+      }
+    });
+    // One opened and never read (an upstream that refused DATA), one never even opened yet.
+    const opened = spool.reader();
+    await once(opened, 'open');
+    spool.reader();
+    expect(openOnIt().length).toBeGreaterThan(0);
+    await spool.dispose();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(openOnIt()).toEqual([]);
     expect(readdirSync(dir)).toEqual([]);
   });
 
