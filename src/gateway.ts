@@ -438,6 +438,7 @@ export class Gateway {
       draining: () => this.draining,
       onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
       onProtocolError: (session, reply) => this.onProtocolError(session, reply),
+      onTransactionReset: (session) => this.onTransactionReset(session),
       sessionDeadline: smtp.session_deadline,
       upstreamOffers: (extension) => this.upstream.offers(trusted ? 'trusted' : 'submission', extension),
       maxSocketsPerIp: smtp.max_connections_per_ip,
@@ -966,6 +967,17 @@ export class Gateway {
       void stopKeepalive();
       await spool.dispose();
     }
+  }
+
+  /**
+   * RSET (or EHLO) in the middle of a transaction: it ends now, not at the next MAIL or the session's end.
+   * Until then its counts held the account's allowance (other sessions refused, and struck) and a drain
+   * waited for it.
+   */
+  private onTransactionReset(session: SMTPServerSession): void {
+    const state = this.sessions.get(session.id);
+    if (!state?.tx || state.tx.done || state.tx.relaying) return;
+    this.finishTransaction(state, { action: 'abandoned', note: 'reset by the client before DATA' });
   }
 
   private onClose(session: SMTPServerSession): void {

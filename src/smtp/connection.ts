@@ -63,6 +63,8 @@ export interface ConnectionHooks {
   onProtocolError(session: SMTPServerSession, reply: string): void;
   /** overall per-session deadline in ms */
   sessionDeadline: number;
+  /** the client ended the transaction in progress without DATA (RSET, EHLO, HELO, STARTTLS) */
+  onTransactionReset(session: SMTPServerSession): void;
   /** whether the upstream offers an extension: EHLO offers DSN and SMTPUTF8 only while it does */
   upstreamOffers(extension: string): boolean;
   /**
@@ -181,6 +183,15 @@ export class GatewayConnection extends SMTPConnection {
       this.deadlineTimer.unref();
       this.connectionReady();
     });
+  }
+
+  /**
+   * smtp-server forgets the envelope at RSET, EHLO, HELO and STARTTLS (and after DATA). A transaction
+   * that ends so is the gateway's to end too: its counts given back, its upstream transaction reset.
+   */
+  override _resetSession(): void {
+    if (this.session?.envelope?.mailFrom) this.hooks.onTransactionReset(this.session);
+    super._resetSession();
   }
 
   override _createParser(): SMTPStream {

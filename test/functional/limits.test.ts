@@ -274,6 +274,26 @@ describe('each limit at its boundary', () => {
     await expect.poll(() => redis.cli('get', key)).toBe('3');
   });
 
+  it('a transaction the client resets (RSET, EHLO) gives its counts back at once, while its session stays open', async () => {
+    const gw = await gateway();
+    const held: RawSmtp[] = [];
+    for (const reset of ['RSET', 'EHLO again.test']) {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      await c.command('EHLO t');
+      expect(await c.command('MAIL FROM:<perminute@example.test>')).toMatch(/^250/);
+      expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+      expect(await c.command(reset)).toMatch(/^250/);
+      held.push(c);
+    }
+    // Ended when reset, not when the session ends: logged, and the upstream's transaction reset.
+    await expect.poll(() => gw.logs.filter((l) => l.event === 'transaction' && l.verdict === 'abandoned' && l.note === 'reset by the client before DATA').length).toBe(2);
+    await expect.poll(() => upstream.commands.filter((x) => x === 'RSET').length).toBe(2);
+    // The limit (3 a minute) is whole for another session of the account.
+    for (let i = 0; i < 3; i++) expect((await send(gw.port('trusted'), 'perminute@example.test')).data).toMatch(/^250 /);
+    for (const c of held) c.close();
+  });
+
   it('an account is one account however its local part is quoted ("perminute"@ is perminute@)', async () => {
     const gw = await gateway();
     const results = [];
