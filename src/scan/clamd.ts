@@ -16,8 +16,11 @@
 // (memory stays bounded whatever clamd's pace), and so that the connection closes with the scan.
 //
 // The deadline (clamd.timeout) bounds clamd, not the client: while the message comes in it runs from
-// the last time clamd took more of it, and from the final dot it is the time clamd has to answer. A
-// client slower than the deadline is bounded by the session's own timeouts, and its clean message goes.
+// the last time clamd took more of it, it stands still while clamd has all it was given and the client
+// pauses, and from the final dot it is the time clamd has to answer. A client slower than the deadline
+// is bounded by the session's own timeouts, and its clean message goes. A pause longer than clamd's own
+// ReadTimeout ends the live scan there; the message is then scanned again from the spool, on that host.
+// An empty message is not sent to clamd at all (it answers such a stream with no verdict).
 
 import net from 'node:net';
 import { PassThrough, type Readable } from 'node:stream';
@@ -77,6 +80,15 @@ const PROBE_MS = 1000;
 const CONFIRM_MS = 250;
 /** A failover needs at least this much of the deadline left: a scan cannot finish in less. */
 const MIN_FAILOVER_MS = 100;
+/** a live scan that failed after the client was silent this long is tried again from the spool */
+const CLIENT_PAUSE_MS = 1000;
+
+/** When clamd's time is up: `at` moves on while clamd takes the message, and while it waits for the client. */
+interface Deadline {
+  at: number;
+  clientsTurn(): boolean;
+  timeoutMs: number;
+}
 
 export class ClamdScanner implements ScannerPort {
   private readonly clients = new Map<string, Promise<Clam>>();
@@ -165,13 +177,23 @@ export class ClamdScanner implements ScannerPort {
 
   start(): LiveScan {
     const started = performance.now();
-    const deadline = { at: Date.now() + this.opts.timeoutMs };
-    const progress = () => (deadline.at = Date.now() + this.opts.timeoutMs);
     const input = new PassThrough({ highWaterMark: 256 * 1024 });
     /** the first host's connection, once clamscan opened it */
     let socket: net.Socket | undefined;
     let failed: string | undefined;
     let aborted = false;
+    let ended = false;
+    let bytes = 0;
+    let lastWrite = Date.now();
+    /** how long the client had been silent when the live scan failed */
+    let silentWhenFailed = 0;
+    const deadline: Deadline = {
+      at: Date.now() + this.opts.timeoutMs,
+      // clamd has all it was given and waits for the client (a phone's stalled upload): not clamd's time.
+      clientsTurn: () => !ended && input.writableLength === 0 && input.readableLength === 0 && (socket?.writableLength ?? 0) === 0,
+      timeoutMs: this.opts.timeoutMs,
+    };
+    const progress = () => (deadline.at = Date.now() + this.opts.timeoutMs);
     const abandon = new AbortController();
     const tried = new Set<string>();
     const firstHost = this.nextHost(tried);
@@ -183,7 +205,9 @@ export class ClamdScanner implements ScannerPort {
         )
       : Promise.resolve(this.noHostAnswers());
     void first.then((r) => {
-      if (r.result === 'error') failed = r.detail;
+      if (r.result !== 'error') return;
+      failed = r.detail;
+      silentWhenFailed = Date.now() - lastWrite;
     });
     const finish = (r: ScanResult): ScanResult => {
       const out = { ...r, ms: Math.round(performance.now() - started) };
@@ -194,6 +218,9 @@ export class ClamdScanner implements ScannerPort {
     };
     return {
       write: async (chunk) => {
+        // Counted first: a message whose scan already failed is not an empty one.
+        bytes += chunk.length;
+        lastWrite = Date.now();
         if (failed || aborted || input.destroyed) return;
         // Before clamd's connection is open the input holds the message; after, clamscan moves it on to the
         // socket at once, where it waits for clamd: either one full means clamd reads slower than the client.
@@ -233,9 +260,25 @@ export class ClamdScanner implements ScannerPort {
       },
       end: async (replay) => {
         // From the final dot, clamd has the whole deadline to answer, however long the client took.
+        ended = true;
         progress();
+        // An empty message (DATA, then the dot at once) holds nothing to scan; clamd answers such a stream
+        // with no verdict, which would tempfail it at every retry.
+        if (bytes === 0 && !aborted) {
+          abandon.abort();
+          input.destroy();
+          socket?.destroy();
+          return finish({ result: 'clean', detail: 'empty message: nothing to scan', ms: 0 });
+        }
+        const failedInPause = failed !== undefined && silentWhenFailed >= CLIENT_PAUSE_MS;
         if (!input.destroyed) input.end();
         let r = await first;
+        // The live scan ended during a long pause of the client (clamd's own ReadTimeout, 120 s by default):
+        // the host was not at fault, so the message is scanned again there from the spool.
+        if (r.result === 'error' && failedInPause && !aborted && firstHost && !this.setAside.has(hostName(firstHost)) && deadline.at - Date.now() >= MIN_FAILOVER_MS) {
+          this.opts.log.info({ event: 'clamd_rescan', scanner: r.scanner, detail: r.detail }, 'the scan ended before the message did; scanning it again from the spool');
+          r = await this.scanOne(firstHost, replay(), deadline, abandon.signal).catch((err: Error) => ({ result: 'error' as const, detail: err.message, scanner: hostName(firstHost), ms: 0 }));
+        }
         // Not after abort(): the message is no longer wanted, and its spool may be gone. The next host is
         // chosen now: one set aside when the message started may answer again.
         for (;;) {
@@ -259,7 +302,7 @@ export class ClamdScanner implements ScannerPort {
   }
 
   /** One INSTREAM scan on one host, bounded by the deadline whatever clamd does; settles at once when abandoned. */
-  private async scanOne(h: ClamdHost, stream: Readable, at: { readonly at: number }, abandoned: AbortSignal, onSocket?: (socket: net.Socket) => void): Promise<ScanResult> {
+  private async scanOne(h: ClamdHost, stream: Readable, at: Deadline, abandoned: AbortSignal, onSocket?: (socket: net.Socket) => void): Promise<ScanResult> {
     const name = hostName(h);
     let socket: net.Socket | undefined;
     let settled = false;
@@ -268,6 +311,7 @@ export class ClamdScanner implements ScannerPort {
     const deadline = new Promise<never>((_, reject) => {
       // The deadline moves on while clamd takes the message: checked again when the timer fires.
       const arm = () => {
+        if (at.at - Date.now() <= 0 && at.clientsTurn()) at.at = Date.now() + at.timeoutMs;
         const left = at.at - Date.now();
         if (left <= 0) reject(new Error(`clamd ${name} did not answer within the deadline`));
         else timer = setTimeout(arm, left);
@@ -285,6 +329,9 @@ export class ClamdScanner implements ScannerPort {
       const own = Object.create(clam) as Clam;
       own._initSocket = async (label) => {
         socket = await clam._initSocket.call(own, label);
+        // clamscan closes a connection idle for its timeout, a client's pause included: the deadline above
+        // bounds clamd instead.
+        socket.setTimeout(0);
         // Opened after the scan ended (abandoned, or past the deadline, while it connected): nothing uses it.
         if (settled) socket.destroy();
         else onSocket?.(socket);

@@ -191,6 +191,54 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     expect(upstream!.messages).toHaveLength(1);
   });
 
+  /** DATA, the first part of a message, a pause of `pauseMs`, the rest: the final reply. */
+  async function pausing(gw: TestGateway, pauseMs: number): Promise<string> {
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write('From: user1@example.test\r\nSubject: on a train\r\n\r\nThe first half,\r\n');
+    await new Promise((r) => setTimeout(r, pauseMs));
+    c.write('and the second, after a tunnel.\r\n.\r\n');
+    const reply = await c.reply(20_000);
+    c.close();
+    return reply;
+  }
+
+  it('a client that pauses longer than the scan deadline in the middle of its message: scanned, and it goes', async () => {
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '1s' });
+    expect(await pausing(gw, 2500)).toMatch(/^250 /);
+    expect((await gw.waitForLog((l) => l.event === 'transaction')).scan).toMatchObject({ result: 'clean' });
+    expect(upstream!.messages).toHaveLength(1);
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_scan_errors_total')).not.toMatch(/\} [1-9]/);
+  });
+
+  it('a client silent longer than clamd\'s own ReadTimeout: scanned again from the spool, and it goes', async () => {
+    const impatient = await startClamd({ readTimeout: 1 });
+    extra.push(impatient);
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: impatient.port }], timeout: '10s' });
+    expect(await pausing(gw, 3000)).toMatch(/^250 /);
+    expect((await gw.waitForLog((l) => l.event === 'transaction')).scan).toMatchObject({ result: 'clean' });
+    expect(gw.logs.some((l) => l.event === 'clamd_rescan')).toBe(true);
+    expect(upstream!.messages).toHaveLength(1);
+  });
+
+  it('an empty message (DATA, then the dot) has nothing to scan: relayed, not tempfailed at every retry', async () => {
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '5s' });
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO t');
+    await c.command('MAIL FROM:<user1@example.test>');
+    await c.command('RCPT TO:<user2@example.test>');
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write('.\r\n');
+    expect(await c.reply(10_000)).toMatch(/^250 /);
+    c.close();
+    expect((await gw.waitForLog((l) => l.event === 'transaction')).scan).toMatchObject({ result: 'clean', detail: 'empty message: nothing to scan' });
+  });
+
   it('over clamd\'s stream limit: 451 4.3.0 (clamd refuses the stream)', async () => {
     const small = await startClamd({ streamMaxLength: '1M' });
     extra.push(small);

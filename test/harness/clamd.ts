@@ -21,6 +21,8 @@ export interface ClamdOptions {
   streamMaxLength?: string;
   maxRecursion?: number;
   alertExceedsMax?: boolean;
+  /** seconds clamd waits for more of a stream before closing it (ReadTimeout) */
+  readTimeout?: number;
 }
 
 export interface ClamdInstance {
@@ -77,7 +79,7 @@ async function tryStartClamd(opts: ClamdOptions): Promise<ClamdInstance> {
       'MaxFileSize 30M',
       `MaxRecursion ${opts.maxRecursion ?? 16}`,
       `AlertExceedsMax ${opts.alertExceedsMax === false ? 'no' : 'yes'}`,
-      'ReadTimeout 30',
+      `ReadTimeout ${opts.readTimeout ?? 30}`,
       'CommandReadTimeout 30',
       'SelfCheck 0',
       '',

@@ -250,7 +250,8 @@ export class FakeUpstream {
               const window = Buffer.concat([carry, seam]);
               const at = window.indexOf('\r\n.\r\n');
               if (at < 0) {
-                dataChunks.push(seam);
+                // Nothing yet (the DATA line ended its chunk) is not a line: a "." next still ends an empty message.
+                if (seam.length) dataChunks.push(seam);
                 break;
               }
               const endInSeam = at - carry.length + 2; // bytes of seam that belong to the body (may be < 0)

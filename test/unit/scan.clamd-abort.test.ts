@@ -80,9 +80,10 @@ describe('clamd failover and abort', () => {
     expect(await live.end(() => Readable.from([Buffer.from('hello')]))).toMatchObject({ result: 'error', detail: 'scan abandoned' });
     await new Promise((resolve) => setTimeout(resolve, 700));
     expect(await metrics.registry.getSingleMetricAsString('douane_scan_errors_total')).not.toMatch(/\} [1-9]/);
+    const before = connections;
     const next = scanner.start();
     await next.write(Buffer.from('hello'));
-    await expect.poll(() => connections).toBe(3);
+    await expect.poll(() => connections).toBe(before + 1);
     next.abort();
     scanner.close();
     held.forEach((s) => s.destroy());
