@@ -61,9 +61,11 @@ const EMPTY = Buffer.alloc(0);
  */
 export const SINGLE_HEADERS = ['content-type', 'content-transfer-encoding', 'content-disposition', 'boundary'] as const;
 /**
- * The values of `mime.ambiguous`: a header found twice, base64 padding inside a group (decode.ts), or a
- * file name a mail program may read otherwise (filename: given twice, Content-Type's name and
- * Content-Disposition's filename on different extensions, or a control character such as NUL in it).
+ * The values of `mime.ambiguous`: a header found twice, or one whose type or disposition Thunderbird reads
+ * otherwise (a "," before its parameters); base64 padding inside a group (decode.ts); a boundary read two
+ * ways; or a file name a mail program may read otherwise (filename: given twice, Content-Type's name and
+ * Content-Disposition's filename on different extensions, an unquoted one with a space or quote in it, a
+ * continued one with a gap, or a control character such as NUL in it).
  */
 export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding', 'filename'] as const;
 type SingleHeader = (typeof AMBIGUITIES)[number];
@@ -783,6 +785,7 @@ function twice(node: MimeNode): SingleHeader | undefined {
     if (key !== 'content-type' && key !== 'content-transfer-encoding' && key !== 'content-disposition') continue;
     if (seen.has(key)) return key;
     seen.add(key);
+    if (key !== 'content-transfer-encoding' && headReadTwoWays(node, key, headerValue(line))) return key;
     if (key === 'content-type') {
       const boundary = parameterForms(headerValue(line), 'boundary');
       if (boundary.repeated || new Set(boundary.values).size > 1) return 'boundary';
@@ -797,6 +800,24 @@ function twice(node: MimeNode): SingleHeader | undefined {
   // is not ambiguous: the part is taken under the name with the extension (fileName).
   if (new Set(shown.map(extensionOf).filter(Boolean)).size > 1) return 'filename';
   return undefined;
+}
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9a-z-]+/i;
+const TYPE = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+/i;
+
+/**
+ * Thunderbird ends a type or a disposition at a ";", a "," or a space, and reads parameters from the
+ * first of them; mailsplit wants the ";". "application/x-msdownload, name=a.exe" is then an executable
+ * there and a text here, "multipart/mixed, boundary=b" a multipart there and one block of text here.
+ * Two readings differ when what follows holds a name or a boundary, or when the type read so is not the
+ * one the part was taken as ("text/plain charset=x", a common slip, reads as text/plain both ways).
+ */
+function headReadTwoWays(node: MimeNode, key: 'content-type' | 'content-disposition', value: string): boolean {
+  const head = value.replace(/\([^()]*\)/g, ' ').split(';')[0]!.trim();
+  const word = (key === 'content-type' ? TYPE : TOKEN).exec(head)?.[0];
+  if (!word || word.length === head.length) return false;
+  if (/(?:^|[\s,])(?:file)?name\*?\d*\*?\s*=|boundary\*?\d*\*?\s*=/i.test(head.slice(word.length))) return true;
+  return key === 'content-type' && word.toLowerCase() !== effectiveType(node);
 }
 
 interface ParameterForms {
@@ -815,7 +836,10 @@ function parameterForms(value: string, name: string): ParameterForms {
   const plain: string[] = [];
   const extended: string[] = [];
   const pieces = new Map<number, string>();
+  /** the pieces' numbers as written: "01" is not a number Thunderbird takes */
+  const numbersAsWritten = new Map<number, string>();
   let repeated = false;
+  let plainGiven = 0;
   for (const param of splitParameters(value)) {
     const m = /^\s*([^=\s*]+)(?:\*(\d+))?(\*)?\s*=\s*(.*?)\s*$/s.exec(param);
     if (!m || m[1]!.toLowerCase() !== name) continue;
@@ -824,11 +848,28 @@ function parameterForms(value: string, name: string): ParameterForms {
       const index = Number(m[2]);
       if (pieces.has(index)) repeated = true;
       pieces.set(index, m[3] ? percentDecode(index === 0 ? withoutCharset(text) : text) : text);
+      numbersAsWritten.set(index, m[2]);
     } else if (m[3]) extended.push(percentDecode(withoutCharset(text)));
-    else plain.push(text);
+    else {
+      plainGiven++;
+      plain.push(text);
+    }
   }
-  if (plain.length > 1 || extended.length > 1) repeated = true;
-  const continued = pieces.size ? [[...pieces.entries()].sort((a, b) => a[0] - b[0]).map(([, v]) => v).join('')] : [];
+  // Unquoted, a value ends at a space or a ";" for Thunderbird, a quote in it kept; mailsplit reads a
+  // quote as opening a quoted string, and on past the ";" to its end.
+  for (const m of value.matchAll(new RegExp(`(?:^|;)\\s*${name}\\s*=\\s*([^"\\s;][^\\s;]*)`, 'gi'))) {
+    if (!plain.includes(m[1]!)) plain.push(m[1]!);
+  }
+  if (plainGiven > 1 || extended.length > 1) repeated = true;
+  const continued: string[] = [];
+  if (pieces.size) {
+    const sorted = [...pieces.entries()].sort((a, b) => a[0] - b[0]);
+    continued.push(sorted.map(([, v]) => v).join(''));
+    // Thunderbird stops at the first number missing (or written with a leading zero); mailsplit closes the gap.
+    let upTo = '';
+    for (let i = 0; pieces.has(i) && numbersAsWritten.get(i) === String(i); i++) upTo += pieces.get(i)!;
+    if (upTo !== continued[0]) continued.push(upTo);
+  }
   return { values: [...plain, ...extended, ...continued], repeated };
 }
 

@@ -205,6 +205,29 @@ describe('MIME inspector: fixtures', () => {
     expect(await ambiguous('Content-Type: application/pdf; name="x.pdf"', 'Content-Disposition: attachment; filename="x.PDF"')).toBeUndefined();
   });
 
+  it('what Thunderbird reads otherwise than mailsplit is ambiguous: a comma before the parameters, a space or quote in an unquoted value, a gap in a continued one', async () => {
+    const attached = (...headers: string[]) => eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'hi', '--b', ...headers, 'Content-Transfer-Encoding: base64', '', 'TVqQAAMAAAAEAAAA', '--b--');
+    const ambiguous = async (...headers: string[]) => (await inspect(attached(...headers))).mimeAmbiguous;
+    // An executable there, a text here.
+    expect(await ambiguous('Content-Type: application/x-msdownload, name="invoice.exe"')).toBe('content-type');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment, filename="invoice.js"')).toBe('content-disposition');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename=invoice.js x.txt')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename=inv"oice.js; x=".txt"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename*0="invoice.js"; filename*2=".txt"')).toBe('filename');
+    expect(await ambiguous('Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename*0="invoice.js"; filename*01=".txt"')).toBe('filename');
+    // A multipart there, one block of text here; or split on another boundary.
+    const split = (ct: string) => eml(...head(), `Content-Type: ${ct}`, '', '--b1', 'Content-Type: text/plain', '', 'hi', '--b1', 'Content-Type: application/octet-stream; name="evil.exe"', '', 'x', '--b1--');
+    expect((await inspect(split('multipart/mixed, boundary="b1"'))).mimeAmbiguous).toBe('content-type');
+    expect((await inspect(split('multipart/mixed; boundary*0="b"; boundary*2="1"'))).mimeAmbiguous).toBe('boundary');
+    expect((await inspect(split('multipart/mixed; boundary=b1 extra'))).mimeAmbiguous).toBe('boundary');
+    // Slips that read the same both ways: a missing ";" before a parameter of a text, a space in a name
+    // that leaves no other extension, a comment.
+    expect(await ambiguous('Content-Type: text/plain charset=us-ascii')).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf', 'Content-Disposition: attachment; filename=my document.pdf')).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf (a comment); name="a.pdf"')).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf; name=report.pdf')).toBeUndefined();
+  });
+
   it('a part without Content-Type in a multipart/digest is an attached message (RFC 2046), read as one', async () => {
     const inner = ['From: c@z.test', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary=I', '', '--I', 'Content-Type: text/plain', '', 'inner text', '--I', 'Content-Type: application/octet-stream', 'Content-Disposition: attachment; filename="evil.js"', 'Content-Transfer-Encoding: base64', '', 'dmFyIHM7', '--I--'];
     const digest = await inspect(eml(...head(), 'Content-Type: multipart/digest; boundary=D', '', '--D', '', ...inner, '--D--'));
