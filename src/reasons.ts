@@ -165,7 +165,7 @@ export const REASONS = {
   },
   'mime.limits': {
     sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',
-    solution: 'The message goes over inspection.max_parts, max_depth or max_header_size, or holds an archive with more kinds of file names than can be listed (archive_entries); usually a malformed or hostile message.',
+    solution: 'The message goes over inspection.max_parts, max_depth or max_header_size, holds an archive with more kinds of file names than can be listed (archive_entries), or more distinct links than are kept (urls, 1000); usually a malformed or hostile message.',
   },
   'account.suspended': {
     sentence: 'Sending is suspended for this account[ ({account})][ since {since}][ (incident {incident})][; contact {contact}].',
@@ -212,11 +212,20 @@ export type ReasonCode = keyof typeof REASONS;
  * outside one that is unknown is left out (with its parentheses) rather than shown raw to the client.
  */
 // A reply line is at most 512 octets (RFC 5321 4.5.3.1.5): a value the client chose (a From address of
-// 3000 characters) is shortened, leaving room for the sentence, the reference and the rule.
-const MAX_VALUE = 160;
+// 3000 characters, in CJK under SMTPUTF8) is shortened to this many octets of UTF-8, on a character's
+// boundary, leaving room for the sentence, the reference and the rule.
+const MAX_VALUE_OCTETS = 120;
 const shown = (value: unknown): string => {
   const text = String(value);
-  return text.length > MAX_VALUE ? `${text.slice(0, MAX_VALUE - 3)}...` : text;
+  if (Buffer.byteLength(text) <= MAX_VALUE_OCTETS) return text;
+  let out = '';
+  let octets = 3;
+  for (const char of text) {
+    octets += Buffer.byteLength(char);
+    if (octets > MAX_VALUE_OCTETS) break;
+    out += char;
+  }
+  return `${out}...`;
 };
 
 export function fillSentence(sentence: string, detail: Record<string, unknown> = {}): string {

@@ -8,6 +8,7 @@ import { isIPv4 } from 'node:net';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { parse as parseYamlScalar } from 'yaml';
+import { processGroups, writersBesides } from '../data/private-dir.js';
 import { canonicalIp } from '../validate/net.js';
 import { formatPath, type Issue, type Path, type Schema } from '../validate/schema.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
@@ -221,14 +222,16 @@ function directoryProblem(dir: string, writable: boolean): string | undefined {
 /**
  * Messages, evidence and suspensions lie in these directories: another local user who owns one, or may
  * write in it, could read them or put their own in their place (a state file, a spool file between its
- * scan and its relay). Root may own one, as long as others cannot write there.
+ * scan and its relay). Root may own one; its group may write in it when it is Douane's own (a volume
+ * given to the service's group: root:douane 0770, Kubernetes' fsGroup); nobody else may.
  */
-function strangersProblem(dir: string, user: string, uid = process.getuid?.() ?? 0): string | undefined {
+function strangersProblem(dir: string, user: string, uid = process.getuid?.() ?? 0, groups = processGroups()): string | undefined {
   const st = statSync(dir);
-  const mode = st.mode & 0o7777;
+  const shown = (st.mode & 0o7777).toString(8).padStart(4, '0');
   if (st.uid !== uid && st.uid !== 0) return `${dir} belongs to uid ${st.uid}, not to ${user}, the user douane runs as: that user could read or replace what douane keeps there`;
-  if (mode & 0o022) return `${dir} can be written by other users (mode ${mode.toString(8).padStart(4, '0')}): they could replace what douane keeps there; make it 0700 or 0750`;
-  return undefined;
+  const who = writersBesides(st, groups);
+  if (!who) return undefined;
+  return `${dir} can be written by ${who} (mode ${shown}): they could replace what douane keeps there; take that away (${who === 'every user' ? 'chmod o-w' : "chmod g-w, or give the directory douane's group"})`;
 }
 
 /** The file's bytes, or why it cannot be read. */

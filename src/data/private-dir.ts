@@ -28,7 +28,7 @@ export class PrivateDirectory {
  * it had is returned, for the log. One another user owns is refused. `uid` is the process's own, passed
  * in for the tests.
  */
-export function securePrivateDir(path: string, uid = process.getuid?.() ?? 0): { was?: number } {
+export function securePrivateDir(path: string, uid = process.getuid?.() ?? 0, groups = processGroups()): { was?: number } {
   mkdirSync(path, { recursive: true, mode: 0o700 });
   const st = statSync(path);
   if (!st.isDirectory()) throw new Error(`${path} is not a directory`);
@@ -39,9 +39,25 @@ export function securePrivateDir(path: string, uid = process.getuid?.() ?? 0): {
   if (!(mode & 0o077)) return {};
   if (st.uid !== uid) {
     // Root's, and Douane may not change it: only others' writing is a danger then.
-    if (mode & 0o022) throw new Error(`${path} can be written by other users (mode ${mode.toString(8).padStart(4, '0')}) and only root may change that: make it 0700`);
+    const who = writersBesides(st, groups);
+    if (who) throw new Error(`${path} can be written by ${who} (mode ${mode.toString(8).padStart(4, '0')}) and only root may change that: make it 0700`);
     return {};
   }
   chmodSync(path, 0o700);
   return { was: mode };
+}
+
+/** The groups the process is in: its own and its supplementary ones. */
+export function processGroups(): Set<number> {
+  return new Set([process.getgid?.() ?? 0, ...(process.getgroups?.() ?? [])]);
+}
+
+/**
+ * Who, beside the owner, may write in a directory: every user (o+w), or a group Douane is not in. Its own
+ * group writing there is how it writes in a volume root owns (root:douane 0770, Kubernetes' fsGroup).
+ */
+export function writersBesides(st: { mode: number; gid: number }, groups: Set<number>): string | undefined {
+  if (st.mode & 0o002) return 'every user';
+  if (st.mode & 0o020 && !groups.has(st.gid)) return `group ${st.gid}, which Douane is not in`;
+  return undefined;
 }

@@ -71,7 +71,7 @@ export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding', 'filename'] as 
 type SingleHeader = (typeof AMBIGUITIES)[number];
 
 /** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
-export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries'] as const;
+export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries', 'urls'] as const;
 type Limit = (typeof INSPECTION_LIMITS)[number];
 
 interface TextPart {
@@ -137,6 +137,8 @@ export class MessageInspector {
   /** parts read, attached messages' included once they end */
   private parts = 0;
   private stopped = false;
+  /** what failed inside the inspector (a bug): the message cannot be judged on the facts gathered */
+  private failure: Error | undefined;
   private leaf: Leaf | undefined;
   private ending: Promise<MessageFacts> | undefined;
   private headers = new Map<string, string[]>();
@@ -175,9 +177,11 @@ export class MessageInspector {
       if (this.stopped) return;
       try {
         this.onChunk(chunk);
-      } catch {
-        // A bug or an input nobody foresaw must not take the connection down: keep what was gathered,
-        // except the part being read, whose size and hash would be wrong.
+      } catch (err) {
+        // A bug or an input nobody foresaw must not take the connection down; nor may the message be
+        // judged on what was gathered before it (an executable further on unseen): end() fails, and the
+        // message is tempfailed as one that could not be checked.
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
         this.leaf = undefined;
         this.stop();
       }
@@ -233,7 +237,11 @@ export class MessageInspector {
       this.parts += inspector.parts;
       if (inner) this.merge(inner);
     }
+    if (this.failure) throw new Error(`the message could not be inspected: ${this.failure.message}`, { cause: this.failure });
     if (this.parts > this.limits.maxParts) this.limitExceeded ??= 'parts';
+    // More distinct links than are kept: one past the bound (a phishing link after a thousand others)
+    // would go unseen by the link rules.
+    if (this.urls.dropped) this.limitExceeded ??= 'urls';
     const facts: MessageFacts = {
       size: this.size,
       headers: this.headers,
@@ -296,7 +304,8 @@ export class MessageInspector {
   private finishLeafSafely(): void {
     try {
       this.finishLeaf();
-    } catch {
+    } catch (err) {
+      this.failure ??= err instanceof Error ? err : new Error(String(err));
       this.leaf = undefined;
     }
   }
@@ -392,7 +401,8 @@ export class MessageInspector {
         tar: new TarLister(MAX_ARCHIVE_ENTRIES, this.inflateBudget),
         cab: new CabLister(MAX_ARCHIVE_ENTRIES),
         tnef: new TnefLister(MAX_ARCHIVE_ENTRIES),
-        html: !isText && (type === 'text/html' || /^x?html?$|^shtml$/.test(extension)),
+        // SVG too: it opens in the browser, and its links and scripts are a phishing page's.
+        html: !isText && (type === 'text/html' || type === 'image/svg+xml' || /^x?html?$|^shtml$|^xht$|^svg$/.test(extension)),
       };
       // An HTML file sent as an attachment opens in a browser: its links count like the body's. One in
       // UTF-16 is found by its charset, or by its byte-order mark when it declares none (see consume).
@@ -457,7 +467,13 @@ export class MessageInspector {
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
-    if (leaf.embedded) this.embedded.push({ inspector: leaf.embedded, facts: leaf.embedded.end().catch(() => undefined) });
+    if (leaf.embedded) {
+      const facts = leaf.embedded.end().catch((err: Error) => {
+        this.failure ??= err;
+        return undefined;
+      });
+      this.embedded.push({ inspector: leaf.embedded, facts });
+    }
   }
 
   private finishText(t: TextPart): void {
@@ -754,6 +770,13 @@ function fileName(node: MimeNode): string {
     const other = raw ? parameterForms(headerValue(`${header}: ${raw}`), param).values.map(decodeWords).find((v) => extensionOf(v) !== '') : undefined;
     if (other) return other;
   }
+  // Without either parameter, Thunderbird names the part by these older headers (Content-Name: invoice.js).
+  if (!name) {
+    for (const header of ['content-name', 'x-sun-data-name']) {
+      const raw = node.headers.getFirst(header);
+      if (raw) return decodeWords(headerValue(`${header}: ${raw}`).trim());
+    }
+  }
   return name;
 }
 
@@ -809,15 +832,16 @@ const TYPE = /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+/i;
  * Thunderbird ends a type or a disposition at a ";", a "," or a space, and reads parameters from the
  * first of them; mailsplit wants the ";". "application/x-msdownload, name=a.exe" is then an executable
  * there and a text here, "multipart/mixed, boundary=b" a multipart there and one block of text here.
- * Two readings differ when what follows holds a name or a boundary, or when the type read so is not the
- * one the part was taken as ("text/plain charset=x", a common slip, reads as text/plain both ways).
+ * Two readings differ when what follows holds a name or a boundary, or when the type read so is one the
+ * part would not be read as a text for: a multipart, an attached message, a file. A text type with its
+ * ";" missing ("text/html charset=x", which PHP scripts write) is a text both ways.
  */
 function headReadTwoWays(node: MimeNode, key: 'content-type' | 'content-disposition', value: string): boolean {
   const head = value.replace(/\([^()]*\)/g, ' ').split(';')[0]!.trim();
   const word = (key === 'content-type' ? TYPE : TOKEN).exec(head)?.[0];
   if (!word || word.length === head.length) return false;
   if (/(?:^|[\s,])(?:file)?name\*?\d*\*?\s*=|boundary\*?\d*\*?\s*=/i.test(head.slice(word.length))) return true;
-  return key === 'content-type' && word.toLowerCase() !== effectiveType(node);
+  return key === 'content-type' && !/^text\//i.test(word) && word.toLowerCase() !== effectiveType(node);
 }
 
 interface ParameterForms {

@@ -31,12 +31,27 @@ export class UrlSet {
 
   constructor(readonly max = 1000) {}
 
+  /** a link not seen before came after the set was full: the list is not every link of the message */
+  dropped = false;
+
   get full(): boolean {
     return this.seen.size >= this.max;
   }
 
+  /** nothing more to look for: full, and a link past the bound already found */
+  get done(): boolean {
+    return this.dropped;
+  }
+
   add(url: string): void {
-    if (this.full || this.raw.has(url)) return;
+    if (this.raw.has(url)) return;
+    if (this.full) {
+      if (!this.dropped) {
+        const u = normalize(url);
+        if (u && !this.seen.has(u)) this.dropped = true;
+      }
+      return;
+    }
     if (this.raw.size < this.max * 4) this.raw.add(url);
     const u = normalize(url);
     if (u) this.seen.add(u);
@@ -63,7 +78,7 @@ export class UrlScanner {
   ) {}
 
   push(text: string): void {
-    if (this.urls.full || text.length === 0) return;
+    if (this.urls.done || text.length === 0) return;
     text = collapsePadding(text);
     this.batch.push(text);
     this.batchLength += text.length;
@@ -71,7 +86,7 @@ export class UrlScanner {
   }
 
   end(): void {
-    if (!this.urls.full) this.flush(true);
+    if (!this.urls.done) this.flush(true);
     this.carry = '';
   }
 
@@ -103,14 +118,14 @@ export function extractUrls(text: string, html: boolean, max = 1000): string[] {
 
 function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string) => string, limit: number): void {
   TEXT_URL.lastIndex = 0;
-  for (let m = TEXT_URL.exec(text); m && !urls.full; m = TEXT_URL.exec(text)) {
+  for (let m = TEXT_URL.exec(text); m && !urls.done; m = TEXT_URL.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
     let url = recode(trimTrailing(m[0]));
     if (html) url = decodeEntities(url);
     urls.add(url);
   }
   TEXT_WWW.lastIndex = 0;
-  for (let m = TEXT_WWW.exec(text); m && !urls.full; m = TEXT_WWW.exec(text)) {
+  for (let m = TEXT_WWW.exec(text); m && !urls.done; m = TEXT_WWW.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
     let url = recode(trimTrailing(m[0]));
     if (html) url = decodeEntities(url);
@@ -118,7 +133,7 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
   }
   if (!html) return;
   HREF.lastIndex = 0;
-  for (let m = HREF.exec(text); m && !urls.full; m = HREF.exec(text)) {
+  for (let m = HREF.exec(text); m && !urls.done; m = HREF.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
     // Browsers (WHATWG URL) drop tabs and line breaks anywhere in a URL, and control characters and spaces
     // around it ("&#1;https://…" is a link).
@@ -134,7 +149,7 @@ function scanText(text: string, html: boolean, urls: UrlSet, recode: (s: string)
     }
   }
   HTML_TEXT_URL.lastIndex = 0;
-  for (let m = HTML_TEXT_URL.exec(text); m && !urls.full; m = HTML_TEXT_URL.exec(text)) {
+  for (let m = HTML_TEXT_URL.exec(text); m && !urls.done; m = HTML_TEXT_URL.exec(text)) {
     if (m.index + m[0].length >= limit) continue;
     // Those written plainly were taken above, and hrefs as browsers read them (a URL is kept once).
     if (!m[0].includes('&')) continue;

@@ -167,12 +167,21 @@ describe('configuration loading', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
     const serve = (t: string) => parse('t.yaml', t, {}, { files: true, writable: true });
     const found = problems(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${root ? theirs : open} }\n`));
-    expect(found[0]).toBe(`t.yaml:3:12: state_dir ${open} can be written by other users (mode 1777): they could replace what douane keeps there; make it 0700 or 0750`);
+    expect(found[0]).toBe(`t.yaml:3:12: state_dir ${open} can be written by every user (mode 1777): they could replace what douane keeps there; take that away (chmod o-w)`);
     if (root) expect(found[1]).toBe(`t.yaml:4:15: spool.dir ${theirs} belongs to uid 65534, not to root, the user douane runs as: that user could read or replace what douane keeps there`);
     expect(found).toHaveLength(2);
-    // Readable by a group (the operators') is not a danger: the files are the service's alone.
+    // Readable by a group (the operators') is not a danger: the files are the service's alone. Writable by
+    // the service's own group (a volume given to it) is how it writes there when root owns it.
     chmodSync(open, 0o750);
     expect(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${join(open, 'spool')} }\n`)).not.toThrow();
+    chmodSync(open, 0o2770);
+    expect(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${join(open, 'spool')} }\n`)).not.toThrow();
+    if (root) {
+      chownSync(open, 0, 65534);
+      expect(problems(() => serve(`${base}state_dir: ${open}\nspool: { dir: ${join(open, 'spool')} }\n`))).toEqual([
+        `t.yaml:3:12: state_dir ${open} can be written by group 65534, which Douane is not in (mode 2770): they could replace what douane keeps there; take that away (chmod g-w, or give the directory douane's group)`,
+      ]);
+    }
   });
 
   it('refuses an upstream that is one of its own listeners', () => {

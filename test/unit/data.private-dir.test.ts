@@ -50,6 +50,10 @@ describe('the quarantine and outbox directories', () => {
     expect(securePrivateDir(dir, 65534)).toEqual({});
     expect(modeOf(dir)).toBe(0o755);
     chmodSync(dir, 0o777);
-    expect(() => securePrivateDir(dir, 65534)).toThrow(`${dir} can be written by other users (mode 0777) and only root may change that`);
+    expect(() => securePrivateDir(dir, 65534, new Set([65534]))).toThrow(`${dir} can be written by every user (mode 0777) and only root may change that`);
+    // Its group's writing is Douane's when Douane is in that group (root:douane 0770), a stranger's otherwise.
+    chmodSync(dir, 0o770);
+    expect(securePrivateDir(dir, 65534, new Set([0]))).toEqual({});
+    expect(() => securePrivateDir(dir, 65534, new Set([65534]))).toThrow(`${dir} can be written by group 0, which Douane is not in (mode 0770)`);
   });
 });

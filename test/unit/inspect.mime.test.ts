@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import iconv from 'iconv-lite';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { transferDecoder } from '../../src/inspect/decode.js';
 import { htmlToText } from '../../src/inspect/html.js';
 import { inspectStream, MessageInspector, type InspectLimits } from '../../src/inspect/mime.js';
@@ -223,6 +223,9 @@ describe('MIME inspector: fixtures', () => {
     // Slips that read the same both ways: a missing ";" before a parameter of a text, a space in a name
     // that leaves no other extension, a comment.
     expect(await ambiguous('Content-Type: text/plain charset=us-ascii')).toBeUndefined();
+    expect(await ambiguous('Content-type: text/html charset=iso-8859-1')).toBeUndefined();
+    expect(await ambiguous('Content-Type: text/html, charset=UTF-8')).toBeUndefined();
+    expect(await ambiguous('Content-Type: application/pdf charset=x')).toBe('content-type');
     expect(await ambiguous('Content-Type: application/pdf', 'Content-Disposition: attachment; filename=my document.pdf')).toBeUndefined();
     expect(await ambiguous('Content-Type: application/pdf (a comment); name="a.pdf"')).toBeUndefined();
     expect(await ambiguous('Content-Type: application/pdf; name=report.pdf')).toBeUndefined();
@@ -514,6 +517,44 @@ describe('MIME inspector: fixtures', () => {
 });
 
 describe('MIME inspector: behaviour', () => {
+  it('more distinct links than are kept go over a limit (urls), so a link past the bound is not unseen; repeats of kept ones do not', async () => {
+    const links = (n: number) => Array.from({ length: n }, (_, i) => `https://news${i}.example.org/`);
+    const over = await inspect(eml(...head(), 'Content-Type: text/plain', '', ...links(1000), 'https://login.examp1e-bank.test/verify', ''));
+    expect(over.mimeLimitExceeded).toBe('urls');
+    const repeated = await inspect(eml(...head(), 'Content-Type: text/plain', '', ...links(1000), ...links(1000), ''));
+    expect(repeated.mimeLimitExceeded).toBeUndefined();
+    expect(repeated.urls).toHaveLength(1000);
+  });
+
+  it('a part named only by Content-Name or X-Sun-Data-Name carries that name, as Thunderbird shows it', async () => {
+    for (const header of ['Content-Name: invoice.js', 'X-Sun-Data-Name: invoice.js', 'Content-Name: =?UTF-8?Q?facture=2Ejs?=']) {
+      const facts = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'hi', '--b', 'Content-Type: application/octet-stream', header, '', 'var s;', '--b--'));
+      expect(facts.attachments.map((a) => a.extension)).toEqual(['js']);
+    }
+  });
+
+  it('an SVG attachment opens in the browser: its links count like an HTML page\'s', async () => {
+    const svg = '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"><a xlink:href="https://login.examp1e-bank.test/verify"><text>Open</text></a></svg>';
+    for (const type of ['image/svg+xml; name="invoice.svg"', 'application/octet-stream; name="invoice.svg"']) {
+      const facts = await inspect(eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'see attached', '--b', `Content-Type: ${type}`, 'Content-Disposition: attachment; filename="invoice.svg"', '', svg, '--b--'));
+      expect(facts.urls).toContain('https://login.examp1e-bank.test/verify');
+    }
+  });
+
+  it('a failure inside the inspector (a bug) fails the inspection, in an attached message too, rather than judge on what came before', async () => {
+    const failing = vi.spyOn(UrlSet.prototype, 'add').mockImplementation(() => {
+      throw new Error('a bug');
+    });
+    try {
+      const plain = eml(...head(), 'Content-Type: text/plain', '', 'see https://example.org/ then', '');
+      await expect(inspect(plain)).rejects.toThrow('the message could not be inspected: a bug');
+      const attached = eml(...head(), 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'hi', '--b', 'Content-Type: message/rfc822', '', ...head(), 'Content-Type: text/plain', '', 'see https://example.org/', '--b--');
+      await expect(inspect(attached)).rejects.toThrow('a bug');
+    } finally {
+      failing.mockRestore();
+    }
+  });
+
   it('decodes header values: RFC 2047 words, folding, raw UTF-8, and keeps repeated headers in order', async () => {
     const f = await inspect(
       eml(

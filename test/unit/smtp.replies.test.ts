@@ -47,7 +47,13 @@ describe('reply table', () => {
     const from = `${'a'.repeat(3000)}@evil.example`;
     const reply = replyFor({ action: 'reject', reason: 'from.not_owned', rule: { id: 'from.not-owned', article: '4.1', source: 'policies/rules.yaml:120' }, detail: { from } }, 'data', 'D-ABCDEF');
     expect(Buffer.byteLength(`${reply.code} ${reply.enhanced} ${reply.text}`)).toBeLessThanOrEqual(512);
-    expect(reply.text).toContain(`(${'a'.repeat(157)}...)`);
+    expect(reply.text).toContain(`(${'a'.repeat(117)}...)`);
+    // Octets, not characters: SMTPUTF8 lets a client write its address in CJK, three octets each.
+    for (const reason of ['sender.not_owned', 'from.not_owned', 'account.lockout', 'sender.unverifiable'] as const) {
+      const wide = replyFor({ action: 'reject', reason, rule: { id: 'r', article: '4.1', source: 'policies/rules.yaml:1' }, detail: { sender: '漢'.repeat(3000), from: '漢'.repeat(3000), account: '漢'.repeat(3000), contact: '漢'.repeat(3000) } }, 'data', 'D-ABCDEF');
+      expect(Buffer.byteLength(`${wide.code} ${wide.enhanced} ${wide.text}`), reason).toBeLessThanOrEqual(512);
+      expect(wide.text).not.toContain('\ufffd');
+    }
   });
 
   it('documents every reason in docs/REASONS.md', () => {
