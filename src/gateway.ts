@@ -770,6 +770,7 @@ export class Gateway {
     // client sending RCPTs for ever would grow the process's memory and that line without limit.
     if (tx.recipients.length - tx.acceptedRecipients.size >= this.config.smtp.max_refused_recipients) {
       const refusal = this.refusal({ action: 'tempfail', reason: 'recipients.too_many_refused', detail: { limit: this.config.smtp.max_refused_recipients } }, 'rcpt', tx.reference);
+      this.metrics.recipients.labels('refused_by_douane').inc();
       this.finishTransaction(state, { action: 'tempfail', reason: 'recipients.too_many_refused', reply: refusal.wire });
       throw refusal;
     }

@@ -4,7 +4,9 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 const SIZE_BUCKETS = [1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 26214400, 52428800];
-const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+// Up to the longest default timeouts (clamd and upstream commands 60 s, a message's data 600 s): a frozen
+// clamd or a slow MTA shows in a p99 as what it is, not as 30 s.
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 
 export class Metrics {
   readonly registry = new Registry();

@@ -99,8 +99,6 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   // ------------------------------------------------------------------ strikes and the ladder
 
   async record(e: StrikeEvent): Promise<void> {
-    this.deps.metrics.strikes.labels(e.event).inc();
-    logStrike(this.deps.log, e);
     // A failure here must not turn into a reply: the message's own verdict stands; the log says why.
     await this.process(e).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not process a strike'));
   }
@@ -114,6 +112,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       this.deps.log.debug({ event: 'strike_cooldown', account: e.account, strike: e.event }, 'strike within its cooldown: not counted');
       return;
     }
+    // Counted and logged as the audit trail records it: not the retries a cooldown drops.
+    this.deps.metrics.strikes.labels(e.event).inc();
+    logStrike(this.deps.log, e);
     const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
     const total = await this.deps.state.addStrike(e.account, record, window);
     await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });

@@ -182,8 +182,9 @@ describe('size and recipient limits', () => {
     expect(line).toMatchObject({ verdict: 'tempfail', reason: 'recipients.too_many_refused' });
     expect((line.rcpt as unknown[]).length).toBe(6);
     expect(upstream.messages).toHaveLength(0);
-    // Counted as a session Douane ended, not as one that sent mail.
+    // Counted as a session Douane ended, not as one that sent mail; each recipient refused as such, the last too.
     await expect.poll(async () => /^douane_sessions_total\{listener="trusted",outcome="(\w+)"\} 1$/m.exec(await gw.metrics.registry.metrics())?.[1]).toBe('ended_by_douane');
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_recipients_total')).toMatch(/^douane_recipients_total\{result="refused_by_douane"\} 6$/m);
   });
 });
 

@@ -697,6 +697,8 @@ describe('against a real Prometheus scraping a real Douane', () => {
     expect(r.status).toBe(0);
     // Every family exists (HELP and TYPE), so a panel never waits for a metric that is not registered.
     for (const m of new Metrics({ version: 't', defaultMetrics: false }).registry.getMetricsAsArray()) expect(text).toContain(`# TYPE ${m.name} `);
+    // Latencies reach the longest default timeouts (upstream data 600 s): a frozen clamd is not a 30 s p99.
+    expect(text).toMatch(/^douane_scan_duration_seconds_bucket\{le="600"\} /m);
   });
 
   it('the process metrics `douane serve` adds (prom-client defaults) have only the known prom-client lint problems', async () => {

@@ -40,7 +40,7 @@ function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['set
   });
   const strike = (account: string, event: string, weight: number, n = 0): StrikeEvent => ({ account, event, weight, rule: 'r', article: '4.6', reference: `D-00000${n}`, policyVersion: policy.version, evidence: {}, at: now() });
   const reload = (from: string) => void (policy = loadPolicy(from));
-  return { enforcer, state, outbox, dir, strike, sent, reload };
+  return { enforcer, state, outbox, dir, strike, sent, reload, metrics };
 }
 
 describe('strike ladder', () => {
@@ -285,9 +285,11 @@ describe('strike ladder', () => {
   });
 
   it('counts a burst of an event with a cooldown once (limit_reached: 10 minutes)', async () => {
-    const { enforcer, strike } = setup();
+    const { enforcer, strike, metrics } = setup();
     for (let i = 0; i < 20; i++) await enforcer.record(strike('b@x.test', 'limit_reached', 1, i));
     expect((await enforcer.strikes('b@x.test')).total).toBe(1);
+    // The metric counts what the audit trail does, not the retries the cooldown dropped.
+    expect(await metrics.registry.getSingleMetricAsString('douane_strikes_total')).toMatch(/^douane_strikes_total\{event="limit_reached"\} 1$/m);
   });
 
   it('never suspends or throttles an allowlisted account, and notices are queued in the outbox', async () => {
