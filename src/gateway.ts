@@ -436,7 +436,7 @@ export class Gateway {
         return text;
       },
       draining: () => this.draining,
-      onProtocolRefusal: (session, reason, reply) => this.onProtocolRefusal(session, reason, reply),
+      onProtocolRefusal: (session, reason, reply, client) => this.onProtocolRefusal(name, session, reason, reply, client),
       onProtocolError: (session, reply) => this.onProtocolError(session, reply),
       onTransactionReset: (session) => this.onTransactionReset(session),
       sessionDeadline: smtp.session_deadline,
@@ -495,7 +495,9 @@ export class Gateway {
   private guard<T>(phase: Phase, session: SMTPServerSession, cb: (err: Error | null, value?: T) => void, fn: () => Promise<T>): void {
     const started = performance.now();
     // DATA's answer is timed from the final dot: before it, the time is the client's, sending its message.
-    const since = () => (phase === 'data' ? (this.sessions.get(session.id)?.tx?.receivedAt ?? started) : started);
+    // The transaction is held from here: a client that leaves after its dot has no session state by the end.
+    const tx = phase === 'data' ? this.sessions.get(session.id)?.tx : undefined;
+    const since = () => tx?.receivedAt ?? started;
     fn().then(
       (value) => {
         this.metrics.phaseDuration.labels(phase).observe((performance.now() - since()) / 1000);
@@ -1067,13 +1069,15 @@ export class Gateway {
     return this.refusal({ action: 'tempfail', reason: 'upstream.unavailable', evidence: { kind: err.kind } }, phase, reference);
   }
 
-  private onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void {
-    this.metrics.refusals.labels('protocol', reason).inc();
-    this.metrics.replies.labels('protocol', replyClass(reply.code)).inc();
+  private onProtocolRefusal(listener: string, session: SMTPServerSession, reason: ReasonCode, reply: WireReply, client: string): void {
+    // Too many connections is refused as the connection opens, as the other connect refusals are.
+    const phase = reason === 'connection.too_many' ? 'connect' : 'protocol';
+    this.metrics.refusals.labels(phase, reason).inc();
+    this.metrics.replies.labels(phase, replyClass(reply.code)).inc();
     const state = this.sessions.get(session.id);
     if (state && reply.close) state.endedBy ??= reason;
     this.log.info(
-      { event: 'refusal', session: session.id, ref: this.sessionReference(session), listener: state?.listener.name, client: session.remoteAddress, account: state?.account, reason, reply: `${reply.code} ${reply.enhanced}` },
+      { event: 'refusal', session: session.id, ref: this.sessionReference(session), listener, client: session.remoteAddress || client, account: state?.account, reason, reply: `${reply.code} ${reply.enhanced}` },
       reason,
     );
   }

@@ -58,7 +58,7 @@ export interface ConnectionHooks {
   /** true while the gateway drains for shutdown */
   draining(): boolean;
   /** a session-level refusal that no handler saw (bare LF, deadline, cap) — for the log and metrics */
-  onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply): void;
+  onProtocolRefusal(session: SMTPServerSession, reason: ReasonCode, reply: WireReply, client: string): void;
   /** the library's own error reply (unknown command, bad syntax, bad sequence), as sent */
   onProtocolError(session: SMTPServerSession, reply: string): void;
   /** overall per-session deadline in ms */
@@ -272,7 +272,7 @@ export class GatewayConnection extends SMTPConnection {
     const param = written && paramNotTaken(written.command, written.params, (extension) => this.hooks.upstreamOffers(extension));
     if (!written || param === undefined) return false;
     const reply = replyFor({ action: 'reject', reason: 'smtp.param_not_offered', detail: { param } }, written.command, this.hooks.sessionReference(this.session));
-    this.hooks.onProtocolRefusal(this.session, 'smtp.param_not_offered', reply);
+    this.hooks.onProtocolRefusal(this.session, 'smtp.param_not_offered', reply, this.remoteAddress);
     super.send(reply.code, formatWire(reply), false);
     callback();
     return true;
@@ -300,7 +300,7 @@ export class GatewayConnection extends SMTPConnection {
         library.phase,
         this.hooks.sessionReference(this.session),
       );
-      this.hooks.onProtocolRefusal(this.session, library.reason, reply);
+      this.hooks.onProtocolRefusal(this.session, library.reason, reply, this.remoteAddress);
       return super.send(reply.code, formatWire(reply), false);
     }
     if (code === 421 && typeof data === 'string' && /too many (unrecognized|unauthenticated) commands/i.test(data)) {
@@ -325,7 +325,8 @@ export class GatewayConnection extends SMTPConnection {
   /** Sends one of our refusals outside a handler; closes the connection if the reply says so. */
   refuse(reason: ReasonCode, phase: Phase): void {
     const reply = replyFor({ action: naturalAction(reason), reason }, phase, this.hooks.sessionReference(this.session));
-    this.hooks.onProtocolRefusal(this.session, reason, reply);
+    // The connection's address: one refused as it opens (too many connections) has no session's yet.
+    this.hooks.onProtocolRefusal(this.session, reason, reply, this.remoteAddress);
     super.send(reply.code, formatWire(reply), false); // a 421 closes the connection by itself
     if (reply.close && reply.code !== 421) this.close();
   }

@@ -295,6 +295,9 @@ describe('slow clients and floods', () => {
     await b.reply();
     const c = await RawSmtp.connect(gw.port('trusted'));
     expect(await c.reply()).toMatch(/^421 4\.3\.2 Too many connections/);
+    // Logged with who was refused, and where; counted as refused at connect, as the other connect refusals.
+    expect(await gw.waitForLog((l) => l.event === 'refusal' && l.reason === 'connection.too_many')).toMatchObject({ client: '127.0.0.1', listener: 'trusted' });
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_refusals_total')).toMatch(/^douane_refusals_total\{phase="connect",reason="connection\.too_many"\} 1$/m);
     a.close();
     b.close();
   });
