@@ -203,6 +203,9 @@ export class SmtpClient {
         waiter.settled = true;
         if (reply.code >= 400) this.errorsSinceDelivery++;
         waiter.resolve(reply);
+        // 421 to any command: the upstream closes the session (RFC 5321 3.8). Its close may come a little
+        // later; until then the connection must not go back to the pool for another session.
+        if (reply.code === 421) this.fail(new UpstreamError('closed', `upstream answered ${formatReply(reply)}: it closes the session`, reply));
       } else {
         // An unsolicited reply is the upstream ending the session (421 on idle or shutdown).
         this.fail(new UpstreamError('closed', `upstream sent ${formatReply(reply)} unprompted`, reply));

@@ -33,6 +33,16 @@ describe('failures', () => {
     const dropped = await client.mail('user1@example.test').catch((err: unknown) => err);
     expect(dropped).toMatchObject({ kind: 'closed' });
   });
+
+  it('a 421 to any command is passed on, and the connection is not used again (its close may come later)', async () => {
+    // The fake says 421 and keeps the socket open: as Postfix's close, it comes in its own time.
+    upstream = await FakeUpstream.start({ rcpt: () => '421 4.3.0 Server shutting down' });
+    const client = await SmtpClient.connect(endpoint(upstream.port, 'none'));
+    expect((await client.mail('user1@example.test')).code).toBe(250);
+    expect(await client.rcpt('user2@example.test')).toMatchObject({ code: 421, enhanced: '4.3.0' });
+    expect(client.usable).toBe(false);
+    await expect(client.rset()).rejects.toMatchObject({ kind: 'closed' });
+  });
 });
 
 /**
