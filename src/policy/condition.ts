@@ -13,7 +13,7 @@
 // field's type and unsafe regular expressions are errors with their position.
 
 import { regex, type Issue, type Path, type Schema } from '../validate/schema.js';
-import { asciiDomain, type Facts } from './facts.js';
+import { asciiDomain, comparableAddress, type Facts } from './facts.js';
 import { lookupField, PHASE_ORDER, type FieldSpec, type FieldType, type RulePhase } from './fields.js';
 
 export interface Condition {
@@ -114,7 +114,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
     case 'equals': {
       if (!scalarOk(arg)) return bad(spec.type === 'number' ? 'a number' : spec.type === 'bool' ? 'true or false' : 'a text value');
       if (spec.type === 'number' || spec.type === 'bool') return (v) => v === arg;
-      const want = spec.domain ? asciiDomain(String(arg)) : lowerArg(arg);
+      const want = spec.domain ? asciiDomain(String(arg)) : spec.address ? comparableAddress(String(arg)) : lowerArg(arg);
       return (v) => v === want;
     }
     case 'in': {
@@ -123,7 +123,7 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
         const set = new Set(arg as number[]);
         return (v) => set.has(v as number);
       }
-      const set = new Set(spec.domain ? arg.map((a) => asciiDomain(String(a))) : arg.map(lowerArg));
+      const set = new Set(spec.domain ? arg.map((a) => asciiDomain(String(a))) : spec.address ? arg.map((a) => comparableAddress(String(a))) : arg.map(lowerArg));
       return (v) => set.has(v as string);
     }
     case 'in_domains': {

@@ -18,6 +18,8 @@ export interface FieldSpec {
   description: string;
   /** the values are domains, in the form asciiDomain gives: a rule's values are put in that form too */
   domain?: true;
+  /** the values are addresses in the form comparableAddress gives (xn-- domain, NFC): a rule's values too */
+  address?: true;
   /** every value the field can take: a rule comparing it with anything else is a typo, refused at load */
   values?: readonly string[];
   /** known at its phase only, not after: the recipient being checked exists only while RCPT is */
@@ -36,7 +38,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'listener.mode': { type: 'string', phase: 'mail', description: 'starttls, tls or trusted', values: ['starttls', 'tls', 'trusted'], get: (f) => f.listenerMode },
   'client.ip': { type: 'string', phase: 'mail', description: 'client IP address', get: (f) => f.clientIp },
   authenticated: { type: 'bool', phase: 'mail', description: 'the client authenticated (false on a trusted listener)', get: (f) => f.authenticated },
-  account: { type: 'string', phase: 'mail', description: 'the account: AUTH user, or envelope sender on a trusted listener', get: (f) => f.account.name },
+  account: { type: 'string', phase: 'mail', address: true, description: 'the account: AUTH user, or envelope sender on a trusted listener', get: (f) => f.account.name },
   'account.domain': { type: 'string', phase: 'mail', domain: true, description: "the account's domain", get: (f) => f.account.domain },
   'account.plan': { type: 'string', phase: 'mail', description: "the account's plan (art. 3.1)", get: (f) => f.account.plan },
   'account.status': { type: 'string', phase: 'mail', description: `status from the lifecycle API: ${ACCOUNT_STATUSES.join(', ')}`, values: ACCOUNT_STATUSES, get: (f) => f.account.status },

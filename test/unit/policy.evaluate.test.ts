@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { conditionSchema } from '../../src/policy/condition.js';
-import type { Facts } from '../../src/policy/facts.js';
+import { comparableAddress, type Facts } from '../../src/policy/facts.js';
 import { loadPolicy } from '../../src/policy/load.js';
 import type { Issue } from '../../src/validate/schema.js';
 
@@ -99,6 +99,14 @@ describe('conditions', () => {
     // Other text fields are compared as written.
     expect(compile({ sender: 'anna@xn--bcher-kva.example' }).test(idn)).toBe(true);
     expect(compile({ subject: 'bücher' }).test(facts({ message: message({ subject: 'BÜCHER' }) }))).toBe(true);
+  });
+
+  it('takes an account written with its international domain in Unicode, or quoted, as the account it is', () => {
+    const joe = facts({ account: { ...facts().account, name: comparableAddress('joe@bücher.example'), domain: 'xn--bcher-kva.example' } });
+    expect(compile({ account: 'joe@bücher.example' }).test(joe)).toBe(true);
+    expect(compile({ account: { in: ['Joe@BÜCHER.example', 'x@y.test'] } }).test(joe)).toBe(true);
+    expect(compile({ account: '"joe"@xn--bcher-kva.example' }).test(joe)).toBe(true);
+    expect(compile({ account: 'jo@bücher.example' }).test(joe)).toBe(false);
   });
 
   it('in_domains: a listed domain covers its subdomains, label by label, on domain fields only', () => {
