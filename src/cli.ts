@@ -39,8 +39,10 @@ async function main(argv: string[]): Promise<number> {
       if (rest[0] !== 'check' || rest.includes('--help')) {
         console.log(
           'Usage: douane config check [FILE] [--without-files]\n\nValidates the file (or DOUANE_CONFIG, or the embedded default) with DOUANE_* overrides applied,\n' +
-            'and the certificate, key and CA files it names as serve will read them.\n\n' +
-            '  --without-files   skip those files: for checking a configuration away from the machine it is for',
+            'the certificate, key and CA files it names as serve will read them, and that the state, spool and\n' +
+            'policy directories can be used. The policy itself is checked by `douane policy check`: run both\n' +
+            'before a restart.\n\n' +
+            '  --without-files   skip those files and directories: for checking a configuration away from the machine it is for',
         );
         return rest.includes('--help') ? 0 : 64;
       }
