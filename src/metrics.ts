@@ -27,7 +27,7 @@ export class Metrics {
   readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
   readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused, internal)', labelNames: ['kind'], registers: [this.registry] });
 
-  readonly policyInfo = new Gauge({ name: 'douane_policy_info', help: 'Policy version in force (1) and versions replaced (0)', labelNames: ['version'], registers: [this.registry] });
+  readonly policyInfo = new Gauge({ name: 'douane_policy_info', help: 'Policy version in force (1) and the version it replaced (0)', labelNames: ['version'], registers: [this.registry] });
   readonly policyReloads = new Counter({ name: 'douane_policy_reloads_total', help: 'Policy reloads by result (a failed reload keeps the last good policy)', labelNames: ['result'], registers: [this.registry] });
   readonly policyLastReloadSuccess = new Gauge({ name: 'douane_policy_last_reload_success', help: '1 if the last policy reload succeeded (or none was tried), 0 if it failed', registers: [this.registry] });
   readonly policyRules = new Gauge({ name: 'douane_policy_rules', help: 'Rules in the policy in force, by phase and mode', labelNames: ['phase', 'mode'], registers: [this.registry] });

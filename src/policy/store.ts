@@ -128,7 +128,9 @@ export class PolicyStore {
   }
 
   private publish(previous: Policy | undefined): void {
-    if (previous) this.metrics.policyInfo.labels(previous.version).set(0);
+    // The version in force and the one it replaced: not every version ever loaded, one series each, until a restart.
+    this.metrics.policyInfo.reset();
+    if (previous && previous.version !== this.policy.version) this.metrics.policyInfo.labels(previous.version).set(0);
     this.metrics.policyInfo.labels(this.policy.version).set(1);
     this.metrics.policyRules.reset();
     for (const r of this.policy.rules) this.metrics.policyRules.labels(r.phase, r.mode).inc();

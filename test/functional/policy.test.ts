@@ -154,6 +154,18 @@ describe('policy reload', () => {
     expect((await send(gw.port('trusted'), 'FORBIDDEN-SUBJECT')).data).toMatch(/^550 /);
   });
 
+  it('exports the policy version in force and the one it replaced, not every version loaded since the start', async () => {
+    const dir = policyDir();
+    const { gw } = await setup(dir);
+    const versions = [gw.gateway.policies.current.version];
+    for (let i = 0; i < 3; i++) {
+      writeFileSync(join(dir, 'policy.yaml'), `${readFileSync(join(dir, 'policy.yaml'), 'utf8')}# change ${i}\n`);
+      versions.push((await gw.gateway.policies.reload('test')).version);
+    }
+    const series = (await gw.metrics.registry.getSingleMetricAsString('douane_policy_info')).split('\n').filter((l) => l.startsWith('douane_policy_info{'));
+    expect(series.sort()).toEqual([`douane_policy_info{version="${versions[2]}"} 0`, `douane_policy_info{version="${versions[3]}"} 1`].sort());
+  });
+
   it('refuses a reload that would drop a section (its file removed or renamed), until a file says so', async () => {
     const dir = policyDir();
     writeFileSync(join(dir, 'allowlists.yaml'), 'allowlists:\n  never_suspend: [boss@example.test]\n');
