@@ -3,7 +3,7 @@
 // art. 8). Adapters implement this; Douane's enforcement only talks to this interface.
 
 /** Normalised account status. Zimbra's own values map onto these (see each adapter). */
-export const ACCOUNT_STATUSES = ['active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown'] as const satisfies readonly AccountStatus[];
+export const ACCOUNT_STATUSES = ['active', 'locked', 'lockout', 'suspended', 'closed', 'maintenance', 'pending', 'unknown', 'unavailable'] as const satisfies readonly AccountStatus[];
 
 export type AccountStatus =
   | 'active'
@@ -17,6 +17,8 @@ export type AccountStatus =
   | 'closed'
   | 'maintenance'
   | 'pending'
+  /** the API did not answer, and no answer of its is recent enough to serve (Douane's own: no API says it) */
+  | 'unavailable'
   /** the API does not know the account */
   | 'unknown';
 

@@ -104,6 +104,25 @@ describe('enforcement state without Redis', () => {
     }
   });
 
+  it('a lifecycle API that does not answer gives the account the status unavailable, not unknown: a rule may tempfail on it', async () => {
+    upstream = await FakeUpstream.start();
+    const zimbra = await FakeZimbra.start();
+    zimbra.addAccount({ name: 'user1@example.test' });
+    const dir = mkdtempSync(join(tmpdir(), 'douane-unavailable-policy-'));
+    cpSync('fixtures/policies/minimal', dir, { recursive: true });
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('rules:\n', 'rules:\n  - { id: account.unchecked, description: d, article: "6", when: { account.status: unavailable }, action: tempfail, reason: sender.unverifiable }\n'));
+    const gw = await startGateway(upstream.port, {
+      policy: { dir, watch: false },
+      lifecycle: { adapter: 'zimbra', timeout: '1s', status_cache: '0s', zimbra: { url: zimbra.url, admin_user: zimbra.adminUser, admin_password: zimbra.adminPassword } },
+    });
+    gateways.push(gw);
+    expect(await mailFrom(gw, 'user1@example.test')).toMatch(/^250 /);
+    // An account the API does not know is "unknown", and sends.
+    expect(await mailFrom(gw, 'stranger@example.test')).toMatch(/^250 /);
+    await zimbra.stop();
+    expect(await mailFrom(gw, 'nobody-cached@example.test')).toMatch(/^451 4\.4\.3 .*rule account\.unchecked/);
+  });
+
   it('warns at start when the Zimbra admin URL would send the admin password in clear', async () => {
     upstream = await FakeUpstream.start();
     const zimbra = { adapter: 'zimbra', zimbra: { url: 'http://zimbra.internal:7071/service/admin/soap', admin_user: 'admin@x.test', admin_password: 'secret' } };

@@ -17,7 +17,12 @@ export const mailAccountStatus: Check = {
       tx.accountStatus = found.lifecycle.status;
       tx.aliases = found.lifecycle.aliases;
       tx.reportedPlan = found.lifecycle.plan;
-    } else if (found.lifecycleUnknown) tx.aliasesUnknown = true;
+    } else if (found.lifecycleUnknown) {
+      // Not "unknown" (the API does not know the account): a rule can tell the two apart, and tempfail
+      // while the API is down if the provider would rather (policies/README.md).
+      tx.accountStatus = 'unavailable';
+      tx.aliasesUnknown = true;
+    }
     if (found.state.throttle) tx.throttle = found.state.throttle.factor;
     const s = found.state.suspension;
     if (s) {
