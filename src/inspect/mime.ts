@@ -881,7 +881,7 @@ function parameterForms(value: string, name: string): ParameterForms {
   }
   // Unquoted, a value ends at a space or a ";" for Thunderbird, a quote in it kept; mailsplit reads a
   // quote as opening a quoted string, and on past the ";" to its end.
-  for (const m of value.matchAll(new RegExp(`(?:^|;)\\s*${name}\\s*=\\s*([^"\\s;][^\\s;]*)`, 'gi'))) {
+  for (const m of value.matchAll(unquotedValue(name))) {
     if (!plain.includes(m[1]!)) plain.push(m[1]!);
   }
   if (plainGiven > 1 || extended.length > 1) repeated = true;
@@ -895,6 +895,14 @@ function parameterForms(value: string, name: string): ParameterForms {
     if (upTo !== continued[0]) continued.push(upTo);
   }
   return { values: [...plain, ...extended, ...continued], repeated };
+}
+
+/** The parameter's unquoted values as Thunderbird ends them (at a space or a ";"), one pattern per name. */
+const UNQUOTED = new Map<string, RegExp>();
+function unquotedValue(name: string): RegExp {
+  let pattern = UNQUOTED.get(name);
+  if (!pattern) UNQUOTED.set(name, (pattern = new RegExp(`(?:^|;)\\s*${name}\\s*=\\s*([^"\\s;][^\\s;]*)`, 'gi')));
+  return pattern;
 }
 
 /** A header value's parameters, split on the semicolons outside quoted strings; the value itself left out. */

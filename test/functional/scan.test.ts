@@ -169,14 +169,20 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     }
   });
 
-  it('a client slower than the scan deadline: its clean message is scanned and goes; the deadline is clamd\'s, not the client\'s', async () => {
-    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '1s' });
+  /** A trusted session that has sent DATA and read its 354. */
+  async function atData(gw: TestGateway): Promise<RawSmtp> {
     const c = await RawSmtp.connect(gw.port('trusted'));
     await c.reply();
     await c.command('EHLO t');
     await c.command('MAIL FROM:<user1@example.test>');
     await c.command('RCPT TO:<user2@example.test>');
     expect(await c.command('DATA')).toMatch(/^354/);
+    return c;
+  }
+
+  it('a client slower than the scan deadline: its clean message is scanned and goes; the deadline is clamd\'s, not the client\'s', async () => {
+    const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '1s' });
+    const c = await atData(gw);
     c.write('From: user1@example.test\r\nSubject: slow\r\n\r\n');
     // 2.4 s of message against a 1 s deadline.
     for (let i = 0; i < 6; i++) {
@@ -193,12 +199,7 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
 
   /** DATA, the first part of a message, a pause of `pauseMs`, the rest: the final reply. */
   async function pausing(gw: TestGateway, pauseMs: number): Promise<string> {
-    const c = await RawSmtp.connect(gw.port('trusted'));
-    await c.reply();
-    await c.command('EHLO t');
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    expect(await c.command('DATA')).toMatch(/^354/);
+    const c = await atData(gw);
     c.write('From: user1@example.test\r\nSubject: on a train\r\n\r\nThe first half,\r\n');
     await new Promise((r) => setTimeout(r, pauseMs));
     c.write('and the second, after a tunnel.\r\n.\r\n');
@@ -227,12 +228,7 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
 
   it('an empty message (DATA, then the dot) has nothing to scan: relayed, not tempfailed at every retry', async () => {
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: clamd.port }], timeout: '5s' });
-    const c = await RawSmtp.connect(gw.port('trusted'));
-    await c.reply();
-    await c.command('EHLO t');
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    expect(await c.command('DATA')).toMatch(/^354/);
+    const c = await atData(gw);
     c.write('.\r\n');
     expect(await c.reply(10_000)).toMatch(/^250 /);
     c.close();
