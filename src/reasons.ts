@@ -165,7 +165,7 @@ export const REASONS = {
   },
   'mime.limits': {
     sentence: 'Message refused: its MIME structure is too large or too deeply nested ({mime}).',
-    solution: 'The message goes over inspection.max_parts, max_depth or max_header_size, holds an archive with more kinds of file names than can be listed (archive_entries), or more distinct links than are kept (urls, 1000); usually a malformed or hostile message.',
+    solution: 'The message goes over inspection.max_parts, max_depth or max_header_size, holds an archive with more kinds of file names than can be listed (archive_entries), or more distinct links than are kept (urls, 1000), or is S/MIME signed with content that cannot be read to its end (signed_content); usually a malformed or hostile message.',
   },
   'account.suspended': {
     sentence: 'Sending is suspended for this account[ ({account})][ since {since}][ (incident {incident})][; contact {contact}].',

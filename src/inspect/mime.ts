@@ -28,6 +28,7 @@ import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { TnefLister } from './tnef.js';
+import { SignedDataReader } from './pkcs7.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
 import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
@@ -70,8 +71,8 @@ export const SINGLE_HEADERS = ['content-type', 'content-transfer-encoding', 'con
 export const AMBIGUITIES = [...SINGLE_HEADERS, 'base64-padding', 'filename'] as const;
 type SingleHeader = (typeof AMBIGUITIES)[number];
 
-/** The inspection limits a message can go over: the values of `mime.limit_exceeded`. */
-export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries', 'urls'] as const;
+/** The inspection limits a message can go over, and S/MIME signed content not readable to its end: the values of `mime.limit_exceeded`. */
+export const INSPECTION_LIMITS = ['parts', 'depth', 'header_size', 'archive_entries', 'urls', 'signed_content'] as const;
 type Limit = (typeof INSPECTION_LIMITS)[number];
 
 interface TextPart {
@@ -114,9 +115,12 @@ interface Leaf {
   attachment?: AttachmentPart;
   /** an attached message, read by an inspector of its own */
   embedded?: MessageInspector;
+  /** an S/MIME part: its signed content, read out of it for `embedded` */
+  signed?: SignedDataReader;
 }
 
 const MESSAGE_TYPES = new Set(['message/rfc822', 'message/global']);
+const SMIME_TYPES = new Set(['application/pkcs7-mime', 'application/x-pkcs7-mime']);
 
 /** Whether a part that is not read as the message's text is an attached message (mail clients open a .eml as one). */
 export function isAttachedMessage(type: string, filename: string): boolean {
@@ -361,7 +365,10 @@ export class MessageInspector {
     const leaf: Leaf = { node, decoder: transferDecoder(isText && filename === '' && isUuencode(node.encoding) ? false : node.encoding) };
     // A text part named .eml is the message's text to Douane and a message to the mail program that opens it:
     // read as both.
-    if ((!isText || extensionOf(filename) === 'eml') && isAttachedMessage(type, filename)) {
+    // An S/MIME part holds, when signed, the message a mail program shows (see pkcs7.ts).
+    const smime = !isText && (SMIME_TYPES.has(type) || extensionOf(filename) === 'p7m');
+    if (smime) leaf.signed = new SignedDataReader();
+    if (smime || ((!isText || extensionOf(filename) === 'eml') && isAttachedMessage(type, filename))) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
       if (depthLeft < 0) return this.limit('depth');
@@ -454,7 +461,12 @@ export class MessageInspector {
       a.tnef.push(data);
       a.urls?.push(a.wide ? a.wide.decode(data, { stream: true }) : data.toString('latin1'));
     }
-    this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(data));
+    if (!leaf.embedded) return;
+    if (!leaf.signed) {
+      this.embeddedWait = both(this.embeddedWait, leaf.embedded.write(data));
+      return;
+    }
+    for (const content of leaf.signed.push(data)) this.embeddedWait = both(this.embeddedWait, leaf.embedded.write(content));
   }
 
   private finishLeaf(): void {
@@ -466,6 +478,11 @@ export class MessageInspector {
     if (leaf.decoder.ambiguous) this.ambiguous ??= 'base64-padding';
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
+    if (leaf.signed) {
+      leaf.signed.end();
+      // Signed content not read to its end: what the recipient's program shows of it is not known.
+      if (leaf.signed.malformed && (leaf.signed.signed || declaresSignedData(leaf.node))) this.limitExceeded ??= 'signed_content';
+    }
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
     if (leaf.embedded) {
       const facts = leaf.embedded.end().catch((err: Error) => {
@@ -760,6 +777,12 @@ class UuencodeWatch {
  * The part's file name as mailsplit read it, except in UTF-7, which libmime hands back undecoded
  * ("invoice+AC4-vbs"): that one is read again from its header, as a UTF-7 aware mail program shows it.
  */
+/** Content-Type: application/pkcs7-mime; smime-type=signed-data */
+function declaresSignedData(node: MimeNode): boolean {
+  const raw = node.headers ? node.headers.getFirst('content-type') : undefined;
+  return !!raw && parameterForms(headerValue(`content-type: ${raw}`), 'smime-type').values.some((v) => v.trim().toLowerCase() === 'signed-data');
+}
+
 function fileName(node: MimeNode): string {
   const name = nameAsRead(node);
   if (extensionOf(name) !== '' || !node.headers) return name;

@@ -1,0 +1,151 @@
+// S/MIME opaque-signed messages (smime.p7m, signed-data) hold the message a mail program shows inside the
+// signature: its attachments and text count like an attached message's. The messages here are signed by
+// OpenSSL, the way mail programs write them (DER, and BER with indefinite lengths when streamed).
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { MessageInspector } from '../../src/inspect/mime.js';
+import { SignedDataReader } from '../../src/inspect/pkcs7.js';
+import { loadPolicy } from '../../src/policy/load.js';
+import type { Facts, MessageFacts } from '../../src/policy/facts.js';
+import { mimeMessage } from '../harness/mime.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'douane-smime-'));
+const KEY = join(dir, 'key.pem');
+const CERT = join(dir, 'cert.pem');
+execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', KEY, '-out', CERT, '-days', '2', '-subj', '/CN=user1@example.test'], { stdio: 'ignore' });
+
+const PROGRAM = Buffer.concat([Buffer.from('MZ\x90\x00\x03\x00\x00\x00', 'latin1'), Buffer.alloc(200, 0x41)]);
+const INNER = mimeMessage({ from: 'user1@example.test', subject: 'facture', text: 'Ci-joint la facture, a regler avant vendredi.', attachments: [{ name: 'facture.exe', content: PROGRAM }] });
+
+/** `openssl cms` run on `input` with `args`, its output as bytes. */
+function cms(args: string[], input: string | Buffer): Buffer {
+  const file = join(dir, `in-${Math.random().toString(36).slice(2)}`);
+  writeFileSync(file, input);
+  return execFileSync('openssl', ['cms', ...args, '-in', file]);
+}
+
+/** The inner entity's MIME headers and body only: a signed message carries no From or Subject inside. */
+const entity = (message: string) => message.slice(message.indexOf('MIME-Version:'));
+
+/** The whole message, signed opaquely, with `outer` headers before the S/MIME ones OpenSSL writes. */
+function signedMessage(content: string, extra: string[] = []): Buffer {
+  const smime = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'SMIME', ...extra], content);
+  return Buffer.concat([Buffer.from('From: user1@example.test\r\nTo: user2@example.test\r\nSubject: facture\r\n'), Buffer.from(smime.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1')]);
+}
+
+/** A message with `p7m` (DER) attached as smime.p7m, with its Content-Type. */
+function attached(p7m: Buffer, type = 'application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"'): Buffer {
+  const b64 = p7m.toString('base64').replace(/.{76}/g, '$&\r\n');
+  return Buffer.from(
+    [
+      'From: user1@example.test',
+      'To: user2@example.test',
+      'Subject: facture',
+      'MIME-Version: 1.0',
+      `Content-Type: ${type}`,
+      'Content-Transfer-Encoding: base64',
+      'Content-Disposition: attachment; filename="smime.p7m"',
+      '',
+      b64,
+      '',
+    ].join('\r\n'),
+  );
+}
+
+async function inspect(raw: Buffer, chunk = 997): Promise<MessageFacts> {
+  const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
+  for (let i = 0; i < raw.length; i += chunk) await inspector.write(raw.subarray(i, i + chunk));
+  return inspector.end();
+}
+
+function verdict(message: MessageFacts) {
+  const facts: Facts = {
+    listener: 'submission',
+    listenerMode: 'starttls',
+    clientIp: '192.0.2.7',
+    authenticated: true,
+    account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
+    sender: 'user1@example.test',
+    recipients: ['user2@example.test'],
+    message,
+  };
+  return loadPolicy('policies').evaluate('data', facts).verdict;
+}
+
+describe('S/MIME opaque-signed messages', () => {
+  it('the program inside a message signed with openssl cms (DER) is found and quarantined, its text read', async () => {
+    const raw = signedMessage(entity(INNER));
+    expect(raw.toString()).toMatch(/application\/(x-)?pkcs7-mime; smime-type=signed-data/);
+    const facts = await inspect(raw);
+    expect(facts.attachments.map((a) => a.name)).toEqual(['smime.p7m', 'facture.exe']);
+    expect(facts.attachments[1]).toMatchObject({ detectedType: 'executable', size: PROGRAM.length });
+    expect(facts.body).toContain('a regler avant vendredi');
+    expect(facts.mimeLimitExceeded).toBeUndefined();
+    expect(verdict(facts)).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
+
+  it('one streamed (BER: indefinite lengths, the content in pieces) is read the same, whatever the chunks', async () => {
+    const der = cms(['-sign', '-nodetach', '-stream', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+    // openssl writes a streamed signature with indefinite lengths: 0x30 0x80 at its start.
+    expect([der[0], der[1]]).toEqual([0x30, 0x80]);
+    for (const chunk of [1, 7, 4096]) {
+      const facts = await inspect(attached(der), chunk);
+      expect(facts.attachments.map((a) => a.name), `chunks of ${chunk}`).toEqual(['smime.p7m', 'facture.exe']);
+      expect(facts.mimeLimitExceeded).toBeUndefined();
+    }
+  });
+
+  it('gives out exactly the signed content, as openssl verifies it, in DER and BER', () => {
+    for (const extra of [[], ['-stream']]) {
+      const der = cms(['-sign', '-nodetach', ...extra, '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+      const verified = execFileSync('openssl', ['cms', '-verify', '-noverify', '-inform', 'DER', '-in', writeTemp(der)]);
+      for (const chunk of [1, 3, 64, der.length]) {
+        const reader = new SignedDataReader();
+        const out: Buffer[] = [];
+        for (let i = 0; i < der.length; i += chunk) out.push(...reader.push(der.subarray(i, i + chunk)).map((b) => Buffer.from(b)));
+        reader.end();
+        expect(Buffer.concat(out).equals(verified), `${extra.join(' ') || 'DER'} in chunks of ${chunk}`).toBe(true);
+        expect(reader).toMatchObject({ signed: true, complete: true, malformed: false });
+      }
+    }
+  });
+
+  it('a signed message cut short is refused as too complex to check; a signature alone is not', async () => {
+    const der = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+    // Cut inside the signed content's headers, before the program: what follows is unknown.
+    const cut = await inspect(attached(der.subarray(0, der.indexOf('Content-Type') + 40)));
+    expect(cut.mimeLimitExceeded).toBe('signed_content');
+    expect(verdict(cut)).toMatchObject({ action: 'reject', rule: { id: 'mime.too-complex' } });
+    // Declared signed, and not CMS at all.
+    const garbage = await inspect(attached(Buffer.from('MZ this is not a signature at all')));
+    expect(garbage.mimeLimitExceeded).toBe('signed_content');
+    // A detached signature (the content travels beside it): nothing inside, nothing refused.
+    const detached = cms(['-sign', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+    const alone = await inspect(attached(detached, 'application/pkcs7-signature; name="smime.p7s"'));
+    expect(alone.mimeLimitExceeded).toBeUndefined();
+  });
+
+  it('an encrypted one (enveloped-data) is left as it is: its content needs the recipient\'s key', async () => {
+    const enveloped = cms(['-encrypt', '-aes256', '-outform', 'DER', '-recip', CERT], entity(INNER));
+    const facts = await inspect(attached(enveloped, 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"'));
+    expect(facts.attachments.map((a) => a.name)).toEqual(['smime.p7m']);
+    expect(facts.mimeLimitExceeded).toBeUndefined();
+  });
+
+  it('a signed message attached under another type but named .p7m is opened too', async () => {
+    const der = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+    const facts = await inspect(attached(der, 'application/octet-stream; name="smime.p7m"'));
+    expect(facts.attachments.map((a) => a.name)).toContain('facture.exe');
+  });
+});
+
+function writeTemp(data: Buffer): string {
+  const file = join(dir, `der-${Math.random().toString(36).slice(2)}`);
+  writeFileSync(file, data);
+  return file;
+}
+
