@@ -31,6 +31,10 @@
 // too (src/inspect/bzip2.ts, src/inspect/zstd.ts), every stream or frame in it, at the same cost to the
 // budget; one that cannot be read whole (damaged, cut short, a zstd window past the one kept) before the
 // tar in it ended is incomplete, and one whose content is under a tar block is no tar.
+//
+// These decoders run in the main thread, so a bomb is stopped by its ratio before the budget: 300 MB of
+// zeros is 327 bytes of bzip2, which took over a second of every session's time to decode to the budget.
+// Past MAX_RATIO times the compressed bytes received (and a floor), their listing is incomplete.
 
 import { Inflate } from 'fflate';
 import { ArchiveNames, nameFromBytes, normalizeName, type ArchiveListing } from './archive-names.js';
@@ -417,8 +421,21 @@ class GzipHeader {
   }
 }
 
+/**
+ * Decompressed bytes per compressed byte received past which an xz, bzip2 or zstd tar is taken for a
+ * bomb: a log that compresses well is 10 to 100 times smaller. A .tar.gz is left to the budget: deflate
+ * cannot go past 1032, and fflate is fed a step at a time.
+ */
+const MAX_RATIO = 1000;
+/** Decompressed bytes always allowed, whatever the ratio. */
+const RATIO_FLOOR = 1024 * 1024;
+
 export class TarLister {
   readonly listing: TarListing;
+  /** the attachment's bytes received so far */
+  private received = 0;
+  /** bytes decoded per xz, bzip2 or zstd reading, to compare with `received` */
+  private readonly produced = new Map<TarParser, number>();
   private readonly names: ArchiveNames;
   private readonly raw: TarParser;
   /** the inflated reading, for a file that starts like a gzip */
@@ -458,12 +475,14 @@ export class TarLister {
 
   push(data: Buffer): void {
     if (data.length === 0) return;
+    this.received += data.length;
     if (this.first) {
       this.first = false;
       // The gzip signature, at least its first byte: the header reader says the rest.
       if (data[0] === 0x1f) this.gz = { header: new GzipHeader(), parser: this.parser(), stopped: false };
       if (data[0] === 0xfd) {
         const parser = this.parser();
+        this.produced.set(parser, 0);
         const reader = new XzReader((out) => {
           this.decompressed(parser, out);
           // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next chunks).
@@ -600,6 +619,7 @@ export class TarLister {
 
   private decodeWith(make: (output: (data: Buffer) => void) => Bzip2Reader | ZstdReader): void {
     const parser = this.parser();
+    this.produced.set(parser, 0);
     const reader = make((out) => {
       this.decompressed(parser, out);
       // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next blocks).
@@ -615,8 +635,15 @@ export class TarLister {
     // Charged once the content reads as a tar: a compressed file of another kind costs only its first step.
     if (!parser.isTar) return;
     this.budget.bytes -= data.length;
+    const before = this.produced.get(parser);
+    let bomb = false;
+    if (before !== undefined) {
+      const produced = before + data.length;
+      this.produced.set(parser, produced);
+      bomb = produced > RATIO_FLOOR && produced > MAX_RATIO * this.received;
+    }
     // A bomb, or more than any real mail carries: the rest is not looked at.
-    if (this.budget.bytes < 0 && !parser.done) parser.fail();
+    if ((this.budget.bytes < 0 || bomb) && !parser.done) parser.fail();
   }
 
   private update(): void {
