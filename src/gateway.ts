@@ -968,7 +968,12 @@ export class Gateway {
       return text;
     } finally {
       void stopKeepalive();
-      await spool.dispose();
+      // The reply stands whatever removing the spooled copy does: after the upstream's 250, a 451 would
+      // have the client send again a message already delivered. A copy left behind is removed at the next
+      // start.
+      await spool.dispose().catch((err: unknown) =>
+        this.log.error({ event: 'spool_cleanup_failed', session: state.id, ref: tx.reference, err: (err as Error)?.message }, 'the spooled copy of a message could not be removed'),
+      );
     }
   }
 

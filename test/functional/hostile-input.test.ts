@@ -2,7 +2,8 @@
 // lines, slow clients and connection floods. Each gets a clear reply and leaves nothing half-done.
 
 import net from 'node:net';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { gatewayWithUpstream } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
@@ -324,6 +325,34 @@ describe('spool', () => {
       c.close();
     } finally {
       mkdirSync(gw.spoolDir);
+    }
+  });
+
+  it('a spooled copy that cannot be removed after the upstream accepted the message leaves the 250 as it is, and is logged', async () => {
+    // The upstream has the message when the spool file is swapped for a directory: removing it fails
+    // (as it would on a disk gone read-only). A 451 now would have the client send it again.
+    let swapped = '';
+    const { gw, upstream } = await start({
+      dataEnd: () => {
+        const [file] = readdirSync(gw.spoolDir);
+        swapped = join(gw.spoolDir, file!);
+        rmSync(swapped);
+        mkdirSync(swapped);
+        writeFileSync(join(swapped, 'keep'), 'x');
+        return { delayMs: 50 };
+      },
+    }, { spool: { memory_threshold: '1K' } });
+    try {
+      const c = await trustedSession(gw.port('trusted'));
+      c.write(`From: user1@example.test\r\nSubject: big\r\n\r\n${'x'.repeat(70)}\r\n`.repeat(100) + '.\r\n');
+      expect(await c.reply()).toBe('250 2.0.0 Ok: queued as FAKE1');
+      expect(upstream.messages).toHaveLength(1);
+      const cleanup = await gw.waitForLog((l) => l.event === 'spool_cleanup_failed');
+      expect(String(cleanup.err)).toMatch(/EISDIR|directory/);
+      expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ verdict: 'accept' });
+      c.close();
+    } finally {
+      if (swapped) rmSync(swapped, { recursive: true, force: true });
     }
   });
 
