@@ -2,6 +2,7 @@
 
 import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
 import { AdminServer } from '../admin.js';
+import { lockStateDir, type StateLock } from '../data/state-lock.js';
 import { Gateway } from '../gateway.js';
 import { createLogger, routeConsoleToLog, type Logger } from '../log.js';
 import { Metrics } from '../metrics.js';
@@ -65,6 +66,7 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
   // reload sent during a restart), and a SIGTERM then is carried out once it has started.
   let gateway: Gateway | undefined;
   let admin: AdminServer | undefined;
+  let lock: StateLock | undefined;
   let started = false;
   let stopAsked: string | undefined;
   let exited: (code: number) => void = () => undefined;
@@ -82,7 +84,7 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
     }
     stopAsked = signal;
     logger.info({ event: 'signal', signal }, started ? `${signal}: stopping` : `${signal}: stopping once started`);
-    if (started) shutDown(gateway!, admin, logger).then(exited);
+    if (started) shutDown(gateway!, admin, logger).then(released(lock, exited));
   };
   const reload = () => {
     if (!started || stopAsked) {
@@ -96,6 +98,8 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   try {
+    lock = lockStateDir(config.state_dir);
+    if (lock.tookOver) logger.warn({ event: 'state_lock_taken_over', path: lock.path, previous: lock.tookOver }, `the lock of state_dir was left by PID ${lock.tookOver.pid} on ${lock.tookOver.host}, which no longer holds it: taken over`);
     gateway = new Gateway(config, { logger, metrics });
     admin = config.admin.enabled ? new AdminServer(config.admin, metrics, logger) : undefined;
     for (const [name, probe] of Object.entries(gateway.readinessProbes())) admin?.addProbe(name, probe);
@@ -108,13 +112,22 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
     process.removeListener('SIGHUP', reload);
     logger.fatal({ event: 'start_failed', err: (err as Error).message }, `could not start: ${(err as Error).message}`);
     await Promise.race([Promise.allSettled([gateway?.stop(), admin?.stop()]), new Promise((r) => setTimeout(r, 2000))]);
+    lock?.release();
     throw new StartError((err as Error).message);
   }
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
   started = true;
-  if (stopAsked) void shutDown(gateway, admin, logger).then(exited);
+  if (stopAsked) void shutDown(gateway, admin, logger).then(released(lock, exited));
   return stopped;
+}
+
+/** Releases the state directory once stopped, then exits with the code. */
+function released(lock: StateLock | undefined, exited: (code: number) => void): (code: number) => void {
+  return (code) => {
+    lock?.release();
+    exited(code);
+  };
 }
 
 /** Drains and stops; resolves with the exit code. */

@@ -114,6 +114,31 @@ describe('douane CLI', () => {
     }
   });
 
+  it('serve refuses a state directory another serve is using, naming it and its PID; the lock goes with a clean stop', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-lock-'));
+    const first = serveOn(dir, ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 0, allow: [127.0.0.1] } }', 'upstream: { host: 127.0.0.1, port: 1, trusted_port: 1 }', 'clamd: none']);
+    let out = '';
+    first.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((r) => first.on('exit', r));
+    try {
+      await expect.poll(() => out.includes('"event":"listening"'), { timeout: 15_000 }).toBe(true);
+      expect(existsSync(join(dir, 'state', 'douane.lock'))).toBe(true);
+      const second = await exec('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain(`douane: state_dir ${dir}/state is in use by another douane (PID ${first.pid} on `);
+      expect(second.stderr).toMatch(/would send every notice and carry out every suspension twice/);
+      first.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(existsSync(join(dir, 'state', 'douane.lock'))).toBe(false);
+    } finally {
+      first.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve logs a fault that nothing caught as one JSON line, then exits 70 for its supervisor to restart it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-crash-'));
     try {
