@@ -2,6 +2,7 @@
 // command through the pipeline and then to the upstream. A client gets 250 for a message only after the
 // upstream said 250 for it; every other path ends in a refusal with a reference, or a 4xx.
 
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { cachedProbe, type ReadinessProbe } from './admin.js';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
@@ -28,7 +29,7 @@ import { LocalQuarantine, type QuarantineStore } from './quarantine/store.js';
 import { AuditLog } from './audit/log.js';
 import { Enforcer } from './enforce/enforcer.js';
 import { Outbox } from './enforce/outbox.js';
-import { mailHandler, webhookHandler } from './enforce/notify.js';
+import { mailHandler, webhookHandler, type NoticeSmtp } from './enforce/notify.js';
 import { FileEnforcementState, RedisEnforcementState } from './enforce/state.js';
 import { createLifecycle } from './lifecycle/factory.js';
 import type { LifecycleApi } from './lifecycle/types.js';
@@ -132,7 +133,7 @@ export class Gateway {
       : new FileEnforcementState(join(config.state_dir, 'enforcement.json'), Date.now, (detail) => this.log.error({ event: 'enforcement_state_unreadable', detail }, 'enforcement state could not be read; starting without it (the audit log has every suspension)'));
     const e = config.enforcement;
     let enforcer: Enforcer | undefined;
-    const notifySmtp = e.notify.smtp ?? { host: config.upstream.host, port: config.upstream.trusted_port, secure: false, verify_certificate: config.upstream.verify_certificate };
+    const notifySmtp = noticeSmtp(config);
     this.outbox = new Outbox({
       dir: join(config.state_dir, 'outbox'),
       handlers: {
@@ -1294,6 +1295,27 @@ function passThrough(reply: SmtpReply, reference: string): ReplyError {
   const referenced = (text: string) => `${text} (Ref ${reference})`;
   const lines = reply.lines.length > 1 ? [...reply.lines.slice(0, -1), referenced(reply.lines[reply.lines.length - 1]!)] : undefined;
   return new ReplyError({ code: reply.code, enhanced, text: referenced(replyText(reply)), close: false, ...(lines ? { lines } : {}) });
+}
+
+/**
+ * Where notices go: `enforcement.notify.smtp`, or the upstream's trusted port, reached as relayed mail
+ * reaches it (its TLS mode, CA and certificate name): a notice must not fail on the certificate relayed
+ * mail passes with.
+ */
+export function noticeSmtp(config: Config): NoticeSmtp {
+  const own = config.enforcement.notify.smtp;
+  if (own) return { host: own.host, port: own.port, secure: own.secure, verify_certificate: own.verify_certificate, ...(own.ca ? { ca: readFileSync(own.ca) } : {}), ...(own.servername ? { servername: own.servername } : {}) };
+  const u = config.upstream;
+  return {
+    host: u.host,
+    port: u.trusted_port,
+    secure: u.tls === 'implicit',
+    require_tls: u.tls === 'starttls',
+    ignore_tls: u.tls === 'none',
+    verify_certificate: u.verify_certificate,
+    ...(u.ca ? { ca: readFileSync(u.ca) } : {}),
+    ...(u.servername ? { servername: u.servername } : {}),
+  };
 }
 
 /** Rules with the action "tag" mark the message for the upstream's own filters. */

@@ -89,6 +89,8 @@ function resolvePaths(config: Config, fileDir: string, applied: Map<string, stri
   const { zimbra, http } = config.lifecycle;
   if (zimbra) at(['lifecycle', 'zimbra', 'ca'], zimbra.ca, (v) => (zimbra.ca = v));
   if (http) at(['lifecycle', 'http', 'ca'], http.ca, (v) => (http.ca = v));
+  const noticeSmtp = config.enforcement.notify.smtp;
+  if (noticeSmtp) at(['enforcement', 'notify', 'smtp', 'ca'], noticeSmtp.ca, (v) => (noticeSmtp.ca = v));
   at(['state_dir'], config.state_dir, (v) => (config.state_dir = v));
   at(['spool', 'dir'], config.spool.dir, (v) => (config.spool.dir = v));
   at(['policy', 'dir'], config.policy.dir, (v) => (config.policy.dir = v));
@@ -161,6 +163,7 @@ function namedFileProblems(config: Config, writable: boolean): Issue[] {
     [config.upstream.ca, ['upstream', 'ca']],
     [config.lifecycle.zimbra?.ca, ['lifecycle', 'zimbra', 'ca']],
     [config.lifecycle.http?.ca, ['lifecycle', 'http', 'ca']],
+    [config.enforcement.notify.smtp?.ca, ['enforcement', 'notify', 'smtp', 'ca']],
   ];
   for (const [file, path] of cas) {
     if (!file) continue;

@@ -238,7 +238,16 @@ export const configSchema = obj({
           abuse_team: withDefault(list(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })), []),
           from: optional(str()),
           /** where notices are sent; default: the upstream's trusted port */
-          smtp: optional(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })), secure: withDefault(bool(), false), verify_certificate: withDefault(bool(), true) })),
+          smtp: optional(
+            obj({
+              host: required(str()),
+              port: required(int({ min: 1, max: 65535 })),
+              secure: withDefault(bool(), false),
+              verify_certificate: withDefault(bool(), true),
+              ca: optional(str()),
+              servername: optional(str({ pattern: HOST, expected: HOST_EXPECTED })),
+            }),
+          ),
         }),
       ),
       webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str({ secret: true })), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),

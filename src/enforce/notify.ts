@@ -19,9 +19,25 @@ export interface WebhookJob {
   event: Record<string, unknown>;
 }
 
+/** Where notices are sent, and how its certificate is checked. */
+export interface NoticeSmtp {
+  host: string;
+  port: number;
+  /** TLS from the first byte (465); otherwise STARTTLS when offered, or always with `require_tls` */
+  secure: boolean;
+  verify_certificate: boolean;
+  /** the CA that signed its certificate (PEM), when not a public one */
+  ca?: Buffer;
+  /** the name its certificate carries, when not `host` */
+  servername?: string;
+  require_tls?: boolean;
+  /** no STARTTLS even when offered */
+  ignore_tls?: boolean;
+}
+
 export interface NotifySettings {
   from: string;
-  smtp: { host: string; port: number; secure: boolean; verify_certificate: boolean };
+  smtp: NoticeSmtp;
   webhook?: { url: string; secret?: string; timeout: number };
 }
 
@@ -30,7 +46,9 @@ export function mailHandler(settings: NotifySettings, metrics: Metrics): (job: J
     host: settings.smtp.host,
     port: settings.smtp.port,
     secure: settings.smtp.secure,
-    tls: { rejectUnauthorized: settings.smtp.verify_certificate },
+    requireTLS: settings.smtp.require_tls ?? false,
+    ignoreTLS: settings.smtp.ignore_tls ?? false,
+    tls: { rejectUnauthorized: settings.smtp.verify_certificate, ...(settings.smtp.ca ? { ca: settings.smtp.ca } : {}), ...(settings.smtp.servername ? { servername: settings.smtp.servername } : {}) },
     connectionTimeout: 10_000,
     greetingTimeout: 10_000,
     socketTimeout: 30_000,
