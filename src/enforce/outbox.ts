@@ -205,6 +205,9 @@ export class Outbox {
       this.pending.delete(job.id);
       await rm(join(this.pendingDir, `${job.id}.json`), { force: true });
       this.opts.metrics.outboxAttempts.labels(job.kind, 'done').inc();
+      // The lines written when it was queued ("notified", "suspended") say what was decided; this one
+      // says it was carried out.
+      this.opts.log.info({ event: 'outbox_done', job: job.id, kind: job.kind, key: job.key, attempts: job.attempts }, `outbox job done (${job.kind})`);
     } catch (err) {
       job.lastError = (err as Error).message;
       if (err instanceof PermanentFailure || (err as { retryable?: boolean }).retryable === false) {

@@ -24,7 +24,7 @@ function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: nu
     minDelayMs: opts.minDelayMs ?? 10,
     maxDelayMs: opts.maxDelayMs ?? 50,
     metrics: new Metrics({ version: 't', defaultMetrics: false }),
-    log: createLogger({ level: 'warn', destination }),
+    log: createLogger({ level: 'info', destination }),
   });
 }
 
@@ -103,6 +103,8 @@ describe('outbox', () => {
     expect(planned[0]).toBeLessThanOrEqual(12); // retry_min with its jitter
     expect(Math.max(...planned)).toBeLessThanOrEqual(60);
     expect(planned.slice(-2).every((ms) => ms >= 47)).toBe(true); // capped: within the jitter below retry_max
+    // Carried out: said once, when it is.
+    expect(lines.filter((l) => l.event === 'outbox_done')).toEqual([expect.objectContaining({ job: job.id, kind: 'lifecycle', attempts: 7 })]);
   });
 });
 
