@@ -47,6 +47,12 @@ const listener = refine(
     if (l.mode !== 'trusted' && l.allow) {
       return [{ path: [...path, 'allow'], atKey: true, message: 'only applies to a trusted listener (mode: trusted); clients of this listener authenticate' }];
     }
+    // A client of a trusted listener sends as any account without AUTH: every address is an open relay
+    // in every customer's name.
+    const everyone = (l.allow ?? []).findIndex((c) => c.prefix === 0);
+    if (everyone >= 0) {
+      return [{ path: [...path, 'allow', everyone], message: `is ${l.allow![everyone]!.text}, every address: anyone who reaches this port would send as any customer without AUTH; list the webmail and mailbox hosts` }];
+    }
     return [];
   },
 );
@@ -58,8 +64,9 @@ const DOMAIN = `(?=[^\\s]{1,253}$)${LABEL}(?:\\.${LABEL})*\\.?`;
 const HOST_NAME = new RegExp(`^(?:${DOMAIN}|\\[(?:IPv6:[0-9A-Fa-f:.]+|[0-9.]+)\\])$`);
 const HOST_NAME_EXPECTED = 'a host name such as mail.example.com (letters, digits, hyphens and dots; an internationalised one in its xn-- form), or an address literal such as [192.0.2.1]';
 // An IPv6 address may name its interface (fe80::1%eth0), as net.connect takes it.
-const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[\\w.-]+)?)$`);
-const HOST_EXPECTED = 'a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10';
+// An IPv6 address has two colons at least: "127.0.0.1:25" is a host with its port, not an address.
+const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[\\w.-]+)?)$`);
+const HOST_EXPECTED = 'a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10, without a port (the port has a key of its own)';
 
 export const configSchema = obj({
   hostname: withDefault(str({ pattern: HOST_NAME, expected: HOST_NAME_EXPECTED }), os.hostname()),
@@ -209,6 +216,11 @@ export const configSchema = obj({
     }), (l, path): Issue[] => {
       if ((l.adapter === 'zimbra' && !l.zimbra) || (l.adapter === 'http' && !l.http)) {
         return [{ path: [...path, 'adapter'], message: `is ${l.adapter}: add the lifecycle.${l.adapter} section with its settings` }];
+      }
+      // A section the adapter does not use: suspensions would never reach the API it describes.
+      const unused = (['zimbra', 'http'] as const).find((name) => l[name] && l.adapter !== name);
+      if (unused) {
+        return [{ path: [...path, 'adapter'], atKey: true, message: `is ${l.adapter}${l.adapter === 'none' ? ' (its default)' : ''}, so lifecycle.${unused} is not used: no suspension would be carried out there and no status read; set adapter: ${unused}, or remove lifecycle.${unused}` }];
       }
       const issues: Issue[] = [];
       if (l.http) {

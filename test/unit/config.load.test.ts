@@ -206,6 +206,22 @@ describe('configuration loading', () => {
     );
   });
 
+  it('refuses a trusted listener open to every address, a host written with its port, and a lifecycle section its adapter does not use', () => {
+    const base = 'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] } }\nupstream: { host: 127.0.0.1 }\n';
+    expect(problems(() => parse('t.yaml', base.replace('allow: [127.0.0.1]', 'allow: [10.0.0.0/8, "::/0"]')))).toEqual([
+      't.yaml:1:86: listeners.t.allow[1] is ::/0, every address: anyone who reaches this port would send as any customer without AUTH; list the webmail and mailbox hosts',
+    ]);
+    expect(problems(() => parse('t.yaml', base.replace('allow: [127.0.0.1]', 'allow: [0.0.0.0/0]')))[0]).toMatch(/allow\[0\] is 0\.0\.0\.0\/0, every address/);
+    expect(problems(() => parse('t.yaml', base.replace('host: 127.0.0.1', 'host: "127.0.0.1:25"')))[0]).toMatch(/^t\.yaml:2:19: upstream\.host must be .*without a port \(the port has a key of its own\) \(got "127\.0\.0\.1:25"\)$/);
+    expect(problems(() => parse('t.yaml', base.replace('host: 127.0.0.1', 'host: "mta.internal:587"')))[0]).toMatch(/upstream\.host must be/);
+    for (const address of ['"::1"', '"2001:db8::10"', '"fe80::1%eth0"']) expect(() => parse('t.yaml', base.replace('host: 127.0.0.1', `host: ${address}`))).not.toThrow();
+    const zimbra = 'lifecycle:\n  zimbra: { url: "https://zimbra.internal:7071/service/admin/soap", admin_user: admin, admin_password: pw }\n';
+    expect(problems(() => parse('t.yaml', base + zimbra))).toEqual([
+      't.yaml:4:3: lifecycle.adapter is none (its default), so lifecycle.zimbra is not used: no suspension would be carried out there and no status read; set adapter: zimbra, or remove lifecycle.zimbra',
+    ]);
+    expect(() => parse('t.yaml', base + zimbra + '  adapter: zimbra\n')).not.toThrow();
+  });
+
   it('checks the lifecycle HTTP request templates and its authentication at load, with file:line:col', () => {
     const text = [
       'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }',
@@ -368,7 +384,7 @@ describe('configuration loading', () => {
       'env DOUANE_HOSTNAME: hostname must be a host name such as mail.example.com (letters, digits, hyphens and dots; an internationalised one in its xn-- form), or an address literal such as [192.0.2.1] (got "mail.example.test\\r")',
     ]);
     expect(problems(() => parse('t.yaml', `hostname: mail example\n${text}`))[0]).toMatch(/^t\.yaml:1:11: hostname must be a host name such as mail\.example\.com/);
-    expect(problems(() => parse('t.yaml', text.replace('mta.example.test', '"mta@example.test"')))[0]).toMatch(/^t\.yaml:2:19: upstream\.host must be a host name such as mta\.example\.com \(an internationalised one in its xn-- form\), or an IP address such as 192\.0\.2\.10 or 2001:db8::10 \(got "mta@example\.test"\)/);
+    expect(problems(() => parse('t.yaml', text.replace('mta.example.test', '"mta@example.test"')))[0]).toMatch(/^t\.yaml:2:19: upstream\.host must be a host name such as mta\.example\.com \(an internationalised one in its xn-- form\), or an IP address such as 192\.0\.2\.10 or 2001:db8::10, without a port \(the port has a key of its own\) \(got "mta@example\.test"\)/);
     expect(problems(() => parse('t.yaml', `${text}upstream_x: 1\n`.replace('upstream_x: 1\n', ''), { DOUANE_UPSTREAM_HELO_NAME: 'a:b c' }))[0]).toMatch(/^env DOUANE_UPSTREAM_HELO_NAME: upstream\.helo_name must be a host name/);
     // What hosts are called: names, trailing dots, underscores, IPv4 and IPv6 addresses, address literals.
     for (const [hostname, host] of [['mail.example.test', 'zimbra-mta'], ['mail.example.test.', '192.0.2.10'], ['[192.0.2.1]', '2001:db8::10'], ['[IPv6:2001:db8::1]', 'mta_1.internal'], ['localhost', '::1'], ['xn--bcher-kva.example', 'fe80::1%eth0']]) {
