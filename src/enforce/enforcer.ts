@@ -71,6 +71,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private readonly owners = new Map<string, string>();
   /** addresses whose kept owner this process removed (asked once, not at every lookup) */
   private readonly ownerForgotten = new Set<string>();
+  /** the shared state was lost and the suspensions known here are not all written back yet */
+  private restoring = false;
   /** addresses whose account is being found out in the background (see known) */
   private readonly learning = new Set<string>();
 
@@ -509,7 +511,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (state.status === 'fulfilled') {
       known = state.value;
       if (known.suspension) this.knownSuspensions.set(key, known.suspension);
-      else this.knownSuspensions.delete(key);
+      else if (this.knownSuspensions.has(key)) {
+        // Reinstated (the usual answer), or the shared state was lost: asked only then, one read. Lost
+        // and written back by another instance, its suspensions are in the state read next time.
+        const suspension = (await this.restoreIfLost().catch(() => false)) ? this.knownSuspensions.get(key) : undefined;
+        if (suspension && (!suspension.until || suspension.until > this.now())) known = { ...known, suspension };
+        else this.knownSuspensions.delete(key);
+      }
     } else {
       // The shared state does not answer (Redis down or frozen): a suspension seen before still holds.
       const cached = this.knownSuspensions.get(key);
@@ -626,9 +634,34 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     await this.deps.outbox.enqueue('webhook', { event: { source: 'douane', at: new Date(this.now()).toISOString(), ...event } } satisfies WebhookJob);
   }
 
+  /**
+   * When the shared state was lost (Redis restarted empty, a replica promoted without it), every
+   * suspension it held would be lifted without a word: those known here are written back. Strikes,
+   * throttles and counts are not known here, and start again. Returns whether it was lost.
+   */
+  private async restoreIfLost(): Promise<boolean> {
+    const lost = await this.deps.state.lost();
+    // A restore cut short (Redis gone again) is finished at the next call: the mark is already set anew.
+    if (!lost && !this.restoring) return false;
+    const now = this.now();
+    const known = [...this.knownSuspensions].filter(([, s]) => !s.until || s.until > now);
+    if (lost) {
+      this.deps.metrics.enforcementStateLost.inc();
+      this.deps.log.error(
+        { event: 'enforcement_state_lost', restored: known.length, accounts: known.slice(0, 50).map(([a]) => a) },
+        `the shared enforcement state was lost (Redis restarted without its data?): ${known.length} suspension(s) known here written back; strikes and throttles start again`,
+      );
+    }
+    this.restoring = true;
+    for (const [account, s] of known) await this.deps.state.setSuspension(account, s);
+    this.restoring = false;
+    return true;
+  }
+
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   async refreshGauge(): Promise<void> {
     try {
+      await this.restoreIfLost();
       const suspended = await this.deps.state.suspendedAccounts();
       this.deps.metrics.suspendedAccounts.set(suspended.length);
       const fresh = new Map<string, Suspension>();

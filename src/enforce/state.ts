@@ -2,6 +2,7 @@
 // default (memory, and a file in the state directory): strikes per account in a sliding window, which ladder steps were taken, suspensions,
 // throttles, suspensions waiting for approval, and the circuit breaker.
 
+import { randomUUID } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { accountTag, type RedisClient } from '../limits/redis.js';
@@ -102,6 +103,13 @@ export interface EnforcementState {
    * its account (and that account's suspension holds).
    */
   owner(address: string): Promise<string | undefined>;
+  /**
+   * True, once, when the shared state was lost since this process last looked (Redis restarted without
+   * its data, a replica promoted without it) and this process is the first to see it: it has set the
+   * state's mark again, and writes back what it knows. An instance that finds a new mark set by another
+   * one takes it in silence: what it knows may be older than what was done since (a reinstatement).
+   */
+  lost(): Promise<boolean>;
   setOwner(address: string, account: string): Promise<void>;
   /** the address is its own account now, or no account's: it is nobody's alias any more */
   forgetOwner(address: string): Promise<void>;
@@ -181,6 +189,25 @@ export class RedisEnforcementState implements EnforcementState {
 
   private k(kind: string, account: string): string {
     return `${this.prefix}:${kind}:${acct(account)}`;
+  }
+
+  /** the state's mark as this process last saw it */
+  private mark: string | undefined;
+
+  async lost(): Promise<boolean> {
+    const key = `${this.prefix}:state-mark`;
+    const current = await this.r.get(key);
+    if (current !== null) {
+      this.mark = current;
+      return false;
+    }
+    // No mark: the first start on this Redis, or the state was lost. Of the instances that see it gone,
+    // the one whose mark is set is the one to write back.
+    const mine = randomUUID();
+    const first = (await this.r.set(key, mine, 'NX')) === 'OK';
+    const seenBefore = this.mark !== undefined;
+    this.mark = first ? mine : ((await this.r.get(key)) ?? undefined);
+    return first && seenBefore;
   }
 
   async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
@@ -367,6 +394,11 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async lockHeld(account: string): Promise<boolean> {
     return this.locksHeld.has(account.toLowerCase());
+  }
+
+  /** Held in this process (and its file): nothing else can lose it. */
+  async lost(): Promise<boolean> {
+    return false;
   }
 
   async owner(address: string): Promise<string | undefined> {

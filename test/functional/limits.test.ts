@@ -481,6 +481,30 @@ describe('Redis failures are bounded', () => {
     }
   });
 
+  it('Redis restarted without its data lifts no suspension: those known here are written back, and it is said', async () => {
+    const [a, b] = [await gateway(), await gateway()];
+    await a.gateway.enforcer.suspend('roomy@example.test', 'suspend_sending', { by: 'cli:test', reference: 'D-LOST01', reason: 'complaint' });
+    await a.gateway.enforcer.suspend('hourly@example.test', 'suspend_sending', { by: 'cli:test', reference: 'D-LOST02', reason: 'complaint' });
+    expect((await send(b.port('trusted'), 'roomy@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended/);
+    // Every 10 s each instance reads the suspensions in force (the gauge); here at once.
+    await b.gateway.enforcer.refreshGauge();
+    await redis.crash();
+    await redis.revive();
+    for (const gw of [a, b]) await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
+    expect(redis.cli('get', 'douane:suspended:{roomy@example.test}')).toBe('');
+    // The next MAIL finds no suspension in Redis where one was known: the state was lost, not reinstated.
+    expect((await send(b.port('trusted'), 'roomy@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(roomy@example\.test\).*incident D-LOST01/);
+    expect(await b.waitForLog((l) => l.event === 'enforcement_state_lost')).toMatchObject({ level: 'error' });
+    // Every suspension b knew of is back in Redis, for every instance: a never saw roomy@ send again.
+    expect(JSON.parse(redis.cli('get', 'douane:suspended:{hourly@example.test}'))).toMatchObject({ reference: 'D-LOST02', action: 'suspend_sending' });
+    expect((await send(a.port('trusted'), 'hourly@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended.*incident D-LOST02/);
+    expect(await b.metrics.registry.getSingleMetricAsString('douane_enforcement_state_lost_total')).toMatch(/^douane_enforcement_state_lost_total 1$/m);
+    // A reinstatement is still one: the mark is in place again.
+    await a.gateway.enforcer.reinstate('roomy@example.test', 'cli:test');
+    expect((await send(b.port('trusted'), 'roomy@example.test')).data).toMatch(/^250 /);
+    expect(a.logs.filter((l) => l.event === 'enforcement_state_lost')).toHaveLength(0);
+  });
+
   it('Redis frozen mid-run: each decision within the deadline, and no double count after it thaws', async () => {
     const gw = await gateway({ redis: { url: redis.url }, deadline: '400ms' });
     const port = gw.port('trusted');
