@@ -140,6 +140,7 @@ export class Gateway {
         lifecycle: (job) => enforcer!.lifecycleHandler()(job),
         notify: mailHandler({ from: e.notify.from ?? `douane@${config.hostname}`, smtp: notifySmtp }, this.metrics),
         webhook: e.webhook ? webhookHandler(e.webhook, this.metrics) : async () => undefined,
+        strike: (job) => enforcer!.strikeHandler()(job),
       },
       minDelayMs: e.outbox.retry_min,
       maxDelayMs: e.outbox.retry_max,

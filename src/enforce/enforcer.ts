@@ -101,8 +101,25 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   // ------------------------------------------------------------------ strikes and the ladder
 
   async record(e: StrikeEvent): Promise<void> {
-    // A failure here must not turn into a reply: the message's own verdict stands; the log says why.
-    await this.process(e).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not process a strike'));
+    // A failure here must not turn into a reply: the message's own verdict stands. Not counted now (Redis
+    // down or frozen), the strike is kept in the outbox and counted once the state answers, so that abuse
+    // sent during an outage still climbs the ladder; its cooldown applies then as it would have.
+    try {
+      await this.process(e);
+    } catch (err) {
+      const why = (err as Error)?.message ?? String(err);
+      if (this.deps.outbox.waiting('strike') >= MAX_DEFERRED_STRIKES) {
+        this.deps.log.error({ event: 'strike_lost', ref: e.reference, account: e.account, strike: e.event, err: why }, `could not record a strike, and ${MAX_DEFERRED_STRIKES} already wait: this one is not counted`);
+        return;
+      }
+      this.deps.log.warn({ event: 'strike_deferred', ref: e.reference, account: e.account, strike: e.event, err: why }, 'could not record a strike now: kept, and counted once the enforcement state answers');
+      await this.deps.outbox.enqueue('strike', e).catch((err2: Error) => this.deps.log.error({ event: 'enforcement_error', ref: e.reference, account: e.account, err: err2.message }, 'could not keep a strike for later'));
+    }
+  }
+
+  /** The outbox's handler for a strike that could not be counted when it was made. */
+  strikeHandler(): (job: Job) => Promise<void> {
+    return (job) => this.process(job.payload as StrikeEvent);
   }
 
   /** Exposed for tests and tools: records a strike and takes the ladder steps it reaches. */
@@ -110,15 +127,17 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const policy = this.deps.policy();
     const { window, events, ladder } = policy.doc.strikes;
     const cooldown = events[e.event]?.cooldown;
-    if (cooldown && !(await this.deps.state.claim(claimKey('cooldown', e.account, e.event), cooldown))) {
+    const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
+    // Held by this strike: counted again after a failure past the claim (record), it is still its own.
+    if (cooldown && !(await this.deps.state.claim(claimKey('cooldown', e.account, e.event), cooldown, record.id))) {
       this.deps.log.debug({ event: 'strike_cooldown', account: e.account, strike: e.event }, 'strike within its cooldown: not counted');
       return;
     }
-    // Counted and logged as the audit trail records it: not the retries a cooldown drops.
+    const total = await this.deps.state.addStrike(e.account, record, window);
+    // Counted and logged once the state holds it, as the audit trail records it: not the retries a
+    // cooldown drops, nor one the state did not take.
     this.deps.metrics.strikes.labels(e.event).inc();
     logStrike(this.deps.log, e);
-    const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
-    const total = await this.deps.state.addStrike(e.account, record, window);
     await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });
     const seen = new Map<string, number>();
     for (const step of ladder) {
@@ -676,6 +695,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     }
   }
 }
+
+/** Strikes kept for later while the enforcement state does not answer, at most (files in the outbox). */
+const MAX_DEFERRED_STRIKES = 10_000;
 
 /** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
 /** Background lookups of whose an address is (see known) at once, at most. */

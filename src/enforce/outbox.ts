@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 
-export type JobKind = 'lifecycle' | 'notify' | 'webhook';
+export type JobKind = 'lifecycle' | 'notify' | 'webhook' | 'strike';
 
 export interface Job<P = unknown> {
   id: string;
@@ -236,8 +236,15 @@ export class Outbox {
     this.updateGauges();
   }
 
+  /** Jobs of this kind waiting. */
+  waiting(kind: JobKind): number {
+    let n = 0;
+    for (const j of this.pending.values()) if (j.kind === kind) n++;
+    return n;
+  }
+
   private updateGauges(): void {
-    const counts: Record<JobKind, number> = { lifecycle: 0, notify: 0, webhook: 0 };
+    const counts: Record<JobKind, number> = { lifecycle: 0, notify: 0, webhook: 0, strike: 0 };
     let oldest = this.now();
     for (const j of this.pending.values()) {
       counts[j.kind]++;

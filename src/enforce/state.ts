@@ -67,8 +67,11 @@ export interface EnforcementState {
   /** adds a strike and returns the total weight in the window (older strikes fall out) */
   addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number>;
   strikes(account: string, windowMs: number): Promise<StrikeRecord[]>;
-  /** true the first time within `ttlMs` (one instance takes a ladder step, one strike per cooldown) */
-  claim(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * true the first time within `ttlMs` (one instance takes a ladder step, one strike per cooldown); with
+   * `holder`, true again for the same holder (a strike counted again after a failure past its claim)
+   */
+  claim(key: string, ttlMs: number, holder?: string): Promise<boolean>;
   /** keeps a claim still held for `ttlMs` from now; one removed meanwhile (a reinstatement) stays removed */
   holdClaim(key: string, ttlMs: number): Promise<void>;
   /** gives a claim back: the next one to ask gets it */
@@ -219,8 +222,10 @@ export class RedisEnforcementState implements EnforcementState {
     return members.map((m) => JSON.parse(m) as StrikeRecord);
   }
 
-  async claim(key: string, ttlMs: number): Promise<boolean> {
-    return (await this.r.set(`${this.prefix}:claim:${key}`, '1', 'PX', Math.max(1, Math.round(ttlMs)), 'NX')) === 'OK';
+  async claim(key: string, ttlMs: number, holder?: string): Promise<boolean> {
+    const k = `${this.prefix}:claim:${key}`;
+    if ((await this.r.set(k, holder ?? '1', 'PX', Math.max(1, Math.round(ttlMs)), 'NX')) === 'OK') return true;
+    return holder !== undefined && (await this.r.get(k)) === holder;
   }
 
   async holdClaim(key: string, ttlMs: number): Promise<void> {
@@ -353,6 +358,8 @@ export class RedisEnforcementState implements EnforcementState {
 export class MemoryEnforcementState implements EnforcementState {
   protected readonly strikeLists = new Map<string, StrikeRecord[]>();
   protected readonly claims = new Map<string, number>();
+  /** who took a claim, when it was taken with a holder (this process only: not in the file) */
+  private readonly claimHolders = new Map<string, string>();
   protected readonly accounts = new Map<string, AccountState>();
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
@@ -371,7 +378,11 @@ export class MemoryEnforcementState implements EnforcementState {
   protected prune(): void {
     const now = this.now();
     this.prunedAt = now;
-    for (const [k, until] of this.claims) if (until <= now) this.claims.delete(k);
+    for (const [k, until] of this.claims) {
+      if (until > now) continue;
+      this.claims.delete(k);
+      this.claimHolders.delete(k);
+    }
     for (const [k, o] of this.owners) if (o.until <= now) this.owners.delete(k);
     // Until a strike was recorded since the start, the window is not known: strikes read from the file stay.
     if (this.strikeWindowMs > 0) {
@@ -432,11 +443,13 @@ export class MemoryEnforcementState implements EnforcementState {
     return (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > this.now() - windowMs);
   }
 
-  async claim(key: string, ttlMs: number): Promise<boolean> {
+  async claim(key: string, ttlMs: number, holder?: string): Promise<boolean> {
     this.pruneNow();
     const until = this.claims.get(key);
-    if (until !== undefined && until > this.now()) return false;
+    if (until !== undefined && until > this.now()) return holder !== undefined && this.claimHolders.get(key) === holder;
     this.claims.set(key, this.now() + ttlMs);
+    if (holder !== undefined) this.claimHolders.set(key, holder);
+    else this.claimHolders.delete(key);
     return true;
   }
 
@@ -447,6 +460,7 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async dropClaim(key: string): Promise<void> {
     this.claims.delete(key);
+    this.claimHolders.delete(key);
   }
 
   async resetAccount(account: string): Promise<void> {
@@ -454,7 +468,11 @@ export class MemoryEnforcementState implements EnforcementState {
     this.strikeLists.delete(a);
     this.accounts.delete(a);
     const tag = `${acct(account)}:`;
-    for (const k of this.claims.keys()) if (k.includes(tag)) this.claims.delete(k);
+    for (const k of this.claims.keys()) {
+      if (!k.includes(tag)) continue;
+      this.claims.delete(k);
+      this.claimHolders.delete(k);
+    }
   }
 
   async account(account: string): Promise<AccountState> {

@@ -2,6 +2,9 @@
 // gives quota back, two instances sharing one Redis, Redis killed and frozen, a 3-node Redis Cluster,
 // brute-force blocking and the usual-volume baseline.
 
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { FakeZimbra } from '../harness/fake-zimbra.js';
@@ -479,6 +482,30 @@ describe('Redis failures are bounded', () => {
     } finally {
       redis.resume();
     }
+  });
+
+  it('a strike Redis does not take is kept, and counted once it does, under its own cooldown', async () => {
+    // The limit's strike with a cooldown, as shipped: the first try takes it before Redis refuses the count.
+    const dir = mkdtempSync(join(tmpdir(), 'douane-cooldown-'));
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(POLICY, 'policy.yaml'), 'utf8').replace('limit_reached: { weight: 1 }', 'limit_reached: { weight: 1, cooldown: 10m }'));
+    const gw = await startGateway(upstream.port, { policy: { dir, watch: false }, limits: { redis: { url: redis.url } }, enforcement: { outbox: { retry_min: '50ms', retry_max: '200ms' } } });
+    gateways.push(gw);
+    const strikes = 'douane:strikes:{perminute@example.test}';
+    // Redis refuses the strike's write (a key of another type: WRONGTYPE), and nothing else.
+    redis.cli('set', strikes, 'not a sorted set');
+    const port = gw.port('trusted');
+    for (let i = 0; i < 3; i++) expect((await send(port, 'perminute@example.test')).data).toMatch(/^250 /);
+    expect((await send(port, 'perminute@example.test')).mail).toMatch(/^450 4\.7\.1 Sending limit reached/);
+    expect(await gw.waitForLog((l) => l.event === 'strike_deferred')).toMatchObject({ account: 'perminute@example.test', strike: 'limit_reached', err: expect.stringMatching(/WRONGTYPE/) });
+    // Not said to be counted while it is not.
+    expect(gw.logs.filter((l) => l.event === 'strike')).toHaveLength(0);
+    redis.cli('del', strikes);
+    expect(await gw.waitForLog((l) => l.event === 'strike', 5000)).toMatchObject({ account: 'perminute@example.test', strike: 'limit_reached', rule: 'limits.message-rate' });
+    expect(redis.cli('zcard', strikes)).toBe('1');
+    // Its cooldown holds against the next refusal, as for a strike counted at once.
+    expect((await send(port, 'perminute@example.test')).mail).toMatch(/^450 4\.7\.1/);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(redis.cli('zcard', strikes)).toBe('1');
   });
 
   it('Redis restarted without its data lifts no suspension: those known here are written back, and it is said', async () => {

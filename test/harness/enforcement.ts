@@ -17,7 +17,7 @@ export function enforcement(opts: { dir: string; state: EnforcementState; lifecy
   let enforcer: Enforcer | undefined;
   const outbox = new Outbox({
     dir: join(opts.dir, 'outbox'),
-    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined },
+    handlers: { lifecycle: (j) => enforcer!.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined, strike: (j) => enforcer!.strikeHandler()(j) },
     minDelayMs: 10,
     maxDelayMs: 50,
     metrics,

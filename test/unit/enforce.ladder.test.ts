@@ -23,7 +23,7 @@ function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['set
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   const sent: string[] = [];
-  const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
+  const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined, strike: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
   const state = new MemoryEnforcementState(now);
   let policy = loadPolicy(policyDir);
   const enforcer = new Enforcer({

@@ -20,7 +20,7 @@ function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: nu
   });
   return new Outbox({
     dir: mkdtempSync(join(tmpdir(), 'douane-outbox-')),
-    handlers: { lifecycle, notify: opts.notify ?? noop, webhook: noop },
+    handlers: { lifecycle, notify: opts.notify ?? noop, webhook: noop, strike: noop },
     minDelayMs: opts.minDelayMs ?? 10,
     maxDelayMs: opts.maxDelayMs ?? 50,
     metrics: new Metrics({ version: 't', defaultMetrics: false }),

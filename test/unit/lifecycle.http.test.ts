@@ -341,7 +341,7 @@ describe('HTTP lifecycle adapter under the enforcer', () => {
     const metrics = new Metrics({ version: 't', defaultMetrics: false });
     const log = createLogger({ level: 'silent' });
     const api = new HttpLifecycleApi(options({ metrics }));
-    const handlers = { lifecycle: (j: Parameters<ReturnType<InstanceType<typeof Enforcer>['lifecycleHandler']>>[0]) => enforcer.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined };
+    const handlers = { lifecycle: (j: Parameters<ReturnType<InstanceType<typeof Enforcer>['lifecycleHandler']>>[0]) => enforcer.lifecycleHandler()(j), notify: async () => undefined, webhook: async () => undefined, strike: async () => undefined };
     const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers, minDelayMs: 10, maxDelayMs: 50, metrics, log });
     const enforcementState = new MemoryEnforcementState();
     const policy = loadPolicy('policies');
