@@ -269,6 +269,21 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     expect(metrics).not.toMatch(/^douane_scans_total\{result="clean"\} [1-9]/m);
   });
 
+  it('over scanning.max_size with over_max_size: tempfail: 451 4.3.0 with a reference, nothing relayed, a smaller one relayed', async () => {
+    const { cpSync, mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('fixtures/policies/scan', dir, { recursive: true });
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('over_max_size: reject', 'over_max_size: tempfail'));
+    const gw = await gateway(undefined, dir);
+    const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] }));
+    expect(reply).toMatch(/^451 4\.3\.0 .*Ref D-[0-9A-Z]{6}/);
+    expect(upstream.messages).toHaveLength(0);
+    expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ verdict: 'tempfail', reason: 'message.unscannable' });
+    expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'small.bin', content: Buffer.alloc(1000, 2) }] }))).toMatch(/^250 /);
+    expect(upstream.messages).toHaveLength(1);
+  });
+
   it('fails over to the next clamd when the first is down, and still finds the malware; the down host is then set aside', async () => {
     const dead = DEAD_PORT;
     const gw = await gateway({ hosts: [{ host: '127.0.0.1', port: dead }, { socket: clamd.socket }], timeout: '5s' });

@@ -85,7 +85,7 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     expect((await new FileEnforcementState(file, () => t).account('locked@x.test')).suspension).toMatchObject({ action: 'suspend_account' });
   });
 
-  it('a damaged file is kept aside and reported, and the state starts empty', () => {
+  it('a damaged file is kept aside and reported, and the state starts empty and is kept again', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-state-'));
     const file = join(dir, 'enforcement.json');
     writeFileSync(file, '{"strikes": [');
@@ -95,6 +95,11 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     expect(reports[0]).toMatch(/enforcement\.json could not be read .*; kept as .*enforcement\.json\.unreadable-\d+$/);
     expect(existsSync(file)).toBe(false);
     expect(readdirSync(dir).some((f) => f.startsWith('enforcement.json.unreadable-'))).toBe(true);
-    expect(state).toBeDefined();
+    expect(await state.suspendedAccounts()).toEqual([]);
+    // What is decided next is written to a new file, which the next start reads.
+    await state.setSuspension('next@x.test', { since: Date.now(), action: 'suspend_sending', reason: 'r', reference: 'D-CCCCCC', by: 'douane' });
+    const restarted = new FileEnforcementState(file, Date.now, (d) => reports.push(d));
+    expect((await restarted.account('next@x.test')).suspension).toMatchObject({ reference: 'D-CCCCCC' });
+    expect(reports).toHaveLength(1);
   });
 });
