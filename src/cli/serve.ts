@@ -1,7 +1,8 @@
 // `douane serve`: load and validate the configuration, start the listeners, drain on SIGTERM/SIGINT.
 
-import { loadConfig, EMBEDDED_NAME } from '../config/load.js';
+import { loadConfig, EMBEDDED_NAME, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin.js';
+import { tmpdir } from 'node:os';
 import { lockStateDir, type StateLock } from '../data/state-lock.js';
 import { Gateway } from '../gateway.js';
 import { createLogger, routeConsoleToLog, type Logger } from '../log.js';
@@ -115,11 +116,45 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
     lock?.release();
     throw new StartError((err as Error).message);
   }
+  logger.info(configSummary(config), 'configuration in force');
+  // The embedded default keeps its state under /tmp on purpose (a trial); a real configuration should not.
+  const temporary = [config.state_dir, config.spool.dir].filter((d) => d === tmpdir() || d.startsWith(`${tmpdir()}/`));
+  if (loaded.source !== EMBEDDED_NAME && temporary.length) {
+    logger.warn({ event: 'state_in_tmp', dirs: temporary }, `${temporary.join(' and ')} under ${tmpdir()}: the quarantine, the audit trail, the outbox and spooled messages may be lost at a reboot (set state_dir and spool.dir)`);
+  }
   logger.info({ event: 'policy', version: gateway.policies.current.version, dir: gateway.policies.dir, rules: gateway.policies.current.rules.length }, `policy ${gateway.policies.current.version} in force`);
   if (config.policy.watch) gateway.policies.watch();
   started = true;
   if (stopAsked) void shutDown(gateway, admin, logger).then(released(lock, exited));
   return stopped;
+}
+
+/**
+ * What the gateway runs with, in one line at start: where mail goes, what checks it, where suspensions are
+ * carried out and where state is kept. A default taken by mistake (no lifecycle adapter, state under /tmp)
+ * shows here. No secret: a Redis URL's password is left out.
+ */
+export function configSummary(config: LoadedConfig['config']): Record<string, unknown> {
+  const redis = config.limits.redis;
+  const where = (hosts: { host: string; port: number }[]) => hosts.map((h) => `${h.host}:${h.port}`);
+  let redisTarget: unknown = 'none (counters in memory, this instance only)';
+  if (redis?.url) {
+    const url = new URL(redis.url);
+    url.password = '';
+    url.username = '';
+    redisTarget = url.toString();
+  } else if (redis?.sentinels) redisTarget = { sentinels: where(redis.sentinels), name: redis.sentinel_name };
+  else if (redis?.cluster) redisTarget = { cluster: where(redis.cluster) };
+  return {
+    event: 'config',
+    upstream: { host: config.upstream.host, port: config.upstream.port, trusted_port: config.upstream.trusted_port, tls: config.upstream.tls },
+    clamd: config.clamd === 'none' ? 'none (no virus scanning)' : config.clamd.hosts.map((h) => h.socket ?? `${h.host}:${h.port}`),
+    redis: redisTarget,
+    lifecycle: config.lifecycle.adapter,
+    state_dir: config.state_dir,
+    spool_dir: config.spool.dir,
+    policy_dir: config.policy.dir,
+  };
 }
 
 /** Releases the state directory once stopped, then exits with the code. */

@@ -121,8 +121,12 @@ describe('douane CLI', () => {
     first.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((r) => first.on('exit', r));
     try {
-      await expect.poll(() => out.includes('"event":"listening"'), { timeout: 15_000 }).toBe(true);
+      await expect.poll(() => out.includes('"event":"policy"'), { timeout: 15_000 }).toBe(true);
       expect(existsSync(join(dir, 'state', 'douane.lock'))).toBe(true);
+      // What it runs with, in one line, and a state directory a reboot may wipe, said.
+      const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.find((l) => l.event === 'config')).toMatchObject({ upstream: { host: '127.0.0.1', port: 1, trusted_port: 1 }, clamd: 'none (no virus scanning)', redis: 'none (counters in memory, this instance only)', lifecycle: 'none', state_dir: `${dir}/state`, spool_dir: `${dir}/spool` });
+      expect(lines.find((l) => l.event === 'state_in_tmp')).toMatchObject({ level: 'warn', dirs: [`${dir}/state`, `${dir}/spool`] });
       const second = await exec('node', [CLI, 'serve', '--config', join(dir, 'douane.yaml')], { timeout: 15_000 }).then(
         () => ({ code: 0, stderr: '' }),
         (e: { code: number; stderr: string }) => e,

@@ -278,10 +278,10 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     const gw = await gateway(undefined, dir);
     const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] }));
     expect(reply).toMatch(/^451 4\.3\.0 .*Ref D-[0-9A-Z]{6}/);
-    expect(upstream.messages).toHaveLength(0);
+    expect(upstream!.messages).toHaveLength(0);
     expect(await gw.waitForLog((l) => l.event === 'transaction')).toMatchObject({ verdict: 'tempfail', reason: 'message.unscannable' });
     expect(await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'small.bin', content: Buffer.alloc(1000, 2) }] }))).toMatch(/^250 /);
-    expect(upstream.messages).toHaveLength(1);
+    expect(upstream!.messages).toHaveLength(1);
   });
 
   it('fails over to the next clamd when the first is down, and still finds the malware; the down host is then set aside', async () => {

@@ -222,6 +222,15 @@ describe('configuration loading', () => {
     expect(() => parse('t.yaml', base + zimbra + '  adapter: zimbra\n')).not.toThrow();
   });
 
+  it('the configuration line serve logs at start names Redis without its password', async () => {
+    const { configSummary } = await import('../../src/cli/serve.js');
+    const base = 'listeners: { t: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] } }\nupstream: { host: 127.0.0.1 }\n';
+    const summary = configSummary(parse('t.yaml', base + 'limits: { redis: { url: "redis://douane:s3cret-pass@redis.internal:6380/2" } }\n').config);
+    expect(summary.redis).toBe('redis://redis.internal:6380/2');
+    expect(JSON.stringify(summary)).not.toContain('s3cret');
+    expect(configSummary(parse('t.yaml', base + 'limits: { redis: { sentinels: [{ host: s1, port: 26379 }], sentinel_name: main } }\n').config).redis).toEqual({ sentinels: ['s1:26379'], name: 'main' });
+  });
+
   it('checks the lifecycle HTTP request templates and its authentication at load, with file:line:col', () => {
     const text = [
       'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }',
