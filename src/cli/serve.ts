@@ -2,6 +2,7 @@
 
 import { loadConfig, EMBEDDED_NAME, type LoadedConfig } from '../config/load.js';
 import { AdminServer } from '../admin.js';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { lockStateDir, type StateLock } from '../data/state-lock.js';
 import { Gateway } from '../gateway.js';
@@ -23,7 +24,8 @@ Options:
 Signals: SIGTERM/SIGINT drain open transactions (shutdown.drain_timeout) and exit 0 (another SIGTERM
 meanwhile does not cut the drain short; a second SIGINT exits at once, with 130); SIGHUP reloads
 the policy and the TLS certificate (tls.cert, tls.key: new sessions get it); a bad policy or
-certificate is refused and the one in force stays.`;
+certificate is refused and the one in force stays. The configuration file is read at start only: a
+SIGHUP after it changed logs config_changed, and a restart applies it.`;
 
 /** The gateway could not start (a port in use, a file it needs): the message says which key. */
 export class StartError extends Error {}
@@ -52,6 +54,7 @@ export async function serve(argv: string[]): Promise<number> {
 /** Starts the gateway and its admin endpoint; resolves with the exit code once stopped by a signal. */
 async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promise<number> {
   const { config } = loaded;
+  const configText = readConfigText(loaded);
   // A fault no handler caught leaves the process in a state nobody knows: say what it was, in the log
   // where everything else is, and exit for the supervisor to restart it (open sessions get no 250 they
   // should not: a 250 is only ever sent after the upstream's).
@@ -94,6 +97,7 @@ async function run(loaded: ReturnType<typeof loadConfig>, logger: Logger): Promi
     }
     gateway!.reloadTls();
     void gateway!.policies.reload('SIGHUP');
+    warnIfConfigChanged(loaded, configText, logger);
   };
   process.on('SIGHUP', reload);
   process.on('SIGTERM', () => stop('SIGTERM'));
@@ -155,6 +159,27 @@ export function configSummary(config: LoadedConfig['config']): Record<string, un
     spool_dir: config.spool.dir,
     policy_dir: config.policy.dir,
   };
+}
+
+/** The configuration file as it was read at start (undefined for the embedded default). */
+function readConfigText(loaded: LoadedConfig): string | undefined {
+  if (loaded.source === EMBEDDED_NAME) return undefined;
+  try {
+    return readFileSync(loaded.source, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * SIGHUP reloads the policy and the certificate, not the configuration: a changed file (a network taken
+ * off a trusted listener, an admin token revoked) would otherwise look applied when it is not.
+ */
+function warnIfConfigChanged(loaded: LoadedConfig, atStart: string | undefined, logger: Logger): void {
+  if (atStart === undefined) return;
+  const now = readConfigText(loaded);
+  if (now === undefined || now === atStart) return;
+  logger.warn({ event: 'config_changed', config: loaded.source }, `${loaded.source} changed since the start: SIGHUP reloads only the policy and the TLS certificate; restart douane to apply the configuration`);
 }
 
 /** Releases the state directory once stopped, then exits with the code. */

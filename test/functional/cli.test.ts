@@ -2,7 +2,7 @@
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
 import { execFile, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -303,6 +303,11 @@ describe('douane CLI', () => {
       await expect.poll(() => lines().find((l) => l.event === 'tls_reloaded'), { timeout: 5000 }).toMatchObject({ subject: 'CN=second.douane.test' });
       expect(await served(port)).toBe('second.douane.test');
       expect(expiring()).toHaveLength(1);
+      // The configuration is not reloaded, and a SIGHUP after it changed says so.
+      expect(lines().filter((l) => l.event === 'config_changed')).toEqual([]);
+      writeFileSync(join(dir, 'douane.yaml'), `${readFileSync(join(dir, 'douane.yaml'), 'utf8')}log: { level: debug }\n`);
+      child.kill('SIGHUP');
+      await expect.poll(() => lines().find((l) => l.event === 'config_changed'), { timeout: 5000 }).toMatchObject({ level: 'warn', config: join(dir, 'douane.yaml'), msg: expect.stringMatching(/restart douane to apply the configuration$/) });
       expect((await douane(['config', 'check', join(dir, 'douane.yaml')])).stdout).not.toMatch(/warning/);
 
       // Half copied: the first certificate with the second key. Refused; the pair in use stays.
