@@ -255,7 +255,9 @@ export class Gateway {
             l.server.listen(l.config.port, l.config.address, () => {
               l.server.off('error', reject);
               l.address = l.server.server.address() as AddressInfo;
-              l.server.on('error', (err: Error) => this.log.warn({ event: 'listener_error', listener: l.name, err: err.message }, 'listener error'));
+              l.server.on('error', (err: Error) => this.onListenerError(l.name, err));
+              // At 0 from the start, for a rate to be drawn and alerted on before the first failure.
+              if (l.config.mode !== 'trusted') this.metrics.tlsHandshakeFailures.labels(l.name).inc(0);
               resolve();
             });
           }),
@@ -274,6 +276,28 @@ export class Gateway {
     for (const l of this.listeners) {
       this.log.info({ event: 'listening', listener: l.name, mode: l.config.mode, address: l.address?.address, port: l.address?.port }, `listening on ${l.address?.address}:${l.address?.port} (${l.config.mode})`);
     }
+  }
+
+  /**
+   * A socket or TLS error on a listener, before or outside a session: with the client and, for a failed
+   * handshake, the TLS version it asked for and why, so that the customers still on TLS 1.0 or 1.1 (never
+   * offered) or sending plain text to 465 can be found.
+   */
+  private onListenerError(listener: string, err: Error): void {
+    const e = err as Error & { code?: string; remoteAddress?: string; meta?: { remoteAddress?: string; tlsProtocol?: string | null; message?: string } };
+    const tlsFailure = /^(ERR_SSL_|ERR_TLS_|TLSError$)/.test(e.code ?? '') || e.meta?.tlsProtocol !== undefined;
+    if (tlsFailure) this.metrics.tlsHandshakeFailures.labels(listener).inc();
+    this.log.warn(
+      {
+        event: tlsFailure ? 'tls_handshake_failed' : 'listener_error',
+        listener,
+        client: e.remoteAddress ?? e.meta?.remoteAddress,
+        code: e.code,
+        ...(e.meta?.tlsProtocol ? { tls: e.meta.tlsProtocol } : {}),
+        err: e.meta?.message ?? e.message,
+      },
+      tlsFailure ? 'TLS handshake failed' : 'listener error',
+    );
   }
 
   /** Keeps the availability gauges (clamd, Redis, the upstream once found down) and the breaker's current between requests. */

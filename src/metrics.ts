@@ -19,6 +19,7 @@ export class Metrics {
   readonly transactions = new Counter({ name: 'douane_transactions_total', help: 'Mail transactions by final verdict and reason', labelNames: ['listener', 'verdict', 'reason'], registers: [this.registry] });
   readonly recipients = new Counter({ name: 'douane_recipients_total', help: 'Recipients by result: accepted, refused_by_douane, refused_by_upstream (its own answer), upstream_unavailable (tempfailed by Douane because the upstream failed)', labelNames: ['result'], registers: [this.registry] });
   readonly replies = new Counter({ name: 'douane_replies_total', help: 'Replies sent to clients by phase and class', labelNames: ['phase', 'class'], registers: [this.registry] });
+  readonly tlsHandshakeFailures = new Counter({ name: 'douane_tls_handshake_failures_total', help: 'TLS handshakes that failed, by listener (on 465 at connect, or after STARTTLS): clients on TLS 1.0/1.1, certificate mismatches, plain text on a TLS port', labelNames: ['listener'], registers: [this.registry] });
   readonly refusals = new Counter({ name: 'douane_refusals_total', help: 'Refusals by Douane by phase and reason', labelNames: ['phase', 'reason'], registers: [this.registry] });
   readonly checkResults = new Counter({ name: 'douane_check_results_total', help: 'Check outcomes by check and result', labelNames: ['check', 'result'], registers: [this.registry] });
   readonly messageSize = new Histogram({ name: 'douane_message_size_bytes', help: 'Size of received messages', buckets: SIZE_BUCKETS, registers: [this.registry] });

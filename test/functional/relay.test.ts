@@ -111,6 +111,9 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
       });
     const { gw } = await setup();
     expect(await handshake(gw.port('submissions'), { minVersion: 'TLSv1', maxVersion: 'TLSv1.1' })).toBe('refused');
+    // Said with the client and why, and counted: the customers still on TLS 1.1 can be found.
+    expect(await gw.waitForLog((l) => l.event === 'tls_handshake_failed')).toMatchObject({ level: 'warn', listener: 'submissions', client: '127.0.0.1', err: expect.stringMatching(/protocol/i) });
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_tls_handshake_failures_total')).toMatch(/^douane_tls_handshake_failures_total\{listener="submissions"\} 1$/m);
     expect(await handshake(gw.port('submissions'), { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' })).toBe('TLSv1.2');
     await gw.stop();
     const strict = await setup({}, { tls: { min_version: 'TLSv1.3' } });
