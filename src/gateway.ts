@@ -1252,6 +1252,8 @@ export class Gateway {
         plan_not_in_policy: tx.reportedPlan !== undefined && !tx.policy.definesPlan(tx.reportedPlan) ? tx.reportedPlan : undefined,
         from: tx.mailFrom,
         rcpt: tx.recipients.map((r) => ({ to: r.address, ok: r.accepted, reply: r.reply })),
+        // What an abuse complaint quotes (a bounce, a spam report): cut, as the client wrote it.
+        message_id: tx.message?.headers.get('message-id')?.[0]?.trim().slice(0, 256),
         size: tx.size,
         verdict: outcome.action,
         reason: outcome.reason,

@@ -10,7 +10,7 @@ import { freePort, RawSmtp } from '../harness/net.js';
 import { makeSelfSigned } from '../../src/smtp/tls.js';
 import { Limiter } from '../../src/limits/limiter.js';
 
-const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\n\r\nHello there.\r\n.leading dot line\r\n';
+const MESSAGE = 'From: user1@example.test\r\nTo: user2@example.test\r\nSubject: hello\r\nMessage-ID: <hello-1@example.test>\r\n\r\nHello there.\r\n.leading dot line\r\n';
 
 const setup = gatewayWithUpstream();
 
@@ -67,7 +67,7 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     expect(upstream.messages[0]!.raw.toString()).toBe(MESSAGE);
     expect(upstream.commands).toEqual(['EHLO douane.test', 'AUTH ***', 'MAIL FROM:<user1@example.test>', 'RCPT TO:<user2@example.test>', 'DATA']);
     const line = await gw.waitForLog((l) => l.event === 'transaction');
-    expect(line).toMatchObject({ verdict: 'accept', account: 'user1@example.test', listener: 'submission', from: 'user1@example.test', size: MESSAGE.length });
+    expect(line).toMatchObject({ verdict: 'accept', account: 'user1@example.test', listener: 'submission', from: 'user1@example.test', message_id: '<hello-1@example.test>', size: MESSAGE.length });
     expect(line.ref).toMatch(/^D-[0-9A-Z]{6}$/);
     c.close();
   });
