@@ -112,7 +112,8 @@ export async function runPolicyTests(policy: Policy, config: Readonly<Config>, f
         try {
           readFileSync(resolveMessage(policy.dir, c.message));
         } catch {
-          issues.push({ path: ['cases', i, 'message'], message: `cannot be read (${resolveMessage(policy.dir, c.message)})` });
+          const beside = isAbsolute(c.message) ? undefined : join(dirname(resolve(policy.dir)), c.message);
+          issues.push({ path: ['cases', i, 'message'], message: beside ? `cannot be read: neither ${beside} (beside the policy directory) nor ${resolve(c.message)} (from the current directory) can be read` : `cannot be read (${c.message})` });
         }
       }
     });

@@ -2,7 +2,7 @@
 // shipped policy and the fixture directories in fixtures/policies/ (valid and invalid).
 
 import { execFile } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -92,6 +92,24 @@ describe('douane policy test', () => {
       expect(r.stderr).toMatch(/tests\/moved\.yaml: cannot be read: a link to a file that does not exist/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names both places it looked for a test message: beside the policy directory and from the current one', async () => {
+    // The shipped policy copied on its own (/etc/douane/policies), its test messages left behind.
+    const root = mkdtempSync(join(tmpdir(), 'douane-policy-copy-'));
+    try {
+      cpSync('policies', join(root, 'policies'), { recursive: true });
+      mkdirSync(join(root, 'elsewhere'));
+      const r = await exec('node', [join(process.cwd(), 'dist/cli.js'), 'policy', 'test', join(root, 'policies')], { cwd: join(root, 'elsewhere') }).then(
+        () => ({ code: 0, stderr: '' }),
+        (e: { code: number; stderr: string }) => e,
+      );
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`cases[0].message cannot be read: neither ${root}/fixtures/messages/`);
+      expect(r.stderr).toContain(`(beside the policy directory) nor ${root}/elsewhere/fixtures/messages/`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 
