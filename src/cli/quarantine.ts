@@ -18,7 +18,10 @@ Commands:
   list [--account A] [--json]   quarantined messages, oldest first
   show ID [--raw]               metadata, the message decoded (headers, start of the text, attachments)
                                 and its headers as kept (--raw: the whole message as kept)
-  release ID [--force]          re-submit the original message to the upstream, once (audited)
+  release ID [--force] [--allow-malware]
+                                re-submit the original message to the upstream, once (audited);
+                                --force sends it again after a release in doubt, --allow-malware
+                                releases one the scanner found infected (a false positive)
   delete ID                     remove a message from quarantine (audited)
   purge                         remove messages older than quarantine.retention
 
@@ -34,7 +37,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
     console.log(QUARANTINE_HELP);
     return sub ? 0 : 64;
   }
-  const args = parseArgs(rest, { flags: ['help', 'json', 'raw', 'force'], options: ['config', 'account'] });
+  const args = parseArgs(rest, { flags: ['help', 'json', 'raw', 'force', 'allow-malware'], options: ['config', 'account'] });
   if (flag(args, 'help')) {
     console.log(QUARANTINE_HELP);
     return 0;
@@ -88,7 +91,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
     }
     case 'release': {
       try {
-        const released = await releaseMessage(store, needId(), { endpoint: endpointsFrom(config.upstream, config.hostname).trusted, by: actor, audit, force: flag(args, 'force') });
+        const released = await releaseMessage(store, needId(), { endpoint: endpointsFrom(config.upstream, config.hostname).trusted, by: actor, audit, force: flag(args, 'force'), allowMalware: flag(args, 'allow-malware') });
         const refused = released.released!.refused ?? [];
         console.log(`${released.id} released to ${released.recipients.filter((r) => !refused.some((x) => x.startsWith(`${r}: `))).join(', ')}: ${released.released!.reply}`);
         for (const r of refused) console.log(`  not delivered, refused by the upstream: ${r}`);

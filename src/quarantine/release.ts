@@ -18,7 +18,7 @@ export class ReleaseError extends Error {}
 export async function releaseMessage(
   store: QuarantineStore,
   id: string,
-  opts: { endpoint: UpstreamEndpoint; by: string; audit: AuditLog; force?: boolean },
+  opts: { endpoint: UpstreamEndpoint; by: string; audit: AuditLog; force?: boolean; allowMalware?: boolean },
 ): Promise<QuarantineMeta> {
   if (!(await store.get(id))) throw new ReleaseError(`no quarantined message ${id}`);
   const unlock = await store.lock(id).catch((err: Error) => {
@@ -30,6 +30,9 @@ export async function releaseMessage(
     // Read under the claim: a release that finished just before it took the claim is seen.
     const meta = await store.get(id);
     if (!meta) throw new ReleaseError(`no quarantined message ${id}`);
+    // Malware is kept to be looked at, not to be sent: a release delivers it to every recipient. A false
+    // positive is released with a flag of its own, which --force (meant for a release in doubt) is not.
+    if (meta.signature && !opts.allowMalware) throw new ReleaseError(`${id} holds malware (${meta.signature}): releasing it would deliver it to its recipients. If the scanner was wrong, release it with --allow-malware`);
     if (meta.released && !opts.force) throw new ReleaseError(`${id} was already released on ${meta.released.at} by ${meta.released.by} (--force to send it again)`);
     if (meta.releaseInDoubt && !opts.force) {
       const d = meta.releaseInDoubt;

@@ -341,6 +341,26 @@ describe('quarantine release', () => {
     expect(readFileSync(lockPath, 'utf8')).toBe(theirs);
   });
 
+  it('a message the scanner found infected is not released without --allow-malware (--force is not enough)', async () => {
+    upstream = await FakeUpstream.start();
+    const dir = mkdtempSync(join(tmpdir(), 'douane-release-'));
+    const store = new LocalQuarantine(join(dir, 'quarantine'));
+    const audit = new AuditLog(join(dir, 'audit.log'));
+    const meta = await store.put(
+      { reference: 'D-MAL001', at: new Date().toISOString(), account: 'user1@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'user1@example.test', recipients: ['bob@example.net'], action: 'quarantine', reason: 'malware.found', rule: 'malware.found', signature: 'Eicar-Test-Signature', policyVersion: 'abc', size: RAW.length },
+      Readable.from([Buffer.from(RAW)]),
+    );
+    const endpoint = { host: '127.0.0.1', port: upstream.port, tls: 'none' as const, verifyCertificate: false, heloName: 'douane.test', timeouts: { connect: 2000, command: 2000, data: 5000, keepalive: 60_000 } };
+    for (const force of [false, true]) {
+      await expect(releaseMessage(store, meta.id, { endpoint, by: 'cli:test', audit, force })).rejects.toThrow(`${meta.id} holds malware (Eicar-Test-Signature): releasing it would deliver it to its recipients. If the scanner was wrong, release it with --allow-malware`);
+    }
+    expect(upstream.messages).toHaveLength(0);
+    expect((await store.get(meta.id))!.released).toBeUndefined();
+    const released = await releaseMessage(store, meta.id, { endpoint, by: 'cli:test', audit, allowMalware: true });
+    expect(released.released).toBeDefined();
+    expect(upstream.messages).toHaveLength(1);
+  });
+
   it('delivers to the recipients the upstream accepts and records the ones it refused', async () => {
     upstream = await FakeUpstream.start({ rcpt: (to) => (to === 'gone@example.net' ? '550 5.1.1 No such user' : undefined) });
     const dir = mkdtempSync(join(tmpdir(), 'douane-release-'));
