@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { cachedProbe, type ReadinessProbe } from './admin.js';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import { configPolicyWarnings } from './config/against-policy.js';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
 import { MessageInspector } from './inspect/mime.js';
@@ -118,7 +119,7 @@ export class Gateway {
         idleMs: config.upstream.pool.idle,
         xclient: config.upstream.xclient,
       });
-    this.policies = deps.policies ?? new PolicyStore(config.policy.dir, this.log, this.metrics);
+    this.policies = deps.policies ?? new PolicyStore(config.policy.dir, this.log, this.metrics, undefined, (p) => configPolicyWarnings(config, p));
     if (deps.limiter) this.limiter = deps.limiter;
     else {
       const { redis, deadline, on_redis_failure } = config.limits;

@@ -2,6 +2,7 @@
 // and previewing policy changes before they are rolled out.
 
 import { readFileSync } from 'node:fs';
+import { configPolicyWarnings } from '../config/against-policy.js';
 import { loadConfig } from '../config/load.js';
 import { SHIPPED_POLICIES } from '../config/schema.js';
 import { FIELDS, lookupField } from '../policy/fields.js';
@@ -80,6 +81,8 @@ function check(argv: string[]): number {
   const covered = new Set(policy.rules.filter((r) => r.mode === 'enforce').map((r) => r.article.split('.').slice(0, 2).join('.')));
   const missing = ['4.1', '4.3', '4.4', '4.6', '6', '8'].filter((a) => !covered.has(a));
   if (missing.length) console.log(`  warning: no enforced rule rests on art. ${missing.join(', ')} of the contract`);
+  const configFile = option(args, 'config');
+  if (configFile !== undefined) for (const warning of configPolicyWarnings(config(configFile), policy)) console.log(`  warning: ${warning}`);
   return 0;
 }
 

@@ -31,10 +31,17 @@ export class PolicyStore {
     private readonly log: Logger,
     private readonly metrics: Metrics,
     initial?: Policy,
+    /** what does not fit between the policy and the configuration: logged at start and at each reload */
+    private readonly mismatches: (p: Policy) => string[] = () => [],
   ) {
     // The first load is not a reload: a bad policy at start stops Douane (the caller sees the error).
     this.policy = initial ?? loadPolicy(dir);
     this.publish(undefined);
+    this.warnMismatches();
+  }
+
+  private warnMismatches(): void {
+    for (const warning of this.mismatches(this.policy)) this.log.warn({ event: 'config_policy_mismatch', version: this.policy.version, warning }, warning);
   }
 
   get current(): Policy {
@@ -76,6 +83,7 @@ export class PolicyStore {
     this.publish(previous);
     const changed = next.version !== previous.version;
     this.log.info({ event: 'policy_reloaded', trigger, version: next.version, previous: previous.version, changed, rules: next.rules.length }, changed ? `policy ${next.version} in force (was ${previous.version})` : `policy reloaded, unchanged (${next.version})`);
+    if (changed) this.warnMismatches();
     return { ok: true, version: next.version, changed };
   }
 

@@ -52,6 +52,24 @@ describe('douane policy check', () => {
     }
   });
 
+  it('with --config, warns of a message size above what the policy scans: taken whole, then refused', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-sizes-'));
+    try {
+      const settings = (size: string, clamd = 'clamd: { hosts: [{ socket: /run/clamav/clamd.ctl }] }') =>
+        ['listeners: { t: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] } }', 'upstream: { host: mta.internal }', clamd, `smtp: { max_message_size: ${size} }`, `state_dir: ${dir}/state`, `spool: { dir: ${dir}/spool }`, `policy: { dir: ${process.cwd()}/policies }`, ''].join('\n');
+      writeFileSync(join(dir, 'big.yaml'), settings('50M'));
+      const r = await douane(['check', '--config', join(dir, 'big.yaml')]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain('  warning: smtp.max_message_size (52428800 bytes) is above the policy\'s scanning.max_size (26214400 bytes): a message between the two is taken whole, then refused (552 5.3.4) as too big to scan');
+      writeFileSync(join(dir, 'same.yaml'), settings('25M'));
+      expect((await douane(['check', '--config', join(dir, 'same.yaml')])).stdout).not.toMatch(/warning/);
+      writeFileSync(join(dir, 'unscanned.yaml'), settings('50M', 'clamd: none'));
+      expect((await douane(['check', '--config', join(dir, 'unscanned.yaml')])).stdout).not.toMatch(/warning/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('warns when no enforced rule rests on an abuse article of the contract', async () => {
     const r = await douane(['check', 'fixtures/policies/minimal']);
     expect(r.code).toBe(0);

@@ -249,6 +249,8 @@ describe('when clamd cannot scan, nothing passes unchecked', () => {
     const gw = await gateway();
     const reply = await send(gw, mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'big.bin', content: Buffer.alloc(4_000_000, 2) }] }));
     expect(reply).toMatch(/^552 5\.3\.4 Message refused: it is too big to be checked for viruses \(limit 5242880 bytes\)/);
+    // The sizes that let it be sent whole were said at start.
+    expect(await gw.waitForLog((l) => l.event === 'config_policy_mismatch')).toMatchObject({ level: 'warn', warning: expect.stringMatching(/^smtp\.max_message_size \(\d+ bytes\) is above the policy's scanning\.max_size \(5242880 bytes\)/) });
   });
 
   it('over scanning.max_size with over_max_size: skip: relayed unscanned, tagged and counted', async () => {
