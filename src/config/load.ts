@@ -211,7 +211,8 @@ function directoryProblem(dir: string, writable: boolean): string | undefined {
     }
     const made = at === wanted ? '' : `cannot be created: `;
     if (!isDirectory) return at === wanted ? `${dir} is a file, not a directory` : `${dir} ${made}${at} is a file`;
-    if (!writable) return undefined;
+    // Whoever runs the check (config check may run as another user than serve): every user is wrong.
+    if (!writable) return at === wanted && (statSync(at).mode & 0o002) !== 0 ? strangersProblem(dir, user, statSync(at).uid, new Set<number>()) : undefined;
     try {
       accessSync(at, constants.W_OK | constants.X_OK);
     } catch {

@@ -170,6 +170,10 @@ describe('configuration loading', () => {
     expect(found[0]).toBe(`t.yaml:3:12: state_dir ${open} can be written by every user (mode 1777): they could replace what douane keeps there; take that away (chmod o-w)`);
     if (root) expect(found[1]).toBe(`t.yaml:4:15: spool.dir ${theirs} belongs to uid 65534, not to root, the user douane runs as: that user could read or replace what douane keeps there`);
     expect(found).toHaveLength(2);
+    // config check, which may run as another user, says the same of one every user may write in; another
+    // user's directory is serve's to judge.
+    const check = (t: string) => parse('t.yaml', t, {}, { files: true });
+    expect(problems(() => check(`${base}state_dir: ${open}\nspool: { dir: ${root ? theirs : join(dir, 'spool')} }\n`))).toEqual([found[0]]);
     // Readable by a group (the operators') is not a danger: the files are the service's alone. Writable by
     // the service's own group (a volume given to it) is how it writes there when root owns it.
     chmodSync(open, 0o750);
