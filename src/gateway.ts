@@ -972,8 +972,11 @@ export class Gateway {
       } catch (err) {
         tx.relaying = false;
         void this.settleStrikes(tx, false);
-        const refusal = this.upstreamRefusal(err, 'data', tx.reference);
-        this.finishTransaction(state, { action: 'tempfail', reason: 'upstream.unavailable', reply: refusal.wire });
+        // The whole message went out and no answer came: the upstream may have queued it. The client
+        // is not told it was not accepted, only to send it again.
+        const reason = tx.lastBytesSent ? 'upstream.no_answer' : 'upstream.unavailable';
+        const refusal = this.upstreamRefusal(err, 'data', tx.reference, reason);
+        this.finishTransaction(state, { action: 'tempfail', reason, reply: refusal.wire });
         throw refusal;
       }
       tx.relaying = false;
@@ -1095,10 +1098,10 @@ export class Gateway {
     this.log.warn({ event: 'upstream_error', ref: reference, phase, kind, err: (err as Error)?.message }, 'upstream failed');
   }
 
-  private upstreamRefusal(err: unknown, phase: Phase, reference: string): ReplyError {
+  private upstreamRefusal(err: unknown, phase: Phase, reference: string, reason: 'upstream.unavailable' | 'upstream.no_answer' = 'upstream.unavailable'): ReplyError {
     if (!(err instanceof UpstreamError)) throw err;
     this.upstreamFailed(err, phase, reference);
-    return this.refusal({ action: 'tempfail', reason: 'upstream.unavailable', evidence: { kind: err.kind } }, phase, reference);
+    return this.refusal({ action: 'tempfail', reason, evidence: { kind: err.kind } }, phase, reference);
   }
 
   private onProtocolRefusal(listener: string, session: SMTPServerSession, reason: ReasonCode, reply: WireReply, client: string): void {

@@ -191,6 +191,10 @@ export const REASONS = {
     sentence: 'The mail server is temporarily unavailable; your message was not accepted, please try again later.',
     solution: 'Douane could not reach or lost the upstream MTA. Nothing was accepted; the client retries. Check the MTA.',
   },
+  'upstream.no_answer': {
+    sentence: 'The mail server did not confirm your message; please send it again (if it was delivered after all, it may arrive twice).',
+    solution: 'The upstream had the whole message but gave no answer for it (its data timeout passed, or the connection was lost after the final dot): it may have queued it. The client sends it again: a duplicate is possible, a loss is not (RFC 1047). Check the MTA.',
+  },
   'upstream.session_lost': {
     sentence: 'The connection to the mail server was lost; please reconnect and log in again.',
     solution: 'The upstream closed the authenticated session (often its idle timeout). Douane keeps no password, so the client must reconnect; clients do this on their own.',

@@ -63,6 +63,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'account.nonpayment': { reject: [550, '5.7.1'] },
   'account.closed': { reject: [550, '5.7.1'] },
   'upstream.unavailable': { tempfail: [451, '4.4.1'] },
+  'upstream.no_answer': { tempfail: [451, '4.4.1'] },
   'upstream.session_lost': { tempfail: [421, '4.4.1'], close: true },
   'internal.error': { tempfail: [451, '4.3.0'] },
   'internal.check_failed': { tempfail: [451, '4.3.0'] },
