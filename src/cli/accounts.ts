@@ -24,7 +24,7 @@ Options:
   --admin URL                  admin endpoint (default: from the configuration's admin section)
   --config FILE                configuration (admin address, port, and admin.token unless
                                DOUANE_ADMIN_TOKEN gives your own token)
-  --json                       raw JSON
+  --json                       one line of JSON (default: the same, indented)
   --help                       this text
 
 Exit codes: 0 ok, 1 refused or failed, 64 usage error.`;

@@ -62,7 +62,11 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       const scanned = await store.scan();
       const entries = scanned.entries.filter((m) => !account || comparableAddress(m.account) === account);
       if (flag(args, 'json')) console.log(JSON.stringify(entries, null, 2));
-      else if (entries.length === 0 && scanned.damaged.length === 0) console.log('quarantine is empty');
+      // Which one: without --config (or DOUANE_CONFIG) it is the embedded default's, under /tmp.
+      else if (entries.length === 0 && scanned.damaged.length === 0) {
+        const where = `${join(config.state_dir, 'quarantine')}${option(args, 'config') || process.env.DOUANE_CONFIG ? '' : ': the embedded default configuration\'s; --config FILE for another'}`;
+        console.log(given === undefined || scanned.entries.length === 0 ? `quarantine is empty (${where})` : `nothing for ${given} in the quarantine (${where})`);
+      }
       else for (const m of entries) console.log(line(m));
       // Not an account's for all one can tell: named for a person to look at (show, delete), and purged
       // once its files are past retention.

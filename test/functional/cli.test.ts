@@ -489,6 +489,10 @@ describe('douane quarantine', () => {
       expect(list.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual(['D-CLIQ02', 'D-CLIQ03', 'D-CLIQ04', 'D-CLIQ01']);
       // One account however it is written: case, an internationalised domain in either form.
       expect((await q('list', '--account', 'User1@Example.TEST')).stdout.trim().split('\n')).toHaveLength(4);
+      // Nothing for an account: which quarantine was read is said.
+      expect((await q('list', '--account', 'nobody@example.test')).stdout).toBe(`nothing for nobody@example.test in the quarantine (${join(dir, 'state', 'quarantine')})\n`);
+      // Without --config, the embedded default's (under /tmp), and how to read another.
+      expect((await douane(['quarantine', 'list'])).stdout).toMatch(/^quarantine is empty \(.*douane-state\/quarantine: the embedded default configuration's; --config FILE for another\)\n$/);
       const idn = await store.put({ reference: 'D-CLIQ05', at: new Date().toISOString(), account: 'joe@xn--bcher-kva.test', listener: 'trusted', client: '127.0.0.1', sender: 'joe@bücher.test', recipients: ['bob@example.net'], action: 'quarantine', reason: 'malware', policyVersion: 'abc', size: raw.length }, Readable.from([Buffer.from(raw)]));
       expect((await q('list', '--account', 'Joe@Bücher.test')).stdout).toMatch(/^D-CLIQ05 /);
       await store.delete(idn.id);
