@@ -356,7 +356,7 @@ describe('quarantine', () => {
 
     const configFile = join(gw.stateDir, 'douane.yaml');
     writeFileSync(configFile, gw.configText);
-    await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--config', configFile]);
+    await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--allow-malware', '--config', configFile]);
     expect(upstream.messages).toHaveLength(1);
     expect(upstream.commands.slice(relayed).filter((l) => /^(MAIL|RCPT)/.test(l))).toEqual([
       `MAIL FROM:<user1@example.test> SIZE=${message.length} BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ+2B7`,
@@ -405,7 +405,7 @@ describe('quarantine', () => {
     const downConfig = join(gw.stateDir, 'down.yaml');
     const closed = DEAD_PORT;
     writeFileSync(downConfig, gw.configText.replace(/trusted_port: \d+/, `trusted_port: ${closed}`));
-    const down = await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--config', downConfig]).then(
+    const down = await exec('node', ['dist/cli.js', 'quarantine', 'release', id, '--allow-malware', '--config', downConfig]).then(
       () => ({ code: 0, stderr: '' }),
       (e: { code: number; stderr: string }) => e,
     );
@@ -413,14 +413,19 @@ describe('quarantine', () => {
     expect(down.stderr).toMatch(new RegExp(`^douane: could not reach the upstream at 127\\.0\\.0\\.1:${closed} \\(.*\\); nothing was released, try again later\n$`));
     expect(upstream!.messages).toHaveLength(0);
 
-    const released = await cli('release', id);
+    // Malware is not released by mistake: the scanner's verdict must be overruled in so many words.
+    const refused = await cli('release', id, '--force');
+    expect(refused.code).toBe(1);
+    expect(refused.err).toMatch(new RegExp(`^douane: ${id} holds malware \\(Test\\.EICAR[^)]*\\): releasing it would deliver it to its recipients\\. If the scanner was wrong, release it with --allow-malware\n$`));
+    expect(upstream!.messages).toHaveLength(0);
+    const released = await cli('release', id, '--allow-malware');
     expect(released.code).toBe(0);
     expect(released.out).toMatch(new RegExp(`${id} released to user2@example\\.test: 250 2\\.0\\.0 Ok: queued as FAKE1`));
     expect(upstream!.messages).toHaveLength(1);
     expect(upstream!.messages[0]!.raw.toString('latin1')).toBe(message + '\r\n');
     expect(upstream!.messages[0]!.from).toBe('user1@example.test');
 
-    const again = await cli('release', id);
+    const again = await cli('release', id, '--allow-malware');
     expect(again.code).toBe(1);
     expect(again.err).toMatch(/already released/);
     expect(upstream!.messages).toHaveLength(1);
