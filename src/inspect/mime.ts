@@ -28,7 +28,7 @@ import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { TnefLister } from './tnef.js';
-import { SignedDataReader } from './pkcs7.js';
+import { SignedContent } from './pkcs7.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
 import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
@@ -115,8 +115,8 @@ interface Leaf {
   attachment?: AttachmentPart;
   /** an attached message, read by an inspector of its own */
   embedded?: MessageInspector;
-  /** an S/MIME part: its signed content, read out of it for `embedded` */
-  signed?: SignedDataReader;
+  /** an S/MIME or signed-file part (.p7m): its signed content, read out of it for `embedded` */
+  signed?: SignedContent;
 }
 
 const MESSAGE_TYPES = new Set(['message/rfc822', 'message/global']);
@@ -367,7 +367,7 @@ export class MessageInspector {
     // read as both.
     // An S/MIME part holds, when signed, the message a mail program shows (see pkcs7.ts).
     const smime = !isText && (SMIME_TYPES.has(type) || extensionOf(filename) === 'p7m');
-    if (smime) leaf.signed = new SignedDataReader();
+    if (smime) leaf.signed = new SignedContent(filename);
     if (smime || ((!isText || extensionOf(filename) === 'eml') && isAttachedMessage(type, filename))) {
       // Its root sits one level below this part; over the depth limit, the nesting is too deep.
       const depthLeft = this.limits.maxDepth - (this.depths.get(node) ?? 0) - 1;
@@ -479,9 +479,11 @@ export class MessageInspector {
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     if (leaf.signed) {
-      leaf.signed.end();
-      // Signed content not read to its end: what the recipient's program shows of it is not known.
-      if (leaf.signed.malformed && (leaf.signed.signed || declaresSignedData(leaf.node))) this.limitExceeded ??= 'signed_content';
+      for (const content of leaf.signed.end()) this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(content));
+      // Signed content not read to its end: what the recipient's program shows of it is not known. A
+      // file that is not DER at all (nor base64 of it) is no signature, and shows nothing.
+      const reader = leaf.signed.reader;
+      if (reader.malformed && (reader.signed || reader.started || declaresSignedData(leaf.node))) this.limitExceeded ??= 'signed_content';
     }
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
     if (leaf.embedded) {

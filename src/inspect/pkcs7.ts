@@ -15,6 +15,12 @@
 /** 1.2.840.113549.1.7.2, id-signedData, as its DER value bytes. */
 const SIGNED_DATA = Buffer.from([0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02]);
 
+/** Tag, first length byte and up to 8 more. */
+const MAX_HEADER = 10;
+const MAX_DEPTH = 30;
+/** No element in a mail is 4 GB. */
+const MAX_LENGTH = 2 ** 32;
+
 const SEQUENCE = 0x30;
 const SET = 0x31;
 const INTEGER = 0x02;
@@ -36,6 +42,8 @@ interface Frame {
 export class SignedDataReader {
   /** Its content type says signed data. */
   signed = false;
+  /** It began as DER does (a first element): a failure past that is a structure not understood, not another kind of file. */
+  started = false;
   /** The signed content was read to its end (none, for a signature alone). */
   complete = false;
   /**
@@ -69,12 +77,12 @@ export class SignedDataReader {
         if (this.left === 0) this.contentEnded();
         continue;
       }
-      // A header: at most 1 tag byte + 5 length bytes here; gather them across chunks.
-      const room = Math.min(6 - this.pending.length, data.length - at);
+      // A header: at most 1 tag byte + 9 length bytes here; gather them across chunks.
+      const room = Math.min(MAX_HEADER - this.pending.length, data.length - at);
       const head = this.pending.length ? Buffer.concat([this.pending, data.subarray(at, at + room)]) : data.subarray(at, at + room);
       const parsed = readHeader(head);
       if (parsed === 'short') {
-        if (head.length >= 6) return this.fail(out);
+        if (head.length >= MAX_HEADER) return this.fail(out);
         this.pending = Buffer.from(head);
         this.offset += room;
         at += room;
@@ -120,6 +128,7 @@ export class SignedDataReader {
     if (end !== undefined && parent.end !== undefined && end > parent.end) return void this.fail([]);
     let action = decide(parent.role, index, tag);
     if (action === 'bad') return void this.fail([]);
+    this.started = true;
     // A constructed element of indefinite length is passed element by element, to its end of contents.
     if (action === 'skip' && length === undefined) action = 'ignored';
     if (action === 'skip' || action === 'emit' || action === 'oid') {
@@ -130,6 +139,9 @@ export class SignedDataReader {
       if (length === 0) this.contentEnded();
       return;
     }
+    // OpenSSL stops at 30 levels (ASN1_MAX_CONSTRUCTED_NEST): deeper is no signature, and each level
+    // costs a frame here.
+    if (this.stack.length > MAX_DEPTH) return void this.fail([]);
     this.stack.push({ role: action, end, children: 0 });
     this.mode = 'header';
     if (end !== undefined && end === this.offset) this.closeFinished();
@@ -214,9 +226,141 @@ function readHeader(b: Buffer): { tag: number; length: number | undefined; size:
   if (first < 0x80) return { tag, length: first, size: 2 };
   if (first === 0x80) return { tag, length: undefined, size: 2 };
   const n = first & 0x7f;
-  if (n > 4) return 'bad';
+  // BER allows leading zeros in a length (OpenSSL reads them): up to 8 bytes, of a value mail can hold.
+  if (n > 8) return 'bad';
   if (b.length < 2 + n) return 'short';
   let length = 0;
-  for (let i = 0; i < n; i++) length = length * 256 + b[2 + i]!;
+  for (let i = 0; i < n; i++) {
+    length = length * 256 + b[2 + i]!;
+    if (length > MAX_LENGTH) return 'bad';
+  }
   return { tag, length, size: 2 + n };
+}
+
+/**
+ * What a mail program or a signature tool shows of a .p7m attachment, as bytes for an inspector of its
+ * own: the signed content read out of the DER (or of the DER in base64 text, as some signing tools save
+ * it). A MIME entity (an S/MIME message) is given as it is, to be read as a message; anything else (a
+ * signed PDF or XML: an Italian e-invoice, a CAdES file) is a file, given behind a header that names it
+ * as the signature tool does, the part's name without ".p7m".
+ */
+export class SignedContent {
+  readonly reader = new SignedDataReader();
+  /** the part's first bytes, until how it is written (DER, base64) is known */
+  private lead: Buffer[] = [];
+  private leadLength = 0;
+  private encoding: 'der' | 'base64' | undefined;
+  private base64 = '';
+  private base64Ended = false;
+  /** the content's first bytes, until whether it is a MIME entity is known */
+  private head: Buffer[] = [];
+  private headLength = 0;
+  private kind: 'mime' | 'file' | undefined;
+
+  constructor(private readonly fileName: string) {}
+
+  /** The part's decoded bytes in; what to give the inspector out. */
+  push(data: Buffer): Buffer[] {
+    if (this.encoding === undefined) {
+      this.lead.push(Buffer.from(data));
+      this.leadLength += data.length;
+      if (this.leadLength < SNIFF_BYTES) return [];
+      return this.afterLead();
+    }
+    return this.route(this.decode(data));
+  }
+
+  end(): Buffer[] {
+    const out = this.encoding === undefined ? this.afterLead() : [];
+    if (this.encoding === 'base64') out.push(...this.route(this.flushBase64()));
+    this.reader.end();
+    if (this.kind === undefined) out.push(...this.decide(true));
+    return out;
+  }
+
+  /** The first bytes are in: DER, or base64 text (optionally PEM armoured). */
+  private afterLead(): Buffer[] {
+    const lead = Buffer.concat(this.lead);
+    this.lead = [];
+    const text = lead.toString('latin1', 0, SNIFF_BYTES);
+    this.encoding = /^\s*(-----BEGIN [A-Z0-9 ]+-----\s*)?M[A-Za-z0-9+/=\s]*$/.test(text) && lead[0] !== 0x30 ? 'base64' : 'der';
+    if (this.encoding === 'base64') this.base64 = '';
+    return this.route(this.decode(lead));
+  }
+
+  private decode(data: Buffer): Buffer[] {
+    if (this.encoding === 'der') return this.reader.push(data);
+    if (this.base64Ended) return [];
+    let text = this.base64 + data.toString('latin1');
+    // PEM: the armour's first line goes, its END line ends the data.
+    text = text.replace(/^\s*-----BEGIN [A-Z0-9 ]+-----/, '');
+    const end = text.indexOf('-');
+    if (end >= 0) {
+      text = text.slice(0, end);
+      this.base64Ended = true;
+    }
+    const clean = text.replace(/[^A-Za-z0-9+/=]/g, '');
+    const whole = this.base64Ended ? clean.length : clean.length - (clean.length % 4);
+    this.base64 = clean.slice(whole);
+    return whole ? this.reader.push(Buffer.from(clean.slice(0, whole), 'base64')) : [];
+  }
+
+  private flushBase64(): Buffer[] {
+    const rest = this.base64;
+    this.base64 = '';
+    return rest ? this.reader.push(Buffer.from(rest, 'base64')) : [];
+  }
+
+  /** Signed content out of the reader: held until its kind is known, then given on. */
+  private route(content: Buffer[]): Buffer[] {
+    if (this.kind === 'mime') return content;
+    if (this.kind === 'file') return content;
+    for (const c of content) {
+      this.head.push(Buffer.from(c));
+      this.headLength += c.length;
+    }
+    return this.headLength >= MIME_SNIFF_BYTES ? this.decide(false) : this.decideIfHeaderEnded();
+  }
+
+  private decideIfHeaderEnded(): Buffer[] {
+    const head = Buffer.concat(this.head);
+    return /\r?\n\r?\n/.test(head.toString('latin1')) ? this.decide(false) : [];
+  }
+
+  private decide(atEnd: boolean): Buffer[] {
+    const head = Buffer.concat(this.head);
+    this.head = [];
+    if (!atEnd && head.length === 0) return [];
+    this.kind = isMimeEntity(head) ? 'mime' : 'file';
+    if (this.kind === 'mime') return head.length ? [head] : [];
+    // A signature with no content in it (detached): no file.
+    if (head.length === 0) return [];
+    const name = innerName(this.fileName).replace(/["\\\r\n]/g, '_');
+    const header = Buffer.from(`Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="${name}"\r\nContent-Transfer-Encoding: binary\r\n\r\n`);
+    return [header, ...(head.length ? [head] : [])];
+  }
+}
+
+/** Bytes looked at to tell DER from base64 text. */
+const SNIFF_BYTES = 64;
+/** Content looked at for a header block before it is taken for a file. */
+const MIME_SNIFF_BYTES = 16_384;
+
+/**
+ * Whether signed content is a MIME entity: header lines up to an empty line, one of them Content-Type or
+ * MIME-Version. A PDF or XML file starts otherwise.
+ */
+function isMimeEntity(head: Buffer): boolean {
+  const text = head.toString('latin1');
+  const blank = text.search(/\r?\n\r?\n/);
+  if (blank <= 0) return false;
+  const lines = text.slice(0, blank).split(/\r?\n/);
+  if (!lines.every((line, i) => /^[!-9;-~]+:/.test(line) || (i > 0 && /^[ \t]/.test(line)))) return false;
+  return lines.some((line) => /^(content-type|mime-version):/i.test(line));
+}
+
+/** The name a signature tool gives the signed file: the part's without ".p7m" ("fattura.xml.p7m"). */
+export function innerName(fileName: string): string {
+  const name = fileName.replace(/\.p7m$/i, '');
+  return name && name !== fileName ? name : 'smime';
 }

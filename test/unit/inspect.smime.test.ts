@@ -38,7 +38,7 @@ function signedMessage(content: string, extra: string[] = []): Buffer {
 }
 
 /** A message with `p7m` (DER) attached as smime.p7m, with its Content-Type. */
-function attached(p7m: Buffer, type = 'application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"'): Buffer {
+function attached(p7m: Buffer, type = 'application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"', filename = 'smime.p7m'): Buffer {
   const b64 = p7m.toString('base64').replace(/.{76}/g, '$&\r\n');
   return Buffer.from(
     [
@@ -48,7 +48,7 @@ function attached(p7m: Buffer, type = 'application/pkcs7-mime; smime-type=signed
       'MIME-Version: 1.0',
       `Content-Type: ${type}`,
       'Content-Transfer-Encoding: base64',
-      'Content-Disposition: attachment; filename="smime.p7m"',
+      `Content-Disposition: attachment; filename="${filename}"`,
       '',
       b64,
       '',
@@ -134,6 +134,48 @@ describe('S/MIME opaque-signed messages', () => {
     const facts = await inspect(attached(enveloped, 'application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"'));
     expect(facts.attachments.map((a) => a.name)).toEqual(['smime.p7m']);
     expect(facts.mimeLimitExceeded).toBeUndefined();
+  });
+
+  it('a signed file that is no message (a CAdES e-invoice, a signed PDF) is the file its tool extracts, not a refusal', async () => {
+    const pdf = Buffer.from('%PDF-1.4\n' + '1 0 obj << /Type /Catalog >> endobj\n'.repeat(9000) + '%%EOF\n');
+    const xml = Buffer.from('<?xml version="1.0" encoding="UTF-8"?>\n<p:FatturaElettronica versione="FPR12">\n' + '  <Linea>Consulenza</Linea>\n'.repeat(12000) + '</p:FatturaElettronica>\n');
+    const signedPdf = cms(['-sign', '-nodetach', '-binary', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], pdf);
+    // Some signing tools save the DER as base64 text.
+    const signedXml = Buffer.from(cms(['-sign', '-nodetach', '-binary', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], xml).toString('base64'));
+    for (const [file, name, type] of [[signedPdf, 'contratto.pdf.p7m', 'pdf'], [signedXml, 'IT01234567890_FPR12.xml.p7m', 'text']] as const) {
+      for (const declared of [`application/pkcs7-mime; name="${name}"`, `application/octet-stream; name="${name}"`]) {
+        const facts = await inspect(attached(file, declared, name));
+        expect(facts.mimeLimitExceeded, `${name} as ${declared}`).toBeUndefined();
+        expect(facts.attachments.map((a) => a.name)).toEqual([name, name.replace(/\.p7m$/, '')]);
+        expect(facts.attachments[1]).toMatchObject({ detectedType: type, size: (type === 'pdf' ? pdf : xml).length });
+        expect(verdict(facts)).toMatchObject({ action: 'continue' });
+      }
+    }
+    // A program signed the same way is seen for what it is.
+    const program = cms(['-sign', '-nodetach', '-binary', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], PROGRAM);
+    const facts = await inspect(attached(program, 'application/pkcs7-mime; name="facture.pdf.p7m"', 'facture.pdf.p7m'));
+    expect(facts.attachments[1]).toMatchObject({ name: 'facture.pdf', detectedType: 'executable' });
+    expect(verdict(facts)).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+  });
+
+  it('reads lengths written with leading zeros, as OpenSSL does; refuses nesting deeper than OpenSSL reads, and a cut DER whatever its label', async () => {
+    const der = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
+    expect([der[0], der[1]]).toEqual([0x30, 0x82]);
+    // 30 82 LL LL written 30 86 00 00 00 00 LL LL: OpenSSL verifies it and shows the program.
+    const padded = Buffer.concat([Buffer.from([0x30, 0x86, 0, 0, 0, 0, der[2]!, der[3]!]), der.subarray(4)]);
+    const shown = execFileSync('openssl', ['cms', '-verify', '-noverify', '-inform', 'DER', '-in', writeTemp(padded)]).toString();
+    expect(shown).toContain('facture.exe');
+    const facts = await inspect(attached(padded, 'application/pkcs7-mime; name="smime.p7m"'));
+    expect(facts.attachments.map((a) => a.name)).toContain('facture.exe');
+    // 40 levels of constructed OCTET STRING: malformed, and refused, however little it weighs.
+    const oid = Buffer.from([0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02]);
+    const deep = Buffer.concat([Buffer.from([0x30, 0x80]), oid, Buffer.from([0xa0, 0x80, 0x30, 0x80, 0x02, 0x01, 0x01, 0x31, 0x00, 0x30, 0x80, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01, 0xa0, 0x80]), Buffer.from('2480'.repeat(40), 'hex')]);
+    const nested = new SignedDataReader();
+    nested.push(deep);
+    expect(nested.malformed).toBe(true);
+    expect((await inspect(attached(deep, 'application/octet-stream; name="smime.p7m"'))).mimeLimitExceeded).toBe('signed_content');
+    // Cut short, with no smime-type to say it is signed: it began as a signature, and is refused.
+    expect((await inspect(attached(der.subarray(0, 200), 'application/pkcs7-mime; name="smime.p7m"'))).mimeLimitExceeded).toBe('signed_content');
   });
 
   it('a signed message attached under another type but named .p7m is opened too', async () => {
