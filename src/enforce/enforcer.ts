@@ -104,8 +104,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // A failure here must not turn into a reply: the message's own verdict stands. Not counted now (Redis
     // down or frozen), the strike is kept in the outbox and counted once the state answers, so that abuse
     // sent during an outage still climbs the ladder; its cooldown applies then as it would have.
+    let total: number | undefined;
     try {
-      await this.process(e);
+      total = await this.count(e);
     } catch (err) {
       const why = (err as Error)?.message ?? String(err);
       if (this.deps.outbox.waiting('strike') >= MAX_DEFERRED_STRIKES) {
@@ -114,24 +115,44 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       }
       this.deps.log.warn({ event: 'strike_deferred', ref: e.reference, account: e.account, strike: e.event, err: why }, 'could not record a strike now: kept, and counted once the enforcement state answers');
       await this.deps.outbox.enqueue('strike', e).catch((err2: Error) => this.deps.log.error({ event: 'enforcement_error', ref: e.reference, account: e.account, err: err2.message }, 'could not keep a strike for later'));
+      return;
     }
+    // Counted: a step that fails is taken again at the next strike (the strike is not counted twice).
+    if (total !== undefined) await this.climb(e, total).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not take a ladder step'));
   }
 
-  /** The outbox's handler for a strike that could not be counted when it was made. */
+  /**
+   * The outbox's handler for a strike that could not be counted when it was made: counted now, unless
+   * the account was reinstated since (what it did before is forgiven with the rest).
+   */
   strikeHandler(): (job: Job) => Promise<void> {
-    return (job) => this.process(job.payload as StrikeEvent);
+    return async (job) => {
+      const e = job.payload as StrikeEvent;
+      const reinstated = await this.deps.state.reinstatedAt(e.account);
+      if (reinstated !== undefined && reinstated >= e.at) {
+        this.deps.log.info({ event: 'strike_dropped', ref: e.reference, account: e.account, strike: e.event, reinstated: new Date(reinstated).toISOString() }, 'a strike kept for later is from before the account was reinstated: not counted');
+        return;
+      }
+      const total = await this.count(e);
+      if (total !== undefined) await this.climb(e, total).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not take a ladder step'));
+    };
   }
 
   /** Exposed for tests and tools: records a strike and takes the ladder steps it reaches. */
   async process(e: StrikeEvent): Promise<void> {
-    const policy = this.deps.policy();
-    const { window, events, ladder } = policy.doc.strikes;
+    const total = await this.count(e);
+    if (total !== undefined) await this.climb(e, total);
+  }
+
+  /** Counts the strike (once per cooldown), logged and audited; the account's total, or undefined within its cooldown. */
+  private async count(e: StrikeEvent): Promise<number | undefined> {
+    const { window, events } = this.deps.policy().doc.strikes;
     const cooldown = events[e.event]?.cooldown;
     const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
     // Held by this strike: counted again after a failure past the claim (record), it is still its own.
     if (cooldown && !(await this.deps.state.claim(claimKey('cooldown', e.account, e.event), cooldown, record.id))) {
       this.deps.log.debug({ event: 'strike_cooldown', account: e.account, strike: e.event }, 'strike within its cooldown: not counted');
-      return;
+      return undefined;
     }
     const total = await this.deps.state.addStrike(e.account, record, window);
     // Counted and logged once the state holds it, as the audit trail records it: not the retries a
@@ -139,6 +160,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     this.deps.metrics.strikes.labels(e.event).inc();
     logStrike(this.deps.log, e);
     await this.deps.audit.append({ action: 'strike', actor: 'douane', account: e.account, reference: e.reference, strike: e.event, weight: e.weight, total, rule: e.rule, article: e.article, policy: e.policyVersion, evidence: e.evidence });
+    return total;
+  }
+
+  /** Takes the ladder steps the account's total reaches, each once per window. */
+  private async climb(e: StrikeEvent, total: number): Promise<void> {
+    const policy = this.deps.policy();
+    const { window, ladder } = policy.doc.strikes;
     const seen = new Map<string, number>();
     for (const step of ladder) {
       if (total < step.at) break;
@@ -667,12 +695,20 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (lost) {
       this.deps.metrics.enforcementStateLost.inc();
       this.deps.log.error(
-        { event: 'enforcement_state_lost', restored: known.length, accounts: known.slice(0, 50).map(([a]) => a) },
-        `the shared enforcement state was lost (Redis restarted without its data?): ${known.length} suspension(s) known here written back; strikes and throttles start again`,
+        { event: 'enforcement_state_lost', known: known.length, accounts: known.slice(0, 50).map(([a]) => a) },
+        `the shared enforcement state was lost (Redis restarted without its data?): the ${known.length} suspension(s) known here are written back, but those lifted since; strikes and throttles start again`,
       );
     }
     this.restoring = true;
-    for (const [account, s] of known) await this.deps.state.setSuspension(account, s);
+    for (const [account, s] of known) {
+      // Lifted since (on another instance, after the loss): not brought back.
+      const reinstated = await this.deps.state.reinstatedAt(account);
+      if (reinstated !== undefined && reinstated >= s.since) {
+        this.knownSuspensions.delete(account);
+        continue;
+      }
+      await this.deps.state.setSuspension(account, s);
+    }
     this.restoring = false;
     return true;
   }

@@ -76,7 +76,14 @@ export interface EnforcementState {
   holdClaim(key: string, ttlMs: number): Promise<void>;
   /** gives a claim back: the next one to ask gets it */
   dropClaim(key: string): Promise<void>;
+  /** Clears the account's strikes, suspension, throttle and claims, and notes when (reinstatedAt). */
   resetAccount(account: string): Promise<void>;
+  /**
+   * When the account was last reset (reinstated), within the longest strike window: a strike or a
+   * suspension from before it, written back late (a deferred strike, a state lost and restored), is
+   * not the account's any more.
+   */
+  reinstatedAt(account: string): Promise<number | undefined>;
   account(account: string): Promise<AccountState>;
   /**
    * Sets the account's suspension, in one step that nothing can come between: a lock (suspend_account)
@@ -108,9 +115,8 @@ export interface EnforcementState {
   owner(address: string): Promise<string | undefined>;
   /**
    * True, once, when the shared state was lost since this process last looked (Redis restarted without
-   * its data, a replica promoted without it) and this process is the first to see it: it has set the
-   * state's mark again, and writes back what it knows. An instance that finds a new mark set by another
-   * one takes it in silence: what it knows may be older than what was done since (a reinstatement).
+   * its data, a replica promoted without it): a mark kept in the state is gone or another. The caller
+   * writes back what it knows.
    */
   lost(): Promise<boolean>;
   setOwner(address: string, account: string): Promise<void>;
@@ -178,6 +184,9 @@ function nextSuspension(current: Suspension | undefined, s: Suspension, update: 
 
 const acct = (a: string) => accountTag(a.toLowerCase());
 
+/** How long a reinstatement is remembered: longer than a strike kept for later waits, or a loss of the state goes unseen. */
+const REINSTATED_TTL_MS = 30 * 86_400_000;
+
 export class RedisEnforcementState implements EnforcementState {
   private readonly r: Scripted;
 
@@ -199,18 +208,19 @@ export class RedisEnforcementState implements EnforcementState {
 
   async lost(): Promise<boolean> {
     const key = `${this.prefix}:state-mark`;
-    const current = await this.r.get(key);
-    if (current !== null) {
-      this.mark = current;
-      return false;
+    let current = await this.r.get(key);
+    // No mark: the first start on this Redis, or the state was lost; one is set (another instance may
+    // have set one meanwhile: that one stands).
+    if (current === null) {
+      await this.r.set(key, randomUUID(), 'NX');
+      current = await this.r.get(key);
     }
-    // No mark: the first start on this Redis, or the state was lost. Of the instances that see it gone,
-    // the one whose mark is set is the one to write back.
-    const mine = randomUUID();
-    const first = (await this.r.set(key, mine, 'NX')) === 'OK';
-    const seenBefore = this.mark !== undefined;
-    this.mark = first ? mine : ((await this.r.get(key)) ?? undefined);
-    return first && seenBefore;
+    // A mark other than the one seen before: the state was lost since, whoever set the new one (another
+    // instance, or one just started, which knew nothing to write back). Each instance writes back what
+    // it knows; reinstatements since are kept apart (reinstatedAt).
+    const lost = this.mark !== undefined && current !== this.mark;
+    this.mark = current ?? undefined;
+    return lost;
   }
 
   async addStrike(account: string, s: StrikeRecord, windowMs: number): Promise<number> {
@@ -269,6 +279,12 @@ export class RedisEnforcementState implements EnforcementState {
     if (claims.length) for (const c of claims) await this.r.del(c);
     await this.r.srem(`${this.prefix}:suspended-set`, account.toLowerCase());
     await this.r.srem(`${this.prefix}:pending-set`, account.toLowerCase());
+    await this.r.set(this.k('reinstated', account), String(Date.now()), 'PX', REINSTATED_TTL_MS);
+  }
+
+  async reinstatedAt(account: string): Promise<number | undefined> {
+    const at = await this.r.get(this.k('reinstated', account));
+    return at === null ? undefined : Number(at);
   }
 
   private async scanKeys(pattern: string): Promise<string[]> {
@@ -360,6 +376,8 @@ export class MemoryEnforcementState implements EnforcementState {
   protected readonly claims = new Map<string, number>();
   /** who took a claim, when it was taken with a holder (this process only: not in the file) */
   private readonly claimHolders = new Map<string, string>();
+  /** when each account was last reset, in this process (a late strike for it is one from before) */
+  private readonly reinstated = new Map<string, number>();
   protected readonly accounts = new Map<string, AccountState>();
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
@@ -434,7 +452,8 @@ export class MemoryEnforcementState implements EnforcementState {
     this.strikeWindowMs = windowMs;
     this.pruneNow();
     const list = (this.strikeLists.get(account.toLowerCase()) ?? []).filter((x) => x.at > s.at - windowMs);
-    list.push(s);
+    // One strike once, as in Redis (a sorted set): one counted again after a failure is the same strike.
+    if (!list.some((x) => x.id === s.id)) list.push(s);
     this.strikeLists.set(account.toLowerCase(), list);
     return list.reduce((a, x) => a + x.weight, 0);
   }
@@ -463,10 +482,15 @@ export class MemoryEnforcementState implements EnforcementState {
     this.claimHolders.delete(key);
   }
 
+  async reinstatedAt(account: string): Promise<number | undefined> {
+    return this.reinstated.get(account.toLowerCase());
+  }
+
   async resetAccount(account: string): Promise<void> {
     const a = account.toLowerCase();
     this.strikeLists.delete(a);
     this.accounts.delete(a);
+    this.reinstated.set(a, this.now());
     const tag = `${acct(account)}:`;
     for (const k of this.claims.keys()) {
       if (!k.includes(tag)) continue;
@@ -653,8 +677,8 @@ export class FileEnforcementState extends MemoryEnforcementState {
     return total;
   }
 
-  override async claim(key: string, ttlMs: number): Promise<boolean> {
-    const first = await super.claim(key, ttlMs);
+  override async claim(key: string, ttlMs: number, holder?: string): Promise<boolean> {
+    const first = await super.claim(key, ttlMs, holder);
     if (first) this.save();
     return first;
   }

@@ -519,17 +519,21 @@ describe('Redis failures are bounded', () => {
     await redis.revive();
     for (const gw of [a, b]) await gw.waitForLog((l) => l.event === 'redis_ready', 10_000);
     expect(redis.cli('get', 'douane:suspended:{roomy@example.test}')).toBe('');
+    // An instance started now knows nothing to write back, and its mark is a new one to the others.
+    const c = await gateway();
+    expect(c.logs.filter((l) => l.event === 'enforcement_state_lost')).toHaveLength(0);
     // The next MAIL finds no suspension in Redis where one was known: the state was lost, not reinstated.
     expect((await send(b.port('trusted'), 'roomy@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended for this account \(roomy@example\.test\).*incident D-LOST01/);
-    expect(await b.waitForLog((l) => l.event === 'enforcement_state_lost')).toMatchObject({ level: 'error' });
-    // Every suspension b knew of is back in Redis, for every instance: a never saw roomy@ send again.
+    expect(await b.waitForLog((l) => l.event === 'enforcement_state_lost')).toMatchObject({ level: 'error', known: 2 });
+    // Every suspension b knew of is back in Redis, for every instance: c never knew of hourly@.
     expect(JSON.parse(redis.cli('get', 'douane:suspended:{hourly@example.test}'))).toMatchObject({ reference: 'D-LOST02', action: 'suspend_sending' });
-    expect((await send(a.port('trusted'), 'hourly@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended.*incident D-LOST02/);
+    expect((await send(c.port('trusted'), 'hourly@example.test')).mail).toMatch(/^550 5\.7\.1 Sending is suspended.*incident D-LOST02/);
     expect(await b.metrics.registry.getSingleMetricAsString('douane_enforcement_state_lost_total')).toMatch(/^douane_enforcement_state_lost_total 1$/m);
-    // A reinstatement is still one: the mark is in place again.
+    // Reinstated on a, which has not looked since: its own write-back does not bring the suspension back.
     await a.gateway.enforcer.reinstate('roomy@example.test', 'cli:test');
+    expect(await a.waitForLog((l) => l.event === 'enforcement_state_lost')).toMatchObject({ known: 2 });
+    expect(redis.cli('get', 'douane:suspended:{roomy@example.test}')).toBe('');
     expect((await send(b.port('trusted'), 'roomy@example.test')).data).toMatch(/^250 /);
-    expect(a.logs.filter((l) => l.event === 'enforcement_state_lost')).toHaveLength(0);
   });
 
   it('Redis frozen mid-run: each decision within the deadline, and no double count after it thaws', async () => {

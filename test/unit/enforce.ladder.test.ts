@@ -324,3 +324,55 @@ describe('throttle', () => {
     expect(throttled(limits, undefined)).toBe(limits);
   });
 });
+
+describe('strikes the state could not take at once', () => {
+  it('a ladder step that fails after the count is taken again at the next strike; the strike is not counted twice', async () => {
+    const { enforcer, state, strike, outbox } = setup();
+    const setThrottle = state.setThrottle.bind(state);
+    let failures = 1;
+    state.setThrottle = async (a, t) => {
+      if (failures-- > 0) throw new Error('disk full');
+      return setThrottle(a, t);
+    };
+    await enforcer.record(strike('t@x.test', 'malware', 10, 1)); // 10: throttle, which fails
+    expect((await state.strikes('t@x.test', 7 * 86_400_000)).map((s) => s.reference)).toEqual(['D-000001']);
+    expect((await state.account('t@x.test')).throttle).toBeUndefined();
+    expect(outbox.waiting('strike')).toBe(0);
+    await enforcer.record(strike('t@x.test', 'spoofing', 3, 2)); // 13: the throttle is taken now
+    expect((await state.account('t@x.test')).throttle?.factor).toBe(0.2);
+    expect((await state.account('t@x.test')).suspension).toBeUndefined();
+  });
+
+  it('one that could not be counted waits in the outbox; counted later once, or not at all after a reinstatement', async () => {
+    const { enforcer, state, strike, outbox } = setup();
+    const addStrike = state.addStrike.bind(state);
+    let down = true;
+    state.addStrike = async (...args) => {
+      if (down) throw new Error('Stream isn\'t writeable');
+      return addStrike(...args);
+    };
+    await enforcer.record(strike('d@x.test', 'malware', 10, 1));
+    await enforcer.record(strike('r@x.test', 'malware', 10, 2));
+    expect(outbox.waiting('strike')).toBe(2);
+    down = false;
+    const handle = enforcer.strikeHandler();
+    const jobs = (outbox as unknown as { pending: Map<string, Job> }).pending;
+    const [forD, forR] = [...jobs.values()];
+    await enforcer.reinstate('r@x.test', 'cli:test');
+    // Counted once, even replayed twice (a failure after the count sends it round again).
+    await handle(forD!);
+    await handle(forD!);
+    expect((await state.strikes('d@x.test', 7 * 86_400_000)).map((s) => s.reference)).toEqual(['D-000001']);
+    expect((await state.account('d@x.test')).throttle?.factor).toBe(0.2);
+    // From before the reinstatement: forgiven with the rest.
+    await handle(forR!);
+    expect(await state.strikes('r@x.test', 7 * 86_400_000)).toEqual([]);
+    expect(await state.account('r@x.test')).toEqual({});
+  });
+
+  it('a strike counted again keeps its own cooldown claim, on the file state too', async () => {
+    const { FileEnforcementState } = await import('../../src/enforce/state.js');
+    const file = new FileEnforcementState(join(mkdtempSync(join(tmpdir(), 'douane-claim-')), 'enforcement.json'));
+    expect([await file.claim('k', 60_000, 's-1'), await file.claim('k', 60_000, 's-1'), await file.claim('k', 60_000, 's-2'), await file.claim('k', 60_000)]).toEqual([true, true, false, false]);
+  });
+});
