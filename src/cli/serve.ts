@@ -146,6 +146,8 @@ export function configSummary(config: LoadedConfig['config']): Record<string, un
     const url = new URL(redis.url);
     url.password = '';
     url.username = '';
+    // ioredis takes a password from the query too (?password=): none of it is shown.
+    url.search = '';
     redisTarget = url.toString();
   } else if (redis?.sentinels) redisTarget = { sentinels: where(redis.sentinels), name: redis.sentinel_name };
   else if (redis?.cluster) redisTarget = { cluster: where(redis.cluster) };

@@ -2,12 +2,14 @@
 // containers, a second copy started by hand) would each resume the outbox and send every notice, and
 // carry out every lifecycle call, twice; their enforcement files would overwrite each other.
 //
-// Node has no flock: the lock is a file naming its holder (PID and host), whose modification time the
-// holder refreshes every REFRESH_MS. A lock is held while it is fresh and, on the same host, while its
-// PID lives; a holder that crashed leaves it stale within STALE_MS. Its own PID on its own host is taken
-// over at once: a container restarted keeps its host name and gets the same PID.
+// Node has no flock: the lock is a file naming its holder (a random id, its PID and host), whose
+// modification time the holder refreshes every REFRESH_MS. A lock is held while it is fresh, unless its
+// PID is gone on this same host (a crash under systemd: taken over at once); a holder that crashed leaves
+// it stale within STALE_MS. The same PID on the same host name is no proof it is gone: two containers
+// sharing a host name both run as PID 1, and a container restarted waits out the 30 s.
 
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
@@ -16,6 +18,7 @@ export const STALE_MS = 30_000;
 const REFRESH_MS = 10_000;
 
 interface Holder {
+  id: string;
   pid: number;
   host: string;
   since: string;
@@ -36,7 +39,7 @@ export function lockStateDir(dir: string, opts: { pid?: number; host?: string; n
   const now = opts.now ?? Date.now;
   const alive = opts.pidAlive ?? pidAlive;
   const path = join(dir, LOCK_FILE);
-  const mine: Holder = { pid, host, since: new Date(now()).toISOString() };
+  const mine: Holder = { id: randomUUID(), pid, host, since: new Date(now()).toISOString() };
   const text = `${JSON.stringify(mine)}\n`;
   let tookOver: Holder | undefined;
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -51,8 +54,8 @@ export function lockStateDir(dir: string, opts: { pid?: number; host?: string; n
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     const holder = readHolder(path);
     const age = now() - statSync(path).mtimeMs;
-    const itself = holder?.pid === pid && holder.host === host;
-    const held = holder !== undefined && !itself && age < STALE_MS && (holder.host !== host || alive(holder.pid));
+    const gone = holder !== undefined && holder.host === host && holder.pid !== pid && !alive(holder.pid);
+    const held = holder !== undefined && age < STALE_MS && !gone;
     if (held) {
       throw new StateDirInUse(
         `state_dir ${dir} is in use by another douane (PID ${holder.pid} on ${holder.host}, since ${holder.since}; ${path} refreshed ${Math.max(0, Math.round(age / 1000))} s ago): two instances on one state directory would send every notice and carry out every suspension twice. Give each instance its own state_dir; if that instance is gone, start again in ${Math.ceil((STALE_MS - age) / 1000)} s`,
@@ -77,7 +80,7 @@ export function lockStateDir(dir: string, opts: { pid?: number; host?: string; n
       clearInterval(timer);
       // Only our own: a lock another instance took over (after ours went stale) is its own.
       const holder = readHolder(path);
-      if (holder?.pid === pid && holder.host === host) {
+      if (holder?.id === mine.id) {
         try {
           unlinkSync(path);
         } catch {
@@ -91,7 +94,7 @@ export function lockStateDir(dir: string, opts: { pid?: number; host?: string; n
 function readHolder(path: string): Holder | undefined {
   try {
     const parsed = JSON.parse(readFileSync(path, 'utf8')) as Partial<Holder>;
-    if (typeof parsed.pid === 'number' && typeof parsed.host === 'string') return { pid: parsed.pid, host: parsed.host, since: String(parsed.since ?? '') };
+    if (typeof parsed.pid === 'number' && typeof parsed.host === 'string') return { id: String(parsed.id ?? ''), pid: parsed.pid, host: parsed.host, since: String(parsed.since ?? '') };
   } catch {
     // Unreadable or half written: no holder can be named; it is stale once not refreshed.
   }

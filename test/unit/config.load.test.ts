@@ -232,6 +232,7 @@ describe('configuration loading', () => {
     const summary = configSummary(parse('t.yaml', base + 'limits: { redis: { url: "redis://douane:s3cret-pass@redis.internal:6380/2" } }\n').config);
     expect(summary.redis).toBe('redis://redis.internal:6380/2');
     expect(JSON.stringify(summary)).not.toContain('s3cret');
+    expect(configSummary(parse('t.yaml', base + 'limits: { redis: { url: "redis://redis.internal:6379/0?password=s3cret&db=1" } }\n').config).redis).toBe('redis://redis.internal:6379/0');
     expect(configSummary(parse('t.yaml', base + 'limits: { redis: { sentinels: [{ host: s1, port: 26379 }], sentinel_name: main } }\n').config).redis).toEqual({ sentinels: ['s1:26379'], name: 'main' });
   });
 

@@ -30,17 +30,19 @@ describe('state directory lock', () => {
     expect(existsSync(join(dir, LOCK_FILE))).toBe(false);
   });
 
-  it('is refused while a live process on this host holds it, or any process on another host refreshes it', () => {
+  it('is refused while a live process on this host holds it, any process on another host refreshes it, or one with the same PID and host name (two containers)', () => {
     expect(() => lockStateDir(lockedBy({ pid: 200, host: 'gw1' }, 1000), at(100, 'gw1', [200]))).toThrow(/is in use by another douane \(PID 200 on gw1, since 2026-11-29T07:00:00\.000Z; .* refreshed 1 s ago\).*start again in 29 s$/);
     expect(() => lockStateDir(lockedBy({ pid: 1, host: 'container-a' }, STALE_MS - 1000), at(1, 'container-b'))).toThrow(/PID 1 on container-a/);
+    // Both PID 1 under one host name (host networking): the PID says nothing; a restarted container waits 30 s.
+    expect(() => lockStateDir(lockedBy({ pid: 1, host: 'gw1' }, 1000), at(1, 'gw1', [1]))).toThrow(/PID 1 on gw1/);
   });
 
-  it('is taken over from a process gone, from a lock no one refreshed for 30 s, and from itself (a container restarted)', () => {
+  it('is taken over from a process gone on this host, and from a lock no one refreshed for 30 s', () => {
     for (const [dir, who] of [
       [lockedBy({ pid: 200, host: 'gw1' }, 1000), at(100, 'gw1', [])],
       [lockedBy({ pid: 200, host: 'gw1' }, STALE_MS + 1000), at(100, 'gw1', [200])],
       [lockedBy({ pid: 1, host: 'container-a' }, STALE_MS + 1000), at(1, 'container-b')],
-      [lockedBy({ pid: 1, host: 'gw1' }, 1000), at(1, 'gw1', [1])],
+      [lockedBy({ pid: 1, host: 'gw1' }, STALE_MS + 1000), at(1, 'gw1', [1])],
     ] as const) {
       const lock = lockStateDir(dir, who);
       expect(lock.tookOver).toBeDefined();
@@ -49,11 +51,13 @@ describe('state directory lock', () => {
     }
   });
 
-  it('leaves on release a lock another instance took over', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'douane-lock-'));
-    const lock = lockStateDir(dir, at(100, 'gw1'));
-    writeFileSync(join(dir, LOCK_FILE), JSON.stringify({ pid: 300, host: 'gw2', since: 'x' }));
-    lock.release();
-    expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'))).toMatchObject({ pid: 300 });
+  it('leaves on release a lock another instance took over, even one with its own PID and host name', () => {
+    for (const other of [{ pid: 300, host: 'gw2' }, { pid: 100, host: 'gw1' }]) {
+      const dir = mkdtempSync(join(tmpdir(), 'douane-lock-'));
+      const lock = lockStateDir(dir, at(100, 'gw1'));
+      writeFileSync(join(dir, LOCK_FILE), JSON.stringify({ id: 'theirs', ...other, since: 'x' }));
+      lock.release();
+      expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'))).toMatchObject({ id: 'theirs' });
+    }
   });
 });
