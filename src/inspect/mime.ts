@@ -28,7 +28,7 @@ import { CabLister, defaultName as cabDefaultName } from './cab.js';
 import { IsoLister } from './iso.js';
 import { RarLister } from './rar.js';
 import { TnefLister } from './tnef.js';
-import { SignedContent } from './pkcs7.js';
+import { SignedContent, type Readings } from './pkcs7.js';
 import { defaultName as sevenZipDefaultName, SevenZipLister } from './sevenzip.js';
 import { lzmaAlone, TarLister } from './tar.js';
 import { detectType, MAGIC_BYTES } from './magic.js';
@@ -115,8 +115,10 @@ interface Leaf {
   attachment?: AttachmentPart;
   /** an attached message, read by an inspector of its own */
   embedded?: MessageInspector;
-  /** an S/MIME or signed-file part (.p7m): its signed content, read out of it for `embedded` */
+  /** an S/MIME or signed-file part (.p7m): its signed content, read out of it for `embedded` (as a message) and `embeddedFile` */
   signed?: SignedContent;
+  /** the file a signature tool extracts from a .p7m named "x.ext.p7m", read by an inspector of its own */
+  embeddedFile?: MessageInspector;
 }
 
 const MESSAGE_TYPES = new Set(['message/rfc822', 'message/global']);
@@ -376,6 +378,7 @@ export class MessageInspector {
       if (partsLeft < 1) return this.limit('parts');
       const textLeft = Math.min(Math.max(0, this.maxText - this.bodyBytes), Math.floor(this.maxText / EMBEDDED_TEXT_SHARE));
       leaf.embedded = new MessageInspector({ ...this.limits, maxDepth: depthLeft, maxParts: partsLeft, maxTextBytes: textLeft }, this.inflateBudget);
+      if (smime) leaf.embeddedFile = new MessageInspector({ ...this.limits, maxDepth: depthLeft, maxParts: partsLeft, maxTextBytes: textLeft }, this.inflateBudget);
     }
     const charset = typeof node.charset === 'string' ? node.charset : '';
     if (isText) {
@@ -466,7 +469,13 @@ export class MessageInspector {
       this.embeddedWait = both(this.embeddedWait, leaf.embedded.write(data));
       return;
     }
-    for (const content of leaf.signed.push(data)) this.embeddedWait = both(this.embeddedWait, leaf.embedded.write(content));
+    this.readSigned(leaf, leaf.signed.push(data));
+  }
+
+  /** The two readings of signed content, each to its inspector. */
+  private readSigned(leaf: Leaf, readings: Readings): void {
+    for (const content of readings.message) this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(content));
+    for (const content of readings.file) this.embeddedWait = both(this.embeddedWait, leaf.embeddedFile?.write(content));
   }
 
   private finishLeaf(): void {
@@ -479,19 +488,19 @@ export class MessageInspector {
     if (leaf.text) this.finishText(leaf.text);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     if (leaf.signed) {
-      for (const content of leaf.signed.end()) this.embeddedWait = both(this.embeddedWait, leaf.embedded?.write(content));
-      // Signed content not read to its end: what the recipient's program shows of it is not known. A
-      // file that is not DER at all (nor base64 of it) is no signature, and shows nothing.
-      const reader = leaf.signed.reader;
-      if (reader.malformed && (reader.signed || reader.started || declaresSignedData(leaf.node))) this.limitExceeded ??= 'signed_content';
+      this.readSigned(leaf, leaf.signed.end());
+      // Signed content not read to its end, or a .p7m that is no signature at all: what the recipient's
+      // program or signature tool shows of it is not known.
+      if (leaf.signed.unreadable || (leaf.signed.reader.malformed && declaresSignedData(leaf.node))) this.limitExceeded ??= 'signed_content';
     }
     // Never rejects today; if it did, the attached message's facts are missing, the message's stand.
-    if (leaf.embedded) {
-      const facts = leaf.embedded.end().catch((err: Error) => {
+    for (const inspector of [leaf.embedded, leaf.embeddedFile]) {
+      if (!inspector) continue;
+      const facts = inspector.end().catch((err: Error) => {
         this.failure ??= err;
         return undefined;
       });
-      this.embedded.push({ inspector: leaf.embedded, facts });
+      this.embedded.push({ inspector, facts });
     }
   }
 

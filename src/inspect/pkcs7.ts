@@ -238,62 +238,96 @@ function readHeader(b: Buffer): { tag: number; length: number | undefined; size:
 }
 
 /**
- * What a mail program or a signature tool shows of a .p7m attachment, as bytes for an inspector of its
- * own: the signed content read out of the DER (or of the DER in base64 text, as some signing tools save
- * it). A MIME entity (an S/MIME message) is given as it is, to be read as a message; anything else (a
- * signed PDF or XML: an Italian e-invoice, a CAdES file) is a file, given behind a header that names it
- * as the signature tool does, the part's name without ".p7m".
+ * What a mail program and a signature tool show of a .p7m attachment, as bytes for inspectors of their
+ * own, read out of the signature's DER (or of the DER in base64 text or PEM, as some signing tools save
+ * it). Both readings are given, since a file can be written to pass as either:
+ * - `message`: the content as a mail program shows it (Thunderbird, Outlook read opaque-signed content as
+ *   MIME): a header block and what follows, or, when it starts with no header, one text body;
+ * - `file`: when the part's name without ".p7m" has an extension of its own ("fattura.xml.p7m"), the file
+ *   a signature tool extracts under that name, given behind a header that names it.
  */
 export class SignedContent {
   readonly reader = new SignedDataReader();
-  /** the part's first bytes, until how it is written (DER, base64) is known */
+  /** the part's first bytes, until how it is written (DER, base64 text) is known */
   private lead: Buffer[] = [];
   private leadLength = 0;
-  private encoding: 'der' | 'base64' | undefined;
+  private encoding: 'der' | 'base64' | 'unknown' | undefined;
   private base64 = '';
   private base64Ended = false;
-  /** the content's first bytes, until whether it is a MIME entity is known */
-  private head: Buffer[] = [];
-  private headLength = 0;
-  private kind: 'mime' | 'file' | undefined;
+  /** the content's first line, until it says whether a header block starts it */
+  private first: Buffer[] = [];
+  private firstLength = 0;
+  private messageStarted = false;
+  private fileStarted = false;
+  private readonly inner: string;
+  /** neither DER nor base64 of it: no signature a mail program or a signature tool would open */
+  unrecognised = false;
 
-  constructor(private readonly fileName: string) {}
+  constructor(fileName: string) {
+    this.inner = innerName(fileName);
+  }
 
-  /** The part's decoded bytes in; what to give the inspector out. */
-  push(data: Buffer): Buffer[] {
+  /** The signed content could not be read whole: what is shown of it is not known. */
+  get unreadable(): boolean {
+    return this.unrecognised || (this.reader.malformed && (this.reader.signed || this.reader.started));
+  }
+
+  /** The part's decoded bytes in; what to give each reading out. */
+  push(data: Buffer): Readings {
     if (this.encoding === undefined) {
       this.lead.push(Buffer.from(data));
       this.leadLength += data.length;
-      if (this.leadLength < SNIFF_BYTES) return [];
-      return this.afterLead();
+      if (this.leadLength < SNIFF_BYTES) return NONE;
+      return this.route(this.afterLead());
     }
     return this.route(this.decode(data));
   }
 
-  end(): Buffer[] {
-    const out = this.encoding === undefined ? this.afterLead() : [];
-    if (this.encoding === 'base64') out.push(...this.route(this.flushBase64()));
-    this.reader.end();
-    if (this.kind === undefined) out.push(...this.decide(true));
+  end(): Readings {
+    const out: Readings = { message: [], file: [] };
+    const add = (r: Readings) => {
+      out.message.push(...r.message);
+      out.file.push(...r.file);
+    };
+    if (this.encoding === undefined) add(this.route(this.afterLead()));
+    if (this.encoding === 'base64') add(this.route(this.flushBase64()));
+    if (this.encoding !== 'unknown') this.reader.end();
+    if (!this.messageStarted && this.firstLength) add(this.startMessage());
     return out;
   }
 
-  /** The first bytes are in: DER, or base64 text (optionally PEM armoured). */
+  /** The first bytes are in: DER, base64 text, or PEM (text before its armour is skipped, as OpenSSL does). */
   private afterLead(): Buffer[] {
     const lead = Buffer.concat(this.lead);
     this.lead = [];
-    const text = lead.toString('latin1', 0, SNIFF_BYTES);
-    this.encoding = /^\s*(-----BEGIN [A-Z0-9 ]+-----\s*)?M[A-Za-z0-9+/=\s]*$/.test(text) && lead[0] !== 0x30 ? 'base64' : 'der';
-    if (this.encoding === 'base64') this.base64 = '';
-    return this.route(this.decode(lead));
+    if (lead.length === 0) {
+      this.encoding = 'der';
+      return [];
+    }
+    if (lead[0] === 0x30) {
+      this.encoding = 'der';
+      return this.reader.push(lead);
+    }
+    const text = lead.toString('latin1');
+    const armour = /-----BEGIN [A-Z0-9 ]+-----[^\n]*\n/.exec(text);
+    if (armour) {
+      this.encoding = 'base64';
+      return this.decode(lead.subarray(armour.index + armour[0].length));
+    }
+    if (/^\s*M[A-Za-z0-9+/=\s]*$/.test(text.slice(0, SNIFF_BYTES))) {
+      this.encoding = 'base64';
+      return this.decode(lead);
+    }
+    this.encoding = 'unknown';
+    this.unrecognised = true;
+    return [];
   }
 
   private decode(data: Buffer): Buffer[] {
     if (this.encoding === 'der') return this.reader.push(data);
-    if (this.base64Ended) return [];
+    if (this.encoding !== 'base64' || this.base64Ended) return [];
     let text = this.base64 + data.toString('latin1');
-    // PEM: the armour's first line goes, its END line ends the data.
-    text = text.replace(/^\s*-----BEGIN [A-Z0-9 ]+-----/, '');
+    // The armour's END line ends the data.
     const end = text.indexOf('-');
     if (end >= 0) {
       text = text.slice(0, end);
@@ -311,53 +345,49 @@ export class SignedContent {
     return rest ? this.reader.push(Buffer.from(rest, 'base64')) : [];
   }
 
-  /** Signed content out of the reader: held until its kind is known, then given on. */
-  private route(content: Buffer[]): Buffer[] {
-    if (this.kind === 'mime') return content;
-    if (this.kind === 'file') return content;
-    for (const c of content) {
-      this.head.push(Buffer.from(c));
-      this.headLength += c.length;
+  /** Signed content out of the reader, to both readings. */
+  private route(content: Buffer[]): Readings {
+    if (content.length === 0) return NONE;
+    const file: Buffer[] = [];
+    if (/\.[^./\\]+$/.test(this.inner)) {
+      if (!this.fileStarted) {
+        this.fileStarted = true;
+        const name = this.inner.replace(/["\\\r\n]/g, '_');
+        file.push(Buffer.from(`Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="${name}"\r\nContent-Transfer-Encoding: binary\r\n\r\n`));
+      }
+      file.push(...content);
     }
-    return this.headLength >= MIME_SNIFF_BYTES ? this.decide(false) : this.decideIfHeaderEnded();
+    if (this.messageStarted) return { message: content, file };
+    for (const c of content) {
+      this.first.push(Buffer.from(c));
+      this.firstLength += c.length;
+    }
+    const head = Buffer.concat(this.first);
+    if (head.indexOf(0x0a) < 0 && head.length < FIRST_LINE_BYTES) return { message: [], file };
+    return { message: this.startMessage().message, file };
   }
 
-  private decideIfHeaderEnded(): Buffer[] {
-    const head = Buffer.concat(this.head);
-    return /\r?\n\r?\n/.test(head.toString('latin1')) ? this.decide(false) : [];
-  }
-
-  private decide(atEnd: boolean): Buffer[] {
-    const head = Buffer.concat(this.head);
-    this.head = [];
-    if (!atEnd && head.length === 0) return [];
-    this.kind = isMimeEntity(head) ? 'mime' : 'file';
-    if (this.kind === 'mime') return head.length ? [head] : [];
-    // A signature with no content in it (detached): no file.
-    if (head.length === 0) return [];
-    const name = innerName(this.fileName).replace(/["\\\r\n]/g, '_');
-    const header = Buffer.from(`Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="${name}"\r\nContent-Transfer-Encoding: binary\r\n\r\n`);
-    return [header, ...(head.length ? [head] : [])];
+  /** The message reading starts: as it is when a header line opens it, else as one text body. */
+  private startMessage(): Readings {
+    this.messageStarted = true;
+    const head = Buffer.concat(this.first);
+    this.first = [];
+    const line = head.toString('latin1', 0, Math.min(head.length, FIRST_LINE_BYTES)).split(/\r?\n/)[0]!;
+    if (/^[!-9;-~]+:/.test(line)) return { message: [head], file: [] };
+    return { message: [Buffer.from('Content-Type: text/plain\r\n\r\n'), head], file: [] };
   }
 }
 
-/** Bytes looked at to tell DER from base64 text. */
-const SNIFF_BYTES = 64;
-/** Content looked at for a header block before it is taken for a file. */
-const MIME_SNIFF_BYTES = 16_384;
-
-/**
- * Whether signed content is a MIME entity: header lines up to an empty line, one of them Content-Type or
- * MIME-Version. A PDF or XML file starts otherwise.
- */
-function isMimeEntity(head: Buffer): boolean {
-  const text = head.toString('latin1');
-  const blank = text.search(/\r?\n\r?\n/);
-  if (blank <= 0) return false;
-  const lines = text.slice(0, blank).split(/\r?\n/);
-  if (!lines.every((line, i) => /^[!-9;-~]+:/.test(line) || (i > 0 && /^[ \t]/.test(line)))) return false;
-  return lines.some((line) => /^(content-type|mime-version):/i.test(line));
+export interface Readings {
+  message: Buffer[];
+  file: Buffer[];
 }
+
+const NONE: Readings = { message: [], file: [] };
+/** Bytes looked at to tell DER from base64 text (and to find a PEM armour behind text). */
+const SNIFF_BYTES = 4096;
+/** A header line longer than this is no header line (RFC 5322: 998). */
+const FIRST_LINE_BYTES = 1000;
 
 /** The name a signature tool gives the signed file: the part's without ".p7m" ("fattura.xml.p7m"). */
 export function innerName(fileName: string): string {

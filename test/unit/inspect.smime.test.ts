@@ -178,6 +178,27 @@ describe('S/MIME opaque-signed messages', () => {
     expect((await inspect(attached(der.subarray(0, 200), 'application/pkcs7-mime; name="smime.p7m"'))).mimeLimitExceeded).toBe('signed_content');
   });
 
+  it('is read as a mail program reads it and as a signature tool extracts it, however the content is dressed', async () => {
+    const sign = (content: string | Buffer) => cms(['-sign', '-nodetach', '-binary', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], content);
+    const quarantined = async (p7m: Buffer, name = 'smime.p7m') => verdict(await inspect(attached(p7m, `application/pkcs7-mime; name="${name}"`, name)));
+    // A header block past any first look, then the attachment.
+    const padded = Array.from({ length: 250 }, (_, i) => `X-Pad-${i}: ${'x'.repeat(60)}`).join('\r\n') + '\r\n' + entity(INNER);
+    expect(await quarantined(sign(padded))).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    // No Content-Type, a text body with a uuencoded program in it (Thunderbird shows it as an attachment).
+    const uu = ['begin 644 evil.exe', 'M35J0``,`````' + '`'.repeat(47), '`', 'end'].join('\r\n');
+    expect(await quarantined(sign(`Subject: invoice\r\n\r\nSee attached.\r\n${uu}\r\n`))).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    // A program whose first bytes pass for a header block, signed as "fattura.exe.p7m": the tool extracts fattura.exe.
+    const poly = Buffer.concat([Buffer.from('MZ:a\r\nContent-Type:a\r\n\r\n'), PROGRAM.subarray(2)]);
+    expect(await quarantined(sign(poly), 'fattura.exe.p7m')).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    // PEM with text before its armour, which OpenSSL skips.
+    const pem = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'PEM'], entity(INNER)).toString();
+    expect(execFileSync('openssl', ['cms', '-verify', '-noverify', '-inform', 'PEM', '-in', writeTemp(Buffer.from(`Signed copy\n\n${pem}`))]).toString()).toContain('facture.exe');
+    expect(await quarantined(Buffer.from(`Signed copy\n\n${pem}`))).toMatchObject({ action: 'quarantine', rule: { id: 'attachments.executable' } });
+    // Neither DER nor base64 nor PEM: no signature anything opens; refused rather than let through unread.
+    const text = await inspect(attached(Buffer.from('Ceci est une facture.\n'.repeat(300)), 'application/octet-stream; name="facture.p7m"', 'facture.p7m'));
+    expect(text.mimeLimitExceeded).toBe('signed_content');
+  });
+
   it('a signed message attached under another type but named .p7m is opened too', async () => {
     const der = cms(['-sign', '-nodetach', '-signer', CERT, '-inkey', KEY, '-outform', 'DER'], entity(INNER));
     const facts = await inspect(attached(der, 'application/octet-stream; name="smime.p7m"'));
