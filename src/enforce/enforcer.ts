@@ -117,8 +117,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       await this.deps.outbox.enqueue('strike', e).catch((err2: Error) => this.deps.log.error({ event: 'enforcement_error', ref: e.reference, account: e.account, err: err2.message }, 'could not keep a strike for later'));
       return;
     }
-    // Counted: a step that fails is taken again at the next strike (the strike is not counted twice).
-    if (total !== undefined) await this.climb(e, total).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not take a ladder step'));
+    if (total === undefined) return;
+    try {
+      await this.climb(e, total);
+    } catch (err) {
+      // Counted, but a step failed (the state or the disk): the strike goes to the outbox, which takes the
+      // steps again; it is not counted again (see strikeHandler). The next strike may be in a cooldown.
+      this.deps.log.error({ event: 'enforcement_error', account: e.account, err: (err as Error)?.stack }, 'could not take a ladder step: it is taken again from the outbox');
+      await this.deps.outbox.enqueue('strike', e).catch((err2: Error) => this.deps.log.error({ event: 'enforcement_error', ref: e.reference, account: e.account, err: err2.message }, 'could not keep a strike for later'));
+    }
   }
 
   /**
@@ -133,8 +140,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         this.deps.log.info({ event: 'strike_dropped', ref: e.reference, account: e.account, strike: e.event, reinstated: new Date(reinstated).toISOString() }, 'a strike kept for later is from before the account was reinstated: not counted');
         return;
       }
-      const total = await this.count(e);
-      if (total !== undefined) await this.climb(e, total).catch((err: Error) => this.deps.log.error({ event: 'enforcement_error', account: e.account, err: err.stack }, 'could not take a ladder step'));
+      // Counted already (a step failed after the count): not counted, logged or audited again.
+      const { window } = this.deps.policy().doc.strikes;
+      const recorded = await this.deps.state.strikes(e.account, window);
+      const total = recorded.some((r) => r.id === strikeId(e)) ? recorded.reduce((sum, r) => sum + r.weight, 0) : await this.count(e);
+      // A step that fails again fails the job: the outbox tries again later.
+      if (total !== undefined) await this.climb(e, total);
     };
   }
 
@@ -148,7 +159,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private async count(e: StrikeEvent): Promise<number | undefined> {
     const { window, events } = this.deps.policy().doc.strikes;
     const cooldown = events[e.event]?.cooldown;
-    const record: StrikeRecord = { id: `${e.reference}-${e.event}-${e.at}`, event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
+    const record: StrikeRecord = { id: strikeId(e), event: e.event, weight: e.weight, at: e.at, rule: e.rule, reference: e.reference };
     // Held by this strike: counted again after a failure past the claim (record), it is still its own.
     if (cooldown && !(await this.deps.state.claim(claimKey('cooldown', e.account, e.event), cooldown, record.id))) {
       this.deps.log.debug({ event: 'strike_cooldown', account: e.account, strike: e.event }, 'strike within its cooldown: not counted');
@@ -730,6 +741,11 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // the gauge and the known suspensions wait for the next refresh
     }
   }
+}
+
+/** A strike's id: the same when it is counted again. */
+function strikeId(e: StrikeEvent): string {
+  return `${e.reference}-${e.event}-${e.at}`;
 }
 
 /** Strikes kept for later while the enforcement state does not answer, at most (files in the outbox). */

@@ -326,10 +326,10 @@ describe('throttle', () => {
 });
 
 describe('strikes the state could not take at once', () => {
-  it('a ladder step that fails after the count is taken again at the next strike; the strike is not counted twice', async () => {
-    const { enforcer, state, strike, outbox } = setup();
+  it('a ladder step that fails after the count is taken again from the outbox, even when no strike follows; the strike is not counted twice', async () => {
+    const { enforcer, state, strike, outbox, dir } = setup();
     const setThrottle = state.setThrottle.bind(state);
-    let failures = 1;
+    let failures = 2;
     state.setThrottle = async (a, t) => {
       if (failures-- > 0) throw new Error('disk full');
       return setThrottle(a, t);
@@ -337,10 +337,16 @@ describe('strikes the state could not take at once', () => {
     await enforcer.record(strike('t@x.test', 'malware', 10, 1)); // 10: throttle, which fails
     expect((await state.strikes('t@x.test', 7 * 86_400_000)).map((s) => s.reference)).toEqual(['D-000001']);
     expect((await state.account('t@x.test')).throttle).toBeUndefined();
-    expect(outbox.waiting('strike')).toBe(0);
-    await enforcer.record(strike('t@x.test', 'spoofing', 3, 2)); // 13: the throttle is taken now
+    expect(outbox.waiting('strike')).toBe(1);
+    const [job] = [...(outbox as unknown as { pending: Map<string, Job> }).pending.values()].filter((j) => j.kind === 'strike');
+    const handle = enforcer.strikeHandler();
+    // Failing again fails the job (the outbox tries it later); then the step is taken.
+    await expect(handle(job!)).rejects.toThrow('disk full');
+    await handle(job!);
     expect((await state.account('t@x.test')).throttle?.factor).toBe(0.2);
-    expect((await state.account('t@x.test')).suspension).toBeUndefined();
+    expect((await state.strikes('t@x.test', 7 * 86_400_000)).map((s) => s.reference)).toEqual(['D-000001']);
+    const audit = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string });
+    expect(audit.filter((a) => a.action === 'strike')).toHaveLength(1);
   });
 
   it('one that could not be counted waits in the outbox; counted later once, or not at all after a reinstatement', async () => {
@@ -357,7 +363,7 @@ describe('strikes the state could not take at once', () => {
     down = false;
     const handle = enforcer.strikeHandler();
     const jobs = (outbox as unknown as { pending: Map<string, Job> }).pending;
-    const [forD, forR] = [...jobs.values()];
+    const [forD, forR] = [...jobs.values()].filter((j) => j.kind === 'strike');
     await enforcer.reinstate('r@x.test', 'cli:test');
     // Counted once, even replayed twice (a failure after the count sends it round again).
     await handle(forD!);
