@@ -83,7 +83,15 @@ export class Bzip2Reader {
   /** the start of the unit being read, to read it again when its bytes ran short */
   private mark = { at: 0, acc: 0, held: 0 };
 
+  /** bytes of the stream dropped from the front of `input` */
+  private dropped = 0;
+
   constructor(private readonly output: (data: Buffer) => void) {}
+
+  /** Bytes of the stream read so far: what the output so far came from (a ratio to guard against bombs). */
+  get consumed(): number {
+    return this.dropped + this.at;
+  }
 
   /** Reads no more (whoever reads the output has what it needs, or gave up): neither ended nor failed. */
   stop(): void {
@@ -380,6 +388,7 @@ export class Bzip2Reader {
       const next = needed * 2 > this.input.length ? Buffer.allocUnsafe(Math.max(FIRST_RETRY, needed * 2)) : this.input;
       this.input.copy(next, 0, this.mark.at, this.filled);
       this.input = next;
+      this.dropped += this.mark.at;
       this.at -= this.mark.at;
       this.mark.at = 0;
       this.filled = kept;

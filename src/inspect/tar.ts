@@ -623,16 +623,19 @@ export class TarLister {
   private decodeWith(make: (output: (data: Buffer) => void) => Bzip2Reader | ZstdReader): void {
     const parser = this.parser();
     this.produced.set(parser, 0);
+    // bzip2 says how much of its input its output came from: bytes received after a bomb (padding) do
+    // not raise what the bomb may decode to.
+    const consumed = () => ('consumed' in reader ? reader.consumed : this.received);
     const reader = make((out) => {
-      this.decompressed(parser, out);
+      this.decompressed(parser, out, consumed());
       // Not a tar, its end read, or past the budget: nothing more to decode (a bomb's next blocks).
       if (parser.done) reader.stop();
     });
     this.decoded.push({ reader, parser });
   }
 
-  /** Decompressed bytes for a tar parser. */
-  private decompressed(parser: TarParser, data: Buffer): void {
+  /** Decompressed bytes for a tar parser, made from `from` bytes of the attachment (all received so far, unless the decoder says). */
+  private decompressed(parser: TarParser, data: Buffer, from = this.received): void {
     if (parser.done) return;
     parser.push(data);
     // Charged once the content reads as a tar: a compressed file of another kind costs only its first step.
@@ -643,7 +646,7 @@ export class TarLister {
     if (before !== undefined) {
       const produced = before + data.length;
       this.produced.set(parser, produced);
-      bomb = produced > RATIO_FLOOR && produced > MAX_RATIO * this.received;
+      bomb = produced > RATIO_FLOOR && produced > MAX_RATIO * from;
     }
     // A bomb, or more than any real mail carries: the rest is not looked at.
     if ((this.budget.bytes < 0 || bomb) && !parser.done) parser.fail();
