@@ -145,6 +145,7 @@ export class Gateway {
       },
       minDelayMs: e.outbox.retry_min,
       maxDelayMs: e.outbox.retry_max,
+      giveUpAfterMs: e.outbox.give_up_after,
       metrics: this.metrics,
       log: this.log,
       onFailed: (job, err) =>

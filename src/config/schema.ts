@@ -265,7 +265,12 @@ export const configSchema = obj({
       webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str({ secret: true })), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
       outbox: section(
         refine(
-          obj({ retry_min: withDefault(duration({ min: 10, timer: true }), 5000), retry_max: withDefault(duration({ min: 100, timer: true }), 600_000) }),
+          obj({
+            retry_min: withDefault(duration({ min: 10, timer: true }), 5000),
+            retry_max: withDefault(duration({ min: 100, timer: true }), 600_000),
+            /** notices and webhook events are given up after this long (lifecycle calls never are) */
+            give_up_after: withDefault(duration({ min: 60_000 }), 7 * 86_400_000),
+          }),
           (o, path): Issue[] => (o.retry_max < o.retry_min ? [{ path: [...path, 'retry_max'], message: `must not be shorter than retry_min (${o.retry_min} ms)` }] : []),
         ),
       ),

@@ -33,6 +33,11 @@ export interface OutboxOptions {
   handlers: Record<JobKind, Handler>;
   minDelayMs: number;
   maxDelayMs: number;
+  /**
+   * Notices and webhook events older than this fail for good instead of being tried again: a warning a
+   * week late helps nobody. Lifecycle calls and strikes are never given up (they are what was decided).
+   */
+  giveUpAfterMs?: number;
   metrics: Metrics;
   log: Logger;
   /** told when a job fails for good */
@@ -210,7 +215,9 @@ export class Outbox {
       this.opts.log.info({ event: 'outbox_done', job: job.id, kind: job.kind, key: job.key, attempts: job.attempts }, `outbox job done (${job.kind})`);
     } catch (err) {
       job.lastError = (err as Error).message;
-      if (err instanceof PermanentFailure || (err as { retryable?: boolean }).retryable === false) {
+      const tooOld = this.opts.giveUpAfterMs !== undefined && (job.kind === 'notify' || job.kind === 'webhook') && this.now() - job.createdAt >= this.opts.giveUpAfterMs;
+      if (tooOld) job.lastError = `${job.lastError} (given up: tried for ${Math.round((this.now() - job.createdAt) / 3_600_000)} h)`;
+      if (tooOld || err instanceof PermanentFailure || (err as { retryable?: boolean }).retryable === false) {
         this.pending.delete(job.id);
         await rename(join(this.pendingDir, `${job.id}.json`), join(this.opts.dir, 'failed', `${job.id}.json`)).catch(() => undefined);
         await writeFile(join(this.opts.dir, 'failed', `${job.id}.json`), JSON.stringify(job) + '\n', { mode: 0o600 }).catch(() => undefined);

@@ -10,7 +10,7 @@ import { Outbox, type Handler, type Job } from '../../src/enforce/outbox.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 
-function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: number; lines?: Record<string, unknown>[]; notify?: Handler } = {}) {
+function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: number; lines?: Record<string, unknown>[]; notify?: Handler; giveUpAfterMs?: number; now?: () => number } = {}) {
   const noop: Handler = async () => undefined;
   const destination = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -23,6 +23,8 @@ function outbox(lifecycle: Handler, opts: { minDelayMs?: number; maxDelayMs?: nu
     handlers: { lifecycle, notify: opts.notify ?? noop, webhook: noop, strike: noop },
     minDelayMs: opts.minDelayMs ?? 10,
     maxDelayMs: opts.maxDelayMs ?? 50,
+    ...(opts.giveUpAfterMs !== undefined ? { giveUpAfterMs: opts.giveUpAfterMs } : {}),
+    ...(opts.now ? { now: opts.now } : {}),
     metrics: new Metrics({ version: 't', defaultMetrics: false }),
     log: createLogger({ level: 'info', destination }),
   });
@@ -86,6 +88,40 @@ describe('outbox', () => {
     expect(Date.now() - stopped).toBeLessThan(3000);
     expect(lines.filter((l) => l.event === 'outbox_stopped_running')).toHaveLength(1);
     release();
+  });
+
+  it('gives up a notice tried for longer than give_up_after, never a lifecycle call', async () => {
+    let skipped = 0;
+    const lines: Record<string, unknown>[] = [];
+    let lifecycleTries = 0;
+    let noticeTries = 0;
+    const box = outbox(
+      async () => {
+        lifecycleTries++;
+        throw Object.assign(new Error('lifecycle API unavailable'), { retryable: true });
+      },
+      {
+        notify: async () => {
+          noticeTries++;
+          throw new Error('relay unavailable');
+        },
+        lines,
+        giveUpAfterMs: 7 * 86_400_000,
+        now: () => Date.now() + skipped,
+      },
+    );
+    await box.start();
+    await box.enqueue('notify', { to: ['user1@x.test'] });
+    await box.enqueue('lifecycle', { op: 'suspend' }, 'lifecycle:a@x.test');
+    await expect.poll(() => noticeTries > 1 && lifecycleTries > 1, { timeout: 3000 }).toBe(true);
+    expect(lines.filter((l) => l.event === 'outbox_failed')).toHaveLength(0);
+    skipped += 7 * 86_400_000; // a week of retries
+    await expect.poll(() => lines.find((l) => l.event === 'outbox_failed'), { timeout: 3000 }).toMatchObject({ kind: 'notify', err: expect.stringMatching(/relay unavailable \(given up: tried for 168 h\)/) });
+    const tries = lifecycleTries;
+    await expect.poll(() => lifecycleTries, { timeout: 3000 }).toBeGreaterThan(tries);
+    expect(box.waiting('lifecycle')).toBe(1);
+    expect(box.waiting('notify')).toBe(0);
+    await box.stop();
   });
 
   it('plans retries with growing delays, never further apart than retry_max, jitter included', async () => {
