@@ -572,7 +572,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       else if (this.knownSuspensions.has(key)) {
         // Reinstated (the usual answer), or the shared state was lost: asked only then, one read. Lost
         // and written back by another instance, its suspensions are in the state read next time.
-        const suspension = (await this.restoreIfLost().catch(() => false)) ? this.knownSuspensions.get(key) : undefined;
+        // Within the state's deadline; unanswered, the suspension seen before holds, as in an outage.
+        const lost = await deadline(this.restoreIfLost(), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => true);
+        const suspension = lost ? this.knownSuspensions.get(key) : undefined;
         if (suspension && (!suspension.until || suspension.until > this.now())) known = { ...known, suspension };
         else this.knownSuspensions.delete(key);
       }

@@ -376,6 +376,17 @@ describe('strikes the state could not take at once', () => {
     expect(await state.account('r@x.test')).toEqual({});
   });
 
+  it('MAIL FROM asks whether the state was lost within its deadline; unanswered, the suspension seen before holds', async () => {
+    const { enforcer, state } = setup();
+    await enforcer.suspend('s@x.test', 'suspend_sending', { by: 'cli:test', reference: 'D-HOLD01', reason: 'complaint' });
+    expect((await enforcer.lookup('s@x.test')).state.suspension).toMatchObject({ reference: 'D-HOLD01' });
+    // The state answers that read without the suspension, then freezes on the next.
+    state.account = async () => ({});
+    state.lost = () => new Promise<boolean>(() => undefined);
+    const looked = await enforcer.lookup('s@x.test');
+    expect(looked.state.suspension).toMatchObject({ reference: 'D-HOLD01' });
+  });
+
   it('a strike counted again keeps its own cooldown claim, on the file state too', async () => {
     const { FileEnforcementState } = await import('../../src/enforce/state.js');
     const file = new FileEnforcementState(join(mkdtempSync(join(tmpdir(), 'douane-claim-')), 'enforcement.json'));
