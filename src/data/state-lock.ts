@@ -14,6 +14,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync,
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { processAlive } from './process.js';
 
 export const LOCK_FILE = 'douane.lock';
 export const STALE_MS = 30_000;
@@ -42,7 +43,7 @@ export function lockStateDir(dir: string, opts: { pid?: number; host?: string; p
   const host = opts.host ?? hostname();
   const ns = opts.pidNamespace ?? pidNamespace();
   const now = opts.now ?? Date.now;
-  const alive = opts.pidAlive ?? pidAlive;
+  const alive = opts.pidAlive ?? processAlive;
   const path = join(dir, LOCK_FILE);
   const mine: Holder = { id: randomUUID(), pid, host, ...(ns ? { ns } : {}), since: new Date(now()).toISOString() };
   const text = `${JSON.stringify(mine)}\n`;
@@ -148,15 +149,5 @@ function pidNamespace(): string | undefined {
     return readlinkSync('/proc/self/ns/pid');
   } catch {
     return undefined;
-  }
-}
-
-/** Whether a process with this PID exists (EPERM: it does, under another user). */
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -10,6 +10,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { processAlive } from '../data/process.js';
 import { PrivateDirectory } from '../data/private-dir.js';
 import type { WrittenParams } from '../upstream/params.js';
 
@@ -128,15 +129,6 @@ function ownClaim(): string {
   return JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, as another user's process.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * fsync of a file, or of a directory (its entries: a rename made durable). Some file systems cannot

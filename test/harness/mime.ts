@@ -90,6 +90,11 @@ export async function inspectAttachment(content: Buffer, name: string): Promise<
   const inspector = new MessageInspector({ maxParts: 100, maxDepth: 10, maxHeaderSize: 65_536 });
   for (let i = 0; i < raw.length; i += 16_384) await inspector.write(raw.subarray(i, i + 16_384));
   const message = await inspector.end();
+  return { message, verdict: shippedVerdict(message) };
+}
+
+/** The shipped policy's DATA verdict on `message`, sent by an ordinary authenticated account. */
+export function shippedVerdict(message: MessageFacts): Verdict {
   const facts: Facts = {
     listener: 'submission',
     listenerMode: 'starttls',
@@ -100,7 +105,7 @@ export async function inspectAttachment(content: Buffer, name: string): Promise<
     recipients: ['user2@example.test'],
     message,
   };
-  return { message, verdict: loadPolicy('policies').evaluate('data', facts).verdict };
+  return loadPolicy('policies').evaluate('data', facts).verdict;
 }
 
 /**

@@ -9,9 +9,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MessageInspector } from '../../src/inspect/mime.js';
 import { SignedDataReader } from '../../src/inspect/pkcs7.js';
-import { loadPolicy } from '../../src/policy/load.js';
-import type { Facts, MessageFacts } from '../../src/policy/facts.js';
-import { mimeMessage } from '../harness/mime.js';
+import type { MessageFacts } from '../../src/policy/facts.js';
+import { mimeMessage, shippedVerdict } from '../harness/mime.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'douane-smime-'));
 const KEY = join(dir, 'key.pem');
@@ -62,19 +61,7 @@ async function inspect(raw: Buffer, chunk = 997): Promise<MessageFacts> {
   return inspector.end();
 }
 
-function verdict(message: MessageFacts) {
-  const facts: Facts = {
-    listener: 'submission',
-    listenerMode: 'starttls',
-    clientIp: '192.0.2.7',
-    authenticated: true,
-    account: { name: 'user1@example.test', domain: 'example.test', plan: 'standard', status: 'active', allowlisted: { neverSuspend: false, bulkExempt: false, trustedSubmitter: false } },
-    sender: 'user1@example.test',
-    recipients: ['user2@example.test'],
-    message,
-  };
-  return loadPolicy('policies').evaluate('data', facts).verdict;
-}
+const verdict = shippedVerdict;
 
 describe('S/MIME opaque-signed messages', () => {
   it('the program inside a message signed with openssl cms (DER) is found and quarantined, its text read', async () => {
