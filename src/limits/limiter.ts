@@ -171,6 +171,12 @@ export class Limiter implements LimiterPort {
   private readonly counters = new Map<string, Counter>();
   /** the in-memory storage of each brute-force limiter, by key prefix (see sharingMemory) */
   private readonly memoryStores = new Map<string, unknown>();
+  /**
+   * Marks must not collide between the instances sharing a Redis: a random prefix per process, then a
+   * counter (random bytes for every phase cost a system call each).
+   */
+  private readonly markerPrefix = randomBytes(9).toString('base64url');
+  private markers = 0;
   private readonly structures: Structures;
   /** the insurance's own sets, for giving back what it counted (not Redis, which did not) */
   private readonly insuranceStructures?: MemoryStructures;
@@ -258,7 +264,7 @@ export class Limiter implements LimiterPort {
 
   /** A phase's mark (late-counts.ts), in the account's hash slot. */
   private markerFor(key: string): string {
-    return `${this.opts.keyPrefix}:late:${key}:${randomBytes(9).toString('base64url')}`;
+    return `${this.opts.keyPrefix}:late:${key}:${this.markerPrefix}${(this.markers++).toString(36)}`;
   }
 
   /** What Redis may still count of a phase it did not answer: all of it, or the counters the insurance answered. */
@@ -298,9 +304,10 @@ export class Limiter implements LimiterPort {
   private async decide<T>(what: string, work: () => Promise<T>): Promise<{ value?: T; degraded: boolean; failed?: Error }> {
     const before = this.insuranceUses;
     let timer: NodeJS.Timeout | undefined;
-    const passed = new Error(`no decision within ${this.opts.deadlineMs} ms`);
+    // Made only when the deadline passes: an Error captures a stack, which every phase would pay for.
+    let passed: Error | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(passed), this.opts.deadlineMs);
+      timer = setTimeout(() => reject((passed = new Error(`no decision within ${this.opts.deadlineMs} ms`))), this.opts.deadlineMs);
     });
     try {
       const value = await Promise.race([work(), deadline]);
