@@ -158,7 +158,7 @@ describe('douane policy explain', () => {
     const given = join(mkdtempSync(join(tmpdir(), 'douane-given-')), 'given.yaml');
     writeFileSync(given, 'limits: { exceeded: [messages_per_hour], retry_after: 1800 }\n');
     const r = await douane(['explain', 'fixtures/messages/clean-text.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies', '--given', given]);
-    expect(r.stdout).toMatch(/OUTCOME: tempfail at mail by rule limits\.message-rate/);
+    expect(r.stdout).toMatch(/OUTCOME: tempfail at mail by rule limits\.message-hourly/);
     expect(r.stdout).toMatch(/reply: 450 4\.7\.1 Sending limit reached \(messages per hour\); try again in 30 minutes\./);
     const missing = await douane(['explain', 'fixtures/messages/no-such.eml', '--account', 'user1@example.test', '--rcpt', 'x@example.net', '--dir', 'policies']);
     expect(missing).toMatchObject({ code: 1, stderr: 'douane: cannot read the message fixtures/messages/no-such.eml: no such file\n' });
