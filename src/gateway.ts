@@ -11,6 +11,7 @@ import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
 import { MessageInspector } from './inspect/mime.js';
 import { securePrivateDir } from './data/private-dir.js';
+import { withoutHeaderFields } from './data/header-filter.js';
 import { Spool } from './data/spool.js';
 import type { Logger } from './log.js';
 import { replyClass, type Metrics } from './metrics.js';
@@ -19,7 +20,7 @@ import { settlesMessage } from './pipeline/checks/policy-rules.js';
 import type { Check, CheckContext, CheckDeps, Clock } from './pipeline/types.js';
 import { isRefusal, type Phase, type Verdict } from './pipeline/verdict.js';
 import type { ReasonCode } from './reasons.js';
-import { comparableAddress, mailboxKey } from './policy/facts.js';
+import { comparableAddress, mailboxKey, type MessageFacts } from './policy/facts.js';
 import { PolicyStore } from './policy/store.js';
 import type { StrikeSink } from './policy/strikes.js';
 import { Limiter, type AuthAttempt } from './limits/limiter.js';
@@ -963,7 +964,8 @@ export class Gateway {
       let reply: SmtpReply;
       tx.relaying = true;
       try {
-        reply = await upstream.data(spool.reader(), tagHeader(tx.tags), spool.size, () => (tx.lastBytesSent = true));
+        const message = relayedMessage(spool, tx.message);
+        reply = await upstream.data(message.stream, tagHeader(tx.tags), message.size, () => (tx.lastBytesSent = true));
         if (reply.code !== 250 && reply.code < 400) {
           // 251, 354, … after the final dot answer nothing: the message's fate is unknown, so the client
           // must send it again (a possible duplicate, never a loss), and the connection is not reused.
@@ -1348,6 +1350,20 @@ export function noticeSmtp(config: Config): NoticeSmtp {
     ...(u.ca ? { ca: readFileSync(u.ca) } : {}),
     ...(u.servername ? { servername: u.servername } : {}),
   };
+}
+
+/** Douane's own header fields: the upstream must read only Douane's. */
+const OWN_FIELDS = ['x-douane-tags'];
+
+/**
+ * The message as it goes to the upstream: without a client's own X-Douane-Tags (its size, which BDAT
+ * announces, is then not known beforehand: the message goes by DATA). When the inspection stopped short of
+ * the header's end (a MIME limit, let through by a rule in monitor mode), the header is filtered unread.
+ */
+function relayedMessage(spool: Spool, facts: MessageFacts | undefined): { stream: AsyncIterable<Buffer>; size?: number } {
+  const clean = facts && !facts.mimeLimitExceeded && !OWN_FIELDS.some((name) => facts.headers.has(name));
+  if (clean) return { stream: spool.reader(), size: spool.size };
+  return { stream: withoutHeaderFields(spool.reader(), OWN_FIELDS) };
 }
 
 /** Rules with the action "tag" mark the message for the upstream's own filters. */

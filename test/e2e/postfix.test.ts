@@ -89,6 +89,23 @@ describe('real clients through Douane to Postfix + Dovecot', () => {
     expect(msg).not.toMatch(/Received: from douane\.test/);
   });
 
+  it('swaks: an X-Douane-Tags of the client\'s own does not reach Postfix; the rest of the message arrives intact', async () => {
+    const before = (await waitForMailbox(stack, 'user2', 0)).length;
+    const data = join(certDir, 'forged-tags.eml');
+    writeFileSync(data, 'From: user1@example.test\r\nX-Douane-Tags: forged.one,\r\n\tforged.two\r\nSubject: forged tags\r\nX-Other: kept\r\n\r\nX-Douane-Tags: in the body stays.\r\n');
+    const r = await swaks([
+      '--server', `127.0.0.1:${gw.port('submission')}`, '--tls', '--auth', 'PLAIN',
+      '--auth-user', 'user1@example.test', '--auth-password', 'secret1',
+      '--from', 'user1@example.test', '--to', 'user2@example.test', '--data', data,
+    ]);
+    expect(r.out).toMatch(/<~ {2}250 2\.0\.0 Ok/);
+    const msg = await newestIn('user2', before);
+    expect(msg).not.toMatch(/forged\.(one|two)/);
+    expect(msg).toMatch(/^Subject: forged tags$/m);
+    expect(msg).toMatch(/^X-Other: kept$/m);
+    expect(msg).toMatch(/\n\nX-Douane-Tags: in the body stays\.\n/);
+  });
+
   it('swaks: a password longer than an SMTP command line (an application token) logs in, with LOGIN and with PLAIN', async () => {
     const before = (await waitForMailbox(stack, 'user2', 0)).length;
     for (const mechanism of ['LOGIN', 'PLAIN']) {
