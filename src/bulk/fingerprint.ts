@@ -175,6 +175,9 @@ function splitBody(body: string): { own: string; quoted: string } {
   const lines = body.split('\n');
   const own: string[] = [];
   const quoted: string[] = [];
+  // A mail program writes one signature: a second "--" line starts no other (text under such lines would
+  // escape the count, block after block).
+  let signed = false;
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!.trim();
     const c = line.charCodeAt(0);
@@ -191,11 +194,12 @@ function splitBody(body: string): { own: string; quoted: string } {
       break;
     }
     if (c === 0x2d /* - */ || c === 0x5f /* _ */) {
-      if (line === '--') {
+      if (line === '--' && !signed) {
         // The signature: up to the next blank line, a few short lines at most.
         let end = i + 1;
         while (end < lines.length && end - i <= SIGNATURE_MAX_LINES && lines[end]!.trim() !== '' && lines[end]!.length <= 120) end++;
         if (end - i <= SIGNATURE_MAX_LINES) {
+          signed = true;
           i = end - 1;
           continue;
         }
@@ -244,7 +248,21 @@ interface Words {
 
 // NFKC costs about as much as checking whether it would change anything (V8 returns early on normalised
 // text), so only pure ASCII skips it.
-const prepare = (text: string) => (NON_ASCII.test(text) ? text.normalize('NFKC') : text);
+const prepare = (text: string) => (NON_ASCII.test(text) ? latinLookAlikes(withoutTagCharacters(text.normalize('NFKC'))) : text);
+// Cyrillic and Greek letters that look like Latin ones, in the same case: a copy with "о" for "o" here and
+// there reads the same to its reader and must count as the same content (a text in Russian or Greek is
+// changed alike in every copy, which is all a fingerprint needs).
+const LOOK_ALIKE: Record<string, string> = {
+  А: 'A', В: 'B', Е: 'E', К: 'K', М: 'M', Н: 'H', О: 'O', Р: 'P', С: 'C', Т: 'T', Х: 'X', У: 'Y', І: 'I', Ј: 'J', Ѕ: 'S', Һ: 'H', Ӏ: 'l',
+  а: 'a', е: 'e', о: 'o', р: 'p', с: 'c', у: 'y', х: 'x', і: 'i', ј: 'j', ѕ: 's', ԁ: 'd', һ: 'h', ԛ: 'q', ԝ: 'w', ӏ: 'l',
+  Α: 'A', Β: 'B', Ε: 'E', Ζ: 'Z', Η: 'H', Ι: 'I', Κ: 'K', Μ: 'M', Ν: 'N', Ο: 'O', Ρ: 'P', Τ: 'T', Υ: 'Y', Χ: 'X',
+  α: 'a', ι: 'i', κ: 'k', ν: 'v', ο: 'o', ρ: 'p', υ: 'u', χ: 'x',
+};
+const LOOK_ALIKES = new RegExp(`[${Object.keys(LOOK_ALIKE).join('')}]`, 'g');
+const GREEK_OR_CYRILLIC = /[\u0370-\u052f]/;
+const latinLookAlikes = (text: string) => (GREEK_OR_CYRILLIC.test(text) ? text.replace(LOOK_ALIKES, (c) => LOOK_ALIKE[c]!) : text);
+// The invisible tag characters (U+E0000–U+E0FFF) are outside the 64 K table the scan reads: taken out first.
+const withoutTagCharacters = (text: string) => (text.includes('\udb40') ? text.replace(/[\u{e0000}-\u{e0fff}]/gu, '') : text);
 const NON_ASCII = /[^\x00-\x7f]/;
 
 // Character kinds, for the 64 K UTF-16 code units, filled lazily beyond ASCII.
@@ -264,7 +282,10 @@ function kindOf(c: number): number {
   if (k === 0) {
     const s = String.fromCharCode(c);
     if (c >= 0xd800 && c <= 0xdfff) k = OTHER; // astral: emoji and symbols (NFKC made styled letters ASCII)
-    else if (c === 0xad || (c >= 0x200b && c <= 0x200f) || c === 0x2060 || c === 0xfeff) k = INVISIBLE;
+    // Every character Unicode says a renderer may show as nothing (soft hyphen, zero-width and bidi marks,
+    // variation selectors, the combining grapheme joiner, Hangul fillers, invisible operators): inside a
+    // word, it would make each copy's word another one.
+    else if (DEFAULT_IGNORABLE.test(s)) k = INVISIBLE;
     else if (/\p{Nd}|\p{No}/u.test(s)) k = DIGIT;
     else if (/[\p{L}\p{M}\p{Nl}]/u.test(s)) k = LETTER;
     else k = OTHER;
@@ -347,7 +368,8 @@ function linkAt(t: string, i: number): boolean {
   return c === 0x77 && (t.charCodeAt(i + 1) | 0x20) === 0x77 && (t.charCodeAt(i + 2) | 0x20) === 0x77 && t.charCodeAt(i + 3) === 0x2e;
 }
 
-const INVISIBLE_ALL = /[\u00ad\u200b-\u200f\u2060\ufeff]/g;
+const DEFAULT_IGNORABLE = /^\p{Default_Ignorable_Code_Point}$/u;
+const INVISIBLE_ALL = /\p{Default_Ignorable_Code_Point}/gu;
 
 /**
  * The normalised words of `text` (at most `max`), hashed; with `spans`, also where each word is in the

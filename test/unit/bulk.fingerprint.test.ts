@@ -162,6 +162,39 @@ describe('bulk fingerprint: behaviour', () => {
     expect(fingerprint(msg('', long), OPTS)).toBeDefined();
   });
 
+  it('drops one signature only: a campaign written under "--" line after "--" line is fingerprinted', () => {
+    const copy = promo('Marie', 'SPRING1001', '20 %', 'Sunday', 'a8Kz3QpL0x');
+    // Short lines, as a signature has: each paragraph cut at its sentences.
+    const lines = copy.body.split(/\n|(?<=[.!:,]) /).filter((l) => l.trim() !== '');
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(120);
+    const blocks = lines.map((l) => `--\n${l}\n`).join('\n');
+    const dashed = fingerprint(msg(copy.subject, blocks), OPTS);
+    expect(dashed).toBeDefined();
+    expect(shares(dashed, fingerprint(copy, OPTS))).toBe(true);
+  });
+
+  it('reads a word with characters a reader cannot see, or with Cyrillic and Greek look-alike letters, as the word', () => {
+    const copy = promo('Marie', 'SPRING1001', '20 %', 'Sunday', 'a8Kz3QpL0x');
+    const clean = fingerprint(copy, OPTS)!;
+    // Combining grapheme joiner, variation selectors, invisible operators, the Mongolian vowel separator,
+    // a Hangul filler, a bidi mark and a tag character (outside the 64 K plane), one in every long word.
+    const marks = ['\u034f', '\ufe0f', '\ufe00', '\u2062', '\u2063', '\u2064', '\u180e', '\u3164', '\u202e', '\u{e0041}'];
+    // In the words of the text, not in its links and addresses (whose own patterns read Latin letters).
+    const inWords = (text: string, change: (word: string, at: number) => string) =>
+      text
+        .split(/(\S*[:@]\S*)/)
+        .map((part, p) => (p % 2 ? part : part.replace(/\b[a-z]{4,}\b/g, change)))
+        .join('');
+    let n = 0;
+    const invisible = inWords(copy.body, (w) => w.slice(0, 2) + marks[n++ % marks.length] + w.slice(2));
+    expect(n).toBeGreaterThan(20);
+    expect(fingerprint(msg(copy.subject, invisible), OPTS)!.bands).toEqual(clean.bands);
+    const looks: Record<string, string> = { a: 'а', e: 'е', o: 'ο', c: 'с', p: 'р', x: 'х', i: 'і' };
+    const alike = inWords(copy.body, (w, at) => w.replace(/[aeocpxi]/g, (ch, i: number) => ((at + i) % 3 === 0 ? looks[ch]! : ch))).replace(/Spring/g, 'Ѕрring');
+    expect(alike).not.toBe(copy.body);
+    expect(fingerprint(msg(copy.subject, alike), OPTS)!.bands).toEqual(clean.bands);
+  });
+
   it('bounds the work: only the start of a long text counts', () => {
     const words = Array.from({ length: 3000 }, (_, i) => `mot${String.fromCharCode(97 + (i % 26))}${String.fromCharCode(97 + ((i * 7) % 26))}`).join(' ');
     const head = `Début du texte commun.\n${words.replace(/\d/g, '')}`;
