@@ -162,6 +162,9 @@ export class SmtpClient {
   private tlsOptions(): tls.ConnectionOptions {
     const e = this.endpoint;
     return {
+      // The name the certificate is checked against is the servername, else the host: without a host, a
+      // STARTTLS upgrade (tls.connect over the plain socket) would check an IP upstream against "localhost".
+      host: e.host,
       servername: e.servername ?? (net.isIP(e.host) ? undefined : e.host),
       rejectUnauthorized: e.verifyCertificate,
       ca: e.ca,

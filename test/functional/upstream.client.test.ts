@@ -2,8 +2,14 @@
 // upstream on this machine, or where the configuration says in so many words that the network is trusted
 // (tls: none); a keepalive belongs to one transaction.
 
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import readline from 'node:readline';
 import { Readable } from 'node:stream';
+import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isLoopbackAddress, SmtpClient, UpstreamError, type UpstreamEndpoint } from '../../src/upstream/smtp-client.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
@@ -156,6 +162,52 @@ describe('credentials towards the upstream', () => {
     const trusted = await SmtpClient.connect(endpoint(upstream.port, 'none'), { peerIsLocal: () => false });
     expect((await trusted.auth('user1@example.test', 'secret1')).code).toBe(235);
     await trusted.quit();
+  });
+
+  it('checks an upstream named by its address against that address, after STARTTLS as with implicit TLS', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-upstream-cert-'));
+    const certificate = (name: string, san: string) => {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-addext', `subjectAltName=${san}`, '-keyout', join(dir, `${name}.key`), '-out', join(dir, `${name}.pem`)], { stdio: 'pipe' });
+      return { key: readFileSync(join(dir, `${name}.key`)), cert: readFileSync(join(dir, `${name}.pem`)) };
+    };
+    const attempt = async (material: { key: Buffer; cert: Buffer }, mode: 'starttls' | 'implicit') => {
+      const server = mode === 'implicit' ? tls.createServer(material, greet) : net.createServer(greet);
+      function greet(socket: net.Socket): void {
+        socket.on('error', () => undefined);
+        socket.write('220 tls.test ESMTP\r\n');
+        const lines = readline.createInterface({ input: socket });
+        lines.on('line', (line) => {
+          if (/^EHLO/i.test(line)) socket.write(mode === 'starttls' && !(socket instanceof tls.TLSSocket) ? '250-tls.test\r\n250 STARTTLS\r\n' : '250 tls.test\r\n');
+          else if (/^STARTTLS/i.test(line)) {
+            lines.close();
+            socket.write('220 go ahead\r\n', () => greetSecure(new tls.TLSSocket(socket, { isServer: true, ...material })));
+          } else if (/^QUIT/i.test(line)) socket.end('221 bye\r\n');
+        });
+      }
+      function greetSecure(socket: tls.TLSSocket): void {
+        socket.on('error', () => undefined);
+        readline.createInterface({ input: socket }).on('line', (line) => socket.write(/^QUIT/i.test(line) ? '221 bye\r\n' : '250 tls.test\r\n'));
+      }
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const port = (server.address() as net.AddressInfo).port;
+      try {
+        const client = await SmtpClient.connect({ ...endpoint(port, mode), verifyCertificate: true, ca: material.cert });
+        client.destroy();
+        return 'verified';
+      } catch (err) {
+        return (err as Error).message;
+      } finally {
+        server.close();
+      }
+    };
+    const forTheAddress = certificate('mta', 'IP:127.0.0.1');
+    const forLocalhostOnly = certificate('localhost', 'DNS:localhost');
+    for (const mode of ['starttls', 'implicit'] as const) {
+      expect(await attempt(forTheAddress, mode), mode).toBe('verified');
+      // "localhost" is not 127.0.0.1's name as far as the certificate goes (nor 10.1.2.3's).
+      expect(await attempt(forLocalhostOnly, mode), mode).toMatch(/IP: 127\.0\.0\.1 is not in the cert's list/);
+    }
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('knows a loopback peer address', () => {
