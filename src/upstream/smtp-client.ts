@@ -55,6 +55,9 @@ export interface XclientAttributes {
   LOGIN?: string;
 }
 
+/** Thrown inside data() when the upstream answered before the message's last bytes were sent. */
+class EarlyAnswer extends Error {}
+
 export class SmtpClient {
   private socket!: net.Socket;
   private readonly parser = new ReplyParser();
@@ -241,8 +244,8 @@ export class SmtpClient {
    * message after DATA) is waited for from the last byte on. The time to send is another deadline's
    * (writeChunk: the upstream must keep reading).
    */
-  private readLater(timeout: number): { reply: Promise<SmtpReply>; arm: () => void } {
-    if (this.failure) return { reply: Promise.reject(this.failure), arm: () => undefined };
+  private readLater(timeout: number): { reply: Promise<SmtpReply>; arm: () => void; came: () => boolean } {
+    if (this.failure) return { reply: Promise.reject(this.failure), arm: () => undefined, came: () => true };
     let waiter!: Waiter;
     const reply = new Promise<SmtpReply>((resolve, reject) => {
       waiter = { resolve, reject };
@@ -252,7 +255,7 @@ export class SmtpClient {
       if (waiter.settled || waiter.timer) return;
       waiter.timer = setTimeout(() => this.fail(new UpstreamError('timeout', `upstream did not answer within ${timeout} ms`)), timeout);
     };
-    return { reply, arm };
+    return { reply, arm, came: () => waiter.settled === true };
   }
 
   private write(data: string | Buffer): boolean {
@@ -423,29 +426,35 @@ export class SmtpClient {
     }
     // Waited for from the end of the message on: a big message to a slow upstream takes longer to send
     // than timeouts.data, which bounds each stall while sending (writeChunk) and the final answer.
-    const { reply: final, arm: armFinal } = this.readLater(this.endpoint.timeouts.data);
+    const { reply: final, arm: armFinal, came } = this.readLater(this.endpoint.timeouts.data);
     final.catch(() => {}); // observed below; avoid an unhandled rejection while streaming
+    // An answer before the message's last bytes went out answers no message: the upstream is out of step.
+    const send = async (chunk: Buffer) => {
+      if (came()) throw new EarlyAnswer();
+      await this.writeChunk(chunk);
+    };
     // Small messages go out in one write (a syscall costs more than the copy); big ones stream.
     const cork = total !== undefined && total <= 256 * 1024;
     if (cork) this.socket.cork();
     try {
       if (chunking) {
-        await this.writeChunk(Buffer.from(`BDAT ${total} LAST\r\n`));
+        await send(Buffer.from(`BDAT ${total} LAST\r\n`));
         let written = prefix?.length ?? 0;
-        if (prefix) await this.writeChunk(prefix);
+        if (prefix) await send(prefix);
         for await (const chunk of message) {
           written += (chunk as Buffer).length;
           if (written >= total) lastBytes?.();
-          await this.writeChunk(chunk as Buffer);
+          await send(chunk as Buffer);
         }
       } else {
         const stuffer = new DotStuffer();
-        if (prefix) await this.writeChunk(stuffer.push(prefix));
-        for await (const chunk of message) await this.writeChunk(stuffer.push(chunk as Buffer));
+        if (prefix) await send(stuffer.push(prefix));
+        for await (const chunk of message) await send(stuffer.push(chunk as Buffer));
         lastBytes?.();
-        await this.writeChunk(stuffer.end());
+        await send(stuffer.end());
       }
     } catch (err) {
+      if (err instanceof EarlyAnswer) return this.earlyAnswer(final);
       this.fail(err instanceof UpstreamError ? err : new UpstreamError('closed', `sending the message failed: ${(err as Error).message}`));
       throw this.failure;
     } finally {
@@ -456,6 +465,20 @@ export class SmtpClient {
     const reply = await final;
     this.inTransaction = false;
     if (reply.code === 250) this.errorsSinceDelivery = this.junkSinceDelivery = 0;
+    return reply;
+  }
+
+  /**
+   * The upstream answered while the message was still going out. A refusal is passed on (the client keeps
+   * the message); an acceptance of a message it has not seen whole is a protocol error, which the client
+   * gets as a 4xx. Either way the connection is out of step and not used again.
+   */
+  private async earlyAnswer(final: Promise<SmtpReply>): Promise<SmtpReply> {
+    const reply = await final; // settled: a reply, or the connection's failure
+    const error = new UpstreamError('protocol', `the upstream answered ${formatReply(reply)} before the end of the message`, reply);
+    this.fail(error);
+    if (reply.code < 400) throw error;
+    this.inTransaction = false;
     return reply;
   }
 

@@ -55,7 +55,7 @@ describe('failures', () => {
  * An upstream that reads the message slowly but steadily, `rate` bytes every 100 ms, and then answers
  * the final dot, or never does (`answer: false`).
  */
-async function slowReader(rate: number, answer: boolean): Promise<{ port: number; read: () => number; close: () => void }> {
+async function slowReader(rate: number, answer: boolean, early?: string): Promise<{ port: number; read: () => number; close: () => void }> {
   let read = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((s) => {
@@ -82,6 +82,7 @@ async function slowReader(rate: number, answer: boolean): Promise<{ port: number
             let chunk: Buffer | null;
             while (n < rate && s.readableLength > 0 && (chunk = s.read(Math.min(rate - n, s.readableLength)) as Buffer | null)) {
               n += chunk.length;
+              if (early && read === 0) s.write(early);
               read += chunk.length;
               tail = (tail + chunk.toString('latin1')).slice(-5);
               if (tail === '\r\n.\r\n') {
@@ -140,6 +141,29 @@ describe('sending the message', () => {
       await expect(client.data(message())).rejects.toMatchObject({ kind: 'timeout', message: 'upstream did not answer within 3000 ms' });
     } finally {
       mute.close();
+    }
+  }, 30_000);
+
+  it('an answer that comes while the message is still going out: a 250 is none (a protocol error), a refusal is passed on; the connection is not used again', async () => {
+    const message = () => Readable.from((function* () {
+      yield Buffer.from('Subject: big\r\n\r\n');
+      const line = Buffer.from('x'.repeat(998) + '\r\n');
+      for (let i = 0; i < 100; i++) yield Buffer.concat(Array.from({ length: 100 }, () => line));
+    })());
+    for (const early of ['250 2.0.0 Ok: queued\r\n', '552 5.3.4 Message too big\r\n']) {
+      const reader = await slowReader(2 * 1024 * 1024, false, early);
+      try {
+        const client = await SmtpClient.connect({ ...endpoint(reader.port, 'none'), timeouts: { connect: 2000, command: 2000, data: 5000, keepalive: 60_000 } });
+        await client.mail('user1@example.test');
+        await client.rcpt('user2@example.test');
+        const outcome = await client.data(message()).catch((err: unknown) => err);
+        if (early.startsWith('250')) expect(outcome).toMatchObject({ kind: 'protocol', message: 'the upstream answered 250 2.0.0 Ok: queued before the end of the message' });
+        else expect(outcome).toMatchObject({ code: 552, enhanced: '5.3.4' });
+        expect(client.usable).toBe(false);
+        expect(reader.read()).toBeLessThan(10_000_000);
+      } finally {
+        reader.close();
+      }
     }
   }, 30_000);
 });
