@@ -568,7 +568,8 @@ function bytes(credential: string | Buffer): Buffer {
 }
 
 function xtext(value: string): string {
-  return value.replace(/[^\x21-\x7e]|[+=]/g, (c) => '+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'));
+  // xtext encodes bytes (RFC 3461): a character beyond ASCII is its UTF-8 bytes, each as +XX.
+  return value.replace(/[^\x21-\x7e]|[+=]/gu, (c) => [...Buffer.from(c, 'utf8')].map((b) => '+' + b.toString(16).toUpperCase().padStart(2, '0')).join(''));
 }
 
 function xclientArgs(attrs: XclientAttributes, offered: string): string {

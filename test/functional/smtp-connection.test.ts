@@ -178,6 +178,19 @@ describe('behind a load balancer (PROXY protocol v1)', () => {
     expect(String(why.err ?? why.detail)).toMatch(/501 5\.5\.4 Bad ADDR syntax: IPV6:2001:db8::25 \(the client has an IPv6 address: the upstream must take them, with inet_protocols = all for Postfix\)/);
   });
 
+  it('writes the client\'s HELO into XCLIENT as xtext of its UTF-8 bytes', async () => {
+    const { gw, upstream } = await setup(
+      { capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'XCLIENT ADDR PORT HELO PROTO'] },
+      { listeners: { trusted: { mode: 'trusted', port: 0, allow: ['127.0.0.0/8'] } }, upstream: { xclient: true } },
+    );
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    await c.command('EHLO x+€é=.example');
+    expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+    c.close();
+    expect(upstream.commands).toContainEqual(expect.stringMatching(/^XCLIENT ADDR=127\.0\.0\.1 PORT=\d+ HELO=x\+2B\+E2\+82\+AC\+C3\+A9\+3D\.example PROTO=ESMTP$/));
+  });
+
   it('caps connections per client, not per balancer; a connection from elsewhere is taken as it is', async () => {
     const { gw } = await behindBalancer({ smtp: { max_connections_per_ip: 2 } });
     const port = gw.port('trusted');
