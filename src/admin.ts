@@ -42,6 +42,8 @@ export interface AccountsAdmin {
   history(account: string): Promise<unknown>;
   suspend(account: string, action: 'suspend_sending' | 'suspend_account', why: { by: string; reference: string; reason: string; until?: number }): Promise<unknown>;
   reinstate(account: string, by: string): Promise<void>;
+  /** whether a suspension, throttle, pending approval or lock is kept under this very address */
+  keptUnder(address: string): Promise<boolean>;
   approve(account: string, by: string): Promise<unknown>;
   overview(): Promise<unknown>;
   breaker(): Promise<unknown>;
@@ -149,8 +151,11 @@ export class AdminServer {
       if (parts[0] === 'accounts' && parts.length <= 3 && given && /^[^\s@]+@[^\s@]+$/.test(given)) {
         // An alias from an abuse report's From: is its account, whose state is kept under the account's name.
         const account = await accounts.canonical(given);
+        // What was done under the alias itself while the lifecycle API could not resolve it (a suspension,
+        // a lock in Zimbra) is shown, reinstated and approved with the account's.
+        const alias = given !== account && (await accounts.keptUnder(given)) ? given : undefined;
         const op = parts[2] ?? '';
-        if (req.method === 'GET' && op === '') return send(200, await accounts.status(account));
+        if (req.method === 'GET' && op === '') return send(200, alias ? { ...(await accounts.status(account) as object), kept_under_alias: await accounts.status(alias) } : await accounts.status(account));
         if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));
         if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
         if (req.method === 'POST' && op === 'suspend') {
@@ -174,9 +179,16 @@ export class AdminServer {
         }
         if (req.method === 'POST' && op === 'reinstate') {
           await accounts.reinstate(account, actor);
+          if (alias) await accounts.reinstate(alias, actor);
           return send(200, await accounts.status(account));
         }
-        if (req.method === 'POST' && op === 'approve') return send(200, await accounts.approve(account, actor));
+        if (req.method === 'POST' && op === 'approve') {
+          const approved = await accounts.approve(account, actor).catch((err: Error) => {
+            if (alias && /waiting for approval/.test(err.message)) return accounts.approve(alias, actor);
+            throw err;
+          });
+          return send(200, approved);
+        }
       }
       send(404, { error: 'unknown route: GET /accounts, /accounts/<address>[/strikes|/history], POST /accounts/<address>/suspend|reinstate|approve, GET /breaker, POST /breaker/reset' });
     } catch (err) {

@@ -416,6 +416,16 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (queued) await this.deps.outbox.release(queued);
   }
 
+  /**
+   * Whether Douane keeps a suspension, throttle, pending approval or lock under this very address. While
+   * the lifecycle API does not answer, an alias cannot be resolved to its account, and what is done then
+   * (by the ladder or by hand) is kept under the alias.
+   */
+  async keptUnder(address: string): Promise<boolean> {
+    const state = await this.deps.state.account(address);
+    return Boolean(state.suspension || state.throttle || state.pending) || (await this.deps.state.lockHeld(address));
+  }
+
   async approve(account: string, by: string): Promise<Suspension> {
     const { pending } = await this.deps.state.account(account);
     if (!pending) throw new Error(`no suspension of ${account} is waiting for approval`);
