@@ -221,6 +221,14 @@ export class AdminServer {
       return;
     }
     if (caller && this.accounts && (path.startsWith('/accounts') || path.startsWith('/breaker'))) {
+      // A web page the operator has open could otherwise send a form here (no token needed on this host, and
+      // a form's POST needs no permission across sites), or reach it by rebinding a name to 127.0.0.1.
+      // Browsers name the page's origin on such a request; `douane accounts`, curl and scripts do not.
+      const site = req.headers['sec-fetch-site'];
+      if (req.headers.origin !== undefined || (site !== undefined && site !== 'none')) {
+        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `the accounts API does not answer requests a web page sends (Origin: ${req.headers.origin ?? '-'}, Sec-Fetch-Site: ${site ?? '-'}): use douane accounts, or a client that sends neither header` }, null, 2) + '\n');
+        return;
+      }
       // Without a token, whoever reaches the endpoint could suspend any customer: only the networks
       // listed (this host, by default: `douane accounts` runs here) may.
       const peer = req.socket.remoteAddress ?? '';

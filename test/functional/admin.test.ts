@@ -196,6 +196,33 @@ describe('admin endpoint', () => {
     expect(acted).toEqual(['suspend victim@example.test']);
   });
 
+  it('does not answer the accounts API to a web page (a form posted across sites, a name rebound to this host)', async () => {
+    const { Metrics } = await import('../../src/metrics.js');
+    const { createLogger } = await import('../../src/log.js');
+    const acted: string[] = [];
+    const accounts = {
+      canonical: async (a: string) => a,
+      overview: async () => ({ suspended: [] }),
+      suspend: async (a: string) => void acted.push(`suspend ${a}`),
+    } as unknown as AccountsAdmin;
+    admin = new AdminServer({ address: '127.0.0.1', port: 0 }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+    admin.setAccounts(accounts);
+    await admin.start();
+    const base = `http://127.0.0.1:${admin.port}`;
+    // What a browser sends with a form posted from another site: text/plain, its Origin, Sec-Fetch-Site.
+    for (const headers of [{ origin: 'https://evil.example', 'sec-fetch-site': 'cross-site' }, { origin: 'null' }, { 'sec-fetch-site': 'same-origin' }]) {
+      const res = await fetch(`${base}/accounts/victim@example.test/suspend`, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: '{"reason":"x"}' });
+      expect(res.status, JSON.stringify(headers)).toBe(403);
+      expect(((await res.json()) as { error: string }).error).toMatch(/does not answer requests a web page sends/);
+    }
+    expect((await fetch(`${base}/breaker/reset`, { method: 'POST', headers: { origin: 'http://127.0.0.1:1' } })).status).toBe(403);
+    expect(acted).toEqual([]);
+    // The operator typing the address in a browser (Sec-Fetch-Site: none), and the CLI, are answered.
+    expect((await fetch(`${base}/accounts`, { headers: { 'sec-fetch-site': 'none' } })).status).toBe(200);
+    expect((await fetch(`${base}/accounts/victim@example.test/suspend`, { method: 'POST', body: '{}' })).status).toBe(200);
+    expect(acted).toEqual(['suspend victim@example.test']);
+  });
+
   it('reads a body whose characters come split across TCP segments whole', async () => {
     const { Metrics } = await import('../../src/metrics.js');
     const { createLogger } = await import('../../src/log.js');
