@@ -119,7 +119,9 @@ export class AdminServer {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
     if (req.method !== 'GET' && caller.scope === 'read') return send(403, { error: `token "${caller.name}" may only read (scope read); suspending, reinstating, approving and resetting the breaker need a token with scope act` });
     // Blank is as good as not declared: the audit trail names no one "".
-    const declared = String(req.headers['x-douane-actor'] ?? '').trim().slice(0, 100) || undefined;
+    // Percent-encoded UTF-8 (how `douane accounts` sends a login beyond ASCII), else as it came.
+    const raw = String(req.headers['x-douane-actor'] ?? '');
+    const declared = (raw.includes('%') ? decodedOr(raw) : raw).trim().slice(0, 100) || undefined;
     // A named token is verified, what the caller declares is not: both are kept, the verified name first,
     // marked "token:", which no declared actor may start with, in any case.
     if (declared?.toLowerCase().startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
@@ -301,4 +303,12 @@ async function readJson(req: http.IncomingMessage): Promise<Record<string, unkno
 
 function digest(text: string): Buffer {
   return createHash('sha256').update(text, 'latin1').digest();
+}
+
+function decodedOr(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }

@@ -43,7 +43,9 @@ export async function accountsCommand(argv: string[]): Promise<number> {
   const { config } = loadConfig({ file: option(args, 'config') });
   const base = (option(args, 'admin') ?? `http://${config.admin.address.includes(':') ? `[${config.admin.address}]` : config.admin.address}:${config.admin.port}`).replace(/\/+$/, '');
   if (!/^https?:\/\/[^/]/.test(base) || !URL.canParse(base)) throw new UsageError(`--admin takes the admin endpoint's URL, such as http://127.0.0.1:9725 (got ${base})`);
-  const headers: Record<string, string> = { 'x-douane-actor': cliActor(), 'content-type': 'application/json' };
+  // A header carries bytes, not text: a login beyond ASCII (Łukasz) goes percent-encoded in UTF-8, which the
+  // endpoint decodes.
+  const headers: Record<string, string> = { 'x-douane-actor': encodeURI(cliActor()), 'content-type': 'application/json' };
   if (config.admin.token) headers.authorization = `Bearer ${config.admin.token}`;
   const account = args.positional[0];
   atMost(args, sub === 'list' ? 0 : 1, `accounts ${sub}`);
@@ -63,8 +65,13 @@ export async function accountsCommand(argv: string[]): Promise<number> {
       const why = headers.authorization ? 'the admin token was refused' : 'the admin endpoint wants a token';
       return { ok: false, data: { error: `${why} (HTTP 401): set DOUANE_ADMIN_TOKEN to a token of admin.token or admin.tokens` } };
     }
-    const data = (await res.json().catch(() => ({ error: `HTTP ${res.status} from ${base}${path}` }))) as unknown;
-    return { ok: res.ok, data };
+    // Whatever answers on another port (a dashboard, a proxy's page) is not taken for Douane's success.
+    const text = await res.text();
+    try {
+      return { ok: res.ok, data: JSON.parse(text) as unknown };
+    } catch {
+      return { ok: false, data: { error: `HTTP ${res.status} from ${base}${path} is not Douane's answer (no JSON): is --admin the admin endpoint?` } };
+    }
   };
   let result: { ok: boolean; data: unknown };
   switch (sub) {

@@ -210,7 +210,7 @@ describe('admin endpoint', () => {
     await admin.start();
     const base = `http://127.0.0.1:${admin.port}`;
     // What a browser sends with a form posted from another site: text/plain, its Origin, Sec-Fetch-Site.
-    for (const headers of [{ origin: 'https://evil.example', 'sec-fetch-site': 'cross-site' }, { origin: 'null' }, { 'sec-fetch-site': 'same-origin' }]) {
+    for (const headers of [{ origin: 'https://evil.example', 'sec-fetch-site': 'cross-site' }, { origin: 'null' }, { 'sec-fetch-site': 'same-origin' }] as Record<string, string>[]) {
       const res = await fetch(`${base}/accounts/victim@example.test/suspend`, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: '{"reason":"x"}' });
       expect(res.status, JSON.stringify(headers)).toBe(403);
       expect(((await res.json()) as { error: string }).error).toMatch(/does not answer requests a web page sends/);

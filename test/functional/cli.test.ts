@@ -2,6 +2,8 @@
 // relaying a message and draining on SIGTERM. Runs the compiled dist/cli.js (npm test builds it first).
 
 import { execFile, spawn, spawnSync } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -441,6 +443,9 @@ describe('douane accounts', () => {
       expect((JSON.parse((await run('status', 'user2@example.test')).stdout) as { suspension: unknown }).suspension).toBeNull();
       // A trailing slash is the same endpoint.
       expect((await douane(['accounts', 'status', 'user2@example.test', '--admin', `${url}/`])).code).toBe(0);
+      // A login beyond ASCII (a header carries bytes) is the actor, as written.
+      expect((await douane(['accounts', 'suspend', 'user2@example.test', '--sending-only', '--admin', url], { SUDO_USER: 'Łukasz' })).code).toBe(0);
+      expect((JSON.parse((await run('status', 'user2@example.test')).stdout) as { suspension: { by: string } }).suspension.by).toBe('cli:Łukasz');
     } finally {
       await admin.stop();
       await gw.stop();
@@ -457,11 +462,18 @@ describe('douane accounts', () => {
     const { createLogger } = await import('../../src/log.js');
     const admin = new AdminServer({ address: '127.0.0.1', port: 0, token: 'a-token-of-twenty-chars' }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
     await admin.start();
+    // Something else on that port (a dashboard) answering 200 with its own page: not a success.
+    const other = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end('<html>Grafana</html>'));
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
     try {
       const refused = await douane(['accounts', 'list', '--admin', `http://127.0.0.1:${admin.port}`]);
       expect(refused).toMatchObject({ code: 1, stderr: 'douane: the admin endpoint wants a token (HTTP 401): set DOUANE_ADMIN_TOKEN to a token of admin.token or admin.tokens\n' });
+      const port = (other.address() as AddressInfo).port;
+      const wrong = await douane(['accounts', 'reinstate', 'user1@example.test', '--admin', `http://127.0.0.1:${port}`]);
+      expect(wrong).toMatchObject({ code: 1, stderr: `douane: HTTP 200 from http://127.0.0.1:${port}/accounts/user1%40example.test/reinstate is not Douane's answer (no JSON): is --admin the admin endpoint?\n` });
     } finally {
       await admin.stop();
+      other.close();
     }
   });
 });
