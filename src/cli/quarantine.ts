@@ -116,13 +116,18 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
         return null;
       });
       if (meta === undefined) return notFound(id!);
+      // The audit record first: evidence is never gone without a trace of who removed it (an audit trail
+      // that cannot be written stops the deletion).
+      const record = { actor, account: meta?.account, reference: meta?.reference ?? id!, quarantine_id: id!, ...(meta ? {} : { damaged: true }) };
+      await audit.append({ action: 'quarantine_delete', ...record });
       const deleted = await store.delete(id!).catch((err: Error) => {
         console.error(`douane: ${printable(err.message)}`);
         return undefined;
       });
-      if (deleted === undefined) return 1;
-      if (!deleted) return notFound(id!);
-      await audit.append({ action: 'quarantine_delete', actor, account: meta?.account, reference: meta?.reference ?? id!, quarantine_id: id!, ...(meta ? {} : { damaged: true }) });
+      if (!deleted) {
+        await audit.append({ action: 'quarantine_delete_failed', ...record, why: deleted === undefined ? 'the files could not be removed' : 'no such entry (removed meanwhile)' });
+        return deleted === undefined ? 1 : notFound(id!);
+      }
       console.log(`${id!} deleted`);
       return 0;
     }

@@ -278,11 +278,17 @@ export class LocalQuarantine implements QuarantineStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
+    let meta: unknown;
     try {
-      return JSON.parse(text) as QuarantineMeta;
+      meta = JSON.parse(text);
     } catch (err) {
       throw new DamagedEntry(`quarantine entry ${id}: ${this.path(id, 'json')} cannot be read (${(err as Error).message}); its message is ${this.path(id, 'eml')}`);
     }
+    // Metadata naming another entry (restored from a backup into the wrong name, edited by hand) would send
+    // this message with that one's envelope, and mark that one released.
+    const problem = entryProblem(meta, id);
+    if (problem) throw new DamagedEntry(`quarantine entry ${id}: ${this.path(id, 'json')} is damaged: ${problem}; its message is ${this.path(id, 'eml')}`);
+    return meta as QuarantineMeta;
   }
 
   open(id: string): Readable {

@@ -544,6 +544,21 @@ describe('douane quarantine', () => {
       expect(failing).toMatchObject({ code: 1, stdout: 'purged 1 message(s)\n', stderr: expect.stringMatching(/^douane: D-CLIQ03 could not be removed: /) });
       const after = readFileSync(join(dir, 'state', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
       expect(after.at(-2)).toMatchObject({ action: 'quarantine_expired', quarantine_id: 'D-CLIQ06' });
+      // Metadata naming another entry (restored under the wrong name) is damaged: neither shown nor released
+      // with the other's envelope.
+      const now = new Date().toISOString();
+      await keep('D-CLIQ07', now);
+      await keep('D-CLIQ08', now);
+      writeFileSync(join(dir, 'state', 'quarantine', 'D-CLIQ07.json'), readFileSync(join(dir, 'state', 'quarantine', 'D-CLIQ08.json')));
+      for (const command of ['show', 'release']) {
+        const refused = await q(command, 'D-CLIQ07');
+        expect(refused, command).toMatchObject({ code: 1, stderr: expect.stringContaining(`quarantine entry D-CLIQ07: ${join(dir, 'state', 'quarantine', 'D-CLIQ07.json')} is damaged: its metadata names another entry ("D-CLIQ08")`) });
+      }
+      // An audit trail that cannot be written stops a deletion before anything is removed.
+      rmSync(join(dir, 'state', 'audit.log'));
+      mkdirSync(join(dir, 'state', 'audit.log'));
+      expect((await q('delete', 'D-CLIQ08')).code).toBe(1);
+      expect(existsSync(join(dir, 'state', 'quarantine', 'D-CLIQ08.eml'))).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
