@@ -4,6 +4,7 @@
 
 import { loadConfig } from '../config/load.js';
 import { DURATION_MAX_MS, parseDuration } from '../validate/schema.js';
+import { terminalJson } from '../quarantine/summary.js';
 import { atMost, CliError, cliActor, flag, option, parseArgs, UsageError } from './args.js';
 
 export const ACCOUNTS_HELP = `Usage: douane accounts <command> [ACCOUNT] [options]
@@ -111,6 +112,7 @@ export async function accountsCommand(argv: string[]): Promise<number> {
     console.error(`douane: ${(result.data as { error?: string }).error ?? 'refused'}`);
     return 1;
   }
-  console.log(flag(args, 'json') ? JSON.stringify(result.data) : JSON.stringify(result.data, null, 2));
+  // A reason or an audited text may hold what a terminal would obey (C1 controls, bidi overrides): escaped.
+  console.log(terminalJson(result.data, flag(args, 'json') ? undefined : 2));
   return 0;
 }

@@ -7,7 +7,7 @@ import { loadConfig } from '../config/load.js';
 import { DamagedEntry, isQuarantineId, LocalQuarantine, type QuarantineMeta } from '../quarantine/store.js';
 import { releaseMessage, ReleaseError } from '../quarantine/release.js';
 import { auditPurge } from '../quarantine/audit.js';
-import { formatSummary, printable, summarise } from '../quarantine/summary.js';
+import { formatSummary, printable, summarise, terminalJson } from '../quarantine/summary.js';
 import { endpointsFrom } from '../upstream/provider.js';
 import { comparableAddress } from '../policy/facts.js';
 import { atMost, cliActor, flag, option, parseArgs, UsageError } from './args.js';
@@ -61,7 +61,7 @@ export async function quarantineCommand(argv: string[]): Promise<number> {
       const account = given === undefined ? undefined : comparableAddress(given);
       const scanned = await store.scan();
       const entries = scanned.entries.filter((m) => !account || comparableAddress(m.account) === account);
-      if (flag(args, 'json')) console.log(JSON.stringify(entries, null, 2));
+      if (flag(args, 'json')) console.log(terminalJson(entries, 2));
       // Which one: without --config (or DOUANE_CONFIG) it is the embedded default's, under /tmp.
       else if (entries.length === 0 && scanned.damaged.length === 0) {
         const where = `${join(config.state_dir, 'quarantine')}${option(args, 'config') || process.env.DOUANE_CONFIG ? '' : ': the embedded default configuration\'s; --config FILE for another'}`;

@@ -33,6 +33,15 @@ export function printable(s: string): string {
   return s.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, '\ufffd');
 }
 
+/**
+ * JSON for a terminal: the characters printable() replaces (C1 controls, bidi overrides) written as \uXXXX
+ * escapes, which a program reads back as the same text and a terminal shows as text. (JSON.stringify
+ * already escapes the C0 controls.)
+ */
+export function terminalJson(value: unknown, indent?: number): string {
+  return JSON.stringify(value, null, indent).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 function addresses(a: AddressObject | AddressObject[] | undefined): string | undefined {
   if (!a) return undefined;
   return (Array.isArray(a) ? a : [a]).map((x) => x.text).join(', ');

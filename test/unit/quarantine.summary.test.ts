@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { formatSummary, printable, summarise } from '../../src/quarantine/summary.js';
+import { formatSummary, printable, summarise, terminalJson } from '../../src/quarantine/summary.js';
 
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 const attachment = Buffer.alloc(3000, 0x41);
@@ -111,4 +111,15 @@ describe('an attached message that cannot be read', () => {
     expect(s.attachments.map((a) => a.filename)).toEqual(['setup.exe', 'fwd.eml', 'fwd.eml › (could not be read as a message)']);
     expect(s.attachments[1]!.size).toBe(Buffer.byteLength(inner));
   }, 20_000);
+});
+
+describe('terminalJson', () => {
+  it('escapes what a terminal would obey (C1 controls, bidi overrides, line separators), and reads back as the same text', () => {
+    const subject = 'Invoice \u009b2J\u001b[31m \u202egpj.exe \u2066x\u2069 \u2028 é€';
+    const text = terminalJson({ subject }, 2);
+    expect(text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
+    expect(text).toContain('\\u009b2J');
+    expect(text).toContain('é€');
+    expect(JSON.parse(text)).toEqual({ subject });
+  });
 });
