@@ -85,6 +85,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'bulk.account_recipients': { type: 'number', phase: 'data', description: 'distinct recipients of this content from this account in the bulk window', get: (f) => f.bulk?.accountRecipients },
   'bulk.global_recipients': { type: 'number', phase: 'data', description: 'distinct recipients of this content from all accounts in the bulk window', get: (f) => f.bulk?.globalRecipients },
   'bulk.global_accounts': { type: 'number', phase: 'data', description: 'distinct accounts that sent this content in the bulk window', get: (f) => f.bulk?.globalAccounts },
+  'bulk.degraded': { type: 'bool', phase: 'data', description: 'the bulk counts were made without Redis (in-process insurance: this instance\'s view since Redis last answered)', get: (f) => (f.bulk ? f.bulk.degraded === true : undefined) },
 };
 
 /**

@@ -26,7 +26,7 @@ export interface Given {
   limits?: { exceeded: string[]; retry_after?: number; usage?: Record<string, number> };
   /** recipient limits exceeded, for every recipient */
   recipient_limits?: { exceeded: string[]; retry_after?: number };
-  bulk?: { account_recipients: number; global_recipients: number; global_accounts: number; fingerprint?: string };
+  bulk?: { account_recipients: number; global_recipients: number; global_accounts: number; fingerprint?: string; degraded?: boolean };
   baseline_ratio?: number;
 }
 
@@ -214,5 +214,5 @@ function givenLimiter(given: Given): LimiterPort {
 }
 
 function bulkFacts(g: NonNullable<Given['bulk']>): BulkFacts {
-  return { fingerprint: g.fingerprint ?? 'given', accountRecipients: g.account_recipients, globalRecipients: g.global_recipients, globalAccounts: g.global_accounts };
+  return { fingerprint: g.fingerprint ?? 'given', accountRecipients: g.account_recipients, globalRecipients: g.global_recipients, globalAccounts: g.global_accounts, ...(g.degraded ? { degraded: true } : {}) };
 }

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Config } from '../config/schema.js';
-import { int, list, num, obj, oneOf, optional, record, required, str, withDefault, type Issue } from '../validate/schema.js';
+import { bool, int, list, num, obj, oneOf, optional, record, required, str, withDefault, type Issue } from '../validate/schema.js';
 import { readYamlFile, ValidationError, YamlSource, type Problem } from '../validate/source.js';
 import { ACCOUNT_STATUSES } from '../lifecycle/types.js';
 import { MESSAGE_LIMITS, RECIPIENT_LIMITS } from './fields.js';
@@ -28,7 +28,7 @@ export const givenSchema = obj({
   scan: optional(obj({ result: required(oneOf('clean', 'infected', 'error', 'skipped')), signature: optional(str()), detail: optional(str()) })),
   limits: optional(limitsGiven(MESSAGE_LIMITS)),
   recipient_limits: optional(limitsGiven(RECIPIENT_LIMITS)),
-  bulk: optional(obj({ account_recipients: required(int({ min: 0 })), global_recipients: required(int({ min: 0 })), global_accounts: required(int({ min: 0 })), fingerprint: optional(str()) })),
+  bulk: optional(obj({ account_recipients: required(int({ min: 0 })), global_recipients: required(int({ min: 0 })), global_accounts: required(int({ min: 0 })), fingerprint: optional(str()), degraded: optional(bool()) })),
   baseline_ratio: optional(num({ min: 0 })),
 });
 

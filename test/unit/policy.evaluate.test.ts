@@ -145,6 +145,14 @@ describe('conditions', () => {
     expect(compile({ not: { 'scan.result': 'infected' } }).test(facts())).toBe(true);
   });
 
+  it('tells bulk counts made without Redis (bulk.degraded) from shared ones, and from none', () => {
+    const bulk = { fingerprint: 'f', accountRecipients: 3, globalRecipients: 3, globalAccounts: 1 };
+    expect(compile({ 'bulk.degraded': true }).test(facts({ bulk: { ...bulk, degraded: true } }))).toBe(true);
+    expect(compile({ 'bulk.degraded': false }).test(facts({ bulk }))).toBe(true);
+    expect(compile({ 'bulk.degraded': true }).test(facts({ bulk }))).toBe(false);
+    expect(compile({ 'bulk.degraded': { exists: false } }).test(facts())).toBe(true);
+  });
+
   it('tells an empty list from a missing one', () => {
     expect(compile({ 'limits.exceeded': { empty: false } }).test(facts({ limits: { exceeded: [], usage: {} } }))).toBe(false);
     expect(compile({ 'limits.exceeded': { empty: false } }).test(facts({ limits: { exceeded: ['messages_per_hour'], usage: {} } }))).toBe(true);
