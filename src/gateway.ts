@@ -1369,7 +1369,14 @@ function relayedMessage(spool: Spool, facts: MessageFacts | undefined): { stream
 /** Rules with the action "tag" mark the message for the upstream's own filters. */
 function tagHeader(tags: string[]): Buffer | undefined {
   if (tags.length === 0) return undefined;
-  return Buffer.from(`X-Douane-Tags: ${[...new Set(tags)].join(', ')}\r\n`);
+  // Folded before 78 characters (RFC 5322 2.1.1): many tags on one line could pass the 998 an MTA takes.
+  const lines = [''];
+  for (const tag of new Set(tags)) {
+    const line = lines[lines.length - 1]!;
+    if (line !== '' && 'X-Douane-Tags: '.length + line.length + tag.length + 2 > 78) lines.push(tag);
+    else lines[lines.length - 1] = line === '' ? tag : `${line}, ${tag}`;
+  }
+  return Buffer.from(`X-Douane-Tags: ${lines.join(',\r\n ')}\r\n`);
 }
 
 function withEnhanced(reply: SmtpReply, fallback: string): string {

@@ -110,6 +110,20 @@ describe('policy on live traffic', () => {
     expect((await send(gw.port('trusted'), 'hello world')).data).toMatch(/^250 /);
     expect(upstream.messages[0]!.raw.toString()).toMatch(/^X-Douane-Tags: tag\.hello\r\nFrom: user1@example\.test\r\n/);
   });
+
+  it('folds X-Douane-Tags when many tags would make a long line', async () => {
+    const dir = policyDir();
+    const ids = Array.from({ length: 12 }, (_, i) => `content.a-rather-long-rule-identifier-${i}`);
+    const rules = ids.map((id) => `  - id: ${id}\n    description: tags hello\n    article: "4.3"\n    when: { subject: { contains: hello } }\n    action: tag\n`).join('');
+    writeFileSync(join(dir, 'policy.yaml'), readFileSync(join(dir, 'policy.yaml'), 'utf8').replace('rules:\n', `rules:\n${rules}`));
+    const { gw, upstream } = await setup(dir);
+    expect((await send(gw.port('trusted'), 'hello world')).data).toMatch(/^250 /);
+    const header = /^X-Douane-Tags: (?:.*\r\n )*.*\r\n/.exec(upstream.messages[0]!.raw.toString())![0];
+    const lines = header.split('\r\n').slice(0, -1);
+    expect(lines.length).toBeGreaterThan(4);
+    for (const line of lines) expect(line.length).toBeLessThanOrEqual(78);
+    expect(header.replace(/^X-Douane-Tags: /, '').replace(/\r\n /g, ' ').trim().split(/, ?/)).toEqual(ids);
+  });
 });
 
 describe('policy reload', () => {
