@@ -438,12 +438,15 @@ export class SmtpClient {
     if (cork) this.socket.cork();
     try {
       if (chunking) {
-        await send(Buffer.from(`BDAT ${total} LAST\r\n`));
         let written = prefix?.length ?? 0;
+        // An empty message (or the tag header alone) is whole with its BDAT line.
+        await send(Buffer.from(`BDAT ${total} LAST\r\n`));
+        if (written >= total) lastBytes?.();
         if (prefix) await send(prefix);
         for await (const chunk of message) {
+          const before = written;
           written += (chunk as Buffer).length;
-          if (written >= total) lastBytes?.();
+          if (before < total && written >= total) lastBytes?.();
           await send(chunk as Buffer);
         }
       } else {

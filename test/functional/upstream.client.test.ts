@@ -168,6 +168,23 @@ describe('sending the message', () => {
   }, 30_000);
 });
 
+describe('the end of the message', () => {
+  it('is told once the last bytes are handed over, also for an empty message sent by BDAT', async () => {
+    upstream = await FakeUpstream.start({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'CHUNKING'] });
+    const client = await SmtpClient.connect(endpoint(upstream.port, 'none'));
+    for (const [body, prefix] of [[[], undefined], [[], Buffer.from('X-Douane-Tags: t\r\n')], [[Buffer.from('Subject: x\r\n\r\n'), Buffer.from('body\r\n')], undefined]] as const) {
+      await client.mail('user1@example.test');
+      await client.rcpt('user2@example.test');
+      let told = 0;
+      const size = body.reduce((n, b) => n + b.length, 0);
+      expect((await client.data(Readable.from(body), prefix, size, () => told++)).code).toBe(250);
+      expect(told).toBe(1);
+    }
+    expect(upstream.commands.filter((c) => c.startsWith('BDAT'))).toEqual(['BDAT 0 LAST', 'BDAT 18 LAST', 'BDAT 20 LAST']);
+    await client.quit();
+  });
+});
+
 describe('credentials towards the upstream', () => {
   it('opportunistic TLS to a remote upstream that offers no STARTTLS: the credentials are not sent', async () => {
     // The fake upstream speaks no TLS, as an upstream whose STARTTLS was stripped on the path.

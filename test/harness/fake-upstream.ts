@@ -183,6 +183,7 @@ export class FakeUpstream {
       } else if (verb === 'BDAT') {
         const [, n, last] = line.split(' ');
         if (last?.toUpperCase() !== 'LAST') send('504 5.5.4 only BDAT <size> LAST is supported here');
+        else if (Number(n) === 0) await finishData(Buffer.alloc(0), false); // RFC 3030: an empty last chunk
         else bdatLeft = Number(n);
       } else if (verb === 'RSET') {
         from = '';
