@@ -329,7 +329,14 @@ export class Gateway {
     const learned = Promise.all(
       ports.map((port) =>
         this.upstream.learn(port).then(
-          () => true,
+          () => {
+            // Without XCLIENT the upstream sees every trusted client as Douane: its own checks of the
+            // client's address (and its logs) are then Douane's. Relaying goes on, as before it was asked.
+            if (port === 'trusted' && this.config.upstream.xclient && !this.upstream.offers('trusted', 'XCLIENT')) {
+              this.log.warn({ event: 'xclient_not_offered', port }, 'upstream.xclient is set but the upstream does not offer XCLIENT to Douane (Postfix: smtpd_authorized_xclient_hosts): it sees Douane\'s address for every client of the trusted listener');
+            }
+            return true;
+          },
           (err: Error) => {
             this.log.warn({ event: 'upstream_not_ready', port, err: err.message }, 'the upstream did not answer at start; what it offers is learned from the first session that reaches it');
             return false;

@@ -191,6 +191,15 @@ describe('behind a load balancer (PROXY protocol v1)', () => {
     expect(upstream.commands).toContainEqual(expect.stringMatching(/^XCLIENT ADDR=127\.0\.0\.1 PORT=\d+ HELO=x\+2B\+E2\+82\+AC\+C3\+A9\+3D\.example PROTO=ESMTP$/));
   });
 
+  it('warns at start when upstream.xclient is set and the upstream does not offer XCLIENT to Douane', async () => {
+    const trusted = { listeners: { trusted: { mode: 'trusted', port: 0, allow: ['127.0.0.0/8'] } }, upstream: { xclient: true } };
+    const without = await setup({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES'] }, trusted);
+    expect(await without.gw.waitForLog((l) => l.event === 'xclient_not_offered')).toMatchObject({ level: 'warn', port: 'trusted', msg: expect.stringMatching(/smtpd_authorized_xclient_hosts/) });
+    const offered = await setup({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'XCLIENT ADDR PORT HELO PROTO'] }, trusted);
+    await offered.gw.waitForLog((l) => l.event === 'listening');
+    expect(offered.gw.logs.some((l) => l.event === 'xclient_not_offered')).toBe(false);
+  });
+
   it('caps connections per client, not per balancer; a connection from elsewhere is taken as it is', async () => {
     const { gw } = await behindBalancer({ smtp: { max_connections_per_ip: 2 } });
     const port = gw.port('trusted');
