@@ -20,14 +20,38 @@ const BLOCK = new Set([
 ]);
 const CELL = new Set(['td', 'th']);
 const TAG_NAME = /<(\/?)([A-Za-z][A-Za-z0-9-]{0,31})/y;
+// An element its own attributes hide: the `hidden` attribute, or an inline style a mail program applies
+// (display: none, visibility: hidden, a zero font size, mso-hide: all). Text so hidden is what a bulk
+// mailer pads each copy with (a different one each time), or where it keeps words for filters to read.
+// Classes set in a <style> sheet are not followed. Bounded quantifiers: no backtracking on a long tag.
+const STYLE_ATTRIBUTE = /\sstyle\s{0,9}=\s{0,9}(?:"([^"]*)"|'([^']*)'|([^\s>]*))/i;
+const HIDING_STYLE = /(?:^|;)\s{0,99}(?:display\s{0,9}:\s{0,9}none|visibility\s{0,9}:\s{0,9}hidden|mso-hide\s{0,9}:\s{0,9}all|font-size\s{0,9}:\s{0,9}0+(?:\.0+)?(?:px|pt|em|rem|%)?\s{0,9}(?:!important)?\s{0,9}(?:;|$))/i;
+const QUOTED = /"[^"]*"|'[^']*'/g;
+const HIDDEN_FLAG = /\shidden(?=[\s=/]|$)/i;
+
+/** Whether an opening tag's attributes (the text after its name) hide the element. */
+function hides(attributes: string): boolean {
+  if (!/hidden|none|mso-hide|font-size/i.test(attributes)) return false;
+  const style = STYLE_ATTRIBUTE.exec(attributes);
+  if (style && HIDING_STYLE.test(style[1] ?? style[2] ?? style[3] ?? '')) return true;
+  return HIDDEN_FLAG.test(attributes.replace(QUOTED, '""'));
+}
+// Elements whose content it hides: those a mail program closes only with their end tag, and <p>, which the
+// next block closes. (Elements with optional end tags in tables and lists are left alone.)
+const HIDEABLE = new Set(['div', 'span', 'p', 'table', 'center', 'font', 'section', 'a', 'b', 'i', 'u', 'strong', 'em', 'small', 'label', 'article', 'aside', 'header', 'footer', 'blockquote', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6']);
 
 /**
  * The visible text of `html`, at most about `maxChars` characters (the markup past what that needs is not
  * looked at).
  */
 export function htmlToText(html: string, maxChars: number): string {
-  const out: string[] = [];
+  let out: string[] = [];
   let outLength = 0;
+  /**
+   * Inside an element its attributes hide: its name, how deep in it, and the text outside it. What it
+   * holds is kept apart (not counted against the budget) and dropped when it ends.
+   */
+  let hidden: { name: string; depth: number; before: string[]; length: number } | undefined;
   // Whitespace collapses and entities shrink, so convert somewhat more than asked before stopping.
   const budget = maxChars * 2 + 1024;
   const n = html.length;
@@ -36,7 +60,7 @@ export function htmlToText(html: string, maxChars: number): string {
     out.push(s);
     outLength += s.length;
   };
-  while (pos < n && outLength < budget) {
+  while (pos < n && (hidden !== undefined || outLength < budget)) {
     const lt = html.indexOf('<', pos);
     if (lt === -1) {
       emit(html.slice(pos));
@@ -70,6 +94,23 @@ export function htmlToText(html: string, maxChars: number): string {
     pos = gt + 1;
     const closing = m[1] === '/';
     const name = m[2]!.toLowerCase();
+    if (hidden) {
+      // Counted by name: the hidden element ends with its own end tag (a <p> also at the next block).
+      if (name === hidden.name) hidden.depth += closing ? -1 : 1;
+      if (hidden.depth === 0 || (hidden.name === 'p' && !closing && BLOCK.has(name) && (name !== 'p' || hidden.depth === 2))) {
+        out = hidden.before;
+        outLength = hidden.length;
+        hidden = undefined;
+        if (closing) continue;
+      }
+    }
+    if (!hidden && !closing && HIDEABLE.has(name) && hides(html.slice(lt + 1 + name.length, gt))) {
+      if (BLOCK.has(name)) emit('\n');
+      hidden = { name, depth: 1, before: out, length: outLength };
+      out = [];
+      outLength = 0;
+      continue;
+    }
     if (!closing && HIDDEN.has(name)) {
       const re = HIDDEN_CLOSE[name]!;
       re.lastIndex = pos;
@@ -82,6 +123,8 @@ export function htmlToText(html: string, maxChars: number): string {
     if (BLOCK.has(name)) emit('\n');
     else if (CELL.has(name)) emit(' ');
   }
+  // A hidden element never closed is shown, as far as this goes: text is never dropped on a guess.
+  if (hidden) out = [...hidden.before, ...out];
   return normalizeText(decodeEntities(out.join(''))).slice(0, maxChars);
 }
 

@@ -954,6 +954,25 @@ describe('HTML to text and URL extraction', () => {
     expect(htmlToText('x'.repeat(1000), 10)).toHaveLength(10);
   });
 
+  it('drops what an element\'s own attributes hide (display:none, visibility:hidden, a zero font size, hidden), nested or not', () => {
+    const hide = (attrs: string, tag = 'div') => htmlToText(`<p>Seen before.</p><${tag} ${attrs}>pad <span>one</span> <${tag}>two</${tag}> three</${tag}><p>Seen after.</p>`, 1000);
+    for (const attrs of ['style="display:none"', "style='DISPLAY : none;max-height:0'", 'style="font-size:0px;color:#fff"', 'style="font-size: 0;"', 'style="visibility:hidden"', 'hidden', 'class=x hidden=""', 'style="mso-hide:all"']) {
+      expect(hide(attrs), attrs).toBe('Seen before.\n\nSeen after.');
+    }
+    for (const tag of ['span', 'table', 'font']) expect(hide('style="display:none"', tag), tag).toBe('Seen before.\n\nSeen after.');
+    // What does not hide: a small font, an attribute that merely mentions the words, a style sheet's class.
+    for (const attrs of ['style="font-size:0.5em"', 'style="font-size:10px"', 'data-note="hidden text"', 'class="hidden"', 'aria-hidden="true"', 'title="display:none"x']) {
+      expect(hide(attrs), attrs).toContain('pad one');
+    }
+    // A hidden <p> ends where a mail program ends it, at the next block: the text there is seen.
+    expect(htmlToText('<p style="display:none">padding<p>Pay here now</p></p>', 1000)).toBe('Pay here now');
+    expect(htmlToText('<p style="display:none">padding<div>Pay here now</div>', 1000)).toBe('Pay here now');
+    // Never closed: shown, as far as the markup goes (no text is dropped on a guess).
+    expect(htmlToText('<p>a</p><div style="display:none">b <div>c</div>', 1000)).toBe('a\n\nb\nc');
+    // Hidden padding longer than the room for text does not push the text out.
+    expect(htmlToText(`<div style="display:none">${'junk '.repeat(5000)}</div><p>The offer.</p>`, 100)).toBe('The offer.');
+  });
+
   it('finds a URL written out in HTML with character references in its scheme, which is shown (and linked) decoded', () => {
     const html = '<p>https&#58;//examp1e-bank.test/x and &#104;ttps&#x3a;&#x2f;&#x2F;evil.test/a, HTTP&colon;&sol;&sol;third.test/b</p>';
     expect(extractUrls(html, true)).toEqual(['https://examp1e-bank.test/x', 'https://evil.test/a', 'http://third.test/b']);
