@@ -74,8 +74,7 @@ const SIGNATURE_MAX_LINES = 8;
  */
 export function fingerprint(message: Content, opts: FingerprintOptions): BulkFingerprint | undefined {
   const bands: string[] = [];
-  const text = textToSign(message, opts.minTextLength);
-  if (text) for (let b = 0; b < BANDS; b++) bands.push(`${text.prefix}${b}:${bandHash(text.sig, b)}`);
+  for (const text of textsToSign(message, opts.minTextLength)) for (let b = 0; b < BANDS; b++) bands.push(`${text.prefix}${b}:${bandHash(text.sig, b)}`);
   const textBands = bands.length;
   for (const a of message.attachments) {
     if (bands.length - textBands >= MAX_ATTACHMENT_BANDS) break;
@@ -95,8 +94,8 @@ export function fingerprint(message: Content, opts: FingerprintOptions): BulkFin
  * either has no such text or the two were taken from different kinds of text (own versus quoted).
  */
 export function similarity(a: Content, b: Content, minTextLength = 1): number {
-  const ta = textToSign(a, minTextLength);
-  const tb = textToSign(b, minTextLength);
+  const ta = textsToSign(a, minTextLength)[0];
+  const tb = textsToSign(b, minTextLength)[0];
   if (!ta || !tb || ta.prefix !== tb.prefix) return 0;
   let same = 0;
   for (let i = 0; i < K; i++) if (ta.sig[i] === tb.sig[i]) same++;
@@ -122,25 +121,25 @@ export function normalise(text: string): string {
 // --- which text --------------------------------------------------------------------------------------
 
 /**
- * The signature to band: of the sender's own text with the subject, or, when that is too short but the
- * message quotes a long one, of the quoted text with the subject under another prefix ('q'). A short
- * reply ("ok, thanks") above a long quote is then not counted as the quoted author's content (its 't'
- * keys would match the original's), but a campaign cannot escape the count by quoting its text either.
+ * The signatures to band: of the sender's own text with the subject ('t'), and of the quoted text with the
+ * subject under another prefix ('q'), each when long enough. A short reply ("ok, thanks") above a long
+ * quote is then not counted as the quoted author's content (its 't' keys would match the original's), and
+ * a campaign cannot escape the count by writing itself as a quote, under a few lines of its own or none.
  */
-function textToSign(message: Content, minTextLength: number): { prefix: string; sig: Uint32Array } | undefined {
+function textsToSign(message: Content, minTextLength: number): { prefix: string; sig: Uint32Array }[] {
   const body = message.body.length > MAX_CHARS ? message.body.slice(0, MAX_CHARS) : message.body;
   const { own, quoted } = splitBody(body);
-  let prefix = 't';
-  let words = scan(prepare(own), MAX_WORDS);
-  if (words.count === 0 || words.length < minTextLength) {
-    if (quoted === '') return undefined;
-    words = scan(prepare(quoted), MAX_WORDS);
-    if (words.count === 0 || words.length < minTextLength) return undefined;
-    prefix = 'q';
+  const signed: { prefix: string; words: Words }[] = [];
+  const ownWords = scan(prepare(own), MAX_WORDS);
+  if (ownWords.count > 0 && ownWords.length >= minTextLength) signed.push({ prefix: 't', words: ownWords });
+  if (quoted !== '') {
+    const quotedWords = scan(prepare(quoted), MAX_WORDS);
+    if (quotedWords.count > 0 && quotedWords.length >= minTextLength) signed.push({ prefix: 'q', words: quotedWords });
   }
+  if (signed.length === 0) return [];
   // A subject is a line (RFC 5322: 998 characters); one unfolded over a header's whole room is cut there.
   const subject = scan(prepare(message.subject.slice(0, MAX_SUBJECT_CHARS).replace(REPLY_PREFIX, '').replace(SUBJECT_ADDRESSEE, '#name ')), MAX_SUBJECT_WORDS);
-  return { prefix, sig: signature(subject, words) };
+  return signed.map(({ prefix, words }) => ({ prefix, sig: signature(subject, words) }));
 }
 
 // "Re:", "Fwd:", "TR:", "AW:", "WG:", "SV:", "Antw:", possibly repeated or counted ("Re[2]:"): a reply's

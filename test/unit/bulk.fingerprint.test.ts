@@ -137,16 +137,22 @@ describe('bulk fingerprint: behaviour', () => {
     expect(fingerprint(msg('Hi', 'https://x.example.test/a/very/long/link/that/says/nothing?token=0123456789abcdef0123456789abcdef'), OPTS)).toBeUndefined();
   });
 
-  it('fingerprints a reply on what its sender wrote, not on the quote', () => {
+  it('fingerprints a reply on what its sender wrote, and the quote apart from it (never as the quoted author\'s own text)', () => {
     const original = 'Hi Dana,\n\nBefore the review on Friday I need a few answers about the sensor rig. Did the new calibration fix the drift we saw on channel three? Can we run the long test over the weekend, or is the room booked?\n\nThanks,\nMartin';
     const answer = 'The drift dropped from two percent per hour to a tenth of that, inside the tolerance. The room is free from Saturday noon, and facilities will leave the air conditioning on.';
     const quoted = original.split('\n').map((l) => `> ${l}`).join('\n');
     const reply = fingerprint(msg('Re: Sensor rig', `${answer}\n\nOn Tue, 11 Mar 2025 at 16:02, Martin <martin@lab.example.test> wrote:\n${quoted}`), OPTS);
-    expect(reply!.bands).toEqual(fingerprint(msg('Sensor rig', answer), OPTS)!.bands);
-    // The same with the quote in an HTML part (no "> " marks, after the attribution line), and Outlook's way.
+    // Its own text's keys are the answer's; the quote's are under their own prefix, none of the original's.
+    const own = (f: BulkFingerprint | undefined) => f!.bands.filter((k) => k.startsWith('t'));
+    expect(own(reply)).toEqual(fingerprint(msg('Sensor rig', answer), OPTS)!.bands);
+    expect(reply!.bands.filter((k) => k.startsWith('q'))).toHaveLength(48);
+    expect(shares({ ...reply!, bands: reply!.bands.filter((k) => k.startsWith('q')) }, fingerprint(msg('Sensor rig', original), OPTS))).toBe(false);
+    // The same with the quote in an HTML part (no "> " marks, after the attribution line: the same quote keys),
+    // and Outlook's way.
     expect(fingerprint(msg('RE: Sensor rig', `${answer}\n\nOn Tue, 11 Mar 2025 at 16:02, Martin <martin@lab.example.test> wrote:\n\n${original}`), OPTS)!.bands).toEqual(reply!.bands);
-    expect(fingerprint(msg('RE: Sensor rig', `${answer}\n\n-----Original Message-----\nFrom: Martin\nSent: Tuesday\n\n${original}`), OPTS)!.bands).toEqual(reply!.bands);
-    expect(fingerprint(msg('TR: Sensor rig', `${answer}\n\nDe : Martin <martin@lab.example.test>\nEnvoyé : mardi 11 mars 2025\nÀ : Dana\n\n${original}`), OPTS)!.bands).toEqual(reply!.bands);
+    expect(own(fingerprint(msg('RE: Sensor rig', `${answer}\n\nOn Tue, 11 Mar 2025 at 16:02, Martin <martin@lab.example.test> wrote:\n\n${original}`), OPTS))).toEqual(own(reply));
+    expect(own(fingerprint(msg('RE: Sensor rig', `${answer}\n\n-----Original Message-----\nFrom: Martin\nSent: Tuesday\n\n${original}`), OPTS))).toEqual(own(reply));
+    expect(own(fingerprint(msg('TR: Sensor rig', `${answer}\n\nDe : Martin <martin@lab.example.test>\nEnvoyé : mardi 11 mars 2025\nÀ : Dana\n\n${original}`), OPTS))).toEqual(own(reply));
     // A short reply above a long quote: keys of the quoted text, under their own prefix, so it does not
     // count as the original; and a campaign cannot escape by quoting its text.
     const short = fingerprint(msg('Re: Sensor rig', `Ok, thanks!\n\nOn Tue, 11 Mar 2025, Martin wrote:\n${quoted}`), OPTS)!;
@@ -160,6 +166,16 @@ describe('bulk fingerprint: behaviour', () => {
     // More than a few lines after "-- " is not a signature.
     const long = `Promo\n--\n${'Achetez nos produits aujourd’hui même\n'.repeat(12)}`;
     expect(fingerprint(msg('', long), OPTS)).toBeDefined();
+  });
+
+  it('counts a campaign written as a quote under a few words of its own, different in every copy', () => {
+    const copy = (words: string, name: string, code: string, token: string) => {
+      const p = promo(name, code, '20 %', 'Sunday', token);
+      return msg(p.subject, `${words}\n\nOn Monday, Anna Smith <anna@example.test> wrote:\n\n${p.body}`);
+    };
+    const a = fingerprint(copy('Mila tova keru sanpo delin ravo kisu mento larin bosa pelu tirano vesi kadu moro', 'Marie', 'SPRING1001', 'a8Kz3QpL0x'), OPTS);
+    const b = fingerprint(copy('Gado ferin lusa poki tamero vinu sako redal muni hosta quelo binar tuvo lenka risa', 'John', 'SPRING2002', 'Zq81mPw2Lk'), OPTS);
+    expect(shares(a, b)).toBe(true);
   });
 
   it('drops one signature only: a campaign written under "--" line after "--" line is fingerprinted', () => {
