@@ -274,13 +274,13 @@ export class Limiter implements LimiterPort {
     return keys.length ? { marker, keys } : undefined;
   }
 
-  /** The brute-force limiters block for a while once over their limit: rate-limiter-flexible's own rule. */
-  private limiter(name: string, points: number, duration: number, blockDuration = 0): RateLimiterAbstract {
-    const id = `${name}:${points}:${duration}:${blockDuration}`;
+  /** A fixed-window counter (the brute-force blocks are records of their own: see authAttempt). */
+  private limiter(name: string, points: number, duration: number): RateLimiterAbstract {
+    const id = `${name}:${points}:${duration}`;
     let l = this.limiters.get(id);
     if (l) return l;
     const keyPrefix = `${this.opts.keyPrefix}:${name}`;
-    const base = { keyPrefix, points, duration, blockDuration };
+    const base = { keyPrefix, points, duration };
     if (!this.opts.redis) l = this.sharingMemory(keyPrefix, new RateLimiterMemory(base));
     else {
       const insurance =
@@ -502,43 +502,50 @@ export class Limiter implements LimiterPort {
    * Before trying credentials: takes the attempt's point from the address and from the account, and says
    * whether either is blocked. A limit of N lets N + 1 failures through before the block, as a check of
    * earlier failures alone would; but the attempts in flight are among them.
+   *
+   * The failures are counted in plain fixed windows; a block is a record of its own, started by a failure
+   * that takes the count past the limit (never by a login that worked, which would otherwise restart the
+   * window's clock and keep a guesser's failures alive for the holder's every login). Blocked: while the
+   * record lasts, and while the window's failures are over the limit (a limit lowered by a reload).
    */
   async authAttempt(ip: string, account: string, limits: AuthLimits): Promise<AuthAttempt> {
     const { failures_per_ip: pi, failures_per_account: pa } = limits;
-    const ipLimiter = this.limiter('auth_ip', pi.limit, pi.window / 1000, pi.block / 1000);
-    const accountLimiter = this.limiter('auth_account', pa.limit, pa.window / 1000, pa.block / 1000);
+    const ipLimiter = this.limiter('auth_ip', pi.limit, pi.window / 1000);
+    const accountLimiter = this.limiter('auth_account', pa.limit, pa.window / 1000);
+    const ipBlock = this.limiter('auth_ip_block', 1, (pi.block || pi.window) / 1000);
+    const accountBlock = this.limiter('auth_account_block', 1, (pa.block || pa.window) / 1000);
     const key = accountKey(account);
     const settleRes = (p: Promise<RateLimiterRes>) => p.catch((e: unknown) => (e instanceof RateLimiterRes ? e : Promise.reject(e)));
-    const outcome = await this.decide('auth', () => Promise.all([settleRes(ipLimiter.consume(ip)), settleRes(accountLimiter.consume(key))]));
+    const outcome = await this.decide('auth', () => Promise.all([settleRes(ipLimiter.consume(ip)), settleRes(accountLimiter.consume(key)), ipBlock.get(ip), accountBlock.get(key)]));
     const none = { accountBlockedNow: false, failures: 0 };
     // Not known: with insurance this only happens past the deadline (fail open, logged); in tempfail
     // mode, a login is not tried unchecked any more than a message is sent unchecked.
     if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail', settle: async () => none };
-    const [ipRes, acctRes] = outcome.value;
+    const [ipRes, acctRes, ipBlocked, accountBlocked] = outcome.value;
     // A point is given back only within the window it was counted in: after it, it would credit the next.
     const countedAt = this.now();
     const ipWindowEnds = countedAt + ipRes.msBeforeNext;
     const accountWindowEnds = countedAt + acctRes.msBeforeNext;
     let given = false;
-    const giveBack = async (which: { ip: boolean; account: boolean }) => {
+    const giveBack = async () => {
       if (given) return;
       given = true;
       const now = this.now();
-      await this.decide('auth', () =>
-        Promise.all([which.ip && now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, which.account && now < accountWindowEnds ? accountLimiter.reward(key, 1) : undefined]),
-      );
+      await this.decide('auth', () => Promise.all([now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, now < accountWindowEnds ? accountLimiter.reward(key, 1) : undefined]));
     };
-    // Earlier attempts, this one left out: over the limit, this one is not tried.
-    const ipBlocked = ipRes.consumedPoints - 1 > pi.limit;
-    const accountBlocked = acctRes.consumedPoints - 1 > pa.limit;
-    if (ipBlocked || accountBlocked) {
-      // Never tried: it does not count against the other one, so that retries refused for a blocked account
-      // do not block an address (an office behind one address) for the other accounts. Its point stays on
-      // the one that is blocked: rate-limiter-flexible sets a count when it starts a block, so points
-      // given back there would take away failures counted meanwhile.
-      await giveBack({ ip: !ipBlocked, account: !accountBlocked });
-      const res = ipBlocked ? ipRes : acctRes;
-      return { blocked: ipBlocked ? 'ip' : 'account', retryAfter: Math.ceil(res.msBeforeNext / 1000), settle: async () => none };
+    // Over the limit with no block (the limit was lowered by a reload since those failures): blocked from now.
+    const blockedFor = async (block: RateLimiterRes | null, counted: RateLimiterRes, limit: number, start: () => Promise<RateLimiterRes>) => {
+      if (block && block.consumedPoints > 0) return block.msBeforeNext;
+      if (counted.consumedPoints - 1 <= limit) return undefined;
+      return (await this.decide('auth', () => settleRes(start()))).value?.msBeforeNext ?? counted.msBeforeNext;
+    };
+    const ipWait = await blockedFor(ipBlocked, ipRes, pi.limit, () => ipBlock.consume(ip));
+    const accountWait = await blockedFor(accountBlocked, acctRes, pa.limit, () => accountBlock.consume(key));
+    if (ipWait !== undefined || accountWait !== undefined) {
+      // Never tried: it counts against neither, so that retries refused for a blocked account do not block
+      // an address (an office behind one address) for the other accounts, nor lengthen the block.
+      await giveBack();
+      return { blocked: ipWait !== undefined ? 'ip' : 'account', retryAfter: Math.ceil((ipWait ?? accountWait)! / 1000), settle: async () => none };
     }
     return {
       retryAfter: 0,
@@ -547,17 +554,20 @@ export class Limiter implements LimiterPort {
           // Blocked now if the count, read after this failure, is past the limit; other attempts settle
           // around it (and some give their point back), so of the failures that see it, the first to claim
           // the block says so, once per block.
-          const now = await this.decide('auth', () => accountLimiter.get(key));
-          const failures = now.value?.consumedPoints ?? acctRes.consumedPoints;
+          const now = await this.decide('auth', () => Promise.all([ipLimiter.get(ip), accountLimiter.get(key)]));
+          const [ipNow, accountNow] = now.value ?? [undefined, undefined];
+          if ((ipNow?.consumedPoints ?? ipRes.consumedPoints) > pi.limit) await this.decide('auth', () => settleRes(ipBlock.consume(ip)));
+          const failures = accountNow?.consumedPoints ?? acctRes.consumedPoints;
           if (failures <= pa.limit) return { accountBlockedNow: false, failures };
+          // The block (which an attempt refused meanwhile may have started), then the claim to say so.
           const blockSeconds = (pa.block || pa.window) / 1000;
-          const first = await this.decide('auth', () => settleRes(this.limiter('auth_blocked', 1, blockSeconds).consume(key)));
-          return { accountBlockedNow: first.value?.consumedPoints === 1, failures };
+          const [, first] = (await this.decide('auth', () => Promise.all([settleRes(accountBlock.consume(key)), settleRes(this.limiter('auth_blocked', 1, blockSeconds).consume(key))]))).value ?? [];
+          return { accountBlockedNow: first?.consumedPoints === 1, failures };
         }
         // A login that worked, or was never tried, was no failure: its own point is given back, and only
         // that. The failures counted around it stand: clearing them would hand whoever is guessing the
         // password a fresh set of tries at each of the holder's logins.
-        await giveBack({ ip: true, account: true });
+        await giveBack();
         return none;
       },
     };

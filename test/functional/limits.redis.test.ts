@@ -313,3 +313,33 @@ describe('what the insurance counted is given back to it', () => {
     }
   });
 });
+
+describe('failed logins on Redis', () => {
+  it('a login that works at the limit starts no block: a guesser\'s failures still end with their window', async () => {
+    const own = await connected();
+    try {
+      const limiter = new Limiter({ redis: own, keyPrefix: 'auth-window', onFailure: 'tempfail', deadlineMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }), log });
+      const auth = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 1000, block: 60_000 } };
+      for (let i = 0; i < 3; i++) await (await limiter.authAttempt('198.51.100.9', 'v@x.test', auth)).settle('failed');
+      const holder = await limiter.authAttempt('203.0.113.5', 'v@x.test', auth);
+      expect(holder.blocked).toBeUndefined();
+      await holder.settle('succeeded');
+      // The window's failures expire with it, not a block later.
+      expect(Number(redis.cli('pttl', 'auth-window:auth_account:{v@x.test}'))).toBeLessThanOrEqual(1000);
+      await new Promise((r) => setTimeout(r, 1200));
+      await (await limiter.authAttempt('198.51.100.9', 'v@x.test', auth)).settle('failed');
+      const again = await limiter.authAttempt('203.0.113.5', 'v@x.test', auth);
+      expect(again.blocked).toBeUndefined();
+      await again.settle('succeeded');
+      // Past the limit by failures, blocked for the block, and the failure that did it says so once.
+      const attempts = [];
+      for (let i = 0; i < 3; i++) attempts.push(await (await limiter.authAttempt('198.51.100.9', 'v@x.test', auth)).settle('failed'));
+      expect(attempts.map((a) => a.accountBlockedNow)).toEqual([false, false, true]);
+      const refused = await limiter.authAttempt('203.0.113.5', 'v@x.test', auth);
+      expect(refused).toMatchObject({ blocked: 'account' });
+      expect(refused.retryAfter).toBeGreaterThan(50);
+    } finally {
+      own.disconnect();
+    }
+  });
+});

@@ -109,6 +109,30 @@ describe('in-memory limits', () => {
     expect(blockedNow).toEqual([true]);
   });
 
+  it('a login that works at the limit starts no block: a guesser\'s failures still end with their window', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 1000, block: 60_000 } };
+    for (let i = 0; i < 3; i++) await (await l.authAttempt('198.51.100.9', 'v@x.test', limits)).settle('failed');
+    // The holder logs in (its attempt is the fourth in the window) and gets in.
+    const holder = await l.authAttempt('203.0.113.5', 'v@x.test', limits);
+    expect(holder.blocked).toBeUndefined();
+    await holder.settle('succeeded');
+    await new Promise((r) => setTimeout(r, 1200));
+    // A new window: one more failure is one of three allowed, and the holder gets in.
+    await (await l.authAttempt('198.51.100.9', 'v@x.test', limits)).settle('failed');
+    expect((await l.authAttempt('203.0.113.5', 'v@x.test', limits)).blocked).toBeUndefined();
+  });
+
+  it('a limit lowered below the failures already counted blocks for the whole block, from the next attempt', async () => {
+    const l = limiter();
+    const before = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 10, window: 60_000, block: 1_800_000 } };
+    for (let i = 0; i < 5; i++) await (await l.authAttempt('198.51.100.9', 'v@x.test', before)).settle('failed');
+    const after = { ...before, failures_per_account: { ...before.failures_per_account, limit: 3 } };
+    const refused = await l.authAttempt('203.0.113.5', 'v@x.test', after);
+    expect(refused.blocked).toBe('account');
+    expect(refused.retryAfter).toBeGreaterThan(1700);
+  });
+
   it('an attempt the upstream could not check, settled after a login worked, gives back its own point only', async () => {
     const l = limiter();
     const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 3, window: 60_000, block: 60_000 } };
