@@ -209,8 +209,12 @@ export class GatewayConnection extends SMTPConnection {
       const refusal: ReasonCode | undefined = bareLf ? 'smtp.bare_lf_in_command' : command.includes(0) ? 'smtp.nul_in_command' : undefined;
       if (refusal) {
         this._nextHandler = false; // a broken line also ends an AUTH exchange in progress
+        // Counted as an unknown command is: ten, and the client is shown the door.
+        if (++this._unrecognizedCommands >= 10) return this.refuse('smtp.too_many_errors', 'connect');
         this.refuse(refusal, 'connect');
-        callback?.();
+        // The next line once this reply is written, as for any command: a client that sends broken lines
+        // and never reads the replies must not have Douane hold them for it.
+        this._whenWritable(() => callback?.());
         return;
       }
       const verb = command.toString('latin1', 0, 8).split(' ')[0]!.toUpperCase();
@@ -293,7 +297,9 @@ export class GatewayConnection extends SMTPConnection {
       const upstreamText = this.hooks.takeSuccessText(this.session, context);
       if (upstreamText) return super.send(code, lines(upstreamText), false);
     }
-    const library = (typeof context === 'string' && LIBRARY_REPLIES[context]) || LIBRARY_REPLIES[String(code)];
+    // By the library's own context, or by code; never by a context that is the client's command name (an
+    // unknown command called "530" or "MESSAGE_TOO_BIG").
+    const library = (code === 552 && context === 'MESSAGE_TOO_BIG' && LIBRARY_REPLIES.MESSAGE_TOO_BIG) || LIBRARY_REPLIES[String(code)];
     if (library && code >= 400) {
       const reply = replyFor(
         { action: code < 500 ? 'tempfail' : 'reject', reason: library.reason, detail: { limit: this._server.options.size ?? 0 } },

@@ -91,6 +91,31 @@ describe('SMTP smuggling', () => {
     c.close();
   });
 
+  it('closes the connection after ten broken lines, like ten unknown commands: a flood of them is not answered for ever', async () => {
+    const { gw } = await setup();
+    for (const line of ['\n', 'X\x00\r\n']) {
+      const c = await RawSmtp.connect(gw.port('trusted'));
+      await c.reply();
+      c.write(line.repeat(50));
+      for (let i = 0; i < 9; i++) expect(await c.reply(), JSON.stringify(line)).toMatch(/^500 5\.5\.2 /);
+      expect(await c.reply()).toMatch(/^421 4\.\d\.\d .*Ref D-[0-9A-Z]{6}/);
+      expect(await c.reply()).toBe('(closed)');
+      c.close();
+    }
+  });
+
+  it('answers an unknown command as one, whatever its name (one called like a reply code or a library context)', async () => {
+    const { gw } = await setup();
+    const c = await RawSmtp.connect(gw.port('trusted'));
+    await c.reply();
+    for (const name of ['530', '538', 'MESSAGE_TOO_BIG']) expect(await c.command(name), name).toMatch(/^500 5\.5\.2 Error: command not recognized\. Ref D-/);
+    for (let i = 3; i < 9; i++) await c.command('XYZZY');
+    // The tenth unknown command, whatever its name, closes with 421.
+    expect(await c.command('MESSAGE_TOO_BIG')).toMatch(/^421 4\.\d\.\d .*Ref D-[0-9A-Z]{6}/);
+    expect(await c.reply()).toBe('(closed)');
+    c.close();
+  });
+
   it('refuses command lines with a NUL byte (500 5.5.2)', async () => {
     const { gw } = await setup();
     const c = await RawSmtp.connect(gw.port('trusted'));
