@@ -485,7 +485,8 @@ export class Gateway {
         this.log.info({ event: 'refusal', listener: name, client: ip, reason: 'connection.too_many_from_ip', phase: 'tls' }, 'connection.too_many_from_ip');
       },
     };
-    const disabled = trusted ? ['AUTH'] : [];
+    // sendmail's old debugging commands, which smtp-server answers with jokes: unknown here, as in Postfix.
+    const disabled = trusted ? ['AUTH', 'WIZ', 'SHELL', 'KILL'] : ['WIZ', 'SHELL', 'KILL'];
     if (!this.tls) disabled.push('STARTTLS');
     return new GatewaySmtpServer(
       {
