@@ -375,8 +375,11 @@ export class InsuredStructures implements Structures {
   sessionOpen(...a: Parameters<Structures['sessionOpen']>) {
     return this.run<number>('sessionOpen', a);
   }
-  sessionClose(...a: Parameters<Structures['sessionClose']>) {
-    return this.run<void>('sessionClose', a);
+  async sessionClose(...a: Parameters<Structures['sessionClose']>): Promise<void> {
+    // Closed in the insurance too, whichever answers: a session the insurance opened during an outage and
+    // that ends once Redis is back would otherwise hold one of the account's places in the next outage.
+    const [primary] = await Promise.allSettled([this.primary.sessionClose(...a), this.insurance.sessionClose(...a)]);
+    if (primary.status === 'rejected') this.onFailure('sessionClose', primary.reason as Error);
   }
   sessionRank(...a: Parameters<Structures['sessionRank']>) {
     return this.run<{ count: number; rank: number | null }>('sessionRank', a);

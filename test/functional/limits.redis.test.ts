@@ -343,3 +343,28 @@ describe('failed logins on Redis', () => {
     }
   });
 });
+
+describe('concurrent sessions across outages', () => {
+  it('a session the insurance opened in one outage and that ended once Redis was back takes no place in the next', async () => {
+    const own = await startRedis();
+    const c = createRedis({ url: own.url, key_prefix: 'douane' }, 300, log, new Metrics({ version: 't', defaultMetrics: false }));
+    await new Promise<void>((resolve) => c.once('ready', () => resolve()));
+    const one = { ...limits, concurrent_sessions: 1 };
+    try {
+      const l = new Limiter({ redis: c, keyPrefix: 'douane', onFailure: 'insurance', deadlineMs: 300, metrics: new Metrics({ version: 't', defaultMetrics: false }), log });
+      const expiresAt = Date.now() + 1_860_000;
+      await own.crash();
+      await l.sessionOpened('a@x.test', 'A', expiresAt);
+      expect((await l.countMessage('a@x.test', one, 100, undefined, { id: 'A', expiresAt })).judge(one).facts).toMatchObject({ degraded: true, exceeded: [] });
+      await own.revive();
+      await new Promise<void>((resolve) => (c.status === 'ready' ? resolve() : c.once('ready', () => resolve())));
+      await l.sessionClosed('a@x.test', 'A');
+      await own.crash();
+      await l.sessionOpened('a@x.test', 'B', expiresAt);
+      expect((await l.countMessage('a@x.test', one, 100, undefined, { id: 'B', expiresAt })).judge(one).facts).toMatchObject({ degraded: true, exceeded: [], usage: { concurrent_sessions: 1 } });
+    } finally {
+      c.disconnect();
+      await own.stop();
+    }
+  });
+});
