@@ -86,7 +86,8 @@ export class Policy {
   /**
    * The account's plan and limits. The plan: the account's entry, then its domain's, then the one the
    * lifecycle API reports (`reportedPlan`, when the policy defines it), then default_plan; each limit:
-   * the account's entry, then its domain's, then the plan's.
+   * the account's entry, then its domain's, then the plan's. An account entry that names its plan takes
+   * that plan's limits, not its domain's: the account entry wins.
    */
   account(name: string, reportedPlan?: string): AccountPolicy {
     const key = comparableAddress(name);
@@ -97,7 +98,8 @@ export class Policy {
     const planName = acct?.plan ?? dom?.plan ?? reported ?? this.doc.default_plan;
     const base = this.doc.plans[planName]!;
     const limits = {} as Limits;
-    for (const n of LIMIT_NAMES) limits[n] = acct?.[n] ?? dom?.[n] ?? base[n];
+    const domainLimits = acct?.plan === undefined ? dom : undefined;
+    for (const n of LIMIT_NAMES) limits[n] = acct?.[n] ?? domainLimits?.[n] ?? base[n];
     return {
       plan: planName,
       limits,

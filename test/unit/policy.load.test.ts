@@ -296,6 +296,25 @@ describe('policy loading', () => {
     expect(loadPolicy(dir).account('someone@client-shop.example').plan).toBe('pro');
   });
 
+  it('gives an account entry that names a plan that plan\'s limits, not its domain\'s (the account entry wins)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const limits = join(dir, 'limits.yaml');
+    writeFileSync(limits, readFileSync(limits, 'utf8').replace('  client-shop.example:\n    plan: pro\n', '  client-shop.example:\n    plan: pro\n    recipients_per_hour: 7\n'));
+    const policy = loadPolicy(dir);
+    // Named its plan (entreprise) and one limit of its own: the rest is entreprise's.
+    const own = policy.account('newsletter@client-shop.example');
+    expect(own.plan).toBe('entreprise');
+    expect(own.limits.recipients_per_hour).toBe(5000);
+    expect(own.limits.messages_per_day).toBe(policy.doc.plans.entreprise!.messages_per_day);
+    // Another account of the domain: the domain's plan and its limit.
+    expect(policy.account('someone@client-shop.example').limits.recipients_per_hour).toBe(7);
+    writeFileSync(limits, readFileSync(limits, 'utf8').replace('    recipients_per_hour: 5000\n', '').replace('  client-shop.example:\n    plan: pro\n    recipients_per_hour: 7\n', '  client-shop.example:\n    plan: pro\n    recipients_per_hour: 7\n    recipients_per_day: 9\n'));
+    const named = loadPolicy(dir).account('newsletter@client-shop.example');
+    expect(named.limits.recipients_per_hour).toBe(loadPolicy(dir).doc.plans.entreprise!.recipients_per_hour);
+    expect(named.limits.recipients_per_day).toBe(loadPolicy(dir).doc.plans.entreprise!.recipients_per_day);
+  });
+
   it('lets a plan copy another with a YAML merge key (<<: *standard)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('policies', dir, { recursive: true });
