@@ -316,11 +316,14 @@ describe('strike ladder', () => {
 });
 
 describe('throttle', () => {
-  it('scales every limit by the factor, never below 1', () => {
+  it('scales the rate and volume limits by the factor, never below 1; not the sessions at once nor the recipients of one message', () => {
     const limits = loadPolicy('policies').account('x@example.net').limits;
     const t = throttled(limits, 0.2);
     expect(t.messages_per_hour).toBe(20);
-    expect(t.concurrent_sessions).toBe(1);
+    expect(t.bytes_per_day).toBe(Math.floor(limits.bytes_per_day * 0.2));
+    expect(throttled({ ...limits, messages_per_minute: 3 }, 0.2).messages_per_minute).toBe(1);
+    expect(t.concurrent_sessions).toBe(limits.concurrent_sessions);
+    expect(t.recipients_per_message).toBe(limits.recipients_per_message);
     expect(throttled(limits, undefined)).toBe(limits);
   });
 });
