@@ -27,6 +27,7 @@ import { comparableAddress, domainOf } from '../policy/facts.js';
 import { accountTag, type RedisClient } from './redis.js';
 import { LateCounts, mayRunLate, type Unanswered } from './late-counts.js';
 import { InsuredStructures, MemoryStructures, RedisStructures, type Structures } from './structures.js';
+import { clientNetwork } from '../validate/net.js';
 
 const MINUTE = 60;
 const HOUR = 3600;
@@ -508,8 +509,9 @@ export class Limiter implements LimiterPort {
    * window's clock and keep a guesser's failures alive for the holder's every login). Blocked: while the
    * record lasts, and while the window's failures are over the limit (a limit lowered by a reload).
    */
-  async authAttempt(ip: string, account: string, limits: AuthLimits): Promise<AuthAttempt> {
+  async authAttempt(address: string, account: string, limits: AuthLimits): Promise<AuthAttempt> {
     const { failures_per_ip: pi, failures_per_account: pa } = limits;
+    const ip = clientNetwork(address);
     const ipLimiter = this.limiter('auth_ip', pi.limit, pi.window / 1000);
     const accountLimiter = this.limiter('auth_account', pa.limit, pa.window / 1000);
     const ipBlock = this.limiter('auth_ip_block', 1, (pi.block || pi.window) / 1000);

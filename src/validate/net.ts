@@ -69,3 +69,18 @@ export function canonicalIp(address: string): string {
   const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
   return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
+
+/**
+ * The network a client address stands for when counting its failures: an IPv4 address itself, an IPv6
+ * one's /64 (one host gets a whole /64, and can pick a new address in it for every attempt).
+ */
+export function clientNetwork(address: string): string {
+  const ip = canonicalIp(address);
+  if (!isIPv6(ip)) return ip;
+  // Expanded to its eight groups, then the first four kept.
+  const [head = '', tail = ''] = ip.split('::');
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  const groups = ip.includes('::') ? [...left, ...Array(8 - left.length - right.length).fill('0'), ...right] : left;
+  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
+}

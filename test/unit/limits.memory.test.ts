@@ -6,6 +6,7 @@ import { Limiter, type AuthLimits } from '../../src/limits/limiter.js';
 import { throttled } from '../../src/limits/throttle.js';
 import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
+import { clientNetwork } from '../../src/validate/net.js';
 import { loadPolicy } from '../../src/policy/load.js';
 
 const base = loadPolicy('fixtures/policies/small-limits').account('roomy@example.test').limits;
@@ -131,6 +132,20 @@ describe('in-memory limits', () => {
     const refused = await l.authAttempt('203.0.113.5', 'v@x.test', after);
     expect(refused.blocked).toBe('account');
     expect(refused.retryAfter).toBeGreaterThan(1700);
+  });
+
+  it('counts an IPv6 client\'s failures by its /64, where it could take a new address for every attempt', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 3, window: 60_000, block: 60_000 }, failures_per_account: { limit: 100, window: 60_000, block: 60_000 } };
+    for (let i = 1; i <= 4; i++) await (await l.authAttempt(`2001:db8:7:1::${i.toString(16)}`, `user${i}@x.test`, limits)).settle('failed');
+    expect((await l.authAttempt('2001:db8:7:1:ffff:ffff:ffff:fffe', 'other@x.test', limits)).blocked).toBe('ip');
+    // The next /64, and an IPv4 client, are others.
+    expect((await l.authAttempt('2001:db8:7:2::1', 'other@x.test', limits)).blocked).toBeUndefined();
+    expect((await l.authAttempt('192.0.2.1', 'other@x.test', limits)).blocked).toBeUndefined();
+    expect(clientNetwork('2001:DB8:0:1::25')).toBe('2001:db8:0:1::/64');
+    expect(clientNetwork('::1')).toBe('0:0:0:0::/64');
+    expect(clientNetwork('::ffff:192.0.2.7')).toBe('192.0.2.7');
+    expect(clientNetwork('192.0.2.7')).toBe('192.0.2.7');
   });
 
   it('an attempt the upstream could not check, settled after a login worked, gives back its own point only', async () => {
