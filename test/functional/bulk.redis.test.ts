@@ -147,7 +147,8 @@ describe('bulk counter on Redis', () => {
     // A third account later still: the same end.
     await c.count(uniqueMessage(2), 'erin@example.test', ['frank@example.net'], WINDOW);
     const endsAt = (key: string) => Number(redis.cli('pexpiretime', key));
-    expect(endsAt(`${band}:a:erin@example.test`)).toBe(endsAt(`${band}:g`));
+    // The same end, to the millisecond Redis's clock may move between the script's PTTL and its PEXPIRE.
+    expect(Math.abs(endsAt(`${band}:a:erin@example.test`) - endsAt(`${band}:g`))).toBeLessThanOrEqual(1);
   });
 
   it('goes on with counters an earlier version made without the band key', async () => {
