@@ -151,6 +151,8 @@ interface BandSets {
   all: Set<string>;
   accounts: Set<string>;
   expiresAt: number;
+  /** values held in its sets, counted against MAX_VALUES */
+  values: number;
 }
 
 /**
@@ -166,8 +168,16 @@ interface FirstSighting {
 
 type Band = BandSets | FirstSighting;
 
-/** Sets larger than this stop growing: the count is already far past any sane threshold. */
-const MEMORY_CAP = 100_000;
+/**
+ * A band's sets stop growing at this size (each account's, all recipients, the accounts): the count is
+ * then far past any sane threshold, and one campaign from many accounts cannot fill the memory.
+ */
+const MEMORY_CAP = 10_000;
+/**
+ * Values kept in all the bands' sets together, at most (some 100 MB): past it the oldest bands are
+ * forgotten first, as past MAX_BANDS.
+ */
+const MAX_VALUES = 3_000_000;
 /**
  * Bands kept in memory, at most (about 20 000 messages seen once, some 120 MB): past it the oldest are
  * forgotten first, and their content counts afresh. Redis keeps a whole window, in any number.
@@ -181,18 +191,33 @@ export class BulkCounter implements BulkPort {
    */
   private readonly memory = new Map<string, Band>();
   private readonly maxBands: number;
+  private readonly maxValues: number;
+  /** values held in all the bands' sets */
+  private values = 0;
   private lastFullSweep = 0;
 
   constructor(
-    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail'; maxBands?: number },
+    private readonly opts: { redis?: RedisClient; keyPrefix: string; deadlineMs: number; metrics: Metrics; log: Logger; now?: () => number; onFailure?: 'insurance' | 'tempfail'; maxBands?: number; maxValues?: number },
   ) {
     opts.redis?.defineCommand('douaneBulkAdd', { lua: BANDS_ADD });
     this.maxBands = opts.maxBands ?? MAX_BANDS;
+    this.maxValues = opts.maxValues ?? MAX_VALUES;
   }
 
   /** bands counted in memory (for tests and metrics) */
   get bandsKept(): number {
     return this.memory.size;
+  }
+
+  /** values held in the bands' sets (for tests) */
+  get valuesKept(): number {
+    return this.values;
+  }
+
+  private forget(band: string): void {
+    const b = this.memory.get(band);
+    if (b && 'all' in b) this.values -= b.values;
+    this.memory.delete(band);
   }
 
   private get now(): number {
@@ -244,14 +269,14 @@ export class BulkCounter implements BulkPort {
     // The oldest first: those whose window ended are at the front.
     for (const [band, b] of this.memory) {
       if (b.expiresAt > now) break;
-      this.memory.delete(band);
+      this.forget(band);
     }
     let sighting: FirstSighting | undefined;
     const shared: BandSets[] = [];
     const counts = bands.map((band): [number, number, number] => {
       let b = this.memory.get(band);
       if (b && b.expiresAt <= now) {
-        this.memory.delete(band);
+        this.forget(band);
         b = undefined;
       }
       if (!b) {
@@ -261,28 +286,44 @@ export class BulkCounter implements BulkPort {
       }
       if (!('all' in b)) {
         // Shared with an earlier message: its first sighting becomes the band's sets, then this one is added.
-        b = { byAccount: new Map([[b.account, new Set(b.rcpts)]]), all: new Set(b.rcpts), accounts: new Set([b.account]), expiresAt: b.expiresAt };
+        b = { byAccount: new Map([[b.account, new Set(b.rcpts)]]), all: new Set(b.rcpts), accounts: new Set([b.account]), expiresAt: b.expiresAt, values: 2 * b.rcpts.length + 1 };
+        this.values += b.values;
         this.memory.set(band, b);
       }
-      const mine = b.byAccount.get(account) ?? new Set<string>();
-      b.byAccount.set(account, mine);
-      for (const r of rcpts) {
-        if (mine.size < MEMORY_CAP) mine.add(r);
-        if (b.all.size < MEMORY_CAP) b.all.add(r);
+      const before = b.values;
+      // Past MEMORY_CAP accounts, a new one's recipients are counted for this message without being kept.
+      let mine = b.byAccount.get(account);
+      if (!mine) {
+        mine = new Set<string>();
+        if (b.accounts.size < MEMORY_CAP) b.byAccount.set(account, mine);
       }
-      b.accounts.add(account);
+      for (const r of rcpts) {
+        if (mine.size < MEMORY_CAP && !mine.has(r)) {
+          mine.add(r);
+          b.values++;
+        }
+        if (b.all.size < MEMORY_CAP && !b.all.has(r)) {
+          b.all.add(r);
+          b.values++;
+        }
+      }
+      if (b.accounts.size < MEMORY_CAP && !b.accounts.has(account)) {
+        b.accounts.add(account);
+        b.values++;
+      }
+      this.values += b.values - before;
       shared.push(b);
       return [mine.size, b.all.size, b.accounts.size];
     });
-    if (shared.length > 1) counts.push([union(shared.map((b) => b.byAccount.get(account)!)), union(shared.map((b) => b.all)), union(shared.map((b) => b.accounts))]);
+    if (shared.length > 1) counts.push([union(shared.map((b) => b.byAccount.get(account) ?? new Set(rcpts))), union(shared.map((b) => b.all)), union(shared.map((b) => b.accounts))]);
     if (this.memory.size > this.maxBands && now - this.lastFullSweep >= 60_000) {
       // Ended bands behind live ones (the window was shortened) go before any live one is forgotten.
       this.lastFullSweep = now;
-      for (const [band, b] of this.memory) if (b.expiresAt <= now) this.memory.delete(band);
+      for (const [band, b] of this.memory) if (b.expiresAt <= now) this.forget(band);
     }
     for (const band of this.memory.keys()) {
-      if (this.memory.size <= this.maxBands) break;
-      this.memory.delete(band);
+      if (this.memory.size <= this.maxBands && this.values <= this.maxValues) break;
+      this.forget(band);
     }
     return counts;
   }

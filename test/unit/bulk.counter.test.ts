@@ -9,8 +9,8 @@ import { Metrics } from '../../src/metrics.js';
 
 const WINDOW = 3_600_000;
 
-function counter(now: () => number, maxBands?: number): BulkCounter {
-  return new BulkCounter({ keyPrefix: 'douane', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }), now, maxBands });
+function counter(now: () => number, maxBands?: number, maxValues?: number): BulkCounter {
+  return new BulkCounter({ keyPrefix: 'douane', deadlineMs: 500, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }), now, maxBands, maxValues });
 }
 
 function message(id: string, bands: string[]): BulkFingerprint {
@@ -37,6 +37,24 @@ describe('bulk counter in memory', () => {
     for (let i = 0; i < 12; i++) last = await c.count(message(`m${i}`, [`p${i % 2}`, `q${i % 3}`, `u${i}`]), 'a@example.test', [`r${i}@example.net`], WINDOW);
     // The last copy (11): p1 reached r1, r3, r5, r7, r9, r11 and q2 r2, r5, r8, r11; together 8 (the largest band, 6).
     expect(last).toMatchObject({ accountRecipients: 8, globalRecipients: 8, globalAccounts: 1 });
+  });
+
+  it('bounds what the bands\' sets hold: each set stops at 10 000, and all of them together at their bound, the oldest forgotten first', async () => {
+    const t = Date.parse('2026-11-02T08:00:00Z');
+    const bands = Array.from({ length: 48 }, (_, b) => `t${b}:campaign`);
+    // One campaign from 400 accounts, 500 recipients each: 200 000 pairs, on every one of 48 bands.
+    const c = counter(() => t, undefined, 50_000);
+    let last;
+    for (let a = 0; a < 400; a++) last = await c.count(message(`m${a}`, bands), `a${a}@example.test`, Array.from({ length: 500 }, (_, r) => `r${a}-${r}@example.net`), WINDOW);
+    expect(c.valuesKept).toBeLessThanOrEqual(50_000);
+    // The counts go on meanwhile: this message's own 500 at least.
+    expect(last!.accountRecipients).toBeGreaterThanOrEqual(500);
+    // One account's set of one band: 10 000 at most, however many recipients.
+    const big = counter(() => t);
+    await big.count(message('x', ['solo', 'other']), 'a@example.test', ['first@example.net'], WINDOW);
+    const counted = await big.count(message('y', ['solo']), 'a@example.test', Array.from({ length: 20_000 }, (_, r) => `r${r}@example.net`), WINDOW);
+    expect(counted).toMatchObject({ accountRecipients: 10_000, globalRecipients: 10_000 });
+    expect(big.valuesKept).toBeLessThanOrEqual(20_001);
   });
 
   it('forgets bands whose window ended, and the oldest past its bound', async () => {
