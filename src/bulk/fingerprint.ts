@@ -31,7 +31,7 @@ export interface FingerprintOptions {
 /** A good minTextLength: about two short lines. Below it, texts are too short to tell apart reliably. */
 export const DEFAULT_MIN_TEXT_LENGTH = 80;
 
-type Content = Pick<MessageFacts, 'subject' | 'body' | 'attachments'>;
+type Content = Pick<MessageFacts, 'subject' | 'body' | 'attachments' | 'shownBody'>;
 
 // --- parameters (changing any of them changes every key: bump VERSION so old counts are not mixed in) ---
 
@@ -127,7 +127,9 @@ export function normalise(text: string): string {
  * a campaign cannot escape the count by writing itself as a quote, under a few lines of its own or none.
  */
 function textsToSign(message: Content, minTextLength: number): { prefix: string; sig: Uint32Array }[] {
-  const body = message.body.length > MAX_CHARS ? message.body.slice(0, MAX_CHARS) : message.body;
+  // What the reader is shown: an alternative no one reads must not set the copies apart.
+  const text = message.shownBody ?? message.body;
+  const body = text.length > MAX_CHARS ? text.slice(0, MAX_CHARS) : text;
   const { own, quoted } = splitBody(body);
   const signed: { prefix: string; words: Words }[] = [];
   const ownWords = scan(prepare(own), MAX_WORDS);

@@ -152,6 +152,8 @@ export class MessageInspector {
   private sender: string | undefined;
   private subject = '';
   private body: string[] = [];
+  /** the part each piece of the body comes from (none: an attached message's text) */
+  private bodyParts: (MimeNode | undefined)[] = [];
   private bodyBytes = 0;
   private readonly urls: UrlSet;
   private attachments: AttachmentFacts[] = [];
@@ -257,6 +259,8 @@ export class MessageInspector {
       urls: this.urls.list(),
       attachments: this.attachments,
     };
+    const shown = this.shownBody();
+    if (shown !== undefined) facts.shownBody = shown;
     if (this.sender !== undefined) facts.sender = this.sender;
     if (this.limitExceeded) facts.mimeLimitExceeded = this.limitExceeded;
     if (this.ambiguous) facts.mimeAmbiguous = this.ambiguous;
@@ -273,12 +277,28 @@ export class MessageInspector {
   }
 
   /** Adds a part's text to the body, as much as the text budget has room for. */
-  private keepBody(text: string): void {
+  private keepBody(text: string, part?: MimeNode): void {
     const room = this.maxText - this.bodyBytes;
     const kept = room > 0 ? truncateUtf8(text, room) : '';
     if (!kept) return;
     this.body.push(kept);
+    this.bodyParts.push(part);
     this.bodyBytes += Buffer.byteLength(kept) + 1;
+  }
+
+  /**
+   * The body as a mail program shows it, when that is less than the body: of a multipart/alternative, the
+   * last alternative with text (a program shows one; the body has them all, for the rules). A sender
+   * could otherwise put words that differ in every copy in an alternative no one reads.
+   */
+  private shownBody(): string | undefined {
+    // For each alternative, the child its last text came from.
+    const chains = this.bodyParts.map((part) => alternatives(part));
+    const last = new Map<MimeNode, MimeNode>();
+    for (const chain of chains) for (const [alternative, child] of chain) last.set(alternative, child);
+    if (last.size === 0) return undefined;
+    const shown = this.body.filter((_, i) => chains[i]!.every(([alternative, child]) => last.get(alternative) === child));
+    return shown.length === this.body.length ? undefined : shown.join('\n');
   }
 
   /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */
@@ -485,7 +505,7 @@ export class MessageInspector {
     const rest = leaf.decoder.end();
     if (rest.length) this.consume(leaf, rest);
     if (leaf.decoder.ambiguous) this.ambiguous ??= 'base64-padding';
-    if (leaf.text) this.finishText(leaf.text);
+    if (leaf.text) this.finishText(leaf.text, leaf.node);
     if (leaf.attachment) this.finishAttachment(leaf.attachment);
     if (leaf.signed) {
       this.readSigned(leaf, leaf.signed.end());
@@ -504,7 +524,7 @@ export class MessageInspector {
     }
   }
 
-  private finishText(t: TextPart): void {
+  private finishText(t: TextPart, node: MimeNode): void {
     if (t.wide) t.urls?.push(t.wide.decode());
     t.urls?.end();
     if (t.uu) this.attachments.push(...t.uu.end(t.charset));
@@ -520,7 +540,7 @@ export class MessageInspector {
       scanner.end();
     }
     if (!t.html && !t.uu) for (const file of uuencodedFiles(text)) this.attachments.push(file);
-    this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text));
+    this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text), node);
   }
 
   private finishAttachment(a: AttachmentPart): void {
@@ -994,4 +1014,13 @@ function truncateUtf8(text: string, bytes: number): string {
   let end = bytes;
   while (end > 0 && (buf[end]! & 0xc0) === 0x80) end--;
   return buf.toString('utf8', 0, end);
+}
+
+/** The multipart/alternative parts above a part, each with its child the part is in. */
+function alternatives(part: MimeNode | undefined): [MimeNode, MimeNode][] {
+  const out: [MimeNode, MimeNode][] = [];
+  for (let child = part, parent = part?.parentNode; child && parent; child = parent, parent = parent.parentNode) {
+    if (parent.contentType === 'multipart/alternative') out.push([parent, child]);
+  }
+  return out;
 }

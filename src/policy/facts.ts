@@ -33,6 +33,8 @@ export interface MessageFacts {
   subject: string;
   /** text of the message (text parts, HTML converted), bounded for matching */
   body: string;
+  /** the body as a mail program shows it, when less: of each multipart/alternative, the last alternative's text */
+  shownBody?: string;
   urls: string[];
   attachments: AttachmentFacts[];
   /** MIME structure beyond the configured limits (parts, depth, header size) */

@@ -105,6 +105,19 @@ describe('MIME inspector: fixtures', () => {
     expect(f.attachments).toEqual([]);
   });
 
+  it('keeps apart what a mail program shows: of each multipart/alternative, the last alternative with text', async () => {
+    const alt = (plain: string, html: string, b: string) => [`Content-Type: multipart/alternative; boundary="${b}"`, '', `--${b}`, 'Content-Type: text/plain', '', plain, `--${b}`, 'Content-Type: text/html', '', html, `--${b}--`, ''].join('\r\n');
+    const mixed = Buffer.from(
+      ['From: a@example.test', 'Subject: s', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="M"', '', '--M', alt('decoy words nobody reads', '<p>The offer everyone sees</p>', 'A'), '--M', 'Content-Type: text/plain', 'Content-Disposition: inline', '', 'A note shown after it', '--M--', ''].join('\r\n'),
+    );
+    const f = await inspect(mixed);
+    expect(f.body).toContain('decoy words nobody reads');
+    expect(f.shownBody).toBe('The offer everyone sees\nA note shown after it');
+    // Nothing to leave out: no shown body of its own.
+    expect((await inspect(load('qp-latin1.eml'))).shownBody).toBeUndefined();
+    expect((await inspect(Buffer.from(['Subject: s', 'MIME-Version: 1.0', alt('', '<p>only html</p>', 'B')].join('\r\n')))).shownBody).toBeUndefined();
+  });
+
   it('qp-latin1.eml: quoted-printable ISO-8859-1 body and RFC 2047 headers come out as proper text', async () => {
     const f = await inspect(load('qp-latin1.eml'));
     expect(f.subject).toBe('Réunion du comité');
