@@ -109,7 +109,9 @@ export async function releaseMessage(
       await audit().catch(() => undefined);
       throw new ReleaseError(`${id} was delivered (${formatReply(reply)}), but that could not be recorded in the entry (${(err as Error).message}): do not release it again`);
     }
-    await audit();
+    await audit().catch((err: Error) => {
+      throw new ReleaseError(`${id} was delivered (${formatReply(reply)}) and marked released, but the audit trail could not be written (${err.message}): record the release by hand`);
+    });
     return released;
   } finally {
     await client?.quit();
