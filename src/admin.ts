@@ -132,7 +132,7 @@ export class AdminServer {
     try {
       body = req.method === 'POST' ? await readJson(req) : {};
     } catch (err) {
-      return send(400, { error: `the request body must be a JSON object of at most 64 KB: ${(err as Error).message}` });
+      return send(err instanceof TooLarge ? 413 : 400, { error: `the request body must be a JSON object of at most 64 KB: ${(err as Error).message}` });
     }
     let parts: string[];
     try {
@@ -164,6 +164,9 @@ export class AdminServer {
           // A misspelt key must not be dropped for a default: {"Action": "suspend_sending"} would lock the account.
           const unknown = Object.keys(body).filter((k) => !SUSPEND_KEYS.includes(k));
           if (unknown.length) return send(400, { error: `unknown field ${unknown.map((k) => JSON.stringify(k)).join(', ')}; a suspension takes ${SUSPEND_KEYS.join(', ')}` });
+          // A reason or reference that is not text would be replaced by the default without a word.
+          const notText = ['reason', 'reference'].filter((k) => body[k] !== undefined && typeof body[k] !== 'string');
+          if (notText.length) return send(400, { error: `${notText.join(' and ')} must be text (a JSON string)` });
           // A misspelt action must not fall back to the heavier one: it would lock the account in Zimbra.
           if (body.action !== undefined && body.action !== 'suspend_sending' && body.action !== 'suspend_account') {
             return send(400, { error: `action must be suspend_account (the default) or suspend_sending, not ${JSON.stringify(body.action)}` });
@@ -284,13 +287,15 @@ export function cachedProbe(probe: ReadinessProbe, ttlMs: number): ReadinessProb
 
 const SUSPEND_KEYS = ['action', 'for_ms', 'reason', 'reference'];
 
+class TooLarge extends Error {}
+
 async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   // Decoded whole: a character whose bytes come in two TCP segments would be lost decoding each apart.
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > 65_536) throw new Error('request body too large');
+    if (size > 65_536) throw new TooLarge('request body too large');
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString('utf8');

@@ -264,6 +264,10 @@ describe('the strike ladder, end to end', () => {
       expect(res.status).toBe(400);
       expect(((await res.json()) as { error: string }).error).toBe(`unknown field ${JSON.stringify(Object.keys(body)[0])}; a suspension takes action, for_ms, reason, reference`);
     }
+    // A reason that is not text is refused, not replaced by the default; a body past 64 KB is 413.
+    const numeric = await post(JSON.stringify({ action: 'suspend_sending', reason: 42 }));
+    expect([numeric.status, ((await numeric.json()) as { error: string }).error]).toEqual([400, 'reason must be text (a JSON string)']);
+    expect((await post(JSON.stringify({ reason: 'x'.repeat(70_000) }))).status).toBe(413);
     // A path that is not well percent-encoded, or has more to it than a route: 400 and 404, nothing done.
     expect((await call('full-access-token-0001', 'GET', '/accounts/%ZZ')).status).toBe(400);
     expect((await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend/now', 'cli:root', { action: 'suspend_sending' })).status).toBe(404);
