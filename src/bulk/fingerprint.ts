@@ -64,6 +64,8 @@ const SMALL_IMAGE_BYTES = 10_240;
 const MIN_ATTACHMENT_BYTES = 64;
 /** A signature after "-- " is at most this many lines (more is not a signature, and is kept as text). */
 const SIGNATURE_MAX_LINES = 8;
+/** A quote is fingerprinted beside the sender's own text when it is this many times longer. */
+const QUOTE_SHARE = 4;
 
 // --- public API ---------------------------------------------------------------------------------------
 
@@ -122,9 +124,10 @@ export function normalise(text: string): string {
 
 /**
  * The signatures to band: of the sender's own text with the subject ('t'), and of the quoted text with the
- * subject under another prefix ('q'), each when long enough. A short reply ("ok, thanks") above a long
- * quote is then not counted as the quoted author's content (its 't' keys would match the original's), and
- * a campaign cannot escape the count by writing itself as a quote, under a few lines of its own or none.
+ * subject under another prefix ('q'), each when long enough, the quote only when it is most of the
+ * message. A short reply ("ok, thanks") above a long quote is then not counted as the quoted author's
+ * content (its 't' keys would match the original's), and a campaign cannot escape the count by writing
+ * itself as a quote, under a few lines of its own or none.
  */
 function textsToSign(message: Content, minTextLength: number): { prefix: string; sig: Uint32Array }[] {
   // What the reader is shown: an alternative no one reads must not set the copies apart.
@@ -134,9 +137,12 @@ function textsToSign(message: Content, minTextLength: number): { prefix: string;
   const signed: { prefix: string; words: Words }[] = [];
   const ownWords = scan(prepare(own), MAX_WORDS);
   if (ownWords.count > 0 && ownWords.length >= minTextLength) signed.push({ prefix: 't', words: ownWords });
-  if (quoted !== '') {
-    const quotedWords = scan(prepare(quoted), MAX_WORDS);
-    if (quotedWords.count > 0 && quotedWords.length >= minTextLength) signed.push({ prefix: 'q', words: quotedWords });
+  // The quote too, when it is most of the message: a few words above a long "quote" are how a campaign
+  // would hide in one. A message of its own above a disclaimer or a thread is its own text only, so that a
+  // person's every message does not add up through the footer they all carry.
+  const quotedWords = quoted === '' ? undefined : scan(prepare(quoted), MAX_WORDS);
+  if (quotedWords && quotedWords.count > 0 && quotedWords.length >= minTextLength && (signed.length === 0 || ownWords.length * QUOTE_SHARE < quotedWords.length)) {
+    signed.push({ prefix: 'q', words: quotedWords });
   }
   if (signed.length === 0) return [];
   // A subject is a line (RFC 5322: 998 characters); one unfolded over a header's whole room is cut there.
