@@ -1,7 +1,8 @@
 // Counts, for each band of a message's content fingerprint, the distinct recipients it reached from this
 // account, from all accounts, and how many accounts sent it, within the bulk window. Two messages that
-// share a band are "the same content" (src/bulk/fingerprint.ts), so a message's counts are those of all its
-// bands together: copies that vary share different bands from copy to copy, and add up. Redis (HyperLogLog: constant memory per band, ~0.8% error) when configured, shared by
+// share a band are "the same content" (src/bulk/fingerprint.ts), so a message's counts are the largest
+// over its bands. (Not their union: a template's messages, order confirmations alike but different, share
+// a band here and there, and would add up past a campaign's threshold.) Redis (HyperLogLog: constant memory per band, ~0.8% error) when configured, shared by
 // every instance — the same campaign sent through many accounts shows across accounts and instances;
 // exact sets in memory otherwise, and as insurance when Redis fails.
 // Every recipient a content was sent to is counted, refused ones too: a campaign stays recognised.
@@ -32,7 +33,7 @@ export interface BulkPort {
 // counter left, and its next sighting is a first one again.
 // KEYS: each band's key. ARGV: window (ms), account, most recipients kept in a first sighting, recipient
 // count, recipients. The counters' keys are the band's key with a suffix: same hash tag, same slot.
-// Returns each count over all the bands together (their union), at least the largest band's.
+// Returns the largest of each count over the bands.
 const BANDS_ADD = `
 local window = ARGV[1]
 local account = ARGV[2]
@@ -65,9 +66,6 @@ local function addAll(key, values, from, to, ttl)
   return redis.call('PFCOUNT', key)
 end
 local best = {0, 0, 0}
--- The counters of every band that has them: a campaign whose copies vary share different bands from copy
--- to copy, and its size is what all of them reached together (PFCOUNT of several keys counts their union).
-local aKeys, gKeys, nKeys = {}, {}, {}
 for b = 1, #KEYS do
   local band = KEYS[b]
   local a, g, c
@@ -98,18 +96,10 @@ for b = 1, #KEYS do
     c = addAll(band .. ':n', ARGV, 2, 2, left)
     -- A counter made now lives a window: so does the band's key from now on.
     if madeCounter or seen ~= '*' then redis.call('SET', band, '*', 'PX', window) end
-    aKeys[#aKeys + 1] = band .. ':a:' .. account
-    gKeys[#gKeys + 1] = band .. ':g'
-    nKeys[#nKeys + 1] = band .. ':n'
   end
   if a > best[1] then best[1] = a end
   if g > best[2] then best[2] = g end
   if c > best[3] then best[3] = c end
-end
-if #aKeys > 1 then
-  best[1] = math.max(best[1], redis.call('PFCOUNT', unpack(aKeys)))
-  best[2] = math.max(best[2], redis.call('PFCOUNT', unpack(gKeys)))
-  best[3] = math.max(best[3], redis.call('PFCOUNT', unpack(nKeys)))
 end
 return best`;
 
@@ -126,25 +116,6 @@ type Scripted = RedisClient & { douaneBulkAdd(...args: (string | number)[]): Pro
  * all of a message's bands. Bulk counting then loads that node more than the others (documented).
  */
 const TAG = '{douane-bulk}';
-
-/**
- * How many distinct values the sets hold together. Past UNION_WORK values in all, the largest set's size:
- * with 48 bands that is already over 400, past any bulk threshold, and the exact union would cost a
- * message milliseconds.
- */
-function union(sets: Set<string>[]): number {
-  let largest = sets[0]!;
-  let total = 0;
-  for (const set of sets) {
-    total += set.size;
-    if (set.size > largest.size) largest = set;
-  }
-  if (total > UNION_WORK) return largest.size;
-  const all = new Set(largest);
-  for (const set of sets) if (set !== largest) for (const value of set) all.add(value);
-  return all.size;
-}
-const UNION_WORK = 20_000;
 
 interface BandSets {
   byAccount: Map<string, Set<string>>;
@@ -272,7 +243,6 @@ export class BulkCounter implements BulkPort {
       this.forget(band);
     }
     let sighting: FirstSighting | undefined;
-    const shared: BandSets[] = [];
     const counts = bands.map((band): [number, number, number] => {
       let b = this.memory.get(band);
       if (b && b.expiresAt <= now) {
@@ -312,10 +282,8 @@ export class BulkCounter implements BulkPort {
         b.values++;
       }
       this.values += b.values - before;
-      shared.push(b);
       return [mine.size, b.all.size, b.accounts.size];
     });
-    if (shared.length > 1) counts.push([union(shared.map((b) => b.byAccount.get(account) ?? new Set(rcpts))), union(shared.map((b) => b.all)), union(shared.map((b) => b.accounts))]);
     if (this.memory.size > this.maxBands && now - this.lastFullSweep >= 60_000) {
       // Ended bands behind live ones (the window was shortened) go before any live one is forgotten.
       this.lastFullSweep = now;

@@ -100,14 +100,6 @@ describe('bulk counter on Redis', () => {
     expect(await replay(counter(client), messages)).toEqual(expected);
   });
 
-  it('counts copies that vary together, as in memory: what all of a message\'s bands reached', async () => {
-    const c = counter(client);
-    let last;
-    for (let i = 0; i < 12; i++) last = await c.count({ id: `m${i}`, bands: [`p${i % 2}`, `q${i % 3}`, `u${i}`], basis: 'text' } as BulkFingerprint, 'a@example.test', [`r${i}@example.net`], WINDOW);
-    // p1: r1, r3, r5, r7, r9, r11; q2: r2, r5, r8, r11; together 8, where the largest band has 6.
-    expect(last).toMatchObject({ accountRecipients: 8, globalRecipients: 8, globalAccounts: 1 });
-  });
-
   it('keeps a content seen once as one small key per band, and makes its counters when another message shares it', async () => {
     const c = counter(client);
     const before = Number(/used_memory:(\d+)/.exec(redis.cli('info', 'memory'))![1]);
