@@ -20,38 +20,59 @@ const BLOCK = new Set([
 ]);
 const CELL = new Set(['td', 'th']);
 const TAG_NAME = /<(\/?)([A-Za-z][A-Za-z0-9-]{0,31})/y;
-// An element its own attributes hide: the `hidden` attribute, or an inline style a mail program applies
-// (display: none, visibility: hidden, a zero font size, mso-hide: all). Text so hidden is what a bulk
-// mailer pads each copy with (a different one each time), or where it keeps words for filters to read.
-// Classes set in a <style> sheet are not followed. Bounded quantifiers: no backtracking on a long tag.
-const STYLE_ATTRIBUTE = /\sstyle\s{0,9}=\s{0,9}(?:"([^"]*)"|'([^']*)'|([^\s>]*))/i;
-const HIDING_STYLE = /(?:^|;)\s{0,99}(?:display\s{0,9}:\s{0,9}none|visibility\s{0,9}:\s{0,9}hidden|mso-hide\s{0,9}:\s{0,9}all|font-size\s{0,9}:\s{0,9}0+(?:\.0+)?(?:px|pt|em|rem|%)?\s{0,9}(?:!important)?\s{0,9}(?:;|$))/i;
-const QUOTED = /"[^"]*"|'[^']*'/g;
-const HIDDEN_FLAG = /\shidden(?=[\s=/]|$)/i;
+// An element its own attributes hide from every mail program: the `hidden` attribute, or an inline style
+// whose last `display` is `none` (nothing inside can show again). Text so hidden is what a bulk mailer pads
+// each copy with, a different one each time: the bulk fingerprint reads the text without it. The body the
+// rules read keeps it, since a guess wrong here would hide shown text from them. Only <div> and <span>,
+// which a mail program closes with their own end tag or an enclosing element's; classes set in a <style>
+// sheet, visibility and font sizes (which an element inside can undo) are not followed.
+// One attribute: its name, and its value quoted either way or bare. Linear: each branch consumes.
+const ATTRIBUTE = /([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?/g;
+const CSS_COMMENT = /\/\*[\s\S]*?\*\//g;
+const DISPLAY = /(?:^|;)\s*display\s*:\s*([a-z-]+)/gi;
+const HIDEABLE = new Set(['div', 'span']);
+// Elements with no end tag: nothing opens inside them.
+const VOID = new Set(['area', 'base', 'br', 'col', 'embed', 'hr', 'img', 'input', 'link', 'meta', 'param', 'source', 'track', 'wbr']);
 
 /** Whether an opening tag's attributes (the text after its name) hide the element. */
 function hides(attributes: string): boolean {
-  if (!/hidden|none|mso-hide|font-size/i.test(attributes)) return false;
-  const style = STYLE_ATTRIBUTE.exec(attributes);
-  if (style && HIDING_STYLE.test(style[1] ?? style[2] ?? style[3] ?? '')) return true;
-  return HIDDEN_FLAG.test(attributes.replace(QUOTED, '""'));
+  if (!/hidden|display/i.test(attributes)) return false;
+  // A browser takes the first of two attributes of one name.
+  const seen = new Set<string>();
+  for (const m of attributes.matchAll(ATTRIBUTE)) {
+    const name = m[1]!.toLowerCase();
+    if (seen.has(name)) continue;
+    seen.add(name);
+    if (name === 'hidden') return true;
+    if (name !== 'style') continue;
+    const css = (m[2] ?? m[3] ?? m[4] ?? '').replace(CSS_COMMENT, ' ');
+    // The last declaration wins.
+    let display: string | undefined;
+    for (const d of css.matchAll(DISPLAY)) display = d[1]!.toLowerCase();
+    if (display === 'none') return true;
+  }
+  return false;
 }
-// Elements whose content it hides: those a mail program closes only with their end tag, and <p>, which the
-// next block closes. (Elements with optional end tags in tables and lists are left alone.)
-const HIDEABLE = new Set(['div', 'span', 'p', 'table', 'center', 'font', 'section', 'a', 'b', 'i', 'u', 'strong', 'em', 'small', 'label', 'article', 'aside', 'header', 'footer', 'blockquote', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6']);
 
 /**
- * The visible text of `html`, at most about `maxChars` characters (the markup past what that needs is not
- * looked at).
+ * The text of `html` a reader sees, at most about `maxChars` characters (the markup past what that needs is
+ * not looked at): tags, comments, script and style content dropped.
  */
 export function htmlToText(html: string, maxChars: number): string {
-  let out: string[] = [];
+  return htmlToTexts(html, maxChars).text;
+}
+
+/**
+ * The same, and `visible`: without what elements their own attributes hide (see HIDEABLE), for the bulk
+ * fingerprint. The same string when nothing is hidden.
+ */
+export function htmlToTexts(html: string, maxChars: number): { text: string; visible: string } {
+  const out: string[] = [];
   let outLength = 0;
-  /**
-   * Inside an element its attributes hide: its name, how deep in it, and the text outside it. What it
-   * holds is kept apart (not counted against the budget) and dropped when it ends.
-   */
-  let hidden: { name: string; depth: number; before: string[]; length: number } | undefined;
+  let seen: string[] = [];
+  /** inside a hidden element: its name, the elements opened in it, and what it holds until it ends */
+  let hidden: { name: string; open: string[]; held: string[] } | undefined;
+  let hid = false;
   // Whitespace collapses and entities shrink, so convert somewhat more than asked before stopping.
   const budget = maxChars * 2 + 1024;
   const n = html.length;
@@ -59,8 +80,9 @@ export function htmlToText(html: string, maxChars: number): string {
   const emit = (s: string) => {
     out.push(s);
     outLength += s.length;
+    (hidden ? hidden.held : seen).push(s);
   };
-  while (pos < n && (hidden !== undefined || outLength < budget)) {
+  while (pos < n && outLength < budget) {
     const lt = html.indexOf('<', pos);
     if (lt === -1) {
       emit(html.slice(pos));
@@ -95,20 +117,22 @@ export function htmlToText(html: string, maxChars: number): string {
     const closing = m[1] === '/';
     const name = m[2]!.toLowerCase();
     if (hidden) {
-      // Counted by name: the hidden element ends with its own end tag (a <p> also at the next block).
-      if (name === hidden.name) hidden.depth += closing ? -1 : 1;
-      if (hidden.depth === 0 || (hidden.name === 'p' && !closing && BLOCK.has(name) && (name !== 'p' || hidden.depth === 2))) {
-        out = hidden.before;
-        outLength = hidden.length;
-        hidden = undefined;
-        if (closing) continue;
+      if (!closing && !VOID.has(name)) hidden.open.push(name);
+      else if (closing) {
+        const inner = hidden.open.lastIndexOf(name);
+        // The end of an element opened inside; else this one's end, or an enclosing element's, which ends
+        // it too.
+        if (inner >= 0) hidden.open.length = inner;
+        else {
+          const own = name === hidden.name;
+          hidden = undefined;
+          hid = true;
+          if (own) continue;
+        }
       }
-    }
-    if (!hidden && !closing && HIDEABLE.has(name) && hides(html.slice(lt + 1 + name.length, gt))) {
+    } else if (!closing && HIDEABLE.has(name) && hides(html.slice(lt + 1 + name.length, gt))) {
       if (BLOCK.has(name)) emit('\n');
-      hidden = { name, depth: 1, before: out, length: outLength };
-      out = [];
-      outLength = 0;
+      hidden = { name, open: [], held: [] };
       continue;
     }
     if (!closing && HIDDEN.has(name)) {
@@ -123,9 +147,10 @@ export function htmlToText(html: string, maxChars: number): string {
     if (BLOCK.has(name)) emit('\n');
     else if (CELL.has(name)) emit(' ');
   }
+  const text = normalizeText(decodeEntities(out.join(''))).slice(0, maxChars);
   // A hidden element never closed is shown, as far as this goes: text is never dropped on a guess.
-  if (hidden) out = [...hidden.before, ...out];
-  return normalizeText(decodeEntities(out.join(''))).slice(0, maxChars);
+  if (hidden) seen = seen.concat(hidden.held);
+  return { text, visible: hid ? normalizeText(decodeEntities(seen.join(''))).slice(0, maxChars) : text };
 }
 
 /** Collapses runs of spaces, trims lines, keeps at most one blank line: text as it reads. */

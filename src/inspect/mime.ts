@@ -21,7 +21,7 @@ import addressparser from 'nodemailer/lib/addressparser';
 import type { AttachmentFacts, MessageFacts } from '../policy/facts.js';
 import { asciiCompatible, decodeText, fromUtf7, recoder, streamDecoder, UTF7_CHARSET, utf7WordsAsUtf8, type StreamDecoder } from './charset.js';
 import { isUuencode, transferDecoder, uudecodeLine, type TransferDecoder } from './decode.js';
-import { htmlToText, normalizeText } from './html.js';
+import { htmlToTexts, normalizeText } from './html.js';
 import { compressedFileNames, namesDiskImage } from './gzip.js';
 import { namesArchive } from './archive-names.js';
 import { CabLister, defaultName as cabDefaultName } from './cab.js';
@@ -154,6 +154,8 @@ export class MessageInspector {
   private body: string[] = [];
   /** the part each piece of the body comes from (none: an attached message's text) */
   private bodyParts: (MimeNode | undefined)[] = [];
+  /** each piece as a reader sees it (an HTML part without its hidden elements), where that differs */
+  private bodyVisible: (string | undefined)[] = [];
   private bodyBytes = 0;
   private readonly urls: UrlSet;
   private attachments: AttachmentFacts[] = [];
@@ -277,28 +279,31 @@ export class MessageInspector {
   }
 
   /** Adds a part's text to the body, as much as the text budget has room for. */
-  private keepBody(text: string, part?: MimeNode): void {
+  private keepBody(text: string, part?: MimeNode, visible?: string): void {
     const room = this.maxText - this.bodyBytes;
     const kept = room > 0 ? truncateUtf8(text, room) : '';
     if (!kept) return;
     this.body.push(kept);
     this.bodyParts.push(part);
+    this.bodyVisible.push(visible !== undefined && visible !== text ? truncateUtf8(visible, room) : undefined);
     this.bodyBytes += Buffer.byteLength(kept) + 1;
   }
 
   /**
    * The body as a mail program shows it, when that is less than the body: of a multipart/alternative, the
-   * last alternative with text (a program shows one; the body has them all, for the rules). A sender
-   * could otherwise put words that differ in every copy in an alternative no one reads.
+   * last alternative with text (a program shows one; the body has them all, for the rules), and HTML
+   * without what its elements' own attributes hide. A sender could otherwise put words that differ in every
+   * copy where no one reads them. (For the bulk fingerprint only: the rules read everything.)
    */
   private shownBody(): string | undefined {
     // For each alternative, the child its last text came from.
     const chains = this.bodyParts.map((part) => alternatives(part));
     const last = new Map<MimeNode, MimeNode>();
     for (const chain of chains) for (const [alternative, child] of chain) last.set(alternative, child);
-    if (last.size === 0) return undefined;
-    const shown = this.body.filter((_, i) => chains[i]!.every(([alternative, child]) => last.get(alternative) === child));
-    return shown.length === this.body.length ? undefined : shown.join('\n');
+    if (last.size === 0 && this.bodyVisible.every((v) => v === undefined)) return undefined;
+    const shown = this.body.flatMap((text, i) => (chains[i]!.every(([alternative, child]) => last.get(alternative) === child) ? [this.bodyVisible[i] ?? text] : []));
+    const whole = shown.join('\n');
+    return whole === this.body.join('\n') ? undefined : whole;
   }
 
   /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */
@@ -540,7 +545,10 @@ export class MessageInspector {
       scanner.end();
     }
     if (!t.html && !t.uu) for (const file of uuencodedFiles(text)) this.attachments.push(file);
-    this.keepBody(t.html ? htmlToText(text, room) : normalizeText(text), node);
+    if (t.html) {
+      const { text: html, visible } = htmlToTexts(text, room);
+      this.keepBody(html, node, visible);
+    } else this.keepBody(normalizeText(text), node);
   }
 
   private finishAttachment(a: AttachmentPart): void {

@@ -65,7 +65,7 @@ export const FIELDS: Record<string, FieldSpec> = {
   'from.aligned': { type: 'bool', phase: 'data', description: 'every From:/Sender: address belongs to the account (true when there is none: see from.count)', get: (f) => f.fromAligned },
   'sender_header': { type: 'string', phase: 'data', description: 'the address in the Sender: header', get: (f) => f.message?.sender },
   subject: { type: 'string', phase: 'data', description: 'the Subject: header, decoded', get: (f) => f.message?.subject },
-  body: { type: 'string', phase: 'data', description: 'the text of the message (text parts; HTML as a reader sees it, without what its own attributes hide), first 256 KB', get: (f) => f.message?.body },
+  body: { type: 'string', phase: 'data', description: 'the text of the message (text parts; HTML as text), first 256 KB', get: (f) => f.message?.body },
   urls: { type: 'strings', phase: 'data', description: 'URLs found in the text and HTML', get: (f) => f.message?.urls },
   'urls.domains': { type: 'strings', phase: 'data', domain: true, description: 'host names of those URLs', get: (f) => f.message && uniq(f.message.urls.map(hostOf).filter((h): h is string => Boolean(h))) },
   'urls.count': { type: 'number', phase: 'data', description: 'number of URLs', get: (f) => f.message?.urls.length },

@@ -8,7 +8,7 @@ import vm from 'node:vm';
 import iconv from 'iconv-lite';
 import { describe, expect, it, vi } from 'vitest';
 import { transferDecoder } from '../../src/inspect/decode.js';
-import { htmlToText } from '../../src/inspect/html.js';
+import { htmlToTexts, htmlToText } from '../../src/inspect/html.js';
 import { inspectStream, MessageInspector, type InspectLimits } from '../../src/inspect/mime.js';
 import { extractUrls, UrlScanner, UrlSet } from '../../src/inspect/urls.js';
 import type { MessageFacts } from '../../src/policy/facts.js';
@@ -113,6 +113,10 @@ describe('MIME inspector: fixtures', () => {
     const f = await inspect(mixed);
     expect(f.body).toContain('decoy words nobody reads');
     expect(f.shownBody).toBe('The offer everyone sees\nA note shown after it');
+    // Hidden HTML padding: in the body (the rules read it), not in what is shown.
+    const padded = await inspect(Buffer.from(['Subject: s', 'MIME-Version: 1.0', 'Content-Type: text/html', '', '<div style="display:none">qwxz padding vbnm</div><p>The offer</p>', ''].join('\r\n')));
+    expect(padded.body).toContain('qwxz padding vbnm');
+    expect(padded.shownBody).toBe('The offer');
     // Nothing to leave out: no shown body of its own.
     expect((await inspect(load('qp-latin1.eml'))).shownBody).toBeUndefined();
     expect((await inspect(Buffer.from(['Subject: s', 'MIME-Version: 1.0', alt('', '<p>only html</p>', 'B')].join('\r\n')))).shownBody).toBeUndefined();
@@ -967,23 +971,30 @@ describe('HTML to text and URL extraction', () => {
     expect(htmlToText('x'.repeat(1000), 10)).toHaveLength(10);
   });
 
-  it('drops what an element\'s own attributes hide (display:none, visibility:hidden, a zero font size, hidden), nested or not', () => {
-    const hide = (attrs: string, tag = 'div') => htmlToText(`<p>Seen before.</p><${tag} ${attrs}>pad <span>one</span> <${tag}>two</${tag}> three</${tag}><p>Seen after.</p>`, 1000);
-    for (const attrs of ['style="display:none"', "style='DISPLAY : none;max-height:0'", 'style="font-size:0px;color:#fff"', 'style="font-size: 0;"', 'style="visibility:hidden"', 'hidden', 'class=x hidden=""', 'style="mso-hide:all"']) {
-      expect(hide(attrs), attrs).toBe('Seen before.\n\nSeen after.');
+  it('keeps apart, for the bulk fingerprint, what a div or span\'s own attributes hide from every reader; the text keeps it', () => {
+    const both = (html: string) => htmlToTexts(html, 1000);
+    const hide = (attrs: string, tag = 'div') => both(`<p>Seen before.</p><${tag} ${attrs}>pad <span>one</span> <${tag}>two</${tag}> three</${tag}><p>Seen after.</p>`);
+    for (const attrs of ['style="display:none"', "style='DISPLAY : none;max-height:0'", 'style="color:red; display: none !important"', 'hidden', 'class=x hidden=""', 'style="display:block;display:none"']) {
+      const { text, visible } = hide(attrs);
+      expect(visible, attrs).toBe('Seen before.\n\nSeen after.');
+      // The rules read all of it: a wrong guess here must not hide shown text from them.
+      expect(text, attrs).toContain('pad one');
     }
-    for (const tag of ['span', 'table', 'font']) expect(hide('style="display:none"', tag), tag).toBe('Seen before.\n\nSeen after.');
-    // What does not hide: a small font, an attribute that merely mentions the words, a style sheet's class.
-    for (const attrs of ['style="font-size:0.5em"', 'style="font-size:10px"', 'data-note="hidden text"', 'class="hidden"', 'aria-hidden="true"', 'title="display:none"x']) {
-      expect(hide(attrs), attrs).toContain('pad one');
+    expect(hide('style="display:none"', 'span').visible).toBe('Seen before.\n\nSeen after.');
+    // Shown: what an element inside can undo, a comment, a later rule, a style in another attribute's value,
+    // a class, elements a mail program closes by themselves.
+    for (const attrs of ['style="visibility:hidden"', 'style="font-size:0"', 'style="/*;display:none*/"', 'style="display:none;display:block"', 'title=" style=display:none"', 'data-x="hidden"', 'class="hidden"', 'aria-hidden="true"']) {
+      expect(hide(attrs).visible, attrs).toContain('pad one');
     }
-    // A hidden <p> ends where a mail program ends it, at the next block: the text there is seen.
-    expect(htmlToText('<p style="display:none">padding<p>Pay here now</p></p>', 1000)).toBe('Pay here now');
-    expect(htmlToText('<p style="display:none">padding<div>Pay here now</div>', 1000)).toBe('Pay here now');
+    for (const tag of ['p', 'table', 'h1', 'a']) expect(hide('style="display:none"', tag).visible, tag).toContain('pad one');
+    // An enclosing element's end ends the hidden one too, as in a browser.
+    expect(both('<div><span style="display:none">pad</div>Pay here now</span>').visible).toBe('Pay here now');
+    expect(both('<div style="display:none">pad <b>x</b> <span>y</span></div>Pay here now').visible).toBe('Pay here now');
     // Never closed: shown, as far as the markup goes (no text is dropped on a guess).
-    expect(htmlToText('<p>a</p><div style="display:none">b <div>c</div>', 1000)).toBe('a\n\nb\nc');
-    // Hidden padding longer than the room for text does not push the text out.
-    expect(htmlToText(`<div style="display:none">${'junk '.repeat(5000)}</div><p>The offer.</p>`, 100)).toBe('The offer.');
+    expect(both('<p>a</p><div style="display:none">b <div>c</div>').visible).toBe('a\n\nb\nc');
+    // Nothing hidden: the one text.
+    const plain = both('<p>Hello</p>');
+    expect(plain.visible).toBe(plain.text);
   });
 
   it('finds a URL written out in HTML with character references in its scheme, which is shown (and linked) decoded', () => {
