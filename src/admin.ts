@@ -119,9 +119,11 @@ export class AdminServer {
     const send = (status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2) + '\n');
     if (req.method !== 'GET' && caller.scope === 'read') return send(403, { error: `token "${caller.name}" may only read (scope read); suspending, reinstating, approving and resetting the breaker need a token with scope act` });
     // Blank is as good as not declared: the audit trail names no one "".
-    // Percent-encoded UTF-8 (how `douane accounts` sends a login beyond ASCII), else as it came.
+    // Percent-encoded UTF-8 (how `douane accounts` sends a login beyond ASCII), else as it came; read as a
+    // person reads it (compatibility forms folded, invisible and control characters taken out), so that no
+    // look-alike of a reserved name below passes for another.
     const raw = String(req.headers['x-douane-actor'] ?? '');
-    const declared = (raw.includes('%') ? decodedOr(raw) : raw).trim().slice(0, 100) || undefined;
+    const declared = (raw.includes('%') ? decodedOr(raw) : raw).normalize('NFKC').replace(UNSEEN, '').trim().slice(0, 100) || undefined;
     // A named token is verified, what the caller declares is not: both are kept, the verified name first,
     // marked "token:", which no declared actor may start with, in any case.
     if (declared?.toLowerCase().startsWith('token:')) return send(400, { error: 'X-Douane-Actor may not start with "token:": the audit trail keeps that for named tokens' });
@@ -288,6 +290,9 @@ export function cachedProbe(probe: ReadinessProbe, ttlMs: number): ReadinessProb
 const SUSPEND_KEYS = ['action', 'for_ms', 'reason', 'reference'];
 
 class TooLarge extends Error {}
+
+/** Characters a terminal or a log viewer shows as nothing, or obeys: never part of an actor's name. */
+const UNSEEN = /[\p{Cc}\p{Cf}\p{Default_Ignorable_Code_Point}\u2028\u2029]/gu;
 
 async function readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
   // Decoded whole: a character whose bytes come in two TCP segments would be lost decoding each apart.

@@ -34,12 +34,12 @@ export function printable(s: string): string {
 }
 
 /**
- * JSON for a terminal: the characters printable() replaces (C1 controls, bidi overrides) written as \uXXXX
+ * JSON for a terminal: C1 controls, bidi overrides and characters shown as nothing (zero-width, format) written as \uXXXX
  * escapes, which a program reads back as the same text and a terminal shows as text. (JSON.stringify
  * already escapes the C0 controls.)
  */
 export function terminalJson(value: unknown, indent?: number): string {
-  return JSON.stringify(value, null, indent).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return JSON.stringify(value, null, indent).replace(/[\u007f-\u009f\u2028\u2029\p{Cf}\p{Default_Ignorable_Code_Point}]/gu, (c) => (c.length === 1 ? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}` : c.split('').map((u) => `\\u${u.charCodeAt(0).toString(16)}`).join('')));
 }
 
 function addresses(a: AddressObject | AddressObject[] | undefined): string | undefined {

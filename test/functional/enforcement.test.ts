@@ -227,8 +227,10 @@ describe('the strike ladder, end to end', () => {
     const automatic = await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', 'Douane', { action: 'suspend_sending', reason: 'complaint' });
     expect(automatic.status).toBe(400);
     expect(((await automatic.json()) as { error: string }).error).toMatch(/^X-Douane-Actor may not be "douane"/);
-    for (const spelling of ['Token:alice', ' token:alice', 'TOKEN:bob']) {
-      expect((await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', spelling, { action: 'suspend_sending', reason: 'complaint' })).status).toBe(400);
+    // Nor by a look-alike, percent-encoded as `douane accounts` sends a name beyond ASCII: a zero-width
+    // space, a full-width colon, a control character.
+    for (const spelling of ['Token:alice', ' token:alice', 'TOKEN:bob', 'douane%E2%80%8B', '%E2%80%8Btoken:ops', 'token%EF%BC%9Aops', 'douane%00', '%EF%BD%84ouane']) {
+      expect((await call('full-access-token-0001', 'POST', '/accounts/user3@example.test/suspend', spelling, { action: 'suspend_sending', reason: 'complaint' })).status, spelling).toBe(400);
     }
     // A blank actor is no actor: the audit trail does not name someone "".
     const blank = await fetch(`http://127.0.0.1:${server.port}/accounts/user4@example.test/suspend`, {
