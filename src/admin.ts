@@ -155,11 +155,22 @@ export class AdminServer {
       if (parts[0] === 'accounts' && parts.length <= 3 && given && /^[^\s@]+@[^\s@]+$/.test(given)) {
         // An alias from an abuse report's From: is its account, whose state is kept under the account's name.
         const account = await accounts.canonical(given);
-        // What was done under the alias itself while the lifecycle API could not resolve it (a suspension,
-        // a lock in Zimbra) is shown, reinstated and approved with the account's.
-        const alias = given !== account && (await accounts.keptUnder(given)) ? given : undefined;
+        // What was done under an alias itself while the lifecycle API could not resolve it (a suspension,
+        // a lock in Zimbra) is shown, reinstated and approved with the account's, asked by either name: the
+        // address given, and the aliases the lifecycle API lists for the account.
         const op = parts[2] ?? '';
-        if (req.method === 'GET' && op === '') return send(200, alias ? { ...(await accounts.status(account) as object), kept_under_alias: await accounts.status(alias) } : await accounts.status(account));
+        const keptUnderAliases = async (status: unknown): Promise<string[]> => {
+          const listed = ((status as { lifecycle?: { aliases?: string[] } | null }).lifecycle?.aliases ?? []).map(comparableAddress);
+          const names = [...new Set([given, ...listed])].filter((n) => n !== account);
+          const kept = await Promise.all(names.map((n) => accounts.keptUnder(n)));
+          return names.filter((_, i) => kept[i]);
+        };
+        if (req.method === 'GET' && op === '') {
+          const status = await accounts.status(account);
+          const aliases = await keptUnderAliases(status);
+          if (aliases.length === 0) return send(200, status);
+          return send(200, { ...(status as object), kept_under_aliases: Object.fromEntries(await Promise.all(aliases.map(async (a) => [a, await accounts.status(a)]))) });
+        }
         if (req.method === 'GET' && op === 'strikes') return send(200, await accounts.strikes(account));
         if (req.method === 'GET' && op === 'history') return send(200, await accounts.history(account));
         if (req.method === 'POST' && op === 'suspend') {
@@ -185,16 +196,21 @@ export class AdminServer {
           return send(200, await accounts.suspend(account, action, { by: actor, reference: text(body.reference) ?? `manual-${Date.now().toString(36)}`, reason: text(body.reason) ?? 'suspended by hand', until }));
         }
         if (req.method === 'POST' && op === 'reinstate') {
+          const aliases = await keptUnderAliases(await accounts.status(account));
           await accounts.reinstate(account, actor);
-          if (alias) await accounts.reinstate(alias, actor);
+          for (const alias of aliases) await accounts.reinstate(alias, actor);
           return send(200, await accounts.status(account));
         }
         if (req.method === 'POST' && op === 'approve') {
-          const approved = await accounts.approve(account, actor).catch((err: Error) => {
-            if (alias && /waiting for approval/.test(err.message)) return accounts.approve(alias, actor);
-            throw err;
-          });
-          return send(200, approved);
+          // The account's own pending suspension first, else one waiting under an alias.
+          for (const name of [account, ...(await keptUnderAliases(await accounts.status(account)))]) {
+            try {
+              return send(200, await accounts.approve(name, actor));
+            } catch (err) {
+              if (!/waiting for approval/.test((err as Error).message)) throw err;
+            }
+          }
+          return send(409, { error: `no suspension of ${account} is waiting for approval` });
         }
       }
       send(404, { error: 'unknown route: GET /accounts, /accounts/<address>[/strikes|/history], POST /accounts/<address>/suspend|reinstate|approve, GET /breaker, POST /breaker/reset' });

@@ -370,23 +370,33 @@ describe('the strike ladder, end to end', () => {
     expect(zimbra.modifications.filter((m) => m.name === 'user2@example.test' && m.attrs.zimbraAccountStatus?.includes('locked'))).toEqual([]);
   });
 
-  it('an alias suspended while Zimbra was down (kept under the alias) is shown, unlocked and lifted by reinstating the alias once Zimbra is back', async () => {
-    zimbra.addAccount({ name: 'joe@example.test', aliases: ['jo@example.test'] });
+  it('an alias suspended while Zimbra was down (kept under the alias) is shown, unlocked and lifted by reinstating the alias or the account once Zimbra is back', async () => {
+    // Two accounts: one reinstated by its alias, the other by its own name. (Once an alias was resolved, it
+    // is known: a suspension made later goes to the account.)
+    const pairs = [
+      { account: 'joe@example.test', alias: 'jo@example.test', reinstateAs: 'jo@example.test' },
+      { account: 'ann@example.test', alias: 'an@example.test', reinstateAs: 'ann@example.test' },
+    ];
+    for (const p of pairs) zimbra.addAccount({ name: p.account, aliases: [p.alias] });
     const a = await gateway();
     const base = await admin(a);
     const post = (path: string, body: unknown = {}) => fetch(`${base}${path}`, { method: 'POST', headers: { 'x-douane-actor': 'cli:tester', 'content-type': 'application/json' }, body: JSON.stringify(body) });
-    await zimbra.down();
-    // An abuse report names the alias; whose it is cannot be asked now.
-    expect((await post('/accounts/jo@example.test/suspend', { action: 'suspend_account', reason: 'spam complaint' })).status).toBe(200);
-    await zimbra.up();
-    await until('the lock was carried out', () => zimbra.account('joe@example.test')!.status === 'locked', 10_000);
-    // The alias is its account's again: the status says what is kept under the alias.
-    const status = (await (await fetch(`${base}/accounts/jo@example.test`)).json()) as { account: string; suspension: unknown; kept_under_alias?: { account: string; suspension: { action: string } } };
-    expect(status).toMatchObject({ account: 'joe@example.test', suspension: null, kept_under_alias: { account: 'jo@example.test', suspension: { action: 'suspend_account' } } });
-    expect((await post('/accounts/jo@example.test/reinstate')).status).toBe(200);
-    await until('the unlock was carried out', () => zimbra.account('joe@example.test')!.status === 'active', 10_000);
-    expect((await a.gateway.enforcer.status('jo@example.test')).suspension).toBeNull();
-    expect(((await (await fetch(`${base}/accounts`)).json()) as { suspended: string[] }).suspended).toEqual([]);
+    for (const { account, alias, reinstateAs } of pairs) {
+      await zimbra.down();
+      // An abuse report names the alias; whose it is cannot be asked now.
+      expect((await post(`/accounts/${alias}/suspend`, { action: 'suspend_account', reason: 'spam complaint' })).status).toBe(200);
+      await zimbra.up();
+      await until('the lock was carried out', () => zimbra.account(account)!.status === 'locked', 10_000);
+      // The alias is its account's again: the status, asked by either name, says what is kept under the alias.
+      for (const asked of [alias, account]) {
+        const status = (await (await fetch(`${base}/accounts/${asked}`)).json()) as Record<string, unknown>;
+        expect(status, asked).toMatchObject({ account, suspension: null, kept_under_aliases: { [alias]: { account: alias, suspension: { action: 'suspend_account' } } } });
+      }
+      expect((await post(`/accounts/${reinstateAs}/reinstate`)).status).toBe(200);
+      await until('the unlock was carried out', () => zimbra.account(account)!.status === 'active', 10_000);
+      expect((await a.gateway.enforcer.status(alias)).suspension, reinstateAs).toBeNull();
+      expect(((await (await fetch(`${base}/accounts`)).json()) as { suspended: string[] }).suspended).toEqual([]);
+    }
   });
 
   it('reinstating never unlocks what Douane did not lock; a lock has no end date', async () => {
