@@ -1,10 +1,11 @@
 // Counts, for each band of a message's content fingerprint, the distinct recipients it reached from this
 // account, from all accounts, and how many accounts sent it, within the bulk window. Two messages that
 // share a band are "the same content" (src/bulk/fingerprint.ts), so a message's counts are the largest
-// over its bands. (Not their union: a template's messages, order confirmations alike but different, share
-// a band here and there, and would add up past a campaign's threshold.) Redis (HyperLogLog: constant memory per band, ~0.8% error) when configured, shared by
-// every instance — the same campaign sent through many accounts shows across accounts and instances;
-// exact sets in memory otherwise, and as insurance when Redis fails.
+// over its bands (not their union: a template's messages, order confirmations alike but different, share
+// a band here and there, and would add up past a campaign's threshold). Redis (HyperLogLog: constant
+// memory per band, ~0.8% error) when configured, shared by every instance — the same campaign sent
+// through many accounts shows across accounts and instances; exact sets in memory otherwise, and as
+// insurance when Redis fails.
 // Every recipient a content was sent to is counted, refused ones too: a campaign stays recognised.
 
 import type { Logger } from '../log.js';
