@@ -302,8 +302,9 @@ export class MessageInspector {
     for (const chain of chains) for (const [alternative, child] of chain) last.set(alternative, child);
     if (last.size === 0 && this.bodyVisible.every((v) => v === undefined)) return undefined;
     const shown = this.body.flatMap((text, i) => (chains[i]!.every(([alternative, child]) => last.get(alternative) === child) ? [this.bodyVisible[i] ?? text] : []));
-    const whole = shown.join('\n');
-    return whole === this.body.join('\n') ? undefined : whole;
+    // Every piece kept as it is: the body itself.
+    if (shown.length === this.body.length && this.bodyVisible.every((v) => v === undefined)) return undefined;
+    return shown.join('\n');
   }
 
   /** Resolves on the splitter's `event`, or when it fails or closes (nothing more will come then). */

@@ -3,7 +3,7 @@
 import http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AdminServer, type AccountsAdmin } from '../../src/admin.js';
-import { parseCidr } from '../../src/validate/net.js';
+import { parseCidr, type Cidr } from '../../src/validate/net.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
 import { RawSmtp } from '../harness/net.js';
@@ -29,6 +29,22 @@ async function setup(token?: string) {
   for (const [name, probe] of Object.entries(gw.gateway.readinessProbes())) admin.addProbe(name, probe);
   await admin.start();
   return `http://127.0.0.1:${admin.port}`;
+}
+
+/** An admin endpoint without a token whose accounts API only records the suspensions it is asked for. */
+async function recordingAdmin(opts: { without_token_from?: Cidr[] }): Promise<string[]> {
+  const { Metrics } = await import('../../src/metrics.js');
+  const { createLogger } = await import('../../src/log.js');
+  const acted: string[] = [];
+  const accounts = {
+    canonical: async (a: string) => a,
+    overview: async () => ({ suspended: [] }),
+    suspend: async (a: string) => void acted.push(`suspend ${a}`),
+  } as unknown as AccountsAdmin;
+  admin = new AdminServer({ address: '127.0.0.1', port: 0, ...opts }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
+  admin.setAccounts(accounts);
+  await admin.start();
+  return acted;
 }
 
 describe('admin endpoint', () => {
@@ -162,17 +178,7 @@ describe('admin endpoint', () => {
   });
 
   it('without a token, answers the accounts API from admin.without_token_from only; /metrics stays open', async () => {
-    const { Metrics } = await import('../../src/metrics.js');
-    const { createLogger } = await import('../../src/log.js');
-    const acted: string[] = [];
-    const accounts = {
-      canonical: async (a: string) => a,
-      overview: async () => ({ suspended: [] }),
-      suspend: async (a: string) => void acted.push(`suspend ${a}`),
-    } as unknown as AccountsAdmin;
-    admin = new AdminServer({ address: '127.0.0.1', port: 0, without_token_from: [parseCidr('127.0.0.1')!] }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
-    admin.setAccounts(accounts);
-    await admin.start();
+    const acted = await recordingAdmin({ without_token_from: [parseCidr('127.0.0.1')!] });
     // 127.0.0.2 stands for a host of the management network that is not in the list.
     const request = (method: string, path: string, localAddress: string) =>
       new Promise<{ status: number; body: string }>((resolve, reject) => {
@@ -197,18 +203,8 @@ describe('admin endpoint', () => {
   });
 
   it('does not answer the accounts API to a web page (a form posted across sites, a name rebound to this host)', async () => {
-    const { Metrics } = await import('../../src/metrics.js');
-    const { createLogger } = await import('../../src/log.js');
-    const acted: string[] = [];
-    const accounts = {
-      canonical: async (a: string) => a,
-      overview: async () => ({ suspended: [] }),
-      suspend: async (a: string) => void acted.push(`suspend ${a}`),
-    } as unknown as AccountsAdmin;
-    admin = new AdminServer({ address: '127.0.0.1', port: 0 }, new Metrics({ version: 't', defaultMetrics: false }), createLogger({ level: 'silent' }));
-    admin.setAccounts(accounts);
-    await admin.start();
-    const base = `http://127.0.0.1:${admin.port}`;
+    const acted = await recordingAdmin({});
+    const base = `http://127.0.0.1:${admin!.port}`;
     // What a browser sends with a form posted from another site: text/plain, its Origin, Sec-Fetch-Site.
     for (const headers of [{ origin: 'https://evil.example', 'sec-fetch-site': 'cross-site' }, { origin: 'null' }, { 'sec-fetch-site': 'same-origin' }] as Record<string, string>[]) {
       const res = await fetch(`${base}/accounts/victim@example.test/suspend`, { method: 'POST', headers: { 'content-type': 'text/plain', ...headers }, body: '{"reason":"x"}' });
