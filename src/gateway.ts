@@ -78,6 +78,8 @@ const systemClock: Clock = { now: () => Date.now() };
 export class Gateway {
   private readonly listeners: Listener[] = [];
   private readonly sessions = new Map<string, SessionState>();
+  /** errors a listener reported, so that one reported twice is said and counted once */
+  private readonly listenerErrorsSeen = new WeakSet<Error>();
   private readonly perIp = new Map<string, number>();
   private readonly trusted = new Map<string, AddressList>();
   private readonly upstream: UpstreamProvider;
@@ -287,6 +289,10 @@ export class Gateway {
    * offered) or sending plain text to 465 can be found.
    */
   private onListenerError(listener: string, err: Error): void {
+    // A handshake that fails after STARTTLS reaches here twice, with the same error: smtp-server listens
+    // to both of the TLS socket's error events. Said and counted once.
+    if (this.listenerErrorsSeen.has(err)) return;
+    this.listenerErrorsSeen.add(err);
     const e = err as Error & { code?: string; remoteAddress?: string; meta?: { remoteAddress?: string; tlsProtocol?: string | null; message?: string } };
     const tlsFailure = /^(ERR_SSL_|ERR_TLS_|TLSError$)/.test(e.code ?? '') || e.meta?.tlsProtocol !== undefined;
     if (tlsFailure) this.metrics.tlsHandshakeFailures.labels(listener).inc();

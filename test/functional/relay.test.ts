@@ -121,6 +121,36 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     expect(await handshake(strict.gw.port('submissions'), { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.3' })).toBe('TLSv1.3');
   });
 
+  it('a handshake that fails after STARTTLS is said and counted, and leaves no session or upstream connection behind', async () => {
+    const { gw, upstream } = await setup();
+    const sessions = async () => (await gw.metrics.registry.getSingleMetricAsString('douane_sessions_active')).match(/listener="submission"\} (\d+)/)?.[1];
+    // A client on TLS 1.1 only, then one that goes on in plain text after the 220.
+    const tls11 = await RawSmtp.connect(gw.port('submission'));
+    await tls11.reply();
+    await tls11.command('EHLO client.test');
+    expect(await tls11.command('STARTTLS')).toMatch(/^220 /);
+    const raw = (tls11 as unknown as { socket: net.Socket }).socket;
+    raw.removeAllListeners('data');
+    const outcome = await new Promise<string>((resolve) => {
+      const secure = tls.connect({ socket: raw, rejectUnauthorized: false, minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' });
+      secure.once('secureConnect', () => resolve(secure.getProtocol() ?? 'none'));
+      secure.once('error', () => resolve('refused'));
+    });
+    expect(outcome).toBe('refused');
+    expect(await gw.waitForLog((l) => l.event === 'tls_handshake_failed' && l.listener === 'submission')).toMatchObject({ level: 'warn', client: '127.0.0.1', err: expect.stringMatching(/protocol/i) });
+    const plain = await RawSmtp.connect(gw.port('submission'));
+    await plain.reply();
+    await plain.command('EHLO client.test');
+    expect(await plain.command('STARTTLS')).toMatch(/^220 /);
+    plain.write('EHLO client.test\r\n');
+    expect(await plain.reply()).toBe('(closed)');
+    await expect.poll(() => gw.metrics.registry.getSingleMetricAsString('douane_tls_handshake_failures_total')).toMatch(/^douane_tls_handshake_failures_total\{listener="submission"\} 2$/m);
+    // Both sessions are over, and so are the upstream connections they had opened.
+    await expect.poll(sessions).toBe('0');
+    await expect.poll(() => upstream.open).toBe(0);
+    tls11.close();
+  });
+
   it('requires AUTH before MAIL on the submission listener (530 5.7.0)', async () => {
     const { gw, upstream } = await setup();
     const c = await RawSmtp.connect(gw.port('submission'));

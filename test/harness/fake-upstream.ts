@@ -45,6 +45,11 @@ export class FakeUpstream {
   connections = 0;
   private server!: net.Server;
   private sockets = new Set<net.Socket>();
+
+  /** connections open now */
+  get open(): number {
+    return this.sockets.size;
+  }
   port = 0;
 
   constructor(private readonly opts: FakeUpstreamOptions = {}) {}
