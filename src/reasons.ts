@@ -27,6 +27,10 @@ export const REASONS = {
     sentence: 'Session time limit reached; please reconnect.',
     solution: 'A session lasted longer than smtp.session_deadline. Clients reconnect on their own.',
   },
+  'session.idle': {
+    sentence: 'No command received for too long; closing the connection.',
+    solution: 'The client sent nothing for smtp.idle_timeout while it was its turn: a client left connected, a network that dropped it, or a script holding connections open. Clients reconnect when they have mail to send.',
+  },
   'session.shutting_down': {
     sentence: 'This server is restarting; please try again in a moment.',
     solution: 'Douane is draining for a restart. The client retries, possibly through another instance.',

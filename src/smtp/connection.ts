@@ -309,6 +309,8 @@ export class GatewayConnection extends SMTPConnection {
       this.hooks.onProtocolRefusal(this.session, library.reason, reply, this.remoteAddress);
       return super.send(reply.code, formatWire(reply), false);
     }
+    // smtp-server's idle timeout (smtp.idle_timeout): a session Douane ends, said as such.
+    if (code === 421 && data === 'Timeout - closing connection') return this.refuse('session.idle', 'connect');
     if (code === 421 && typeof data === 'string' && /too many (unrecognized|unauthenticated) commands/i.test(data)) {
       return this.refuse('smtp.too_many_errors', 'connect');
     }

@@ -22,6 +22,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'connection.too_many_from_ip': { tempfail: [421, '4.7.0'], close: true },
   'connection.not_allowed': { reject: [554, '5.7.1'], close: true },
   'session.deadline': { tempfail: [421, '4.4.2'], close: true },
+  'session.idle': { tempfail: [421, '4.4.2'], close: true },
   'session.shutting_down': { tempfail: [421, '4.3.2'], close: true },
   'auth.tls_required': { reject: [538, '5.7.11'] },
   'auth.required': { reject: [530, '5.7.0'] },

@@ -220,7 +220,11 @@ describe('slow clients and floods', () => {
     const { gw } = await setup({ smtp: { idle_timeout: '300ms' } });
     const c = await RawSmtp.connect(gw.port('trusted'));
     await c.reply();
-    expect(await c.reply(3000)).toMatch(/^421 /);
+    expect(await c.reply(3000)).toMatch(/^421 4\.4\.2 No command received for too long; closing the connection\. .*Ref D-[0-9A-Z]{6}\.$/);
+    expect(await c.reply()).toBe('(closed)');
+    // A session Douane ended, said with its reason.
+    expect(await gw.waitForLog((l) => l.event === 'refusal')).toMatchObject({ reason: 'session.idle', listener: 'trusted' });
+    await expect.poll(async () => /^douane_sessions_total\{listener="trusted",outcome="(\w+)"\} 1$/m.exec(await gw.metrics.registry.metrics())?.[1]).toBe('ended_by_douane');
   });
 
   it('ends a session that outlives the session deadline even while the client keeps talking', async () => {
