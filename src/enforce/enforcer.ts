@@ -612,7 +612,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       const api = this.deps.lifecycle;
       if (!api) return;
       // A job may wait in the outbox for hours: carry out what is wanted now, not what was wanted then
-      // (a lock queued while the API was down must not land after the account was reinstated).
+      // (a lock queued while the API was down must not land after the account was reinstated). What is
+      // wanted now is read from a state written back first if it was lost meanwhile: a Redis that came
+      // back empty would otherwise have the lock dropped as no longer wanted.
+      await this.restoreIfLost();
       const wanted = (await this.deps.state.account(j.account)).suspension?.action === 'suspend_account' ? 'suspend' : 'reinstate';
       if (j.op !== wanted) {
         await this.deps.audit.append({ action: 'lifecycle_superseded', actor: 'douane', account: j.account, reference: j.reference, op: j.op, now_wanted: wanted });
@@ -642,7 +645,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         }
       } catch (err) {
         if (err instanceof LifecycleError && !err.retryable) {
-          await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message });
+          // Only an account the API does not know fails for good: a lock or an unlock that was decided is
+          // carried out once the API takes it. Credentials refused while an admin password is changed, a
+          // proxy's error page, a state the API will not change now: tried again, and the outbox's
+          // oldest job (alert DouaneOutboxJobTooOld) shows that it waits. The trail says why, once.
+          if (err.kind === 'not_found' || job.attempts === 1) await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message, ...(err.kind === 'not_found' ? {} : { retrying: true }) });
+          if (err.kind !== 'not_found') throw new LifecycleError(err.kind, err.message, true);
         }
         throw err;
       } finally {
@@ -763,12 +771,12 @@ function strikeId(e: StrikeEvent): string {
 /** Strikes kept for later while the enforcement state does not answer, at most (files in the outbox). */
 const MAX_DEFERRED_STRIKES = 10_000;
 
-/** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
 /** Background lookups of whose an address is (see known) at once, at most. */
 const MAX_LEARNING = 100;
 /** Addresses whose account is remembered (see canonical). */
 const MAX_OWNERS = 100_000;
 
+/** One account's lifecycle calls run one at a time, and the newest replaces those still waiting. */
 function lifecycleKey(account: string): string {
   return `lifecycle:${account.toLowerCase()}`;
 }

@@ -6,16 +6,21 @@
 
 import { createHmac } from 'node:crypto';
 import http from 'node:http';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { simpleParser } from 'mailparser';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AdminServer } from '../../src/admin.js';
-import { claimKey, RedisEnforcementState } from '../../src/enforce/state.js';
+import { claimKey, MemoryEnforcementState, RedisEnforcementState } from '../../src/enforce/state.js';
+import { LifecycleError, type LifecycleApi } from '../../src/lifecycle/types.js';
+import { ZimbraAdminApi } from '../../src/lifecycle/zimbra.js';
 import { createLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { loadPolicy } from '../../src/policy/load.js';
 import { EICAR, startClamd, type ClamdInstance } from '../harness/clamd.js';
+import { enforcement } from '../harness/enforcement.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { FakeZimbra } from '../harness/fake-zimbra.js';
 import { startGateway, type TestGateway } from '../harness/gateway.js';
@@ -94,9 +99,10 @@ async function send(gw: TestGateway, from: string, message: string): Promise<{ m
 const eicar = (from: string) => mimeMessage({ from, subject: 'invoice', attachments: [{ name: 'invoice.com', content: Buffer.from(EICAR) }] });
 const clean = (from: string) => `From: ${from}\r\nSubject: hello\r\n\r\nJust a note.\r\n`;
 
-function audit(gw: TestGateway): Record<string, unknown>[] {
+/** The audit trail of a gateway, or of the state directory given. */
+function audit(of: TestGateway | string): Record<string, unknown>[] {
   try {
-    return readFileSync(join(gw.stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    return readFileSync(join(typeof of === 'string' ? of : of.stateDir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   } catch {
     return [];
   }
@@ -159,6 +165,70 @@ describe('the strike ladder, end to end', () => {
     const status = (await (await fetch(`${base}/accounts/user1@example.test`)).json()) as { strikes: { total: number }; suspension: unknown };
     expect(status).toMatchObject({ suspension: null, strikes: { total: 0 } });
     expect(audit(a).some((e) => e.action === 'reinstate' && e.actor === 'cli:tester')).toBe(true);
+  });
+
+  it('a lock waiting in the outbox is carried out even when Redis comes back without its data first', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-lost-'));
+    const client = new Redis(redis.url, { maxRetriesPerRequest: 0 });
+    let apiDown = true;
+    const calls: string[] = [];
+    const lifecycle: LifecycleApi = {
+      kind: 'stub',
+      status: async () => ({ status: 'active' }),
+      suspend: async (a) => {
+        if (apiDown) throw new LifecycleError('unavailable', 'the API is down', true);
+        calls.push(`lock ${a}`);
+        return 'locked';
+      },
+      reinstate: async (a) => void calls.push(`unlock ${a}`),
+    };
+    const state = new RedisEnforcementState(client as never, 'lost');
+    const { enforcer, outbox } = enforcement({ dir, state, lifecycle, policy: loadPolicy('policies'), deadlineMs: 1000 });
+    try {
+      await outbox.start();
+      await enforcer.refreshGauge(); // the state's mark, as the gateway sets it at start
+      await enforcer.suspend('lost@x.test', 'suspend_account', { by: 'cli:test', reference: 'D-L0ST01', reason: 'malware' });
+      await until('a failed try of the lock', () => outbox.jobs().some((j) => j.kind === 'lifecycle' && j.attempts > 0));
+      // Redis restarts empty, and the API is back before the next refresh of the known suspensions.
+      redis.cli('flushall');
+      apiDown = false;
+      expect(await outbox.idle(3000)).toBe(true);
+      expect(calls).toEqual(['lock lost@x.test']);
+      expect((await state.account('lost@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-L0ST01', lockedBy: 'douane' });
+      expect(audit(dir).map((e) => e.action)).not.toContain('lifecycle_superseded');
+    } finally {
+      await outbox.stop();
+      client.disconnect();
+    }
+  });
+
+  it('an unlock refused for bad admin credentials (a password being changed) is tried again until Zimbra takes it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-auth-'));
+    const account = zimbra.addAccount({ name: 'rotated@example.test' });
+    const api = new ZimbraAdminApi({ url: zimbra.url, adminUser: zimbra.adminUser, adminPassword: zimbra.adminPassword, timeoutMs: 2000, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
+    const { enforcer, outbox } = enforcement({ dir, state: new MemoryEnforcementState(), lifecycle: api, policy: loadPolicy('policies'), deadlineMs: 2000 });
+    const password = zimbra.adminPassword;
+    try {
+      await outbox.start();
+      await enforcer.suspend('rotated@example.test', 'suspend_account', { by: 'cli:test', reference: 'D-ROT001', reason: 'malware' });
+      expect(await outbox.idle(3000)).toBe(true);
+      expect(account.status).toBe('locked');
+      // The admin password changes in Zimbra before it does in Douane's configuration.
+      zimbra.adminPassword = 'changed-elsewhere';
+      zimbra.expireTokens();
+      await enforcer.reinstate('rotated@example.test', 'cli:test');
+      await until('a refused try of the unlock', () => audit(dir).some((e) => e.action === 'lifecycle_reinstate_failed'));
+      expect(audit(dir).find((e) => e.action === 'lifecycle_reinstate_failed')).toMatchObject({ retrying: true, error: expect.stringMatching(/AUTH_FAILED/) });
+      expect(outbox.waiting('lifecycle')).toBe(1);
+      zimbra.adminPassword = password;
+      expect(await outbox.idle(5000)).toBe(true);
+      expect(account.status).toBe('active');
+      expect(readdirSync(join(dir, 'outbox', 'failed'))).toEqual([]);
+      // Said once, however many tries it took.
+      expect(audit(dir).filter((e) => e.action === 'lifecycle_reinstate_failed')).toHaveLength(1);
+    } finally {
+      await outbox.stop();
+    }
   });
 
   it('Zimbra down: the local block is immediate, and the lock is carried out once Zimbra is back — across a restart', async () => {
