@@ -63,9 +63,9 @@ export class Metrics {
   readonly enforcementStateLost = new Counter({ name: 'douane_enforcement_state_lost_total', help: 'Times the shared enforcement state was found lost (Redis restarted empty, or a replica without it); the suspensions known here were written back', registers: [this.registry] });
   readonly lifecycleCalls = new Counter({ name: 'douane_lifecycle_calls_total', help: 'Lifecycle API calls by adapter, operation and result (ok, error kind)', labelNames: ['adapter', 'op', 'result'], registers: [this.registry] });
   readonly lifecycleDuration = new Histogram({ name: 'douane_lifecycle_call_duration_seconds', help: 'Lifecycle API call duration', labelNames: ['adapter', 'op'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly outboxDepth = new Gauge({ name: 'douane_outbox_jobs', help: 'Jobs waiting in the durable outbox, by kind (lifecycle, notify, webhook)', labelNames: ['kind'], registers: [this.registry] });
+  readonly outboxDepth = new Gauge({ name: 'douane_outbox_jobs', help: 'Jobs waiting in the durable outbox, by kind (lifecycle, notify, webhook, strike: one counted while the enforcement state did not answer)', labelNames: ['kind'], registers: [this.registry] });
   readonly outboxOldest = new Gauge({ name: 'douane_outbox_oldest_seconds', help: 'Age of the oldest job waiting in the outbox', registers: [this.registry] });
-  readonly outboxAttempts = new Counter({ name: 'douane_outbox_attempts_total', help: 'Outbox job attempts by kind and result (done, retry, failed)', labelNames: ['kind', 'result'], registers: [this.registry] });
+  readonly outboxAttempts = new Counter({ name: 'douane_outbox_attempts_total', help: 'Outbox job attempts by kind and result (done, retry, failed); kind unreadable: a job file that could not be read at start, set aside in failed/', labelNames: ['kind', 'result'], registers: [this.registry] });
   readonly breakerOpen = new Gauge({ name: 'douane_circuit_breaker_open', help: '1 when automatic suspension is stopped by the circuit breaker until a person resets it', registers: [this.registry] });
   readonly notifications = new Counter({ name: 'douane_notifications_total', help: 'Notifications by channel (holder, abuse, webhook) and result', labelNames: ['channel', 'result'], registers: [this.registry] });
 
@@ -85,7 +85,7 @@ export class Metrics {
     this.buildInfo.labels(opts.version, process.version).set(1);
     this.policyLastReloadSuccess.set(1);
     this.breakerOpen.set(0);
-    for (const kind of ['lifecycle', 'notify', 'webhook']) this.outboxDepth.labels(kind).set(0);
+    for (const kind of ['lifecycle', 'notify', 'webhook', 'strike']) this.outboxDepth.labels(kind).set(0);
     this.outboxOldest.set(0);
     // Known label values start at 0, so that a first occurrence shows in rate() and increase().
     for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal']) this.upstreamErrors.labels(kind).inc(0);
@@ -94,7 +94,8 @@ export class Metrics {
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
     for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked']) this.auth.labels(result).inc(0);
     for (const result of ['success', 'failure']) this.policyReloads.labels(result).inc(0);
-    for (const kind of ['lifecycle', 'notify', 'webhook']) for (const result of ['done', 'retry', 'failed']) this.outboxAttempts.labels(kind, result).inc(0);
+    for (const kind of ['lifecycle', 'notify', 'webhook', 'strike']) for (const result of ['done', 'retry', 'failed']) this.outboxAttempts.labels(kind, result).inc(0);
+    this.outboxAttempts.labels('unreadable', 'failed').inc(0);
     for (const action of ['notify', 'throttle', 'suspend_sending', 'suspend_account', 'reinstate']) this.suspensions.labels(action, 'done').inc(0);
     for (const result of ['new', 'seen']) this.bulkChecks.labels(result).inc(0);
     this.scanFailOpen.inc(0);

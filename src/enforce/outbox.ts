@@ -5,8 +5,9 @@
 // permanent. Handlers must be idempotent: a crash between doing a job and deleting its file repeats it.
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileDurably } from '../data/durable.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 
@@ -68,12 +69,19 @@ export class Outbox {
     await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });
     await mkdir(join(this.opts.dir, 'failed'), { recursive: true, mode: 0o700 });
     for (const name of await readdir(this.pendingDir)) {
+      // A job whose writing a crash cut short: never renamed, so never acted on.
+      if (name.startsWith('.') && name.endsWith('.tmp')) await rm(join(this.pendingDir, name), { force: true });
       if (!name.endsWith('.json')) continue;
       try {
         const job = JSON.parse(await readFile(join(this.pendingDir, name), 'utf8')) as Job;
+        if (!isJob(job)) throw new Error('not an outbox job');
         this.pending.set(job.id, job);
       } catch (err) {
-        this.opts.log.error({ event: 'outbox_unreadable', file: name, err: (err as Error).message }, 'unreadable outbox job left aside');
+        // Set aside in failed/, where a person looks for jobs that did not run, and counted as a failure
+        // (its kind unknown): left in pending/, it would be read and left aside at every start, unseen.
+        await rename(join(this.pendingDir, name), join(this.opts.dir, 'failed', name)).catch(() => undefined);
+        this.opts.metrics.outboxAttempts.labels('unreadable', 'failed').inc();
+        this.opts.log.error({ event: 'outbox_unreadable', file: name, moved_to: join(this.opts.dir, 'failed', name), err: (err as Error).message }, 'unreadable outbox job set aside in failed/');
       }
     }
     if (this.pending.size) this.opts.log.info({ event: 'outbox_resumed', jobs: this.pending.size }, `resuming ${this.pending.size} outbox job(s) from before the restart`);
@@ -159,10 +167,9 @@ export class Outbox {
     return false;
   }
 
+  /** On the disk before it is acted on: a lock queued, then a power cut, is still queued after it. */
   private async persist(job: Job): Promise<void> {
-    const tmp = join(this.pendingDir, `.${job.id}.tmp`);
-    await writeFile(tmp, JSON.stringify(job) + '\n', { mode: 0o600 });
-    await rename(tmp, join(this.pendingDir, `${job.id}.json`));
+    await writeFileDurably(join(this.pendingDir, `${job.id}.json`), JSON.stringify(job) + '\n');
   }
 
   private schedule(delayMs: number): void {
@@ -219,8 +226,8 @@ export class Outbox {
       if (tooOld) job.lastError = `${job.lastError} (given up: tried for ${Math.round((this.now() - job.createdAt) / 3_600_000)} h)`;
       if (tooOld || err instanceof PermanentFailure || (err as { retryable?: boolean }).retryable === false) {
         this.pending.delete(job.id);
-        await rename(join(this.pendingDir, `${job.id}.json`), join(this.opts.dir, 'failed', `${job.id}.json`)).catch(() => undefined);
-        await writeFile(join(this.opts.dir, 'failed', `${job.id}.json`), JSON.stringify(job) + '\n', { mode: 0o600 }).catch(() => undefined);
+        await writeFileDurably(join(this.opts.dir, 'failed', `${job.id}.json`), JSON.stringify(job) + '\n').catch(() => undefined);
+        await rm(join(this.pendingDir, `${job.id}.json`), { force: true }).catch(() => undefined);
         this.opts.metrics.outboxAttempts.labels(job.kind, 'failed').inc();
         this.opts.log.error({ event: 'outbox_failed', job: job.id, kind: job.kind, attempts: job.attempts, err: job.lastError }, 'outbox job failed for good');
         this.opts.onFailed?.(job, err as Error);
@@ -260,4 +267,10 @@ export class Outbox {
     for (const [k, n] of Object.entries(counts)) this.opts.metrics.outboxDepth.labels(k).set(n);
     this.opts.metrics.outboxOldest.set(this.pending.size ? (this.now() - oldest) / 1000 : 0);
   }
+}
+
+/** What a job file must hold to be run: anything else (cut short, edited by hand) is set aside. */
+function isJob(j: unknown): j is Job {
+  const o = j as Partial<Job> | null;
+  return typeof o === 'object' && o !== null && typeof o.id === 'string' && typeof o.kind === 'string' && ['lifecycle', 'notify', 'webhook', 'strike'].includes(o.kind) && typeof o.attempts === 'number' && typeof o.createdAt === 'number' && typeof o.nextAt === 'number';
 }

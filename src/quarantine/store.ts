@@ -10,6 +10,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { syncFile } from '../data/durable.js';
 import { processAlive } from '../data/process.js';
 import { PrivateDirectory } from '../data/private-dir.js';
 import type { WrittenParams } from '../upstream/params.js';
@@ -129,21 +130,6 @@ function ownClaim(): string {
   return JSON.stringify({ pid: process.pid, host: hostname(), at: new Date().toISOString() } satisfies ClaimOwner);
 }
 
-
-/**
- * fsync of a file, or of a directory (its entries: a rename made durable). Some file systems cannot
- * flush a directory (EINVAL, ENOTSUP): the rename is then as durable as they make it.
- */
-async function syncFile(path: string, directory = false): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } catch (err) {
-    if (!directory || !['EINVAL', 'ENOTSUP', 'EISDIR', 'EBADF'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
-  } finally {
-    await handle.close();
-  }
-}
 
 /** An entry whose metadata cannot be read: named, with its message file, for a person to look at. */
 export class DamagedEntry extends Error {}

@@ -1,7 +1,7 @@
 // The outbox: one account's lifecycle calls one at a time, the newest replacing those still waiting,
 // and retries never further apart than retry_max.
 
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -203,5 +203,36 @@ describe('notification results', () => {
     } finally {
       web.close();
     }
+  });
+
+  it('a job file a crash left empty or cut short is set aside in failed/ and counted, not left in pending/ for ever', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-outbox-'));
+    const pending = join(dir, 'pending');
+    mkdirSync(pending, { recursive: true });
+    const now = Date.now();
+    writeFileSync(join(pending, 'empty.json'), '');
+    writeFileSync(join(pending, 'cut.json'), '{"id":"cut","kind":"lifecycle","payl');
+    writeFileSync(join(pending, 'other.json'), '{"hello":"world"}\n');
+    writeFileSync(join(pending, '.half.json.tmp'), '{"id":"half"');
+    writeFileSync(join(pending, 'good.json'), JSON.stringify({ id: 'good', kind: 'lifecycle', payload: {}, attempts: 0, createdAt: now, nextAt: now }) + '\n');
+    const ran: string[] = [];
+    const lines: Record<string, unknown>[] = [];
+    const metrics = new Metrics({ version: 't', defaultMetrics: false });
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString().split('\n')) if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const noop: Handler = async () => undefined;
+    const box = new Outbox({ dir, handlers: { lifecycle: async (j) => void ran.push(j.id), notify: noop, webhook: noop, strike: noop }, minDelayMs: 10, maxDelayMs: 50, metrics, log: createLogger({ level: 'info', destination }) });
+    await box.start();
+    expect(await box.idle(2000)).toBe(true);
+    await box.stop();
+    expect(ran).toEqual(['good']);
+    expect(readdirSync(pending)).toEqual([]);
+    expect(readdirSync(join(dir, 'failed')).sort()).toEqual(['cut.json', 'empty.json', 'other.json']);
+    expect(await metrics.registry.getSingleMetricAsString('douane_outbox_attempts_total')).toMatch(/^douane_outbox_attempts_total\{kind="unreadable",result="failed"\} 3$/m);
+    expect(lines.filter((l) => l.event === 'outbox_unreadable').map((l) => l.file).sort()).toEqual(['cut.json', 'empty.json', 'other.json']);
   });
 });

@@ -1,0 +1,34 @@
+// Files that must survive a power cut whole or not at all: written to a temporary name, flushed, renamed
+// over the real name, and the directory flushed so that the rename itself is on the disk.
+
+import { open, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/**
+ * fsync of a file, or of a directory (its entries: a rename made durable). Some file systems cannot
+ * flush a directory (EINVAL, ENOTSUP): the rename is then as durable as they make it.
+ */
+export async function syncFile(path: string, directory = false): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } catch (err) {
+    if (!directory || !['EINVAL', 'ENOTSUP', 'EISDIR', 'EBADF'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Replaces `path` with `text`: after a crash it holds the old text or the new, never a part of either. */
+export async function writeFileDurably(path: string, text: string, mode = 0o600): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp`);
+  try {
+    await writeFile(tmp, text, { mode });
+    await syncFile(tmp);
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw err;
+  }
+  await syncFile(dirname(path), true);
+}
