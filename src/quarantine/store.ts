@@ -4,8 +4,9 @@
 // Storage is an interface: the local directory below serves one instance (or several sharing a network
 // file system); another backend (object storage) implements the same five operations.
 
+import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -152,31 +153,33 @@ export class LocalQuarantine implements QuarantineStore {
 
   async put(meta: Omit<QuarantineMeta, 'id'>, content: Readable): Promise<QuarantineMeta> {
     await this.init();
-    // The reference names the entry; a second entry with the same reference (rare) gets a suffix.
-    let id = meta.reference;
-    for (let n = 2; ; n++) {
-      try {
-        await stat(this.path(id, 'json'));
-        id = `${meta.reference}-${n}`;
-      } catch {
-        break;
-      }
-    }
-    const full: QuarantineMeta = { id, ...meta };
     // On the disk before the client is told "refused" (for good: it will not send it again), and nothing
     // left behind when it cannot be (a full disk): the client is then asked to retry.
-    const tmp = join(this.dir, `.${id}.eml.part`);
-    // Only what this call made is removed on failure: another entry of the same reference, being written
-    // at the same moment, keeps its files.
+    const tmp = join(this.dir, `.${meta.reference}.${randomBytes(4).toString('hex')}.eml.part`);
     const made: string[] = [tmp];
+    let full: QuarantineMeta;
     try {
-      await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' })).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'EEXIST') made.length = 0; // another's, being written
-        throw err;
-      });
+      await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
       await syncFile(tmp);
-      await rename(tmp, this.path(id, 'eml'));
+      // The reference names the entry; a second entry with the same reference (rare) gets a suffix. The
+      // name is taken by a hard link, which never replaces a file: two entries written at the same
+      // moment cannot both take it (a rename would put one message in place of the other).
+      let id = meta.reference;
+      for (let n = 2; ; n++) {
+        const taken = await stat(this.path(id, 'json')).then(() => true, () => false);
+        if (!taken) {
+          try {
+            await link(tmp, this.path(id, 'eml'));
+            break;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          }
+        }
+        id = `${meta.reference}-${n}`;
+      }
       made.push(this.path(id, 'eml'));
+      await rm(tmp, { force: true });
+      full = { id, ...meta };
       // The metadata is written last: an entry without it is incomplete and is not listed.
       made.push(this.path(id, 'json'));
       await this.writeMeta(full);
@@ -385,7 +388,7 @@ export class LocalQuarantine implements QuarantineStore {
   private async removeLeftovers(olderThan: number): Promise<void> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
     for (const n of names) {
-      if (!/^\.D-[0-9A-Z]{6}(-\d+)?\.(eml|json)\.part$/.test(n)) continue;
+      if (!/^\.D-[0-9A-Z]{6}(-\d+)?(\.[0-9a-f]{8})?\.(eml|json)\.part$/.test(n)) continue;
       const at = await stat(join(this.dir, n)).then((x) => x.mtimeMs, () => undefined);
       if (at !== undefined && at < olderThan) await rm(join(this.dir, n), { force: true }).catch(() => undefined);
     }

@@ -95,25 +95,30 @@ describe('quarantine release', () => {
     expect((await store.get(meta.id))!.releaseInDoubt).toBeUndefined();
   });
 
-  it('two entries of the same reference written at once: a failing one removes only its own files', async () => {
+  it('two entries of the same reference written at once are both kept, each under its own id with its own message', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'douane-put-')), 'quarantine');
     const store = new LocalQuarantine(dir);
-    const meta = { reference: 'D-PUT002', at: new Date().toISOString(), account: 'a@example.test', listener: 'trusted', client: '127.0.0.1', sender: 'a@example.test', recipients: ['b@example.net'], action: 'quarantine', policyVersion: 'v', size: 10 };
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
+    const meta = (sender: string) => ({ reference: 'D-PUT002', at: new Date().toISOString(), account: sender, listener: 'trusted', client: '127.0.0.1', sender, recipients: [`to-${sender}`], action: 'quarantine', policyVersion: 'v', size: 10 });
+    // One still arriving while the other is written whole.
     const slow = new Readable({ read() {} });
     slow.push('Subject: first\r\n\r\n');
-    const first = store.put(meta, slow);
-    await expect.poll(() => readdirSync(dir)).toContain('.D-PUT002.eml.part');
-    // The second finds the first's temporary file (same id): it fails, and leaves the first's alone.
-    await expect(store.put(meta, Readable.from([Buffer.from('Subject: second\r\n\r\n')]))).rejects.toThrow(/EEXIST/);
-    held.then(() => {
-      slow.push('x\r\n');
-      slow.push(null);
-    });
-    release();
-    expect((await first).id).toBe('D-PUT002');
-    expect(readFileSync(join(dir, 'D-PUT002.eml'), 'utf8')).toBe('Subject: first\r\n\r\nx\r\n');
+    const first = store.put(meta('a@example.test'), slow);
+    await expect.poll(() => readdirSync(dir).some((n) => n.endsWith('.eml.part'))).toBe(true);
+    const second = await store.put(meta('b@example.test'), Readable.from([Buffer.from('Subject: second\r\n\r\n')]));
+    slow.push('x\r\n');
+    slow.push(null);
+    const firstKept = await first;
+    // One whose message is in place but not yet its metadata, and another started right then.
+    const third = store.put(meta('c@example.test'), Readable.from([Buffer.from('Subject: third\r\n\r\n')]));
+    await expect.poll(() => readdirSync(dir).includes('D-PUT002-3.eml'), { interval: 1 }).toBe(true);
+    const fourth = store.put(meta('d@example.test'), Readable.from([Buffer.from('Subject: fourth\r\n\r\n')]));
+    const kept = [firstKept, second, await third, await fourth];
+    expect(new Set(kept.map((k) => k.id)).size).toBe(4);
+    for (const [k, subject] of kept.map((k, i) => [k, ['first', 'second', 'third', 'fourth'][i]] as const)) {
+      expect(readFileSync(join(dir, `${k.id}.eml`), 'utf8')).toMatch(new RegExp(`^Subject: ${subject}\r\n`));
+      expect(JSON.parse(readFileSync(join(dir, `${k.id}.json`), 'utf8'))).toMatchObject({ id: k.id, sender: k.sender, recipients: [`to-${k.sender}`] });
+    }
+    expect(readdirSync(dir).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
   it('a recipient the upstream defers stops the release: nothing is sent, and a later release delivers to everyone', async () => {
