@@ -224,7 +224,7 @@ export interface CompiledPattern {
  * shows it), it cannot, or nothing could be shown either way (a look-around the crafted inputs found no
  * answer for in time).
  */
-type Backtracking = { verdict: 'slow'; summary: string; attack?: string } | { verdict: 'linear' } | { verdict: 'unknown'; why: 'unsupported' | 'timeout' | 'failed' | 'not analysed' };
+type Backtracking = { verdict: 'slow'; summary: string; attack?: string; countedGroup?: boolean } | { verdict: 'linear' } | { verdict: 'unknown'; why: 'unsupported' | 'timeout' | 'failed' | 'not analysed' };
 
 /** What the backtracking analysis found for each pattern and flags, so that a reload checks only new ones. */
 const backtracking = new Map<string, Backtracking>();
@@ -244,12 +244,23 @@ let input = '';
 process.stdin.on('data', (d) => (input += d));
 process.stdin.on('end', async () => {
   const out = [];
-  for (const { source, flags, small } of JSON.parse(input)) {
+  for (const { source, flags, small, groups } of JSON.parse(input)) {
     try {
       let r = await check(source, flags, { checker: 'automaton', timeout: 1000 });
       if (r.status === 'unknown' && r.error && r.error.kind === 'timeout' && small !== source) {
         const s = await check(small, flags, { checker: 'automaton', timeout: 1000 });
         if (s.status !== 'unknown') r = s;
+      }
+      // Counted groups made unbounded: how many ways a count tries its group's alternatives shows only
+      // there ("(?:[a-z]|[a-f0-9]){1,24}!" tries up to 2^24 at each place of the text, which bounded
+      // counts hide from an analysis of how the cost grows with the text's length).
+      if (r.status === 'safe' && groups !== source) {
+        let g = await check(groups, flags, { checker: 'automaton', timeout: 1000 });
+        if (g.status === 'unknown') g = await check(groups, flags, { checker: 'fuzz', timeout: 1000, randomSeed: 1 });
+        if (g.status === 'vulnerable' && g.complexity.type === 'exponential') {
+          out.push({ ...slow(g), countedGroup: true });
+          continue;
+        }
       }
       if (r.status === 'vulnerable') out.push(slow(r));
       else if (r.status === 'safe') out.push({ verdict: 'linear' });
@@ -265,9 +276,9 @@ process.stdin.on('end', async () => {
   process.stdout.write(JSON.stringify(out), () => process.exit(0));
 });`;
 
-/** Each pattern may take three analyses of a second each (automaton, with small counts, crafted inputs). */
+/** Each pattern may take five analyses of a second each (automaton, with small counts, its counted groups twice, crafted inputs). */
 function analysisTimeoutMs(patterns: number): number {
-  return 30_000 + 3500 * patterns;
+  return 30_000 + 5500 * patterns;
 }
 
 function notAnalysed(sources: readonly string[], flags: string): string[] {
@@ -295,7 +306,7 @@ function remember(todo: string[], flags: string, stdout: string): number {
   return missing;
 }
 
-const analysisInput = (todo: string[], flags: string) => JSON.stringify(todo.map((source) => ({ source, flags, small: withSmallCounts(source) })));
+const analysisInput = (todo: string[], flags: string) => JSON.stringify(todo.map((source) => ({ source, flags, small: withSmallCounts(source), groups: withUnboundedGroups(source) })));
 
 /**
  * Analyses patterns not seen yet, all in one child process (a policy's patterns are known before its
@@ -350,6 +361,36 @@ export function withSmallCounts(source: string): string {
       i += counted[0].length;
       continue;
     }
+    out += source[i];
+    i++;
+  }
+  return out;
+}
+
+/**
+ * The pattern with the counts of groups made unbounded ({m}, {m,M} as {1,}, or {0,} for {0,M}), and every
+ * other count left as it is: whether a group's alternatives can match the same text, and so multiply
+ * the ways a count tries, is then what the analysis of how the cost grows finds.
+ */
+export function withUnboundedGroups(source: string): string {
+  let out = '';
+  let afterGroup = false;
+  for (let i = 0; i < source.length; ) {
+    const end = atomEnd(source, i);
+    if (end !== undefined) {
+      out += source.slice(i, end);
+      i = end;
+      afterGroup = false;
+      continue;
+    }
+    const counted = /^\{(\d+)(?:(,)(\d*))?\}/.exec(source.slice(i));
+    if (counted && afterGroup) {
+      out += `{${Math.min(Number(counted[1]), 1)},}`;
+      i += counted[0].length;
+      afterGroup = false;
+      continue;
+    }
+    afterGroup = source[i] === ')';
     out += source[i];
     i++;
   }
@@ -567,7 +608,9 @@ export function regex(flags = 'iu'): Schema<CompiledPattern> {
           path,
           message:
             `may take ${found.summary} time on crafted input (for example ${found.attack ?? 'a long run of matching characters'}), and one message would stall every session; ` +
-            'bound the repetitions ("[^\\n]{0,80}" rather than ".*") or anchor the pattern',
+            (found.countedGroup
+              ? 'a counted group whose alternatives can match the same characters tries every way of splitting them ("(?:\\w|\\d){1,20}": 2^20 at each place of the text): make the alternatives exclusive, or write them as one class ("[\\w\\d]{1,20}")'
+              : 'bound the repetitions ("[^\\n]{0,80}" rather than ".*") or anchor the pattern'),
         });
         return undefined;
       }
