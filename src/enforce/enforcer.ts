@@ -241,12 +241,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (step.action === 'throttle') {
       // An allowlisted account (the provider's postmaster, a critical service) is not restricted by the
       // ladder at all: a fifth of its limits could stop its mail as surely as a suspension.
-      if (await this.neverSuspend(e.account, policy)) {
+      // One that may be on it (the lifecycle API cannot say now whose a listed alias is) is not either.
+      const allowlisted = await this.neverSuspend(e.account, policy);
+      if (allowlisted !== 'no') {
+        const why = allowlisted === 'yes' ? 'allowlists.never_suspend' : UNVERIFIED;
         const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
         this.deps.metrics.suspensions.labels('throttle', 'skipped_allowlist').inc();
-        this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why: 'allowlists.never_suspend' }, `${e.account} not throttled: on the never-suspend allowlist`);
-        await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why: 'allowlists.never_suspend' });
-        await this.notifyAbuse(abuseMail('throttle skipped (never-suspend allowlist)', n, [`would have: throttle to ${step.factor} of the limits`]));
+        this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why }, `${e.account} not throttled: ${why}`);
+        await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
+        await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
         return;
       }
       await this.deps.state.setThrottle(e.account, { factor: step.factor!, until: until!, reference: e.reference });
@@ -266,20 +269,27 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
    * aliases: strikes are counted under the account's name, and the address people know and list is often
    * an alias (Zimbra makes postmaster@ an alias of admin@). Each listed address is resolved as a login is.
    */
-  private async neverSuspend(account: string, policy: Policy): Promise<boolean> {
-    if (policy.account(account).allowlisted.neverSuspend) return true;
-    if (!this.deps.lifecycle) return false;
+  private async neverSuspend(account: string, policy: Policy): Promise<'yes' | 'no' | 'unknown'> {
+    if (policy.account(account).allowlisted.neverSuspend) return 'yes';
+    if (!this.deps.lifecycle) return 'no';
     const name = comparableAddress(account);
-    const listed = policy.doc.allowlists.never_suspend.filter((entry) => !entry.startsWith('*@') && !entry.startsWith('@') && comparableAddress(entry) !== name);
-    const owners = await Promise.all(listed.map((entry) => this.canonical(comparableAddress(entry))));
-    return owners.some((owner) => comparableAddress(owner) === name);
+    const owners = await Promise.all(this.listedAddresses(policy, name).map(async (entry) => (await this.ownerOf(comparableAddress(entry))).owner));
+    if (owners.some((owner) => owner !== undefined && comparableAddress(owner) === name)) return 'yes';
+    // A listed address whose account nobody can say now (the API down, nothing kept) may be this one's.
+    return owners.includes(undefined) ? 'unknown' : 'no';
+  }
+
+  /** The never-suspend entries that are addresses (not whole domains) other than `except`. */
+  private listedAddresses(policy: Policy, except?: string): string[] {
+    return policy.doc.allowlists.never_suspend.filter((entry) => !entry.startsWith('*@') && !entry.startsWith('@') && comparableAddress(entry) !== except);
   }
 
   private async automaticSuspension(account: string, action: SuspendAction, why: { reference: string; total: number; until?: number; rule?: string; article: string; reason: string }, policy: Policy): Promise<void> {
     const s = this.deps.settings;
     const base = { actor: 'douane', account, reference: why.reference, total: why.total, suspend: action };
     const n = await this.notice(account, why.reference, why.total, why.article, { until: why.until });
-    if (await this.neverSuspend(account, policy)) {
+    const allowlisted = await this.neverSuspend(account, policy);
+    if (allowlisted === 'yes') {
       this.deps.metrics.suspensions.labels(action, 'skipped_allowlist').inc();
       this.deps.log.info({ event: 'suspension_skipped', account, action, ref: why.reference, total: why.total, why: 'allowlists.never_suspend' }, `${account} not suspended: on the never-suspend allowlist`);
       await this.deps.audit.append({ ...base, action: 'suspension_skipped', why: 'allowlists.never_suspend' });
@@ -295,6 +305,16 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // Held by the circuit breaker, a suspension waits for a person like one in approval mode: the ladder
     // step is taken, so nothing else would bring it back once the breaker is reset.
     const pending: Pending = { action, at: this.now(), total: why.total, reference: why.reference, reason: why.reason, until: why.until };
+    // Perhaps on the never-suspend list (an alias there whose account the lifecycle API cannot name now):
+    // a person decides, as in approval mode.
+    if (allowlisted === 'unknown') {
+      await this.deps.state.setPending(account, pending);
+      this.deps.metrics.suspensions.labels(action, 'pending_approval').inc();
+      this.deps.log.warn({ event: 'suspension_pending', account, action, ref: why.reference, total: why.total, why: UNVERIFIED }, `${account}: ${action} waits for approval: ${UNVERIFIED}`);
+      await this.deps.audit.append({ ...base, action: 'suspension_pending', why: UNVERIFIED });
+      await this.notifyAbuse(abuseMail('suspension waiting for approval (never-suspend allowlist not verifiable)', n, [`action: ${action}`, `why: ${UNVERIFIED}`, `approve with: douane accounts approve ${account}`]));
+      return;
+    }
     const breaker = await this.deps.state.breaker();
     if (breaker.open) {
       await this.deps.state.setPending(account, pending);
@@ -495,26 +515,35 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
    * that is the account's own name costs nothing more: MAIL FROM reads the same status from the cache.
    */
   async canonical(login: string): Promise<string> {
-    if (!this.deps.lifecycle) return login;
+    const { owner, err } = await this.ownerOf(login);
+    if (owner === undefined) {
+      this.deps.log.warn({ event: 'account_resolve_failed', login, err }, 'the lifecycle API did not say whose address this is: counted under it as typed');
+      return login;
+    }
+    return owner;
+  }
+
+  /** Whose address this is; none when neither the API nor anything kept can say (and why). */
+  private async ownerOf(login: string): Promise<{ owner?: string; err?: string }> {
+    if (!this.deps.lifecycle) return { owner: login };
     // Whose an address is hardly ever changes: once known, it is not waited for again, and a slow or
     // failing API cannot give an alias back its own counters. It is asked again in the background.
     const known = this.owners.get(login);
     if (known !== undefined) {
       void this.resolve(login).catch(() => undefined);
-      return known;
+      return { owner: known };
     }
     try {
-      return await this.resolve(login);
+      return { owner: await this.resolve(login) };
     } catch (err) {
       // Known before, by this instance before a restart or by another one: still that account's.
       const stored = await deadline(this.deps.state.owner(login), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => undefined);
       if (stored) {
         this.remember(login, stored);
         this.deps.log.info({ event: 'account_resolved_from_state', login, account: stored, err: (err as Error).message }, `the lifecycle API did not answer; ${login} was last known to be ${stored}`);
-        return stored;
+        return { owner: stored };
       }
-      this.deps.log.warn({ event: 'account_resolve_failed', login, err: (err as Error).message }, 'the lifecycle API did not say whose address this is: counted under it as typed');
-      return login;
+      return { err: (err as Error).message };
     }
   }
 
@@ -746,6 +775,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   async refreshGauge(): Promise<void> {
+    // Whose the aliases on the never-suspend list are, known before the lifecycle API is ever down.
+    for (const entry of this.listedAddresses(this.deps.policy())) this.learn(comparableAddress(entry));
     try {
       await this.restoreIfLost();
       const suspended = await this.deps.state.suspendedAccounts();
@@ -767,6 +798,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 function strikeId(e: StrikeEvent): string {
   return `${e.reference}-${e.event}-${e.at}`;
 }
+
+/** Why a ladder step waits: the never-suspend list cannot be checked against this account now. */
+const UNVERIFIED = 'the lifecycle API cannot say now whose the addresses on the never-suspend list are: this account may be one of them';
 
 /** Strikes kept for later while the enforcement state does not answer, at most (files in the outbox). */
 const MAX_DEFERRED_STRIKES = 10_000;

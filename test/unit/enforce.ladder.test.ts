@@ -166,6 +166,39 @@ describe('strike ladder', () => {
     }
   });
 
+  it('while the lifecycle API cannot say whose a never_suspend alias is, the ladder waits for a person instead of suspending', async () => {
+    const { FakeZimbra } = await import('../harness/fake-zimbra.js');
+    const { ZimbraAdminApi } = await import('../../src/lifecycle/zimbra.js');
+    const z = await FakeZimbra.start();
+    try {
+      z.addAccount({ name: 'admin@dstorage.example', aliases: ['postmaster@dstorage.example'] });
+      const api = new ZimbraAdminApi({ url: z.url, adminUser: z.adminUser, adminPassword: z.adminPassword, timeoutMs: 300, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
+      // Started while Zimbra is down, with nothing kept about whose postmaster@ is.
+      await z.down();
+      const { enforcer, state, strike, dir, outbox } = setup({}, Date.now, api);
+      for (let n = 1; n <= 4; n++) await enforcer.record(strike('admin@dstorage.example', 'malware', 10, n));
+      const after = await state.account('admin@dstorage.example');
+      expect(after.suspension).toBeUndefined();
+      expect(after.throttle).toBeUndefined();
+      expect(after.pending).toMatchObject({ action: 'suspend_account' });
+      const audit = () => readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string; why?: string });
+      expect(audit().filter((e) => e.action === 'suspension_pending' || e.action === 'throttle_skipped').map((e) => e.why)).toEqual(Array(3).fill(expect.stringMatching(/cannot say now whose/)));
+      const subjects = outbox.jobs().filter((j) => j.kind === 'notify').map((j) => (j.payload as { subject: string }).subject);
+      expect(subjects).toContainEqual(expect.stringMatching(/suspension waiting for approval \(never-suspend allowlist not verifiable\)/));
+      // Once Zimbra has answered, the list's aliases are known, and stay known through the next outage.
+      await z.up();
+      await enforcer.refreshGauge();
+      await expect.poll(() => enforcer.known('postmaster@dstorage.example')).toBe('admin@dstorage.example');
+      await z.down();
+      await enforcer.reinstate('admin@dstorage.example', 'cli:test');
+      for (let n = 5; n <= 8; n++) await enforcer.record(strike('admin@dstorage.example', 'malware', 10, n));
+      expect(await state.account('admin@dstorage.example')).toEqual({});
+      expect(audit().filter((e) => e.action === 'suspension_skipped').map((e) => e.why)).toEqual(['allowlists.never_suspend', 'allowlists.never_suspend']);
+    } finally {
+      await z.stop();
+    }
+  });
+
   it('approval mode: suspensions waiting for a person do not count towards the circuit breaker', async () => {
     const { enforcer, state, strike } = setup({ approval: true, breaker_max_per_hour: 2 });
     for (const a of ['a', 'b', 'c', 'd']) {
