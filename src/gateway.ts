@@ -664,8 +664,10 @@ export class Gateway {
     state.authAttempt = undefined;
     if (isRefusal(outcome.verdict)) {
       void attempt?.settle('not_tried');
-      this.metrics.auth.labels('blocked').inc();
-      this.logAuth(state, username, 'blocked', { reason: outcome.verdict.reason });
+      // Brute force held off, or logins not checkable (Redis): the second is an outage, alerted as one.
+      const result = outcome.verdict.reason === 'auth.blocked' ? 'blocked' : outcome.verdict.reason === 'auth.limits_unavailable' ? 'limits_unavailable' : 'error';
+      this.metrics.auth.labels(result).inc();
+      this.logAuth(state, username, result, { reason: outcome.verdict.reason, evidence: outcome.results.at(-1)?.evidence });
       throw this.refusal(outcome.verdict, 'auth', state.reference);
     }
 
@@ -1148,8 +1150,8 @@ export class Gateway {
    * One line per AUTH attempt: the login as typed, the account it is once known (after a success), our
    * reason when the refusal is ours (as the refusal counters have it), the upstream's reply or error.
    */
-  private logAuth(state: SessionState, username: string, result: string, why: { reason?: ReasonCode; detail?: string } = {}): void {
-    this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, login: username, account: state.account ?? username, result, reason: why.reason, detail: why.detail }, `auth ${result}`);
+  private logAuth(state: SessionState, username: string, result: string, why: { reason?: ReasonCode; detail?: string; evidence?: Record<string, unknown> } = {}): void {
+    this.log.info({ event: 'auth', session: state.id, ref: state.reference, listener: state.listener.name, client: state.remoteAddress, login: username, account: state.account ?? username, result, reason: why.reason, detail: why.detail, evidence: why.evidence }, `auth ${result}`);
   }
 
   /** Keeps the refused message and its metadata; false if it could not be stored. */
@@ -1290,7 +1292,9 @@ export class Gateway {
         reply: outcome.reply,
         note: outcome.note,
         tags: tx.tags.length ? tx.tags : undefined,
-        checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ms: r.ms })),
+        bulk: tx.bulk,
+        // A check that failed says why (its error): the reference the client was given leads to it.
+        checks: tx.results.map((r) => ({ check: r.check, result: r.result, ...(r.reason ? { reason: r.reason } : {}), ...(r.note ? { note: r.note } : {}), ...(r.result === 'error' && r.evidence ? { evidence: r.evidence } : {}), ms: r.ms })),
         timings: tx.timings,
       },
       `transaction ${outcome.action}`,

@@ -723,6 +723,10 @@ describe('Redis failures are bounded', () => {
     await c.command('EHLO t');
     expect(await c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0wrong').toString('base64')}`)).toMatch(/^454 4\.7\.0 Logins cannot be checked right now.*Ref D-/);
     expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toEqual([]);
+    // Counted as an outage of Douane's (which the logins alert watches), not as brute force blocked.
+    const auth = await gw.metrics.registry.getSingleMetricAsString('douane_auth_total');
+    expect(auth).toMatch(/^douane_auth_total\{result="limits_unavailable"\} 1$/m);
+    expect(auth).toMatch(/^douane_auth_total\{result="blocked"\} 0$/m);
     c.close();
   });
 

@@ -839,6 +839,31 @@ describe('upstream faults reach the client, and never as 250', () => {
   });
 });
 
+describe('a check that fails', () => {
+  it('tempfails the message, and the log line its reference leads to says what failed and why', async () => {
+    const upstream = await FakeUpstream.start();
+    const gw = await startGateway(upstream.port, {}, { bulk: { count: async () => { throw new Error('the counter is on fire'); } } });
+    try {
+      const c = await trusted(gw.port('trusted'));
+      await c.command('MAIL FROM:<user1@example.test>');
+      await c.command('RCPT TO:<user2@example.test>');
+      await c.command('DATA');
+      c.write('From: user1@example.test\r\nSubject: a long enough note\r\n\r\n' + 'A few words of text that the bulk check fingerprints. '.repeat(5) + '\r\n.\r\n');
+      const reply = await c.reply();
+      const ref = /^451 4\.3\.0 .*Ref (D-[0-9A-Z]{6})/.exec(reply)?.[1];
+      expect(ref, reply).toBeDefined();
+      const line = await gw.waitForLog((l) => l.event === 'transaction' && l.ref === ref);
+      expect(line).toMatchObject({ verdict: 'tempfail', reason: 'internal.check_failed' });
+      expect((line.checks as { check: string }[]).find((x) => x.check === 'data.bulk')).toMatchObject({ result: 'error', evidence: { check: 'data.bulk', error: 'the counter is on fire' } });
+      expect(upstream.messages).toHaveLength(0);
+      c.close();
+    } finally {
+      await gw.stop();
+      await upstream.stop();
+    }
+  });
+});
+
 describe('relay with CHUNKING', () => {
   it('sends the message with one BDAT LAST when the upstream offers CHUNKING, byte for byte', async () => {
     const { gw, upstream } = await setup({ capabilities: ['PIPELINING', 'SIZE 52428800', '8BITMIME', 'ENHANCEDSTATUSCODES', 'CHUNKING'] });
