@@ -224,7 +224,8 @@ export type ReasonCode = keyof typeof REASONS;
 // boundary, leaving room for the sentence, the reference and the rule.
 const MAX_VALUE_OCTETS = 120;
 const shown = (value: unknown): string => {
-  const text = String(value);
+  // A line break would end the reply line and start another the client reads as the next reply.
+  const text = String(value).replace(/[\p{Cc}\u2028\u2029]+/gu, ' ');
   if (Buffer.byteLength(text) <= MAX_VALUE_OCTETS) return text;
   let out = '';
   let octets = 3;

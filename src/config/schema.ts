@@ -22,6 +22,7 @@ import {
   section,
   withDefault,
   type Issue,
+  type Schema,
 } from '../validate/schema.js';
 
 /** The policies shipped with Douane (policies/ next to src/ and dist/). */
@@ -66,6 +67,23 @@ const HOST_NAME_EXPECTED = 'a host name such as mail.example.com (letters, digit
 // An IPv6 address may name its interface (fe80::1%eth0), as net.connect takes it.
 // An IPv6 address has two colons at least: "127.0.0.1:25" is a host with its port, not an address.
 const HOST = new RegExp(`^(?:${DOMAIN}|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(?:%[\\w.-]+)?)$`);
+/** Text shown in SMTP replies and notices: one line, no control characters. */
+const ONE_LINE = { pattern: /^[^\p{Cc}\u2028\u2029]+$/u, expected: 'one line of text (no line break or control character: it is shown in SMTP replies)' };
+
+/** A URL that parses, with one of `protocols` and a host: a typo fails here rather than at the first call. */
+function url(protocols: string[], expected: string, secret = false): Schema<string> {
+  return refine(str({ pattern: new RegExp(`^(?:${protocols.map((p) => p.replace(':', '')).join('|')})://`), expected, secret }), (value, path): Issue[] => {
+    let parsed: URL;
+    try {
+      parsed = new URL(value);
+    } catch {
+      return [{ path, message: `is not a URL that can be read (expected ${expected})` }];
+    }
+    if (!protocols.includes(parsed.protocol) || parsed.hostname === '') return [{ path, message: `names no host (expected ${expected})` }];
+    return [];
+  });
+}
+
 const HOST_EXPECTED = 'a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10, without a port (the port has a key of its own)';
 
 export const configSchema = obj({
@@ -153,7 +171,7 @@ export const configSchema = obj({
         hosts: required(
           list(
             refine(
-              obj({ host: optional(str()), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
+              obj({ host: optional(str({ pattern: HOST, expected: HOST_EXPECTED })), port: optional(int({ min: 1, max: 65535 })), socket: optional(str()) }),
               (h, path): Issue[] => ((h.socket ? !h.host && !h.port : Boolean(h.host && h.port)) ? [] : [{ path, message: 'needs either socket, or host and port' }]),
             ),
             { min: 1 },
@@ -174,7 +192,7 @@ export const configSchema = obj({
       status_cache: withDefault(duration({ min: 0 }), 60_000),
       zimbra: optional(
         obj({
-          url: required(str({ pattern: /^https?:\/\//, expected: 'the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap' })),
+          url: required(url(['http:', 'https:'], 'the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap')),
           admin_user: required(str()),
           admin_password: required(str({ secret: true })),
           /** the policy's plan for each class of service (its zimbraId: zmprov gc NAME zimbraId) */
@@ -241,18 +259,18 @@ export const configSchema = obj({
       /** more automatic suspensions than this in an hour stops them until `douane accounts breaker reset` */
       breaker_max_per_hour: withDefault(int({ min: 1 }), 10),
       /** whom customers contact about a refusal or a suspension (shown in replies and notices) */
-      contact: withDefault(str(), 'your provider\'s support'),
+      contact: withDefault(str(ONE_LINE), 'your provider\'s support'),
       /** the provider's name in notices */
-      provider: withDefault(str(), 'Douane'),
+      provider: withDefault(str(ONE_LINE), 'Douane'),
       notify: section(
         obj({
           holder: withDefault(bool(), true),
           abuse_team: withDefault(list(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })), []),
-          from: optional(str()),
+          from: optional(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })),
           /** where notices are sent; default: the upstream's trusted port */
           smtp: optional(
             obj({
-              host: required(str()),
+              host: required(str({ pattern: HOST, expected: HOST_EXPECTED })),
               port: required(int({ min: 1, max: 65535 })),
               secure: withDefault(bool(), false),
               verify_certificate: withDefault(bool(), true),
@@ -262,7 +280,7 @@ export const configSchema = obj({
           ),
         }),
       ),
-      webhook: optional(obj({ url: required(str({ pattern: /^https?:\/\//, expected: 'an http(s):// URL' })), secret: optional(str({ secret: true })), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
+      webhook: optional(obj({ url: required(url(['http:', 'https:'], 'an http(s):// URL')), secret: optional(str({ secret: true })), timeout: withDefault(duration({ min: 100, timer: true }), 5000) })),
       outbox: section(
         refine(
           obj({
@@ -283,10 +301,10 @@ export const configSchema = obj({
         refine(
           obj({
             // secret: the URL may carry the password (redis://:password@host)
-            url: optional(str({ pattern: /^rediss?:\/\//, expected: 'a redis:// or rediss:// URL', secret: true })),
-            sentinels: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
+            url: optional(url(['redis:', 'rediss:'], 'a redis:// or rediss:// URL', true)),
+            sentinels: optional(list(obj({ host: required(str({ pattern: HOST, expected: HOST_EXPECTED })), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
             sentinel_name: optional(str()),
-            cluster: optional(list(obj({ host: required(str()), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
+            cluster: optional(list(obj({ host: required(str({ pattern: HOST, expected: HOST_EXPECTED })), port: required(int({ min: 1, max: 65535 })) }), { min: 1 })),
             username: optional(str()),
             password: optional(str({ secret: true })),
             tls: withDefault(bool(), false),

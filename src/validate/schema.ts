@@ -50,6 +50,11 @@ export function formatPath(path: Path): string {
 function typeName(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
   if (Array.isArray(value)) return 'a list';
+  // What YAML's tags make (!!omap, !!pairs, !!set, !!binary, an unquoted timestamp): not what a key takes.
+  if (value instanceof Map) return 'a YAML !!omap or !!pairs (write a plain mapping)';
+  if (value instanceof Set) return 'a YAML !!set (write a list)';
+  if (value instanceof Date) return 'a date (YAML reads an unquoted timestamp as one: write it in quotes)';
+  if (value instanceof Uint8Array) return 'YAML !!binary data';
   if (typeof value === 'object') return 'a mapping';
   // Quoted as JSON: a CR, a tab or a NUL shows as such, not as nothing in a terminal.
   if (typeof value === 'string') return JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value);
@@ -670,13 +675,20 @@ export function section<T>(schema: Schema<T>): Field<T> {
 }
 
 /** A mapping with known keys; unknown keys are errors (a typo must not be silently ignored). */
+/** A plain mapping as YAML gives it: not a list, nor what a tag makes (a Map, a Set, a Date, bytes). */
+function isMapping(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
 export function obj<S extends Shape>(shape: S, opts: { expected?: string } = {}): Schema<Out<S>> {
   return {
     expected: opts.expected ?? 'a mapping',
     fields: shape,
     parse(value, path, issues) {
       if (value === null || value === undefined) value = {};
-      if (typeof value !== 'object' || Array.isArray(value)) {
+      if (!isMapping(value)) {
         issues.push({ path, message: `must be a mapping of keys to values (got ${typeName(value)})` });
         return undefined;
       }
@@ -726,7 +738,7 @@ export function record<T>(values: Schema<T>, opts: { key?: RegExp; keyExpected?:
     values: values as Schema<unknown>,
     parse(value, path, issues) {
       if (value === null || value === undefined) return {};
-      if (typeof value !== 'object' || Array.isArray(value)) {
+      if (!isMapping(value)) {
         issues.push({ path, message: `must be a mapping of names to values (got ${typeName(value)})` });
         return undefined;
       }

@@ -69,6 +69,36 @@ describe('configuration loading', () => {
     ]);
   });
 
+  it('refuses at load what would fail later: URLs that cannot be read, host:port in a host, a reply text on two lines, what YAML tags make', () => {
+    const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
+    expect(
+      problems(() =>
+        parse(
+          't.yaml',
+          base +
+            'lifecycle: { adapter: zimbra, zimbra: { url: "https://", admin_user: a, admin_password: b } }\n' +
+            'limits: { redis: { url: "redis://:pw@h:99999/0" } }\n' +
+            'clamd: { hosts: [ { host: "clamd.internal:3310", port: 3310 } ] }\n' +
+            'enforcement: { contact: "support@example.net\\r\\n250 OK", webhook: { url: "https://exa mple.com/x" }, notify: { from: "not an address", smtp: { host: "a b", port: 25 } } }\n',
+        ),
+      ),
+    ).toEqual([
+      't.yaml:5:27: clamd.hosts[0].host must be a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10, without a port (the port has a key of its own) (got "clamd.internal:3310")',
+      't.yaml:3:46: lifecycle.zimbra.url is not a URL that can be read (expected the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap)',
+      expect.stringMatching(/^t\.yaml:6:25: enforcement\.contact must be one line of text \(no line break or control character: it is shown in SMTP replies\) \(got "support@example\.net\\r\\n250 OK"\)$/),
+      't.yaml:6:118: enforcement.notify.from must be an address (got "not an address")',
+      expect.stringMatching(/^t\.yaml:6:\d+: enforcement\.notify\.smtp\.host must be a host name .* \(got "a b"\)$/),
+      't.yaml:6:74: enforcement.webhook.url is not a URL that can be read (expected an http(s):// URL)',
+      // The password in it is not repeated.
+      't.yaml:4:25: limits.redis.url is not a URL that can be read (expected a redis:// or rediss:// URL)',
+    ]);
+    // A tag's value, which would leave every key of the section unchecked and at its default.
+    expect(problems(() => parse('t.yaml', base + 'smtp: !!omap [ { max_recipients: 0 } ]\nadmin: !!set { token }\n'))).toEqual([
+      't.yaml:3:14: smtp must be a mapping of keys to values (got a YAML !!omap or !!pairs (write a plain mapping))',
+      't.yaml:4:14: admin must be a mapping of keys to values (got a YAML !!set (write a list))',
+    ]);
+  });
+
   it('says what the minimum is when a well-formed value is under it', () => {
     const base = 'listeners: { t: { mode: trusted, port: 0, allow: [127.0.0.1] } }\nupstream: { host: x }\n';
     expect(problems(() => parse('t.yaml', base + 'quarantine: { retention: 5s }\nsmtp: { max_message_size: 100, idle_timeout: 50ms }\n'))).toEqual([

@@ -43,6 +43,12 @@ describe('reply table', () => {
     expect(replyFor({ action: 'reject', reason: 'sender.not_owned', detail: { sender: 'a$`b$\'c@evil.example' } }, 'mail', 'D-1').text).toContain('a$`b$\'c@evil.example');
   });
 
+  it('never lets a value end the reply line: a line break in it shows as a space', () => {
+    const r = replyFor({ action: 'reject', reason: 'account.locked', detail: { account: 'a@x.test', contact: 'abuse@p.test\r\n250 OK' } }, 'mail', 'D-1');
+    expect(r.text).toBe('This account (a@x.test) is locked and cannot send mail; contact abuse@p.test 250 OK. Ref D-1.');
+    expect(replyFor({ action: 'reject', reason: 'from.not_owned', detail: { from: 'x\n354 go@evil.example\u2028' } }, 'data', 'D-1').text).not.toMatch(/[\r\n\u2028]/);
+  });
+
   it('keeps a reply line within 512 octets when the client chose a very long value', () => {
     const from = `${'a'.repeat(3000)}@evil.example`;
     const reply = replyFor({ action: 'reject', reason: 'from.not_owned', rule: { id: 'from.not-owned', article: '4.1', source: 'policies/rules.yaml:120' }, detail: { from } }, 'data', 'D-ABCDEF');
