@@ -2,6 +2,7 @@
 // policies/README.md explains each with examples; this file is what the loader checks them against.
 
 import { REASONS } from '../reasons.js';
+import { closesSession } from '../smtp/replies.js';
 import {
   bool,
   bytes,
@@ -104,12 +105,19 @@ export const LADDER_ACTIONS = ['notify', 'throttle', 'suspend_sending', 'suspend
 
 const REASON_NAMES = Object.keys(REASONS);
 
+/**
+ * The reasons a rule may give: those of what a message or an account did. Douane's own (a connection,
+ * the session, a login, the protocol, the upstream, an internal fault) would tell the client something
+ * untrue, and those whose reply closes the session would end it for one recipient's refusal.
+ */
+const RULE_REASONS = REASON_NAMES.filter((r) => !/^(connection|session|auth|smtp|upstream|internal)\./.test(r) && !closesSession(r as keyof typeof REASONS));
+
 const reasonSchema: Schema<keyof typeof REASONS> = {
   expected: 'a reason code',
   parse(value, path, issues) {
-    if (typeof value === 'string' && Object.hasOwn(REASONS, value)) return value as keyof typeof REASONS;
-    const policyReasons = REASON_NAMES.filter((r) => /^(policy|limit|bulk|message|sender|from|content|attachment|account|mime)\./.test(r));
-    issues.push({ path, message: `must be a reason code from docs/REASONS.md, e.g. ${policyReasons.join(', ')} (got ${JSON.stringify(value)})` });
+    if (typeof value === 'string' && RULE_REASONS.includes(value)) return value as keyof typeof REASONS;
+    const why = typeof value === 'string' && Object.hasOwn(REASONS, value) ? `${JSON.stringify(value)} is Douane's own, not a rule's` : `got ${JSON.stringify(value)}`;
+    issues.push({ path, message: `must be a reason code a rule may give (docs/REASONS.md): ${RULE_REASONS.join(', ')} (${why})` });
     return undefined;
   },
 };

@@ -94,6 +94,11 @@ export function newReference(): string {
   return out;
 }
 
+/** Whether the reply for this reason ends the session (a 421 and its kind). */
+export function closesSession(reason: ReasonCode): boolean {
+  return TABLE[reason].close === true;
+}
+
 /** The action a reason implies on its own: tempfail for 4xx reasons, reject for 5xx ones. */
 export function naturalAction(reason: ReasonCode): 'tempfail' | 'reject' {
   return TABLE[reason].reject ? 'reject' : 'tempfail';

@@ -186,6 +186,19 @@ describe('policy loading', () => {
     expect(loadPolicy(dir).rules).toEqual([]);
   });
 
+  it('a rule gives a reason of what a message or an account did: not one of Douane\'s own, nor one that ends the session', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
+    cpSync('policies', dir, { recursive: true });
+    const rules = join(dir, 'rules.yaml');
+    const rule = (id: string, reason: string) => `  - id: test.${id}\n    description: d\n    article: "4.3"\n    when: { recipient.domain: evil.example }\n    action: tempfail\n    reason: ${reason}\n`;
+    writeFileSync(rules, readFileSync(rules, 'utf8').replace(/^rules:\n/m, 'rules:\n' + rule('restart', 'session.shutting_down') + rule('port', 'connection.not_allowed') + rule('refused', 'recipients.too_many_refused') + rule('fine', 'content.forbidden')));
+    expect(problems(dir).map((p) => p.replace(dir, '<dir>'))).toEqual([
+      expect.stringMatching(/^<dir>\/rules\.yaml:\d+:\d+: rules\[0\]\.reason must be a reason code a rule may give \(docs\/REASONS\.md\): .*content\.forbidden.* \("session\.shutting_down" is Douane's own, not a rule's\)$/),
+      expect.stringMatching(/rules\[1\]\.reason .*\("connection\.not_allowed" is Douane's own, not a rule's\)$/),
+      expect.stringMatching(/rules\[2\]\.reason .*\("recipients\.too_many_refused" is Douane's own, not a rule's\)$/),
+    ]);
+  });
+
   it('reads a folded rule message as one line, and refuses a wildcard in an allowlist domain', () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-policy-'));
     cpSync('policies', dir, { recursive: true });
