@@ -167,6 +167,8 @@ export class Gateway {
       lifecycle,
       deadlineMs: Math.max(config.limits.deadline, 2000),
       stateDeadlineMs: config.limits.deadline,
+      // Shared in Redis, the state may not answer when this instance starts (without Redis it is a file).
+      knownFile: config.limits.redis ? join(config.state_dir, 'known-suspensions.json') : undefined,
     });
     this.enforcer = enforcer;
     this.strikes = deps.strikes ?? enforcer;

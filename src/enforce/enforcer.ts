@@ -5,8 +5,10 @@
 // Safeguards: the never-suspend allowlist, dry-run, approval mode, and a circuit breaker that stops
 // automatic suspension after too many in an hour, until a person resets it. Everything is audited.
 
+import { readFileSync } from 'node:fs';
 import type { AuditLog } from '../audit/log.js';
 import type { AccountsAdmin } from '../admin.js';
+import { writeFileDurably } from '../data/durable.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
@@ -51,6 +53,11 @@ export interface AccountLookup {
   degraded?: string;
   /** the lifecycle API is configured and did not answer: the account's status and aliases are unknown */
   lifecycleUnknown?: boolean;
+  /**
+   * The shared state did not answer, and this instance has never read it (nor kept what an earlier run
+   * read): whether the account is suspended is not known.
+   */
+  suspensionsUnknown?: boolean;
 }
 
 export interface AccountStatusPort {
@@ -67,6 +74,10 @@ const STEP_IN_PROGRESS_MS = 5 * 60_000;
 export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   /** Suspensions seen in the shared state, by account: what MAIL FROM relies on while Redis does not answer. */
   private readonly knownSuspensions = new Map<string, Suspension>();
+  /** the known suspensions as last written to deps.knownFile */
+  private keptKnown = '{}';
+  /** the shared state was read at least once since start, or an earlier run's reading was kept */
+  private suspensionsSeen = false;
   /** address → the account it belongs to, as the lifecycle API last said */
   private readonly owners = new Map<string, string>();
   /** addresses whose kept owner this process removed (asked once, not at every lookup) */
@@ -90,9 +101,45 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       deadlineMs: number;
       /** the enforcement state's lookup (Redis), when shorter: limits.deadline */
       stateDeadlineMs?: number;
+      /**
+       * Where the suspensions seen in the shared state are kept between runs: an instance started while
+       * Redis does not answer still refuses the accounts suspended before.
+       */
+      knownFile?: string;
       now?: () => number;
     },
-  ) {}
+  ) {
+    if (deps.knownFile) this.loadKnown(deps.knownFile);
+  }
+
+  /** The suspensions kept by the last run; a file that cannot be read is said and left aside. */
+  private loadKnown(file: string): void {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.deps.log.warn({ event: 'known_suspensions_unreadable', file, err: (err as Error).message }, 'the suspensions kept by the last run cannot be read');
+      return;
+    }
+    try {
+      const kept = JSON.parse(text) as Record<string, Suspension>;
+      for (const [account, s] of Object.entries(kept)) if (s && typeof s.since === 'number' && typeof s.action === 'string') this.knownSuspensions.set(account, s);
+    } catch (err) {
+      this.deps.log.warn({ event: 'known_suspensions_unreadable', file, err: (err as Error).message }, 'the suspensions kept by the last run cannot be read');
+    }
+    this.keptKnown = JSON.stringify(Object.fromEntries(this.knownSuspensions));
+    this.suspensionsSeen = true;
+  }
+
+  /** Keeps the known suspensions for the next run, when they changed. */
+  private async saveKnown(): Promise<void> {
+    const file = this.deps.knownFile;
+    if (!file) return;
+    const text = JSON.stringify(Object.fromEntries(this.knownSuspensions));
+    if (text === this.keptKnown) return;
+    await writeFileDurably(file, text + '\n');
+    this.keptKnown = text;
+  }
 
   private now(): number {
     return (this.deps.now ?? Date.now)();
@@ -606,6 +653,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const key = account.toLowerCase();
     let known: AccountState;
     if (state.status === 'fulfilled') {
+      this.suspensionsSeen = true;
       known = state.value;
       if (known.suspension) this.knownSuspensions.set(key, known.suspension);
       else if (this.knownSuspensions.has(key)) {
@@ -623,6 +671,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       known = cached && (!cached.until || cached.until > this.now()) ? { suspension: cached } : {};
     }
     const out: AccountLookup = { state: known };
+    if (state.status === 'rejected' && !this.suspensionsSeen) out.suspensionsUnknown = true;
     if (lifecycle.status === 'fulfilled') out.lifecycle = lifecycle.value;
     else out.lifecycleUnknown = true;
     const failures = [state, lifecycle].filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as Error).message);
@@ -780,6 +829,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     try {
       await this.restoreIfLost();
       const suspended = await this.deps.state.suspendedAccounts();
+      this.suspensionsSeen = true;
       this.deps.metrics.suspendedAccounts.set(suspended.length);
       const fresh = new Map<string, Suspension>();
       for (const a of suspended) {
@@ -788,6 +838,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       }
       this.knownSuspensions.clear();
       for (const [a, s] of fresh) this.knownSuspensions.set(a, s);
+      await this.saveKnown().catch((err: Error) => this.deps.log.warn({ event: 'known_suspensions_not_kept', err: err.message }, 'the known suspensions could not be kept for the next run'));
     } catch {
       // the gauge and the known suspensions wait for the next refresh
     }

@@ -1,7 +1,7 @@
 // The strike ladder on its own (memory state, a real outbox and audit log in a temp dir): steps are taken
 // once per window, cooldowns count a burst once, throttles scale limits, the allowlist is honoured.
 
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -421,6 +421,40 @@ describe('strikes the state could not take at once', () => {
     state.lost = () => new Promise<boolean>(() => undefined);
     const looked = await enforcer.lookup('s@x.test');
     expect(looked.state.suspension).toMatchObject({ reference: 'D-HOLD01' });
+  });
+
+  it('an instance restarted while the shared state does not answer knows the suspensions its last run saw, and says when it knows none', async () => {
+    const knownFile = join(mkdtempSync(join(tmpdir(), 'douane-known-')), 'known-suspensions.json');
+    const make = (state: MemoryEnforcementState) =>
+      new Enforcer({
+        state,
+        outbox: new Outbox({ dir: join(mkdtempSync(join(tmpdir(), 'douane-ob-')), 'outbox'), handlers: { lifecycle: async () => undefined, notify: async () => undefined, webhook: async () => undefined, strike: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics: new Metrics({ version: 't', defaultMetrics: false }), log: createLogger({ level: 'silent' }) }),
+        audit: new AuditLog(join(mkdtempSync(join(tmpdir(), 'douane-au-')), 'audit.log')),
+        policy: () => loadPolicy('policies'),
+        settings: { dry_run: false, approval: false, breaker_max_per_hour: 10, contact: 'abuse@x.test', provider: 'T', notify_holder: false, abuse_team: [], webhook: false },
+        metrics: new Metrics({ version: 't', defaultMetrics: false }),
+        log: createLogger({ level: 'silent' }),
+        deadlineMs: 300,
+        knownFile,
+      });
+    const shared = new MemoryEnforcementState();
+    const running = make(shared);
+    await running.suspend('spammer@x.test', 'suspend_sending', { by: 'cli:test', reference: 'D-KNOWN1', reason: 'spam' });
+    await running.refreshGauge();
+    // Restarted while the shared state does not answer.
+    const down = new MemoryEnforcementState();
+    down.account = () => Promise.reject(new Error('Command timed out'));
+    const restarted = make(down);
+    const looked = await restarted.lookup('spammer@x.test');
+    expect(looked.state.suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-KNOWN1' });
+    expect(looked.suspensionsUnknown).toBeUndefined();
+    // A new instance, with nothing kept, cannot tell, and says so in the transaction's evidence.
+    rmSync(knownFile);
+    const fresh = await make(down).lookup('spammer@x.test');
+    expect(fresh).toMatchObject({ state: {}, suspensionsUnknown: true });
+    const { mailAccountStatus } = await import('../../src/pipeline/checks/mail.account-status.js');
+    const verdict = await mailAccountStatus.run({ session: { account: 'spammer@x.test' }, tx: { mailFrom: 'spammer@x.test', policy: { definesPlan: () => true } }, deps: { accounts: { lookup: async () => fresh } }, config: {} } as never);
+    expect(verdict).toMatchObject({ action: 'continue', evidence: { suspensions: expect.stringMatching(/^unknown/) } });
   });
 
   it('a strike counted again keeps its own cooldown claim, on the file state too', async () => {

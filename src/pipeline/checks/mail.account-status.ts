@@ -39,6 +39,6 @@ export const mailAccountStatus: Check = {
     // A plan the policy does not define is left aside (the account's domain or default_plan decides): said
     // in the transaction's evidence, where a mapping that is missing (lifecycle.zimbra.cos_plans) shows.
     const plan = tx.reportedPlan === undefined ? {} : tx.policy.definesPlan(tx.reportedPlan) ? { plan: tx.reportedPlan } : { plan_not_in_policy: tx.reportedPlan };
-    return { action: 'continue', evidence: { status: tx.accountStatus ?? 'unknown', ...plan, ...(tx.throttle ? { throttle: tx.throttle } : {}), ...(found.degraded ? { degraded: found.degraded } : {}) } };
+    return { action: 'continue', evidence: { status: tx.accountStatus ?? 'unknown', ...plan, ...(tx.throttle ? { throttle: tx.throttle } : {}), ...(found.degraded ? { degraded: found.degraded } : {}), ...(found.suspensionsUnknown ? { suspensions: 'unknown: the shared state was never read since this instance started' } : {}) } };
   },
 };
