@@ -677,7 +677,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     const failures = [state, lifecycle].filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as Error).message);
     if (failures.length) {
       out.degraded = failures.join('; ');
-      this.deps.log.warn({ event: 'account_lookup_degraded', account, err: out.degraded }, 'account status partly unknown');
+      this.deps.log.warn({ event: 'account_lookup_degraded', account, err: out.degraded, ...(out.suspensionsUnknown ? { suspensions_unknown: true } : {}) }, out.suspensionsUnknown ? 'account status partly unknown, and whether it is suspended too: the shared state was never read since start' : 'account status partly unknown');
     }
     return out;
   }
