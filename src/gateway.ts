@@ -1097,7 +1097,12 @@ export class Gateway {
     if (state.listener.mode !== 'trusted') {
       if (state.upstream?.usable) return state.upstream;
       // The upstream dropped the authenticated session; without the password we cannot log in again.
-      throw this.refusal({ action: 'tempfail', reason: 'upstream.session_lost' }, 'mail', state.tx?.reference ?? state.reference);
+      // Said with the upstream's reason (an MTA that restarts, or one that times sessions out sooner than
+      // Douane does), and counted apart: a customer's idle session ending is no outage of the MTA.
+      const reference = state.tx?.reference ?? state.reference;
+      this.metrics.upstreamErrors.labels('session_lost').inc();
+      this.log.warn({ event: 'upstream_session_lost', ref: reference, session: state.id, account: state.account, err: state.upstream?.lostBecause ?? 'no upstream session' }, 'the upstream ended the authenticated session');
+      throw this.refusal({ action: 'tempfail', reason: 'upstream.session_lost' }, 'mail', reference);
     }
     if (state.upstream?.usable) return state.upstream;
     const upstream = await this.upstream.forTrusted(this.identity(session));

@@ -26,7 +26,7 @@ export class Metrics {
   readonly phaseDuration = new Histogram({ name: 'douane_phase_duration_seconds', help: 'Time Douane spent answering each phase, the upstream included; for data, from the final dot on (not the time the client takes to send its message)', labelNames: ['phase'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly transactionDuration = new Histogram({ name: 'douane_transaction_duration_seconds', help: 'From MAIL FROM to the final reply', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly upstreamReplies = new Counter({ name: 'douane_upstream_replies_total', help: 'Upstream replies by command and class', labelNames: ['command', 'class'], registers: [this.registry] });
-  readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused, internal)', labelNames: ['kind'], registers: [this.registry] });
+  readonly upstreamErrors = new Counter({ name: 'douane_upstream_errors_total', help: 'Upstream connection failures by kind (connect, timeout, closed, protocol, tls, refused, internal; session_lost: an authenticated session the upstream ended, the client then gets 421)', labelNames: ['kind'], registers: [this.registry] });
 
   readonly policyInfo = new Gauge({ name: 'douane_policy_info', help: 'Policy version in force (1) and the version it replaced (0)', labelNames: ['version'], registers: [this.registry] });
   readonly policyReloads = new Counter({ name: 'douane_policy_reloads_total', help: 'Policy reloads by result (a failed reload keeps the last good policy)', labelNames: ['result'], registers: [this.registry] });
@@ -88,7 +88,7 @@ export class Metrics {
     for (const kind of ['lifecycle', 'notify', 'webhook', 'strike']) this.outboxDepth.labels(kind).set(0);
     this.outboxOldest.set(0);
     // Known label values start at 0, so that a first occurrence shows in rate() and increase().
-    for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal']) this.upstreamErrors.labels(kind).inc(0);
+    for (const kind of ['connect', 'timeout', 'closed', 'protocol', 'tls', 'refused', 'internal', 'session_lost']) this.upstreamErrors.labels(kind).inc(0);
     for (const kind of ['connection', 'command', 'deadline', 'hang']) this.redisErrors.labels(kind).inc(0);
     for (const kind of ['timeout', 'unreachable', 'size_limit', 'closed', 'other']) this.scanErrors.labels(kind).inc(0);
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);

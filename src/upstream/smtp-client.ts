@@ -126,6 +126,11 @@ export class SmtpClient {
     }
   }
 
+  /** why the connection is no longer usable, when it is not */
+  get lostBecause(): string | undefined {
+    return this.failure?.message ?? (this.socket.destroyed ? 'the connection closed' : undefined);
+  }
+
   get usable(): boolean {
     return !this.failure && !this.socket.destroyed;
   }

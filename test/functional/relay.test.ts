@@ -242,6 +242,9 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     await new Promise((r) => setTimeout(r, 50));
     expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^421 4\.4\.1 .*reconnect/);
     expect(await c.reply()).toBe('(closed)');
+    // Said with why, and counted apart from the upstream's outages.
+    expect(await gw.waitForLog((l) => l.event === 'upstream_session_lost')).toMatchObject({ level: 'warn', account: 'user1@example.test', err: expect.any(String) });
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_upstream_errors_total')).toMatch(/^douane_upstream_errors_total\{kind="session_lost"\} 1$/m);
   });
 });
 
