@@ -723,12 +723,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         }
       } catch (err) {
         if (err instanceof LifecycleError && !err.retryable) {
-          // Only an account the API does not know fails for good: a lock or an unlock that was decided is
-          // carried out once the API takes it. Credentials refused while an admin password is changed, a
-          // proxy's error page, a state the API will not change now: tried again, and the outbox's
-          // oldest job (alert DouaneOutboxJobTooOld) shows that it waits. The trail says why, once.
-          if (err.kind === 'not_found' || job.attempts === 1) await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message, ...(err.kind === 'not_found' ? {} : { retrying: true }) });
-          if (err.kind !== 'not_found') throw new LifecycleError(err.kind, err.message, true);
+          // A lock or an unlock that was decided is carried out once the API takes it: credentials refused
+          // while an admin password is changed, or an answer that is not the API's (a proxy's error page),
+          // are tried again, and the outbox's oldest job (alert DouaneOutboxJobTooOld) shows that it
+          // waits. Only the API's own no fails for good: no such account, or a status Douane does not change.
+          const retrying = err.kind === 'auth' || err.kind === 'protocol';
+          if (!retrying || job.attempts === 1) await this.deps.audit.append({ action: `lifecycle_${j.op}_failed`, actor: 'douane', account: j.account, reference: j.reference, error: err.message, ...(retrying ? { retrying: true } : {}) });
+          if (retrying) throw new LifecycleError(err.kind, err.message, true);
         }
         throw err;
       } finally {

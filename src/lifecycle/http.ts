@@ -234,6 +234,13 @@ export class HttpLifecycleApi implements LifecycleApi {
       // said to be: otherwise its lock would be taken for Douane's, and reinstating here would lift it.
       const before = await this.readStatus(account, deadline);
       if (ALREADY_LOCKED.has(before.status)) return 'already_locked';
+      // Locked only from a state Douane knows it may change, as the Zimbra adapter does: a reinstatement
+      // later sets the account active, which would wipe a state of the provider's own.
+      if (before.status === 'maintenance') throw new LifecycleError('refused', `lifecycle http suspend: account ${account} is in maintenance; lock it afterwards`, true);
+      if (before.status === 'unknown') {
+        if (before.rawStatus === undefined) throw new LifecycleError('not_found', `lifecycle http suspend: no such account ${account}`, false);
+        throw new LifecycleError('refused', `lifecycle http suspend: account ${account} has status ${JSON.stringify(before.rawStatus)}, which lifecycle.http.status.status_map does not name: Douane does not change it`, false);
+      }
       const values = { account, reference: reason.reference, rule: reason.rule, article: reason.article, summary: reason.summary };
       const res = await this.send('suspend', this.opts.suspend, values, deadline);
       if (res.status === 404) throw new LifecycleError('not_found', `lifecycle http suspend: no such account ${account}`, false);
@@ -276,6 +283,7 @@ export class HttpLifecycleApi implements LifecycleApi {
       throw new LifecycleError('protocol', `lifecycle http status: no ${s.statusField} in the answer`, false);
     }
     const info: AccountInfo = { status: mapStatus(String(raw), s.statusMap) };
+    if (info.status === 'unknown') info.rawStatus = String(raw);
     if (s.aliasesField) {
       const aliases = pick(doc, s.aliasesField);
       if (typeof aliases === 'string') info.aliases = [aliases];

@@ -35,6 +35,8 @@ export interface AccountInfo {
    * with the default domain. Limits, strikes and suspensions are kept under this name.
    */
   name?: string;
+  /** the status as the API wrote it, when Douane has no name for it (status "unknown" of an existing account) */
+  rawStatus?: string;
 }
 
 export type LifecycleErrorKind = 'unavailable' | 'timeout' | 'auth' | 'not_found' | 'refused' | 'protocol';

@@ -249,6 +249,20 @@ describe('HTTP lifecycle adapter: suspend and reinstate', () => {
     }
   });
 
+  it('locks only from a state it may change: maintenance waits (retryable), a state status_map does not name is left alone, a 404 is not_found', async () => {
+    route = () => ({ status: 200, json: { account: { state: 'maintenance' } } });
+    const waiting = await failure(new HttpLifecycleApi(options()).suspend('u@x.test', reason));
+    expect([waiting.kind, waiting.retryable]).toEqual(['refused', true]);
+    route = () => ({ status: 200, json: { account: { state: 'frozen' } } });
+    const foreign = await failure(new HttpLifecycleApi(options()).suspend('u@x.test', reason));
+    expect([foreign.kind, foreign.retryable]).toEqual(['refused', false]);
+    expect(foreign.message).toMatch(/"frozen", which lifecycle\.http\.status\.status_map does not name/);
+    route = () => ({ status: 404 });
+    expect((await failure(new HttpLifecycleApi(options()).suspend('u@x.test', reason))).kind).toBe('not_found');
+    // Nothing was sent but the status reads.
+    expect(seen.map((s) => s.method)).toEqual(['GET', 'GET', 'GET']);
+  });
+
   it('takes 409 on suspend as success when the account is suspended by then', async () => {
     let state = 'ok';
     route = (req) => (req.url.endsWith('/suspend') ? ((state = 'blocked'), { status: 409, json: { error: 'already suspended' } }) : { status: 200, json: { account: { state } } });
@@ -364,7 +378,8 @@ describe('HTTP lifecycle adapter under the enforcer', () => {
       await enforcer.reinstate('u@x.test', 'cli:ops');
       await outbox.idle();
       expect(state).toBe('unpaid');
-      expect(seen.map((x) => `${x.method} ${x.url}`)).toEqual(['GET /accounts/u%40x.test']);
+      // (The never-suspend list's addresses are looked up too, in the background.)
+      expect(seen.filter((x) => x.url.includes('u%40x.test')).map((x) => `${x.method} ${x.url}`)).toEqual(['GET /accounts/u%40x.test']);
     } finally {
       await outbox.stop();
     }
