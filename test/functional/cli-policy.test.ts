@@ -70,6 +70,35 @@ describe('douane policy check', () => {
     }
   });
 
+  it('with --config, warns of a rule naming a listener the configuration does not have, and of a class of service mapped to no plan', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-names-'));
+    try {
+      cpSync('policies', join(dir, 'policies'), { recursive: true });
+      const rules = join(dir, 'policies', 'rules.yaml');
+      writeFileSync(rules, readFileSync(rules, 'utf8').replace(/^rules:\n/m, 'rules:\n  - { id: test.webmail, description: d, article: "4.3", when: { listener: { in: [webmail, submision] } }, action: tag }\n'));
+      const config = [
+        'listeners: { submission: { mode: starttls, address: 127.0.0.1, port: 2587 }, webmail: { mode: trusted, address: 127.0.0.1, port: 2525, allow: [127.0.0.1] } }',
+        'tls: { insecure_dev: true }',
+        'upstream: { host: mta.internal }',
+        'clamd: none',
+        'lifecycle: { adapter: zimbra, zimbra: { url: "https://zimbra.internal:7071/service/admin/soap", admin_user: a, admin_password: b, cos_plans: { cos-1: pro, cos-2: entreprize } } }',
+        `state_dir: ${dir}/state`,
+        `spool: { dir: ${dir}/spool }`,
+        `policy: { dir: ${dir}/policies }`,
+        '',
+      ].join('\n');
+      writeFileSync(join(dir, 'douane.yaml'), config);
+      const r = await douane(['check', join(dir, 'policies'), '--config', join(dir, 'douane.yaml')]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.split('\n').filter((l) => l.includes('warning:'))).toEqual([
+        expect.stringMatching(/warning: .*rules\.yaml:\d+: rule test\.webmail compares listener with "submision", which is not a listener of the configuration \(submission, webmail\): that comparison never holds$/),
+        '  warning: lifecycle.zimbra.cos_plans maps class of service cos-2 to plan "entreprize", which the policy does not define (standard, pro, entreprise): its accounts get default_plan (standard)',
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('warns when no enforced rule rests on an abuse article of the contract', async () => {
     const r = await douane(['check', 'fixtures/policies/minimal']);
     expect(r.code).toBe(0);
