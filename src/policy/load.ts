@@ -217,6 +217,16 @@ function crossReferences(doc: PolicyDocument): Issue[] {
     if (step.action === 'suspend_account' && step.for !== undefined) {
       issues.push({ path: ['strikes', 'ladder', i, 'for'], message: 'is not for suspend_account: the lock in the lifecycle API lasts until a person reinstates the account (for a timed block, use suspend_sending)' });
     }
+    // A key the step's action does not read would be taken for one that does something.
+    if (step.action !== 'throttle' && step.factor !== undefined) {
+      issues.push({ path: ['strikes', 'ladder', i, 'factor'], message: `is not for ${step.action}: only a throttle lowers the limits by a factor` });
+    }
+    if (step.action === 'notify' && step.for !== undefined) {
+      issues.push({ path: ['strikes', 'ladder', i, 'for'], message: 'is not for notify: a warning lasts no time (throttle and suspend_sending take a for)' });
+    }
+    if (step.action === 'throttle' && step.factor === 1) {
+      issues.push({ path: ['strikes', 'ladder', i, 'factor'], message: 'must be under 1: a throttle to the whole of the limits changes nothing' });
+    }
   });
   return issues;
 }

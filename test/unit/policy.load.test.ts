@@ -265,10 +265,15 @@ describe('policy loading', () => {
     ]);
   });
 
-  it('checks the strike ladder goes up and that throttle says by how much and for how long', () => {
+  it('checks the strike ladder goes up, that throttle says by how much and for how long, and that no step carries a key its action does not read', () => {
     expect(problems('fixtures/policies/bad-ladder')).toEqual([
       'fixtures/policies/bad-ladder/strikes.yaml:6:13: strikes.ladder[1].at must be greater than the previous step\'s (10): the ladder goes up',
       'fixtures/policies/bad-ladder/strikes.yaml:7:7: strikes.ladder[2] throttle needs factor (0 to 1, the share of the plan\'s limits left) and for (how long)',
+      // Keys the step's action does not read, and a throttle that changes nothing.
+      'fixtures/policies/bad-ladder/strikes.yaml:8:50: strikes.ladder[3].factor is not for notify: only a throttle lowers the limits by a factor',
+      'fixtures/policies/bad-ladder/strikes.yaml:8:38: strikes.ladder[3].for is not for notify: a warning lasts no time (throttle and suspend_sending take a for)',
+      'fixtures/policies/bad-ladder/strikes.yaml:9:43: strikes.ladder[4].factor must be under 1: a throttle to the whole of the limits changes nothing',
+      'fixtures/policies/bad-ladder/strikes.yaml:10:50: strikes.ladder[5].factor is not for suspend_sending: only a throttle lowers the limits by a factor',
     ]);
   });
 
