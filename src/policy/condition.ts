@@ -95,7 +95,8 @@ function compileOp(op: string, arg: unknown, spec: FieldSpec, path: Path, issues
     issues.push({ path, message: `must be ${expected} for ${op} on a ${spec.type === 'strings' ? 'list of text' : spec.type} field (got ${JSON.stringify(arg)})` });
     return undefined;
   };
-  const scalarOk = (v: unknown) => (spec.type === 'number' ? typeof v === 'number' : spec.type === 'bool' ? typeof v === 'boolean' : typeof v === 'string');
+  // NaN (YAML's .nan) equals nothing, and infinities no count: a condition on them would never hold.
+  const scalarOk = (v: unknown) => (spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : spec.type === 'bool' ? typeof v === 'boolean' : typeof v === 'string');
   // YAML reads an unquoted 0123 as 123, 1.10 as 1.1 and 0x10 as 16: a text field compared with what YAML
   // made of the number would never see the text as written. As str() says of settings: quote it.
   const unquoted = spec.type === 'string' || spec.type === 'strings' ? (Array.isArray(arg) ? arg : [arg]).find((v) => typeof v === 'number' || typeof v === 'boolean') : undefined;

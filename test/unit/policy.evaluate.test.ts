@@ -48,6 +48,13 @@ describe('conditions', () => {
     expect(compile({ sender: { starts_with: 'jose\u0301' } }).test(facts({ sender: 'jos\u00e9@example.test' }))).toBe(true);
   });
 
+  it('refuses a number no count can equal (YAML\'s .nan, .inf)', () => {
+    const issues: Issue[] = [];
+    conditionSchema([])!.parse({ 'recipients.count': { equals: Number.NaN } }, ['when'], issues);
+    conditionSchema([])!.parse({ 'recipients.count': { in: [3, Number.POSITIVE_INFINITY] } }, ['when'], issues);
+    expect(issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual([expect.stringMatching(/^when\.recipients\.count\.equals: must be a number/), expect.stringMatching(/^when\.recipients\.count\.in: must be a non-empty list of values/)]);
+  });
+
   it('a header exists when the message has it: exists false holds for one without it', () => {
     const without = facts({ message: message({ headers: new Map() }) });
     const withIt = facts({ message: message() });
