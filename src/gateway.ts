@@ -1268,7 +1268,8 @@ export class Gateway {
     // What went through unscanned, once it did: not the messages refused later or retried.
     if (outcome.action === 'accept' && tx.tags.includes('scan.failed')) this.metrics.scanFailOpen.inc();
     if (outcome.action === 'accept' && tx.tags.includes('scan.skipped')) this.metrics.scanSkipped.inc();
-    this.metrics.transactionDuration.observe(tx.timings.total / 1000);
+    // To the final reply: a transaction the client abandoned had none, only its own idle time.
+    if (outcome.action !== 'abandoned') this.metrics.transactionDuration.observe(tx.timings.total / 1000);
     this.log.info(
       {
         event: 'transaction',

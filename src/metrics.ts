@@ -45,7 +45,7 @@ export class Metrics {
   readonly tlsExpiry = new Gauge({ name: 'douane_tls_certificate_expiry_timestamp_seconds', help: 'When the TLS listeners\' certificate stops being valid, in seconds since the epoch (absent without TLS)', registers: [] });
 
   readonly scans = new Counter({ name: 'douane_scans_total', help: 'Virus scans by result (clean, infected, error)', labelNames: ['result'], registers: [this.registry] });
-  readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'Time from the first byte to clamd\'s verdict', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly scanDuration = new Histogram({ name: 'douane_scan_duration_seconds', help: 'From the end of the message (the final dot) to clamd\'s verdict: the wait scanning adds for the client, however long its upload took', buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly scanErrors = new Counter({ name: 'douane_scan_errors_total', help: 'Failed scans by kind (timeout, unreachable, size_limit, closed, other)', labelNames: ['kind'], registers: [this.registry] });
   readonly scanSignatures = new Counter({ name: 'douane_scan_signatures_total', help: 'Malware found, by signature family (first part of the name)', labelNames: ['family'], registers: [this.registry] });
   readonly scanFailovers = new Counter({ name: 'douane_scan_failovers_total', help: 'Scans retried on another clamd host', registers: [this.registry] });

@@ -209,9 +209,12 @@ export class ClamdScanner implements ScannerPort {
       failed = r.detail;
       silentWhenFailed = Date.now() - lastWrite;
     });
+    /** when the message ended (the final dot): what the client waits for scanning is counted from it */
+    let endedAt = started;
     const finish = (r: ScanResult): ScanResult => {
-      const out = { ...r, ms: Math.round(performance.now() - started) };
-      this.opts.metrics.scanDuration.observe(out.ms / 1000);
+      const now = performance.now();
+      const out = { ...r, ms: Math.round(now - started) };
+      this.opts.metrics.scanDuration.observe((now - endedAt) / 1000);
       this.opts.metrics.scans.labels(out.result).inc();
       if (out.signature) this.opts.metrics.scanSignatures.labels(signatureFamily(out.signature)).inc();
       return out;
@@ -261,6 +264,7 @@ export class ClamdScanner implements ScannerPort {
       end: async (replay) => {
         // From the final dot, clamd has the whole deadline to answer, however long the client took.
         ended = true;
+        endedAt = performance.now();
         progress();
         // An empty message (DATA, then the dot at once) holds nothing to scan; clamd answers such a stream
         // with no verdict, which would tempfail it at every retry.
