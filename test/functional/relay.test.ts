@@ -360,6 +360,8 @@ describe('relay on the trusted listener', () => {
     expect(upstream.commands).toContain('RSET');
     const verdicts = gw.transactions().map((l) => l.verdict);
     expect(verdicts).toEqual(['abandoned', 'accept', 'accept']);
+    // Only the two that had a final reply are timed to it.
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_transaction_duration_seconds')).toMatch(/^douane_transaction_duration_seconds_count 2$/m);
     c.close();
   });
 
