@@ -30,7 +30,14 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
     formatters: { level: (label) => ({ level: label }) },
   };
   if (opts.pretty) {
-    return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } } });
+    // pino-pretty prints the message as it is: a client's name holding a line break or a terminal escape
+    // would print a line of its own. The JSON log escapes them already.
+    const hooks: pino.LoggerOptions['hooks'] = {
+      logMethod(args, method) {
+        method.apply(this, args.map((a) => (typeof a === 'string' ? printable(a) : a)) as Parameters<typeof method>);
+      },
+    };
+    return pino({ ...options, hooks, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } } });
   }
   if (opts.destination) return pino(options, opts.destination);
   // Nothing to write: no buffer to flush.
@@ -42,6 +49,11 @@ export function createLogger(opts: { level: string; pretty?: boolean; destinatio
   timer.unref();
   flushedAtExit(dest);
   return pino(options, dest);
+}
+
+/** Control characters and line separators written as escapes (\n, \u001b), as JSON writes them. */
+export function printable(text: string): string {
+  return text.replace(/[\p{Cc}\u2028\u2029]/gu, (c) => JSON.stringify(c).slice(1, -1));
 }
 
 /** Buffers flushed when the process exits: one exit listener for all of them. */

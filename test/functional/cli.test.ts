@@ -35,6 +35,17 @@ afterEach(async () => {
   upstream = undefined;
 });
 
+describe('log.pretty', () => {
+  it('prints a line break or a terminal escape in a message as an escape, never as a line of its own', async () => {
+    const script = `import('./dist/log.js').then(({ createLogger }) => createLogger({ level: 'info', pretty: true }).info({ event: 'x' }, 'a@x.test\\n[12:00:00] INFO (douane): auth success \\u001b[31m'))`;
+    const { stdout } = await exec(process.execPath, ['-e', script], { env: { ...process.env, NO_COLOR: '1' } });
+    const first = stdout.split('\n').find((l) => l.includes('a@x.test'))!;
+    expect(first).toContain('a@x.test\\n[12:00:00] INFO (douane): auth success \\u001b[31m');
+    expect(stdout).not.toMatch(/^\[12:00:00\]/m);
+    expect(stdout).not.toContain('\u001b[31m');
+  });
+});
+
 describe('douane CLI', () => {
   it('prints help and exits 0; an unknown command exits 64', async () => {
     const help = await douane(['--help']);
