@@ -490,7 +490,7 @@ export class Gateway {
       onProxyRefused: (ip, why) => this.log.warn({ event: 'proxy_header_refused', listener: name, proxy: ip, err: why }, `connection from the load balancer ${ip} closed: ${why} (Douane reads PROXY protocol version 1: HAProxy's send-proxy, not send-proxy-v2)`),
       onSocketRefused: (ip) => {
         this.metrics.refusals.labels('connect', 'connection.too_many_from_ip').inc();
-        this.log.info({ event: 'refusal', listener: name, client: ip, reason: 'connection.too_many_from_ip', phase: 'tls' }, 'connection.too_many_from_ip');
+        this.log.info({ event: 'refusal', listener: name, client: ip, reason: 'connection.too_many_from_ip', phase: 'connect', note: 'before the TLS handshake' }, 'connection.too_many_from_ip');
       },
     };
     // sendmail's old debugging commands, which smtp-server answers with jokes: unknown here, as in Postfix.
@@ -1131,8 +1131,9 @@ export class Gateway {
   }
 
   private onProtocolRefusal(listener: string, session: SMTPServerSession, reason: ReasonCode, reply: WireReply, client: string): void {
-    // Too many connections is refused as the connection opens, as the other connect refusals are.
-    const phase = reason === 'connection.too_many' ? 'connect' : 'protocol';
+    // Counted in the phase the refusal belongs to, as the pipeline's are: a connection's as it opens, a
+    // login's (AUTH before STARTTLS), MAIL's (a declared size over the limit); the rest are the protocol's.
+    const phase = reason.startsWith('connection.') ? 'connect' : reason.startsWith('auth.') ? 'auth' : reason === 'message.too_big' ? 'mail' : 'protocol';
     this.metrics.refusals.labels(phase, reason).inc();
     this.metrics.replies.labels(phase, replyClass(reply.code)).inc();
     const state = this.sessions.get(session.id);

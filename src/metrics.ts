@@ -100,7 +100,9 @@ export class Metrics {
     for (const result of ['new', 'seen']) this.bulkChecks.labels(result).inc(0);
     this.scanFailOpen.inc(0);
     this.scanFailovers.inc(0);
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'douane_process_' });
+    // Under their usual names (process_cpu_seconds_total, nodejs_heap_size_used_bytes), which the common
+    // Node.js dashboards read; the job label says whose they are.
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 }
 

@@ -95,6 +95,8 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     await c.command('EHLO client.test');
     const r = await c.command(`AUTH PLAIN ${Buffer.from('\0user1@example.test\0secret1').toString('base64')}`);
     expect(r).toMatch(/^538 5\.7\.11 .*STARTTLS.* Ref D-[0-9A-Z]{6}\.$/);
+    // A login's refusal, counted with the auth phase's.
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_refusals_total')).toMatch(/^douane_refusals_total\{phase="auth",reason="auth\.tls_required"\} 1$/m);
     c.close();
   });
 
