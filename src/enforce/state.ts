@@ -374,10 +374,10 @@ export class RedisEnforcementState implements EnforcementState {
 export class MemoryEnforcementState implements EnforcementState {
   protected readonly strikeLists = new Map<string, StrikeRecord[]>();
   protected readonly claims = new Map<string, number>();
-  /** who took a claim, when it was taken with a holder (this process only: not in the file) */
-  private readonly claimHolders = new Map<string, string>();
-  /** when each account was last reset, in this process (a late strike for it is one from before) */
-  private readonly reinstated = new Map<string, number>();
+  /** who took a claim, when it was taken with a holder */
+  protected readonly claimHolders = new Map<string, string>();
+  /** when each account was last reset (a late strike for it is one from before), for REINSTATED_TTL_MS */
+  protected readonly reinstated = new Map<string, number>();
   protected readonly accounts = new Map<string, AccountState>();
   protected suspensionTimes: number[] = [];
   protected breakerState: Breaker = { open: false };
@@ -402,6 +402,7 @@ export class MemoryEnforcementState implements EnforcementState {
       this.claimHolders.delete(k);
     }
     for (const [k, o] of this.owners) if (o.until <= now) this.owners.delete(k);
+    for (const [a, at] of this.reinstated) if (at <= now - REINSTATED_TTL_MS) this.reinstated.delete(a);
     // Until a strike was recorded since the start, the window is not known: strikes read from the file stay.
     if (this.strikeWindowMs > 0) {
       for (const [a, list] of this.strikeLists) {
@@ -574,6 +575,10 @@ interface Snapshot {
   locksHeld?: string[];
   /** absent in files written before it was kept */
   owners?: [string, { account: string; until: number }][];
+  /** absent in files written before it was kept */
+  claimHolders?: [string, string][];
+  /** absent in files written before it was kept */
+  reinstated?: [string, number][];
 }
 
 /**
@@ -624,6 +629,8 @@ export class FileEnforcementState extends MemoryEnforcementState {
       breaker: this.breakerState,
       locksHeld: [...this.locksHeld],
       owners: [...this.owners],
+      claimHolders: [...this.claimHolders],
+      reinstated: [...this.reinstated],
     };
   }
 
@@ -640,6 +647,10 @@ export class FileEnforcementState extends MemoryEnforcementState {
     this.breakerState = snap.breaker;
     for (const a of snap.locksHeld ?? []) this.locksHeld.add(a);
     for (const [k, v] of snap.owners ?? []) this.owners.set(k, v);
+    this.claimHolders.clear();
+    this.reinstated.clear();
+    for (const [k, v] of snap.claimHolders ?? []) this.claimHolders.set(k, v);
+    for (const [k, v] of snap.reinstated ?? []) this.reinstated.set(k, v);
   }
 
   /**

@@ -37,6 +37,7 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     const first = new FileEnforcementState(file, () => t);
     expect(await first.addStrike('Mallory@x.test', { id: 's1', event: 'malware', weight: 10, at: t, reference: 'D-AAAAAA' }, 24 * HOUR)).toBe(10);
     expect(await first.claim('step:{mallory@x.test}:2', 24 * HOUR)).toBe(true);
+    expect(await first.claim('cooldown:{mallory@x.test}:limit_reached', HOUR, 'strike-1')).toBe(true);
     await first.setSuspension('mallory@x.test', { since: t, action: 'suspend_sending', reason: 'strike total 20 reached 20', reference: 'D-AAAAAA', by: 'douane' });
     await first.setPending('eve@x.test', { action: 'suspend_account', at: t, total: 30, reference: 'D-BBBBBB', reason: 'r' });
     await first.setBreaker({ open: true, since: t, reason: 'too many' });
@@ -50,6 +51,11 @@ describe('enforcement state in a file (one instance, no Redis)', () => {
     expect((await again.account('mallory@x.test')).suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-AAAAAA' });
     expect((await again.strikes('mallory@x.test', 24 * HOUR)).map((s) => s.id)).toEqual(['s1']);
     expect(await again.claim('step:{mallory@x.test}:2', 24 * HOUR)).toBe(false);
+    // The strike that took a cooldown, counted again after the restart, still holds it; another does not.
+    expect(await again.claim('cooldown:{mallory@x.test}:limit_reached', HOUR, 'strike-1')).toBe(true);
+    expect(await again.claim('cooldown:{mallory@x.test}:limit_reached', HOUR, 'strike-2')).toBe(false);
+    // When trent was reinstated: a strike from before it, counted late, is known to be from before.
+    expect(await again.reinstatedAt('trent@x.test')).toBe(t);
     expect(await again.pendingAccounts()).toEqual(['eve@x.test']);
     expect(await again.lockHeld('trent@x.test')).toBe(true);
     expect(await again.breaker()).toMatchObject({ open: true });
