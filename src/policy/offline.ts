@@ -106,7 +106,9 @@ export async function evaluateOffline(policy: Policy, config: Readonly<Config>, 
   const session: SessionState = {
     id: 'offline',
     reference: 'D-XXXXXX',
-    listener: { name: mode === 'trusted' ? 'trusted' : 'submission', mode },
+    // Named as in the embedded default and douane.example.yaml, so that a rule on the listener's name
+    // (listener: submissions) can be tested.
+    listener: { name: mode === 'trusted' ? 'trusted' : mode === 'tls' ? 'submissions' : 'submission', mode },
     remoteAddress: '127.0.0.1',
     startedAt: Date.now(),
     account: mode === 'trusted' ? comparableAddress(sender) : account,

@@ -61,6 +61,18 @@ describe('offline evaluation', () => {
     ]);
   });
 
+  it('names each kind of listener as the embedded default does, so that a rule on a listener\'s name can be tested', async () => {
+    const dir = policyWith(`  - id: test.implicit-tls-only
+    description: this account submits on the implicit TLS port only
+    article: "4.3"
+    when: { all: [{ account: { equals: "ops@example.test" } }, { not: { listener: { equals: submissions } } }] }
+    action: reject
+`);
+    const policy = loadPolicy(dir);
+    const on = async (listener: 'starttls' | 'tls' | 'trusted') => (await evaluateOffline(policy, config, { account: 'ops@example.test', recipients: ['a@x.example'], listener })).action;
+    expect([await on('tls'), await on('starttls'), await on('trusted')]).toEqual(['accept', 'reject', 'reject']);
+  });
+
   it('applies the plan\'s recipients_per_message, counted within the message as live, with nothing given', async () => {
     const dir = policyWith('', (d) => {
       const limits = join(d, 'limits.yaml');
