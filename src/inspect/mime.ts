@@ -928,9 +928,13 @@ function parameterForms(value: string, name: string): ParameterForms {
   let repeated = false;
   let plainGiven = 0;
   for (const param of splitParameters(value)) {
-    const m = /^\s*([^=\s*]+)(?:\*(\d+))?(\*)?\s*=\s*(.*?)\s*$/s.exec(param);
+    // Split at the first "=" and trimmed, not matched by one pattern: a lazy value before trailing white
+    // space would try every split of a long run of spaces (seconds for one header line).
+    const eq = param.indexOf('=');
+    if (eq < 0) continue;
+    const m = /^([^=\s*]+)(?:\*(\d+))?(\*)?$/.exec(param.slice(0, eq).trim());
     if (!m || m[1]!.toLowerCase() !== name) continue;
-    const text = unquote(m[4]!);
+    const text = unquote(param.slice(eq + 1).trim());
     if (m[2] !== undefined) {
       const index = Number(m[2]);
       if (pieces.has(index)) repeated = true;

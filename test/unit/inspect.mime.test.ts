@@ -534,6 +534,17 @@ describe('MIME inspector: fixtures', () => {
 });
 
 describe('MIME inspector: behaviour', () => {
+  it('reads a header parameter whose value holds a long run of spaces in one pass (it once took minutes: every session waited)', async () => {
+    const spaces = ' '.repeat(250_000);
+    const raw = Buffer.from(`From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset="${spaces}utf-8"\r\nSubject: s\r\n\r\nhello\r\n`);
+    const facts = await inspect(raw, { ...LIMITS, maxHeaderSize: 512 * 1024 });
+    expect(facts.mimeLimitExceeded).toBeUndefined();
+    const part = Buffer.from(`From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Type: application/octet-stream; name="report${spaces}.exe"; x=a${spaces}b\r\n\r\nMZ\r\n--B--\r\n`);
+    const withPart = await inspect(part, { ...LIMITS, maxHeaderSize: 1024 * 1024 });
+    // The name as written, its extension read.
+    expect(withPart.attachments.map((a) => a.extension)).toEqual(['exe']);
+  });
+
   it('more distinct links than are kept go over a limit (urls), so a link past the bound is not unseen; repeats of kept ones do not', async () => {
     const links = (n: number) => Array.from({ length: n }, (_, i) => `https://news${i}.example.org/`);
     const over = await inspect(eml(...head(), 'Content-Type: text/plain', '', ...links(1000), 'https://login.examp1e-bank.test/verify', ''));
