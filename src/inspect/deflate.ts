@@ -15,9 +15,10 @@ export const INFLATE_STEP = 8 * 1024;
 
 /**
  * 7z headers decoded, all of one message together: LZMA decodes about 6 MB a second in the worst case
- * here, and a real header is a few kilobytes (about 200 KB for ten thousand files).
+ * here, and a real header is a few kilobytes (about 200 KB for ten thousand files). Each is at most
+ * 512 KB (sevenzip.ts): this is four of the largest.
  */
-const MAX_LZMA_DECODED = 16 * 1024 * 1024;
+const MAX_LZMA_DECODED = 2 * 1024 * 1024 + 4 * (0x300 << 12);
 
 /** What inner archives and 7z headers may still cost, shared by every archive of one message. */
 export interface InflateBudget {

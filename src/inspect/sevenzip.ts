@@ -40,6 +40,10 @@ const MAX_SIGNATURE_OFFSET = 8 * 1024 * 1024;
 const MAX_HEADER = 4 * 1024 * 1024;
 // Bytes kept before the header, where its packed form lies.
 const MAX_PACKED_HEADER = 4 * 1024 * 1024;
+// A packed header is decoded in one call, on the thread every session shares: LZMA decodes about 6 MB a
+// second at worst here, so at most this much (under 100 ms; some 25 000 files' names). A larger one is
+// not read.
+const MAX_DECODED_HEADER = 512 * 1024;
 const MAX_FILES = 100_000;
 const MAX_FOLDERS = 100_000;
 const MAX_CODERS = 32;
@@ -292,6 +296,8 @@ export class SevenZipLister {
     if (coder.id === CODER_COPY) {
       if (packedSize < size) throw new Malformed();
       header = packed.subarray(0, size);
+    } else if (size > MAX_DECODED_HEADER) {
+      throw new Unreadable();
     } else if (coder.id === CODER_LZMA2) {
       // LZMA2 allows literal settings up to 4 bits in all (see below).
       this.charge(size + (0x300 << 4));

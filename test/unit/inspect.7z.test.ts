@@ -163,6 +163,16 @@ describe('7z listing', () => {
     }
   });
 
+  it('does not decode a packed header over 512 KB, which would hold the thread every session shares; a plain one that size is read', () => {
+    // 3000 files of 120-character names: a header of some 800 KB once unpacked.
+    const files: Entry[] = Array.from({ length: 3000 }, (_, i) => ({ name: `${String(i).padStart(5, '0')}-${'n'.repeat(114)}.txt`, data: Buffer.from('x') }));
+    const packed = list(by7zip(files), 65_536);
+    expect(packed).toMatchObject({ is7z: true, entries: [], complete: false });
+    const plain = list(by7zip(files, ['-mhc=off']), 65_536);
+    expect(plain.complete).toBe(true);
+    expect(plain.entries).toHaveLength(1000); // the lister's own cap on names kept
+  }, 60_000);
+
   it('reads names in any script, and a thousand files', () => {
     const unicode: Entry[] = [
       { name: 'Facturé € 2025.pdf', data: Buffer.from('x') },
