@@ -1,6 +1,7 @@
 // A status cache in front of a lifecycle API. Status is read at every MAIL FROM, so it has to be cheap:
 // each account's answer is reused for ttlMs, concurrent lookups of one account share one request, and
-// while the API is failing the last answer is served for up to staleMs rather than refusing all mail.
+// while the API is failing or slow the last answer is served for up to staleMs rather than refusing (or
+// holding up) all mail.
 // suspend and reinstate go straight through and forget the account, so its next status is read afresh.
 
 import type { AccountInfo, LifecycleApi, SuspendOutcome } from './types.js';
@@ -12,6 +13,12 @@ export interface CachedLifecycleOptions {
   staleMs: number;
   /** accounts remembered at most; the least recently read are forgotten first */
   maxEntries?: number;
+  /**
+   * How long a refresh is waited for when an answer that may still be served (within staleMs) is there:
+   * past it, that answer is served and the refresh goes on in the background. A slow or hung API then
+   * delays no message beyond this; a failing one, not at all.
+   */
+  refreshWaitMs?: number;
   now?: () => number;
 }
 
@@ -25,6 +32,8 @@ interface Lookup {
   /** false once the account was suspended or reinstated meanwhile: the answer may predate that */
   current: boolean;
 }
+
+const DEFAULT_REFRESH_WAIT_MS = 250;
 
 export class CachedLifecycle implements LifecycleApi {
   readonly kind: string;
@@ -67,12 +76,22 @@ export class CachedLifecycle implements LifecycleApi {
         if (this.lookups.get(key) === l) this.lookups.delete(key);
       });
     }
-    try {
-      return await lookup.promise;
-    } catch (err) {
+    const servable = () => {
       const last = this.entries.get(key);
-      if (last && this.now() - last.at < this.opts.staleMs) return last.info;
+      return last && this.now() - last.at < this.opts.staleMs ? last : undefined;
+    };
+    const stale = servable();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      if (!stale) return await lookup.promise;
+      const waited = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.opts.refreshWaitMs ?? DEFAULT_REFRESH_WAIT_MS)));
+      return (await Promise.race([lookup.promise, waited])) ?? stale.info;
+    } catch (err) {
+      const last = servable();
+      if (last) return last.info;
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -132,6 +132,32 @@ describe('CachedLifecycle', () => {
     expect(inner.statusCalls).toHaveLength(3);
   });
 
+  it('serves the last answer when a refresh does not come back in time, and keeps the refresh\'s answer once it does', async () => {
+    const inner = new ScriptedApi();
+    const clock = { t: 1_000_000 };
+    const cache = new CachedLifecycle(inner, { ttlMs: 1000, staleMs: 600_000, refreshWaitMs: 50, now: () => clock.t });
+    inner.answer = async () => ({ status: 'active', aliases: ['a@x.test'] });
+    await cache.status('u@x.test');
+    // The API hangs: the answer before is served, not an error after the API's own timeout.
+    const hung = deferred<AccountInfo>();
+    inner.answer = () => hung.promise;
+    clock.t += 5000;
+    expect(await cache.status('u@x.test')).toEqual({ status: 'active', aliases: ['a@x.test'] });
+    expect(await cache.status('u@x.test')).toEqual({ status: 'active', aliases: ['a@x.test'] });
+    // One refresh under way for both, whose answer is kept when it comes.
+    expect(inner.statusCalls).toHaveLength(2);
+    hung.resolve({ status: 'locked' });
+    await hung.promise;
+    await new Promise((r) => setImmediate(r));
+    expect(await cache.status('u@x.test')).toEqual({ status: 'locked' });
+    // With nothing to serve, the first lookup is waited for.
+    const first = deferred<AccountInfo>();
+    inner.answer = () => first.promise;
+    const waiting = cache.status('new@x.test');
+    setTimeout(() => first.resolve({ status: 'active' }), 100);
+    expect(await waiting).toEqual({ status: 'active' });
+  });
+
   it('with nothing cached, a failure is passed on and not remembered', async () => {
     const { inner, cache } = setup();
     const down = new LifecycleError('unavailable', 'down', true);
