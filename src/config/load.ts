@@ -18,7 +18,13 @@ import { configSchema, type Config } from './schema.js';
 export const EMBEDDED_NAME = '(embedded default)';
 
 /** Variables that are not settings. */
-const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG', 'DOUANE_HEALTHCHECK_URL']);
+const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG', 'DOUANE_HEALTHCHECK_URL', 'DOUANE_TLS_DIR']);
+
+/**
+ * Variables an orchestrator sets for a service named douane (Kubernetes' DOUANE_SERVICE_HOST,
+ * DOUANE_PORT_587_TCP_ADDR…, Docker links' DOUANE_PORT…): not settings, and no setting is named so.
+ */
+const ORCHESTRATOR_VARIABLE = /^DOUANE_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)$/;
 
 export interface LoadedConfig {
   config: Readonly<Config>;
@@ -142,7 +148,7 @@ function crossChecks(config: Config): Issue[] {
   // The address itself, or a wildcard listener that takes it: 0.0.0.0 any IPv4 address of this machine,
   // :: any address of it (IPv4 too, on Linux by default). localhost is either loopback address; another
   // host name is not looked up here.
-  const local = (address: string) => /^127\./.test(address) || address === '::1' || Object.values(networkInterfaces()).some((list) => list?.some((i) => canonicalIp(i.address) === address));
+  const local = (address: string) => /^127\./.test(address) || address === '::1' || interfaceAddresses().has(address);
   const takes = (listenerAddress: string, address: string) =>
     listenerAddress === address || (local(address) && (listenerAddress === '::' || (listenerAddress === '0.0.0.0' && isIPv4(address))));
   const reaches = (host: string, listenerAddress: string) =>
@@ -153,6 +159,19 @@ function crossChecks(config: Config): Issue[] {
     if (own) issues.push({ path: ['upstream', key], message: `is ${port}, where listener "${own[0]}" listens: Douane would relay to itself (the upstream is the MTA behind it)` });
   }
   return issues;
+}
+
+/**
+ * This machine's addresses. Reading them takes a netlink socket, which a sandbox may forbid (systemd's
+ * RestrictAddressFamilies without AF_NETLINK): then none is known, and only loopback counts as this
+ * machine's own, rather than the configuration failing with a system error.
+ */
+function interfaceAddresses(): Set<string> {
+  try {
+    return new Set(Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((i) => canonicalIp(i.address))));
+  } catch {
+    return new Set();
+  }
 }
 
 /** The files serve will read: the listeners' certificate and key, the upstream's CA. */
@@ -297,7 +316,7 @@ export function applyEnvOverrides(
   const applied = new Map<string, string>();
   const problems: Problem[] = [];
   for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || value === undefined) continue;
+    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || ORCHESTRATOR_VARIABLE.test(name) || value === undefined) continue;
     const tokens = name.slice('DOUANE_'.length).toLowerCase().split('_');
     const resolved = resolveEnvPath(configSchema as Schema<unknown>, tokens, []);
     if (!resolved) {

@@ -97,6 +97,28 @@ describe('douane CLI', () => {
     }
   });
 
+  it('config check works where the machine\'s addresses cannot be read (a sandbox without netlink), and still finds a loop to itself', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-netlink-'));
+    try {
+      // What systemd's RestrictAddressFamilies without AF_NETLINK makes of os.networkInterfaces().
+      writeFileSync(join(dir, 'no-netlink.cjs'), "const os = require('node:os'); os.networkInterfaces = () => { const e = new Error('uv_interface_addresses returned Unknown system error 97'); e.code = 'ERR_SYSTEM_ERROR'; throw e; }; require('node:module').syncBuiltinESMExports();\n");
+      const settings = (host: string) => ['listeners: { submission: { mode: trusted, address: 0.0.0.0, port: 2587, allow: [10.0.0.0/8] } }', `upstream: { host: ${host}, port: 2587, trusted_port: 2587 }`, 'clamd: none', `state_dir: ${dir}/state`, `spool: { dir: ${dir}/spool }`, `policy: { dir: ${process.cwd()}/policies }`, ''].join('\n');
+      writeFileSync(join(dir, 'mta.yaml'), settings('mta.internal'));
+      writeFileSync(join(dir, 'self.yaml'), settings('127.0.0.1'));
+      const check = (file: string) =>
+        exec(process.execPath, ['--require', join(dir, 'no-netlink.cjs'), CLI, 'config', 'check', join(dir, file)]).then(
+          (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+          (e: { code: number; stdout: string; stderr: string }) => e,
+        );
+      expect(await check('mta.yaml')).toMatchObject({ code: 0, stdout: `${join(dir, 'mta.yaml')}: ok\n` });
+      const self = await check('self.yaml');
+      expect(self.code).toBe(1);
+      expect(self.stderr).toMatch(/upstream\.port is 2587, where listener "submission" listens: Douane would relay to itself/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve refuses to start a TLS listener without a certificate, naming the key', async () => {
     const r = await douane(['serve', '--config', 'fixtures/config/no-cert.yaml']);
     expect(r.code).toBe(1);

@@ -389,6 +389,23 @@ describe('configuration loading', () => {
     expect(problems(() => loadConfig({ file: 'fixtures/config/missing.yaml', env: {} }))[0]).toBe('fixtures/config/missing.yaml: cannot be read: no such file');
   });
 
+  it('takes no variable an orchestrator sets for a service named douane, nor the compose file\'s own, for a setting', () => {
+    const env = {
+      DOUANE_SERVICE_HOST: '10.96.0.12',
+      DOUANE_SERVICE_PORT: '587',
+      DOUANE_SERVICE_PORT_SUBMISSION: '587',
+      DOUANE_PORT: 'tcp://10.96.0.12:587',
+      DOUANE_PORT_587_TCP: 'tcp://10.96.0.12:587',
+      DOUANE_PORT_587_TCP_ADDR: '10.96.0.12',
+      DOUANE_PORT_587_TCP_PORT: '587',
+      DOUANE_PORT_587_TCP_PROTO: 'tcp',
+      DOUANE_TLS_DIR: '/srv/tls',
+    };
+    expect(loadConfig({ env }).overrides).toEqual([]);
+    // A misspelt setting is still one.
+    expect(problems(() => loadConfig({ env: { DOUANE_UPSTREAM_HOTS: 'x' } }))).toEqual([expect.stringMatching(/^env DOUANE_UPSTREAM_HOTS: .*does not name a setting/)]);
+  });
+
   it('applies DOUANE_* overrides, typed by the setting', () => {
     const { config, overrides } = loadConfig({
       env: {
