@@ -78,6 +78,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private keptKnown = '{}';
   /** the shared state was read at least once since start, or an earlier run's reading was kept */
   private suspensionsSeen = false;
+  /** when the never-suspend list's addresses were last asked of the lifecycle API */
+  private listAskedAt = -Infinity;
   /** address → the account it belongs to, as the lifecycle API last said */
   private readonly owners = new Map<string, string>();
   /** addresses whose kept owner this process removed (asked once, not at every lookup) */
@@ -825,8 +827,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   async refreshGauge(): Promise<void> {
-    // Whose the aliases on the never-suspend list are, known before the lifecycle API is ever down.
-    for (const entry of this.listedAddresses(this.deps.policy())) this.learn(comparableAddress(entry));
+    // Whose the aliases on the never-suspend list are, known before the lifecycle API is ever down, and
+    // asked again every hour, so that what is kept of them (30 days) does not run out while unused.
+    const listed = this.listedAddresses(this.deps.policy()).map((entry) => comparableAddress(entry));
+    if (this.deps.lifecycle && this.now() - this.listAskedAt >= LIST_REFRESH_MS) {
+      this.listAskedAt = this.now();
+      for (const address of listed) void this.resolve(address).catch(() => undefined);
+    } else for (const address of listed) this.learn(address);
     try {
       await this.restoreIfLost();
       const suspended = await this.deps.state.suspendedAccounts();
@@ -850,6 +857,9 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 function strikeId(e: StrikeEvent): string {
   return `${e.reference}-${e.event}-${e.at}`;
 }
+
+/** How often the never-suspend list's addresses are asked of the lifecycle API again. */
+const LIST_REFRESH_MS = 3_600_000;
 
 /** Why a ladder step waits: the never-suspend list cannot be checked against this account now. */
 const UNVERIFIED = 'the lifecycle API cannot say now whose the addresses on the never-suspend list are: this account may be one of them';

@@ -199,6 +199,29 @@ describe('strike ladder', () => {
     }
   });
 
+  it('asks whose the never-suspend list\'s addresses are at start and every hour, so that what is kept of them stays fresh', async () => {
+    let t = 1_000_000_000;
+    const asked: string[] = [];
+    const lifecycle: LifecycleApi = {
+      kind: 'stub',
+      status: async (a) => {
+        asked.push(a);
+        return a === 'postmaster@dstorage.example' ? { status: 'active', name: 'admin@dstorage.example' } : { status: 'active' };
+      },
+      suspend: async () => 'locked',
+      reinstate: async () => undefined,
+    };
+    const { enforcer, state } = setup({}, () => t, lifecycle);
+    await enforcer.refreshGauge();
+    await expect.poll(() => asked.filter((a) => a === 'postmaster@dstorage.example').length).toBe(1);
+    expect(await state.owner('postmaster@dstorage.example')).toBe('admin@dstorage.example');
+    t += 10_000;
+    await enforcer.refreshGauge();
+    t += 3_600_000;
+    await enforcer.refreshGauge();
+    await expect.poll(() => asked.filter((a) => a === 'postmaster@dstorage.example').length).toBe(2);
+  });
+
   it('approval mode: suspensions waiting for a person do not count towards the circuit breaker', async () => {
     const { enforcer, state, strike } = setup({ approval: true, breaker_max_per_hour: 2 });
     for (const a of ['a', 'b', 'c', 'd']) {
