@@ -123,21 +123,32 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.deps.log.warn({ event: 'known_suspensions_unreadable', file, err: (err as Error).message }, 'the suspensions kept by the last run cannot be read');
       return;
     }
+    let kept: KnownFile;
     try {
-      const kept = JSON.parse(text) as Record<string, Suspension>;
-      for (const [account, s] of Object.entries(kept)) if (s && typeof s.since === 'number' && typeof s.action === 'string') this.knownSuspensions.set(account, s);
+      kept = JSON.parse(text) as KnownFile;
+      if (typeof kept !== 'object' || kept === null || typeof kept.suspensions !== 'object' || kept.suspensions === null) throw new Error('not a record of suspensions');
     } catch (err) {
       this.deps.log.warn({ event: 'known_suspensions_unreadable', file, err: (err as Error).message }, 'the suspensions kept by the last run cannot be read');
+      return;
     }
-    this.keptKnown = JSON.stringify(Object.fromEntries(this.knownSuspensions));
+    for (const [account, s] of Object.entries(kept.suspensions)) if (s && typeof s.since === 'number' && typeof s.action === 'string') this.knownSuspensions.set(account, s);
+    // The shared state's mark as the last run saw it: one gone or changed since is a loss while this
+    // instance was stopped, and what it knew is written back.
+    if (typeof kept.mark === 'string') this.deps.state.seedMark?.(kept.mark);
+    this.keptKnown = JSON.stringify(this.knownRecord());
     this.suspensionsSeen = true;
+  }
+
+  private knownRecord(): KnownFile {
+    const mark = this.deps.state.markSeen?.();
+    return { ...(mark ? { mark } : {}), suspensions: Object.fromEntries(this.knownSuspensions) };
   }
 
   /** Keeps the known suspensions for the next run, when they changed. */
   private async saveKnown(): Promise<void> {
     const file = this.deps.knownFile;
     if (!file) return;
-    const text = JSON.stringify(Object.fromEntries(this.knownSuspensions));
+    const text = JSON.stringify(this.knownRecord());
     if (text === this.keptKnown) return;
     await writeFileDurably(file, text + '\n');
     this.keptKnown = text;
@@ -856,6 +867,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 /** A strike's id: the same when it is counted again. */
 function strikeId(e: StrikeEvent): string {
   return `${e.reference}-${e.event}-${e.at}`;
+}
+
+/** state_dir/known-suspensions.json */
+interface KnownFile {
+  /** the shared state's mark when they were read */
+  mark?: string;
+  suspensions: Record<string, Suspension>;
 }
 
 /** How often the never-suspend list's addresses are asked of the lifecycle API again. */

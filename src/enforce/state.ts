@@ -119,6 +119,12 @@ export interface EnforcementState {
    * writes back what it knows.
    */
   lost(): Promise<boolean>;
+  /**
+   * The mark as last seen, and the one an earlier run saw (kept by the caller between runs): with it, the
+   * first look after a start also finds a state lost while this instance was stopped.
+   */
+  markSeen?(): string | undefined;
+  seedMark?(mark: string): void;
   setOwner(address: string, account: string): Promise<void>;
   /** the address is its own account now, or no account's: it is nobody's alias any more */
   forgetOwner(address: string): Promise<void>;
@@ -205,6 +211,14 @@ export class RedisEnforcementState implements EnforcementState {
 
   /** the state's mark as this process last saw it */
   private mark: string | undefined;
+
+  markSeen(): string | undefined {
+    return this.mark;
+  }
+
+  seedMark(mark: string): void {
+    this.mark ??= mark;
+  }
 
   async lost(): Promise<boolean> {
     const key = `${this.prefix}:state-mark`;

@@ -202,6 +202,51 @@ describe('the strike ladder, end to end', () => {
     }
   });
 
+  it('a lock waiting in the outbox survives Redis coming back empty while Douane was stopped too', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-restart-'));
+    const knownFile = join(dir, 'known-suspensions.json');
+    let apiDown = true;
+    const calls: string[] = [];
+    const lifecycle: LifecycleApi = {
+      kind: 'stub',
+      status: async () => ({ status: 'active' }),
+      suspend: async (a) => {
+        if (apiDown) throw new LifecycleError('unavailable', 'the API is down', true);
+        calls.push(`lock ${a}`);
+        return 'locked';
+      },
+      reinstate: async (a) => void calls.push(`unlock ${a}`),
+    };
+    const policy = loadPolicy('policies');
+    const first = new Redis(redis.url, { maxRetriesPerRequest: 0 });
+    const before = enforcement({ dir, state: new RedisEnforcementState(first as never, 'restart'), lifecycle, policy, deadlineMs: 1000, knownFile });
+    await before.outbox.start();
+    await before.enforcer.refreshGauge();
+    await before.enforcer.suspend('gone@x.test', 'suspend_account', { by: 'cli:test', reference: 'D-REST01', reason: 'malware' });
+    await until('a failed try of the lock', () => before.outbox.jobs().some((j) => j.kind === 'lifecycle' && j.attempts > 0));
+    await before.outbox.stop();
+    first.disconnect();
+    // Power cut: Redis comes back without its data, and the API is back.
+    redis.cli('flushall');
+    apiDown = false;
+    const second = new Redis(redis.url, { maxRetriesPerRequest: 0 });
+    const state = new RedisEnforcementState(second as never, 'restart');
+    const after = enforcement({ dir, state, lifecycle, policy, deadlineMs: 1000, knownFile });
+    try {
+      // As the gateway starts: the outbox first, then the first refresh.
+      await after.outbox.start();
+      await after.enforcer.refreshGauge();
+      expect(await after.outbox.idle(3000)).toBe(true);
+      expect(calls).toEqual(['lock gone@x.test']);
+      expect((await state.account('gone@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-REST01' });
+      expect(audit(dir).map((e) => e.action)).not.toContain('lifecycle_superseded');
+      expect((JSON.parse(readFileSync(knownFile, 'utf8')) as { suspensions: Record<string, unknown> }).suspensions).toHaveProperty(['gone@x.test']);
+    } finally {
+      await after.outbox.stop();
+      second.disconnect();
+    }
+  });
+
   it('an unlock refused for bad admin credentials (a password being changed) is tried again until Zimbra takes it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-auth-'));
     const account = zimbra.addAccount({ name: 'rotated@example.test' });

@@ -11,7 +11,7 @@ import { createLogger } from '../../src/log.js';
 import { Metrics } from '../../src/metrics.js';
 import type { Policy } from '../../src/policy/policy.js';
 
-export function enforcement(opts: { dir: string; state: EnforcementState; lifecycle: LifecycleApi; policy: Policy; deadlineMs: number; now?: () => number }): { enforcer: Enforcer; outbox: Outbox } {
+export function enforcement(opts: { dir: string; state: EnforcementState; lifecycle: LifecycleApi; policy: Policy; deadlineMs: number; now?: () => number; knownFile?: string }): { enforcer: Enforcer; outbox: Outbox } {
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   let enforcer: Enforcer | undefined;
@@ -35,6 +35,7 @@ export function enforcement(opts: { dir: string; state: EnforcementState; lifecy
     deadlineMs: opts.deadlineMs,
     ...(opts.now ? { now: opts.now } : {}),
     lifecycle: opts.lifecycle,
+    ...(opts.knownFile ? { knownFile: opts.knownFile } : {}),
   });
   return { enforcer, outbox };
 }

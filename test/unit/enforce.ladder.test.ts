@@ -471,6 +471,9 @@ describe('strikes the state could not take at once', () => {
     const looked = await restarted.lookup('spammer@x.test');
     expect(looked.state.suspension).toMatchObject({ action: 'suspend_sending', reference: 'D-KNOWN1' });
     expect(looked.suspensionsUnknown).toBeUndefined();
+    // One whose file is damaged knows nothing either, and says so.
+    writeFileSync(knownFile, '{"suspensions": {"spammer@x.te');
+    expect(await make(down).lookup('spammer@x.test')).toMatchObject({ state: {}, suspensionsUnknown: true });
     // A new instance, with nothing kept, cannot tell, and says so in the transaction's evidence.
     rmSync(knownFile);
     const fresh = await make(down).lookup('spammer@x.test');
