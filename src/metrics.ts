@@ -58,7 +58,7 @@ export class Metrics {
   readonly quarantineSize = new Gauge({ name: 'douane_quarantine_messages', help: 'Messages in quarantine now', registers: [this.registry] });
   readonly quarantineBytes = new Gauge({ name: 'douane_quarantine_bytes', help: 'Bytes of messages in quarantine now', registers: [this.registry] });
 
-  readonly suspensions = new Counter({ name: 'douane_suspensions_total', help: 'Enforcement actions by action (notify, throttle, suspend_sending, suspend_account, reinstate) and result (done, dry_run, pending_approval, skipped_allowlist, blocked_breaker)', labelNames: ['action', 'result'], registers: [this.registry] });
+  readonly suspensions = new Counter({ name: 'douane_suspensions_total', help: 'Enforcement actions by action (notify, throttle, suspend_sending, suspend_account, reinstate) and result (done, dry_run, pending_approval, skipped_allowlist, skipped_unverified: the never-suspend list could not be checked, blocked_breaker)', labelNames: ['action', 'result'], registers: [this.registry] });
   readonly suspendedAccounts = new Gauge({ name: 'douane_suspended_accounts', help: 'Accounts suspended in Douane now (known to this instance at the last check)', registers: [this.registry] });
   readonly enforcementStateLost = new Counter({ name: 'douane_enforcement_state_lost_total', help: 'Times the shared enforcement state was found lost (Redis restarted empty, or a replica without it); the suspensions known here were written back', registers: [this.registry] });
   readonly lifecycleCalls = new Counter({ name: 'douane_lifecycle_calls_total', help: 'Lifecycle API calls by adapter, operation and result (ok, error kind)', labelNames: ['adapter', 'op', 'result'], registers: [this.registry] });

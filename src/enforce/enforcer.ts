@@ -260,7 +260,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
           await this.deps.state.dropClaim(key).catch(() => undefined);
           break;
         }
-        await this.takeStep(e, total, step, policy);
+        const retryAfter = await this.takeStep(e, total, step, policy);
+        // Not decided (the never-suspend list could not be checked): taken again by a later strike, not
+        // by every one.
+        if (retryAfter !== undefined) {
+          await this.deps.state.holdClaim(key, Math.min(retryAfter, window));
+          continue;
+        }
       } catch (err) {
         await this.deps.state.dropClaim(key).catch(() => undefined);
         throw err;
@@ -278,7 +284,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     return { account, reference, events: events.length ? events : ['(none recorded)'], total, article, contact: s.contact, provider: s.provider, ...extra };
   }
 
-  private async takeStep(e: StrikeEvent, total: number, step: Policy['doc']['strikes']['ladder'][number], policy: Policy): Promise<void> {
+  /** Takes a ladder step; returns how soon it may be taken again when it could not be decided now. */
+  private async takeStep(e: StrikeEvent, total: number, step: Policy['doc']['strikes']['ladder'][number], policy: Policy): Promise<number | void> {
     const article = e.article ?? '4.6';
     const until = step.for ? this.now() + step.for : undefined;
     if (this.deps.settings.dry_run && (step.action === 'notify' || step.action === 'throttle')) {
@@ -306,11 +313,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       if (allowlisted !== 'no') {
         const why = allowlisted === 'yes' ? 'allowlists.never_suspend' : UNVERIFIED;
         const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
-        this.deps.metrics.suspensions.labels('throttle', 'skipped_allowlist').inc();
+        this.deps.metrics.suspensions.labels('throttle', allowlisted === 'yes' ? 'skipped_allowlist' : 'skipped_unverified').inc();
         this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why }, `${e.account} not throttled: ${why}`);
         await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
         await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
-        return;
+        // Once the list can be checked again, a later strike throttles the account if it is not on it.
+        return allowlisted === 'yes' ? undefined : UNVERIFIED_RETRY_MS;
       }
       await this.deps.state.setThrottle(e.account, { factor: step.factor!, until: until!, reference: e.reference });
       const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
@@ -333,7 +341,13 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     if (policy.account(account).allowlisted.neverSuspend) return 'yes';
     if (!this.deps.lifecycle) return 'no';
     const name = comparableAddress(account);
-    const owners = await Promise.all(this.listedAddresses(policy, name).map(async (entry) => (await this.ownerOf(comparableAddress(entry))).owner));
+    const owners = await Promise.all(
+      this.listedAddresses(policy, name).map(async (entry) => {
+        const address = comparableAddress(entry);
+        // Kept by the list's refresh, whether an alias or an account of its own (which nothing else keeps).
+        return (await this.ownerOf(address)).owner ?? (await deadline(this.deps.state.owner(listedKey(address)), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => undefined));
+      }),
+    );
     if (owners.some((owner) => owner !== undefined && comparableAddress(owner) === name)) return 'yes';
     // A listed address whose account nobody can say now (the API down, nothing kept) may be this one's.
     return owners.includes(undefined) ? 'unknown' : 'no';
@@ -625,6 +639,20 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       .finally(() => this.learning.delete(address));
   }
 
+  /**
+   * Whose an address on the never-suspend list is, asked of the lifecycle API and kept in the shared
+   * state under a key of its own, an account's own name too: an instance started while the API is down
+   * then still knows the list.
+   */
+  private rememberListed(address: string): void {
+    if (!this.deps.lifecycle || this.learning.has(address)) return;
+    this.learning.add(address);
+    void this.resolve(address)
+      .then((owner) => this.deps.state.setOwner(listedKey(address), owner))
+      .catch(() => undefined)
+      .finally(() => this.learning.delete(address));
+  }
+
   /** Asks the lifecycle API whose address this is, and remembers the answer. */
   private async resolve(login: string): Promise<string> {
     const info = await deadline(this.deps.lifecycle!.status(login), 'lifecycle API', this.deps.deadlineMs);
@@ -840,11 +868,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   async refreshGauge(): Promise<void> {
     // Whose the aliases on the never-suspend list are, known before the lifecycle API is ever down, and
     // asked again every hour, so that what is kept of them (30 days) does not run out while unused.
-    const listed = this.listedAddresses(this.deps.policy()).map((entry) => comparableAddress(entry));
-    if (this.deps.lifecycle && this.now() - this.listAskedAt >= LIST_REFRESH_MS) {
-      this.listAskedAt = this.now();
-      for (const address of listed) void this.resolve(address).catch(() => undefined);
-    } else for (const address of listed) this.learn(address);
+    const hourly = this.now() - this.listAskedAt >= LIST_REFRESH_MS;
+    if (hourly) this.listAskedAt = this.now();
+    for (const entry of this.listedAddresses(this.deps.policy())) {
+      const address = comparableAddress(entry);
+      if (hourly || !this.owners.has(address)) this.rememberListed(address);
+    }
     try {
       await this.restoreIfLost();
       const suspended = await this.deps.state.suspendedAccounts();
@@ -878,6 +907,14 @@ interface KnownFile {
 
 /** How often the never-suspend list's addresses are asked of the lifecycle API again. */
 const LIST_REFRESH_MS = 3_600_000;
+
+/** How soon a throttle skipped for an unverifiable never-suspend list may be taken by a later strike. */
+const UNVERIFIED_RETRY_MS = 10 * 60_000;
+
+/** Where the owner of an address on the never-suspend list is kept (see rememberListed). */
+function listedKey(address: string): string {
+  return `never-suspend:${address}`;
+}
 
 /** Why a ladder step waits: the never-suspend list cannot be checked against this account now. */
 const UNVERIFIED = 'the lifecycle API cannot say now whose the addresses on the never-suspend list are: this account may be one of them';

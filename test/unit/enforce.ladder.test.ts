@@ -18,13 +18,13 @@ import type { LifecycleApi } from '../../src/lifecycle/types.js';
 import { LifecycleError } from '../../src/lifecycle/types.js';
 import type { Job } from '../../src/enforce/outbox.js';
 
-function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi, policyDir = 'policies') {
+function setup(overrides: Partial<ConstructorParameters<typeof Enforcer>[0]['settings']> = {}, now: () => number = Date.now, lifecycle?: LifecycleApi, policyDir = 'policies', shared?: MemoryEnforcementState) {
   const dir = mkdtempSync(join(tmpdir(), 'douane-ladder-'));
   const metrics = new Metrics({ version: 't', defaultMetrics: false });
   const log = createLogger({ level: 'silent' });
   const sent: string[] = [];
   const outbox = new Outbox({ dir: join(dir, 'outbox'), handlers: { lifecycle: async () => undefined, notify: async (j) => void sent.push((j.payload as { subject: string }).subject), webhook: async () => undefined, strike: async () => undefined }, minDelayMs: 10, maxDelayMs: 50, metrics, log });
-  const state = new MemoryEnforcementState(now);
+  const state = shared ?? new MemoryEnforcementState(now);
   let policy = loadPolicy(policyDir);
   const enforcer = new Enforcer({
     state,
@@ -175,8 +175,9 @@ describe('strike ladder', () => {
       const api = new ZimbraAdminApi({ url: z.url, adminUser: z.adminUser, adminPassword: z.adminPassword, timeoutMs: 300, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
       // Started while Zimbra is down, with nothing kept about whose postmaster@ is.
       await z.down();
-      const { enforcer, state, strike, dir, outbox } = setup({}, Date.now, api);
+      const { enforcer, state, strike, dir, outbox, metrics } = setup({}, Date.now, api);
       for (let n = 1; n <= 4; n++) await enforcer.record(strike('admin@dstorage.example', 'malware', 10, n));
+      expect(await metrics.registry.getSingleMetricAsString('douane_suspensions_total')).toMatch(/^douane_suspensions_total\{action="throttle",result="skipped_unverified"\} 1$/m);
       const after = await state.account('admin@dstorage.example');
       expect(after.suspension).toBeUndefined();
       expect(after.throttle).toBeUndefined();
@@ -194,6 +195,31 @@ describe('strike ladder', () => {
       for (let n = 5; n <= 8; n++) await enforcer.record(strike('admin@dstorage.example', 'malware', 10, n));
       expect(await state.account('admin@dstorage.example')).toEqual({});
       expect(audit().filter((e) => e.action === 'suspension_skipped').map((e) => e.why)).toEqual(['allowlists.never_suspend', 'allowlists.never_suspend']);
+    } finally {
+      await z.stop();
+    }
+  });
+
+  it('an instance restarted while the lifecycle API is down still knows the never-suspend list, accounts of their own included', async () => {
+    const { FakeZimbra } = await import('../harness/fake-zimbra.js');
+    const { ZimbraAdminApi } = await import('../../src/lifecycle/zimbra.js');
+    const z = await FakeZimbra.start();
+    try {
+      // The shipped list: postmaster@ and abuse@, here accounts of their own (no alias to resolve).
+      z.addAccount({ name: 'postmaster@dstorage.example' });
+      z.addAccount({ name: 'abuse@dstorage.example' });
+      z.addAccount({ name: 'spammer@dstorage.example' });
+      const api = () => new ZimbraAdminApi({ url: z.url, adminUser: z.adminUser, adminPassword: z.adminPassword, timeoutMs: 300, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
+      const before = setup({}, Date.now, api());
+      await before.enforcer.refreshGauge();
+      await expect.poll(async () => before.state.owner('never-suspend:abuse@dstorage.example')).toBe('abuse@dstorage.example');
+      await z.down();
+      // The same shared state, a new process.
+      const after = setup({}, Date.now, api(), 'policies', before.state);
+      for (let n = 1; n <= 4; n++) await after.enforcer.record(after.strike('spammer@dstorage.example', 'malware', 10, n));
+      const s = await before.state.account('spammer@dstorage.example');
+      expect(s.suspension).toMatchObject({ action: 'suspend_account' });
+      expect(s.pending).toBeUndefined();
     } finally {
       await z.stop();
     }
