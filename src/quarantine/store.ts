@@ -6,7 +6,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { link, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -162,14 +162,15 @@ export class LocalQuarantine implements QuarantineStore {
       await pipeline(content, createWriteStream(tmp, { mode: 0o600, flags: 'wx' }));
       await syncFile(tmp);
       // The reference names the entry; a second entry with the same reference (rare) gets a suffix. The
-      // name is taken by a hard link, which never replaces a file: two entries written at the same
-      // moment cannot both take it (a rename would put one message in place of the other).
+      // name is taken by creating its message file exclusively (O_EXCL, which network file systems
+      // keep too), then the message renamed over that file of its own: two entries written at the same
+      // moment cannot both take one name (a plain rename would put one message in place of the other).
       let id = meta.reference;
       for (let n = 2; ; n++) {
         const taken = await stat(this.path(id, 'json')).then(() => true, () => false);
         if (!taken) {
           try {
-            await link(tmp, this.path(id, 'eml'));
+            await (await open(this.path(id, 'eml'), 'wx', 0o600)).close();
             break;
           } catch (err) {
             if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
@@ -178,7 +179,7 @@ export class LocalQuarantine implements QuarantineStore {
         id = `${meta.reference}-${n}`;
       }
       made.push(this.path(id, 'eml'));
-      await rm(tmp, { force: true });
+      await rename(tmp, this.path(id, 'eml'));
       full = { id, ...meta };
       // The metadata is written last: an entry without it is incomplete and is not listed.
       made.push(this.path(id, 'json'));
