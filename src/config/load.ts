@@ -21,10 +21,13 @@ export const EMBEDDED_NAME = '(embedded default)';
 const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG', 'DOUANE_HEALTHCHECK_URL', 'DOUANE_TLS_DIR']);
 
 /**
- * Variables an orchestrator sets for a service named douane (Kubernetes' DOUANE_SERVICE_HOST,
- * DOUANE_PORT_587_TCP_ADDR…, Docker links' DOUANE_PORT…): not settings, and no setting is named so.
+ * Variables an orchestrator sets for each service whose name starts with douane (Kubernetes'
+ * DOUANE_SERVICE_HOST, DOUANE_ADMIN_PORT_9725_TCP_ADDR…, Docker links' DOUANE_PORT…), when they name no
+ * setting; and the value it gives a service's port variable, which no setting takes
+ * (DOUANE_ADMIN_PORT=tcp://10.96.0.12:9725 for a service douane-admin, where admin.port is a setting).
  */
-const ORCHESTRATOR_VARIABLE = /^DOUANE_(SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)$/;
+const ORCHESTRATOR_VARIABLE = /^DOUANE_(?:[A-Z0-9_]+_)?(?:SERVICE_(?:HOST|PORT)(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:ADDR|PORT|PROTO))?)?)$/;
+const SERVICE_LINK_VALUE = /^(?:tcp|udp|sctp):\/\//;
 
 export interface LoadedConfig {
   config: Readonly<Config>;
@@ -316,9 +319,10 @@ export function applyEnvOverrides(
   const applied = new Map<string, string>();
   const problems: Problem[] = [];
   for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || ORCHESTRATOR_VARIABLE.test(name) || value === undefined) continue;
+    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || value === undefined || SERVICE_LINK_VALUE.test(value)) continue;
     const tokens = name.slice('DOUANE_'.length).toLowerCase().split('_');
     const resolved = resolveEnvPath(configSchema as Schema<unknown>, tokens, []);
+    if (!resolved && ORCHESTRATOR_VARIABLE.test(name)) continue;
     if (!resolved) {
       problems.push({ file: `env ${name}`, key: '(top level)', message: 'does not name a setting (e.g. DOUANE_UPSTREAM_HOST sets upstream.host)' });
       continue;

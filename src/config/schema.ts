@@ -266,7 +266,7 @@ export const configSchema = obj({
         obj({
           holder: withDefault(bool(), true),
           abuse_team: withDefault(list(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })), []),
-          from: optional(str({ pattern: /^[^\s@]+@[^\s@]+$/, expected: 'an address' })),
+          from: optional(str({ pattern: /^(?:[^\s@]+@[^\s@]+|[^<>@\p{Cc}]*<[^\s@<>]+@[^\s@<>]+>)$/u, expected: 'an address, or a name and an address ("Abuse desk <abuse@example.net>")' })),
           /** where notices are sent; default: the upstream's trusted port */
           smtp: optional(
             obj({

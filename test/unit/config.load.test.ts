@@ -86,12 +86,14 @@ describe('configuration loading', () => {
       't.yaml:5:27: clamd.hosts[0].host must be a host name such as mta.example.com (an internationalised one in its xn-- form), or an IP address such as 192.0.2.10 or 2001:db8::10, without a port (the port has a key of its own) (got "clamd.internal:3310")',
       't.yaml:3:46: lifecycle.zimbra.url is not a URL that can be read (expected the admin SOAP URL, e.g. https://zimbra.internal:7071/service/admin/soap)',
       expect.stringMatching(/^t\.yaml:6:25: enforcement\.contact must be one line of text \(no line break or control character: it is shown in SMTP replies\) \(got "support@example\.net\\r\\n250 OK"\)$/),
-      't.yaml:6:118: enforcement.notify.from must be an address (got "not an address")',
+      't.yaml:6:118: enforcement.notify.from must be an address, or a name and an address ("Abuse desk <abuse@example.net>") (got "not an address")',
       expect.stringMatching(/^t\.yaml:6:\d+: enforcement\.notify\.smtp\.host must be a host name .* \(got "a b"\)$/),
       't.yaml:6:74: enforcement.webhook.url is not a URL that can be read (expected an http(s):// URL)',
       // The password in it is not repeated.
       't.yaml:4:25: limits.redis.url is not a URL that can be read (expected a redis:// or rediss:// URL)',
     ]);
+    // A name with the address, as mail programs write it, is one.
+    expect(parse('t.yaml', base + 'enforcement: { notify: { from: "Abuse desk <abuse@example.net>" } }\n').config.enforcement.notify.from).toBe('Abuse desk <abuse@example.net>');
     // A tag's value, which would leave every key of the section unchecked and at its default.
     expect(problems(() => parse('t.yaml', base + 'smtp: !!omap [ { max_recipients: 0 } ]\nadmin: !!set { token }\n'))).toEqual([
       't.yaml:3:14: smtp must be a mapping of keys to values (got a YAML !!omap or !!pairs (write a plain mapping))',
@@ -400,8 +402,14 @@ describe('configuration loading', () => {
       DOUANE_PORT_587_TCP_PORT: '587',
       DOUANE_PORT_587_TCP_PROTO: 'tcp',
       DOUANE_TLS_DIR: '/srv/tls',
+      // A service douane-admin: its port variable has a setting's name (admin.port), not its value.
+      DOUANE_ADMIN_SERVICE_HOST: '10.96.0.13',
+      DOUANE_ADMIN_PORT: 'tcp://10.96.0.13:9725',
+      DOUANE_ADMIN_PORT_9725_TCP_ADDR: '10.96.0.13',
     };
     expect(loadConfig({ env }).overrides).toEqual([]);
+    // A listener named like a service's variable is still set.
+    expect(loadConfig({ env: { DOUANE_LISTENERS_TRUSTED_PORT: '2626' } }).config.listeners.trusted!.port).toBe(2626);
     // A misspelt setting is still one.
     expect(problems(() => loadConfig({ env: { DOUANE_UPSTREAM_HOTS: 'x' } }))).toEqual([expect.stringMatching(/^env DOUANE_UPSTREAM_HOTS: .*does not name a setting/)]);
   });
