@@ -1132,8 +1132,9 @@ export class Gateway {
 
   private onProtocolRefusal(listener: string, session: SMTPServerSession, reason: ReasonCode, reply: WireReply, client: string): void {
     // Counted in the phase the refusal belongs to, as the pipeline's are: a connection's as it opens, a
-    // login's (AUTH before STARTTLS), MAIL's (a declared size over the limit); the rest are the protocol's.
-    const phase = reason.startsWith('connection.') ? 'connect' : reason.startsWith('auth.') ? 'auth' : reason === 'message.too_big' ? 'mail' : 'protocol';
+    // login's (AUTH before STARTTLS), MAIL's (MAIL before AUTH, a declared size over the limit); the rest
+    // are the protocol's.
+    const phase = reason.startsWith('connection.') ? 'connect' : reason === 'auth.required' || reason === 'message.too_big' ? 'mail' : reason.startsWith('auth.') ? 'auth' : 'protocol';
     this.metrics.refusals.labels(phase, reason).inc();
     this.metrics.replies.labels(phase, replyClass(reply.code)).inc();
     const state = this.sessions.get(session.id);

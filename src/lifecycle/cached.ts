@@ -85,7 +85,10 @@ export class CachedLifecycle implements LifecycleApi {
     try {
       if (!stale) return await lookup.promise;
       const waited = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.opts.refreshWaitMs ?? DEFAULT_REFRESH_WAIT_MS)));
-      return (await Promise.race([lookup.promise, waited])) ?? stale.info;
+      const fresh = await Promise.race([lookup.promise, waited]);
+      if (fresh) return fresh;
+      // Suspended or reinstated while waiting: the answer from before that is not served.
+      return servable()?.info ?? (await this.status(account));
     } catch (err) {
       const last = servable();
       if (last) return last.info;

@@ -160,6 +160,8 @@ describe('relay on the submission listener (STARTTLS + AUTH pass-through)', () =
     await c.command('EHLO client.test');
     expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^530 5\.7\.0 Authentication required.*Ref D-/);
     expect(upstream.connections).toBe(0);
+    // A refusal of MAIL, counted with that phase's.
+    expect(await gw.metrics.registry.getSingleMetricAsString('douane_refusals_total')).toMatch(/^douane_refusals_total\{phase="mail",reason="auth\.required"\} 1$/m);
     c.close();
   });
 

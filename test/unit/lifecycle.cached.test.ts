@@ -150,6 +150,16 @@ describe('CachedLifecycle', () => {
     await hung.promise;
     await new Promise((r) => setImmediate(r));
     expect(await cache.status('u@x.test')).toEqual({ status: 'locked' });
+    // Reinstated while a slow refresh is waited for: the answer from before is not served, a new one is.
+    clock.t += 5000;
+    const slow = deferred<AccountInfo>();
+    inner.answer = () => slow.promise;
+    const during = cache.status('u@x.test');
+    await new Promise((r) => setTimeout(r, 10));
+    inner.answer = async () => ({ status: 'active' });
+    await cache.reinstate('u@x.test', { reference: 'D-1', by: 'cli:test' });
+    expect(await during).toEqual({ status: 'active' });
+    slow.resolve({ status: 'locked' });
     // With nothing to serve, the first lookup is waited for.
     const first = deferred<AccountInfo>();
     inner.answer = () => first.promise;
