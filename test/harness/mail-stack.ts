@@ -181,8 +181,20 @@ export function mailbox(info: MailStackInfo, localPart: string): Buffer[] {
   const dir = join(info.base, 'pf/mail/example.test', localPart, 'new');
   if (!existsSync(dir)) return [];
   return readdirSync(dir)
-    .sort()
+    .sort(byDelivery)
     .map((f) => readFileSync(join(dir, f)));
+}
+
+/**
+ * Oldest first. Postfix names a maildir file "seconds.VdevIinodeMmicroseconds.host": the microseconds are
+ * not padded, so names alone do not sort two messages of one second.
+ */
+function byDelivery(a: string, b: string): number {
+  const when = (name: string) => {
+    const m = /^(\d+)\..*?M(\d+)\./.exec(name);
+    return m ? Number(m[1]) * 1e6 + Number(m[2]) : Number(/^(\d+)/.exec(name)?.[1] ?? 0) * 1e6;
+  };
+  return when(a) - when(b) || a.localeCompare(b);
 }
 
 /** Waits until the mailbox holds at least n messages; returns them. */
