@@ -26,8 +26,9 @@ const ENV_NOT_SETTINGS = new Set(['DOUANE_CONFIG', 'DOUANE_HEALTHCHECK_URL', 'DO
  * setting; and the value it gives a service's port variable, which no setting takes
  * (DOUANE_ADMIN_PORT=tcp://10.96.0.12:9725 for a service douane-admin, where admin.port is a setting).
  */
-const ORCHESTRATOR_VARIABLE = /^DOUANE_(?:[A-Z0-9_]+_)?(?:SERVICE_(?:HOST|PORT)(?:_[A-Z0-9_]+)?|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:ADDR|PORT|PROTO))?)?)$/;
-const SERVICE_LINK_VALUE = /^(?:tcp|udp|sctp):\/\//;
+const ORCHESTRATOR_VARIABLE = /^DOUANE_(?:[A-Z0-9_]+_)?(?:SERVICE_(?:HOST|PORT)(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:ADDR|PORT|PROTO))?)$/;
+/** A service's own port variable (DOUANE_PORT, DOUANE_ADMIN_PORT…) when it holds the link's value. */
+const SERVICE_LINK = { name: /^DOUANE_(?:[A-Z0-9_]+_)?PORT$/, value: /^(?:tcp|udp|sctp):\/\/[^/\s]+:\d+$/ };
 
 export interface LoadedConfig {
   config: Readonly<Config>;
@@ -319,7 +320,7 @@ export function applyEnvOverrides(
   const applied = new Map<string, string>();
   const problems: Problem[] = [];
   for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || value === undefined || SERVICE_LINK_VALUE.test(value)) continue;
+    if (!name.startsWith('DOUANE_') || ENV_NOT_SETTINGS.has(name) || value === undefined || (SERVICE_LINK.name.test(name) && SERVICE_LINK.value.test(value))) continue;
     const tokens = name.slice('DOUANE_'.length).toLowerCase().split('_');
     const resolved = resolveEnvPath(configSchema as Schema<unknown>, tokens, []);
     if (!resolved && ORCHESTRATOR_VARIABLE.test(name)) continue;

@@ -1,6 +1,7 @@
 // Files that must survive a power cut whole or not at all: written to a temporary name, flushed, renamed
 // over the real name, and the directory flushed so that the rename itself is on the disk.
 
+import { randomBytes } from 'node:crypto';
 import { open, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -21,7 +22,8 @@ export async function syncFile(path: string, directory = false): Promise<void> {
 
 /** Replaces `path` with `text`: after a crash it holds the old text or the new, never a part of either. */
 export async function writeFileDurably(path: string, text: string, mode = 0o600): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp`);
+  // Its own temporary name: two writes of one file at once must not write into the same one.
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   try {
     await writeFile(tmp, text, { mode });
     await syncFile(tmp);

@@ -86,7 +86,7 @@ export class CachedLifecycle implements LifecycleApi {
       if (!stale) return await lookup.promise;
       const waited = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.opts.refreshWaitMs ?? DEFAULT_REFRESH_WAIT_MS)));
       const fresh = await Promise.race([lookup.promise, waited]);
-      if (fresh) return fresh;
+      if (fresh && lookup.current) return fresh;
       // Suspended or reinstated while waiting: the answer from before that is not served.
       return servable()?.info ?? (await this.status(account));
     } catch (err) {

@@ -410,8 +410,10 @@ describe('configuration loading', () => {
     expect(loadConfig({ env }).overrides).toEqual([]);
     // A listener named like a service's variable is still set.
     expect(loadConfig({ env: { DOUANE_LISTENERS_TRUSTED_PORT: '2626' } }).config.listeners.trusted!.port).toBe(2626);
-    // A misspelt setting is still one.
+    // A misspelt setting is still one, a port's too; and a link's value under another name is a value.
     expect(problems(() => loadConfig({ env: { DOUANE_UPSTREAM_HOTS: 'x' } }))).toEqual([expect.stringMatching(/^env DOUANE_UPSTREAM_HOTS: .*does not name a setting/)]);
+    expect(problems(() => loadConfig({ env: { DOUANE_UPSTREM_PORT: '2525' } }))).toEqual([expect.stringMatching(/^env DOUANE_UPSTREM_PORT: .*does not name a setting/)]);
+    expect(problems(() => loadConfig({ env: { DOUANE_UPSTREAM_HOST: 'tcp://mta:25' } }))).toEqual([expect.stringMatching(/^env DOUANE_UPSTREAM_HOST: upstream\.host must be a host name/)]);
   });
 
   it('applies DOUANE_* overrides, typed by the setting', () => {

@@ -160,6 +160,16 @@ describe('CachedLifecycle', () => {
     await cache.reinstate('u@x.test', { reference: 'D-1', by: 'cli:test' });
     expect(await during).toEqual({ status: 'active' });
     slow.resolve({ status: 'locked' });
+    // Nor the refresh's own answer when it comes back after the reinstatement, within the wait.
+    clock.t += 5000;
+    const quick = deferred<AccountInfo>();
+    inner.answer = () => quick.promise;
+    const racing = cache.status('u@x.test');
+    await new Promise((r) => setTimeout(r, 10));
+    inner.answer = async () => ({ status: 'active', aliases: ['after@x.test'] });
+    await cache.reinstate('u@x.test', { reference: 'D-1', by: 'cli:test' });
+    quick.resolve({ status: 'locked' });
+    expect(await racing).toEqual({ status: 'active', aliases: ['after@x.test'] });
     // With nothing to serve, the first lookup is waited for.
     const first = deferred<AccountInfo>();
     inner.answer = () => first.promise;
