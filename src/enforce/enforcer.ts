@@ -86,6 +86,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private readonly ownerForgotten = new Set<string>();
   /** the shared state was lost and the suspensions known here are not all written back yet */
   private restoring = false;
+  /** the restore under way, if any (see restoreIfLost) */
+  private restoreRun: Promise<boolean> | undefined;
   /** addresses whose account is being found out in the background (see known) */
   private readonly learning = new Set<string>();
 
@@ -312,11 +314,15 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       const allowlisted = await this.neverSuspend(e.account, policy);
       if (allowlisted !== 'no') {
         const why = allowlisted === 'yes' ? 'allowlists.never_suspend' : UNVERIFIED;
-        const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
         this.deps.metrics.suspensions.labels('throttle', allowlisted === 'yes' ? 'skipped_allowlist' : 'skipped_unverified').inc();
         this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why }, `${e.account} not throttled: ${why}`);
-        await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
-        await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
+        // Tried again every ten minutes while the list cannot be checked: told once a window, not each time.
+        const told = allowlisted === 'yes' || (await this.deps.state.claim(claimKey('told', e.account, 'throttle-unverified'), policy.doc.strikes.window));
+        if (told) {
+          const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
+          await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
+          await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
+        }
         // Once the list can be checked again, a later strike throttles the account if it is not on it.
         return allowlisted === 'yes' ? undefined : UNVERIFIED_RETRY_MS;
       }
@@ -345,7 +351,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       this.listedAddresses(policy, name).map(async (entry) => {
         const address = comparableAddress(entry);
         // Kept by the list's refresh, whether an alias or an account of its own (which nothing else keeps).
-        return (await this.ownerOf(address)).owner ?? (await deadline(this.deps.state.owner(listedKey(address)), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => undefined));
+        return (await this.ownerOf(address)).owner ?? (await deadline(this.deps.state.listedOwner(address), 'enforcement state', this.deps.stateDeadlineMs ?? this.deps.deadlineMs).catch(() => undefined));
       }),
     );
     if (owners.some((owner) => owner !== undefined && comparableAddress(owner) === name)) return 'yes';
@@ -641,14 +647,14 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /**
    * Whose an address on the never-suspend list is, asked of the lifecycle API and kept in the shared
-   * state under a key of its own, an account's own name too: an instance started while the API is down
-   * then still knows the list.
+   * state apart from what logins teach, an account's own name too: an instance started while the API is
+   * down then still knows the list.
    */
   private rememberListed(address: string): void {
     if (!this.deps.lifecycle || this.learning.has(address)) return;
     this.learning.add(address);
     void this.resolve(address)
-      .then((owner) => this.deps.state.setOwner(listedKey(address), owner))
+      .then((owner) => this.deps.state.setListedOwner(address, owner))
       .catch(() => undefined)
       .finally(() => this.learning.delete(address));
   }
@@ -735,7 +741,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       // wanted now is read from a state written back first if it was lost meanwhile: a Redis that came
       // back empty would otherwise have the lock dropped as no longer wanted.
       await this.restoreIfLost();
-      const wanted = (await this.deps.state.account(j.account)).suspension?.action === 'suspend_account' ? 'suspend' : 'reinstate';
+      const wantedNow = async () => ((await this.deps.state.account(j.account)).suspension?.action === 'suspend_account' ? 'suspend' : 'reinstate');
+      let wanted = await wantedNow();
+      // Lost between that look and the read (the read then finds nothing): looked at again, once restored.
+      if (j.op !== wanted && (await this.restoreIfLost())) wanted = await wantedNow();
       if (j.op !== wanted) {
         await this.deps.audit.append({ action: 'lifecycle_superseded', actor: 'douane', account: j.account, reference: j.reference, op: j.op, now_wanted: wanted });
         return;
@@ -780,7 +789,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         // Found locked when no lock of Douane's could be there: someone else's lock, which reinstating the
         // account here leaves. (A first call that failed before reaching the API, followed by a person's
         // lock, is taken for Douane's: the one case read the wrong way, and it errs on unlocking.)
-        const { suspension } = await this.deps.state.account(j.account);
+        let { suspension } = await this.deps.state.account(j.account);
+        // Found gone because the state was lost during the call, not because of a reinstatement: looked
+        // at again once restored, or the lock just made would be undone.
+        if (suspension?.action !== 'suspend_account' && (await this.restoreIfLost())) ({ suspension } = await this.deps.state.account(j.account));
         const theirs = outcome === 'already_locked' && !heldBefore && suspension?.lockedBy !== 'douane';
         if (!theirs && suspension?.action !== 'suspend_account') {
           // Reinstated while the call was under way (here or on another instance, whose unlock may have
@@ -837,12 +849,28 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
    * suspension it held would be lifted without a word: those known here are written back. Strikes,
    * throttles and counts are not known here, and start again. Returns whether it was lost.
    */
-  private async restoreIfLost(): Promise<boolean> {
+  private restoreIfLost(): Promise<boolean> {
+    // One at a time, shared by whoever asks meanwhile (a lifecycle job, the refresh, a MAIL FROM): a
+    // second look would find no loss (the mark is set anew) and read the emptied state as the truth.
+    this.restoreRun ??= this.restoreOnce().finally(() => (this.restoreRun = undefined));
+    return this.restoreRun;
+  }
+
+  private async restoreOnce(): Promise<boolean> {
     const lost = await this.deps.state.lost();
     // A restore cut short (Redis gone again) is finished at the next call: the mark is already set anew.
     if (!lost && !this.restoring) return false;
+    this.restoring = true;
     const now = this.now();
     const known = [...this.knownSuspensions].filter(([, s]) => !s.until || s.until > now);
+    // Lost while this instance was stopped, and another, running through the loss, has written back what
+    // it knew: fresher than what this one kept from before it stopped (an account reinstated meanwhile
+    // would come back suspended).
+    if (lost && this.deps.state.lossFromEarlierRun?.() && (await this.deps.state.restoredAlready?.())) {
+      this.deps.log.warn({ event: 'enforcement_state_restored_by_another', known: known.length }, 'the shared enforcement state was lost while this instance was stopped, and another instance has written back what it knew: the suspensions known here before the stop are not brought back');
+      this.restoring = false;
+      return true;
+    }
     if (lost) {
       this.deps.metrics.enforcementStateLost.inc();
       this.deps.log.error(
@@ -850,7 +878,6 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         `the shared enforcement state was lost (Redis restarted without its data?): the ${known.length} suspension(s) known here are written back, but those lifted since; strikes and throttles start again`,
       );
     }
-    this.restoring = true;
     for (const [account, s] of known) {
       // Lifted since (on another instance, after the loss): not brought back.
       const reinstated = await this.deps.state.reinstatedAt(account);
@@ -860,9 +887,12 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       }
       await this.deps.state.setSuspension(account, s);
     }
+    await this.deps.state.markRestored?.();
     this.restoring = false;
     return true;
   }
+
+
 
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   async refreshGauge(): Promise<void> {
@@ -910,11 +940,6 @@ const LIST_REFRESH_MS = 3_600_000;
 
 /** How soon a throttle skipped for an unverifiable never-suspend list may be taken by a later strike. */
 const UNVERIFIED_RETRY_MS = 10 * 60_000;
-
-/** Where the owner of an address on the never-suspend list is kept (see rememberListed). */
-function listedKey(address: string): string {
-  return `never-suspend:${address}`;
-}
 
 /** Why a ladder step waits: the never-suspend list cannot be checked against this account now. */
 const UNVERIFIED = 'the lifecycle API cannot say now whose the addresses on the never-suspend list are: this account may be one of them';

@@ -125,9 +125,20 @@ export interface EnforcementState {
    */
   markSeen?(): string | undefined;
   seedMark?(mark: string): void;
+  /** the loss lost() last reported was seen only through the mark an earlier run kept */
+  lossFromEarlierRun?(): boolean;
+  /** whether what was known has been written back since the state was lost (by any instance) */
+  restoredAlready?(): Promise<boolean>;
+  markRestored?(): Promise<void>;
   setOwner(address: string, account: string): Promise<void>;
   /** the address is its own account now, or no account's: it is nobody's alias any more */
   forgetOwner(address: string): Promise<void>;
+  /**
+   * Whose an address on the never-suspend list is (its own account's, or the one it is an alias of),
+   * kept apart from what logins teach (owner): no client can make it forgotten.
+   */
+  listedOwner(address: string): Promise<string | undefined>;
+  setListedOwner(address: string, account: string): Promise<void>;
 }
 
 /** How long an address's owner is remembered without being confirmed by the lifecycle API. */
@@ -212,12 +223,30 @@ export class RedisEnforcementState implements EnforcementState {
   /** the state's mark as this process last saw it */
   private mark: string | undefined;
 
+  /** the mark came from an earlier run, not from a look of this one's */
+  private seeded = false;
+  private fromSeed = false;
+
   markSeen(): string | undefined {
     return this.mark;
   }
 
   seedMark(mark: string): void {
-    this.mark ??= mark;
+    if (this.mark !== undefined) return;
+    this.mark = mark;
+    this.seeded = true;
+  }
+
+  lossFromEarlierRun(): boolean {
+    return this.fromSeed;
+  }
+
+  async restoredAlready(): Promise<boolean> {
+    return this.mark !== undefined && (await this.r.get(`${this.prefix}:state-restored`)) === this.mark;
+  }
+
+  async markRestored(): Promise<void> {
+    if (this.mark !== undefined) await this.r.set(`${this.prefix}:state-restored`, this.mark);
   }
 
   async lost(): Promise<boolean> {
@@ -233,6 +262,8 @@ export class RedisEnforcementState implements EnforcementState {
     // instance, or one just started, which knew nothing to write back). Each instance writes back what
     // it knows; reinstatements since are kept apart (reinstatedAt).
     const lost = this.mark !== undefined && current !== this.mark;
+    this.fromSeed = lost && this.seeded;
+    this.seeded = false;
     this.mark = current ?? undefined;
     return lost;
   }
@@ -277,6 +308,14 @@ export class RedisEnforcementState implements EnforcementState {
 
   async setOwner(address: string, account: string): Promise<void> {
     await this.r.set(this.k('owner', address), account.toLowerCase(), 'PX', OWNER_TTL_MS);
+  }
+
+  async listedOwner(address: string): Promise<string | undefined> {
+    return (await this.r.get(this.k('listed', address))) ?? undefined;
+  }
+
+  async setListedOwner(address: string, account: string): Promise<void> {
+    await this.r.set(this.k('listed', address), account.toLowerCase(), 'PX', OWNER_TTL_MS);
   }
 
   async forgetOwner(address: string): Promise<void> {
@@ -397,6 +436,7 @@ export class MemoryEnforcementState implements EnforcementState {
   protected breakerState: Breaker = { open: false };
   protected readonly locksHeld = new Set<string>();
   protected readonly owners = new Map<string, { account: string; until: number }>();
+  protected readonly listedOwners = new Map<string, { account: string; until: number }>();
   /** the strike window last asked for: strikes older than it no longer count anywhere */
   private strikeWindowMs = 0;
   private prunedAt = 0;
@@ -416,6 +456,7 @@ export class MemoryEnforcementState implements EnforcementState {
       this.claimHolders.delete(k);
     }
     for (const [k, o] of this.owners) if (o.until <= now) this.owners.delete(k);
+    for (const [k, o] of this.listedOwners) if (o.until <= now) this.listedOwners.delete(k);
     for (const [a, at] of this.reinstated) if (at <= now - REINSTATED_TTL_MS) this.reinstated.delete(a);
     // Until a strike was recorded since the start, the window is not known: strikes read from the file stay.
     if (this.strikeWindowMs > 0) {
@@ -452,6 +493,15 @@ export class MemoryEnforcementState implements EnforcementState {
 
   async setOwner(address: string, account: string): Promise<void> {
     this.owners.set(address.toLowerCase(), { account: account.toLowerCase(), until: this.now() + OWNER_TTL_MS });
+  }
+
+  async listedOwner(address: string): Promise<string | undefined> {
+    const o = this.listedOwners.get(address.toLowerCase());
+    return o && o.until > this.now() ? o.account : undefined;
+  }
+
+  async setListedOwner(address: string, account: string): Promise<void> {
+    this.listedOwners.set(address.toLowerCase(), { account: account.toLowerCase(), until: this.now() + OWNER_TTL_MS });
   }
 
   async forgetOwner(address: string): Promise<void> {
@@ -590,6 +640,8 @@ interface Snapshot {
   /** absent in files written before it was kept */
   owners?: [string, { account: string; until: number }][];
   /** absent in files written before it was kept */
+  listedOwners?: [string, { account: string; until: number }][];
+  /** absent in files written before it was kept */
   claimHolders?: [string, string][];
   /** absent in files written before it was kept */
   reinstated?: [string, number][];
@@ -643,6 +695,7 @@ export class FileEnforcementState extends MemoryEnforcementState {
       breaker: this.breakerState,
       locksHeld: [...this.locksHeld],
       owners: [...this.owners],
+      listedOwners: [...this.listedOwners],
       claimHolders: [...this.claimHolders],
       reinstated: [...this.reinstated],
     };
@@ -663,6 +716,8 @@ export class FileEnforcementState extends MemoryEnforcementState {
     for (const [k, v] of snap.owners ?? []) this.owners.set(k, v);
     this.claimHolders.clear();
     this.reinstated.clear();
+    this.listedOwners.clear();
+    for (const [k, v] of snap.listedOwners ?? []) this.listedOwners.set(k, v);
     for (const [k, v] of snap.claimHolders ?? []) this.claimHolders.set(k, v);
     for (const [k, v] of snap.reinstated ?? []) this.reinstated.set(k, v);
   }
@@ -738,6 +793,12 @@ export class FileEnforcementState extends MemoryEnforcementState {
     // Written when it changes or a day before it would lapse: confirming it at every login costs nothing then.
     const before = this.owners.get(address.toLowerCase());
     await super.setOwner(address, account);
+    if (!before || before.account !== account.toLowerCase() || before.until - this.now() < OWNER_TTL_MS - 86_400_000) this.save();
+  }
+
+  override async setListedOwner(address: string, account: string): Promise<void> {
+    const before = this.listedOwners.get(address.toLowerCase());
+    await super.setListedOwner(address, account);
     if (!before || before.account !== account.toLowerCase() || before.until - this.now() < OWNER_TTL_MS - 86_400_000) this.save();
   }
 

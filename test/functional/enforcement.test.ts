@@ -247,6 +247,40 @@ describe('the strike ladder, end to end', () => {
     }
   });
 
+  it('an instance restarted after a loss another one restored does not bring back what was reinstated while it was stopped', async () => {
+    const lifecycle: LifecycleApi = { kind: 'stub', status: async () => ({ status: 'active' }), suspend: async () => 'locked', reinstate: async () => undefined };
+    const policy = loadPolicy('policies');
+    const instance = (name: string, client: Redis) => {
+      const dir = mkdtempSync(join(tmpdir(), `douane-enforce-${name}-`));
+      const knownFile = join(dir, 'known-suspensions.json');
+      return { knownFile, ...enforcement({ dir, state: new RedisEnforcementState(client as never, 'two'), lifecycle, policy, deadlineMs: 1000, knownFile }) };
+    };
+    const clients = [new Redis(redis.url, { maxRetriesPerRequest: 0 }), new Redis(redis.url, { maxRetriesPerRequest: 0 }), new Redis(redis.url, { maxRetriesPerRequest: 0 })];
+    try {
+      const a = instance('a', clients[0]!);
+      const b = instance('b', clients[1]!);
+      await a.enforcer.refreshGauge();
+      await b.enforcer.refreshGauge();
+      await a.enforcer.suspend('lifted@x.test', 'suspend_sending', { by: 'cli:test', reference: 'D-LIFT01', reason: 'spam', until: Date.now() + 86_400_000 });
+      await a.enforcer.suspend('kept@x.test', 'suspend_sending', { by: 'cli:test', reference: 'D-KEPT01', reason: 'spam', until: Date.now() + 86_400_000 });
+      await b.enforcer.refreshGauge();
+      // A stops (its file knows both); B reinstates one; Redis loses everything; B restores what it knows.
+      await b.enforcer.reinstate('lifted@x.test', 'cli:test');
+      redis.cli('flushall');
+      await b.enforcer.refreshGauge();
+      const state = new RedisEnforcementState(clients[2] as never, 'two');
+      expect((await state.account('kept@x.test')).suspension).toMatchObject({ reference: 'D-KEPT01' });
+      expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
+      // A starts again on its file.
+      const again = enforcement({ dir: mkdtempSync(join(tmpdir(), 'douane-enforce-a2-')), state: new RedisEnforcementState(clients[0] as never, 'two'), lifecycle, policy, deadlineMs: 1000, knownFile: a.knownFile });
+      await again.enforcer.refreshGauge();
+      expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
+      expect((await state.account('kept@x.test')).suspension).toMatchObject({ reference: 'D-KEPT01' });
+    } finally {
+      for (const c of clients) c.disconnect();
+    }
+  });
+
   it('an unlock refused for bad admin credentials (a password being changed) is tried again until Zimbra takes it', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-auth-'));
     const account = zimbra.addAccount({ name: 'rotated@example.test' });

@@ -212,7 +212,9 @@ describe('strike ladder', () => {
       const api = () => new ZimbraAdminApi({ url: z.url, adminUser: z.adminUser, adminPassword: z.adminPassword, timeoutMs: 300, metrics: new Metrics({ version: 't', defaultMetrics: false }) });
       const before = setup({}, Date.now, api());
       await before.enforcer.refreshGauge();
-      await expect.poll(async () => before.state.owner('never-suspend:abuse@dstorage.example')).toBe('abuse@dstorage.example');
+      await expect.poll(async () => before.state.listedOwner('abuse@dstorage.example')).toBe('abuse@dstorage.example');
+      // A failed login under that name (the API: no such account) forgets what logins taught, not this.
+      await before.state.forgetOwner('abuse@dstorage.example');
       await z.down();
       // The same shared state, a new process.
       const after = setup({}, Date.now, api(), 'policies', before.state);
@@ -223,6 +225,31 @@ describe('strike ladder', () => {
     } finally {
       await z.stop();
     }
+  });
+
+  it('a throttle held back while the never-suspend list cannot be checked is tried again, and the abuse team told once', async () => {
+    let t = 1_000_000_000;
+    const lifecycle: LifecycleApi = {
+      kind: 'stub',
+      status: async () => {
+        throw new LifecycleError('unavailable', 'down', true);
+      },
+      suspend: async () => 'locked',
+      reinstate: async () => undefined,
+    };
+    const { enforcer, state, strike, dir, outbox, metrics } = setup({}, () => t, lifecycle);
+    // Ten, then a strike of 2 every quarter of an hour: under the next step (20), each a chance to throttle.
+    await enforcer.record(strike('busy@x.test', 'malware', 10, 1));
+    for (let n = 2; n <= 5; n++) {
+      t += 15 * 60_000;
+      await enforcer.record(strike('busy@x.test', 'content_rule', 2, n));
+    }
+    expect(await metrics.registry.getSingleMetricAsString('douane_suspensions_total')).toMatch(/^douane_suspensions_total\{action="throttle",result="skipped_unverified"\} 5$/m);
+    const actions = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { action: string }).action);
+    expect(actions.filter((a) => a === 'throttle_skipped')).toHaveLength(1);
+    const told = outbox.jobs().filter((j) => j.kind === 'notify' && /throttle skipped/.test((j.payload as { subject: string }).subject));
+    expect(told).toHaveLength(1);
+    expect((await state.account('busy@x.test')).throttle).toBeUndefined();
   });
 
   it('asks whose the never-suspend list\'s addresses are at start and every hour, so that what is kept of them stays fresh', async () => {
