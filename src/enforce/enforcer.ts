@@ -88,6 +88,10 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private restoring = false;
   /** the restore under way, if any (see restoreIfLost) */
   private restoreRun: Promise<boolean> | undefined;
+  /** the loss being restored was seen only through the mark an earlier run kept */
+  private restoringEarlierRun = false;
+  /** the refresh under way, if any: one at a time, so that an older one never writes the file last */
+  private refreshRun: Promise<void> | undefined;
   /** addresses whose account is being found out in the background (see known) */
   private readonly learning = new Set<string>();
 
@@ -317,11 +321,18 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         this.deps.metrics.suspensions.labels('throttle', allowlisted === 'yes' ? 'skipped_allowlist' : 'skipped_unverified').inc();
         this.deps.log.info({ event: 'throttle_skipped', account: e.account, ref: e.reference, total, why }, `${e.account} not throttled: ${why}`);
         // Tried again every ten minutes while the list cannot be checked: told once a window, not each time.
-        const told = allowlisted === 'yes' || (await this.deps.state.claim(claimKey('told', e.account, 'throttle-unverified'), policy.doc.strikes.window));
+        const toldKey = claimKey('told', e.account, `throttle-unverified#${step.at}`);
+        const told = allowlisted === 'yes' || (await this.deps.state.claim(toldKey, policy.doc.strikes.window));
         if (told) {
-          const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
-          await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
-          await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
+          try {
+            const n = await this.notice(e.account, e.reference, total, article, { factor: step.factor, until });
+            await this.deps.audit.append({ action: 'throttle_skipped', actor: 'douane', account: e.account, reference: e.reference, total, why });
+            await this.notifyAbuse(abuseMail(`throttle skipped (${allowlisted === 'yes' ? 'never-suspend allowlist' : 'never-suspend allowlist not verifiable'})`, n, [`would have: throttle to ${step.factor} of the limits`]));
+          } catch (err) {
+            // Not told after all: the strike's retry tells.
+            if (allowlisted !== 'yes') await this.deps.state.dropClaim(toldKey).catch(() => undefined);
+            throw err;
+          }
         }
         // Once the list can be checked again, a later strike throttles the account if it is not on it.
         return allowlisted === 'yes' ? undefined : UNVERIFIED_RETRY_MS;
@@ -861,15 +872,19 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // A restore cut short (Redis gone again) is finished at the next call: the mark is already set anew.
     if (!lost && !this.restoring) return false;
     this.restoring = true;
+    // Kept until the restore is done: a restore resumed after a failure asks the same question.
+    if (lost) this.restoringEarlierRun = this.deps.state.lossFromEarlierRun?.() ?? false;
     const now = this.now();
     const known = [...this.knownSuspensions].filter(([, s]) => !s.until || s.until > now);
     // Lost while this instance was stopped, and another, running through the loss, has written back what
     // it knew: fresher than what this one kept from before it stopped (an account reinstated meanwhile
-    // would come back suspended).
-    if (lost && this.deps.state.lossFromEarlierRun?.() && (await this.deps.state.restoredAlready?.())) {
+    // would come back suspended). What that one wrote is the truth: nothing is lost here any more.
+    if (this.restoringEarlierRun && (await this.deps.state.restoredAlready?.())) {
       this.deps.log.warn({ event: 'enforcement_state_restored_by_another', known: known.length }, 'the shared enforcement state was lost while this instance was stopped, and another instance has written back what it knew: the suspensions known here before the stop are not brought back');
+      this.knownSuspensions.clear();
       this.restoring = false;
-      return true;
+      this.restoringEarlierRun = false;
+      return false;
     }
     if (lost) {
       this.deps.metrics.enforcementStateLost.inc();
@@ -889,13 +904,25 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     }
     await this.deps.state.markRestored?.();
     this.restoring = false;
+    this.restoringEarlierRun = false;
     return true;
   }
 
 
 
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
-  async refreshGauge(): Promise<void> {
+  refreshGauge(): Promise<void> {
+    // One after the other: two at once could write the known suspensions out of order.
+    const run = (this.refreshRun ?? Promise.resolve()).then(() => this.refreshOnce());
+    const settled = run.catch(() => undefined);
+    this.refreshRun = settled;
+    void settled.then(() => {
+      if (this.refreshRun === settled) this.refreshRun = undefined;
+    });
+    return run;
+  }
+
+  private async refreshOnce(): Promise<void> {
     // Whose the aliases on the never-suspend list are, known before the lifecycle API is ever down, and
     // asked again every hour, so that what is kept of them (30 days) does not run out while unused.
     const hourly = this.now() - this.listAskedAt >= LIST_REFRESH_MS;

@@ -6,7 +6,7 @@
 
 import { createHmac } from 'node:crypto';
 import http from 'node:http';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -271,11 +271,26 @@ describe('the strike ladder, end to end', () => {
       const state = new RedisEnforcementState(clients[2] as never, 'two');
       expect((await state.account('kept@x.test')).suspension).toMatchObject({ reference: 'D-KEPT01' });
       expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
-      // A starts again on its file.
+      // A starts again on (a copy of) its file. The first MAIL FROM for the lifted account, before any
+      // refresh, is not refused on what the file knew.
+      const copy = join(mkdtempSync(join(tmpdir(), 'douane-enforce-copy-')), 'known-suspensions.json');
+      writeFileSync(copy, readFileSync(a.knownFile));
       const again = enforcement({ dir: mkdtempSync(join(tmpdir(), 'douane-enforce-a2-')), state: new RedisEnforcementState(clients[0] as never, 'two'), lifecycle, policy, deadlineMs: 1000, knownFile: a.knownFile });
+      expect((await again.enforcer.lookup('lifted@x.test')).state.suspension).toBeUndefined();
       await again.enforcer.refreshGauge();
       expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
       expect((await state.account('kept@x.test')).suspension).toMatchObject({ reference: 'D-KEPT01' });
+      // The same start, with Redis failing once just as it is asked whether the loss was restored: the
+      // restore resumed at the next refresh asks again.
+      const restarted = new RedisEnforcementState(clients[2] as never, 'two');
+      const asked = restarted.restoredAlready.bind(restarted);
+      let failures = 1;
+      restarted.restoredAlready = () => (failures-- > 0 ? Promise.reject(new Error('Connection is closed.')) : asked());
+      const third = enforcement({ dir: mkdtempSync(join(tmpdir(), 'douane-enforce-a3-')), state: restarted, lifecycle, policy, deadlineMs: 1000, knownFile: copy });
+      await third.enforcer.refreshGauge();
+      await third.enforcer.refreshGauge();
+      expect(failures).toBe(-1);
+      expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
     } finally {
       for (const c of clients) c.disconnect();
     }

@@ -213,8 +213,10 @@ describe('strike ladder', () => {
       const before = setup({}, Date.now, api());
       await before.enforcer.refreshGauge();
       await expect.poll(async () => before.state.listedOwner('abuse@dstorage.example')).toBe('abuse@dstorage.example');
-      // A failed login under that name (the API: no such account) forgets what logins taught, not this.
+      // A failed login under that name, or under any other (the API: no such account), forgets what
+      // logins taught, not this.
       await before.state.forgetOwner('abuse@dstorage.example');
+      await before.state.forgetOwner('never-suspend:abuse@dstorage.example');
       await z.down();
       // The same shared state, a new process.
       const after = setup({}, Date.now, api(), 'policies', before.state);
