@@ -252,6 +252,14 @@ describe('strike ladder', () => {
     const told = outbox.jobs().filter((j) => j.kind === 'notify' && /throttle skipped/.test((j.payload as { subject: string }).subject));
     expect(told).toHaveLength(1);
     expect((await state.account('busy@x.test')).throttle).toBeUndefined();
+    // Telling failed for another account (the outbox's disk): its next chance tells.
+    const enqueue = outbox.enqueue.bind(outbox);
+    let refuse = 1;
+    outbox.enqueue = ((...args: Parameters<typeof enqueue>) => (args[0] === 'notify' && /throttle skipped/.test(JSON.stringify(args[1])) && refuse-- > 0 ? Promise.reject(new Error('ENOSPC')) : enqueue(...args))) as typeof outbox.enqueue;
+    await expect(enforcer.record(strike('other@x.test', 'malware', 10, 10))).resolves.toBeUndefined();
+    t += 15 * 60_000;
+    await enforcer.record(strike('other@x.test', 'content_rule', 2, 11));
+    expect(outbox.jobs().filter((j) => j.kind === 'notify' && /throttle skipped.*other@x\.test/.test((j.payload as { subject: string }).subject))).toHaveLength(1);
   });
 
   it('asks whose the never-suspend list\'s addresses are at start and every hour, so that what is kept of them stays fresh', async () => {
