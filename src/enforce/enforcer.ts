@@ -90,6 +90,11 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   private restoreRun: Promise<boolean> | undefined;
   /** the loss being restored was seen only through the mark an earlier run kept */
   private restoringEarlierRun = false;
+  /**
+   * Accounts reinstated here, and when (kept for REINSTATED_KEPT_MS, in the known file too): written back
+   * after a loss, with the suspensions from before them lifted again, whichever instance wrote back first.
+   */
+  private readonly reinstatedHere = new Map<string, number>();
   /** the refresh under way, if any: one at a time, so that an older one never writes the file last */
   private refreshRun: Promise<void> | undefined;
   /** addresses whose account is being found out in the background (see known) */
@@ -138,6 +143,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
       return;
     }
     for (const [account, s] of Object.entries(kept.suspensions)) if (s && typeof s.since === 'number' && typeof s.action === 'string') this.knownSuspensions.set(account, s);
+    for (const [account, at] of Object.entries(kept.reinstated ?? {})) if (typeof at === 'number') this.reinstatedHere.set(account, at);
     // The shared state's mark as the last run saw it: one gone or changed since is a loss while this
     // instance was stopped, and what it knew is written back.
     if (typeof kept.mark === 'string') this.deps.state.seedMark?.(kept.mark);
@@ -147,7 +153,8 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   private knownRecord(): KnownFile {
     const mark = this.deps.state.markSeen?.();
-    return { ...(mark ? { mark } : {}), suspensions: Object.fromEntries(this.knownSuspensions) };
+    for (const [account, at] of this.reinstatedHere) if (at < this.now() - REINSTATED_KEPT_MS) this.reinstatedHere.delete(account);
+    return { ...(mark ? { mark } : {}), suspensions: Object.fromEntries(this.knownSuspensions), ...(this.reinstatedHere.size ? { reinstated: Object.fromEntries(this.reinstatedHere) } : {}) };
   }
 
   /** Keeps the known suspensions for the next run, when they changed. */
@@ -502,6 +509,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // the mark it sets before each call counts too.
     const douaneLocked = (before.suspension?.action === 'suspend_account' && before.suspension.lockedBy !== 'someone_else') || (await this.deps.state.lockHeld(account));
     await this.changeThen(douaneLocked ? unlock : undefined, () => this.deps.state.resetAccount(account));
+    this.reinstatedHere.set(account.toLowerCase(), this.now());
     await this.deps.audit.append({ action: 'reinstate', actor: by, account, reference, was: before.suspension ?? null, strikes_reset: true, unlock: douaneLocked && Boolean(this.deps.lifecycle) });
     this.deps.metrics.suspensions.labels('reinstate', 'done').inc();
     const n = await this.notice(account, reference, 0, '4.6');
@@ -881,6 +889,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
     // would come back suspended). What that one wrote is the truth: nothing is lost here any more.
     if (this.restoringEarlierRun && (await this.deps.state.restoredAlready?.())) {
       this.deps.log.warn({ event: 'enforcement_state_restored_by_another', known: known.length }, 'the shared enforcement state was lost while this instance was stopped, and another instance has written back what it knew: the suspensions known here before the stop are not brought back');
+      await this.writeBackReinstatements();
       this.knownSuspensions.clear();
       this.restoring = false;
       this.restoringEarlierRun = false;
@@ -893,6 +902,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
         `the shared enforcement state was lost (Redis restarted without its data?): the ${known.length} suspension(s) known here are written back, but those lifted since; strikes and throttles start again`,
       );
     }
+    await this.writeBackReinstatements();
     for (const [account, s] of known) {
       // Lifted since (on another instance, after the loss): not brought back.
       const reinstated = await this.deps.state.reinstatedAt(account);
@@ -909,6 +919,21 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
   }
 
 
+
+  /**
+   * After a loss: the reinstatements made here go back into the shared state, and a suspension from
+   * before one of them (written back by an instance that did not know of it) is lifted again. In any
+   * order: the instance that reinstated may write back before or after the one that did not.
+   */
+  private async writeBackReinstatements(): Promise<void> {
+    if (!this.deps.state.setReinstatedAt) return;
+    for (const [account, at] of this.reinstatedHere) {
+      if (at < this.now() - REINSTATED_KEPT_MS) continue;
+      const { suspension } = await this.deps.state.account(account);
+      if (suspension && suspension.since <= at) await this.deps.state.resetAccount(account);
+      await this.deps.state.setReinstatedAt(account, at);
+    }
+  }
 
   /** The suspended-accounts gauge, and the suspensions known here (other instances' too) for a Redis outage. */
   refreshGauge(): Promise<void> {
@@ -960,7 +985,12 @@ interface KnownFile {
   /** the shared state's mark when they were read */
   mark?: string;
   suspensions: Record<string, Suspension>;
+  /** accounts reinstated by this instance, and when */
+  reinstated?: Record<string, number>;
 }
+
+/** How long an instance remembers the reinstatements it made, for a loss of the shared state. */
+const REINSTATED_KEPT_MS = 30 * 86_400_000;
 
 /** How often the never-suspend list's addresses are asked of the lifecycle API again. */
 const LIST_REFRESH_MS = 3_600_000;

@@ -129,6 +129,8 @@ export interface EnforcementState {
   lossFromEarlierRun?(): boolean;
   /** whether what was known has been written back since the state was lost (by any instance) */
   restoredAlready?(): Promise<boolean>;
+  /** writes back when an account was reinstated, as an instance that did it knows (after a loss) */
+  setReinstatedAt?(account: string, at: number): Promise<void>;
   markRestored?(): Promise<void>;
   setOwner(address: string, account: string): Promise<void>;
   /** the address is its own account now, or no account's: it is nobody's alias any more */
@@ -338,6 +340,11 @@ export class RedisEnforcementState implements EnforcementState {
   async reinstatedAt(account: string): Promise<number | undefined> {
     const at = await this.r.get(this.k('reinstated', account));
     return at === null ? undefined : Number(at);
+  }
+
+  async setReinstatedAt(account: string, at: number): Promise<void> {
+    const left = at + REINSTATED_TTL_MS - Date.now();
+    if (left > 0) await this.r.set(this.k('reinstated', account), String(at), 'PX', left);
   }
 
   private async scanKeys(pattern: string): Promise<string[]> {

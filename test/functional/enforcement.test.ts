@@ -8,7 +8,7 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Redis } from 'ioredis';
 import { simpleParser } from 'mailparser';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -273,8 +273,9 @@ describe('the strike ladder, end to end', () => {
       expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
       // A starts again on (a copy of) its file. The first MAIL FROM for the lifted account, before any
       // refresh, is not refused on what the file knew.
+      const beforeStop = readFileSync(a.knownFile);
       const copy = join(mkdtempSync(join(tmpdir(), 'douane-enforce-copy-')), 'known-suspensions.json');
-      writeFileSync(copy, readFileSync(a.knownFile));
+      writeFileSync(copy, beforeStop);
       const again = enforcement({ dir: mkdtempSync(join(tmpdir(), 'douane-enforce-a2-')), state: new RedisEnforcementState(clients[0] as never, 'two'), lifecycle, policy, deadlineMs: 1000, knownFile: a.knownFile });
       expect((await again.enforcer.lookup('lifted@x.test')).state.suspension).toBeUndefined();
       await again.enforcer.refreshGauge();
@@ -291,6 +292,18 @@ describe('the strike ladder, end to end', () => {
       await third.enforcer.refreshGauge();
       expect(failures).toBe(-1);
       expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
+
+      // The other order: the restarted instance writes back first, from a file that still has the lifted
+      // suspension; the instance that reinstated it lifts it again when it writes back.
+      redis.cli('flushall');
+      const fourthFile = join(mkdtempSync(join(tmpdir(), 'douane-enforce-a4-')), 'known-suspensions.json');
+      writeFileSync(fourthFile, beforeStop);
+      const fourth = enforcement({ dir: dirname(fourthFile), state: new RedisEnforcementState(clients[2] as never, 'two'), lifecycle, policy, deadlineMs: 1000, knownFile: fourthFile });
+      await fourth.enforcer.refreshGauge();
+      expect((await state.account('lifted@x.test')).suspension).toMatchObject({ reference: 'D-LIFT01' });
+      await b.enforcer.refreshGauge();
+      expect((await state.account('lifted@x.test')).suspension).toBeUndefined();
+      expect((await state.account('kept@x.test')).suspension).toMatchObject({ reference: 'D-KEPT01' });
     } finally {
       for (const c of clients) c.disconnect();
     }
