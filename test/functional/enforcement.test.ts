@@ -108,6 +108,23 @@ function audit(of: TestGateway | string): Record<string, unknown>[] {
   }
 }
 
+/** A lifecycle API that is down until told otherwise, recording the locks and unlocks it then makes. */
+function downLifecycle(): { lifecycle: LifecycleApi; calls: string[]; api: { down: boolean } } {
+  const api = { down: true };
+  const calls: string[] = [];
+  const lifecycle: LifecycleApi = {
+    kind: 'stub',
+    status: async () => ({ status: 'active' }),
+    suspend: async (a) => {
+      if (api.down) throw new LifecycleError('unavailable', 'the API is down', true);
+      calls.push(`lock ${a}`);
+      return 'locked';
+    },
+    reinstate: async (a) => void calls.push(`unlock ${a}`),
+  };
+  return { lifecycle, calls, api };
+}
+
 async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
@@ -170,18 +187,7 @@ describe('the strike ladder, end to end', () => {
   it('a lock waiting in the outbox is carried out even when Redis comes back without its data first', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-lost-'));
     const client = new Redis(redis.url, { maxRetriesPerRequest: 0 });
-    let apiDown = true;
-    const calls: string[] = [];
-    const lifecycle: LifecycleApi = {
-      kind: 'stub',
-      status: async () => ({ status: 'active' }),
-      suspend: async (a) => {
-        if (apiDown) throw new LifecycleError('unavailable', 'the API is down', true);
-        calls.push(`lock ${a}`);
-        return 'locked';
-      },
-      reinstate: async (a) => void calls.push(`unlock ${a}`),
-    };
+    const { lifecycle, calls, api } = downLifecycle();
     const state = new RedisEnforcementState(client as never, 'lost');
     const { enforcer, outbox } = enforcement({ dir, state, lifecycle, policy: loadPolicy('policies'), deadlineMs: 1000 });
     try {
@@ -191,7 +197,7 @@ describe('the strike ladder, end to end', () => {
       await until('a failed try of the lock', () => outbox.jobs().some((j) => j.kind === 'lifecycle' && j.attempts > 0));
       // Redis restarts empty, and the API is back before the next refresh of the known suspensions.
       redis.cli('flushall');
-      apiDown = false;
+      api.down = false;
       expect(await outbox.idle(3000)).toBe(true);
       expect(calls).toEqual(['lock lost@x.test']);
       expect((await state.account('lost@x.test')).suspension).toMatchObject({ action: 'suspend_account', reference: 'D-L0ST01', lockedBy: 'douane' });
@@ -205,18 +211,7 @@ describe('the strike ladder, end to end', () => {
   it('a lock waiting in the outbox survives Redis coming back empty while Douane was stopped too', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'douane-enforce-restart-'));
     const knownFile = join(dir, 'known-suspensions.json');
-    let apiDown = true;
-    const calls: string[] = [];
-    const lifecycle: LifecycleApi = {
-      kind: 'stub',
-      status: async () => ({ status: 'active' }),
-      suspend: async (a) => {
-        if (apiDown) throw new LifecycleError('unavailable', 'the API is down', true);
-        calls.push(`lock ${a}`);
-        return 'locked';
-      },
-      reinstate: async (a) => void calls.push(`unlock ${a}`),
-    };
+    const { lifecycle, calls, api } = downLifecycle();
     const policy = loadPolicy('policies');
     const first = new Redis(redis.url, { maxRetriesPerRequest: 0 });
     const before = enforcement({ dir, state: new RedisEnforcementState(first as never, 'restart'), lifecycle, policy, deadlineMs: 1000, knownFile });
@@ -228,7 +223,7 @@ describe('the strike ladder, end to end', () => {
     first.disconnect();
     // Power cut: Redis comes back without its data, and the API is back.
     redis.cli('flushall');
-    apiDown = false;
+    api.down = false;
     const second = new Redis(redis.url, { maxRetriesPerRequest: 0 });
     const state = new RedisEnforcementState(second as never, 'restart');
     const after = enforcement({ dir, state, lifecycle, policy, deadlineMs: 1000, knownFile });

@@ -40,13 +40,19 @@ async function gateway(clamdConfig: Record<string, unknown> = { hosts: [{ host: 
   return gw;
 }
 
-async function send(gw: TestGateway, message: string): Promise<string> {
+/** A trusted session at DATA, its 354 read: the message is the caller's to write. */
+async function atData(gw: TestGateway): Promise<RawSmtp> {
   const c = await RawSmtp.connect(gw.port('trusted'));
   await c.reply();
   await c.command('EHLO t');
   await c.command('MAIL FROM:<user1@example.test>');
   await c.command('RCPT TO:<user2@example.test>');
   await c.command('DATA');
+  return c;
+}
+
+async function send(gw: TestGateway, message: string): Promise<string> {
+  const c = await atData(gw);
   c.write(message + '\r\n.\r\n');
   const reply = await c.reply(20_000);
   c.close();
@@ -58,12 +64,7 @@ const INFECTED = /^554 5\.7\.1 Message refused: it contains malware \((Test\.EIC
 describe('scan latency', () => {
   it('counts the wait scanning adds after the final dot, not the client\'s upload', async () => {
     const gw = await gateway();
-    const c = await RawSmtp.connect(gw.port('trusted'));
-    await c.reply();
-    await c.command('EHLO t');
-    await c.command('MAIL FROM:<user1@example.test>');
-    await c.command('RCPT TO:<user2@example.test>');
-    await c.command('DATA');
+    const c = await atData(gw);
     c.write('From: user1@example.test\r\nSubject: slow\r\n\r\nThe first half, ');
     // A slow upload: a second between two pieces of the message.
     await new Promise((r) => setTimeout(r, 1000));
