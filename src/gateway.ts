@@ -9,7 +9,7 @@ import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerDataStream,
 import { configPolicyWarnings } from './config/against-policy.js';
 import type { Config, ListenerConfig } from './config/schema.js';
 import { LineEndingWatch } from './data/line-endings.js';
-import { MessageInspector } from './inspect/mime.js';
+import { InspectionPool, MessageInspection } from './inspect/pool.js';
 import { securePrivateDir } from './data/private-dir.js';
 import { withoutHeaderFields } from './data/header-filter.js';
 import { Spool } from './data/spool.js';
@@ -62,6 +62,8 @@ export interface GatewayDeps {
   /** the lifecycle API; by default from config.lifecycle (none when adapter is none) */
   lifecycle?: LifecycleApi;
   upstream?: UpstreamProvider;
+  /** threads for second looks at messages (see inspect/pool.ts); by default config.inspection.threads */
+  inspectionPool?: InspectionPool;
   clock?: Clock;
   pipeline?: Readonly<Record<Phase, readonly Check[]>>;
 }
@@ -93,6 +95,7 @@ export class Gateway {
   private readonly redis: RedisClient | undefined;
   private readonly strikes: StrikeSink;
   private readonly scanner: ScannerPort | undefined;
+  private readonly inspectionPool: InspectionPool;
   readonly quarantine: QuarantineStore;
   readonly enforcer: Enforcer;
   readonly outbox: Outbox;
@@ -172,6 +175,11 @@ export class Gateway {
     });
     this.enforcer = enforcer;
     this.strikes = deps.strikes ?? enforcer;
+    this.inspectionPool = deps.inspectionPool ?? new InspectionPool(config.inspection.threads);
+    this.inspectionPool.onThreadFailure((err, messages) => {
+      this.metrics.inspectionThreadFailures.inc();
+      this.log.error({ event: 'inspection_thread_failed', err: err.message, messages }, 'an inspection thread stopped; its messages were tempfailed');
+    });
     this.scanner = deps.scanner ?? (config.clamd !== 'none' ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
     this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));
     if (!this.scanner) this.log.warn({ event: 'scanning_disabled' }, 'clamd: none in the configuration: messages are not scanned for viruses');
@@ -451,6 +459,7 @@ export class Gateway {
     await this.upstream.close();
     await this.outbox.stop();
     this.scanner?.close?.();
+    await this.inspectionPool.close();
     this.redis?.disconnect();
     // Clients that do not close their side after our 421 are cut off after a short grace period.
     const closeBy = Date.now() + 2000;
@@ -879,6 +888,23 @@ export class Gateway {
     state.pendingSuccessText = withEnhanced(reply, '2.1.5');
   }
 
+  /** The message's facts: from its first look, or from a second look in a thread (read again from the spool). */
+  private async inspected(inspection: MessageInspection, spool: Spool, tx: Transaction): Promise<MessageFacts> {
+    const started = performance.now();
+    let facts: MessageFacts;
+    try {
+      facts = await inspection.end(() => spool.reader());
+    } catch (err) {
+      if (inspection.secondLook) this.metrics.secondLooks.labels('failed').inc();
+      throw err;
+    }
+    if (inspection.secondLook) {
+      this.metrics.secondLooks.labels('inspected').inc();
+      tx.timings.second_look = elapsed(started);
+    }
+    return facts;
+  }
+
   private async onData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const state = this.requireState(session);
     const tx = state.tx;
@@ -891,7 +917,7 @@ export class Gateway {
     const scanning = tx.policy.doc.scanning;
     const scan = this.scanner?.start();
     const limits = tx.policy.doc.inspection;
-    const inspector = new MessageInspector({ maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size });
+    const inspection = new MessageInspection({ maxParts: limits.max_parts, maxDepth: limits.max_depth, maxHeaderSize: limits.max_header_size }, this.inspectionPool);
     // The upstream session waits, idle, while the message comes in and is checked: a slow client with a
     // large message must not outlast the upstream's own timeout.
     const stopKeepalive = state.upstream.keepAlive();
@@ -909,7 +935,7 @@ export class Gateway {
           else if (failed === undefined) {
             try {
               await spool.write(chunk);
-              await inspector.write(chunk);
+              await inspection.write(chunk);
               if (scan && !tx.scanTooBig) {
                 if (size > scanning.max_size) {
                   tx.scanTooBig = true;
@@ -930,7 +956,7 @@ export class Gateway {
         if (!scanned) scan?.abort();
         // It never rejects; this only keeps a failure before the await below from going unhandled.
         scanned?.catch(() => undefined);
-        if (!tx.oversize) tx.message = await inspector.end();
+        if (!tx.oversize) tx.message = await this.inspected(inspection, spool, tx);
         if (tx.message) preparePhase('data', this.context('data', state), this.pipeline.data);
         if (scanned) {
           const { result, signature, detail, ms, scanner } = await scanned;

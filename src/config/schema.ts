@@ -158,6 +158,11 @@ export const configSchema = obj({
       memory_threshold: withDefault(bytes({ min: 0 }), 262_144),
     }),
   ),
+  /**
+   * Threads for the second look at a message whose first look, in the thread every session shares, ran
+   * out of its small budget (a large compressed archive): they hold only each other's second looks.
+   */
+  inspection: section(obj({ threads: withDefault(int({ min: 1, max: 64 }), 1) })),
   shutdown: section(obj({ drain_timeout: withDefault(duration({ min: 0, timer: true }), 30_000) })),
   /**
    * Where to scan, or `none`: no virus scanning. Required and written out, so that a configuration that

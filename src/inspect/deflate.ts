@@ -10,8 +10,8 @@ import type { Inflate } from 'fflate';
  */
 const MAX_INFLATED = 128 * 1024 * 1024;
 const MAX_NESTED_ARCHIVES = 10_000;
-/** Compressed bytes given to the inflater at a time: its output per step stays under about 8 MB (deflate expands 1032 times at most), checked against the budget. */
-export const INFLATE_STEP = 8 * 1024;
+/** Compressed bytes given to the inflater at a time: its output per step stays under about 1 MB (deflate expands 1032 times at most), checked against the budget. */
+export const INFLATE_STEP = 1024;
 
 /**
  * 7z headers decoded, all of one message together: LZMA decodes about 6 MB a second in the worst case
@@ -26,10 +26,24 @@ export interface InflateBudget {
   archives: number;
   /** bytes of 7z headers still to decode */
   lzma: number;
+  /** something was left unread for want of budget */
+  exhausted: boolean;
 }
 
-export function inflateBudget(): InflateBudget {
-  return { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
+export type BudgetLimits = Pick<InflateBudget, 'bytes' | 'archives' | 'lzma'>;
+
+/** A whole message's budget. */
+export const FULL_BUDGET: BudgetLimits = { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
+
+/**
+ * The budget of a first look in the thread every session shares: about ten milliseconds of decoding at
+ * each bound (plus the step in progress when it runs out). Most messages, archives included, stay within
+ * it; one that does not is looked at again, whole, in an inspection thread (pool.ts).
+ */
+export const FIRST_LOOK_BUDGET: BudgetLimits = { bytes: 4 * 1024 * 1024, archives: 300, lzma: 64 * 1024 };
+
+export function inflateBudget(limits: BudgetLimits = FULL_BUDGET): InflateBudget {
+  return { ...limits, exhausted: false };
 }
 
 /** The deflate stream's last block is done, so bytes after it are not deflate data. */

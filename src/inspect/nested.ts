@@ -159,6 +159,7 @@ export class NestedArchive {
       this.budget.bytes -= data.length;
       if (this.budget.bytes < 0) {
         // A zip bomb, or more than any real mail carries: the rest is not looked at.
+        this.budget.exhausted = true;
         this.stopped = true;
         this.complete = false;
         return;

@@ -143,7 +143,7 @@ export class SevenZipLister {
 
   constructor(
     maxEntries = 1000,
-    private readonly budget: { lzma: number } = { lzma: MAX_HEADER },
+    private readonly budget: { lzma: number; exhausted?: boolean } = { lzma: MAX_HEADER },
   ) {
     this.names = new ArchiveNames(maxEntries, { opensArchives: false });
     this.listing = { is7z: false, entries: this.names.entries, complete: true, encrypted: false, unnamed: false };
@@ -271,7 +271,10 @@ export class SevenZipLister {
 
   /** Counts header bytes against the budget: past it, none is read. */
   private charge(cost: number): void {
-    if (cost > this.budget.lzma) throw new Unreadable();
+    if (cost > this.budget.lzma) {
+      this.budget.exhausted = true;
+      throw new Unreadable();
+    }
     this.budget.lzma -= cost;
   }
 

@@ -470,7 +470,11 @@ export class TarLister {
   /** One reading of the tar, opening the archives in it (at most three levels down, within the budget). */
   private parser(): TarParser {
     return new TarParser(this.names, (name) => {
-      if (this.depth >= MAX_NESTING || this.budget.archives <= 0) return false;
+      if (this.depth >= MAX_NESTING) return false;
+      if (this.budget.archives <= 0) {
+        this.budget.exhausted = true;
+        return false;
+      }
       this.budget.archives--;
       return new NestedArchive(name, false, this.depth + 1, this.maxEntries, this.budget);
     });
@@ -649,6 +653,7 @@ export class TarLister {
       bomb = produced > RATIO_FLOOR && produced > MAX_RATIO * from;
     }
     // A bomb, or more than any real mail carries: the rest is not looked at.
+    if (this.budget.bytes < 0 && !parser.done) this.budget.exhausted = true;
     if ((this.budget.bytes < 0 || bomb) && !parser.done) parser.fail();
   }
 

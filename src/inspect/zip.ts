@@ -302,6 +302,7 @@ export class ZipLister {
     // Encrypted, it is one more name (the zip is said encrypted, which the policy judges).
     if (encrypted) return;
     if (this.depth >= MAX_NESTING || (method !== STORED && method !== DEFLATED) || this.budget.archives <= 0) {
+      if (this.depth < MAX_NESTING && (method === STORED || method === DEFLATED)) this.budget.exhausted = true;
       this.listing.complete = false;
       return;
     }

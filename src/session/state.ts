@@ -114,7 +114,7 @@ export interface Transaction {
   outcome?: { action: Action | 'abandoned'; reason?: ReasonCode; rule?: RuleRef; reply?: string; note?: string };
   /** performance.now() when the client's final dot came: the data phase's answer is timed from there */
   receivedAt?: number;
-  timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'checks' | 'relay' | 'total', number>>;
+  timings: Partial<Record<'mail' | 'rcpt' | 'data' | 'scan' | 'second_look' | 'checks' | 'relay' | 'total', number>>;
   done: boolean;
 }
 

@@ -1,11 +1,17 @@
 // Hostile and broken clients: SMTP smuggling, oversize messages, too many recipients, broken command
 // lines, slow clients and connection floods. Each gets a clear reply and leaves nothing half-done.
 
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gatewayWithUpstream } from '../harness/gateway.js';
+import { FIRST_LOOK_BUDGET } from '../../src/inspect/deflate.js';
+import { InspectionPool } from '../../src/inspect/pool.js';
+import { FakeUpstream } from '../harness/fake-upstream.js';
+import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
+import { mimeMessage } from '../harness/mime.js';
 import { RawSmtp } from '../harness/net.js';
 
 const start = gatewayWithUpstream();
@@ -331,6 +337,64 @@ describe('slow clients and floods', () => {
     expect(await gw.metrics.registry.getSingleMetricAsString('douane_refusals_total')).toMatch(/^douane_refusals_total\{phase="connect",reason="connection\.too_many"\} 1$/m);
     a.close();
     b.close();
+  });
+});
+
+/** A .tar.gz holding a program after `zeros` bytes of zeros (a few kilobytes, compressed). */
+function programBehindZeros(zeros: number): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-zeros-'));
+  try {
+    writeFileSync(join(dir, 'disk.img'), Buffer.alloc(zeros));
+    writeFileSync(join(dir, 'facture.pdf.exe'), Buffer.from('MZ\x90\x00stand-in program'));
+    return execFileSync('tar', ['-czf', '-', '-C', dir, 'disk.img', 'facture.pdf.exe']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('archives that decompress far', () => {
+  it('a program behind more zeros than the first look decompresses is found by a second look in a thread, and refused', async () => {
+    const { gw, upstream } = await setup();
+    const c = await trustedSession(gw.port('trusted'));
+    c.write(mimeMessage({ from: 'user1@example.test', attachments: [{ name: 'image.tar.gz', content: programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2) }] }).replace(/\r\n\./g, '\r\n..') + '.\r\n');
+    expect(await c.reply()).toMatch(/^550 5\.7\.1 Message refused: it carries a type of attachment that may not be sent by email.* Ref D-[0-9A-Z]{6}, rule attachments\.executable, art\. 4\.6\.$/);
+    const line = await gw.waitForLog((l) => l.event === 'transaction');
+    expect(line).toMatchObject({ verdict: 'quarantine', reason: 'attachment.forbidden', timings: { second_look: expect.any(Number) } });
+    expect(upstream.messages).toHaveLength(0);
+    expect(await gw.metrics.registry.metrics()).toMatch(/^douane_inspection_second_looks_total\{result="inspected"\} 1$/m);
+    c.close();
+  });
+
+  it('an inspection thread that dies tempfails its message with 451 4.3.0 and a reference; the next message is inspected by a new one', async () => {
+    const upstream = await FakeUpstream.start();
+    const inspectionPool = new InspectionPool(1, { script: new URL('../harness/faulty-inspection-worker.mjs', import.meta.url) });
+    const gw = await startGateway(upstream.port, {}, { inspectionPool });
+    upstream.forgetStartup();
+    try {
+      const image = programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2);
+      const c = await trustedSession(gw.port('trusted'));
+      c.write(mimeMessage({ from: 'user1@example.test', subject: 'CRASH-THE-THREAD', attachments: [{ name: 'image.tar.gz', content: image }] }) + '.\r\n');
+      const reply = await c.reply();
+      expect(reply).toMatch(/^451 4\.3\.0 Temporary local problem.* Ref (D-[0-9A-Z]{6})\.$/);
+      const ref = /Ref (D-[0-9A-Z]{6})\.$/.exec(reply)![1];
+      expect(await gw.waitForLog((l) => l.event === 'transaction' && l.ref === ref)).toMatchObject({ verdict: 'tempfail', reason: 'internal.error' });
+      expect(gw.logs.find((l) => l.event === 'inspection_thread_failed')).toMatchObject({ messages: 1, err: 'the inspection thread stopped (exit code 70)' });
+      expect(upstream.messages).toHaveLength(0);
+      // The same client's next message, in the same session: a new thread looks at it.
+      expect(await c.command('MAIL FROM:<user1@example.test>')).toMatch(/^250/);
+      expect(await c.command('RCPT TO:<user2@example.test>')).toMatch(/^250/);
+      expect(await c.command('DATA')).toMatch(/^354/);
+      c.write(mimeMessage({ from: 'user1@example.test', subject: 'again', attachments: [{ name: 'image.tar.gz', content: image }] }) + '.\r\n');
+      expect(await c.reply()).toMatch(/^550 5\.7\.1 /);
+      const metrics = await gw.metrics.registry.metrics();
+      expect(metrics).toMatch(/^douane_inspection_thread_failures_total 1$/m);
+      expect(metrics).toMatch(/^douane_inspection_second_looks_total\{result="failed"\} 1$/m);
+      expect(metrics).toMatch(/^douane_inspection_second_looks_total\{result="inspected"\} 1$/m);
+      c.close();
+    } finally {
+      await gw.stop();
+      await upstream.stop();
+    }
   });
 });
 
