@@ -131,9 +131,9 @@ function comparableLocal(written: string): string {
   return plainLocal(written).toLowerCase();
 }
 
-/** A local part in NFC, without quotes it does not need; its case is kept. */
-function plainLocal(written: string): string {
-  const local = written.normalize('NFC');
+/** A local part without quotes it does not need (in NFC, unless `asWritten`); its case is kept. */
+function plainLocal(written: string, asWritten = false): string {
+  const local = asWritten ? written : written.normalize('NFC');
   if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
   const content = local.slice(1, -1).replace(/\\(.)/g, '$1');
   // Quoted because it must be (a space, a second @…): kept quoted, with only the escapes it needs.
@@ -142,12 +142,13 @@ function plainLocal(written: string): string {
 
 /**
  * One mailbox however its domain is written, for recipients: as comparableAddress, but a local part's case
- * is kept. RFC 5321 (2.4) leaves it to the receiving host, and John.Smith and john.smith may be two people
- * there: merged, one would get a 250 and nothing.
+ * and Unicode form are kept. RFC 5321 (2.4) leaves it to the receiving host, and John.Smith and john.smith
+ * may be two people there, as may "josé" written with one character or two (hosts compare the bytes):
+ * merged, one would get a 250 and nothing.
  */
 export function mailboxKey(address: string): string {
   const at = address.lastIndexOf('@');
-  return at < 0 ? address.normalize('NFC') : `${plainLocal(address.slice(0, at))}@${asciiDomain(address.slice(at + 1))}`;
+  return at < 0 ? address : `${plainLocal(address.slice(0, at), true)}@${asciiDomain(address.slice(at + 1))}`;
 }
 
 /**

@@ -331,6 +331,23 @@ describe('relay on the trusted listener', () => {
     c.close();
   });
 
+  it('relays both spellings of a local part that differ only in Unicode normalisation: the host compares its bytes', async () => {
+    const { gw, upstream } = await setup({ capabilities: ['PIPELINING', '8BITMIME', 'ENHANCEDSTATUSCODES', 'SMTPUTF8'] });
+    const c = await trusted(gw.port('trusted'));
+    expect(await c.command('MAIL FROM:<user1@example.test> SMTPUTF8')).toMatch(/^250 /);
+    // é as one character, then as e and a combining accent: two mailboxes, or one that does not exist,
+    // as the upstream says; not one answered 250 and never relayed.
+    expect(await c.command('RCPT TO:<jos\u00e9@example.test>')).toMatch(/^250 2\.1\.5 Ok/);
+    expect(await c.command('RCPT TO:<jose\u0301@example.test>')).toMatch(/^250 2\.1\.5 Ok/);
+    expect(await c.command('RCPT TO:<"jos\u00e9"@example.test>')).toMatch(/^250 2\.1\.5 .*already a recipient/);
+    expect(await c.command('DATA')).toMatch(/^354/);
+    c.write(MESSAGE + '.\r\n');
+    expect(await c.reply()).toMatch(/^250 /);
+    // The fake upstream keeps each byte as a character.
+    expect(upstream.messages[0]!.to.map((to) => Buffer.from(to, 'latin1').toString('utf8'))).toEqual(['jos\u00e9@example.test', 'jose\u0301@example.test']);
+    c.close();
+  });
+
   it('refuses hosts outside the allow list with 554 5.7.1', async () => {
     const { gw, upstream } = await setup();
     const net = await import('node:net');
