@@ -63,21 +63,28 @@ function composedValue(value: unknown): unknown {
 }
 
 /**
- * Field values are computed once per evaluation, not once per rule: facts objects are built afresh for
- * each evaluation, so a cache keyed by them lives exactly as long as one evaluation. With a few hundred
- * rules, recomputing (URL parsing, lower-casing a body) per rule would cost more than the rules.
+ * Field values are computed once per evaluation, not once per rule: with a few hundred rules, recomputing
+ * (URL parsing, lower-casing a body) per rule would cost more than the rules. They are kept for the facts
+ * being evaluated, until another facts object is, or forgetFieldValues() (an evaluation's start and end).
+ * One slot, not a map of facts to values: a lookup in that costs more than most leaves themselves.
  */
-const valueCache = new WeakMap<Facts, Map<string, unknown>>();
+let evaluated: Facts | undefined;
+let values = new Map<string, unknown>();
 
-function fieldValue(f: Facts, key: string, compute: () => unknown): unknown {
-  let m = valueCache.get(f);
-  if (!m) {
-    m = new Map();
-    valueCache.set(f, m);
+export function forgetFieldValues(): void {
+  evaluated = undefined;
+  values = new Map();
+}
+
+function fieldValue(f: Facts, key: string, compute: (f: Facts) => unknown): unknown {
+  if (f !== evaluated) {
+    evaluated = f;
+    values = new Map();
   }
-  if (m.has(key)) return m.get(key);
-  const v = compute();
-  m.set(key, v);
+  const known = values.get(key);
+  if (known !== undefined || values.has(key)) return known;
+  const v = compute(f);
+  values.set(key, v);
   return v;
 }
 
@@ -222,33 +229,36 @@ function compileField(name: string, spec: FieldSpec, raw: unknown, path: Path, i
   if (issues.length > before) return undefined;
   const isList = spec.type === 'strings';
   const isText = spec.type === 'string' || isList;
-  const evaluate = (f: Facts): { ok: boolean; value: unknown } => {
-    const value = fieldValue(f, name, () => (isText ? composedValue(spec.get(f)) : spec.get(f)));
+  const lowerKey = `lower:${name}`;
+  const valueOf = (f: Facts) => fieldValue(f, name, isText ? (g) => composedValue(spec.get(g)) : spec.get);
+  const loweredOf = (f: Facts) => fieldValue(f, lowerKey, (g) => lowered(valueOf(g)));
+  const test = (f: Facts): boolean => {
+    const value = valueOf(f);
     const present = value !== undefined && value !== null;
     for (const t of tests) {
       if (t.exists !== undefined) {
-        if (present !== t.exists) return { ok: false, value };
+        if (present !== t.exists) return false;
         continue;
       }
-      if (!present) return { ok: false, value };
+      if (!present) return false;
       if (t.empty !== undefined) {
-        if (((value as unknown[]).length === 0) !== t.empty) return { ok: false, value };
+        if (((value as unknown[]).length === 0) !== t.empty) return false;
         continue;
       }
-      const v = t.lowered ? fieldValue(f, `lower:${name}`, () => lowered(value)) : value;
-      const holds = isList ? (v as unknown[]).some((x) => t.leaf!(x)) : t.leaf!(v);
-      if (!holds) return { ok: false, value };
+      const v = t.lowered ? loweredOf(f) : value;
+      const holds = isList ? (v as unknown[]).some(t.leaf!) : t.leaf!(v);
+      if (!holds) return false;
     }
-    return { ok: true, value };
+    return true;
   };
   return {
     phase: spec.phase,
     fields: [name],
     compared,
-    test: (f) => evaluate(f).ok,
+    test,
     explain: (f, out) => {
-      const { ok, value } = evaluate(f);
-      out.push(`${ok ? 'match' : 'no match'}: ${name} ${JSON.stringify(opMap)} (value: ${preview(value)})`);
+      const ok = test(f);
+      out.push(`${ok ? 'match' : 'no match'}: ${name} ${JSON.stringify(opMap)} (value: ${preview(valueOf(f))})`);
       return ok;
     },
   };

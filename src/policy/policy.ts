@@ -3,7 +3,7 @@
 
 import type { ReasonCode } from '../reasons.js';
 import type { Action, RuleRef, Verdict } from '../pipeline/verdict.js';
-import type { Condition } from './condition.js';
+import { forgetFieldValues, type Condition } from './condition.js';
 import type { AccountFacts, Facts } from './facts.js';
 import { asciiDomain, comparableAddress, domainOf } from './facts.js';
 import type { RulePhase } from './fields.js';
@@ -122,6 +122,16 @@ export class Policy {
   }
 
   evaluate(phase: RulePhase, facts: Facts, opts: { trace?: boolean } = {}): Evaluation {
+    // A facts object evaluated again may have changed since: its field values are computed afresh.
+    forgetFieldValues();
+    try {
+      return this.evaluateRules(phase, facts, opts);
+    } finally {
+      forgetFieldValues();
+    }
+  }
+
+  private evaluateRules(phase: RulePhase, facts: Facts, opts: { trace?: boolean }): Evaluation {
     const out: Evaluation = { verdict: { action: 'continue' }, matched: [], would: [], tags: [], strikes: [] };
     if (opts.trace) out.trace = [];
     for (const rule of this.rulesByPhase[phase]) {

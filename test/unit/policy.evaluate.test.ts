@@ -188,6 +188,34 @@ describe('rule evaluation', () => {
     expect(ev.strikes).toEqual([{ event: 'content_rule', weight: 2, rule: 'subject.forbidden' }]);
   });
 
+  it('computes each field once per evaluation, and afresh for the next one, even of the same facts changed since', () => {
+    const f = facts({ message: message({ subject: 'Quarterly report' }) });
+    let reads = 0;
+    let subject = 'Quarterly report';
+    Object.defineProperty(f.message!, 'subject', {
+      get: () => {
+        reads++;
+        return subject;
+      },
+    });
+    // Three rules on the subject before the one that refuses.
+    const dir = mkdtempSync(join(tmpdir(), 'douane-fields-'));
+    cpSync('fixtures/policies/minimal', dir, { recursive: true });
+    const file = join(dir, 'policy.yaml');
+    const watching = [1, 2, 3].map((i) => `  - id: subject.watch-${i}\n    description: watched subjects\n    article: "4.3"\n    when: { subject: { matches: "watched-${i}" } }\n    action: tag\n`).join('');
+    writeFileSync(file, readFileSync(file, 'utf8').replace(/^rules:\n/m, `rules:\n${watching}`));
+    const forbidding = loadPolicy(dir);
+    rmSync(dir, { recursive: true, force: true });
+    expect(forbidding.evaluate('data', f).verdict.action).toBe('continue');
+    expect(reads).toBe(1);
+    subject = 'FORBIDDEN-SUBJECT after all';
+    expect(forbidding.evaluate('data', f).verdict).toMatchObject({ action: 'reject', rule: { id: 'subject.forbidden' } });
+    expect(reads).toBe(2);
+    // A trace evaluates the same rules, and reads the same values.
+    expect(forbidding.evaluate('data', f, { trace: true }).verdict.action).toBe('reject');
+    expect(reads).toBe(3);
+  });
+
   it('monitor mode never changes the outcome but reports what it would have done', () => {
     const ev = policy.evaluate('mail', facts({ sender: 'x@watched.example' }));
     expect(ev.verdict.action).toBe('continue');
