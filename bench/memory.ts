@@ -8,7 +8,7 @@ import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { startClamd } from '../test/harness/clamd.js';
 import { startRedis } from '../test/harness/redis.js';
-import { peakRss } from './lib/proc.js';
+import { peakRss, stopOnInterrupt } from './lib/proc.js';
 import { runBenchmark, table, writeSection } from './lib/report.js';
 import { startDouane, startSink } from './lib/stack.js';
 
@@ -63,7 +63,9 @@ async function bigMessage(port: number, n: number): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const [sink, redis, clamd] = [await startSink(), await startRedis(), await startClamd({ streamMaxLength: '30M' })];
+  const sink = await startSink();
+  const redis = stopOnInterrupt(await startRedis());
+  const clamd = stopOnInterrupt(await startClamd({ streamMaxLength: '30M' }));
   let douane: Awaited<ReturnType<typeof startDouane>> | undefined;
   try {
     const d = await startDouane({ sinkPort: sink.port, policyDir: 'fixtures/policies/minimal', redisUrl: redis.url, clamdSocket: clamd.socket });
@@ -93,7 +95,8 @@ async function main(): Promise<void> {
             ['RSS before', mb(idle)],
             ['peak RSS (VmHWM, sampled every 50 ms)', mb(peak)],
             ['target', 'under 300 MB'],
-            ['met', peak < 300 * 2 ** 20 ? 'yes' : 'no'],
+            // Under the target only counts with every message taken: refused ones would not have been held.
+            ['met', peak < 300 * 2 ** 20 && ok === SESSIONS ? 'yes' : 'no'],
           ],
         ),
         ok < SESSIONS ? `\nReplies that were not 250: ${replies.filter((r) => !r.startsWith('250')).join(' | ')}` : '',

@@ -60,3 +60,25 @@ export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
+
+/** Services started and not yet stopped: stopped on Ctrl-C too (Redis runs detached, and would stay). */
+const running = new Set<() => Promise<unknown>>();
+
+/** Registers `service` to be stopped if the benchmark is interrupted; its stop() then runs once. */
+export function stopOnInterrupt<T extends { stop(): Promise<unknown> }>(service: T): T {
+  const stop = service.stop.bind(service);
+  let stopping: Promise<unknown> | undefined;
+  const once = () => {
+    running.delete(once);
+    stopping ??= stop();
+    return stopping;
+  };
+  running.add(once);
+  service.stop = once;
+  return service;
+}
+
+/** Stops every service still running. */
+export async function stopEverything(): Promise<void> {
+  await Promise.allSettled([...running].map((stop) => stop()));
+}

@@ -4,6 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import { stopEverything } from './proc.js';
 import { harakaVersion } from './stack.js';
 
 export function table(head: string[], rows: (string | number)[][]): string {
@@ -43,12 +44,22 @@ export function writeSection(name: string, title: string, command: string, body:
   console.log(`\n${section}\n`);
 }
 
-/** Runs a benchmark's main function and exits: non-zero, with the error, when it fails. */
+/**
+ * Runs a benchmark's main function and exits: non-zero, with the error, when it fails. Interrupted, it
+ * stops what it started first.
+ */
 export function runBenchmark(main: () => Promise<void>): void {
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      console.error(`${signal}: stopping what the benchmark started`);
+      void stopEverything().finally(() => process.exit(130));
+    });
+  }
   main().then(
     () => process.exit(0),
-    (err: unknown) => {
+    async (err: unknown) => {
       console.error(err);
+      await stopEverything();
       process.exit(1);
     },
   );

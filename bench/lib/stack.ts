@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { freePort, waitForPort } from '../../test/harness/net.js';
 import { stopPid } from '../../test/harness/procs.js';
+import { stopOnInterrupt } from './proc.js';
 
 export interface Server {
   name: string;
@@ -31,7 +32,7 @@ export async function startSink(): Promise<Server> {
   const child = spawn('smtp-sink', ['-u', 'postfix', `127.0.0.1:${port}`, '1000'], { stdio: 'ignore' });
   const pid = track(child, 'smtp-sink');
   await waitForPort(port);
-  return { name: 'smtp-sink', port, pid, stop: () => stopPid(pid) };
+  return stopOnInterrupt({ name: 'smtp-sink', port, pid, stop: () => stopPid(pid) });
 }
 
 export interface DouaneOptions {
@@ -51,9 +52,9 @@ export interface DouaneOptions {
   logLevel?: string;
 }
 
-export async function startDouane(opts: DouaneOptions): Promise<Server & { submissionPort: number; dir: string }> {
+export async function startDouane(opts: DouaneOptions): Promise<Server & { submissionPort: number; dir: string; metrics(): Promise<string> }> {
   const dir = mkdtempSync(join(tmpdir(), 'douane-bench-'));
-  const [trusted, submission] = [await freePort(), await freePort()];
+  const [trusted, submission, admin] = [await freePort(), await freePort(), await freePort()];
   const config = [
     'hostname: douane.bench',
     'listeners:',
@@ -65,9 +66,12 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     'smtp: { max_connections_per_ip: 10000, max_connections: 10000, max_message_size: 30M }',
     `spool: { dir: ${join(dir, 'spool')} }`,
     `state_dir: ${join(dir, 'state')}`,
-    'admin: { enabled: false }',
+    // Read after each run: the counters say whether every check really ran on every message.
+    `admin: { address: 127.0.0.1, port: ${admin} }`,
     `log: { level: ${opts.logLevel ?? 'info'} }`,
-    opts.redisUrl ? `limits: { redis: { url: "${opts.redisUrl}" } }` : '',
+    // Without Redis, limits and bulk counts would go on in memory and the run would look the same: a
+    // Redis that fails tempfails the messages instead, and the run stops.
+    opts.redisUrl ? `limits: { redis: { url: "${opts.redisUrl}" }, on_redis_failure: tempfail }` : '',
     opts.clamdSocket ? `clamd: { hosts: [{ socket: ${opts.clamdSocket} }], timeout: 30s }` : opts.clamdPort ? `clamd: { hosts: [{ host: 127.0.0.1, port: ${opts.clamdPort} }], timeout: 30s }` : 'clamd: none',
     opts.extra ?? '',
   ].join('\n');
@@ -83,17 +87,34 @@ export async function startDouane(opts: DouaneOptions): Promise<Server & { submi
     await stopPid(pid);
     throw err;
   });
-  return {
+  return stopOnInterrupt({
     name: 'douane',
     port: trusted,
     submissionPort: submission,
     pid,
     dir,
+    metrics: async () => {
+      const res = await fetch(`http://127.0.0.1:${admin}/metrics`);
+      if (!res.ok) throw new Error(`Douane's /metrics answered ${res.status}`);
+      return res.text();
+    },
     stop: async () => {
       await stopPid(pid);
       rmSync(dir, { recursive: true, force: true });
     },
-  };
+  });
+}
+
+/** The sum of a metric's samples whose labels include all of `labels`. */
+export function metricSum(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[3]);
+  }
+  return sum;
 }
 
 /** A byte-copying TCP proxy in Node.js in front of the sink (bench/lib/pipe.cjs): the floor for a Node relay. */
@@ -105,7 +126,7 @@ export async function startPipe(sinkPort: number): Promise<Server> {
     await stopPid(pid);
     throw err;
   });
-  return { name: 'pipe', port, pid, stop: () => stopPid(pid) };
+  return stopOnInterrupt({ name: 'pipe', port, pid, stop: () => stopPid(pid) });
 }
 
 const HARAKA_DIR = join(tmpdir(), 'douane-bench-haraka');
@@ -128,6 +149,9 @@ export function harakaVersion(): string {
     return 'not installed';
   }
 }
+
+/** The Redis database Haraka's limit plugin keeps its counters in. */
+export const HARAKA_LIMIT_DB = 4;
 
 export interface HarakaOptions {
   sinkPort: number;
@@ -155,12 +179,13 @@ export async function startHaraka(opts: HarakaOptions): Promise<Server> {
   if (opts.plugins) {
     plugins.push('redis', 'limit', 'clamd');
     cfg('redis.ini', `[server]\nhost=127.0.0.1\nport=${opts.plugins.redisPort}\n[pubsub]\nhost=127.0.0.1\nport=${opts.plugins.redisPort}\n`);
-    // Generous limits, so that nothing is refused but every counter is kept; loopback is not exempt.
+    // Generous limits, so that nothing is refused but every counter is kept; loopback is not exempt. Each
+    // kind of limit is off until its section says enabled=true (the run checks Redis for its counters).
     const big = '1000000/1m';
     cfg(
       'limit.ini',
-      `tarpit_delay=0\n[redis]\ndb=4\n[concurrency]\nmax=10000\n[recipients]\nmax=10000\n[unrecognized_commands]\nmax=10\n[errors]\nmax=10\n` +
-        ['rate_conn', 'rate_rcpt_host', 'rate_rcpt_sender', 'rate_rcpt'].map((s) => `[${s}]\n127=${big}\ndefault=${big}\n`).join(''),
+      `tarpit_delay=0\n[redis]\ndb=${HARAKA_LIMIT_DB}\n[concurrency]\nenabled=true\nmax=10000\n[recipients]\nenabled=true\nmax=10000\n[unrecognized_commands]\nenabled=true\nmax=10\n[errors]\nenabled=true\nmax=10\n` +
+        ['rate_conn', 'rate_rcpt_host', 'rate_rcpt_sender', 'rate_rcpt'].map((s) => `[${s}]\nenabled=true\n127=${big}\ndefault=${big}\n`).join(''),
     );
     cfg('clamd.ini', `clamd_socket=${opts.plugins.clamdSocket}\ntimeout=30\n[check]\nauthenticated=true\nrelay=true\nprivate_ip=true\nlocal_ip=true\n`);
   }
@@ -173,7 +198,7 @@ export async function startHaraka(opts: HarakaOptions): Promise<Server> {
     await stopPid(pid);
     throw err;
   });
-  return {
+  return stopOnInterrupt({
     name: 'haraka',
     port,
     pid,
@@ -181,5 +206,5 @@ export async function startHaraka(opts: HarakaOptions): Promise<Server> {
       await stopPid(pid);
       rmSync(dir, { recursive: true, force: true });
     },
-  };
+  });
 }
