@@ -676,7 +676,7 @@ export class Gateway {
     if (isRefusal(outcome.verdict)) {
       void attempt?.settle('not_tried');
       // Brute force held off, or logins not checkable (Redis): the second is an outage, alerted as one.
-      const result = outcome.verdict.reason === 'auth.blocked' ? 'blocked' : outcome.verdict.reason === 'auth.limits_unavailable' ? 'limits_unavailable' : 'error';
+      const result = outcome.verdict.reason === 'auth.blocked' ? 'blocked' : outcome.verdict.reason === 'auth.too_many_at_once' ? 'too_many_at_once' : outcome.verdict.reason === 'auth.limits_unavailable' ? 'limits_unavailable' : 'error';
       this.metrics.auth.labels(result).inc();
       this.logAuth(state, username, result, { reason: outcome.verdict.reason, evidence: outcome.results.at(-1)?.evidence });
       throw this.refusal(outcome.verdict, 'auth', state.reference);

@@ -15,7 +15,7 @@ export class Metrics {
   readonly buildInfo = new Gauge({ name: 'douane_build_info', help: 'Douane version and Node.js version (always 1)', labelNames: ['version', 'node'], registers: [this.registry] });
   readonly sessionsActive = new Gauge({ name: 'douane_sessions_active', help: 'Client sessions open now', labelNames: ['listener'], registers: [this.registry] });
   readonly sessions = new Counter({ name: 'douane_sessions_total', help: 'Client sessions by listener and how they ended: mail (a transaction at least), no_mail, refused (at connect), ended_by_douane (a closing 421: the session deadline or idle timeout, too many errors or refused recipients, a shutdown)', labelNames: ['listener', 'outcome'], registers: [this.registry] });
-  readonly auth = new Counter({ name: 'douane_auth_total', help: 'AUTH attempts by result: success, failure (wrong credentials), too_many_failures, upstream_tempfail / upstream_error (the MTA), blocked (brute force held off), limits_unavailable (Redis: logins cannot be checked), error (a check failed)', labelNames: ['result'], registers: [this.registry] });
+  readonly auth = new Counter({ name: 'douane_auth_total', help: 'AUTH attempts by result: success, failure (wrong credentials), too_many_failures, upstream_tempfail / upstream_error (the MTA), blocked (brute force held off), too_many_at_once (more logins in flight than the limit lets fail: the others wait), limits_unavailable (Redis: logins cannot be checked), error (a check failed)', labelNames: ['result'], registers: [this.registry] });
   readonly transactions = new Counter({ name: 'douane_transactions_total', help: 'Mail transactions by final verdict and reason', labelNames: ['listener', 'verdict', 'reason'], registers: [this.registry] });
   readonly recipients = new Counter({ name: 'douane_recipients_total', help: 'Recipients by result: accepted, refused_by_douane, refused_by_upstream (its own answer), upstream_unavailable (tempfailed by Douane because the upstream failed)', labelNames: ['result'], registers: [this.registry] });
   readonly replies = new Counter({ name: 'douane_replies_total', help: 'Replies sent to clients by phase and class', labelNames: ['phase', 'class'], registers: [this.registry] });
@@ -94,7 +94,8 @@ export class Metrics {
     for (const kind of ['connection', 'command', 'deadline', 'hang']) this.redisErrors.labels(kind).inc(0);
     for (const kind of ['timeout', 'unreachable', 'size_limit', 'closed', 'other']) this.scanErrors.labels(kind).inc(0);
     for (const result of ['clean', 'infected', 'error']) this.scans.labels(result).inc(0);
-    for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked', 'limits_unavailable', 'error']) this.auth.labels(result).inc(0);
+    for (const result of ['inspected', 'failed']) this.secondLooks.labels(result).inc(0);
+    for (const result of ['success', 'failure', 'too_many_failures', 'upstream_error', 'upstream_tempfail', 'blocked', 'too_many_at_once', 'limits_unavailable', 'error']) this.auth.labels(result).inc(0);
     for (const result of ['success', 'failure']) this.policyReloads.labels(result).inc(0);
     for (const kind of ['lifecycle', 'notify', 'webhook', 'strike']) for (const result of ['done', 'retry', 'failed']) this.outboxAttempts.labels(kind, result).inc(0);
     this.outboxAttempts.labels('unreadable', 'failed').inc(0);

@@ -55,6 +55,10 @@ export const REASONS = {
     sentence: 'Too many failed logins from your address or for this account; try again[ in {retry}].',
     solution: 'Brute-force protection (art. 4.1): failed AUTH attempts over the policy\'s auth limits block the address or account for a while. The block lifts by itself.',
   },
+  'auth.too_many_at_once': {
+    sentence: 'Too many logins at once from your address or for this account; please try again in a moment.',
+    solution: 'Brute-force protection (art. 4.1): attempts still being checked count as failures until they are known not to be, so that parallel connections cannot try more passwords than the policy\'s auth limits allow. Past the limit, the others wait: a client opening more connections at once than failures_per_account (or failures_per_ip) allows gets this for the extra ones, which retry. Nothing is counted or blocked.',
+  },
   'auth.limits_unavailable': {
     sentence: 'Logins cannot be checked right now; please try again in a few minutes.',
     solution: 'Redis did not answer within limits.deadline and limits.on_redis_failure is tempfail: the brute-force limits cannot be read, so no login is tried. Check Redis, or switch to insurance.',

@@ -150,6 +150,11 @@ export interface LimiterPort {
  */
 export interface AuthAttempt {
   blocked?: 'ip' | 'account';
+  /**
+   * Not blocked: more attempts in flight at once than the limit lets fail. Refused for the moment, so that
+   * parallel connections cannot try more passwords than the limit; nothing is counted or blocked.
+   */
+  busy?: boolean;
   retryAfter: number;
   /** the limits could not be read and the policy says not to try logins unchecked */
   unavailable?: boolean;
@@ -502,7 +507,10 @@ export class Limiter implements LimiterPort {
   /**
    * Before trying credentials: takes the attempt's point from the address and from the account, and says
    * whether either is blocked. A limit of N lets N + 1 failures through before the block, as a check of
-   * earlier failures alone would; but the attempts in flight are among them.
+   * earlier failures alone would; but the attempts in flight are among them. Past it, an attempt is
+   * refused: blocked if the failures already counted are past the limit, and if only the attempts in
+   * flight are (20 sessions of one account logging in at once, none failing), busy: it may try again in
+   * a moment, and blocks nothing. The attempts in flight are counted apart, to tell the two.
    *
    * The failures are counted in plain fixed windows; a block is a record of its own, started by a failure
    * that takes the count past the limit (never by a login that worked, which would otherwise restart the
@@ -516,18 +524,33 @@ export class Limiter implements LimiterPort {
     const accountLimiter = this.limiter('auth_account', pa.limit, pa.window / 1000);
     const ipBlock = this.limiter('auth_ip_block', 1, (pi.block || pi.window) / 1000);
     const accountBlock = this.limiter('auth_account_block', 1, (pa.block || pa.window) / 1000);
+    // Counters only (their limit is never reached): the attempts not settled yet, in the same windows.
+    const ipFlying = this.limiter('auth_ip_inflight', Number.MAX_SAFE_INTEGER, pi.window / 1000);
+    const accountFlying = this.limiter('auth_account_inflight', Number.MAX_SAFE_INTEGER, pa.window / 1000);
     const key = accountKey(account);
     const settleRes = (p: Promise<RateLimiterRes>) => p.catch((e: unknown) => (e instanceof RateLimiterRes ? e : Promise.reject(e)));
-    const outcome = await this.decide('auth', () => Promise.all([settleRes(ipLimiter.consume(ip)), settleRes(accountLimiter.consume(key)), ipBlock.get(ip), accountBlock.get(key)]));
+    const outcome = await this.decide('auth', () =>
+      Promise.all([settleRes(ipLimiter.consume(ip)), settleRes(accountLimiter.consume(key)), ipBlock.get(ip), accountBlock.get(key), settleRes(ipFlying.consume(ip)), settleRes(accountFlying.consume(key))]),
+    );
     const none = { accountBlockedNow: false, failures: 0 };
     // Not known: with insurance this only happens past the deadline (fail open, logged); in tempfail
     // mode, a login is not tried unchecked any more than a message is sent unchecked.
     if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail', settle: async () => none };
-    const [ipRes, acctRes, ipBlocked, accountBlocked] = outcome.value;
+    const [ipRes, acctRes, ipBlocked, accountBlocked, ipInFlight, accountInFlight] = outcome.value;
     // A point is given back only within the window it was counted in: after it, it would credit the next.
     const countedAt = this.now();
     const ipWindowEnds = countedAt + ipRes.msBeforeNext;
     const accountWindowEnds = countedAt + acctRes.msBeforeNext;
+    const ipFlyingEnds = countedAt + ipInFlight.msBeforeNext;
+    const accountFlyingEnds = countedAt + accountInFlight.msBeforeNext;
+    let landed = false;
+    /** The attempt is no longer in flight, whatever its outcome. */
+    const land = async () => {
+      if (landed) return;
+      landed = true;
+      const now = this.now();
+      await this.decide('auth', () => Promise.all([now < ipFlyingEnds ? ipFlying.reward(ip, 1) : undefined, now < accountFlyingEnds ? accountFlying.reward(key, 1) : undefined]));
+    };
     let given = false;
     const giveBack = async () => {
       if (given) return;
@@ -535,23 +558,31 @@ export class Limiter implements LimiterPort {
       const now = this.now();
       await this.decide('auth', () => Promise.all([now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, now < accountWindowEnds ? accountLimiter.reward(key, 1) : undefined]));
     };
-    // Over the limit with no block (the limit was lowered by a reload since those failures): blocked from now.
-    const blockedFor = async (block: RateLimiterRes | null, counted: RateLimiterRes, limit: number, start: () => Promise<RateLimiterRes>) => {
+    /**
+     * Blocked (for how long), busy, or free to try. Over the limit with no block, by failures already
+     * counted (the limit was lowered by a reload since those failures): blocked from now.
+     */
+    const judge = async (block: RateLimiterRes | null, counted: RateLimiterRes, flying: RateLimiterRes, limit: number, start: () => Promise<RateLimiterRes>): Promise<number | 'busy' | undefined> => {
       if (block && block.consumedPoints > 0) return block.msBeforeNext;
       if (counted.consumedPoints - 1 <= limit) return undefined;
+      if (counted.consumedPoints - flying.consumedPoints <= limit) return 'busy';
       return (await this.decide('auth', () => settleRes(start()))).value?.msBeforeNext ?? counted.msBeforeNext;
     };
-    const ipWait = await blockedFor(ipBlocked, ipRes, pi.limit, () => ipBlock.consume(ip));
-    const accountWait = await blockedFor(accountBlocked, acctRes, pa.limit, () => accountBlock.consume(key));
+    const ipWait = await judge(ipBlocked, ipRes, ipInFlight, pi.limit, () => ipBlock.consume(ip));
+    const accountWait = await judge(accountBlocked, acctRes, accountInFlight, pa.limit, () => accountBlock.consume(key));
     if (ipWait !== undefined || accountWait !== undefined) {
       // Never tried: it counts against neither, so that retries refused for a blocked account do not block
       // an address (an office behind one address) for the other accounts, nor lengthen the block.
-      await giveBack();
-      return { blocked: ipWait !== undefined ? 'ip' : 'account', retryAfter: Math.ceil((ipWait ?? accountWait)! / 1000), settle: async () => none };
+      await Promise.all([giveBack(), land()]);
+      const wait = typeof ipWait === 'number' ? ipWait : typeof accountWait === 'number' ? accountWait : undefined;
+      const blocked = typeof ipWait === 'number' || (wait === undefined && ipWait === 'busy') ? 'ip' : 'account';
+      if (wait === undefined) return { blocked, busy: true, retryAfter: 1, settle: async () => none };
+      return { blocked, retryAfter: Math.ceil(wait / 1000), settle: async () => none };
     }
     return {
       retryAfter: 0,
       settle: async (how) => {
+        await land();
         if (how === 'failed') {
           // Blocked now if the count, read after this failure, is past the limit; other attempts settle
           // around it (and some give their point back), so of the failures that see it, the first to claim

@@ -29,6 +29,7 @@ const TABLE: Record<ReasonCode, ReplySpec> = {
   'auth.failed': { reject: [535, '5.7.8'] },
   'auth.upstream_unavailable': { tempfail: [454, '4.7.0'] },
   'auth.blocked': { tempfail: [454, '4.7.0'] },
+  'auth.too_many_at_once': { tempfail: [454, '4.7.0'] },
   'auth.limits_unavailable': { tempfail: [454, '4.7.0'] },
   'auth.too_many_failures': { tempfail: [421, '4.7.0'], close: true },
   'smtp.bare_lf_in_command': { reject: [500, '5.5.2'] },

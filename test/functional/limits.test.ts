@@ -796,9 +796,10 @@ describe('brute force and sudden volume', () => {
     await Promise.all(clients.map((c) => c.command('EHLO t')));
     const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0guess').toString('base64')}`)));
     for (const c of clients) c.close();
-    // The limit is 3: four failures, as one after another, and the others refused without asking the upstream.
+    // The limit is 3: four failures, as one after another, and the others refused without asking the
+    // upstream: they came while those four were still in flight.
     expect(replies.filter((r) => r.startsWith('535 5.7.8'))).toHaveLength(4);
-    expect(replies.filter((r) => /^454 4\.7\.0 Too many failed logins/.test(r))).toHaveLength(16);
+    expect(replies.filter((r) => /^454 4\.7\.0 Too many logins at once from your address or for this account; please try again in a moment\. Ref D-[0-9A-Z]{6}\.$/.test(r))).toHaveLength(16);
     expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toHaveLength(4);
     // One strike, from the failure that blocked the account.
     await gw.waitForLog((l) => l.event === 'strike');
@@ -806,6 +807,30 @@ describe('brute force and sudden volume', () => {
     // And it stays blocked: the refused ones did not give it tries back.
     for (let i = 0; i < 5; i++) expect(await loginOnce(gw, 'victim@example.test', 'guess')).toMatch(/^454 4\.7\.0 Too many failed logins/);
     expect(upstream.commands.filter((x) => x.startsWith('AUTH'))).toHaveLength(4);
+  });
+
+  it('twenty sessions of one account logging in at once: those past the limit wait a moment and get in on their next try; nothing is blocked', async () => {
+    await upstream.stop();
+    // The upstream takes its time, as Dovecot checking a password hash does: every login is in flight at once.
+    upstream = await FakeUpstream.start({ users: { 'busy@example.test': 'right' }, auth: () => ({ delayMs: 200 }) });
+    const gw = await gateway();
+    const replies = await Promise.all(Array.from({ length: 20 }, () => loginOnce(gw, 'busy@example.test', 'right')));
+    // The limit is 3: four in flight at once, the others told to come back.
+    expect(replies.filter((r) => r.startsWith('235'))).toHaveLength(4);
+    const waited = replies.filter((r) => r.startsWith('454'));
+    expect(waited).toHaveLength(16);
+    for (const r of waited) expect(r).toMatch(/^454 4\.7\.0 Too many logins at once from your address or for this account; please try again in a moment\. Ref D-[0-9A-Z]{6}\.$/);
+    // They come back, four at a time, and all get in: no failure was counted, no block made.
+    for (let round = 0; round < 4; round++) {
+      const again = await Promise.all(Array.from({ length: 4 }, () => loginOnce(gw, 'busy@example.test', 'right')));
+      for (const r of again) expect(r).toMatch(/^235/);
+    }
+    expect(redis.cli('exists', 'douane:auth_account_block:{busy@example.test}')).toBe('0');
+    const metrics = await gw.metrics.registry.metrics();
+    expect(metrics).toMatch(/^douane_auth_total\{result="too_many_at_once"\} 16$/m);
+    expect(metrics).toMatch(/^douane_auth_total\{result="success"\} 20$/m);
+    expect(metrics).not.toMatch(/^douane_auth_total\{result="blocked"\} [1-9]/m);
+    expect(gw.logs.filter((l) => l.event === 'auth' && l.result === 'too_many_at_once')[0]).toMatchObject({ reason: 'auth.too_many_at_once', evidence: { busy: 'account' } });
   });
 
   it('a login that works, or that the upstream could not check, counts as no failure; refused ones neither', async () => {

@@ -307,7 +307,9 @@ export class FakeUpstream {
 
   private async checkAuth(u: string, p: Buffer, send: (l: string) => void, act: (s: Scripted, n: string) => Promise<boolean>, setUser: (u: string) => void): Promise<void> {
     const scripted = this.opts.auth?.(u);
-    if (scripted !== undefined) {
+    // A slow upstream (a password hash being checked): the usual answer, late.
+    if (typeof scripted === 'object' && scripted.reply === undefined) await new Promise((r) => setTimeout(r, scripted.delayMs));
+    else if (scripted !== undefined) {
       await act(scripted, '');
       return;
     }

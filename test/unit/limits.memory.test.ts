@@ -124,6 +124,40 @@ describe('in-memory limits', () => {
     expect((await l.authAttempt('203.0.113.5', 'v@x.test', limits)).blocked).toBeUndefined();
   });
 
+  it('more logins of one account at once than the limit lets fail: the extra ones wait a moment, and nothing is blocked', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 600_000 }, failures_per_account: { limit: 3, window: 60_000, block: 600_000 } };
+    // Twenty sessions of one account log in at once, with the right password.
+    const attempts = await Promise.all(Array.from({ length: 20 }, () => l.authAttempt('203.0.113.5', 'busy@x.test', limits)));
+    expect(attempts.filter((a) => !a.blocked)).toHaveLength(4);
+    const waiting = attempts.filter((a) => a.blocked);
+    expect(waiting).toHaveLength(16);
+    for (const a of waiting) expect(a).toMatchObject({ blocked: 'account', busy: true });
+    for (const a of attempts) await a.settle(a.blocked ? 'not_tried' : 'succeeded');
+    // Landed: the ones that waited get in, one after another or four at a time, for as long as they like.
+    for (let round = 0; round < 5; round++) {
+      const again = await Promise.all(Array.from({ length: 4 }, () => l.authAttempt('203.0.113.5', 'busy@x.test', limits)));
+      expect(again.map((a) => a.blocked)).toEqual([undefined, undefined, undefined, undefined]);
+      for (const a of again) await a.settle('succeeded');
+    }
+    // Failures still block at the limit, as before: four tries, then the block.
+    expect((await failUntilBlocked(l, '198.51.100.1', 'busy@x.test', limits)).tried).toBe(4);
+    expect(await l.authAttempt('203.0.113.5', 'busy@x.test', limits)).toMatchObject({ blocked: 'account', retryAfter: 600 });
+  });
+
+  it('failures in flight with others: those past the limit wait; once the failures land, the block follows', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 600_000 }, failures_per_account: { limit: 3, window: 60_000, block: 600_000 } };
+    const attempts = await Promise.all(Array.from({ length: 10 }, () => l.authAttempt('198.51.100.1', 'v@x.test', limits)));
+    expect(attempts.filter((a) => a.busy)).toHaveLength(6);
+    const tried = attempts.filter((a) => !a.blocked);
+    const settled = await Promise.all(tried.map((a) => a.settle('failed')));
+    expect(settled.filter((s) => s.accountBlockedNow)).toHaveLength(1);
+    const next = await l.authAttempt('198.51.100.1', 'v@x.test', limits);
+    expect(next.busy).toBeUndefined();
+    expect(next).toMatchObject({ blocked: 'account', retryAfter: 600 });
+  });
+
   it('a limit lowered below the failures already counted blocks for the whole block, from the next attempt', async () => {
     const l = limiter();
     const before = { failures_per_ip: { limit: 100, window: 60_000, block: 0 }, failures_per_account: { limit: 10, window: 60_000, block: 1_800_000 } };

@@ -14,13 +14,14 @@ export const authBruteForce: Check = {
   async run({ session, deps, authUser }) {
     const limits = deps.policy().doc.auth;
     const attempt = await deps.limiter.authAttempt(session.remoteAddress, deps.accounts.known(comparableAddress(authUser ?? '')), limits);
-    const { blocked, retryAfter, unavailable } = attempt;
+    const { blocked, busy, retryAfter, unavailable } = attempt;
     if (unavailable) return { action: 'tempfail', reason: 'auth.limits_unavailable', evidence: { degraded: true } };
     // Counted already: the AUTH handler says how it ended.
     if (!blocked) {
       session.authAttempt = attempt;
       return { action: 'continue' };
     }
+    if (busy) return { action: 'tempfail', reason: 'auth.too_many_at_once', evidence: { busy: blocked } };
     return { action: 'tempfail', reason: 'auth.blocked', detail: { retry: humanDuration(retryAfter) }, evidence: { blocked, retry_after: retryAfter } };
   },
 };
