@@ -132,13 +132,17 @@ export async function latency(port: number, opts: { messages: number; size: numb
   return { p50: percentile(times, 50), p99: percentile(times, 99), mean: times.reduce((a, b) => a + b, 0) / times.length };
 }
 
-/** The AUTH path: sessions that STARTTLS, AUTH PLAIN and send `perSession` messages each, `sessions` at a time. */
-export async function authLoad(port: number, opts: { sessions: number; messages: number; perSession: number; size: number; user: string; password: string }): Promise<Throughput> {
-  const token = Buffer.from(`\0${opts.user}\0${opts.password}`).toString('base64');
+/**
+ * The AUTH path: sessions that STARTTLS, AUTH PLAIN and send `perSession` messages each, `sessions` at a
+ * time, each of them logging in as one of `users` in turn.
+ */
+export async function authLoad(port: number, opts: { sessions: number; messages: number; perSession: number; size: number; users: [string, string][] }): Promise<Throughput> {
+  const tokens = opts.users.map(([user, password]) => Buffer.from(`\0${user}\0${password}`).toString('base64'));
   let next = 0;
   let failed = false;
   const started = performance.now();
-  const worker = async () => {
+  const worker = async (_: unknown, i: number) => {
+    const token = tokens[i % tokens.length]!;
     while (next < opts.messages) {
       const c = await open(port);
       await c.cmd('STARTTLS', '220');
