@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_MIN_TEXT_LENGTH, fingerprint, normalise, similarity, TEXT_PATTERNS, type BulkFingerprint } from '../../src/bulk/fingerprint.js';
+import { DEFAULT_MIN_TEXT_LENGTH, densify, fingerprint, normalise, similarity, TEXT_PATTERNS, type BulkFingerprint } from '../../src/bulk/fingerprint.js';
 import { inspectStream, type InspectLimits } from '../../src/inspect/mime.js';
 import type { AttachmentFacts, MessageFacts } from '../../src/policy/facts.js';
 
@@ -379,3 +379,51 @@ describe('the fingerprint on hostile text', () => {
     expect(fingerprint(msg(`Re [2]: Fwd: ${'point '.repeat(3)}`, body), OPTS)).toEqual(fingerprint(msg('point point point', body), OPTS));
   });
 });
+
+describe('densification', () => {
+  /** The probe walk as first written: each empty bin walks its own probe sequence until a filled bin. */
+  function walked(sig: Uint32Array, filled: Uint8Array): Uint32Array {
+    const K = sig.length;
+    const out = Uint32Array.from(sig);
+    const fmix = (h: number) => {
+      h ^= h >>> 16;
+      h = Math.imul(h, 0x85ebca6b);
+      h ^= h >>> 13;
+      h = Math.imul(h, 0xc2b2ae35);
+      h ^= h >>> 16;
+      return h >>> 0;
+    };
+    for (let j = 0; j < K; j++) {
+      if (filled[j]) continue;
+      let value = -1;
+      for (let attempt = 1; attempt <= 8 * K && value === -1; attempt++) {
+        const probe = ((fmix(Math.imul(j + 1, 0x9e3779b1) ^ Math.imul(attempt, 0x85ebca77)) >>> 16) * K) >>> 16;
+        if (filled[probe]) value = sig[probe]!;
+      }
+      for (let d = 1; d < K && value === -1; d++) if (filled[(j + d) % K]) value = sig[(j + d) % K]!;
+      out[j] = value;
+    }
+    return out;
+  }
+
+  it('fills every empty bin as the probe walk does, however few bins a short text fills', () => {
+    const K = 48 * 8;
+    let seed = 7;
+    const random = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    for (const count of [1, 2, 3, 5, 8, 13, 20, 47, 48, 49, 100, 200, 383]) {
+      for (let round = 0; round < 5; round++) {
+        const sig = new Uint32Array(K).fill(0xffffffff);
+        const filled = new Uint8Array(K);
+        while (filled.reduce((a, b) => a + b, 0) < count) {
+          const bin = Math.floor(random() * K);
+          filled[bin] = 1;
+          sig[bin] = Math.floor(random() * 0xffffffff);
+        }
+        const expected = walked(sig, filled);
+        densify(sig, filled);
+        expect([...sig], `${count} bins filled`).toEqual([...expected]);
+      }
+    }
+  });
+});
+
