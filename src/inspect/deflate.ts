@@ -26,21 +26,26 @@ export interface InflateBudget {
   archives: number;
   /** bytes of 7z headers still to decode */
   lzma: number;
+  /** attachments still to open (each gets its listers, its hash, its type) */
+  attachments: number;
+  /** bytes of HTML text parts still to convert to text */
+  html: number;
   /** something was left unread for want of budget */
   exhausted: boolean;
 }
 
-export type BudgetLimits = Pick<InflateBudget, 'bytes' | 'archives' | 'lzma'>;
+export type BudgetLimits = Omit<InflateBudget, 'exhausted'>;
 
-/** A whole message's budget. */
-export const FULL_BUDGET: BudgetLimits = { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED };
+/** A whole message's budget: attachments and HTML are bounded by the inspection limits (parts, text). */
+export const FULL_BUDGET: BudgetLimits = { bytes: MAX_INFLATED, archives: MAX_NESTED_ARCHIVES, lzma: MAX_LZMA_DECODED, attachments: Infinity, html: Infinity };
 
 /**
- * The budget of a first look in the thread every session shares: about ten milliseconds of decoding at
- * each bound (plus the step in progress when it runs out). Most messages, archives included, stay within
- * it; one that does not is looked at again, whole, in an inspection thread (pool.ts).
+ * The budget of a first look in the thread every session shares: about ten milliseconds of work at each
+ * bound (plus the step in progress when it runs out). Most messages, archives included, stay within it;
+ * one that does not is looked at again, whole, in an inspection thread (pool.ts). A hundred attachments
+ * take about 12 ms to open; 256 KB of HTML take up to 20 ms to convert (a page of character references).
  */
-export const FIRST_LOOK_BUDGET: BudgetLimits = { bytes: 4 * 1024 * 1024, archives: 300, lzma: 64 * 1024 };
+export const FIRST_LOOK_BUDGET: BudgetLimits = { bytes: 4 * 1024 * 1024, archives: 300, lzma: 64 * 1024, attachments: 100, html: 256 * 1024 };
 
 export function inflateBudget(limits: BudgetLimits = FULL_BUDGET): InflateBudget {
   return { ...limits, exhausted: false };

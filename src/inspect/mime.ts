@@ -416,6 +416,7 @@ export class MessageInspector {
       Object.assign(leaf.text, this.linkScanner(html, charset));
     }
     if (!isText || filename !== '') {
+      if (!this.spend('attachments', 1)) return;
       const extension = extensionOf(filename);
       leaf.attachment = {
         facts: {
@@ -445,6 +446,19 @@ export class MessageInspector {
       if (leaf.attachment.html) Object.assign(leaf.attachment, this.linkScanner(true, charset));
     }
     this.leaf = leaf;
+  }
+
+  /**
+   * Takes `amount` from the message's budget; past it (a first look's), the inspection stops where it is,
+   * and its facts are known to be short (MessageInspection looks again).
+   */
+  private spend(what: 'attachments' | 'html', amount: number): boolean {
+    this.inflateBudget[what] -= amount;
+    if (this.inflateBudget[what] >= 0) return true;
+    this.inflateBudget.exhausted = true;
+    this.leaf = undefined;
+    this.stop();
+    return false;
   }
 
   /** The link scanner for a part in `charset`: on its raw bytes, or on UTF-16 or UTF-7 decoded as it streams. */
@@ -547,6 +561,7 @@ export class MessageInspector {
     }
     if (!t.html && !t.uu) for (const file of uuencodedFiles(text)) this.attachments.push(file);
     if (t.html) {
+      if (!this.spend('html', t.bytes)) return;
       const { text: html, visible } = htmlToTexts(text, room);
       this.keepBody(html, node, visible);
     } else this.keepBody(normalizeText(text), node);

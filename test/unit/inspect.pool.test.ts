@@ -121,6 +121,22 @@ describe('inspection: a first look here, a second look in a thread', () => {
     }
   }, 60_000);
 
+  it('many attachments, or much HTML, are looked at again too: the facts of a full inspection', async () => {
+    const many = mimeMessage({ from: 'a@example.test', attachments: Array.from({ length: FIRST_LOOK_BUDGET.attachments + 20 }, (_, i) => ({ name: i === FIRST_LOOK_BUDGET.attachments + 10 ? 'facture.pdf.exe' : `photo-${i}.bin`, content: Buffer.from(`picture ${i}`) })) });
+    const page = `<html><body>${'<p>Nouveautés de la semaine &amp; offres</p>'.repeat(Math.ceil(FIRST_LOOK_BUDGET.html / 40))}<a href="https://late.example/after">lien</a></body></html>`;
+    const html = `From: a@example.test\r\nSubject: newsletter\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n${page}\r\n`;
+    for (const [what, message] of [['attachments', many], ['HTML', html]] as const) {
+      const chunks = chunked(message);
+      const inspection = new MessageInspection(LIMITS, pool());
+      const facts = await inspect(inspection, chunks);
+      expect(inspection.secondLook, what).toBe(true);
+      expect(facts, what).toEqual(await inspectStream(chunks, LIMITS));
+    }
+    const facts = await inspectStream(chunked(many), LIMITS);
+    expect(facts.attachments.map((a) => a.name)).toContain('facture.pdf.exe');
+    expect(facts.attachments).toHaveLength(FIRST_LOOK_BUDGET.attachments + 20);
+  });
+
   it('past the full budget too, the listing says it is incomplete, as a full inspection does', async () => {
     const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'bomb.tar.gz', content: tarGz(140 * 1024 * 1024) }] }));
     const inspection = new MessageInspection(LIMITS, pool());
