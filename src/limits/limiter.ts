@@ -537,8 +537,10 @@ export class Limiter implements LimiterPort {
     // mode, a login is not tried unchecked any more than a message is sent unchecked.
     if (!outcome.value) return { retryAfter: 0, unavailable: this.opts.onFailure === 'tempfail', settle: async () => none };
     const [ipRes, acctRes, ipBlocked, accountBlocked, ipInFlight, accountInFlight] = outcome.value;
-    // A point is given back only within the window it was counted in: after it, it would credit the next.
-    const countedAt = this.now();
+    // A point is given back only within the window it was counted in: after it, it would credit the next
+    // (a reward on a key gone makes one of -1 for a whole window). Not in the window's last moment either,
+    // which the store's clock may already have passed; the point then goes with the window.
+    const countedAt = this.now() - REWARD_MARGIN_MS;
     const ipWindowEnds = countedAt + ipRes.msBeforeNext;
     const accountWindowEnds = countedAt + acctRes.msBeforeNext;
     const ipFlyingEnds = countedAt + ipInFlight.msBeforeNext;
@@ -565,15 +567,17 @@ export class Limiter implements LimiterPort {
     const judge = async (block: RateLimiterRes | null, counted: RateLimiterRes, flying: RateLimiterRes, limit: number, start: () => Promise<RateLimiterRes>): Promise<number | 'busy' | undefined> => {
       if (block && block.consumedPoints > 0) return block.msBeforeNext;
       if (counted.consumedPoints - 1 <= limit) return undefined;
-      if (counted.consumedPoints - flying.consumedPoints <= limit) return 'busy';
+      if (settledFailures(counted, flying) <= limit) return 'busy';
       return (await this.decide('auth', () => settleRes(start()))).value?.msBeforeNext ?? counted.msBeforeNext;
     };
     const ipWait = await judge(ipBlocked, ipRes, ipInFlight, pi.limit, () => ipBlock.consume(ip));
     const accountWait = await judge(accountBlocked, acctRes, accountInFlight, pa.limit, () => accountBlock.consume(key));
     if (ipWait !== undefined || accountWait !== undefined) {
       // Never tried: it counts against neither, so that retries refused for a blocked account do not block
-      // an address (an office behind one address) for the other accounts, nor lengthen the block.
-      await Promise.all([giveBack(), land()]);
+      // an address (an office behind one address) for the other accounts, nor lengthen the block. Its
+      // point first: landed with its point still counted, it would look like a failure to the others.
+      await giveBack();
+      await land();
       const wait = typeof ipWait === 'number' ? ipWait : typeof accountWait === 'number' ? accountWait : undefined;
       const blocked = typeof ipWait === 'number' || (wait === undefined && ipWait === 'busy') ? 'ip' : 'account';
       if (wait === undefined) return { blocked, busy: true, retryAfter: 1, settle: async () => none };
@@ -582,15 +586,17 @@ export class Limiter implements LimiterPort {
     return {
       retryAfter: 0,
       settle: async (how) => {
-        await land();
         if (how === 'failed') {
-          // Blocked now if the count, read after this failure, is past the limit; other attempts settle
-          // around it (and some give their point back), so of the failures that see it, the first to claim
-          // the block says so, once per block.
-          const now = await this.decide('auth', () => Promise.all([ipLimiter.get(ip), accountLimiter.get(key)]));
-          const [ipNow, accountNow] = now.value ?? [undefined, undefined];
-          if ((ipNow?.consumedPoints ?? ipRes.consumedPoints) > pi.limit) await this.decide('auth', () => settleRes(ipBlock.consume(ip)));
-          const failures = accountNow?.consumedPoints ?? acctRes.consumedPoints;
+          await land();
+          // Blocked now if the failures settled, read after this one, are past the limit: not the attempts
+          // still in flight around it (a phone with an old password among the holder's other logins). Other
+          // attempts settle around it (and some give their point back), so of the failures that see it,
+          // the first to claim the block says so, once per block.
+          const now = await this.decide('auth', () => Promise.all([ipLimiter.get(ip), accountLimiter.get(key), ipFlying.get(ip), accountFlying.get(key)]));
+          const [ipNow, accountNow, ipFlyingNow, accountFlyingNow] = now.value ?? [undefined, undefined, undefined, undefined];
+          const ipFailures = ipNow ? settledFailures(ipNow, ipFlyingNow) : ipRes.consumedPoints;
+          if (ipFailures > pi.limit) await this.decide('auth', () => settleRes(ipBlock.consume(ip)));
+          const failures = accountNow ? settledFailures(accountNow, accountFlyingNow) : acctRes.consumedPoints;
           if (failures <= pa.limit) return { accountBlockedNow: false, failures };
           // The block (which an attempt refused meanwhile may have started), then the claim to say so.
           const blockSeconds = (pa.block || pa.window) / 1000;
@@ -599,12 +605,21 @@ export class Limiter implements LimiterPort {
         }
         // A login that worked, or was never tried, was no failure: its own point is given back, and only
         // that. The failures counted around it stand: clearing them would hand whoever is guessing the
-        // password a fresh set of tries at each of the holder's logins.
+        // password a fresh set of tries at each of the holder's logins. The point before it lands (above).
         await giveBack();
+        await land();
         return none;
       },
     };
   }
+}
+
+/** How long before a window's end a point is no longer given back (see authAttempt). */
+const REWARD_MARGIN_MS = 250;
+
+/** The failures counted that are not attempts still in flight (a count in flight below zero is none). */
+function settledFailures(counted: RateLimiterRes, flying: RateLimiterRes | null | undefined): number {
+  return counted.consumedPoints - Math.max(0, flying?.consumedPoints ?? 0);
 }
 
 function hoursBack(now: number, history: number): number[] {

@@ -145,6 +145,46 @@ describe('in-memory limits', () => {
     expect(await l.authAttempt('203.0.113.5', 'busy@x.test', limits)).toMatchObject({ blocked: 'account', retryAfter: 600 });
   });
 
+  it('logins that worked, landing while another is checked, never look like failures to it', async () => {
+    const l = limiter();
+    const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 600_000 }, failures_per_account: { limit: 3, window: 60_000, block: 600_000 } };
+    for (let round = 0; round < 20; round++) {
+      const four = await Promise.all(Array.from({ length: 4 }, () => l.authAttempt('203.0.113.5', 'holder@x.test', limits)));
+      expect(four.map((a) => a.blocked)).toEqual([undefined, undefined, undefined, undefined]);
+      // Three land while a fifth comes: told to wait at worst, never blocked.
+      const landing = four.slice(0, 3).map((a) => a.settle('succeeded'));
+      const fifth = await l.authAttempt('203.0.113.5', 'holder@x.test', limits);
+      expect(fifth.busy ?? !fifth.blocked, `round ${round}`).toBe(true);
+      await Promise.all(landing);
+      await fifth.settle(fifth.blocked ? 'not_tried' : 'succeeded');
+      await four[3]!.settle('succeeded');
+    }
+    // Two typos, then the right password on four connections at once, and a fifth: nothing is blocked.
+    for (let i = 0; i < 2; i++) await (await l.authAttempt('203.0.113.5', 'holder@x.test', limits)).settle('failed');
+    const logins = await Promise.all(Array.from({ length: 2 }, () => l.authAttempt('203.0.113.5', 'holder@x.test', limits)));
+    const landing = logins.map((a) => a.settle('succeeded'));
+    const another = await l.authAttempt('203.0.113.5', 'holder@x.test', limits);
+    await Promise.all(landing);
+    expect(another.busy ?? !another.blocked).toBe(true);
+    await another.settle(another.blocked ? 'not_tried' : 'succeeded');
+    expect((await l.authAttempt('203.0.113.5', 'holder@x.test', limits)).blocked).toBeUndefined();
+  });
+
+  it('one wrong password among logins in flight blocks nothing: only failures settled count', async () => {
+    const l = limiter();
+    // An account's phone with an old password, among its other logins.
+    const limits = { failures_per_ip: { limit: 5, window: 60_000, block: 600_000 }, failures_per_account: { limit: 2, window: 60_000, block: 600_000 } };
+    const three = await Promise.all(Array.from({ length: 3 }, () => l.authAttempt('203.0.113.5', 'holder@x.test', limits)));
+    expect((await three[0]!.settle('failed')).accountBlockedNow).toBe(false);
+    for (const a of three.slice(1)) await a.settle('succeeded');
+    expect((await l.authAttempt('203.0.113.5', 'holder@x.test', limits)).blocked).toBeUndefined();
+    // Six colleagues behind one address, one typo: the address is not blocked.
+    const office = await Promise.all(Array.from({ length: 6 }, (_, i) => l.authAttempt('198.51.100.7', `colleague${i}@x.test`, limits)));
+    await office[0]!.settle('failed');
+    for (const a of office.slice(1)) await a.settle('succeeded');
+    expect((await l.authAttempt('198.51.100.7', 'colleague9@x.test', limits)).blocked).toBeUndefined();
+  });
+
   it('failures in flight with others: those past the limit wait; once the failures land, the block follows', async () => {
     const l = limiter();
     const limits = { failures_per_ip: { limit: 100, window: 60_000, block: 600_000 }, failures_per_account: { limit: 3, window: 60_000, block: 600_000 } };
