@@ -49,10 +49,9 @@ export class MessageInspection {
 const HIGH_WATER = 1024 * 1024;
 
 /**
- * How long a second look may take, from the moment it is asked for. The largest costs about half a
- * second of decoding; queued behind others at once (a flood of them), a few seconds more. A thread busy
- * past this on one message has met something no budget bounds (a bug): it is stopped, and the messages
- * it had are tempfailed.
+ * How long a second look may take once its thread starts on it. The largest costs about half a second of
+ * decoding. A thread busy past this on one message has met something no budget bounds (a bug): it is
+ * stopped, the message is tempfailed, and the messages queued for the thread go to a new one.
  */
 const DEADLINE_MS = 120_000;
 
@@ -67,10 +66,11 @@ export interface PoolOptions {
 export type ThreadFailureListener = (err: Error, messages: number) => void;
 
 /**
- * Threads for second looks, started when first needed. A message goes to the thread with the fewest
- * under way; its chunks are copied there as they are read, and reading waits while more than HIGH_WATER
- * bytes are not yet taken in. A thread that dies (a bug, memory) fails the messages it had (their
- * senders tempfail them); the next message starts another.
+ * Threads for second looks, started when first needed. A thread looks at one message at a time, so that
+ * each is done in its own time, not in the sum of all those under way; a message goes to the thread with
+ * the fewest queued. Its chunks are copied there as they are read, and reading waits while more than
+ * HIGH_WATER bytes are not yet taken in. A thread that dies (a bug, memory) fails the message it had (its
+ * sender tempfails it); the next message starts another.
  */
 export class InspectionPool {
   private readonly threads: InspectionThread[];
@@ -94,28 +94,38 @@ export class InspectionPool {
   async inspect(limits: InspectLimits, source: AsyncIterable<Buffer> | Iterable<Buffer>): Promise<MessageFacts> {
     if (this.closed) throw new Error('the message could not be inspected: the gateway is shutting down');
     let thread = this.threads[0]!;
-    for (const t of this.threads) if (t.running.size < thread.running.size) thread = t;
-    const job = new Job(thread, this.nextId++);
-    // Heard at once: the source may still be read when the thread fails.
-    job.facts.catch(() => undefined);
-    const deadline = setTimeout(() => thread.restart(new Error(`a message took longer than ${this.deadlineMs / 1000} s to inspect`)), this.deadlineMs);
-    deadline.unref();
+    for (const t of this.threads) if (t.load < thread.load) thread = t;
+    const done = await thread.turn();
     try {
-      job.send({ type: 'start', id: job.id, limits });
-      for await (const chunk of source) {
-        if (job.failed) break;
-        await job.write(chunk);
+      if (this.closed) throw new Error('the message could not be inspected: the gateway is shutting down');
+      const job = new Job(thread, this.nextId++);
+      // Heard at once: the source may still be read when the thread fails.
+      job.facts.catch(() => undefined);
+      const deadline = setTimeout(() => thread.restart(new Error(`a message took longer than ${this.deadlineMs / 1000} s to inspect`)), this.deadlineMs);
+      deadline.unref();
+      try {
+        job.send({ type: 'start', id: job.id, limits });
+        for await (const chunk of source) {
+          if (job.failed) break;
+          await job.write(chunk);
+        }
+        job.send({ type: 'end', id: job.id });
+        return await job.facts;
+      } catch (err) {
+        // The spool could not be read to its end: the thread lets the half-read message go.
+        job.abandon();
+        throw err;
+      } finally {
+        clearTimeout(deadline);
       }
-      job.send({ type: 'end', id: job.id });
-      return await job.facts;
     } finally {
-      clearTimeout(deadline);
+      done();
     }
   }
 
-  /** Messages under way, all threads together. */
+  /** Messages under way or waiting for their turn, all threads together. */
   get running(): number {
-    return this.threads.reduce((n, t) => n + t.running.size, 0);
+    return this.threads.reduce((n, t) => n + t.load, 0);
   }
 
   async close(): Promise<void> {
@@ -136,6 +146,28 @@ function defaultScript(): URL {
 class InspectionThread {
   readonly running = new Map<number, Job>();
   private worker: Worker | undefined;
+  /** the end of the last turn given out */
+  private queue: Promise<void> = Promise.resolve();
+  /** messages given a turn and not done */
+  private turns = 0;
+
+  /** Messages under way or waiting for their turn. */
+  get load(): number {
+    return this.turns;
+  }
+
+  /** Waits for this thread's turn; call the function it resolves with when done. */
+  async turn(): Promise<() => void> {
+    this.turns++;
+    const before = this.queue;
+    let done!: () => void;
+    this.queue = new Promise<void>((resolve) => (done = resolve));
+    await before;
+    return () => {
+      this.turns--;
+      done();
+    };
+  }
 
   constructor(
     private readonly script: URL,
@@ -238,6 +270,14 @@ class Job {
     this.failed = true;
     this.wake();
     this.reject(err);
+  }
+
+  /** Given up by its sender: the thread forgets it. */
+  abandon(): void {
+    if (!this.thread.running.has(this.id)) return;
+    this.send({ type: 'abort', id: this.id });
+    this.thread.running.delete(this.id);
+    this.fail(new Error('the inspection was abandoned'));
   }
 
   send(message: ToWorker, transfer?: ArrayBuffer[]): void {

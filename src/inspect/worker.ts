@@ -33,6 +33,8 @@ port.on('message', (message: ToWorker) => {
       if (!run) return;
       const chunk = Buffer.from(message.data.buffer, message.data.byteOffset, message.data.byteLength);
       run.queue = run.queue.then(async () => {
+        // Given up meanwhile: nothing more is read of it.
+        if (running.get(message.id) !== run) return;
         try {
           if (run.failure === undefined) await run.inspector.write(chunk);
         } catch (err) {
@@ -58,5 +60,8 @@ port.on('message', (message: ToWorker) => {
       });
       return;
     }
+    case 'abort':
+      running.delete(message.id);
+      return;
   }
 });

@@ -189,21 +189,47 @@ describe('inspection: a first look here, a second look in a thread', () => {
     expect(crashing.running).toBe(0);
   });
 
-  it('a thread stuck on a message past the deadline is stopped: its messages fail, the next one is inspected', async () => {
+  it('a thread stuck on a message past the deadline is stopped: that message fails, the ones queued behind it are inspected', async () => {
     const failures: string[] = [];
     const stuck = pool({ script: FAULTY, deadlineMs: 2000 });
     stuck.onThreadFailure((err) => failures.push(err.message));
     const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
     const spinning = inspect(new MessageInspection(LIMITS, stuck), chunked(mimeMessage({ from: 'a@example.test', subject: 'SPIN-THE-THREAD', attachments: [{ name: 'a.tar.gz', content: image }] })));
-    // Queued behind it on the one thread: failed with it, as the thread is stopped.
-    const queued = inspect(new MessageInspection(LIMITS, stuck), chunked(mimeMessage({ from: 'b@example.test', attachments: [{ name: 'b.tar.gz', content: image }] })));
+    // Queued behind it on the one thread: its turn comes on the thread started after the stuck one.
+    const queued = new MessageInspection(LIMITS, stuck);
+    const after = inspect(queued, chunked(mimeMessage({ from: 'b@example.test', attachments: [{ name: 'b.tar.gz', content: image }] })));
     await expect(spinning).rejects.toThrow(/could not be inspected: a message took longer than 2 s to inspect/);
-    await expect(queued).rejects.toThrow(/could not be inspected: a message took longer than 2 s to inspect/);
+    expect((await after).attachments[0]!.archiveEntries).toEqual(['disk.img', 'facture.pdf.exe']);
+    expect(queued.secondLook).toBe(true);
     expect(failures).toEqual(['a message took longer than 2 s to inspect']);
-    const next = new MessageInspection(LIMITS, stuck);
-    const facts = await inspect(next, chunked(mimeMessage({ from: 'c@example.test', attachments: [{ name: 'c.tar.gz', content: image }] })));
-    expect(next.secondLook).toBe(true);
-    expect(facts.attachments[0]!.archiveEntries).toEqual(['disk.img', 'facture.pdf.exe']);
+    expect(stuck.running).toBe(0);
+  });
+
+  it('the deadline counts from a message\'s turn: messages queued behind slow ones are not failed for the wait', async () => {
+    const slow = pool({ script: FAULTY, deadlineMs: 1500 });
+    const failures: string[] = [];
+    slow.onThreadFailure((err) => failures.push(err.message));
+    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    // Four of half a second each on one thread: two seconds in all, each within its own deadline.
+    const all = await Promise.all(['one', 'two', 'three', 'four'].map((n) => inspect(new MessageInspection(LIMITS, slow), chunked(mimeMessage({ from: `${n}@example.test`, subject: `SLOW-THE-THREAD ${n}`, attachments: [{ name: `${n}.tar.gz`, content: image }] })))));
+    expect(all.map((f) => f.subject)).toEqual(['SLOW-THE-THREAD one', 'SLOW-THE-THREAD two', 'SLOW-THE-THREAD three', 'SLOW-THE-THREAD four']);
+    expect(failures).toEqual([]);
+  });
+
+  it('a spool that cannot be read again fails its second look, and the thread forgets the message', async () => {
+    const reading = pool();
+    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }] }), 4096);
+    const inspection = new MessageInspection(LIMITS, reading);
+    for (const chunk of chunks) await inspection.write(chunk);
+    const broken = async function* () {
+      yield chunks[0]!;
+      throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+    };
+    await expect(inspection.end(broken)).rejects.toThrow(/EIO/);
+    expect(reading.running).toBe(0);
+    // The thread goes on with the next one.
+    const next = new MessageInspection(LIMITS, reading);
+    expect((await inspect(next, chunks)).attachments[0]!.archiveEntries).toEqual(['disk.img', 'facture.pdf.exe']);
   });
 
   it('a thread that cannot start fails the message (tempfailed by the gateway), it does not hang', async () => {
