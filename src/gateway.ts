@@ -178,7 +178,7 @@ export class Gateway {
     this.inspectionPool = deps.inspectionPool ?? new InspectionPool(config.inspection.threads);
     this.inspectionPool.onThreadFailure((err, messages) => {
       this.metrics.inspectionThreadFailures.inc();
-      this.log.error({ event: 'inspection_thread_failed', err: err.message, messages }, 'an inspection thread stopped; its messages were tempfailed');
+      this.log.error({ event: 'inspection_thread_failed', err: err.message, messages }, 'an inspection thread stopped; the message it was on was tempfailed');
     });
     this.scanner = deps.scanner ?? (config.clamd !== 'none' ? new ClamdScanner({ hosts: config.clamd.hosts, timeoutMs: config.clamd.timeout, metrics: this.metrics, log: this.log }) : undefined);
     this.quarantine = deps.quarantine ?? new LocalQuarantine(join(config.state_dir, 'quarantine'));

@@ -20,7 +20,7 @@ export const INFLATE_STEP = 1024;
  */
 const MAX_LZMA_DECODED = 2 * 1024 * 1024 + 4 * (0x300 << 12);
 
-/** What inner archives and 7z headers may still cost, shared by every archive of one message. */
+/** What inspecting one message may still cost (inner archives, 7z headers, attachments, HTML), shared by all its parts. */
 export interface InflateBudget {
   bytes: number;
   archives: number;

@@ -62,7 +62,7 @@ export interface PoolOptions {
   deadlineMs?: number;
 }
 
-/** Told when a thread fails, with the number of messages it had. */
+/** Told when a thread fails, with the number of messages it had (one at most: it looks at one at a time). */
 export type ThreadFailureListener = (err: Error, messages: number) => void;
 
 /**
@@ -198,7 +198,7 @@ class InspectionThread {
     void worker.terminate();
   }
 
-  /** The thread died: its messages cannot be finished; the next message starts another. */
+  /** The thread died: the message it was on cannot be finished; the next message starts another. */
   private lost(worker: Worker, err: Error): void {
     if (this.worker !== worker) return;
     this.worker = undefined;
