@@ -41,7 +41,7 @@ export class MessageInspection {
     const facts = await this.inspector.end();
     if (!this.budget.exhausted) return facts;
     this.secondLook = true;
-    return this.pool.inspect(this.limits, reread());
+    return this.pool.inspect(this.limits, reread);
   }
 }
 
@@ -90,8 +90,11 @@ export class InspectionPool {
     this.failureListeners.push(listener);
   }
 
-  /** Inspects a whole message in a thread, with the full budget. */
-  async inspect(limits: InspectLimits, source: AsyncIterable<Buffer> | Iterable<Buffer>): Promise<MessageFacts> {
+  /**
+   * Inspects a whole message in a thread, with the full budget. The message is read (`source`) once its
+   * turn comes: a spool file is not held open while it waits.
+   */
+  async inspect(limits: InspectLimits, source: () => AsyncIterable<Buffer> | Iterable<Buffer>): Promise<MessageFacts> {
     if (this.closed) throw new Error('the message could not be inspected: the gateway is shutting down');
     let thread = this.threads[0]!;
     for (const t of this.threads) if (t.load < thread.load) thread = t;
@@ -105,7 +108,7 @@ export class InspectionPool {
       deadline.unref();
       try {
         job.send({ type: 'start', id: job.id, limits });
-        for await (const chunk of source) {
+        for await (const chunk of source()) {
           if (job.failed) break;
           await job.write(chunk);
         }

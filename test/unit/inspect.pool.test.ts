@@ -216,6 +216,34 @@ describe('inspection: a first look here, a second look in a thread', () => {
     expect(failures).toEqual([]);
   });
 
+  it('a message waiting for its turn is read again only when its turn comes: its spool is not held open meanwhile', async () => {
+    const slow = pool({ script: FAULTY });
+    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    const first = chunked(mimeMessage({ from: 'a@example.test', subject: 'SLOW-THE-THREAD', attachments: [{ name: 'a.tar.gz', content: image }] }));
+    const second = chunked(mimeMessage({ from: 'b@example.test', attachments: [{ name: 'b.tar.gz', content: image }] }));
+    const one = new MessageInspection(LIMITS, slow);
+    const two = new MessageInspection(LIMITS, slow);
+    for (const chunk of first) await one.write(chunk);
+    for (const chunk of second) await two.write(chunk);
+    let firstRead = false;
+    let readAfterFirst: boolean | undefined;
+    await Promise.all([
+      one.end(() =>
+        (async function* () {
+          yield* first;
+          // A spool on a slow disk: the first message takes a while to read.
+          await new Promise((r) => setTimeout(r, 300));
+          firstRead = true;
+        })(),
+      ),
+      two.end(() => {
+        readAfterFirst = firstRead;
+        return second;
+      }),
+    ]);
+    expect(readAfterFirst).toBe(true);
+  });
+
   it('a spool that cannot be read again fails its second look, and the thread forgets the message', async () => {
     const reading = pool();
     const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }] }), 4096);
