@@ -2,6 +2,7 @@
 // over the real name, and the directory flushed so that the rename itself is on the disk.
 
 import { randomBytes } from 'node:crypto';
+import { readdirSync, rmSync } from 'node:fs';
 import { open, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -33,4 +34,21 @@ export async function writeFileDurably(path: string, text: string, mode = 0o600)
     throw err;
   }
   await syncFile(dirname(path), true);
+}
+
+/**
+ * Removes the temporary files of `path` that writes cut short by a crash left beside it. Only at start,
+ * when no write of it can be under way (the state directory is this process's alone).
+ */
+export function removeLeftoversSync(path: string): void {
+  const prefix = `.${basename(path)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(path));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (name.startsWith(prefix) && /^[0-9a-f]{8}\.tmp$/.test(name.slice(prefix.length))) rmSync(join(dirname(path), name), { force: true });
+  }
 }

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import type { AuditLog } from '../audit/log.js';
 import type { AccountsAdmin } from '../admin.js';
-import { writeFileDurably } from '../data/durable.js';
+import { removeLeftoversSync, writeFileDurably } from '../data/durable.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics.js';
 import type { Policy } from '../policy/policy.js';
@@ -127,6 +127,7 @@ export class Enforcer implements StrikeSink, AccountStatusPort, AccountsAdmin {
 
   /** The suspensions kept by the last run; a file that cannot be read is said and left aside. */
   private loadKnown(file: string): void {
+    removeLeftoversSync(file);
     let text: string;
     try {
       text = readFileSync(file, 'utf8');

@@ -1,9 +1,9 @@
 // The strike ladder on its own (memory state, a real outbox and audit log in a temp dir): steps are taken
 // once per window, cooldowns count a burst once, throttles scale limits, the allowlist is honoured.
 
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/log.js';
 import { Enforcer } from '../../src/enforce/enforcer.js';
@@ -523,8 +523,13 @@ describe('strikes the state could not take at once', () => {
         deadlineMs: 300,
         knownFile,
       });
+    // A write that a crash cut short left its temporary file: the next start removes it, and nothing else.
+    const dir = dirname(knownFile);
+    writeFileSync(join(dir, '.known-suspensions.json.0badf00d.tmp'), '{"suspensions":');
+    writeFileSync(join(dir, '.other.json.0badf00d.tmp'), 'not ours');
     const shared = new MemoryEnforcementState();
     const running = make(shared);
+    expect(readdirSync(dir).sort()).toEqual(['.other.json.0badf00d.tmp']);
     await running.suspend('spammer@x.test', 'suspend_sending', { by: 'cli:test', reference: 'D-KNOWN1', reason: 'spam' });
     await running.refreshGauge();
     // Restarted while the shared state does not answer.
