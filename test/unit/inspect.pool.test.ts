@@ -206,13 +206,14 @@ describe('inspection: a first look here, a second look in a thread', () => {
   });
 
   it('the deadline counts from a message\'s turn: messages queued behind slow ones are not failed for the wait', async () => {
-    const slow = pool({ script: FAULTY, deadlineMs: 1500 });
+    const slow = pool({ script: FAULTY, deadlineMs: 3000 });
     const failures: string[] = [];
     slow.onThreadFailure((err) => failures.push(err.message));
     const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
-    // Four of half a second each on one thread: two seconds in all, each within its own deadline.
-    const all = await Promise.all(['one', 'two', 'three', 'four'].map((n) => inspect(new MessageInspection(LIMITS, slow), chunked(mimeMessage({ from: `${n}@example.test`, subject: `SLOW-THE-THREAD ${n}`, attachments: [{ name: `${n}.tar.gz`, content: image }] })))));
-    expect(all.map((f) => f.subject)).toEqual(['SLOW-THE-THREAD one', 'SLOW-THE-THREAD two', 'SLOW-THE-THREAD three', 'SLOW-THE-THREAD four']);
+    // Seven of over half a second each on one thread: past the deadline in all, each well within its own.
+    const names = ['one', 'two', 'three', 'four', 'five', 'six', 'seven'];
+    const all = await Promise.all(names.map((n) => inspect(new MessageInspection(LIMITS, slow), chunked(mimeMessage({ from: `${n}@example.test`, subject: `SLOW-THE-THREAD ${n}`, attachments: [{ name: `${n}.tar.gz`, content: image }] })))));
+    expect(all.map((f) => f.subject)).toEqual(names.map((n) => `SLOW-THE-THREAD ${n}`));
     expect(failures).toEqual([]);
   });
 
