@@ -812,9 +812,14 @@ describe('brute force and sudden volume', () => {
   it('twenty sessions of one account logging in at once: those past the limit wait a moment and get in on their next try; nothing is blocked', async () => {
     await upstream.stop();
     // The upstream takes its time, as Dovecot checking a password hash does: every login is in flight at once.
-    upstream = await FakeUpstream.start({ users: { 'busy@example.test': 'right' }, auth: () => ({ delayMs: 200 }) });
+    upstream = await FakeUpstream.start({ users: { 'busy@example.test': 'right' }, auth: () => ({ delayMs: 500 }) });
     const gw = await gateway();
-    const replies = await Promise.all(Array.from({ length: 20 }, () => loginOnce(gw, 'busy@example.test', 'right')));
+    // Connected first, then every AUTH at once: all of them in flight together.
+    const clients = await Promise.all(Array.from({ length: 20 }, () => RawSmtp.connect(gw.port('submissions'), { tls: true })));
+    await Promise.all(clients.map((c) => c.reply()));
+    await Promise.all(clients.map((c) => c.command('EHLO t')));
+    const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from('\0busy@example.test\0right').toString('base64')}`)));
+    for (const c of clients) c.close();
     // The limit is 3: four in flight at once, the others told to come back.
     expect(replies.filter((r) => r.startsWith('235'))).toHaveLength(4);
     const waited = replies.filter((r) => r.startsWith('454'));
