@@ -20,7 +20,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
   chmodSync(root, 0o1777);
   // os.tmpdir() reads TMPDIR at each call, here and in the test workers, which inherit it.
   process.env.TMPDIR = root;
-  const mail = await startMailStack();
+  let mail: MailStackInfo;
+  try {
+    mail = await startMailStack();
+  } catch (err) {
+    // No teardown runs after a setup that failed: what it made is removed here.
+    rmSync(root, { recursive: true, force: true });
+    throw err;
+  }
   project.provide('mailStack', mail);
   return async () => {
     await stopMailStack(mail);

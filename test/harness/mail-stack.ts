@@ -33,8 +33,21 @@ function uid(name: string): { uid: number; gid: number } {
 
 export async function startMailStack(): Promise<MailStackInfo> {
   const base = mkdtempSync(join(tmpdir(), 'douane-mta-'));
-  chmodSync(base, 0o755);
   const [authPort, openPort, saslPort] = [await freePort(), await freePort(), await freePort()];
+  const info: MailStackInfo = { base, authPort, openPort, saslPort, caFile: join(base, 'pf/tls/cert.pem'), users: TEST_USERS };
+  try {
+    await startDaemons(info);
+  } catch (err) {
+    // Dovecot may be running when Postfix fails to start (another instance starting at the same moment):
+    // what was started is stopped, so that a failed start leaves no process behind.
+    await stopMailStack(info);
+    throw err;
+  }
+  return info;
+}
+
+async function startDaemons({ base, authPort, openPort, saslPort }: MailStackInfo): Promise<void> {
+  chmodSync(base, 0o755);
   for (const d of ['dovecot/run', 'dovecot/state', 'pf/etc', 'pf/spool', 'pf/data', 'pf/mail', 'pf/tls']) mkdirSync(join(base, d), { recursive: true });
   const postfix = uid('postfix');
   const dovecotGroup = Number(readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith('dovecot:'))?.split(':')[2] ?? 0);
@@ -160,7 +173,6 @@ ${services.join('\n')}
   runDaemonizing('script', ['-qec', `postfix -c ${base}/pf/etc start`, '/dev/null'], join(base, 'pf/start.log'));
   await waitForPort(authPort);
   await waitForPort(openPort);
-  return { base, authPort, openPort, saslPort, caFile: join(base, 'pf/tls/cert.pem'), users: TEST_USERS };
 }
 
 export async function stopMailStack(info: MailStackInfo): Promise<void> {
