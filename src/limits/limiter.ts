@@ -545,21 +545,19 @@ export class Limiter implements LimiterPort {
     const accountWindowEnds = countedAt + acctRes.msBeforeNext;
     const ipFlyingEnds = countedAt + ipInFlight.msBeforeNext;
     const accountFlyingEnds = countedAt + accountInFlight.msBeforeNext;
-    let landed = false;
+    /** Gives this attempt's point back to each counter whose window it was counted in has not ended; once. */
+    const returning = (counters: [RateLimiterAbstract, string, number][]) => {
+      let done = false;
+      return async () => {
+        if (done) return;
+        done = true;
+        const now = this.now();
+        await this.decide('auth', () => Promise.all(counters.map(([limiter, k, windowEnds]) => (now < windowEnds ? limiter.reward(k, 1) : undefined))));
+      };
+    };
     /** The attempt is no longer in flight, whatever its outcome. */
-    const land = async () => {
-      if (landed) return;
-      landed = true;
-      const now = this.now();
-      await this.decide('auth', () => Promise.all([now < ipFlyingEnds ? ipFlying.reward(ip, 1) : undefined, now < accountFlyingEnds ? accountFlying.reward(key, 1) : undefined]));
-    };
-    let given = false;
-    const giveBack = async () => {
-      if (given) return;
-      given = true;
-      const now = this.now();
-      await this.decide('auth', () => Promise.all([now < ipWindowEnds ? ipLimiter.reward(ip, 1) : undefined, now < accountWindowEnds ? accountLimiter.reward(key, 1) : undefined]));
-    };
+    const land = returning([[ipFlying, ip, ipFlyingEnds], [accountFlying, key, accountFlyingEnds]]);
+    const giveBack = returning([[ipLimiter, ip, ipWindowEnds], [accountLimiter, key, accountWindowEnds]]);
     /**
      * Blocked (for how long), busy, or free to try. Over the limit with no block, by failures already
      * counted (the limit was lowered by a reload since those failures): blocked from now.

@@ -1,14 +1,13 @@
 // Hostile and broken clients: SMTP smuggling, oversize messages, too many recipients, broken command
 // lines, slow clients and connection floods. Each gets a clear reply and leaves nothing half-done.
 
-import { execFileSync } from 'node:child_process';
 import net from 'node:net';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FIRST_LOOK_BUDGET } from '../../src/inspect/deflate.js';
 import { InspectionPool } from '../../src/inspect/pool.js';
+import { programBehindZeros } from '../harness/archives.js';
 import { FakeUpstream } from '../harness/fake-upstream.js';
 import { gatewayWithUpstream, startGateway } from '../harness/gateway.js';
 import { mimeMessage } from '../harness/mime.js';
@@ -340,17 +339,6 @@ describe('slow clients and floods', () => {
   });
 });
 
-/** A .tar.gz holding a program after `zeros` bytes of zeros (a few kilobytes, compressed). */
-function programBehindZeros(zeros: number): Buffer {
-  const dir = mkdtempSync(join(tmpdir(), 'douane-zeros-'));
-  try {
-    writeFileSync(join(dir, 'disk.img'), Buffer.alloc(zeros));
-    writeFileSync(join(dir, 'facture.pdf.exe'), Buffer.from('MZ\x90\x00stand-in program'));
-    return execFileSync('tar', ['-czf', '-', '-C', dir, 'disk.img', 'facture.pdf.exe']);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 describe('archives that decompress far', () => {
   it('a program behind more zeros than the first look decompresses is found by a second look in a thread, and refused', async () => {

@@ -104,6 +104,16 @@ async function authenticated(gw: TestGateway): Promise<RawSmtp> {
   return c;
 }
 
+/** `count` connections opened first, then one AUTH PLAIN on each at once (all in flight together): the replies. */
+async function loginsAtOnce(gw: TestGateway, count: number, login: string, pass: string): Promise<string[]> {
+  const clients = await Promise.all(Array.from({ length: count }, () => RawSmtp.connect(gw.port('submissions'), { tls: true })));
+  await Promise.all(clients.map((c) => c.reply()));
+  await Promise.all(clients.map((c) => c.command('EHLO t')));
+  const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from(`\0${login}\0${pass}`).toString('base64')}`)));
+  for (const c of clients) c.close();
+  return replies;
+}
+
 /** One AUTH PLAIN on a connection of its own: the reply. */
 async function loginOnce(gw: TestGateway, login: string, pass: string): Promise<string> {
   const c = await RawSmtp.connect(gw.port('submissions'), { tls: true });
@@ -791,11 +801,7 @@ describe('brute force and sudden volume', () => {
     // Dovecot answers a failure after a delay (auth_failure_delay): every attempt is in flight at once.
     upstream = await FakeUpstream.start({ auth: () => ({ delayMs: 300, reply: '535 5.7.8 Error: authentication failed' }) });
     const gw = await gateway();
-    const clients = await Promise.all(Array.from({ length: 20 }, () => RawSmtp.connect(gw.port('submissions'), { tls: true })));
-    await Promise.all(clients.map((c) => c.reply()));
-    await Promise.all(clients.map((c) => c.command('EHLO t')));
-    const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from('\0victim@example.test\0guess').toString('base64')}`)));
-    for (const c of clients) c.close();
+    const replies = await loginsAtOnce(gw, 20, 'victim@example.test', 'guess');
     // The limit is 3: four failures, as one after another, and the others refused without asking the
     // upstream: they came while those four were still in flight.
     expect(replies.filter((r) => r.startsWith('535 5.7.8'))).toHaveLength(4);
@@ -814,12 +820,7 @@ describe('brute force and sudden volume', () => {
     // The upstream takes its time, as Dovecot checking a password hash does: every login is in flight at once.
     upstream = await FakeUpstream.start({ users: { 'busy@example.test': 'right' }, auth: () => ({ delayMs: 500 }) });
     const gw = await gateway();
-    // Connected first, then every AUTH at once: all of them in flight together.
-    const clients = await Promise.all(Array.from({ length: 20 }, () => RawSmtp.connect(gw.port('submissions'), { tls: true })));
-    await Promise.all(clients.map((c) => c.reply()));
-    await Promise.all(clients.map((c) => c.command('EHLO t')));
-    const replies = await Promise.all(clients.map((c) => c.command(`AUTH PLAIN ${Buffer.from('\0busy@example.test\0right').toString('base64')}`)));
-    for (const c of clients) c.close();
+    const replies = await loginsAtOnce(gw, 20, 'busy@example.test', 'right');
     // The limit is 3: four in flight at once, the others told to come back.
     expect(replies.filter((r) => r.startsWith('235'))).toHaveLength(4);
     const waited = replies.filter((r) => r.startsWith('454'));

@@ -3,7 +3,8 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { expect } from 'vitest';
 import { inflateBudget, type InflateBudget } from '../../src/inspect/deflate.js';
@@ -83,4 +84,16 @@ export async function expectCompressedTarJudged(c: { archive: Buffer; type: stri
 /** A word of letters only, a different one for each n: an extension of a kind of its own (no digits). */
 export function letterWord(n: number): string {
   return n.toString(26).replace(/\d/g, (d) => 'qrstuvwxyz'[Number(d)]!);
+}
+
+/** A .tar.gz holding a program after `zeros` bytes of zeros (compressed, a few kilobytes): past an inflate budget, it hides the program. */
+export function programBehindZeros(zeros: number): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), 'douane-zeros-'));
+  try {
+    writeFileSync(join(dir, 'disk.img'), Buffer.alloc(zeros));
+    writeFileSync(join(dir, 'facture.pdf.exe'), Buffer.from('MZ\x90\x00stand-in program'));
+    return execFileSync('tar', ['-czf', '-', '-C', dir, 'disk.img', 'facture.pdf.exe']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -11,6 +11,7 @@ import { FIRST_LOOK_BUDGET } from '../../src/inspect/deflate.js';
 import { inspectStream, type InspectLimits } from '../../src/inspect/mime.js';
 import { InspectionPool, MessageInspection } from '../../src/inspect/pool.js';
 import type { MessageFacts } from '../../src/policy/facts.js';
+import { programBehindZeros } from '../harness/archives.js';
 import { mimeMessage } from '../harness/mime.js';
 
 const LIMITS: InspectLimits = { maxParts: 500, maxDepth: 20, maxHeaderSize: 65_536 };
@@ -26,17 +27,6 @@ function pool(options: ConstructorParameters<typeof InspectionPool>[1] = {}): In
   return p;
 }
 
-/** A .tar.gz whose program comes after `zeros` bytes of zeros (in the tar: compressed, they are small). */
-function tarGz(zeros: number): Buffer {
-  const dir = mkdtempSync(join(tmpdir(), 'douane-pool-'));
-  try {
-    writeFileSync(join(dir, 'disk.img'), Buffer.alloc(zeros));
-    writeFileSync(join(dir, 'facture.pdf.exe'), Buffer.from('MZ\x90\x00stand-in program'));
-    return execFileSync('tar', ['-czf', '-', '-C', dir, 'disk.img', 'facture.pdf.exe']);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
 
 function chunked(message: string | Buffer, size = 65_536): Buffer[] {
   const bytes = Buffer.from(message);
@@ -54,7 +44,7 @@ async function inspect(inspection: MessageInspection, chunks: Buffer[]): Promise
 
 describe('inspection: a first look here, a second look in a thread', () => {
   it('a message within the first look\'s budget is not read again', async () => {
-    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'logs.tar.gz', content: tarGz(100_000) }] }));
+    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'logs.tar.gz', content: programBehindZeros(100_000) }] }));
     const inspection = new MessageInspection(LIMITS, pool());
     let reread = false;
     for (const chunk of chunks) await inspection.write(chunk);
@@ -69,7 +59,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
 
   it('a program behind more zeros than the first look decompresses is found by the second, with the facts of a full inspection', async () => {
     const zeros = FIRST_LOOK_BUDGET.bytes * 2;
-    const chunks = chunked(mimeMessage({ from: 'a@example.test', subject: 'disk image', attachments: [{ name: 'image.tar.gz', content: tarGz(zeros) }] }));
+    const chunks = chunked(mimeMessage({ from: 'a@example.test', subject: 'disk image', attachments: [{ name: 'image.tar.gz', content: programBehindZeros(zeros) }] }));
     const inspection = new MessageInspection(LIMITS, pool());
     const facts = await inspect(inspection, chunks);
     expect(inspection.secondLook).toBe(true);
@@ -138,7 +128,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
   });
 
   it('past the full budget too, the listing says it is incomplete, as a full inspection does', async () => {
-    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'bomb.tar.gz', content: tarGz(140 * 1024 * 1024) }] }));
+    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'bomb.tar.gz', content: programBehindZeros(140 * 1024 * 1024) }] }));
     const inspection = new MessageInspection(LIMITS, pool());
     const facts = await inspect(inspection, chunks);
     expect(inspection.secondLook).toBe(true);
@@ -148,7 +138,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
 
   it('a large message reaches the thread whole and in order, however much the reading holds back', async () => {
     const filler = Buffer.alloc(6 * 1024 * 1024, 'filler line of text\r\n');
-    const message = mimeMessage({ from: 'a@example.test', text: 'first words', attachments: [{ name: 'image.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }, { name: 'notes.txt', content: filler, type: 'text/plain' }] });
+    const message = mimeMessage({ from: 'a@example.test', text: 'first words', attachments: [{ name: 'image.tar.gz', content: programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2) }, { name: 'notes.txt', content: filler, type: 'text/plain' }] });
     const chunks = chunked(message, 16_384);
     const inspection = new MessageInspection(LIMITS, pool());
     const facts = await inspect(inspection, chunks);
@@ -162,7 +152,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
 
   it('messages inspected at once in one thread each get their own facts', async () => {
     const shared = pool();
-    const messages = ['one', 'two', 'three', 'four'].map((subject) => chunked(mimeMessage({ from: `${subject}@example.test`, subject, attachments: [{ name: `${subject}.tar.gz`, content: tarGz(FIRST_LOOK_BUDGET.bytes + 1024 * 1024) }] }), 8192));
+    const messages = ['one', 'two', 'three', 'four'].map((subject) => chunked(mimeMessage({ from: `${subject}@example.test`, subject, attachments: [{ name: `${subject}.tar.gz`, content: programBehindZeros(FIRST_LOOK_BUDGET.bytes + 1024 * 1024) }] }), 8192));
     const results = await Promise.all(messages.map((chunks) => inspect(new MessageInspection(LIMITS, shared), chunks)));
     expect(results.map((f) => [f.subject, f.from, f.attachments[0]!.name])).toEqual([
       ['one', ['one@example.test'], 'one.tar.gz'],
@@ -176,7 +166,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
     const failures: [string, number][] = [];
     const crashing = pool({ script: FAULTY });
     crashing.onThreadFailure((err, messages) => failures.push([err.message, messages]));
-    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    const image = programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2);
     const doomed = new MessageInspection(LIMITS, crashing);
     await expect(inspect(doomed, chunked(mimeMessage({ from: 'a@example.test', subject: 'CRASH-THE-THREAD', attachments: [{ name: 'a.tar.gz', content: image }] })))).rejects.toThrow(
       /the message could not be inspected: the inspection thread stopped \(exit code 70\)/,
@@ -193,7 +183,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
     const failures: string[] = [];
     const stuck = pool({ script: FAULTY, deadlineMs: 4000 });
     stuck.onThreadFailure((err) => failures.push(err.message));
-    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    const image = programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2);
     const spinning = inspect(new MessageInspection(LIMITS, stuck), chunked(mimeMessage({ from: 'a@example.test', subject: 'SPIN-THE-THREAD', attachments: [{ name: 'a.tar.gz', content: image }] })));
     // Queued behind it on the one thread: its turn comes on the thread started after the stuck one.
     const queued = new MessageInspection(LIMITS, stuck);
@@ -209,7 +199,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
     const slow = pool({ script: FAULTY, deadlineMs: 3000 });
     const failures: string[] = [];
     slow.onThreadFailure((err) => failures.push(err.message));
-    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    const image = programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2);
     // Seven of over half a second each on one thread: past the deadline in all, each well within its own.
     const names = ['one', 'two', 'three', 'four', 'five', 'six', 'seven'];
     const all = await Promise.all(names.map((n) => inspect(new MessageInspection(LIMITS, slow), chunked(mimeMessage({ from: `${n}@example.test`, subject: `SLOW-THE-THREAD ${n}`, attachments: [{ name: `${n}.tar.gz`, content: image }] })))));
@@ -219,7 +209,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
 
   it('a message waiting for its turn is read again only when its turn comes: its spool is not held open meanwhile', async () => {
     const slow = pool({ script: FAULTY });
-    const image = tarGz(FIRST_LOOK_BUDGET.bytes * 2);
+    const image = programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2);
     const first = chunked(mimeMessage({ from: 'a@example.test', subject: 'SLOW-THE-THREAD', attachments: [{ name: 'a.tar.gz', content: image }] }));
     const second = chunked(mimeMessage({ from: 'b@example.test', attachments: [{ name: 'b.tar.gz', content: image }] }));
     const one = new MessageInspection(LIMITS, slow);
@@ -247,7 +237,7 @@ describe('inspection: a first look here, a second look in a thread', () => {
 
   it('a spool that cannot be read again fails its second look, and the thread forgets the message', async () => {
     const reading = pool();
-    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }] }), 4096);
+    const chunks = chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2) }] }), 4096);
     const inspection = new MessageInspection(LIMITS, reading);
     for (const chunk of chunks) await inspection.write(chunk);
     const broken = async function* () {
@@ -264,13 +254,13 @@ describe('inspection: a first look here, a second look in a thread', () => {
   it('a thread that cannot start fails the message (tempfailed by the gateway), it does not hang', async () => {
     const missing = pool({ script: new URL('../harness/no-such-worker.mjs', import.meta.url) });
     const inspection = new MessageInspection(LIMITS, missing);
-    await expect(inspect(inspection, chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }] })))).rejects.toThrow(/could not be inspected/);
+    await expect(inspect(inspection, chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2) }] })))).rejects.toThrow(/could not be inspected/);
   });
 
   it('after close, a second look is refused at once', async () => {
     const closed = pool();
     await closed.close();
     const inspection = new MessageInspection(LIMITS, closed);
-    await expect(inspect(inspection, chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: tarGz(FIRST_LOOK_BUDGET.bytes * 2) }] })))).rejects.toThrow(/shutting down/);
+    await expect(inspect(inspection, chunked(mimeMessage({ from: 'a@example.test', attachments: [{ name: 'a.tar.gz', content: programBehindZeros(FIRST_LOOK_BUDGET.bytes * 2) }] })))).rejects.toThrow(/shutting down/);
   });
 });
